@@ -1,0 +1,1 @@
+"""gr: generative retrieval in JAX/Flax."""

@@ -1,0 +1,1 @@
+"""Non-generative baselines."""

@@ -1,0 +1,1 @@
+"""BEIR data, the shipped news benchmark and its TFDS builder."""

@@ -1,0 +1,1 @@
+"""Docid schemes: how documents are named."""

@@ -1,0 +1,209 @@
+"""Device mesh, logical-axis rules and shardings (jax.jit with shardings).
+
+The network names every parameter and activation dimension with a *logical*
+axis ('vocab', 'embed', 'mlp', 'heads', 'kv', 'joined_kv', 'batch',
+'length', ...). `LOGICAL_AXIS_RULES` maps those names to the two *mesh* axes
+('data', 'model'); it is data, kept in this one place (as maxtext does).
+Anything not named in the rules is replicated.
+
+Multi-host: every process runs the same program. `initialize_distributed`
+joins the processes, `host_shard_info` says which slice of the input each
+process reads, and `global_batch` glues the per-process slices into one
+global array sharded over 'data'.
+"""
+from collections.abc import Iterator, Mapping, Sequence
+import contextlib
+from typing import Any
+
+import flax.linen as nn
+import jax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+import numpy as np
+
+DATA_AXIS = 'data'
+MODEL_AXIS = 'model'
+MESH_AXES = (DATA_AXIS, MODEL_AXIS)
+
+# (logical axis name, mesh axis or None). The first rule that names a mesh
+# axis not yet used by the array wins; None means replicated.
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
+    ('batch', DATA_AXIS),
+    ('vocab', MODEL_AXIS),
+    ('mlp', MODEL_AXIS),
+    ('heads', MODEL_AXIS),
+    ('joined_kv', MODEL_AXIS),
+    ('embed', None),
+    ('kv', None),
+    ('length', None),
+    ('relpos_buckets', None),
+    ('layers', None),
+    ('stack', None),
+    ('mlp_activations', None),
+    ('beam', None),
+)
+
+PyTree = Any
+
+
+def make_mesh(*, data: int = -1, model: int = 1,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """Returns a ('data', 'model') mesh with Auto axis types.
+
+  Args:
+    data: size of the data-parallel axis; -1 takes all devices not used by
+      `model`.
+    model: size of the model-parallel axis.
+    devices: devices to use; defaults to all (global) devices.
+
+  Raises:
+    ValueError: if data * model does not equal the number of devices.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  if model < 1 or len(devices) % model:
+    raise ValueError(f'mesh_model={model} does not divide the '
+                     f'{len(devices)} devices')
+  if data == -1:
+    data = len(devices) // model
+  if data * model != len(devices):
+    raise ValueError(f'mesh data={data} x model={model} != {len(devices)} '
+                     'devices')
+  grid = np.asarray(devices, dtype=object).reshape(data, model)
+  return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+@contextlib.contextmanager
+def mesh_context(mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> Iterator[None]:
+  """Activates `mesh` and the logical rules, for tracing sharded functions.
+
+  Inside, `nn.with_logical_constraint` in the network becomes a real
+  sharding constraint.
+  """
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
+
+
+def logical_to_mesh_spec(logical_axes: PartitionSpec | Sequence[str | None],
+                         rules=LOGICAL_AXIS_RULES) -> PartitionSpec:
+  """('vocab', 'embed') -> PartitionSpec('model', None) under `rules`."""
+  return nn.logical_to_mesh_axes(tuple(logical_axes), rules)
+
+
+def logical_axes_of(boxed_params: PyTree) -> PyTree:
+  """Tree of logical PartitionSpecs from nn.Partitioned-boxed params.
+
+  Leaves without partitioning metadata get PartitionSpec() (replicated).
+  Works on concrete or abstract (jax.eval_shape) trees.
+  """
+  return nn.get_partition_spec(boxed_params)
+
+
+def shardings_from_logical(logical_axes: PyTree, mesh: Mesh,
+                           rules=LOGICAL_AXIS_RULES) -> PyTree:
+  """Tree of logical PartitionSpecs -> tree of NamedShardings on `mesh`."""
+  return nn.logical_to_mesh_sharding(logical_axes, mesh, rules)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """A sharding that puts a full copy on every device of `mesh`."""
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Sharding of [batch, ...] arrays: the batch dimension split over 'data'."""
+  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def _path_tuple(path) -> tuple[str, ...]:
+  return tuple(str(getattr(k, 'key', getattr(k, 'name', getattr(
+      k, 'idx', k)))) for k in path)
+
+
+def shardings_like_params(tree: PyTree, params: PyTree,
+                          params_shardings: PyTree, mesh: Mesh) -> PyTree:
+  """Shardings for a tree that holds params-shaped copies (optimizer state).
+
+  A leaf of `tree` whose key path ends with a parameter's key path and whose
+  shape equals that parameter's shape gets that parameter's sharding (Adam's
+  mu and nu, for example); every other leaf (counts, Adafactor's factored
+  row/column statistics) is replicated.
+
+  Args:
+    tree: (abstract) tree, e.g. `jax.eval_shape(optimizer.init, params)`.
+    params: (abstract) params tree, unboxed.
+    params_shardings: NamedShardings with the structure of `params`.
+    mesh: mesh for the replicated leaves.
+  """
+  by_path = {}
+  for (path, leaf), sharding in zip(
+      jax.tree_util.tree_flatten_with_path(params)[0],
+      jax.tree_util.tree_leaves(params_shardings)):
+    by_path[_path_tuple(path)] = (tuple(np.shape(leaf)), sharding)
+
+  def pick(path, leaf):
+    keys = _path_tuple(path)
+    for start in range(len(keys)):
+      match = by_path.get(keys[start:])
+      if match and match[0] == tuple(np.shape(leaf)):
+        return match[1]
+    return replicated(mesh)
+
+  return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+# ------------------------------------------------------------ multi-host --
+
+
+def initialize_distributed(coordinator_address: str, num_processes: int,
+                           process_id: int, **kwargs) -> None:
+  """Joins this process to a multi-process JAX job.
+
+  Must run before any other JAX call that touches devices. On CPU the
+  cross-process collectives use gloo (jax_cpu_collectives_implementation,
+  the default in jax 0.10.2; set here explicitly).
+
+  Args:
+    coordinator_address: 'host:port' of process 0.
+    num_processes: total number of processes.
+    process_id: this process's index in [0, num_processes).
+    **kwargs: passed on to jax.distributed.initialize (e.g.
+      local_device_ids, initialization_timeout).
+  """
+  if not 0 <= process_id < num_processes:
+    raise ValueError(f'process_id={process_id} not in [0, {num_processes})')
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes,
+                             process_id=process_id, **kwargs)
+
+
+def host_shard_info():
+  """seqio.ShardInfo for this process: which slice of the data it reads."""
+  import seqio  # pylint: disable=g-import-not-at-top  (TensorFlow is heavy)
+  return seqio.ShardInfo(index=jax.process_index(),
+                         num_shards=jax.process_count())
+
+
+def per_host_batch_size(global_batch_size: int) -> int:
+  """Examples each process feeds per step."""
+  if global_batch_size % jax.process_count():
+    raise ValueError(f'batch_size={global_batch_size} is not divisible by '
+                     f'the {jax.process_count()} processes')
+  return global_batch_size // jax.process_count()
+
+
+def global_batch(local_batch: Mapping[str, np.ndarray],
+                 mesh: Mesh) -> dict[str, jax.Array]:
+  """Per-process [local_batch, ...] arrays -> global arrays sharded on 'data'.
+
+  Every process passes its own slice; the result has leading dimension
+  local_batch * process_count. This is an explicit transfer (allowed under
+  jax_transfer_guard='disallow').
+  """
+  sharding = batch_sharding(mesh)
+  out = {}
+  for name, value in local_batch.items():
+    value = np.asarray(value)
+    global_shape = (value.shape[0] * jax.process_count(),) + value.shape[1:]
+    out[name] = jax.make_array_from_process_local_data(
+        sharding, value, global_shape)
+  return out

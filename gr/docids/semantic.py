@@ -1,0 +1,183 @@
+"""Semantic docids (DSI / NCI): paths in a hierarchical k-means tree.
+
+Document bodies are embedded (gr/embed.py, or precomputed embeddings
+[n, dim] passed in), clustered recursively with branching factor k until a
+cluster holds at most c documents (gr/kmeans.py), and each document is named
+by its cluster path plus its position in the leaf: "<3> <1> <7>". Tokens are
+either shared across levels (token_style="shared": `<i>`) or position-aware
+as in NCI (token_style="position": `<c{level}_{i}>`, level 0 = root).
+Paths have variable length (deeper where the corpus is dense).
+
+State kept in `DocidTable.arrays` (CSR layout over internal nodes):
+  node_paths [M] str          internal node paths ("" root, "3", "3 1", ...)
+  node_offsets [M + 1] int    children of node m are rows offsets[m]:offsets[m+1]
+  centroids [sum children, dim]  one centroid per child of each internal node
+
+`assign_new` routes a new document from the root to the nearest child at each
+internal node until it reaches a leaf, and gives it the leaf's next free
+position: 1 + the largest position ever used in that leaf (retired docids
+included). Leaves may thus grow past c; positions >= c get new reserved
+tokens, appended to `reserved_tokens`. The tree itself is never re-clustered.
+"""
+import dataclasses
+import re
+from typing import Any, ClassVar, Iterable, Mapping, Protocol, Sequence
+
+import numpy as np
+
+from gr import kmeans
+from gr.data.beir import Document
+from gr.docids import base
+
+_SHARED = re.compile(r"<(\d+)>")
+_POSITION = re.compile(r"<c(\d+)_(\d+)>")
+
+
+class TextEmbedder(Protocol):
+  def embed(self, texts: Sequence[str]) -> np.ndarray:
+    """texts -> [len(texts), dim]."""
+    ...
+
+
+@dataclasses.dataclass(frozen=True)
+class SemanticScheme:
+  """Hierarchical k-means docids.
+
+  Attributes:
+    k: branching factor of internal nodes.
+    c: maximum leaf size (documents per leaf at assign time).
+    token_style: "shared" (`<i>`) or "position" (`<c{level}_{i}>`).
+    seed: k-means seed; same corpus, embeddings and seed -> same docids.
+    kmeans_iters: maximum Lloyd iterations per node.
+    embedder: used when no embeddings are passed; default MiniLM (lazy).
+  """
+  name: ClassVar[str] = "semantic"
+  k: int = 10
+  c: int = 10
+  token_style: str = "shared"
+  seed: int = 0
+  kmeans_iters: int = 50
+  embedder: Any = dataclasses.field(default=None, compare=False,
+                                    metadata={"config": False})
+
+  def __post_init__(self):
+    if self.token_style not in ("shared", "position"):
+      raise ValueError(
+          f"token_style must be 'shared' or 'position', got {self.token_style!r}")
+    if self.k < 2 or self.c < 1:
+      raise ValueError(f"need k >= 2 and c >= 1, got k={self.k}, c={self.c}")
+
+  def assign(self, corpus: Mapping[str, Document], *,
+             embeddings: np.ndarray | None = None) -> base.DocidTable:
+    """embeddings: optional precomputed [len(corpus), dim], corpus order."""
+    x = self._embeddings(corpus, embeddings)
+    tree = kmeans.hierarchical_kmeans(x, self.k, self.c, seed=self.seed,
+                                      iters=self.kmeans_iters)
+    docids = {d: (self.path_to_docid(p),) for d, p in zip(corpus, tree.paths)}
+    return base.DocidTable(self.name, docids, self._tokens_of(tree.paths),
+                           base.scheme_config(self),
+                           arrays=_tree_to_arrays(tree.centroids, x.shape[1]))
+
+  def assign_new(self, table: base.DocidTable, new_docs: Mapping[str, Document],
+                 *, embeddings: np.ndarray | None = None) -> base.DocidTable:
+    """embeddings: optional precomputed [len(new_docs), dim]."""
+    base.check_scheme(table, self.name)
+    base.check_new_docs(table, new_docs)
+    x = self._embeddings(new_docs, embeddings)
+    nodes = _arrays_to_tree(table.arrays)
+    next_position = self._next_positions(table.taken_docids())
+    paths = []
+    for row in x:
+      leaf = route_to_leaf(nodes, row)
+      paths.append(leaf + (next_position.get(leaf, 0),))
+      next_position[leaf] = paths[-1][-1] + 1
+    docids = {d: (self.path_to_docid(p),) for d, p in zip(new_docs, paths)}
+    return table.extend(docids, self._tokens_of(paths))
+
+  def path_to_docid(self, path: Sequence[int]) -> str:
+    """(3, 1, 7) -> "<3> <1> <7>" or "<c0_3> <c1_1> <c2_7>"."""
+    return " ".join(self._token(level, i) for level, i in enumerate(path))
+
+  def docid_to_path(self, docid: str) -> tuple[int, ...] | None:
+    """Inverse of path_to_docid; None for strings of another scheme."""
+    path = []
+    for level, token in enumerate(docid.split(" ")):
+      if self.token_style == "shared":
+        match = _SHARED.fullmatch(token)
+        ok = match is not None
+      else:
+        match = _POSITION.fullmatch(token)
+        ok = match is not None and int(match.group(1)) == level
+      if not ok:
+        return None
+      path.append(int(match.groups()[-1]))
+    return tuple(path)
+
+  def _token(self, level: int, index: int) -> str:
+    if self.token_style == "shared":
+      return f"<{index}>"
+    return f"<c{level}_{index}>"
+
+  def _tokens_of(self, paths: Iterable[tuple[int, ...]]) -> tuple[str, ...]:
+    """Every token the paths use, sorted by (level for position style, index)."""
+    used = {(level if self.token_style == "position" else 0, i)
+            for path in paths for level, i in enumerate(path)}
+    return tuple(self._token(level, i) for level, i in sorted(used))
+
+  def _next_positions(self, docids: Iterable[str]) -> dict[tuple[int, ...], int]:
+    """Leaf path -> 1 + largest position used in it."""
+    result: dict[tuple[int, ...], int] = {}
+    for docid in docids:
+      path = self.docid_to_path(docid)
+      if path is not None:
+        leaf = path[:-1]
+        result[leaf] = max(result.get(leaf, 0), path[-1] + 1)
+    return result
+
+  def _embeddings(self, docs: Mapping[str, Document],
+                  embeddings: np.ndarray | None) -> np.ndarray:
+    if embeddings is None:
+      embedder = self.embedder
+      if embedder is None:
+        from gr import embed  # Lazy: loading MiniLM costs seconds.
+        embedder = embed.Embedder.load()
+      embeddings = embedder.embed([doc.text for doc in docs.values()])
+    embeddings = np.asarray(embeddings, np.float32)
+    if embeddings.ndim != 2 or embeddings.shape[0] != len(docs):
+      raise ValueError(f"embeddings must be [{len(docs)}, dim] (one row per "
+                       f"document), got {embeddings.shape}")
+    return embeddings
+
+
+def route_to_leaf(nodes: Mapping[tuple[int, ...], np.ndarray],
+                  x: np.ndarray) -> tuple[int, ...]:
+  """Descends from the root to the nearest child until a leaf; x [dim]."""
+  path: tuple[int, ...] = ()
+  while path in nodes:
+    distances = np.sum((nodes[path] - x[None, :]) ** 2, axis=1)  # [children]
+    path += (int(np.argmin(distances)),)
+  return path
+
+
+def _tree_to_arrays(centroids: Mapping[tuple[int, ...], np.ndarray],
+                    dim: int) -> dict[str, np.ndarray]:
+  paths = sorted(centroids)
+  sizes = [len(centroids[p]) for p in paths]
+  stacked = (np.concatenate([centroids[p] for p in paths]) if paths
+             else np.zeros((0, dim), np.float32))
+  return {"node_paths": base.string_array(" ".join(map(str, p)) for p in paths),
+          "node_offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+          "centroids": stacked.astype(np.float32)}
+
+
+def _arrays_to_tree(arrays: Mapping[str, np.ndarray]) -> dict[tuple[int, ...], np.ndarray]:
+  try:
+    paths, offsets = arrays["node_paths"].tolist(), arrays["node_offsets"]
+    centroids = arrays["centroids"]
+  except KeyError as e:
+    raise base.DocidTableError(f"semantic docid table lacks array {e}") from e
+  if len(offsets) != len(paths) + 1 or offsets[-1] != len(centroids):
+    raise base.DocidTableError("semantic docid table: node_offsets do not match "
+                               "node_paths / centroids")
+  return {tuple(int(i) for i in p.split()): centroids[offsets[m]:offsets[m + 1]]
+          for m, p in enumerate(paths)}

@@ -1,0 +1,204 @@
+"""Tests for gr/trie.py: host edits, device layout, mask and step."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from gr import trie as trie_lib
+from gr.trie import DocidTrie
+
+VOCAB = 8
+MAX_TOKENS = 3  # docid tokens before EOS
+CAPACITY = 64
+
+_step = jax.jit(trie_lib.step)
+_mask = jax.jit(trie_lib.allowed_mask, static_argnums=2)
+_lookup = jax.jit(trie_lib.lookup)
+
+docid_sets = st.lists(
+    st.lists(st.integers(2, VOCAB - 1), min_size=1, max_size=MAX_TOKENS).map(
+        lambda t: tuple(t) + (1,)),
+    min_size=1, max_size=12, unique=True)
+
+
+def _build(sequences, values=None):
+  values = values if values is not None else list(range(len(sequences)))
+  return DocidTrie.build(sequences, values, capacity=CAPACITY,
+                         vocab_size=VOCAB, fanout_capacity=VOCAB)
+
+
+def _nodes_of(arrays, prefixes):
+  """Device node reached by each prefix (tuples of <= MAX_TOKENS + 1)."""
+  nodes = jnp.zeros((len(prefixes),), jnp.int32)
+  for position in range(MAX_TOKENS + 1):
+    tokens = jnp.array([p[position] if position < len(p) else 0
+                        for p in prefixes], jnp.int32)
+    moved = _step(arrays, nodes, tokens)
+    active = jnp.array([position < len(p) for p in prefixes])
+    nodes = jnp.where(active, moved, nodes)
+  return np.asarray(nodes)
+
+
+def _reachable(arrays):
+  """All EOS-terminated sequences reachable on the device arrays (BFS)."""
+  found, frontier = set(), [((), 0)]
+  while frontier:
+    prefixes, nodes = zip(*frontier)
+    mask = np.asarray(_mask(arrays, jnp.array(nodes, jnp.int32), VOCAB))
+    frontier = []
+    for prefix, node, row in zip(prefixes, nodes, mask):
+      for token in np.flatnonzero(row):
+        child = int(_step(arrays, jnp.array([node]), jnp.array([token]))[0])
+        assert child > 0, (prefix, token)
+        if token == 1:
+          found.add(prefix + (1,))
+        else:
+          frontier.append((prefix + (int(token),), child))
+  return found
+
+
+def _check_matches(trie, arrays, expected):
+  """Device arrays hold exactly `expected` {sequence: value}."""
+  assert len(trie) == len(expected)
+  assert dict(trie.items()) == expected
+  assert _reachable(arrays) == set(expected)
+  sequences = list(expected)
+  padded = np.zeros((len(sequences), MAX_TOKENS + 1), np.int32)
+  for row, sequence in enumerate(sequences):
+    padded[row, :len(sequence)] = sequence
+  values = np.asarray(_lookup(arrays, jnp.asarray(padded)))
+  np.testing.assert_array_equal(values, [expected[s] for s in sequences])
+
+
+def _expected_next(sequences, prefix):
+  return {s[len(prefix)] for s in sequences
+          if len(s) > len(prefix) and s[:len(prefix)] == prefix}
+
+
+@settings(max_examples=30, deadline=None)
+@given(docid_sets, st.data())
+def test_mask_and_step_match_prefix_oracle(sequences, data):
+  values = data.draw(st.lists(st.integers(0, 4), min_size=len(sequences),
+                              max_size=len(sequences)))
+  trie = _build(sequences, values)
+  arrays = trie.to_device()
+  _check_matches(trie, arrays, dict(zip(sequences, values)))
+  prefixes = sorted({s[:n] for s in sequences for n in range(len(s))})
+  prefixes.append((VOCAB - 1,) * (MAX_TOKENS + 1))  # never a docid prefix
+  nodes = _nodes_of(arrays, prefixes)
+  masks = np.asarray(_mask(arrays, jnp.asarray(nodes), VOCAB))
+  for prefix, node, row in zip(prefixes, nodes, masks):
+    assert set(np.flatnonzero(row)) == _expected_next(sequences, prefix)
+    assert (node >= 0) == bool(_expected_next(sequences, prefix))
+
+
+@settings(max_examples=30, deadline=None)
+@given(docid_sets, docid_sets, st.data())
+def test_delete_then_insert_keeps_shapes_and_never_revives(
+    sequences, new_sequences, data):
+  trie = _build(sequences)
+  before = trie.to_device()
+  deleted = data.draw(st.lists(st.sampled_from(sequences), unique=True))
+  for sequence in deleted:
+    assert trie.delete(sequence) == sequences.index(sequence)
+  expected = {s: i for i, s in enumerate(sequences) if s not in deleted}
+  after = trie.to_device()
+  assert jax.tree.structure(after) == jax.tree.structure(before)
+  assert [(x.shape, x.dtype) for x in jax.tree.leaves(after)] == [
+      (x.shape, x.dtype) for x in jax.tree.leaves(before)]
+  _check_matches(trie, after, expected)
+  assert trie.num_nodes == 1 + len({s[:n] for s in expected
+                                    for n in range(1, len(s) + 1)})
+  for offset, sequence in enumerate(new_sequences):
+    if sequence not in expected:
+      trie.insert(sequence, 100 + offset)
+      expected[sequence] = 100 + offset
+  _check_matches(trie, trie.to_device(), expected)
+
+
+def test_deleting_everything_prunes_to_root_and_recycles_ids():
+  sequences = [(2, 3, 1), (2, 4, 1), (5, 1)]
+  trie = _build(sequences)
+  for sequence in sequences:
+    trie.delete(sequence)
+  assert len(trie) == 0 and trie.num_nodes == 1
+  assert _reachable(trie.to_device()) == set()
+  trie.insert((6, 6, 6, 1), 9)
+  assert trie.num_nodes == 5
+  assert max(trie._edges.values()) <= 7  # ids 1..7 came from the free list
+  assert trie.get((6, 6, 6, 1)) == 9 and trie.get((2, 3, 1)) is None
+
+
+def test_capacity_doubles_only_when_exceeded():
+  trie = DocidTrie(capacity=16, vocab_size=None)
+  trie.insert((2, 1), 0)
+  small = trie.to_device()
+  for token in range(3, 9):
+    trie.insert((token, 1), token)  # 1 + 2 * 7 = 15 nodes: still fits
+  assert trie.to_device().child_start.shape == small.child_start.shape
+  trie.insert((9, 1), 9)
+  assert trie.to_device().child_start.shape == (32,)
+  assert trie.to_device().root_child.shape == (16,)  # token 9 needs > 8
+  trie.insert((2, 2, 2, 1), 2)
+  wide = [(2, 2, t, 1) for t in range(3, 6)]
+  for sequence in wide:
+    trie.insert(sequence, 0)
+  assert trie.to_device().max_children == 4
+
+
+def test_fanout_below_root_not_docid_count_sets_mask_width():
+  atomic = [(token, 1) for token in range(2, 1002)]
+  trie = DocidTrie.build(atomic, list(range(1000)))
+  arrays = trie.to_device()
+  assert arrays.max_children == 1  # the root's 1000 children are a table
+  nodes = jnp.array([0, arrays.root_child[500], -1], jnp.int32)
+  mask = np.asarray(trie_lib.allowed_mask(arrays, nodes, 1100))
+  assert mask[0].sum() == 1000 and mask[0, 2:1002].all()
+  assert np.flatnonzero(mask[1]).tolist() == [1]
+  assert not mask[2].any()
+
+
+def test_memory_bytes_matches_device_arrays():
+  trie = _build([(2, 3, 1), (4, 1)])
+  arrays = trie.to_device()
+  assert trie.memory_bytes() == sum(x.nbytes for x in jax.tree.leaves(arrays))
+
+
+def test_root_table_narrower_than_vocab_is_padded():
+  trie = DocidTrie.build([(3, 1)], [0])
+  arrays = trie.to_device()
+  assert arrays.root_child.shape[0] < 50
+  mask = np.asarray(trie_lib.allowed_mask(arrays, jnp.array([0]), 50))
+  assert np.flatnonzero(mask[0]).tolist() == [3]
+  assert int(trie_lib.step(arrays, jnp.array([0]), jnp.array([40]))[0]) == -1
+
+
+@pytest.mark.parametrize("sequence, message", [
+    ((2, 3), "does not end in EOS"),
+    ((), "does not end in EOS"),
+    ((2, 1, 3, 1), "position 1"),
+    ((2, 0, 1), "position 1"),
+    ((-3, 1), "position 0"),
+    ((2, 99, 1), "vocab_size"),
+])
+def test_rejects_malformed_docids(sequence, message):
+  with pytest.raises(ValueError, match=message):
+    DocidTrie.build([(2, 1), sequence], [0, 1], vocab_size=VOCAB)
+  with pytest.raises(ValueError, match="sequence 1"):
+    DocidTrie.build([(2, 1), sequence], [0, 1], vocab_size=VOCAB)
+
+
+def test_rejects_duplicates_bad_values_and_unknown_deletes():
+  with pytest.raises(ValueError, match="sequence 2: .* already in the trie"):
+    DocidTrie.build([(2, 1), (3, 1), (2, 1)], [0, 1, 2])
+  with pytest.raises(ValueError, match="2 sequences but 1 values"):
+    DocidTrie.build([(2, 1), (3, 1)], [0])
+  trie = DocidTrie.build([(2, 3, 1)], [0])
+  with pytest.raises(ValueError, match="document index -1"):
+    trie.insert((4, 1), -1)
+  with pytest.raises(KeyError):
+    trie.delete((2, 1))
+  with pytest.raises(KeyError):
+    trie.delete((2, 3))  # a prefix, not a docid
+  assert trie.contains((2, 3, 1)) and not trie.contains((2, 3))

@@ -27,6 +27,7 @@ from typing import Any
 
 from etils import epath
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 STATE_ITEM = 'state'
@@ -227,6 +228,7 @@ def _pytree_restore(target: PyTree, partial: bool = False):
 def _abstract(target: PyTree) -> PyTree:
   """Concrete or abstract arrays -> ShapeDtypeStructs keeping shardings."""
   def one(x):
+    x = x if hasattr(x, 'shape') else np.asarray(x)
     return jax.ShapeDtypeStruct(x.shape, x.dtype,
                                 sharding=getattr(x, 'sharding', None))
   return jax.tree.map(one, target)

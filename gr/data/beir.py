@@ -314,6 +314,7 @@ def atomic_open(path: str, mode: str = "w"):
       yield f
       f.flush()
       os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; these are shared data.
     os.replace(tmp, path)
   except BaseException:
     with contextlib.suppress(FileNotFoundError):

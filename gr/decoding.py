@@ -1,0 +1,365 @@
+"""Beam search with a logits-processor hook, trie constraints, ranking.
+
+`beam_search` decodes with a decoder KV cache inside `lax.while_loop`. It
+keeps `beam_size` alive beams and a separate pool of `top_k` finished
+(EOS-terminated) sequences, and stops early once no alive beam can beat the
+worst finished one. A `LogitsProcessor` may rewrite the log-probabilities of
+every step; its state is gathered along with the beams and told which token
+each beam took. `TrieConstraint` is the processor that restricts decoding to
+the docids of a `gr.trie.TrieArrays`.
+
+Shapes: B = batch, K = beam_size, N = B * K, V = vocabulary, L = max length.
+Token ids: BOS = PAD = 0 (the first decoder input), EOS = 1.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Protocol, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gr import trie as trie_lib
+
+NEG_INF = -jnp.inf
+PyTree = Any
+# (decoder_tokens [N, 1] int32, cache, step) -> (logits [N, V], new_cache)
+TokensToLogits = Callable[[jax.Array, PyTree, jax.Array],
+                          tuple[jax.Array, PyTree]]
+
+
+class LogitsProcessor(Protocol):
+  """Rewrites per-step log-probabilities; its state follows the beams.
+
+  Every leaf of the state has leading dims [B, K]; beam search gathers it
+  along K when beams are reordered.
+  """
+
+  def init(self, batch_size: int, beam_size: int) -> PyTree:
+    """Initial state, leaves [B, K, ...]."""
+
+  def process(self, state: PyTree, log_probs: jax.Array,
+              step: jax.Array) -> tuple[jax.Array, PyTree]:
+    """log_probs [B, K, V] at decode `step` -> (new log_probs, state)."""
+
+  def update(self, state: PyTree, chosen_tokens: jax.Array) -> PyTree:
+    """State after the (already gathered) beams took `chosen_tokens` [B, K]."""
+
+
+@flax.struct.dataclass
+class BeamState:
+  """Loop carry of `beam_search`."""
+  step: jax.Array  # [] int32: position being decoded
+  alive_seqs: jax.Array  # [B, K, L] int32
+  alive_log_probs: jax.Array  # [B, K] float32
+  finished_seqs: jax.Array  # [B, top_k, L] int32
+  finished_scores: jax.Array  # [B, top_k] float32, -inf = empty slot
+  cache: PyTree  # leaves [N, ...] or 0-d
+  processor_state: PyTree  # leaves [B, K, ...]
+
+
+def length_penalty(length: jax.Array, alpha: float) -> jax.Array:
+  """GNMT length penalty ((5 + length) / 6) ** alpha."""
+  return ((5.0 + length) / 6.0) ** alpha
+
+
+def _gather_beams(tree: PyTree, beam_indices: jax.Array) -> PyTree:
+  """Reorders leaves [B, K, ...] along K by `beam_indices` [B, K']."""
+  def gather(x):
+    index = beam_indices.reshape(beam_indices.shape + (1,) * (x.ndim - 2))
+    return jnp.take_along_axis(x, index, axis=1)
+  return jax.tree.map(gather, tree)
+
+
+def _gather_flat_beams(tree: PyTree, beam_indices: jax.Array) -> PyTree:
+  """Like `_gather_beams` for leaves [N, ...]; 0-d leaves are left as is."""
+  batch, beams = beam_indices.shape
+
+  def gather(x):
+    if x.ndim == 0:
+      return x
+    x = x.reshape((batch, -1) + x.shape[1:])  # --> [B, K, ...]
+    x = _gather_beams(x, beam_indices)
+    return x.reshape((batch * beams,) + x.shape[2:])  # --> [N, ...]
+  return jax.tree.map(gather, tree)
+
+
+def _expand_to_beams(tree: PyTree, beam_size: int) -> PyTree:
+  """Repeats each leaf [B, ...] to [B * K, ...]; 0-d leaves are shared."""
+  def expand(x):
+    return x if x.ndim == 0 else jnp.repeat(x, beam_size, axis=0)
+  return jax.tree.map(expand, tree)
+
+
+def _initial_state(initial_cache, batch_size, beam_size, max_decode_len,
+                   top_k, processor_state) -> BeamState:
+  """Beam 0 alive with log-prob 0, the others -inf; finished pool empty."""
+  first_beam = jnp.arange(beam_size) == 0
+  return BeamState(
+      step=jnp.array(0, jnp.int32),
+      alive_seqs=jnp.zeros((batch_size, beam_size, max_decode_len), jnp.int32),
+      alive_log_probs=jnp.broadcast_to(
+          jnp.where(first_beam, 0.0, NEG_INF).astype(jnp.float32),
+          (batch_size, beam_size)),
+      finished_seqs=jnp.zeros((batch_size, top_k, max_decode_len), jnp.int32),
+      finished_scores=jnp.full((batch_size, top_k), NEG_INF, jnp.float32),
+      cache=_expand_to_beams(initial_cache, beam_size),
+      processor_state=processor_state)
+
+
+def _step_log_probs(state: BeamState, tokens_to_logits, processor):
+  """Log-probs [B, K, V] of every next token, and the new cache."""
+  batch, beams, _ = state.alive_seqs.shape
+  previous = jax.lax.dynamic_index_in_dim(
+      state.alive_seqs, jnp.maximum(state.step - 1, 0), axis=2, keepdims=False)
+  inputs = jnp.where(state.step == 0, 0, previous).reshape(batch * beams, 1)
+  logits, cache = tokens_to_logits(inputs, state.cache, state.step)
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  log_probs = log_probs.reshape(batch, beams, -1)  # --> [B, K, V]
+  processor_state = state.processor_state
+  if processor is not None:
+    log_probs, processor_state = processor.process(
+        processor_state, log_probs, state.step)
+  return log_probs, cache, processor_state
+
+
+def _merge_finished(state: BeamState, eos_scores: jax.Array, eos_id: int):
+  """Adds the alive beams ended by EOS (scores [B, K]) to the finished pool."""
+  ended = state.alive_seqs.at[:, :, state.step].set(eos_id)
+  seqs = jnp.concatenate([state.finished_seqs, ended], axis=1)
+  scores = jnp.concatenate([state.finished_scores, eos_scores], axis=1)
+  top_scores, top_index = jax.lax.top_k(scores, state.finished_scores.shape[1])
+  return _gather_beams(seqs, top_index), top_scores
+
+
+def _advance_alive(state: BeamState, candidates: jax.Array, cache,
+                   processor_state, processor):
+  """Keeps the best K non-EOS continuations (candidates [B, K, V])."""
+  batch, beams, vocab = candidates.shape
+  flat = candidates.reshape(batch, beams * vocab)  # --> [B, K * V]
+  log_probs, index = jax.lax.top_k(flat, beams)
+  beam_index, tokens = index // vocab, index % vocab  # [B, K] each
+  seqs = _gather_beams(state.alive_seqs, beam_index)
+  seqs = seqs.at[:, :, state.step].set(tokens)
+  cache = _gather_flat_beams(cache, beam_index)
+  processor_state = _gather_beams(processor_state, beam_index)
+  if processor is not None:
+    processor_state = processor.update(processor_state, tokens)
+  return seqs, log_probs, cache, processor_state
+
+
+def _search_step(state: BeamState, tokens_to_logits, processor, eos_id,
+                 alpha) -> BeamState:
+  """One decode position: finish EOS beams, extend the others."""
+  log_probs, cache, processor_state = _step_log_probs(
+      state, tokens_to_logits, processor)
+  candidates = state.alive_log_probs[:, :, None] + log_probs  # [B, K, V]
+  eos_scores = candidates[:, :, eos_id] / length_penalty(state.step + 1, alpha)
+  finished_seqs, finished_scores = _merge_finished(state, eos_scores, eos_id)
+  candidates = candidates.at[:, :, eos_id].set(NEG_INF)
+  alive_seqs, alive_log_probs, cache, processor_state = _advance_alive(
+      state, candidates, cache, processor_state, processor)
+  return BeamState(
+      step=state.step + 1, alive_seqs=alive_seqs,
+      alive_log_probs=alive_log_probs, finished_seqs=finished_seqs,
+      finished_scores=finished_scores, cache=cache,
+      processor_state=processor_state)
+
+
+def _all_done(state: BeamState, max_decode_len: int, alpha: float):
+  """True when no alive beam can still enter any finished pool."""
+  # Log-probs only fall, and for alpha >= 0 a longer length divides a
+  # negative score by a larger penalty: the best an alive beam can reach is
+  # its log-prob over the penalty at max length.
+  best_alive = jnp.max(state.alive_log_probs, axis=1)  # [B]
+  bound = best_alive / length_penalty(max_decode_len, alpha)
+  worst_finished = jnp.min(state.finished_scores, axis=1)  # [B]
+  done = (best_alive == NEG_INF) | (bound < worst_finished)
+  return jnp.all(done) | (state.step >= max_decode_len)
+
+
+def beam_search(tokens_to_logits: TokensToLogits, initial_cache: PyTree,
+                batch_size: int, *, beam_size: int, max_decode_len: int,
+                eos_id: int = 1,
+                logits_processor: Optional[LogitsProcessor] = None,
+                processor_state: Optional[PyTree] = None,
+                length_penalty_alpha: float = 0.0,
+                top_k: Optional[int] = None) -> tuple[jax.Array, jax.Array]:
+  """Beam search over decoder tokens; jit-friendly (lax.while_loop).
+
+  Args:
+    tokens_to_logits: (decoder_tokens [N, 1], cache, step) ->
+      (logits [N, V], new_cache), N = batch_size * beam_size.
+    initial_cache: decoder cache with leaves [B, ...] (or 0-d, shared); it is
+      repeated to [N, ...] and gathered as beams are reordered.
+    batch_size: B.
+    beam_size: K alive beams.
+    max_decode_len: L, the most tokens of a sequence, EOS included.
+    eos_id: end token; a sequence finishes when it takes it.
+    logits_processor: optional hook applied to each step's log-probs.
+    processor_state: its state (leaves [B, K, ...]); None = its init().
+    length_penalty_alpha: finished scores are log-prob / ((5+len)/6)**alpha.
+    top_k: size of the finished pool returned (default beam_size).
+
+  Returns:
+    sequences [B, top_k, L] (EOS-terminated, PAD after) and scores
+    [B, top_k], best first. Slots with no finished sequence score -inf.
+  """
+  top_k = top_k or beam_size
+  if processor_state is None and logits_processor is not None:
+    processor_state = logits_processor.init(batch_size, beam_size)
+  state = _initial_state(initial_cache, batch_size, beam_size, max_decode_len,
+                         top_k, processor_state)
+  state = jax.lax.while_loop(
+      lambda s: ~_all_done(s, max_decode_len, length_penalty_alpha),
+      lambda s: _search_step(s, tokens_to_logits, logits_processor, eos_id,
+                             length_penalty_alpha),
+      state)
+  return state.finished_seqs, state.finished_scores
+
+
+@flax.struct.dataclass
+class TrieConstraint:
+  """LogitsProcessor allowing only continuations of docids in `arrays`.
+
+  State: the trie node of each beam, [B, K] int32 (-1 = dead).
+  """
+  arrays: trie_lib.TrieArrays
+
+  def init(self, batch_size: int, beam_size: int) -> jax.Array:
+    return jnp.zeros((batch_size, beam_size), jnp.int32)
+
+  def process(self, state: jax.Array, log_probs: jax.Array,
+              step: jax.Array) -> tuple[jax.Array, jax.Array]:
+    del step
+    batch, beams, vocab = log_probs.shape
+    mask = trie_lib.allowed_mask(self.arrays, state.reshape(-1), vocab)
+    mask = mask.reshape(batch, beams, vocab)  # --> [B, K, V]
+    return jnp.where(mask, log_probs, NEG_INF), state
+
+  def update(self, state: jax.Array, chosen_tokens: jax.Array) -> jax.Array:
+    nodes = trie_lib.step(self.arrays, state.reshape(-1),
+                          chosen_tokens.reshape(-1))
+    return nodes.reshape(state.shape)
+
+
+@flax.struct.dataclass
+class ConstrainedResult:
+  """Top-k docids found by constrained beam search, and their documents."""
+  sequences: jax.Array  # [B, top_k, L] int32
+  scores: jax.Array  # [B, top_k] float32, -inf = empty slot
+  documents: jax.Array  # [B, top_k] int32, -1 = empty slot
+
+
+def constrained_beam_search(tokens_to_logits: TokensToLogits,
+                            initial_cache: PyTree, batch_size: int,
+                            trie_arrays: trie_lib.TrieArrays, *,
+                            beam_size: int, max_decode_len: int,
+                            length_penalty_alpha: float = 0.0,
+                            top_k: Optional[int] = None) -> ConstrainedResult:
+  """`beam_search` restricted to the trie's docids; maps them to documents.
+
+  `trie_arrays` must be an argument of the caller's jitted function (data,
+  not a closure constant) so that editing the trie does not recompile.
+  """
+  sequences, scores = beam_search(
+      tokens_to_logits, initial_cache, batch_size, beam_size=beam_size,
+      max_decode_len=max_decode_len, eos_id=trie_arrays.eos_id,
+      logits_processor=TrieConstraint(trie_arrays),
+      length_penalty_alpha=length_penalty_alpha, top_k=top_k)
+  batch, k, length = sequences.shape
+  documents = trie_lib.lookup(trie_arrays,
+                              sequences.reshape(batch * k, length))
+  documents = documents.reshape(batch, k)  # --> [B, top_k]
+  documents = jnp.where(scores > NEG_INF, documents, -1)
+  return ConstrainedResult(sequences=sequences, scores=scores,
+                           documents=documents)
+
+
+def rank_documents(doc_indices: jax.Array, scores: jax.Array, *,
+                   aggregation: str = "max") -> tuple[jax.Array, jax.Array]:
+  """Merges several docids of one document into one ranked entry.
+
+  Args:
+    doc_indices: [B, K] document of each hit, -1 = empty.
+    scores: [B, K] hit scores (-inf = empty).
+    aggregation: "max" keeps a document's best hit; "logsumexp" adds the
+      probabilities of all its hits.
+
+  Returns:
+    documents [B, K] (each at most once, best first, -1 padding) and their
+    scores [B, K] (-inf padding).
+  """
+  if aggregation not in ("max", "logsumexp"):
+    raise ValueError(f"rank_documents: aggregation {aggregation!r} is not "
+                     "'max' or 'logsumexp'")
+  valid = (doc_indices >= 0) & (scores > NEG_INF)  # [B, K]
+  same = ((doc_indices[:, :, None] == doc_indices[:, None, :])
+          & valid[:, :, None] & valid[:, None, :])  # [B, K, K]
+  hits = jnp.where(same, scores[:, None, :], NEG_INF)
+  if aggregation == "max":
+    merged = jnp.max(hits, axis=2)
+  else:
+    merged = jax.nn.logsumexp(hits, axis=2)
+  earlier = jnp.tril(jnp.ones(same.shape[1:], bool), k=-1)  # j < i
+  first = valid & ~jnp.any(same & earlier, axis=2)
+  merged = jnp.where(first, merged, NEG_INF)
+  order = jnp.argsort(-merged, axis=1, stable=True)
+  ranked_scores = jnp.take_along_axis(merged, order, axis=1)
+  ranked_docs = jnp.take_along_axis(
+      jnp.where(first, doc_indices, -1), order, axis=1)
+  return ranked_docs, ranked_scores
+
+
+def pad_sequences(sequences: Sequence[Sequence[int]],
+                  length: Optional[int] = None) -> np.ndarray:
+  """Token sequences -> [N, length] int32, PAD (0) after each one."""
+  length = length or max(len(s) for s in sequences)
+  out = np.zeros((len(sequences), length), np.int32)
+  for row, sequence in enumerate(sequences):
+    if len(sequence) > length:
+      raise ValueError(f"pad_sequences: sequence {row} has {len(sequence)} "
+                       f"tokens, more than length {length}")
+    out[row, :len(sequence)] = sequence
+  return out
+
+
+def exact_rank(score_fn: Callable[[jax.Array], jax.Array],
+               sequences: Sequence[Sequence[int]], values: Sequence[int], *,
+               batch_size: int = 256, max_len: Optional[int] = None,
+               length_penalty_alpha: float = 0.0,
+               top_k: Optional[int] = None):
+  """Exact ranking of every docid for one query, by teacher forcing.
+
+  Args:
+    score_fn: targets [n, L] (EOS then PAD) -> total log-prob [n]; always
+      called with n = batch_size (the last chunk is padded), so it compiles
+      once.
+    sequences: all docid token sequences, each ending in EOS.
+    values: document index of each sequence.
+    batch_size: sequences scored per call.
+    max_len: L (default: the longest sequence).
+    length_penalty_alpha: as in `beam_search`.
+    top_k: how many to return (default all).
+
+  Returns:
+    (targets [k, L], scores [k], documents [k]) as numpy, best first; ties
+    keep input order.
+  """
+  targets = pad_sequences(sequences, max_len)
+  scores = np.concatenate([
+      _score_chunk(score_fn, targets[start:start + batch_size], batch_size)
+      for start in range(0, len(targets), batch_size)])
+  lengths = np.array([len(s) for s in sequences], np.float64)
+  scores = scores / np.asarray(length_penalty(lengths, length_penalty_alpha))
+  order = np.argsort(-scores, kind="stable")[:top_k]
+  return targets[order], scores[order], np.asarray(values)[order]
+
+
+def _score_chunk(score_fn, chunk: np.ndarray, batch_size: int) -> np.ndarray:
+  """Scores `chunk` [n <= batch_size, L], padded to batch_size rows."""
+  count = len(chunk)
+  padded = np.concatenate(
+      [chunk, np.repeat(chunk[:1], batch_size - count, axis=0)])
+  return np.asarray(score_fn(jnp.asarray(padded)), np.float64)[:count]

@@ -1,0 +1,287 @@
+"""Tests for gr/decoding.py against brute-force enumeration on toy models.
+
+The toy model is a second-order Markov chain: the logits of the next token
+depend on the previous two tokens (the older one is read from a fake decoder
+cache with leading dim N, so a wrong cache gather changes the results) plus a
+per-example bias (leading dim B in the initial cache).
+"""
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from gr import decoding
+from gr.trie import DocidTrie
+
+BATCH = 2
+VOCAB = 6  # constrained tests: docid tokens 2..5
+MAX_LEN = 4  # up to 3 docid tokens + EOS
+SMALL_VOCAB = 4  # unconstrained tests
+SMALL_LEN = 3
+
+
+def _tokens_to_logits(table, tokens, cache, step):
+  """tokens [N, 1] -> logits [N, V] = table[older, previous] + bias."""
+  del step
+  previous = tokens[:, 0]
+  logits = table[cache["last"], previous] + cache["bias"]
+  new_cache = dict(last=previous, bias=cache["bias"], index=cache["index"] + 1)
+  return logits, new_cache
+
+
+def _initial_cache(bias):
+  """bias [B, V] -> cache with leaves [B, ...] and a shared 0-d index."""
+  return dict(last=jnp.zeros(bias.shape[:1], jnp.int32), bias=bias,
+              index=jnp.array(0, jnp.int32))
+
+
+def _toy(seed, vocab):
+  rng = np.random.default_rng(seed)
+  table = rng.normal(size=(vocab, vocab, vocab)).astype(np.float32) * 2
+  bias = rng.normal(size=(BATCH, vocab)).astype(np.float32)
+  return jnp.asarray(table), jnp.asarray(bias)
+
+
+def _log_prob(table, bias_row, sequence):
+  """Oracle: total log-prob of `sequence` under the toy model (numpy)."""
+  table, bias_row = np.asarray(table, np.float64), np.asarray(bias_row)
+  older, previous, total = 0, 0, 0.0
+  for token in sequence:
+    logits = table[older, previous] + bias_row
+    total += logits[token] - np.log(np.exp(logits).sum())
+    older, previous = previous, token
+  return total
+
+
+def _brute_force(table, bias_row, sequences, top_k, alpha=0.0):
+  """Best `top_k` (score, sequence) of `sequences` by the oracle."""
+  scored = [(_log_prob(table, bias_row, s)
+             / ((5 + len(s)) / 6) ** alpha, tuple(s)) for s in sequences]
+  return sorted(scored, reverse=True)[:top_k]
+
+
+def _as_tuples(sequences):
+  """[K, L] EOS-terminated rows -> tuples up to EOS."""
+  out = []
+  for row in np.asarray(sequences).tolist():
+    out.append(tuple(row[:row.index(1) + 1]) if 1 in row else tuple(row))
+  return out
+
+
+@functools.partial(jax.jit, static_argnames=("beam_size", "top_k", "alpha"))
+def _unconstrained(table, bias, *, beam_size, top_k, alpha):
+  return decoding.beam_search(
+      functools.partial(_tokens_to_logits, table), _initial_cache(bias),
+      BATCH, beam_size=beam_size, max_decode_len=SMALL_LEN, top_k=top_k,
+      length_penalty_alpha=alpha)
+
+
+@functools.partial(jax.jit, static_argnames=("beam_size", "top_k"))
+def _constrained(table, bias, arrays, *, beam_size, top_k):
+  return decoding.constrained_beam_search(
+      functools.partial(_tokens_to_logits, table), _initial_cache(bias),
+      BATCH, arrays, beam_size=beam_size, max_decode_len=MAX_LEN, top_k=top_k)
+
+
+@jax.jit
+def _teacher_forced(table, bias_row, targets):
+  """score_fn for exact_rank: targets [n, L] -> total log-prob [n]."""
+  count = targets.shape[0]
+  inputs = jnp.concatenate(
+      [jnp.zeros((count, 1), jnp.int32), targets[:, :-1]], axis=1)
+  cache = _initial_cache(jnp.broadcast_to(bias_row, (count, VOCAB)))
+
+  def position(cache, columns):
+    tokens, target = columns
+    logits, cache = _tokens_to_logits(table, tokens[:, None], cache, 0)
+    log_probs = jax.nn.log_softmax(logits)
+    return cache, jnp.take_along_axis(log_probs, target[:, None], 1)[:, 0]
+
+  _, per_token = jax.lax.scan(position, cache, (inputs.T, targets.T))
+  return jnp.sum(jnp.where(targets.T != 0, per_token, 0.0), axis=0)
+
+
+_rank = jax.jit(decoding.rank_documents, static_argnames="aggregation")
+
+docid_sets = st.lists(
+    st.lists(st.integers(2, VOCAB - 1), min_size=1, max_size=MAX_LEN - 1).map(
+        lambda t: tuple(t) + (1,)),
+    min_size=1, max_size=8, unique=True)
+
+
+def _trie(sequences, values):
+  return DocidTrie.build(sequences, values, capacity=64, vocab_size=VOCAB,
+                         fanout_capacity=VOCAB)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.8])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_unconstrained_equals_brute_force(seed, alpha):
+  table, bias = _toy(seed, SMALL_VOCAB)
+  beams = (SMALL_VOCAB - 1) ** (SMALL_LEN - 1)  # every non-EOS prefix fits
+  sequences, scores = _unconstrained(table, bias, beam_size=beams, top_k=6,
+                                     alpha=alpha)
+  non_eos = [t for t in range(SMALL_VOCAB) if t != 1]
+  everything = [p + (1,) for n in range(SMALL_LEN)
+                for p in itertools.product(non_eos, repeat=n)]
+  for row in range(BATCH):
+    expected = _brute_force(table, bias[row], everything, 6, alpha)
+    assert _as_tuples(sequences[row]) == [s for _, s in expected]
+    np.testing.assert_allclose(scores[row], [v for v, _ in expected],
+                               rtol=1e-5)
+    tail = np.asarray(sequences[row])
+    for seq, ids in zip(expected, tail):
+      assert (ids[len(seq[1]):] == 0).all()  # PAD after EOS
+
+
+@settings(max_examples=20, deadline=None)
+@given(docid_sets, st.integers(0, 2**16), st.data())
+def test_constrained_with_full_beam_is_exact_ranking(sequences, seed, data):
+  values = data.draw(st.lists(st.integers(0, 3), min_size=len(sequences),
+                              max_size=len(sequences)))
+  table, bias = _toy(seed, VOCAB)
+  result = _constrained(table, bias, _trie(sequences, values).to_device(),
+                        beam_size=8, top_k=8)
+  found = min(len(sequences), 8)
+  for row in range(BATCH):
+    targets, scores, documents = decoding.exact_rank(
+        functools.partial(_teacher_forced, table, bias[row]), sequences,
+        values, batch_size=3, max_len=MAX_LEN)
+    expected = _brute_force(table, bias[row], sequences, 8)
+    np.testing.assert_allclose(scores, [v for v, _ in expected], rtol=1e-5)
+    assert _as_tuples(targets) == [s for _, s in expected]
+    assert _as_tuples(result.sequences[row][:found]) == _as_tuples(targets)
+    np.testing.assert_allclose(result.scores[row][:found], scores, rtol=1e-5)
+    np.testing.assert_array_equal(result.documents[row][:found], documents)
+    assert np.all(np.asarray(result.scores[row][found:]) == -np.inf)
+    assert np.all(np.asarray(result.documents[row][found:]) == -1)
+
+
+@settings(max_examples=20, deadline=None)
+@given(docid_sets, st.integers(0, 2**16))
+def test_constrained_small_beam_returns_only_trie_docids(sequences, seed):
+  table, bias = _toy(seed, VOCAB)
+  values = list(range(len(sequences)))
+  result = _constrained(table, bias, _trie(sequences, values).to_device(),
+                        beam_size=2, top_k=2)
+  for row in range(BATCH):
+    for sequence, document, score in zip(
+        _as_tuples(result.sequences[row]), result.documents[row],
+        result.scores[row]):
+      if score > -np.inf:
+        assert sequence in sequences
+        assert document == sequences.index(sequence)
+        np.testing.assert_allclose(
+            score, _log_prob(table, bias[row], sequence), rtol=1e-5)
+  assert np.isfinite(result.scores[:, 0]).all()  # something is always found
+
+
+@functools.partial(jax.jit, static_argnames=())
+def _constrained_for_edits(table, bias, arrays):
+  return decoding.constrained_beam_search(
+      functools.partial(_tokens_to_logits, table), _initial_cache(bias),
+      BATCH, arrays, beam_size=4, max_decode_len=MAX_LEN, top_k=4)
+
+
+def test_edits_change_results_without_recompiling():
+  old = [s + (1,) for n in (1, 2) for s in itertools.product((2, 3, 4),
+                                                             repeat=n)]
+  trie = _trie(old, list(range(len(old))))
+  table, bias = _toy(3, VOCAB)
+  prefer_new = bias.at[:, 5].add(12.0).at[:, 1].add(12.0)
+  first = _constrained_for_edits(table, prefer_new, trie.to_device())
+  assert (5, 5, 1) not in _as_tuples(first.sequences[0])
+  removed = _as_tuples(first.sequences[0])[:2]
+  for sequence in removed:
+    trie.delete(sequence)
+  trie.insert((5, 5, 1), 99)
+  second = _constrained_for_edits(table, prefer_new, trie.to_device())
+  assert _constrained_for_edits._cache_size() == 1
+  for row in range(BATCH):
+    returned = _as_tuples(second.sequences[row])
+    assert returned[0] == (5, 5, 1) and second.documents[row, 0] == 99
+    assert not set(removed) & set(returned)
+  third = _constrained_for_edits(table, bias, trie.to_device())
+  assert not set(removed) & set(_as_tuples(third.sequences[0]))
+  assert _constrained_for_edits._cache_size() == 1
+
+
+class _NoRepeat:
+  """Toy processor: a beam may not take the token it took last step."""
+
+  def init(self, batch_size, beam_size):
+    return jnp.full((batch_size, beam_size), -1, jnp.int32)
+
+  def process(self, state, log_probs, step):
+    del step
+    repeat = jnp.arange(log_probs.shape[-1]) == state[:, :, None]
+    return jnp.where(repeat, -jnp.inf, log_probs), state
+
+  def update(self, state, chosen_tokens):
+    return chosen_tokens
+
+
+@jax.jit
+def _no_repeat(table, bias):
+  return decoding.beam_search(
+      functools.partial(_tokens_to_logits, table), _initial_cache(bias),
+      BATCH, beam_size=6, max_decode_len=SMALL_LEN + 1,
+      logits_processor=_NoRepeat(), top_k=5)
+
+
+def test_processor_state_follows_beams():
+  table, bias = _toy(5, SMALL_VOCAB)
+  sequences, scores = _no_repeat(table, bias)
+  non_eos = [t for t in range(SMALL_VOCAB) if t != 1]
+  allowed = [p + (1,) for n in range(SMALL_LEN + 1)
+             for p in itertools.product(non_eos, repeat=n)
+             if all(a != b for a, b in zip(p, p[1:]))]
+  for row in range(BATCH):
+    expected = _brute_force(table, bias[row], allowed, 5)
+    assert _as_tuples(sequences[row]) == [s for _, s in expected]
+    np.testing.assert_allclose(scores[row], [v for v, _ in expected],
+                               rtol=1e-5)
+
+
+def test_rank_documents_merges_multi_docids():
+  docs = jnp.array([[4, 7, 4, -1, 2]])
+  scores = jnp.log(jnp.array([[0.4, 0.3, 0.2, 0.9, 0.05]]))
+  ranked, merged = _rank(docs, scores, aggregation="max")
+  assert ranked.tolist() == [[4, 7, 2, -1, -1]]
+  np.testing.assert_allclose(np.exp(merged[0, :3]), [0.4, 0.3, 0.05], 1e-6)
+  ranked, merged = _rank(docs, scores, aggregation="logsumexp")
+  assert ranked.tolist() == [[4, 7, 2, -1, -1]]
+  np.testing.assert_allclose(np.exp(merged[0, :3]), [0.6, 0.3, 0.05], 1e-6)
+  assert np.all(np.asarray(merged[0, 3:]) == -np.inf)
+  with pytest.raises(ValueError, match="aggregation"):
+    decoding.rank_documents(docs, scores, aggregation="mean")
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(-1, 4),
+                                   st.floats(-20, 0, width=32)),
+                         min_size=6, max_size=6), min_size=3, max_size=3),
+       st.sampled_from(["max", "logsumexp"]))
+def test_rank_documents_matches_dict_oracle(rows, aggregation):
+  docs = jnp.array([[d for d, _ in row] for row in rows], jnp.int32)
+  scores = jnp.array([[s for _, s in row] for row in rows], jnp.float32)
+  ranked, merged = _rank(docs, scores, aggregation=aggregation)
+  combine = max if aggregation == "max" else (
+      lambda xs: float(np.logaddexp.reduce(np.array(xs, np.float64))))
+  for row, out_docs, out_scores in zip(rows, ranked.tolist(),
+                                       np.asarray(merged)):
+    hits = {}
+    for doc, score in row:
+      if doc >= 0:
+        hits.setdefault(doc, []).append(score)
+    expected = {doc: combine(s) for doc, s in hits.items()}
+    count = len(expected)
+    assert dict(zip(out_docs[:count], out_scores[:count].tolist())) == (
+        pytest.approx(expected, rel=1e-5, abs=1e-5))
+    assert list(out_scores[:count]) == sorted(out_scores[:count],
+                                              reverse=True)
+    assert out_docs[count:] == [-1] * (len(row) - count)

@@ -2,8 +2,9 @@
 
 `kmeans` runs k-means++ seeding then jitted Lloyd iterations in a
 lax.while_loop (stops after `iters` steps or when no centroid moves more than
-`tol` in squared distance). Points are padded to a power-of-two bucket with a
-mask, so clusters of different sizes share a few compiled functions.
+`tol` in squared distance). Points are padded to a power-of-two bucket and k
+to a power of two (>= 8), both with masks, so clusters of different sizes and
+different k share a few compiled functions.
 
 Policies:
   * n < k: k-means++ runs out of distinct points and repeats some, so at most
@@ -28,19 +29,24 @@ def bucket_size(n: int) -> int:
   return max(_MIN_BUCKET, 1 << max(n - 1, 0).bit_length())
 
 
-def _squared_distances(x: jax.Array, centroids: jax.Array) -> jax.Array:
-  """x [n, d], centroids [k, d] -> [n, k]."""
+def _squared_distances(x: jax.Array, centroids: jax.Array,
+                       valid: jax.Array | None = None) -> jax.Array:
+  """x [n, d], centroids [k, d] -> [n, k]; +inf where valid [k] is False."""
   cross = jnp.dot(x, centroids.T, precision=jax.lax.Precision.HIGHEST)
   x_norm = jnp.sum(x * x, axis=1, keepdims=True)
   c_norm = jnp.sum(centroids * centroids, axis=1)
-  return jnp.maximum(x_norm - 2 * cross + c_norm[None, :], 0.0)
+  distances = jnp.maximum(x_norm - 2 * cross + c_norm[None, :], 0.0)
+  return distances if valid is None else jnp.where(valid, distances, jnp.inf)
 
 
 def _kmeans_plus_plus(x, mask, key, k: int) -> jax.Array:
-  """Seeds k centroids [k, d] from valid rows of x [n, d] (mask [n])."""
-  keys = jax.random.split(key, k)
+  """Seeds k centroids [k, d] from valid rows of x [n, d] (mask [n]).
+
+  Seeds are picked one after another, so the first j of them do not depend
+  on k: padding k (and masking the extra centroids) changes nothing.
+  """
   uniform = jnp.where(mask, 0.0, -jnp.inf)
-  first = x[jax.random.categorical(keys[0], uniform)]
+  first = x[jax.random.categorical(jax.random.fold_in(key, 0), uniform)]
   centroids = jnp.zeros((k, x.shape[1]), x.dtype).at[0].set(first)
   nearest = _squared_distances(x, first[None])[:, 0]
 
@@ -51,26 +57,27 @@ def _kmeans_plus_plus(x, mask, key, k: int) -> jax.Array:
                        -jnp.inf)
     # All valid points coincide with a centroid (n < k): pick uniformly.
     logits = jnp.where(jnp.any(positive), logits, uniform)
-    chosen = x[jax.random.categorical(keys[i], logits)]
+    chosen = x[jax.random.categorical(jax.random.fold_in(key, i), logits)]
     distance = _squared_distances(x, chosen[None])[:, 0]
     return centroids.at[i].set(chosen), jnp.minimum(nearest, distance)
 
   return jax.lax.fori_loop(1, k, pick, (centroids, nearest))[0]
 
 
-def _lloyd_step(x, mask, centroids):
+def _lloyd_step(x, mask, centroids, valid):
   """One assignment + mean update; empty clusters keep their centroid."""
   k = centroids.shape[0]
-  assignment = jnp.argmin(_squared_distances(x, centroids), axis=1)
+  assignment = jnp.argmin(_squared_distances(x, centroids, valid), axis=1)
   one_hot = jax.nn.one_hot(assignment, k, dtype=x.dtype) * mask[:, None]
   sums = jnp.dot(one_hot.T, x, precision=jax.lax.Precision.HIGHEST)
   counts = one_hot.sum(axis=0)[:, None]
   return jnp.where(counts > 0, sums / jnp.maximum(counts, 1), centroids)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "iters"))
-def _kmeans_padded(x, mask, key, tol, *, k: int, iters: int):
-  """x [N, d] padded, mask [N] -> (centroids [k, d], assignment [N])."""
+@functools.partial(jax.jit, static_argnames=("k_padded", "iters"))
+def _kmeans_padded(x, mask, key, tol, k, *, k_padded: int, iters: int):
+  """x [N, d], mask [N], k <= k_padded -> (centroids [k_padded, d], assignment [N])."""
+  valid = jnp.arange(k_padded) < k
 
   def not_done(state):
     step, _, shift = state
@@ -78,14 +85,14 @@ def _kmeans_padded(x, mask, key, tol, *, k: int, iters: int):
 
   def step_fn(state):
     step, centroids, _ = state
-    updated = _lloyd_step(x, mask, centroids)
-    shift = jnp.max(jnp.sum((updated - centroids) ** 2, axis=1))
+    updated = _lloyd_step(x, mask, centroids, valid)
+    shift = jnp.max(jnp.where(valid, jnp.sum((updated - centroids) ** 2, 1), 0))
     return step + 1, updated, shift
 
-  centroids = _kmeans_plus_plus(x, mask, key, k)
+  centroids = _kmeans_plus_plus(x, mask, key, k_padded)
   init = (jnp.int32(0), centroids, jnp.array(jnp.inf, x.dtype))
   _, centroids, _ = jax.lax.while_loop(not_done, step_fn, init)
-  return centroids, jnp.argmin(_squared_distances(x, centroids), axis=1)
+  return centroids, jnp.argmin(_squared_distances(x, centroids, valid), axis=1)
 
 
 def kmeans(x: np.ndarray, k: int, *, seed: int = 0, iters: int = 50,
@@ -100,9 +107,11 @@ def kmeans(x: np.ndarray, k: int, *, seed: int = 0, iters: int = 50,
   padded = np.zeros((bucket_size(n), x.shape[1]), np.float32)
   padded[:n] = x
   mask = np.arange(padded.shape[0]) < n
+  k_padded = max(8, 1 << (k - 1).bit_length())
   centroids, assignment = _kmeans_padded(
-      padded, mask, jax.random.PRNGKey(seed), np.float32(tol), k=k, iters=iters)
-  return np.asarray(centroids), np.asarray(assignment)[:n]
+      padded, mask, jax.random.PRNGKey(seed), np.float32(tol), np.int32(k),
+      k_padded=k_padded, iters=iters)
+  return np.asarray(centroids)[:k], np.asarray(assignment)[:n]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -199,7 +199,8 @@ def beam_search(tokens_to_logits: TokensToLogits, initial_cache: PyTree,
     eos_id: end token; a sequence finishes when it takes it.
     logits_processor: optional hook applied to each step's log-probs.
     processor_state: its state (leaves [B, K, ...]); None = its init().
-    length_penalty_alpha: finished scores are log-prob / ((5+len)/6)**alpha.
+    length_penalty_alpha: finished scores are log-prob / ((5+len)/6)**alpha;
+      must be >= 0 (early stopping relies on it).
     top_k: size of the finished pool returned (default beam_size).
 
   Returns:
@@ -207,6 +208,11 @@ def beam_search(tokens_to_logits: TokensToLogits, initial_cache: PyTree,
     [B, top_k], best first. Slots with no finished sequence score -inf.
   """
   top_k = top_k or beam_size
+  if min(beam_size, max_decode_len, top_k) < 1 or length_penalty_alpha < 0:
+    raise ValueError(
+        f"beam_search: need beam_size ({beam_size}), max_decode_len "
+        f"({max_decode_len}), top_k ({top_k}) >= 1 and length_penalty_alpha "
+        f"({length_penalty_alpha}) >= 0")
   if processor_state is None and logits_processor is not None:
     processor_state = logits_processor.init(batch_size, beam_size)
   state = _initial_state(initial_cache, batch_size, beam_size, max_decode_len,

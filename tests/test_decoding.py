@@ -180,7 +180,7 @@ def test_constrained_small_beam_returns_only_trie_docids(sequences, seed):
   assert np.isfinite(result.scores[:, 0]).all()  # something is always found
 
 
-@functools.partial(jax.jit, static_argnames=())
+@jax.jit
 def _constrained_for_edits(table, bias, arrays):
   return decoding.constrained_beam_search(
       functools.partial(_tokens_to_logits, table), _initial_cache(bias),
@@ -245,6 +245,17 @@ def test_processor_state_follows_beams():
     assert _as_tuples(sequences[row]) == [s for _, s in expected]
     np.testing.assert_allclose(scores[row], [v for v, _ in expected],
                                rtol=1e-5)
+
+
+def test_rejects_bad_search_settings():
+  table, bias = _toy(0, SMALL_VOCAB)
+  step = functools.partial(_tokens_to_logits, table)
+  with pytest.raises(ValueError, match="length_penalty_alpha"):
+    decoding.beam_search(step, _initial_cache(bias), BATCH, beam_size=2,
+                         max_decode_len=3, length_penalty_alpha=-1.0)
+  with pytest.raises(ValueError, match="beam_size"):
+    decoding.beam_search(step, _initial_cache(bias), BATCH, beam_size=0,
+                         max_decode_len=3)
 
 
 def test_rank_documents_merges_multi_docids():

@@ -7,14 +7,16 @@ from gr import metrics
 from gr.baselines import bm25
 from gr.data import beir
 
-CORPUS = {
-    "cats": beir.Document("cats", "", "Cats purr and chase mice around the house."),
-    "dogs": beir.Document("dogs", "", "Dogs bark loudly and fetch sticks in parks."),
-    "fish": beir.Document("fish", "", "Fish swim silently in the cold river."),
+_TEXTS = {
+    "cats": ("", "Cats purr and chase mice around the house."),
+    "dogs": ("", "Dogs bark loudly and fetch sticks in parks."),
+    "fish": ("", "Fish swim silently in the cold river."),
     # Its title matches 'volcano' but only its text is indexed.
-    "decoy": beir.Document("decoy", "Volcano eruption", "Bread rises in a warm oven."),
-    "lava": beir.Document("lava", "", "A volcano erupted and lava flowed downhill."),
+    "decoy": ("Volcano eruption", "Bread rises in a warm oven."),
+    "lava": ("", "A volcano erupted and lava flowed downhill."),
 }
+CORPUS = {i: beir.Document(i, title, text) for i, (title, text) in
+          _TEXTS.items()}
 
 
 def test_obvious_document_ranks_first():

@@ -88,9 +88,11 @@ def test_no_own_url_and_only_date_and_ids_in_metadata(built, titles):
 
 
 def test_duplicate_bodies_are_merged(titles):
-  merged = [d for d in titles.corpus.values() if len(d.metadata["article_ids"]) > 1]
+  merged = [d for d in titles.corpus.values()
+            if len(d.metadata["article_ids"]) > 1]
   assert merged
-  all_qrels = {q: r for split in titles.qrels.values() for q, r in split.items()}
+  all_qrels = {q: r for split in titles.qrels.values()
+               for q, r in split.items()}
   for doc in merged:
     for article_id in doc.metadata["article_ids"]:
       assert all_qrels[f"t{article_id}"] == {doc.doc_id: 1}
@@ -104,7 +106,8 @@ def test_title_split_is_80_10_10_and_covers_every_query(titles):
   assert sum(len(q) for q in titles.qrels.values()) == len(titles.queries)
   sizes = collections.Counter(split_of.values())
   n = len(titles.queries)
-  assert abs(sizes["train"] - 0.8 * n) <= 1 and abs(sizes["test"] - 0.1 * n) <= 1
+  assert abs(sizes["train"] - 0.8 * n) <= 1
+  assert abs(sizes["test"] - 0.1 * n) <= 1
   # Every document is in the corpus regardless of split, and is judged.
   judged = {d for qrels in titles.qrels.values() for r in qrels.values()
             for d in r}

@@ -47,8 +47,8 @@ def test_round_trip_matches_beir_reader_in_file_order(prepared):
     doc = reference.corpus[record["doc_id"]]
     assert (record["title"], record["text"]) == (doc.title, doc.text)
     assert json.loads(record["metadata_json"]) == doc.metadata
-  assert {q["query_id"]: q["text"] for q in _as_python(datasets["queries"])} == (
-      reference.queries)
+  queries = _as_python(datasets["queries"])
+  assert {q["query_id"]: q["text"] for q in queries} == reference.queries
   for split, qrels in reference.qrels.items():
     rows = _as_python(datasets[f"qrels_{split}"])
     assert len(rows) == sum(len(j) for j in qrels.values())

@@ -1,4 +1,4 @@
-"""BM25 baseline (bm25s, English Snowball stemming and stopwords) over a BEIR folder.
+"""BM25 baseline over a BEIR folder (bm25s, English stemming and stopwords).
 
   python -m gr.baselines.bm25 --data_dir data/news [--queries_file
       subtitles/queries.jsonl --qrels_dir subtitles/qrels] [--split test]

@@ -1,4 +1,4 @@
-"""BEIR folders: read, write and validate (corpus.jsonl, queries.jsonl, qrels/*.tsv).
+"""BEIR folders: read, write, validate (corpus.jsonl, queries.jsonl, qrels/).
 
 A BEIR folder is the IR ecosystem's exchange format:
 
@@ -77,7 +77,7 @@ class _Reporter:
 
 
 def _iter_lines(path: str) -> Iterator[tuple[int, bytes]]:
-  """Yields (1-based line number, raw line without newline) for non-blank lines."""
+  """Yields (1-based line number, raw line sans newline) of non-blank lines."""
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise BeirFormatError(path, None, "file not found")

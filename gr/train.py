@@ -20,9 +20,9 @@ mesh, initialises or restores a `TrainState`, and runs a jitted, sharded
 Gin registrations of library classes (network.T5Config,
 models.EncoderDecoderModel, OptimizerConfig) live in this module only.
 
-The model comes in as an object with `init_params(rng, *, input_length,
-target_length)` (params boxed in nn.Partitioned with logical axis names)
-and `loss_fn(params, batch, dropout_rng) -> (loss, metrics)`.
+The model comes in as an object (gr.models.EncoderDecoderModel) with
+`init_params(rng, *, input_length, target_length)`, `logical_axes()` and
+`loss_fn(params, batch, dropout_rng) -> (loss, metrics)`.
 """
 from collections.abc import Callable, Iterator, Mapping
 import dataclasses
@@ -42,7 +42,14 @@ import numpy as np
 import optax
 
 from gr import checkpoints
+from gr import models
+from gr import network
 from gr import partitioning
+
+# Gin names of library classes; this is the one module that registers them
+# (gin files say `import gr.train`).
+gin.external_configurable(network.T5Config, module='network')
+gin.external_configurable(models.EncoderDecoderModel, module='models')
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
@@ -58,6 +65,10 @@ class TrainableModel(Protocol):
 
   def loss_fn(self, params: PyTree, batch: Batch,
               dropout_rng: jax.Array | None) -> tuple[jax.Array, dict]:
+    ...
+
+  def logical_axes(self) -> PyTree:
+    """PartitionSpec of logical axis names for every param."""
     ...
 
 
@@ -201,6 +212,7 @@ class Sharded:
   """State shardings and the jitted, sharded functions for one mesh."""
   mesh: jax.sharding.Mesh
   state_shardings: TrainState
+  abstract_state: TrainState  # ShapeDtypeStructs with the shardings
   init: Callable[[jax.Array], TrainState]
   step: Callable[[TrainState, Batch, jax.Array], tuple[TrainState, dict]]
   eval: Callable[[PyTree, Batch], dict]
@@ -217,11 +229,11 @@ def _in_mesh(mesh, fn):
 
 def abstract_params(model: TrainableModel, *, input_length: int,
                     target_length: int) -> tuple[PyTree, PyTree]:
-  """(abstract unboxed params, tree of logical PartitionSpecs)."""
-  boxed = jax.eval_shape(functools.partial(
+  """(params as ShapeDtypeStructs, tree of logical PartitionSpecs)."""
+  params = jax.eval_shape(functools.partial(
       model.init_params, input_length=input_length,
       target_length=target_length), jax.random.key(0))
-  return nn.unbox(boxed), partitioning.logical_axes_of(boxed)
+  return nn.unbox(params), model.logical_axes()
 
 
 def shard_model(model: TrainableModel, optimizer, mesh, *, input_length: int,
@@ -240,6 +252,10 @@ def shard_model(model: TrainableModel, optimizer, mesh, *, input_length: int,
       step=replicated, params=params_shardings,
       opt_state=partitioning.shardings_like_params(
           opt_state, params, params_shardings, mesh))
+  abstract_state = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                 opt_state=opt_state), state_shardings)
   batch = partitioning.batch_sharding(mesh)
 
   def init(rng):
@@ -258,6 +274,7 @@ def shard_model(model: TrainableModel, optimizer, mesh, *, input_length: int,
                  donate_argnums=(0,))
   return Sharded(
       mesh=mesh, state_shardings=state_shardings,
+      abstract_state=abstract_state,
       init=_in_mesh(mesh, jax.jit(init, in_shardings=replicated,
                                   out_shardings=state_shardings)),
       step=_in_mesh(mesh, step),
@@ -269,7 +286,7 @@ def shard_model(model: TrainableModel, optimizer, mesh, *, input_length: int,
 # ----------------------------------------------------------------- data --
 
 
-def task_batches(mixture_or_task_name: str, *, split: str,
+def task_batches(mixture_or_task_name, *, split: str,
                  input_length: int, target_length: int, batch_size: int,
                  seed: int, skip_batches: int = 0,
                  shuffle: bool = True) -> Iterator[dict[str, np.ndarray]]:
@@ -290,29 +307,35 @@ def task_batches(mixture_or_task_name: str, *, split: str,
   return ds.skip(skip_batches).as_numpy_iterator()
 
 
-def task_vocab_size(mixture_or_task_name: str) -> int:
+def _get_task(mixture_or_task):
+  """A registered name or a seqio Task/Mixture object -> the object."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  if isinstance(mixture_or_task, str):
+    return seqio.get_mixture_or_task(mixture_or_task)
+  return mixture_or_task
+
+
+def task_vocab_size(mixture_or_task) -> int:
   """Size of the task's 'targets' vocabulary (inputs share it)."""
-  import seqio  # pylint: disable=g-import-not-at-top
-  task = seqio.get_mixture_or_task(mixture_or_task_name)
-  return task.output_features['targets'].vocabulary.vocab_size
+  features = _get_task(mixture_or_task).output_features
+  return features['targets'].vocabulary.vocab_size
 
 
-def has_split(mixture_or_task_name: str, split: str) -> bool:
-  import seqio  # pylint: disable=g-import-not-at-top
-  return split in seqio.get_mixture_or_task(mixture_or_task_name).splits
+def has_split(mixture_or_task, split: str) -> bool:
+  return split in _get_task(mixture_or_task).splits
 
 
 def fit_vocab(model, vocab_size: int):
-  """The model with config.vocab_size >= `vocab_size` (a multiple of 128).
+  """The model with config.vocab_size = `vocab_size` rounded up to 128s.
 
-  Gin model files leave vocab_size unset (0); it comes from the task's
-  vocabulary. A model whose vocab is already large enough is returned as is.
+  Gin model files set a placeholder vocab_size; the real one comes from the
+  task's vocabulary at run time. Padding to a multiple of 128 (as t5x
+  does) lets the 'vocab' axis shard evenly over 'model'.
   """
-  config = getattr(model, 'config', None)
-  if config is None or (config.vocab_size or 0) >= vocab_size:
-    return model
   padded = -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-  return type(model)(dataclasses.replace(config, vocab_size=padded))
+  if model.config.vocab_size == padded:
+    return model
+  return type(model)(dataclasses.replace(model.config, vocab_size=padded))
 
 
 # -------------------------------------------------------------- logging --
@@ -365,11 +388,7 @@ def _log_line(step: int, train_steps: int, metrics: Mapping[str, float],
 def _initial_state(sharded: Sharded, manager, *, seed: int, init_params,
                    init_checkpoint) -> TrainState:
   """Resumes from model_dir, else starts from init params/checkpoint/seed."""
-  abstract = jax.eval_shape(sharded.init, jax.random.key(seed))
-  abstract = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      abstract, sharded.state_shardings)
-  restored = checkpoints.restore_latest(manager, abstract)
+  restored = checkpoints.restore_latest(manager, sharded.abstract_state)
   if restored is not None:
     logging.info('Resuming from checkpoint step %d in %s', restored[0],
                  manager.directory)
@@ -387,16 +406,22 @@ def _initial_state(sharded: Sharded, manager, *, seed: int, init_params,
   return state
 
 
-def _evaluate(sharded: Sharded, params, batches, eval_steps: int) -> dict:
-  results = []
-  for _ in range(eval_steps):
-    batch = partitioning.global_batch(next(batches), sharded.mesh)
-    results.append(sharded.eval(params, batch))
-  return _mean_metrics(results)
+def _evaluate(sharded: Sharded, params, eval_batches: list) -> dict:
+  """Mean metrics over the (fixed) eval batches."""
+  return _mean_metrics([sharded.eval(params, batch) for batch in eval_batches])
+
+
+def _eval_batches(mixture_or_task, eval_steps: int, mesh,
+                  **kwargs) -> list[dict[str, jax.Array]]:
+  """The first `eval_steps` validation batches, on device, for every eval."""
+  batches = task_batches(mixture_or_task, split='validation', shuffle=False,
+                         **kwargs)
+  return [partitioning.global_batch(next(batches), mesh)
+          for _ in range(eval_steps)]
 
 
 @gin.configurable(denylist=['init_params'])
-def train(*, model: TrainableModel, mixture_or_task_name: str,
+def train(*, model: TrainableModel, mixture_or_task_name,
           train_steps: int, batch_size: int, model_dir: str,
           input_length: int, target_length: int,
           optimizer: OptimizerConfig = OptimizerConfig(),
@@ -405,13 +430,15 @@ def train(*, model: TrainableModel, mixture_or_task_name: str,
           seed: int = 0, mesh_data: int = -1, mesh_model: int = 1,
           log_every: int = 100, init_params: PyTree | None = None,
           init_checkpoint: str | None = None,
-          artifact_dir: str | None = None) -> TrainState:
+          artifact_dir: str | None = None,
+          fit_vocab_to_task: bool = True) -> TrainState:
   """Trains `model` on a seqio task/mixture; resumes from `model_dir`.
 
   Args:
-    model: see TrainableModel; vocab_size is fitted to the task's vocabulary.
-    mixture_or_task_name: registered seqio task or mixture ('train' split;
-      eval on 'validation' if it has one).
+    model: see TrainableModel; vocab_size is set from the task's vocabulary
+      (see fit_vocab) unless `fit_vocab_to_task` is False.
+    mixture_or_task_name: name of a registered seqio task or mixture, or the
+      Task/Mixture object ('train' split; eval on 'validation' if present).
     train_steps: total steps (a resumed run stops at the same step).
     batch_size: global batch size (all processes together).
     model_dir: checkpoints and TensorBoard events go here.
@@ -426,11 +453,14 @@ def train(*, model: TrainableModel, mixture_or_task_name: str,
     init_params: start from these params (not via gin).
     init_checkpoint: start from the params of this model_dir's latest step.
     artifact_dir: index artifact directory saved beside every checkpoint.
+    fit_vocab_to_task: False keeps the model's vocab_size (e.g. to start
+      from a checkpoint with T5's 32128 rows).
 
   Returns:
     The final TrainState.
   """
-  model = fit_vocab(model, task_vocab_size(mixture_or_task_name))
+  if fit_vocab_to_task:
+    model = fit_vocab(model, task_vocab_size(mixture_or_task_name))
   mesh = partitioning.make_mesh(data=mesh_data, model=mesh_model)
   sharded = shard_model(model, make_optimizer(optimizer, train_steps), mesh,
                         input_length=input_length,
@@ -446,16 +476,15 @@ def train(*, model: TrainableModel, mixture_or_task_name: str,
                          skip_batches=start, **lengths)
   eval_batches = None
   if eval_every and has_split(mixture_or_task_name, 'validation'):
-    eval_batches = functools.partial(
-        task_batches, mixture_or_task_name, split='validation',
-        shuffle=False, **lengths)
+    eval_batches = _eval_batches(mixture_or_task_name, eval_steps, mesh,
+                                 **lengths)
   writer = SummaryWriter(model_dir) if jax.process_index() == 0 else None
   rng = jax.device_put(jax.random.key(seed), partitioning.replicated(mesh))
   state = _loop(sharded, state, batches, rng, manager, start=start,
                 train_steps=train_steps, log_every=log_every,
                 checkpoint_every=checkpoint_every, writer=writer,
-                eval_every=eval_every, eval_steps=eval_steps,
-                eval_batches=eval_batches, artifact_dir=artifact_dir)
+                eval_every=eval_every, eval_batches=eval_batches,
+                artifact_dir=artifact_dir)
   manager.wait_until_finished()
   manager.close()
   return state
@@ -463,8 +492,8 @@ def train(*, model: TrainableModel, mixture_or_task_name: str,
 
 def _loop(sharded: Sharded, state: TrainState, batches, rng, manager, *,
           start: int, train_steps: int, log_every: int,
-          checkpoint_every: int, writer, eval_every: int, eval_steps: int,
-          eval_batches, artifact_dir) -> TrainState:
+          checkpoint_every: int, writer, eval_every: int, eval_batches,
+          artifact_dir) -> TrainState:
   """The step loop: train, log, evaluate, checkpoint."""
   history, tick, tick_step = [], time.time(), start
   for step in range(start + 1, train_steps + 1):
@@ -482,7 +511,7 @@ def _loop(sharded: Sharded, state: TrainState, batches, rng, manager, *,
                                     means.items()} | {'steps_per_sec': rate})
       history, tick, tick_step = [], time.time(), step
     if eval_batches and (step % eval_every == 0 or step == train_steps):
-      means = _evaluate(sharded, state.params, eval_batches(), eval_steps)
+      means = _evaluate(sharded, state.params, eval_batches)
       logging.info('eval at step %d: %s', step, means)
       if writer:
         writer.write_scalars(step, {f'eval/{k}': v for k, v in means.items()})

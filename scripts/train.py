@@ -12,6 +12,7 @@ every process (the same command otherwise).
 Started again with the same command after a crash, it resumes from the last
 checkpoint in MODEL_DIR.
 """
+import logging as py_logging
 import os
 import sys
 
@@ -42,12 +43,19 @@ def rewrite_gin_shorthand(argv: list[str]) -> list[str]:
           if arg.startswith('--gin.') else arg for arg in argv]
 
 
+def quiet_orbax_info() -> None:
+  """Orbax logs each save in detail at INFO; keep its warnings only."""
+  logging.get_absl_handler().addFilter(
+      lambda r: r.levelno >= py_logging.WARNING or 'orbax' not in r.pathname)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if _COORDINATOR.value:
     partitioning.initialize_distributed(
         _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  quiet_orbax_info()
   gin.add_config_file_search_path(REPO_ROOT)
   gin.parse_config_files_and_bindings(_GIN_FILES.value, _GIN_BINDINGS.value)
   logging.info('Gin config:\n%s', gin.config_str())

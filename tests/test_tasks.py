@@ -275,7 +275,7 @@ def test_shared_query_ids_across_splits_are_rejected(data, tables, vocab):
                             table=tables["naive"], vocab=vocab)
 
 
-def test_bad_names_and_unknown_tokens(data, tables, vocab, tmp_path):
+def test_bad_names_and_unknown_tokens(data, tables, vocab):
   with pytest.raises(ValueError, match="task name"):
     tasks.task_name("has-dash", tables["naive"], "indexing")
   with pytest.raises(ValueError, match="kind"):

@@ -1,0 +1,146 @@
+"""A whole generative-retrieval experiment on one BEIR folder (gin edge).
+
+`run_experiment` indexes a corpus under a docid scheme, trains the model on
+a mixture of indexing, retrieval and pseudo-query tasks, then evaluates
+constrained beam search next to BM25 on each query set. Everything it
+makes goes under `workdir`:
+
+  workdir/index/        the index artifact (docid table + vocabulary)
+  workdir/model/        orbax checkpoints (index artifact beside each step)
+                        and TensorBoard events
+  workdir/runs/         TREC run files, GR and BM25
+  workdir/results.json  the metrics table as data
+"""
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any, Mapping, Optional, Sequence
+
+import gin
+
+from gr import evaluation
+from gr import index as index_lib
+from gr import pseudo_queries as pseudo_lib
+from gr import retrieval
+from gr import tasks
+from gr import train as train_lib
+from gr.data import beir
+from gr import docids as docids_lib
+
+DEFAULT_QUERY_SETS = (
+    evaluation.QuerySet("titles"),
+    evaluation.QuerySet("subtitles", "subtitles/queries.jsonl",
+                        "subtitles/qrels"),
+)
+
+
+def load_or_build_index(dataset: beir.BeirDataset, index_dir: str, *,
+                        scheme: str, scheme_params: Mapping[str, Any],
+                        vocab_size: int, seed: int) -> index_lib.Index:
+  """The index under `index_dir`, built (docids + vocabulary) if absent."""
+  if os.path.exists(os.path.join(index_dir, index_lib.CURRENT_FILE)):
+    index = index_lib.load_index(index_dir)
+    if index.table.scheme != scheme:
+      raise ValueError(f"{index_dir} holds a {index.table.scheme!r} index, "
+                       f"not {scheme!r}: use another workdir")
+    return index
+  start = time.time()
+  table = docids_lib.get_scheme(scheme, **scheme_params).assign(dataset.corpus)
+  texts = index_lib.training_texts(
+      dataset.corpus, {q: dataset.queries[q] for q in dataset.qrels["train"]})
+  index = index_lib.build_index(table, texts, os.path.join(index_dir, "work"),
+                                vocab_size=vocab_size, seed=seed)
+  index_lib.save_index(index, index_dir)
+  logging.info("built %s index of %d documents in %.1fs", scheme,
+               table.num_docs, time.time() - start)
+  return index_lib.load_index(index_dir)
+
+
+def register_mixture(name: str, dataset: beir.BeirDataset,
+                     index: index_lib.Index,
+                     pseudo_queries: Optional[Mapping[str, list[str]]],
+                     task_rates: Mapping[str, float]) -> str:
+  """Registers the tasks and a mixture of those with a positive rate."""
+  names = tasks.register_gr_tasks(name=name, dataset=dataset,
+                                  table=index.table, vocab=index.vocab,
+                                  pseudo_queries=pseudo_queries)
+  rates = {names[kind]: rate for kind, rate in task_rates.items()
+           if rate > 0 and kind in names}
+  return tasks.register_gr_mixture(
+      f"{name}.{index.table.scheme}.v{index.table.version}.mixture", rates)
+
+
+@gin.configurable
+def run_experiment(*, data_dir: str, workdir: str, model,
+                   scheme: str = "naive",
+                   scheme_params: Optional[Mapping[str, Any]] = None,
+                   vocab_size: int = 8000,
+                   task_rates: Mapping[str, float] = (("indexing", 1.0),
+                                                      ("retrieval", 1.0)),
+                   pseudo_query_spans: int = 0,
+                   pseudo_query_sentences: int = 0,
+                   train_steps: int = 1000, batch_size: int = 64,
+                   input_length: int = 64,
+                   search: retrieval.SearchConfig = retrieval.SearchConfig(),
+                   query_sets: Sequence[evaluation.QuerySet] = DEFAULT_QUERY_SETS,
+                   eval_split: str = "test", exact_queries: int = 0,
+                   seed: int = 0) -> dict:
+  """Index, train, evaluate. Returns {query set name: metrics}."""
+  dataset = beir.BeirDataset.load(data_dir)
+  name = "".join(c if c.isalnum() else "_"
+                 for c in os.path.basename(os.path.normpath(data_dir)))
+  index = load_or_build_index(dataset, os.path.join(workdir, "index"),
+                              scheme=scheme, scheme_params=scheme_params or {},
+                              vocab_size=vocab_size, seed=seed)
+  pseudo = pseudo_lib.build_pseudo_queries(
+      dataset.corpus.values(), num_spans=pseudo_query_spans,
+      num_sentences=pseudo_query_sentences, seed=seed)
+  mixture = register_mixture(name, dataset, index, pseudo, dict(task_rates))
+  target_length = index.max_docid_length()
+  model_dir = os.path.join(workdir, "model")
+  state = train_lib.train(
+      model=model, mixture_or_task_name=mixture, train_steps=train_steps,
+      batch_size=batch_size, model_dir=model_dir, input_length=input_length,
+      target_length=target_length, seed=seed,
+      artifact_dir=index_lib.current_version_dir(
+          os.path.join(workdir, "index")))
+  model = train_lib.fit_vocab(model, index.vocab.vocab_size)
+  searcher = retrieval.Searcher(
+      model, state.params, index,
+      retrieval_config(search, target_length), input_length=input_length)
+  results = evaluate(searcher, data_dir, query_sets, eval_split,
+                     os.path.join(workdir, "runs"), exact_queries)
+  print(evaluation.format_results(
+      results, f"{scheme} docids, {train_steps} steps, {name} {eval_split}"))
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  return results
+
+
+def retrieval_config(search: retrieval.SearchConfig,
+                     target_length: int) -> retrieval.SearchConfig:
+  """`search` with max_decode_len at least the longest docid."""
+  return dataclasses.replace(
+      search, max_decode_len=max(search.max_decode_len, target_length))
+
+
+def evaluate(searcher: retrieval.Searcher, data_dir: str,
+             query_sets: Sequence[evaluation.QuerySet], split: str,
+             run_dir: str, exact_queries: int) -> dict:
+  """Metrics for each query set that exists in `data_dir`."""
+  results = {}
+  for query_set in query_sets:
+    if not os.path.exists(os.path.join(data_dir, query_set.queries_file)):
+      continue
+    dataset = beir.BeirDataset.load(data_dir,
+                                    queries_file=query_set.queries_file,
+                                    qrels_dir=query_set.qrels_dir)
+    if split not in dataset.qrels:
+      continue
+    results[f"{query_set.name}/{split}"] = evaluation.evaluate_query_set(
+        searcher, dataset.corpus, dataset.queries, dataset.qrels[split],
+        name=f"{query_set.name}.{split}", run_dir=run_dir,
+        exact_queries=exact_queries)
+  return results

@@ -1,0 +1,159 @@
+"""Retrieval with a trained model: queries -> ranked documents.
+
+`Searcher` holds one jitted constrained beam search (compiled once per
+batch shape; the trie is an argument, so editing it does not recompile) and
+turns query texts into ranked (doc_id, score) lists. `exact_ranking` is the
+oracle beam search approximates: every docid scored by teacher forcing.
+"""
+import dataclasses
+import functools
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gr import decoding
+from gr import index as index_lib
+from gr import models
+from gr import trie as trie_lib
+from gr import vocab as vocab_lib
+
+Ranking = list[tuple[str, float]]
+
+
+def encode_queries(vocab: vocab_lib.Vocabulary, texts: Sequence[str],
+                   input_length: int) -> np.ndarray:
+  """Query texts -> [n, input_length] int32 (EOS-terminated, trimmed, PAD)."""
+  out = np.zeros((len(texts), input_length), np.int32)
+  for row, text in enumerate(texts):
+    ids = list(vocab.encode(text))[:input_length - 1] + [vocab_lib.EOS_ID]
+    out[row, :len(ids)] = ids
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+  """How a query is decoded."""
+  beam_size: int = 10
+  top_k: int = 10
+  max_decode_len: int = 16
+  length_penalty_alpha: float = 0.0
+  aggregation: str = "max"  # multi-docids: "max" or "logsumexp"
+
+
+def make_search_fn(model: models.EncoderDecoderModel, config: SearchConfig):
+  """Jitted (params, encoder_tokens [B, Li], trie_arrays) -> (docs, scores).
+
+  docs [B, top_k] are positions in the index's doc_ids (-1 = none) after
+  merging a document's several docids; scores [B, top_k] log-probs.
+  """
+
+  @jax.jit
+  def search(params, encoder_tokens, trie_arrays):
+    batch = encoder_tokens.shape[0]
+    encoded = model.encode(params, encoder_tokens)
+    encoded = jnp.repeat(encoded, config.beam_size, axis=0)  # --> [B*K, Li, D]
+    tokens = jnp.repeat(encoder_tokens, config.beam_size, axis=0)
+    cache = model.init_cache(params, batch, config.max_decode_len)
+
+    def tokens_to_logits(decoder_tokens, cache, step):
+      del step
+      return model.decode_step(params, cache, encoded, tokens, decoder_tokens)
+
+    result = decoding.constrained_beam_search(
+        tokens_to_logits, cache, batch, trie_arrays,
+        beam_size=config.beam_size, max_decode_len=config.max_decode_len,
+        length_penalty_alpha=config.length_penalty_alpha, top_k=config.top_k)
+    return decoding.rank_documents(result.documents, result.scores,
+                                   aggregation=config.aggregation)
+
+  return search
+
+
+class Searcher:
+  """Batched retrieval over an index with a model and its params."""
+
+  def __init__(self, model: models.EncoderDecoderModel, params,
+               index: index_lib.Index, config: SearchConfig, *,
+               input_length: int = 64, batch_size: int = 32):
+    self.model, self.params, self.index = model, params, index
+    self.config, self.input_length = config, input_length
+    self.batch_size = batch_size
+    self.trie = index.build_trie()
+    self.trie_arrays = self.trie.to_device()
+    self._search = make_search_fn(model, config)
+
+  def refresh_trie(self) -> None:
+    """Re-uploads the trie after host-side inserts/deletes (same shapes)."""
+    self.trie_arrays = self.trie.to_device()
+
+  def search_tokens(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[n, Li] -> (docs [n, top_k], scores [n, top_k]), fixed batch shape."""
+    docs, scores = [], []
+    for start in range(0, len(tokens), self.batch_size):
+      chunk = tokens[start:start + self.batch_size]
+      padded = np.zeros((self.batch_size, tokens.shape[1]), np.int32)
+      padded[:len(chunk)] = chunk
+      d, s = self._search(self.params, padded, self.trie_arrays)
+      docs.append(np.asarray(d)[:len(chunk)])
+      scores.append(np.asarray(s)[:len(chunk)])
+    return np.concatenate(docs), np.concatenate(scores)
+
+  def search(self, texts: Sequence[str]) -> list[Ranking]:
+    """Query texts -> per query a ranked list of (doc_id, log-prob)."""
+    if not texts:
+      return []
+    tokens = encode_queries(self.index.vocab, texts, self.input_length)
+    docs, scores = self.search_tokens(tokens)
+    doc_ids = self.index.doc_ids
+    return [[(doc_ids[d], float(s)) for d, s in zip(row_d, row_s) if d >= 0]
+            for row_d, row_s in zip(docs, scores)]
+
+  def run(self, queries: Mapping[str, str]) -> dict[str, dict[str, float]]:
+    """A TREC-style run {qid: {doc_id: score}} for `queries`."""
+    qids = list(queries)
+    rankings = self.search([queries[q] for q in qids])
+    return {qid: dict(ranking) for qid, ranking in zip(qids, rankings)}
+
+
+def make_score_fn(model: models.EncoderDecoderModel):
+  """Jitted (params, query [Li], targets [n, L]) -> log-prob [n]."""
+
+  @jax.jit
+  def score(params, query_tokens, targets):
+    n = targets.shape[0]
+    batch = {
+        "encoder_input_tokens": jnp.broadcast_to(query_tokens,
+                                                 (n,) + query_tokens.shape),
+        "decoder_input_tokens": models.shift_targets_right(targets),
+        "decoder_target_tokens": targets,
+    }
+    return model.score_batch(params, batch)
+
+  return score
+
+
+def exact_ranking(searcher: Searcher, query_texts: Sequence[str], *,
+                  top_k: int = 10, batch_size: int = 512) -> list[Ranking]:
+  """Every docid scored by teacher forcing, per query (the oracle)."""
+  score = make_score_fn(searcher.model)
+  sequences, values = searcher.index.docid_sequences()
+  tokens = encode_queries(searcher.index.vocab, query_texts,
+                          searcher.input_length)
+  rankings = []
+  for query in tokens:
+    score_fn = functools.partial(score, searcher.params, jnp.asarray(query))
+    # Several docids of one document: keep its best (max aggregation).
+    _, scores, docs = decoding.exact_rank(
+        score_fn, sequences, values, batch_size=batch_size,
+        length_penalty_alpha=searcher.config.length_penalty_alpha)
+    ranking, seen = [], set()
+    for doc, s in zip(docs, scores):
+      if doc not in seen:
+        seen.add(doc)
+        ranking.append((searcher.index.doc_ids[doc], float(s)))
+      if len(ranking) == top_k:
+        break
+    rankings.append(ranking)
+  return rankings

@@ -60,7 +60,8 @@ def activations_from_feed_forward_proj(feed_forward_proj: str,
   return (ours, 'linear') if gated else (ours,)
 
 
-def config_from_hf(hf_config: Mapping[str, Any], **overrides) -> network.T5Config:
+def config_from_hf(hf_config: Mapping[str, Any],
+                   **overrides) -> network.T5Config:
   """Maps an HF T5 config.json dict to a T5Config (overrides win)."""
   try:
     num_layers = hf_config['num_layers']
@@ -139,7 +140,8 @@ def _layer_rules(config, stack: str, i: int) -> Iterator[_Rule]:
     yield ours + (norm, 'scale'), f'{hf}.{j}.layer_norm.weight', _same
     yield from _attention_rules(ours + (name,), f'{hf}.{j}.{hf_name}')
   j = len(attention)
-  yield ours + ('pre_mlp_layer_norm', 'scale'), f'{hf}.{j}.layer_norm.weight', _same
+  yield (ours + ('pre_mlp_layer_norm', 'scale'),
+         f'{hf}.{j}.layer_norm.weight', _same)
   yield from _mlp_rules(config, ours + ('mlp',), f'{hf}.{j}.DenseReluDense')
 
 

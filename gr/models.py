@@ -1,0 +1,201 @@
+"""Encoder-decoder model around gr/network.py: loss, scores, decode step.
+
+t5x-style wrapper (no gin here): pure functions of (params, batch) that the
+train loop, evaluation and beam search jit. Batches use t5x feature names:
+
+  encoder_input_tokens   [batch, input_length]   int, 0 = padding
+  decoder_input_tokens   [batch, target_length]  targets shifted right
+  decoder_target_tokens  [batch, target_length]  int, 0 = padding
+  decoder_loss_weights   [batch, target_length]  float (optional in scoring)
+
+Beam search builds on `encode`, `init_cache` and `decode_step`: the encoded
+inputs are repeated per beam ([N = batch * beam, ...]) and `decode_step`
+serves as its tokens_to_logits.
+"""
+import functools
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gr import network
+
+Params = Any
+Batch = Mapping[str, jax.Array]
+Cache = Any
+
+
+def shift_targets_right(targets: jax.Array) -> jax.Array:
+  """Decoder inputs from targets [batch, length]: BOS (= PAD = 0) first."""
+  targets = jnp.asarray(targets)
+  return jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))
+
+
+def cross_entropy_with_z_loss(logits: jax.Array, targets: jax.Array, *,
+                              z_loss: float = 0.0,
+                              label_smoothing: float = 0.0,
+                              ) -> tuple[jax.Array, jax.Array]:
+  """Per-token cross-entropy (t5x semantics) and z-loss.
+
+  Args:
+    logits: fp32 [batch, length, vocab].
+    targets: int [batch, length].
+    z_loss: coefficient of log(Z)^2, which keeps the softmax normaliser near 1.
+    label_smoothing: mass spread uniformly over the other vocab - 1 tokens;
+      the smoothed loss is offset by its entropy so that its minimum is 0.
+
+  Returns:
+    (cross_entropy, z_loss_term), each [batch, length]; cross_entropy
+    excludes the z-loss term.
+  """
+  vocab = logits.shape[-1]
+  confidence = 1.0 - label_smoothing
+  low = label_smoothing / (vocab - 1)
+  soft_targets = jax.nn.one_hot(targets, vocab) * (confidence - low) + low
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  log_probs = logits - log_z[..., None]
+  xent = -jnp.sum(soft_targets * log_probs, axis=-1)
+  entropy = -(confidence * np.log(confidence) if confidence > 0 else 0.0)
+  if low > 0:
+    entropy -= (vocab - 1) * low * np.log(low)
+  return xent - entropy, z_loss * jnp.square(log_z)
+
+
+class EncoderDecoderModel:
+  """T5 encoder-decoder: init, loss, scoring and cached decoding."""
+
+  def __init__(self, config: network.T5Config):
+    self.config = config
+    self.module = network.Transformer(config)
+
+  def _init_variables(self, rng, input_length, target_length):
+    """Boxed (nn.Partitioned) variables from a dummy batch."""
+    encoder_tokens = jnp.ones((1, input_length), jnp.int32)
+    decoder_tokens = jnp.ones((1, target_length), jnp.int32)
+    return self.module.init(rng, encoder_tokens, decoder_tokens)
+
+  def _abstract_variables(self):
+    init = functools.partial(self._init_variables, input_length=1,
+                             target_length=1)
+    return jax.eval_shape(init, jax.random.PRNGKey(0))
+
+  def init_params(self, rng: jax.Array, *, input_length: int,
+                  target_length: int) -> Params:
+    """Fresh fp32 params (plain arrays, no partitioning boxes)."""
+    return nn.unbox(self._init_variables(rng, input_length, target_length)
+                    ['params'])
+
+  def param_shapes(self) -> Params:
+    """jax.ShapeDtypeStruct tree of the params (no computation)."""
+    return nn.unbox(self._abstract_variables()['params'])
+
+  def logical_axes(self) -> Params:
+    """PartitionSpec tree of logical axis names, one per param dim.
+
+    E.g. params['decoder']['layers_0']['mlp']['wo']['kernel'] ->
+    PartitionSpec('mlp', 'embed'). Names are listed in gr/network.py.
+    """
+    return nn.get_partition_spec(self._abstract_variables()['params'])
+
+  def logits(self, params: Params, batch: Batch,
+             dropout_rng: jax.Array | None = None) -> jax.Array:
+    """Teacher-forced fp32 logits [batch, target_length, vocab]."""
+    rngs = None if dropout_rng is None else {'dropout': dropout_rng}
+    return self.module.apply(
+        {'params': params}, batch['encoder_input_tokens'],
+        batch['decoder_input_tokens'], batch.get('decoder_target_tokens'),
+        enable_dropout=dropout_rng is not None, rngs=rngs)
+
+  def loss_fn(self, params: Params, batch: Batch,
+              dropout_rng: jax.Array | None, *, z_loss: float = 1e-4,
+              label_smoothing: float = 0.0,
+              ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Mean per-token loss over weighted target tokens, and metrics.
+
+    loss = sum_t w_t * (xent_t + z_loss * logZ_t^2) / sum_t w_t, where w are
+    `decoder_loss_weights`. Dropout is on iff `dropout_rng` is given.
+
+    Returns:
+      (loss, metrics) with metrics 'loss', 'cross_entropy' and 'z_loss'
+      (per-token means), 'accuracy' (weighted argmax accuracy) and
+      'num_tokens' (sum of weights).
+    """
+    logits = self.logits(params, batch, dropout_rng)
+    targets = batch['decoder_target_tokens']
+    weights = batch['decoder_loss_weights'].astype(jnp.float32)
+    xent, z_term = cross_entropy_with_z_loss(
+        logits, targets, z_loss=z_loss, label_smoothing=label_smoothing)
+    num_tokens = jnp.sum(weights)
+    denominator = jnp.maximum(num_tokens, 1e-8)
+    mean = lambda x: jnp.sum(x * weights) / denominator
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    loss = mean(xent + z_term)
+    metrics = {'loss': loss, 'cross_entropy': mean(xent),
+               'z_loss': mean(z_term), 'accuracy': mean(correct),
+               'num_tokens': num_tokens}
+    return loss, metrics
+
+  def score_batch(self, params: Params, batch: Batch) -> jax.Array:
+    """Sum of target-token log-probs [batch] (teacher forcing).
+
+    Tokens count with `decoder_loss_weights` if the batch has them, else
+    where `decoder_target_tokens` > 0.
+    """
+    targets = batch['decoder_target_tokens']
+    weights = batch.get('decoder_loss_weights')
+    weights = (targets > 0) if weights is None else weights
+    log_probs = jax.nn.log_softmax(self.logits(params, batch), axis=-1)
+    token_scores = jnp.take_along_axis(log_probs, targets[..., None],
+                                       axis=-1)[..., 0]  # --> [batch, length]
+    return jnp.sum(token_scores * weights.astype(jnp.float32), axis=-1)
+
+  def encode(self, params: Params, encoder_input_tokens: jax.Array,
+             ) -> jax.Array:
+    """encoder_input_tokens [B, Li] -> encoded [B, Li, emb_dim]."""
+    return self.module.apply({'params': params}, encoder_input_tokens,
+                             method=network.Transformer.encode)
+
+  def init_cache(self, params: Params, batch_size: int,
+                 max_decode_length: int) -> Cache:
+    """Zero decoder cache for `batch_size` rows and `max_decode_length` steps.
+
+    Leaves: cached_key/cached_value [batch_size, max_decode_length, heads,
+    head_dim] per decoder layer, and 0-d int32 cache_index scalars.
+    """
+    cfg = self.config
+
+    def create(params):
+      encoded = jnp.zeros((batch_size, 1, cfg.emb_dim), cfg.activation_dtype)
+      encoder_tokens = jnp.ones((batch_size, 1), jnp.int32)
+      decoder_tokens = jnp.zeros((batch_size, max_decode_length), jnp.int32)
+      _, variables = self.module.apply(
+          {'params': params}, encoded, encoder_tokens, decoder_tokens,
+          decode=True, max_decode_length=max_decode_length,
+          method=network.Transformer.decode, mutable=['cache'])
+      return variables['cache']
+
+    shapes = jax.eval_shape(create, params)
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+  def decode_step(self, params: Params, cache: Cache, encoded: jax.Array,
+                  encoder_input_tokens: jax.Array, decoder_tokens: jax.Array,
+                  ) -> tuple[jax.Array, Cache]:
+    """One cached decoder step.
+
+    Args:
+      params: model params.
+      cache: from `init_cache` or the previous step ([N, ...] leaves).
+      encoded: [N, Li, emb_dim] (repeated per beam by the caller).
+      encoder_input_tokens: [N, Li] (padding mask for cross-attention).
+      decoder_tokens: [N, 1] the previous token (0 = BOS at step 0).
+
+    Returns:
+      (fp32 logits [N, vocab], new cache).
+    """
+    logits, variables = self.module.apply(
+        {'params': params, 'cache': cache}, encoded, encoder_input_tokens,
+        decoder_tokens, decode=True, max_decode_length=network.cache_length(
+            cache), method=network.Transformer.decode, mutable=['cache'])
+    return logits[:, 0, :], variables['cache']  # [N, 1, V] --> [N, V]

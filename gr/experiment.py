@@ -29,6 +29,8 @@ from gr import train as train_lib
 from gr.data import beir
 from gr import docids as docids_lib
 
+gin.external_configurable(retrieval.SearchConfig, module="retrieval")
+
 DEFAULT_QUERY_SETS = (
     evaluation.QuerySet("titles"),
     evaluation.QuerySet("subtitles", "subtitles/queries.jsonl",

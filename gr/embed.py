@@ -119,7 +119,8 @@ class BertEncoder(nn.Module):
               + embed(cfg.max_positions, "position_embeddings")(positions)
               + embed(cfg.type_vocab_size, "token_type_embeddings")(
                   jnp.zeros_like(token_ids)))
-    hidden = nn.LayerNorm(epsilon=cfg.layer_norm_eps, name="embeddings_norm")(hidden)
+    hidden = nn.LayerNorm(epsilon=cfg.layer_norm_eps,
+                          name="embeddings_norm")(hidden)
     for i in range(cfg.num_layers):
       hidden = Layer(cfg, name=f"layer_{i}")(hidden, mask)
     return hidden
@@ -145,12 +146,14 @@ def params_from_safetensors(path: str, config: BertConfig) -> dict[str, Any]:
 
   dense = lambda n: {"kernel": get(f"{n}.weight").T, "bias": get(f"{n}.bias")}
   norm = lambda n: {"scale": get(f"{n}.weight"), "bias": get(f"{n}.bias")}
-  params = {f"{n}_embeddings": {"embedding": get(f"embeddings.{n}_embeddings.weight")}
-            for n in ("word", "position", "token_type")}
+  params = {
+      f"{n}_embeddings": {"embedding": get(f"embeddings.{n}_embeddings.weight")}
+      for n in ("word", "position", "token_type")}
   params["embeddings_norm"] = norm("embeddings.LayerNorm")
   for i in range(config.num_layers):
     p = f"encoder.layer.{i}"
-    attention = {n: dense(f"{p}.attention.self.{n}") for n in ("query", "key", "value")}
+    attention = {n: dense(f"{p}.attention.self.{n}")
+                 for n in ("query", "key", "value")}
     attention["output"] = dense(f"{p}.attention.output.dense")
     params[f"layer_{i}"] = {
         "attention": attention,

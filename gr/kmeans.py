@@ -76,7 +76,10 @@ def _lloyd_step(x, mask, centroids, valid):
 
 @functools.partial(jax.jit, static_argnames=("k_padded", "iters"))
 def _kmeans_padded(x, mask, key, tol, k, *, k_padded: int, iters: int):
-  """x [N, d], mask [N], k <= k_padded -> (centroids [k_padded, d], assignment [N])."""
+  """x [N, d], mask [N], k <= k_padded.
+
+  Returns (centroids [k_padded, d], assignment [N]); rows >= k are unused.
+  """
   valid = jnp.arange(k_padded) < k
 
   def not_done(state):

@@ -35,7 +35,8 @@ def parse_params(pairs: list[str]) -> dict:
 
 
 def needs_embeddings(scheme) -> bool:
-  parts = scheme.part_schemes() if isinstance(scheme, docids.MultiScheme) else [scheme]
+  is_multi = isinstance(scheme, docids.MultiScheme)
+  parts = scheme.part_schemes() if is_multi else [scheme]
   return any(isinstance(p, docids.SemanticScheme) for p in parts)
 
 

@@ -118,7 +118,8 @@ class TestEveryScheme:
     assert grown.version == table.version + 1
     assert {d: grown.docids[d] for d in old} == dict(table.docids)
     assert grown.doc_ids == tuple(old) + tuple(new)
-    assert grown.reserved_tokens[:len(table.reserved_tokens)] == table.reserved_tokens
+    old_tokens = table.reserved_tokens
+    assert grown.reserved_tokens[:len(old_tokens)] == old_tokens
     assert_one_doc_per_docid(grown)
     with pytest.raises(docids.DocidTableError, match="already in the table"):
       assign_new(scheme, grown, {next(iter(old)): next(iter(old.values()))})
@@ -321,7 +322,8 @@ def test_statistics_count_lengths_and_branching():
       "semantic", {"a": ("<0> <0>",), "b": ("<0> <1>",), "c": ("<1> <0>",)},
       ("<0>", "<1>"), {})
   result = stats.docid_statistics(table)
-  assert result["num_docids"] == 3 and result["docid_length"]["histogram"] == {"2": 3}
+  assert result["num_docids"] == 3
+  assert result["docid_length"]["histogram"] == {"2": 3}
   assert [(b["nodes"], b["max_children"]) for b in result["branching"]] == [
       (1, 2), (2, 2)]
   assert "level 1: 2 nodes" in stats.format_statistics(result)

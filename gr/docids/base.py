@@ -122,7 +122,8 @@ class DocidTable:
   def validate(self) -> None:
     """Raises DocidTableError naming the first offending doc, docid or token."""
     if not isinstance(self.scheme, str) or not self.scheme:
-      raise DocidTableError(f"scheme must be a non-empty string, got {self.scheme!r}")
+      raise DocidTableError(
+          f"scheme must be a non-empty string, got {self.scheme!r}")
     reserved = set(self.reserved_tokens)
     _check_reserved_tokens(self.reserved_tokens, reserved)
     owner: dict[str, str] = {}

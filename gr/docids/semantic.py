@@ -170,7 +170,9 @@ def _tree_to_arrays(centroids: Mapping[tuple[int, ...], np.ndarray],
           "centroids": stacked.astype(np.float32)}
 
 
-def _arrays_to_tree(arrays: Mapping[str, np.ndarray]) -> dict[tuple[int, ...], np.ndarray]:
+def _arrays_to_tree(
+    arrays: Mapping[str, np.ndarray]) -> dict[tuple[int, ...], np.ndarray]:
+  """Internal node path -> centroids of its children [children, dim]."""
   try:
     paths, offsets = arrays["node_paths"].tolist(), arrays["node_offsets"]
     centroids = arrays["centroids"]

@@ -3,12 +3,22 @@
 `beam_search` decodes with a decoder KV cache inside `lax.while_loop`. It
 keeps `beam_size` alive beams and a separate pool of `top_k` finished
 (EOS-terminated) sequences, and stops early once no alive beam can beat the
-worst finished one. A `LogitsProcessor` may rewrite the log-probabilities of
-every step; its state is gathered along with the beams and told which token
-each beam took. `TrieConstraint` is the processor that restricts decoding to
-the docids of a `gr.trie.TrieArrays`.
+worst finished one. Two hooks shape what a beam may do next:
 
-Shapes: B = batch, K = beam_size, N = B * K, V = vocabulary, L = max length.
+- a `LogitsProcessor` rewrites the dense log-probabilities [B, K, V] of every
+  step (any rule; its state follows the beams);
+- a `Constraint` lists the (at most W) tokens each beam may take. Beam search
+  then gathers just those log-probs and takes its top-k over [B, K * W]
+  instead of [B, K * V]: no [B, K, V] mask is built (the first step, from the
+  shared initial state, may list up to V tokens).
+
+`TrieConstraint` restricts decoding to the docids of a `gr.trie.TrieArrays`
+and implements both: `constrained_beam_search` uses the sparse `Constraint`
+path (below the root a beam only has its <= W trie children), the dense-mask
+`LogitsProcessor` path stays as a reference.
+
+Shapes: B = batch, K = beam_size, N = B * K, V = vocabulary, L = max length,
+W = the most tokens a `Constraint` lists per beam.
 Token ids: BOS = PAD = 0 (the first decoder input), EOS = 1.
 """
 from __future__ import annotations
@@ -47,6 +57,23 @@ class LogitsProcessor(Protocol):
     """State after the (already gathered) beams took `chosen_tokens` [B, K]."""
 
 
+class Constraint(Protocol):
+  """Lists the tokens each beam may take next, and the state each leads to.
+
+  States are int32 [B, K]; every beam starts in the same state (`init`), so
+  the first step's candidates are one shared row. Token -1 marks an empty slot.
+  """
+
+  def init(self, batch_size: int, beam_size: int) -> jax.Array:
+    """Initial states [B, K] int32, all equal."""
+
+  def first_candidates(self, vocab_size: int) -> tuple[jax.Array, jax.Array]:
+    """From the initial state: (tokens [M], next states [M]), M <= V."""
+
+  def candidates(self, states: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """states [B, K] -> (tokens [B, K, W], next states [B, K, W])."""
+
+
 @flax.struct.dataclass
 class BeamState:
   """Loop carry of `beam_search`."""
@@ -57,6 +84,17 @@ class BeamState:
   finished_scores: jax.Array  # [B, top_k] float32, -inf = empty slot
   cache: PyTree  # leaves [N, ...] or 0-d
   processor_state: PyTree  # leaves [B, K, ...]
+  constraint_state: Optional[jax.Array]  # [B, K] int32, None = no constraint
+
+
+@flax.struct.dataclass
+class _Expansion:
+  """The K continuations a step keeps, and the beams that took EOS."""
+  eos_scores: jax.Array  # [B, K] length-penalised scores of ending now
+  log_probs: jax.Array  # [B, K] total log-probs of the kept continuations
+  beam_index: jax.Array  # [B, K] the beam each continues
+  tokens: jax.Array  # [B, K] the token each took
+  constraint_state: Optional[jax.Array]  # [B, K] or None
 
 
 def length_penalty(length: jax.Array, alpha: float) -> jax.Array:
@@ -93,7 +131,7 @@ def _expand_to_beams(tree: PyTree, beam_size: int) -> PyTree:
 
 
 def _initial_state(initial_cache, batch_size, beam_size, max_decode_len,
-                   top_k, processor_state) -> BeamState:
+                   top_k, processor_state, constraint_state) -> BeamState:
   """Beam 0 alive with log-prob 0, the others -inf; finished pool empty."""
   first_beam = jnp.arange(beam_size) == 0
   return BeamState(
@@ -105,23 +143,29 @@ def _initial_state(initial_cache, batch_size, beam_size, max_decode_len,
       finished_seqs=jnp.zeros((batch_size, top_k, max_decode_len), jnp.int32),
       finished_scores=jnp.full((batch_size, top_k), NEG_INF, jnp.float32),
       cache=_expand_to_beams(initial_cache, beam_size),
-      processor_state=processor_state)
+      processor_state=processor_state, constraint_state=constraint_state)
 
 
-def _step_log_probs(state: BeamState, tokens_to_logits, processor):
-  """Log-probs [B, K, V] of every next token, and the new cache."""
+def _step_scores(state: BeamState, tokens_to_logits, processor):
+  """Scores of every next token; log-probs are scores - log_z.
+
+  Returns:
+    (scores [B, K, V], log_z [B, K, 1], new cache, processor state). Without
+    a processor, scores are the logits and log_z their log-normaliser, so a
+    sparse step reads the [B, K, V] logits but writes nothing that wide.
+  """
   batch, beams, _ = state.alive_seqs.shape
   previous = jax.lax.dynamic_index_in_dim(
       state.alive_seqs, jnp.maximum(state.step - 1, 0), axis=2, keepdims=False)
   inputs = jnp.where(state.step == 0, 0, previous).reshape(batch * beams, 1)
   logits, cache = tokens_to_logits(inputs, state.cache, state.step)
-  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  log_probs = log_probs.reshape(batch, beams, -1)  # --> [B, K, V]
-  processor_state = state.processor_state
-  if processor is not None:
-    log_probs, processor_state = processor.process(
-        processor_state, log_probs, state.step)
-  return log_probs, cache, processor_state
+  logits = logits.astype(jnp.float32).reshape(batch, beams, -1)  # --> [B,K,V]
+  log_z = jax.nn.logsumexp(logits, axis=2, keepdims=True)
+  if processor is None:
+    return logits, log_z, cache, state.processor_state
+  log_probs, processor_state = processor.process(
+      state.processor_state, logits - log_z, state.step)
+  return log_probs, jnp.zeros_like(log_z), cache, processor_state
 
 
 def _merge_finished(state: BeamState, eos_scores: jax.Array, eos_id: int):
@@ -133,38 +177,91 @@ def _merge_finished(state: BeamState, eos_scores: jax.Array, eos_id: int):
   return _gather_beams(seqs, top_index), top_scores
 
 
-def _advance_alive(state: BeamState, candidates: jax.Array, cache,
-                   processor_state, processor):
-  """Keeps the best K non-EOS continuations (candidates [B, K, V])."""
-  batch, beams, vocab = candidates.shape
-  flat = candidates.reshape(batch, beams * vocab)  # --> [B, K * V]
+def _top_continuations(candidates: jax.Array):
+  """Best K of candidates [B, K, M]: (log-probs, beam index, flat index)."""
+  batch, beams, width = candidates.shape
+  flat = candidates.reshape(batch, beams * width)  # --> [B, K * M]
   log_probs, index = jax.lax.top_k(flat, beams)
-  beam_index, tokens = index // vocab, index % vocab  # [B, K] each
-  seqs = _gather_beams(state.alive_seqs, beam_index)
-  seqs = seqs.at[:, :, state.step].set(tokens)
-  cache = _gather_flat_beams(cache, beam_index)
+  return log_probs, index // width, index  # [B, K] each
+
+
+def _expand_dense(state: BeamState, scores, log_z, eos_id,
+                  alpha) -> _Expansion:
+  """Every token of the vocabulary is a candidate (scores [B, K, V])."""
+  candidates = state.alive_log_probs[:, :, None] + (scores - log_z)
+  eos_scores = candidates[:, :, eos_id] / length_penalty(state.step + 1, alpha)
+  candidates = candidates.at[:, :, eos_id].set(NEG_INF)
+  log_probs, beam_index, index = _top_continuations(candidates)
+  return _Expansion(eos_scores=eos_scores, log_probs=log_probs,
+                    beam_index=beam_index, tokens=index % scores.shape[2],
+                    constraint_state=None)
+
+
+def _expand_sparse(state: BeamState, scores, log_z, tokens, next_states,
+                   eos_id, alpha) -> _Expansion:
+  """Only tokens [B, K, M] (-1 = none) are candidates; M may be << V."""
+  batch, beams, width = tokens.shape
+  picked = jnp.take_along_axis(scores, jnp.maximum(tokens, 0), axis=2)
+  candidates = jnp.where(tokens >= 0, state.alive_log_probs[:, :, None]
+                         + (picked - log_z), NEG_INF)  # [B, K, M]
+  is_eos = tokens == eos_id
+  eos_scores = jnp.max(jnp.where(is_eos, candidates, NEG_INF), axis=2)
+  eos_scores = eos_scores / length_penalty(state.step + 1, alpha)
+  log_probs, beam_index, index = _top_continuations(
+      jnp.where(is_eos, NEG_INF, candidates))
+  chosen = lambda x: jnp.take_along_axis(
+      x.reshape(batch, beams * width), index, axis=1)  # [B, K * M] --> [B, K]
+  alive = log_probs > NEG_INF  # dead beams: PAD token, dead state
+  return _Expansion(
+      eos_scores=eos_scores, log_probs=log_probs, beam_index=beam_index,
+      tokens=jnp.where(alive, chosen(tokens), 0),
+      constraint_state=jnp.where(alive, chosen(next_states), -1))
+
+
+def _expand_constrained(state: BeamState, scores, log_z, constraint, eos_id,
+                        alpha) -> _Expansion:
+  """Candidates from `constraint`: the shared first row at step 0."""
+  batch, beams, vocab = scores.shape
+
+  def first_step():
+    tokens, next_states = constraint.first_candidates(vocab)
+    shape = (batch, beams, tokens.shape[0])
+    return _expand_sparse(state, scores, log_z, jnp.broadcast_to(tokens, shape),
+                          jnp.broadcast_to(next_states, shape), eos_id, alpha)
+
+  def later_step():
+    tokens, next_states = constraint.candidates(state.constraint_state)
+    return _expand_sparse(state, scores, log_z, tokens, next_states, eos_id,
+                          alpha)
+
+  return jax.lax.cond(state.step == 0, first_step, later_step)
+
+
+def _search_step(state: BeamState, tokens_to_logits, processor, constraint,
+                 eos_id, alpha) -> BeamState:
+  """One decode position: finish EOS beams, extend the others."""
+  scores, log_z, cache, processor_state = _step_scores(
+      state, tokens_to_logits, processor)
+  if constraint is None:
+    expansion = _expand_dense(state, scores, log_z, eos_id, alpha)
+  else:
+    expansion = _expand_constrained(state, scores, log_z, constraint, eos_id,
+                                    alpha)
+  finished_seqs, finished_scores = _merge_finished(
+      state, expansion.eos_scores, eos_id)
+  beam_index, tokens = expansion.beam_index, expansion.tokens
+  alive_seqs = _gather_beams(state.alive_seqs, beam_index)
   processor_state = _gather_beams(processor_state, beam_index)
   if processor is not None:
     processor_state = processor.update(processor_state, tokens)
-  return seqs, log_probs, cache, processor_state
-
-
-def _search_step(state: BeamState, tokens_to_logits, processor, eos_id,
-                 alpha) -> BeamState:
-  """One decode position: finish EOS beams, extend the others."""
-  log_probs, cache, processor_state = _step_log_probs(
-      state, tokens_to_logits, processor)
-  candidates = state.alive_log_probs[:, :, None] + log_probs  # [B, K, V]
-  eos_scores = candidates[:, :, eos_id] / length_penalty(state.step + 1, alpha)
-  finished_seqs, finished_scores = _merge_finished(state, eos_scores, eos_id)
-  candidates = candidates.at[:, :, eos_id].set(NEG_INF)
-  alive_seqs, alive_log_probs, cache, processor_state = _advance_alive(
-      state, candidates, cache, processor_state, processor)
   return BeamState(
-      step=state.step + 1, alive_seqs=alive_seqs,
-      alive_log_probs=alive_log_probs, finished_seqs=finished_seqs,
-      finished_scores=finished_scores, cache=cache,
-      processor_state=processor_state)
+      step=state.step + 1,
+      alive_seqs=alive_seqs.at[:, :, state.step].set(tokens),
+      alive_log_probs=expansion.log_probs, finished_seqs=finished_seqs,
+      finished_scores=finished_scores,
+      cache=_gather_flat_beams(cache, beam_index),
+      processor_state=processor_state,
+      constraint_state=expansion.constraint_state)
 
 
 def _all_done(state: BeamState, max_decode_len: int, alpha: float):
@@ -184,6 +281,7 @@ def beam_search(tokens_to_logits: TokensToLogits, initial_cache: PyTree,
                 eos_id: int = 1,
                 logits_processor: Optional[LogitsProcessor] = None,
                 processor_state: Optional[PyTree] = None,
+                constraint: Optional[Constraint] = None,
                 length_penalty_alpha: float = 0.0,
                 top_k: Optional[int] = None) -> tuple[jax.Array, jax.Array]:
   """Beam search over decoder tokens; jit-friendly (lax.while_loop).
@@ -199,6 +297,8 @@ def beam_search(tokens_to_logits: TokensToLogits, initial_cache: PyTree,
     eos_id: end token; a sequence finishes when it takes it.
     logits_processor: optional hook applied to each step's log-probs.
     processor_state: its state (leaves [B, K, ...]); None = its init().
+    constraint: optional sparse `Constraint`: only the tokens it lists are
+      scored (after the processor, if both are given).
     length_penalty_alpha: finished scores are log-prob / ((5+len)/6)**alpha;
       must be >= 0 (early stopping relies on it).
     top_k: size of the finished pool returned (default beam_size).
@@ -215,26 +315,40 @@ def beam_search(tokens_to_logits: TokensToLogits, initial_cache: PyTree,
         f"({length_penalty_alpha}) >= 0")
   if processor_state is None and logits_processor is not None:
     processor_state = logits_processor.init(batch_size, beam_size)
+  constraint_state = (None if constraint is None
+                      else constraint.init(batch_size, beam_size))
   state = _initial_state(initial_cache, batch_size, beam_size, max_decode_len,
-                         top_k, processor_state)
+                         top_k, processor_state, constraint_state)
   state = jax.lax.while_loop(
       lambda s: ~_all_done(s, max_decode_len, length_penalty_alpha),
-      lambda s: _search_step(s, tokens_to_logits, logits_processor, eos_id,
-                             length_penalty_alpha),
+      lambda s: _search_step(s, tokens_to_logits, logits_processor, constraint,
+                             eos_id, length_penalty_alpha),
       state)
   return state.finished_seqs, state.finished_scores
 
 
 @flax.struct.dataclass
 class TrieConstraint:
-  """LogitsProcessor allowing only continuations of docids in `arrays`.
+  """Allows only continuations of docids in `arrays`.
 
-  State: the trie node of each beam, [B, K] int32 (-1 = dead).
+  A `Constraint` (sparse: the root's dense table at step 0, then each node's
+  <= W children) and also a `LogitsProcessor` (dense [B, K, V] mask; the
+  slower reference). State: the trie node of each beam, [B, K] int32 (-1 =
+  dead).
   """
   arrays: trie_lib.TrieArrays
 
   def init(self, batch_size: int, beam_size: int) -> jax.Array:
     return jnp.zeros((batch_size, beam_size), jnp.int32)
+
+  def first_candidates(self, vocab_size: int) -> tuple[jax.Array, jax.Array]:
+    return trie_lib.root_children(self.arrays, vocab_size)  # [V], [V]
+
+  def candidates(self, states: jax.Array) -> tuple[jax.Array, jax.Array]:
+    batch, beams = states.shape
+    tokens, nodes = trie_lib.children(self.arrays, states.reshape(-1))
+    shape = (batch, beams, tokens.shape[1])
+    return tokens.reshape(shape), nodes.reshape(shape)  # --> [B, K, W]
 
   def process(self, state: jax.Array, log_probs: jax.Array,
               step: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -263,16 +377,22 @@ def constrained_beam_search(tokens_to_logits: TokensToLogits,
                             trie_arrays: trie_lib.TrieArrays, *,
                             beam_size: int, max_decode_len: int,
                             length_penalty_alpha: float = 0.0,
-                            top_k: Optional[int] = None) -> ConstrainedResult:
+                            top_k: Optional[int] = None,
+                            dense_mask: bool = False) -> ConstrainedResult:
   """`beam_search` restricted to the trie's docids; maps them to documents.
 
   `trie_arrays` must be an argument of the caller's jitted function (data,
   not a closure constant) so that editing the trie does not recompile.
+  By default the trie is a sparse `Constraint` (top-k over [B, K * W]);
+  `dense_mask=True` applies it as a [B, K, V] mask instead (the reference
+  path: same results, slower).
   """
+  constraint = TrieConstraint(trie_arrays)
   sequences, scores = beam_search(
       tokens_to_logits, initial_cache, batch_size, beam_size=beam_size,
       max_decode_len=max_decode_len, eos_id=trie_arrays.eos_id,
-      logits_processor=TrieConstraint(trie_arrays),
+      logits_processor=constraint if dense_mask else None,
+      constraint=None if dense_mask else constraint,
       length_penalty_alpha=length_penalty_alpha, top_k=top_k)
   batch, k, length = sequences.shape
   documents = trie_lib.lookup(trie_arrays,

@@ -23,8 +23,9 @@ again gives arrays of the same shapes unless a capacity was exceeded: jitted
 consumers do not recompile. Node id -1 is the dead node: it allows nothing
 and every step from it stays dead.
 
-`allowed_mask` and `step` cost O(N * (W + V)) for N nodes: independent of how
-many docids the trie holds.
+`children` (the sparse continuations, [N, W]) and `step` cost O(N * W) for N
+nodes, `root_children` O(V) and `allowed_mask` (the dense [N, V] form) O(N *
+(W + V)): all independent of how many docids the trie holds.
 """
 from __future__ import annotations
 
@@ -69,6 +70,27 @@ def _children_of(arrays: TrieArrays, nodes: jax.Array):
   count = jnp.where(nodes >= 0, arrays.num_children[safe], 0)
   valid = jnp.arange(width)[None, :] < count[:, None]
   return tokens, children, valid
+
+
+def children(arrays: TrieArrays, nodes: jax.Array):
+  """Sparse continuations of `nodes` [N] below the root.
+
+  Returns:
+    (tokens [N, W], child nodes [N, W]), -1 in both where there is no edge
+    (padding, dead nodes, leaves, and the root: its children are the dense
+    `root_child` table, see `root_children`).
+  """
+  tokens, child_nodes, valid = _children_of(arrays, nodes)
+  return jnp.where(valid, tokens, DEAD), jnp.where(valid, child_nodes, DEAD)
+
+
+def root_children(arrays: TrieArrays, vocab_size: int):
+  """The root's continuations as dense rows: (tokens [V], child nodes [V]).
+
+  tokens[t] is t where the root has a child by token t, else -1.
+  """
+  table = _root_row(arrays, vocab_size)
+  return jnp.where(table >= 0, jnp.arange(vocab_size), DEAD), table
 
 
 def _root_row(arrays: TrieArrays, vocab_size: int) -> jax.Array:

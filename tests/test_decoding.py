@@ -210,6 +210,69 @@ def test_edits_change_results_without_recompiling():
   assert _constrained_for_edits._cache_size() == 1
 
 
+WIDE_VOCAB = 12  # sparse-vs-dense tests: docid tokens 2..11
+WIDE_LEN = 5
+
+wide_docid_sets = st.lists(
+    st.lists(st.integers(2, WIDE_VOCAB - 1), min_size=1,
+             max_size=WIDE_LEN - 1).map(lambda t: tuple(t) + (1,)),
+    min_size=1, max_size=60, unique=True)
+
+
+@functools.partial(jax.jit, static_argnames=("dense_mask", "alpha"))
+def _wide_search(table, bias, arrays, *, dense_mask, alpha):
+  return decoding.constrained_beam_search(
+      functools.partial(_tokens_to_logits, table), _initial_cache(bias),
+      BATCH, arrays, beam_size=3, max_decode_len=WIDE_LEN, top_k=3,
+      length_penalty_alpha=alpha, dense_mask=dense_mask)
+
+
+@settings(max_examples=25, deadline=None)
+@given(wide_docid_sets, st.integers(0, 2**16), st.sampled_from([0.0, 0.8]))
+def test_sparse_path_equals_dense_mask_path(sequences, seed, alpha):
+  # Beam 3 over up to 60 docids: an approximate search, so both paths must
+  # make the same choices at every step, not just find the same optimum.
+  trie = DocidTrie.build(sequences, [7 * i for i in range(len(sequences))],
+                         capacity=256, vocab_size=WIDE_VOCAB,
+                         fanout_capacity=16)
+  table, bias = _toy(seed, WIDE_VOCAB)
+  arrays = trie.to_device()
+  sparse = _wide_search(table, bias, arrays, dense_mask=False, alpha=alpha)
+  dense = _wide_search(table, bias, arrays, dense_mask=True, alpha=alpha)
+  found = np.asarray(dense.scores) > -np.inf
+  np.testing.assert_array_equal(np.asarray(sparse.scores) > -np.inf, found)
+  np.testing.assert_allclose(np.asarray(sparse.scores)[found],
+                             np.asarray(dense.scores)[found], rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(sparse.documents),
+                                np.asarray(dense.documents))
+  for row in range(BATCH):
+    count = int(found[row].sum())
+    assert (_as_tuples(sparse.sequences[row][:count])
+            == _as_tuples(dense.sequences[row][:count]))
+    assert set(_as_tuples(sparse.sequences[row][:count])) <= set(sequences)
+  assert found[:, 0].all()
+
+
+def test_sparse_path_with_few_candidates_is_exact():
+  # The root has 2 children (< beam 3: dead beams from step 0), its table is
+  # narrower than the vocabulary (4 < 12), and every prefix fits in the beam,
+  # so the search is exact.
+  sequences = [(2, 1), (3, 1), (3, 5, 1), (3, 2, 1), (3, 4, 4, 1)]
+  trie = DocidTrie.build(sequences, list(range(len(sequences))))
+  arrays = trie.to_device()
+  assert arrays.root_child.shape[0] < WIDE_VOCAB
+  for seed in (11, 12):
+    table, bias = _toy(seed, WIDE_VOCAB)
+    sparse = _wide_search(table, bias, arrays, dense_mask=False, alpha=0.0)
+    for row in range(BATCH):
+      expected = _brute_force(table, bias[row], sequences, 3)
+      assert _as_tuples(sparse.sequences[row]) == [s for _, s in expected]
+      np.testing.assert_allclose(sparse.scores[row],
+                                 [v for v, _ in expected], rtol=1e-5)
+      assert [int(d) for d in sparse.documents[row]] == [
+          sequences.index(s) for _, s in expected]
+
+
 class _NoRepeat:
   """Toy processor: a beam may not take the token it took last step."""
 
@@ -297,3 +360,27 @@ def test_rank_documents_matches_dict_oracle(rows, aggregation):
     assert list(out_scores[:count]) == sorted(out_scores[:count],
                                               reverse=True)
     assert out_docs[count:] == [-1] * (len(row) - count)
+
+
+@jax.jit
+def _no_repeat_in_trie(table, bias, arrays):
+  return decoding.beam_search(
+      functools.partial(_tokens_to_logits, table), _initial_cache(bias),
+      BATCH, beam_size=8, max_decode_len=MAX_LEN, logits_processor=_NoRepeat(),
+      constraint=decoding.TrieConstraint(arrays), top_k=8)
+
+
+@settings(max_examples=10, deadline=None)
+@given(docid_sets, st.integers(0, 2**16))
+def test_processor_and_sparse_constraint_compose(sequences, seed):
+  table, bias = _toy(seed, VOCAB)
+  arrays = _trie(sequences, list(range(len(sequences)))).to_device()
+  result_seqs, result_scores = _no_repeat_in_trie(table, bias, arrays)
+  allowed = [s for s in sequences if all(a != b for a, b in zip(s, s[1:]))]
+  for row in range(BATCH):
+    expected = _brute_force(table, bias[row], allowed, 8)
+    count = len(expected)
+    assert _as_tuples(result_seqs[row][:count]) == [s for _, s in expected]
+    np.testing.assert_allclose(result_scores[row][:count],
+                               [v for v, _ in expected], rtol=1e-5)
+    assert np.all(np.asarray(result_scores[row][count:]) == -np.inf)

@@ -15,6 +15,7 @@ CAPACITY = 64
 _step = jax.jit(trie_lib.step)
 _mask = jax.jit(trie_lib.allowed_mask, static_argnums=2)
 _lookup = jax.jit(trie_lib.lookup)
+_children = jax.jit(trie_lib.children)
 
 docid_sets = st.lists(
     st.lists(st.integers(2, VOCAB - 1), min_size=1, max_size=MAX_TOKENS).map(
@@ -91,6 +92,31 @@ def test_mask_and_step_match_prefix_oracle(sequences, data):
   for prefix, node, row in zip(prefixes, nodes, masks):
     assert set(np.flatnonzero(row)) == _expected_next(sequences, prefix)
     assert (node >= 0) == bool(_expected_next(sequences, prefix))
+
+
+@settings(max_examples=30, deadline=None)
+@given(docid_sets)
+def test_sparse_children_match_prefix_oracle_and_step(sequences):
+  arrays = _build(sequences).to_device()
+  prefixes = sorted({s[:n] for s in sequences for n in range(1, len(s) + 1)})
+  nodes = _nodes_of(arrays, prefixes)
+  tokens, children = map(np.asarray, _children(arrays, jnp.asarray(nodes)))
+  assert tokens.shape == (len(prefixes), arrays.max_children)
+  for prefix, node, row, kids in zip(prefixes, nodes, tokens, children):
+    assert set(row[row >= 0]) == _expected_next(sequences, prefix)
+    assert ((row >= 0) == (kids >= 0)).all()
+    stepped = _step(arrays, jnp.full(len(row), node), jnp.asarray(row))
+    np.testing.assert_array_equal(np.asarray(stepped)[row >= 0],
+                                  kids[row >= 0])
+  root_tokens, root_nodes = map(
+      np.asarray, trie_lib.root_children(arrays, VOCAB))
+  first = root_tokens[root_tokens >= 0]
+  assert set(first) == _expected_next(sequences, ())
+  np.testing.assert_array_equal(root_nodes >= 0, root_tokens >= 0)
+  np.testing.assert_array_equal(root_nodes[root_tokens >= 0],
+                                _nodes_of(arrays, [(int(t),) for t in first]))
+  dead_and_root = np.asarray(_children(arrays, jnp.array([-1, 0]))[0])
+  assert (dead_and_root == -1).all()  # the root's children are the table
 
 
 @settings(max_examples=30, deadline=None)

@@ -1,0 +1,160 @@
+"""Tests for gr/partitioning.py: mesh, rules, and a really sharded step.
+
+Runs on the 8 fake CPU devices of tests/conftest.py.
+"""
+import jax
+from jax.sharding import AxisType, PartitionSpec as P
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from gr import models
+from gr import network
+from gr import partitioning
+from gr import train
+
+LENGTH = 8
+
+
+def test_make_mesh_shapes_and_auto_axes():
+  mesh = partitioning.make_mesh(model=4)
+  assert dict(mesh.shape) == {'data': 2, 'model': 4}
+  assert mesh.axis_types == (AxisType.Auto, AxisType.Auto)
+  assert dict(partitioning.make_mesh().shape) == {'data': 8, 'model': 1}
+  one = partitioning.make_mesh(devices=jax.devices()[:1])
+  assert dict(one.shape) == {'data': 1, 'model': 1}
+  with pytest.raises(ValueError, match='does not divide'):
+    partitioning.make_mesh(model=3)
+  with pytest.raises(ValueError, match='data=2 x model=2'):
+    partitioning.make_mesh(data=2, model=2)
+
+
+def test_logical_rules_map_names_to_mesh_axes():
+  spec = partitioning.logical_to_mesh_spec
+  assert spec(('vocab', 'embed')) == P('model', None)
+  assert spec(('embed', 'mlp')) == P(None, 'model')
+  assert spec(('embed', 'heads', 'kv')) == P(None, 'model', None)
+  assert spec(('batch', 'length', 'embed')) == P('data', None, None)
+  # A mesh axis is used once per array, by the earliest rule: 'mlp' comes
+  # before 'heads' in LOGICAL_AXIS_RULES.
+  assert spec(('heads', 'mlp')) == P(None, 'model')
+  assert spec(('unknown_name',)) == P(None)
+  names = {name for name, _ in partitioning.LOGICAL_AXIS_RULES}
+  assert set(network.PARAM_AXIS_NAMES) <= names
+  assert set(network.ACTIVATION_AXIS_NAMES) <= names
+
+
+def test_optimizer_state_follows_param_shardings():
+  mesh = partitioning.make_mesh(model=4)
+  params = {'dense': {'kernel': jnp.zeros((8, 16)), 'scale': jnp.zeros(8)}}
+  shardings = {'dense': {
+      'kernel': jax.sharding.NamedSharding(mesh, P(None, 'model')),
+      'scale': partitioning.replicated(mesh)}}
+  for optimizer in (optax.adamw(1e-3), optax.adafactor(1e-3)):
+    state = jax.eval_shape(optimizer.init, params)
+    out = partitioning.shardings_like_params(state, params, shardings, mesh)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(
+        out, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))[0]:
+      keys = jax.tree_util.keystr(path)
+      shape = _leaf_at(state, path).shape
+      if 'kernel' in keys and shape == (8, 16):
+        assert leaf.spec == P(None, 'model'), keys
+      else:
+        assert leaf.spec == P(), keys
+
+
+def _leaf_at(tree, path):
+  for key in path:
+    if isinstance(key, jax.tree_util.DictKey):
+      tree = tree[key.key]
+    elif isinstance(key, jax.tree_util.SequenceKey):
+      tree = tree[key.idx]
+    else:
+      tree = getattr(tree, key.name)
+  return tree
+
+
+def test_global_batch_splits_over_data():
+  mesh = partitioning.make_mesh(data=4, model=2)
+  local = {'tokens': np.arange(8 * 3, dtype=np.int32).reshape(8, 3)}
+  out = partitioning.global_batch(local, mesh)['tokens']
+  assert out.shape == (8, 3)
+  assert out.sharding.spec == P('data')
+  assert {s.data.shape for s in out.addressable_shards} == {(2, 3)}
+  np.testing.assert_array_equal(np.asarray(out), local['tokens'])
+  assert partitioning.per_host_batch_size(16) == 16
+  assert partitioning.host_shard_info().num_shards == 1
+
+
+# ----------------------------------------- sharded vs single-device step --
+
+
+@pytest.fixture(scope='module')
+def model():
+  return models.EncoderDecoderModel(network.T5Config.tiny(
+      128, emb_dim=32, head_dim=8, mlp_dim=64, num_encoder_layers=1,
+      num_decoder_layers=1))
+
+
+def _batches(n: int) -> list[dict[str, np.ndarray]]:
+  rng = np.random.default_rng(0)
+  out = []
+  for _ in range(n):
+    tokens = rng.integers(3, 128, size=(8, LENGTH)).astype(np.int32)
+    tokens[:, -2:] = 0
+    tokens[:, -3] = 1
+    out.append({'encoder_input_tokens': tokens,
+                'decoder_target_tokens': tokens[:, ::-1].copy(),
+                'decoder_loss_weights': (tokens[:, ::-1] > 0).astype(
+                    np.int32)})
+    out[-1]['decoder_input_tokens'] = np.asarray(models.shift_targets_right(
+        out[-1]['decoder_target_tokens']))
+  return out
+
+
+def _run_two_steps(model, mesh):
+  optimizer = train.make_optimizer(train.OptimizerConfig(), 10)
+  sharded = train.shard_model(model, optimizer, mesh, input_length=LENGTH,
+                              target_length=LENGTH)
+  rng = jax.device_put(jax.random.key(0), partitioning.replicated(mesh))
+  state = sharded.init(rng)
+  losses = []
+  for batch in _batches(2):
+    state, metrics = sharded.step(
+        state, partitioning.global_batch(batch, mesh), rng)
+    losses.append(float(metrics['loss']))
+  return state, losses
+
+
+@pytest.fixture(scope='module')
+def sharded_and_single(model):
+  sharded = _run_two_steps(model, partitioning.make_mesh(data=2, model=4))
+  single = _run_two_steps(
+      model, partitioning.make_mesh(devices=jax.devices()[:1]))
+  return sharded, single
+
+
+def test_sharded_step_equals_single_device_step(sharded_and_single):
+  (state, losses), (single_state, single_losses) = sharded_and_single
+  np.testing.assert_allclose(losses, single_losses, rtol=1e-5)
+  assert int(state.step) == 2
+  for a, b in zip(jax.tree.leaves(state.params),
+                  jax.tree.leaves(single_state.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+def test_big_params_and_their_adam_moments_are_sharded_on_model(
+    sharded_and_single):
+  state, _ = sharded_and_single[0]
+  params = state.params
+  embedding = params['token_embedder']['embedding']  # [vocab 128, embed 32]
+  assert embedding.sharding.spec == P('model', None)
+  assert embedding.addressable_shards[0].data.shape == (32, 32)
+  wi = params['encoder']['layers_0']['mlp']['wi_0']['kernel']  # [32, mlp 64]
+  assert wi.sharding.spec == P(None, 'model')
+  assert wi.addressable_shards[0].data.shape == (32, 16)
+  query = params['decoder']['layers_0']['self_attention']['query']['kernel']
+  assert query.sharding.spec == P(None, 'model', None)
+  mu = state.opt_state[1][0].mu['token_embedder']['embedding']
+  assert mu.addressable_shards[0].data.shape == (32, 32)

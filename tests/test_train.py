@@ -1,0 +1,236 @@
+"""Tests for gr/train.py and scripts/train.py: the loop, resume, optimizer.
+
+One reference run (in this process, through the same gin files as the CLI)
+is shared by the loop tests; the resume test runs the CLI in subprocesses,
+SIGKILLs the first one after a checkpoint, and checks that the second
+resumes and ends with the reference run's params.
+"""
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import tensorflow as tf
+
+from gr import checkpoints
+from gr import models
+from gr import network
+from gr import train
+import toy_tasks
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TRAIN_STEPS = 100
+# A smaller-than-tiny T5 so that compiling the step is quick.
+TOY_GIN = f"""
+import toy_tasks
+MIXTURE_OR_TASK_NAME = '{toy_tasks.TOY_TASK}'
+TRAIN_STEPS = {TRAIN_STEPS}
+INPUT_LENGTH = 10
+TARGET_LENGTH = 10
+BATCH_SIZE = 16
+LEARNING_RATE = 3e-3
+network.T5Config.emb_dim = 32
+network.T5Config.head_dim = 8
+network.T5Config.mlp_dim = 64
+network.T5Config.num_encoder_layers = 1
+network.T5Config.num_decoder_layers = 1
+OptimizerConfig.name = 'adamw'
+OptimizerConfig.schedule = 'constant'
+OptimizerConfig.warmup_steps = 0
+train.log_every = 25
+train.checkpoint_every = 25
+train.eval_every = 50
+train.eval_steps = 2
+train.keep_checkpoints = 2
+"""
+
+
+def _gin_args(gin_file: pathlib.Path) -> list[str]:
+  return [f'--gin_file={REPO}/gin/models/t5_tiny.gin',
+          f'--gin_file={REPO}/gin/runs/train.gin', f'--gin_file={gin_file}']
+
+
+@pytest.fixture(scope='module')
+def toy_gin(tmp_path_factory) -> pathlib.Path:
+  path = tmp_path_factory.mktemp('gin') / 'toy.gin'
+  path.write_text(TOY_GIN)
+  return path
+
+
+@pytest.fixture(scope='module')
+def reference_run(tmp_path_factory, toy_gin):
+  """An uninterrupted run of the CLI's configuration, in this process."""
+  model_dir = tmp_path_factory.mktemp('reference')
+  gin.clear_config()
+  files = [arg.split('=', 1)[1] for arg in _gin_args(toy_gin)]
+  gin.parse_config_files_and_bindings(files, [f"MODEL_DIR='{model_dir}'"])
+  try:
+    state = train.train()
+  finally:
+    gin.clear_config()
+  return model_dir, state
+
+
+def _scalars(model_dir: pathlib.Path) -> dict[str, dict[int, float]]:
+  """TensorBoard scalars written to model_dir: {tag: {step: value}}."""
+  out = {}
+  for path in model_dir.glob('events.out.tfevents.*'):
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      for value in event.summary.value:
+        out.setdefault(value.tag, {})[event.step] = float(
+            tf.make_ndarray(value.tensor))
+  return out
+
+
+def test_loss_falls_and_tensorboard_has_it(reference_run):
+  model_dir, state = reference_run
+  assert int(state.step) == TRAIN_STEPS
+  scalars = _scalars(model_dir)
+  train_loss, eval_loss = scalars['train/loss'], scalars['eval/loss']
+  assert sorted(train_loss) == [25, 50, 75, 100]
+  assert sorted(eval_loss) == [50, 100]
+  assert train_loss[100] < train_loss[25] - 0.5
+  # Untrained loss is about log(29 token kinds) = 3.4 or more.
+  assert eval_loss[100] < 3.2
+  assert 'train/accuracy' in scalars and 'steps_per_sec' in scalars
+
+
+def test_checkpoints_keep_last_n_and_hold_final_params(reference_run):
+  model_dir, state = reference_run
+  steps = sorted(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
+  assert steps == [75, 100]
+  params = checkpoints.restore_params(model_dir)
+  for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(state.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _wait_for_step_dir(model_dir: pathlib.Path, proc, timeout: float):
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    if any(p.name.isdigit() for p in model_dir.glob('*')):
+      return
+    time.sleep(0.2)
+  raise AssertionError(f'no checkpoint in {model_dir} (rc={proc.poll()})')
+
+
+def test_resume_after_sigkill_matches_uninterrupted(tmp_path, toy_gin,
+                                                    reference_run):
+  model_dir = tmp_path / 'model'
+  command = [sys.executable, str(REPO / 'scripts' / 'train.py'),
+             *_gin_args(toy_gin), f"--gin.MODEL_DIR='{model_dir}'"]
+  env = dict(os.environ, PYTHONPATH=f'{REPO}:{REPO / "tests"}')
+  log = open(tmp_path / 'first.log', 'w')
+  first = subprocess.Popen(command, env=env, stdout=log,
+                           stderr=subprocess.STDOUT)
+  try:
+    _wait_for_step_dir(model_dir, first, timeout=240)
+  finally:
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=60)
+  killed_at = max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit())
+  assert killed_at < TRAIN_STEPS
+  second = subprocess.run(command, env=env, capture_output=True, text=True,
+                          timeout=300)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert 'Resuming from checkpoint step' in second.stderr
+  resumed_from = int(second.stderr.split('Resuming from checkpoint step ')[1]
+                     .split()[0])
+  assert resumed_from >= killed_at
+  assert f'step {TRAIN_STEPS}/{TRAIN_STEPS}' in second.stderr
+  assert f'step {resumed_from}/{TRAIN_STEPS}' not in second.stderr
+  params = checkpoints.restore_params(model_dir)
+  for a, b in zip(jax.tree.leaves(params),
+                  jax.tree.leaves(reference_run[1].params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0,
+                               atol=1e-6)
+
+
+# ------------------------------------------------------------ pieces --
+
+
+def test_sam_gradient_on_a_quadratic():
+  """loss = |w - t|^2 / 2: g = w - t, SAM gradient = g * (1 + rho / |g|)."""
+  target = jnp.array([1.0, -2.0, 0.5])
+  def loss_fn(params, batch, rng):
+    del batch, rng
+    loss = 0.5 * jnp.sum(jnp.square(params['w'] - target))
+    return loss, (loss, {})
+  params = {'w': jnp.array([3.0, 0.0, 0.5])}
+  plain, _ = train.sam_gradients(loss_fn, params, {}, None, 0.0)
+  sam, (loss, _) = train.sam_gradients(loss_fn, params, {}, None, 0.3)
+  g = params['w'] - target
+  np.testing.assert_allclose(plain['w'], g, rtol=1e-6)
+  np.testing.assert_allclose(sam['w'], g * (1 + 0.3 / np.linalg.norm(g)),
+                             rtol=1e-6)
+  assert float(loss) == pytest.approx(0.5 * float(jnp.sum(g * g)))
+
+
+@pytest.mark.parametrize('schedule,step,expected', [
+    ('constant', 0, 0.0), ('constant', 5, 0.5), ('constant', 50, 1.0),
+    ('rsqrt', 10, 1.0), ('rsqrt', 40, 0.5),
+    ('cosine', 10, 1.0), ('cosine', 55, 0.55), ('cosine', 100, 0.1)])
+def test_learning_rate_schedules(schedule, step, expected):
+  config = train.OptimizerConfig(learning_rate=1.0, schedule=schedule,
+                                 warmup_steps=10, final_lr_fraction=0.1)
+  rate = train.learning_rate_schedule(config, total_steps=100)
+  assert float(rate(step)) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize('name', ['adamw', 'adafactor'])
+def test_optimizers_reduce_a_quadratic_and_clip(name):
+  config = train.OptimizerConfig(name=name, learning_rate=0.1,
+                                 clip_grad_norm=1.0, weight_decay=1e-4)
+  optimizer = train.make_optimizer(config, total_steps=100)
+  params = {'w': jnp.full((4, 3), 5.0)}
+  state = optimizer.init(params)
+  for _ in range(20):
+    grads = {'w': 100.0 * params['w']}  # huge: clipping keeps steps small
+    updates, state = optimizer.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  assert 0.0 < float(jnp.abs(params['w']).max()) < 5.0
+
+
+def test_bad_optimizer_settings_are_named():
+  with pytest.raises(ValueError, match='OptimizerConfig.name'):
+    train.make_optimizer(train.OptimizerConfig(name='sgd'), 10)
+  with pytest.raises(ValueError, match='OptimizerConfig.schedule'):
+    train.make_optimizer(train.OptimizerConfig(schedule='step'), 10)
+
+
+def test_fit_vocab_pads_to_multiple_of_128():
+  model = models.EncoderDecoderModel(network.T5Config.tiny(32128))
+  assert train.fit_vocab(model, 32).config.vocab_size == 128
+  assert train.fit_vocab(model, 130).config.vocab_size == 256
+  fitted = train.fit_vocab(model, 32128)
+  assert fitted is model
+
+
+def test_train_step_is_deterministic_in_seed_and_step():
+  """Same (state, batch, rng) -> same result; the rng is folded with step."""
+  model = models.EncoderDecoderModel(network.T5Config.tiny(
+      128, emb_dim=16, head_dim=4, mlp_dim=16, num_encoder_layers=1,
+      num_decoder_layers=1))
+  optimizer = train.make_optimizer(train.OptimizerConfig(), 10)
+  step = jax.jit(train.train_step_fn(model, optimizer))
+  params = model.init_params(jax.random.key(0), input_length=6,
+                             target_length=6)
+  state = train.TrainState(step=jnp.array(0), params=params,
+                           opt_state=optimizer.init(params))
+  tokens = jnp.array([[5, 6, 7, 1, 0, 0]] * 2)
+  batch = {'encoder_input_tokens': tokens, 'decoder_target_tokens': tokens,
+           'decoder_input_tokens': models.shift_targets_right(tokens),
+           'decoder_loss_weights': (tokens > 0).astype(jnp.int32)}
+  rng = jax.random.key(1)
+  _, first = step(state, batch, rng)
+  _, again = step(state, batch, rng)
+  _, later = step(state.replace(step=jnp.array(7)), batch, rng)
+  assert float(first['loss']) == float(again['loss'])
+  assert float(first['loss']) != float(later['loss'])  # other dropout mask

@@ -160,7 +160,11 @@ def current_version_dir(index_dir: str) -> str:
 
 def load_index(index_dir: str) -> Index:
   """Loads the current version, verifying checksums and consistency."""
-  version_dir = current_version_dir(index_dir)
+  return load_index_version(current_version_dir(index_dir))
+
+
+def load_index_version(version_dir: str) -> Index:
+  """Loads one version directory (e.g. a checkpoint's index artifact)."""
   info_path = os.path.join(version_dir, INDEX_FILE)
   try:
     with open(info_path) as f:

@@ -1,0 +1,646 @@
+"""Continual indexing: add and delete documents in a trained index, with replay.
+
+A *version* of a continually updated index is one orbax checkpoint step in
+`model_dir`: the params, and beside them (gr/checkpoints.py) an index
+artifact holding
+
+  docids/ vocab/ index.json   the index version (gr/index.py layout)
+  memory/                     a BEIR folder: every indexed document and the
+                              train queries/qrels seen so far (replay source)
+  continual.json              the version record: cumulative gradient
+                              updates and one entry per update
+
+The checkpoint is the commit point. `update_index` stages the new index and
+memory in a temporary directory, trains in memory, and only then saves the
+new step (orbax writes it under a temporary name and renames
+it into place), so a crash at any point leaves the previous step as the
+latest complete, loadable version. `index_dir` is a published copy of the
+latest version's index (gr/index.py's CURRENT switch); it is written after
+the commit and repaired from the checkpoint by the next update if a crash
+came between the two.
+
+Checkpoint steps count gradient updates: an update of k steps saves step
+previous + k (+1 for an update without training, e.g. `trie_only`, which
+must still be a new step). `continual.json` holds the exact count.
+
+Strategies (`STRATEGIES`; any with `sam_rho` > 0 uses sharpness-aware
+minimisation):
+
+  trie_only          no training: new docids enter the trie only
+  new_only           fine-tune on the new documents (indexing + pseudo-queries)
+  experience_replay  + stored old indexing and retrieval examples at
+                     `replay_ratio` (mixture rate; the new documents' is 1)
+  generative_replay  + pseudo-queries for OLD documents (DSI++'s generative
+                     memory) at `replay_ratio`
+  sam                new_only with SAM
+  retrain            from scratch on everything indexed so far (reference)
+
+Pseudo-queries come from a `PseudoQueryGenerator`; no doc2query model exists
+in this repository yet, so the default is `TextPseudoQueries` (sentences and
+spans of the body, gr/pseudo_queries.py).
+"""
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence
+
+from absl import logging
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gr import checkpoints
+from gr import docids as docids_lib
+from gr import experiment
+from gr import index as index_lib
+from gr import models
+from gr import partitioning
+from gr import pseudo_queries as pseudo_lib
+from gr import tasks
+from gr import train as train_lib
+from gr.data import beir
+
+PyTree = Any
+MEMORY_DIR = "memory"
+RECORD_FILE = "continual.json"
+RECORD_FORMAT = "gr.continual/1"
+NEW, REPLAY = "new", "replay"
+INITIAL_TASK_RATES = (("indexing", 1.0), ("retrieval", 1.0),
+                      ("pseudo_query", 1.0))
+
+
+# ------------------------------------------------------------ strategies --
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+  """How an update trains.
+
+  Attributes:
+    name: label for logs and results.
+    trains: False for trie_only (docids enter the trie, params unchanged).
+    replay: "none", "experience" (stored old indexing + retrieval examples)
+      or "generative" (pseudo-queries for old documents).
+    replay_ratio: mixture rate of the replay task; the new documents' is 1.
+    retrain: train from scratch on everything (ignores `replay`).
+    sam_rho: sharpness-aware minimisation radius (0: plain optimizer).
+  """
+  name: str
+  trains: bool = True
+  replay: str = "none"
+  replay_ratio: float = 1.0
+  retrain: bool = False
+  sam_rho: float = 0.0
+
+  def __post_init__(self):
+    if self.replay not in ("none", "experience", "generative"):
+      raise ValueError(f"Strategy {self.name!r}: replay={self.replay!r}, "
+                       "expected 'none', 'experience' or 'generative'")
+    if self.replay_ratio <= 0 or self.sam_rho < 0:
+      raise ValueError(f"Strategy {self.name!r}: need replay_ratio > 0 and "
+                       f"sam_rho >= 0, got {self.replay_ratio}, {self.sam_rho}")
+
+
+STRATEGIES = {s.name: s for s in (
+    Strategy("trie_only", trains=False),
+    Strategy("new_only"),
+    Strategy("experience_replay", replay="experience"),
+    Strategy("generative_replay", replay="generative"),
+    Strategy("sam", sam_rho=0.05),
+    Strategy("retrain", retrain=True),
+)}
+
+
+def get_strategy(strategy: "str | Strategy", **overrides) -> Strategy:
+  """A preset by name (or a Strategy), with fields replaced by `overrides`."""
+  if isinstance(strategy, str):
+    if strategy not in STRATEGIES:
+      raise ValueError(f"unknown strategy {strategy!r}; known: "
+                       f"{sorted(STRATEGIES)}")
+    strategy = STRATEGIES[strategy]
+  overrides = {k: v for k, v in overrides.items() if v is not None}
+  return dataclasses.replace(strategy, **overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+  """Training hyper-parameters shared by the initial indexing and updates."""
+  batch_size: int = 32
+  input_length: int = 64
+  optimizer: train_lib.OptimizerConfig = train_lib.OptimizerConfig()
+  seed: int = 0
+  log_every: int = 100
+  mesh_data: int = -1
+
+
+# -------------------------------------------------------- pseudo-queries --
+
+
+class PseudoQueryGenerator(Protocol):
+  """Pseudo-queries for documents: {doc_id: [query, ...]}."""
+
+  def generate(self, documents: Mapping[str, beir.Document]
+               ) -> dict[str, list[str]]:
+    ...
+
+
+@dataclasses.dataclass(frozen=True)
+class TextPseudoQueries:
+  """Sentences and random spans of each body (gr/pseudo_queries.py)."""
+  num_sentences: int = 1
+  num_spans: int = 2
+  seed: int = 0
+
+  def generate(self, documents: Mapping[str, beir.Document]
+               ) -> dict[str, list[str]]:
+    return pseudo_lib.build_pseudo_queries(
+        documents.values(), num_spans=self.num_spans,
+        num_sentences=self.num_sentences, seed=self.seed)
+
+
+# ---------------------------------------------------------------- memory --
+
+
+def train_memory(dataset: beir.BeirDataset) -> beir.BeirDataset:
+  """The corpus with only its train queries and qrels (what replay may use)."""
+  qrels = {"train": dict(dataset.qrels.get("train", {}))}
+  queries = {q: dataset.queries[q] for q in qrels["train"]}
+  return beir.BeirDataset(dict(dataset.corpus), queries, qrels)
+
+
+def updated_memory(memory: beir.BeirDataset,
+                   new_documents: Mapping[str, beir.Document],
+                   deleted: Iterable[str]) -> beir.BeirDataset:
+  """Memory with documents added and removed (and qrels to removed ones)."""
+  deleted = set(deleted)
+  corpus = {d: doc for d, doc in {**memory.corpus, **new_documents}.items()
+            if d not in deleted}
+  train = {q: {d: s for d, s in docs.items() if d in corpus}
+           for q, docs in memory.qrels.get("train", {}).items()}
+  train = {q: docs for q, docs in train.items() if docs}
+  queries = {q: memory.queries[q] for q in train}
+  return beir.BeirDataset(corpus, queries, {"train": train})
+
+
+# -------------------------------------------------------------- versions --
+
+
+@dataclasses.dataclass(frozen=True)
+class Version:
+  """One committed version: checkpoint step, params, index, memory, record."""
+  step: int
+  params: PyTree
+  index: index_lib.Index
+  memory: beir.BeirDataset
+  record: Mapping[str, Any]
+
+  @property
+  def gradient_updates(self) -> int:
+    return int(self.record["gradient_updates"])
+
+
+def write_version_files(index: index_lib.Index, memory: beir.BeirDataset,
+                        record: Mapping[str, Any], staging_dir: str) -> str:
+  """Writes index + memory + record under `staging_dir`; returns the dir
+  to save as the checkpoint's artifact."""
+  version_dir = index_lib.save_index(index, staging_dir)
+  beir.write_beir(os.path.join(version_dir, MEMORY_DIR), memory.corpus,
+                  memory.queries, memory.qrels)
+  with beir.atomic_open(os.path.join(version_dir, RECORD_FILE)) as f:
+    json.dump(dict(record), f, indent=1)
+  return version_dir
+
+
+def load_version(model_dir: str, step: Optional[int] = None) -> Version:
+  """The latest (or given) committed version in `model_dir`, verified.
+
+  Raises:
+    FileNotFoundError: no finished checkpoint in `model_dir`.
+    checkpoints.ArtifactError: the step's artifact fails verification or was
+      not written by this module (no memory/ or continual.json).
+  """
+  artifact = checkpoints.load_artifact(model_dir, step)
+  step = int(artifact.parent.parent.name)
+  record_path = os.path.join(artifact, RECORD_FILE)
+  if not os.path.exists(record_path) or not os.path.isdir(
+      os.path.join(artifact, MEMORY_DIR)):
+    raise checkpoints.ArtifactError(
+        f"{artifact}: no {RECORD_FILE} or {MEMORY_DIR}/: step {step} of "
+        f"{model_dir} was not written by gr.continual (use index_corpus)")
+  with open(record_path) as f:
+    record = json.load(f)
+  if record.get("format") != RECORD_FORMAT:
+    raise checkpoints.ArtifactError(f"{record_path}: format "
+                                    f"{record.get('format')!r}")
+  return Version(step=step,
+                 params=checkpoints.restore_params(model_dir, step),
+                 index=index_lib.load_index_version(os.fspath(artifact)),
+                 memory=beir.BeirDataset.load(os.path.join(artifact,
+                                                           MEMORY_DIR)),
+                 record=record)
+
+
+def commit(model_dir: str, step: int, params: PyTree, artifact_dir: str, *,
+           keep: int = 3) -> None:
+  """Saves params + artifact as `step` (atomic: orbax renames when done)."""
+  manager = checkpoints.make_manager(model_dir, keep=keep, async_save=False)
+  checkpoints.save(manager, step, {"params": params}, artifact_dir,
+                   force=True)
+  manager.wait_until_finished()
+  manager.close()
+
+
+def publish_index(index: index_lib.Index, index_dir: str) -> None:
+  """Makes `index` the current version of `index_dir` unless it already is."""
+  if os.path.exists(os.path.join(index_dir, index_lib.CURRENT_FILE)):
+    published = index_lib.load_index(index_dir)
+    if (published.table == index.table and
+        published.vocab.fingerprint == index.vocab.fingerprint):
+      return
+  index_lib.save_index(index, index_dir)
+
+
+def new_record(previous: Optional[Mapping[str, Any]], *, strategy: str,
+               updates: int, seconds: float, added: int,
+               deleted: int, num_docs: int) -> dict[str, Any]:
+  """The version record after one more step (initial: previous=None)."""
+  history = list(previous["history"]) if previous else []
+  history.append({"strategy": strategy, "gradient_updates": updates,
+                  "seconds": round(seconds, 3), "added": added,
+                  "deleted": deleted, "num_docs": num_docs})
+  total = (previous["gradient_updates"] if previous else 0) + updates
+  return {"format": RECORD_FORMAT, "gradient_updates": total,
+          "history": history}
+
+
+# ------------------------------------------------------ vocabulary rows --
+
+
+def _appended(matrix: jax.Array, new_size: int, axis: int,
+              rng: jax.Array) -> jax.Array:
+  """`matrix` grown to `new_size` along `axis`; new entries ~ N(0, std)."""
+  old_size = matrix.shape[axis]
+  if new_size == old_size:
+    return matrix
+  if new_size < old_size:
+    raise ValueError(f"vocabulary rows can only be appended: {old_size} -> "
+                     f"{new_size}")
+  shape = list(matrix.shape)
+  shape[axis] = new_size - old_size
+  std = jnp.std(matrix)
+  extra = std * jax.random.normal(rng, shape, matrix.dtype)
+  return jnp.concatenate([matrix, extra], axis=axis)
+
+
+def extend_vocab_rows(params: PyTree, vocab_rows: int, seed: int = 0) -> PyTree:
+  """Params with the token embedding [V, D] (and untied logits kernel
+  [D, V]) grown to `vocab_rows`; existing rows are kept bit for bit."""
+  rng_embed, rng_logits = jax.random.split(jax.random.key(seed))
+  embedder = dict(params["token_embedder"])
+  embedder["embedding"] = _appended(embedder["embedding"], vocab_rows, 0,
+                                    rng_embed)
+  params = {**params, "token_embedder": embedder}
+  logits = params.get("decoder", {}).get("logits_dense")
+  if logits is not None:
+    kernel = _appended(logits["kernel"], vocab_rows, 1, rng_logits)
+    params["decoder"] = {**params["decoder"],
+                         "logits_dense": {**logits, "kernel": kernel}}
+  return params
+
+
+def vocab_rows(params: PyTree) -> int:
+  """V of the token embedding [V, D]."""
+  return int(params["token_embedder"]["embedding"].shape[0])
+
+
+# ------------------------------------------------------------ examples --
+
+
+def _digest(payload: Any) -> str:
+  text = json.dumps(payload, sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def new_document_examples(index: index_lib.Index,
+                          documents: Mapping[str, beir.Document],
+                          pseudo: Mapping[str, Sequence[str]]
+                          ) -> list[tasks.Example]:
+  """Indexing and pseudo-query examples for `documents` (all in the table)."""
+  table = _table_of(index.table, documents)
+  return (tasks.indexing_examples(documents, table, index.vocab) +
+          tasks.pseudo_query_examples(pseudo, table, index.vocab))
+
+
+def _table_of(table, doc_ids: Iterable[str]):
+  """`table` restricted to `doc_ids` (same scheme, version and tokens)."""
+  keep = set(doc_ids)
+  return dataclasses.replace(
+      table, docids={d: ids for d, ids in table.docids.items() if d in keep})
+
+
+def replay_examples(strategy: Strategy, index: index_lib.Index,
+                    memory: beir.BeirDataset, old_ids: Sequence[str],
+                    generator: PseudoQueryGenerator) -> list[tasks.Example]:
+  """Examples for the old documents that `strategy` replays (maybe none)."""
+  old = {d: memory.corpus[d] for d in old_ids}
+  table = _table_of(index.table, old)
+  if strategy.replay == "experience":
+    return (tasks.indexing_examples(old, table, index.vocab) +
+            tasks.retrieval_examples(memory.queries,
+                                     memory.qrels.get("train", {}), table,
+                                     index.vocab))
+  if strategy.replay == "generative":
+    return tasks.pseudo_query_examples(generator.generate(old), table,
+                                       index.vocab)
+  return []
+
+
+def register_update_mixture(name: str, index: index_lib.Index,
+                            parts: Mapping[str, Sequence[tasks.Example]],
+                            rates: Mapping[str, float]) -> str:
+  """Registers one train task per non-empty part and their mixture."""
+  table = index.table
+  task_rates = {}
+  for part, examples in parts.items():
+    if not examples:
+      continue
+    digest = _digest([dataclasses.astuple(e) for e in examples])
+    task = tasks.register_task(
+        f"gr.{name}.{table.scheme}.v{table.version}.{part}_{digest}.v1",
+        {tasks.TRAIN: list(examples)}, index.vocab, docid_targets=True)
+    task_rates[task] = rates[part]
+  if not task_rates:
+    raise ValueError(f"update {name}: no training examples")
+  mixture = f"gr.{name}.update_{_digest(sorted(task_rates.items()))}"
+  return tasks.register_gr_mixture(mixture, task_rates)
+
+
+def initial_mixture(name: str, memory: beir.BeirDataset,
+                    index: index_lib.Index, generator: PseudoQueryGenerator,
+                    task_rates: Mapping[str, float]) -> str:
+  """Indexing + train retrieval + pseudo-query mixture over all of memory."""
+  tag = f"{name}_{_digest(sorted(memory.corpus))}"
+  return experiment.register_mixture(
+      tag, memory, index, generator.generate(memory.corpus), task_rates)
+
+
+# -------------------------------------------------------------- training --
+
+
+@functools.lru_cache(maxsize=16)
+def _sharded(config, optimizer: train_lib.OptimizerConfig, steps: int,
+             input_length: int, target_length: int,
+             mesh_data: int) -> train_lib.Sharded:
+  """Jitted init/step for one shape and optimizer, shared by updates (so
+  successive updates of the same shapes do not recompile)."""
+  model = models.EncoderDecoderModel(config)
+  mesh = partitioning.make_mesh(data=mesh_data, model=1)
+  return train_lib.shard_model(
+      model, train_lib.make_optimizer(optimizer, steps), mesh,
+      input_length=input_length, target_length=target_length,
+      sam_rho=optimizer.sam_rho)
+
+
+def _start_state(sharded: train_lib.Sharded, optimizer_config, steps: int,
+                 params: Optional[PyTree], seed: int) -> train_lib.TrainState:
+  """Fresh state (params from `seed`) or `params` with a new optimizer."""
+  rng = partitioning.replicated_key(seed, sharded.mesh)
+  if params is None:
+    return sharded.init(rng)
+  params = jax.device_put(params, sharded.state_shardings.params)
+  optimizer = train_lib.make_optimizer(optimizer_config, steps)
+  opt_state = jax.device_put(optimizer.init(params),
+                             sharded.state_shardings.opt_state)
+  return train_lib.TrainState(step=jnp.zeros([], jnp.int32), params=params,
+                              opt_state=opt_state)
+
+
+def train_params(model, mixture: str, *, steps: int,
+                 settings: TrainSettings, sam_rho: float,
+                 init_params: Optional[PyTree], target_length: int) -> PyTree:
+  """`steps` updates on `mixture` in memory; returns the final params.
+
+  A short run with no checkpoints, resume or TensorBoard (the update is
+  committed as a whole by the caller); the optimizer starts fresh.
+  """
+  optimizer = dataclasses.replace(settings.optimizer, sam_rho=sam_rho)
+  # A constant schedule does not depend on the length of the run.
+  horizon = 1 if optimizer.schedule == "constant" else steps
+  sharded = _sharded(model.config, optimizer, horizon, settings.input_length,
+                     target_length, settings.mesh_data)
+  state = _start_state(sharded, optimizer, horizon, init_params,
+                       settings.seed)
+  batches = train_lib.task_batches(
+      mixture, split=tasks.TRAIN, input_length=settings.input_length,
+      target_length=target_length, batch_size=settings.batch_size,
+      seed=settings.seed)
+  rng = partitioning.replicated_key(settings.seed, sharded.mesh)
+  for step in range(1, steps + 1):
+    batch = partitioning.global_batch(next(batches), sharded.mesh)
+    state, metrics = sharded.step(state, batch, rng)
+    if step % settings.log_every == 0 or step == steps:
+      logging.info("train step %d/%d loss %.4f accuracy %.3f", step, steps,
+                   float(metrics["loss"]), float(metrics["accuracy"]))
+  return state.params
+
+
+def _staging_dir(model_dir: str) -> str:
+  parent = os.path.dirname(os.path.abspath(model_dir))
+  return tempfile.mkdtemp(dir=parent, prefix=".gr-staging-")
+
+
+def _commit_version(model_dir: str, index_dir: str, step: int, params,
+                    index, memory, record, keep: int) -> None:
+  """Stages the artifact, commits the checkpoint, then publishes the index."""
+  staging = _staging_dir(model_dir)
+  try:
+    artifact = write_version_files(index, memory, record, staging)
+    commit(model_dir, step, params, artifact, keep=keep)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  publish_index(index, index_dir)
+
+
+# --------------------------------------------------------------- updates --
+
+
+def apply_changes(version: Version, new_documents: Mapping[str, beir.Document],
+                  deleted: Sequence[str], embedder=None
+                  ) -> tuple[index_lib.Index, beir.BeirDataset]:
+  """The next index (deletions, then assign_new) and memory."""
+  table = version.index.table
+  if deleted:
+    table = table.remove(deleted)
+  if new_documents:
+    uses_embedder = table.scheme in ("semantic", "multi")
+    extra = {"embedder": embedder} if embedder and uses_embedder else {}
+    scheme = docids_lib.scheme_for_table(table, **extra)
+    table = scheme.assign_new(table, dict(new_documents))
+  index = version.index.with_table(table)
+  return index, updated_memory(version.memory, new_documents, deleted)
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateResult:
+  """What an update did: the committed version and its cost."""
+  step: int
+  gradient_updates: int
+  seconds: float
+  num_docs: int
+  strategy: str
+
+
+def _update_mixture(name, strategy, index, memory, new_documents, generator):
+  """The mixture an update trains on (retrain: the initial-style one)."""
+  if strategy.retrain:
+    return initial_mixture(name, memory, index, generator,
+                           dict(INITIAL_TASK_RATES))
+  old_ids = [d for d in memory.corpus if d not in new_documents]
+  parts = {NEW: new_document_examples(index, new_documents,
+                                      generator.generate(new_documents)),
+           REPLAY: replay_examples(strategy, index, memory, old_ids,
+                                   generator)}
+  return register_update_mixture(
+      name, index, parts, {NEW: 1.0, REPLAY: strategy.replay_ratio})
+
+
+def apply_update(*, model_dir: str, index_dir: str, model,
+                 new_documents: Mapping[str, beir.Document],
+                 deleted_doc_ids: Sequence[str], strategy: Strategy,
+                 train_steps: int, settings: TrainSettings,
+                 generator: PseudoQueryGenerator, embedder=None,
+                 name: str = "continual", keep: int = 3) -> UpdateResult:
+  """One update of the latest version in `model_dir` (see update_index)."""
+  start = time.time()
+  current = load_version(model_dir)
+  publish_index(current.index, index_dir)  # repairs a crash after a commit
+  index, memory = apply_changes(current, new_documents, deleted_doc_ids,
+                                embedder)
+  model = train_lib.fit_vocab(model, index.vocab.vocab_size)
+  params = extend_vocab_rows(current.params, model.config.vocab_size,
+                             settings.seed + current.step)
+  # Nothing new to learn from a deletion (retrain still retrains).
+  learns = bool(new_documents) or strategy.retrain
+  updates = train_steps if strategy.trains and learns else 0
+  if updates:
+    mixture = _update_mixture(name, strategy, index, memory, new_documents,
+                              generator)
+    params = train_params(
+        model, mixture=mixture, steps=updates,
+        settings=settings, sam_rho=strategy.sam_rho,
+        init_params=None if strategy.retrain else params,
+        target_length=index.max_docid_length())
+  record = new_record(current.record, strategy=strategy.name,
+                      updates=updates, seconds=time.time() - start,
+                      added=len(new_documents), deleted=len(deleted_doc_ids),
+                      num_docs=index.table.num_docs)
+  step = current.step + max(updates, 1)
+  _commit_version(model_dir, index_dir, step, params, index, memory, record,
+                  keep)
+  logging.info("update %s: +%d -%d docs, %d updates, step %d, %.1fs",
+               strategy.name, len(new_documents), len(deleted_doc_ids),
+               updates, step, time.time() - start)
+  return UpdateResult(step, updates, time.time() - start,
+                      index.table.num_docs, strategy.name)
+
+
+def build_initial_version(*, model_dir: str, index_dir: str, model,
+                          dataset: beir.BeirDataset, scheme: str,
+                          scheme_params: Mapping[str, Any], vocab_size: int,
+                          train_steps: int, settings: TrainSettings,
+                          generator: PseudoQueryGenerator,
+                          name: str = "continual",
+                          task_rates: Mapping[str, float] = dict(
+                              INITIAL_TASK_RATES),
+                          keep: int = 3) -> UpdateResult:
+  """Version 0: index `dataset` (docids, vocabulary) and train on it."""
+  start = time.time()
+  index = experiment.load_or_build_index(
+      dataset, index_dir, scheme=scheme, scheme_params=scheme_params,
+      vocab_size=vocab_size, seed=settings.seed)
+  memory = train_memory(dataset)
+  mixture = initial_mixture(name, memory, index, generator, task_rates)
+  model = train_lib.fit_vocab(model, index.vocab.vocab_size)
+  params = train_params(
+      model, mixture=mixture, steps=train_steps,
+      settings=settings, sam_rho=settings.optimizer.sam_rho, init_params=None,
+      target_length=index.max_docid_length())
+  record = new_record(None, strategy="initial", updates=train_steps,
+                      seconds=time.time() - start, added=len(dataset.corpus),
+                      deleted=0, num_docs=index.table.num_docs)
+  _commit_version(model_dir, index_dir, train_steps, params, index, memory,
+                  record, keep)
+  return UpdateResult(train_steps, train_steps, time.time() - start,
+                      index.table.num_docs, "initial")
+
+
+# -------------------------------------------------------- gin entry points --
+
+
+gin.external_configurable(TrainSettings, module="continual")
+gin.external_configurable(TextPseudoQueries, module="continual")
+
+
+@gin.configurable
+def index_corpus(*, data_dir: str, model_dir: str, index_dir: str, model,
+                 scheme: str = "naive",
+                 scheme_params: Optional[Mapping[str, Any]] = None,
+                 vocab_size: int = 8000, train_steps: int = 1000,
+                 settings: TrainSettings = TrainSettings(),
+                 generator: Optional[PseudoQueryGenerator] = None
+                 ) -> UpdateResult:
+  """Creates version 0 of a continual index from a BEIR folder."""
+  return build_initial_version(
+      model_dir=model_dir, index_dir=index_dir, model=model,
+      dataset=beir.BeirDataset.load(data_dir), scheme=scheme,
+      scheme_params=scheme_params or {}, vocab_size=vocab_size,
+      train_steps=train_steps, settings=settings,
+      generator=generator or TextPseudoQueries(seed=settings.seed))
+
+
+@gin.configurable
+def update_index(*, model_dir: str, index_dir: str, model,
+                 new_documents: Mapping[str, beir.Document] | str = (),
+                 deleted_doc_ids: Sequence[str] = (),
+                 strategy: str | Strategy = "new_only",
+                 train_steps: int = 100,
+                 replay_ratio: Optional[float] = None,
+                 sam_rho: Optional[float] = None,
+                 settings: TrainSettings = TrainSettings(),
+                 generator: Optional[PseudoQueryGenerator] = None,
+                 embedder=None, keep: int = 3) -> UpdateResult:
+  """Adds and deletes documents in the latest version of a continual index.
+
+  Args:
+    model_dir: checkpoints of the continual index (see module docstring).
+    index_dir: where the latest index is published (gr/index.py layout).
+    model: the EncoderDecoderModel (its vocab_size is fitted here).
+    new_documents: {doc_id: Document}, or a corpus.jsonl path.
+    deleted_doc_ids: documents to remove from the table and trie.
+    strategy: a STRATEGIES name or a Strategy.
+    train_steps: gradient updates of this update (unless trie_only).
+    replay_ratio, sam_rho: override the strategy's values.
+    settings: batch size, lengths, optimizer, seed.
+    generator: pseudo-queries (default TextPseudoQueries).
+    embedder: passed to semantic/multi schemes for new documents.
+    keep: checkpoints kept in model_dir.
+
+  Returns:
+    The committed step and what it cost.
+  """
+  if isinstance(new_documents, str):
+    new_documents = beir.read_corpus(new_documents)
+  return apply_update(
+      model_dir=model_dir, index_dir=index_dir, model=model,
+      new_documents=dict(new_documents), deleted_doc_ids=list(deleted_doc_ids),
+      strategy=get_strategy(strategy, replay_ratio=replay_ratio,
+                            sam_rho=sam_rho),
+      train_steps=train_steps, settings=settings,
+      generator=generator or TextPseudoQueries(seed=settings.seed),
+      embedder=embedder, keep=keep)

@@ -1,0 +1,516 @@
+"""The dynamic-corpus experiment (DSI++ protocol) and its metrics.
+
+Train on D0, then apply D1..D4 (the news benchmark's temporal periods) one
+update at a time with a continual strategy (gr/continual.py). After step n
+the model is evaluated on the held-out queries of every period seen so far,
+giving a matrix a[n][i] (performance on D_i's queries after step n; NaN for
+i > n). DSI++'s metrics (Mehta et al. 2023, after Chaudhry et al. 2018):
+
+  average performance  A_n  = mean_{i<=n} a[n][i]
+  forgetting           F_n  = mean_{i<n} max_{i<=l<n} (a[l][i] - a[n][i])
+  learning accuracy    LA_n = mean_{i<=n} a[i][i]
+
+(F_0 = 0. DSI++ writes the max over l in 0..n-1; a[l][i] only exists for
+l >= i.) Each is computed for Hits@1 and Hits@10. BM25 re-indexed over the
+documents seen so far is the reference row.
+
+`run_dynamic_experiment` (gin entry point) runs every docid scheme x
+strategy, writes results.json / results.csv and PNG plots under `workdir`.
+Each (scheme, strategy) cell's results are saved as it finishes, so a run
+started again skips finished cells.
+"""
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from typing import Any, Mapping, Optional, Sequence
+
+import gin
+import numpy as np
+
+from gr import continual
+from gr import experiment
+from gr import metrics
+from gr import retrieval
+from gr import train as train_lib
+from gr.baselines import bm25
+from gr.data import beir
+from gr.data import news
+
+METRICS = ("Hits@1", "Hits@10")
+
+
+# ---------------------------------------------------------------- metrics --
+
+
+def average_performance(a: np.ndarray, n: int) -> float:
+  """A_n = mean_{i<=n} a[n][i]; `a` is [steps, steps], NaN above diagonal."""
+  return float(np.mean(a[n, :n + 1]))
+
+
+def forgetting(a: np.ndarray, n: int) -> float:
+  """F_n = mean_{i<n} max_{i<=l<n} (a[l][i] - a[n][i]); F_0 = 0."""
+  if n == 0:
+    return 0.0
+  drops = [np.max(a[i:n, i]) - a[n, i] for i in range(n)]
+  return float(np.mean(drops))
+
+
+def learning_accuracy(a: np.ndarray, n: int) -> float:
+  """LA_n = mean_{i<=n} a[i][i]."""
+  return float(np.mean(np.diag(a)[:n + 1]))
+
+
+def continual_metrics(a: np.ndarray) -> dict[str, list[float]]:
+  """{'A', 'F', 'LA'}: each a list over steps n = 0..len(a)-1."""
+  steps = range(len(a))
+  return {"A": [average_performance(a, n) for n in steps],
+          "F": [forgetting(a, n) for n in steps],
+          "LA": [learning_accuracy(a, n) for n in steps]}
+
+
+def performance_matrix(rows: Sequence[Sequence[Mapping[str, float]]],
+                       metric: str) -> np.ndarray:
+  """rows[n][i] = metrics of D_i after step n -> a [steps, steps] (NaN)."""
+  a = np.full((len(rows), len(rows)), np.nan)
+  for n, row in enumerate(rows):
+    for i, values in enumerate(row):
+      a[n, i] = values[metric]
+  return a
+
+
+# ------------------------------------------------------------------- data --
+
+
+@dataclasses.dataclass(frozen=True)
+class PeriodData:
+  """One period's documents and its held-out queries."""
+  name: str
+  corpus: dict[str, beir.Document]
+  queries: dict[str, str]
+  qrels: dict[str, dict[str, int]]
+
+
+def sample_periods(periods: Sequence[news.Period], *, docs_fraction: float,
+                   max_docs_per_period: int, seed: int
+                   ) -> list[tuple[str, list[str]]]:
+  """(name, doc_ids) per period: a seeded fraction, capped (0: no cap)."""
+  if not 0 < docs_fraction <= 1:
+    raise ValueError(f"docs_fraction must be in (0, 1], got {docs_fraction}")
+  rng = random.Random(seed)
+  sampled = []
+  for period in periods:
+    ids = list(period.doc_ids)
+    count = max(1, round(docs_fraction * len(ids)))
+    if max_docs_per_period:
+      count = min(count, max_docs_per_period)
+    sampled.append((period.name, sorted(rng.sample(ids, count), key=ids.index)))
+  return sampled
+
+
+def held_out_queries(data_dir: str, query_files: Sequence[tuple[str, str]],
+                     splits: Sequence[str]
+                     ) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+  """Queries and qrels of `splits` from each (queries file, qrels dir)."""
+  queries, qrels = {}, {}
+  for queries_file, qrels_dir in query_files:
+    if not os.path.exists(os.path.join(data_dir, queries_file)):
+      continue
+    dataset = beir.BeirDataset.load(data_dir, queries_file=queries_file,
+                                    qrels_dir=qrels_dir)
+    for split in splits:
+      for qid, docs in dataset.qrels.get(split, {}).items():
+        qrels[qid] = docs
+        queries[qid] = dataset.queries[qid]
+  return queries, qrels
+
+
+def period_data(corpus: Mapping[str, beir.Document],
+                sampled: Sequence[tuple[str, list[str]]],
+                queries: Mapping[str, str],
+                qrels: Mapping[str, Mapping[str, int]]) -> list[PeriodData]:
+  """Each period's documents and the queries whose relevant docs are in it."""
+  result = []
+  for name, doc_ids in sampled:
+    ids = set(doc_ids)
+    period_qrels = {q: {d: s for d, s in docs.items() if d in ids and s > 0}
+                    for q, docs in qrels.items()}
+    period_qrels = {q: docs for q, docs in period_qrels.items() if docs}
+    result.append(PeriodData(name, {d: corpus[d] for d in doc_ids},
+                             {q: queries[q] for q in period_qrels},
+                             period_qrels))
+  return result
+
+
+def initial_dataset(dataset: beir.BeirDataset,
+                    d0: PeriodData) -> beir.BeirDataset:
+  """D0's documents with the train queries relevant to them."""
+  train = {q: {d: s for d, s in docs.items() if d in d0.corpus}
+           for q, docs in dataset.qrels.get("train", {}).items()}
+  train = {q: docs for q, docs in train.items() if docs}
+  return beir.BeirDataset(dict(d0.corpus),
+                          {q: dataset.queries[q] for q in train},
+                          {"train": train})
+
+
+# ------------------------------------------------------------- evaluation --
+
+
+def evaluate_periods(run: Mapping[str, Mapping[str, float]],
+                     periods: Sequence[PeriodData]) -> list[dict[str, float]]:
+  """Hits@1/Hits@10 of `run` on each period's queries (trec_eval)."""
+  return [metrics.evaluate_run(p.qrels, {q: run.get(q, {}) for q in p.qrels},
+                               hits_ks=(1, 10), recall_ks=(10,))
+          for p in periods]
+
+
+def all_queries(periods: Sequence[PeriodData]) -> dict[str, str]:
+  return {q: t for p in periods for q, t in p.queries.items()}
+
+
+def bm25_rows(periods: Sequence[PeriodData]) -> list[list[dict[str, float]]]:
+  """BM25 re-indexed over D0..Dn at each step n, on D0..Dn's queries."""
+  rows = []
+  for n in range(len(periods)):
+    seen = periods[:n + 1]
+    corpus = {d: doc for p in seen for d, doc in p.corpus.items()}
+    rows.append(evaluate_periods(bm25.bm25_run(corpus, all_queries(seen)),
+                                 seen))
+  return rows
+
+
+class SearcherCache:
+  """One Searcher (one compiled search) per model config, re-pointed at
+  each version's params and index."""
+
+  def __init__(self, config: retrieval.SearchConfig, input_length: int):
+    self.config, self.input_length = config, input_length
+    self._searchers: dict[Any, retrieval.Searcher] = {}
+
+  def get(self, model, version: continual.Version) -> retrieval.Searcher:
+    model = train_lib.fit_vocab(model, version.index.vocab.vocab_size)
+    config = experiment.retrieval_config(self.config,
+                                         version.index.max_docid_length())
+    key = (model.config, config)
+    if key not in self._searchers:
+      self._searchers[key] = retrieval.Searcher(
+          model, version.params, version.index, config,
+          input_length=self.input_length)
+    searcher = self._searchers[key]
+    searcher.params, searcher.index = version.params, version.index
+    searcher.trie = version.index.build_trie()
+    searcher.refresh_trie()
+    return searcher
+
+
+def evaluate_version(searchers: SearcherCache, model, model_dir: str,
+                     seen: Sequence[PeriodData]) -> list[dict[str, float]]:
+  """The latest version in `model_dir` on each seen period's queries."""
+  version = continual.load_version(model_dir)
+  searcher = searchers.get(model, version)
+  return evaluate_periods(searcher.run(all_queries(seen)), seen)
+
+
+# ------------------------------------------------------------- the loop --
+
+
+@dataclasses.dataclass(frozen=True)
+class CellConfig:
+  """Everything one (scheme, strategy) sequence of updates needs."""
+  model: Any
+  settings: continual.TrainSettings
+  generator: continual.PseudoQueryGenerator
+  initial_steps: int
+  update_steps: int
+  embedder: Any = None
+
+
+def update_steps_for(strategy: continual.Strategy, cell: CellConfig,
+                     num_docs: int, initial_docs: int) -> int:
+  """Gradient updates of one update; retrain scales D0's with the corpus."""
+  if strategy.retrain:
+    return math.ceil(cell.initial_steps * num_docs / initial_docs)
+  return cell.update_steps
+
+
+def run_updates(cell: CellConfig, strategy: continual.Strategy,
+                periods: Sequence[PeriodData], base_dir: str, workdir: str,
+                searchers: SearcherCache, first_row) -> dict:
+  """D1..Dn on a copy of the initial version; evaluation after each."""
+  model_dir, index_dir = (os.path.join(workdir, "model"),
+                          os.path.join(workdir, "index"))
+  shutil.rmtree(workdir, ignore_errors=True)
+  shutil.copytree(os.path.join(base_dir, "model"), model_dir)
+  shutil.copytree(os.path.join(base_dir, "index"), index_dir)
+  rows, steps = [first_row], []
+  for n in range(1, len(periods)):
+    num_docs = sum(len(p.corpus) for p in periods[:n + 1])
+    result = continual.apply_update(
+        model_dir=model_dir, index_dir=index_dir, model=cell.model,
+        new_documents=periods[n].corpus, deleted_doc_ids=[],
+        strategy=strategy, train_steps=update_steps_for(
+            strategy, cell, num_docs, len(periods[0].corpus)),
+        settings=cell.settings, generator=cell.generator,
+        embedder=cell.embedder, keep=2)
+    rows.append(evaluate_version(searchers, cell.model, model_dir,
+                                 periods[:n + 1]))
+    steps.append({"gradient_updates": result.gradient_updates,
+                  "seconds": result.seconds})
+    logging.info("%s step %d: %s", strategy.name, n, rows[-1])
+  return {"rows": rows, "steps": steps}
+
+
+def run_initial(cell: CellConfig, periods: Sequence[PeriodData],
+                dataset: beir.BeirDataset, scheme: str,
+                scheme_params: Mapping[str, Any], vocab_size: int,
+                base_dir: str, searchers: SearcherCache) -> dict:
+  """Version 0 on D0 (once per scheme, reused by every strategy)."""
+  result_path = os.path.join(base_dir, "initial.json")
+  if os.path.exists(result_path):
+    with open(result_path) as f:
+      return json.load(f)
+  shutil.rmtree(base_dir, ignore_errors=True)
+  model_dir = os.path.join(base_dir, "model")
+  result = continual.build_initial_version(
+      model_dir=model_dir, index_dir=os.path.join(base_dir, "index"),
+      model=cell.model, dataset=initial_dataset(dataset, periods[0]),
+      scheme=scheme, scheme_params=scheme_params, vocab_size=vocab_size,
+      train_steps=cell.initial_steps, settings=cell.settings,
+      generator=cell.generator)
+  initial = {"row": evaluate_version(searchers, cell.model, model_dir,
+                                     periods[:1]),
+             "gradient_updates": result.gradient_updates,
+             "seconds": result.seconds}
+  _write_json(result_path, initial)
+  return initial
+
+
+def bm25_summary(periods: Sequence[PeriodData]) -> dict:
+  """The BM25 reference row (no gradient updates)."""
+  free = {"gradient_updates": 0, "seconds": 0.0}
+  return cell_summary(bm25_rows(periods), [free] * (len(periods) - 1), free)
+
+
+def cell_summary(rows, steps, initial) -> dict:
+  """Matrices, DSI++ metrics and costs of one (scheme, strategy) run."""
+  summary = {"steps": [{"gradient_updates": initial["gradient_updates"],
+                        "seconds": initial["seconds"]}] + steps}
+  for metric in METRICS:
+    a = performance_matrix(rows, metric)
+    summary[metric] = {"matrix": _nan_to_none(a),
+                       **continual_metrics(a)}
+  return summary
+
+
+def _nan_to_none(a: np.ndarray) -> list[list[Optional[float]]]:
+  return [[None if np.isnan(x) else float(x) for x in row] for row in a]
+
+
+def _write_json(path: str, content) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with beir.atomic_open(path) as f:
+    json.dump(content, f, indent=1)
+
+
+# ------------------------------------------------------------ gin entry --
+
+
+@gin.configurable
+def run_dynamic_experiment(
+    *, data_dir: str, workdir: str, model,
+    schemes: Sequence[str] = ("naive", "semantic", "text", "multi"),
+    scheme_params: Mapping[str, Mapping[str, Any]] = (),
+    strategies: Sequence[str] = tuple(continual.STRATEGIES),
+    docs_fraction: float = 1.0, max_docs_per_period: int = 0,
+    vocab_size: int = 2000, initial_steps: int = 1000,
+    update_steps: int = 150,
+    settings: continual.TrainSettings = continual.TrainSettings(),
+    search: retrieval.SearchConfig = retrieval.SearchConfig(),
+    eval_splits: Sequence[str] = ("dev", "test"),
+    query_files: Sequence[tuple[str, str]] = (
+        ("queries.jsonl", "qrels"),
+        ("subtitles/queries.jsonl", "subtitles/qrels")),
+    seed: int = 0) -> dict:
+  """Every scheme x strategy on the temporal split; returns the results."""
+  start = time.time()
+  dataset = beir.BeirDataset.load(data_dir)
+  sampled = sample_periods(news.load_temporal_periods(data_dir),
+                           docs_fraction=docs_fraction,
+                           max_docs_per_period=max_docs_per_period, seed=seed)
+  queries, qrels = held_out_queries(data_dir, query_files, eval_splits)
+  periods = period_data(dataset.corpus, sampled, queries, qrels)
+  cell = CellConfig(model=model, settings=settings,
+                    generator=continual.TextPseudoQueries(seed=seed),
+                    initial_steps=initial_steps, update_steps=update_steps,
+                    embedder=_shared_embedder(schemes))
+  searchers = SearcherCache(search, settings.input_length)
+  results = {"periods": [{"name": p.name, "docs": len(p.corpus),
+                          "queries": len(p.queries)} for p in periods],
+             "bm25": bm25_summary(periods),
+             "cells": {}}
+  for scheme in schemes:
+    params = dict(dict(scheme_params).get(scheme, {}))
+    base_dir = os.path.join(workdir, scheme, "initial")
+    initial = run_initial(cell, periods, dataset, scheme, params, vocab_size,
+                          base_dir, searchers)
+    for name in strategies:
+      results["cells"][f"{scheme}/{name}"] = run_cell(
+          cell, continual.get_strategy(name), periods, base_dir,
+          os.path.join(workdir, scheme, name), searchers, initial)
+  results["wall_seconds"] = time.time() - start
+  write_report(results, workdir)
+  return results
+
+
+def run_cell(cell, strategy, periods, base_dir, cell_dir, searchers,
+             initial) -> dict:
+  """One (scheme, strategy): cached in cell_dir/result.json."""
+  result_path = os.path.join(cell_dir, "result.json")
+  if os.path.exists(result_path):
+    with open(result_path) as f:
+      return json.load(f)
+  run = run_updates(cell, strategy, periods, base_dir,
+                    os.path.join(cell_dir, "work"), searchers, initial["row"])
+  summary = cell_summary(run["rows"], run["steps"], initial)
+  _write_json(result_path, summary)
+  shutil.rmtree(os.path.join(cell_dir, "work"), ignore_errors=True)
+  return summary
+
+
+def _shared_embedder(schemes: Sequence[str]):
+  """One MiniLM embedder for every semantic/multi update (compiled once)."""
+  if not {"semantic", "multi"} & set(schemes):
+    return None
+  from gr import embed  # pylint: disable=g-import-not-at-top
+  return embed.Embedder.load()
+
+
+# ---------------------------------------------------------------- report --
+
+
+def summary_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+  """One CSV row per (system, step n): A/F/LA, D0 and new-doc Hits, cost."""
+  systems = {"bm25/-": results["bm25"], **results["cells"]}
+  rows = []
+  for system, summary in systems.items():
+    scheme, strategy = system.split("/")
+    cumulative = 0
+    for n, step in enumerate(summary["steps"]):
+      cumulative += step["gradient_updates"]
+      row = {"scheme": scheme, "strategy": strategy, "step": n,
+             "updates": step["gradient_updates"],
+             "cumulative_updates": cumulative,
+             "seconds": round(step["seconds"], 1)}
+      for metric in METRICS:
+        values = summary[metric]
+        short = metric.replace("Hits@", "H")
+        row.update({f"A_{short}": values["A"][n], f"F_{short}": values["F"][n],
+                    f"LA_{short}": values["LA"][n],
+                    f"D0_{short}": values["matrix"][n][0],
+                    f"new_{short}": values["matrix"][n][n]})
+      rows.append(row)
+  return rows
+
+
+def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
+  import csv  # pylint: disable=g-import-not-at-top
+  with beir.atomic_open(path) as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({k: f"{v:.4f}" if isinstance(v, float) else v
+                       for k, v in row.items()})
+
+
+def format_table(rows: Sequence[Mapping[str, Any]], step: int) -> str:
+  """A markdown table of every system at `step` (e.g. the last)."""
+  columns = ("scheme", "strategy", "A_H1", "A_H10", "F_H10", "LA_H10",
+             "D0_H10", "new_H10", "cumulative_updates")
+  lines = ["| " + " | ".join(columns) + " |",
+           "|" + "---|" * len(columns)]
+  for row in rows:
+    if row["step"] == step:
+      lines.append("| " + " | ".join(
+          f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c])
+          for c in columns) + " |")
+  return "\n".join(lines)
+
+
+def write_report(results: Mapping[str, Any], workdir: str) -> None:
+  """results.json, results.csv, results.md and the PNG plots."""
+  rows = summary_rows(results)
+  _write_json(os.path.join(workdir, "results.json"), results)
+  write_csv(os.path.join(workdir, "results.csv"), rows)
+  last = len(results["periods"]) - 1
+  with beir.atomic_open(os.path.join(workdir, "results.md")) as f:
+    f.write(format_table(rows, last) + "\n")
+  plot_results(results, rows, workdir)
+
+
+def _schemes(results) -> list[str]:
+  return list(dict.fromkeys(k.split("/")[0] for k in results["cells"]))
+
+
+def _curve_plot(results, workdir: str, name: str, title: str, value) -> None:
+  """One subplot per scheme, one line per strategy (+ BM25)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  schemes = _schemes(results)
+  fig, axes = plt.subplots(1, len(schemes), figsize=(4 * len(schemes), 3.4),
+                           sharey=True, squeeze=False)
+  for ax, scheme in zip(axes[0], schemes):
+    for system, summary in [("bm25", results["bm25"])] + [
+        (k.split("/")[1], v) for k, v in results["cells"].items()
+        if k.startswith(scheme + "/")]:
+      steps, values = value(summary["Hits@10"]["matrix"])
+      ax.plot(steps, values, marker="o", label=system,
+              linestyle="--" if system == "bm25" else "-")
+    ax.set_title(f"{scheme} docids")
+    ax.set_xlabel("step n (after D_n)")
+  axes[0][0].set_ylabel(title)
+  axes[0][-1].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, name), dpi=100)
+  plt.close(fig)
+
+
+def _updates_plot(results, rows, workdir: str) -> None:
+  """Cumulative gradient updates vs A_n (Hits@10) after the last step."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  last = len(results["periods"]) - 1
+  fig, ax = plt.subplots(figsize=(6, 4))
+  markers = dict(zip(_schemes(results), "osD^vP"))
+  strategies = list(dict.fromkeys(r["strategy"] for r in rows
+                                  if r["scheme"] != "bm25"))
+  colors = dict(zip(strategies, plt.rcParams["axes.prop_cycle"].by_key()
+                    ["color"]))
+  for row in rows:
+    if row["step"] == last and row["scheme"] != "bm25":
+      ax.scatter(max(row["cumulative_updates"], 1), row["A_H10"],
+                 marker=markers[row["scheme"]], color=colors[row["strategy"]],
+                 label=f"{row['scheme']}/{row['strategy']}")
+  ax.set_xscale("log")
+  ax.set_xlabel("gradient updates, D0..D4 (log)")
+  ax.set_ylabel("A_4 (Hits@10)")
+  ax.legend(fontsize=6, ncol=2)
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "updates_vs_A.png"), dpi=100)
+  plt.close(fig)
+
+
+def plot_results(results, rows, workdir: str) -> None:
+  """d0_hits10.png, new_docs_hits10.png, updates_vs_A.png."""
+  steps = len(results["periods"])
+  _curve_plot(results, workdir, "d0_hits10.png", "Hits@10 on D0 queries",
+              lambda m: (list(range(steps)), [m[n][0] for n in range(steps)]))
+  _curve_plot(results, workdir, "new_docs_hits10.png",
+              "Hits@10 on D_n queries after step n",
+              lambda m: (list(range(steps)), [m[n][n] for n in range(steps)]))
+  _updates_plot(results, rows, workdir)

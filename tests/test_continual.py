@@ -1,0 +1,251 @@
+"""Tests for gr/continual.py: updates, deletions, strategies, crash safety."""
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from gr import checkpoints
+from gr import continual
+from gr import dynamic
+from gr import index as index_lib
+from gr import models
+from gr import network
+from gr import retrieval
+from gr import train as train_lib
+from gr.data import beir
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORDS = ("amber basalt cobalt delta ember fjord garnet harbor iris jade kelp "
+         "lumen marsh nectar onyx pylon quartz raven sable tundra umber "
+         "vapor willow xenon yarrow zephyr").split()
+SETTINGS = continual.TrainSettings(
+    batch_size=16, input_length=32, log_every=1000, seed=0,
+    optimizer=train_lib.OptimizerConfig(learning_rate=1e-2))
+INITIAL_STEPS, UPDATE_STEPS = 60, 80
+
+
+def make_model():
+  return models.EncoderDecoderModel(network.T5Config.tiny(
+      128, num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0))
+
+
+def make_docs(prefix: str, count: int, seed: int) -> dict[str, beir.Document]:
+  rng = np.random.default_rng(seed)
+  return {f"{prefix}{i}": beir.Document(
+      f"{prefix}{i}", f"title {prefix}{i}",
+      " ".join(rng.choice(WORDS, 12)) + ". " + " ".join(rng.choice(WORDS, 8)))
+          for i in range(count)}
+
+
+OLD_DOCS = make_docs("old", 12, 0)  # naive docids 0..15: same length
+NEW_DOCS = make_docs("new", 4, 1)
+
+
+def initial_dataset() -> beir.BeirDataset:
+  queries = {f"q{d}": doc.text.split(".")[0] for d, doc in OLD_DOCS.items()}
+  qrels = {"train": {f"q{d}": {d: 1} for d in OLD_DOCS}}
+  return beir.BeirDataset(dict(OLD_DOCS), queries, qrels)
+
+
+@pytest.fixture(scope="module")
+def initial(tmp_path_factory):
+  """A committed version 0 (naive docids) in base/model, base/index."""
+  base = tmp_path_factory.mktemp("continual")
+  continual.build_initial_version(
+      model_dir=str(base / "model"), index_dir=str(base / "index"),
+      model=make_model(), dataset=initial_dataset(), scheme="naive",
+      scheme_params={}, vocab_size=200, train_steps=INITIAL_STEPS,
+      settings=SETTINGS, generator=continual.TextPseudoQueries())
+  return base
+
+
+def copy_version(initial, dest) -> tuple[str, str]:
+  shutil.copytree(initial / "model", dest / "model")
+  shutil.copytree(initial / "index", dest / "index")
+  return str(dest / "model"), str(dest / "index")
+
+
+@pytest.fixture(scope="module")
+def searchers():
+  return dynamic.SearcherCache(
+      retrieval.SearchConfig(beam_size=16, top_k=16), SETTINGS.input_length)
+
+
+@pytest.fixture(scope="module")
+def updated(initial, tmp_path_factory):
+  """Version 0 + NEW_DOCS with new_only training."""
+  dest = tmp_path_factory.mktemp("updated")
+  model_dir, index_dir = copy_version(initial, dest)
+  result = continual.update_index(
+      model_dir=model_dir, index_dir=index_dir, model=make_model(),
+      new_documents=NEW_DOCS, strategy="new_only", train_steps=UPDATE_STEPS,
+      settings=SETTINGS)
+  return model_dir, index_dir, result
+
+
+def test_initial_version_is_complete(initial):
+  version = continual.load_version(str(initial / "model"))
+  assert version.step == INITIAL_STEPS and version.gradient_updates == 60
+  assert set(version.index.table.docids) == set(OLD_DOCS)
+  assert set(version.memory.corpus) == set(OLD_DOCS)
+  assert len(version.memory.qrels["train"]) == len(OLD_DOCS)
+  published = index_lib.load_index(str(initial / "index"))
+  assert published.table == version.index.table
+
+
+def test_update_adds_documents_the_model_returns(updated, searchers):
+  model_dir, index_dir, result = updated
+  version = continual.load_version(model_dir)
+  assert result.step == version.step == INITIAL_STEPS + UPDATE_STEPS
+  assert version.gradient_updates == INITIAL_STEPS + UPDATE_STEPS
+  assert set(NEW_DOCS) <= set(version.index.table.docids)
+  assert set(NEW_DOCS) <= set(version.memory.corpus)
+  assert index_lib.load_index(index_dir).table == version.index.table
+  searcher = searchers.get(make_model(), version)
+  rankings = searcher.search([doc.text for doc in NEW_DOCS.values()])
+  top1 = [ranking[0][0] for ranking in rankings]
+  assert sum(t == d for t, d in zip(top1, NEW_DOCS)) >= 3, top1
+
+
+def test_deleted_documents_never_come_back(updated, searchers, tmp_path):
+  model_dir, index_dir = copy_version(
+      type(tmp_path)(os.path.dirname(updated[0])), tmp_path)
+  doomed = ["old0", "new1"]
+  continual.update_index(model_dir=model_dir, index_dir=index_dir,
+                         model=make_model(), deleted_doc_ids=doomed,
+                         strategy="new_only", settings=SETTINGS)
+  more = make_docs("more", 3, 2)
+  continual.update_index(model_dir=model_dir, index_dir=index_dir,
+                         model=make_model(), new_documents=more,
+                         strategy="trie_only", settings=SETTINGS)
+  version = continual.load_version(model_dir)
+  table = version.index.table
+  assert not set(doomed) & set(table.docids)
+  assert not set(doomed) & set(version.memory.corpus)
+  assert not set(table.docid_to_doc) & table.retired_docids
+  # Beam >= number of documents: every document the trie allows comes back.
+  searcher = searchers.get(make_model(), version)
+  queries = [doc.text for doc in {**OLD_DOCS, **NEW_DOCS}.values()]
+  returned = {d for ranking in searcher.search(queries) for d, _ in ranking}
+  assert returned and not returned & set(doomed)
+  assert set(more) <= set(table.docids)
+
+
+def test_trie_only_keeps_params(initial, tmp_path):
+  model_dir, index_dir = copy_version(initial, tmp_path)
+  before = continual.load_version(model_dir)
+  result = continual.update_index(
+      model_dir=model_dir, index_dir=index_dir, model=make_model(),
+      new_documents=NEW_DOCS, strategy="trie_only", settings=SETTINGS)
+  after = continual.load_version(model_dir)
+  assert result.gradient_updates == 0 and after.step == before.step + 1
+  assert after.gradient_updates == before.gradient_updates
+  jax.tree.map(np.testing.assert_array_equal, before.params, after.params)
+
+
+def test_extend_vocab_rows_appends_and_keeps_rows():
+  params = {"token_embedder": {"embedding": np.ones((4, 3), np.float32)},
+            "decoder": {"logits_dense": {"kernel": np.ones((3, 4),
+                                                           np.float32)}}}
+  grown = continual.extend_vocab_rows(params, 6, seed=0)
+  assert grown["token_embedder"]["embedding"].shape == (6, 3)
+  assert grown["decoder"]["logits_dense"]["kernel"].shape == (3, 6)
+  np.testing.assert_array_equal(grown["token_embedder"]["embedding"][:4], 1)
+  assert continual.vocab_rows(grown) == 6
+  with pytest.raises(ValueError, match="appended"):
+    continual.extend_vocab_rows(grown, 5)
+
+
+def test_replay_examples_per_strategy(initial):
+  version = continual.load_version(str(initial / "model"))
+  old = list(OLD_DOCS)
+  generator = continual.TextPseudoQueries(num_sentences=1, num_spans=1)
+  def examples(name):
+    return continual.replay_examples(continual.get_strategy(name),
+                                     version.index, version.memory, old,
+                                     generator)
+  assert examples("new_only") == []
+  experience = examples("experience_replay")
+  assert {e.query_id for e in experience} == {""} | {f"q{d}" for d in old}
+  generative = examples("generative_replay")
+  assert generative and {e.doc_id for e in generative} == set(old)
+  assert all(e.query_id == "" for e in generative)
+
+
+def test_get_strategy_overrides_and_errors():
+  assert continual.get_strategy("sam").sam_rho > 0
+  s = continual.get_strategy("experience_replay", replay_ratio=0.5,
+                             sam_rho=None)
+  assert s.replay_ratio == 0.5 and s.replay == "experience"
+  with pytest.raises(ValueError, match="unknown strategy"):
+    continual.get_strategy("nope")
+  with pytest.raises(ValueError, match="replay"):
+    continual.Strategy("x", replay="magic")
+
+
+KILLED_UPDATE = textwrap.dedent("""
+    import os, signal, sys
+    sys.path.insert(0, {repo!r})
+    sys.path.insert(0, {tests!r})
+    from gr import checkpoints, continual
+    import test_continual as t
+
+    def die(*args, **kwargs):
+      os.kill(os.getpid(), signal.SIGKILL)
+
+    def half_then_die(source, dest):
+      real_copy(source, dest)  # then lose a file, as if cut off mid-copy
+      os.remove(os.path.join(dest, "files", "continual.json"))
+      die()
+
+    real_copy, real_commit = checkpoints.write_artifact, continual.commit
+    point = sys.argv[3]
+    if point == "train":
+      continual.train_params = die
+    elif point == "artifact":
+      checkpoints.write_artifact = half_then_die
+    elif point == "publish":
+      def commit_then_die(*args, **kwargs):
+        real_commit(*args, **kwargs)
+        die()
+      continual.commit = commit_then_die
+    continual.update_index(
+        model_dir=sys.argv[1], index_dir=sys.argv[2], model=t.make_model(),
+        new_documents=t.NEW_DOCS, train_steps=5,
+        strategy="new_only" if point == "train" else "trie_only",
+        settings=t.SETTINGS)
+    """)
+
+
+def test_killed_update_leaves_a_loadable_version(initial, tmp_path):
+  script = tmp_path / "killed_update.py"
+  script.write_text(KILLED_UPDATE.format(repo=REPO,
+                                         tests=os.path.join(REPO, "tests")))
+  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  dirs, procs = {}, {}
+  for point in ("train", "artifact", "publish"):
+    (tmp_path / point).mkdir()
+    dirs[point] = copy_version(initial, tmp_path / point)
+    procs[point] = subprocess.Popen(
+        [sys.executable, str(script), *dirs[point], point], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  before = continual.load_version(str(initial / "model"))
+  for point, proc in procs.items():
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == -9, (point, stderr.decode()[-2000:])
+    model_dir, index_dir = dirs[point]
+    version = continual.load_version(model_dir)  # verifies every artifact
+    if point == "publish":  # committed, index_dir not yet switched
+      assert set(NEW_DOCS) <= set(version.index.table.docids)
+      assert index_lib.load_index(index_dir).table == before.index.table
+      continual.publish_index(version.index, index_dir)
+    else:
+      assert version.step == before.step
+      assert version.index.table == before.index.table
+    assert index_lib.load_index(index_dir).table == version.index.table
+    assert checkpoints.load_artifact(model_dir, version.step).is_dir()

@@ -9,8 +9,9 @@ worst finished one. Two hooks shape what a beam may do next:
   step (any rule; its state follows the beams);
 - a `Constraint` lists the (at most W) tokens each beam may take. Beam search
   then gathers just those log-probs and takes its top-k over [B, K * W]
-  instead of [B, K * V]: no [B, K, V] mask is built (the first step, from the
-  shared initial state, may list up to V tokens).
+  instead of [B, K * V]: no [B, K, V] mask is built. The first step, from
+  the shared initial state where only beam 0 is alive, is a dense row over
+  the vocabulary: top-k over [B, V].
 
 `TrieConstraint` restricts decoding to the docids of a `gr.trie.TrieArrays`
 and implements both: `constrained_beam_search` uses the sparse `Constraint`
@@ -60,15 +61,16 @@ class LogitsProcessor(Protocol):
 class Constraint(Protocol):
   """Lists the tokens each beam may take next, and the state each leads to.
 
-  States are int32 [B, K]; every beam starts in the same state (`init`), so
-  the first step's candidates are one shared row. Token -1 marks an empty slot.
+  States are int32 [B, K], -1 = dead. Every beam starts in the same state
+  (`init`), so the first step is one shared dense row over the vocabulary;
+  after it, each beam lists at most W tokens (token -1 = empty slot).
   """
 
   def init(self, batch_size: int, beam_size: int) -> jax.Array:
     """Initial states [B, K] int32, all equal."""
 
-  def first_candidates(self, vocab_size: int) -> tuple[jax.Array, jax.Array]:
-    """From the initial state: (tokens [M], next states [M]), M <= V."""
+  def first_states(self, vocab_size: int) -> jax.Array:
+    """[V]: the state token t leads to from the initial state, -1 = barred."""
 
   def candidates(self, states: jax.Array) -> tuple[jax.Array, jax.Array]:
     """states [B, K] -> (tokens [B, K, W], next states [B, K, W])."""
@@ -218,16 +220,36 @@ def _expand_sparse(state: BeamState, scores, log_z, tokens, next_states,
       constraint_state=jnp.where(alive, chosen(next_states), -1))
 
 
+def _expand_first(state: BeamState, scores, log_z, next_states, eos_id,
+                  alpha) -> _Expansion:
+  """Step 0: beam 0 alone is alive; next_states [V] (-1 = barred token)."""
+  batch, beams, _ = scores.shape
+  row = state.alive_log_probs[:, :1] + (scores[:, 0] - log_z[:, 0])  # [B, V]
+  candidates = jnp.where(next_states >= 0, row, NEG_INF)
+  eos_row = candidates[:, eos_id:eos_id + 1]  # [B, 1], beam 0 ending now
+  eos_scores = jnp.where(jnp.arange(beams) == 0, eos_row / length_penalty(
+      state.step + 1, alpha), NEG_INF)  # [B, K]
+  candidates = candidates.at[:, eos_id].set(NEG_INF)
+  too_few = max(0, beams - candidates.shape[1])  # K > V: pad to K columns
+  candidates = jnp.pad(candidates, ((0, 0), (0, too_few)),
+                       constant_values=NEG_INF)
+  log_probs, tokens = jax.lax.top_k(candidates, beams)  # [B, K] each
+  alive = log_probs > NEG_INF  # dead beams: PAD token, dead state
+  return _Expansion(
+      eos_scores=eos_scores, log_probs=log_probs,
+      beam_index=jnp.zeros((batch, beams), jnp.int32),
+      tokens=jnp.where(alive, tokens, 0),
+      constraint_state=jnp.where(
+          alive, jnp.take(next_states, tokens, mode="clip"), -1))
+
+
 def _expand_constrained(state: BeamState, scores, log_z, constraint, eos_id,
                         alpha) -> _Expansion:
-  """Candidates from `constraint`: the shared first row at step 0."""
-  batch, beams, vocab = scores.shape
+  """Candidates from `constraint`: a dense [B, V] row at step 0."""
 
   def first_step():
-    tokens, next_states = constraint.first_candidates(vocab)
-    shape = (batch, beams, tokens.shape[0])
-    return _expand_sparse(state, scores, log_z, jnp.broadcast_to(tokens, shape),
-                          jnp.broadcast_to(next_states, shape), eos_id, alpha)
+    next_states = constraint.first_states(scores.shape[2])
+    return _expand_first(state, scores, log_z, next_states, eos_id, alpha)
 
   def later_step():
     tokens, next_states = constraint.candidates(state.constraint_state)
@@ -341,8 +363,8 @@ class TrieConstraint:
   def init(self, batch_size: int, beam_size: int) -> jax.Array:
     return jnp.zeros((batch_size, beam_size), jnp.int32)
 
-  def first_candidates(self, vocab_size: int) -> tuple[jax.Array, jax.Array]:
-    return trie_lib.root_children(self.arrays, vocab_size)  # [V], [V]
+  def first_states(self, vocab_size: int) -> jax.Array:
+    return trie_lib.root_children(self.arrays, vocab_size)[1]  # [V]
 
   def candidates(self, states: jax.Array) -> tuple[jax.Array, jax.Array]:
     batch, beams = states.shape

@@ -1,0 +1,733 @@
+"""The docid decoding service's core: load a trained run once, retrieve fast.
+
+`Retriever` loads a checkpoint's params, its index artifact (DocidTable and
+vocabulary, sha256-verified) and the model config once, and answers
+`retrieve(queries, k)` with one jitted constrained beam search compiled for
+a few bucket batch shapes (e.g. 1, 4, 16, 32): a batch of n queries is padded
+to the smallest bucket >= n, so traffic never triggers a compilation.
+
+Online updates (the "trie_only" strategy: the model is not retrained) go
+through `add_documents` / `delete_document`: docids come from the table's
+own scheme (`assign_new`), the host trie is edited and re-uploaded (same
+array shapes unless a capacity doubles; then every bucket is compiled again
+BEFORE the new arrays go live), and the table is persisted atomically as a
+new version of the served index directory, all under one lock.
+
+Files of a run:
+
+  <run>/model/                 orbax checkpoints; <step>/index_artifact/ is
+                               the index the params were trained with
+  <run>/model_config.json      T5Config fields + input_length (see
+                               `save_model_config`); also looked up inside
+                               <run>/model/
+  <run>/index/                 the served index (gr/index.py versions): seeded
+                               from the checkpoint's artifact if absent, and
+                               refused unless it descends from that artifact
+  <run>/index/online_documents.jsonl  documents added online (BEIR corpus
+                               lines), input for a later retraining run
+  <run>/index/.serving.lock    held while a Retriever serves the directory
+
+Trie values are "slots": positions in an append-only list of doc_ids, so
+deleting a document never renumbers the others.
+
+`MicroBatcher` gathers concurrent requests (up to a maximum batch or a few
+milliseconds) into one `retrieve` call on a worker thread.
+"""
+import concurrent.futures
+import dataclasses
+import fcntl
+import functools
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import jax
+import numpy as np
+
+from gr import checkpoints
+from gr import docids as docids_lib
+from gr import index as index_lib
+from gr import models
+from gr import network
+from gr import retrieval
+from gr import trie as trie_lib
+from gr import vocab as vocab_lib
+from gr.data import beir
+
+MODEL_CONFIG_FILE = "model_config.json"
+MODEL_CONFIG_FORMAT = "gr.model_config/1"
+ONLINE_DOCUMENTS_FILE = "online_documents.jsonl"
+LOCK_FILE = ".serving.lock"
+
+
+class ServingError(Exception):
+  """Base class of the service's errors."""
+
+
+class RunLoadError(ServingError):
+  """A run cannot be served: missing, corrupt or mismatched files."""
+
+
+class DocumentConflict(ServingError):
+  """An update cannot be applied (duplicate id, no room, unencodable)."""
+
+
+class UnknownDocument(ServingError):
+  """A doc_id that is not in the index."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingConfig:
+  """How queries are decoded and batched.
+
+  Attributes:
+    max_k: most results a request may ask for (the compiled top_k).
+    beam_size: beams of the search; None means max_k (at least max_k).
+    buckets: batch shapes compiled; the largest is the maximum batch.
+    max_wait_ms: how long the micro-batcher waits to fill a batch.
+    decode_headroom: tokens beyond the longest docid that the decoder may
+      run, so that longer docids added online can still be found.
+    length_penalty_alpha, aggregation: as in retrieval.SearchConfig.
+  """
+  max_k: int = 10
+  beam_size: Optional[int] = None
+  buckets: tuple[int, ...] = (1, 4, 16, 32)
+  max_wait_ms: float = 2.0
+  decode_headroom: int = 2
+  length_penalty_alpha: float = 0.0
+  aggregation: str = "max"
+
+  def __post_init__(self):
+    buckets = tuple(sorted(set(int(b) for b in self.buckets)))
+    object.__setattr__(self, "buckets", buckets)
+    if not buckets or buckets[0] < 1:
+      raise ValueError(f"ServingConfig.buckets must be positive, got {buckets}")
+    if self.max_k < 1 or (self.beam_size or self.max_k) < self.max_k:
+      raise ValueError(f"ServingConfig: need 1 <= max_k ({self.max_k}) <= "
+                       f"beam_size ({self.beam_size})")
+    if self.max_wait_ms < 0 or self.decode_headroom < 0:
+      raise ValueError("ServingConfig: max_wait_ms and decode_headroom must "
+                       "be >= 0")
+
+  @property
+  def max_batch(self) -> int:
+    return self.buckets[-1]
+
+  def search_config(self, max_decode_len: int) -> retrieval.SearchConfig:
+    return retrieval.SearchConfig(
+        beam_size=self.beam_size or self.max_k, top_k=self.max_k,
+        max_decode_len=max_decode_len,
+        length_penalty_alpha=self.length_penalty_alpha,
+        aggregation=self.aggregation)
+
+
+@dataclasses.dataclass(frozen=True)
+class Hit:
+  """One retrieved document: its id, (first) docid, log-prob and title."""
+  doc_id: str
+  docid: str
+  score: float
+  title: Optional[str] = None
+
+
+# ---------------------------------------------------------- model config --
+
+
+def save_model_config(run_dir: str, config: network.T5Config, *,
+                      input_length: int) -> str:
+  """Writes <run_dir>/model_config.json atomically; returns its path."""
+  record = {"format": MODEL_CONFIG_FORMAT, "input_length": int(input_length),
+            "t5_config": dataclasses.asdict(config)}
+  path = os.path.join(run_dir, MODEL_CONFIG_FILE)
+  with beir.atomic_open(path) as f:
+    json.dump(record, f, indent=1)
+  return path
+
+
+def find_model_config(checkpoint_dir: str) -> str:
+  """model_config.json inside `checkpoint_dir` or its parent (the run)."""
+  candidates = [os.path.join(checkpoint_dir, MODEL_CONFIG_FILE),
+                os.path.join(os.path.dirname(os.path.abspath(checkpoint_dir)),
+                             MODEL_CONFIG_FILE)]
+  for path in candidates:
+    if os.path.isfile(path):
+      return path
+  raise RunLoadError(
+      f"no {MODEL_CONFIG_FILE} in {candidates[0]} or {candidates[1]}: write "
+      "it with gr.serving.save_model_config(run_dir, model.config, "
+      "input_length=...)")
+
+
+def load_model_config(path: str) -> tuple[network.T5Config, int]:
+  """(T5Config, input_length) from a model_config.json; errors name it."""
+  try:
+    with open(path) as f:
+      record = json.load(f)
+    if record.get("format") != MODEL_CONFIG_FORMAT:
+      raise ValueError(f"format {record.get('format')!r}, expected "
+                       f"{MODEL_CONFIG_FORMAT!r}")
+    return (network.T5Config(**record["t5_config"]),
+            int(record["input_length"]))
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    raise RunLoadError(f"{path}: not a valid model config: {e!r}") from e
+
+
+# ------------------------------------------------------------- loading --
+
+
+def check_params(model: models.EncoderDecoderModel, params: Any,
+                 source: str) -> None:
+  """Raises RunLoadError unless `params` has the shapes `model` expects."""
+  expected = dict(jax.tree_util.tree_flatten_with_path(
+      model.param_shapes())[0])
+  found = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+  for path in sorted(set(expected) | set(found), key=str):
+    want, got = expected.get(path), found.get(path)
+    if want is None or got is None or tuple(want.shape) != tuple(got.shape):
+      raise RunLoadError(
+          f"{source}: params do not fit the model config at "
+          f"{jax.tree_util.keystr(path)}: expected "
+          f"{None if want is None else tuple(want.shape)}, found "
+          f"{None if got is None else tuple(got.shape)}")
+
+
+def check_descends(served: index_lib.Index, trained: index_lib.Index,
+                   served_dir: str) -> None:
+  """Raises RunLoadError unless `served` is `trained` plus online updates.
+
+  Same scheme and sentencepiece model, docid tokens extended at the end,
+  and every trained document either unchanged or removed (retired).
+  """
+  def refuse(reason: str):
+    raise RunLoadError(
+        f"{served_dir}: this index does not descend from the checkpoint's "
+        f"index artifact ({reason}); serve a fresh --index_dir (it is seeded "
+        "from the artifact)")
+  if served.table.scheme != trained.table.scheme:
+    refuse(f"scheme {served.table.scheme!r} != {trained.table.scheme!r}")
+  if served.vocab.sp_sha256 != trained.vocab.sp_sha256:
+    refuse("different sentencepiece model")
+  tokens = trained.vocab.docid_tokens
+  if served.vocab.docid_tokens[:len(tokens)] != tokens:
+    refuse("docid tokens are not an extension of the trained ones")
+  retired = served.table.retired_docids
+  for doc_id, docids in trained.table.docids.items():
+    now = served.table.docids.get(doc_id)
+    if now != docids and not set(docids) <= retired:
+      refuse(f"document {doc_id!r} has docids {now}, trained with {docids}")
+
+
+def served_index(trained: index_lib.Index, index_dir: str) -> index_lib.Index:
+  """The index under `index_dir`, seeded from `trained` if it has none."""
+  if not os.path.exists(os.path.join(index_dir, index_lib.CURRENT_FILE)):
+    index_lib.save_index(trained, index_dir)
+  try:
+    served = index_lib.load_index(index_dir)
+  except (ValueError, OSError) as e:
+    raise RunLoadError(f"{index_dir}: corrupt served index: {e}") from e
+  check_descends(served, trained, index_dir)
+  return served
+
+
+def load_checkpoint(checkpoint_dir: str, step: Optional[int] = None):
+  """(model, params, trained index, input_length, step) of a checkpoint.
+
+  Raises:
+    RunLoadError: missing model config, params that do not fit it, or an
+      index artifact that is missing or fails its checksums.
+  """
+  config, input_length = load_model_config(find_model_config(checkpoint_dir))
+  try:
+    artifact = checkpoints.load_artifact(checkpoint_dir, step)
+    step = int(artifact.parent.parent.name)  # <model_dir>/<step>/<item>/files
+    trained = index_lib.load_index_version(os.fspath(artifact))
+    params = checkpoints.restore_params(checkpoint_dir, step)
+  except (ValueError, OSError) as e:
+    raise RunLoadError(f"{checkpoint_dir}: cannot load checkpoint: {e}") from e
+  model = models.EncoderDecoderModel(config)
+  check_params(model, params, checkpoint_dir)
+  if trained.vocab.vocab_size > config.vocab_size:
+    raise RunLoadError(
+        f"{checkpoint_dir}: index vocabulary has {trained.vocab.vocab_size} "
+        f"ids but the model only {config.vocab_size} embedding rows")
+  return model, params, trained, input_length, step
+
+
+# ----------------------------------------------- online documents file --
+
+
+def read_online_documents(index_dir: str) -> dict[str, beir.Document]:
+  """Documents added online to `index_dir` (empty if none)."""
+  path = os.path.join(index_dir, ONLINE_DOCUMENTS_FILE)
+  if not os.path.exists(path):
+    return {}
+  return beir.read_corpus(path)
+
+
+def write_online_documents(index_dir: str,
+                           documents: Mapping[str, beir.Document]) -> None:
+  beir.write_corpus(os.path.join(index_dir, ONLINE_DOCUMENTS_FILE), documents)
+
+
+def _hold_lock(index_dir: str):
+  """An open file holding an exclusive flock on the index dir's lock file."""
+  handle = open(os.path.join(index_dir, LOCK_FILE), "a")
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    handle.close()
+    raise RunLoadError(f"{index_dir} is already served by another Retriever "
+                       f"(lock {LOCK_FILE} is held)") from None
+  return handle
+
+
+# ------------------------------------------------------------ retriever --
+
+
+@functools.lru_cache(maxsize=8)
+def shared_search_fn(model_config: network.T5Config,
+                     search: retrieval.SearchConfig):
+  """One jitted search per (model config, search config) in this process.
+
+  Retrievers of the same model (e.g. one reloaded after a restart in the
+  same process) share it, and with it every compiled bucket.
+  """
+  return retrieval.make_search_fn(models.EncoderDecoderModel(model_config),
+                                  search)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Live:
+  """What a search reads, swapped as a whole on every update."""
+  index: index_lib.Index
+  trie_arrays: trie_lib.TrieArrays
+  slots: tuple[Optional[str], ...]  # trie value -> doc_id (None: deleted)
+
+
+class Retriever:
+  """A trained model and its index, loaded once; batched `retrieve`."""
+
+  def __init__(self, model: models.EncoderDecoderModel, params: Any,
+               index: index_lib.Index, *, input_length: int,
+               config: ServingConfig = ServingConfig(),
+               index_dir: Optional[str] = None,
+               titles: Optional[Mapping[str, str]] = None,
+               online_documents: Optional[Mapping[str, beir.Document]] = None,
+               checkpoint_step: Optional[int] = None):
+    """Serves `index` with `model`; updates persist under `index_dir`."""
+    self.model, self.params, self.config = model, params, config
+    self.input_length, self.index_dir = input_length, index_dir
+    self.checkpoint_step = checkpoint_step
+    self.titles = dict(titles or {})
+    self.online_documents = dict(online_documents or {})
+    self.titles.update({d: doc.title for d, doc in
+                        self.online_documents.items()})
+    self.max_decode_len = index.max_docid_length() + config.decode_headroom
+    self._search = shared_search_fn(
+        model.config, config.search_config(self.max_decode_len))
+    self._update_lock = threading.Lock()
+    self._scheme = None
+    self._trie = self._build_trie(index)
+    self._live = _Live(index, self._trie.to_device(), tuple(index.doc_ids))
+    self._lock_handle = _hold_lock(index_dir) if index_dir else None
+
+  @classmethod
+  def from_checkpoint(cls, checkpoint_dir: str, *,
+                      index_dir: Optional[str] = None,
+                      step: Optional[int] = None,
+                      config: ServingConfig = ServingConfig(),
+                      corpus_path: Optional[str] = None) -> "Retriever":
+    """Loads a run: <run>/model checkpoints, served index <run>/index.
+
+    Args:
+      checkpoint_dir: the orbax model_dir (e.g. workdir/model).
+      index_dir: served (mutable) index; default: <checkpoint_dir>/../index.
+      step: checkpoint step; the latest if None.
+      config: decoding and batching settings.
+      corpus_path: optional BEIR corpus.jsonl to take titles from.
+    """
+    model, params, trained, input_length, step = load_checkpoint(
+        checkpoint_dir, step)
+    index_dir = index_dir or os.path.join(
+        os.path.dirname(os.path.abspath(checkpoint_dir)), "index")
+    index = served_index(trained, index_dir)
+    online = {d: doc for d, doc in read_online_documents(index_dir).items()
+              if d in index.table.docids}
+    titles = {}
+    if corpus_path:
+      titles = {doc.doc_id: doc.title for doc in beir.iter_corpus(corpus_path)}
+    return cls(model, params, index, input_length=input_length, config=config,
+               index_dir=index_dir, titles=titles, online_documents=online,
+               checkpoint_step=step)
+
+  def _build_trie(self, index: index_lib.Index) -> trie_lib.DocidTrie:
+    """Host trie with values = slots, and room to grow before doubling.
+
+    Node capacity is twice the tokens of all docids, and the fan-out
+    capacity twice the widest node (or the scheme's token count, up to 64),
+    so that adding documents online rarely changes the device shapes (each
+    change compiles every bucket again).
+    """
+    sequences, values = index.docid_sequences()
+    build = functools.partial(
+        trie_lib.DocidTrie.build, sequences, values, eos_id=vocab_lib.EOS_ID,
+        capacity=2 * sum(len(s) for s in sequences),
+        vocab_size=self.model.config.vocab_size)
+    fanout = build().to_device().max_children
+    # A node's children are docid tokens (+ EOS); 64 bounds the gather width.
+    tokens = min(len(index.table.reserved_tokens) + 1, 64)
+    return build(fanout_capacity=max(2 * fanout, tokens))
+
+  # -- facts --
+
+  @property
+  def index(self) -> index_lib.Index:
+    return self._live.index
+
+  @property
+  def num_docs(self) -> int:
+    return self._live.index.table.num_docs
+
+  @property
+  def index_version(self) -> int:
+    return self._live.index.table.version
+
+  @property
+  def max_k(self) -> int:
+    return self.config.max_k
+
+  @property
+  def max_batch(self) -> int:
+    return self.config.max_batch
+
+  def compiled_count(self) -> int:
+    """How many shapes the search function has compiled so far."""
+    return self._search._cache_size()  # pylint: disable=protected-access
+
+  # -- search --
+
+  def warm_up(self, trie_arrays: Optional[trie_lib.TrieArrays] = None) -> None:
+    """Compiles (or checks compiled) every bucket for `trie_arrays`' shapes."""
+    arrays = trie_arrays if trie_arrays is not None else self._live.trie_arrays
+    for bucket in self.config.buckets:
+      tokens = np.zeros((bucket, self.input_length), np.int32)
+      jax.block_until_ready(self._search(self.params, tokens, arrays))
+
+  def bucket_for(self, n: int) -> int:
+    """Smallest bucket holding n queries (n <= max_batch)."""
+    return next(b for b in self.config.buckets if b >= n)
+
+  def retrieve(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+    """Top-k documents of each query, best first.
+
+    Args:
+      queries: non-empty query strings, any number (split into buckets).
+      k: 1 <= k <= max_k.
+
+    Returns:
+      Per query up to k Hits (fewer when the index has fewer documents).
+    """
+    if not 1 <= k <= self.max_k:
+      raise ValueError(f"k={k} is outside [1, {self.max_k}]")
+    if any(not isinstance(q, str) or not q.strip() for q in queries):
+      raise ValueError("queries must be non-empty strings")
+    live = self._live
+    tokens = retrieval.encode_queries(live.index.vocab, queries,
+                                      self.input_length)
+    results = []
+    for start in range(0, len(queries), self.max_batch):
+      chunk = tokens[start:start + self.max_batch]  # [n, Li]
+      slots, scores = self._search_padded(chunk, live.trie_arrays)
+      results.extend(self._hits(live, row_s, row_p, k)
+                     for row_s, row_p in zip(slots, scores))
+    return results
+
+  def _search_padded(self, tokens: np.ndarray, arrays: trie_lib.TrieArrays
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """[n, Li] -> (slots [n, max_k], scores [n, max_k]) via bucket padding."""
+    n = tokens.shape[0]
+    padded = np.zeros((self.bucket_for(n), tokens.shape[1]), np.int32)
+    padded[:n] = tokens  # --> [bucket, Li]
+    slots, scores = self._search(self.params, padded, arrays)
+    return np.asarray(slots)[:n], np.asarray(scores)[:n]
+
+  def _hits(self, live: _Live, slots: np.ndarray, scores: np.ndarray,
+            k: int) -> list[Hit]:
+    hits = []
+    for slot, score in zip(slots, scores):
+      doc_id = live.slots[slot] if slot >= 0 else None
+      if doc_id is None or not np.isfinite(score):
+        continue
+      hits.append(Hit(doc_id, live.index.table.docids[doc_id][0], float(score),
+                      self.titles.get(doc_id)))
+      if len(hits) == k:
+        break
+    return hits
+
+  # -- online updates --
+
+  def add_documents(self, documents: Sequence[beir.Document]
+                    ) -> dict[str, tuple[str, ...]]:
+    """Names new documents with the table's scheme, serves and persists them.
+
+    Returns:
+      doc_id -> its new docids.
+
+    Raises:
+      DocumentConflict: a doc_id is already indexed (or repeated), a docid
+        needs a vocabulary id beyond the model's embedding rows (atomic
+        docids: the model is not retrained online), or is longer than the
+        compiled decode length, or cannot be encoded.
+    """
+    new_docs = {doc.doc_id: doc for doc in documents}
+    if len(new_docs) != len(documents):
+      raise DocumentConflict("a doc_id appears twice in the request")
+    with self._update_lock:
+      live = self._live
+      clashes = [d for d in new_docs if d in live.index.table.docids]
+      if clashes:
+        raise DocumentConflict(f"doc_ids already indexed: {clashes[:5]}")
+      table = self._assign(live.index.table, new_docs)
+      index = live.index.with_table(table)
+      sequences = self._new_sequences(index, new_docs)
+      online = {**self.online_documents, **new_docs}
+      self._persist(index, online, write_documents_first=True)
+      self.online_documents = online
+      for slot, doc_sequences in enumerate(sequences.values(),
+                                           start=len(live.slots)):
+        for sequence in doc_sequences:
+          self._trie.insert(sequence, slot)
+      self._publish(index, live.slots + tuple(new_docs))
+      self.titles.update({d: doc.title for d, doc in new_docs.items()})
+      return {d: table.docids[d] for d in new_docs}
+
+  def _assign(self, table: docids_lib.DocidTable,
+              new_docs: Mapping[str, beir.Document]) -> docids_lib.DocidTable:
+    try:
+      return self._docid_scheme(table).assign_new(table, new_docs)
+    except (ValueError, KeyError) as e:
+      raise DocumentConflict(f"cannot assign docids: {e}") from e
+
+  def _docid_scheme(self, table: docids_lib.DocidTable):
+    """The table's scheme, made once (schemes with an embedder share one)."""
+    if self._scheme is None:
+      cls = docids_lib.SCHEMES[table.scheme]
+      extra = {}
+      if "embedder" in {f.name for f in dataclasses.fields(cls)}:
+        from gr import embed  # pylint: disable=g-import-not-at-top
+        extra["embedder"] = embed.Embedder.load()
+      self._scheme = docids_lib.scheme_for_table(table, **extra)
+    return self._scheme
+
+  def _new_sequences(self, index: index_lib.Index,
+                     new_docs: Mapping[str, Any]) -> dict[str, list[list[int]]]:
+    """Token ids (+EOS) of each new document's docids, checked to fit."""
+    rows, limit = self.model.config.vocab_size, self.max_decode_len
+    out, seen = {}, set()
+    for doc_id in new_docs:
+      out[doc_id] = []
+      for docid in index.table.docids[doc_id]:
+        try:
+          sequence = index.vocab.encode_docid(docid) + [vocab_lib.EOS_ID]
+        except ValueError as e:
+          raise DocumentConflict(f"{doc_id!r}: {e}") from e
+        if max(sequence) >= rows:
+          raise DocumentConflict(
+              f"{doc_id!r}: docid {docid!r} needs vocabulary id "
+              f"{max(sequence)} but the model has {rows} embedding rows; "
+              "retrain (update_index) to add more documents of this scheme")
+        if len(sequence) > limit:
+          raise DocumentConflict(
+              f"{doc_id!r}: docid {docid!r} has {len(sequence)} tokens, more "
+              f"than the served decode length {limit}; restart the server")
+        if tuple(sequence) in seen or self._trie.contains(sequence):
+          raise DocumentConflict(f"{doc_id!r}: docid {docid!r} encodes to the "
+                                 "same tokens as an existing docid")
+        seen.add(tuple(sequence))
+        out[doc_id].append(sequence)
+    return out
+
+  def delete_document(self, doc_id: str) -> None:
+    """Removes a document from search, the table and disk.
+
+    Raises:
+      UnknownDocument: `doc_id` is not indexed.
+    """
+    with self._update_lock:
+      live = self._live
+      if doc_id not in live.index.table.docids:
+        raise UnknownDocument(f"no document {doc_id!r} in the index")
+      table = live.index.table.remove([doc_id])
+      index = index_lib.Index(table, live.index.vocab)
+      online = {d: doc for d, doc in self.online_documents.items()
+                if d != doc_id}
+      self._persist(index, online, write_documents_first=False)
+      self.online_documents = online
+      for docid in live.index.table.docids[doc_id]:
+        self._trie.delete(live.index.vocab.encode_docid(docid) +
+                          [vocab_lib.EOS_ID])
+      slots = tuple(None if d == doc_id else d for d in live.slots)
+      self._publish(index, slots)
+
+  def _persist(self, index: index_lib.Index,
+               online: Mapping[str, beir.Document], *,
+               write_documents_first: bool) -> None:
+    """Writes the online documents and a new index version (if on disk).
+
+    Adds write the documents first and deletes last, so a crash in between
+    leaves at worst a document on file that the table lacks (ignored).
+    """
+    if self.index_dir is None:
+      return
+    if write_documents_first:
+      write_online_documents(self.index_dir, online)
+    index_lib.save_index(index, self.index_dir)
+    if not write_documents_first:
+      write_online_documents(self.index_dir, online)
+
+  def _publish(self, index: index_lib.Index,
+               slots: tuple[Optional[str], ...]) -> None:
+    """Uploads the trie; compiles new shapes first; then swaps atomically."""
+    arrays = self._trie.to_device()
+    old = self._live.trie_arrays
+    if jax.tree.structure(arrays) != jax.tree.structure(old) or any(
+        a.shape != b.shape for a, b in zip(jax.tree.leaves(arrays),
+                                           jax.tree.leaves(old))):
+      logging.info("trie capacity grew: compiling %d buckets",
+                   len(self.config.buckets))
+      self.warm_up(arrays)
+    if self.index_dir is not None:
+      index = self._reload_vocab(index)
+    self._live = _Live(index, arrays, slots)
+
+  def _reload_vocab(self, index: index_lib.Index) -> index_lib.Index:
+    """`index` with its vocabulary read from the newest version dir.
+
+    Old version dirs are deleted as new ones are saved; the live vocabulary
+    must not point into one.
+    """
+    version_dir = index_lib.current_version_dir(self.index_dir)
+    vocab = vocab_lib.Vocabulary.load(os.path.join(
+        version_dir, "vocab", "spm.gr_vocab.json"))
+    return index_lib.Index(index.table, vocab)
+
+  def wait_for_updates(self) -> None:
+    """Returns once no update is being applied or persisted."""
+    with self._update_lock:
+      pass
+
+  def close(self) -> None:
+    """Waits for updates to finish and releases the index dir lock."""
+    self.wait_for_updates()
+    if self._lock_handle is not None:
+      self._lock_handle.close()
+      self._lock_handle = None
+
+
+# --------------------------------------------------------- micro-batching --
+
+
+@dataclasses.dataclass
+class _Request:
+  queries: list[str]
+  k: int
+  future: concurrent.futures.Future
+
+
+_STOP = object()
+
+
+class MicroBatcher:
+  """Gathers concurrent `submit`s into batches run on one worker thread.
+
+  A batch starts with the oldest request and takes later ones until it holds
+  `max_batch` queries or `max_wait_s` has passed since it started; a request
+  that does not fit waits for the next batch. `run_batch(queries, k)` gets
+  every query of the batch and the largest k asked; each request receives
+  its own rows cut to its k.
+  """
+
+  def __init__(self, run_batch: Callable[[list[str], int], list[list[Hit]]],
+               *, max_batch: int, max_wait_s: float,
+               on_batch: Optional[Callable[[int], None]] = None):
+    self._run_batch, self._max_batch = run_batch, max_batch
+    self._max_wait_s, self._on_batch = max_wait_s, on_batch
+    self._queue: queue.Queue = queue.Queue()
+    self._held: Optional[_Request] = None
+    self._closed = False
+    self._thread = threading.Thread(target=self._loop, name="gr-batcher",
+                                    daemon=True)
+    self._thread.start()
+
+  def submit(self, queries: Sequence[str], k: int
+             ) -> concurrent.futures.Future:
+    """Future of the queries' hit lists; at most max_batch queries."""
+    if not 1 <= len(queries) <= self._max_batch:
+      raise ValueError(f"a request holds 1..{self._max_batch} queries, got "
+                       f"{len(queries)}")
+    if self._closed:
+      raise ServingError("the batcher is shut down")
+    future = concurrent.futures.Future()
+    self._queue.put(_Request(list(queries), k, future))
+    return future
+
+  def close(self, timeout: Optional[float] = None) -> None:
+    """Answers every request already submitted, then stops the thread."""
+    self._closed = True
+    self._queue.put(_STOP)
+    self._thread.join(timeout)
+
+  def _loop(self) -> None:
+    while True:
+      batch, stop = self._gather()
+      if batch:
+        self._answer(batch)
+      if stop:
+        break
+    while not self._queue.empty():  # submitted after close() raced past
+      item = self._queue.get()
+      if item is not _STOP:
+        item.future.set_exception(ServingError("the batcher is shut down"))
+
+  def _gather(self) -> tuple[list[_Request], bool]:
+    """The next batch, and whether the stop sentinel was reached."""
+    first = self._held or self._queue.get()
+    self._held = None
+    if first is _STOP:
+      return [], True
+    batch, size = [first], len(first.queries)
+    deadline = time.monotonic() + self._max_wait_s
+    while size < self._max_batch:
+      try:
+        item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+      except queue.Empty:
+        break
+      if item is _STOP or size + len(item.queries) > self._max_batch:
+        self._held = item
+        break
+      batch.append(item)
+      size += len(item.queries)
+    return batch, False
+
+  def _answer(self, batch: list[_Request]) -> None:
+    """Runs one batch; a failure fails its requests, never the thread."""
+    queries = [q for request in batch for q in request.queries]
+    try:
+      hits = self._run_batch(queries, max(r.k for r in batch))
+    except Exception as e:  # pylint: disable=broad-except
+      logging.exception("batch of %d queries failed", len(queries))
+      for request in batch:
+        request.future.set_exception(e)
+      return
+    if self._on_batch is not None:
+      self._on_batch(len(queries))
+    start = 0
+    for request in batch:
+      rows = hits[start:start + len(request.queries)]
+      start += len(request.queries)
+      request.future.set_result([row[:request.k] for row in rows])
+

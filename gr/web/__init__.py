@@ -1,0 +1,1 @@
+"""The docid decoding service over HTTP (FastAPI): app.py, and the search page."""

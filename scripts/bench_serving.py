@@ -1,0 +1,140 @@
+r"""Load benchmark of the docid decoding service, on loopback only.
+
+  python scripts/bench_serving.py --checkpoint=runs/demo/model \
+    --out=/tmp/bench_serving.json [--clients=1,8,32] [--requests=400]
+
+In one run: (1) in-process `Retriever.retrieve` throughput on full batches
+(the ceiling), then (2) the HTTP service (uvicorn on 127.0.0.1, in a thread
+of this process) under 1, 8 and 32 concurrent clients, each sending single
+`POST /search` requests back to back from a separate client process. Every
+level is bounded by --requests and --max_seconds. The served index is a
+temporary copy seeded from the checkpoint's artifact: nothing is changed.
+Writes throughput and p50/p99 latency per level as JSON.
+"""
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from absl import app
+from absl import flags
+import httpx
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'orbax model_dir.')
+_OUT = flags.DEFINE_string('out', '/tmp/bench_serving.json', 'JSON output.')
+_CLIENTS = flags.DEFINE_list('clients', ['1', '8', '32'], 'Concurrency levels.')
+_REQUESTS = flags.DEFINE_integer('requests', 400, 'Requests per level (max).')
+_MAX_SECONDS = flags.DEFINE_float('max_seconds', 60, 'Time per level (max).')
+_K = flags.DEFINE_integer('k', 10, 'Results per query.')
+_CLIENT_URL = flags.DEFINE_string('client_url', None, 'Internal: client mode.')
+_CLIENT_N = flags.DEFINE_integer('client_n', 1, 'Internal: client tasks.')
+
+
+def queries(n: int) -> list[str]:
+  words = 'market election storm court vaccine budget trade energy film match'
+  rng = np.random.default_rng(0)
+  return [' '.join(rng.choice(words.split(), 3)) for _ in range(n)]
+
+
+async def client_load(url: str, clients: int) -> dict:
+  """`clients` tasks, each sending one request at a time (bounded)."""
+  latencies, errors, deadline = [], 0, time.perf_counter() + _MAX_SECONDS.value
+  texts, issued = queries(_REQUESTS.value), iter(range(_REQUESTS.value))
+
+  async def one_client(http: httpx.AsyncClient):
+    nonlocal errors
+    for i in issued:
+      if time.perf_counter() > deadline:
+        return
+      start = time.perf_counter()
+      response = await http.post('/search', json={'query': texts[i],
+                                                   'k': _K.value})
+      latencies.append(time.perf_counter() - start)
+      errors += response.status_code != 200
+
+  limits = httpx.Limits(max_connections=clients)
+  async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as http:
+    start = time.perf_counter()
+    await asyncio.gather(*(one_client(http) for _ in range(clients)))
+    elapsed = time.perf_counter() - start
+  ms = np.array(latencies) * 1000
+  return {'clients': clients, 'requests': len(latencies), 'errors': errors,
+          'seconds': elapsed, 'queries_per_s': len(latencies) / elapsed,
+          'p50_ms': float(np.percentile(ms, 50)),
+          'p99_ms': float(np.percentile(ms, 99))}
+
+
+def in_process_throughput(retriever) -> dict:
+  batch, texts = retriever.max_batch, queries(retriever.max_batch)
+  retriever.retrieve(texts, _K.value)  # warm
+  count, start = 0, time.perf_counter()
+  while count < _REQUESTS.value and time.perf_counter() - start < _MAX_SECONDS.value:
+    retriever.retrieve(texts, _K.value)
+    count += batch
+  elapsed = time.perf_counter() - start
+  return {'batch': batch, 'queries': count, 'queries_per_s': count / elapsed}
+
+
+def serve_in_thread(retriever):
+  import uvicorn  # pylint: disable=g-import-not-at-top
+  from gr.web import app as web_app  # pylint: disable=g-import-not-at-top
+  server = uvicorn.Server(uvicorn.Config(web_app.create_app(retriever),
+                                         host='127.0.0.1', port=0,
+                                         log_level='warning'))
+  threading.Thread(target=server.run, daemon=True).start()
+  while not server.started:
+    time.sleep(0.05)
+  return server, f'http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}'
+
+
+def run_clients(url: str, clients: int) -> dict:
+  """One client process per level, so clients do not share our GIL."""
+  output = subprocess.run(
+      [sys.executable, __file__, f'--client_url={url}',
+       f'--client_n={clients}', f'--requests={_REQUESTS.value}',
+       f'--max_seconds={_MAX_SECONDS.value}', f'--k={_K.value}'],
+      check=True, capture_output=True, text=True).stdout
+  return json.loads(output.strip().splitlines()[-1])
+
+
+def main(argv):
+  del argv
+  if _CLIENT_URL.value:
+    print(json.dumps(asyncio.run(client_load(_CLIENT_URL.value,
+                                             _CLIENT_N.value))))
+    return
+  from gr import serving  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  retriever = serving.Retriever.from_checkpoint(
+      _CHECKPOINT.value, index_dir=tempfile.mkdtemp(prefix='bench_index'),
+      config=serving.ServingConfig(max_k=max(10, _K.value)))
+  retriever.warm_up()
+  result = {'checkpoint': os.path.abspath(_CHECKPOINT.value),
+            'documents': retriever.num_docs, 'k': _K.value,
+            'device': str(jax.devices()[0]), 'cpus': os.cpu_count(),
+            'machine': platform.platform(), 'load_avg': os.getloadavg(),
+            'commit': subprocess.run(['git', '-C', REPO, 'rev-parse', 'HEAD'],
+                                     capture_output=True, text=True).stdout.strip(),
+            'in_process': in_process_throughput(retriever)}
+  server, url = serve_in_thread(retriever)
+  result['service'] = [run_clients(url, int(n)) for n in _CLIENTS.value]
+  server.should_exit = True
+  best = result['in_process']['queries_per_s']
+  for level in result['service']:
+    level['fraction_of_in_process'] = level['queries_per_s'] / best
+  with open(_OUT.value, 'w') as f:
+    json.dump(result, f, indent=1)
+  print(json.dumps(result, indent=1))
+
+
+if __name__ == '__main__':
+  app.run(main)

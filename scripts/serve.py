@@ -1,0 +1,79 @@
+r"""Serves a trained run over HTTP: the docid decoding service.
+
+  python scripts/serve.py --checkpoint=workdir/model --port=8000 \
+    [--index_dir=workdir/index] [--corpus=data/news/corpus.jsonl] \
+    [--token_file=secret.txt]
+
+Binds to 127.0.0.1 unless --host is given (a non-loopback host also needs
+--allow_remote). Document updates (POST /documents, DELETE /documents/{id})
+need the bearer token read from --token_file or $GR_SERVE_TOKEN; without one
+they are disabled. SIGTERM / Ctrl-C shut down gracefully: in-flight requests
+finish and updates are on disk before the process exits.
+"""
+import os
+import sys
+
+from absl import app
+from absl import flags
+import uvicorn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gr import serving  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gr.web import app as web_app  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'orbax model_dir.',
+                                  required=True)
+_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (latest if unset).')
+_INDEX_DIR = flags.DEFINE_string(
+    'index_dir', None, 'Served index dir (default: <checkpoint>/../index).')
+_CORPUS = flags.DEFINE_string('corpus', None, 'corpus.jsonl for titles.')
+_HOST = flags.DEFINE_string('host', '127.0.0.1', 'Address to bind.')
+_PORT = flags.DEFINE_integer('port', 8000, 'Port to bind.')
+_ALLOW_REMOTE = flags.DEFINE_bool('allow_remote', False,
+                                  'Allow a non-loopback --host.')
+_TOKEN_FILE = flags.DEFINE_string('token_file', None,
+                                  'File holding the bearer token.')
+_MAX_K = flags.DEFINE_integer('max_k', 10, 'Largest k a request may ask.')
+_BUCKETS = flags.DEFINE_list('buckets', ['1', '4', '16', '32'],
+                             'Compiled batch sizes; the largest is the max.')
+_MAX_WAIT_MS = flags.DEFINE_float('max_wait_ms', 2.0,
+                                  'Micro-batching wait for a fuller batch.')
+
+
+def read_token() -> str | None:
+  if _TOKEN_FILE.value:
+    with open(_TOKEN_FILE.value) as f:
+      token = f.read().strip()
+    if not token:
+      raise app.UsageError(f'{_TOKEN_FILE.value} is empty')
+    return token
+  return os.environ.get('GR_SERVE_TOKEN') or None
+
+
+def check_host(host: str) -> None:
+  if not web_app.is_loopback(host) and not _ALLOW_REMOTE.value:
+    raise app.UsageError(f'--host={host} is not loopback: add --allow_remote '
+                         '(and put TLS and a token in front of it)')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  check_host(_HOST.value)
+  config = serving.ServingConfig(
+      max_k=_MAX_K.value, buckets=tuple(int(b) for b in _BUCKETS.value),
+      max_wait_ms=_MAX_WAIT_MS.value)
+  retriever = serving.Retriever.from_checkpoint(
+      _CHECKPOINT.value, index_dir=_INDEX_DIR.value, step=_STEP.value,
+      config=config, corpus_path=_CORPUS.value)
+  try:
+    service = web_app.create_app(retriever, token=read_token())
+    uvicorn.run(service, host=_HOST.value, port=_PORT.value,
+                timeout_graceful_shutdown=30, log_level='info')
+  finally:
+    retriever.close()
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,401 @@
+"""Tests for gr/serving.py: loading a run, batched retrieve, online updates.
+
+The model is a tiny untrained T5: its rankings are arbitrary, but with
+beam_size and max_k above the number of docids the constrained search is
+exhaustive, so "is document X retrievable" has an exact answer: it is in
+every query's results iff it is in the trie. The peer oracle for scores is
+gr.retrieval.Searcher (the same model through the existing search path).
+"""
+import concurrent.futures
+import dataclasses
+import json
+import os
+import threading
+
+import jax
+import numpy as np
+import pytest
+
+from gr import checkpoints
+from gr import docids as docids_lib
+from gr import index as index_lib
+from gr import models
+from gr import network
+from gr import retrieval
+from gr import serving
+from gr import trie as trie_lib
+from gr.data import beir
+
+WORDS = ("apple banana cherry delta echo forest garden harbor island jungle "
+         "kettle lemon mountain nectar ocean pepper quartz river stone tiger "
+         "umbrella violet walnut xenon yellow zebra").split()
+INPUT_LENGTH = 16
+CONFIG = serving.ServingConfig(max_k=32, buckets=(1, 4), max_wait_ms=5.0)
+
+
+def synthetic_corpus(num_docs: int, prefix: str = "doc") -> dict:
+  rng = np.random.default_rng(len(prefix) + num_docs)
+  return {f"{prefix}{i}": beir.Document(
+      f"{prefix}{i}", f"Title {prefix} {i}",
+      " ".join(rng.choice(WORDS, size=12))) for i in range(num_docs)}
+
+
+def tiny_config(vocab_size: int) -> network.T5Config:
+  return network.T5Config(vocab_size=vocab_size, emb_dim=32, num_heads=2,
+                          num_encoder_layers=1, num_decoder_layers=1,
+                          head_dim=16, mlp_dim=64, dropout_rate=0.0)
+
+
+def random_params(model: models.EncoderDecoderModel, seed: int = 0):
+  """Untrained params of the right shapes (eager flax init is slow on CPU)."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(
+      lambda s: jax.numpy.asarray(rng.normal(0, 0.3, s.shape), s.dtype),
+      model.param_shapes())
+
+
+def make_run(workdir, *, scheme: str = "naive", num_docs: int = 12,
+             extra_vocab_rows=None, scheme_params=None) -> str:
+  """A run dir like run_experiment's (untrained params); returns model dir.
+
+  extra_vocab_rows: None pads the model vocab to 128s (gr.train.fit_vocab);
+  an int gives exactly the index vocabulary plus that many rows.
+  """
+  workdir = os.fspath(workdir)
+  corpus = synthetic_corpus(num_docs)
+  table = docids_lib.get_scheme(scheme, **(scheme_params or {})).assign(corpus)
+  index_dir = os.path.join(workdir, "index")
+  index = index_lib.build_index(
+      table, [d.text for d in corpus.values()] * 3,
+      os.path.join(workdir, "sp"), vocab_size=64)
+  index_lib.save_index(index, index_dir)
+  rows = (-(-index.vocab.vocab_size // 128) * 128 if extra_vocab_rows is None
+          else index.vocab.vocab_size + extra_vocab_rows)
+  model = models.EncoderDecoderModel(tiny_config(rows))
+  params = random_params(model)
+  model_dir = os.path.join(workdir, "model")
+  checkpoints.save(model_dir, 5, {"params": params},
+                   extra_artifacts_dir=index_lib.current_version_dir(index_dir))
+  serving.save_model_config(workdir, model.config, input_length=INPUT_LENGTH)
+  return model_dir
+
+
+@pytest.fixture(scope="module")
+def run_template(tmp_path_factory):
+  return os.path.dirname(make_run(tmp_path_factory.mktemp("template")))
+
+
+@pytest.fixture(scope="module")
+def retriever(run_template):
+  """One warmed-up Retriever whose index lives only in memory."""
+  model, params, trained, input_length, _ = serving.load_checkpoint(
+      os.path.join(run_template, "model"))
+  r = serving.Retriever(model, params, trained, input_length=input_length,
+                        config=CONFIG)
+  r.warm_up()
+  return r
+
+
+def doc_ids_found(retriever, query="apple banana"):
+  return {h.doc_id for h in retriever.retrieve([query], retriever.max_k)[0]}
+
+
+def copy_run(template, dest):
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.copytree(template, dest)
+  return os.path.join(dest, "model")
+
+
+# ----------------------------------------------------------------- loading
+
+
+def test_model_config_round_trip(tmp_path):
+  config = tiny_config(256)
+  serving.save_model_config(tmp_path, config, input_length=24)
+  path = serving.find_model_config(os.path.join(tmp_path, "model"))
+  assert serving.load_model_config(path) == (config, 24)
+
+
+def test_missing_or_bad_model_config_is_refused(tmp_path):
+  with pytest.raises(serving.RunLoadError, match="model_config.json"):
+    serving.find_model_config(os.path.join(tmp_path, "model"))
+  path = tmp_path / serving.MODEL_CONFIG_FILE
+  path.write_text(json.dumps({"format": serving.MODEL_CONFIG_FORMAT,
+                              "input_length": 8,
+                              "t5_config": {"emb_dim": 3}}))
+  with pytest.raises(serving.RunLoadError, match=str(path)):
+    serving.load_model_config(str(path))
+
+
+def test_from_checkpoint_seeds_index_and_matches_searcher(run_template,
+                                                          tmp_path):
+  model_dir = copy_run(run_template, tmp_path / "run")
+  r = serving.Retriever.from_checkpoint(
+      model_dir, index_dir=str(tmp_path / "served"), config=CONFIG)
+  try:
+    assert r.checkpoint_step == 5
+    assert index_lib.load_index(str(tmp_path / "served")).table == r.index.table
+    searcher = retrieval.Searcher(
+        r.model, r.params, r.index,
+        CONFIG.search_config(r.max_decode_len), input_length=INPUT_LENGTH,
+        batch_size=4)
+    queries = ["apple river", "zebra", "ocean quartz stone"]
+    expected = searcher.search(queries)
+    got = r.retrieve(queries, 32)
+    for want, hits in zip(expected, got):
+      assert [h.doc_id for h in hits] == [d for d, _ in want]
+      np.testing.assert_allclose([h.score for h in hits],
+                                 [s for _, s in want], rtol=1e-5)
+      for hit in hits:
+        assert hit.docid == r.index.table.docids[hit.doc_id][0]
+  finally:
+    r.close()
+
+
+def test_corrupt_artifact_is_refused(run_template, tmp_path):
+  model_dir = copy_run(run_template, tmp_path / "run")
+  table_json = os.path.join(model_dir, "5", checkpoints.ARTIFACT_ITEM,
+                            checkpoints.FILES_DIR, "docids", "table.json")
+  with open(table_json, "a") as f:
+    f.write(" ")
+  with pytest.raises(serving.RunLoadError, match="sha256"):
+    serving.Retriever.from_checkpoint(model_dir, config=CONFIG)
+
+
+def test_params_that_do_not_fit_the_config_are_refused(run_template,
+                                                       tmp_path):
+  model_dir = copy_run(run_template, tmp_path / "run")
+  path = serving.find_model_config(model_dir)
+  config, length = serving.load_model_config(path)
+  serving.save_model_config(os.path.dirname(path),
+                            tiny_config(config.vocab_size + 128),
+                            input_length=length)
+  with pytest.raises(serving.RunLoadError, match="do not fit"):
+    serving.load_checkpoint(model_dir)
+
+
+def test_index_dir_from_another_run_is_refused(run_template, tmp_path):
+  model_dir = copy_run(run_template, tmp_path / "run")
+  other = tmp_path / "other"
+  make_run(other, num_docs=5)
+  with pytest.raises(serving.RunLoadError, match="does not descend"):
+    serving.Retriever.from_checkpoint(model_dir, index_dir=str(other / "index"),
+                                      config=CONFIG)
+
+
+def test_second_server_on_one_index_dir_is_refused(run_template, tmp_path):
+  model_dir = copy_run(run_template, tmp_path / "run")
+  first = serving.Retriever.from_checkpoint(model_dir, config=CONFIG)
+  try:
+    with pytest.raises(serving.RunLoadError, match="already served"):
+      serving.Retriever.from_checkpoint(model_dir, config=CONFIG)
+  finally:
+    first.close()
+  serving.Retriever.from_checkpoint(model_dir, config=CONFIG).close()
+
+
+# ------------------------------------------------------------------ search
+
+
+def test_exhaustive_search_returns_every_document_once(retriever):
+  hits = retriever.retrieve(["kettle lemon"], 32)[0]
+  assert sorted(h.doc_id for h in hits) == sorted(retriever.index.doc_ids)
+  scores = [h.score for h in hits]
+  assert scores == sorted(scores, reverse=True)
+  assert all(s <= 0 for s in scores)
+
+
+def test_k_cuts_the_ranking_and_is_checked(retriever):
+  full = retriever.retrieve(["tiger"], 32)[0]
+  assert retriever.retrieve(["tiger"], 3)[0] == full[:3]
+  for bad in (0, 33):
+    with pytest.raises(ValueError, match="outside"):
+      retriever.retrieve(["tiger"], bad)
+  with pytest.raises(ValueError, match="non-empty"):
+    retriever.retrieve(["  "], 3)
+
+
+def test_batches_match_single_queries_and_nothing_recompiles(retriever):
+  queries = [" ".join(WORDS[i:i + 3]) for i in range(9)]  # 4 + 4 + 1 rows
+  compiled = retriever.compiled_count()
+  batched = retriever.retrieve(queries, 5)
+  single = [retriever.retrieve([q], 5)[0] for q in queries]
+  assert [[h.doc_id for h in row] for row in batched] == [
+      [h.doc_id for h in row] for row in single]
+  for row_b, row_s in zip(batched, single):
+    np.testing.assert_allclose([h.score for h in row_b],
+                               [h.score for h in row_s], atol=1e-5)
+  assert retriever.compiled_count() == compiled
+
+
+# ---------------------------------------------------------- online updates
+
+
+@pytest.fixture()
+def served(run_template, tmp_path):
+  model_dir = copy_run(run_template, tmp_path / "run")
+  r = serving.Retriever.from_checkpoint(model_dir, config=CONFIG)
+  r.warm_up()
+  yield r
+  r.close()
+
+
+def test_add_then_find_then_reload(served):
+  compiled = served.compiled_count()
+  new = synthetic_corpus(2, prefix="new")
+  added = served.add_documents(list(new.values()))
+  assert list(added) == ["new0", "new1"]
+  assert {"new0", "new1"} <= doc_ids_found(served)
+  hit = next(h for h in served.retrieve(["x"], 32)[0] if h.doc_id == "new1")
+  assert hit.title == "Title new 1" and hit.docid == added["new1"][0]
+  assert served.compiled_count() == compiled
+  reloaded = index_lib.load_index(served.index_dir)
+  assert reloaded.table == served.index.table
+  assert set(serving.read_online_documents(served.index_dir)) == set(new)
+
+
+def test_delete_is_never_returned_and_persists(served):
+  victim = served.index.doc_ids[3]
+  before = doc_ids_found(served)
+  served.delete_document(victim)
+  assert doc_ids_found(served) == before - {victim}
+  for row in served.retrieve(WORDS[:8], 32):
+    assert victim not in {h.doc_id for h in row}
+  table = index_lib.load_index(served.index_dir).table
+  assert victim not in table.docids
+  assert set(served.index.table.docids[served.index.doc_ids[0]]) <= set(
+      table.docid_to_doc)
+  with pytest.raises(serving.UnknownDocument):
+    served.delete_document(victim)
+
+
+def test_restart_finds_added_and_not_deleted(served):
+  served.add_documents([beir.Document("late", "Late one", "river stone")])
+  served.delete_document("doc0")
+  index_dir, model_dir = served.index_dir, os.path.join(
+      os.path.dirname(served.index_dir), "model")
+  served.close()
+  again = serving.Retriever.from_checkpoint(model_dir, config=CONFIG)
+  try:
+    found = doc_ids_found(again)
+    assert "late" in found and "doc0" not in found
+    assert again.titles["late"] == "Late one"
+    assert again.index_dir == index_dir
+  finally:
+    again.close()
+
+
+def test_duplicate_ids_are_conflicts_and_change_nothing(served):
+  version = served.index_version
+  with pytest.raises(serving.DocumentConflict, match="already indexed"):
+    served.add_documents([beir.Document("doc1", "", "x")])
+  with pytest.raises(serving.DocumentConflict, match="twice"):
+    served.add_documents([beir.Document("a", "", "x"),
+                          beir.Document("a", "", "y")])
+  assert served.index_version == version
+  assert index_lib.load_index(served.index_dir).table.version == version
+
+
+def test_concurrent_adds_and_searches_lose_nothing(served):
+  new = list(synthetic_corpus(8, prefix="c").values())
+  errors, adding = [], threading.Event()
+
+  def search_loop():
+    while adding.is_set():
+      try:
+        for row in served.retrieve(["apple", "zebra"], 32):
+          assert len({h.doc_id for h in row}) == len(row)
+      except Exception as e:  # pylint: disable=broad-except
+        errors.append(e)
+
+  adding.set()
+  searcher = threading.Thread(target=search_loop)
+  searcher.start()
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    list(pool.map(lambda d: served.add_documents([d]), new))
+  adding.clear()
+  searcher.join()
+  assert not errors
+  expected = set(synthetic_corpus(12)) | {d.doc_id for d in new}
+  assert doc_ids_found(served) == expected
+  assert set(index_lib.load_index(served.index_dir).table.docids) == expected
+  assert set(serving.read_online_documents(served.index_dir)) == {
+      d.doc_id for d in new}
+
+
+def test_trie_growth_recompiles_before_going_live(run_template, tmp_path):
+  """Adding past the node capacity compiles new shapes during the update."""
+  model_dir = copy_run(run_template, tmp_path / "run")
+  r = serving.Retriever.from_checkpoint(
+      model_dir, config=dataclasses.replace(CONFIG, buckets=(4,)))
+  capacity = lambda: r._live.trie_arrays.leaf_value.shape[0]  # pylint: disable=protected-access
+  start, compiled = capacity(), r.compiled_count()
+  for n in range(400):
+    r.add_documents([beir.Document(f"g{n}", "", "grow")])
+    if capacity() > start:
+      break
+  assert capacity() > start
+  after_update = r.compiled_count()
+  assert after_update == compiled + 1
+  docid = r.index.table.docids[f"g{n}"][0]
+  sequence = r.index.vocab.encode_docid(docid) + [1]
+  live = r._live  # pylint: disable=protected-access
+  slot = int(trie_lib.lookup(live.trie_arrays, np.array([sequence]))[0])
+  assert live.slots[slot] == f"g{n}"
+  r.retrieve(["a", "b", "c"], 4)
+  assert r.compiled_count() == after_update
+  r.close()
+
+
+def test_atomic_adds_beyond_the_embedding_rows_are_refused(tmp_path):
+  model_dir = make_run(tmp_path / "atomic", scheme="atomic", num_docs=6,
+                       extra_vocab_rows=1)
+  r = serving.Retriever.from_checkpoint(model_dir, config=CONFIG)
+  try:
+    r.add_documents([beir.Document("fits", "", "one more")])
+    version = r.index_version
+    with pytest.raises(serving.DocumentConflict, match="embedding rows"):
+      r.add_documents([beir.Document("too_many", "", "no room")])
+    assert r.index_version == version
+    table = index_lib.load_index(r.index_dir).table
+    assert "fits" in table.docids and "too_many" not in table.docids
+  finally:
+    r.close()
+
+
+# ------------------------------------------------------------ micro-batching
+
+
+def test_micro_batcher_gathers_and_splits():
+  calls, sizes = [], []
+
+  def run_batch(queries, k):
+    calls.append((list(queries), k))
+    return [[serving.Hit(q, q, float(-i), None) for i in range(k)]
+            for q in queries]
+
+  batcher = serving.MicroBatcher(run_batch, max_batch=4, max_wait_s=0.2,
+                                 on_batch=sizes.append)
+  futures = [batcher.submit([f"q{i}"], 1 + i % 3) for i in range(6)]
+  futures.append(batcher.submit(["x", "y", "z"], 2))
+  batcher.close()
+  for i, future in enumerate(futures[:6]):
+    hits = future.result(timeout=5)
+    assert [h.doc_id for h in hits[0]] == [f"q{i}"] * (1 + i % 3)
+  assert [len(row) for row in futures[6].result(timeout=5)] == [2, 2, 2]
+  assert sum(sizes) == 9 and max(sizes) <= 4 and len(sizes) < 7
+  with pytest.raises(serving.ServingError):
+    batcher.submit(["late"], 1)
+
+
+def test_micro_batcher_survives_a_failing_batch():
+  def run_batch(queries, k):
+    if "boom" in queries:
+      raise RuntimeError("boom")
+    return [[] for _ in queries]
+
+  batcher = serving.MicroBatcher(run_batch, max_batch=8, max_wait_s=0.0)
+  with pytest.raises(RuntimeError, match="boom"):
+    batcher.submit(["boom"], 1).result(timeout=5)
+  assert batcher.submit(["fine"], 1).result(timeout=5) == [[]]
+  batcher.close()

@@ -108,6 +108,18 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
+def replicated_key(seed: int, mesh: Mesh) -> jax.Array:
+  """jax.random.key(seed) replicated over `mesh`; works across processes
+  (where device_put to non-addressable devices would not)."""
+  return jax.jit(lambda: jax.random.key(seed),
+                 out_shardings=replicated(mesh))()
+
+
+def put_replicated_tree(tree: PyTree, shardings: PyTree) -> PyTree:
+  """Host or device values (the same in every process) -> `shardings`."""
+  return jax.jit(lambda x: x, out_shardings=shardings)(tree)
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Sharding of [batch, ...] arrays: the batch dimension split over 'data'."""
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
@@ -196,14 +208,17 @@ def global_batch(local_batch: Mapping[str, np.ndarray],
   """Per-process [local_batch, ...] arrays -> global arrays sharded on 'data'.
 
   Every process passes its own slice; the result has leading dimension
-  local_batch * process_count. This is an explicit transfer (allowed under
-  jax_transfer_guard='disallow').
+  local_batch * process_count. This is the train loop's one intended
+  host-to-device copy, so it is allowed even under
+  jax.transfer_guard('disallow') (which multi-process
+  make_array_from_process_local_data would otherwise trip).
   """
   sharding = batch_sharding(mesh)
   out = {}
-  for name, value in local_batch.items():
-    value = np.asarray(value)
-    global_shape = (value.shape[0] * jax.process_count(),) + value.shape[1:]
-    out[name] = jax.make_array_from_process_local_data(
-        sharding, value, global_shape)
+  with jax.transfer_guard_host_to_device('allow'):
+    for name, value in local_batch.items():
+      value = np.asarray(value)
+      global_shape = (value.shape[0] * jax.process_count(),) + value.shape[1:]
+      out[name] = jax.make_array_from_process_local_data(
+          sharding, value, global_shape)
   return out

@@ -393,15 +393,13 @@ def _initial_state(sharded: Sharded, manager, *, seed: int, init_params,
     logging.info('Resuming from checkpoint step %d in %s', restored[0],
                  manager.directory)
     return restored[1]
-  rng = jax.device_put(jax.random.key(seed),
-                       partitioning.replicated(sharded.mesh))
-  state = sharded.init(rng)
+  state = sharded.init(partitioning.replicated_key(seed, sharded.mesh))
   if init_checkpoint is not None:
     init_params = checkpoints.restore_params(
         init_checkpoint, shardings=sharded.state_shardings.params)
     logging.info('Initial params from %s', init_checkpoint)
   if init_params is not None:
-    state = state.replace(params=jax.device_put(
+    state = state.replace(params=partitioning.put_replicated_tree(
         init_params, sharded.state_shardings.params))
   return state
 
@@ -479,7 +477,7 @@ def train(*, model: TrainableModel, mixture_or_task_name,
     eval_batches = _eval_batches(mixture_or_task_name, eval_steps, mesh,
                                  **lengths)
   writer = SummaryWriter(model_dir) if jax.process_index() == 0 else None
-  rng = jax.device_put(jax.random.key(seed), partitioning.replicated(mesh))
+  rng = partitioning.replicated_key(seed, mesh)
   state = _loop(sharded, state, batches, rng, manager, start=start,
                 train_steps=train_steps, log_every=log_every,
                 checkpoint_every=checkpoint_every, writer=writer,

@@ -117,7 +117,7 @@ def _run_two_steps(model, mesh):
   optimizer = train.make_optimizer(train.OptimizerConfig(), 10)
   sharded = train.shard_model(model, optimizer, mesh, input_length=LENGTH,
                               target_length=LENGTH)
-  rng = jax.device_put(jax.random.key(0), partitioning.replicated(mesh))
+  rng = partitioning.replicated_key(0, mesh)
   state = sharded.init(rng)
   losses = []
   for batch in _batches(2):

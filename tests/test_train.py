@@ -1,12 +1,14 @@
 """Tests for gr/train.py and scripts/train.py: the loop, resume, optimizer.
 
 One reference run (in this process, through the same gin files as the CLI)
-is shared by the loop tests; the resume test runs the CLI in subprocesses,
-SIGKILLs the first one after a checkpoint, and checks that the second
-resumes and ends with the reference run's params.
+is shared by the loop tests. Resume: a run restarted from the reference's
+step-75 checkpoint must end with the reference's params; the (slow) CLI
+test SIGKILLs a run after its first checkpoint, runs the same command again
+and checks the same.
 """
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,18 +67,28 @@ def toy_gin(tmp_path_factory) -> pathlib.Path:
   return path
 
 
-@pytest.fixture(scope='module')
-def reference_run(tmp_path_factory, toy_gin):
-  """An uninterrupted run of the CLI's configuration, in this process."""
-  model_dir = tmp_path_factory.mktemp('reference')
+def _train_with_gin(gin_file: pathlib.Path, model_dir: pathlib.Path):
+  """train() configured as the CLI would be, in this process."""
   gin.clear_config()
-  files = [arg.split('=', 1)[1] for arg in _gin_args(toy_gin)]
+  files = [arg.split('=', 1)[1] for arg in _gin_args(gin_file)]
   gin.parse_config_files_and_bindings(files, [f"MODEL_DIR='{model_dir}'"])
   try:
-    state = train.train()
+    return train.train()
   finally:
     gin.clear_config()
-  return model_dir, state
+
+
+@pytest.fixture(scope='module')
+def reference_run(tmp_path_factory, toy_gin):
+  """An uninterrupted run of the CLI's configuration."""
+  model_dir = tmp_path_factory.mktemp('reference')
+  return model_dir, _train_with_gin(toy_gin, model_dir)
+
+
+def _assert_same_params(a, b, atol=1e-6):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0,
+                               atol=atol)
 
 
 def _scalars(model_dir: pathlib.Path) -> dict[str, dict[int, float]]:
@@ -112,6 +124,19 @@ def test_checkpoints_keep_last_n_and_hold_final_params(reference_run):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_resume_from_earlier_checkpoint_matches_uninterrupted(
+    tmp_path, toy_gin, reference_run):
+  """Exact resume: data order and dropout depend only on (seed, step)."""
+  model_dir = tmp_path / 'model'
+  shutil.copytree(reference_run[0], model_dir)
+  shutil.rmtree(model_dir / str(TRAIN_STEPS))  # as if killed after step 75
+  state = _train_with_gin(toy_gin, model_dir)
+  assert int(state.step) == TRAIN_STEPS
+  _assert_same_params(state.params, reference_run[1].params)
+  assert sorted(int(p.name) for p in model_dir.iterdir()
+                if p.name.isdigit()) == [75, 100]
+
+
 def _wait_for_step_dir(model_dir: pathlib.Path, proc, timeout: float):
   deadline = time.time() + timeout
   while time.time() < deadline and proc.poll() is None:
@@ -121,6 +146,7 @@ def _wait_for_step_dir(model_dir: pathlib.Path, proc, timeout: float):
   raise AssertionError(f'no checkpoint in {model_dir} (rc={proc.poll()})')
 
 
+@pytest.mark.slow  # two CLI processes: ~1 min of CPU
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path, toy_gin,
                                                     reference_run):
   model_dir = tmp_path / 'model'
@@ -146,11 +172,8 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path, toy_gin,
   assert resumed_from >= killed_at
   assert f'step {TRAIN_STEPS}/{TRAIN_STEPS}' in second.stderr
   assert f'step {resumed_from}/{TRAIN_STEPS}' not in second.stderr
-  params = checkpoints.restore_params(model_dir)
-  for a, b in zip(jax.tree.leaves(params),
-                  jax.tree.leaves(reference_run[1].params)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0,
-                               atol=1e-6)
+  _assert_same_params(checkpoints.restore_params(model_dir),
+                      reference_run[1].params)
 
 
 # ------------------------------------------------------------ pieces --

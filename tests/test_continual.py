@@ -222,6 +222,67 @@ KILLED_UPDATE = textwrap.dedent("""
     """)
 
 
+class Crash(Exception):
+  pass
+
+
+def _crash_at(point: str, monkeypatch) -> None:
+  """Makes the next update fail at `point` (in-process stand-in for a kill)."""
+  def crash(*args, **kwargs):
+    raise Crash(point)
+  if point == "train":
+    monkeypatch.setattr(continual, "train_params", crash)
+  elif point == "artifact":
+    real_copy = checkpoints.write_artifact
+    def copy_half(source, dest):
+      real_copy(source, dest)
+      os.remove(os.path.join(dest, "files", "continual.json"))
+      crash()
+    monkeypatch.setattr(checkpoints, "write_artifact", copy_half)
+  else:
+    real_commit = continual.commit
+    def commit_then_crash(*args, **kwargs):
+      real_commit(*args, **kwargs)
+      crash()
+    monkeypatch.setattr(continual, "commit", commit_then_crash)
+
+
+def _check_after_crash(point, model_dir, index_dir, before):
+  """The latest version is complete: the old one, or (after the commit)
+  the new one, whose index the next publish puts back in index_dir."""
+  version = continual.load_version(model_dir)  # verifies every artifact
+  if point == "publish":
+    assert set(NEW_DOCS) <= set(version.index.table.docids)
+    assert index_lib.load_index(index_dir).table == before.index.table
+    continual.publish_index(version.index, index_dir)
+  else:
+    assert version.step == before.step
+    assert version.index.table == before.index.table
+  assert index_lib.load_index(index_dir).table == version.index.table
+  assert checkpoints.load_artifact(model_dir, version.step).is_dir()
+
+
+@pytest.mark.parametrize("point", ["train", "artifact", "publish"])
+def test_failed_update_leaves_a_loadable_version(initial, tmp_path, point,
+                                                 monkeypatch):
+  model_dir, index_dir = copy_version(initial, tmp_path)
+  before = continual.load_version(model_dir)
+  _crash_at(point, monkeypatch)
+  with pytest.raises(Crash):
+    continual.update_index(
+        model_dir=model_dir, index_dir=index_dir, model=make_model(),
+        new_documents=NEW_DOCS, train_steps=5, settings=SETTINGS,
+        strategy="new_only" if point == "train" else "trie_only")
+  monkeypatch.undo()
+  _check_after_crash(point, model_dir, index_dir, before)
+  # The next update starts from the loadable version and succeeds.
+  continual.update_index(model_dir=model_dir, index_dir=index_dir,
+                         model=make_model(), deleted_doc_ids=["old1"],
+                         strategy="trie_only", settings=SETTINGS)
+  assert "old1" not in continual.load_version(model_dir).index.table.docids
+
+
+@pytest.mark.slow
 def test_killed_update_leaves_a_loadable_version(initial, tmp_path):
   script = tmp_path / "killed_update.py"
   script.write_text(KILLED_UPDATE.format(repo=REPO,
@@ -239,13 +300,4 @@ def test_killed_update_leaves_a_loadable_version(initial, tmp_path):
     _, stderr = proc.communicate(timeout=240)
     assert proc.returncode == -9, (point, stderr.decode()[-2000:])
     model_dir, index_dir = dirs[point]
-    version = continual.load_version(model_dir)  # verifies every artifact
-    if point == "publish":  # committed, index_dir not yet switched
-      assert set(NEW_DOCS) <= set(version.index.table.docids)
-      assert index_lib.load_index(index_dir).table == before.index.table
-      continual.publish_index(version.index, index_dir)
-    else:
-      assert version.step == before.step
-      assert version.index.table == before.index.table
-    assert index_lib.load_index(index_dir).table == version.index.table
-    assert checkpoints.load_artifact(model_dir, version.step).is_dir()
+    _check_after_crash(point, model_dir, index_dir, before)

@@ -143,6 +143,53 @@ def test_delete_then_insert_keeps_shapes_and_never_revives(
   _check_matches(trie, trie.to_device(), expected)
 
 
+def _padded(sequences):
+  out = np.zeros((len(sequences), MAX_TOKENS + 1), np.int32)
+  for row, sequence in enumerate(sequences):
+    out[row, :len(sequence)] = sequence
+  return out
+
+
+@settings(max_examples=30, deadline=None)
+@given(docid_sets, docid_sets, st.data())
+def test_bulk_build_equals_inserts_and_stays_editable(sequences, more, data):
+  values = data.draw(st.lists(st.integers(0, 4), min_size=len(sequences),
+                              max_size=len(sequences)))
+  bulk = DocidTrie.from_padded(_padded(sequences), values, capacity=CAPACITY,
+                               vocab_size=VOCAB, fanout_capacity=VOCAB)
+  inserted = _build(sequences, values)
+  expected = dict(zip(sequences, values))
+  assert bulk.num_nodes == inserted.num_nodes
+  _check_matches(bulk, bulk.to_device(), expected)
+  for name, array in bulk.to_numpy().items():
+    assert array.shape == inserted.to_numpy()[name].shape, name
+  for sequence in data.draw(st.lists(st.sampled_from(sequences), unique=True)):
+    assert bulk.delete(sequence) == expected.pop(sequence)
+  for offset, sequence in enumerate(more):
+    if sequence not in expected:
+      bulk.insert(sequence, 50 + offset)
+      expected[sequence] = 50 + offset
+  _check_matches(bulk, bulk.to_device(), expected)
+
+
+@pytest.mark.parametrize("row, message", [
+    ((2, 3, 0, 0), "sequence 1 .* then EOS"),  # no EOS
+    ((2, 0, 3, 1), "sequence 1"),  # PAD before EOS
+    ((2, 1, 3, 0), "sequence 1"),  # a token after EOS
+    ((2, 99, 1, 0), "sequence 1"),  # >= vocab_size
+    ((-2, 1, 0, 0), "sequence 1"),
+    ((4, 1, 0, 0), "sequence 1: docid \\[4, 1\\] is already in the trie"),
+])
+def test_bulk_build_rejects_bad_rows_naming_them(row, message):
+  rows = np.array([(4, 1, 0, 0), row, (5, 5, 1, 0)])
+  with pytest.raises(ValueError, match=message):
+    DocidTrie.from_padded(rows, [0, 1, 2], vocab_size=VOCAB)
+  with pytest.raises(ValueError, match="document"):
+    DocidTrie.from_padded(rows[[0, 2]], [0, -1], vocab_size=VOCAB)
+  with pytest.raises(ValueError, match="shape"):
+    DocidTrie.from_padded(rows, [0, 1], vocab_size=VOCAB)
+
+
 def test_deleting_everything_prunes_to_root_and_recycles_ids():
   sequences = [(2, 3, 1), (2, 4, 1), (5, 1)]
   trie = _build(sequences)

@@ -1,0 +1,369 @@
+r"""Benchmarks trie-constrained beam search (issue 5); JSON + a table.
+
+  python scripts/bench_decoding.py --out=/tmp/bench_decoding.json --quick
+
+Measured side by side in one run, same model config, batch and beam size,
+warm-up (compilation) excluded, median of --reps runs interleaved so that
+load from other processes hits every variant alike:
+
+- overhead: unconstrained beam search vs the sparse trie constraint (and
+  the dense [B, K, V] mask path) at each --sizes docid count. All tries get
+  the capacities of the largest one, so one compiled function serves every
+  size (as when a served index grows) and only the contents differ. Docids
+  are synthetic semantic-style paths (--levels digits of --branching each,
+  one token per level and digit at the end of the vocabulary, then EOS); the
+  unconstrained baseline has EOS suppressed so both decode --levels + 1
+  positions.
+- peer: HF transformers' PyTorch T5 of the same config and weights (ours
+  imported with gr.hf_import) generating with `prefix_allowed_tokens_fn` over
+  a Python dict trie (GENRE/NCI), same docids, queries, batch and beams,
+  torch threads = --threads; queries/s ours / theirs, and how often both
+  return the same top-1 docid.
+- build: host trie build time (per-docid inserts and the vectorised bulk
+  build), device upload time and device bytes per docid.
+
+--device=gpu runs the same on the default JAX/torch GPU with the t5_base
+config (nothing here is GPU-specific).
+"""
+import json
+import os
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+_OUT = flags.DEFINE_string('out', None, 'Write the results JSON here.')
+_DEVICE = flags.DEFINE_enum('device', 'cpu', ['cpu', 'gpu'], 'JAX platform.')
+_MODELS = flags.DEFINE_list('models', None,
+                            'Model configs (default tiny,small; base on GPU).')
+_SIZES = flags.DEFINE_list('sizes', ['1000', '100000', '1000000'],
+                           'Docid counts for the overhead table.')
+_PEER_SIZE = flags.DEFINE_integer('peer_size', 100000,
+                                  'Docids for the HF comparison (0 = skip).')
+_PEER_MODELS = flags.DEFINE_list('peer_models', ['tiny'],
+                                 'Model configs compared with HF.')
+_BATCH = flags.DEFINE_integer('batch', 8, 'Queries per batch.')
+_BEAM = flags.DEFINE_integer('beam', 10, 'Beam size (= top_k).')
+_REPS = flags.DEFINE_integer('reps', 7, 'Timed repetitions (median).')
+_QUICK = flags.DEFINE_bool('quick', False,
+                           'Fewer reps for models other than tiny (3), '
+                           'no dense-mask variant for them.')
+_LEVELS = flags.DEFINE_integer('levels', 6, 'Docid tokens before EOS.')
+_BRANCHING = flags.DEFINE_integer('branching', 10, 'Digits per level.')
+_VOCAB = flags.DEFINE_integer('vocab', 32128, 'Vocabulary size.')
+_INPUT_LENGTH = flags.DEFINE_integer('input_length', 32, 'Query tokens.')
+_THREADS = flags.DEFINE_integer('threads', os.cpu_count(),
+                                'torch intra-op threads (JAX uses all cores).')
+
+EOS = 1
+
+
+def semantic_docids(count, levels, branching, vocab, seed=0):
+  """`count` distinct random paths -> [count, levels + 1] int32, EOS last."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  total = branching ** levels
+  if count > total:
+    raise ValueError(f'--sizes: {count} docids > {branching}**{levels}')
+  rng = np.random.default_rng(seed)
+  paths = np.sort(rng.choice(total, count, replace=False))
+  digits = (paths[:, None] // branching ** np.arange(levels)[::-1]) % branching
+  first = vocab - levels * branching  # docid tokens close the vocabulary
+  tokens = first + branching * np.arange(levels) + digits
+  eos = np.full((count, 1), EOS)
+  return np.concatenate([tokens, eos], axis=1).astype(np.int32)
+
+
+def model_config(name, vocab):
+  from gr import network  # pylint: disable=g-import-not-at-top
+  return getattr(network.T5Config, name)(vocab, dropout_rate=0.0)
+
+
+def build_tries(sizes, levels, branching, vocab):
+  """{size: (docids, DocidTrie)}, all at the largest trie's capacities.
+
+  Bulk-built; also returns the seconds the largest took.
+  """
+  from gr import trie as trie_lib  # pylint: disable=g-import-not-at-top
+  docids = {n: semantic_docids(n, levels, branching, vocab) for n in sizes}
+  build = lambda n, **capacity: trie_lib.DocidTrie.from_padded(
+      docids[n], range(n), vocab_size=vocab, **capacity)
+  largest = max(sizes)
+  start = time.perf_counter()
+  tries = {largest: build(largest)}
+  seconds = time.perf_counter() - start
+  tries[largest].to_device()  # settles the capacities
+  cap = tries[largest]._capacity  # pylint: disable=protected-access
+  for n in sizes:
+    if n != largest:
+      tries[n] = build(n, capacity=cap.nodes, fanout_capacity=cap.fanout)
+  return {n: (docids[n], tries[n]) for n in sizes}, seconds
+
+
+def make_search(model, beam, max_len, variant):
+  """Jitted (params, queries [B, Li], trie_arrays) -> scores [B, beam]."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from gr import decoding  # pylint: disable=g-import-not-at-top
+
+  @jax.jit
+  def search(params, queries, trie_arrays):
+    batch = queries.shape[0]
+    encoded = jnp.repeat(model.encode(params, queries), beam, axis=0)
+    tokens = jnp.repeat(queries, beam, axis=0)  # --> [B * K, Li]
+    cache = model.init_cache(params, batch, max_len)
+
+    def tokens_to_logits(decoder_tokens, cache, step):
+      del step
+      logits, cache = model.decode_step(params, cache, encoded, tokens,
+                                        decoder_tokens)
+      if variant == 'none':  # no EOS: decode max_len positions like the trie
+        logits = logits.at[:, EOS].set(-jnp.inf)
+      return logits, cache
+
+    if variant == 'none':
+      return decoding.beam_search(tokens_to_logits, cache, batch,
+                                  beam_size=beam, max_decode_len=max_len)[1]
+    return decoding.constrained_beam_search(
+        tokens_to_logits, cache, batch, trie_arrays, beam_size=beam,
+        max_decode_len=max_len, dense_mask=variant == 'dense').documents
+
+  return search
+
+
+def median_times(calls, reps):
+  """{name: (median wall s, median process CPU s)} of `calls`, interleaved.
+
+  CPU time (all threads) is steadier than wall time on a shared machine.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  for call in calls.values():
+    jax.block_until_ready(call())  # compile + warm-up
+  times = {name: ([], []) for name in calls}
+  for _ in range(reps):
+    for name, call in calls.items():
+      wall, cpu = time.perf_counter(), time.process_time()
+      jax.block_until_ready(call())
+      times[name][0].append(time.perf_counter() - wall)
+      times[name][1].append(time.process_time() - cpu)
+  return {name: (statistics.median(w), statistics.median(c))
+          for name, (w, c) in times.items()}
+
+
+def random_queries(batch, length, vocab, seed=1):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  queries = rng.integers(2, vocab, (batch, length)).astype(np.int32)
+  queries[:, -1] = EOS
+  return queries
+
+
+def overhead_rows(name, tries, reps, with_dense):
+  """Times unconstrained, sparse and dense-mask search for one model."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from gr import models  # pylint: disable=g-import-not-at-top
+  model = models.EncoderDecoderModel(model_config(name, _VOCAB.value))
+  params = model.init_params(jax.random.PRNGKey(0),
+                             input_length=_INPUT_LENGTH.value, target_length=8)
+  queries = random_queries(_BATCH.value, _INPUT_LENGTH.value, _VOCAB.value)
+  max_len = _LEVELS.value + 1
+  variants = ['none', 'sparse'] + (['dense'] if with_dense else [])
+  fns = {v: make_search(model, _BEAM.value, max_len, v) for v in variants}
+  rows = []
+  for size, (_, trie) in sorted(tries.items()):
+    arrays = trie.to_device()
+    calls = {v: (lambda f=f: f(params, queries, arrays))
+             for v, f in fns.items()}
+    seconds = median_times(calls, reps)
+    row = dict(model=name, docids=size, reps=reps, batch=_BATCH.value,
+               beam=_BEAM.value, max_decode_len=max_len)
+    for v, (wall, cpu) in seconds.items():
+      row.update({f'{v}_ms': 1e3 * wall, f'{v}_cpu_ms': 1e3 * cpu})
+      if v != 'none':
+        row[f'{v}_overhead_pct'] = 100 * (wall / seconds['none'][0] - 1)
+        row[f'{v}_cpu_overhead_pct'] = 100 * (cpu / seconds['none'][1] - 1)
+    print(json.dumps(row), flush=True)
+    rows.append(row)
+  return rows
+
+
+def dict_trie(docids):
+  """Nested dicts {token: {...}}: the host trie of GENRE/NCI."""
+  root = {}
+  for row in docids.tolist():
+    node = root
+    for token in row:
+      node = node.setdefault(token, {})
+  return root
+
+
+def hf_generate_fn(hf_model, trie_dict, beam, max_len, torch_device):
+  """queries [B, Li] numpy -> HF constrained beam search output ids."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  def allowed(batch_id, sent):
+    del batch_id
+    node = trie_dict
+    for token in sent.tolist()[1:]:  # skip the decoder start token
+      node = node.get(token)
+      if node is None:
+        return [0]  # a dead (-inf) beam off the trie
+    return list(node.keys()) or [0]
+
+  def generate(queries):
+    ids = torch.as_tensor(queries, device=torch_device)
+    with torch.no_grad():
+      return hf_model.generate(
+          input_ids=ids, attention_mask=ids > 0, num_beams=beam,
+          num_return_sequences=beam, max_new_tokens=max_len,
+          prefix_allowed_tokens_fn=allowed, length_penalty=0.0,
+          do_sample=False, early_stopping=False)
+  return generate
+
+
+def hf_model_and_params(name, vocab, torch_device):
+  """A random HF T5 of config `name` and the same weights as our params."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from gr import hf_import  # pylint: disable=g-import-not-at-top
+  ours = model_config(name, vocab)
+  torch.manual_seed(0)
+  config = transformers.T5Config(
+      vocab_size=vocab, d_model=ours.emb_dim, d_kv=ours.head_dim,
+      d_ff=ours.mlp_dim, num_layers=ours.num_encoder_layers,
+      num_decoder_layers=ours.num_decoder_layers, num_heads=ours.num_heads,
+      feed_forward_proj='gated-gelu', dropout_rate=0.0,
+      decoder_start_token_id=0, pad_token_id=0, eos_token_id=EOS)
+  hf_model = transformers.T5ForConditionalGeneration(config).eval()
+  state = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
+  config_ours = hf_import.config_from_hf(config.to_dict(), dropout_rate=0.0)
+  params = hf_import.params_from_hf_state_dict(state, config_ours)
+  return hf_model.to(torch_device), config_ours, params
+
+
+def peer_row(name, docids, trie, reps):
+  """Queries/s of ours (sparse) vs HF + dict trie on the same inputs."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from gr import models  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(_THREADS.value)
+  torch_device = 'cuda' if _DEVICE.value == 'gpu' else 'cpu'
+  hf_model, config, params = hf_model_and_params(name, _VOCAB.value,
+                                                 torch_device)
+  max_len = _LEVELS.value + 1
+  ours = make_search(models.EncoderDecoderModel(config), _BEAM.value, max_len,
+                     'sparse')
+  theirs = hf_generate_fn(hf_model, dict_trie(docids), _BEAM.value, max_len,
+                          torch_device)
+  queries = random_queries(_BATCH.value, _INPUT_LENGTH.value, _VOCAB.value)
+  arrays = trie.to_device()
+  seconds = median_times({'ours': lambda: ours(params, queries, arrays),
+                          'hf': lambda: theirs(queries)}, reps)
+  (ours_s, ours_cpu), (hf_s, hf_cpu) = seconds['ours'], seconds['hf']
+  our_top = np.asarray(ours(params, queries, arrays))[:, 0]
+  hf_ids = theirs(queries).cpu().numpy()[::_BEAM.value, 1:]  # [B, L] top-1
+  by_docid = {tuple(row): i for i, row in enumerate(docids.tolist())}
+  hf_top = [by_docid.get(tuple(row[:max_len].tolist()), -1) for row in hf_ids]
+  batch = _BATCH.value
+  row = dict(model=name, docids=len(docids), batch=batch, beam=_BEAM.value,
+             reps=reps, torch_threads=_THREADS.value,
+             ours_qps=batch / ours_s, hf_qps=batch / hf_s,
+             speedup=hf_s / ours_s, cpu_speedup=hf_cpu / ours_cpu,
+             top1_agreement=float(np.mean(our_top == np.array(hf_top))))
+  print(json.dumps(row), flush=True)
+  return row
+
+
+def build_row(docids, trie, bulk_build_s):
+  """Host build (bulk and per docid), upload time, device bytes per docid."""
+  from gr import trie as trie_lib  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  trie_lib.DocidTrie.build([tuple(row) for row in docids.tolist()],
+                           range(len(docids)), vocab_size=_VOCAB.value)
+  row = dict(docids=len(docids), bulk_build_s=bulk_build_s,
+             insert_build_s=time.perf_counter() - start)
+  start = time.perf_counter()
+  trie.to_device().edge_child.block_until_ready()
+  row.update(to_device_s=time.perf_counter() - start, nodes=trie.num_nodes,
+             device_bytes=trie.memory_bytes(),
+             bytes_per_docid=trie.memory_bytes() / len(trie))
+  print(json.dumps(row), flush=True)
+  return row
+
+
+def print_table(results):
+  """The overhead, peer and build rows as aligned text."""
+  print(f"\n{results['device']}; batch {_BATCH.value}, beam {_BEAM.value}, "
+        f"{_LEVELS.value}x{_BRANCHING.value}-ary docids, V={_VOCAB.value}")
+  print('ms per batch, wall (process CPU); overhead % vs unconstrained')
+  print(f"{'model':6} {'docids':>8} {'unconstrained':>15} {'sparse trie':>15}"
+        f" {'ovh %':>13} {'dense mask':>15} {'ovh %':>13}")
+  cell = lambda r, v: (f"{r[f'{v}_ms']:6.1f} ({r[f'{v}_cpu_ms']:6.1f})"
+                       if f'{v}_ms' in r else f"{'-':>15}")
+  pct = lambda r, v: (f"{r[f'{v}_overhead_pct']:5.1f} "
+                      f"({r[f'{v}_cpu_overhead_pct']:5.1f})"
+                      if f'{v}_ms' in r else f"{'-':>13}")
+  for r in results['overhead']:
+    print(f"{r['model']:6} {r['docids']:8d} {cell(r, 'none')} "
+          f"{cell(r, 'sparse')} {pct(r, 'sparse')} {cell(r, 'dense')} "
+          f"{pct(r, 'dense')}")
+  for r in results['peer']:
+    print(f"vs HF+dict trie ({r['model']}, {r['docids']} docids): ours "
+          f"{r['ours_qps']:.1f} q/s, HF {r['hf_qps']:.2f} q/s, "
+          f"{r['speedup']:.1f}x (CPU time {r['cpu_speedup']:.1f}x); "
+          f"same top-1 {r['top1_agreement']:.2f}")
+  b = results['build']
+  print(f"build at {b['docids']} docids: inserts {b['insert_build_s']:.1f} s"
+        f", bulk {b['bulk_build_s']:.1f} s, upload {b['to_device_s']:.2f} s, "
+        f"{b['bytes_per_docid']:.1f} device bytes/docid")
+
+
+def write_json(path, results):
+  """Atomic write: temp file in the same folder, fsync, rename."""
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump(results, f, indent=1)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def main(argv):
+  del argv
+  os.environ['JAX_PLATFORMS'] = 'cuda' if _DEVICE.value == 'gpu' else 'cpu'
+  import jax  # pylint: disable=g-import-not-at-top
+  models = _MODELS.value or (['base'] if _DEVICE.value == 'gpu'
+                             else ['tiny', 'small'])
+  sizes = sorted({int(n) for n in _SIZES.value}
+                 | ({_PEER_SIZE.value} if _PEER_SIZE.value else set()))
+  tries, bulk_s = build_tries(sizes, _LEVELS.value, _BRANCHING.value,
+                                _VOCAB.value)
+  device = jax.devices()[0]
+  results = dict(device=f'{device.platform}: {device.device_kind}',
+                 cpu_count=os.cpu_count(), jax=jax.__version__,
+                 load_average_at_start=os.getloadavg(),
+                 flags={f: getattr(flags.FLAGS, f) for f in (
+                     'batch', 'beam', 'reps', 'quick', 'levels', 'branching',
+                     'vocab', 'input_length', 'threads')})
+  results['build'] = build_row(*tries[max(sizes)], bulk_s)
+  overhead_tries = {int(n): tries[int(n)] for n in _SIZES.value}
+  results['overhead'] = []
+  for name in models:
+    quick = _QUICK.value and name != 'tiny'
+    results['overhead'] += overhead_rows(
+        name, overhead_tries, 3 if quick else _REPS.value, with_dense=not quick)
+  results['peer'] = [
+      peer_row(name, *tries[_PEER_SIZE.value], 3 if _QUICK.value else
+               _REPS.value) for name in _PEER_MODELS.value if _PEER_SIZE.value]
+  results['load_average_at_end'] = os.getloadavg()
+  print_table(results)
+  if _OUT.value:
+    write_json(_OUT.value, results)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -26,6 +26,8 @@ import json
 import os
 from typing import Any, Callable, Iterator, Mapping
 
+import flax.linen as nn
+import jax
 import numpy as np
 
 from gr import network
@@ -164,8 +166,6 @@ def _rules(config: network.T5Config, has_lm_head: bool) -> Iterator[_Rule]:
 
 def _expected_shapes(config: network.T5Config) -> dict[tuple[str, ...], tuple]:
   """Our parameter shapes for `config`, without running the network."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   tokens = np.ones((1, 1), np.int32)
   shapes = jax.eval_shape(network.Transformer(config).init,
                           jax.random.PRNGKey(0), tokens, tokens)

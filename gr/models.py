@@ -51,12 +51,16 @@ def cross_entropy_with_z_loss(logits: jax.Array, targets: jax.Array, *,
     excludes the z-loss term.
   """
   vocab = logits.shape[-1]
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  target_logits = jnp.take_along_axis(logits, targets[..., None],
+                                      axis=-1)[..., 0]  # --> [batch, length]
+  if not label_smoothing:  # No [batch, length, vocab] one-hot needed.
+    return log_z - target_logits, z_loss * jnp.square(log_z)
   confidence = 1.0 - label_smoothing
   low = label_smoothing / (vocab - 1)
-  soft_targets = jax.nn.one_hot(targets, vocab) * (confidence - low) + low
-  log_z = jax.nn.logsumexp(logits, axis=-1)
-  log_probs = logits - log_z[..., None]
-  xent = -jnp.sum(soft_targets * log_probs, axis=-1)
+  # sum_v soft_v * -log p_v with soft = low everywhere, confidence at target.
+  xent = log_z - (confidence - low) * target_logits - low * jnp.sum(
+      logits, axis=-1)
   entropy = -(confidence * np.log(confidence) if confidence > 0 else 0.0)
   if low > 0:
     entropy -= (vocab - 1) * low * np.log(low)

@@ -1,0 +1,200 @@
+"""Training throughput: our JAX T5 vs HF transformers' PyTorch T5, same config.
+
+  python scripts/bench_train.py --configs tiny,d256 --batch 32 \
+      --input_length 64 --target_length 8 --steps 10 --out /tmp/bench.json
+
+Both sides train the identical T5.1.1-style network (gated-GELU, untied
+logits, dropout on) with AdamW on one fixed random batch; warm-up steps
+(compilation included) are excluded from the timing. Ours: jitted
+models.loss_fn (+ z-loss) + optax.adamw. Theirs: T5ForConditionalGeneration
+(eager attention) + torch.optim.AdamW, torch.set_num_threads(--threads).
+When JAX sees a GPU it also prints model FLOPs utilisation (see
+`train_flops`); torch then runs wherever it can (CPU here), so the ratio is
+not like for like.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from gr import models, network  # pylint: disable=wrong-import-position
+
+CONFIGS = {  # name -> T5Config overrides on top of the tiny preset
+    'tiny': {},
+    'd256': dict(emb_dim=256, num_heads=4, head_dim=64, mlp_dim=1024,
+                 num_encoder_layers=4, num_decoder_layers=4),
+}
+PEAK_TFLOPS = {'bfloat16': 989.0, 'float32': 494.0}  # H100/H200 dense bf16/tf32
+
+
+def train_flops(cfg: network.T5Config, batch: int, li: int, lt: int) -> float:
+  """Matmul FLOPs of one train step: 6 x weight size x tokens it sees.
+
+  (2 forward + 4 backward per multiply-add.) Encoder weights see B*Li
+  tokens; decoder self-attention, query/out of cross-attention, MLP and
+  logits see B*Lt; cross-attention key/value see B*Li. Attention scores and
+  weighted values add 6 * 2 * Lq * Lk * heads * head_dim per layer and row.
+  Embedding lookups, norms and softmax are not counted.
+  """
+  d, inner, f = cfg.emb_dim, cfg.num_heads * cfg.head_dim, cfg.mlp_dim
+  attn, mlp = 4 * d * inner, len(cfg.mlp_activations) * d * f + f * d
+  enc = cfg.num_encoder_layers * (batch * li * (attn + mlp)
+                                  + batch * 2 * li * li * inner)
+  dec_tokens = batch * lt * (attn + 2 * d * inner + mlp)
+  dec = cfg.num_decoder_layers * (dec_tokens + batch * li * 2 * d * inner
+                                  + batch * 2 * (lt * lt + lt * li) * inner)
+  return 6.0 * (enc + dec + batch * lt * d * cfg.vocab_size)
+
+
+def make_batch(cfg, batch, li, lt, seed=0):
+  rng = np.random.RandomState(seed)
+  targets = rng.randint(3, cfg.vocab_size, (batch, lt)).astype(np.int32)
+  targets[:, -1] = 1
+  return {'encoder_input_tokens': rng.randint(
+              3, cfg.vocab_size, (batch, li)).astype(np.int32),
+          'decoder_input_tokens': np.asarray(
+              models.shift_targets_right(targets)),
+          'decoder_target_tokens': targets,
+          'decoder_loss_weights': np.ones((batch, lt), np.float32)}
+
+
+def time_steps(step, warmup: int, steps: int) -> float:
+  """Seconds per step of `step()` (returns something to block on)."""
+  for _ in range(warmup):
+    jax.block_until_ready(step())
+  start = time.perf_counter()
+  for _ in range(steps):
+    out = step()
+  jax.block_until_ready(out)
+  return (time.perf_counter() - start) / steps
+
+
+def bench_ours(cfg, batch, warmup, steps):
+  model = models.EncoderDecoderModel(cfg)
+  optimizer = optax.adamw(1e-4, weight_decay=0.01)
+  params = model.init_params(jax.random.PRNGKey(0), input_length=8,
+                             target_length=8)
+  state = {'params': params, 'opt': optimizer.init(params),
+           'rng': jax.random.PRNGKey(1)}
+
+  @jax.jit
+  def train_step(state, batch):
+    rng, dropout_rng = jax.random.split(state['rng'])
+    grads, metrics = jax.grad(model.loss_fn, has_aux=True)(
+        state['params'], batch, dropout_rng)
+    updates, opt = optimizer.update(grads, state['opt'], state['params'])
+    return {'params': optax.apply_updates(state['params'], updates),
+            'opt': opt, 'rng': rng}, metrics['loss']
+
+  batch = jax.device_put(batch)
+
+  def step():
+    nonlocal state
+    state, loss = train_step(state, batch)
+    return loss
+  return time_steps(step, warmup, steps), sum(
+      x.size for x in jax.tree.leaves(params))
+
+
+def bench_hf(cfg, batch, warmup, steps, threads):
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(threads)
+  torch.manual_seed(0)
+  hf_config = transformers.T5Config(
+      vocab_size=cfg.vocab_size, d_model=cfg.emb_dim, d_kv=cfg.head_dim,
+      d_ff=cfg.mlp_dim, num_layers=cfg.num_encoder_layers,
+      num_decoder_layers=cfg.num_decoder_layers, num_heads=cfg.num_heads,
+      feed_forward_proj='gated-gelu', tie_word_embeddings=False,
+      dropout_rate=cfg.dropout_rate, attn_implementation='eager')
+  model = transformers.T5ForConditionalGeneration(hf_config).train()
+  # transformers 5.x ties lm_head to shared; untie it as our config is.
+  model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach()
+                                            .clone())
+  optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4,
+                                weight_decay=0.01)
+  inputs = {'input_ids': torch.tensor(batch['encoder_input_tokens']),
+            'attention_mask': torch.tensor(batch['encoder_input_tokens'] > 0),
+            'decoder_input_ids': torch.tensor(batch['decoder_input_tokens']),
+            'labels': torch.tensor(batch['decoder_target_tokens']).long()}
+
+  def step():
+    loss = model(**inputs).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+  return time_steps(step, warmup, steps), sum(
+      p.numel() for p in model.parameters())
+
+
+def run_config(name, args):
+  cfg = network.T5Config.tiny(args.vocab, dtype=args.dtype, **CONFIGS[name])
+  batch = make_batch(cfg, args.batch, args.input_length, args.target_length)
+  ours, n_ours = bench_ours(cfg, batch, args.warmup, args.steps)
+  row = {'config': name, 'params': int(n_ours), 'ours_s_per_step': ours}
+  if not args.skip_hf:
+    theirs, n_hf = bench_hf(cfg, batch, args.warmup, args.steps, args.threads)
+    row.update(hf_s_per_step=theirs, hf_params=int(n_hf))
+  flops = train_flops(cfg, args.batch, args.input_length, args.target_length)
+  row['train_tflops_per_step'] = flops / 1e12
+  if jax.default_backend() == 'gpu':
+    row['mfu'] = flops / ours / (args.peak_tflops * 1e12)
+  return row
+
+
+def print_table(rows, args):
+  tokens = args.batch * args.target_length
+  print(f"{'config':8} {'params':>11} {'ours tok/s':>11} {'ours ex/s':>10} "
+        f"{'HF tok/s':>10} {'HF ex/s':>9} {'ours/HF':>8} {'MFU':>6}")
+  for r in rows:
+    hf = r.get('hf_s_per_step')
+    ours = r['ours_s_per_step']
+    print(f"{r['config']:8} {r['params']:>11,} {tokens / ours:>11.1f} "
+          f"{args.batch / ours:>10.2f} "
+          f"{tokens / hf if hf else float('nan'):>10.1f} "
+          f"{args.batch / hf if hf else float('nan'):>9.2f} "
+          f"{hf / ours if hf else float('nan'):>8.2f} "
+          f"{r.get('mfu', float('nan')):>6.3f}")
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--configs', default='tiny,d256')
+  parser.add_argument('--vocab', type=int, default=32128)
+  parser.add_argument('--batch', type=int, default=32)
+  parser.add_argument('--input_length', type=int, default=64)
+  parser.add_argument('--target_length', type=int, default=8)
+  parser.add_argument('--warmup', type=int, default=2)
+  parser.add_argument('--steps', type=int, default=10)
+  parser.add_argument('--threads', type=int, default=os.cpu_count())
+  parser.add_argument('--dtype', default='float32', choices=network.DTYPES)
+  parser.add_argument('--peak_tflops', type=float, default=None)
+  parser.add_argument('--skip_hf', action='store_true')
+  parser.add_argument('--out', default=None, help='JSON results file')
+  args = parser.parse_args()
+  args.peak_tflops = args.peak_tflops or PEAK_TFLOPS[args.dtype]
+  rows = [run_config(name, args) for name in args.configs.split(',')]
+  print_table(rows, args)
+  if args.out:
+    result = {'args': vars(args), 'backend': jax.default_backend(),
+              'device': str(jax.devices()[0]), 'rows': rows,
+              'flops_formula': train_flops.__doc__}
+    tmp = args.out + '.tmp'
+    with open(tmp, 'w') as f:
+      json.dump(result, f, indent=1)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, args.out)
+
+
+if __name__ == '__main__':
+  main()

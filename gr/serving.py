@@ -17,9 +17,9 @@ Files of a run:
 
   <run>/model/                 orbax checkpoints; <step>/index_artifact/ is
                                the index the params were trained with
-  <run>/model_config.json      T5Config fields + input_length (see
-                               `save_model_config`); also looked up inside
-                               <run>/model/
+  <run>/model_config.json      T5Config fields, input_length and the
+                               corpus path (titles), see `save_model_config`;
+                               also looked up inside <run>/model/
   <run>/index/                 the served index (gr/index.py versions): seeded
                                from the checkpoint's artifact if absent, and
                                refused unless it descends from that artifact
@@ -138,10 +138,16 @@ class Hit:
 
 
 def save_model_config(run_dir: str, config: network.T5Config, *,
-                      input_length: int) -> str:
-  """Writes <run_dir>/model_config.json atomically; returns its path."""
+                      input_length: int,
+                      corpus_path: Optional[str] = None) -> str:
+  """Writes <run_dir>/model_config.json atomically; returns its path.
+
+  corpus_path: the run's corpus.jsonl, where the service finds titles.
+  """
   record = {"format": MODEL_CONFIG_FORMAT, "input_length": int(input_length),
             "t5_config": dataclasses.asdict(config)}
+  if corpus_path:
+    record["corpus"] = os.path.abspath(corpus_path)
   path = os.path.join(run_dir, MODEL_CONFIG_FILE)
   with beir.atomic_open(path) as f:
     json.dump(record, f, indent=1)
@@ -162,16 +168,24 @@ def find_model_config(checkpoint_dir: str) -> str:
       "input_length=...)")
 
 
-def load_model_config(path: str) -> tuple[network.T5Config, int]:
-  """(T5Config, input_length) from a model_config.json; errors name it."""
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """What model_config.json records about a run."""
+  model: network.T5Config
+  input_length: int
+  corpus_path: Optional[str] = None
+
+
+def load_model_config(path: str) -> RunConfig:
+  """The RunConfig in a model_config.json; errors name the file."""
   try:
     with open(path) as f:
       record = json.load(f)
     if record.get("format") != MODEL_CONFIG_FORMAT:
       raise ValueError(f"format {record.get('format')!r}, expected "
                        f"{MODEL_CONFIG_FORMAT!r}")
-    return (network.T5Config(**record["t5_config"]),
-            int(record["input_length"]))
+    return RunConfig(network.T5Config(**record["t5_config"]),
+                     int(record["input_length"]), record.get("corpus"))
   except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
     raise RunLoadError(f"{path}: not a valid model config: {e!r}") from e
 
@@ -234,13 +248,13 @@ def served_index(trained: index_lib.Index, index_dir: str) -> index_lib.Index:
 
 
 def load_checkpoint(checkpoint_dir: str, step: Optional[int] = None):
-  """(model, params, trained index, input_length, step) of a checkpoint.
+  """(model, params, trained index, RunConfig, step) of a checkpoint.
 
   Raises:
     RunLoadError: missing model config, params that do not fit it, or an
       index artifact that is missing or fails its checksums.
   """
-  config, input_length = load_model_config(find_model_config(checkpoint_dir))
+  run = load_model_config(find_model_config(checkpoint_dir))
   try:
     artifact = checkpoints.load_artifact(checkpoint_dir, step)
     step = int(artifact.parent.parent.name)  # <model_dir>/<step>/<item>/files
@@ -248,13 +262,13 @@ def load_checkpoint(checkpoint_dir: str, step: Optional[int] = None):
     params = checkpoints.restore_params(checkpoint_dir, step)
   except (ValueError, OSError) as e:
     raise RunLoadError(f"{checkpoint_dir}: cannot load checkpoint: {e}") from e
-  model = models.EncoderDecoderModel(config)
+  model = models.EncoderDecoderModel(run.model)
   check_params(model, params, checkpoint_dir)
-  if trained.vocab.vocab_size > config.vocab_size:
+  if trained.vocab.vocab_size > run.model.vocab_size:
     raise RunLoadError(
         f"{checkpoint_dir}: index vocabulary has {trained.vocab.vocab_size} "
-        f"ids but the model only {config.vocab_size} embedding rows")
-  return model, params, trained, input_length, step
+        f"ids but the model only {run.model.vocab_size} embedding rows")
+  return model, params, trained, run, step
 
 
 # ----------------------------------------------- online documents file --
@@ -348,19 +362,21 @@ class Retriever:
       index_dir: served (mutable) index; default: <checkpoint_dir>/../index.
       step: checkpoint step; the latest if None.
       config: decoding and batching settings.
-      corpus_path: optional BEIR corpus.jsonl to take titles from.
+      corpus_path: BEIR corpus.jsonl to take titles from; default: the one
+        model_config.json names, if it exists.
     """
-    model, params, trained, input_length, step = load_checkpoint(
-        checkpoint_dir, step)
+    model, params, trained, run, step = load_checkpoint(checkpoint_dir, step)
     index_dir = index_dir or os.path.join(
         os.path.dirname(os.path.abspath(checkpoint_dir)), "index")
     index = served_index(trained, index_dir)
     online = {d: doc for d, doc in read_online_documents(index_dir).items()
               if d in index.table.docids}
     titles = {}
-    if corpus_path:
+    corpus_path = corpus_path or run.corpus_path
+    if corpus_path and os.path.exists(corpus_path):
       titles = {doc.doc_id: doc.title for doc in beir.iter_corpus(corpus_path)}
-    return cls(model, params, index, input_length=input_length, config=config,
+    return cls(model, params, index, input_length=run.input_length,
+               config=config,
                index_dir=index_dir, titles=titles, online_documents=online,
                checkpoint_step=step)
 

@@ -15,6 +15,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 import uvicorn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -61,6 +62,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   check_host(_HOST.value)
+  logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO
   config = serving.ServingConfig(
       max_k=_MAX_K.value, buckets=tuple(int(b) for b in _BUCKETS.value),
       max_wait_ms=_MAX_WAIT_MS.value)

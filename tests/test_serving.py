@@ -76,7 +76,10 @@ def make_run(workdir, *, scheme: str = "naive", num_docs: int = 12,
   model_dir = os.path.join(workdir, "model")
   checkpoints.save(model_dir, 5, {"params": params},
                    extra_artifacts_dir=index_lib.current_version_dir(index_dir))
-  serving.save_model_config(workdir, model.config, input_length=INPUT_LENGTH)
+  corpus_path = os.path.join(workdir, "corpus.jsonl")
+  beir.write_corpus(corpus_path, corpus)
+  serving.save_model_config(workdir, model.config, input_length=INPUT_LENGTH,
+                            corpus_path=corpus_path)
   return model_dir
 
 
@@ -88,9 +91,9 @@ def run_template(tmp_path_factory):
 @pytest.fixture(scope="module")
 def retriever(run_template):
   """One warmed-up Retriever whose index lives only in memory."""
-  model, params, trained, input_length, _ = serving.load_checkpoint(
+  model, params, trained, run, _ = serving.load_checkpoint(
       os.path.join(run_template, "model"))
-  r = serving.Retriever(model, params, trained, input_length=input_length,
+  r = serving.Retriever(model, params, trained, input_length=run.input_length,
                         config=CONFIG)
   r.warm_up()
   return r
@@ -111,9 +114,11 @@ def copy_run(template, dest):
 
 def test_model_config_round_trip(tmp_path):
   config = tiny_config(256)
-  serving.save_model_config(tmp_path, config, input_length=24)
+  serving.save_model_config(tmp_path, config, input_length=24,
+                            corpus_path="c.jsonl")
   path = serving.find_model_config(os.path.join(tmp_path, "model"))
-  assert serving.load_model_config(path) == (config, 24)
+  assert serving.load_model_config(path) == serving.RunConfig(
+      config, 24, os.path.abspath("c.jsonl"))
 
 
 def test_missing_or_bad_model_config_is_refused(tmp_path):
@@ -166,10 +171,10 @@ def test_params_that_do_not_fit_the_config_are_refused(run_template,
                                                        tmp_path):
   model_dir = copy_run(run_template, tmp_path / "run")
   path = serving.find_model_config(model_dir)
-  config, length = serving.load_model_config(path)
+  run = serving.load_model_config(path)
   serving.save_model_config(os.path.dirname(path),
-                            tiny_config(config.vocab_size + 128),
-                            input_length=length)
+                            tiny_config(run.model.vocab_size + 128),
+                            input_length=run.input_length)
   with pytest.raises(serving.RunLoadError, match="do not fit"):
     serving.load_checkpoint(model_dir)
 
@@ -246,8 +251,10 @@ def test_add_then_find_then_reload(served):
   added = served.add_documents(list(new.values()))
   assert list(added) == ["new0", "new1"]
   assert {"new0", "new1"} <= doc_ids_found(served)
-  hit = next(h for h in served.retrieve(["x"], 32)[0] if h.doc_id == "new1")
-  assert hit.title == "Title new 1" and hit.docid == added["new1"][0]
+  hits = {h.doc_id: h for h in served.retrieve(["x"], 32)[0]}
+  assert hits["new1"].title == "Title new 1"
+  assert hits["new1"].docid == added["new1"][0]
+  assert hits["doc2"].title == "Title doc 2"  # from the run's corpus
   assert served.compiled_count() == compiled
   reloaded = index_lib.load_index(served.index_dir)
   assert reloaded.table == served.index.table

@@ -53,8 +53,8 @@ from absl import logging
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from gr import atomic_io
 from gr import checkpoints
 from gr import docids as docids_lib
 from gr import experiment
@@ -212,7 +212,7 @@ def write_version_files(index: index_lib.Index, memory: beir.BeirDataset,
   version_dir = index_lib.save_index(index, staging_dir)
   beir.write_beir(os.path.join(version_dir, MEMORY_DIR), memory.corpus,
                   memory.queries, memory.qrels)
-  with beir.atomic_open(os.path.join(version_dir, RECORD_FILE)) as f:
+  with atomic_io.atomic_open(os.path.join(version_dir, RECORD_FILE)) as f:
     json.dump(dict(record), f, indent=1)
   return version_dir
 

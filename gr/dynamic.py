@@ -32,6 +32,7 @@ from typing import Any, Mapping, Optional, Sequence
 import gin
 import numpy as np
 
+from gr import atomic_io
 from gr import continual
 from gr import experiment
 from gr import metrics
@@ -312,7 +313,7 @@ def _nan_to_none(a: np.ndarray) -> list[list[Optional[float]]]:
 
 def _write_json(path: str, content) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with beir.atomic_open(path) as f:
+  with atomic_io.atomic_open(path) as f:
     json.dump(content, f, indent=1)
 
 
@@ -418,7 +419,7 @@ def summary_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
   import csv  # pylint: disable=g-import-not-at-top
-  with beir.atomic_open(path) as f:
+  with atomic_io.atomic_open(path) as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     for row in rows:
@@ -446,7 +447,7 @@ def write_report(results: Mapping[str, Any], workdir: str) -> None:
   _write_json(os.path.join(workdir, "results.json"), results)
   write_csv(os.path.join(workdir, "results.csv"), rows)
   last = len(results["periods"]) - 1
-  with beir.atomic_open(os.path.join(workdir, "results.md")) as f:
+  with atomic_io.atomic_open(os.path.join(workdir, "results.md")) as f:
     f.write(format_table(rows, last) + "\n")
   plot_results(results, rows, workdir)
 

@@ -19,7 +19,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -29,6 +28,8 @@ import numpy as np
 import safetensors.numpy
 import tokenizers
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from gr import atomic_io
 
 DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
 
@@ -251,8 +252,8 @@ def embed_with_cache(texts: Sequence[str], cache_path: str,
   vectors = np.asarray(embed_fn(texts), np.float32)
   buffer = io.BytesIO()
   np.save(buffer, vectors, allow_pickle=False)
-  _write_atomic(cache_path, buffer.getvalue())
-  _write_atomic(sidecar, fingerprint.encode())
+  atomic_io.write_bytes(cache_path, buffer.getvalue())
+  atomic_io.write_bytes(sidecar, fingerprint.encode())
   return vectors
 
 
@@ -263,18 +264,3 @@ def _texts_sha256(texts: Sequence[str]) -> str:
     digest.update(b"\0")
   return digest.hexdigest()
 
-
-def _write_atomic(path: str, data: bytes) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise

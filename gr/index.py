@@ -26,6 +26,7 @@ import shutil
 import tempfile
 from typing import Mapping, Optional, Sequence
 
+from gr import atomic_io
 from gr import trie as trie_lib
 from gr import vocab as vocab_lib
 from gr.data.beir import Document
@@ -103,16 +104,6 @@ def _version_name(version: int) -> str:
   return f"v{version:06d}"
 
 
-def _write_text_atomic(path: str, text: str) -> None:
-  directory = os.path.dirname(path)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-  with os.fdopen(fd, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def live_versions(index_dir: str) -> list[str]:
   """Complete version directories, oldest first."""
   if not os.path.isdir(index_dir):
@@ -137,16 +128,21 @@ def save_index(index: Index, index_dir: str, *, keep: int = 3) -> str:
   vocab = vocab_lib.Vocabulary(os.path.join(vocab_dir, SP_MODEL_NAME),
                                index.vocab.docid_tokens)
   vocab.save()
-  _write_text_atomic(os.path.join(staging, INDEX_FILE), json.dumps({
+  atomic_io.write_text(os.path.join(staging, INDEX_FILE), json.dumps({
       "format": FORMAT, "scheme": index.table.scheme,
       "table_version": index.table.version, "num_docs": index.table.num_docs,
       "vocab_fingerprint": vocab.fingerprint,
       "vocab_size": vocab.vocab_size}, indent=1))
   os.replace(staging, os.path.join(index_dir, name))
-  _write_text_atomic(os.path.join(index_dir, CURRENT_FILE), name + "\n")
+  _switch_current(index_dir, name)
   for old in live_versions(index_dir)[:-keep]:
     shutil.rmtree(os.path.join(index_dir, old), ignore_errors=True)
   return os.path.join(index_dir, name)
+
+
+def _switch_current(index_dir: str, name: str) -> None:
+  """Makes version `name` the live one (the commit point of save_index)."""
+  atomic_io.write_text(os.path.join(index_dir, CURRENT_FILE), name + "\n")
 
 
 def current_version_dir(index_dir: str) -> str:

@@ -24,7 +24,7 @@ from typing import Iterable, Mapping
 
 import pytrec_eval
 
-from gr.data.beir import atomic_open
+from gr.atomic_io import atomic_open
 
 Run = dict[str, dict[str, float]]
 Qrels = Mapping[str, Mapping[str, int]]

@@ -12,11 +12,11 @@ per line, `{"_id": doc_id, "queries": [...]}`.
 """
 import hashlib
 import json
-import os
 import random
 import re
-import tempfile
 from typing import Iterable, Mapping, Optional
+
+from gr import atomic_io
 
 PseudoQueries = Mapping[str, list[str]]
 
@@ -107,21 +107,10 @@ def build_pseudo_queries(documents: Iterable,
 
 def write_pseudo_queries(path: str, queries: PseudoQueries) -> None:
   """Writes one `{"_id", "queries"}` JSON line per doc, atomically."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      for doc_id, doc_queries in queries.items():
-        record = {"_id": doc_id, "queries": list(doc_queries)}
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp_path, path)
-  except BaseException:
-    if os.path.exists(tmp_path):
-      os.remove(tmp_path)
-    raise
+  with atomic_io.atomic_open(path, "w") as f:
+    for doc_id, doc_queries in queries.items():
+      record = {"_id": doc_id, "queries": list(doc_queries)}
+      f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def read_pseudo_queries(path: str) -> dict[str, list[str]]:

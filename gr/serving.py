@@ -48,6 +48,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
+from gr import atomic_io
 from gr import checkpoints
 from gr import docids as docids_lib
 from gr import index as index_lib
@@ -149,7 +150,7 @@ def save_model_config(run_dir: str, config: network.T5Config, *,
   if corpus_path:
     record["corpus"] = os.path.abspath(corpus_path)
   path = os.path.join(run_dir, MODEL_CONFIG_FILE)
-  with beir.atomic_open(path) as f:
+  with atomic_io.atomic_open(path) as f:
     json.dump(record, f, indent=1)
   return path
 

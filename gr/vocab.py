@@ -24,12 +24,13 @@ import io
 import json
 import os
 import re
-import tempfile
 from typing import Iterable, Iterator, Optional, Sequence
 
 import seqio
 import sentencepiece as spm
 import tensorflow as tf
+
+from gr import atomic_io
 
 PAD_ID = 0
 EOS_ID = 1
@@ -41,21 +42,6 @@ _FORMAT_VERSION = 1
 _RESERVED_LOOKING = re.compile(r"^<[^<>\s]+>$")
 
 
-def _write_atomically(path: str, data: bytes) -> None:
-  """Writes `data` to `path` via a temp file in the same dir, fsync, replace."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp_path, path)
-  except BaseException:
-    if os.path.exists(tmp_path):
-      os.remove(tmp_path)
-    raise
 
 
 def file_sha256(path: str) -> str:
@@ -138,7 +124,7 @@ def train_sentencepiece(texts: Iterable[str],
       num_threads=num_threads,
       minloglevel=2)
   path = model_prefix + ".model"
-  _write_atomically(path, model.getvalue())
+  atomic_io.write_bytes(path, model.getvalue())
   return path
 
 
@@ -399,7 +385,7 @@ class Vocabulary(seqio.Vocabulary):
         "extra_ids": self._sp.extra_ids,
         "docid_tokens": list(self._docid_tokens),
     }
-    _write_atomically(path, json.dumps(record, indent=1).encode("utf-8"))
+    atomic_io.write_bytes(path, json.dumps(record, indent=1).encode("utf-8"))
     return path
 
   @classmethod

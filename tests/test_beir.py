@@ -5,6 +5,7 @@ import os
 from hypothesis import given, settings, strategies as st
 import pytest
 
+from gr import atomic_io
 from gr.data import beir
 
 HEADER = "query-id\tcorpus-id\tscore\n"
@@ -145,7 +146,7 @@ def test_atomic_open_leaves_target_untouched_on_error(tmp_path):
   path = tmp_path / "f.txt"
   _write(path, "old")
   with pytest.raises(RuntimeError):
-    with beir.atomic_open(path) as f:
+    with atomic_io.atomic_open(path) as f:
       f.write("new")
       raise RuntimeError("boom")
   assert path.read_text() == "old"

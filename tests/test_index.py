@@ -65,7 +65,7 @@ def test_crash_before_switch_leaves_previous_version(built, tmp_path,
   def crash(*args, **kwargs):
     raise KeyboardInterrupt("killed")
 
-  monkeypatch.setattr(index_lib, "_write_text_atomic", crash)
+  monkeypatch.setattr(index_lib, "_switch_current", crash)
   with pytest.raises(KeyboardInterrupt):
     index_lib.save_index(index.with_table(index.table.remove(["d1"])), d)
   monkeypatch.undo()

@@ -15,13 +15,13 @@ skipped record is logged and appended to the caller's `skipped` list as a
 `Skipped(file, line, reason)`. Blank lines are not records and are ignored.
 Writes are atomic per file (temp file in the same folder, fsync, os.replace).
 """
-import contextlib
 import dataclasses
 import json
 import logging
 import os
-import tempfile
 from typing import Any, Iterable, Iterator, Mapping, Optional
+
+from gr import atomic_io
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
 _QRELS_HEADER_BYTES = tuple(c.encode() for c in QRELS_HEADER)
@@ -297,31 +297,6 @@ class BeirDataset:
 # ------------------------------------------------------------------ writing
 
 
-@contextlib.contextmanager
-def atomic_open(path: str, mode: str = "w"):
-  """Opens a temp file beside `path`; on success fsyncs and renames it.
-
-  Text modes write UTF-8 with '\\n' newlines. On an exception the temp file
-  is removed and `path` is left untouched.
-  """
-  path = os.fspath(path)
-  folder = os.path.dirname(path) or "."
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.")
-  try:
-    text_kwargs = {} if "b" in mode else dict(encoding="utf-8", newline="\n")
-    with os.fdopen(fd, mode, **text_kwargs) as f:
-      yield f
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; these are shared data.
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(tmp)
-    raise
-
-
 def _json_line(record: Mapping[str, Any]) -> str:
   return json.dumps(record, ensure_ascii=False) + "\n"
 
@@ -340,21 +315,21 @@ def write_corpus(path: str,
                  corpus: Mapping[str, Document] | Iterable[Document]) -> None:
   """Writes Documents (a {doc_id: Document} mapping or an iterable) as jsonl."""
   docs = corpus.values() if isinstance(corpus, Mapping) else corpus
-  with atomic_open(path) as f:
+  with atomic_io.atomic_open(path) as f:
     for doc in docs:
       f.write(_json_line(_document_record(doc)))
 
 
 def write_queries(path: str, queries: Mapping[str, str]) -> None:
   """Writes {query_id: text} as a queries.jsonl."""
-  with atomic_open(path) as f:
+  with atomic_io.atomic_open(path) as f:
     for query_id, text in queries.items():
       f.write(_json_line({"_id": query_id, "text": text}))
 
 
 def write_qrels(path: str, qrels: Mapping[str, Mapping[str, int]]) -> None:
   """Writes {query_id: {doc_id: score}} as a qrels .tsv with header."""
-  with atomic_open(path) as f:
+  with atomic_io.atomic_open(path) as f:
     f.write("\t".join(QRELS_HEADER) + "\n")
     for query_id, judged in qrels.items():
       for doc_id, score in judged.items():

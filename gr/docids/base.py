@@ -21,11 +21,11 @@ import io
 import json
 import os
 import re
-import tempfile
 from typing import AbstractSet, Any, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from gr import atomic_io
 from gr.data.beir import Document
 
 FORMAT = "gr.docid_table/1"
@@ -192,12 +192,12 @@ class DocidTable:
     buffer = io.BytesIO()
     np.savez(buffer, allow_pickle=False, **self.arrays)
     arrays_bytes = buffer.getvalue()
-    _write_atomic(os.path.join(directory, TABLE_FILE), table_bytes)
-    _write_atomic(os.path.join(directory, ARRAYS_FILE), arrays_bytes)
+    atomic_io.write_bytes(os.path.join(directory, TABLE_FILE), table_bytes)
+    atomic_io.write_bytes(os.path.join(directory, ARRAYS_FILE), arrays_bytes)
     manifest = {"format": FORMAT,
                 "sha256": {TABLE_FILE: _sha256(table_bytes),
                            ARRAYS_FILE: _sha256(arrays_bytes)}}
-    _write_atomic(os.path.join(directory, MANIFEST_FILE),
+    atomic_io.write_bytes(os.path.join(directory, MANIFEST_FILE),
                   json.dumps(manifest, indent=1).encode())
 
   def _json_fields(self) -> dict[str, Any]:
@@ -294,20 +294,6 @@ def _sha256(data: bytes) -> str:
   return hashlib.sha256(data).hexdigest()
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-  """Temp file in the same directory, fsync, then os.replace."""
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".",
-                             prefix=os.path.basename(path) + ".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
 
 
 def _read_verified(directory, name: str, manifest: Mapping[str, Any]) -> bytes:

@@ -25,7 +25,7 @@ import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from gr import models, network  # pylint: disable=wrong-import-position
+from gr import atomic_io, models, network  # pylint: disable=wrong-import-position
 
 CONFIGS = {  # name -> T5Config overrides on top of the tiny preset
     'tiny': {},
@@ -188,12 +188,7 @@ def main():
     result = {'args': vars(args), 'backend': jax.default_backend(),
               'device': str(jax.devices()[0]), 'rows': rows,
               'flops_formula': train_flops.__doc__}
-    tmp = args.out + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(result, f, indent=1)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, args.out)
+    atomic_io.write_text(args.out, json.dumps(result, indent=1))
 
 
 if __name__ == '__main__':

@@ -16,7 +16,6 @@ import numpy as np
 from gr import decoding
 from gr import index as index_lib
 from gr import models
-from gr import trie as trie_lib
 from gr import vocab as vocab_lib
 
 Ranking = list[tuple[str, float]]

@@ -8,7 +8,6 @@ exact distribution over whole sequences is a finite enumeration.
 HF transformers' logits warpers are the oracle for temperature/top-k/top-p.
 """
 import functools
-import itertools
 
 import jax
 import jax.numpy as jnp

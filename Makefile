@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install
+.PHONY: demo test install chromium
 
 install: $(STAMP)
 
@@ -20,5 +20,13 @@ $(STAMP): setup.py constraints.txt
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
-test: $(STAMP)
+# The page test drives Debian's headless Chromium; install it when we can
+# (root + apt), else that one test skips and says why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+	  (timeout 600 apt-get update -qq && \
+	   timeout 600 apt-get install -y -qq chromium >/dev/null) || \
+	  echo "chromium could not be installed: the browser test will skip"
+
+test: $(STAMP) chromium
 	$(PY) -m pytest -n 2 -q -m "not slow and not gpu" tests

@@ -10,6 +10,8 @@ makes goes under `workdir`:
                         and TensorBoard events
   workdir/runs/         TREC run files, GR and BM25
   workdir/results.json  the metrics table as data
+  workdir/model_config.json  the T5Config as trained (gr/run_config.py),
+                        so the service can load the checkpoint alone
 """
 import dataclasses
 import json
@@ -24,6 +26,7 @@ from gr import evaluation
 from gr import index as index_lib
 from gr import pseudo_queries as pseudo_lib
 from gr import retrieval
+from gr import run_config
 from gr import tasks
 from gr import train as train_lib
 from gr.data import beir
@@ -101,6 +104,10 @@ def run_experiment(*, data_dir: str, workdir: str, model,
       num_sentences=pseudo_query_sentences, seed=seed)
   mixture = register_mixture(name, dataset, index, pseudo, dict(task_rates))
   target_length = index.max_docid_length()
+  model = train_lib.fit_vocab(model, index.vocab.vocab_size)
+  run_config.save_model_config(
+      workdir, model.config, input_length=input_length,
+      corpus_path=os.path.join(data_dir, "corpus.jsonl"))
   model_dir = os.path.join(workdir, "model")
   state = train_lib.train(
       model=model, mixture_or_task_name=mixture, train_steps=train_steps,
@@ -108,7 +115,6 @@ def run_experiment(*, data_dir: str, workdir: str, model,
       target_length=target_length, seed=seed,
       artifact_dir=index_lib.current_version_dir(
           os.path.join(workdir, "index")))
-  model = train_lib.fit_vocab(model, index.vocab.vocab_size)
   searcher = retrieval.Searcher(
       model, state.params, index,
       retrieval_config(search, target_length), input_length=input_length)

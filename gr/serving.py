@@ -37,7 +37,6 @@ import concurrent.futures
 import dataclasses
 import fcntl
 import functools
-import json
 import logging
 import os
 import queue
@@ -48,19 +47,17 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
-from gr import atomic_io
 from gr import checkpoints
 from gr import docids as docids_lib
 from gr import index as index_lib
 from gr import models
 from gr import network
 from gr import retrieval
+from gr import run_config
 from gr import trie as trie_lib
 from gr import vocab as vocab_lib
 from gr.data import beir
 
-MODEL_CONFIG_FILE = "model_config.json"
-MODEL_CONFIG_FORMAT = "gr.model_config/1"
 ONLINE_DOCUMENTS_FILE = "online_documents.jsonl"
 LOCK_FILE = ".serving.lock"
 
@@ -135,62 +132,6 @@ class Hit:
   title: Optional[str] = None
 
 
-# ---------------------------------------------------------- model config --
-
-
-def save_model_config(run_dir: str, config: network.T5Config, *,
-                      input_length: int,
-                      corpus_path: Optional[str] = None) -> str:
-  """Writes <run_dir>/model_config.json atomically; returns its path.
-
-  corpus_path: the run's corpus.jsonl, where the service finds titles.
-  """
-  record = {"format": MODEL_CONFIG_FORMAT, "input_length": int(input_length),
-            "t5_config": dataclasses.asdict(config)}
-  if corpus_path:
-    record["corpus"] = os.path.abspath(corpus_path)
-  path = os.path.join(run_dir, MODEL_CONFIG_FILE)
-  with atomic_io.atomic_open(path) as f:
-    json.dump(record, f, indent=1)
-  return path
-
-
-def find_model_config(checkpoint_dir: str) -> str:
-  """model_config.json inside `checkpoint_dir` or its parent (the run)."""
-  candidates = [os.path.join(checkpoint_dir, MODEL_CONFIG_FILE),
-                os.path.join(os.path.dirname(os.path.abspath(checkpoint_dir)),
-                             MODEL_CONFIG_FILE)]
-  for path in candidates:
-    if os.path.isfile(path):
-      return path
-  raise RunLoadError(
-      f"no {MODEL_CONFIG_FILE} in {candidates[0]} or {candidates[1]}: write "
-      "it with gr.serving.save_model_config(run_dir, model.config, "
-      "input_length=...)")
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-  """What model_config.json records about a run."""
-  model: network.T5Config
-  input_length: int
-  corpus_path: Optional[str] = None
-
-
-def load_model_config(path: str) -> RunConfig:
-  """The RunConfig in a model_config.json; errors name the file."""
-  try:
-    with open(path) as f:
-      record = json.load(f)
-    if record.get("format") != MODEL_CONFIG_FORMAT:
-      raise ValueError(f"format {record.get('format')!r}, expected "
-                       f"{MODEL_CONFIG_FORMAT!r}")
-    return RunConfig(network.T5Config(**record["t5_config"]),
-                     int(record["input_length"]), record.get("corpus"))
-  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-    raise RunLoadError(f"{path}: not a valid model config: {e!r}") from e
-
-
 # ------------------------------------------------------------- loading --
 
 
@@ -255,8 +196,9 @@ def load_checkpoint(checkpoint_dir: str, step: Optional[int] = None):
     RunLoadError: missing model config, params that do not fit it, or an
       index artifact that is missing or fails its checksums.
   """
-  run = load_model_config(find_model_config(checkpoint_dir))
   try:
+    run = run_config.load_model_config(
+        run_config.find_model_config(checkpoint_dir))
     artifact = checkpoints.load_artifact(checkpoint_dir, step)
     step = int(artifact.parent.parent.name)  # <model_dir>/<step>/<item>/files
     trained = index_lib.load_index_version(os.fspath(artifact))

@@ -22,6 +22,7 @@ from gr import index as index_lib
 from gr import models
 from gr import network
 from gr import retrieval
+from gr import run_config
 from gr import serving
 from gr import trie as trie_lib
 from gr.data import beir
@@ -78,7 +79,7 @@ def make_run(workdir, *, scheme: str = "naive", num_docs: int = 12,
                    extra_artifacts_dir=index_lib.current_version_dir(index_dir))
   corpus_path = os.path.join(workdir, "corpus.jsonl")
   beir.write_corpus(corpus_path, corpus)
-  serving.save_model_config(workdir, model.config, input_length=INPUT_LENGTH,
+  run_config.save_model_config(workdir, model.config, input_length=INPUT_LENGTH,
                             corpus_path=corpus_path)
   return model_dir
 
@@ -114,22 +115,22 @@ def copy_run(template, dest):
 
 def test_model_config_round_trip(tmp_path):
   config = tiny_config(256)
-  serving.save_model_config(tmp_path, config, input_length=24,
+  run_config.save_model_config(tmp_path, config, input_length=24,
                             corpus_path="c.jsonl")
-  path = serving.find_model_config(os.path.join(tmp_path, "model"))
-  assert serving.load_model_config(path) == serving.RunConfig(
+  path = run_config.find_model_config(os.path.join(tmp_path, "model"))
+  assert run_config.load_model_config(path) == run_config.RunConfig(
       config, 24, os.path.abspath("c.jsonl"))
 
 
 def test_missing_or_bad_model_config_is_refused(tmp_path):
-  with pytest.raises(serving.RunLoadError, match="model_config.json"):
-    serving.find_model_config(os.path.join(tmp_path, "model"))
-  path = tmp_path / serving.MODEL_CONFIG_FILE
-  path.write_text(json.dumps({"format": serving.MODEL_CONFIG_FORMAT,
+  with pytest.raises(run_config.RunConfigError, match="model_config.json"):
+    run_config.find_model_config(os.path.join(tmp_path, "model"))
+  path = tmp_path / run_config.MODEL_CONFIG_FILE
+  path.write_text(json.dumps({"format": run_config.MODEL_CONFIG_FORMAT,
                               "input_length": 8,
                               "t5_config": {"emb_dim": 3}}))
-  with pytest.raises(serving.RunLoadError, match=str(path)):
-    serving.load_model_config(str(path))
+  with pytest.raises(run_config.RunConfigError, match=str(path)):
+    run_config.load_model_config(str(path))
 
 
 def test_from_checkpoint_seeds_index_and_matches_searcher(run_template,
@@ -170,9 +171,9 @@ def test_corrupt_artifact_is_refused(run_template, tmp_path):
 def test_params_that_do_not_fit_the_config_are_refused(run_template,
                                                        tmp_path):
   model_dir = copy_run(run_template, tmp_path / "run")
-  path = serving.find_model_config(model_dir)
-  run = serving.load_model_config(path)
-  serving.save_model_config(os.path.dirname(path),
+  path = run_config.find_model_config(model_dir)
+  run = run_config.load_model_config(path)
+  run_config.save_model_config(os.path.dirname(path),
                             tiny_config(run.model.vocab_size + 128),
                             input_length=run.input_length)
   with pytest.raises(serving.RunLoadError, match="do not fit"):

@@ -1,0 +1,74 @@
+"""What a run records about its model, so a checkpoint can be loaded alone.
+
+`<run_dir>/model_config.json` holds the T5Config (vocab_size as trained),
+the input length and the corpus path (for titles). run_experiment writes
+it; the service and continual updates read it.
+"""
+import dataclasses
+import json
+import os
+from typing import Optional
+
+from gr import atomic_io
+from gr import network
+
+MODEL_CONFIG_FILE = "model_config.json"
+MODEL_CONFIG_FORMAT = "gr.model_config/1"
+
+
+class RunConfigError(ValueError):
+  """model_config.json is missing or invalid."""
+
+
+
+def save_model_config(run_dir: str, config: network.T5Config, *,
+                      input_length: int,
+                      corpus_path: Optional[str] = None) -> str:
+  """Writes <run_dir>/model_config.json atomically; returns its path.
+
+  corpus_path: the run's corpus.jsonl, where the service finds titles.
+  """
+  record = {"format": MODEL_CONFIG_FORMAT, "input_length": int(input_length),
+            "t5_config": dataclasses.asdict(config)}
+  if corpus_path:
+    record["corpus"] = os.path.abspath(corpus_path)
+  path = os.path.join(run_dir, MODEL_CONFIG_FILE)
+  with atomic_io.atomic_open(path) as f:
+    json.dump(record, f, indent=1)
+  return path
+
+
+def find_model_config(checkpoint_dir: str) -> str:
+  """model_config.json inside `checkpoint_dir` or its parent (the run)."""
+  candidates = [os.path.join(checkpoint_dir, MODEL_CONFIG_FILE),
+                os.path.join(os.path.dirname(os.path.abspath(checkpoint_dir)),
+                             MODEL_CONFIG_FILE)]
+  for path in candidates:
+    if os.path.isfile(path):
+      return path
+  raise RunConfigError(
+      f"no {MODEL_CONFIG_FILE} in {candidates[0]} or {candidates[1]}: write "
+      "it with gr.run_config.save_model_config(run_dir, model.config, "
+      "input_length=...)")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """What model_config.json records about a run."""
+  model: network.T5Config
+  input_length: int
+  corpus_path: Optional[str] = None
+
+
+def load_model_config(path: str) -> RunConfig:
+  """The RunConfig in a model_config.json; errors name the file."""
+  try:
+    with open(path) as f:
+      record = json.load(f)
+    if record.get("format") != MODEL_CONFIG_FORMAT:
+      raise ValueError(f"format {record.get('format')!r}, expected "
+                       f"{MODEL_CONFIG_FORMAT!r}")
+    return RunConfig(network.T5Config(**record["t5_config"]),
+                     int(record["input_length"]), record.get("corpus"))
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    raise RunConfigError(f"{path}: not a valid model config: {e!r}") from e

@@ -124,29 +124,32 @@ def _run_two_steps(model, mesh):
     state, metrics = sharded.step(
         state, partitioning.global_batch(batch, mesh), rng)
     losses.append(float(metrics['loss']))
-  return state, losses
+  return state, losses, sharded
 
 
-@pytest.fixture(scope='module')
-def sharded_and_single(model):
-  sharded = _run_two_steps(model, partitioning.make_mesh(data=2, model=4))
-  single = _run_two_steps(
+def test_sharded_train_step(model):
+  """One test (so pytest-xdist compiles the steps once) that checks:
+
+  * a step on a ('data': 2, 'model': 4) mesh equals the single-device step
+    (losses and params after 2 steps);
+  * the big parameters and their Adam moments really are split on 'model';
+  * under jax.transfer_guard('disallow') (as in the train loop) a batch not
+    put on the mesh explicitly is an error.
+  """
+  state, losses, _ = _run_two_steps(
+      model, partitioning.make_mesh(data=2, model=4))
+  single_state, single_losses, single = _run_two_steps(
       model, partitioning.make_mesh(devices=jax.devices()[:1]))
-  return sharded, single
-
-
-def test_sharded_step_equals_single_device_step(sharded_and_single):
-  (state, losses), (single_state, single_losses) = sharded_and_single
   np.testing.assert_allclose(losses, single_losses, rtol=1e-5)
   assert int(state.step) == 2
   for a, b in zip(jax.tree.leaves(state.params),
-                  jax.tree.leaves(single_state.params)):
+                  jax.tree.leaves(single_state.params), strict=True):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+  _assert_model_sharded(state)
+  _assert_guard_catches_host_batch(single)
 
 
-def test_big_params_and_their_adam_moments_are_sharded_on_model(
-    sharded_and_single):
-  state, _ = sharded_and_single[0]
+def _assert_model_sharded(state):
   params = state.params
   embedding = params['token_embedder']['embedding']  # [vocab 128, embed 32]
   assert embedding.sharding.spec == P('model', None)
@@ -158,3 +161,14 @@ def test_big_params_and_their_adam_moments_are_sharded_on_model(
   assert query.sharding.spec == P(None, 'model', None)
   mu = state.opt_state[1][0].mu['token_embedder']['embedding']
   assert mu.addressable_shards[0].data.shape == (32, 32)
+
+
+def _assert_guard_catches_host_batch(sharded):
+  mesh = sharded.mesh
+  state = sharded.init(partitioning.replicated_key(0, mesh))
+  rng = partitioning.replicated_key(0, mesh)
+  host_batch = _batches(1)[0]
+  with jax.transfer_guard('disallow'):
+    with pytest.raises(Exception, match='Disallowed host-to-device'):
+      sharded.step(state, host_batch, rng)
+    sharded.step(state, partitioning.global_batch(host_batch, mesh), rng)

@@ -1,0 +1,336 @@
+"""DSI-QG pseudo-queries: a doc2query model and the queries it samples.
+
+The doc2query model is the same encoder-decoder network, trained on the
+doc2query task (document body -> text of a train query relevant to it).
+`Doc2QueryGenerator` then samples n queries per document from the body
+alone (`Document.text`, never the title, which is the query in known-item
+benchmarks), drops duplicates, and returns them as `PseudoQueries`
+(doc_id -> list of queries), the container gr/pseudo_queries.py reads and
+writes.
+
+Sampling is seeded per document from (seed, doc_id, sample index), so a
+document's queries do not depend on which other documents share its batch
+(DSI++ generative replay can regenerate them for any subset). Generation is
+jitted once per (documents per batch, input length) shape: the last batch is
+padded.
+
+Shapes: D = documents per batch, n = queries per document, Li = input
+length, Lq = max query length (EOS included), V = vocabulary.
+"""
+import dataclasses
+import functools
+import hashlib
+import os
+from typing import Iterable, Mapping, Optional, Sequence, Union
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gr import checkpoints
+from gr import index as index_lib
+from gr import models
+from gr import retrieval
+from gr import sampling
+from gr import tasks
+from gr import train as train_lib
+from gr import vocab as vocab_lib
+from gr.data import beir
+
+Documents = Union[Mapping[str, beir.Document], Iterable[beir.Document]]
+SP_MODEL_NAME = "spm.model"
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+  """How pseudo-queries are sampled.
+
+  Attributes:
+    num_queries: n samples per document (fewer remain after dedup).
+    input_length: Li, document tokens read (EOS included; longer is cut).
+    max_query_len: Lq, most tokens of a query, EOS included.
+    batch_size: D documents per jitted call (D * n decoder rows).
+    temperature, top_k, top_p: see gr.sampling.sample.
+    seed: with the doc_id, seeds each document's samples.
+  """
+  num_queries: int = 5
+  input_length: int = 256
+  max_query_len: int = 32
+  batch_size: int = 32
+  temperature: float = 1.0
+  top_k: int = 10
+  top_p: float = 1.0
+  seed: int = 0
+
+
+# ---------------------------------------------------------------- train --
+
+
+def register_doc2query_task(name: str, dataset: beir.BeirDataset,
+                            vocab: vocab_lib.Vocabulary, *,
+                            version: str = "v1") -> str:
+  """Registers `gr.{name}.doc2query.{version}`: body -> train query text.
+
+  Pairs come from the train qrels (and dev qrels as the validation split).
+  Inputs are document bodies only. Registering the same data again is a
+  no-op; different data under the same name raises (bump `version`).
+  """
+  by_split = {
+      split: tasks.doc2query_examples(
+          dataset.corpus, dataset.queries,
+          dataset.qrels.get(tasks.QRELS_SPLIT[split], {}))
+      for split in (tasks.TRAIN, tasks.VALIDATION)}
+  if not by_split[tasks.TRAIN]:
+    raise ValueError(f"doc2query task {name!r}: the dataset has no train "
+                     "qrels with score > 0, so there is nothing to learn")
+  by_split = {split: ex for split, ex in by_split.items() if ex}
+  return tasks.register_task(f"gr.{name}.doc2query.{version}", by_split,
+                             vocab, docid_targets=False)
+
+
+def train_doc2query(*, model: models.EncoderDecoderModel,
+                    dataset: beir.BeirDataset, vocab: vocab_lib.Vocabulary,
+                    model_dir: str, name: str, train_steps: int,
+                    batch_size: int = 64, input_length: int = 256,
+                    max_query_len: int = 32,
+                    optimizer: train_lib.OptimizerConfig = (
+                        train_lib.OptimizerConfig()),
+                    seed: int = 0, eval_every: int = 0,
+                    checkpoint_every: int = 1000, log_every: int = 100,
+                    version: str = "v1"):
+  """Trains (or resumes, or just loads) a doc2query model in `model_dir`.
+
+  A `model_dir` that already holds step `train_steps` is restored, not
+  retrained.
+
+  Returns:
+    (model with vocab_size fitted to `vocab`, params).
+  """
+  task = register_doc2query_task(name, dataset, vocab, version=version)
+  state = train_lib.train(
+      model=model, mixture_or_task_name=task, train_steps=train_steps,
+      batch_size=batch_size, model_dir=model_dir, input_length=input_length,
+      target_length=max_query_len, optimizer=optimizer, seed=seed,
+      eval_every=eval_every, checkpoint_every=checkpoint_every,
+      log_every=log_every)
+  return train_lib.fit_vocab(model, vocab.vocab_size), state.params
+
+
+def load_or_train_vocab(dataset: beir.BeirDataset, vocab_dir: str, *,
+                        vocab_size: int = 8000,
+                        seed: int = 0) -> vocab_lib.Vocabulary:
+  """sentencepiece on bodies + train queries (never titles), kept in vocab_dir."""
+  path = os.path.join(vocab_dir, SP_MODEL_NAME)
+  if not os.path.exists(path):
+    train_queries = {q: dataset.queries[q]
+                     for q in dataset.qrels.get("train", {})}
+    texts = index_lib.training_texts(dataset.corpus, train_queries)
+    vocab_lib.train_sentencepiece(texts, os.path.splitext(path)[0],
+                                  vocab_size=vocab_size, seed=seed)
+  return vocab_lib.Vocabulary(path)
+
+
+# ------------------------------------------------------------- generate --
+
+
+@flax.struct.dataclass
+class AllowedTokens:
+  """LogitsProcessor that keeps only the tokens where `allowed` [V] is True.
+
+  Stateless (state None). Used to keep PAD, UNK, docid tokens and the
+  untrained padding rows of the embedding out of sampled queries.
+  """
+  allowed: jax.Array  # [V] bool
+
+  def init(self, batch_size: int, beam_size: int) -> None:
+    del batch_size, beam_size
+
+  def process(self, state, log_probs: jax.Array, step: jax.Array):
+    del step
+    return jnp.where(self.allowed, log_probs, sampling.NEG_INF), state
+
+  def update(self, state, chosen_tokens: jax.Array):
+    del chosen_tokens
+    return state
+
+
+def text_tokens(vocab: vocab_lib.Vocabulary,
+                model_vocab_size: int) -> np.ndarray:
+  """[V] bool: EOS and sentencepiece pieces (no PAD, UNK or docid tokens)."""
+  allowed = np.zeros(model_vocab_size, bool)
+  allowed[vocab_lib.UNK_ID + 1:vocab.sp_size] = True
+  allowed[vocab_lib.EOS_ID] = True
+  return allowed
+
+
+def document_seeds(seed: int, doc_ids: Sequence[str]) -> np.ndarray:
+  """[D, 2] uint32 from sha256(seed, doc_id): stable across processes."""
+  out = np.zeros((len(doc_ids), 2), np.uint32)
+  for row, doc_id in enumerate(doc_ids):
+    digest = hashlib.sha256(f"{seed}\x00{doc_id}".encode("utf-8")).digest()
+    out[row] = np.frombuffer(digest[:8], np.uint32)
+  return out
+
+
+def _sample_keys(doc_seeds: jax.Array, num_queries: int) -> jax.Array:
+  """doc_seeds [D, 2] -> typed keys [D * n], one per (document, sample)."""
+  def doc_keys(seed_pair):
+    key = jax.random.fold_in(jax.random.key(seed_pair[0]), seed_pair[1])
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(
+        jnp.arange(num_queries))  # [n]
+  return jax.vmap(doc_keys)(doc_seeds).reshape(-1)  # [D, n] --> [D * n]
+
+
+@functools.lru_cache(maxsize=8)
+def make_generate_fn(model: models.EncoderDecoderModel, *, num_queries: int,
+                     max_query_len: int, temperature: float, top_k: int,
+                     top_p: float):
+  """Jitted (params, tokens [D, Li], seeds [D, 2], allowed [V]) ->
+  (queries [D, n, Lq] EOS then PAD, log_probs [D, n]).
+
+  Cached per (model object, settings): generators made again for the same
+  model (e.g. `generate_queries` in a loop, or with another seed) reuse the
+  compiled function.
+  """
+  n = num_queries
+
+  @jax.jit
+  def generate(params, encoder_tokens, doc_seeds, allowed):
+    rows = encoder_tokens.shape[0] * n
+    encoded = jnp.repeat(model.encode(params, encoder_tokens), n,
+                         axis=0)  # --> [D * n, Li, E]
+    tokens = jnp.repeat(encoder_tokens, n, axis=0)  # --> [D * n, Li]
+
+    def tokens_to_logits(decoder_tokens, cache, step):
+      del step
+      return model.decode_step(params, cache, encoded, tokens, decoder_tokens)
+
+    sequences, log_probs = sampling.sample(
+        tokens_to_logits, model.init_cache(params, rows, max_query_len),
+        rows, max_decode_len=max_query_len, rng=_sample_keys(doc_seeds, n),
+        temperature=temperature, top_k=top_k, top_p=top_p,
+        eos_id=vocab_lib.EOS_ID, logits_processor=AllowedTokens(allowed))
+    return (sequences.reshape(-1, n, max_query_len),  # --> [D, n, Lq]
+            log_probs.reshape(-1, n))  # --> [D, n]
+
+  return generate
+
+
+def decode_queries(vocab: vocab_lib.Vocabulary,
+                   sequences: np.ndarray) -> list[str]:
+  """[n, Lq] sampled ids -> distinct non-empty query strings, in order."""
+  queries = []
+  for row in sequences:
+    row = list(row)
+    row = row[:row.index(vocab_lib.EOS_ID)] if vocab_lib.EOS_ID in row else row
+    text = " ".join(vocab.decode([t for t in row if t > 0]).split())
+    if text and text not in queries:
+      queries.append(text)
+  return queries
+
+
+def _as_documents(documents: Documents) -> list[beir.Document]:
+  return list(documents.values() if isinstance(documents, Mapping)
+              else documents)
+
+
+class Doc2QueryGenerator:
+  """Samples pseudo-queries for documents with a trained doc2query model."""
+
+  def __init__(self, model: models.EncoderDecoderModel, params,
+               vocab: vocab_lib.Vocabulary, config: GenerationConfig):
+    if config.num_queries < 1 or config.batch_size < 1:
+      raise ValueError(f"GenerationConfig: num_queries ({config.num_queries})"
+                       f" and batch_size ({config.batch_size}) must be >= 1")
+    model = train_lib.fit_vocab(model, vocab.vocab_size)
+    self.model, self.params, self.vocab, self.config = (model, params, vocab,
+                                                        config)
+    self._allowed = jnp.asarray(text_tokens(vocab, model.config.vocab_size))
+    self._generate = make_generate_fn(
+        model, num_queries=config.num_queries,
+        max_query_len=config.max_query_len, temperature=config.temperature,
+        top_k=config.top_k, top_p=config.top_p)
+
+  @classmethod
+  def from_checkpoint(cls, model: models.EncoderDecoderModel,
+                      vocab: vocab_lib.Vocabulary, model_dir: str,
+                      config: GenerationConfig,
+                      step: Optional[int] = None) -> "Doc2QueryGenerator":
+    """A generator with the params of `model_dir` (latest step if None)."""
+    return cls(model, checkpoints.restore_params(model_dir, step), vocab,
+               config)
+
+  def generate_tokens(self, texts: Sequence[str], doc_ids: Sequence[str],
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Bodies -> (ids [len, n, Lq], log_probs [len, n]) in fixed-size batches."""
+    size = self.config.batch_size
+    tokens = retrieval.encode_queries(self.vocab, texts,
+                                      self.config.input_length)
+    seeds = document_seeds(self.config.seed, doc_ids)
+    out_ids, out_scores = [], []
+    for start in range(0, len(texts), size):
+      count = min(size, len(texts) - start)
+      batch_tokens = np.zeros((size, tokens.shape[1]), np.int32)
+      batch_tokens[:count] = tokens[start:start + count]
+      batch_seeds = np.zeros((size, 2), np.uint32)
+      batch_seeds[:count] = seeds[start:start + count]
+      ids, scores = self._generate(self.params, batch_tokens, batch_seeds,
+                                   self._allowed)
+      out_ids.append(np.asarray(ids)[:count])
+      out_scores.append(np.asarray(scores)[:count])
+    return np.concatenate(out_ids), np.concatenate(out_scores)
+
+  def generate(self, documents: Documents) -> dict[str, list[str]]:
+    """doc_id -> distinct queries sampled from `doc.text` (bodies only).
+
+    Documents with an empty body get no entry.
+    """
+    docs = [doc for doc in _as_documents(documents) if doc.text.strip()]
+    if not docs:
+      return {}
+    ids, _ = self.generate_tokens([doc.text for doc in docs],
+                                  [doc.doc_id for doc in docs])
+    found = {doc.doc_id: decode_queries(self.vocab, doc_ids)
+             for doc, doc_ids in zip(docs, ids)}
+    return {doc_id: queries for doc_id, queries in found.items() if queries}
+
+
+def generate_queries(model: models.EncoderDecoderModel, params,
+                     vocab: vocab_lib.Vocabulary, documents: Documents, *,
+                     n: int = 5, input_length: int = 256,
+                     max_query_len: int = 32, batch_size: int = 32,
+                     seed: int = 0, top_k: int = 10, top_p: float = 1.0,
+                     temperature: float = 1.0) -> dict[str, list[str]]:
+  """doc_id -> up to n distinct queries sampled from each document's body."""
+  config = GenerationConfig(
+      num_queries=n, input_length=input_length, max_query_len=max_query_len,
+      batch_size=batch_size, temperature=temperature, top_k=top_k,
+      top_p=top_p, seed=seed)
+  return Doc2QueryGenerator(model, params, vocab, config).generate(documents)
+
+
+# ----------------------------------------------------------- diagnostics --
+
+
+def _words(text: str) -> set[str]:
+  return {w.strip(".,:;!?\"'()").lower() for w in text.split()} - {""}
+
+
+def word_overlap(queries: Mapping[str, Sequence[str]],
+                 references: Mapping[str, str],
+                 doc_ids: Optional[Iterable[str]] = None) -> float:
+  """Fraction of generated-query words (lower-cased) found in the reference.
+
+  E.g. references = titles: a doc2query model trained on body -> title
+  pairs shows how title-like its queries are; train documents (whose
+  titles it saw) against test documents (whose titles it never saw).
+  """
+  found = total = 0
+  for doc_id in (queries if doc_ids is None else doc_ids):
+    reference = _words(references.get(doc_id, ""))
+    for query in queries.get(doc_id, ()):
+      words = _words(query)
+      found += len(words & reference)
+      total += len(words)
+  return found / max(total, 1)

@@ -19,6 +19,7 @@ import pytest
 from gr import checkpoints
 from gr import docids as docids_lib
 from gr import index as index_lib
+from gr import microbatch
 from gr import models
 from gr import network
 from gr import retrieval
@@ -382,7 +383,7 @@ def test_micro_batcher_gathers_and_splits():
     return [[serving.Hit(q, q, float(-i), None) for i in range(k)]
             for q in queries]
 
-  batcher = serving.MicroBatcher(run_batch, max_batch=4, max_wait_s=0.2,
+  batcher = microbatch.MicroBatcher(run_batch, max_batch=4, max_wait_s=0.2,
                                  on_batch=sizes.append)
   futures = [batcher.submit([f"q{i}"], 1 + i % 3) for i in range(6)]
   futures.append(batcher.submit(["x", "y", "z"], 2))
@@ -392,7 +393,7 @@ def test_micro_batcher_gathers_and_splits():
     assert [h.doc_id for h in hits[0]] == [f"q{i}"] * (1 + i % 3)
   assert [len(row) for row in futures[6].result(timeout=5)] == [2, 2, 2]
   assert sum(sizes) == 9 and max(sizes) <= 4 and len(sizes) < 7
-  with pytest.raises(serving.ServingError):
+  with pytest.raises(microbatch.BatcherClosed):
     batcher.submit(["late"], 1)
 
 
@@ -402,7 +403,7 @@ def test_micro_batcher_survives_a_failing_batch():
       raise RuntimeError("boom")
     return [[] for _ in queries]
 
-  batcher = serving.MicroBatcher(run_batch, max_batch=8, max_wait_s=0.0)
+  batcher = microbatch.MicroBatcher(run_batch, max_batch=8, max_wait_s=0.0)
   with pytest.raises(RuntimeError, match="boom"):
     batcher.submit(["boom"], 1).result(timeout=5)
   assert batcher.submit(["fine"], 1).result(timeout=5) == [[]]

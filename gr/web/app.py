@@ -8,7 +8,7 @@
   GET    /healthz, /metrics (Prometheus text format)
 
 A hit is {"doc_id", "docid", "score", "title"}. Searches go through a
-`serving.MicroBatcher`, so concurrent requests share device batches.
+`gr.microbatch.MicroBatcher`, so concurrent requests share device batches.
 
 Guards: the mutating endpoints need `Authorization: Bearer <token>`,
 compared in constant time; with no token configured they answer 403.
@@ -34,6 +34,7 @@ from fastapi import security
 import prometheus_client
 import pydantic
 
+from gr import microbatch
 from gr import serving
 from gr.data import beir
 from gr.web import page
@@ -304,7 +305,7 @@ def create_app(retriever: serving.Retriever, *, token: Optional[str] = None,
   @contextlib.asynccontextmanager
   async def lifespan(_):
     await asyncio.to_thread(retriever.warm_up)
-    state["batcher"] = serving.MicroBatcher(
+    state["batcher"] = microbatch.MicroBatcher(
         retriever.retrieve, max_batch=retriever.max_batch,
         max_wait_s=retriever.config.max_wait_ms / 1000,
         on_batch=metrics.batch_size.observe)
@@ -324,7 +325,7 @@ def create_app(retriever: serving.Retriever, *, token: Optional[str] = None,
   async def hits_of(queries: list[str], k: int) -> list[list[serving.Hit]]:
     try:
       future = state["batcher"].submit(queries, k)
-    except serving.ServingError as e:
+    except microbatch.BatcherClosed as e:
       raise fastapi.HTTPException(503, str(e)) from e
     return await asyncio.wrap_future(future)
 

@@ -63,6 +63,28 @@ def load_or_build_index(dataset: beir.BeirDataset, index_dir: str, *,
   return index_lib.load_index(index_dir)
 
 
+def pseudo_queries(dataset: beir.BeirDataset, spans: int, sentences: int,
+                   generated_file: Optional[str],
+                   seed: int) -> dict[str, list[str]]:
+  """Span/sentence pseudo-queries, plus generated ones (DSI-QG) if given.
+
+  A generated file (scripts/generate_queries.py) must only name documents
+  of this corpus; its queries come from bodies only.
+  """
+  pseudo = pseudo_lib.build_pseudo_queries(
+      dataset.corpus.values(), num_spans=spans, num_sentences=sentences,
+      seed=seed)
+  if generated_file:
+    generated = pseudo_lib.read_pseudo_queries(generated_file)
+    unknown = sorted(set(generated) - set(dataset.corpus))
+    if unknown:
+      raise ValueError(f"{generated_file}: {len(unknown)} documents not in "
+                       f"the corpus, e.g. {unknown[:3]}")
+    for doc_id, queries in generated.items():
+      pseudo[doc_id] = pseudo.get(doc_id, []) + list(queries)
+  return pseudo
+
+
 def register_mixture(name: str, dataset: beir.BeirDataset,
                      index: index_lib.Index,
                      pseudo_queries: Optional[Mapping[str, list[str]]],
@@ -86,6 +108,7 @@ def run_experiment(*, data_dir: str, workdir: str, model,
                                                       ("retrieval", 1.0)),
                    pseudo_query_spans: int = 0,
                    pseudo_query_sentences: int = 0,
+                   pseudo_queries_file: Optional[str] = None,
                    train_steps: int = 1000, batch_size: int = 64,
                    input_length: int = 64,
                    search: retrieval.SearchConfig = retrieval.SearchConfig(),
@@ -99,9 +122,8 @@ def run_experiment(*, data_dir: str, workdir: str, model,
   index = load_or_build_index(dataset, os.path.join(workdir, "index"),
                               scheme=scheme, scheme_params=scheme_params or {},
                               vocab_size=vocab_size, seed=seed)
-  pseudo = pseudo_lib.build_pseudo_queries(
-      dataset.corpus.values(), num_spans=pseudo_query_spans,
-      num_sentences=pseudo_query_sentences, seed=seed)
+  pseudo = pseudo_queries(dataset, pseudo_query_spans, pseudo_query_sentences,
+                          pseudo_queries_file, seed)
   mixture = register_mixture(name, dataset, index, pseudo, dict(task_rates))
   target_length = index.max_docid_length()
   model = train_lib.fit_vocab(model, index.vocab.vocab_size)

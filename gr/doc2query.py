@@ -20,7 +20,9 @@ length, Lq = max query length (EOS included), V = vocabulary.
 import dataclasses
 import functools
 import hashlib
+import logging
 import os
+import time
 from typing import Iterable, Mapping, Optional, Sequence, Union
 
 import flax.struct
@@ -120,7 +122,7 @@ def train_doc2query(*, model: models.EncoderDecoderModel,
 def load_or_train_vocab(dataset: beir.BeirDataset, vocab_dir: str, *,
                         vocab_size: int = 8000,
                         seed: int = 0) -> vocab_lib.Vocabulary:
-  """sentencepiece on bodies + train queries (never titles), kept in vocab_dir."""
+  """sentencepiece on bodies + train queries (never titles), in vocab_dir."""
   path = os.path.join(vocab_dir, SP_MODEL_NAME)
   if not os.path.exists(path):
     train_queries = {q: dataset.queries[q]
@@ -230,6 +232,12 @@ def decode_queries(vocab: vocab_lib.Vocabulary,
   return queries
 
 
+def _pad_rows(rows: np.ndarray, size: int) -> np.ndarray:
+  """[n <= size, ...] -> [size, ...] with zero rows after the given ones."""
+  return np.concatenate([rows, np.zeros((size - len(rows),) + rows.shape[1:],
+                                        rows.dtype)])
+
+
 def _as_documents(documents: Documents) -> list[beir.Document]:
   return list(documents.values() if isinstance(documents, Mapping)
               else documents)
@@ -263,20 +271,20 @@ class Doc2QueryGenerator:
 
   def generate_tokens(self, texts: Sequence[str], doc_ids: Sequence[str],
                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Bodies -> (ids [len, n, Lq], log_probs [len, n]) in fixed-size batches."""
+    """Bodies -> (ids [len, n, Lq], log_probs [len, n]), fixed-size batches."""
     size = self.config.batch_size
     tokens = retrieval.encode_queries(self.vocab, texts,
                                       self.config.input_length)
     seeds = document_seeds(self.config.seed, doc_ids)
-    out_ids, out_scores = [], []
+    out_ids, out_scores, started = [], [], time.time()
     for start in range(0, len(texts), size):
+      if start and start % (size * 20) == 0:
+        logging.info("doc2query: %d/%d documents in %.0fs", start,
+                     len(texts), time.time() - started)
       count = min(size, len(texts) - start)
-      batch_tokens = np.zeros((size, tokens.shape[1]), np.int32)
-      batch_tokens[:count] = tokens[start:start + count]
-      batch_seeds = np.zeros((size, 2), np.uint32)
-      batch_seeds[:count] = seeds[start:start + count]
-      ids, scores = self._generate(self.params, batch_tokens, batch_seeds,
-                                   self._allowed)
+      ids, scores = self._generate(
+          self.params, _pad_rows(tokens[start:start + size], size),
+          _pad_rows(seeds[start:start + size], size), self._allowed)
       out_ids.append(np.asarray(ids)[:count])
       out_scores.append(np.asarray(scores)[:count])
     return np.concatenate(out_ids), np.concatenate(out_scores)

@@ -6,7 +6,8 @@ limit is reached. After EOS a row holds PAD. Each step's logits go through
 
   1. an optional `LogitsProcessor` (gr/decoding.py's hook, with one beam),
   2. temperature (logits / t; t = 0 is greedy argmax),
-  3. top-k (keep the k largest; ties with the k-th are kept too),
+  3. top-k (keep the k largest; of tokens tied with the k-th, the lowest
+     ids),
   4. top-p (keep the smallest set of most likely tokens whose probability
      reaches p; the most likely token is always kept),
 
@@ -40,27 +41,36 @@ class SampleState:
 
 
 def filter_logits(logits: jax.Array, *, temperature: float = 1.0,
-                  top_k: int = 0, top_p: float = 1.0) -> jax.Array:
-  """Logits [B, V] -> tempered logits with dropped tokens at -inf.
+                  top_k: int = 0, top_p: float = 1.0,
+                  ) -> tuple[jax.Array, jax.Array]:
+  """The tokens that may be drawn from logits [B, V], and their logits.
 
   temperature must be > 0 here (`sample` treats 0 as greedy); top_k = 0 and
-  top_p = 1.0 switch those filters off.
+  top_p = 1.0 switch those filters off. With top_k, only the k best tokens
+  are candidates (C = k), so the random draw and the top-p sort cost k per
+  row, not V (on CPU, XLA sorts the whole row otherwise).
+
+  Returns:
+    (candidate logits [B, C], tempered, -inf where top-p drops a token;
+     candidate token ids [B, C]).
   """
   logits = logits.astype(jnp.float32) / temperature
-  if 0 < top_k < logits.shape[-1]:
-    kth_largest = jax.lax.top_k(logits, top_k)[0][:, -1:]  # [B, 1]
-    logits = jnp.where(logits < kth_largest, NEG_INF, logits)
+  batch, vocab = logits.shape
+  if 0 < top_k < vocab:
+    logits, token_ids = jax.lax.top_k(logits, top_k)  # [B, k] each
+  else:
+    token_ids = jnp.broadcast_to(jnp.arange(vocab), (batch, vocab))
   if top_p < 1.0:
     logits = _top_p_filter(logits, top_p)
-  return logits
+  return logits, token_ids
 
 
 def _top_p_filter(logits: jax.Array, top_p: float) -> jax.Array:
   """Keeps the most likely tokens until their probability reaches top_p."""
-  order = jnp.argsort(-logits, axis=-1)  # [B, V], most likely first
+  order = jnp.argsort(-logits, axis=-1)  # [B, C], most likely first
   sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
   probs = jax.nn.softmax(sorted_logits, axis=-1)
-  mass_before = jnp.cumsum(probs, axis=-1) - probs  # [B, V]
+  mass_before = jnp.cumsum(probs, axis=-1) - probs  # [B, C]
   keep_sorted = mass_before < top_p  # the first token always (0 < top_p)
   keep = jnp.zeros_like(keep_sorted).at[
       jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
@@ -88,11 +98,12 @@ def _draw(keys: jax.Array, logits: jax.Array, step: jax.Array, *,
   """Tokens [B] from logits [B, V]; row b uses fold_in(keys[b], step)."""
   if temperature == 0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  filtered = filter_logits(logits, temperature=temperature, top_k=top_k,
-                           top_p=top_p)
+  candidate_logits, token_ids = filter_logits(
+      logits, temperature=temperature, top_k=top_k, top_p=top_p)
   step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, step)
-  return jax.vmap(jax.random.categorical)(step_keys, filtered).astype(
-      jnp.int32)
+  choice = jax.vmap(jax.random.categorical)(step_keys, candidate_logits)
+  return jnp.take_along_axis(token_ids, choice[:, None],
+                             axis=-1)[:, 0].astype(jnp.int32)  # --> [B]
 
 
 def _step_logits(state: SampleState, tokens_to_logits, processor):

@@ -1,8 +1,11 @@
-r"""DSI-QG: trains (or loads) a doc2query model on a BEIR folder, writes queries.
+r"""DSI-QG: trains (or loads) doc2query on a BEIR folder, writes its queries.
 
   python scripts/generate_queries.py --data_dir=data/news \
-    --model_dir=/tmp/gr_d2q --output=data/news/pseudo_queries/dsi_qg_tiny.jsonl \
-    --gin_file=gin/models/t5_tiny.gin --train_steps=2000 --num_queries=5
+    --model_dir=/tmp/gr_d2q \
+    --output=data/news/pseudo_queries/dsi_qg_tiny.jsonl \
+    --gin_file=gin/models/t5_tiny.gin --vocab_size=4000 --train_steps=600 \
+    --batch_size=32 --learning_rate=3e-3 --input_length=64 --max_query_len=24 \
+    --num_queries=5 --top_k=10
 
 The model learns body -> query text from the train qrels (for the news
 benchmark: body -> title) and samples --num_queries queries per document
@@ -68,7 +71,8 @@ def main(argv):
       model_dir=FLAGS.model_dir, name=name, train_steps=FLAGS.train_steps,
       batch_size=FLAGS.batch_size, input_length=FLAGS.input_length,
       max_query_len=FLAGS.max_query_len, seed=FLAGS.seed,
-      checkpoint_every=FLAGS.checkpoint_every, optimizer=train_lib.OptimizerConfig(
+      checkpoint_every=FLAGS.checkpoint_every,
+      optimizer=train_lib.OptimizerConfig(
           learning_rate=FLAGS.learning_rate, schedule='cosine',
           warmup_steps=min(200, FLAGS.train_steps // 10)))
   queries = doc2query.generate_queries(

@@ -49,7 +49,7 @@ HELD_OUT = {f"d{i}": DATASET.corpus[f"d{i}"]
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-  """(vocab, model, params, model_dir): 400 steps on the copy task (~30 s of CPU)."""
+  """(vocab, model, params, model_dir) after 400 steps on the copy task."""
   root = tmp_path_factory.mktemp("d2q")
   vocab = doc2query.load_or_train_vocab(DATASET, str(root / "vocab"),
                                         vocab_size=60)

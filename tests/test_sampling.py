@@ -225,12 +225,14 @@ def test_loop_stops_when_every_row_has_ended():
 def test_filter_logits_keeps_the_tokens_hf_keeps(seed, temperature, top_k,
                                                  top_p):
   logits = np.random.default_rng(seed).normal(size=(3, 8)).astype(np.float32)
-  ours = jax.nn.softmax(sampling.filter_logits(
-      jnp.asarray(logits), temperature=temperature, top_k=top_k,
-      top_p=top_p), axis=-1)
+  values, token_ids = sampling.filter_logits(
+      jnp.asarray(logits), temperature=temperature, top_k=top_k, top_p=top_p)
+  ours = np.zeros(logits.shape)
+  np.put_along_axis(ours, np.asarray(token_ids),
+                    np.asarray(jax.nn.softmax(values, axis=-1)), axis=-1)
   expected = np.stack([_hf_probs(row, temperature, top_k, top_p)
                        for row in logits])
-  np.testing.assert_allclose(np.asarray(ours), expected, atol=1e-5)
+  np.testing.assert_allclose(ours, expected, atol=1e-5)
 
 
 def test_logits_processor_hook_restricts_samples_to_the_trie():
@@ -239,7 +241,8 @@ def test_logits_processor_hook_restricts_samples_to_the_trie():
   processor = decoding.TrieConstraint(trie.to_device())
   bias = jnp.broadcast_to(jnp.asarray(BIAS), (256, VOCAB))
   sequences, log_probs = jax.jit(lambda rng: sampling.sample(
-      functools.partial(_tokens_to_logits, jnp.asarray(TABLE)), _cache(bias), 256,
+      functools.partial(_tokens_to_logits, jnp.asarray(TABLE)),
+      _cache(bias), 256,
       max_decode_len=MAX_LEN, rng=rng, logits_processor=processor))(
           jax.random.key(0))
   found = set(_as_tuples(np.asarray(sequences)))

@@ -61,11 +61,17 @@ def is_loopback(host: str) -> bool:
 
 
 def _encodable(text: str) -> str:
-  """Rejects strings with lone surrogates (JSON allows "\\ud800")."""
+  """Rejects lone surrogates and text that Python strips to nothing.
+
+  JSON allows "\\ud800"; and the schema's `\\S` lets separators such as
+  "\\x1f" through, which str.strip() removes and the Retriever refuses.
+  """
   try:
     text.encode("utf-8")
   except UnicodeEncodeError as e:
     raise ValueError("text is not valid Unicode (lone surrogate)") from e
+  if not text.strip():
+    raise ValueError("text has only white space or separators")
   return text
 
 

@@ -41,6 +41,20 @@ DEFAULT_QUERY_SETS = (
 )
 
 
+def subset(dataset: beir.BeirDataset, max_docs: int) -> beir.BeirDataset:
+  """The first `max_docs` documents and the qrels entirely inside them."""
+  if not max_docs or max_docs >= len(dataset.corpus):
+    return dataset
+  corpus = dict(list(dataset.corpus.items())[:max_docs])
+  qrels = {split: {q: rel for q, rel in judged.items()
+                   if set(rel) <= corpus.keys()}
+           for split, judged in dataset.qrels.items()}
+  kept = {q for judged in qrels.values() for q in judged}
+  return dataclasses.replace(
+      dataset, corpus=corpus, qrels=qrels,
+      queries={q: t for q, t in dataset.queries.items() if q in kept})
+
+
 def load_or_build_index(dataset: beir.BeirDataset, index_dir: str, *,
                         scheme: str, scheme_params: Mapping[str, Any],
                         vocab_size: int, seed: int) -> index_lib.Index:
@@ -114,9 +128,13 @@ def run_experiment(*, data_dir: str, workdir: str, model,
                    search: retrieval.SearchConfig = retrieval.SearchConfig(),
                    query_sets: Sequence[evaluation.QuerySet] = DEFAULT_QUERY_SETS,
                    eval_split: str = "test", exact_queries: int = 0,
-                   seed: int = 0) -> dict:
-  """Index, train, evaluate. Returns {query set name: metrics}."""
-  dataset = beir.BeirDataset.load(data_dir)
+                   max_docs: int = 0, seed: int = 0) -> dict:
+  """Index, train, evaluate. Returns {query set name: metrics}.
+
+  max_docs > 0 keeps the first max_docs documents of the corpus (and the
+  queries judged on them): a smaller index for a quick CPU run.
+  """
+  dataset = subset(beir.BeirDataset.load(data_dir), max_docs)
   name = "".join(c if c.isalnum() else "_"
                  for c in os.path.basename(os.path.normpath(data_dir)))
   index = load_or_build_index(dataset, os.path.join(workdir, "index"),
@@ -141,9 +159,10 @@ def run_experiment(*, data_dir: str, workdir: str, model,
       model, state.params, index,
       retrieval_config(search, target_length), input_length=input_length)
   results = evaluate(searcher, data_dir, query_sets, eval_split,
-                     os.path.join(workdir, "runs"), exact_queries)
+                     os.path.join(workdir, "runs"), exact_queries, max_docs)
   print(evaluation.format_results(
-      results, f"{scheme} docids, {train_steps} steps, {name} {eval_split}"))
+      results, f"{scheme} docids, {train_steps} steps, {name} "
+      f"({len(dataset.corpus)} documents) {eval_split}"))
   with open(os.path.join(workdir, "results.json"), "w") as f:
     json.dump(results, f, indent=1)
   return results
@@ -158,15 +177,15 @@ def retrieval_config(search: retrieval.SearchConfig,
 
 def evaluate(searcher: retrieval.Searcher, data_dir: str,
              query_sets: Sequence[evaluation.QuerySet], split: str,
-             run_dir: str, exact_queries: int) -> dict:
+             run_dir: str, exact_queries: int, max_docs: int = 0) -> dict:
   """Metrics for each query set that exists in `data_dir`."""
   results = {}
   for query_set in query_sets:
     if not os.path.exists(os.path.join(data_dir, query_set.queries_file)):
       continue
-    dataset = beir.BeirDataset.load(data_dir,
-                                    queries_file=query_set.queries_file,
-                                    qrels_dir=query_set.qrels_dir)
+    dataset = subset(beir.BeirDataset.load(
+        data_dir, queries_file=query_set.queries_file,
+        qrels_dir=query_set.qrels_dir), max_docs)
     if split not in dataset.qrels:
       continue
     results[f"{query_set.name}/{split}"] = evaluation.evaluate_query_set(

@@ -75,3 +75,15 @@ def test_run_leaves_index_checkpoint_runs_and_results(results):
   exact = out["titles/test"]["beam_vs_exact"]
   assert exact["queries"] == 4
   assert 0.0 <= exact["top1_agreement"] <= 1.0
+
+
+def test_subset_keeps_first_documents_and_their_queries(tmp_path):
+  _synthetic_beir(str(tmp_path))
+  dataset = beir.BeirDataset.load(str(tmp_path))
+  small = experiment.subset(dataset, 5)
+  assert list(small.corpus) == list(dataset.corpus)[:5]
+  for judged in small.qrels.values():
+    for qid, rel in judged.items():
+      assert set(rel) <= small.corpus.keys() and qid in small.queries
+  assert len(small.qrels["train"]) == 5 * 3
+  assert experiment.subset(dataset, 0) is dataset

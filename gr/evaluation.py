@@ -16,6 +16,7 @@ from gr import retrieval
 from gr.baselines import bm25
 
 METRIC_KWARGS = dict(hits_ks=(1, 10), mrr_k=10, recall_ks=(10,))
+METRIC_NAMES = ("Hits@1", "Hits@10", "MRR@10", "Recall@10")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,16 +84,15 @@ def evaluate_query_set(searcher: retrieval.Searcher, corpus, queries, qrels, *,
 def format_results(results: Mapping[str, dict],
                    title: Optional[str] = None) -> str:
   """A table: one GR and one BM25 row per query set, metrics as columns."""
-  names = list(METRIC_NAMES)
   lines = [title] if title else []
   lines.append(f"{'query set':<22}{'system':<8}" +
-               "".join(f"{n:>10}" for n in names) + f"{'q/s':>9}")
+               "".join(f"{n:>10}" for n in METRIC_NAMES) + f"{'q/s':>9}")
   for set_name, result in results.items():
     for system in ("gr", "bm25"):
       row = result[system]
       speed = f"{result['queries_per_sec']:9.1f}" if system == "gr" else ""
       lines.append(f"{set_name:<22}{system:<8}" +
-                   "".join(f"{row[n]:10.3f}" for n in names) + speed)
+                   "".join(f"{row[n]:10.3f}" for n in METRIC_NAMES) + speed)
     if "beam_vs_exact" in result:
       b = result["beam_vs_exact"]
       lines.append(f"{'':<22}beam vs exact on {b['queries']} queries: "
@@ -102,5 +102,3 @@ def format_results(results: Mapping[str, dict],
                    f"{b['top1_agreement']:.3f}")
   return "\n".join(lines)
 
-
-METRIC_NAMES = ("Hits@1", "Hits@10", "MRR@10", "Recall@10")

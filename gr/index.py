@@ -26,9 +26,8 @@ import shutil
 import tempfile
 from typing import Mapping, Optional, Sequence
 
-import numpy as np
-
 from gr import atomic_io
+from gr import decoding
 from gr import trie as trie_lib
 from gr import vocab as vocab_lib
 from gr.data.beir import Document
@@ -77,11 +76,9 @@ class Index:
 
   def build_trie(self, capacity: Optional[int] = None) -> trie_lib.DocidTrie:
     sequences, values = self.docid_sequences()
-    padded = np.zeros((len(sequences), max(map(len, sequences))), np.int32)
-    for row, sequence in enumerate(sequences):
-      padded[row, :len(sequence)] = sequence
     return trie_lib.DocidTrie.from_padded(
-        padded, values, eos_id=vocab_lib.EOS_ID, capacity=capacity)
+        decoding.pad_sequences(sequences), values, eos_id=vocab_lib.EOS_ID,
+        capacity=capacity)
 
   def with_table(self, table: docids_base.DocidTable) -> "Index":
     """The index for an updated table; new reserved tokens are appended."""

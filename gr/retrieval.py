@@ -24,11 +24,9 @@ Ranking = list[tuple[str, float]]
 def encode_queries(vocab: vocab_lib.Vocabulary, texts: Sequence[str],
                    input_length: int) -> np.ndarray:
   """Query texts -> [n, input_length] int32 (EOS-terminated, trimmed, PAD)."""
-  out = np.zeros((len(texts), input_length), np.int32)
-  for row, text in enumerate(texts):
-    ids = list(vocab.encode(text))[:input_length - 1] + [vocab_lib.EOS_ID]
-    out[row, :len(ids)] = ids
-  return out
+  return decoding.pad_sequences(
+      [list(vocab.encode(text))[:input_length - 1] + [vocab_lib.EOS_ID]
+       for text in texts], input_length)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,9 +17,11 @@ import dataclasses
 import hashlib
 import io
 import json
+import logging
 import math
 import os
-from typing import Any, Callable, Sequence
+import time
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -30,6 +32,7 @@ import tokenizers
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gr import atomic_io
+from gr.data import beir
 
 DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
 
@@ -202,8 +205,13 @@ class Embedder:
   def dim(self) -> int:
     return self.config.hidden_size
 
-  def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """texts -> unit vectors [len(texts), dim] float32, in input order."""
+  def embed(self, texts: Sequence[str], batch_size: int = 64,
+            log_every: int = 0) -> np.ndarray:
+    """texts -> unit vectors [len(texts), dim] float32, in input order.
+
+    log_every > 0 logs rows done / total, elapsed time and an ETA every
+    `log_every` batches (see `EmbedProgress`).
+    """
     if self.mesh is not None and batch_size % self.mesh.shape["data"]:
       raise ValueError(f"batch_size {batch_size} is not a multiple of the "
                        f"mesh 'data' axis ({self.mesh.shape['data']})")
@@ -211,11 +219,13 @@ class Embedder:
     ids = [e.ids for e in encodings]
     order = np.argsort([len(x) for x in ids], kind="stable")
     out = np.zeros((len(ids), self.dim), np.float32)
+    progress = EmbedProgress([len(ids[i]) for i in order], log_every)
     for start in range(0, len(ids), batch_size):
       rows = order[start:start + batch_size]
       token_ids, mask = self._pad([ids[i] for i in rows], batch_size)
       vectors = self._encode(self.params, token_ids, mask)
       out[rows] = np.asarray(vectors)[:len(rows)]
+      progress.batch_done(start + len(rows))
     return out
 
   def _pad(self, ids: list[list[int]], batch_size: int):
@@ -264,3 +274,85 @@ def _texts_sha256(texts: Sequence[str]) -> str:
     digest.update(b"\0")
   return digest.hexdigest()
 
+
+class EmbedProgress:
+  """Logs rows done / total, elapsed seconds and an ETA during `embed`.
+
+  Texts are embedded shortest first, so the ETA extrapolates from the share
+  of tokens done (not of rows done), which tracks the remaining work.
+  """
+
+  def __init__(self, sorted_lengths: Sequence[int], log_every: int):
+    """sorted_lengths [n]: token counts in embedding order; 0 = silent."""
+    self.cumulative_tokens = np.cumsum(np.maximum(sorted_lengths, 1))
+    self.log_every = log_every
+    self.batches = 0
+    self.start = time.perf_counter()
+
+  def batch_done(self, rows_done: int) -> None:
+    """Called after each batch with the number of rows embedded so far."""
+    self.batches += 1
+    total = len(self.cumulative_tokens)
+    if self.log_every <= 0 or (self.batches % self.log_every and
+                               rows_done < total):
+      return
+    elapsed = time.perf_counter() - self.start
+    share = self.cumulative_tokens[rows_done - 1] / self.cumulative_tokens[-1]
+    eta = elapsed * (1 - share) / share
+    logging.info("embedded %d/%d texts, %.1f s elapsed, ETA %.1f s",
+                 rows_done, total, elapsed, eta)
+
+
+def encoder_fingerprint(embedder: Embedder) -> str:
+  """sha256 of what decides the vectors: weights, tokenizer, max_length, config.
+
+  Hashes the loaded parameters themselves (names, dtypes, shapes, bytes), so
+  it holds for an Embedder built from any folder or from params in memory.
+  """
+  digest = hashlib.sha256()
+  digest.update(json.dumps({"max_length": embedder.max_length,
+                            "config": dataclasses.asdict(embedder.config)},
+                           sort_keys=True).encode())
+  digest.update(embedder.tokenizer.to_str().encode())
+  leaves, _ = jax.tree_util.tree_flatten_with_path(embedder.params)
+  for path, leaf in leaves:
+    array = np.ascontiguousarray(np.asarray(leaf))
+    digest.update(f"{jax.tree_util.keystr(path)}|{array.dtype}|"
+                  f"{array.shape}".encode())
+    digest.update(array.tobytes())
+  return digest.hexdigest()
+
+
+def cached_embeddings(texts: Sequence[str], embedder: Embedder,
+                      cache_dir: str, kind: str, *, batch_size: int = 64,
+                      log_every: int = 0) -> np.ndarray:
+  """`embedder.embed(texts)` [len(texts), dim], cached under cache_dir.
+
+  The file name, `{kind}-{encoder sha256[:16]}-{texts sha256[:16]}.npy`,
+  carries both fingerprints, so another encoder or other texts never read
+  a stale file; `embed_with_cache` checks the full texts hash and writes
+  atomically.
+  """
+  name = (f"{kind}-{encoder_fingerprint(embedder)[:16]}-"
+          f"{_texts_sha256(texts)[:16]}.npy")
+  vectors = embed_with_cache(
+      texts, os.path.join(cache_dir, name),
+      lambda t: embedder.embed(t, batch_size, log_every=log_every))
+  if vectors.shape != (len(texts), embedder.dim):
+    raise ValueError(f"{os.path.join(cache_dir, name)}: shape {vectors.shape}"
+                     f", expected {(len(texts), embedder.dim)}")
+  return vectors
+
+
+def document_embeddings(corpus: Mapping[str, beir.Document],
+                        embedder: Embedder, cache_dir: str, *,
+                        batch_size: int = 64,
+                        log_every: int = 10) -> np.ndarray:
+  """Unit vectors [len(corpus), dim] of each document's body, corpus order.
+
+  Embeds `doc.text` only, never the title (titles are the queries of the
+  news benchmark). Cached under cache_dir (see `cached_embeddings`).
+  """
+  return cached_embeddings([doc.text for doc in corpus.values()], embedder,
+                           cache_dir, "docs", batch_size=batch_size,
+                           log_every=log_every)

@@ -4,12 +4,14 @@ For one query set it writes TREC run files (GR and BM25), computes Hits@1,
 Hits@10, MRR@10 and Recall@10 with trec_eval semantics (gr.metrics), times
 retrieval (queries/s and mean batch latency), and on a subset of queries
 compares beam search with the exact ranking of every docid (how much beam
-search loses).
+search loses). Given a dense baseline (gr.baselines.dense), it adds a
+'dense' run file, result entry and table row; without one, the results are
+as before.
 """
 import dataclasses
 import os
 import time
-from typing import Mapping, Optional
+from typing import Callable, Mapping, Optional
 
 from gr import metrics
 from gr import retrieval
@@ -17,6 +19,11 @@ from gr.baselines import bm25
 
 METRIC_KWARGS = dict(hits_ks=(1, 10), mrr_k=10, recall_ks=(10,))
 METRIC_NAMES = ("Hits@1", "Hits@10", "MRR@10", "Recall@10")
+SYSTEMS = ("gr", "bm25", "dense")   # table rows, when present in a result
+
+# (corpus, queries) -> run, e.g. functools.partial(dense.dense_baseline,
+# embedder=embedder, cache_dir=cache_dir).
+Baseline = Callable[[Mapping, Mapping[str, str]], metrics.Run]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,9 +64,13 @@ def beam_vs_exact(searcher: retrieval.Searcher, queries: Mapping[str, str],
 
 
 def evaluate_query_set(searcher: retrieval.Searcher, corpus, queries, qrels, *,
-                       name: str, run_dir: str,
-                       exact_queries: int = 0) -> dict:
-  """GR and BM25 metrics, timings and beam-vs-exact for one query set."""
+                       name: str, run_dir: str, exact_queries: int = 0,
+                       dense: Optional[Baseline] = None) -> dict:
+  """GR and BM25 (and dense) metrics, timings, beam-vs-exact for one query set.
+
+  `dense(corpus, queries) -> run` (top 100 per query) adds result["dense"]
+  and run_dir/{name}.dense.trec.
+  """
   queries = {q: queries[q] for q in qrels}
   run, seconds = timed_run(searcher, queries)
   bm25_run = bm25.bm25_run(corpus, queries, k=100)
@@ -75,6 +86,11 @@ def evaluate_query_set(searcher: retrieval.Searcher, corpus, queries, qrels, *,
       "batch_latency_ms": 1000 * seconds / -(-len(queries) //
                                              searcher.batch_size),
   }
+  if dense is not None:
+    dense_run = dense(corpus, queries)
+    metrics.write_trec_run(os.path.join(run_dir, f"{name}.dense.trec"),
+                           dense_run, "dense")
+    result["dense"] = metrics.evaluate_run(qrels, dense_run, **METRIC_KWARGS)
   if exact_queries:
     subset = dict(list(queries.items())[:exact_queries])
     result["beam_vs_exact"] = beam_vs_exact(searcher, subset, qrels, run)
@@ -83,12 +99,12 @@ def evaluate_query_set(searcher: retrieval.Searcher, corpus, queries, qrels, *,
 
 def format_results(results: Mapping[str, dict],
                    title: Optional[str] = None) -> str:
-  """A table: one GR and one BM25 row per query set, metrics as columns."""
+  """A table: GR, BM25 (and dense) rows per query set, metrics as columns."""
   lines = [title] if title else []
   lines.append(f"{'query set':<22}{'system':<8}" +
                "".join(f"{n:>10}" for n in METRIC_NAMES) + f"{'q/s':>9}")
   for set_name, result in results.items():
-    for system in ("gr", "bm25"):
+    for system in (s for s in SYSTEMS if s in result):
       row = result[system]
       speed = f"{result['queries_per_sec']:9.1f}" if system == "gr" else ""
       lines.append(f"{set_name:<22}{system:<8}" +

@@ -18,6 +18,12 @@ and implements both: `constrained_beam_search` uses the sparse `Constraint`
 path (below the root a beam only has its <= W trie children), the dense-mask
 `LogitsProcessor` path stays as a reference.
 
+Documents with several docids (multi-docids, up to D each):
+`constrained_document_search` decodes a pool of top_k * D docids, merges
+each document's docids ("max" or "logsumexp") and returns top_k distinct
+documents with the docids that found them; `exact_document_rank` is its
+oracle (every docid scored by teacher forcing, merged the same way).
+
 Shapes: B = batch, K = beam_size, N = B * K, V = vocabulary, L = max length,
 W = the most tokens a `Constraint` lists per beam.
 Token ids: BOS = PAD = 0 (the first decoder input), EOS = 1.
@@ -425,6 +431,15 @@ def constrained_beam_search(tokens_to_logits: TokensToLogits,
                            documents=documents)
 
 
+AGGREGATIONS = ("max", "logsumexp")
+
+
+def _check_aggregation(aggregation: str, caller: str) -> None:
+  if aggregation not in AGGREGATIONS:
+    raise ValueError(f"{caller}: aggregation {aggregation!r} is not "
+                     "'max' or 'logsumexp'")
+
+
 def rank_documents(doc_indices: jax.Array, scores: jax.Array, *,
                    aggregation: str = "max") -> tuple[jax.Array, jax.Array]:
   """Merges several docids of one document into one ranked entry.
@@ -439,9 +454,7 @@ def rank_documents(doc_indices: jax.Array, scores: jax.Array, *,
     documents [B, K] (each at most once, best first, -1 padding) and their
     scores [B, K] (-inf padding).
   """
-  if aggregation not in ("max", "logsumexp"):
-    raise ValueError(f"rank_documents: aggregation {aggregation!r} is not "
-                     "'max' or 'logsumexp'")
+  _check_aggregation(aggregation, "rank_documents")
   valid = (doc_indices >= 0) & (scores > NEG_INF)  # [B, K]
   same = ((doc_indices[:, :, None] == doc_indices[:, None, :])
           & valid[:, :, None] & valid[:, None, :])  # [B, K, K]
@@ -458,6 +471,108 @@ def rank_documents(doc_indices: jax.Array, scores: jax.Array, *,
   ranked_docs = jnp.take_along_axis(
       jnp.where(first, doc_indices, -1), order, axis=1)
   return ranked_docs, ranked_scores
+
+
+@flax.struct.dataclass
+class RankedDocuments:
+  """Distinct documents a search found, and the docids that found each.
+
+  R = documents returned, D = docids kept per document.
+  """
+  documents: jax.Array  # [B, R] int32, -1 = empty slot
+  scores: jax.Array  # [B, R] float32 merged docid scores, -inf = empty
+  docids: jax.Array  # [B, R, D, L] int32 its docids found, best first; PAD
+  docid_scores: jax.Array  # [B, R, D] float32, -inf = no docid in the slot
+
+
+def document_search_sizes(beam_size: int, top_k: int,
+                          docids_per_doc: int) -> tuple[int, int]:
+  """(docid beams, finished docid pool) that can hold top_k documents.
+
+  One docid per document: (beam_size, top_k), the search as it is. With up
+  to D docids per document, both are scaled by D (the pool to top_k * D, the
+  beams to D * max(beam_size, top_k)), so that top_k distinct documents fit
+  even when each is found through all its docids.
+  """
+  if min(beam_size, top_k, docids_per_doc) < 1:
+    raise ValueError(f"document_search_sizes: need beam_size ({beam_size}), "
+                     f"top_k ({top_k}), docids_per_doc ({docids_per_doc}) "
+                     ">= 1")
+  if docids_per_doc == 1:
+    return beam_size, top_k
+  return docids_per_doc * max(beam_size, top_k), docids_per_doc * top_k
+
+
+def _document_hits(documents: jax.Array, hit_documents: jax.Array,
+                   hit_scores: jax.Array, width: int):
+  """Best `width` hits of each document.
+
+  Args:
+    documents: [B, R] ranked documents, -1 = empty.
+    hit_documents: [B, P] document of each hit, -1 = empty.
+    hit_scores: [B, P] (-inf = empty).
+    width: D <= P.
+
+  Returns:
+    (hit index [B, R, D], hit scores [B, R, D]), best first; -inf where the
+    document has fewer than D hits.
+  """
+  same = ((documents[:, :, None] == hit_documents[:, None, :])
+          & (documents[:, :, None] >= 0))  # [B, R, P]
+  scores = jnp.where(same, hit_scores[:, None, :], NEG_INF)
+  top_scores, index = jax.lax.top_k(scores, width)
+  return index, top_scores
+
+
+def rank_found(found: ConstrainedResult, *, top_k: int, docids_per_doc: int,
+               aggregation: str = "max") -> RankedDocuments:
+  """The top_k distinct documents of a search's finished docids.
+
+  Args:
+    found: P finished docids ([B, P] documents and scores, [B, P, L]).
+    top_k: R, documents returned.
+    docids_per_doc: D, docids kept per document (clipped to P).
+    aggregation: how a document's docid scores merge (`rank_documents`).
+  """
+  documents, scores = rank_documents(found.documents, found.scores,
+                                     aggregation=aggregation)
+  documents, scores = documents[:, :top_k], scores[:, :top_k]  # --> [B, R]
+  width = min(docids_per_doc, found.scores.shape[1])
+  index, docid_scores = _document_hits(documents, found.documents,
+                                       found.scores, width)
+  rows = jnp.arange(index.shape[0])[:, None, None]
+  docids = found.sequences[rows, index]  # --> [B, R, D, L]
+  docids = jnp.where((docid_scores > NEG_INF)[..., None], docids, 0)
+  return RankedDocuments(documents=documents, scores=scores, docids=docids,
+                         docid_scores=docid_scores)
+
+
+def constrained_document_search(tokens_to_logits: TokensToLogits,
+                                initial_cache: PyTree, batch_size: int,
+                                trie_arrays: trie_lib.TrieArrays, *,
+                                beam_size: int, max_decode_len: int,
+                                top_k: int, docids_per_doc: int = 1,
+                                aggregation: str = "max",
+                                length_penalty_alpha: float = 0.0,
+                                dense_mask: bool = False) -> RankedDocuments:
+  """Constrained beam search for top_k distinct documents.
+
+  Decodes with `document_search_sizes(beam_size, top_k, docids_per_doc)`
+  (beams, pool): `tokens_to_logits` sees N = batch_size * beams rows. The
+  pool's docids are merged per document by `aggregation` and the best
+  top_k documents returned (with one docid per document: exactly
+  `constrained_beam_search`'s hits). Other arguments as in
+  `constrained_beam_search`.
+  """
+  _check_aggregation(aggregation, "constrained_document_search")
+  beams, pool = document_search_sizes(beam_size, top_k, docids_per_doc)
+  found = constrained_beam_search(
+      tokens_to_logits, initial_cache, batch_size, trie_arrays,
+      beam_size=beams, max_decode_len=max_decode_len,
+      length_penalty_alpha=length_penalty_alpha, top_k=pool,
+      dense_mask=dense_mask)
+  return rank_found(found, top_k=top_k, docids_per_doc=docids_per_doc,
+                    aggregation=aggregation)
 
 
 def pad_sequences(sequences: Sequence[Sequence[int]],
@@ -511,3 +626,52 @@ def _score_chunk(score_fn, chunk: np.ndarray, batch_size: int) -> np.ndarray:
   padded = np.concatenate(
       [chunk, np.repeat(chunk[:1], batch_size - count, axis=0)])
   return np.asarray(score_fn(jnp.asarray(padded)), np.float64)[:count]
+
+
+def aggregate_documents(documents: np.ndarray, scores: np.ndarray, *,
+                        aggregation: str = "max"
+                        ) -> tuple[np.ndarray, np.ndarray]:
+  """Per-docid scores -> one score per document (numpy), best first.
+
+  Args:
+    documents: [n] document of each docid.
+    scores: [n] its score.
+    aggregation: "max" or "logsumexp", as in `rank_documents`.
+
+  Returns:
+    (documents [m], scores [m]), m distinct documents; ties keep the order
+    in which documents first appear.
+  """
+  _check_aggregation(aggregation, "aggregate_documents")
+  documents = np.asarray(documents)
+  unique, first, inverse = np.unique(documents, return_index=True,
+                                     return_inverse=True)
+  merged = np.full(len(unique), -np.inf)
+  combine = np.maximum if aggregation == "max" else np.logaddexp
+  combine.at(merged, inverse.reshape(-1), np.asarray(scores, np.float64))
+  order = np.lexsort((first, -merged))
+  return unique[order], merged[order]
+
+
+def exact_document_rank(score_fn: Callable[[jax.Array], jax.Array],
+                        sequences: Sequence[Sequence[int]],
+                        values: Sequence[int], *, aggregation: str = "max",
+                        batch_size: int = 256, max_len: Optional[int] = None,
+                        length_penalty_alpha: float = 0.0,
+                        top_k: Optional[int] = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+  """Exact ranking of documents: every docid scored, merged per document.
+
+  Arguments as in `exact_rank`; `aggregation` as in `rank_documents`, over
+  all docids of a document; `top_k` counts documents.
+
+  Returns:
+    (documents [k], scores [k]) as numpy, best first.
+  """
+  _check_aggregation(aggregation, "exact_document_rank")
+  _, scores, documents = exact_rank(
+      score_fn, sequences, values, batch_size=batch_size, max_len=max_len,
+      length_penalty_alpha=length_penalty_alpha)
+  documents, scores = aggregate_documents(documents, scores,
+                                          aggregation=aggregation)
+  return documents[:top_k], scores[:top_k]

@@ -2,8 +2,11 @@
 
 `Searcher` holds one jitted constrained beam search (compiled once per
 batch shape; the trie is an argument, so editing it does not recompile) and
-turns query texts into ranked (doc_id, score) lists. `exact_ranking` is the
-oracle beam search approximates: every docid scored by teacher forcing.
+turns query texts into ranked (doc_id, score) lists of distinct documents:
+with several docids per document (multi-docids) it decodes enough docids
+for top_k documents and merges each document's docids by
+`SearchConfig.aggregation`. `exact_ranking` is the oracle beam search
+approximates: every docid scored by teacher forcing, merged the same way.
 """
 import dataclasses
 import functools
@@ -37,49 +40,68 @@ class SearchConfig:
   max_decode_len: int = 16
   length_penalty_alpha: float = 0.0
   aggregation: str = "max"  # multi-docids: "max" or "logsumexp"
+  docids_per_doc: int = 1  # most docids of one document (`fit_to_index`)
+
+
+def docids_per_document(index: index_lib.Index) -> int:
+  """The most docids any document of `index` has (1 for an empty index)."""
+  return max((len(ids) for ids in index.table.docids.values()), default=1)
+
+
+def fit_to_index(config: SearchConfig, index: index_lib.Index) -> SearchConfig:
+  """`config` with docids_per_doc set from `index`."""
+  return dataclasses.replace(config, docids_per_doc=docids_per_document(index))
 
 
 def make_search_fn(model: models.EncoderDecoderModel, config: SearchConfig):
-  """Jitted (params, encoder_tokens [B, Li], trie_arrays) -> (docs, scores).
+  """Jitted (params, encoder_tokens [B, Li], trie_arrays) -> RankedDocuments.
 
-  docs [B, top_k] are positions in the index's doc_ids (-1 = none) after
-  merging a document's several docids; scores [B, top_k] log-probs.
+  documents [B, top_k] are distinct positions in the index's doc_ids (-1 =
+  none), each document's docids merged by config.aggregation; scores
+  [B, top_k] log-probs; docids [B, top_k, D, L] the docid tokens that found
+  each document, best first (D = config.docids_per_doc).
   """
+  beams, _ = decoding.document_search_sizes(
+      config.beam_size, config.top_k, config.docids_per_doc)
 
   @jax.jit
   def search(params, encoder_tokens, trie_arrays):
     batch = encoder_tokens.shape[0]
     encoded = model.encode(params, encoder_tokens)
-    encoded = jnp.repeat(encoded, config.beam_size, axis=0)  # --> [B*K, Li, D]
-    tokens = jnp.repeat(encoder_tokens, config.beam_size, axis=0)
+    encoded = jnp.repeat(encoded, beams, axis=0)  # --> [B*K, Li, D]
+    tokens = jnp.repeat(encoder_tokens, beams, axis=0)
     cache = model.init_cache(params, batch, config.max_decode_len)
 
     def tokens_to_logits(decoder_tokens, cache, step):
       del step
       return model.decode_step(params, cache, encoded, tokens, decoder_tokens)
 
-    result = decoding.constrained_beam_search(
+    return decoding.constrained_document_search(
         tokens_to_logits, cache, batch, trie_arrays,
         beam_size=config.beam_size, max_decode_len=config.max_decode_len,
-        length_penalty_alpha=config.length_penalty_alpha, top_k=config.top_k)
-    return decoding.rank_documents(result.documents, result.scores,
-                                   aggregation=config.aggregation)
+        top_k=config.top_k, docids_per_doc=config.docids_per_doc,
+        aggregation=config.aggregation,
+        length_penalty_alpha=config.length_penalty_alpha)
 
   return search
 
 
 class Searcher:
-  """Batched retrieval over an index with a model and its params."""
+  """Batched retrieval over an index with a model and its params.
+
+  The config's docids_per_doc is set from the index (`fit_to_index`).
+  """
 
   def __init__(self, model: models.EncoderDecoderModel, params,
                index: index_lib.Index, config: SearchConfig, *,
                input_length: int = 64, batch_size: int = 32):
     self.model, self.params, self.index = model, params, index
-    self.config, self.input_length = config, input_length
+    self.config = fit_to_index(config, index)
+    self.input_length = input_length
     self.batch_size = batch_size
     self.trie = index.build_trie()
     self.trie_arrays = self.trie.to_device()
-    self._search = make_search_fn(model, config)
+    self._search = make_search_fn(model, self.config)
 
   def refresh_trie(self) -> None:
     """Re-uploads the trie after host-side inserts/deletes (same shapes)."""
@@ -92,9 +114,9 @@ class Searcher:
       chunk = tokens[start:start + self.batch_size]
       padded = np.zeros((self.batch_size, tokens.shape[1]), np.int32)
       padded[:len(chunk)] = chunk
-      d, s = self._search(self.params, padded, self.trie_arrays)
-      docs.append(np.asarray(d)[:len(chunk)])
-      scores.append(np.asarray(s)[:len(chunk)])
+      found = self._search(self.params, padded, self.trie_arrays)
+      docs.append(np.asarray(found.documents)[:len(chunk)])
+      scores.append(np.asarray(found.scores)[:len(chunk)])
     return np.concatenate(docs), np.concatenate(scores)
 
   def search(self, texts: Sequence[str]) -> list[Ranking]:
@@ -133,24 +155,22 @@ def make_score_fn(model: models.EncoderDecoderModel):
 
 def exact_ranking(searcher: Searcher, query_texts: Sequence[str], *,
                   top_k: int = 10, batch_size: int = 512) -> list[Ranking]:
-  """Every docid scored by teacher forcing, per query (the oracle)."""
+  """Every docid scored by teacher forcing, per query (the oracle).
+
+  A document's docids are merged by the searcher's config.aggregation (over
+  all of them); top_k counts documents.
+  """
   score = make_score_fn(searcher.model)
   sequences, values = searcher.index.docid_sequences()
   tokens = encode_queries(searcher.index.vocab, query_texts,
                           searcher.input_length)
+  doc_ids = searcher.index.doc_ids
   rankings = []
   for query in tokens:
     score_fn = functools.partial(score, searcher.params, jnp.asarray(query))
-    # Several docids of one document: keep its best (max aggregation).
-    _, scores, docs = decoding.exact_rank(
-        score_fn, sequences, values, batch_size=batch_size,
+    docs, scores = decoding.exact_document_rank(
+        score_fn, sequences, values, aggregation=searcher.config.aggregation,
+        batch_size=batch_size, top_k=top_k,
         length_penalty_alpha=searcher.config.length_penalty_alpha)
-    ranking, seen = [], set()
-    for doc, s in zip(docs, scores):
-      if doc not in seen:
-        seen.add(doc)
-        ranking.append((searcher.index.doc_ids[doc], float(s)))
-      if len(ranking) == top_k:
-        break
-    rankings.append(ranking)
+    rankings.append([(doc_ids[d], float(s)) for d, s in zip(docs, scores)])
   return rankings

@@ -122,11 +122,16 @@ class ServingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Hit:
-  """One retrieved document: its id, (first) docid, log-prob and title."""
+  """One retrieved document: its id, best docid, log-prob and title.
+
+  matched_docids: the document's docids that the search found, best first
+  (docid is the first); with one docid per document, just that one.
+  """
   doc_id: str
   docid: str
   score: float
   title: Optional[str] = None
+  matched_docids: tuple[str, ...] = ()
 
 
 # ------------------------------------------------------------- loading --
@@ -254,6 +259,28 @@ def shared_search_fn(model_config: network.T5Config,
                                   search)
 
 
+def _matched_docids(index: index_lib.Index, doc_id: str,
+                    found: np.ndarray) -> tuple[str, ...]:
+  """The docid strings of `doc_id` whose tokens are the rows of `found`.
+
+  Args:
+    found: [D, L] EOS-terminated docid tokens, best first; all-PAD rows are
+      empty slots.
+
+  Returns:
+    Their docids, best first (the document's first docid if none match).
+  """
+  by_tokens = {tuple(index.vocab.encode_docid(docid) + [vocab_lib.EOS_ID]):
+               docid for docid in index.table.docids[doc_id]}
+  matched = []
+  for row in found.tolist():
+    tokens = tuple(row[:row.index(vocab_lib.EOS_ID) + 1]
+                   if vocab_lib.EOS_ID in row else row)
+    if tokens in by_tokens:
+      matched.append(by_tokens[tokens])
+  return tuple(matched) or tuple(index.table.docids[doc_id][:1])
+
+
 @dataclasses.dataclass(frozen=True)
 class _Live:
   """What a search reads, swapped as a whole on every update."""
@@ -281,8 +308,8 @@ class Retriever:
     self.titles.update({d: doc.title for d, doc in
                         self.online_documents.items()})
     self.max_decode_len = index.max_docid_length() + config.decode_headroom
-    self._search = shared_search_fn(
-        model.config, config.search_config(self.max_decode_len))
+    self._search = shared_search_fn(model.config, retrieval.fit_to_index(
+        config.search_config(self.max_decode_len), index))
     self._update_lock = threading.Lock()
     self._scheme = None
     self._trie = self._build_trie(index)
@@ -397,29 +424,35 @@ class Retriever:
     results = []
     for start in range(0, len(queries), self.max_batch):
       chunk = tokens[start:start + self.max_batch]  # [n, Li]
-      slots, scores = self._search_padded(chunk, live.trie_arrays)
-      results.extend(self._hits(live, row_s, row_p, k)
-                     for row_s, row_p in zip(slots, scores))
+      found = self._search_padded(chunk, live.trie_arrays)
+      results.extend(self._hits(live, *row, k) for row in zip(*found))
     return results
 
   def _search_padded(self, tokens: np.ndarray, arrays: trie_lib.TrieArrays
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """[n, Li] -> (slots [n, max_k], scores [n, max_k]) via bucket padding."""
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[n, Li] -> (slots, scores [n, max_k], docids [n, max_k, D, L]).
+
+    Padded to a bucket; docids are each slot's docid tokens found, best
+    first (all PAD rows after the last).
+    """
     n = tokens.shape[0]
     padded = np.zeros((self.bucket_for(n), tokens.shape[1]), np.int32)
     padded[:n] = tokens  # --> [bucket, Li]
-    slots, scores = self._search(self.params, padded, arrays)
-    return np.asarray(slots)[:n], np.asarray(scores)[:n]
+    found = self._search(self.params, padded, arrays)
+    return (np.asarray(found.documents)[:n], np.asarray(found.scores)[:n],
+            np.asarray(found.docids)[:n])
 
   def _hits(self, live: _Live, slots: np.ndarray, scores: np.ndarray,
-            k: int) -> list[Hit]:
+            docids: np.ndarray, k: int) -> list[Hit]:
+    """Hits of one query: slots, scores [max_k], docids [max_k, D, L]."""
     hits = []
-    for slot, score in zip(slots, scores):
+    for slot, score, found in zip(slots, scores, docids):
       doc_id = live.slots[slot] if slot >= 0 else None
       if doc_id is None or not np.isfinite(score):
         continue
-      hits.append(Hit(doc_id, live.index.table.docids[doc_id][0], float(score),
-                      self.titles.get(doc_id)))
+      matched = _matched_docids(live.index, doc_id, found)
+      hits.append(Hit(doc_id, matched[0], float(score),
+                      self.titles.get(doc_id), matched))
       if len(hits) == k:
         break
     return hits

@@ -384,3 +384,119 @@ def test_processor_and_sparse_constraint_compose(sequences, seed):
     np.testing.assert_allclose(result_scores[row][:count],
                                [v for v, _ in expected], rtol=1e-5)
     assert np.all(np.asarray(result_scores[row][count:]) == -np.inf)
+
+
+# ------------------------------------------------- documents, multi-docids
+
+DOCIDS_PER_DOC = 3
+
+
+@functools.partial(jax.jit, static_argnames=("beam_size", "top_k",
+                                             "docids_per_doc", "aggregation"))
+def _document_search(table, bias, arrays, *, beam_size, top_k,
+                     docids_per_doc=DOCIDS_PER_DOC, aggregation="max"):
+  return decoding.constrained_document_search(
+      functools.partial(_tokens_to_logits, table), _initial_cache(bias),
+      BATCH, arrays, beam_size=beam_size, max_decode_len=MAX_LEN, top_k=top_k,
+      docids_per_doc=docids_per_doc, aggregation=aggregation)
+
+
+def _merge(scores, aggregation):
+  """Oracle: a document's docid scores (floats) merged."""
+  if aggregation == "max":
+    return max(scores)
+  return float(np.logaddexp.reduce(np.array(scores, np.float64)))
+
+
+def _document_oracle(table, bias_row, sequences, values, pool, aggregation):
+  """Documents ranked from the best `pool` docids: [(doc, score, [docids])]."""
+  best = _brute_force(table, bias_row, sequences, pool)
+  per_doc = {}
+  for score, sequence in best:  # best first
+    per_doc.setdefault(values[sequences.index(sequence)], []).append(
+        (score, sequence))
+  ranked = [(doc, _merge([s for s, _ in hits], aggregation),
+             [seq for _, seq in hits]) for doc, hits in per_doc.items()]
+  return sorted(ranked, key=lambda r: -r[1])
+
+
+multi_docid_sets = st.lists(
+    st.lists(st.integers(2, VOCAB - 1), min_size=1, max_size=MAX_LEN - 1).map(
+        lambda t: tuple(t) + (1,)),
+    min_size=2, max_size=12, unique=True)
+
+
+@settings(max_examples=15, deadline=None)
+@given(multi_docid_sets, st.permutations(range(6 * DOCIDS_PER_DOC)),
+       st.integers(0, 2**16), st.sampled_from(["max", "logsumexp"]),
+       st.sampled_from([2, 6]))
+def test_document_search_ranks_distinct_documents(sequences, slots, seed,
+                                                  aggregation, top_k):
+  # Up to 12 docids of 6 documents (<= 3 docids each); 3 * max(4, top_k) >= 12
+  # beams make the search exhaustive, so its pool is the best top_k * 3
+  # docids and the documents are ranked from exactly those.
+  values = [slot // DOCIDS_PER_DOC for slot in slots[:len(sequences)]]
+  table, bias = _toy(seed, VOCAB)
+  result = _document_search(table, bias, _trie(sequences, values).to_device(),
+                            beam_size=4, top_k=top_k, aggregation=aggregation)
+  pool = top_k * DOCIDS_PER_DOC
+  for row in range(BATCH):
+    expected = _document_oracle(table, bias[row], sequences, values, pool,
+                                aggregation)[:top_k]
+    count = len(expected)
+    docs = result.documents[row].tolist()
+    assert docs[:count] == [doc for doc, _, _ in expected]
+    assert docs[count:] == [-1] * (top_k - count)
+    assert len(set(docs[:count])) == count
+    np.testing.assert_allclose(result.scores[row][:count],
+                               [s for _, s, _ in expected], rtol=1e-5)
+    for found, scores, (_, _, want) in zip(result.docids[row],
+                                           result.docid_scores[row], expected):
+      assert _as_tuples(found[:len(want)]) == want  # best first
+      assert np.all(np.asarray(found[len(want):]) == 0)
+      assert np.all(np.asarray(scores[len(want):]) == -np.inf)
+    if aggregation == "max" or pool >= len(sequences):
+      exact_docs, exact_scores = decoding.exact_document_rank(
+          functools.partial(_teacher_forced, table, bias[row]), sequences,
+          values, aggregation=aggregation, batch_size=4, max_len=MAX_LEN,
+          top_k=top_k)
+      assert docs[:count] == exact_docs.tolist()
+      np.testing.assert_allclose(result.scores[row][:count], exact_scores,
+                                 rtol=1e-5)
+
+
+@settings(max_examples=10, deadline=None)
+@given(docid_sets, st.integers(0, 2**16))
+def test_document_search_with_one_docid_each_is_the_docid_search(sequences,
+                                                                 seed):
+  # A small beam (approximate): one docid per document must change nothing.
+  table, bias = _toy(seed, VOCAB)
+  arrays = _trie(sequences, list(range(len(sequences)))).to_device()
+  docids = _constrained(table, bias, arrays, beam_size=2, top_k=2)
+  documents = _document_search(table, bias, arrays, beam_size=2, top_k=2,
+                               docids_per_doc=1)
+  np.testing.assert_array_equal(documents.documents, docids.documents)
+  np.testing.assert_array_equal(documents.scores, docids.scores)
+  np.testing.assert_array_equal(documents.docids[:, :, 0], docids.sequences)
+  assert decoding.document_search_sizes(5, 3, 1) == (5, 3)
+  assert decoding.document_search_sizes(5, 3, 2) == (10, 6)
+
+
+def test_exact_document_rank_honours_the_aggregation():
+  # Document 1's two docids (0.3 + 0.3) beat document 0's one (0.4) only
+  # when probabilities add.
+  sequences, values = [(2, 1), (3, 1), (4, 1), (5, 1)], [0, 1, 1, 2]
+  log_probs = jnp.log(jnp.array([0, 0, 0.4, 0.3, 0.3, 0.05]))
+  score_fn = lambda targets: log_probs[targets[:, 0]]
+  docs, scores = decoding.exact_document_rank(
+      score_fn, sequences, values, aggregation="max", batch_size=3)
+  assert docs.tolist() == [0, 1, 2]
+  np.testing.assert_allclose(np.exp(scores), [0.4, 0.3, 0.05], rtol=1e-6)
+  docs, scores = decoding.exact_document_rank(
+      score_fn, sequences, values, aggregation="logsumexp", batch_size=3,
+      top_k=2)
+  assert docs.tolist() == [1, 0]
+  np.testing.assert_allclose(np.exp(scores), [0.6, 0.4], rtol=1e-6)
+  with pytest.raises(ValueError, match="aggregation"):
+    decoding.exact_document_rank(score_fn, sequences, values,
+                                 aggregation="mean")

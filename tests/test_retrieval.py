@@ -1,4 +1,11 @@
-"""Tests for gr/retrieval.py: Searcher against the exact-ranking oracle."""
+"""Tests for gr/retrieval.py: Searcher against the exact-ranking oracle.
+
+Every document has 3 docids (multi scheme); a search for all 12 documents
+decodes 3 * 12 beams, as many as there are docids, so it is exhaustive and
+must equal the exact ranking under either aggregation.
+"""
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -12,38 +19,93 @@ from gr.docids import get_scheme
 
 WORDS = ("river stone cloud ember frost grove harbor island jungle kettle "
          "lantern meadow nectar orchard pepper quartz").split()
+# Short docids (an untrained model gives long ones almost no probability), so
+# that adding a document's docid probabilities changes its score.
+PARTS = ({"scheme": "naive"}, {"scheme": "text", "method": "prefix",
+                               "num_words": 1},
+         {"scheme": "text", "method": "tfidf", "num_words": 1})
 
 
 @pytest.fixture(scope="module")
-def searcher(tmp_path_factory):
+def searchers(tmp_path_factory):
+  """{aggregation: Searcher} over one index and model."""
   corpus = {f"d{i}": Document(f"d{i}", "", " ".join(
       WORDS[(i * 3 + j) % len(WORDS)] for j in range(8))) for i in range(12)}
-  table = get_scheme("multi").assign(corpus)  # several docids per document
+  table = get_scheme("multi", parts=PARTS).assign(corpus)
   texts = index_lib.training_texts(corpus, {}) * 5
   index = index_lib.build_index(table, texts,
                                 str(tmp_path_factory.mktemp("idx")),
                                 vocab_size=80)
-  sequences, _ = index.docid_sequences()
   model = models.EncoderDecoderModel(network.T5Config.tiny(
       vocab_size=-(-index.vocab.vocab_size // 128) * 128))
   params = model.init_params(jax.random.PRNGKey(0), input_length=16,
                              target_length=8)
   config = retrieval.SearchConfig(
-      beam_size=len(sequences), top_k=len(sequences),
+      beam_size=len(corpus), top_k=len(corpus),
       max_decode_len=index.max_docid_length())
-  return retrieval.Searcher(model, params, index, config, input_length=16,
-                            batch_size=4)
+  return {aggregation: retrieval.Searcher(
+      model, params, index,
+      dataclasses.replace(config, aggregation=aggregation), input_length=16,
+      batch_size=4) for aggregation in ("max", "logsumexp")}
 
 
-def test_beam_search_with_full_beam_equals_exact_ranking(searcher):
-  queries = ["river stone", "frost grove harbor", "pepper"]
-  beam = searcher.search(queries)
-  exact = retrieval.exact_ranking(searcher, queries, top_k=len(
+@pytest.fixture(scope="module")
+def searcher(searchers):
+  return searchers["max"]
+
+
+QUERIES = ["river stone", "frost grove harbor", "pepper"]
+
+
+def test_searcher_fits_docids_per_doc_to_the_index(searcher):
+  assert searcher.config.docids_per_doc == 3
+  assert retrieval.docids_per_document(searcher.index) == 3
+
+
+@pytest.mark.parametrize("aggregation", ["max", "logsumexp"])
+def test_beam_search_with_full_beam_equals_exact_ranking(searchers,
+                                                         aggregation):
+  searcher = searchers[aggregation]
+  beam = searcher.search(QUERIES)
+  exact = retrieval.exact_ranking(searcher, QUERIES, top_k=len(
       searcher.index.doc_ids))
   for b, e in zip(beam, exact):
     assert [d for d, _ in b] == [d for d, _ in e]
+    assert len(b) == len(searcher.index.doc_ids)  # distinct documents
     np.testing.assert_allclose([s for _, s in b], [s for _, s in e],
                                atol=1e-4)
+
+
+def _docid_oracle(searcher, query):
+  """Brute force: {doc_id: [log-prob of each of its docids]}."""
+  sequences, values = searcher.index.docid_sequences()
+  targets = np.zeros((len(sequences), searcher.config.max_decode_len),
+                     np.int32)
+  for row, sequence in enumerate(sequences):
+    targets[row, :len(sequence)] = sequence
+  tokens = retrieval.encode_queries(searcher.index.vocab, [query],
+                                    searcher.input_length)[0]
+  scores = retrieval.make_score_fn(searcher.model)(searcher.params, tokens,
+                                                   targets)
+  per_doc = {}
+  for value, score in zip(values, np.asarray(scores, np.float64)):
+    per_doc.setdefault(searcher.index.doc_ids[value], []).append(score)
+  return per_doc
+
+
+def test_exact_ranking_merges_docids_by_the_aggregation(searchers):
+  per_doc = _docid_oracle(searchers["max"], QUERIES[0])
+  merged = {"max": {d: max(s) for d, s in per_doc.items()},
+            "logsumexp": {d: float(np.logaddexp.reduce(s))
+                          for d, s in per_doc.items()}}
+  for aggregation, searcher in searchers.items():
+    (ranking,) = retrieval.exact_ranking(searcher, QUERIES[:1], top_k=5)
+    want = sorted(merged[aggregation].items(), key=lambda x: -x[1])[:5]
+    assert [d for d, _ in ranking] == [d for d, _ in want]
+    np.testing.assert_allclose([s for _, s in ranking],
+                               [s for _, s in want], atol=1e-4)
+  gaps = [merged["logsumexp"][d] - merged["max"][d] for d in per_doc]
+  assert max(gaps) > 1e-2  # the two aggregations are told apart
 
 
 def test_every_result_is_an_indexed_document_once(searcher):

@@ -155,6 +155,7 @@ def test_from_checkpoint_seeds_index_and_matches_searcher(run_template,
                                  [s for _, s in want], rtol=1e-5)
       for hit in hits:
         assert hit.docid == r.index.table.docids[hit.doc_id][0]
+        assert hit.matched_docids == (hit.docid,)
   finally:
     r.close()
 
@@ -233,6 +234,60 @@ def test_batches_match_single_queries_and_nothing_recompiles(retriever):
     np.testing.assert_allclose([h.score for h in row_b],
                                [h.score for h in row_s], atol=1e-5)
   assert retriever.compiled_count() == compiled
+
+
+# ------------------------------------------------------------ multi-docids
+
+MULTI_PARTS = ({"scheme": "naive"},
+               {"scheme": "text", "method": "prefix", "num_words": 1},
+               {"scheme": "text", "method": "tfidf", "num_words": 1})
+
+
+@pytest.fixture(scope="module")
+def multi_run(tmp_path_factory):
+  """(model, params, index, input_length) of a run with 3 docids each."""
+  model_dir = make_run(tmp_path_factory.mktemp("multi"), scheme="multi",
+                       scheme_params={"parts": MULTI_PARTS})
+  model, params, trained, run, _ = serving.load_checkpoint(model_dir)
+  return model, params, trained, run.input_length
+
+
+def docid_log_probs(model, params, index, query, docids, length):
+  """Teacher-forced log-prob of each docid string for `query` [n]."""
+  targets = np.zeros((len(docids), length), np.int32)
+  for row, docid in enumerate(docids):
+    tokens = index.vocab.encode_docid(docid) + [1]
+    targets[row, :len(tokens)] = tokens
+  query_tokens = retrieval.encode_queries(index.vocab, [query], INPUT_LENGTH)
+  return np.asarray(retrieval.make_score_fn(model)(params, query_tokens[0],
+                                                   targets), np.float64)
+
+
+@pytest.mark.parametrize("aggregation", ["max", "logsumexp"])
+def test_multi_docid_hits_are_documents_with_their_matched_docids(
+    multi_run, aggregation):
+  # 4 documents from a 12-beam search over 36 docids (approximate): each
+  # hit's score must be its matched docids' log-probs merged.
+  model, params, index, input_length = multi_run
+  r = serving.Retriever(model, params, index, input_length=input_length,
+                        config=serving.ServingConfig(
+                            max_k=4, buckets=(1,), aggregation=aggregation))
+  query = "apple river ocean"
+  hits = r.retrieve([query], 4)[0]
+  assert len(hits) == 4
+  assert len({h.doc_id for h in hits}) == 4
+  assert [h.score for h in hits] == sorted((h.score for h in hits),
+                                           reverse=True)
+  merge = max if aggregation == "max" else np.logaddexp.reduce
+  for hit in hits:
+    assert hit.matched_docids and hit.docid == hit.matched_docids[0]
+    assert set(hit.matched_docids) <= set(index.table.docids[hit.doc_id])
+    assert len(set(hit.matched_docids)) == len(hit.matched_docids)
+    scores = docid_log_probs(model, params, index, query, hit.matched_docids,
+                             r.max_decode_len)
+    assert list(scores) == sorted(scores, reverse=True)  # best first
+    np.testing.assert_allclose(hit.score, merge(scores), atol=1e-4)
+  assert any(len(h.matched_docids) > 1 for h in hits)
 
 
 # ---------------------------------------------------------- online updates

@@ -100,8 +100,9 @@ def test_search_matches_in_process_retrieve(service):
   assert body["query"] == "ocean tiger"
   assert [h["doc_id"] for h in body["hits"]] == [h.doc_id for h in expected]
   for hit, want in zip(body["hits"], expected):
-    assert set(hit) == {"doc_id", "docid", "score", "title"}
+    assert set(hit) == {"doc_id", "docid", "score", "title", "matched_docids"}
     assert hit["docid"] == want.docid
+    assert hit["matched_docids"] == list(want.matched_docids) == [want.docid]
     assert hit["score"] == pytest.approx(want.score, abs=1e-5)
 
 

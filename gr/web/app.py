@@ -7,7 +7,9 @@
   DELETE /documents/{id}                                              (token)
   GET    /healthz, /metrics (Prometheus text format)
 
-A hit is {"doc_id", "docid", "score", "title"}. Searches go through a
+A hit is {"doc_id", "docid", "score", "title", "matched_docids"}: docid is
+the best of matched_docids, the document's docids that the search found
+(several with multi-docids), best first. Searches go through a
 `gr.microbatch.MicroBatcher`, so concurrent requests share device batches.
 
 Guards: the mutating endpoints need `Authorization: Bearer <token>`,
@@ -84,9 +86,10 @@ def _text(max_chars: int, min_chars: int = 1):
 
 class Hit(pydantic.BaseModel):
   doc_id: str
-  docid: str
+  docid: str  # the best matched docid
   score: float
   title: Optional[str] = None
+  matched_docids: list[str] = []  # docids that found the document, best first
 
 
 class SearchResponse(pydantic.BaseModel):

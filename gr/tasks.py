@@ -276,8 +276,10 @@ def check_targets_fit(
 
 def output_features(vocab,
                     *, docid_targets: bool) -> dict[str, seqio.Feature]:
-  """`inputs` text with EOS; `targets` pre-tokenised docids or text."""
-  return {"inputs": seqio.Feature(vocab, add_eos=True),
+  """`inputs` text (EOS or the encoder's own end marker); `targets`
+  pre-tokenised docids or text."""
+  return {"inputs": seqio.Feature(vocab.input_vocabulary,
+                                  add_eos=vocab.input_eos),
           "targets": seqio.Feature(vocab, add_eos=not docid_targets)}
 
 

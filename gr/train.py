@@ -41,7 +41,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from gr import bert
+from gr import bert_network
 from gr import checkpoints
+from gr import embed
 from gr import models
 from gr import network
 from gr import partitioning
@@ -50,6 +53,19 @@ from gr import partitioning
 # (gin files say `import gr.train`).
 gin.external_configurable(network.T5Config, module='network')
 gin.external_configurable(models.EncoderDecoderModel, module='models')
+
+
+@gin.configurable(module='bert_network')
+def pretrained_encoder_config(*, decoder: network.T5Config,
+                              encoder_dir: str | None = None,
+                              trainable_encoder_layers: int = 0,
+                              ) -> bert_network.BertT5Config:
+  """A BERT-family encoder (a HF folder; default all-MiniLM-L6-v2) under
+  the `decoder` T5 config, its top `trainable_encoder_layers` trained."""
+  encoder_dir = encoder_dir or embed.default_model_dir()
+  return bert_network.BertT5Config(
+      bert.BertConfig.from_folder(encoder_dir), decoder,
+      trainable_encoder_layers, encoder_dir)
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
@@ -150,6 +166,18 @@ def make_optimizer(config: OptimizerConfig,
   if config.clip_grad_norm is None:
     return core
   return optax.chain(optax.clip_by_global_norm(config.clip_grad_norm), core)
+
+
+def freeze(optimizer: optax.GradientTransformation,
+           trainable_mask: Callable[[PyTree], PyTree],
+           ) -> optax.GradientTransformation:
+  """`optimizer` on parameters where trainable_mask(params) is True; the
+  rest get zero updates (no optimizer state, no weight decay)."""
+  def labels(params):
+    return jax.tree.map(lambda t: 'train' if t else 'frozen',
+                        trainable_mask(params))
+  return optax.multi_transform(
+      {'train': optimizer, 'frozen': optax.set_to_zero()}, labels)
 
 
 # ----------------------------------------------------------- train step --
@@ -335,7 +363,7 @@ def fit_vocab(model, vocab_size: int):
   padded = -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
   if model.config.vocab_size == padded:
     return model
-  return type(model)(dataclasses.replace(model.config, vocab_size=padded))
+  return model.with_vocab_size(padded)
 
 
 # -------------------------------------------------------------- logging --
@@ -409,16 +437,18 @@ def _evaluate(sharded: Sharded, params, eval_batches: list) -> dict:
   return _mean_metrics([sharded.eval(params, batch) for batch in eval_batches])
 
 
-def _eval_batches(mixture_or_task, eval_steps: int, mesh,
-                  **kwargs) -> list[dict[str, jax.Array]]:
+def _eval_batches(mixture_or_task, eval_steps: int, mesh, *,
+                  batch_transform=None, **kwargs) -> list[dict[str, jax.Array]]:
   """The first `eval_steps` validation batches, on device, for every eval."""
   batches = task_batches(mixture_or_task, split='validation', shuffle=False,
                          **kwargs)
+  if batch_transform is not None:
+    batches = map(batch_transform, batches)
   return [partitioning.global_batch(next(batches), mesh)
           for _ in range(eval_steps)]
 
 
-@gin.configurable(denylist=['init_params'])
+@gin.configurable(denylist=['init_params', 'batch_transform'])
 def train(*, model: TrainableModel, mixture_or_task_name,
           train_steps: int, batch_size: int, model_dir: str,
           input_length: int, target_length: int,
@@ -429,7 +459,9 @@ def train(*, model: TrainableModel, mixture_or_task_name,
           log_every: int = 100, init_params: PyTree | None = None,
           init_checkpoint: str | None = None,
           artifact_dir: str | None = None,
-          fit_vocab_to_task: bool = True) -> TrainState:
+          fit_vocab_to_task: bool = True,
+          batch_transform: Callable[[dict], dict] | None = None,
+          ) -> TrainState:
   """Trains `model` on a seqio task/mixture; resumes from `model_dir`.
 
   Args:
@@ -453,6 +485,8 @@ def train(*, model: TrainableModel, mixture_or_task_name,
     artifact_dir: index artifact directory saved beside every checkpoint.
     fit_vocab_to_task: False keeps the model's vocab_size (e.g. to start
       from a checkpoint with T5's 32128 rows).
+    batch_transform: applied to each host batch (numpy) before it goes to
+      the devices, e.g. gr.encoder_cache adding `encoder_frozen_states`.
 
   Returns:
     The final TrainState.
@@ -460,7 +494,10 @@ def train(*, model: TrainableModel, mixture_or_task_name,
   if fit_vocab_to_task:
     model = fit_vocab(model, task_vocab_size(mixture_or_task_name))
   mesh = partitioning.make_mesh(data=mesh_data, model=mesh_model)
-  sharded = shard_model(model, make_optimizer(optimizer, train_steps), mesh,
+  tx = make_optimizer(optimizer, train_steps)
+  if hasattr(model, 'trainable_mask'):
+    tx = freeze(tx, model.trainable_mask)
+  sharded = shard_model(model, tx, mesh,
                         input_length=input_length,
                         target_length=target_length,
                         sam_rho=optimizer.sam_rho)
@@ -472,10 +509,12 @@ def train(*, model: TrainableModel, mixture_or_task_name,
                  batch_size=batch_size, seed=seed)
   batches = task_batches(mixture_or_task_name, split='train',
                          skip_batches=start, **lengths)
+  if batch_transform is not None:
+    batches = map(batch_transform, batches)
   eval_batches = None
   if eval_every and has_split(mixture_or_task_name, 'validation'):
     eval_batches = _eval_batches(mixture_or_task_name, eval_steps, mesh,
-                                 **lengths)
+                                 batch_transform=batch_transform, **lengths)
   writer = SummaryWriter(model_dir) if jax.process_index() == 0 else None
   rng = partitioning.replicated_key(seed, mesh)
   state = _loop(sharded, state, batches, rng, manager, start=start,

@@ -24,6 +24,7 @@ import io
 import json
 import os
 import re
+import shutil
 from typing import Iterable, Iterator, Optional, Sequence
 
 import seqio
@@ -35,6 +36,7 @@ from gr import atomic_io
 PAD_ID = 0
 EOS_ID = 1
 UNK_ID = 2
+SP_MODEL_NAME = "spm.model"
 
 _FORMAT = "gr.vocab"
 _FORMAT_VERSION = 1
@@ -209,6 +211,22 @@ class Vocabulary(seqio.Vocabulary):
   def sp_size(self) -> int:
     """Sentencepiece pieces, including T5 sentinels: the first docid id."""
     return self._sp.vocab_size
+
+  @property
+  def base_size(self) -> int:
+    """Ids before the docid tokens (the first docid id)."""
+    return self.sp_size
+
+  @property
+  def input_vocabulary(self) -> "Vocabulary":
+    """The view encoder inputs are tokenised with (this one; EOS appended)."""
+    return self
+
+  input_eos = True  # seqio appends EOS to encoder inputs
+
+  def encode_inputs(self, text: str, max_length: int) -> list[int]:
+    """Encoder input ids: pieces trimmed to max_length - 1, then EOS."""
+    return list(self.encode(text))[:max_length - 1] + [EOS_ID]
 
   @property
   def docid_tokens(self) -> tuple[str, ...]:
@@ -388,6 +406,15 @@ class Vocabulary(seqio.Vocabulary):
     atomic_io.write_bytes(path, json.dumps(record, indent=1).encode("utf-8"))
     return path
 
+  def copy_to(self, directory: str) -> "Vocabulary":
+    """Copies the model into `directory` and saves the JSON record there."""
+    target = os.path.join(directory, SP_MODEL_NAME)
+    shutil.copyfile(self.sp_model_path, target)
+    vocab = Vocabulary(target, self._docid_tokens,
+                       extra_ids=self._sp.extra_ids)
+    vocab.save()
+    return vocab
+
   @classmethod
   def load(cls, path: str) -> "Vocabulary":
     """Reads a vocabulary saved by `save` and verifies the model checksum.
@@ -462,3 +489,18 @@ def _read_vocab_json(path: str) -> dict:
       raise ValueError(f"{path}: field {field!r} must be a {kind.__name__}, "
                        f"got {record.get(field)!r}")
   return record
+
+
+def load_vocabulary(directory: str):
+  """The vocabulary saved in `directory` by `copy_to` (either kind)."""
+  from gr import wordpiece  # pylint: disable=g-import-not-at-top (cycle)
+  sp_json = os.path.join(directory,
+                         os.path.splitext(SP_MODEL_NAME)[0] + ".gr_vocab.json")
+  if os.path.exists(sp_json):
+    return Vocabulary.load(sp_json)
+  wp_json = os.path.join(directory, os.path.splitext(
+      wordpiece.TOKENIZER_NAME)[0] + wordpiece.JSON_SUFFIX)
+  if os.path.exists(wp_json):
+    return wordpiece.WordPieceVocabulary.load(wp_json)
+  raise FileNotFoundError(f"{directory}: no vocabulary record ({sp_json} or "
+                          f"{wp_json})")

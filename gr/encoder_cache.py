@@ -1,0 +1,167 @@
+"""The frozen encoder layers' output, computed once per training input.
+
+With a pretrained encoder whose bottom layers are frozen
+(bert_network.BertT5Config.frozen_layers), those layers give the same
+states for the same input at every step. `EncoderCache.build` runs them
+once over every distinct encoder input of a mixture's tasks and keeps the
+states (float16, ragged: one [length_i, width] block per input); a train
+step then gets them through `add_states` and runs only the trainable part.
+
+The cache file's name is a fingerprint of the frozen parameters, the number
+of frozen layers and every input's token ids, so a change of texts or of
+encoder recomputes it; it is written atomically.
+
+  cache = EncoderCache.build(model, params, rows, cache_dir)
+  batch = cache.add_states(batch)   # + encoder_frozen_states [B, Li, width]
+"""
+import hashlib
+import io
+import logging
+import os
+import time
+from typing import Any, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gr import atomic_io
+
+BUCKETS = (16, 32, 64, 128, 256, 512)
+TOKENS_PER_BATCH = 4096
+
+
+def _trimmed(row: np.ndarray) -> np.ndarray:
+  """A padded token row [Li] -> its ids up to the last non-zero one."""
+  nonzero = np.flatnonzero(row)
+  return row[:nonzero[-1] + 1] if len(nonzero) else row[:0]
+
+
+def distinct_inputs(rows: Iterable[np.ndarray]) -> list[np.ndarray]:
+  """Distinct trimmed token rows, in first-seen order."""
+  seen = {}
+  for row in rows:
+    row = _trimmed(np.asarray(row, np.int32))
+    seen.setdefault(row.tobytes(), row)
+  return list(seen.values())
+
+
+def fingerprint(frozen_params: Any, frozen_layers: int,
+                inputs: Sequence[np.ndarray]) -> str:
+  """sha256 over the frozen parameters, their depth and the inputs."""
+  digest = hashlib.sha256(f'frozen_layers={frozen_layers}'.encode())
+  for leaf in jax.tree.leaves(frozen_params):
+    digest.update(np.asarray(leaf, np.float32).tobytes())
+  for row in inputs:
+    digest.update(len(row).to_bytes(4, 'little'))
+    digest.update(row.tobytes())
+  return digest.hexdigest()
+
+
+def frozen_params(params: Any, frozen_layers: int) -> dict:
+  """The encoder parameters the frozen layers use (embeddings + layers)."""
+  encoder = params['encoder']
+  return {name: value for name, value in encoder.items()
+          if not name.startswith('layer_')
+          or int(name.split('_')[1]) < frozen_layers}
+
+
+class EncoderCache:
+  """Frozen-layer states of a set of inputs, looked up by token ids."""
+
+  def __init__(self, inputs: Sequence[np.ndarray], states: np.ndarray):
+    """inputs: trimmed token rows; states [sum of lengths, width] float16."""
+    lengths = np.array([len(r) for r in inputs], np.int64)
+    if states.shape[0] != lengths.sum():
+      raise ValueError(f'{states.shape[0]} state rows for {lengths.sum()} '
+                       'input tokens')
+    self.states = states
+    self.offsets = np.concatenate([[0], np.cumsum(lengths)])
+    self._row = {r.tobytes(): i for i, r in enumerate(inputs)}
+
+  def __len__(self) -> int:
+    return len(self._row)
+
+  @property
+  def width(self) -> int:
+    return self.states.shape[1]
+
+  def lookup(self, row: np.ndarray) -> np.ndarray:
+    """A padded token row [Li] -> its states [Li, width] (zeros on padding).
+
+    Raises:
+      KeyError: for an input the cache was not built from.
+    """
+    key = _trimmed(np.asarray(row, np.int32))
+    i = self._row.get(key.tobytes())
+    if i is None:
+      raise KeyError(f'encoder input of {len(key)} tokens (starting '
+                     f'{key[:8].tolist()}) is not in the encoder cache: '
+                     'rebuild it from the same tasks')
+    out = np.zeros((len(row), self.width), self.states.dtype)
+    out[:len(key)] = self.states[self.offsets[i]:self.offsets[i + 1]]
+    return out
+
+  def add_states(self, batch: dict) -> dict:
+    """Adds `encoder_frozen_states` [B, Li, width] for encoder_input_tokens."""
+    tokens = batch['encoder_input_tokens']
+    states = np.stack([self.lookup(row) for row in tokens])
+    return {**batch, 'encoder_frozen_states': states}
+
+  # -- building and files --
+
+  @classmethod
+  def build(cls, model, params, rows: Iterable[np.ndarray],
+            cache_dir: str) -> 'EncoderCache':
+    """Loads the cache for these inputs and frozen params, or computes it."""
+    inputs = distinct_inputs(rows)
+    frozen = model.config.frozen_layers
+    key = fingerprint(frozen_params(params, frozen), frozen, inputs)
+    path = os.path.join(cache_dir, f'frozen_encoder_{key[:24]}.npy')
+    if os.path.exists(path):
+      logging.info('encoder cache: reusing %s (%d inputs)', path, len(inputs))
+      return cls(inputs, np.load(path, allow_pickle=False))
+    states = encode_inputs(model, params, inputs)
+    buffer = io.BytesIO()
+    np.save(buffer, states, allow_pickle=False)
+    os.makedirs(cache_dir, exist_ok=True)
+    atomic_io.write_bytes(path, buffer.getvalue())
+    return cls(inputs, states)
+
+
+def _bucket(length: int) -> int:
+  return next((b for b in BUCKETS if b >= length), length)
+
+
+def encode_inputs(model, params, inputs: Sequence[np.ndarray],
+                  log_every_s: float = 15.0) -> np.ndarray:
+  """Runs the frozen layers over `inputs` -> [sum of lengths, width] fp16.
+
+  Inputs are sorted by length and batched per length bucket (one compile
+  per bucket); progress is logged with an ETA.
+  """
+  encode = jax.jit(model.frozen_encode)
+  lengths = np.array([len(r) for r in inputs])
+  offsets = np.concatenate([[0], np.cumsum(lengths)])
+  out = np.zeros((offsets[-1], model.config.encoder_width), np.float16)
+  order = np.argsort(lengths, kind='stable')
+  total, done, start, last_log = int(offsets[-1]), 0, time.time(), time.time()
+  i = 0
+  while i < len(order):
+    width = _bucket(lengths[order[i]])
+    size = max(1, TOKENS_PER_BATCH // width)
+    rows = [r for r in order[i:i + size] if _bucket(lengths[r]) == width]
+    i += len(rows)
+    tokens = np.zeros((size, width), np.int32)
+    for j, r in enumerate(rows):
+      tokens[j, :lengths[r]] = inputs[r]
+    states = np.asarray(encode(params, jnp.asarray(tokens)), np.float16)
+    for j, r in enumerate(rows):
+      out[offsets[r]:offsets[r + 1]] = states[j, :lengths[r]]
+    done += int(lengths[rows].sum())
+    if time.time() - last_log > log_every_s or i == len(order):
+      elapsed = time.time() - start
+      logging.info('encoder cache: %d/%d tokens, %.0fs elapsed, ETA %.0fs',
+                   done, total, elapsed, elapsed * (total - done) / max(done, 1))
+      last_log = time.time()
+  return out

@@ -1,0 +1,161 @@
+"""The pretrained-encoder path of an experiment.
+
+With a BERT-family encoder under the T5 decoder (gr/bert_network.py), an
+experiment (gr/experiment.py) needs, besides what a T5 run needs:
+
+* the encoder's WordPiece vocabulary for the index (`wordpiece_index`);
+* the frozen layers' output over every training input, computed once
+  (`build_encoder_cache`, gr/encoder_cache.py);
+* document vectors: the encoder's mean-pooled, normalised states of each
+  body at the run's input length (`pooled_vectors`), which warm-start the
+  docid rows (gr/warm_start.py) and give the dense baseline with the same
+  encoder (`dense_baseline`);
+* the initial params (`initial_params`).
+"""
+import functools
+import logging
+import os
+import time
+from typing import Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gr import bert
+from gr import bert_network
+from gr import decoding
+from gr import encoder_cache as cache_lib
+from gr import index as index_lib
+from gr import retrieval
+from gr import warm_start
+from gr import wordpiece
+from gr.baselines import dense as dense_lib
+
+
+def is_pretrained(model) -> bool:
+  """Whether `model` has a BERT-family encoder."""
+  return isinstance(model.config, bert_network.BertT5Config)
+
+
+def tokenizer_path(encoder_dir: str) -> str:
+  return os.path.join(encoder_dir, wordpiece.TOKENIZER_NAME)
+
+
+def wordpiece_index(table, encoder_dir: str) -> index_lib.Index:
+  """The index over the encoder's own word pieces plus the docid tokens."""
+  vocab = wordpiece.WordPieceVocabulary(tokenizer_path(encoder_dir),
+                                        tuple(table.reserved_tokens))
+  return index_lib.Index(table, vocab)
+
+
+def _tasks(mixture_or_task) -> list:
+  """The tasks of a seqio Mixture, or [task]."""
+  return list(getattr(mixture_or_task, 'tasks', [mixture_or_task]))
+
+
+def mixture_encoder_inputs(mixture_or_task: str, *, input_length: int,
+                           target_length: int) -> list[np.ndarray]:
+  """Every encoder input row [input_length] of a mixture's train split."""
+  import seqio  # pylint: disable=g-import-not-at-top  (TensorFlow is heavy)
+  rows = []
+  for task in _tasks(seqio.get_mixture_or_task(mixture_or_task)):
+    ds = seqio.get_dataset(
+        task.name, task_feature_lengths={'inputs': input_length,
+                                         'targets': target_length},
+        feature_converter=seqio.EncDecFeatureConverter(pack=False),
+        dataset_split='train', shuffle=False, num_epochs=1)
+    rows += [ex['encoder_input_tokens'] for ex in ds.as_numpy_iterator()]
+  return rows
+
+
+def build_encoder_cache(model, params, mixture_or_task: str, cache_dir: str,
+                        *, input_length: int, target_length: int,
+                        extra_rows: Sequence[np.ndarray] = (),
+                        ) -> cache_lib.EncoderCache:
+  """The frozen-layer cache over the mixture's inputs (+ extra_rows)."""
+  start = time.time()
+  rows = mixture_encoder_inputs(mixture_or_task, input_length=input_length,
+                                target_length=target_length)
+  cache = cache_lib.EncoderCache.build(model, params, list(rows) +
+                                       list(extra_rows), cache_dir)
+  logging.info('encoder cache: %d distinct inputs ready in %.1fs', len(cache),
+               time.time() - start)
+  return cache
+
+
+def input_rows(vocab, texts: Sequence[str], input_length: int) -> np.ndarray:
+  """Texts -> encoder inputs [n, input_length], as the Searcher encodes."""
+  return retrieval.encode_queries(vocab, texts, input_length)
+
+
+@functools.lru_cache(maxsize=8)
+def _pooled_fn(model):
+  def pooled(params, tokens, frozen_states):
+    encoded = model.module.apply(
+        {'params': params}, tokens, encoder_frozen_states=frozen_states,
+        method=bert_network.BertT5Transformer.encode)
+    return bert.mean_pool_normalise(encoded, tokens > 0)
+  return jax.jit(pooled)
+
+
+def pooled_vectors(model, params, rows: np.ndarray,
+                   cache: Optional[cache_lib.EncoderCache] = None, *,
+                   batch_size: int = 64) -> np.ndarray:
+  """Encoder inputs [n, Li] -> unit mean-pooled final states [n, width].
+
+  With `cache`, the frozen layers' output is looked up, not recomputed.
+  """
+  pooled = _pooled_fn(model)
+  frozen = jax.jit(model.frozen_encode)
+  out = []
+  for start in range(0, len(rows), batch_size):
+    chunk = rows[start:start + batch_size]
+    padded = decoding.pad_sequences(list(chunk), rows.shape[1])
+    padded = np.concatenate([padded, np.zeros(
+        (batch_size - len(chunk), rows.shape[1]), np.int32)])
+    if cache is not None:
+      states = np.stack([cache.lookup(r) for r in chunk] + [np.zeros(
+          (rows.shape[1], cache.width), np.float16)] * (batch_size - len(chunk)))
+    else:
+      states = frozen(params, jnp.asarray(padded))
+    out.append(np.asarray(pooled(params, jnp.asarray(padded),
+                                 jnp.asarray(states)))[:len(chunk)])
+  return np.concatenate(out) if out else np.zeros((0, model.config.encoder_width))
+
+
+def document_rows(index: index_lib.Index, corpus: Mapping,
+                  input_length: int) -> np.ndarray:
+  """Each indexed document's body as an encoder input, table order."""
+  return input_rows(index.vocab, [corpus[d].text for d in index.doc_ids],
+                    input_length)
+
+
+def initial_params(model, encoder_dir: str, *, index: index_lib.Index,
+                   doc_vectors: Optional[np.ndarray], seed: int,
+                   input_length: int, target_length: int,
+                   warm: bool = True, temperature: float = 0.05):
+  """Pretrained encoder + decoder, warm-started from `doc_vectors`."""
+  _, encoder_params = warm_start.load_encoder(encoder_dir)
+  vectors = None
+  if warm:
+    vectors = warm_start.docid_token_vectors(index.table, index.vocab,
+                                             doc_vectors)
+  return warm_start.pretrained_params(
+      model, encoder_params, jax.random.PRNGKey(seed),
+      input_length=input_length, target_length=target_length,
+      docid_vectors=vectors, warm_start=warm, temperature=temperature)
+
+
+def dense_baseline(model, params, index: index_lib.Index,
+                   doc_vectors: np.ndarray, input_length: int):
+  """(corpus, queries) -> run: exact cosine with the pretrained encoder."""
+  doc_ids = list(index.doc_ids)
+
+  def run(corpus, queries: Mapping[str, str]):
+    del corpus  # the documents are the index's, embedded once
+    qids = list(queries)
+    vectors = pooled_vectors(model, params, input_rows(
+        index.vocab, [queries[q] for q in qids], input_length))
+    return dense_lib.dense_run(doc_ids, doc_vectors, vectors, qids, k=100)
+  return run

@@ -1,0 +1,149 @@
+"""Start a BERT encoder + T5 decoder where dense retrieval already is.
+
+`pretrained_params` loads the encoder's weights, copies its word embeddings
+into the decoder's (row for row: the vocabularies share word pieces, see
+gr/wordpiece.py) and, with warm start on, shapes the decoder so that at
+step 0 it scores a docid token by the cosine between the query's and the
+token's embeddings:
+
+* decoder layer 0's cross-attention has zero query weights, so it attends
+  uniformly over the input tokens: mean pooling of the encoder states, as
+  sentence-transformers pools; its value and output kernels are identities;
+* every other residual branch (self-attention, MLPs, later cross-attention)
+  has a zero output kernel, and the BOS embedding is zero, so the pooled
+  vector reaches the final RMSNorm unchanged;
+* the final RMSNorm's scale is 1 / temperature and the logits are tied to
+  the embeddings, so logit = cos(query, token vector) / temperature when the
+  token's row is a unit vector.
+
+Docid token rows come from `docid_token_vectors`: a token's vector is the
+mean embedding of the documents whose docids contain it (normalised). For
+an atomic docid that is its document's embedding; for a semantic docid
+token at depth i, the centroid of its k-means cluster (averaged over the
+clusters sharing the token); text docids are word pieces and keep the
+encoder's word embeddings.
+"""
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gr import bert
+from gr import bert_network
+
+Params = Any
+
+
+def docid_token_vectors(table, vocab, doc_vectors: np.ndarray,
+                        ) -> dict[int, np.ndarray]:
+  """Reserved-token id -> unit vector: mean of its documents' vectors.
+
+  Args:
+    table: the DocidTable; doc_vectors[i] belongs to table.doc_ids[i].
+    vocab: the vocabulary holding the table's reserved tokens.
+    doc_vectors: [num_docs, width] document embeddings.
+  """
+  position = {doc_id: i for i, doc_id in enumerate(table.doc_ids)}
+  reserved = set(vocab.docid_tokens)
+  members: dict[str, set[int]] = {}
+  for docid, doc_id in table.all_docids():
+    for token in docid.split():
+      if token in reserved:
+        members.setdefault(token, set()).add(position[doc_id])
+  vectors = {}
+  for token, docs in members.items():
+    mean = np.asarray(doc_vectors)[sorted(docs)].mean(axis=0)
+    vectors[vocab.docid_token_id(token)] = mean / max(
+        np.linalg.norm(mean), 1e-12)
+  return vectors
+
+
+def _identity(width: int, heads: int, head_dim: int):
+  eye = np.eye(width, dtype=np.float32)
+  return eye.reshape(width, heads, head_dim), eye.reshape(heads, head_dim,
+                                                         width)
+
+
+def _set(tree: dict, path: tuple[str, ...], value) -> None:
+  for key in path[:-1]:
+    tree = tree[key]
+  if tuple(tree[path[-1]].shape) != tuple(np.shape(value)):
+    raise ValueError(f"{'/'.join(path)}: shape {tree[path[-1]].shape} != "
+                     f"{np.shape(value)}")
+  tree[path[-1]] = jnp.asarray(value, tree[path[-1]].dtype)
+
+
+def _zero(tree: dict, path: tuple[str, ...]) -> None:
+  node = tree
+  for key in path:
+    node = node[key]
+  _set(tree, path, np.zeros(node.shape, np.float32))
+
+
+def shape_decoder(params: Params, config: bert_network.BertT5Config, *,
+                  temperature: float) -> Params:
+  """The decoder surgery above (needs decoder width == encoder width)."""
+  dec = config.decoder
+  width = config.encoder_width
+  if dec.emb_dim != width or dec.num_heads * dec.head_dim != width:
+    raise ValueError(
+        f"warm start needs decoder emb_dim == num_heads * head_dim == the "
+        f"encoder width ({width}); got {dec.emb_dim}, {dec.num_heads} x "
+        f"{dec.head_dim}")
+  if not dec.logits_via_embedding:
+    raise ValueError("warm start needs tied logits (logits_via_embedding)")
+  params = jax.tree.map(lambda x: x, params)  # a copy we may edit
+  value, out = _identity(width, dec.num_heads, dec.head_dim)
+  cross = ('decoder', 'layers_0', 'encoder_decoder_attention')
+  _zero(params, cross + ('query', 'kernel'))
+  _set(params, cross + ('value', 'kernel'), value)
+  _set(params, cross + ('out', 'kernel'), out)
+  for i in range(dec.num_decoder_layers):
+    layer = ('decoder', f'layers_{i}')
+    _zero(params, layer + ('self_attention', 'out', 'kernel'))
+    _zero(params, layer + ('mlp', 'wo', 'kernel'))
+    if i:
+      _zero(params, layer + ('encoder_decoder_attention', 'out', 'kernel'))
+  _set(params, ('decoder', 'decoder_norm', 'scale'),
+       np.full((dec.emb_dim,), 1.0 / temperature, np.float32))
+  return params
+
+
+def pretrained_params(model, encoder_params: Params, rng: jax.Array, *,
+                      input_length: int, target_length: int,
+                      docid_vectors: Mapping[int, np.ndarray] | None = None,
+                      warm_start: bool = True,
+                      temperature: float = 0.05) -> Params:
+  """Params with the pretrained encoder, its word embeddings in the decoder,
+  and (warm_start) the dense-retrieval decoder with docid rows set.
+
+  Args:
+    model: an EncoderDecoderModel over a BertT5Config.
+    encoder_params: gr.bert params of the pretrained encoder.
+    rng: for the freshly initialised parts.
+    docid_vectors: token id -> [width] vector for docid rows (warm start).
+    warm_start: False keeps the random decoder (the ablation).
+    temperature: the step-0 softmax temperature over cosines.
+  """
+  params = dict(model.init_params(rng, input_length=input_length,
+                                  target_length=target_length))
+  params['encoder'] = jax.tree.map(jnp.asarray, encoder_params)
+  words = np.asarray(encoder_params['word_embeddings']['embedding'])
+  table = np.zeros(params['token_embedder']['embedding'].shape, np.float32)
+  if not warm_start:
+    table = np.asarray(params['token_embedder']['embedding']).copy()
+  table[:len(words)] = words
+  table[0] = 0.0  # BOS = PAD: the residual stream starts at zero
+  if warm_start:
+    for token_id, vector in (docid_vectors or {}).items():
+      table[token_id] = vector
+    params = shape_decoder(params, model.config, temperature=temperature)
+  params['token_embedder'] = {'embedding': jnp.asarray(table)}
+  return params
+
+
+def load_encoder(path: str) -> tuple[bert.BertConfig, Params]:
+  """(config, params) of a HF BERT-family folder."""
+  config = bert.BertConfig.from_folder(path)
+  return config, bert.load_params(path, config)

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import gin
 
 from gr import atomic_io
+from gr import embed
 from gr import evaluation
 from gr import index as index_lib
 from gr import pretrained
@@ -60,11 +61,15 @@ def subset(dataset: beir.BeirDataset, max_docs: int) -> beir.BeirDataset:
 def load_or_build_index(dataset: beir.BeirDataset, index_dir: str, *,
                         scheme: str, scheme_params: Mapping[str, Any],
                         vocab_size: int, seed: int,
-                        encoder_dir: Optional[str] = None) -> index_lib.Index:
+                        encoder_dir: Optional[str] = None,
+                        embedding_length: int = 256,
+                        cache_dir: Optional[str] = None) -> index_lib.Index:
   """The index under `index_dir`, built (docids + vocabulary) if absent.
 
   With `encoder_dir` (a pretrained encoder's HF folder) the vocabulary is
-  that encoder's WordPiece tokenizer; else sentencepiece trained here.
+  that encoder's WordPiece tokenizer, and semantic docids cluster that
+  encoder's embeddings of the bodies at `embedding_length` tokens (cached
+  in `cache_dir`); else sentencepiece trained here, and MiniLM at 256.
   """
   if os.path.exists(os.path.join(index_dir, index_lib.CURRENT_FILE)):
     index = index_lib.load_index(index_dir)
@@ -73,7 +78,8 @@ def load_or_build_index(dataset: beir.BeirDataset, index_dir: str, *,
                        f"not {scheme!r}: use another workdir")
     return index
   start = time.time()
-  table = docids_lib.get_scheme(scheme, **scheme_params).assign(dataset.corpus)
+  table = assign_docids(dataset.corpus, scheme, scheme_params, encoder_dir,
+                        embedding_length, cache_dir)
   if encoder_dir:
     index = pretrained.wordpiece_index(table, encoder_dir)
   else:
@@ -86,6 +92,20 @@ def load_or_build_index(dataset: beir.BeirDataset, index_dir: str, *,
   logging.info("built %s index of %d documents in %.1fs", scheme,
                table.num_docs, time.time() - start)
   return index_lib.load_index(index_dir)
+
+
+def assign_docids(corpus, scheme: str, scheme_params: Mapping[str, Any],
+                  encoder_dir: Optional[str], embedding_length: int,
+                  cache_dir: Optional[str]):
+  """The scheme's DocidTable; embedding-based schemes use the encoder's."""
+  scheme_obj = docids_lib.get_scheme(scheme, **scheme_params)
+  needs_vectors = scheme == "semantic" or (scheme == "multi" and any(
+      part.name == "semantic" for part in scheme_obj.part_schemes()))
+  if not (encoder_dir and needs_vectors):
+    return scheme_obj.assign(corpus)
+  embedder = embed.Embedder.load(encoder_dir, max_length=embedding_length)
+  vectors = embed.document_embeddings(corpus, embedder, cache_dir)
+  return scheme_obj.assign(corpus, embeddings=vectors)
 
 
 def pseudo_queries(dataset: beir.BeirDataset, spans: int, sentences: int,
@@ -113,7 +133,8 @@ def pseudo_queries(dataset: beir.BeirDataset, spans: int, sentences: int,
 def register_mixture(name: str, dataset: beir.BeirDataset,
                      index: index_lib.Index,
                      pseudo_queries: Optional[Mapping[str, list[str]]],
-                     task_rates: Mapping[str, float]) -> str:
+                     task_rates: Mapping[str, float],
+                     suffix: str = "mixture") -> str:
   """Registers the tasks and a mixture of those with a positive rate."""
   names = tasks.register_gr_tasks(name=name, dataset=dataset,
                                   table=index.table, vocab=index.vocab,
@@ -121,7 +142,7 @@ def register_mixture(name: str, dataset: beir.BeirDataset,
   rates = {names[kind]: rate for kind, rate in task_rates.items()
            if rate > 0 and kind in names}
   return tasks.register_gr_mixture(
-      f"{name}.{index.table.scheme}.v{index.table.version}.mixture", rates)
+      f"{name}.{index.table.scheme}.v{index.table.version}.{suffix}", rates)
 
 
 @gin.configurable
@@ -141,7 +162,8 @@ def run_experiment(*, data_dir: str, workdir: str, model,
                    eval_split: str = "test", exact_queries: int = 0,
                    max_docs: int = 0, seed: int = 0,
                    warm_start: bool = True,
-                   warm_start_temperature: float = 0.05) -> dict:
+                   warm_start_temperature: float = 0.05,
+                   encoder_cache_dir: Optional[str] = None) -> dict:
   """Index, train, evaluate. Returns {query set name: metrics}.
 
   max_docs > 0 keeps the first max_docs documents of the corpus (and the
@@ -151,8 +173,10 @@ def run_experiment(*, data_dir: str, workdir: str, model,
   index uses its word pieces, the frozen encoder layers run once over all
   training inputs (cached in workdir/encoder_cache), docid rows start from
   document embeddings (`warm_start`, gr/warm_start.py) and the results get
-  a dense baseline with the same encoder. train_steps = 0 evaluates the
-  initial model (step 0).
+  a dense baseline with the same encoder. The cache covers every docid
+  task's inputs whatever `task_rates` says, so runs that differ only in
+  rates or training share it (`encoder_cache_dir`, default
+  workdir/encoder_cache). train_steps = 0 evaluates the initial model.
   """
   start = time.time()
   dataset = subset(beir.BeirDataset.load(data_dir), max_docs)
@@ -160,13 +184,19 @@ def run_experiment(*, data_dir: str, workdir: str, model,
                  for c in os.path.basename(os.path.normpath(data_dir)))
   encoder_dir = (model.config.encoder_dir if pretrained.is_pretrained(model)
                  else None)
+  cache_dir = encoder_cache_dir or os.path.join(workdir, "encoder_cache")
   index = load_or_build_index(dataset, os.path.join(workdir, "index"),
                               scheme=scheme, scheme_params=scheme_params or {},
                               vocab_size=vocab_size, seed=seed,
-                              encoder_dir=encoder_dir)
+                              encoder_dir=encoder_dir,
+                              embedding_length=input_length,
+                              cache_dir=cache_dir)
   pseudo = pseudo_queries(dataset, pseudo_query_spans, pseudo_query_sentences,
                           pseudo_queries_file, seed)
   mixture = register_mixture(name, dataset, index, pseudo, dict(task_rates))
+  every_task = register_mixture(
+      name, dataset, index, pseudo,
+      {kind: 1.0 for kind in tasks.DOCID_KINDS}, suffix="all_docid_tasks")
   target_length = index.max_docid_length()
   model = train_lib.fit_vocab(model, index.vocab.vocab_size)
   run_config.save_model_config(
@@ -175,7 +205,8 @@ def run_experiment(*, data_dir: str, workdir: str, model,
   setup = PretrainedSetup()
   if encoder_dir:
     setup = pretrained_setup(
-        model, index, dataset, mixture, workdir, input_length=input_length,
+        model, index, dataset, every_task, cache_dir,
+        input_length=input_length,
         target_length=target_length, seed=seed, warm=warm_start,
         temperature=warm_start_temperature)
   params, train_seconds = setup.params, 0.0
@@ -222,7 +253,7 @@ class PretrainedSetup:
 
 
 def pretrained_setup(model, index: index_lib.Index, dataset, mixture: str,
-                     workdir: str, *, input_length: int, target_length: int,
+                     cache_dir: str, *, input_length: int, target_length: int,
                      seed: int, warm: bool,
                      temperature: float) -> PretrainedSetup:
   """Encoder cache, document vectors, initial params and dense baseline."""
@@ -233,7 +264,7 @@ def pretrained_setup(model, index: index_lib.Index, dataset, mixture: str,
       input_length=input_length, target_length=target_length, warm=False)
   doc_rows = pretrained.document_rows(index, dataset.corpus, input_length)
   cache = pretrained.build_encoder_cache(
-      model, base, mixture, os.path.join(workdir, "encoder_cache"),
+      model, base, mixture, cache_dir,
       input_length=input_length, target_length=target_length,
       extra_rows=list(doc_rows))
   doc_vectors = pretrained.pooled_vectors(model, base, doc_rows, cache)

@@ -555,3 +555,9 @@ def _loop(sharded: Sharded, state: TrainState, batches, rng, manager, *,
     if step % checkpoint_every == 0 or step == train_steps:
       checkpoints.save(manager, step, state, artifact_dir)
   return state
+
+
+# MODEL of gin/models/t5_pretrained.gin: a T5 shaped by an HF folder.
+from gr import pretrained_t5  # pylint: disable=g-import-not-at-top,wrong-import-position
+gin.external_configurable(pretrained_t5.pretrained_t5_model,
+                          module='pretrained_t5')

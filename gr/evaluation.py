@@ -92,7 +92,7 @@ def evaluate_query_set(searcher: retrieval.Searcher, corpus, queries, qrels, *,
                            dense_run, "dense")
     result["dense"] = metrics.evaluate_run(qrels, dense_run, **METRIC_KWARGS)
   verbatim = verbatim_queries(corpus, queries, qrels)
-  if verbatim:
+  if verbatim and len(verbatim) < len(qrels):
     runs = {"gr": run, "bm25": bm25_run}
     if dense is not None:
       runs["dense"] = dense_run

@@ -27,6 +27,7 @@ from gr import embed
 from gr import evaluation
 from gr import index as index_lib
 from gr import pretrained
+from gr import pretrained_t5
 from gr import pseudo_queries as pseudo_lib
 from gr import retrieval
 from gr import run_config
@@ -63,7 +64,8 @@ def load_or_build_index(dataset: beir.BeirDataset, index_dir: str, *,
                         vocab_size: int, seed: int,
                         encoder_dir: Optional[str] = None,
                         embedding_length: int = 256,
-                        cache_dir: Optional[str] = None) -> index_lib.Index:
+                        cache_dir: Optional[str] = None,
+                        t5_dir: Optional[str] = None) -> index_lib.Index:
   """The index under `index_dir`, built (docids + vocabulary) if absent.
 
   With `encoder_dir` (a pretrained encoder's HF folder) the vocabulary is
@@ -76,12 +78,16 @@ def load_or_build_index(dataset: beir.BeirDataset, index_dir: str, *,
     if index.table.scheme != scheme:
       raise ValueError(f"{index_dir} holds a {index.table.scheme!r} index, "
                        f"not {scheme!r}: use another workdir")
+    if t5_dir:
+      pretrained_t5.check_t5_index(index, t5_dir)
     return index
   start = time.time()
   table = assign_docids(dataset.corpus, scheme, scheme_params, encoder_dir,
                         embedding_length, cache_dir)
   if encoder_dir:
     index = pretrained.wordpiece_index(table, encoder_dir)
+  elif t5_dir:
+    index = pretrained_t5.t5_index(table, t5_dir)
   else:
     texts = index_lib.training_texts(dataset.corpus, {
         q: dataset.queries[q] for q in dataset.qrels.get("train", {})})
@@ -184,13 +190,14 @@ def run_experiment(*, data_dir: str, workdir: str, model,
                  for c in os.path.basename(os.path.normpath(data_dir)))
   encoder_dir = (model.config.encoder_dir if pretrained.is_pretrained(model)
                  else None)
+  t5_dir = pretrained_t5.t5_dir_of(model)
   cache_dir = encoder_cache_dir or os.path.join(workdir, "encoder_cache")
   index = load_or_build_index(dataset, os.path.join(workdir, "index"),
                               scheme=scheme, scheme_params=scheme_params or {},
                               vocab_size=vocab_size, seed=seed,
                               encoder_dir=encoder_dir,
                               embedding_length=input_length,
-                              cache_dir=cache_dir)
+                              cache_dir=cache_dir, t5_dir=t5_dir)
   pseudo = pseudo_queries(dataset, pseudo_query_spans, pseudo_query_sentences,
                           pseudo_queries_file, seed)
   mixture = register_mixture(name, dataset, index, pseudo, dict(task_rates))
@@ -209,6 +216,11 @@ def run_experiment(*, data_dir: str, workdir: str, model,
         input_length=input_length,
         target_length=target_length, seed=seed, warm=warm_start,
         temperature=warm_start_temperature)
+  elif t5_dir:  # HF T5 weights (gin/models/t5_pretrained.gin, T5_DIR)
+    setup_start = time.time()
+    setup = PretrainedSetup(params=pretrained_t5.t5_initial_params(
+        model, t5_dir, seed=seed))
+    setup.seconds = time.time() - setup_start
   params, train_seconds = setup.params, 0.0
   if train_steps > 0:
     train_start = time.time()

@@ -36,6 +36,17 @@ def encode_queries(vocab: vocab_lib.Vocabulary, texts: Sequence[str],
       input_length)
 
 
+INPUT_BUCKETS = (16, 32, 64, 128, 256, 512)
+
+
+def input_bucket(tokens: np.ndarray, max_length: int) -> int:
+  """Smallest bucket (<= max_length) covering every row's last token."""
+  nonzero = np.flatnonzero(np.asarray(tokens).any(axis=0))
+  longest = int(nonzero[-1]) + 1 if len(nonzero) else 1
+  return min(next((b for b in INPUT_BUCKETS if b >= longest), max_length),
+             max_length)
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
   """How a query is decoded."""
@@ -112,12 +123,17 @@ class Searcher:
     self.trie_arrays = self.trie.to_device()
 
   def search_tokens(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[n, Li] -> (docs [n, top_k], scores [n, top_k]), fixed batch shape."""
+    """[n, Li] -> (docs [n, top_k], scores [n, top_k]), fixed batch shape.
+
+    Each batch is cut to the smallest length bucket that holds its longest
+    query (one compile per bucket), so short queries skip the padding.
+    """
     docs, scores = [], []
     for start in range(0, len(tokens), self.batch_size):
       chunk = tokens[start:start + self.batch_size]
-      padded = np.zeros((self.batch_size, tokens.shape[1]), np.int32)
-      padded[:len(chunk)] = chunk
+      length = input_bucket(chunk, tokens.shape[1])
+      padded = np.zeros((self.batch_size, length), np.int32)
+      padded[:len(chunk)] = chunk[:, :length]
       found = self._search(self.params, padded, self.trie_arrays)
       docs.append(np.asarray(found.documents)[:len(chunk)])
       scores.append(np.asarray(found.scores)[:len(chunk)])

@@ -38,12 +38,13 @@ def _trimmed(row: np.ndarray) -> np.ndarray:
 
 
 def distinct_inputs(rows: Iterable[np.ndarray]) -> list[np.ndarray]:
-  """Distinct trimmed token rows, in first-seen order."""
+  """Distinct trimmed token rows in a canonical order (length, then ids),
+  so the same set of inputs always gives the same cache."""
   seen = {}
   for row in rows:
     row = _trimmed(np.asarray(row, np.int32))
     seen.setdefault(row.tobytes(), row)
-  return list(seen.values())
+  return sorted(seen.values(), key=lambda r: (len(r), r.tobytes()))
 
 
 def fingerprint(frozen_params: Any, frozen_layers: int,

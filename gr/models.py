@@ -222,8 +222,8 @@ class EncoderDecoderModel:
                     targets: jax.Array) -> jax.Array:
     """Sum of target log-probs [n] given encoder states (no re-encoding).
 
-    encoded [n, Li, width] and encoder_input_tokens [n, Li] (broadcast
-    views of one query are fine); targets [n, Lt], 0 = padding.
+    encoded [n or 1, Li, width] and encoder_input_tokens [n or 1, Li]
+    (1: one query for every target row); targets [n, Lt], 0 = padding.
     """
     logits = self.module.apply(
         {'params': params}, encoded, encoder_input_tokens,

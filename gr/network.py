@@ -319,7 +319,8 @@ class MultiHeadAttention(nn.Module):
 
     Args:
       inputs_q: queries [batch, q_length, embed].
-      inputs_kv: keys/values source [batch, kv_length, embed].
+      inputs_kv: keys/values source [batch or 1, kv_length, embed] (1: one
+        source shared by every query row).
       mask: bool [batch or 1, 1, q_length, kv_length]; False = masked.
         Ignored for cached decode steps (the cache index sets it).
       position_bias: fp32 [1, heads, q_length, kv_length]; in decode mode the
@@ -337,6 +338,11 @@ class MultiHeadAttention(nn.Module):
     if decode:
       key, value, mask, position_bias = self._use_cache(
           key, value, mask, position_bias)
+    elif key.shape[0] == 1 < query.shape[0]:
+      # One source for many queries (exact scoring of every docid against
+      # one input): project it once, then share it across the batch.
+      key = jnp.broadcast_to(key, (query.shape[0],) + key.shape[1:])
+      value = jnp.broadcast_to(value, (query.shape[0],) + value.shape[1:])
     logits = jnp.einsum('bqhd,bkhd->bhqk', query, key,
                         preferred_element_type=jnp.float32)
     if position_bias is not None:

@@ -161,11 +161,10 @@ def make_score_fn(model: models.EncoderDecoderModel):
 
   @jax.jit
   def score(params, query_tokens, targets):
-    n = targets.shape[0]
-    encoded = model.encode(params, query_tokens[None])  # once per query
-    return model.score_encoded(
-        params, jnp.broadcast_to(encoded, (n,) + encoded.shape[1:]),
-        jnp.broadcast_to(query_tokens, (n,) + query_tokens.shape), targets)
+    # The query is encoded, and its cross-attention keys and values are
+    # projected, once for all [n] targets (network.MultiHeadAttention).
+    encoded = model.encode(params, query_tokens[None])  # [1, Li, width]
+    return model.score_encoded(params, encoded, query_tokens[None], targets)
 
   return score
 

@@ -26,6 +26,8 @@ SCHEMES = {
     "semantic": lambda: docids.get_scheme("semantic", k=3, c=3),
     "semantic_position": lambda: docids.get_scheme(
         "semantic", k=2, c=4, token_style="position"),
+    "semantic_node": lambda: docids.get_scheme(
+        "semantic", k=2, c=3, token_style="node"),
     "text_tfidf": lambda: docids.get_scheme("text", num_words=2),
     "text_appearance": lambda: docids.get_scheme("text", num_words=3,
                                                  order="appearance"),
@@ -285,6 +287,32 @@ def test_semantic_routes_a_known_embedding_to_its_own_leaf_and_overflows():
   assert [p[-1] for p in new_paths] == list(range(start, start + 6))
   level = len(paths[0]) - 1
   assert f"<c{level}_{start + 5}>" in grown.reserved_tokens
+  assert_one_doc_per_docid(grown)
+
+
+def test_semantic_node_tokens_name_one_cluster_each():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(40, 8)).astype(np.float32)
+  corpus = {f"d{i}": Document(f"d{i}", "", f"body {i}") for i in range(40)}
+  scheme = docids.get_scheme("semantic", k=3, c=4, token_style="node")
+  table = scheme.assign(corpus, embeddings=x)
+  members = {}
+  for doc_id, (docid,) in table.docids.items():
+    path = scheme.docid_to_path(docid)
+    assert docid == scheme.path_to_docid(path)
+    for depth, token in enumerate(docid.split()):
+      assert token == "<n" + "_".join(map(str, path[:depth + 1])) + ">"
+      members.setdefault(token, set()).add(doc_id)
+  # A token's documents are exactly those under one tree node, and the last
+  # token of a docid belongs to that document alone.
+  assert set(members) == set(table.reserved_tokens)
+  for doc_id, (docid,) in table.docids.items():
+    assert members[docid.split()[-1]] == {doc_id}
+  assert scheme.docid_to_path("<n0> <n1_0>") is None
+  new = {"n0": Document("n0", "", "copy")}
+  grown = scheme.assign_new(table, new, embeddings=x[:1])
+  first = table.docids["d0"][0].split()
+  assert grown.docids["n0"][0].split()[:-1] == first[:-1]
   assert_one_doc_per_docid(grown)
 
 

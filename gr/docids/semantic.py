@@ -4,8 +4,11 @@ Document bodies are embedded (gr/embed.py, or precomputed embeddings
 [n, dim] passed in), clustered recursively with branching factor k until a
 cluster holds at most c documents (gr/kmeans.py), and each document is named
 by its cluster path plus its position in the leaf: "<3> <1> <7>". Tokens are
-either shared across levels (token_style="shared": `<i>`) or position-aware
-as in NCI (token_style="position": `<c{level}_{i}>`, level 0 = root).
+shared across levels (token_style="shared": `<i>`), position-aware as in
+NCI (token_style="position": `<c{level}_{i}>`, level 0 = root), or one per
+tree node (token_style="node": `<n3>`, `<n3_1>`, `<n3_1_7>`, the path so
+far), so that each token stands for one cluster (the last for one document)
+and its embedding can start as that cluster's centroid (gr/warm_start.py).
 Paths have variable length (deeper where the corpus is dense).
 
 State kept in `DocidTable.arrays` (CSR layout over internal nodes):
@@ -31,6 +34,8 @@ from gr.docids import base
 
 _SHARED = re.compile(r"<(\d+)>")
 _POSITION = re.compile(r"<c(\d+)_(\d+)>")
+_NODE = re.compile(r"<n(\d+(?:_\d+)*)>")
+TOKEN_STYLES = ("shared", "position", "node")
 
 
 class TextEmbedder(Protocol):
@@ -46,7 +51,8 @@ class SemanticScheme:
   Attributes:
     k: branching factor of internal nodes.
     c: maximum leaf size (documents per leaf at assign time).
-    token_style: "shared" (`<i>`) or "position" (`<c{level}_{i}>`).
+    token_style: "shared" (`<i>`), "position" (`<c{level}_{i}>`) or
+      "node" (`<n{path so far, _-joined}>`).
     seed: k-means seed; same corpus, embeddings and seed -> same docids.
     kmeans_iters: maximum Lloyd iterations per node.
     embedder: used when no embeddings are passed; default MiniLM (lazy).
@@ -61,9 +67,9 @@ class SemanticScheme:
                                     metadata={"config": False})
 
   def __post_init__(self):
-    if self.token_style not in ("shared", "position"):
-      raise ValueError(
-          f"token_style must be 'shared' or 'position', got {self.token_style!r}")
+    if self.token_style not in TOKEN_STYLES:
+      raise ValueError(f"token_style must be one of {TOKEN_STYLES}, got "
+                       f"{self.token_style!r}")
     if self.k < 2 or self.c < 1:
       raise ValueError(f"need k >= 2 and c >= 1, got k={self.k}, c={self.c}")
 
@@ -95,34 +101,59 @@ class SemanticScheme:
     return table.extend(docids, self._tokens_of(paths))
 
   def path_to_docid(self, path: Sequence[int]) -> str:
-    """(3, 1, 7) -> "<3> <1> <7>" or "<c0_3> <c1_1> <c2_7>"."""
-    return " ".join(self._token(level, i) for level, i in enumerate(path))
+    """(3, 1, 7) -> "<3> <1> <7>", "<c0_3> <c1_1> <c2_7>" or
+    "<n3> <n3_1> <n3_1_7>"."""
+    return " ".join(self._token(tuple(path[:level + 1]))
+                    for level in range(len(path)))
 
   def docid_to_path(self, docid: str) -> tuple[int, ...] | None:
     """Inverse of path_to_docid; None for strings of another scheme."""
-    path = []
-    for level, token in enumerate(docid.split(" ")):
-      if self.token_style == "shared":
-        match = _SHARED.fullmatch(token)
-        ok = match is not None
-      else:
-        match = _POSITION.fullmatch(token)
-        ok = match is not None and int(match.group(1)) == level
-      if not ok:
+    path: tuple[int, ...] = ()
+    for token in docid.split(" "):
+      step = self._parse(token, path)
+      if step is None:
         return None
-      path.append(int(match.groups()[-1]))
-    return tuple(path)
+      path += (step,)
+    return path
 
-  def _token(self, level: int, index: int) -> str:
+  def _parse(self, token: str, path: tuple[int, ...]) -> int | None:
+    """The child index a token names after `path`, or None."""
     if self.token_style == "shared":
-      return f"<{index}>"
-    return f"<c{level}_{index}>"
+      match = _SHARED.fullmatch(token)
+      return None if match is None else int(match.group(1))
+    if self.token_style == "position":
+      match = _POSITION.fullmatch(token)
+      if match is None or int(match.group(1)) != len(path):
+        return None
+      return int(match.group(2))
+    match = _NODE.fullmatch(token)
+    if match is None:
+      return None
+    full = tuple(int(i) for i in match.group(1).split("_"))
+    return full[-1] if full[:-1] == path else None
+
+  def _token(self, prefix: tuple[int, ...]) -> str:
+    """The token for the last step of `prefix` (a path from the root)."""
+    if self.token_style == "shared":
+      return f"<{prefix[-1]}>"
+    if self.token_style == "position":
+      return f"<c{len(prefix) - 1}_{prefix[-1]}>"
+    return "<n" + "_".join(map(str, prefix)) + ">"
 
   def _tokens_of(self, paths: Iterable[tuple[int, ...]]) -> tuple[str, ...]:
-    """Every token the paths use, sorted by (level for position style, index)."""
-    used = {(level if self.token_style == "position" else 0, i)
-            for path in paths for level, i in enumerate(path)}
-    return tuple(self._token(level, i) for level, i in sorted(used))
+    """Every token the paths use, in a fixed order (by level, then index)."""
+    used = {self._token_key(path[:level + 1])
+            for path in paths for level in range(len(path))}
+    return tuple(self._token(prefix) for _, prefix in sorted(used))
+
+  def _token_key(self, prefix: tuple[int, ...]):
+    """Tokens that coincide get one key; keys sort shared/position tokens
+    by (level, index) and node tokens by (depth, path)."""
+    if self.token_style == "shared":
+      return (0, 0, prefix[-1]), (prefix[-1],)
+    if self.token_style == "position":
+      return (len(prefix), prefix[-1]), (0,) * (len(prefix) - 1) + prefix[-1:]
+    return (len(prefix), prefix), prefix
 
   def _next_positions(self, docids: Iterable[str]) -> dict[tuple[int, ...], int]:
     """Leaf path -> 1 + largest position used in it."""

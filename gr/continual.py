@@ -38,6 +38,16 @@ minimisation):
 Pseudo-queries come from a `PseudoQueryGenerator`; no doc2query model exists
 in this repository yet, so the default is `TextPseudoQueries` (sentences and
 spans of the body, gr/pseudo_queries.py).
+
+With a pretrained encoder (a BertT5Config model, gr/bert_network.py) the
+index uses the encoder's WordPiece vocabulary, version 0 starts from the
+warm-started params of gr/warm_start.py (train_steps may be 0: step 0 is
+dense retrieval through the decoder), its frozen encoder layers do not
+train, and in every update, trie_only included, each docid token the new
+documents create gets its embedding row from their embeddings under the
+current encoder (warm_start.new_docid_rows): new documents are retrievable
+before (or without) training. `retrain` starts again from the warm start.
+A T5 model's new rows are random (`extend_vocab_rows`).
 """
 import dataclasses
 import functools
@@ -53,17 +63,21 @@ from absl import logging
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gr import atomic_io
 from gr import checkpoints
 from gr import docids as docids_lib
+from gr import embed
 from gr import experiment
 from gr import index as index_lib
 from gr import models
 from gr import partitioning
+from gr import pretrained
 from gr import pseudo_queries as pseudo_lib
 from gr import tasks
 from gr import train as train_lib
+from gr import warm_start
 from gr.data import beir
 
 PyTree = Any
@@ -130,13 +144,21 @@ def get_strategy(strategy: "str | Strategy", **overrides) -> Strategy:
 
 @dataclasses.dataclass(frozen=True)
 class TrainSettings:
-  """Training hyper-parameters shared by the initial indexing and updates."""
+  """Training hyper-parameters shared by the initial indexing and updates.
+
+  warm_start, warm_start_temperature: how a pretrained-encoder model's
+  initial params are made (gr/warm_start.py; ignored for T5); with
+  warm_start off, new docid rows are not set from document embeddings
+  either (the ablation).
+  """
   batch_size: int = 32
   input_length: int = 64
   optimizer: train_lib.OptimizerConfig = train_lib.OptimizerConfig()
   seed: int = 0
   log_every: int = 100
   mesh_data: int = -1
+  warm_start: bool = True
+  warm_start_temperature: float = 0.05
 
 
 # -------------------------------------------------------- pseudo-queries --
@@ -319,6 +341,58 @@ def vocab_rows(params: PyTree) -> int:
   return int(params["token_embedder"]["embedding"].shape[0])
 
 
+def warm_start_new_rows(model, params: PyTree, index: index_lib.Index,
+                        new_tokens: Sequence[str],
+                        documents: Mapping[str, beir.Document], *,
+                        input_length: int) -> PyTree:
+  """Pretrained-encoder models: `params` with the rows of `new_tokens` set
+  from `documents`' embeddings (their bodies' unit mean-pooled encoder
+  output under `params`, warm_start.new_docid_rows). T5: `params`."""
+  if not pretrained.is_pretrained(model) or not new_tokens or not documents:
+    return params
+  rows = pretrained.input_rows(index.vocab,
+                               [doc.text for doc in documents.values()],
+                               input_length)
+  vectors = pretrained.pooled_vectors(model, params, rows)  # [n, width]
+  old = params["token_embedder"]["embedding"]
+  embedding = warm_start.new_docid_rows(
+      np.asarray(old), index.table, index.vocab, new_tokens,
+      dict(zip(documents, vectors)))
+  return {**params, "token_embedder": {
+      **params["token_embedder"],
+      "embedding": jnp.asarray(embedding, old.dtype)}}
+
+
+@functools.lru_cache(maxsize=4)
+def encoder_embedder(encoder_dir: str, max_length: int) -> embed.Embedder:
+  """A pretrained encoder as the sentence embedder its semantic docids were
+  clustered with (experiment.assign_docids: bodies at the input length)."""
+  return embed.Embedder.load(encoder_dir, max_length=max_length)
+
+
+def pretrained_initial_params(model, index: index_lib.Index,
+                              corpus: Mapping[str, beir.Document],
+                              settings: TrainSettings) -> Optional[PyTree]:
+  """Warm-started params over every document of `index` (None for T5).
+
+  As run_experiment makes them: document vectors from the pretrained
+  encoder, then gr/warm_start.py's decoder and docid rows.
+  """
+  if not pretrained.is_pretrained(model):
+    return None
+  kwargs = dict(seed=settings.seed, input_length=settings.input_length,
+                target_length=index.max_docid_length())
+  encoder_dir = model.config.encoder_dir
+  base = pretrained.initial_params(model, encoder_dir, index=index,
+                                   doc_vectors=None, warm=False, **kwargs)
+  vectors = pretrained.pooled_vectors(model, base, pretrained.document_rows(
+      index, corpus, settings.input_length))
+  return pretrained.initial_params(
+      model, encoder_dir, index=index, doc_vectors=vectors,
+      warm=settings.warm_start,
+      temperature=settings.warm_start_temperature, **kwargs)
+
+
 # ------------------------------------------------------------ examples --
 
 
@@ -393,6 +467,14 @@ def initial_mixture(name: str, memory: beir.BeirDataset,
 # -------------------------------------------------------------- training --
 
 
+def _optimizer(model, config: train_lib.OptimizerConfig, steps: int):
+  """The optimizer; a pretrained encoder's frozen layers get no updates."""
+  optimizer = train_lib.make_optimizer(config, steps)
+  if model.has_frozen_encoder_layers:
+    optimizer = train_lib.freeze(optimizer, model.trainable_mask)
+  return optimizer
+
+
 @functools.lru_cache(maxsize=16)
 def _sharded(config, optimizer: train_lib.OptimizerConfig, steps: int,
              input_length: int, target_length: int,
@@ -402,19 +484,20 @@ def _sharded(config, optimizer: train_lib.OptimizerConfig, steps: int,
   model = models.EncoderDecoderModel(config)
   mesh = partitioning.make_mesh(data=mesh_data, model=1)
   return train_lib.shard_model(
-      model, train_lib.make_optimizer(optimizer, steps), mesh,
+      model, _optimizer(model, optimizer, steps), mesh,
       input_length=input_length, target_length=target_length,
       sam_rho=optimizer.sam_rho)
 
 
-def _start_state(sharded: train_lib.Sharded, optimizer_config, steps: int,
-                 params: Optional[PyTree], seed: int) -> train_lib.TrainState:
+def _start_state(model, sharded: train_lib.Sharded, optimizer_config,
+                 steps: int, params: Optional[PyTree],
+                 seed: int) -> train_lib.TrainState:
   """Fresh state (params from `seed`) or `params` with a new optimizer."""
   rng = partitioning.replicated_key(seed, sharded.mesh)
   if params is None:
     return sharded.init(rng)
   params = jax.device_put(params, sharded.state_shardings.params)
-  optimizer = train_lib.make_optimizer(optimizer_config, steps)
+  optimizer = _optimizer(model, optimizer_config, steps)
   opt_state = jax.device_put(optimizer.init(params),
                              sharded.state_shardings.opt_state)
   return train_lib.TrainState(step=jnp.zeros([], jnp.int32), params=params,
@@ -434,7 +517,7 @@ def train_params(model, mixture: str, *, steps: int,
   horizon = 1 if optimizer.schedule == "constant" else steps
   sharded = _sharded(model.config, optimizer, horizon, settings.input_length,
                      target_length, settings.mesh_data)
-  state = _start_state(sharded, optimizer, horizon, init_params,
+  state = _start_state(model, sharded, optimizer, horizon, init_params,
                        settings.seed)
   batches = train_lib.task_batches(
       mixture, split=tasks.TRAIN, input_length=settings.input_length,
@@ -520,22 +603,35 @@ def apply_update(*, model_dir: str, index_dir: str, model,
   start = time.time()
   current = load_version(model_dir)
   publish_index(current.index, index_dir)  # repairs a crash after a commit
+  if (new_documents and pretrained.is_pretrained(model) and
+      current.index.table.scheme in ("semantic", "multi")):
+    # Routed in the space its tree was clustered in: the model's encoder.
+    embedder = encoder_embedder(model.config.encoder_dir,
+                                settings.input_length)
   index, memory = apply_changes(current, new_documents, deleted_doc_ids,
                                 embedder)
   model = train_lib.fit_vocab(model, index.vocab.vocab_size)
   params = extend_vocab_rows(current.params, model.config.vocab_size,
                              settings.seed + current.step)
+  if settings.warm_start:
+    params = warm_start_new_rows(
+        model, params, index,
+        index.vocab.docid_tokens[len(current.index.vocab.docid_tokens):],
+        new_documents, input_length=settings.input_length)
   # Nothing new to learn from a deletion (retrain still retrains).
   learns = bool(new_documents) or strategy.retrain
   updates = train_steps if strategy.trains and learns else 0
   if updates:
     mixture = _update_mixture(name, strategy, index, memory, new_documents,
                               generator)
+    init_params = params
+    if strategy.retrain:  # from scratch (a pretrained encoder: warm start)
+      init_params = pretrained_initial_params(model, index, memory.corpus,
+                                              settings)
     params = train_params(
         model, mixture=mixture, steps=updates,
         settings=settings, sam_rho=strategy.sam_rho,
-        init_params=None if strategy.retrain else params,
-        target_length=index.max_docid_length())
+        init_params=init_params, target_length=index.max_docid_length())
   record = new_record(current.record, strategy=strategy.name,
                       updates=updates, seconds=time.time() - start,
                       added=len(new_documents), deleted=len(deleted_doc_ids),
@@ -559,18 +655,32 @@ def build_initial_version(*, model_dir: str, index_dir: str, model,
                           task_rates: Mapping[str, float] = dict(
                               INITIAL_TASK_RATES),
                           keep: int = 3) -> UpdateResult:
-  """Version 0: index `dataset` (docids, vocabulary) and train on it."""
+  """Version 0: index `dataset` (docids, vocabulary) and train on it.
+
+  A pretrained-encoder model starts warm (module docstring); with
+  train_steps = 0 its warm start is version 0 as it is.
+  """
   start = time.time()
+  encoder_dir = (model.config.encoder_dir if pretrained.is_pretrained(model)
+                 else None)
   index = experiment.load_or_build_index(
       dataset, index_dir, scheme=scheme, scheme_params=scheme_params,
-      vocab_size=vocab_size, seed=settings.seed)
+      vocab_size=vocab_size, seed=settings.seed, encoder_dir=encoder_dir,
+      embedding_length=settings.input_length,
+      cache_dir=os.path.join(os.path.dirname(os.path.abspath(model_dir)),
+                             "encoder_cache"))
   memory = train_memory(dataset)
-  mixture = initial_mixture(name, memory, index, generator, task_rates)
   model = train_lib.fit_vocab(model, index.vocab.vocab_size)
-  params = train_params(
-      model, mixture=mixture, steps=train_steps,
-      settings=settings, sam_rho=settings.optimizer.sam_rho, init_params=None,
-      target_length=index.max_docid_length())
+  params = pretrained_initial_params(model, index, memory.corpus, settings)
+  if params is None and train_steps < 1:
+    raise ValueError("train_steps = 0 needs a pretrained encoder (a T5 "
+                     "model has no initial params to commit)")
+  if train_steps > 0:
+    mixture = initial_mixture(name, memory, index, generator, task_rates)
+    params = train_params(
+        model, mixture=mixture, steps=train_steps,
+        settings=settings, sam_rho=settings.optimizer.sam_rho,
+        init_params=params, target_length=index.max_docid_length())
   record = new_record(None, strategy="initial", updates=train_steps,
                       seconds=time.time() - start, added=len(dataset.corpus),
                       deleted=0, num_docs=index.table.num_docs)
@@ -628,7 +738,8 @@ def update_index(*, model_dir: str, index_dir: str, model,
     replay_ratio, sam_rho: override the strategy's values.
     settings: batch size, lengths, optimizer, seed.
     generator: pseudo-queries (default TextPseudoQueries).
-    embedder: passed to semantic/multi schemes for new documents.
+    embedder: passed to semantic/multi schemes for new documents (a
+      pretrained-encoder model routes with its own encoder instead).
     keep: checkpoints kept in model_dir.
 
   Returns:

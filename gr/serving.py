@@ -13,6 +13,17 @@ array shapes unless a capacity doubles; then every bucket is compiled again
 BEFORE the new arrays go live), and the table is persisted atomically as a
 new version of the served index directory, all under one lock.
 
+With a pretrained encoder (gr/bert_network.py), a new document is
+retrievable at once: each docid token the add creates (an atomic `<d_N>`,
+a semantic leaf position past c) gets as its embedding row the new
+documents' own embedding, the model's mean-pooled encoder output
+(gr/warm_start.py `new_docid_rows`, the rule the initial docid rows were
+warm-started with), scaled to the existing docid rows' norm; a semantic
+docid is routed into the existing tree, so its other tokens are trained
+centroids. Those rows are saved in <run>/index/online_rows.npz and put
+back into the checkpoint's params on restart. A T5 model keeps its rows
+(the checkpoint's padding rows) as before.
+
 Files of a run:
 
   <run>/model/                 orbax checkpoints; <step>/index_artifact/ is
@@ -25,6 +36,9 @@ Files of a run:
                                refused unless it descends from that artifact
   <run>/index/online_documents.jsonl  documents added online (BEIR corpus
                                lines), input for a later retraining run
+  <run>/index/online_rows.npz  embedding rows of docid tokens created online
+                               (pretrained-encoder models): tokens [n], rows
+                               [n, D]
   <run>/index/.serving.lock    held while a Retriever serves the directory
 
 Trie values are "slots": positions in an append-only list of doc_ids, so
@@ -36,26 +50,31 @@ milliseconds) into one `retrieve` call on a worker thread.
 import dataclasses
 import fcntl
 import functools
+import io
 import logging
 import os
 import threading
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from gr import atomic_io
 from gr import checkpoints
 from gr import docids as docids_lib
 from gr import index as index_lib
 from gr import models
-from gr import network
+from gr import pretrained
 from gr import retrieval
 from gr import run_config
 from gr import trie as trie_lib
 from gr import vocab as vocab_lib
+from gr import warm_start
 from gr.data import beir
 
 ONLINE_DOCUMENTS_FILE = "online_documents.jsonl"
+ONLINE_ROWS_FILE = "online_rows.npz"
 LOCK_FILE = ".serving.lock"
 
 
@@ -157,8 +176,9 @@ def check_descends(served: index_lib.Index, trained: index_lib.Index,
                    served_dir: str) -> None:
   """Raises RunLoadError unless `served` is `trained` plus online updates.
 
-  Same scheme and sentencepiece model, docid tokens extended at the end,
-  and every trained document either unchanged or removed (retired).
+  Same scheme and base vocabulary (sentencepiece model or WordPiece
+  tokenizer), docid tokens extended at the end, and every trained document
+  either unchanged or removed (retired).
   """
   def refuse(reason: str):
     raise RunLoadError(
@@ -167,8 +187,8 @@ def check_descends(served: index_lib.Index, trained: index_lib.Index,
         "from the artifact)")
   if served.table.scheme != trained.table.scheme:
     refuse(f"scheme {served.table.scheme!r} != {trained.table.scheme!r}")
-  if served.vocab.sp_sha256 != trained.vocab.sp_sha256:
-    refuse("different sentencepiece model")
+  if served.vocab.base_fingerprint != trained.vocab.base_fingerprint:
+    refuse("different tokenizer (sentencepiece model or WordPiece)")
   tokens = trained.vocab.docid_tokens
   if served.vocab.docid_tokens[:len(tokens)] != tokens:
     refuse("docid tokens are not an extension of the trained ones")
@@ -232,6 +252,90 @@ def write_online_documents(index_dir: str,
   beir.write_corpus(os.path.join(index_dir, ONLINE_DOCUMENTS_FILE), documents)
 
 
+def read_online_rows(index_dir: str) -> dict[str, np.ndarray]:
+  """Docid token -> embedding row [D] set online in `index_dir` (maybe none)."""
+  path = os.path.join(index_dir, ONLINE_ROWS_FILE)
+  if not os.path.exists(path):
+    return {}
+  with np.load(path) as saved:
+    return dict(zip(saved["tokens"].tolist(), saved["rows"]))
+
+
+def write_online_rows(index_dir: str, rows: Mapping[str, np.ndarray]) -> None:
+  buffer = io.BytesIO()
+  np.savez(buffer, tokens=np.array(list(rows), dtype=str),
+           rows=np.stack(list(rows.values())).astype(np.float32))
+  atomic_io.write_bytes(os.path.join(index_dir, ONLINE_ROWS_FILE),
+                        buffer.getvalue())
+
+
+# ------------------------------------------------------ docid token rows --
+
+
+def with_docid_rows(params: Any, vocab, rows: Mapping[str, np.ndarray]) -> Any:
+  """`params` with the token embedding rows of docid tokens replaced."""
+  if not rows:
+    return params
+  old = params["token_embedder"]["embedding"]
+  embedding = np.array(old)
+  for token, row in rows.items():
+    embedding[vocab.docid_token_id(token)] = row
+  return {**params, "token_embedder": {**params["token_embedder"],
+                                       "embedding": jnp.asarray(embedding,
+                                                                old.dtype)}}
+
+
+def warm_docid_rows(model: models.EncoderDecoderModel, params: Any,
+                    index: index_lib.Index, new_tokens: Sequence[str],
+                    documents: Mapping[str, beir.Document], *,
+                    input_length: int) -> dict[str, np.ndarray]:
+  """Rows for `new_tokens` from `documents`' embeddings under `params`.
+
+  Pretrained-encoder models only (warm_start.new_docid_rows over the unit
+  mean-pooled encoder output of each body); {} for a T5 model.
+  """
+  if not pretrained.is_pretrained(model) or not new_tokens or not documents:
+    return {}
+  rows = pretrained.input_rows(index.vocab,
+                               [doc.text for doc in documents.values()],
+                               input_length)
+  vectors = pretrained.pooled_vectors(model, params, rows)  # [n, width]
+  embedding = warm_start.new_docid_rows(
+      np.asarray(params["token_embedder"]["embedding"]), index.table,
+      index.vocab, new_tokens, dict(zip(documents, vectors)))
+  return {t: embedding[index.vocab.docid_token_id(t)] for t in new_tokens}
+
+
+def restore_online_rows(model: models.EncoderDecoderModel, params: Any,
+                        trained: index_lib.Index, served: index_lib.Index,
+                        index_dir: str,
+                        online: Mapping[str, beir.Document], *,
+                        input_length: int) -> Any:
+  """The checkpoint's params with the rows of docid tokens added online.
+
+  Saved rows are used as they are; a token without one (a lost file)
+  gets the warm-start rule over the online documents that use it.
+  """
+  new_tokens = served.vocab.docid_tokens[len(trained.vocab.docid_tokens):]
+  if not pretrained.is_pretrained(model) or not new_tokens:
+    return params
+  saved = read_online_rows(index_dir)
+  params = with_docid_rows(
+      params, served.vocab, {t: saved[t] for t in new_tokens if t in saved})
+  missing = {t for t in new_tokens if t not in saved}
+  if not missing:
+    return params
+  users = {d: doc for d, doc in online.items()
+           if missing & {w for docid in served.table.docids[d]
+                         for w in docid.split()}}
+  logging.warning("%s: no saved rows for %d online docid tokens; "
+                  "recomputing them from %d documents", index_dir,
+                  len(missing), len(users))
+  return with_docid_rows(params, served.vocab, warm_docid_rows(
+      model, params, served, sorted(missing), users,
+      input_length=input_length))
+
+
 def _hold_lock(index_dir: str):
   """An open file holding an exclusive flock on the index dir's lock file."""
   handle = open(os.path.join(index_dir, LOCK_FILE), "a")
@@ -248,7 +352,7 @@ def _hold_lock(index_dir: str):
 
 
 @functools.lru_cache(maxsize=8)
-def shared_search_fn(model_config: network.T5Config,
+def shared_search_fn(model_config: models.ModelConfig,
                      search: retrieval.SearchConfig):
   """One jitted search per (model config, search config) in this process.
 
@@ -287,6 +391,7 @@ class _Live:
   index: index_lib.Index
   trie_arrays: trie_lib.TrieArrays
   slots: tuple[Optional[str], ...]  # trie value -> doc_id (None: deleted)
+  params: Any  # the model's; docid rows set online change it
 
 
 class Retriever:
@@ -300,7 +405,7 @@ class Retriever:
                online_documents: Optional[Mapping[str, beir.Document]] = None,
                checkpoint_step: Optional[int] = None):
     """Serves `index` with `model`; updates persist under `index_dir`."""
-    self.model, self.params, self.config = model, params, config
+    self.model, self.config = model, config
     self.input_length, self.index_dir = input_length, index_dir
     self.checkpoint_step = checkpoint_step
     self.titles = dict(titles or {})
@@ -313,7 +418,8 @@ class Retriever:
     self._update_lock = threading.Lock()
     self._scheme = None
     self._trie = self._build_trie(index)
-    self._live = _Live(index, self._trie.to_device(), tuple(index.doc_ids))
+    self._live = _Live(index, self._trie.to_device(), tuple(index.doc_ids),
+                       params)
     self._lock_handle = _hold_lock(index_dir) if index_dir else None
 
   @classmethod
@@ -338,6 +444,8 @@ class Retriever:
     index = served_index(trained, index_dir)
     online = {d: doc for d, doc in read_online_documents(index_dir).items()
               if d in index.table.docids}
+    params = restore_online_rows(model, params, trained, index, index_dir,
+                                 online, input_length=run.input_length)
     titles = {}
     corpus_path = corpus_path or run.corpus_path
     if corpus_path and os.path.exists(corpus_path):
@@ -372,6 +480,10 @@ class Retriever:
     return self._live.index
 
   @property
+  def params(self) -> Any:
+    return self._live.params
+
+  @property
   def num_docs(self) -> int:
     return self._live.index.table.num_docs
 
@@ -398,7 +510,7 @@ class Retriever:
     arrays = trie_arrays if trie_arrays is not None else self._live.trie_arrays
     for bucket in self.config.buckets:
       tokens = np.zeros((bucket, self.input_length), np.int32)
-      jax.block_until_ready(self._search(self.params, tokens, arrays))
+      jax.block_until_ready(self._search(self._live.params, tokens, arrays))
 
   def bucket_for(self, n: int) -> int:
     """Smallest bucket holding n queries (n <= max_batch)."""
@@ -424,11 +536,11 @@ class Retriever:
     results = []
     for start in range(0, len(queries), self.max_batch):
       chunk = tokens[start:start + self.max_batch]  # [n, Li]
-      found = self._search_padded(chunk, live.trie_arrays)
+      found = self._search_padded(chunk, live)
       results.extend(self._hits(live, *row, k) for row in zip(*found))
     return results
 
-  def _search_padded(self, tokens: np.ndarray, arrays: trie_lib.TrieArrays
+  def _search_padded(self, tokens: np.ndarray, live: _Live
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """[n, Li] -> (slots, scores [n, max_k], docids [n, max_k, D, L]).
 
@@ -438,7 +550,7 @@ class Retriever:
     n = tokens.shape[0]
     padded = np.zeros((self.bucket_for(n), tokens.shape[1]), np.int32)
     padded[:n] = tokens  # --> [bucket, Li]
-    found = self._search(self.params, padded, arrays)
+    found = self._search(live.params, padded, live.trie_arrays)
     return (np.asarray(found.documents)[:n], np.asarray(found.scores)[:n],
             np.asarray(found.docids)[:n])
 
@@ -463,6 +575,10 @@ class Retriever:
                     ) -> dict[str, tuple[str, ...]]:
     """Names new documents with the table's scheme, serves and persists them.
 
+    With a pretrained encoder, the docid tokens this creates get their rows
+    from the new documents' embeddings (module docstring) before they go
+    live, so the documents are retrievable at once.
+
     Returns:
       doc_id -> its new docids.
 
@@ -483,14 +599,18 @@ class Retriever:
       table = self._assign(live.index.table, new_docs)
       index = live.index.with_table(table)
       sequences = self._new_sequences(index, new_docs)
+      new_tokens = index.vocab.docid_tokens[len(live.index.vocab.docid_tokens):]
+      rows = warm_docid_rows(self.model, live.params, index, new_tokens,
+                             new_docs, input_length=self.input_length)
       online = {**self.online_documents, **new_docs}
-      self._persist(index, online, write_documents_first=True)
+      self._persist(index, online, write_documents_first=True, rows=rows)
       self.online_documents = online
       for slot, doc_sequences in enumerate(sequences.values(),
                                            start=len(live.slots)):
         for sequence in doc_sequences:
           self._trie.insert(sequence, slot)
-      self._publish(index, live.slots + tuple(new_docs))
+      self._publish(index, live.slots + tuple(new_docs),
+                    with_docid_rows(live.params, index.vocab, rows))
       self.titles.update({d: doc.title for d, doc in new_docs.items()})
       return {d: table.docids[d] for d in new_docs}
 
@@ -508,7 +628,12 @@ class Retriever:
       extra = {}
       if "embedder" in {f.name for f in dataclasses.fields(cls)}:
         from gr import embed  # pylint: disable=g-import-not-at-top
-        extra["embedder"] = embed.Embedder.load()
+        if pretrained.is_pretrained(self.model):
+          # The space its tree was clustered in (experiment.assign_docids).
+          extra["embedder"] = embed.Embedder.load(
+              self.model.config.encoder_dir, max_length=self.input_length)
+        else:
+          extra["embedder"] = embed.Embedder.load()
       self._scheme = docids_lib.scheme_for_table(table, **extra)
     return self._scheme
 
@@ -564,23 +689,31 @@ class Retriever:
 
   def _persist(self, index: index_lib.Index,
                online: Mapping[str, beir.Document], *,
-               write_documents_first: bool) -> None:
-    """Writes the online documents and a new index version (if on disk).
+               write_documents_first: bool,
+               rows: Optional[Mapping[str, np.ndarray]] = None) -> None:
+    """Writes the online documents, new docid rows and a new index version
+    (if on disk).
 
-    Adds write the documents first and deletes last, so a crash in between
-    leaves at worst a document on file that the table lacks (ignored).
+    Adds write the documents and rows first and deletes last, so a crash in
+    between leaves at worst a document (or row) on file that the table
+    lacks (ignored).
     """
     if self.index_dir is None:
       return
     if write_documents_first:
       write_online_documents(self.index_dir, online)
+    if rows:
+      write_online_rows(self.index_dir,
+                        {**read_online_rows(self.index_dir), **rows})
     index_lib.save_index(index, self.index_dir)
     if not write_documents_first:
       write_online_documents(self.index_dir, online)
 
   def _publish(self, index: index_lib.Index,
-               slots: tuple[Optional[str], ...]) -> None:
-    """Uploads the trie; compiles new shapes first; then swaps atomically."""
+               slots: tuple[Optional[str], ...],
+               params: Optional[Any] = None) -> None:
+    """Uploads the trie; compiles new shapes first; then swaps atomically
+    (with `params`, if given: docid rows set by an add)."""
     arrays = self._trie.to_device()
     old = self._live.trie_arrays
     if jax.tree.structure(arrays) != jax.tree.structure(old) or any(
@@ -591,7 +724,8 @@ class Retriever:
       self.warm_up(arrays)
     if self.index_dir is not None:
       index = self._reload_vocab(index)
-    self._live = _Live(index, arrays, slots)
+    self._live = _Live(index, arrays, slots,
+                       self._live.params if params is None else params)
 
   def _reload_vocab(self, index: index_lib.Index) -> index_lib.Index:
     """`index` with its vocabulary read from the newest version dir.
@@ -600,8 +734,7 @@ class Retriever:
     must not point into one.
     """
     version_dir = index_lib.current_version_dir(self.index_dir)
-    vocab = vocab_lib.Vocabulary.load(os.path.join(
-        version_dir, "vocab", "spm.gr_vocab.json"))
+    vocab = vocab_lib.load_vocabulary(os.path.join(version_dir, "vocab"))
     return index_lib.Index(index.table, vocab)
 
   def wait_for_updates(self) -> None:

@@ -262,6 +262,13 @@ class Vocabulary(seqio.Vocabulary):
     return file_sha256(self.sp_model_path)
 
   @functools.cached_property
+  def base_fingerprint(self) -> str:
+    """sha256 of what fixes the ids before the docid tokens (the model
+    bytes and sentinels): equal iff two vocabularies encode text alike."""
+    payload = json.dumps(["sentencepiece", self.sp_sha256, self._sp.extra_ids])
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+  @functools.cached_property
   def fingerprint(self) -> str:
     """sha256 over the model bytes, sentinels and docid tokens."""
     payload = json.dumps(

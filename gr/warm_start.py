@@ -22,8 +22,14 @@ an atomic docid that is its document's embedding; for a semantic docid
 token at depth i, the centroid of its k-means cluster (averaged over the
 clusters sharing the token); text docids are word pieces and keep the
 encoder's word embeddings.
+
+`new_docid_rows` applies the same rule to documents added later (online in
+gr/serving.py, by gr/continual.py's updates): their new docid tokens' rows
+start as their documents' embeddings under the model's current encoder.
 """
-from typing import Any, Mapping
+import dataclasses
+import functools
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -57,6 +63,46 @@ def docid_token_vectors(table, vocab, doc_vectors: np.ndarray,
     vectors[vocab.docid_token_id(token)] = mean / max(
         np.linalg.norm(mean), 1e-12)
   return vectors
+
+
+def new_docid_rows(embedding: np.ndarray, table, vocab,
+                   new_tokens: Sequence[str],
+                   doc_vectors: Mapping[str, np.ndarray]) -> np.ndarray:
+  """`embedding` [V, D] with the rows of `new_tokens` set from new documents.
+
+  The `docid_token_vectors` rule over the documents of `doc_vectors` only
+  (doc_id -> [D] embedding, e.g. the documents just added): a new token's
+  row is the normalised mean of the vectors of those documents whose docids
+  contain it (for an atomic token, its document's vector), scaled to the
+  mean norm of the existing docid rows (the vocabulary's other docid
+  tokens; 1 if there are none), so that it competes with them at the same
+  scale.
+
+  Args:
+    embedding: the tied token embedding [V, D] (V >= every new token's id).
+    table: the DocidTable that holds the documents of `doc_vectors`.
+    vocab: the vocabulary with `new_tokens` among its docid tokens.
+    new_tokens: the docid tokens whose rows are set.
+    doc_vectors: doc_id -> [D] vector (normalised here).
+
+  Returns:
+    A float32 copy of `embedding`; new tokens no document uses keep theirs.
+  """
+  rows = np.array(embedding, np.float32)
+  new_ids = {vocab.docid_token_id(t) for t in new_tokens}
+  old_ids = [i for i in map(vocab.docid_token_id, vocab.docid_tokens)
+             if i not in new_ids and i < len(rows)]
+  scale = float(np.linalg.norm(rows[old_ids], axis=1).mean()) if old_ids else 1.0
+  if not new_ids or not doc_vectors:
+    return rows
+  docs = dataclasses.replace(
+      table, docids={d: table.docids[d] for d in doc_vectors})
+  vectors = np.stack([doc_vectors[d] for d in docs.doc_ids]).astype(np.float32)
+  vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+  for token_id, vector in docid_token_vectors(docs, vocab, vectors).items():
+    if token_id in new_ids:
+      rows[token_id] = scale * vector
+  return rows
 
 
 def _identity(width: int, heads: int, head_dim: int):
@@ -110,6 +156,14 @@ def shape_decoder(params: Params, config: bert_network.BertT5Config, *,
   return params
 
 
+@functools.lru_cache(maxsize=8)
+def _init_fn(model, input_length: int, target_length: int):
+  """model.init_params jitted once per model and lengths (run_experiment
+  initialises twice; op by op it took 17 s for a tiny BERT on CPU)."""
+  return jax.jit(functools.partial(model.init_params, input_length=input_length,
+                                   target_length=target_length))
+
+
 def pretrained_params(model, encoder_params: Params, rng: jax.Array, *,
                       input_length: int, target_length: int,
                       docid_vectors: Mapping[int, np.ndarray] | None = None,
@@ -126,10 +180,10 @@ def pretrained_params(model, encoder_params: Params, rng: jax.Array, *,
     warm_start: False keeps the random decoder (the ablation).
     temperature: the step-0 softmax temperature over cosines.
   """
-  params = dict(model.init_params(rng, input_length=input_length,
-                                  target_length=target_length))
+  params = dict(_init_fn(model, input_length, target_length)(rng))
   params['encoder'] = jax.tree.map(jnp.asarray, encoder_params)
   words = np.asarray(encoder_params['word_embeddings']['embedding'])
+  words = words[:model.config.encoder.vocab_size]  # not the padding rows
   table = np.zeros(params['token_embedder']['embedding'].shape, np.float32)
   if not warm_start:
     table = np.asarray(params['token_embedder']['embedding']).copy()

@@ -123,6 +123,13 @@ class WordPieceVocabulary(seqio.Vocabulary):
     return vocab_lib.file_sha256(self._path)
 
   @functools.cached_property
+  def base_fingerprint(self) -> str:
+    """sha256 of what fixes the ids before the docid tokens (the
+    tokenizer): equal iff two vocabularies encode text alike."""
+    payload = json.dumps([FORMAT, self.tokenizer_sha256])
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+  @functools.cached_property
   def fingerprint(self) -> str:
     payload = json.dumps([FORMAT, self.tokenizer_sha256,
                           list(self._docid_tokens)])

@@ -11,7 +11,7 @@ so the outputs of frozen bottom layers can be computed once and cached
 (gr/encoder_cache.py) while only the top layers train.
 
 Every parameter carries logical axis names (gr/partitioning.py's rules):
-  word_embeddings/embedding            [vocab, embed]
+  word_embeddings/embedding            [vocab, embed]  (rows padded, below)
   position_embeddings/embedding        [positions, embed]
   layer_{i}/attention/{query,key,value}/kernel  [embed, heads]   (heads*kv)
   layer_{i}/attention/output/kernel    [heads, embed]
@@ -30,6 +30,11 @@ import jax
 import jax.numpy as jnp
 import safetensors.numpy
 
+# Word-embedding rows are padded to a multiple of this (as gr/train.py pads
+# T5's vocabulary), so the 'vocab' axis shards evenly over 'model': BERT's
+# 30522 rows do not divide by 4 or 8. The padding rows are zero, never read.
+VOCAB_MULTIPLE = 128
+
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
@@ -41,6 +46,11 @@ class BertConfig:
   max_positions: int = 512
   type_vocab_size: int = 2
   layer_norm_eps: float = 1e-12
+
+  @property
+  def embedding_rows(self) -> int:
+    """vocab_size rounded up to VOCAB_MULTIPLE (word_embeddings rows)."""
+    return -(-self.vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
 
   @classmethod
   def from_hf_json(cls, path: str) -> "BertConfig":
@@ -149,7 +159,7 @@ class BertEncoder(nn.Module):
                           nn.initializers.normal(0.02), axes))
 
     positions = jnp.arange(token_ids.shape[1])[None, :]
-    hidden = (embed(cfg.vocab_size, "word_embeddings", ("vocab", "embed"))(
+    hidden = (embed(cfg.embedding_rows, "word_embeddings", ("vocab", "embed"))(
         token_ids)
               + embed(cfg.max_positions, "position_embeddings",
                       ("positions", "embed"))(positions)
@@ -187,6 +197,12 @@ def params_from_safetensors(path: str, config: BertConfig) -> dict[str, Any]:
   params = {
       f"{n}_embeddings": {"embedding": get(f"embeddings.{n}_embeddings.weight")}
       for n in ("word", "position", "token_type")}
+  words = params["word_embeddings"]["embedding"]
+  if words.shape[0] != config.vocab_size:
+    raise ValueError(f"{path}: {words.shape[0]} word embeddings, config "
+                     f"vocab_size {config.vocab_size}")
+  params["word_embeddings"]["embedding"] = jnp.pad(
+      words, ((0, config.embedding_rows - config.vocab_size), (0, 0)))
   params["embeddings_norm"] = norm("embeddings.LayerNorm")
   for i in range(config.num_layers):
     p = f"encoder.layer.{i}"

@@ -631,5 +631,5 @@ def test_the_pretrained_gin_files_are_parsed_by_test_gin_files():
   assert isinstance(config, bert_network.BertT5Config)
   assert config.encoder.hidden_size == config.decoder.emb_dim == 384
   assert config.encoder_dir == embed.default_model_dir()
-  assert config.frozen_layers == config.encoder.num_layers == 6
+  assert config.encoder.num_layers == 6  # all-MiniLM-L6-v2
   assert config.decoder.logits_via_embedding

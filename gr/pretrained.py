@@ -137,14 +137,16 @@ def initial_params(model, encoder_dir: str, *, index: index_lib.Index,
                    warm: bool = True, temperature: float = 0.05):
   """Pretrained encoder + decoder, warm-started from `doc_vectors`."""
   _, encoder_params = warm_start.load_encoder(encoder_dir)
-  vectors = None
+  vectors, end_ids = None, set()
   if warm:
     vectors = warm_start.docid_token_vectors(index.table, index.vocab,
                                              doc_vectors)
+    end_ids = warm_start.end_token_ids(index.table, index.vocab)
   return warm_start.pretrained_params(
       model, encoder_params, jax.random.PRNGKey(seed),
       input_length=input_length, target_length=target_length,
-      docid_vectors=vectors, warm_start=warm, temperature=temperature)
+      docid_vectors=vectors, end_ids=end_ids, eos_id=index.vocab.eos_id,
+      warm_start=warm, temperature=temperature)
 
 
 def dense_baseline(model, params, index: index_lib.Index,

@@ -37,6 +37,7 @@ import numpy as np
 
 from gr import bert
 from gr import bert_network
+from gr import vocab as vocab_lib
 
 Params = Any
 
@@ -65,12 +66,36 @@ def docid_token_vectors(table, vocab, doc_vectors: np.ndarray,
   return vectors
 
 
+# Tokens that end a docid carry END_WEIGHT * u and the EOS row is
+# EOS_WEIGHT * u, for one unit direction u: after such a token, EOS wins
+# (log p(EOS) ~ 0, so a docid's score is its first-step score), while at
+# step 0 the shared component adds the same constant to every end token's
+# logit, which leaves the ranking exactly the cosine ranking.
+END_WEIGHT = 1.0
+EOS_WEIGHT = 10.0
+
+
+def end_direction(width: int, seed: int = 0) -> np.ndarray:
+  """The fixed unit direction u [width] of END_WEIGHT / EOS_WEIGHT."""
+  u = np.random.default_rng(seed).normal(size=width).astype(np.float32)
+  return u / np.linalg.norm(u)
+
+
+def end_token_ids(table, vocab) -> set[int]:
+  """Ids of reserved tokens that end some docid (the last token)."""
+  reserved = set(vocab.docid_tokens)
+  return {vocab.docid_token_id(docid.split()[-1])
+          for docid, _ in table.all_docids() if docid.split()[-1] in reserved}
+
+
 def new_docid_rows(embedding: np.ndarray, table, vocab,
                    new_tokens: Sequence[str],
                    doc_vectors: Mapping[str, np.ndarray]) -> np.ndarray:
   """`embedding` [V, D] with the rows of `new_tokens` set from new documents.
 
   The `docid_token_vectors` rule over the documents of `doc_vectors` only
+  (plus, for tokens that end a docid, the existing end tokens' shared
+  component along the EOS row, so EOS still wins after them)
   (doc_id -> [D] embedding, e.g. the documents just added): a new token's
   row is the normalised mean of the vectors of those documents whose docids
   contain it (for an atomic token, its document's vector), scaled to the
@@ -92,17 +117,31 @@ def new_docid_rows(embedding: np.ndarray, table, vocab,
   new_ids = {vocab.docid_token_id(t) for t in new_tokens}
   old_ids = [i for i in map(vocab.docid_token_id, vocab.docid_tokens)
              if i not in new_ids and i < len(rows)]
-  scale = float(np.linalg.norm(rows[old_ids], axis=1).mean()) if old_ids else 1.0
   if not new_ids or not doc_vectors:
     return rows
+  shared = _end_component(rows, end_token_ids(table, vocab) - new_ids)
+  scale = (float(np.linalg.norm(rows[old_ids] - shared, axis=1).mean())
+           if old_ids else 1.0)
   docs = dataclasses.replace(
       table, docids={d: table.docids[d] for d in doc_vectors})
   vectors = np.stack([doc_vectors[d] for d in docs.doc_ids]).astype(np.float32)
   vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+  end_ids = end_token_ids(docs, vocab)
   for token_id, vector in docid_token_vectors(docs, vocab, vectors).items():
     if token_id in new_ids:
-      rows[token_id] = scale * vector
+      rows[token_id] = scale * vector + (shared if token_id in end_ids else 0)
   return rows
+
+
+def _end_component(rows: np.ndarray, end_ids: set[int]) -> np.ndarray | float:
+  """The existing end tokens' mean component along the EOS row [D] (the
+  warm start's END_WEIGHT * u, as training left it); 0 if EOS is zero."""
+  eos = rows[vocab_lib.EOS_ID]
+  ids = [i for i in end_ids if i < len(rows)]
+  if not ids or not np.linalg.norm(eos):
+    return 0.0
+  direction = eos / np.linalg.norm(eos)
+  return float(rows[ids].mean(axis=0) @ direction) * direction
 
 
 def _identity(width: int, heads: int, head_dim: int):
@@ -167,6 +206,8 @@ def _init_fn(model, input_length: int, target_length: int):
 def pretrained_params(model, encoder_params: Params, rng: jax.Array, *,
                       input_length: int, target_length: int,
                       docid_vectors: Mapping[int, np.ndarray] | None = None,
+                      end_ids: Sequence[int] = (),
+                      eos_id: int = 1,
                       warm_start: bool = True,
                       temperature: float = 0.05) -> Params:
   """Params with the pretrained encoder, its word embeddings in the decoder,
@@ -177,6 +218,9 @@ def pretrained_params(model, encoder_params: Params, rng: jax.Array, *,
     encoder_params: gr.bert params of the pretrained encoder.
     rng: for the freshly initialised parts.
     docid_vectors: token id -> [width] vector for docid rows (warm start).
+    end_ids: docid tokens that end a docid (`end_token_ids`): they and the
+      EOS row get the end direction (END_WEIGHT, EOS_WEIGHT).
+    eos_id: the vocabulary's EOS id.
     warm_start: False keeps the random decoder (the ablation).
     temperature: the step-0 softmax temperature over cosines.
   """
@@ -190,8 +234,11 @@ def pretrained_params(model, encoder_params: Params, rng: jax.Array, *,
   table[:len(words)] = words
   table[0] = 0.0  # BOS = PAD: the residual stream starts at zero
   if warm_start:
+    u = end_direction(table.shape[1])
     for token_id, vector in (docid_vectors or {}).items():
-      table[token_id] = vector
+      table[token_id] = vector + (END_WEIGHT * u if token_id in end_ids else 0)
+    if end_ids:
+      table[eos_id] = EOS_WEIGHT * u
     params = shape_decoder(params, model.config, temperature=temperature)
   params['token_embedder'] = {'embedding': jnp.asarray(table)}
   return params

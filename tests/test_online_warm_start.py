@@ -72,6 +72,7 @@ def test_new_atomic_rows_are_scaled_document_vectors():
   vocab = fake_vocab(table.reserved_tokens)
   rng = np.random.default_rng(0)
   embedding = rng.normal(size=(16, 4)).astype(np.float32)
+  embedding[1] = 0.0  # EOS: no end component to carry over
   embedding[10] *= 2 / np.linalg.norm(embedding[10])  # old norms 2 and 4
   embedding[11] *= 4 / np.linalg.norm(embedding[11])
   vectors = {"c": np.array([3.0, 0, 0, 0]), "e": np.array([0, 1.0, 1.0, 0])}
@@ -82,6 +83,21 @@ def test_new_atomic_rows_are_scaled_document_vectors():
                              rtol=1e-6)
   np.testing.assert_array_equal(np.delete(rows, [12, 13], 0),
                                 np.delete(embedding, [12, 13], 0))
+
+
+def test_new_end_tokens_carry_the_end_component_of_the_old_ones():
+  old = docids_base.DocidTable("atomic", {"a": ("<d_0>",), "b": ("<d_1>",)},
+                               ("<d_0>", "<d_1>"), {})
+  table = old.extend({"c": ("<d_2>",)}, ("<d_2>",))
+  vocab = fake_vocab(table.reserved_tokens)
+  embedding = np.zeros((16, 3), np.float32)
+  embedding[1] = [0, 0, 10.0]           # EOS along u = e2
+  embedding[10] = [1.0, 0, 1.0]         # old end tokens: v + 1 * u
+  embedding[11] = [0, 1.0, 1.0]
+  rows = warm_start.new_docid_rows(embedding, table, vocab, ("<d_2>",),
+                                   {"c": np.array([0.0, 3.0, 0.0])})
+  # Scaled to the old rows' mean norm without their end component (1).
+  np.testing.assert_allclose(rows[12], [0, 1.0, 1.0], rtol=1e-6)
 
 
 def test_new_semantic_tokens_only_get_the_rule_over_new_documents():
@@ -158,9 +174,13 @@ def test_online_add_is_retrievable_at_once_and_after_restart(warm_run,
     vocab = r.index.vocab
     new_ids = [vocab.docid_token_id(added[d][0]) for d in NEW]
     old_ids = [vocab.docid_token_id(t) for t in vocab.docid_tokens[:len(OLD)]]
+    # Old and new end tokens share one component along the EOS row; the
+    # rest of a new row has the old rows' mean norm.
+    eos = before[vocab.eos_id] / np.linalg.norm(before[vocab.eos_id])
+    shared = (before[old_ids].mean(axis=0) @ eos) * eos
     np.testing.assert_allclose(
-        np.linalg.norm(after[new_ids], axis=1),
-        np.linalg.norm(before[old_ids], axis=1).mean(), rtol=1e-5)
+        np.linalg.norm(after[new_ids] - shared, axis=1),
+        np.linalg.norm(before[old_ids] - shared, axis=1).mean(), rtol=1e-4)
     np.testing.assert_array_equal(np.delete(after, new_ids, 0),
                                   np.delete(before, new_ids, 0))
   finally:

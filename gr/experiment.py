@@ -201,9 +201,6 @@ def run_experiment(*, data_dir: str, workdir: str, model,
   pseudo = pseudo_queries(dataset, pseudo_query_spans, pseudo_query_sentences,
                           pseudo_queries_file, seed)
   mixture = register_mixture(name, dataset, index, pseudo, dict(task_rates))
-  every_task = register_mixture(
-      name, dataset, index, pseudo,
-      {kind: 1.0 for kind in tasks.DOCID_KINDS}, suffix="all_docid_tasks")
   target_length = index.max_docid_length()
   model = train_lib.fit_vocab(model, index.vocab.vocab_size)
   run_config.save_model_config(
@@ -211,6 +208,9 @@ def run_experiment(*, data_dir: str, workdir: str, model,
       corpus_path=os.path.join(data_dir, "corpus.jsonl"))
   setup = PretrainedSetup()
   if encoder_dir:
+    every_task = register_mixture(
+        name, dataset, index, pseudo,
+        {kind: 1.0 for kind in tasks.DOCID_KINDS}, suffix="all_docid_tasks")
     setup = pretrained_setup(
         model, index, dataset, every_task, cache_dir,
         input_length=input_length,
@@ -283,7 +283,7 @@ def pretrained_setup(model, index: index_lib.Index, dataset, mixture: str,
   params = pretrained.initial_params(
       model, encoder_dir, index=index, doc_vectors=doc_vectors, seed=seed,
       input_length=input_length, target_length=target_length, warm=warm,
-      temperature=temperature)
+      temperature=temperature, encoder_params=base["encoder"])
   transform = cache.add_states if model.has_frozen_encoder_layers else None
   logging.info("pretrained setup (cache, document vectors, params): %.1fs",
                time.time() - start)

@@ -134,9 +134,15 @@ def document_rows(index: index_lib.Index, corpus: Mapping,
 def initial_params(model, encoder_dir: str, *, index: index_lib.Index,
                    doc_vectors: Optional[np.ndarray], seed: int,
                    input_length: int, target_length: int,
-                   warm: bool = True, temperature: float = 0.05):
-  """Pretrained encoder + decoder, warm-started from `doc_vectors`."""
-  _, encoder_params = warm_start.load_encoder(encoder_dir)
+                   warm: bool = True, temperature: float = 0.05,
+                   encoder_params=None):
+  """Pretrained encoder + decoder, warm-started from `doc_vectors`.
+
+  encoder_params: the encoder's weights if already loaded (else read from
+  encoder_dir).
+  """
+  if encoder_params is None:
+    _, encoder_params = warm_start.load_encoder(encoder_dir)
   vectors, end_ids = None, set()
   if warm:
     vectors = warm_start.docid_token_vectors(index.table, index.vocab,

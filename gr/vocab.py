@@ -133,7 +133,52 @@ def train_sentencepiece(texts: Iterable[str],
 # -------------------------------------------------------------- vocabulary --
 
 
-class Vocabulary(seqio.Vocabulary):
+class DocidTokenVocabulary(seqio.Vocabulary):
+  """What every gr vocabulary shares: `base_size` ids of text pieces, then
+  the docid tokens (one id each, append-only), PAD = 0, EOS = 1.
+
+  Subclasses set `_docid_tokens`, `_id_by_docid_token` and define
+  `base_size` and `_decode`.
+  """
+
+  @property
+  def docid_tokens(self) -> tuple[str, ...]:
+    return self._docid_tokens
+
+  @property
+  def _base_vocab_size(self) -> int:
+    return self.base_size + len(self._docid_tokens)
+
+  @property
+  def vocab_size(self) -> int:
+    """All ids: pieces (and sentinels) and docid tokens."""
+    return self._base_vocab_size
+
+  @property
+  def eos_id(self) -> int:
+    return EOS_ID
+
+  @property
+  def bos_id(self) -> Optional[int]:
+    return None
+
+  def docid_token_id(self, token: str) -> int:
+    """The single id of a docid token (KeyError if it has none)."""
+    return self._id_by_docid_token[token]
+
+  def decode_docid(self, ids: Iterable[int]) -> str:
+    """Ids -> docid string, up to the first EOS; PAD ids are skipped."""
+    kept = []
+    for i in ids:
+      i = int(i)
+      if i == EOS_ID:
+        break
+      if i != PAD_ID:
+        kept.append(i)
+    return self._decode(kept)
+
+
+class Vocabulary(DocidTokenVocabulary):
   """A seqio vocabulary: sentencepiece pieces, then docid tokens.
 
   Text (`encode`, `encode_tf`) is plain sentencepiece. Docids go through
@@ -229,33 +274,8 @@ class Vocabulary(seqio.Vocabulary):
     return list(self.encode(text))[:max_length - 1] + [EOS_ID]
 
   @property
-  def docid_tokens(self) -> tuple[str, ...]:
-    return self._docid_tokens
-
-  @property
-  def _base_vocab_size(self) -> int:
-    return self.sp_size + len(self._docid_tokens)
-
-  @property
-  def vocab_size(self) -> int:
-    """All ids: pieces, sentinels and docid tokens."""
-    return self._base_vocab_size
-
-  @property
-  def eos_id(self) -> int:
-    return EOS_ID
-
-  @property
   def unk_id(self) -> int:
     return UNK_ID
-
-  @property
-  def bos_id(self) -> Optional[int]:
-    return None
-
-  def docid_token_id(self, token: str) -> int:
-    """The single id of a docid token (KeyError if it has none)."""
-    return self._id_by_docid_token[token]
 
   @functools.cached_property
   def sp_sha256(self) -> str:
@@ -372,17 +392,6 @@ class Vocabulary(seqio.Vocabulary):
           f"docid {docid!r}: words {' '.join(words)!r} contain characters "
           f"unknown to the sentencepiece model {self.sp_model_path}")
     return ids
-
-  def decode_docid(self, ids: Iterable[int]) -> str:
-    """Ids -> docid string, up to the first EOS; PAD ids are skipped."""
-    kept = []
-    for i in ids:
-      i = int(i)
-      if i == EOS_ID:
-        break
-      if i != PAD_ID:
-        kept.append(i)
-    return self._decode(kept)
 
   # -- files --
 

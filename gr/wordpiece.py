@@ -18,9 +18,8 @@ import functools
 import hashlib
 import json
 import os
-import re
 import shutil
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import seqio
@@ -35,7 +34,7 @@ EOS_ID = vocab_lib.EOS_ID
 FORMAT = "gr.wordpiece"
 TOKENIZER_NAME = "tokenizer.json"
 JSON_SUFFIX = ".gr_wordpiece.json"
-_RESERVED_LOOKING = re.compile(r"^<[^<>\s]+>$")
+_RESERVED_LOOKING = vocab_lib._RESERVED_LOOKING  # pylint: disable=protected-access
 
 
 def _load_tokenizer(path: str) -> tokenizers.Tokenizer:
@@ -47,7 +46,7 @@ def _load_tokenizer(path: str) -> tokenizers.Tokenizer:
   return tokenizer
 
 
-class WordPieceVocabulary(seqio.Vocabulary):
+class WordPieceVocabulary(vocab_lib.DocidTokenVocabulary):
   """WordPiece pieces, then docid tokens (a seqio vocabulary)."""
 
   def __init__(self, tokenizer_path: str, docid_tokens: Sequence[str] = (),
@@ -92,31 +91,8 @@ class WordPieceVocabulary(seqio.Vocabulary):
     return self._tokenizer.get_vocab_size()
 
   @property
-  def docid_tokens(self) -> tuple[str, ...]:
-    return self._docid_tokens
-
-  @property
-  def _base_vocab_size(self) -> int:
-    return self.base_size + len(self._docid_tokens)
-
-  @property
-  def vocab_size(self) -> int:
-    return self._base_vocab_size
-
-  @property
-  def eos_id(self) -> int:
-    return EOS_ID
-
-  @property
   def unk_id(self) -> int:
     return self._unk
-
-  @property
-  def bos_id(self) -> Optional[int]:
-    return None
-
-  def docid_token_id(self, token: str) -> int:
-    return self._id_by_docid_token[token]
 
   @functools.cached_property
   def tokenizer_sha256(self) -> str:
@@ -207,16 +183,6 @@ class WordPieceVocabulary(seqio.Vocabulary):
       raise ValueError(f"docid {docid!r}: words {' '.join(words)!r} contain "
                        f"characters unknown to {self._path}")
     return ids
-
-  def decode_docid(self, ids: Iterable[int]) -> str:
-    """Ids -> docid string up to the first EOS (PAD skipped)."""
-    kept = []
-    for i in (int(i) for i in ids):
-      if i == EOS_ID:
-        break
-      if i != PAD_ID:
-        kept.append(i)
-    return self._decode(kept)
 
   # -- files --
 

@@ -378,7 +378,7 @@ def _start_script(model_dir, token_file, port, cache_dir):
   raise RuntimeError("serve.py did not come up")
 
 
-@pytest.mark.slow
+@pytest.mark.crash
 def test_script_sigterm_then_restart_keeps_added_document(model_dir, tmp_path):
   token_file = tmp_path / "token"
   token_file.write_text(TOKEN + "\n")

@@ -1,7 +1,7 @@
 """Tests for gr/train.py and scripts/train.py: the loop, resume, optimizer.
 
 One reference run (in this process, through the same gin files as the CLI)
-is shared by the loop test and the (slow) CLI test, which SIGKILLs a run
+is shared by the loop test and the CLI crash test, which SIGKILLs a run
 after its first checkpoint, runs the same command again and checks that it
 resumes and ends with the reference's params.
 """
@@ -146,7 +146,7 @@ def _wait_for_step_dir(model_dir: pathlib.Path, proc, timeout: float):
   raise AssertionError(f'no checkpoint in {model_dir} (rc={proc.poll()})')
 
 
-@pytest.mark.slow  # two CLI processes: ~1 min of CPU
+@pytest.mark.crash  # two CLI processes: ~1 min of CPU
 def test_resume_after_sigkill_matches_uninterrupted(tmp_path, toy_gin,
                                                     reference_run):
   model_dir = tmp_path / 'model'

@@ -3,6 +3,7 @@ import jax
 import numpy as np
 import pytest
 from jax.sharding import Mesh
+import sentence_transformers
 
 from gr import embed
 
@@ -32,7 +33,6 @@ def vectors(embedder):
 
 
 def test_matches_sentence_transformers(vectors):
-  sentence_transformers = pytest.importorskip("sentence_transformers")
   peer = sentence_transformers.SentenceTransformer(embed.default_model_dir(),
                                                    device="cpu")
   assert peer.max_seq_length == 256

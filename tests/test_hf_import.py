@@ -6,13 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from safetensors import numpy as safetensors_numpy
+import torch
+import transformers
 
 from gr import hf_import
 from gr import network
-
-torch = pytest.importorskip('torch')
-transformers = pytest.importorskip('transformers')
-safetensors_numpy = pytest.importorskip('safetensors.numpy')
 
 VOCAB = 100
 ATOL = 1e-4

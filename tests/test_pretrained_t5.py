@@ -15,6 +15,9 @@ from typing import Mapping
 import gin
 import numpy as np
 import pytest
+from safetensors import numpy as safetensors_numpy
+import torch
+import transformers
 
 from gr import hf_import
 from gr import index as index_lib
@@ -25,10 +28,6 @@ from gr import train as train_lib
 from gr import vocab as vocab_lib
 from gr.data.beir import Document
 from gr.docids import get_scheme
-
-torch = pytest.importorskip('torch')
-transformers = pytest.importorskip('transformers')
-safetensors_numpy = pytest.importorskip('safetensors.numpy')
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WORDS = ('alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu '

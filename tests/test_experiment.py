@@ -48,33 +48,60 @@ def results(tmp_path_factory):
   _synthetic_beir(data_dir)
   model = models.EncoderDecoderModel(network.T5Config.tiny(
       vocab_size=128, dropout_rate=0.0))
-  out = experiment.run_experiment(
-      data_dir=data_dir, workdir=workdir, model=model, scheme="naive",
-      vocab_size=400, train_steps=300, batch_size=32, input_length=16,
-      task_rates={"indexing": 1.0, "retrieval": 2.0},
-      search=retrieval.SearchConfig(beam_size=5, top_k=5),
-      query_sets=(evaluation.QuerySet("titles"),), exact_queries=4)
-  return workdir, out
+  # Keep the searcher and the queries that beam search is compared on, so
+  # a test can recompute the comparison.
+  compared = {}
+  beam_vs_exact = evaluation.beam_vs_exact
+  def keep_and_compare(searcher, queries, qrels, run):
+    compared.update(searcher=searcher, queries=dict(queries))
+    return beam_vs_exact(searcher, queries, qrels, run)
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(evaluation, "beam_vs_exact", keep_and_compare)
+    out = experiment.run_experiment(
+        data_dir=data_dir, workdir=workdir, model=model, scheme="naive",
+        vocab_size=400, train_steps=300, batch_size=32, input_length=16,
+        task_rates={"indexing": 1.0, "retrieval": 2.0},
+        search=retrieval.SearchConfig(beam_size=5, top_k=5),
+        query_sets=(evaluation.QuerySet("titles"),), exact_queries=4)
+  return workdir, out, compared
 
 
 def test_trained_model_retrieves_far_above_chance(results):
-  _, out = results
+  _, out, _ = results
   gr = out["titles/test"]["gr"]
   assert gr["Hits@1"] > 10 / NUM_DOCS, gr  # chance is 1/24
   assert gr["Hits@10"] > 0.5, gr
 
 
 def test_run_leaves_index_checkpoint_runs_and_results(results):
-  workdir, out = results
+  workdir, out, _ = results
   assert os.path.exists(os.path.join(workdir, "index", "CURRENT"))
   assert os.path.isdir(os.path.join(workdir, "model", "300"))
   runs = os.listdir(os.path.join(workdir, "runs"))
   assert sorted(runs) == ["titles.test.bm25.trec", "titles.test.gr.trec"]
   with open(os.path.join(workdir, "results.json")) as f:
     assert json.load(f) == json.loads(json.dumps(out))
-  exact = out["titles/test"]["beam_vs_exact"]
-  assert exact["queries"] == 4
-  assert 0.0 <= exact["top1_agreement"] <= 1.0
+  assert out["titles/test"]["beam_vs_exact"]["queries"] == 4
+
+
+def test_top1_agreement_is_recomputed_from_the_run_file(results):
+  """Beam's rank-1 lines on disk against the exact ranking's first doc."""
+  workdir, out, compared = results
+  searcher, queries = compared["searcher"], compared["queries"]
+  beam_top1 = {}
+  with open(os.path.join(workdir, "runs", "titles.test.gr.trec")) as f:
+    for line in f:
+      qid, _, doc_id, rank, _, _ = line.split()
+      if rank == "1":
+        beam_top1[qid] = doc_id
+  exact = retrieval.exact_ranking(searcher, list(queries.values()), top_k=1)
+  agree = [beam_top1.get(qid) == ranking[0][0]
+           for qid, ranking in zip(queries, exact)]
+  comparison = out["titles/test"]["beam_vs_exact"]
+  assert comparison["top1_agreement"] == sum(agree) / len(agree)
+  # A query whose two top-1 documents agree is a hit for both or for neither.
+  assert abs(comparison["beam_Hits@1"] - comparison["exact_Hits@1"]) <= (
+      1 - comparison["top1_agreement"])
 
 
 def test_subset_keeps_first_documents_and_their_queries(tmp_path):

@@ -1,8 +1,12 @@
 """Atomic file writes: a crash leaves either the old file or the new one.
 
-Every persisted artifact (index versions, docid tables, vocabularies, run
-files, pseudo-queries, embeddings) is written through here: a temp file in
-the same directory, fsync, chmod 0644, then os.replace.
+The library's files (index versions' files, docid tables, vocabularies,
+model_config.json, results, run files, BEIR folders, pseudo-queries, cached
+embeddings and encoder states) are written through here: a temp file in the
+same directory, fsync, chmod 0644, then os.replace. Not through here: orbax
+checkpoints and the index artifact beside them (gr/checkpoints.py: written
+into orbax's temporary step directory, renamed into place as a whole) and
+the dynamic-corpus plots (matplotlib's savefig).
 """
 import contextlib
 import os

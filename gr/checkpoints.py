@@ -5,7 +5,9 @@ A checkpoint step directory holds two orbax items:
   <model_dir>/<step>/state/           the train state (step, params, opt_state)
   <model_dir>/<step>/index_artifact/  optional: MANIFEST.json and files/,
                                       the files that give the params their
-                                      meaning (DocidTable, trie, vocabulary)
+                                      meaning (DocidTable and vocabulary; no
+                                      trie: gr/index.py's Index.build_trie
+                                      makes it from the table)
 
 Both are written into orbax's temporary directory and renamed into place
 together, so a crash mid-save leaves the previous step as the latest
@@ -13,8 +15,10 @@ loadable one. MANIFEST.json lists every artifact file with its size and
 sha256; loading verifies them and raises `ArtifactError` naming the file that
 is missing, extra or changed.
 
-The artifact is a directory of files written by others (gr/docids, gr/vocab,
-gr/trie); this module only copies and verifies bytes.
+The artifact is an index version directory of gr/index.py (docids/ from
+gr/docids, vocab/ from gr/vocab or gr/wordpiece, index.json; a continual
+update's version adds its memory corpus and continual.json); this module
+only copies and verifies bytes.
 """
 import dataclasses
 import hashlib

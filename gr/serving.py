@@ -28,9 +28,10 @@ Files of a run:
 
   <run>/model/                 orbax checkpoints; <step>/index_artifact/ is
                                the index the params were trained with
-  <run>/model_config.json      T5Config fields, input_length and the
-                               corpus path (titles), see `save_model_config`;
-                               also looked up inside <run>/model/
+  <run>/model_config.json      model config fields, input_length and the
+                               corpus path (titles), written by
+                               gr/run_config.py's `save_model_config`; looked
+                               up inside <run>/model/ first
   <run>/index/                 the served index (gr/index.py versions): seeded
                                from the checkpoint's artifact if absent, and
                                refused unless it descends from that artifact
@@ -44,8 +45,10 @@ Files of a run:
 Trie values are "slots": positions in an append-only list of doc_ids, so
 deleting a document never renumbers the others.
 
-`MicroBatcher` gathers concurrent requests (up to a maximum batch or a few
-milliseconds) into one `retrieve` call on a worker thread.
+The micro-batcher is not here: gr/microbatch.py's `MicroBatcher`, used by
+the HTTP service (gr/web/app.py), gathers concurrent requests (up to a
+maximum batch or a few milliseconds) into one `Retriever.retrieve` call on a
+worker thread.
 """
 import dataclasses
 import fcntl

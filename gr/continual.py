@@ -6,7 +6,9 @@ artifact holding
 
   docids/ vocab/ index.json   the index version (gr/index.py layout)
   memory/                     a BEIR folder: every indexed document and the
-                              train queries/qrels seen so far (replay source)
+                              train queries/qrels seen so far (replay
+                              source); under the generative memory the
+                              documents' ids only (doc_ids.json)
   continual.json              the version record: cumulative gradient
                               updates and one entry per update
 
@@ -29,15 +31,21 @@ minimisation):
   trie_only          no training: new docids enter the trie only
   new_only           fine-tune on the new documents (indexing + pseudo-queries)
   experience_replay  + stored old indexing and retrieval examples at
-                     `replay_ratio` (mixture rate; the new documents' is 1)
-  generative_replay  + pseudo-queries for OLD documents (DSI++'s generative
-                     memory) at `replay_ratio`
+                     `replay_ratio` (mixture rate; the new documents' is 1),
+                     or exactly `replay_per_batch` per batch (the budget)
+  generative_replay  + fresh pseudo-queries for OLD documents
+  generative_replay_sam  the same with SAM
   sam                new_only with SAM
   retrain            from scratch on everything indexed so far (reference)
 
-Pseudo-queries come from a `PseudoQueryGenerator`; no doc2query model exists
-in this repository yet, so the default is `TextPseudoQueries` (sentences and
-spans of the body, gr/pseudo_queries.py).
+Pseudo-queries for new documents come from a `PseudoQueryGenerator`: body
+sentences and spans (`TextPseudoQueries`, gr/pseudo_queries.py) or what a
+doc2query model sampled (`StoredPseudoQueries`, gr/doc2query.py). Generative
+replay with a `memory_generator` (doc2query.VectorQueryGenerator) is DSI++'s
+generative memory (gr/generative_memory.py): old documents' queries are
+sampled from their stored vectors, and the committed memory/ keeps their
+ids, not their bodies. memory/ always holds each document's vector
+(pretrained encoder) in doc_vectors.npz.
 
 With a pretrained encoder (a BertT5Config model, gr/bert_network.py) the
 index uses the encoder's WordPiece vocabulary, version 0 starts from the
@@ -69,7 +77,9 @@ from gr import atomic_io
 from gr import checkpoints
 from gr import docids as docids_lib
 from gr import embed
+from gr import encoder_cache
 from gr import experiment
+from gr import generative_memory as memory_lib
 from gr import index as index_lib
 from gr import models
 from gr import partitioning
@@ -84,6 +94,7 @@ PyTree = Any
 MEMORY_DIR = "memory"
 RECORD_FILE = "continual.json"
 RECORD_FORMAT = "gr.continual/1"
+DOC_IDS_FILE = "doc_ids.json"  # memory without bodies: the ids it holds
 NEW, REPLAY = "new", "replay"
 INITIAL_TASK_RATES = (("indexing", 1.0), ("retrieval", 1.0),
                       ("pseudo_query", 1.0))
@@ -103,7 +114,11 @@ class Strategy:
       or "generative" (pseudo-queries for old documents).
     replay_ratio: mixture rate of the replay task; the new documents' is 1.
     retrain: train from scratch on everything (ignores `replay`).
-    sam_rho: sharpness-aware minimisation radius (0: plain optimizer).
+    sam_rho: sharpness-aware minimisation radius (0: plain optimizer). As
+      in DSI++, the dynamic-corpus runner also indexes D0 with it.
+    replay_per_batch: the replay budget: k > 0 puts exactly k old examples
+      in every batch of an update (its batch_size - k are new), instead of
+      mixing at `replay_ratio`.
   """
   name: str
   trains: bool = True
@@ -111,14 +126,17 @@ class Strategy:
   replay_ratio: float = 1.0
   retrain: bool = False
   sam_rho: float = 0.0
+  replay_per_batch: int = 0
 
   def __post_init__(self):
     if self.replay not in ("none", "experience", "generative"):
       raise ValueError(f"Strategy {self.name!r}: replay={self.replay!r}, "
                        "expected 'none', 'experience' or 'generative'")
-    if self.replay_ratio <= 0 or self.sam_rho < 0:
-      raise ValueError(f"Strategy {self.name!r}: need replay_ratio > 0 and "
-                       f"sam_rho >= 0, got {self.replay_ratio}, {self.sam_rho}")
+    if self.replay_ratio <= 0 or self.sam_rho < 0 or self.replay_per_batch < 0:
+      raise ValueError(f"Strategy {self.name!r}: need replay_ratio > 0, "
+                       "sam_rho >= 0 and replay_per_batch >= 0, got "
+                       f"{self.replay_ratio}, {self.sam_rho}, "
+                       f"{self.replay_per_batch}")
 
 
 STRATEGIES = {s.name: s for s in (
@@ -126,6 +144,7 @@ STRATEGIES = {s.name: s for s in (
     Strategy("new_only"),
     Strategy("experience_replay", replay="experience"),
     Strategy("generative_replay", replay="generative"),
+    Strategy("generative_replay_sam", replay="generative", sam_rho=0.05),
     Strategy("sam", sam_rho=0.05),
     Strategy("retrain", retrain=True),
 )}
@@ -186,6 +205,24 @@ class TextPseudoQueries:
         num_sentences=self.num_sentences, seed=self.seed)
 
 
+@dataclasses.dataclass(frozen=True)
+class StoredPseudoQueries:
+  """Pseudo-queries read from a file (scripts/generate_queries.py): what a
+  doc2query model sampled from each body, seeded per document, so looking
+  them up equals generating them again. Documents absent get none."""
+  path: str
+
+  def generate(self, documents: Mapping[str, beir.Document]
+               ) -> dict[str, list[str]]:
+    stored = _read_pseudo_queries(self.path)
+    return {d: list(stored[d]) for d in documents if d in stored}
+
+
+@functools.lru_cache(maxsize=4)
+def _read_pseudo_queries(path: str) -> dict[str, list[str]]:
+  return pseudo_lib.read_pseudo_queries(path)
+
+
 # ---------------------------------------------------------------- memory --
 
 
@@ -194,6 +231,53 @@ def train_memory(dataset: beir.BeirDataset) -> beir.BeirDataset:
   qrels = {"train": dict(dataset.qrels.get("train", {}))}
   queries = {q: dataset.queries[q] for q in qrels["train"]}
   return beir.BeirDataset(dict(dataset.corpus), queries, qrels)
+
+
+def has_bodies(memory: beir.BeirDataset) -> bool:
+  """Whether memory holds the documents' bodies (experience replay's
+  memory) rather than their ids only (the generative memory's)."""
+  return all(doc.text for doc in memory.corpus.values())
+
+
+def without_bodies(memory: beir.BeirDataset) -> beir.BeirDataset:
+  """Memory with each document reduced to its id (title and text gone)."""
+  return dataclasses.replace(memory, corpus={
+      d: beir.Document(d, "", "") for d in memory.corpus})
+
+
+def write_memory(folder: str, memory: beir.BeirDataset,
+                 vectors: Mapping[str, np.ndarray]) -> None:
+  """memory/: a BEIR folder when it holds bodies; else DOC_IDS_FILE with
+  the train queries and qrels. Document vectors (if any) beside it."""
+  if has_bodies(memory):
+    beir.write_beir(folder, memory.corpus, memory.queries, memory.qrels)
+  else:
+    os.makedirs(os.path.join(folder, "qrels"), exist_ok=True)
+    with atomic_io.atomic_open(os.path.join(folder, DOC_IDS_FILE)) as f:
+      json.dump(list(memory.corpus), f)
+    beir.write_queries(os.path.join(folder, "queries.jsonl"), memory.queries)
+    for split, qrels in memory.qrels.items():
+      beir.write_qrels(os.path.join(folder, "qrels", f"{split}.tsv"), qrels)
+  if vectors:
+    memory_lib.save_vectors(os.path.join(folder, memory_lib.VECTORS_FILE),
+                            vectors)
+
+
+def load_memory(folder: str) -> tuple[beir.BeirDataset,
+                                      dict[str, np.ndarray]]:
+  """(memory, {doc_id: vector}) as `write_memory` wrote them."""
+  vectors = memory_lib.load_vectors(os.path.join(folder,
+                                                 memory_lib.VECTORS_FILE))
+  if os.path.exists(os.path.join(folder, "corpus.jsonl")):
+    return beir.BeirDataset.load(folder), vectors
+  with open(os.path.join(folder, DOC_IDS_FILE)) as f:
+    corpus = {d: beir.Document(d, "", "") for d in json.load(f)}
+  queries = beir.read_queries(os.path.join(folder, "queries.jsonl"))
+  qrels_dir = os.path.join(folder, "qrels")
+  qrels = {name[:-len(".tsv")]: beir.read_qrels(
+      os.path.join(qrels_dir, name), query_ids=queries, corpus_ids=corpus)
+           for name in sorted(os.listdir(qrels_dir)) if name.endswith(".tsv")}
+  return beir.BeirDataset(corpus, queries, qrels), vectors
 
 
 def updated_memory(memory: beir.BeirDataset,
@@ -215,12 +299,14 @@ def updated_memory(memory: beir.BeirDataset,
 
 @dataclasses.dataclass(frozen=True)
 class Version:
-  """One committed version: checkpoint step, params, index, memory, record."""
+  """One committed version: checkpoint step, params, index, memory, record,
+  and (pretrained encoder) each indexed document's vector."""
   step: int
   params: PyTree
   index: index_lib.Index
   memory: beir.BeirDataset
   record: Mapping[str, Any]
+  vectors: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
   @property
   def gradient_updates(self) -> int:
@@ -228,12 +314,12 @@ class Version:
 
 
 def write_version_files(index: index_lib.Index, memory: beir.BeirDataset,
-                        record: Mapping[str, Any], staging_dir: str) -> str:
-  """Writes index + memory + record under `staging_dir`; returns the dir
-  to save as the checkpoint's artifact."""
+                        record: Mapping[str, Any], staging_dir: str,
+                        vectors: Mapping[str, np.ndarray] = {}) -> str:  # pylint: disable=dangerous-default-value
+  """Writes index + memory (+ vectors) + record under `staging_dir`;
+  returns the dir to save as the checkpoint's artifact."""
   version_dir = index_lib.save_index(index, staging_dir)
-  beir.write_beir(os.path.join(version_dir, MEMORY_DIR), memory.corpus,
-                  memory.queries, memory.qrels)
+  write_memory(os.path.join(version_dir, MEMORY_DIR), memory, vectors)
   with atomic_io.atomic_open(os.path.join(version_dir, RECORD_FILE)) as f:
     json.dump(dict(record), f, indent=1)
   return version_dir
@@ -260,12 +346,11 @@ def load_version(model_dir: str, step: Optional[int] = None) -> Version:
   if record.get("format") != RECORD_FORMAT:
     raise checkpoints.ArtifactError(f"{record_path}: format "
                                     f"{record.get('format')!r}")
+  memory, vectors = load_memory(os.path.join(artifact, MEMORY_DIR))
   return Version(step=step,
                  params=checkpoints.restore_params(model_dir, step),
                  index=index_lib.load_index_version(os.fspath(artifact)),
-                 memory=beir.BeirDataset.load(os.path.join(artifact,
-                                                           MEMORY_DIR)),
-                 record=record)
+                 memory=memory, record=record, vectors=vectors)
 
 
 def commit(model_dir: str, step: int, params: PyTree, artifact_dir: str, *,
@@ -341,26 +426,57 @@ def vocab_rows(params: PyTree) -> int:
   return int(params["token_embedder"]["embedding"].shape[0])
 
 
+def document_vectors(model, params: PyTree, vocab,
+                     documents: Mapping[str, beir.Document], *,
+                     input_length: int) -> dict[str, np.ndarray]:
+  """{doc_id: unit mean-pooled encoder output of its body} under `params`
+  (frozen layers looked up in the shared state cache)."""
+  if not documents:
+    return {}
+  rows = pretrained.input_rows(vocab, [doc.text for doc in documents.values()],
+                               input_length)
+  cache = shared_states(model, params, rows)
+  return dict(zip(documents, pretrained.pooled_vectors(model, params, rows,
+                                                       cache)))
+
+
 def warm_start_new_rows(model, params: PyTree, index: index_lib.Index,
                         new_tokens: Sequence[str],
-                        documents: Mapping[str, beir.Document], *,
-                        input_length: int) -> PyTree:
+                        vectors: Mapping[str, np.ndarray]) -> PyTree:
   """Pretrained-encoder models: `params` with the rows of `new_tokens` set
-  from `documents`' embeddings (their bodies' unit mean-pooled encoder
-  output under `params`, warm_start.new_docid_rows). T5: `params`."""
-  if not pretrained.is_pretrained(model) or not new_tokens or not documents:
+  from their documents' `vectors` (warm_start.new_docid_rows). T5:
+  `params`."""
+  if not pretrained.is_pretrained(model) or not new_tokens or not vectors:
     return params
-  rows = pretrained.input_rows(index.vocab,
-                               [doc.text for doc in documents.values()],
-                               input_length)
-  vectors = pretrained.pooled_vectors(model, params, rows)  # [n, width]
   old = params["token_embedder"]["embedding"]
   embedding = warm_start.new_docid_rows(
-      np.asarray(old), index.table, index.vocab, new_tokens,
-      dict(zip(documents, vectors)))
+      np.asarray(old), index.table, index.vocab, new_tokens, dict(vectors))
   return {**params, "token_embedder": {
       **params["token_embedder"],
       "embedding": jnp.asarray(embedding, old.dtype)}}
+
+
+# Frozen-encoder states of every input seen in this process, per frozen
+# parameters: updates (and the cells of a dynamic-corpus run) encode each
+# body and query once.
+_STATE_CACHES: dict[str, encoder_cache.EncoderCache] = {}
+
+
+def shared_states(model, params: PyTree, rows: Sequence[np.ndarray]
+                  ) -> Optional[encoder_cache.EncoderCache]:
+  """The process's frozen-layer cache grown to cover `rows` (None when the
+  model has no frozen encoder layers)."""
+  if not (pretrained.is_pretrained(model) and
+          model.has_frozen_encoder_layers):
+    return None
+  frozen = model.config.frozen_layers
+  key = encoder_cache.fingerprint(
+      encoder_cache.frozen_params(params, frozen), frozen, [])
+  cache = _STATE_CACHES.get(key, encoder_cache.EncoderCache([], np.zeros(
+      (0, model.config.encoder_width), np.float16)))
+  cache = cache.with_inputs(model, params, rows)
+  _STATE_CACHES[key] = cache
+  return cache
 
 
 @functools.lru_cache(maxsize=4)
@@ -372,25 +488,31 @@ def encoder_embedder(encoder_dir: str, max_length: int) -> embed.Embedder:
 
 def pretrained_initial_params(model, index: index_lib.Index,
                               corpus: Mapping[str, beir.Document],
-                              settings: TrainSettings) -> Optional[PyTree]:
-  """Warm-started params over every document of `index` (None for T5).
+                              settings: TrainSettings
+                              ) -> tuple[Optional[PyTree],
+                                         dict[str, np.ndarray]]:
+  """(warm-started params, {doc_id: vector}) over every document of
+  `index`; (None, {}) for T5.
 
   As run_experiment makes them: document vectors from the pretrained
   encoder, then gr/warm_start.py's decoder and docid rows.
   """
   if not pretrained.is_pretrained(model):
-    return None
+    return None, {}
   kwargs = dict(seed=settings.seed, input_length=settings.input_length,
                 target_length=index.max_docid_length())
   encoder_dir = model.config.encoder_dir
   base = pretrained.initial_params(model, encoder_dir, index=index,
                                    doc_vectors=None, warm=False, **kwargs)
-  vectors = pretrained.pooled_vectors(model, base, pretrained.document_rows(
-      index, corpus, settings.input_length))
-  return pretrained.initial_params(
-      model, encoder_dir, index=index, doc_vectors=vectors,
-      warm=settings.warm_start,
+  vectors = document_vectors(model, base, index.vocab,
+                             {d: corpus[d] for d in index.doc_ids},
+                             input_length=settings.input_length)
+  params = pretrained.initial_params(
+      model, encoder_dir, index=index,
+      doc_vectors=np.stack([vectors[d] for d in index.doc_ids]),
+      warm=settings.warm_start, encoder_params=base["encoder"],
       temperature=settings.warm_start_temperature, **kwargs)
+  return params, vectors
 
 
 # ------------------------------------------------------------ examples --
@@ -418,20 +540,58 @@ def _table_of(table, doc_ids: Iterable[str]):
       table, docids={d: ids for d, ids in table.docids.items() if d in keep})
 
 
+@dataclasses.dataclass(frozen=True)
+class ReplaySource:
+  """What replay may draw on for the old documents of an update.
+
+  memory_generator: the generative memory (doc2query.VectorQueryGenerator):
+    with it, generative replay writes queries from the stored `vectors`
+    and the version keeps no bodies; without it, from old bodies.
+  vectors: {doc_id: vector} of the indexed documents.
+  draw: seeds this update's fresh samples (the version's step).
+  max_docs: replay at most this many old documents (seeded sample; 0: all).
+  """
+  generator: PseudoQueryGenerator
+  memory_generator: Any = None
+  vectors: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  draw: int = 0
+  max_docs: int = 0
+
+
+def _sampled(doc_ids: Sequence[str], count: int, seed: int) -> list[str]:
+  if not count or count >= len(doc_ids):
+    return list(doc_ids)
+  rng = np.random.default_rng(seed)
+  return [doc_ids[i] for i in sorted(rng.choice(len(doc_ids), count,
+                                                replace=False))]
+
+
 def replay_examples(strategy: Strategy, index: index_lib.Index,
                     memory: beir.BeirDataset, old_ids: Sequence[str],
-                    generator: PseudoQueryGenerator) -> list[tasks.Example]:
+                    source: "ReplaySource | PseudoQueryGenerator"
+                    ) -> list[tasks.Example]:
   """Examples for the old documents that `strategy` replays (maybe none)."""
-  old = {d: memory.corpus[d] for d in old_ids}
-  table = _table_of(index.table, old)
+  if not isinstance(source, ReplaySource):
+    source = ReplaySource(source)
+  old_ids = _sampled(list(old_ids), source.max_docs, source.draw)
+  table = _table_of(index.table, old_ids)
   if strategy.replay == "experience":
+    old = {d: memory.corpus[d] for d in old_ids}
+    if not has_bodies(beir.BeirDataset(old, {}, {})):
+      raise ValueError("experience replay needs the old bodies, but this "
+                       "version's memory holds ids only (generative memory)")
     return (tasks.indexing_examples(old, table, index.vocab) +
             tasks.retrieval_examples(memory.queries,
                                      memory.qrels.get("train", {}), table,
                                      index.vocab))
   if strategy.replay == "generative":
-    return tasks.pseudo_query_examples(generator.generate(old), table,
-                                       index.vocab)
+    if source.memory_generator is not None:
+      pseudo = source.memory_generator.generate_vectors(
+          memory_lib.vectors_of(source.vectors, old_ids), draw=source.draw)
+    else:
+      pseudo = source.generator.generate(
+          {d: memory.corpus[d] for d in old_ids})
+    return tasks.pseudo_query_examples(pseudo, table, index.vocab)
   return []
 
 
@@ -504,13 +664,40 @@ def _start_state(model, sharded: train_lib.Sharded, optimizer_config,
                               opt_state=opt_state)
 
 
+def _cached_transform(model, params: PyTree, mixtures: Sequence[str], *,
+                      input_length: int, target_length: int):
+  """Batch transform adding frozen-encoder states (None without frozen
+  layers): the shared cache grown by every input of `mixtures`."""
+  if not (pretrained.is_pretrained(model) and
+          model.has_frozen_encoder_layers):
+    return None
+  rows = [row for mixture in mixtures
+          for row in pretrained.mixture_encoder_inputs(
+              mixture, input_length=input_length,
+              target_length=target_length)]
+  return shared_states(model, params, rows).add_states
+
+
+def _batches(mixture: str, batch_size: int, settings: TrainSettings,
+             target_length: int):
+  return train_lib.task_batches(
+      mixture, split=tasks.TRAIN, input_length=settings.input_length,
+      target_length=target_length, batch_size=batch_size,
+      seed=settings.seed)
+
+
 def train_params(model, mixture: str, *, steps: int,
                  settings: TrainSettings, sam_rho: float,
-                 init_params: Optional[PyTree], target_length: int) -> PyTree:
+                 init_params: Optional[PyTree], target_length: int,
+                 replay_mixture: Optional[str] = None,
+                 replay_per_batch: int = 0) -> PyTree:
   """`steps` updates on `mixture` in memory; returns the final params.
 
+  With `replay_mixture` and `replay_per_batch` = k, every batch holds
+  batch_size - k examples of `mixture` and k of `replay_mixture`.
   A short run with no checkpoints, resume or TensorBoard (the update is
-  committed as a whole by the caller); the optimizer starts fresh.
+  committed as a whole by the caller); the optimizer starts fresh. A
+  frozen pretrained encoder's states come from the shared cache.
   """
   optimizer = dataclasses.replace(settings.optimizer, sam_rho=sam_rho)
   # A constant schedule does not depend on the length of the run.
@@ -519,13 +706,23 @@ def train_params(model, mixture: str, *, steps: int,
                      target_length, settings.mesh_data)
   state = _start_state(model, sharded, optimizer, horizon, init_params,
                        settings.seed)
-  batches = train_lib.task_batches(
-      mixture, split=tasks.TRAIN, input_length=settings.input_length,
-      target_length=target_length, batch_size=settings.batch_size,
-      seed=settings.seed)
+  mixtures = [mixture] + ([replay_mixture] if replay_per_batch else [])
+  transform = _cached_transform(
+      model, state.params, mixtures, input_length=settings.input_length,
+      target_length=target_length) or (lambda batch: batch)
+  if replay_per_batch:
+    if not 0 < replay_per_batch < settings.batch_size:
+      raise ValueError(f"replay_per_batch {replay_per_batch} must be in "
+                       f"(0, batch_size = {settings.batch_size})")
+    batches = train_lib.concatenated_batches(
+        _batches(mixture, settings.batch_size - replay_per_batch, settings,
+                 target_length),
+        _batches(replay_mixture, replay_per_batch, settings, target_length))
+  else:
+    batches = _batches(mixture, settings.batch_size, settings, target_length)
   rng = partitioning.replicated_key(settings.seed, sharded.mesh)
   for step in range(1, steps + 1):
-    batch = partitioning.global_batch(next(batches), sharded.mesh)
+    batch = partitioning.global_batch(transform(next(batches)), sharded.mesh)
     state, metrics = sharded.step(state, batch, rng)
     if step % settings.log_every == 0 or step == steps:
       logging.info("train step %d/%d loss %.4f accuracy %.3f", step, steps,
@@ -539,11 +736,12 @@ def _staging_dir(model_dir: str) -> str:
 
 
 def _commit_version(model_dir: str, index_dir: str, step: int, params,
-                    index, memory, record, keep: int) -> None:
+                    index, memory, record, keep: int, vectors=None) -> None:
   """Stages the artifact, commits the checkpoint, then publishes the index."""
   staging = _staging_dir(model_dir)
   try:
-    artifact = write_version_files(index, memory, record, staging)
+    artifact = write_version_files(index, memory, record, staging,
+                                   vectors or {})
     commit(model_dir, step, params, artifact, keep=keep)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
@@ -579,18 +777,27 @@ class UpdateResult:
   strategy: str
 
 
-def _update_mixture(name, strategy, index, memory, new_documents, generator):
-  """The mixture an update trains on (retrain: the initial-style one)."""
+def _update_mixtures(name, strategy, index, memory, new_documents,
+                     source: ReplaySource) -> tuple[str, Optional[str]]:
+  """(mixture, replay mixture or None) an update trains on: retrain the
+  initial-style one; with a replay budget the replay part apart."""
   if strategy.retrain:
-    return initial_mixture(name, memory, index, generator,
-                           dict(INITIAL_TASK_RATES))
+    if not has_bodies(memory):
+      raise ValueError("retrain needs every body, but this version's memory "
+                       "holds ids only (written under the generative memory)")
+    return initial_mixture(name, memory, index, source.generator,
+                           dict(INITIAL_TASK_RATES)), None
   old_ids = [d for d in memory.corpus if d not in new_documents]
-  parts = {NEW: new_document_examples(index, new_documents,
-                                      generator.generate(new_documents)),
-           REPLAY: replay_examples(strategy, index, memory, old_ids,
-                                   generator)}
+  new = new_document_examples(index, new_documents,
+                              source.generator.generate(new_documents))
+  replay = replay_examples(strategy, index, memory, old_ids, source)
+  if strategy.replay_per_batch and replay:
+    return (register_update_mixture(name, index, {NEW: new}, {NEW: 1.0}),
+            register_update_mixture(name, index, {REPLAY: replay},
+                                    {REPLAY: 1.0}))
   return register_update_mixture(
-      name, index, parts, {NEW: 1.0, REPLAY: strategy.replay_ratio})
+      name, index, {NEW: new, REPLAY: replay},
+      {NEW: 1.0, REPLAY: strategy.replay_ratio}), None
 
 
 def apply_update(*, model_dir: str, index_dir: str, model,
@@ -598,7 +805,8 @@ def apply_update(*, model_dir: str, index_dir: str, model,
                  deleted_doc_ids: Sequence[str], strategy: Strategy,
                  train_steps: int, settings: TrainSettings,
                  generator: PseudoQueryGenerator, embedder=None,
-                 name: str = "continual", keep: int = 3) -> UpdateResult:
+                 memory_generator=None, name: str = "continual",
+                 keep: int = 3) -> UpdateResult:
   """One update of the latest version in `model_dir` (see update_index)."""
   start = time.time()
   current = load_version(model_dir)
@@ -613,32 +821,47 @@ def apply_update(*, model_dir: str, index_dir: str, model,
   model = train_lib.fit_vocab(model, index.vocab.vocab_size)
   params = extend_vocab_rows(current.params, model.config.vocab_size,
                              settings.seed + current.step)
+  vectors = dict(current.vectors)
+  if pretrained.is_pretrained(model):
+    vectors.update(document_vectors(model, params, index.vocab,
+                                    new_documents,
+                                    input_length=settings.input_length))
+  vectors = {d: v for d, v in vectors.items() if d in memory.corpus}
   if settings.warm_start:
     params = warm_start_new_rows(
         model, params, index,
         index.vocab.docid_tokens[len(current.index.vocab.docid_tokens):],
-        new_documents, input_length=settings.input_length)
+        {d: vectors[d] for d in new_documents if d in vectors})
   # Nothing new to learn from a deletion (retrain still retrains).
   learns = bool(new_documents) or strategy.retrain
   updates = train_steps if strategy.trains and learns else 0
+  generative_memory = (strategy.replay == "generative" and
+                       memory_generator is not None)
   if updates:
-    mixture = _update_mixture(name, strategy, index, memory, new_documents,
-                              generator)
+    source = ReplaySource(
+        generator, memory_generator, vectors, draw=current.step,
+        max_docs=strategy.replay_per_batch * updates)
+    mixture, replay_mixture = _update_mixtures(
+        name, strategy, index, memory, new_documents, source)
     init_params = params
     if strategy.retrain:  # from scratch (a pretrained encoder: warm start)
-      init_params = pretrained_initial_params(model, index, memory.corpus,
-                                              settings)
+      init_params, _ = pretrained_initial_params(model, index, memory.corpus,
+                                                 settings)
     params = train_params(
         model, mixture=mixture, steps=updates,
         settings=settings, sam_rho=strategy.sam_rho,
-        init_params=init_params, target_length=index.max_docid_length())
+        init_params=init_params, target_length=index.max_docid_length(),
+        replay_mixture=replay_mixture,
+        replay_per_batch=strategy.replay_per_batch if replay_mixture else 0)
+  if generative_memory:
+    memory = without_bodies(memory)  # the generator is the memory
   record = new_record(current.record, strategy=strategy.name,
                       updates=updates, seconds=time.time() - start,
                       added=len(new_documents), deleted=len(deleted_doc_ids),
                       num_docs=index.table.num_docs)
   step = current.step + max(updates, 1)
   _commit_version(model_dir, index_dir, step, params, index, memory, record,
-                  keep)
+                  keep, vectors)
   logging.info("update %s: +%d -%d docs, %d updates, step %d, %.1fs",
                strategy.name, len(new_documents), len(deleted_doc_ids),
                updates, step, time.time() - start)
@@ -671,7 +894,8 @@ def build_initial_version(*, model_dir: str, index_dir: str, model,
                              "encoder_cache"))
   memory = train_memory(dataset)
   model = train_lib.fit_vocab(model, index.vocab.vocab_size)
-  params = pretrained_initial_params(model, index, memory.corpus, settings)
+  params, vectors = pretrained_initial_params(model, index, memory.corpus,
+                                              settings)
   if params is None and train_steps < 1:
     raise ValueError("train_steps = 0 needs a pretrained encoder (a T5 "
                      "model has no initial params to commit)")
@@ -685,7 +909,7 @@ def build_initial_version(*, model_dir: str, index_dir: str, model,
                       seconds=time.time() - start, added=len(dataset.corpus),
                       deleted=0, num_docs=index.table.num_docs)
   _commit_version(model_dir, index_dir, train_steps, params, index, memory,
-                  record, keep)
+                  record, keep, vectors)
   return UpdateResult(train_steps, train_steps, time.time() - start,
                       index.table.num_docs, "initial")
 
@@ -695,6 +919,7 @@ def build_initial_version(*, model_dir: str, index_dir: str, model,
 
 gin.external_configurable(TrainSettings, module="continual")
 gin.external_configurable(TextPseudoQueries, module="continual")
+gin.external_configurable(StoredPseudoQueries, module="continual")
 
 
 @gin.configurable
@@ -724,7 +949,8 @@ def update_index(*, model_dir: str, index_dir: str, model,
                  sam_rho: Optional[float] = None,
                  settings: TrainSettings = TrainSettings(),
                  generator: Optional[PseudoQueryGenerator] = None,
-                 embedder=None, keep: int = 3) -> UpdateResult:
+                 memory_generator=None, embedder=None,
+                 keep: int = 3) -> UpdateResult:
   """Adds and deletes documents in the latest version of a continual index.
 
   Args:
@@ -738,6 +964,9 @@ def update_index(*, model_dir: str, index_dir: str, model,
     replay_ratio, sam_rho: override the strategy's values.
     settings: batch size, lengths, optimizer, seed.
     generator: pseudo-queries (default TextPseudoQueries).
+    memory_generator: the generative memory (doc2query.VectorQueryGenerator)
+      for generative replay: old documents replay from their stored
+      vectors, and the new version keeps no bodies.
     embedder: passed to semantic/multi schemes for new documents (a
       pretrained-encoder model routes with its own encoder instead).
     keep: checkpoints kept in model_dir.
@@ -754,4 +983,4 @@ def update_index(*, model_dir: str, index_dir: str, model,
                             sam_rho=sam_rho),
       train_steps=train_steps, settings=settings,
       generator=generator or TextPseudoQueries(seed=settings.seed),
-      embedder=embedder, keep=keep)
+      embedder=embedder, memory_generator=memory_generator, keep=keep)

@@ -30,14 +30,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gr import bert_network
 from gr import checkpoints
+from gr import generative_memory as memory_lib
 from gr import index as index_lib
 from gr import models
+from gr import pretrained
 from gr import retrieval
 from gr import sampling
 from gr import tasks
 from gr import train as train_lib
 from gr import vocab as vocab_lib
+from gr import warm_start
+from gr import wordpiece
 from gr.data import beir
 
 Documents = Union[Mapping[str, beir.Document], Iterable[beir.Document]]
@@ -100,23 +105,77 @@ def train_doc2query(*, model: models.EncoderDecoderModel,
                         train_lib.OptimizerConfig()),
                     seed: int = 0, eval_every: int = 0,
                     checkpoint_every: int = 1000, log_every: int = 100,
-                    version: str = "v1"):
+                    version: str = "v1", cache_dir: Optional[str] = None,
+                    vector_every: int = 0):
   """Trains (or resumes, or just loads) a doc2query model in `model_dir`.
 
   A `model_dir` that already holds step `train_steps` is restored, not
-  retrained.
+  retrained. A pretrained-encoder model (gr/bert_network.py) starts from
+  `pretrained_training` (cache in `cache_dir`, default model_dir/../
+  encoder_cache; `vector_every` > 0 also teaches the generative memory).
 
   Returns:
     (model with vocab_size fitted to `vocab`, params).
   """
   task = register_doc2query_task(name, dataset, vocab, version=version)
+  init_params, transform = None, None
+  if isinstance(model.config, bert_network.BertT5Config):
+    init_params, transform = pretrained_training(
+        train_lib.fit_vocab(model, vocab.vocab_size), task,
+        cache_dir or os.path.join(os.path.dirname(os.path.abspath(model_dir)),
+                                  "encoder_cache"),
+        input_length=input_length, max_query_len=max_query_len, seed=seed,
+        vector_every=vector_every)
+  elif vector_every:
+    raise ValueError("vector_every needs a pretrained-encoder model")
   state = train_lib.train(
       model=model, mixture_or_task_name=task, train_steps=train_steps,
       batch_size=batch_size, model_dir=model_dir, input_length=input_length,
       target_length=max_query_len, optimizer=optimizer, seed=seed,
       eval_every=eval_every, checkpoint_every=checkpoint_every,
-      log_every=log_every)
+      log_every=log_every, init_params=init_params,
+      batch_transform=transform)
   return train_lib.fit_vocab(model, vocab.vocab_size), state.params
+
+
+def pretrained_training(model: models.EncoderDecoderModel, task: str,
+                        cache_dir: str, *, input_length: int,
+                        max_query_len: int, seed: int, vector_every: int = 0):
+  """(initial params, batch transform) of a pretrained-encoder doc2query
+  model: the encoder's weights and a fresh decoder whose word embeddings
+  are the encoder's (gr/warm_start.py, warm start off); the frozen encoder
+  layers run once over the task's bodies (gr/encoder_cache.py). With
+  `vector_every` = k > 0, every k-th row of each batch sees only its
+  document's vector (gr/generative_memory.py), so the same model also
+  writes queries for documents whose bodies are gone.
+  """
+  encoder_params = warm_start.load_encoder(model.config.encoder_dir)[1]
+  params = warm_start.pretrained_params(
+      model, encoder_params, jax.random.PRNGKey(seed),
+      input_length=input_length, target_length=max_query_len,
+      warm_start=False)
+  # Tied logits over word embeddings of norm ~1 are near-uniform at a norm
+  # scale of 1; start them at the warm start's temperature instead.
+  decoder = dict(params["decoder"])
+  norm = decoder["decoder_norm"]
+  decoder["decoder_norm"] = {**norm, "scale": jnp.full_like(
+      norm["scale"], 1.0 / warm_start.DEFAULT_TEMPERATURE)}
+  params = {**params, "decoder": decoder}
+  if not model.has_frozen_encoder_layers:
+    if vector_every:
+      raise ValueError("vector_every needs frozen encoder layers")
+    return params, None
+  cache = pretrained.build_encoder_cache(
+      model, params, task, cache_dir, input_length=input_length,
+      target_length=max_query_len)
+  if not vector_every:
+    return params, cache.add_states
+  if model.config.trainable_encoder_layers:
+    raise ValueError("vector_every needs the whole encoder frozen "
+                     "(TRAINABLE_ENCODER_LAYERS = 0): a document vector is "
+                     "the pooled output of the last layer")
+  return params, lambda batch: memory_lib.with_vector_sources(
+      cache.add_states(batch), vector_every)
 
 
 def load_or_train_vocab(dataset: beir.BeirDataset, vocab_dir: str, *,
@@ -131,6 +190,28 @@ def load_or_train_vocab(dataset: beir.BeirDataset, vocab_dir: str, *,
     vocab_lib.train_sentencepiece(texts, os.path.splitext(path)[0],
                                   vocab_size=vocab_size, seed=seed)
   return vocab_lib.Vocabulary(path)
+
+
+def model_vocabulary(model: models.EncoderDecoderModel,
+                     dataset: beir.BeirDataset, vocab_dir: str, *,
+                     vocab_size: int = 8000, seed: int = 0):
+  """The text vocabulary of a doc2query model: a pretrained encoder's own
+  WordPiece tokenizer, else sentencepiece trained on `dataset`."""
+  if isinstance(model.config, bert_network.BertT5Config):
+    return wordpiece.WordPieceVocabulary(
+        pretrained.tokenizer_path(model.config.encoder_dir))
+  return load_or_train_vocab(dataset, vocab_dir, vocab_size=vocab_size,
+                             seed=seed)
+
+
+def body_vectors(model: models.EncoderDecoderModel, params, vocab,
+                 documents: Mapping[str, beir.Document],
+                 input_length: int) -> dict[str, np.ndarray]:
+  """{doc_id: unit mean-pooled encoder output of its body [E]}: what the
+  generative memory stores (gr/generative_memory.py)."""
+  rows = pretrained.input_rows(vocab, [d.text for d in documents.values()],
+                               input_length)
+  return dict(zip(documents, pretrained.pooled_vectors(model, params, rows)))
 
 
 # ------------------------------------------------------------- generate --
@@ -157,12 +238,12 @@ class AllowedTokens:
     return state
 
 
-def text_tokens(vocab: vocab_lib.Vocabulary,
-                model_vocab_size: int) -> np.ndarray:
-  """[V] bool: EOS and sentencepiece pieces (no PAD, UNK or docid tokens)."""
+def text_tokens(vocab, model_vocab_size: int) -> np.ndarray:
+  """[V] bool: EOS and the vocabulary's text pieces (no PAD, UNK, special
+  or docid tokens, nor the embedding's padding rows)."""
   allowed = np.zeros(model_vocab_size, bool)
-  allowed[vocab_lib.UNK_ID + 1:vocab.sp_size] = True
-  allowed[vocab_lib.EOS_ID] = True
+  allowed[vocab.text_token_ids()] = True
+  allowed[vocab.eos_id] = True
   return allowed
 
 
@@ -185,28 +266,29 @@ def _sample_keys(doc_seeds: jax.Array, num_queries: int) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=8)
-def make_generate_fn(model: models.EncoderDecoderModel, *, num_queries: int,
-                     max_query_len: int, temperature: float, top_k: int,
-                     top_p: float):
-  """Jitted (params, tokens [D, Li], seeds [D, 2], allowed [V]) ->
-  (queries [D, n, Lq] EOS then PAD, log_probs [D, n]).
+def make_sample_fn(model: models.EncoderDecoderModel, *, num_queries: int,
+                   max_query_len: int, temperature: float, top_k: int,
+                   top_p: float):
+  """Jitted (params, encoded [D, Ls, E], source [D, Ls], seeds [D, 2],
+  allowed [V]) -> (queries [D, n, Lq] EOS then PAD, log_probs [D, n]).
 
-  Cached per (model object, settings): generators made again for the same
-  model (e.g. `generate_queries` in a loop, or with another seed) reuse the
-  compiled function.
+  `encoded` is what the decoder cross-attends to (an encoder's output, or
+  any [D, Ls, E] states, e.g. one document vector per row: see
+  gr/generative_memory.py) and `source` its padding mask (ids > 0).
+  Cached per (model object, settings), so generators made again for the
+  same model reuse the compiled function.
   """
   n = num_queries
 
   @jax.jit
-  def generate(params, encoder_tokens, doc_seeds, allowed):
-    rows = encoder_tokens.shape[0] * n
-    encoded = jnp.repeat(model.encode(params, encoder_tokens), n,
-                         axis=0)  # --> [D * n, Li, E]
-    tokens = jnp.repeat(encoder_tokens, n, axis=0)  # --> [D * n, Li]
+  def sample(params, encoded, source, doc_seeds, allowed):
+    rows = encoded.shape[0] * n
+    encoded = jnp.repeat(encoded, n, axis=0)  # --> [D * n, Ls, E]
+    source = jnp.repeat(source, n, axis=0)  # --> [D * n, Ls]
 
     def tokens_to_logits(decoder_tokens, cache, step):
       del step
-      return model.decode_step(params, cache, encoded, tokens, decoder_tokens)
+      return model.decode_step(params, cache, encoded, source, decoder_tokens)
 
     sequences, log_probs = sampling.sample(
         tokens_to_logits, model.init_cache(params, rows, max_query_len),
@@ -216,16 +298,29 @@ def make_generate_fn(model: models.EncoderDecoderModel, *, num_queries: int,
     return (sequences.reshape(-1, n, max_query_len),  # --> [D, n, Lq]
             log_probs.reshape(-1, n))  # --> [D, n]
 
+  return sample
+
+
+@functools.lru_cache(maxsize=8)
+def make_generate_fn(model: models.EncoderDecoderModel, **settings):
+  """Jitted (params, tokens [D, Li], seeds [D, 2], allowed [V]) ->
+  (queries [D, n, Lq], log_probs [D, n]): encode, then `make_sample_fn`."""
+  sample = make_sample_fn(model, **settings)
+
+  @jax.jit
+  def generate(params, encoder_tokens, doc_seeds, allowed):
+    return sample(params, model.encode(params, encoder_tokens),
+                  encoder_tokens, doc_seeds, allowed)
+
   return generate
 
 
-def decode_queries(vocab: vocab_lib.Vocabulary,
-                   sequences: np.ndarray) -> list[str]:
+def decode_queries(vocab, sequences: np.ndarray) -> list[str]:
   """[n, Lq] sampled ids -> distinct non-empty query strings, in order."""
   queries = []
   for row in sequences:
     row = list(row)
-    row = row[:row.index(vocab_lib.EOS_ID)] if vocab_lib.EOS_ID in row else row
+    row = row[:row.index(vocab.eos_id)] if vocab.eos_id in row else row
     text = " ".join(vocab.decode([t for t in row if t > 0]).split())
     if text and text not in queries:
       queries.append(text)
@@ -236,6 +331,24 @@ def _pad_rows(rows: np.ndarray, size: int) -> np.ndarray:
   """[n <= size, ...] -> [size, ...] with zero rows after the given ones."""
   return np.concatenate([rows, np.zeros((size - len(rows),) + rows.shape[1:],
                                         rows.dtype)])
+
+
+def _in_batches(generate, rows: np.ndarray, seeds: np.ndarray, size: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """generate(rows [size, ...], seeds [size, 2]) over every row in
+  fixed-size batches (the last padded) -> (ids [n_rows, n, Lq], log_probs
+  [n_rows, n])."""
+  out_ids, out_scores, started = [], [], time.time()
+  for start in range(0, len(rows), size):
+    if start and start % (size * 20) == 0:
+      logging.info("doc2query: %d/%d documents in %.0fs", start, len(rows),
+                   time.time() - started)
+    count = min(size, len(rows) - start)
+    ids, scores = generate(_pad_rows(rows[start:start + size], size),
+                           _pad_rows(seeds[start:start + size], size))
+    out_ids.append(np.asarray(ids)[:count])
+    out_scores.append(np.asarray(scores)[:count])
+  return np.concatenate(out_ids), np.concatenate(out_scores)
 
 
 def _as_documents(documents: Documents) -> list[beir.Document]:
@@ -272,22 +385,13 @@ class Doc2QueryGenerator:
   def generate_tokens(self, texts: Sequence[str], doc_ids: Sequence[str],
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Bodies -> (ids [len, n, Lq], log_probs [len, n]), fixed-size batches."""
-    size = self.config.batch_size
     tokens = retrieval.encode_queries(self.vocab, texts,
                                       self.config.input_length)
-    seeds = document_seeds(self.config.seed, doc_ids)
-    out_ids, out_scores, started = [], [], time.time()
-    for start in range(0, len(texts), size):
-      if start and start % (size * 20) == 0:
-        logging.info("doc2query: %d/%d documents in %.0fs", start,
-                     len(texts), time.time() - started)
-      count = min(size, len(texts) - start)
-      ids, scores = self._generate(
-          self.params, _pad_rows(tokens[start:start + size], size),
-          _pad_rows(seeds[start:start + size], size), self._allowed)
-      out_ids.append(np.asarray(ids)[:count])
-      out_scores.append(np.asarray(scores)[:count])
-    return np.concatenate(out_ids), np.concatenate(out_scores)
+    return _in_batches(
+        lambda rows, seeds: self._generate(self.params, rows, seeds,
+                                           self._allowed),
+        tokens, document_seeds(self.config.seed, doc_ids),
+        self.config.batch_size)
 
   def generate(self, documents: Documents) -> dict[str, list[str]]:
     """doc_id -> distinct queries sampled from `doc.text` (bodies only).
@@ -302,6 +406,44 @@ class Doc2QueryGenerator:
     found = {doc.doc_id: decode_queries(self.vocab, doc_ids)
              for doc, doc_ids in zip(docs, ids)}
     return {doc_id: queries for doc_id, queries in found.items() if queries}
+
+
+class VectorQueryGenerator:
+  """Samples queries from document vectors alone: the generative memory
+  (gr/generative_memory.py). The model must have been trained with
+  `vector_every` > 0; `config.input_length` is unused."""
+
+  def __init__(self, model: models.EncoderDecoderModel, params, vocab,
+               config: GenerationConfig):
+    model = train_lib.fit_vocab(model, vocab.vocab_size)
+    self.model, self.params, self.vocab, self.config = (model, params, vocab,
+                                                        config)
+    self._allowed = jnp.asarray(text_tokens(vocab, model.config.vocab_size))
+    self._sample = make_sample_fn(
+        model, num_queries=config.num_queries,
+        max_query_len=config.max_query_len, temperature=config.temperature,
+        top_k=config.top_k, top_p=config.top_p)
+
+  def generate_vectors(self, vectors: Mapping[str, np.ndarray], *,
+                       draw: int = 0) -> dict[str, list[str]]:
+    """{doc_id: vector [E]} -> {doc_id: distinct queries}; each `draw`
+    (e.g. the update number) samples afresh, reproducibly."""
+    if not vectors:
+      return {}
+    doc_ids = list(vectors)
+    matrix = np.stack([vectors[d] for d in doc_ids]).astype(np.float32)
+
+    def generate(rows, seeds):
+      encoded, source = memory_lib.vector_source(rows)
+      return self._sample(self.params, jnp.asarray(encoded),
+                          jnp.asarray(source), seeds, self._allowed)
+
+    seed = self.config.seed + 7919 * draw
+    ids, _ = _in_batches(generate, matrix, document_seeds(seed, doc_ids),
+                         self.config.batch_size)
+    found = {d: decode_queries(self.vocab, rows)
+             for d, rows in zip(doc_ids, ids)}
+    return {d: queries for d, queries in found.items() if queries}
 
 
 def generate_queries(model: models.EncoderDecoderModel, params,

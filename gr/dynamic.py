@@ -33,6 +33,7 @@ import gin
 import numpy as np
 
 from gr import atomic_io
+from gr import checkpoints
 from gr import continual
 from gr import experiment
 from gr import metrics
@@ -228,6 +229,8 @@ class CellConfig:
   initial_steps: int
   update_steps: int
   embedder: Any = None
+  memory_generator: Any = None
+  memorised_sample: int = 0
 
 
 def update_steps_for(strategy: continual.Strategy, cell: CellConfig,
@@ -256,36 +259,76 @@ def run_updates(cell: CellConfig, strategy: continual.Strategy,
         strategy=strategy, train_steps=update_steps_for(
             strategy, cell, num_docs, len(periods[0].corpus)),
         settings=cell.settings, generator=cell.generator,
-        embedder=cell.embedder, keep=2)
+        embedder=cell.embedder, memory_generator=cell.memory_generator,
+        keep=2)
     rows.append(evaluate_version(searchers, cell.model, model_dir,
                                  periods[:n + 1]))
     steps.append({"gradient_updates": result.gradient_updates,
                   "seconds": result.seconds})
     logging.info("%s step %d: %s", strategy.name, n, rows[-1])
-  return {"rows": rows, "steps": steps}
+  return {"rows": rows, "steps": steps,
+          "memorised_d0": memorised(searchers, cell, model_dir, periods[0]),
+          "storage": version_storage(model_dir)}
+
+
+def memorised(searchers: "SearcherCache", cell: CellConfig, model_dir: str,
+              d0: PeriodData) -> Optional[float]:
+  """DSI++'s memorised documents: the fraction of a seeded sample of D0
+  whose own body (cut to the input length) retrieves it at rank 1 from the
+  latest version (None when `cell.memorised_sample` is 0)."""
+  if not cell.memorised_sample:
+    return None
+  rng = random.Random(0)
+  ids = sorted(rng.sample(sorted(d0.corpus), min(cell.memorised_sample,
+                                                 len(d0.corpus))))
+  version = continual.load_version(model_dir)
+  run = searchers.get(cell.model, version).run(
+      {d: d0.corpus[d].text for d in ids})
+  top1 = [max(run.get(d, {"": 0}).items(), key=lambda kv: kv[1])[0]
+          for d in ids]
+  return sum(t == d for t, d in zip(top1, ids)) / len(ids)
+
+
+def _bytes(path: str) -> int:
+  return sum(os.path.getsize(os.path.join(root, f))
+             for root, _, files in os.walk(path) for f in files)
+
+
+def version_storage(model_dir: str) -> dict[str, int]:
+  """Bytes the latest checkpoint stores: all of it, and its memory/."""
+  artifact = checkpoints.load_artifact(model_dir)
+  step_dir = artifact.parent.parent
+  return {"checkpoint_bytes": _bytes(os.fspath(step_dir)),
+          "memory_bytes": _bytes(os.path.join(artifact, continual.MEMORY_DIR))}
 
 
 def run_initial(cell: CellConfig, periods: Sequence[PeriodData],
                 dataset: beir.BeirDataset, scheme: str,
                 scheme_params: Mapping[str, Any], vocab_size: int,
-                base_dir: str, searchers: SearcherCache) -> dict:
-  """Version 0 on D0 (once per scheme, reused by every strategy)."""
+                base_dir: str, searchers: SearcherCache,
+                sam_rho: float = 0.0) -> dict:
+  """Version 0 on D0, indexed with SAM radius `sam_rho` (once per scheme
+  and radius, reused by every strategy of that radius)."""
   result_path = os.path.join(base_dir, "initial.json")
   if os.path.exists(result_path):
     with open(result_path) as f:
       return json.load(f)
   shutil.rmtree(base_dir, ignore_errors=True)
   model_dir = os.path.join(base_dir, "model")
+  settings = dataclasses.replace(cell.settings, optimizer=dataclasses.replace(
+      cell.settings.optimizer, sam_rho=sam_rho))
   result = continual.build_initial_version(
       model_dir=model_dir, index_dir=os.path.join(base_dir, "index"),
       model=cell.model, dataset=initial_dataset(dataset, periods[0]),
       scheme=scheme, scheme_params=scheme_params, vocab_size=vocab_size,
-      train_steps=cell.initial_steps, settings=cell.settings,
+      train_steps=cell.initial_steps, settings=settings,
       generator=cell.generator)
   initial = {"row": evaluate_version(searchers, cell.model, model_dir,
                                      periods[:1]),
              "gradient_updates": result.gradient_updates,
-             "seconds": result.seconds}
+             "seconds": result.seconds,
+             "memorised_d0": memorised(searchers, cell, model_dir,
+                                       periods[0])}
   _write_json(result_path, initial)
   return initial
 
@@ -296,10 +339,11 @@ def bm25_summary(periods: Sequence[PeriodData]) -> dict:
   return cell_summary(bm25_rows(periods), [free] * (len(periods) - 1), free)
 
 
-def cell_summary(rows, steps, initial) -> dict:
+def cell_summary(rows, steps, initial, extra=None) -> dict:
   """Matrices, DSI++ metrics and costs of one (scheme, strategy) run."""
   summary = {"steps": [{"gradient_updates": initial["gradient_updates"],
-                        "seconds": initial["seconds"]}] + steps}
+                        "seconds": initial["seconds"]}] + steps,
+             **(extra or {})}
   for metric in METRICS:
     a = performance_matrix(rows, metric)
     summary[metric] = {"matrix": _nan_to_none(a),
@@ -326,6 +370,7 @@ def run_dynamic_experiment(
     schemes: Sequence[str] = ("naive", "semantic", "text", "multi"),
     scheme_params: Mapping[str, Mapping[str, Any]] = (),
     strategies: Sequence[str] = tuple(continual.STRATEGIES),
+    strategy_overrides: Mapping[str, Mapping[str, Any]] = (),
     docs_fraction: float = 1.0, max_docs_per_period: int = 0,
     vocab_size: int = 2000, initial_steps: int = 1000,
     update_steps: int = 150,
@@ -335,36 +380,87 @@ def run_dynamic_experiment(
     query_files: Sequence[tuple[str, str]] = (
         ("queries.jsonl", "qrels"),
         ("subtitles/queries.jsonl", "subtitles/qrels")),
-    seed: int = 0) -> dict:
-  """Every scheme x strategy on the temporal split; returns the results."""
+    generator: Optional[continual.PseudoQueryGenerator] = None,
+    memory_generator=None, memorised_sample: int = 0,
+    seeds: Sequence[int] = (0,), seed: Optional[int] = None) -> dict:
+  """Every scheme x strategy x seed on the temporal split; returns the
+  results (per seed, and mean/std over seeds).
+
+  generator: pseudo-queries for new documents (default: body sentences
+  and spans, TextPseudoQueries). memory_generator: the generative memory
+  (`vector_query_generator`) for generative replay; without it generative
+  replay reads old bodies. strategy_overrides: {strategy: {field: value}}
+  (e.g. the replay budget, replay_per_batch). seeds: each seed trains,
+  samples and shuffles anew (the period split is seed 0's). `seed` (old
+  spelling) means seeds=(seed,).
+  """
   start = time.time()
+  seeds = (seed,) if seed is not None else tuple(seeds)
   dataset = beir.BeirDataset.load(data_dir)
   sampled = sample_periods(news.load_temporal_periods(data_dir),
                            docs_fraction=docs_fraction,
-                           max_docs_per_period=max_docs_per_period, seed=seed)
+                           max_docs_per_period=max_docs_per_period,
+                           seed=seeds[0])
   queries, qrels = held_out_queries(data_dir, query_files, eval_splits)
   periods = period_data(dataset.corpus, sampled, queries, qrels)
-  cell = CellConfig(model=model, settings=settings,
-                    generator=continual.TextPseudoQueries(seed=seed),
-                    initial_steps=initial_steps, update_steps=update_steps,
-                    embedder=_shared_embedder(schemes))
   searchers = SearcherCache(search, settings.input_length)
+  overrides = dict(strategy_overrides)
   results = {"periods": [{"name": p.name, "docs": len(p.corpus),
                           "queries": len(p.queries)} for p in periods],
-             "bm25": bm25_summary(periods),
-             "cells": {}}
-  for scheme in schemes:
-    params = dict(dict(scheme_params).get(scheme, {}))
-    base_dir = os.path.join(workdir, scheme, "initial")
-    initial = run_initial(cell, periods, dataset, scheme, params, vocab_size,
-                          base_dir, searchers)
-    for name in strategies:
-      results["cells"][f"{scheme}/{name}"] = run_cell(
-          cell, continual.get_strategy(name), periods, base_dir,
-          os.path.join(workdir, scheme, name), searchers, initial)
+             "bm25": bm25_summary(periods), "seeds": list(seeds),
+             "by_seed": {}}
+  for run_seed in seeds:
+    cell = CellConfig(
+        model=model,
+        settings=dataclasses.replace(settings, seed=run_seed),
+        generator=generator or continual.TextPseudoQueries(seed=run_seed),
+        initial_steps=initial_steps, update_steps=update_steps,
+        embedder=_shared_embedder(schemes),
+        memory_generator=memory_generator,
+        memorised_sample=memorised_sample)
+    seed_dir = os.path.join(workdir, f"seed{run_seed}")
+    cells = results["by_seed"][str(run_seed)] = {}
+    for scheme in schemes:
+      params = dict(dict(scheme_params).get(scheme, {}))
+      for name in strategies:
+        strategy = continual.get_strategy(name, **dict(overrides.get(name,
+                                                                     {})))
+        base_dir = os.path.join(seed_dir, scheme, _initial_name(strategy))
+        initial = run_initial(cell, periods, dataset, scheme, params,
+                              vocab_size, base_dir, searchers,
+                              sam_rho=strategy.sam_rho)
+        cells[f"{scheme}/{name}"] = run_cell(
+            cell, strategy, periods, base_dir,
+            os.path.join(seed_dir, scheme, name), searchers, initial)
+        results["cells"] = mean_over_seeds(results["by_seed"])
+        write_report(results, workdir)  # partial results as cells finish
+  results["cells"] = mean_over_seeds(results["by_seed"])
   results["wall_seconds"] = time.time() - start
   write_report(results, workdir)
   return results
+
+
+@gin.configurable
+def vector_query_generator(*, model_dir: str, model, num_queries: int = 1,
+                           max_query_len: int = 32, top_k: int = 10,
+                           batch_size: int = 64, seed: int = 0):
+  """The generative memory: a doc2query model trained with vector sources
+  (scripts/generate_queries.py --vector_every) loaded from `model_dir`."""
+  from gr import doc2query  # pylint: disable=g-import-not-at-top
+  from gr import pretrained  # pylint: disable=g-import-not-at-top
+  from gr import wordpiece  # pylint: disable=g-import-not-at-top
+  vocab = wordpiece.WordPieceVocabulary(
+      pretrained.tokenizer_path(model.config.encoder_dir))
+  model = train_lib.fit_vocab(model, vocab.vocab_size)
+  return doc2query.VectorQueryGenerator(
+      model, checkpoints.restore_params(model_dir), vocab,
+      doc2query.GenerationConfig(num_queries=num_queries,
+                                 max_query_len=max_query_len, top_k=top_k,
+                                 batch_size=batch_size, seed=seed))
+
+
+def _initial_name(strategy: continual.Strategy) -> str:
+  return f"initial_sam{strategy.sam_rho:g}" if strategy.sam_rho else "initial"
 
 
 def run_cell(cell, strategy, periods, base_dir, cell_dir, searchers,
@@ -376,10 +472,44 @@ def run_cell(cell, strategy, periods, base_dir, cell_dir, searchers,
       return json.load(f)
   run = run_updates(cell, strategy, periods, base_dir,
                     os.path.join(cell_dir, "work"), searchers, initial["row"])
-  summary = cell_summary(run["rows"], run["steps"], initial)
+  summary = cell_summary(run["rows"], run["steps"], initial, {
+      "memorised_d0": [initial.get("memorised_d0"), run["memorised_d0"]],
+      "storage": run["storage"]})
   _write_json(result_path, summary)
   shutil.rmtree(os.path.join(cell_dir, "work"), ignore_errors=True)
   return summary
+
+
+def mean_over_seeds(by_seed: Mapping[str, Mapping[str, dict]]
+                    ) -> dict[str, dict]:
+  """{cell: summary} with each matrix entry, metric curve, cost and
+  memorised fraction the mean over seeds, and `std` beside each curve."""
+  names = list(dict.fromkeys(c for cells in by_seed.values() for c in cells))
+  out = {}
+  for name in names:
+    runs = [cells[name] for cells in by_seed.values() if name in cells]
+    first = runs[0]
+    summary = {"seeds": len(runs), "steps": [
+        {key: float(np.mean([r["steps"][n][key] for r in runs]))
+         for key in first["steps"][n]} for n in range(len(first["steps"]))]}
+    for metric in METRICS:
+      matrices = np.array([[[np.nan if x is None else x for x in row]
+                            for row in r[metric]["matrix"]] for r in runs])
+      summary[metric] = {"matrix": _nan_to_none(np.mean(matrices, axis=0)),
+                         "matrix_std": _nan_to_none(np.std(matrices, axis=0))}
+      for curve in ("A", "F", "LA"):
+        values = np.array([r[metric][curve] for r in runs])
+        summary[metric][curve] = values.mean(0).tolist()
+        summary[metric][f"{curve}_std"] = values.std(0).tolist()
+    if first.get("memorised_d0"):
+      pairs = np.array([[np.nan if x is None else x for x in r["memorised_d0"]]
+                        for r in runs], float)
+      summary["memorised_d0"] = np.nanmean(pairs, 0).tolist()
+    if first.get("storage"):
+      summary["storage"] = {k: float(np.mean([r["storage"][k] for r in runs]))
+                            for k in first["storage"]}
+    out[name] = summary
+  return out
 
 
 def _shared_embedder(schemes: Sequence[str]):
@@ -394,25 +524,37 @@ def _shared_embedder(schemes: Sequence[str]):
 
 
 def summary_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-  """One CSV row per (system, step n): A/F/LA, D0 and new-doc Hits, cost."""
+  """One CSV row per (system, step n): A/F/LA, D0 and new-doc Hits (means
+  over seeds, `_std` beside), cost; memorised D0 and storage at the end."""
   systems = {"bm25/-": results["bm25"], **results["cells"]}
   rows = []
   for system, summary in systems.items():
     scheme, strategy = system.split("/")
-    cumulative = 0
+    cumulative, last = 0, len(summary["steps"]) - 1
     for n, step in enumerate(summary["steps"]):
       cumulative += step["gradient_updates"]
       row = {"scheme": scheme, "strategy": strategy, "step": n,
+             "seeds": summary.get("seeds", 1),
              "updates": step["gradient_updates"],
              "cumulative_updates": cumulative,
              "seconds": round(step["seconds"], 1)}
       for metric in METRICS:
         values = summary[metric]
+        std = values.get("matrix_std")
         short = metric.replace("Hits@", "H")
-        row.update({f"A_{short}": values["A"][n], f"F_{short}": values["F"][n],
-                    f"LA_{short}": values["LA"][n],
-                    f"D0_{short}": values["matrix"][n][0],
-                    f"new_{short}": values["matrix"][n][n]})
+        for curve in ("A", "F", "LA"):
+          row[f"{curve}_{short}"] = values[curve][n]
+          row[f"{curve}_{short}_std"] = values.get(f"{curve}_std",
+                                                   [0.0] * (last + 1))[n]
+        row[f"D0_{short}"] = values["matrix"][n][0]
+        row[f"D0_{short}_std"] = std[n][0] if std else 0.0
+        row[f"new_{short}"] = values["matrix"][n][n]
+        row[f"new_{short}_std"] = std[n][n] if std else 0.0
+      memorised_d0 = summary.get("memorised_d0") or [None, None]
+      row["memorised_d0"] = memorised_d0[0 if n == 0 else 1] if n in (
+          0, last) else None
+      row["memory_bytes"] = (summary.get("storage", {}).get("memory_bytes")
+                             if n == last else None)
       rows.append(row)
   return rows
 
@@ -423,21 +565,33 @@ def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     for row in rows:
-      writer.writerow({k: f"{v:.4f}" if isinstance(v, float) else v
-                       for k, v in row.items()})
+      writer.writerow({k: f"{v:.4f}" if isinstance(v, float) else
+                       ("" if v is None else v) for k, v in row.items()})
+
+
+def _cell(row: Mapping[str, Any], column: str) -> str:
+  value = row[column]
+  if value is None:
+    return "-"
+  std = row.get(f"{column}_std")
+  if isinstance(value, float) and std is not None and row["seeds"] > 1:
+    return f"{value:.3f} ± {std:.3f}"
+  if column == "memory_bytes":
+    return f"{value / 1e6:.2f} MB"
+  return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], step: int) -> str:
-  """A markdown table of every system at `step` (e.g. the last)."""
+  """A markdown table of every system at `step` (e.g. the last): means ±
+  std over seeds."""
   columns = ("scheme", "strategy", "A_H1", "A_H10", "F_H10", "LA_H10",
-             "D0_H10", "new_H10", "cumulative_updates")
+             "D0_H10", "new_H10", "cumulative_updates", "memorised_d0",
+             "memory_bytes")
   lines = ["| " + " | ".join(columns) + " |",
            "|" + "---|" * len(columns)]
   for row in rows:
     if row["step"] == step:
-      lines.append("| " + " | ".join(
-          f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c])
-          for c in columns) + " |")
+      lines.append("| " + " | ".join(_cell(row, c) for c in columns) + " |")
   return "\n".join(lines)
 
 

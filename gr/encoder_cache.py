@@ -76,6 +76,7 @@ class EncoderCache:
     if states.shape[0] != lengths.sum():
       raise ValueError(f'{states.shape[0]} state rows for {lengths.sum()} '
                        'input tokens')
+    self.inputs = list(inputs)
     self.states = states
     self.offsets = np.concatenate([[0], np.cumsum(lengths)])
     self._row = {r.tobytes(): i for i, r in enumerate(inputs)}
@@ -108,6 +109,17 @@ class EncoderCache:
     tokens = batch['encoder_input_tokens']
     states = np.stack([self.lookup(row) for row in tokens])
     return {**batch, 'encoder_frozen_states': states}
+
+  def with_inputs(self, model, params, rows: Iterable[np.ndarray]
+                  ) -> 'EncoderCache':
+    """This cache grown by the distinct `rows` it lacks, encoded now (in
+    memory: for a process that meets new inputs over time)."""
+    new = [r for r in distinct_inputs(rows) if r.tobytes() not in self._row]
+    if not new:
+      return self
+    states = encode_inputs(model, params, new)
+    return EncoderCache(self.inputs + new,
+                        np.concatenate([self.states, states]))
 
   # -- building and files --
 

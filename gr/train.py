@@ -335,6 +335,15 @@ def task_batches(mixture_or_task_name, *, split: str,
   return ds.skip(skip_batches).as_numpy_iterator()
 
 
+def concatenated_batches(*iterators: Iterator[dict[str, np.ndarray]]
+                         ) -> Iterator[dict[str, np.ndarray]]:
+  """One batch from each iterator, joined along the batch axis, forever:
+  e.g. [B - k] new examples then [k] replayed ones in every batch."""
+  for parts in zip(*iterators):
+    yield {key: np.concatenate([part[key] for part in parts])
+           for key in parts[0]}
+
+
 def _get_task(mixture_or_task):
   """A registered name or a seqio Task/Mixture object -> the object."""
   import seqio  # pylint: disable=g-import-not-at-top

@@ -27,6 +27,7 @@ import re
 import shutil
 from typing import Iterable, Iterator, Optional, Sequence
 
+import numpy as np
 import seqio
 import sentencepiece as spm
 import tensorflow as tf
@@ -261,6 +262,11 @@ class Vocabulary(DocidTokenVocabulary):
   def base_size(self) -> int:
     """Ids before the docid tokens (the first docid id)."""
     return self.sp_size
+
+  def text_token_ids(self) -> np.ndarray:
+    """Ids a generated text may use: the pieces after UNK (no PAD, EOS, UNK
+    or docid tokens)."""
+    return np.arange(UNK_ID + 1, self.sp_size)
 
   @property
   def input_vocabulary(self) -> "Vocabulary":

@@ -73,6 +73,7 @@ def docid_token_vectors(table, vocab, doc_vectors: np.ndarray,
 # logit, which leaves the ranking exactly the cosine ranking.
 END_WEIGHT = 1.0
 EOS_WEIGHT = 10.0
+DEFAULT_TEMPERATURE = 0.05  # the step-0 softmax temperature over cosines
 
 
 def end_direction(width: int, seed: int = 0) -> np.ndarray:

@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 from typing import Optional, Sequence
 
@@ -93,6 +94,14 @@ class WordPieceVocabulary(vocab_lib.DocidTokenVocabulary):
   @property
   def unk_id(self) -> int:
     return self._unk
+
+  def text_token_ids(self) -> np.ndarray:
+    """Ids a generated text may use: every piece but the bracketed specials
+    ([PAD], [UNK], [CLS], [SEP], [MASK], [unused*])."""
+    return np.array([i for i in range(self.base_size)
+                     if not re.fullmatch(r"\[[^\]]+\]",
+                                         self._tokenizer.id_to_token(i))],
+                    np.int64)
 
   @functools.cached_property
   def tokenizer_sha256(self) -> str:

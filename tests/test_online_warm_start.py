@@ -148,7 +148,8 @@ def warm_run(tmp_path_factory):
   index_lib.save_index(index, index_dir)
   index = index_lib.load_index(index_dir)
   model = train_lib.fit_vocab(pretrained_model(), index.vocab.vocab_size)
-  params = continual.pretrained_initial_params(model, index, corpus, SETTINGS)
+  params, _ = continual.pretrained_initial_params(model, index, corpus,
+                                                 SETTINGS)
   model_dir = os.path.join(workdir, "model")
   checkpoints.save(model_dir, 1, {"params": params},
                    extra_artifacts_dir=index_lib.current_version_dir(index_dir))

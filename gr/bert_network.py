@@ -5,7 +5,8 @@ MiniLM offline, any BERT / bge / e5 checkpoint a user has); the decoder is
 gr/network.py's T5 decoder with its own token embedding, which
 cross-attends to the encoder's hidden states. The cross-attention key and
 value kernels are [encoder_width, heads, kv], so the encoder may be wider
-or narrower than the decoder: the projection is part of cross-attention.
+or narrower than the decoder: the projection is part of cross-attention
+(network.cross_attention_kv projects it once per query for decoding).
 
 Only the top `trainable_encoder_layers` encoder layers train; the frozen
 bottom ones run under stop_gradient, or not at all when the batch carries
@@ -110,7 +111,11 @@ class BertT5Transformer(nn.Module):
   def decode(self, encoded, encoder_input_tokens, decoder_input_tokens,
              decode=False, max_decode_length=None, enable_dropout=False,
              decoder_target_tokens=None):
-    """As network.Transformer.decode: fp32 logits [B, Lt, vocab]."""
+    """As network.Transformer.decode: fp32 logits [B, Lt, vocab].
+
+    encoded: [B, Li, width] encoder states, or their
+    network.CrossAttentionKV (projected once, e.g. per query in decoding).
+    """
     return self.decoder(encoded, encoder_input_tokens, decoder_input_tokens,
                         decoder_target_tokens, decode=decode,
                         max_decode_length=max_decode_length,

@@ -10,7 +10,10 @@ train loop, evaluation and beam search jit. Batches use t5x feature names:
 
 Beam search builds on `encode`, `init_cache` and `decode_step`: the encoded
 inputs are repeated per beam ([N = batch * beam, ...]) and `decode_step`
-serves as its tokens_to_logits.
+serves as its tokens_to_logits. `cross_attention_kv` projects the repeated
+encoder states into every decoder layer's cross-attention keys and values
+once per query; `decode_step` takes them in place of the encoder states (the
+same logits, without that per-step work).
 """
 import dataclasses
 import functools
@@ -77,6 +80,13 @@ def make_module(config: ModelConfig) -> nn.Module:
   if isinstance(config, bert_network.BertT5Config):
     return bert_network.BertT5Transformer(config)
   return network.Transformer(config)
+
+
+def decoder_config(config: ModelConfig) -> network.T5Config:
+  """The T5 config of the decoder (the whole config for a T5 model)."""
+  if isinstance(config, bert_network.BertT5Config):
+    return config.decoder
+  return config
 
 
 def encoder_width(config: ModelConfig) -> int:
@@ -222,8 +232,9 @@ class EncoderDecoderModel:
                     targets: jax.Array) -> jax.Array:
     """Sum of target log-probs [n] given encoder states (no re-encoding).
 
-    encoded [n or 1, Li, width] and encoder_input_tokens [n or 1, Li]
-    (1: one query for every target row); targets [n, Lt], 0 = padding.
+    encoded [n or 1, Li, width] (or its `cross_attention_kv`) and
+    encoder_input_tokens [n or 1, Li] (1: one query for every target row);
+    targets [n, Lt], 0 = padding.
     """
     logits = self.module.apply(
         {'params': params}, encoded, encoder_input_tokens,
@@ -263,7 +274,19 @@ class EncoderDecoderModel:
     shapes = jax.eval_shape(create, params)
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
-  def decode_step(self, params: Params, cache: Cache, encoded: jax.Array,
+  def cross_attention_kv(self, params: Params, encoded: jax.Array,
+                         ) -> network.CrossAttentionKV:
+    """encoded [N, Li, width] -> each decoder layer's cross-attention K/V.
+
+    Keys and values [N, Li, heads, head_dim] per layer, projected once per
+    query: a decoding loop passes them (repeated per beam, like `encoded`)
+    to `decode_step` in place of `encoded`.
+    """
+    return network.cross_attention_kv(decoder_config(self.config),
+                                      params['decoder'], encoded)
+
+  def decode_step(self, params: Params, cache: Cache,
+                  encoded: jax.Array | network.CrossAttentionKV,
                   encoder_input_tokens: jax.Array, decoder_tokens: jax.Array,
                   ) -> tuple[jax.Array, Cache]:
     """One cached decoder step.
@@ -271,7 +294,8 @@ class EncoderDecoderModel:
     Args:
       params: model params.
       cache: from `init_cache` or the previous step ([N, ...] leaves).
-      encoded: [N, Li, emb_dim] (repeated per beam by the caller).
+      encoded: [N, Li, emb_dim] (repeated per beam by the caller), or its
+        `cross_attention_kv` (projected once: the same logits, faster).
       encoder_input_tokens: [N, Li] (padding mask for cross-attention).
       decoder_tokens: [N, 1] the previous token (0 = BOS at step 0).
 

@@ -29,6 +29,12 @@ updated cache. Every cache array has leading dim batch, except the 0-d int32
 `cache_index` scalars (one per decoder self-attention layer), so beams can be
 expanded or gathered with `jax.tree.map`.
 
+Cross-attention keys and values depend only on the encoder output, so a
+decoding loop projects them once per query: `cross_attention_kv` gives a
+`CrossAttentionKV` (every decoder layer's [batch, input_length, heads, kv]
+keys and values), which the decoder takes in place of the encoder output
+and then skips those projections (the same numbers, no per-step work).
+
 Logical axis names (for gr/partitioning.py's rules):
   parameters:  'vocab', 'embed', 'mlp', 'heads', 'kv', 'relpos_buckets'
   activations: 'batch', 'length', 'embed', 'mlp', 'heads', 'kv', 'vocab'
@@ -55,6 +61,7 @@ import math
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
+import flax.struct
 from flax import traverse_util
 import jax
 import jax.numpy as jnp
@@ -216,11 +223,18 @@ class DenseGeneral(nn.Module):
     kernel = self.param(
         'kernel', nn.with_logical_partitioning(init, self.kernel_axes),
         shape, jnp.float32)
-    contract = (tuple(range(inputs.ndim - self.num_in_dims, inputs.ndim)),
-                tuple(range(self.num_in_dims)))
-    return jax.lax.dot_general(
-        inputs.astype(self.dtype), kernel.astype(self.dtype),
-        (contract, ((), ())), preferred_element_type=self.output_dtype)
+    return _dense_general(inputs, kernel, self.num_in_dims, self.dtype,
+                          self.output_dtype)
+
+
+def _dense_general(inputs: jax.Array, kernel: jax.Array, num_in_dims: int,
+                   dtype: Any, output_dtype: Any = None) -> jax.Array:
+  """DenseGeneral's product (also used on params outside the module)."""
+  contract = (tuple(range(inputs.ndim - num_in_dims, inputs.ndim)),
+              tuple(range(num_in_dims)))
+  return jax.lax.dot_general(
+      inputs.astype(dtype), kernel.astype(dtype), (contract, ((), ())),
+      preferred_element_type=output_dtype)
 
 
 class Embed(nn.Module):
@@ -320,7 +334,9 @@ class MultiHeadAttention(nn.Module):
     Args:
       inputs_q: queries [batch, q_length, embed].
       inputs_kv: keys/values source [batch or 1, kv_length, embed] (1: one
-        source shared by every query row).
+        source shared by every query row), or a (key, value) pair already
+        projected, each [batch or 1, kv_length, heads, kv] (cross-attention
+        from a `CrossAttentionKV`).
       mask: bool [batch or 1, 1, q_length, kv_length]; False = masked.
         Ignored for cached decode steps (the cache index sets it).
       position_bias: fp32 [1, heads, q_length, kv_length]; in decode mode the
@@ -333,8 +349,11 @@ class MultiHeadAttention(nn.Module):
     """
     cfg = self.config
     query = self._project('query', inputs_q, 1.0 / cfg.head_dim)
-    key = self._project('key', inputs_kv, 1.0)
-    value = self._project('value', inputs_kv, 1.0)
+    if isinstance(inputs_kv, tuple):  # projected once per query
+      key, value = inputs_kv
+    else:
+      key = self._project('key', inputs_kv, 1.0)
+      value = self._project('value', inputs_kv, 1.0)
     if decode:
       key, value, mask, position_bias = self._use_cache(
           key, value, mask, position_bias)
@@ -441,7 +460,11 @@ class DecoderLayer(nn.Module):
   @nn.compact
   def __call__(self, y, encoded, self_mask, cross_mask, position_bias, *,
                decode=False, enable_dropout=False):
-    """y [batch, target_length, embed], encoded [batch, input_length, embed]."""
+    """y [batch, target_length, embed].
+
+    encoded: [batch, input_length, width], or this layer's projected
+    cross-attention (key, value), each [batch, input_length, heads, kv].
+    """
     cfg = self.config
     norm = functools.partial(RMSNorm, cfg.layer_norm_epsilon,
                              cfg.activation_dtype)
@@ -498,7 +521,11 @@ class Decoder(nn.Module):
   def __call__(self, encoded, encoder_input_tokens, decoder_input_tokens,
                decoder_target_tokens=None, *, decode=False,
                max_decode_length=None, enable_dropout=False):
-    """Returns fp32 logits [batch, target_length, vocab]."""
+    """Returns fp32 logits [batch, target_length, vocab].
+
+    encoded: the encoder output [batch, input_length, width], or its
+    `CrossAttentionKV` (projected once).
+    """
     cfg = self.config
     y = _dropout(cfg, self.shared_embedding(decoder_input_tokens),
                  enable_dropout)
@@ -513,8 +540,11 @@ class Decoder(nn.Module):
     self_mask = None if decode else _causal_mask(decoder_target_tokens, length)
     cross_mask = _key_mask(encoder_input_tokens)
     for i in range(cfg.num_decoder_layers):
+      source = encoded
+      if isinstance(encoded, CrossAttentionKV):
+        source = (encoded.keys[i], encoded.values[i])
       y = DecoderLayer(cfg, name=f'layers_{i}')(
-          y, encoded, self_mask, cross_mask, bias, decode=decode,
+          y, source, self_mask, cross_mask, bias, decode=decode,
           enable_dropout=enable_dropout)
     y = RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype,
                 name='decoder_norm')(y)
@@ -530,6 +560,37 @@ class Decoder(nn.Module):
     return DenseGeneral((cfg.vocab_size,), ('embed', 'vocab'),
                         dtype=cfg.activation_dtype, output_dtype=jnp.float32,
                         name='logits_dense')(y)
+
+
+@flax.struct.dataclass
+class CrossAttentionKV:
+  """Every decoder layer's cross-attention keys and values, projected once.
+
+  keys[i], values[i]: [batch or 1, input_length, heads, kv] of decoder
+  layer i, in the activation dtype. The decoder takes it in place of the
+  encoder output (same results, no per-step projections); its batch must
+  match the decoder's (or be 1: one source shared by every row).
+  """
+  keys: tuple[jax.Array, ...]
+  values: tuple[jax.Array, ...]
+
+
+def cross_attention_kv(config: T5Config, decoder_params: Mapping[str, Any],
+                       encoded: jax.Array) -> CrossAttentionKV:
+  """Projects encoded [B, Li, width] through each layer's key/value kernel.
+
+  decoder_params: params['decoder'] (the T5 or BERT-encoder network); the
+  products are MultiHeadAttention's own.
+  """
+  def project(attention, name):
+    y = _dense_general(encoded, attention[name]['kernel'], 1,
+                       config.activation_dtype)
+    return nn.with_logical_constraint(y, ('batch', 'length', 'heads', 'kv'))
+
+  layers = [decoder_params[f'layers_{i}']['encoder_decoder_attention']
+            for i in range(config.num_decoder_layers)]
+  return CrossAttentionKV(keys=tuple(project(a, 'key') for a in layers),
+                          values=tuple(project(a, 'value') for a in layers))
 
 
 def _causal_mask(decoder_target_tokens, length):
@@ -564,7 +625,7 @@ class Transformer(nn.Module):
     """Decoder logits.
 
     Args:
-      encoded: [B, Li, emb_dim] from `encode`.
+      encoded: [B, Li, emb_dim] from `encode`, or its `CrossAttentionKV`.
       encoder_input_tokens: [B, Li] (for the cross-attention padding mask).
       decoder_input_tokens: [B, Lt]; with decode=True, [B, max_decode_length]
         on the cache-creating call, then [B, 1] per step.

@@ -82,14 +82,18 @@ def make_search_fn(model: models.EncoderDecoderModel, config: SearchConfig):
   @jax.jit
   def search(params, encoder_tokens, trie_arrays):
     batch = encoder_tokens.shape[0]
-    encoded = model.encode(params, encoder_tokens)
-    encoded = jnp.repeat(encoded, beams, axis=0)  # --> [B*K, Li, D]
-    tokens = jnp.repeat(encoder_tokens, beams, axis=0)
+    encoded = model.encode(params, encoder_tokens)  # [B, Li, width]
+    # Cross-attention keys and values: projected once per query (not at
+    # every step), then repeated per beam.
+    cross_kv = jax.tree.map(lambda x: jnp.repeat(x, beams, axis=0),
+                            model.cross_attention_kv(params, encoded))
+    tokens = jnp.repeat(encoder_tokens, beams, axis=0)  # --> [B*K, Li]
     cache = model.init_cache(params, batch, config.max_decode_len)
 
     def tokens_to_logits(decoder_tokens, cache, step):
       del step
-      return model.decode_step(params, cache, encoded, tokens, decoder_tokens)
+      return model.decode_step(params, cache, cross_kv, tokens,
+                               decoder_tokens)
 
     return decoding.constrained_document_search(
         tokens_to_logits, cache, batch, trie_arrays,

@@ -166,3 +166,49 @@ def test_logical_constraints_under_mesh_keep_values(tiny, forward):
     logits = jax.jit(lambda p: module.apply({'params': p}, enc, dec))(params)
   assert logits.sharding.spec[0] == 'data'
   np.testing.assert_allclose(logits, forward(enc, dec), atol=1e-5)
+
+
+def _decode_steps(module, params, source, enc, dec):
+  """Per-step logits [B, Lt, V] of a cached decode from `source`."""
+  apply = jax.jit(lambda cache, tokens: module.apply(
+      {'params': params, 'cache': cache}, source, enc, tokens, decode=True,
+      max_decode_length=dec.shape[1], method='decode', mutable=['cache']))
+  _, created = apply({}, jnp.zeros(dec.shape, jnp.int32))
+  cache = jax.tree.map(jnp.zeros_like, created['cache'])
+  steps = []
+  for t in range(dec.shape[1]):
+    logits, variables_out = apply(cache, dec[:, t:t + 1])
+    cache = variables_out['cache']
+    steps.append(logits[:, 0])
+  return jnp.stack(steps, 1)
+
+
+@pytest.mark.parametrize('tied', [False, True])
+def test_cross_attention_kv_gives_the_uncached_logits(tied):
+  """Keys and values projected once equal the per-step projections."""
+  config = network.T5Config.tiny(VOCAB, dropout_rate=0.0,
+                                 logits_via_embedding=tied)
+  module = network.Transformer(config)
+  enc, dec = _tokens(0, (3, 6)), _tokens(1, (3, 5))
+  enc = enc.at[1, 3:].set(0)  # padding stays masked through the K/V
+  params = nn.unbox(jax.jit(module.init)(jax.random.PRNGKey(1), enc,
+                                         dec)['params'])
+  encoded = module.apply({'params': params}, enc, method='encode')
+  kv = network.cross_attention_kv(config, params['decoder'], encoded)
+  assert len(kv.keys) == len(kv.values) == config.num_decoder_layers
+  assert kv.keys[0].shape == (3, 6, config.num_heads, config.head_dim)
+  uncached = _decode_steps(module, params, encoded, enc, dec)
+  cached = _decode_steps(module, params, kv, enc, dec)
+  np.testing.assert_allclose(cached, uncached, rtol=1e-6, atol=1e-6)
+  full = module.apply({'params': params}, enc, dec)
+  np.testing.assert_allclose(cached, full, atol=1e-5)
+  # Teacher forcing from the K/V too, also with one source for every row.
+  teacher = module.apply({'params': params}, kv, enc, dec, method='decode')
+  np.testing.assert_allclose(teacher, full, rtol=1e-6, atol=1e-6)
+  one = jax.tree.map(lambda x: x[:1], kv)
+  shared = module.apply({'params': params}, one, enc[:1].repeat(3, 0), dec,
+                        method='decode')
+  np.testing.assert_allclose(shared, module.apply(
+      {'params': params}, encoded[:1], enc[:1].repeat(3, 0), dec,
+      method='decode'), rtol=1e-6, atol=1e-6)
+

@@ -636,3 +636,54 @@ def test_the_pretrained_gin_files_are_parsed_by_test_gin_files():
   assert config.encoder_dir == embed.default_model_dir()
   assert config.encoder.num_layers == 6  # all-MiniLM-L6-v2
   assert config.decoder.logits_via_embedding
+
+
+# ------------------------------------- cross-attention K/V, projected once --
+
+
+def test_bert_cross_attention_kv_gives_the_uncached_logits(bert_config,
+                                                           vocab):
+  """A decoder wider than the encoder (K/V kernels [32, heads, kv]): cached
+  decode steps and the shared-source exact path equal the uncached ones."""
+  config = bert_network.BertT5Config(
+      bert_config, decoder_config(128, emb_dim=48, num_decoder_layers=2,
+                                  logits_via_embedding=False), 1)
+  model = models.EncoderDecoderModel(config)
+  params = model.init_params(jax.random.PRNGKey(3), input_length=LENGTH,
+                             target_length=4)
+  tokens = jnp.asarray(_rows(vocab, TEXTS[:3]))
+  decoder_tokens = jnp.asarray(
+      np.random.RandomState(0).randint(3, 128, (3, 4)))
+
+  @jax.jit
+  def steps(params, tokens, decoder_tokens):
+    encoded = model.encode(params, tokens)
+    kv = model.cross_attention_kv(params, encoded)
+    plain = cached = model.init_cache(params, 3, 4)
+    out = []
+    for t in range(4):
+      a, plain = model.decode_step(params, plain, encoded, tokens,
+                                   decoder_tokens[:, t:t + 1])
+      b, cached = model.decode_step(params, cached, kv, tokens,
+                                    decoder_tokens[:, t:t + 1])
+      out.append((a, b))
+    return out, kv
+
+  out, kv = steps(params, tokens, decoder_tokens)
+  assert kv.keys[0].shape == (3, LENGTH, 4, 8)
+  for uncached, cached in out:
+    np.testing.assert_allclose(cached, uncached, rtol=1e-6, atol=1e-6)
+
+  # The exact oracle's shared source: one query's K/V for every target row.
+  targets = jnp.asarray([[5, 1], [7, 1], [9, 1]], jnp.int32)
+  query = tokens[:1]
+
+  @jax.jit
+  def exact(params):
+    encoded = model.encode(params, query)  # [1, Li, width]
+    kv = model.cross_attention_kv(params, encoded)  # [1, Li, heads, kv]
+    return (model.score_encoded(params, encoded, query, targets),
+            model.score_encoded(params, kv, query, targets))
+
+  uncached, cached = exact(params)
+  np.testing.assert_allclose(cached, uncached, rtol=1e-6, atol=1e-6)

@@ -7,9 +7,11 @@ must equal the exact ranking under either aggregation.
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gr import decoding
 from gr import index as index_lib
 from gr import models
 from gr import network
@@ -126,3 +128,46 @@ def test_encode_queries_trims_and_terminates(searcher):
   assert tokens.shape == (2, 16)
   assert tokens[0, -1] == 1  # EOS kept after trimming
   assert (tokens[1] > 0).sum() == len(searcher.index.vocab.encode("river")) + 1
+
+
+def _uncached_search_fn(model, config):
+  """The search as it was: cross-attention K/V projected at every step."""
+  beams, _ = decoding.document_search_sizes(
+      config.beam_size, config.top_k, config.docids_per_doc)
+
+  @jax.jit
+  def search(params, encoder_tokens, trie_arrays):
+    batch = encoder_tokens.shape[0]
+    encoded = jnp.repeat(model.encode(params, encoder_tokens), beams, axis=0)
+    tokens = jnp.repeat(encoder_tokens, beams, axis=0)
+
+    def tokens_to_logits(decoder_tokens, cache, step):
+      del step
+      return model.decode_step(params, cache, encoded, tokens, decoder_tokens)
+
+    return decoding.constrained_document_search(
+        tokens_to_logits, model.init_cache(params, batch,
+                                           config.max_decode_len),
+        batch, trie_arrays, beam_size=config.beam_size,
+        max_decode_len=config.max_decode_len, top_k=config.top_k,
+        docids_per_doc=config.docids_per_doc, aggregation=config.aggregation)
+
+  return search
+
+
+@pytest.mark.parametrize("beam_size", [3, 12])
+def test_cached_cross_attention_keeps_the_beams(searcher, beam_size):
+  """Searcher projects cross-attention K/V once per query: same documents,
+  docids and scores as projecting them at every step."""
+  config = dataclasses.replace(searcher.config, beam_size=beam_size,
+                               top_k=beam_size)
+  tokens = retrieval.encode_queries(searcher.index.vocab,
+                                    QUERIES + ["meadow"], 16)
+  args = (searcher.params, tokens, searcher.trie_arrays)
+  cached = retrieval.make_search_fn(searcher.model, config)(*args)
+  uncached = _uncached_search_fn(searcher.model, config)(*args)
+  np.testing.assert_array_equal(cached.documents, uncached.documents)
+  np.testing.assert_array_equal(cached.docids, uncached.docids)
+  np.testing.assert_allclose(cached.scores, uncached.scores, rtol=1e-6,
+                             atol=1e-6)
+

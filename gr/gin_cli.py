@@ -1,17 +1,50 @@
-"""Command-line gin handling shared by the scripts (an edge module).
+"""Command-line handling shared by the scripts (an edge module).
 
 t5x conventions: `--gin_file` (repeatable), `--gin_bindings` (repeatable) and
 the shorthand `--gin.NAME=value` for `--gin_bindings=NAME=value`. Gin files
 are looked up relative to the working directory, then the repository root.
+
+Every script's entry point is `gin_cli.run(main)`: absl's `app.run(main)`,
+except that bad input (a wrong flag, a gin file or binding that does not
+parse, a missing file or folder, a malformed data file, a run that cannot be
+loaded: `INPUT_ERRORS`) ends with one line on stderr, the error's message
+(which names the file, line or field), and exit status 2, not a traceback.
+Run with --verbosity=1 to get the traceback too. Any other exception is a
+bug and keeps its traceback.
 """
 import logging as py_logging
 import os
-from typing import Sequence
+import sys
+import tokenize
+from typing import Any, Callable, NoReturn, Sequence
 
+from absl import app
+from absl import flags
 from absl import logging
 import gin
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+USAGE_EXIT_CODE = 2
+
+# The library's errors that mean "this input is wrong", by qualified name so
+# that a script does not import modules it does not use just to catch them
+# (an exception of a type whose module was never imported cannot occur).
+INPUT_ERRORS = (
+    'gr.data.beir.BeirFormatError',
+    'gr.docids.base.DocidTableError',
+    'gr.index.IndexArtifactError',
+    'gr.checkpoints.ArtifactError',
+    'gr.run_config.RunConfigError',
+    'gr.hf_import.HFImportError',
+    'gr.serving.RunLoadError',
+)
+# Built-in and absl ones: a missing path, a wrong command line.
+_INPUT_ERROR_TYPES = (FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                      app.UsageError, flags.Error)
+
+
+class GinConfigError(ValueError):
+  """A gin file or binding does not parse or names an unknown configurable."""
 
 
 def rewrite_gin_shorthand(argv: Sequence[str]) -> list[str]:
@@ -26,8 +59,75 @@ def quiet_orbax_info() -> None:
       lambda r: r.levelno >= py_logging.WARNING or 'orbax' not in r.pathname)
 
 
+def _gin_message(error: BaseException) -> str:
+  if isinstance(error, tokenize.TokenError) and len(error.args) == 2:
+    message, (line, _) = error.args
+    return f'line {line}: {message}'
+  return str(error)
+
+
 def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
-  """Parses gin files then bindings, searching the repository root too."""
+  """Parses gin files then bindings, searching the repository root too.
+
+  As gin.parse_config_files_and_bindings, but a file or binding that fails
+  raises GinConfigError naming it.
+  """
   gin.add_config_file_search_path(REPO_ROOT)
-  gin.parse_config_files_and_bindings(list(files), list(bindings))
+  parse_errors = (OSError, ValueError, SyntaxError, ImportError,
+                  tokenize.TokenError)
+  for path in files:
+    try:
+      gin.parse_config_file(path)
+    except parse_errors as e:
+      raise GinConfigError(f'gin file {path}: {_gin_message(e)}') from e
+  try:
+    gin.parse_config(list(bindings))
+  except parse_errors as e:
+    raise GinConfigError(f'gin bindings: {_gin_message(e)}') from e
+  gin.finalize()
   logging.info('Gin config:\n%s', gin.config_str())
+
+
+def is_input_error(error: BaseException) -> bool:
+  """Whether `error` says the command's input is wrong (see INPUT_ERRORS)."""
+  if isinstance(error, (GinConfigError, *_INPUT_ERROR_TYPES)):
+    return True
+  return any(f'{cls.__module__}.{cls.__qualname__}' in INPUT_ERRORS
+             for cls in type(error).__mro__)
+
+
+def fail(message: Any) -> NoReturn:
+  """One line `<script>: error: <message>` on stderr, then exit status 2.
+
+  Gin's "In call to configurable ..." notes on an error are left out.
+  """
+  line = ' '.join(' '.join(
+      text for text in str(message).splitlines()
+      if not text.strip().startswith('In call to configurable')).split())
+  sys.stdout.flush()
+  print(f'{os.path.basename(sys.argv[0])}: error: {line}', file=sys.stderr,
+        flush=True)
+  sys.exit(USAGE_EXIT_CODE)
+
+
+def _parse_flags(argv: Sequence[str]) -> list[str]:
+  try:
+    return flags.FLAGS(list(argv))
+  except flags.Error as e:
+    fail(e)
+
+
+def run(main: Callable[[list[str]], Any]) -> None:
+  """app.run(main) with the --gin. shorthand; bad input exits 2 in one line."""
+  sys.argv = rewrite_gin_shorthand(sys.argv)
+
+  def checked_main(argv):
+    try:
+      return main(argv)
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      if not is_input_error(e):
+        raise
+      logging.debug('bad input', exc_info=True)
+      fail(e)
+
+  app.run(checked_main, flags_parser=_parse_flags)

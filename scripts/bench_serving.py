@@ -27,8 +27,9 @@ from absl import logging
 import httpx
 import numpy as np
 
+from gr import gin_cli
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'orbax model_dir.')
 _OUT = flags.DEFINE_string('out', '/tmp/bench_serving.json', 'JSON output.')
@@ -119,6 +120,8 @@ def main(argv):
     print(json.dumps(asyncio.run(client_load(_CLIENT_URL.value,
                                              _CLIENT_N.value))))
     return
+  if not _CHECKPOINT.value:
+    raise app.UsageError('--checkpoint is required (a run\'s model dir)')
   logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO
   from gr import serving  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
@@ -146,4 +149,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  gin_cli.run(main)

@@ -12,19 +12,21 @@ When JAX sees a GPU it also prints model FLOPs utilisation (see
 `train_flops`); torch then runs wherever it can (CPU here), so the ratio is
 not like for like.
 """
-import argparse
 import json
 import os
-import sys
 import time
+import types
 
+from absl import app
+from absl import flags
 import jax
 import numpy as np
 import optax
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from gr import atomic_io, models, network  # pylint: disable=wrong-import-position
+from gr import atomic_io
+from gr import gin_cli
+from gr import models
+from gr import network
 
 CONFIGS = {  # name -> T5Config overrides on top of the tiny preset
     'tiny': {},
@@ -32,6 +34,27 @@ CONFIGS = {  # name -> T5Config overrides on top of the tiny preset
                  num_encoder_layers=4, num_decoder_layers=4),
 }
 PEAK_TFLOPS = {'bfloat16': 989.0, 'float32': 494.0}  # H100/H200 dense bf16/tf32
+
+# name -> flag holder; main() gathers their values into `args`.
+_FLAGS = {
+    'configs': flags.DEFINE_string(
+        'configs', 'tiny,d256', f'Comma-separated names of {sorted(CONFIGS)}.'),
+    'vocab': flags.DEFINE_integer('vocab', 32128, 'Vocabulary size.'),
+    'batch': flags.DEFINE_integer('batch', 32, 'Batch size.'),
+    'input_length': flags.DEFINE_integer('input_length', 64, 'Input length.'),
+    'target_length': flags.DEFINE_integer('target_length', 8,
+                                          'Target length.'),
+    'warmup': flags.DEFINE_integer('warmup', 2, 'Untimed warm-up steps.'),
+    'steps': flags.DEFINE_integer('steps', 10, 'Timed steps.'),
+    'threads': flags.DEFINE_integer('threads', os.cpu_count(),
+                                    'torch threads.'),
+    'dtype': flags.DEFINE_enum('dtype', 'float32', list(network.DTYPES),
+                               'Activation dtype.'),
+    'peak_tflops': flags.DEFINE_float(
+        'peak_tflops', None, 'Peak TFLOP/s for MFU (default by dtype).'),
+    'skip_hf': flags.DEFINE_bool('skip_hf', False, 'Skip the PyTorch side.'),
+    'out': flags.DEFINE_string('out', None, 'JSON results file.'),
+}
 
 
 def train_flops(cfg: network.T5Config, batch: int, li: int, lt: int) -> float:
@@ -165,21 +188,15 @@ def print_table(rows, args):
           f"{r.get('mfu', float('nan')):>6.3f}")
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--configs', default='tiny,d256')
-  parser.add_argument('--vocab', type=int, default=32128)
-  parser.add_argument('--batch', type=int, default=32)
-  parser.add_argument('--input_length', type=int, default=64)
-  parser.add_argument('--target_length', type=int, default=8)
-  parser.add_argument('--warmup', type=int, default=2)
-  parser.add_argument('--steps', type=int, default=10)
-  parser.add_argument('--threads', type=int, default=os.cpu_count())
-  parser.add_argument('--dtype', default='float32', choices=network.DTYPES)
-  parser.add_argument('--peak_tflops', type=float, default=None)
-  parser.add_argument('--skip_hf', action='store_true')
-  parser.add_argument('--out', default=None, help='JSON results file')
-  args = parser.parse_args()
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  args = types.SimpleNamespace(
+      **{name: holder.value for name, holder in _FLAGS.items()})
+  unknown = [n for n in args.configs.split(',') if n not in CONFIGS]
+  if unknown:
+    raise app.UsageError(f'--configs: unknown {unknown}, known '
+                         f'{sorted(CONFIGS)}')
   args.peak_tflops = args.peak_tflops or PEAK_TFLOPS[args.dtype]
   rows = [run_config(name, args) for name in args.configs.split(',')]
   print_table(rows, args)
@@ -191,4 +208,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  gin_cli.run(main)

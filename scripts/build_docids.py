@@ -8,17 +8,28 @@ otherwise kept as strings (method=tfidf). Semantic (and multi with a semantic
 part) embed document bodies with MiniLM, cached in --embeddings_cache
 (default <data_dir>/embeddings/minilm_bodies.npy); reused when the bodies match.
 """
-import argparse
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from absl import app
+from absl import flags
 
-from gr import docids  # pylint: disable=wrong-import-position
-from gr.data import beir  # pylint: disable=wrong-import-position
-from gr.docids import stats  # pylint: disable=wrong-import-position
+from gr import docids
+from gr import gin_cli
+from gr.data import beir
+from gr.docids import stats
+
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'BEIR folder.', required=True)
+_SCHEME = flags.DEFINE_enum('scheme', None, sorted(docids.SCHEMES),
+                            'Docid scheme.', required=True)
+_OUT = flags.DEFINE_string('out', None, 'Output table directory.',
+                           required=True)
+_PARAM = flags.DEFINE_multi_string('param', [], 'Scheme parameter key=value.')
+_EMBEDDINGS_CACHE = flags.DEFINE_string(
+    'embeddings_cache', None,
+    'Body embeddings cache (default <data_dir>/embeddings/minilm_bodies.npy).')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 128, 'Embedding batch size.')
 
 
 def parse_params(pairs: list[str]) -> dict:
@@ -26,7 +37,7 @@ def parse_params(pairs: list[str]) -> dict:
   for pair in pairs:
     key, sep, value = pair.partition("=")
     if not sep or not key:
-      raise SystemExit(f"--param {pair!r}: expected key=value")
+      raise app.UsageError(f"--param {pair!r}: expected key=value")
     try:
       params[key] = json.loads(value)
     except json.JSONDecodeError:
@@ -40,36 +51,29 @@ def needs_embeddings(scheme) -> bool:
   return any(isinstance(p, docids.SemanticScheme) for p in parts)
 
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--data_dir", required=True, help="BEIR folder")
-  parser.add_argument("--scheme", required=True, choices=sorted(docids.SCHEMES))
-  parser.add_argument("--out", required=True, help="output table directory")
-  parser.add_argument("--param", action="append", default=[], help="key=value")
-  parser.add_argument("--embeddings_cache", default=None)
-  parser.add_argument("--batch_size", type=int, default=128)
-  args = parser.parse_args()
-
-  corpus = beir.read_corpus(os.path.join(args.data_dir, "corpus.jsonl"))
-  scheme = docids.get_scheme(args.scheme, **parse_params(args.param))
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  corpus = beir.read_corpus(os.path.join(_DATA_DIR.value, "corpus.jsonl"))
+  scheme = docids.get_scheme(_SCHEME.value, **parse_params(_PARAM.value))
   kwargs, embed_seconds = {}, 0.0
   if needs_embeddings(scheme):
     from gr import embed  # pylint: disable=g-import-not-at-top
-    cache = args.embeddings_cache or os.path.join(
-        args.data_dir, "embeddings", "minilm_bodies.npy")
+    cache = _EMBEDDINGS_CACHE.value or os.path.join(
+        _DATA_DIR.value, "embeddings", "minilm_bodies.npy")
     start = time.perf_counter()
     kwargs["embeddings"] = embed.embed_with_cache(
         [d.text for d in corpus.values()], cache,
-        lambda texts: embed.Embedder.load().embed(texts, args.batch_size))
+        lambda texts: embed.Embedder.load().embed(texts, _BATCH_SIZE.value))
     embed_seconds = time.perf_counter() - start
   start = time.perf_counter()
   table = scheme.assign(corpus, **kwargs)
   build_seconds = time.perf_counter() - start
-  table.save(args.out)
+  table.save(_OUT.value)
   print(stats.format_statistics(stats.docid_statistics(table)))
   print(f"embedding time {embed_seconds:.1f} s (incl. model load, 0 if cached "
-        f"or unused); assign time {build_seconds:.1f} s; saved to {args.out}")
+        f"or unused); assign time {build_seconds:.1f} s; saved to {_OUT.value}")
 
 
 if __name__ == "__main__":
-  main()
+  gin_cli.run(main)

@@ -5,23 +5,25 @@
 Offline and deterministic: the same seed gives byte-identical files. See
 gr/data/news.py for what the folder holds.
 """
-import argparse
 import json
-import logging
 
+from absl import app
+from absl import flags
+
+from gr import gin_cli
 from gr.data import news
 
+_OUT = flags.DEFINE_string("out", None, "Output BEIR folder.", required=True)
+_SEED = flags.DEFINE_integer("seed", 0,
+                             "Seed of the train/dev/test query split.")
 
-def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", required=True, help="output BEIR folder")
-  parser.add_argument("--seed", type=int, default=0,
-                      help="seed of the train/dev/test query split")
-  args = parser.parse_args()
-  logging.basicConfig(level=logging.INFO)
-  manifest = news.build_news_benchmark(args.out, seed=args.seed)
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  manifest = news.build_news_benchmark(_OUT.value, seed=_SEED.value)
   print(json.dumps(manifest["counts"], indent=1))
 
 
 if __name__ == "__main__":
-  main()
+  gin_cli.run(main)

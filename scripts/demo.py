@@ -7,17 +7,14 @@ runs the demo experiment (tiny T5 on CPU) and prints the table. Leaves the
 index, a checkpoint, TensorBoard logs and TREC run files under runs/demo.
 """
 import os
-import sys
 import time
 
-from absl import app
 from absl import flags
 from absl import logging
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from gr import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
-from gr import gin_cli  # pylint: disable=g-import-not-at-top,wrong-import-position
-from gr.data import news  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gr import experiment
+from gr import gin_cli
+from gr.data import news
 
 _GIN_FILES = flags.DEFINE_multi_string('gin_file', ['configs/demo.gin'],
                                        'Gin config files.')
@@ -39,5 +36,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  sys.argv = gin_cli.rewrite_gin_shorthand(sys.argv)
-  app.run(main)
+  gin_cli.run(main)

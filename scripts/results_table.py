@@ -8,7 +8,8 @@ not verbatim in their document gets its own rows when present.
 """
 import json
 import os
-import sys
+
+from gr import gin_cli
 
 
 def rows(run_dir: str):
@@ -44,4 +45,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  main(sys.argv)
+  gin_cli.run(main)

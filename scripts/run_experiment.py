@@ -7,15 +7,11 @@ Prints the GR vs BM25 table and leaves the index, checkpoints, TensorBoard
 logs, TREC run files and results.json under WORKDIR. Run again with the
 same WORKDIR, it reuses the index and resumes training.
 """
-import os
-import sys
-
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from gr import experiment  # pylint: disable=g-import-not-at-top,wrong-import-position
-from gr import gin_cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gr import experiment
+from gr import gin_cli
 
 _GIN_FILES = flags.DEFINE_multi_string('gin_file', [], 'Gin config files.')
 _GIN_BINDINGS = flags.DEFINE_multi_string('gin_bindings', [], 'Bindings.')
@@ -30,5 +26,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  sys.argv = gin_cli.rewrite_gin_shorthand(sys.argv)
-  app.run(main)
+  gin_cli.run(main)

@@ -11,17 +11,15 @@ they are disabled. SIGTERM / Ctrl-C shut down gracefully: in-flight requests
 finish and updates are on disk before the process exits.
 """
 import os
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 import uvicorn
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from gr import serving  # pylint: disable=g-import-not-at-top,wrong-import-position
-from gr.web import app as web_app  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gr import gin_cli
+from gr import serving
+from gr.web import app as web_app
 
 _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'orbax model_dir.',
                                   required=True)
@@ -78,4 +76,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  gin_cli.run(main)

@@ -12,17 +12,12 @@ every process (the same command otherwise).
 Started again with the same command after a crash, it resumes from the last
 checkpoint in MODEL_DIR.
 """
-import os
-import sys
-
 from absl import app
 from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from gr import gin_cli  # pylint: disable=g-import-not-at-top,wrong-import-position
-from gr import partitioning  # pylint: disable=g-import-not-at-top,wrong-import-position
-from gr import train as train_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gr import gin_cli
+from gr import partitioning
+from gr import train as train_lib
 
 _GIN_FILES = flags.DEFINE_multi_string(
     'gin_file', [], 'Gin config files, applied in order.')
@@ -46,5 +41,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  sys.argv = gin_cli.rewrite_gin_shorthand(sys.argv)
-  app.run(main)
+  gin_cli.run(main)

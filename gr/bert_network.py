@@ -110,7 +110,7 @@ class BertT5Transformer(nn.Module):
 
   def decode(self, encoded, encoder_input_tokens, decoder_input_tokens,
              decode=False, max_decode_length=None, enable_dropout=False,
-             decoder_target_tokens=None):
+             decoder_target_tokens=None, return_hidden=False):
     """As network.Transformer.decode: fp32 logits [B, Lt, vocab].
 
     encoded: [B, Li, width] encoder states, or their
@@ -119,7 +119,8 @@ class BertT5Transformer(nn.Module):
     return self.decoder(encoded, encoder_input_tokens, decoder_input_tokens,
                         decoder_target_tokens, decode=decode,
                         max_decode_length=max_decode_length,
-                        enable_dropout=enable_dropout)
+                        enable_dropout=enable_dropout,
+                        return_hidden=return_hidden)
 
   def __call__(self, encoder_input_tokens, decoder_input_tokens,
                decoder_target_tokens=None, enable_dropout=False,

@@ -18,6 +18,17 @@ and implements both: `constrained_beam_search` uses the sparse `Constraint`
 path (below the root a beam only has its <= W trie children), the dense-mask
 `LogitsProcessor` path stays as a reference.
 
+Sparse output layer (`sparse_output=True`, off by default): the decoder
+comes as a `SplitDecoder` (hidden states, then an output layer that can
+score a few listed tokens), and below the root only the W listed tokens of
+each beam get logits: [N, W] from W gathered output rows instead of [N, V].
+Each step's scores are then the log-softmax over the listed tokens (at the
+root too, over the root's tokens), i.e. the model's distribution restricted
+to the trie: the scores of all docids sum to probability 1, and they differ
+from the full-vocabulary log-probs (whose normaliser needs all V logits).
+`TrieConstraint(arrays, restricted=True)` computes the same scores densely
+(full logits, masked, renormalised): the reference.
+
 Documents with several docids (multi-docids, up to D each):
 `constrained_document_search` decodes a pool of top_k * D docids, merges
 each document's docids ("max" or "logsumexp") and returns top_k distinct
@@ -30,6 +41,7 @@ Token ids: BOS = PAD = 0 (the first decoder input), EOS = 1.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Optional, Protocol, Sequence
 
 import flax.struct
@@ -44,6 +56,29 @@ PyTree = Any
 # (decoder_tokens [N, 1] int32, cache, step) -> (logits [N, V], new_cache)
 TokensToLogits = Callable[[jax.Array, PyTree, jax.Array],
                           tuple[jax.Array, PyTree]]
+# (decoder_tokens [N, 1] int32, cache, step) -> (hidden [N, E], new_cache)
+TokensToHidden = Callable[[jax.Array, PyTree, jax.Array],
+                          tuple[jax.Array, PyTree]]
+# (hidden [N, E], tokens [N, M] int32 in [0, V) or None) -> fp32 logits of
+# those tokens [N, M] (of the whole vocabulary [N, V] for None)
+OutputLayer = Callable[[jax.Array, Optional[jax.Array]], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitDecoder:
+  """A decoder step cut before its output layer; also a `TokensToLogits`.
+
+  The sparse output path (`beam_search(sparse_output=True)`) runs
+  `tokens_to_hidden` once per step and `output_layer` only on the tokens
+  the constraint lists; called as a TokensToLogits it gives full logits.
+  """
+  tokens_to_hidden: TokensToHidden
+  output_layer: OutputLayer
+
+  def __call__(self, decoder_tokens: jax.Array, cache: PyTree,
+               step: jax.Array) -> tuple[jax.Array, PyTree]:
+    hidden, cache = self.tokens_to_hidden(decoder_tokens, cache, step)
+    return self.output_layer(hidden, None), cache
 
 
 class LogitsProcessor(Protocol):
@@ -154,6 +189,25 @@ def _initial_state(initial_cache, batch_size, beam_size, max_decode_len,
       processor_state=processor_state, constraint_state=constraint_state)
 
 
+def _decoder_inputs(state: BeamState) -> jax.Array:
+  """The token each beam feeds the decoder now [N, 1] (BOS = 0 at step 0)."""
+  batch, beams, _ = state.alive_seqs.shape
+  previous = jax.lax.dynamic_index_in_dim(
+      state.alive_seqs, jnp.maximum(state.step - 1, 0), axis=2, keepdims=False)
+  return jnp.where(state.step == 0, 0, previous).reshape(batch * beams, 1)
+
+
+def restricted_log_softmax(logits: jax.Array, allowed: jax.Array,
+                           ) -> jax.Array:
+  """Log-softmax over the allowed entries of the last axis; -inf elsewhere.
+
+  A row with nothing allowed stays all -inf (no NaN).
+  """
+  masked = jnp.where(allowed, logits, NEG_INF)
+  log_z = jax.nn.logsumexp(masked, axis=-1, keepdims=True)
+  return masked - jnp.where(jnp.isfinite(log_z), log_z, 0.0)
+
+
 def _step_scores(state: BeamState, tokens_to_logits, processor):
   """Scores of every next token; log-probs are scores - log_z.
 
@@ -163,10 +217,8 @@ def _step_scores(state: BeamState, tokens_to_logits, processor):
     sparse step reads the [B, K, V] logits but writes nothing that wide.
   """
   batch, beams, _ = state.alive_seqs.shape
-  previous = jax.lax.dynamic_index_in_dim(
-      state.alive_seqs, jnp.maximum(state.step - 1, 0), axis=2, keepdims=False)
-  inputs = jnp.where(state.step == 0, 0, previous).reshape(batch * beams, 1)
-  logits, cache = tokens_to_logits(inputs, state.cache, state.step)
+  logits, cache = tokens_to_logits(_decoder_inputs(state), state.cache,
+                                   state.step)
   logits = logits.astype(jnp.float32).reshape(batch, beams, -1)  # --> [B,K,V]
   log_z = jax.nn.logsumexp(logits, axis=2, keepdims=True)
   if processor is None:
@@ -208,10 +260,17 @@ def _expand_dense(state: BeamState, scores, log_z, eos_id,
 def _expand_sparse(state: BeamState, scores, log_z, tokens, next_states,
                    eos_id, alpha) -> _Expansion:
   """Only tokens [B, K, M] (-1 = none) are candidates; M may be << V."""
-  batch, beams, width = tokens.shape
   picked = jnp.take_along_axis(scores, jnp.maximum(tokens, 0), axis=2)
+  return _expand_listed(state, picked - log_z, tokens, next_states, eos_id,
+                        alpha)
+
+
+def _expand_listed(state: BeamState, token_log_probs, tokens, next_states,
+                   eos_id, alpha) -> _Expansion:
+  """Candidate tokens [B, K, M] (-1 = none) with log-probs [B, K, M]."""
+  batch, beams, width = tokens.shape
   candidates = jnp.where(tokens >= 0, state.alive_log_probs[:, :, None]
-                         + (picked - log_z), NEG_INF)  # [B, K, M]
+                         + token_log_probs, NEG_INF)  # [B, K, M]
   is_eos = tokens == eos_id
   eos_scores = jnp.max(jnp.where(is_eos, candidates, NEG_INF), axis=2)
   eos_scores = eos_scores / length_penalty(state.step + 1, alpha)
@@ -226,11 +285,14 @@ def _expand_sparse(state: BeamState, scores, log_z, tokens, next_states,
       constraint_state=jnp.where(alive, chosen(next_states), -1))
 
 
-def _expand_first(state: BeamState, scores, log_z, next_states, eos_id,
+def _expand_first(state: BeamState, log_probs, next_states, eos_id,
                   alpha) -> _Expansion:
-  """Step 0: beam 0 alone is alive; next_states [V] (-1 = barred token)."""
-  batch, beams, _ = scores.shape
-  row = state.alive_log_probs[:, :1] + (scores[:, 0] - log_z[:, 0])  # [B, V]
+  """Step 0: beam 0 alone is alive with next-token log_probs [B, V].
+
+  next_states [V]: the state each token leads to (-1 = barred token).
+  """
+  batch, beams = state.alive_log_probs.shape
+  row = state.alive_log_probs[:, :1] + log_probs  # [B, V]
   candidates = jnp.where(next_states >= 0, row, NEG_INF)
   eos_row = candidates[:, eos_id:eos_id + 1]  # [B, 1], beam 0 ending now
   eos_scores = jnp.where(jnp.arange(beams) == 0, eos_row / length_penalty(
@@ -255,7 +317,8 @@ def _expand_constrained(state: BeamState, scores, log_z, constraint, eos_id,
 
   def first_step():
     next_states = constraint.first_states(scores.shape[2])
-    return _expand_first(state, scores, log_z, next_states, eos_id, alpha)
+    return _expand_first(state, scores[:, 0] - log_z[:, 0], next_states,
+                         eos_id, alpha)
 
   def later_step():
     tokens, next_states = constraint.candidates(state.constraint_state)
@@ -265,16 +328,53 @@ def _expand_constrained(state: BeamState, scores, log_z, constraint, eos_id,
   return jax.lax.cond(state.step == 0, first_step, later_step)
 
 
+def _expand_sparse_output(state: BeamState, hidden, output_layer, constraint,
+                          eos_id, alpha) -> _Expansion:
+  """Logits only of the listed tokens; log-softmax over just those.
+
+  hidden [N, E]. Step 0: the output layer over [B, V] for beam 0 (every beam
+  holds the same BOS state), normalised over the first states' tokens.
+  Below the root: [N, W] logits of each beam's <= W listed tokens.
+  """
+  batch, beams = state.alive_log_probs.shape
+
+  def first_step():
+    first = hidden.reshape(batch, beams, -1)[:, 0]  # --> [B, E]
+    logits = output_layer(first, None).astype(jnp.float32)  # [B, V]
+    next_states = constraint.first_states(logits.shape[1])
+    return _expand_first(state, restricted_log_softmax(
+        logits, next_states >= 0), next_states, eos_id, alpha)
+
+  def later_step():
+    tokens, next_states = constraint.candidates(state.constraint_state)
+    width = tokens.shape[2]
+    logits = output_layer(hidden, jnp.maximum(tokens, 0).reshape(
+        batch * beams, width)).astype(jnp.float32)  # [N, W]
+    logits = logits.reshape(batch, beams, width)  # --> [B, K, W]
+    return _expand_listed(state, restricted_log_softmax(logits, tokens >= 0),
+                          tokens, next_states, eos_id, alpha)
+
+  return jax.lax.cond(state.step == 0, first_step, later_step)
+
+
 def _search_step(state: BeamState, tokens_to_logits, processor, constraint,
-                 eos_id, alpha) -> BeamState:
+                 eos_id, alpha, sparse_output=False) -> BeamState:
   """One decode position: finish EOS beams, extend the others."""
-  scores, log_z, cache, processor_state = _step_scores(
-      state, tokens_to_logits, processor)
-  if constraint is None:
-    expansion = _expand_dense(state, scores, log_z, eos_id, alpha)
+  if sparse_output:  # tokens_to_logits is a SplitDecoder; no processor
+    hidden, cache = tokens_to_logits.tokens_to_hidden(
+        _decoder_inputs(state), state.cache, state.step)
+    processor_state = state.processor_state
+    expansion = _expand_sparse_output(
+        state, hidden, tokens_to_logits.output_layer, constraint, eos_id,
+        alpha)
   else:
-    expansion = _expand_constrained(state, scores, log_z, constraint, eos_id,
-                                    alpha)
+    scores, log_z, cache, processor_state = _step_scores(
+        state, tokens_to_logits, processor)
+    if constraint is None:
+      expansion = _expand_dense(state, scores, log_z, eos_id, alpha)
+    else:
+      expansion = _expand_constrained(state, scores, log_z, constraint,
+                                      eos_id, alpha)
   finished_seqs, finished_scores = _merge_finished(
       state, expansion.eos_scores, eos_id)
   beam_index, tokens = expansion.beam_index, expansion.tokens
@@ -311,7 +411,8 @@ def beam_search(tokens_to_logits: TokensToLogits, initial_cache: PyTree,
                 processor_state: Optional[PyTree] = None,
                 constraint: Optional[Constraint] = None,
                 length_penalty_alpha: float = 0.0,
-                top_k: Optional[int] = None) -> tuple[jax.Array, jax.Array]:
+                top_k: Optional[int] = None,
+                sparse_output: bool = False) -> tuple[jax.Array, jax.Array]:
   """Beam search over decoder tokens; jit-friendly (lax.while_loop).
 
   Args:
@@ -330,6 +431,10 @@ def beam_search(tokens_to_logits: TokensToLogits, initial_cache: PyTree,
     length_penalty_alpha: finished scores are log-prob / ((5+len)/6)**alpha;
       must be >= 0 (early stopping relies on it).
     top_k: size of the finished pool returned (default beam_size).
+    sparse_output: the sparse output layer: tokens_to_logits must be a
+      `SplitDecoder` and a constraint is needed (and no processor); only the
+      listed tokens get logits, and each step scores the log-softmax over
+      them (the model's distribution restricted to the constraint).
 
   Returns:
     sequences [B, top_k, L] (EOS-terminated, PAD after) and scores
@@ -341,6 +446,11 @@ def beam_search(tokens_to_logits: TokensToLogits, initial_cache: PyTree,
         f"beam_search: need beam_size ({beam_size}), max_decode_len "
         f"({max_decode_len}), top_k ({top_k}) >= 1 and length_penalty_alpha "
         f"({length_penalty_alpha}) >= 0")
+  if sparse_output and (constraint is None or logits_processor is not None
+                        or not isinstance(tokens_to_logits, SplitDecoder)):
+    raise ValueError(
+        "beam_search: sparse_output needs a SplitDecoder, a constraint and "
+        "no logits_processor")
   if processor_state is None and logits_processor is not None:
     processor_state = logits_processor.init(batch_size, beam_size)
   constraint_state = (None if constraint is None
@@ -350,7 +460,7 @@ def beam_search(tokens_to_logits: TokensToLogits, initial_cache: PyTree,
   state = jax.lax.while_loop(
       lambda s: ~_all_done(s, max_decode_len, length_penalty_alpha),
       lambda s: _search_step(s, tokens_to_logits, logits_processor, constraint,
-                             eos_id, length_penalty_alpha),
+                             eos_id, length_penalty_alpha, sparse_output),
       state)
   return state.finished_seqs, state.finished_scores
 
@@ -362,9 +472,11 @@ class TrieConstraint:
   A `Constraint` (sparse: the root's dense table at step 0, then each node's
   <= W children) and also a `LogitsProcessor` (dense [B, K, V] mask; the
   slower reference). State: the trie node of each beam, [B, K] int32 (-1 =
-  dead).
+  dead). As a processor with `restricted`, it also renormalises each row
+  over the allowed tokens: the dense reference of `sparse_output`.
   """
   arrays: trie_lib.TrieArrays
+  restricted: bool = flax.struct.field(pytree_node=False, default=False)
 
   def init(self, batch_size: int, beam_size: int) -> jax.Array:
     return jnp.zeros((batch_size, beam_size), jnp.int32)
@@ -384,6 +496,8 @@ class TrieConstraint:
     batch, beams, vocab = log_probs.shape
     mask = trie_lib.allowed_mask(self.arrays, state.reshape(-1), vocab)
     mask = mask.reshape(batch, beams, vocab)  # --> [B, K, V]
+    if self.restricted:
+      return restricted_log_softmax(log_probs, mask), state
     return jnp.where(mask, log_probs, NEG_INF), state
 
   def update(self, state: jax.Array, chosen_tokens: jax.Array) -> jax.Array:
@@ -406,7 +520,8 @@ def constrained_beam_search(tokens_to_logits: TokensToLogits,
                             beam_size: int, max_decode_len: int,
                             length_penalty_alpha: float = 0.0,
                             top_k: Optional[int] = None,
-                            dense_mask: bool = False) -> ConstrainedResult:
+                            dense_mask: bool = False,
+                            sparse_output: bool = False) -> ConstrainedResult:
   """`beam_search` restricted to the trie's docids; maps them to documents.
 
   `trie_arrays` must be an argument of the caller's jitted function (data,
@@ -414,14 +529,22 @@ def constrained_beam_search(tokens_to_logits: TokensToLogits,
   By default the trie is a sparse `Constraint` (top-k over [B, K * W]);
   `dense_mask=True` applies it as a [B, K, V] mask instead (the reference
   path: same results, slower).
+
+  sparse_output: score each step by the log-softmax over the trie's
+  allowed tokens (the model's distribution restricted to the trie),
+  computing logits only for them (tokens_to_logits must be a
+  `SplitDecoder`). With dense_mask, the same scores come from full logits,
+  masked and renormalised (the reference; any TokensToLogits).
   """
-  constraint = TrieConstraint(trie_arrays)
+  constraint = TrieConstraint(trie_arrays,
+                              restricted=sparse_output and dense_mask)
   sequences, scores = beam_search(
       tokens_to_logits, initial_cache, batch_size, beam_size=beam_size,
       max_decode_len=max_decode_len, eos_id=trie_arrays.eos_id,
       logits_processor=constraint if dense_mask else None,
       constraint=None if dense_mask else constraint,
-      length_penalty_alpha=length_penalty_alpha, top_k=top_k)
+      length_penalty_alpha=length_penalty_alpha, top_k=top_k,
+      sparse_output=sparse_output and not dense_mask)
   batch, k, length = sequences.shape
   documents = trie_lib.lookup(trie_arrays,
                               sequences.reshape(batch * k, length))
@@ -554,7 +677,9 @@ def constrained_document_search(tokens_to_logits: TokensToLogits,
                                 top_k: int, docids_per_doc: int = 1,
                                 aggregation: str = "max",
                                 length_penalty_alpha: float = 0.0,
-                                dense_mask: bool = False) -> RankedDocuments:
+                                dense_mask: bool = False,
+                                sparse_output: bool = False,
+                                ) -> RankedDocuments:
   """Constrained beam search for top_k distinct documents.
 
   Decodes with `document_search_sizes(beam_size, top_k, docids_per_doc)`
@@ -570,7 +695,7 @@ def constrained_document_search(tokens_to_logits: TokensToLogits,
       tokens_to_logits, initial_cache, batch_size, trie_arrays,
       beam_size=beams, max_decode_len=max_decode_len,
       length_penalty_alpha=length_penalty_alpha, top_k=pool,
-      dense_mask=dense_mask)
+      dense_mask=dense_mask, sparse_output=sparse_output)
   return rank_found(found, top_k=top_k, docids_per_doc=docids_per_doc,
                     aggregation=aggregation)
 

@@ -13,7 +13,9 @@ inputs are repeated per beam ([N = batch * beam, ...]) and `decode_step`
 serves as its tokens_to_logits. `cross_attention_kv` projects the repeated
 encoder states into every decoder layer's cross-attention keys and values
 once per query; `decode_step` takes them in place of the encoder states (the
-same logits, without that per-step work).
+same logits, without that per-step work). `decode_step_hidden` and
+`output_logits` split a step at its output layer, so that a constrained
+search can score only the tokens a trie allows (gr/decoding.py SplitDecoder).
 """
 import dataclasses
 import functools
@@ -285,6 +287,15 @@ class EncoderDecoderModel:
     return network.cross_attention_kv(decoder_config(self.config),
                                       params['decoder'], encoded)
 
+  def _step(self, params, cache, encoded, encoder_input_tokens,
+            decoder_tokens, return_hidden):
+    out, variables = self.module.apply(
+        {'params': params, 'cache': cache}, encoded, encoder_input_tokens,
+        decoder_tokens, decode=True, max_decode_length=network.cache_length(
+            cache), method=type(self.module).decode, mutable=['cache'],
+        return_hidden=return_hidden)
+    return out[:, 0, :], variables['cache']  # [N, 1, V or E] --> [N, V or E]
+
   def decode_step(self, params: Params, cache: Cache,
                   encoded: jax.Array | network.CrossAttentionKV,
                   encoder_input_tokens: jax.Array, decoder_tokens: jax.Array,
@@ -302,8 +313,29 @@ class EncoderDecoderModel:
     Returns:
       (fp32 logits [N, vocab], new cache).
     """
-    logits, variables = self.module.apply(
-        {'params': params, 'cache': cache}, encoded, encoder_input_tokens,
-        decoder_tokens, decode=True, max_decode_length=network.cache_length(
-            cache), method=type(self.module).decode, mutable=['cache'])
-    return logits[:, 0, :], variables['cache']  # [N, 1, V] --> [N, V]
+    return self._step(params, cache, encoded, encoder_input_tokens,
+                      decoder_tokens, return_hidden=False)
+
+  def decode_step_hidden(self, params: Params, cache: Cache,
+                         encoded: jax.Array | network.CrossAttentionKV,
+                         encoder_input_tokens: jax.Array,
+                         decoder_tokens: jax.Array,
+                         ) -> tuple[jax.Array, Cache]:
+    """`decode_step` without its output layer.
+
+    Returns:
+      (final decoder hidden states [N, emb_dim], new cache); `output_logits`
+      turns them into the logits `decode_step` returns.
+    """
+    return self._step(params, cache, encoded, encoder_input_tokens,
+                      decoder_tokens, return_hidden=True)
+
+  def output_logits(self, params: Params, hidden: jax.Array,
+                    tokens: jax.Array | None = None) -> jax.Array:
+    """hidden [N, emb_dim] -> fp32 logits [N, vocab], or [N, M] for tokens.
+
+    tokens: optional [N, M] ids in [0, vocab): only their output rows are
+    gathered and scored (the sparse output layer).
+    """
+    return network.output_logits(decoder_config(self.config), params, hidden,
+                                 tokens)

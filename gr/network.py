@@ -34,6 +34,10 @@ decoding loop projects them once per query: `cross_attention_kv` gives a
 `CrossAttentionKV` (every decoder layer's [batch, input_length, heads, kv]
 keys and values), which the decoder takes in place of the encoder output
 and then skips those projections (the same numbers, no per-step work).
+`output_logits` is the output layer on its own: from the decoder's final
+hidden states (`decode(..., return_hidden=True)`) to logits over the whole
+vocabulary, or over a few listed tokens per row (the sparse output layer of
+trie-constrained search, gr/decoding.py).
 
 Logical axis names (for gr/partitioning.py's rules):
   parameters:  'vocab', 'embed', 'mlp', 'heads', 'kv', 'relpos_buckets'
@@ -256,9 +260,13 @@ class Embed(nn.Module):
 
   def attend(self, query: jax.Array) -> jax.Array:
     """query [..., embed] -> fp32 logits [..., vocab]."""
-    return jnp.einsum('...d,vd->...v', query.astype(self.dtype),
-                      self.embedding.astype(self.dtype),
-                      preferred_element_type=jnp.float32)
+    return _attend(query, self.embedding, self.dtype)
+
+
+def _attend(query: jax.Array, table: jax.Array, dtype: Any) -> jax.Array:
+  """Embed.attend's product: query [..., embed] x table [vocab, embed]."""
+  return jnp.einsum('...d,vd->...v', query.astype(dtype), table.astype(dtype),
+                    preferred_element_type=jnp.float32)
 
 
 class RMSNorm(nn.Module):
@@ -520,11 +528,14 @@ class Decoder(nn.Module):
   @nn.compact
   def __call__(self, encoded, encoder_input_tokens, decoder_input_tokens,
                decoder_target_tokens=None, *, decode=False,
-               max_decode_length=None, enable_dropout=False):
+               max_decode_length=None, enable_dropout=False,
+               return_hidden=False):
     """Returns fp32 logits [batch, target_length, vocab].
 
     encoded: the encoder output [batch, input_length, width], or its
-    `CrossAttentionKV` (projected once).
+    `CrossAttentionKV` (projected once). With return_hidden, returns the
+    final hidden states [batch, target_length, embed] instead of logits
+    (`output_logits` finishes them).
     """
     cfg = self.config
     y = _dropout(cfg, self.shared_embedding(decoder_input_tokens),
@@ -549,6 +560,8 @@ class Decoder(nn.Module):
     y = RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype,
                 name='decoder_norm')(y)
     y = _dropout(cfg, y, enable_dropout)
+    if return_hidden:
+      return _constrain_embed(y)
     return nn.with_logical_constraint(self._logits(y),
                                       ('batch', 'length', 'vocab'))
 
@@ -593,6 +606,38 @@ def cross_attention_kv(config: T5Config, decoder_params: Mapping[str, Any],
                           values=tuple(project(a, 'value') for a in layers))
 
 
+def output_logits(config: T5Config, params: Mapping[str, Any],
+                  hidden: jax.Array, tokens: jax.Array | None = None,
+                  ) -> jax.Array:
+  """The decoder's output layer, on its final hidden states.
+
+  Args:
+    config: the decoder's config.
+    params: the whole network's params (token_embedder, decoder).
+    hidden: [N, emb_dim] from `decode(..., return_hidden=True)`.
+    tokens: optional [N, M] int token ids (each in [0, vocab)): score only
+      these, gathering their M output rows ([N, M] instead of [N, V]).
+
+  Returns:
+    fp32 logits [N, vocab] (the decoder's own), or [N, M] for `tokens`.
+  """
+  dtype = config.activation_dtype
+  if config.logits_via_embedding:
+    table = params['token_embedder']['embedding']  # [V, E]
+    hidden = hidden * config.emb_dim**-0.5
+    if tokens is None:
+      return _attend(hidden, table, dtype)
+    rows = jnp.take(table, tokens, axis=0)  # --> [N, M, E]
+    return jnp.einsum('ne,nme->nm', hidden.astype(dtype), rows.astype(dtype),
+                      preferred_element_type=jnp.float32)
+  kernel = params['decoder']['logits_dense']['kernel']  # [E, V]
+  if tokens is None:
+    return _dense_general(hidden, kernel, 1, dtype, jnp.float32)
+  columns = jnp.take(kernel, tokens, axis=1)  # --> [E, N, M]
+  return jnp.einsum('ne,enm->nm', hidden.astype(dtype), columns.astype(dtype),
+                    preferred_element_type=jnp.float32)
+
+
 def _causal_mask(decoder_target_tokens, length):
   """Causal mask [1 or batch, 1, length, length], keys with target 0 off."""
   causal = np.tril(np.ones((length, length), dtype=bool))[None, None]
@@ -621,7 +666,8 @@ class Transformer(nn.Module):
              decoder_input_tokens: jax.Array, decode: bool = False,
              max_decode_length: int | None = None,
              enable_dropout: bool = False,
-             decoder_target_tokens: jax.Array | None = None) -> jax.Array:
+             decoder_target_tokens: jax.Array | None = None,
+             return_hidden: bool = False) -> jax.Array:
     """Decoder logits.
 
     Args:
@@ -633,6 +679,8 @@ class Transformer(nn.Module):
       max_decode_length: cache length; needed with decode=True for steps.
       enable_dropout: apply dropout ('dropout' rng).
       decoder_target_tokens: optional [B, Lt]; zeros are masked as keys.
+      return_hidden: return the final hidden states [B, Lt, emb_dim]
+        instead (for `output_logits`).
 
     Returns:
       fp32 logits [B, Lt, vocab] ([B, 1, vocab] per decode step).
@@ -640,7 +688,8 @@ class Transformer(nn.Module):
     return self.decoder(encoded, encoder_input_tokens, decoder_input_tokens,
                         decoder_target_tokens, decode=decode,
                         max_decode_length=max_decode_length,
-                        enable_dropout=enable_dropout)
+                        enable_dropout=enable_dropout,
+                        return_hidden=return_hidden)
 
   def __call__(self, encoder_input_tokens: jax.Array,
                decoder_input_tokens: jax.Array,

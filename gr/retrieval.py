@@ -56,6 +56,11 @@ class SearchConfig:
   length_penalty_alpha: float = 0.0
   aggregation: str = "max"  # multi-docids: "max" or "logsumexp"
   docids_per_doc: int = 1  # most docids of one document (`fit_to_index`)
+  # Sparse output layer: below the root, logits only for each beam's trie
+  # children ([N, W], not [N, V]), and scores = log-softmax over the allowed
+  # tokens (the model's distribution restricted to the trie), not the
+  # full-vocabulary log-probs. Off: the exact full normaliser.
+  sparse_output: bool = False
 
 
 def docids_per_document(index: index_lib.Index) -> int:
@@ -66,6 +71,27 @@ def docids_per_document(index: index_lib.Index) -> int:
 def fit_to_index(config: SearchConfig, index: index_lib.Index) -> SearchConfig:
   """`config` with docids_per_doc set from `index`."""
   return dataclasses.replace(config, docids_per_doc=docids_per_document(index))
+
+
+def decoder_step_fn(model: models.EncoderDecoderModel, params, encoded,
+                    encoder_tokens, *, sparse_output: bool = False):
+  """The tokens_to_logits of a search (a `decoding.SplitDecoder` for
+  sparse_output), over encoded [N, Li, width] or its cross-attention K/V
+  and encoder_tokens [N, Li], N = batch * beams."""
+  def tokens_to_logits(decoder_tokens, cache, step):
+    del step
+    return model.decode_step(params, cache, encoded, encoder_tokens,
+                             decoder_tokens)
+
+  def tokens_to_hidden(decoder_tokens, cache, step):
+    del step
+    return model.decode_step_hidden(params, cache, encoded, encoder_tokens,
+                                    decoder_tokens)
+
+  if not sparse_output:
+    return tokens_to_logits
+  return decoding.SplitDecoder(tokens_to_hidden,
+                               functools.partial(model.output_logits, params))
 
 
 def make_search_fn(model: models.EncoderDecoderModel, config: SearchConfig):
@@ -90,17 +116,15 @@ def make_search_fn(model: models.EncoderDecoderModel, config: SearchConfig):
     tokens = jnp.repeat(encoder_tokens, beams, axis=0)  # --> [B*K, Li]
     cache = model.init_cache(params, batch, config.max_decode_len)
 
-    def tokens_to_logits(decoder_tokens, cache, step):
-      del step
-      return model.decode_step(params, cache, cross_kv, tokens,
-                               decoder_tokens)
-
+    step_fn = decoder_step_fn(model, params, cross_kv, tokens,
+                              sparse_output=config.sparse_output)
     return decoding.constrained_document_search(
-        tokens_to_logits, cache, batch, trie_arrays,
+        step_fn, cache, batch, trie_arrays,
         beam_size=config.beam_size, max_decode_len=config.max_decode_len,
         top_k=config.top_k, docids_per_doc=config.docids_per_doc,
         aggregation=config.aggregation,
-        length_penalty_alpha=config.length_penalty_alpha)
+        length_penalty_alpha=config.length_penalty_alpha,
+        sparse_output=config.sparse_output)
 
   return search
 

@@ -1,6 +1,8 @@
-r"""Benchmarks trie-constrained beam search (issue 5); JSON + a table.
+r"""Benchmarks trie-constrained beam search (issues 5, 13); JSON + a table.
 
   python scripts/bench_decoding.py --out=/tmp/bench_decoding.json --quick
+  python scripts/bench_decoding.py --mode=output_layer --quick \
+      --models=tiny,small --sizes=100000
 
 Measured side by side in one run, same model config, batch and beam size,
 warm-up (compilation) excluded, median of --reps runs interleaved so that
@@ -21,6 +23,21 @@ load from other processes hits every variant alike:
   return the same top-1 docid.
 - build: host trie build time (per-docid inserts and the vectorised bulk
   build), device upload time and device bytes per docid.
+
+Every variant projects the cross-attention keys and values once per query
+(as retrieval.Searcher does), except 'uncached'.
+
+--mode=output_layer times, side by side at each --sizes count, the sparse
+trie search three ways: 'uncached' (cross-attention K/V projected at every
+step, the code before issue 13), 'sparse' (K/V once per query, full
+[N, V] output layer) and 'sparse_output' (K/V once, and below the root only
+the <= W trie-allowed tokens' output rows: [N, W] logits, scores normalised
+over them, SearchConfig.sparse_output). It reports the speed-ups and how
+often the top-1 document of 'sparse_output' equals the full normaliser's
+(random weights: a sanity check, not a quality measurement).
+
+The load average is printed before and after the runs, with a warning when
+it is above 0.5 per core (timings of a shared machine are not comparable).
 
 --device=gpu runs the same on the default JAX/torch GPU with the t5_base
 config (nothing here is GPU-specific).
@@ -59,6 +76,10 @@ _VOCAB = flags.DEFINE_integer('vocab', 32128, 'Vocabulary size.')
 _INPUT_LENGTH = flags.DEFINE_integer('input_length', 32, 'Query tokens.')
 _THREADS = flags.DEFINE_integer('threads', os.cpu_count(),
                                 'torch intra-op threads (JAX uses all cores).')
+_MODE = flags.DEFINE_enum(
+    'mode', 'all', ['all', 'output_layer'],
+    'all: overhead, peer and build tables; output_layer: the sparse output '
+    'layer vs the full one (and vs cross-attention K/V per step).')
 
 EOS = 1
 
@@ -104,33 +125,48 @@ def build_tries(sizes, levels, branching, vocab):
   return {n: (docids[n], tries[n]) for n in sizes}, seconds
 
 
+VARIANTS = ('none', 'sparse', 'dense', 'uncached', 'sparse_output')
+
+
 def make_search(model, beam, max_len, variant):
-  """Jitted (params, queries [B, Li], trie_arrays) -> scores [B, beam]."""
+  """Jitted (params, queries [B, Li], trie_arrays) -> scores [B, beam].
+
+  variant: 'none' (unconstrained, EOS barred), 'sparse' (trie constraint),
+  'dense' (its [B, K, V] mask), 'uncached' ('sparse' with cross-attention
+  K/V projected at every step), 'sparse_output' ('sparse' with the sparse
+  output layer). Constrained variants return documents [B, beam].
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from gr import decoding  # pylint: disable=g-import-not-at-top
+  from gr import retrieval  # pylint: disable=g-import-not-at-top
+  assert variant in VARIANTS, variant
 
   @jax.jit
   def search(params, queries, trie_arrays):
     batch = queries.shape[0]
-    encoded = jnp.repeat(model.encode(params, queries), beam, axis=0)
+    encoded = model.encode(params, queries)
+    if variant != 'uncached':  # projected once per query
+      encoded = model.cross_attention_kv(params, encoded)
+    encoded = jax.tree.map(lambda x: jnp.repeat(x, beam, axis=0), encoded)
     tokens = jnp.repeat(queries, beam, axis=0)  # --> [B * K, Li]
     cache = model.init_cache(params, batch, max_len)
+    step_fn = retrieval.decoder_step_fn(
+        model, params, encoded, tokens,
+        sparse_output=variant == 'sparse_output')
 
     def tokens_to_logits(decoder_tokens, cache, step):
-      del step
-      logits, cache = model.decode_step(params, cache, encoded, tokens,
-                                        decoder_tokens)
-      if variant == 'none':  # no EOS: decode max_len positions like the trie
-        logits = logits.at[:, EOS].set(-jnp.inf)
-      return logits, cache
+      logits, cache = step_fn(decoder_tokens, cache, step)
+      # no EOS: decode max_len positions like the trie
+      return logits.at[:, EOS].set(-jnp.inf), cache
 
     if variant == 'none':
       return decoding.beam_search(tokens_to_logits, cache, batch,
                                   beam_size=beam, max_decode_len=max_len)[1]
     return decoding.constrained_beam_search(
-        tokens_to_logits, cache, batch, trie_arrays, beam_size=beam,
-        max_decode_len=max_len, dense_mask=variant == 'dense').documents
+        step_fn, cache, batch, trie_arrays, beam_size=beam,
+        max_decode_len=max_len, dense_mask=variant == 'dense',
+        sparse_output=variant == 'sparse_output').documents
 
   return search
 
@@ -164,31 +200,60 @@ def random_queries(batch, length, vocab, seed=1):
 
 def overhead_rows(name, tries, reps, with_dense):
   """Times unconstrained, sparse and dense-mask search for one model."""
+  variants = ['none', 'sparse'] + (['dense'] if with_dense else [])
+  rows, _ = variant_rows(name, tries, reps, variants, baseline='none')
+  for row in rows:
+    print(json.dumps(row), flush=True)
+  return rows
+
+
+def output_layer_rows(name, tries, reps):
+  """Times the full output layer against the sparse one (and per-step
+  cross-attention K/V), and compares their top-1 documents."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rows, top1s = variant_rows(name, tries, reps,
+                             ['uncached', 'sparse', 'sparse_output'],
+                             baseline='sparse', with_top1=True)
+  for row, top1 in zip(rows, top1s):
+    row['top1_same_as_full_normaliser'] = float(np.mean(
+        top1['sparse_output'] == top1['sparse']))
+    row['top1_uncached_equal'] = bool(np.all(top1['uncached']
+                                             == top1['sparse']))
+    row['sparse_output_speedup'] = row['sparse_ms'] / row['sparse_output_ms']
+    row['cached_kv_speedup'] = row['uncached_ms'] / row['sparse_ms']
+    print(json.dumps(row), flush=True)
+  return rows
+
+
+def variant_rows(name, tries, reps, variants, baseline, with_top1=False):
+  """Per trie size: a row of {variant}_ms / _cpu_ms and overhead % vs
+  `baseline`, and (with_top1) {variant: top-1 documents [B]}."""
   import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
   from gr import models  # pylint: disable=g-import-not-at-top
   model = models.EncoderDecoderModel(model_config(name, _VOCAB.value))
   params = model.init_params(jax.random.PRNGKey(0),
                              input_length=_INPUT_LENGTH.value, target_length=8)
   queries = random_queries(_BATCH.value, _INPUT_LENGTH.value, _VOCAB.value)
   max_len = _LEVELS.value + 1
-  variants = ['none', 'sparse'] + (['dense'] if with_dense else [])
   fns = {v: make_search(model, _BEAM.value, max_len, v) for v in variants}
-  rows = []
+  rows, top1s = [], []
   for size, (_, trie) in sorted(tries.items()):
     arrays = trie.to_device()
     calls = {v: (lambda f=f: f(params, queries, arrays))
              for v, f in fns.items()}
     seconds = median_times(calls, reps)
+    if with_top1:
+      top1s.append({v: np.asarray(c())[:, 0] for v, c in calls.items()})
     row = dict(model=name, docids=size, reps=reps, batch=_BATCH.value,
                beam=_BEAM.value, max_decode_len=max_len)
     for v, (wall, cpu) in seconds.items():
       row.update({f'{v}_ms': 1e3 * wall, f'{v}_cpu_ms': 1e3 * cpu})
-      if v != 'none':
-        row[f'{v}_overhead_pct'] = 100 * (wall / seconds['none'][0] - 1)
-        row[f'{v}_cpu_overhead_pct'] = 100 * (cpu / seconds['none'][1] - 1)
-    print(json.dumps(row), flush=True)
+      if v != baseline:
+        row[f'{v}_overhead_pct'] = 100 * (wall / seconds[baseline][0] - 1)
+        row[f'{v}_cpu_overhead_pct'] = 100 * (cpu / seconds[baseline][1] - 1)
     rows.append(row)
-  return rows
+  return rows, top1s
 
 
 def dict_trie(docids):
@@ -295,6 +360,37 @@ def build_row(docids, trie, bulk_build_s):
   return row
 
 
+def print_output_layer_table(results):
+  """The output_layer rows as aligned text."""
+  print(f"\n{results['device']}; batch {_BATCH.value}, beam {_BEAM.value}, "
+        f"{_LEVELS.value}x{_BRANCHING.value}-ary docids, V={_VOCAB.value}")
+  print('ms per batch, wall (process CPU); sparse trie constraint with: '
+        'cross-attention K/V per step | K/V once + full output layer | '
+        'K/V once + sparse output layer')
+  print(f"{'model':6} {'docids':>8} {'K/V per step':>16} {'full output':>16}"
+        f" {'sparse output':>16} {'K/V x':>6} {'sparse x':>8} "
+        f"{'same top-1':>10}")
+  cell = lambda r, v: f"{r[f'{v}_ms']:7.1f} ({r[f'{v}_cpu_ms']:6.1f})"
+  for r in results['output_layer']:
+    print(f"{r['model']:6} {r['docids']:8d} {cell(r, 'uncached')} "
+          f"{cell(r, 'sparse')} {cell(r, 'sparse_output')} "
+          f"{r['cached_kv_speedup']:6.2f} {r['sparse_output_speedup']:8.2f} "
+          f"{r['top1_same_as_full_normaliser']:10.2f}")
+  print_load(results)
+
+
+def print_load(results):
+  """Load averages at start and end; a warning above 0.5 per core."""
+  cores = results['cpu_count'] or 1
+  for when in ('start', 'end'):
+    load = results[f'load_average_at_{when}']
+    print(f"load average at {when}: {load[0]:.2f} {load[1]:.2f} "
+          f"{load[2]:.2f} ({cores} cores)")
+    if load[0] > 0.5 * cores:
+      print(f'WARNING: load {load[0]:.2f} > 0.5 per core at {when}: the '
+            'machine is shared, timings are not comparable to a quiet run')
+
+
 def print_table(results):
   """The overhead, peer and build rows as aligned text."""
   print(f"\n{results['device']}; batch {_BATCH.value}, beam {_BEAM.value}, "
@@ -320,6 +416,7 @@ def print_table(results):
   print(f"build at {b['docids']} docids: inserts {b['insert_build_s']:.1f} s"
         f", bulk {b['bulk_build_s']:.1f} s, upload {b['to_device_s']:.2f} s, "
         f"{b['bytes_per_docid']:.1f} device bytes/docid")
+  print_load(results)
 
 
 def write_json(path, results):
@@ -338,8 +435,9 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   models = _MODELS.value or (['base'] if _DEVICE.value == 'gpu'
                              else ['tiny', 'small'])
+  peer_size = _PEER_SIZE.value if _MODE.value == 'all' else 0
   sizes = sorted({int(n) for n in _SIZES.value}
-                 | ({_PEER_SIZE.value} if _PEER_SIZE.value else set()))
+                 | ({peer_size} if peer_size else set()))
   tries, bulk_s = build_tries(sizes, _LEVELS.value, _BRANCHING.value,
                                 _VOCAB.value)
   device = jax.devices()[0]
@@ -348,9 +446,21 @@ def main(argv):
                  load_average_at_start=os.getloadavg(),
                  flags={f: getattr(flags.FLAGS, f) for f in (
                      'batch', 'beam', 'reps', 'quick', 'levels', 'branching',
-                     'vocab', 'input_length', 'threads')})
-  results['build'] = build_row(*tries[max(sizes)], bulk_s)
+                     'vocab', 'input_length', 'threads', 'mode')})
+  print(f"load average at start: {results['load_average_at_start']}",
+        flush=True)
   overhead_tries = {int(n): tries[int(n)] for n in _SIZES.value}
+  if _MODE.value == 'output_layer':
+    results['output_layer'] = []
+    for name in models:
+      reps = 3 if _QUICK.value and name != 'tiny' else _REPS.value
+      results['output_layer'] += output_layer_rows(name, overhead_tries, reps)
+    results['load_average_at_end'] = os.getloadavg()
+    print_output_layer_table(results)
+    if _OUT.value:
+      write_json(_OUT.value, results)
+    return
+  results['build'] = build_row(*tries[max(sizes)], bulk_s)
   results['overhead'] = []
   for name in models:
     quick = _QUICK.value and name != 'tiny'

@@ -500,3 +500,119 @@ def test_exact_document_rank_honours_the_aggregation():
   with pytest.raises(ValueError, match="aggregation"):
     decoding.exact_document_rank(score_fn, sequences, values,
                                  aggregation="mean")
+
+
+# ------------------------------------------------- sparse output layer --
+
+
+def _split_toy(table):
+  """The toy as a SplitDecoder: its 'hidden state' is the logits row, and
+  the output layer picks the listed tokens' entries (or the whole row)."""
+  def output_layer(hidden, tokens):
+    if tokens is None:
+      return hidden
+    return jnp.take_along_axis(hidden, tokens, axis=1)
+  return decoding.SplitDecoder(functools.partial(_tokens_to_logits, table),
+                               output_layer)
+
+
+@functools.partial(jax.jit, static_argnames=("dense_mask", "alpha",
+                                             "beam_size"))
+def _restricted_search(table, bias, arrays, *, dense_mask, alpha,
+                       beam_size=3):
+  return decoding.constrained_beam_search(
+      _split_toy(table), _initial_cache(bias), BATCH, arrays,
+      beam_size=beam_size, max_decode_len=WIDE_LEN, top_k=beam_size,
+      length_penalty_alpha=alpha, dense_mask=dense_mask, sparse_output=True)
+
+
+def _restricted_log_prob(table, bias_row, sequence, sequences):
+  """Oracle: log-prob of `sequence` under the toy restricted to the trie
+  of `sequences` (each step's softmax over the prefix's children)."""
+  table, bias_row = np.asarray(table, np.float64), np.asarray(bias_row)
+  older, previous, total = 0, 0, 0.0
+  for position, token in enumerate(sequence):
+    prefix = tuple(sequence[:position])
+    allowed = sorted({s[position] for s in sequences
+                      if len(s) > position and s[:position] == prefix})
+    logits = table[older, previous] + bias_row
+    total += logits[token] - np.log(np.exp(logits[allowed]).sum())
+    older, previous = previous, token
+  return total
+
+
+@settings(max_examples=25, deadline=None)
+@given(wide_docid_sets, st.integers(0, 2**16), st.sampled_from([0.0, 0.8]))
+def test_sparse_output_equals_dense_restricted_scores(sequences, seed, alpha):
+  """Logits of the listed tokens only, log-softmax over them: the same
+  beams as full logits masked to the trie and renormalised."""
+  trie = DocidTrie.build(sequences, [7 * i for i in range(len(sequences))],
+                         capacity=256, vocab_size=WIDE_VOCAB,
+                         fanout_capacity=16)
+  table, bias = _toy(seed, WIDE_VOCAB)
+  arrays = trie.to_device()
+  sparse = _restricted_search(table, bias, arrays, dense_mask=False,
+                              alpha=alpha)
+  dense = _restricted_search(table, bias, arrays, dense_mask=True,
+                             alpha=alpha)
+  found = np.asarray(dense.scores) > -np.inf
+  np.testing.assert_array_equal(np.asarray(sparse.scores) > -np.inf, found)
+  np.testing.assert_allclose(np.asarray(sparse.scores)[found],
+                             np.asarray(dense.scores)[found], rtol=1e-5,
+                             atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(sparse.documents),
+                                np.asarray(dense.documents))
+  for row in range(BATCH):
+    count = int(found[row].sum())
+    hits = _as_tuples(sparse.sequences[row][:count])
+    assert hits == _as_tuples(dense.sequences[row][:count])
+    for hit, score in zip(hits, np.asarray(sparse.scores[row])):
+      penalty = ((5 + len(hit)) / 6) ** alpha
+      np.testing.assert_allclose(score * penalty, _restricted_log_prob(
+          table, bias[row], hit, sequences), rtol=1e-5, atol=1e-5)
+  assert found[:, 0].all()
+
+
+def test_sparse_output_is_the_distribution_restricted_to_the_trie():
+  """Exhaustive beams: every docid, scored by the restricted oracle; their
+  probabilities sum to 1; the full-normaliser search ranks otherwise."""
+  sequences = [(2, 1), (3, 1), (3, 5, 1), (3, 2, 1), (3, 4, 4, 1),
+               (3, 4, 6, 1), (7, 2, 2, 1)]
+  trie = DocidTrie.build(sequences, list(range(len(sequences))),
+                         vocab_size=WIDE_VOCAB)
+  arrays = trie.to_device()
+  table, bias = _toy(21, WIDE_VOCAB)
+  result = _restricted_search(table, bias, arrays, dense_mask=False,
+                              alpha=0.0, beam_size=len(sequences))
+  full = _wide_search(table, bias, arrays, dense_mask=False, alpha=0.0)
+  for row in range(BATCH):
+    expected = sorted(((_restricted_log_prob(table, bias[row], s, sequences),
+                        s) for s in sequences), reverse=True)
+    assert _as_tuples(result.sequences[row]) == [s for _, s in expected]
+    np.testing.assert_allclose(result.scores[row], [v for v, _ in expected],
+                               rtol=1e-5)
+    np.testing.assert_allclose(np.logaddexp.reduce(
+        np.asarray(result.scores[row], np.float64)), 0.0, atol=1e-5)
+    # A docid's restricted score is at least its full-vocabulary log-prob
+    # (each step's normaliser sums over fewer tokens), here strictly.
+    restricted = {s: v for v, s in expected}
+    for hit, score in zip(_as_tuples(full.sequences[row]), full.scores[row]):
+      assert restricted[hit] > float(score) + 1e-3
+
+
+def test_sparse_output_needs_a_split_decoder_and_a_constraint():
+  table, bias = _toy(0, WIDE_VOCAB)
+  arrays = _trie([(2, 1)], [0]).to_device()
+  constraint = decoding.TrieConstraint(arrays)
+  with pytest.raises(ValueError, match="sparse_output"):
+    decoding.beam_search(functools.partial(_tokens_to_logits, table),
+                         _initial_cache(bias), BATCH, beam_size=2,
+                         max_decode_len=3, constraint=constraint,
+                         sparse_output=True)
+  with pytest.raises(ValueError, match="sparse_output"):
+    decoding.beam_search(_split_toy(table), _initial_cache(bias), BATCH,
+                         beam_size=2, max_decode_len=3, sparse_output=True)
+  with pytest.raises(ValueError, match="sparse_output"):
+    decoding.beam_search(_split_toy(table), _initial_cache(bias), BATCH,
+                         beam_size=2, max_decode_len=3, constraint=constraint,
+                         logits_processor=_NoRepeat(), sparse_output=True)

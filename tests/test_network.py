@@ -212,3 +212,29 @@ def test_cross_attention_kv_gives_the_uncached_logits(tied):
       {'params': params}, encoded[:1], enc[:1].repeat(3, 0), dec,
       method='decode'), rtol=1e-6, atol=1e-6)
 
+
+@pytest.mark.parametrize('tied', [False, True])
+def test_output_logits_split_from_the_decoder(tied):
+  """hidden states + output_logits = the decoder's logits; listed tokens
+  score as the same columns of the full row."""
+  config = network.T5Config.tiny(VOCAB, dropout_rate=0.0,
+                                 logits_via_embedding=tied)
+  module = network.Transformer(config)
+  enc, dec = _tokens(2, (2, 5)), _tokens(3, (2, 3))
+  params = nn.unbox(jax.jit(module.init)(jax.random.PRNGKey(2), enc,
+                                         dec)['params'])
+  encoded = module.apply({'params': params}, enc, method='encode')
+  hidden = module.apply({'params': params}, encoded, enc, dec,
+                        method='decode', return_hidden=True)
+  assert hidden.shape == (2, 3, config.emb_dim)
+  logits = module.apply({'params': params}, encoded, enc, dec,
+                        method='decode')
+  hidden, logits = hidden.reshape(6, -1), logits.reshape(6, -1)
+  np.testing.assert_array_equal(
+      network.output_logits(config, params, hidden), logits)
+  tokens = jnp.asarray(np.random.RandomState(4).randint(0, VOCAB, (6, 7)))
+  sparse = network.output_logits(config, params, hidden, tokens)
+  assert sparse.shape == (6, 7) and sparse.dtype == jnp.float32
+  np.testing.assert_allclose(
+      sparse, jnp.take_along_axis(logits, tokens, axis=1), rtol=1e-5,
+      atol=1e-5)

@@ -687,3 +687,25 @@ def test_bert_cross_attention_kv_gives_the_uncached_logits(bert_config,
 
   uncached, cached = exact(params)
   np.testing.assert_allclose(cached, uncached, rtol=1e-6, atol=1e-6)
+
+
+def test_bert_decoder_output_layer_splits_off(model, base_params, vocab):
+  """decode_step_hidden + output_logits = decode_step (the sparse output
+  layer's parts), tied logits of the BERT-encoder network's decoder."""
+  tokens = jnp.asarray(_rows(vocab, TEXTS[:2]))
+
+  @jax.jit
+  def step(params):
+    kv = model.cross_attention_kv(params, model.encode(params, tokens))
+    cache = model.init_cache(params, 2, 2)
+    start = jnp.zeros((2, 1), jnp.int32)
+    logits, _ = model.decode_step(params, cache, kv, tokens, start)
+    hidden, _ = model.decode_step_hidden(params, cache, kv, tokens, start)
+    listed = jnp.asarray([[5, 9, 1], [2, 7, 7]], jnp.int32)
+    return (logits, model.output_logits(params, hidden),
+            model.output_logits(params, hidden, listed), listed)
+
+  logits, split, sparse, listed = step(base_params)
+  np.testing.assert_array_equal(split, logits)
+  np.testing.assert_allclose(sparse, np.take_along_axis(
+      np.asarray(logits), np.asarray(listed), axis=1), rtol=1e-5, atol=1e-5)

@@ -171,3 +171,58 @@ def test_cached_cross_attention_keeps_the_beams(searcher, beam_size):
   np.testing.assert_allclose(cached.scores, uncached.scores, rtol=1e-6,
                              atol=1e-6)
 
+
+def _dense_restricted_search_fn(model, config):
+  """The reference of sparse_output: full logits, masked to the trie and
+  renormalised ([N, V] at every step)."""
+  beams, _ = decoding.document_search_sizes(
+      config.beam_size, config.top_k, config.docids_per_doc)
+
+  @jax.jit
+  def search(params, encoder_tokens, trie_arrays):
+    batch = encoder_tokens.shape[0]
+    encoded = jnp.repeat(model.encode(params, encoder_tokens), beams, axis=0)
+    tokens = jnp.repeat(encoder_tokens, beams, axis=0)
+    return decoding.constrained_document_search(
+        retrieval.decoder_step_fn(model, params, encoded, tokens),
+        model.init_cache(params, batch, config.max_decode_len), batch,
+        trie_arrays, beam_size=config.beam_size,
+        max_decode_len=config.max_decode_len, top_k=config.top_k,
+        docids_per_doc=config.docids_per_doc, aggregation=config.aggregation,
+        dense_mask=True, sparse_output=True)
+
+  return search
+
+
+@pytest.mark.parametrize("beam_size", [2, 12])
+def test_sparse_output_equals_the_dense_restricted_scores(searcher,
+                                                          beam_size):
+  config = dataclasses.replace(searcher.config, beam_size=beam_size,
+                               top_k=beam_size, sparse_output=True)
+  tokens = retrieval.encode_queries(searcher.index.vocab,
+                                    QUERIES + ["meadow"], 16)
+  args = (searcher.params, tokens, searcher.trie_arrays)
+  sparse = retrieval.make_search_fn(searcher.model, config)(*args)
+  dense = _dense_restricted_search_fn(searcher.model, config)(*args)
+  np.testing.assert_array_equal(sparse.documents, dense.documents)
+  np.testing.assert_array_equal(sparse.docids, dense.docids)
+  np.testing.assert_allclose(sparse.scores, dense.scores, rtol=1e-5,
+                             atol=1e-5)
+  full = retrieval.make_search_fn(
+      searcher.model, dataclasses.replace(config, sparse_output=False))(*args)
+  assert not np.allclose(sparse.scores, full.scores, atol=1e-3)
+  if beam_size == len(searcher.index.doc_ids):  # every docid found
+    docid_scores = np.asarray(sparse.docid_scores, np.float64)
+    np.testing.assert_allclose(  # a distribution over the trie's docids
+        np.logaddexp.reduce(docid_scores.reshape(len(tokens), -1), axis=1),
+        0.0, atol=1e-4)
+
+
+def test_searcher_with_sparse_output(searcher):
+  config = dataclasses.replace(searcher.config, sparse_output=True)
+  sparse = retrieval.Searcher(searcher.model, searcher.params, searcher.index,
+                              config, input_length=16, batch_size=4)
+  rankings = sparse.search(QUERIES)
+  assert [len(r) for r in rankings] == [len(searcher.index.doc_ids)] * 3
+  for ranking in rankings:
+    assert all(s <= 1e-6 for _, s in ranking)

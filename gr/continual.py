@@ -619,9 +619,9 @@ def initial_mixture(name: str, memory: beir.BeirDataset,
                     index: index_lib.Index, generator: PseudoQueryGenerator,
                     task_rates: Mapping[str, float]) -> str:
   """Indexing + train retrieval + pseudo-query mixture over all of memory."""
-  tag = f"{name}_{_digest(sorted(memory.corpus))}"
-  return experiment.register_mixture(
-      tag, memory, index, generator.generate(memory.corpus), task_rates)
+  pseudo = generator.generate(memory.corpus)
+  tag = f"{name}_{_digest([sorted(memory.corpus), pseudo])}"
+  return experiment.register_mixture(tag, memory, index, pseudo, task_rates)
 
 
 # -------------------------------------------------------------- training --
@@ -947,6 +947,7 @@ def update_index(*, model_dir: str, index_dir: str, model,
                  train_steps: int = 100,
                  replay_ratio: Optional[float] = None,
                  sam_rho: Optional[float] = None,
+                 replay_per_batch: Optional[int] = None,
                  settings: TrainSettings = TrainSettings(),
                  generator: Optional[PseudoQueryGenerator] = None,
                  memory_generator=None, embedder=None,
@@ -961,7 +962,7 @@ def update_index(*, model_dir: str, index_dir: str, model,
     deleted_doc_ids: documents to remove from the table and trie.
     strategy: a STRATEGIES name or a Strategy.
     train_steps: gradient updates of this update (unless trie_only).
-    replay_ratio, sam_rho: override the strategy's values.
+    replay_ratio, sam_rho, replay_per_batch: override the strategy's values.
     settings: batch size, lengths, optimizer, seed.
     generator: pseudo-queries (default TextPseudoQueries).
     memory_generator: the generative memory (doc2query.VectorQueryGenerator)
@@ -980,7 +981,8 @@ def update_index(*, model_dir: str, index_dir: str, model,
       model_dir=model_dir, index_dir=index_dir, model=model,
       new_documents=dict(new_documents), deleted_doc_ids=list(deleted_doc_ids),
       strategy=get_strategy(strategy, replay_ratio=replay_ratio,
-                            sam_rho=sam_rho),
+                            sam_rho=sam_rho,
+                            replay_per_batch=replay_per_batch),
       train_steps=train_steps, settings=settings,
       generator=generator or TextPseudoQueries(seed=settings.seed),
       embedder=embedder, memory_generator=memory_generator, keep=keep)

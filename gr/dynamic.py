@@ -534,10 +534,10 @@ def summary_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     for n, step in enumerate(summary["steps"]):
       cumulative += step["gradient_updates"]
       row = {"scheme": scheme, "strategy": strategy, "step": n,
-             "seeds": summary.get("seeds", 1),
              "updates": step["gradient_updates"],
              "cumulative_updates": cumulative,
-             "seconds": round(step["seconds"], 1)}
+             "seconds": round(step["seconds"], 1),
+             "seeds": summary.get("seeds", 1)}
       for metric in METRICS:
         values = summary[metric]
         std = values.get("matrix_std")

@@ -10,17 +10,11 @@ writes results.json, results.csv, results.md and PNG plots to WORKDIR
 already finished. --docs_fraction / --max_docs_per_period shrink the corpus
 (shorthand for the run_dynamic_experiment bindings).
 """
-import os
-import sys
-
 from absl import app
 from absl import flags
-import gin
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
-
-from gr import dynamic  # pylint: disable=g-import-not-at-top,wrong-import-position
+from gr import dynamic
+from gr import gin_cli
 
 _GIN_FILES = flags.DEFINE_multi_string('gin_file', [], 'Gin config files.')
 _GIN_BINDINGS = flags.DEFINE_multi_string('gin_bindings', [],
@@ -58,9 +52,9 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if _CACHE_DIR.value:
     enable_compilation_cache(_CACHE_DIR.value)
-  gin.add_config_file_search_path(REPO_ROOT)
-  gin.parse_config_files_and_bindings(
-      _GIN_FILES.value, list(_GIN_BINDINGS.value) + size_bindings())
+  gin_cli.quiet_orbax_info()
+  gin_cli.parse_gin(_GIN_FILES.value,
+                    list(_GIN_BINDINGS.value) + size_bindings())
   results = dynamic.run_dynamic_experiment()
   last = len(results['periods']) - 1
   print(dynamic.format_table(dynamic.summary_rows(results), last))
@@ -68,6 +62,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  sys.argv = [f'--gin_bindings={a[len("--gin."):]}' if a.startswith('--gin.')
-              else a for a in sys.argv]
-  app.run(main)
+  gin_cli.run(main)

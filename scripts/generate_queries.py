@@ -15,7 +15,6 @@ Output: one `{"_id", "queries"}` JSON line per document, written atomically.
 """
 import json
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -142,5 +141,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  sys.argv = gin_cli.rewrite_gin_shorthand(sys.argv)
-  app.run(main)
+  gin_cli.run(main)

@@ -145,3 +145,155 @@ def test_write_report_files(tmp_path):
     assert os.path.getsize(tmp_path / name) > 0, name
   header = (tmp_path / "results.csv").read_text().splitlines()[0]
   assert header.startswith("scheme,strategy,step,updates")
+
+
+# ------------------------------------------- the whole run, end to end --
+
+TOPICS = ("volcano lava ash eruption crater", "football goal striker match",
+          "election vote parliament party", "storm rain flood coast",
+          "market shares bank profit", "film actor festival award",
+          "school teacher pupils exam", "hospital doctor patients ward",
+          "river bridge road traffic", "science space rocket moon")
+
+
+def _write_toy_news(folder) -> None:
+  """A BEIR + temporal.json folder: D0 of 10 documents, D1..D4 of 2 each;
+  each document has a train query and a test query."""
+  rng = np.random.default_rng(0)
+  docs, queries, train, test, periods = [], {}, {}, {}, []
+  sizes = (10, 2, 2, 2, 2)
+  for p, size in enumerate(sizes):
+    ids = []
+    for j in range(size):
+      i = len(docs)
+      words = TOPICS[i % len(TOPICS)].split() + list(rng.choice(
+          "alpha beta gamma delta north south east west".split(), 4))
+      doc_id = f"n{i}"
+      docs.append(beir.Document(doc_id, f"title {i}", " ".join(words)))
+      queries[f"tr{i}"] = " ".join(words[:3])
+      queries[f"te{i}"] = " ".join(words[1:4])
+      train[f"tr{i}"] = {doc_id: 1}
+      test[f"te{i}"] = {doc_id: 1}
+      ids.append(doc_id)
+    periods.append(news.Period(f"D{p}", f"2020-0{p + 1}", f"2020-0{p + 1}",
+                               tuple(ids)))
+  beir.write_beir(str(folder), docs, queries, {"train": train, "test": test})
+  news.write_temporal(os.path.join(folder, news.TEMPORAL_FILE), periods)
+
+
+def test_run_dynamic_experiment_end_to_end(tmp_path, monkeypatch):
+  """Tiny BERT, atomic docids, warm start: trie_only, experience replay
+  with a budget, generative replay + SAM from a (random) vector generator,
+  retrain; two seeds. Checks costs, the replay budget, SAM at D0, the
+  generative memory's storage and the report."""
+  import jax
+  import tiny_bert
+  from gr import bert
+  from gr import bert_network
+  from gr import continual
+  from gr import doc2query
+  from gr import models
+  from gr import network
+  from gr import pretrained
+  from gr import retrieval
+  from gr import train as train_lib
+  from gr import warm_start
+  from gr import wordpiece
+
+  data_dir, workdir = tmp_path / "news", tmp_path / "work"
+  _write_toy_news(data_dir)
+  bert_dir = tiny_bert.write_tiny_bert(str(tmp_path / "bert"))
+  decoder = network.T5Config.tiny(
+      128, emb_dim=tiny_bert.HIDDEN, num_heads=4, head_dim=8, mlp_dim=64,
+      num_encoder_layers=1, num_decoder_layers=1, logits_via_embedding=True,
+      dropout_rate=0.0)
+  model = models.EncoderDecoderModel(bert_network.BertT5Config(
+      bert.BertConfig.from_folder(bert_dir), decoder, 0, bert_dir))
+  vocab = wordpiece.WordPieceVocabulary(pretrained.tokenizer_path(bert_dir))
+  memory_model = train_lib.fit_vocab(model, vocab.vocab_size)
+  memory_generator = doc2query.VectorQueryGenerator(
+      memory_model, warm_start.pretrained_params(
+          memory_model, warm_start.load_encoder(bert_dir)[1],
+          jax.random.PRNGKey(0), input_length=16, target_length=6,
+          warm_start=False),
+      vocab, doc2query.GenerationConfig(num_queries=1, max_query_len=6,
+                                        batch_size=8))
+  sam_radii, batch_sizes = [], []
+  real_train, real_concat = (continual.train_params,
+                             train_lib.concatenated_batches)
+
+  def recording_train(model, mixture, **kwargs):
+    kind = "update" if ".update_" in mixture else "initial"
+    sam_radii.append((kind, kwargs["sam_rho"]))
+    return real_train(model, mixture, **kwargs)
+
+  def recording_concat(*iterators):
+    for batch in real_concat(*iterators):
+      batch_sizes.append(len(batch["encoder_input_tokens"]))
+      yield batch
+
+  def recording_parts(*iterators):
+    return recording_concat(*[_sizes(it) for it in iterators])
+
+  part_sizes = []
+
+  def _sizes(iterator):
+    for batch in iterator:
+      part_sizes.append(len(batch["encoder_input_tokens"]))
+      yield batch
+
+  monkeypatch.setattr(continual, "train_params", recording_train)
+  monkeypatch.setattr(train_lib, "concatenated_batches", recording_parts)
+  settings = continual.TrainSettings(
+      batch_size=8, input_length=16, log_every=1000,
+      optimizer=train_lib.OptimizerConfig(learning_rate=1e-3))
+  results = dynamic.run_dynamic_experiment(
+      data_dir=str(data_dir), workdir=str(workdir), model=model,
+      schemes=("atomic",),
+      strategies=("trie_only", "experience_replay", "generative_replay_sam",
+                  "retrain"),
+      strategy_overrides={"experience_replay": {"replay_per_batch": 3},
+                          "generative_replay_sam": {"replay_per_batch": 3}},
+      initial_steps=2, update_steps=2, settings=settings,
+      search=retrieval.SearchConfig(beam_size=4, top_k=4),
+      eval_splits=("test",), memory_generator=memory_generator,
+      memorised_sample=4, seeds=(0, 1))
+
+  cells = results["cells"]
+  assert set(cells) == {f"atomic/{s}" for s in (
+      "trie_only", "experience_replay", "generative_replay_sam", "retrain")}
+  updates = {name.split("/")[1]: [s["gradient_updates"] for s in c["steps"]]
+             for name, c in cells.items()}
+  assert updates["trie_only"] == [2, 0, 0, 0, 0]
+  assert updates["experience_replay"] == [2, 2, 2, 2, 2]
+  assert updates["retrain"][1:] == [3, 3, 4, 4]  # ceil(2 * docs / 10)
+  assert all(c["seeds"] == 2 for c in cells.values())
+  # SAM indexed D0 of the SAM cell (and its updates); the others plain.
+  assert sam_radii.count(("initial", 0.05)) == 2  # D0 of each seed
+  assert sam_radii.count(("update", 0.05)) == 2 * 4  # 2 seeds x 4 updates
+  assert ("update", 0.0) in sam_radii  # experience replay
+  assert os.path.isdir(workdir / "seed0" / "atomic" / "initial_sam0.05")
+  # The budget: 3 replayed + 5 new examples in every budgeted batch.
+  assert batch_sizes and set(batch_sizes) == {8}
+  assert set(part_sizes) == {3, 5}
+  # The generative memory keeps ids and vectors, no bodies.
+  experience = cells["atomic/experience_replay"]["storage"]["memory_bytes"]
+  generative = cells["atomic/generative_replay_sam"]["storage"][
+      "memory_bytes"]
+  assert generative < experience
+  for cell in cells.values():
+    assert all(0.0 <= m <= 1.0 for m in cell["memorised_d0"])
+    matrix = np.array(cell["Hits@10"]["matrix"], dtype=float)
+    assert matrix.shape == (5, 5) and not np.isnan(np.diag(matrix)).any()
+  assert "±" in (workdir / "results.md").read_text()
+  # Run again: every cell is read back, none retrained.
+  sam_radii.clear()
+  again = dynamic.run_dynamic_experiment(
+      data_dir=str(data_dir), workdir=str(workdir), model=model,
+      schemes=("atomic",), strategies=("trie_only", "retrain"),
+      initial_steps=2, update_steps=2, settings=settings,
+      search=retrieval.SearchConfig(beam_size=4, top_k=4),
+      eval_splits=("test",), memorised_sample=4, seeds=(0, 1))
+  assert sam_radii == []
+  assert again["cells"]["atomic/retrain"]["Hits@10"]["A"] == cells[
+      "atomic/retrain"]["Hits@10"]["A"]

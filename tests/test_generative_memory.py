@@ -114,3 +114,75 @@ def test_text_token_ids_leave_out_specials(vocab):
   for special in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[unused0]"):
     assert vocab._tokenizer.token_to_id(special) not in ids  # pylint: disable=protected-access
   assert vocab.pieces("storm")[0] in ids
+
+
+# ------------------------------------------- continual updates, no bodies --
+
+OLD = {f"old{i}": f"{topic} report number {i}" for i, topic in enumerate(
+    ("volcano lava eruption", "football striker goal", "parliament vote",
+     "storm flood coast", "bank shares profit", "film festival award"))}
+NEW = {"new0": "rocket launch moon mission", "new1": "hospital doctors ward"}
+
+
+def _documents(texts):
+  from gr.data import beir
+  return {d: beir.Document(d, f"title of {d}", t) for d, t in texts.items()}
+
+
+def _files_text(folder) -> bytes:
+  import os
+  data = b""
+  for root, _, files in os.walk(folder):
+    for name in files:
+      with open(os.path.join(root, name), "rb") as f:
+        data += f.read()
+  return data
+
+
+def test_generative_memory_checkpoint_holds_no_old_bodies(model, params,
+                                                          vocab, tmp_path):
+  import os
+  from gr import checkpoints
+  from gr import continual
+  from gr.data import beir
+  settings = continual.TrainSettings(
+      batch_size=8, input_length=16, log_every=1000,
+      optimizer=train_lib.OptimizerConfig(learning_rate=1e-3))
+  old = _documents(OLD)
+  dataset = beir.BeirDataset(old, {f"q{d}": " ".join(t.split()[:2])
+                                   for d, t in OLD.items()},
+                             {"train": {f"q{d}": {d: 1} for d in OLD}})
+  model_dir, index_dir = str(tmp_path / "model"), str(tmp_path / "index")
+  continual.build_initial_version(
+      model_dir=model_dir, index_dir=index_dir, model=model, dataset=dataset,
+      scheme="atomic", scheme_params={}, vocab_size=0, train_steps=0,
+      settings=settings, generator=continual.TextPseudoQueries())
+  initial = continual.load_version(model_dir)
+  assert set(initial.vectors) == set(OLD) and continual.has_bodies(
+      initial.memory)
+  generator = doc2query.VectorQueryGenerator(
+      model, params, vocab, doc2query.GenerationConfig(
+          num_queries=1, max_query_len=6, batch_size=4))
+  for step, new in enumerate((["new0"], ["new1"])):
+    continual.update_index(
+        model_dir=model_dir, index_dir=index_dir, model=model,
+        new_documents=_documents({d: NEW[d] for d in new}),
+        strategy="generative_replay", replay_per_batch=2, train_steps=2,
+        settings=settings, memory_generator=generator)
+    version = continual.load_version(model_dir)
+    artifact = checkpoints.load_artifact(model_dir)
+    memory_dir = os.path.join(artifact, continual.MEMORY_DIR)
+    assert not os.path.exists(os.path.join(memory_dir, "corpus.jsonl"))
+    stored = _files_text(artifact.parent.parent)
+    for text in list(OLD.values()) + [NEW[d] for d in new]:
+      assert text.encode() not in stored, text
+    assert set(version.memory.corpus) == set(OLD) | set(
+        list(NEW)[:step + 1])
+    assert set(version.vectors) == set(version.memory.corpus)
+    assert not continual.has_bodies(version.memory)
+    assert version.memory.qrels["train"] == initial.memory.qrels["train"]
+  with pytest.raises(ValueError, match="experience replay needs the old"):
+    continual.update_index(
+        model_dir=model_dir, index_dir=index_dir, model=model,
+        new_documents=_documents({"new2": "river bridge traffic"}),
+        strategy="experience_replay", train_steps=1, settings=settings)

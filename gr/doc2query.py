@@ -356,11 +356,12 @@ def _as_documents(documents: Documents) -> list[beir.Document]:
               else documents)
 
 
-class Doc2QueryGenerator:
-  """Samples pseudo-queries for documents with a trained doc2query model."""
+class _QuerySampler:
+  """What both generators share: the model fitted to the vocabulary, the
+  allowed text tokens and the sampling settings of `config`."""
 
-  def __init__(self, model: models.EncoderDecoderModel, params,
-               vocab: vocab_lib.Vocabulary, config: GenerationConfig):
+  def __init__(self, model: models.EncoderDecoderModel, params, vocab,
+               config: GenerationConfig):
     if config.num_queries < 1 or config.batch_size < 1:
       raise ValueError(f"GenerationConfig: num_queries ({config.num_queries})"
                        f" and batch_size ({config.batch_size}) must be >= 1")
@@ -368,10 +369,19 @@ class Doc2QueryGenerator:
     self.model, self.params, self.vocab, self.config = (model, params, vocab,
                                                         config)
     self._allowed = jnp.asarray(text_tokens(vocab, model.config.vocab_size))
-    self._generate = make_generate_fn(
-        model, num_queries=config.num_queries,
-        max_query_len=config.max_query_len, temperature=config.temperature,
-        top_k=config.top_k, top_p=config.top_p)
+    self._settings = dict(
+        num_queries=config.num_queries, max_query_len=config.max_query_len,
+        temperature=config.temperature, top_k=config.top_k,
+        top_p=config.top_p)
+
+
+class Doc2QueryGenerator(_QuerySampler):
+  """Samples pseudo-queries for documents with a trained doc2query model."""
+
+  def __init__(self, model: models.EncoderDecoderModel, params,
+               vocab: vocab_lib.Vocabulary, config: GenerationConfig):
+    super().__init__(model, params, vocab, config)
+    self._generate = make_generate_fn(self.model, **self._settings)
 
   @classmethod
   def from_checkpoint(cls, model: models.EncoderDecoderModel,
@@ -408,21 +418,15 @@ class Doc2QueryGenerator:
     return {doc_id: queries for doc_id, queries in found.items() if queries}
 
 
-class VectorQueryGenerator:
+class VectorQueryGenerator(_QuerySampler):
   """Samples queries from document vectors alone: the generative memory
   (gr/generative_memory.py). The model must have been trained with
   `vector_every` > 0; `config.input_length` is unused."""
 
   def __init__(self, model: models.EncoderDecoderModel, params, vocab,
                config: GenerationConfig):
-    model = train_lib.fit_vocab(model, vocab.vocab_size)
-    self.model, self.params, self.vocab, self.config = (model, params, vocab,
-                                                        config)
-    self._allowed = jnp.asarray(text_tokens(vocab, model.config.vocab_size))
-    self._sample = make_sample_fn(
-        model, num_queries=config.num_queries,
-        max_query_len=config.max_query_len, temperature=config.temperature,
-        top_k=config.top_k, top_p=config.top_p)
+    super().__init__(model, params, vocab, config)
+    self._sample = make_sample_fn(self.model, **self._settings)
 
   def generate_vectors(self, vectors: Mapping[str, np.ndarray], *,
                        draw: int = 0) -> dict[str, list[str]]:

@@ -578,6 +578,8 @@ def _cell(row: Mapping[str, Any], column: str) -> str:
     return f"{value:.3f} ± {std:.3f}"
   if column == "memory_bytes":
     return f"{value / 1e6:.2f} MB"
+  if column == "cumulative_updates":
+    return f"{value:.0f}"
   return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 

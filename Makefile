@@ -28,5 +28,9 @@ chromium:
 	   timeout 600 apt-get install -y -qq chromium >/dev/null) || \
 	  echo "chromium could not be installed: the browser test will skip"
 
+# Formatting and lint first (ruff, configured in pyproject.toml): seconds,
+# and a failure there stops the run before the test suite starts.
 test: $(STAMP) chromium
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
 	$(PY) -m pytest -n 2 -q -m "(crash or not slow) and not gpu" tests

@@ -31,6 +31,7 @@ EXTRAS_REQUIRE = {
         "pytest",
         "pytest-xdist",
         "hypothesis",
+        "ruff",  # `make test` checks formatting and lint first (pyproject.toml)
         "schemathesis",  # fuzzes the service against its OpenAPI schema
         # Peer oracles: HF transformers' T5 and sentence-transformers.
         "torch==2.13.0",

@@ -8,6 +8,7 @@ checkpoints and the index artifact beside them (gr/checkpoints.py: written
 into orbax's temporary step directory, renamed into place as a whole) and
 the dynamic-corpus plots (matplotlib's savefig).
 """
+
 import contextlib
 import os
 import tempfile

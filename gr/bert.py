@@ -19,6 +19,7 @@ Every parameter carries logical axis names (gr/partitioning.py's rules):
   layer_{i}/output/kernel              [mlp, embed]
 so a mesh shards the large BERT matrices along 'model' like the T5 ones.
 """
+
 import dataclasses
 import json
 import math
@@ -59,10 +60,16 @@ class BertConfig:
       hf = json.load(f)
     if hf.get("hidden_act", "gelu") != "gelu":
       raise ValueError(f"{path}: hidden_act {hf['hidden_act']!r} unsupported")
-    return cls(hf["vocab_size"], hf["hidden_size"], hf["num_hidden_layers"],
-               hf["num_attention_heads"], hf["intermediate_size"],
-               hf["max_position_embeddings"], hf["type_vocab_size"],
-               hf["layer_norm_eps"])
+    return cls(
+      hf["vocab_size"],
+      hf["hidden_size"],
+      hf["num_hidden_layers"],
+      hf["num_attention_heads"],
+      hf["intermediate_size"],
+      hf["max_position_embeddings"],
+      hf["type_vocab_size"],
+      hf["layer_norm_eps"],
+    )
 
   @classmethod
   def from_folder(cls, path: str) -> "BertConfig":
@@ -71,24 +78,27 @@ class BertConfig:
 
 def _dense(features: int, axes: tuple[str, str], name: str) -> nn.Dense:
   return nn.Dense(
-      features, name=name,
-      kernel_init=nn.with_logical_partitioning(
-          nn.initializers.normal(0.02), axes),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
-                                             axes[1:]))
+    features,
+    name=name,
+    kernel_init=nn.with_logical_partitioning(
+      nn.initializers.normal(0.02), axes
+    ),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
+  )
 
 
 def _layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(
-      epsilon=config.layer_norm_eps, name=name,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones,
-                                              ("embed",)),
-      bias_init=nn.with_logical_partitioning(nn.initializers.zeros,
-                                             ("embed",)))
+    epsilon=config.layer_norm_eps,
+    name=name,
+    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+  )
 
 
 class SelfAttention(nn.Module):
   """Bidirectional multi-head attention with a padding mask."""
+
   config: BertConfig
 
   @nn.compact
@@ -105,8 +115,9 @@ class SelfAttention(nn.Module):
 
     scores = jnp.einsum("bqhd,bkhd->bhqk", heads("query"), heads("key"))
     scores = scores / math.sqrt(head_dim)
-    scores = jnp.where(mask[:, None, None, :], scores,
-                       jnp.finfo(scores.dtype).min)
+    scores = jnp.where(
+      mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min
+    )
     probs = jax.nn.softmax(scores, axis=-1)  # [batch, heads, q, k]
     context = jnp.einsum("bhqk,bkhd->bqhd", probs, heads("value"))
     context = context.reshape(batch, length, cfg.hidden_size)
@@ -116,6 +127,7 @@ class SelfAttention(nn.Module):
 
 class Layer(nn.Module):
   """Post-LayerNorm transformer layer (BERT)."""
+
   config: BertConfig
 
   @nn.compact
@@ -123,8 +135,9 @@ class Layer(nn.Module):
     cfg = self.config
     attended = SelfAttention(cfg, name="attention")(hidden, mask)
     hidden = _layer_norm(cfg, "attention_norm")(hidden + attended)
-    inner = _dense(cfg.intermediate_size, ("embed", "mlp"),
-                   "intermediate")(hidden)
+    inner = _dense(cfg.intermediate_size, ("embed", "mlp"), "intermediate")(
+      hidden
+    )
     inner = jax.nn.gelu(inner, approximate=False)
     out = _dense(cfg.hidden_size, ("mlp", "embed"), "output")(inner)
     return _layer_norm(cfg, "output_norm")(hidden + out)
@@ -137,12 +150,17 @@ class BertEncoder(nn.Module):
   length] (embedded first) or, to resume, the hidden states [batch, length,
   hidden] that layer start_layer - 1 (or the embeddings) produced.
   """
+
   config: BertConfig
 
   @nn.compact
-  def __call__(self, inputs: jax.Array, mask: jax.Array,
-               start_layer: int = 0,
-               stop_layer: int | None = None) -> jax.Array:
+  def __call__(
+    self,
+    inputs: jax.Array,
+    mask: jax.Array,
+    start_layer: int = 0,
+    stop_layer: int | None = None,
+  ) -> jax.Array:
     cfg = self.config
     stop_layer = cfg.num_layers if stop_layer is None else stop_layer
     hidden = inputs if inputs.ndim == 3 else self._embed(inputs)
@@ -154,25 +172,34 @@ class BertEncoder(nn.Module):
     cfg = self.config
 
     def embed(n, name, axes):
-      return nn.Embed(n, cfg.hidden_size, name=name,
-                      embedding_init=nn.with_logical_partitioning(
-                          nn.initializers.normal(0.02), axes))
+      return nn.Embed(
+        n,
+        cfg.hidden_size,
+        name=name,
+        embedding_init=nn.with_logical_partitioning(
+          nn.initializers.normal(0.02), axes
+        ),
+      )
 
     positions = jnp.arange(token_ids.shape[1])[None, :]
-    hidden = (embed(cfg.embedding_rows, "word_embeddings", ("vocab", "embed"))(
-        token_ids)
-              + embed(cfg.max_positions, "position_embeddings",
-                      ("positions", "embed"))(positions)
-              + embed(cfg.type_vocab_size, "token_type_embeddings",
-                      ("token_types", "embed"))(jnp.zeros_like(token_ids)))
+    hidden = (
+      embed(cfg.embedding_rows, "word_embeddings", ("vocab", "embed"))(
+        token_ids
+      )
+      + embed(cfg.max_positions, "position_embeddings", ("positions", "embed"))(
+        positions
+      )
+      + embed(
+        cfg.type_vocab_size, "token_type_embeddings", ("token_types", "embed")
+      )(jnp.zeros_like(token_ids))
+    )
     return _layer_norm(cfg, "embeddings_norm")(hidden)
 
 
 def mean_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:
   """hidden [batch, length, d], mask [batch, length] -> mean [batch, d]."""
   weights = mask.astype(hidden.dtype)[:, :, None]
-  return (hidden * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1),
-                                                      1e-9)
+  return (hidden * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1e-9)
 
 
 def mean_pool_normalise(hidden: jax.Array, mask: jax.Array) -> jax.Array:
@@ -195,31 +222,38 @@ def params_from_safetensors(path: str, config: BertConfig) -> dict[str, Any]:
   dense = lambda n: {"kernel": get(f"{n}.weight").T, "bias": get(f"{n}.bias")}
   norm = lambda n: {"scale": get(f"{n}.weight"), "bias": get(f"{n}.bias")}
   params = {
-      f"{n}_embeddings": {"embedding": get(f"embeddings.{n}_embeddings.weight")}
-      for n in ("word", "position", "token_type")}
+    f"{n}_embeddings": {"embedding": get(f"embeddings.{n}_embeddings.weight")}
+    for n in ("word", "position", "token_type")
+  }
   words = params["word_embeddings"]["embedding"]
   if words.shape[0] != config.vocab_size:
-    raise ValueError(f"{path}: {words.shape[0]} word embeddings, config "
-                     f"vocab_size {config.vocab_size}")
+    raise ValueError(
+      f"{path}: {words.shape[0]} word embeddings, config "
+      f"vocab_size {config.vocab_size}"
+    )
   params["word_embeddings"]["embedding"] = jnp.pad(
-      words, ((0, config.embedding_rows - config.vocab_size), (0, 0)))
+    words, ((0, config.embedding_rows - config.vocab_size), (0, 0))
+  )
   params["embeddings_norm"] = norm("embeddings.LayerNorm")
   for i in range(config.num_layers):
     p = f"encoder.layer.{i}"
-    attention = {n: dense(f"{p}.attention.self.{n}")
-                 for n in ("query", "key", "value")}
+    attention = {
+      n: dense(f"{p}.attention.self.{n}") for n in ("query", "key", "value")
+    }
     attention["output"] = dense(f"{p}.attention.output.dense")
     params[f"layer_{i}"] = {
-        "attention": attention,
-        "attention_norm": norm(f"{p}.attention.output.LayerNorm"),
-        "intermediate": dense(f"{p}.intermediate.dense"),
-        "output": dense(f"{p}.output.dense"),
-        "output_norm": norm(f"{p}.output.LayerNorm")}
+      "attention": attention,
+      "attention_norm": norm(f"{p}.attention.output.LayerNorm"),
+      "intermediate": dense(f"{p}.intermediate.dense"),
+      "output": dense(f"{p}.output.dense"),
+      "output_norm": norm(f"{p}.output.LayerNorm"),
+    }
   return params
 
 
 def load_params(path: str, config: BertConfig | None = None) -> dict[str, Any]:
   """A HF folder's model.safetensors as BertEncoder params."""
   config = config or BertConfig.from_folder(path)
-  return params_from_safetensors(os.path.join(path, "model.safetensors"),
-                                 config)
+  return params_from_safetensors(
+    os.path.join(path, "model.safetensors"), config
+  )

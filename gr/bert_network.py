@@ -18,6 +18,7 @@ Parameter tree: encoder/... (gr/bert.py names), token_embedder/embedding
 feature names of gr/models.py; encoder inputs are the encoder tokenizer's
 ids ([CLS] text [SEP], 0 = padding).
 """
+
 import dataclasses
 from typing import Any
 
@@ -35,6 +36,7 @@ class BertT5Config:
 
   decoder.num_encoder_layers is unused (the encoder is `encoder`).
   """
+
   encoder: bert.BertConfig
   decoder: network.T5Config
   trainable_encoder_layers: int = 0
@@ -47,9 +49,10 @@ class BertT5Config:
       object.__setattr__(self, 'decoder', network.T5Config(**self.decoder))
     if not 0 <= self.trainable_encoder_layers <= self.encoder.num_layers:
       raise ValueError(
-          f'BertT5Config.trainable_encoder_layers='
-          f'{self.trainable_encoder_layers!r}: must be in '
-          f'[0, {self.encoder.num_layers}]')
+        f'BertT5Config.trainable_encoder_layers='
+        f'{self.trainable_encoder_layers!r}: must be in '
+        f'[0, {self.encoder.num_layers}]'
+      )
 
   @property
   def vocab_size(self) -> int:
@@ -74,62 +77,95 @@ class BertT5Config:
 
   def with_vocab_size(self, vocab_size: int) -> 'BertT5Config':
     return dataclasses.replace(
-        self, decoder=dataclasses.replace(self.decoder, vocab_size=vocab_size))
+      self, decoder=dataclasses.replace(self.decoder, vocab_size=vocab_size)
+    )
 
 
 class BertT5Transformer(nn.Module):
   """BERT encoder + T5 decoder (same methods as network.Transformer)."""
+
   config: BertT5Config
 
   def setup(self):
     cfg = self.config
     self.encoder = bert.BertEncoder(cfg.encoder)
-    self.token_embedder = network.Embed(cfg.decoder.vocab_size,
-                                        cfg.decoder.emb_dim,
-                                        cfg.decoder.activation_dtype)
+    self.token_embedder = network.Embed(
+      cfg.decoder.vocab_size, cfg.decoder.emb_dim, cfg.decoder.activation_dtype
+    )
     self.decoder = network.Decoder(cfg.decoder, self.token_embedder)
 
   def frozen_encode(self, encoder_input_tokens: jax.Array) -> jax.Array:
     """[B, Li] token ids -> output of the frozen layers [B, Li, width]."""
     mask = encoder_input_tokens > 0
-    return self.encoder(encoder_input_tokens, mask,
-                        stop_layer=self.config.frozen_layers)
+    return self.encoder(
+      encoder_input_tokens, mask, stop_layer=self.config.frozen_layers
+    )
 
-  def encode(self, encoder_input_tokens: jax.Array,
-             enable_dropout: bool = False,
-             encoder_frozen_states: jax.Array | None = None) -> jax.Array:
+  def encode(
+    self,
+    encoder_input_tokens: jax.Array,
+    enable_dropout: bool = False,
+    encoder_frozen_states: jax.Array | None = None,
+  ) -> jax.Array:
     """[B, Li] ids (and optionally cached frozen states) -> [B, Li, width]."""
     del enable_dropout  # the pretrained encoder runs without dropout
     if encoder_frozen_states is None:
       encoder_frozen_states = jax.lax.stop_gradient(
-          self.frozen_encode(encoder_input_tokens))
+        self.frozen_encode(encoder_input_tokens)
+      )
     mask = encoder_input_tokens > 0
-    hidden = self.encoder(encoder_frozen_states.astype(jnp.float32), mask,
-                          start_layer=self.config.frozen_layers)
+    hidden = self.encoder(
+      encoder_frozen_states.astype(jnp.float32),
+      mask,
+      start_layer=self.config.frozen_layers,
+    )
     return nn.with_logical_constraint(hidden, ('batch', 'length', 'embed'))
 
-  def decode(self, encoded, encoder_input_tokens, decoder_input_tokens,
-             decode=False, max_decode_length=None, enable_dropout=False,
-             decoder_target_tokens=None, return_hidden=False):
+  def decode(
+    self,
+    encoded,
+    encoder_input_tokens,
+    decoder_input_tokens,
+    decode=False,
+    max_decode_length=None,
+    enable_dropout=False,
+    decoder_target_tokens=None,
+    return_hidden=False,
+  ):
     """As network.Transformer.decode: fp32 logits [B, Lt, vocab].
 
     encoded: [B, Li, width] encoder states, or their
     network.CrossAttentionKV (projected once, e.g. per query in decoding).
     """
-    return self.decoder(encoded, encoder_input_tokens, decoder_input_tokens,
-                        decoder_target_tokens, decode=decode,
-                        max_decode_length=max_decode_length,
-                        enable_dropout=enable_dropout,
-                        return_hidden=return_hidden)
+    return self.decoder(
+      encoded,
+      encoder_input_tokens,
+      decoder_input_tokens,
+      decoder_target_tokens,
+      decode=decode,
+      max_decode_length=max_decode_length,
+      enable_dropout=enable_dropout,
+      return_hidden=return_hidden,
+    )
 
-  def __call__(self, encoder_input_tokens, decoder_input_tokens,
-               decoder_target_tokens=None, enable_dropout=False,
-               encoder_frozen_states=None):
+  def __call__(
+    self,
+    encoder_input_tokens,
+    decoder_input_tokens,
+    decoder_target_tokens=None,
+    enable_dropout=False,
+    encoder_frozen_states=None,
+  ):
     """Teacher-forced forward: [B, Li], [B, Lt] -> fp32 logits [B, Lt, V]."""
     if self.is_initializing():
       self.frozen_encode(encoder_input_tokens)  # create every encoder param
-    encoded = self.encode(encoder_input_tokens, enable_dropout,
-                          encoder_frozen_states)
-    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
-                       enable_dropout=enable_dropout,
-                       decoder_target_tokens=decoder_target_tokens)
+    encoded = self.encode(
+      encoder_input_tokens, enable_dropout, encoder_frozen_states
+    )
+    return self.decode(
+      encoded,
+      encoder_input_tokens,
+      decoder_input_tokens,
+      enable_dropout=enable_dropout,
+      decoder_target_tokens=decoder_target_tokens,
+    )

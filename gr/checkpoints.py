@@ -20,6 +20,7 @@ gr/docids, vocab/ from gr/vocab or gr/wordpiece, index.json; a continual
 update's version adds its memory corpus and continual.json); this module
 only copies and verifies bytes.
 """
+
 import dataclasses
 import hashlib
 import json
@@ -61,8 +62,9 @@ def _sha256(path: pathlib.Path) -> str:
 
 def _artifact_files(directory: pathlib.Path) -> list[str]:
   """Relative paths of every file under `directory`."""
-  return sorted(str(p.relative_to(directory)) for p in directory.rglob('*')
-                if p.is_file())
+  return sorted(
+    str(p.relative_to(directory)) for p in directory.rglob('*') if p.is_file()
+  )
 
 
 def _write_json_atomically(path: pathlib.Path, content: dict) -> None:
@@ -122,12 +124,14 @@ def verify_artifact(directory: PathLike) -> dict:
     if not path.is_file():
       raise ArtifactError(f'{path} is listed in {manifest_path} but missing')
     if _sha256(path) != entry['sha256']:
-      raise ArtifactError(f'{path} fails its sha256 check '
-                          f'(expected {entry["sha256"]})')
+      raise ArtifactError(
+        f'{path} fails its sha256 check (expected {entry["sha256"]})'
+      )
   extra = set(_artifact_files(files_dir)) - set(listed)
   if extra:
-    raise ArtifactError(f'{files_dir} has files not in {manifest_path}: '
-                        f'{sorted(extra)}')
+    raise ArtifactError(
+      f'{files_dir} has files not in {manifest_path}: {sorted(extra)}'
+    )
   return manifest
 
 
@@ -138,8 +142,9 @@ class IndexArtifactHandler(ocp.CheckpointHandler):
     if jax.process_index() == 0:
       write_artifact(args.source_dir, pathlib.Path(directory))
 
-  def restore(self, directory: epath.Path,
-              args: 'IndexArtifactRestore | None' = None) -> pathlib.Path:
+  def restore(
+    self, directory: epath.Path, args: 'IndexArtifactRestore | None' = None
+  ) -> pathlib.Path:
     """Verifies the artifact; returns the directory holding its files."""
     del args
     verify_artifact(pathlib.Path(directory))
@@ -160,6 +165,7 @@ class IndexArtifactHandler(ocp.CheckpointHandler):
 @dataclasses.dataclass
 class IndexArtifactSave(ocp.args.CheckpointArgs):
   """Save args: the directory whose files make up the index artifact."""
+
   source_dir: PathLike
 
 
@@ -172,15 +178,26 @@ class IndexArtifactRestore(ocp.args.CheckpointArgs):
 # --------------------------------------------------------- train state --
 
 
-def make_manager(directory: PathLike, *, keep: int | None = 3,
-                 save_interval_steps: int = 1,
-                 async_save: bool = True) -> ocp.CheckpointManager:
+def make_manager(
+  directory: PathLike,
+  *,
+  keep: int | None = 3,
+  save_interval_steps: int = 1,
+  async_save: bool = True,
+) -> ocp.CheckpointManager:
   """An orbax CheckpointManager that keeps the last `keep` steps."""
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep, save_interval_steps=save_interval_steps, create=True,
-      cleanup_tmp_directories=True, enable_async_checkpointing=async_save)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                               handler_registry=_handler_registry())
+    max_to_keep=keep,
+    save_interval_steps=save_interval_steps,
+    create=True,
+    cleanup_tmp_directories=True,
+    enable_async_checkpointing=async_save,
+  )
+  return ocp.CheckpointManager(
+    os.path.abspath(directory),
+    options=options,
+    handler_registry=_handler_registry(),
+  )
 
 
 def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
@@ -200,9 +217,14 @@ def _as_manager(manager_or_dir) -> tuple[ocp.CheckpointManager, bool]:
   return make_manager(manager_or_dir, keep=None, async_save=False), True
 
 
-def save(manager_or_dir, step: int, state: PyTree,
-         extra_artifacts_dir: PathLike | None = None, *,
-         force: bool = False) -> bool:
+def save(
+  manager_or_dir,
+  step: int,
+  state: PyTree,
+  extra_artifacts_dir: PathLike | None = None,
+  *,
+  force: bool = False,
+) -> bool:
   """Saves `state` (and the artifact directory, if given) as `step`.
 
   With a manager, the save may still be finishing in the background when
@@ -224,17 +246,21 @@ def save(manager_or_dir, step: int, state: PyTree,
 def _pytree_restore(target: PyTree, partial: bool = False):
   """Restore args giving each array the shape/dtype/sharding of `target`."""
   return ocp.args.PyTreeRestore(
-      item=target,
-      restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-      partial_restore=partial)
+    item=target,
+    restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+    partial_restore=partial,
+  )
 
 
 def _abstract(target: PyTree) -> PyTree:
   """Concrete or abstract arrays -> ShapeDtypeStructs keeping shardings."""
+
   def one(x):
     x = x if hasattr(x, 'shape') else np.asarray(x)
-    return jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                sharding=getattr(x, 'sharding', None))
+    return jax.ShapeDtypeStruct(
+      x.shape, x.dtype, sharding=getattr(x, 'sharding', None)
+    )
+
   return jax.tree.map(one, target)
 
 
@@ -253,8 +279,10 @@ def restore_latest(manager_or_dir, target: PyTree) -> tuple[int, PyTree] | None:
   step = manager.latest_step()
   if step is None:
     return None
-  restored = manager.restore(step, args=ocp.args.Composite(
-      **{STATE_ITEM: _pytree_restore(_abstract(target))}))
+  restored = manager.restore(
+    step,
+    args=ocp.args.Composite(**{STATE_ITEM: _pytree_restore(_abstract(target))}),
+  )
   if owned:
     manager.close()
   return step, restored[STATE_ITEM]
@@ -265,13 +293,19 @@ def _resolve_step(manager: ocp.CheckpointManager, step: int | None) -> int:
   if step is None:
     step = manager.latest_step()
   if step is None or step not in steps:
-    raise FileNotFoundError(f'no checkpoint step {step} in {manager.directory}'
-                            f' (steps: {sorted(steps)})')
+    raise FileNotFoundError(
+      f'no checkpoint step {step} in {manager.directory}'
+      f' (steps: {sorted(steps)})'
+    )
   return step
 
 
-def restore_params(checkpoint_dir: PathLike, step: int | None = None, *,
-                   shardings: PyTree | None = None) -> PyTree:
+def restore_params(
+  checkpoint_dir: PathLike,
+  step: int | None = None,
+  *,
+  shardings: PyTree | None = None,
+) -> PyTree:
   """Loads only the params of a checkpoint, on any mesh or one device.
 
   Args:
@@ -290,16 +324,23 @@ def restore_params(checkpoint_dir: PathLike, step: int | None = None, *,
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     shardings = jax.tree.map(lambda _: device, saved)
   target = jax.tree.map(
-      lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
-      saved, shardings)
-  restored = manager.restore(step, args=ocp.args.Composite(**{
-      STATE_ITEM: _pytree_restore({'params': target}, partial=True)}))
+    lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
+    saved,
+    shardings,
+  )
+  restored = manager.restore(
+    step,
+    args=ocp.args.Composite(
+      **{STATE_ITEM: _pytree_restore({'params': target}, partial=True)}
+    ),
+  )
   manager.close()
   return restored[STATE_ITEM]['params']
 
 
-def load_artifact(checkpoint_dir: PathLike,
-                  step: int | None = None) -> pathlib.Path:
+def load_artifact(
+  checkpoint_dir: PathLike, step: int | None = None
+) -> pathlib.Path:
   """Verifies the index artifact saved with `step`; returns its files' dir.
 
   The returned directory holds the files exactly as they were in the
@@ -313,7 +354,8 @@ def load_artifact(checkpoint_dir: PathLike,
   directory = pathlib.Path(manager.directory) / str(step) / ARTIFACT_ITEM
   manager.close()
   if not directory.is_dir():
-    raise ArtifactError(f'checkpoint step {step} in {checkpoint_dir} has no '
-                        f'{ARTIFACT_ITEM}')
+    raise ArtifactError(
+      f'checkpoint step {step} in {checkpoint_dir} has no {ARTIFACT_ITEM}'
+    )
   verify_artifact(directory)
   return directory / FILES_DIR

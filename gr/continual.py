@@ -57,6 +57,7 @@ current encoder (warm_start.new_docid_rows): new documents are retrievable
 before (or without) training. `retrain` starts again from the warm start.
 A T5 model's new rows are random (`extend_vocab_rows`).
 """
+
 import dataclasses
 import functools
 import hashlib
@@ -96,8 +97,11 @@ RECORD_FILE = "continual.json"
 RECORD_FORMAT = "gr.continual/1"
 DOC_IDS_FILE = "doc_ids.json"  # memory without bodies: the ids it holds
 NEW, REPLAY = "new", "replay"
-INITIAL_TASK_RATES = (("indexing", 1.0), ("retrieval", 1.0),
-                      ("pseudo_query", 1.0))
+INITIAL_TASK_RATES = (
+  ("indexing", 1.0),
+  ("retrieval", 1.0),
+  ("pseudo_query", 1.0),
+)
 
 
 # ------------------------------------------------------------ strategies --
@@ -120,6 +124,7 @@ class Strategy:
       in every batch of an update (its batch_size - k are new), instead of
       mixing at `replay_ratio`.
   """
+
   name: str
   trains: bool = True
   replay: str = "none"
@@ -130,16 +135,22 @@ class Strategy:
 
   def __post_init__(self):
     if self.replay not in ("none", "experience", "generative"):
-      raise ValueError(f"Strategy {self.name!r}: replay={self.replay!r}, "
-                       "expected 'none', 'experience' or 'generative'")
+      raise ValueError(
+        f"Strategy {self.name!r}: replay={self.replay!r}, "
+        "expected 'none', 'experience' or 'generative'"
+      )
     if self.replay_ratio <= 0 or self.sam_rho < 0 or self.replay_per_batch < 0:
-      raise ValueError(f"Strategy {self.name!r}: need replay_ratio > 0, "
-                       "sam_rho >= 0 and replay_per_batch >= 0, got "
-                       f"{self.replay_ratio}, {self.sam_rho}, "
-                       f"{self.replay_per_batch}")
+      raise ValueError(
+        f"Strategy {self.name!r}: need replay_ratio > 0, "
+        "sam_rho >= 0 and replay_per_batch >= 0, got "
+        f"{self.replay_ratio}, {self.sam_rho}, "
+        f"{self.replay_per_batch}"
+      )
 
 
-STRATEGIES = {s.name: s for s in (
+STRATEGIES = {
+  s.name: s
+  for s in (
     Strategy("trie_only", trains=False),
     Strategy("new_only"),
     Strategy("experience_replay", replay="experience"),
@@ -147,15 +158,17 @@ STRATEGIES = {s.name: s for s in (
     Strategy("generative_replay_sam", replay="generative", sam_rho=0.05),
     Strategy("sam", sam_rho=0.05),
     Strategy("retrain", retrain=True),
-)}
+  )
+}
 
 
 def get_strategy(strategy: "str | Strategy", **overrides) -> Strategy:
   """A preset by name (or a Strategy), with fields replaced by `overrides`."""
   if isinstance(strategy, str):
     if strategy not in STRATEGIES:
-      raise ValueError(f"unknown strategy {strategy!r}; known: "
-                       f"{sorted(STRATEGIES)}")
+      raise ValueError(
+        f"unknown strategy {strategy!r}; known: {sorted(STRATEGIES)}"
+      )
     strategy = STRATEGIES[strategy]
   overrides = {k: v for k, v in overrides.items() if v is not None}
   return dataclasses.replace(strategy, **overrides)
@@ -170,6 +183,7 @@ class TrainSettings:
   warm_start off, new docid rows are not set from document embeddings
   either (the ablation).
   """
+
   batch_size: int = 32
   input_length: int = 64
   optimizer: train_lib.OptimizerConfig = train_lib.OptimizerConfig()
@@ -186,23 +200,28 @@ class TrainSettings:
 class PseudoQueryGenerator(Protocol):
   """Pseudo-queries for documents: {doc_id: [query, ...]}."""
 
-  def generate(self, documents: Mapping[str, beir.Document]
-               ) -> dict[str, list[str]]:
-    ...
+  def generate(
+    self, documents: Mapping[str, beir.Document]
+  ) -> dict[str, list[str]]: ...
 
 
 @dataclasses.dataclass(frozen=True)
 class TextPseudoQueries:
   """Sentences and random spans of each body (gr/pseudo_queries.py)."""
+
   num_sentences: int = 1
   num_spans: int = 2
   seed: int = 0
 
-  def generate(self, documents: Mapping[str, beir.Document]
-               ) -> dict[str, list[str]]:
+  def generate(
+    self, documents: Mapping[str, beir.Document]
+  ) -> dict[str, list[str]]:
     return pseudo_lib.build_pseudo_queries(
-        documents.values(), num_spans=self.num_spans,
-        num_sentences=self.num_sentences, seed=self.seed)
+      documents.values(),
+      num_spans=self.num_spans,
+      num_sentences=self.num_sentences,
+      seed=self.seed,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,10 +229,12 @@ class StoredPseudoQueries:
   """Pseudo-queries read from a file (scripts/generate_queries.py): what a
   doc2query model sampled from each body, seeded per document, so looking
   them up equals generating them again. Documents absent get none."""
+
   path: str
 
-  def generate(self, documents: Mapping[str, beir.Document]
-               ) -> dict[str, list[str]]:
+  def generate(
+    self, documents: Mapping[str, beir.Document]
+  ) -> dict[str, list[str]]:
     stored = _read_pseudo_queries(self.path)
     return {d: list(stored[d]) for d in documents if d in stored}
 
@@ -241,12 +262,14 @@ def has_bodies(memory: beir.BeirDataset) -> bool:
 
 def without_bodies(memory: beir.BeirDataset) -> beir.BeirDataset:
   """Memory with each document reduced to its id (title and text gone)."""
-  return dataclasses.replace(memory, corpus={
-      d: beir.Document(d, "", "") for d in memory.corpus})
+  return dataclasses.replace(
+    memory, corpus={d: beir.Document(d, "", "") for d in memory.corpus}
+  )
 
 
-def write_memory(folder: str, memory: beir.BeirDataset,
-                 vectors: Mapping[str, np.ndarray]) -> None:
+def write_memory(
+  folder: str, memory: beir.BeirDataset, vectors: Mapping[str, np.ndarray]
+) -> None:
   """memory/: a BEIR folder when it holds bodies; else DOC_IDS_FILE with
   the train queries and qrels. Document vectors (if any) beside it."""
   if has_bodies(memory):
@@ -259,36 +282,48 @@ def write_memory(folder: str, memory: beir.BeirDataset,
     for split, qrels in memory.qrels.items():
       beir.write_qrels(os.path.join(folder, "qrels", f"{split}.tsv"), qrels)
   if vectors:
-    memory_lib.save_vectors(os.path.join(folder, memory_lib.VECTORS_FILE),
-                            vectors)
+    memory_lib.save_vectors(
+      os.path.join(folder, memory_lib.VECTORS_FILE), vectors
+    )
 
 
-def load_memory(folder: str) -> tuple[beir.BeirDataset,
-                                      dict[str, np.ndarray]]:
+def load_memory(folder: str) -> tuple[beir.BeirDataset, dict[str, np.ndarray]]:
   """(memory, {doc_id: vector}) as `write_memory` wrote them."""
-  vectors = memory_lib.load_vectors(os.path.join(folder,
-                                                 memory_lib.VECTORS_FILE))
+  vectors = memory_lib.load_vectors(
+    os.path.join(folder, memory_lib.VECTORS_FILE)
+  )
   if os.path.exists(os.path.join(folder, "corpus.jsonl")):
     return beir.BeirDataset.load(folder), vectors
   with open(os.path.join(folder, DOC_IDS_FILE)) as f:
     corpus = {d: beir.Document(d, "", "") for d in json.load(f)}
   queries = beir.read_queries(os.path.join(folder, "queries.jsonl"))
   qrels_dir = os.path.join(folder, "qrels")
-  qrels = {name[:-len(".tsv")]: beir.read_qrels(
-      os.path.join(qrels_dir, name), query_ids=queries, corpus_ids=corpus)
-           for name in sorted(os.listdir(qrels_dir)) if name.endswith(".tsv")}
+  qrels = {
+    name[: -len(".tsv")]: beir.read_qrels(
+      os.path.join(qrels_dir, name), query_ids=queries, corpus_ids=corpus
+    )
+    for name in sorted(os.listdir(qrels_dir))
+    if name.endswith(".tsv")
+  }
   return beir.BeirDataset(corpus, queries, qrels), vectors
 
 
-def updated_memory(memory: beir.BeirDataset,
-                   new_documents: Mapping[str, beir.Document],
-                   deleted: Iterable[str]) -> beir.BeirDataset:
+def updated_memory(
+  memory: beir.BeirDataset,
+  new_documents: Mapping[str, beir.Document],
+  deleted: Iterable[str],
+) -> beir.BeirDataset:
   """Memory with documents added and removed (and qrels to removed ones)."""
   deleted = set(deleted)
-  corpus = {d: doc for d, doc in {**memory.corpus, **new_documents}.items()
-            if d not in deleted}
-  train = {q: {d: s for d, s in docs.items() if d in corpus}
-           for q, docs in memory.qrels.get("train", {}).items()}
+  corpus = {
+    d: doc
+    for d, doc in {**memory.corpus, **new_documents}.items()
+    if d not in deleted
+  }
+  train = {
+    q: {d: s for d, s in docs.items() if d in corpus}
+    for q, docs in memory.qrels.get("train", {}).items()
+  }
   train = {q: docs for q, docs in train.items() if docs}
   queries = {q: memory.queries[q] for q in train}
   return beir.BeirDataset(corpus, queries, {"train": train})
@@ -301,6 +336,7 @@ def updated_memory(memory: beir.BeirDataset,
 class Version:
   """One committed version: checkpoint step, params, index, memory, record,
   and (pretrained encoder) each indexed document's vector."""
+
   step: int
   params: PyTree
   index: index_lib.Index
@@ -313,9 +349,13 @@ class Version:
     return int(self.record["gradient_updates"])
 
 
-def write_version_files(index: index_lib.Index, memory: beir.BeirDataset,
-                        record: Mapping[str, Any], staging_dir: str,
-                        vectors: Mapping[str, np.ndarray] = {}) -> str:  # pylint: disable=dangerous-default-value
+def write_version_files(
+  index: index_lib.Index,
+  memory: beir.BeirDataset,
+  record: Mapping[str, Any],
+  staging_dir: str,
+  vectors: Mapping[str, np.ndarray] = {},
+) -> str:  # pylint: disable=dangerous-default-value
   """Writes index + memory (+ vectors) + record under `staging_dir`;
   returns the dir to save as the checkpoint's artifact."""
   version_dir = index_lib.save_index(index, staging_dir)
@@ -337,28 +377,35 @@ def load_version(model_dir: str, step: Optional[int] = None) -> Version:
   step = int(artifact.parent.parent.name)
   record_path = os.path.join(artifact, RECORD_FILE)
   if not os.path.exists(record_path) or not os.path.isdir(
-      os.path.join(artifact, MEMORY_DIR)):
+    os.path.join(artifact, MEMORY_DIR)
+  ):
     raise checkpoints.ArtifactError(
-        f"{artifact}: no {RECORD_FILE} or {MEMORY_DIR}/: step {step} of "
-        f"{model_dir} was not written by gr.continual (use index_corpus)")
+      f"{artifact}: no {RECORD_FILE} or {MEMORY_DIR}/: step {step} of "
+      f"{model_dir} was not written by gr.continual (use index_corpus)"
+    )
   with open(record_path) as f:
     record = json.load(f)
   if record.get("format") != RECORD_FORMAT:
-    raise checkpoints.ArtifactError(f"{record_path}: format "
-                                    f"{record.get('format')!r}")
+    raise checkpoints.ArtifactError(
+      f"{record_path}: format {record.get('format')!r}"
+    )
   memory, vectors = load_memory(os.path.join(artifact, MEMORY_DIR))
-  return Version(step=step,
-                 params=checkpoints.restore_params(model_dir, step),
-                 index=index_lib.load_index_version(os.fspath(artifact)),
-                 memory=memory, record=record, vectors=vectors)
+  return Version(
+    step=step,
+    params=checkpoints.restore_params(model_dir, step),
+    index=index_lib.load_index_version(os.fspath(artifact)),
+    memory=memory,
+    record=record,
+    vectors=vectors,
+  )
 
 
-def commit(model_dir: str, step: int, params: PyTree, artifact_dir: str, *,
-           keep: int = 3) -> None:
+def commit(
+  model_dir: str, step: int, params: PyTree, artifact_dir: str, *, keep: int = 3
+) -> None:
   """Saves params + artifact as `step` (atomic: orbax renames when done)."""
   manager = checkpoints.make_manager(model_dir, keep=keep, async_save=False)
-  checkpoints.save(manager, step, {"params": params}, artifact_dir,
-                   force=True)
+  checkpoints.save(manager, step, {"params": params}, artifact_dir, force=True)
   manager.wait_until_finished()
   manager.close()
 
@@ -367,37 +414,58 @@ def publish_index(index: index_lib.Index, index_dir: str) -> None:
   """Makes `index` the current version of `index_dir` unless it already is."""
   if os.path.exists(os.path.join(index_dir, index_lib.CURRENT_FILE)):
     published = index_lib.load_index(index_dir)
-    if (published.table == index.table and
-        published.vocab.fingerprint == index.vocab.fingerprint):
+    if (
+      published.table == index.table
+      and published.vocab.fingerprint == index.vocab.fingerprint
+    ):
       return
   index_lib.save_index(index, index_dir)
 
 
-def new_record(previous: Optional[Mapping[str, Any]], *, strategy: str,
-               updates: int, seconds: float, added: int,
-               deleted: int, num_docs: int) -> dict[str, Any]:
+def new_record(
+  previous: Optional[Mapping[str, Any]],
+  *,
+  strategy: str,
+  updates: int,
+  seconds: float,
+  added: int,
+  deleted: int,
+  num_docs: int,
+) -> dict[str, Any]:
   """The version record after one more step (initial: previous=None)."""
   history = list(previous["history"]) if previous else []
-  history.append({"strategy": strategy, "gradient_updates": updates,
-                  "seconds": round(seconds, 3), "added": added,
-                  "deleted": deleted, "num_docs": num_docs})
+  history.append(
+    {
+      "strategy": strategy,
+      "gradient_updates": updates,
+      "seconds": round(seconds, 3),
+      "added": added,
+      "deleted": deleted,
+      "num_docs": num_docs,
+    }
+  )
   total = (previous["gradient_updates"] if previous else 0) + updates
-  return {"format": RECORD_FORMAT, "gradient_updates": total,
-          "history": history}
+  return {
+    "format": RECORD_FORMAT,
+    "gradient_updates": total,
+    "history": history,
+  }
 
 
 # ------------------------------------------------------ vocabulary rows --
 
 
-def _appended(matrix: jax.Array, new_size: int, axis: int,
-              rng: jax.Array) -> jax.Array:
+def _appended(
+  matrix: jax.Array, new_size: int, axis: int, rng: jax.Array
+) -> jax.Array:
   """`matrix` grown to `new_size` along `axis`; new entries ~ N(0, std)."""
   old_size = matrix.shape[axis]
   if new_size == old_size:
     return matrix
   if new_size < old_size:
-    raise ValueError(f"vocabulary rows can only be appended: {old_size} -> "
-                     f"{new_size}")
+    raise ValueError(
+      f"vocabulary rows can only be appended: {old_size} -> {new_size}"
+    )
   shape = list(matrix.shape)
   shape[axis] = new_size - old_size
   std = jnp.std(matrix)
@@ -410,14 +478,17 @@ def extend_vocab_rows(params: PyTree, vocab_rows: int, seed: int = 0) -> PyTree:
   [D, V]) grown to `vocab_rows`; existing rows are kept bit for bit."""
   rng_embed, rng_logits = jax.random.split(jax.random.key(seed))
   embedder = dict(params["token_embedder"])
-  embedder["embedding"] = _appended(embedder["embedding"], vocab_rows, 0,
-                                    rng_embed)
+  embedder["embedding"] = _appended(
+    embedder["embedding"], vocab_rows, 0, rng_embed
+  )
   params = {**params, "token_embedder": embedder}
   logits = params.get("decoder", {}).get("logits_dense")
   if logits is not None:
     kernel = _appended(logits["kernel"], vocab_rows, 1, rng_logits)
-    params["decoder"] = {**params["decoder"],
-                         "logits_dense": {**logits, "kernel": kernel}}
+    params["decoder"] = {
+      **params["decoder"],
+      "logits_dense": {**logits, "kernel": kernel},
+    }
   return params
 
 
@@ -426,23 +497,34 @@ def vocab_rows(params: PyTree) -> int:
   return int(params["token_embedder"]["embedding"].shape[0])
 
 
-def document_vectors(model, params: PyTree, vocab,
-                     documents: Mapping[str, beir.Document], *,
-                     input_length: int) -> dict[str, np.ndarray]:
+def document_vectors(
+  model,
+  params: PyTree,
+  vocab,
+  documents: Mapping[str, beir.Document],
+  *,
+  input_length: int,
+) -> dict[str, np.ndarray]:
   """{doc_id: unit mean-pooled encoder output of its body} under `params`
   (frozen layers looked up in the shared state cache)."""
   if not documents:
     return {}
-  rows = pretrained.input_rows(vocab, [doc.text for doc in documents.values()],
-                               input_length)
+  rows = pretrained.input_rows(
+    vocab, [doc.text for doc in documents.values()], input_length
+  )
   cache = shared_states(model, params, rows)
-  return dict(zip(documents, pretrained.pooled_vectors(model, params, rows,
-                                                       cache)))
+  return dict(
+    zip(documents, pretrained.pooled_vectors(model, params, rows, cache))
+  )
 
 
-def warm_start_new_rows(model, params: PyTree, index: index_lib.Index,
-                        new_tokens: Sequence[str],
-                        vectors: Mapping[str, np.ndarray]) -> PyTree:
+def warm_start_new_rows(
+  model,
+  params: PyTree,
+  index: index_lib.Index,
+  new_tokens: Sequence[str],
+  vectors: Mapping[str, np.ndarray],
+) -> PyTree:
   """Pretrained-encoder models: `params` with the rows of `new_tokens` set
   from their documents' `vectors` (warm_start.new_docid_rows). T5:
   `params`."""
@@ -450,10 +532,15 @@ def warm_start_new_rows(model, params: PyTree, index: index_lib.Index,
     return params
   old = params["token_embedder"]["embedding"]
   embedding = warm_start.new_docid_rows(
-      np.asarray(old), index.table, index.vocab, new_tokens, dict(vectors))
-  return {**params, "token_embedder": {
+    np.asarray(old), index.table, index.vocab, new_tokens, dict(vectors)
+  )
+  return {
+    **params,
+    "token_embedder": {
       **params["token_embedder"],
-      "embedding": jnp.asarray(embedding, old.dtype)}}
+      "embedding": jnp.asarray(embedding, old.dtype),
+    },
+  }
 
 
 # Frozen-encoder states of every input seen in this process, per frozen
@@ -462,18 +549,23 @@ def warm_start_new_rows(model, params: PyTree, index: index_lib.Index,
 _STATE_CACHES: dict[str, encoder_cache.EncoderCache] = {}
 
 
-def shared_states(model, params: PyTree, rows: Sequence[np.ndarray]
-                  ) -> Optional[encoder_cache.EncoderCache]:
+def shared_states(
+  model, params: PyTree, rows: Sequence[np.ndarray]
+) -> Optional[encoder_cache.EncoderCache]:
   """The process's frozen-layer cache grown to cover `rows` (None when the
   model has no frozen encoder layers)."""
-  if not (pretrained.is_pretrained(model) and
-          model.has_frozen_encoder_layers):
+  if not (pretrained.is_pretrained(model) and model.has_frozen_encoder_layers):
     return None
   frozen = model.config.frozen_layers
   key = encoder_cache.fingerprint(
-      encoder_cache.frozen_params(params, frozen), frozen, [])
-  cache = _STATE_CACHES.get(key, encoder_cache.EncoderCache([], np.zeros(
-      (0, model.config.encoder_width), np.float16)))
+    encoder_cache.frozen_params(params, frozen), frozen, []
+  )
+  cache = _STATE_CACHES.get(
+    key,
+    encoder_cache.EncoderCache(
+      [], np.zeros((0, model.config.encoder_width), np.float16)
+    ),
+  )
   cache = cache.with_inputs(model, params, rows)
   _STATE_CACHES[key] = cache
   return cache
@@ -486,11 +578,12 @@ def encoder_embedder(encoder_dir: str, max_length: int) -> embed.Embedder:
   return embed.Embedder.load(encoder_dir, max_length=max_length)
 
 
-def pretrained_initial_params(model, index: index_lib.Index,
-                              corpus: Mapping[str, beir.Document],
-                              settings: TrainSettings
-                              ) -> tuple[Optional[PyTree],
-                                         dict[str, np.ndarray]]:
+def pretrained_initial_params(
+  model,
+  index: index_lib.Index,
+  corpus: Mapping[str, beir.Document],
+  settings: TrainSettings,
+) -> tuple[Optional[PyTree], dict[str, np.ndarray]]:
   """(warm-started params, {doc_id: vector}) over every document of
   `index`; (None, {}) for T5.
 
@@ -499,19 +592,32 @@ def pretrained_initial_params(model, index: index_lib.Index,
   """
   if not pretrained.is_pretrained(model):
     return None, {}
-  kwargs = dict(seed=settings.seed, input_length=settings.input_length,
-                target_length=index.max_docid_length())
+  kwargs = dict(
+    seed=settings.seed,
+    input_length=settings.input_length,
+    target_length=index.max_docid_length(),
+  )
   encoder_dir = model.config.encoder_dir
-  base = pretrained.initial_params(model, encoder_dir, index=index,
-                                   doc_vectors=None, warm=False, **kwargs)
-  vectors = document_vectors(model, base, index.vocab,
-                             {d: corpus[d] for d in index.doc_ids},
-                             input_length=settings.input_length)
+  base = pretrained.initial_params(
+    model, encoder_dir, index=index, doc_vectors=None, warm=False, **kwargs
+  )
+  vectors = document_vectors(
+    model,
+    base,
+    index.vocab,
+    {d: corpus[d] for d in index.doc_ids},
+    input_length=settings.input_length,
+  )
   params = pretrained.initial_params(
-      model, encoder_dir, index=index,
-      doc_vectors=np.stack([vectors[d] for d in index.doc_ids]),
-      warm=settings.warm_start, encoder_params=base["encoder"],
-      temperature=settings.warm_start_temperature, **kwargs)
+    model,
+    encoder_dir,
+    index=index,
+    doc_vectors=np.stack([vectors[d] for d in index.doc_ids]),
+    warm=settings.warm_start,
+    encoder_params=base["encoder"],
+    temperature=settings.warm_start_temperature,
+    **kwargs,
+  )
   return params, vectors
 
 
@@ -523,21 +629,24 @@ def _digest(payload: Any) -> str:
   return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
-def new_document_examples(index: index_lib.Index,
-                          documents: Mapping[str, beir.Document],
-                          pseudo: Mapping[str, Sequence[str]]
-                          ) -> list[tasks.Example]:
+def new_document_examples(
+  index: index_lib.Index,
+  documents: Mapping[str, beir.Document],
+  pseudo: Mapping[str, Sequence[str]],
+) -> list[tasks.Example]:
   """Indexing and pseudo-query examples for `documents` (all in the table)."""
   table = _table_of(index.table, documents)
-  return (tasks.indexing_examples(documents, table, index.vocab) +
-          tasks.pseudo_query_examples(pseudo, table, index.vocab))
+  return tasks.indexing_examples(
+    documents, table, index.vocab
+  ) + tasks.pseudo_query_examples(pseudo, table, index.vocab)
 
 
 def _table_of(table, doc_ids: Iterable[str]):
   """`table` restricted to `doc_ids` (same scheme, version and tokens)."""
   keep = set(doc_ids)
   return dataclasses.replace(
-      table, docids={d: ids for d, ids in table.docids.items() if d in keep})
+    table, docids={d: ids for d, ids in table.docids.items() if d in keep}
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -551,6 +660,7 @@ class ReplaySource:
   draw: seeds this update's fresh samples (the version's step).
   max_docs: replay at most this many old documents (seeded sample; 0: all).
   """
+
   generator: PseudoQueryGenerator
   memory_generator: Any = None
   vectors: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
@@ -562,14 +672,18 @@ def _sampled(doc_ids: Sequence[str], count: int, seed: int) -> list[str]:
   if not count or count >= len(doc_ids):
     return list(doc_ids)
   rng = np.random.default_rng(seed)
-  return [doc_ids[i] for i in sorted(rng.choice(len(doc_ids), count,
-                                                replace=False))]
+  return [
+    doc_ids[i] for i in sorted(rng.choice(len(doc_ids), count, replace=False))
+  ]
 
 
-def replay_examples(strategy: Strategy, index: index_lib.Index,
-                    memory: beir.BeirDataset, old_ids: Sequence[str],
-                    source: "ReplaySource | PseudoQueryGenerator"
-                    ) -> list[tasks.Example]:
+def replay_examples(
+  strategy: Strategy,
+  index: index_lib.Index,
+  memory: beir.BeirDataset,
+  old_ids: Sequence[str],
+  source: "ReplaySource | PseudoQueryGenerator",
+) -> list[tasks.Example]:
   """Examples for the old documents that `strategy` replays (maybe none)."""
   if not isinstance(source, ReplaySource):
     source = ReplaySource(source)
@@ -578,26 +692,32 @@ def replay_examples(strategy: Strategy, index: index_lib.Index,
   if strategy.replay == "experience":
     old = {d: memory.corpus[d] for d in old_ids}
     if not has_bodies(beir.BeirDataset(old, {}, {})):
-      raise ValueError("experience replay needs the old bodies, but this "
-                       "version's memory holds ids only (generative memory)")
-    return (tasks.indexing_examples(old, table, index.vocab) +
-            tasks.retrieval_examples(memory.queries,
-                                     memory.qrels.get("train", {}), table,
-                                     index.vocab))
+      raise ValueError(
+        "experience replay needs the old bodies, but this "
+        "version's memory holds ids only (generative memory)"
+      )
+    return tasks.indexing_examples(
+      old, table, index.vocab
+    ) + tasks.retrieval_examples(
+      memory.queries, memory.qrels.get("train", {}), table, index.vocab
+    )
   if strategy.replay == "generative":
     if source.memory_generator is not None:
       pseudo = source.memory_generator.generate_vectors(
-          memory_lib.vectors_of(source.vectors, old_ids), draw=source.draw)
+        memory_lib.vectors_of(source.vectors, old_ids), draw=source.draw
+      )
     else:
-      pseudo = source.generator.generate(
-          {d: memory.corpus[d] for d in old_ids})
+      pseudo = source.generator.generate({d: memory.corpus[d] for d in old_ids})
     return tasks.pseudo_query_examples(pseudo, table, index.vocab)
   return []
 
 
-def register_update_mixture(name: str, index: index_lib.Index,
-                            parts: Mapping[str, Sequence[tasks.Example]],
-                            rates: Mapping[str, float]) -> str:
+def register_update_mixture(
+  name: str,
+  index: index_lib.Index,
+  parts: Mapping[str, Sequence[tasks.Example]],
+  rates: Mapping[str, float],
+) -> str:
   """Registers one train task per non-empty part and their mixture."""
   table = index.table
   task_rates = {}
@@ -606,8 +726,11 @@ def register_update_mixture(name: str, index: index_lib.Index,
       continue
     digest = _digest([dataclasses.astuple(e) for e in examples])
     task = tasks.register_task(
-        f"gr.{name}.{table.scheme}.v{table.version}.{part}_{digest}.v1",
-        {tasks.TRAIN: list(examples)}, index.vocab, docid_targets=True)
+      f"gr.{name}.{table.scheme}.v{table.version}.{part}_{digest}.v1",
+      {tasks.TRAIN: list(examples)},
+      index.vocab,
+      docid_targets=True,
+    )
     task_rates[task] = rates[part]
   if not task_rates:
     raise ValueError(f"update {name}: no training examples")
@@ -615,9 +738,13 @@ def register_update_mixture(name: str, index: index_lib.Index,
   return tasks.register_gr_mixture(mixture, task_rates)
 
 
-def initial_mixture(name: str, memory: beir.BeirDataset,
-                    index: index_lib.Index, generator: PseudoQueryGenerator,
-                    task_rates: Mapping[str, float]) -> str:
+def initial_mixture(
+  name: str,
+  memory: beir.BeirDataset,
+  index: index_lib.Index,
+  generator: PseudoQueryGenerator,
+  task_rates: Mapping[str, float],
+) -> str:
   """Indexing + train retrieval + pseudo-query mixture over all of memory."""
   pseudo = generator.generate(memory.corpus)
   tag = f"{name}_{_digest([sorted(memory.corpus), pseudo])}"
@@ -636,61 +763,97 @@ def _optimizer(model, config: train_lib.OptimizerConfig, steps: int):
 
 
 @functools.lru_cache(maxsize=16)
-def _sharded(config, optimizer: train_lib.OptimizerConfig, steps: int,
-             input_length: int, target_length: int,
-             mesh_data: int) -> train_lib.Sharded:
+def _sharded(
+  config,
+  optimizer: train_lib.OptimizerConfig,
+  steps: int,
+  input_length: int,
+  target_length: int,
+  mesh_data: int,
+) -> train_lib.Sharded:
   """Jitted init/step for one shape and optimizer, shared by updates (so
   successive updates of the same shapes do not recompile)."""
   model = models.EncoderDecoderModel(config)
   mesh = partitioning.make_mesh(data=mesh_data, model=1)
   return train_lib.shard_model(
-      model, _optimizer(model, optimizer, steps), mesh,
-      input_length=input_length, target_length=target_length,
-      sam_rho=optimizer.sam_rho)
+    model,
+    _optimizer(model, optimizer, steps),
+    mesh,
+    input_length=input_length,
+    target_length=target_length,
+    sam_rho=optimizer.sam_rho,
+  )
 
 
-def _start_state(model, sharded: train_lib.Sharded, optimizer_config,
-                 steps: int, params: Optional[PyTree],
-                 seed: int) -> train_lib.TrainState:
+def _start_state(
+  model,
+  sharded: train_lib.Sharded,
+  optimizer_config,
+  steps: int,
+  params: Optional[PyTree],
+  seed: int,
+) -> train_lib.TrainState:
   """Fresh state (params from `seed`) or `params` with a new optimizer."""
   rng = partitioning.replicated_key(seed, sharded.mesh)
   if params is None:
     return sharded.init(rng)
   params = jax.device_put(params, sharded.state_shardings.params)
   optimizer = _optimizer(model, optimizer_config, steps)
-  opt_state = jax.device_put(optimizer.init(params),
-                             sharded.state_shardings.opt_state)
-  return train_lib.TrainState(step=jnp.zeros([], jnp.int32), params=params,
-                              opt_state=opt_state)
+  opt_state = jax.device_put(
+    optimizer.init(params), sharded.state_shardings.opt_state
+  )
+  return train_lib.TrainState(
+    step=jnp.zeros([], jnp.int32), params=params, opt_state=opt_state
+  )
 
 
-def _cached_transform(model, params: PyTree, mixtures: Sequence[str], *,
-                      input_length: int, target_length: int):
+def _cached_transform(
+  model,
+  params: PyTree,
+  mixtures: Sequence[str],
+  *,
+  input_length: int,
+  target_length: int,
+):
   """Batch transform adding frozen-encoder states (None without frozen
   layers): the shared cache grown by every input of `mixtures`."""
-  if not (pretrained.is_pretrained(model) and
-          model.has_frozen_encoder_layers):
+  if not (pretrained.is_pretrained(model) and model.has_frozen_encoder_layers):
     return None
-  rows = [row for mixture in mixtures
-          for row in pretrained.mixture_encoder_inputs(
-              mixture, input_length=input_length,
-              target_length=target_length)]
+  rows = [
+    row
+    for mixture in mixtures
+    for row in pretrained.mixture_encoder_inputs(
+      mixture, input_length=input_length, target_length=target_length
+    )
+  ]
   return shared_states(model, params, rows).add_states
 
 
-def _batches(mixture: str, batch_size: int, settings: TrainSettings,
-             target_length: int):
+def _batches(
+  mixture: str, batch_size: int, settings: TrainSettings, target_length: int
+):
   return train_lib.task_batches(
-      mixture, split=tasks.TRAIN, input_length=settings.input_length,
-      target_length=target_length, batch_size=batch_size,
-      seed=settings.seed)
+    mixture,
+    split=tasks.TRAIN,
+    input_length=settings.input_length,
+    target_length=target_length,
+    batch_size=batch_size,
+    seed=settings.seed,
+  )
 
 
-def train_params(model, mixture: str, *, steps: int,
-                 settings: TrainSettings, sam_rho: float,
-                 init_params: Optional[PyTree], target_length: int,
-                 replay_mixture: Optional[str] = None,
-                 replay_per_batch: int = 0) -> PyTree:
+def train_params(
+  model,
+  mixture: str,
+  *,
+  steps: int,
+  settings: TrainSettings,
+  sam_rho: float,
+  init_params: Optional[PyTree],
+  target_length: int,
+  replay_mixture: Optional[str] = None,
+  replay_per_batch: int = 0,
+) -> PyTree:
   """`steps` updates on `mixture` in memory; returns the final params.
 
   With `replay_mixture` and `replay_per_batch` = k, every batch holds
@@ -702,22 +865,37 @@ def train_params(model, mixture: str, *, steps: int,
   optimizer = dataclasses.replace(settings.optimizer, sam_rho=sam_rho)
   # A constant schedule does not depend on the length of the run.
   horizon = 1 if optimizer.schedule == "constant" else steps
-  sharded = _sharded(model.config, optimizer, horizon, settings.input_length,
-                     target_length, settings.mesh_data)
-  state = _start_state(model, sharded, optimizer, horizon, init_params,
-                       settings.seed)
+  sharded = _sharded(
+    model.config,
+    optimizer,
+    horizon,
+    settings.input_length,
+    target_length,
+    settings.mesh_data,
+  )
+  state = _start_state(
+    model, sharded, optimizer, horizon, init_params, settings.seed
+  )
   mixtures = [mixture] + ([replay_mixture] if replay_per_batch else [])
   transform = _cached_transform(
-      model, state.params, mixtures, input_length=settings.input_length,
-      target_length=target_length) or (lambda batch: batch)
+    model,
+    state.params,
+    mixtures,
+    input_length=settings.input_length,
+    target_length=target_length,
+  ) or (lambda batch: batch)
   if replay_per_batch:
     if not 0 < replay_per_batch < settings.batch_size:
-      raise ValueError(f"replay_per_batch {replay_per_batch} must be in "
-                       f"(0, batch_size = {settings.batch_size})")
+      raise ValueError(
+        f"replay_per_batch {replay_per_batch} must be in "
+        f"(0, batch_size = {settings.batch_size})"
+      )
     batches = train_lib.concatenated_batches(
-        _batches(mixture, settings.batch_size - replay_per_batch, settings,
-                 target_length),
-        _batches(replay_mixture, replay_per_batch, settings, target_length))
+      _batches(
+        mixture, settings.batch_size - replay_per_batch, settings, target_length
+      ),
+      _batches(replay_mixture, replay_per_batch, settings, target_length),
+    )
   else:
     batches = _batches(mixture, settings.batch_size, settings, target_length)
   rng = partitioning.replicated_key(settings.seed, sharded.mesh)
@@ -725,8 +903,13 @@ def train_params(model, mixture: str, *, steps: int,
     batch = partitioning.global_batch(transform(next(batches)), sharded.mesh)
     state, metrics = sharded.step(state, batch, rng)
     if step % settings.log_every == 0 or step == steps:
-      logging.info("train step %d/%d loss %.4f accuracy %.3f", step, steps,
-                   float(metrics["loss"]), float(metrics["accuracy"]))
+      logging.info(
+        "train step %d/%d loss %.4f accuracy %.3f",
+        step,
+        steps,
+        float(metrics["loss"]),
+        float(metrics["accuracy"]),
+      )
   return state.params
 
 
@@ -735,13 +918,23 @@ def _staging_dir(model_dir: str) -> str:
   return tempfile.mkdtemp(dir=parent, prefix=".gr-staging-")
 
 
-def _commit_version(model_dir: str, index_dir: str, step: int, params,
-                    index, memory, record, keep: int, vectors=None) -> None:
+def _commit_version(
+  model_dir: str,
+  index_dir: str,
+  step: int,
+  params,
+  index,
+  memory,
+  record,
+  keep: int,
+  vectors=None,
+) -> None:
   """Stages the artifact, commits the checkpoint, then publishes the index."""
   staging = _staging_dir(model_dir)
   try:
-    artifact = write_version_files(index, memory, record, staging,
-                                   vectors or {})
+    artifact = write_version_files(
+      index, memory, record, staging, vectors or {}
+    )
     commit(model_dir, step, params, artifact, keep=keep)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
@@ -751,9 +944,12 @@ def _commit_version(model_dir: str, index_dir: str, step: int, params,
 # --------------------------------------------------------------- updates --
 
 
-def apply_changes(version: Version, new_documents: Mapping[str, beir.Document],
-                  deleted: Sequence[str], embedder=None
-                  ) -> tuple[index_lib.Index, beir.BeirDataset]:
+def apply_changes(
+  version: Version,
+  new_documents: Mapping[str, beir.Document],
+  deleted: Sequence[str],
+  embedder=None,
+) -> tuple[index_lib.Index, beir.BeirDataset]:
   """The next index (deletions, then assign_new) and memory."""
   table = version.index.table
   if deleted:
@@ -770,6 +966,7 @@ def apply_changes(version: Version, new_documents: Mapping[str, beir.Document],
 @dataclasses.dataclass(frozen=True)
 class UpdateResult:
   """What an update did: the committed version and its cost."""
+
   step: int
   gradient_updates: int
   seconds: float
@@ -777,141 +974,240 @@ class UpdateResult:
   strategy: str
 
 
-def _update_mixtures(name, strategy, index, memory, new_documents,
-                     source: ReplaySource) -> tuple[str, Optional[str]]:
+def _update_mixtures(
+  name, strategy, index, memory, new_documents, source: ReplaySource
+) -> tuple[str, Optional[str]]:
   """(mixture, replay mixture or None) an update trains on: retrain the
   initial-style one; with a replay budget the replay part apart."""
   if strategy.retrain:
     if not has_bodies(memory):
-      raise ValueError("retrain needs every body, but this version's memory "
-                       "holds ids only (written under the generative memory)")
-    return initial_mixture(name, memory, index, source.generator,
-                           dict(INITIAL_TASK_RATES)), None
+      raise ValueError(
+        "retrain needs every body, but this version's memory "
+        "holds ids only (written under the generative memory)"
+      )
+    return initial_mixture(
+      name, memory, index, source.generator, dict(INITIAL_TASK_RATES)
+    ), None
   old_ids = [d for d in memory.corpus if d not in new_documents]
-  new = new_document_examples(index, new_documents,
-                              source.generator.generate(new_documents))
+  new = new_document_examples(
+    index, new_documents, source.generator.generate(new_documents)
+  )
   replay = replay_examples(strategy, index, memory, old_ids, source)
   if strategy.replay_per_batch and replay:
-    return (register_update_mixture(name, index, {NEW: new}, {NEW: 1.0}),
-            register_update_mixture(name, index, {REPLAY: replay},
-                                    {REPLAY: 1.0}))
+    return (
+      register_update_mixture(name, index, {NEW: new}, {NEW: 1.0}),
+      register_update_mixture(name, index, {REPLAY: replay}, {REPLAY: 1.0}),
+    )
   return register_update_mixture(
-      name, index, {NEW: new, REPLAY: replay},
-      {NEW: 1.0, REPLAY: strategy.replay_ratio}), None
+    name,
+    index,
+    {NEW: new, REPLAY: replay},
+    {NEW: 1.0, REPLAY: strategy.replay_ratio},
+  ), None
 
 
-def apply_update(*, model_dir: str, index_dir: str, model,
-                 new_documents: Mapping[str, beir.Document],
-                 deleted_doc_ids: Sequence[str], strategy: Strategy,
-                 train_steps: int, settings: TrainSettings,
-                 generator: PseudoQueryGenerator, embedder=None,
-                 memory_generator=None, name: str = "continual",
-                 keep: int = 3) -> UpdateResult:
+def apply_update(
+  *,
+  model_dir: str,
+  index_dir: str,
+  model,
+  new_documents: Mapping[str, beir.Document],
+  deleted_doc_ids: Sequence[str],
+  strategy: Strategy,
+  train_steps: int,
+  settings: TrainSettings,
+  generator: PseudoQueryGenerator,
+  embedder=None,
+  memory_generator=None,
+  name: str = "continual",
+  keep: int = 3,
+) -> UpdateResult:
   """One update of the latest version in `model_dir` (see update_index)."""
   start = time.time()
   current = load_version(model_dir)
   publish_index(current.index, index_dir)  # repairs a crash after a commit
-  if (new_documents and pretrained.is_pretrained(model) and
-      current.index.table.scheme in ("semantic", "multi")):
+  if (
+    new_documents
+    and pretrained.is_pretrained(model)
+    and current.index.table.scheme in ("semantic", "multi")
+  ):
     # Routed in the space its tree was clustered in: the model's encoder.
-    embedder = encoder_embedder(model.config.encoder_dir,
-                                settings.input_length)
-  index, memory = apply_changes(current, new_documents, deleted_doc_ids,
-                                embedder)
+    embedder = encoder_embedder(model.config.encoder_dir, settings.input_length)
+  index, memory = apply_changes(
+    current, new_documents, deleted_doc_ids, embedder
+  )
   model = train_lib.fit_vocab(model, index.vocab.vocab_size)
-  params = extend_vocab_rows(current.params, model.config.vocab_size,
-                             settings.seed + current.step)
+  params = extend_vocab_rows(
+    current.params, model.config.vocab_size, settings.seed + current.step
+  )
   vectors = dict(current.vectors)
   if pretrained.is_pretrained(model):
-    vectors.update(document_vectors(model, params, index.vocab,
-                                    new_documents,
-                                    input_length=settings.input_length))
+    vectors.update(
+      document_vectors(
+        model,
+        params,
+        index.vocab,
+        new_documents,
+        input_length=settings.input_length,
+      )
+    )
   vectors = {d: v for d, v in vectors.items() if d in memory.corpus}
   if settings.warm_start:
     params = warm_start_new_rows(
-        model, params, index,
-        index.vocab.docid_tokens[len(current.index.vocab.docid_tokens):],
-        {d: vectors[d] for d in new_documents if d in vectors})
+      model,
+      params,
+      index,
+      index.vocab.docid_tokens[len(current.index.vocab.docid_tokens) :],
+      {d: vectors[d] for d in new_documents if d in vectors},
+    )
   # Nothing new to learn from a deletion (retrain still retrains).
   learns = bool(new_documents) or strategy.retrain
   updates = train_steps if strategy.trains and learns else 0
-  generative_memory = (strategy.replay == "generative" and
-                       memory_generator is not None)
+  generative_memory = (
+    strategy.replay == "generative" and memory_generator is not None
+  )
   if updates:
     source = ReplaySource(
-        generator, memory_generator, vectors, draw=current.step,
-        max_docs=strategy.replay_per_batch * updates)
+      generator,
+      memory_generator,
+      vectors,
+      draw=current.step,
+      max_docs=strategy.replay_per_batch * updates,
+    )
     mixture, replay_mixture = _update_mixtures(
-        name, strategy, index, memory, new_documents, source)
+      name, strategy, index, memory, new_documents, source
+    )
     init_params = params
     if strategy.retrain:  # from scratch (a pretrained encoder: warm start)
-      init_params, _ = pretrained_initial_params(model, index, memory.corpus,
-                                                 settings)
+      init_params, _ = pretrained_initial_params(
+        model, index, memory.corpus, settings
+      )
     params = train_params(
-        model, mixture=mixture, steps=updates,
-        settings=settings, sam_rho=strategy.sam_rho,
-        init_params=init_params, target_length=index.max_docid_length(),
-        replay_mixture=replay_mixture,
-        replay_per_batch=strategy.replay_per_batch if replay_mixture else 0)
+      model,
+      mixture=mixture,
+      steps=updates,
+      settings=settings,
+      sam_rho=strategy.sam_rho,
+      init_params=init_params,
+      target_length=index.max_docid_length(),
+      replay_mixture=replay_mixture,
+      replay_per_batch=strategy.replay_per_batch if replay_mixture else 0,
+    )
   if generative_memory:
     memory = without_bodies(memory)  # the generator is the memory
-  record = new_record(current.record, strategy=strategy.name,
-                      updates=updates, seconds=time.time() - start,
-                      added=len(new_documents), deleted=len(deleted_doc_ids),
-                      num_docs=index.table.num_docs)
+  record = new_record(
+    current.record,
+    strategy=strategy.name,
+    updates=updates,
+    seconds=time.time() - start,
+    added=len(new_documents),
+    deleted=len(deleted_doc_ids),
+    num_docs=index.table.num_docs,
+  )
   step = current.step + max(updates, 1)
-  _commit_version(model_dir, index_dir, step, params, index, memory, record,
-                  keep, vectors)
-  logging.info("update %s: +%d -%d docs, %d updates, step %d, %.1fs",
-               strategy.name, len(new_documents), len(deleted_doc_ids),
-               updates, step, time.time() - start)
-  return UpdateResult(step, updates, time.time() - start,
-                      index.table.num_docs, strategy.name)
+  _commit_version(
+    model_dir, index_dir, step, params, index, memory, record, keep, vectors
+  )
+  logging.info(
+    "update %s: +%d -%d docs, %d updates, step %d, %.1fs",
+    strategy.name,
+    len(new_documents),
+    len(deleted_doc_ids),
+    updates,
+    step,
+    time.time() - start,
+  )
+  return UpdateResult(
+    step, updates, time.time() - start, index.table.num_docs, strategy.name
+  )
 
 
-def build_initial_version(*, model_dir: str, index_dir: str, model,
-                          dataset: beir.BeirDataset, scheme: str,
-                          scheme_params: Mapping[str, Any], vocab_size: int,
-                          train_steps: int, settings: TrainSettings,
-                          generator: PseudoQueryGenerator,
-                          name: str = "continual",
-                          task_rates: Mapping[str, float] = dict(
-                              INITIAL_TASK_RATES),
-                          keep: int = 3) -> UpdateResult:
+def build_initial_version(
+  *,
+  model_dir: str,
+  index_dir: str,
+  model,
+  dataset: beir.BeirDataset,
+  scheme: str,
+  scheme_params: Mapping[str, Any],
+  vocab_size: int,
+  train_steps: int,
+  settings: TrainSettings,
+  generator: PseudoQueryGenerator,
+  name: str = "continual",
+  task_rates: Mapping[str, float] = dict(INITIAL_TASK_RATES),
+  keep: int = 3,
+) -> UpdateResult:
   """Version 0: index `dataset` (docids, vocabulary) and train on it.
 
   A pretrained-encoder model starts warm (module docstring); with
   train_steps = 0 its warm start is version 0 as it is.
   """
   start = time.time()
-  encoder_dir = (model.config.encoder_dir if pretrained.is_pretrained(model)
-                 else None)
+  encoder_dir = (
+    model.config.encoder_dir if pretrained.is_pretrained(model) else None
+  )
   index = experiment.load_or_build_index(
-      dataset, index_dir, scheme=scheme, scheme_params=scheme_params,
-      vocab_size=vocab_size, seed=settings.seed, encoder_dir=encoder_dir,
-      embedding_length=settings.input_length,
-      cache_dir=os.path.join(os.path.dirname(os.path.abspath(model_dir)),
-                             "encoder_cache"))
+    dataset,
+    index_dir,
+    scheme=scheme,
+    scheme_params=scheme_params,
+    vocab_size=vocab_size,
+    seed=settings.seed,
+    encoder_dir=encoder_dir,
+    embedding_length=settings.input_length,
+    cache_dir=os.path.join(
+      os.path.dirname(os.path.abspath(model_dir)), "encoder_cache"
+    ),
+  )
   memory = train_memory(dataset)
   model = train_lib.fit_vocab(model, index.vocab.vocab_size)
-  params, vectors = pretrained_initial_params(model, index, memory.corpus,
-                                              settings)
+  params, vectors = pretrained_initial_params(
+    model, index, memory.corpus, settings
+  )
   if params is None and train_steps < 1:
-    raise ValueError("train_steps = 0 needs a pretrained encoder (a T5 "
-                     "model has no initial params to commit)")
+    raise ValueError(
+      "train_steps = 0 needs a pretrained encoder (a T5 "
+      "model has no initial params to commit)"
+    )
   if train_steps > 0:
     mixture = initial_mixture(name, memory, index, generator, task_rates)
     params = train_params(
-        model, mixture=mixture, steps=train_steps,
-        settings=settings, sam_rho=settings.optimizer.sam_rho,
-        init_params=params, target_length=index.max_docid_length())
-  record = new_record(None, strategy="initial", updates=train_steps,
-                      seconds=time.time() - start, added=len(dataset.corpus),
-                      deleted=0, num_docs=index.table.num_docs)
-  _commit_version(model_dir, index_dir, train_steps, params, index, memory,
-                  record, keep, vectors)
-  return UpdateResult(train_steps, train_steps, time.time() - start,
-                      index.table.num_docs, "initial")
+      model,
+      mixture=mixture,
+      steps=train_steps,
+      settings=settings,
+      sam_rho=settings.optimizer.sam_rho,
+      init_params=params,
+      target_length=index.max_docid_length(),
+    )
+  record = new_record(
+    None,
+    strategy="initial",
+    updates=train_steps,
+    seconds=time.time() - start,
+    added=len(dataset.corpus),
+    deleted=0,
+    num_docs=index.table.num_docs,
+  )
+  _commit_version(
+    model_dir,
+    index_dir,
+    train_steps,
+    params,
+    index,
+    memory,
+    record,
+    keep,
+    vectors,
+  )
+  return UpdateResult(
+    train_steps,
+    train_steps,
+    time.time() - start,
+    index.table.num_docs,
+    "initial",
+  )
 
 
 # -------------------------------------------------------- gin entry points --
@@ -923,35 +1219,53 @@ gin.external_configurable(StoredPseudoQueries, module="continual")
 
 
 @gin.configurable
-def index_corpus(*, data_dir: str, model_dir: str, index_dir: str, model,
-                 scheme: str = "naive",
-                 scheme_params: Optional[Mapping[str, Any]] = None,
-                 vocab_size: int = 8000, train_steps: int = 1000,
-                 settings: TrainSettings = TrainSettings(),
-                 generator: Optional[PseudoQueryGenerator] = None
-                 ) -> UpdateResult:
+def index_corpus(
+  *,
+  data_dir: str,
+  model_dir: str,
+  index_dir: str,
+  model,
+  scheme: str = "naive",
+  scheme_params: Optional[Mapping[str, Any]] = None,
+  vocab_size: int = 8000,
+  train_steps: int = 1000,
+  settings: TrainSettings = TrainSettings(),
+  generator: Optional[PseudoQueryGenerator] = None,
+) -> UpdateResult:
   """Creates version 0 of a continual index from a BEIR folder."""
   return build_initial_version(
-      model_dir=model_dir, index_dir=index_dir, model=model,
-      dataset=beir.BeirDataset.load(data_dir), scheme=scheme,
-      scheme_params=scheme_params or {}, vocab_size=vocab_size,
-      train_steps=train_steps, settings=settings,
-      generator=generator or TextPseudoQueries(seed=settings.seed))
+    model_dir=model_dir,
+    index_dir=index_dir,
+    model=model,
+    dataset=beir.BeirDataset.load(data_dir),
+    scheme=scheme,
+    scheme_params=scheme_params or {},
+    vocab_size=vocab_size,
+    train_steps=train_steps,
+    settings=settings,
+    generator=generator or TextPseudoQueries(seed=settings.seed),
+  )
 
 
 @gin.configurable
-def update_index(*, model_dir: str, index_dir: str, model,
-                 new_documents: Mapping[str, beir.Document] | str = (),
-                 deleted_doc_ids: Sequence[str] = (),
-                 strategy: str | Strategy = "new_only",
-                 train_steps: int = 100,
-                 replay_ratio: Optional[float] = None,
-                 sam_rho: Optional[float] = None,
-                 replay_per_batch: Optional[int] = None,
-                 settings: TrainSettings = TrainSettings(),
-                 generator: Optional[PseudoQueryGenerator] = None,
-                 memory_generator=None, embedder=None,
-                 keep: int = 3) -> UpdateResult:
+def update_index(
+  *,
+  model_dir: str,
+  index_dir: str,
+  model,
+  new_documents: Mapping[str, beir.Document] | str = (),
+  deleted_doc_ids: Sequence[str] = (),
+  strategy: str | Strategy = "new_only",
+  train_steps: int = 100,
+  replay_ratio: Optional[float] = None,
+  sam_rho: Optional[float] = None,
+  replay_per_batch: Optional[int] = None,
+  settings: TrainSettings = TrainSettings(),
+  generator: Optional[PseudoQueryGenerator] = None,
+  memory_generator=None,
+  embedder=None,
+  keep: int = 3,
+) -> UpdateResult:
   """Adds and deletes documents in the latest version of a continual index.
 
   Args:
@@ -978,11 +1292,21 @@ def update_index(*, model_dir: str, index_dir: str, model,
   if isinstance(new_documents, str):
     new_documents = beir.read_corpus(new_documents)
   return apply_update(
-      model_dir=model_dir, index_dir=index_dir, model=model,
-      new_documents=dict(new_documents), deleted_doc_ids=list(deleted_doc_ids),
-      strategy=get_strategy(strategy, replay_ratio=replay_ratio,
-                            sam_rho=sam_rho,
-                            replay_per_batch=replay_per_batch),
-      train_steps=train_steps, settings=settings,
-      generator=generator or TextPseudoQueries(seed=settings.seed),
-      embedder=embedder, memory_generator=memory_generator, keep=keep)
+    model_dir=model_dir,
+    index_dir=index_dir,
+    model=model,
+    new_documents=dict(new_documents),
+    deleted_doc_ids=list(deleted_doc_ids),
+    strategy=get_strategy(
+      strategy,
+      replay_ratio=replay_ratio,
+      sam_rho=sam_rho,
+      replay_per_batch=replay_per_batch,
+    ),
+    train_steps=train_steps,
+    settings=settings,
+    generator=generator or TextPseudoQueries(seed=settings.seed),
+    embedder=embedder,
+    memory_generator=memory_generator,
+    keep=keep,
+  )

@@ -15,6 +15,7 @@ model writes from its body, keeping those a ranker judges relevant. Here:
   generated queries alone (each document represented only by its queries)
   as a retrieval signal on the held-out queries.
 """
+
 import os
 import random
 from typing import Mapping, Sequence
@@ -27,35 +28,42 @@ from gr.data import beir
 PseudoQueries = Mapping[str, Sequence[str]]
 
 
-def training_pairs(data_dir: str,
-                   query_files: Sequence[tuple[str, str]]) -> beir.BeirDataset:
+def training_pairs(
+  data_dir: str, query_files: Sequence[tuple[str, str]]
+) -> beir.BeirDataset:
   """The corpus with the train (and dev) qrels of every (queries file,
   qrels dir) that exists; query ids must not repeat across files."""
   corpus, queries, qrels = None, {}, {"train": {}, "dev": {}}
   for queries_file, qrels_dir in query_files:
     if not os.path.exists(os.path.join(data_dir, queries_file)):
       continue
-    dataset = beir.BeirDataset.load(data_dir, queries_file=queries_file,
-                                    qrels_dir=qrels_dir)
+    dataset = beir.BeirDataset.load(
+      data_dir, queries_file=queries_file, qrels_dir=qrels_dir
+    )
     corpus = corpus or dataset.corpus
     for split in qrels:
       for qid, docs in dataset.qrels.get(split, {}).items():
         if qid in queries and queries[qid] != dataset.queries[qid]:
-          raise ValueError(f"{data_dir}/{queries_file}: query id {qid!r} "
-                           "also names another query in an earlier file")
+          raise ValueError(
+            f"{data_dir}/{queries_file}: query id {qid!r} "
+            "also names another query in an earlier file"
+          )
         queries[qid] = dataset.queries[qid]
         qrels[split][qid] = docs
   if corpus is None:
     raise FileNotFoundError(f"{data_dir}: none of {list(query_files)} exists")
-  return beir.BeirDataset(corpus, queries,
-                          {s: q for s, q in qrels.items() if q})
+  return beir.BeirDataset(
+    corpus, queries, {s: q for s, q in qrels.items() if q}
+  )
 
 
-def bm25_filter(corpus: Mapping[str, beir.Document], queries: PseudoQueries,
-                top_k: int) -> dict[str, list[str]]:
+def bm25_filter(
+  corpus: Mapping[str, beir.Document], queries: PseudoQueries, top_k: int
+) -> dict[str, list[str]]:
   """The generated queries whose own document is in BM25's top `top_k`."""
-  flat = {f"{d}\x00{i}": q for d, qs in queries.items()
-          for i, q in enumerate(qs)}
+  flat = {
+    f"{d}\x00{i}": q for d, qs in queries.items() for i, q in enumerate(qs)
+  }
   run = bm25.bm25_run(corpus, flat, k=top_k)
   kept: dict[str, list[str]] = {}
   for key, query in flat.items():
@@ -65,10 +73,12 @@ def bm25_filter(corpus: Mapping[str, beir.Document], queries: PseudoQueries,
   return kept
 
 
-def query_report(queries: PseudoQueries, dataset: beir.BeirDataset,
-                 held_out: Mapping[str, tuple[Mapping[str, str],
-                                              beir.Qrels]],
-                 seed: int = 0) -> dict:
+def query_report(
+  queries: PseudoQueries,
+  dataset: beir.BeirDataset,
+  held_out: Mapping[str, tuple[Mapping[str, str], beir.Qrels]],
+  seed: int = 0,
+) -> dict:
   """Quality of generated queries against held-out query sets.
 
   Args:
@@ -83,22 +93,28 @@ def query_report(queries: PseudoQueries, dataset: beir.BeirDataset,
     metrics, "bm25_bodies": metrics}} plus "queries_per_doc".
   """
   rng = random.Random(seed)
-  generated_corpus = {d: beir.Document(d, "", " ".join(qs))
-                      for d, qs in queries.items() if qs}
-  report = {"queries_per_doc": sum(map(len, queries.values())) /
-            max(len(dataset.corpus), 1)}
+  generated_corpus = {
+    d: beir.Document(d, "", " ".join(qs)) for d, qs in queries.items() if qs
+  }
+  report = {
+    "queries_per_doc": sum(map(len, queries.values()))
+    / max(len(dataset.corpus), 1)
+  }
   for name, (texts, qrels) in held_out.items():
     reference = {d: texts[q] for q, docs in qrels.items() for d in docs}
     judged = [d for d in reference if d in queries]
-    shuffled = {d: reference[rng.choice([o for o in reference if o != d])]
-                for d in judged}
+    shuffled = {
+      d: reference[rng.choice([o for o in reference if o != d])] for d in judged
+    }
     report[name] = {
-        "documents": len(judged),
-        "overlap": doc2query.word_overlap(queries, reference, judged),
-        "chance_overlap": doc2query.word_overlap(queries, shuffled, judged),
-        "bm25_generated": metrics.evaluate_run(
-            qrels, bm25.bm25_run(generated_corpus, texts), hits_ks=(1, 10)),
-        "bm25_bodies": metrics.evaluate_run(
-            qrels, bm25.bm25_run(dataset.corpus, texts), hits_ks=(1, 10)),
+      "documents": len(judged),
+      "overlap": doc2query.word_overlap(queries, reference, judged),
+      "chance_overlap": doc2query.word_overlap(queries, shuffled, judged),
+      "bm25_generated": metrics.evaluate_run(
+        qrels, bm25.bm25_run(generated_corpus, texts), hits_ks=(1, 10)
+      ),
+      "bm25_bodies": metrics.evaluate_run(
+        qrels, bm25.bm25_run(dataset.corpus, texts), hits_ks=(1, 10)
+      ),
     }
   return report

@@ -19,6 +19,7 @@ strategy, writes results.json / results.csv and PNG plots under `workdir`.
 Each (scheme, strategy) cell's results are saved as it finishes, so a run
 started again skips finished cells.
 """
+
 import dataclasses
 import json
 import logging
@@ -51,7 +52,7 @@ METRICS = ("Hits@1", "Hits@10")
 
 def average_performance(a: np.ndarray, n: int) -> float:
   """A_n = mean_{i<=n} a[n][i]; `a` is [steps, steps], NaN above diagonal."""
-  return float(np.mean(a[n, :n + 1]))
+  return float(np.mean(a[n, : n + 1]))
 
 
 def forgetting(a: np.ndarray, n: int) -> float:
@@ -64,19 +65,22 @@ def forgetting(a: np.ndarray, n: int) -> float:
 
 def learning_accuracy(a: np.ndarray, n: int) -> float:
   """LA_n = mean_{i<=n} a[i][i]."""
-  return float(np.mean(np.diag(a)[:n + 1]))
+  return float(np.mean(np.diag(a)[: n + 1]))
 
 
 def continual_metrics(a: np.ndarray) -> dict[str, list[float]]:
   """{'A', 'F', 'LA'}: each a list over steps n = 0..len(a)-1."""
   steps = range(len(a))
-  return {"A": [average_performance(a, n) for n in steps],
-          "F": [forgetting(a, n) for n in steps],
-          "LA": [learning_accuracy(a, n) for n in steps]}
+  return {
+    "A": [average_performance(a, n) for n in steps],
+    "F": [forgetting(a, n) for n in steps],
+    "LA": [learning_accuracy(a, n) for n in steps],
+  }
 
 
-def performance_matrix(rows: Sequence[Sequence[Mapping[str, float]]],
-                       metric: str) -> np.ndarray:
+def performance_matrix(
+  rows: Sequence[Sequence[Mapping[str, float]]], metric: str
+) -> np.ndarray:
   """rows[n][i] = metrics of D_i after step n -> a [steps, steps] (NaN)."""
   a = np.full((len(rows), len(rows)), np.nan)
   for n, row in enumerate(rows):
@@ -91,15 +95,20 @@ def performance_matrix(rows: Sequence[Sequence[Mapping[str, float]]],
 @dataclasses.dataclass(frozen=True)
 class PeriodData:
   """One period's documents and its held-out queries."""
+
   name: str
   corpus: dict[str, beir.Document]
   queries: dict[str, str]
   qrels: dict[str, dict[str, int]]
 
 
-def sample_periods(periods: Sequence[news.Period], *, docs_fraction: float,
-                   max_docs_per_period: int, seed: int
-                   ) -> list[tuple[str, list[str]]]:
+def sample_periods(
+  periods: Sequence[news.Period],
+  *,
+  docs_fraction: float,
+  max_docs_per_period: int,
+  seed: int,
+) -> list[tuple[str, list[str]]]:
   """(name, doc_ids) per period: a seeded fraction, capped (0: no cap)."""
   if not 0 < docs_fraction <= 1:
     raise ValueError(f"docs_fraction must be in (0, 1], got {docs_fraction}")
@@ -114,16 +123,17 @@ def sample_periods(periods: Sequence[news.Period], *, docs_fraction: float,
   return sampled
 
 
-def held_out_queries(data_dir: str, query_files: Sequence[tuple[str, str]],
-                     splits: Sequence[str]
-                     ) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+def held_out_queries(
+  data_dir: str, query_files: Sequence[tuple[str, str]], splits: Sequence[str]
+) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
   """Queries and qrels of `splits` from each (queries file, qrels dir)."""
   queries, qrels = {}, {}
   for queries_file, qrels_dir in query_files:
     if not os.path.exists(os.path.join(data_dir, queries_file)):
       continue
-    dataset = beir.BeirDataset.load(data_dir, queries_file=queries_file,
-                                    qrels_dir=qrels_dir)
+    dataset = beir.BeirDataset.load(
+      data_dir, queries_file=queries_file, qrels_dir=qrels_dir
+    )
     for split in splits:
       for qid, docs in dataset.qrels.get(split, {}).items():
         qrels[qid] = docs
@@ -131,43 +141,62 @@ def held_out_queries(data_dir: str, query_files: Sequence[tuple[str, str]],
   return queries, qrels
 
 
-def period_data(corpus: Mapping[str, beir.Document],
-                sampled: Sequence[tuple[str, list[str]]],
-                queries: Mapping[str, str],
-                qrels: Mapping[str, Mapping[str, int]]) -> list[PeriodData]:
+def period_data(
+  corpus: Mapping[str, beir.Document],
+  sampled: Sequence[tuple[str, list[str]]],
+  queries: Mapping[str, str],
+  qrels: Mapping[str, Mapping[str, int]],
+) -> list[PeriodData]:
   """Each period's documents and the queries whose relevant docs are in it."""
   result = []
   for name, doc_ids in sampled:
     ids = set(doc_ids)
-    period_qrels = {q: {d: s for d, s in docs.items() if d in ids and s > 0}
-                    for q, docs in qrels.items()}
+    period_qrels = {
+      q: {d: s for d, s in docs.items() if d in ids and s > 0}
+      for q, docs in qrels.items()
+    }
     period_qrels = {q: docs for q, docs in period_qrels.items() if docs}
-    result.append(PeriodData(name, {d: corpus[d] for d in doc_ids},
-                             {q: queries[q] for q in period_qrels},
-                             period_qrels))
+    result.append(
+      PeriodData(
+        name,
+        {d: corpus[d] for d in doc_ids},
+        {q: queries[q] for q in period_qrels},
+        period_qrels,
+      )
+    )
   return result
 
 
-def initial_dataset(dataset: beir.BeirDataset,
-                    d0: PeriodData) -> beir.BeirDataset:
+def initial_dataset(
+  dataset: beir.BeirDataset, d0: PeriodData
+) -> beir.BeirDataset:
   """D0's documents with the train queries relevant to them."""
-  train = {q: {d: s for d, s in docs.items() if d in d0.corpus}
-           for q, docs in dataset.qrels.get("train", {}).items()}
+  train = {
+    q: {d: s for d, s in docs.items() if d in d0.corpus}
+    for q, docs in dataset.qrels.get("train", {}).items()
+  }
   train = {q: docs for q, docs in train.items() if docs}
-  return beir.BeirDataset(dict(d0.corpus),
-                          {q: dataset.queries[q] for q in train},
-                          {"train": train})
+  return beir.BeirDataset(
+    dict(d0.corpus), {q: dataset.queries[q] for q in train}, {"train": train}
+  )
 
 
 # ------------------------------------------------------------- evaluation --
 
 
-def evaluate_periods(run: Mapping[str, Mapping[str, float]],
-                     periods: Sequence[PeriodData]) -> list[dict[str, float]]:
+def evaluate_periods(
+  run: Mapping[str, Mapping[str, float]], periods: Sequence[PeriodData]
+) -> list[dict[str, float]]:
   """Hits@1/Hits@10 of `run` on each period's queries (trec_eval)."""
-  return [metrics.evaluate_run(p.qrels, {q: run.get(q, {}) for q in p.qrels},
-                               hits_ks=(1, 10), recall_ks=(10,))
-          for p in periods]
+  return [
+    metrics.evaluate_run(
+      p.qrels,
+      {q: run.get(q, {}) for q in p.qrels},
+      hits_ks=(1, 10),
+      recall_ks=(10,),
+    )
+    for p in periods
+  ]
 
 
 def all_queries(periods: Sequence[PeriodData]) -> dict[str, str]:
@@ -178,10 +207,11 @@ def bm25_rows(periods: Sequence[PeriodData]) -> list[list[dict[str, float]]]:
   """BM25 re-indexed over D0..Dn at each step n, on D0..Dn's queries."""
   rows = []
   for n in range(len(periods)):
-    seen = periods[:n + 1]
+    seen = periods[: n + 1]
     corpus = {d: doc for p in seen for d, doc in p.corpus.items()}
-    rows.append(evaluate_periods(bm25.bm25_run(corpus, all_queries(seen)),
-                                 seen))
+    rows.append(
+      evaluate_periods(bm25.bm25_run(corpus, all_queries(seen)), seen)
+    )
   return rows
 
 
@@ -195,13 +225,18 @@ class SearcherCache:
 
   def get(self, model, version: continual.Version) -> retrieval.Searcher:
     model = train_lib.fit_vocab(model, version.index.vocab.vocab_size)
-    config = experiment.retrieval_config(self.config,
-                                         version.index.max_docid_length())
+    config = experiment.retrieval_config(
+      self.config, version.index.max_docid_length()
+    )
     key = (model.config, config)
     if key not in self._searchers:
       self._searchers[key] = retrieval.Searcher(
-          model, version.params, version.index, config,
-          input_length=self.input_length)
+        model,
+        version.params,
+        version.index,
+        config,
+        input_length=self.input_length,
+      )
     searcher = self._searchers[key]
     searcher.params, searcher.index = version.params, version.index
     searcher.trie = version.index.build_trie()
@@ -209,8 +244,9 @@ class SearcherCache:
     return searcher
 
 
-def evaluate_version(searchers: SearcherCache, model, model_dir: str,
-                     seen: Sequence[PeriodData]) -> list[dict[str, float]]:
+def evaluate_version(
+  searchers: SearcherCache, model, model_dir: str, seen: Sequence[PeriodData]
+) -> list[dict[str, float]]:
   """The latest version in `model_dir` on each seen period's queries."""
   version = continual.load_version(model_dir)
   searcher = searchers.get(model, version)
@@ -223,6 +259,7 @@ def evaluate_version(searchers: SearcherCache, model, model_dir: str,
 @dataclasses.dataclass(frozen=True)
 class CellConfig:
   """Everything one (scheme, strategy) sequence of updates needs."""
+
   model: Any
   settings: continual.TrainSettings
   generator: continual.PseudoQueryGenerator
@@ -233,80 +270,120 @@ class CellConfig:
   memorised_sample: int = 0
 
 
-def update_steps_for(strategy: continual.Strategy, cell: CellConfig,
-                     num_docs: int, initial_docs: int) -> int:
+def update_steps_for(
+  strategy: continual.Strategy,
+  cell: CellConfig,
+  num_docs: int,
+  initial_docs: int,
+) -> int:
   """Gradient updates of one update; retrain scales D0's with the corpus."""
   if strategy.retrain:
     return math.ceil(cell.initial_steps * num_docs / initial_docs)
   return cell.update_steps
 
 
-def run_updates(cell: CellConfig, strategy: continual.Strategy,
-                periods: Sequence[PeriodData], base_dir: str, workdir: str,
-                searchers: SearcherCache, first_row) -> dict:
+def run_updates(
+  cell: CellConfig,
+  strategy: continual.Strategy,
+  periods: Sequence[PeriodData],
+  base_dir: str,
+  workdir: str,
+  searchers: SearcherCache,
+  first_row,
+) -> dict:
   """D1..Dn on a copy of the initial version; evaluation after each."""
-  model_dir, index_dir = (os.path.join(workdir, "model"),
-                          os.path.join(workdir, "index"))
+  model_dir, index_dir = (
+    os.path.join(workdir, "model"),
+    os.path.join(workdir, "index"),
+  )
   shutil.rmtree(workdir, ignore_errors=True)
   shutil.copytree(os.path.join(base_dir, "model"), model_dir)
   shutil.copytree(os.path.join(base_dir, "index"), index_dir)
   rows, steps = [first_row], []
   for n in range(1, len(periods)):
-    num_docs = sum(len(p.corpus) for p in periods[:n + 1])
+    num_docs = sum(len(p.corpus) for p in periods[: n + 1])
     result = continual.apply_update(
-        model_dir=model_dir, index_dir=index_dir, model=cell.model,
-        new_documents=periods[n].corpus, deleted_doc_ids=[],
-        strategy=strategy, train_steps=update_steps_for(
-            strategy, cell, num_docs, len(periods[0].corpus)),
-        settings=cell.settings, generator=cell.generator,
-        embedder=cell.embedder, memory_generator=cell.memory_generator,
-        keep=2)
-    rows.append(evaluate_version(searchers, cell.model, model_dir,
-                                 periods[:n + 1]))
-    steps.append({"gradient_updates": result.gradient_updates,
-                  "seconds": result.seconds})
+      model_dir=model_dir,
+      index_dir=index_dir,
+      model=cell.model,
+      new_documents=periods[n].corpus,
+      deleted_doc_ids=[],
+      strategy=strategy,
+      train_steps=update_steps_for(
+        strategy, cell, num_docs, len(periods[0].corpus)
+      ),
+      settings=cell.settings,
+      generator=cell.generator,
+      embedder=cell.embedder,
+      memory_generator=cell.memory_generator,
+      keep=2,
+    )
+    rows.append(
+      evaluate_version(searchers, cell.model, model_dir, periods[: n + 1])
+    )
+    steps.append(
+      {"gradient_updates": result.gradient_updates, "seconds": result.seconds}
+    )
     logging.info("%s step %d: %s", strategy.name, n, rows[-1])
-  return {"rows": rows, "steps": steps,
-          "memorised_d0": memorised(searchers, cell, model_dir, periods[0]),
-          "storage": version_storage(model_dir)}
+  return {
+    "rows": rows,
+    "steps": steps,
+    "memorised_d0": memorised(searchers, cell, model_dir, periods[0]),
+    "storage": version_storage(model_dir),
+  }
 
 
-def memorised(searchers: "SearcherCache", cell: CellConfig, model_dir: str,
-              d0: PeriodData) -> Optional[float]:
+def memorised(
+  searchers: "SearcherCache", cell: CellConfig, model_dir: str, d0: PeriodData
+) -> Optional[float]:
   """DSI++'s memorised documents: the fraction of a seeded sample of D0
   whose own body (cut to the input length) retrieves it at rank 1 from the
   latest version (None when `cell.memorised_sample` is 0)."""
   if not cell.memorised_sample:
     return None
   rng = random.Random(0)
-  ids = sorted(rng.sample(sorted(d0.corpus), min(cell.memorised_sample,
-                                                 len(d0.corpus))))
+  ids = sorted(
+    rng.sample(sorted(d0.corpus), min(cell.memorised_sample, len(d0.corpus)))
+  )
   version = continual.load_version(model_dir)
   run = searchers.get(cell.model, version).run(
-      {d: d0.corpus[d].text for d in ids})
-  top1 = [max(run.get(d, {"": 0}).items(), key=lambda kv: kv[1])[0]
-          for d in ids]
+    {d: d0.corpus[d].text for d in ids}
+  )
+  top1 = [
+    max(run.get(d, {"": 0}).items(), key=lambda kv: kv[1])[0] for d in ids
+  ]
   return sum(t == d for t, d in zip(top1, ids)) / len(ids)
 
 
 def _bytes(path: str) -> int:
-  return sum(os.path.getsize(os.path.join(root, f))
-             for root, _, files in os.walk(path) for f in files)
+  return sum(
+    os.path.getsize(os.path.join(root, f))
+    for root, _, files in os.walk(path)
+    for f in files
+  )
 
 
 def version_storage(model_dir: str) -> dict[str, int]:
   """Bytes the latest checkpoint stores: all of it, and its memory/."""
   artifact = checkpoints.load_artifact(model_dir)
   step_dir = artifact.parent.parent
-  return {"checkpoint_bytes": _bytes(os.fspath(step_dir)),
-          "memory_bytes": _bytes(os.path.join(artifact, continual.MEMORY_DIR))}
+  return {
+    "checkpoint_bytes": _bytes(os.fspath(step_dir)),
+    "memory_bytes": _bytes(os.path.join(artifact, continual.MEMORY_DIR)),
+  }
 
 
-def run_initial(cell: CellConfig, periods: Sequence[PeriodData],
-                dataset: beir.BeirDataset, scheme: str,
-                scheme_params: Mapping[str, Any], vocab_size: int,
-                base_dir: str, searchers: SearcherCache,
-                sam_rho: float = 0.0) -> dict:
+def run_initial(
+  cell: CellConfig,
+  periods: Sequence[PeriodData],
+  dataset: beir.BeirDataset,
+  scheme: str,
+  scheme_params: Mapping[str, Any],
+  vocab_size: int,
+  base_dir: str,
+  searchers: SearcherCache,
+  sam_rho: float = 0.0,
+) -> dict:
   """Version 0 on D0, indexed with SAM radius `sam_rho` (once per scheme
   and radius, reused by every strategy of that radius)."""
   result_path = os.path.join(base_dir, "initial.json")
@@ -315,20 +392,28 @@ def run_initial(cell: CellConfig, periods: Sequence[PeriodData],
       return json.load(f)
   shutil.rmtree(base_dir, ignore_errors=True)
   model_dir = os.path.join(base_dir, "model")
-  settings = dataclasses.replace(cell.settings, optimizer=dataclasses.replace(
-      cell.settings.optimizer, sam_rho=sam_rho))
+  settings = dataclasses.replace(
+    cell.settings,
+    optimizer=dataclasses.replace(cell.settings.optimizer, sam_rho=sam_rho),
+  )
   result = continual.build_initial_version(
-      model_dir=model_dir, index_dir=os.path.join(base_dir, "index"),
-      model=cell.model, dataset=initial_dataset(dataset, periods[0]),
-      scheme=scheme, scheme_params=scheme_params, vocab_size=vocab_size,
-      train_steps=cell.initial_steps, settings=settings,
-      generator=cell.generator)
-  initial = {"row": evaluate_version(searchers, cell.model, model_dir,
-                                     periods[:1]),
-             "gradient_updates": result.gradient_updates,
-             "seconds": result.seconds,
-             "memorised_d0": memorised(searchers, cell, model_dir,
-                                       periods[0])}
+    model_dir=model_dir,
+    index_dir=os.path.join(base_dir, "index"),
+    model=cell.model,
+    dataset=initial_dataset(dataset, periods[0]),
+    scheme=scheme,
+    scheme_params=scheme_params,
+    vocab_size=vocab_size,
+    train_steps=cell.initial_steps,
+    settings=settings,
+    generator=cell.generator,
+  )
+  initial = {
+    "row": evaluate_version(searchers, cell.model, model_dir, periods[:1]),
+    "gradient_updates": result.gradient_updates,
+    "seconds": result.seconds,
+    "memorised_d0": memorised(searchers, cell, model_dir, periods[0]),
+  }
   _write_json(result_path, initial)
   return initial
 
@@ -341,13 +426,19 @@ def bm25_summary(periods: Sequence[PeriodData]) -> dict:
 
 def cell_summary(rows, steps, initial, extra=None) -> dict:
   """Matrices, DSI++ metrics and costs of one (scheme, strategy) run."""
-  summary = {"steps": [{"gradient_updates": initial["gradient_updates"],
-                        "seconds": initial["seconds"]}] + steps,
-             **(extra or {})}
+  summary = {
+    "steps": [
+      {
+        "gradient_updates": initial["gradient_updates"],
+        "seconds": initial["seconds"],
+      }
+    ]
+    + steps,
+    **(extra or {}),
+  }
   for metric in METRICS:
     a = performance_matrix(rows, metric)
-    summary[metric] = {"matrix": _nan_to_none(a),
-                       **continual_metrics(a)}
+    summary[metric] = {"matrix": _nan_to_none(a), **continual_metrics(a)}
   return summary
 
 
@@ -366,23 +457,32 @@ def _write_json(path: str, content) -> None:
 
 @gin.configurable
 def run_dynamic_experiment(
-    *, data_dir: str, workdir: str, model,
-    schemes: Sequence[str] = ("naive", "semantic", "text", "multi"),
-    scheme_params: Mapping[str, Mapping[str, Any]] = (),
-    strategies: Sequence[str] = tuple(continual.STRATEGIES),
-    strategy_overrides: Mapping[str, Mapping[str, Any]] = (),
-    docs_fraction: float = 1.0, max_docs_per_period: int = 0,
-    vocab_size: int = 2000, initial_steps: int = 1000,
-    update_steps: int = 150,
-    settings: continual.TrainSettings = continual.TrainSettings(),
-    search: retrieval.SearchConfig = retrieval.SearchConfig(),
-    eval_splits: Sequence[str] = ("dev", "test"),
-    query_files: Sequence[tuple[str, str]] = (
-        ("queries.jsonl", "qrels"),
-        ("subtitles/queries.jsonl", "subtitles/qrels")),
-    generator: Optional[continual.PseudoQueryGenerator] = None,
-    memory_generator=None, memorised_sample: int = 0,
-    seeds: Sequence[int] = (0,), seed: Optional[int] = None) -> dict:
+  *,
+  data_dir: str,
+  workdir: str,
+  model,
+  schemes: Sequence[str] = ("naive", "semantic", "text", "multi"),
+  scheme_params: Mapping[str, Mapping[str, Any]] = (),
+  strategies: Sequence[str] = tuple(continual.STRATEGIES),
+  strategy_overrides: Mapping[str, Mapping[str, Any]] = (),
+  docs_fraction: float = 1.0,
+  max_docs_per_period: int = 0,
+  vocab_size: int = 2000,
+  initial_steps: int = 1000,
+  update_steps: int = 150,
+  settings: continual.TrainSettings = continual.TrainSettings(),
+  search: retrieval.SearchConfig = retrieval.SearchConfig(),
+  eval_splits: Sequence[str] = ("dev", "test"),
+  query_files: Sequence[tuple[str, str]] = (
+    ("queries.jsonl", "qrels"),
+    ("subtitles/queries.jsonl", "subtitles/qrels"),
+  ),
+  generator: Optional[continual.PseudoQueryGenerator] = None,
+  memory_generator=None,
+  memorised_sample: int = 0,
+  seeds: Sequence[int] = (0,),
+  seed: Optional[int] = None,
+) -> dict:
   """Every scheme x strategy x seed on the temporal split; returns the
   results (per seed, and mean/std over seeds).
 
@@ -397,41 +497,63 @@ def run_dynamic_experiment(
   start = time.time()
   seeds = (seed,) if seed is not None else tuple(seeds)
   dataset = beir.BeirDataset.load(data_dir)
-  sampled = sample_periods(news.load_temporal_periods(data_dir),
-                           docs_fraction=docs_fraction,
-                           max_docs_per_period=max_docs_per_period,
-                           seed=seeds[0])
+  sampled = sample_periods(
+    news.load_temporal_periods(data_dir),
+    docs_fraction=docs_fraction,
+    max_docs_per_period=max_docs_per_period,
+    seed=seeds[0],
+  )
   queries, qrels = held_out_queries(data_dir, query_files, eval_splits)
   periods = period_data(dataset.corpus, sampled, queries, qrels)
   searchers = SearcherCache(search, settings.input_length)
   overrides = dict(strategy_overrides)
-  results = {"periods": [{"name": p.name, "docs": len(p.corpus),
-                          "queries": len(p.queries)} for p in periods],
-             "bm25": bm25_summary(periods), "seeds": list(seeds),
-             "by_seed": {}}
+  results = {
+    "periods": [
+      {"name": p.name, "docs": len(p.corpus), "queries": len(p.queries)}
+      for p in periods
+    ],
+    "bm25": bm25_summary(periods),
+    "seeds": list(seeds),
+    "by_seed": {},
+  }
   for run_seed in seeds:
     cell = CellConfig(
-        model=model,
-        settings=dataclasses.replace(settings, seed=run_seed),
-        generator=generator or continual.TextPseudoQueries(seed=run_seed),
-        initial_steps=initial_steps, update_steps=update_steps,
-        embedder=_shared_embedder(schemes),
-        memory_generator=memory_generator,
-        memorised_sample=memorised_sample)
+      model=model,
+      settings=dataclasses.replace(settings, seed=run_seed),
+      generator=generator or continual.TextPseudoQueries(seed=run_seed),
+      initial_steps=initial_steps,
+      update_steps=update_steps,
+      embedder=_shared_embedder(schemes),
+      memory_generator=memory_generator,
+      memorised_sample=memorised_sample,
+    )
     seed_dir = os.path.join(workdir, f"seed{run_seed}")
     cells = results["by_seed"][str(run_seed)] = {}
     for scheme in schemes:
       params = dict(dict(scheme_params).get(scheme, {}))
       for name in strategies:
-        strategy = continual.get_strategy(name, **dict(overrides.get(name,
-                                                                     {})))
+        strategy = continual.get_strategy(name, **dict(overrides.get(name, {})))
         base_dir = os.path.join(seed_dir, scheme, _initial_name(strategy))
-        initial = run_initial(cell, periods, dataset, scheme, params,
-                              vocab_size, base_dir, searchers,
-                              sam_rho=strategy.sam_rho)
+        initial = run_initial(
+          cell,
+          periods,
+          dataset,
+          scheme,
+          params,
+          vocab_size,
+          base_dir,
+          searchers,
+          sam_rho=strategy.sam_rho,
+        )
         cells[f"{scheme}/{name}"] = run_cell(
-            cell, strategy, periods, base_dir,
-            os.path.join(seed_dir, scheme, name), searchers, initial)
+          cell,
+          strategy,
+          periods,
+          base_dir,
+          os.path.join(seed_dir, scheme, name),
+          searchers,
+          initial,
+        )
         results["cells"] = mean_over_seeds(results["by_seed"])
         write_report(results, workdir)  # partial results as cells finish
   results["cells"] = mean_over_seeds(results["by_seed"])
@@ -441,47 +563,78 @@ def run_dynamic_experiment(
 
 
 @gin.configurable
-def vector_query_generator(*, model_dir: str, model, num_queries: int = 1,
-                           max_query_len: int = 32, top_k: int = 10,
-                           batch_size: int = 64, seed: int = 0):
+def vector_query_generator(
+  *,
+  model_dir: str,
+  model,
+  num_queries: int = 1,
+  max_query_len: int = 32,
+  top_k: int = 10,
+  batch_size: int = 64,
+  seed: int = 0,
+):
   """The generative memory: a doc2query model trained with vector sources
   (scripts/generate_queries.py --vector_every) loaded from `model_dir`."""
   from gr import doc2query  # pylint: disable=g-import-not-at-top
   from gr import pretrained  # pylint: disable=g-import-not-at-top
   from gr import wordpiece  # pylint: disable=g-import-not-at-top
+
   vocab = wordpiece.WordPieceVocabulary(
-      pretrained.tokenizer_path(model.config.encoder_dir))
+    pretrained.tokenizer_path(model.config.encoder_dir)
+  )
   model = train_lib.fit_vocab(model, vocab.vocab_size)
   return doc2query.VectorQueryGenerator(
-      model, checkpoints.restore_params(model_dir), vocab,
-      doc2query.GenerationConfig(num_queries=num_queries,
-                                 max_query_len=max_query_len, top_k=top_k,
-                                 batch_size=batch_size, seed=seed))
+    model,
+    checkpoints.restore_params(model_dir),
+    vocab,
+    doc2query.GenerationConfig(
+      num_queries=num_queries,
+      max_query_len=max_query_len,
+      top_k=top_k,
+      batch_size=batch_size,
+      seed=seed,
+    ),
+  )
 
 
 def _initial_name(strategy: continual.Strategy) -> str:
   return f"initial_sam{strategy.sam_rho:g}" if strategy.sam_rho else "initial"
 
 
-def run_cell(cell, strategy, periods, base_dir, cell_dir, searchers,
-             initial) -> dict:
+def run_cell(
+  cell, strategy, periods, base_dir, cell_dir, searchers, initial
+) -> dict:
   """One (scheme, strategy): cached in cell_dir/result.json."""
   result_path = os.path.join(cell_dir, "result.json")
   if os.path.exists(result_path):
     with open(result_path) as f:
       return json.load(f)
-  run = run_updates(cell, strategy, periods, base_dir,
-                    os.path.join(cell_dir, "work"), searchers, initial["row"])
-  summary = cell_summary(run["rows"], run["steps"], initial, {
+  run = run_updates(
+    cell,
+    strategy,
+    periods,
+    base_dir,
+    os.path.join(cell_dir, "work"),
+    searchers,
+    initial["row"],
+  )
+  summary = cell_summary(
+    run["rows"],
+    run["steps"],
+    initial,
+    {
       "memorised_d0": [initial.get("memorised_d0"), run["memorised_d0"]],
-      "storage": run["storage"]})
+      "storage": run["storage"],
+    },
+  )
   _write_json(result_path, summary)
   shutil.rmtree(os.path.join(cell_dir, "work"), ignore_errors=True)
   return summary
 
 
-def mean_over_seeds(by_seed: Mapping[str, Mapping[str, dict]]
-                    ) -> dict[str, dict]:
+def mean_over_seeds(
+  by_seed: Mapping[str, Mapping[str, dict]],
+) -> dict[str, dict]:
   """{cell: summary} with each matrix entry, metric curve, cost and
   memorised fraction the mean over seeds, and `std` beside each curve."""
   names = list(dict.fromkeys(c for cells in by_seed.values() for c in cells))
@@ -489,25 +642,45 @@ def mean_over_seeds(by_seed: Mapping[str, Mapping[str, dict]]
   for name in names:
     runs = [cells[name] for cells in by_seed.values() if name in cells]
     first = runs[0]
-    summary = {"seeds": len(runs), "steps": [
-        {key: float(np.mean([r["steps"][n][key] for r in runs]))
-         for key in first["steps"][n]} for n in range(len(first["steps"]))]}
+    summary = {
+      "seeds": len(runs),
+      "steps": [
+        {
+          key: float(np.mean([r["steps"][n][key] for r in runs]))
+          for key in first["steps"][n]
+        }
+        for n in range(len(first["steps"]))
+      ],
+    }
     for metric in METRICS:
-      matrices = np.array([[[np.nan if x is None else x for x in row]
-                            for row in r[metric]["matrix"]] for r in runs])
-      summary[metric] = {"matrix": _nan_to_none(np.mean(matrices, axis=0)),
-                         "matrix_std": _nan_to_none(np.std(matrices, axis=0))}
+      matrices = np.array(
+        [
+          [
+            [np.nan if x is None else x for x in row]
+            for row in r[metric]["matrix"]
+          ]
+          for r in runs
+        ]
+      )
+      summary[metric] = {
+        "matrix": _nan_to_none(np.mean(matrices, axis=0)),
+        "matrix_std": _nan_to_none(np.std(matrices, axis=0)),
+      }
       for curve in ("A", "F", "LA"):
         values = np.array([r[metric][curve] for r in runs])
         summary[metric][curve] = values.mean(0).tolist()
         summary[metric][f"{curve}_std"] = values.std(0).tolist()
     if first.get("memorised_d0"):
-      pairs = np.array([[np.nan if x is None else x for x in r["memorised_d0"]]
-                        for r in runs], float)
+      pairs = np.array(
+        [[np.nan if x is None else x for x in r["memorised_d0"]] for r in runs],
+        float,
+      )
       summary["memorised_d0"] = np.nanmean(pairs, 0).tolist()
     if first.get("storage"):
-      summary["storage"] = {k: float(np.mean([r["storage"][k] for r in runs]))
-                            for k in first["storage"]}
+      summary["storage"] = {
+        k: float(np.mean([r["storage"][k] for r in runs]))
+        for k in first["storage"]
+      }
     out[name] = summary
   return out
 
@@ -517,6 +690,7 @@ def _shared_embedder(schemes: Sequence[str]):
   if not {"semantic", "multi"} & set(schemes):
     return None
   from gr import embed  # pylint: disable=g-import-not-at-top
+
   return embed.Embedder.load()
 
 
@@ -533,40 +707,52 @@ def summary_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     cumulative, last = 0, len(summary["steps"]) - 1
     for n, step in enumerate(summary["steps"]):
       cumulative += step["gradient_updates"]
-      row = {"scheme": scheme, "strategy": strategy, "step": n,
-             "updates": step["gradient_updates"],
-             "cumulative_updates": cumulative,
-             "seconds": round(step["seconds"], 1),
-             "seeds": summary.get("seeds", 1)}
+      row = {
+        "scheme": scheme,
+        "strategy": strategy,
+        "step": n,
+        "updates": step["gradient_updates"],
+        "cumulative_updates": cumulative,
+        "seconds": round(step["seconds"], 1),
+        "seeds": summary.get("seeds", 1),
+      }
       for metric in METRICS:
         values = summary[metric]
         std = values.get("matrix_std")
         short = metric.replace("Hits@", "H")
         for curve in ("A", "F", "LA"):
           row[f"{curve}_{short}"] = values[curve][n]
-          row[f"{curve}_{short}_std"] = values.get(f"{curve}_std",
-                                                   [0.0] * (last + 1))[n]
+          row[f"{curve}_{short}_std"] = values.get(
+            f"{curve}_std", [0.0] * (last + 1)
+          )[n]
         row[f"D0_{short}"] = values["matrix"][n][0]
         row[f"D0_{short}_std"] = std[n][0] if std else 0.0
         row[f"new_{short}"] = values["matrix"][n][n]
         row[f"new_{short}_std"] = std[n][n] if std else 0.0
       memorised_d0 = summary.get("memorised_d0") or [None, None]
-      row["memorised_d0"] = memorised_d0[0 if n == 0 else 1] if n in (
-          0, last) else None
-      row["memory_bytes"] = (summary.get("storage", {}).get("memory_bytes")
-                             if n == last else None)
+      row["memorised_d0"] = (
+        memorised_d0[0 if n == 0 else 1] if n in (0, last) else None
+      )
+      row["memory_bytes"] = (
+        summary.get("storage", {}).get("memory_bytes") if n == last else None
+      )
       rows.append(row)
   return rows
 
 
 def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
   import csv  # pylint: disable=g-import-not-at-top
+
   with atomic_io.atomic_open(path) as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     for row in rows:
-      writer.writerow({k: f"{v:.4f}" if isinstance(v, float) else
-                       ("" if v is None else v) for k, v in row.items()})
+      writer.writerow(
+        {
+          k: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else v)
+          for k, v in row.items()
+        }
+      )
 
 
 def _cell(row: Mapping[str, Any], column: str) -> str:
@@ -586,11 +772,20 @@ def _cell(row: Mapping[str, Any], column: str) -> str:
 def format_table(rows: Sequence[Mapping[str, Any]], step: int) -> str:
   """A markdown table of every system at `step` (e.g. the last): means ±
   std over seeds."""
-  columns = ("scheme", "strategy", "A_H1", "A_H10", "F_H10", "LA_H10",
-             "D0_H10", "new_H10", "cumulative_updates", "memorised_d0",
-             "memory_bytes")
-  lines = ["| " + " | ".join(columns) + " |",
-           "|" + "---|" * len(columns)]
+  columns = (
+    "scheme",
+    "strategy",
+    "A_H1",
+    "A_H10",
+    "F_H10",
+    "LA_H10",
+    "D0_H10",
+    "new_H10",
+    "cumulative_updates",
+    "memorised_d0",
+    "memory_bytes",
+  )
+  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
   for row in rows:
     if row["step"] == step:
       lines.append("| " + " | ".join(_cell(row, c) for c in columns) + " |")
@@ -615,18 +810,28 @@ def _schemes(results) -> list[str]:
 def _curve_plot(results, workdir: str, name: str, title: str, value) -> None:
   """One subplot per scheme, one line per strategy (+ BM25)."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   schemes = _schemes(results)
-  fig, axes = plt.subplots(1, len(schemes), figsize=(4 * len(schemes), 3.4),
-                           sharey=True, squeeze=False)
+  fig, axes = plt.subplots(
+    1, len(schemes), figsize=(4 * len(schemes), 3.4), sharey=True, squeeze=False
+  )
   for ax, scheme in zip(axes[0], schemes):
     for system, summary in [("bm25", results["bm25"])] + [
-        (k.split("/")[1], v) for k, v in results["cells"].items()
-        if k.startswith(scheme + "/")]:
+      (k.split("/")[1], v)
+      for k, v in results["cells"].items()
+      if k.startswith(scheme + "/")
+    ]:
       steps, values = value(summary["Hits@10"]["matrix"])
-      ax.plot(steps, values, marker="o", label=system,
-              linestyle="--" if system == "bm25" else "-")
+      ax.plot(
+        steps,
+        values,
+        marker="o",
+        label=system,
+        linestyle="--" if system == "bm25" else "-",
+      )
     ax.set_title(f"{scheme} docids")
     ax.set_xlabel("step n (after D_n)")
   axes[0][0].set_ylabel(title)
@@ -639,20 +844,28 @@ def _curve_plot(results, workdir: str, name: str, title: str, value) -> None:
 def _updates_plot(results, rows, workdir: str) -> None:
   """Cumulative gradient updates vs A_n (Hits@10) after the last step."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   last = len(results["periods"]) - 1
   fig, ax = plt.subplots(figsize=(6, 4))
   markers = dict(zip(_schemes(results), "osD^vP"))
-  strategies = list(dict.fromkeys(r["strategy"] for r in rows
-                                  if r["scheme"] != "bm25"))
-  colors = dict(zip(strategies, plt.rcParams["axes.prop_cycle"].by_key()
-                    ["color"]))
+  strategies = list(
+    dict.fromkeys(r["strategy"] for r in rows if r["scheme"] != "bm25")
+  )
+  colors = dict(
+    zip(strategies, plt.rcParams["axes.prop_cycle"].by_key()["color"])
+  )
   for row in rows:
     if row["step"] == last and row["scheme"] != "bm25":
-      ax.scatter(max(row["cumulative_updates"], 1), row["A_H10"],
-                 marker=markers[row["scheme"]], color=colors[row["strategy"]],
-                 label=f"{row['scheme']}/{row['strategy']}")
+      ax.scatter(
+        max(row["cumulative_updates"], 1),
+        row["A_H10"],
+        marker=markers[row["scheme"]],
+        color=colors[row["strategy"]],
+        label=f"{row['scheme']}/{row['strategy']}",
+      )
   ax.set_xscale("log")
   ax.set_xlabel("gradient updates, D0..D4 (log)")
   ax.set_ylabel("A_4 (Hits@10)")
@@ -665,9 +878,18 @@ def _updates_plot(results, rows, workdir: str) -> None:
 def plot_results(results, rows, workdir: str) -> None:
   """d0_hits10.png, new_docs_hits10.png, updates_vs_A.png."""
   steps = len(results["periods"])
-  _curve_plot(results, workdir, "d0_hits10.png", "Hits@10 on D0 queries",
-              lambda m: (list(range(steps)), [m[n][0] for n in range(steps)]))
-  _curve_plot(results, workdir, "new_docs_hits10.png",
-              "Hits@10 on D_n queries after step n",
-              lambda m: (list(range(steps)), [m[n][n] for n in range(steps)]))
+  _curve_plot(
+    results,
+    workdir,
+    "d0_hits10.png",
+    "Hits@10 on D0 queries",
+    lambda m: (list(range(steps)), [m[n][0] for n in range(steps)]),
+  )
+  _curve_plot(
+    results,
+    workdir,
+    "new_docs_hits10.png",
+    "Hits@10 on D_n queries after step n",
+    lambda m: (list(range(steps)), [m[n][n] for n in range(steps)]),
+  )
   _updates_plot(results, rows, workdir)

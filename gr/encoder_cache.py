@@ -14,6 +14,7 @@ encoder recomputes it; it is written atomically.
   cache = EncoderCache.build(model, params, rows, cache_dir)
   batch = cache.add_states(batch)   # + encoder_frozen_states [B, Li, width]
 """
+
 import hashlib
 import io
 import logging
@@ -34,7 +35,7 @@ TOKENS_PER_BATCH = 4096
 def _trimmed(row: np.ndarray) -> np.ndarray:
   """A padded token row [Li] -> its ids up to the last non-zero one."""
   nonzero = np.flatnonzero(row)
-  return row[:nonzero[-1] + 1] if len(nonzero) else row[:0]
+  return row[: nonzero[-1] + 1] if len(nonzero) else row[:0]
 
 
 def distinct_inputs(rows: Iterable[np.ndarray]) -> list[np.ndarray]:
@@ -47,8 +48,9 @@ def distinct_inputs(rows: Iterable[np.ndarray]) -> list[np.ndarray]:
   return sorted(seen.values(), key=lambda r: (len(r), r.tobytes()))
 
 
-def fingerprint(frozen_params: Any, frozen_layers: int,
-                inputs: Sequence[np.ndarray]) -> str:
+def fingerprint(
+  frozen_params: Any, frozen_layers: int, inputs: Sequence[np.ndarray]
+) -> str:
   """sha256 over the frozen parameters, their depth and the inputs."""
   digest = hashlib.sha256(f'frozen_layers={frozen_layers}'.encode())
   for leaf in jax.tree.leaves(frozen_params):
@@ -62,9 +64,11 @@ def fingerprint(frozen_params: Any, frozen_layers: int,
 def frozen_params(params: Any, frozen_layers: int) -> dict:
   """The encoder parameters the frozen layers use (embeddings + layers)."""
   encoder = params['encoder']
-  return {name: value for name, value in encoder.items()
-          if not name.startswith('layer_')
-          or int(name.split('_')[1]) < frozen_layers}
+  return {
+    name: value
+    for name, value in encoder.items()
+    if not name.startswith('layer_') or int(name.split('_')[1]) < frozen_layers
+  }
 
 
 class EncoderCache:
@@ -74,8 +78,9 @@ class EncoderCache:
     """inputs: trimmed token rows; states [sum of lengths, width] float16."""
     lengths = np.array([len(r) for r in inputs], np.int64)
     if states.shape[0] != lengths.sum():
-      raise ValueError(f'{states.shape[0]} state rows for {lengths.sum()} '
-                       'input tokens')
+      raise ValueError(
+        f'{states.shape[0]} state rows for {lengths.sum()} input tokens'
+      )
     self.inputs = list(inputs)
     self.states = states
     self.offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -97,11 +102,13 @@ class EncoderCache:
     key = _trimmed(np.asarray(row, np.int32))
     i = self._row.get(key.tobytes())
     if i is None:
-      raise KeyError(f'encoder input of {len(key)} tokens (starting '
-                     f'{key[:8].tolist()}) is not in the encoder cache: '
-                     'rebuild it from the same tasks')
+      raise KeyError(
+        f'encoder input of {len(key)} tokens (starting '
+        f'{key[:8].tolist()}) is not in the encoder cache: '
+        'rebuild it from the same tasks'
+      )
     out = np.zeros((len(row), self.width), self.states.dtype)
-    out[:len(key)] = self.states[self.offsets[i]:self.offsets[i + 1]]
+    out[: len(key)] = self.states[self.offsets[i] : self.offsets[i + 1]]
     return out
 
   def add_states(self, batch: dict) -> dict:
@@ -110,22 +117,25 @@ class EncoderCache:
     states = np.stack([self.lookup(row) for row in tokens])
     return {**batch, 'encoder_frozen_states': states}
 
-  def with_inputs(self, model, params, rows: Iterable[np.ndarray]
-                  ) -> 'EncoderCache':
+  def with_inputs(
+    self, model, params, rows: Iterable[np.ndarray]
+  ) -> 'EncoderCache':
     """This cache grown by the distinct `rows` it lacks, encoded now (in
     memory: for a process that meets new inputs over time)."""
     new = [r for r in distinct_inputs(rows) if r.tobytes() not in self._row]
     if not new:
       return self
     states = encode_inputs(model, params, new)
-    return EncoderCache(self.inputs + new,
-                        np.concatenate([self.states, states]))
+    return EncoderCache(
+      self.inputs + new, np.concatenate([self.states, states])
+    )
 
   # -- building and files --
 
   @classmethod
-  def build(cls, model, params, rows: Iterable[np.ndarray],
-            cache_dir: str) -> 'EncoderCache':
+  def build(
+    cls, model, params, rows: Iterable[np.ndarray], cache_dir: str
+  ) -> 'EncoderCache':
     """Loads the cache for these inputs and frozen params, or computes it."""
     inputs = distinct_inputs(rows)
     frozen = model.config.frozen_layers
@@ -146,8 +156,9 @@ def _bucket(length: int) -> int:
   return next((b for b in BUCKETS if b >= length), length)
 
 
-def encode_inputs(model, params, inputs: Sequence[np.ndarray],
-                  log_every_s: float = 15.0) -> np.ndarray:
+def encode_inputs(
+  model, params, inputs: Sequence[np.ndarray], log_every_s: float = 15.0
+) -> np.ndarray:
   """Runs the frozen layers over `inputs` -> [sum of lengths, width] fp16.
 
   Inputs are sorted by length and batched per length bucket (one compile
@@ -163,18 +174,23 @@ def encode_inputs(model, params, inputs: Sequence[np.ndarray],
   while i < len(order):
     width = _bucket(lengths[order[i]])
     size = max(1, TOKENS_PER_BATCH // width)
-    rows = [r for r in order[i:i + size] if _bucket(lengths[r]) == width]
+    rows = [r for r in order[i : i + size] if _bucket(lengths[r]) == width]
     i += len(rows)
     tokens = np.zeros((size, width), np.int32)
     for j, r in enumerate(rows):
-      tokens[j, :lengths[r]] = inputs[r]
+      tokens[j, : lengths[r]] = inputs[r]
     states = np.asarray(encode(params, jnp.asarray(tokens)), np.float16)
     for j, r in enumerate(rows):
-      out[offsets[r]:offsets[r + 1]] = states[j, :lengths[r]]
+      out[offsets[r] : offsets[r + 1]] = states[j, : lengths[r]]
     done += int(lengths[rows].sum())
     if time.time() - last_log > log_every_s or i == len(order):
       elapsed = time.time() - start
-      logging.info('encoder cache: %d/%d tokens, %.0fs elapsed, ETA %.0fs',
-                   done, total, elapsed, elapsed * (total - done) / max(done, 1))
+      logging.info(
+        'encoder cache: %d/%d tokens, %.0fs elapsed, ETA %.0fs',
+        done,
+        total,
+        elapsed,
+        elapsed * (total - done) / max(done, 1),
+      )
       last_log = time.time()
   return out

@@ -13,6 +13,7 @@ makes goes under `workdir`:
   workdir/model_config.json  the T5Config as trained (gr/run_config.py),
                         so the service can load the checkpoint alone
 """
+
 import dataclasses
 import json
 import logging
@@ -39,9 +40,10 @@ from gr import docids as docids_lib
 gin.external_configurable(retrieval.SearchConfig, module="retrieval")
 
 DEFAULT_QUERY_SETS = (
-    evaluation.QuerySet("titles"),
-    evaluation.QuerySet("subtitles", "subtitles/queries.jsonl",
-                        "subtitles/qrels"),
+  evaluation.QuerySet("titles"),
+  evaluation.QuerySet(
+    "subtitles", "subtitles/queries.jsonl", "subtitles/qrels"
+  ),
 )
 
 
@@ -50,22 +52,32 @@ def subset(dataset: beir.BeirDataset, max_docs: int) -> beir.BeirDataset:
   if not max_docs or max_docs >= len(dataset.corpus):
     return dataset
   corpus = dict(list(dataset.corpus.items())[:max_docs])
-  qrels = {split: {q: rel for q, rel in judged.items()
-                   if set(rel) <= corpus.keys()}
-           for split, judged in dataset.qrels.items()}
+  qrels = {
+    split: {q: rel for q, rel in judged.items() if set(rel) <= corpus.keys()}
+    for split, judged in dataset.qrels.items()
+  }
   kept = {q for judged in qrels.values() for q in judged}
   return dataclasses.replace(
-      dataset, corpus=corpus, qrels=qrels,
-      queries={q: t for q, t in dataset.queries.items() if q in kept})
+    dataset,
+    corpus=corpus,
+    qrels=qrels,
+    queries={q: t for q, t in dataset.queries.items() if q in kept},
+  )
 
 
-def load_or_build_index(dataset: beir.BeirDataset, index_dir: str, *,
-                        scheme: str, scheme_params: Mapping[str, Any],
-                        vocab_size: int, seed: int,
-                        encoder_dir: Optional[str] = None,
-                        embedding_length: int = 256,
-                        cache_dir: Optional[str] = None,
-                        t5_dir: Optional[str] = None) -> index_lib.Index:
+def load_or_build_index(
+  dataset: beir.BeirDataset,
+  index_dir: str,
+  *,
+  scheme: str,
+  scheme_params: Mapping[str, Any],
+  vocab_size: int,
+  seed: int,
+  encoder_dir: Optional[str] = None,
+  embedding_length: int = 256,
+  cache_dir: Optional[str] = None,
+  t5_dir: Optional[str] = None,
+) -> index_lib.Index:
   """The index under `index_dir`, built (docids + vocabulary) if absent.
 
   With `encoder_dir` (a pretrained encoder's HF folder) the vocabulary is
@@ -76,37 +88,62 @@ def load_or_build_index(dataset: beir.BeirDataset, index_dir: str, *,
   if os.path.exists(os.path.join(index_dir, index_lib.CURRENT_FILE)):
     index = index_lib.load_index(index_dir)
     if index.table.scheme != scheme:
-      raise ValueError(f"{index_dir} holds a {index.table.scheme!r} index, "
-                       f"not {scheme!r}: use another workdir")
+      raise ValueError(
+        f"{index_dir} holds a {index.table.scheme!r} index, "
+        f"not {scheme!r}: use another workdir"
+      )
     if t5_dir:
       pretrained_t5.check_t5_index(index, t5_dir)
     return index
   start = time.time()
-  table = assign_docids(dataset.corpus, scheme, scheme_params, encoder_dir,
-                        embedding_length, cache_dir)
+  table = assign_docids(
+    dataset.corpus,
+    scheme,
+    scheme_params,
+    encoder_dir,
+    embedding_length,
+    cache_dir,
+  )
   if encoder_dir:
     index = pretrained.wordpiece_index(table, encoder_dir)
   elif t5_dir:
     index = pretrained_t5.t5_index(table, t5_dir)
   else:
-    texts = index_lib.training_texts(dataset.corpus, {
-        q: dataset.queries[q] for q in dataset.qrels.get("train", {})})
-    index = index_lib.build_index(table, texts,
-                                  os.path.join(index_dir, "work"),
-                                  vocab_size=vocab_size, seed=seed)
+    texts = index_lib.training_texts(
+      dataset.corpus,
+      {q: dataset.queries[q] for q in dataset.qrels.get("train", {})},
+    )
+    index = index_lib.build_index(
+      table,
+      texts,
+      os.path.join(index_dir, "work"),
+      vocab_size=vocab_size,
+      seed=seed,
+    )
   index_lib.save_index(index, index_dir)
-  logging.info("built %s index of %d documents in %.1fs", scheme,
-               table.num_docs, time.time() - start)
+  logging.info(
+    "built %s index of %d documents in %.1fs",
+    scheme,
+    table.num_docs,
+    time.time() - start,
+  )
   return index_lib.load_index(index_dir)
 
 
-def assign_docids(corpus, scheme: str, scheme_params: Mapping[str, Any],
-                  encoder_dir: Optional[str], embedding_length: int,
-                  cache_dir: Optional[str]):
+def assign_docids(
+  corpus,
+  scheme: str,
+  scheme_params: Mapping[str, Any],
+  encoder_dir: Optional[str],
+  embedding_length: int,
+  cache_dir: Optional[str],
+):
   """The scheme's DocidTable; embedding-based schemes use the encoder's."""
   scheme_obj = docids_lib.get_scheme(scheme, **scheme_params)
-  needs_vectors = scheme == "semantic" or (scheme == "multi" and any(
-      part.name == "semantic" for part in scheme_obj.part_schemes()))
+  needs_vectors = scheme == "semantic" or (
+    scheme == "multi"
+    and any(part.name == "semantic" for part in scheme_obj.part_schemes())
+  )
   if not (encoder_dir and needs_vectors):
     return scheme_obj.assign(corpus)
   embedder = embed.Embedder.load(encoder_dir, max_length=embedding_length)
@@ -114,62 +151,86 @@ def assign_docids(corpus, scheme: str, scheme_params: Mapping[str, Any],
   return scheme_obj.assign(corpus, embeddings=vectors)
 
 
-def pseudo_queries(dataset: beir.BeirDataset, spans: int, sentences: int,
-                   generated_file: Optional[str],
-                   seed: int) -> dict[str, list[str]]:
+def pseudo_queries(
+  dataset: beir.BeirDataset,
+  spans: int,
+  sentences: int,
+  generated_file: Optional[str],
+  seed: int,
+) -> dict[str, list[str]]:
   """Span/sentence pseudo-queries, plus generated ones (DSI-QG) if given.
 
   A generated file (scripts/generate_queries.py) must only name documents
   of this corpus; its queries come from bodies only.
   """
   pseudo = pseudo_lib.build_pseudo_queries(
-      dataset.corpus.values(), num_spans=spans, num_sentences=sentences,
-      seed=seed)
+    dataset.corpus.values(), num_spans=spans, num_sentences=sentences, seed=seed
+  )
   if generated_file:
     generated = pseudo_lib.read_pseudo_queries(generated_file)
     unknown = sorted(set(generated) - set(dataset.corpus))
     if unknown:
-      raise ValueError(f"{generated_file}: {len(unknown)} documents not in "
-                       f"the corpus, e.g. {unknown[:3]}")
+      raise ValueError(
+        f"{generated_file}: {len(unknown)} documents not in "
+        f"the corpus, e.g. {unknown[:3]}"
+      )
     for doc_id, queries in generated.items():
       pseudo[doc_id] = pseudo.get(doc_id, []) + list(queries)
   return pseudo
 
 
-def register_mixture(name: str, dataset: beir.BeirDataset,
-                     index: index_lib.Index,
-                     pseudo_queries: Optional[Mapping[str, list[str]]],
-                     task_rates: Mapping[str, float],
-                     suffix: str = "mixture") -> str:
+def register_mixture(
+  name: str,
+  dataset: beir.BeirDataset,
+  index: index_lib.Index,
+  pseudo_queries: Optional[Mapping[str, list[str]]],
+  task_rates: Mapping[str, float],
+  suffix: str = "mixture",
+) -> str:
   """Registers the tasks and a mixture of those with a positive rate."""
-  names = tasks.register_gr_tasks(name=name, dataset=dataset,
-                                  table=index.table, vocab=index.vocab,
-                                  pseudo_queries=pseudo_queries)
-  rates = {names[kind]: rate for kind, rate in task_rates.items()
-           if rate > 0 and kind in names}
+  names = tasks.register_gr_tasks(
+    name=name,
+    dataset=dataset,
+    table=index.table,
+    vocab=index.vocab,
+    pseudo_queries=pseudo_queries,
+  )
+  rates = {
+    names[kind]: rate
+    for kind, rate in task_rates.items()
+    if rate > 0 and kind in names
+  }
   return tasks.register_gr_mixture(
-      f"{name}.{index.table.scheme}.v{index.table.version}.{suffix}", rates)
+    f"{name}.{index.table.scheme}.v{index.table.version}.{suffix}", rates
+  )
 
 
 @gin.configurable
-def run_experiment(*, data_dir: str, workdir: str, model,
-                   scheme: str = "naive",
-                   scheme_params: Optional[Mapping[str, Any]] = None,
-                   vocab_size: int = 8000,
-                   task_rates: Mapping[str, float] = (("indexing", 1.0),
-                                                      ("retrieval", 1.0)),
-                   pseudo_query_spans: int = 0,
-                   pseudo_query_sentences: int = 0,
-                   pseudo_queries_file: Optional[str] = None,
-                   train_steps: int = 1000, batch_size: int = 64,
-                   input_length: int = 64,
-                   search: retrieval.SearchConfig = retrieval.SearchConfig(),
-                   query_sets: Sequence[evaluation.QuerySet] = DEFAULT_QUERY_SETS,
-                   eval_split: str = "test", exact_queries: int = 0,
-                   max_docs: int = 0, seed: int = 0,
-                   warm_start: bool = True,
-                   warm_start_temperature: float = 0.05,
-                   encoder_cache_dir: Optional[str] = None) -> dict:
+def run_experiment(
+  *,
+  data_dir: str,
+  workdir: str,
+  model,
+  scheme: str = "naive",
+  scheme_params: Optional[Mapping[str, Any]] = None,
+  vocab_size: int = 8000,
+  task_rates: Mapping[str, float] = (("indexing", 1.0), ("retrieval", 1.0)),
+  pseudo_query_spans: int = 0,
+  pseudo_query_sentences: int = 0,
+  pseudo_queries_file: Optional[str] = None,
+  train_steps: int = 1000,
+  batch_size: int = 64,
+  input_length: int = 64,
+  search: retrieval.SearchConfig = retrieval.SearchConfig(),
+  query_sets: Sequence[evaluation.QuerySet] = DEFAULT_QUERY_SETS,
+  eval_split: str = "test",
+  exact_queries: int = 0,
+  max_docs: int = 0,
+  seed: int = 0,
+  warm_start: bool = True,
+  warm_start_temperature: float = 0.05,
+  encoder_cache_dir: Optional[str] = None,
+) -> dict:
   """Index, train, evaluate. Returns {query set name: metrics}.
 
   max_docs > 0 keeps the first max_docs documents of the corpus (and the
@@ -186,70 +247,127 @@ def run_experiment(*, data_dir: str, workdir: str, model,
   """
   start = time.time()
   dataset = subset(beir.BeirDataset.load(data_dir), max_docs)
-  name = "".join(c if c.isalnum() else "_"
-                 for c in os.path.basename(os.path.normpath(data_dir)))
-  encoder_dir = (model.config.encoder_dir if pretrained.is_pretrained(model)
-                 else None)
+  name = "".join(
+    c if c.isalnum() else "_"
+    for c in os.path.basename(os.path.normpath(data_dir))
+  )
+  encoder_dir = (
+    model.config.encoder_dir if pretrained.is_pretrained(model) else None
+  )
   t5_dir = pretrained_t5.t5_dir_of(model)
   cache_dir = encoder_cache_dir or os.path.join(workdir, "encoder_cache")
-  index = load_or_build_index(dataset, os.path.join(workdir, "index"),
-                              scheme=scheme, scheme_params=scheme_params or {},
-                              vocab_size=vocab_size, seed=seed,
-                              encoder_dir=encoder_dir,
-                              embedding_length=input_length,
-                              cache_dir=cache_dir, t5_dir=t5_dir)
-  pseudo = pseudo_queries(dataset, pseudo_query_spans, pseudo_query_sentences,
-                          pseudo_queries_file, seed)
+  index = load_or_build_index(
+    dataset,
+    os.path.join(workdir, "index"),
+    scheme=scheme,
+    scheme_params=scheme_params or {},
+    vocab_size=vocab_size,
+    seed=seed,
+    encoder_dir=encoder_dir,
+    embedding_length=input_length,
+    cache_dir=cache_dir,
+    t5_dir=t5_dir,
+  )
+  pseudo = pseudo_queries(
+    dataset,
+    pseudo_query_spans,
+    pseudo_query_sentences,
+    pseudo_queries_file,
+    seed,
+  )
   mixture = register_mixture(name, dataset, index, pseudo, dict(task_rates))
   target_length = index.max_docid_length()
   model = train_lib.fit_vocab(model, index.vocab.vocab_size)
   run_config.save_model_config(
-      workdir, model.config, input_length=input_length,
-      corpus_path=os.path.join(data_dir, "corpus.jsonl"))
+    workdir,
+    model.config,
+    input_length=input_length,
+    corpus_path=os.path.join(data_dir, "corpus.jsonl"),
+  )
   setup = PretrainedSetup()
   if encoder_dir:
     every_task = register_mixture(
-        name, dataset, index, pseudo,
-        {kind: 1.0 for kind in tasks.DOCID_KINDS}, suffix="all_docid_tasks")
+      name,
+      dataset,
+      index,
+      pseudo,
+      {kind: 1.0 for kind in tasks.DOCID_KINDS},
+      suffix="all_docid_tasks",
+    )
     setup = pretrained_setup(
-        model, index, dataset, every_task, cache_dir,
-        input_length=input_length,
-        target_length=target_length, seed=seed, warm=warm_start,
-        temperature=warm_start_temperature)
+      model,
+      index,
+      dataset,
+      every_task,
+      cache_dir,
+      input_length=input_length,
+      target_length=target_length,
+      seed=seed,
+      warm=warm_start,
+      temperature=warm_start_temperature,
+    )
   elif t5_dir:  # HF T5 weights (gin/models/t5_pretrained.gin, T5_DIR)
     setup_start = time.time()
-    setup = PretrainedSetup(params=pretrained_t5.t5_initial_params(
-        model, t5_dir, seed=seed))
+    setup = PretrainedSetup(
+      params=pretrained_t5.t5_initial_params(model, t5_dir, seed=seed)
+    )
     setup.seconds = time.time() - setup_start
   params, train_seconds = setup.params, 0.0
   if train_steps > 0:
     train_start = time.time()
     params = train_lib.train(
-        model=model, mixture_or_task_name=mixture, train_steps=train_steps,
-        batch_size=batch_size, model_dir=os.path.join(workdir, "model"),
-        input_length=input_length, target_length=target_length, seed=seed,
-        init_params=setup.params, batch_transform=setup.batch_transform,
-        artifact_dir=index_lib.current_version_dir(
-            os.path.join(workdir, "index"))).params
+      model=model,
+      mixture_or_task_name=mixture,
+      train_steps=train_steps,
+      batch_size=batch_size,
+      model_dir=os.path.join(workdir, "model"),
+      input_length=input_length,
+      target_length=target_length,
+      seed=seed,
+      init_params=setup.params,
+      batch_transform=setup.batch_transform,
+      artifact_dir=index_lib.current_version_dir(
+        os.path.join(workdir, "index")
+      ),
+    ).params
     train_seconds = time.time() - train_start
   if params is None:
-    raise ValueError("train_steps = 0 needs a pretrained encoder (there is "
-                     "no initial model to evaluate otherwise)")
+    raise ValueError(
+      "train_steps = 0 needs a pretrained encoder (there is "
+      "no initial model to evaluate otherwise)"
+    )
   searcher = retrieval.Searcher(
-      model, params, index,
-      retrieval_config(search, target_length), input_length=input_length)
-  results = evaluate(searcher, data_dir, query_sets, eval_split,
-                     os.path.join(workdir, "runs"), exact_queries, max_docs,
-                     dense=setup.dense)
-  results["run"] = {"train_steps": train_steps, "scheme": scheme,
-                    "documents": len(dataset.corpus),
-                    "train_seconds": round(train_seconds, 1),
-                    "setup_seconds": round(setup.seconds, 1),
-                    "total_seconds": round(time.time() - start, 1)}
-  print(evaluation.format_results(
+    model,
+    params,
+    index,
+    retrieval_config(search, target_length),
+    input_length=input_length,
+  )
+  results = evaluate(
+    searcher,
+    data_dir,
+    query_sets,
+    eval_split,
+    os.path.join(workdir, "runs"),
+    exact_queries,
+    max_docs,
+    dense=setup.dense,
+  )
+  results["run"] = {
+    "train_steps": train_steps,
+    "scheme": scheme,
+    "documents": len(dataset.corpus),
+    "train_seconds": round(train_seconds, 1),
+    "setup_seconds": round(setup.seconds, 1),
+    "total_seconds": round(time.time() - start, 1),
+  }
+  print(
+    evaluation.format_results(
       {k: v for k, v in results.items() if k != "run"},
       f"{scheme} docids, {train_steps} steps, {name} "
-      f"({len(dataset.corpus)} documents) {eval_split}"))
+      f"({len(dataset.corpus)} documents) {eval_split}",
+    )
+  )
   with atomic_io.atomic_open(os.path.join(workdir, "results.json")) as f:
     json.dump(results, f, indent=1)
   return results
@@ -258,64 +376,117 @@ def run_experiment(*, data_dir: str, workdir: str, model,
 @dataclasses.dataclass
 class PretrainedSetup:
   """What the pretrained-encoder path adds to a run (all None for T5)."""
+
   params: Any = None
   batch_transform: Optional[Callable[[dict], dict]] = None
   dense: Optional[evaluation.Baseline] = None
   seconds: float = 0.0
 
 
-def pretrained_setup(model, index: index_lib.Index, dataset, mixture: str,
-                     cache_dir: str, *, input_length: int, target_length: int,
-                     seed: int, warm: bool,
-                     temperature: float) -> PretrainedSetup:
+def pretrained_setup(
+  model,
+  index: index_lib.Index,
+  dataset,
+  mixture: str,
+  cache_dir: str,
+  *,
+  input_length: int,
+  target_length: int,
+  seed: int,
+  warm: bool,
+  temperature: float,
+) -> PretrainedSetup:
   """Encoder cache, document vectors, initial params and dense baseline."""
   start = time.time()
   encoder_dir = model.config.encoder_dir
   base = pretrained.initial_params(
-      model, encoder_dir, index=index, doc_vectors=None, seed=seed,
-      input_length=input_length, target_length=target_length, warm=False)
+    model,
+    encoder_dir,
+    index=index,
+    doc_vectors=None,
+    seed=seed,
+    input_length=input_length,
+    target_length=target_length,
+    warm=False,
+  )
   doc_rows = pretrained.document_rows(index, dataset.corpus, input_length)
   cache = pretrained.build_encoder_cache(
-      model, base, mixture, cache_dir,
-      input_length=input_length, target_length=target_length,
-      extra_rows=list(doc_rows))
+    model,
+    base,
+    mixture,
+    cache_dir,
+    input_length=input_length,
+    target_length=target_length,
+    extra_rows=list(doc_rows),
+  )
   doc_vectors = pretrained.pooled_vectors(model, base, doc_rows, cache)
   params = pretrained.initial_params(
-      model, encoder_dir, index=index, doc_vectors=doc_vectors, seed=seed,
-      input_length=input_length, target_length=target_length, warm=warm,
-      temperature=temperature, encoder_params=base["encoder"])
+    model,
+    encoder_dir,
+    index=index,
+    doc_vectors=doc_vectors,
+    seed=seed,
+    input_length=input_length,
+    target_length=target_length,
+    warm=warm,
+    temperature=temperature,
+    encoder_params=base["encoder"],
+  )
   transform = cache.add_states if model.has_frozen_encoder_layers else None
-  logging.info("pretrained setup (cache, document vectors, params): %.1fs",
-               time.time() - start)
+  logging.info(
+    "pretrained setup (cache, document vectors, params): %.1fs",
+    time.time() - start,
+  )
   return PretrainedSetup(
-      params, transform,
-      pretrained.dense_baseline(model, base, index, doc_vectors, input_length),
-      time.time() - start)
+    params,
+    transform,
+    pretrained.dense_baseline(model, base, index, doc_vectors, input_length),
+    time.time() - start,
+  )
 
 
-def retrieval_config(search: retrieval.SearchConfig,
-                     target_length: int) -> retrieval.SearchConfig:
+def retrieval_config(
+  search: retrieval.SearchConfig, target_length: int
+) -> retrieval.SearchConfig:
   """`search` with max_decode_len at least the longest docid."""
   return dataclasses.replace(
-      search, max_decode_len=max(search.max_decode_len, target_length))
+    search, max_decode_len=max(search.max_decode_len, target_length)
+  )
 
 
-def evaluate(searcher: retrieval.Searcher, data_dir: str,
-             query_sets: Sequence[evaluation.QuerySet], split: str,
-             run_dir: str, exact_queries: int, max_docs: int = 0,
-             dense: Optional[evaluation.Baseline] = None) -> dict:
+def evaluate(
+  searcher: retrieval.Searcher,
+  data_dir: str,
+  query_sets: Sequence[evaluation.QuerySet],
+  split: str,
+  run_dir: str,
+  exact_queries: int,
+  max_docs: int = 0,
+  dense: Optional[evaluation.Baseline] = None,
+) -> dict:
   """Metrics for each query set that exists in `data_dir`."""
   results = {}
   for query_set in query_sets:
     if not os.path.exists(os.path.join(data_dir, query_set.queries_file)):
       continue
-    dataset = subset(beir.BeirDataset.load(
-        data_dir, queries_file=query_set.queries_file,
-        qrels_dir=query_set.qrels_dir), max_docs)
+    dataset = subset(
+      beir.BeirDataset.load(
+        data_dir,
+        queries_file=query_set.queries_file,
+        qrels_dir=query_set.qrels_dir,
+      ),
+      max_docs,
+    )
     if split not in dataset.qrels:
       continue
     results[f"{query_set.name}/{split}"] = evaluation.evaluate_query_set(
-        searcher, dataset.corpus, dataset.queries, dataset.qrels[split],
-        name=f"{query_set.name}.{split}", run_dir=run_dir,
-        exact_queries=exact_queries, dense=dense)
+      searcher,
+      dataset.corpus,
+      dataset.queries,
+      dataset.qrels[split],
+      name=f"{query_set.name}.{split}",
+      run_dir=run_dir,
+      exact_queries=exact_queries,
+      dense=dense,
+    )
   return results

@@ -19,6 +19,7 @@ is the pooled output of the last layer, which training never changes.
 Files (`save_vectors`, `load_vectors`): `doc_vectors.npz` holding
 `doc_ids` [N] and `vectors` [N, width] float16, written atomically.
 """
+
 import io
 import os
 from typing import Mapping, Sequence
@@ -31,8 +32,9 @@ VECTORS_FILE = "doc_vectors.npz"
 SOURCE_ID = 1  # the one non-padding source token a vector row carries
 
 
-def vector_source(vectors: np.ndarray, length: int = 1
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def vector_source(
+  vectors: np.ndarray, length: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
   """Vectors [D, E] -> (encoded [D, length, E], source ids [D, length]):
   the vector at position 0, padding after."""
   vectors = np.asarray(vectors, np.float32)
@@ -48,9 +50,9 @@ def pooled(states: np.ndarray, tokens: np.ndarray) -> np.ndarray:
   positions [B, E] (bert.mean_pool_normalise, on the host)."""
   mask = (tokens > 0)[..., None].astype(np.float32)
   mean = (states.astype(np.float32) * mask).sum(1) / np.maximum(
-      mask.sum(1), 1.0)
-  return mean / np.maximum(np.linalg.norm(mean, axis=-1, keepdims=True),
-                           1e-12)
+    mask.sum(1), 1.0
+  )
+  return mean / np.maximum(np.linalg.norm(mean, axis=-1, keepdims=True), 1e-12)
 
 
 def with_vector_sources(batch: dict, every: int) -> dict:
@@ -65,8 +67,11 @@ def with_vector_sources(batch: dict, every: int) -> dict:
   encoded, source = vector_source(vectors, tokens.shape[1])
   states[rows] = encoded.astype(states.dtype)
   tokens[rows] = source
-  return {**batch, "encoder_input_tokens": tokens,
-          "encoder_frozen_states": states}
+  return {
+    **batch,
+    "encoder_input_tokens": tokens,
+    "encoder_frozen_states": states,
+  }
 
 
 # ----------------------------------------------------------------- files --
@@ -75,8 +80,11 @@ def with_vector_sources(batch: dict, every: int) -> dict:
 def save_vectors(path: str, vectors: Mapping[str, np.ndarray]) -> None:
   """{doc_id: [E]} -> `path` (npz: doc_ids, vectors float16), atomically."""
   doc_ids = list(vectors)
-  matrix = (np.stack([vectors[d] for d in doc_ids]).astype(np.float16)
-            if doc_ids else np.zeros((0, 0), np.float16))
+  matrix = (
+    np.stack([vectors[d] for d in doc_ids]).astype(np.float16)
+    if doc_ids
+    else np.zeros((0, 0), np.float16)
+  )
   buffer = io.BytesIO()
   np.savez(buffer, doc_ids=np.array(doc_ids, dtype=str), vectors=matrix)
   atomic_io.write_bytes(path, buffer.getvalue())
@@ -87,15 +95,20 @@ def load_vectors(path: str) -> dict[str, np.ndarray]:
   if not os.path.exists(path):
     return {}
   with np.load(path, allow_pickle=False) as data:
-    return {str(d): v.astype(np.float32)
-            for d, v in zip(data["doc_ids"], data["vectors"])}
+    return {
+      str(d): v.astype(np.float32)
+      for d, v in zip(data["doc_ids"], data["vectors"])
+    }
 
 
-def vectors_of(vectors: Mapping[str, np.ndarray],
-               doc_ids: Sequence[str]) -> dict[str, np.ndarray]:
+def vectors_of(
+  vectors: Mapping[str, np.ndarray], doc_ids: Sequence[str]
+) -> dict[str, np.ndarray]:
   """The vectors of `doc_ids`; raises naming the first one missing."""
   missing = [d for d in doc_ids if d not in vectors]
   if missing:
-    raise KeyError(f"{len(missing)} documents have no stored vector, e.g. "
-                   f"{missing[:3]}: the memory was written without them")
+    raise KeyError(
+      f"{len(missing)} documents have no stored vector, e.g. "
+      f"{missing[:3]}: the memory was written without them"
+    )
   return {d: vectors[d] for d in doc_ids}

@@ -12,6 +12,7 @@ loaded: `INPUT_ERRORS`) ends with one line on stderr, the error's message
 Run with --verbosity=1 to get the traceback too. Any other exception is a
 bug and keeps its traceback.
 """
+
 import logging as py_logging
 import os
 import sys
@@ -30,17 +31,22 @@ USAGE_EXIT_CODE = 2
 # that a script does not import modules it does not use just to catch them
 # (an exception of a type whose module was never imported cannot occur).
 INPUT_ERRORS = (
-    'gr.data.beir.BeirFormatError',
-    'gr.docids.base.DocidTableError',
-    'gr.index.IndexArtifactError',
-    'gr.checkpoints.ArtifactError',
-    'gr.run_config.RunConfigError',
-    'gr.hf_import.HFImportError',
-    'gr.serving.RunLoadError',
+  'gr.data.beir.BeirFormatError',
+  'gr.docids.base.DocidTableError',
+  'gr.index.IndexArtifactError',
+  'gr.checkpoints.ArtifactError',
+  'gr.run_config.RunConfigError',
+  'gr.hf_import.HFImportError',
+  'gr.serving.RunLoadError',
 )
 # Built-in and absl ones: a missing path, a wrong command line.
-_INPUT_ERROR_TYPES = (FileNotFoundError, NotADirectoryError, IsADirectoryError,
-                      app.UsageError, flags.Error)
+_INPUT_ERROR_TYPES = (
+  FileNotFoundError,
+  NotADirectoryError,
+  IsADirectoryError,
+  app.UsageError,
+  flags.Error,
+)
 
 
 class GinConfigError(ValueError):
@@ -49,14 +55,19 @@ class GinConfigError(ValueError):
 
 def rewrite_gin_shorthand(argv: Sequence[str]) -> list[str]:
   """--gin.NAME=value -> --gin_bindings=NAME=value (t5x's shorthand)."""
-  return [f'--gin_bindings={arg[len("--gin."):]}'
-          if arg.startswith('--gin.') else arg for arg in argv]
+  return [
+    f'--gin_bindings={arg[len("--gin.") :]}'
+    if arg.startswith('--gin.')
+    else arg
+    for arg in argv
+  ]
 
 
 def quiet_orbax_info() -> None:
   """Orbax logs each save in detail at INFO; keep its warnings only."""
   logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= py_logging.WARNING or 'orbax' not in r.pathname)
+    lambda r: r.levelno >= py_logging.WARNING or 'orbax' not in r.pathname
+  )
 
 
 def _gin_message(error: BaseException) -> str:
@@ -73,8 +84,13 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
   raises GinConfigError naming it.
   """
   gin.add_config_file_search_path(REPO_ROOT)
-  parse_errors = (OSError, ValueError, SyntaxError, ImportError,
-                  tokenize.TokenError)
+  parse_errors = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    ImportError,
+    tokenize.TokenError,
+  )
   for path in files:
     try:
       gin.parse_config_file(path)
@@ -92,8 +108,10 @@ def is_input_error(error: BaseException) -> bool:
   """Whether `error` says the command's input is wrong (see INPUT_ERRORS)."""
   if isinstance(error, (GinConfigError, *_INPUT_ERROR_TYPES)):
     return True
-  return any(f'{cls.__module__}.{cls.__qualname__}' in INPUT_ERRORS
-             for cls in type(error).__mro__)
+  return any(
+    f'{cls.__module__}.{cls.__qualname__}' in INPUT_ERRORS
+    for cls in type(error).__mro__
+  )
 
 
 def fail(message: Any) -> NoReturn:
@@ -101,12 +119,19 @@ def fail(message: Any) -> NoReturn:
 
   Gin's "In call to configurable ..." notes on an error are left out.
   """
-  line = ' '.join(' '.join(
-      text for text in str(message).splitlines()
-      if not text.strip().startswith('In call to configurable')).split())
+  line = ' '.join(
+    ' '.join(
+      text
+      for text in str(message).splitlines()
+      if not text.strip().startswith('In call to configurable')
+    ).split()
+  )
   sys.stdout.flush()
-  print(f'{os.path.basename(sys.argv[0])}: error: {line}', file=sys.stderr,
-        flush=True)
+  print(
+    f'{os.path.basename(sys.argv[0])}: error: {line}',
+    file=sys.stderr,
+    flush=True,
+  )
   sys.exit(USAGE_EXIT_CODE)
 
 

@@ -22,6 +22,7 @@ accepted and ignored. transformers 5.x always ties lm_head to `shared` and
 records the T5.1.1 "no logit scaling" choice as `scale_decoder_outputs:
 false`; we import that as untied logits initialised from `shared.weight`.
 """
+
 import json
 import os
 from typing import Any, Callable, Iterator, Mapping
@@ -34,59 +35,81 @@ from gr import network
 
 Params = dict[str, Any]
 
-_HF_ACTIVATIONS = {'relu': 'relu', 'gelu_new': 'gelu', 'gelu': 'gelu_exact',
-                   'silu': 'silu', 'swish': 'silu'}
+_HF_ACTIVATIONS = {
+  'relu': 'relu',
+  'gelu_new': 'gelu',
+  'gelu': 'gelu_exact',
+  'silu': 'silu',
+  'swish': 'silu',
+}
 _IGNORABLE_KEYS = (
-    'encoder.embed_tokens.weight', 'decoder.embed_tokens.weight',
-    'decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight')
+  'encoder.embed_tokens.weight',
+  'decoder.embed_tokens.weight',
+  'decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight',
+)
 
 
 class HFImportError(ValueError):
   """An HF checkpoint does not fit the expected T5 layout."""
 
 
-def activations_from_feed_forward_proj(feed_forward_proj: str,
-                                       ) -> tuple[str, ...]:
+def activations_from_feed_forward_proj(
+  feed_forward_proj: str,
+) -> tuple[str, ...]:
   """'gated-gelu' -> ('gelu', 'linear'); 'relu' -> ('relu',)."""
   parts = feed_forward_proj.split('-')
   gated = len(parts) == 2 and parts[0] == 'gated'
   if len(parts) > 2 or (len(parts) == 2 and not gated):
-    raise HFImportError(f'config.json feed_forward_proj={feed_forward_proj!r}:'
-                        " expected 'ACT' or 'gated-ACT'")
+    raise HFImportError(
+      f'config.json feed_forward_proj={feed_forward_proj!r}:'
+      " expected 'ACT' or 'gated-ACT'"
+    )
   # HF maps gated-gelu to the tanh approximation (gelu_new) for T5.1.1.
   act = 'gelu_new' if feed_forward_proj == 'gated-gelu' else parts[-1]
   if act not in _HF_ACTIVATIONS:
-    raise HFImportError(f'config.json feed_forward_proj={feed_forward_proj!r}:'
-                        f' activation {act!r} not in {sorted(_HF_ACTIVATIONS)}')
+    raise HFImportError(
+      f'config.json feed_forward_proj={feed_forward_proj!r}:'
+      f' activation {act!r} not in {sorted(_HF_ACTIVATIONS)}'
+    )
   ours = _HF_ACTIVATIONS[act]
   return (ours, 'linear') if gated else (ours,)
 
 
-def config_from_hf(hf_config: Mapping[str, Any],
-                   **overrides) -> network.T5Config:
+def config_from_hf(
+  hf_config: Mapping[str, Any], **overrides
+) -> network.T5Config:
   """Maps an HF T5 config.json dict to a T5Config (overrides win)."""
   try:
     num_layers = hf_config['num_layers']
     fields = dict(
-        vocab_size=hf_config['vocab_size'], emb_dim=hf_config['d_model'],
-        num_heads=hf_config['num_heads'], num_encoder_layers=num_layers,
-        num_decoder_layers=hf_config.get('num_decoder_layers') or num_layers,
-        head_dim=hf_config['d_kv'], mlp_dim=hf_config['d_ff'])
+      vocab_size=hf_config['vocab_size'],
+      emb_dim=hf_config['d_model'],
+      num_heads=hf_config['num_heads'],
+      num_encoder_layers=num_layers,
+      num_decoder_layers=hf_config.get('num_decoder_layers') or num_layers,
+      head_dim=hf_config['d_kv'],
+      mlp_dim=hf_config['d_ff'],
+    )
   except KeyError as e:
     raise HFImportError(f'config.json lacks required field {e}') from e
   # Logit scaling goes with tying in HF 4.x; 5.x records it separately.
-  scale = hf_config.get('scale_decoder_outputs',
-                        hf_config.get('tie_word_embeddings', True))
+  scale = hf_config.get(
+    'scale_decoder_outputs', hf_config.get('tie_word_embeddings', True)
+  )
   fields.update(
-      mlp_activations=activations_from_feed_forward_proj(
-          hf_config.get('feed_forward_proj', 'relu')),
-      dropout_rate=hf_config.get('dropout_rate', 0.1),
-      logits_via_embedding=bool(scale),
-      relative_attention_num_buckets=hf_config.get(
-          'relative_attention_num_buckets', 32),
-      relative_attention_max_distance=hf_config.get(
-          'relative_attention_max_distance', 128),
-      layer_norm_epsilon=hf_config.get('layer_norm_epsilon', 1e-6))
+    mlp_activations=activations_from_feed_forward_proj(
+      hf_config.get('feed_forward_proj', 'relu')
+    ),
+    dropout_rate=hf_config.get('dropout_rate', 0.1),
+    logits_via_embedding=bool(scale),
+    relative_attention_num_buckets=hf_config.get(
+      'relative_attention_num_buckets', 32
+    ),
+    relative_attention_max_distance=hf_config.get(
+      'relative_attention_max_distance', 128
+    ),
+    layer_norm_epsilon=hf_config.get('layer_norm_epsilon', 1e-6),
+  )
   return network.T5Config(**{**fields, **overrides})
 
 
@@ -111,8 +134,9 @@ def _same(config, weight):
   return weight
 
 
-_Rule = tuple[tuple[str, ...], str, Callable[[network.T5Config, np.ndarray],
-                                              np.ndarray]]
+_Rule = tuple[
+  tuple[str, ...], str, Callable[[network.T5Config, np.ndarray], np.ndarray]
+]
 
 
 def _attention_rules(ours: tuple[str, ...], hf: str) -> Iterator[_Rule]:
@@ -135,26 +159,37 @@ def _layer_rules(config, stack: str, i: int) -> Iterator[_Rule]:
     attention = [('attention', 'pre_attention_layer_norm', 'SelfAttention')]
   else:
     attention = [
-        ('self_attention', 'pre_self_attention_layer_norm', 'SelfAttention'),
-        ('encoder_decoder_attention', 'pre_cross_attention_layer_norm',
-         'EncDecAttention')]
+      ('self_attention', 'pre_self_attention_layer_norm', 'SelfAttention'),
+      (
+        'encoder_decoder_attention',
+        'pre_cross_attention_layer_norm',
+        'EncDecAttention',
+      ),
+    ]
   for j, (name, norm, hf_name) in enumerate(attention):
     yield ours + (norm, 'scale'), f'{hf}.{j}.layer_norm.weight', _same
     yield from _attention_rules(ours + (name,), f'{hf}.{j}.{hf_name}')
   j = len(attention)
-  yield (ours + ('pre_mlp_layer_norm', 'scale'),
-         f'{hf}.{j}.layer_norm.weight', _same)
+  yield (
+    ours + ('pre_mlp_layer_norm', 'scale'),
+    f'{hf}.{j}.layer_norm.weight',
+    _same,
+  )
   yield from _mlp_rules(config, ours + ('mlp',), f'{hf}.{j}.DenseReluDense')
 
 
 def _rules(config: network.T5Config, has_lm_head: bool) -> Iterator[_Rule]:
   """All (our path, HF key, transform) triples for `config`."""
   yield ('token_embedder', 'embedding'), 'shared.weight', _same
-  for stack, num_layers in (('encoder', config.num_encoder_layers),
-                            ('decoder', config.num_decoder_layers)):
-    yield ((stack, 'relpos_bias', 'rel_embedding'),
-           f'{stack}.block.0.layer.0.SelfAttention.relative_attention_bias'
-           '.weight', _linear)
+  for stack, num_layers in (
+    ('encoder', config.num_encoder_layers),
+    ('decoder', config.num_decoder_layers),
+  ):
+    yield (
+      (stack, 'relpos_bias', 'rel_embedding'),
+      f'{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight',
+      _linear,
+    )
     for i in range(num_layers):
       yield from _layer_rules(config, stack, i)
     norm = 'encoder_norm' if stack == 'encoder' else 'decoder_norm'
@@ -167,8 +202,9 @@ def _rules(config: network.T5Config, has_lm_head: bool) -> Iterator[_Rule]:
 def _expected_shapes(config: network.T5Config) -> dict[tuple[str, ...], tuple]:
   """Our parameter shapes for `config`, without running the network."""
   tokens = np.ones((1, 1), np.int32)
-  shapes = jax.eval_shape(network.Transformer(config).init,
-                          jax.random.PRNGKey(0), tokens, tokens)
+  shapes = jax.eval_shape(
+    network.Transformer(config).init, jax.random.PRNGKey(0), tokens, tokens
+  )
   flat = _flatten(nn.unbox(shapes['params']))
   return {k: tuple(v.shape) for k, v in flat.items()}
 
@@ -193,13 +229,15 @@ def _nest(flat: Mapping[tuple[str, ...], Any]) -> Params:
   return tree
 
 
-def _check_keys(state_dict: Mapping[str, Any], used: set[str],
-                config: network.T5Config) -> None:
+def _check_keys(
+  state_dict: Mapping[str, Any], used: set[str], config: network.T5Config
+) -> None:
   """Raises HFImportError naming missing or unexpected keys."""
   missing = sorted(used - set(state_dict))
   if missing:
-    raise HFImportError(f'HF state dict is missing keys for {config}: '
-                        f'{missing}')
+    raise HFImportError(
+      f'HF state dict is missing keys for {config}: {missing}'
+    )
   ignorable = set(_IGNORABLE_KEYS)
   if config.logits_via_embedding:
     ignorable.add('lm_head.weight')
@@ -208,8 +246,9 @@ def _check_keys(state_dict: Mapping[str, Any], used: set[str],
     raise HFImportError(f'HF state dict has unexpected keys: {unexpected}')
 
 
-def params_from_hf_state_dict(state_dict: Mapping[str, np.ndarray],
-                              config: network.T5Config) -> Params:
+def params_from_hf_state_dict(
+  state_dict: Mapping[str, np.ndarray], config: network.T5Config
+) -> Params:
   """Converts an HF T5 state dict to our params (nested dict, fp32 numpy).
 
   Args:
@@ -232,11 +271,15 @@ def params_from_hf_state_dict(state_dict: Mapping[str, np.ndarray],
     try:
       value = transform(config, weight)
     except ValueError as e:
-      raise HFImportError(f'{hf}: shape {weight.shape} does not fit '
-                          f'{"/".join(ours)} {shapes[ours]}') from e
+      raise HFImportError(
+        f'{hf}: shape {weight.shape} does not fit '
+        f'{"/".join(ours)} {shapes[ours]}'
+      ) from e
     if value.shape != shapes[ours]:
-      raise HFImportError(f'{hf}: shape {weight.shape} gives {value.shape}, '
-                          f'expected {shapes[ours]} for {"/".join(ours)}')
+      raise HFImportError(
+        f'{hf}: shape {weight.shape} gives {value.shape}, '
+        f'expected {shapes[ours]} for {"/".join(ours)}'
+      )
     flat[ours] = np.ascontiguousarray(value, dtype=np.float32)
   return _nest(flat)
 
@@ -249,8 +292,10 @@ def _to_numpy(value: Any) -> np.ndarray:
 
 def _weight_files(directory: str) -> list[str]:
   """Weight files in an HF model directory (sharded or single)."""
-  for index_name in ('model.safetensors.index.json',
-                     'pytorch_model.bin.index.json'):
+  for index_name in (
+    'model.safetensors.index.json',
+    'pytorch_model.bin.index.json',
+  ):
     index = os.path.join(directory, index_name)
     if os.path.exists(index):
       with open(index) as f:
@@ -259,18 +304,22 @@ def _weight_files(directory: str) -> list[str]:
   for name in ('model.safetensors', 'pytorch_model.bin'):
     if os.path.exists(os.path.join(directory, name)):
       return [os.path.join(directory, name)]
-  raise HFImportError(f'{directory}: no model.safetensors or '
-                      'pytorch_model.bin (or their .index.json)')
+  raise HFImportError(
+    f'{directory}: no model.safetensors or '
+    'pytorch_model.bin (or their .index.json)'
+  )
 
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
   """Reads one .safetensors or .bin file into HF key -> fp32 numpy array."""
   if path.endswith('.safetensors'):
     import safetensors  # pylint: disable=g-import-not-at-top
+
     with safetensors.safe_open(path, framework='np') as f:
       return {k: _to_numpy(f.get_tensor(k)) for k in f.keys()}
   if path.endswith('.bin'):
     import torch  # pylint: disable=g-import-not-at-top
+
     state = torch.load(path, map_location='cpu', weights_only=True)
     return {k: _to_numpy(v) for k, v in state.items()}
   raise HFImportError(f'{path}: expected a .safetensors or .bin file')

@@ -19,6 +19,7 @@ version, never a mix. Older versions beyond `keep` are deleted afterwards.
 The trie maps each docid's token ids (ending in EOS) to the document's
 position in `table.doc_ids`.
 """
+
 import dataclasses
 import json
 import os
@@ -46,15 +47,21 @@ class IndexArtifactError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Index:
   """A docid table with its vocabulary (docid tokens = reserved tokens)."""
+
   table: docids_base.DocidTable
   vocab: vocab_lib.Vocabulary
 
   def __post_init__(self):
-    missing = [t for t in self.table.reserved_tokens
-               if t not in set(self.vocab.docid_tokens)]
+    missing = [
+      t
+      for t in self.table.reserved_tokens
+      if t not in set(self.vocab.docid_tokens)
+    ]
     if missing:
-      raise IndexArtifactError(f"vocabulary lacks {len(missing)} reserved docid "
-                        f"tokens of the table, e.g. {missing[:3]}")
+      raise IndexArtifactError(
+        f"vocabulary lacks {len(missing)} reserved docid "
+        f"tokens of the table, e.g. {missing[:3]}"
+      )
 
   @property
   def doc_ids(self) -> tuple[str, ...]:
@@ -77,27 +84,37 @@ class Index:
   def build_trie(self, capacity: Optional[int] = None) -> trie_lib.DocidTrie:
     sequences, values = self.docid_sequences()
     return trie_lib.DocidTrie.from_padded(
-        decoding.pad_sequences(sequences), values, eos_id=vocab_lib.EOS_ID,
-        capacity=capacity)
+      decoding.pad_sequences(sequences),
+      values,
+      eos_id=vocab_lib.EOS_ID,
+      capacity=capacity,
+    )
 
   def with_table(self, table: docids_base.DocidTable) -> "Index":
     """The index for an updated table; new reserved tokens are appended."""
     return Index(table, self.vocab.with_docid_tokens(table.reserved_tokens))
 
 
-def build_index(table: docids_base.DocidTable, texts: Sequence[str],
-                work_dir: str, *, vocab_size: int = 8000,
-                seed: int = 0) -> Index:
+def build_index(
+  table: docids_base.DocidTable,
+  texts: Sequence[str],
+  work_dir: str,
+  *,
+  vocab_size: int = 8000,
+  seed: int = 0,
+) -> Index:
   """Trains sentencepiece on `texts` and wraps it with the table's tokens."""
   os.makedirs(work_dir, exist_ok=True)
   prefix = os.path.join(work_dir, os.path.splitext(SP_MODEL_NAME)[0])
-  sp_path = vocab_lib.train_sentencepiece(texts, prefix,
-                                          vocab_size=vocab_size, seed=seed)
+  sp_path = vocab_lib.train_sentencepiece(
+    texts, prefix, vocab_size=vocab_size, seed=seed
+  )
   return Index(table, vocab_lib.Vocabulary.from_table(sp_path, table))
 
 
-def training_texts(corpus: Mapping[str, Document],
-                   queries: Mapping[str, str]) -> list[str]:
+def training_texts(
+  corpus: Mapping[str, Document], queries: Mapping[str, str]
+) -> list[str]:
   """What the vocabulary learns from: bodies and train queries (never titles)."""
   return [doc.text for doc in corpus.values()] + list(queries.values())
 
@@ -110,9 +127,12 @@ def live_versions(index_dir: str) -> list[str]:
   """Complete version directories, oldest first."""
   if not os.path.isdir(index_dir):
     return []
-  return sorted(name for name in os.listdir(index_dir)
-                if name.startswith("v") and
-                os.path.exists(os.path.join(index_dir, name, INDEX_FILE)))
+  return sorted(
+    name
+    for name in os.listdir(index_dir)
+    if name.startswith("v")
+    and os.path.exists(os.path.join(index_dir, name, INDEX_FILE))
+  )
 
 
 def save_index(index: Index, index_dir: str, *, keep: int = 3) -> str:
@@ -126,11 +146,20 @@ def save_index(index: Index, index_dir: str, *, keep: int = 3) -> str:
   vocab_dir = os.path.join(staging, "vocab")
   os.makedirs(vocab_dir)
   vocab = index.vocab.copy_to(vocab_dir)
-  atomic_io.write_text(os.path.join(staging, INDEX_FILE), json.dumps({
-      "format": FORMAT, "scheme": index.table.scheme,
-      "table_version": index.table.version, "num_docs": index.table.num_docs,
-      "vocab_fingerprint": vocab.fingerprint,
-      "vocab_size": vocab.vocab_size}, indent=1))
+  atomic_io.write_text(
+    os.path.join(staging, INDEX_FILE),
+    json.dumps(
+      {
+        "format": FORMAT,
+        "scheme": index.table.scheme,
+        "table_version": index.table.version,
+        "num_docs": index.table.num_docs,
+        "vocab_fingerprint": vocab.fingerprint,
+        "vocab_size": vocab.vocab_size,
+      },
+      indent=1,
+    ),
+  )
   os.replace(staging, os.path.join(index_dir, name))
   _switch_current(index_dir, name)
   for old in live_versions(index_dir)[:-keep]:
@@ -146,8 +175,10 @@ def _switch_current(index_dir: str, name: str) -> None:
 def current_version_dir(index_dir: str) -> str:
   path = os.path.join(index_dir, CURRENT_FILE)
   if not os.path.exists(path):
-    raise IndexArtifactError(f"{index_dir}: no {CURRENT_FILE} file: not an index "
-                      "directory, or no version was ever completed")
+    raise IndexArtifactError(
+      f"{index_dir}: no {CURRENT_FILE} file: not an index "
+      "directory, or no version was ever completed"
+    )
   with open(path) as f:
     return os.path.join(index_dir, f.read().strip())
 
@@ -164,19 +195,26 @@ def load_index_version(version_dir: str) -> Index:
     with open(info_path) as f:
       info = json.load(f)
   except (OSError, json.JSONDecodeError) as e:
-    raise IndexArtifactError(f"{info_path}: unreadable index record: {e}") from e
+    raise IndexArtifactError(
+      f"{info_path}: unreadable index record: {e}"
+    ) from e
   if info.get("format") != FORMAT:
-    raise IndexArtifactError(f"{info_path}: format {info.get('format')!r}, "
-                      f"expected {FORMAT!r}")
+    raise IndexArtifactError(
+      f"{info_path}: format {info.get('format')!r}, expected {FORMAT!r}"
+    )
   table = docids_base.DocidTable.load(os.path.join(version_dir, "docids"))
   try:
     vocab = vocab_lib.load_vocabulary(os.path.join(version_dir, "vocab"))
   except FileNotFoundError as e:
     raise IndexArtifactError(str(e)) from e
   if vocab.fingerprint != info["vocab_fingerprint"]:
-    raise IndexArtifactError(f"{info_path}: vocabulary fingerprint differs from "
-                      "the one recorded: the version directory is corrupt")
+    raise IndexArtifactError(
+      f"{info_path}: vocabulary fingerprint differs from "
+      "the one recorded: the version directory is corrupt"
+    )
   if table.version != info["table_version"]:
-    raise IndexArtifactError(f"{info_path}: docid table version {table.version} "
-                      f"!= recorded {info['table_version']}")
+    raise IndexArtifactError(
+      f"{info_path}: docid table version {table.version} "
+      f"!= recorded {info['table_version']}"
+    )
   return Index(table, vocab)

@@ -13,6 +13,7 @@ Policies:
     reseeded); `hierarchical_kmeans` drops them and renumbers the children.
   * ties go to the lowest cluster index. Same inputs and seed, same result.
 """
+
 import dataclasses
 import functools
 import zlib
@@ -29,8 +30,9 @@ def bucket_size(n: int) -> int:
   return max(_MIN_BUCKET, 1 << max(n - 1, 0).bit_length())
 
 
-def _squared_distances(x: jax.Array, centroids: jax.Array,
-                       valid: jax.Array | None = None) -> jax.Array:
+def _squared_distances(
+  x: jax.Array, centroids: jax.Array, valid: jax.Array | None = None
+) -> jax.Array:
   """x [n, d], centroids [k, d] -> [n, k]; +inf where valid [k] is False."""
   cross = jnp.dot(x, centroids.T, precision=jax.lax.Precision.HIGHEST)
   x_norm = jnp.sum(x * x, axis=1, keepdims=True)
@@ -53,8 +55,9 @@ def _kmeans_plus_plus(x, mask, key, k: int) -> jax.Array:
   def pick(i, carry):
     centroids, nearest = carry
     positive = mask & (nearest > 0)
-    logits = jnp.where(positive, jnp.log(jnp.where(positive, nearest, 1.0)),
-                       -jnp.inf)
+    logits = jnp.where(
+      positive, jnp.log(jnp.where(positive, nearest, 1.0)), -jnp.inf
+    )
     # All valid points coincide with a centroid (n < k): pick uniformly.
     logits = jnp.where(jnp.any(positive), logits, uniform)
     chosen = x[jax.random.categorical(jax.random.fold_in(key, i), logits)]
@@ -98,8 +101,9 @@ def _kmeans_padded(x, mask, key, tol, k, *, k_padded: int, iters: int):
   return centroids, jnp.argmin(_squared_distances(x, centroids, valid), axis=1)
 
 
-def kmeans(x: np.ndarray, k: int, *, seed: int = 0, iters: int = 50,
-           tol: float = 1e-7) -> tuple[np.ndarray, np.ndarray]:
+def kmeans(
+  x: np.ndarray, k: int, *, seed: int = 0, iters: int = 50, tol: float = 1e-7
+) -> tuple[np.ndarray, np.ndarray]:
   """k-means++ then Lloyd: x [n, d] -> (centroids [k, d], assignment [n])."""
   x = np.asarray(x, np.float32)
   if x.ndim != 2 or x.shape[0] == 0:
@@ -112,8 +116,14 @@ def kmeans(x: np.ndarray, k: int, *, seed: int = 0, iters: int = 50,
   mask = np.arange(padded.shape[0]) < n
   k_padded = max(8, 1 << (k - 1).bit_length())
   centroids, assignment = _kmeans_padded(
-      padded, mask, jax.random.PRNGKey(seed), np.float32(tol), np.int32(k),
-      k_padded=k_padded, iters=iters)
+    padded,
+    mask,
+    jax.random.PRNGKey(seed),
+    np.float32(tol),
+    np.int32(k),
+    k_padded=k_padded,
+    iters=iters,
+  )
   return np.asarray(centroids)[:k], np.asarray(assignment)[:n]
 
 
@@ -127,12 +137,14 @@ class ClusterTree:
     centroids: internal node path -> centroids of its children [children, d]
       (root is ()). Leaves (<= c points) have no entry.
   """
+
   paths: list[tuple[int, ...]]
   centroids: dict[tuple[int, ...], np.ndarray]
 
 
-def hierarchical_kmeans(x: np.ndarray, k: int, c: int, *, seed: int = 0,
-                        iters: int = 50) -> ClusterTree:
+def hierarchical_kmeans(
+  x: np.ndarray, k: int, c: int, *, seed: int = 0, iters: int = 50
+) -> ClusterTree:
   """DSI-style recursive clustering of x [n, d]: k children, leaves <= c.
 
   A node with more than c points is split by k-means into its non-empty
@@ -152,7 +164,9 @@ def hierarchical_kmeans(x: np.ndarray, k: int, c: int, *, seed: int = 0,
       for position, i in enumerate(members):
         paths[i] = prefix + (position,)
       continue
-    node_centroids, groups = _split(x[members], k, _node_seed(seed, prefix), iters)
+    node_centroids, groups = _split(
+      x[members], k, _node_seed(seed, prefix), iters
+    )
     centroids[prefix] = node_centroids
     pending.extend((prefix + (j,), members[g]) for j, g in enumerate(groups))
   return ClusterTree(paths, centroids)
@@ -162,8 +176,9 @@ def _node_seed(seed: int, prefix: tuple[int, ...]) -> int:
   return (seed * 1_000_003 + zlib.crc32(repr(prefix).encode())) % (2**31)
 
 
-def _split(x: np.ndarray, k: int, seed: int,
-           iters: int) -> tuple[np.ndarray, list[np.ndarray]]:
+def _split(
+  x: np.ndarray, k: int, seed: int, iters: int
+) -> tuple[np.ndarray, list[np.ndarray]]:
   """x [m, d] -> (centroids [g, d], g index arrays), g >= 2 non-empty groups."""
   centroids, assignment = kmeans(x, k, seed=seed, iters=iters)
   used = np.unique(assignment)

@@ -4,6 +4,7 @@
 queries of several concurrent `submit`s, gathered for at most `max_wait_s`
 or until `max_batch` queries; each caller gets a future of its own rows.
 """
+
 import concurrent.futures
 import dataclasses
 import logging
@@ -15,7 +16,6 @@ from typing import Any, Callable, Optional, Sequence
 
 class BatcherClosed(RuntimeError):
   """The batcher is shut down and takes no more requests."""
-
 
 
 @dataclasses.dataclass
@@ -38,24 +38,30 @@ class MicroBatcher:
   its own rows cut to its k.
   """
 
-  def __init__(self, run_batch: Callable[[list[str], int], list[list[Any]]],
-               *, max_batch: int, max_wait_s: float,
-               on_batch: Optional[Callable[[int], None]] = None):
+  def __init__(
+    self,
+    run_batch: Callable[[list[str], int], list[list[Any]]],
+    *,
+    max_batch: int,
+    max_wait_s: float,
+    on_batch: Optional[Callable[[int], None]] = None,
+  ):
     self._run_batch, self._max_batch = run_batch, max_batch
     self._max_wait_s, self._on_batch = max_wait_s, on_batch
     self._queue: queue.Queue = queue.Queue()
     self._held: Optional[_Request] = None
     self._closed = False
-    self._thread = threading.Thread(target=self._loop, name="gr-batcher",
-                                    daemon=True)
+    self._thread = threading.Thread(
+      target=self._loop, name="gr-batcher", daemon=True
+    )
     self._thread.start()
 
-  def submit(self, queries: Sequence[str], k: int
-             ) -> concurrent.futures.Future:
+  def submit(self, queries: Sequence[str], k: int) -> concurrent.futures.Future:
     """Future of the queries' hit lists; at most max_batch queries."""
     if not 1 <= len(queries) <= self._max_batch:
-      raise ValueError(f"a request holds 1..{self._max_batch} queries, got "
-                       f"{len(queries)}")
+      raise ValueError(
+        f"a request holds 1..{self._max_batch} queries, got {len(queries)}"
+      )
     if self._closed:
       raise BatcherClosed("the batcher is shut down")
     future = concurrent.futures.Future()
@@ -114,7 +120,6 @@ class MicroBatcher:
       self._on_batch(len(queries))
     start = 0
     for request in batch:
-      rows = hits[start:start + len(request.queries)]
+      rows = hits[start : start + len(request.queries)]
       start += len(request.queries)
-      request.future.set_result([row[:request.k] for row in rows])
-
+      request.future.set_result([row[: request.k] for row in rows])

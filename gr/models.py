@@ -17,6 +17,7 @@ same logits, without that per-step work). `decode_step_hidden` and
 `output_logits` split a step at its output layer, so that a constrained
 search can score only the tokens a trie allows (gr/decoding.py SplitDecoder).
 """
+
 import dataclasses
 import functools
 from typing import Any, Mapping
@@ -40,10 +41,13 @@ def shift_targets_right(targets: jax.Array) -> jax.Array:
   return jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))
 
 
-def cross_entropy_with_z_loss(logits: jax.Array, targets: jax.Array, *,
-                              z_loss: float = 0.0,
-                              label_smoothing: float = 0.0,
-                              ) -> tuple[jax.Array, jax.Array]:
+def cross_entropy_with_z_loss(
+  logits: jax.Array,
+  targets: jax.Array,
+  *,
+  z_loss: float = 0.0,
+  label_smoothing: float = 0.0,
+) -> tuple[jax.Array, jax.Array]:
   """Per-token cross-entropy (t5x semantics) and z-loss.
 
   Args:
@@ -59,15 +63,17 @@ def cross_entropy_with_z_loss(logits: jax.Array, targets: jax.Array, *,
   """
   vocab = logits.shape[-1]
   log_z = jax.nn.logsumexp(logits, axis=-1)
-  target_logits = jnp.take_along_axis(logits, targets[..., None],
-                                      axis=-1)[..., 0]  # --> [batch, length]
+  target_logits = jnp.take_along_axis(logits, targets[..., None], axis=-1)[
+    ..., 0
+  ]  # --> [batch, length]
   if not label_smoothing:  # No [batch, length, vocab] one-hot needed.
     return log_z - target_logits, z_loss * jnp.square(log_z)
   confidence = 1.0 - label_smoothing
   low = label_smoothing / (vocab - 1)
   # sum_v soft_v * -log p_v with soft = low everywhere, confidence at target.
-  xent = log_z - (confidence - low) * target_logits - low * jnp.sum(
-      logits, axis=-1)
+  xent = (
+    log_z - (confidence - low) * target_logits - low * jnp.sum(logits, axis=-1)
+  )
   entropy = -(confidence * np.log(confidence) if confidence > 0 else 0.0)
   if low > 0:
     entropy -= (vocab - 1) * low * np.log(low)
@@ -118,8 +124,10 @@ class EncoderDecoderModel:
 
   @property
   def has_frozen_encoder_layers(self) -> bool:
-    return (isinstance(self.config, bert_network.BertT5Config)
-            and self.config.frozen_layers > 0)
+    return (
+      isinstance(self.config, bert_network.BertT5Config)
+      and self.config.frozen_layers > 0
+    )
 
   def trainable_mask(self, params: Params) -> Params:
     """Bool tree like params: False for frozen encoder parameters.
@@ -127,8 +135,11 @@ class EncoderDecoderModel:
     With a BERT encoder, its embeddings and bottom `frozen_layers` layers
     are frozen; everything else trains. A T5 model trains everything.
     """
-    frozen_layers = (self.config.frozen_layers if isinstance(
-        self.config, bert_network.BertT5Config) else 0)
+    frozen_layers = (
+      self.config.frozen_layers
+      if isinstance(self.config, bert_network.BertT5Config)
+      else 0
+    )
 
     def trainable(path, _):
       names = [getattr(k, 'key', str(k)) for k in path]
@@ -137,13 +148,20 @@ class EncoderDecoderModel:
       if names[1].startswith('layer_'):
         return int(names[1].split('_')[1]) >= frozen_layers
       return False  # embeddings
+
     return jax.tree_util.tree_map_with_path(trainable, params)
 
-  def frozen_encode(self, params: Params, encoder_input_tokens: jax.Array,
-                    ) -> jax.Array:
+  def frozen_encode(
+    self,
+    params: Params,
+    encoder_input_tokens: jax.Array,
+  ) -> jax.Array:
     """[B, Li] ids -> frozen encoder layers' output [B, Li, width]."""
-    return self.module.apply({'params': params}, encoder_input_tokens,
-                             method=bert_network.BertT5Transformer.frozen_encode)
+    return self.module.apply(
+      {'params': params},
+      encoder_input_tokens,
+      method=bert_network.BertT5Transformer.frozen_encode,
+    )
 
   def _init_variables(self, rng, input_length, target_length):
     """Boxed (nn.Partitioned) variables from a dummy batch."""
@@ -152,15 +170,18 @@ class EncoderDecoderModel:
     return self.module.init(rng, encoder_tokens, decoder_tokens)
 
   def _abstract_variables(self):
-    init = functools.partial(self._init_variables, input_length=1,
-                             target_length=1)
+    init = functools.partial(
+      self._init_variables, input_length=1, target_length=1
+    )
     return jax.eval_shape(init, jax.random.PRNGKey(0))
 
-  def init_params(self, rng: jax.Array, *, input_length: int,
-                  target_length: int) -> Params:
+  def init_params(
+    self, rng: jax.Array, *, input_length: int, target_length: int
+  ) -> Params:
     """Fresh fp32 params (plain arrays, no partitioning boxes)."""
-    return nn.unbox(self._init_variables(rng, input_length, target_length)
-                    ['params'])
+    return nn.unbox(
+      self._init_variables(rng, input_length, target_length)['params']
+    )
 
   def param_shapes(self) -> Params:
     """jax.ShapeDtypeStruct tree of the params (no computation)."""
@@ -174,22 +195,33 @@ class EncoderDecoderModel:
     """
     return nn.get_partition_spec(self._abstract_variables()['params'])
 
-  def logits(self, params: Params, batch: Batch,
-             dropout_rng: jax.Array | None = None) -> jax.Array:
+  def logits(
+    self, params: Params, batch: Batch, dropout_rng: jax.Array | None = None
+  ) -> jax.Array:
     """Teacher-forced fp32 logits [batch, target_length, vocab]."""
     rngs = None if dropout_rng is None else {'dropout': dropout_rng}
     extra = {}
     if 'encoder_frozen_states' in batch:
       extra['encoder_frozen_states'] = batch['encoder_frozen_states']
     return self.module.apply(
-        {'params': params}, batch['encoder_input_tokens'],
-        batch['decoder_input_tokens'], batch.get('decoder_target_tokens'),
-        enable_dropout=dropout_rng is not None, rngs=rngs, **extra)
+      {'params': params},
+      batch['encoder_input_tokens'],
+      batch['decoder_input_tokens'],
+      batch.get('decoder_target_tokens'),
+      enable_dropout=dropout_rng is not None,
+      rngs=rngs,
+      **extra,
+    )
 
-  def loss_fn(self, params: Params, batch: Batch,
-              dropout_rng: jax.Array | None, *, z_loss: float = 1e-4,
-              label_smoothing: float = 0.0,
-              ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def loss_fn(
+    self,
+    params: Params,
+    batch: Batch,
+    dropout_rng: jax.Array | None,
+    *,
+    z_loss: float = 1e-4,
+    label_smoothing: float = 0.0,
+  ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mean per-token loss over weighted target tokens, and metrics.
 
     loss = sum_t w_t * (xent_t + z_loss * logZ_t^2) / sum_t w_t, where w are
@@ -204,15 +236,20 @@ class EncoderDecoderModel:
     targets = batch['decoder_target_tokens']
     weights = batch['decoder_loss_weights'].astype(jnp.float32)
     xent, z_term = cross_entropy_with_z_loss(
-        logits, targets, z_loss=z_loss, label_smoothing=label_smoothing)
+      logits, targets, z_loss=z_loss, label_smoothing=label_smoothing
+    )
     num_tokens = jnp.sum(weights)
     denominator = jnp.maximum(num_tokens, 1e-8)
     mean = lambda x: jnp.sum(x * weights) / denominator
     correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
     loss = mean(xent + z_term)
-    metrics = {'loss': loss, 'cross_entropy': mean(xent),
-               'z_loss': mean(z_term), 'accuracy': mean(correct),
-               'num_tokens': num_tokens}
+    metrics = {
+      'loss': loss,
+      'cross_entropy': mean(xent),
+      'z_loss': mean(z_term),
+      'accuracy': mean(correct),
+      'num_tokens': num_tokens,
+    }
     return loss, metrics
 
   def score_batch(self, params: Params, batch: Batch) -> jax.Array:
@@ -225,13 +262,18 @@ class EncoderDecoderModel:
     weights = batch.get('decoder_loss_weights')
     weights = (targets > 0) if weights is None else weights
     log_probs = jax.nn.log_softmax(self.logits(params, batch), axis=-1)
-    token_scores = jnp.take_along_axis(log_probs, targets[..., None],
-                                       axis=-1)[..., 0]  # --> [batch, length]
+    token_scores = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[
+      ..., 0
+    ]  # --> [batch, length]
     return jnp.sum(token_scores * weights.astype(jnp.float32), axis=-1)
 
-  def score_encoded(self, params: Params, encoded: jax.Array,
-                    encoder_input_tokens: jax.Array,
-                    targets: jax.Array) -> jax.Array:
+  def score_encoded(
+    self,
+    params: Params,
+    encoded: jax.Array,
+    encoder_input_tokens: jax.Array,
+    targets: jax.Array,
+  ) -> jax.Array:
     """Sum of target log-probs [n] given encoder states (no re-encoding).
 
     encoded [n or 1, Li, width] (or its `cross_attention_kv`) and
@@ -239,22 +281,32 @@ class EncoderDecoderModel:
     targets [n, Lt], 0 = padding.
     """
     logits = self.module.apply(
-        {'params': params}, encoded, encoder_input_tokens,
-        shift_targets_right(targets), decoder_target_tokens=targets,
-        method=type(self.module).decode)
+      {'params': params},
+      encoded,
+      encoder_input_tokens,
+      shift_targets_right(targets),
+      decoder_target_tokens=targets,
+      method=type(self.module).decode,
+    )
     log_probs = jax.nn.log_softmax(logits, axis=-1)
-    token_scores = jnp.take_along_axis(log_probs, targets[..., None],
-                                       axis=-1)[..., 0]  # --> [n, Lt]
+    token_scores = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[
+      ..., 0
+    ]  # --> [n, Lt]
     return jnp.sum(token_scores * (targets > 0), axis=-1)
 
-  def encode(self, params: Params, encoder_input_tokens: jax.Array,
-             ) -> jax.Array:
+  def encode(
+    self,
+    params: Params,
+    encoder_input_tokens: jax.Array,
+  ) -> jax.Array:
     """encoder_input_tokens [B, Li] -> encoded [B, Li, emb_dim]."""
-    return self.module.apply({'params': params}, encoder_input_tokens,
-                             method=type(self.module).encode)
+    return self.module.apply(
+      {'params': params}, encoder_input_tokens, method=type(self.module).encode
+    )
 
-  def init_cache(self, params: Params, batch_size: int,
-                 max_decode_length: int) -> Cache:
+  def init_cache(
+    self, params: Params, batch_size: int, max_decode_length: int
+  ) -> Cache:
     """Zero decoder cache for `batch_size` rows and `max_decode_length` steps.
 
     Leaves: cached_key/cached_value [batch_size, max_decode_length, heads,
@@ -263,43 +315,71 @@ class EncoderDecoderModel:
     cfg = self.config
 
     def create(params):
-      encoded = jnp.zeros((batch_size, 1, encoder_width(cfg)),
-                          cfg.activation_dtype)
+      encoded = jnp.zeros(
+        (batch_size, 1, encoder_width(cfg)), cfg.activation_dtype
+      )
       encoder_tokens = jnp.ones((batch_size, 1), jnp.int32)
       decoder_tokens = jnp.zeros((batch_size, max_decode_length), jnp.int32)
       _, variables = self.module.apply(
-          {'params': params}, encoded, encoder_tokens, decoder_tokens,
-          decode=True, max_decode_length=max_decode_length,
-          method=type(self.module).decode, mutable=['cache'])
+        {'params': params},
+        encoded,
+        encoder_tokens,
+        decoder_tokens,
+        decode=True,
+        max_decode_length=max_decode_length,
+        method=type(self.module).decode,
+        mutable=['cache'],
+      )
       return variables['cache']
 
     shapes = jax.eval_shape(create, params)
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
-  def cross_attention_kv(self, params: Params, encoded: jax.Array,
-                         ) -> network.CrossAttentionKV:
+  def cross_attention_kv(
+    self,
+    params: Params,
+    encoded: jax.Array,
+  ) -> network.CrossAttentionKV:
     """encoded [N, Li, width] -> each decoder layer's cross-attention K/V.
 
     Keys and values [N, Li, heads, head_dim] per layer, projected once per
     query: a decoding loop passes them (repeated per beam, like `encoded`)
     to `decode_step` in place of `encoded`.
     """
-    return network.cross_attention_kv(decoder_config(self.config),
-                                      params['decoder'], encoded)
+    return network.cross_attention_kv(
+      decoder_config(self.config), params['decoder'], encoded
+    )
 
-  def _step(self, params, cache, encoded, encoder_input_tokens,
-            decoder_tokens, return_hidden):
+  def _step(
+    self,
+    params,
+    cache,
+    encoded,
+    encoder_input_tokens,
+    decoder_tokens,
+    return_hidden,
+  ):
     out, variables = self.module.apply(
-        {'params': params, 'cache': cache}, encoded, encoder_input_tokens,
-        decoder_tokens, decode=True, max_decode_length=network.cache_length(
-            cache), method=type(self.module).decode, mutable=['cache'],
-        return_hidden=return_hidden)
+      {'params': params, 'cache': cache},
+      encoded,
+      encoder_input_tokens,
+      decoder_tokens,
+      decode=True,
+      max_decode_length=network.cache_length(cache),
+      method=type(self.module).decode,
+      mutable=['cache'],
+      return_hidden=return_hidden,
+    )
     return out[:, 0, :], variables['cache']  # [N, 1, V or E] --> [N, V or E]
 
-  def decode_step(self, params: Params, cache: Cache,
-                  encoded: jax.Array | network.CrossAttentionKV,
-                  encoder_input_tokens: jax.Array, decoder_tokens: jax.Array,
-                  ) -> tuple[jax.Array, Cache]:
+  def decode_step(
+    self,
+    params: Params,
+    cache: Cache,
+    encoded: jax.Array | network.CrossAttentionKV,
+    encoder_input_tokens: jax.Array,
+    decoder_tokens: jax.Array,
+  ) -> tuple[jax.Array, Cache]:
     """One cached decoder step.
 
     Args:
@@ -313,29 +393,46 @@ class EncoderDecoderModel:
     Returns:
       (fp32 logits [N, vocab], new cache).
     """
-    return self._step(params, cache, encoded, encoder_input_tokens,
-                      decoder_tokens, return_hidden=False)
+    return self._step(
+      params,
+      cache,
+      encoded,
+      encoder_input_tokens,
+      decoder_tokens,
+      return_hidden=False,
+    )
 
-  def decode_step_hidden(self, params: Params, cache: Cache,
-                         encoded: jax.Array | network.CrossAttentionKV,
-                         encoder_input_tokens: jax.Array,
-                         decoder_tokens: jax.Array,
-                         ) -> tuple[jax.Array, Cache]:
+  def decode_step_hidden(
+    self,
+    params: Params,
+    cache: Cache,
+    encoded: jax.Array | network.CrossAttentionKV,
+    encoder_input_tokens: jax.Array,
+    decoder_tokens: jax.Array,
+  ) -> tuple[jax.Array, Cache]:
     """`decode_step` without its output layer.
 
     Returns:
       (final decoder hidden states [N, emb_dim], new cache); `output_logits`
       turns them into the logits `decode_step` returns.
     """
-    return self._step(params, cache, encoded, encoder_input_tokens,
-                      decoder_tokens, return_hidden=True)
+    return self._step(
+      params,
+      cache,
+      encoded,
+      encoder_input_tokens,
+      decoder_tokens,
+      return_hidden=True,
+    )
 
-  def output_logits(self, params: Params, hidden: jax.Array,
-                    tokens: jax.Array | None = None) -> jax.Array:
+  def output_logits(
+    self, params: Params, hidden: jax.Array, tokens: jax.Array | None = None
+  ) -> jax.Array:
     """hidden [N, emb_dim] -> fp32 logits [N, vocab], or [N, M] for tokens.
 
     tokens: optional [N, M] ids in [0, vocab): only their output rows are
     gathered and scored (the sparse output layer).
     """
-    return network.output_logits(decoder_config(self.config), params, hidden,
-                                 tokens)
+    return network.output_logits(
+      decoder_config(self.config), params, hidden, tokens
+    )

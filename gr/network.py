@@ -59,6 +59,7 @@ Parameter tree (kernel shapes):
   decoder/decoder_norm/scale                     [embed]
   decoder/logits_dense/kernel                    [embed, vocab] (untied only)
 """
+
 import dataclasses
 import functools
 import math
@@ -73,14 +74,21 @@ import numpy as np
 
 PARAM_AXIS_NAMES = ('vocab', 'embed', 'mlp', 'heads', 'kv', 'relpos_buckets')
 ACTIVATION_AXIS_NAMES = (
-    'batch', 'length', 'embed', 'mlp', 'heads', 'kv', 'vocab')
+  'batch',
+  'length',
+  'embed',
+  'mlp',
+  'heads',
+  'kv',
+  'vocab',
+)
 
 ACTIVATIONS: Mapping[str, Callable[[jax.Array], jax.Array]] = {
-    'relu': nn.relu,
-    'gelu': functools.partial(nn.gelu, approximate=True),  # HF gelu_new
-    'gelu_exact': functools.partial(nn.gelu, approximate=False),  # HF gelu
-    'silu': nn.silu,
-    'linear': lambda x: x,
+  'relu': nn.relu,
+  'gelu': functools.partial(nn.gelu, approximate=True),  # HF gelu_new
+  'gelu_exact': functools.partial(nn.gelu, approximate=False),  # HF gelu
+  'silu': nn.silu,
+  'linear': lambda x: x,
 }
 DTYPES: Mapping[str, Any] = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 # Additive stand-in for -inf on masked attention logits (fp32 logits).
@@ -90,6 +98,7 @@ _MASKED_LOGIT = -1e10
 @dataclasses.dataclass(frozen=True)
 class T5Config:
   """Hyper-parameters of the T5 network (names follow t5x's gin macros)."""
+
   vocab_size: int
   emb_dim: int
   num_heads: int
@@ -107,27 +116,39 @@ class T5Config:
 
   def __post_init__(self):
     object.__setattr__(self, 'mlp_activations', tuple(self.mlp_activations))
-    for field in ('vocab_size', 'emb_dim', 'num_heads', 'num_encoder_layers',
-                  'num_decoder_layers', 'head_dim', 'mlp_dim',
-                  'relative_attention_num_buckets',
-                  'relative_attention_max_distance'):
+    for field in (
+      'vocab_size',
+      'emb_dim',
+      'num_heads',
+      'num_encoder_layers',
+      'num_decoder_layers',
+      'head_dim',
+      'mlp_dim',
+      'relative_attention_num_buckets',
+      'relative_attention_max_distance',
+    ):
       value = getattr(self, field)
       if not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f'T5Config.{field} must be a positive int, got '
-                         f'{value!r}')
+        raise ValueError(
+          f'T5Config.{field} must be a positive int, got {value!r}'
+        )
     self._check_choices()
 
   def _check_choices(self):
     unknown = [a for a in self.mlp_activations if a not in ACTIVATIONS]
     if unknown or not self.mlp_activations:
-      raise ValueError(f'T5Config.mlp_activations={self.mlp_activations!r}: '
-                       f'each must be one of {sorted(ACTIVATIONS)}')
+      raise ValueError(
+        f'T5Config.mlp_activations={self.mlp_activations!r}: '
+        f'each must be one of {sorted(ACTIVATIONS)}'
+      )
     if self.dtype not in DTYPES:
-      raise ValueError(f'T5Config.dtype={self.dtype!r}: must be one of '
-                       f'{sorted(DTYPES)}')
+      raise ValueError(
+        f'T5Config.dtype={self.dtype!r}: must be one of {sorted(DTYPES)}'
+      )
     if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f'T5Config.dropout_rate={self.dropout_rate!r}: must be '
-                       'in [0, 1)')
+      raise ValueError(
+        f'T5Config.dropout_rate={self.dropout_rate!r}: must be in [0, 1)'
+      )
 
   @property
   def activation_dtype(self) -> Any:
@@ -136,28 +157,65 @@ class T5Config:
   @classmethod
   def tiny(cls, vocab_size: int, **overrides) -> 'T5Config':
     """A test-sized T5.1.1: d64, 2+2 layers, 4 heads of 16, mlp 128."""
-    return cls(**{**dict(vocab_size=vocab_size, emb_dim=64, num_heads=4,
-                         num_encoder_layers=2, num_decoder_layers=2,
-                         head_dim=16, mlp_dim=128), **overrides})
+    return cls(
+      **{
+        **dict(
+          vocab_size=vocab_size,
+          emb_dim=64,
+          num_heads=4,
+          num_encoder_layers=2,
+          num_decoder_layers=2,
+          head_dim=16,
+          mlp_dim=128,
+        ),
+        **overrides,
+      }
+    )
 
   @classmethod
   def small(cls, vocab_size: int = 32128, **overrides) -> 'T5Config':
     """T5.1.1-small as released (google/t5-v1_1-small, t5x small.gin)."""
-    return cls(**{**dict(vocab_size=vocab_size, emb_dim=512, num_heads=6,
-                         num_encoder_layers=8, num_decoder_layers=8,
-                         head_dim=64, mlp_dim=1024), **overrides})
+    return cls(
+      **{
+        **dict(
+          vocab_size=vocab_size,
+          emb_dim=512,
+          num_heads=6,
+          num_encoder_layers=8,
+          num_decoder_layers=8,
+          head_dim=64,
+          mlp_dim=1024,
+        ),
+        **overrides,
+      }
+    )
 
   @classmethod
   def base(cls, vocab_size: int = 32128, **overrides) -> 'T5Config':
     """T5.1.1-base: d768, 12+12 layers, 12 heads of 64, mlp 2048."""
-    return cls(**{**dict(vocab_size=vocab_size, emb_dim=768, num_heads=12,
-                         num_encoder_layers=12, num_decoder_layers=12,
-                         head_dim=64, mlp_dim=2048), **overrides})
+    return cls(
+      **{
+        **dict(
+          vocab_size=vocab_size,
+          emb_dim=768,
+          num_heads=12,
+          num_encoder_layers=12,
+          num_decoder_layers=12,
+          head_dim=64,
+          mlp_dim=2048,
+        ),
+        **overrides,
+      }
+    )
 
 
-def relative_position_buckets(relative_position: np.ndarray, *,
-                              bidirectional: bool, num_buckets: int,
-                              max_distance: int) -> np.ndarray:
+def relative_position_buckets(
+  relative_position: np.ndarray,
+  *,
+  bidirectional: bool,
+  num_buckets: int,
+  max_distance: int,
+) -> np.ndarray:
   """Maps relative positions (memory - query) to T5 bucket ids.
 
   Computed in float32 exactly as Mesh-TF and HF do (no epsilon), so bucket
@@ -182,8 +240,11 @@ def relative_position_buckets(relative_position: np.ndarray, *,
     n = np.maximum(-n, 0)
   max_exact = num_buckets // 2
   ratio = np.maximum(n, 1).astype(np.float32) / np.float32(max_exact)
-  scaled = (np.log(ratio) / np.float32(math.log(max_distance / max_exact))
-            * np.float32(num_buckets - max_exact))
+  scaled = (
+    np.log(ratio)
+    / np.float32(math.log(max_distance / max_exact))
+    * np.float32(num_buckets - max_exact)
+  )
   large = np.minimum(max_exact + scaled.astype(np.int64), num_buckets - 1)
   return (buckets + np.where(n < max_exact, n, large)).astype(np.int32)
 
@@ -197,12 +258,17 @@ def cache_length(cache: Mapping[str, Any]) -> int:
   return lengths.pop()
 
 
-def _param_init(scale: float, mode: str, distribution: str,
-                num_in_dims: int, ndim: int) -> Callable[..., jax.Array]:
+def _param_init(
+  scale: float, mode: str, distribution: str, num_in_dims: int, ndim: int
+) -> Callable[..., jax.Array]:
   """Variance-scaling initialiser whose fan-in covers the first dims."""
   return nn.initializers.variance_scaling(
-      scale, mode, distribution, in_axis=tuple(range(num_in_dims)),
-      out_axis=tuple(range(num_in_dims, ndim)))
+    scale,
+    mode,
+    distribution,
+    in_axis=tuple(range(num_in_dims)),
+    out_axis=tuple(range(num_in_dims, ndim)),
+  )
 
 
 class DenseGeneral(nn.Module):
@@ -210,6 +276,7 @@ class DenseGeneral(nn.Module):
 
   inputs [..., *in_dims] x kernel [*in_dims, *features] -> [..., *features].
   """
+
   features: tuple[int, ...]
   kernel_axes: tuple[str, ...]
   num_in_dims: int = 1
@@ -220,39 +287,62 @@ class DenseGeneral(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: jax.Array) -> jax.Array:
-    in_shape = inputs.shape[inputs.ndim - self.num_in_dims:]
+    in_shape = inputs.shape[inputs.ndim - self.num_in_dims :]
     shape = tuple(in_shape) + tuple(self.features)
-    init = _param_init(self.init_scale, 'fan_in', self.init_distribution,
-                       self.num_in_dims, len(shape))
+    init = _param_init(
+      self.init_scale,
+      'fan_in',
+      self.init_distribution,
+      self.num_in_dims,
+      len(shape),
+    )
     kernel = self.param(
-        'kernel', nn.with_logical_partitioning(init, self.kernel_axes),
-        shape, jnp.float32)
-    return _dense_general(inputs, kernel, self.num_in_dims, self.dtype,
-                          self.output_dtype)
+      'kernel',
+      nn.with_logical_partitioning(init, self.kernel_axes),
+      shape,
+      jnp.float32,
+    )
+    return _dense_general(
+      inputs, kernel, self.num_in_dims, self.dtype, self.output_dtype
+    )
 
 
-def _dense_general(inputs: jax.Array, kernel: jax.Array, num_in_dims: int,
-                   dtype: Any, output_dtype: Any = None) -> jax.Array:
+def _dense_general(
+  inputs: jax.Array,
+  kernel: jax.Array,
+  num_in_dims: int,
+  dtype: Any,
+  output_dtype: Any = None,
+) -> jax.Array:
   """DenseGeneral's product (also used on params outside the module)."""
-  contract = (tuple(range(inputs.ndim - num_in_dims, inputs.ndim)),
-              tuple(range(num_in_dims)))
+  contract = (
+    tuple(range(inputs.ndim - num_in_dims, inputs.ndim)),
+    tuple(range(num_in_dims)),
+  )
   return jax.lax.dot_general(
-      inputs.astype(dtype), kernel.astype(dtype), (contract, ((), ())),
-      preferred_element_type=output_dtype)
+    inputs.astype(dtype),
+    kernel.astype(dtype),
+    (contract, ((), ())),
+    preferred_element_type=output_dtype,
+  )
 
 
 class Embed(nn.Module):
   """Token embedding table [vocab, embed]; `attend` gives tied logits."""
+
   num_embeddings: int
   features: int
   dtype: Any = jnp.float32
 
   def setup(self):
     self.embedding = self.param(
-        'embedding',
-        nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0),
-                                     ('vocab', 'embed')),
-        (self.num_embeddings, self.features), jnp.float32)
+      'embedding',
+      nn.with_logical_partitioning(
+        nn.initializers.normal(stddev=1.0), ('vocab', 'embed')
+      ),
+      (self.num_embeddings, self.features),
+      jnp.float32,
+    )
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
     """tokens [batch, length] int -> [batch, length, embed] in dtype."""
@@ -265,28 +355,38 @@ class Embed(nn.Module):
 
 def _attend(query: jax.Array, table: jax.Array, dtype: Any) -> jax.Array:
   """Embed.attend's product: query [..., embed] x table [vocab, embed]."""
-  return jnp.einsum('...d,vd->...v', query.astype(dtype), table.astype(dtype),
-                    preferred_element_type=jnp.float32)
+  return jnp.einsum(
+    '...d,vd->...v',
+    query.astype(dtype),
+    table.astype(dtype),
+    preferred_element_type=jnp.float32,
+  )
 
 
 class RMSNorm(nn.Module):
   """T5 layer norm: x / sqrt(mean(x^2) + eps) * scale, computed in fp32."""
+
   epsilon: float = 1e-6
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     scale = self.param(
-        'scale', nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
-        (x.shape[-1],), jnp.float32)
+      'scale',
+      nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
+      (x.shape[-1],),
+      jnp.float32,
+    )
     x = x.astype(jnp.float32)
     variance = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
     return (x * jax.lax.rsqrt(variance + self.epsilon) * scale).astype(
-        self.dtype)
+      self.dtype
+    )
 
 
 class RelativePositionBias(nn.Module):
   """Learned per-head bias for each relative-position bucket."""
+
   num_buckets: int
   max_distance: int
   num_heads: int
@@ -296,22 +396,32 @@ class RelativePositionBias(nn.Module):
   def __call__(self, query_length: int, key_length: int) -> jax.Array:
     """Returns the fp32 bias [1, heads, query_length, key_length]."""
     table = self.param(
-        'rel_embedding',
-        nn.with_logical_partitioning(
-            nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform'),
-            ('heads', 'relpos_buckets')),
-        (self.num_heads, self.num_buckets), jnp.float32)
+      'rel_embedding',
+      nn.with_logical_partitioning(
+        nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform'),
+        ('heads', 'relpos_buckets'),
+      ),
+      (self.num_heads, self.num_buckets),
+      jnp.float32,
+    )
     offsets = np.arange(key_length)[None, :] - np.arange(query_length)[:, None]
     buckets = relative_position_buckets(
-        offsets, bidirectional=self.bidirectional,
-        num_buckets=self.num_buckets, max_distance=self.max_distance)
+      offsets,
+      bidirectional=self.bidirectional,
+      num_buckets=self.num_buckets,
+      max_distance=self.max_distance,
+    )
     return jnp.take(table, buckets, axis=1)[None]  # [1, heads, q, k]
 
 
-def _dropout(config: T5Config, x: jax.Array, enable_dropout: bool,
-             ) -> jax.Array:
+def _dropout(
+  config: T5Config,
+  x: jax.Array,
+  enable_dropout: bool,
+) -> jax.Array:
   return nn.Dropout(rate=config.dropout_rate)(
-      x, deterministic=not enable_dropout)
+    x, deterministic=not enable_dropout
+  )
 
 
 class MultiHeadAttention(nn.Module):
@@ -321,22 +431,33 @@ class MultiHeadAttention(nn.Module):
   kept in the 'cache' collection: cached_key / cached_value
   [batch, max_length, heads, kv] and a 0-d int32 cache_index.
   """
+
   config: T5Config
 
   def _project(self, name: str, x: jax.Array, scale: float) -> jax.Array:
     """x [batch, length, embed] -> [batch, length, heads, kv]."""
     cfg = self.config
-    y = DenseGeneral((cfg.num_heads, cfg.head_dim), ('embed', 'heads', 'kv'),
-                     dtype=cfg.activation_dtype, init_scale=scale,
-                     init_distribution='normal', name=name)(x)
+    y = DenseGeneral(
+      (cfg.num_heads, cfg.head_dim),
+      ('embed', 'heads', 'kv'),
+      dtype=cfg.activation_dtype,
+      init_scale=scale,
+      init_distribution='normal',
+      name=name,
+    )(x)
     return nn.with_logical_constraint(y, ('batch', 'length', 'heads', 'kv'))
 
   @nn.compact
-  def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array,
-               mask: jax.Array | None = None,
-               position_bias: jax.Array | None = None, *,
-               decode: bool = False, enable_dropout: bool = False,
-               ) -> jax.Array:
+  def __call__(
+    self,
+    inputs_q: jax.Array,
+    inputs_kv: jax.Array,
+    mask: jax.Array | None = None,
+    position_bias: jax.Array | None = None,
+    *,
+    decode: bool = False,
+    enable_dropout: bool = False,
+  ) -> jax.Array:
     """Attends from inputs_q [B, Lq, D] to inputs_kv [B, Lk, D].
 
     Args:
@@ -364,24 +485,32 @@ class MultiHeadAttention(nn.Module):
       value = self._project('value', inputs_kv, 1.0)
     if decode:
       key, value, mask, position_bias = self._use_cache(
-          key, value, mask, position_bias)
+        key, value, mask, position_bias
+      )
     elif key.shape[0] == 1 < query.shape[0]:
       # One source for many queries (exact scoring of every docid against
       # one input): project it once, then share it across the batch.
       key = jnp.broadcast_to(key, (query.shape[0],) + key.shape[1:])
       value = jnp.broadcast_to(value, (query.shape[0],) + value.shape[1:])
-    logits = jnp.einsum('bqhd,bkhd->bhqk', query, key,
-                        preferred_element_type=jnp.float32)
+    logits = jnp.einsum(
+      'bqhd,bkhd->bhqk', query, key, preferred_element_type=jnp.float32
+    )
     if position_bias is not None:
       logits = logits + position_bias
     if mask is not None:
       logits = jnp.where(mask, logits, _MASKED_LOGIT)
     weights = _dropout(cfg, jax.nn.softmax(logits, axis=-1), enable_dropout)
-    out = jnp.einsum('bhqk,bkhd->bqhd', weights.astype(cfg.activation_dtype),
-                     value)
-    return DenseGeneral((inputs_q.shape[-1],), ('heads', 'kv', 'embed'),
-                        num_in_dims=2, dtype=cfg.activation_dtype,
-                        init_distribution='normal', name='out')(out)
+    out = jnp.einsum(
+      'bhqk,bkhd->bqhd', weights.astype(cfg.activation_dtype), value
+    )
+    return DenseGeneral(
+      (inputs_q.shape[-1],),
+      ('heads', 'kv', 'embed'),
+      num_in_dims=2,
+      dtype=cfg.activation_dtype,
+      init_distribution='normal',
+      name='out',
+    )(out)
 
   def _use_cache(self, key, value, mask, position_bias):
     """Writes one step's key/value [B, 1, H, kv] into the cache.
@@ -390,34 +519,43 @@ class MultiHeadAttention(nn.Module):
     and the cache is allocated with their [B, max_length, H, kv] shape.
     """
     is_initialized = self.has_variable('cache', 'cached_key')
-    cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape,
-                               key.dtype)
-    cached_value = self.variable('cache', 'cached_value', jnp.zeros,
-                                 value.shape, value.dtype)
-    cache_index = self.variable('cache', 'cache_index',
-                                lambda: jnp.array(0, dtype=jnp.int32))
+    cached_key = self.variable(
+      'cache', 'cached_key', jnp.zeros, key.shape, key.dtype
+    )
+    cached_value = self.variable(
+      'cache', 'cached_value', jnp.zeros, value.shape, value.dtype
+    )
+    cache_index = self.variable(
+      'cache', 'cache_index', lambda: jnp.array(0, dtype=jnp.int32)
+    )
     if not is_initialized:
       return key, value, mask, position_bias
     batch, max_length = cached_key.value.shape[:2]
     if key.shape[1] != 1 or key.shape[0] != batch:
-      raise ValueError(f'decode step expects decoder input [{batch}, 1], got '
-                       f'[{key.shape[0]}, {key.shape[1]}]')
+      raise ValueError(
+        f'decode step expects decoder input [{batch}, 1], got '
+        f'[{key.shape[0]}, {key.shape[1]}]'
+      )
     index = cache_index.value
     start = (0, index, 0, 0)
     cached_key.value = jax.lax.dynamic_update_slice(
-        cached_key.value, key.astype(cached_key.value.dtype), start)
+      cached_key.value, key.astype(cached_key.value.dtype), start
+    )
     cached_value.value = jax.lax.dynamic_update_slice(
-        cached_value.value, value.astype(cached_value.value.dtype), start)
+      cached_value.value, value.astype(cached_value.value.dtype), start
+    )
     cache_index.value = index + 1
     mask = (jnp.arange(max_length) <= index)[None, None, None, :]  # [1,1,1,L]
     if position_bias is not None:
       position_bias = jax.lax.dynamic_slice_in_dim(
-          position_bias, index, 1, axis=2)  # --> [1, heads, 1, max_length]
+        position_bias, index, 1, axis=2
+      )  # --> [1, heads, 1, max_length]
     return cached_key.value, cached_value.value, mask, position_bias
 
 
 class MlpBlock(nn.Module):
   """Feed-forward: prod_i act_i(x W_i) W_o (gated when 2 activations)."""
+
   config: T5Config
 
   @nn.compact
@@ -428,14 +566,20 @@ class MlpBlock(nn.Module):
     hidden = None
     for i, act in enumerate(acts):
       name = 'wi' if len(acts) == 1 else f'wi_{i}'
-      h = ACTIVATIONS[act](DenseGeneral(
-          (cfg.mlp_dim,), ('embed', 'mlp'), dtype=cfg.activation_dtype,
-          name=name)(x))
+      h = ACTIVATIONS[act](
+        DenseGeneral(
+          (cfg.mlp_dim,),
+          ('embed', 'mlp'),
+          dtype=cfg.activation_dtype,
+          name=name,
+        )(x)
+      )
       hidden = h if hidden is None else hidden * h
     hidden = _dropout(cfg, hidden, enable_dropout)
     hidden = nn.with_logical_constraint(hidden, ('batch', 'length', 'mlp'))
-    return DenseGeneral((x.shape[-1],), ('mlp', 'embed'),
-                        dtype=cfg.activation_dtype, name='wo')(hidden)
+    return DenseGeneral(
+      (x.shape[-1],), ('mlp', 'embed'), dtype=cfg.activation_dtype, name='wo'
+    )(hidden)
 
 
 def _constrain_embed(x: jax.Array) -> jax.Array:
@@ -444,17 +588,20 @@ def _constrain_embed(x: jax.Array) -> jax.Array:
 
 class EncoderLayer(nn.Module):
   """Pre-norm self-attention + MLP block with residuals."""
+
   config: T5Config
 
   @nn.compact
   def __call__(self, x, mask, position_bias, enable_dropout=False):
     """x [batch, length, embed] -> same shape."""
     cfg = self.config
-    norm = functools.partial(RMSNorm, cfg.layer_norm_epsilon,
-                             cfg.activation_dtype)
+    norm = functools.partial(
+      RMSNorm, cfg.layer_norm_epsilon, cfg.activation_dtype
+    )
     y = norm(name='pre_attention_layer_norm')(x)
     y = MultiHeadAttention(cfg, name='attention')(
-        y, y, mask, position_bias, enable_dropout=enable_dropout)
+      y, y, mask, position_bias, enable_dropout=enable_dropout
+    )
     x = x + _dropout(cfg, y, enable_dropout)
     y = norm(name='pre_mlp_layer_norm')(x)
     y = MlpBlock(cfg, name='mlp')(y, enable_dropout)
@@ -463,27 +610,44 @@ class EncoderLayer(nn.Module):
 
 class DecoderLayer(nn.Module):
   """Pre-norm causal self-attention, cross-attention and MLP blocks."""
+
   config: T5Config
 
   @nn.compact
-  def __call__(self, y, encoded, self_mask, cross_mask, position_bias, *,
-               decode=False, enable_dropout=False):
+  def __call__(
+    self,
+    y,
+    encoded,
+    self_mask,
+    cross_mask,
+    position_bias,
+    *,
+    decode=False,
+    enable_dropout=False,
+  ):
     """y [batch, target_length, embed].
 
     encoded: [batch, input_length, width], or this layer's projected
     cross-attention (key, value), each [batch, input_length, heads, kv].
     """
     cfg = self.config
-    norm = functools.partial(RMSNorm, cfg.layer_norm_epsilon,
-                             cfg.activation_dtype)
+    norm = functools.partial(
+      RMSNorm, cfg.layer_norm_epsilon, cfg.activation_dtype
+    )
     z = norm(name='pre_self_attention_layer_norm')(y)
     z = MultiHeadAttention(cfg, name='self_attention')(
-        z, z, self_mask, position_bias, decode=decode,
-        enable_dropout=enable_dropout)
+      z,
+      z,
+      self_mask,
+      position_bias,
+      decode=decode,
+      enable_dropout=enable_dropout,
+    )
     y = y + _dropout(cfg, z, enable_dropout)
     z = norm(name='pre_cross_attention_layer_norm')(y)
     z = MultiHeadAttention(cfg, name='encoder_decoder_attention')(
-        z, encoded, cross_mask, enable_dropout=enable_dropout)
+      z, encoded, cross_mask, enable_dropout=enable_dropout
+    )
     y = y + _dropout(cfg, z, enable_dropout)
     z = norm(name='pre_mlp_layer_norm')(y)
     z = MlpBlock(cfg, name='mlp')(z, enable_dropout)
@@ -497,6 +661,7 @@ def _key_mask(tokens: jax.Array) -> jax.Array:
 
 class Encoder(nn.Module):
   """Embeds tokens and runs the encoder stack."""
+
   config: T5Config
   shared_embedding: Embed
 
@@ -504,32 +669,46 @@ class Encoder(nn.Module):
   def __call__(self, encoder_input_tokens, enable_dropout=False):
     """encoder_input_tokens [batch, length] -> [batch, length, embed]."""
     cfg = self.config
-    x = _dropout(cfg, self.shared_embedding(encoder_input_tokens),
-                 enable_dropout)
+    x = _dropout(
+      cfg, self.shared_embedding(encoder_input_tokens), enable_dropout
+    )
     x = _constrain_embed(x)
     length = encoder_input_tokens.shape[1]
     bias = RelativePositionBias(
-        cfg.relative_attention_num_buckets,
-        cfg.relative_attention_max_distance, cfg.num_heads,
-        bidirectional=True, name='relpos_bias')(length, length)
+      cfg.relative_attention_num_buckets,
+      cfg.relative_attention_max_distance,
+      cfg.num_heads,
+      bidirectional=True,
+      name='relpos_bias',
+    )(length, length)
     mask = _key_mask(encoder_input_tokens)
     for i in range(cfg.num_encoder_layers):
       x = EncoderLayer(cfg, name=f'layers_{i}')(x, mask, bias, enable_dropout)
-    x = RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype,
-                name='encoder_norm')(x)
+    x = RMSNorm(
+      cfg.layer_norm_epsilon, cfg.activation_dtype, name='encoder_norm'
+    )(x)
     return _dropout(cfg, x, enable_dropout)
 
 
 class Decoder(nn.Module):
   """Runs the decoder stack and the output projection."""
+
   config: T5Config
   shared_embedding: Embed
 
   @nn.compact
-  def __call__(self, encoded, encoder_input_tokens, decoder_input_tokens,
-               decoder_target_tokens=None, *, decode=False,
-               max_decode_length=None, enable_dropout=False,
-               return_hidden=False):
+  def __call__(
+    self,
+    encoded,
+    encoder_input_tokens,
+    decoder_input_tokens,
+    decoder_target_tokens=None,
+    *,
+    decode=False,
+    max_decode_length=None,
+    enable_dropout=False,
+    return_hidden=False,
+  ):
     """Returns fp32 logits [batch, target_length, vocab].
 
     encoded: the encoder output [batch, input_length, width], or its
@@ -538,16 +717,20 @@ class Decoder(nn.Module):
     (`output_logits` finishes them).
     """
     cfg = self.config
-    y = _dropout(cfg, self.shared_embedding(decoder_input_tokens),
-                 enable_dropout)
+    y = _dropout(
+      cfg, self.shared_embedding(decoder_input_tokens), enable_dropout
+    )
     y = _constrain_embed(y)
     length = decoder_input_tokens.shape[1]
     if decode:
       length = max_decode_length or length
     bias = RelativePositionBias(
-        cfg.relative_attention_num_buckets,
-        cfg.relative_attention_max_distance, cfg.num_heads,
-        bidirectional=False, name='relpos_bias')(length, length)
+      cfg.relative_attention_num_buckets,
+      cfg.relative_attention_max_distance,
+      cfg.num_heads,
+      bidirectional=False,
+      name='relpos_bias',
+    )(length, length)
     self_mask = None if decode else _causal_mask(decoder_target_tokens, length)
     cross_mask = _key_mask(encoder_input_tokens)
     for i in range(cfg.num_decoder_layers):
@@ -555,24 +738,36 @@ class Decoder(nn.Module):
       if isinstance(encoded, CrossAttentionKV):
         source = (encoded.keys[i], encoded.values[i])
       y = DecoderLayer(cfg, name=f'layers_{i}')(
-          y, source, self_mask, cross_mask, bias, decode=decode,
-          enable_dropout=enable_dropout)
-    y = RMSNorm(cfg.layer_norm_epsilon, cfg.activation_dtype,
-                name='decoder_norm')(y)
+        y,
+        source,
+        self_mask,
+        cross_mask,
+        bias,
+        decode=decode,
+        enable_dropout=enable_dropout,
+      )
+    y = RMSNorm(
+      cfg.layer_norm_epsilon, cfg.activation_dtype, name='decoder_norm'
+    )(y)
     y = _dropout(cfg, y, enable_dropout)
     if return_hidden:
       return _constrain_embed(y)
-    return nn.with_logical_constraint(self._logits(y),
-                                      ('batch', 'length', 'vocab'))
+    return nn.with_logical_constraint(
+      self._logits(y), ('batch', 'length', 'vocab')
+    )
 
   def _logits(self, y: jax.Array) -> jax.Array:
     """y [batch, length, embed] -> fp32 logits [batch, length, vocab]."""
     cfg = self.config
     if cfg.logits_via_embedding:
       return self.shared_embedding.attend(y * cfg.emb_dim**-0.5)
-    return DenseGeneral((cfg.vocab_size,), ('embed', 'vocab'),
-                        dtype=cfg.activation_dtype, output_dtype=jnp.float32,
-                        name='logits_dense')(y)
+    return DenseGeneral(
+      (cfg.vocab_size,),
+      ('embed', 'vocab'),
+      dtype=cfg.activation_dtype,
+      output_dtype=jnp.float32,
+      name='logits_dense',
+    )(y)
 
 
 @flax.struct.dataclass
@@ -584,31 +779,42 @@ class CrossAttentionKV:
   encoder output (same results, no per-step projections); its batch must
   match the decoder's (or be 1: one source shared by every row).
   """
+
   keys: tuple[jax.Array, ...]
   values: tuple[jax.Array, ...]
 
 
-def cross_attention_kv(config: T5Config, decoder_params: Mapping[str, Any],
-                       encoded: jax.Array) -> CrossAttentionKV:
+def cross_attention_kv(
+  config: T5Config, decoder_params: Mapping[str, Any], encoded: jax.Array
+) -> CrossAttentionKV:
   """Projects encoded [B, Li, width] through each layer's key/value kernel.
 
   decoder_params: params['decoder'] (the T5 or BERT-encoder network); the
   products are MultiHeadAttention's own.
   """
+
   def project(attention, name):
-    y = _dense_general(encoded, attention[name]['kernel'], 1,
-                       config.activation_dtype)
+    y = _dense_general(
+      encoded, attention[name]['kernel'], 1, config.activation_dtype
+    )
     return nn.with_logical_constraint(y, ('batch', 'length', 'heads', 'kv'))
 
-  layers = [decoder_params[f'layers_{i}']['encoder_decoder_attention']
-            for i in range(config.num_decoder_layers)]
-  return CrossAttentionKV(keys=tuple(project(a, 'key') for a in layers),
-                          values=tuple(project(a, 'value') for a in layers))
+  layers = [
+    decoder_params[f'layers_{i}']['encoder_decoder_attention']
+    for i in range(config.num_decoder_layers)
+  ]
+  return CrossAttentionKV(
+    keys=tuple(project(a, 'key') for a in layers),
+    values=tuple(project(a, 'value') for a in layers),
+  )
 
 
-def output_logits(config: T5Config, params: Mapping[str, Any],
-                  hidden: jax.Array, tokens: jax.Array | None = None,
-                  ) -> jax.Array:
+def output_logits(
+  config: T5Config,
+  params: Mapping[str, Any],
+  hidden: jax.Array,
+  tokens: jax.Array | None = None,
+) -> jax.Array:
   """The decoder's output layer, on its final hidden states.
 
   Args:
@@ -628,14 +834,22 @@ def output_logits(config: T5Config, params: Mapping[str, Any],
     if tokens is None:
       return _attend(hidden, table, dtype)
     rows = jnp.take(table, tokens, axis=0)  # --> [N, M, E]
-    return jnp.einsum('ne,nme->nm', hidden.astype(dtype), rows.astype(dtype),
-                      preferred_element_type=jnp.float32)
+    return jnp.einsum(
+      'ne,nme->nm',
+      hidden.astype(dtype),
+      rows.astype(dtype),
+      preferred_element_type=jnp.float32,
+    )
   kernel = params['decoder']['logits_dense']['kernel']  # [E, V]
   if tokens is None:
     return _dense_general(hidden, kernel, 1, dtype, jnp.float32)
   columns = jnp.take(kernel, tokens, axis=1)  # --> [E, N, M]
-  return jnp.einsum('ne,enm->nm', hidden.astype(dtype), columns.astype(dtype),
-                    preferred_element_type=jnp.float32)
+  return jnp.einsum(
+    'ne,enm->nm',
+    hidden.astype(dtype),
+    columns.astype(dtype),
+    preferred_element_type=jnp.float32,
+  )
 
 
 def _causal_mask(decoder_target_tokens, length):
@@ -648,26 +862,34 @@ def _causal_mask(decoder_target_tokens, length):
 
 class Transformer(nn.Module):
   """T5 encoder-decoder with a shared token embedding."""
+
   config: T5Config
 
   def setup(self):
     cfg = self.config
-    self.token_embedder = Embed(cfg.vocab_size, cfg.emb_dim,
-                                cfg.activation_dtype)
+    self.token_embedder = Embed(
+      cfg.vocab_size, cfg.emb_dim, cfg.activation_dtype
+    )
     self.encoder = Encoder(cfg, self.token_embedder)
     self.decoder = Decoder(cfg, self.token_embedder)
 
-  def encode(self, encoder_input_tokens: jax.Array,
-             enable_dropout: bool = False) -> jax.Array:
+  def encode(
+    self, encoder_input_tokens: jax.Array, enable_dropout: bool = False
+  ) -> jax.Array:
     """encoder_input_tokens [B, Li] int -> encoded [B, Li, emb_dim]."""
     return self.encoder(encoder_input_tokens, enable_dropout)
 
-  def decode(self, encoded: jax.Array, encoder_input_tokens: jax.Array,
-             decoder_input_tokens: jax.Array, decode: bool = False,
-             max_decode_length: int | None = None,
-             enable_dropout: bool = False,
-             decoder_target_tokens: jax.Array | None = None,
-             return_hidden: bool = False) -> jax.Array:
+  def decode(
+    self,
+    encoded: jax.Array,
+    encoder_input_tokens: jax.Array,
+    decoder_input_tokens: jax.Array,
+    decode: bool = False,
+    max_decode_length: int | None = None,
+    enable_dropout: bool = False,
+    decoder_target_tokens: jax.Array | None = None,
+    return_hidden: bool = False,
+  ) -> jax.Array:
     """Decoder logits.
 
     Args:
@@ -685,18 +907,30 @@ class Transformer(nn.Module):
     Returns:
       fp32 logits [B, Lt, vocab] ([B, 1, vocab] per decode step).
     """
-    return self.decoder(encoded, encoder_input_tokens, decoder_input_tokens,
-                        decoder_target_tokens, decode=decode,
-                        max_decode_length=max_decode_length,
-                        enable_dropout=enable_dropout,
-                        return_hidden=return_hidden)
+    return self.decoder(
+      encoded,
+      encoder_input_tokens,
+      decoder_input_tokens,
+      decoder_target_tokens,
+      decode=decode,
+      max_decode_length=max_decode_length,
+      enable_dropout=enable_dropout,
+      return_hidden=return_hidden,
+    )
 
-  def __call__(self, encoder_input_tokens: jax.Array,
-               decoder_input_tokens: jax.Array,
-               decoder_target_tokens: jax.Array | None = None,
-               enable_dropout: bool = False) -> jax.Array:
+  def __call__(
+    self,
+    encoder_input_tokens: jax.Array,
+    decoder_input_tokens: jax.Array,
+    decoder_target_tokens: jax.Array | None = None,
+    enable_dropout: bool = False,
+  ) -> jax.Array:
     """Teacher-forced forward: [B, Li], [B, Lt] -> fp32 logits [B, Lt, V]."""
     encoded = self.encode(encoder_input_tokens, enable_dropout)
-    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
-                       enable_dropout=enable_dropout,
-                       decoder_target_tokens=decoder_target_tokens)
+    return self.decode(
+      encoded,
+      encoder_input_tokens,
+      decoder_input_tokens,
+      enable_dropout=enable_dropout,
+      decoder_target_tokens=decoder_target_tokens,
+    )

@@ -11,6 +11,7 @@ joins the processes, `host_shard_info` says which slice of the input each
 process reads, and `global_batch` glues the per-process slices into one
 global array sharded over 'data'.
 """
+
 from collections.abc import Iterator, Mapping, Sequence
 import contextlib
 from typing import Any
@@ -27,26 +28,27 @@ MESH_AXES = (DATA_AXIS, MODEL_AXIS)
 # (logical axis name, mesh axis or None). The first rule that names a mesh
 # axis not yet used by the array wins; None means replicated.
 LOGICAL_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
-    ('batch', DATA_AXIS),
-    ('vocab', MODEL_AXIS),
-    ('mlp', MODEL_AXIS),
-    ('heads', MODEL_AXIS),
-    ('joined_kv', MODEL_AXIS),
-    ('embed', None),
-    ('kv', None),
-    ('length', None),
-    ('relpos_buckets', None),
-    ('layers', None),
-    ('stack', None),
-    ('mlp_activations', None),
-    ('beam', None),
+  ('batch', DATA_AXIS),
+  ('vocab', MODEL_AXIS),
+  ('mlp', MODEL_AXIS),
+  ('heads', MODEL_AXIS),
+  ('joined_kv', MODEL_AXIS),
+  ('embed', None),
+  ('kv', None),
+  ('length', None),
+  ('relpos_buckets', None),
+  ('layers', None),
+  ('stack', None),
+  ('mlp_activations', None),
+  ('beam', None),
 )
 
 PyTree = Any
 
 
-def make_mesh(*, data: int = -1, model: int = 1,
-              devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(
+  *, data: int = -1, model: int = 1, devices: Sequence[jax.Device] | None = None
+) -> Mesh:
   """Returns a ('data', 'model') mesh with Auto axis types.
 
   Args:
@@ -60,13 +62,15 @@ def make_mesh(*, data: int = -1, model: int = 1,
   """
   devices = list(jax.devices() if devices is None else devices)
   if model < 1 or len(devices) % model:
-    raise ValueError(f'mesh_model={model} does not divide the '
-                     f'{len(devices)} devices')
+    raise ValueError(
+      f'mesh_model={model} does not divide the {len(devices)} devices'
+    )
   if data == -1:
     data = len(devices) // model
   if data * model != len(devices):
-    raise ValueError(f'mesh data={data} x model={model} != {len(devices)} '
-                     'devices')
+    raise ValueError(
+      f'mesh data={data} x model={model} != {len(devices)} devices'
+    )
   grid = np.asarray(devices, dtype=object).reshape(data, model)
   return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
@@ -82,8 +86,9 @@ def mesh_context(mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> Iterator[None]:
     yield
 
 
-def logical_to_mesh_spec(logical_axes: PartitionSpec | Sequence[str | None],
-                         rules=LOGICAL_AXIS_RULES) -> PartitionSpec:
+def logical_to_mesh_spec(
+  logical_axes: PartitionSpec | Sequence[str | None], rules=LOGICAL_AXIS_RULES
+) -> PartitionSpec:
   """('vocab', 'embed') -> PartitionSpec('model', None) under `rules`."""
   return nn.logical_to_mesh_axes(tuple(logical_axes), rules)
 
@@ -97,8 +102,9 @@ def logical_axes_of(boxed_params: PyTree) -> PyTree:
   return nn.get_partition_spec(boxed_params)
 
 
-def shardings_from_logical(logical_axes: PyTree, mesh: Mesh,
-                           rules=LOGICAL_AXIS_RULES) -> PyTree:
+def shardings_from_logical(
+  logical_axes: PyTree, mesh: Mesh, rules=LOGICAL_AXIS_RULES
+) -> PyTree:
   """Tree of logical PartitionSpecs -> tree of NamedShardings on `mesh`."""
   return nn.logical_to_mesh_sharding(logical_axes, mesh, rules)
 
@@ -111,8 +117,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def replicated_key(seed: int, mesh: Mesh) -> jax.Array:
   """jax.random.key(seed) replicated over `mesh`; works across processes
   (where device_put to non-addressable devices would not)."""
-  return jax.jit(lambda: jax.random.key(seed),
-                 out_shardings=replicated(mesh))()
+  return jax.jit(lambda: jax.random.key(seed), out_shardings=replicated(mesh))()
 
 
 def put_replicated_tree(tree: PyTree, shardings: PyTree) -> PyTree:
@@ -126,12 +131,15 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def _path_tuple(path) -> tuple[str, ...]:
-  return tuple(str(getattr(k, 'key', getattr(k, 'name', getattr(
-      k, 'idx', k)))) for k in path)
+  return tuple(
+    str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))))
+    for k in path
+  )
 
 
-def shardings_like_params(tree: PyTree, params: PyTree,
-                          params_shardings: PyTree, mesh: Mesh) -> PyTree:
+def shardings_like_params(
+  tree: PyTree, params: PyTree, params_shardings: PyTree, mesh: Mesh
+) -> PyTree:
   """Shardings for a tree that holds params-shaped copies (optimizer state).
 
   A leaf of `tree` whose key path ends with a parameter's key path and whose
@@ -147,8 +155,9 @@ def shardings_like_params(tree: PyTree, params: PyTree,
   """
   by_path = {}
   for (path, leaf), sharding in zip(
-      jax.tree_util.tree_flatten_with_path(params)[0],
-      jax.tree_util.tree_leaves(params_shardings)):
+    jax.tree_util.tree_flatten_with_path(params)[0],
+    jax.tree_util.tree_leaves(params_shardings),
+  ):
     by_path[_path_tuple(path)] = (tuple(np.shape(leaf)), sharding)
 
   def pick(path, leaf):
@@ -165,8 +174,9 @@ def shardings_like_params(tree: PyTree, params: PyTree,
 # ------------------------------------------------------------ multi-host --
 
 
-def initialize_distributed(coordinator_address: str, num_processes: int,
-                           process_id: int, **kwargs) -> None:
+def initialize_distributed(
+  coordinator_address: str, num_processes: int, process_id: int, **kwargs
+) -> None:
   """Joins this process to a multi-process JAX job.
 
   Must run before any other JAX call that touches devices. On CPU the
@@ -183,28 +193,36 @@ def initialize_distributed(coordinator_address: str, num_processes: int,
   if not 0 <= process_id < num_processes:
     raise ValueError(f'process_id={process_id} not in [0, {num_processes})')
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes,
-                             process_id=process_id, **kwargs)
+  jax.distributed.initialize(
+    coordinator_address=coordinator_address,
+    num_processes=num_processes,
+    process_id=process_id,
+    **kwargs,
+  )
 
 
 def host_shard_info():
   """seqio.ShardInfo for this process: which slice of the data it reads."""
   import seqio  # pylint: disable=g-import-not-at-top  (TensorFlow is heavy)
-  return seqio.ShardInfo(index=jax.process_index(),
-                         num_shards=jax.process_count())
+
+  return seqio.ShardInfo(
+    index=jax.process_index(), num_shards=jax.process_count()
+  )
 
 
 def per_host_batch_size(global_batch_size: int) -> int:
   """Examples each process feeds per step."""
   if global_batch_size % jax.process_count():
-    raise ValueError(f'batch_size={global_batch_size} is not divisible by '
-                     f'the {jax.process_count()} processes')
+    raise ValueError(
+      f'batch_size={global_batch_size} is not divisible by '
+      f'the {jax.process_count()} processes'
+    )
   return global_batch_size // jax.process_count()
 
 
-def global_batch(local_batch: Mapping[str, np.ndarray],
-                 mesh: Mesh) -> dict[str, jax.Array]:
+def global_batch(
+  local_batch: Mapping[str, np.ndarray], mesh: Mesh
+) -> dict[str, jax.Array]:
   """Per-process [local_batch, ...] arrays -> global arrays sharded on 'data'.
 
   Every process passes its own slice; the result has leading dimension
@@ -220,5 +238,6 @@ def global_batch(local_batch: Mapping[str, np.ndarray],
       value = np.asarray(value)
       global_shape = (value.shape[0] * jax.process_count(),) + value.shape[1:]
       out[name] = jax.make_array_from_process_local_data(
-          sharding, value, global_shape)
+        sharding, value, global_shape
+      )
   return out

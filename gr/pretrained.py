@@ -12,6 +12,7 @@ experiment (gr/experiment.py) needs, besides what a T5 run needs:
   encoder (`dense_baseline`);
 * the initial params (`initial_params`).
 """
+
 import functools
 import logging
 import os
@@ -44,8 +45,9 @@ def tokenizer_path(encoder_dir: str) -> str:
 
 def wordpiece_index(table, encoder_dir: str) -> index_lib.Index:
   """The index over the encoder's own word pieces plus the docid tokens."""
-  vocab = wordpiece.WordPieceVocabulary(tokenizer_path(encoder_dir),
-                                        tuple(table.reserved_tokens))
+  vocab = wordpiece.WordPieceVocabulary(
+    tokenizer_path(encoder_dir), tuple(table.reserved_tokens)
+  )
   return index_lib.Index(table, vocab)
 
 
@@ -54,33 +56,49 @@ def _tasks(mixture_or_task) -> list:
   return list(getattr(mixture_or_task, 'tasks', [mixture_or_task]))
 
 
-def mixture_encoder_inputs(mixture_or_task: str, *, input_length: int,
-                           target_length: int) -> list[np.ndarray]:
+def mixture_encoder_inputs(
+  mixture_or_task: str, *, input_length: int, target_length: int
+) -> list[np.ndarray]:
   """Every encoder input row [input_length] of a mixture's train split."""
   import seqio  # pylint: disable=g-import-not-at-top  (TensorFlow is heavy)
+
   rows = []
   for task in _tasks(seqio.get_mixture_or_task(mixture_or_task)):
     ds = seqio.get_dataset(
-        task.name, task_feature_lengths={'inputs': input_length,
-                                         'targets': target_length},
-        feature_converter=seqio.EncDecFeatureConverter(pack=False),
-        dataset_split='train', shuffle=False, num_epochs=1)
+      task.name,
+      task_feature_lengths={'inputs': input_length, 'targets': target_length},
+      feature_converter=seqio.EncDecFeatureConverter(pack=False),
+      dataset_split='train',
+      shuffle=False,
+      num_epochs=1,
+    )
     rows += [ex['encoder_input_tokens'] for ex in ds.as_numpy_iterator()]
   return rows
 
 
-def build_encoder_cache(model, params, mixture_or_task: str, cache_dir: str,
-                        *, input_length: int, target_length: int,
-                        extra_rows: Sequence[np.ndarray] = (),
-                        ) -> cache_lib.EncoderCache:
+def build_encoder_cache(
+  model,
+  params,
+  mixture_or_task: str,
+  cache_dir: str,
+  *,
+  input_length: int,
+  target_length: int,
+  extra_rows: Sequence[np.ndarray] = (),
+) -> cache_lib.EncoderCache:
   """The frozen-layer cache over the mixture's inputs (+ extra_rows)."""
   start = time.time()
-  rows = mixture_encoder_inputs(mixture_or_task, input_length=input_length,
-                                target_length=target_length)
-  cache = cache_lib.EncoderCache.build(model, params, list(rows) +
-                                       list(extra_rows), cache_dir)
-  logging.info('encoder cache: %d distinct inputs ready in %.1fs', len(cache),
-               time.time() - start)
+  rows = mixture_encoder_inputs(
+    mixture_or_task, input_length=input_length, target_length=target_length
+  )
+  cache = cache_lib.EncoderCache.build(
+    model, params, list(rows) + list(extra_rows), cache_dir
+  )
+  logging.info(
+    'encoder cache: %d distinct inputs ready in %.1fs',
+    len(cache),
+    time.time() - start,
+  )
   return cache
 
 
@@ -93,15 +111,24 @@ def input_rows(vocab, texts: Sequence[str], input_length: int) -> np.ndarray:
 def _pooled_fn(model):
   def pooled(params, tokens, frozen_states):
     encoded = model.module.apply(
-        {'params': params}, tokens, encoder_frozen_states=frozen_states,
-        method=bert_network.BertT5Transformer.encode)
+      {'params': params},
+      tokens,
+      encoder_frozen_states=frozen_states,
+      method=bert_network.BertT5Transformer.encode,
+    )
     return bert.mean_pool_normalise(encoded, tokens > 0)
+
   return jax.jit(pooled)
 
 
-def pooled_vectors(model, params, rows: np.ndarray,
-                   cache: Optional[cache_lib.EncoderCache] = None, *,
-                   batch_size: int = 64) -> np.ndarray:
+def pooled_vectors(
+  model,
+  params,
+  rows: np.ndarray,
+  cache: Optional[cache_lib.EncoderCache] = None,
+  *,
+  batch_size: int = 64,
+) -> np.ndarray:
   """Encoder inputs [n, Li] -> unit mean-pooled final states [n, width].
 
   With `cache`, the frozen layers' output is looked up, not recomputed.
@@ -110,32 +137,51 @@ def pooled_vectors(model, params, rows: np.ndarray,
   frozen = jax.jit(model.frozen_encode)
   out = []
   for start in range(0, len(rows), batch_size):
-    chunk = rows[start:start + batch_size]
+    chunk = rows[start : start + batch_size]
     padded = decoding.pad_sequences(list(chunk), rows.shape[1])
-    padded = np.concatenate([padded, np.zeros(
-        (batch_size - len(chunk), rows.shape[1]), np.int32)])
+    padded = np.concatenate(
+      [padded, np.zeros((batch_size - len(chunk), rows.shape[1]), np.int32)]
+    )
     if cache is not None:
-      states = np.stack([cache.lookup(r) for r in chunk] + [np.zeros(
-          (rows.shape[1], cache.width), np.float16)] * (batch_size - len(chunk)))
+      states = np.stack(
+        [cache.lookup(r) for r in chunk]
+        + [np.zeros((rows.shape[1], cache.width), np.float16)]
+        * (batch_size - len(chunk))
+      )
     else:
       states = frozen(params, jnp.asarray(padded))
-    out.append(np.asarray(pooled(params, jnp.asarray(padded),
-                                 jnp.asarray(states)))[:len(chunk)])
-  return np.concatenate(out) if out else np.zeros((0, model.config.encoder_width))
+    out.append(
+      np.asarray(pooled(params, jnp.asarray(padded), jnp.asarray(states)))[
+        : len(chunk)
+      ]
+    )
+  return (
+    np.concatenate(out) if out else np.zeros((0, model.config.encoder_width))
+  )
 
 
-def document_rows(index: index_lib.Index, corpus: Mapping,
-                  input_length: int) -> np.ndarray:
+def document_rows(
+  index: index_lib.Index, corpus: Mapping, input_length: int
+) -> np.ndarray:
   """Each indexed document's body as an encoder input, table order."""
-  return input_rows(index.vocab, [corpus[d].text for d in index.doc_ids],
-                    input_length)
+  return input_rows(
+    index.vocab, [corpus[d].text for d in index.doc_ids], input_length
+  )
 
 
-def initial_params(model, encoder_dir: str, *, index: index_lib.Index,
-                   doc_vectors: Optional[np.ndarray], seed: int,
-                   input_length: int, target_length: int,
-                   warm: bool = True, temperature: float = 0.05,
-                   encoder_params=None):
+def initial_params(
+  model,
+  encoder_dir: str,
+  *,
+  index: index_lib.Index,
+  doc_vectors: Optional[np.ndarray],
+  seed: int,
+  input_length: int,
+  target_length: int,
+  warm: bool = True,
+  temperature: float = 0.05,
+  encoder_params=None,
+):
   """Pretrained encoder + decoder, warm-started from `doc_vectors`.
 
   encoder_params: the encoder's weights if already loaded (else read from
@@ -145,25 +191,42 @@ def initial_params(model, encoder_dir: str, *, index: index_lib.Index,
     _, encoder_params = warm_start.load_encoder(encoder_dir)
   vectors, end_ids = None, set()
   if warm:
-    vectors = warm_start.docid_token_vectors(index.table, index.vocab,
-                                             doc_vectors)
+    vectors = warm_start.docid_token_vectors(
+      index.table, index.vocab, doc_vectors
+    )
     end_ids = warm_start.end_token_ids(index.table, index.vocab)
   return warm_start.pretrained_params(
-      model, encoder_params, jax.random.PRNGKey(seed),
-      input_length=input_length, target_length=target_length,
-      docid_vectors=vectors, end_ids=end_ids, eos_id=index.vocab.eos_id,
-      warm_start=warm, temperature=temperature)
+    model,
+    encoder_params,
+    jax.random.PRNGKey(seed),
+    input_length=input_length,
+    target_length=target_length,
+    docid_vectors=vectors,
+    end_ids=end_ids,
+    eos_id=index.vocab.eos_id,
+    warm_start=warm,
+    temperature=temperature,
+  )
 
 
-def dense_baseline(model, params, index: index_lib.Index,
-                   doc_vectors: np.ndarray, input_length: int):
+def dense_baseline(
+  model,
+  params,
+  index: index_lib.Index,
+  doc_vectors: np.ndarray,
+  input_length: int,
+):
   """(corpus, queries) -> run: exact cosine with the pretrained encoder."""
   doc_ids = list(index.doc_ids)
 
   def run(corpus, queries: Mapping[str, str]):
     del corpus  # the documents are the index's, embedded once
     qids = list(queries)
-    vectors = pooled_vectors(model, params, input_rows(
-        index.vocab, [queries[q] for q in qids], input_length))
+    vectors = pooled_vectors(
+      model,
+      params,
+      input_rows(index.vocab, [queries[q] for q in qids], input_length),
+    )
     return dense_lib.dense_run(doc_ids, doc_vectors, vectors, qids, k=100)
+
   return run

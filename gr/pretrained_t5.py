@@ -25,6 +25,7 @@ EncoderDecoderModel that remembers its folder (`t5_dir_of(model)`) and reads
 config.json on first use, so the gin files parse without a checkpoint on
 disk; a missing or wrong folder fails on the model's first use, naming it.
 """
+
 import dataclasses
 import functools
 import json
@@ -42,8 +43,10 @@ Params = dict[str, Any]
 SPIECE_NAME = 'spiece.model'
 CONFIG_NAME = 'config.json'
 T5_EXTRA_IDS = 100  # <extra_id_0> .. <extra_id_99>, as every public T5
-NEW_ROW_RULE = ('mean of the checkpoint rows kept, plus Gaussian noise of '
-                '`noise_scale` times their per-dimension std')
+NEW_ROW_RULE = (
+  'mean of the checkpoint rows kept, plus Gaussian noise of '
+  '`noise_scale` times their per-dimension std'
+)
 
 
 # ----------------------------------------------------------------- config --
@@ -57,9 +60,10 @@ def read_config_json(folder: str) -> dict[str, Any]:
       return json.load(f)
   except (OSError, json.JSONDecodeError) as e:
     raise hf_import.HFImportError(
-        f'{path}: cannot read the T5 config ({e}); T5_DIR must be an HF T5 '
-        'folder (config.json, model.safetensors or pytorch_model.bin, '
-        f'{SPIECE_NAME})') from e
+      f'{path}: cannot read the T5 config ({e}); T5_DIR must be an HF T5 '
+      'folder (config.json, model.safetensors or pytorch_model.bin, '
+      f'{SPIECE_NAME})'
+    ) from e
 
 
 def t5_config_from_hf(folder: str, **overrides) -> network.T5Config:
@@ -95,10 +99,11 @@ class PretrainedT5Model(models.EncoderDecoderModel):
   def config(self) -> network.T5Config:
     if not self.t5_dir:
       raise ValueError(
-          'MODEL is a pretrained T5 (gin/models/t5_pretrained.gin) but no '
-          "folder is set: pass --gin.T5_DIR=\"'/path/to/t5-small'\" (an HF "
-          f'folder with {CONFIG_NAME}, model.safetensors or '
-          f'pytorch_model.bin, {SPIECE_NAME})')
+        'MODEL is a pretrained T5 (gin/models/t5_pretrained.gin) but no '
+        "folder is set: pass --gin.T5_DIR=\"'/path/to/t5-small'\" (an HF "
+        f'folder with {CONFIG_NAME}, model.safetensors or '
+        f'pytorch_model.bin, {SPIECE_NAME})'
+      )
     return t5_config_from_hf(self.t5_dir, **self.config_overrides)
 
   @functools.cached_property
@@ -106,16 +111,20 @@ class PretrainedT5Model(models.EncoderDecoderModel):
     return models.make_module(self.config)
 
   def with_vocab_size(self, vocab_size: int) -> 'PretrainedT5Model':
-    return PretrainedT5Model(self.t5_dir, **{**self.config_overrides,
-                                             'vocab_size': vocab_size})
+    return PretrainedT5Model(
+      self.t5_dir, **{**self.config_overrides, 'vocab_size': vocab_size}
+    )
 
   def __repr__(self):
     return f'PretrainedT5Model({self.t5_dir!r}, **{self.config_overrides!r})'
 
 
-def pretrained_t5_model(*, t5_dir: Optional[str] = None,
-                        dropout_rate: Optional[float] = None,
-                        dtype: str = 'float32') -> PretrainedT5Model:
+def pretrained_t5_model(
+  *,
+  t5_dir: Optional[str] = None,
+  dropout_rate: Optional[float] = None,
+  dtype: str = 'float32',
+) -> PretrainedT5Model:
   """MODEL for gin/models/t5_pretrained.gin (dropout None: config.json's)."""
   overrides = {'dtype': dtype}
   if dropout_rate is not None:
@@ -136,24 +145,29 @@ def spiece_path(folder: str) -> str:
   path = os.path.join(folder, SPIECE_NAME)
   if not os.path.isfile(path):
     raise hf_import.HFImportError(
-        f'{path}: not found; the index vocabulary is the checkpoint\'s own '
-        'sentencepiece model (a tokenizer.json alone is not enough: copy '
-        f'{SPIECE_NAME} from the model\'s HF repository)')
+      f'{path}: not found; the index vocabulary is the checkpoint\'s own '
+      'sentencepiece model (a tokenizer.json alone is not enough: copy '
+      f'{SPIECE_NAME} from the model\'s HF repository)'
+    )
   return path
 
 
-def t5_vocabulary(folder: str, docid_tokens=(), *,
-                  extra_ids: int = T5_EXTRA_IDS):
+def t5_vocabulary(
+  folder: str, docid_tokens=(), *, extra_ids: int = T5_EXTRA_IDS
+):
   """spiece.model + `extra_ids` sentinels + docid tokens (gr.vocab)."""
   from gr import vocab as vocab_lib  # pylint: disable=g-import-not-at-top  (TensorFlow is heavy)
-  vocab = vocab_lib.Vocabulary(spiece_path(folder), tuple(docid_tokens),
-                               extra_ids=extra_ids)
+
+  vocab = vocab_lib.Vocabulary(
+    spiece_path(folder), tuple(docid_tokens), extra_ids=extra_ids
+  )
   rows = read_config_json(folder)['vocab_size']
   if vocab.sp_size > rows:
     raise hf_import.HFImportError(
-        f'{folder}: {SPIECE_NAME} + {extra_ids} sentinels = {vocab.sp_size} '
-        f'ids, more than config.json vocab_size {rows}: the sentencepiece '
-        'model does not belong to this checkpoint')
+      f'{folder}: {SPIECE_NAME} + {extra_ids} sentinels = {vocab.sp_size} '
+      f'ids, more than config.json vocab_size {rows}: the sentencepiece '
+      'model does not belong to this checkpoint'
+    )
   return vocab
 
 
@@ -174,38 +188,50 @@ def t5_index(table, folder: str, *, extra_ids: int = T5_EXTRA_IDS):
     records `extra_ids`, so `load_index` gives the same ids back.
   """
   from gr import index as index_lib  # pylint: disable=g-import-not-at-top  (TensorFlow is heavy)
-  return index_lib.Index(table, t5_vocabulary(
-      folder, table.reserved_tokens, extra_ids=extra_ids))
+
+  return index_lib.Index(
+    table, t5_vocabulary(folder, table.reserved_tokens, extra_ids=extra_ids)
+  )
 
 
-def check_t5_index(index, folder: str, *,
-                   extra_ids: int = T5_EXTRA_IDS) -> None:
+def check_t5_index(
+  index, folder: str, *, extra_ids: int = T5_EXTRA_IDS
+) -> None:
   """Raises ValueError unless `index` (e.g. a workdir's) uses folder's ids."""
   from gr import vocab as vocab_lib  # pylint: disable=g-import-not-at-top  (TensorFlow is heavy)
+
   vocab = index.vocab
   expected = vocab_lib.file_sha256(spiece_path(folder))
-  if (getattr(vocab, 'sp_sha256', None) != expected
-      or vocab.sp_size != t5_base_size(folder, extra_ids=extra_ids)):
+  if getattr(
+    vocab, 'sp_sha256', None
+  ) != expected or vocab.sp_size != t5_base_size(folder, extra_ids=extra_ids):
     raise ValueError(
-        f'the index vocabulary is not {folder}/{SPIECE_NAME} with '
-        f'{extra_ids} sentinels (it was built for another model): use '
-        'another workdir')
+      f'the index vocabulary is not {folder}/{SPIECE_NAME} with '
+      f'{extra_ids} sentinels (it was built for another model): use '
+      'another workdir'
+    )
 
 
 # ----------------------------------------------------------------- params --
 
 
-def _new_rows(kept: np.ndarray, count: int, rng: np.random.Generator,
-              noise_scale: float) -> np.ndarray:
+def _new_rows(
+  kept: np.ndarray, count: int, rng: np.random.Generator, noise_scale: float
+) -> np.ndarray:
   """[count, D] rows: mean of `kept` [n, D] + noise_scale * std * N(0, 1)."""
   mean, std = kept.mean(axis=0), kept.std(axis=0)
   noise = rng.standard_normal((count, kept.shape[1])).astype(np.float32)
   return (mean + noise_scale * std * noise).astype(np.float32)
 
 
-def extend_rows(table: np.ndarray, base_size: int, vocab_size: int, *,
-                rng: np.random.Generator,
-                noise_scale: float = 0.1) -> np.ndarray:
+def extend_rows(
+  table: np.ndarray,
+  base_size: int,
+  vocab_size: int,
+  *,
+  rng: np.random.Generator,
+  noise_scale: float = 0.1,
+) -> np.ndarray:
   """table [V_hf, D] -> [vocab_size, D]: rows < base_size kept, rest new.
 
   New rows follow NEW_ROW_RULE over the kept rows.
@@ -213,25 +239,37 @@ def extend_rows(table: np.ndarray, base_size: int, vocab_size: int, *,
   table = np.asarray(table, np.float32)
   kept = table[:base_size]
   return np.concatenate(
-      [kept, _new_rows(kept, vocab_size - base_size, rng, noise_scale)])
+    [kept, _new_rows(kept, vocab_size - base_size, rng, noise_scale)]
+  )
 
 
-def _check_shape(model_config: network.T5Config,
-                 hf_config: network.T5Config, folder: str) -> None:
+def _check_shape(
+  model_config: network.T5Config, hf_config: network.T5Config, folder: str
+) -> None:
   """Raises unless the two configs differ at most in vocab/dropout/dtype."""
   ignore = ('vocab_size', 'dropout_rate', 'dtype')
-  ours = {k: v for k, v in dataclasses.asdict(model_config).items()
-          if k not in ignore}
-  theirs = {k: v for k, v in dataclasses.asdict(hf_config).items()
-            if k not in ignore}
+  ours = {
+    k: v for k, v in dataclasses.asdict(model_config).items() if k not in ignore
+  }
+  theirs = {
+    k: v for k, v in dataclasses.asdict(hf_config).items() if k not in ignore
+  }
   if ours != theirs:
     diff = {k: (ours[k], theirs[k]) for k in ours if ours[k] != theirs[k]}
-    raise ValueError(f'the model is not shaped like {folder}: (model, '
-                     f'checkpoint) differ in {diff}')
+    raise ValueError(
+      f'the model is not shaped like {folder}: (model, '
+      f'checkpoint) differ in {diff}'
+    )
 
 
-def t5_initial_params(model, folder: str, *, base_size: Optional[int] = None,
-                      seed: int = 0, noise_scale: float = 0.1) -> Params:
+def t5_initial_params(
+  model,
+  folder: str,
+  *,
+  base_size: Optional[int] = None,
+  seed: int = 0,
+  noise_scale: float = 0.1,
+) -> Params:
   """The checkpoint's params, vocabulary rows extended to the model's.
 
   Args:
@@ -254,15 +292,23 @@ def t5_initial_params(model, folder: str, *, base_size: Optional[int] = None,
   _check_shape(config, hf_config, folder)
   base = base_size if base_size is not None else t5_base_size(folder)
   if not 0 < base <= min(hf_config.vocab_size, config.vocab_size):
-    raise ValueError(f'base_size {base} must be in (0, min(checkpoint rows '
-                     f'{hf_config.vocab_size}, model rows {config.vocab_size})]')
+    raise ValueError(
+      f'base_size {base} must be in (0, min(checkpoint rows '
+      f'{hf_config.vocab_size}, model rows {config.vocab_size})]'
+    )
   rng = np.random.default_rng(seed)
   params['token_embedder']['embedding'] = extend_rows(
-      params['token_embedder']['embedding'], base, config.vocab_size,
-      rng=rng, noise_scale=noise_scale)
+    params['token_embedder']['embedding'],
+    base,
+    config.vocab_size,
+    rng=rng,
+    noise_scale=noise_scale,
+  )
   if not config.logits_via_embedding:
     kernel = params['decoder']['logits_dense']['kernel']  # [D, V_hf]
     params['decoder']['logits_dense']['kernel'] = np.ascontiguousarray(
-        extend_rows(kernel.T, base, config.vocab_size, rng=rng,
-                    noise_scale=noise_scale).T)  # --> [D, vocab_size]
+      extend_rows(
+        kernel.T, base, config.vocab_size, rng=rng, noise_scale=noise_scale
+      ).T
+    )  # --> [D, vocab_size]
   return params

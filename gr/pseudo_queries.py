@@ -10,6 +10,7 @@ the title, which is the query in known-item benchmarks):
 (doc2query) queries use the same container and file format: one JSON object
 per line, `{"_id": doc_id, "queries": [...]}`.
 """
+
 import hashlib
 import json
 import random
@@ -34,12 +35,9 @@ def _rng(seed: int, key: str) -> random.Random:
   return random.Random(_derived_seed(seed, key))
 
 
-def span_queries(text: str,
-                 n: int,
-                 *,
-                 min_words: int = 4,
-                 max_words: int = 16,
-                 seed: int = 0) -> list[str]:
+def span_queries(
+  text: str, n: int, *, min_words: int = 4, max_words: int = 16, seed: int = 0
+) -> list[str]:
   """n spans of consecutive words, length uniform in [min_words, max_words].
 
   A text shorter than the drawn length gives the whole text as its span; an
@@ -47,7 +45,8 @@ def span_queries(text: str,
   """
   if not 1 <= min_words <= max_words:
     raise ValueError(
-        f"need 1 <= min_words <= max_words, got {min_words}, {max_words}")
+      f"need 1 <= min_words <= max_words, got {min_words}, {max_words}"
+    )
   words = text.split()
   if not words or n <= 0:
     return []
@@ -56,7 +55,7 @@ def span_queries(text: str,
   for _ in range(n):
     length = min(rng.randint(min_words, max_words), len(words))
     start = rng.randint(0, len(words) - length)
-    spans.append(" ".join(words[start:start + length]))
+    spans.append(" ".join(words[start : start + length]))
   return spans
 
 
@@ -66,28 +65,29 @@ def split_sentences(text: str) -> list[str]:
   return [piece for piece in pieces if piece]
 
 
-def sentence_queries(text: str,
-                     n: int,
-                     *,
-                     seed: Optional[int] = None) -> list[str]:
+def sentence_queries(
+  text: str, n: int, *, seed: Optional[int] = None
+) -> list[str]:
   """The first n sentences, or (with a seed) n distinct ones at random.
 
   Random picks keep document order. Fewer sentences than n gives them all.
   """
   sentences = split_sentences(text)
   if seed is None or n >= len(sentences):
-    return sentences[:max(n, 0)]
+    return sentences[: max(n, 0)]
   picked = sorted(_rng(seed, text).sample(range(len(sentences)), n))
   return [sentences[i] for i in picked]
 
 
-def build_pseudo_queries(documents: Iterable,
-                         *,
-                         num_spans: int = 0,
-                         num_sentences: int = 0,
-                         min_words: int = 4,
-                         max_words: int = 16,
-                         seed: int = 0) -> dict[str, list[str]]:
+def build_pseudo_queries(
+  documents: Iterable,
+  *,
+  num_spans: int = 0,
+  num_sentences: int = 0,
+  min_words: int = 4,
+  max_words: int = 16,
+  seed: int = 0,
+) -> dict[str, list[str]]:
   """Pseudo-queries for each Document (uses `doc.text` only, never title).
 
   Each document's generator is seeded from (seed, doc_id), so adding a
@@ -98,8 +98,12 @@ def build_pseudo_queries(documents: Iterable,
   for doc in documents:
     doc_seed = _derived_seed(seed, doc.doc_id)
     found = sentence_queries(doc.text, num_sentences) + span_queries(
-        doc.text, num_spans, min_words=min_words, max_words=max_words,
-        seed=doc_seed)
+      doc.text,
+      num_spans,
+      min_words=min_words,
+      max_words=max_words,
+      seed=doc_seed,
+    )
     if found:
       queries[doc.doc_id] = found
   return queries
@@ -144,6 +148,7 @@ def _parse_record(line: str, where: str) -> tuple[str, list[str]]:
   if not isinstance(doc_id, str) or not doc_id:
     raise ValueError(f"{where}: field '_id' must be a non-empty string")
   if not isinstance(doc_queries, list) or not all(
-      isinstance(q, str) for q in doc_queries):
+    isinstance(q, str) for q in doc_queries
+  ):
     raise ValueError(f"{where}: field 'queries' must be a list of strings")
   return doc_id, doc_queries

@@ -8,6 +8,7 @@ for top_k documents and merges each document's docids by
 `SearchConfig.aggregation`. `exact_ranking` is the oracle beam search
 approximates: every docid scored by teacher forcing, merged the same way.
 """
+
 import dataclasses
 import functools
 from typing import Mapping, Sequence
@@ -24,16 +25,17 @@ from gr import vocab as vocab_lib
 Ranking = list[tuple[str, float]]
 
 
-def encode_queries(vocab: vocab_lib.Vocabulary, texts: Sequence[str],
-                   input_length: int) -> np.ndarray:
+def encode_queries(
+  vocab: vocab_lib.Vocabulary, texts: Sequence[str], input_length: int
+) -> np.ndarray:
   """Query texts -> [n, input_length] int32 encoder inputs, PAD after.
 
   The vocabulary decides the form: sentencepiece pieces + EOS, or an
   encoder's WordPiece [CLS] pieces [SEP] (gr/wordpiece.py).
   """
   return decoding.pad_sequences(
-      [vocab.encode_inputs(text, input_length) for text in texts],
-      input_length)
+    [vocab.encode_inputs(text, input_length) for text in texts], input_length
+  )
 
 
 INPUT_BUCKETS = (16, 32, 64, 128, 256, 512)
@@ -43,13 +45,15 @@ def input_bucket(tokens: np.ndarray, max_length: int) -> int:
   """Smallest bucket (<= max_length) covering every row's last token."""
   nonzero = np.flatnonzero(np.asarray(tokens).any(axis=0))
   longest = int(nonzero[-1]) + 1 if len(nonzero) else 1
-  return min(next((b for b in INPUT_BUCKETS if b >= longest), max_length),
-             max_length)
+  return min(
+    next((b for b in INPUT_BUCKETS if b >= longest), max_length), max_length
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class SearchConfig:
   """How a query is decoded."""
+
   beam_size: int = 10
   top_k: int = 10
   max_decode_len: int = 16
@@ -73,25 +77,35 @@ def fit_to_index(config: SearchConfig, index: index_lib.Index) -> SearchConfig:
   return dataclasses.replace(config, docids_per_doc=docids_per_document(index))
 
 
-def decoder_step_fn(model: models.EncoderDecoderModel, params, encoded,
-                    encoder_tokens, *, sparse_output: bool = False):
+def decoder_step_fn(
+  model: models.EncoderDecoderModel,
+  params,
+  encoded,
+  encoder_tokens,
+  *,
+  sparse_output: bool = False,
+):
   """The tokens_to_logits of a search (a `decoding.SplitDecoder` for
   sparse_output), over encoded [N, Li, width] or its cross-attention K/V
   and encoder_tokens [N, Li], N = batch * beams."""
+
   def tokens_to_logits(decoder_tokens, cache, step):
     del step
-    return model.decode_step(params, cache, encoded, encoder_tokens,
-                             decoder_tokens)
+    return model.decode_step(
+      params, cache, encoded, encoder_tokens, decoder_tokens
+    )
 
   def tokens_to_hidden(decoder_tokens, cache, step):
     del step
-    return model.decode_step_hidden(params, cache, encoded, encoder_tokens,
-                                    decoder_tokens)
+    return model.decode_step_hidden(
+      params, cache, encoded, encoder_tokens, decoder_tokens
+    )
 
   if not sparse_output:
     return tokens_to_logits
-  return decoding.SplitDecoder(tokens_to_hidden,
-                               functools.partial(model.output_logits, params))
+  return decoding.SplitDecoder(
+    tokens_to_hidden, functools.partial(model.output_logits, params)
+  )
 
 
 def make_search_fn(model: models.EncoderDecoderModel, config: SearchConfig):
@@ -103,7 +117,8 @@ def make_search_fn(model: models.EncoderDecoderModel, config: SearchConfig):
   each document, best first (D = config.docids_per_doc).
   """
   beams, _ = decoding.document_search_sizes(
-      config.beam_size, config.top_k, config.docids_per_doc)
+    config.beam_size, config.top_k, config.docids_per_doc
+  )
 
   @jax.jit
   def search(params, encoder_tokens, trie_arrays):
@@ -111,20 +126,29 @@ def make_search_fn(model: models.EncoderDecoderModel, config: SearchConfig):
     encoded = model.encode(params, encoder_tokens)  # [B, Li, width]
     # Cross-attention keys and values: projected once per query (not at
     # every step), then repeated per beam.
-    cross_kv = jax.tree.map(lambda x: jnp.repeat(x, beams, axis=0),
-                            model.cross_attention_kv(params, encoded))
+    cross_kv = jax.tree.map(
+      lambda x: jnp.repeat(x, beams, axis=0),
+      model.cross_attention_kv(params, encoded),
+    )
     tokens = jnp.repeat(encoder_tokens, beams, axis=0)  # --> [B*K, Li]
     cache = model.init_cache(params, batch, config.max_decode_len)
 
-    step_fn = decoder_step_fn(model, params, cross_kv, tokens,
-                              sparse_output=config.sparse_output)
+    step_fn = decoder_step_fn(
+      model, params, cross_kv, tokens, sparse_output=config.sparse_output
+    )
     return decoding.constrained_document_search(
-        step_fn, cache, batch, trie_arrays,
-        beam_size=config.beam_size, max_decode_len=config.max_decode_len,
-        top_k=config.top_k, docids_per_doc=config.docids_per_doc,
-        aggregation=config.aggregation,
-        length_penalty_alpha=config.length_penalty_alpha,
-        sparse_output=config.sparse_output)
+      step_fn,
+      cache,
+      batch,
+      trie_arrays,
+      beam_size=config.beam_size,
+      max_decode_len=config.max_decode_len,
+      top_k=config.top_k,
+      docids_per_doc=config.docids_per_doc,
+      aggregation=config.aggregation,
+      length_penalty_alpha=config.length_penalty_alpha,
+      sparse_output=config.sparse_output,
+    )
 
   return search
 
@@ -135,9 +159,16 @@ class Searcher:
   The config's docids_per_doc is set from the index (`fit_to_index`).
   """
 
-  def __init__(self, model: models.EncoderDecoderModel, params,
-               index: index_lib.Index, config: SearchConfig, *,
-               input_length: int = 64, batch_size: int = 32):
+  def __init__(
+    self,
+    model: models.EncoderDecoderModel,
+    params,
+    index: index_lib.Index,
+    config: SearchConfig,
+    *,
+    input_length: int = 64,
+    batch_size: int = 32,
+  ):
     self.model, self.params, self.index = model, params, index
     self.config = fit_to_index(config, index)
     self.input_length = input_length
@@ -158,13 +189,13 @@ class Searcher:
     """
     docs, scores = [], []
     for start in range(0, len(tokens), self.batch_size):
-      chunk = tokens[start:start + self.batch_size]
+      chunk = tokens[start : start + self.batch_size]
       length = input_bucket(chunk, tokens.shape[1])
       padded = np.zeros((self.batch_size, length), np.int32)
-      padded[:len(chunk)] = chunk[:, :length]
+      padded[: len(chunk)] = chunk[:, :length]
       found = self._search(self.params, padded, self.trie_arrays)
-      docs.append(np.asarray(found.documents)[:len(chunk)])
-      scores.append(np.asarray(found.scores)[:len(chunk)])
+      docs.append(np.asarray(found.documents)[: len(chunk)])
+      scores.append(np.asarray(found.scores)[: len(chunk)])
     return np.concatenate(docs), np.concatenate(scores)
 
   def search(self, texts: Sequence[str]) -> list[Ranking]:
@@ -174,8 +205,10 @@ class Searcher:
     tokens = encode_queries(self.index.vocab, texts, self.input_length)
     docs, scores = self.search_tokens(tokens)
     doc_ids = self.index.doc_ids
-    return [[(doc_ids[d], float(s)) for d, s in zip(row_d, row_s) if d >= 0]
-            for row_d, row_s in zip(docs, scores)]
+    return [
+      [(doc_ids[d], float(s)) for d, s in zip(row_d, row_s) if d >= 0]
+      for row_d, row_s in zip(docs, scores)
+    ]
 
   def run(self, queries: Mapping[str, str]) -> dict[str, dict[str, float]]:
     """A TREC-style run {qid: {doc_id: score}} for `queries`."""
@@ -197,8 +230,13 @@ def make_score_fn(model: models.EncoderDecoderModel):
   return score
 
 
-def exact_ranking(searcher: Searcher, query_texts: Sequence[str], *,
-                  top_k: int = 10, batch_size: int = 512) -> list[Ranking]:
+def exact_ranking(
+  searcher: Searcher,
+  query_texts: Sequence[str],
+  *,
+  top_k: int = 10,
+  batch_size: int = 512,
+) -> list[Ranking]:
   """Every docid scored by teacher forcing, per query (the oracle).
 
   A document's docids are merged by the searcher's config.aggregation (over
@@ -206,15 +244,21 @@ def exact_ranking(searcher: Searcher, query_texts: Sequence[str], *,
   """
   score = make_score_fn(searcher.model)
   sequences, values = searcher.index.docid_sequences()
-  tokens = encode_queries(searcher.index.vocab, query_texts,
-                          searcher.input_length)
+  tokens = encode_queries(
+    searcher.index.vocab, query_texts, searcher.input_length
+  )
   doc_ids = searcher.index.doc_ids
   rankings = []
   for query in tokens:
     score_fn = functools.partial(score, searcher.params, jnp.asarray(query))
     docs, scores = decoding.exact_document_rank(
-        score_fn, sequences, values, aggregation=searcher.config.aggregation,
-        batch_size=batch_size, top_k=top_k,
-        length_penalty_alpha=searcher.config.length_penalty_alpha)
+      score_fn,
+      sequences,
+      values,
+      aggregation=searcher.config.aggregation,
+      batch_size=batch_size,
+      top_k=top_k,
+      length_penalty_alpha=searcher.config.length_penalty_alpha,
+    )
     rankings.append([(doc_ids[d], float(s)) for d, s in zip(docs, scores)])
   return rankings

@@ -7,6 +7,7 @@ tag. gr/experiment.py's run_experiment writes it; the service
 (gr/serving.py's Retriever) reads it, looking first in the checkpoint
 directory, then in its parent, the run (`find_model_config`).
 """
+
 import dataclasses
 import json
 import os
@@ -24,18 +25,27 @@ class RunConfigError(ValueError):
   """model_config.json is missing or invalid."""
 
 
-
-def save_model_config(run_dir: str, config: network.T5Config, *,
-                      input_length: int,
-                      corpus_path: Optional[str] = None) -> str:
+def save_model_config(
+  run_dir: str,
+  config: network.T5Config,
+  *,
+  input_length: int,
+  corpus_path: Optional[str] = None,
+) -> str:
   """Writes <run_dir>/model_config.json atomically; returns its path.
 
   corpus_path: the run's corpus.jsonl, where the service finds titles.
   """
-  key = ("bert_t5_config" if isinstance(config, bert_network.BertT5Config)
-         else "t5_config")
-  record = {"format": MODEL_CONFIG_FORMAT, "input_length": int(input_length),
-            key: dataclasses.asdict(config)}
+  key = (
+    "bert_t5_config"
+    if isinstance(config, bert_network.BertT5Config)
+    else "t5_config"
+  )
+  record = {
+    "format": MODEL_CONFIG_FORMAT,
+    "input_length": int(input_length),
+    key: dataclasses.asdict(config),
+  }
   if corpus_path:
     record["corpus"] = os.path.abspath(corpus_path)
   path = os.path.join(run_dir, MODEL_CONFIG_FILE)
@@ -46,21 +56,26 @@ def save_model_config(run_dir: str, config: network.T5Config, *,
 
 def find_model_config(checkpoint_dir: str) -> str:
   """model_config.json inside `checkpoint_dir` or its parent (the run)."""
-  candidates = [os.path.join(checkpoint_dir, MODEL_CONFIG_FILE),
-                os.path.join(os.path.dirname(os.path.abspath(checkpoint_dir)),
-                             MODEL_CONFIG_FILE)]
+  candidates = [
+    os.path.join(checkpoint_dir, MODEL_CONFIG_FILE),
+    os.path.join(
+      os.path.dirname(os.path.abspath(checkpoint_dir)), MODEL_CONFIG_FILE
+    ),
+  ]
   for path in candidates:
     if os.path.isfile(path):
       return path
   raise RunConfigError(
-      f"no {MODEL_CONFIG_FILE} in {candidates[0]} or {candidates[1]}: write "
-      "it with gr.run_config.save_model_config(run_dir, model.config, "
-      "input_length=...)")
+    f"no {MODEL_CONFIG_FILE} in {candidates[0]} or {candidates[1]}: write "
+    "it with gr.run_config.save_model_config(run_dir, model.config, "
+    "input_length=...)"
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
   """What model_config.json records about a run."""
+
   model: network.T5Config | bert_network.BertT5Config
   input_length: int
   corpus_path: Optional[str] = None
@@ -72,8 +87,9 @@ def load_model_config(path: str) -> RunConfig:
     with open(path) as f:
       record = json.load(f)
     if record.get("format") != MODEL_CONFIG_FORMAT:
-      raise ValueError(f"format {record.get('format')!r}, expected "
-                       f"{MODEL_CONFIG_FORMAT!r}")
+      raise ValueError(
+        f"format {record.get('format')!r}, expected {MODEL_CONFIG_FORMAT!r}"
+      )
     if "bert_t5_config" in record:
       model = bert_network.BertT5Config(**record["bert_t5_config"])
     else:

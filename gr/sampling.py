@@ -17,6 +17,7 @@ sample depends only on its own key and logits, not on the other rows.
 Shapes: B = batch (rows), V = vocabulary, L = max_decode_len.
 Token ids: BOS = PAD = 0 (the first decoder input), EOS = 1.
 """
+
 from typing import Any, Optional
 
 import flax.struct
@@ -32,6 +33,7 @@ NEG_INF = -jnp.inf
 @flax.struct.dataclass
 class SampleState:
   """Loop carry of `sample`."""
+
   step: jax.Array  # [] int32: position being decoded
   sequences: jax.Array  # [B, L] int32, PAD where not decoded yet
   log_probs: jax.Array  # [B] float32: model log-prob of the tokens so far
@@ -40,9 +42,13 @@ class SampleState:
   processor_state: PyTree  # leaves [B, 1, ...]
 
 
-def filter_logits(logits: jax.Array, *, temperature: float = 1.0,
-                  top_k: int = 0, top_p: float = 1.0,
-                  ) -> tuple[jax.Array, jax.Array]:
+def filter_logits(
+  logits: jax.Array,
+  *,
+  temperature: float = 1.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+) -> tuple[jax.Array, jax.Array]:
   """The tokens that may be drawn from logits [B, V], and their logits.
 
   temperature must be > 0 here (`sample` treats 0 as greedy); top_k = 0 and
@@ -72,8 +78,11 @@ def _top_p_filter(logits: jax.Array, top_p: float) -> jax.Array:
   probs = jax.nn.softmax(sorted_logits, axis=-1)
   mass_before = jnp.cumsum(probs, axis=-1) - probs  # [B, C]
   keep_sorted = mass_before < top_p  # the first token always (0 < top_p)
-  keep = jnp.zeros_like(keep_sorted).at[
-      jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
+  keep = (
+    jnp.zeros_like(keep_sorted)
+    .at[jnp.arange(logits.shape[0])[:, None], order]
+    .set(keep_sorted)
+  )
   return jnp.where(keep, logits, NEG_INF)
 
 
@@ -88,67 +97,104 @@ def row_keys(rng: jax.Array, batch_size: int) -> jax.Array:
   if rng.ndim == 0:
     return jax.random.split(rng, batch_size)
   if rng.shape != (batch_size,):
-    raise ValueError(f"sample: rng holds keys of shape {rng.shape}; expected "
-                     f"one key or ({batch_size},) keys, one per row")
+    raise ValueError(
+      f"sample: rng holds keys of shape {rng.shape}; expected "
+      f"one key or ({batch_size},) keys, one per row"
+    )
   return rng
 
 
-def _draw(keys: jax.Array, logits: jax.Array, step: jax.Array, *,
-          temperature: float, top_k: int, top_p: float) -> jax.Array:
+def _draw(
+  keys: jax.Array,
+  logits: jax.Array,
+  step: jax.Array,
+  *,
+  temperature: float,
+  top_k: int,
+  top_p: float,
+) -> jax.Array:
   """Tokens [B] from logits [B, V]; row b uses fold_in(keys[b], step)."""
   if temperature == 0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   candidate_logits, token_ids = filter_logits(
-      logits, temperature=temperature, top_k=top_k, top_p=top_p)
+    logits, temperature=temperature, top_k=top_k, top_p=top_p
+  )
   step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, step)
   choice = jax.vmap(jax.random.categorical)(step_keys, candidate_logits)
-  return jnp.take_along_axis(token_ids, choice[:, None],
-                             axis=-1)[:, 0].astype(jnp.int32)  # --> [B]
+  return jnp.take_along_axis(token_ids, choice[:, None], axis=-1)[:, 0].astype(
+    jnp.int32
+  )  # --> [B]
 
 
 def _step_logits(state: SampleState, tokens_to_logits, processor):
   """Model log-probs [B, V], processed logits [B, V], cache, processor state."""
   previous = jax.lax.dynamic_index_in_dim(
-      state.sequences, jnp.maximum(state.step - 1, 0), axis=1, keepdims=False)
+    state.sequences, jnp.maximum(state.step - 1, 0), axis=1, keepdims=False
+  )
   inputs = jnp.where(state.step == 0, 0, previous)[:, None]  # --> [B, 1]
   logits, cache = tokens_to_logits(inputs, state.cache, state.step)
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   processed, processor_state = log_probs, state.processor_state
   if processor is not None:
     processed, processor_state = processor.process(
-        processor_state, log_probs[:, None, :], state.step)
+      processor_state, log_probs[:, None, :], state.step
+    )
     processed = processed[:, 0, :]  # [B, 1, V] --> [B, V]
   return log_probs, processed, cache, processor_state
 
 
-def _sample_step(state: SampleState, tokens_to_logits, processor, keys, *,
-                 eos_id: int, temperature: float, top_k: int,
-                 top_p: float) -> SampleState:
+def _sample_step(
+  state: SampleState,
+  tokens_to_logits,
+  processor,
+  keys,
+  *,
+  eos_id: int,
+  temperature: float,
+  top_k: int,
+  top_p: float,
+) -> SampleState:
   """Draws one token per unfinished row; finished rows take PAD."""
   log_probs, processed, cache, processor_state = _step_logits(
-      state, tokens_to_logits, processor)
-  tokens = _draw(keys, processed, state.step, temperature=temperature,
-                 top_k=top_k, top_p=top_p)
+    state, tokens_to_logits, processor
+  )
+  tokens = _draw(
+    keys,
+    processed,
+    state.step,
+    temperature=temperature,
+    top_k=top_k,
+    top_p=top_p,
+  )
   tokens = jnp.where(state.finished, 0, tokens)
-  token_log_probs = jnp.take_along_axis(log_probs, tokens[:, None],
-                                        axis=-1)[:, 0]  # --> [B]
+  token_log_probs = jnp.take_along_axis(log_probs, tokens[:, None], axis=-1)[
+    :, 0
+  ]  # --> [B]
   if processor is not None:
     processor_state = processor.update(processor_state, tokens[:, None])
   return SampleState(
-      step=state.step + 1,
-      sequences=state.sequences.at[:, state.step].set(tokens),
-      log_probs=state.log_probs + jnp.where(state.finished, 0.0,
-                                            token_log_probs),
-      finished=state.finished | (tokens == eos_id),
-      cache=cache, processor_state=processor_state)
+    step=state.step + 1,
+    sequences=state.sequences.at[:, state.step].set(tokens),
+    log_probs=state.log_probs + jnp.where(state.finished, 0.0, token_log_probs),
+    finished=state.finished | (tokens == eos_id),
+    cache=cache,
+    processor_state=processor_state,
+  )
 
 
-def sample(tokens_to_logits: decoding.TokensToLogits, initial_cache: PyTree,
-           batch_size: int, *, max_decode_len: int, rng: jax.Array,
-           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           eos_id: int = 1,
-           logits_processor: Optional[decoding.LogitsProcessor] = None,
-           ) -> tuple[jax.Array, jax.Array]:
+def sample(
+  tokens_to_logits: decoding.TokensToLogits,
+  initial_cache: PyTree,
+  batch_size: int,
+  *,
+  max_decode_len: int,
+  rng: jax.Array,
+  temperature: float = 1.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  eos_id: int = 1,
+  logits_processor: Optional[decoding.LogitsProcessor] = None,
+) -> tuple[jax.Array, jax.Array]:
   """Samples one sequence per row; jit-friendly (lax.while_loop).
 
   Args:
@@ -173,25 +219,42 @@ def sample(tokens_to_logits: decoding.TokensToLogits, initial_cache: PyTree,
   _check_settings(batch_size, max_decode_len, temperature, top_k, top_p)
   keys = row_keys(rng, batch_size)
   state = SampleState(
-      step=jnp.array(0, jnp.int32),
-      sequences=jnp.zeros((batch_size, max_decode_len), jnp.int32),
-      log_probs=jnp.zeros((batch_size,), jnp.float32),
-      finished=jnp.zeros((batch_size,), bool), cache=initial_cache,
-      processor_state=(logits_processor.init(batch_size, 1)
-                       if logits_processor is not None else None))
+    step=jnp.array(0, jnp.int32),
+    sequences=jnp.zeros((batch_size, max_decode_len), jnp.int32),
+    log_probs=jnp.zeros((batch_size,), jnp.float32),
+    finished=jnp.zeros((batch_size,), bool),
+    cache=initial_cache,
+    processor_state=(
+      logits_processor.init(batch_size, 1)
+      if logits_processor is not None
+      else None
+    ),
+  )
   state = jax.lax.while_loop(
-      lambda s: (s.step < max_decode_len) & ~jnp.all(s.finished),
-      lambda s: _sample_step(s, tokens_to_logits, logits_processor, keys,
-                             eos_id=eos_id, temperature=temperature,
-                             top_k=top_k, top_p=top_p),
-      state)
+    lambda s: (s.step < max_decode_len) & ~jnp.all(s.finished),
+    lambda s: _sample_step(
+      s,
+      tokens_to_logits,
+      logits_processor,
+      keys,
+      eos_id=eos_id,
+      temperature=temperature,
+      top_k=top_k,
+      top_p=top_p,
+    ),
+    state,
+  )
   return state.sequences, state.log_probs
 
 
 def _check_settings(batch_size, max_decode_len, temperature, top_k, top_p):
   if min(batch_size, max_decode_len) < 1:
-    raise ValueError(f"sample: batch_size ({batch_size}) and max_decode_len "
-                     f"({max_decode_len}) must be >= 1")
+    raise ValueError(
+      f"sample: batch_size ({batch_size}) and max_decode_len "
+      f"({max_decode_len}) must be >= 1"
+    )
   if temperature < 0 or top_k < 0 or not 0 < top_p <= 1:
-    raise ValueError(f"sample: need temperature ({temperature}) >= 0, top_k "
-                     f"({top_k}) >= 0 and 0 < top_p ({top_p}) <= 1")
+    raise ValueError(
+      f"sample: need temperature ({temperature}) >= 0, top_k "
+      f"({top_k}) >= 0 and 0 < top_p ({top_p}) <= 1"
+    )

@@ -50,6 +50,7 @@ the HTTP service (gr/web/app.py), gathers concurrent requests (up to a
 maximum batch or a few milliseconds) into one `Retriever.retrieve` call on a
 worker thread.
 """
+
 import dataclasses
 import fcntl
 import functools
@@ -110,6 +111,7 @@ class ServingConfig:
       run, so that longer docids added online can still be found.
     length_penalty_alpha, aggregation: as in retrieval.SearchConfig.
   """
+
   max_k: int = 10
   beam_size: Optional[int] = None
   buckets: tuple[int, ...] = (1, 4, 16, 32)
@@ -124,11 +126,14 @@ class ServingConfig:
     if not buckets or buckets[0] < 1:
       raise ValueError(f"ServingConfig.buckets must be positive, got {buckets}")
     if self.max_k < 1 or (self.beam_size or self.max_k) < self.max_k:
-      raise ValueError(f"ServingConfig: need 1 <= max_k ({self.max_k}) <= "
-                       f"beam_size ({self.beam_size})")
+      raise ValueError(
+        f"ServingConfig: need 1 <= max_k ({self.max_k}) <= "
+        f"beam_size ({self.beam_size})"
+      )
     if self.max_wait_ms < 0 or self.decode_headroom < 0:
-      raise ValueError("ServingConfig: max_wait_ms and decode_headroom must "
-                       "be >= 0")
+      raise ValueError(
+        "ServingConfig: max_wait_ms and decode_headroom must be >= 0"
+      )
 
   @property
   def max_batch(self) -> int:
@@ -136,10 +141,12 @@ class ServingConfig:
 
   def search_config(self, max_decode_len: int) -> retrieval.SearchConfig:
     return retrieval.SearchConfig(
-        beam_size=self.beam_size or self.max_k, top_k=self.max_k,
-        max_decode_len=max_decode_len,
-        length_penalty_alpha=self.length_penalty_alpha,
-        aggregation=self.aggregation)
+      beam_size=self.beam_size or self.max_k,
+      top_k=self.max_k,
+      max_decode_len=max_decode_len,
+      length_penalty_alpha=self.length_penalty_alpha,
+      aggregation=self.aggregation,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +156,7 @@ class Hit:
   matched_docids: the document's docids that the search found, best first
   (docid is the first); with one docid per document, just that one.
   """
+
   doc_id: str
   docid: str
   score: float
@@ -159,41 +167,46 @@ class Hit:
 # ------------------------------------------------------------- loading --
 
 
-def check_params(model: models.EncoderDecoderModel, params: Any,
-                 source: str) -> None:
+def check_params(
+  model: models.EncoderDecoderModel, params: Any, source: str
+) -> None:
   """Raises RunLoadError unless `params` has the shapes `model` expects."""
-  expected = dict(jax.tree_util.tree_flatten_with_path(
-      model.param_shapes())[0])
+  expected = dict(jax.tree_util.tree_flatten_with_path(model.param_shapes())[0])
   found = dict(jax.tree_util.tree_flatten_with_path(params)[0])
   for path in sorted(set(expected) | set(found), key=str):
     want, got = expected.get(path), found.get(path)
     if want is None or got is None or tuple(want.shape) != tuple(got.shape):
       raise RunLoadError(
-          f"{source}: params do not fit the model config at "
-          f"{jax.tree_util.keystr(path)}: expected "
-          f"{None if want is None else tuple(want.shape)}, found "
-          f"{None if got is None else tuple(got.shape)}")
+        f"{source}: params do not fit the model config at "
+        f"{jax.tree_util.keystr(path)}: expected "
+        f"{None if want is None else tuple(want.shape)}, found "
+        f"{None if got is None else tuple(got.shape)}"
+      )
 
 
-def check_descends(served: index_lib.Index, trained: index_lib.Index,
-                   served_dir: str) -> None:
+def check_descends(
+  served: index_lib.Index, trained: index_lib.Index, served_dir: str
+) -> None:
   """Raises RunLoadError unless `served` is `trained` plus online updates.
 
   Same scheme and base vocabulary (sentencepiece model or WordPiece
   tokenizer), docid tokens extended at the end, and every trained document
   either unchanged or removed (retired).
   """
+
   def refuse(reason: str):
     raise RunLoadError(
-        f"{served_dir}: this index does not descend from the checkpoint's "
-        f"index artifact ({reason}); serve a fresh --index_dir (it is seeded "
-        "from the artifact)")
+      f"{served_dir}: this index does not descend from the checkpoint's "
+      f"index artifact ({reason}); serve a fresh --index_dir (it is seeded "
+      "from the artifact)"
+    )
+
   if served.table.scheme != trained.table.scheme:
     refuse(f"scheme {served.table.scheme!r} != {trained.table.scheme!r}")
   if served.vocab.base_fingerprint != trained.vocab.base_fingerprint:
     refuse("different tokenizer (sentencepiece model or WordPiece)")
   tokens = trained.vocab.docid_tokens
-  if served.vocab.docid_tokens[:len(tokens)] != tokens:
+  if served.vocab.docid_tokens[: len(tokens)] != tokens:
     refuse("docid tokens are not an extension of the trained ones")
   retired = served.table.retired_docids
   for doc_id, docids in trained.table.docids.items():
@@ -223,7 +236,8 @@ def load_checkpoint(checkpoint_dir: str, step: Optional[int] = None):
   """
   try:
     run = run_config.load_model_config(
-        run_config.find_model_config(checkpoint_dir))
+      run_config.find_model_config(checkpoint_dir)
+    )
     artifact = checkpoints.load_artifact(checkpoint_dir, step)
     step = int(artifact.parent.parent.name)  # <model_dir>/<step>/<item>/files
     trained = index_lib.load_index_version(os.fspath(artifact))
@@ -234,8 +248,9 @@ def load_checkpoint(checkpoint_dir: str, step: Optional[int] = None):
   check_params(model, params, checkpoint_dir)
   if trained.vocab.vocab_size > run.model.vocab_size:
     raise RunLoadError(
-        f"{checkpoint_dir}: index vocabulary has {trained.vocab.vocab_size} "
-        f"ids but the model only {run.model.vocab_size} embedding rows")
+      f"{checkpoint_dir}: index vocabulary has {trained.vocab.vocab_size} "
+      f"ids but the model only {run.model.vocab_size} embedding rows"
+    )
   return model, params, trained, run, step
 
 
@@ -250,8 +265,9 @@ def read_online_documents(index_dir: str) -> dict[str, beir.Document]:
   return beir.read_corpus(path)
 
 
-def write_online_documents(index_dir: str,
-                           documents: Mapping[str, beir.Document]) -> None:
+def write_online_documents(
+  index_dir: str, documents: Mapping[str, beir.Document]
+) -> None:
   beir.write_corpus(os.path.join(index_dir, ONLINE_DOCUMENTS_FILE), documents)
 
 
@@ -266,10 +282,14 @@ def read_online_rows(index_dir: str) -> dict[str, np.ndarray]:
 
 def write_online_rows(index_dir: str, rows: Mapping[str, np.ndarray]) -> None:
   buffer = io.BytesIO()
-  np.savez(buffer, tokens=np.array(list(rows), dtype=str),
-           rows=np.stack(list(rows.values())).astype(np.float32))
-  atomic_io.write_bytes(os.path.join(index_dir, ONLINE_ROWS_FILE),
-                        buffer.getvalue())
+  np.savez(
+    buffer,
+    tokens=np.array(list(rows), dtype=str),
+    rows=np.stack(list(rows.values())).astype(np.float32),
+  )
+  atomic_io.write_bytes(
+    os.path.join(index_dir, ONLINE_ROWS_FILE), buffer.getvalue()
+  )
 
 
 # ------------------------------------------------------ docid token rows --
@@ -283,15 +303,24 @@ def with_docid_rows(params: Any, vocab, rows: Mapping[str, np.ndarray]) -> Any:
   embedding = np.array(old)
   for token, row in rows.items():
     embedding[vocab.docid_token_id(token)] = row
-  return {**params, "token_embedder": {**params["token_embedder"],
-                                       "embedding": jnp.asarray(embedding,
-                                                                old.dtype)}}
+  return {
+    **params,
+    "token_embedder": {
+      **params["token_embedder"],
+      "embedding": jnp.asarray(embedding, old.dtype),
+    },
+  }
 
 
-def warm_docid_rows(model: models.EncoderDecoderModel, params: Any,
-                    index: index_lib.Index, new_tokens: Sequence[str],
-                    documents: Mapping[str, beir.Document], *,
-                    input_length: int) -> dict[str, np.ndarray]:
+def warm_docid_rows(
+  model: models.EncoderDecoderModel,
+  params: Any,
+  index: index_lib.Index,
+  new_tokens: Sequence[str],
+  documents: Mapping[str, beir.Document],
+  *,
+  input_length: int,
+) -> dict[str, np.ndarray]:
   """Rows for `new_tokens` from `documents`' embeddings under `params`.
 
   Pretrained-encoder models only (warm_start.new_docid_rows over the unit
@@ -299,44 +328,64 @@ def warm_docid_rows(model: models.EncoderDecoderModel, params: Any,
   """
   if not pretrained.is_pretrained(model) or not new_tokens or not documents:
     return {}
-  rows = pretrained.input_rows(index.vocab,
-                               [doc.text for doc in documents.values()],
-                               input_length)
+  rows = pretrained.input_rows(
+    index.vocab, [doc.text for doc in documents.values()], input_length
+  )
   vectors = pretrained.pooled_vectors(model, params, rows)  # [n, width]
   embedding = warm_start.new_docid_rows(
-      np.asarray(params["token_embedder"]["embedding"]), index.table,
-      index.vocab, new_tokens, dict(zip(documents, vectors)))
+    np.asarray(params["token_embedder"]["embedding"]),
+    index.table,
+    index.vocab,
+    new_tokens,
+    dict(zip(documents, vectors)),
+  )
   return {t: embedding[index.vocab.docid_token_id(t)] for t in new_tokens}
 
 
-def restore_online_rows(model: models.EncoderDecoderModel, params: Any,
-                        trained: index_lib.Index, served: index_lib.Index,
-                        index_dir: str,
-                        online: Mapping[str, beir.Document], *,
-                        input_length: int) -> Any:
+def restore_online_rows(
+  model: models.EncoderDecoderModel,
+  params: Any,
+  trained: index_lib.Index,
+  served: index_lib.Index,
+  index_dir: str,
+  online: Mapping[str, beir.Document],
+  *,
+  input_length: int,
+) -> Any:
   """The checkpoint's params with the rows of docid tokens added online.
 
   Saved rows are used as they are; a token without one (a lost file)
   gets the warm-start rule over the online documents that use it.
   """
-  new_tokens = served.vocab.docid_tokens[len(trained.vocab.docid_tokens):]
+  new_tokens = served.vocab.docid_tokens[len(trained.vocab.docid_tokens) :]
   if not pretrained.is_pretrained(model) or not new_tokens:
     return params
   saved = read_online_rows(index_dir)
   params = with_docid_rows(
-      params, served.vocab, {t: saved[t] for t in new_tokens if t in saved})
+    params, served.vocab, {t: saved[t] for t in new_tokens if t in saved}
+  )
   missing = {t for t in new_tokens if t not in saved}
   if not missing:
     return params
-  users = {d: doc for d, doc in online.items()
-           if missing & {w for docid in served.table.docids[d]
-                         for w in docid.split()}}
-  logging.warning("%s: no saved rows for %d online docid tokens; "
-                  "recomputing them from %d documents", index_dir,
-                  len(missing), len(users))
-  return with_docid_rows(params, served.vocab, warm_docid_rows(
-      model, params, served, sorted(missing), users,
-      input_length=input_length))
+  users = {
+    d: doc
+    for d, doc in online.items()
+    if missing & {w for docid in served.table.docids[d] for w in docid.split()}
+  }
+  logging.warning(
+    "%s: no saved rows for %d online docid tokens; "
+    "recomputing them from %d documents",
+    index_dir,
+    len(missing),
+    len(users),
+  )
+  return with_docid_rows(
+    params,
+    served.vocab,
+    warm_docid_rows(
+      model, params, served, sorted(missing), users, input_length=input_length
+    ),
+  )
 
 
 def _hold_lock(index_dir: str):
@@ -346,8 +395,10 @@ def _hold_lock(index_dir: str):
     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except BlockingIOError:
     handle.close()
-    raise RunLoadError(f"{index_dir} is already served by another Retriever "
-                       f"(lock {LOCK_FILE} is held)") from None
+    raise RunLoadError(
+      f"{index_dir} is already served by another Retriever "
+      f"(lock {LOCK_FILE} is held)"
+    ) from None
   return handle
 
 
@@ -355,19 +406,22 @@ def _hold_lock(index_dir: str):
 
 
 @functools.lru_cache(maxsize=8)
-def shared_search_fn(model_config: models.ModelConfig,
-                     search: retrieval.SearchConfig):
+def shared_search_fn(
+  model_config: models.ModelConfig, search: retrieval.SearchConfig
+):
   """One jitted search per (model config, search config) in this process.
 
   Retrievers of the same model (e.g. one reloaded after a restart in the
   same process) share it, and with it every compiled bucket.
   """
-  return retrieval.make_search_fn(models.EncoderDecoderModel(model_config),
-                                  search)
+  return retrieval.make_search_fn(
+    models.EncoderDecoderModel(model_config), search
+  )
 
 
-def _matched_docids(index: index_lib.Index, doc_id: str,
-                    found: np.ndarray) -> tuple[str, ...]:
+def _matched_docids(
+  index: index_lib.Index, doc_id: str, found: np.ndarray
+) -> tuple[str, ...]:
   """The docid strings of `doc_id` whose tokens are the rows of `found`.
 
   Args:
@@ -377,12 +431,15 @@ def _matched_docids(index: index_lib.Index, doc_id: str,
   Returns:
     Their docids, best first (the document's first docid if none match).
   """
-  by_tokens = {tuple(index.vocab.encode_docid(docid) + [vocab_lib.EOS_ID]):
-               docid for docid in index.table.docids[doc_id]}
+  by_tokens = {
+    tuple(index.vocab.encode_docid(docid) + [vocab_lib.EOS_ID]): docid
+    for docid in index.table.docids[doc_id]
+  }
   matched = []
   for row in found.tolist():
-    tokens = tuple(row[:row.index(vocab_lib.EOS_ID) + 1]
-                   if vocab_lib.EOS_ID in row else row)
+    tokens = tuple(
+      row[: row.index(vocab_lib.EOS_ID) + 1] if vocab_lib.EOS_ID in row else row
+    )
     if tokens in by_tokens:
       matched.append(by_tokens[tokens])
   return tuple(matched) or tuple(index.table.docids[doc_id][:1])
@@ -391,6 +448,7 @@ def _matched_docids(index: index_lib.Index, doc_id: str,
 @dataclasses.dataclass(frozen=True)
 class _Live:
   """What a search reads, swapped as a whole on every update."""
+
   index: index_lib.Index
   trie_arrays: trie_lib.TrieArrays
   slots: tuple[Optional[str], ...]  # trie value -> doc_id (None: deleted)
@@ -400,37 +458,51 @@ class _Live:
 class Retriever:
   """A trained model and its index, loaded once; batched `retrieve`."""
 
-  def __init__(self, model: models.EncoderDecoderModel, params: Any,
-               index: index_lib.Index, *, input_length: int,
-               config: ServingConfig = ServingConfig(),
-               index_dir: Optional[str] = None,
-               titles: Optional[Mapping[str, str]] = None,
-               online_documents: Optional[Mapping[str, beir.Document]] = None,
-               checkpoint_step: Optional[int] = None):
+  def __init__(
+    self,
+    model: models.EncoderDecoderModel,
+    params: Any,
+    index: index_lib.Index,
+    *,
+    input_length: int,
+    config: ServingConfig = ServingConfig(),
+    index_dir: Optional[str] = None,
+    titles: Optional[Mapping[str, str]] = None,
+    online_documents: Optional[Mapping[str, beir.Document]] = None,
+    checkpoint_step: Optional[int] = None,
+  ):
     """Serves `index` with `model`; updates persist under `index_dir`."""
     self.model, self.config = model, config
     self.input_length, self.index_dir = input_length, index_dir
     self.checkpoint_step = checkpoint_step
     self.titles = dict(titles or {})
     self.online_documents = dict(online_documents or {})
-    self.titles.update({d: doc.title for d, doc in
-                        self.online_documents.items()})
+    self.titles.update(
+      {d: doc.title for d, doc in self.online_documents.items()}
+    )
     self.max_decode_len = index.max_docid_length() + config.decode_headroom
-    self._search = shared_search_fn(model.config, retrieval.fit_to_index(
-        config.search_config(self.max_decode_len), index))
+    self._search = shared_search_fn(
+      model.config,
+      retrieval.fit_to_index(config.search_config(self.max_decode_len), index),
+    )
     self._update_lock = threading.Lock()
     self._scheme = None
     self._trie = self._build_trie(index)
-    self._live = _Live(index, self._trie.to_device(), tuple(index.doc_ids),
-                       params)
+    self._live = _Live(
+      index, self._trie.to_device(), tuple(index.doc_ids), params
+    )
     self._lock_handle = _hold_lock(index_dir) if index_dir else None
 
   @classmethod
-  def from_checkpoint(cls, checkpoint_dir: str, *,
-                      index_dir: Optional[str] = None,
-                      step: Optional[int] = None,
-                      config: ServingConfig = ServingConfig(),
-                      corpus_path: Optional[str] = None) -> "Retriever":
+  def from_checkpoint(
+    cls,
+    checkpoint_dir: str,
+    *,
+    index_dir: Optional[str] = None,
+    step: Optional[int] = None,
+    config: ServingConfig = ServingConfig(),
+    corpus_path: Optional[str] = None,
+  ) -> "Retriever":
     """Loads a run: <run>/model checkpoints, served index <run>/index.
 
     Args:
@@ -443,20 +515,38 @@ class Retriever:
     """
     model, params, trained, run, step = load_checkpoint(checkpoint_dir, step)
     index_dir = index_dir or os.path.join(
-        os.path.dirname(os.path.abspath(checkpoint_dir)), "index")
+      os.path.dirname(os.path.abspath(checkpoint_dir)), "index"
+    )
     index = served_index(trained, index_dir)
-    online = {d: doc for d, doc in read_online_documents(index_dir).items()
-              if d in index.table.docids}
-    params = restore_online_rows(model, params, trained, index, index_dir,
-                                 online, input_length=run.input_length)
+    online = {
+      d: doc
+      for d, doc in read_online_documents(index_dir).items()
+      if d in index.table.docids
+    }
+    params = restore_online_rows(
+      model,
+      params,
+      trained,
+      index,
+      index_dir,
+      online,
+      input_length=run.input_length,
+    )
     titles = {}
     corpus_path = corpus_path or run.corpus_path
     if corpus_path and os.path.exists(corpus_path):
       titles = {doc.doc_id: doc.title for doc in beir.iter_corpus(corpus_path)}
-    return cls(model, params, index, input_length=run.input_length,
-               config=config,
-               index_dir=index_dir, titles=titles, online_documents=online,
-               checkpoint_step=step)
+    return cls(
+      model,
+      params,
+      index,
+      input_length=run.input_length,
+      config=config,
+      index_dir=index_dir,
+      titles=titles,
+      online_documents=online,
+      checkpoint_step=step,
+    )
 
   def _build_trie(self, index: index_lib.Index) -> trie_lib.DocidTrie:
     """Host trie with values = slots, and room to grow before doubling.
@@ -468,9 +558,13 @@ class Retriever:
     """
     sequences, values = index.docid_sequences()
     build = functools.partial(
-        trie_lib.DocidTrie.build, sequences, values, eos_id=vocab_lib.EOS_ID,
-        capacity=2 * sum(len(s) for s in sequences),
-        vocab_size=self.model.config.vocab_size)
+      trie_lib.DocidTrie.build,
+      sequences,
+      values,
+      eos_id=vocab_lib.EOS_ID,
+      capacity=2 * sum(len(s) for s in sequences),
+      vocab_size=self.model.config.vocab_size,
+    )
     fanout = build().to_device().max_children
     # A node's children are docid tokens (+ EOS); 64 bounds the gather width.
     tokens = min(len(index.table.reserved_tokens) + 1, 64)
@@ -534,17 +628,19 @@ class Retriever:
     if any(not isinstance(q, str) or not q.strip() for q in queries):
       raise ValueError("queries must be non-empty strings")
     live = self._live
-    tokens = retrieval.encode_queries(live.index.vocab, queries,
-                                      self.input_length)
+    tokens = retrieval.encode_queries(
+      live.index.vocab, queries, self.input_length
+    )
     results = []
     for start in range(0, len(queries), self.max_batch):
-      chunk = tokens[start:start + self.max_batch]  # [n, Li]
+      chunk = tokens[start : start + self.max_batch]  # [n, Li]
       found = self._search_padded(chunk, live)
       results.extend(self._hits(live, *row, k) for row in zip(*found))
     return results
 
-  def _search_padded(self, tokens: np.ndarray, live: _Live
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  def _search_padded(
+    self, tokens: np.ndarray, live: _Live
+  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """[n, Li] -> (slots, scores [n, max_k], docids [n, max_k, D, L]).
 
     Padded to a bucket; docids are each slot's docid tokens found, best
@@ -554,11 +650,20 @@ class Retriever:
     padded = np.zeros((self.bucket_for(n), tokens.shape[1]), np.int32)
     padded[:n] = tokens  # --> [bucket, Li]
     found = self._search(live.params, padded, live.trie_arrays)
-    return (np.asarray(found.documents)[:n], np.asarray(found.scores)[:n],
-            np.asarray(found.docids)[:n])
+    return (
+      np.asarray(found.documents)[:n],
+      np.asarray(found.scores)[:n],
+      np.asarray(found.docids)[:n],
+    )
 
-  def _hits(self, live: _Live, slots: np.ndarray, scores: np.ndarray,
-            docids: np.ndarray, k: int) -> list[Hit]:
+  def _hits(
+    self,
+    live: _Live,
+    slots: np.ndarray,
+    scores: np.ndarray,
+    docids: np.ndarray,
+    k: int,
+  ) -> list[Hit]:
     """Hits of one query: slots, scores [max_k], docids [max_k, D, L]."""
     hits = []
     for slot, score, found in zip(slots, scores, docids):
@@ -566,16 +671,18 @@ class Retriever:
       if doc_id is None or not np.isfinite(score):
         continue
       matched = _matched_docids(live.index, doc_id, found)
-      hits.append(Hit(doc_id, matched[0], float(score),
-                      self.titles.get(doc_id), matched))
+      hits.append(
+        Hit(doc_id, matched[0], float(score), self.titles.get(doc_id), matched)
+      )
       if len(hits) == k:
         break
     return hits
 
   # -- online updates --
 
-  def add_documents(self, documents: Sequence[beir.Document]
-                    ) -> dict[str, tuple[str, ...]]:
+  def add_documents(
+    self, documents: Sequence[beir.Document]
+  ) -> dict[str, tuple[str, ...]]:
     """Names new documents with the table's scheme, serves and persists them.
 
     With a pretrained encoder, the docid tokens this creates get their rows
@@ -602,23 +709,36 @@ class Retriever:
       table = self._assign(live.index.table, new_docs)
       index = live.index.with_table(table)
       sequences = self._new_sequences(index, new_docs)
-      new_tokens = index.vocab.docid_tokens[len(live.index.vocab.docid_tokens):]
-      rows = warm_docid_rows(self.model, live.params, index, new_tokens,
-                             new_docs, input_length=self.input_length)
+      new_tokens = index.vocab.docid_tokens[
+        len(live.index.vocab.docid_tokens) :
+      ]
+      rows = warm_docid_rows(
+        self.model,
+        live.params,
+        index,
+        new_tokens,
+        new_docs,
+        input_length=self.input_length,
+      )
       online = {**self.online_documents, **new_docs}
       self._persist(index, online, write_documents_first=True, rows=rows)
       self.online_documents = online
-      for slot, doc_sequences in enumerate(sequences.values(),
-                                           start=len(live.slots)):
+      for slot, doc_sequences in enumerate(
+        sequences.values(), start=len(live.slots)
+      ):
         for sequence in doc_sequences:
           self._trie.insert(sequence, slot)
-      self._publish(index, live.slots + tuple(new_docs),
-                    with_docid_rows(live.params, index.vocab, rows))
+      self._publish(
+        index,
+        live.slots + tuple(new_docs),
+        with_docid_rows(live.params, index.vocab, rows),
+      )
       self.titles.update({d: doc.title for d, doc in new_docs.items()})
       return {d: table.docids[d] for d in new_docs}
 
-  def _assign(self, table: docids_lib.DocidTable,
-              new_docs: Mapping[str, beir.Document]) -> docids_lib.DocidTable:
+  def _assign(
+    self, table: docids_lib.DocidTable, new_docs: Mapping[str, beir.Document]
+  ) -> docids_lib.DocidTable:
     try:
       return self._docid_scheme(table).assign_new(table, new_docs)
     except (ValueError, KeyError) as e:
@@ -631,17 +751,20 @@ class Retriever:
       extra = {}
       if "embedder" in {f.name for f in dataclasses.fields(cls)}:
         from gr import embed  # pylint: disable=g-import-not-at-top
+
         if pretrained.is_pretrained(self.model):
           # The space its tree was clustered in (experiment.assign_docids).
           extra["embedder"] = embed.Embedder.load(
-              self.model.config.encoder_dir, max_length=self.input_length)
+            self.model.config.encoder_dir, max_length=self.input_length
+          )
         else:
           extra["embedder"] = embed.Embedder.load()
       self._scheme = docids_lib.scheme_for_table(table, **extra)
     return self._scheme
 
-  def _new_sequences(self, index: index_lib.Index,
-                     new_docs: Mapping[str, Any]) -> dict[str, list[list[int]]]:
+  def _new_sequences(
+    self, index: index_lib.Index, new_docs: Mapping[str, Any]
+  ) -> dict[str, list[list[int]]]:
     """Token ids (+EOS) of each new document's docids, checked to fit."""
     rows, limit = self.model.config.vocab_size, self.max_decode_len
     out, seen = {}, set()
@@ -654,16 +777,20 @@ class Retriever:
           raise DocumentConflict(f"{doc_id!r}: {e}") from e
         if max(sequence) >= rows:
           raise DocumentConflict(
-              f"{doc_id!r}: docid {docid!r} needs vocabulary id "
-              f"{max(sequence)} but the model has {rows} embedding rows; "
-              "retrain (update_index) to add more documents of this scheme")
+            f"{doc_id!r}: docid {docid!r} needs vocabulary id "
+            f"{max(sequence)} but the model has {rows} embedding rows; "
+            "retrain (update_index) to add more documents of this scheme"
+          )
         if len(sequence) > limit:
           raise DocumentConflict(
-              f"{doc_id!r}: docid {docid!r} has {len(sequence)} tokens, more "
-              f"than the served decode length {limit}; restart the server")
+            f"{doc_id!r}: docid {docid!r} has {len(sequence)} tokens, more "
+            f"than the served decode length {limit}; restart the server"
+          )
         if tuple(sequence) in seen or self._trie.contains(sequence):
-          raise DocumentConflict(f"{doc_id!r}: docid {docid!r} encodes to the "
-                                 "same tokens as an existing docid")
+          raise DocumentConflict(
+            f"{doc_id!r}: docid {docid!r} encodes to the "
+            "same tokens as an existing docid"
+          )
         seen.add(tuple(sequence))
         out[doc_id].append(sequence)
     return out
@@ -680,20 +807,26 @@ class Retriever:
         raise UnknownDocument(f"no document {doc_id!r} in the index")
       table = live.index.table.remove([doc_id])
       index = index_lib.Index(table, live.index.vocab)
-      online = {d: doc for d, doc in self.online_documents.items()
-                if d != doc_id}
+      online = {
+        d: doc for d, doc in self.online_documents.items() if d != doc_id
+      }
       self._persist(index, online, write_documents_first=False)
       self.online_documents = online
       for docid in live.index.table.docids[doc_id]:
-        self._trie.delete(live.index.vocab.encode_docid(docid) +
-                          [vocab_lib.EOS_ID])
+        self._trie.delete(
+          live.index.vocab.encode_docid(docid) + [vocab_lib.EOS_ID]
+        )
       slots = tuple(None if d == doc_id else d for d in live.slots)
       self._publish(index, slots)
 
-  def _persist(self, index: index_lib.Index,
-               online: Mapping[str, beir.Document], *,
-               write_documents_first: bool,
-               rows: Optional[Mapping[str, np.ndarray]] = None) -> None:
+  def _persist(
+    self,
+    index: index_lib.Index,
+    online: Mapping[str, beir.Document],
+    *,
+    write_documents_first: bool,
+    rows: Optional[Mapping[str, np.ndarray]] = None,
+  ) -> None:
     """Writes the online documents, new docid rows and a new index version
     (if on disk).
 
@@ -706,29 +839,36 @@ class Retriever:
     if write_documents_first:
       write_online_documents(self.index_dir, online)
     if rows:
-      write_online_rows(self.index_dir,
-                        {**read_online_rows(self.index_dir), **rows})
+      write_online_rows(
+        self.index_dir, {**read_online_rows(self.index_dir), **rows}
+      )
     index_lib.save_index(index, self.index_dir)
     if not write_documents_first:
       write_online_documents(self.index_dir, online)
 
-  def _publish(self, index: index_lib.Index,
-               slots: tuple[Optional[str], ...],
-               params: Optional[Any] = None) -> None:
+  def _publish(
+    self,
+    index: index_lib.Index,
+    slots: tuple[Optional[str], ...],
+    params: Optional[Any] = None,
+  ) -> None:
     """Uploads the trie; compiles new shapes first; then swaps atomically
     (with `params`, if given: docid rows set by an add)."""
     arrays = self._trie.to_device()
     old = self._live.trie_arrays
     if jax.tree.structure(arrays) != jax.tree.structure(old) or any(
-        a.shape != b.shape for a, b in zip(jax.tree.leaves(arrays),
-                                           jax.tree.leaves(old))):
-      logging.info("trie capacity grew: compiling %d buckets",
-                   len(self.config.buckets))
+      a.shape != b.shape
+      for a, b in zip(jax.tree.leaves(arrays), jax.tree.leaves(old))
+    ):
+      logging.info(
+        "trie capacity grew: compiling %d buckets", len(self.config.buckets)
+      )
       self.warm_up(arrays)
     if self.index_dir is not None:
       index = self._reload_vocab(index)
-    self._live = _Live(index, arrays, slots,
-                       self._live.params if params is None else params)
+    self._live = _Live(
+      index, arrays, slots, self._live.params if params is None else params
+    )
 
   def _reload_vocab(self, index: index_lib.Index) -> index_lib.Index:
     """`index` with its vocabulary read from the newest version dir.

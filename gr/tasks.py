@@ -28,6 +28,7 @@ new table version is a new task. Registering the same name with the same
 definition again is a no-op; a different definition under a registered name
 raises ValueError (bump `version`).
 """
+
 import dataclasses
 import hashlib
 import json
@@ -61,6 +62,7 @@ class Example:
 
   `targets` is docid ids ending in EOS for docid kinds, text for doc2query.
   """
+
   inputs: str
   targets: Union[tuple[int, ...], str]
   doc_id: str
@@ -75,8 +77,9 @@ def task_name(name: str, table, kind: str, version: str = "v1") -> str:
   """`gr.{name}.{scheme}.v{table version}.{kind}.{version}`."""
   for field, value in (("name", name), ("version", version)):
     if not _NAME_PART.match(value):
-      raise ValueError(f"task {field} must be letters, digits or _, "
-                       f"got {value!r}")
+      raise ValueError(
+        f"task {field} must be letters, digits or _, got {value!r}"
+      )
   if kind not in KINDS:
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
   return f"gr.{name}.{table.scheme}.v{table.version}.{kind}.{version}"
@@ -85,18 +88,30 @@ def task_name(name: str, table, kind: str, version: str = "v1") -> str:
 # ----------------------------------------------------------- examples --
 
 
-def _docid_examples(inputs: str, doc_id: str, table, vocab, *,
-                    query_id: str = "") -> list[Example]:
+def _docid_examples(
+  inputs: str, doc_id: str, table, vocab, *, query_id: str = ""
+) -> list[Example]:
   """One example per docid of `doc_id` (docid ids end in EOS)."""
-  return [Example(inputs, tuple(vocab.encode_docid(docid)) + (vocab.eos_id,),
-                  doc_id, query_id, docid)
-          for docid in table.docids[doc_id]]
+  return [
+    Example(
+      inputs,
+      tuple(vocab.encode_docid(docid)) + (vocab.eos_id,),
+      doc_id,
+      query_id,
+      docid,
+    )
+    for docid in table.docids[doc_id]
+  ]
 
 
 def _relevant_pairs(qrels: Mapping[str, Mapping[str, int]]):
   """(query_id, doc_id) pairs with score > 0, in qrels order."""
-  return [(query_id, doc_id) for query_id, docs in qrels.items()
-          for doc_id, score in docs.items() if score > 0]
+  return [
+    (query_id, doc_id)
+    for query_id, docs in qrels.items()
+    for doc_id, score in docs.items()
+    if score > 0
+  ]
 
 
 def _query_text(queries: Mapping[str, str], query_id: str) -> str:
@@ -110,46 +125,67 @@ def document_input(doc, include_title: bool = False) -> str:
   return f"{doc.title} {doc.text}".strip() if include_title else doc.text
 
 
-def indexing_examples(corpus: Mapping, table, vocab, *,
-                      include_title: bool = False) -> list[Example]:
+def indexing_examples(
+  corpus: Mapping, table, vocab, *, include_title: bool = False
+) -> list[Example]:
   """Document text -> docid, for every (document, docid) in the table."""
   examples = []
   for doc_id in table.docids:
     if doc_id not in corpus:
-      raise ValueError(f"docid table names document {doc_id!r}, which is "
-                       "not in the corpus")
-    examples += _docid_examples(document_input(corpus[doc_id], include_title),
-                                doc_id, table, vocab)
+      raise ValueError(
+        f"docid table names document {doc_id!r}, which is not in the corpus"
+      )
+    examples += _docid_examples(
+      document_input(corpus[doc_id], include_title), doc_id, table, vocab
+    )
   return examples
 
 
-def retrieval_examples(queries: Mapping[str, str],
-                       qrels: Mapping[str, Mapping[str, int]], table,
-                       vocab) -> list[Example]:
+def retrieval_examples(
+  queries: Mapping[str, str],
+  qrels: Mapping[str, Mapping[str, int]],
+  table,
+  vocab,
+) -> list[Example]:
   """Query -> docid for relevant pairs whose document is in the table."""
   examples = []
   for query_id, doc_id in _relevant_pairs(qrels):
     if doc_id in table.docids:
-      examples += _docid_examples(_query_text(queries, query_id), doc_id,
-                                  table, vocab, query_id=query_id)
+      examples += _docid_examples(
+        _query_text(queries, query_id), doc_id, table, vocab, query_id=query_id
+      )
   return examples
 
 
-def pseudo_query_examples(pseudo_queries: Mapping[str, Sequence[str]], table,
-                          vocab) -> list[Example]:
+def pseudo_query_examples(
+  pseudo_queries: Mapping[str, Sequence[str]], table, vocab
+) -> list[Example]:
   """Pseudo-query -> docid, in table order; unindexed documents skipped."""
-  return [example for doc_id in table.docids
-          for query in pseudo_queries.get(doc_id, ())
-          for example in _docid_examples(query, doc_id, table, vocab)]
+  return [
+    example
+    for doc_id in table.docids
+    for query in pseudo_queries.get(doc_id, ())
+    for example in _docid_examples(query, doc_id, table, vocab)
+  ]
 
 
-def doc2query_examples(corpus: Mapping, queries: Mapping[str, str],
-                       qrels: Mapping[str, Mapping[str, int]], *,
-                       include_title: bool = False) -> list[Example]:
+def doc2query_examples(
+  corpus: Mapping,
+  queries: Mapping[str, str],
+  qrels: Mapping[str, Mapping[str, int]],
+  *,
+  include_title: bool = False,
+) -> list[Example]:
   """Document text -> text of a query it is relevant to."""
-  return [Example(document_input(corpus[doc_id], include_title),
-                  _query_text(queries, query_id), doc_id, query_id)
-          for query_id, doc_id in _relevant_pairs(qrels)]
+  return [
+    Example(
+      document_input(corpus[doc_id], include_title),
+      _query_text(queries, query_id),
+      doc_id,
+      query_id,
+    )
+    for query_id, doc_id in _relevant_pairs(qrels)
+  ]
 
 
 def check_no_query_leak(qrels: Mapping[str, Mapping]) -> None:
@@ -158,31 +194,51 @@ def check_no_query_leak(qrels: Mapping[str, Mapping]) -> None:
   for split in ("dev", "test"):
     shared = sorted(train & set(qrels.get(split, {})))
     if shared:
-      raise ValueError(f"query ids in both train and {split} qrels "
-                       f"({len(shared)}, e.g. {shared[:5]}): they would leak")
+      raise ValueError(
+        f"query ids in both train and {split} qrels "
+        f"({len(shared)}, e.g. {shared[:5]}): they would leak"
+      )
 
 
-def build_examples(kind: str, dataset, table, vocab, *,
-                   pseudo_queries: Optional[Mapping] = None,
-                   include_title: bool = False) -> dict[str, list[Example]]:
+def build_examples(
+  kind: str,
+  dataset,
+  table,
+  vocab,
+  *,
+  pseudo_queries: Optional[Mapping] = None,
+  include_title: bool = False,
+) -> dict[str, list[Example]]:
   """Examples of one kind per task split; empty splits are left out."""
-  qrels = {split: dataset.qrels.get(QRELS_SPLIT[split], {})
-           for split in (TRAIN, VALIDATION, TEST)}
+  qrels = {
+    split: dataset.qrels.get(QRELS_SPLIT[split], {})
+    for split in (TRAIN, VALIDATION, TEST)
+  }
   if kind == INDEXING:
-    by_split = {TRAIN: indexing_examples(dataset.corpus, table, vocab,
-                                         include_title=include_title)}
+    by_split = {
+      TRAIN: indexing_examples(
+        dataset.corpus, table, vocab, include_title=include_title
+      )
+    }
   elif kind == RETRIEVAL:
-    by_split = {split: retrieval_examples(dataset.queries, split_qrels, table,
-                                          vocab)
-                for split, split_qrels in qrels.items()}
+    by_split = {
+      split: retrieval_examples(dataset.queries, split_qrels, table, vocab)
+      for split, split_qrels in qrels.items()
+    }
   elif kind == PSEUDO_QUERY:
-    by_split = {TRAIN: pseudo_query_examples(pseudo_queries or {}, table,
-                                             vocab)}
+    by_split = {
+      TRAIN: pseudo_query_examples(pseudo_queries or {}, table, vocab)
+    }
   elif kind == DOC2QUERY:
-    by_split = {split: doc2query_examples(dataset.corpus, dataset.queries,
-                                          qrels[split],
-                                          include_title=include_title)
-                for split in (TRAIN, VALIDATION)}
+    by_split = {
+      split: doc2query_examples(
+        dataset.corpus,
+        dataset.queries,
+        qrels[split],
+        include_title=include_title,
+      )
+      for split in (TRAIN, VALIDATION)
+    }
   else:
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
   return {split: examples for split, examples in by_split.items() if examples}
@@ -200,15 +256,18 @@ def examples_to_dataset(examples: Sequence[Example]) -> tf.data.Dataset:
 
   Docid targets become int32 (ragged before slicing); text targets strings.
   """
-  columns = {"inputs": _strings(e.inputs for e in examples),
-             "doc_id": _strings(e.doc_id for e in examples),
-             "query_id": _strings(e.query_id for e in examples)}
+  columns = {
+    "inputs": _strings(e.inputs for e in examples),
+    "doc_id": _strings(e.doc_id for e in examples),
+    "query_id": _strings(e.query_id for e in examples),
+  }
   if examples and isinstance(examples[0].targets, str):
     columns["targets"] = _strings(e.targets for e in examples)
   else:
     flat = [i for e in examples for i in e.targets]
     columns["targets"] = tf.RaggedTensor.from_row_lengths(
-        tf.constant(flat, tf.int32), [len(e.targets) for e in examples])
+      tf.constant(flat, tf.int32), [len(e.targets) for e in examples]
+    )
     columns["docid"] = _strings(e.docid for e in examples)
   return tf.data.Dataset.from_tensor_slices(columns)
 
@@ -220,8 +279,9 @@ def _dataset_fn(examples_by_split: ExamplesBySplit) -> Callable:
     examples = examples_by_split[split]
     dataset = examples_to_dataset(examples)
     if shuffle_files:
-      dataset = dataset.shuffle(len(examples), seed=seed,
-                                reshuffle_each_iteration=True)
+      dataset = dataset.shuffle(
+        len(examples), seed=seed, reshuffle_each_iteration=True
+      )
     return dataset
 
   return dataset_fn
@@ -230,9 +290,11 @@ def _dataset_fn(examples_by_split: ExamplesBySplit) -> Callable:
 # -------------------------------------------------------- preprocessors --
 
 
-def tokenize_text_features(dataset: tf.data.Dataset,
-                           output_features: Mapping[str, seqio.Feature],
-                           copy_pretokenized: bool = True) -> tf.data.Dataset:
+def tokenize_text_features(
+  dataset: tf.data.Dataset,
+  output_features: Mapping[str, seqio.Feature],
+  copy_pretokenized: bool = True,
+) -> tf.data.Dataset:
   """Encodes string output features (no EOS); int features pass through.
 
   seqio.preprocessors.tokenize calls `encode_tf` on every output feature,
@@ -252,8 +314,8 @@ def tokenize_text_features(dataset: tf.data.Dataset,
 
 
 def check_targets_fit(
-    dataset: tf.data.Dataset,
-    sequence_length: Optional[Mapping[str, int]] = None) -> tf.data.Dataset:
+  dataset: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]] = None
+) -> tf.data.Dataset:
   """Fails (naming the docid) if a docid target is longer than allowed.
 
   Trimming a docid would silently name another document (or none).
@@ -265,22 +327,29 @@ def check_targets_fit(
   def check(features):
     length = tf.size(features["targets"])
     assertion = tf.debugging.Assert(
-        length <= limit,
-        ["docid", features["docid"], "needs", length,
-         "target tokens with EOS; sequence_length['targets'] is", limit])
+      length <= limit,
+      [
+        "docid",
+        features["docid"],
+        "needs",
+        length,
+        "target tokens with EOS; sequence_length['targets'] is",
+        limit,
+      ],
+    )
     with tf.control_dependencies([assertion]):
       return dict(features, targets=tf.identity(features["targets"]))
 
   return dataset.map(check)
 
 
-def output_features(vocab,
-                    *, docid_targets: bool) -> dict[str, seqio.Feature]:
+def output_features(vocab, *, docid_targets: bool) -> dict[str, seqio.Feature]:
   """`inputs` text (EOS or the encoder's own end marker); `targets`
   pre-tokenised docids or text."""
-  return {"inputs": seqio.Feature(vocab.input_vocabulary,
-                                  add_eos=vocab.input_eos),
-          "targets": seqio.Feature(vocab, add_eos=not docid_targets)}
+  return {
+    "inputs": seqio.Feature(vocab.input_vocabulary, add_eos=vocab.input_eos),
+    "targets": seqio.Feature(vocab, add_eos=not docid_targets),
+  }
 
 
 def preprocessors(*, docid_targets: bool) -> list[Callable]:
@@ -296,43 +365,67 @@ def _fingerprint(payload) -> str:
   return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _register_once(registry, name: str, fingerprint: str,
-                   add: Callable[[], object]) -> None:
+def _register_once(
+  registry, name: str, fingerprint: str, add: Callable[[], object]
+) -> None:
   """Adds to a seqio registry unless the same definition is already there."""
   if name in registry.names():
     if _REGISTERED.get(name) != fingerprint:
       raise ValueError(
-          f"{name} is already registered with a different definition "
-          "(changed data, table or vocabulary?): register under a new version")
+        f"{name} is already registered with a different definition "
+        "(changed data, table or vocabulary?): register under a new version"
+      )
     return
   add()
   _REGISTERED[name] = fingerprint
 
 
-def register_task(name: str, examples_by_split: ExamplesBySplit,
-                  vocab: vocab_lib.Vocabulary, *, docid_targets: bool) -> str:
+def register_task(
+  name: str,
+  examples_by_split: ExamplesBySplit,
+  vocab: vocab_lib.Vocabulary,
+  *,
+  docid_targets: bool,
+) -> str:
   """Registers one task over in-memory examples (idempotent); returns name."""
-  fingerprint = _fingerprint({
-      "vocab": vocab.fingerprint, "docid_targets": docid_targets,
-      "examples": {split: [dataclasses.astuple(e) for e in examples]
-                   for split, examples in examples_by_split.items()}})
-  source = seqio.FunctionDataSource(_dataset_fn(examples_by_split),
-                                    splits=list(examples_by_split))
-  _register_once(seqio.TaskRegistry, name, fingerprint,
-                 lambda: seqio.TaskRegistry.add(
-                     name, source=source,
-                     output_features=output_features(
-                         vocab, docid_targets=docid_targets),
-                     preprocessors=preprocessors(docid_targets=docid_targets),
-                     metric_fns=[]))
+  fingerprint = _fingerprint(
+    {
+      "vocab": vocab.fingerprint,
+      "docid_targets": docid_targets,
+      "examples": {
+        split: [dataclasses.astuple(e) for e in examples]
+        for split, examples in examples_by_split.items()
+      },
+    }
+  )
+  source = seqio.FunctionDataSource(
+    _dataset_fn(examples_by_split), splits=list(examples_by_split)
+  )
+  _register_once(
+    seqio.TaskRegistry,
+    name,
+    fingerprint,
+    lambda: seqio.TaskRegistry.add(
+      name,
+      source=source,
+      output_features=output_features(vocab, docid_targets=docid_targets),
+      preprocessors=preprocessors(docid_targets=docid_targets),
+      metric_fns=[],
+    ),
+  )
   return name
 
 
-def register_gr_tasks(*, name: str, dataset, table,
-                      vocab: vocab_lib.Vocabulary,
-                      pseudo_queries: Optional[Mapping] = None,
-                      version: str = "v1",
-                      include_title: bool = False) -> dict[str, str]:
+def register_gr_tasks(
+  *,
+  name: str,
+  dataset,
+  table,
+  vocab: vocab_lib.Vocabulary,
+  pseudo_queries: Optional[Mapping] = None,
+  version: str = "v1",
+  include_title: bool = False,
+) -> dict[str, str]:
   """Registers the tasks a dataset and docid table support.
 
   Args:
@@ -351,13 +444,21 @@ def register_gr_tasks(*, name: str, dataset, table,
   check_no_query_leak(dataset.qrels)
   names = {}
   for kind in KINDS:
-    examples = build_examples(kind, dataset, table, vocab,
-                              pseudo_queries=pseudo_queries,
-                              include_title=include_title)
+    examples = build_examples(
+      kind,
+      dataset,
+      table,
+      vocab,
+      pseudo_queries=pseudo_queries,
+      include_title=include_title,
+    )
     if examples:
-      names[kind] = register_task(task_name(name, table, kind, version),
-                                  examples, vocab,
-                                  docid_targets=kind in DOCID_KINDS)
+      names[kind] = register_task(
+        task_name(name, table, kind, version),
+        examples,
+        vocab,
+        docid_targets=kind in DOCID_KINDS,
+      )
   return names
 
 
@@ -369,19 +470,29 @@ def register_gr_mixture(name: str, task_rates: Mapping[str, float]) -> str:
       different mixture.
   """
   if not re.match(r"^[\w.]+$", name):
-    raise ValueError(f"mixture name must be letters, digits, _ or ., "
-                     f"got {name!r}")
+    raise ValueError(
+      f"mixture name must be letters, digits, _ or ., got {name!r}"
+    )
   if not task_rates:
     raise ValueError(f"mixture {name} needs at least one task")
   for task, rate in task_rates.items():
     if task not in seqio.TaskRegistry.names():
       raise ValueError(f"mixture {name}: task {task!r} is not registered")
     if not rate > 0:
-      raise ValueError(f"mixture {name}: rate of {task!r} must be > 0, "
-                       f"got {rate!r}")
+      raise ValueError(
+        f"mixture {name}: rate of {task!r} must be > 0, got {rate!r}"
+      )
   rates = [(task, float(rate)) for task, rate in task_rates.items()]
-  fingerprint = _fingerprint({"rates": rates, "tasks": [
-      _REGISTERED.get(task, task) for task, _ in rates]})
-  _register_once(seqio.MixtureRegistry, name, fingerprint,
-                 lambda: seqio.MixtureRegistry.add(name, rates))
+  fingerprint = _fingerprint(
+    {
+      "rates": rates,
+      "tasks": [_REGISTERED.get(task, task) for task, _ in rates],
+    }
+  )
+  _register_once(
+    seqio.MixtureRegistry,
+    name,
+    fingerprint,
+    lambda: seqio.MixtureRegistry.add(name, rates),
+  )
   return name

@@ -24,6 +24,7 @@ The model comes in as an object (gr.models.EncoderDecoderModel) with
 `init_params(rng, *, input_length, target_length)`, `logical_axes()` and
 `loss_fn(params, batch, dropout_rng) -> (loss, metrics)`.
 """
+
 from collections.abc import Callable, Iterator, Mapping
 import dataclasses
 import functools
@@ -56,16 +57,22 @@ gin.external_configurable(models.EncoderDecoderModel, module='models')
 
 
 @gin.configurable(module='bert_network')
-def pretrained_encoder_config(*, decoder: network.T5Config,
-                              encoder_dir: str | None = None,
-                              trainable_encoder_layers: int = 0,
-                              ) -> bert_network.BertT5Config:
+def pretrained_encoder_config(
+  *,
+  decoder: network.T5Config,
+  encoder_dir: str | None = None,
+  trainable_encoder_layers: int = 0,
+) -> bert_network.BertT5Config:
   """A BERT-family encoder (a HF folder; default all-MiniLM-L6-v2) under
   the `decoder` T5 config, its top `trainable_encoder_layers` trained."""
   encoder_dir = encoder_dir or embed.default_model_dir()
   return bert_network.BertT5Config(
-      bert.BertConfig.from_folder(encoder_dir), decoder,
-      trainable_encoder_layers, encoder_dir)
+    bert.BertConfig.from_folder(encoder_dir),
+    decoder,
+    trainable_encoder_layers,
+    encoder_dir,
+  )
+
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
@@ -75,13 +82,13 @@ VOCAB_MULTIPLE = 128  # vocab rows padded to this, so 'vocab' shards evenly
 class TrainableModel(Protocol):
   """What train() needs from a model (gr.models.EncoderDecoderModel)."""
 
-  def init_params(self, rng: jax.Array, *, input_length: int,
-                  target_length: int) -> PyTree:
-    ...
+  def init_params(
+    self, rng: jax.Array, *, input_length: int, target_length: int
+  ) -> PyTree: ...
 
-  def loss_fn(self, params: PyTree, batch: Batch,
-              dropout_rng: jax.Array | None) -> tuple[jax.Array, dict]:
-    ...
+  def loss_fn(
+    self, params: PyTree, batch: Batch, dropout_rng: jax.Array | None
+  ) -> tuple[jax.Array, dict]: ...
 
   def logical_axes(self) -> PyTree:
     """PartitionSpec of logical axis names for every param."""
@@ -91,6 +98,7 @@ class TrainableModel(Protocol):
 @flax.struct.dataclass
 class TrainState:
   """Everything a train step changes. step: [] int32."""
+
   step: jax.Array
   params: PyTree
   opt_state: optax.OptState
@@ -116,6 +124,7 @@ class OptimizerConfig:
     b1, b2, eps: AdamW moments.
     sam_rho: sharpness-aware minimisation radius; 0 turns SAM off.
   """
+
   name: str = 'adamw'
   learning_rate: float = 1e-3
   schedule: str = 'constant'
@@ -129,55 +138,74 @@ class OptimizerConfig:
   sam_rho: float = 0.0
 
 
-def learning_rate_schedule(config: OptimizerConfig,
-                           total_steps: int) -> optax.Schedule:
+def learning_rate_schedule(
+  config: OptimizerConfig, total_steps: int
+) -> optax.Schedule:
   """The schedule named by config.schedule, with linear warmup."""
   lr, warmup = config.learning_rate, config.warmup_steps
   if config.schedule == 'constant':
     decay = optax.constant_schedule(lr)
   elif config.schedule == 'rsqrt':
-    decay = lambda t: lr * jnp.sqrt(max(warmup, 1) / jnp.maximum(
-        t + warmup, max(warmup, 1)))
+    decay = lambda t: (
+      lr * jnp.sqrt(max(warmup, 1) / jnp.maximum(t + warmup, max(warmup, 1)))
+    )
   elif config.schedule == 'cosine':
     decay = optax.cosine_decay_schedule(
-        lr, max(total_steps - warmup, 1), alpha=config.final_lr_fraction)
+      lr, max(total_steps - warmup, 1), alpha=config.final_lr_fraction
+    )
   else:
-    raise ValueError(f'OptimizerConfig.schedule={config.schedule!r}: expected'
-                     " 'constant', 'rsqrt' or 'cosine'")
+    raise ValueError(
+      f'OptimizerConfig.schedule={config.schedule!r}: expected'
+      " 'constant', 'rsqrt' or 'cosine'"
+    )
   if not warmup:
     return decay
   return optax.join_schedules(
-      [optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+    [optax.linear_schedule(0.0, lr, warmup), decay], [warmup]
+  )
 
 
-def make_optimizer(config: OptimizerConfig,
-                   total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(
+  config: OptimizerConfig, total_steps: int
+) -> optax.GradientTransformation:
   """Gradient clipping + AdamW or Adafactor with the configured schedule."""
   schedule = learning_rate_schedule(config, total_steps)
   if config.name == 'adamw':
-    core = optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
-                       weight_decay=config.weight_decay)
+    core = optax.adamw(
+      schedule,
+      b1=config.b1,
+      b2=config.b2,
+      eps=config.eps,
+      weight_decay=config.weight_decay,
+    )
   elif config.name == 'adafactor':
-    core = optax.adafactor(schedule,
-                           weight_decay_rate=config.weight_decay or None)
+    core = optax.adafactor(
+      schedule, weight_decay_rate=config.weight_decay or None
+    )
   else:
-    raise ValueError(f"OptimizerConfig.name={config.name!r}: expected 'adamw'"
-                     " or 'adafactor'")
+    raise ValueError(
+      f"OptimizerConfig.name={config.name!r}: expected 'adamw' or 'adafactor'"
+    )
   if config.clip_grad_norm is None:
     return core
   return optax.chain(optax.clip_by_global_norm(config.clip_grad_norm), core)
 
 
-def freeze(optimizer: optax.GradientTransformation,
-           trainable_mask: Callable[[PyTree], PyTree],
-           ) -> optax.GradientTransformation:
+def freeze(
+  optimizer: optax.GradientTransformation,
+  trainable_mask: Callable[[PyTree], PyTree],
+) -> optax.GradientTransformation:
   """`optimizer` on parameters where trainable_mask(params) is True; the
   rest get zero updates (no optimizer state, no weight decay)."""
+
   def labels(params):
-    return jax.tree.map(lambda t: 'train' if t else 'frozen',
-                        trainable_mask(params))
+    return jax.tree.map(
+      lambda t: 'train' if t else 'frozen', trainable_mask(params)
+    )
+
   return optax.multi_transform(
-      {'train': optimizer, 'frozen': optax.set_to_zero()}, labels)
+    {'train': optimizer, 'frozen': optax.set_to_zero()}, labels
+  )
 
 
 # ----------------------------------------------------------- train step --
@@ -186,8 +214,9 @@ def freeze(optimizer: optax.GradientTransformation,
 LossFn = Callable[[PyTree, Batch, jax.Array], tuple[jax.Array, dict]]
 
 
-def sam_gradients(loss_fn: LossFn, params: PyTree, batch: Batch,
-                  rng: jax.Array, rho: float) -> tuple[PyTree, tuple]:
+def sam_gradients(
+  loss_fn: LossFn, params: PyTree, batch: Batch, rng: jax.Array, rho: float
+) -> tuple[PyTree, tuple]:
   """Gradients for a (SAM) update, and (loss, metrics) at `params`.
 
   With rho > 0 (sharpness-aware minimisation): step to
@@ -206,38 +235,46 @@ def sam_gradients(loss_fn: LossFn, params: PyTree, batch: Batch,
 
 def _with_loss(loss_fn: LossFn) -> LossFn:
   """(params, batch, rng) -> (loss, (loss, metrics)), for jax.grad aux."""
+
   def wrapped(params, batch, rng):
     loss, metrics = loss_fn(params, batch, rng)
     return loss, (loss, metrics)
+
   return wrapped
 
 
-def train_step_fn(model: TrainableModel,
-                  optimizer: optax.GradientTransformation, *,
-                  sam_rho: float = 0.0):
+def train_step_fn(
+  model: TrainableModel,
+  optimizer: optax.GradientTransformation,
+  *,
+  sam_rho: float = 0.0,
+):
   """The (unjitted) step: (state, batch, rng) -> (state, metrics).
 
   The dropout rng is fold_in(rng, state.step), so it depends only on the
   seed and the step. Batch arrays are [batch, length]; metrics are scalars.
   """
+
   def step(state: TrainState, batch: Batch, rng: jax.Array):
     dropout_rng = jax.random.fold_in(rng, state.step)
     grads, (loss, metrics) = sam_gradients(
-        _with_loss(model.loss_fn), state.params, batch, dropout_rng, sam_rho)
-    updates, opt_state = optimizer.update(grads, state.opt_state,
-                                          state.params)
+      _with_loss(model.loss_fn), state.params, batch, dropout_rng, sam_rho
+    )
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {**metrics, 'loss': loss,
-               'grad_norm': optax.global_norm(grads)}
-    new_state = TrainState(step=state.step + 1, params=params,
-                           opt_state=opt_state)
+    metrics = {**metrics, 'loss': loss, 'grad_norm': optax.global_norm(grads)}
+    new_state = TrainState(
+      step=state.step + 1, params=params, opt_state=opt_state
+    )
     return new_state, metrics
+
   return step
 
 
 @dataclasses.dataclass(frozen=True)
 class Sharded:
   """State shardings and the jitted, sharded functions for one mesh."""
+
   mesh: jax.sharding.Mesh
   state_shardings: TrainState
   abstract_state: TrainState  # ShapeDtypeStructs with the shardings
@@ -248,105 +285,160 @@ class Sharded:
 
 def _in_mesh(mesh, fn):
   """Calls (and so traces) `fn` with the mesh and logical rules active."""
+
   @functools.wraps(fn)
   def wrapped(*args):
     with partitioning.mesh_context(mesh):
       return fn(*args)
+
   return wrapped
 
 
-def abstract_params(model: TrainableModel, *, input_length: int,
-                    target_length: int) -> tuple[PyTree, PyTree]:
+def abstract_params(
+  model: TrainableModel, *, input_length: int, target_length: int
+) -> tuple[PyTree, PyTree]:
   """(params as ShapeDtypeStructs, tree of logical PartitionSpecs)."""
-  params = jax.eval_shape(functools.partial(
-      model.init_params, input_length=input_length,
-      target_length=target_length), jax.random.key(0))
+  params = jax.eval_shape(
+    functools.partial(
+      model.init_params, input_length=input_length, target_length=target_length
+    ),
+    jax.random.key(0),
+  )
   return nn.unbox(params), model.logical_axes()
 
 
-def shard_model(model: TrainableModel, optimizer, mesh, *, input_length: int,
-                target_length: int, sam_rho: float = 0.0) -> Sharded:
+def shard_model(
+  model: TrainableModel,
+  optimizer,
+  mesh,
+  *,
+  input_length: int,
+  target_length: int,
+  sam_rho: float = 0.0,
+) -> Sharded:
   """Works out state shardings and jits init, train step and eval step.
 
   The big parameters are split along 'model' (LOGICAL_AXIS_RULES); the
   optimizer state follows its parameter; the batch is split along 'data'.
   """
-  params, axes = abstract_params(model, input_length=input_length,
-                                 target_length=target_length)
+  params, axes = abstract_params(
+    model, input_length=input_length, target_length=target_length
+  )
   params_shardings = partitioning.shardings_from_logical(axes, mesh)
   opt_state = jax.eval_shape(optimizer.init, params)
   replicated = partitioning.replicated(mesh)
   state_shardings = TrainState(
-      step=replicated, params=params_shardings,
-      opt_state=partitioning.shardings_like_params(
-          opt_state, params, params_shardings, mesh))
+    step=replicated,
+    params=params_shardings,
+    opt_state=partitioning.shardings_like_params(
+      opt_state, params, params_shardings, mesh
+    ),
+  )
   abstract_state = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
-                 opt_state=opt_state), state_shardings)
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+    TrainState(
+      step=jax.ShapeDtypeStruct((), jnp.int32),
+      params=params,
+      opt_state=opt_state,
+    ),
+    state_shardings,
+  )
   batch = partitioning.batch_sharding(mesh)
 
   def init(rng):
-    params = nn.unbox(model.init_params(
-        rng, input_length=input_length, target_length=target_length))
-    return TrainState(step=jnp.zeros([], jnp.int32), params=params,
-                      opt_state=optimizer.init(params))
+    params = nn.unbox(
+      model.init_params(
+        rng, input_length=input_length, target_length=target_length
+      )
+    )
+    return TrainState(
+      step=jnp.zeros([], jnp.int32),
+      params=params,
+      opt_state=optimizer.init(params),
+    )
 
   def evaluate(params, batch):
     loss, metrics = model.loss_fn(params, batch, None)
     return {**metrics, 'loss': loss}
 
-  step = jax.jit(train_step_fn(model, optimizer, sam_rho=sam_rho),
-                 in_shardings=(state_shardings, batch, replicated),
-                 out_shardings=(state_shardings, replicated),
-                 donate_argnums=(0,))
+  step = jax.jit(
+    train_step_fn(model, optimizer, sam_rho=sam_rho),
+    in_shardings=(state_shardings, batch, replicated),
+    out_shardings=(state_shardings, replicated),
+    donate_argnums=(0,),
+  )
   return Sharded(
-      mesh=mesh, state_shardings=state_shardings,
-      abstract_state=abstract_state,
-      init=_in_mesh(mesh, jax.jit(init, in_shardings=replicated,
-                                  out_shardings=state_shardings)),
-      step=_in_mesh(mesh, step),
-      eval=_in_mesh(mesh, jax.jit(
-          evaluate, in_shardings=(params_shardings, batch),
-          out_shardings=replicated)))
+    mesh=mesh,
+    state_shardings=state_shardings,
+    abstract_state=abstract_state,
+    init=_in_mesh(
+      mesh,
+      jax.jit(init, in_shardings=replicated, out_shardings=state_shardings),
+    ),
+    step=_in_mesh(mesh, step),
+    eval=_in_mesh(
+      mesh,
+      jax.jit(
+        evaluate,
+        in_shardings=(params_shardings, batch),
+        out_shardings=replicated,
+      ),
+    ),
+  )
 
 
 # ----------------------------------------------------------------- data --
 
 
-def task_batches(mixture_or_task_name, *, split: str,
-                 input_length: int, target_length: int, batch_size: int,
-                 seed: int, skip_batches: int = 0,
-                 shuffle: bool = True) -> Iterator[dict[str, np.ndarray]]:
+def task_batches(
+  mixture_or_task_name,
+  *,
+  split: str,
+  input_length: int,
+  target_length: int,
+  batch_size: int,
+  seed: int,
+  skip_batches: int = 0,
+  shuffle: bool = True,
+) -> Iterator[dict[str, np.ndarray]]:
   """This process's batches of a seqio task, [batch_size / processes, len].
 
   Repeats forever; the order is a function of `seed` alone, so skipping
   `skip_batches` resumes exactly where a run that consumed them stopped.
   """
   import seqio  # pylint: disable=g-import-not-at-top  (TensorFlow is heavy)
+
   ds = seqio.get_dataset(
-      mixture_or_task_name,
-      task_feature_lengths={'inputs': input_length, 'targets': target_length},
-      feature_converter=seqio.EncDecFeatureConverter(pack=False),
-      dataset_split=split, shuffle=shuffle, num_epochs=None,
-      shard_info=partitioning.host_shard_info(), seed=seed)
-  ds = ds.batch(partitioning.per_host_batch_size(batch_size),
-                drop_remainder=True)
+    mixture_or_task_name,
+    task_feature_lengths={'inputs': input_length, 'targets': target_length},
+    feature_converter=seqio.EncDecFeatureConverter(pack=False),
+    dataset_split=split,
+    shuffle=shuffle,
+    num_epochs=None,
+    shard_info=partitioning.host_shard_info(),
+    seed=seed,
+  )
+  ds = ds.batch(
+    partitioning.per_host_batch_size(batch_size), drop_remainder=True
+  )
   return ds.skip(skip_batches).as_numpy_iterator()
 
 
-def concatenated_batches(*iterators: Iterator[dict[str, np.ndarray]]
-                         ) -> Iterator[dict[str, np.ndarray]]:
+def concatenated_batches(
+  *iterators: Iterator[dict[str, np.ndarray]],
+) -> Iterator[dict[str, np.ndarray]]:
   """One batch from each iterator, joined along the batch axis, forever:
   e.g. [B - k] new examples then [k] replayed ones in every batch."""
   for parts in zip(*iterators):
-    yield {key: np.concatenate([part[key] for part in parts])
-           for key in parts[0]}
+    yield {
+      key: np.concatenate([part[key] for part in parts]) for key in parts[0]
+    }
 
 
 def _get_task(mixture_or_task):
   """A registered name or a seqio Task/Mixture object -> the object."""
   import seqio  # pylint: disable=g-import-not-at-top
+
   if isinstance(mixture_or_task, str):
     return seqio.get_mixture_or_task(mixture_or_task)
   return mixture_or_task
@@ -384,17 +476,22 @@ class SummaryWriter:
   def __init__(self, logdir: str):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     from tensorflow.core.framework import summary_pb2  # pylint: disable=g-import-not-at-top
+
     self._tf = tf
     self._writer = tf.summary.create_file_writer(logdir)
     self._metadata = summary_pb2.SummaryMetadata(
-        plugin_data=summary_pb2.SummaryMetadata.PluginData(
-            plugin_name='scalars'))
+      plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name='scalars')
+    )
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     with self._writer.as_default():
       for name, value in scalars.items():
-        self._tf.summary.write(name, self._tf.constant(float(value)),
-                               step=step, metadata=self._metadata)
+        self._tf.summary.write(
+          name,
+          self._tf.constant(float(value)),
+          step=step,
+          metadata=self._metadata,
+        )
     self._writer.flush()
 
 
@@ -407,37 +504,50 @@ def _mean_metrics(history: list[dict]) -> dict[str, float]:
 def _format_duration(seconds: float) -> str:
   minutes, secs = divmod(int(seconds), 60)
   hours, minutes = divmod(minutes, 60)
-  return f'{hours}h{minutes:02d}m{secs:02d}s' if hours else \
-      f'{minutes}m{secs:02d}s'
+  return (
+    f'{hours}h{minutes:02d}m{secs:02d}s' if hours else f'{minutes}m{secs:02d}s'
+  )
 
 
-def _log_line(step: int, train_steps: int, metrics: Mapping[str, float],
-              steps_per_sec: float) -> str:
+def _log_line(
+  step: int,
+  train_steps: int,
+  metrics: Mapping[str, float],
+  steps_per_sec: float,
+) -> str:
   eta = (train_steps - step) / max(steps_per_sec, 1e-9)
   shown = ' '.join(f'{k} {v:.4f}' for k, v in sorted(metrics.items()))
-  return (f'step {step}/{train_steps} {shown} {steps_per_sec:.2f} steps/s '
-          f'ETA {_format_duration(eta)}')
+  return (
+    f'step {step}/{train_steps} {shown} {steps_per_sec:.2f} steps/s '
+    f'ETA {_format_duration(eta)}'
+  )
 
 
 # ------------------------------------------------------------- the loop --
 
 
-def _initial_state(sharded: Sharded, manager, *, seed: int, init_params,
-                   init_checkpoint) -> TrainState:
+def _initial_state(
+  sharded: Sharded, manager, *, seed: int, init_params, init_checkpoint
+) -> TrainState:
   """Resumes from model_dir, else starts from init params/checkpoint/seed."""
   restored = checkpoints.restore_latest(manager, sharded.abstract_state)
   if restored is not None:
-    logging.info('Resuming from checkpoint step %d in %s', restored[0],
-                 manager.directory)
+    logging.info(
+      'Resuming from checkpoint step %d in %s', restored[0], manager.directory
+    )
     return restored[1]
   state = sharded.init(partitioning.replicated_key(seed, sharded.mesh))
   if init_checkpoint is not None:
     init_params = checkpoints.restore_params(
-        init_checkpoint, shardings=sharded.state_shardings.params)
+      init_checkpoint, shardings=sharded.state_shardings.params
+    )
     logging.info('Initial params from %s', init_checkpoint)
   if init_params is not None:
-    state = state.replace(params=partitioning.put_replicated_tree(
-        init_params, sharded.state_shardings.params))
+    state = state.replace(
+      params=partitioning.put_replicated_tree(
+        init_params, sharded.state_shardings.params
+      )
+    )
   return state
 
 
@@ -446,31 +556,45 @@ def _evaluate(sharded: Sharded, params, eval_batches: list) -> dict:
   return _mean_metrics([sharded.eval(params, batch) for batch in eval_batches])
 
 
-def _eval_batches(mixture_or_task, eval_steps: int, mesh, *,
-                  batch_transform=None, **kwargs) -> list[dict[str, jax.Array]]:
+def _eval_batches(
+  mixture_or_task, eval_steps: int, mesh, *, batch_transform=None, **kwargs
+) -> list[dict[str, jax.Array]]:
   """The first `eval_steps` validation batches, on device, for every eval."""
-  batches = task_batches(mixture_or_task, split='validation', shuffle=False,
-                         **kwargs)
+  batches = task_batches(
+    mixture_or_task, split='validation', shuffle=False, **kwargs
+  )
   if batch_transform is not None:
     batches = map(batch_transform, batches)
-  return [partitioning.global_batch(next(batches), mesh)
-          for _ in range(eval_steps)]
+  return [
+    partitioning.global_batch(next(batches), mesh) for _ in range(eval_steps)
+  ]
 
 
 @gin.configurable(denylist=['init_params', 'batch_transform'])
-def train(*, model: TrainableModel, mixture_or_task_name,
-          train_steps: int, batch_size: int, model_dir: str,
-          input_length: int, target_length: int,
-          optimizer: OptimizerConfig = OptimizerConfig(),
-          eval_every: int = 0, eval_steps: int = 10,
-          checkpoint_every: int = 1000, keep_checkpoints: int = 3,
-          seed: int = 0, mesh_data: int = -1, mesh_model: int = 1,
-          log_every: int = 100, init_params: PyTree | None = None,
-          init_checkpoint: str | None = None,
-          artifact_dir: str | None = None,
-          fit_vocab_to_task: bool = True,
-          batch_transform: Callable[[dict], dict] | None = None,
-          ) -> TrainState:
+def train(
+  *,
+  model: TrainableModel,
+  mixture_or_task_name,
+  train_steps: int,
+  batch_size: int,
+  model_dir: str,
+  input_length: int,
+  target_length: int,
+  optimizer: OptimizerConfig = OptimizerConfig(),
+  eval_every: int = 0,
+  eval_steps: int = 10,
+  checkpoint_every: int = 1000,
+  keep_checkpoints: int = 3,
+  seed: int = 0,
+  mesh_data: int = -1,
+  mesh_model: int = 1,
+  log_every: int = 100,
+  init_params: PyTree | None = None,
+  init_checkpoint: str | None = None,
+  artifact_dir: str | None = None,
+  fit_vocab_to_task: bool = True,
+  batch_transform: Callable[[dict], dict] | None = None,
+) -> TrainState:
   """Trains `model` on a seqio task/mixture; resumes from `model_dir`.
 
   Args:
@@ -506,40 +630,81 @@ def train(*, model: TrainableModel, mixture_or_task_name,
   tx = make_optimizer(optimizer, train_steps)
   if hasattr(model, 'trainable_mask'):
     tx = freeze(tx, model.trainable_mask)
-  sharded = shard_model(model, tx, mesh,
-                        input_length=input_length,
-                        target_length=target_length,
-                        sam_rho=optimizer.sam_rho)
+  sharded = shard_model(
+    model,
+    tx,
+    mesh,
+    input_length=input_length,
+    target_length=target_length,
+    sam_rho=optimizer.sam_rho,
+  )
   manager = checkpoints.make_manager(model_dir, keep=keep_checkpoints)
-  state = _initial_state(sharded, manager, seed=seed, init_params=init_params,
-                         init_checkpoint=init_checkpoint)
+  state = _initial_state(
+    sharded,
+    manager,
+    seed=seed,
+    init_params=init_params,
+    init_checkpoint=init_checkpoint,
+  )
   start = int(jax.device_get(state.step))
-  lengths = dict(input_length=input_length, target_length=target_length,
-                 batch_size=batch_size, seed=seed)
-  batches = task_batches(mixture_or_task_name, split='train',
-                         skip_batches=start, **lengths)
+  lengths = dict(
+    input_length=input_length,
+    target_length=target_length,
+    batch_size=batch_size,
+    seed=seed,
+  )
+  batches = task_batches(
+    mixture_or_task_name, split='train', skip_batches=start, **lengths
+  )
   if batch_transform is not None:
     batches = map(batch_transform, batches)
   eval_batches = None
   if eval_every and has_split(mixture_or_task_name, 'validation'):
-    eval_batches = _eval_batches(mixture_or_task_name, eval_steps, mesh,
-                                 batch_transform=batch_transform, **lengths)
+    eval_batches = _eval_batches(
+      mixture_or_task_name,
+      eval_steps,
+      mesh,
+      batch_transform=batch_transform,
+      **lengths,
+    )
   writer = SummaryWriter(model_dir) if jax.process_index() == 0 else None
   rng = partitioning.replicated_key(seed, mesh)
-  state = _loop(sharded, state, batches, rng, manager, start=start,
-                train_steps=train_steps, log_every=log_every,
-                checkpoint_every=checkpoint_every, writer=writer,
-                eval_every=eval_every, eval_batches=eval_batches,
-                artifact_dir=artifact_dir)
+  state = _loop(
+    sharded,
+    state,
+    batches,
+    rng,
+    manager,
+    start=start,
+    train_steps=train_steps,
+    log_every=log_every,
+    checkpoint_every=checkpoint_every,
+    writer=writer,
+    eval_every=eval_every,
+    eval_batches=eval_batches,
+    artifact_dir=artifact_dir,
+  )
   manager.wait_until_finished()
   manager.close()
   return state
 
 
-def _loop(sharded: Sharded, state: TrainState, batches, rng, manager, *,
-          start: int, train_steps: int, log_every: int,
-          checkpoint_every: int, writer, eval_every: int, eval_batches,
-          artifact_dir) -> TrainState:
+def _loop(
+  sharded: Sharded,
+  state: TrainState,
+  batches,
+  rng,
+  manager,
+  *,
+  start: int,
+  train_steps: int,
+  log_every: int,
+  checkpoint_every: int,
+  writer,
+  eval_every: int,
+  eval_batches,
+  artifact_dir,
+) -> TrainState:
   """The step loop: train, log, evaluate, checkpoint."""
   history, tick, tick_step = [], time.time(), start
   for step in range(start + 1, train_steps + 1):
@@ -553,8 +718,10 @@ def _loop(sharded: Sharded, state: TrainState, batches, rng, manager, *,
       rate = (step - tick_step) / (time.time() - tick)
       logging.info('%s', _log_line(step, train_steps, means, rate))
       if writer:
-        writer.write_scalars(step, {f'train/{k}': v for k, v in
-                                    means.items()} | {'steps_per_sec': rate})
+        writer.write_scalars(
+          step,
+          {f'train/{k}': v for k, v in means.items()} | {'steps_per_sec': rate},
+        )
       history, tick, tick_step = [], time.time(), step
     if eval_batches and (step % eval_every == 0 or step == train_steps):
       means = _evaluate(sharded, state.params, eval_batches)
@@ -568,5 +735,7 @@ def _loop(sharded: Sharded, state: TrainState, batches, rng, manager, *,
 
 # MODEL of gin/models/t5_pretrained.gin: a T5 shaped by an HF folder.
 from gr import pretrained_t5  # pylint: disable=g-import-not-at-top,wrong-import-position
-gin.external_configurable(pretrained_t5.pretrained_t5_model,
-                          module='pretrained_t5')
+
+gin.external_configurable(
+  pretrained_t5.pretrained_t5_model, module='pretrained_t5'
+)

@@ -27,6 +27,7 @@ and every step from it stays dead.
 nodes, `root_children` O(V) and `allowed_mask` (the dense [N, V] form) O(N *
 (W + V)): all independent of how many docids the trie holds.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,6 +48,7 @@ _TOKEN_SPAN = 2**31  # host edge keys: parent * _TOKEN_SPAN + token
 @flax.struct.dataclass
 class TrieArrays:
   """Capacity-padded CSR layout of a `DocidTrie` (see module docstring)."""
+
   root_child: jax.Array  # [T] int32
   child_start: jax.Array  # [C] int32
   num_children: jax.Array  # [C] int32
@@ -108,8 +110,9 @@ def _root_row(arrays: TrieArrays, vocab_size: int) -> jax.Array:
   return table
 
 
-def allowed_mask(arrays: TrieArrays, nodes: jax.Array,
-                 vocab_size: int) -> jax.Array:
+def allowed_mask(
+  arrays: TrieArrays, nodes: jax.Array, vocab_size: int
+) -> jax.Array:
   """Which next tokens each node allows.
 
   Args:
@@ -136,12 +139,14 @@ def step(arrays: TrieArrays, nodes: jax.Array, tokens: jax.Array) -> jax.Array:
   below_root = jnp.max(jnp.where(hit, children, DEAD), axis=1)
   in_table = (tokens >= 0) & (tokens < arrays.root_child.shape[0])
   from_root = jnp.where(
-      in_table, jnp.take(arrays.root_child, tokens, mode="clip"), DEAD)
+    in_table, jnp.take(arrays.root_child, tokens, mode="clip"), DEAD
+  )
   return jnp.where(nodes == 0, from_root, below_root)
 
 
 def lookup(arrays: TrieArrays, sequences: jax.Array) -> jax.Array:
   """Document index of each sequence [N, L] (EOS then PAD), -1 if absent."""
+
   def walk(carry, tokens):
     nodes, active = carry
     nodes = jnp.where(active, step(arrays, nodes, tokens), nodes)
@@ -182,6 +187,7 @@ def _prefix_node_ids(sequences: np.ndarray, lengths: np.ndarray):
 @dataclasses.dataclass
 class _Capacity:
   """Device capacities; each only doubles."""
+
   nodes: int
   root_tokens: int
   fanout: int
@@ -195,16 +201,23 @@ class DocidTrie:
   prune their now-unused nodes; pruned ids are recycled for later inserts.
   """
 
-  def __init__(self, *, eos_id: int = 1, capacity: Optional[int] = None,
-               vocab_size: Optional[int] = None,
-               fanout_capacity: Optional[int] = None):
+  def __init__(
+    self,
+    *,
+    eos_id: int = 1,
+    capacity: Optional[int] = None,
+    vocab_size: Optional[int] = None,
+    fanout_capacity: Optional[int] = None,
+  ):
     """Empty trie; capacities are the starting device capacities."""
     self.eos_id = int(eos_id)
     self.vocab_size = vocab_size
     nodes = _next_power_of_two(max(capacity or 0, _MIN_NODE_CAPACITY))
     self._capacity = _Capacity(
-        nodes=nodes, root_tokens=_next_power_of_two(max(vocab_size or 0, 2)),
-        fanout=_next_power_of_two(max(fanout_capacity or 0, 1)))
+      nodes=nodes,
+      root_tokens=_next_power_of_two(max(vocab_size or 0, 2)),
+      fanout=_next_power_of_two(max(fanout_capacity or 0, 1)),
+    )
     self._parent = np.full(nodes, DEAD, np.int64)
     self._token = np.full(nodes, DEAD, np.int64)
     self._value = np.full(nodes, DEAD, np.int64)
@@ -215,10 +228,16 @@ class DocidTrie:
     self._size = 0
 
   @classmethod
-  def build(cls, sequences: Sequence[Sequence[int]], values: Sequence[int], *,
-            eos_id: int = 1, capacity: Optional[int] = None,
-            vocab_size: Optional[int] = None,
-            fanout_capacity: Optional[int] = None) -> "DocidTrie":
+  def build(
+    cls,
+    sequences: Sequence[Sequence[int]],
+    values: Sequence[int],
+    *,
+    eos_id: int = 1,
+    capacity: Optional[int] = None,
+    vocab_size: Optional[int] = None,
+    fanout_capacity: Optional[int] = None,
+  ) -> "DocidTrie":
     """Trie of `sequences[i]` -> document index `values[i]`.
 
     Raises:
@@ -226,23 +245,35 @@ class DocidTrie:
         (the message names i).
     """
     if len(sequences) != len(values):
-      raise ValueError(f"DocidTrie.build: {len(sequences)} sequences but "
-                       f"{len(values)} values")
-    trie = cls(eos_id=eos_id, capacity=capacity, vocab_size=vocab_size,
-               fanout_capacity=fanout_capacity)
+      raise ValueError(
+        f"DocidTrie.build: {len(sequences)} sequences but {len(values)} values"
+      )
+    trie = cls(
+      eos_id=eos_id,
+      capacity=capacity,
+      vocab_size=vocab_size,
+      fanout_capacity=fanout_capacity,
+    )
     for index, (sequence, value) in enumerate(zip(sequences, values)):
       try:
         trie.insert(sequence, value)
       except ValueError as error:
         raise ValueError(
-            f"DocidTrie.build: sequence {index}: {error}") from None
+          f"DocidTrie.build: sequence {index}: {error}"
+        ) from None
     return trie
 
   @classmethod
-  def from_padded(cls, sequences: np.ndarray, values: Sequence[int], *,
-                  eos_id: int = 1, capacity: Optional[int] = None,
-                  vocab_size: Optional[int] = None,
-                  fanout_capacity: Optional[int] = None) -> "DocidTrie":
+  def from_padded(
+    cls,
+    sequences: np.ndarray,
+    values: Sequence[int],
+    *,
+    eos_id: int = 1,
+    capacity: Optional[int] = None,
+    vocab_size: Optional[int] = None,
+    fanout_capacity: Optional[int] = None,
+  ) -> "DocidTrie":
     """Bulk `build` from sequences [n, L] (EOS then PAD), vectorised.
 
     Same trie (and the same editable host state) as `build` on the unpadded
@@ -256,44 +287,59 @@ class DocidTrie:
     sequences = np.asarray(sequences, np.int64)
     values = np.asarray(values, np.int64).reshape(-1)
     if sequences.ndim != 2 or len(sequences) != len(values):
-      raise ValueError(f"DocidTrie.from_padded: sequences {sequences.shape} "
-                       f"need shape [n, L] for {len(values)} values")
-    trie = cls(eos_id=eos_id, capacity=capacity, vocab_size=vocab_size,
-               fanout_capacity=fanout_capacity)
+      raise ValueError(
+        f"DocidTrie.from_padded: sequences {sequences.shape} "
+        f"need shape [n, L] for {len(values)} values"
+      )
+    trie = cls(
+      eos_id=eos_id,
+      capacity=capacity,
+      vocab_size=vocab_size,
+      fanout_capacity=fanout_capacity,
+    )
     lengths = trie._checked_rows(sequences, values)
     order = np.lexsort(sequences.T[::-1])  # rows sorted lexicographically
     nodes, repeated = _prefix_node_ids(sequences[order], lengths[order])
     if repeated.any():
       row = int(order[np.argmax(repeated)])
-      raise ValueError(f"DocidTrie.from_padded: sequence {row}: docid "
-                       f"{sequences[row, :lengths[row]].tolist()} is already "
-                       "in the trie")
+      raise ValueError(
+        f"DocidTrie.from_padded: sequence {row}: docid "
+        f"{sequences[row, : lengths[row]].tolist()} is already "
+        "in the trie"
+      )
     trie._adopt(sequences[order], nodes, values[order])
     return trie
 
-  def _checked_rows(self, sequences: np.ndarray,
-                    values: np.ndarray) -> np.ndarray:
+  def _checked_rows(
+    self, sequences: np.ndarray, values: np.ndarray
+  ) -> np.ndarray:
     """Lengths [n] (EOS included) of valid rows, or ValueError naming one."""
     is_eos = sequences == self.eos_id
     lengths = np.argmax(is_eos, axis=1) + 1
     column = np.arange(sequences.shape[1])[None, :]
     before = column < lengths[:, None] - 1
     bad = ~is_eos.any(axis=1) | (values < 0)
-    bad |= np.any(before & ((sequences <= PAD_ID)
-                            | (sequences >= (self.vocab_size or _MAX_TOKEN))),
-                  axis=1)
+    bad |= np.any(
+      before
+      & (
+        (sequences <= PAD_ID) | (sequences >= (self.vocab_size or _MAX_TOKEN))
+      ),
+      axis=1,
+    )
     bad |= np.any((column >= lengths[:, None]) & (sequences != PAD_ID), axis=1)
     if bad.any():
       row = int(np.argmax(bad))
       raise ValueError(
-          f"DocidTrie.from_padded: sequence {row} {sequences[row].tolist()} "
-          f"(document {values[row]}): needs tokens in [{PAD_ID + 1}, "
-          f"{self.vocab_size or _MAX_TOKEN}) then EOS ({self.eos_id}) then "
-          "PAD only, and a document index >= 0")
+        f"DocidTrie.from_padded: sequence {row} {sequences[row].tolist()} "
+        f"(document {values[row]}): needs tokens in [{PAD_ID + 1}, "
+        f"{self.vocab_size or _MAX_TOKEN}) then EOS ({self.eos_id}) then "
+        "PAD only, and a document index >= 0"
+      )
     return lengths
 
-  def _adopt(self, sequences: np.ndarray, nodes: np.ndarray,
-             values: np.ndarray) -> None:
+  def _adopt(
+    self, sequences: np.ndarray, nodes: np.ndarray, values: np.ndarray
+  ) -> None:
     """Takes over an empty trie: node ids [n, L] (-1 = none) of sorted rows."""
     used = int(nodes.max(initial=0)) + 1
     if len(self._parent) < used:
@@ -318,16 +364,21 @@ class DocidTrie:
     """`sequence` as a tuple of ints, or ValueError saying what is wrong."""
     tokens = tuple(int(t) for t in sequence)
     if not tokens or tokens[-1] != self.eos_id:
-      raise ValueError(f"docid {list(tokens)} does not end in EOS "
-                       f"({self.eos_id})")
+      raise ValueError(
+        f"docid {list(tokens)} does not end in EOS ({self.eos_id})"
+      )
     for position, token in enumerate(tokens[:-1]):
       if token in (self.eos_id, PAD_ID) or token < 0:
-        raise ValueError(f"docid {list(tokens)} has token {token} at position "
-                         f"{position}: EOS, PAD and negative ids may not "
-                         "appear before the final EOS")
+        raise ValueError(
+          f"docid {list(tokens)} has token {token} at position "
+          f"{position}: EOS, PAD and negative ids may not "
+          "appear before the final EOS"
+        )
       if token >= (self.vocab_size or _MAX_TOKEN):
-        raise ValueError(f"docid {list(tokens)} has token {token} >= "
-                         f"vocab_size {self.vocab_size or _MAX_TOKEN}")
+        raise ValueError(
+          f"docid {list(tokens)} has token {token} >= "
+          f"vocab_size {self.vocab_size or _MAX_TOKEN}"
+        )
     return tokens
 
   def _path(self, tokens: tuple[int, ...]) -> Optional[list[int]]:
@@ -343,8 +394,11 @@ class DocidTrie:
   def contains(self, sequence: Sequence[int]) -> bool:
     """Whether `sequence` (ending in EOS) is a docid in the trie."""
     tokens = tuple(int(t) for t in sequence)
-    return (bool(tokens) and tokens[-1] == self.eos_id
-            and self._path(tokens) is not None)
+    return (
+      bool(tokens)
+      and tokens[-1] == self.eos_id
+      and self._path(tokens) is not None
+    )
 
   def get(self, sequence: Sequence[int]) -> Optional[int]:
     """Document index of `sequence`, or None if absent."""
@@ -427,10 +481,12 @@ class DocidTrie:
 
   def _grow_host(self, size: int) -> None:
     """Doubles the host node arrays to `size`."""
+
     def grown(array, fill):
       out = np.full(size, fill, array.dtype)
-      out[:len(array)] = array
+      out[: len(array)] = array
       return out
+
     self._parent = grown(self._parent, DEAD)
     self._token = grown(self._token, DEAD)
     self._value = grown(self._value, DEAD)
@@ -469,21 +525,27 @@ class DocidTrie:
     child_start[1:] = np.cumsum(num_children)[:-1]
     edge_token = np.full(cap.nodes, DEAD, np.int32)
     edge_child = np.full(cap.nodes, DEAD, np.int32)
-    edge_token[:len(order)], edge_child[:len(order)] = token[order], order
+    edge_token[: len(order)], edge_child[: len(order)] = token[order], order
     root_child = np.full(cap.root_tokens, DEAD, np.int32)
     root_nodes = np.flatnonzero(is_root_edge)
     root_child[token[root_nodes]] = root_nodes
     leaf_value = np.full(cap.nodes, DEAD, np.int32)
     leaf_value[:used] = self._value[:used]
-    return dict(root_child=root_child, child_start=child_start,
-                num_children=num_children, edge_token=edge_token,
-                edge_child=edge_child, leaf_value=leaf_value)
+    return dict(
+      root_child=root_child,
+      child_start=child_start,
+      num_children=num_children,
+      edge_token=edge_token,
+      edge_child=edge_child,
+      leaf_value=leaf_value,
+    )
 
   def to_device(self) -> TrieArrays:
     """Device arrays; same shapes as last time unless a capacity doubled."""
     arrays = {k: jnp.asarray(v) for k, v in self.to_numpy().items()}
-    return TrieArrays(**arrays, max_children=self._capacity.fanout,
-                      eos_id=self.eos_id)
+    return TrieArrays(
+      **arrays, max_children=self._capacity.fanout, eos_id=self.eos_id
+    )
 
   def memory_bytes(self) -> int:
     """Bytes of the device layout at the current capacities."""

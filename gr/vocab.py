@@ -18,6 +18,7 @@ Files: `train_sentencepiece` writes `<prefix>.model`; `Vocabulary.save`
 writes a JSON file (default `<model stem>.gr_vocab.json`, next to the model)
 holding the docid token list and the model's sha256, which `load` verifies.
 """
+
 import functools
 import hashlib
 import io
@@ -45,8 +46,6 @@ _FORMAT_VERSION = 1
 _RESERVED_LOOKING = re.compile(r"^<[^<>\s]+>$")
 
 
-
-
 def file_sha256(path: str) -> str:
   """Hex sha256 of a file's bytes."""
   digest = hashlib.sha256()
@@ -59,8 +58,7 @@ def file_sha256(path: str) -> str:
 # ----------------------------------------------------------- sentencepiece --
 
 
-def _training_sentences(texts: Iterable[str],
-                        max_bytes: int) -> Iterator[str]:
+def _training_sentences(texts: Iterable[str], max_bytes: int) -> Iterator[str]:
   """Yields the non-empty lines of `texts`, cut at words to <= max_bytes.
 
   sentencepiece silently drops sentences longer than its
@@ -80,15 +78,17 @@ def _training_sentences(texts: Iterable[str],
         yield " ".join(chunk)
 
 
-def train_sentencepiece(texts: Iterable[str],
-                        model_prefix: str,
-                        *,
-                        vocab_size: int = 8000,
-                        seed: int = 0,
-                        character_coverage: float = 1.0,
-                        input_sentence_size: int = 0,
-                        max_sentence_bytes: int = 4000,
-                        num_threads: int = 16) -> str:
+def train_sentencepiece(
+  texts: Iterable[str],
+  model_prefix: str,
+  *,
+  vocab_size: int = 8000,
+  seed: int = 0,
+  character_coverage: float = 1.0,
+  input_sentence_size: int = 0,
+  max_sentence_bytes: int = 4000,
+  num_threads: int = 16,
+) -> str:
   """Trains a unigram sentencepiece model (T5 ids) on `texts`.
 
   Deterministic: the same texts and arguments give a byte-identical model
@@ -113,19 +113,23 @@ def train_sentencepiece(texts: Iterable[str],
   spm.set_random_generator_seed(seed)
   model = io.BytesIO()
   spm.SentencePieceTrainer.train(
-      sentence_iterator=_training_sentences(texts, max_sentence_bytes),
-      model_writer=model,
-      model_type="unigram",
-      vocab_size=vocab_size,
-      hard_vocab_limit=False,
-      character_coverage=character_coverage,
-      split_digits=True,
-      pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
-      input_sentence_size=input_sentence_size,
-      shuffle_input_sentence=True,
-      max_sentence_length=max_sentence_bytes + 64,
-      num_threads=num_threads,
-      minloglevel=2)
+    sentence_iterator=_training_sentences(texts, max_sentence_bytes),
+    model_writer=model,
+    model_type="unigram",
+    vocab_size=vocab_size,
+    hard_vocab_limit=False,
+    character_coverage=character_coverage,
+    split_digits=True,
+    pad_id=PAD_ID,
+    eos_id=EOS_ID,
+    unk_id=UNK_ID,
+    bos_id=-1,
+    input_sentence_size=input_sentence_size,
+    shuffle_input_sentence=True,
+    max_sentence_length=max_sentence_bytes + 64,
+    num_threads=num_threads,
+    minloglevel=2,
+  )
   path = model_prefix + ".model"
   atomic_io.write_bytes(path, model.getvalue())
   return path
@@ -187,11 +191,13 @@ class Vocabulary(DocidTokenVocabulary):
   token ids as their token strings, so they also decode docid predictions.
   """
 
-  def __init__(self,
-               sp_model_path: str,
-               docid_tokens: Sequence[str] = (),
-               *,
-               extra_ids: int = 0):
+  def __init__(
+    self,
+    sp_model_path: str,
+    docid_tokens: Sequence[str] = (),
+    *,
+    extra_ids: int = 0,
+  ):
     """Builds the vocabulary.
 
     Args:
@@ -207,7 +213,8 @@ class Vocabulary(DocidTokenVocabulary):
     self._check_t5_ids(sp_model_path)
     self._docid_tokens = _validated_docid_tokens(docid_tokens)
     self._id_by_docid_token = {
-        token: self.sp_size + i for i, token in enumerate(self._docid_tokens)}
+      token: self.sp_size + i for i, token in enumerate(self._docid_tokens)
+    }
     super().__init__(extra_ids=0)
 
   def _check_t5_ids(self, sp_model_path: str) -> None:
@@ -216,17 +223,18 @@ class Vocabulary(DocidTokenVocabulary):
     found = (tokenizer.pad_id(), tokenizer.eos_id(), tokenizer.unk_id())
     if found != (PAD_ID, EOS_ID, UNK_ID):
       raise ValueError(
-          f"{sp_model_path}: sentencepiece ids (pad, eos, unk) are {found}, "
-          f"expected {(PAD_ID, EOS_ID, UNK_ID)} (T5 convention)")
+        f"{sp_model_path}: sentencepiece ids (pad, eos, unk) are {found}, "
+        f"expected {(PAD_ID, EOS_ID, UNK_ID)} (T5 convention)"
+      )
 
   # -- constructors --
 
   @classmethod
-  def from_table(cls, sp_model_path: str, table, *,
-                 extra_ids: int = 0) -> "Vocabulary":
+  def from_table(
+    cls, sp_model_path: str, table, *, extra_ids: int = 0
+  ) -> "Vocabulary":
     """The vocabulary for a DocidTable: its reserved tokens become ids."""
-    return cls(sp_model_path, tuple(table.reserved_tokens),
-               extra_ids=extra_ids)
+    return cls(sp_model_path, tuple(table.reserved_tokens), extra_ids=extra_ids)
 
   def with_docid_tokens(self, tokens: Sequence[str]) -> "Vocabulary":
     """A vocabulary with `tokens`, which must extend this one's docid tokens.
@@ -237,14 +245,16 @@ class Vocabulary(DocidTokenVocabulary):
     """
     tokens = tuple(tokens)
     current = self._docid_tokens
-    if tokens[:len(current)] != current:
+    if tokens[: len(current)] != current:
       first_bad = next(
-          (i for i, (a, b) in enumerate(zip(current, tokens)) if a != b),
-          len(tokens))
+        (i for i, (a, b) in enumerate(zip(current, tokens)) if a != b),
+        len(tokens),
+      )
       raise ValueError(
-          "docid tokens are append-only: new list differs from the current "
-          f"one at position {first_bad} (current has {len(current)} tokens, "
-          f"new has {len(tokens)})")
+        "docid tokens are append-only: new list differs from the current "
+        f"one at position {first_bad} (current has {len(current)} tokens, "
+        f"new has {len(tokens)})"
+      )
     return Vocabulary(self.sp_model_path, tokens, extra_ids=self._sp.extra_ids)
 
   # -- sizes and ids --
@@ -277,7 +287,7 @@ class Vocabulary(DocidTokenVocabulary):
 
   def encode_inputs(self, text: str, max_length: int) -> list[int]:
     """Encoder input ids: pieces trimmed to max_length - 1, then EOS."""
-    return list(self.encode(text))[:max_length - 1] + [EOS_ID]
+    return list(self.encode(text))[: max_length - 1] + [EOS_ID]
 
   @property
   def unk_id(self) -> int:
@@ -298,7 +308,8 @@ class Vocabulary(DocidTokenVocabulary):
   def fingerprint(self) -> str:
     """sha256 over the model bytes, sentinels and docid tokens."""
     payload = json.dumps(
-        [self.sp_sha256, self._sp.extra_ids, list(self._docid_tokens)])
+      [self.sp_sha256, self._sp.extra_ids, list(self._docid_tokens)]
+    )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
   # -- text (seqio interface) --
@@ -329,8 +340,9 @@ class Vocabulary(DocidTokenVocabulary):
     if ids.shape.rank == 1:
       return self._decode_row_tf(ids)
     flat = tf.reshape(ids, [-1, tf.shape(ids)[-1]])  # --> [rows, length]
-    texts = tf.map_fn(self._decode_row_tf, flat,
-                      fn_output_signature=tf.string)  # --> [rows]
+    texts = tf.map_fn(
+      self._decode_row_tf, flat, fn_output_signature=tf.string
+    )  # --> [rows]
     return tf.reshape(texts, tf.shape(ids)[:-1])  # --> ids.shape[:-1]
 
   def _decode_row_tf(self, ids: tf.Tensor) -> tf.Tensor:
@@ -347,15 +359,22 @@ class Vocabulary(DocidTokenVocabulary):
     num_segments = tf.reduce_sum(starts)
     piece_ids = tf.where(is_docid, PAD_ID, ids)
     pieces = tf.RaggedTensor.from_value_rowids(
-        piece_ids, segment_ids, nrows=num_segments)  # [segments, (run)]
+      piece_ids, segment_ids, nrows=num_segments
+    )  # [segments, (run)]
     texts = self._sp.tf_tokenizer.detokenize(pieces)  # [segments]
     docid_index = tf.math.unsorted_segment_max(
-        tf.maximum(ids - self.sp_size, 0), segment_ids, num_segments)
-    segment_is_docid = tf.math.unsorted_segment_max(
-        tf.cast(is_docid, tf.int32), segment_ids, num_segments) > 0
+      tf.maximum(ids - self.sp_size, 0), segment_ids, num_segments
+    )
+    segment_is_docid = (
+      tf.math.unsorted_segment_max(
+        tf.cast(is_docid, tf.int32), segment_ids, num_segments
+      )
+      > 0
+    )
     token_table = tf.constant(list(self._docid_tokens) or [""])
-    parts = tf.where(segment_is_docid, tf.gather(token_table, docid_index),
-                     texts)
+    parts = tf.where(
+      segment_is_docid, tf.gather(token_table, docid_index), texts
+    )
     parts = tf.boolean_mask(parts, tf.strings.length(parts) > 0)
     return tf.strings.reduce_join(parts, separator=" ")
 
@@ -380,9 +399,10 @@ class Vocabulary(DocidTokenVocabulary):
         run = []
       elif _RESERVED_LOOKING.match(word):
         raise ValueError(
-            f"docid {docid!r}: token {word!r} is not a docid token of this "
-            f"vocabulary ({len(self._docid_tokens)} tokens); extend it with "
-            "with_docid_tokens(table.reserved_tokens)")
+          f"docid {docid!r}: token {word!r} is not a docid token of this "
+          f"vocabulary ({len(self._docid_tokens)} tokens); extend it with "
+          "with_docid_tokens(table.reserved_tokens)"
+        )
       else:
         run.append(word)
     ids.extend(self._encode_docid_words(run, docid))
@@ -395,8 +415,9 @@ class Vocabulary(DocidTokenVocabulary):
     ids = list(self._sp.encode(" ".join(words)))
     if UNK_ID in ids:
       raise ValueError(
-          f"docid {docid!r}: words {' '.join(words)!r} contain characters "
-          f"unknown to the sentencepiece model {self.sp_model_path}")
+        f"docid {docid!r}: words {' '.join(words)!r} contain characters "
+        f"unknown to the sentencepiece model {self.sp_model_path}"
+      )
     return ids
 
   # -- files --
@@ -416,14 +437,15 @@ class Vocabulary(DocidTokenVocabulary):
     """
     path = path or self.default_json_path()
     record = {
-        "format": _FORMAT,
-        "format_version": _FORMAT_VERSION,
-        "sp_model": os.path.relpath(
-            os.path.abspath(self.sp_model_path),
-            os.path.dirname(os.path.abspath(path))),
-        "sp_model_sha256": self.sp_sha256,
-        "extra_ids": self._sp.extra_ids,
-        "docid_tokens": list(self._docid_tokens),
+      "format": _FORMAT,
+      "format_version": _FORMAT_VERSION,
+      "sp_model": os.path.relpath(
+        os.path.abspath(self.sp_model_path),
+        os.path.dirname(os.path.abspath(path)),
+      ),
+      "sp_model_sha256": self.sp_sha256,
+      "extra_ids": self._sp.extra_ids,
+      "docid_tokens": list(self._docid_tokens),
     }
     atomic_io.write_bytes(path, json.dumps(record, indent=1).encode("utf-8"))
     return path
@@ -432,8 +454,7 @@ class Vocabulary(DocidTokenVocabulary):
     """Copies the model into `directory` and saves the JSON record there."""
     target = os.path.join(directory, SP_MODEL_NAME)
     shutil.copyfile(self.sp_model_path, target)
-    vocab = Vocabulary(target, self._docid_tokens,
-                       extra_ids=self._sp.extra_ids)
+    vocab = Vocabulary(target, self._docid_tokens, extra_ids=self._sp.extra_ids)
     vocab.save()
     return vocab
 
@@ -446,31 +467,38 @@ class Vocabulary(DocidTokenVocabulary):
     """
     record = _read_vocab_json(path)
     sp_model_path = os.path.join(
-        os.path.dirname(os.path.abspath(path)), record["sp_model"])
+      os.path.dirname(os.path.abspath(path)), record["sp_model"]
+    )
     if not os.path.exists(sp_model_path):
       raise FileNotFoundError(
-          f"{path}: sentencepiece model {sp_model_path} not found")
+        f"{path}: sentencepiece model {sp_model_path} not found"
+      )
     found = file_sha256(sp_model_path)
     if found != record["sp_model_sha256"]:
       raise ValueError(
-          f"{path}: sentencepiece model {sp_model_path} has sha256 {found}, "
-          f"but the vocabulary was saved with {record['sp_model_sha256']}")
-    return cls(sp_model_path, record["docid_tokens"],
-               extra_ids=record["extra_ids"])
+        f"{path}: sentencepiece model {sp_model_path} has sha256 {found}, "
+        f"but the vocabulary was saved with {record['sp_model_sha256']}"
+      )
+    return cls(
+      sp_model_path, record["docid_tokens"], extra_ids=record["extra_ids"]
+    )
 
   # -- identity --
 
   def __eq__(self, other) -> bool:
-    return (isinstance(other, Vocabulary) and
-            self.fingerprint == other.fingerprint)
+    return (
+      isinstance(other, Vocabulary) and self.fingerprint == other.fingerprint
+    )
 
   def __hash__(self) -> int:
     return hash(self.fingerprint)
 
   def __repr__(self) -> str:
-    return (f"Vocabulary(sp_model={self.sp_model_path!r}, "
-            f"sp_size={self.sp_size}, "
-            f"docid_tokens={len(self._docid_tokens)})")
+    return (
+      f"Vocabulary(sp_model={self.sp_model_path!r}, "
+      f"sp_size={self.sp_size}, "
+      f"docid_tokens={len(self._docid_tokens)})"
+    )
 
   __str__ = __repr__
 
@@ -480,14 +508,21 @@ def _validated_docid_tokens(tokens: Sequence[str]) -> tuple[str, ...]:
   tokens = tuple(tokens)
   seen = set()
   for position, token in enumerate(tokens):
-    if not isinstance(token, str) or not token or token != token.strip() or (
-        len(token.split()) != 1):
+    if (
+      not isinstance(token, str)
+      or not token
+      or token != token.strip()
+      or (len(token.split()) != 1)
+    ):
       raise ValueError(
-          f"docid token at position {position} must be a non-empty string "
-          f"without whitespace, got {token!r}")
+        f"docid token at position {position} must be a non-empty string "
+        f"without whitespace, got {token!r}"
+      )
     if token in seen:
-      raise ValueError(f"docid token {token!r} appears twice "
-                       f"(second time at position {position})")
+      raise ValueError(
+        f"docid token {token!r} appears twice "
+        f"(second time at position {position})"
+      )
     seen.add(token)
   return tokens
 
@@ -502,27 +537,40 @@ def _read_vocab_json(path: str) -> dict:
   if not isinstance(record, dict) or record.get("format") != _FORMAT:
     raise ValueError(f"{path}: field 'format' must be {_FORMAT!r}")
   if record.get("format_version") != _FORMAT_VERSION:
-    raise ValueError(f"{path}: field 'format_version' must be "
-                     f"{_FORMAT_VERSION}, got {record.get('format_version')!r}")
-  expected_types = {"sp_model": str, "sp_model_sha256": str,
-                    "extra_ids": int, "docid_tokens": list}
+    raise ValueError(
+      f"{path}: field 'format_version' must be "
+      f"{_FORMAT_VERSION}, got {record.get('format_version')!r}"
+    )
+  expected_types = {
+    "sp_model": str,
+    "sp_model_sha256": str,
+    "extra_ids": int,
+    "docid_tokens": list,
+  }
   for field, kind in expected_types.items():
     if not isinstance(record.get(field), kind):
-      raise ValueError(f"{path}: field {field!r} must be a {kind.__name__}, "
-                       f"got {record.get(field)!r}")
+      raise ValueError(
+        f"{path}: field {field!r} must be a {kind.__name__}, "
+        f"got {record.get(field)!r}"
+      )
   return record
 
 
 def load_vocabulary(directory: str):
   """The vocabulary saved in `directory` by `copy_to` (either kind)."""
   from gr import wordpiece  # pylint: disable=g-import-not-at-top (cycle)
-  sp_json = os.path.join(directory,
-                         os.path.splitext(SP_MODEL_NAME)[0] + ".gr_vocab.json")
+
+  sp_json = os.path.join(
+    directory, os.path.splitext(SP_MODEL_NAME)[0] + ".gr_vocab.json"
+  )
   if os.path.exists(sp_json):
     return Vocabulary.load(sp_json)
-  wp_json = os.path.join(directory, os.path.splitext(
-      wordpiece.TOKENIZER_NAME)[0] + wordpiece.JSON_SUFFIX)
+  wp_json = os.path.join(
+    directory,
+    os.path.splitext(wordpiece.TOKENIZER_NAME)[0] + wordpiece.JSON_SUFFIX,
+  )
   if os.path.exists(wp_json):
     return wordpiece.WordPieceVocabulary.load(wp_json)
-  raise FileNotFoundError(f"{directory}: no vocabulary record ({sp_json} or "
-                          f"{wp_json})")
+  raise FileNotFoundError(
+    f"{directory}: no vocabulary record ({sp_json} or {wp_json})"
+  )

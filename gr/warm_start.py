@@ -27,6 +27,7 @@ encoder's word embeddings.
 gr/serving.py, by gr/continual.py's updates): their new docid tokens' rows
 start as their documents' embeddings under the model's current encoder.
 """
+
 import dataclasses
 import functools
 from typing import Any, Mapping, Sequence
@@ -42,8 +43,11 @@ from gr import vocab as vocab_lib
 Params = Any
 
 
-def docid_token_vectors(table, vocab, doc_vectors: np.ndarray,
-                        ) -> dict[int, np.ndarray]:
+def docid_token_vectors(
+  table,
+  vocab,
+  doc_vectors: np.ndarray,
+) -> dict[int, np.ndarray]:
   """Reserved-token id -> unit vector: mean of its documents' vectors.
 
   Args:
@@ -62,7 +66,8 @@ def docid_token_vectors(table, vocab, doc_vectors: np.ndarray,
   for token, docs in members.items():
     mean = np.asarray(doc_vectors)[sorted(docs)].mean(axis=0)
     vectors[vocab.docid_token_id(token)] = mean / max(
-        np.linalg.norm(mean), 1e-12)
+      np.linalg.norm(mean), 1e-12
+    )
   return vectors
 
 
@@ -85,13 +90,20 @@ def end_direction(width: int, seed: int = 0) -> np.ndarray:
 def end_token_ids(table, vocab) -> set[int]:
   """Ids of reserved tokens that end some docid (the last token)."""
   reserved = set(vocab.docid_tokens)
-  return {vocab.docid_token_id(docid.split()[-1])
-          for docid, _ in table.all_docids() if docid.split()[-1] in reserved}
+  return {
+    vocab.docid_token_id(docid.split()[-1])
+    for docid, _ in table.all_docids()
+    if docid.split()[-1] in reserved
+  }
 
 
-def new_docid_rows(embedding: np.ndarray, table, vocab,
-                   new_tokens: Sequence[str],
-                   doc_vectors: Mapping[str, np.ndarray]) -> np.ndarray:
+def new_docid_rows(
+  embedding: np.ndarray,
+  table,
+  vocab,
+  new_tokens: Sequence[str],
+  doc_vectors: Mapping[str, np.ndarray],
+) -> np.ndarray:
   """`embedding` [V, D] with the rows of `new_tokens` set from new documents.
 
   The `docid_token_vectors` rule over the documents of `doc_vectors` only
@@ -116,15 +128,22 @@ def new_docid_rows(embedding: np.ndarray, table, vocab,
   """
   rows = np.array(embedding, np.float32)
   new_ids = {vocab.docid_token_id(t) for t in new_tokens}
-  old_ids = [i for i in map(vocab.docid_token_id, vocab.docid_tokens)
-             if i not in new_ids and i < len(rows)]
+  old_ids = [
+    i
+    for i in map(vocab.docid_token_id, vocab.docid_tokens)
+    if i not in new_ids and i < len(rows)
+  ]
   if not new_ids or not doc_vectors:
     return rows
   shared = _end_component(rows, end_token_ids(table, vocab) - new_ids)
-  scale = (float(np.linalg.norm(rows[old_ids] - shared, axis=1).mean())
-           if old_ids else 1.0)
+  scale = (
+    float(np.linalg.norm(rows[old_ids] - shared, axis=1).mean())
+    if old_ids
+    else 1.0
+  )
   docs = dataclasses.replace(
-      table, docids={d: table.docids[d] for d in doc_vectors})
+    table, docids={d: table.docids[d] for d in doc_vectors}
+  )
   vectors = np.stack([doc_vectors[d] for d in docs.doc_ids]).astype(np.float32)
   vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
   end_ids = end_token_ids(docs, vocab)
@@ -147,16 +166,18 @@ def _end_component(rows: np.ndarray, end_ids: set[int]) -> np.ndarray | float:
 
 def _identity(width: int, heads: int, head_dim: int):
   eye = np.eye(width, dtype=np.float32)
-  return eye.reshape(width, heads, head_dim), eye.reshape(heads, head_dim,
-                                                         width)
+  return eye.reshape(width, heads, head_dim), eye.reshape(
+    heads, head_dim, width
+  )
 
 
 def _set(tree: dict, path: tuple[str, ...], value) -> None:
   for key in path[:-1]:
     tree = tree[key]
   if tuple(tree[path[-1]].shape) != tuple(np.shape(value)):
-    raise ValueError(f"{'/'.join(path)}: shape {tree[path[-1]].shape} != "
-                     f"{np.shape(value)}")
+    raise ValueError(
+      f"{'/'.join(path)}: shape {tree[path[-1]].shape} != {np.shape(value)}"
+    )
   tree[path[-1]] = jnp.asarray(value, tree[path[-1]].dtype)
 
 
@@ -167,16 +188,18 @@ def _zero(tree: dict, path: tuple[str, ...]) -> None:
   _set(tree, path, np.zeros(node.shape, np.float32))
 
 
-def shape_decoder(params: Params, config: bert_network.BertT5Config, *,
-                  temperature: float) -> Params:
+def shape_decoder(
+  params: Params, config: bert_network.BertT5Config, *, temperature: float
+) -> Params:
   """The decoder surgery above (needs decoder width == encoder width)."""
   dec = config.decoder
   width = config.encoder_width
   if dec.emb_dim != width or dec.num_heads * dec.head_dim != width:
     raise ValueError(
-        f"warm start needs decoder emb_dim == num_heads * head_dim == the "
-        f"encoder width ({width}); got {dec.emb_dim}, {dec.num_heads} x "
-        f"{dec.head_dim}")
+      f"warm start needs decoder emb_dim == num_heads * head_dim == the "
+      f"encoder width ({width}); got {dec.emb_dim}, {dec.num_heads} x "
+      f"{dec.head_dim}"
+    )
   if not dec.logits_via_embedding:
     raise ValueError("warm start needs tied logits (logits_via_embedding)")
   params = jax.tree.map(lambda x: x, params)  # a copy we may edit
@@ -191,8 +214,11 @@ def shape_decoder(params: Params, config: bert_network.BertT5Config, *,
     _zero(params, layer + ('mlp', 'wo', 'kernel'))
     if i:
       _zero(params, layer + ('encoder_decoder_attention', 'out', 'kernel'))
-  _set(params, ('decoder', 'decoder_norm', 'scale'),
-       np.full((dec.emb_dim,), 1.0 / temperature, np.float32))
+  _set(
+    params,
+    ('decoder', 'decoder_norm', 'scale'),
+    np.full((dec.emb_dim,), 1.0 / temperature, np.float32),
+  )
   return params
 
 
@@ -200,17 +226,26 @@ def shape_decoder(params: Params, config: bert_network.BertT5Config, *,
 def _init_fn(model, input_length: int, target_length: int):
   """model.init_params jitted once per model and lengths (run_experiment
   initialises twice; op by op it took 17 s for a tiny BERT on CPU)."""
-  return jax.jit(functools.partial(model.init_params, input_length=input_length,
-                                   target_length=target_length))
+  return jax.jit(
+    functools.partial(
+      model.init_params, input_length=input_length, target_length=target_length
+    )
+  )
 
 
-def pretrained_params(model, encoder_params: Params, rng: jax.Array, *,
-                      input_length: int, target_length: int,
-                      docid_vectors: Mapping[int, np.ndarray] | None = None,
-                      end_ids: Sequence[int] = (),
-                      eos_id: int = 1,
-                      warm_start: bool = True,
-                      temperature: float = 0.05) -> Params:
+def pretrained_params(
+  model,
+  encoder_params: Params,
+  rng: jax.Array,
+  *,
+  input_length: int,
+  target_length: int,
+  docid_vectors: Mapping[int, np.ndarray] | None = None,
+  end_ids: Sequence[int] = (),
+  eos_id: int = 1,
+  warm_start: bool = True,
+  temperature: float = 0.05,
+) -> Params:
   """Params with the pretrained encoder, its word embeddings in the decoder,
   and (warm_start) the dense-retrieval decoder with docid rows set.
 
@@ -228,11 +263,11 @@ def pretrained_params(model, encoder_params: Params, rng: jax.Array, *,
   params = dict(_init_fn(model, input_length, target_length)(rng))
   params['encoder'] = jax.tree.map(jnp.asarray, encoder_params)
   words = np.asarray(encoder_params['word_embeddings']['embedding'])
-  words = words[:model.config.encoder.vocab_size]  # not the padding rows
+  words = words[: model.config.encoder.vocab_size]  # not the padding rows
   table = np.zeros(params['token_embedder']['embedding'].shape, np.float32)
   if not warm_start:
     table = np.asarray(params['token_embedder']['embedding']).copy()
-  table[:len(words)] = words
+  table[: len(words)] = words
   table[0] = 0.0  # BOS = PAD: the residual stream starts at zero
   if warm_start:
     u = end_direction(table.shape[1])

@@ -14,6 +14,7 @@ encoder reads through: [CLS] pieces [SEP], no EOS. Files: the tokenizer.json
 and a JSON record (`<stem>.gr_wordpiece.json`) of its sha256 and the docid
 tokens, verified on load.
 """
+
 import functools
 import hashlib
 import json
@@ -50,21 +51,32 @@ def _load_tokenizer(path: str) -> tokenizers.Tokenizer:
 class WordPieceVocabulary(vocab_lib.DocidTokenVocabulary):
   """WordPiece pieces, then docid tokens (a seqio vocabulary)."""
 
-  def __init__(self, tokenizer_path: str, docid_tokens: Sequence[str] = (),
-               *, input_view: bool = False):
+  def __init__(
+    self,
+    tokenizer_path: str,
+    docid_tokens: Sequence[str] = (),
+    *,
+    input_view: bool = False,
+  ):
     self._path = tokenizer_path
     self._tokenizer = _load_tokenizer(tokenizer_path)
     self._docid_tokens = vocab_lib._validated_docid_tokens(docid_tokens)  # pylint: disable=protected-access
     self._id_by_docid_token = {
-        t: self.base_size + i for i, t in enumerate(self._docid_tokens)}
+      t: self.base_size + i for i, t in enumerate(self._docid_tokens)
+    }
     self._input_view = input_view
     self._cls = self._tokenizer.token_to_id("[CLS]")
     self._sep = self._tokenizer.token_to_id("[SEP]")
     self._unk = self._tokenizer.token_to_id("[UNK]")
     if self._tokenizer.id_to_token(PAD_ID) != "[PAD]" or None in (
-        self._cls, self._sep, self._unk):
-      raise ValueError(f"{tokenizer_path}: not a BERT WordPiece tokenizer "
-                       "([PAD] = 0, [CLS], [SEP], [UNK])")
+      self._cls,
+      self._sep,
+      self._unk,
+    ):
+      raise ValueError(
+        f"{tokenizer_path}: not a BERT WordPiece tokenizer "
+        "([PAD] = 0, [CLS], [SEP], [UNK])"
+      )
     super().__init__(extra_ids=0)
 
   # -- views and sizes --
@@ -77,9 +89,11 @@ class WordPieceVocabulary(vocab_lib.DocidTokenVocabulary):
   def with_docid_tokens(self, tokens: Sequence[str]) -> "WordPieceVocabulary":
     """A vocabulary whose docid tokens extend this one's (append-only)."""
     tokens = tuple(tokens)
-    if tokens[:len(self._docid_tokens)] != self._docid_tokens:
-      raise ValueError("docid tokens are append-only: the new list does not "
-                       f"start with the current {len(self._docid_tokens)}")
+    if tokens[: len(self._docid_tokens)] != self._docid_tokens:
+      raise ValueError(
+        "docid tokens are append-only: the new list does not "
+        f"start with the current {len(self._docid_tokens)}"
+      )
     return WordPieceVocabulary(self._path, tokens)
 
   @property
@@ -98,10 +112,14 @@ class WordPieceVocabulary(vocab_lib.DocidTokenVocabulary):
   def text_token_ids(self) -> np.ndarray:
     """Ids a generated text may use: every piece but the bracketed specials
     ([PAD], [UNK], [CLS], [SEP], [MASK], [unused*])."""
-    return np.array([i for i in range(self.base_size)
-                     if not re.fullmatch(r"\[[^\]]+\]",
-                                         self._tokenizer.id_to_token(i))],
-                    np.int64)
+    return np.array(
+      [
+        i
+        for i in range(self.base_size)
+        if not re.fullmatch(r"\[[^\]]+\]", self._tokenizer.id_to_token(i))
+      ],
+      np.int64,
+    )
 
   @functools.cached_property
   def tokenizer_sha256(self) -> str:
@@ -116,8 +134,9 @@ class WordPieceVocabulary(vocab_lib.DocidTokenVocabulary):
 
   @functools.cached_property
   def fingerprint(self) -> str:
-    payload = json.dumps([FORMAT, self.tokenizer_sha256,
-                          list(self._docid_tokens)])
+    payload = json.dumps(
+      [FORMAT, self.tokenizer_sha256, list(self._docid_tokens)]
+    )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
   # -- text --
@@ -143,6 +162,7 @@ class WordPieceVocabulary(vocab_lib.DocidTokenVocabulary):
   def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
     def encode(text):
       return np.asarray(self._encode(text.decode("utf-8")), np.int32)
+
     ids = tf.numpy_function(encode, [s], tf.int32, stateful=False)
     return tf.ensure_shape(ids, [None])
 
@@ -153,7 +173,10 @@ class WordPieceVocabulary(vocab_lib.DocidTokenVocabulary):
       if i < self.base_size:
         run.append(i)
         continue
-      parts += [self._tokenizer.decode(run), self._docid_tokens[i - self.base_size]]
+      parts += [
+        self._tokenizer.decode(run),
+        self._docid_tokens[i - self.base_size],
+      ]
       run = []
     parts.append(self._tokenizer.decode(run))
     return " ".join(p for p in parts if p)
@@ -161,6 +184,7 @@ class WordPieceVocabulary(vocab_lib.DocidTokenVocabulary):
   def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
     def decode(row):
       return np.asarray(self._decode([i for i in row if i > 0]), object)
+
     return tf.numpy_function(decode, [ids], tf.string, stateful=False)
 
   # -- docids --
@@ -178,8 +202,10 @@ class WordPieceVocabulary(vocab_lib.DocidTokenVocabulary):
         if word is not None:
           ids.append(self._id_by_docid_token[word])
       elif _RESERVED_LOOKING.match(word):
-        raise ValueError(f"docid {docid!r}: token {word!r} is not a docid "
-                         "token of this vocabulary")
+        raise ValueError(
+          f"docid {docid!r}: token {word!r} is not a docid "
+          "token of this vocabulary"
+        )
       else:
         run.append(word)
     return ids
@@ -189,8 +215,10 @@ class WordPieceVocabulary(vocab_lib.DocidTokenVocabulary):
       return []
     ids = self.pieces(" ".join(words))
     if self._unk in ids:
-      raise ValueError(f"docid {docid!r}: words {' '.join(words)!r} contain "
-                       f"characters unknown to {self._path}")
+      raise ValueError(
+        f"docid {docid!r}: words {' '.join(words)!r} contain "
+        f"characters unknown to {self._path}"
+      )
     return ids
 
   # -- files --
@@ -201,11 +229,14 @@ class WordPieceVocabulary(vocab_lib.DocidTokenVocabulary):
   def save(self, path: Optional[str] = None) -> str:
     """Writes the docid tokens and the tokenizer's sha256, atomically."""
     path = path or self.default_json_path()
-    record = {"format": FORMAT,
-              "tokenizer": os.path.relpath(os.path.abspath(self._path),
-                                           os.path.dirname(os.path.abspath(path))),
-              "tokenizer_sha256": self.tokenizer_sha256,
-              "docid_tokens": list(self._docid_tokens)}
+    record = {
+      "format": FORMAT,
+      "tokenizer": os.path.relpath(
+        os.path.abspath(self._path), os.path.dirname(os.path.abspath(path))
+      ),
+      "tokenizer_sha256": self.tokenizer_sha256,
+      "docid_tokens": list(self._docid_tokens),
+    }
     atomic_io.write_text(path, json.dumps(record, indent=1))
     return path
 
@@ -223,26 +254,35 @@ class WordPieceVocabulary(vocab_lib.DocidTokenVocabulary):
     try:
       with open(path) as f:
         record = json.load(f)
-      tokenizer = os.path.join(os.path.dirname(os.path.abspath(path)),
-                               record["tokenizer"])
+      tokenizer = os.path.join(
+        os.path.dirname(os.path.abspath(path)), record["tokenizer"]
+      )
       expected, tokens = record["tokenizer_sha256"], record["docid_tokens"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-      raise ValueError(f"{path}: not a WordPiece vocabulary record: {e!r}") from e
+      raise ValueError(
+        f"{path}: not a WordPiece vocabulary record: {e!r}"
+      ) from e
     if record.get("format") != FORMAT:
       raise ValueError(f"{path}: field 'format' must be {FORMAT!r}")
     found = vocab_lib.file_sha256(tokenizer)
     if found != expected:
-      raise ValueError(f"{path}: tokenizer {tokenizer} has sha256 {found}, "
-                       f"saved with {expected}")
+      raise ValueError(
+        f"{path}: tokenizer {tokenizer} has sha256 {found}, "
+        f"saved with {expected}"
+      )
     return cls(tokenizer, tokens)
 
   def __eq__(self, other) -> bool:
-    return (isinstance(other, WordPieceVocabulary)
-            and self.fingerprint == other.fingerprint)
+    return (
+      isinstance(other, WordPieceVocabulary)
+      and self.fingerprint == other.fingerprint
+    )
 
   def __hash__(self) -> int:
     return hash(self.fingerprint)
 
   def __repr__(self) -> str:
-    return (f"WordPieceVocabulary({self._path!r}, pieces={self.base_size}, "
-            f"docid_tokens={len(self._docid_tokens)})")
+    return (
+      f"WordPieceVocabulary({self._path!r}, pieces={self.base_size}, "
+      f"docid_tokens={len(self._docid_tokens)})"
+    )

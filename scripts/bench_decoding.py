@@ -42,6 +42,7 @@ it is above 0.5 per core (timings of a shared machine are not comparable).
 --device=gpu runs the same on the default JAX/torch GPU with the t5_base
 config (nothing here is GPU-specific).
 """
+
 import json
 import os
 import statistics
@@ -56,30 +57,40 @@ sys.path.insert(0, REPO_ROOT)
 
 _OUT = flags.DEFINE_string('out', None, 'Write the results JSON here.')
 _DEVICE = flags.DEFINE_enum('device', 'cpu', ['cpu', 'gpu'], 'JAX platform.')
-_MODELS = flags.DEFINE_list('models', None,
-                            'Model configs (default tiny,small; base on GPU).')
-_SIZES = flags.DEFINE_list('sizes', ['1000', '100000', '1000000'],
-                           'Docid counts for the overhead table.')
-_PEER_SIZE = flags.DEFINE_integer('peer_size', 100000,
-                                  'Docids for the HF comparison (0 = skip).')
-_PEER_MODELS = flags.DEFINE_list('peer_models', ['tiny'],
-                                 'Model configs compared with HF.')
+_MODELS = flags.DEFINE_list(
+  'models', None, 'Model configs (default tiny,small; base on GPU).'
+)
+_SIZES = flags.DEFINE_list(
+  'sizes', ['1000', '100000', '1000000'], 'Docid counts for the overhead table.'
+)
+_PEER_SIZE = flags.DEFINE_integer(
+  'peer_size', 100000, 'Docids for the HF comparison (0 = skip).'
+)
+_PEER_MODELS = flags.DEFINE_list(
+  'peer_models', ['tiny'], 'Model configs compared with HF.'
+)
 _BATCH = flags.DEFINE_integer('batch', 8, 'Queries per batch.')
 _BEAM = flags.DEFINE_integer('beam', 10, 'Beam size (= top_k).')
 _REPS = flags.DEFINE_integer('reps', 7, 'Timed repetitions (median).')
-_QUICK = flags.DEFINE_bool('quick', False,
-                           'Fewer reps for models other than tiny (3), '
-                           'no dense-mask variant for them.')
+_QUICK = flags.DEFINE_bool(
+  'quick',
+  False,
+  'Fewer reps for models other than tiny (3), no dense-mask variant for them.',
+)
 _LEVELS = flags.DEFINE_integer('levels', 6, 'Docid tokens before EOS.')
 _BRANCHING = flags.DEFINE_integer('branching', 10, 'Digits per level.')
 _VOCAB = flags.DEFINE_integer('vocab', 32128, 'Vocabulary size.')
 _INPUT_LENGTH = flags.DEFINE_integer('input_length', 32, 'Query tokens.')
-_THREADS = flags.DEFINE_integer('threads', os.cpu_count(),
-                                'torch intra-op threads (JAX uses all cores).')
+_THREADS = flags.DEFINE_integer(
+  'threads', os.cpu_count(), 'torch intra-op threads (JAX uses all cores).'
+)
 _MODE = flags.DEFINE_enum(
-    'mode', 'all', ['all', 'output_layer'],
-    'all: overhead, peer and build tables; output_layer: the sparse output '
-    'layer vs the full one (and vs cross-attention K/V per step).')
+  'mode',
+  'all',
+  ['all', 'output_layer'],
+  'all: overhead, peer and build tables; output_layer: the sparse output '
+  'layer vs the full one (and vs cross-attention K/V per step).',
+)
 
 EOS = 1
 
@@ -87,7 +98,8 @@ EOS = 1
 def semantic_docids(count, levels, branching, vocab, seed=0):
   """`count` distinct random paths -> [count, levels + 1] int32, EOS last."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  total = branching ** levels
+
+  total = branching**levels
   if count > total:
     raise ValueError(f'--sizes: {count} docids > {branching}**{levels}')
   rng = np.random.default_rng(seed)
@@ -101,6 +113,7 @@ def semantic_docids(count, levels, branching, vocab, seed=0):
 
 def model_config(name, vocab):
   from gr import network  # pylint: disable=g-import-not-at-top
+
   return getattr(network.T5Config, name)(vocab, dropout_rate=0.0)
 
 
@@ -110,9 +123,11 @@ def build_tries(sizes, levels, branching, vocab):
   Bulk-built; also returns the seconds the largest took.
   """
   from gr import trie as trie_lib  # pylint: disable=g-import-not-at-top
+
   docids = {n: semantic_docids(n, levels, branching, vocab) for n in sizes}
   build = lambda n, **capacity: trie_lib.DocidTrie.from_padded(
-      docids[n], range(n), vocab_size=vocab, **capacity)
+    docids[n], range(n), vocab_size=vocab, **capacity
+  )
   largest = max(sizes)
   start = time.perf_counter()
   tries = {largest: build(largest)}
@@ -140,6 +155,7 @@ def make_search(model, beam, max_len, variant):
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from gr import decoding  # pylint: disable=g-import-not-at-top
   from gr import retrieval  # pylint: disable=g-import-not-at-top
+
   assert variant in VARIANTS, variant
 
   @jax.jit
@@ -152,8 +168,8 @@ def make_search(model, beam, max_len, variant):
     tokens = jnp.repeat(queries, beam, axis=0)  # --> [B * K, Li]
     cache = model.init_cache(params, batch, max_len)
     step_fn = retrieval.decoder_step_fn(
-        model, params, encoded, tokens,
-        sparse_output=variant == 'sparse_output')
+      model, params, encoded, tokens, sparse_output=variant == 'sparse_output'
+    )
 
     def tokens_to_logits(decoder_tokens, cache, step):
       logits, cache = step_fn(decoder_tokens, cache, step)
@@ -161,12 +177,19 @@ def make_search(model, beam, max_len, variant):
       return logits.at[:, EOS].set(-jnp.inf), cache
 
     if variant == 'none':
-      return decoding.beam_search(tokens_to_logits, cache, batch,
-                                  beam_size=beam, max_decode_len=max_len)[1]
+      return decoding.beam_search(
+        tokens_to_logits, cache, batch, beam_size=beam, max_decode_len=max_len
+      )[1]
     return decoding.constrained_beam_search(
-        step_fn, cache, batch, trie_arrays, beam_size=beam,
-        max_decode_len=max_len, dense_mask=variant == 'dense',
-        sparse_output=variant == 'sparse_output').documents
+      step_fn,
+      cache,
+      batch,
+      trie_arrays,
+      beam_size=beam,
+      max_decode_len=max_len,
+      dense_mask=variant == 'dense',
+      sparse_output=variant == 'sparse_output',
+    ).documents
 
   return search
 
@@ -177,6 +200,7 @@ def median_times(calls, reps):
   CPU time (all threads) is steadier than wall time on a shared machine.
   """
   import jax  # pylint: disable=g-import-not-at-top
+
   for call in calls.values():
     jax.block_until_ready(call())  # compile + warm-up
   times = {name: ([], []) for name in calls}
@@ -186,12 +210,15 @@ def median_times(calls, reps):
       jax.block_until_ready(call())
       times[name][0].append(time.perf_counter() - wall)
       times[name][1].append(time.process_time() - cpu)
-  return {name: (statistics.median(w), statistics.median(c))
-          for name, (w, c) in times.items()}
+  return {
+    name: (statistics.median(w), statistics.median(c))
+    for name, (w, c) in times.items()
+  }
 
 
 def random_queries(batch, length, vocab, seed=1):
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(seed)
   queries = rng.integers(2, vocab, (batch, length)).astype(np.int32)
   queries[:, -1] = EOS
@@ -211,14 +238,22 @@ def output_layer_rows(name, tries, reps):
   """Times the full output layer against the sparse one (and per-step
   cross-attention K/V), and compares their top-1 documents."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  rows, top1s = variant_rows(name, tries, reps,
-                             ['uncached', 'sparse', 'sparse_output'],
-                             baseline='sparse', with_top1=True)
+
+  rows, top1s = variant_rows(
+    name,
+    tries,
+    reps,
+    ['uncached', 'sparse', 'sparse_output'],
+    baseline='sparse',
+    with_top1=True,
+  )
   for row, top1 in zip(rows, top1s):
-    row['top1_same_as_full_normaliser'] = float(np.mean(
-        top1['sparse_output'] == top1['sparse']))
-    row['top1_uncached_equal'] = bool(np.all(top1['uncached']
-                                             == top1['sparse']))
+    row['top1_same_as_full_normaliser'] = float(
+      np.mean(top1['sparse_output'] == top1['sparse'])
+    )
+    row['top1_uncached_equal'] = bool(
+      np.all(top1['uncached'] == top1['sparse'])
+    )
     row['sparse_output_speedup'] = row['sparse_ms'] / row['sparse_output_ms']
     row['cached_kv_speedup'] = row['uncached_ms'] / row['sparse_ms']
     print(json.dumps(row), flush=True)
@@ -231,22 +266,31 @@ def variant_rows(name, tries, reps, variants, baseline, with_top1=False):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from gr import models  # pylint: disable=g-import-not-at-top
+
   model = models.EncoderDecoderModel(model_config(name, _VOCAB.value))
-  params = model.init_params(jax.random.PRNGKey(0),
-                             input_length=_INPUT_LENGTH.value, target_length=8)
+  params = model.init_params(
+    jax.random.PRNGKey(0), input_length=_INPUT_LENGTH.value, target_length=8
+  )
   queries = random_queries(_BATCH.value, _INPUT_LENGTH.value, _VOCAB.value)
   max_len = _LEVELS.value + 1
   fns = {v: make_search(model, _BEAM.value, max_len, v) for v in variants}
   rows, top1s = [], []
   for size, (_, trie) in sorted(tries.items()):
     arrays = trie.to_device()
-    calls = {v: (lambda f=f: f(params, queries, arrays))
-             for v, f in fns.items()}
+    calls = {
+      v: (lambda f=f: f(params, queries, arrays)) for v, f in fns.items()
+    }
     seconds = median_times(calls, reps)
     if with_top1:
       top1s.append({v: np.asarray(c())[:, 0] for v, c in calls.items()})
-    row = dict(model=name, docids=size, reps=reps, batch=_BATCH.value,
-               beam=_BEAM.value, max_decode_len=max_len)
+    row = dict(
+      model=name,
+      docids=size,
+      reps=reps,
+      batch=_BATCH.value,
+      beam=_BEAM.value,
+      max_decode_len=max_len,
+    )
     for v, (wall, cpu) in seconds.items():
       row.update({f'{v}_ms': 1e3 * wall, f'{v}_cpu_ms': 1e3 * cpu})
       if v != baseline:
@@ -283,10 +327,17 @@ def hf_generate_fn(hf_model, trie_dict, beam, max_len, torch_device):
     ids = torch.as_tensor(queries, device=torch_device)
     with torch.no_grad():
       return hf_model.generate(
-          input_ids=ids, attention_mask=ids > 0, num_beams=beam,
-          num_return_sequences=beam, max_new_tokens=max_len,
-          prefix_allowed_tokens_fn=allowed, length_penalty=0.0,
-          do_sample=False, early_stopping=False)
+        input_ids=ids,
+        attention_mask=ids > 0,
+        num_beams=beam,
+        num_return_sequences=beam,
+        max_new_tokens=max_len,
+        prefix_allowed_tokens_fn=allowed,
+        length_penalty=0.0,
+        do_sample=False,
+        early_stopping=False,
+      )
+
   return generate
 
 
@@ -295,14 +346,23 @@ def hf_model_and_params(name, vocab, torch_device):
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   from gr import hf_import  # pylint: disable=g-import-not-at-top
+
   ours = model_config(name, vocab)
   torch.manual_seed(0)
   config = transformers.T5Config(
-      vocab_size=vocab, d_model=ours.emb_dim, d_kv=ours.head_dim,
-      d_ff=ours.mlp_dim, num_layers=ours.num_encoder_layers,
-      num_decoder_layers=ours.num_decoder_layers, num_heads=ours.num_heads,
-      feed_forward_proj='gated-gelu', dropout_rate=0.0,
-      decoder_start_token_id=0, pad_token_id=0, eos_token_id=EOS)
+    vocab_size=vocab,
+    d_model=ours.emb_dim,
+    d_kv=ours.head_dim,
+    d_ff=ours.mlp_dim,
+    num_layers=ours.num_encoder_layers,
+    num_decoder_layers=ours.num_decoder_layers,
+    num_heads=ours.num_heads,
+    feed_forward_proj='gated-gelu',
+    dropout_rate=0.0,
+    decoder_start_token_id=0,
+    pad_token_id=0,
+    eos_token_id=EOS,
+  )
   hf_model = transformers.T5ForConditionalGeneration(config).eval()
   state = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
   config_ours = hf_import.config_from_hf(config.to_dict(), dropout_rate=0.0)
@@ -315,30 +375,47 @@ def peer_row(name, docids, trie, reps):
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   from gr import models  # pylint: disable=g-import-not-at-top
+
   torch.set_num_threads(_THREADS.value)
   torch_device = 'cuda' if _DEVICE.value == 'gpu' else 'cpu'
-  hf_model, config, params = hf_model_and_params(name, _VOCAB.value,
-                                                 torch_device)
+  hf_model, config, params = hf_model_and_params(
+    name, _VOCAB.value, torch_device
+  )
   max_len = _LEVELS.value + 1
-  ours = make_search(models.EncoderDecoderModel(config), _BEAM.value, max_len,
-                     'sparse')
-  theirs = hf_generate_fn(hf_model, dict_trie(docids), _BEAM.value, max_len,
-                          torch_device)
+  ours = make_search(
+    models.EncoderDecoderModel(config), _BEAM.value, max_len, 'sparse'
+  )
+  theirs = hf_generate_fn(
+    hf_model, dict_trie(docids), _BEAM.value, max_len, torch_device
+  )
   queries = random_queries(_BATCH.value, _INPUT_LENGTH.value, _VOCAB.value)
   arrays = trie.to_device()
-  seconds = median_times({'ours': lambda: ours(params, queries, arrays),
-                          'hf': lambda: theirs(queries)}, reps)
+  seconds = median_times(
+    {
+      'ours': lambda: ours(params, queries, arrays),
+      'hf': lambda: theirs(queries),
+    },
+    reps,
+  )
   (ours_s, ours_cpu), (hf_s, hf_cpu) = seconds['ours'], seconds['hf']
   our_top = np.asarray(ours(params, queries, arrays))[:, 0]
-  hf_ids = theirs(queries).cpu().numpy()[::_BEAM.value, 1:]  # [B, L] top-1
+  hf_ids = theirs(queries).cpu().numpy()[:: _BEAM.value, 1:]  # [B, L] top-1
   by_docid = {tuple(row): i for i, row in enumerate(docids.tolist())}
   hf_top = [by_docid.get(tuple(row[:max_len].tolist()), -1) for row in hf_ids]
   batch = _BATCH.value
-  row = dict(model=name, docids=len(docids), batch=batch, beam=_BEAM.value,
-             reps=reps, torch_threads=_THREADS.value,
-             ours_qps=batch / ours_s, hf_qps=batch / hf_s,
-             speedup=hf_s / ours_s, cpu_speedup=hf_cpu / ours_cpu,
-             top1_agreement=float(np.mean(our_top == np.array(hf_top))))
+  row = dict(
+    model=name,
+    docids=len(docids),
+    batch=batch,
+    beam=_BEAM.value,
+    reps=reps,
+    torch_threads=_THREADS.value,
+    ours_qps=batch / ours_s,
+    hf_qps=batch / hf_s,
+    speedup=hf_s / ours_s,
+    cpu_speedup=hf_cpu / ours_cpu,
+    top1_agreement=float(np.mean(our_top == np.array(hf_top))),
+  )
   print(json.dumps(row), flush=True)
   return row
 
@@ -346,36 +423,54 @@ def peer_row(name, docids, trie, reps):
 def build_row(docids, trie, bulk_build_s):
   """Host build (bulk and per docid), upload time, device bytes per docid."""
   from gr import trie as trie_lib  # pylint: disable=g-import-not-at-top
+
   start = time.perf_counter()
-  trie_lib.DocidTrie.build([tuple(row) for row in docids.tolist()],
-                           range(len(docids)), vocab_size=_VOCAB.value)
-  row = dict(docids=len(docids), bulk_build_s=bulk_build_s,
-             insert_build_s=time.perf_counter() - start)
+  trie_lib.DocidTrie.build(
+    [tuple(row) for row in docids.tolist()],
+    range(len(docids)),
+    vocab_size=_VOCAB.value,
+  )
+  row = dict(
+    docids=len(docids),
+    bulk_build_s=bulk_build_s,
+    insert_build_s=time.perf_counter() - start,
+  )
   start = time.perf_counter()
   trie.to_device().edge_child.block_until_ready()
-  row.update(to_device_s=time.perf_counter() - start, nodes=trie.num_nodes,
-             device_bytes=trie.memory_bytes(),
-             bytes_per_docid=trie.memory_bytes() / len(trie))
+  row.update(
+    to_device_s=time.perf_counter() - start,
+    nodes=trie.num_nodes,
+    device_bytes=trie.memory_bytes(),
+    bytes_per_docid=trie.memory_bytes() / len(trie),
+  )
   print(json.dumps(row), flush=True)
   return row
 
 
 def print_output_layer_table(results):
   """The output_layer rows as aligned text."""
-  print(f"\n{results['device']}; batch {_BATCH.value}, beam {_BEAM.value}, "
-        f"{_LEVELS.value}x{_BRANCHING.value}-ary docids, V={_VOCAB.value}")
-  print('ms per batch, wall (process CPU); sparse trie constraint with: '
-        'cross-attention K/V per step | K/V once + full output layer | '
-        'K/V once + sparse output layer')
-  print(f"{'model':6} {'docids':>8} {'K/V per step':>16} {'full output':>16}"
-        f" {'sparse output':>16} {'K/V x':>6} {'sparse x':>8} "
-        f"{'same top-1':>10}")
+  print(
+    f"\n{results['device']}; batch {_BATCH.value}, beam {_BEAM.value}, "
+    f"{_LEVELS.value}x{_BRANCHING.value}-ary docids, V={_VOCAB.value}"
+  )
+  print(
+    'ms per batch, wall (process CPU); sparse trie constraint with: '
+    'cross-attention K/V per step | K/V once + full output layer | '
+    'K/V once + sparse output layer'
+  )
+  print(
+    f"{'model':6} {'docids':>8} {'K/V per step':>16} {'full output':>16}"
+    f" {'sparse output':>16} {'K/V x':>6} {'sparse x':>8} "
+    f"{'same top-1':>10}"
+  )
   cell = lambda r, v: f"{r[f'{v}_ms']:7.1f} ({r[f'{v}_cpu_ms']:6.1f})"
   for r in results['output_layer']:
-    print(f"{r['model']:6} {r['docids']:8d} {cell(r, 'uncached')} "
-          f"{cell(r, 'sparse')} {cell(r, 'sparse_output')} "
-          f"{r['cached_kv_speedup']:6.2f} {r['sparse_output_speedup']:8.2f} "
-          f"{r['top1_same_as_full_normaliser']:10.2f}")
+    print(
+      f"{r['model']:6} {r['docids']:8d} {cell(r, 'uncached')} "
+      f"{cell(r, 'sparse')} {cell(r, 'sparse_output')} "
+      f"{r['cached_kv_speedup']:6.2f} {r['sparse_output_speedup']:8.2f} "
+      f"{r['top1_same_as_full_normaliser']:10.2f}"
+    )
   print_load(results)
 
 
@@ -384,38 +479,57 @@ def print_load(results):
   cores = results['cpu_count'] or 1
   for when in ('start', 'end'):
     load = results[f'load_average_at_{when}']
-    print(f"load average at {when}: {load[0]:.2f} {load[1]:.2f} "
-          f"{load[2]:.2f} ({cores} cores)")
+    print(
+      f"load average at {when}: {load[0]:.2f} {load[1]:.2f} "
+      f"{load[2]:.2f} ({cores} cores)"
+    )
     if load[0] > 0.5 * cores:
-      print(f'WARNING: load {load[0]:.2f} > 0.5 per core at {when}: the '
-            'machine is shared, timings are not comparable to a quiet run')
+      print(
+        f'WARNING: load {load[0]:.2f} > 0.5 per core at {when}: the '
+        'machine is shared, timings are not comparable to a quiet run'
+      )
 
 
 def print_table(results):
   """The overhead, peer and build rows as aligned text."""
-  print(f"\n{results['device']}; batch {_BATCH.value}, beam {_BEAM.value}, "
-        f"{_LEVELS.value}x{_BRANCHING.value}-ary docids, V={_VOCAB.value}")
+  print(
+    f"\n{results['device']}; batch {_BATCH.value}, beam {_BEAM.value}, "
+    f"{_LEVELS.value}x{_BRANCHING.value}-ary docids, V={_VOCAB.value}"
+  )
   print('ms per batch, wall (process CPU); overhead % vs unconstrained')
-  print(f"{'model':6} {'docids':>8} {'unconstrained':>15} {'sparse trie':>15}"
-        f" {'ovh %':>13} {'dense mask':>15} {'ovh %':>13}")
-  cell = lambda r, v: (f"{r[f'{v}_ms']:6.1f} ({r[f'{v}_cpu_ms']:6.1f})"
-                       if f'{v}_ms' in r else f"{'-':>15}")
-  pct = lambda r, v: (f"{r[f'{v}_overhead_pct']:5.1f} "
-                      f"({r[f'{v}_cpu_overhead_pct']:5.1f})"
-                      if f'{v}_ms' in r else f"{'-':>13}")
+  print(
+    f"{'model':6} {'docids':>8} {'unconstrained':>15} {'sparse trie':>15}"
+    f" {'ovh %':>13} {'dense mask':>15} {'ovh %':>13}"
+  )
+  cell = lambda r, v: (
+    f"{r[f'{v}_ms']:6.1f} ({r[f'{v}_cpu_ms']:6.1f})"
+    if f'{v}_ms' in r
+    else f"{'-':>15}"
+  )
+  pct = lambda r, v: (
+    f"{r[f'{v}_overhead_pct']:5.1f} ({r[f'{v}_cpu_overhead_pct']:5.1f})"
+    if f'{v}_ms' in r
+    else f"{'-':>13}"
+  )
   for r in results['overhead']:
-    print(f"{r['model']:6} {r['docids']:8d} {cell(r, 'none')} "
-          f"{cell(r, 'sparse')} {pct(r, 'sparse')} {cell(r, 'dense')} "
-          f"{pct(r, 'dense')}")
+    print(
+      f"{r['model']:6} {r['docids']:8d} {cell(r, 'none')} "
+      f"{cell(r, 'sparse')} {pct(r, 'sparse')} {cell(r, 'dense')} "
+      f"{pct(r, 'dense')}"
+    )
   for r in results['peer']:
-    print(f"vs HF+dict trie ({r['model']}, {r['docids']} docids): ours "
-          f"{r['ours_qps']:.1f} q/s, HF {r['hf_qps']:.2f} q/s, "
-          f"{r['speedup']:.1f}x (CPU time {r['cpu_speedup']:.1f}x); "
-          f"same top-1 {r['top1_agreement']:.2f}")
+    print(
+      f"vs HF+dict trie ({r['model']}, {r['docids']} docids): ours "
+      f"{r['ours_qps']:.1f} q/s, HF {r['hf_qps']:.2f} q/s, "
+      f"{r['speedup']:.1f}x (CPU time {r['cpu_speedup']:.1f}x); "
+      f"same top-1 {r['top1_agreement']:.2f}"
+    )
   b = results['build']
-  print(f"build at {b['docids']} docids: inserts {b['insert_build_s']:.1f} s"
-        f", bulk {b['bulk_build_s']:.1f} s, upload {b['to_device_s']:.2f} s, "
-        f"{b['bytes_per_docid']:.1f} device bytes/docid")
+  print(
+    f"build at {b['docids']} docids: inserts {b['insert_build_s']:.1f} s"
+    f", bulk {b['bulk_build_s']:.1f} s, upload {b['to_device_s']:.2f} s, "
+    f"{b['bytes_per_docid']:.1f} device bytes/docid"
+  )
   print_load(results)
 
 
@@ -433,22 +547,42 @@ def main(argv):
   del argv
   os.environ['JAX_PLATFORMS'] = 'cuda' if _DEVICE.value == 'gpu' else 'cpu'
   import jax  # pylint: disable=g-import-not-at-top
-  models = _MODELS.value or (['base'] if _DEVICE.value == 'gpu'
-                             else ['tiny', 'small'])
+
+  models = _MODELS.value or (
+    ['base'] if _DEVICE.value == 'gpu' else ['tiny', 'small']
+  )
   peer_size = _PEER_SIZE.value if _MODE.value == 'all' else 0
-  sizes = sorted({int(n) for n in _SIZES.value}
-                 | ({peer_size} if peer_size else set()))
-  tries, bulk_s = build_tries(sizes, _LEVELS.value, _BRANCHING.value,
-                                _VOCAB.value)
+  sizes = sorted(
+    {int(n) for n in _SIZES.value} | ({peer_size} if peer_size else set())
+  )
+  tries, bulk_s = build_tries(
+    sizes, _LEVELS.value, _BRANCHING.value, _VOCAB.value
+  )
   device = jax.devices()[0]
-  results = dict(device=f'{device.platform}: {device.device_kind}',
-                 cpu_count=os.cpu_count(), jax=jax.__version__,
-                 load_average_at_start=os.getloadavg(),
-                 flags={f: getattr(flags.FLAGS, f) for f in (
-                     'batch', 'beam', 'reps', 'quick', 'levels', 'branching',
-                     'vocab', 'input_length', 'threads', 'mode')})
-  print(f"load average at start: {results['load_average_at_start']}",
-        flush=True)
+  results = dict(
+    device=f'{device.platform}: {device.device_kind}',
+    cpu_count=os.cpu_count(),
+    jax=jax.__version__,
+    load_average_at_start=os.getloadavg(),
+    flags={
+      f: getattr(flags.FLAGS, f)
+      for f in (
+        'batch',
+        'beam',
+        'reps',
+        'quick',
+        'levels',
+        'branching',
+        'vocab',
+        'input_length',
+        'threads',
+        'mode',
+      )
+    },
+  )
+  print(
+    f"load average at start: {results['load_average_at_start']}", flush=True
+  )
   overhead_tries = {int(n): tries[int(n)] for n in _SIZES.value}
   if _MODE.value == 'output_layer':
     results['output_layer'] = []
@@ -465,10 +599,13 @@ def main(argv):
   for name in models:
     quick = _QUICK.value and name != 'tiny'
     results['overhead'] += overhead_rows(
-        name, overhead_tries, 3 if quick else _REPS.value, with_dense=not quick)
+      name, overhead_tries, 3 if quick else _REPS.value, with_dense=not quick
+    )
   results['peer'] = [
-      peer_row(name, *tries[_PEER_SIZE.value], 3 if _QUICK.value else
-               _REPS.value) for name in _PEER_MODELS.value if _PEER_SIZE.value]
+    peer_row(name, *tries[_PEER_SIZE.value], 3 if _QUICK.value else _REPS.value)
+    for name in _PEER_MODELS.value
+    if _PEER_SIZE.value
+  ]
   results['load_average_at_end'] = os.getloadavg()
   print_table(results)
   if _OUT.value:

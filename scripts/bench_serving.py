@@ -11,6 +11,7 @@ level is bounded by --requests and --max_seconds. The served index is a
 temporary copy seeded from the checkpoint's artifact: nothing is changed.
 Writes throughput and p50/p99 latency per level as JSON.
 """
+
 import asyncio
 import json
 import os
@@ -58,8 +59,9 @@ async def client_load(url: str, clients: int) -> dict:
       if time.perf_counter() > deadline:
         return
       start = time.perf_counter()
-      response = await http.post('/search', json={'query': texts[i],
-                                                   'k': _K.value})
+      response = await http.post(
+        '/search', json={'query': texts[i], 'k': _K.value}
+      )
       latencies.append(time.perf_counter() - start)
       errors += response.status_code != 200
 
@@ -69,10 +71,15 @@ async def client_load(url: str, clients: int) -> dict:
     await asyncio.gather(*(one_client(http) for _ in range(clients)))
     elapsed = time.perf_counter() - start
   ms = np.array(latencies) * 1000
-  return {'clients': clients, 'requests': len(latencies), 'errors': errors,
-          'seconds': elapsed, 'queries_per_s': len(latencies) / elapsed,
-          'p50_ms': float(np.percentile(ms, 50)),
-          'p99_ms': float(np.percentile(ms, 99))}
+  return {
+    'clients': clients,
+    'requests': len(latencies),
+    'errors': errors,
+    'seconds': elapsed,
+    'queries_per_s': len(latencies) / elapsed,
+    'p50_ms': float(np.percentile(ms, 50)),
+    'p99_ms': float(np.percentile(ms, 99)),
+  }
 
 
 def in_process_throughput(retriever) -> dict:
@@ -82,8 +89,10 @@ def in_process_throughput(retriever) -> dict:
     texts = queries(batch)
     retriever.retrieve(texts, _K.value)  # warm
     count, start = 0, time.perf_counter()
-    while (count < _REQUESTS.value
-           and time.perf_counter() - start < _MAX_SECONDS.value):
+    while (
+      count < _REQUESTS.value
+      and time.perf_counter() - start < _MAX_SECONDS.value
+    ):
       retriever.retrieve(texts, _K.value)
       count += batch
     result[f'batch_{batch}'] = count / (time.perf_counter() - start)
@@ -93,9 +102,15 @@ def in_process_throughput(retriever) -> dict:
 def serve_in_thread(retriever):
   import uvicorn  # pylint: disable=g-import-not-at-top
   from gr.web import app as web_app  # pylint: disable=g-import-not-at-top
-  server = uvicorn.Server(uvicorn.Config(web_app.create_app(retriever),
-                                         host='127.0.0.1', port=0,
-                                         log_level='warning'))
+
+  server = uvicorn.Server(
+    uvicorn.Config(
+      web_app.create_app(retriever),
+      host='127.0.0.1',
+      port=0,
+      log_level='warning',
+    )
+  )
   thread = threading.Thread(target=server.run)
   thread.start()
   while not server.started:
@@ -107,35 +122,54 @@ def serve_in_thread(retriever):
 def run_clients(url: str, clients: int) -> dict:
   """One client process per level, so clients do not share our GIL."""
   output = subprocess.run(
-      [sys.executable, __file__, f'--client_url={url}',
-       f'--client_n={clients}', f'--requests={_REQUESTS.value}',
-       f'--max_seconds={_MAX_SECONDS.value}', f'--k={_K.value}'],
-      check=True, capture_output=True, text=True).stdout
+    [
+      sys.executable,
+      __file__,
+      f'--client_url={url}',
+      f'--client_n={clients}',
+      f'--requests={_REQUESTS.value}',
+      f'--max_seconds={_MAX_SECONDS.value}',
+      f'--k={_K.value}',
+    ],
+    check=True,
+    capture_output=True,
+    text=True,
+  ).stdout
   return json.loads(output.strip().splitlines()[-1])
 
 
 def main(argv):
   del argv
   if _CLIENT_URL.value:
-    print(json.dumps(asyncio.run(client_load(_CLIENT_URL.value,
-                                             _CLIENT_N.value))))
+    print(
+      json.dumps(asyncio.run(client_load(_CLIENT_URL.value, _CLIENT_N.value)))
+    )
     return
   if not _CHECKPOINT.value:
     raise app.UsageError('--checkpoint is required (a run\'s model dir)')
   logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO
   from gr import serving  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
+
   retriever = serving.Retriever.from_checkpoint(
-      _CHECKPOINT.value, index_dir=tempfile.mkdtemp(prefix='bench_index'),
-      config=serving.ServingConfig(max_k=max(10, _K.value)))
+    _CHECKPOINT.value,
+    index_dir=tempfile.mkdtemp(prefix='bench_index'),
+    config=serving.ServingConfig(max_k=max(10, _K.value)),
+  )
   retriever.warm_up()
-  result = {'checkpoint': os.path.abspath(_CHECKPOINT.value),
-            'documents': retriever.num_docs, 'k': _K.value,
-            'device': str(jax.devices()[0]), 'cpus': os.cpu_count(),
-            'machine': platform.platform(), 'load_avg': os.getloadavg(),
-            'commit': subprocess.run(['git', '-C', REPO, 'rev-parse', 'HEAD'],
-                                     capture_output=True, text=True).stdout.strip(),
-            'in_process': in_process_throughput(retriever)}
+  result = {
+    'checkpoint': os.path.abspath(_CHECKPOINT.value),
+    'documents': retriever.num_docs,
+    'k': _K.value,
+    'device': str(jax.devices()[0]),
+    'cpus': os.cpu_count(),
+    'machine': platform.platform(),
+    'load_avg': os.getloadavg(),
+    'commit': subprocess.run(
+      ['git', '-C', REPO, 'rev-parse', 'HEAD'], capture_output=True, text=True
+    ).stdout.strip(),
+    'in_process': in_process_throughput(retriever),
+  }
   server, thread, url = serve_in_thread(retriever)
   result['service'] = [run_clients(url, int(n)) for n in _CLIENTS.value]
   server.should_exit = True

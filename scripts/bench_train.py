@@ -12,6 +12,7 @@ When JAX sees a GPU it also prints model FLOPs utilisation (see
 `train_flops`); torch then runs wherever it can (CPU here), so the ratio is
 not like for like.
 """
+
 import json
 import os
 import time
@@ -29,31 +30,38 @@ from gr import models
 from gr import network
 
 CONFIGS = {  # name -> T5Config overrides on top of the tiny preset
-    'tiny': {},
-    'd256': dict(emb_dim=256, num_heads=4, head_dim=64, mlp_dim=1024,
-                 num_encoder_layers=4, num_decoder_layers=4),
+  'tiny': {},
+  'd256': dict(
+    emb_dim=256,
+    num_heads=4,
+    head_dim=64,
+    mlp_dim=1024,
+    num_encoder_layers=4,
+    num_decoder_layers=4,
+  ),
 }
 PEAK_TFLOPS = {'bfloat16': 989.0, 'float32': 494.0}  # H100/H200 dense bf16/tf32
 
 # name -> flag holder; main() gathers their values into `args`.
 _FLAGS = {
-    'configs': flags.DEFINE_string(
-        'configs', 'tiny,d256', f'Comma-separated names of {sorted(CONFIGS)}.'),
-    'vocab': flags.DEFINE_integer('vocab', 32128, 'Vocabulary size.'),
-    'batch': flags.DEFINE_integer('batch', 32, 'Batch size.'),
-    'input_length': flags.DEFINE_integer('input_length', 64, 'Input length.'),
-    'target_length': flags.DEFINE_integer('target_length', 8,
-                                          'Target length.'),
-    'warmup': flags.DEFINE_integer('warmup', 2, 'Untimed warm-up steps.'),
-    'steps': flags.DEFINE_integer('steps', 10, 'Timed steps.'),
-    'threads': flags.DEFINE_integer('threads', os.cpu_count(),
-                                    'torch threads.'),
-    'dtype': flags.DEFINE_enum('dtype', 'float32', list(network.DTYPES),
-                               'Activation dtype.'),
-    'peak_tflops': flags.DEFINE_float(
-        'peak_tflops', None, 'Peak TFLOP/s for MFU (default by dtype).'),
-    'skip_hf': flags.DEFINE_bool('skip_hf', False, 'Skip the PyTorch side.'),
-    'out': flags.DEFINE_string('out', None, 'JSON results file.'),
+  'configs': flags.DEFINE_string(
+    'configs', 'tiny,d256', f'Comma-separated names of {sorted(CONFIGS)}.'
+  ),
+  'vocab': flags.DEFINE_integer('vocab', 32128, 'Vocabulary size.'),
+  'batch': flags.DEFINE_integer('batch', 32, 'Batch size.'),
+  'input_length': flags.DEFINE_integer('input_length', 64, 'Input length.'),
+  'target_length': flags.DEFINE_integer('target_length', 8, 'Target length.'),
+  'warmup': flags.DEFINE_integer('warmup', 2, 'Untimed warm-up steps.'),
+  'steps': flags.DEFINE_integer('steps', 10, 'Timed steps.'),
+  'threads': flags.DEFINE_integer('threads', os.cpu_count(), 'torch threads.'),
+  'dtype': flags.DEFINE_enum(
+    'dtype', 'float32', list(network.DTYPES), 'Activation dtype.'
+  ),
+  'peak_tflops': flags.DEFINE_float(
+    'peak_tflops', None, 'Peak TFLOP/s for MFU (default by dtype).'
+  ),
+  'skip_hf': flags.DEFINE_bool('skip_hf', False, 'Skip the PyTorch side.'),
+  'out': flags.DEFINE_string('out', None, 'JSON results file.'),
 }
 
 
@@ -68,11 +76,15 @@ def train_flops(cfg: network.T5Config, batch: int, li: int, lt: int) -> float:
   """
   d, inner, f = cfg.emb_dim, cfg.num_heads * cfg.head_dim, cfg.mlp_dim
   attn, mlp = 4 * d * inner, len(cfg.mlp_activations) * d * f + f * d
-  enc = cfg.num_encoder_layers * (batch * li * (attn + mlp)
-                                  + batch * 2 * li * li * inner)
+  enc = cfg.num_encoder_layers * (
+    batch * li * (attn + mlp) + batch * 2 * li * li * inner
+  )
   dec_tokens = batch * lt * (attn + 2 * d * inner + mlp)
-  dec = cfg.num_decoder_layers * (dec_tokens + batch * li * 2 * d * inner
-                                  + batch * 2 * (lt * lt + lt * li) * inner)
+  dec = cfg.num_decoder_layers * (
+    dec_tokens
+    + batch * li * 2 * d * inner
+    + batch * 2 * (lt * lt + lt * li) * inner
+  )
   return 6.0 * (enc + dec + batch * lt * d * cfg.vocab_size)
 
 
@@ -80,12 +92,14 @@ def make_batch(cfg, batch, li, lt, seed=0):
   rng = np.random.RandomState(seed)
   targets = rng.randint(3, cfg.vocab_size, (batch, lt)).astype(np.int32)
   targets[:, -1] = 1
-  return {'encoder_input_tokens': rng.randint(
-              3, cfg.vocab_size, (batch, li)).astype(np.int32),
-          'decoder_input_tokens': np.asarray(
-              models.shift_targets_right(targets)),
-          'decoder_target_tokens': targets,
-          'decoder_loss_weights': np.ones((batch, lt), np.float32)}
+  return {
+    'encoder_input_tokens': rng.randint(3, cfg.vocab_size, (batch, li)).astype(
+      np.int32
+    ),
+    'decoder_input_tokens': np.asarray(models.shift_targets_right(targets)),
+    'decoder_target_tokens': targets,
+    'decoder_loss_weights': np.ones((batch, lt), np.float32),
+  }
 
 
 def time_steps(step, warmup: int, steps: int) -> float:
@@ -102,19 +116,27 @@ def time_steps(step, warmup: int, steps: int) -> float:
 def bench_ours(cfg, batch, warmup, steps):
   model = models.EncoderDecoderModel(cfg)
   optimizer = optax.adamw(1e-4, weight_decay=0.01)
-  params = model.init_params(jax.random.PRNGKey(0), input_length=8,
-                             target_length=8)
-  state = {'params': params, 'opt': optimizer.init(params),
-           'rng': jax.random.PRNGKey(1)}
+  params = model.init_params(
+    jax.random.PRNGKey(0), input_length=8, target_length=8
+  )
+  state = {
+    'params': params,
+    'opt': optimizer.init(params),
+    'rng': jax.random.PRNGKey(1),
+  }
 
   @jax.jit
   def train_step(state, batch):
     rng, dropout_rng = jax.random.split(state['rng'])
     grads, metrics = jax.grad(model.loss_fn, has_aux=True)(
-        state['params'], batch, dropout_rng)
+      state['params'], batch, dropout_rng
+    )
     updates, opt = optimizer.update(grads, state['opt'], state['params'])
-    return {'params': optax.apply_updates(state['params'], updates),
-            'opt': opt, 'rng': rng}, metrics['loss']
+    return {
+      'params': optax.apply_updates(state['params'], updates),
+      'opt': opt,
+      'rng': rng,
+    }, metrics['loss']
 
   batch = jax.device_put(batch)
 
@@ -122,31 +144,43 @@ def bench_ours(cfg, batch, warmup, steps):
     nonlocal state
     state, loss = train_step(state, batch)
     return loss
+
   return time_steps(step, warmup, steps), sum(
-      x.size for x in jax.tree.leaves(params))
+    x.size for x in jax.tree.leaves(params)
+  )
 
 
 def bench_hf(cfg, batch, warmup, steps, threads):
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
+
   torch.set_num_threads(threads)
   torch.manual_seed(0)
   hf_config = transformers.T5Config(
-      vocab_size=cfg.vocab_size, d_model=cfg.emb_dim, d_kv=cfg.head_dim,
-      d_ff=cfg.mlp_dim, num_layers=cfg.num_encoder_layers,
-      num_decoder_layers=cfg.num_decoder_layers, num_heads=cfg.num_heads,
-      feed_forward_proj='gated-gelu', tie_word_embeddings=False,
-      dropout_rate=cfg.dropout_rate, attn_implementation='eager')
+    vocab_size=cfg.vocab_size,
+    d_model=cfg.emb_dim,
+    d_kv=cfg.head_dim,
+    d_ff=cfg.mlp_dim,
+    num_layers=cfg.num_encoder_layers,
+    num_decoder_layers=cfg.num_decoder_layers,
+    num_heads=cfg.num_heads,
+    feed_forward_proj='gated-gelu',
+    tie_word_embeddings=False,
+    dropout_rate=cfg.dropout_rate,
+    attn_implementation='eager',
+  )
   model = transformers.T5ForConditionalGeneration(hf_config).train()
   # transformers 5.x ties lm_head to shared; untie it as our config is.
-  model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach()
-                                            .clone())
-  optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4,
-                                weight_decay=0.01)
-  inputs = {'input_ids': torch.tensor(batch['encoder_input_tokens']),
-            'attention_mask': torch.tensor(batch['encoder_input_tokens'] > 0),
-            'decoder_input_ids': torch.tensor(batch['decoder_input_tokens']),
-            'labels': torch.tensor(batch['decoder_target_tokens']).long()}
+  model.lm_head.weight = torch.nn.Parameter(
+    model.shared.weight.detach().clone()
+  )
+  optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+  inputs = {
+    'input_ids': torch.tensor(batch['encoder_input_tokens']),
+    'attention_mask': torch.tensor(batch['encoder_input_tokens'] > 0),
+    'decoder_input_ids': torch.tensor(batch['decoder_input_tokens']),
+    'labels': torch.tensor(batch['decoder_target_tokens']).long(),
+  }
 
   def step():
     loss = model(**inputs).loss
@@ -154,8 +188,10 @@ def bench_hf(cfg, batch, warmup, steps, threads):
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.item()
+
   return time_steps(step, warmup, steps), sum(
-      p.numel() for p in model.parameters())
+    p.numel() for p in model.parameters()
+  )
 
 
 def run_config(name, args):
@@ -175,35 +211,45 @@ def run_config(name, args):
 
 def print_table(rows, args):
   tokens = args.batch * args.target_length
-  print(f"{'config':8} {'params':>11} {'ours tok/s':>11} {'ours ex/s':>10} "
-        f"{'HF tok/s':>10} {'HF ex/s':>9} {'ours/HF':>8} {'MFU':>6}")
+  print(
+    f"{'config':8} {'params':>11} {'ours tok/s':>11} {'ours ex/s':>10} "
+    f"{'HF tok/s':>10} {'HF ex/s':>9} {'ours/HF':>8} {'MFU':>6}"
+  )
   for r in rows:
     hf = r.get('hf_s_per_step')
     ours = r['ours_s_per_step']
-    print(f"{r['config']:8} {r['params']:>11,} {tokens / ours:>11.1f} "
-          f"{args.batch / ours:>10.2f} "
-          f"{tokens / hf if hf else float('nan'):>10.1f} "
-          f"{args.batch / hf if hf else float('nan'):>9.2f} "
-          f"{hf / ours if hf else float('nan'):>8.2f} "
-          f"{r.get('mfu', float('nan')):>6.3f}")
+    print(
+      f"{r['config']:8} {r['params']:>11,} {tokens / ours:>11.1f} "
+      f"{args.batch / ours:>10.2f} "
+      f"{tokens / hf if hf else float('nan'):>10.1f} "
+      f"{args.batch / hf if hf else float('nan'):>9.2f} "
+      f"{hf / ours if hf else float('nan'):>8.2f} "
+      f"{r.get('mfu', float('nan')):>6.3f}"
+    )
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   args = types.SimpleNamespace(
-      **{name: holder.value for name, holder in _FLAGS.items()})
+    **{name: holder.value for name, holder in _FLAGS.items()}
+  )
   unknown = [n for n in args.configs.split(',') if n not in CONFIGS]
   if unknown:
-    raise app.UsageError(f'--configs: unknown {unknown}, known '
-                         f'{sorted(CONFIGS)}')
+    raise app.UsageError(
+      f'--configs: unknown {unknown}, known {sorted(CONFIGS)}'
+    )
   args.peak_tflops = args.peak_tflops or PEAK_TFLOPS[args.dtype]
   rows = [run_config(name, args) for name in args.configs.split(',')]
   print_table(rows, args)
   if args.out:
-    result = {'args': vars(args), 'backend': jax.default_backend(),
-              'device': str(jax.devices()[0]), 'rows': rows,
-              'flops_formula': train_flops.__doc__}
+    result = {
+      'args': vars(args),
+      'backend': jax.default_backend(),
+      'device': str(jax.devices()[0]),
+      'rows': rows,
+      'flops_formula': train_flops.__doc__,
+    }
     atomic_io.write_text(args.out, json.dumps(result, indent=1))
 
 

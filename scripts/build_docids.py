@@ -8,6 +8,7 @@ otherwise kept as strings (method=tfidf). Semantic (and multi with a semantic
 part) embed document bodies with MiniLM, cached in --embeddings_cache
 (default <data_dir>/embeddings/minilm_bodies.npy); reused when the bodies match.
 """
+
 import json
 import os
 import time
@@ -21,14 +22,18 @@ from gr.data import beir
 from gr.docids import stats
 
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'BEIR folder.', required=True)
-_SCHEME = flags.DEFINE_enum('scheme', None, sorted(docids.SCHEMES),
-                            'Docid scheme.', required=True)
-_OUT = flags.DEFINE_string('out', None, 'Output table directory.',
-                           required=True)
+_SCHEME = flags.DEFINE_enum(
+  'scheme', None, sorted(docids.SCHEMES), 'Docid scheme.', required=True
+)
+_OUT = flags.DEFINE_string(
+  'out', None, 'Output table directory.', required=True
+)
 _PARAM = flags.DEFINE_multi_string('param', [], 'Scheme parameter key=value.')
 _EMBEDDINGS_CACHE = flags.DEFINE_string(
-    'embeddings_cache', None,
-    'Body embeddings cache (default <data_dir>/embeddings/minilm_bodies.npy).')
+  'embeddings_cache',
+  None,
+  'Body embeddings cache (default <data_dir>/embeddings/minilm_bodies.npy).',
+)
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 128, 'Embedding batch size.')
 
 
@@ -59,20 +64,26 @@ def main(argv) -> None:
   kwargs, embed_seconds = {}, 0.0
   if needs_embeddings(scheme):
     from gr import embed  # pylint: disable=g-import-not-at-top
+
     cache = _EMBEDDINGS_CACHE.value or os.path.join(
-        _DATA_DIR.value, "embeddings", "minilm_bodies.npy")
+      _DATA_DIR.value, "embeddings", "minilm_bodies.npy"
+    )
     start = time.perf_counter()
     kwargs["embeddings"] = embed.embed_with_cache(
-        [d.text for d in corpus.values()], cache,
-        lambda texts: embed.Embedder.load().embed(texts, _BATCH_SIZE.value))
+      [d.text for d in corpus.values()],
+      cache,
+      lambda texts: embed.Embedder.load().embed(texts, _BATCH_SIZE.value),
+    )
     embed_seconds = time.perf_counter() - start
   start = time.perf_counter()
   table = scheme.assign(corpus, **kwargs)
   build_seconds = time.perf_counter() - start
   table.save(_OUT.value)
   print(stats.format_statistics(stats.docid_statistics(table)))
-  print(f"embedding time {embed_seconds:.1f} s (incl. model load, 0 if cached "
-        f"or unused); assign time {build_seconds:.1f} s; saved to {_OUT.value}")
+  print(
+    f"embedding time {embed_seconds:.1f} s (incl. model load, 0 if cached "
+    f"or unused); assign time {build_seconds:.1f} s; saved to {_OUT.value}"
+  )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 Offline and deterministic: the same seed gives byte-identical files. See
 gr/data/news.py for what the folder holds.
 """
+
 import json
 
 from absl import app
@@ -14,8 +15,9 @@ from gr import gin_cli
 from gr.data import news
 
 _OUT = flags.DEFINE_string("out", None, "Output BEIR folder.", required=True)
-_SEED = flags.DEFINE_integer("seed", 0,
-                             "Seed of the train/dev/test query split.")
+_SEED = flags.DEFINE_integer(
+  "seed", 0, "Seed of the train/dev/test query split."
+)
 
 
 def main(argv) -> None:

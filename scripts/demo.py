@@ -6,6 +6,7 @@ Builds the shipped news benchmark into data/news if it is not there, then
 runs the demo experiment (tiny T5 on CPU) and prints the table. Leaves the
 index, a checkpoint, TensorBoard logs and TREC run files under runs/demo.
 """
+
 import os
 import time
 
@@ -16,11 +17,13 @@ from gr import experiment
 from gr import gin_cli
 from gr.data import news
 
-_GIN_FILES = flags.DEFINE_multi_string('gin_file', ['configs/demo.gin'],
-                                       'Gin config files.')
+_GIN_FILES = flags.DEFINE_multi_string(
+  'gin_file', ['configs/demo.gin'], 'Gin config files.'
+)
 _GIN_BINDINGS = flags.DEFINE_multi_string('gin_bindings', [], 'Bindings.')
-_DATA_DIR = flags.DEFINE_string('data_dir', 'data/news',
-                                'Where the news benchmark is (or is built).')
+_DATA_DIR = flags.DEFINE_string(
+  'data_dir', 'data/news', 'Where the news benchmark is (or is built).'
+)
 
 
 def main(argv):

@@ -10,6 +10,7 @@ writes results.json, results.csv, results.md and PNG plots to WORKDIR
 already finished. --docs_fraction / --max_docs_per_period shrink the corpus
 (shorthand for the run_dynamic_experiment bindings).
 """
+
 from absl import app
 from absl import flags
 
@@ -17,15 +18,20 @@ from gr import dynamic
 from gr import gin_cli
 
 _GIN_FILES = flags.DEFINE_multi_string('gin_file', [], 'Gin config files.')
-_GIN_BINDINGS = flags.DEFINE_multi_string('gin_bindings', [],
-                                          'Gin bindings, after the files.')
+_GIN_BINDINGS = flags.DEFINE_multi_string(
+  'gin_bindings', [], 'Gin bindings, after the files.'
+)
 _DOCS_FRACTION = flags.DEFINE_float(
-    'docs_fraction', None, 'Fraction of each period\'s documents to use.')
+  'docs_fraction', None, 'Fraction of each period\'s documents to use.'
+)
 _MAX_DOCS = flags.DEFINE_integer(
-    'max_docs_per_period', None, 'Cap on documents per period (0: none).')
+  'max_docs_per_period', None, 'Cap on documents per period (0: none).'
+)
 _CACHE_DIR = flags.DEFINE_string(
-    'compilation_cache_dir', '/tmp/gr_jax_cache',
-    'Persistent XLA cache: identical train/search steps compile once.')
+  'compilation_cache_dir',
+  '/tmp/gr_jax_cache',
+  'Persistent XLA cache: identical train/search steps compile once.',
+)
 
 
 def size_bindings() -> list[str]:
@@ -33,15 +39,18 @@ def size_bindings() -> list[str]:
   bindings = []
   if _DOCS_FRACTION.value is not None:
     bindings.append(
-        f'run_dynamic_experiment.docs_fraction = {_DOCS_FRACTION.value}')
+      f'run_dynamic_experiment.docs_fraction = {_DOCS_FRACTION.value}'
+    )
   if _MAX_DOCS.value is not None:
     bindings.append(
-        f'run_dynamic_experiment.max_docs_per_period = {_MAX_DOCS.value}')
+      f'run_dynamic_experiment.max_docs_per_period = {_MAX_DOCS.value}'
+    )
   return bindings
 
 
 def enable_compilation_cache(path: str) -> None:
   import jax  # pylint: disable=g-import-not-at-top
+
   jax.config.update('jax_compilation_cache_dir', path)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
@@ -53,8 +62,9 @@ def main(argv):
   if _CACHE_DIR.value:
     enable_compilation_cache(_CACHE_DIR.value)
   gin_cli.quiet_orbax_info()
-  gin_cli.parse_gin(_GIN_FILES.value,
-                    list(_GIN_BINDINGS.value) + size_bindings())
+  gin_cli.parse_gin(
+    _GIN_FILES.value, list(_GIN_BINDINGS.value) + size_bindings()
+  )
   results = dynamic.run_dynamic_experiment()
   last = len(results['periods']) - 1
   print(dynamic.format_table(dynamic.summary_rows(results), last))

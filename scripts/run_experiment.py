@@ -7,6 +7,7 @@ Prints the GR vs BM25 table and leaves the index, checkpoints, TensorBoard
 logs, TREC run files and results.json under WORKDIR. Run again with the
 same WORKDIR, it reuses the index and resumes training.
 """
+
 from absl import app
 from absl import flags
 

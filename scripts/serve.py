@@ -10,6 +10,7 @@ need the bearer token read from --token_file or $GR_SERVE_TOKEN; without one
 they are disabled. SIGTERM / Ctrl-C shut down gracefully: in-flight requests
 finish and updates are on disk before the process exits.
 """
+
 import os
 
 from absl import app
@@ -21,23 +22,31 @@ from gr import gin_cli
 from gr import serving
 from gr.web import app as web_app
 
-_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'orbax model_dir.',
-                                  required=True)
+_CHECKPOINT = flags.DEFINE_string(
+  'checkpoint', None, 'orbax model_dir.', required=True
+)
 _STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (latest if unset).')
 _INDEX_DIR = flags.DEFINE_string(
-    'index_dir', None, 'Served index dir (default: <checkpoint>/../index).')
+  'index_dir', None, 'Served index dir (default: <checkpoint>/../index).'
+)
 _CORPUS = flags.DEFINE_string('corpus', None, 'corpus.jsonl for titles.')
 _HOST = flags.DEFINE_string('host', '127.0.0.1', 'Address to bind.')
 _PORT = flags.DEFINE_integer('port', 8000, 'Port to bind.')
-_ALLOW_REMOTE = flags.DEFINE_bool('allow_remote', False,
-                                  'Allow a non-loopback --host.')
-_TOKEN_FILE = flags.DEFINE_string('token_file', None,
-                                  'File holding the bearer token.')
+_ALLOW_REMOTE = flags.DEFINE_bool(
+  'allow_remote', False, 'Allow a non-loopback --host.'
+)
+_TOKEN_FILE = flags.DEFINE_string(
+  'token_file', None, 'File holding the bearer token.'
+)
 _MAX_K = flags.DEFINE_integer('max_k', 10, 'Largest k a request may ask.')
-_BUCKETS = flags.DEFINE_list('buckets', ['1', '4', '16', '32'],
-                             'Compiled batch sizes; the largest is the max.')
-_MAX_WAIT_MS = flags.DEFINE_float('max_wait_ms', 2.0,
-                                  'Micro-batching wait for a fuller batch.')
+_BUCKETS = flags.DEFINE_list(
+  'buckets',
+  ['1', '4', '16', '32'],
+  'Compiled batch sizes; the largest is the max.',
+)
+_MAX_WAIT_MS = flags.DEFINE_float(
+  'max_wait_ms', 2.0, 'Micro-batching wait for a fuller batch.'
+)
 
 
 def read_token() -> str | None:
@@ -52,8 +61,10 @@ def read_token() -> str | None:
 
 def check_host(host: str) -> None:
   if not web_app.is_loopback(host) and not _ALLOW_REMOTE.value:
-    raise app.UsageError(f'--host={host} is not loopback: add --allow_remote '
-                         '(and put TLS and a token in front of it)')
+    raise app.UsageError(
+      f'--host={host} is not loopback: add --allow_remote '
+      '(and put TLS and a token in front of it)'
+    )
 
 
 def main(argv):
@@ -62,15 +73,26 @@ def main(argv):
   check_host(_HOST.value)
   logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO
   config = serving.ServingConfig(
-      max_k=_MAX_K.value, buckets=tuple(int(b) for b in _BUCKETS.value),
-      max_wait_ms=_MAX_WAIT_MS.value)
+    max_k=_MAX_K.value,
+    buckets=tuple(int(b) for b in _BUCKETS.value),
+    max_wait_ms=_MAX_WAIT_MS.value,
+  )
   retriever = serving.Retriever.from_checkpoint(
-      _CHECKPOINT.value, index_dir=_INDEX_DIR.value, step=_STEP.value,
-      config=config, corpus_path=_CORPUS.value)
+    _CHECKPOINT.value,
+    index_dir=_INDEX_DIR.value,
+    step=_STEP.value,
+    config=config,
+    corpus_path=_CORPUS.value,
+  )
   try:
     service = web_app.create_app(retriever, token=read_token())
-    uvicorn.run(service, host=_HOST.value, port=_PORT.value,
-                timeout_graceful_shutdown=30, log_level='info')
+    uvicorn.run(
+      service,
+      host=_HOST.value,
+      port=_PORT.value,
+      timeout_graceful_shutdown=30,
+      log_level='info',
+    )
   finally:
     retriever.close()
 

@@ -12,6 +12,7 @@ every process (the same command otherwise).
 Started again with the same command after a crash, it resumes from the last
 checkpoint in MODEL_DIR.
 """
+
 from absl import app
 from absl import flags
 
@@ -20,11 +21,14 @@ from gr import partitioning
 from gr import train as train_lib
 
 _GIN_FILES = flags.DEFINE_multi_string(
-    'gin_file', [], 'Gin config files, applied in order.')
+  'gin_file', [], 'Gin config files, applied in order.'
+)
 _GIN_BINDINGS = flags.DEFINE_multi_string(
-    'gin_bindings', [], 'Gin bindings, applied after the files.')
+  'gin_bindings', [], 'Gin bindings, applied after the files.'
+)
 _COORDINATOR = flags.DEFINE_string(
-    'coordinator_address', None, 'host:port of process 0 (multi-host).')
+  'coordinator_address', None, 'host:port of process 0 (multi-host).'
+)
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', 1, 'Processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', 0, "This process's index.")
 
@@ -34,7 +38,8 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if _COORDINATOR.value:
     partitioning.initialize_distributed(
-        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+      _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
+    )
   gin_cli.quiet_orbax_info()
   gin_cli.parse_gin(_GIN_FILES.value, _GIN_BINDINGS.value)
   train_lib.train()

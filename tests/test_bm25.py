@@ -1,4 +1,5 @@
 """Tests for gr/baselines/bm25.py on a tiny synthetic corpus."""
+
 import math
 
 import pytest
@@ -8,23 +9,26 @@ from gr.baselines import bm25
 from gr.data import beir
 
 _TEXTS = {
-    "cats": ("", "Cats purr and chase mice around the house."),
-    "dogs": ("", "Dogs bark loudly and fetch sticks in parks."),
-    "fish": ("", "Fish swim silently in the cold river."),
-    # Its title matches 'volcano' but only its text is indexed.
-    "decoy": ("Volcano eruption", "Bread rises in a warm oven."),
-    "lava": ("", "A volcano erupted and lava flowed downhill."),
+  "cats": ("", "Cats purr and chase mice around the house."),
+  "dogs": ("", "Dogs bark loudly and fetch sticks in parks."),
+  "fish": ("", "Fish swim silently in the cold river."),
+  # Its title matches 'volcano' but only its text is indexed.
+  "decoy": ("Volcano eruption", "Bread rises in a warm oven."),
+  "lava": ("", "A volcano erupted and lava flowed downhill."),
 }
-CORPUS = {i: beir.Document(i, title, text) for i, (title, text) in
-          _TEXTS.items()}
+CORPUS = {
+  i: beir.Document(i, title, text) for i, (title, text) in _TEXTS.items()
+}
 
 
 def test_obvious_document_ranks_first():
-  run = bm25.bm25_run(CORPUS, {"q1": "barking dog", "q2": "swimming fishes",
-                               "q3": "volcano eruption"})
+  run = bm25.bm25_run(
+    CORPUS,
+    {"q1": "barking dog", "q2": "swimming fishes", "q3": "volcano eruption"},
+  )
   assert metrics.ranked(run["q1"])[0][0] == "dogs"
-  assert metrics.ranked(run["q2"])[0][0] == "fish"   # stemming: swimming->swim
-  assert list(run["q3"]) == ["lava"]   # the decoy's title is not indexed
+  assert metrics.ranked(run["q2"])[0][0] == "fish"  # stemming: swimming->swim
+  assert list(run["q3"]) == ["lava"]  # the decoy's title is not indexed
 
 
 def test_zero_score_documents_are_left_out():

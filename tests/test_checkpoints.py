@@ -1,4 +1,5 @@
 """Tests for gr/checkpoints.py: orbax state round trips and index artifacts."""
+
 import os
 import pathlib
 import signal
@@ -22,20 +23,22 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def _state(seed: int = 0) -> train.TrainState:
   rng = np.random.default_rng(seed)
-  params = {'embed': {'embedding': jnp.asarray(rng.normal(size=(16, 8)),
-                                               jnp.float32)},
-            'mlp': {'kernel': jnp.asarray(rng.normal(size=(8, 32)),
-                                          jnp.float32)}}
+  params = {
+    'embed': {'embedding': jnp.asarray(rng.normal(size=(16, 8)), jnp.float32)},
+    'mlp': {'kernel': jnp.asarray(rng.normal(size=(8, 32)), jnp.float32)},
+  }
   opt_state = optax.adamw(1e-3).init(params)
-  return train.TrainState(step=jnp.asarray(seed, jnp.int32), params=params,
-                          opt_state=opt_state)
+  return train.TrainState(
+    step=jnp.asarray(seed, jnp.int32), params=params, opt_state=opt_state
+  )
 
 
 def _sharded(state, mesh):
-  spec = {'embed': {'embedding': jax.sharding.PartitionSpec('model', None)},
-          'mlp': {'kernel': jax.sharding.PartitionSpec(None, 'model')}}
-  shardings = jax.tree.map(
-      lambda s: jax.sharding.NamedSharding(mesh, s), spec)
+  spec = {
+    'embed': {'embedding': jax.sharding.PartitionSpec('model', None)},
+    'mlp': {'kernel': jax.sharding.PartitionSpec(None, 'model')},
+  }
+  shardings = jax.tree.map(lambda s: jax.sharding.NamedSharding(mesh, s), spec)
   return state.replace(params=jax.device_put(state.params, shardings))
 
 
@@ -75,8 +78,9 @@ def test_restore_params_on_one_device_and_other_mesh(tmp_path):
   _assert_trees_equal(params, state.params)
   assert len(params['mlp']['kernel'].devices()) == 1
   other = partitioning.make_mesh(data=4, model=2)
-  shardings = jax.tree.map(lambda _: partitioning.replicated(other),
-                           state.params)
+  shardings = jax.tree.map(
+    lambda _: partitioning.replicated(other), state.params
+  )
   params = checkpoints.restore_params(tmp_path, 1, shardings=shardings)
   assert len(params['mlp']['kernel'].devices()) == 8
   _assert_trees_equal(params, state.params)
@@ -96,7 +100,9 @@ def test_manager_keeps_last_n(tmp_path):
   assert manager.all_steps() == [3, 4]
   manager.close()
   assert sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit()) == [
-      '3', '4']
+    '3',
+    '4',
+  ]
 
 
 def test_artifact_saved_and_verified_with_step(tmp_path):
@@ -105,14 +111,16 @@ def test_artifact_saved_and_verified_with_step(tmp_path):
   loaded = checkpoints.load_artifact(tmp_path / 'ckpt')
   assert loaded != source
   assert (loaded / 'docids.tsv').read_text() == (
-      source / 'docids.tsv').read_text()
+    source / 'docids.tsv'
+  ).read_text()
   assert (loaded / 'vocab' / 'sp.model').read_bytes() == bytes(range(256))
   manifest = checkpoints.verify_artifact(loaded.parent)
   assert set(manifest['files']) == {'docids.tsv', 'vocab/sp.model'}
   # An artifact loaded from a checkpoint can be saved with a later step.
   checkpoints.save(tmp_path / 'ckpt', 8, _state(), loaded)
-  assert (checkpoints.load_artifact(tmp_path / 'ckpt', 8) /
-          'docids.tsv').is_file()
+  assert (
+    checkpoints.load_artifact(tmp_path / 'ckpt', 8) / 'docids.tsv'
+  ).is_file()
 
 
 def _saved_artifact(tmp_path) -> pathlib.Path:
@@ -160,8 +168,9 @@ def test_partial_save_leaves_previous_step_loadable(tmp_path):
   checkpoints.save(manager, 2, _state(2))
   manager.wait_until_finished()
   assert manager.all_steps() == [1, 2]
-  _assert_trees_equal(checkpoints.restore_latest(manager, _state())[1],
-                      _state(2))
+  _assert_trees_equal(
+    checkpoints.restore_latest(manager, _state())[1], _state(2)
+  )
 
 
 _SAVER = textwrap.dedent("""
@@ -178,8 +187,12 @@ _SAVER = textwrap.dedent("""
 
 def test_sigkill_during_saves_leaves_latest_step_loadable(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS='cpu')
-  proc = subprocess.Popen([sys.executable, '-c', _SAVER, str(tmp_path)],
-                          stdout=subprocess.PIPE, env=env, text=True)
+  proc = subprocess.Popen(
+    [sys.executable, '-c', _SAVER, str(tmp_path)],
+    stdout=subprocess.PIPE,
+    env=env,
+    text=True,
+  )
   try:
     for line in proc.stdout:
       if int(line) >= 3:
@@ -192,5 +205,6 @@ def test_sigkill_during_saves_leaves_latest_step_loadable(tmp_path):
   step, restored = checkpoints.restore_latest(tmp_path, target)
   assert step >= 2
   assert restored['step'] == step
-  np.testing.assert_array_equal(np.asarray(restored['w'][:2, :2]),
-                                np.full((2, 2), float(step)))
+  np.testing.assert_array_equal(
+    np.asarray(restored['w'][:2, :2]), np.full((2, 2), float(step))
+  )

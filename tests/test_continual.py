@@ -1,4 +1,5 @@
 """Tests for gr/continual.py: updates, deletions, strategies, crash safety."""
+
 import os
 import shutil
 import subprocess
@@ -20,26 +21,39 @@ from gr import train as train_lib
 from gr.data import beir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORDS = ("amber basalt cobalt delta ember fjord garnet harbor iris jade kelp "
-         "lumen marsh nectar onyx pylon quartz raven sable tundra umber "
-         "vapor willow xenon yarrow zephyr").split()
+WORDS = (
+  "amber basalt cobalt delta ember fjord garnet harbor iris jade kelp "
+  "lumen marsh nectar onyx pylon quartz raven sable tundra umber "
+  "vapor willow xenon yarrow zephyr"
+).split()
 SETTINGS = continual.TrainSettings(
-    batch_size=16, input_length=32, log_every=1000, seed=0,
-    optimizer=train_lib.OptimizerConfig(learning_rate=1e-2))
+  batch_size=16,
+  input_length=32,
+  log_every=1000,
+  seed=0,
+  optimizer=train_lib.OptimizerConfig(learning_rate=1e-2),
+)
 INITIAL_STEPS, UPDATE_STEPS = 60, 80
 
 
 def make_model():
-  return models.EncoderDecoderModel(network.T5Config.tiny(
-      128, num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0))
+  return models.EncoderDecoderModel(
+    network.T5Config.tiny(
+      128, num_encoder_layers=1, num_decoder_layers=1, dropout_rate=0.0
+    )
+  )
 
 
 def make_docs(prefix: str, count: int, seed: int) -> dict[str, beir.Document]:
   rng = np.random.default_rng(seed)
-  return {f"{prefix}{i}": beir.Document(
-      f"{prefix}{i}", f"title {prefix}{i}",
-      " ".join(rng.choice(WORDS, 12)) + ". " + " ".join(rng.choice(WORDS, 8)))
-          for i in range(count)}
+  return {
+    f"{prefix}{i}": beir.Document(
+      f"{prefix}{i}",
+      f"title {prefix}{i}",
+      " ".join(rng.choice(WORDS, 12)) + ". " + " ".join(rng.choice(WORDS, 8)),
+    )
+    for i in range(count)
+  }
 
 
 OLD_DOCS = make_docs("old", 12, 0)  # naive docids 0..15: same length
@@ -57,10 +71,17 @@ def initial(tmp_path_factory):
   """A committed version 0 (naive docids) in base/model, base/index."""
   base = tmp_path_factory.mktemp("continual")
   continual.build_initial_version(
-      model_dir=str(base / "model"), index_dir=str(base / "index"),
-      model=make_model(), dataset=initial_dataset(), scheme="naive",
-      scheme_params={}, vocab_size=200, train_steps=INITIAL_STEPS,
-      settings=SETTINGS, generator=continual.TextPseudoQueries())
+    model_dir=str(base / "model"),
+    index_dir=str(base / "index"),
+    model=make_model(),
+    dataset=initial_dataset(),
+    scheme="naive",
+    scheme_params={},
+    vocab_size=200,
+    train_steps=INITIAL_STEPS,
+    settings=SETTINGS,
+    generator=continual.TextPseudoQueries(),
+  )
   return base
 
 
@@ -73,7 +94,8 @@ def copy_version(initial, dest) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def searchers():
   return dynamic.SearcherCache(
-      retrieval.SearchConfig(beam_size=16, top_k=16), SETTINGS.input_length)
+    retrieval.SearchConfig(beam_size=16, top_k=16), SETTINGS.input_length
+  )
 
 
 @pytest.fixture(scope="module")
@@ -82,9 +104,14 @@ def updated(initial, tmp_path_factory):
   dest = tmp_path_factory.mktemp("updated")
   model_dir, index_dir = copy_version(initial, dest)
   result = continual.update_index(
-      model_dir=model_dir, index_dir=index_dir, model=make_model(),
-      new_documents=NEW_DOCS, strategy="new_only", train_steps=UPDATE_STEPS,
-      settings=SETTINGS)
+    model_dir=model_dir,
+    index_dir=index_dir,
+    model=make_model(),
+    new_documents=NEW_DOCS,
+    strategy="new_only",
+    train_steps=UPDATE_STEPS,
+    settings=SETTINGS,
+  )
   return model_dir, index_dir, result
 
 
@@ -114,15 +141,26 @@ def test_update_adds_documents_the_model_returns(updated, searchers):
 
 def test_deleted_documents_never_come_back(updated, searchers, tmp_path):
   model_dir, index_dir = copy_version(
-      type(tmp_path)(os.path.dirname(updated[0])), tmp_path)
+    type(tmp_path)(os.path.dirname(updated[0])), tmp_path
+  )
   doomed = ["old0", "new1"]
-  continual.update_index(model_dir=model_dir, index_dir=index_dir,
-                         model=make_model(), deleted_doc_ids=doomed,
-                         strategy="new_only", settings=SETTINGS)
+  continual.update_index(
+    model_dir=model_dir,
+    index_dir=index_dir,
+    model=make_model(),
+    deleted_doc_ids=doomed,
+    strategy="new_only",
+    settings=SETTINGS,
+  )
   more = make_docs("more", 3, 2)
-  continual.update_index(model_dir=model_dir, index_dir=index_dir,
-                         model=make_model(), new_documents=more,
-                         strategy="trie_only", settings=SETTINGS)
+  continual.update_index(
+    model_dir=model_dir,
+    index_dir=index_dir,
+    model=make_model(),
+    new_documents=more,
+    strategy="trie_only",
+    settings=SETTINGS,
+  )
   version = continual.load_version(model_dir)
   table = version.index.table
   assert not set(doomed) & set(table.docids)
@@ -140,8 +178,13 @@ def test_trie_only_keeps_params(initial, tmp_path):
   model_dir, index_dir = copy_version(initial, tmp_path)
   before = continual.load_version(model_dir)
   result = continual.update_index(
-      model_dir=model_dir, index_dir=index_dir, model=make_model(),
-      new_documents=NEW_DOCS, strategy="trie_only", settings=SETTINGS)
+    model_dir=model_dir,
+    index_dir=index_dir,
+    model=make_model(),
+    new_documents=NEW_DOCS,
+    strategy="trie_only",
+    settings=SETTINGS,
+  )
   after = continual.load_version(model_dir)
   assert result.gradient_updates == 0 and after.step == before.step + 1
   assert after.gradient_updates == before.gradient_updates
@@ -149,9 +192,10 @@ def test_trie_only_keeps_params(initial, tmp_path):
 
 
 def test_extend_vocab_rows_appends_and_keeps_rows():
-  params = {"token_embedder": {"embedding": np.ones((4, 3), np.float32)},
-            "decoder": {"logits_dense": {"kernel": np.ones((3, 4),
-                                                           np.float32)}}}
+  params = {
+    "token_embedder": {"embedding": np.ones((4, 3), np.float32)},
+    "decoder": {"logits_dense": {"kernel": np.ones((3, 4), np.float32)}},
+  }
   grown = continual.extend_vocab_rows(params, 6, seed=0)
   assert grown["token_embedder"]["embedding"].shape == (6, 3)
   assert grown["decoder"]["logits_dense"]["kernel"].shape == (3, 6)
@@ -165,10 +209,16 @@ def test_replay_examples_per_strategy(initial):
   version = continual.load_version(str(initial / "model"))
   old = list(OLD_DOCS)
   generator = continual.TextPseudoQueries(num_sentences=1, num_spans=1)
+
   def examples(name):
-    return continual.replay_examples(continual.get_strategy(name),
-                                     version.index, version.memory, old,
-                                     generator)
+    return continual.replay_examples(
+      continual.get_strategy(name),
+      version.index,
+      version.memory,
+      old,
+      generator,
+    )
+
   assert examples("new_only") == []
   experience = examples("experience_replay")
   assert {e.query_id for e in experience} == {""} | {f"q{d}" for d in old}
@@ -179,8 +229,9 @@ def test_replay_examples_per_strategy(initial):
 
 def test_get_strategy_overrides_and_errors():
   assert continual.get_strategy("sam").sam_rho > 0
-  s = continual.get_strategy("experience_replay", replay_ratio=0.5,
-                             sam_rho=None)
+  s = continual.get_strategy(
+    "experience_replay", replay_ratio=0.5, sam_rho=None
+  )
   assert s.replay_ratio == 0.5 and s.replay == "experience"
   with pytest.raises(ValueError, match="unknown strategy"):
     continual.get_strategy("nope")
@@ -228,22 +279,28 @@ class Crash(Exception):
 
 def _crash_at(point: str, monkeypatch) -> None:
   """Makes the next update fail at `point` (in-process stand-in for a kill)."""
+
   def crash(*args, **kwargs):
     raise Crash(point)
+
   if point == "train":
     monkeypatch.setattr(continual, "train_params", crash)
   elif point == "artifact":
     real_copy = checkpoints.write_artifact
+
     def copy_half(source, dest):
       real_copy(source, dest)
       os.remove(os.path.join(dest, "files", "continual.json"))
       crash()
+
     monkeypatch.setattr(checkpoints, "write_artifact", copy_half)
   else:
     real_commit = continual.commit
+
     def commit_then_crash(*args, **kwargs):
       real_commit(*args, **kwargs)
       crash()
+
     monkeypatch.setattr(continual, "commit", commit_then_crash)
 
 
@@ -263,38 +320,53 @@ def _check_after_crash(point, model_dir, index_dir, before):
 
 
 @pytest.mark.parametrize("point", ["train", "artifact", "publish"])
-def test_failed_update_leaves_a_loadable_version(initial, tmp_path, point,
-                                                 monkeypatch):
+def test_failed_update_leaves_a_loadable_version(
+  initial, tmp_path, point, monkeypatch
+):
   model_dir, index_dir = copy_version(initial, tmp_path)
   before = continual.load_version(model_dir)
   _crash_at(point, monkeypatch)
   with pytest.raises(Crash):
     continual.update_index(
-        model_dir=model_dir, index_dir=index_dir, model=make_model(),
-        new_documents=NEW_DOCS, train_steps=5, settings=SETTINGS,
-        strategy="new_only" if point == "train" else "trie_only")
+      model_dir=model_dir,
+      index_dir=index_dir,
+      model=make_model(),
+      new_documents=NEW_DOCS,
+      train_steps=5,
+      settings=SETTINGS,
+      strategy="new_only" if point == "train" else "trie_only",
+    )
   monkeypatch.undo()
   _check_after_crash(point, model_dir, index_dir, before)
   # The next update starts from the loadable version and succeeds.
-  continual.update_index(model_dir=model_dir, index_dir=index_dir,
-                         model=make_model(), deleted_doc_ids=["old1"],
-                         strategy="trie_only", settings=SETTINGS)
+  continual.update_index(
+    model_dir=model_dir,
+    index_dir=index_dir,
+    model=make_model(),
+    deleted_doc_ids=["old1"],
+    strategy="trie_only",
+    settings=SETTINGS,
+  )
   assert "old1" not in continual.load_version(model_dir).index.table.docids
 
 
 @pytest.mark.slow
 def test_killed_update_leaves_a_loadable_version(initial, tmp_path):
   script = tmp_path / "killed_update.py"
-  script.write_text(KILLED_UPDATE.format(repo=REPO,
-                                         tests=os.path.join(REPO, "tests")))
+  script.write_text(
+    KILLED_UPDATE.format(repo=REPO, tests=os.path.join(REPO, "tests"))
+  )
   env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
   dirs, procs = {}, {}
   for point in ("train", "artifact", "publish"):
     (tmp_path / point).mkdir()
     dirs[point] = copy_version(initial, tmp_path / point)
     procs[point] = subprocess.Popen(
-        [sys.executable, str(script), *dirs[point], point], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+      [sys.executable, str(script), *dirs[point], point],
+      env=env,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+    )
   before = continual.load_version(str(initial / "model"))
   for point, proc in procs.items():
     _, stderr = proc.communicate(timeout=240)

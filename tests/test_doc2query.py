@@ -6,6 +6,7 @@ words that are not in its body. A model that has learnt the task copies the
 first 3 words of whatever text it is given, so it also shows where its input
 came from: if the generator read titles, title words would come out.
 """
+
 import random
 
 import jax
@@ -20,9 +21,11 @@ from gr import train as train_lib
 from gr import vocab as vocab_lib
 from gr.data import beir
 
-WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet "
-         "kilo lima mike november oscar papa quebec romeo sierra tango "
-         "uniform victor whiskey yankee").split()
+WORDS = (
+  "alpha bravo charlie delta echo foxtrot golf hotel india juliet "
+  "kilo lima mike november oscar papa quebec romeo sierra tango "
+  "uniform victor whiskey yankee"
+).split()
 NUM_TRAIN = 2000
 NUM_HELD_OUT = 48
 INPUT_LENGTH = 12
@@ -43,36 +46,54 @@ def _toy_dataset() -> beir.BeirDataset:
 
 
 DATASET = _toy_dataset()
-HELD_OUT = {f"d{i}": DATASET.corpus[f"d{i}"]
-            for i in range(NUM_TRAIN, NUM_TRAIN + NUM_HELD_OUT)}
+HELD_OUT = {
+  f"d{i}": DATASET.corpus[f"d{i}"]
+  for i in range(NUM_TRAIN, NUM_TRAIN + NUM_HELD_OUT)
+}
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """(vocab, model, params, model_dir) after 400 steps on the copy task."""
   root = tmp_path_factory.mktemp("d2q")
-  vocab = doc2query.load_or_train_vocab(DATASET, str(root / "vocab"),
-                                        vocab_size=60)
-  model = models.EncoderDecoderModel(network.T5Config.tiny(
-      vocab_size=128, dropout_rate=0.0))
+  vocab = doc2query.load_or_train_vocab(
+    DATASET, str(root / "vocab"), vocab_size=60
+  )
+  model = models.EncoderDecoderModel(
+    network.T5Config.tiny(vocab_size=128, dropout_rate=0.0)
+  )
   model, params = doc2query.train_doc2query(
-      model=model, dataset=DATASET, vocab=vocab, model_dir=str(root / "model"),
-      name="test_d2q_copy", train_steps=400, batch_size=32,
-      input_length=INPUT_LENGTH, max_query_len=MAX_QUERY_LEN,
-      optimizer=train_lib.OptimizerConfig(learning_rate=3e-3),
-      log_every=100)
+    model=model,
+    dataset=DATASET,
+    vocab=vocab,
+    model_dir=str(root / "model"),
+    name="test_d2q_copy",
+    train_steps=400,
+    batch_size=32,
+    input_length=INPUT_LENGTH,
+    max_query_len=MAX_QUERY_LEN,
+    optimizer=train_lib.OptimizerConfig(learning_rate=3e-3),
+    log_every=100,
+  )
   return vocab, model, params, str(root / "model")
 
 
 @pytest.fixture(scope="module")
 def generator(trained):
   vocab, model, params, _ = trained
-  return doc2query.Doc2QueryGenerator(model, params, vocab,
-                                      doc2query.GenerationConfig(
-                                          num_queries=4,
-                                          input_length=INPUT_LENGTH,
-                                          max_query_len=MAX_QUERY_LEN,
-                                          batch_size=16, top_k=3, seed=0))
+  return doc2query.Doc2QueryGenerator(
+    model,
+    params,
+    vocab,
+    doc2query.GenerationConfig(
+      num_queries=4,
+      input_length=INPUT_LENGTH,
+      max_query_len=MAX_QUERY_LEN,
+      batch_size=16,
+      top_k=3,
+      seed=0,
+    ),
+  )
 
 
 def _first_three(doc) -> str:
@@ -127,31 +148,40 @@ def _title_preference_pvalue(queries, documents) -> float:
   title, stray = _title_and_stray_words(queries, documents)
   if not title + stray:
     return 1.0
-  return stats.binomtest(title, title + stray, 3 / 17,
-                         alternative="greater").pvalue
+  return stats.binomtest(
+    title, title + stray, 3 / 17, alternative="greater"
+  ).pvalue
 
 
 def test_title_words_are_no_likelier_than_any_stray_word(generator):
-  assert _title_preference_pvalue(generator.generate(HELD_OUT),
-                                  HELD_OUT) > 1e-3
+  assert _title_preference_pvalue(generator.generate(HELD_OUT), HELD_OUT) > 1e-3
   # Control: with the title leading the text, the copying model emits title
   # words far more than stray ones, so the check above can fail.
-  leaked = {d: beir.Document(d, doc.title, f"{doc.title} {doc.text}")
-            for d, doc in HELD_OUT.items()}
-  assert _title_preference_pvalue(generator.generate(leaked),
-                                  HELD_OUT) < 1e-6
+  leaked = {
+    d: beir.Document(d, doc.title, f"{doc.title} {doc.text}")
+    for d, doc in HELD_OUT.items()
+  }
+  assert _title_preference_pvalue(generator.generate(leaked), HELD_OUT) < 1e-6
 
 
 def test_generate_queries_matches_generator_and_follows_the_seed(
-    trained, generator):
+  trained, generator
+):
   vocab, model, params, _ = trained
-  kwargs = dict(n=4, input_length=INPUT_LENGTH, max_query_len=MAX_QUERY_LEN,
-                batch_size=16, top_k=3)
-  same = doc2query.generate_queries(model, params, vocab, HELD_OUT, seed=0,
-                                    **kwargs)
+  kwargs = dict(
+    n=4,
+    input_length=INPUT_LENGTH,
+    max_query_len=MAX_QUERY_LEN,
+    batch_size=16,
+    top_k=3,
+  )
+  same = doc2query.generate_queries(
+    model, params, vocab, HELD_OUT, seed=0, **kwargs
+  )
   assert same == generator.generate(HELD_OUT)
-  other = doc2query.generate_queries(model, params, vocab, HELD_OUT, seed=1,
-                                     **kwargs)
+  other = doc2query.generate_queries(
+    model, params, vocab, HELD_OUT, seed=1, **kwargs
+  )
   assert other != same
 
 
@@ -169,7 +199,8 @@ def test_seeded_and_independent_of_batch_company(generator):
 def test_from_checkpoint_restores_the_trained_params(trained, generator):
   vocab, model, params, model_dir = trained
   loaded = doc2query.Doc2QueryGenerator.from_checkpoint(
-      model, vocab, model_dir, generator.config)
+    model, vocab, model_dir, generator.config
+  )
   jax.tree.map(np.testing.assert_array_equal, loaded.params, params)
   assert set(loaded.generate(HELD_OUT)) == set(HELD_OUT)
 
@@ -177,13 +208,17 @@ def test_from_checkpoint_restores_the_trained_params(trained, generator):
 def test_sampled_ids_are_text_pieces_or_eos(generator):
   docs = list(HELD_OUT.values())[:16]
   ids, log_probs = generator.generate_tokens(
-      [d.text for d in docs], [d.doc_id for d in docs])
+    [d.text for d in docs], [d.doc_id for d in docs]
+  )
   assert ids.shape == (16, 4, MAX_QUERY_LEN)
   assert log_probs.shape == (16, 4)
   assert np.all(np.isfinite(log_probs)) and np.all(log_probs <= 0)
   vocab = generator.vocab
-  assert np.all((ids == 0) | (ids == vocab_lib.EOS_ID) |
-                ((ids > vocab_lib.UNK_ID) & (ids < vocab.sp_size)))
+  assert np.all(
+    (ids == 0)
+    | (ids == vocab_lib.EOS_ID)
+    | ((ids > vocab_lib.UNK_ID) & (ids < vocab.sp_size))
+  )
 
 
 def test_text_tokens_excludes_pad_unk_docid_and_padding_rows(trained):
@@ -192,7 +227,7 @@ def test_text_tokens_excludes_pad_unk_docid_and_padding_rows(trained):
   assert allowed[vocab_lib.EOS_ID] and allowed[vocab_lib.UNK_ID + 1]
   assert not allowed[vocab_lib.PAD_ID] and not allowed[vocab_lib.UNK_ID]
   assert not allowed[vocab.docid_token_id("<d_0>")]
-  assert not allowed[vocab.vocab_size:].any()
+  assert not allowed[vocab.vocab_size :].any()
   assert allowed.sum() == vocab.sp_size - 2
 
 
@@ -206,8 +241,7 @@ def test_empty_bodies_get_no_entry(generator):
 def test_decode_queries_cuts_at_eos_and_dedups(trained):
   vocab = trained[0]
   alpha, bravo = vocab.encode("alpha"), vocab.encode("bravo")
-  rows = [alpha + [1] + bravo, alpha + [1, 0, 0], bravo + [0],
-          [1] + alpha]
+  rows = [alpha + [1] + bravo, alpha + [1, 0, 0], bravo + [0], [1] + alpha]
   width = max(map(len, rows))
   sequences = np.array([r + [0] * (width - len(r)) for r in rows])
   assert doc2query.decode_queries(vocab, sequences) == ["alpha", "bravo"]
@@ -215,11 +249,13 @@ def test_decode_queries_cuts_at_eos_and_dedups(trained):
 
 def test_doc2query_task_reads_bodies_and_train_queries(trained):
   import seqio  # pylint: disable=g-import-not-at-top
-  name = doc2query.register_doc2query_task("test_d2q_copy", DATASET,
-                                           trained[0])
-  example = next(seqio.get_mixture_or_task(name).get_dataset(
-      {"inputs": 32, "targets": 8}, split="train",
-      shuffle=False).as_numpy_iterator())
+
+  name = doc2query.register_doc2query_task("test_d2q_copy", DATASET, trained[0])
+  example = next(
+    seqio.get_mixture_or_task(name)
+    .get_dataset({"inputs": 32, "targets": 8}, split="train", shuffle=False)
+    .as_numpy_iterator()
+  )
   doc = DATASET.corpus[example["doc_id"].decode()]
   assert example["inputs_pretokenized"].decode() == doc.text
   assert example["targets_pretokenized"].decode() == _first_three(doc)

@@ -1,4 +1,5 @@
 """Tests for gr/dynamic.py: DSI++ metrics, period data, report files."""
+
 import math
 import os
 
@@ -11,9 +12,7 @@ from gr.data import news
 
 NAN = float("nan")
 # a[n][i]: performance on D_i's queries after step n.
-MATRIX = np.array([[0.8, NAN, NAN],
-                   [0.6, 0.9, NAN],
-                   [0.5, 0.7, 0.4]])
+MATRIX = np.array([[0.8, NAN, NAN], [0.6, 0.9, NAN], [0.5, 0.7, 0.4]])
 
 
 def test_average_performance_by_hand():
@@ -55,22 +54,29 @@ def test_performance_matrix_fills_lower_triangle():
 
 
 def _periods():
-  return [news.Period("D0", "2017-01-01", "2017-01-02",
-                      tuple(str(i) for i in range(20))),
-          news.Period("D1", "2017-01-03", "2017-01-03",
-                      tuple(str(i) for i in range(20, 30)))]
+  return [
+    news.Period(
+      "D0", "2017-01-01", "2017-01-02", tuple(str(i) for i in range(20))
+    ),
+    news.Period(
+      "D1", "2017-01-03", "2017-01-03", tuple(str(i) for i in range(20, 30))
+    ),
+  ]
 
 
 def test_sample_periods_fraction_cap_and_seed():
-  sampled = dynamic.sample_periods(_periods(), docs_fraction=0.5,
-                                   max_docs_per_period=8, seed=1)
+  sampled = dynamic.sample_periods(
+    _periods(), docs_fraction=0.5, max_docs_per_period=8, seed=1
+  )
   assert [len(ids) for _, ids in sampled] == [8, 5]
   assert set(sampled[1][1]) <= {str(i) for i in range(20, 30)}
   assert sampled == dynamic.sample_periods(
-      _periods(), docs_fraction=0.5, max_docs_per_period=8, seed=1)
+    _periods(), docs_fraction=0.5, max_docs_per_period=8, seed=1
+  )
   with pytest.raises(ValueError, match="docs_fraction"):
-    dynamic.sample_periods(_periods(), docs_fraction=0.0,
-                           max_docs_per_period=0, seed=0)
+    dynamic.sample_periods(
+      _periods(), docs_fraction=0.0, max_docs_per_period=0, seed=0
+    )
 
 
 def _corpus(ids):
@@ -81,8 +87,9 @@ def test_period_data_keeps_queries_of_its_documents_only():
   corpus = _corpus(["a", "b", "c"])
   queries = {"q1": "about a", "q2": "about c"}
   qrels = {"q1": {"a": 1}, "q2": {"c": 1}}
-  periods = dynamic.period_data(corpus, [("D0", ["a", "b"]), ("D1", ["c"])],
-                                queries, qrels)
+  periods = dynamic.period_data(
+    corpus, [("D0", ["a", "b"]), ("D1", ["c"])], queries, qrels
+  )
   assert periods[0].qrels == {"q1": {"a": 1}}
   assert periods[1].queries == {"q2": "about c"}
   assert list(periods[0].corpus) == ["a", "b"]
@@ -90,11 +97,16 @@ def test_period_data_keeps_queries_of_its_documents_only():
 
 def test_evaluate_periods_hits_by_hand():
   periods = dynamic.period_data(
-      _corpus(["a", "b", "c"]), [("D0", ["a", "b"]), ("D1", ["c"])],
-      {"q1": "x", "q2": "y", "q3": "z"},
-      {"q1": {"a": 1}, "q2": {"b": 1}, "q3": {"c": 1}})
-  run = {"q1": {"a": 2.0, "b": 1.0}, "q2": {"a": 2.0, "b": 1.0},
-         "q3": {"a": 1.0}}
+    _corpus(["a", "b", "c"]),
+    [("D0", ["a", "b"]), ("D1", ["c"])],
+    {"q1": "x", "q2": "y", "q3": "z"},
+    {"q1": {"a": 1}, "q2": {"b": 1}, "q3": {"c": 1}},
+  )
+  run = {
+    "q1": {"a": 2.0, "b": 1.0},
+    "q2": {"a": 2.0, "b": 1.0},
+    "q3": {"a": 1.0},
+  }
   d0, d1 = dynamic.evaluate_periods(run, periods)
   assert d0["Hits@1"] == pytest.approx(0.5)
   assert d0["Hits@10"] == pytest.approx(1.0)
@@ -102,13 +114,17 @@ def test_evaluate_periods_hits_by_hand():
 
 
 def test_bm25_rows_grow_with_the_corpus():
-  corpus = {"a": beir.Document("a", "", "volcano eruption lava ash"),
-            "b": beir.Document("b", "", "football match goal striker"),
-            "c": beir.Document("c", "", "election vote parliament party")}
+  corpus = {
+    "a": beir.Document("a", "", "volcano eruption lava ash"),
+    "b": beir.Document("b", "", "football match goal striker"),
+    "c": beir.Document("c", "", "election vote parliament party"),
+  }
   periods = dynamic.period_data(
-      corpus, [("D0", ["a", "b"]), ("D1", ["c"])],
-      {"q1": "lava volcano", "q2": "parliament election"},
-      {"q1": {"a": 1}, "q2": {"c": 1}})
+    corpus,
+    [("D0", ["a", "b"]), ("D1", ["c"])],
+    {"q1": "lava volcano", "q2": "parliament election"},
+    {"q1": {"a": 1}, "q2": {"c": 1}},
+  )
   rows = dynamic.bm25_rows(periods)
   assert [len(r) for r in rows] == [1, 2]
   assert rows[1][1]["Hits@1"] == 1.0 and rows[0][0]["Hits@1"] == 1.0
@@ -116,15 +132,22 @@ def test_bm25_rows_grow_with_the_corpus():
 
 def _fake_results():
   def summary(a, updates):
-    return {"steps": [{"gradient_updates": u, "seconds": 1.0}
-                      for u in updates],
-            **{m: {"matrix": dynamic._nan_to_none(a),
-                   **dynamic.continual_metrics(a)} for m in dynamic.METRICS}}
-  return {"periods": [{"name": f"D{i}", "docs": 2, "queries": 1}
-                      for i in range(3)],
-          "bm25": summary(MATRIX, [0, 0, 0]),
-          "cells": {"naive/new_only": summary(MATRIX, [100, 10, 10]),
-                    "text/retrain": summary(MATRIX, [100, 120, 140])}}
+    return {
+      "steps": [{"gradient_updates": u, "seconds": 1.0} for u in updates],
+      **{
+        m: {"matrix": dynamic._nan_to_none(a), **dynamic.continual_metrics(a)}
+        for m in dynamic.METRICS
+      },
+    }
+
+  return {
+    "periods": [{"name": f"D{i}", "docs": 2, "queries": 1} for i in range(3)],
+    "bm25": summary(MATRIX, [0, 0, 0]),
+    "cells": {
+      "naive/new_only": summary(MATRIX, [100, 10, 10]),
+      "text/retrain": summary(MATRIX, [100, 120, 140]),
+    },
+  }
 
 
 def test_summary_rows_and_table():
@@ -140,8 +163,14 @@ def test_summary_rows_and_table():
 
 def test_write_report_files(tmp_path):
   dynamic.write_report(_fake_results(), str(tmp_path))
-  for name in ("results.json", "results.csv", "results.md", "d0_hits10.png",
-               "new_docs_hits10.png", "updates_vs_A.png"):
+  for name in (
+    "results.json",
+    "results.csv",
+    "results.md",
+    "d0_hits10.png",
+    "new_docs_hits10.png",
+    "updates_vs_A.png",
+  ):
     assert os.path.getsize(tmp_path / name) > 0, name
   header = (tmp_path / "results.csv").read_text().splitlines()[0]
   assert header.startswith("scheme,strategy,step,updates")
@@ -149,11 +178,18 @@ def test_write_report_files(tmp_path):
 
 # ------------------------------------------- the whole run, end to end --
 
-TOPICS = ("volcano lava ash eruption crater", "football goal striker match",
-          "election vote parliament party", "storm rain flood coast",
-          "market shares bank profit", "film actor festival award",
-          "school teacher pupils exam", "hospital doctor patients ward",
-          "river bridge road traffic", "science space rocket moon")
+TOPICS = (
+  "volcano lava ash eruption crater",
+  "football goal striker match",
+  "election vote parliament party",
+  "storm rain flood coast",
+  "market shares bank profit",
+  "film actor festival award",
+  "school teacher pupils exam",
+  "hospital doctor patients ward",
+  "river bridge road traffic",
+  "science space rocket moon",
+)
 
 
 def _write_toy_news(folder) -> None:
@@ -166,8 +202,9 @@ def _write_toy_news(folder) -> None:
     ids = []
     for j in range(size):
       i = len(docs)
-      words = TOPICS[i % len(TOPICS)].split() + list(rng.choice(
-          "alpha beta gamma delta north south east west".split(), 4))
+      words = TOPICS[i % len(TOPICS)].split() + list(
+        rng.choice("alpha beta gamma delta north south east west".split(), 4)
+      )
       doc_id = f"n{i}"
       docs.append(beir.Document(doc_id, f"title {i}", " ".join(words)))
       queries[f"tr{i}"] = " ".join(words[:3])
@@ -175,8 +212,9 @@ def _write_toy_news(folder) -> None:
       train[f"tr{i}"] = {doc_id: 1}
       test[f"te{i}"] = {doc_id: 1}
       ids.append(doc_id)
-    periods.append(news.Period(f"D{p}", f"2020-0{p + 1}", f"2020-0{p + 1}",
-                               tuple(ids)))
+    periods.append(
+      news.Period(f"D{p}", f"2020-0{p + 1}", f"2020-0{p + 1}", tuple(ids))
+    )
   beir.write_beir(str(folder), docs, queries, {"train": train, "test": test})
   news.write_temporal(os.path.join(folder, news.TEMPORAL_FILE), periods)
 
@@ -204,23 +242,41 @@ def test_run_dynamic_experiment_end_to_end(tmp_path, monkeypatch):
   _write_toy_news(data_dir)
   bert_dir = tiny_bert.write_tiny_bert(str(tmp_path / "bert"))
   decoder = network.T5Config.tiny(
-      128, emb_dim=tiny_bert.HIDDEN, num_heads=4, head_dim=8, mlp_dim=64,
-      num_encoder_layers=1, num_decoder_layers=1, logits_via_embedding=True,
-      dropout_rate=0.0)
-  model = models.EncoderDecoderModel(bert_network.BertT5Config(
-      bert.BertConfig.from_folder(bert_dir), decoder, 0, bert_dir))
+    128,
+    emb_dim=tiny_bert.HIDDEN,
+    num_heads=4,
+    head_dim=8,
+    mlp_dim=64,
+    num_encoder_layers=1,
+    num_decoder_layers=1,
+    logits_via_embedding=True,
+    dropout_rate=0.0,
+  )
+  model = models.EncoderDecoderModel(
+    bert_network.BertT5Config(
+      bert.BertConfig.from_folder(bert_dir), decoder, 0, bert_dir
+    )
+  )
   vocab = wordpiece.WordPieceVocabulary(pretrained.tokenizer_path(bert_dir))
   memory_model = train_lib.fit_vocab(model, vocab.vocab_size)
   memory_generator = doc2query.VectorQueryGenerator(
-      memory_model, warm_start.pretrained_params(
-          memory_model, warm_start.load_encoder(bert_dir)[1],
-          jax.random.PRNGKey(0), input_length=16, target_length=6,
-          warm_start=False),
-      vocab, doc2query.GenerationConfig(num_queries=1, max_query_len=6,
-                                        batch_size=8))
+    memory_model,
+    warm_start.pretrained_params(
+      memory_model,
+      warm_start.load_encoder(bert_dir)[1],
+      jax.random.PRNGKey(0),
+      input_length=16,
+      target_length=6,
+      warm_start=False,
+    ),
+    vocab,
+    doc2query.GenerationConfig(num_queries=1, max_query_len=6, batch_size=8),
+  )
   sam_radii, batch_sizes = [], []
-  real_train, real_concat = (continual.train_params,
-                             train_lib.concatenated_batches)
+  real_train, real_concat = (
+    continual.train_params,
+    train_lib.concatenated_batches,
+  )
 
   def recording_train(model, mixture, **kwargs):
     kind = "update" if ".update_" in mixture else "initial"
@@ -245,25 +301,50 @@ def test_run_dynamic_experiment_end_to_end(tmp_path, monkeypatch):
   monkeypatch.setattr(continual, "train_params", recording_train)
   monkeypatch.setattr(train_lib, "concatenated_batches", recording_parts)
   settings = continual.TrainSettings(
-      batch_size=8, input_length=16, log_every=1000,
-      optimizer=train_lib.OptimizerConfig(learning_rate=1e-3))
+    batch_size=8,
+    input_length=16,
+    log_every=1000,
+    optimizer=train_lib.OptimizerConfig(learning_rate=1e-3),
+  )
   results = dynamic.run_dynamic_experiment(
-      data_dir=str(data_dir), workdir=str(workdir), model=model,
-      schemes=("atomic",),
-      strategies=("trie_only", "experience_replay", "generative_replay_sam",
-                  "retrain"),
-      strategy_overrides={"experience_replay": {"replay_per_batch": 3},
-                          "generative_replay_sam": {"replay_per_batch": 3}},
-      initial_steps=2, update_steps=2, settings=settings,
-      search=retrieval.SearchConfig(beam_size=4, top_k=4),
-      eval_splits=("test",), memory_generator=memory_generator,
-      memorised_sample=4, seeds=(0, 1))
+    data_dir=str(data_dir),
+    workdir=str(workdir),
+    model=model,
+    schemes=("atomic",),
+    strategies=(
+      "trie_only",
+      "experience_replay",
+      "generative_replay_sam",
+      "retrain",
+    ),
+    strategy_overrides={
+      "experience_replay": {"replay_per_batch": 3},
+      "generative_replay_sam": {"replay_per_batch": 3},
+    },
+    initial_steps=2,
+    update_steps=2,
+    settings=settings,
+    search=retrieval.SearchConfig(beam_size=4, top_k=4),
+    eval_splits=("test",),
+    memory_generator=memory_generator,
+    memorised_sample=4,
+    seeds=(0, 1),
+  )
 
   cells = results["cells"]
-  assert set(cells) == {f"atomic/{s}" for s in (
-      "trie_only", "experience_replay", "generative_replay_sam", "retrain")}
-  updates = {name.split("/")[1]: [s["gradient_updates"] for s in c["steps"]]
-             for name, c in cells.items()}
+  assert set(cells) == {
+    f"atomic/{s}"
+    for s in (
+      "trie_only",
+      "experience_replay",
+      "generative_replay_sam",
+      "retrain",
+    )
+  }
+  updates = {
+    name.split("/")[1]: [s["gradient_updates"] for s in c["steps"]]
+    for name, c in cells.items()
+  }
   assert updates["trie_only"] == [2, 0, 0, 0, 0]
   assert updates["experience_replay"] == [2, 2, 2, 2, 2]
   assert updates["retrain"][1:] == [3, 3, 4, 4]  # ceil(2 * docs / 10)
@@ -278,8 +359,7 @@ def test_run_dynamic_experiment_end_to_end(tmp_path, monkeypatch):
   assert set(part_sizes) == {3, 5}
   # The generative memory keeps ids and vectors, no bodies.
   experience = cells["atomic/experience_replay"]["storage"]["memory_bytes"]
-  generative = cells["atomic/generative_replay_sam"]["storage"][
-      "memory_bytes"]
+  generative = cells["atomic/generative_replay_sam"]["storage"]["memory_bytes"]
   assert generative < experience
   for cell in cells.values():
     assert all(0.0 <= m <= 1.0 for m in cell["memorised_d0"])
@@ -289,11 +369,21 @@ def test_run_dynamic_experiment_end_to_end(tmp_path, monkeypatch):
   # Run again: every cell is read back, none retrained.
   sam_radii.clear()
   again = dynamic.run_dynamic_experiment(
-      data_dir=str(data_dir), workdir=str(workdir), model=model,
-      schemes=("atomic",), strategies=("trie_only", "retrain"),
-      initial_steps=2, update_steps=2, settings=settings,
-      search=retrieval.SearchConfig(beam_size=4, top_k=4),
-      eval_splits=("test",), memorised_sample=4, seeds=(0, 1))
+    data_dir=str(data_dir),
+    workdir=str(workdir),
+    model=model,
+    schemes=("atomic",),
+    strategies=("trie_only", "retrain"),
+    initial_steps=2,
+    update_steps=2,
+    settings=settings,
+    search=retrieval.SearchConfig(beam_size=4, top_k=4),
+    eval_splits=("test",),
+    memorised_sample=4,
+    seeds=(0, 1),
+  )
   assert sam_radii == []
-  assert again["cells"]["atomic/retrain"]["Hits@10"]["A"] == cells[
-      "atomic/retrain"]["Hits@10"]["A"]
+  assert (
+    again["cells"]["atomic/retrain"]["Hits@10"]["A"]
+    == cells["atomic/retrain"]["Hits@10"]["A"]
+  )

@@ -1,4 +1,5 @@
 """MiniLM encoder in Flax (gr/embed.py) against sentence-transformers."""
+
 import jax
 import numpy as np
 import pytest
@@ -8,17 +9,17 @@ import sentence_transformers
 from gr import embed
 
 SENTENCES = [
-    "Hello world",
-    "The central bank raised interest rates by a quarter point on Wednesday.",
-    "A cat sat on the mat.",
-    "Ünïcødé tëxt — naïve café, Zürich; emoji 🚀 and 日本語のテキスト",
-    "Привет, как дела?",
-    "",
-    "   spaces   and\ttabs\nand newlines   ",
-    "word " * 400,  # > 256 tokens: truncated.
-    " ".join(f"token{i}" for i in range(300)),
-    "Short.",
-    "1234567890 $%^&*() <html> tags </html>",
+  "Hello world",
+  "The central bank raised interest rates by a quarter point on Wednesday.",
+  "A cat sat on the mat.",
+  "Ünïcødé tëxt — naïve café, Zürich; emoji 🚀 and 日本語のテキスト",
+  "Привет, как дела?",
+  "",
+  "   spaces   and\ttabs\nand newlines   ",
+  "word " * 400,  # > 256 tokens: truncated.
+  " ".join(f"token{i}" for i in range(300)),
+  "Short.",
+  "1234567890 $%^&*() <html> tags </html>",
 ]
 
 
@@ -33,8 +34,9 @@ def vectors(embedder):
 
 
 def test_matches_sentence_transformers(vectors):
-  peer = sentence_transformers.SentenceTransformer(embed.default_model_dir(),
-                                                   device="cpu")
+  peer = sentence_transformers.SentenceTransformer(
+    embed.default_model_dir(), device="cpu"
+  )
   assert peer.max_seq_length == 256
   expected = peer.encode(SENTENCES, normalize_embeddings=True)
   cosine = (vectors * expected).sum(axis=1)
@@ -53,10 +55,16 @@ def test_unit_norm_truncation_and_batch_invariance(embedder, vectors):
 
 def test_sharded_over_a_data_mesh_gives_the_same_vectors(embedder, vectors):
   mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
-  sharded = embed.Embedder(embedder.config, embedder.params, embedder.tokenizer,
-                           embedder.max_length, mesh=mesh)
-  np.testing.assert_allclose(sharded.embed(SENTENCES, batch_size=16), vectors,
-                             atol=2e-5)
+  sharded = embed.Embedder(
+    embedder.config,
+    embedder.params,
+    embedder.tokenizer,
+    embedder.max_length,
+    mesh=mesh,
+  )
+  np.testing.assert_allclose(
+    sharded.embed(SENTENCES, batch_size=16), vectors, atol=2e-5
+  )
   with pytest.raises(ValueError, match="multiple"):
     sharded.embed(SENTENCES, batch_size=12)
 

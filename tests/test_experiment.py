@@ -3,6 +3,7 @@
 A broken pipeline (data, docids, vocabulary, tasks, training, decoding or
 evaluation) makes the trained model no better than chance, and this fails.
 """
+
 import json
 import os
 import random
@@ -29,7 +30,7 @@ def _synthetic_beir(folder):
     for j, split in enumerate(("train", "train", "train", "dev")):
       qid = f"q{i}_{j}"
       start = rng.randrange(0, 14)
-      queries[qid] = " ".join(body[start:start + 6])
+      queries[qid] = " ".join(body[start : start + 6])
       qrels[split][qid] = {f"doc{i}": 1}
   qrels["test"] = dict(qrels["train"])  # evaluate memorised train queries
   # Test queries must not leak into training: use fresh ids for them.
@@ -46,23 +47,34 @@ def results(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp("data"))
   workdir = str(tmp_path_factory.mktemp("work"))
   _synthetic_beir(data_dir)
-  model = models.EncoderDecoderModel(network.T5Config.tiny(
-      vocab_size=128, dropout_rate=0.0))
+  model = models.EncoderDecoderModel(
+    network.T5Config.tiny(vocab_size=128, dropout_rate=0.0)
+  )
   # Keep the searcher and the queries that beam search is compared on, so
   # a test can recompute the comparison.
   compared = {}
   beam_vs_exact = evaluation.beam_vs_exact
+
   def keep_and_compare(searcher, queries, qrels, run):
     compared.update(searcher=searcher, queries=dict(queries))
     return beam_vs_exact(searcher, queries, qrels, run)
+
   with pytest.MonkeyPatch.context() as patch:
     patch.setattr(evaluation, "beam_vs_exact", keep_and_compare)
     out = experiment.run_experiment(
-        data_dir=data_dir, workdir=workdir, model=model, scheme="naive",
-        vocab_size=400, train_steps=300, batch_size=32, input_length=16,
-        task_rates={"indexing": 1.0, "retrieval": 2.0},
-        search=retrieval.SearchConfig(beam_size=5, top_k=5),
-        query_sets=(evaluation.QuerySet("titles"),), exact_queries=4)
+      data_dir=data_dir,
+      workdir=workdir,
+      model=model,
+      scheme="naive",
+      vocab_size=400,
+      train_steps=300,
+      batch_size=32,
+      input_length=16,
+      task_rates={"indexing": 1.0, "retrieval": 2.0},
+      search=retrieval.SearchConfig(beam_size=5, top_k=5),
+      query_sets=(evaluation.QuerySet("titles"),),
+      exact_queries=4,
+    )
   return workdir, out, compared
 
 
@@ -95,13 +107,15 @@ def test_top1_agreement_is_recomputed_from_the_run_file(results):
       if rank == "1":
         beam_top1[qid] = doc_id
   exact = retrieval.exact_ranking(searcher, list(queries.values()), top_k=1)
-  agree = [beam_top1.get(qid) == ranking[0][0]
-           for qid, ranking in zip(queries, exact)]
+  agree = [
+    beam_top1.get(qid) == ranking[0][0] for qid, ranking in zip(queries, exact)
+  ]
   comparison = out["titles/test"]["beam_vs_exact"]
   assert comparison["top1_agreement"] == sum(agree) / len(agree)
   # A query whose two top-1 documents agree is a hit for both or for neither.
   assert abs(comparison["beam_Hits@1"] - comparison["exact_Hits@1"]) <= (
-      1 - comparison["top1_agreement"])
+    1 - comparison["top1_agreement"]
+  )
 
 
 def test_subset_keeps_first_documents_and_their_queries(tmp_path):

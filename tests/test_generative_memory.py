@@ -4,6 +4,7 @@ A tiny random BERT (tests/tiny_bert.py) under a one-layer decoder: the
 generator is untrained, so the tests check plumbing (shapes, seeding,
 what the decoder is given), not query quality.
 """
+
 import jax
 import numpy as np
 import pytest
@@ -35,43 +36,65 @@ def vocab(bert_dir):
 def model(bert_dir, vocab):
   """Tiny BERT, every layer frozen, under a 1-layer decoder of its width."""
   decoder = network.T5Config.tiny(
-      128, emb_dim=tiny_bert.HIDDEN, num_heads=4, head_dim=8, mlp_dim=64,
-      num_encoder_layers=1, num_decoder_layers=1, logits_via_embedding=True,
-      dropout_rate=0.0)
-  config = bert_network.BertT5Config(bert.BertConfig.from_folder(bert_dir),
-                                     decoder, 0, bert_dir)
-  return train_lib.fit_vocab(models.EncoderDecoderModel(config),
-                             vocab.vocab_size)
+    128,
+    emb_dim=tiny_bert.HIDDEN,
+    num_heads=4,
+    head_dim=8,
+    mlp_dim=64,
+    num_encoder_layers=1,
+    num_decoder_layers=1,
+    logits_via_embedding=True,
+    dropout_rate=0.0,
+  )
+  config = bert_network.BertT5Config(
+    bert.BertConfig.from_folder(bert_dir), decoder, 0, bert_dir
+  )
+  return train_lib.fit_vocab(
+    models.EncoderDecoderModel(config), vocab.vocab_size
+  )
 
 
 @pytest.fixture(scope="module")
 def params(model, bert_dir):
   return warm_start.pretrained_params(
-      model, warm_start.load_encoder(bert_dir)[1], jax.random.PRNGKey(0),
-      input_length=16, target_length=8, warm_start=False)
+    model,
+    warm_start.load_encoder(bert_dir)[1],
+    jax.random.PRNGKey(0),
+    input_length=16,
+    target_length=8,
+    warm_start=False,
+  )
 
 
 def test_with_vector_sources_replaces_every_kth_row_by_its_vector():
   rng = np.random.default_rng(0)
   tokens = np.array([[5, 6, 7, 0], [8, 9, 0, 0], [3, 4, 5, 6], [2, 0, 0, 0]])
   states = rng.normal(size=(4, 4, 3)).astype(np.float16)
-  batch = {"encoder_input_tokens": tokens, "encoder_frozen_states": states,
-           "decoder_target_tokens": np.ones((4, 2), np.int32)}
+  batch = {
+    "encoder_input_tokens": tokens,
+    "encoder_frozen_states": states,
+    "decoder_target_tokens": np.ones((4, 2), np.int32),
+  }
   out = memory_lib.with_vector_sources(batch, every=2)
   for row in (0, 2):  # untouched
-    np.testing.assert_array_equal(out["encoder_input_tokens"][row],
-                                  tokens[row])
-    np.testing.assert_array_equal(out["encoder_frozen_states"][row],
-                                  states[row])
+    np.testing.assert_array_equal(out["encoder_input_tokens"][row], tokens[row])
+    np.testing.assert_array_equal(
+      out["encoder_frozen_states"][row], states[row]
+    )
   for row, length in ((1, 2), (3, 1)):
-    np.testing.assert_array_equal(out["encoder_input_tokens"][row],
-                                  [memory_lib.SOURCE_ID, 0, 0, 0])
+    np.testing.assert_array_equal(
+      out["encoder_input_tokens"][row], [memory_lib.SOURCE_ID, 0, 0, 0]
+    )
     mean = states[row, :length].astype(np.float32).mean(0)
-    np.testing.assert_allclose(out["encoder_frozen_states"][row, 0],
-                               mean / np.linalg.norm(mean), atol=2e-3)
+    np.testing.assert_allclose(
+      out["encoder_frozen_states"][row, 0],
+      mean / np.linalg.norm(mean),
+      atol=2e-3,
+    )
     assert not out["encoder_frozen_states"][row, 1:].any()
-  np.testing.assert_array_equal(out["decoder_target_tokens"],
-                                batch["decoder_target_tokens"])
+  np.testing.assert_array_equal(
+    out["decoder_target_tokens"], batch["decoder_target_tokens"]
+  )
   assert batch["encoder_input_tokens"][1, 1] == 9  # the input is not edited
 
 
@@ -90,12 +113,15 @@ def test_vectors_round_trip_as_float16(tmp_path):
 def test_vector_generator_decoder_sees_only_the_vector(model, params, vocab):
   """Samples depend on the vector (not on other rows of the batch), repeat
   for the same draw and change with the draw."""
-  config = doc2query.GenerationConfig(num_queries=3, max_query_len=6,
-                                      batch_size=4, top_k=50, seed=0)
+  config = doc2query.GenerationConfig(
+    num_queries=3, max_query_len=6, batch_size=4, top_k=50, seed=0
+  )
   generator = doc2query.VectorQueryGenerator(model, params, vocab, config)
   rng = np.random.default_rng(0)
-  vectors = {f"d{i}": v / np.linalg.norm(v) for i, v in
-             enumerate(rng.normal(size=(6, tiny_bert.HIDDEN)))}
+  vectors = {
+    f"d{i}": v / np.linalg.norm(v)
+    for i, v in enumerate(rng.normal(size=(6, tiny_bert.HIDDEN)))
+  }
   first = generator.generate_vectors(vectors, draw=0)
   assert set(first) == set(vectors)
   assert all(1 <= len(q) <= 3 for q in first.values())
@@ -118,19 +144,31 @@ def test_text_token_ids_leave_out_specials(vocab):
 
 # ------------------------------------------- continual updates, no bodies --
 
-OLD = {f"old{i}": f"{topic} report number {i}" for i, topic in enumerate(
-    ("volcano lava eruption", "football striker goal", "parliament vote",
-     "storm flood coast", "bank shares profit", "film festival award"))}
+OLD = {
+  f"old{i}": f"{topic} report number {i}"
+  for i, topic in enumerate(
+    (
+      "volcano lava eruption",
+      "football striker goal",
+      "parliament vote",
+      "storm flood coast",
+      "bank shares profit",
+      "film festival award",
+    )
+  )
+}
 NEW = {"new0": "rocket launch moon mission", "new1": "hospital doctors ward"}
 
 
 def _documents(texts):
   from gr.data import beir
+
   return {d: beir.Document(d, f"title of {d}", t) for d, t in texts.items()}
 
 
 def _files_text(folder) -> bytes:
   import os
+
   data = b""
   for root, _, files in os.walk(folder):
     for name in files:
@@ -139,36 +177,61 @@ def _files_text(folder) -> bytes:
   return data
 
 
-def test_generative_memory_checkpoint_holds_no_old_bodies(model, params,
-                                                          vocab, tmp_path):
+def test_generative_memory_checkpoint_holds_no_old_bodies(
+  model, params, vocab, tmp_path
+):
   import os
   from gr import checkpoints
   from gr import continual
   from gr.data import beir
+
   settings = continual.TrainSettings(
-      batch_size=8, input_length=16, log_every=1000,
-      optimizer=train_lib.OptimizerConfig(learning_rate=1e-3))
+    batch_size=8,
+    input_length=16,
+    log_every=1000,
+    optimizer=train_lib.OptimizerConfig(learning_rate=1e-3),
+  )
   old = _documents(OLD)
-  dataset = beir.BeirDataset(old, {f"q{d}": " ".join(t.split()[:2])
-                                   for d, t in OLD.items()},
-                             {"train": {f"q{d}": {d: 1} for d in OLD}})
+  dataset = beir.BeirDataset(
+    old,
+    {f"q{d}": " ".join(t.split()[:2]) for d, t in OLD.items()},
+    {"train": {f"q{d}": {d: 1} for d in OLD}},
+  )
   model_dir, index_dir = str(tmp_path / "model"), str(tmp_path / "index")
   continual.build_initial_version(
-      model_dir=model_dir, index_dir=index_dir, model=model, dataset=dataset,
-      scheme="atomic", scheme_params={}, vocab_size=0, train_steps=0,
-      settings=settings, generator=continual.TextPseudoQueries())
+    model_dir=model_dir,
+    index_dir=index_dir,
+    model=model,
+    dataset=dataset,
+    scheme="atomic",
+    scheme_params={},
+    vocab_size=0,
+    train_steps=0,
+    settings=settings,
+    generator=continual.TextPseudoQueries(),
+  )
   initial = continual.load_version(model_dir)
   assert set(initial.vectors) == set(OLD) and continual.has_bodies(
-      initial.memory)
+    initial.memory
+  )
   generator = doc2query.VectorQueryGenerator(
-      model, params, vocab, doc2query.GenerationConfig(
-          num_queries=1, max_query_len=6, batch_size=4))
+    model,
+    params,
+    vocab,
+    doc2query.GenerationConfig(num_queries=1, max_query_len=6, batch_size=4),
+  )
   for step, new in enumerate((["new0"], ["new1"])):
     continual.update_index(
-        model_dir=model_dir, index_dir=index_dir, model=model,
-        new_documents=_documents({d: NEW[d] for d in new}),
-        strategy="generative_replay", replay_per_batch=2, train_steps=2,
-        settings=settings, memory_generator=generator)
+      model_dir=model_dir,
+      index_dir=index_dir,
+      model=model,
+      new_documents=_documents({d: NEW[d] for d in new}),
+      strategy="generative_replay",
+      replay_per_batch=2,
+      train_steps=2,
+      settings=settings,
+      memory_generator=generator,
+    )
     version = continual.load_version(model_dir)
     artifact = checkpoints.load_artifact(model_dir)
     memory_dir = os.path.join(artifact, continual.MEMORY_DIR)
@@ -176,13 +239,17 @@ def test_generative_memory_checkpoint_holds_no_old_bodies(model, params,
     stored = _files_text(artifact.parent.parent)
     for text in list(OLD.values()) + [NEW[d] for d in new]:
       assert text.encode() not in stored, text
-    assert set(version.memory.corpus) == set(OLD) | set(
-        list(NEW)[:step + 1])
+    assert set(version.memory.corpus) == set(OLD) | set(list(NEW)[: step + 1])
     assert set(version.vectors) == set(version.memory.corpus)
     assert not continual.has_bodies(version.memory)
     assert version.memory.qrels["train"] == initial.memory.qrels["train"]
   with pytest.raises(ValueError, match="experience replay needs the old"):
     continual.update_index(
-        model_dir=model_dir, index_dir=index_dir, model=model,
-        new_documents=_documents({"new2": "river bridge traffic"}),
-        strategy="experience_replay", train_steps=1, settings=settings)
+      model_dir=model_dir,
+      index_dir=index_dir,
+      model=model,
+      new_documents=_documents({"new2": "river bridge traffic"}),
+      strategy="experience_replay",
+      train_steps=1,
+      settings=settings,
+    )

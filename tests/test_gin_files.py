@@ -4,6 +4,7 @@ No unknown configurable is skipped. Run files are parsed after a model file
 with their %gin.REQUIRED macros supplied; every parse must build the MODEL
 it configures. The model files must match network.T5Config's presets.
 """
+
 import dataclasses
 import pathlib
 import re
@@ -19,8 +20,11 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 MODEL_FILES = sorted((REPO / 'gin' / 'models').glob('*.gin'))
 RUN_FILES = sorted((REPO / 'gin' / 'runs').glob('*.gin'))
 CONFIG_FILES = sorted((REPO / 'configs').glob('**/*.gin'))
-PRESETS = {'t5_tiny': network.T5Config.tiny, 't5_small': network.T5Config.small,
-           't5_base': network.T5Config.base}
+PRESETS = {
+  't5_tiny': network.T5Config.tiny,
+  't5_small': network.T5Config.small,
+  't5_base': network.T5Config.base,
+}
 
 
 @gin.configurable
@@ -33,9 +37,10 @@ def _parse(files: list[pathlib.Path], bindings: list[str] = ()):
   gin.clear_config()
   gin.add_config_file_search_path(str(REPO))
   gin.parse_config_files_and_bindings(
-      [str(f) for f in files],
-      list(bindings) + ['gin_test_probe.model = %MODEL'],
-      skip_unknown=False)
+    [str(f) for f in files],
+    list(bindings) + ['gin_test_probe.model = %MODEL'],
+    skip_unknown=False,
+  )
   try:
     return gin_test_probe()
   finally:
@@ -82,19 +87,31 @@ def test_run_file_parses_after_a_model_file(path):
 @pytest.mark.parametrize('path', CONFIG_FILES, ids=lambda p: p.name)
 def test_config_file_parses(path):
   """Alone, except for the macros it leaves %gin.REQUIRED."""
-  assert isinstance(_parse([path], _placeholders(path)),
-                    models.EncoderDecoderModel)
+  assert isinstance(
+    _parse([path], _placeholders(path)), models.EncoderDecoderModel
+  )
 
 
 def test_train_gin_binds_every_train_argument():
   gin.clear_config()
   gin.parse_config_files_and_bindings(
-      [str(REPO / 'gin' / 'models' / 't5_tiny.gin'),
-       str(REPO / 'gin' / 'runs' / 'train.gin')],
-      ["MIXTURE_OR_TASK_NAME = 'x'", 'TRAIN_STEPS = 1', "MODEL_DIR = '/x'"])
+    [
+      str(REPO / 'gin' / 'models' / 't5_tiny.gin'),
+      str(REPO / 'gin' / 'runs' / 'train.gin'),
+    ],
+    ["MIXTURE_OR_TASK_NAME = 'x'", 'TRAIN_STEPS = 1', "MODEL_DIR = '/x'"],
+  )
   try:
-    for name in ('model', 'mixture_or_task_name', 'train_steps', 'model_dir',
-                 'batch_size', 'input_length', 'target_length', 'optimizer'):
+    for name in (
+      'model',
+      'mixture_or_task_name',
+      'train_steps',
+      'model_dir',
+      'batch_size',
+      'input_length',
+      'target_length',
+      'optimizer',
+    ):
       gin.query_parameter(f'train.{name}')
     assert gin.query_parameter('OptimizerConfig.name') == 'adafactor'
   finally:

@@ -1,4 +1,5 @@
 """Tests for gr/index.py: the versioned index artifact."""
+
 import os
 
 import pytest
@@ -8,15 +9,21 @@ from gr import vocab as vocab_lib
 from gr.data.beir import Document
 from gr.docids import get_scheme
 
-WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu "
-         "nu xi omicron pi rho sigma tau upsilon phi chi psi omega").split()
+WORDS = (
+  "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu "
+  "nu xi omicron pi rho sigma tau upsilon phi chi psi omega"
+).split()
 
 
 def _corpus(n):
-  return {f"d{i}": Document(f"d{i}", f"title {i}",
-                            " ".join(WORDS[(i + j) % len(WORDS)]
-                                     for j in range(12)))
-          for i in range(n)}
+  return {
+    f"d{i}": Document(
+      f"d{i}",
+      f"title {i}",
+      " ".join(WORDS[(i + j) % len(WORDS)] for j in range(12)),
+    )
+    for i in range(n)
+  }
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +39,9 @@ def test_docid_sequences_map_to_their_documents(built):
   _, index = built
   sequences, values = index.docid_sequences()
   assert len(sequences) == index.table.num_docs
-  for (docid, doc_id), seq, value in zip(index.table.all_docids(), sequences,
-                                         values):
+  for (docid, doc_id), seq, value in zip(
+    index.table.all_docids(), sequences, values
+  ):
     assert seq[-1] == vocab_lib.EOS_ID
     assert index.vocab.decode_docid(seq) == docid
     assert index.doc_ids[value] == doc_id
@@ -56,8 +64,9 @@ def test_save_load_round_trip_and_versions(built, tmp_path):
   assert "d0" not in index_lib.load_index(d).table.docids
 
 
-def test_crash_before_switch_leaves_previous_version(built, tmp_path,
-                                                     monkeypatch):
+def test_crash_before_switch_leaves_previous_version(
+  built, tmp_path, monkeypatch
+):
   _, index = built
   d = str(tmp_path / "index")
   index_lib.save_index(index, d)

@@ -1,4 +1,5 @@
 """k-means and hierarchical k-means (gr/kmeans.py)."""
+
 import hypothesis
 import numpy as np
 import pytest
@@ -26,20 +27,23 @@ def test_recovers_separated_blobs_and_centroids_are_cluster_means():
   centroids, assignment = kmeans.kmeans(x, 4, seed=0)
   assert same_partition(assignment, truth)
   for j in range(4):
-    np.testing.assert_allclose(centroids[j], x[assignment == j].mean(0),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+      centroids[j], x[assignment == j].mean(0), atol=1e-4
+    )
 
 
 @SETTINGS
-@hypothesis.given(n=st.integers(1, 40), k=st.integers(1, 6),
-                  seed=st.integers(0, 3))
+@hypothesis.given(
+  n=st.integers(1, 40), k=st.integers(1, 6), seed=st.integers(0, 3)
+)
 def test_assignment_is_nearest_centroid_and_padding_is_ignored(n, k, seed):
   x = np.random.default_rng(n).normal(size=(n, 3)).astype(np.float32) + 50
   centroids, assignment = kmeans.kmeans(x, k, seed=seed)
   assert centroids.shape == (k, 3) and assignment.shape == (n,)
   distances = ((x[:, None] - centroids[None]) ** 2).sum(-1)
-  np.testing.assert_allclose(distances[np.arange(n), assignment],
-                             distances.min(1), rtol=1e-4, atol=1e-3)
+  np.testing.assert_allclose(
+    distances[np.arange(n), assignment], distances.min(1), rtol=1e-4, atol=1e-3
+  )
   # Padded rows sit at the origin, far from the data: no centroid may go there.
   assert np.all(np.linalg.norm(centroids, axis=1) > 40)
   assert len(np.unique(assignment)) <= min(n, k)
@@ -65,7 +69,13 @@ def test_bad_input_is_refused():
 
 def test_bucket_sizes_are_powers_of_two():
   assert [kmeans.bucket_size(n) for n in (1, 16, 17, 100, 1024, 1025)] == [
-      16, 16, 32, 128, 1024, 2048]
+    16,
+    16,
+    32,
+    128,
+    1024,
+    2048,
+  ]
 
 
 def check_tree(tree, x, c):
@@ -75,20 +85,34 @@ def check_tree(tree, x, c):
   for p in paths:
     leaves.setdefault(p[:-1], []).append(p[-1])
   for leaf, positions in leaves.items():
-    assert sorted(positions) == list(range(len(positions))) and len(positions) <= c
+    assert (
+      sorted(positions) == list(range(len(positions))) and len(positions) <= c
+    )
     assert leaf not in tree.centroids
     for depth in range(len(leaf)):  # Every ancestor is an internal node.
       assert leaf[depth] < len(tree.centroids[leaf[:depth]])
-  children = {p[:len(node) + 1] for node in tree.centroids for p in paths
-              if p[:len(node)] == node and len(p) > len(node)}
+  children = {
+    p[: len(node) + 1]
+    for node in tree.centroids
+    for p in paths
+    if p[: len(node)] == node and len(p) > len(node)
+  }
   for node, centroids in tree.centroids.items():
-    assert len([ch for ch in children if ch[:-1] == node]) == len(centroids) >= 2
+    assert (
+      len([ch for ch in children if ch[:-1] == node]) == len(centroids) >= 2
+    )
 
 
 @SETTINGS
-@hypothesis.given(n=st.integers(1, 60), k=st.integers(2, 5), c=st.integers(1, 6),
-                  duplicates=st.booleans())
-def test_hierarchical_tree_is_complete_and_leaves_are_small(n, k, c, duplicates):
+@hypothesis.given(
+  n=st.integers(1, 60),
+  k=st.integers(2, 5),
+  c=st.integers(1, 6),
+  duplicates=st.booleans(),
+)
+def test_hierarchical_tree_is_complete_and_leaves_are_small(
+  n, k, c, duplicates
+):
   x = np.random.default_rng(n).normal(size=(n, 4)).astype(np.float32)
   if duplicates:  # All points equal: k-means cannot split, chunks must.
     x[:] = x[0]

@@ -1,4 +1,5 @@
 """Tests for gr/metrics.py against pytrec_eval and hand-checked cases."""
+
 from hypothesis import given, settings, strategies as st
 import pytest
 import pytrec_eval
@@ -10,22 +11,34 @@ QRELS = {"q1": {"a": 1}, "q2": {"b": 1, "c": 2}, "q3": {"z": 1}}
 
 def test_hand_checked_values():
   run = {
-      "q1": {"x": 3.0, "a": 2.0, "y": 1.0},   # relevant at rank 2
-      "q2": {"c": 5.0, "x": 4.0},             # 1 of 2 relevant, at rank 1
-      # q3 missing from the run: counts as 0 everywhere.
+    "q1": {"x": 3.0, "a": 2.0, "y": 1.0},  # relevant at rank 2
+    "q2": {"c": 5.0, "x": 4.0},  # 1 of 2 relevant, at rank 1
+    # q3 missing from the run: counts as 0 everywhere.
   }
   got = metrics.evaluate_run(QRELS, run, hits_ks=(1, 2), recall_ks=(2,))
-  assert got == pytest.approx({"Hits@1": 1 / 3, "Hits@2": 2 / 3,
-                               "MRR@10": (1 / 2 + 1) / 3,
-                               "Recall@2": (1 + 0.5) / 3})
+  assert got == pytest.approx(
+    {
+      "Hits@1": 1 / 3,
+      "Hits@2": 2 / 3,
+      "MRR@10": (1 / 2 + 1) / 3,
+      "Recall@2": (1 + 0.5) / 3,
+    }
+  )
 
 
 def test_missing_and_empty_queries_count_as_zero():
   per_query = metrics.per_query_metrics(QRELS, {"q1": {"a": 1.0}, "q2": {}})
-  assert per_query["q1"] == {"Hits@1": 1, "Hits@10": 1, "MRR@10": 1,
-                             "Recall@100": 1}
-  assert per_query["q2"] == per_query["q3"] == {
-      "Hits@1": 0, "Hits@10": 0, "MRR@10": 0, "Recall@100": 0}
+  assert per_query["q1"] == {
+    "Hits@1": 1,
+    "Hits@10": 1,
+    "MRR@10": 1,
+    "Recall@100": 1,
+  }
+  assert (
+    per_query["q2"]
+    == per_query["q3"]
+    == {"Hits@1": 0, "Hits@10": 0, "MRR@10": 0, "Recall@100": 0}
+  )
   assert metrics.evaluate_run(QRELS, {"q1": {"a": 1.0}})["Hits@1"] == 1 / 3
 
 
@@ -50,7 +63,8 @@ def test_mrr_is_cut_at_k_but_recall_is_not():
   got = metrics.evaluate_run(qrels, run)
   assert got["MRR@10"] == 0 and got["Hits@10"] == 0 and got["Recall@100"] == 1
   assert metrics.evaluate_run(qrels, run, mrr_k=11)["MRR@11"] == (
-      pytest.approx(1 / 11))
+    pytest.approx(1 / 11)
+  )
 
 
 def test_graded_relevance_zero_is_not_relevant():
@@ -65,12 +79,16 @@ def test_non_finite_scores_are_rejected():
 
 
 _doc = st.sampled_from([f"d{i}" for i in range(15)])
-_run = st.dictionaries(st.sampled_from(["q1", "q2", "q3"]),
-                       st.dictionaries(_doc, st.integers(0, 5).map(float),
-                                       min_size=1, max_size=15), min_size=3)
-_qrels = st.dictionaries(st.sampled_from(["q1", "q2", "q3"]),
-                         st.dictionaries(_doc, st.integers(0, 2), min_size=1,
-                                         max_size=4), min_size=3)
+_run = st.dictionaries(
+  st.sampled_from(["q1", "q2", "q3"]),
+  st.dictionaries(_doc, st.integers(0, 5).map(float), min_size=1, max_size=15),
+  min_size=3,
+)
+_qrels = st.dictionaries(
+  st.sampled_from(["q1", "q2", "q3"]),
+  st.dictionaries(_doc, st.integers(0, 2), min_size=1, max_size=4),
+  min_size=3,
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -81,13 +99,20 @@ def test_matches_pytrec_eval_when_every_query_is_answered(qrels, run):
   Scores are small integers so ties are frequent.
   """
   ref = pytrec_eval.RelevanceEvaluator(
-      qrels, {"success.1,5", "recall.10", "recip_rank"}).evaluate(run)
-  got = metrics.per_query_metrics(qrels, run, hits_ks=(1, 5), mrr_k=1000,
-                                  recall_ks=(10,))
+    qrels, {"success.1,5", "recall.10", "recip_rank"}
+  ).evaluate(run)
+  got = metrics.per_query_metrics(
+    qrels, run, hits_ks=(1, 5), mrr_k=1000, recall_ks=(10,)
+  )
   for qid in qrels:
-    assert got[qid] == pytest.approx({
-        "Hits@1": ref[qid]["success_1"], "Hits@5": ref[qid]["success_5"],
-        "MRR@1000": ref[qid]["recip_rank"], "Recall@10": ref[qid]["recall_10"]})
+    assert got[qid] == pytest.approx(
+      {
+        "Hits@1": ref[qid]["success_1"],
+        "Hits@5": ref[qid]["success_5"],
+        "MRR@1000": ref[qid]["recip_rank"],
+        "Recall@10": ref[qid]["recall_10"],
+      }
+    )
 
 
 @settings(max_examples=30, deadline=None)

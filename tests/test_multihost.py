@@ -4,6 +4,7 @@ Each process runs tests/multihost_worker.py: jax.distributed.initialize
 (gloo collectives), its own shard of the toy task, a few sharded steps and
 orbax checkpoints into one shared directory.
 """
+
 import json
 import os
 import pathlib
@@ -28,15 +29,30 @@ def _free_port() -> int:
 def runs(tmp_path_factory):
   """(stdout JSON, stderr) of each process, in process order."""
   model_dir = tmp_path_factory.mktemp('multihost') / 'model'
-  env = dict(os.environ, PYTHONPATH=f'{REPO}:{REPO / "tests"}',
-             XLA_FLAGS='--xla_force_host_platform_device_count=1',
-             JAX_PLATFORMS='cpu')
+  env = dict(
+    os.environ,
+    PYTHONPATH=f'{REPO}:{REPO / "tests"}',
+    XLA_FLAGS='--xla_force_host_platform_device_count=1',
+    JAX_PLATFORMS='cpu',
+  )
   coordinator = f'127.0.0.1:{_free_port()}'
-  procs = [subprocess.Popen(
-      [sys.executable, str(REPO / 'tests' / 'multihost_worker.py'),
-       coordinator, str(NUM_PROCESSES), str(i), str(model_dir)],
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(NUM_PROCESSES)]
+  procs = [
+    subprocess.Popen(
+      [
+        sys.executable,
+        str(REPO / 'tests' / 'multihost_worker.py'),
+        coordinator,
+        str(NUM_PROCESSES),
+        str(i),
+        str(model_dir),
+      ],
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(NUM_PROCESSES)
+  ]
   outputs = []
   try:
     for proc in procs:
@@ -59,19 +75,22 @@ def test_two_processes_train_in_lockstep(runs):
   outputs, model_dir = runs
   results = [result for result, _ in outputs]
   assert [r['process_index'] for r in results] == [0, 1]
-  assert all(r['devices'] == NUM_PROCESSES and r['step'] == 4
-             for r in results)
+  assert all(r['devices'] == NUM_PROCESSES and r['step'] == 4 for r in results)
   # Same global step on both: identical losses and params...
   assert results[0]['params_checksum'] == results[1]['params_checksum']
   losses = [_losses(err) for _, err in outputs]
   assert [step for step, _ in losses[0]] == ['1', '2', '3', '4']
   assert losses[0] == losses[1]
   # ...from different per-process shards of the data.
-  assert (results[0]['local_batch_checksum'] !=
-          results[1]['local_batch_checksum'])
+  assert (
+    results[0]['local_batch_checksum'] != results[1]['local_batch_checksum']
+  )
   # Both processes wrote one checkpoint, loadable in this process.
   from gr import checkpoints  # pylint: disable=g-import-not-at-top
+
   params = checkpoints.restore_params(model_dir)
   assert sorted(p.name for p in model_dir.iterdir() if p.name.isdigit()) == [
-      '2', '4']
+    '2',
+    '4',
+  ]
   assert params['token_embedder']['embedding'].shape == (128, 32)

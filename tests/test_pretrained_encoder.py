@@ -7,6 +7,7 @@ gr/warm_start.py (step 0 = cosine / temperature), gr/encoder_cache.py,
 gr/wordpiece.py and gr/experiment.py's pretrained path. Most tests use the
 tiny random BERT of tests/tiny_bert.py (real MiniLM tokenizer, hidden 32).
 """
+
 import dataclasses
 import json
 import os
@@ -38,15 +39,22 @@ import tiny_bert
 
 LENGTH = 16  # encoder input length
 TEMPERATURE = 0.05
-TEXTS = ["the central bank raised interest rates",
-         "a cat sat on the mat",
-         "the football match ended in a draw",
-         "a new vaccine was approved by regulators",
-         "stock markets fell sharply today as investors sold shares in "
-         "banks, airlines and energy companies after weak earnings",  # > 16
-         "rain and storms are expected this weekend"]
-QUERIES = ["bank interest rates", "cat on a mat", "storms this weekend",
-           "vaccine regulators", "football draw"]
+TEXTS = [
+  "the central bank raised interest rates",
+  "a cat sat on the mat",
+  "the football match ended in a draw",
+  "a new vaccine was approved by regulators",
+  "stock markets fell sharply today as investors sold shares in "
+  "banks, airlines and energy companies after weak earnings",  # > 16
+  "rain and storms are expected this weekend",
+]
+QUERIES = [
+  "bank interest rates",
+  "cat on a mat",
+  "storms this weekend",
+  "vaccine regulators",
+  "football draw",
+]
 
 
 # ------------------------------------------------------------- fixtures --
@@ -70,23 +78,37 @@ def bert_params(bert_dir, bert_config):
 @pytest.fixture(scope="module")
 def vocab(bert_dir):
   return wordpiece.WordPieceVocabulary(
-      pretrained.tokenizer_path(bert_dir),
-      tuple(f"<d_{i}>" for i in range(len(TEXTS))))
+    pretrained.tokenizer_path(bert_dir),
+    tuple(f"<d_{i}>" for i in range(len(TEXTS))),
+  )
 
 
 def decoder_config(vocab_size: int, **overrides) -> network.T5Config:
   """A T5 decoder of the tiny encoder's width (4 heads of 8), tied logits."""
-  return network.T5Config.tiny(vocab_size, **{
-      **dict(emb_dim=tiny_bert.HIDDEN, num_heads=4, head_dim=8, mlp_dim=64,
-             num_encoder_layers=1, num_decoder_layers=1,
-             logits_via_embedding=True, dropout_rate=0.0), **overrides})
+  return network.T5Config.tiny(
+    vocab_size,
+    **{
+      **dict(
+        emb_dim=tiny_bert.HIDDEN,
+        num_heads=4,
+        head_dim=8,
+        mlp_dim=64,
+        num_encoder_layers=1,
+        num_decoder_layers=1,
+        logits_via_embedding=True,
+        dropout_rate=0.0,
+      ),
+      **overrides,
+    },
+  )
 
 
 @pytest.fixture(scope="module")
 def model(bert_dir, bert_config, vocab):
   """Tiny BERT (bottom layer frozen, top layer trains) + a 1-layer decoder."""
-  config = bert_network.BertT5Config(bert_config, decoder_config(128), 1,
-                                     bert_dir)
+  config = bert_network.BertT5Config(
+    bert_config, decoder_config(128), 1, bert_dir
+  )
   return train.fit_vocab(models.EncoderDecoderModel(config), vocab.vocab_size)
 
 
@@ -94,8 +116,13 @@ def model(bert_dir, bert_config, vocab):
 def base_params(model, bert_params):
   """The pretrained encoder under a random decoder (no warm start)."""
   return warm_start.pretrained_params(
-      model, bert_params, jax.random.PRNGKey(0), input_length=LENGTH,
-      target_length=2, warm_start=False)
+    model,
+    bert_params,
+    jax.random.PRNGKey(0),
+    input_length=LENGTH,
+    target_length=2,
+    warm_start=False,
+  )
 
 
 def _rows(vocab, texts, length=LENGTH):
@@ -106,11 +133,12 @@ def _batch(vocab, texts, docid_tokens) -> dict:
   targets = np.zeros((len(texts), 2), np.int32)
   for i, token in enumerate(docid_tokens):
     targets[i] = vocab.encode_docid(token) + [wordpiece.EOS_ID]
-  return {"encoder_input_tokens": _rows(vocab, texts),
-          "decoder_target_tokens": targets,
-          "decoder_input_tokens": np.asarray(
-              models.shift_targets_right(targets)),
-          "decoder_loss_weights": (targets > 0).astype(np.float32)}
+  return {
+    "encoder_input_tokens": _rows(vocab, texts),
+    "decoder_target_tokens": targets,
+    "decoder_input_tokens": np.asarray(models.shift_targets_right(targets)),
+    "decoder_loss_weights": (targets > 0).astype(np.float32),
+  }
 
 
 # ------------------------------------------- 1. HF numerics, layer slices --
@@ -127,8 +155,9 @@ def layer_outputs(bert_config, bert_params, vocab):
   def run(params, tokens):
     mask = tokens > 0
     apply = lambda x, **kw: encoder.apply({"params": params}, x, mask, **kw)
-    direct = [apply(tokens, stop_layer=k)
-              for k in range(bert_config.num_layers + 1)]
+    direct = [
+      apply(tokens, stop_layer=k) for k in range(bert_config.num_layers + 1)
+    ]
     chained = [direct[0]]
     for k in range(bert_config.num_layers):
       chained.append(apply(chained[-1], start_layer=k, stop_layer=k + 1))
@@ -145,19 +174,28 @@ def test_bert_matches_hf_bert_model(bert_dir, layer_outputs):
   """
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
+
   peer = transformers.BertModel.from_pretrained(
-      bert_dir, add_pooling_layer=False, attn_implementation="eager").eval()
+    bert_dir, add_pooling_layer=False, attn_implementation="eager"
+  ).eval()
   mask, tokens, direct, _, full = layer_outputs
   with torch.no_grad():
-    out = peer(input_ids=torch.tensor(tokens, dtype=torch.long),
-               attention_mask=torch.tensor(mask, dtype=torch.long),
-               output_hidden_states=True)
+    out = peer(
+      input_ids=torch.tensor(tokens, dtype=torch.long),
+      attention_mask=torch.tensor(mask, dtype=torch.long),
+      output_hidden_states=True,
+    )
   assert len(out.hidden_states) == len(direct) == tiny_bert.LAYERS + 1
   for k, expected in enumerate(out.hidden_states):  # embeddings, layer 1, ..
-    np.testing.assert_allclose(direct[k][mask], expected.numpy()[mask],
-                               atol=1e-4, err_msg=f"stop_layer={k}")
-  np.testing.assert_allclose(full[mask], out.last_hidden_state.numpy()[mask],
-                             atol=1e-4)
+    np.testing.assert_allclose(
+      direct[k][mask],
+      expected.numpy()[mask],
+      atol=1e-4,
+      err_msg=f"stop_layer={k}",
+    )
+  np.testing.assert_allclose(
+    full[mask], out.last_hidden_state.numpy()[mask], atol=1e-4
+  )
   # The layers really act (the comparison is not between near-copies).
   assert np.abs(direct[-1] - direct[0])[mask].mean() > 0.05
 
@@ -173,8 +211,9 @@ def test_layer_slices_compose(layer_outputs):
 
 def test_load_params_checks_the_vocabulary_size(bert_dir):
   """A config.json that disagrees with the weights is an error, not garbage."""
-  config = dataclasses.replace(bert.BertConfig.from_folder(bert_dir),
-                               vocab_size=30000)
+  config = dataclasses.replace(
+    bert.BertConfig.from_folder(bert_dir), vocab_size=30000
+  )
   with pytest.raises(ValueError, match="30522 word embeddings"):
     bert.load_params(bert_dir, config)
 
@@ -186,74 +225,102 @@ def test_load_params_checks_the_vocabulary_size(bert_dir):
 def step_fn(model):
   """(optimizer, jitted train step, jitted loss) shared by the tests."""
   optimizer = train.freeze(
-      train.make_optimizer(train.OptimizerConfig(learning_rate=1e-2,
-                                                 weight_decay=0.1), 10),
-      model.trainable_mask)
+    train.make_optimizer(
+      train.OptimizerConfig(learning_rate=1e-2, weight_decay=0.1), 10
+    ),
+    model.trainable_mask,
+  )
   step = jax.jit(train.train_step_fn(model, optimizer))
   loss = jax.jit(lambda params, batch: model.loss_fn(params, batch, None)[0])
   return optimizer, step, loss
 
 
 def _state(optimizer, params):
-  return train.TrainState(step=jnp.zeros([], jnp.int32), params=params,
-                          opt_state=optimizer.init(params))
+  return train.TrainState(
+    step=jnp.zeros([], jnp.int32),
+    params=params,
+    opt_state=optimizer.init(params),
+  )
 
 
-def test_forward_and_train_step_freeze_the_bottom_layers(model, base_params,
-                                                         vocab, step_fn):
+def test_forward_and_train_step_freeze_the_bottom_layers(
+  model, base_params, vocab, step_fn
+):
   batch = _batch(vocab, TEXTS, vocab.docid_tokens)
   logits = jax.eval_shape(model.logits, base_params, batch)
   assert logits.shape == (len(TEXTS), 2, model.config.vocab_size)
   optimizer, step, _ = step_fn
-  new, metrics = step(_state(optimizer, base_params), batch,
-                      jax.random.PRNGKey(0))
+  new, metrics = step(
+    _state(optimizer, base_params), batch, jax.random.PRNGKey(0)
+  )
   assert np.isfinite(float(metrics["loss"])) and float(metrics["loss"]) > 0
   mask = jax.tree_util.tree_flatten_with_path(
-      model.trainable_mask(base_params))[0]
-  changed = jax.tree.leaves(jax.tree.map(
+    model.trainable_mask(base_params)
+  )[0]
+  changed = jax.tree.leaves(
+    jax.tree.map(
       lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))),
-      base_params, new.params))
-  frozen = {jax.tree_util.keystr(path) for path, trainable in mask
-            if not trainable}
+      base_params,
+      new.params,
+    )
+  )
+  frozen = {
+    jax.tree_util.keystr(path) for path, trainable in mask if not trainable
+  }
   assert any("word_embeddings" in k for k in frozen)
   assert any("layer_0" in k for k in frozen)
-  assert not any("layer_1" in k or "decoder" in k or "token_embedder" in k
-                 for k in frozen)
+  assert not any(
+    "layer_1" in k or "decoder" in k or "token_embedder" in k for k in frozen
+  )
   for (path, trainable), was_changed in zip(mask, changed, strict=True):
     if not trainable:  # frozen: exactly unchanged (no update, no decay)
       assert not was_changed, jax.tree_util.keystr(path)
-  moved = {jax.tree_util.keystr(path) for (path, _), c in zip(mask, changed)
-           if c}
+  moved = {
+    jax.tree_util.keystr(path) for (path, _), c in zip(mask, changed) if c
+  }
   assert "['encoder']['layer_1']['intermediate']['kernel']" in moved
   assert "['decoder']['layers_0']['mlp']['wo']['kernel']" in moved
   assert "['token_embedder']['embedding']" in moved
 
 
-def test_cached_frozen_states_give_the_same_loss(model, base_params, vocab,
-                                                 step_fn, tmp_path):
+def test_cached_frozen_states_give_the_same_loss(
+  model, base_params, vocab, step_fn, tmp_path
+):
   _, _, loss = step_fn
   batch = _batch(vocab, TEXTS, vocab.docid_tokens)
-  exact = dict(batch, encoder_frozen_states=np.asarray(jax.jit(
-      model.frozen_encode)(base_params, batch["encoder_input_tokens"])))
-  np.testing.assert_allclose(float(loss(base_params, exact)),
-                             float(loss(base_params, batch)), rtol=1e-5)
+  exact = dict(
+    batch,
+    encoder_frozen_states=np.asarray(
+      jax.jit(model.frozen_encode)(base_params, batch["encoder_input_tokens"])
+    ),
+  )
+  np.testing.assert_allclose(
+    float(loss(base_params, exact)), float(loss(base_params, batch)), rtol=1e-5
+  )
   # Through the float16 cache, as training sees it.
   cache = cache_lib.EncoderCache.build(
-      model, base_params, batch["encoder_input_tokens"], str(tmp_path))
+    model, base_params, batch["encoder_input_tokens"], str(tmp_path)
+  )
   cached = cache.add_states(batch)
   assert cached["encoder_frozen_states"].shape == (
-      len(TEXTS), LENGTH, tiny_bert.HIDDEN)
+    len(TEXTS),
+    LENGTH,
+    tiny_bert.HIDDEN,
+  )
   assert cached["encoder_frozen_states"].dtype == np.float16
   cached["encoder_frozen_states"] = cached["encoder_frozen_states"].astype(
-      np.float32)  # as encode() casts them; shares the compiled loss
-  np.testing.assert_allclose(float(loss(base_params, cached)),
-                             float(loss(base_params, batch)), rtol=2e-3)
+    np.float32
+  )  # as encode() casts them; shares the compiled loss
+  np.testing.assert_allclose(
+    float(loss(base_params, cached)), float(loss(base_params, batch)), rtol=2e-3
+  )
   # The cached path does not run the frozen layers: their params are unused.
   moved = jax.tree.map(lambda x: x, base_params)
   moved["encoder"]["layer_0"]["output"]["kernel"] *= 2.0
   moved["encoder"]["word_embeddings"]["embedding"] *= 2.0
-  np.testing.assert_allclose(float(loss(moved, exact)),
-                             float(loss(base_params, exact)), rtol=1e-6)
+  np.testing.assert_allclose(
+    float(loss(moved, exact)), float(loss(base_params, exact)), rtol=1e-6
+  )
   assert abs(float(loss(moved, batch)) - float(loss(base_params, batch))) > 1e-3
 
 
@@ -268,31 +335,40 @@ def test_parameter_counts(model, bert_config, bert_params):
   padding = bert_config.embedding_rows - bert_config.vocab_size
   assert bert_config.embedding_rows % bert.VOCAB_MULTIPLE == 0
   expected = tiny_bert.num_bert_params(
-      tiny_bert.HIDDEN, tiny_bert.LAYERS, tiny_bert.INTERMEDIATE,
-      tiny_bert.VOCAB, tiny_bert.MAX_POSITIONS)
+    tiny_bert.HIDDEN,
+    tiny_bert.LAYERS,
+    tiny_bert.INTERMEDIATE,
+    tiny_bert.VOCAB,
+    tiny_bert.MAX_POSITIONS,
+  )
   assert _count(bert_params) == expected + padding * tiny_bert.HIDDEN
   shapes = model.param_shapes()
   assert jax.tree.map(lambda s: s.shape, shapes["encoder"]) == jax.tree.map(
-      lambda x: x.shape, bert_params)
+    lambda x: x.shape, bert_params
+  )
   assert set(shapes) == {"encoder", "token_embedder", "decoder"}
   # all-MiniLM-L6-v2 is 22,713,216 parameters with its pooler (147,840).
   minilm = bert.BertConfig.from_folder(embed.default_model_dir())
   abstract = jax.eval_shape(
-      lambda: bert.BertEncoder(minilm).init(
-          jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32),
-          jnp.ones((1, 4), bool)))
+    lambda: bert.BertEncoder(minilm).init(
+      jax.random.PRNGKey(0), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), bool)
+    )
+  )
   pad_rows = minilm.embedding_rows - minilm.vocab_size
-  assert (_count(abstract) - pad_rows * minilm.hidden_size
-          == 22_713_216 - 147_840)
+  assert (
+    _count(abstract) - pad_rows * minilm.hidden_size == 22_713_216 - 147_840
+  )
 
 
 def test_bert_params_shard_along_model(model, base_params):
   """On a (data 2, model 4) mesh the big BERT matrices split on 'model'."""
   mesh = partitioning.make_mesh(data=2, model=4)
   optimizer = train.freeze(
-      train.make_optimizer(train.OptimizerConfig(), 10), model.trainable_mask)
-  sharded = train.shard_model(model, optimizer, mesh, input_length=LENGTH,
-                              target_length=2)
+    train.make_optimizer(train.OptimizerConfig(), 10), model.trainable_mask
+  )
+  sharded = train.shard_model(
+    model, optimizer, mesh, input_length=LENGTH, target_length=2
+  )
   specs = sharded.state_shardings.params
   encoder = specs["encoder"]
   assert encoder["word_embeddings"]["embedding"].spec == P("model", None)
@@ -306,15 +382,18 @@ def test_bert_params_shard_along_model(model, base_params):
   # Same rule as the T5 side.
   assert specs["token_embedder"]["embedding"].spec == P("model", None)
   # Every leaf of the state divides evenly (BERT's 30522 rows would not).
-  for sharding, leaf in zip(jax.tree.leaves(sharded.state_shardings),
-                            jax.tree.leaves(sharded.abstract_state),
-                            strict=True):
+  for sharding, leaf in zip(
+    jax.tree.leaves(sharded.state_shardings),
+    jax.tree.leaves(sharded.abstract_state),
+    strict=True,
+  ):
     sharding.shard_shape(leaf.shape)
   # Put real params on the mesh: each device holds a quarter of the rows.
   placed = jax.device_put(base_params, specs)
   words = placed["encoder"]["word_embeddings"]["embedding"]
   assert {s.data.shape for s in words.addressable_shards} == {
-      (words.shape[0] // 4, tiny_bert.HIDDEN)}
+    (words.shape[0] // 4, tiny_bert.HIDDEN)
+  }
 
 
 def test_minilm_encoder_shards_on_every_mesh_of_8():
@@ -324,20 +403,23 @@ def test_minilm_encoder_shards_on_every_mesh_of_8():
   or 8 needs DECODER_HEADS overridden, as for T5.1.1-small.)
   """
   config = train.pretrained_encoder_config(
-      decoder=network.T5Config.tiny(30592, emb_dim=384, num_heads=6,
-                                    head_dim=64))
+    decoder=network.T5Config.tiny(30592, emb_dim=384, num_heads=6, head_dim=64)
+  )
   model = models.EncoderDecoderModel(config)
-  params, axes = train.abstract_params(model, input_length=8,
-                                       target_length=2)
+  params, axes = train.abstract_params(model, input_length=8, target_length=2)
   for model_axis in (2, 4, 8):
     mesh = partitioning.make_mesh(model=model_axis)
     shardings = partitioning.shardings_from_logical(axes, mesh)["encoder"]
-    for sharding, leaf in zip(jax.tree.leaves(shardings),
-                              jax.tree.leaves(params["encoder"]), strict=True):
+    for sharding, leaf in zip(
+      jax.tree.leaves(shardings),
+      jax.tree.leaves(params["encoder"]),
+      strict=True,
+    ):
       sharding.shard_shape(leaf.shape)  # raises if it does not divide
     words = shardings["word_embeddings"]["embedding"]
-    assert words.shard_shape(params["encoder"]["word_embeddings"][
-        "embedding"].shape) == (30592 // model_axis, 384)
+    assert words.shard_shape(
+      params["encoder"]["word_embeddings"]["embedding"].shape
+    ) == (30592 // model_axis, 384)
 
 
 # -------------------------------------------------- 4. warm-start oracle --
@@ -350,41 +432,55 @@ def warm(model, bert_dir, bert_config, bert_params, base_params):
   table = docids_lib.get_scheme("atomic").assign(corpus)
   index = pretrained.wordpiece_index(table, bert_dir)
   doc_vectors = pretrained.pooled_vectors(
-      model, base_params, pretrained.document_rows(index, corpus, LENGTH))
+    model, base_params, pretrained.document_rows(index, corpus, LENGTH)
+  )
   params = pretrained.initial_params(
-      model, bert_dir, index=index, doc_vectors=doc_vectors, seed=0,
-      input_length=LENGTH, target_length=2, temperature=TEMPERATURE)
+    model,
+    bert_dir,
+    index=index,
+    doc_vectors=doc_vectors,
+    seed=0,
+    input_length=LENGTH,
+    target_length=2,
+    temperature=TEMPERATURE,
+  )
 
   # Expected: mean-pooled BertEncoder states, straight from gr/bert.py.
   @jax.jit
   def dense(tokens):
-    hidden = bert.BertEncoder(bert_config).apply({"params": bert_params},
-                                                 tokens, tokens > 0)
+    hidden = bert.BertEncoder(bert_config).apply(
+      {"params": bert_params}, tokens, tokens > 0
+    )
     return bert.mean_pool_normalise(hidden, tokens > 0)
 
   rows = _rows(index.vocab, QUERIES + TEXTS)  # the same truncation
   assert rows[-2, -1] != 0  # TEXTS[4] is cut at LENGTH tokens
   vectors = np.asarray(dense(rows))
-  cosines = vectors[:len(QUERIES)] @ vectors[len(QUERIES):].T  # [q, docs]
+  cosines = vectors[: len(QUERIES)] @ vectors[len(QUERIES) :].T  # [q, docs]
   return index, params, cosines
 
 
 @pytest.fixture(scope="module")
 def step0_docid_logits(model):
   """Jitted (params, index, queries) -> step-0 logits of the docid tokens."""
+
   @jax.jit
   def logits(params, tokens):
     encoded = model.encode(params, tokens)
     cache = model.init_cache(params, tokens.shape[0], 2)
-    out, _ = model.decode_step(params, cache, encoded, tokens,
-                               jnp.zeros((tokens.shape[0], 1), jnp.int32))
+    out, _ = model.decode_step(
+      params, cache, encoded, tokens, jnp.zeros((tokens.shape[0], 1), jnp.int32)
+    )
     return out  # [queries, vocab]
 
   def docid_logits(params, index, queries):
-    ids = [index.vocab.docid_token_id(index.table.docids[d][0])
-           for d in index.doc_ids]
+    ids = [
+      index.vocab.docid_token_id(index.table.docids[d][0])
+      for d in index.doc_ids
+    ]
     tokens = jnp.asarray(_rows(index.vocab, queries))
     return np.asarray(logits(params, tokens))[:, ids]  # [queries, docs]
+
   return docid_logits
 
 
@@ -394,17 +490,21 @@ def test_warm_start_step0_is_dense_retrieval(warm, step0_docid_logits):
   # cos / temperature, up to one constant per query (every end token shares
   # the EOS direction, warm_start.END_WEIGHT).
   centred = lambda x: x - x.mean(axis=1, keepdims=True)
-  np.testing.assert_allclose(centred(logits), centred(cosines) / TEMPERATURE,
-                             atol=2e-3)
-  np.testing.assert_array_equal(np.argsort(-logits, axis=1, kind="stable"),
-                                np.argsort(-cosines, axis=1, kind="stable"))
+  np.testing.assert_allclose(
+    centred(logits), centred(cosines) / TEMPERATURE, atol=2e-3
+  )
+  np.testing.assert_array_equal(
+    np.argsort(-logits, axis=1, kind="stable"),
+    np.argsort(-cosines, axis=1, kind="stable"),
+  )
   assert len({tuple(r) for r in np.argsort(-cosines, axis=1)}) > 1
   # Most queries find their document (the cosines are meaningful).
   assert (cosines.argmax(axis=1) == [0, 1, 5, 3, 2]).sum() >= 3, cosines
 
 
-def test_without_warm_start_step0_is_not_dense(warm, base_params,
-                                               step0_docid_logits):
+def test_without_warm_start_step0_is_not_dense(
+  warm, base_params, step0_docid_logits
+):
   index, _, cosines = warm
   logits = step0_docid_logits(base_params, index, QUERIES)
   assert not np.allclose(logits, cosines / TEMPERATURE, atol=1.0)
@@ -431,12 +531,20 @@ def test_warm_start_exact_ranking_is_the_cosine_ranking(model, warm):
   direction), so beam search and the exact oracle rank by cosine."""
   index, params, cosines = warm
   searcher = retrieval.Searcher(
-      model, params, index, retrieval.SearchConfig(beam_size=6, top_k=6),
-      input_length=LENGTH, batch_size=len(QUERIES))
-  rankings = retrieval.exact_ranking(searcher, QUERIES, top_k=len(TEXTS),
-                                     batch_size=8)
-  expected = [[index.doc_ids[j] for j in np.argsort(-row, kind="stable")]
-              for row in cosines]
+    model,
+    params,
+    index,
+    retrieval.SearchConfig(beam_size=6, top_k=6),
+    input_length=LENGTH,
+    batch_size=len(QUERIES),
+  )
+  rankings = retrieval.exact_ranking(
+    searcher, QUERIES, top_k=len(TEXTS), batch_size=8
+  )
+  expected = [
+    [index.doc_ids[j] for j in np.argsort(-row, kind="stable")]
+    for row in cosines
+  ]
   assert [[d for d, _ in r] for r in rankings] == expected
   beams = searcher.search(QUERIES)
   assert [[d for d, _ in r] for r in beams] == expected
@@ -445,11 +553,11 @@ def test_warm_start_exact_ranking_is_the_cosine_ranking(model, warm):
 # -------------------------------------------------------- 5. the cache --
 
 
-def test_encoder_cache_reuse_recompute_and_lookup(model, base_params, vocab,
-                                                  tmp_path, monkeypatch):
+def test_encoder_cache_reuse_recompute_and_lookup(
+  model, base_params, vocab, tmp_path, monkeypatch
+):
   rows = _rows(vocab, TEXTS + TEXTS[:2])  # duplicates are stored once
-  cache = cache_lib.EncoderCache.build(model, base_params, rows,
-                                       str(tmp_path))
+  cache = cache_lib.EncoderCache.build(model, base_params, rows, str(tmp_path))
   assert len(cache) == len(TEXTS)
   files = os.listdir(tmp_path)
   assert len(files) == 1
@@ -465,10 +573,12 @@ def test_encoder_cache_reuse_recompute_and_lookup(model, base_params, vocab,
 
   def no_encoding(*args, **kwargs):
     raise AssertionError("recomputed an unchanged cache")
+
   with monkeypatch.context() as patch:
     patch.setattr(cache_lib, "encode_inputs", no_encoding)
-    again = cache_lib.EncoderCache.build(model, base_params, rows,
-                                         str(tmp_path))
+    again = cache_lib.EncoderCache.build(
+      model, base_params, rows, str(tmp_path)
+    )
   assert os.stat(path).st_mtime_ns == mtime
   np.testing.assert_array_equal(again.states, cache.states)
   # A trainable (top-layer) change keeps the frozen layers' cache.
@@ -500,8 +610,13 @@ def test_wordpiece_docid_round_trips(vocab):
   assert base == 30522 and vocab.vocab_size == base + len(TEXTS)
   assert vocab.encode_docid("<d_0>") == [base]
   assert vocab.encode_docid("<d_5>") == [base + 5]
-  for docid in ("<d_0>", "<d_3>", "central bank rates", "<d_2> cat mat",
-                "storms <d_1>"):
+  for docid in (
+    "<d_0>",
+    "<d_3>",
+    "central bank rates",
+    "<d_2> cat mat",
+    "storms <d_1>",
+  ):
     ids = vocab.encode_docid(docid)
     assert vocab.decode_docid(ids + [wordpiece.EOS_ID, 7, 0]) == docid, ids
   text_ids = vocab.encode_docid("central bank")
@@ -513,7 +628,8 @@ def test_wordpiece_docid_round_trips(vocab):
   # Inputs: [CLS] pieces [SEP]; targets: bare pieces.
   cls, sep = vocab.encode_inputs("x", 8)[0], vocab.encode_inputs("x", 8)[-1]
   assert vocab.input_vocabulary.encode("central bank") == [cls] + text_ids + [
-      sep]
+    sep
+  ]
   assert list(vocab.encode("central bank")) == text_ids
   assert len(vocab.encode_inputs(" ".join(["bank"] * 20), 8)) == 8
   assert vocab.eos_id == 1 and wordpiece.PAD_ID == 0
@@ -551,8 +667,11 @@ def _words() -> list[str]:
   """Whole-word WordPiece entries of the real vocabulary, a fixed list."""
   with open(os.path.join(embed.default_model_dir(), "tokenizer.json")) as f:
     pieces = json.load(f)["model"]["vocab"]
-  words = sorted((i, w) for w, i in pieces.items()
-                 if w.isalpha() and w.isascii() and len(w) >= 4)
+  words = sorted(
+    (i, w)
+    for w, i in pieces.items()
+    if w.isalpha() and w.isascii() and len(w) >= 4
+  )
   return [w for _, w in words[500:1700:4]]  # 300 common words
 
 
@@ -565,7 +684,7 @@ def _toy_beir(folder):
     body = list(rng.choice(words, 16, replace=False))
     corpus[f"doc{i}"] = beir.Document(f"doc{i}", f"t{i}", " ".join(body))
     for j, start in enumerate((0, 5, 10)):  # train: three spans
-      queries[f"q{i}_{j}"] = " ".join(body[start:start + 6])
+      queries[f"q{i}_{j}"] = " ".join(body[start : start + 6])
       qrels["train"][f"q{i}_{j}"] = {f"doc{i}": 1}
     # held out: words of the body in a new order, never a training input
     queries[f"test{i}"] = " ".join(rng.permutation(body)[:6])
@@ -586,11 +705,18 @@ def _gin_model(bert_dir):
   gin.add_config_file_search_path(repo)
   try:
     gin.parse_config_files_and_bindings(
-        [os.path.join(repo, "gin", "models", "minilm_t5.gin")],
-        [f"ENCODER_DIR = '{bert_dir}'", "DECODER_WIDTH = 32",
-         "DECODER_HEADS = 4", "DECODER_MLP = 64", "DROPOUT_RATE = 0.0",
-         "network.T5Config.head_dim = 8",
-         "pretrained_test_probe.model = %MODEL"], skip_unknown=False)
+      [os.path.join(repo, "gin", "models", "minilm_t5.gin")],
+      [
+        f"ENCODER_DIR = '{bert_dir}'",
+        "DECODER_WIDTH = 32",
+        "DECODER_HEADS = 4",
+        "DECODER_MLP = 64",
+        "DROPOUT_RATE = 0.0",
+        "network.T5Config.head_dim = 8",
+        "pretrained_test_probe.model = %MODEL",
+      ],
+      skip_unknown=False,
+    )
     return pretrained_test_probe()
   finally:
     gin.clear_config()
@@ -604,12 +730,18 @@ def test_experiment_with_the_pretrained_encoder(bert_dir, tmp_path):
   assert model.config.encoder_dir == bert_dir
   assert model.config.frozen_layers == tiny_bert.LAYERS
   out = experiment.run_experiment(
-      data_dir=data_dir, workdir=workdir, model=model, scheme="atomic",
-      train_steps=10, batch_size=16, input_length=LENGTH,
-      task_rates={"indexing": 1.0, "retrieval": 1.0},
-      search=retrieval.SearchConfig(beam_size=5, top_k=5),
-      query_sets=(evaluation.QuerySet("titles"),),
-      warm_start_temperature=TEMPERATURE)
+    data_dir=data_dir,
+    workdir=workdir,
+    model=model,
+    scheme="atomic",
+    train_steps=10,
+    batch_size=16,
+    input_length=LENGTH,
+    task_rates={"indexing": 1.0, "retrieval": 1.0},
+    search=retrieval.SearchConfig(beam_size=5, top_k=5),
+    query_sets=(evaluation.QuerySet("titles"),),
+    warm_start_temperature=TEMPERATURE,
+  )
   result = out["titles/test"]
   assert result["gr"]["Hits@1"] > 6 / NUM_DOCS, result  # chance is 1/24
   assert result["gr"]["Hits@10"] > 0.5, result
@@ -625,11 +757,14 @@ def test_experiment_with_the_pretrained_encoder(bert_dir, tmp_path):
 def test_the_pretrained_gin_files_are_parsed_by_test_gin_files():
   """tests/test_gin_files.py globs them; the config builds the MiniLM model."""
   import test_gin_files  # pylint: disable=g-import-not-at-top
+
   assert "minilm_t5" in {f.stem for f in test_gin_files.MODEL_FILES}
-  [config_file] = [f for f in test_gin_files.CONFIG_FILES
-                   if f.stem == "news_atomic_minilm"]
+  [config_file] = [
+    f for f in test_gin_files.CONFIG_FILES if f.stem == "news_atomic_minilm"
+  ]
   model = test_gin_files._parse(  # pylint: disable=protected-access
-      [config_file], test_gin_files._placeholders(config_file))  # pylint: disable=protected-access
+    [config_file], test_gin_files._placeholders(config_file)
+  )  # pylint: disable=protected-access
   config = model.config
   assert isinstance(config, bert_network.BertT5Config)
   assert config.encoder.hidden_size == config.decoder.emb_dim == 384
@@ -641,19 +776,22 @@ def test_the_pretrained_gin_files_are_parsed_by_test_gin_files():
 # ------------------------------------- cross-attention K/V, projected once --
 
 
-def test_bert_cross_attention_kv_gives_the_uncached_logits(bert_config,
-                                                           vocab):
+def test_bert_cross_attention_kv_gives_the_uncached_logits(bert_config, vocab):
   """A decoder wider than the encoder (K/V kernels [32, heads, kv]): cached
   decode steps and the shared-source exact path equal the uncached ones."""
   config = bert_network.BertT5Config(
-      bert_config, decoder_config(128, emb_dim=48, num_decoder_layers=2,
-                                  logits_via_embedding=False), 1)
+    bert_config,
+    decoder_config(
+      128, emb_dim=48, num_decoder_layers=2, logits_via_embedding=False
+    ),
+    1,
+  )
   model = models.EncoderDecoderModel(config)
-  params = model.init_params(jax.random.PRNGKey(3), input_length=LENGTH,
-                             target_length=4)
+  params = model.init_params(
+    jax.random.PRNGKey(3), input_length=LENGTH, target_length=4
+  )
   tokens = jnp.asarray(_rows(vocab, TEXTS[:3]))
-  decoder_tokens = jnp.asarray(
-      np.random.RandomState(0).randint(3, 128, (3, 4)))
+  decoder_tokens = jnp.asarray(np.random.RandomState(0).randint(3, 128, (3, 4)))
 
   @jax.jit
   def steps(params, tokens, decoder_tokens):
@@ -662,10 +800,12 @@ def test_bert_cross_attention_kv_gives_the_uncached_logits(bert_config,
     plain = cached = model.init_cache(params, 3, 4)
     out = []
     for t in range(4):
-      a, plain = model.decode_step(params, plain, encoded, tokens,
-                                   decoder_tokens[:, t:t + 1])
-      b, cached = model.decode_step(params, cached, kv, tokens,
-                                    decoder_tokens[:, t:t + 1])
+      a, plain = model.decode_step(
+        params, plain, encoded, tokens, decoder_tokens[:, t : t + 1]
+      )
+      b, cached = model.decode_step(
+        params, cached, kv, tokens, decoder_tokens[:, t : t + 1]
+      )
       out.append((a, b))
     return out, kv
 
@@ -682,8 +822,10 @@ def test_bert_cross_attention_kv_gives_the_uncached_logits(bert_config,
   def exact(params):
     encoded = model.encode(params, query)  # [1, Li, width]
     kv = model.cross_attention_kv(params, encoded)  # [1, Li, heads, kv]
-    return (model.score_encoded(params, encoded, query, targets),
-            model.score_encoded(params, kv, query, targets))
+    return (
+      model.score_encoded(params, encoded, query, targets),
+      model.score_encoded(params, kv, query, targets),
+    )
 
   uncached, cached = exact(params)
   np.testing.assert_allclose(cached, uncached, rtol=1e-6, atol=1e-6)
@@ -702,10 +844,18 @@ def test_bert_decoder_output_layer_splits_off(model, base_params, vocab):
     logits, _ = model.decode_step(params, cache, kv, tokens, start)
     hidden, _ = model.decode_step_hidden(params, cache, kv, tokens, start)
     listed = jnp.asarray([[5, 9, 1], [2, 7, 7]], jnp.int32)
-    return (logits, model.output_logits(params, hidden),
-            model.output_logits(params, hidden, listed), listed)
+    return (
+      logits,
+      model.output_logits(params, hidden),
+      model.output_logits(params, hidden, listed),
+      listed,
+    )
 
   logits, split, sparse, listed = step(base_params)
   np.testing.assert_array_equal(split, logits)
-  np.testing.assert_allclose(sparse, np.take_along_axis(
-      np.asarray(logits), np.asarray(listed), axis=1), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    sparse,
+    np.take_along_axis(np.asarray(logits), np.asarray(listed), axis=1),
+    rtol=1e-5,
+    atol=1e-5,
+  )

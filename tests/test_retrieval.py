@@ -4,6 +4,7 @@ Every document has 3 docids (multi scheme); a search for all 12 documents
 decodes 3 * 12 beams, as many as there are docids, so it is exhaustive and
 must equal the exact ranking under either aggregation.
 """
+
 import dataclasses
 
 import jax
@@ -19,36 +20,55 @@ from gr import retrieval
 from gr.data.beir import Document
 from gr.docids import get_scheme
 
-WORDS = ("river stone cloud ember frost grove harbor island jungle kettle "
-         "lantern meadow nectar orchard pepper quartz").split()
+WORDS = (
+  "river stone cloud ember frost grove harbor island jungle kettle "
+  "lantern meadow nectar orchard pepper quartz"
+).split()
 # Short docids (an untrained model gives long ones almost no probability), so
 # that adding a document's docid probabilities changes its score.
-PARTS = ({"scheme": "naive"}, {"scheme": "text", "method": "prefix",
-                               "num_words": 1},
-         {"scheme": "text", "method": "tfidf", "num_words": 1})
+PARTS = (
+  {"scheme": "naive"},
+  {"scheme": "text", "method": "prefix", "num_words": 1},
+  {"scheme": "text", "method": "tfidf", "num_words": 1},
+)
 
 
 @pytest.fixture(scope="module")
 def searchers(tmp_path_factory):
   """{aggregation: Searcher} over one index and model."""
-  corpus = {f"d{i}": Document(f"d{i}", "", " ".join(
-      WORDS[(i * 3 + j) % len(WORDS)] for j in range(8))) for i in range(12)}
+  corpus = {
+    f"d{i}": Document(
+      f"d{i}", "", " ".join(WORDS[(i * 3 + j) % len(WORDS)] for j in range(8))
+    )
+    for i in range(12)
+  }
   table = get_scheme("multi", parts=PARTS).assign(corpus)
   texts = index_lib.training_texts(corpus, {}) * 5
-  index = index_lib.build_index(table, texts,
-                                str(tmp_path_factory.mktemp("idx")),
-                                vocab_size=80)
-  model = models.EncoderDecoderModel(network.T5Config.tiny(
-      vocab_size=-(-index.vocab.vocab_size // 128) * 128))
-  params = model.init_params(jax.random.PRNGKey(0), input_length=16,
-                             target_length=8)
+  index = index_lib.build_index(
+    table, texts, str(tmp_path_factory.mktemp("idx")), vocab_size=80
+  )
+  model = models.EncoderDecoderModel(
+    network.T5Config.tiny(vocab_size=-(-index.vocab.vocab_size // 128) * 128)
+  )
+  params = model.init_params(
+    jax.random.PRNGKey(0), input_length=16, target_length=8
+  )
   config = retrieval.SearchConfig(
-      beam_size=len(corpus), top_k=len(corpus),
-      max_decode_len=index.max_docid_length())
-  return {aggregation: retrieval.Searcher(
-      model, params, index,
-      dataclasses.replace(config, aggregation=aggregation), input_length=16,
-      batch_size=4) for aggregation in ("max", "logsumexp")}
+    beam_size=len(corpus),
+    top_k=len(corpus),
+    max_decode_len=index.max_docid_length(),
+  )
+  return {
+    aggregation: retrieval.Searcher(
+      model,
+      params,
+      index,
+      dataclasses.replace(config, aggregation=aggregation),
+      input_length=16,
+      batch_size=4,
+    )
+    for aggregation in ("max", "logsumexp")
+  }
 
 
 @pytest.fixture(scope="module")
@@ -65,30 +85,32 @@ def test_searcher_fits_docids_per_doc_to_the_index(searcher):
 
 
 @pytest.mark.parametrize("aggregation", ["max", "logsumexp"])
-def test_beam_search_with_full_beam_equals_exact_ranking(searchers,
-                                                         aggregation):
+def test_beam_search_with_full_beam_equals_exact_ranking(
+  searchers, aggregation
+):
   searcher = searchers[aggregation]
   beam = searcher.search(QUERIES)
-  exact = retrieval.exact_ranking(searcher, QUERIES, top_k=len(
-      searcher.index.doc_ids))
+  exact = retrieval.exact_ranking(
+    searcher, QUERIES, top_k=len(searcher.index.doc_ids)
+  )
   for b, e in zip(beam, exact):
     assert [d for d, _ in b] == [d for d, _ in e]
     assert len(b) == len(searcher.index.doc_ids)  # distinct documents
-    np.testing.assert_allclose([s for _, s in b], [s for _, s in e],
-                               atol=1e-4)
+    np.testing.assert_allclose([s for _, s in b], [s for _, s in e], atol=1e-4)
 
 
 def _docid_oracle(searcher, query):
   """Brute force: {doc_id: [log-prob of each of its docids]}."""
   sequences, values = searcher.index.docid_sequences()
-  targets = np.zeros((len(sequences), searcher.config.max_decode_len),
-                     np.int32)
+  targets = np.zeros((len(sequences), searcher.config.max_decode_len), np.int32)
   for row, sequence in enumerate(sequences):
-    targets[row, :len(sequence)] = sequence
-  tokens = retrieval.encode_queries(searcher.index.vocab, [query],
-                                    searcher.input_length)[0]
-  scores = retrieval.make_score_fn(searcher.model)(searcher.params, tokens,
-                                                   targets)
+    targets[row, : len(sequence)] = sequence
+  tokens = retrieval.encode_queries(
+    searcher.index.vocab, [query], searcher.input_length
+  )[0]
+  scores = retrieval.make_score_fn(searcher.model)(
+    searcher.params, tokens, targets
+  )
   per_doc = {}
   for value, score in zip(values, np.asarray(scores, np.float64)):
     per_doc.setdefault(searcher.index.doc_ids[value], []).append(score)
@@ -97,15 +119,17 @@ def _docid_oracle(searcher, query):
 
 def test_exact_ranking_merges_docids_by_the_aggregation(searchers):
   per_doc = _docid_oracle(searchers["max"], QUERIES[0])
-  merged = {"max": {d: max(s) for d, s in per_doc.items()},
-            "logsumexp": {d: float(np.logaddexp.reduce(s))
-                          for d, s in per_doc.items()}}
+  merged = {
+    "max": {d: max(s) for d, s in per_doc.items()},
+    "logsumexp": {d: float(np.logaddexp.reduce(s)) for d, s in per_doc.items()},
+  }
   for aggregation, searcher in searchers.items():
     (ranking,) = retrieval.exact_ranking(searcher, QUERIES[:1], top_k=5)
     want = sorted(merged[aggregation].items(), key=lambda x: -x[1])[:5]
     assert [d for d, _ in ranking] == [d for d, _ in want]
-    np.testing.assert_allclose([s for _, s in ranking],
-                               [s for _, s in want], atol=1e-4)
+    np.testing.assert_allclose(
+      [s for _, s in ranking], [s for _, s in want], atol=1e-4
+    )
   gaps = [merged["logsumexp"][d] - merged["max"][d] for d in per_doc]
   assert max(gaps) > 1e-2  # the two aggregations are told apart
 
@@ -123,8 +147,9 @@ def test_every_result_is_an_indexed_document_once(searcher):
 
 
 def test_encode_queries_trims_and_terminates(searcher):
-  tokens = retrieval.encode_queries(searcher.index.vocab,
-                                    [" ".join(WORDS * 3), "river"], 16)
+  tokens = retrieval.encode_queries(
+    searcher.index.vocab, [" ".join(WORDS * 3), "river"], 16
+  )
   assert tokens.shape == (2, 16)
   assert tokens[0, -1] == 1  # EOS kept after trimming
   assert (tokens[1] > 0).sum() == len(searcher.index.vocab.encode("river")) + 1
@@ -133,7 +158,8 @@ def test_encode_queries_trims_and_terminates(searcher):
 def _uncached_search_fn(model, config):
   """The search as it was: cross-attention K/V projected at every step."""
   beams, _ = decoding.document_search_sizes(
-      config.beam_size, config.top_k, config.docids_per_doc)
+    config.beam_size, config.top_k, config.docids_per_doc
+  )
 
   @jax.jit
   def search(params, encoder_tokens, trie_arrays):
@@ -146,11 +172,16 @@ def _uncached_search_fn(model, config):
       return model.decode_step(params, cache, encoded, tokens, decoder_tokens)
 
     return decoding.constrained_document_search(
-        tokens_to_logits, model.init_cache(params, batch,
-                                           config.max_decode_len),
-        batch, trie_arrays, beam_size=config.beam_size,
-        max_decode_len=config.max_decode_len, top_k=config.top_k,
-        docids_per_doc=config.docids_per_doc, aggregation=config.aggregation)
+      tokens_to_logits,
+      model.init_cache(params, batch, config.max_decode_len),
+      batch,
+      trie_arrays,
+      beam_size=config.beam_size,
+      max_decode_len=config.max_decode_len,
+      top_k=config.top_k,
+      docids_per_doc=config.docids_per_doc,
+      aggregation=config.aggregation,
+    )
 
   return search
 
@@ -159,24 +190,28 @@ def _uncached_search_fn(model, config):
 def test_cached_cross_attention_keeps_the_beams(searcher, beam_size):
   """Searcher projects cross-attention K/V once per query: same documents,
   docids and scores as projecting them at every step."""
-  config = dataclasses.replace(searcher.config, beam_size=beam_size,
-                               top_k=beam_size)
-  tokens = retrieval.encode_queries(searcher.index.vocab,
-                                    QUERIES + ["meadow"], 16)
+  config = dataclasses.replace(
+    searcher.config, beam_size=beam_size, top_k=beam_size
+  )
+  tokens = retrieval.encode_queries(
+    searcher.index.vocab, QUERIES + ["meadow"], 16
+  )
   args = (searcher.params, tokens, searcher.trie_arrays)
   cached = retrieval.make_search_fn(searcher.model, config)(*args)
   uncached = _uncached_search_fn(searcher.model, config)(*args)
   np.testing.assert_array_equal(cached.documents, uncached.documents)
   np.testing.assert_array_equal(cached.docids, uncached.docids)
-  np.testing.assert_allclose(cached.scores, uncached.scores, rtol=1e-6,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    cached.scores, uncached.scores, rtol=1e-6, atol=1e-6
+  )
 
 
 def _dense_restricted_search_fn(model, config):
   """The reference of sparse_output: full logits, masked to the trie and
   renormalised ([N, V] at every step)."""
   beams, _ = decoding.document_search_sizes(
-      config.beam_size, config.top_k, config.docids_per_doc)
+    config.beam_size, config.top_k, config.docids_per_doc
+  )
 
   @jax.jit
   def search(params, encoder_tokens, trie_arrays):
@@ -184,44 +219,59 @@ def _dense_restricted_search_fn(model, config):
     encoded = jnp.repeat(model.encode(params, encoder_tokens), beams, axis=0)
     tokens = jnp.repeat(encoder_tokens, beams, axis=0)
     return decoding.constrained_document_search(
-        retrieval.decoder_step_fn(model, params, encoded, tokens),
-        model.init_cache(params, batch, config.max_decode_len), batch,
-        trie_arrays, beam_size=config.beam_size,
-        max_decode_len=config.max_decode_len, top_k=config.top_k,
-        docids_per_doc=config.docids_per_doc, aggregation=config.aggregation,
-        dense_mask=True, sparse_output=True)
+      retrieval.decoder_step_fn(model, params, encoded, tokens),
+      model.init_cache(params, batch, config.max_decode_len),
+      batch,
+      trie_arrays,
+      beam_size=config.beam_size,
+      max_decode_len=config.max_decode_len,
+      top_k=config.top_k,
+      docids_per_doc=config.docids_per_doc,
+      aggregation=config.aggregation,
+      dense_mask=True,
+      sparse_output=True,
+    )
 
   return search
 
 
 @pytest.mark.parametrize("beam_size", [2, 12])
-def test_sparse_output_equals_the_dense_restricted_scores(searcher,
-                                                          beam_size):
-  config = dataclasses.replace(searcher.config, beam_size=beam_size,
-                               top_k=beam_size, sparse_output=True)
-  tokens = retrieval.encode_queries(searcher.index.vocab,
-                                    QUERIES + ["meadow"], 16)
+def test_sparse_output_equals_the_dense_restricted_scores(searcher, beam_size):
+  config = dataclasses.replace(
+    searcher.config, beam_size=beam_size, top_k=beam_size, sparse_output=True
+  )
+  tokens = retrieval.encode_queries(
+    searcher.index.vocab, QUERIES + ["meadow"], 16
+  )
   args = (searcher.params, tokens, searcher.trie_arrays)
   sparse = retrieval.make_search_fn(searcher.model, config)(*args)
   dense = _dense_restricted_search_fn(searcher.model, config)(*args)
   np.testing.assert_array_equal(sparse.documents, dense.documents)
   np.testing.assert_array_equal(sparse.docids, dense.docids)
-  np.testing.assert_allclose(sparse.scores, dense.scores, rtol=1e-5,
-                             atol=1e-5)
+  np.testing.assert_allclose(sparse.scores, dense.scores, rtol=1e-5, atol=1e-5)
   full = retrieval.make_search_fn(
-      searcher.model, dataclasses.replace(config, sparse_output=False))(*args)
+    searcher.model, dataclasses.replace(config, sparse_output=False)
+  )(*args)
   assert not np.allclose(sparse.scores, full.scores, atol=1e-3)
   if beam_size == len(searcher.index.doc_ids):  # every docid found
     docid_scores = np.asarray(sparse.docid_scores, np.float64)
     np.testing.assert_allclose(  # a distribution over the trie's docids
-        np.logaddexp.reduce(docid_scores.reshape(len(tokens), -1), axis=1),
-        0.0, atol=1e-4)
+      np.logaddexp.reduce(docid_scores.reshape(len(tokens), -1), axis=1),
+      0.0,
+      atol=1e-4,
+    )
 
 
 def test_searcher_with_sparse_output(searcher):
   config = dataclasses.replace(searcher.config, sparse_output=True)
-  sparse = retrieval.Searcher(searcher.model, searcher.params, searcher.index,
-                              config, input_length=16, batch_size=4)
+  sparse = retrieval.Searcher(
+    searcher.model,
+    searcher.params,
+    searcher.index,
+    config,
+    input_length=16,
+    batch_size=4,
+  )
   rankings = sparse.search(QUERIES)
   assert [len(r) for r in rankings] == [len(searcher.index.doc_ids)] * 3
   for ranking in rankings:

@@ -7,6 +7,7 @@ per-row bias from the initial cache. PAD (0) never has probability, so the
 exact distribution over whole sequences is a finite enumeration.
 HF transformers' logits warpers are the oracle for temperature/top-k/top-p.
 """
+
 import functools
 
 import jax
@@ -40,33 +41,57 @@ def _tokens_to_logits(table, tokens, cache, step):
   del step
   previous = tokens[:, 0]
   logits = table[cache["last"], previous] + cache["bias"]
-  return logits, dict(last=previous, bias=cache["bias"],
-                      index=cache["index"] + 1)
+  return logits, dict(
+    last=previous, bias=cache["bias"], index=cache["index"] + 1
+  )
 
 
 def _cache(bias):
   """bias [B, V] -> cache with leaves [B, ...] and a 0-d index."""
-  return dict(last=jnp.zeros(bias.shape[:1], jnp.int32), bias=bias,
-              index=jnp.array(0, jnp.int32))
+  return dict(
+    last=jnp.zeros(bias.shape[:1], jnp.int32),
+    bias=bias,
+    index=jnp.array(0, jnp.int32),
+  )
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "batch", "max_len", "temperature", "top_k", "top_p"))
-def _sample(table, bias_row, rng, *, batch, max_len=MAX_LEN, temperature=1.0,
-            top_k=0, top_p=1.0):
+@functools.partial(
+  jax.jit, static_argnames=("batch", "max_len", "temperature", "top_k", "top_p")
+)
+def _sample(
+  table,
+  bias_row,
+  rng,
+  *,
+  batch,
+  max_len=MAX_LEN,
+  temperature=1.0,
+  top_k=0,
+  top_p=1.0,
+):
   """`batch` samples of one chain (bias_row [V] repeated over rows)."""
   bias = jnp.broadcast_to(bias_row, (batch, VOCAB))
   return sampling.sample(
-      functools.partial(_tokens_to_logits, table), _cache(bias), batch,
-      max_decode_len=max_len, rng=rng, temperature=temperature, top_k=top_k,
-      top_p=top_p)
+    functools.partial(_tokens_to_logits, table),
+    _cache(bias),
+    batch,
+    max_decode_len=max_len,
+    rng=rng,
+    temperature=temperature,
+    top_k=top_k,
+    top_p=top_p,
+  )
 
 
 def _hf_probs(logits, temperature=1.0, top_k=0, top_p=1.0):
   """Next-token probabilities [V] after HF's warpers (the oracle)."""
   import torch  # pylint: disable=g-import-not-at-top
-  from transformers import (TemperatureLogitsWarper, TopKLogitsWarper,  # pylint: disable=g-import-not-at-top
-                            TopPLogitsWarper)
+  from transformers import (
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,  # pylint: disable=g-import-not-at-top
+    TopPLogitsWarper,
+  )
+
   scores = torch.tensor(np.asarray(logits, np.float32))[None]
   scores = TemperatureLogitsWarper(temperature)(None, scores)
   if top_k:
@@ -94,7 +119,7 @@ def _exact_distribution(table, bias_row, probs_fn, max_len=MAX_LEN):
 
 def _as_tuples(sequences):
   """[N, L] EOS-then-PAD rows -> tuples without the PAD tail."""
-  return [tuple(int(t) for t in row[:_length(row)]) for row in sequences]
+  return [tuple(int(t) for t in row[: _length(row)]) for row in sequences]
 
 
 def _length(row):
@@ -124,26 +149,43 @@ BIAS = np.random.default_rng(1).normal(size=VOCAB).astype(np.float32)
 BIAS[0] = 0.0
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p", [
-    (1.0, 0, 1.0), (0.7, 0, 1.0), (1.0, 2, 1.0), (1.3, 0, 0.6),
-    (0.8, 3, 0.8)])
+@pytest.mark.parametrize(
+  "temperature,top_k,top_p",
+  [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.0, 2, 1.0), (1.3, 0, 0.6), (0.8, 3, 0.8)],
+)
 def test_empirical_frequencies_match_the_exact_distribution(
-    temperature, top_k, top_p):
-  sequences, _ = _sample(TABLE, BIAS, jax.random.key(7), batch=NUM_SAMPLES,
-                         temperature=temperature, top_k=top_k, top_p=top_p)
-  distribution = _exact_distribution(TABLE, BIAS, functools.partial(
-      _hf_probs, temperature=temperature, top_k=top_k, top_p=top_p))
+  temperature, top_k, top_p
+):
+  sequences, _ = _sample(
+    TABLE,
+    BIAS,
+    jax.random.key(7),
+    batch=NUM_SAMPLES,
+    temperature=temperature,
+    top_k=top_k,
+    top_p=top_p,
+  )
+  distribution = _exact_distribution(
+    TABLE,
+    BIAS,
+    functools.partial(
+      _hf_probs, temperature=temperature, top_k=top_k, top_p=top_p
+    ),
+  )
   # Seeded, so not flaky; a wrong filter or cache gives p-values ~ 0.
-  assert _chi_square_pvalue(_as_tuples(np.asarray(sequences)),
-                            distribution) > 1e-3
+  assert (
+    _chi_square_pvalue(_as_tuples(np.asarray(sequences)), distribution) > 1e-3
+  )
 
 
 def test_log_probs_are_the_unfiltered_model_log_probs():
-  sequences, log_probs = _sample(TABLE, BIAS, jax.random.key(3), batch=64,
-                                 temperature=0.5, top_k=2)
+  sequences, log_probs = _sample(
+    TABLE, BIAS, jax.random.key(3), batch=64, temperature=0.5, top_k=2
+  )
   exact = _exact_distribution(TABLE, BIAS, _hf_probs)
-  for seq, log_prob in zip(_as_tuples(np.asarray(sequences)),
-                           np.asarray(log_probs)):
+  for seq, log_prob in zip(
+    _as_tuples(np.asarray(sequences)), np.asarray(log_probs)
+  ):
     np.testing.assert_allclose(log_prob, np.log(exact[seq]), rtol=1e-5)
 
 
@@ -161,8 +203,12 @@ def _greedy(table, bias_row, max_len=MAX_LEN):
 def test_top_k_1_and_low_temperature_equal_greedy(table_seed):
   table = _table(table_seed)
   expected = _greedy(table, BIAS)
-  for kwargs in (dict(top_k=1), dict(temperature=0.0),
-                 dict(temperature=1e-4), dict(top_p=1e-6)):
+  for kwargs in (
+    dict(top_k=1),
+    dict(temperature=0.0),
+    dict(temperature=1e-4),
+    dict(top_p=1e-6),
+  ):
     sequences, _ = _sample(table, BIAS, jax.random.key(0), batch=8, **kwargs)
     assert set(_as_tuples(np.asarray(sequences))) == {expected}, kwargs
 
@@ -177,8 +223,9 @@ def test_seeded_determinism():
 
 def test_raw_key_equals_typed_key():
   typed = _sample(TABLE, BIAS, jax.random.key(5), batch=32)[0]
-  raw = _sample(TABLE, BIAS, jax.random.key_data(jax.random.key(5)),
-                batch=32)[0]
+  raw = _sample(TABLE, BIAS, jax.random.key_data(jax.random.key(5)), batch=32)[
+    0
+  ]
   np.testing.assert_array_equal(typed, raw)
 
 
@@ -191,8 +238,9 @@ def test_per_row_keys_make_a_row_independent_of_the_batch():
 
 
 def test_eos_then_pad_and_early_stop():
-  sequences, log_probs = _sample(TABLE, BIAS, jax.random.key(2), batch=512,
-                                 max_len=6)
+  sequences, log_probs = _sample(
+    TABLE, BIAS, jax.random.key(2), batch=512, max_len=6
+  )
   sequences = np.asarray(sequences)
   for row in sequences:
     length = _length(row)
@@ -211,27 +259,40 @@ def test_loop_stops_when_every_row_has_ended():
     return logits, cache
 
   cache = dict(index=jnp.array(0, jnp.int32))
-  sequences, _ = jax.jit(lambda rng: sampling.sample(
-      tokens_to_logits, cache, 4, max_decode_len=8, rng=rng,
-      top_k=1))(jax.random.key(0))
+  sequences, _ = jax.jit(
+    lambda rng: sampling.sample(
+      tokens_to_logits, cache, 4, max_decode_len=8, rng=rng, top_k=1
+    )
+  )(jax.random.key(0))
   np.testing.assert_array_equal(np.asarray(sequences)[:, 0], 1)
   np.testing.assert_array_equal(np.asarray(sequences)[:, 1:], 0)
   assert steps_run == [0]  # every row took EOS at step 0: one step only
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 2**16), temperature=st.floats(0.2, 3.0),
-       top_k=st.integers(0, 8), top_p=st.floats(0.05, 1.0))
-def test_filter_logits_keeps_the_tokens_hf_keeps(seed, temperature, top_k,
-                                                 top_p):
+@given(
+  seed=st.integers(0, 2**16),
+  temperature=st.floats(0.2, 3.0),
+  top_k=st.integers(0, 8),
+  top_p=st.floats(0.05, 1.0),
+)
+def test_filter_logits_keeps_the_tokens_hf_keeps(
+  seed, temperature, top_k, top_p
+):
   logits = np.random.default_rng(seed).normal(size=(3, 8)).astype(np.float32)
   values, token_ids = sampling.filter_logits(
-      jnp.asarray(logits), temperature=temperature, top_k=top_k, top_p=top_p)
+    jnp.asarray(logits), temperature=temperature, top_k=top_k, top_p=top_p
+  )
   ours = np.zeros(logits.shape)
-  np.put_along_axis(ours, np.asarray(token_ids),
-                    np.asarray(jax.nn.softmax(values, axis=-1)), axis=-1)
-  expected = np.stack([_hf_probs(row, temperature, top_k, top_p)
-                       for row in logits])
+  np.put_along_axis(
+    ours,
+    np.asarray(token_ids),
+    np.asarray(jax.nn.softmax(values, axis=-1)),
+    axis=-1,
+  )
+  expected = np.stack(
+    [_hf_probs(row, temperature, top_k, top_p) for row in logits]
+  )
   np.testing.assert_allclose(ours, expected, atol=1e-5)
 
 
@@ -240,29 +301,49 @@ def test_logits_processor_hook_restricts_samples_to_the_trie():
   trie = DocidTrie.build(docids, [0, 1, 2], eos_id=1)
   processor = decoding.TrieConstraint(trie.to_device())
   bias = jnp.broadcast_to(jnp.asarray(BIAS), (256, VOCAB))
-  sequences, log_probs = jax.jit(lambda rng: sampling.sample(
+  sequences, log_probs = jax.jit(
+    lambda rng: sampling.sample(
       functools.partial(_tokens_to_logits, jnp.asarray(TABLE)),
-      _cache(bias), 256,
-      max_decode_len=MAX_LEN, rng=rng, logits_processor=processor))(
-          jax.random.key(0))
+      _cache(bias),
+      256,
+      max_decode_len=MAX_LEN,
+      rng=rng,
+      logits_processor=processor,
+    )
+  )(jax.random.key(0))
   found = set(_as_tuples(np.asarray(sequences)))
   assert found == {tuple(d) for d in docids}
   assert np.all(np.isfinite(np.asarray(log_probs)))
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(temperature=-1.0), dict(top_k=-1), dict(top_p=0.0),
-    dict(top_p=1.5), dict(max_decode_len=0)])
+@pytest.mark.parametrize(
+  "kwargs",
+  [
+    dict(temperature=-1.0),
+    dict(top_k=-1),
+    dict(top_p=0.0),
+    dict(top_p=1.5),
+    dict(max_decode_len=0),
+  ],
+)
 def test_bad_settings_raise(kwargs):
   settings_ = dict(max_decode_len=MAX_LEN) | kwargs
   with pytest.raises(ValueError, match="sample"):
-    sampling.sample(functools.partial(_tokens_to_logits, TABLE),
-                    _cache(jnp.zeros((2, VOCAB))), 2, rng=jax.random.key(0),
-                    **settings_)
+    sampling.sample(
+      functools.partial(_tokens_to_logits, TABLE),
+      _cache(jnp.zeros((2, VOCAB))),
+      2,
+      rng=jax.random.key(0),
+      **settings_,
+    )
 
 
 def test_wrong_number_of_row_keys_raises():
   with pytest.raises(ValueError, match="one per row"):
-    sampling.sample(functools.partial(_tokens_to_logits, TABLE),
-                    _cache(jnp.zeros((2, VOCAB))), 2, max_decode_len=MAX_LEN,
-                    rng=jax.random.split(jax.random.key(0), 3))
+    sampling.sample(
+      functools.partial(_tokens_to_logits, TABLE),
+      _cache(jnp.zeros((2, VOCAB))),
+      2,
+      max_decode_len=MAX_LEN,
+      rng=jax.random.split(jax.random.key(0), 3),
+    )

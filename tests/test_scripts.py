@@ -5,6 +5,7 @@ install makes gr importable) on input that fails before any model is built:
 a malformed corpus line, a missing folder or file, a wrong flag or gin
 binding. gin_cli.run turns those errors into `<script>: error: <message>`.
 """
+
 import importlib
 import os
 import pathlib
@@ -23,11 +24,13 @@ def bad_beir(tmp_path_factory):
   """A BEIR folder whose corpus.jsonl line 2 is malformed JSON."""
   folder = tmp_path_factory.mktemp('bad_beir')
   (folder / 'corpus.jsonl').write_text(
-      '{"_id": "d1", "title": "t", "text": "hello"}\n{"_id": "d2", "text": \n')
+    '{"_id": "d1", "title": "t", "text": "hello"}\n{"_id": "d2", "text": \n'
+  )
   (folder / 'queries.jsonl').write_text('{"_id": "q1", "text": "hello"}\n')
   (folder / 'qrels').mkdir()
   (folder / 'qrels' / 'test.tsv').write_text(
-      'query-id\tcorpus-id\tscore\nq1\td1\t1\n')
+    'query-id\tcorpus-id\tscore\nq1\td1\t1\n'
+  )
   return folder
 
 
@@ -35,8 +38,13 @@ def _run(script, *args, cwd=REPO):
   env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
   env.update(JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3', XLA_FLAGS='')
   return subprocess.run(
-      [sys.executable, str(REPO / 'scripts' / script), *map(str, args)],
-      cwd=cwd, env=env, capture_output=True, text=True, timeout=240)
+    [sys.executable, str(REPO / 'scripts' / script), *map(str, args)],
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=240,
+  )
 
 
 def _assert_one_line_error(result, script, *expected):
@@ -49,11 +57,15 @@ def _assert_one_line_error(result, script, *expected):
 
 
 def test_run_experiment_names_the_malformed_corpus_line(bad_beir, tmp_path):
-  result = _run('run_experiment.py', '--gin_file=configs/news_naive_tiny.gin',
-                f"--gin.DATA_DIR='{bad_beir}'",
-                f"--gin.WORKDIR='{tmp_path / 'work'}'")
-  _assert_one_line_error(result, 'run_experiment.py', 'corpus.jsonl:2',
-                         'malformed JSON')
+  result = _run(
+    'run_experiment.py',
+    '--gin_file=configs/news_naive_tiny.gin',
+    f"--gin.DATA_DIR='{bad_beir}'",
+    f"--gin.WORKDIR='{tmp_path / 'work'}'",
+  )
+  _assert_one_line_error(
+    result, 'run_experiment.py', 'corpus.jsonl:2', 'malformed JSON'
+  )
   assert 'In call to configurable' not in result.stderr.splitlines()[-1]
 
 
@@ -65,14 +77,16 @@ def test_train_names_the_missing_gin_file():
 def test_demo_names_the_unknown_gin_configurable(tmp_path):
   (tmp_path / 'manifest.json').write_text('{}')  # so no benchmark is built
   result = _run('demo.py', f'--data_dir={tmp_path}', '--gin.no_such.x=1')
-  _assert_one_line_error(result, 'demo.py', "No configurable matching "
-                         "'no_such'", 'no_such.x=1')
+  _assert_one_line_error(
+    result, 'demo.py', "No configurable matching 'no_such'", 'no_such.x=1'
+  )
 
 
 def test_serve_names_the_missing_run(tmp_path):
   result = _run('serve.py', f'--checkpoint={tmp_path / "missing" / "model"}')
-  _assert_one_line_error(result, 'serve.py', str(tmp_path / 'missing'),
-                         'model_config.json')
+  _assert_one_line_error(
+    result, 'serve.py', str(tmp_path / 'missing'), 'model_config.json'
+  )
 
 
 def test_serve_rejects_an_unknown_flag():
@@ -81,9 +95,11 @@ def test_serve_rejects_an_unknown_flag():
 
 
 def test_bench_serving_names_the_missing_run(tmp_path):
-  result = _run('bench_serving.py',
-                f'--checkpoint={tmp_path / "missing" / "model"}',
-                f'--out={tmp_path / "out.json"}')
+  result = _run(
+    'bench_serving.py',
+    f'--checkpoint={tmp_path / "missing" / "model"}',
+    f'--out={tmp_path / "out.json"}',
+  )
   _assert_one_line_error(result, 'bench_serving.py', str(tmp_path / 'missing'))
 
 
@@ -93,17 +109,32 @@ def test_bench_train_names_the_unknown_config():
 
 
 def test_build_docids_names_the_malformed_corpus_line(bad_beir, tmp_path):
-  result = _run('build_docids.py', '--data_dir', bad_beir, '--scheme', 'naive',
-                '--out', tmp_path / 'table')
+  result = _run(
+    'build_docids.py',
+    '--data_dir',
+    bad_beir,
+    '--scheme',
+    'naive',
+    '--out',
+    tmp_path / 'table',
+  )
   _assert_one_line_error(result, 'build_docids.py', 'corpus.jsonl:2')
   assert not (tmp_path / 'table').exists()
 
 
 def test_build_docids_names_a_missing_data_folder(tmp_path):
-  result = _run('build_docids.py', '--data_dir', tmp_path / 'missing',
-                '--scheme', 'naive', '--out', tmp_path / 'table')
-  _assert_one_line_error(result, 'build_docids.py',
-                         str(tmp_path / 'missing' / 'corpus.jsonl'))
+  result = _run(
+    'build_docids.py',
+    '--data_dir',
+    tmp_path / 'missing',
+    '--scheme',
+    'naive',
+    '--out',
+    tmp_path / 'table',
+  )
+  _assert_one_line_error(
+    result, 'build_docids.py', str(tmp_path / 'missing' / 'corpus.jsonl')
+  )
 
 
 def test_build_news_names_the_bad_flag_value(tmp_path):
@@ -113,8 +144,9 @@ def test_build_news_names_the_bad_flag_value(tmp_path):
 
 def test_results_table_names_the_missing_results_file(tmp_path):
   result = _run('results_table.py', tmp_path)
-  _assert_one_line_error(result, 'results_table.py',
-                         str(tmp_path / 'results.json'))
+  _assert_one_line_error(
+    result, 'results_table.py', str(tmp_path / 'results.json')
+  )
 
 
 # ------------------------------------------------------------ gin_cli --
@@ -138,8 +170,11 @@ def test_other_errors_are_bugs_and_keep_their_traceback():
 def test_fail_writes_one_line_and_exits_2(capsys, monkeypatch):
   monkeypatch.setattr(sys, 'argv', ['tool.py'])
   with pytest.raises(SystemExit) as exit_info:
-    gin_cli.fail("bad thing\n  In file 'a.gin', line 3\n"
-                 "  In call to configurable 'f' (<function f>)\n")
+    gin_cli.fail(
+      "bad thing\n  In file 'a.gin', line 3\n"
+      "  In call to configurable 'f' (<function f>)\n"
+    )
   assert exit_info.value.code == 2
   assert capsys.readouterr().err == (
-      "tool.py: error: bad thing In file 'a.gin', line 3\n")
+    "tool.py: error: bad thing In file 'a.gin', line 3\n"
+  )

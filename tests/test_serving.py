@@ -6,6 +6,7 @@ exhaustive, so "is document X retrievable" has an exact answer: it is in
 every query's results iff it is in the trie. The peer oracle for scores is
 gr.retrieval.Searcher (the same model through the existing search path).
 """
+
 import concurrent.futures
 import dataclasses
 import json
@@ -28,36 +29,57 @@ from gr import serving
 from gr import trie as trie_lib
 from gr.data import beir
 
-WORDS = ("apple banana cherry delta echo forest garden harbor island jungle "
-         "kettle lemon mountain nectar ocean pepper quartz river stone tiger "
-         "umbrella violet walnut xenon yellow zebra").split()
+WORDS = (
+  "apple banana cherry delta echo forest garden harbor island jungle "
+  "kettle lemon mountain nectar ocean pepper quartz river stone tiger "
+  "umbrella violet walnut xenon yellow zebra"
+).split()
 INPUT_LENGTH = 16
 CONFIG = serving.ServingConfig(max_k=32, buckets=(1, 4), max_wait_ms=5.0)
 
 
 def synthetic_corpus(num_docs: int, prefix: str = "doc") -> dict:
   rng = np.random.default_rng(len(prefix) + num_docs)
-  return {f"{prefix}{i}": beir.Document(
-      f"{prefix}{i}", f"Title {prefix} {i}",
-      " ".join(rng.choice(WORDS, size=12))) for i in range(num_docs)}
+  return {
+    f"{prefix}{i}": beir.Document(
+      f"{prefix}{i}",
+      f"Title {prefix} {i}",
+      " ".join(rng.choice(WORDS, size=12)),
+    )
+    for i in range(num_docs)
+  }
 
 
 def tiny_config(vocab_size: int) -> network.T5Config:
-  return network.T5Config(vocab_size=vocab_size, emb_dim=32, num_heads=2,
-                          num_encoder_layers=1, num_decoder_layers=1,
-                          head_dim=16, mlp_dim=64, dropout_rate=0.0)
+  return network.T5Config(
+    vocab_size=vocab_size,
+    emb_dim=32,
+    num_heads=2,
+    num_encoder_layers=1,
+    num_decoder_layers=1,
+    head_dim=16,
+    mlp_dim=64,
+    dropout_rate=0.0,
+  )
 
 
 def random_params(model: models.EncoderDecoderModel, seed: int = 0):
   """Untrained params of the right shapes (eager flax init is slow on CPU)."""
   rng = np.random.default_rng(seed)
   return jax.tree.map(
-      lambda s: jax.numpy.asarray(rng.normal(0, 0.3, s.shape), s.dtype),
-      model.param_shapes())
+    lambda s: jax.numpy.asarray(rng.normal(0, 0.3, s.shape), s.dtype),
+    model.param_shapes(),
+  )
 
 
-def make_run(workdir, *, scheme: str = "naive", num_docs: int = 12,
-             extra_vocab_rows=None, scheme_params=None) -> str:
+def make_run(
+  workdir,
+  *,
+  scheme: str = "naive",
+  num_docs: int = 12,
+  extra_vocab_rows=None,
+  scheme_params=None,
+) -> str:
   """A run dir like run_experiment's (untrained params); returns model dir.
 
   extra_vocab_rows: None pads the model vocab to 128s (gr.train.fit_vocab);
@@ -68,20 +90,31 @@ def make_run(workdir, *, scheme: str = "naive", num_docs: int = 12,
   table = docids_lib.get_scheme(scheme, **(scheme_params or {})).assign(corpus)
   index_dir = os.path.join(workdir, "index")
   index = index_lib.build_index(
-      table, [d.text for d in corpus.values()] * 3,
-      os.path.join(workdir, "sp"), vocab_size=64)
+    table,
+    [d.text for d in corpus.values()] * 3,
+    os.path.join(workdir, "sp"),
+    vocab_size=64,
+  )
   index_lib.save_index(index, index_dir)
-  rows = (-(-index.vocab.vocab_size // 128) * 128 if extra_vocab_rows is None
-          else index.vocab.vocab_size + extra_vocab_rows)
+  rows = (
+    -(-index.vocab.vocab_size // 128) * 128
+    if extra_vocab_rows is None
+    else index.vocab.vocab_size + extra_vocab_rows
+  )
   model = models.EncoderDecoderModel(tiny_config(rows))
   params = random_params(model)
   model_dir = os.path.join(workdir, "model")
-  checkpoints.save(model_dir, 5, {"params": params},
-                   extra_artifacts_dir=index_lib.current_version_dir(index_dir))
+  checkpoints.save(
+    model_dir,
+    5,
+    {"params": params},
+    extra_artifacts_dir=index_lib.current_version_dir(index_dir),
+  )
   corpus_path = os.path.join(workdir, "corpus.jsonl")
   beir.write_corpus(corpus_path, corpus)
-  run_config.save_model_config(workdir, model.config, input_length=INPUT_LENGTH,
-                            corpus_path=corpus_path)
+  run_config.save_model_config(
+    workdir, model.config, input_length=INPUT_LENGTH, corpus_path=corpus_path
+  )
   return model_dir
 
 
@@ -94,9 +127,11 @@ def run_template(tmp_path_factory):
 def retriever(run_template):
   """One warmed-up Retriever whose index lives only in memory."""
   model, params, trained, run, _ = serving.load_checkpoint(
-      os.path.join(run_template, "model"))
-  r = serving.Retriever(model, params, trained, input_length=run.input_length,
-                        config=CONFIG)
+    os.path.join(run_template, "model")
+  )
+  r = serving.Retriever(
+    model, params, trained, input_length=run.input_length, config=CONFIG
+  )
   r.warm_up()
   return r
 
@@ -107,6 +142,7 @@ def doc_ids_found(retriever, query="apple banana"):
 
 def copy_run(template, dest):
   import shutil  # pylint: disable=g-import-not-at-top
+
   shutil.copytree(template, dest)
   return os.path.join(dest, "model")
 
@@ -116,43 +152,58 @@ def copy_run(template, dest):
 
 def test_model_config_round_trip(tmp_path):
   config = tiny_config(256)
-  run_config.save_model_config(tmp_path, config, input_length=24,
-                            corpus_path="c.jsonl")
+  run_config.save_model_config(
+    tmp_path, config, input_length=24, corpus_path="c.jsonl"
+  )
   path = run_config.find_model_config(os.path.join(tmp_path, "model"))
   assert run_config.load_model_config(path) == run_config.RunConfig(
-      config, 24, os.path.abspath("c.jsonl"))
+    config, 24, os.path.abspath("c.jsonl")
+  )
 
 
 def test_missing_or_bad_model_config_is_refused(tmp_path):
   with pytest.raises(run_config.RunConfigError, match="model_config.json"):
     run_config.find_model_config(os.path.join(tmp_path, "model"))
   path = tmp_path / run_config.MODEL_CONFIG_FILE
-  path.write_text(json.dumps({"format": run_config.MODEL_CONFIG_FORMAT,
-                              "input_length": 8,
-                              "t5_config": {"emb_dim": 3}}))
+  path.write_text(
+    json.dumps(
+      {
+        "format": run_config.MODEL_CONFIG_FORMAT,
+        "input_length": 8,
+        "t5_config": {"emb_dim": 3},
+      }
+    )
+  )
   with pytest.raises(run_config.RunConfigError, match=str(path)):
     run_config.load_model_config(str(path))
 
 
-def test_from_checkpoint_seeds_index_and_matches_searcher(run_template,
-                                                          tmp_path):
+def test_from_checkpoint_seeds_index_and_matches_searcher(
+  run_template, tmp_path
+):
   model_dir = copy_run(run_template, tmp_path / "run")
   r = serving.Retriever.from_checkpoint(
-      model_dir, index_dir=str(tmp_path / "served"), config=CONFIG)
+    model_dir, index_dir=str(tmp_path / "served"), config=CONFIG
+  )
   try:
     assert r.checkpoint_step == 5
     assert index_lib.load_index(str(tmp_path / "served")).table == r.index.table
     searcher = retrieval.Searcher(
-        r.model, r.params, r.index,
-        CONFIG.search_config(r.max_decode_len), input_length=INPUT_LENGTH,
-        batch_size=4)
+      r.model,
+      r.params,
+      r.index,
+      CONFIG.search_config(r.max_decode_len),
+      input_length=INPUT_LENGTH,
+      batch_size=4,
+    )
     queries = ["apple river", "zebra", "ocean quartz stone"]
     expected = searcher.search(queries)
     got = r.retrieve(queries, 32)
     for want, hits in zip(expected, got):
       assert [h.doc_id for h in hits] == [d for d, _ in want]
-      np.testing.assert_allclose([h.score for h in hits],
-                                 [s for _, s in want], rtol=1e-5)
+      np.testing.assert_allclose(
+        [h.score for h in hits], [s for _, s in want], rtol=1e-5
+      )
       for hit in hits:
         assert hit.docid == r.index.table.docids[hit.doc_id][0]
         assert hit.matched_docids == (hit.docid,)
@@ -162,22 +213,29 @@ def test_from_checkpoint_seeds_index_and_matches_searcher(run_template,
 
 def test_corrupt_artifact_is_refused(run_template, tmp_path):
   model_dir = copy_run(run_template, tmp_path / "run")
-  table_json = os.path.join(model_dir, "5", checkpoints.ARTIFACT_ITEM,
-                            checkpoints.FILES_DIR, "docids", "table.json")
+  table_json = os.path.join(
+    model_dir,
+    "5",
+    checkpoints.ARTIFACT_ITEM,
+    checkpoints.FILES_DIR,
+    "docids",
+    "table.json",
+  )
   with open(table_json, "a") as f:
     f.write(" ")
   with pytest.raises(serving.RunLoadError, match="sha256"):
     serving.Retriever.from_checkpoint(model_dir, config=CONFIG)
 
 
-def test_params_that_do_not_fit_the_config_are_refused(run_template,
-                                                       tmp_path):
+def test_params_that_do_not_fit_the_config_are_refused(run_template, tmp_path):
   model_dir = copy_run(run_template, tmp_path / "run")
   path = run_config.find_model_config(model_dir)
   run = run_config.load_model_config(path)
-  run_config.save_model_config(os.path.dirname(path),
-                            tiny_config(run.model.vocab_size + 128),
-                            input_length=run.input_length)
+  run_config.save_model_config(
+    os.path.dirname(path),
+    tiny_config(run.model.vocab_size + 128),
+    input_length=run.input_length,
+  )
   with pytest.raises(serving.RunLoadError, match="do not fit"):
     serving.load_checkpoint(model_dir)
 
@@ -187,8 +245,9 @@ def test_index_dir_from_another_run_is_refused(run_template, tmp_path):
   other = tmp_path / "other"
   make_run(other, num_docs=5)
   with pytest.raises(serving.RunLoadError, match="does not descend"):
-    serving.Retriever.from_checkpoint(model_dir, index_dir=str(other / "index"),
-                                      config=CONFIG)
+    serving.Retriever.from_checkpoint(
+      model_dir, index_dir=str(other / "index"), config=CONFIG
+    )
 
 
 def test_second_server_on_one_index_dir_is_refused(run_template, tmp_path):
@@ -224,30 +283,37 @@ def test_k_cuts_the_ranking_and_is_checked(retriever):
 
 
 def test_batches_match_single_queries_and_nothing_recompiles(retriever):
-  queries = [" ".join(WORDS[i:i + 3]) for i in range(9)]  # 4 + 4 + 1 rows
+  queries = [" ".join(WORDS[i : i + 3]) for i in range(9)]  # 4 + 4 + 1 rows
   compiled = retriever.compiled_count()
   batched = retriever.retrieve(queries, 5)
   single = [retriever.retrieve([q], 5)[0] for q in queries]
   assert [[h.doc_id for h in row] for row in batched] == [
-      [h.doc_id for h in row] for row in single]
+    [h.doc_id for h in row] for row in single
+  ]
   for row_b, row_s in zip(batched, single):
-    np.testing.assert_allclose([h.score for h in row_b],
-                               [h.score for h in row_s], atol=1e-5)
+    np.testing.assert_allclose(
+      [h.score for h in row_b], [h.score for h in row_s], atol=1e-5
+    )
   assert retriever.compiled_count() == compiled
 
 
 # ------------------------------------------------------------ multi-docids
 
-MULTI_PARTS = ({"scheme": "naive"},
-               {"scheme": "text", "method": "prefix", "num_words": 1},
-               {"scheme": "text", "method": "tfidf", "num_words": 1})
+MULTI_PARTS = (
+  {"scheme": "naive"},
+  {"scheme": "text", "method": "prefix", "num_words": 1},
+  {"scheme": "text", "method": "tfidf", "num_words": 1},
+)
 
 
 @pytest.fixture(scope="module")
 def multi_run(tmp_path_factory):
   """(model, params, index, input_length) of a run with 3 docids each."""
-  model_dir = make_run(tmp_path_factory.mktemp("multi"), scheme="multi",
-                       scheme_params={"parts": MULTI_PARTS})
+  model_dir = make_run(
+    tmp_path_factory.mktemp("multi"),
+    scheme="multi",
+    scheme_params={"parts": MULTI_PARTS},
+  )
   model, params, trained, run, _ = serving.load_checkpoint(model_dir)
   return model, params, trained, run.input_length
 
@@ -257,34 +323,44 @@ def docid_log_probs(model, params, index, query, docids, length):
   targets = np.zeros((len(docids), length), np.int32)
   for row, docid in enumerate(docids):
     tokens = index.vocab.encode_docid(docid) + [1]
-    targets[row, :len(tokens)] = tokens
+    targets[row, : len(tokens)] = tokens
   query_tokens = retrieval.encode_queries(index.vocab, [query], INPUT_LENGTH)
-  return np.asarray(retrieval.make_score_fn(model)(params, query_tokens[0],
-                                                   targets), np.float64)
+  return np.asarray(
+    retrieval.make_score_fn(model)(params, query_tokens[0], targets), np.float64
+  )
 
 
 @pytest.mark.parametrize("aggregation", ["max", "logsumexp"])
 def test_multi_docid_hits_are_documents_with_their_matched_docids(
-    multi_run, aggregation):
+  multi_run, aggregation
+):
   # 4 documents from a 12-beam search over 36 docids (approximate): each
   # hit's score must be its matched docids' log-probs merged.
   model, params, index, input_length = multi_run
-  r = serving.Retriever(model, params, index, input_length=input_length,
-                        config=serving.ServingConfig(
-                            max_k=4, buckets=(1,), aggregation=aggregation))
+  r = serving.Retriever(
+    model,
+    params,
+    index,
+    input_length=input_length,
+    config=serving.ServingConfig(
+      max_k=4, buckets=(1,), aggregation=aggregation
+    ),
+  )
   query = "apple river ocean"
   hits = r.retrieve([query], 4)[0]
   assert len(hits) == 4
   assert len({h.doc_id for h in hits}) == 4
-  assert [h.score for h in hits] == sorted((h.score for h in hits),
-                                           reverse=True)
+  assert [h.score for h in hits] == sorted(
+    (h.score for h in hits), reverse=True
+  )
   merge = max if aggregation == "max" else np.logaddexp.reduce
   for hit in hits:
     assert hit.matched_docids and hit.docid == hit.matched_docids[0]
     assert set(hit.matched_docids) <= set(index.table.docids[hit.doc_id])
     assert len(set(hit.matched_docids)) == len(hit.matched_docids)
-    scores = docid_log_probs(model, params, index, query, hit.matched_docids,
-                             r.max_decode_len)
+    scores = docid_log_probs(
+      model, params, index, query, hit.matched_docids, r.max_decode_len
+    )
     assert list(scores) == sorted(scores, reverse=True)  # best first
     np.testing.assert_allclose(hit.score, merge(scores), atol=1e-4)
   assert any(len(h.matched_docids) > 1 for h in hits)
@@ -328,7 +404,8 @@ def test_delete_is_never_returned_and_persists(served):
   table = index_lib.load_index(served.index_dir).table
   assert victim not in table.docids
   assert set(served.index.table.docids[served.index.doc_ids[0]]) <= set(
-      table.docid_to_doc)
+    table.docid_to_doc
+  )
   with pytest.raises(serving.UnknownDocument):
     served.delete_document(victim)
 
@@ -336,8 +413,10 @@ def test_delete_is_never_returned_and_persists(served):
 def test_restart_finds_added_and_not_deleted(served):
   served.add_documents([beir.Document("late", "Late one", "river stone")])
   served.delete_document("doc0")
-  index_dir, model_dir = served.index_dir, os.path.join(
-      os.path.dirname(served.index_dir), "model")
+  index_dir, model_dir = (
+    served.index_dir,
+    os.path.join(os.path.dirname(served.index_dir), "model"),
+  )
   served.close()
   again = serving.Retriever.from_checkpoint(model_dir, config=CONFIG)
   try:
@@ -354,8 +433,9 @@ def test_duplicate_ids_are_conflicts_and_change_nothing(served):
   with pytest.raises(serving.DocumentConflict, match="already indexed"):
     served.add_documents([beir.Document("doc1", "", "x")])
   with pytest.raises(serving.DocumentConflict, match="twice"):
-    served.add_documents([beir.Document("a", "", "x"),
-                          beir.Document("a", "", "y")])
+    served.add_documents(
+      [beir.Document("a", "", "x"), beir.Document("a", "", "y")]
+    )
   assert served.index_version == version
   assert index_lib.load_index(served.index_dir).table.version == version
 
@@ -384,14 +464,16 @@ def test_concurrent_adds_and_searches_lose_nothing(served):
   assert doc_ids_found(served) == expected
   assert set(index_lib.load_index(served.index_dir).table.docids) == expected
   assert set(serving.read_online_documents(served.index_dir)) == {
-      d.doc_id for d in new}
+    d.doc_id for d in new
+  }
 
 
 def test_trie_growth_recompiles_before_going_live(run_template, tmp_path):
   """Adding past the node capacity compiles new shapes during the update."""
   model_dir = copy_run(run_template, tmp_path / "run")
   r = serving.Retriever.from_checkpoint(
-      model_dir, config=dataclasses.replace(CONFIG, buckets=(4,)))
+    model_dir, config=dataclasses.replace(CONFIG, buckets=(4,))
+  )
   capacity = lambda: r._live.trie_arrays.leaf_value.shape[0]  # pylint: disable=protected-access
   start, compiled = capacity(), r.compiled_count()
   for n in range(400):
@@ -412,8 +494,9 @@ def test_trie_growth_recompiles_before_going_live(run_template, tmp_path):
 
 
 def test_atomic_adds_beyond_the_embedding_rows_are_refused(tmp_path):
-  model_dir = make_run(tmp_path / "atomic", scheme="atomic", num_docs=6,
-                       extra_vocab_rows=1)
+  model_dir = make_run(
+    tmp_path / "atomic", scheme="atomic", num_docs=6, extra_vocab_rows=1
+  )
   r = serving.Retriever.from_checkpoint(model_dir, config=CONFIG)
   try:
     r.add_documents([beir.Document("fits", "", "one more")])
@@ -435,11 +518,13 @@ def test_micro_batcher_gathers_and_splits():
 
   def run_batch(queries, k):
     calls.append((list(queries), k))
-    return [[serving.Hit(q, q, float(-i), None) for i in range(k)]
-            for q in queries]
+    return [
+      [serving.Hit(q, q, float(-i), None) for i in range(k)] for q in queries
+    ]
 
-  batcher = microbatch.MicroBatcher(run_batch, max_batch=4, max_wait_s=0.2,
-                                 on_batch=sizes.append)
+  batcher = microbatch.MicroBatcher(
+    run_batch, max_batch=4, max_wait_s=0.2, on_batch=sizes.append
+  )
   futures = [batcher.submit([f"q{i}"], 1 + i % 3) for i in range(6)]
   futures.append(batcher.submit(["x", "y", "z"], 2))
   batcher.close()

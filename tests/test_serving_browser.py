@@ -6,6 +6,7 @@ page is opened as `/?q=...`, which fills the query box and submits the form
 through the same handler a person's click uses; `--dump-dom` prints the DOM
 once the page's fetch has finished (virtual time waits for the network).
 """
+
 import html.parser
 import os
 import subprocess
@@ -19,10 +20,11 @@ import test_serving_http as http_helpers
 CHROMIUM = "/usr/bin/chromium"
 
 pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                       reason=f"{CHROMIUM} not installed (apt-get install "
-                       "chromium)"),
+  pytest.mark.browser,
+  pytest.mark.skipif(
+    not os.path.exists(CHROMIUM),
+    reason=f"{CHROMIUM} not installed (apt-get install chromium)",
+  ),
 ]
 
 
@@ -43,14 +45,25 @@ def test_page_shows_the_ranked_documents(tmp_path):
   model_dir = run_helpers.make_run(tmp_path / "run")
   retriever, server = http_helpers.start_service(model_dir)
   try:
-    expected = httpx.post(server.url + "/search",
-                          json={"query": "river stone", "k": 10}).json()
+    expected = httpx.post(
+      server.url + "/search", json={"query": "river stone", "k": 10}
+    ).json()
     dom = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-         f"--user-data-dir={tmp_path / 'profile'}",
-         "--virtual-time-budget=20000", "--dump-dom",
-         f"{server.url}/?q=river%20stone"],
-        capture_output=True, text=True, timeout=120, check=True).stdout
+      [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--virtual-time-budget=20000",
+        "--dump-dom",
+        f"{server.url}/?q=river%20stone",
+      ],
+      capture_output=True,
+      text=True,
+      timeout=120,
+      check=True,
+    ).stdout
   finally:
     server.stop()
     retriever.close()

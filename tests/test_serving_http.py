@@ -7,6 +7,7 @@ number of documents the search is exhaustive (see test_serving.py), so a
 document is found iff it is indexed. Schemathesis fuzzes every endpoint of
 the OpenAPI schema: no generated request may get a 5xx.
 """
+
 import concurrent.futures
 import os
 import signal
@@ -30,8 +31,9 @@ import test_serving as run_helpers
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CONFIG = run_helpers.CONFIG
-LIMITS = web_app.Limits(max_query_chars=200, max_body_bytes=4096,
-                        max_documents=4, max_text_chars=1000)
+LIMITS = web_app.Limits(
+  max_query_chars=200, max_body_bytes=4096, max_documents=4, max_text_chars=1000
+)
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -39,9 +41,15 @@ class ThreadServer:
   """uvicorn on 127.0.0.1:<free port> in a thread; `stop` is graceful."""
 
   def __init__(self, app):
-    self.server = uvicorn.Server(uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning",
-        timeout_graceful_shutdown=30))
+    self.server = uvicorn.Server(
+      uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        timeout_graceful_shutdown=30,
+      )
+    )
     self.thread = threading.Thread(target=self.server.run, daemon=True)
     self.thread.start()
     while not self.server.started:
@@ -60,7 +68,8 @@ class ThreadServer:
 def start_service(model_dir, token=TOKEN, limits=LIMITS):
   retriever = serving.Retriever.from_checkpoint(model_dir, config=CONFIG)
   return retriever, ThreadServer(
-      web_app.create_app(retriever, token=token, limits=limits))
+    web_app.create_app(retriever, token=token, limits=limits)
+  )
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +125,8 @@ def test_batch_search_equals_single_searches(service):
   for query, result in zip(queries, results):
     single = client.post("/search", json={"query": query, "k": 3}).json()
     assert [h["doc_id"] for h in result["hits"]] == [
-        h["doc_id"] for h in single["hits"]]
+      h["doc_id"] for h in single["hits"]
+    ]
 
 
 def test_search_page_and_health(service):
@@ -124,29 +134,32 @@ def test_search_page_and_health(service):
   page = client.get("/")
   assert page.status_code == 200 and 'id="results"' in page.text
   health = client.get("/healthz").json()
-  assert health == {"status": "ok", "documents": retriever.num_docs,
-                    "index_version": retriever.index_version,
-                    "checkpoint_step": 5}
+  assert health == {
+    "status": "ok",
+    "documents": retriever.num_docs,
+    "index_version": retriever.index_version,
+    "checkpoint_step": 5,
+  }
 
 
 BAD_REQUESTS = [
-    ("/search", {"query": "", "k": 3}, 422),
-    ("/search", {"query": " \t\n", "k": 3}, 422),
-    ("/search", {"query": "\x1f", "k": 3}, 422),  # found by schemathesis
-    ("/search/batch", {"queries": ["ok", "\x1c\x1d"]}, 422),
-    ("/search", {"query": "x" * 201, "k": 3}, 422),
-    ("/search", {"query": "ok", "k": 0}, 422),
-    ("/search", {"query": "ok", "k": CONFIG.max_k + 1}, 422),
-    ("/search", {"query": "ok", "k": "3"}, 422),
-    ("/search", {"query": "ok", "k": 2.5}, 422),
-    ("/search", {"query": 7, "k": 3}, 422),
-    ("/search", {"query": ["a"], "k": 3}, 422),
-    ("/search", {"k": 3}, 422),
-    ("/search", {"query": "ok", "k": 3, "extra": 1}, 422),
-    ("/search", [], 422),
-    ("/search/batch", {"queries": [], "k": 3}, 422),
-    ("/search/batch", {"queries": ["a"] * (CONFIG.max_batch + 1)}, 422),
-    ("/search/batch", {"queries": ["a", ""]}, 422),
+  ("/search", {"query": "", "k": 3}, 422),
+  ("/search", {"query": " \t\n", "k": 3}, 422),
+  ("/search", {"query": "\x1f", "k": 3}, 422),  # found by schemathesis
+  ("/search/batch", {"queries": ["ok", "\x1c\x1d"]}, 422),
+  ("/search", {"query": "x" * 201, "k": 3}, 422),
+  ("/search", {"query": "ok", "k": 0}, 422),
+  ("/search", {"query": "ok", "k": CONFIG.max_k + 1}, 422),
+  ("/search", {"query": "ok", "k": "3"}, 422),
+  ("/search", {"query": "ok", "k": 2.5}, 422),
+  ("/search", {"query": 7, "k": 3}, 422),
+  ("/search", {"query": ["a"], "k": 3}, 422),
+  ("/search", {"k": 3}, 422),
+  ("/search", {"query": "ok", "k": 3, "extra": 1}, 422),
+  ("/search", [], 422),
+  ("/search/batch", {"queries": [], "k": 3}, 422),
+  ("/search/batch", {"queries": ["a"] * (CONFIG.max_batch + 1)}, 422),
+  ("/search/batch", {"queries": ["a", ""]}, 422),
 ]
 
 
@@ -157,16 +170,20 @@ def test_bad_json_bodies_get_4xx(service, path, body, status):
   assert "detail" in response.json()
 
 
-@pytest.mark.parametrize("content,status", [
+@pytest.mark.parametrize(
+  "content,status",
+  [
     (b'{"query": "ok", "k": 3', 422),  # invalid JSON
     (b'{"query": "\xff\xfe", "k": 3}', 400),  # not UTF-8
     (b'{"query": "\\ud800", "k": 3}', 422),  # lone surrogate
     (b'{"query": "a\\u0000b", "k": 3}', 200),  # NUL is a character
     (b"x" * 5000, 413),  # over max_body_bytes
-])
+  ],
+)
 def test_raw_bodies(service, content, status):
   response = service[1].post(
-      "/search", content=content, headers={"Content-Type": "application/json"})
+    "/search", content=content, headers={"Content-Type": "application/json"}
+  )
   assert response.status_code == status, response.text
 
 
@@ -174,8 +191,10 @@ def test_streamed_body_over_limit_is_413(service):
   def chunks():
     for _ in range(10):
       yield b" " * 1000
+
   response = service[1].post(
-      "/search", content=chunks(), headers={"Content-Type": "application/json"})
+    "/search", content=chunks(), headers={"Content-Type": "application/json"}
+  )
   assert response.status_code == 413
 
 
@@ -212,13 +231,23 @@ def test_no_token_configured_disables_updates(model_dir):
 def test_add_find_restart_find_delete(model_dir):
   retriever, server = start_service(model_dir)
   with httpx.Client(base_url=server.url, timeout=60) as client:
-    response = client.post("/documents", headers=AUTH, json={"documents": [
-        {"id": "fresh", "title": "Fresh news", "text": "violet harbor"}]})
+    response = client.post(
+      "/documents",
+      headers=AUTH,
+      json={
+        "documents": [
+          {"id": "fresh", "title": "Fresh news", "text": "violet harbor"}
+        ]
+      },
+    )
     assert response.status_code == 200, response.text
     assert response.json()["added"][0]["doc_id"] == "fresh"
     assert "fresh" in found(client)
-    duplicate = client.post("/documents", headers=AUTH, json={
-        "documents": [{"id": "fresh", "text": "again"}]})
+    duplicate = client.post(
+      "/documents",
+      headers=AUTH,
+      json={"documents": [{"id": "fresh", "text": "again"}]},
+    )
     assert duplicate.status_code == 409
   server.stop()
   retriever.close()
@@ -226,9 +255,13 @@ def test_add_find_restart_find_delete(model_dir):
   retriever, server = start_service(model_dir)
   with httpx.Client(base_url=server.url, timeout=60) as client:
     assert "fresh" in found(client)
-    hit = [h for h in client.post("/search", json={
-        "query": "violet", "k": CONFIG.max_k}).json()["hits"]
-           if h["doc_id"] == "fresh"][0]
+    hit = [
+      h
+      for h in client.post(
+        "/search", json={"query": "violet", "k": CONFIG.max_k}
+      ).json()["hits"]
+      if h["doc_id"] == "fresh"
+    ][0]
     assert hit["title"] == "Fresh news"
     assert client.delete("/documents/fresh", headers=AUTH).status_code == 200
     assert client.delete("/documents/fresh", headers=AUTH).status_code == 404
@@ -245,8 +278,11 @@ def test_concurrent_adds_and_searches_lose_nothing(service):
   new_ids = [f"c{i}" for i in range(8)]
 
   def add(doc_id):
-    return client.post("/documents", headers=AUTH, json={
-        "documents": [{"id": doc_id, "text": f"walnut {doc_id}"}]}).status_code
+    return client.post(
+      "/documents",
+      headers=AUTH,
+      json={"documents": [{"id": doc_id, "text": f"walnut {doc_id}"}]},
+    ).status_code
 
   def search(i):
     return client.post("/search", json={"query": f"q {i}", "k": 4}).status_code
@@ -267,7 +303,8 @@ def test_metrics_count_requests_batches_and_index(service):
   client.post("/search", json={"query": "", "k": 2})
   text = client.get("/metrics").text
   assert 'gr_requests_total{endpoint="/search",method="POST",status="200"}' in (
-      text)
+    text
+  )
   assert 'endpoint="/search",method="POST",status="422"' in text
   assert "gr_request_latency_seconds_bucket" in text
   assert "gr_batch_size_count" in text
@@ -285,16 +322,25 @@ def test_shutdown_finishes_in_flight_search_and_update(model_dir):
       entered.wait()
       release.wait()
       return function(*args, **kwargs)
+
     return wrapped
 
-  retriever.retrieve, retriever.add_documents = (slow(real_retrieve),
-                                                 slow(real_add))
+  retriever.retrieve, retriever.add_documents = (
+    slow(real_retrieve),
+    slow(real_add),
+  )
   server = ThreadServer(web_app.create_app(retriever, token=TOKEN))
-  with concurrent.futures.ThreadPoolExecutor(2) as pool, httpx.Client(
-      base_url=server.url, timeout=60) as client:
+  with (
+    concurrent.futures.ThreadPoolExecutor(2) as pool,
+    httpx.Client(base_url=server.url, timeout=60) as client,
+  ):
     search = pool.submit(client.post, "/search", json={"query": "a", "k": 2})
-    add = pool.submit(client.post, "/documents", headers=AUTH, json={
-        "documents": [{"id": "late", "text": "stone"}]})
+    add = pool.submit(
+      client.post,
+      "/documents",
+      headers=AUTH,
+      json={"documents": [{"id": "late", "text": "stone"}]},
+    )
     entered.wait()
     stopper = threading.Thread(target=server.stop)
     stopper.start()
@@ -312,23 +358,34 @@ def test_shutdown_finishes_in_flight_search_and_update(model_dir):
 
 def test_fuzzed_requests_never_get_a_5xx(service):
   import schemathesis  # pylint: disable=g-import-not-at-top
+
   retriever, client = service
   url = str(client.base_url)
   schema = schemathesis.openapi.from_url(url + "/openapi.json")
   fuzzed = []
   for result in schema.get_all_operations():
     operation = result.ok()
-    for mode in (schemathesis.GenerationMode.POSITIVE,
-                 schemathesis.GenerationMode.NEGATIVE):
+    for mode in (
+      schemathesis.GenerationMode.POSITIVE,
+      schemathesis.GenerationMode.NEGATIVE,
+    ):
 
-      @hypothesis.settings(max_examples=15, deadline=None, database=None,
-                           derandomize=True,
-                           suppress_health_check=list(hypothesis.HealthCheck))
+      @hypothesis.settings(
+        max_examples=15,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(hypothesis.HealthCheck),
+      )
       @hypothesis.given(case=operation.as_strategy(generation_mode=mode))
       def check(case):
         response = case.call(base_url=url, headers=dict(AUTH), timeout=60)
-        assert response.status_code < 500, (case.method, case.path,
-                                             case.body, response.text)
+        assert response.status_code < 500, (
+          case.method,
+          case.path,
+          case.body,
+          response.text,
+        )
 
       try:
         check()
@@ -337,8 +394,12 @@ def test_fuzzed_requests_never_get_a_5xx(service):
         # No invalid input exists (e.g. GET /healthz has no parameters).
         assert mode == schemathesis.GenerationMode.NEGATIVE, operation.label
   labels = {label for label, _ in fuzzed}
-  assert {"POST /search", "POST /search/batch", "POST /documents",
-          "DELETE /documents/{doc_id}"} <= labels, fuzzed
+  assert {
+    "POST /search",
+    "POST /search/batch",
+    "POST /documents",
+    "DELETE /documents/{doc_id}",
+  } <= labels, fuzzed
   assert sum(mode == "negative" for _, mode in fuzzed) >= 4, fuzzed
   # The worker is alive and the index on disk is intact and current.
   assert client.get("/healthz").status_code == 200
@@ -357,13 +418,25 @@ def _free_port() -> int:
 
 
 def _start_script(model_dir, token_file, port, cache_dir):
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache_dir,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  env = dict(
+    os.environ,
+    JAX_COMPILATION_CACHE_DIR=cache_dir,
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+  )
   process = subprocess.Popen(
-      [sys.executable, os.path.join(REPO, "scripts", "serve.py"),
-       f"--checkpoint={model_dir}", f"--port={port}", "--buckets=4",
-       f"--max_k={CONFIG.max_k}", f"--token_file={token_file}"],
-      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    [
+      sys.executable,
+      os.path.join(REPO, "scripts", "serve.py"),
+      f"--checkpoint={model_dir}",
+      f"--port={port}",
+      "--buckets=4",
+      f"--max_k={CONFIG.max_k}",
+      f"--token_file={token_file}",
+    ],
+    env=env,
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+  )
   url = f"http://127.0.0.1:{port}"
   deadline = time.time() + 300
   while time.time() < deadline:
@@ -385,8 +458,11 @@ def test_script_sigterm_then_restart_keeps_added_document(model_dir, tmp_path):
   port, cache = _free_port(), str(tmp_path / "jax_cache")
   process, url = _start_script(model_dir, token_file, port, cache)
   with httpx.Client(base_url=url, timeout=60) as client:
-    added = client.post("/documents", headers=AUTH, json={
-        "documents": [{"id": "persisted", "text": "quartz"}]})
+    added = client.post(
+      "/documents",
+      headers=AUTH,
+      json={"documents": [{"id": "persisted", "text": "quartz"}]},
+    )
     assert added.status_code == 200
     assert "persisted" in found(client)
   process.send_signal(signal.SIGTERM)
@@ -402,8 +478,16 @@ def test_script_sigterm_then_restart_keeps_added_document(model_dir, tmp_path):
     process.wait(120)
 
 
-@pytest.mark.parametrize("host,loopback", [
-    ("127.0.0.1", True), ("::1", True), ("localhost", True),
-    ("0.0.0.0", False), ("192.168.1.5", False), ("example.com", False)])
+@pytest.mark.parametrize(
+  "host,loopback",
+  [
+    ("127.0.0.1", True),
+    ("::1", True),
+    ("localhost", True),
+    ("0.0.0.0", False),
+    ("192.168.1.5", False),
+    ("example.com", False),
+  ],
+)
 def test_only_loopback_hosts_count_as_local(host, loopback):
   assert web_app.is_loopback(host) == loopback

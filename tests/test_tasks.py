@@ -3,6 +3,7 @@
 Oracles: seqio's own EncDecFeatureConverter (t5x features) and the
 DocidTable (which docids each document has).
 """
+
 import collections
 import random
 
@@ -16,23 +17,33 @@ from gr import vocab as vocab_lib
 from gr.data.beir import BeirDataset, Document
 from gr.docids import multi, naive, text
 
-WORDS = ("river bank loan market energy price school teacher budget vote "
-         "storm coast harbor train station museum garden bridge farmer wheat "
-         "doctor clinic vaccine court judge").split()
+WORDS = (
+  "river bank loan market energy price school teacher budget vote "
+  "storm coast harbor train station museum garden bridge farmer wheat "
+  "doctor clinic vaccine court judge"
+).split()
 NUM_DOCS = 14
 LENGTHS = {"inputs": 24, "targets": 12}
 
 
 def _dataset() -> BeirDataset:
   rng = random.Random(0)
-  corpus = {f"d{i}": Document(f"d{i}", f"Headline number {i}", " ".join(
-      rng.choice(WORDS) for _ in range(rng.randint(8, 30))))
-            for i in range(NUM_DOCS)}
-  queries = {f"q{i}": f"who asked question {i} about {WORDS[i]}"
-             for i in range(NUM_DOCS)}
-  qrels = {"train": {f"q{i}": {f"d{i}": 1} for i in range(0, 8)},
-           "dev": {f"q{i}": {f"d{i}": 1} for i in range(8, 11)},
-           "test": {f"q{i}": {f"d{i}": 1} for i in range(11, 14)}}
+  corpus = {
+    f"d{i}": Document(
+      f"d{i}",
+      f"Headline number {i}",
+      " ".join(rng.choice(WORDS) for _ in range(rng.randint(8, 30))),
+    )
+    for i in range(NUM_DOCS)
+  }
+  queries = {
+    f"q{i}": f"who asked question {i} about {WORDS[i]}" for i in range(NUM_DOCS)
+  }
+  qrels = {
+    "train": {f"q{i}": {f"d{i}": 1} for i in range(0, 8)},
+    "dev": {f"q{i}": {f"d{i}": 1} for i in range(8, 11)},
+    "test": {f"q{i}": {f"d{i}": 1} for i in range(11, 14)},
+  }
   qrels["train"]["q0"]["d1"] = 0  # not relevant: must not become an example
   return BeirDataset(corpus=corpus, queries=queries, qrels=qrels)
 
@@ -45,12 +56,14 @@ def data():
 @pytest.fixture(scope="module")
 def tables(data):
   return {
-      "naive": naive.NaiveScheme().assign(data.corpus),
-      "text": text.TextScheme(num_words=2).assign(data.corpus),
-      "multi": multi.MultiScheme(parts=(
-          {"scheme": "naive"},
-          {"scheme": "text", "method": "prefix", "num_words": 3},
-      )).assign(data.corpus),
+    "naive": naive.NaiveScheme().assign(data.corpus),
+    "text": text.TextScheme(num_words=2).assign(data.corpus),
+    "multi": multi.MultiScheme(
+      parts=(
+        {"scheme": "naive"},
+        {"scheme": "text", "method": "prefix", "num_words": 3},
+      )
+    ).assign(data.corpus),
   }
 
 
@@ -58,23 +71,30 @@ def tables(data):
 def vocab(tmp_path_factory, data, tables):
   texts = [d.text for d in data.corpus.values()] + list(data.queries.values())
   path = vocab_lib.train_sentencepiece(
-      texts, str(tmp_path_factory.mktemp("sp") / "spm"), vocab_size=120)
-  tokens = list(dict.fromkeys(
-      t for table in tables.values() for t in table.reserved_tokens))
+    texts, str(tmp_path_factory.mktemp("sp") / "spm"), vocab_size=120
+  )
+  tokens = list(
+    dict.fromkeys(t for table in tables.values() for t in table.reserved_tokens)
+  )
   return vocab_lib.Vocabulary(path, tokens)
 
 
 @pytest.fixture(scope="module")
 def pseudo(data):
-  return {doc_id: [f"pseudo {doc.text.split()[0]} {k}" for k in range(2)]
-          for doc_id, doc in data.corpus.items()}
+  return {
+    doc_id: [f"pseudo {doc.text.split()[0]} {k}" for k in range(2)]
+    for doc_id, doc in data.corpus.items()
+  }
 
 
 @pytest.fixture(scope="module")
 def names(data, tables, vocab, pseudo):
-  return {scheme: tasks.register_gr_tasks(
-      name="tt", dataset=data, table=table, vocab=vocab, pseudo_queries=pseudo)
-          for scheme, table in tables.items()}
+  return {
+    scheme: tasks.register_gr_tasks(
+      name="tt", dataset=data, table=table, vocab=vocab, pseudo_queries=pseudo
+    )
+    for scheme, table in tables.items()
+  }
 
 
 def _examples(task_name, split="train", lengths=LENGTHS):
@@ -89,24 +109,33 @@ def _text(value) -> str:
 
 def test_names_kinds_and_splits(names, tables):
   assert names["naive"] == {
-      kind: f"gr.tt.naive.v0.{kind}.v1" for kind in tasks.KINDS}
-  splits = {kind: set(seqio.get_mixture_or_task(name).splits)
-            for kind, name in names["naive"].items()}
-  assert splits == {"indexing": {"train"}, "pseudo_query": {"train"},
-                    "retrieval": {"train", "validation", "test"},
-                    "doc2query": {"train", "validation"}}
+    kind: f"gr.tt.naive.v0.{kind}.v1" for kind in tasks.KINDS
+  }
+  splits = {
+    kind: set(seqio.get_mixture_or_task(name).splits)
+    for kind, name in names["naive"].items()
+  }
+  assert splits == {
+    "indexing": {"train"},
+    "pseudo_query": {"train"},
+    "retrieval": {"train", "validation", "test"},
+    "doc2query": {"train", "validation"},
+  }
   assert tables["multi"].version == 0
 
 
 @pytest.mark.parametrize("scheme", ["naive", "text", "multi"])
 def test_indexing_targets_decode_to_the_documents_docids(
-    scheme, names, tables, vocab, data):
+  scheme, names, tables, vocab, data
+):
   table = tables[scheme]
   examples = _examples(names[scheme]["indexing"])
   pairs = collections.Counter(
-      (_text(ex["doc_id"]), _text(ex["docid"])) for ex in examples)
+    (_text(ex["doc_id"]), _text(ex["docid"])) for ex in examples
+  )
   assert pairs == collections.Counter(
-      (doc_id, docid) for docid, doc_id in table.all_docids())
+    (doc_id, docid) for docid, doc_id in table.all_docids()
+  )
   for ex in examples:
     doc_id, docid = _text(ex["doc_id"]), _text(ex["docid"])
     assert vocab.decode_docid(ex["targets"]) == docid
@@ -129,19 +158,25 @@ def test_t5x_features_from_seqio_converter(names, vocab):
   task_name = names["naive"]["indexing"]
   raw = _examples(task_name)
   dataset = seqio.get_mixture_or_task(task_name).get_dataset(
-      LENGTHS, split="train", shuffle=False)
+    LENGTHS, split="train", shuffle=False
+  )
   converted = seqio.EncDecFeatureConverter(pack=False)(dataset, LENGTHS)
   features = [{k: v.numpy() for k, v in ex.items()} for ex in converted]
   assert len(features) == len(raw)
   for ex, feats in zip(raw, features):
-    assert set(feats) == {"encoder_input_tokens", "decoder_input_tokens",
-                          "decoder_target_tokens", "decoder_loss_weights"}
+    assert set(feats) == {
+      "encoder_input_tokens",
+      "decoder_input_tokens",
+      "decoder_target_tokens",
+      "decoder_loss_weights",
+    }
     target = feats["decoder_target_tokens"]
     assert target.shape == (LENGTHS["targets"],)
     assert feats["encoder_input_tokens"].shape == (LENGTHS["inputs"],)
     assert vocab.decode_docid(target) == _text(ex["docid"])
-    np.testing.assert_array_equal(feats["decoder_input_tokens"],
-                                  np.concatenate([[0], target[:-1]]))
+    np.testing.assert_array_equal(
+      feats["decoder_input_tokens"], np.concatenate([[0], target[:-1]])
+    )
     np.testing.assert_array_equal(feats["decoder_loss_weights"], target != 0)
     inputs = feats["encoder_input_tokens"]
     assert inputs[np.count_nonzero(inputs) - 1] == vocab.eos_id
@@ -162,20 +197,30 @@ def test_docid_longer_than_target_length_is_an_error(names):
 def test_retrieval_splits_follow_qrels(names, data, vocab, tables):
   for split, qrels_split in tasks.QRELS_SPLIT.items():
     examples = _examples(names["naive"]["retrieval"], split=split)
-    relevant = {(q, d) for q, docs in data.qrels[qrels_split].items()
-                for d, score in docs.items() if score > 0}
-    assert {(_text(ex["query_id"]), _text(ex["doc_id"]))
-            for ex in examples} == relevant
+    relevant = {
+      (q, d)
+      for q, docs in data.qrels[qrels_split].items()
+      for d, score in docs.items()
+      if score > 0
+    }
+    assert {
+      (_text(ex["query_id"]), _text(ex["doc_id"])) for ex in examples
+    } == relevant
     for ex in examples:
-      assert _text(ex["inputs_pretokenized"]) == (
-          data.queries[_text(ex["query_id"])])
-      assert vocab.decode_docid(ex["targets"]) in tables["naive"].docids[
-          _text(ex["doc_id"])]
+      assert (
+        _text(ex["inputs_pretokenized"])
+        == (data.queries[_text(ex["query_id"])])
+      )
+      assert (
+        vocab.decode_docid(ex["targets"])
+        in tables["naive"].docids[_text(ex["doc_id"])]
+      )
 
 
 def test_held_out_queries_never_in_any_train_split(names, data):
-  held_out = {data.queries[q] for split in ("dev", "test")
-              for q in data.qrels[split]}
+  held_out = {
+    data.queries[q] for split in ("dev", "test") for q in data.qrels[split]
+  }
   seen = set()
   for scheme_names in names.values():
     for task_name in scheme_names.values():
@@ -190,16 +235,18 @@ def test_held_out_queries_never_in_any_train_split(names, data):
 def test_doc2query_pairs_bodies_with_train_queries(names, data, vocab):
   lengths = {"inputs": 24, "targets": 64}
   examples = _examples(names["naive"]["doc2query"], lengths=lengths)
-  assert {(_text(ex["doc_id"]), _text(ex["targets_pretokenized"]))
-          for ex in examples} == {
-              (f"d{i}", data.queries[f"q{i}"]) for i in range(8)}
+  assert {
+    (_text(ex["doc_id"]), _text(ex["targets_pretokenized"])) for ex in examples
+  } == {(f"d{i}", data.queries[f"q{i}"]) for i in range(8)}
   for ex in examples:
     assert ex["targets"][-1] == vocab.eos_id
     assert vocab.decode(ex["targets"]) == _text(ex["targets_pretokenized"])
-    assert _text(ex["inputs_pretokenized"]) == data.corpus[
-        _text(ex["doc_id"])].text
-  validation = _examples(names["naive"]["doc2query"], split="validation",
-                         lengths=lengths)
+    assert (
+      _text(ex["inputs_pretokenized"]) == data.corpus[_text(ex["doc_id"])].text
+    )
+  validation = _examples(
+    names["naive"]["doc2query"], split="validation", lengths=lengths
+  )
   assert {_text(ex["query_id"]) for ex in validation} == {"q8", "q9", "q10"}
 
 
@@ -213,18 +260,33 @@ def test_pseudo_query_task(names, pseudo, tables, vocab):
 
 
 def test_registering_twice_is_safe_and_changes_are_caught(
-    data, tables, vocab, pseudo, names):
-  again = tasks.register_gr_tasks(name="tt", dataset=data,
-                                  table=tables["naive"], vocab=vocab,
-                                  pseudo_queries=pseudo)
+  data, tables, vocab, pseudo, names
+):
+  again = tasks.register_gr_tasks(
+    name="tt",
+    dataset=data,
+    table=tables["naive"],
+    vocab=vocab,
+    pseudo_queries=pseudo,
+  )
   assert again == names["naive"]
   changed = {d: q[:1] for d, q in pseudo.items()}
   with pytest.raises(ValueError, match="pseudo_query.v1 is already registered"):
-    tasks.register_gr_tasks(name="tt", dataset=data, table=tables["naive"],
-                            vocab=vocab, pseudo_queries=changed)
-  bumped = tasks.register_gr_tasks(name="tt", dataset=data,
-                                   table=tables["naive"], vocab=vocab,
-                                   pseudo_queries=changed, version="v2")
+    tasks.register_gr_tasks(
+      name="tt",
+      dataset=data,
+      table=tables["naive"],
+      vocab=vocab,
+      pseudo_queries=changed,
+    )
+  bumped = tasks.register_gr_tasks(
+    name="tt",
+    dataset=data,
+    table=tables["naive"],
+    vocab=vocab,
+    pseudo_queries=changed,
+    version="v2",
+  )
   assert bumped["pseudo_query"] == "gr.tt.naive.v0.pseudo_query.v2"
 
 
@@ -235,10 +297,12 @@ def test_new_table_version_gives_new_names(data, tables, vocab):
   rest = {d: doc for d, doc in data.corpus.items() if d not in known}
   bigger = naive.NaiveScheme().assign_new(small, rest)
   assert (small.version, bigger.version) == (0, 1)
-  old = tasks.register_gr_tasks(name="tv", dataset=data, table=small,
-                                vocab=vocab)
-  new = tasks.register_gr_tasks(name="tv", dataset=data, table=bigger,
-                                vocab=vocab)
+  old = tasks.register_gr_tasks(
+    name="tv", dataset=data, table=small, vocab=vocab
+  )
+  new = tasks.register_gr_tasks(
+    name="tv", dataset=data, table=bigger, vocab=vocab
+  )
   assert new["indexing"] == "gr.tv.naive.v1.indexing.v1"
   assert set(old.values()).isdisjoint(new.values())
   assert len(_examples(old["indexing"])) == 10
@@ -249,12 +313,16 @@ def test_new_table_version_gives_new_names(data, tables, vocab):
 
 
 def test_mixture(names):
-  rates = {names["naive"]["indexing"]: 1.0, names["naive"]["retrieval"]: 2.0,
-           names["naive"]["doc2query"]: 0.5}
+  rates = {
+    names["naive"]["indexing"]: 1.0,
+    names["naive"]["retrieval"]: 2.0,
+    names["naive"]["doc2query"]: 0.5,
+  }
   name = tasks.register_gr_mixture("gr.tt.mix", rates)
   assert tasks.register_gr_mixture("gr.tt.mix", rates) == name
   dataset = seqio.get_mixture_or_task(name).get_dataset(
-      LENGTHS, split="train", shuffle=True, seed=0, num_epochs=1)
+    LENGTHS, split="train", shuffle=True, seed=0, num_epochs=1
+  )
   converted = seqio.EncDecFeatureConverter(pack=False)(dataset, LENGTHS)
   batch = [ex for ex in converted.take(8).as_numpy_iterator()]
   assert len(batch) == 8
@@ -268,11 +336,15 @@ def test_mixture(names):
 
 
 def test_shared_query_ids_across_splits_are_rejected(data, tables, vocab):
-  leaky = BeirDataset(corpus=data.corpus, queries=data.queries,
-                      qrels={**data.qrels, "test": {"q0": {"d0": 1}}})
+  leaky = BeirDataset(
+    corpus=data.corpus,
+    queries=data.queries,
+    qrels={**data.qrels, "test": {"q0": {"d0": 1}}},
+  )
   with pytest.raises(ValueError, match="both train and test.*q0"):
-    tasks.register_gr_tasks(name="leak", dataset=leaky,
-                            table=tables["naive"], vocab=vocab)
+    tasks.register_gr_tasks(
+      name="leak", dataset=leaky, table=tables["naive"], vocab=vocab
+    )
 
 
 def test_bad_names_and_unknown_tokens(data, tables, vocab):
@@ -282,5 +354,6 @@ def test_bad_names_and_unknown_tokens(data, tables, vocab):
     tasks.task_name("ok", tables["naive"], "bogus")
   bare = vocab_lib.Vocabulary(vocab.sp_model_path)  # no docid tokens
   with pytest.raises(ValueError, match="not a docid token"):
-    tasks.register_gr_tasks(name="bare", dataset=data, table=tables["naive"],
-                            vocab=bare)
+    tasks.register_gr_tasks(
+      name="bare", dataset=data, table=tables["naive"], vocab=bare
+    )

@@ -1,4 +1,5 @@
 """Tests for gr/data/tfds_beir.py: a tiny BEIR folder through TFDS and back."""
+
 import json
 
 import pytest
@@ -8,19 +9,25 @@ from gr.data import beir
 from gr.data import tfds_beir
 
 CORPUS = [
-    beir.Document("d2", "Second", "b text", {"publish_date": "2017-01-02"}),
-    beir.Document("d1", "", "a text \u00e9\u4e2d", {}),
-    beir.Document("d3", "Third", "c text", {"tags": ["x", 1]}),
+  beir.Document("d2", "Second", "b text", {"publish_date": "2017-01-02"}),
+  beir.Document("d1", "", "a text \u00e9\u4e2d", {}),
+  beir.Document("d3", "Third", "c text", {"tags": ["x", 1]}),
 ]
 QUERIES = {"q1": "find a", "q2": "find b \u00fc"}
-QRELS = {"test": {"q1": {"d1": 1}, "q2": {"d2": 2, "d3": 0}},
-         "train": {"q2": {"d1": 1}}}
+QRELS = {
+  "test": {"q1": {"d1": 1}, "q2": {"d2": 2, "d3": 0}},
+  "train": {"q2": {"d1": 1}},
+}
 
 
 def _as_python(dataset):
-  return [{k: v.decode() if isinstance(v, bytes) else int(v)
-           for k, v in example.items()}
-          for example in tfds.as_numpy(dataset)]
+  return [
+    {
+      k: v.decode() if isinstance(v, bytes) else int(v)
+      for k, v in example.items()
+    }
+    for example in tfds.as_numpy(dataset)
+  ]
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +35,9 @@ def prepared(tmp_path_factory):
   root = tmp_path_factory.mktemp("tfds")
   beir.write_beir(root / "tiny", CORPUS, QUERIES, QRELS)
   beir.write_queries(root / "tiny" / "alt" / "queries.jsonl", {"a1": "alt"})
-  beir.write_qrels(root / "tiny" / "alt" / "qrels" / "dev.tsv",
-                   {"a1": {"d3": 1}})
+  beir.write_qrels(
+    root / "tiny" / "alt" / "qrels" / "dev.tsv", {"a1": {"d3": 1}}
+  )
   datasets = tfds_beir.load_beir_tfds(root / "tiny", root / "data")
   return root, datasets
 
@@ -59,19 +67,23 @@ def test_round_trip_matches_beir_reader_in_file_order(prepared):
 def test_tfds_load_by_name_after_prepare(prepared):
   root, _ = prepared
   name = tfds_beir.make_config(root / "tiny", "queries").name
-  dataset = tfds.load(f"beir_folder/{name}", split="queries",
-                      data_dir=str(root / "data"))
+  dataset = tfds.load(
+    f"beir_folder/{name}", split="queries", data_dir=str(root / "data")
+  )
   assert len(_as_python(dataset)) == len(QUERIES)
 
 
 def test_other_query_set_shares_the_corpus_config(prepared):
   root, _ = prepared
   alt = dict(queries_file="alt/queries.jsonl", qrels_dir="alt/qrels")
-  assert (tfds_beir.make_config(root / "tiny", "corpus", **alt).name ==
-          tfds_beir.make_config(root / "tiny", "corpus").name)
+  assert (
+    tfds_beir.make_config(root / "tiny", "corpus", **alt).name
+    == tfds_beir.make_config(root / "tiny", "corpus").name
+  )
   datasets = tfds_beir.load_beir_tfds(root / "tiny", root / "data", **alt)
   assert _as_python(datasets["qrels_dev"]) == [
-      {"query_id": "a1", "doc_id": "d3", "score": 1}]
+    {"query_id": "a1", "doc_id": "d3", "score": 1}
+  ]
 
 
 def test_edited_folder_gets_a_new_config(tmp_path):
@@ -83,7 +95,8 @@ def test_edited_folder_gets_a_new_config(tmp_path):
 
 
 def test_bad_qrels_raise_beir_format_error(tmp_path):
-  beir.write_beir(tmp_path / "bad", CORPUS, QUERIES,
-                  {"test": {"q1": {"nope": 1}}})
+  beir.write_beir(
+    tmp_path / "bad", CORPUS, QUERIES, {"test": {"q1": {"nope": 1}}}
+  )
   with pytest.raises(beir.BeirFormatError, match="unknown corpus-id 'nope'"):
     tfds_beir.load_beir_tfds(tmp_path / "bad", tmp_path / "data")

@@ -5,6 +5,7 @@ is shared by the loop test and the CLI crash test, which SIGKILLs a run
 after its first checkpoint, runs the same command again and checks that it
 resumes and ends with the reference's params.
 """
+
 import os
 import pathlib
 import shutil
@@ -55,8 +56,11 @@ train.keep_checkpoints = 2
 
 
 def _gin_args(gin_file: pathlib.Path) -> list[str]:
-  return [f'--gin_file={REPO}/gin/models/t5_tiny.gin',
-          f'--gin_file={REPO}/gin/runs/train.gin', f'--gin_file={gin_file}']
+  return [
+    f'--gin_file={REPO}/gin/models/t5_tiny.gin',
+    f'--gin_file={REPO}/gin/runs/train.gin',
+    f'--gin_file={gin_file}',
+  ]
 
 
 @pytest.fixture(scope='module')
@@ -86,8 +90,7 @@ def reference_run(tmp_path_factory, toy_gin):
 
 def _assert_same_params(a, b, atol=1e-6):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0,
-                               atol=atol)
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=0, atol=atol)
 
 
 def _scalars(model_dir: pathlib.Path) -> dict[str, dict[int, float]]:
@@ -97,7 +100,8 @@ def _scalars(model_dir: pathlib.Path) -> dict[str, dict[int, float]]:
     for event in tf.compat.v1.train.summary_iterator(str(path)):
       for value in event.summary.value:
         out.setdefault(value.tag, {})[event.step] = float(
-            tf.make_ndarray(value.tensor))
+          tf.make_ndarray(value.tensor)
+        )
   return out
 
 
@@ -121,8 +125,9 @@ def test_train_loop_and_exact_resume(tmp_path, toy_gin, reference_run):
   assert 'train/accuracy' in scalars and 'steps_per_sec' in scalars
 
   assert _step_dirs(model_dir) == [75, 100]
-  _assert_same_params(checkpoints.restore_params(model_dir), state.params,
-                      atol=0)
+  _assert_same_params(
+    checkpoints.restore_params(model_dir), state.params, atol=0
+  )
 
   resumed_dir = tmp_path / 'resumed'
   shutil.copytree(model_dir, resumed_dir)
@@ -147,15 +152,21 @@ def _wait_for_step_dir(model_dir: pathlib.Path, proc, timeout: float):
 
 
 @pytest.mark.crash  # two CLI processes: ~1 min of CPU
-def test_resume_after_sigkill_matches_uninterrupted(tmp_path, toy_gin,
-                                                    reference_run):
+def test_resume_after_sigkill_matches_uninterrupted(
+  tmp_path, toy_gin, reference_run
+):
   model_dir = tmp_path / 'model'
-  command = [sys.executable, str(REPO / 'scripts' / 'train.py'),
-             *_gin_args(toy_gin), f"--gin.MODEL_DIR='{model_dir}'"]
+  command = [
+    sys.executable,
+    str(REPO / 'scripts' / 'train.py'),
+    *_gin_args(toy_gin),
+    f"--gin.MODEL_DIR='{model_dir}'",
+  ]
   env = dict(os.environ, PYTHONPATH=f'{REPO}:{REPO / "tests"}')
   log = open(tmp_path / 'first.log', 'w')
-  first = subprocess.Popen(command, env=env, stdout=log,
-                           stderr=subprocess.STDOUT)
+  first = subprocess.Popen(
+    command, env=env, stdout=log, stderr=subprocess.STDOUT
+  )
   try:
     _wait_for_step_dir(model_dir, first, timeout=240)
   finally:
@@ -163,17 +174,20 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path, toy_gin,
     first.wait(timeout=60)
   killed_at = max(_step_dirs(model_dir))
   assert killed_at < TRAIN_STEPS
-  second = subprocess.run(command, env=env, capture_output=True, text=True,
-                          timeout=300)
+  second = subprocess.run(
+    command, env=env, capture_output=True, text=True, timeout=300
+  )
   assert second.returncode == 0, second.stderr[-3000:]
   assert 'Resuming from checkpoint step' in second.stderr
-  resumed_from = int(second.stderr.split('Resuming from checkpoint step ')[1]
-                     .split()[0])
+  resumed_from = int(
+    second.stderr.split('Resuming from checkpoint step ')[1].split()[0]
+  )
   assert resumed_from >= killed_at
   assert f'step {TRAIN_STEPS}/{TRAIN_STEPS}' in second.stderr
   assert f'step {resumed_from}/{TRAIN_STEPS}' not in second.stderr
-  _assert_same_params(checkpoints.restore_params(model_dir),
-                      reference_run[1].params)
+  _assert_same_params(
+    checkpoints.restore_params(model_dir), reference_run[1].params
+  )
 
 
 # ------------------------------------------------------------ pieces --
@@ -182,35 +196,49 @@ def test_resume_after_sigkill_matches_uninterrupted(tmp_path, toy_gin,
 def test_sam_gradient_on_a_quadratic():
   """loss = |w - t|^2 / 2: g = w - t, SAM gradient = g * (1 + rho / |g|)."""
   target = jnp.array([1.0, -2.0, 0.5])
+
   def loss_fn(params, batch, rng):
     del batch, rng
     loss = 0.5 * jnp.sum(jnp.square(params['w'] - target))
     return loss, (loss, {})
+
   params = {'w': jnp.array([3.0, 0.0, 0.5])}
   plain, _ = train.sam_gradients(loss_fn, params, {}, None, 0.0)
   sam, (loss, _) = train.sam_gradients(loss_fn, params, {}, None, 0.3)
   g = params['w'] - target
   np.testing.assert_allclose(plain['w'], g, rtol=1e-6)
-  np.testing.assert_allclose(sam['w'], g * (1 + 0.3 / np.linalg.norm(g)),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    sam['w'], g * (1 + 0.3 / np.linalg.norm(g)), rtol=1e-6
+  )
   assert float(loss) == pytest.approx(0.5 * float(jnp.sum(g * g)))
 
 
-@pytest.mark.parametrize('schedule,step,expected', [
-    ('constant', 0, 0.0), ('constant', 5, 0.5), ('constant', 50, 1.0),
-    ('rsqrt', 10, 1.0), ('rsqrt', 40, 0.5),
-    ('cosine', 10, 1.0), ('cosine', 55, 0.55), ('cosine', 100, 0.1)])
+@pytest.mark.parametrize(
+  'schedule,step,expected',
+  [
+    ('constant', 0, 0.0),
+    ('constant', 5, 0.5),
+    ('constant', 50, 1.0),
+    ('rsqrt', 10, 1.0),
+    ('rsqrt', 40, 0.5),
+    ('cosine', 10, 1.0),
+    ('cosine', 55, 0.55),
+    ('cosine', 100, 0.1),
+  ],
+)
 def test_learning_rate_schedules(schedule, step, expected):
-  config = train.OptimizerConfig(learning_rate=1.0, schedule=schedule,
-                                 warmup_steps=10, final_lr_fraction=0.1)
+  config = train.OptimizerConfig(
+    learning_rate=1.0, schedule=schedule, warmup_steps=10, final_lr_fraction=0.1
+  )
   rate = train.learning_rate_schedule(config, total_steps=100)
   assert float(rate(step)) == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize('name', ['adamw', 'adafactor'])
 def test_optimizers_reduce_a_quadratic_and_clip(name):
-  config = train.OptimizerConfig(name=name, learning_rate=0.1,
-                                 clip_grad_norm=1.0, weight_decay=1e-4)
+  config = train.OptimizerConfig(
+    name=name, learning_rate=0.1, clip_grad_norm=1.0, weight_decay=1e-4
+  )
   optimizer = train.make_optimizer(config, total_steps=100)
   params = {'w': jnp.full((4, 3), 5.0)}
   state = optimizer.init(params)
@@ -238,19 +266,29 @@ def test_fit_vocab_pads_to_multiple_of_128():
 
 def test_train_step_is_deterministic_in_seed_and_step():
   """Same (state, batch, rng) -> same result; the rng is folded with step."""
-  model = models.EncoderDecoderModel(network.T5Config.tiny(
-      128, emb_dim=16, head_dim=4, mlp_dim=16, num_encoder_layers=1,
-      num_decoder_layers=1))
+  model = models.EncoderDecoderModel(
+    network.T5Config.tiny(
+      128,
+      emb_dim=16,
+      head_dim=4,
+      mlp_dim=16,
+      num_encoder_layers=1,
+      num_decoder_layers=1,
+    )
+  )
   optimizer = train.make_optimizer(train.OptimizerConfig(), 10)
   step = jax.jit(train.train_step_fn(model, optimizer))
-  params = model.init_params(jax.random.key(0), input_length=6,
-                             target_length=6)
-  state = train.TrainState(step=jnp.array(0), params=params,
-                           opt_state=optimizer.init(params))
+  params = model.init_params(jax.random.key(0), input_length=6, target_length=6)
+  state = train.TrainState(
+    step=jnp.array(0), params=params, opt_state=optimizer.init(params)
+  )
   tokens = jnp.array([[5, 6, 7, 1, 0, 0]] * 2)
-  batch = {'encoder_input_tokens': tokens, 'decoder_target_tokens': tokens,
-           'decoder_input_tokens': models.shift_targets_right(tokens),
-           'decoder_loss_weights': (tokens > 0).astype(jnp.int32)}
+  batch = {
+    'encoder_input_tokens': tokens,
+    'decoder_target_tokens': tokens,
+    'decoder_input_tokens': models.shift_targets_right(tokens),
+    'decoder_loss_weights': (tokens > 0).astype(jnp.int32),
+  }
   rng = jax.random.key(1)
   _, first = step(state, batch, rng)
   _, again = step(state, batch, rng)

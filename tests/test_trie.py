@@ -1,4 +1,5 @@
 """Tests for gr/trie.py: host edits, device layout, mask and step."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,23 +19,33 @@ _lookup = jax.jit(trie_lib.lookup)
 _children = jax.jit(trie_lib.children)
 
 docid_sets = st.lists(
-    st.lists(st.integers(2, VOCAB - 1), min_size=1, max_size=MAX_TOKENS).map(
-        lambda t: tuple(t) + (1,)),
-    min_size=1, max_size=12, unique=True)
+  st.lists(st.integers(2, VOCAB - 1), min_size=1, max_size=MAX_TOKENS).map(
+    lambda t: tuple(t) + (1,)
+  ),
+  min_size=1,
+  max_size=12,
+  unique=True,
+)
 
 
 def _build(sequences, values=None):
   values = values if values is not None else list(range(len(sequences)))
-  return DocidTrie.build(sequences, values, capacity=CAPACITY,
-                         vocab_size=VOCAB, fanout_capacity=VOCAB)
+  return DocidTrie.build(
+    sequences,
+    values,
+    capacity=CAPACITY,
+    vocab_size=VOCAB,
+    fanout_capacity=VOCAB,
+  )
 
 
 def _nodes_of(arrays, prefixes):
   """Device node reached by each prefix (tuples of <= MAX_TOKENS + 1)."""
   nodes = jnp.zeros((len(prefixes),), jnp.int32)
   for position in range(MAX_TOKENS + 1):
-    tokens = jnp.array([p[position] if position < len(p) else 0
-                        for p in prefixes], jnp.int32)
+    tokens = jnp.array(
+      [p[position] if position < len(p) else 0 for p in prefixes], jnp.int32
+    )
     moved = _step(arrays, nodes, tokens)
     active = jnp.array([position < len(p) for p in prefixes])
     nodes = jnp.where(active, moved, nodes)
@@ -67,21 +78,27 @@ def _check_matches(trie, arrays, expected):
   sequences = list(expected)
   padded = np.zeros((len(sequences), MAX_TOKENS + 1), np.int32)
   for row, sequence in enumerate(sequences):
-    padded[row, :len(sequence)] = sequence
+    padded[row, : len(sequence)] = sequence
   values = np.asarray(_lookup(arrays, jnp.asarray(padded)))
   np.testing.assert_array_equal(values, [expected[s] for s in sequences])
 
 
 def _expected_next(sequences, prefix):
-  return {s[len(prefix)] for s in sequences
-          if len(s) > len(prefix) and s[:len(prefix)] == prefix}
+  return {
+    s[len(prefix)]
+    for s in sequences
+    if len(s) > len(prefix) and s[: len(prefix)] == prefix
+  }
 
 
 @settings(max_examples=30, deadline=None)
 @given(docid_sets, st.data())
 def test_mask_and_step_match_prefix_oracle(sequences, data):
-  values = data.draw(st.lists(st.integers(0, 4), min_size=len(sequences),
-                              max_size=len(sequences)))
+  values = data.draw(
+    st.lists(
+      st.integers(0, 4), min_size=len(sequences), max_size=len(sequences)
+    )
+  )
   trie = _build(sequences, values)
   arrays = trie.to_device()
   _check_matches(trie, arrays, dict(zip(sequences, values)))
@@ -106,15 +123,16 @@ def test_sparse_children_match_prefix_oracle_and_step(sequences):
     assert set(row[row >= 0]) == _expected_next(sequences, prefix)
     assert ((row >= 0) == (kids >= 0)).all()
     stepped = _step(arrays, jnp.full(len(row), node), jnp.asarray(row))
-    np.testing.assert_array_equal(np.asarray(stepped)[row >= 0],
-                                  kids[row >= 0])
+    np.testing.assert_array_equal(np.asarray(stepped)[row >= 0], kids[row >= 0])
   root_tokens, root_nodes = map(
-      np.asarray, trie_lib.root_children(arrays, VOCAB))
+    np.asarray, trie_lib.root_children(arrays, VOCAB)
+  )
   first = root_tokens[root_tokens >= 0]
   assert set(first) == _expected_next(sequences, ())
   np.testing.assert_array_equal(root_nodes >= 0, root_tokens >= 0)
-  np.testing.assert_array_equal(root_nodes[root_tokens >= 0],
-                                _nodes_of(arrays, [(int(t),) for t in first]))
+  np.testing.assert_array_equal(
+    root_nodes[root_tokens >= 0], _nodes_of(arrays, [(int(t),) for t in first])
+  )
   dead_and_root = np.asarray(_children(arrays, jnp.array([-1, 0]))[0])
   assert (dead_and_root == -1).all()  # the root's children are the table
 
@@ -122,7 +140,8 @@ def test_sparse_children_match_prefix_oracle_and_step(sequences):
 @settings(max_examples=30, deadline=None)
 @given(docid_sets, docid_sets, st.data())
 def test_delete_then_insert_keeps_shapes_and_never_revives(
-    sequences, new_sequences, data):
+  sequences, new_sequences, data
+):
   trie = _build(sequences)
   before = trie.to_device()
   deleted = data.draw(st.lists(st.sampled_from(sequences), unique=True))
@@ -132,10 +151,12 @@ def test_delete_then_insert_keeps_shapes_and_never_revives(
   after = trie.to_device()
   assert jax.tree.structure(after) == jax.tree.structure(before)
   assert [(x.shape, x.dtype) for x in jax.tree.leaves(after)] == [
-      (x.shape, x.dtype) for x in jax.tree.leaves(before)]
+    (x.shape, x.dtype) for x in jax.tree.leaves(before)
+  ]
   _check_matches(trie, after, expected)
-  assert trie.num_nodes == 1 + len({s[:n] for s in expected
-                                    for n in range(1, len(s) + 1)})
+  assert trie.num_nodes == 1 + len(
+    {s[:n] for s in expected for n in range(1, len(s) + 1)}
+  )
   for offset, sequence in enumerate(new_sequences):
     if sequence not in expected:
       trie.insert(sequence, 100 + offset)
@@ -146,17 +167,25 @@ def test_delete_then_insert_keeps_shapes_and_never_revives(
 def _padded(sequences):
   out = np.zeros((len(sequences), MAX_TOKENS + 1), np.int32)
   for row, sequence in enumerate(sequences):
-    out[row, :len(sequence)] = sequence
+    out[row, : len(sequence)] = sequence
   return out
 
 
 @settings(max_examples=30, deadline=None)
 @given(docid_sets, docid_sets, st.data())
 def test_bulk_build_equals_inserts_and_stays_editable(sequences, more, data):
-  values = data.draw(st.lists(st.integers(0, 4), min_size=len(sequences),
-                              max_size=len(sequences)))
-  bulk = DocidTrie.from_padded(_padded(sequences), values, capacity=CAPACITY,
-                               vocab_size=VOCAB, fanout_capacity=VOCAB)
+  values = data.draw(
+    st.lists(
+      st.integers(0, 4), min_size=len(sequences), max_size=len(sequences)
+    )
+  )
+  bulk = DocidTrie.from_padded(
+    _padded(sequences),
+    values,
+    capacity=CAPACITY,
+    vocab_size=VOCAB,
+    fanout_capacity=VOCAB,
+  )
   inserted = _build(sequences, values)
   expected = dict(zip(sequences, values))
   assert bulk.num_nodes == inserted.num_nodes
@@ -172,14 +201,17 @@ def test_bulk_build_equals_inserts_and_stays_editable(sequences, more, data):
   _check_matches(bulk, bulk.to_device(), expected)
 
 
-@pytest.mark.parametrize("row, message", [
+@pytest.mark.parametrize(
+  "row, message",
+  [
     ((2, 3, 0, 0), "sequence 1 .* then EOS"),  # no EOS
     ((2, 0, 3, 1), "sequence 1"),  # PAD before EOS
     ((2, 1, 3, 0), "sequence 1"),  # a token after EOS
     ((2, 99, 1, 0), "sequence 1"),  # >= vocab_size
     ((-2, 1, 0, 0), "sequence 1"),
     ((4, 1, 0, 0), "sequence 1: docid \\[4, 1\\] is already in the trie"),
-])
+  ],
+)
 def test_bulk_build_rejects_bad_rows_naming_them(row, message):
   rows = np.array([(4, 1, 0, 0), row, (5, 5, 1, 0)])
   with pytest.raises(ValueError, match=message):
@@ -247,14 +279,17 @@ def test_root_table_narrower_than_vocab_is_padded():
   assert int(trie_lib.step(arrays, jnp.array([0]), jnp.array([40]))[0]) == -1
 
 
-@pytest.mark.parametrize("sequence, message", [
+@pytest.mark.parametrize(
+  "sequence, message",
+  [
     ((2, 3), "does not end in EOS"),
     ((), "does not end in EOS"),
     ((2, 1, 3, 1), "position 1"),
     ((2, 0, 1), "position 1"),
     ((-3, 1), "position 0"),
     ((2, 99, 1), "vocab_size"),
-])
+  ],
+)
 def test_rejects_malformed_docids(sequence, message):
   with pytest.raises(ValueError, match=message):
     DocidTrie.build([(2, 1), sequence], [0, 1], vocab_size=VOCAB)

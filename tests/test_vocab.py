@@ -1,4 +1,5 @@
 """Tests for gr/vocab.py: sentencepiece training, docid ids, files, seqio."""
+
 import json
 import os
 import pickle
@@ -12,17 +13,22 @@ import tensorflow as tf
 
 from gr import vocab as vocab_lib
 
-_WORDS = ("the city council voted on a budget for new schools and roads while "
-          "markets fell sharply after the report about energy prices in europe "
-          "and asia officials said growth would slow next year").split()
+_WORDS = (
+  "the city council voted on a budget for new schools and roads while "
+  "markets fell sharply after the report about energy prices in europe "
+  "and asia officials said growth would slow next year"
+).split()
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
 def _corpus(seed: int = 0, size: int = 400) -> list[str]:
   rng = random.Random(seed)
-  return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(5, 40)))
-          + f" {rng.randint(0, 99999)} " + "".join(rng.sample(LETTERS, 6))
-          for _ in range(size)]
+  return [
+    " ".join(rng.choice(_WORDS) for _ in range(rng.randint(5, 40)))
+    + f" {rng.randint(0, 99999)} "
+    + "".join(rng.sample(LETTERS, 6))
+    for _ in range(size)
+  ]
 
 
 @pytest.fixture(scope="module")
@@ -38,20 +44,26 @@ def vocab(sp_path):
 
 def test_training_is_byte_identical_and_t5_ids(tmp_path, sp_path):
   again = vocab_lib.train_sentencepiece(
-      _corpus(), str(tmp_path / "again"), vocab_size=300)
+    _corpus(), str(tmp_path / "again"), vocab_size=300
+  )
   with open(sp_path, "rb") as a, open(again, "rb") as b:
     assert a.read() == b.read()
   processor = spm.SentencePieceProcessor(model_file=sp_path)
-  assert (processor.pad_id(), processor.eos_id(), processor.unk_id(),
-          processor.bos_id()) == (0, 1, 2, -1)
+  assert (
+    processor.pad_id(),
+    processor.eos_id(),
+    processor.unk_id(),
+    processor.bos_id(),
+  ) == (0, 1, 2, -1)
   assert os.listdir(tmp_path) == ["again.model"]  # atomic: no temp left
 
 
 def test_digits_are_split(sp_path):
   processor = spm.SentencePieceProcessor(model_file=sp_path)
   pieces = processor.encode("90417 budget 2024", out_type=str)
-  digit_pieces = [p.replace("\u2581", "") for p in pieces
-                  if any(c.isdigit() for c in p)]
+  digit_pieces = [
+    p.replace("\u2581", "") for p in pieces if any(c.isdigit() for c in p)
+  ]
   assert all(len(p) == 1 for p in digit_pieces)
   assert "".join(digit_pieces) == "904172024"
   assert processor.unk_id() not in processor.encode("budget 90417")
@@ -60,8 +72,9 @@ def test_digits_are_split(sp_path):
 def test_long_lines_are_kept_not_dropped(tmp_path):
   # One 20 kB line: sentencepiece alone would drop it and find no pieces.
   long_line = " ".join(["quux", "zzyzx"] * 2000)
-  path = vocab_lib.train_sentencepiece([long_line], str(tmp_path / "long"),
-                                       vocab_size=50)
+  path = vocab_lib.train_sentencepiece(
+    [long_line], str(tmp_path / "long"), vocab_size=50
+  )
   processor = spm.SentencePieceProcessor(model_file=path)
   assert processor.unk_id() not in processor.encode("quux zzyzx")
 
@@ -71,7 +84,8 @@ def test_id_layout(vocab, sp_path):
   assert vocab.sp_size == sp_size
   assert vocab.vocab_size == sp_size + 4
   assert [vocab.docid_token_id(t) for t in vocab.docid_tokens] == list(
-      range(sp_size, sp_size + 4))
+    range(sp_size, sp_size + 4)
+  )
   assert (vocab.pad_id, vocab.eos_id, vocab.unk_id) == (0, 1, 2)
 
 
@@ -87,8 +101,11 @@ def test_text_encoding_matches_seqio_sentencepiece(vocab, sp_path):
 
 def test_encode_docid_reserved_tokens_are_single_ids(vocab):
   ids = vocab.encode_docid("<c0_7> <1> <d_12>")
-  assert ids == [vocab.docid_token_id("<c0_7>"), vocab.docid_token_id("<1>"),
-                 vocab.docid_token_id("<d_12>")]
+  assert ids == [
+    vocab.docid_token_id("<c0_7>"),
+    vocab.docid_token_id("<1>"),
+    vocab.docid_token_id("<d_12>"),
+  ]
   assert vocab.decode_docid(ids + [vocab.eos_id, 0, 5]) == "<c0_7> <1> <d_12>"
 
 
@@ -96,8 +113,12 @@ def test_encode_docid_mixes_words_and_tokens(vocab):
   docid = "<0> city budget <1> energy"
   ids = vocab.encode_docid(docid)
   words_ids = list(vocab.encode("city budget"))
-  assert ids == ([vocab.docid_token_id("<0>")] + words_ids +
-                 [vocab.docid_token_id("<1>")] + list(vocab.encode("energy")))
+  assert ids == (
+    [vocab.docid_token_id("<0>")]
+    + words_ids
+    + [vocab.docid_token_id("<1>")]
+    + list(vocab.encode("energy"))
+  )
   assert vocab.decode_docid(ids) == docid
   assert vocab.decode(ids + [1]) == docid
 
@@ -115,10 +136,16 @@ _TOKENS = ("<0>", "<1>", "<c0_7>", "<d_12>")
 
 
 @settings(max_examples=50, deadline=None)
-@given(st.lists(st.one_of(st.sampled_from(_TOKENS),
-                          st.text(LETTERS + "0123456789", min_size=1,
-                                  max_size=8)),
-                min_size=1, max_size=8))
+@given(
+  st.lists(
+    st.one_of(
+      st.sampled_from(_TOKENS),
+      st.text(LETTERS + "0123456789", min_size=1, max_size=8),
+    ),
+    min_size=1,
+    max_size=8,
+  )
+)
 def test_docid_round_trip(vocab, words):
   docid = " ".join(words)
   ids = vocab.encode_docid(docid)
@@ -128,8 +155,10 @@ def test_docid_round_trip(vocab, words):
 
 
 def test_decode_tf_batch_matches_python(vocab):
-  rows = [vocab.encode_docid(d) + [1] for d in
-          ("<0> city", "roads <d_12> 17", "<c0_7>", "the council")]
+  rows = [
+    vocab.encode_docid(d) + [1]
+    for d in ("<0> city", "roads <d_12> 17", "<c0_7>", "the council")
+  ]
   width = max(map(len, rows))
   padded = [row + [0] * (width - len(row)) for row in rows]
   decoded = vocab.decode_tf(tf.constant(padded)).numpy()
@@ -171,7 +200,8 @@ def test_t5_style_sentinels_come_before_docid_tokens(sp_path):
   assert vocab.docid_token_id("<d_0>") == base + 100
   assert vocab.vocab_size == base + 101
   assert vocab.decode([base + 99, vocab.docid_token_id("<d_0>")]) == (
-      "<extra_id_0> <d_0>")
+    "<extra_id_0> <d_0>"
+  )
 
 
 def test_save_load_round_trip_and_checksum(tmp_path, sp_path, vocab):
@@ -204,9 +234,12 @@ def test_missing_model_and_wrong_ids(tmp_path):
   with pytest.raises(FileNotFoundError, match="nope.model"):
     vocab_lib.Vocabulary(str(tmp_path / "nope.model"))
   spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(_corpus(size=50)),
-      model_prefix=str(tmp_path / "bad"), vocab_size=60,
-      hard_vocab_limit=False, minloglevel=2)  # default ids: unk=0, bos=1
+    sentence_iterator=iter(_corpus(size=50)),
+    model_prefix=str(tmp_path / "bad"),
+    vocab_size=60,
+    hard_vocab_limit=False,
+    minloglevel=2,
+  )  # default ids: unk=0, bos=1
   with pytest.raises(ValueError, match="bad.model.*T5 convention"):
     vocab_lib.Vocabulary(str(tmp_path / "bad.model"))
 

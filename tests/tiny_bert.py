@@ -5,6 +5,7 @@ BertModel tensor names, written with safetensors.numpy: no torch needed)
 and the real all-MiniLM-L6-v2 tokenizer.json, so the vocabulary is real
 WordPiece while the network is small (hidden 32, 2 layers, 4 heads).
 """
+
 import json
 import os
 import shutil
@@ -23,14 +24,22 @@ VOCAB = 30522  # the MiniLM (bert-base-uncased) WordPiece vocabulary
 
 
 def hf_config() -> dict:
-  return {"architectures": ["BertModel"], "model_type": "bert",
-          "vocab_size": VOCAB, "hidden_size": HIDDEN,
-          "num_hidden_layers": LAYERS, "num_attention_heads": HEADS,
-          "intermediate_size": INTERMEDIATE,
-          "max_position_embeddings": MAX_POSITIONS, "type_vocab_size": 2,
-          "layer_norm_eps": 1e-12, "hidden_act": "gelu",
-          "hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1,
-          "pad_token_id": 0}
+  return {
+    "architectures": ["BertModel"],
+    "model_type": "bert",
+    "vocab_size": VOCAB,
+    "hidden_size": HIDDEN,
+    "num_hidden_layers": LAYERS,
+    "num_attention_heads": HEADS,
+    "intermediate_size": INTERMEDIATE,
+    "max_position_embeddings": MAX_POSITIONS,
+    "type_vocab_size": 2,
+    "layer_norm_eps": 1e-12,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "attention_probs_dropout_prob": 0.1,
+    "pad_token_id": 0,
+  }
 
 
 def random_tensors(seed: int = 0) -> dict[str, np.ndarray]:
@@ -44,12 +53,14 @@ def random_tensors(seed: int = 0) -> dict[str, np.ndarray]:
   """
   rng = np.random.default_rng(seed)
   normal = lambda *shape, std: (rng.standard_normal(shape) * std).astype(
-      np.float32)
+    np.float32
+  )
   tensors = {
-      "embeddings.word_embeddings.weight": normal(VOCAB, HIDDEN, std=0.2),
-      "embeddings.position_embeddings.weight": normal(MAX_POSITIONS, HIDDEN,
-                                                      std=0.02),
-      "embeddings.token_type_embeddings.weight": normal(2, HIDDEN, std=0.02),
+    "embeddings.word_embeddings.weight": normal(VOCAB, HIDDEN, std=0.2),
+    "embeddings.position_embeddings.weight": normal(
+      MAX_POSITIONS, HIDDEN, std=0.02
+    ),
+    "embeddings.token_type_embeddings.weight": normal(2, HIDDEN, std=0.02),
   }
 
   def norm(name, width=HIDDEN):
@@ -79,18 +90,33 @@ def write_tiny_bert(folder: str, seed: int = 0) -> str:
   os.makedirs(folder, exist_ok=True)
   with open(os.path.join(folder, "config.json"), "w") as f:
     json.dump(hf_config(), f, indent=1)
-  safetensors.numpy.save_file(random_tensors(seed),
-                              os.path.join(folder, "model.safetensors"))
-  shutil.copyfile(os.path.join(embed.default_model_dir(), "tokenizer.json"),
-                  os.path.join(folder, "tokenizer.json"))
+  safetensors.numpy.save_file(
+    random_tensors(seed), os.path.join(folder, "model.safetensors")
+  )
+  shutil.copyfile(
+    os.path.join(embed.default_model_dir(), "tokenizer.json"),
+    os.path.join(folder, "tokenizer.json"),
+  )
   return folder
 
 
-def num_bert_params(hidden: int, layers: int, intermediate: int,
-                    vocab: int, positions: int, types: int = 2) -> int:
+def num_bert_params(
+  hidden: int,
+  layers: int,
+  intermediate: int,
+  vocab: int,
+  positions: int,
+  types: int = 2,
+) -> int:
   """Parameters of a BertModel without its pooler."""
   embeddings = (vocab + positions + types) * hidden + 2 * hidden
-  layer = (4 * (hidden * hidden + hidden) + 2 * hidden
-           + hidden * intermediate + intermediate
-           + intermediate * hidden + hidden + 2 * hidden)
+  layer = (
+    4 * (hidden * hidden + hidden)
+    + 2 * hidden
+    + hidden * intermediate
+    + intermediate
+    + intermediate * hidden
+    + hidden
+    + 2 * hidden
+  )
   return embeddings + layers * layer

@@ -15,6 +15,7 @@ skipped record is logged and appended to the caller's `skipped` list as a
 `Skipped(file, line, reason)`. Blank lines are not records and are ignored.
 Writes are atomic per file (temp file in the same folder, fsync, os.replace).
 """
+
 import dataclasses
 import json
 import logging
@@ -33,6 +34,7 @@ Qrels = dict[str, dict[str, int]]
 @dataclasses.dataclass(frozen=True)
 class Document:
   """One corpus record. `metadata` holds any extra fields (e.g. publish_date)."""
+
   doc_id: str
   title: str
   text: str
@@ -53,6 +55,7 @@ class BeirFormatError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class Skipped:
   """A record skipped under `skip_invalid=True`."""
+
   file: str
   line: int
   reason: str
@@ -105,8 +108,15 @@ def _parse_json_object(path: str, line_no: int, raw: bytes) -> dict[str, Any]:
   return record
 
 
-def _field(path: str, line_no: int, record: Mapping[str, Any], name: str,
-           *, required: bool = True, nonempty: bool = False) -> str:
+def _field(
+  path: str,
+  line_no: int,
+  record: Mapping[str, Any],
+  name: str,
+  *,
+  required: bool = True,
+  nonempty: bool = False,
+) -> str:
   """Returns record[name] as a checked string ('' when optional and absent)."""
   if name not in record:
     if required:
@@ -115,8 +125,10 @@ def _field(path: str, line_no: int, record: Mapping[str, Any], name: str,
   value = record[name]
   if not isinstance(value, str):
     raise BeirFormatError(
-        path, line_no,
-        f"field {name!r} must be a string, got {type(value).__name__}")
+      path,
+      line_no,
+      f"field {name!r} must be a string, got {type(value).__name__}",
+    )
   if nonempty and not value.strip():
     raise BeirFormatError(path, line_no, f"field {name!r} is empty")
   return value
@@ -131,8 +143,12 @@ def _parse_document(path: str, line_no: int, raw: bytes) -> Document:
   return Document(doc_id=doc_id, title=title, text=text, metadata=metadata)
 
 
-def iter_corpus(path: str, *, skip_invalid: bool = False,
-                skipped: Optional[list[Skipped]] = None) -> Iterator[Document]:
+def iter_corpus(
+  path: str,
+  *,
+  skip_invalid: bool = False,
+  skipped: Optional[list[Skipped]] = None,
+) -> Iterator[Document]:
   """Streams the Documents of a corpus.jsonl, one line at a time.
 
   `_id` and `text` are required non-empty strings, `title` an optional string.
@@ -144,8 +160,9 @@ def iter_corpus(path: str, *, skip_invalid: bool = False,
     try:
       doc = _parse_document(os.fspath(path), line_no, raw)
       if doc.doc_id in seen:
-        raise BeirFormatError(os.fspath(path), line_no,
-                              f"duplicate _id {doc.doc_id!r}")
+        raise BeirFormatError(
+          os.fspath(path), line_no, f"duplicate _id {doc.doc_id!r}"
+        )
     except BeirFormatError as e:
       reporter.bad(e)
       continue
@@ -153,15 +170,25 @@ def iter_corpus(path: str, *, skip_invalid: bool = False,
     yield doc
 
 
-def read_corpus(path: str, *, skip_invalid: bool = False,
-                skipped: Optional[list[Skipped]] = None) -> dict[str, Document]:
+def read_corpus(
+  path: str,
+  *,
+  skip_invalid: bool = False,
+  skipped: Optional[list[Skipped]] = None,
+) -> dict[str, Document]:
   """Reads a corpus.jsonl into {doc_id: Document}, in file order."""
-  return {doc.doc_id: doc for doc in iter_corpus(
-      path, skip_invalid=skip_invalid, skipped=skipped)}
+  return {
+    doc.doc_id: doc
+    for doc in iter_corpus(path, skip_invalid=skip_invalid, skipped=skipped)
+  }
 
 
-def read_queries(path: str, *, skip_invalid: bool = False,
-                 skipped: Optional[list[Skipped]] = None) -> dict[str, str]:
+def read_queries(
+  path: str,
+  *,
+  skip_invalid: bool = False,
+  skipped: Optional[list[Skipped]] = None,
+) -> dict[str, str]:
   """Reads a queries.jsonl into {query_id: text}, in file order."""
   path = os.fspath(path)
   reporter = _Reporter(skip_invalid, skipped)
@@ -180,12 +207,14 @@ def read_queries(path: str, *, skip_invalid: bool = False,
   return queries
 
 
-def _parse_qrels_row(path: str, line_no: int,
-                     raw: bytes) -> tuple[str, str, int]:
+def _parse_qrels_row(
+  path: str, line_no: int, raw: bytes
+) -> tuple[str, str, int]:
   columns = _decode(path, line_no, raw).split("\t")
   if len(columns) != 3:
     raise BeirFormatError(
-        path, line_no, f"expected 3 tab-separated columns, got {len(columns)}")
+      path, line_no, f"expected 3 tab-separated columns, got {len(columns)}"
+    )
   query_id, doc_id, score = (c.strip() for c in columns)
   if not query_id or not doc_id:
     raise BeirFormatError(path, line_no, "empty query-id or corpus-id")
@@ -193,22 +222,32 @@ def _parse_qrels_row(path: str, line_no: int,
     return query_id, doc_id, int(score)
   except ValueError:
     raise BeirFormatError(
-        path, line_no, f"score must be an integer, got {score!r}") from None
+      path, line_no, f"score must be an integer, got {score!r}"
+    ) from None
 
 
-def _check_reference(path: str, line_no: int, query_id: str, doc_id: str,
-                     query_ids: Optional[Iterable[str]],
-                     corpus_ids: Optional[Iterable[str]]) -> None:
+def _check_reference(
+  path: str,
+  line_no: int,
+  query_id: str,
+  doc_id: str,
+  query_ids: Optional[Iterable[str]],
+  corpus_ids: Optional[Iterable[str]],
+) -> None:
   if query_ids is not None and query_id not in query_ids:
     raise BeirFormatError(path, line_no, f"unknown query-id {query_id!r}")
   if corpus_ids is not None and doc_id not in corpus_ids:
     raise BeirFormatError(path, line_no, f"unknown corpus-id {doc_id!r}")
 
 
-def read_qrels(path: str, *, query_ids: Optional[Iterable[str]] = None,
-               corpus_ids: Optional[Iterable[str]] = None,
-               skip_invalid: bool = False,
-               skipped: Optional[list[Skipped]] = None) -> Qrels:
+def read_qrels(
+  path: str,
+  *,
+  query_ids: Optional[Iterable[str]] = None,
+  corpus_ids: Optional[Iterable[str]] = None,
+  skip_invalid: bool = False,
+  skipped: Optional[list[Skipped]] = None,
+) -> Qrels:
   """Reads a qrels .tsv into {query_id: {doc_id: score}}.
 
   If `query_ids` / `corpus_ids` are given (sets or dicts), rows that point
@@ -218,10 +257,15 @@ def read_qrels(path: str, *, query_ids: Optional[Iterable[str]] = None,
   reporter = _Reporter(skip_invalid, skipped)
   lines = _iter_lines(path)
   header = next(lines, None)
-  if header is None or tuple(
-      c.strip() for c in header[1].split(b"\t")) != _QRELS_HEADER_BYTES:
-    raise BeirFormatError(path, header[0] if header else 1,
-                          f"expected header {chr(9).join(QRELS_HEADER)!r}")
+  if (
+    header is None
+    or tuple(c.strip() for c in header[1].split(b"\t")) != _QRELS_HEADER_BYTES
+  ):
+    raise BeirFormatError(
+      path,
+      header[0] if header else 1,
+      f"expected header {chr(9).join(QRELS_HEADER)!r}",
+    )
   qrels: Qrels = {}
   for line_no, raw in lines:
     try:
@@ -229,7 +273,8 @@ def read_qrels(path: str, *, query_ids: Optional[Iterable[str]] = None,
       _check_reference(path, line_no, query_id, doc_id, query_ids, corpus_ids)
       if doc_id in qrels.get(query_id, {}):
         raise BeirFormatError(
-            path, line_no, f"duplicate pair ({query_id!r}, {doc_id!r})")
+          path, line_no, f"duplicate pair ({query_id!r}, {doc_id!r})"
+        )
     except BeirFormatError as e:
       reporter.bad(e)
       continue
@@ -245,8 +290,11 @@ def _qrels_splits(qrels_dir: str, splits: Optional[Iterable[str]]) -> list[str]:
     return list(splits)
   if not os.path.isdir(qrels_dir):
     raise BeirFormatError(qrels_dir, None, "qrels folder not found")
-  return sorted(name[:-len(".tsv")] for name in os.listdir(qrels_dir)
-                if name.endswith(".tsv"))
+  return sorted(
+    name[: -len(".tsv")]
+    for name in os.listdir(qrels_dir)
+    if name.endswith(".tsv")
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,15 +307,22 @@ class BeirDataset:
     qrels: {split: {query_id: {doc_id: score}}}.
     skipped: records skipped under `skip_invalid=True` (empty otherwise).
   """
+
   corpus: dict[str, Document]
   queries: dict[str, str]
   qrels: dict[str, Qrels]
   skipped: tuple[Skipped, ...] = ()
 
   @classmethod
-  def load(cls, folder: str, *, queries_file: str = "queries.jsonl",
-           qrels_dir: str = "qrels", splits: Optional[Iterable[str]] = None,
-           skip_invalid: bool = False) -> "BeirDataset":
+  def load(
+    cls,
+    folder: str,
+    *,
+    queries_file: str = "queries.jsonl",
+    qrels_dir: str = "qrels",
+    splits: Optional[Iterable[str]] = None,
+    skip_invalid: bool = False,
+  ) -> "BeirDataset":
     """Loads and cross-validates a BEIR folder.
 
     Args:
@@ -286,9 +341,14 @@ class BeirDataset:
     queries = read_queries(os.path.join(folder, queries_file), **kwargs)
     qrels_path = os.path.join(folder, qrels_dir)
     qrels = {
-        split: read_qrels(os.path.join(qrels_path, f"{split}.tsv"),
-                          query_ids=queries, corpus_ids=corpus, **kwargs)
-        for split in _qrels_splits(qrels_path, splits)}
+      split: read_qrels(
+        os.path.join(qrels_path, f"{split}.tsv"),
+        query_ids=queries,
+        corpus_ids=corpus,
+        **kwargs,
+      )
+      for split in _qrels_splits(qrels_path, splits)
+    }
     if skipped:
       logging.warning("Skipped %d invalid records in %s", len(skipped), folder)
     return cls(corpus, queries, qrels, tuple(skipped))
@@ -305,14 +365,20 @@ def _document_record(doc: Document) -> dict[str, Any]:
   clash = set(doc.metadata) & set(_CORPUS_CORE_FIELDS)
   if clash:
     raise ValueError(
-        f"Document {doc.doc_id!r}: metadata keys {sorted(clash)} clash with "
-        "corpus fields")
-  return {"_id": doc.doc_id, "title": doc.title, "text": doc.text,
-          **doc.metadata}
+      f"Document {doc.doc_id!r}: metadata keys {sorted(clash)} clash with "
+      "corpus fields"
+    )
+  return {
+    "_id": doc.doc_id,
+    "title": doc.title,
+    "text": doc.text,
+    **doc.metadata,
+  }
 
 
-def write_corpus(path: str,
-                 corpus: Mapping[str, Document] | Iterable[Document]) -> None:
+def write_corpus(
+  path: str, corpus: Mapping[str, Document] | Iterable[Document]
+) -> None:
   """Writes Documents (a {doc_id: Document} mapping or an iterable) as jsonl."""
   docs = corpus.values() if isinstance(corpus, Mapping) else corpus
   with atomic_io.atomic_open(path) as f:
@@ -333,20 +399,26 @@ def write_qrels(path: str, qrels: Mapping[str, Mapping[str, int]]) -> None:
     f.write("\t".join(QRELS_HEADER) + "\n")
     for query_id, judged in qrels.items():
       for doc_id, score in judged.items():
-        if any(s != s.strip() or any(c in s for c in "\t\n\r")
-               for s in (query_id, doc_id)):
+        if any(
+          s != s.strip() or any(c in s for c in "\t\n\r")
+          for s in (query_id, doc_id)
+        ):
           raise ValueError(
-              f"qrels ids may not hold tabs, newlines or surrounding spaces: "
-              f"{query_id!r} {doc_id!r}")
+            f"qrels ids may not hold tabs, newlines or surrounding spaces: "
+            f"{query_id!r} {doc_id!r}"
+          )
         f.write(f"{query_id}\t{doc_id}\t{int(score)}\n")
 
 
-def write_beir(folder: str,
-               corpus: Mapping[str, Document] | Iterable[Document],
-               queries: Mapping[str, str],
-               qrels: Mapping[str, Mapping[str, Mapping[str, int]]], *,
-               queries_file: str = "queries.jsonl",
-               qrels_dir: str = "qrels") -> None:
+def write_beir(
+  folder: str,
+  corpus: Mapping[str, Document] | Iterable[Document],
+  queries: Mapping[str, str],
+  qrels: Mapping[str, Mapping[str, Mapping[str, int]]],
+  *,
+  queries_file: str = "queries.jsonl",
+  qrels_dir: str = "qrels",
+) -> None:
   """Writes a BEIR folder: corpus.jsonl, queries, qrels/<split>.tsv."""
   folder = os.fspath(folder)
   write_corpus(os.path.join(folder, "corpus.jsonl"), corpus)

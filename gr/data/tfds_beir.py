@@ -16,6 +16,7 @@ instead of serving stale records.
   datasets = load_beir_tfds("data/news", data_dir="/tmp/tfds")
   datasets["corpus"], datasets["queries"], datasets["qrels_test"]
 """
+
 import dataclasses
 import hashlib
 import json
@@ -34,6 +35,7 @@ PARTS = ("corpus", "queries", "qrels")
 @dataclasses.dataclass(eq=False)
 class BeirFolderConfig(tfds.core.BuilderConfig):
   """Which folder and which part of it (see module docstring)."""
+
   folder: str = ""
   part: str = "corpus"
   queries_file: str = "queries.jsonl"
@@ -45,16 +47,21 @@ def _qrels_paths(config: BeirFolderConfig) -> dict[str, str]:
   qrels_dir = os.path.join(config.folder, config.qrels_dir)
   if not os.path.isdir(qrels_dir):
     raise beir.BeirFormatError(qrels_dir, None, "qrels folder not found")
-  return {name[:-4]: os.path.join(qrels_dir, name)
-          for name in sorted(os.listdir(qrels_dir)) if name.endswith(".tsv")}
+  return {
+    name[:-4]: os.path.join(qrels_dir, name)
+    for name in sorted(os.listdir(qrels_dir))
+    if name.endswith(".tsv")
+  }
 
 
 def _part_files(config: BeirFolderConfig) -> list[str]:
   corpus = os.path.join(config.folder, "corpus.jsonl")
   queries = os.path.join(config.folder, config.queries_file)
-  return {"corpus": [corpus], "queries": [queries],
-          "qrels": [corpus, queries, *_qrels_paths(config).values()]
-          }[config.part]
+  return {
+    "corpus": [corpus],
+    "queries": [queries],
+    "qrels": [corpus, queries, *_qrels_paths(config).values()],
+  }[config.part]
 
 
 def _digest(paths: list[str]) -> str:
@@ -67,9 +74,14 @@ def _digest(paths: list[str]) -> str:
   return digest.hexdigest()[:12]
 
 
-def make_config(folder: str, part: str, *, queries_file: str = "queries.jsonl",
-                qrels_dir: str = "qrels",
-                name: Optional[str] = None) -> BeirFolderConfig:
+def make_config(
+  folder: str,
+  part: str,
+  *,
+  queries_file: str = "queries.jsonl",
+  qrels_dir: str = "qrels",
+  name: Optional[str] = None,
+) -> BeirFolderConfig:
   """A config for `part` of `folder`, named `<name>-<part>-<digest>`.
 
   `name` defaults to the folder's base name plus, for the queries and qrels
@@ -84,21 +96,34 @@ def make_config(folder: str, part: str, *, queries_file: str = "queries.jsonl",
     if part != "corpus" and queries_file != "queries.jsonl":
       name += "_" + os.path.splitext(queries_file)[0]
   name = re.sub(r"[^A-Za-z0-9_]", "_", name)
-  config = BeirFolderConfig(name="", folder=folder, part=part,
-                            queries_file=queries_file, qrels_dir=qrels_dir)
+  config = BeirFolderConfig(
+    name="",
+    folder=folder,
+    part=part,
+    queries_file=queries_file,
+    qrels_dir=qrels_dir,
+  )
   return dataclasses.replace(
-      config, name=f"{name}-{part}-{_digest(_part_files(config))}",
-      description=f"{part} of the BEIR folder {folder}")
+    config,
+    name=f"{name}-{part}-{_digest(_part_files(config))}",
+    description=f"{part} of the BEIR folder {folder}",
+  )
 
 
 def _features(part: str) -> tfds.features.FeaturesDict:
   text = tfds.features.Text()
-  return tfds.features.FeaturesDict({
-      "corpus": {"doc_id": text, "title": text, "text": text,
-                 "metadata_json": text},
+  return tfds.features.FeaturesDict(
+    {
+      "corpus": {
+        "doc_id": text,
+        "title": text,
+        "text": text,
+        "metadata_json": text,
+      },
       "queries": {"query_id": text, "text": text},
       "qrels": {"query_id": text, "doc_id": text, "score": tf.int32},
-  }[part])
+    }[part]
+  )
 
 
 class BeirFolder(tfds.core.GeneratorBasedBuilder):
@@ -109,9 +134,10 @@ class BeirFolder(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
-        features=_features(self.builder_config.part),
-        disable_shuffling=True,
-        homepage="https://github.com/beir-cellar/beir")
+      features=_features(self.builder_config.part),
+      disable_shuffling=True,
+      homepage="https://github.com/beir-cellar/beir",
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing to download.
@@ -122,41 +148,59 @@ class BeirFolder(tfds.core.GeneratorBasedBuilder):
       return {"corpus": self._generate_examples(corpus)}
     if config.part == "queries":
       return {"queries": self._generate_examples(queries)}
-    references = dict(corpus_ids={d.doc_id for d in beir.iter_corpus(corpus)},
-                      query_ids=set(beir.read_queries(queries)))
-    return {split: self._generate_examples(path, references)
-            for split, path in _qrels_paths(config).items()}
+    references = dict(
+      corpus_ids={d.doc_id for d in beir.iter_corpus(corpus)},
+      query_ids=set(beir.read_queries(queries)),
+    )
+    return {
+      split: self._generate_examples(path, references)
+      for split, path in _qrels_paths(config).items()
+    }
 
-  def _generate_examples(self, path: str, references: Optional[dict] = None
-                         ) -> Iterator[tuple[str, dict]]:
+  def _generate_examples(
+    self, path: str, references: Optional[dict] = None
+  ) -> Iterator[tuple[str, dict]]:
     """(key, example) of the config's part from one file, in file order."""
     part = self.builder_config.part
     if part == "corpus":
       for doc in beir.iter_corpus(path):
-        yield doc.doc_id, {"doc_id": doc.doc_id, "title": doc.title,
-                           "text": doc.text,
-                           "metadata_json": json.dumps(dict(doc.metadata),
-                                                       ensure_ascii=False)}
+        yield (
+          doc.doc_id,
+          {
+            "doc_id": doc.doc_id,
+            "title": doc.title,
+            "text": doc.text,
+            "metadata_json": json.dumps(dict(doc.metadata), ensure_ascii=False),
+          },
+        )
     elif part == "queries":
       for query_id, text in beir.read_queries(path).items():
         yield query_id, {"query_id": query_id, "text": text}
     else:
       for query_id, judged in beir.read_qrels(path, **references).items():
         for doc_id, score in judged.items():
-          yield f"{query_id}\t{doc_id}", {"query_id": query_id,
-                                          "doc_id": doc_id, "score": score}
+          yield (
+            f"{query_id}\t{doc_id}",
+            {"query_id": query_id, "doc_id": doc_id, "score": score},
+          )
 
 
-def beir_builders(folder: str, data_dir: str, **config_kwargs
-                  ) -> dict[str, BeirFolder]:
+def beir_builders(
+  folder: str, data_dir: str, **config_kwargs
+) -> dict[str, BeirFolder]:
   """{part: BeirFolder builder} for every part of `folder` (not prepared)."""
-  return {part: BeirFolder(config=make_config(folder, part, **config_kwargs),
-                           data_dir=os.fspath(data_dir))
-          for part in PARTS}
+  return {
+    part: BeirFolder(
+      config=make_config(folder, part, **config_kwargs),
+      data_dir=os.fspath(data_dir),
+    )
+    for part in PARTS
+  }
 
 
-def load_beir_tfds(folder: str, data_dir: str,
-                   **config_kwargs) -> dict[str, tf.data.Dataset]:
+def load_beir_tfds(
+  folder: str, data_dir: str, **config_kwargs
+) -> dict[str, tf.data.Dataset]:
   """Prepares (once) and loads a BEIR folder as tf.data datasets.
 
   Args:

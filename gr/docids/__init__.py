@@ -1,10 +1,11 @@
 """Docid schemes: how documents are named. Look a scheme up by name.
 
-  scheme = get_scheme("semantic", k=10, c=10)
-  table = scheme.assign(corpus)              # DocidTable
-  table = scheme.assign_new(table, new_docs)  # existing docids unchanged
-  scheme = scheme_for_table(table)           # same scheme, from table.config
+scheme = get_scheme("semantic", k=10, c=10)
+table = scheme.assign(corpus)              # DocidTable
+table = scheme.assign_new(table, new_docs)  # existing docids unchanged
+scheme = scheme_for_table(table)           # same scheme, from table.config
 """
+
 from typing import Any
 
 from gr.docids.atomic import AtomicScheme
@@ -14,8 +15,16 @@ from gr.docids.naive import NaiveScheme
 from gr.docids.semantic import SemanticScheme
 from gr.docids.text import TextScheme
 
-SCHEMES = {cls.name: cls for cls in (NaiveScheme, AtomicScheme, SemanticScheme,
-                                     TextScheme, MultiScheme)}
+SCHEMES = {
+  cls.name: cls
+  for cls in (
+    NaiveScheme,
+    AtomicScheme,
+    SemanticScheme,
+    TextScheme,
+    MultiScheme,
+  )
+}
 
 
 def get_scheme(name: str, **kwargs: Any) -> DocidScheme:
@@ -30,6 +39,16 @@ def scheme_for_table(table: DocidTable, **extra: Any) -> DocidScheme:
   return get_scheme(table.scheme, **{**table.config, **extra})
 
 
-__all__ = ["AtomicScheme", "DocidScheme", "DocidTable", "DocidTableError",
-           "MultiScheme", "NaiveScheme", "SCHEMES", "SemanticScheme",
-           "TextScheme", "get_scheme", "scheme_for_table"]
+__all__ = [
+  "AtomicScheme",
+  "DocidScheme",
+  "DocidTable",
+  "DocidTableError",
+  "MultiScheme",
+  "NaiveScheme",
+  "SCHEMES",
+  "SemanticScheme",
+  "TextScheme",
+  "get_scheme",
+  "scheme_for_table",
+]

@@ -5,6 +5,7 @@ handed out (removal keeps them), so `assign_new` continues at
 N = len(reserved_tokens) and the model's embedding rows for new tokens are
 appended after the existing ones.
 """
+
 import dataclasses
 from typing import ClassVar, Mapping
 
@@ -19,6 +20,7 @@ def atomic_token(number: int) -> str:
 @dataclasses.dataclass(frozen=True)
 class AtomicScheme:
   """One `<d_N>` token per document."""
+
   name: ClassVar[str] = "atomic"
 
   def assign(self, corpus: Mapping[str, Document]) -> base.DocidTable:
@@ -26,8 +28,9 @@ class AtomicScheme:
     docids = {d: (token,) for d, token in zip(corpus, tokens)}
     return base.DocidTable(self.name, docids, tokens, base.scheme_config(self))
 
-  def assign_new(self, table: base.DocidTable,
-                 new_docs: Mapping[str, Document]) -> base.DocidTable:
+  def assign_new(
+    self, table: base.DocidTable, new_docs: Mapping[str, Document]
+  ) -> base.DocidTable:
     base.check_scheme(table, self.name)
     start = len(table.reserved_tokens)
     tokens = [atomic_token(start + i) for i in range(len(new_docs))]

@@ -14,6 +14,7 @@ On disk a table is a directory: table.json (everything but arrays),
 arrays.npz (scheme state, e.g. centroids) and manifest.json (sha256 of both),
 each written atomically; the manifest is written last.
 """
+
 import dataclasses
 import functools
 import hashlib
@@ -63,6 +64,7 @@ class DocidTable:
     version: +1 on every `extend` (assign_new) and `remove`.
     arrays: scheme state (e.g. centroids [num_children, dim]), saved as npz.
   """
+
   scheme: str
   docids: Mapping[str, tuple[str, ...]]
   reserved_tokens: tuple[str, ...]
@@ -82,16 +84,23 @@ class DocidTable:
     if not isinstance(other, DocidTable):
       return NotImplemented
     same_arrays = self.arrays.keys() == other.arrays.keys() and all(
-        np.array_equal(v, other.arrays[k]) for k, v in self.arrays.items())
-    return (self._plain_fields() == other._plain_fields()
-            and list(self.docids.items()) == list(other.docids.items())
-            and same_arrays)
+      np.array_equal(v, other.arrays[k]) for k, v in self.arrays.items()
+    )
+    return (
+      self._plain_fields() == other._plain_fields()
+      and list(self.docids.items()) == list(other.docids.items())
+      and same_arrays
+    )
 
   __hash__ = None
 
   def _plain_fields(self) -> tuple[Any, ...]:
-    return (self.scheme, self.reserved_tokens, json.dumps(self.config),
-            self.version)
+    return (
+      self.scheme,
+      self.reserved_tokens,
+      json.dumps(self.config),
+      self.version,
+    )
 
   @property
   def doc_ids(self) -> tuple[str, ...]:
@@ -109,7 +118,9 @@ class DocidTable:
   @property
   def retired_docids(self) -> frozenset[str]:
     """Docids of removed documents; never handed out again."""
-    return frozenset(self.arrays.get(RETIRED_KEY, np.array([], np.str_)).tolist())
+    return frozenset(
+      self.arrays.get(RETIRED_KEY, np.array([], np.str_)).tolist()
+    )
 
   def taken_docids(self) -> set[str]:
     """Docid strings a new document may not get: current and retired."""
@@ -123,31 +134,39 @@ class DocidTable:
     """Raises DocidTableError naming the first offending doc, docid or token."""
     if not isinstance(self.scheme, str) or not self.scheme:
       raise DocidTableError(
-          f"scheme must be a non-empty string, got {self.scheme!r}")
+        f"scheme must be a non-empty string, got {self.scheme!r}"
+      )
     reserved = set(self.reserved_tokens)
     _check_reserved_tokens(self.reserved_tokens, reserved)
     owner: dict[str, str] = {}
     retired = self.retired_docids
     for doc_id, ids in self.docids.items():
       if not isinstance(doc_id, str) or not doc_id:
-        raise DocidTableError(f"doc_id must be a non-empty string, got {doc_id!r}")
+        raise DocidTableError(
+          f"doc_id must be a non-empty string, got {doc_id!r}"
+        )
       if not ids:
         raise DocidTableError(f"document {doc_id!r} has no docid")
       for docid in ids:
         _check_docid(docid, doc_id, reserved)
         if docid in owner:
           raise DocidTableError(
-              f"docid {docid!r} names both {owner[docid]!r} and {doc_id!r}")
+            f"docid {docid!r} names both {owner[docid]!r} and {doc_id!r}"
+          )
         if docid in retired:
           raise DocidTableError(
-              f"docid {docid!r} of {doc_id!r} belonged to a removed document")
+            f"docid {docid!r} of {doc_id!r} belonged to a removed document"
+          )
         owner[docid] = doc_id
     self.__dict__["docid_to_doc"] = owner
     _check_json(self.config)
 
-  def extend(self, new_docids: Mapping[str, Sequence[str]],
-             new_reserved_tokens: Sequence[str] = (),
-             arrays: Mapping[str, np.ndarray] | None = None) -> "DocidTable":
+  def extend(
+    self,
+    new_docids: Mapping[str, Sequence[str]],
+    new_reserved_tokens: Sequence[str] = (),
+    arrays: Mapping[str, np.ndarray] | None = None,
+  ) -> "DocidTable":
     """Adds documents (version + 1). Existing documents keep their docids.
 
     Args:
@@ -168,9 +187,12 @@ class DocidTable:
     if RETIRED_KEY in self.arrays:
       new_arrays[RETIRED_KEY] = self.arrays[RETIRED_KEY]
     return dataclasses.replace(
-        self, docids={**self.docids, **new_docids},
-        reserved_tokens=self.reserved_tokens + tuple(appended),
-        version=self.version + 1, arrays=new_arrays)
+      self,
+      docids={**self.docids, **new_docids},
+      reserved_tokens=self.reserved_tokens + tuple(appended),
+      version=self.version + 1,
+      arrays=new_arrays,
+    )
 
   def remove(self, doc_ids: Iterable[str]) -> "DocidTable":
     """Deletes documents (version + 1); their docids become retired."""
@@ -181,9 +203,11 @@ class DocidTable:
     retired = [s for d, ids in self.docids.items() if d in doomed for s in ids]
     old = self.arrays.get(RETIRED_KEY, np.array([], np.str_)).tolist()
     return dataclasses.replace(
-        self, docids={d: v for d, v in self.docids.items() if d not in doomed},
-        version=self.version + 1,
-        arrays={**self.arrays, RETIRED_KEY: string_array(old + retired)})
+      self,
+      docids={d: v for d, v in self.docids.items() if d not in doomed},
+      version=self.version + 1,
+      arrays={**self.arrays, RETIRED_KEY: string_array(old + retired)},
+    )
 
   def save(self, directory: str | os.PathLike) -> None:
     """Writes table.json, arrays.npz, then manifest.json, each atomically."""
@@ -194,17 +218,26 @@ class DocidTable:
     arrays_bytes = buffer.getvalue()
     atomic_io.write_bytes(os.path.join(directory, TABLE_FILE), table_bytes)
     atomic_io.write_bytes(os.path.join(directory, ARRAYS_FILE), arrays_bytes)
-    manifest = {"format": FORMAT,
-                "sha256": {TABLE_FILE: _sha256(table_bytes),
-                           ARRAYS_FILE: _sha256(arrays_bytes)}}
-    atomic_io.write_bytes(os.path.join(directory, MANIFEST_FILE),
-                  json.dumps(manifest, indent=1).encode())
+    manifest = {
+      "format": FORMAT,
+      "sha256": {
+        TABLE_FILE: _sha256(table_bytes),
+        ARRAYS_FILE: _sha256(arrays_bytes),
+      },
+    }
+    atomic_io.write_bytes(
+      os.path.join(directory, MANIFEST_FILE),
+      json.dumps(manifest, indent=1).encode(),
+    )
 
   def _json_fields(self) -> dict[str, Any]:
-    return {"scheme": self.scheme, "version": self.version,
-            "config": self.config,
-            "reserved_tokens": list(self.reserved_tokens),
-            "docids": {d: list(ids) for d, ids in self.docids.items()}}
+    return {
+      "scheme": self.scheme,
+      "version": self.version,
+      "config": self.config,
+      "reserved_tokens": list(self.reserved_tokens),
+      "docids": {d: list(ids) for d, ids in self.docids.items()},
+    }
 
   @classmethod
   def load(cls, directory: str | os.PathLike) -> "DocidTable":
@@ -212,32 +245,42 @@ class DocidTable:
     manifest = _read_json(os.path.join(directory, MANIFEST_FILE))
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
       raise DocidTableError(
-          f"{os.path.join(directory, MANIFEST_FILE)}: not a {FORMAT} manifest")
-    contents = {name: _read_verified(directory, name, manifest)
-                for name in (TABLE_FILE, ARRAYS_FILE)}
-    fields = _parse_json(os.path.join(directory, TABLE_FILE), contents[TABLE_FILE])
+        f"{os.path.join(directory, MANIFEST_FILE)}: not a {FORMAT} manifest"
+      )
+    contents = {
+      name: _read_verified(directory, name, manifest)
+      for name in (TABLE_FILE, ARRAYS_FILE)
+    }
+    fields = _parse_json(
+      os.path.join(directory, TABLE_FILE), contents[TABLE_FILE]
+    )
     with np.load(io.BytesIO(contents[ARRAYS_FILE]), allow_pickle=False) as npz:
       arrays = {key: npz[key] for key in npz.files}
     try:
-      return cls(scheme=fields["scheme"],
-                 docids={d: tuple(ids) for d, ids in fields["docids"].items()},
-                 reserved_tokens=tuple(fields["reserved_tokens"]),
-                 config=fields["config"], version=int(fields["version"]),
-                 arrays=arrays)
+      return cls(
+        scheme=fields["scheme"],
+        docids={d: tuple(ids) for d, ids in fields["docids"].items()},
+        reserved_tokens=tuple(fields["reserved_tokens"]),
+        config=fields["config"],
+        version=int(fields["version"]),
+        arrays=arrays,
+      )
     except (KeyError, TypeError, AttributeError, DocidTableError) as e:
-      raise DocidTableError(f"{directory}: inconsistent docid table: {e}") from e
+      raise DocidTableError(
+        f"{directory}: inconsistent docid table: {e}"
+      ) from e
 
 
 class DocidScheme(Protocol):
   """How documents are named. `assign_new` never changes existing docids."""
+
   name: str
 
-  def assign(self, corpus: Mapping[str, Document]) -> DocidTable:
-    ...
+  def assign(self, corpus: Mapping[str, Document]) -> DocidTable: ...
 
-  def assign_new(self, table: DocidTable,
-                 new_docs: Mapping[str, Document]) -> DocidTable:
-    ...
+  def assign_new(
+    self, table: DocidTable, new_docs: Mapping[str, Document]
+  ) -> DocidTable: ...
 
 
 def scheme_config(scheme: Any) -> dict[str, Any]:
@@ -245,15 +288,19 @@ def scheme_config(scheme: Any) -> dict[str, Any]:
 
   Fields with metadata {"config": False} (e.g. an embedder) are left out.
   """
-  return {f.name: getattr(scheme, f.name) for f in dataclasses.fields(scheme)
-          if f.metadata.get("config", True)}
+  return {
+    f.name: getattr(scheme, f.name)
+    for f in dataclasses.fields(scheme)
+    if f.metadata.get("config", True)
+  }
 
 
 def check_scheme(table: DocidTable, name: str) -> None:
   """Raises DocidTableError unless `table` was made by scheme `name`."""
   if table.scheme != name:
     raise DocidTableError(
-        f"table was built by scheme {table.scheme!r}, not {name!r}")
+      f"table was built by scheme {table.scheme!r}, not {name!r}"
+    )
 
 
 def check_new_docs(table: DocidTable, new_docs: Mapping[str, Document]) -> None:
@@ -268,19 +315,25 @@ def _check_reserved_tokens(tokens: tuple[str, ...], unique: AbstractSet[str]):
     raise DocidTableError("reserved_tokens contains duplicates")
   for token in tokens:
     if not is_reserved_token(token):
-      raise DocidTableError(f"reserved token {token!r} is not shaped like <...>")
+      raise DocidTableError(
+        f"reserved token {token!r} is not shaped like <...>"
+      )
 
 
 def _check_docid(docid: str, doc_id: str, reserved: AbstractSet[str]) -> None:
-  if not isinstance(docid, str) or not docid or docid.split() != docid.split(" "):
+  if (
+    not isinstance(docid, str) or not docid or docid.split() != docid.split(" ")
+  ):
     raise DocidTableError(
-        f"docid {docid!r} of {doc_id!r} must be non-empty tokens joined by "
-        "single spaces")
+      f"docid {docid!r} of {doc_id!r} must be non-empty tokens joined by "
+      "single spaces"
+    )
   for token in docid.split(" "):
     if ("<" in token or ">" in token) and token not in reserved:
       raise DocidTableError(
-          f"token {token!r} in docid {docid!r} of {doc_id!r} is not a "
-          "reserved token")
+        f"token {token!r} in docid {docid!r} of {doc_id!r} is not a "
+        "reserved token"
+      )
 
 
 def _check_json(config: Mapping[str, Any]) -> None:
@@ -294,8 +347,6 @@ def _sha256(data: bytes) -> str:
   return hashlib.sha256(data).hexdigest()
 
 
-
-
 def _read_verified(directory, name: str, manifest: Mapping[str, Any]) -> bytes:
   path = os.path.join(directory, name)
   try:
@@ -305,8 +356,10 @@ def _read_verified(directory, name: str, manifest: Mapping[str, Any]) -> bytes:
     raise DocidTableError(f"{path}: cannot read: {e}") from e
   expected = manifest.get("sha256", {}).get(name)
   if _sha256(data) != expected:
-    raise DocidTableError(f"{path}: sha256 does not match {MANIFEST_FILE} "
-                          "(corrupt or partially written)")
+    raise DocidTableError(
+      f"{path}: sha256 does not match {MANIFEST_FILE} "
+      "(corrupt or partially written)"
+    )
   return data
 
 

@@ -12,6 +12,7 @@ Each part's state is kept in `arrays` under "{i}/<key>", and its reserved
 tokens under "{i}/reserved_tokens", so `assign_new` can rebuild each part's
 own table and call that part's `assign_new`.
 """
+
 import dataclasses
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -20,12 +21,16 @@ import numpy as np
 from gr.data.beir import Document
 from gr.docids import atomic, base, naive, semantic, text
 
-PART_SCHEMES = {"naive": naive.NaiveScheme, "atomic": atomic.AtomicScheme,
-                "semantic": semantic.SemanticScheme, "text": text.TextScheme}
+PART_SCHEMES = {
+  "naive": naive.NaiveScheme,
+  "atomic": atomic.AtomicScheme,
+  "semantic": semantic.SemanticScheme,
+  "text": text.TextScheme,
+}
 DEFAULT_PARTS = (
-    {"scheme": "semantic"},
-    {"scheme": "text", "method": "tfidf", "num_words": 3},
-    {"scheme": "text", "method": "prefix", "num_words": 5},
+  {"scheme": "semantic"},
+  {"scheme": "text", "method": "tfidf", "num_words": 3},
+  {"scheme": "text", "method": "prefix", "num_words": 5},
 )
 
 
@@ -37,10 +42,12 @@ class MultiScheme:
     parts: part scheme specs {"scheme": name, **kwargs}.
     embedder: passed to a semantic part (not saved in the config).
   """
+
   name: ClassVar[str] = "multi"
   parts: Sequence[Mapping[str, Any]] = DEFAULT_PARTS
-  embedder: Any = dataclasses.field(default=None, compare=False,
-                                    metadata={"config": False})
+  embedder: Any = dataclasses.field(
+    default=None, compare=False, metadata={"config": False}
+  )
 
   def __post_init__(self):
     object.__setattr__(self, "parts", [dict(p) for p in self.parts])
@@ -48,33 +55,55 @@ class MultiScheme:
     if not schemes:
       raise ValueError("multi scheme needs at least one part")
     if sum(not isinstance(s, text.TextScheme) for s in schemes) > 1:
-      raise ValueError("at most one multi part may use reserved tokens "
-                       f"(naive, atomic, semantic); got {self.parts}")
+      raise ValueError(
+        "at most one multi part may use reserved tokens "
+        f"(naive, atomic, semantic); got {self.parts}"
+      )
 
   def part_schemes(self) -> list[Any]:
     """The part scheme objects, in order."""
     return [_make_part(spec, self.embedder) for spec in self.parts]
 
-  def assign(self, corpus: Mapping[str, Document], *,
-             embeddings: np.ndarray | None = None) -> base.DocidTable:
+  def assign(
+    self,
+    corpus: Mapping[str, Document],
+    *,
+    embeddings: np.ndarray | None = None,
+  ) -> base.DocidTable:
     """embeddings: optional [len(corpus), dim] for a semantic part."""
     per_doc: dict[str, list[str]] = {d: [] for d in corpus}
     reserved, arrays, taken = [], {}, set()
     for i, part in enumerate(self.part_schemes()):
       sub = _call(part, "assign", corpus, taken=taken, embeddings=embeddings)
       _collect(i, sub, per_doc, taken, reserved, arrays)
-    return base.DocidTable(self.name, per_doc, tuple(dict.fromkeys(reserved)),
-                           base.scheme_config(self), arrays=arrays)
+    return base.DocidTable(
+      self.name,
+      per_doc,
+      tuple(dict.fromkeys(reserved)),
+      base.scheme_config(self),
+      arrays=arrays,
+    )
 
-  def assign_new(self, table: base.DocidTable, new_docs: Mapping[str, Document],
-                 *, embeddings: np.ndarray | None = None) -> base.DocidTable:
+  def assign_new(
+    self,
+    table: base.DocidTable,
+    new_docs: Mapping[str, Document],
+    *,
+    embeddings: np.ndarray | None = None,
+  ) -> base.DocidTable:
     base.check_scheme(table, self.name)
     base.check_new_docs(table, new_docs)
     per_doc: dict[str, list[str]] = {d: [] for d in new_docs}
     reserved, arrays, taken = [], {}, table.taken_docids()
     for i, part in enumerate(self.part_schemes()):
-      sub = _call(part, "assign_new", _part_table(table, i, part), new_docs,
-                  taken=taken, embeddings=embeddings)
+      sub = _call(
+        part,
+        "assign_new",
+        _part_table(table, i, part),
+        new_docs,
+        taken=taken,
+        embeddings=embeddings,
+      )
       _collect(i, sub, per_doc, taken, reserved, arrays)
     return table.extend(per_doc, reserved, arrays)
 
@@ -83,8 +112,9 @@ def _make_part(spec: Mapping[str, Any], embedder: Any) -> Any:
   kwargs = dict(spec)
   name = kwargs.pop("scheme", None)
   if name not in PART_SCHEMES:
-    raise ValueError(f"multi part {spec!r}: 'scheme' must be one of "
-                     f"{sorted(PART_SCHEMES)}")
+    raise ValueError(
+      f"multi part {spec!r}: 'scheme' must be one of {sorted(PART_SCHEMES)}"
+    )
   if name == "semantic":
     kwargs["embedder"] = embedder
   return PART_SCHEMES[name](**kwargs)
@@ -99,28 +129,42 @@ def _call(part: Any, method: str, *args, taken, embeddings) -> base.DocidTable:
   return getattr(part, method)(*args)
 
 
-def _collect(i: int, sub: base.DocidTable, per_doc: dict[str, list[str]],
-             taken: set[str], reserved: list[str],
-             arrays: dict[str, np.ndarray]) -> None:
+def _collect(
+  i: int,
+  sub: base.DocidTable,
+  per_doc: dict[str, list[str]],
+  taken: set[str],
+  reserved: list[str],
+  arrays: dict[str, np.ndarray],
+) -> None:
   """Adds part i's docids (one per doc in per_doc) and state to the totals."""
   for doc_id in per_doc:
     (docid,) = sub.docids[doc_id]
     per_doc[doc_id].append(docid)
     taken.add(docid)
   reserved.extend(sub.reserved_tokens)
-  arrays.update({f"{i}/{k}": v for k, v in sub.arrays.items()
-                 if k != base.RETIRED_KEY})
+  arrays.update(
+    {f"{i}/{k}": v for k, v in sub.arrays.items() if k != base.RETIRED_KEY}
+  )
   arrays[f"{i}/reserved_tokens"] = base.string_array(sub.reserved_tokens)
 
 
 def _part_table(table: base.DocidTable, i: int, part: Any) -> base.DocidTable:
   """Part i's own table, rebuilt from the multi table."""
   prefix = f"{i}/"
-  arrays = {k[len(prefix):]: v for k, v in table.arrays.items()
-            if k.startswith(prefix) and k != prefix + "reserved_tokens"}
+  arrays = {
+    k[len(prefix) :]: v
+    for k, v in table.arrays.items()
+    if k.startswith(prefix) and k != prefix + "reserved_tokens"
+  }
   if base.RETIRED_KEY in table.arrays:
     arrays[base.RETIRED_KEY] = table.arrays[base.RETIRED_KEY]
   reserved = table.arrays.get(prefix + "reserved_tokens", np.array([], np.str_))
   return base.DocidTable(
-      part.name, {d: (ids[i],) for d, ids in table.docids.items()},
-      tuple(reserved.tolist()), base.scheme_config(part), table.version, arrays)
+    part.name,
+    {d: (ids[i],) for d, ids in table.docids.items()},
+    tuple(reserved.tolist()),
+    base.scheme_config(part),
+    table.version,
+    arrays,
+  )

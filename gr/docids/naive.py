@@ -4,6 +4,7 @@ Integers are given in corpus order from 0 (or as a seeded permutation of
 0..n-1). `assign_new` continues after the largest integer ever given out,
 including removed documents' (retired) ones, so an integer is never reused.
 """
+
 import dataclasses
 import re
 from typing import ClassVar, Iterable, Mapping
@@ -23,7 +24,7 @@ def number_to_docid(number: int) -> str:
 
 
 def docid_to_number(docid: str) -> int | None:
-  """"<1> <2> <3>" -> 123; None for strings that are not naive docids."""
+  """ "<1> <2> <3>" -> 123; None for strings that are not naive docids."""
   if not _NAIVE_DOCID.fullmatch(docid):
     return None
   return int(docid.replace("<", "").replace(">", "").replace(" ", ""))
@@ -38,6 +39,7 @@ def next_free_number(docids: Iterable[str]) -> int:
 @dataclasses.dataclass(frozen=True)
 class NaiveScheme:
   """Integers as digit tokens; `shuffle` permutes them under `seed`."""
+
   name: ClassVar[str] = "naive"
   shuffle: bool = False
   seed: int = 0
@@ -47,12 +49,15 @@ class NaiveScheme:
     if self.shuffle:
       numbers = np.random.default_rng(self.seed).permutation(len(corpus))
     docids = {d: (number_to_docid(int(n)),) for d, n in zip(corpus, numbers)}
-    return base.DocidTable(self.name, docids, DIGIT_TOKENS,
-                           base.scheme_config(self))
+    return base.DocidTable(
+      self.name, docids, DIGIT_TOKENS, base.scheme_config(self)
+    )
 
-  def assign_new(self, table: base.DocidTable,
-                 new_docs: Mapping[str, Document]) -> base.DocidTable:
+  def assign_new(
+    self, table: base.DocidTable, new_docs: Mapping[str, Document]
+  ) -> base.DocidTable:
     base.check_scheme(table, self.name)
     start = next_free_number(table.taken_docids())
-    return table.extend({d: (number_to_docid(start + i),)
-                         for i, d in enumerate(new_docs)})
+    return table.extend(
+      {d: (number_to_docid(start + i),) for i, d in enumerate(new_docs)}
+    )

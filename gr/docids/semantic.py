@@ -22,6 +22,7 @@ position: 1 + the largest position ever used in that leaf (retired docids
 included). Leaves may thus grow past c; positions >= c get new reserved
 tokens, appended to `reserved_tokens`. The tree itself is never re-clustered.
 """
+
 import dataclasses
 import re
 from typing import Any, ClassVar, Iterable, Mapping, Protocol, Sequence
@@ -57,35 +58,52 @@ class SemanticScheme:
     kmeans_iters: maximum Lloyd iterations per node.
     embedder: used when no embeddings are passed; default MiniLM (lazy).
   """
+
   name: ClassVar[str] = "semantic"
   k: int = 10
   c: int = 10
   token_style: str = "shared"
   seed: int = 0
   kmeans_iters: int = 50
-  embedder: Any = dataclasses.field(default=None, compare=False,
-                                    metadata={"config": False})
+  embedder: Any = dataclasses.field(
+    default=None, compare=False, metadata={"config": False}
+  )
 
   def __post_init__(self):
     if self.token_style not in TOKEN_STYLES:
-      raise ValueError(f"token_style must be one of {TOKEN_STYLES}, got "
-                       f"{self.token_style!r}")
+      raise ValueError(
+        f"token_style must be one of {TOKEN_STYLES}, got {self.token_style!r}"
+      )
     if self.k < 2 or self.c < 1:
       raise ValueError(f"need k >= 2 and c >= 1, got k={self.k}, c={self.c}")
 
-  def assign(self, corpus: Mapping[str, Document], *,
-             embeddings: np.ndarray | None = None) -> base.DocidTable:
+  def assign(
+    self,
+    corpus: Mapping[str, Document],
+    *,
+    embeddings: np.ndarray | None = None,
+  ) -> base.DocidTable:
     """embeddings: optional precomputed [len(corpus), dim], corpus order."""
     x = self._embeddings(corpus, embeddings)
-    tree = kmeans.hierarchical_kmeans(x, self.k, self.c, seed=self.seed,
-                                      iters=self.kmeans_iters)
+    tree = kmeans.hierarchical_kmeans(
+      x, self.k, self.c, seed=self.seed, iters=self.kmeans_iters
+    )
     docids = {d: (self.path_to_docid(p),) for d, p in zip(corpus, tree.paths)}
-    return base.DocidTable(self.name, docids, self._tokens_of(tree.paths),
-                           base.scheme_config(self),
-                           arrays=_tree_to_arrays(tree.centroids, x.shape[1]))
+    return base.DocidTable(
+      self.name,
+      docids,
+      self._tokens_of(tree.paths),
+      base.scheme_config(self),
+      arrays=_tree_to_arrays(tree.centroids, x.shape[1]),
+    )
 
-  def assign_new(self, table: base.DocidTable, new_docs: Mapping[str, Document],
-                 *, embeddings: np.ndarray | None = None) -> base.DocidTable:
+  def assign_new(
+    self,
+    table: base.DocidTable,
+    new_docs: Mapping[str, Document],
+    *,
+    embeddings: np.ndarray | None = None,
+  ) -> base.DocidTable:
     """embeddings: optional precomputed [len(new_docs), dim]."""
     base.check_scheme(table, self.name)
     base.check_new_docs(table, new_docs)
@@ -103,8 +121,9 @@ class SemanticScheme:
   def path_to_docid(self, path: Sequence[int]) -> str:
     """(3, 1, 7) -> "<3> <1> <7>", "<c0_3> <c1_1> <c2_7>" or
     "<n3> <n3_1> <n3_1_7>"."""
-    return " ".join(self._token(tuple(path[:level + 1]))
-                    for level in range(len(path)))
+    return " ".join(
+      self._token(tuple(path[: level + 1])) for level in range(len(path))
+    )
 
   def docid_to_path(self, docid: str) -> tuple[int, ...] | None:
     """Inverse of path_to_docid; None for strings of another scheme."""
@@ -142,8 +161,11 @@ class SemanticScheme:
 
   def _tokens_of(self, paths: Iterable[tuple[int, ...]]) -> tuple[str, ...]:
     """Every token the paths use, in a fixed order (by level, then index)."""
-    used = {self._token_key(path[:level + 1])
-            for path in paths for level in range(len(path))}
+    used = {
+      self._token_key(path[: level + 1])
+      for path in paths
+      for level in range(len(path))
+    }
     return tuple(self._token(prefix) for _, prefix in sorted(used))
 
   def _token_key(self, prefix: tuple[int, ...]):
@@ -155,7 +177,9 @@ class SemanticScheme:
       return (len(prefix), prefix[-1]), (0,) * (len(prefix) - 1) + prefix[-1:]
     return (len(prefix), prefix), prefix
 
-  def _next_positions(self, docids: Iterable[str]) -> dict[tuple[int, ...], int]:
+  def _next_positions(
+    self, docids: Iterable[str]
+  ) -> dict[tuple[int, ...], int]:
     """Leaf path -> 1 + largest position used in it."""
     result: dict[tuple[int, ...], int] = {}
     for docid in docids:
@@ -165,23 +189,28 @@ class SemanticScheme:
         result[leaf] = max(result.get(leaf, 0), path[-1] + 1)
     return result
 
-  def _embeddings(self, docs: Mapping[str, Document],
-                  embeddings: np.ndarray | None) -> np.ndarray:
+  def _embeddings(
+    self, docs: Mapping[str, Document], embeddings: np.ndarray | None
+  ) -> np.ndarray:
     if embeddings is None:
       embedder = self.embedder
       if embedder is None:
         from gr import embed  # Lazy: loading MiniLM costs seconds.
+
         embedder = embed.Embedder.load()
       embeddings = embedder.embed([doc.text for doc in docs.values()])
     embeddings = np.asarray(embeddings, np.float32)
     if embeddings.ndim != 2 or embeddings.shape[0] != len(docs):
-      raise ValueError(f"embeddings must be [{len(docs)}, dim] (one row per "
-                       f"document), got {embeddings.shape}")
+      raise ValueError(
+        f"embeddings must be [{len(docs)}, dim] (one row per "
+        f"document), got {embeddings.shape}"
+      )
     return embeddings
 
 
-def route_to_leaf(nodes: Mapping[tuple[int, ...], np.ndarray],
-                  x: np.ndarray) -> tuple[int, ...]:
+def route_to_leaf(
+  nodes: Mapping[tuple[int, ...], np.ndarray], x: np.ndarray
+) -> tuple[int, ...]:
   """Descends from the root to the nearest child until a leaf; x [dim]."""
   path: tuple[int, ...] = ()
   while path in nodes:
@@ -190,19 +219,26 @@ def route_to_leaf(nodes: Mapping[tuple[int, ...], np.ndarray],
   return path
 
 
-def _tree_to_arrays(centroids: Mapping[tuple[int, ...], np.ndarray],
-                    dim: int) -> dict[str, np.ndarray]:
+def _tree_to_arrays(
+  centroids: Mapping[tuple[int, ...], np.ndarray], dim: int
+) -> dict[str, np.ndarray]:
   paths = sorted(centroids)
   sizes = [len(centroids[p]) for p in paths]
-  stacked = (np.concatenate([centroids[p] for p in paths]) if paths
-             else np.zeros((0, dim), np.float32))
-  return {"node_paths": base.string_array(" ".join(map(str, p)) for p in paths),
-          "node_offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
-          "centroids": stacked.astype(np.float32)}
+  stacked = (
+    np.concatenate([centroids[p] for p in paths])
+    if paths
+    else np.zeros((0, dim), np.float32)
+  )
+  return {
+    "node_paths": base.string_array(" ".join(map(str, p)) for p in paths),
+    "node_offsets": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+    "centroids": stacked.astype(np.float32),
+  }
 
 
 def _arrays_to_tree(
-    arrays: Mapping[str, np.ndarray]) -> dict[tuple[int, ...], np.ndarray]:
+  arrays: Mapping[str, np.ndarray],
+) -> dict[tuple[int, ...], np.ndarray]:
   """Internal node path -> centroids of its children [children, dim]."""
   try:
     paths, offsets = arrays["node_paths"].tolist(), arrays["node_offsets"]
@@ -210,7 +246,10 @@ def _arrays_to_tree(
   except KeyError as e:
     raise base.DocidTableError(f"semantic docid table lacks array {e}") from e
   if len(offsets) != len(paths) + 1 or offsets[-1] != len(centroids):
-    raise base.DocidTableError("semantic docid table: node_offsets do not match "
-                               "node_paths / centroids")
-  return {tuple(int(i) for i in p.split()): centroids[offsets[m]:offsets[m + 1]]
-          for m, p in enumerate(paths)}
+    raise base.DocidTableError(
+      "semantic docid table: node_offsets do not match node_paths / centroids"
+    )
+  return {
+    tuple(int(i) for i in p.split()): centroids[offsets[m] : offsets[m + 1]]
+    for m, p in enumerate(paths)
+  }

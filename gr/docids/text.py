@@ -16,6 +16,7 @@ appending the document's next candidate words, then a counter word ("2",
 time (arrays idf_words [V], idf_values [V], idf_num_docs []), so existing
 docids never change. Docids have variable length and no reserved tokens.
 """
+
 import collections
 import dataclasses
 import math
@@ -44,6 +45,7 @@ def body_words(text: str) -> list[str]:
 @dataclasses.dataclass(frozen=True)
 class Idf:
   """Inverse document frequencies; unseen words get the maximum idf."""
+
   num_docs: int
   values: Mapping[str, float]
 
@@ -58,14 +60,19 @@ class Idf:
 
   def to_arrays(self) -> dict[str, np.ndarray]:
     words = sorted(self.values)
-    return {"idf_words": base.string_array(words),
-            "idf_values": np.array([self.values[w] for w in words], np.float64),
-            "idf_num_docs": np.array(self.num_docs, np.int64)}
+    return {
+      "idf_words": base.string_array(words),
+      "idf_values": np.array([self.values[w] for w in words], np.float64),
+      "idf_num_docs": np.array(self.num_docs, np.int64),
+    }
 
   @classmethod
   def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> "Idf":
     try:
-      words, values = arrays["idf_words"].tolist(), arrays["idf_values"].tolist()
+      words, values = (
+        arrays["idf_words"].tolist(),
+        arrays["idf_values"].tolist(),
+      )
       return cls(int(arrays["idf_num_docs"]), dict(zip(words, values)))
     except KeyError as e:
       raise base.DocidTableError(f"text docid table lacks array {e}") from e
@@ -78,8 +85,9 @@ def tfidf_ranking(words: Sequence[str], idf: Idf) -> list[str]:
   return sorted(counts, key=lambda w: (-counts[w] * idf(w), first[w]))
 
 
-def unique_docid(candidates: Sequence[str], num_words: int,
-                 taken: AbstractSet[str]) -> str:
+def unique_docid(
+  candidates: Sequence[str], num_words: int, taken: AbstractSet[str]
+) -> str:
   """The first `num_words` candidates, lengthened until not in `taken`."""
   chosen = list(candidates[:num_words]) or [EMPTY_WORD]
   extra = list(candidates[num_words:])
@@ -95,6 +103,7 @@ def unique_docid(candidates: Sequence[str], num_words: int,
 @dataclasses.dataclass(frozen=True)
 class TextScheme:
   """Docids made of body words (method "tfidf" or "prefix")."""
+
   name: ClassVar[str] = "text"
   method: str = "tfidf"
   num_words: int = 3
@@ -102,23 +111,37 @@ class TextScheme:
 
   def __post_init__(self):
     if self.method not in ("tfidf", "prefix"):
-      raise ValueError(f"method must be 'tfidf' or 'prefix', got {self.method!r}")
+      raise ValueError(
+        f"method must be 'tfidf' or 'prefix', got {self.method!r}"
+      )
     if self.order not in ("score", "appearance"):
-      raise ValueError(f"order must be 'score' or 'appearance', got {self.order!r}")
+      raise ValueError(
+        f"order must be 'score' or 'appearance', got {self.order!r}"
+      )
     if self.num_words < 1:
       raise ValueError(f"num_words must be >= 1, got {self.num_words}")
 
-  def assign(self, corpus: Mapping[str, Document], *,
-             taken: AbstractSet[str] = frozenset()) -> base.DocidTable:
+  def assign(
+    self,
+    corpus: Mapping[str, Document],
+    *,
+    taken: AbstractSet[str] = frozenset(),
+  ) -> base.DocidTable:
     """`taken`: docids that must be avoided too (e.g. other schemes' ids)."""
     words = {d: body_words(doc.text) for d, doc in corpus.items()}
     idf = Idf.fit(list(words.values()))
     docids = self._name_all(words, idf, set(taken))
-    return base.DocidTable(self.name, docids, (), base.scheme_config(self),
-                           arrays=idf.to_arrays())
+    return base.DocidTable(
+      self.name, docids, (), base.scheme_config(self), arrays=idf.to_arrays()
+    )
 
-  def assign_new(self, table: base.DocidTable, new_docs: Mapping[str, Document],
-                 *, taken: AbstractSet[str] = frozenset()) -> base.DocidTable:
+  def assign_new(
+    self,
+    table: base.DocidTable,
+    new_docs: Mapping[str, Document],
+    *,
+    taken: AbstractSet[str] = frozenset(),
+  ) -> base.DocidTable:
     base.check_scheme(table, self.name)
     base.check_new_docs(table, new_docs)
     words = {d: body_words(doc.text) for d, doc in new_docs.items()}
@@ -126,13 +149,15 @@ class TextScheme:
     docids = self._name_all(words, idf, table.taken_docids() | set(taken))
     return table.extend(docids)
 
-  def _name_all(self, words: Mapping[str, list[str]], idf: Idf,
-                taken: set[str]) -> dict[str, tuple[str]]:
+  def _name_all(
+    self, words: Mapping[str, list[str]], idf: Idf, taken: set[str]
+  ) -> dict[str, tuple[str]]:
     """Names documents in order; each new docid joins `taken`."""
     docids = {}
     for doc_id, doc_words in words.items():
-      docid = unique_docid(self._candidates(doc_words, idf), self.num_words,
-                           taken)
+      docid = unique_docid(
+        self._candidates(doc_words, idf), self.num_words, taken
+      )
       taken.add(docid)
       docids[doc_id] = (docid,)
     return docids
@@ -144,6 +169,6 @@ class TextScheme:
     ranked = tfidf_ranking(words, idf)
     if self.order == "appearance":
       first = {w: i for i, w in reversed(list(enumerate(words)))}
-      head = sorted(ranked[:self.num_words], key=first.__getitem__)
-      return head + ranked[self.num_words:]
+      head = sorted(ranked[: self.num_words], key=first.__getitem__)
+      return head + ranked[self.num_words :]
     return ranked

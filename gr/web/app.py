@@ -20,6 +20,7 @@ too long or non-encodable strings and out-of-range k, 400 for bodies that
 are not UTF-8. Errors inside a search fail that request (500), never the
 worker; updates are applied whole or not at all (gr/serving.py).
 """
+
 import asyncio
 import contextlib
 import dataclasses
@@ -45,6 +46,7 @@ from gr.web import page
 @dataclasses.dataclass(frozen=True)
 class Limits:
   """Input limits; each violation is answered with a 4xx status."""
+
   max_query_chars: int = 1000
   max_body_bytes: int = 1 << 20
   max_documents: int = 64
@@ -79,9 +81,13 @@ def _encodable(text: str) -> str:
 
 def _text(max_chars: int, min_chars: int = 1):
   """A string type: length limits, some non-space character, valid UTF-8."""
-  return Annotated[str, pydantic.StringConstraints(
-      min_length=min_chars, max_length=max_chars, pattern=r"\S"),
-                   pydantic.AfterValidator(_encodable)]
+  return Annotated[
+    str,
+    pydantic.StringConstraints(
+      min_length=min_chars, max_length=max_chars, pattern=r"\S"
+    ),
+    pydantic.AfterValidator(_encodable),
+  ]
 
 
 class Hit(pydantic.BaseModel):
@@ -137,22 +143,27 @@ def request_models(limits: Limits, max_k: int, max_batch: int):
 
   class BatchSearchRequest(pydantic.BaseModel):
     model_config = strict
-    queries: Annotated[list[query_text], pydantic.Field(
-        min_length=1, max_length=max_batch)]
+    queries: Annotated[
+      list[query_text], pydantic.Field(min_length=1, max_length=max_batch)
+    ]
     k: top_k = min(10, max_k)
 
   class DocumentIn(pydantic.BaseModel):
     model_config = strict
     id: _text(limits.max_doc_id_chars)
-    title: Annotated[str, pydantic.StringConstraints(
-        max_length=limits.max_query_chars),
-                     pydantic.AfterValidator(_encodable)] = ""
+    title: Annotated[
+      str,
+      pydantic.StringConstraints(max_length=limits.max_query_chars),
+      pydantic.AfterValidator(_encodable),
+    ] = ""
     text: _text(limits.max_text_chars)
 
   class AddDocumentsRequest(pydantic.BaseModel):
     model_config = strict
-    documents: Annotated[list[DocumentIn], pydantic.Field(
-        min_length=1, max_length=limits.max_documents)]
+    documents: Annotated[
+      list[DocumentIn],
+      pydantic.Field(min_length=1, max_length=limits.max_documents),
+    ]
 
   return SearchRequest, BatchSearchRequest, AddDocumentsRequest
 
@@ -164,8 +175,9 @@ class AsciiJSONResponse(fastapi.responses.JSONResponse):
   """JSON with non-ASCII escaped: error details may echo lone surrogates."""
 
   def render(self, content) -> bytes:
-    return json.dumps(content, ensure_ascii=True, allow_nan=False,
-                      separators=(",", ":")).encode("ascii")
+    return json.dumps(
+      content, ensure_ascii=True, allow_nan=False, separators=(",", ":")
+    ).encode("ascii")
 
 
 def _install_error_handlers(app: fastapi.FastAPI) -> None:
@@ -174,15 +186,17 @@ def _install_error_handlers(app: fastapi.FastAPI) -> None:
   @app.exception_handler(fastapi.exceptions.RequestValidationError)
   async def invalid_request(_, error):
     return AsciiJSONResponse(
-        {"detail": fastapi.encoders.jsonable_encoder(error.errors())},
-        status_code=422)
+      {"detail": fastapi.encoders.jsonable_encoder(error.errors())},
+      status_code=422,
+    )
 
   @app.exception_handler(fastapi.HTTPException)
   async def http_error(_, error):
-    return AsciiJSONResponse({"detail": error.detail},
-                             status_code=error.status_code,
-                             headers=error.headers)
-
+    return AsciiJSONResponse(
+      {"detail": error.detail},
+      status_code=error.status_code,
+      headers=error.headers,
+    )
 
 
 class BodyLimit:
@@ -199,8 +213,9 @@ class BodyLimit:
     if scope["type"] != "http":
       return await self.app(scope, receive, send)
     declared = dict(scope["headers"]).get(b"content-length")
-    if declared is not None and (not declared.isdigit()
-                                 or int(declared) > self.max_bytes):
+    if declared is not None and (
+      not declared.isdigit() or int(declared) > self.max_bytes
+    ):
       return await self._too_large(scope, receive, send)
     received = 0
 
@@ -218,8 +233,9 @@ class BodyLimit:
     return f"request body is larger than {self.max_bytes} bytes"
 
   async def _too_large(self, scope, receive, send):
-    response = fastapi.responses.JSONResponse({"detail": self._message()},
-                                              status_code=413)
+    response = fastapi.responses.JSONResponse(
+      {"detail": self._message()}, status_code=413
+    )
     await response(scope, receive, send)
 
 
@@ -229,19 +245,44 @@ class Metrics:
   def __init__(self):
     self.registry = prometheus_client.CollectorRegistry()
     self.requests = prometheus_client.Counter(
-        "gr_requests", "HTTP requests", ["method", "endpoint", "status"],
-        registry=self.registry)
+      "gr_requests",
+      "HTTP requests",
+      ["method", "endpoint", "status"],
+      registry=self.registry,
+    )
     self.latency = prometheus_client.Histogram(
-        "gr_request_latency_seconds", "HTTP request latency", ["endpoint"],
-        buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5,
-                 10), registry=self.registry)
+      "gr_request_latency_seconds",
+      "HTTP request latency",
+      ["endpoint"],
+      buckets=(
+        0.001,
+        0.0025,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1,
+        2.5,
+        5,
+        10,
+      ),
+      registry=self.registry,
+    )
     self.batch_size = prometheus_client.Histogram(
-        "gr_batch_size", "queries per device batch",
-        buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry)
+      "gr_batch_size",
+      "queries per device batch",
+      buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+      registry=self.registry,
+    )
     self.documents = prometheus_client.Gauge(
-        "gr_index_documents", "documents in the index", registry=self.registry)
+      "gr_index_documents", "documents in the index", registry=self.registry
+    )
     self.version = prometheus_client.Gauge(
-        "gr_index_version", "docid table version", registry=self.registry)
+      "gr_index_version", "docid table version", registry=self.registry
+    )
 
   def observe_index(self, retriever: serving.Retriever) -> None:
     self.documents.set(retriever.num_docs)
@@ -269,10 +310,10 @@ class RequestMetrics:
     finally:
       route = scope.get("route")
       endpoint = getattr(route, "path", "unmatched")
-      self.metrics.requests.labels(scope["method"], endpoint,
-                                   str(status[0])).inc()
-      self.metrics.latency.labels(endpoint).observe(
-          time.perf_counter() - start)
+      self.metrics.requests.labels(
+        scope["method"], endpoint, str(status[0])
+      ).inc()
+      self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
 
 # ------------------------------------------------------------------ app --
@@ -283,25 +324,35 @@ def _bearer_guard(token: Optional[str]):
   scheme = security.HTTPBearer(auto_error=False)
   expected = token.encode("utf-8") if token else None
 
-  def guard(credentials: Annotated[
-      Optional[security.HTTPAuthorizationCredentials],
-      fastapi.Depends(scheme)] = None):
+  def guard(
+    credentials: Annotated[
+      Optional[security.HTTPAuthorizationCredentials], fastapi.Depends(scheme)
+    ] = None,
+  ):
     if expected is None:
       raise fastapi.HTTPException(
-          403, "document updates are disabled: the server was started "
-          "without a token")
+        403,
+        "document updates are disabled: the server was started without a token",
+      )
     given = (credentials.credentials if credentials else "").encode(
-        "utf-8", "surrogateescape")
+      "utf-8", "surrogateescape"
+    )
     if not hmac.compare_digest(given, expected):
       raise fastapi.HTTPException(
-          401, "missing or wrong bearer token",
-          headers={"WWW-Authenticate": "Bearer"})
+        401,
+        "missing or wrong bearer token",
+        headers={"WWW-Authenticate": "Bearer"},
+      )
 
   return guard
 
 
-def create_app(retriever: serving.Retriever, *, token: Optional[str] = None,
-               limits: Limits = Limits()) -> fastapi.FastAPI:
+def create_app(
+  retriever: serving.Retriever,
+  *,
+  token: Optional[str] = None,
+  limits: Limits = Limits(),
+) -> fastapi.FastAPI:
   """The service around `retriever`. Start-up compiles every bucket.
 
   Shutdown (lifespan end, after uvicorn let in-flight requests finish)
@@ -315,20 +366,24 @@ def create_app(retriever: serving.Retriever, *, token: Optional[str] = None,
   async def lifespan(_):
     await asyncio.to_thread(retriever.warm_up)
     state["batcher"] = microbatch.MicroBatcher(
-        retriever.retrieve, max_batch=retriever.max_batch,
-        max_wait_s=retriever.config.max_wait_ms / 1000,
-        on_batch=metrics.batch_size.observe)
+      retriever.retrieve,
+      max_batch=retriever.max_batch,
+      max_wait_s=retriever.config.max_wait_ms / 1000,
+      on_batch=metrics.batch_size.observe,
+    )
     yield
     await asyncio.to_thread(state["batcher"].close)
     await asyncio.to_thread(retriever.wait_for_updates)
 
-  app = fastapi.FastAPI(title="gr docid decoding service", version="1",
-                        lifespan=lifespan)
+  app = fastapi.FastAPI(
+    title="gr docid decoding service", version="1", lifespan=lifespan
+  )
   _install_error_handlers(app)
   app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
   app.add_middleware(RequestMetrics, metrics=metrics)
   search_request, batch_request, add_request = request_models(
-      limits, retriever.max_k, retriever.max_batch)
+    limits, retriever.max_k, retriever.max_batch
+  )
   guard = fastapi.Depends(_bearer_guard(token))
 
   async def hits_of(queries: list[str], k: int) -> list[list[serving.Hit]]:
@@ -339,11 +394,13 @@ def create_app(retriever: serving.Retriever, *, token: Optional[str] = None,
     return await asyncio.wrap_future(future)
 
   def response(query: str, hits: list[serving.Hit]) -> SearchResponse:
-    return SearchResponse(query=query, hits=[
-        Hit(**dataclasses.asdict(h)) for h in hits])
+    return SearchResponse(
+      query=query, hits=[Hit(**dataclasses.asdict(h)) for h in hits]
+    )
 
-  @app.get("/", response_class=fastapi.responses.HTMLResponse,
-           include_in_schema=False)
+  @app.get(
+    "/", response_class=fastapi.responses.HTMLResponse, include_in_schema=False
+  )
   async def search_page():
     return page.PAGE_HTML
 
@@ -355,47 +412,69 @@ def create_app(retriever: serving.Retriever, *, token: Optional[str] = None,
   @app.post("/search/batch", response_model=BatchSearchResponse)
   async def search_batch(request: batch_request):
     hits = await hits_of(request.queries, request.k)
-    return BatchSearchResponse(results=[
-        response(q, h) for q, h in zip(request.queries, hits)])
+    return BatchSearchResponse(
+      results=[response(q, h) for q, h in zip(request.queries, hits)]
+    )
 
-  @app.post("/documents", response_model=AddDocumentsResponse,
-            dependencies=[guard],
-            responses={401: {}, 403: {}, 409: {}, 413: {}})
+  @app.post(
+    "/documents",
+    response_model=AddDocumentsResponse,
+    dependencies=[guard],
+    responses={401: {}, 403: {}, 409: {}, 413: {}},
+  )
   def add_documents(request: add_request):
-    documents = [beir.Document(d.id, d.title, d.text)
-                 for d in request.documents]
+    documents = [
+      beir.Document(d.id, d.title, d.text) for d in request.documents
+    ]
     try:
       added = retriever.add_documents(documents)
     except serving.DocumentConflict as e:
       raise fastapi.HTTPException(409, str(e)) from e
     metrics.observe_index(retriever)
     return AddDocumentsResponse(
-        added=[AddedDocument(doc_id=d, docids=list(ids))
-               for d, ids in added.items()],
-        documents=retriever.num_docs, index_version=retriever.index_version)
+      added=[
+        AddedDocument(doc_id=d, docids=list(ids)) for d, ids in added.items()
+      ],
+      documents=retriever.num_docs,
+      index_version=retriever.index_version,
+    )
 
-  @app.delete("/documents/{doc_id}", response_model=DeleteDocumentResponse,
-              dependencies=[guard], responses={401: {}, 403: {}, 404: {}})
-  def delete_document(doc_id: Annotated[str, fastapi.Path(
-      min_length=1, max_length=limits.max_doc_id_chars)]):
+  @app.delete(
+    "/documents/{doc_id}",
+    response_model=DeleteDocumentResponse,
+    dependencies=[guard],
+    responses={401: {}, 403: {}, 404: {}},
+  )
+  def delete_document(
+    doc_id: Annotated[
+      str, fastapi.Path(min_length=1, max_length=limits.max_doc_id_chars)
+    ],
+  ):
     try:
       retriever.delete_document(doc_id)
     except serving.UnknownDocument as e:
       raise fastapi.HTTPException(404, str(e)) from e
     metrics.observe_index(retriever)
-    return DeleteDocumentResponse(deleted=doc_id, documents=retriever.num_docs,
-                                  index_version=retriever.index_version)
+    return DeleteDocumentResponse(
+      deleted=doc_id,
+      documents=retriever.num_docs,
+      index_version=retriever.index_version,
+    )
 
   @app.get("/healthz", response_model=Health)
   async def healthz():
-    return Health(status="ok", documents=retriever.num_docs,
-                  index_version=retriever.index_version,
-                  checkpoint_step=retriever.checkpoint_step)
+    return Health(
+      status="ok",
+      documents=retriever.num_docs,
+      index_version=retriever.index_version,
+      checkpoint_step=retriever.checkpoint_step,
+    )
 
   @app.get("/metrics", response_class=fastapi.responses.PlainTextResponse)
   async def prometheus_metrics():
     return fastapi.responses.Response(
-        prometheus_client.generate_latest(metrics.registry),
-        media_type=prometheus_client.CONTENT_TYPE_LATEST)
+      prometheus_client.generate_latest(metrics.registry),
+      media_type=prometheus_client.CONTENT_TYPE_LATEST,
+    )
 
   return app

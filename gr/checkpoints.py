@@ -117,7 +117,7 @@ def verify_artifact(directory: PathLike) -> dict:
     manifest = json.loads(manifest_path.read_text())
     listed = manifest['files']
   except (json.JSONDecodeError, KeyError, TypeError) as e:
-    raise ArtifactError(f'{manifest_path} is not a valid manifest: {e}')
+    raise ArtifactError(f'{manifest_path} is not a valid manifest: {e}') from e
   files_dir = directory / FILES_DIR
   for rel, entry in sorted(listed.items()):
     path = files_dir / rel

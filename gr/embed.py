@@ -19,16 +19,12 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
-import safetensors.numpy
 import tokenizers
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -36,7 +32,7 @@ from gr import atomic_io
 from gr.bert import (
   BertConfig,
   BertEncoder,
-  mean_pool_normalise,  # noqa: F401
+  mean_pool_normalise,
   params_from_safetensors,
 )
 from gr.data import beir

@@ -28,8 +28,6 @@ The model comes in as an object (gr.models.EncoderDecoderModel) with
 from collections.abc import Callable, Iterator, Mapping
 import dataclasses
 import functools
-import math
-import os
 import time
 from typing import Any, Protocol
 

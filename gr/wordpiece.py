@@ -24,7 +24,6 @@ import shutil
 from typing import Optional, Sequence
 
 import numpy as np
-import seqio
 import tensorflow as tf
 import tokenizers
 

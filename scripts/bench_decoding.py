@@ -278,7 +278,7 @@ def variant_rows(name, tries, reps, variants, baseline, with_top1=False):
   for size, (_, trie) in sorted(tries.items()):
     arrays = trie.to_device()
     calls = {
-      v: (lambda f=f: f(params, queries, arrays)) for v, f in fns.items()
+      v: (lambda f=f, a=arrays: f(params, queries, a)) for v, f in fns.items()
     }
     seconds = median_times(calls, reps)
     if with_top1:

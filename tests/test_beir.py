@@ -93,7 +93,7 @@ def test_corpus_errors_name_file_and_line(tmp_path, line, reason):
   _write(path, '{"_id": "d0", "text": "ok"}\n\n' + line + "\n")
   with pytest.raises(beir.BeirFormatError) as info:
     beir.read_corpus(path)
-  assert f"corpus.jsonl:3: " in str(info.value)
+  assert "corpus.jsonl:3: " in str(info.value)
   assert reason in str(info.value)
   assert info.value.line == 3
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from gr import docids
 from gr.data.beir import Document
-from gr.docids import base, semantic, stats, text
+from gr.docids import base, stats, text
 
 BODY_WORDS = (
   "apple",

@@ -200,7 +200,7 @@ def _write_toy_news(folder) -> None:
   sizes = (10, 2, 2, 2, 2)
   for p, size in enumerate(sizes):
     ids = []
-    for j in range(size):
+    for _ in range(size):
       i = len(docs)
       words = TOPICS[i % len(TOPICS)].split() + list(
         rng.choice("alpha beta gamma delta north south east west".split(), 4)

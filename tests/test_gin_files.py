@@ -14,7 +14,9 @@ import pytest
 
 from gr import models
 from gr import network
-from gr import train  # pylint: disable=unused-import  (gin registrations)
+
+# Imported for its gin registrations only.
+from gr import train  # noqa: F401  # pylint: disable=unused-import
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MODEL_FILES = sorted((REPO / 'gin' / 'models').glob('*.gin'))

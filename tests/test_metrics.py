@@ -121,9 +121,9 @@ def test_trec_run_round_trip_and_ranks(tmp_path_factory, run):
   path = tmp_path_factory.mktemp("run") / "r.trec"
   metrics.write_trec_run(path, run, tag="test")
   assert metrics.read_trec_run(path) == run
-  lines = [l.split() for l in path.read_text().splitlines()]
+  rows = [line.split() for line in path.read_text().splitlines()]
   for qid, docs in run.items():
-    mine = [(l[2], int(l[3])) for l in lines if l[0] == qid]
+    mine = [(row[2], int(row[3])) for row in rows if row[0] == qid]
     expected = [d for d, _ in metrics.ranked(docs)]
     assert mine == [(d, r) for r, d in enumerate(expected, start=1)]
 

@@ -93,8 +93,8 @@ def test_no_own_url_and_only_date_and_ids_in_metadata(built, titles):
     a: d for d in titles.corpus.values() for a in d.metadata["article_ids"]
   }
   lines = {
-    json.loads(l)["_id"]: l
-    for l in (built[0] / "a" / "corpus.jsonl").read_text().splitlines()
+    json.loads(line)["_id"]: line
+    for line in (built[0] / "a" / "corpus.jsonl").read_text().splitlines()
   }
   for row in news.read_source_rows(news.news_zip_path()):
     doc = doc_of.get(int(row["article_id"]))

@@ -1,9 +1,11 @@
 """Docid schemes: how documents are named. Look a scheme up by name.
 
-scheme = get_scheme("semantic", k=10, c=10)
-table = scheme.assign(corpus)              # DocidTable
-table = scheme.assign_new(table, new_docs)  # existing docids unchanged
-scheme = scheme_for_table(table)           # same scheme, from table.config
+Example:
+
+  scheme = get_scheme("semantic", k=10, c=10)
+  table = scheme.assign(corpus)              # DocidTable
+  table = scheme.assign_new(table, new_docs)  # existing docids unchanged
+  scheme = scheme_for_table(table)           # same scheme, from table.config
 """
 
 from typing import Any

@@ -1,6 +1,8 @@
 """Statistics of a docid table: sizes, lengths and trie branching per level.
 
-print(format_statistics(docid_statistics(table)))
+Example:
+
+  print(format_statistics(docid_statistics(table)))
 """
 
 import collections

@@ -79,9 +79,9 @@ from gr import checkpoints
 from gr import docids as docids_lib
 from gr import embed
 from gr import encoder_cache
-from gr import experiment
 from gr import generative_memory as memory_lib
 from gr import index as index_lib
+from gr import indexing
 from gr import models
 from gr import partitioning
 from gr import pretrained
@@ -574,7 +574,7 @@ def shared_states(
 @functools.lru_cache(maxsize=4)
 def encoder_embedder(encoder_dir: str, max_length: int) -> embed.Embedder:
   """A pretrained encoder as the sentence embedder its semantic docids were
-  clustered with (experiment.assign_docids: bodies at the input length)."""
+  clustered with (indexing.assign_docids: bodies at the input length)."""
   return embed.Embedder.load(encoder_dir, max_length=max_length)
 
 
@@ -748,7 +748,7 @@ def initial_mixture(
   """Indexing + train retrieval + pseudo-query mixture over all of memory."""
   pseudo = generator.generate(memory.corpus)
   tag = f"{name}_{_digest([sorted(memory.corpus), pseudo])}"
-  return experiment.register_mixture(tag, memory, index, pseudo, task_rates)
+  return tasks.register_mixture(tag, memory, index, pseudo, task_rates)
 
 
 # -------------------------------------------------------------- training --
@@ -1036,7 +1036,7 @@ def apply_update(
   index, memory = apply_changes(
     current, new_documents, deleted_doc_ids, embedder
   )
-  model = train_lib.fit_vocab(model, index.vocab.vocab_size)
+  model = models.fit_vocab(model, index.vocab.vocab_size)
   params = extend_vocab_rows(
     current.params, model.config.vocab_size, settings.seed + current.step
   )
@@ -1147,7 +1147,7 @@ def build_initial_version(
   encoder_dir = (
     model.config.encoder_dir if pretrained.is_pretrained(model) else None
   )
-  index = experiment.load_or_build_index(
+  index = indexing.load_or_build_index(
     dataset,
     index_dir,
     scheme=scheme,
@@ -1161,7 +1161,7 @@ def build_initial_version(
     ),
   )
   memory = train_memory(dataset)
-  model = train_lib.fit_vocab(model, index.vocab.vocab_size)
+  model = models.fit_vocab(model, index.vocab.vocab_size)
   params, vectors = pretrained_initial_params(
     model, index, memory.corpus, settings
   )

@@ -142,7 +142,7 @@ def train_doc2query(
   init_params, transform = None, None
   if isinstance(model.config, bert_network.BertT5Config):
     init_params, transform = pretrained_training(
-      train_lib.fit_vocab(model, vocab.vocab_size),
+      models.fit_vocab(model, vocab.vocab_size),
       task,
       cache_dir
       or os.path.join(
@@ -171,7 +171,7 @@ def train_doc2query(
     init_params=init_params,
     batch_transform=transform,
   )
-  return train_lib.fit_vocab(model, vocab.vocab_size), state.params
+  return models.fit_vocab(model, vocab.vocab_size), state.params
 
 
 def pretrained_training(
@@ -480,7 +480,7 @@ class _QuerySampler:
         f"GenerationConfig: num_queries ({config.num_queries})"
         f" and batch_size ({config.batch_size}) must be >= 1"
       )
-    model = train_lib.fit_vocab(model, vocab.vocab_size)
+    model = models.fit_vocab(model, vocab.vocab_size)
     self.model, self.params, self.vocab, self.config = (
       model,
       params,

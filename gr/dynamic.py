@@ -36,10 +36,9 @@ import numpy as np
 from gr import atomic_io
 from gr import checkpoints
 from gr import continual
-from gr import experiment
 from gr import metrics
+from gr import models
 from gr import retrieval
-from gr import train as train_lib
 from gr.baselines import bm25
 from gr.data import beir
 from gr.data import news
@@ -224,8 +223,8 @@ class SearcherCache:
     self._searchers: dict[Any, retrieval.Searcher] = {}
 
   def get(self, model, version: continual.Version) -> retrieval.Searcher:
-    model = train_lib.fit_vocab(model, version.index.vocab.vocab_size)
-    config = experiment.retrieval_config(
+    model = models.fit_vocab(model, version.index.vocab.vocab_size)
+    config = retrieval.retrieval_config(
       self.config, version.index.max_docid_length()
     )
     key = (model.config, config)
@@ -582,7 +581,7 @@ def vector_query_generator(
   vocab = wordpiece.WordPieceVocabulary(
     pretrained.tokenizer_path(model.config.encoder_dir)
   )
-  model = train_lib.fit_vocab(model, vocab.vocab_size)
+  model = models.fit_vocab(model, vocab.vocab_size)
   return doc2query.VectorQueryGenerator(
     model,
     checkpoints.restore_params(model_dir),

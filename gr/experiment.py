@@ -24,9 +24,10 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import gin
 
 from gr import atomic_io
-from gr import embed
 from gr import evaluation
 from gr import index as index_lib
+from gr import models
+from gr import indexing
 from gr import pretrained
 from gr import pretrained_t5
 from gr import pseudo_queries as pseudo_lib
@@ -35,7 +36,6 @@ from gr import run_config
 from gr import tasks
 from gr import train as train_lib
 from gr.data import beir
-from gr import docids as docids_lib
 
 gin.external_configurable(retrieval.SearchConfig, module="retrieval")
 
@@ -65,92 +65,6 @@ def subset(dataset: beir.BeirDataset, max_docs: int) -> beir.BeirDataset:
   )
 
 
-def load_or_build_index(
-  dataset: beir.BeirDataset,
-  index_dir: str,
-  *,
-  scheme: str,
-  scheme_params: Mapping[str, Any],
-  vocab_size: int,
-  seed: int,
-  encoder_dir: Optional[str] = None,
-  embedding_length: int = 256,
-  cache_dir: Optional[str] = None,
-  t5_dir: Optional[str] = None,
-) -> index_lib.Index:
-  """The index under `index_dir`, built (docids + vocabulary) if absent.
-
-  With `encoder_dir` (a pretrained encoder's HF folder) the vocabulary is
-  that encoder's WordPiece tokenizer, and semantic docids cluster that
-  encoder's embeddings of the bodies at `embedding_length` tokens (cached
-  in `cache_dir`); else sentencepiece trained here, and MiniLM at 256.
-  """
-  if os.path.exists(os.path.join(index_dir, index_lib.CURRENT_FILE)):
-    index = index_lib.load_index(index_dir)
-    if index.table.scheme != scheme:
-      raise ValueError(
-        f"{index_dir} holds a {index.table.scheme!r} index, "
-        f"not {scheme!r}: use another workdir"
-      )
-    if t5_dir:
-      pretrained_t5.check_t5_index(index, t5_dir)
-    return index
-  start = time.time()
-  table = assign_docids(
-    dataset.corpus,
-    scheme,
-    scheme_params,
-    encoder_dir,
-    embedding_length,
-    cache_dir,
-  )
-  if encoder_dir:
-    index = pretrained.wordpiece_index(table, encoder_dir)
-  elif t5_dir:
-    index = pretrained_t5.t5_index(table, t5_dir)
-  else:
-    texts = index_lib.training_texts(
-      dataset.corpus,
-      {q: dataset.queries[q] for q in dataset.qrels.get("train", {})},
-    )
-    index = index_lib.build_index(
-      table,
-      texts,
-      os.path.join(index_dir, "work"),
-      vocab_size=vocab_size,
-      seed=seed,
-    )
-  index_lib.save_index(index, index_dir)
-  logging.info(
-    "built %s index of %d documents in %.1fs",
-    scheme,
-    table.num_docs,
-    time.time() - start,
-  )
-  return index_lib.load_index(index_dir)
-
-
-def assign_docids(
-  corpus,
-  scheme: str,
-  scheme_params: Mapping[str, Any],
-  encoder_dir: Optional[str],
-  embedding_length: int,
-  cache_dir: Optional[str],
-):
-  """The scheme's DocidTable; embedding-based schemes use the encoder's."""
-  scheme_obj = docids_lib.get_scheme(scheme, **scheme_params)
-  needs_vectors = scheme == "semantic" or (
-    scheme == "multi"
-    and any(part.name == "semantic" for part in scheme_obj.part_schemes())
-  )
-  if not (encoder_dir and needs_vectors):
-    return scheme_obj.assign(corpus)
-  embedder = embed.Embedder.load(encoder_dir, max_length=embedding_length)
-  vectors = embed.document_embeddings(corpus, embedder, cache_dir)
-  return scheme_obj.assign(corpus, embeddings=vectors)
-
-
 def pseudo_queries(
   dataset: beir.BeirDataset,
   spans: int,
@@ -177,32 +91,6 @@ def pseudo_queries(
     for doc_id, queries in generated.items():
       pseudo[doc_id] = pseudo.get(doc_id, []) + list(queries)
   return pseudo
-
-
-def register_mixture(
-  name: str,
-  dataset: beir.BeirDataset,
-  index: index_lib.Index,
-  pseudo_queries: Optional[Mapping[str, list[str]]],
-  task_rates: Mapping[str, float],
-  suffix: str = "mixture",
-) -> str:
-  """Registers the tasks and a mixture of those with a positive rate."""
-  names = tasks.register_gr_tasks(
-    name=name,
-    dataset=dataset,
-    table=index.table,
-    vocab=index.vocab,
-    pseudo_queries=pseudo_queries,
-  )
-  rates = {
-    names[kind]: rate
-    for kind, rate in task_rates.items()
-    if rate > 0 and kind in names
-  }
-  return tasks.register_gr_mixture(
-    f"{name}.{index.table.scheme}.v{index.table.version}.{suffix}", rates
-  )
 
 
 @gin.configurable
@@ -256,7 +144,7 @@ def run_experiment(
   )
   t5_dir = pretrained_t5.t5_dir_of(model)
   cache_dir = encoder_cache_dir or os.path.join(workdir, "encoder_cache")
-  index = load_or_build_index(
+  index = indexing.load_or_build_index(
     dataset,
     os.path.join(workdir, "index"),
     scheme=scheme,
@@ -275,9 +163,11 @@ def run_experiment(
     pseudo_queries_file,
     seed,
   )
-  mixture = register_mixture(name, dataset, index, pseudo, dict(task_rates))
+  mixture = tasks.register_mixture(
+    name, dataset, index, pseudo, dict(task_rates)
+  )
   target_length = index.max_docid_length()
-  model = train_lib.fit_vocab(model, index.vocab.vocab_size)
+  model = models.fit_vocab(model, index.vocab.vocab_size)
   run_config.save_model_config(
     workdir,
     model.config,
@@ -286,7 +176,7 @@ def run_experiment(
   )
   setup = PretrainedSetup()
   if encoder_dir:
-    every_task = register_mixture(
+    every_task = tasks.register_mixture(
       name,
       dataset,
       index,
@@ -340,7 +230,7 @@ def run_experiment(
     model,
     params,
     index,
-    retrieval_config(search, target_length),
+    retrieval.retrieval_config(search, target_length),
     input_length=input_length,
   )
   results = evaluate(
@@ -442,15 +332,6 @@ def pretrained_setup(
     transform,
     pretrained.dense_baseline(model, base, index, doc_vectors, input_length),
     time.time() - start,
-  )
-
-
-def retrieval_config(
-  search: retrieval.SearchConfig, target_length: int
-) -> retrieval.SearchConfig:
-  """`search` with max_decode_len at least the longest docid."""
-  return dataclasses.replace(
-    search, max_decode_len=max(search.max_decode_len, target_length)
   )
 
 

@@ -436,3 +436,19 @@ class EncoderDecoderModel:
     return network.output_logits(
       decoder_config(self.config), params, hidden, tokens
     )
+
+
+VOCAB_MULTIPLE = 128  # vocab rows padded to this, so 'vocab' shards evenly
+
+
+def fit_vocab(model, vocab_size: int):
+  """The model with config.vocab_size = `vocab_size` rounded up to 128s.
+
+  Gin model files set a placeholder vocab_size; the real one comes from the
+  task's vocabulary at run time. Padding to a multiple of 128 (as t5x
+  does) lets the 'vocab' axis shard evenly over 'model'.
+  """
+  padded = -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+  if model.config.vocab_size == padded:
+    return model
+  return model.with_vocab_size(padded)

@@ -274,7 +274,7 @@ def t5_initial_params(
 
   Args:
     model: an EncoderDecoderModel over a T5Config shaped like the folder's,
-      with vocab_size already fitted to the index (train.fit_vocab).
+      with vocab_size already fitted to the index (models.fit_vocab).
     folder: the HF T5 folder.
     base_size: rows kept from the checkpoint (default: pieces + sentinels,
       `t5_base_size(folder)`, = the index vocabulary's first docid id).

@@ -262,3 +262,10 @@ def exact_ranking(
     )
     rankings.append([(doc_ids[d], float(s)) for d, s in zip(docs, scores)])
   return rankings
+
+
+def retrieval_config(search: SearchConfig, target_length: int) -> SearchConfig:
+  """`search` with max_decode_len at least the longest docid."""
+  return dataclasses.replace(
+    search, max_decode_len=max(search.max_decode_len, target_length)
+  )

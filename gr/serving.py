@@ -753,7 +753,7 @@ class Retriever:
         from gr import embed  # pylint: disable=g-import-not-at-top
 
         if pretrained.is_pretrained(self.model):
-          # The space its tree was clustered in (experiment.assign_docids).
+          # The space its tree was clustered in (indexing.assign_docids).
           extra["embedder"] = embed.Embedder.load(
             self.model.config.encoder_dir, max_length=self.input_length
           )

@@ -39,6 +39,7 @@ import seqio
 import tensorflow as tf
 
 from gr import vocab as vocab_lib
+from gr.data import beir
 
 INDEXING = "indexing"
 RETRIEVAL = "retrieval"
@@ -496,3 +497,29 @@ def register_gr_mixture(name: str, task_rates: Mapping[str, float]) -> str:
     lambda: seqio.MixtureRegistry.add(name, rates),
   )
   return name
+
+
+def register_mixture(
+  name: str,
+  dataset: beir.BeirDataset,
+  index,
+  pseudo_queries: Optional[Mapping[str, list[str]]],
+  task_rates: Mapping[str, float],
+  suffix: str = "mixture",
+) -> str:
+  """Registers the tasks and a mixture of those with a positive rate."""
+  names = register_gr_tasks(
+    name=name,
+    dataset=dataset,
+    table=index.table,
+    vocab=index.vocab,
+    pseudo_queries=pseudo_queries,
+  )
+  rates = {
+    names[kind]: rate
+    for kind, rate in task_rates.items()
+    if rate > 0 and kind in names
+  }
+  return register_gr_mixture(
+    f"{name}.{index.table.scheme}.v{index.table.version}.{suffix}", rates
+  )

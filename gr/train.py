@@ -74,7 +74,6 @@ def pretrained_encoder_config(
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
-VOCAB_MULTIPLE = 128  # vocab rows padded to this, so 'vocab' shards evenly
 
 
 class TrainableModel(Protocol):
@@ -452,19 +451,6 @@ def has_split(mixture_or_task, split: str) -> bool:
   return split in _get_task(mixture_or_task).splits
 
 
-def fit_vocab(model, vocab_size: int):
-  """The model with config.vocab_size = `vocab_size` rounded up to 128s.
-
-  Gin model files set a placeholder vocab_size; the real one comes from the
-  task's vocabulary at run time. Padding to a multiple of 128 (as t5x
-  does) lets the 'vocab' axis shard evenly over 'model'.
-  """
-  padded = -(-vocab_size // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
-  if model.config.vocab_size == padded:
-    return model
-  return model.with_vocab_size(padded)
-
-
 # -------------------------------------------------------------- logging --
 
 
@@ -597,7 +583,7 @@ def train(
 
   Args:
     model: see TrainableModel; vocab_size is set from the task's vocabulary
-      (see fit_vocab) unless `fit_vocab_to_task` is False.
+      (see models.fit_vocab) unless `fit_vocab_to_task` is False.
     mixture_or_task_name: name of a registered seqio task or mixture, or the
       Task/Mixture object ('train' split; eval on 'validation' if present).
     train_steps: total steps (a resumed run stops at the same step).
@@ -623,7 +609,7 @@ def train(
     The final TrainState.
   """
   if fit_vocab_to_task:
-    model = fit_vocab(model, task_vocab_size(mixture_or_task_name))
+    model = models.fit_vocab(model, task_vocab_size(mixture_or_task_name))
   mesh = partitioning.make_mesh(data=mesh_data, model=mesh_model)
   tx = make_optimizer(optimizer, train_steps)
   if hasattr(model, 'trainable_mask'):

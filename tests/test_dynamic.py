@@ -258,7 +258,7 @@ def test_run_dynamic_experiment_end_to_end(tmp_path, monkeypatch):
     )
   )
   vocab = wordpiece.WordPieceVocabulary(pretrained.tokenizer_path(bert_dir))
-  memory_model = train_lib.fit_vocab(model, vocab.vocab_size)
+  memory_model = models.fit_vocab(model, vocab.vocab_size)
   memory_generator = doc2query.VectorQueryGenerator(
     memory_model,
     warm_start.pretrained_params(

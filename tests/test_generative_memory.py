@@ -49,9 +49,7 @@ def model(bert_dir, vocab):
   config = bert_network.BertT5Config(
     bert.BertConfig.from_folder(bert_dir), decoder, 0, bert_dir
   )
-  return train_lib.fit_vocab(
-    models.EncoderDecoderModel(config), vocab.vocab_size
-  )
+  return models.fit_vocab(models.EncoderDecoderModel(config), vocab.vocab_size)
 
 
 @pytest.fixture(scope="module")

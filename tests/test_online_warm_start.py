@@ -173,7 +173,7 @@ def warm_run(tmp_path_factory):
   index_dir = os.path.join(workdir, "trained_index")
   index_lib.save_index(index, index_dir)
   index = index_lib.load_index(index_dir)
-  model = train_lib.fit_vocab(pretrained_model(), index.vocab.vocab_size)
+  model = models.fit_vocab(pretrained_model(), index.vocab.vocab_size)
   params, _ = continual.pretrained_initial_params(
     model, index, corpus, SETTINGS
   )
@@ -265,9 +265,7 @@ def test_trie_only_update_is_retrievable_at_once(tmp_path):
   )
   assert result.gradient_updates == 0 and result.step == 1
   version = continual.load_version(model_dir)
-  model = train_lib.fit_vocab(
-    pretrained_model(), version.index.vocab.vocab_size
-  )
+  model = models.fit_vocab(pretrained_model(), version.index.vocab.vocab_size)
   searcher = retrieval.Searcher(
     model,
     version.params,

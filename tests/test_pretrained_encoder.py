@@ -109,7 +109,7 @@ def model(bert_dir, bert_config, vocab):
   config = bert_network.BertT5Config(
     bert_config, decoder_config(128), 1, bert_dir
   )
-  return train.fit_vocab(models.EncoderDecoderModel(config), vocab.vocab_size)
+  return models.fit_vocab(models.EncoderDecoderModel(config), vocab.vocab_size)
 
 
 @pytest.fixture(scope="module")

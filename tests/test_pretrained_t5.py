@@ -25,7 +25,6 @@ from gr import index as index_lib
 from gr import models
 from gr import network
 from gr import pretrained_t5
-from gr import train as train_lib
 from gr import vocab as vocab_lib
 from gr.data.beir import Document
 from gr.docids import get_scheme
@@ -127,7 +126,7 @@ def fitted(folder, table):
   """(model fitted to the index vocabulary, its initial params, index)."""
   path, _, _ = folder
   index = pretrained_t5.t5_index(table, path)
-  model = train_lib.fit_vocab(
+  model = models.fit_vocab(
     pretrained_t5.pretrained_t5_model(t5_dir=path), index.vocab.vocab_size
   )
   return model, pretrained_t5.t5_initial_params(model, path, seed=0), index
@@ -206,7 +205,7 @@ def test_an_index_of_another_vocabulary_is_refused(folder, table):
 def test_initial_params_fit_the_padded_model(fitted):
   model, params, index = fitted
   vocab_size = model.config.vocab_size
-  assert vocab_size % train_lib.VOCAB_MULTIPLE == 0
+  assert vocab_size % models.VOCAB_MULTIPLE == 0
   assert vocab_size >= index.vocab.vocab_size
   got = {'/'.join(k): tuple(v.shape) for k, v in _flat(params).items()}
   assert got == {

@@ -82,7 +82,7 @@ def make_run(
 ) -> str:
   """A run dir like run_experiment's (untrained params); returns model dir.
 
-  extra_vocab_rows: None pads the model vocab to 128s (gr.train.fit_vocab);
+  extra_vocab_rows: None pads the model vocab to 128s (gr.models.fit_vocab);
   an int gives exactly the index vocabulary plus that many rows.
   """
   workdir = os.fspath(workdir)

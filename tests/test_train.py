@@ -258,9 +258,9 @@ def test_bad_optimizer_settings_are_named():
 
 def test_fit_vocab_pads_to_multiple_of_128():
   model = models.EncoderDecoderModel(network.T5Config.tiny(32128))
-  assert train.fit_vocab(model, 32).config.vocab_size == 128
-  assert train.fit_vocab(model, 130).config.vocab_size == 256
-  fitted = train.fit_vocab(model, 32128)
+  assert models.fit_vocab(model, 32).config.vocab_size == 128
+  assert models.fit_vocab(model, 130).config.vocab_size == 256
+  fitted = models.fit_vocab(model, 32128)
   assert fitted is model
 
 

@@ -18,7 +18,7 @@ model writes from its body, keeping those a ranker judges relevant. Here:
 
 import os
 import random
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from gr import doc2query
 from gr import metrics
@@ -57,20 +57,51 @@ def training_pairs(
   )
 
 
-def bm25_filter(
-  corpus: Mapping[str, beir.Document], queries: PseudoQueries, top_k: int
-) -> dict[str, list[str]]:
-  """The generated queries whose own document is in BM25's top `top_k`."""
+Ranker = Callable[[Mapping[str, str]], Mapping[str, Mapping[str, float]]]
+
+
+def rank_filter(rank: Ranker, queries: PseudoQueries) -> dict[str, list[str]]:
+  """The generated queries whose own document is in `rank`'s run for them.
+
+  Args:
+    rank: {query_id: text} -> {query_id: {doc_id: score}}, its top k per
+      query (BM25: `bm25_ranker`; the current GR model: `model_ranker`).
+    queries: {doc_id: generated queries}.
+  """
   flat = {
     f"{d}\x00{i}": q for d, qs in queries.items() for i, q in enumerate(qs)
   }
-  run = bm25.bm25_run(corpus, flat, k=top_k)
+  run = rank(flat) if flat else {}
   kept: dict[str, list[str]] = {}
   for key, query in flat.items():
     doc_id = key.split("\x00")[0]
     if doc_id in run.get(key, {}):
       kept.setdefault(doc_id, []).append(query)
   return kept
+
+
+def bm25_ranker(corpus: Mapping[str, beir.Document], top_k: int) -> Ranker:
+  """BM25's top `top_k` over `corpus` (a lexical stand-in for DSI-QG's
+  cross-encoder)."""
+  return lambda texts: bm25.bm25_run(corpus, texts, k=top_k)
+
+
+def model_ranker(retriever, top_k: int) -> Ranker:
+  """A trained GR model's top `top_k` (a gr.serving.Retriever)."""
+
+  def rank(texts: Mapping[str, str]) -> dict[str, dict[str, float]]:
+    ids = list(texts)
+    hits = retriever.retrieve([texts[q] for q in ids], top_k)
+    return {q: {h.doc_id: h.score for h in row} for q, row in zip(ids, hits)}
+
+  return rank
+
+
+def bm25_filter(
+  corpus: Mapping[str, beir.Document], queries: PseudoQueries, top_k: int
+) -> dict[str, list[str]]:
+  """The generated queries whose own document is in BM25's top `top_k`."""
+  return rank_filter(bm25_ranker(corpus, top_k), queries)
 
 
 def query_report(

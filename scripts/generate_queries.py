@@ -26,6 +26,7 @@ from gr import doc2query
 from gr import dsi_qg
 from gr import gin_cli
 from gr import pseudo_queries
+from gr import serving
 from gr import train as train_lib
 from gr.data import beir
 
@@ -158,12 +159,16 @@ def main(argv):
   )
   outputs = {'generated': queries}
   if FLAGS.filtered_output:
-    outputs['bm25_filtered'] = dsi_qg.bm25_filter(
-      dataset.corpus, queries, FLAGS.filter_top_k
-    )
-    pseudo_queries.write_pseudo_queries(
-      FLAGS.filtered_output, outputs['bm25_filtered']
-    )
+    if FLAGS.filter_checkpoint:  # the current GR model
+      ranker = dsi_qg.model_ranker(
+        serving.Retriever.from_checkpoint(FLAGS.filter_checkpoint),
+        FLAGS.filter_top_k,
+      )
+    else:
+      ranker = dsi_qg.bm25_ranker(dataset.corpus, FLAGS.filter_top_k)
+    kind = 'model_filtered' if FLAGS.filter_checkpoint else 'bm25_filtered'
+    outputs[kind] = dsi_qg.rank_filter(ranker, queries)
+    pseudo_queries.write_pseudo_queries(FLAGS.filtered_output, outputs[kind])
   if FLAGS.vector_every:
     held_docs = sorted(
       {

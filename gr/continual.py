@@ -69,7 +69,6 @@ import time
 from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence
 
 from absl import logging
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -1210,15 +1209,10 @@ def build_initial_version(
   )
 
 
-# -------------------------------------------------------- gin entry points --
+# ------------------------------------------------------------ entry points --
+# (gin binds them through gr/experiments/configurables.py)
 
 
-gin.external_configurable(TrainSettings, module="continual")
-gin.external_configurable(TextPseudoQueries, module="continual")
-gin.external_configurable(StoredPseudoQueries, module="continual")
-
-
-@gin.configurable
 def index_corpus(
   *,
   data_dir: str,
@@ -1247,7 +1241,6 @@ def index_corpus(
   )
 
 
-@gin.configurable
 def update_index(
   *,
   model_dir: str,

@@ -24,7 +24,7 @@ import hashlib
 import logging
 import os
 import time
-from typing import Iterable, Mapping, Optional, Sequence, Union
+from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import flax.struct
 import jax
@@ -127,6 +127,7 @@ def train_doc2query(
   version: str = "v1",
   cache_dir: Optional[str] = None,
   vector_every: int = 0,
+  train_fn: Callable[..., train_lib.TrainState] = train_lib.train,
 ):
   """Trains (or resumes, or just loads) a doc2query model in `model_dir`.
 
@@ -134,6 +135,8 @@ def train_doc2query(
   retrained. A pretrained-encoder model (gr/bert_network.py) starts from
   `pretrained_training` (cache in `cache_dir`, default model_dir/../
   encoder_cache; `vector_every` > 0 also teaches the generative memory).
+  `train_fn` is the training loop: gr.train.train, or the gin-bound one
+  (gr/experiments/configurables.train) where `train.*` bindings apply.
 
   Returns:
     (model with vocab_size fitted to `vocab`, params).
@@ -155,7 +158,7 @@ def train_doc2query(
     )
   elif vector_every:
     raise ValueError("vector_every needs a pretrained-encoder model")
-  state = train_lib.train(
+  state = train_fn(
     model=model,
     mixture_or_task_name=task,
     train_steps=train_steps,

@@ -14,8 +14,9 @@ i > n). DSI++'s metrics (Mehta et al. 2023, after Chaudhry et al. 2018):
 l >= i.) Each is computed for Hits@1 and Hits@10. BM25 re-indexed over the
 documents seen so far is the reference row.
 
-`run_dynamic_experiment` (gin entry point) runs every docid scheme x
-strategy, writes results.json / results.csv and PNG plots under `workdir`.
+`run_dynamic_experiment` (the entry point; gin binds it through
+gr/experiments/configurables.py) runs every docid scheme x strategy, writes
+results.json / results.csv and PNG plots under `workdir`.
 Each (scheme, strategy) cell's results are saved as it finishes, so a run
 started again skips finished cells.
 """
@@ -30,7 +31,6 @@ import shutil
 import time
 from typing import Any, Mapping, Optional, Sequence
 
-import gin
 import numpy as np
 
 from gr import atomic_io
@@ -451,10 +451,11 @@ def _write_json(path: str, content) -> None:
     json.dump(content, f, indent=1)
 
 
-# ------------------------------------------------------------ gin entry --
+# ------------------------------------------------------------ entry point --
+# (gin binds it and vector_query_generator through
+# gr/experiments/configurables.py)
 
 
-@gin.configurable
 def run_dynamic_experiment(
   *,
   data_dir: str,
@@ -561,7 +562,6 @@ def run_dynamic_experiment(
   return results
 
 
-@gin.configurable
 def vector_query_generator(
   *,
   model_dir: str,

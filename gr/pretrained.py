@@ -1,7 +1,7 @@
 """The pretrained-encoder path of an experiment.
 
 With a BERT-family encoder under the T5 decoder (gr/bert_network.py), an
-experiment (gr/experiment.py) needs, besides what a T5 run needs:
+experiment (gr/experiments/run.py) needs, besides what a T5 run needs:
 
 * the encoder's WordPiece vocabulary for the index (`wordpiece_index`);
 * the frozen layers' output over every training input, computed once

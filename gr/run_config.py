@@ -3,7 +3,7 @@
 `<run_dir>/model_config.json` holds the model config as trained (a
 T5Config, or a BertT5Config for a pretrained-encoder model; vocab_size as
 trained), the input length and the corpus path (for titles), under a format
-tag. gr/experiment.py's run_experiment writes it; the service
+tag. gr/experiments/run.py's run_experiment writes it; the service
 (gr/serving.py's Retriever) reads it, looking first in the checkpoint
 directory, then in its parent, the run (`find_model_config`).
 """

@@ -1,8 +1,9 @@
-"""The training loop: sharded train step, optimizer, resume, gin entry point.
+"""The training loop: sharded train step, optimizer, resume.
 
-`train()` is the gin-configurable run function (an edge module: gin is
-imported here and nowhere in the library). It builds a ('data', 'model')
-mesh, initialises or restores a `TrainState`, and runs a jitted, sharded
+`train()` is the run function. This module does not import gin: gin files
+bind `train` and `OptimizerConfig` through gr/experiments/configurables.py,
+under the names they always had. It builds a ('data', 'model') mesh,
+initialises or restores a `TrainState`, and runs a jitted, sharded
 `train_step` over batches of a seqio task or mixture, with
 
 * exact resume: the data order is a function of (seed, step) (a seqio
@@ -16,9 +17,6 @@ mesh, initialises or restores a `TrainState`, and runs a jitted, sharded
   TensorBoard scalars in model_dir, eval loss on the 'validation' split;
 * jax_transfer_guard('disallow') around every step after the first, so a
   hidden host<->device copy fails loudly.
-
-Gin registrations of library classes (network.T5Config,
-models.EncoderDecoderModel, OptimizerConfig) live in this module only.
 
 The model comes in as an object (gr.models.EncoderDecoderModel) with
 `init_params(rng, *, input_length, target_length)`, `logical_axes()` and
@@ -34,7 +32,6 @@ from typing import Any, Protocol
 from absl import logging
 import flax
 import flax.linen as nn
-import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,13 +45,7 @@ from gr import models
 from gr import network
 from gr import partitioning
 
-# Gin names of library classes; this is the one module that registers them
-# (gin files say `import gr.train`).
-gin.external_configurable(network.T5Config, module='network')
-gin.external_configurable(models.EncoderDecoderModel, module='models')
 
-
-@gin.configurable(module='bert_network')
 def pretrained_encoder_config(
   *,
   decoder: network.T5Config,
@@ -104,7 +95,6 @@ class TrainState:
 # ------------------------------------------------------------ optimizer --
 
 
-@gin.configurable
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
   """How parameters are updated.
@@ -554,7 +544,6 @@ def _eval_batches(
   ]
 
 
-@gin.configurable(denylist=['init_params', 'batch_transform'])
 def train(
   *,
   model: TrainableModel,
@@ -715,11 +704,3 @@ def _loop(
     if step % checkpoint_every == 0 or step == train_steps:
       checkpoints.save(manager, step, state, artifact_dir)
   return state
-
-
-# MODEL of gin/models/t5_pretrained.gin: a T5 shaped by an HF folder.
-from gr import pretrained_t5  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-gin.external_configurable(
-  pretrained_t5.pretrained_t5_model, module='pretrained_t5'
-)

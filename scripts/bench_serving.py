@@ -28,7 +28,7 @@ from absl import logging
 import httpx
 import numpy as np
 
-from gr import gin_cli
+from gr.experiments import gin_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

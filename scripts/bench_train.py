@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from gr import atomic_io
-from gr import gin_cli
+from gr.experiments import gin_cli
 from gr import models
 from gr import network
 

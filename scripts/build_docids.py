@@ -17,7 +17,7 @@ from absl import app
 from absl import flags
 
 from gr import docids
-from gr import gin_cli
+from gr.experiments import gin_cli
 from gr.data import beir
 from gr.docids import stats
 

@@ -11,7 +11,7 @@ import json
 from absl import app
 from absl import flags
 
-from gr import gin_cli
+from gr.experiments import gin_cli
 from gr.data import news
 
 _OUT = flags.DEFINE_string("out", None, "Output BEIR folder.", required=True)

@@ -13,9 +13,9 @@ import time
 from absl import flags
 from absl import logging
 
-from gr import experiment
-from gr import gin_cli
 from gr.data import news
+from gr.experiments import gin_cli
+from gr.experiments import run
 
 _GIN_FILES = flags.DEFINE_multi_string(
   'gin_file', ['configs/demo.gin'], 'Gin config files.'
@@ -34,7 +34,7 @@ def main(argv):
     news.build_news_benchmark(_DATA_DIR.value)
   gin_cli.quiet_orbax_info()
   gin_cli.parse_gin(_GIN_FILES.value, _GIN_BINDINGS.value)
-  experiment.run_experiment()
+  run.run_experiment()
   print(f'demo finished in {(time.time() - start) / 60:.1f} min')
 
 

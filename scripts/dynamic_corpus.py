@@ -15,7 +15,8 @@ from absl import app
 from absl import flags
 
 from gr import dynamic
-from gr import gin_cli
+from gr.experiments import configurables
+from gr.experiments import gin_cli
 
 _GIN_FILES = flags.DEFINE_multi_string('gin_file', [], 'Gin config files.')
 _GIN_BINDINGS = flags.DEFINE_multi_string(
@@ -65,7 +66,7 @@ def main(argv):
   gin_cli.parse_gin(
     _GIN_FILES.value, list(_GIN_BINDINGS.value) + size_bindings()
   )
-  results = dynamic.run_dynamic_experiment()
+  results = configurables.run_dynamic_experiment()
   last = len(results['periods']) - 1
   print(dynamic.format_table(dynamic.summary_rows(results), last))
   print(f'wall time {results["wall_seconds"]:.0f}s')

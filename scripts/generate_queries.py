@@ -24,11 +24,11 @@ import gin
 from gr import atomic_io
 from gr import doc2query
 from gr import dsi_qg
-from gr import gin_cli
 from gr import pseudo_queries
 from gr import serving
-from gr import train as train_lib
 from gr.data import beir
+from gr.experiments import configurables
+from gr.experiments import gin_cli
 
 flags.DEFINE_string('data_dir', None, 'BEIR folder.', required=True)
 flags.DEFINE_string('model_dir', None, 'doc2query checkpoints.', required=True)
@@ -133,7 +133,10 @@ def main(argv):
     checkpoint_every=FLAGS.checkpoint_every,
     log_every=FLAGS.log_every,
     vector_every=FLAGS.vector_every,
-    optimizer=train_lib.OptimizerConfig(
+    # The gin-bound loop and optimizer: train.* and OptimizerConfig.*
+    # bindings apply to what is not set here.
+    train_fn=configurables.train,
+    optimizer=configurables.OptimizerConfig(
       learning_rate=FLAGS.learning_rate,
       schedule='cosine',
       warmup_steps=min(200, FLAGS.train_steps // 10),

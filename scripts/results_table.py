@@ -10,7 +10,7 @@ not verbatim in their document gets its own rows when present.
 import json
 import os
 
-from gr import gin_cli
+from gr.experiments import gin_cli
 
 
 def rows(run_dir: str):

@@ -11,8 +11,8 @@ same WORKDIR, it reuses the index and resumes training.
 from absl import app
 from absl import flags
 
-from gr import experiment
-from gr import gin_cli
+from gr.experiments import gin_cli
+from gr.experiments import run
 
 _GIN_FILES = flags.DEFINE_multi_string('gin_file', [], 'Gin config files.')
 _GIN_BINDINGS = flags.DEFINE_multi_string('gin_bindings', [], 'Bindings.')
@@ -23,7 +23,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   gin_cli.quiet_orbax_info()
   gin_cli.parse_gin(_GIN_FILES.value, _GIN_BINDINGS.value)
-  experiment.run_experiment()
+  run.run_experiment()
 
 
 if __name__ == '__main__':

@@ -18,7 +18,7 @@ from absl import flags
 from absl import logging
 import uvicorn
 
-from gr import gin_cli
+from gr.experiments import gin_cli
 from gr import serving
 from gr.web import app as web_app
 

@@ -1,4 +1,4 @@
-r"""Trains a model: gin files + bindings -> gr.train.train().
+r"""Trains a model: gin files + bindings -> the gin-bound train().
 
   python scripts/train.py \
     --gin_file=gin/models/t5_tiny.gin --gin_file=gin/runs/train.gin \
@@ -16,9 +16,9 @@ checkpoint in MODEL_DIR.
 from absl import app
 from absl import flags
 
-from gr import gin_cli
 from gr import partitioning
-from gr import train as train_lib
+from gr.experiments import configurables
+from gr.experiments import gin_cli
 
 _GIN_FILES = flags.DEFINE_multi_string(
   'gin_file', [], 'Gin config files, applied in order.'
@@ -42,7 +42,7 @@ def main(argv):
     )
   gin_cli.quiet_orbax_info()
   gin_cli.parse_gin(_GIN_FILES.value, _GIN_BINDINGS.value)
-  train_lib.train()
+  configurables.train()
 
 
 if __name__ == '__main__':

@@ -11,11 +11,11 @@ import random
 import pytest
 
 from gr import evaluation
-from gr import experiment
 from gr import models
 from gr import network
 from gr import retrieval
 from gr.data import beir
+from gr.experiments import run as experiment
 
 NUM_DOCS = 24
 

@@ -16,7 +16,7 @@ from gr import models
 from gr import network
 
 # Imported for its gin registrations only.
-from gr import train  # noqa: F401  # pylint: disable=unused-import
+from gr.experiments import configurables  # noqa: F401  # pylint: disable=unused-import
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MODEL_FILES = sorted((REPO / 'gin' / 'models').glob('*.gin'))

@@ -4,8 +4,9 @@ Covers gr/bert.py (HF numerics, layer slices), gr/bert_network.py and
 gr/models.py (forward, frozen layers, the cached-states path), gr/train.py
 (freeze, sharding on the 8 fake CPU devices of tests/conftest.py),
 gr/warm_start.py (step 0 = cosine / temperature), gr/encoder_cache.py,
-gr/wordpiece.py and gr/experiment.py's pretrained path. Most tests use the
-tiny random BERT of tests/tiny_bert.py (real MiniLM tokenizer, hidden 32).
+gr/wordpiece.py and gr/experiments/run.py's pretrained path. Most tests use
+the tiny random BERT of tests/tiny_bert.py (real MiniLM tokenizer, hidden
+32).
 """
 
 import dataclasses
@@ -24,7 +25,6 @@ from gr import bert_network
 from gr import embed
 from gr import encoder_cache as cache_lib
 from gr import evaluation
-from gr import experiment
 from gr import models
 from gr import network
 from gr import partitioning
@@ -35,6 +35,7 @@ from gr import warm_start
 from gr import wordpiece
 from gr import docids as docids_lib
 from gr.data import beir
+from gr.experiments import run as experiment
 import tiny_bert
 
 LENGTH = 16  # encoder input length

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from gr import gin_cli
+from gr.experiments import gin_cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -26,6 +26,7 @@ from gr import checkpoints
 from gr import models
 from gr import network
 from gr import train
+from gr.experiments import configurables
 import toy_tasks
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -76,7 +77,7 @@ def _train_with_gin(gin_file: pathlib.Path, model_dir: pathlib.Path):
   files = [arg.split('=', 1)[1] for arg in _gin_args(gin_file)]
   gin.parse_config_files_and_bindings(files, [f"MODEL_DIR='{model_dir}'"])
   try:
-    return train.train()
+    return configurables.train()  # the gin-bound train
   finally:
     gin.clear_config()
 

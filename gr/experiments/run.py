@@ -1,4 +1,4 @@
-"""A whole generative-retrieval experiment on one BEIR folder (gin edge).
+"""A whole generative-retrieval experiment on one BEIR folder (gin driver).
 
 `run_experiment` indexes a corpus under a docid scheme, trains the model on
 a mixture of indexing, retrieval and pseudo-query tasks, then evaluates
@@ -34,10 +34,8 @@ from gr import pseudo_queries as pseudo_lib
 from gr import retrieval
 from gr import run_config
 from gr import tasks
-from gr import train as train_lib
 from gr.data import beir
-
-gin.external_configurable(retrieval.SearchConfig, module="retrieval")
+from gr.experiments import configurables
 
 DEFAULT_QUERY_SETS = (
   evaluation.QuerySet("titles"),
@@ -93,7 +91,9 @@ def pseudo_queries(
   return pseudo
 
 
-@gin.configurable
+# module: the selector's as before the move (gr/experiment.py), so bindings
+# and config strings keep their full name gr.experiment.run_experiment.
+@gin.configurable(module="gr.experiment")
 def run_experiment(
   *,
   data_dir: str,
@@ -205,7 +205,8 @@ def run_experiment(
   params, train_seconds = setup.params, 0.0
   if train_steps > 0:
     train_start = time.time()
-    params = train_lib.train(
+    # The gin-bound train: gin files bind train.optimizer, checkpoint_every...
+    params = configurables.train(
       model=model,
       mixture_or_task_name=mixture,
       train_steps=train_steps,

@@ -1,4 +1,4 @@
-"""Command-line handling shared by the scripts (an edge module).
+"""The scripts' command line: gin files and bindings, one entry wrapper.
 
 t5x conventions: `--gin_file` (repeatable), `--gin_bindings` (repeatable) and
 the shorthand `--gin.NAME=value` for `--gin_bindings=NAME=value`. Gin files
@@ -24,7 +24,10 @@ from absl import flags
 from absl import logging
 import gin
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# gr/experiments/gin_cli.py -> the repository root.
+REPO_ROOT = os.path.dirname(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 USAGE_EXIT_CODE = 2
 
 # The library's errors that mean "this input is wrong", by qualified name so

@@ -1,6 +1,6 @@
 """The training loop: sharded train step, optimizer, resume.
 
-`train()` is the run function. This module does not import gin: gin files
+`train()` is the run function, free of gin (tests/test_gin_edge.py): gin files
 bind `train` and `OptimizerConfig` through gr/experiments/configurables.py,
 under the names they always had. It builds a ('data', 'model') mesh,
 initialises or restores a `TrainState`, and runs a jitted, sharded

@@ -126,9 +126,9 @@ class EncoderCache:
     if not new:
       return self
     states = encode_inputs(model, params, new)
-    return EncoderCache(
-      self.inputs + new, np.concatenate([self.states, states])
-    )
+    if len(self.states):
+      states = np.concatenate([self.states, states])
+    return EncoderCache(self.inputs + new, states)
 
   # -- building and files --
 
@@ -136,20 +136,79 @@ class EncoderCache:
   def build(
     cls, model, params, rows: Iterable[np.ndarray], cache_dir: str
   ) -> 'EncoderCache':
-    """Loads the cache for these inputs and frozen params, or computes it."""
+    """Loads the cache for these inputs and frozen params, or computes it.
+
+    Inputs that an earlier cache file of the same frozen params holds (e.g.
+    a run over the same corpus with other pseudo-queries) are taken from
+    it; only the others are encoded.
+    """
     inputs = distinct_inputs(rows)
     frozen = model.config.frozen_layers
-    key = fingerprint(frozen_params(params, frozen), frozen, inputs)
-    path = os.path.join(cache_dir, f'frozen_encoder_{key[:24]}.npy')
+    params_key = fingerprint(frozen_params(params, frozen), frozen, [])[:16]
+    inputs_key = fingerprint({}, 0, inputs)[:16]
+    path = os.path.join(
+      cache_dir, f'{FILE_PREFIX}{params_key}_{inputs_key}.npz'
+    )
     if os.path.exists(path):
       logging.info('encoder cache: reusing %s (%d inputs)', path, len(inputs))
-      return cls(inputs, np.load(path, allow_pickle=False))
-    states = encode_inputs(model, params, inputs)
-    buffer = io.BytesIO()
-    np.save(buffer, states, allow_pickle=False)
-    os.makedirs(cache_dir, exist_ok=True)
-    atomic_io.write_bytes(path, buffer.getvalue())
+      return cls(inputs, _read(path)[1])
+    known = _earlier_caches(cache_dir, params_key)
+    cache = known.with_inputs(model, params, inputs)
+    logging.info(
+      'encoder cache: %d of %d inputs from earlier caches',
+      len(inputs) - (len(cache) - len(known)),
+      len(inputs),
+    )
+    states = np.concatenate(
+      [cache.states_of(r) for r in inputs]
+      or [np.zeros((0, cache.width), np.float16)]
+    )
+    _write(path, inputs, states)
     return cls(inputs, states)
+
+  def states_of(self, trimmed: np.ndarray) -> np.ndarray:
+    """The states [len, width] of an input the cache holds (trimmed ids)."""
+    i = self._row[trimmed.tobytes()]
+    return self.states[self.offsets[i] : self.offsets[i + 1]]
+
+
+FILE_PREFIX = 'frozen_encoder_'
+
+
+def _write(path: str, inputs: Sequence[np.ndarray], states: np.ndarray):
+  """inputs (ids and lengths) and their states in one .npz, atomically."""
+  buffer = io.BytesIO()
+  np.savez(
+    buffer,
+    states=states,
+    ids=np.concatenate(list(inputs) or [np.zeros(0, np.int32)]),
+    lengths=np.array([len(r) for r in inputs], np.int64),
+  )
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  atomic_io.write_bytes(path, buffer.getvalue())
+
+
+def _read(path: str) -> tuple[list[np.ndarray], np.ndarray]:
+  with np.load(path, allow_pickle=False) as data:
+    ids, lengths, states = data['ids'], data['lengths'], data['states']
+  bounds = np.concatenate([[0], np.cumsum(lengths)])
+  return [ids[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])], states
+
+
+def _earlier_caches(cache_dir: str, params_key: str) -> 'EncoderCache':
+  """Every input of the cache files of `params_key` in `cache_dir`."""
+  inputs, states = [], []
+  if os.path.isdir(cache_dir):
+    for name in sorted(os.listdir(cache_dir)):
+      if name.startswith(f'{FILE_PREFIX}{params_key}_') and name.endswith(
+        '.npz'
+      ):
+        file_inputs, file_states = _read(os.path.join(cache_dir, name))
+        inputs += file_inputs
+        states.append(file_states)
+  if not states:
+    return EncoderCache([], np.zeros((0, 0), np.float16))
+  return EncoderCache(inputs, np.concatenate(states))
 
 
 def _bucket(length: int) -> int:

@@ -481,6 +481,7 @@ def run_dynamic_experiment(
   memory_generator=None,
   memorised_sample: int = 0,
   seeds: Sequence[int] = (0,),
+  strategy_seeds: Mapping[str, int] = (),
   seed: Optional[int] = None,
 ) -> dict:
   """Every scheme x strategy x seed on the temporal split; returns the
@@ -491,7 +492,9 @@ def run_dynamic_experiment(
   (`vector_query_generator`) for generative replay; without it generative
   replay reads old bodies. strategy_overrides: {strategy: {field: value}}
   (e.g. the replay budget, replay_per_batch). seeds: each seed trains,
-  samples and shuffles anew (the period split is seed 0's). `seed` (old
+  samples and shuffles anew (the period split is seed 0's).
+  strategy_seeds: {strategy: n} runs that strategy for the first n seeds
+  only (e.g. an expensive reference); its mean is then over n. `seed` (old
   spelling) means seeds=(seed,).
   """
   start = time.time()
@@ -507,6 +510,10 @@ def run_dynamic_experiment(
   periods = period_data(dataset.corpus, sampled, queries, qrels)
   searchers = SearcherCache(search, settings.input_length)
   overrides = dict(strategy_overrides)
+  seeds_of = {
+    name: seeds[: dict(strategy_seeds).get(name, len(seeds))]
+    for name in strategies
+  }
   results = {
     "periods": [
       {"name": p.name, "docs": len(p.corpus), "queries": len(p.queries)}
@@ -532,6 +539,8 @@ def run_dynamic_experiment(
     for scheme in schemes:
       params = dict(dict(scheme_params).get(scheme, {}))
       for name in strategies:
+        if run_seed not in seeds_of[name]:
+          continue
         strategy = continual.get_strategy(name, **dict(overrides.get(name, {})))
         base_dir = os.path.join(seed_dir, scheme, _initial_name(strategy))
         initial = run_initial(

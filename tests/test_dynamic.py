@@ -329,6 +329,7 @@ def test_run_dynamic_experiment_end_to_end(tmp_path, monkeypatch):
     memory_generator=memory_generator,
     memorised_sample=4,
     seeds=(0, 1),
+    strategy_seeds={"retrain": 1},
   )
 
   cells = results["cells"]
@@ -348,7 +349,13 @@ def test_run_dynamic_experiment_end_to_end(tmp_path, monkeypatch):
   assert updates["trie_only"] == [2, 0, 0, 0, 0]
   assert updates["experience_replay"] == [2, 2, 2, 2, 2]
   assert updates["retrain"][1:] == [3, 3, 4, 4]  # ceil(2 * docs / 10)
-  assert all(c["seeds"] == 2 for c in cells.values())
+  assert {name: c["seeds"] for name, c in cells.items()} == {
+    "atomic/trie_only": 2,
+    "atomic/experience_replay": 2,
+    "atomic/generative_replay_sam": 2,
+    "atomic/retrain": 1,  # strategy_seeds
+  }
+  assert not os.path.exists(workdir / "seed1" / "atomic" / "retrain")
   # SAM indexed D0 of the SAM cell (and its updates); the others plain.
   assert sam_radii.count(("initial", 0.05)) == 2  # D0 of each seed
   assert sam_radii.count(("update", 0.05)) == 2 * 4  # 2 seeds x 4 updates
@@ -381,6 +388,7 @@ def test_run_dynamic_experiment_end_to_end(tmp_path, monkeypatch):
     eval_splits=("test",),
     memorised_sample=4,
     seeds=(0, 1),
+    strategy_seeds={"retrain": 1},
   )
   assert sam_radii == []
   assert (

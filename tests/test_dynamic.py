@@ -226,12 +226,9 @@ def test_run_dynamic_experiment_end_to_end(tmp_path, monkeypatch):
   generative memory's storage and the report."""
   import jax
   import tiny_bert
-  from gr import bert
-  from gr import bert_network
   from gr import continual
   from gr import doc2query
   from gr import models
-  from gr import network
   from gr import pretrained
   from gr import retrieval
   from gr import train as train_lib
@@ -241,22 +238,7 @@ def test_run_dynamic_experiment_end_to_end(tmp_path, monkeypatch):
   data_dir, workdir = tmp_path / "news", tmp_path / "work"
   _write_toy_news(data_dir)
   bert_dir = tiny_bert.write_tiny_bert(str(tmp_path / "bert"))
-  decoder = network.T5Config.tiny(
-    128,
-    emb_dim=tiny_bert.HIDDEN,
-    num_heads=4,
-    head_dim=8,
-    mlp_dim=64,
-    num_encoder_layers=1,
-    num_decoder_layers=1,
-    logits_via_embedding=True,
-    dropout_rate=0.0,
-  )
-  model = models.EncoderDecoderModel(
-    bert_network.BertT5Config(
-      bert.BertConfig.from_folder(bert_dir), decoder, 0, bert_dir
-    )
-  )
+  model = tiny_bert.frozen_model(bert_dir)
   vocab = wordpiece.WordPieceVocabulary(pretrained.tokenizer_path(bert_dir))
   memory_model = models.fit_vocab(model, vocab.vocab_size)
   memory_generator = doc2query.VectorQueryGenerator(

@@ -7,32 +7,15 @@ import numpy as np
 import pytest
 
 import tiny_bert
-from gr import bert
-from gr import bert_network
 from gr import encoder_cache
 from gr import models
-from gr import network
 from gr import warm_start
 
 
 @pytest.fixture(scope="module")
 def model_and_params(tmp_path_factory):
   bert_dir = tiny_bert.write_tiny_bert(str(tmp_path_factory.mktemp("bert")))
-  decoder = network.T5Config.tiny(
-    128,
-    emb_dim=tiny_bert.HIDDEN,
-    num_heads=4,
-    head_dim=8,
-    mlp_dim=64,
-    num_encoder_layers=1,
-    num_decoder_layers=1,
-    logits_via_embedding=True,
-    dropout_rate=0.0,
-  )
-  config = bert_network.BertT5Config(
-    bert.BertConfig.from_folder(bert_dir), decoder, 0, bert_dir
-  )
-  model = models.fit_vocab(models.EncoderDecoderModel(config), 30522)
+  model = models.fit_vocab(tiny_bert.frozen_model(bert_dir), 30522)
   params = warm_start.pretrained_params(
     model,
     warm_start.load_encoder(bert_dir)[1],

@@ -10,12 +10,9 @@ import numpy as np
 import pytest
 
 import tiny_bert
-from gr import bert
-from gr import bert_network
 from gr import doc2query
 from gr import generative_memory as memory_lib
 from gr import models
-from gr import network
 from gr import pretrained
 from gr import train as train_lib
 from gr import warm_start
@@ -35,21 +32,8 @@ def vocab(bert_dir):
 @pytest.fixture(scope="module")
 def model(bert_dir, vocab):
   """Tiny BERT, every layer frozen, under a 1-layer decoder of its width."""
-  decoder = network.T5Config.tiny(
-    128,
-    emb_dim=tiny_bert.HIDDEN,
-    num_heads=4,
-    head_dim=8,
-    mlp_dim=64,
-    num_encoder_layers=1,
-    num_decoder_layers=1,
-    logits_via_embedding=True,
-    dropout_rate=0.0,
-  )
-  config = bert_network.BertT5Config(
-    bert.BertConfig.from_folder(bert_dir), decoder, 0, bert_dir
-  )
-  return models.fit_vocab(models.EncoderDecoderModel(config), vocab.vocab_size)
+
+  return models.fit_vocab(tiny_bert.frozen_model(bert_dir), vocab.vocab_size)
 
 
 @pytest.fixture(scope="module")

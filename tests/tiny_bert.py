@@ -120,3 +120,26 @@ def num_bert_params(
     + 2 * hidden
   )
   return embeddings + layers * layer
+
+
+def frozen_model(bert_dir: str):
+  """The tiny BERT with every layer frozen under a one-layer decoder of its
+  width (4 heads of 8, tied logits): an EncoderDecoderModel whose
+  vocab_size is a placeholder (fit it to the vocabulary)."""
+  from gr import bert, bert_network, models, network
+
+  decoder = network.T5Config.tiny(
+    128,
+    emb_dim=HIDDEN,
+    num_heads=4,
+    head_dim=8,
+    mlp_dim=64,
+    num_encoder_layers=1,
+    num_decoder_layers=1,
+    logits_via_embedding=True,
+    dropout_rate=0.0,
+  )
+  config = bert_network.BertT5Config(
+    bert.BertConfig.from_folder(bert_dir), decoder, 0, bert_dir
+  )
+  return models.EncoderDecoderModel(config)

@@ -506,14 +506,13 @@ def document_vectors(
 ) -> dict[str, np.ndarray]:
   """{doc_id: unit mean-pooled encoder output of its body} under `params`
   (frozen layers looked up in the shared state cache)."""
-  if not documents:
-    return {}
-  rows = pretrained.input_rows(
-    vocab, [doc.text for doc in documents.values()], input_length
-  )
-  cache = shared_states(model, params, rows)
-  return dict(
-    zip(documents, pretrained.pooled_vectors(model, params, rows, cache))
+  return pretrained.body_vectors(
+    model,
+    params,
+    vocab,
+    documents,
+    input_length,
+    cache_for=lambda rows: shared_states(model, params, rows),
   )
 
 
@@ -690,7 +689,7 @@ def replay_examples(
   table = _table_of(index.table, old_ids)
   if strategy.replay == "experience":
     old = {d: memory.corpus[d] for d in old_ids}
-    if not has_bodies(beir.BeirDataset(old, {}, {})):
+    if not all(doc.text for doc in old.values()):
       raise ValueError(
         "experience replay needs the old bodies, but this "
         "version's memory holds ids only (generative memory)"

@@ -277,21 +277,6 @@ def model_vocabulary(
   )
 
 
-def body_vectors(
-  model: models.EncoderDecoderModel,
-  params,
-  vocab,
-  documents: Mapping[str, beir.Document],
-  input_length: int,
-) -> dict[str, np.ndarray]:
-  """{doc_id: unit mean-pooled encoder output of its body [E]}: what the
-  generative memory stores (gr/generative_memory.py)."""
-  rows = pretrained.input_rows(
-    vocab, [d.text for d in documents.values()], input_length
-  )
-  return dict(zip(documents, pretrained.pooled_vectors(model, params, rows)))
-
-
 # ------------------------------------------------------------- generate --
 
 

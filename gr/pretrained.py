@@ -17,7 +17,7 @@ import functools
 import logging
 import os
 import time
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -158,6 +158,29 @@ def pooled_vectors(
   return (
     np.concatenate(out) if out else np.zeros((0, model.config.encoder_width))
   )
+
+
+def body_vectors(
+  model,
+  params,
+  vocab,
+  documents: Mapping,
+  input_length: int,
+  cache_for: Optional[Callable[[np.ndarray], cache_lib.EncoderCache]] = None,
+) -> dict[str, np.ndarray]:
+  """{doc_id: unit mean-pooled encoder output of its body [width]} (what
+  warm starts new docid rows and what the generative memory stores).
+
+  cache_for: rows [n, Li] -> an EncoderCache holding them, to look the
+  frozen layers' output up instead of recomputing it.
+  """
+  if not documents:
+    return {}
+  rows = input_rows(
+    vocab, [doc.text for doc in documents.values()], input_length
+  )
+  cache = cache_for(rows) if cache_for else None
+  return dict(zip(documents, pooled_vectors(model, params, rows, cache)))
 
 
 def document_rows(

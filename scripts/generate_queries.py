@@ -24,6 +24,7 @@ import gin
 from gr import atomic_io
 from gr import doc2query
 from gr import dsi_qg
+from gr import pretrained
 from gr import pseudo_queries
 from gr import serving
 from gr.data import beir
@@ -184,7 +185,7 @@ def main(argv):
     outputs['from_vectors'] = doc2query.VectorQueryGenerator(
       model, params, vocab, config
     ).generate_vectors(
-      doc2query.body_vectors(
+      pretrained.body_vectors(
         model,
         params,
         vocab,

@@ -8,11 +8,14 @@ logits, dropout on) with AdamW on one fixed random batch; warm-up steps
 (compilation included) are excluded from the timing. Ours: jitted
 models.loss_fn (+ z-loss) + optax.adamw. Theirs: T5ForConditionalGeneration
 (eager attention) + torch.optim.AdamW, torch.set_num_threads(--threads).
-When JAX sees a GPU it also prints model FLOPs utilisation (see
-`train_flops`); torch then runs wherever it can (CPU here), so the ratio is
-not like for like.
+Model FLOPs utilisation (see `train_flops`) is reported against a matmul
+peak measured in the same run (`gr.bench_env.matmul_peak_gflops`), or
+against --peak_tflops when given. When JAX sees a GPU, torch still runs
+wherever it can (CPU here), so the ratio is not like for like. The load
+average is printed before and after the runs.
 """
 
+import functools
 import json
 import os
 import time
@@ -25,6 +28,7 @@ import numpy as np
 import optax
 
 from gr import atomic_io
+from gr import bench_env
 from gr.experiments import gin_cli
 from gr import models
 from gr import network
@@ -40,8 +44,6 @@ CONFIGS = {  # name -> T5Config overrides on top of the tiny preset
     num_decoder_layers=4,
   ),
 }
-PEAK_TFLOPS = {'bfloat16': 989.0, 'float32': 494.0}  # H100/H200 dense bf16/tf32
-
 # name -> flag holder; main() gathers their values into `args`.
 _FLAGS = {
   'configs': flags.DEFINE_string(
@@ -58,7 +60,15 @@ _FLAGS = {
     'dtype', 'float32', list(network.DTYPES), 'Activation dtype.'
   ),
   'peak_tflops': flags.DEFINE_float(
-    'peak_tflops', None, 'Peak TFLOP/s for MFU (default by dtype).'
+    'peak_tflops',
+    None,
+    'Peak TFLOP/s for MFU (default: a matmul peak measured in this run).',
+  ),
+  'prng_impl': flags.DEFINE_enum(
+    'prng_impl',
+    'threefry2x32',
+    ['threefry2x32', 'rbg', 'unsafe_rbg'],
+    'JAX PRNG implementation (dropout masks).',
   ),
   'skip_hf': flags.DEFINE_bool('skip_hf', False, 'Skip the PyTorch side.'),
   'out': flags.DEFINE_string('out', None, 'JSON results file.'),
@@ -125,7 +135,7 @@ def bench_ours(cfg, batch, warmup, steps):
     'rng': jax.random.PRNGKey(1),
   }
 
-  @jax.jit
+  @functools.partial(jax.jit, donate_argnums=(0,))  # as gr/train.py
   def train_step(state, batch):
     rng, dropout_rng = jax.random.split(state['rng'])
     grads, metrics = jax.grad(model.loss_fn, has_aux=True)(
@@ -204,8 +214,10 @@ def run_config(name, args):
     row.update(hf_s_per_step=theirs, hf_params=int(n_hf))
   flops = train_flops(cfg, args.batch, args.input_length, args.target_length)
   row['train_tflops_per_step'] = flops / 1e12
-  if jax.default_backend() == 'gpu':
-    row['mfu'] = flops / ours / (args.peak_tflops * 1e12)
+  row['ours_gflops_per_s'] = flops / ours / 1e9
+  row['mfu'] = flops / ours / (args.peak_tflops * 1e12)
+  if 'hf_s_per_step' in row:
+    row['hf_mfu'] = flops / row['hf_s_per_step'] / (args.peak_tflops * 1e12)
   return row
 
 
@@ -213,7 +225,8 @@ def print_table(rows, args):
   tokens = args.batch * args.target_length
   print(
     f"{'config':8} {'params':>11} {'ours tok/s':>11} {'ours ex/s':>10} "
-    f"{'HF tok/s':>10} {'HF ex/s':>9} {'ours/HF':>8} {'MFU':>6}"
+    f"{'HF tok/s':>10} {'HF ex/s':>9} {'ours/HF':>8} {'MFU':>6} "
+    f"{'HF MFU':>6}"
   )
   for r in rows:
     hf = r.get('hf_s_per_step')
@@ -224,8 +237,9 @@ def print_table(rows, args):
       f"{tokens / hf if hf else float('nan'):>10.1f} "
       f"{args.batch / hf if hf else float('nan'):>9.2f} "
       f"{hf / ours if hf else float('nan'):>8.2f} "
-      f"{r.get('mfu', float('nan')):>6.3f}"
+      f"{r['mfu']:>6.3f} {r.get('hf_mfu', float('nan')):>6.3f}"
     )
+  print(f'MFU against a peak of {args.peak_tflops * 1e3:.1f} GFLOP/s')
 
 
 def main(argv):
@@ -239,8 +253,13 @@ def main(argv):
     raise app.UsageError(
       f'--configs: unknown {unknown}, known {sorted(CONFIGS)}'
     )
-  args.peak_tflops = args.peak_tflops or PEAK_TFLOPS[args.dtype]
+  jax.config.update('jax_default_prng_impl', args.prng_impl)
+  load = [bench_env.machine_load('before')]
+  measured_peak = bench_env.matmul_peak_gflops(dtype=args.dtype) / 1e3
+  args.peak_source = 'flag' if args.peak_tflops else 'measured matmul'
+  args.peak_tflops = args.peak_tflops or measured_peak
   rows = [run_config(name, args) for name in args.configs.split(',')]
+  load.append(bench_env.machine_load('after'))
   print_table(rows, args)
   if args.out:
     result = {
@@ -248,6 +267,8 @@ def main(argv):
       'backend': jax.default_backend(),
       'device': str(jax.devices()[0]),
       'rows': rows,
+      'measured_matmul_peak_tflops': measured_peak,
+      'load': load,
       'flops_formula': train_flops.__doc__,
     }
     atomic_io.write_text(args.out, json.dumps(result, indent=1))

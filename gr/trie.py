@@ -31,6 +31,7 @@ nodes, `root_children` O(V) and `allowed_mask` (the dense [N, V] form) O(N *
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Iterator, Optional, Sequence
 
 import flax.struct
@@ -62,6 +63,32 @@ class TrieArrays:
 def _edge_key(parent, token):
   """One int per edge (ints or int64 arrays): a cheaper dict key than a pair."""
   return parent * _TOKEN_SPAN + token
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _set_rows_donated(array, rows, values):
+  return array.at[rows].set(values, mode="drop")
+
+
+@jax.jit
+def _set_rows(array, rows, values):
+  return array.at[rows].set(values, mode="drop")
+
+
+def _scatter_rows(
+  array: jax.Array, rows: np.ndarray, values: np.ndarray, donate: bool
+) -> jax.Array:
+  """array[rows] = values on device; rows padded to a power of two (one
+  compilation per bucket), the padding out of range (dropped)."""
+  if len(rows) == 0:
+    return array
+  bucket = _next_power_of_two(len(rows))
+  padded_rows = np.full(bucket, array.shape[0], np.int32)
+  padded_rows[: len(rows)] = rows
+  padded_values = np.zeros(bucket, values.dtype)
+  padded_values[: len(rows)] = values
+  setter = _set_rows_donated if donate else _set_rows
+  return setter(array, padded_rows, padded_values)
 
 
 def _next_power_of_two(n: int) -> int:
@@ -542,9 +569,44 @@ class DocidTrie:
 
   def to_device(self) -> TrieArrays:
     """Device arrays; same shapes as last time unless a capacity doubled."""
-    arrays = {k: jnp.asarray(v) for k, v in self.to_numpy().items()}
+    host = self.to_numpy()
+    self._uploaded = host
+    arrays = {k: jnp.asarray(v) for k, v in host.items()}
     return TrieArrays(
       **arrays, max_children=self._capacity.fanout, eos_id=self.eos_id
+    )
+
+  def update_device(
+    self, arrays: TrieArrays, *, donate: bool = True
+  ) -> TrieArrays:
+    """`to_device()` now, written into `arrays` (the last upload) in place.
+
+    Only the rows that changed since the previous `to_device` or
+    `update_device` are scattered; when a capacity grew, this is a full
+    `to_device()`. With `donate`, the buffers of `arrays` are reused and
+    `arrays` must not be used afterwards (pass donate=False while other
+    computations may still read it).
+    """
+    previous = getattr(self, "_uploaded", None)
+    host = self.to_numpy()
+    if (
+      previous is None
+      or any(previous[k].shape != v.shape for k, v in host.items())
+      or arrays.max_children != self._capacity.fanout
+    ):
+      return self.to_device()
+    updated = {}
+    for name, array in host.items():
+      rows = np.flatnonzero(previous[name] != array)
+      updated[name] = _scatter_rows(
+        getattr(arrays, name), rows, array[rows], donate
+      )
+    self._uploaded = host
+    self.rows_written = sum(
+      int(np.sum(previous[k] != v)) for k, v in host.items()
+    )
+    return TrieArrays(
+      **updated, max_children=self._capacity.fanout, eos_id=self.eos_id
     )
 
   def memory_bytes(self) -> int:

@@ -310,3 +310,25 @@ def test_rejects_duplicates_bad_values_and_unknown_deletes():
   with pytest.raises(KeyError):
     trie.delete((2, 3))  # a prefix, not a docid
   assert trie.contains((2, 3, 1)) and not trie.contains((2, 3))
+
+
+@settings(max_examples=20, deadline=None)
+@given(docid_sets, st.lists(docid_sets, min_size=1, max_size=4))
+def test_update_device_equals_to_device_after_edits(sequences, rounds):
+  trie = _build(sequences)
+  arrays = trie.to_device()
+  expected = {s: i for i, s in enumerate(sequences)}
+  for offset, batch in enumerate(rounds):
+    for sequence in batch:
+      if sequence in expected:
+        assert trie.delete(sequence) == expected.pop(sequence)
+      else:
+        trie.insert(sequence, offset)
+        expected[sequence] = offset
+    arrays = trie.update_device(arrays)
+    fresh = trie.to_device()
+    assert jax.tree.structure(arrays) == jax.tree.structure(fresh)
+    for got, want in zip(jax.tree.leaves(arrays), jax.tree.leaves(fresh)):
+      assert got.dtype == want.dtype
+      np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    _check_matches(trie, arrays, expected)

@@ -130,6 +130,62 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
+def in_mesh(mesh: Mesh, fn):
+  """`fn` called (and so traced) with `mesh` and the logical rules active."""
+
+  def wrapped(*args, **kwargs):
+    with mesh_context(mesh):
+      return fn(*args, **kwargs)
+
+  return wrapped
+
+
+def _is_spec(x) -> bool:
+  return isinstance(x, PartitionSpec)
+
+
+def named_shardings(specs: PyTree, mesh: Mesh) -> PyTree:
+  """Tree of mesh PartitionSpecs -> tree of NamedShardings on `mesh`."""
+  return jax.tree.map(
+    lambda spec: NamedSharding(mesh, spec), specs, is_leaf=_is_spec
+  )
+
+
+def mesh_specs_from_logical(
+  logical_axes: PyTree, rules=LOGICAL_AXIS_RULES
+) -> PyTree:
+  """Tree of logical PartitionSpecs -> tree of mesh PartitionSpecs."""
+  return jax.tree.map(
+    lambda spec: logical_to_mesh_spec(spec, rules),
+    logical_axes,
+    is_leaf=_is_spec,
+  )
+
+
+def jit_on_mesh(fn, mesh: Mesh | None, in_specs: PyTree, out_specs: PyTree):
+  """jax.jit(fn); on a mesh, its arguments and results placed by trees of
+  mesh PartitionSpecs (prefixes of them: PartitionSpec(DATA_AXIS) splits a
+  batch dimension, PartitionSpec() replicates), and traced with the mesh and
+  the logical rules active, as training's step is. No mesh: plain jit."""
+  if mesh is None:
+    return jax.jit(fn)
+  return in_mesh(
+    mesh,
+    jax.jit(
+      fn,
+      in_shardings=named_shardings(tuple(in_specs), mesh),
+      out_shardings=named_shardings(out_specs, mesh),
+    ),
+  )
+
+
+def place(tree: PyTree, specs: PyTree, mesh: Mesh | None) -> PyTree:
+  """`tree` on `mesh` by mesh PartitionSpecs (unchanged without a mesh)."""
+  if mesh is None:
+    return tree
+  return put_replicated_tree(tree, named_shardings(specs, mesh))
+
+
 def _path_tuple(path) -> tuple[str, ...]:
   return tuple(
     str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))))

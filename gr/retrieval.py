@@ -7,19 +7,25 @@ with several docids per document (multi-docids) it decodes enough docids
 for top_k documents and merges each document's docids by
 `SearchConfig.aggregation`. `exact_ranking` is the oracle beam search
 approximates: every docid scored by teacher forcing, merged the same way.
+
+Both run on one device, or on a ('data', 'model') mesh (gr/partitioning.py)
+with the batch split over 'data' and the params sharded by the logical axis
+rules training uses; the results are the same.
 """
 
 import dataclasses
 import functools
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
-import jax
-import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec
 import numpy as np
 
+from gr import batching
 from gr import decoding
 from gr import index as index_lib
+from gr import model_decoder
 from gr import models
+from gr import partitioning
 from gr import vocab as vocab_lib
 
 Ranking = list[tuple[str, float]]
@@ -77,68 +83,55 @@ def fit_to_index(config: SearchConfig, index: index_lib.Index) -> SearchConfig:
   return dataclasses.replace(config, docids_per_doc=docids_per_document(index))
 
 
-def decoder_step_fn(
+# bench_decoding's name for model_decoder.step_fn; drop it once
+# scripts/bench_decoding.py builds its search with model_decoder.
+decoder_step_fn = model_decoder.step_fn
+
+BATCH = PartitionSpec(partitioning.DATA_AXIS)  # [batch, ...] over 'data'
+REPLICATED = PartitionSpec()
+
+
+def param_specs(model: models.EncoderDecoderModel, mesh: Optional[Mesh]):
+  """Mesh PartitionSpecs of the params, by training's logical axis rules
+  (None without a mesh)."""
+  if mesh is None:
+    return None
+  return partitioning.mesh_specs_from_logical(model.logical_axes())
+
+
+def make_search_fn(
   model: models.EncoderDecoderModel,
-  params,
-  encoded,
-  encoder_tokens,
-  *,
-  sparse_output: bool = False,
+  config: SearchConfig,
+  mesh: Optional[Mesh] = None,
 ):
-  """The tokens_to_logits of a search (a `decoding.SplitDecoder` for
-  sparse_output), over encoded [N, Li, width] or its cross-attention K/V
-  and encoder_tokens [N, Li], N = batch * beams."""
-
-  def tokens_to_logits(decoder_tokens, cache, step):
-    del step
-    return model.decode_step(
-      params, cache, encoded, encoder_tokens, decoder_tokens
-    )
-
-  def tokens_to_hidden(decoder_tokens, cache, step):
-    del step
-    return model.decode_step_hidden(
-      params, cache, encoded, encoder_tokens, decoder_tokens
-    )
-
-  if not sparse_output:
-    return tokens_to_logits
-  return decoding.SplitDecoder(
-    tokens_to_hidden, functools.partial(model.output_logits, params)
-  )
-
-
-def make_search_fn(model: models.EncoderDecoderModel, config: SearchConfig):
   """Jitted (params, encoder_tokens [B, Li], trie_arrays) -> RankedDocuments.
 
   documents [B, top_k] are distinct positions in the index's doc_ids (-1 =
   none), each document's docids merged by config.aggregation; scores
   [B, top_k] log-probs; docids [B, top_k, D, L] the docid tokens that found
   each document, best first (D = config.docids_per_doc).
+
+  On a `mesh`, the batch (B a multiple of its 'data' axis) and the results
+  are split over 'data', the params as in training, the trie replicated.
   """
   beams, _ = decoding.document_search_sizes(
     config.beam_size, config.top_k, config.docids_per_doc
   )
 
-  @jax.jit
   def search(params, encoder_tokens, trie_arrays):
     batch = encoder_tokens.shape[0]
-    encoded = model.encode(params, encoder_tokens)  # [B, Li, width]
-    # Cross-attention keys and values: projected once per query (not at
-    # every step), then repeated per beam.
-    cross_kv = jax.tree.map(
-      lambda x: jnp.repeat(x, beams, axis=0),
-      model.cross_attention_kv(params, encoded),
-    )
-    tokens = jnp.repeat(encoder_tokens, beams, axis=0)  # --> [B*K, Li]
-    cache = model.init_cache(params, batch, config.max_decode_len)
-
-    step_fn = decoder_step_fn(
-      model, params, cross_kv, tokens, sparse_output=config.sparse_output
+    decoder = model_decoder.model_decoder(
+      model,
+      params,
+      encoder_tokens,
+      rows_per_input=beams,
+      cache_rows=batch,  # the search repeats it per beam
+      max_decode_len=config.max_decode_len,
+      sparse_output=config.sparse_output,
     )
     return decoding.constrained_document_search(
-      step_fn,
-      cache,
+      decoder.tokens_to_logits,
+      decoder.cache,
       batch,
       trie_arrays,
       beam_size=config.beam_size,
@@ -150,13 +143,18 @@ def make_search_fn(model: models.EncoderDecoderModel, config: SearchConfig):
       sparse_output=config.sparse_output,
     )
 
-  return search
+  return partitioning.jit_on_mesh(
+    search, mesh, (param_specs(model, mesh), BATCH, REPLICATED), BATCH
+  )
 
 
 class Searcher:
   """Batched retrieval over an index with a model and its params.
 
-  The config's docids_per_doc is set from the index (`fit_to_index`).
+  The config's docids_per_doc is set from the index (`fit_to_index`). With a
+  `mesh`, each batch is split over its 'data' axis (batch_size is rounded up
+  to a multiple of it), the params are sharded as in training and the trie
+  is replicated; the results are those of one device.
   """
 
   def __init__(
@@ -168,18 +166,22 @@ class Searcher:
     *,
     input_length: int = 64,
     batch_size: int = 32,
+    mesh: Optional[Mesh] = None,
   ):
-    self.model, self.params, self.index = model, params, index
+    self.model, self.index, self.mesh = model, index, mesh
+    self.params = partitioning.place(params, param_specs(model, mesh), mesh)
     self.config = fit_to_index(config, index)
     self.input_length = input_length
-    self.batch_size = batch_size
+    self.batch_size = batching.data_multiple(batch_size, mesh)
     self.trie = index.build_trie()
-    self.trie_arrays = self.trie.to_device()
-    self._search = make_search_fn(model, self.config)
+    self.refresh_trie()
+    self._search = make_search_fn(model, self.config, mesh)
 
   def refresh_trie(self) -> None:
     """Re-uploads the trie after host-side inserts/deletes (same shapes)."""
-    self.trie_arrays = self.trie.to_device()
+    self.trie_arrays = partitioning.place(
+      self.trie.to_device(), REPLICATED, self.mesh
+    )
 
   def search_tokens(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """[n, Li] -> (docs [n, top_k], scores [n, top_k]), fixed batch shape.
@@ -191,8 +193,7 @@ class Searcher:
     for start in range(0, len(tokens), self.batch_size):
       chunk = tokens[start : start + self.batch_size]
       length = input_bucket(chunk, tokens.shape[1])
-      padded = np.zeros((self.batch_size, length), np.int32)
-      padded[: len(chunk)] = chunk[:, :length]
+      padded = batching.pad_rows(chunk[:, :length], self.batch_size)
       found = self._search(self.params, padded, self.trie_arrays)
       docs.append(np.asarray(found.documents)[: len(chunk)])
       scores.append(np.asarray(found.scores)[: len(chunk)])
@@ -217,17 +218,24 @@ class Searcher:
     return {qid: dict(ranking) for qid, ranking in zip(qids, rankings)}
 
 
-def make_score_fn(model: models.EncoderDecoderModel):
-  """Jitted (params, query [Li], targets [n, L]) -> log-prob [n]."""
+def make_score_fn(
+  model: models.EncoderDecoderModel, mesh: Optional[Mesh] = None
+):
+  """Jitted (params, query [Li], targets [n, L]) -> log-prob [n].
 
-  @jax.jit
+  On a `mesh`, the targets (n a multiple of its 'data' axis) and scores are
+  split over 'data', the params as in training, the query replicated.
+  """
+
   def score(params, query_tokens, targets):
     # The query is encoded, and its cross-attention keys and values are
     # projected, once for all [n] targets (network.MultiHeadAttention).
     encoded = model.encode(params, query_tokens[None])  # [1, Li, width]
     return model.score_encoded(params, encoded, query_tokens[None], targets)
 
-  return score
+  return partitioning.jit_on_mesh(
+    score, mesh, (param_specs(model, mesh), REPLICATED, BATCH), BATCH
+  )
 
 
 def exact_ranking(
@@ -240,9 +248,10 @@ def exact_ranking(
   """Every docid scored by teacher forcing, per query (the oracle).
 
   A document's docids are merged by the searcher's config.aggregation (over
-  all of them); top_k counts documents.
+  all of them); top_k counts documents. On the searcher's mesh, each batch
+  of docids is split over 'data' (batch_size rounded up to a multiple).
   """
-  score = make_score_fn(searcher.model)
+  score = make_score_fn(searcher.model, searcher.mesh)
   sequences, values = searcher.index.docid_sequences()
   tokens = encode_queries(
     searcher.index.vocab, query_texts, searcher.input_length
@@ -250,13 +259,13 @@ def exact_ranking(
   doc_ids = searcher.index.doc_ids
   rankings = []
   for query in tokens:
-    score_fn = functools.partial(score, searcher.params, jnp.asarray(query))
+    score_fn = functools.partial(score, searcher.params, query)
     docs, scores = decoding.exact_document_rank(
       score_fn,
       sequences,
       values,
       aggregation=searcher.config.aggregation,
-      batch_size=batch_size,
+      batch_size=batching.data_multiple(batch_size, searcher.mesh),
       top_k=top_k,
       length_penalty_alpha=searcher.config.length_penalty_alpha,
     )

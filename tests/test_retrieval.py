@@ -12,10 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gr import batching
 from gr import decoding
 from gr import index as index_lib
+from gr import model_decoder
 from gr import models
 from gr import network
+from gr import partitioning
 from gr import retrieval
 from gr.data.beir import Document
 from gr.docids import get_scheme
@@ -219,7 +222,7 @@ def _dense_restricted_search_fn(model, config):
     encoded = jnp.repeat(model.encode(params, encoder_tokens), beams, axis=0)
     tokens = jnp.repeat(encoder_tokens, beams, axis=0)
     return decoding.constrained_document_search(
-      retrieval.decoder_step_fn(model, params, encoded, tokens),
+      model_decoder.step_fn(model, params, encoded, tokens),
       model.init_cache(params, batch, config.max_decode_len),
       batch,
       trie_arrays,
@@ -276,3 +279,84 @@ def test_searcher_with_sparse_output(searcher):
   assert [len(r) for r in rankings] == [len(searcher.index.doc_ids)] * 3
   for ranking in rankings:
     assert all(s <= 1e-6 for _, s in ranking)
+
+
+# ------------------------------------------------------------------ mesh --
+
+MESHES = {"data8": dict(data=8, model=1), "data4_model2": dict(data=4, model=2)}
+
+
+@pytest.fixture(scope="module", params=sorted(MESHES))
+def mesh(request):
+  return partitioning.make_mesh(**MESHES[request.param])
+
+
+def _on_mesh(searcher, mesh, **overrides):
+  return retrieval.Searcher(
+    searcher.model,
+    searcher.params,
+    searcher.index,
+    dataclasses.replace(searcher.config, **overrides),
+    input_length=searcher.input_length,
+    batch_size=3,  # rounded up to the 'data' axis: 4 or 8 rows
+    mesh=mesh,
+  )
+
+
+@pytest.mark.parametrize(
+  "aggregation, beam_size", [("max", 3), ("logsumexp", 12)]
+)
+def test_searcher_on_a_mesh_equals_one_device(
+  searchers, aggregation, beam_size
+):
+  """5 queries: two batches of 4 (the last padded), each split over 'data'
+  = 4, the params over 'model' = 2."""
+  queries = QUERIES + ["meadow", "island kettle"]
+  searcher = searchers[aggregation]
+  overrides = dict(beam_size=beam_size, top_k=beam_size)
+  single = retrieval.Searcher(
+    searcher.model,
+    searcher.params,
+    searcher.index,
+    dataclasses.replace(searcher.config, **overrides),
+    input_length=16,
+    batch_size=4,
+  )
+  sharded = _on_mesh(
+    searcher, partitioning.make_mesh(data=4, model=2), **overrides
+  )
+  assert sharded.batch_size == 4
+  want, got = single.search(queries), sharded.search(queries)
+  assert len(got) == len(queries)
+  for w, g in zip(want, got):
+    assert [d for d, _ in g] == [d for d, _ in w]
+    np.testing.assert_allclose(
+      [s for _, s in g], [s for _, s in w], rtol=1e-5, atol=1e-5
+    )
+
+
+def test_params_on_a_mesh_follow_the_training_rules(searcher):
+  mesh = partitioning.make_mesh(data=4, model=2)
+  sharded = _on_mesh(searcher, mesh)
+  embedding = sharded.params["token_embedder"]["embedding"]  # [vocab, embed]
+  assert embedding.sharding.spec == jax.sharding.PartitionSpec("model", None)
+  tokens = retrieval.encode_queries(searcher.index.vocab, QUERIES, 16)
+  found = sharded._search(  # pylint: disable=protected-access
+    sharded.params, batching.pad_rows(tokens, 4), sharded.trie_arrays
+  )
+  assert found.documents.sharding.spec[0] == "data"
+
+
+def test_exact_ranking_on_a_mesh_equals_one_device(searchers, mesh):
+  searcher = searchers["logsumexp"]
+  sharded = _on_mesh(searcher, mesh)
+  top_k = len(searcher.index.doc_ids)
+  # 36 docids in batches of 10, rounded up to 16 (a multiple of 'data'):
+  # the last chunk is padded
+  want = retrieval.exact_ranking(searcher, QUERIES, top_k=top_k, batch_size=10)
+  got = retrieval.exact_ranking(sharded, QUERIES, top_k=top_k, batch_size=10)
+  for w, g in zip(want, got):
+    assert [d for d, _ in g] == [d for d, _ in w]
+    np.testing.assert_allclose(
+      [s for _, s in g], [s for _, s in w], rtol=1e-5, atol=1e-5
+    )

@@ -11,21 +11,34 @@ the previous version loadable:
       vocab/spm.model       sentencepiece model
       vocab/spm.gr_vocab.json  docid tokens + model sha256
       index.json            scheme, table version, vocab fingerprint, counts
+    v000003.updates.jsonl   updates since v000003 was written, one JSON line
+                            each: {"version", "add": {doc_id: [docids]},
+                            "reserved": [new tokens]} or {"version",
+                            "remove": [doc_ids]}
 
 A new version is written completely into its own directory first; CURRENT
 is switched last (os.replace), so readers see either the old or the new
 version, never a mix. Older versions beyond `keep` are deleted afterwards.
+
+Online updates (`record_update`) append one line to the current version's
+log instead of writing a version: O(k) for k documents, no copy of the table
+or the sentencepiece model. `load_index` replays the log; a torn last line
+(a crash mid-append) is an update that never happened. Once the log holds
+more than `compact_after(num_docs)` updates, or an update changed the
+scheme's state arrays, the next update writes a full version instead
+(compaction), which starts an empty log.
 
 The trie maps each docid's token ids (ending in EOS) to the document's
 position in `table.doc_ids`.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import shutil
 import tempfile
-from typing import Mapping, Optional, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from gr import atomic_io
 from gr import decoding
@@ -37,7 +50,8 @@ from gr.docids import base as docids_base
 CURRENT_FILE = "CURRENT"
 INDEX_FILE = "index.json"
 FORMAT = "gr.index/1"
-SP_MODEL_NAME = vocab_lib.SP_MODEL_NAME
+UPDATES_SUFFIX = ".updates.jsonl"
+MIN_COMPACTION = 1000  # updates a log may always hold before compaction
 
 
 class IndexArtifactError(ValueError):
@@ -52,11 +66,11 @@ class Index:
   vocab: vocab_lib.Vocabulary
 
   def __post_init__(self):
-    missing = [
-      t
-      for t in self.table.reserved_tokens
-      if t not in set(self.vocab.docid_tokens)
-    ]
+    reserved, tokens = self.table.reserved_tokens, self.vocab.docid_tokens
+    if tokens[: len(reserved)] == reserved:
+      return
+    known = set(tokens)
+    missing = [t for t in reserved if t not in known]
     if missing:
       raise IndexArtifactError(
         f"vocabulary lacks {len(missing)} reserved docid "
@@ -69,7 +83,14 @@ class Index:
     return self.table.doc_ids
 
   def docid_sequences(self) -> tuple[list[list[int]], list[int]]:
-    """Token ids (+EOS) of every docid, and the doc position of each."""
+    """Token ids (+EOS) of every docid, and the doc position of each.
+
+    Encoded once per Index (cached; do not modify the lists).
+    """
+    return self._docid_sequences
+
+  @functools.cached_property
+  def _docid_sequences(self) -> tuple[list[list[int]], list[int]]:
     position = {doc_id: i for i, doc_id in enumerate(self.table.doc_ids)}
     sequences, values = [], []
     for docid, doc_id in self.table.all_docids():
@@ -81,18 +102,26 @@ class Index:
     """Longest docid in tokens, EOS included."""
     return max(len(s) for s in self.docid_sequences()[0])
 
-  def build_trie(self, capacity: Optional[int] = None) -> trie_lib.DocidTrie:
+  def build_trie(self, **capacities) -> trie_lib.DocidTrie:
+    """The trie of every docid (values: positions in doc_ids), bulk-built.
+
+    Args:
+      **capacities: DocidTrie's capacity, vocab_size, fanout_capacity.
+    """
     sequences, values = self.docid_sequences()
     return trie_lib.DocidTrie.from_padded(
       decoding.pad_sequences(sequences),
       values,
       eos_id=vocab_lib.EOS_ID,
-      capacity=capacity,
+      **capacities,
     )
 
   def with_table(self, table: docids_base.DocidTable) -> "Index":
     """The index for an updated table; new reserved tokens are appended."""
-    return Index(table, self.vocab.with_docid_tokens(table.reserved_tokens))
+    vocab = self.vocab
+    if table.reserved_tokens != vocab.docid_tokens:
+      vocab = vocab.with_docid_tokens(table.reserved_tokens)
+    return Index(table, vocab)
 
 
 def build_index(
@@ -105,7 +134,7 @@ def build_index(
 ) -> Index:
   """Trains sentencepiece on `texts` and wraps it with the table's tokens."""
   os.makedirs(work_dir, exist_ok=True)
-  prefix = os.path.join(work_dir, os.path.splitext(SP_MODEL_NAME)[0])
+  prefix = os.path.join(work_dir, os.path.splitext(vocab_lib.SP_MODEL_NAME)[0])
   sp_path = vocab_lib.train_sentencepiece(
     texts, prefix, vocab_size=vocab_size, seed=seed
   )
@@ -164,6 +193,8 @@ def save_index(index: Index, index_dir: str, *, keep: int = 3) -> str:
   _switch_current(index_dir, name)
   for old in live_versions(index_dir)[:-keep]:
     shutil.rmtree(os.path.join(index_dir, old), ignore_errors=True)
+    if os.path.exists(updates_path(os.path.join(index_dir, old))):
+      os.remove(updates_path(os.path.join(index_dir, old)))
   return os.path.join(index_dir, name)
 
 
@@ -184,8 +215,97 @@ def current_version_dir(index_dir: str) -> str:
 
 
 def load_index(index_dir: str) -> Index:
-  """Loads the current version, verifying checksums and consistency."""
-  return load_index_version(current_version_dir(index_dir))
+  """Loads the current version with its logged updates, verifying checksums
+  and consistency."""
+  version_dir = current_version_dir(index_dir)
+  return replay_updates(load_index_version(version_dir), version_dir)
+
+
+def updates_path(version_dir: str) -> str:
+  """The update log of a version directory (beside it)."""
+  return os.path.normpath(version_dir) + UPDATES_SUFFIX
+
+
+def compact_after(num_docs: int) -> int:
+  """Updates a log may hold before the next one writes a full version:
+  an eighth of the corpus (at least MIN_COMPACTION), so the O(n) version
+  write is paid once per O(n) updates."""
+  return max(MIN_COMPACTION, num_docs // 8)
+
+
+def record_update(
+  index_dir: str,
+  before: Index,
+  after: Index,
+  *,
+  added: Iterable[str] = (),
+  removed: Iterable[str] = (),
+) -> bool:
+  """Persists `after`, which is `before` with documents added or removed.
+
+  Appends one line to the current version's log (O(k)), unless the update
+  changed the scheme's state arrays or the log is due for compaction; then
+  `after` is saved as a full version. Returns True if it compacted.
+  """
+  version_dir = current_version_dir(index_dir)
+  base_version = _recorded_table_version(version_dir)
+  added, removed = list(added), list(removed)
+  arrays_kept = all(
+    after.table.arrays.get(k) is v
+    for k, v in before.table.arrays.items()
+    if k != docids_base.RETIRED_KEY
+  ) and set(after.table.arrays) <= set(before.table.arrays) | {
+    docids_base.RETIRED_KEY
+  }
+  if (
+    not arrays_kept
+    or after.table.version - base_version > compact_after(after.table.num_docs)
+    or after.table.version != before.table.version + 1
+  ):
+    save_index(after, index_dir)
+    return True
+  record = {"version": after.table.version}
+  if added:
+    record["add"] = {d: list(after.table.docids[d]) for d in added}
+    record["reserved"] = list(
+      after.table.reserved_tokens[len(before.table.reserved_tokens) :]
+    )
+  if removed:
+    record["remove"] = removed
+  atomic_io.append_lines(updates_path(version_dir), [json.dumps(record)])
+  return False
+
+
+def repair_updates(index_dir: str) -> bool:
+  """Cuts a torn last line off the current log (the writer, at start)."""
+  return atomic_io.repair_log(updates_path(current_version_dir(index_dir)))
+
+
+def replay_updates(index: Index, version_dir: str) -> Index:
+  """`index` (version_dir's) with its log's committed updates applied."""
+  path = updates_path(version_dir)
+  table = index.table
+  for line_no, line in atomic_io.read_lines(path):
+    try:
+      record = json.loads(line)
+      if record["version"] != table.version + 1:
+        raise ValueError(
+          f"version {record['version']} does not follow {table.version}"
+        )
+      if "remove" in record:
+        table = table.remove(record["remove"])
+      if "add" in record:
+        table = table.extend(record["add"], record.get("reserved", ()))
+      if table.version != record["version"]:
+        raise ValueError("a record must add or remove documents")
+    except (ValueError, KeyError, TypeError) as e:
+      raise IndexArtifactError(f"{path}:{line_no}: bad update: {e}") from e
+  return index if table is index.table else index.with_table(table)
+
+
+def _recorded_table_version(version_dir: str) -> int:
+  with open(os.path.join(version_dir, INDEX_FILE)) as f:
+    return int(json.load(f)["table_version"])
 
 
 def load_index_version(version_dir: str) -> Index:

@@ -1,17 +1,25 @@
 """The docid decoding service's core: load a trained run once, retrieve fast.
 
-`Retriever` loads a checkpoint's params, its index artifact (DocidTable and
-vocabulary, sha256-verified) and the model config once, and answers
+`Retriever` serves a run loaded by gr/served_run.py (checkpoint params, the
+sha256-verified index artifact, the model config) and answers
 `retrieve(queries, k)` with one jitted constrained beam search compiled for
 a few bucket batch shapes (e.g. 1, 4, 16, 32): a batch of n queries is padded
 to the smallest bucket >= n, so traffic never triggers a compilation.
 
 Online updates (the "trie_only" strategy: the model is not retrained) go
-through `add_documents` / `delete_document`: docids come from the table's
-own scheme (`assign_new`), the host trie is edited and re-uploaded (same
-array shapes unless a capacity doubles; then every bucket is compiled again
-BEFORE the new arrays go live), and the table is persisted atomically as a
-new version of the served index directory, all under one lock.
+through `add_documents` / `delete_document`, under one lock, in O(k) for k
+documents (amortised; no step touches every document):
+
+  - docids come from the table's own scheme (`assign_new`), and only the
+    new ones are checked (gr/docids/base.py DocidTable.extend);
+  - the documents (and new docid rows) are appended to the online logs,
+    then one record to the index's update log commits the change
+    (gr/index.py `record_update`; now and then it compacts into a full
+    version);
+  - the host trie is edited and the edits are written into the device
+    arrays in place (DocidTrie.update_device); when a capacity grows the
+    arrays are uploaded whole and every bucket is compiled again BEFORE the
+    new arrays go live.
 
 With a pretrained encoder (gr/bert_network.py), a new document is
 retrievable at once: each docid token the add creates (an atomic `<d_N>`,
@@ -20,74 +28,46 @@ documents' own embedding, the model's mean-pooled encoder output
 (gr/warm_start.py `new_docid_rows`, the rule the initial docid rows were
 warm-started with), scaled to the existing docid rows' norm; a semantic
 docid is routed into the existing tree, so its other tokens are trained
-centroids. Those rows are saved in <run>/index/online_rows.npz and put
-back into the checkpoint's params on restart. A T5 model keeps its rows
-(the checkpoint's padding rows) as before.
-
-Files of a run:
-
-  <run>/model/                 orbax checkpoints; <step>/index_artifact/ is
-                               the index the params were trained with
-  <run>/model_config.json      model config fields, input_length and the
-                               corpus path (titles), written by
-                               gr/run_config.py's `save_model_config`; looked
-                               up inside <run>/model/ first
-  <run>/index/                 the served index (gr/index.py versions): seeded
-                               from the checkpoint's artifact if absent, and
-                               refused unless it descends from that artifact
-  <run>/index/online_documents.jsonl  documents added online (BEIR corpus
-                               lines), input for a later retraining run
-  <run>/index/online_rows.npz  embedding rows of docid tokens created online
-                               (pretrained-encoder models): tokens [n], rows
-                               [n, D]
-  <run>/index/.serving.lock    held while a Retriever serves the directory
+centroids. Those rows are logged beside the index (gr/served_run.py) and
+put back into the checkpoint's params on restart. A T5 model keeps its
+rows (the checkpoint's padding rows) as before.
 
 Trie values are "slots": positions in an append-only list of doc_ids, so
 deleting a document never renumbers the others.
 
-The micro-batcher is not here: gr/microbatch.py's `MicroBatcher`, used by
-the HTTP service (gr/web/app.py), gathers concurrent requests (up to a
-maximum batch or a few milliseconds) into one `Retriever.retrieve` call on a
-worker thread.
+The HTTP service (gr/web/app.py) batches concurrent requests with
+gr/microbatch.py's `MicroBatcher` (up to a maximum batch or a few
+milliseconds) into one `Retriever.retrieve` call on a worker thread.
 """
 
 import dataclasses
-import fcntl
 import functools
-import io
 import logging
 import os
 import threading
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from gr import atomic_io
-from gr import checkpoints
 from gr import docids as docids_lib
 from gr import index as index_lib
 from gr import models
 from gr import pretrained
 from gr import retrieval
-from gr import run_config
+from gr import served_run
 from gr import trie as trie_lib
 from gr import vocab as vocab_lib
-from gr import warm_start
 from gr.data import beir
-
-ONLINE_DOCUMENTS_FILE = "online_documents.jsonl"
-ONLINE_ROWS_FILE = "online_rows.npz"
-LOCK_FILE = ".serving.lock"
-
-
-class ServingError(Exception):
-  """Base class of the service's errors."""
-
-
-class RunLoadError(ServingError):
-  """A run cannot be served: missing, corrupt or mismatched files."""
+from gr.served_run import (  # noqa: F401 (re-exported: the service's API)
+  ONLINE_DOCUMENTS_FILE,
+  ONLINE_ROWS_FILE,
+  RunLoadError,
+  ServingError,
+  load_checkpoint,
+  read_online_documents,
+  read_online_rows,
+)
 
 
 class DocumentConflict(ServingError):
@@ -164,244 +144,6 @@ class Hit:
   matched_docids: tuple[str, ...] = ()
 
 
-# ------------------------------------------------------------- loading --
-
-
-def check_params(
-  model: models.EncoderDecoderModel, params: Any, source: str
-) -> None:
-  """Raises RunLoadError unless `params` has the shapes `model` expects."""
-  expected = dict(jax.tree_util.tree_flatten_with_path(model.param_shapes())[0])
-  found = dict(jax.tree_util.tree_flatten_with_path(params)[0])
-  for path in sorted(set(expected) | set(found), key=str):
-    want, got = expected.get(path), found.get(path)
-    if want is None or got is None or tuple(want.shape) != tuple(got.shape):
-      raise RunLoadError(
-        f"{source}: params do not fit the model config at "
-        f"{jax.tree_util.keystr(path)}: expected "
-        f"{None if want is None else tuple(want.shape)}, found "
-        f"{None if got is None else tuple(got.shape)}"
-      )
-
-
-def check_descends(
-  served: index_lib.Index, trained: index_lib.Index, served_dir: str
-) -> None:
-  """Raises RunLoadError unless `served` is `trained` plus online updates.
-
-  Same scheme and base vocabulary (sentencepiece model or WordPiece
-  tokenizer), docid tokens extended at the end, and every trained document
-  either unchanged or removed (retired).
-  """
-
-  def refuse(reason: str):
-    raise RunLoadError(
-      f"{served_dir}: this index does not descend from the checkpoint's "
-      f"index artifact ({reason}); serve a fresh --index_dir (it is seeded "
-      "from the artifact)"
-    )
-
-  if served.table.scheme != trained.table.scheme:
-    refuse(f"scheme {served.table.scheme!r} != {trained.table.scheme!r}")
-  if served.vocab.base_fingerprint != trained.vocab.base_fingerprint:
-    refuse("different tokenizer (sentencepiece model or WordPiece)")
-  tokens = trained.vocab.docid_tokens
-  if served.vocab.docid_tokens[: len(tokens)] != tokens:
-    refuse("docid tokens are not an extension of the trained ones")
-  retired = served.table.retired_docids
-  for doc_id, docids in trained.table.docids.items():
-    now = served.table.docids.get(doc_id)
-    if now != docids and not set(docids) <= retired:
-      refuse(f"document {doc_id!r} has docids {now}, trained with {docids}")
-
-
-def served_index(trained: index_lib.Index, index_dir: str) -> index_lib.Index:
-  """The index under `index_dir`, seeded from `trained` if it has none."""
-  if not os.path.exists(os.path.join(index_dir, index_lib.CURRENT_FILE)):
-    index_lib.save_index(trained, index_dir)
-  try:
-    served = index_lib.load_index(index_dir)
-  except (ValueError, OSError) as e:
-    raise RunLoadError(f"{index_dir}: corrupt served index: {e}") from e
-  check_descends(served, trained, index_dir)
-  return served
-
-
-def load_checkpoint(checkpoint_dir: str, step: Optional[int] = None):
-  """(model, params, trained index, RunConfig, step) of a checkpoint.
-
-  Raises:
-    RunLoadError: missing model config, params that do not fit it, or an
-      index artifact that is missing or fails its checksums.
-  """
-  try:
-    run = run_config.load_model_config(
-      run_config.find_model_config(checkpoint_dir)
-    )
-    artifact = checkpoints.load_artifact(checkpoint_dir, step)
-    step = int(artifact.parent.parent.name)  # <model_dir>/<step>/<item>/files
-    trained = index_lib.load_index_version(os.fspath(artifact))
-    params = checkpoints.restore_params(checkpoint_dir, step)
-  except (ValueError, OSError) as e:
-    raise RunLoadError(f"{checkpoint_dir}: cannot load checkpoint: {e}") from e
-  model = models.EncoderDecoderModel(run.model)
-  check_params(model, params, checkpoint_dir)
-  if trained.vocab.vocab_size > run.model.vocab_size:
-    raise RunLoadError(
-      f"{checkpoint_dir}: index vocabulary has {trained.vocab.vocab_size} "
-      f"ids but the model only {run.model.vocab_size} embedding rows"
-    )
-  return model, params, trained, run, step
-
-
-# ----------------------------------------------- online documents file --
-
-
-def read_online_documents(index_dir: str) -> dict[str, beir.Document]:
-  """Documents added online to `index_dir` (empty if none)."""
-  path = os.path.join(index_dir, ONLINE_DOCUMENTS_FILE)
-  if not os.path.exists(path):
-    return {}
-  return beir.read_corpus(path)
-
-
-def write_online_documents(
-  index_dir: str, documents: Mapping[str, beir.Document]
-) -> None:
-  beir.write_corpus(os.path.join(index_dir, ONLINE_DOCUMENTS_FILE), documents)
-
-
-def read_online_rows(index_dir: str) -> dict[str, np.ndarray]:
-  """Docid token -> embedding row [D] set online in `index_dir` (maybe none)."""
-  path = os.path.join(index_dir, ONLINE_ROWS_FILE)
-  if not os.path.exists(path):
-    return {}
-  with np.load(path) as saved:
-    return dict(zip(saved["tokens"].tolist(), saved["rows"]))
-
-
-def write_online_rows(index_dir: str, rows: Mapping[str, np.ndarray]) -> None:
-  buffer = io.BytesIO()
-  np.savez(
-    buffer,
-    tokens=np.array(list(rows), dtype=str),
-    rows=np.stack(list(rows.values())).astype(np.float32),
-  )
-  atomic_io.write_bytes(
-    os.path.join(index_dir, ONLINE_ROWS_FILE), buffer.getvalue()
-  )
-
-
-# ------------------------------------------------------ docid token rows --
-
-
-def with_docid_rows(params: Any, vocab, rows: Mapping[str, np.ndarray]) -> Any:
-  """`params` with the token embedding rows of docid tokens replaced."""
-  if not rows:
-    return params
-  old = params["token_embedder"]["embedding"]
-  embedding = np.array(old)
-  for token, row in rows.items():
-    embedding[vocab.docid_token_id(token)] = row
-  return {
-    **params,
-    "token_embedder": {
-      **params["token_embedder"],
-      "embedding": jnp.asarray(embedding, old.dtype),
-    },
-  }
-
-
-def warm_docid_rows(
-  model: models.EncoderDecoderModel,
-  params: Any,
-  index: index_lib.Index,
-  new_tokens: Sequence[str],
-  documents: Mapping[str, beir.Document],
-  *,
-  input_length: int,
-) -> dict[str, np.ndarray]:
-  """Rows for `new_tokens` from `documents`' embeddings under `params`.
-
-  Pretrained-encoder models only (warm_start.new_docid_rows over the unit
-  mean-pooled encoder output of each body); {} for a T5 model.
-  """
-  if not pretrained.is_pretrained(model) or not new_tokens or not documents:
-    return {}
-  rows = pretrained.input_rows(
-    index.vocab, [doc.text for doc in documents.values()], input_length
-  )
-  vectors = pretrained.pooled_vectors(model, params, rows)  # [n, width]
-  embedding = warm_start.new_docid_rows(
-    np.asarray(params["token_embedder"]["embedding"]),
-    index.table,
-    index.vocab,
-    new_tokens,
-    dict(zip(documents, vectors)),
-  )
-  return {t: embedding[index.vocab.docid_token_id(t)] for t in new_tokens}
-
-
-def restore_online_rows(
-  model: models.EncoderDecoderModel,
-  params: Any,
-  trained: index_lib.Index,
-  served: index_lib.Index,
-  index_dir: str,
-  online: Mapping[str, beir.Document],
-  *,
-  input_length: int,
-) -> Any:
-  """The checkpoint's params with the rows of docid tokens added online.
-
-  Saved rows are used as they are; a token without one (a lost file)
-  gets the warm-start rule over the online documents that use it.
-  """
-  new_tokens = served.vocab.docid_tokens[len(trained.vocab.docid_tokens) :]
-  if not pretrained.is_pretrained(model) or not new_tokens:
-    return params
-  saved = read_online_rows(index_dir)
-  params = with_docid_rows(
-    params, served.vocab, {t: saved[t] for t in new_tokens if t in saved}
-  )
-  missing = {t for t in new_tokens if t not in saved}
-  if not missing:
-    return params
-  users = {
-    d: doc
-    for d, doc in online.items()
-    if missing & {w for docid in served.table.docids[d] for w in docid.split()}
-  }
-  logging.warning(
-    "%s: no saved rows for %d online docid tokens; "
-    "recomputing them from %d documents",
-    index_dir,
-    len(missing),
-    len(users),
-  )
-  return with_docid_rows(
-    params,
-    served.vocab,
-    warm_docid_rows(
-      model, params, served, sorted(missing), users, input_length=input_length
-    ),
-  )
-
-
-def _hold_lock(index_dir: str):
-  """An open file holding an exclusive flock on the index dir's lock file."""
-  handle = open(os.path.join(index_dir, LOCK_FILE), "a")
-  try:
-    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
-    handle.close()
-    raise RunLoadError(
-      f"{index_dir} is already served by another Retriever "
-      f"(lock {LOCK_FILE} is held)"
-    ) from None
-  return handle
-
-
 # ------------------------------------------------------------ retriever --
 
 
@@ -447,11 +189,17 @@ def _matched_docids(
 
 @dataclasses.dataclass(frozen=True)
 class _Live:
-  """What a search reads, swapped as a whole on every update."""
+  """What a search reads, swapped as a whole on every update.
+
+  `slots` (trie value -> doc_id, None once deleted) is one list shared by
+  every version, appended to and cleared in place under the update lock: a
+  search over older trie arrays never meets a slot past its own, and a
+  slot cleared under it is a document being deleted.
+  """
 
   index: index_lib.Index
   trie_arrays: trie_lib.TrieArrays
-  slots: tuple[Optional[str], ...]  # trie value -> doc_id (None: deleted)
+  slots: list[Optional[str]]
   params: Any  # the model's; docid rows set online change it
 
 
@@ -469,14 +217,23 @@ class Retriever:
     index_dir: Optional[str] = None,
     titles: Optional[Mapping[str, str]] = None,
     online_documents: Optional[Mapping[str, beir.Document]] = None,
+    online_rows: Optional[Mapping[str, np.ndarray]] = None,
     checkpoint_step: Optional[int] = None,
   ):
-    """Serves `index` with `model`; updates persist under `index_dir`."""
+    """Serves `index` with `model`; updates persist under `index_dir`.
+
+    online_documents, online_rows: what the online logs of `index_dir`
+    hold (kept to rewrite them when the index compacts).
+    """
+    self._lock_handle = served_run.hold_lock(index_dir) if index_dir else None
+    if index_dir:
+      served_run.repair_online_logs(index_dir)
     self.model, self.config = model, config
     self.input_length, self.index_dir = input_length, index_dir
     self.checkpoint_step = checkpoint_step
     self.titles = dict(titles or {})
     self.online_documents = dict(online_documents or {})
+    self._online_rows = dict(online_rows or {})
     self.titles.update(
       {d: doc.title for d, doc in self.online_documents.items()}
     )
@@ -486,12 +243,12 @@ class Retriever:
       retrieval.fit_to_index(config.search_config(self.max_decode_len), index),
     )
     self._update_lock = threading.Lock()
+    self._dispatch_lock = threading.Lock()  # a search's dispatch vs a swap
     self._scheme = None
     self._trie = self._build_trie(index)
-    self._live = _Live(
-      index, self._trie.to_device(), tuple(index.doc_ids), params
-    )
-    self._lock_handle = _hold_lock(index_dir) if index_dir else None
+    slots = list(index.doc_ids)
+    self._slot_of = {doc_id: slot for slot, doc_id in enumerate(slots)}
+    self._live = _Live(index, self._trie.to_device(), slots, params)
 
   @classmethod
   def from_checkpoint(
@@ -513,62 +270,38 @@ class Retriever:
       corpus_path: BEIR corpus.jsonl to take titles from; default: the one
         model_config.json names, if it exists.
     """
-    model, params, trained, run, step = load_checkpoint(checkpoint_dir, step)
-    index_dir = index_dir or os.path.join(
-      os.path.dirname(os.path.abspath(checkpoint_dir)), "index"
+    run = served_run.load_run(
+      checkpoint_dir, index_dir=index_dir, step=step, corpus_path=corpus_path
     )
-    index = served_index(trained, index_dir)
-    online = {
-      d: doc
-      for d, doc in read_online_documents(index_dir).items()
-      if d in index.table.docids
-    }
-    params = restore_online_rows(
-      model,
-      params,
-      trained,
-      index,
-      index_dir,
-      online,
-      input_length=run.input_length,
-    )
-    titles = {}
-    corpus_path = corpus_path or run.corpus_path
-    if corpus_path and os.path.exists(corpus_path):
-      titles = {doc.doc_id: doc.title for doc in beir.iter_corpus(corpus_path)}
     return cls(
-      model,
-      params,
-      index,
+      run.model,
+      run.params,
+      run.index,
       input_length=run.input_length,
       config=config,
-      index_dir=index_dir,
-      titles=titles,
-      online_documents=online,
-      checkpoint_step=step,
+      index_dir=run.index_dir,
+      titles=run.titles,
+      online_documents=run.online_documents,
+      online_rows=run.online_rows,
+      checkpoint_step=run.step,
     )
 
   def _build_trie(self, index: index_lib.Index) -> trie_lib.DocidTrie:
-    """Host trie with values = slots, and room to grow before doubling.
+    """Host trie with values = slots, bulk-built once, with room to grow.
 
-    Node capacity is twice the tokens of all docids, and the fan-out
-    capacity twice the widest node (or the scheme's token count, up to 64),
-    so that adding documents online rarely changes the device shapes (each
-    change compiles every bucket again).
+    Node capacity is twice the tokens of all docids, and every level is at
+    least as wide as the scheme's token count (+ EOS, up to 64), so that
+    adding documents online rarely changes the device shapes (each change
+    compiles every bucket again).
     """
-    sequences, values = index.docid_sequences()
-    build = functools.partial(
-      trie_lib.DocidTrie.build,
-      sequences,
-      values,
-      eos_id=vocab_lib.EOS_ID,
-      capacity=2 * sum(len(s) for s in sequences),
-      vocab_size=self.model.config.vocab_size,
-    )
-    fanout = build().to_device().max_children
+    sequences, _ = index.docid_sequences()
     # A node's children are docid tokens (+ EOS); 64 bounds the gather width.
     tokens = min(len(index.table.reserved_tokens) + 1, 64)
-    return build(fanout_capacity=max(2 * fanout, tokens))
+    return index.build_trie(
+      capacity=2 * sum(len(s) for s in sequences),
+      vocab_size=self.model.config.vocab_size,
+      fanout_capacity=tokens,
+    )
 
   # -- facts --
 
@@ -627,30 +360,33 @@ class Retriever:
       raise ValueError(f"k={k} is outside [1, {self.max_k}]")
     if any(not isinstance(q, str) or not q.strip() for q in queries):
       raise ValueError("queries must be non-empty strings")
-    live = self._live
     tokens = retrieval.encode_queries(
-      live.index.vocab, queries, self.input_length
+      self._live.index.vocab, queries, self.input_length
     )
     results = []
     for start in range(0, len(queries), self.max_batch):
       chunk = tokens[start : start + self.max_batch]  # [n, Li]
-      found = self._search_padded(chunk, live)
+      live, found = self._search_padded(chunk)
       results.extend(self._hits(live, *row, k) for row in zip(*found))
     return results
 
   def _search_padded(
-    self, tokens: np.ndarray, live: _Live
-  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """[n, Li] -> (slots, scores [n, max_k], docids [n, max_k, D, L]).
+    self, tokens: np.ndarray
+  ) -> tuple[_Live, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """[n, Li] -> (the live state searched, (slots, scores [n, max_k],
+    docids [n, max_k, D, L])).
 
     Padded to a bucket; docids are each slot's docid tokens found, best
-    first (all PAD rows after the last).
+    first (all PAD rows after the last). The search is dispatched under the
+    dispatch lock, so an update cannot donate the trie arrays it reads.
     """
     n = tokens.shape[0]
     padded = np.zeros((self.bucket_for(n), tokens.shape[1]), np.int32)
     padded[:n] = tokens  # --> [bucket, Li]
-    found = self._search(live.params, padded, live.trie_arrays)
-    return (
+    with self._dispatch_lock:
+      live = self._live
+      found = self._search(live.params, padded, live.trie_arrays)
+    return live, (
       np.asarray(found.documents)[:n],
       np.asarray(found.scores)[:n],
       np.asarray(found.docids)[:n],
@@ -712,7 +448,7 @@ class Retriever:
       new_tokens = index.vocab.docid_tokens[
         len(live.index.vocab.docid_tokens) :
       ]
-      rows = warm_docid_rows(
+      rows = served_run.warm_docid_rows(
         self.model,
         live.params,
         index,
@@ -720,18 +456,20 @@ class Retriever:
         new_docs,
         input_length=self.input_length,
       )
-      online = {**self.online_documents, **new_docs}
-      self._persist(index, online, write_documents_first=True, rows=rows)
-      self.online_documents = online
-      for slot, doc_sequences in enumerate(
-        sequences.values(), start=len(live.slots)
-      ):
+      compacted = self._persist(live.index, index, new_docs, rows=rows)
+      self.online_documents.update(new_docs)
+      self._online_rows.update(rows)
+      for doc_id, doc_sequences in sequences.items():
+        slot = self._slot_of[doc_id] = len(live.slots)
+        live.slots.append(doc_id)
         for sequence in doc_sequences:
           self._trie.insert(sequence, slot)
+      if compacted:
+        self._compact_online_files()
       self._publish(
         index,
-        live.slots + tuple(new_docs),
-        with_docid_rows(live.params, index.vocab, rows),
+        served_run.with_docid_rows(live.params, index.vocab, rows),
+        reload_vocab=compacted,
       )
       self.titles.update({d: doc.title for d, doc in new_docs.items()})
       return {d: table.docids[d] for d in new_docs}
@@ -805,76 +543,86 @@ class Retriever:
       live = self._live
       if doc_id not in live.index.table.docids:
         raise UnknownDocument(f"no document {doc_id!r} in the index")
-      table = live.index.table.remove([doc_id])
-      index = index_lib.Index(table, live.index.vocab)
-      online = {
-        d: doc for d, doc in self.online_documents.items() if d != doc_id
-      }
-      self._persist(index, online, write_documents_first=False)
-      self.online_documents = online
+      index = index_lib.Index(
+        live.index.table.remove([doc_id]), live.index.vocab
+      )
+      compacted = self._persist(live.index, index, {}, removed=doc_id)
+      self.online_documents.pop(doc_id, None)
       for docid in live.index.table.docids[doc_id]:
         self._trie.delete(
           live.index.vocab.encode_docid(docid) + [vocab_lib.EOS_ID]
         )
-      slots = tuple(None if d == doc_id else d for d in live.slots)
-      self._publish(index, slots)
+      live.slots[self._slot_of.pop(doc_id)] = None
+      if compacted:
+        self._compact_online_files()
+      self._publish(index, live.params, reload_vocab=compacted)
 
   def _persist(
     self,
-    index: index_lib.Index,
-    online: Mapping[str, beir.Document],
+    before: index_lib.Index,
+    after: index_lib.Index,
+    new_docs: Mapping[str, beir.Document],
     *,
-    write_documents_first: bool,
     rows: Optional[Mapping[str, np.ndarray]] = None,
-  ) -> None:
-    """Writes the online documents, new docid rows and a new index version
-    (if on disk).
+    removed: Optional[str] = None,
+  ) -> bool:
+    """Logs an update (if on disk); True if the index compacted.
 
-    Adds write the documents and rows first and deletes last, so a crash in
-    between leaves at worst a document (or row) on file that the table
-    lacks (ignored).
+    An add appends its documents and rows before the index's update record
+    (the commit point), so a crash in between leaves at worst lines that
+    no table entry uses (ignored).
     """
     if self.index_dir is None:
-      return
-    if write_documents_first:
-      write_online_documents(self.index_dir, online)
+      return False
+    if new_docs:
+      served_run.append_online_documents(self.index_dir, new_docs.values())
     if rows:
-      write_online_rows(
-        self.index_dir, {**read_online_rows(self.index_dir), **rows}
-      )
-    index_lib.save_index(index, self.index_dir)
-    if not write_documents_first:
-      write_online_documents(self.index_dir, online)
+      served_run.append_online_rows(self.index_dir, rows)
+    return index_lib.record_update(
+      self.index_dir,
+      before,
+      after,
+      added=new_docs,
+      removed=[removed] if removed else [],
+    )
+
+  def _compact_online_files(self) -> None:
+    """Rewrites the online logs with what is live (after a compaction)."""
+    served_run.compact_online_files(
+      self.index_dir, self.online_documents, self._online_rows
+    )
 
   def _publish(
-    self,
-    index: index_lib.Index,
-    slots: tuple[Optional[str], ...],
-    params: Optional[Any] = None,
+    self, index: index_lib.Index, params: Any, *, reload_vocab: bool
   ) -> None:
-    """Uploads the trie; compiles new shapes first; then swaps atomically
-    (with `params`, if given: docid rows set by an add)."""
-    arrays = self._trie.to_device()
-    old = self._live.trie_arrays
-    if jax.tree.structure(arrays) != jax.tree.structure(old) or any(
-      a.shape != b.shape
-      for a, b in zip(jax.tree.leaves(arrays), jax.tree.leaves(old))
-    ):
-      logging.info(
-        "trie capacity grew: compiling %d buckets", len(self.config.buckets)
-      )
-      self.warm_up(arrays)
-    if self.index_dir is not None:
+    """Writes the trie edits into the device arrays and swaps the live state
+    (with `params`: docid rows set by an add may change them).
+
+    The edits are scattered into the live arrays in place (donated), under
+    the dispatch lock, so no search reads them half-way or after. When a
+    capacity grew, the new arrays are a fresh upload: every bucket is
+    compiled for them before they go live, while searches use the old ones.
+    """
+    if reload_vocab:
       index = self._reload_vocab(index)
-    self._live = _Live(
-      index, arrays, slots, self._live.params if params is None else params
+    with self._dispatch_lock:
+      old = self._live.trie_arrays
+      arrays = self._trie.update_device(old)
+      if _shapes(arrays) == _shapes(old):
+        self._live = _Live(index, arrays, self._live.slots, params)
+        return
+    logging.info(
+      "trie capacity grew: compiling %d buckets", len(self.config.buckets)
     )
+    self.warm_up(arrays)
+    with self._dispatch_lock:
+      self._live = _Live(index, arrays, self._live.slots, params)
 
   def _reload_vocab(self, index: index_lib.Index) -> index_lib.Index:
     """`index` with its vocabulary read from the newest version dir.
 
-    Old version dirs are deleted as new ones are saved; the live vocabulary
-    must not point into one.
+    Old version dirs are deleted as new ones are saved (compactions); the
+    live vocabulary must not point into one.
     """
     version_dir = index_lib.current_version_dir(self.index_dir)
     vocab = vocab_lib.load_vocabulary(os.path.join(version_dir, "vocab"))
@@ -891,3 +639,8 @@ class Retriever:
     if self._lock_handle is not None:
       self._lock_handle.close()
       self._lock_handle = None
+
+
+def _shapes(arrays: trie_lib.TrieArrays):
+  """What a compiled search depends on: tree structure and leaf shapes."""
+  return jax.tree.structure(arrays), [a.shape for a in jax.tree.leaves(arrays)]

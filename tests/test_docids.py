@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from gr import docids
+from gr import atomic_io, docids
 from gr.data.beir import Document
 from gr.docids import base, stats, text
 
@@ -243,7 +243,7 @@ def test_load_refuses_consistent_checksum_but_inconsistent_table(tmp_path):
   data = json.dumps(fields).encode()
   (tmp_path / base.TABLE_FILE).write_bytes(data)
   manifest = json.loads((tmp_path / base.MANIFEST_FILE).read_text())
-  manifest["sha256"][base.TABLE_FILE] = base._sha256(data)
+  manifest["sha256"][base.TABLE_FILE] = atomic_io.sha256_bytes(data)
   (tmp_path / base.MANIFEST_FILE).write_text(json.dumps(manifest))
   with pytest.raises(docids.DocidTableError, match="names both"):
     docids.DocidTable.load(tmp_path)

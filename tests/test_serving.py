@@ -474,7 +474,7 @@ def test_trie_growth_recompiles_before_going_live(run_template, tmp_path):
   r = serving.Retriever.from_checkpoint(
     model_dir, config=dataclasses.replace(CONFIG, buckets=(4,))
   )
-  capacity = lambda: r._live.trie_arrays.leaf_value.shape[0]  # pylint: disable=protected-access
+  capacity = lambda: r._live.trie_arrays.child_start.shape[0]  # pylint: disable=protected-access
   start, compiled = capacity(), r.compiled_count()
   for n in range(400):
     r.add_documents([beir.Document(f"g{n}", "", "grow")])

@@ -15,14 +15,24 @@ arrays.npz (scheme state, e.g. centroids) and manifest.json (sha256 of both),
 each written atomically; the manifest is written last.
 """
 
+import collections.abc
 import dataclasses
 import functools
-import hashlib
 import io
 import json
+import math
 import os
 import re
-from typing import AbstractSet, Any, Iterable, Mapping, Protocol, Sequence
+from typing import (
+  AbstractSet,
+  Any,
+  Callable,
+  Iterable,
+  Iterator,
+  Mapping,
+  Protocol,
+  Sequence,
+)
 
 import numpy as np
 
@@ -51,9 +61,110 @@ def string_array(strings: Iterable[str]) -> np.ndarray:
   return np.array(list(strings), dtype=np.str_)
 
 
+class Layered(collections.abc.Mapping):
+  """An immutable mapping: a shared base dict plus a small delta on top.
+
+  `changed` makes the next one in O(delta) without copying the base; once
+  the delta outgrows sqrt(len(base)) it is folded into a new base (O(n)
+  once every sqrt(n) changes), so a change costs amortised O(sqrt n) where a
+  copy of a dict would cost O(n). Iteration order is a dict's: the base's
+  surviving keys, then the added ones in order.
+  """
+
+  __slots__ = ("_base", "_added", "_removed")
+
+  def __init__(
+    self,
+    base: Mapping[Any, Any],
+    added: Mapping[Any, Any] | None = None,
+    removed: AbstractSet[Any] = frozenset(),
+  ):
+    """`removed`: keys of `base` that are gone; `added`: keys not in it."""
+    self._base, self._added, self._removed = base, added or {}, removed
+
+  def __getitem__(self, key):
+    if key in self._added:
+      return self._added[key]
+    if key in self._removed:
+      raise KeyError(key)
+    return self._base[key]
+
+  def __contains__(self, key) -> bool:
+    return key in self._added or (
+      key not in self._removed and key in self._base
+    )
+
+  def __iter__(self) -> Iterator[Any]:
+    removed = self._removed
+    yield from (k for k in self._base if k not in removed)
+    yield from self._added
+
+  def __len__(self) -> int:
+    return len(self._base) - len(self._removed) + len(self._added)
+
+  def changed(
+    self, add: Mapping[Any, Any] = {}, remove: Iterable[Any] = ()
+  ) -> "Layered":
+    """This mapping with keys in `remove` dropped, then `add` (new keys)."""
+    added, removed = dict(self._added), set(self._removed)
+    for key in remove:
+      if added.pop(key, _ABSENT) is _ABSENT:
+        removed.add(key)
+    added.update(add)
+    delta = len(added) + len(removed)
+    if delta > max(_MIN_FOLD, math.isqrt(len(self._base))):
+      base = {k: v for k, v in self._base.items() if k not in removed}
+      base.update(added)
+      return Layered(base)
+    return Layered(self._base, added, frozenset(removed))
+
+
+_ABSENT = object()
+_MIN_FOLD = 64
+
+
+class TakenDocids(collections.abc.Set):
+  """Docids a new document may not get: the table's current and retired
+  ones, plus any `add`ed while naming new documents. Membership is O(1);
+  the table's docids are not copied (iterating them all is O(n))."""
+
+  def __init__(self, table: "DocidTable"):
+    self._table, self._extra = table, set()
+
+  def __contains__(self, docid) -> bool:
+    return (
+      docid in self._extra
+      or docid in self._table.docid_to_doc
+      or self._table.is_retired(docid)
+    )
+
+  def __iter__(self) -> Iterator[str]:
+    yield from self._extra
+    yield from (d for d in self._table.docid_to_doc if d not in self._extra)
+    yield from (
+      d
+      for d in self._table.retired_docids
+      if d not in self._extra and d not in self._table.docid_to_doc
+    )
+
+  def __len__(self) -> int:
+    return sum(1 for _ in self)
+
+  def add(self, docid: str) -> None:
+    self._extra.add(docid)
+
+  def update(self, docids: Iterable[str]) -> None:
+    self._extra.update(docids)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class DocidTable:
   """Docids of a corpus under one scheme.
+
+  A table built by its constructor (or `load`) is validated whole. Tables
+  made by `extend` and `remove` check only what changed, and share their
+  parent's mappings (`Layered`), so an update of k documents costs O(k)
+  (amortised O(k + sqrt n)), not O(n).
 
   Attributes:
     scheme: scheme name ("naive", "atomic", "semantic", "text", "multi").
@@ -111,24 +222,51 @@ class DocidTable:
     return len(self.docids)
 
   @functools.cached_property
-  def docid_to_doc(self) -> dict[str, str]:
+  def docid_to_doc(self) -> Mapping[str, str]:
     """Every docid string -> the one document it names."""
     return {s: d for d, ids in self.docids.items() for s in ids}
+
+  @functools.cached_property
+  def _retired(self) -> Layered:
+    """Retired docids as the keys of a Layered mapping (values None)."""
+    names = self.arrays.get(RETIRED_KEY, np.array([], np.str_)).tolist()
+    return Layered(dict.fromkeys(names))
+
+  @functools.cached_property
+  def _reserved_set(self) -> frozenset[str]:
+    return frozenset(self.reserved_tokens)
 
   @property
   def retired_docids(self) -> frozenset[str]:
     """Docids of removed documents; never handed out again."""
-    return frozenset(
-      self.arrays.get(RETIRED_KEY, np.array([], np.str_)).tolist()
-    )
+    return frozenset(self._retired)
 
-  def taken_docids(self) -> set[str]:
+  def is_retired(self, docid: str) -> bool:
+    return docid in self._retired
+
+  def taken_docids(self) -> TakenDocids:
     """Docid strings a new document may not get: current and retired."""
-    return set(self.docid_to_doc) | self.retired_docids
+    return TakenDocids(self)
 
   def all_docids(self) -> list[tuple[str, str]]:
     """(docid string, doc_id) pairs in corpus order, then per-doc order."""
     return [(s, d) for d, ids in self.docids.items() for s in ids]
+
+  def memo(self, key: str, compute: Callable[[], Any]) -> Any:
+    """A value a scheme derives from this table, computed once.
+
+    Schemes hand the next table its value with `remember` (e.g. the next
+    free number after an extend), so it is never recomputed from all docids.
+    """
+    memos = self.__dict__.setdefault("_memos", {})
+    if key not in memos:
+      memos[key] = compute()
+    return memos[key]
+
+  def remember(self, key: str, value: Any) -> "DocidTable":
+    """Sets `memo(key)` of this table to `value`; returns the table."""
+    self.__dict__.setdefault("_memos", {})[key] = value
+    return self
 
   def validate(self) -> None:
     """Raises DocidTableError naming the first offending doc, docid or token."""
@@ -139,25 +277,9 @@ class DocidTable:
     reserved = set(self.reserved_tokens)
     _check_reserved_tokens(self.reserved_tokens, reserved)
     owner: dict[str, str] = {}
-    retired = self.retired_docids
+    retired = self._retired
     for doc_id, ids in self.docids.items():
-      if not isinstance(doc_id, str) or not doc_id:
-        raise DocidTableError(
-          f"doc_id must be a non-empty string, got {doc_id!r}"
-        )
-      if not ids:
-        raise DocidTableError(f"document {doc_id!r} has no docid")
-      for docid in ids:
-        _check_docid(docid, doc_id, reserved)
-        if docid in owner:
-          raise DocidTableError(
-            f"docid {docid!r} names both {owner[docid]!r} and {doc_id!r}"
-          )
-        if docid in retired:
-          raise DocidTableError(
-            f"docid {docid!r} of {doc_id!r} belonged to a removed document"
-          )
-        owner[docid] = doc_id
+      _check_document(doc_id, ids, reserved, owner, retired)
     self.__dict__["docid_to_doc"] = owner
     _check_json(self.config)
 
@@ -169,6 +291,9 @@ class DocidTable:
   ) -> "DocidTable":
     """Adds documents (version + 1). Existing documents keep their docids.
 
+    Only the new documents are checked: O(k) for k of them (plus O(number
+    of reserved tokens) when tokens are appended).
+
     Args:
       new_docids: doc_id -> docid strings for documents not yet in the table.
       new_reserved_tokens: tokens to append (ones already reserved are skipped).
@@ -178,36 +303,72 @@ class DocidTable:
     Raises:
       DocidTableError: a doc_id is already in the table, or a docid is taken.
     """
+    new_docids = {d: tuple(ids) for d, ids in new_docids.items()}
     clashes = [d for d in new_docids if d in self.docids]
     if clashes:
       raise DocidTableError(f"doc_ids already in the table: {clashes[:5]}")
-    known = set(self.reserved_tokens)
+    known = self._reserved_set
     appended = [t for t in dict.fromkeys(new_reserved_tokens) if t not in known]
-    new_arrays = dict(self.arrays if arrays is None else arrays)
-    if RETIRED_KEY in self.arrays:
-      new_arrays[RETIRED_KEY] = self.arrays[RETIRED_KEY]
-    return dataclasses.replace(
-      self,
-      docids={**self.docids, **new_docids},
+    _check_reserved_tokens(tuple(appended), set(appended))
+    reserved = known | frozenset(appended) if appended else known
+    owner = _NewOwners(self.docid_to_doc)
+    for doc_id, ids in new_docids.items():
+      _check_document(doc_id, ids, reserved, owner, self._retired)
+    new_arrays = self.arrays
+    if arrays is not None:
+      new_arrays = {k: np.asarray(v) for k, v in arrays.items()}
+      if RETIRED_KEY in self.arrays:
+        new_arrays[RETIRED_KEY] = self.arrays[RETIRED_KEY]
+    table = self._derived(
+      docids=_layered(self.docids).changed(add=new_docids),
+      docid_to_doc=_layered(self.docid_to_doc).changed(add=owner.new),
+      retired=self._retired,
       reserved_tokens=self.reserved_tokens + tuple(appended),
-      version=self.version + 1,
       arrays=new_arrays,
     )
+    table.__dict__["_reserved_set"] = reserved
+    return table
 
   def remove(self, doc_ids: Iterable[str]) -> "DocidTable":
-    """Deletes documents (version + 1); their docids become retired."""
-    doomed = set(doc_ids)
-    missing = sorted(doomed - self.docids.keys())
+    """Deletes documents (version + 1); their docids become retired.
+
+    O(k) for k documents, plus a copy of the retired docids' array.
+    """
+    doomed = list(dict.fromkeys(doc_ids))
+    missing = sorted(d for d in doomed if d not in self.docids)
     if missing:
       raise DocidTableError(f"cannot remove unknown doc_ids: {missing[:5]}")
-    retired = [s for d, ids in self.docids.items() if d in doomed for s in ids]
-    old = self.arrays.get(RETIRED_KEY, np.array([], np.str_)).tolist()
-    return dataclasses.replace(
-      self,
-      docids={d: v for d, v in self.docids.items() if d not in doomed},
-      version=self.version + 1,
-      arrays={**self.arrays, RETIRED_KEY: string_array(old + retired)},
+    retired = [s for d in doomed for s in self.docids[d]]
+    old = self.arrays.get(RETIRED_KEY, np.array([], np.str_))
+    table = self._derived(
+      docids=_layered(self.docids).changed(remove=doomed),
+      docid_to_doc=_layered(self.docid_to_doc).changed(remove=retired),
+      retired=self._retired.changed(add=dict.fromkeys(retired)),
+      reserved_tokens=self.reserved_tokens,
+      arrays={
+        **self.arrays,
+        RETIRED_KEY: np.concatenate([old, string_array(retired)]),
+      },
     )
+    table.__dict__["_reserved_set"] = self._reserved_set
+    return table
+
+  def _derived(
+    self, *, docids, docid_to_doc, retired, reserved_tokens, arrays
+  ) -> "DocidTable":
+    """The next version, from fields the caller has checked (no validate)."""
+    table = object.__new__(DocidTable)
+    table.__dict__.update(
+      scheme=self.scheme,
+      docids=docids,
+      reserved_tokens=reserved_tokens,
+      config=self.config,
+      version=self.version + 1,
+      arrays=arrays,
+      docid_to_doc=docid_to_doc,
+      _retired=retired,
+    )
+    return table
 
   def save(self, directory: str | os.PathLike) -> None:
     """Writes table.json, arrays.npz, then manifest.json, each atomically."""
@@ -221,8 +382,8 @@ class DocidTable:
     manifest = {
       "format": FORMAT,
       "sha256": {
-        TABLE_FILE: _sha256(table_bytes),
-        ARRAYS_FILE: _sha256(arrays_bytes),
+        TABLE_FILE: atomic_io.sha256_bytes(table_bytes),
+        ARRAYS_FILE: atomic_io.sha256_bytes(arrays_bytes),
       },
     }
     atomic_io.write_bytes(
@@ -320,6 +481,51 @@ def _check_reserved_tokens(tokens: tuple[str, ...], unique: AbstractSet[str]):
       )
 
 
+def _layered(mapping: Mapping[Any, Any]) -> Layered:
+  return mapping if isinstance(mapping, Layered) else Layered(mapping)
+
+
+class _NewOwners:
+  """Docid -> doc_id lookups over a table's owners plus the new ones."""
+
+  def __init__(self, existing: Mapping[str, str]):
+    self.existing, self.new = existing, {}
+
+  def __contains__(self, docid: str) -> bool:
+    return docid in self.new or docid in self.existing
+
+  def __getitem__(self, docid: str) -> str:
+    return self.new[docid] if docid in self.new else self.existing[docid]
+
+  def __setitem__(self, docid: str, doc_id: str) -> None:
+    self.new[docid] = doc_id
+
+
+def _check_document(
+  doc_id: str,
+  ids: Sequence[str],
+  reserved: AbstractSet[str],
+  owner,
+  retired: Mapping[str, Any],
+) -> None:
+  """Checks one document's docids; records each in `owner` (docid -> doc)."""
+  if not isinstance(doc_id, str) or not doc_id:
+    raise DocidTableError(f"doc_id must be a non-empty string, got {doc_id!r}")
+  if not ids:
+    raise DocidTableError(f"document {doc_id!r} has no docid")
+  for docid in ids:
+    _check_docid(docid, doc_id, reserved)
+    if docid in owner:
+      raise DocidTableError(
+        f"docid {docid!r} names both {owner[docid]!r} and {doc_id!r}"
+      )
+    if docid in retired:
+      raise DocidTableError(
+        f"docid {docid!r} of {doc_id!r} belonged to a removed document"
+      )
+    owner[docid] = doc_id
+
+
 def _check_docid(docid: str, doc_id: str, reserved: AbstractSet[str]) -> None:
   if (
     not isinstance(docid, str) or not docid or docid.split() != docid.split(" ")
@@ -343,10 +549,6 @@ def _check_json(config: Mapping[str, Any]) -> None:
     raise DocidTableError(f"config is not JSON-serialisable: {e}") from e
 
 
-def _sha256(data: bytes) -> str:
-  return hashlib.sha256(data).hexdigest()
-
-
 def _read_verified(directory, name: str, manifest: Mapping[str, Any]) -> bytes:
   path = os.path.join(directory, name)
   try:
@@ -355,7 +557,7 @@ def _read_verified(directory, name: str, manifest: Mapping[str, Any]) -> bytes:
   except OSError as e:
     raise DocidTableError(f"{path}: cannot read: {e}") from e
   expected = manifest.get("sha256", {}).get(name)
-  if _sha256(data) != expected:
+  if atomic_io.sha256_bytes(data) != expected:
     raise DocidTableError(
       f"{path}: sha256 does not match {MANIFEST_FILE} "
       "(corrupt or partially written)"

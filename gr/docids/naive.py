@@ -16,6 +16,7 @@ from gr.docids import base
 
 DIGIT_TOKENS = tuple(f"<{i}>" for i in range(10))
 _NAIVE_DOCID = re.compile(r"<\d>( <\d>)*")
+_NEXT_NUMBER = "naive.next_number"  # DocidTable.memo key
 
 
 def number_to_docid(number: int) -> str:
@@ -57,7 +58,8 @@ class NaiveScheme:
     self, table: base.DocidTable, new_docs: Mapping[str, Document]
   ) -> base.DocidTable:
     base.check_scheme(table, self.name)
-    start = next_free_number(table.taken_docids())
-    return table.extend(
-      {d: (number_to_docid(start + i),) for i, d in enumerate(new_docs)}
+    start = table.memo(
+      _NEXT_NUMBER, lambda: next_free_number(table.taken_docids())
     )
+    docids = {d: (number_to_docid(start + i),) for i, d in enumerate(new_docs)}
+    return table.extend(docids).remember(_NEXT_NUMBER, start + len(docids))

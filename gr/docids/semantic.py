@@ -36,6 +36,7 @@ from gr.docids import base
 _SHARED = re.compile(r"<(\d+)>")
 _POSITION = re.compile(r"<c(\d+)_(\d+)>")
 _NODE = re.compile(r"<n(\d+(?:_\d+)*)>")
+_NEXT_POSITIONS = "semantic.next_positions"  # DocidTable.memo key
 TOKEN_STYLES = ("shared", "position", "node")
 
 
@@ -109,14 +110,19 @@ class SemanticScheme:
     base.check_new_docs(table, new_docs)
     x = self._embeddings(new_docs, embeddings)
     nodes = _arrays_to_tree(table.arrays)
-    next_position = self._next_positions(table.taken_docids())
+    next_position = dict(
+      table.memo(
+        _NEXT_POSITIONS, lambda: self._next_positions(table.taken_docids())
+      )
+    )
     paths = []
     for row in x:
       leaf = route_to_leaf(nodes, row)
       paths.append(leaf + (next_position.get(leaf, 0),))
       next_position[leaf] = paths[-1][-1] + 1
     docids = {d: (self.path_to_docid(p),) for d, p in zip(new_docs, paths)}
-    return table.extend(docids, self._tokens_of(paths))
+    new_table = table.extend(docids, self._tokens_of(paths))
+    return new_table.remember(_NEXT_POSITIONS, next_position)
 
   def path_to_docid(self, path: Sequence[int]) -> str:
     """(3, 1, 7) -> "<3> <1> <7>", "<c0_3> <c1_1> <c2_7>" or

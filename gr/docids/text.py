@@ -146,11 +146,16 @@ class TextScheme:
     base.check_new_docs(table, new_docs)
     words = {d: body_words(doc.text) for d, doc in new_docs.items()}
     idf = Idf.from_arrays(table.arrays)
-    docids = self._name_all(words, idf, table.taken_docids() | set(taken))
+    avoid = table.taken_docids()
+    avoid.update(taken)
+    docids = self._name_all(words, idf, avoid)
     return table.extend(docids)
 
   def _name_all(
-    self, words: Mapping[str, list[str]], idf: Idf, taken: set[str]
+    self,
+    words: Mapping[str, list[str]],
+    idf: Idf,
+    taken: "set[str] | base.TakenDocids",
   ) -> dict[str, tuple[str]]:
     """Names documents in order; each new docid joins `taken`."""
     docids = {}

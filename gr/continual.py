@@ -1,25 +1,10 @@
 """Continual indexing: add and delete documents in a trained index, with replay.
 
-A *version* of a continually updated index is one orbax checkpoint step in
-`model_dir`: the params, and beside them (gr/checkpoints.py) an index
-artifact holding
-
-  docids/ vocab/ index.json   the index version (gr/index.py layout)
-  memory/                     a BEIR folder: every indexed document and the
-                              train queries/qrels seen so far (replay
-                              source); under the generative memory the
-                              documents' ids only (doc_ids.json)
-  continual.json              the version record: cumulative gradient
-                              updates and one entry per update
-
-The checkpoint is the commit point. `update_index` stages the new index and
-memory in a temporary directory, trains in memory, and only then saves the
-new step (orbax writes it under a temporary name and renames
-it into place), so a crash at any point leaves the previous step as the
-latest complete, loadable version. `index_dir` is a published copy of the
-latest version's index (gr/index.py's CURRENT switch); it is written after
-the commit and repaired from the checkpoint by the next update if a crash
-came between the two.
+Each update makes a new *version* of the index (gr/versions.py: one
+checkpoint step with its index, memory and record). `update_index` builds
+the next index and memory, trains in memory, and only then commits the new
+step, so a crash at any point leaves the previous version as the latest
+complete, loadable one.
 
 Checkpoint steps count gradient updates: an update of k steps saves step
 previous + k (+1 for an update without training, e.g. `trie_only`, which
@@ -55,7 +40,7 @@ train, and in every update, trie_only included, each docid token the new
 documents create gets its embedding row from their embeddings under the
 current encoder (warm_start.new_docid_rows): new documents are retrievable
 before (or without) training. `retrain` starts again from the warm start.
-A T5 model's new rows are random (`extend_vocab_rows`).
+A T5 model's new rows are random (`models.extend_vocab_rows`).
 """
 
 import dataclasses
@@ -63,18 +48,13 @@ import functools
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from typing import Any, Iterable, Mapping, Optional, Protocol, Sequence
 
 from absl import logging
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gr import atomic_io
-from gr import checkpoints
 from gr import docids as docids_lib
 from gr import embed
 from gr import encoder_cache
@@ -87,14 +67,11 @@ from gr import pretrained
 from gr import pseudo_queries as pseudo_lib
 from gr import tasks
 from gr import train as train_lib
+from gr import versions
 from gr import warm_start
 from gr.data import beir
 
 PyTree = Any
-MEMORY_DIR = "memory"
-RECORD_FILE = "continual.json"
-RECORD_FORMAT = "gr.continual/1"
-DOC_IDS_FILE = "doc_ids.json"  # memory without bodies: the ids it holds
 NEW, REPLAY = "new", "replay"
 INITIAL_TASK_RATES = (
   ("indexing", 1.0),
@@ -181,6 +158,8 @@ class TrainSettings:
   initial params are made (gr/warm_start.py; ignored for T5); with
   warm_start off, new docid rows are not set from document embeddings
   either (the ablation).
+  mesh_data, mesh_model: the ('data', 'model') mesh every update trains
+  on, as train()'s (-1: all remaining devices).
   """
 
   batch_size: int = 32
@@ -189,6 +168,7 @@ class TrainSettings:
   seed: int = 0
   log_every: int = 100
   mesh_data: int = -1
+  mesh_model: int = 1
   warm_start: bool = True
   warm_start_temperature: float = 0.05
 
@@ -241,259 +221,6 @@ class StoredPseudoQueries:
 @functools.lru_cache(maxsize=4)
 def _read_pseudo_queries(path: str) -> dict[str, list[str]]:
   return pseudo_lib.read_pseudo_queries(path)
-
-
-# ---------------------------------------------------------------- memory --
-
-
-def train_memory(dataset: beir.BeirDataset) -> beir.BeirDataset:
-  """The corpus with only its train queries and qrels (what replay may use)."""
-  qrels = {"train": dict(dataset.qrels.get("train", {}))}
-  queries = {q: dataset.queries[q] for q in qrels["train"]}
-  return beir.BeirDataset(dict(dataset.corpus), queries, qrels)
-
-
-def has_bodies(memory: beir.BeirDataset) -> bool:
-  """Whether memory holds the documents' bodies (experience replay's
-  memory) rather than their ids only (the generative memory's)."""
-  return all(doc.text for doc in memory.corpus.values())
-
-
-def without_bodies(memory: beir.BeirDataset) -> beir.BeirDataset:
-  """Memory with each document reduced to its id (title and text gone)."""
-  return dataclasses.replace(
-    memory, corpus={d: beir.Document(d, "", "") for d in memory.corpus}
-  )
-
-
-def write_memory(
-  folder: str, memory: beir.BeirDataset, vectors: Mapping[str, np.ndarray]
-) -> None:
-  """memory/: a BEIR folder when it holds bodies; else DOC_IDS_FILE with
-  the train queries and qrels. Document vectors (if any) beside it."""
-  if has_bodies(memory):
-    beir.write_beir(folder, memory.corpus, memory.queries, memory.qrels)
-  else:
-    os.makedirs(os.path.join(folder, "qrels"), exist_ok=True)
-    with atomic_io.atomic_open(os.path.join(folder, DOC_IDS_FILE)) as f:
-      json.dump(list(memory.corpus), f)
-    beir.write_queries(os.path.join(folder, "queries.jsonl"), memory.queries)
-    for split, qrels in memory.qrels.items():
-      beir.write_qrels(os.path.join(folder, "qrels", f"{split}.tsv"), qrels)
-  if vectors:
-    memory_lib.save_vectors(
-      os.path.join(folder, memory_lib.VECTORS_FILE), vectors
-    )
-
-
-def load_memory(folder: str) -> tuple[beir.BeirDataset, dict[str, np.ndarray]]:
-  """(memory, {doc_id: vector}) as `write_memory` wrote them."""
-  vectors = memory_lib.load_vectors(
-    os.path.join(folder, memory_lib.VECTORS_FILE)
-  )
-  if os.path.exists(os.path.join(folder, "corpus.jsonl")):
-    return beir.BeirDataset.load(folder), vectors
-  with open(os.path.join(folder, DOC_IDS_FILE)) as f:
-    corpus = {d: beir.Document(d, "", "") for d in json.load(f)}
-  queries = beir.read_queries(os.path.join(folder, "queries.jsonl"))
-  qrels_dir = os.path.join(folder, "qrels")
-  qrels = {
-    name[: -len(".tsv")]: beir.read_qrels(
-      os.path.join(qrels_dir, name), query_ids=queries, corpus_ids=corpus
-    )
-    for name in sorted(os.listdir(qrels_dir))
-    if name.endswith(".tsv")
-  }
-  return beir.BeirDataset(corpus, queries, qrels), vectors
-
-
-def updated_memory(
-  memory: beir.BeirDataset,
-  new_documents: Mapping[str, beir.Document],
-  deleted: Iterable[str],
-) -> beir.BeirDataset:
-  """Memory with documents added and removed (and qrels to removed ones)."""
-  deleted = set(deleted)
-  corpus = {
-    d: doc
-    for d, doc in {**memory.corpus, **new_documents}.items()
-    if d not in deleted
-  }
-  train = {
-    q: {d: s for d, s in docs.items() if d in corpus}
-    for q, docs in memory.qrels.get("train", {}).items()
-  }
-  train = {q: docs for q, docs in train.items() if docs}
-  queries = {q: memory.queries[q] for q in train}
-  return beir.BeirDataset(corpus, queries, {"train": train})
-
-
-# -------------------------------------------------------------- versions --
-
-
-@dataclasses.dataclass(frozen=True)
-class Version:
-  """One committed version: checkpoint step, params, index, memory, record,
-  and (pretrained encoder) each indexed document's vector."""
-
-  step: int
-  params: PyTree
-  index: index_lib.Index
-  memory: beir.BeirDataset
-  record: Mapping[str, Any]
-  vectors: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
-
-  @property
-  def gradient_updates(self) -> int:
-    return int(self.record["gradient_updates"])
-
-
-def write_version_files(
-  index: index_lib.Index,
-  memory: beir.BeirDataset,
-  record: Mapping[str, Any],
-  staging_dir: str,
-  vectors: Mapping[str, np.ndarray] = {},
-) -> str:  # pylint: disable=dangerous-default-value
-  """Writes index + memory (+ vectors) + record under `staging_dir`;
-  returns the dir to save as the checkpoint's artifact."""
-  version_dir = index_lib.save_index(index, staging_dir)
-  write_memory(os.path.join(version_dir, MEMORY_DIR), memory, vectors)
-  with atomic_io.atomic_open(os.path.join(version_dir, RECORD_FILE)) as f:
-    json.dump(dict(record), f, indent=1)
-  return version_dir
-
-
-def load_version(model_dir: str, step: Optional[int] = None) -> Version:
-  """The latest (or given) committed version in `model_dir`, verified.
-
-  Raises:
-    FileNotFoundError: no finished checkpoint in `model_dir`.
-    checkpoints.ArtifactError: the step's artifact fails verification or was
-      not written by this module (no memory/ or continual.json).
-  """
-  artifact = checkpoints.load_artifact(model_dir, step)
-  step = int(artifact.parent.parent.name)
-  record_path = os.path.join(artifact, RECORD_FILE)
-  if not os.path.exists(record_path) or not os.path.isdir(
-    os.path.join(artifact, MEMORY_DIR)
-  ):
-    raise checkpoints.ArtifactError(
-      f"{artifact}: no {RECORD_FILE} or {MEMORY_DIR}/: step {step} of "
-      f"{model_dir} was not written by gr.continual (use index_corpus)"
-    )
-  with open(record_path) as f:
-    record = json.load(f)
-  if record.get("format") != RECORD_FORMAT:
-    raise checkpoints.ArtifactError(
-      f"{record_path}: format {record.get('format')!r}"
-    )
-  memory, vectors = load_memory(os.path.join(artifact, MEMORY_DIR))
-  return Version(
-    step=step,
-    params=checkpoints.restore_params(model_dir, step),
-    index=index_lib.load_index_version(os.fspath(artifact)),
-    memory=memory,
-    record=record,
-    vectors=vectors,
-  )
-
-
-def commit(
-  model_dir: str, step: int, params: PyTree, artifact_dir: str, *, keep: int = 3
-) -> None:
-  """Saves params + artifact as `step` (atomic: orbax renames when done)."""
-  manager = checkpoints.make_manager(model_dir, keep=keep, async_save=False)
-  checkpoints.save(manager, step, {"params": params}, artifact_dir, force=True)
-  manager.wait_until_finished()
-  manager.close()
-
-
-def publish_index(index: index_lib.Index, index_dir: str) -> None:
-  """Makes `index` the current version of `index_dir` unless it already is."""
-  if os.path.exists(os.path.join(index_dir, index_lib.CURRENT_FILE)):
-    published = index_lib.load_index(index_dir)
-    if (
-      published.table == index.table
-      and published.vocab.fingerprint == index.vocab.fingerprint
-    ):
-      return
-  index_lib.save_index(index, index_dir)
-
-
-def new_record(
-  previous: Optional[Mapping[str, Any]],
-  *,
-  strategy: str,
-  updates: int,
-  seconds: float,
-  added: int,
-  deleted: int,
-  num_docs: int,
-) -> dict[str, Any]:
-  """The version record after one more step (initial: previous=None)."""
-  history = list(previous["history"]) if previous else []
-  history.append(
-    {
-      "strategy": strategy,
-      "gradient_updates": updates,
-      "seconds": round(seconds, 3),
-      "added": added,
-      "deleted": deleted,
-      "num_docs": num_docs,
-    }
-  )
-  total = (previous["gradient_updates"] if previous else 0) + updates
-  return {
-    "format": RECORD_FORMAT,
-    "gradient_updates": total,
-    "history": history,
-  }
-
-
-# ------------------------------------------------------ vocabulary rows --
-
-
-def _appended(
-  matrix: jax.Array, new_size: int, axis: int, rng: jax.Array
-) -> jax.Array:
-  """`matrix` grown to `new_size` along `axis`; new entries ~ N(0, std)."""
-  old_size = matrix.shape[axis]
-  if new_size == old_size:
-    return matrix
-  if new_size < old_size:
-    raise ValueError(
-      f"vocabulary rows can only be appended: {old_size} -> {new_size}"
-    )
-  shape = list(matrix.shape)
-  shape[axis] = new_size - old_size
-  std = jnp.std(matrix)
-  extra = std * jax.random.normal(rng, shape, matrix.dtype)
-  return jnp.concatenate([matrix, extra], axis=axis)
-
-
-def extend_vocab_rows(params: PyTree, vocab_rows: int, seed: int = 0) -> PyTree:
-  """Params with the token embedding [V, D] (and untied logits kernel
-  [D, V]) grown to `vocab_rows`; existing rows are kept bit for bit."""
-  rng_embed, rng_logits = jax.random.split(jax.random.key(seed))
-  embedder = dict(params["token_embedder"])
-  embedder["embedding"] = _appended(
-    embedder["embedding"], vocab_rows, 0, rng_embed
-  )
-  params = {**params, "token_embedder": embedder}
-  logits = params.get("decoder", {}).get("logits_dense")
-  if logits is not None:
-    kernel = _appended(logits["kernel"], vocab_rows, 1, rng_logits)
-    params["decoder"] = {
-      **params["decoder"],
-      "logits_dense": {**logits, "kernel": kernel},
-    }
-  return params
-
-
-def vocab_rows(params: PyTree) -> int:
-  """V of the token embedding [V, D]."""
-  return int(params["token_embedder"]["embedding"].shape[0])
 
 
 def document_vectors(
@@ -752,14 +479,6 @@ def initial_mixture(
 # -------------------------------------------------------------- training --
 
 
-def _optimizer(model, config: train_lib.OptimizerConfig, steps: int):
-  """The optimizer; a pretrained encoder's frozen layers get no updates."""
-  optimizer = train_lib.make_optimizer(config, steps)
-  if model.has_frozen_encoder_layers:
-    optimizer = train_lib.freeze(optimizer, model.trainable_mask)
-  return optimizer
-
-
 @functools.lru_cache(maxsize=16)
 def _sharded(
   config,
@@ -767,41 +486,20 @@ def _sharded(
   steps: int,
   input_length: int,
   target_length: int,
-  mesh_data: int,
+  mesh_shape: tuple[int, int],
 ) -> train_lib.Sharded:
-  """Jitted init/step for one shape and optimizer, shared by updates (so
-  successive updates of the same shapes do not recompile)."""
+  """Jitted init/step for one shape, optimizer and ('data', 'model') mesh
+  shape, shared by updates (so successive updates of the same shapes do not
+  recompile)."""
   model = models.EncoderDecoderModel(config)
-  mesh = partitioning.make_mesh(data=mesh_data, model=1)
+  mesh_data, mesh_model = mesh_shape
   return train_lib.shard_model(
     model,
-    _optimizer(model, optimizer, steps),
-    mesh,
+    train_lib.model_optimizer(model, optimizer, steps),
+    partitioning.make_mesh(data=mesh_data, model=mesh_model),
     input_length=input_length,
     target_length=target_length,
     sam_rho=optimizer.sam_rho,
-  )
-
-
-def _start_state(
-  model,
-  sharded: train_lib.Sharded,
-  optimizer_config,
-  steps: int,
-  params: Optional[PyTree],
-  seed: int,
-) -> train_lib.TrainState:
-  """Fresh state (params from `seed`) or `params` with a new optimizer."""
-  rng = partitioning.replicated_key(seed, sharded.mesh)
-  if params is None:
-    return sharded.init(rng)
-  params = jax.device_put(params, sharded.state_shardings.params)
-  optimizer = _optimizer(model, optimizer_config, steps)
-  opt_state = jax.device_put(
-    optimizer.init(params), sharded.state_shardings.opt_state
-  )
-  return train_lib.TrainState(
-    step=jnp.zeros([], jnp.int32), params=params, opt_state=opt_state
   )
 
 
@@ -869,10 +567,10 @@ def train_params(
     horizon,
     settings.input_length,
     target_length,
-    settings.mesh_data,
+    (settings.mesh_data, settings.mesh_model),
   )
-  state = _start_state(
-    model, sharded, optimizer, horizon, init_params, settings.seed
+  state = train_lib.fresh_state(
+    sharded, seed=settings.seed, init_params=init_params
   )
   mixtures = [mixture] + ([replay_mixture] if replay_per_batch else [])
   transform = _cached_transform(
@@ -881,7 +579,7 @@ def train_params(
     mixtures,
     input_length=settings.input_length,
     target_length=target_length,
-  ) or (lambda batch: batch)
+  )
   if replay_per_batch:
     if not 0 < replay_per_batch < settings.batch_size:
       raise ValueError(
@@ -896,54 +594,25 @@ def train_params(
     )
   else:
     batches = _batches(mixture, settings.batch_size, settings, target_length)
-  rng = partitioning.replicated_key(settings.seed, sharded.mesh)
-  for step in range(1, steps + 1):
-    batch = partitioning.global_batch(transform(next(batches)), sharded.mesh)
-    state, metrics = sharded.step(state, batch, rng)
-    if step % settings.log_every == 0 or step == steps:
-      logging.info(
-        "train step %d/%d loss %.4f accuracy %.3f",
-        step,
-        steps,
-        float(metrics["loss"]),
-        float(metrics["accuracy"]),
-      )
+  if transform is not None:
+    batches = map(transform, batches)
+  state = train_lib.run_loop(
+    sharded,
+    state,
+    batches,
+    partitioning.replicated_key(settings.seed, sharded.mesh),
+    start=0,
+    train_steps=steps,
+    log_every=settings.log_every,
+  )
   return state.params
-
-
-def _staging_dir(model_dir: str) -> str:
-  parent = os.path.dirname(os.path.abspath(model_dir))
-  return tempfile.mkdtemp(dir=parent, prefix=".gr-staging-")
-
-
-def _commit_version(
-  model_dir: str,
-  index_dir: str,
-  step: int,
-  params,
-  index,
-  memory,
-  record,
-  keep: int,
-  vectors=None,
-) -> None:
-  """Stages the artifact, commits the checkpoint, then publishes the index."""
-  staging = _staging_dir(model_dir)
-  try:
-    artifact = write_version_files(
-      index, memory, record, staging, vectors or {}
-    )
-    commit(model_dir, step, params, artifact, keep=keep)
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
-  publish_index(index, index_dir)
 
 
 # --------------------------------------------------------------- updates --
 
 
 def apply_changes(
-  version: Version,
+  version: versions.Version,
   new_documents: Mapping[str, beir.Document],
   deleted: Sequence[str],
   embedder=None,
@@ -958,7 +627,7 @@ def apply_changes(
     scheme = docids_lib.scheme_for_table(table, **extra)
     table = scheme.assign_new(table, dict(new_documents))
   index = version.index.with_table(table)
-  return index, updated_memory(version.memory, new_documents, deleted)
+  return index, versions.updated_memory(version.memory, new_documents, deleted)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -978,7 +647,7 @@ def _update_mixtures(
   """(mixture, replay mixture or None) an update trains on: retrain the
   initial-style one; with a replay budget the replay part apart."""
   if strategy.retrain:
-    if not has_bodies(memory):
+    if not versions.has_bodies(memory):
       raise ValueError(
         "retrain needs every body, but this version's memory "
         "holds ids only (written under the generative memory)"
@@ -1022,8 +691,10 @@ def apply_update(
 ) -> UpdateResult:
   """One update of the latest version in `model_dir` (see update_index)."""
   start = time.time()
-  current = load_version(model_dir)
-  publish_index(current.index, index_dir)  # repairs a crash after a commit
+  current = versions.load_version(model_dir)
+  versions.publish_index(
+    current.index, index_dir
+  )  # repairs a crash after a commit
   if (
     new_documents
     and pretrained.is_pretrained(model)
@@ -1035,7 +706,7 @@ def apply_update(
     current, new_documents, deleted_doc_ids, embedder
   )
   model = models.fit_vocab(model, index.vocab.vocab_size)
-  params = extend_vocab_rows(
+  params = models.extend_vocab_rows(
     current.params, model.config.vocab_size, settings.seed + current.step
   )
   vectors = dict(current.vectors)
@@ -1092,8 +763,8 @@ def apply_update(
       replay_per_batch=strategy.replay_per_batch if replay_mixture else 0,
     )
   if generative_memory:
-    memory = without_bodies(memory)  # the generator is the memory
-  record = new_record(
+    memory = versions.without_bodies(memory)  # the generator is the memory
+  record = versions.new_record(
     current.record,
     strategy=strategy.name,
     updates=updates,
@@ -1103,7 +774,7 @@ def apply_update(
     num_docs=index.table.num_docs,
   )
   step = current.step + max(updates, 1)
-  _commit_version(
+  versions.commit_version(
     model_dir, index_dir, step, params, index, memory, record, keep, vectors
   )
   logging.info(
@@ -1158,7 +829,7 @@ def build_initial_version(
       os.path.dirname(os.path.abspath(model_dir)), "encoder_cache"
     ),
   )
-  memory = train_memory(dataset)
+  memory = versions.train_memory(dataset)
   model = models.fit_vocab(model, index.vocab.vocab_size)
   params, vectors = pretrained_initial_params(
     model, index, memory.corpus, settings
@@ -1179,7 +850,7 @@ def build_initial_version(
       init_params=params,
       target_length=index.max_docid_length(),
     )
-  record = new_record(
+  record = versions.new_record(
     None,
     strategy="initial",
     updates=train_steps,
@@ -1188,7 +859,7 @@ def build_initial_version(
     deleted=0,
     num_docs=index.table.num_docs,
   )
-  _commit_version(
+  versions.commit_version(
     model_dir,
     index_dir,
     train_steps,

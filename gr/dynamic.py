@@ -16,7 +16,8 @@ documents seen so far is the reference row.
 
 `run_dynamic_experiment` (the entry point; gin binds it through
 gr/experiments/configurables.py) runs every docid scheme x strategy, writes
-results.json / results.csv and PNG plots under `workdir`.
+results.json / results.csv / results.md and PNG plots under `workdir`
+(gr/dynamic_report.py).
 Each (scheme, strategy) cell's results are saved as it finishes, so a run
 started again skips finished cells.
 """
@@ -36,14 +37,16 @@ import numpy as np
 from gr import atomic_io
 from gr import checkpoints
 from gr import continual
+from gr import dynamic_report as report
 from gr import metrics
 from gr import models
 from gr import retrieval
+from gr import versions
 from gr.baselines import bm25
 from gr.data import beir
 from gr.data import news
 
-METRICS = ("Hits@1", "Hits@10")
+METRICS = report.METRICS
 
 
 # ---------------------------------------------------------------- metrics --
@@ -222,7 +225,7 @@ class SearcherCache:
     self.config, self.input_length = config, input_length
     self._searchers: dict[Any, retrieval.Searcher] = {}
 
-  def get(self, model, version: continual.Version) -> retrieval.Searcher:
+  def get(self, model, version: versions.Version) -> retrieval.Searcher:
     model = models.fit_vocab(model, version.index.vocab.vocab_size)
     config = retrieval.retrieval_config(
       self.config, version.index.max_docid_length()
@@ -247,7 +250,7 @@ def evaluate_version(
   searchers: SearcherCache, model, model_dir: str, seen: Sequence[PeriodData]
 ) -> list[dict[str, float]]:
   """The latest version in `model_dir` on each seen period's queries."""
-  version = continual.load_version(model_dir)
+  version = versions.load_version(model_dir)
   searcher = searchers.get(model, version)
   return evaluate_periods(searcher.run(all_queries(seen)), seen)
 
@@ -344,7 +347,7 @@ def memorised(
   ids = sorted(
     rng.sample(sorted(d0.corpus), min(cell.memorised_sample, len(d0.corpus)))
   )
-  version = continual.load_version(model_dir)
+  version = versions.load_version(model_dir)
   run = searchers.get(cell.model, version).run(
     {d: d0.corpus[d].text for d in ids}
   )
@@ -368,7 +371,7 @@ def version_storage(model_dir: str) -> dict[str, int]:
   step_dir = artifact.parent.parent
   return {
     "checkpoint_bytes": _bytes(os.fspath(step_dir)),
-    "memory_bytes": _bytes(os.path.join(artifact, continual.MEMORY_DIR)),
+    "memory_bytes": _bytes(os.path.join(artifact, versions.MEMORY_DIR)),
   }
 
 
@@ -437,18 +440,13 @@ def cell_summary(rows, steps, initial, extra=None) -> dict:
   }
   for metric in METRICS:
     a = performance_matrix(rows, metric)
-    summary[metric] = {"matrix": _nan_to_none(a), **continual_metrics(a)}
+    summary[metric] = {"matrix": report.nan_to_none(a), **continual_metrics(a)}
   return summary
-
-
-def _nan_to_none(a: np.ndarray) -> list[list[Optional[float]]]:
-  return [[None if np.isnan(x) else float(x) for x in row] for row in a]
 
 
 def _write_json(path: str, content) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  with atomic_io.atomic_open(path) as f:
-    json.dump(content, f, indent=1)
+  atomic_io.write_json(path, content, indent=1)
 
 
 # ------------------------------------------------------------ entry point --
@@ -563,11 +561,11 @@ def run_dynamic_experiment(
           searchers,
           initial,
         )
-        results["cells"] = mean_over_seeds(results["by_seed"])
-        write_report(results, workdir)  # partial results as cells finish
-  results["cells"] = mean_over_seeds(results["by_seed"])
+        results["cells"] = report.mean_over_seeds(results["by_seed"])
+        report.write_report(results, workdir)  # partial results as cells finish
+  results["cells"] = report.mean_over_seeds(results["by_seed"])
   results["wall_seconds"] = time.time() - start
-  write_report(results, workdir)
+  report.write_report(results, workdir)
   return results
 
 
@@ -640,59 +638,6 @@ def run_cell(
   return summary
 
 
-def mean_over_seeds(
-  by_seed: Mapping[str, Mapping[str, dict]],
-) -> dict[str, dict]:
-  """{cell: summary} with each matrix entry, metric curve, cost and
-  memorised fraction the mean over seeds, and `std` beside each curve."""
-  names = list(dict.fromkeys(c for cells in by_seed.values() for c in cells))
-  out = {}
-  for name in names:
-    runs = [cells[name] for cells in by_seed.values() if name in cells]
-    first = runs[0]
-    summary = {
-      "seeds": len(runs),
-      "steps": [
-        {
-          key: float(np.mean([r["steps"][n][key] for r in runs]))
-          for key in first["steps"][n]
-        }
-        for n in range(len(first["steps"]))
-      ],
-    }
-    for metric in METRICS:
-      matrices = np.array(
-        [
-          [
-            [np.nan if x is None else x for x in row]
-            for row in r[metric]["matrix"]
-          ]
-          for r in runs
-        ]
-      )
-      summary[metric] = {
-        "matrix": _nan_to_none(np.mean(matrices, axis=0)),
-        "matrix_std": _nan_to_none(np.std(matrices, axis=0)),
-      }
-      for curve in ("A", "F", "LA"):
-        values = np.array([r[metric][curve] for r in runs])
-        summary[metric][curve] = values.mean(0).tolist()
-        summary[metric][f"{curve}_std"] = values.std(0).tolist()
-    if first.get("memorised_d0"):
-      pairs = np.array(
-        [[np.nan if x is None else x for x in r["memorised_d0"]] for r in runs],
-        float,
-      )
-      summary["memorised_d0"] = np.nanmean(pairs, 0).tolist()
-    if first.get("storage"):
-      summary["storage"] = {
-        k: float(np.mean([r["storage"][k] for r in runs]))
-        for k in first["storage"]
-      }
-    out[name] = summary
-  return out
-
-
 def _shared_embedder(schemes: Sequence[str]):
   """One MiniLM embedder for every semantic/multi update (compiled once)."""
   if not {"semantic", "multi"} & set(schemes):
@@ -700,204 +645,3 @@ def _shared_embedder(schemes: Sequence[str]):
   from gr import embed  # pylint: disable=g-import-not-at-top
 
   return embed.Embedder.load()
-
-
-# ---------------------------------------------------------------- report --
-
-
-def summary_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-  """One CSV row per (system, step n): A/F/LA, D0 and new-doc Hits (means
-  over seeds, `_std` beside), cost; memorised D0 and storage at the end."""
-  systems = {"bm25/-": results["bm25"], **results["cells"]}
-  rows = []
-  for system, summary in systems.items():
-    scheme, strategy = system.split("/")
-    cumulative, last = 0, len(summary["steps"]) - 1
-    for n, step in enumerate(summary["steps"]):
-      cumulative += step["gradient_updates"]
-      row = {
-        "scheme": scheme,
-        "strategy": strategy,
-        "step": n,
-        "updates": step["gradient_updates"],
-        "cumulative_updates": cumulative,
-        "seconds": round(step["seconds"], 1),
-        "seeds": summary.get("seeds", 1),
-      }
-      for metric in METRICS:
-        values = summary[metric]
-        std = values.get("matrix_std")
-        short = metric.replace("Hits@", "H")
-        for curve in ("A", "F", "LA"):
-          row[f"{curve}_{short}"] = values[curve][n]
-          row[f"{curve}_{short}_std"] = values.get(
-            f"{curve}_std", [0.0] * (last + 1)
-          )[n]
-        row[f"D0_{short}"] = values["matrix"][n][0]
-        row[f"D0_{short}_std"] = std[n][0] if std else 0.0
-        row[f"new_{short}"] = values["matrix"][n][n]
-        row[f"new_{short}_std"] = std[n][n] if std else 0.0
-      memorised_d0 = summary.get("memorised_d0") or [None, None]
-      row["memorised_d0"] = (
-        memorised_d0[0 if n == 0 else 1] if n in (0, last) else None
-      )
-      row["memory_bytes"] = (
-        summary.get("storage", {}).get("memory_bytes") if n == last else None
-      )
-      rows.append(row)
-  return rows
-
-
-def write_csv(path: str, rows: Sequence[Mapping[str, Any]]) -> None:
-  import csv  # pylint: disable=g-import-not-at-top
-
-  with atomic_io.atomic_open(path) as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    for row in rows:
-      writer.writerow(
-        {
-          k: f"{v:.4f}" if isinstance(v, float) else ("" if v is None else v)
-          for k, v in row.items()
-        }
-      )
-
-
-def _cell(row: Mapping[str, Any], column: str) -> str:
-  value = row[column]
-  if value is None:
-    return "-"
-  std = row.get(f"{column}_std")
-  if isinstance(value, float) and std is not None and row["seeds"] > 1:
-    return f"{value:.3f} ± {std:.3f}"
-  if column == "memory_bytes":
-    return f"{value / 1e6:.2f} MB"
-  if column == "cumulative_updates":
-    return f"{value:.0f}"
-  return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-def format_table(rows: Sequence[Mapping[str, Any]], step: int) -> str:
-  """A markdown table of every system at `step` (e.g. the last): means ±
-  std over seeds."""
-  columns = (
-    "scheme",
-    "strategy",
-    "A_H1",
-    "A_H10",
-    "F_H10",
-    "LA_H10",
-    "D0_H10",
-    "new_H10",
-    "cumulative_updates",
-    "memorised_d0",
-    "memory_bytes",
-  )
-  lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-  for row in rows:
-    if row["step"] == step:
-      lines.append("| " + " | ".join(_cell(row, c) for c in columns) + " |")
-  return "\n".join(lines)
-
-
-def write_report(results: Mapping[str, Any], workdir: str) -> None:
-  """results.json, results.csv, results.md and the PNG plots."""
-  rows = summary_rows(results)
-  _write_json(os.path.join(workdir, "results.json"), results)
-  write_csv(os.path.join(workdir, "results.csv"), rows)
-  last = len(results["periods"]) - 1
-  with atomic_io.atomic_open(os.path.join(workdir, "results.md")) as f:
-    f.write(format_table(rows, last) + "\n")
-  plot_results(results, rows, workdir)
-
-
-def _schemes(results) -> list[str]:
-  return list(dict.fromkeys(k.split("/")[0] for k in results["cells"]))
-
-
-def _curve_plot(results, workdir: str, name: str, title: str, value) -> None:
-  """One subplot per scheme, one line per strategy (+ BM25)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  schemes = _schemes(results)
-  fig, axes = plt.subplots(
-    1, len(schemes), figsize=(4 * len(schemes), 3.4), sharey=True, squeeze=False
-  )
-  for ax, scheme in zip(axes[0], schemes):
-    for system, summary in [("bm25", results["bm25"])] + [
-      (k.split("/")[1], v)
-      for k, v in results["cells"].items()
-      if k.startswith(scheme + "/")
-    ]:
-      steps, values = value(summary["Hits@10"]["matrix"])
-      ax.plot(
-        steps,
-        values,
-        marker="o",
-        label=system,
-        linestyle="--" if system == "bm25" else "-",
-      )
-    ax.set_title(f"{scheme} docids")
-    ax.set_xlabel("step n (after D_n)")
-  axes[0][0].set_ylabel(title)
-  axes[0][-1].legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(os.path.join(workdir, name), dpi=100)
-  plt.close(fig)
-
-
-def _updates_plot(results, rows, workdir: str) -> None:
-  """Cumulative gradient updates vs A_n (Hits@10) after the last step."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  last = len(results["periods"]) - 1
-  fig, ax = plt.subplots(figsize=(6, 4))
-  markers = dict(zip(_schemes(results), "osD^vP"))
-  strategies = list(
-    dict.fromkeys(r["strategy"] for r in rows if r["scheme"] != "bm25")
-  )
-  colors = dict(
-    zip(strategies, plt.rcParams["axes.prop_cycle"].by_key()["color"])
-  )
-  for row in rows:
-    if row["step"] == last and row["scheme"] != "bm25":
-      ax.scatter(
-        max(row["cumulative_updates"], 1),
-        row["A_H10"],
-        marker=markers[row["scheme"]],
-        color=colors[row["strategy"]],
-        label=f"{row['scheme']}/{row['strategy']}",
-      )
-  ax.set_xscale("log")
-  ax.set_xlabel("gradient updates, D0..D4 (log)")
-  ax.set_ylabel("A_4 (Hits@10)")
-  ax.legend(fontsize=6, ncol=2)
-  fig.tight_layout()
-  fig.savefig(os.path.join(workdir, "updates_vs_A.png"), dpi=100)
-  plt.close(fig)
-
-
-def plot_results(results, rows, workdir: str) -> None:
-  """d0_hits10.png, new_docs_hits10.png, updates_vs_A.png."""
-  steps = len(results["periods"])
-  _curve_plot(
-    results,
-    workdir,
-    "d0_hits10.png",
-    "Hits@10 on D0 queries",
-    lambda m: (list(range(steps)), [m[n][0] for n in range(steps)]),
-  )
-  _curve_plot(
-    results,
-    workdir,
-    "new_docs_hits10.png",
-    "Hits@10 on D_n queries after step n",
-    lambda m: (list(range(steps)), [m[n][n] for n in range(steps)]),
-  )
-  _updates_plot(results, rows, workdir)

@@ -452,3 +452,48 @@ def fit_vocab(model, vocab_size: int):
   if model.config.vocab_size == padded:
     return model
   return model.with_vocab_size(padded)
+
+
+# Parameter surgery for vocabulary rows that a continual update appends.
+
+
+def _appended(
+  matrix: jax.Array, new_size: int, axis: int, rng: jax.Array
+) -> jax.Array:
+  """`matrix` grown to `new_size` along `axis`; new entries ~ N(0, std)."""
+  old_size = matrix.shape[axis]
+  if new_size == old_size:
+    return matrix
+  if new_size < old_size:
+    raise ValueError(
+      f'vocabulary rows can only be appended: {old_size} -> {new_size}'
+    )
+  shape = list(matrix.shape)
+  shape[axis] = new_size - old_size
+  std = jnp.std(matrix)
+  extra = std * jax.random.normal(rng, shape, matrix.dtype)
+  return jnp.concatenate([matrix, extra], axis=axis)
+
+
+def extend_vocab_rows(params: Any, vocab_rows: int, seed: int = 0) -> Any:
+  """Params with the token embedding [V, D] (and untied logits kernel
+  [D, V]) grown to `vocab_rows`; existing rows are kept bit for bit."""
+  rng_embed, rng_logits = jax.random.split(jax.random.key(seed))
+  embedder = dict(params['token_embedder'])
+  embedder['embedding'] = _appended(
+    embedder['embedding'], vocab_rows, 0, rng_embed
+  )
+  params = {**params, 'token_embedder': embedder}
+  logits = params.get('decoder', {}).get('logits_dense')
+  if logits is not None:
+    kernel = _appended(logits['kernel'], vocab_rows, 1, rng_logits)
+    params['decoder'] = {
+      **params['decoder'],
+      'logits_dense': {**logits, 'kernel': kernel},
+    }
+  return params
+
+
+def vocab_rows(params: Any) -> int:
+  """V of the token embedding [V, D]."""
+  return int(params['token_embedder']['embedding'].shape[0])

@@ -195,6 +195,17 @@ def freeze(
   )
 
 
+def model_optimizer(
+  model: TrainableModel, config: OptimizerConfig, total_steps: int
+) -> optax.GradientTransformation:
+  """`make_optimizer`, frozen where the model's `trainable_mask` says so
+  (a pretrained encoder's frozen layers get no updates)."""
+  optimizer = make_optimizer(config, total_steps)
+  if hasattr(model, 'trainable_mask'):
+    optimizer = freeze(optimizer, model.trainable_mask)
+  return optimizer
+
+
 # ----------------------------------------------------------- train step --
 
 
@@ -510,19 +521,29 @@ def _initial_state(
       'Resuming from checkpoint step %d in %s', restored[0], manager.directory
     )
     return restored[1]
-  state = sharded.init(partitioning.replicated_key(seed, sharded.mesh))
   if init_checkpoint is not None:
     init_params = checkpoints.restore_params(
       init_checkpoint, shardings=sharded.state_shardings.params
     )
     logging.info('Initial params from %s', init_checkpoint)
-  if init_params is not None:
-    state = state.replace(
-      params=partitioning.put_replicated_tree(
-        init_params, sharded.state_shardings.params
-      )
-    )
-  return state
+  return fresh_state(sharded, seed=seed, init_params=init_params)
+
+
+def fresh_state(
+  sharded: Sharded, *, seed: int, init_params: PyTree | None = None
+) -> TrainState:
+  """Step 0 with a new optimizer state: params from `seed`, or
+  `init_params` (host or device arrays) when given."""
+  state = sharded.init(partitioning.replicated_key(seed, sharded.mesh))
+  if init_params is None:
+    return state
+  shardings = sharded.state_shardings.params
+  if jax.process_count() == 1:  # any device or host arrays, committed or not
+    # A copy: the step donates the state, and the caller keeps init_params.
+    params = jax.device_put(init_params, shardings, may_alias=False)
+  else:  # the same host values in every process
+    params = partitioning.put_replicated_tree(init_params, shardings)
+  return state.replace(params=params)
 
 
 def _evaluate(sharded: Sharded, params, eval_batches: list) -> dict:
@@ -600,12 +621,9 @@ def train(
   if fit_vocab_to_task:
     model = models.fit_vocab(model, task_vocab_size(mixture_or_task_name))
   mesh = partitioning.make_mesh(data=mesh_data, model=mesh_model)
-  tx = make_optimizer(optimizer, train_steps)
-  if hasattr(model, 'trainable_mask'):
-    tx = freeze(tx, model.trainable_mask)
   sharded = shard_model(
     model,
-    tx,
+    model_optimizer(model, optimizer, train_steps),
     mesh,
     input_length=input_length,
     target_length=target_length,
@@ -642,12 +660,12 @@ def train(
     )
   writer = SummaryWriter(model_dir) if jax.process_index() == 0 else None
   rng = partitioning.replicated_key(seed, mesh)
-  state = _loop(
+  state = run_loop(
     sharded,
     state,
     batches,
     rng,
-    manager,
+    manager=manager,
     start=start,
     train_steps=train_steps,
     log_every=log_every,
@@ -662,23 +680,29 @@ def train(
   return state
 
 
-def _loop(
+def run_loop(
   sharded: Sharded,
   state: TrainState,
-  batches,
-  rng,
-  manager,
+  batches: Iterator[dict[str, np.ndarray]],
+  rng: jax.Array,
   *,
   start: int,
   train_steps: int,
   log_every: int,
-  checkpoint_every: int,
-  writer,
-  eval_every: int,
-  eval_batches,
-  artifact_dir,
+  manager=None,
+  checkpoint_every: int = 0,
+  artifact_dir: str | None = None,
+  writer: SummaryWriter | None = None,
+  eval_every: int = 0,
+  eval_batches: list | None = None,
 ) -> TrainState:
-  """The step loop: train, log, evaluate, checkpoint."""
+  """The step loop: train, log, evaluate, checkpoint; steps start+1..train_steps.
+
+  `batches` yields host batches [batch / processes, length]; the dropout
+  rng of a step is fold_in(rng, step). Without a checkpoint `manager` the
+  run lives in memory (a continual update commits it as a whole); without
+  `writer` no TensorBoard scalars; without `eval_batches` no eval.
+  """
   history, tick, tick_step = [], time.time(), start
   for step in range(start + 1, train_steps + 1):
     guard = 'allow' if step == start + 1 else 'disallow'
@@ -701,6 +725,8 @@ def _loop(
       logging.info('eval at step %d: %s', step, means)
       if writer:
         writer.write_scalars(step, {f'eval/{k}': v for k, v in means.items()})
-    if step % checkpoint_every == 0 or step == train_steps:
+    if manager is not None and (
+      step % checkpoint_every == 0 or step == train_steps
+    ):
       checkpoints.save(manager, step, state, artifact_dir)
   return state

@@ -18,6 +18,7 @@ from gr import models
 from gr import network
 from gr import retrieval
 from gr import train as train_lib
+from gr import versions
 from gr.data import beir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,7 +117,7 @@ def updated(initial, tmp_path_factory):
 
 
 def test_initial_version_is_complete(initial):
-  version = continual.load_version(str(initial / "model"))
+  version = versions.load_version(str(initial / "model"))
   assert version.step == INITIAL_STEPS and version.gradient_updates == 60
   assert set(version.index.table.docids) == set(OLD_DOCS)
   assert set(version.memory.corpus) == set(OLD_DOCS)
@@ -127,7 +128,7 @@ def test_initial_version_is_complete(initial):
 
 def test_update_adds_documents_the_model_returns(updated, searchers):
   model_dir, index_dir, result = updated
-  version = continual.load_version(model_dir)
+  version = versions.load_version(model_dir)
   assert result.step == version.step == INITIAL_STEPS + UPDATE_STEPS
   assert version.gradient_updates == INITIAL_STEPS + UPDATE_STEPS
   assert set(NEW_DOCS) <= set(version.index.table.docids)
@@ -161,7 +162,7 @@ def test_deleted_documents_never_come_back(updated, searchers, tmp_path):
     strategy="trie_only",
     settings=SETTINGS,
   )
-  version = continual.load_version(model_dir)
+  version = versions.load_version(model_dir)
   table = version.index.table
   assert not set(doomed) & set(table.docids)
   assert not set(doomed) & set(version.memory.corpus)
@@ -176,7 +177,7 @@ def test_deleted_documents_never_come_back(updated, searchers, tmp_path):
 
 def test_trie_only_keeps_params(initial, tmp_path):
   model_dir, index_dir = copy_version(initial, tmp_path)
-  before = continual.load_version(model_dir)
+  before = versions.load_version(model_dir)
   result = continual.update_index(
     model_dir=model_dir,
     index_dir=index_dir,
@@ -185,7 +186,7 @@ def test_trie_only_keeps_params(initial, tmp_path):
     strategy="trie_only",
     settings=SETTINGS,
   )
-  after = continual.load_version(model_dir)
+  after = versions.load_version(model_dir)
   assert result.gradient_updates == 0 and after.step == before.step + 1
   assert after.gradient_updates == before.gradient_updates
   jax.tree.map(np.testing.assert_array_equal, before.params, after.params)
@@ -196,17 +197,17 @@ def test_extend_vocab_rows_appends_and_keeps_rows():
     "token_embedder": {"embedding": np.ones((4, 3), np.float32)},
     "decoder": {"logits_dense": {"kernel": np.ones((3, 4), np.float32)}},
   }
-  grown = continual.extend_vocab_rows(params, 6, seed=0)
+  grown = models.extend_vocab_rows(params, 6, seed=0)
   assert grown["token_embedder"]["embedding"].shape == (6, 3)
   assert grown["decoder"]["logits_dense"]["kernel"].shape == (3, 6)
   np.testing.assert_array_equal(grown["token_embedder"]["embedding"][:4], 1)
-  assert continual.vocab_rows(grown) == 6
+  assert models.vocab_rows(grown) == 6
   with pytest.raises(ValueError, match="appended"):
-    continual.extend_vocab_rows(grown, 5)
+    models.extend_vocab_rows(grown, 5)
 
 
 def test_replay_examples_per_strategy(initial):
-  version = continual.load_version(str(initial / "model"))
+  version = versions.load_version(str(initial / "model"))
   old = list(OLD_DOCS)
   generator = continual.TextPseudoQueries(num_sentences=1, num_spans=1)
 
@@ -243,7 +244,7 @@ KILLED_UPDATE = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {repo!r})
     sys.path.insert(0, {tests!r})
-    from gr import checkpoints, continual
+    from gr import checkpoints, continual, versions
     import test_continual as t
 
     def die(*args, **kwargs):
@@ -254,7 +255,7 @@ KILLED_UPDATE = textwrap.dedent("""
       os.remove(os.path.join(dest, "files", "continual.json"))
       die()
 
-    real_copy, real_commit = checkpoints.write_artifact, continual.commit
+    real_copy, real_commit = checkpoints.write_artifact, versions.commit
     point = sys.argv[3]
     if point == "train":
       continual.train_params = die
@@ -264,7 +265,7 @@ KILLED_UPDATE = textwrap.dedent("""
       def commit_then_die(*args, **kwargs):
         real_commit(*args, **kwargs)
         die()
-      continual.commit = commit_then_die
+      versions.commit = commit_then_die
     continual.update_index(
         model_dir=sys.argv[1], index_dir=sys.argv[2], model=t.make_model(),
         new_documents=t.NEW_DOCS, train_steps=5,
@@ -295,23 +296,23 @@ def _crash_at(point: str, monkeypatch) -> None:
 
     monkeypatch.setattr(checkpoints, "write_artifact", copy_half)
   else:
-    real_commit = continual.commit
+    real_commit = versions.commit
 
     def commit_then_crash(*args, **kwargs):
       real_commit(*args, **kwargs)
       crash()
 
-    monkeypatch.setattr(continual, "commit", commit_then_crash)
+    monkeypatch.setattr(versions, "commit", commit_then_crash)
 
 
 def _check_after_crash(point, model_dir, index_dir, before):
   """The latest version is complete: the old one, or (after the commit)
   the new one, whose index the next publish puts back in index_dir."""
-  version = continual.load_version(model_dir)  # verifies every artifact
+  version = versions.load_version(model_dir)  # verifies every artifact
   if point == "publish":
     assert set(NEW_DOCS) <= set(version.index.table.docids)
     assert index_lib.load_index(index_dir).table == before.index.table
-    continual.publish_index(version.index, index_dir)
+    versions.publish_index(version.index, index_dir)
   else:
     assert version.step == before.step
     assert version.index.table == before.index.table
@@ -324,7 +325,7 @@ def test_failed_update_leaves_a_loadable_version(
   initial, tmp_path, point, monkeypatch
 ):
   model_dir, index_dir = copy_version(initial, tmp_path)
-  before = continual.load_version(model_dir)
+  before = versions.load_version(model_dir)
   _crash_at(point, monkeypatch)
   with pytest.raises(Crash):
     continual.update_index(
@@ -347,7 +348,7 @@ def test_failed_update_leaves_a_loadable_version(
     strategy="trie_only",
     settings=SETTINGS,
   )
-  assert "old1" not in continual.load_version(model_dir).index.table.docids
+  assert "old1" not in versions.load_version(model_dir).index.table.docids
 
 
 @pytest.mark.slow
@@ -367,7 +368,7 @@ def test_killed_update_leaves_a_loadable_version(initial, tmp_path):
       stdout=subprocess.DEVNULL,
       stderr=subprocess.PIPE,
     )
-  before = continual.load_version(str(initial / "model"))
+  before = versions.load_version(str(initial / "model"))
   for point, proc in procs.items():
     _, stderr = proc.communicate(timeout=240)
     assert proc.returncode == -9, (point, stderr.decode()[-2000:])

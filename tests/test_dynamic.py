@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from gr import dynamic
+from gr import dynamic_report
 from gr.data import beir
 from gr.data import news
 
@@ -135,8 +136,11 @@ def _fake_results():
     return {
       "steps": [{"gradient_updates": u, "seconds": 1.0} for u in updates],
       **{
-        m: {"matrix": dynamic._nan_to_none(a), **dynamic.continual_metrics(a)}
-        for m in dynamic.METRICS
+        m: {
+          "matrix": dynamic_report.nan_to_none(a),
+          **dynamic.continual_metrics(a),
+        }
+        for m in dynamic_report.METRICS
       },
     }
 
@@ -151,18 +155,18 @@ def _fake_results():
 
 
 def test_summary_rows_and_table():
-  rows = dynamic.summary_rows(_fake_results())
+  rows = dynamic_report.summary_rows(_fake_results())
   assert len(rows) == 9
   last = [r for r in rows if r["strategy"] == "retrain" and r["step"] == 2][0]
   assert last["cumulative_updates"] == 360
   assert last["A_H10"] == pytest.approx(1.6 / 3)
   assert last["D0_H10"] == 0.5 and last["new_H10"] == 0.4
-  table = dynamic.format_table(rows, 2)
+  table = dynamic_report.format_table(rows, 2)
   assert table.count("\n") == 4 and "| text | retrain |" in table
 
 
 def test_write_report_files(tmp_path):
-  dynamic.write_report(_fake_results(), str(tmp_path))
+  dynamic_report.write_report(_fake_results(), str(tmp_path))
   for name in (
     "results.json",
     "results.csv",

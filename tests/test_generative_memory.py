@@ -165,6 +165,7 @@ def test_generative_memory_checkpoint_holds_no_old_bodies(
   import os
   from gr import checkpoints
   from gr import continual
+  from gr import versions
   from gr.data import beir
 
   settings = continual.TrainSettings(
@@ -192,8 +193,8 @@ def test_generative_memory_checkpoint_holds_no_old_bodies(
     settings=settings,
     generator=continual.TextPseudoQueries(),
   )
-  initial = continual.load_version(model_dir)
-  assert set(initial.vectors) == set(OLD) and continual.has_bodies(
+  initial = versions.load_version(model_dir)
+  assert set(initial.vectors) == set(OLD) and versions.has_bodies(
     initial.memory
   )
   generator = doc2query.VectorQueryGenerator(
@@ -214,16 +215,16 @@ def test_generative_memory_checkpoint_holds_no_old_bodies(
       settings=settings,
       memory_generator=generator,
     )
-    version = continual.load_version(model_dir)
+    version = versions.load_version(model_dir)
     artifact = checkpoints.load_artifact(model_dir)
-    memory_dir = os.path.join(artifact, continual.MEMORY_DIR)
+    memory_dir = os.path.join(artifact, versions.MEMORY_DIR)
     assert not os.path.exists(os.path.join(memory_dir, "corpus.jsonl"))
     stored = _files_text(artifact.parent.parent)
     for text in list(OLD.values()) + [NEW[d] for d in new]:
       assert text.encode() not in stored, text
     assert set(version.memory.corpus) == set(OLD) | set(list(NEW)[: step + 1])
     assert set(version.vectors) == set(version.memory.corpus)
-    assert not continual.has_bodies(version.memory)
+    assert not versions.has_bodies(version.memory)
     assert version.memory.qrels["train"] == initial.memory.qrels["train"]
   with pytest.raises(ValueError, match="experience replay needs the old"):
     continual.update_index(

@@ -27,6 +27,7 @@ from gr import retrieval
 from gr import run_config
 from gr import serving
 from gr import train as train_lib
+from gr import versions
 from gr import warm_start
 from gr.data import beir
 from gr.docids import base as docids_base
@@ -264,7 +265,7 @@ def test_trie_only_update_is_retrievable_at_once(tmp_path):
     settings=SETTINGS,
   )
   assert result.gradient_updates == 0 and result.step == 1
-  version = continual.load_version(model_dir)
+  version = versions.load_version(model_dir)
   model = models.fit_vocab(pretrained_model(), version.index.vocab.vocab_size)
   searcher = retrieval.Searcher(
     model,
@@ -281,7 +282,7 @@ def test_trie_only_update_is_retrievable_at_once(tmp_path):
     "cat": "purring cat on the windowsill",
   }.items():
     assert top_doc(searcher, query) == doc_id
-  before = continual.load_version(model_dir, step=0)
+  before = versions.load_version(model_dir, step=0)
   jax.tree.map(
     np.testing.assert_array_equal,
     before.params["encoder"],

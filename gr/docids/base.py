@@ -102,6 +102,9 @@ class Layered(collections.abc.Mapping):
   def __len__(self) -> int:
     return len(self._base) - len(self._removed) + len(self._added)
 
+  def __repr__(self) -> str:
+    return f"Layered({len(self)} items)"
+
   def changed(
     self, add: Mapping[Any, Any] = {}, remove: Iterable[Any] = ()
   ) -> "Layered":
@@ -253,10 +256,11 @@ class DocidTable:
     return [(s, d) for d, ids in self.docids.items() for s in ids]
 
   def memo(self, key: str, compute: Callable[[], Any]) -> Any:
-    """A value a scheme derives from this table, computed once.
+    """A value a scheme derives from the taken docids, computed once.
 
     Schemes hand the next table its value with `remember` (e.g. the next
     free number after an extend), so it is never recomputed from all docids.
+    `remove` keeps every memo: the taken docids (current and retired) stay.
     """
     memos = self.__dict__.setdefault("_memos", {})
     if key not in memos:
@@ -351,6 +355,7 @@ class DocidTable:
       },
     )
     table.__dict__["_reserved_set"] = self._reserved_set
+    table.__dict__["_memos"] = dict(self.__dict__.get("_memos", {}))
     return table
 
   def _derived(

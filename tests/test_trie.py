@@ -231,7 +231,7 @@ def test_deleting_everything_prunes_to_root_and_recycles_ids():
   assert _reachable(trie.to_device()) == set()
   trie.insert((6, 6, 6, 1), 9)
   assert trie.num_nodes == 5
-  assert max(trie._edges.values()) <= 7  # ids 1..7 came from the free list
+  assert trie._top <= 8  # the new nodes reuse freed slots 1..7
   assert trie.get((6, 6, 6, 1)) == 9 and trie.get((2, 3, 1)) is None
 
 
@@ -332,3 +332,169 @@ def test_update_device_equals_to_device_after_edits(sequences, rounds):
       assert got.dtype == want.dtype
       np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     _check_matches(trie, arrays, expected)
+
+
+def _random_docids(rng, count, length, vocab):
+  """Distinct random docids [<= count, length + 1] (EOS last), int32."""
+  tokens = np.unique(rng.integers(2, vocab, (count, length)), axis=0)
+  rng.shuffle(tokens)
+  eos = np.ones((len(tokens), 1), tokens.dtype)
+  return np.concatenate([tokens, eos], axis=1).astype(np.int32)
+
+
+def _assert_same_arrays(got, want):
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_update_device_writes_only_the_edited_rows(monkeypatch):
+  rng = np.random.default_rng(0)
+  docids = _random_docids(rng, 3000, 4, 40)
+  trie = DocidTrie.from_padded(
+    docids,
+    range(len(docids)),
+    vocab_size=40,
+    capacity=2**14,
+    fanout_capacity=64,
+  )
+  arrays = trie.to_device()
+  slots = arrays.child_start.shape[0]
+  written = []
+  real = trie_lib._set_rows_donated
+  monkeypatch.setattr(
+    trie_lib,
+    "_set_rows_donated",
+    lambda tree, rows, values: (
+      written.append(
+        {k: int((v < tree[k].shape[0]).sum()) for k, v in rows.items()}
+      )
+      or real(tree, rows, values)
+    ),
+  )
+  monkeypatch.setattr(
+    DocidTrie, "to_device", lambda self: pytest.fail("re-uploaded")
+  )
+  for round_ in range(5):
+    trie.delete(tuple(docids[round_]))
+    for k in range(2):  # a new docid under a new node, then a sibling
+      trie.insert((39, 39, round_ + 2, 2 + k * 5, 1), 7)
+    assert 0 < trie.pending_rows <= 24
+    arrays = trie.update_device(arrays)
+    assert trie.pending_rows == 0
+  assert len(written) == 5
+  assert all(sum(rows.values()) <= 4 * 24 for rows in written)
+  monkeypatch.undo()
+  assert arrays.child_start.shape[0] == slots
+  _assert_same_arrays(arrays, trie.to_device())
+  expected = {tuple(d): i for i, d in enumerate(docids.tolist())}
+  for round_ in range(5):
+    del expected[tuple(docids[round_])]
+    for k in range(2):
+      expected[(39, 39, round_ + 2, 2 + k * 5, 1)] = 7
+  _check_large(trie, arrays, expected)
+
+
+def _check_large(trie, arrays, expected):
+  """Host and device both hold exactly `expected` {sequence: value}."""
+  assert dict(trie.items()) == expected
+  width = max(len(s) for s in expected)
+  padded = np.zeros((len(expected), width), np.int32)
+  for row, sequence in enumerate(expected):
+    padded[row, : len(sequence)] = sequence
+  np.testing.assert_array_equal(
+    np.asarray(_lookup(arrays, jnp.asarray(padded))), list(expected.values())
+  )
+
+
+def test_update_device_after_growth_is_a_full_upload_and_never_recompiles():
+  trie = DocidTrie(vocab_size=VOCAB, capacity=16, fanout_capacity=2)
+  arrays = trie.to_device()
+  consumer = jax.jit(lambda a, s: trie_lib.lookup(a, s))  # its own cache
+  rng = np.random.default_rng(1)
+  expected, compiled = {}, []
+  for _ in range(40):
+    sequence = tuple(int(t) for t in rng.integers(2, VOCAB, 3)) + (1,)
+    if sequence in expected:
+      trie.delete(sequence)
+      del expected[sequence]
+    else:
+      trie.insert(sequence, len(expected))
+      expected[sequence] = len(expected)
+    shapes = [x.shape for x in jax.tree.leaves(arrays)], arrays.level_widths
+    arrays = trie.update_device(arrays)
+    _assert_same_arrays(arrays, trie.to_device())
+    if expected:
+      _check_large(trie, arrays, expected)
+      consumer(arrays, jnp.zeros((1, 4), jnp.int32))
+      grew = shapes != (
+        [x.shape for x in jax.tree.leaves(arrays)],
+        arrays.level_widths,
+      )
+      compiled.append((grew, consumer._cache_size()))
+  recompiles = sum(1 for (_, a), (_, b) in zip(compiled, compiled[1:]) if b > a)
+  assert recompiles == sum(grew for grew, _ in compiled[1:])
+  assert recompiles < 8
+
+
+@pytest.mark.parametrize("vocab, dtype", [(2048, np.int16), (None, np.int32)])
+def test_tokens_use_the_smallest_dtype_that_fits(vocab, dtype):
+  trie = DocidTrie.build([(2, 3, 1), (2000, 1)], [0, 1], vocab_size=vocab)
+  arrays = trie.to_device()
+  assert arrays.edge_token.dtype == dtype
+  assert arrays.num_children.dtype == dtype
+  assert arrays.child_start.dtype == arrays.root_child.dtype == np.int32
+  _check_large(trie, arrays, {(2, 3, 1): 0, (2000, 1): 1})
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_bulk_build_equals_insert_build_on_random_tries(seed):
+  rng = np.random.default_rng(seed)
+  vocab = int(rng.integers(6, 40))
+  docids = _random_docids(rng, 800, int(rng.integers(1, 6)), vocab)
+  cut = rng.integers(0, docids.shape[1] - 1, len(docids))  # shorter rows too
+  rows = [tuple(d[:c]) + (1,) for d, c in zip(docids.tolist(), cut)]
+  rows = list(dict.fromkeys(rows))
+  values = rng.integers(0, 50, len(rows))
+  padded = np.zeros((len(rows), docids.shape[1]), np.int32)
+  for row, sequence in enumerate(rows):
+    padded[row, : len(sequence)] = sequence
+  bulk = DocidTrie.from_padded(padded, values, vocab_size=vocab)
+  inserted = DocidTrie.build(rows, values, vocab_size=vocab)
+  assert dict(bulk.items()) == dict(inserted.items()) == dict(zip(rows, values))
+  assert bulk.num_nodes == inserted.num_nodes
+  assert bulk.level_widths == inserted.level_widths
+  expected = dict(zip(rows, values.tolist()))
+  for trie in (bulk, inserted):
+    arrays = trie.to_device()
+    _check_large(trie, arrays, expected)
+    prefixes = sorted({s[:n] for s in rows for n in range(1, len(s))})
+    for depth in range(1, len(arrays.level_widths) + 1):
+      at_depth = [p for p in prefixes if len(p) == depth]
+      if not at_depth:
+        continue
+      nodes = jnp.asarray(_walk(arrays, at_depth))
+      tokens = np.asarray(trie_lib.children(arrays, nodes, depth)[0])
+      assert tokens.shape[1] == arrays.level_width(depth)
+      for prefix, row in zip(at_depth, tokens):
+        assert set(row[row >= 0]) == _expected_next(rows, prefix)
+
+
+def _walk(arrays, prefixes):
+  nodes = np.zeros(len(prefixes), np.int32)
+  for position in range(len(prefixes[0])):
+    tokens = jnp.array([p[position] for p in prefixes], jnp.int32)
+    nodes = np.asarray(_step(arrays, jnp.asarray(nodes), tokens))
+  return nodes
+
+
+def test_level_widths_follow_the_widest_node_of_each_level():
+  wide = [(2, t, 1) for t in range(2, 40)]  # one node with 38 children
+  deep = [(3, 4, 5, 6, 1), (3, 4, 5, 7, 1)]
+  trie = DocidTrie.build(wide + deep, list(range(40)), vocab_size=64)
+  assert trie.level_widths == (64, 1, 2, 1)
+  assert trie.to_device().max_children == 64
+  trie.delete(deep[1])
+  trie.insert((3, 4, 5, 8, 9, 1), 0)  # a new level; widths never shrink
+  assert trie.level_widths == (64, 1, 2, 1, 1)

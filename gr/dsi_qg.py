@@ -5,7 +5,8 @@ model writes from its body, keeping those a ranker judges relevant. Here:
 
 * `training_pairs`: the body -> query pairs doc2query learns from: the
   train qrels of every query file of a BEIR folder (the news benchmark:
-  titles and subtitles), never dev or test;
+  titles and subtitles), never dev or test; `held_out_sets` their test
+  splits;
 * `bm25_filter`: keep a generated query only if its own document ranks in
   BM25's top k for it over the whole corpus (a lexical stand-in for
   DSI-QG's cross-encoder);
@@ -55,6 +56,23 @@ def training_pairs(
   return beir.BeirDataset(
     corpus, queries, {s: q for s, q in qrels.items() if q}
   )
+
+
+def held_out_sets(
+  data_dir: str, query_files: Sequence[tuple[str, str]]
+) -> dict[str, tuple[dict[str, str], dict[str, dict[str, int]]]]:
+  """{name: (queries, qrels)}: the test split of each (queries file, qrels
+  dir) that has one, named e.g. "queries/test", "subtitles/test"."""
+  sets = {}
+  for queries_file, qrels_dir in query_files:
+    if not os.path.exists(os.path.join(data_dir, qrels_dir, "test.tsv")):
+      continue
+    dataset = beir.BeirDataset.load(
+      data_dir, queries_file=queries_file, qrels_dir=qrels_dir, splits=["test"]
+    )
+    name = os.path.dirname(queries_file) or "queries"
+    sets[f"{name}/test"] = (dataset.queries, dataset.qrels["test"])
+  return sets
 
 
 Ranker = Callable[[Mapping[str, str]], Mapping[str, Mapping[str, float]]]

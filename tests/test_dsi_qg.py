@@ -46,6 +46,17 @@ def test_training_pairs_join_train_qrels_of_every_file_never_test(tmp_path):
     dsi_qg.training_pairs(str(tmp_path), [("absent.jsonl", "absent")])
 
 
+def test_held_out_sets_are_the_test_splits_that_exist(tmp_path):
+  _write(tmp_path)
+  sets = dsi_qg.held_out_sets(
+    str(tmp_path),
+    [("queries.jsonl", "qrels"), ("sub/queries.jsonl", "sub/qrels")],
+  )
+  assert list(sets) == ["queries/test"]  # sub/ has no test split
+  queries, qrels = sets["queries/test"]
+  assert qrels == {"t3": {"c": 1}} and queries["t3"] == "Vote tonight"
+
+
 def test_rank_filter_keeps_queries_whose_own_document_is_ranked():
   queries = {"a": ["lava ash", "goal"], "b": ["striker goal"]}
 

@@ -69,6 +69,19 @@ def test_run_experiment_names_the_malformed_corpus_line(bad_beir, tmp_path):
   assert 'In call to configurable' not in result.stderr.splitlines()[-1]
 
 
+def test_generate_queries_names_the_malformed_corpus_line(bad_beir, tmp_path):
+  result = _run(
+    'generate_queries.py',
+    f'--data_dir={bad_beir}',
+    f'--model_dir={tmp_path / "d2q"}',
+    f'--output={tmp_path / "queries.jsonl"}',
+    '--query_files=queries.jsonl:qrels',
+  )
+  _assert_one_line_error(
+    result, 'generate_queries.py', 'corpus.jsonl:2', 'malformed JSON'
+  )
+
+
 def test_train_names_the_missing_gin_file():
   result = _run('train.py', '--gin_file=gin/no_such_file.gin')
   _assert_one_line_error(result, 'train.py', 'no_such_file.gin')

@@ -173,9 +173,12 @@ def _matched_docids(
   Returns:
     Their docids, best first (the document's first docid if none match).
   """
+  docids = index.table.docids[doc_id]
+  if len(docids) == 1:
+    return docids  # the only docid that can reach this document
   by_tokens = {
     tuple(index.vocab.encode_docid(docid) + [vocab_lib.EOS_ID]): docid
-    for docid in index.table.docids[doc_id]
+    for docid in docids
   }
   matched = []
   for row in found.tolist():
@@ -184,7 +187,7 @@ def _matched_docids(
     )
     if tokens in by_tokens:
       matched.append(by_tokens[tokens])
-  return tuple(matched) or tuple(index.table.docids[doc_id][:1])
+  return tuple(matched) or docids[:1]
 
 
 @dataclasses.dataclass(frozen=True)

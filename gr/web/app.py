@@ -90,17 +90,12 @@ def _text(max_chars: int, min_chars: int = 1):
   ]
 
 
-class Hit(pydantic.BaseModel):
-  doc_id: str
-  docid: str  # the best matched docid
-  score: float
-  title: Optional[str] = None
-  matched_docids: list[str] = []  # docids that found the document, best first
-
-
 class SearchResponse(pydantic.BaseModel):
+  """One query's hits: `serving.Hit` is the one hit type (its JSON schema
+  comes from the dataclass; matched_docids is a list in JSON)."""
+
   query: str
-  hits: list[Hit]
+  hits: list[serving.Hit]
 
 
 class BatchSearchResponse(pydantic.BaseModel):
@@ -319,6 +314,20 @@ class RequestMetrics:
 # ------------------------------------------------------------------ app --
 
 
+def _search_result(query: str, hits: list[serving.Hit]) -> dict:
+  """A SearchResponse as plain JSON values (no pydantic round trip)."""
+  return {"query": query, "hits": [dataclasses.asdict(h) for h in hits]}
+
+
+def _json_response(content: dict) -> fastapi.responses.Response:
+  """`content` serialised once, as the declared response_model documents it
+  (searches skip FastAPI's validate-then-serialise of the model)."""
+  return fastapi.responses.Response(
+    json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode(),
+    media_type="application/json",
+  )
+
+
 def _bearer_guard(token: Optional[str]):
   """Dependency: 403 if no token is configured, 401 unless it matches."""
   scheme = security.HTTPBearer(auto_error=False)
@@ -393,11 +402,6 @@ def create_app(
       raise fastapi.HTTPException(503, str(e)) from e
     return await asyncio.wrap_future(future)
 
-  def response(query: str, hits: list[serving.Hit]) -> SearchResponse:
-    return SearchResponse(
-      query=query, hits=[Hit(**dataclasses.asdict(h)) for h in hits]
-    )
-
   @app.get(
     "/", response_class=fastapi.responses.HTMLResponse, include_in_schema=False
   )
@@ -407,14 +411,13 @@ def create_app(
   @app.post("/search", response_model=SearchResponse)
   async def search(request: search_request):
     hits = await hits_of([request.query], request.k)
-    return response(request.query, hits[0])
+    return _json_response(_search_result(request.query, hits[0]))
 
   @app.post("/search/batch", response_model=BatchSearchResponse)
   async def search_batch(request: batch_request):
     hits = await hits_of(request.queries, request.k)
-    return BatchSearchResponse(
-      results=[response(q, h) for q, h in zip(request.queries, hits)]
-    )
+    results = [_search_result(q, h) for q, h in zip(request.queries, hits)]
+    return _json_response({"results": results})
 
   @app.post(
     "/documents",

@@ -130,12 +130,12 @@ def bench_size(num_docs: int, updates: int) -> dict:
   start = time.perf_counter()
   retriever.warm_up()
   warm_up_s = time.perf_counter() - start
-  compiled = retriever.compiled_count()
 
   new = [beir.Document(f'new{i}', '', 'fresh text') for i in range(updates)]
   start = time.perf_counter()
   retriever.add_documents([beir.Document('first', '', 'fresh text')])
   first_add_s = time.perf_counter() - start
+  compiled = retriever.compiled_count()
   adds, deletes = [], []
   for doc in new:
     start = time.perf_counter()

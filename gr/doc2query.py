@@ -29,13 +29,17 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence, Union
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 import numpy as np
 
+from gr import batching
 from gr import bert_network
 from gr import checkpoints
 from gr import generative_memory as memory_lib
 from gr import index as index_lib
+from gr import model_decoder
 from gr import models
+from gr import partitioning
 from gr import pretrained
 from gr import retrieval
 from gr import sampling
@@ -47,7 +51,6 @@ from gr import wordpiece
 from gr.data import beir
 
 Documents = Union[Mapping[str, beir.Document], Iterable[beir.Document]]
-SP_MODEL_NAME = "spm.model"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,7 +249,7 @@ def load_or_train_vocab(
   seed: int = 0,
 ) -> vocab_lib.Vocabulary:
   """sentencepiece on bodies + train queries (never titles), in vocab_dir."""
-  path = os.path.join(vocab_dir, SP_MODEL_NAME)
+  path = os.path.join(vocab_dir, vocab_lib.SP_MODEL_NAME)
   if not os.path.exists(path):
     train_queries = {
       q: dataset.queries[q] for q in dataset.qrels.get("train", {})
@@ -332,8 +335,7 @@ def _sample_keys(doc_seeds: jax.Array, num_queries: int) -> jax.Array:
   return jax.vmap(doc_keys)(doc_seeds).reshape(-1)  # [D, n] --> [D * n]
 
 
-@functools.lru_cache(maxsize=8)
-def make_sample_fn(
+def _sampler(
   model: models.EncoderDecoderModel,
   *,
   num_queries: int,
@@ -342,30 +344,24 @@ def make_sample_fn(
   top_k: int,
   top_p: float,
 ):
-  """Jitted (params, encoded [D, Ls, E], source [D, Ls], seeds [D, 2],
-  allowed [V]) -> (queries [D, n, Lq] EOS then PAD, log_probs [D, n]).
-
-  `encoded` is what the decoder cross-attends to (an encoder's output, or
-  any [D, Ls, E] states, e.g. one document vector per row: see
-  gr/generative_memory.py) and `source` its padding mask (ids > 0).
-  Cached per (model object, settings), so generators made again for the
-  same model reuse the compiled function.
-  """
+  """(params, encoded [D, Ls, E], source [D, Ls], seeds [D, 2], allowed
+  [V]) -> (queries [D, n, Lq], log_probs [D, n]), not jitted."""
   n = num_queries
 
-  @jax.jit
   def sample(params, encoded, source, doc_seeds, allowed):
     rows = encoded.shape[0] * n
-    encoded = jnp.repeat(encoded, n, axis=0)  # --> [D * n, Ls, E]
-    source = jnp.repeat(source, n, axis=0)  # --> [D * n, Ls]
-
-    def tokens_to_logits(decoder_tokens, cache, step):
-      del step
-      return model.decode_step(params, cache, encoded, source, decoder_tokens)
-
+    decoder = model_decoder.model_decoder(
+      model,
+      params,
+      source,
+      rows_per_input=n,
+      cache_rows=rows,
+      max_decode_len=max_query_len,
+      encoded=encoded,
+    )
     sequences, log_probs = sampling.sample(
-      tokens_to_logits,
-      model.init_cache(params, rows, max_query_len),
+      decoder.tokens_to_logits,
+      decoder.cache,
       rows,
       max_decode_len=max_query_len,
       rng=_sample_keys(doc_seeds, n),
@@ -384,12 +380,48 @@ def make_sample_fn(
 
 
 @functools.lru_cache(maxsize=8)
-def make_generate_fn(model: models.EncoderDecoderModel, **settings):
-  """Jitted (params, tokens [D, Li], seeds [D, 2], allowed [V]) ->
-  (queries [D, n, Lq], log_probs [D, n]): encode, then `make_sample_fn`."""
-  sample = make_sample_fn(model, **settings)
+def make_sample_fn(
+  model: models.EncoderDecoderModel,
+  *,
+  mesh: Optional[Mesh] = None,
+  **settings,
+):
+  """Jitted (params, encoded [D, Ls, E], source [D, Ls], seeds [D, 2],
+  allowed [V]) -> (queries [D, n, Lq] EOS then PAD, log_probs [D, n]).
 
-  @jax.jit
+  `encoded` is what the decoder cross-attends to (an encoder's output, or
+  any [D, Ls, E] states, e.g. one document vector per row: see
+  gr/generative_memory.py) and `source` its padding mask (ids > 0); each
+  decoder layer's cross-attention keys and values are projected from it
+  once per document (gr/model_decoder.py). settings: num_queries,
+  max_query_len, temperature, top_k, top_p (`GenerationConfig`). On a
+  `mesh`, the documents (D a multiple of its 'data' axis) and results are
+  split over 'data', the params as in training. Cached per (model object,
+  mesh, settings), so generators made again for the same model reuse the
+  compiled function.
+  """
+  return partitioning.jit_on_mesh(
+    _sampler(model, **settings),
+    mesh,
+    (retrieval.param_specs(model, mesh),)
+    + (retrieval.BATCH,) * 3
+    + (retrieval.REPLICATED,),
+    retrieval.BATCH,
+  )
+
+
+@functools.lru_cache(maxsize=8)
+def make_generate_fn(
+  model: models.EncoderDecoderModel,
+  *,
+  mesh: Optional[Mesh] = None,
+  **settings,
+):
+  """Jitted (params, tokens [D, Li], seeds [D, 2], allowed [V]) ->
+  (queries [D, n, Lq], log_probs [D, n]): encode, then sample as
+  `make_sample_fn` (mesh and settings as there)."""
+  sample = _sampler(model, **settings)
+
   def generate(params, encoder_tokens, doc_seeds, allowed):
     return sample(
       params,
@@ -399,7 +431,14 @@ def make_generate_fn(model: models.EncoderDecoderModel, **settings):
       allowed,
     )
 
-  return generate
+  return partitioning.jit_on_mesh(
+    generate,
+    mesh,
+    (retrieval.param_specs(model, mesh),)
+    + (retrieval.BATCH,) * 2
+    + (retrieval.REPLICATED,),
+    retrieval.BATCH,
+  )
 
 
 def decode_queries(vocab, sequences: np.ndarray) -> list[str]:
@@ -412,13 +451,6 @@ def decode_queries(vocab, sequences: np.ndarray) -> list[str]:
     if text and text not in queries:
       queries.append(text)
   return queries
-
-
-def _pad_rows(rows: np.ndarray, size: int) -> np.ndarray:
-  """[n <= size, ...] -> [size, ...] with zero rows after the given ones."""
-  return np.concatenate(
-    [rows, np.zeros((size - len(rows),) + rows.shape[1:], rows.dtype)]
-  )
 
 
 def _in_batches(
@@ -438,8 +470,8 @@ def _in_batches(
       )
     count = min(size, len(rows) - start)
     ids, scores = generate(
-      _pad_rows(rows[start : start + size], size),
-      _pad_rows(seeds[start : start + size], size),
+      batching.pad_rows(rows[start : start + size], size),
+      batching.pad_rows(seeds[start : start + size], size),
     )
     out_ids.append(np.asarray(ids)[:count])
     out_scores.append(np.asarray(scores)[:count])
@@ -454,7 +486,12 @@ def _as_documents(documents: Documents) -> list[beir.Document]:
 
 class _QuerySampler:
   """What both generators share: the model fitted to the vocabulary, the
-  allowed text tokens and the sampling settings of `config`."""
+  allowed text tokens and the sampling settings of `config`.
+
+  With a `mesh`, each batch of documents is split over its 'data' axis
+  (batch_size rounded up to a multiple of it) and the params are sharded
+  as in training; the samples are those of one device.
+  """
 
   def __init__(
     self,
@@ -462,21 +499,26 @@ class _QuerySampler:
     params,
     vocab,
     config: GenerationConfig,
+    mesh: Optional[Mesh] = None,
   ):
     if config.num_queries < 1 or config.batch_size < 1:
       raise ValueError(
         f"GenerationConfig: num_queries ({config.num_queries})"
         f" and batch_size ({config.batch_size}) must be >= 1"
       )
-    model = models.fit_vocab(model, vocab.vocab_size)
-    self.model, self.params, self.vocab, self.config = (
-      model,
-      params,
-      vocab,
-      config,
+    self.model = models.fit_vocab(model, vocab.vocab_size)
+    self.vocab, self.config, self.mesh = vocab, config, mesh
+    self.params = partitioning.place(
+      params, retrieval.param_specs(self.model, mesh), mesh
     )
-    self._allowed = jnp.asarray(text_tokens(vocab, model.config.vocab_size))
+    self.batch_size = batching.data_multiple(config.batch_size, mesh)
+    self._allowed = partitioning.place(
+      jnp.asarray(text_tokens(vocab, self.model.config.vocab_size)),
+      retrieval.REPLICATED,
+      mesh,
+    )
     self._settings = dict(
+      mesh=mesh,
       num_queries=config.num_queries,
       max_query_len=config.max_query_len,
       temperature=config.temperature,
@@ -494,8 +536,9 @@ class Doc2QueryGenerator(_QuerySampler):
     params,
     vocab: vocab_lib.Vocabulary,
     config: GenerationConfig,
+    mesh: Optional[Mesh] = None,
   ):
-    super().__init__(model, params, vocab, config)
+    super().__init__(model, params, vocab, config, mesh)
     self._generate = make_generate_fn(self.model, **self._settings)
 
   @classmethod
@@ -527,7 +570,7 @@ class Doc2QueryGenerator(_QuerySampler):
       ),
       tokens,
       document_seeds(self.config.seed, doc_ids),
-      self.config.batch_size,
+      self.batch_size,
     )
 
   def generate(self, documents: Documents) -> dict[str, list[str]]:
@@ -559,8 +602,9 @@ class VectorQueryGenerator(_QuerySampler):
     params,
     vocab,
     config: GenerationConfig,
+    mesh: Optional[Mesh] = None,
   ):
-    super().__init__(model, params, vocab, config)
+    super().__init__(model, params, vocab, config, mesh)
     self._sample = make_sample_fn(self.model, **self._settings)
 
   def generate_vectors(
@@ -585,7 +629,7 @@ class VectorQueryGenerator(_QuerySampler):
 
     seed = self.config.seed + 7919 * draw
     ids, _ = _in_batches(
-      generate, matrix, document_seeds(seed, doc_ids), self.config.batch_size
+      generate, matrix, document_seeds(seed, doc_ids), self.batch_size
     )
     found = {
       d: decode_queries(self.vocab, rows) for d, rows in zip(doc_ids, ids)

@@ -130,14 +130,19 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
-def in_mesh(mesh: Mesh, fn):
-  """`fn` called (and so traced) with `mesh` and the logical rules active."""
+class InMesh:
+  """A function called (and so traced) with a mesh and the logical rules
+  active. Wrapping a jitted function, it keeps its `_cache_size()`."""
 
-  def wrapped(*args, **kwargs):
-    with mesh_context(mesh):
-      return fn(*args, **kwargs)
+  def __init__(self, mesh: Mesh, fn):
+    self.mesh, self.fn = mesh, fn
 
-  return wrapped
+  def __call__(self, *args, **kwargs):
+    with mesh_context(self.mesh):
+      return self.fn(*args, **kwargs)
+
+  def _cache_size(self) -> int:
+    return self.fn._cache_size()  # pylint: disable=protected-access
 
 
 def _is_spec(x) -> bool:
@@ -169,7 +174,7 @@ def jit_on_mesh(fn, mesh: Mesh | None, in_specs: PyTree, out_specs: PyTree):
   the logical rules active, as training's step is. No mesh: plain jit."""
   if mesh is None:
     return jax.jit(fn)
-  return in_mesh(
+  return InMesh(
     mesh,
     jax.jit(
       fn,

@@ -10,6 +10,7 @@ came from: if the generator read titles, title words would come out.
 import random
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import stats
@@ -17,6 +18,9 @@ from scipy import stats
 from gr import doc2query
 from gr import models
 from gr import network
+from gr import partitioning
+from gr import retrieval
+from gr import sampling
 from gr import train as train_lib
 from gr import vocab as vocab_lib
 from gr.data import beir
@@ -272,3 +276,108 @@ def test_word_overlap():
   titles = {"a": "The red FOX jumps", "b": "nothing"}
   assert doc2query.word_overlap(queries, titles) == pytest.approx(2 / 4)
   assert doc2query.word_overlap(queries, titles, ["a"]) == pytest.approx(2 / 3)
+
+
+# ------------------------------------- cached K/V and mesh (untrained) --
+
+UNTRAINED_CONFIG = doc2query.GenerationConfig(
+  num_queries=3,
+  input_length=INPUT_LENGTH,
+  max_query_len=MAX_QUERY_LEN,
+  batch_size=3,
+  top_k=20,
+  seed=0,
+)
+SOME_DOCS = list(HELD_OUT.values())[:5]
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory):
+  """(vocab, model, params) of a random tiny T5: plumbing, not quality."""
+  vocab = doc2query.load_or_train_vocab(
+    DATASET, str(tmp_path_factory.mktemp("vocab")), vocab_size=60
+  )
+  model = models.fit_vocab(
+    models.EncoderDecoderModel(network.T5Config.tiny(vocab_size=128)),
+    vocab.vocab_size,
+  )
+  params = model.init_params(
+    jax.random.PRNGKey(1), input_length=INPUT_LENGTH, target_length=6
+  )
+  return vocab, model, params
+
+
+def _uncached_generate(model, config):
+  """Generation as it was: the encoder states repeated per sample and
+  cross-attention K/V projected from them at every step."""
+  n, length = config.num_queries, config.max_query_len
+
+  @jax.jit
+  def generate(params, encoder_tokens, doc_seeds, allowed):
+    rows = encoder_tokens.shape[0] * n
+    encoded = jnp.repeat(model.encode(params, encoder_tokens), n, axis=0)
+    source = jnp.repeat(encoder_tokens, n, axis=0)
+
+    def tokens_to_logits(decoder_tokens, cache, step):
+      del step
+      return model.decode_step(params, cache, encoded, source, decoder_tokens)
+
+    sequences, log_probs = sampling.sample(
+      tokens_to_logits,
+      model.init_cache(params, rows, length),
+      rows,
+      max_decode_len=length,
+      rng=doc2query._sample_keys(doc_seeds, n),  # pylint: disable=protected-access
+      temperature=config.temperature,
+      top_k=config.top_k,
+      top_p=config.top_p,
+      eos_id=vocab_lib.EOS_ID,
+      logits_processor=doc2query.AllowedTokens(allowed),
+    )
+    return sequences.reshape(-1, n, length), log_probs.reshape(-1, n)
+
+  return generate
+
+
+def _bodies_and_ids(docs):
+  return [d.text for d in docs], [d.doc_id for d in docs]
+
+
+def test_cached_cross_attention_keeps_the_samples(untrained):
+  """Same seeds -> the same tokens as projecting K/V at every step."""
+  vocab, model, params = untrained
+  generator = doc2query.Doc2QueryGenerator(
+    model, params, vocab, UNTRAINED_CONFIG
+  )
+  texts, doc_ids = _bodies_and_ids(SOME_DOCS[:3])
+  ids, log_probs = generator.generate_tokens(texts, doc_ids)
+  want_ids, want_log_probs = _uncached_generate(model, UNTRAINED_CONFIG)(
+    params,
+    retrieval.encode_queries(vocab, texts, INPUT_LENGTH),
+    doc2query.document_seeds(UNTRAINED_CONFIG.seed, doc_ids),
+    jnp.asarray(doc2query.text_tokens(vocab, model.config.vocab_size)),
+  )
+  assert len(np.unique(ids)) > 5  # samples, not all EOS
+  np.testing.assert_array_equal(ids, want_ids)
+  np.testing.assert_allclose(log_probs, want_log_probs, rtol=1e-5, atol=1e-5)
+
+
+def test_generation_on_a_mesh_equals_one_device(untrained):
+  """5 documents in batches of 3 -> 4 (the 'data' axis), the last padded;
+  the params split over 'model' = 2."""
+  vocab, model, params = untrained
+  single = doc2query.Doc2QueryGenerator(model, params, vocab, UNTRAINED_CONFIG)
+  sharded = doc2query.Doc2QueryGenerator(
+    model,
+    params,
+    vocab,
+    UNTRAINED_CONFIG,
+    mesh=partitioning.make_mesh(data=4, model=2),
+  )
+  assert sharded.batch_size == 4
+  texts, doc_ids = _bodies_and_ids(SOME_DOCS)
+  want_ids, want_log_probs = single.generate_tokens(texts, doc_ids)
+  ids, log_probs = sharded.generate_tokens(texts, doc_ids)
+  assert ids.shape == (5, 3, MAX_QUERY_LEN)
+  np.testing.assert_array_equal(ids, want_ids)
+  np.testing.assert_allclose(log_probs, want_log_probs, rtol=1e-5, atol=1e-5)

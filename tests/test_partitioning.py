@@ -195,3 +195,23 @@ def _assert_guard_catches_host_batch(sharded):
     with pytest.raises(Exception, match='Disallowed host-to-device'):
       sharded.step(state, host_batch, rng)
     sharded.step(state, partitioning.global_batch(host_batch, mesh), rng)
+
+
+def test_jit_on_mesh_places_arguments_and_results_by_spec():
+  mesh = partitioning.make_mesh(data=4, model=2)
+  logical = {'w': P('embed', 'vocab')}
+  specs = partitioning.mesh_specs_from_logical(logical)
+  assert specs == {'w': P(None, 'model')}
+  params = partitioning.place({'w': np.ones((4, 8), np.float32)}, specs, mesh)
+  assert params['w'].sharding.spec == P(None, 'model')
+  batch = P(partitioning.DATA_AXIS)
+  fn = partitioning.jit_on_mesh(
+    lambda p, x: x @ p['w'], mesh, (specs, batch), batch
+  )
+  x = np.arange(32, dtype=np.float32).reshape(8, 4)
+  out = fn(params, x)
+  assert out.sharding.spec[0] == partitioning.DATA_AXIS
+  assert fn._cache_size() == 1  # pylint: disable=protected-access
+  np.testing.assert_allclose(out, x @ np.ones((4, 8)))
+  plain = partitioning.jit_on_mesh(lambda x: x + 1, None, None, None)
+  np.testing.assert_array_equal(plain(x), x + 1)

@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import tempfile
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 
 @contextlib.contextmanager
@@ -69,10 +69,14 @@ def sha256_bytes(data: bytes) -> str:
   return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-  """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+def sha256_file(path: str | os.PathLike, opener: Callable = open) -> str:
+  """Hex sha256 of a file's bytes, read in 1 MiB blocks.
+
+  opener: opens `path` for binary reads (e.g. tf.io.gfile.GFile for
+  remote paths).
+  """
   digest = hashlib.sha256()
-  with open(path, "rb") as f:
+  with opener(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
       digest.update(block)
   return digest.hexdigest()

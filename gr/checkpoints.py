@@ -22,18 +22,18 @@ only copies and verifies bytes.
 """
 
 import dataclasses
-import hashlib
 import json
 import os
 import pathlib
 import shutil
-import tempfile
 from typing import Any
 
 from etils import epath
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from gr import atomic_io
 
 STATE_ITEM = 'state'
 ARTIFACT_ITEM = 'index_artifact'
@@ -52,28 +52,11 @@ class ArtifactError(ValueError):
 # ------------------------------------------------------ index artifact --
 
 
-def _sha256(path: pathlib.Path) -> str:
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
 def _artifact_files(directory: pathlib.Path) -> list[str]:
   """Relative paths of every file under `directory`."""
   return sorted(
     str(p.relative_to(directory)) for p in directory.rglob('*') if p.is_file()
   )
-
-
-def _write_json_atomically(path: pathlib.Path, content: dict) -> None:
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + '.tmp')
-  with os.fdopen(fd, 'w') as f:
-    json.dump(content, f, indent=1, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def write_artifact(source_dir: PathLike, dest_dir: PathLike) -> dict:
@@ -90,12 +73,14 @@ def write_artifact(source_dir: PathLike, dest_dir: PathLike) -> dict:
   for rel in _artifact_files(source):
     (dest / rel).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source / rel, dest / rel)
-    digest = _sha256(dest / rel)
-    if digest != _sha256(source / rel):
+    digest = atomic_io.sha256_file(dest / rel)
+    if digest != atomic_io.sha256_file(source / rel):
       raise ArtifactError(f'copy of {source / rel} to {dest / rel} differs')
     files[rel] = {'sha256': digest, 'bytes': (dest / rel).stat().st_size}
   manifest = {'format': MANIFEST_FORMAT, 'files': files}
-  _write_json_atomically(dest.parent / MANIFEST_NAME, manifest)
+  atomic_io.write_json(
+    dest.parent / MANIFEST_NAME, manifest, indent=1, sort_keys=True
+  )
   return manifest
 
 
@@ -123,7 +108,7 @@ def verify_artifact(directory: PathLike) -> dict:
     path = files_dir / rel
     if not path.is_file():
       raise ArtifactError(f'{path} is listed in {manifest_path} but missing')
-    if _sha256(path) != entry['sha256']:
+    if atomic_io.sha256_file(path) != entry['sha256']:
       raise ArtifactError(
         f'{path} fails its sha256 check (expected {entry["sha256"]})'
       )

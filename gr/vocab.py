@@ -47,12 +47,13 @@ _RESERVED_LOOKING = re.compile(r"^<[^<>\s]+>$")
 
 
 def file_sha256(path: str) -> str:
-  """Hex sha256 of a file's bytes."""
-  digest = hashlib.sha256()
-  with tf.io.gfile.GFile(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
+  """Hex sha256 of a file's bytes (local or any tf.io.gfile path)."""
+  return atomic_io.sha256_file(path, opener=tf.io.gfile.GFile)
+
+
+def vocab_json_path(sp_model_path: str) -> str:
+  """`<model stem>.gr_vocab.json`, next to the sentencepiece model."""
+  return os.path.splitext(sp_model_path)[0] + ".gr_vocab.json"
 
 
 # ----------------------------------------------------------- sentencepiece --
@@ -424,7 +425,7 @@ class Vocabulary(DocidTokenVocabulary):
 
   def default_json_path(self) -> str:
     """`<model stem>.gr_vocab.json`, next to the sentencepiece model."""
-    return os.path.splitext(self.sp_model_path)[0] + ".gr_vocab.json"
+    return vocab_json_path(self.sp_model_path)
 
   def save(self, path: Optional[str] = None) -> str:
     """Writes the docid tokens and model checksum as JSON, atomically.
@@ -560,9 +561,7 @@ def load_vocabulary(directory: str):
   """The vocabulary saved in `directory` by `copy_to` (either kind)."""
   from gr import wordpiece  # pylint: disable=g-import-not-at-top (cycle)
 
-  sp_json = os.path.join(
-    directory, os.path.splitext(SP_MODEL_NAME)[0] + ".gr_vocab.json"
-  )
+  sp_json = vocab_json_path(os.path.join(directory, SP_MODEL_NAME))
   if os.path.exists(sp_json):
     return Vocabulary.load(sp_json)
   wp_json = os.path.join(

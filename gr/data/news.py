@@ -323,14 +323,6 @@ def load_temporal_periods(folder: str) -> list[Period]:
     raise ValueError(f"{path}: bad temporal record: {e!r}") from None
 
 
-def _sha256_file(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def _counts(rows, dropped, groups, corpus, title_qrels, sub_qrels, periods):
   n_articles = sum(len(g) for g in groups)
   return {
@@ -363,12 +355,14 @@ def _write_manifest(
       "package": SOURCE_PACKAGE,
       "file": SOURCE_ZIP,
       "member": SOURCE_MEMBER,
-      "sha256": _sha256_file(news_zip_path()),
+      "sha256": atomic_io.sha256_file(news_zip_path()),
     },
     "seed": seed,
     "splits": dict(SPLIT_FRACTIONS),
     "counts": counts,
-    "files": {f: _sha256_file(os.path.join(out_dir, f)) for f in files},
+    "files": {
+      f: atomic_io.sha256_file(os.path.join(out_dir, f)) for f in files
+    },
   }
   with atomic_io.atomic_open(os.path.join(out_dir, MANIFEST_FILE)) as f:
     json.dump(manifest, f, indent=1, sort_keys=True)

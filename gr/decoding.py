@@ -7,15 +7,17 @@ worst finished one. Two hooks shape what a beam may do next:
 
 - a `LogitsProcessor` rewrites the dense log-probabilities [B, K, V] of every
   step (any rule; its state follows the beams);
-- a `Constraint` lists the (at most W) tokens each beam may take. Beam search
-  then gathers just those log-probs and takes its top-k over [B, K * W]
-  instead of [B, K * V]: no [B, K, V] mask is built. The first step, from
-  the shared initial state where only beam 0 is alive, is a dense row over
-  the vocabulary: top-k over [B, V].
+- a `Constraint` lists the (at most W_d at step d) tokens each beam may
+  take. Beam search then gathers just those log-probs and takes its top-k
+  over [B, K * W_d] instead of [B, K * V]: no [B, K, V] mask is built. Each
+  step has the static width of its depth (one `lax.switch` branch per
+  depth), so one wide node at one depth widens only that step. The first
+  step, from the shared initial state where only beam 0 is alive, is a
+  dense row over the vocabulary: top-k over [B, V].
 
 `TrieConstraint` restricts decoding to the docids of a `gr.trie.TrieArrays`
 and implements both: `constrained_beam_search` uses the sparse `Constraint`
-path (below the root a beam only has its <= W trie children), the dense-mask
+path (below the root a beam only has its <= W_d trie children), the dense-mask
 `LogitsProcessor` path stays as a reference.
 
 Sparse output layer (`sparse_output=True`, off by default): the decoder
@@ -36,13 +38,14 @@ documents with the docids that found them; `exact_document_rank` is its
 oracle (every docid scored by teacher forcing, merged the same way).
 
 Shapes: B = batch, K = beam_size, N = B * K, V = vocabulary, L = max length,
-W = the most tokens a `Constraint` lists per beam.
+W_d = the most tokens a `Constraint` lists per beam at depth (step) d.
 Token ids: BOS = PAD = 0 (the first decoder input), EOS = 1.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Optional, Protocol, Sequence
 
 import flax.struct
@@ -110,7 +113,9 @@ class Constraint(Protocol):
 
   States are int32 [B, K], -1 = dead. Every beam starts in the same state
   (`init`), so the first step is one shared dense row over the vocabulary;
-  after it, each beam lists at most W tokens (token -1 = empty slot).
+  after it, each beam lists at most W_d tokens (token -1 = empty slot),
+  where the width W_d may differ per depth d (the decode step): each depth
+  has its own static shapes.
   """
 
   def init(self, batch_size: int, beam_size: int) -> jax.Array:
@@ -119,8 +124,14 @@ class Constraint(Protocol):
   def first_states(self, vocab_size: int) -> jax.Array:
     """[V]: the state token t leads to from the initial state, -1 = barred."""
 
-  def candidates(self, states: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """states [B, K] -> (tokens [B, K, W], next states [B, K, W])."""
+  def num_levels(self) -> int:
+    """D >= 1: depths with their own width; depths past D use D's."""
+
+  def candidates(
+    self, states: jax.Array, depth: int
+  ) -> tuple[jax.Array, jax.Array]:
+    """states [B, K] at static `depth` in [1, D] (the decode step) ->
+    (tokens [B, K, W_d], next states [B, K, W_d])."""
 
 
 @flax.struct.dataclass
@@ -359,6 +370,17 @@ def _expand_first(
   )
 
 
+def _by_depth(state: BeamState, constraint, first_step, later_step):
+  """first_step() at step 0, later_step(depth) below the root.
+
+  One branch per depth 1..D (`constraint.num_levels()`), each with its own
+  static width; steps past D take depth D's branch.
+  """
+  depths = range(1, max(1, constraint.num_levels()) + 1)
+  branches = [first_step] + [functools.partial(later_step, d) for d in depths]
+  return jax.lax.switch(jnp.minimum(state.step, len(depths)), branches)
+
+
 def _expand_constrained(
   state: BeamState, scores, log_z, constraint, eos_id, alpha
 ) -> _Expansion:
@@ -370,13 +392,13 @@ def _expand_constrained(
       state, scores[:, 0] - log_z[:, 0], next_states, eos_id, alpha
     )
 
-  def later_step():
-    tokens, next_states = constraint.candidates(state.constraint_state)
+  def later_step(depth):
+    tokens, next_states = constraint.candidates(state.constraint_state, depth)
     return _expand_sparse(
       state, scores, log_z, tokens, next_states, eos_id, alpha
     )
 
-  return jax.lax.cond(state.step == 0, first_step, later_step)
+  return _by_depth(state, constraint, first_step, later_step)
 
 
 def _expand_sparse_output(
@@ -402,8 +424,8 @@ def _expand_sparse_output(
       alpha,
     )
 
-  def later_step():
-    tokens, next_states = constraint.candidates(state.constraint_state)
+  def later_step(depth):
+    tokens, next_states = constraint.candidates(state.constraint_state, depth)
     width = tokens.shape[2]
     logits = output_layer(
       hidden, jnp.maximum(tokens, 0).reshape(batch * beams, width)
@@ -418,7 +440,7 @@ def _expand_sparse_output(
       alpha,
     )
 
-  return jax.lax.cond(state.step == 0, first_step, later_step)
+  return _by_depth(state, constraint, first_step, later_step)
 
 
 def _search_step(
@@ -574,10 +596,11 @@ class TrieConstraint:
   """Allows only continuations of docids in `arrays`.
 
   A `Constraint` (sparse: the root's dense table at step 0, then each node's
-  <= W children) and also a `LogitsProcessor` (dense [B, K, V] mask; the
-  slower reference). State: the trie node of each beam, [B, K] int32 (-1 =
-  dead). As a processor with `restricted`, it also renormalises each row
-  over the allowed tokens: the dense reference of `sparse_output`.
+  <= W_d children, the trie's width at depth d) and also a
+  `LogitsProcessor` (dense [B, K, V] mask; the slower reference). State:
+  the trie node of each beam, [B, K] int32 (-1 = dead). As a processor with
+  `restricted`, it also renormalises each row over the allowed tokens: the
+  dense reference of `sparse_output`.
   """
 
   arrays: trie_lib.TrieArrays
@@ -589,9 +612,14 @@ class TrieConstraint:
   def first_states(self, vocab_size: int) -> jax.Array:
     return trie_lib.root_children(self.arrays, vocab_size)[1]  # [V]
 
-  def candidates(self, states: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def num_levels(self) -> int:
+    return len(self.arrays.level_widths)
+
+  def candidates(
+    self, states: jax.Array, depth: int
+  ) -> tuple[jax.Array, jax.Array]:
     batch, beams = states.shape
-    tokens, nodes = trie_lib.children(self.arrays, states.reshape(-1))
+    tokens, nodes = trie_lib.children(self.arrays, states.reshape(-1), depth)
     shape = (batch, beams, tokens.shape[1])
     return tokens.reshape(shape), nodes.reshape(shape)  # --> [B, K, W]
 

@@ -827,3 +827,53 @@ def test_sparse_output_needs_a_split_decoder_and_a_constraint():
       logits_processor=_NoRepeat(),
       sparse_output=True,
     )
+
+
+# ------------------------------------------------- per-level widths --
+
+
+def _wide_at_one_level(rng):
+  """Random docids plus one node at depth 2 with every token as a child
+  (as a text docid's common first words have): level widths differ."""
+  wide = [(3, 4, t, 1) for t in range(2, WIDE_VOCAB)]
+  narrow = {
+    tuple(rng.integers(5, WIDE_VOCAB, rng.integers(1, WIDE_LEN))) + (1,)
+    for _ in range(12)
+  }
+  return wide + sorted(narrow - set(wide))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_per_level_widths_give_the_dense_mask_beams(seed):
+  sequences = _wide_at_one_level(np.random.default_rng(seed))
+  trie = DocidTrie.build(
+    sequences, list(range(len(sequences))), vocab_size=WIDE_VOCAB
+  )
+  arrays = trie.to_device()
+  widths = arrays.level_widths
+  assert widths[1] == 16 and max(widths[:1] + widths[2:]) < 16
+  constraint = decoding.TrieConstraint(arrays)
+  states = jnp.zeros((BATCH, 3), jnp.int32)
+  for depth in range(1, constraint.num_levels() + 1):
+    tokens, _ = constraint.candidates(states, depth)
+    assert tokens.shape == (BATCH, 3, arrays.level_width(depth))
+  table, bias = _toy(seed, WIDE_VOCAB)
+  for search in (_wide_search, _restricted_search):
+    for alpha in (0.0, 0.8):
+      sparse = search(table, bias, arrays, dense_mask=False, alpha=alpha)
+      dense = search(table, bias, arrays, dense_mask=True, alpha=alpha)
+      found = np.asarray(dense.scores) > -np.inf
+      assert found[:, 0].all()
+      np.testing.assert_array_equal(np.asarray(sparse.scores) > -np.inf, found)
+      np.testing.assert_allclose(
+        np.asarray(sparse.scores)[found],
+        np.asarray(dense.scores)[found],
+        rtol=1e-5,
+        atol=1e-6,
+      )
+      np.testing.assert_array_equal(sparse.documents, dense.documents)
+      for row in range(BATCH):
+        count = int(found[row].sum())
+        assert _as_tuples(sparse.sequences[row][:count]) == _as_tuples(
+          dense.sequences[row][:count]
+        )

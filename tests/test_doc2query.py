@@ -381,3 +381,20 @@ def test_generation_on_a_mesh_equals_one_device(untrained):
   assert ids.shape == (5, 3, MAX_QUERY_LEN)
   np.testing.assert_array_equal(ids, want_ids)
   np.testing.assert_allclose(log_probs, want_log_probs, rtol=1e-5, atol=1e-5)
+
+
+def test_vector_generation_on_a_mesh_equals_one_device(untrained):
+  """The generative-memory path (one vector per document) on 'data' = 8."""
+  vocab, model, params = untrained
+  rng = np.random.default_rng(0)
+  vectors = {f"d{i}": v for i, v in enumerate(rng.normal(size=(5, 64)))}
+  single = doc2query.VectorQueryGenerator(
+    model, params, vocab, UNTRAINED_CONFIG
+  )
+  sharded = doc2query.VectorQueryGenerator(
+    model, params, vocab, UNTRAINED_CONFIG, mesh=partitioning.make_mesh()
+  )
+  assert sharded.batch_size == 8
+  want = single.generate_vectors(vectors, draw=1)
+  assert sum(len(q) for q in want.values()) > 5
+  assert sharded.generate_vectors(vectors, draw=1) == want

@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 
 class BatcherClosed(RuntimeError):
@@ -123,3 +123,21 @@ class MicroBatcher:
       rows = hits[start : start + len(request.queries)]
       start += len(request.queries)
       request.future.set_result([row[: request.k] for row in rows])
+
+
+def choose_buckets(queries_per_s: Mapping[int, float]) -> tuple[int, ...]:
+  """Bucket batch shapes from measured in-process throughput per batch size.
+
+  The largest bucket (the micro-batch limit) is the batch size with the
+  highest queries/s: past it a fuller batch answers each query more slowly,
+  so gathering more only adds latency. The buckets are every measured size
+  up to it, so a partly filled batch is padded little.
+
+  Args:
+    queries_per_s: batch size -> queries/s of `Retriever.retrieve` on full
+      batches of that size (scripts/bench_serving.py measures it).
+  """
+  if not queries_per_s:
+    raise ValueError("choose_buckets needs at least one measured batch size")
+  best = max(queries_per_s, key=queries_per_s.__getitem__)
+  return tuple(sorted(b for b in queries_per_s if b <= best))

@@ -4,12 +4,18 @@ r"""Load benchmark of the docid decoding service, on loopback only.
     --out=/tmp/bench_serving.json [--clients=1,8,32] [--requests=400]
 
 In one run: (1) in-process `Retriever.retrieve` throughput on full batches
-of each bucket size (the best one is the ceiling), then (2) the HTTP service (uvicorn on 127.0.0.1, in a thread
-of this process) under 1, 8 and 32 concurrent clients, each sending single
-`POST /search` requests back to back from a separate client process. Every
+of each candidate batch size (--candidates); the fastest one is the ceiling
+and, unless --buckets is given, sets the service's buckets
+(gr/microbatch.py `choose_buckets`: every candidate up to the fastest);
+(2) the HTTP service (uvicorn on 127.0.0.1, in a thread of this process)
+with those buckets under 1, 8 and 32 concurrent clients, each sending
+single `POST /search` requests back to back over its own keep-alive
+connection, from a separate client process (a bare asyncio HTTP/1.1
+client, so that the load generator costs little of the shared CPUs). Every
 level is bounded by --requests and --max_seconds. The served index is a
 temporary copy seeded from the checkpoint's artifact: nothing is changed.
-Writes throughput and p50/p99 latency per level as JSON.
+Writes throughput and p50/p99 latency per level as JSON, and prints the
+service's fraction of in-process throughput at each level.
 """
 
 import asyncio
@@ -25,9 +31,10 @@ import time
 from absl import app
 from absl import flags
 from absl import logging
-import httpx
 import numpy as np
 
+from gr import bench_env
+from gr import microbatch
 from gr.experiments import gin_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,6 +45,12 @@ _CLIENTS = flags.DEFINE_list('clients', ['1', '8', '32'], 'Concurrency levels.')
 _REQUESTS = flags.DEFINE_integer('requests', 400, 'Requests per level (max).')
 _MAX_SECONDS = flags.DEFINE_float('max_seconds', 60, 'Time per level (max).')
 _K = flags.DEFINE_integer('k', 10, 'Results per query.')
+_CANDIDATES = flags.DEFINE_list(
+  'candidates', ['1', '2', '4', '8', '16', '32'], 'Batch sizes measured.'
+)
+_BUCKETS = flags.DEFINE_list(
+  'buckets', None, 'Service buckets (default: chosen from the candidates).'
+)
 _CLIENT_URL = flags.DEFINE_string('client_url', None, 'Internal: client mode.')
 _CLIENT_N = flags.DEFINE_integer('client_n', 1, 'Internal: client tasks.')
 
@@ -48,28 +61,47 @@ def queries(n: int) -> list[str]:
   return [' '.join(rng.choice(words.split(), 3)) for _ in range(n)]
 
 
+async def _post(reader, writer, path: str, body: bytes) -> int:
+  """One keep-alive HTTP/1.1 POST; returns the status (body read, dropped)."""
+  writer.write(
+    f'POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: '
+    f'application/json\r\nContent-Length: {len(body)}\r\n\r\n'.encode()
+    + body
+  )
+  await writer.drain()
+  head = await reader.readuntil(b'\r\n\r\n')
+  status = int(head.split(b' ', 2)[1])
+  length = next(
+    int(line.split(b':', 1)[1])
+    for line in head.split(b'\r\n')
+    if line.lower().startswith(b'content-length:')
+  )
+  await reader.readexactly(length)
+  return status
+
+
 async def client_load(url: str, clients: int) -> dict:
-  """`clients` tasks, each sending one request at a time (bounded)."""
+  """`clients` connections, each sending one request at a time (bounded)."""
   latencies, errors, deadline = [], 0, time.perf_counter() + _MAX_SECONDS.value
   texts, issued = queries(_REQUESTS.value), iter(range(_REQUESTS.value))
+  host, port = url.removeprefix('http://').split(':')
+  bodies = [json.dumps({'query': t, 'k': _K.value}).encode() for t in texts]
 
-  async def one_client(http: httpx.AsyncClient):
+  async def one_client():
     nonlocal errors
+    reader, writer = await asyncio.open_connection(host, int(port))
     for i in issued:
       if time.perf_counter() > deadline:
-        return
+        break
       start = time.perf_counter()
-      response = await http.post(
-        '/search', json={'query': texts[i], 'k': _K.value}
-      )
+      status = await _post(reader, writer, '/search', bodies[i])
       latencies.append(time.perf_counter() - start)
-      errors += response.status_code != 200
+      errors += status != 200
+    writer.close()
 
-  limits = httpx.Limits(max_connections=clients)
-  async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as http:
-    start = time.perf_counter()
-    await asyncio.gather(*(one_client(http) for _ in range(clients)))
-    elapsed = time.perf_counter() - start
+  start = time.perf_counter()
+  await asyncio.gather(*(one_client() for _ in range(clients)))
+  elapsed = time.perf_counter() - start
   ms = np.array(latencies) * 1000
   return {
     'clients': clients,
@@ -82,7 +114,7 @@ async def client_load(url: str, clients: int) -> dict:
   }
 
 
-def in_process_throughput(retriever) -> dict:
+def in_process_throughput(retriever) -> dict[int, float]:
   """Queries/s of `retrieve` on full batches of each bucket size."""
   result = {}
   for batch in retriever.config.buckets:
@@ -95,7 +127,7 @@ def in_process_throughput(retriever) -> dict:
     ):
       retriever.retrieve(texts, _K.value)
       count += batch
-    result[f'batch_{batch}'] = count / (time.perf_counter() - start)
+    result[batch] = count / (time.perf_counter() - start)
   return result
 
 
@@ -151,12 +183,17 @@ def main(argv):
   from gr import serving  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
 
-  retriever = serving.Retriever.from_checkpoint(
-    _CHECKPOINT.value,
-    index_dir=tempfile.mkdtemp(prefix='bench_index'),
-    config=serving.ServingConfig(max_k=max(10, _K.value)),
+  load_before = bench_env.machine_load('before')
+  candidates = tuple(int(b) for b in _CANDIDATES.value)
+  probe = retriever_for(serving, candidates)
+  measured = in_process_throughput(probe)
+  probe.close()
+  buckets = (
+    tuple(int(b) for b in _BUCKETS.value)
+    if _BUCKETS.value
+    else microbatch.choose_buckets(measured)
   )
-  retriever.warm_up()
+  retriever = retriever_for(serving, buckets)
   result = {
     'checkpoint': os.path.abspath(_CHECKPOINT.value),
     'documents': retriever.num_docs,
@@ -164,22 +201,44 @@ def main(argv):
     'device': str(jax.devices()[0]),
     'cpus': os.cpu_count(),
     'machine': platform.platform(),
-    'load_avg': os.getloadavg(),
     'commit': subprocess.run(
       ['git', '-C', REPO, 'rev-parse', 'HEAD'], capture_output=True, text=True
     ).stdout.strip(),
-    'in_process': in_process_throughput(retriever),
+    'in_process': {f'batch_{b}': qps for b, qps in measured.items()},
+    'buckets': list(buckets),
+    'max_wait_ms': retriever.config.max_wait_ms,
   }
   server, thread, url = serve_in_thread(retriever)
   result['service'] = [run_clients(url, int(n)) for n in _CLIENTS.value]
   server.should_exit = True
   thread.join()
-  best = max(result['in_process'].values())
+  retriever.close()
+  result['load'] = [load_before, bench_env.machine_load('after')]
+  best = max(measured.values())
   for level in result['service']:
     level['fraction_of_in_process'] = level['queries_per_s'] / best
   with open(_OUT.value, 'w') as f:
     json.dump(result, f, indent=1)
   print(json.dumps(result, indent=1))
+  print(f'in-process best {best:.1f} q/s; buckets {buckets}')
+  for level in result['service']:
+    print(
+      f"{level['clients']:>3} clients: {level['queries_per_s']:.1f} q/s = "
+      f"{level['fraction_of_in_process']:.2f} of in-process, p50 "
+      f"{level['p50_ms']:.1f} ms, p99 {level['p99_ms']:.1f} ms"
+    )
+
+
+def retriever_for(serving, buckets):
+  """A warmed-up Retriever of the checkpoint with `buckets`, on a temporary
+  copy of its index (the previous one is closed by the caller)."""
+  retriever = serving.Retriever.from_checkpoint(
+    _CHECKPOINT.value,
+    index_dir=tempfile.mkdtemp(prefix='bench_index'),
+    config=serving.ServingConfig(max_k=max(10, _K.value), buckets=buckets),
+  )
+  retriever.warm_up()
+  return retriever
 
 
 if __name__ == '__main__':

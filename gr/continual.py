@@ -622,9 +622,9 @@ def apply_changes(
   if deleted:
     table = table.remove(deleted)
   if new_documents:
-    uses_embedder = table.scheme in ("semantic", "multi")
-    extra = {"embedder": embedder} if embedder and uses_embedder else {}
-    scheme = docids_lib.scheme_for_table(table, **extra)
+    scheme = docids_lib.scheme_for_table(table)
+    if embedder and indexing.needs_embedder(scheme):
+      scheme = docids_lib.scheme_for_table(table, embedder=embedder)
     table = scheme.assign_new(table, dict(new_documents))
   index = version.index.with_table(table)
   return index, versions.updated_memory(version.memory, new_documents, deleted)
@@ -698,7 +698,9 @@ def apply_update(
   if (
     new_documents
     and pretrained.is_pretrained(model)
-    and current.index.table.scheme in ("semantic", "multi")
+    and indexing.needs_embedder(
+      docids_lib.scheme_for_table(current.index.table)
+    )
   ):
     # Routed in the space its tree was clustered in: the model's encoder.
     embedder = encoder_embedder(model.config.encoder_dir, settings.input_length)

@@ -37,7 +37,9 @@ import numpy as np
 from gr import atomic_io
 from gr import checkpoints
 from gr import continual
+from gr import docids as docids_lib
 from gr import dynamic_report as report
+from gr import indexing
 from gr import metrics
 from gr import models
 from gr import retrieval
@@ -173,14 +175,7 @@ def initial_dataset(
   dataset: beir.BeirDataset, d0: PeriodData
 ) -> beir.BeirDataset:
   """D0's documents with the train queries relevant to them."""
-  train = {
-    q: {d: s for d, s in docs.items() if d in d0.corpus}
-    for q, docs in dataset.qrels.get("train", {}).items()
-  }
-  train = {q: docs for q, docs in train.items() if docs}
-  return beir.BeirDataset(
-    dict(d0.corpus), {q: dataset.queries[q] for q in train}, {"train": train}
-  )
+  return dataset.restricted_to(d0.corpus, splits=["train"])
 
 
 # ------------------------------------------------------------- evaluation --
@@ -528,7 +523,7 @@ def run_dynamic_experiment(
       generator=generator or continual.TextPseudoQueries(seed=run_seed),
       initial_steps=initial_steps,
       update_steps=update_steps,
-      embedder=_shared_embedder(schemes),
+      embedder=_shared_embedder(schemes, scheme_params),
       memory_generator=memory_generator,
       memorised_sample=memorised_sample,
     )
@@ -638,9 +633,17 @@ def run_cell(
   return summary
 
 
-def _shared_embedder(schemes: Sequence[str]):
-  """One MiniLM embedder for every semantic/multi update (compiled once)."""
-  if not {"semantic", "multi"} & set(schemes):
+def _shared_embedder(
+  schemes: Sequence[str], scheme_params: Mapping[str, Mapping[str, Any]]
+):
+  """One MiniLM embedder for every update whose scheme needs one
+  (indexing.needs_embedder; compiled once), else None."""
+  if not any(
+    indexing.needs_embedder(
+      docids_lib.get_scheme(name, **dict(dict(scheme_params).get(name, {})))
+    )
+    for name in schemes
+  ):
     return None
   from gr import embed  # pylint: disable=g-import-not-at-top
 

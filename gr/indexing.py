@@ -85,6 +85,15 @@ def load_or_build_index(
   return index_lib.load_index(index_dir)
 
 
+def needs_embedder(scheme) -> bool:
+  """Whether a docid scheme object places documents by their embeddings
+  (semantic, or multi with a semantic part), and so needs an embedder (or
+  the embeddings) to assign docids to new documents."""
+  if scheme.name == "multi":
+    return any(needs_embedder(part) for part in scheme.part_schemes())
+  return scheme.name == "semantic"
+
+
 def assign_docids(
   corpus,
   scheme: str,
@@ -95,11 +104,7 @@ def assign_docids(
 ):
   """The scheme's DocidTable; embedding-based schemes use the encoder's."""
   scheme_obj = docids_lib.get_scheme(scheme, **scheme_params)
-  needs_vectors = scheme == "semantic" or (
-    scheme == "multi"
-    and any(part.name == "semantic" for part in scheme_obj.part_schemes())
-  )
-  if not (encoder_dir and needs_vectors):
+  if not (encoder_dir and needs_embedder(scheme_obj)):
     return scheme_obj.assign(corpus)
   embedder = embed.Embedder.load(encoder_dir, max_length=embedding_length)
   vectors = embed.document_embeddings(corpus, embedder, cache_dir)

@@ -50,9 +50,7 @@ DOC_IDS_FILE = "doc_ids.json"  # memory without bodies: the ids it holds
 
 def train_memory(dataset: beir.BeirDataset) -> beir.BeirDataset:
   """The corpus with only its train queries and qrels (what replay may use)."""
-  qrels = {"train": dict(dataset.qrels.get("train", {}))}
-  queries = {q: dataset.queries[q] for q in qrels["train"]}
-  return beir.BeirDataset(dict(dataset.corpus), queries, qrels)
+  return dataset.restricted_to(dataset.corpus, splits=["train"])
 
 
 def has_bodies(memory: beir.BeirDataset) -> bool:
@@ -116,18 +114,11 @@ def updated_memory(
 ) -> beir.BeirDataset:
   """Memory with documents added and removed (and qrels to removed ones)."""
   deleted = set(deleted)
-  corpus = {
-    d: doc
-    for d, doc in {**memory.corpus, **new_documents}.items()
-    if d not in deleted
-  }
-  train = {
-    q: {d: s for d, s in docs.items() if d in corpus}
-    for q, docs in memory.qrels.get("train", {}).items()
-  }
-  train = {q: docs for q, docs in train.items() if docs}
-  queries = {q: memory.queries[q] for q in train}
-  return beir.BeirDataset(corpus, queries, {"train": train})
+  merged = dataclasses.replace(
+    memory, corpus={**memory.corpus, **new_documents}
+  )
+  kept = [d for d in merged.corpus if d not in deleted]
+  return merged.restricted_to(kept, splits=["train"])
 
 
 # -------------------------------------------------------------- versions --

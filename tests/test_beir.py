@@ -238,3 +238,22 @@ def test_write_then_load_round_trips(tmp_path_factory, docs, queries, data):
   assert ds.corpus == corpus and list(ds.corpus) == list(corpus)
   assert ds.queries == queries and list(ds.queries) == list(queries)
   assert ds.qrels == qrels
+
+
+def test_restricted_to_keeps_the_documents_and_their_judgments():
+  docs = {d: beir.Document(d, "", d) for d in ("a", "b", "c")}
+  dataset = beir.BeirDataset(
+    docs,
+    {"q1": "x", "q2": "y", "q3": "z"},
+    {
+      "train": {"q1": {"a": 1, "c": 1}, "q2": {"c": 1}},
+      "test": {"q3": {"b": 1}},
+    },
+  )
+  partial = dataset.restricted_to(["b", "a"], splits=["train"])
+  assert list(partial.corpus) == ["b", "a"]  # the order asked for
+  assert partial.qrels == {"train": {"q1": {"a": 1}}}  # q2 judged c only
+  assert partial.queries == {"q1": "x"}
+  whole = dataset.restricted_to(["a", "b"], whole_queries=True)
+  assert whole.qrels == {"train": {}, "test": {"q3": {"b": 1}}}  # q1 judges c
+  assert whole.queries == {"q3": "z"}

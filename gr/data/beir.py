@@ -353,6 +353,38 @@ class BeirDataset:
       logging.warning("Skipped %d invalid records in %s", len(skipped), folder)
     return cls(corpus, queries, qrels, tuple(skipped))
 
+  def restricted_to(
+    self,
+    doc_ids: Iterable[str],
+    *,
+    splits: Optional[Iterable[str]] = None,
+    whole_queries: bool = False,
+  ) -> "BeirDataset":
+    """This dataset on the documents `doc_ids` only, in that order.
+
+    Each query's judgments keep only the kept documents, and a query left
+    with none is dropped; with `whole_queries`, a query is kept only if
+    every document it judges is kept. `queries` keeps the judged ones (in
+    their order here). splits: the qrels splits kept (default: all).
+    """
+    corpus = {d: self.corpus[d] for d in doc_ids}
+    qrels = {}
+    for split in self.qrels if splits is None else splits:
+      judged = {}
+      for query_id, docs in self.qrels.get(split, {}).items():
+        kept = {d: score for d, score in docs.items() if d in corpus}
+        if kept and (len(kept) == len(docs) or not whole_queries):
+          judged[query_id] = kept
+      qrels[split] = judged
+    queries = {
+      q: text
+      for q, text in self.queries.items()
+      if any(q in judged for judged in qrels.values())
+    }
+    return dataclasses.replace(
+      self, corpus=corpus, queries=queries, qrels=qrels
+    )
+
 
 # ------------------------------------------------------------------ writing
 

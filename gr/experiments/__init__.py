@@ -15,6 +15,8 @@ stay plain, and this package gives them their gin names.
                     update_index, run_dynamic_experiment,
                     dynamic.vector_query_generator.
   run.py            the run_experiment driver (index, train, evaluate).
+  generate_queries.py  the DSI-QG driver (train doc2query, write, filter
+                    and report its queries; scripts/generate_queries.py).
   gin_cli.py        the scripts' command line (--gin_file, --gin.X) and
                     entry wrapper `gin_cli.run(main)`.
 

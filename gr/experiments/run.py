@@ -46,20 +46,12 @@ DEFAULT_QUERY_SETS = (
 
 
 def subset(dataset: beir.BeirDataset, max_docs: int) -> beir.BeirDataset:
-  """The first `max_docs` documents and the qrels entirely inside them."""
+  """The first `max_docs` documents and the queries judged entirely
+  inside them."""
   if not max_docs or max_docs >= len(dataset.corpus):
     return dataset
-  corpus = dict(list(dataset.corpus.items())[:max_docs])
-  qrels = {
-    split: {q: rel for q, rel in judged.items() if set(rel) <= corpus.keys()}
-    for split, judged in dataset.qrels.items()
-  }
-  kept = {q for judged in qrels.values() for q in judged}
-  return dataclasses.replace(
-    dataset,
-    corpus=corpus,
-    qrels=qrels,
-    queries={q: t for q, t in dataset.queries.items() if q in kept},
+  return dataset.restricted_to(
+    list(dataset.corpus)[:max_docs], whole_queries=True
   )
 
 

@@ -155,9 +155,18 @@ def allowed_mask(
   return mask | ((nodes == 0)[:, None] & root_mask[None, :])
 
 
-def step(arrays: TrieArrays, nodes: jax.Array, tokens: jax.Array) -> jax.Array:
-  """Follows edge `tokens` [N] from `nodes` [N]; -1 where there is none."""
-  child_tokens, slots, valid = _children_of(arrays, nodes, arrays.max_children)
+def step(
+  arrays: TrieArrays,
+  nodes: jax.Array,
+  tokens: jax.Array,
+  depth: Optional[int] = None,
+) -> jax.Array:
+  """Follows edge `tokens` [N] from `nodes` [N]; -1 where there is none.
+
+  depth: static depth of the nodes below the root (as in `children`).
+  """
+  width = arrays.max_children if depth is None else arrays.level_width(depth)
+  child_tokens, slots, valid = _children_of(arrays, nodes, width)
   hit = valid & (child_tokens == tokens[:, None])  # [N, W]
   below_root = jnp.max(jnp.where(hit, slots, DEAD), axis=1)
   in_table = (tokens >= 0) & (tokens < arrays.root_child.shape[0])
@@ -168,16 +177,18 @@ def step(arrays: TrieArrays, nodes: jax.Array, tokens: jax.Array) -> jax.Array:
 
 
 def lookup(arrays: TrieArrays, sequences: jax.Array) -> jax.Array:
-  """Document index of each sequence [N, L] (EOS then PAD), -1 if absent."""
+  """Document index of each sequence [N, L] (EOS then PAD), -1 if absent.
 
-  def walk(carry, tokens):
-    nodes, active = carry
-    nodes = jnp.where(active, step(arrays, nodes, tokens), nodes)
-    return (nodes, active & (tokens != arrays.eos_id)), None
-
+  Unrolled over the L positions: position p steps from depth p, with that
+  level's width.
+  """
   count = sequences.shape[0]
-  start = (jnp.zeros((count,), jnp.int32), jnp.ones((count,), bool))
-  (nodes, active), _ = jax.lax.scan(walk, start, sequences.T)
+  nodes = jnp.zeros((count,), jnp.int32)
+  active = jnp.ones((count,), bool)
+  for position, tokens in enumerate(sequences.T):
+    moved = step(arrays, nodes, tokens, max(position, 1))
+    nodes = jnp.where(active, moved, nodes)
+    active &= tokens != arrays.eos_id
   values = arrays.child_start[jnp.maximum(nodes, 0)]  # a leaf's document
   return jnp.where((nodes >= 0) & ~active, values, DEAD)
 
@@ -224,30 +235,46 @@ def _nodes_by_depth(columns: np.ndarray, lengths: np.ndarray):
   count = columns.shape[1]
   changed = np.zeros(count, bool)  # prefix so far differs from previous row
   changed[:1] = True
-  node = np.zeros(count, np.int64)  # each row's node one depth up
+  node = np.zeros(count, np.int32)  # each row's node one depth up
   next_id, levels = 1, []
   for depth, column in enumerate(columns):
     changed[1:] |= column[1:] != column[:-1]
     starts = changed & (lengths > depth)
     rows = np.flatnonzero(starts)
     levels.append((column[rows], node[rows], rows))
-    node = next_id - 1 + np.cumsum(starts)  # a row's node: the last start
+    node = next_id - 1 + np.cumsum(starts, dtype=np.int32)  # the last start
     next_id += len(rows)
   return levels, ~changed
 
 
-def _sorted_rows(sequences: np.ndarray) -> np.ndarray:
-  """Row order [n] that sorts sequences [n, L] lexicographically."""
-  # Pack as many leading columns as fit into one int64 key per pass.
+def _sorted_columns(sequences: np.ndarray):
+  """Sorts rows [n, L] of tokens >= 0 lexicographically.
+
+  As many leading columns as fit go into one int64 key, so the sort has few
+  keys, and the sorted columns are unpacked from the sorted keys.
+
+  Returns:
+    (order [n], the sorted rows' columns [L, n] int32).
+  """
   bits = max(int(sequences.max(initial=0)), 1).bit_length()
   per_key = max(1, 63 // bits)
+  groups = [
+    sequences[:, start : start + per_key]
+    for start in range(0, sequences.shape[1], per_key)
+  ]
   keys = []
-  for start in range(0, sequences.shape[1], per_key):
+  for group in groups:
     key = np.zeros(len(sequences), np.int64)
-    for column in sequences[:, start : start + per_key].T:
+    for column in group.T:
       key = (key << bits) | column
     keys.append(key)
-  return np.lexsort(keys[::-1])
+  order = np.lexsort(keys[::-1])
+  columns = []
+  for key, group in zip(keys, groups):
+    key = key[order]
+    for shift in range(group.shape[1] - 1, -1, -1):
+      columns.append(((key >> (bits * shift)) & ((1 << bits) - 1)))
+  return order, np.stack(columns).astype(np.int32)
 
 
 class DocidTrie:
@@ -355,10 +382,8 @@ class DocidTrie:
     trie = cls(**options)
     sequences = sequences.astype(np.int64)
     lengths = trie._checked_rows(sequences, values)
-    order = _sorted_rows(sequences)
-    levels, repeated = _nodes_by_depth(
-      np.take(sequences.T, order, axis=1), lengths[order]
-    )
+    order, columns = _sorted_columns(sequences)
+    levels, repeated = _nodes_by_depth(columns, lengths[order])
     if repeated.any():
       row = int(order[np.argmax(repeated)])
       raise ValueError(

@@ -46,14 +46,10 @@ config (nothing here is GPU-specific).
 import json
 import os
 import statistics
-import sys
 import time
 
 from absl import app
 from absl import flags
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
 
 _OUT = flags.DEFINE_string('out', None, 'Write the results JSON here.')
 _DEVICE = flags.DEFINE_enum('device', 'cpu', ['cpu', 'gpu'], 'JAX platform.')
@@ -87,9 +83,19 @@ _THREADS = flags.DEFINE_integer(
 _MODE = flags.DEFINE_enum(
   'mode',
   'all',
-  ['all', 'output_layer'],
-  'all: overhead, peer and build tables; output_layer: the sparse output '
-  'layer vs the full one (and vs cross-attention K/V per step).',
+  ['all', 'output_layer', 'trie'],
+  'all: overhead, peer, build and trie tables; output_layer: the sparse '
+  'output layer vs the full one (and vs cross-attention K/V per step); '
+  'trie: the trie table alone.',
+)
+_TRIE_DOCIDS = flags.DEFINE_integer(
+  'trie_docids', 1000000, 'Random docids for the trie table (0 = skip).'
+)
+_TRIE_TOKENS = flags.DEFINE_integer(
+  'trie_tokens', 8, 'Tokens per random docid (before EOS).'
+)
+_TRIE_VOCAB = flags.DEFINE_integer(
+  'trie_vocab', 2048, 'Vocabulary of the random docids.'
 )
 
 EOS = 1
@@ -132,11 +138,14 @@ def build_tries(sizes, levels, branching, vocab):
   start = time.perf_counter()
   tries = {largest: build(largest)}
   seconds = time.perf_counter() - start
-  tries[largest].to_device()  # settles the capacities
-  cap = tries[largest]._capacity  # pylint: disable=protected-access
+  arrays = tries[largest].to_device()  # its capacities, for every size
   for n in sizes:
     if n != largest:
-      tries[n] = build(n, capacity=cap.nodes, fanout_capacity=cap.fanout)
+      tries[n] = build(
+        n,
+        capacity=arrays.child_start.shape[0],
+        level_capacity=arrays.level_widths,
+      )
   return {n: (docids[n], tries[n]) for n in sizes}, seconds
 
 
@@ -154,22 +163,24 @@ def make_search(model, beam, max_len, variant):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from gr import decoding  # pylint: disable=g-import-not-at-top
-  from gr import retrieval  # pylint: disable=g-import-not-at-top
+  from gr import model_decoder  # pylint: disable=g-import-not-at-top
 
   assert variant in VARIANTS, variant
 
   @jax.jit
   def search(params, queries, trie_arrays):
     batch = queries.shape[0]
-    encoded = model.encode(params, queries)
-    if variant != 'uncached':  # projected once per query
-      encoded = model.cross_attention_kv(params, encoded)
-    encoded = jax.tree.map(lambda x: jnp.repeat(x, beam, axis=0), encoded)
-    tokens = jnp.repeat(queries, beam, axis=0)  # --> [B * K, Li]
-    cache = model.init_cache(params, batch, max_len)
-    step_fn = retrieval.decoder_step_fn(
-      model, params, encoded, tokens, sparse_output=variant == 'sparse_output'
+    decoder = model_decoder.model_decoder(
+      model,
+      params,
+      queries,
+      rows_per_input=beam,
+      cache_rows=batch,  # beam search repeats it per beam
+      max_decode_len=max_len,
+      cached_cross_attention=variant != 'uncached',
+      sparse_output=variant == 'sparse_output',
     )
+    step_fn, cache = decoder.tokens_to_logits, decoder.cache
 
     def tokens_to_logits(decoder_tokens, cache, step):
       logits, cache = step_fn(decoder_tokens, cache, step)
@@ -447,6 +458,197 @@ def build_row(docids, trie, bulk_build_s):
   return row
 
 
+def random_docids(count, length, vocab, seed=0):
+  """About `count` distinct random docids [n, length + 1] int32 (tokens in
+  [2, vocab), EOS last), shuffled."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(seed)
+  tokens = np.unique(rng.integers(2, vocab, (count, length)), axis=0)
+  rng.shuffle(tokens)
+  eos = np.full((len(tokens), 1), EOS)
+  return np.concatenate([tokens, eos], axis=1).astype(np.int32)
+
+
+def csr_levels(docids):
+  """The trie of fixed-length docids [n, L] as one CSR per level.
+
+  Nodes are numbered per depth in sorted order. Level d: offsets [n_d + 1]
+  (the children of node i at depth d are nodes offsets[i] .. offsets[i+1]
+  - 1 at depth d + 1) and tokens [n_{d+1}] (the edge into each child).
+  Returns (offsets per level, tokens per level, widths per level, leaf
+  documents [n]: the row of docids each depth-L node ends).
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  order = np.lexsort(docids.T[::-1])
+  rows = docids[order]
+  changed = np.zeros(len(rows), bool)
+  changed[0] = True
+  node = np.zeros(len(rows), np.int64)  # each row's node one depth up
+  offsets, tokens = [], []
+  for depth in range(rows.shape[1]):
+    changed[1:] |= rows[1:, depth] != rows[:-1, depth]
+    starts = np.flatnonzero(changed)
+    offsets.append(
+      np.searchsorted(node[starts], np.arange(node[-1] + 2)).astype(np.int32)
+    )
+    tokens.append(rows[starts, depth].astype(np.int16))
+    node = np.cumsum(changed) - 1
+  widths = tuple(int(np.diff(o).max()) for o in offsets)
+  return offsets, tokens, widths, order.astype(np.int32)
+
+
+def free_logits(bias, table, previous):
+  """The free model: query bias [B, V] + a fixed row per previous token
+  ([V, V] table, previous [B, K]) -> logits [B, K, V]. Its cost is one
+  gather, the same for both decoders."""
+  return bias[:, None, :] + table[previous]
+
+
+def make_csr_search(widths, beam):
+  """Jitted (bias, table, offsets, tokens, leaf documents) -> documents
+  [B, beam]: beam search over `csr_levels`, unrolled with each level's
+  static width (the STATIC-style fixed-length reference decoder)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  @jax.jit
+  def search(bias, table, offsets, tokens, leaf_documents):
+    batch = bias.shape[0]
+    nodes = jnp.zeros((batch, 1), jnp.int32)  # the root: one beam
+    scores = jnp.zeros((batch, 1), jnp.float32)
+    previous = jnp.zeros((batch, 1), jnp.int32)  # BOS
+    for depth, width in enumerate(widths):
+      log_probs = jax.nn.log_softmax(free_logits(bias, table, previous))
+      start = offsets[depth][nodes]
+      count = offsets[depth][nodes + 1] - start
+      slots = start[..., None] + jnp.arange(width)  # [B, K, W]
+      child_tokens = jnp.take(tokens[depth], slots, mode='clip').astype(
+        jnp.int32
+      )
+      picked = jnp.take_along_axis(log_probs, child_tokens, axis=2)
+      candidates = jnp.where(
+        jnp.arange(width) < count[..., None],
+        scores[..., None] + picked,
+        -jnp.inf,
+      ).reshape(batch, -1)
+      scores, index = jax.lax.top_k(candidates, beam)
+      nodes = jnp.take_along_axis(slots.reshape(batch, -1), index, axis=1)
+      previous = jnp.take_along_axis(
+        child_tokens.reshape(batch, -1), index, axis=1
+      )
+    return leaf_documents[nodes]
+
+  return search
+
+
+def make_free_search(beam, max_len):
+  """Jitted (bias, table, trie_arrays) -> documents [B, beam]: gr's
+  constrained beam search with the free model."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from gr import decoding  # pylint: disable=g-import-not-at-top
+
+  @jax.jit
+  def search(bias, table, trie_arrays):
+    queries = jnp.arange(bias.shape[0] * beam) // beam  # of each row [N]
+
+    def tokens_to_logits(decoder_tokens, cache, step):
+      del step  # the model keeps no state: a 0-d cache, never gathered
+      logits = free_logits(bias[queries], table, decoder_tokens)
+      return logits[:, 0], cache  # [N, 1, V] --> [N, V]
+
+    return decoding.constrained_beam_search(
+      tokens_to_logits,
+      jnp.zeros((), jnp.int32),
+      bias.shape[0],
+      trie_arrays,
+      beam_size=beam,
+      max_decode_len=max_len,
+    ).documents
+
+  return search
+
+
+def trie_row(count, length, vocab, reps):
+  """The trie at `count` random docids: device bytes, bulk build time, and
+  decoding with a free model, gr's search vs the level-CSR reference."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from gr import trie as trie_lib  # pylint: disable=g-import-not-at-top
+
+  docids = random_docids(count, length, vocab)
+  builds = []
+  for _ in range(3):
+    wall, cpu = time.perf_counter(), time.process_time()
+    trie = trie_lib.DocidTrie.from_padded(
+      docids, np.arange(len(docids)), vocab_size=vocab
+    )
+    builds.append((time.perf_counter() - wall, time.process_time() - cpu))
+  arrays = trie.to_device()
+  device_bytes = sum(x.nbytes for x in jax.tree.leaves(arrays))
+  offsets, tokens, widths, leaves = csr_levels(docids)
+  csr = [jnp.asarray(x) for x in offsets], [jnp.asarray(x) for x in tokens]
+  csr_bytes = sum(x.nbytes for x in jax.tree.leaves(csr)) + leaves.nbytes
+  rng = np.random.default_rng(2)
+  bias = jnp.asarray(rng.normal(size=(_BATCH.value, vocab)), jnp.float32)
+  table = jnp.asarray(rng.normal(size=(vocab, vocab)), jnp.float32)
+  ours = make_free_search(_BEAM.value, length + 1)
+  theirs = make_csr_search(widths, _BEAM.value)
+  leaves = jnp.asarray(leaves)
+  calls = {
+    'gr': lambda: ours(bias, table, arrays),
+    'csr': lambda: theirs(bias, table, *csr, leaves),
+  }
+  seconds = median_times(calls, reps)
+  top1 = {name: np.asarray(call())[:, 0] for name, call in calls.items()}
+  per_query = lambda name: 1e3 * seconds[name][0] / _BATCH.value
+  row = dict(
+    docids=len(docids),
+    docid_tokens=length,
+    vocab=vocab,
+    batch=_BATCH.value,
+    beam=_BEAM.value,
+    reps=reps,
+    nodes=trie.num_nodes,
+    device_bytes=device_bytes,
+    bytes_per_docid=device_bytes / len(docids),
+    csr_bytes_per_docid=csr_bytes / len(docids),
+    bulk_build_s=statistics.median(w for w, _ in builds),
+    bulk_build_cpu_s=statistics.median(c for _, c in builds),
+    level_widths=list(arrays.level_widths),
+    csr_widths=list(widths),
+    gr_ms_per_query=per_query('gr'),
+    csr_ms_per_query=per_query('csr'),
+    gr_cpu_ms_per_query=1e3 * seconds['gr'][1] / _BATCH.value,
+    csr_cpu_ms_per_query=1e3 * seconds['csr'][1] / _BATCH.value,
+    gr_over_csr=seconds['gr'][0] / seconds['csr'][0],
+    top1_agreement=float(np.mean(top1['gr'] == top1['csr'])),
+  )
+  print(json.dumps(row), flush=True)
+  return row
+
+
+def print_trie_table(r):
+  """The trie row as text."""
+  print(
+    f"\ntrie at {r['docids']} random {r['docid_tokens']}-token docids, "
+    f"V={r['vocab']}: {r['bytes_per_docid']:.1f} device bytes/docid "
+    f"(level CSR {r['csr_bytes_per_docid']:.1f}), bulk build "
+    f"{r['bulk_build_s']:.2f} s wall ({r['bulk_build_cpu_s']:.2f} s CPU); "
+    f"widths {r['level_widths']} (CSR {r['csr_widths']})"
+  )
+  print(
+    f"free-model decoding, batch {r['batch']}, beam {r['beam']}: gr "
+    f"{r['gr_ms_per_query']:.2f} ms/query ({r['gr_cpu_ms_per_query']:.2f} "
+    f"CPU), level-CSR reference {r['csr_ms_per_query']:.2f} "
+    f"({r['csr_cpu_ms_per_query']:.2f} CPU): gr/CSR "
+    f"{r['gr_over_csr']:.2f}; same top-1 {r['top1_agreement']:.2f}"
+  )
+
+
 def print_output_layer_table(results):
   """The output_layer rows as aligned text."""
   print(
@@ -551,13 +753,6 @@ def main(argv):
   models = _MODELS.value or (
     ['base'] if _DEVICE.value == 'gpu' else ['tiny', 'small']
   )
-  peer_size = _PEER_SIZE.value if _MODE.value == 'all' else 0
-  sizes = sorted(
-    {int(n) for n in _SIZES.value} | ({peer_size} if peer_size else set())
-  )
-  tries, bulk_s = build_tries(
-    sizes, _LEVELS.value, _BRANCHING.value, _VOCAB.value
-  )
   device = jax.devices()[0]
   results = dict(
     device=f'{device.platform}: {device.device_kind}',
@@ -577,11 +772,31 @@ def main(argv):
         'input_length',
         'threads',
         'mode',
+        'trie_docids',
+        'trie_tokens',
+        'trie_vocab',
       )
     },
   )
   print(
     f"load average at start: {results['load_average_at_start']}", flush=True
+  )
+  if _MODE.value == 'trie':
+    results['trie'] = trie_row(
+      _TRIE_DOCIDS.value, _TRIE_TOKENS.value, _TRIE_VOCAB.value, _REPS.value
+    )
+    results['load_average_at_end'] = os.getloadavg()
+    print_trie_table(results['trie'])
+    print_load(results)
+    if _OUT.value:
+      write_json(_OUT.value, results)
+    return
+  peer_size = _PEER_SIZE.value if _MODE.value == 'all' else 0
+  sizes = sorted(
+    {int(n) for n in _SIZES.value} | ({peer_size} if peer_size else set())
+  )
+  tries, bulk_s = build_tries(
+    sizes, _LEVELS.value, _BRANCHING.value, _VOCAB.value
   )
   overhead_tries = {int(n): tries[int(n)] for n in _SIZES.value}
   if _MODE.value == 'output_layer':
@@ -606,8 +821,14 @@ def main(argv):
     for name in _PEER_MODELS.value
     if _PEER_SIZE.value
   ]
+  if _TRIE_DOCIDS.value:
+    results['trie'] = trie_row(
+      _TRIE_DOCIDS.value, _TRIE_TOKENS.value, _TRIE_VOCAB.value, _REPS.value
+    )
   results['load_average_at_end'] = os.getloadavg()
   print_table(results)
+  if 'trie' in results:
+    print_trie_table(results['trie'])
   if _OUT.value:
     write_json(_OUT.value, results)
 

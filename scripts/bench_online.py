@@ -10,9 +10,10 @@ saved once (set-up, timed as `full_write_s`: what a compaction costs), then:
 
   start:   load_index + encoding every docid + Retriever (bulk trie build,
            upload) + warm_up (compiling the one bucket), timed apart;
-  add:     one first add (timed apart: it compiles the scatter, and at 10^k
-           docids a naive docid one digit longer opens a trie level, which
-           compiles the bucket again), then --updates single-document
+  add:     one first add and delete (timed apart: they compile the device
+           scatter of their row counts, and at 10^k docids a naive docid one
+           digit longer opens a trie level, which compiles the bucket
+           again), then --updates single-document
            `add_documents` calls, each persisted
            (online documents log, index update log) and written into the
            device trie in place;
@@ -135,6 +136,9 @@ def bench_size(num_docs: int, updates: int) -> dict:
   start = time.perf_counter()
   retriever.add_documents([beir.Document('first', '', 'fresh text')])
   first_add_s = time.perf_counter() - start
+  start = time.perf_counter()
+  retriever.delete_document('first')
+  first_delete_s = time.perf_counter() - start
   compiled = retriever.compiled_count()
   adds, deletes = [], []
   for doc in new:
@@ -157,6 +161,7 @@ def bench_size(num_docs: int, updates: int) -> dict:
       'total_s': load_s + encode_s + init_s + warm_up_s,
     },
     'first_add_ms': first_add_s * 1000,
+    'first_delete_ms': first_delete_s * 1000,
     'add': milliseconds(adds),
     'delete': milliseconds(deletes),
     'recompiled_during_updates': retriever.compiled_count() > compiled,

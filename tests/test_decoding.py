@@ -877,3 +877,28 @@ def test_per_level_widths_give_the_dense_mask_beams(seed):
         assert _as_tuples(sparse.sequences[row][:count]) == _as_tuples(
           dense.sequences[row][:count]
         )
+
+
+def test_update_device_edits_change_results_without_recompiling():
+  old = [
+    s + (1,) for n in (1, 2) for s in itertools.product((2, 3, 4), repeat=n)
+  ]
+  trie = _trie(old, list(range(len(old))))
+  table, bias = _toy(3, VOCAB)
+  prefer_new = bias.at[:, 5].add(12.0).at[:, 1].add(12.0)
+  search = jax.jit(
+    lambda table, bias, arrays: _constrained_for_edits(table, bias, arrays)
+  )
+  arrays = trie.to_device()
+  first = search(table, prefer_new, arrays)
+  removed = _as_tuples(first.sequences[0])[:2]
+  for sequence in removed:
+    trie.delete(sequence)
+  trie.insert((5, 5, 1), 99)
+  arrays = trie.update_device(arrays)
+  second = search(table, prefer_new, arrays)
+  assert search._cache_size() == 1
+  for row in range(BATCH):
+    returned = _as_tuples(second.sequences[row])
+    assert returned[0] == (5, 5, 1) and second.documents[row, 0] == 99
+    assert not set(removed) & set(returned)

@@ -41,7 +41,6 @@ V)): all independent of how many docids the trie holds.
 
 from __future__ import annotations
 
-import functools
 from typing import Iterator, Optional, Sequence
 
 import flax.struct
@@ -53,7 +52,7 @@ PAD_ID = 0
 _ARRAY_FIELDS = ("root_child", "child_start", "num_children", "edge_token")
 DEAD = -1
 _MIN_NODE_CAPACITY = 16
-_MAX_TOKEN = 2**31 - 1  # tokens are int32 on device without a vocabulary
+_MAX_TOKEN = 2**31 - 1  # int32: tokens without a vocabulary, document indices
 _INT16_TOKENS = 2**15 - 1  # vocabularies up to this size use int16
 
 
@@ -193,18 +192,16 @@ def lookup(arrays: TrieArrays, sequences: jax.Array) -> jax.Array:
   return jnp.where((nodes >= 0) & ~active, values, DEAD)
 
 
-@functools.partial(jax.jit, donate_argnums=0)
-def _set_rows_donated(arrays, rows, values):
-  return jax.tree.map(
-    lambda a, r, v: a.at[r].set(v, mode="drop"), arrays, rows, values
-  )
-
-
-@jax.jit
 def _set_rows(arrays, rows, values):
+  """arrays[k][rows[k]] = values[k] for each array k (rows past the end are
+  dropped)."""
   return jax.tree.map(
     lambda a, r, v: a.at[r].set(v, mode="drop"), arrays, rows, values
   )
+
+
+_set_rows_in_place = jax.jit(_set_rows, donate_argnums=0)
+_set_rows_copied = jax.jit(_set_rows)
 
 
 def _padded_rows(rows: np.ndarray, out_of_range: int) -> np.ndarray:
@@ -705,7 +702,7 @@ class DocidTrie:
     self._edited.clear()
     self._edited_roots.clear()
     return self._arrays(
-      **{k: jnp.array(v, copy=True) for k, v in self.to_numpy().items()}
+      **{k: jnp.array(v, copy=True) for k, v in self._host_arrays().items()}
     )
 
   def update_device(
@@ -744,7 +741,7 @@ class DocidTrie:
       rows[name] = _padded_rows(edited, host[name].shape[0])
       values[name] = np.zeros(len(rows[name]), host[name].dtype)
       values[name][: len(edited)] = host[name][edited]
-    setter = _set_rows_donated if donate else _set_rows
+    setter = _set_rows_in_place if donate else _set_rows_copied
     return self._arrays(**setter(tree, rows, values))
 
   @property

@@ -3,6 +3,7 @@ r"""Benchmarks trie-constrained beam search (issues 5, 13); JSON + a table.
   python scripts/bench_decoding.py --out=/tmp/bench_decoding.json --quick
   python scripts/bench_decoding.py --mode=output_layer --quick \
       --models=tiny,small --sizes=100000
+  python scripts/bench_decoding.py --mode=trie --out=/tmp/bench_trie.json
 
 Measured side by side in one run, same model config, batch and beam size,
 warm-up (compilation) excluded, median of --reps runs interleaved so that
@@ -23,6 +24,14 @@ load from other processes hits every variant alike:
   return the same top-1 docid.
 - build: host trie build time (per-docid inserts and the vectorised bulk
   build), device upload time and device bytes per docid.
+- trie (also --mode=trie alone): --trie_docids random docids of
+  --trie_tokens tokens over --trie_vocab (default 1M x 8 over 2,048):
+  device bytes per docid, bulk build seconds (wall and CPU, median of 3),
+  and decoding time per query with a free model (logits = a query bias + a
+  fixed row per previous token; no network), gr's constrained beam search
+  against a fixed-length beam search over one CSR per trie level with each
+  level's static width (STATIC-style; `make_csr_search`), and how often
+  both return the same top-1 document.
 
 Every variant projects the cross-attention keys and values once per query
 (as retrieval.Searcher does), except 'uncached'.

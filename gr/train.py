@@ -26,6 +26,9 @@ The model comes in as an object (gr.models.EncoderDecoderModel) with
 from collections.abc import Callable, Iterator, Mapping
 import dataclasses
 import functools
+import os
+import shutil
+import tempfile
 import time
 from typing import Any, Protocol
 
@@ -388,7 +391,7 @@ def shard_model(
 # ----------------------------------------------------------------- data --
 
 
-def task_batches(
+def task_dataset(
   mixture_or_task_name,
   *,
   split: str,
@@ -396,14 +399,11 @@ def task_batches(
   target_length: int,
   batch_size: int,
   seed: int,
-  skip_batches: int = 0,
   shuffle: bool = True,
-) -> Iterator[dict[str, np.ndarray]]:
-  """This process's batches of a seqio task, [batch_size / processes, len].
-
-  Repeats forever; the order is a function of `seed` alone, so skipping
-  `skip_batches` resumes exactly where a run that consumed them stopped.
-  """
+):
+  """This process's batches of a seqio task as a tf.data.Dataset,
+  [batch_size / processes, len]; repeats forever in an order that is a
+  function of `seed` alone."""
   import seqio  # pylint: disable=g-import-not-at-top  (TensorFlow is heavy)
 
   ds = seqio.get_dataset(
@@ -416,10 +416,67 @@ def task_batches(
     shard_info=partitioning.host_shard_info(),
     seed=seed,
   )
-  ds = ds.batch(
+  return ds.batch(
     partitioning.per_host_batch_size(batch_size), drop_remainder=True
   )
+
+
+def task_batches(
+  mixture_or_task_name, *, skip_batches: int = 0, **kwargs
+) -> Iterator[dict[str, np.ndarray]]:
+  """`task_dataset`'s batches as numpy; skipping `skip_batches` resumes
+  exactly where a run that consumed them stopped (by reading and
+  tokenising them again: `DataIterator` restores without that)."""
+  ds = task_dataset(mixture_or_task_name, **kwargs)
   return ds.skip(skip_batches).as_numpy_iterator()
+
+
+class DataIterator:
+  """Numpy batches of a tf.data pipeline whose position can be saved.
+
+  `save` writes the iterator's state (the sources' read positions, shuffle
+  buffers, sampling rng: tf.train.Checkpoint) into a directory, atomically;
+  `restore` puts a fresh iterator over the same pipeline at that position,
+  so a resumed run continues with the next batch without reading or
+  tokenising the consumed ones again. State outside tf.data (a tokenizer's
+  model, a tf.Variable) is not saved.
+  """
+
+  STATE = 'state'
+
+  def __init__(self, dataset):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    self._tf = tf
+    options = tf.data.Options()
+    # The tokenizers' resources (a sentencepiece model) are constant state
+    # outside the pipeline: the position needs only what tf.data holds.
+    options.experimental_external_state_policy = (
+      tf.data.experimental.ExternalStatePolicy.IGNORE
+    )
+    self._iterator = iter(dataset.with_options(options))
+
+  def __iter__(self) -> 'DataIterator':
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in next(self._iterator).items()}
+
+  def _checkpoint(self):
+    return self._tf.train.Checkpoint(iterator=self._iterator)
+
+  def save(self, directory: str) -> None:
+    """Writes the position to `directory` (replacing it, atomically)."""
+    parent = os.path.dirname(os.path.abspath(directory))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix='.tmp-data-')
+    self._checkpoint().write(os.path.join(staging, self.STATE))
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(staging, directory)
+
+  def restore(self, directory: str) -> None:
+    status = self._checkpoint().read(os.path.join(directory, self.STATE))
+    status.assert_consumed()
 
 
 def concatenated_batches(
@@ -565,6 +622,48 @@ def _eval_batches(
   ]
 
 
+DATA_STATE_DIR = 'data_state'
+
+
+def _data_state_dir(model_dir: str, step: int) -> str:
+  """model_dir/data_state/<step>/process_<i>: this process's position."""
+  return os.path.join(
+    model_dir, DATA_STATE_DIR, str(step), f'process_{jax.process_index()}'
+  )
+
+
+def resumed_batches(
+  mixture_or_task_name, model_dir: str | None, start: int, **kwargs
+) -> Iterator[dict[str, np.ndarray]]:
+  """Train batches from step `start` on: restored from the data position
+  saved in `model_dir` at that step when there is one (a DataIterator),
+  else by skipping `start` batches (model_dir None: always a skip)."""
+  dataset = task_dataset(mixture_or_task_name, split='train', **kwargs)
+  if model_dir is None:
+    return dataset.skip(start).as_numpy_iterator()
+  state = _data_state_dir(model_dir, start)
+  if not start or not os.path.isdir(state):
+    if start:
+      logging.info(
+        'No data position for step %d: skipping %d batches', start, start
+      )
+    return DataIterator(dataset.skip(start))
+  data = DataIterator(dataset)
+  data.restore(state)
+  logging.info('Data position restored from %s', state)
+  return data
+
+
+def _save_data_state(data: DataIterator, manager, step: int) -> None:
+  """Saves the data position of `step`; drops those of removed steps."""
+  data.save(_data_state_dir(os.fspath(manager.directory), step))
+  root = os.path.join(os.fspath(manager.directory), DATA_STATE_DIR)
+  kept = {str(s) for s in manager.all_steps()} | {str(step)}
+  for name in os.listdir(root):
+    if name not in kept and not name.startswith('.'):
+      shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
 def train(
   *,
   model: TrainableModel,
@@ -588,6 +687,7 @@ def train(
   artifact_dir: str | None = None,
   fit_vocab_to_task: bool = True,
   batch_transform: Callable[[dict], dict] | None = None,
+  checkpoint_data: bool = False,
 ) -> TrainState:
   """Trains `model` on a seqio task/mixture; resumes from `model_dir`.
 
@@ -614,6 +714,10 @@ def train(
       from a checkpoint with T5's 32128 rows).
     batch_transform: applied to each host batch (numpy) before it goes to
       the devices, e.g. gr.encoder_cache adding `encoder_frozen_states`.
+    checkpoint_data: also save the data iterator's position with every
+      checkpoint (model_dir/data_state/<step>/), so that a resumed run
+      continues from it instead of reading and tokenising the consumed
+      batches again (`DataIterator`); a step without one resumes by skip.
 
   Returns:
     The final TrainState.
@@ -644,9 +748,13 @@ def train(
     batch_size=batch_size,
     seed=seed,
   )
-  batches = task_batches(
-    mixture_or_task_name, split='train', skip_batches=start, **lengths
+  data = resumed_batches(
+    mixture_or_task_name,
+    model_dir if checkpoint_data else None,
+    start,
+    **lengths,
   )
+  batches = data
   if batch_transform is not None:
     batches = map(batch_transform, batches)
   eval_batches = None
@@ -674,6 +782,11 @@ def train(
     eval_every=eval_every,
     eval_batches=eval_batches,
     artifact_dir=artifact_dir,
+    before_checkpoint=(
+      functools.partial(_save_data_state, data, manager)
+      if checkpoint_data
+      else None
+    ),
   )
   manager.wait_until_finished()
   manager.close()
@@ -695,6 +808,7 @@ def run_loop(
   writer: SummaryWriter | None = None,
   eval_every: int = 0,
   eval_batches: list | None = None,
+  before_checkpoint: Callable[[int], None] | None = None,
 ) -> TrainState:
   """The step loop: train, log, evaluate, checkpoint; steps start+1..train_steps.
 
@@ -702,6 +816,8 @@ def run_loop(
   rng of a step is fold_in(rng, step). Without a checkpoint `manager` the
   run lives in memory (a continual update commits it as a whole); without
   `writer` no TensorBoard scalars; without `eval_batches` no eval.
+  `before_checkpoint(step)` runs before each checkpoint is saved (e.g. the
+  data position, written first so that a committed step always has it).
   """
   history, tick, tick_step = [], time.time(), start
   for step in range(start + 1, train_steps + 1):
@@ -728,5 +844,7 @@ def run_loop(
     if manager is not None and (
       step % checkpoint_every == 0 or step == train_steps
     ):
+      if before_checkpoint is not None:
+        before_checkpoint(step)
       checkpoints.save(manager, step, state, artifact_dir)
   return state

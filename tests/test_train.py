@@ -296,3 +296,116 @@ def test_train_step_is_deterministic_in_seed_and_step():
   _, later = step(state.replace(step=jnp.array(7)), batch, rng)
   assert float(first['loss']) == float(again['loss'])
   assert float(first['loss']) != float(later['loss'])  # other dropout mask
+
+
+# ------------------------------------------------ resume without re-reading --
+
+_READS = tf.Variable(0, dtype=tf.int64)  # examples the counting task has read
+COUNTING_TASK = 'gr_test_reverse_counting'
+
+
+def _counting_dataset_fn(split, shuffle_files, seed=None):
+  def count(example):
+    _READS.assign_add(1)
+    return example
+
+  ds = toy_tasks._dataset_fn(split, shuffle_files, seed)
+  return ds.shuffle(64, seed=seed).map(count)
+
+
+@pytest.fixture(scope='module')
+def counting_task():
+  import seqio
+
+  vocab = seqio.PassThroughVocabulary(size=toy_tasks.TOY_VOCAB_SIZE, eos_id=1)
+  if COUNTING_TASK in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(COUNTING_TASK)
+  seqio.TaskRegistry.add(
+    COUNTING_TASK,
+    source=seqio.FunctionDataSource(_counting_dataset_fn, splits=('train',)),
+    preprocessors=[seqio.preprocessors.append_eos_after_trim],
+    output_features={
+      k: seqio.Feature(vocab, add_eos=True, dtype=tf.int32)
+      for k in ('inputs', 'targets')
+    },
+  )
+  return COUNTING_TASK
+
+
+DATA = dict(split='train', input_length=10, target_length=10, seed=3)
+
+
+def test_restored_data_position_gives_the_same_batches_without_rereading(
+  counting_task, tmp_path
+):
+  """Uninterrupted batches 0..5 against: 3 batches, save, a fresh
+  iterator restored there, 3 more; the restored one reads (almost) nothing
+  where the skip path reads every consumed example again."""
+  dataset = lambda: train.task_dataset(counting_task, batch_size=8, **DATA)
+  uninterrupted = train.DataIterator(dataset())
+  reference = [next(uninterrupted) for _ in range(6)]
+  first = train.DataIterator(dataset())
+  for _ in range(3):
+    next(first)
+  first.save(str(tmp_path / 'position'))
+
+  restored = train.DataIterator(dataset())
+  _READS.assign(0)
+  restored.restore(str(tmp_path / 'position'))
+  resumed = [next(restored) for _ in range(3)]
+  reads_restored = int(_READS.numpy())
+  for want, got in zip(reference[3:], resumed, strict=True):
+    assert want.keys() == got.keys()
+    for key in want:
+      np.testing.assert_array_equal(want[key], got[key])
+
+  _READS.assign(0)
+  skipped = train.task_batches(
+    counting_task, batch_size=8, skip_batches=3, **DATA
+  )
+  for want in reference[3:]:
+    np.testing.assert_array_equal(
+      want['encoder_input_tokens'], next(skipped)['encoder_input_tokens']
+    )
+  reads_skipped = int(_READS.numpy())
+  assert reads_skipped >= 6 * 8  # the consumed batches, read again
+  assert reads_restored < reads_skipped - 3 * 8
+
+
+def test_train_resumes_from_the_saved_data_position(counting_task, tmp_path):
+  """checkpoint_data: a run resumed from step 3's checkpoint restores the
+  data position saved with it and ends with the uninterrupted params."""
+  model = models.EncoderDecoderModel(
+    network.T5Config.tiny(
+      toy_tasks.TOY_VOCAB_SIZE,
+      num_encoder_layers=1,
+      num_decoder_layers=1,
+      emb_dim=32,
+      head_dim=8,
+      mlp_dim=64,
+    )
+  )
+  run = lambda model_dir: train.train(
+    model=model,
+    mixture_or_task_name=counting_task,
+    train_steps=6,
+    batch_size=8,
+    model_dir=str(model_dir),
+    input_length=10,
+    target_length=10,
+    checkpoint_every=3,
+    log_every=3,
+    seed=3,
+    fit_vocab_to_task=False,
+    checkpoint_data=True,
+  )
+  reference = run(tmp_path / 'reference')
+  positions = tmp_path / 'reference' / train.DATA_STATE_DIR
+  assert sorted(os.listdir(positions)) == ['3', '6']
+  resumed_dir = tmp_path / 'resumed'
+  shutil.copytree(tmp_path / 'reference', resumed_dir)
+  shutil.rmtree(resumed_dir / '6')  # as if killed after step 3
+  shutil.rmtree(resumed_dir / train.DATA_STATE_DIR / '6')
+  resumed = run(resumed_dir)
+  assert int(resumed.step) == 6
+  _assert_same_params(resumed.params, reference.params)

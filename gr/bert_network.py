@@ -121,32 +121,9 @@ class BertT5Transformer(nn.Module):
     )
     return nn.with_logical_constraint(hidden, ('batch', 'length', 'embed'))
 
-  def decode(
-    self,
-    encoded,
-    encoder_input_tokens,
-    decoder_input_tokens,
-    decode=False,
-    max_decode_length=None,
-    enable_dropout=False,
-    decoder_target_tokens=None,
-    return_hidden=False,
-  ):
-    """As network.Transformer.decode: fp32 logits [B, Lt, vocab].
-
-    encoded: [B, Li, width] encoder states, or their
-    network.CrossAttentionKV (projected once, e.g. per query in decoding).
-    """
-    return self.decoder(
-      encoded,
-      encoder_input_tokens,
-      decoder_input_tokens,
-      decoder_target_tokens,
-      decode=decode,
-      max_decode_length=max_decode_length,
-      enable_dropout=enable_dropout,
-      return_hidden=return_hidden,
-    )
+  # The same decoder call as the T5 network's (encoded: [B, Li, width]
+  # encoder states or their network.CrossAttentionKV).
+  decode = network.Transformer.decode
 
   def __call__(
     self,

@@ -29,6 +29,8 @@ import tokenizers
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from gr import atomic_io
+from gr import batching
+from gr import decoding
 from gr.bert import (
   BertConfig,
   BertEncoder,
@@ -132,11 +134,11 @@ class Embedder:
     """-> token ids [batch_size, bucket] int32, mask [batch_size, bucket] bool."""
     longest = max(len(x) for x in ids)
     length = next(b for b in self.buckets if b >= longest)
-    token_ids = np.zeros((batch_size, length), np.int32)
-    mask = np.zeros((batch_size, length), bool)
-    for row, x in enumerate(ids):
-      token_ids[row, : len(x)] = x
-      mask[row, : len(x)] = True
+    token_ids = batching.pad_rows(
+      decoding.pad_sequences(ids, length), batch_size
+    )
+    lengths = batching.pad_rows(np.array([len(x) for x in ids]), batch_size)
+    mask = np.arange(length) < lengths[:, None]
     return self._place(token_ids, PartitionSpec("data")), self._place(
       mask, PartitionSpec("data")
     )

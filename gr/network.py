@@ -890,10 +890,11 @@ class Transformer(nn.Module):
     decoder_target_tokens: jax.Array | None = None,
     return_hidden: bool = False,
   ) -> jax.Array:
-    """Decoder logits.
+    """Decoder logits (also gr/bert_network.py's `decode`).
 
     Args:
-      encoded: [B, Li, emb_dim] from `encode`, or its `CrossAttentionKV`.
+      encoded: [B, Li, width] from `encode` (width = emb_dim, or a
+        pretrained encoder's own), or its `CrossAttentionKV`.
       encoder_input_tokens: [B, Li] (for the cross-attention padding mask).
       decoder_input_tokens: [B, Lt]; with decode=True, [B, max_decode_length]
         on the cache-creating call, then [B, 1] per step.

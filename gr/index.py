@@ -247,6 +247,9 @@ def record_update(
   changed the scheme's state arrays or the log is due for compaction; then
   `after` is saved as a full version. Returns True if it compacted.
   """
+  if not os.path.exists(os.path.join(index_dir, CURRENT_FILE)):
+    save_index(after, index_dir)  # nothing to log against yet
+    return True
   version_dir = current_version_dir(index_dir)
   base_version = _recorded_table_version(version_dir)
   added, removed = list(added), list(removed)
@@ -278,6 +281,8 @@ def record_update(
 
 def repair_updates(index_dir: str) -> bool:
   """Cuts a torn last line off the current log (the writer, at start)."""
+  if not os.path.exists(os.path.join(index_dir, CURRENT_FILE)):
+    return False
   return atomic_io.repair_log(updates_path(current_version_dir(index_dir)))
 
 

@@ -83,10 +83,6 @@ def fit_to_index(config: SearchConfig, index: index_lib.Index) -> SearchConfig:
   return dataclasses.replace(config, docids_per_doc=docids_per_document(index))
 
 
-# bench_decoding's name for model_decoder.step_fn; drop it once
-# scripts/bench_decoding.py builds its search with model_decoder.
-decoder_step_fn = model_decoder.step_fn
-
 BATCH = PartitionSpec(partitioning.DATA_AXIS)  # [batch, ...] over 'data'
 REPLICATED = PartitionSpec()
 

@@ -38,6 +38,7 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import seqio
 import tensorflow as tf
 
+from gr import example_files
 from gr import vocab as vocab_lib
 from gr.data import beir
 
@@ -409,6 +410,51 @@ def register_task(
     lambda: seqio.TaskRegistry.add(
       name,
       source=source,
+      output_features=output_features(vocab, docid_targets=docid_targets),
+      preprocessors=preprocessors(docid_targets=docid_targets),
+      metric_fns=[],
+    ),
+  )
+  return name
+
+
+def register_file_task(
+  name: str,
+  path: str,
+  vocab: vocab_lib.Vocabulary,
+  *,
+  docid_targets: bool,
+  split: str = TRAIN,
+  shuffle_buffer: int = 10_000,
+) -> str:
+  """Registers one task whose `split` streams from an examples file
+  (gr/example_files.py; shuffled in a `shuffle_buffer` of records), not
+  from memory; fingerprinted by the file's sha256. Returns the name."""
+  fingerprint = _fingerprint(
+    {
+      "vocab": vocab.fingerprint,
+      "docid_targets": docid_targets,
+      "file_sha256": vocab_lib.file_sha256(path),
+    }
+  )
+
+  def dataset_fn(split, shuffle_files, seed=None):
+    del split  # the one split
+    return example_files.read_examples(
+      path,
+      text_targets=not docid_targets,
+      shuffle=shuffle_files,
+      seed=seed,
+      shuffle_buffer=shuffle_buffer,
+    )
+
+  _register_once(
+    seqio.TaskRegistry,
+    name,
+    fingerprint,
+    lambda: seqio.TaskRegistry.add(
+      name,
+      source=seqio.FunctionDataSource(dataset_fn, splits=[split]),
       output_features=output_features(vocab, docid_targets=docid_targets),
       preprocessors=preprocessors(docid_targets=docid_targets),
       metric_fns=[],

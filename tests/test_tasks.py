@@ -357,3 +357,59 @@ def test_bad_names_and_unknown_tokens(data, tables, vocab):
     tasks.register_gr_tasks(
       name="bare", dataset=data, table=tables["naive"], vocab=bare
     )
+
+
+@pytest.mark.parametrize("docid_targets", [True, False])
+def test_file_task_streams_the_same_examples_as_the_in_memory_task(
+  data, tables, vocab, tmp_path, docid_targets
+):
+  """Peer: register_task over the same examples (file order, unshuffled),
+  docid targets (indexing) and text targets (doc2query)."""
+  if docid_targets:
+    examples = tasks.indexing_examples(data.corpus, tables["multi"], vocab)
+  else:
+    examples = [
+      tasks.Example(doc.text, doc.title, doc_id)
+      for doc_id, doc in data.corpus.items()
+    ]
+  suffix = "docids" if docid_targets else "text"
+  memory = tasks.register_task(
+    f"tt_memory_{suffix}.v1",
+    {tasks.TRAIN: examples},
+    vocab,
+    docid_targets=docid_targets,
+  )
+  path = str(tmp_path / "examples.tfrecord")
+  from gr import example_files
+
+  written = example_files.write_examples(
+    path, iter(examples), text_targets=not docid_targets
+  )
+  assert written == len(examples)
+  streamed = tasks.register_file_task(
+    f"tt_file_{suffix}.v1", path, vocab, docid_targets=docid_targets
+  )
+  want, got = _examples(memory), _examples(streamed)
+  assert len(got) == len(want) == len(examples)
+  for a, b in zip(want, got):
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_array_equal(a[key], b[key])
+  # Shuffled: the same examples in another (seeded) order.
+  shuffled = seqio.get_mixture_or_task(streamed).get_dataset(
+    LENGTHS, split="train", shuffle=True, seed=1
+  )
+  docs = sorted(_text(ex["doc_id"].numpy()) for ex in shuffled)
+  assert docs == sorted(_text(ex["doc_id"]) for ex in want)
+
+
+def test_write_examples_refuses_mixed_targets(tmp_path):
+  from gr import example_files
+
+  with pytest.raises(ValueError, match="example 2"):
+    example_files.write_examples(
+      str(tmp_path / "x.tfrecord"),
+      [tasks.Example("a", (3, 1), "d1"), tasks.Example("b", "text", "d2")],
+      text_targets=False,
+    )
+  assert not list(tmp_path.iterdir())  # nothing left behind

@@ -33,7 +33,7 @@ import dataclasses
 import hashlib
 import json
 import re
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import seqio
 import tensorflow as tf
@@ -131,16 +131,23 @@ def indexing_examples(
   corpus: Mapping, table, vocab, *, include_title: bool = False
 ) -> list[Example]:
   """Document text -> docid, for every (document, docid) in the table."""
-  examples = []
+  return list(
+    iter_indexing_examples(corpus, table, vocab, include_title=include_title)
+  )
+
+
+def iter_indexing_examples(
+  corpus: Mapping, table, vocab, *, include_title: bool = False
+) -> Iterator[Example]:
+  """`indexing_examples` one at a time (e.g. to stream them to a file)."""
   for doc_id in table.docids:
     if doc_id not in corpus:
       raise ValueError(
         f"docid table names document {doc_id!r}, which is not in the corpus"
       )
-    examples += _docid_examples(
+    yield from _docid_examples(
       document_input(corpus[doc_id], include_title), doc_id, table, vocab
     )
-  return examples
 
 
 def retrieval_examples(

@@ -1,0 +1,178 @@
+r"""Peak RSS of building the indexing task for N synthetic documents.
+
+  python scripts/bench_task_memory.py --num_docs=100000 \
+    --output=/tmp/bench_task_memory.json   [--quick: 10,000 documents]
+
+Two paths, each in a fresh process over the same corpus, naive docid table
+and sentencepiece vocabulary (set up once here):
+
+  in_memory  tasks.indexing_examples -> tasks.register_task (the Example
+             list, the JSON fingerprint, from_tensor_slices, a shuffle
+             buffer of the whole task)
+  file       tasks.iter_indexing_examples -> example_files.write_examples
+             (streamed) -> tasks.register_file_task (a bounded shuffle
+             buffer of records)
+
+Each child reports its peak RSS after making the corpus (`rss_setup_mb`)
+and after building the task and reading its first train batch
+(`rss_peak_mb`); `task_mb` is the difference. Prints the machine load
+before and after (gr/bench_env.py) and writes JSON.
+"""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+
+from gr.experiments import gin_cli
+
+_NUM_DOCS = flags.DEFINE_integer('num_docs', 100_000, 'Synthetic documents.')
+_QUICK = flags.DEFINE_bool('quick', False, '10,000 documents.')
+_OUTPUT = flags.DEFINE_string('output', None, 'Write the results JSON here.')
+_CHILD = flags.DEFINE_enum(
+  'child', None, ['in_memory', 'file'], 'Internal: run one path and exit.'
+)
+_WORK_DIR = flags.DEFINE_string('work_dir', None, 'Internal: shared setup.')
+
+WORDS_PER_DOC = 60
+VOCAB_SIZE = 1000
+BATCH_SIZE = 32
+
+
+def synthetic_corpus(num_docs: int) -> dict:
+  """{doc_id: Document}: WORDS_PER_DOC seeded words from a 5,000-word
+  lexicon each (deterministic)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from gr.data import beir  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  lexicon = [f'w{i}' for i in range(5000)]
+  ids = rng.integers(0, len(lexicon), size=(num_docs, WORDS_PER_DOC))
+  return {
+    f'd{i}': beir.Document(f'd{i}', '', ' '.join(lexicon[j] for j in ids[i]))
+    for i in range(num_docs)
+  }
+
+
+def _peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _setup(work_dir: str, num_docs: int) -> None:
+  """The sentencepiece model (trained on the first 2,000 bodies)."""
+  from gr import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+
+  corpus = synthetic_corpus(min(num_docs, 2000))
+  vocab_lib.train_sentencepiece(
+    [doc.text for doc in corpus.values()],
+    os.path.join(work_dir, 'spm'),
+    vocab_size=VOCAB_SIZE,
+  )
+
+
+def run_child(path: str, work_dir: str, num_docs: int) -> dict:
+  """Builds one path's task and reads one batch; returns its RSS record."""
+  from gr import example_files  # pylint: disable=g-import-not-at-top
+  from gr import tasks  # pylint: disable=g-import-not-at-top
+  from gr import train  # pylint: disable=g-import-not-at-top
+  from gr import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  from gr.docids import naive  # pylint: disable=g-import-not-at-top
+
+  corpus = synthetic_corpus(num_docs)
+  table = naive.NaiveScheme().assign(corpus)
+  vocab = vocab_lib.Vocabulary(
+    os.path.join(work_dir, 'spm.model'), table.reserved_tokens
+  )
+  setup = _peak_rss_mb()
+  start = time.time()
+  if path == 'in_memory':
+    examples = tasks.indexing_examples(corpus, table, vocab)
+    name = tasks.register_task(
+      'bench.in_memory.v1', {tasks.TRAIN: examples}, vocab, docid_targets=True
+    )
+  else:
+    examples_path = os.path.join(work_dir, 'indexing.tfrecord')
+    example_files.write_examples(
+      examples_path,
+      tasks.iter_indexing_examples(corpus, table, vocab),
+      text_targets=False,
+    )
+    name = tasks.register_file_task(
+      'bench.file.v1', examples_path, vocab, docid_targets=True
+    )
+  batches = train.task_batches(
+    name,
+    split=tasks.TRAIN,
+    input_length=64,
+    target_length=table_length(table, vocab),
+    batch_size=BATCH_SIZE,
+    seed=0,
+  )
+  next(batches)
+  peak = _peak_rss_mb()
+  return {
+    'path': path,
+    'num_docs': num_docs,
+    'rss_setup_mb': round(setup, 1),
+    'rss_peak_mb': round(peak, 1),
+    'task_mb': round(peak - setup, 1),
+    'seconds': round(time.time() - start, 2),
+  }
+
+
+def table_length(table, vocab) -> int:
+  """Longest docid in tokens, EOS included."""
+  return 1 + max(
+    len(vocab.encode_docid(d)) for ids in table.docids.values() for d in ids
+  )
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  num_docs = 10_000 if _QUICK.value else _NUM_DOCS.value
+  if _CHILD.value:
+    print(json.dumps(run_child(_CHILD.value, _WORK_DIR.value, num_docs)))
+    return
+  from gr import bench_env  # pylint: disable=g-import-not-at-top
+
+  load_before = bench_env.machine_load('before')
+  results = []
+  with tempfile.TemporaryDirectory() as work_dir:
+    _setup(work_dir, num_docs)
+    for path in ('in_memory', 'file'):
+      output = subprocess.run(
+        [
+          sys.executable,
+          os.path.abspath(__file__),
+          f'--child={path}',
+          f'--work_dir={work_dir}',
+          f'--num_docs={num_docs}',
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+      ).stdout
+      results.append(json.loads(output.strip().splitlines()[-1]))
+      print(json.dumps(results[-1]))
+  record = {
+    'num_docs': num_docs,
+    'paths': results,
+    'load': [load_before, bench_env.machine_load('after')],
+  }
+  if _OUTPUT.value:
+    from gr import atomic_io  # pylint: disable=g-import-not-at-top
+
+    atomic_io.write_json(_OUTPUT.value, record, indent=1)
+    print(f'-> {_OUTPUT.value}')
+
+
+if __name__ == '__main__':
+  gin_cli.run(main)

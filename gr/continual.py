@@ -4,7 +4,9 @@ Each update makes a new *version* of the index (gr/versions.py: one
 checkpoint step with its index, memory and record). `update_index` builds
 the next index and memory, trains in memory, and only then commits the new
 step, so a crash at any point leaves the previous version as the latest
-complete, loadable one.
+complete, loadable one. Training runs gr/train.py's step loop (`run_loop`,
+in memory: no checkpoints of its own) on the configured ('data', 'model')
+mesh (`TrainSettings.mesh_data`, `mesh_model`).
 
 Checkpoint steps count gradient updates: an update of k steps saves step
 previous + k (+1 for an update without training, e.g. `trie_only`, which

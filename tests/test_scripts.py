@@ -82,6 +82,11 @@ def test_generate_queries_names_the_malformed_corpus_line(bad_beir, tmp_path):
   )
 
 
+def test_bench_task_memory_rejects_an_unknown_path():
+  result = _run('bench_task_memory.py', '--child=nowhere', '--quick')
+  _assert_one_line_error(result, 'bench_task_memory.py', 'child')
+
+
 def test_train_names_the_missing_gin_file():
   result = _run('train.py', '--gin_file=gin/no_such_file.gin')
   _assert_one_line_error(result, 'train.py', 'no_such_file.gin')

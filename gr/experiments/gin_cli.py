@@ -40,7 +40,7 @@ INPUT_ERRORS = (
   'gr.checkpoints.ArtifactError',
   'gr.run_config.RunConfigError',
   'gr.hf_import.HFImportError',
-  'gr.serving.RunLoadError',
+  'gr.served_run.RunLoadError',
 )
 # Built-in and absl ones: a missing path, a wrong command line.
 _INPUT_ERROR_TYPES = (

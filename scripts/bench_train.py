@@ -64,6 +64,12 @@ _FLAGS = {
     None,
     'Peak TFLOP/s for MFU (default: a matmul peak measured in this run).',
   ),
+  'dropout': flags.DEFINE_enum(
+    'dropout',
+    'hash',
+    ['hash', 'bernoulli'],
+    'T5Config.dropout_implementation (gr/dropout.py).',
+  ),
   'prng_impl': flags.DEFINE_enum(
     'prng_impl',
     'threefry2x32',
@@ -205,7 +211,12 @@ def bench_hf(cfg, batch, warmup, steps, threads):
 
 
 def run_config(name, args):
-  cfg = network.T5Config.tiny(args.vocab, dtype=args.dtype, **CONFIGS[name])
+  cfg = network.T5Config.tiny(
+    args.vocab,
+    dtype=args.dtype,
+    dropout_implementation=args.dropout,
+    **CONFIGS[name],
+  )
   batch = make_batch(cfg, args.batch, args.input_length, args.target_length)
   ours, n_ours = bench_ours(cfg, batch, args.warmup, args.steps)
   row = {'config': name, 'params': int(n_ours), 'ours_s_per_step': ours}

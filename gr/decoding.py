@@ -373,10 +373,12 @@ def _expand_first(
 def _by_depth(state: BeamState, constraint, first_step, later_step):
   """first_step() at step 0, later_step(depth) below the root.
 
-  One branch per depth 1..D (`constraint.num_levels()`), each with its own
-  static width; steps past D take depth D's branch.
+  One branch per depth 1..D (`constraint.num_levels()`, at most the last
+  step L - 1), each with its own static width; steps past D take depth D's
+  branch.
   """
-  depths = range(1, max(1, constraint.num_levels()) + 1)
+  last_step = state.alive_seqs.shape[2] - 1
+  depths = range(1, max(1, min(constraint.num_levels(), last_step)) + 1)
   branches = [first_step] + [functools.partial(later_step, d) for d in depths]
   return jax.lax.switch(jnp.minimum(state.step, len(depths)), branches)
 

@@ -19,6 +19,7 @@ writes a JSON file (default `<model stem>.gr_vocab.json`, next to the model)
 holding the docid token list and the model's sha256, which `load` verifies.
 """
 
+import copy
 import functools
 import hashlib
 import io
@@ -172,6 +173,28 @@ class DocidTokenVocabulary(seqio.Vocabulary):
     """The single id of a docid token (KeyError if it has none)."""
     return self._id_by_docid_token[token]
 
+  def _with_appended(self, tokens: tuple[str, ...]):
+    """A copy with docid tokens `tokens` (= the current ones + more),
+    sharing this one's loaded tokenizer: no file is read again and only the
+    appended tokens are checked (online adds call this per update)."""
+    current = self._docid_tokens
+    appended = _validated_docid_tokens(tokens[len(current) :])
+    for token in appended:
+      if token in self._id_by_docid_token:
+        raise ValueError(
+          f"docid token {token!r} appears twice (second time at position "
+          f"{tokens.index(token, len(current))})"
+        )
+    extended = copy.copy(self)
+    extended.__dict__.pop("fingerprint", None)  # depends on the tokens
+    extended._docid_tokens = tokens
+    first = self.base_size + len(current)
+    extended._id_by_docid_token = {
+      **self._id_by_docid_token,
+      **{t: first + i for i, t in enumerate(appended)},
+    }
+    return extended
+
   def decode_docid(self, ids: Iterable[int]) -> str:
     """Ids -> docid string, up to the first EOS; PAD ids are skipped."""
     kept = []
@@ -256,7 +279,7 @@ class Vocabulary(DocidTokenVocabulary):
         f"one at position {first_bad} (current has {len(current)} tokens, "
         f"new has {len(tokens)})"
       )
-    return Vocabulary(self.sp_model_path, tokens, extra_ids=self._sp.extra_ids)
+    return self._with_appended(tokens)
 
   # -- sizes and ids --
 

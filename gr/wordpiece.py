@@ -93,7 +93,9 @@ class WordPieceVocabulary(vocab_lib.DocidTokenVocabulary):
         "docid tokens are append-only: the new list does not "
         f"start with the current {len(self._docid_tokens)}"
       )
-    return WordPieceVocabulary(self._path, tokens)
+    extended = self._with_appended(tokens)
+    extended._input_view = False  # as a fresh vocabulary of the tokenizer
+    return extended
 
   @property
   def tokenizer_path(self) -> str:

@@ -177,6 +177,22 @@ def test_with_docid_tokens_appends_only(vocab):
     vocab.with_docid_tokens(_TOKENS[:2])
 
 
+def test_extended_vocabulary_equals_a_fresh_one(vocab, sp_path):
+  """with_docid_tokens shares the loaded model; the result is the same
+  vocabulary as one built from the file, and the original is unchanged."""
+  tokens = _TOKENS + ("<d_13>", "<d_14>")
+  bigger = vocab.with_docid_tokens(tokens)
+  fresh = vocab_lib.Vocabulary(sp_path, tokens)
+  assert bigger == fresh and bigger.fingerprint == fresh.fingerprint
+  assert bigger.fingerprint != vocab.fingerprint
+  assert vocab.docid_tokens == _TOKENS
+  assert bigger.encode_docid("<d_14> <0>") == fresh.encode_docid("<d_14> <0>")
+  with pytest.raises(KeyError):
+    vocab.docid_token_id("<d_14>")
+  with pytest.raises(ValueError, match="appears twice"):
+    vocab.with_docid_tokens(_TOKENS + ("<0>",))
+
+
 def test_bad_docid_tokens_rejected(sp_path):
   with pytest.raises(ValueError, match="appears twice"):
     vocab_lib.Vocabulary(sp_path, ("<1>", "<2>", "<1>"))

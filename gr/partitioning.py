@@ -185,10 +185,13 @@ def jit_on_mesh(fn, mesh: Mesh | None, in_specs: PyTree, out_specs: PyTree):
 
 
 def place(tree: PyTree, specs: PyTree, mesh: Mesh | None) -> PyTree:
-  """`tree` on `mesh` by mesh PartitionSpecs (unchanged without a mesh)."""
+  """`tree` on `mesh` by mesh PartitionSpecs (unchanged without a mesh).
+
+  Values may be host arrays or arrays committed to one device (as restored
+  checkpoints are); device_put moves them (one process)."""
   if mesh is None:
     return tree
-  return put_replicated_tree(tree, named_shardings(specs, mesh))
+  return jax.device_put(tree, named_shardings(specs, mesh))
 
 
 def _path_tuple(path) -> tuple[str, ...]:

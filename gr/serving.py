@@ -50,9 +50,11 @@ from typing import Any, Mapping, Optional, Sequence
 import jax
 import numpy as np
 
+from gr import batching
 from gr import docids as docids_lib
 from gr import index as index_lib
 from gr import models
+from gr import partitioning
 from gr import pretrained
 from gr import retrieval
 from gr import served_run
@@ -149,15 +151,18 @@ class Hit:
 
 @functools.lru_cache(maxsize=8)
 def shared_search_fn(
-  model_config: models.ModelConfig, search: retrieval.SearchConfig
+  model_config: models.ModelConfig,
+  search: retrieval.SearchConfig,
+  mesh: Optional[jax.sharding.Mesh] = None,
 ):
-  """One jitted search per (model config, search config) in this process.
+  """One jitted search per (model config, search config, mesh) in this
+  process.
 
   Retrievers of the same model (e.g. one reloaded after a restart in the
   same process) share it, and with it every compiled bucket.
   """
   return retrieval.make_search_fn(
-    models.EncoderDecoderModel(model_config), search
+    models.EncoderDecoderModel(model_config), search, mesh
   )
 
 
@@ -222,6 +227,7 @@ class Retriever:
     online_documents: Optional[Mapping[str, beir.Document]] = None,
     online_rows: Optional[Mapping[str, np.ndarray]] = None,
     checkpoint_step: Optional[int] = None,
+    mesh: Optional[jax.sharding.Mesh] = None,
   ):
     """Serves `index` with `model`; updates persist under `index_dir`.
 
@@ -241,9 +247,15 @@ class Retriever:
       {d: doc.title for d, doc in self.online_documents.items()}
     )
     self.max_decode_len = index.max_docid_length() + config.decode_headroom
+    self.mesh = mesh
     self._search = shared_search_fn(
       model.config,
       retrieval.fit_to_index(config.search_config(self.max_decode_len), index),
+      mesh,
+    )
+    # On a mesh every bucket is a multiple of the 'data' axis.
+    self._buckets = tuple(
+      sorted({batching.data_multiple(b, mesh) for b in config.buckets})
     )
     self._update_lock = threading.Lock()
     self._dispatch_lock = threading.Lock()  # a search's dispatch vs a swap
@@ -251,7 +263,22 @@ class Retriever:
     self._trie = self._build_trie(index)
     slots = list(index.doc_ids)
     self._slot_of = {doc_id: slot for slot, doc_id in enumerate(slots)}
-    self._live = _Live(index, self._trie.to_device(), slots, params)
+    self._live = _Live(
+      index,
+      self._replicated(self._trie.to_device()),
+      slots,
+      self._placed(params),
+    )
+
+  def _placed(self, params: Any) -> Any:
+    """params on the mesh by training's logical rules (as given without)."""
+    specs = retrieval.param_specs(self.model, self.mesh)
+    return partitioning.place(params, specs, self.mesh)
+
+  def _replicated(self, arrays: trie_lib.TrieArrays) -> trie_lib.TrieArrays:
+    """The trie arrays on every device of the mesh (as given without)."""
+    specs = jax.tree.map(lambda _: retrieval.REPLICATED, arrays)
+    return partitioning.place(arrays, specs, self.mesh)
 
   @classmethod
   def from_checkpoint(
@@ -262,6 +289,7 @@ class Retriever:
     step: Optional[int] = None,
     config: ServingConfig = ServingConfig(),
     corpus_path: Optional[str] = None,
+    mesh: Optional[jax.sharding.Mesh] = None,
   ) -> "Retriever":
     """Loads a run: <run>/model checkpoints, served index <run>/index.
 
@@ -272,6 +300,8 @@ class Retriever:
       config: decoding and batching settings.
       corpus_path: BEIR corpus.jsonl to take titles from; default: the one
         model_config.json names, if it exists.
+      mesh: shard each batch over its 'data' axis and the params by
+        training's logical rules; one device if None.
     """
     run = served_run.load_run(
       checkpoint_dir, index_dir=index_dir, step=step, corpus_path=corpus_path
@@ -287,24 +317,24 @@ class Retriever:
       online_documents=run.online_documents,
       online_rows=run.online_rows,
       checkpoint_step=run.step,
+      mesh=mesh,
     )
 
   def _build_trie(self, index: index_lib.Index) -> trie_lib.DocidTrie:
     """Host trie with values = slots, bulk-built once, with room to grow.
 
-    Node capacity is twice the tokens of all docids, and every level is at
-    least as wide as the scheme's token count (+ EOS, up to 64), so that
-    adding documents online rarely changes the device shapes (each change
-    compiles every bucket again).
+    Node capacity is twice the tokens of all docids, and each level is
+    twice as wide as its widest node (per-level widths: one wide level does
+    not widen the others), so that adding documents online rarely changes
+    the device shapes (each change compiles every bucket again).
     """
     sequences, _ = index.docid_sequences()
-    # A node's children are docid tokens (+ EOS); 64 bounds the gather width.
-    tokens = min(len(index.table.reserved_tokens) + 1, 64)
-    return index.build_trie(
+    trie = index.build_trie(
       capacity=2 * sum(len(s) for s in sequences),
       vocab_size=self.model.config.vocab_size,
-      fanout_capacity=tokens,
     )
+    trie.reserve_level_widths([2 * w for w in trie.level_widths])
+    return trie
 
   # -- facts --
 
@@ -341,13 +371,13 @@ class Retriever:
   def warm_up(self, trie_arrays: Optional[trie_lib.TrieArrays] = None) -> None:
     """Compiles (or checks compiled) every bucket for `trie_arrays`' shapes."""
     arrays = trie_arrays if trie_arrays is not None else self._live.trie_arrays
-    for bucket in self.config.buckets:
+    for bucket in self._buckets:
       tokens = np.zeros((bucket, self.input_length), np.int32)
       jax.block_until_ready(self._search(self._live.params, tokens, arrays))
 
   def bucket_for(self, n: int) -> int:
     """Smallest bucket holding n queries (n <= max_batch)."""
-    return next(b for b in self.config.buckets if b >= n)
+    return next(b for b in self._buckets if b >= n)
 
   def retrieve(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
     """Top-k documents of each query, best first.
@@ -384,8 +414,7 @@ class Retriever:
     dispatch lock, so an update cannot donate the trie arrays it reads.
     """
     n = tokens.shape[0]
-    padded = np.zeros((self.bucket_for(n), tokens.shape[1]), np.int32)
-    padded[:n] = tokens  # --> [bucket, Li]
+    padded = batching.pad_rows(tokens, self.bucket_for(n))  # [bucket, Li]
     with self._dispatch_lock:
       live = self._live
       found = self._search(live.params, padded, live.trie_arrays)
@@ -608,15 +637,15 @@ class Retriever:
     """
     if reload_vocab:
       index = self._reload_vocab(index)
+    if params is not self._live.params:
+      params = self._placed(params)
     with self._dispatch_lock:
       old = self._live.trie_arrays
-      arrays = self._trie.update_device(old)
+      arrays = self._replicated(self._trie.update_device(old))
       if _shapes(arrays) == _shapes(old):
         self._live = _Live(index, arrays, self._live.slots, params)
         return
-    logging.info(
-      "trie capacity grew: compiling %d buckets", len(self.config.buckets)
-    )
+    logging.info("trie capacity grew: compiling %d buckets", len(self._buckets))
     self.warm_up(arrays)
     with self._dispatch_lock:
       self._live = _Live(index, arrays, self._live.slots, params)

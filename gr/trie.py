@@ -458,6 +458,12 @@ class DocidTrie:
     """Device width W_d of each level d = 1, 2, ... (capacities)."""
     return tuple(self._level_widths)
 
+  def reserve_level_widths(self, widths: Sequence[int]) -> None:
+    """Grows level d's width to hold widths[d - 1] (never shrinks), so that
+    online inserts up to it keep the device shapes. Call before uploading."""
+    for depth, width in enumerate(widths, start=1):
+      self._fit_level(depth, int(width))
+
   # Validation and walking.
 
   def _checked(self, sequence: Sequence[int]) -> tuple[int, ...]:

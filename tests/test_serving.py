@@ -330,6 +330,40 @@ def docid_log_probs(model, params, index, query, docids, length):
   )
 
 
+def test_retriever_on_a_mesh_equals_one_device(run_template, tmp_path):
+  """8 fake CPU devices (conftest): batches over 'data' (buckets rounded up
+  to its size), params by training's rules; same hits as one device, also
+  after an online add and a delete written into the replicated trie."""
+  from gr import partitioning  # pylint: disable=g-import-not-at-top
+
+  one = serving.Retriever.from_checkpoint(
+    copy_run(run_template, tmp_path / "one"), config=CONFIG
+  )
+  mesh = partitioning.make_mesh(data=4, model=2)
+  sharded = serving.Retriever.from_checkpoint(
+    copy_run(run_template, tmp_path / "mesh"), config=CONFIG, mesh=mesh
+  )
+  assert sharded.bucket_for(1) == 4  # 1 rounded up to the data axis
+  queries = ["apple banana", "ocean", "tiger stone river", "x", "lemon"]
+
+  def same_hits():
+    for a, b in zip(one.retrieve(queries, 8), sharded.retrieve(queries, 8)):
+      assert [h.doc_id for h in a] == [h.doc_id for h in b]
+      np.testing.assert_allclose(
+        [h.score for h in a], [h.score for h in b], atol=1e-5
+      )
+
+  same_hits()
+  new = list(synthetic_corpus(2, prefix="new").values())
+  for r in (one, sharded):
+    r.add_documents(new)
+    r.delete_document("doc3")
+  same_hits()
+  assert "doc3" not in doc_ids_found(sharded)
+  one.close()
+  sharded.close()
+
+
 @pytest.mark.parametrize("aggregation", ["max", "logsumexp"])
 def test_multi_docid_hits_are_documents_with_their_matched_docids(
   multi_run, aggregation

@@ -39,7 +39,16 @@ EXTRAS_REQUIRE = {
     "transformers",
     "sentence-transformers",
   ],
-  "serve": ["fastapi", "uvicorn", "prometheus-client", "httpx"],
+  # httptools and uvloop: uvicorn picks them up (its pure-Python h11 parser
+  # and asyncio loop cost CPU on every request).
+  "serve": [
+    "fastapi",
+    "uvicorn",
+    "httptools",
+    "uvloop",
+    "prometheus-client",
+    "httpx",
+  ],
 }
 
 setuptools.setup(

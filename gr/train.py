@@ -586,6 +586,9 @@ def _initial_state(
   return fresh_state(sharded, seed=seed, init_params=init_params)
 
 
+_copied = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+
+
 def fresh_state(
   sharded: Sharded, *, seed: int, init_params: PyTree | None = None
 ) -> TrainState:
@@ -596,8 +599,9 @@ def fresh_state(
     return state
   shardings = sharded.state_shardings.params
   if jax.process_count() == 1:  # any device or host arrays, committed or not
-    # A copy: the step donates the state, and the caller keeps init_params.
-    params = jax.device_put(init_params, shardings, may_alias=False)
+    # A copy: the step donates the state, and the caller keeps init_params
+    # (device_put from one device may hand back its buffer as a shard).
+    params = _copied(jax.device_put(init_params, shardings))
   else:  # the same host values in every process
     params = partitioning.put_replicated_tree(init_params, shardings)
   return state.replace(params=params)

@@ -1,5 +1,6 @@
 """Tests for gr/continual.py: updates, deletions, strategies, crash safety."""
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -374,3 +375,48 @@ def test_killed_update_leaves_a_loadable_version(initial, tmp_path):
     assert proc.returncode == -9, (point, stderr.decode()[-2000:])
     model_dir, index_dir = dirs[point]
     _check_after_crash(point, model_dir, index_dir, before)
+
+
+def test_updates_train_on_the_configured_mesh(initial):
+  """TrainSettings' ('data', 'model') mesh: 4 x 2 of the 8 fake devices
+  shards the params over 'model' and gives the 8 x 1 mesh's params."""
+  version = versions.load_version(str(initial / "model"))
+  mixture = continual.initial_mixture(
+    "mesh",
+    version.memory,
+    version.index,
+    continual.TextPseudoQueries(),
+    dict(continual.INITIAL_TASK_RATES),
+  )
+  model = models.fit_vocab(make_model(), version.index.vocab.vocab_size)
+
+  def trained(mesh_data, mesh_model):
+    settings = dataclasses.replace(
+      SETTINGS,
+      mesh_data=mesh_data,
+      mesh_model=mesh_model,
+      # eps 1: updates ~ lr * gradient, not Adam's sign of a tiny one
+      # (which a different reduction order may flip).
+      optimizer=train_lib.OptimizerConfig(learning_rate=1.0, eps=1.0),
+    )
+    return continual.train_params(
+      model,
+      mixture,
+      steps=2,
+      settings=settings,
+      sam_rho=0.0,
+      init_params=version.params,
+      target_length=version.index.max_docid_length(),
+    )
+
+  one, two = trained(8, 1), trained(4, 2)
+  embedding = two["token_embedder"]["embedding"]
+  assert dict(embedding.sharding.mesh.shape) == {"data": 4, "model": 2}
+  assert not embedding.sharding.is_fully_replicated
+  moved = max(
+    float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(version.params))
+  )
+  assert moved > 1e-3  # the steps move the params far beyond the atol
+  for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(two), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)

@@ -372,7 +372,7 @@ def _table_of(table, doc_ids: Iterable[str]):
   """`table` restricted to `doc_ids` (same scheme, version and tokens)."""
   keep = set(doc_ids)
   return dataclasses.replace(
-    table, docids={d: ids for d, ids in table.docids.items() if d in keep}
+    table, docids_of={d: ids for d, ids in table.docids_of.items() if d in keep}
   )
 
 

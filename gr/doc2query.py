@@ -561,9 +561,7 @@ class Doc2QueryGenerator(_QuerySampler):
     doc_ids: Sequence[str],
   ) -> tuple[np.ndarray, np.ndarray]:
     """Bodies -> (ids [len, n, Lq], log_probs [len, n]), fixed-size batches."""
-    tokens = retrieval.encode_queries(
-      self.vocab, texts, self.config.input_length
-    )
+    tokens = retrieval.encode_texts(self.vocab, texts, self.config.input_length)
     return _in_batches(
       lambda rows, seeds: self._generate(
         self.params, rows, seeds, self._allowed

@@ -269,7 +269,7 @@ def record_update(
     return True
   record = {"version": after.table.version}
   if added:
-    record["add"] = {d: list(after.table.docids[d]) for d in added}
+    record["add"] = {d: list(after.table.docids_of[d]) for d in added}
     record["reserved"] = list(
       after.table.reserved_tokens[len(before.table.reserved_tokens) :]
     )

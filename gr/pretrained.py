@@ -104,7 +104,7 @@ def build_encoder_cache(
 
 def input_rows(vocab, texts: Sequence[str], input_length: int) -> np.ndarray:
   """Texts -> encoder inputs [n, input_length], as the Searcher encodes."""
-  return retrieval.encode_queries(vocab, texts, input_length)
+  return retrieval.encode_texts(vocab, texts, input_length)
 
 
 @functools.lru_cache(maxsize=8)

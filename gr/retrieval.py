@@ -31,7 +31,7 @@ from gr import vocab as vocab_lib
 Ranking = list[tuple[str, float]]
 
 
-def encode_queries(
+def encode_texts(
   vocab: vocab_lib.Vocabulary, texts: Sequence[str], input_length: int
 ) -> np.ndarray:
   """Query texts -> [n, input_length] int32 encoder inputs, PAD after.
@@ -75,7 +75,7 @@ class SearchConfig:
 
 def docids_per_document(index: index_lib.Index) -> int:
   """The most docids any document of `index` has (1 for an empty index)."""
-  return max((len(ids) for ids in index.table.docids.values()), default=1)
+  return max((len(ids) for ids in index.table.docids_of.values()), default=1)
 
 
 def fit_to_index(config: SearchConfig, index: index_lib.Index) -> SearchConfig:
@@ -145,7 +145,14 @@ def make_search_fn(
 
 
 class Searcher:
-  """Batched retrieval over an index with a model and its params.
+  """Batched retrieval over a fixed index with a model and its params: the
+  evaluation path (run files, metrics, the exact oracle beside it).
+
+  The difference from gr/serving.py's `Retriever`: a Searcher never changes
+  its index and persists nothing; a Retriever is the served index, loaded
+  from a checkpoint, with bucketed batches for traffic and online
+  add/delete written to disk. Both run the same jitted search
+  (`make_search_fn`).
 
   The config's docids_per_doc is set from the index (`fit_to_index`). With a
   `mesh`, each batch is split over its 'data' axis (batch_size is rounded up
@@ -199,7 +206,7 @@ class Searcher:
     """Query texts -> per query a ranked list of (doc_id, log-prob)."""
     if not texts:
       return []
-    tokens = encode_queries(self.index.vocab, texts, self.input_length)
+    tokens = encode_texts(self.index.vocab, texts, self.input_length)
     docs, scores = self.search_tokens(tokens)
     doc_ids = self.index.doc_ids
     return [
@@ -249,7 +256,7 @@ def exact_ranking(
   """
   score = make_score_fn(searcher.model, searcher.mesh)
   sequences, values = searcher.index.docid_sequences()
-  tokens = encode_queries(
+  tokens = encode_texts(
     searcher.index.vocab, query_texts, searcher.input_length
   )
   doc_ids = searcher.index.doc_ids

@@ -7,7 +7,7 @@ Retriever itself:
                                the index the params were trained with
   <run>/model_config.json      model config fields, input_length and the
                                corpus path (titles), written by
-                               gr/run_config.py's `save_model_config`; looked
+                               gr/model_config.py's `save_model_config`; looked
                                up inside <run>/model/ first
   <run>/index/                 the served index (gr/index.py versions and
                                their update logs): seeded from the
@@ -47,7 +47,7 @@ from gr import checkpoints
 from gr import index as index_lib
 from gr import models
 from gr import pretrained
-from gr import run_config
+from gr import model_config
 from gr import warm_start
 from gr.data import beir
 
@@ -113,8 +113,8 @@ def check_descends(
   if served.vocab.docid_tokens[: len(tokens)] != tokens:
     refuse("docid tokens are not an extension of the trained ones")
   retired = served.table.retired_docids
-  for doc_id, docids in trained.table.docids.items():
-    now = served.table.docids.get(doc_id)
+  for doc_id, docids in trained.table.docids_of.items():
+    now = served.table.docids_of.get(doc_id)
     if now != docids and not set(docids) <= retired:
       refuse(f"document {doc_id!r} has docids {now}, trained with {docids}")
 
@@ -132,15 +132,15 @@ def served_index(trained: index_lib.Index, index_dir: str) -> index_lib.Index:
 
 
 def load_checkpoint(checkpoint_dir: str, step: Optional[int] = None):
-  """(model, params, trained index, RunConfig, step) of a checkpoint.
+  """(model, params, trained index, SavedModelConfig, step) of a checkpoint.
 
   Raises:
     RunLoadError: missing model config, params that do not fit it, or an
       index artifact that is missing or fails its checksums.
   """
   try:
-    run = run_config.load_model_config(
-      run_config.find_model_config(checkpoint_dir)
+    run = model_config.load_model_config(
+      model_config.find_model_config(checkpoint_dir)
     )
     artifact = checkpoints.load_artifact(checkpoint_dir, step)
     step = int(artifact.parent.parent.name)  # <model_dir>/<step>/<item>/files
@@ -327,7 +327,8 @@ def restore_online_rows(
   users = {
     d: doc
     for d, doc in online.items()
-    if missing & {w for docid in served.table.docids[d] for w in docid.split()}
+    if missing
+    & {w for docid in served.table.docids_of[d] for w in docid.split()}
   }
   logging.warning(
     "%s: no saved rows for %d online docid tokens; "
@@ -409,7 +410,7 @@ def load_run(
   online = {
     d: doc
     for d, doc in read_online_documents(index_dir).items()
-    if d in index.table.docids
+    if d in index.table.docids_of
   }
   params = restore_online_rows(
     model,

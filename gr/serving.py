@@ -178,7 +178,7 @@ def _matched_docids(
   Returns:
     Their docids, best first (the document's first docid if none match).
   """
-  docids = index.table.docids[doc_id]
+  docids = index.table.docids_of[doc_id]
   if len(docids) == 1:
     return docids  # the only docid that can reach this document
   by_tokens = {
@@ -212,7 +212,10 @@ class _Live:
 
 
 class Retriever:
-  """A trained model and its index, loaded once; batched `retrieve`."""
+  """The served index: a trained model and its mutable index, loaded once
+  from a run (verified), bucketed batched `retrieve`, online add/delete
+  persisted under its index dir. For evaluation over a fixed index, see
+  gr/retrieval.py's `Searcher`; both run `retrieval.make_search_fn`."""
 
   def __init__(
     self,
@@ -323,17 +326,22 @@ class Retriever:
   def _build_trie(self, index: index_lib.Index) -> trie_lib.DocidTrie:
     """Host trie with values = slots, bulk-built once, with room to grow.
 
-    Node capacity is twice the tokens of all docids, and each level is
-    twice as wide as its widest node (per-level widths: one wide level does
-    not widen the others), so that adding documents online rarely changes
-    the device shapes (each change compiles every bucket again).
+    Node capacity is twice the tokens of all docids. Each level is twice
+    as wide as its widest node and at least as wide as the scheme's tokens
+    (+ EOS, up to 64), and so is one level more, for docids that grow a
+    level (naive numbers at 10^k): a node that only held EOS may branch over
+    every token later. Widths stay per level, so one wide level (text
+    docids) does not widen the others. Adding documents online then rarely
+    changes the device shapes (each change compiles every bucket again).
     """
     sequences, _ = index.docid_sequences()
     trie = index.build_trie(
       capacity=2 * sum(len(s) for s in sequences),
       vocab_size=self.model.config.vocab_size,
     )
-    trie.reserve_level_widths([2 * w for w in trie.level_widths])
+    tokens = min(len(index.table.reserved_tokens) + 1, 64)
+    widths = [max(2 * w, tokens) for w in trie.level_widths] + [tokens]
+    trie.reserve_level_widths(widths)
     return trie
 
   # -- facts --
@@ -393,7 +401,7 @@ class Retriever:
       raise ValueError(f"k={k} is outside [1, {self.max_k}]")
     if any(not isinstance(q, str) or not q.strip() for q in queries):
       raise ValueError("queries must be non-empty strings")
-    tokens = retrieval.encode_queries(
+    tokens = retrieval.encode_texts(
       self._live.index.vocab, queries, self.input_length
     )
     results = []
@@ -471,7 +479,7 @@ class Retriever:
       raise DocumentConflict("a doc_id appears twice in the request")
     with self._update_lock:
       live = self._live
-      clashes = [d for d in new_docs if d in live.index.table.docids]
+      clashes = [d for d in new_docs if d in live.index.table.docids_of]
       if clashes:
         raise DocumentConflict(f"doc_ids already indexed: {clashes[:5]}")
       table = self._assign(live.index.table, new_docs)
@@ -504,7 +512,7 @@ class Retriever:
         reload_vocab=compacted,
       )
       self.titles.update({d: doc.title for d, doc in new_docs.items()})
-      return {d: table.docids[d] for d in new_docs}
+      return {d: table.docids_of[d] for d in new_docs}
 
   def _assign(
     self, table: docids_lib.DocidTable, new_docs: Mapping[str, beir.Document]
@@ -540,7 +548,7 @@ class Retriever:
     out, seen = {}, set()
     for doc_id in new_docs:
       out[doc_id] = []
-      for docid in index.table.docids[doc_id]:
+      for docid in index.table.docids_of[doc_id]:
         try:
           sequence = index.vocab.encode_docid(docid) + [vocab_lib.EOS_ID]
         except ValueError as e:
@@ -573,14 +581,14 @@ class Retriever:
     """
     with self._update_lock:
       live = self._live
-      if doc_id not in live.index.table.docids:
+      if doc_id not in live.index.table.docids_of:
         raise UnknownDocument(f"no document {doc_id!r} in the index")
       index = index_lib.Index(
         live.index.table.remove([doc_id]), live.index.vocab
       )
       compacted = self._persist(live.index, index, {}, removed=doc_id)
       self.online_documents.pop(doc_id, None)
-      for docid in live.index.table.docids[doc_id]:
+      for docid in live.index.table.docids_of[doc_id]:
         self._trie.delete(
           live.index.vocab.encode_docid(docid) + [vocab_lib.EOS_ID]
         )

@@ -102,7 +102,7 @@ def _docid_examples(
       query_id,
       docid,
     )
-    for docid in table.docids[doc_id]
+    for docid in table.docids_of[doc_id]
   ]
 
 
@@ -140,7 +140,7 @@ def iter_indexing_examples(
   corpus: Mapping, table, vocab, *, include_title: bool = False
 ) -> Iterator[Example]:
   """`indexing_examples` one at a time (e.g. to stream them to a file)."""
-  for doc_id in table.docids:
+  for doc_id in table.docids_of:
     if doc_id not in corpus:
       raise ValueError(
         f"docid table names document {doc_id!r}, which is not in the corpus"
@@ -159,7 +159,7 @@ def retrieval_examples(
   """Query -> docid for relevant pairs whose document is in the table."""
   examples = []
   for query_id, doc_id in _relevant_pairs(qrels):
-    if doc_id in table.docids:
+    if doc_id in table.docids_of:
       examples += _docid_examples(
         _query_text(queries, query_id), doc_id, table, vocab, query_id=query_id
       )
@@ -172,7 +172,7 @@ def pseudo_query_examples(
   """Pseudo-query -> docid, in table order; unindexed documents skipped."""
   return [
     example
-    for doc_id in table.docids
+    for doc_id in table.docids_of
     for query in pseudo_queries.get(doc_id, ())
     for example in _docid_examples(query, doc_id, table, vocab)
   ]

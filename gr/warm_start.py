@@ -142,7 +142,7 @@ def new_docid_rows(
     else 1.0
   )
   docs = dataclasses.replace(
-    table, docids={d: table.docids[d] for d in doc_vectors}
+    table, docids_of={d: table.docids_of[d] for d in doc_vectors}
   )
   vectors = np.stack([doc_vectors[d] for d in docs.doc_ids]).astype(np.float32)
   vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)

@@ -130,7 +130,7 @@ def run_child(path: str, work_dir: str, num_docs: int) -> dict:
 def table_length(table, vocab) -> int:
   """Longest docid in tokens, EOS included."""
   return 1 + max(
-    len(vocab.encode_docid(d)) for ids in table.docids.values() for d in ids
+    len(vocab.encode_docid(d)) for ids in table.docids_of.values() for d in ids
   )
 
 

@@ -210,7 +210,7 @@ def bench_hf(cfg, batch, warmup, steps, threads):
   )
 
 
-def run_config(name, args):
+def bench_config(name, args):
   cfg = network.T5Config.tiny(
     args.vocab,
     dtype=args.dtype,
@@ -269,7 +269,7 @@ def main(argv):
   measured_peak = bench_env.matmul_peak_gflops(dtype=args.dtype) / 1e3
   args.peak_source = 'flag' if args.peak_tflops else 'measured matmul'
   args.peak_tflops = args.peak_tflops or measured_peak
-  rows = [run_config(name, args) for name in args.configs.split(',')]
+  rows = [bench_config(name, args) for name in args.configs.split(',')]
   load.append(bench_env.machine_load('after'))
   print_table(rows, args)
   if args.out:

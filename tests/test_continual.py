@@ -120,7 +120,7 @@ def updated(initial, tmp_path_factory):
 def test_initial_version_is_complete(initial):
   version = versions.load_version(str(initial / "model"))
   assert version.step == INITIAL_STEPS and version.gradient_updates == 60
-  assert set(version.index.table.docids) == set(OLD_DOCS)
+  assert set(version.index.table.docids_of) == set(OLD_DOCS)
   assert set(version.memory.corpus) == set(OLD_DOCS)
   assert len(version.memory.qrels["train"]) == len(OLD_DOCS)
   published = index_lib.load_index(str(initial / "index"))
@@ -132,7 +132,7 @@ def test_update_adds_documents_the_model_returns(updated, searchers):
   version = versions.load_version(model_dir)
   assert result.step == version.step == INITIAL_STEPS + UPDATE_STEPS
   assert version.gradient_updates == INITIAL_STEPS + UPDATE_STEPS
-  assert set(NEW_DOCS) <= set(version.index.table.docids)
+  assert set(NEW_DOCS) <= set(version.index.table.docids_of)
   assert set(NEW_DOCS) <= set(version.memory.corpus)
   assert index_lib.load_index(index_dir).table == version.index.table
   searcher = searchers.get(make_model(), version)
@@ -165,7 +165,7 @@ def test_deleted_documents_never_come_back(updated, searchers, tmp_path):
   )
   version = versions.load_version(model_dir)
   table = version.index.table
-  assert not set(doomed) & set(table.docids)
+  assert not set(doomed) & set(table.docids_of)
   assert not set(doomed) & set(version.memory.corpus)
   assert not set(table.docid_to_doc) & table.retired_docids
   # Beam >= number of documents: every document the trie allows comes back.
@@ -173,7 +173,7 @@ def test_deleted_documents_never_come_back(updated, searchers, tmp_path):
   queries = [doc.text for doc in {**OLD_DOCS, **NEW_DOCS}.values()]
   returned = {d for ranking in searcher.search(queries) for d, _ in ranking}
   assert returned and not returned & set(doomed)
-  assert set(more) <= set(table.docids)
+  assert set(more) <= set(table.docids_of)
 
 
 def test_trie_only_keeps_params(initial, tmp_path):
@@ -311,7 +311,7 @@ def _check_after_crash(point, model_dir, index_dir, before):
   the new one, whose index the next publish puts back in index_dir."""
   version = versions.load_version(model_dir)  # verifies every artifact
   if point == "publish":
-    assert set(NEW_DOCS) <= set(version.index.table.docids)
+    assert set(NEW_DOCS) <= set(version.index.table.docids_of)
     assert index_lib.load_index(index_dir).table == before.index.table
     versions.publish_index(version.index, index_dir)
   else:
@@ -349,7 +349,7 @@ def test_failed_update_leaves_a_loadable_version(
     strategy="trie_only",
     settings=SETTINGS,
   )
-  assert "old1" not in versions.load_version(model_dir).index.table.docids
+  assert "old1" not in versions.load_version(model_dir).index.table.docids_of
 
 
 @pytest.mark.slow

@@ -353,7 +353,7 @@ def test_cached_cross_attention_keeps_the_samples(untrained):
   ids, log_probs = generator.generate_tokens(texts, doc_ids)
   want_ids, want_log_probs = _uncached_generate(model, UNTRAINED_CONFIG)(
     params,
-    retrieval.encode_queries(vocab, texts, INPUT_LENGTH),
+    retrieval.encode_texts(vocab, texts, INPUT_LENGTH),
     doc2query.document_seeds(UNTRAINED_CONFIG.seed, doc_ids),
     jnp.asarray(doc2query.text_tokens(vocab, model.config.vocab_size)),
   )

@@ -133,7 +133,7 @@ def assert_one_doc_per_docid(table):
   assert len({s for s, _ in pairs}) == len(pairs)
   for docid, doc_id in pairs:
     assert table.docid_to_doc[docid] == doc_id
-  assert all(len(ids) >= 1 for ids in table.docids.values())
+  assert all(len(ids) >= 1 for ids in table.docids_of.values())
 
 
 @pytest.mark.parametrize("name", sorted(SCHEMES))
@@ -158,7 +158,7 @@ class TestEveryScheme:
     table = assign(scheme, old)
     grown = assign_new(scheme, table, new)
     assert grown.version == table.version + 1
-    assert {d: grown.docids[d] for d in old} == dict(table.docids)
+    assert {d: grown.docids_of[d] for d in old} == dict(table.docids_of)
     assert grown.doc_ids == tuple(old) + tuple(new)
     old_tokens = table.reserved_tokens
     assert grown.reserved_tokens[: len(old_tokens)] == old_tokens
@@ -172,7 +172,7 @@ class TestEveryScheme:
     scheme = docids.scheme_for_table(assign(SCHEMES[name](), corpus))
     table = assign(scheme, corpus)
     removed = list(corpus)[-1:] + list(corpus)[:1]
-    retired = {s for d in removed for s in table.docids[d]}
+    retired = {s for d in removed for s in table.docids_of[d]}
     shrunk = table.remove(removed)
     assert shrunk.retired_docids == retired
     assert shrunk.reserved_tokens == table.reserved_tokens
@@ -205,7 +205,10 @@ class TestEveryScheme:
     assert loaded == table and loaded.version == 2
     assert loaded.retired_docids == table.retired_docids
     grown = assign_new(scheme, loaded, {"y": Document("y", "", "olive kilo")})
-    assert dict(grown.docids) == {**table.docids, "y": grown.docids["y"]}
+    assert dict(grown.docids_of) == {
+      **table.docids_of,
+      "y": grown.docids_of["y"],
+    }
     for victim in (base.TABLE_FILE, base.ARRAYS_FILE):
       data = bytearray((tmp_path / victim).read_bytes())
       data[len(data) // 2] ^= 0xFF
@@ -255,10 +258,10 @@ def test_load_refuses_consistent_checksum_but_inconsistent_table(tmp_path):
 @pytest.mark.parametrize(
   "bad, message",
   [
-    (dict(docids={"a": ()}), "has no docid"),
-    (dict(docids={"a": ("<1>",), "b": ("<1>",)}), "names both"),
-    (dict(docids={"a": ("<9>",)}), "not a reserved token"),
-    (dict(docids={"a": ("x  y",)}), "single spaces"),
+    (dict(docids_of={"a": ()}), "has no docid"),
+    (dict(docids_of={"a": ("<1>",), "b": ("<1>",)}), "names both"),
+    (dict(docids_of={"a": ("<9>",)}), "not a reserved token"),
+    (dict(docids_of={"a": ("x  y",)}), "single spaces"),
     (dict(reserved_tokens=("<1>", "<1>")), "duplicates"),
     (dict(reserved_tokens=("one",)), "shaped like"),
     (dict(config={"f": object()}), "JSON"),
@@ -266,7 +269,10 @@ def test_load_refuses_consistent_checksum_but_inconsistent_table(tmp_path):
 )
 def test_invalid_tables_are_refused(bad, message):
   fields = dict(
-    scheme="naive", docids={"a": ("<1>",)}, reserved_tokens=("<1>",), config={}
+    scheme="naive",
+    docids_of={"a": ("<1>",)},
+    reserved_tokens=("<1>",),
+    config={},
   )
   with pytest.raises(docids.DocidTableError, match=message):
     docids.DocidTable(**{**fields, **bad})
@@ -275,15 +281,15 @@ def test_invalid_tables_are_refused(bad, message):
 def test_naive_numbers_are_a_permutation_and_continue_after_the_largest():
   corpus = {f"d{i}": Document(f"d{i}", "", "") for i in range(23)}
   table = docids.get_scheme("naive", shuffle=True, seed=1).assign(corpus)
-  numbers = [naive_number(ids[0]) for ids in table.docids.values()]
+  numbers = [naive_number(ids[0]) for ids in table.docids_of.values()]
   assert sorted(numbers) == list(range(23)) and numbers != list(range(23))
   table = table.remove(
-    [d for d, ids in table.docids.items() if naive_number(ids[0]) == 22]
+    [d for d, ids in table.docids_of.items() if naive_number(ids[0]) == 22]
   )
   grown = docids.get_scheme("naive").assign_new(
     table, {"n": Document("n", "", "")}
   )
-  assert grown.docids["n"] == ("<2> <3>",)
+  assert grown.docids_of["n"] == ("<2> <3>",)
 
 
 def naive_number(docid):
@@ -298,7 +304,7 @@ def test_atomic_reserves_one_token_per_document_append_only():
   table = scheme.assign(corpus).remove(["d3"])
   grown = scheme.assign_new(table, {"e": Document("e", "", "")})
   assert grown.reserved_tokens == ("<d_0>", "<d_1>", "<d_2>", "<d_3>", "<d_4>")
-  assert grown.docids["e"] == ("<d_4>",)
+  assert grown.docids_of["e"] == ("<d_4>",)
 
 
 def test_text_tfidf_prefers_rare_words_and_keeps_idf_for_new_docs():
@@ -309,13 +315,13 @@ def test_text_tfidf_prefers_rare_words_and_keeps_idf_for_new_docs():
   }
   scheme = docids.get_scheme("text", num_words=1)
   table = scheme.assign(corpus)
-  assert table.docids == {"a": ("zebra",), "b": ("yak",), "c": ("common",)}
+  assert table.docids_of == {"a": ("zebra",), "b": ("yak",), "c": ("common",)}
   # A new doc about "common yak yak" would score yak first; "yak" is taken,
   # so the next keyword is appended; "common" keeps its assign-time idf.
   grown = scheme.assign_new(table, {"d": Document("d", "", "common yak yak")})
-  assert grown.docids["d"] == ("yak common",)
+  assert grown.docids_of["d"] == ("yak common",)
   again = scheme.assign_new(grown, {"e": Document("e", "", "yak common")})
-  assert again.docids["e"] == ("yak common 2",)
+  assert again.docids_of["e"] == ("yak common 2",)
   assert text.Idf.from_arrays(again.arrays) == text.Idf.from_arrays(
     table.arrays
   )
@@ -327,11 +333,11 @@ def test_text_prefix_and_appearance_order():
   prefix = docids.get_scheme("text", method="prefix", num_words=4).assign(
     corpus
   )
-  assert prefix.docids["a"] == ("zebras eclair makers run",)
+  assert prefix.docids_of["a"] == ("zebras eclair makers run",)
   empty = docids.get_scheme("text").assign(
     {"a": Document("a", "", "the and"), "b": Document("b", "", "")}
   )
-  assert empty.docids == {"a": ("empty",), "b": ("empty 2",)}
+  assert empty.docids_of == {"a": ("empty",), "b": ("empty 2",)}
 
 
 def test_semantic_routes_a_known_embedding_to_its_own_leaf_and_overflows():
@@ -340,7 +346,7 @@ def test_semantic_routes_a_known_embedding_to_its_own_leaf_and_overflows():
   corpus = {f"d{i}": Document(f"d{i}", "", f"body {i}") for i in range(60)}
   scheme = docids.get_scheme("semantic", k=3, c=4, token_style="position")
   table = scheme.assign(corpus, embeddings=x)
-  paths = [scheme.docid_to_path(ids[0]) for ids in table.docids.values()]
+  paths = [scheme.docid_to_path(ids[0]) for ids in table.docids_of.values()]
   leaves = {}
   for path in paths:
     leaves.setdefault(path[:-1], []).append(path[-1])
@@ -349,7 +355,7 @@ def test_semantic_routes_a_known_embedding_to_its_own_leaf_and_overflows():
   )
   new = {f"n{i}": Document(f"n{i}", "", "copy") for i in range(6)}
   grown = scheme.assign_new(table, new, embeddings=np.repeat(x[:1], 6, axis=0))
-  new_paths = [scheme.docid_to_path(grown.docids[d][0]) for d in new]
+  new_paths = [scheme.docid_to_path(grown.docids_of[d][0]) for d in new]
   assert {p[:-1] for p in new_paths} == {paths[0][:-1]}
   start = len(leaves[paths[0][:-1]])
   assert [p[-1] for p in new_paths] == list(range(start, start + 6))
@@ -365,7 +371,7 @@ def test_semantic_node_tokens_name_one_cluster_each():
   scheme = docids.get_scheme("semantic", k=3, c=4, token_style="node")
   table = scheme.assign(corpus, embeddings=x)
   members = {}
-  for doc_id, (docid,) in table.docids.items():
+  for doc_id, (docid,) in table.docids_of.items():
     path = scheme.docid_to_path(docid)
     assert docid == scheme.path_to_docid(path)
     for depth, token in enumerate(docid.split()):
@@ -374,13 +380,13 @@ def test_semantic_node_tokens_name_one_cluster_each():
   # A token's documents are exactly those under one tree node, and the last
   # token of a docid belongs to that document alone.
   assert set(members) == set(table.reserved_tokens)
-  for doc_id, (docid,) in table.docids.items():
+  for doc_id, (docid,) in table.docids_of.items():
     assert members[docid.split()[-1]] == {doc_id}
   assert scheme.docid_to_path("<n0> <n1_0>") is None
   new = {"n0": Document("n0", "", "copy")}
   grown = scheme.assign_new(table, new, embeddings=x[:1])
-  first = table.docids["d0"][0].split()
-  assert grown.docids["n0"][0].split()[:-1] == first[:-1]
+  first = table.docids_of["d0"][0].split()
+  assert grown.docids_of["n0"][0].split()[:-1] == first[:-1]
   assert_one_doc_per_docid(grown)
 
 
@@ -410,7 +416,7 @@ def test_multi_gives_each_doc_one_id_per_part_and_refuses_two_token_parts():
   corpus = {f"d{i}": Document(f"d{i}", "", "olive mango") for i in range(4)}
   scheme = SCHEMES["multi"]()
   table = assign(scheme, corpus)
-  assert all(len(ids) == 3 for ids in table.docids.values())
+  assert all(len(ids) == 3 for ids in table.docids_of.values())
   assert_one_doc_per_docid(table)
   with pytest.raises(ValueError, match="at most one"):
     docids.get_scheme(

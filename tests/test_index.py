@@ -61,7 +61,7 @@ def test_save_load_round_trip_and_versions(built, tmp_path):
   second = index_lib.save_index(removed, d, keep=1)
   assert index_lib.current_version_dir(d) == second
   assert not os.path.exists(first)  # keep=1 pruned the old version
-  assert "d0" not in index_lib.load_index(d).table.docids
+  assert "d0" not in index_lib.load_index(d).table.docids_of
 
 
 def test_crash_before_switch_leaves_previous_version(
@@ -79,7 +79,7 @@ def test_crash_before_switch_leaves_previous_version(
     index_lib.save_index(index.with_table(index.table.remove(["d1"])), d)
   monkeypatch.undo()
   loaded = index_lib.load_index(d)
-  assert "d1" in loaded.table.docids  # the old, complete version
+  assert "d1" in loaded.table.docids_of  # the old, complete version
 
 
 def test_corrupt_vocab_is_refused(built, tmp_path):

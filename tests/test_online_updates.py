@@ -32,7 +32,7 @@ def fresh_copy(table: base.DocidTable) -> base.DocidTable:
   """The same table built (and validated) whole by the constructor."""
   return base.DocidTable(
     table.scheme,
-    dict(table.docids),
+    dict(table.docids_of),
     table.reserved_tokens,
     table.config,
     table.version,
@@ -52,7 +52,7 @@ def test_incremental_table_equals_a_fresh_table_across_folds():
     if rng.random() < 0.6 or table.num_docs < 5:
       table = scheme.assign_new(table, docs([f"n{step}", f"m{step}"]))
     else:
-      victims = rng.choice(list(table.docids), size=2, replace=False)
+      victims = rng.choice(list(table.docids_of), size=2, replace=False)
       table = table.remove(victims.tolist())
     if step % 50 == 0 or step == 299:
       whole = fresh_copy(table)
@@ -241,5 +241,5 @@ def test_crash_between_updates_reloads_to_a_fresh_build(
   assert set(serving.read_online_documents(again.index_dir)) >= {"a2", "b1"}
   assert set(again.online_documents) == {"a2", "b1"}
   hits = again.retrieve(["river stone"], k=config.max_k)[0]
-  assert {h.doc_id for h in hits} == set(fresh_table.docids)
+  assert {h.doc_id for h in hits} == set(fresh_table.docids_of)
   again.close()

@@ -24,7 +24,7 @@ from gr import models
 from gr import network
 from gr import pretrained
 from gr import retrieval
-from gr import run_config
+from gr import model_config
 from gr import serving
 from gr import train as train_lib
 from gr import versions
@@ -185,7 +185,9 @@ def warm_run(tmp_path_factory):
     {"params": params},
     extra_artifacts_dir=index_lib.current_version_dir(index_dir),
   )
-  run_config.save_model_config(workdir, model.config, input_length=INPUT_LENGTH)
+  model_config.save_model_config(
+    workdir, model.config, input_length=INPUT_LENGTH
+  )
   return str(workdir)
 
 

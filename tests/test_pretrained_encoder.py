@@ -476,7 +476,7 @@ def step0_docid_logits(model):
 
   def docid_logits(params, index, queries):
     ids = [
-      index.vocab.docid_token_id(index.table.docids[d][0])
+      index.vocab.docid_token_id(index.table.docids_of[d][0])
       for d in index.doc_ids
     ]
     tokens = jnp.asarray(_rows(index.vocab, queries))

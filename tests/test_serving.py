@@ -24,7 +24,7 @@ from gr import microbatch
 from gr import models
 from gr import network
 from gr import retrieval
-from gr import run_config
+from gr import model_config
 from gr import serving
 from gr import trie as trie_lib
 from gr.data import beir
@@ -112,7 +112,7 @@ def make_run(
   )
   corpus_path = os.path.join(workdir, "corpus.jsonl")
   beir.write_corpus(corpus_path, corpus)
-  run_config.save_model_config(
+  model_config.save_model_config(
     workdir, model.config, input_length=INPUT_LENGTH, corpus_path=corpus_path
   )
   return model_dir
@@ -152,30 +152,30 @@ def copy_run(template, dest):
 
 def test_model_config_round_trip(tmp_path):
   config = tiny_config(256)
-  run_config.save_model_config(
+  model_config.save_model_config(
     tmp_path, config, input_length=24, corpus_path="c.jsonl"
   )
-  path = run_config.find_model_config(os.path.join(tmp_path, "model"))
-  assert run_config.load_model_config(path) == run_config.RunConfig(
+  path = model_config.find_model_config(os.path.join(tmp_path, "model"))
+  assert model_config.load_model_config(path) == model_config.SavedModelConfig(
     config, 24, os.path.abspath("c.jsonl")
   )
 
 
 def test_missing_or_bad_model_config_is_refused(tmp_path):
-  with pytest.raises(run_config.RunConfigError, match="model_config.json"):
-    run_config.find_model_config(os.path.join(tmp_path, "model"))
-  path = tmp_path / run_config.MODEL_CONFIG_FILE
+  with pytest.raises(model_config.ModelConfigError, match="model_config.json"):
+    model_config.find_model_config(os.path.join(tmp_path, "model"))
+  path = tmp_path / model_config.MODEL_CONFIG_FILE
   path.write_text(
     json.dumps(
       {
-        "format": run_config.MODEL_CONFIG_FORMAT,
+        "format": model_config.MODEL_CONFIG_FORMAT,
         "input_length": 8,
         "t5_config": {"emb_dim": 3},
       }
     )
   )
-  with pytest.raises(run_config.RunConfigError, match=str(path)):
-    run_config.load_model_config(str(path))
+  with pytest.raises(model_config.ModelConfigError, match=str(path)):
+    model_config.load_model_config(str(path))
 
 
 def test_from_checkpoint_seeds_index_and_matches_searcher(
@@ -205,7 +205,7 @@ def test_from_checkpoint_seeds_index_and_matches_searcher(
         [h.score for h in hits], [s for _, s in want], rtol=1e-5
       )
       for hit in hits:
-        assert hit.docid == r.index.table.docids[hit.doc_id][0]
+        assert hit.docid == r.index.table.docids_of[hit.doc_id][0]
         assert hit.matched_docids == (hit.docid,)
   finally:
     r.close()
@@ -229,9 +229,9 @@ def test_corrupt_artifact_is_refused(run_template, tmp_path):
 
 def test_params_that_do_not_fit_the_config_are_refused(run_template, tmp_path):
   model_dir = copy_run(run_template, tmp_path / "run")
-  path = run_config.find_model_config(model_dir)
-  run = run_config.load_model_config(path)
-  run_config.save_model_config(
+  path = model_config.find_model_config(model_dir)
+  run = model_config.load_model_config(path)
+  model_config.save_model_config(
     os.path.dirname(path),
     tiny_config(run.model.vocab_size + 128),
     input_length=run.input_length,
@@ -324,7 +324,7 @@ def docid_log_probs(model, params, index, query, docids, length):
   for row, docid in enumerate(docids):
     tokens = index.vocab.encode_docid(docid) + [1]
     targets[row, : len(tokens)] = tokens
-  query_tokens = retrieval.encode_queries(index.vocab, [query], INPUT_LENGTH)
+  query_tokens = retrieval.encode_texts(index.vocab, [query], INPUT_LENGTH)
   return np.asarray(
     retrieval.make_score_fn(model)(params, query_tokens[0], targets), np.float64
   )
@@ -390,7 +390,7 @@ def test_multi_docid_hits_are_documents_with_their_matched_docids(
   merge = max if aggregation == "max" else np.logaddexp.reduce
   for hit in hits:
     assert hit.matched_docids and hit.docid == hit.matched_docids[0]
-    assert set(hit.matched_docids) <= set(index.table.docids[hit.doc_id])
+    assert set(hit.matched_docids) <= set(index.table.docids_of[hit.doc_id])
     assert len(set(hit.matched_docids)) == len(hit.matched_docids)
     scores = docid_log_probs(
       model, params, index, query, hit.matched_docids, r.max_decode_len
@@ -436,8 +436,8 @@ def test_delete_is_never_returned_and_persists(served):
   for row in served.retrieve(WORDS[:8], 32):
     assert victim not in {h.doc_id for h in row}
   table = index_lib.load_index(served.index_dir).table
-  assert victim not in table.docids
-  assert set(served.index.table.docids[served.index.doc_ids[0]]) <= set(
+  assert victim not in table.docids_of
+  assert set(served.index.table.docids_of[served.index.doc_ids[0]]) <= set(
     table.docid_to_doc
   )
   with pytest.raises(serving.UnknownDocument):
@@ -496,7 +496,7 @@ def test_concurrent_adds_and_searches_lose_nothing(served):
   assert not errors
   expected = set(synthetic_corpus(12)) | {d.doc_id for d in new}
   assert doc_ids_found(served) == expected
-  assert set(index_lib.load_index(served.index_dir).table.docids) == expected
+  assert set(index_lib.load_index(served.index_dir).table.docids_of) == expected
   assert set(serving.read_online_documents(served.index_dir)) == {
     d.doc_id for d in new
   }
@@ -517,7 +517,7 @@ def test_trie_growth_recompiles_before_going_live(run_template, tmp_path):
   assert capacity() > start
   after_update = r.compiled_count()
   assert after_update == compiled + 1
-  docid = r.index.table.docids[f"g{n}"][0]
+  docid = r.index.table.docids_of[f"g{n}"][0]
   sequence = r.index.vocab.encode_docid(docid) + [1]
   live = r._live  # pylint: disable=protected-access
   slot = int(trie_lib.lookup(live.trie_arrays, np.array([sequence]))[0])
@@ -539,7 +539,7 @@ def test_atomic_adds_beyond_the_embedding_rows_are_refused(tmp_path):
       r.add_documents([beir.Document("too_many", "", "no room")])
     assert r.index_version == version
     table = index_lib.load_index(r.index_dir).table
-    assert "fits" in table.docids and "too_many" not in table.docids
+    assert "fits" in table.docids_of and "too_many" not in table.docids_of
   finally:
     r.close()
 

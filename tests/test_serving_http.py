@@ -269,7 +269,9 @@ def test_add_find_restart_find_delete(model_dir):
       assert "fresh" not in found(client, query)
   server.stop()
   retriever.close()
-  assert "fresh" not in index_lib.load_index(retriever.index_dir).table.docids
+  assert (
+    "fresh" not in index_lib.load_index(retriever.index_dir).table.docids_of
+  )
 
 
 def test_concurrent_adds_and_searches_lose_nothing(service):
@@ -294,7 +296,7 @@ def test_concurrent_adds_and_searches_lose_nothing(service):
     assert [f.result() for f in searches] == [200] * 16
   assert found(client) == before | set(new_ids)
   on_disk = index_lib.load_index(retriever.index_dir).table
-  assert set(on_disk.docids) == before | set(new_ids)
+  assert set(on_disk.docids_of) == before | set(new_ids)
 
 
 def test_metrics_count_requests_batches_and_index(service):
@@ -350,7 +352,7 @@ def test_shutdown_finishes_in_flight_search_and_update(model_dir):
     assert search.result().status_code == 200
     assert add.result().status_code == 200
   retriever.close()
-  assert "late" in index_lib.load_index(retriever.index_dir).table.docids
+  assert "late" in index_lib.load_index(retriever.index_dir).table.docids_of
 
 
 # ---------------------------------------------------------------- fuzzing

@@ -147,7 +147,7 @@ def test_indexing_targets_decode_to_the_documents_docids(
 
 def test_multi_docid_table_gives_one_example_per_docid(names, tables):
   table = tables["multi"]
-  assert all(len(ids) == 2 for ids in table.docids.values())
+  assert all(len(ids) == 2 for ids in table.docids_of.values())
   examples = _examples(names["multi"]["indexing"])
   assert len(examples) == 2 * NUM_DOCS
   retrieval = _examples(names["multi"]["retrieval"])
@@ -213,7 +213,7 @@ def test_retrieval_splits_follow_qrels(names, data, vocab, tables):
       )
       assert (
         vocab.decode_docid(ex["targets"])
-        in tables["naive"].docids[_text(ex["doc_id"])]
+        in tables["naive"].docids_of[_text(ex["doc_id"])]
       )
 
 
@@ -256,7 +256,9 @@ def test_pseudo_query_task(names, pseudo, tables, vocab):
   for ex in examples:
     doc_id = _text(ex["doc_id"])
     assert _text(ex["inputs_pretokenized"]) in pseudo[doc_id]
-    assert vocab.decode_docid(ex["targets"]) in tables["multi"].docids[doc_id]
+    assert (
+      vocab.decode_docid(ex["targets"]) in tables["multi"].docids_of[doc_id]
+    )
 
 
 def test_registering_twice_is_safe_and_changes_are_caught(

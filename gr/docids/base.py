@@ -171,7 +171,8 @@ class DocidTable:
 
   Attributes:
     scheme: scheme name ("naive", "atomic", "semantic", "text", "multi").
-    docids: doc_id -> its docid strings (>= 1 each), in corpus order.
+    docids_of: doc_id -> its docid strings (>= 1 each), in corpus order
+      (`doc_ids` are the corpus keys, in the same order).
     reserved_tokens: tokens that must be single vocabulary ids; append-only
       across versions (removing documents never removes tokens).
     config: scheme constructor arguments, JSON-serialisable.
@@ -180,7 +181,7 @@ class DocidTable:
   """
 
   scheme: str
-  docids: Mapping[str, tuple[str, ...]]
+  docids_of: Mapping[str, tuple[str, ...]]
   reserved_tokens: tuple[str, ...]
   config: Mapping[str, Any]
   version: int = 0
@@ -188,7 +189,7 @@ class DocidTable:
 
   def __post_init__(self):
     set_field = functools.partial(object.__setattr__, self)
-    set_field("docids", {d: tuple(ids) for d, ids in self.docids.items()})
+    set_field("docids_of", {d: tuple(ids) for d, ids in self.docids_of.items()})
     set_field("reserved_tokens", tuple(self.reserved_tokens))
     set_field("config", dict(self.config))
     set_field("arrays", {k: np.asarray(v) for k, v in self.arrays.items()})
@@ -202,7 +203,7 @@ class DocidTable:
     )
     return (
       self._plain_fields() == other._plain_fields()
-      and list(self.docids.items()) == list(other.docids.items())
+      and list(self.docids_of.items()) == list(other.docids_of.items())
       and same_arrays
     )
 
@@ -218,16 +219,16 @@ class DocidTable:
 
   @property
   def doc_ids(self) -> tuple[str, ...]:
-    return tuple(self.docids)
+    return tuple(self.docids_of)
 
   @property
   def num_docs(self) -> int:
-    return len(self.docids)
+    return len(self.docids_of)
 
   @functools.cached_property
   def docid_to_doc(self) -> Mapping[str, str]:
     """Every docid string -> the one document it names."""
-    return {s: d for d, ids in self.docids.items() for s in ids}
+    return {s: d for d, ids in self.docids_of.items() for s in ids}
 
   @functools.cached_property
   def _retired(self) -> Layered:
@@ -253,7 +254,7 @@ class DocidTable:
 
   def all_docids(self) -> list[tuple[str, str]]:
     """(docid string, doc_id) pairs in corpus order, then per-doc order."""
-    return [(s, d) for d, ids in self.docids.items() for s in ids]
+    return [(s, d) for d, ids in self.docids_of.items() for s in ids]
 
   def memo(self, key: str, compute: Callable[[], Any]) -> Any:
     """A value a scheme derives from the taken docids, computed once.
@@ -282,7 +283,7 @@ class DocidTable:
     _check_reserved_tokens(self.reserved_tokens, reserved)
     owner: dict[str, str] = {}
     retired = self._retired
-    for doc_id, ids in self.docids.items():
+    for doc_id, ids in self.docids_of.items():
       _check_document(doc_id, ids, reserved, owner, retired)
     self.__dict__["docid_to_doc"] = owner
     _check_json(self.config)
@@ -308,7 +309,7 @@ class DocidTable:
       DocidTableError: a doc_id is already in the table, or a docid is taken.
     """
     new_docids = {d: tuple(ids) for d, ids in new_docids.items()}
-    clashes = [d for d in new_docids if d in self.docids]
+    clashes = [d for d in new_docids if d in self.docids_of]
     if clashes:
       raise DocidTableError(f"doc_ids already in the table: {clashes[:5]}")
     known = self._reserved_set
@@ -324,7 +325,7 @@ class DocidTable:
       if RETIRED_KEY in self.arrays:
         new_arrays[RETIRED_KEY] = self.arrays[RETIRED_KEY]
     table = self._derived(
-      docids=_layered(self.docids).changed(add=new_docids),
+      docids_of=_layered(self.docids_of).changed(add=new_docids),
       docid_to_doc=_layered(self.docid_to_doc).changed(add=owner.new),
       retired=self._retired,
       reserved_tokens=self.reserved_tokens + tuple(appended),
@@ -339,13 +340,13 @@ class DocidTable:
     O(k) for k documents, plus a copy of the retired docids' array.
     """
     doomed = list(dict.fromkeys(doc_ids))
-    missing = sorted(d for d in doomed if d not in self.docids)
+    missing = sorted(d for d in doomed if d not in self.docids_of)
     if missing:
       raise DocidTableError(f"cannot remove unknown doc_ids: {missing[:5]}")
-    retired = [s for d in doomed for s in self.docids[d]]
+    retired = [s for d in doomed for s in self.docids_of[d]]
     old = self.arrays.get(RETIRED_KEY, np.array([], np.str_))
     table = self._derived(
-      docids=_layered(self.docids).changed(remove=doomed),
+      docids_of=_layered(self.docids_of).changed(remove=doomed),
       docid_to_doc=_layered(self.docid_to_doc).changed(remove=retired),
       retired=self._retired.changed(add=dict.fromkeys(retired)),
       reserved_tokens=self.reserved_tokens,
@@ -359,13 +360,13 @@ class DocidTable:
     return table
 
   def _derived(
-    self, *, docids, docid_to_doc, retired, reserved_tokens, arrays
+    self, *, docids_of, docid_to_doc, retired, reserved_tokens, arrays
   ) -> "DocidTable":
     """The next version, from fields the caller has checked (no validate)."""
     table = object.__new__(DocidTable)
     table.__dict__.update(
       scheme=self.scheme,
-      docids=docids,
+      docids_of=docids_of,
       reserved_tokens=reserved_tokens,
       config=self.config,
       version=self.version + 1,
@@ -402,7 +403,7 @@ class DocidTable:
       "version": self.version,
       "config": self.config,
       "reserved_tokens": list(self.reserved_tokens),
-      "docids": {d: list(ids) for d, ids in self.docids.items()},
+      "docids": {d: list(ids) for d, ids in self.docids_of.items()},
     }
 
   @classmethod
@@ -425,7 +426,7 @@ class DocidTable:
     try:
       return cls(
         scheme=fields["scheme"],
-        docids={d: tuple(ids) for d, ids in fields["docids"].items()},
+        docids_of={d: tuple(ids) for d, ids in fields["docids"].items()},
         reserved_tokens=tuple(fields["reserved_tokens"]),
         config=fields["config"],
         version=int(fields["version"]),
@@ -471,7 +472,7 @@ def check_scheme(table: DocidTable, name: str) -> None:
 
 def check_new_docs(table: DocidTable, new_docs: Mapping[str, Document]) -> None:
   """Raises DocidTableError if a new doc_id is already in the table."""
-  clashes = [d for d in new_docs if d in table.docids]
+  clashes = [d for d in new_docs if d in table.docids_of]
   if clashes:
     raise DocidTableError(f"doc_ids already in the table: {clashes[:5]}")
 

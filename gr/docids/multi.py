@@ -139,7 +139,7 @@ def _collect(
 ) -> None:
   """Adds part i's docids (one per doc in per_doc) and state to the totals."""
   for doc_id in per_doc:
-    (docid,) = sub.docids[doc_id]
+    (docid,) = sub.docids_of[doc_id]
     per_doc[doc_id].append(docid)
     taken.add(docid)
   reserved.extend(sub.reserved_tokens)
@@ -162,7 +162,7 @@ def _part_table(table: base.DocidTable, i: int, part: Any) -> base.DocidTable:
   reserved = table.arrays.get(prefix + "reserved_tokens", np.array([], np.str_))
   return base.DocidTable(
     part.name,
-    {d: (ids[i],) for d, ids in table.docids.items()},
+    {d: (ids[i],) for d, ids in table.docids_of.items()},
     tuple(reserved.tolist()),
     base.scheme_config(part),
     table.version,

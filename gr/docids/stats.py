@@ -59,7 +59,7 @@ def docid_statistics(table: base.DocidTable) -> dict[str, Any]:
     "version": table.version,
     "num_docs": table.num_docs,
     "num_docids": len(docids),
-    "ids_per_doc": _summary([len(v) for v in table.docids.values()]),
+    "ids_per_doc": _summary([len(v) for v in table.docids_of.values()]),
     "docid_length": {
       **_summary(lengths),
       "histogram": {

@@ -38,7 +38,7 @@ INPUT_ERRORS = (
   'gr.docids.base.DocidTableError',
   'gr.index.IndexArtifactError',
   'gr.checkpoints.ArtifactError',
-  'gr.run_config.RunConfigError',
+  'gr.model_config.ModelConfigError',
   'gr.hf_import.HFImportError',
   'gr.served_run.RunLoadError',
 )

@@ -10,7 +10,7 @@ makes goes under `workdir`:
                         and TensorBoard events
   workdir/runs/         TREC run files, GR and BM25
   workdir/results.json  the metrics table as data
-  workdir/model_config.json  the T5Config as trained (gr/run_config.py),
+  workdir/model_config.json  the T5Config as trained (gr/model_config.py),
                         so the service can load the checkpoint alone
 """
 
@@ -32,7 +32,7 @@ from gr import pretrained
 from gr import pretrained_t5
 from gr import pseudo_queries as pseudo_lib
 from gr import retrieval
-from gr import run_config
+from gr import model_config
 from gr import tasks
 from gr.data import beir
 from gr.experiments import configurables
@@ -160,7 +160,7 @@ def run_experiment(
   )
   target_length = index.max_docid_length()
   model = models.fit_vocab(model, index.vocab.vocab_size)
-  run_config.save_model_config(
+  model_config.save_model_config(
     workdir,
     model.config,
     input_length=input_length,

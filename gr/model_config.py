@@ -21,7 +21,7 @@ MODEL_CONFIG_FILE = "model_config.json"
 MODEL_CONFIG_FORMAT = "gr.model_config/1"
 
 
-class RunConfigError(ValueError):
+class ModelConfigError(ValueError):
   """model_config.json is missing or invalid."""
 
 
@@ -65,15 +65,15 @@ def find_model_config(checkpoint_dir: str) -> str:
   for path in candidates:
     if os.path.isfile(path):
       return path
-  raise RunConfigError(
+  raise ModelConfigError(
     f"no {MODEL_CONFIG_FILE} in {candidates[0]} or {candidates[1]}: write "
-    "it with gr.run_config.save_model_config(run_dir, model.config, "
+    "it with gr.model_config.save_model_config(run_dir, model.config, "
     "input_length=...)"
   )
 
 
 @dataclasses.dataclass(frozen=True)
-class RunConfig:
+class SavedModelConfig:
   """What model_config.json records about a run."""
 
   model: network.T5Config | bert_network.BertT5Config
@@ -81,8 +81,8 @@ class RunConfig:
   corpus_path: Optional[str] = None
 
 
-def load_model_config(path: str) -> RunConfig:
-  """The RunConfig in a model_config.json; errors name the file."""
+def load_model_config(path: str) -> SavedModelConfig:
+  """The SavedModelConfig in a model_config.json; errors name the file."""
   try:
     with open(path) as f:
       record = json.load(f)
@@ -94,6 +94,8 @@ def load_model_config(path: str) -> RunConfig:
       model = bert_network.BertT5Config(**record["bert_t5_config"])
     else:
       model = network.T5Config(**record["t5_config"])
-    return RunConfig(model, int(record["input_length"]), record.get("corpus"))
+    return SavedModelConfig(
+      model, int(record["input_length"]), record.get("corpus")
+    )
   except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-    raise RunConfigError(f"{path}: not a valid model config: {e!r}") from e
+    raise ModelConfigError(f"{path}: not a valid model config: {e!r}") from e

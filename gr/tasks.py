@@ -410,6 +410,19 @@ def register_task(
   source = seqio.FunctionDataSource(
     _dataset_fn(examples_by_split), splits=list(examples_by_split)
   )
+  _add_task(name, fingerprint, source, vocab, docid_targets=docid_targets)
+  return name
+
+
+def _add_task(
+  name: str,
+  fingerprint: str,
+  source: seqio.DataSource,
+  vocab: vocab_lib.Vocabulary,
+  *,
+  docid_targets: bool,
+) -> None:
+  """Adds the seqio task `name` over `source` once per fingerprint."""
   _register_once(
     seqio.TaskRegistry,
     name,
@@ -422,7 +435,6 @@ def register_task(
       metric_fns=[],
     ),
   )
-  return name
 
 
 def register_file_task(
@@ -455,18 +467,8 @@ def register_file_task(
       shuffle_buffer=shuffle_buffer,
     )
 
-  _register_once(
-    seqio.TaskRegistry,
-    name,
-    fingerprint,
-    lambda: seqio.TaskRegistry.add(
-      name,
-      source=seqio.FunctionDataSource(dataset_fn, splits=[split]),
-      output_features=output_features(vocab, docid_targets=docid_targets),
-      preprocessors=preprocessors(docid_targets=docid_targets),
-      metric_fns=[],
-    ),
-  )
+  source = seqio.FunctionDataSource(dataset_fn, splits=[split])
+  _add_task(name, fingerprint, source, vocab, docid_targets=docid_targets)
   return name
 
 

@@ -245,6 +245,42 @@ def random_queries(batch, length, vocab, seed=1):
   return queries
 
 
+def decode_flops(cfg, batch: int, beam: int, li: int, steps: int) -> float:
+  """Matmul FLOPs of one constrained search of `batch` queries (full
+  output layer, cross-attention K/V once per query): 2 per multiply-add.
+
+  Encoder over B*Li tokens; cross-attention K/V over B*Li once; each of
+  `steps` decoder steps runs B*beam tokens through self-attention, the
+  cross-attention query/output, the MLP and the [d, V] output layer, and
+  attends over its cached keys and the Li encoder states. The trie's
+  gathers, top-k and norms are not counted.
+  """
+  d, inner, f = cfg.emb_dim, cfg.num_heads * cfg.head_dim, cfg.mlp_dim
+  attn, mlp = 4 * d * inner, len(cfg.mlp_activations) * d * f + f * d
+  encoder = cfg.num_encoder_layers * batch * li * (attn + mlp + 2 * li * inner)
+  cross_kv = cfg.num_decoder_layers * batch * li * 2 * d * inner
+  rows = batch * beam
+  per_step = rows * (
+    cfg.num_decoder_layers * (attn + 2 * d * inner + mlp) + d * cfg.vocab_size
+  )
+  attend = cfg.num_decoder_layers * rows * 2 * inner * (steps * (steps + 1) / 2)
+  attend += cfg.num_decoder_layers * rows * 2 * inner * li * steps
+  return 2.0 * (encoder + cross_kv + steps * per_step + attend)
+
+
+def add_roofline(rows, name, peak_gflops):
+  """Each row gains FLOPs per query and the sparse search's GFLOP/s and
+  fraction of the measured matmul peak."""
+  cfg = model_config(name, _VOCAB.value)
+  for row in rows:
+    flops = decode_flops(
+      cfg, row['batch'], row['beam'], _INPUT_LENGTH.value, row['max_decode_len']
+    )
+    row['gflop_per_query'] = flops / row['batch'] / 1e9
+    row['sparse_gflop_per_s'] = flops / (row['sparse_ms'] / 1e3) / 1e9
+    row['sparse_fraction_of_peak'] = row['sparse_gflop_per_s'] / peak_gflops
+
+
 def overhead_rows(name, tries, reps, with_dense):
   """Times unconstrained, sparse and dense-mask search for one model."""
   variants = ['none', 'sparse'] + (['dense'] if with_dense else [])
@@ -712,6 +748,7 @@ def print_table(results):
   print(
     f"{'model':6} {'docids':>8} {'unconstrained':>15} {'sparse trie':>15}"
     f" {'ovh %':>13} {'dense mask':>15} {'ovh %':>13}"
+    f" {'GFLOP/q':>8} {'GFLOP/s':>8} {'of peak':>7}"
   )
   cell = lambda r, v: (
     f"{r[f'{v}_ms']:6.1f} ({r[f'{v}_cpu_ms']:6.1f})"
@@ -727,7 +764,14 @@ def print_table(results):
     print(
       f"{r['model']:6} {r['docids']:8d} {cell(r, 'none')} "
       f"{cell(r, 'sparse')} {pct(r, 'sparse')} {cell(r, 'dense')} "
-      f"{pct(r, 'dense')}"
+      f"{pct(r, 'dense')} {r.get('gflop_per_query', float('nan')):8.3f} "
+      f"{r.get('sparse_gflop_per_s', float('nan')):8.1f} "
+      f"{r.get('sparse_fraction_of_peak', float('nan')):7.3f}"
+    )
+  if 'matmul_peak_gflops' in results:
+    print(
+      f"roofline: fp32 matmul peak {results['matmul_peak_gflops']:.1f} "
+      'GFLOP/s measured in this run (gr.bench_env)'
     )
   for r in results['peer']:
     print(
@@ -759,6 +803,8 @@ def main(argv):
   del argv
   os.environ['JAX_PLATFORMS'] = 'cuda' if _DEVICE.value == 'gpu' else 'cpu'
   import jax  # pylint: disable=g-import-not-at-top
+
+  from gr import bench_env  # pylint: disable=g-import-not-at-top
 
   models = _MODELS.value or (
     ['base'] if _DEVICE.value == 'gpu' else ['tiny', 'small']
@@ -821,11 +867,14 @@ def main(argv):
     return
   results['build'] = build_row(*tries[max(sizes)], bulk_s)
   results['overhead'] = []
+  results['matmul_peak_gflops'] = bench_env.matmul_peak_gflops()
   for name in models:
     quick = _QUICK.value and name != 'tiny'
-    results['overhead'] += overhead_rows(
+    rows = overhead_rows(
       name, overhead_tries, 3 if quick else _REPS.value, with_dense=not quick
     )
+    add_roofline(rows, name, results['matmul_peak_gflops'])
+    results['overhead'] += rows
   results['peer'] = [
     peer_row(name, *tries[_PEER_SIZE.value], 3 if _QUICK.value else _REPS.value)
     for name in _PEER_MODELS.value

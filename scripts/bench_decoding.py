@@ -57,8 +57,9 @@ import os
 import statistics
 import time
 
-from absl import app
 from absl import flags
+
+from gr.experiments import gin_cli
 
 _OUT = flags.DEFINE_string('out', None, 'Write the results JSON here.')
 _DEVICE = flags.DEFINE_enum('device', 'cpu', ['cpu', 'gpu'], 'JAX platform.')
@@ -719,23 +720,6 @@ def print_output_layer_table(results):
       f"{r['cached_kv_speedup']:6.2f} {r['sparse_output_speedup']:8.2f} "
       f"{r['top1_same_as_full_normaliser']:10.2f}"
     )
-  print_load(results)
-
-
-def print_load(results):
-  """Load averages at start and end; a warning above 0.5 per core."""
-  cores = results['cpu_count'] or 1
-  for when in ('start', 'end'):
-    load = results[f'load_average_at_{when}']
-    print(
-      f"load average at {when}: {load[0]:.2f} {load[1]:.2f} "
-      f"{load[2]:.2f} ({cores} cores)"
-    )
-    if load[0] > 0.5 * cores:
-      print(
-        f'WARNING: load {load[0]:.2f} > 0.5 per core at {when}: the '
-        'machine is shared, timings are not comparable to a quiet run'
-      )
 
 
 def print_table(results):
@@ -786,17 +770,6 @@ def print_table(results):
     f", bulk {b['bulk_build_s']:.1f} s, upload {b['to_device_s']:.2f} s, "
     f"{b['bytes_per_docid']:.1f} device bytes/docid"
   )
-  print_load(results)
-
-
-def write_json(path, results):
-  """Atomic write: temp file in the same folder, fsync, rename."""
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(results, f, indent=1)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def main(argv):
@@ -804,7 +777,13 @@ def main(argv):
   os.environ['JAX_PLATFORMS'] = 'cuda' if _DEVICE.value == 'gpu' else 'cpu'
   import jax  # pylint: disable=g-import-not-at-top
 
+  from gr import atomic_io  # pylint: disable=g-import-not-at-top
   from gr import bench_env  # pylint: disable=g-import-not-at-top
+
+  def finish(results):
+    results['load'].append(bench_env.machine_load('after'))
+    if _OUT.value:
+      atomic_io.write_json(_OUT.value, results, indent=1)
 
   models = _MODELS.value or (
     ['base'] if _DEVICE.value == 'gpu' else ['tiny', 'small']
@@ -814,7 +793,7 @@ def main(argv):
     device=f'{device.platform}: {device.device_kind}',
     cpu_count=os.cpu_count(),
     jax=jax.__version__,
-    load_average_at_start=os.getloadavg(),
+    load=[bench_env.machine_load('before')],
     flags={
       f: getattr(flags.FLAGS, f)
       for f in (
@@ -834,18 +813,12 @@ def main(argv):
       )
     },
   )
-  print(
-    f"load average at start: {results['load_average_at_start']}", flush=True
-  )
   if _MODE.value == 'trie':
     results['trie'] = trie_row(
       _TRIE_DOCIDS.value, _TRIE_TOKENS.value, _TRIE_VOCAB.value, _REPS.value
     )
-    results['load_average_at_end'] = os.getloadavg()
     print_trie_table(results['trie'])
-    print_load(results)
-    if _OUT.value:
-      write_json(_OUT.value, results)
+    finish(results)
     return
   peer_size = _PEER_SIZE.value if _MODE.value == 'all' else 0
   sizes = sorted(
@@ -860,10 +833,8 @@ def main(argv):
     for name in models:
       reps = 3 if _QUICK.value and name != 'tiny' else _REPS.value
       results['output_layer'] += output_layer_rows(name, overhead_tries, reps)
-    results['load_average_at_end'] = os.getloadavg()
     print_output_layer_table(results)
-    if _OUT.value:
-      write_json(_OUT.value, results)
+    finish(results)
     return
   results['build'] = build_row(*tries[max(sizes)], bulk_s)
   results['overhead'] = []
@@ -884,13 +855,11 @@ def main(argv):
     results['trie'] = trie_row(
       _TRIE_DOCIDS.value, _TRIE_TOKENS.value, _TRIE_VOCAB.value, _REPS.value
     )
-  results['load_average_at_end'] = os.getloadavg()
   print_table(results)
   if 'trie' in results:
     print_trie_table(results['trie'])
-  if _OUT.value:
-    write_json(_OUT.value, results)
+  finish(results)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  gin_cli.run(main)

@@ -16,7 +16,6 @@ average is printed before and after the runs.
 """
 
 import functools
-import json
 import os
 import time
 import types
@@ -282,7 +281,7 @@ def main(argv):
       'load': load,
       'flops_formula': train_flops.__doc__,
     }
-    atomic_io.write_text(args.out, json.dumps(result, indent=1))
+    atomic_io.write_json(args.out, result, indent=1)
 
 
 if __name__ == '__main__':

@@ -106,7 +106,8 @@ class Index:
     """The trie of every docid (values: positions in doc_ids), bulk-built.
 
     Args:
-      **capacities: DocidTrie's capacity, vocab_size, fanout_capacity.
+      **capacities: DocidTrie's capacity, vocab_size, fanout_capacity,
+        level_capacity.
     """
     sequences, values = self.docid_sequences()
     return trie_lib.DocidTrie.from_padded(

@@ -307,9 +307,8 @@ class DocidTrie:
     small = vocab_size is not None and vocab_size <= _INT16_TOKENS
     self._token_dtype = np.int16 if small else np.int32
     self._min_width = _next_power_of_two(max(fanout_capacity or 0, 1))
-    self._level_widths = [
-      max(_next_power_of_two(w), self._min_width) for w in level_capacity
-    ]
+    self._level_widths: list[int] = []
+    self.reserve_level_widths(level_capacity)
     slots = _next_power_of_two(max(capacity or 0, _MIN_NODE_CAPACITY))
     self._root_child = np.full(
       _next_power_of_two(max(vocab_size or 0, 2)), DEAD, np.int32

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gr import batching
 from gr import bert
 from gr import bert_network
 from gr import decoding
@@ -138,16 +139,13 @@ def pooled_vectors(
   out = []
   for start in range(0, len(rows), batch_size):
     chunk = rows[start : start + batch_size]
-    padded = decoding.pad_sequences(list(chunk), rows.shape[1])
-    padded = np.concatenate(
-      [padded, np.zeros((batch_size - len(chunk), rows.shape[1]), np.int32)]
-    )
+    padded = batching.pad_rows(
+      decoding.pad_sequences(list(chunk), rows.shape[1]), batch_size
+    )  # [batch_size, Li]
     if cache is not None:
-      states = np.stack(
-        [cache.lookup(r) for r in chunk]
-        + [np.zeros((rows.shape[1], cache.width), np.float16)]
-        * (batch_size - len(chunk))
-      )
+      states = batching.pad_rows(
+        np.stack([cache.lookup(r) for r in chunk]), batch_size
+      )  # [batch_size, Li, width]
     else:
       states = frozen(params, jnp.asarray(padded))
     out.append(

@@ -53,6 +53,7 @@ import numpy as np
 from gr import batching
 from gr import docids as docids_lib
 from gr import index as index_lib
+from gr import indexing
 from gr import models
 from gr import partitioning
 from gr import pretrained
@@ -525,20 +526,22 @@ class Retriever:
   def _docid_scheme(self, table: docids_lib.DocidTable):
     """The table's scheme, made once (schemes with an embedder share one)."""
     if self._scheme is None:
-      cls = docids_lib.SCHEMES[table.scheme]
-      extra = {}
-      if "embedder" in {f.name for f in dataclasses.fields(cls)}:
-        from gr import embed  # pylint: disable=g-import-not-at-top
-
-        if pretrained.is_pretrained(self.model):
-          # The space its tree was clustered in (indexing.assign_docids).
-          extra["embedder"] = embed.Embedder.load(
-            self.model.config.encoder_dir, max_length=self.input_length
-          )
-        else:
-          extra["embedder"] = embed.Embedder.load()
-      self._scheme = docids_lib.scheme_for_table(table, **extra)
+      scheme = docids_lib.scheme_for_table(table)
+      if indexing.needs_embedder(scheme):
+        scheme = docids_lib.scheme_for_table(table, embedder=self._embedder())
+      self._scheme = scheme
     return self._scheme
+
+  def _embedder(self):
+    """The embedder new documents are placed with: the run's encoder (the
+    space its tree was clustered in, indexing.assign_docids), else MiniLM."""
+    from gr import embed  # pylint: disable=g-import-not-at-top
+
+    if pretrained.is_pretrained(self.model):
+      return embed.Embedder.load(
+        self.model.config.encoder_dir, max_length=self.input_length
+      )
+    return embed.Embedder.load()
 
   def _new_sequences(
     self, index: index_lib.Index, new_docs: Mapping[str, Any]

@@ -582,3 +582,26 @@ def test_micro_batcher_survives_a_failing_batch():
     batcher.submit(["boom"], 1).result(timeout=5)
   assert batcher.submit(["fine"], 1).result(timeout=5) == [[]]
   batcher.close()
+
+
+def test_only_schemes_that_place_by_embeddings_get_an_embedder():
+  """Retriever._docid_scheme: one rule (indexing.needs_embedder) decides
+  whether new documents need the embedder; naive, text and a multi without
+  a semantic part never load it."""
+  import types  # pylint: disable=g-import-not-at-top
+
+  sentinel = object()
+  loaded = []
+
+  def scheme_of(name, config):
+    table = types.SimpleNamespace(scheme=name, config=config)
+    holder = types.SimpleNamespace(
+      _scheme=None, _embedder=lambda: loaded.append(name) or sentinel
+    )
+    return serving.Retriever._docid_scheme(holder, table)  # pylint: disable=protected-access
+
+  assert scheme_of("semantic", {"k": 2, "c": 2}).embedder is sentinel
+  assert scheme_of("naive", {}).name == "naive"
+  text_only = {"parts": [{"scheme": "text"}, {"scheme": "naive"}]}
+  assert scheme_of("multi", text_only).name == "multi"
+  assert loaded == ["semantic"]

@@ -12,6 +12,8 @@ draw in the same run. The masks are deterministic functions of the key
 unrelated masks, and the kept fraction is 1 - rate to within 2^-32.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -31,10 +33,7 @@ def _mix(h: jax.Array) -> jax.Array:
 def hash_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   """uint32 [*shape] pseudo-random bits: mix(mix(i * phi ^ s0) + s1)."""
   seeds = jax.random.bits(key, (2,), jnp.uint32)
-  size = 1
-  for dim in shape:
-    size *= dim
-  position = jax.lax.iota(jnp.uint32, size).reshape(shape)
+  position = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
   first = _mix(position * jnp.uint32(0x9E3779B1) ^ seeds[0])
   return _mix(first + seeds[1])
 

@@ -6,7 +6,7 @@ batch is split over the 'data' axis, so its size must be a multiple of that
 axis (`data_multiple`).
 """
 
-from typing import Optional
+from typing import Optional, Sequence
 
 from jax.sharding import Mesh
 import numpy as np
@@ -33,3 +33,19 @@ def data_multiple(batch_size: int, mesh: Optional[Mesh]) -> int:
     return batch_size
   data = mesh.shape[partitioning.DATA_AXIS]
   return -(-batch_size // data) * data
+
+
+def pad_sequences(
+  sequences: Sequence[Sequence[int]], length: int | None = None
+) -> np.ndarray:
+  """Token sequences -> [N, length] int32, PAD (0) after each one."""
+  length = length or max(len(s) for s in sequences)
+  out = np.zeros((len(sequences), length), np.int32)
+  for row, sequence in enumerate(sequences):
+    if len(sequence) > length:
+      raise ValueError(
+        f"pad_sequences: sequence {row} has {len(sequence)} "
+        f"tokens, more than length {length}"
+      )
+    out[row, : len(sequence)] = sequence
+  return out

@@ -18,7 +18,7 @@ load from other processes hits every variant alike:
   unconstrained baseline has EOS suppressed so both decode --levels + 1
   positions.
 - peer: HF transformers' PyTorch T5 of the same config and weights (ours
-  imported with gr.hf_import) generating with `prefix_allowed_tokens_fn` over
+  imported with gr.model.hf_import) generating with `prefix_allowed_tokens_fn` over
   a Python dict trie (GENRE/NCI), same docids, queries, batch and beams,
   torch threads = --threads; queries/s ours / theirs, and how often both
   return the same top-1 docid.
@@ -128,7 +128,7 @@ def semantic_docids(count, levels, branching, vocab, seed=0):
 
 
 def model_config(name, vocab):
-  from gr import network  # pylint: disable=g-import-not-at-top
+  from gr.model import network  # pylint: disable=g-import-not-at-top
 
   return getattr(network.T5Config, name)(vocab, dropout_rate=0.0)
 
@@ -138,7 +138,7 @@ def build_tries(sizes, levels, branching, vocab):
 
   Bulk-built; also returns the seconds the largest took.
   """
-  from gr import trie as trie_lib  # pylint: disable=g-import-not-at-top
+  from gr.index import trie as trie_lib  # pylint: disable=g-import-not-at-top
 
   docids = {n: semantic_docids(n, levels, branching, vocab) for n in sizes}
   build = lambda n, **capacity: trie_lib.DocidTrie.from_padded(
@@ -172,8 +172,8 @@ def make_search(model, beam, max_len, variant):
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from gr import decoding  # pylint: disable=g-import-not-at-top
-  from gr import model_decoder  # pylint: disable=g-import-not-at-top
+  from gr.decode import decoding  # pylint: disable=g-import-not-at-top
+  from gr.decode import model_decoder  # pylint: disable=g-import-not-at-top
 
   assert variant in VARIANTS, variant
 
@@ -322,7 +322,7 @@ def variant_rows(name, tries, reps, variants, baseline, with_top1=False):
   `baseline`, and (with_top1) {variant: top-1 documents [B]}."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from gr import models  # pylint: disable=g-import-not-at-top
+  from gr.model import models  # pylint: disable=g-import-not-at-top
 
   model = models.EncoderDecoderModel(model_config(name, _VOCAB.value))
   params = model.init_params(
@@ -402,7 +402,7 @@ def hf_model_and_params(name, vocab, torch_device):
   """A random HF T5 of config `name` and the same weights as our params."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
-  from gr import hf_import  # pylint: disable=g-import-not-at-top
+  from gr.model import hf_import  # pylint: disable=g-import-not-at-top
 
   ours = model_config(name, vocab)
   torch.manual_seed(0)
@@ -431,7 +431,7 @@ def peer_row(name, docids, trie, reps):
   """Queries/s of ours (sparse) vs HF + dict trie on the same inputs."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  from gr import models  # pylint: disable=g-import-not-at-top
+  from gr.model import models  # pylint: disable=g-import-not-at-top
 
   torch.set_num_threads(_THREADS.value)
   torch_device = 'cuda' if _DEVICE.value == 'gpu' else 'cpu'
@@ -480,7 +480,7 @@ def peer_row(name, docids, trie, reps):
 def build_row(docids, trie, bulk_build_s):
   """Host build (bulk and per docid), upload time, device bytes per docid."""
   import jax  # pylint: disable=g-import-not-at-top
-  from gr import trie as trie_lib  # pylint: disable=g-import-not-at-top
+  from gr.index import trie as trie_lib  # pylint: disable=g-import-not-at-top
 
   start = time.perf_counter()
   trie_lib.DocidTrie.build(
@@ -595,7 +595,7 @@ def make_free_search(beam, max_len):
   constrained beam search with the free model."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from gr import decoding  # pylint: disable=g-import-not-at-top
+  from gr.decode import decoding  # pylint: disable=g-import-not-at-top
 
   @jax.jit
   def search(bias, table, trie_arrays):
@@ -624,7 +624,7 @@ def trie_row(count, length, vocab, reps):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from gr import trie as trie_lib  # pylint: disable=g-import-not-at-top
+  from gr.index import trie as trie_lib  # pylint: disable=g-import-not-at-top
 
   docids = random_docids(count, length, vocab)
   builds = []

@@ -50,7 +50,7 @@ _QUICK = flags.DEFINE_bool('quick', False, 'One 20k corpus, 20 updates.')
 def synthetic_index(num_docs: int, work_dir: str):
   """Naive docids over `num_docs` documents and a 64-piece vocabulary."""
   from gr import docids  # pylint: disable=g-import-not-at-top
-  from gr import index as index_lib  # pylint: disable=g-import-not-at-top
+  from gr.index import artifact as index_lib  # pylint: disable=g-import-not-at-top
   from gr.data import beir  # pylint: disable=g-import-not-at-top
 
   corpus = {f'd{i}': beir.Document(f'd{i}', '', 'x') for i in range(num_docs)}
@@ -64,8 +64,8 @@ def synthetic_index(num_docs: int, work_dir: str):
 
 
 def tiny_model(vocab_size: int):
-  from gr import models  # pylint: disable=g-import-not-at-top
-  from gr import network  # pylint: disable=g-import-not-at-top
+  from gr.model import models  # pylint: disable=g-import-not-at-top
+  from gr.model import network  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
 
   model = models.EncoderDecoderModel(
@@ -99,8 +99,8 @@ def milliseconds(seconds: list[float]) -> dict:
 
 
 def bench_size(num_docs: int, updates: int) -> dict:
-  from gr import index as index_lib  # pylint: disable=g-import-not-at-top
-  from gr import serving  # pylint: disable=g-import-not-at-top
+  from gr.index import artifact as index_lib  # pylint: disable=g-import-not-at-top
+  from gr.serve import retriever as serving  # pylint: disable=g-import-not-at-top
   from gr.data import beir  # pylint: disable=g-import-not-at-top
 
   work = tempfile.mkdtemp(prefix=f'bench_online_{num_docs}_')

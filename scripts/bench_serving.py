@@ -6,7 +6,7 @@ r"""Load benchmark of the docid decoding service, on loopback only.
 In one run: (1) in-process `Retriever.retrieve` throughput on full batches
 of each candidate batch size (--candidates); the fastest one is the ceiling
 and, unless --buckets is given, sets the service's buckets
-(gr/microbatch.py `choose_buckets`: every candidate up to the fastest);
+(gr/serve/microbatch.py `choose_buckets`: every candidate up to the fastest);
 (2) the HTTP service (uvicorn on 127.0.0.1, in a thread of this process)
 with those buckets under 1, 8 and 32 concurrent clients, each sending
 single `POST /search` requests back to back over its own keep-alive
@@ -34,7 +34,7 @@ from absl import logging
 import numpy as np
 
 from gr import bench_env
-from gr import microbatch
+from gr.serve import microbatch
 from gr.experiments import gin_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -133,7 +133,7 @@ def in_process_throughput(retriever) -> dict[int, float]:
 
 def serve_in_thread(retriever):
   import uvicorn  # pylint: disable=g-import-not-at-top
-  from gr.web import app as web_app  # pylint: disable=g-import-not-at-top
+  from gr.serve import app as web_app  # pylint: disable=g-import-not-at-top
 
   server = uvicorn.Server(
     uvicorn.Config(
@@ -180,7 +180,7 @@ def main(argv):
   if not _CHECKPOINT.value:
     raise app.UsageError('--checkpoint is required (a run\'s model dir)')
   logging.set_verbosity(logging.WARNING)  # orbax logs every file at INFO
-  from gr import serving  # pylint: disable=g-import-not-at-top
+  from gr.serve import retriever as serving  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
 
   load_before = bench_env.machine_load('before')

@@ -67,7 +67,7 @@ def _peak_rss_mb() -> float:
 
 def _setup(work_dir: str, num_docs: int) -> None:
   """The sentencepiece model (trained on the first 2,000 bodies)."""
-  from gr import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  from gr.index import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
 
   corpus = synthetic_corpus(min(num_docs, 2000))
   vocab_lib.train_sentencepiece(
@@ -79,10 +79,10 @@ def _setup(work_dir: str, num_docs: int) -> None:
 
 def run_child(path: str, work_dir: str, num_docs: int) -> dict:
   """Builds one path's task and reads one batch; returns its RSS record."""
-  from gr import example_files  # pylint: disable=g-import-not-at-top
-  from gr import tasks  # pylint: disable=g-import-not-at-top
-  from gr import train  # pylint: disable=g-import-not-at-top
-  from gr import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  from gr.train import example_files  # pylint: disable=g-import-not-at-top
+  from gr.train import tasks  # pylint: disable=g-import-not-at-top
+  from gr.train import loop as train  # pylint: disable=g-import-not-at-top
+  from gr.index import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   from gr.docids import naive  # pylint: disable=g-import-not-at-top
 
   corpus = synthetic_corpus(num_docs)

@@ -29,8 +29,8 @@ import optax
 from gr import atomic_io
 from gr import bench_env
 from gr.experiments import gin_cli
-from gr import models
-from gr import network
+from gr.model import models
+from gr.model import network
 
 CONFIGS = {  # name -> T5Config overrides on top of the tiny preset
   'tiny': {},
@@ -67,7 +67,7 @@ _FLAGS = {
     'dropout',
     'hash',
     ['hash', 'bernoulli'],
-    'T5Config.dropout_implementation (gr/dropout.py).',
+    'T5Config.dropout_implementation (gr/model/dropout.py).',
   ),
   'prng_impl': flags.DEFINE_enum(
     'prng_impl',
@@ -140,7 +140,7 @@ def bench_ours(cfg, batch, warmup, steps):
     'rng': jax.random.PRNGKey(1),
   }
 
-  @functools.partial(jax.jit, donate_argnums=(0,))  # as gr/train.py
+  @functools.partial(jax.jit, donate_argnums=(0,))  # as gr/train/loop.py
   def train_step(state, batch):
     rng, dropout_rng = jax.random.split(state['rng'])
     grads, metrics = jax.grad(model.loss_fn, has_aux=True)(

@@ -63,7 +63,7 @@ def main(argv) -> None:
   scheme = docids.get_scheme(_SCHEME.value, **parse_params(_PARAM.value))
   kwargs, embed_seconds = {}, 0.0
   if needs_embeddings(scheme):
-    from gr import embed  # pylint: disable=g-import-not-at-top
+    from gr.model import embed  # pylint: disable=g-import-not-at-top
 
     cache = _EMBEDDINGS_CACHE.value or os.path.join(
       _DATA_DIR.value, "embeddings", "minilm_bodies.npy"

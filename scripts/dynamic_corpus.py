@@ -6,7 +6,7 @@ r"""The dynamic-corpus experiment: docid schemes x continual strategies.
 
 Trains on the news benchmark's D0, applies D1..D4 with each strategy, and
 writes results.json, results.csv, results.md and PNG plots to WORKDIR
-(gr/dynamic.py, gr/dynamic_report.py). Started again, it skips the (scheme, strategy) cells that
+(gr/continual/dynamic.py, gr/continual/dynamic_report.py). Started again, it skips the (scheme, strategy) cells that
 already finished. --docs_fraction / --max_docs_per_period shrink the corpus
 (shorthand for the run_dynamic_experiment bindings).
 """
@@ -14,7 +14,7 @@ already finished. --docs_fraction / --max_docs_per_period shrink the corpus
 from absl import app
 from absl import flags
 
-from gr import dynamic_report
+from gr.continual import dynamic_report
 from gr.experiments import configurables
 from gr.experiments import gin_cli
 

@@ -19,8 +19,8 @@ from absl import logging
 import uvicorn
 
 from gr.experiments import gin_cli
-from gr import serving
-from gr.web import app as web_app
+from gr.serve import retriever as serving
+from gr.serve import app as web_app
 
 _CHECKPOINT = flags.DEFINE_string(
   'checkpoint', None, 'orbax model_dir.', required=True

@@ -21,7 +21,9 @@ def main(
   partitioning.initialize_distributed(coordinator, num_processes, process_id)
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from gr import models, network, train  # pylint: disable=g-import-not-at-top
+  from gr.model import models
+  from gr.model import network
+  from gr.train import loop as train  # pylint: disable=g-import-not-at-top
   import toy_tasks  # pylint: disable=g-import-not-at-top
 
   model = models.EncoderDecoderModel(

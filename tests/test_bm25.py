@@ -1,11 +1,11 @@
-"""Tests for gr/baselines/bm25.py on a tiny synthetic corpus."""
+"""Tests for gr/search/bm25.py on a tiny synthetic corpus."""
 
 import math
 
 import pytest
 
-from gr import metrics
-from gr.baselines import bm25
+from gr.search import metrics
+from gr.search import bm25
 from gr.data import beir
 
 _TEXTS = {

@@ -1,4 +1,4 @@
-"""Tests for gr/checkpoints.py: orbax state round trips and index artifacts."""
+"""Tests for gr/train/checkpoints.py: orbax state round trips and index artifacts."""
 
 import os
 import pathlib
@@ -14,9 +14,9 @@ import numpy as np
 import optax
 import pytest
 
-from gr import checkpoints
+from gr.train import checkpoints
 from gr import partitioning
-from gr import train
+from gr.train import loop as train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -176,7 +176,7 @@ def test_partial_save_leaves_previous_step_loadable(tmp_path):
 _SAVER = textwrap.dedent("""
     import sys
     import jax.numpy as jnp
-    from gr import checkpoints
+    from gr.train import checkpoints
     manager = checkpoints.make_manager(sys.argv[1], keep=None)
     for step in range(1, 1000):
       state = {'w': jnp.full((2048, 2048), float(step)), 'step': step}

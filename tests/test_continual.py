@@ -1,4 +1,4 @@
-"""Tests for gr/continual.py: updates, deletions, strategies, crash safety."""
+"""Tests for gr/continual/update.py: updates, deletions, strategies, crash safety."""
 
 import dataclasses
 import os
@@ -11,15 +11,15 @@ import jax
 import numpy as np
 import pytest
 
-from gr import checkpoints
-from gr import continual
-from gr import dynamic
-from gr import index as index_lib
-from gr import models
-from gr import network
-from gr import retrieval
-from gr import train as train_lib
-from gr import versions
+from gr.train import checkpoints
+from gr.continual import update as continual
+from gr.continual import dynamic
+from gr.index import artifact as index_lib
+from gr.model import models
+from gr.model import network
+from gr.search import retrieval
+from gr.train import loop as train_lib
+from gr.continual import versions
 from gr.data import beir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -245,7 +245,9 @@ KILLED_UPDATE = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {repo!r})
     sys.path.insert(0, {tests!r})
-    from gr import checkpoints, continual, versions
+    from gr.train import checkpoints
+    from gr.continual import update as continual
+    from gr.continual import versions
     import test_continual as t
 
     def die(*args, **kwargs):

@@ -1,4 +1,4 @@
-"""Tests for gr/decoding.py against brute-force enumeration on toy models.
+"""Tests for gr/decode/decoding.py against brute-force enumeration on toy models.
 
 The toy model is a second-order Markov chain: the logits of the next token
 depend on the previous two tokens (the older one is read from a fake decoder
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from gr import decoding
-from gr.trie import DocidTrie
+from gr.decode import decoding
+from gr.index.trie import DocidTrie
 
 BATCH = 2
 VOCAB = 6  # constrained tests: docid tokens 2..5

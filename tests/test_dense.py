@@ -1,5 +1,5 @@
-"""Dense baseline (gr/baselines/dense.py), its embedding cache (gr/embed.py)
-and its row in gr/evaluation.py, with the real MiniLM on five short texts."""
+"""Dense baseline (gr/search/dense.py), its embedding cache (gr/model/embed.py)
+and its row in gr/search/evaluation.py, with the real MiniLM on five short texts."""
 
 import functools
 import json
@@ -10,10 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from gr import embed
-from gr import evaluation
-from gr import metrics
-from gr.baselines import dense
+from gr.model import embed
+from gr.search import evaluation
+from gr.search import metrics
+from gr.search import dense
 from gr.data import beir
 
 _TEXTS = {

@@ -1,4 +1,4 @@
-"""Tests for gr/doc2query.py: a tiny doc2query model learns a copy task.
+"""Tests for gr/queries/doc2query.py: a tiny doc2query model learns a copy task.
 
 Toy data: documents are 5-7 distinct words from a 24-word alphabet, each
 document's one train query is its first 3 words, and its title is 3 other
@@ -15,14 +15,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from gr import doc2query
-from gr import models
-from gr import network
+from gr.queries import doc2query
+from gr.model import models
+from gr.model import network
 from gr import partitioning
-from gr import retrieval
-from gr import sampling
-from gr import train as train_lib
-from gr import vocab as vocab_lib
+from gr.decode import sampling
+from gr.train import loop as train_lib
+from gr.index import vocab as vocab_lib
 from gr.data import beir
 
 WORDS = (
@@ -353,7 +352,7 @@ def test_cached_cross_attention_keeps_the_samples(untrained):
   ids, log_probs = generator.generate_tokens(texts, doc_ids)
   want_ids, want_log_probs = _uncached_generate(model, UNTRAINED_CONFIG)(
     params,
-    retrieval.encode_texts(vocab, texts, INPUT_LENGTH),
+    vocab_lib.encode_texts(vocab, texts, INPUT_LENGTH),
     doc2query.document_seeds(UNTRAINED_CONFIG.seed, doc_ids),
     jnp.asarray(doc2query.text_tokens(vocab, model.config.vocab_size)),
   )

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from gr import atomic_io, docids
+from gr import atomic_io
+from gr import docids
 from gr.data.beir import Document
 from gr.docids import base, stats, text
 

@@ -1,11 +1,11 @@
-"""gr.dropout: the hashed keep mask behaves as independent Bernoulli draws."""
+"""gr.model.dropout: the hashed keep mask behaves as independent Bernoulli draws."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gr import dropout
+from gr.model import dropout
 
 SHAPE = (16, 128, 512)  # 1M elements
 

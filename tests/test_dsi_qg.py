@@ -1,10 +1,10 @@
-"""Tests for gr/dsi_qg.py: training pairs, the filters, the quality report."""
+"""Tests for gr/queries/dsi_qg.py: training pairs, the filters, the quality report."""
 
 import pytest
 
-from gr import dsi_qg
+from gr.queries import dsi_qg
 from gr.data import beir
-from gr.serving import Hit
+from gr.serve.retriever import Hit
 
 CORPUS = {
   "a": beir.Document("a", "Volcano erupts", "lava and ash from the volcano"),

@@ -1,4 +1,4 @@
-"""Tests for gr/dynamic.py: DSI++ metrics, period data, report files."""
+"""Tests for gr/continual/dynamic.py: DSI++ metrics, period data, report files."""
 
 import math
 import os
@@ -6,8 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from gr import dynamic
-from gr import dynamic_report
+from gr.continual import dynamic
+from gr.continual import dynamic_report
 from gr.data import beir
 from gr.data import news
 
@@ -230,14 +230,14 @@ def test_run_dynamic_experiment_end_to_end(tmp_path, monkeypatch):
   generative memory's storage and the report."""
   import jax
   import tiny_bert
-  from gr import continual
-  from gr import doc2query
-  from gr import models
-  from gr import pretrained
-  from gr import retrieval
-  from gr import train as train_lib
-  from gr import warm_start
-  from gr import wordpiece
+  from gr.continual import update as continual
+  from gr.queries import doc2query
+  from gr.model import models
+  from gr.model import pretrained
+  from gr.search import retrieval
+  from gr.train import loop as train_lib
+  from gr.model import warm_start
+  from gr.index import wordpiece
 
   data_dir, workdir = tmp_path / "news", tmp_path / "work"
   _write_toy_news(data_dir)

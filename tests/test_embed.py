@@ -1,4 +1,4 @@
-"""MiniLM encoder in Flax (gr/embed.py) against sentence-transformers."""
+"""MiniLM encoder in Flax (gr/model/embed.py) against sentence-transformers."""
 
 import jax
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import Mesh
 import sentence_transformers
 
-from gr import embed
+from gr.model import embed
 
 SENTENCES = [
   "Hello world",

@@ -1,4 +1,4 @@
-"""Tests for gr/encoder_cache.py: build, reuse, and partial reuse."""
+"""Tests for gr/model/encoder_cache.py: build, reuse, and partial reuse."""
 
 import os
 
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import tiny_bert
-from gr import encoder_cache
-from gr import models
-from gr import warm_start
+from gr.model import encoder_cache
+from gr.model import models
+from gr.model import warm_start
 
 
 @pytest.fixture(scope="module")

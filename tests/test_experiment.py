@@ -10,10 +10,10 @@ import random
 
 import pytest
 
-from gr import evaluation
-from gr import models
-from gr import network
-from gr import retrieval
+from gr.search import evaluation
+from gr.model import models
+from gr.model import network
+from gr.search import retrieval
 from gr.data import beir
 from gr.experiments import run as experiment
 

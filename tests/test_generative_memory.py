@@ -1,4 +1,4 @@
-"""Tests for gr/generative_memory.py and doc2query's vector source.
+"""Tests for gr/queries/generative_memory.py and doc2query's vector source.
 
 A tiny random BERT (tests/tiny_bert.py) under a one-layer decoder: the
 generator is untrained, so the tests check plumbing (shapes, seeding,
@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 import tiny_bert
-from gr import doc2query
-from gr import generative_memory as memory_lib
-from gr import models
-from gr import pretrained
-from gr import train as train_lib
-from gr import warm_start
-from gr import wordpiece
+from gr.queries import doc2query
+from gr.queries import generative_memory as memory_lib
+from gr.model import models
+from gr.model import pretrained
+from gr.train import loop as train_lib
+from gr.model import warm_start
+from gr.index import wordpiece
 
 
 @pytest.fixture(scope="module")
@@ -163,9 +163,9 @@ def test_generative_memory_checkpoint_holds_no_old_bodies(
   model, params, vocab, tmp_path
 ):
   import os
-  from gr import checkpoints
-  from gr import continual
-  from gr import versions
+  from gr.train import checkpoints
+  from gr.continual import update as continual
+  from gr.continual import versions
   from gr.data import beir
 
   settings = continual.TrainSettings(

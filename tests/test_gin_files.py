@@ -12,8 +12,8 @@ import re
 import gin
 import pytest
 
-from gr import models
-from gr import network
+from gr.model import models
+from gr.model import network
 
 # Imported for its gin registrations only.
 from gr.experiments import configurables  # noqa: F401  # pylint: disable=unused-import

@@ -1,4 +1,4 @@
-"""Parity of gr.network with HF transformers' PyTorch T5 via gr.hf_import."""
+"""Parity of gr.model.network with HF transformers' PyTorch T5 via gr.model.hf_import."""
 
 import dataclasses
 import json
@@ -11,8 +11,8 @@ from safetensors import numpy as safetensors_numpy
 import torch
 import transformers
 
-from gr import hf_import
-from gr import network
+from gr.model import hf_import
+from gr.model import network
 
 VOCAB = 100
 ATOL = 1e-4

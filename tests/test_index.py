@@ -1,11 +1,11 @@
-"""Tests for gr/index.py: the versioned index artifact."""
+"""Tests for gr/index/artifact.py: the versioned index artifact."""
 
 import os
 
 import pytest
 
-from gr import index as index_lib
-from gr import vocab as vocab_lib
+from gr.index import artifact as index_lib
+from gr.index import vocab as vocab_lib
 from gr.data.beir import Document
 from gr.docids import get_scheme
 

@@ -1,10 +1,10 @@
-"""Tests for gr/indexing.py's one rule for which docid schemes need an
+"""Tests for gr/train/indexing.py's one rule for which docid schemes need an
 embedder."""
 
 import pytest
 
 from gr import docids as docids_lib
-from gr import indexing
+from gr.train import indexing
 
 TEXT_ONLY = ({"scheme": "text", "method": "prefix", "num_words": 3},)
 

@@ -1,11 +1,11 @@
-"""k-means and hierarchical k-means (gr/kmeans.py)."""
+"""k-means and hierarchical k-means (gr/docids/kmeans.py)."""
 
 import hypothesis
 import numpy as np
 import pytest
 from hypothesis import strategies as st
 
-from gr import kmeans
+from gr.docids import kmeans
 
 SETTINGS = hypothesis.settings(max_examples=25, deadline=None)
 

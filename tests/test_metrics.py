@@ -1,10 +1,10 @@
-"""Tests for gr/metrics.py against pytrec_eval and hand-checked cases."""
+"""Tests for gr/search/metrics.py against pytrec_eval and hand-checked cases."""
 
 from hypothesis import given, settings, strategies as st
 import pytest
 import pytrec_eval
 
-from gr import metrics
+from gr.search import metrics
 
 QRELS = {"q1": {"a": 1}, "q2": {"b": 1, "c": 2}, "q3": {"z": 1}}
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from gr import microbatch
+from gr.serve import microbatch
 
 
 def test_the_limit_is_the_fastest_batch_size():

@@ -1,4 +1,4 @@
-"""Tests for gr/models.py: loss (optax oracle), training, scoring, decoding."""
+"""Tests for gr/model/models.py: loss (optax oracle), training, scoring, decoding."""
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from gr import models
-from gr import network
+from gr.model import models
+from gr.model import network
 
 VOCAB = 32
 INPUT_LENGTH, TARGET_LENGTH = 8, 6

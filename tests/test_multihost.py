@@ -86,7 +86,7 @@ def test_two_processes_train_in_lockstep(runs):
     results[0]['local_batch_checksum'] != results[1]['local_batch_checksum']
   )
   # Both processes wrote one checkpoint, loadable in this process.
-  from gr import checkpoints  # pylint: disable=g-import-not-at-top
+  from gr.train import checkpoints  # pylint: disable=g-import-not-at-top
 
   params = checkpoints.restore_params(model_dir)
   assert sorted(p.name for p in model_dir.iterdir() if p.name.isdigit()) == [

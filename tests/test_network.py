@@ -1,4 +1,4 @@
-"""Tests for gr/network.py: config, buckets (HF oracle), masks, axes, cache."""
+"""Tests for gr/model/network.py: config, buckets (HF oracle), masks, axes, cache."""
 
 import flax.linen as nn
 import jax
@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 import torch
 from transformers.models.t5 import modeling_t5 as t5
 
-from gr import network
+from gr.model import network
 
 VOCAB = 64
 

@@ -13,8 +13,8 @@ import pytest
 
 from gr import atomic_io
 from gr import docids as docids_lib
-from gr import index as index_lib
-from gr import serving
+from gr.index import artifact as index_lib
+from gr.serve import retriever as serving
 from gr.data import beir
 from gr.docids import base
 from gr.docids import naive

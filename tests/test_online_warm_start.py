@@ -1,8 +1,8 @@
 """New documents retrievable at once with a pretrained encoder, no training.
 
-gr/warm_start.py `new_docid_rows` (the rule), the online add of gr/serving.py
-and gr/continual.py's trie_only update on a MiniLM encoder + one-layer
-decoder whose step 0 is dense retrieval (gr/warm_start.py): a new atomic
+gr/model/warm_start.py `new_docid_rows` (the rule), the online add of gr/serve/retriever.py
+and gr/continual/update.py's trie_only update on a MiniLM encoder + one-layer
+decoder whose step 0 is dense retrieval (gr/model/warm_start.py): a new atomic
 docid token's row starts as its document's embedding, so a query made of the
 new document's words finds it first. The T5 path is covered (unchanged) by
 tests/test_serving.py and tests/test_continual.py.
@@ -15,20 +15,20 @@ import jax
 import numpy as np
 import pytest
 
-from gr import checkpoints
-from gr import continual
+from gr.train import checkpoints
+from gr.continual import update as continual
 from gr import docids as docids_lib
-from gr import embed
-from gr import index as index_lib
-from gr import models
-from gr import network
-from gr import pretrained
-from gr import retrieval
-from gr import model_config
-from gr import serving
-from gr import train as train_lib
-from gr import versions
-from gr import warm_start
+from gr.model import embed
+from gr.index import artifact as index_lib
+from gr.model import models
+from gr.model import network
+from gr.model import pretrained
+from gr.search import retrieval
+from gr.model import model_config
+from gr.serve import retriever as serving
+from gr.train import loop as train_lib
+from gr.continual import versions
+from gr.model import warm_start
 from gr.data import beir
 from gr.docids import base as docids_base
 

@@ -10,10 +10,10 @@ import numpy as np
 import optax
 import pytest
 
-from gr import models
-from gr import network
+from gr.model import models
+from gr.model import network
 from gr import partitioning
-from gr import train
+from gr.train import loop as train
 
 LENGTH = 8
 

@@ -1,10 +1,10 @@
 """The pretrained-encoder path: BERT under the T5 decoder, end to end.
 
-Covers gr/bert.py (HF numerics, layer slices), gr/bert_network.py and
-gr/models.py (forward, frozen layers, the cached-states path), gr/train.py
+Covers gr/model/bert.py (HF numerics, layer slices), gr/model/bert_network.py and
+gr/model/models.py (forward, frozen layers, the cached-states path), gr/train/loop.py
 (freeze, sharding on the 8 fake CPU devices of tests/conftest.py),
-gr/warm_start.py (step 0 = cosine / temperature), gr/encoder_cache.py,
-gr/wordpiece.py and gr/experiments/run.py's pretrained path. Most tests use
+gr/model/warm_start.py (step 0 = cosine / temperature), gr/model/encoder_cache.py,
+gr/index/wordpiece.py and gr/experiments/run.py's pretrained path. Most tests use
 the tiny random BERT of tests/tiny_bert.py (real MiniLM tokenizer, hidden
 32).
 """
@@ -20,19 +20,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gr import bert
-from gr import bert_network
-from gr import embed
-from gr import encoder_cache as cache_lib
-from gr import evaluation
-from gr import models
-from gr import network
+from gr.model import bert
+from gr.model import bert_network
+from gr.model import embed
+from gr.model import encoder_cache as cache_lib
+from gr.search import evaluation
+from gr.model import models
+from gr.model import network
 from gr import partitioning
-from gr import pretrained
-from gr import retrieval
-from gr import train
-from gr import warm_start
-from gr import wordpiece
+from gr.model import pretrained
+from gr.search import retrieval
+from gr.train import loop as train
+from gr.model import warm_start
+from gr.index import wordpiece
 from gr import docids as docids_lib
 from gr.data import beir
 from gr.experiments import run as experiment
@@ -446,7 +446,7 @@ def warm(model, bert_dir, bert_config, bert_params, base_params):
     temperature=TEMPERATURE,
   )
 
-  # Expected: mean-pooled BertEncoder states, straight from gr/bert.py.
+  # Expected: mean-pooled BertEncoder states, straight from gr/model/bert.py.
   @jax.jit
   def dense(tokens):
     hidden = bert.BertEncoder(bert_config).apply(

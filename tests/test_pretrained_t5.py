@@ -1,9 +1,9 @@
-"""gr/pretrained_t5.py on tiny random HF T5 folders built here (offline).
+"""gr/model/pretrained_t5.py on tiny random HF T5 folders built here (offline).
 
 Two folders, as users have them: a T5.1.1-style one (gated-gelu, untied
 lm_head, config.json + model.safetensors written as HF 4.x does) and an
 original-T5 one (relu, tied; transformers' save_pretrained). Each has a
-spiece.model trained here (gr.vocab.train_sentencepiece) and HF's padding
+spiece.model trained here (gr.index.vocab.train_sentencepiece) and HF's padding
 rows beyond pieces + 100 sentinels.
 """
 
@@ -20,12 +20,12 @@ from safetensors import numpy as safetensors_numpy
 import torch
 import transformers
 
-from gr import hf_import
-from gr import index as index_lib
-from gr import models
-from gr import network
-from gr import pretrained_t5
-from gr import vocab as vocab_lib
+from gr.model import hf_import
+from gr.index import artifact as index_lib
+from gr.model import models
+from gr.model import network
+from gr.model import pretrained_t5
+from gr.index import vocab as vocab_lib
 from gr.data.beir import Document
 from gr.docids import get_scheme
 

@@ -1,4 +1,4 @@
-"""Tests for gr/pseudo_queries.py: spans, sentences, JSONL round trip."""
+"""Tests for gr/queries/pseudo_queries.py: spans, sentences, JSONL round trip."""
 
 import json
 import os
@@ -6,7 +6,7 @@ import os
 from hypothesis import given, settings, strategies as st
 import pytest
 
-from gr import pseudo_queries as pq
+from gr.queries import pseudo_queries as pq
 from gr.data.beir import Document
 
 TEXT = (

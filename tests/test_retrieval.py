@@ -1,4 +1,4 @@
-"""Tests for gr/retrieval.py: Searcher against the exact-ranking oracle.
+"""Tests for gr/search/retrieval.py: Searcher against the exact-ranking oracle.
 
 Every document has 3 docids (multi scheme); a search for all 12 documents
 decodes 3 * 12 beams, as many as there are docids, so it is exhaustive and
@@ -12,14 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from gr.index import vocab as vocab_lib
 from gr import batching
-from gr import decoding
-from gr import index as index_lib
-from gr import model_decoder
-from gr import models
-from gr import network
+from gr.decode import decoding
+from gr.index import artifact as index_lib
+from gr.decode import model_decoder
+from gr.model import models
+from gr.model import network
 from gr import partitioning
-from gr import retrieval
+from gr.search import retrieval
 from gr.data.beir import Document
 from gr.docids import get_scheme
 
@@ -108,7 +109,7 @@ def _docid_oracle(searcher, query):
   targets = np.zeros((len(sequences), searcher.config.max_decode_len), np.int32)
   for row, sequence in enumerate(sequences):
     targets[row, : len(sequence)] = sequence
-  tokens = retrieval.encode_texts(
+  tokens = vocab_lib.encode_texts(
     searcher.index.vocab, [query], searcher.input_length
   )[0]
   scores = retrieval.make_score_fn(searcher.model)(
@@ -150,7 +151,7 @@ def test_every_result_is_an_indexed_document_once(searcher):
 
 
 def test_encode_queries_trims_and_terminates(searcher):
-  tokens = retrieval.encode_texts(
+  tokens = vocab_lib.encode_texts(
     searcher.index.vocab, [" ".join(WORDS * 3), "river"], 16
   )
   assert tokens.shape == (2, 16)
@@ -196,7 +197,7 @@ def test_cached_cross_attention_keeps_the_beams(searcher, beam_size):
   config = dataclasses.replace(
     searcher.config, beam_size=beam_size, top_k=beam_size
   )
-  tokens = retrieval.encode_texts(
+  tokens = vocab_lib.encode_texts(
     searcher.index.vocab, QUERIES + ["meadow"], 16
   )
   args = (searcher.params, tokens, searcher.trie_arrays)
@@ -243,7 +244,7 @@ def test_sparse_output_equals_the_dense_restricted_scores(searcher, beam_size):
   config = dataclasses.replace(
     searcher.config, beam_size=beam_size, top_k=beam_size, sparse_output=True
   )
-  tokens = retrieval.encode_texts(
+  tokens = vocab_lib.encode_texts(
     searcher.index.vocab, QUERIES + ["meadow"], 16
   )
   args = (searcher.params, tokens, searcher.trie_arrays)
@@ -340,7 +341,7 @@ def test_params_on_a_mesh_follow_the_training_rules(searcher):
   sharded = _on_mesh(searcher, mesh)
   embedding = sharded.params["token_embedder"]["embedding"]  # [vocab, embed]
   assert embedding.sharding.spec == jax.sharding.PartitionSpec("model", None)
-  tokens = retrieval.encode_texts(searcher.index.vocab, QUERIES, 16)
+  tokens = vocab_lib.encode_texts(searcher.index.vocab, QUERIES, 16)
   found = sharded._search(  # pylint: disable=protected-access
     sharded.params, batching.pad_rows(tokens, 4), sharded.trie_arrays
   )

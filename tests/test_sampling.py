@@ -1,4 +1,4 @@
-"""Tests for gr/sampling.py against exact distributions of a toy Markov chain.
+"""Tests for gr/decode/sampling.py against exact distributions of a toy Markov chain.
 
 The toy model is a second-order Markov chain: the next token's logits depend
 on the previous two tokens (the older one read from a fake decoder cache,
@@ -17,9 +17,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from scipy import stats
 
-from gr import decoding
-from gr import sampling
-from gr.trie import DocidTrie
+from gr.decode import decoding
+from gr.decode import sampling
+from gr.index.trie import DocidTrie
 
 VOCAB = 5  # 0 PAD, 1 EOS, 2..4 words
 MAX_LEN = 3

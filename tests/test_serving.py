@@ -1,10 +1,10 @@
-"""Tests for gr/serving.py: loading a run, batched retrieve, online updates.
+"""Tests for gr/serve/retriever.py: loading a run, batched retrieve, online updates.
 
 The model is a tiny untrained T5: its rankings are arbitrary, but with
 beam_size and max_k above the number of docids the constrained search is
 exhaustive, so "is document X retrievable" has an exact answer: it is in
 every query's results iff it is in the trie. The peer oracle for scores is
-gr.retrieval.Searcher (the same model through the existing search path).
+gr.search.retrieval.Searcher (the same model through the existing search path).
 """
 
 import concurrent.futures
@@ -17,16 +17,17 @@ import jax
 import numpy as np
 import pytest
 
-from gr import checkpoints
+from gr.index import vocab as vocab_lib
+from gr.train import checkpoints
 from gr import docids as docids_lib
-from gr import index as index_lib
-from gr import microbatch
-from gr import models
-from gr import network
-from gr import retrieval
-from gr import model_config
-from gr import serving
-from gr import trie as trie_lib
+from gr.index import artifact as index_lib
+from gr.serve import microbatch
+from gr.model import models
+from gr.model import network
+from gr.search import retrieval
+from gr.model import model_config
+from gr.serve import retriever as serving
+from gr.index import trie as trie_lib
 from gr.data import beir
 
 WORDS = (
@@ -82,7 +83,7 @@ def make_run(
 ) -> str:
   """A run dir like run_experiment's (untrained params); returns model dir.
 
-  extra_vocab_rows: None pads the model vocab to 128s (gr.models.fit_vocab);
+  extra_vocab_rows: None pads the model vocab to 128s (gr.model.models.fit_vocab);
   an int gives exactly the index vocabulary plus that many rows.
   """
   workdir = os.fspath(workdir)
@@ -324,7 +325,7 @@ def docid_log_probs(model, params, index, query, docids, length):
   for row, docid in enumerate(docids):
     tokens = index.vocab.encode_docid(docid) + [1]
     targets[row, : len(tokens)] = tokens
-  query_tokens = retrieval.encode_texts(index.vocab, [query], INPUT_LENGTH)
+  query_tokens = vocab_lib.encode_texts(index.vocab, [query], INPUT_LENGTH)
   return np.asarray(
     retrieval.make_score_fn(model)(params, query_tokens[0], targets), np.float64
   )

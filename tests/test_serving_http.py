@@ -1,4 +1,4 @@
-"""Tests for the HTTP service (gr/web/app.py, scripts/serve.py).
+"""Tests for the HTTP service (gr/serve/app.py, scripts/serve.py).
 
 The service runs in a real uvicorn server on a loopback port in a thread
 (restarts reload the Retriever from disk; the compiled search is shared, so
@@ -23,9 +23,9 @@ import hypothesis.errors
 import pytest
 import uvicorn
 
-from gr import index as index_lib
-from gr import serving
-from gr.web import app as web_app
+from gr.index import artifact as index_lib
+from gr.serve import retriever as serving
+from gr.serve import app as web_app
 import test_serving as run_helpers
 
 TOKEN = "s3cret-token"

@@ -1,4 +1,4 @@
-"""Tests for gr/tasks.py: seqio tasks/mixtures over a tiny BEIR dataset.
+"""Tests for gr/train/tasks.py: seqio tasks/mixtures over a tiny BEIR dataset.
 
 Oracles: seqio's own EncDecFeatureConverter (t5x features) and the
 DocidTable (which docids each document has).
@@ -12,8 +12,8 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from gr import tasks
-from gr import vocab as vocab_lib
+from gr.train import tasks
+from gr.index import vocab as vocab_lib
 from gr.data.beir import BeirDataset, Document
 from gr.docids import multi, naive, text
 
@@ -382,7 +382,7 @@ def test_file_task_streams_the_same_examples_as_the_in_memory_task(
     docid_targets=docid_targets,
   )
   path = str(tmp_path / "examples.tfrecord")
-  from gr import example_files
+  from gr.train import example_files
 
   written = example_files.write_examples(
     path, iter(examples), text_targets=not docid_targets
@@ -406,7 +406,7 @@ def test_file_task_streams_the_same_examples_as_the_in_memory_task(
 
 
 def test_write_examples_refuses_mixed_targets(tmp_path):
-  from gr import example_files
+  from gr.train import example_files
 
   with pytest.raises(ValueError, match="example 2"):
     example_files.write_examples(

@@ -1,4 +1,4 @@
-"""Tests for gr/train.py and scripts/train.py: the loop, resume, optimizer.
+"""Tests for gr/train/loop.py and scripts/train.py: the loop, resume, optimizer.
 
 One reference run (in this process, through the same gin files as the CLI)
 is shared by the loop test and the CLI crash test, which SIGKILLs a run
@@ -22,10 +22,10 @@ import optax
 import pytest
 import tensorflow as tf
 
-from gr import checkpoints
-from gr import models
-from gr import network
-from gr import train
+from gr.train import checkpoints
+from gr.model import models
+from gr.model import network
+from gr.train import loop as train
 from gr.experiments import configurables
 import toy_tasks
 

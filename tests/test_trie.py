@@ -1,4 +1,4 @@
-"""Tests for gr/trie.py: host edits, device layout, mask and step."""
+"""Tests for gr/index/trie.py: host edits, device layout, mask and step."""
 
 import jax
 import jax.numpy as jnp
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from gr import trie as trie_lib
-from gr.trie import DocidTrie
+from gr.index import trie as trie_lib
+from gr.index.trie import DocidTrie
 
 VOCAB = 8
 MAX_TOKENS = 3  # docid tokens before EOS

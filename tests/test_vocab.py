@@ -1,4 +1,4 @@
-"""Tests for gr/vocab.py: sentencepiece training, docid ids, files, seqio."""
+"""Tests for gr/index/vocab.py: sentencepiece training, docid ids, files, seqio."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import seqio
 import sentencepiece as spm
 import tensorflow as tf
 
-from gr import vocab as vocab_lib
+from gr.index import vocab as vocab_lib
 
 _WORDS = (
   "the city council voted on a budget for new schools and roads while "

@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import safetensors.numpy
 
-from gr import embed
+from gr.model import embed
 
 HIDDEN = 32
 LAYERS = 2
@@ -126,7 +126,10 @@ def frozen_model(bert_dir: str):
   """The tiny BERT with every layer frozen under a one-layer decoder of its
   width (4 heads of 8, tied logits): an EncoderDecoderModel whose
   vocab_size is a placeholder (fit it to the vocabulary)."""
-  from gr import bert, bert_network, models, network
+  from gr.model import bert
+  from gr.model import bert_network
+  from gr.model import models
+  from gr.model import network
 
   decoder = network.T5Config.tiny(
     128,

@@ -1,14 +1,14 @@
 """Semantic docids (DSI / NCI): paths in a hierarchical k-means tree.
 
-Document bodies are embedded (gr/embed.py, or precomputed embeddings
+Document bodies are embedded (gr/model/embed.py, or precomputed embeddings
 [n, dim] passed in), clustered recursively with branching factor k until a
-cluster holds at most c documents (gr/kmeans.py), and each document is named
+cluster holds at most c documents (gr/docids/kmeans.py), and each document is named
 by its cluster path plus its position in the leaf: "<3> <1> <7>". Tokens are
 shared across levels (token_style="shared": `<i>`), position-aware as in
 NCI (token_style="position": `<c{level}_{i}>`, level 0 = root), or one per
 tree node (token_style="node": `<n3>`, `<n3_1>`, `<n3_1_7>`, the path so
 far), so that each token stands for one cluster (the last for one document)
-and its embedding can start as that cluster's centroid (gr/warm_start.py).
+and its embedding can start as that cluster's centroid (gr/model/warm_start.py).
 Paths have variable length (deeper where the corpus is dense).
 
 State kept in `DocidTable.arrays` (CSR layout over internal nodes):
@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Iterable, Mapping, Protocol, Sequence
 
 import numpy as np
 
-from gr import kmeans
+from gr.docids import kmeans
 from gr.data.beir import Document
 from gr.docids import base
 
@@ -201,7 +201,7 @@ class SemanticScheme:
     if embeddings is None:
       embedder = self.embedder
       if embedder is None:
-        from gr import embed  # Lazy: loading MiniLM costs seconds.
+        from gr.model import embed  # Lazy: loading MiniLM costs seconds.
 
         embedder = embed.Embedder.load()
       embeddings = embedder.embed([doc.text for doc in docs.values()])

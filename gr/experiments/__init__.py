@@ -23,7 +23,7 @@ stay plain, and this package gives them their gin names.
 Gin files import what they name: `import gr.experiments.configurables`
 (model, train and dynamic-corpus files) or `import gr.experiments.run`
 (gin/runs/experiment.gin). Calling the library's own function (e.g.
-gr.train.train) bypasses the gin bindings; code that relies on gin
+gr.train.loop.train) bypasses the gin bindings; code that relies on gin
 supplying arguments calls the objects exported here (configurables.train,
 run.run_experiment, ...).
 

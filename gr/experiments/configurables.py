@@ -13,13 +13,13 @@ calling the library's (gr.train.train) does not.
 
 import gin
 
-from gr import continual
-from gr import dynamic
-from gr import models
-from gr import network
-from gr import pretrained_t5
-from gr import retrieval
-from gr import train as train_lib
+from gr.continual import update as continual
+from gr.continual import dynamic
+from gr.model import models
+from gr.model import network
+from gr.model import pretrained_t5
+from gr.search import retrieval
+from gr.train import loop as train_lib
 
 # The model (gin/models/*.gin).
 T5Config = gin.external_configurable(network.T5Config, module='network')

@@ -22,10 +22,10 @@ from typing import Mapping, Optional, Sequence
 import gin
 
 from gr import atomic_io
-from gr import doc2query
-from gr import dsi_qg
-from gr import pretrained
-from gr import pseudo_queries
+from gr.queries import doc2query
+from gr.queries import dsi_qg
+from gr.model import pretrained
+from gr.queries import pseudo_queries
 from gr.data import beir
 from gr.experiments import configurables
 
@@ -106,7 +106,7 @@ def filtered(
   """(kind, kept queries): those whose document the current GR model
   (`filter_checkpoint`) or else BM25 ranks in its top `filter_top_k`."""
   if filter_checkpoint:
-    from gr import serving  # pylint: disable=g-import-not-at-top
+    from gr.serve import retriever as serving  # pylint: disable=g-import-not-at-top
 
     retriever = serving.Retriever.from_checkpoint(filter_checkpoint)
     ranker = dsi_qg.model_ranker(retriever, filter_top_k)

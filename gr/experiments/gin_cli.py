@@ -36,11 +36,11 @@ USAGE_EXIT_CODE = 2
 INPUT_ERRORS = (
   'gr.data.beir.BeirFormatError',
   'gr.docids.base.DocidTableError',
-  'gr.index.IndexArtifactError',
-  'gr.checkpoints.ArtifactError',
-  'gr.model_config.ModelConfigError',
-  'gr.hf_import.HFImportError',
-  'gr.served_run.RunLoadError',
+  'gr.index.artifact.IndexArtifactError',
+  'gr.train.checkpoints.ArtifactError',
+  'gr.model.model_config.ModelConfigError',
+  'gr.model.hf_import.HFImportError',
+  'gr.serve.served_run.RunLoadError',
 )
 # Built-in and absl ones: a missing path, a wrong command line.
 _INPUT_ERROR_TYPES = (

@@ -10,7 +10,7 @@ makes goes under `workdir`:
                         and TensorBoard events
   workdir/runs/         TREC run files, GR and BM25
   workdir/results.json  the metrics table as data
-  workdir/model_config.json  the T5Config as trained (gr/model_config.py),
+  workdir/model_config.json  the T5Config as trained (gr/model/model_config.py),
                         so the service can load the checkpoint alone
 """
 
@@ -23,17 +23,18 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import gin
 
+from gr.search import dense
 from gr import atomic_io
-from gr import evaluation
-from gr import index as index_lib
-from gr import models
-from gr import indexing
-from gr import pretrained
-from gr import pretrained_t5
-from gr import pseudo_queries as pseudo_lib
-from gr import retrieval
-from gr import model_config
-from gr import tasks
+from gr.search import evaluation
+from gr.index import artifact as index_lib
+from gr.model import models
+from gr.train import indexing
+from gr.model import pretrained
+from gr.model import pretrained_t5
+from gr.queries import pseudo_queries as pseudo_lib
+from gr.search import retrieval
+from gr.model import model_config
+from gr.train import tasks
 from gr.data import beir
 from gr.experiments import configurables
 
@@ -119,7 +120,7 @@ def run_experiment(
   With a pretrained encoder (MODEL from gin/models/minilm_t5*.gin) the
   index uses its word pieces, the frozen encoder layers run once over all
   training inputs (cached in workdir/encoder_cache), docid rows start from
-  document embeddings (`warm_start`, gr/warm_start.py) and the results get
+  document embeddings (`warm_start`, gr/model/warm_start.py) and the results get
   a dense baseline with the same encoder. The cache covers every docid
   task's inputs whatever `task_rates` says, so runs that differ only in
   rates or training share it (`encoder_cache_dir`, default
@@ -323,7 +324,7 @@ def pretrained_setup(
   return PretrainedSetup(
     params,
     transform,
-    pretrained.dense_baseline(model, base, index, doc_vectors, input_length),
+    dense.encoder_dense_baseline(model, base, index, doc_vectors, input_length),
     time.time() - start,
   )
 

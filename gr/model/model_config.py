@@ -1,0 +1,101 @@
+"""What a run records about its model, so a checkpoint can be loaded alone.
+
+`<run_dir>/model_config.json` holds the model config as trained (a
+T5Config, or a BertT5Config for a pretrained-encoder model; vocab_size as
+trained), the input length and the corpus path (for titles), under a format
+tag. gr/experiments/run.py's run_experiment writes it; the service
+(gr/serve/retriever.py's Retriever) reads it, looking first in the checkpoint
+directory, then in its parent, the run (`find_model_config`).
+"""
+
+import dataclasses
+import json
+import os
+from typing import Optional
+
+from gr import atomic_io
+from gr.model import bert_network
+from gr.model import network
+
+MODEL_CONFIG_FILE = "model_config.json"
+MODEL_CONFIG_FORMAT = "gr.model_config/1"
+
+
+class ModelConfigError(ValueError):
+  """model_config.json is missing or invalid."""
+
+
+def save_model_config(
+  run_dir: str,
+  config: network.T5Config,
+  *,
+  input_length: int,
+  corpus_path: Optional[str] = None,
+) -> str:
+  """Writes <run_dir>/model_config.json atomically; returns its path.
+
+  corpus_path: the run's corpus.jsonl, where the service finds titles.
+  """
+  key = (
+    "bert_t5_config"
+    if isinstance(config, bert_network.BertT5Config)
+    else "t5_config"
+  )
+  record = {
+    "format": MODEL_CONFIG_FORMAT,
+    "input_length": int(input_length),
+    key: dataclasses.asdict(config),
+  }
+  if corpus_path:
+    record["corpus"] = os.path.abspath(corpus_path)
+  path = os.path.join(run_dir, MODEL_CONFIG_FILE)
+  with atomic_io.atomic_open(path) as f:
+    json.dump(record, f, indent=1)
+  return path
+
+
+def find_model_config(checkpoint_dir: str) -> str:
+  """model_config.json inside `checkpoint_dir` or its parent (the run)."""
+  candidates = [
+    os.path.join(checkpoint_dir, MODEL_CONFIG_FILE),
+    os.path.join(
+      os.path.dirname(os.path.abspath(checkpoint_dir)), MODEL_CONFIG_FILE
+    ),
+  ]
+  for path in candidates:
+    if os.path.isfile(path):
+      return path
+  raise ModelConfigError(
+    f"no {MODEL_CONFIG_FILE} in {candidates[0]} or {candidates[1]}: write "
+    "it with gr.model.model_config.save_model_config(run_dir, model.config, "
+    "input_length=...)"
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedModelConfig:
+  """What model_config.json records about a run."""
+
+  model: network.T5Config | bert_network.BertT5Config
+  input_length: int
+  corpus_path: Optional[str] = None
+
+
+def load_model_config(path: str) -> SavedModelConfig:
+  """The SavedModelConfig in a model_config.json; errors name the file."""
+  try:
+    with open(path) as f:
+      record = json.load(f)
+    if record.get("format") != MODEL_CONFIG_FORMAT:
+      raise ValueError(
+        f"format {record.get('format')!r}, expected {MODEL_CONFIG_FORMAT!r}"
+      )
+    if "bert_t5_config" in record:
+      model = bert_network.BertT5Config(**record["bert_t5_config"])
+    else:
+      model = network.T5Config(**record["t5_config"])
+    return SavedModelConfig(
+      model, int(record["input_length"]), record.get("corpus")
+    )
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    raise ModelConfigError(f"{path}: not a valid model config: {e!r}") from e

@@ -1,0 +1,270 @@
+"""Retrieval with a trained model: queries -> ranked documents.
+
+`Searcher` holds one jitted constrained beam search (compiled once per
+batch shape; the trie is an argument, so editing it does not recompile) and
+turns query texts into ranked (doc_id, score) lists of distinct documents:
+with several docids per document (multi-docids) it decodes enough docids
+for top_k documents and merges each document's docids by
+`SearchConfig.aggregation`. `exact_ranking` is the oracle beam search
+approximates: every docid scored by teacher forcing, merged the same way.
+
+Both run on one device, or on a ('data', 'model') mesh (gr/partitioning.py)
+with the batch split over 'data' and the params sharded by the logical axis
+rules training uses; the results are the same.
+"""
+
+import dataclasses
+import functools
+from typing import Mapping, Optional, Sequence
+
+from jax.sharding import Mesh, PartitionSpec
+import numpy as np
+
+from gr import batching
+from gr.decode import decoding
+from gr.index import artifact as index_lib
+from gr.decode import model_decoder
+from gr.model import models
+from gr import partitioning
+from gr.index import vocab as vocab_lib
+
+Ranking = list[tuple[str, float]]
+
+
+INPUT_BUCKETS = (16, 32, 64, 128, 256, 512)
+
+
+def input_bucket(tokens: np.ndarray, max_length: int) -> int:
+  """Smallest bucket (<= max_length) covering every row's last token."""
+  nonzero = np.flatnonzero(np.asarray(tokens).any(axis=0))
+  longest = int(nonzero[-1]) + 1 if len(nonzero) else 1
+  return min(
+    next((b for b in INPUT_BUCKETS if b >= longest), max_length), max_length
+  )
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+  """How a query is decoded."""
+
+  beam_size: int = 10
+  top_k: int = 10
+  max_decode_len: int = 16
+  length_penalty_alpha: float = 0.0
+  aggregation: str = "max"  # multi-docids: "max" or "logsumexp"
+  docids_per_doc: int = 1  # most docids of one document (`fit_to_index`)
+  # Sparse output layer: below the root, logits only for each beam's trie
+  # children ([N, W], not [N, V]), and scores = log-softmax over the allowed
+  # tokens (the model's distribution restricted to the trie), not the
+  # full-vocabulary log-probs. Off: the exact full normaliser.
+  sparse_output: bool = False
+
+
+def docids_per_document(index: index_lib.Index) -> int:
+  """The most docids any document of `index` has (1 for an empty index)."""
+  return max((len(ids) for ids in index.table.docids_of.values()), default=1)
+
+
+def fit_to_index(config: SearchConfig, index: index_lib.Index) -> SearchConfig:
+  """`config` with docids_per_doc set from `index`."""
+  return dataclasses.replace(config, docids_per_doc=docids_per_document(index))
+
+
+BATCH = PartitionSpec(partitioning.DATA_AXIS)  # [batch, ...] over 'data'
+REPLICATED = PartitionSpec()
+
+
+def param_specs(model: models.EncoderDecoderModel, mesh: Optional[Mesh]):
+  """Mesh PartitionSpecs of the params, by training's logical axis rules
+  (None without a mesh)."""
+  if mesh is None:
+    return None
+  return partitioning.mesh_specs_from_logical(model.logical_axes())
+
+
+def make_search_fn(
+  model: models.EncoderDecoderModel,
+  config: SearchConfig,
+  mesh: Optional[Mesh] = None,
+):
+  """Jitted (params, encoder_tokens [B, Li], trie_arrays) -> RankedDocuments.
+
+  documents [B, top_k] are distinct positions in the index's doc_ids (-1 =
+  none), each document's docids merged by config.aggregation; scores
+  [B, top_k] log-probs; docids [B, top_k, D, L] the docid tokens that found
+  each document, best first (D = config.docids_per_doc).
+
+  On a `mesh`, the batch (B a multiple of its 'data' axis) and the results
+  are split over 'data', the params as in training, the trie replicated.
+  """
+  beams, _ = decoding.document_search_sizes(
+    config.beam_size, config.top_k, config.docids_per_doc
+  )
+
+  def search(params, encoder_tokens, trie_arrays):
+    batch = encoder_tokens.shape[0]
+    decoder = model_decoder.model_decoder(
+      model,
+      params,
+      encoder_tokens,
+      rows_per_input=beams,
+      cache_rows=batch,  # the search repeats it per beam
+      max_decode_len=config.max_decode_len,
+      sparse_output=config.sparse_output,
+    )
+    return decoding.constrained_document_search(
+      decoder.tokens_to_logits,
+      decoder.cache,
+      batch,
+      trie_arrays,
+      beam_size=config.beam_size,
+      max_decode_len=config.max_decode_len,
+      top_k=config.top_k,
+      docids_per_doc=config.docids_per_doc,
+      aggregation=config.aggregation,
+      length_penalty_alpha=config.length_penalty_alpha,
+      sparse_output=config.sparse_output,
+    )
+
+  return partitioning.jit_on_mesh(
+    search, mesh, (param_specs(model, mesh), BATCH, REPLICATED), BATCH
+  )
+
+
+class Searcher:
+  """Batched retrieval over a fixed index with a model and its params: the
+  evaluation path (run files, metrics, the exact oracle beside it).
+
+  The difference from gr/serve/retriever.py's `Retriever`: a Searcher never changes
+  its index and persists nothing; a Retriever is the served index, loaded
+  from a checkpoint, with bucketed batches for traffic and online
+  add/delete written to disk. Both run the same jitted search
+  (`make_search_fn`).
+
+  The config's docids_per_doc is set from the index (`fit_to_index`). With a
+  `mesh`, each batch is split over its 'data' axis (batch_size is rounded up
+  to a multiple of it), the params are sharded as in training and the trie
+  is replicated; the results are those of one device.
+  """
+
+  def __init__(
+    self,
+    model: models.EncoderDecoderModel,
+    params,
+    index: index_lib.Index,
+    config: SearchConfig,
+    *,
+    input_length: int = 64,
+    batch_size: int = 32,
+    mesh: Optional[Mesh] = None,
+  ):
+    self.model, self.index, self.mesh = model, index, mesh
+    self.params = partitioning.place(params, param_specs(model, mesh), mesh)
+    self.config = fit_to_index(config, index)
+    self.input_length = input_length
+    self.batch_size = batching.data_multiple(batch_size, mesh)
+    self.trie = index.build_trie()
+    self.refresh_trie()
+    self._search = make_search_fn(model, self.config, mesh)
+
+  def refresh_trie(self) -> None:
+    """Re-uploads the trie after host-side inserts/deletes (same shapes)."""
+    self.trie_arrays = partitioning.place(
+      self.trie.to_device(), REPLICATED, self.mesh
+    )
+
+  def search_tokens(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[n, Li] -> (docs [n, top_k], scores [n, top_k]), fixed batch shape.
+
+    Each batch is cut to the smallest length bucket that holds its longest
+    query (one compile per bucket), so short queries skip the padding.
+    """
+    docs, scores = [], []
+    for start in range(0, len(tokens), self.batch_size):
+      chunk = tokens[start : start + self.batch_size]
+      length = input_bucket(chunk, tokens.shape[1])
+      padded = batching.pad_rows(chunk[:, :length], self.batch_size)
+      found = self._search(self.params, padded, self.trie_arrays)
+      docs.append(np.asarray(found.documents)[: len(chunk)])
+      scores.append(np.asarray(found.scores)[: len(chunk)])
+    return np.concatenate(docs), np.concatenate(scores)
+
+  def search(self, texts: Sequence[str]) -> list[Ranking]:
+    """Query texts -> per query a ranked list of (doc_id, log-prob)."""
+    if not texts:
+      return []
+    tokens = vocab_lib.encode_texts(self.index.vocab, texts, self.input_length)
+    docs, scores = self.search_tokens(tokens)
+    doc_ids = self.index.doc_ids
+    return [
+      [(doc_ids[d], float(s)) for d, s in zip(row_d, row_s) if d >= 0]
+      for row_d, row_s in zip(docs, scores)
+    ]
+
+  def run(self, queries: Mapping[str, str]) -> dict[str, dict[str, float]]:
+    """A TREC-style run {qid: {doc_id: score}} for `queries`."""
+    qids = list(queries)
+    rankings = self.search([queries[q] for q in qids])
+    return {qid: dict(ranking) for qid, ranking in zip(qids, rankings)}
+
+
+def make_score_fn(
+  model: models.EncoderDecoderModel, mesh: Optional[Mesh] = None
+):
+  """Jitted (params, query [Li], targets [n, L]) -> log-prob [n].
+
+  On a `mesh`, the targets (n a multiple of its 'data' axis) and scores are
+  split over 'data', the params as in training, the query replicated.
+  """
+
+  def score(params, query_tokens, targets):
+    # The query is encoded, and its cross-attention keys and values are
+    # projected, once for all [n] targets (network.MultiHeadAttention).
+    encoded = model.encode(params, query_tokens[None])  # [1, Li, width]
+    return model.score_encoded(params, encoded, query_tokens[None], targets)
+
+  return partitioning.jit_on_mesh(
+    score, mesh, (param_specs(model, mesh), REPLICATED, BATCH), BATCH
+  )
+
+
+def exact_ranking(
+  searcher: Searcher,
+  query_texts: Sequence[str],
+  *,
+  top_k: int = 10,
+  batch_size: int = 512,
+) -> list[Ranking]:
+  """Every docid scored by teacher forcing, per query (the oracle).
+
+  A document's docids are merged by the searcher's config.aggregation (over
+  all of them); top_k counts documents. On the searcher's mesh, each batch
+  of docids is split over 'data' (batch_size rounded up to a multiple).
+  """
+  score = make_score_fn(searcher.model, searcher.mesh)
+  sequences, values = searcher.index.docid_sequences()
+  tokens = vocab_lib.encode_texts(
+    searcher.index.vocab, query_texts, searcher.input_length
+  )
+  doc_ids = searcher.index.doc_ids
+  rankings = []
+  for query in tokens:
+    score_fn = functools.partial(score, searcher.params, query)
+    docs, scores = decoding.exact_document_rank(
+      score_fn,
+      sequences,
+      values,
+      aggregation=searcher.config.aggregation,
+      batch_size=batching.data_multiple(batch_size, searcher.mesh),
+      top_k=top_k,
+      length_penalty_alpha=searcher.config.length_penalty_alpha,
+    )
+    rankings.append([(doc_ids[d], float(s)) for d, s in zip(docs, scores)])
+  return rankings
+
+
+def retrieval_config(search: SearchConfig, target_length: int) -> SearchConfig:
+  """`search` with max_decode_len at least the longest docid."""
+  return dataclasses.replace(
+    search, max_decode_len=max(search.max_decode_len, target_length)
+  )

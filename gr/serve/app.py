@@ -1,0 +1,483 @@
+"""HTTP API of the docid decoding service (FastAPI; uvicorn runs it).
+
+  GET    /                  search page (gr/serve/page.py)
+  POST   /search            {"query": str, "k": int} -> {"query", "hits"}
+  POST   /search/batch      {"queries": [str], "k": int} -> {"results"}
+  POST   /documents         {"documents": [{"id", "title", "text"}]}  (token)
+  DELETE /documents/{id}                                              (token)
+  GET    /healthz, /metrics (Prometheus text format)
+
+A hit is {"doc_id", "docid", "score", "title", "matched_docids"}: docid is
+the best of matched_docids, the document's docids that the search found
+(several with multi-docids), best first. Searches go through a
+`gr.serve.microbatch.MicroBatcher`, so concurrent requests share device batches.
+
+Guards: the mutating endpoints need `Authorization: Bearer <token>`,
+compared in constant time; with no token configured they answer 403.
+Every input has a limit (`Limits`) and a 4xx answer: 413 for bodies over
+max_body_bytes, 422 for invalid JSON, wrong types, empty, whitespace-only,
+too long or non-encodable strings and out-of-range k, 400 for bodies that
+are not UTF-8. Errors inside a search fail that request (500), never the
+worker; updates are applied whole or not at all (gr/serve/retriever.py).
+"""
+
+import asyncio
+import contextlib
+import dataclasses
+import hmac
+import ipaddress
+import json
+import time
+from typing import Annotated, Optional
+
+import fastapi
+import fastapi.encoders
+import fastapi.exceptions
+from fastapi import security
+import prometheus_client
+import pydantic
+
+from gr.serve import microbatch
+from gr.serve import retriever as serving
+from gr.data import beir
+from gr.serve import page
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+  """Input limits; each violation is answered with a 4xx status."""
+
+  max_query_chars: int = 1000
+  max_body_bytes: int = 1 << 20
+  max_documents: int = 64
+  max_text_chars: int = 100_000
+  max_doc_id_chars: int = 256
+
+
+def is_loopback(host: str) -> bool:
+  """Whether binding `host` keeps the service on this machine."""
+  if host == "localhost":
+    return True
+  try:
+    return ipaddress.ip_address(host).is_loopback
+  except ValueError:
+    return False
+
+
+def _encodable(text: str) -> str:
+  """Rejects lone surrogates and text that Python strips to nothing.
+
+  JSON allows "\\ud800"; and the schema's `\\S` lets separators such as
+  "\\x1f" through, which str.strip() removes and the Retriever refuses.
+  """
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError as e:
+    raise ValueError("text is not valid Unicode (lone surrogate)") from e
+  if not text.strip():
+    raise ValueError("text has only white space or separators")
+  return text
+
+
+def _text(max_chars: int, min_chars: int = 1):
+  """A string type: length limits, some non-space character, valid UTF-8."""
+  return Annotated[
+    str,
+    pydantic.StringConstraints(
+      min_length=min_chars, max_length=max_chars, pattern=r"\S"
+    ),
+    pydantic.AfterValidator(_encodable),
+  ]
+
+
+class SearchResponse(pydantic.BaseModel):
+  """One query's hits: `serving.Hit` is the one hit type (its JSON schema
+  comes from the dataclass; matched_docids is a list in JSON)."""
+
+  query: str
+  hits: list[serving.Hit]
+
+
+class BatchSearchResponse(pydantic.BaseModel):
+  results: list[SearchResponse]
+
+
+class AddedDocument(pydantic.BaseModel):
+  doc_id: str
+  docids: list[str]
+
+
+class IndexState(pydantic.BaseModel):
+  documents: int
+  index_version: int
+
+
+class AddDocumentsResponse(IndexState):
+  added: list[AddedDocument]
+
+
+class DeleteDocumentResponse(IndexState):
+  deleted: str
+
+
+class Health(IndexState):
+  status: str
+  checkpoint_step: Optional[int] = None
+
+
+def request_models(limits: Limits, max_k: int, max_batch: int):
+  """Pydantic request bodies whose JSON schemas carry the limits."""
+  query_text = _text(limits.max_query_chars)
+  top_k = Annotated[int, pydantic.Field(ge=1, le=max_k, strict=True)]
+  strict = pydantic.ConfigDict(extra="forbid")
+
+  class SearchRequest(pydantic.BaseModel):
+    model_config = strict
+    query: query_text
+    k: top_k = min(10, max_k)
+
+  class BatchSearchRequest(pydantic.BaseModel):
+    model_config = strict
+    queries: Annotated[
+      list[query_text], pydantic.Field(min_length=1, max_length=max_batch)
+    ]
+    k: top_k = min(10, max_k)
+
+  class DocumentIn(pydantic.BaseModel):
+    model_config = strict
+    id: _text(limits.max_doc_id_chars)
+    title: Annotated[
+      str,
+      pydantic.StringConstraints(max_length=limits.max_query_chars),
+      pydantic.AfterValidator(_encodable),
+    ] = ""
+    text: _text(limits.max_text_chars)
+
+  class AddDocumentsRequest(pydantic.BaseModel):
+    model_config = strict
+    documents: Annotated[
+      list[DocumentIn],
+      pydantic.Field(min_length=1, max_length=limits.max_documents),
+    ]
+
+  return SearchRequest, BatchSearchRequest, AddDocumentsRequest
+
+
+# ------------------------------------------------------------ middleware --
+
+
+class AsciiJSONResponse(fastapi.responses.JSONResponse):
+  """JSON with non-ASCII escaped: error details may echo lone surrogates."""
+
+  def render(self, content) -> bytes:
+    return json.dumps(
+      content, ensure_ascii=True, allow_nan=False, separators=(",", ":")
+    ).encode("ascii")
+
+
+def _install_error_handlers(app: fastapi.FastAPI) -> None:
+  """422 and HTTPException bodies that can always be encoded."""
+
+  @app.exception_handler(fastapi.exceptions.RequestValidationError)
+  async def invalid_request(_, error):
+    return AsciiJSONResponse(
+      {"detail": fastapi.encoders.jsonable_encoder(error.errors())},
+      status_code=422,
+    )
+
+  @app.exception_handler(fastapi.HTTPException)
+  async def http_error(_, error):
+    return AsciiJSONResponse(
+      {"detail": error.detail},
+      status_code=error.status_code,
+      headers=error.headers,
+    )
+
+
+class BodyLimit:
+  """ASGI middleware: 413 for request bodies over `max_bytes`.
+
+  Checks Content-Length up front, and counts streamed (chunked) bodies as
+  they are read.
+  """
+
+  def __init__(self, app, max_bytes: int):
+    self.app, self.max_bytes = app, max_bytes
+
+  async def __call__(self, scope, receive, send):
+    if scope["type"] != "http":
+      return await self.app(scope, receive, send)
+    declared = dict(scope["headers"]).get(b"content-length")
+    if declared is not None and (
+      not declared.isdigit() or int(declared) > self.max_bytes
+    ):
+      return await self._too_large(scope, receive, send)
+    received = 0
+
+    async def counted_receive():
+      nonlocal received
+      message = await receive()
+      received += len(message.get("body", b""))
+      if received > self.max_bytes:
+        raise fastapi.HTTPException(413, self._message())
+      return message
+
+    return await self.app(scope, counted_receive, send)
+
+  def _message(self) -> str:
+    return f"request body is larger than {self.max_bytes} bytes"
+
+  async def _too_large(self, scope, receive, send):
+    response = fastapi.responses.JSONResponse(
+      {"detail": self._message()}, status_code=413
+    )
+    await response(scope, receive, send)
+
+
+class Metrics:
+  """Prometheus collectors of one app (own registry: apps do not clash)."""
+
+  def __init__(self):
+    self.registry = prometheus_client.CollectorRegistry()
+    self.requests = prometheus_client.Counter(
+      "gr_requests",
+      "HTTP requests",
+      ["method", "endpoint", "status"],
+      registry=self.registry,
+    )
+    self.latency = prometheus_client.Histogram(
+      "gr_request_latency_seconds",
+      "HTTP request latency",
+      ["endpoint"],
+      buckets=(
+        0.001,
+        0.0025,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1,
+        2.5,
+        5,
+        10,
+      ),
+      registry=self.registry,
+    )
+    self.batch_size = prometheus_client.Histogram(
+      "gr_batch_size",
+      "queries per device batch",
+      buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+      registry=self.registry,
+    )
+    self.documents = prometheus_client.Gauge(
+      "gr_index_documents", "documents in the index", registry=self.registry
+    )
+    self.version = prometheus_client.Gauge(
+      "gr_index_version", "docid table version", registry=self.registry
+    )
+
+  def observe_index(self, retriever: serving.Retriever) -> None:
+    self.documents.set(retriever.num_docs)
+    self.version.set(retriever.index_version)
+
+
+class RequestMetrics:
+  """ASGI middleware: counts requests and times them per route template."""
+
+  def __init__(self, app, metrics: Metrics):
+    self.app, self.metrics = app, metrics
+
+  async def __call__(self, scope, receive, send):
+    if scope["type"] != "http":
+      return await self.app(scope, receive, send)
+    status, start = [500], time.perf_counter()
+
+    async def recorded_send(message):
+      if message["type"] == "http.response.start":
+        status[0] = message["status"]
+      await send(message)
+
+    try:
+      await self.app(scope, receive, recorded_send)
+    finally:
+      route = scope.get("route")
+      endpoint = getattr(route, "path", "unmatched")
+      self.metrics.requests.labels(
+        scope["method"], endpoint, str(status[0])
+      ).inc()
+      self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------ app --
+
+
+def _search_result(query: str, hits: list[serving.Hit]) -> dict:
+  """A SearchResponse as plain JSON values (no pydantic round trip)."""
+  return {"query": query, "hits": [dataclasses.asdict(h) for h in hits]}
+
+
+def _json_response(content: dict) -> fastapi.responses.Response:
+  """`content` serialised once, as the declared response_model documents it
+  (searches skip FastAPI's validate-then-serialise of the model)."""
+  return fastapi.responses.Response(
+    json.dumps(content, ensure_ascii=False, separators=(",", ":")).encode(),
+    media_type="application/json",
+  )
+
+
+def _bearer_guard(token: Optional[str]):
+  """Dependency: 403 if no token is configured, 401 unless it matches."""
+  scheme = security.HTTPBearer(auto_error=False)
+  expected = token.encode("utf-8") if token else None
+
+  def guard(
+    credentials: Annotated[
+      Optional[security.HTTPAuthorizationCredentials], fastapi.Depends(scheme)
+    ] = None,
+  ):
+    if expected is None:
+      raise fastapi.HTTPException(
+        403,
+        "document updates are disabled: the server was started without a token",
+      )
+    given = (credentials.credentials if credentials else "").encode(
+      "utf-8", "surrogateescape"
+    )
+    if not hmac.compare_digest(given, expected):
+      raise fastapi.HTTPException(
+        401,
+        "missing or wrong bearer token",
+        headers={"WWW-Authenticate": "Bearer"},
+      )
+
+  return guard
+
+
+def create_app(
+  retriever: serving.Retriever,
+  *,
+  token: Optional[str] = None,
+  limits: Limits = Limits(),
+) -> fastapi.FastAPI:
+  """The service around `retriever`. Start-up compiles every bucket.
+
+  Shutdown (lifespan end, after uvicorn let in-flight requests finish)
+  answers queued searches, then waits for any update being persisted.
+  """
+  metrics = Metrics()
+  metrics.observe_index(retriever)
+  state = {}
+
+  @contextlib.asynccontextmanager
+  async def lifespan(_):
+    await asyncio.to_thread(retriever.warm_up)
+    state["batcher"] = microbatch.MicroBatcher(
+      retriever.retrieve,
+      max_batch=retriever.max_batch,
+      max_wait_s=retriever.config.max_wait_ms / 1000,
+      on_batch=metrics.batch_size.observe,
+    )
+    yield
+    await asyncio.to_thread(state["batcher"].close)
+    await asyncio.to_thread(retriever.wait_for_updates)
+
+  app = fastapi.FastAPI(
+    title="gr docid decoding service", version="1", lifespan=lifespan
+  )
+  _install_error_handlers(app)
+  app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+  app.add_middleware(RequestMetrics, metrics=metrics)
+  search_request, batch_request, add_request = request_models(
+    limits, retriever.max_k, retriever.max_batch
+  )
+  guard = fastapi.Depends(_bearer_guard(token))
+
+  async def hits_of(queries: list[str], k: int) -> list[list[serving.Hit]]:
+    try:
+      future = state["batcher"].submit(queries, k)
+    except microbatch.BatcherClosed as e:
+      raise fastapi.HTTPException(503, str(e)) from e
+    return await asyncio.wrap_future(future)
+
+  @app.get(
+    "/", response_class=fastapi.responses.HTMLResponse, include_in_schema=False
+  )
+  async def search_page():
+    return page.PAGE_HTML
+
+  @app.post("/search", response_model=SearchResponse)
+  async def search(request: search_request):
+    hits = await hits_of([request.query], request.k)
+    return _json_response(_search_result(request.query, hits[0]))
+
+  @app.post("/search/batch", response_model=BatchSearchResponse)
+  async def search_batch(request: batch_request):
+    hits = await hits_of(request.queries, request.k)
+    results = [_search_result(q, h) for q, h in zip(request.queries, hits)]
+    return _json_response({"results": results})
+
+  @app.post(
+    "/documents",
+    response_model=AddDocumentsResponse,
+    dependencies=[guard],
+    responses={401: {}, 403: {}, 409: {}, 413: {}},
+  )
+  def add_documents(request: add_request):
+    documents = [
+      beir.Document(d.id, d.title, d.text) for d in request.documents
+    ]
+    try:
+      added = retriever.add_documents(documents)
+    except serving.DocumentConflict as e:
+      raise fastapi.HTTPException(409, str(e)) from e
+    metrics.observe_index(retriever)
+    return AddDocumentsResponse(
+      added=[
+        AddedDocument(doc_id=d, docids=list(ids)) for d, ids in added.items()
+      ],
+      documents=retriever.num_docs,
+      index_version=retriever.index_version,
+    )
+
+  @app.delete(
+    "/documents/{doc_id}",
+    response_model=DeleteDocumentResponse,
+    dependencies=[guard],
+    responses={401: {}, 403: {}, 404: {}},
+  )
+  def delete_document(
+    doc_id: Annotated[
+      str, fastapi.Path(min_length=1, max_length=limits.max_doc_id_chars)
+    ],
+  ):
+    try:
+      retriever.delete_document(doc_id)
+    except serving.UnknownDocument as e:
+      raise fastapi.HTTPException(404, str(e)) from e
+    metrics.observe_index(retriever)
+    return DeleteDocumentResponse(
+      deleted=doc_id,
+      documents=retriever.num_docs,
+      index_version=retriever.index_version,
+    )
+
+  @app.get("/healthz", response_model=Health)
+  async def healthz():
+    return Health(
+      status="ok",
+      documents=retriever.num_docs,
+      index_version=retriever.index_version,
+      checkpoint_step=retriever.checkpoint_step,
+    )
+
+  @app.get("/metrics", response_class=fastapi.responses.PlainTextResponse)
+  async def prometheus_metrics():
+    return fastapi.responses.Response(
+      prometheus_client.generate_latest(metrics.registry),
+      media_type=prometheus_client.CONTENT_TYPE_LATEST,
+    )
+
+  return app

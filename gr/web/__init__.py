@@ -1,1 +1,0 @@
-"""The docid decoding service over HTTP (FastAPI): app.py, and the search page."""

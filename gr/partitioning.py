@@ -93,15 +93,6 @@ def logical_to_mesh_spec(
   return nn.logical_to_mesh_axes(tuple(logical_axes), rules)
 
 
-def logical_axes_of(boxed_params: PyTree) -> PyTree:
-  """Tree of logical PartitionSpecs from nn.Partitioned-boxed params.
-
-  Leaves without partitioning metadata get PartitionSpec() (replicated).
-  Works on concrete or abstract (jax.eval_shape) trees.
-  """
-  return nn.get_partition_spec(boxed_params)
-
-
 def shardings_from_logical(
   logical_axes: PyTree, mesh: Mesh, rules=LOGICAL_AXIS_RULES
 ) -> PyTree:

@@ -66,7 +66,12 @@ def _forbidden(module: str) -> bool:
 
 def test_there_is_a_library_and_an_edge():
   names = {_module_name(p) for p in LIBRARY_FILES}
-  assert {'gr.train.loop', 'gr.continual.update', 'gr.continual.dynamic', 'gr.model.models'} <= names
+  assert {
+    'gr.train.loop',
+    'gr.continual.update',
+    'gr.continual.dynamic',
+    'gr.model.models',
+  } <= names
   assert (EDGE / '__init__.py').exists()
   assert not (PACKAGE / 'experiment.py').exists()
   assert not (PACKAGE / 'gin_cli.py').exists()

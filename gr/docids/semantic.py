@@ -25,7 +25,7 @@ tokens, appended to `reserved_tokens`. The tree itself is never re-clustered.
 
 import dataclasses
 import re
-from typing import Any, ClassVar, Iterable, Mapping, Protocol, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -38,12 +38,6 @@ _POSITION = re.compile(r"<c(\d+)_(\d+)>")
 _NODE = re.compile(r"<n(\d+(?:_\d+)*)>")
 _NEXT_POSITIONS = "semantic.next_positions"  # DocidTable.memo key
 TOKEN_STYLES = ("shared", "position", "node")
-
-
-class TextEmbedder(Protocol):
-  def embed(self, texts: Sequence[str]) -> np.ndarray:
-    """texts -> [len(texts), dim]."""
-    ...
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,6 +28,7 @@ from gr.search import evaluation
 from gr.model import models
 from gr.model import network
 from gr import partitioning
+from gr.index import vocab as vocab_lib
 from gr.model import pretrained
 from gr.search import retrieval
 from gr.train import loop as train
@@ -127,7 +128,7 @@ def base_params(model, bert_params):
 
 
 def _rows(vocab, texts, length=LENGTH):
-  return pretrained.input_rows(vocab, texts, length)
+  return vocab_lib.encode_texts(vocab, texts, length)
 
 
 def _batch(vocab, texts, docid_tokens) -> dict:

@@ -101,11 +101,6 @@ def build_encoder_cache(
   return cache
 
 
-def input_rows(vocab, texts: Sequence[str], input_length: int) -> np.ndarray:
-  """Texts -> encoder inputs [n, input_length], as the Searcher encodes."""
-  return vocab_lib.encode_texts(vocab, texts, input_length)
-
-
 @functools.lru_cache(maxsize=8)
 def _pooled_fn(model):
   def pooled(params, tokens, frozen_states):
@@ -172,7 +167,7 @@ def body_vectors(
   """
   if not documents:
     return {}
-  rows = input_rows(
+  rows = vocab_lib.encode_texts(
     vocab, [doc.text for doc in documents.values()], input_length
   )
   cache = cache_for(rows) if cache_for else None
@@ -183,7 +178,7 @@ def document_rows(
   index: index_lib.Index, corpus: Mapping, input_length: int
 ) -> np.ndarray:
   """Each indexed document's body as an encoder input, table order."""
-  return input_rows(
+  return vocab_lib.encode_texts(
     index.vocab, [corpus[d].text for d in index.doc_ids], input_length
   )
 

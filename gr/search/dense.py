@@ -21,6 +21,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from gr.index import artifact as index_lib
+from gr.index import vocab as vocab_lib
 from gr.model import pretrained
 from gr.model import embed
 from gr.search import metrics
@@ -185,7 +186,7 @@ def encoder_dense_baseline(
     vectors = pretrained.pooled_vectors(
       model,
       params,
-      pretrained.input_rows(
+      vocab_lib.encode_texts(
         index.vocab, [queries[q] for q in qids], input_length
       ),
     )

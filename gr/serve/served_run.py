@@ -46,6 +46,7 @@ from gr import atomic_io
 from gr.train import checkpoints
 from gr.index import artifact as index_lib
 from gr.model import models
+from gr.index import vocab as vocab_lib
 from gr.model import pretrained
 from gr.model import model_config
 from gr.model import warm_start
@@ -285,7 +286,7 @@ def warm_docid_rows(
   """
   if not pretrained.is_pretrained(model) or not new_tokens or not documents:
     return {}
-  rows = pretrained.input_rows(
+  rows = vocab_lib.encode_texts(
     index.vocab, [doc.text for doc in documents.values()], input_length
   )
   vectors = pretrained.pooled_vectors(model, params, rows)  # [n, width]

@@ -300,16 +300,6 @@ def _expand_dense(state: BeamState, scores, log_z, eos_id, alpha) -> _Expansion:
   )
 
 
-def _expand_sparse(
-  state: BeamState, scores, log_z, tokens, next_states, eos_id, alpha
-) -> _Expansion:
-  """Only tokens [B, K, M] (-1 = none) are candidates; M may be << V."""
-  picked = jnp.take_along_axis(scores, jnp.maximum(tokens, 0), axis=2)
-  return _expand_listed(
-    state, picked - log_z, tokens, next_states, eos_id, alpha
-  )
-
-
 def _expand_listed(
   state: BeamState, token_log_probs, tokens, next_states, eos_id, alpha
 ) -> _Expansion:
@@ -371,6 +361,18 @@ def _expand_first(
   )
 
 
+def _first_bonus(constraint, next_states: jax.Array) -> jax.Array:
+  """A plan's [B, V] bonus at step 0 (0 for constraints without one)."""
+  bonus = getattr(constraint, "first_bonus", None)
+  return 0.0 if bonus is None else bonus(next_states)
+
+
+def _bonus(constraint, states: jax.Array, next_states: jax.Array):
+  """A plan's [B, K, W] bonus below the root (0 without one)."""
+  bonus = getattr(constraint, "bonus", None)
+  return 0.0 if bonus is None else bonus(states, next_states)
+
+
 def _by_depth(state: BeamState, constraint, first_step, later_step):
   """first_step() at step 0, later_step(depth) below the root.
 
@@ -391,14 +393,17 @@ def _expand_constrained(
 
   def first_step():
     next_states = constraint.first_states(scores.shape[2])
-    return _expand_first(
-      state, scores[:, 0] - log_z[:, 0], next_states, eos_id, alpha
+    log_probs = (
+      scores[:, 0] - log_z[:, 0] + _first_bonus(constraint, next_states)
     )
+    return _expand_first(state, log_probs, next_states, eos_id, alpha)
 
   def later_step(depth):
     tokens, next_states = constraint.candidates(state.constraint_state, depth)
-    return _expand_sparse(
-      state, scores, log_z, tokens, next_states, eos_id, alpha
+    picked = jnp.take_along_axis(scores, jnp.maximum(tokens, 0), axis=2)
+    bonus = _bonus(constraint, state.constraint_state, next_states)
+    return _expand_listed(
+      state, picked - log_z + bonus, tokens, next_states, eos_id, alpha
     )
 
   return _by_depth(state, constraint, first_step, later_step)
@@ -419,13 +424,9 @@ def _expand_sparse_output(
     first = hidden.reshape(batch, beams, -1)[:, 0]  # --> [B, E]
     logits = output_layer(first, None).astype(jnp.float32)  # [B, V]
     next_states = constraint.first_states(logits.shape[1])
-    return _expand_first(
-      state,
-      restricted_log_softmax(logits, next_states >= 0),
-      next_states,
-      eos_id,
-      alpha,
-    )
+    log_probs = restricted_log_softmax(logits, next_states >= 0)
+    log_probs = log_probs + _first_bonus(constraint, next_states)
+    return _expand_first(state, log_probs, next_states, eos_id, alpha)
 
   def later_step(depth):
     tokens, next_states = constraint.candidates(state.constraint_state, depth)
@@ -434,9 +435,10 @@ def _expand_sparse_output(
       hidden, jnp.maximum(tokens, 0).reshape(batch * beams, width)
     ).astype(jnp.float32)  # [N, W]
     logits = logits.reshape(batch, beams, width)  # --> [B, K, W]
+    bonus = _bonus(constraint, state.constraint_state, next_states)
     return _expand_listed(
       state,
-      restricted_log_softmax(logits, tokens >= 0),
+      restricted_log_softmax(logits, tokens >= 0) + bonus,
       tokens,
       next_states,
       eos_id,
@@ -608,9 +610,29 @@ class TrieConstraint:
 
   arrays: trie_lib.TrieArrays
   restricted: bool = flax.struct.field(pytree_node=False, default=False)
+  # [B, C] look-ahead potential of every node (gr/decode/plan.py); None =
+  # no plan. Each candidate gains potential[next] - potential[current].
+  potential: Optional[jax.Array] = None
 
   def init(self, batch_size: int, beam_size: int) -> jax.Array:
     return jnp.zeros((batch_size, beam_size), jnp.int32)
+
+  def first_bonus(self, next_states: jax.Array) -> jax.Array:
+    """[B, V] (or 0) plan bonus of each first token; next_states [V]."""
+    if self.potential is None:
+      return jnp.zeros((), jnp.float32)
+    return jnp.take(self.potential, jnp.maximum(next_states, 0), axis=1)
+
+  def bonus(self, states: jax.Array, next_states: jax.Array) -> jax.Array:
+    """[B, K, W] (or 0) plan bonus of each candidate: states [B, K],
+    next_states [B, K, W]."""
+    if self.potential is None:
+      return jnp.zeros((), jnp.float32)
+    batch, beams, width = next_states.shape
+    flat = jnp.maximum(next_states, 0).reshape(batch, beams * width)
+    after = jnp.take_along_axis(self.potential, flat, axis=1)
+    before = jnp.take_along_axis(self.potential, jnp.maximum(states, 0), axis=1)
+    return after.reshape(next_states.shape) - before[:, :, None]
 
   def first_states(self, vocab_size: int) -> jax.Array:
     return trie_lib.root_children(self.arrays, vocab_size)[1]  # [V]
@@ -665,6 +687,7 @@ def constrained_beam_search(
   top_k: Optional[int] = None,
   dense_mask: bool = False,
   sparse_output: bool = False,
+  potential: Optional[jax.Array] = None,
 ) -> ConstrainedResult:
   """`beam_search` restricted to the trie's docids; maps them to documents.
 
@@ -679,9 +702,15 @@ def constrained_beam_search(
   computing logits only for them (tokens_to_logits must be a
   `SplitDecoder`). With dense_mask, the same scores come from full logits,
   masked and renormalised (the reference; any TokensToLogits).
+
+  potential: [B, C] a plan's look-ahead potential of every trie node
+  (gr/decode/plan.py); each finished docid then scores its log-prob plus
+  the plan's score of its document. Sparse constraint only.
   """
+  if potential is not None and dense_mask:
+    raise ValueError("a plan's potential needs the sparse constraint")
   constraint = TrieConstraint(
-    trie_arrays, restricted=sparse_output and dense_mask
+    trie_arrays, restricted=sparse_output and dense_mask, potential=potential
   )
   sequences, scores = beam_search(
     tokens_to_logits,
@@ -858,6 +887,7 @@ def constrained_document_search(
   length_penalty_alpha: float = 0.0,
   dense_mask: bool = False,
   sparse_output: bool = False,
+  potential: Optional[jax.Array] = None,
 ) -> RankedDocuments:
   """Constrained beam search for top_k distinct documents.
 
@@ -881,6 +911,7 @@ def constrained_document_search(
     top_k=pool,
     dense_mask=dense_mask,
     sparse_output=sparse_output,
+    potential=potential,
   )
   return rank_found(
     found, top_k=top_k, docids_per_doc=docids_per_doc, aggregation=aggregation
@@ -896,6 +927,7 @@ def exact_rank(
   max_len: Optional[int] = None,
   length_penalty_alpha: float = 0.0,
   top_k: Optional[int] = None,
+  plan: Optional[np.ndarray] = None,
 ):
   """Exact ranking of every docid for one query, by teacher forcing.
 
@@ -909,6 +941,8 @@ def exact_rank(
     max_len: L (default: the longest sequence).
     length_penalty_alpha: as in `beam_search`.
     top_k: how many to return (default all).
+    plan: [n] a plan score added to each sequence's log-prob (before the
+      length penalty, as the plan's bonuses are in beam search).
 
   Returns:
     (targets [k, L], scores [k], documents [k]) as numpy, best first; ties
@@ -921,6 +955,8 @@ def exact_rank(
       for start in range(0, len(targets), batch_size)
     ]
   )
+  if plan is not None:
+    scores = scores + np.asarray(plan, np.float64)
   lengths = np.array([len(s) for s in sequences], np.float64)
   scores = scores / np.asarray(length_penalty(lengths, length_penalty_alpha))
   order = np.argsort(-scores, kind="stable")[:top_k]
@@ -972,6 +1008,7 @@ def exact_document_rank(
   max_len: Optional[int] = None,
   length_penalty_alpha: float = 0.0,
   top_k: Optional[int] = None,
+  plan: Optional[np.ndarray] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
   """Exact ranking of documents: every docid scored, merged per document.
 
@@ -989,6 +1026,7 @@ def exact_document_rank(
     batch_size=batch_size,
     max_len=max_len,
     length_penalty_alpha=length_penalty_alpha,
+    plan=plan,
   )
   documents, scores = aggregate_documents(
     documents, scores, aggregation=aggregation

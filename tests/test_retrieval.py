@@ -16,6 +16,7 @@ from gr.index import vocab as vocab_lib
 from gr import batching
 from gr.decode import decoding
 from gr.index import artifact as index_lib
+from gr.index import lexicon
 from gr.decode import model_decoder
 from gr.model import models
 from gr.model import network
@@ -37,15 +38,19 @@ PARTS = (
 )
 
 
-@pytest.fixture(scope="module")
-def searchers(tmp_path_factory):
-  """{aggregation: Searcher} over one index and model."""
-  corpus = {
+def _corpus() -> dict[str, Document]:
+  return {
     f"d{i}": Document(
       f"d{i}", "", " ".join(WORDS[(i * 3 + j) % len(WORDS)] for j in range(8))
     )
     for i in range(12)
   }
+
+
+@pytest.fixture(scope="module")
+def searchers(tmp_path_factory):
+  """{aggregation: Searcher} over one index and model."""
+  corpus = _corpus()
   table = get_scheme("multi", parts=PARTS).assign(corpus)
   texts = index_lib.training_texts(corpus, {}) * 5
   index = index_lib.build_index(
@@ -101,6 +106,94 @@ def test_beam_search_with_full_beam_equals_exact_ranking(
     assert [d for d, _ in b] == [d for d, _ in e]
     assert len(b) == len(searcher.index.doc_ids)  # distinct documents
     np.testing.assert_allclose([s for _, s in b], [s for _, s in e], atol=1e-4)
+
+
+def _with_term_sets(searcher, weight, **config):
+  """`searcher`'s model and index with the corpus's term sets as a plan."""
+  return retrieval.Searcher(
+    searcher.model,
+    searcher.params,
+    searcher.index,
+    dataclasses.replace(searcher.config, **config),
+    input_length=searcher.input_length,
+    batch_size=searcher.batch_size,
+    term_sets=lexicon.build_term_sets(searcher.index, _corpus()),
+    lexical_weight=weight,
+  )
+
+
+@pytest.fixture(scope="module")
+def planned(searchers):
+  """A Searcher with a lexical plan (weight 2) and an exhaustive beam."""
+  return _with_term_sets(searchers["logsumexp"], 2.0)
+
+
+def test_plan_document_scores_equal_the_numpy_oracle(planned):
+  tokens = vocab_lib.encode_texts(planned.index.vocab, QUERIES, 16)
+  got = np.asarray(planned.plan.document_scores(jnp.asarray(tokens)))
+  for row, query in zip(got, tokens):
+    want = retrieval.exact_lexical_scores(
+      planned.term_sets, planned.index.vocab, query
+    )
+    np.testing.assert_allclose(row, want, rtol=1e-5)
+    assert want.max() > 0  # the queries share terms with documents
+
+
+def test_beam_search_with_a_plan_equals_the_fused_exact_ranking(
+  planned, searchers
+):
+  top_k = len(planned.index.doc_ids)
+  beam = planned.search(QUERIES)
+  exact = retrieval.exact_ranking(planned, QUERIES, top_k=top_k)
+  plain = retrieval.exact_ranking(searchers["logsumexp"], QUERIES, top_k=top_k)
+  tokens = vocab_lib.encode_texts(planned.index.vocab, QUERIES, 16)
+  for b, e, p, query in zip(beam, exact, plain, tokens):
+    assert [d for d, _ in b] == [d for d, _ in e]
+    np.testing.assert_allclose([s for _, s in b], [s for _, s in e], atol=1e-4)
+    lexical = retrieval.exact_lexical_scores(
+      planned.term_sets, planned.index.vocab, query
+    )
+    position = {d: i for i, d in enumerate(planned.index.doc_ids)}
+    fused = {d: s + 2.0 * lexical[position[d]] for d, s in p}
+    np.testing.assert_allclose(
+      [s for _, s in e], [fused[d] for d, _ in e], atol=1e-4
+    )
+  assert [d for d, _ in beam[0]] != [d for d, _ in plain[0]]  # it matters
+
+
+def test_a_dominant_plan_guides_a_narrow_beam_to_the_lexical_best(searchers):
+  searcher = _with_term_sets(searchers["max"], 1e3, beam_size=2, top_k=3)
+  tokens = vocab_lib.encode_texts(searcher.index.vocab, QUERIES, 16)
+  for ranking, query in zip(searcher.search(QUERIES), tokens):
+    lexical = retrieval.exact_lexical_scores(
+      searcher.term_sets, searcher.index.vocab, query
+    )
+    position = {d: i for i, d in enumerate(searcher.index.doc_ids)}
+    found = sorted((lexical[position[d]] for d, _ in ranking), reverse=True)
+    np.testing.assert_allclose(found, np.sort(lexical)[::-1][:3], rtol=1e-5)
+
+
+def test_lexical_only_search_ranks_by_the_term_sets(planned):
+  searcher = _with_term_sets(planned, np.inf, top_k=5)
+  beam = searcher.search(QUERIES)
+  exact = retrieval.exact_ranking(searcher, QUERIES, top_k=5)
+  for b, e in zip(beam, exact):
+    np.testing.assert_allclose([s for _, s in b], [s for _, s in e], rtol=1e-5)
+    assert all(s > 0 for _, s in b)
+  planned.lexical_weight = 2.0  # weights change without a new Searcher
+  with pytest.raises(ValueError, match="lexical_weight"):
+    planned.lexical_weight = -1.0
+
+
+def test_a_plan_needs_term_sets(searcher):
+  with pytest.raises(ValueError, match="term sets"):
+    retrieval.Searcher(
+      searcher.model,
+      searcher.params,
+      searcher.index,
+      searcher.config,
+      lexical_weight=1.0,
+    )
 
 
 def _docid_oracle(searcher, query):

@@ -19,10 +19,14 @@ Shapes: B queries, N documents, S docid sequences of length L (EOS then
 PAD), C trie slots (nodes).
 """
 
+import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from gr import batching
 from gr.index import trie as trie_lib
+from gr.model import lexical as lexical_lib
 
 
 def docid_paths(arrays: trie_lib.TrieArrays, sequences: jax.Array) -> jax.Array:
@@ -62,3 +66,52 @@ def node_potentials(
     scores.reshape(scores.shape[0], -1), mode="drop"
   )
   return jnp.where(jnp.isfinite(potential), potential, 0.0)
+
+
+@flax.struct.dataclass
+class LexicalPlan:
+  """The lexical plan of a search, as data (editing it does not recompile).
+
+  lexical: the documents' term sets (gr/model/lexical.py); sequences
+  [S, L] every docid (EOS then PAD) and documents [S] its document (-1 =
+  padding row); weight: scalar, the plan's weight beta against the
+  model's log-probs.
+  """
+
+  lexical: lexical_lib.LexicalIndex
+  sequences: jax.Array
+  documents: jax.Array
+  weight: jax.Array
+
+  def document_scores(self, tokens: jax.Array) -> jax.Array:
+    """Queries tokens [B, Li] -> [B, N] lexical scores (unweighted)."""
+    weights = lexical_lib.query_weights(self.lexical, tokens)
+    return lexical_lib.document_scores(self.lexical, weights)
+
+  def potential(
+    self, arrays: trie_lib.TrieArrays, tokens: jax.Array
+  ) -> jax.Array:
+    """[B, C] weight * the best lexical score beneath each trie node."""
+    scores = self.weight * self.document_scores(tokens)
+    return node_potentials(arrays, self.sequences, self.documents, scores)
+
+
+def lexical_plan(
+  lexical: lexical_lib.LexicalIndex,
+  sequences,
+  documents,
+  weight: float,
+  pad_to: int = 1,
+) -> LexicalPlan:
+  """A `LexicalPlan` of docid `sequences` (lists, each ending in EOS) of
+  `documents`; S is rounded up to a multiple of pad_to."""
+  rows = batching.pad_sequences(sequences)
+  padding = -len(rows) % max(pad_to, 1)
+  return LexicalPlan(
+    lexical=lexical,
+    sequences=jnp.asarray(np.pad(rows, ((0, padding), (0, 0)))),
+    documents=jnp.asarray(
+      np.pad(np.asarray(documents, np.int32), (0, padding), constant_values=-1)
+    ),
+    weight=jnp.asarray(weight, jnp.float32),
+  )

@@ -20,9 +20,16 @@ from typing import Mapping, Optional, Sequence
 from jax.sharding import Mesh, PartitionSpec
 import numpy as np
 
+import jax
+import jax.numpy as jnp
+
 from gr import batching
 from gr.decode import decoding
+from gr.decode import plan as plan_lib
+from gr.docids import term_sets as term_sets_lib
+from gr.model import lexical as lexical_lib
 from gr.index import artifact as index_lib
+from gr.index import lexicon
 from gr.decode import model_decoder
 from gr.model import models
 from gr import partitioning
@@ -87,7 +94,13 @@ def make_search_fn(
   config: SearchConfig,
   mesh: Optional[Mesh] = None,
 ):
-  """Jitted (params, encoder_tokens [B, Li], trie_arrays) -> RankedDocuments.
+  """Jitted (params, encoder_tokens [B, Li], trie_arrays, plan=None) ->
+  RankedDocuments.
+
+  plan: an optional `plan_lib.LexicalPlan` (data: its weight and term sets
+  change without recompiling): each docid then scores its log-prob plus
+  plan.weight * its document's lexical score, the plan guiding the beams
+  by look-ahead bonuses (gr/decode/plan.py).
 
   documents [B, top_k] are distinct positions in the index's doc_ids (-1 =
   none), each document's docids merged by config.aggregation; scores
@@ -101,7 +114,7 @@ def make_search_fn(
     config.beam_size, config.top_k, config.docids_per_doc
   )
 
-  def search(params, encoder_tokens, trie_arrays):
+  def search(params, encoder_tokens, trie_arrays, plan=None):
     batch = encoder_tokens.shape[0]
     decoder = model_decoder.model_decoder(
       model,
@@ -124,11 +137,32 @@ def make_search_fn(
       aggregation=config.aggregation,
       length_penalty_alpha=config.length_penalty_alpha,
       sparse_output=config.sparse_output,
+      potential=(
+        None if plan is None else plan.potential(trie_arrays, encoder_tokens)
+      ),
     )
 
   return partitioning.jit_on_mesh(
-    search, mesh, (param_specs(model, mesh), BATCH, REPLICATED), BATCH
+    search,
+    mesh,
+    (param_specs(model, mesh), BATCH, REPLICATED, REPLICATED),
+    BATCH,
   )
+
+
+def make_lexical_search_fn(top_k: int, mesh: Optional[Mesh] = None):
+  """Jitted (plan, encoder_tokens [B, Li]) -> (documents [B, k], scores
+  [B, k]) by the plan's lexical scores alone: the term-set docids as a
+  retriever (BM25 over the model's terms). k = min(top_k, N); documents
+  that share no term with the query are -1, score -inf."""
+
+  def search(plan, encoder_tokens):
+    scores = plan.document_scores(encoder_tokens)  # [B, N]
+    top, documents = jax.lax.top_k(scores, min(top_k, scores.shape[1]))
+    found = top > 0
+    return jnp.where(found, documents, -1), jnp.where(found, top, -jnp.inf)
+
+  return partitioning.jit_on_mesh(search, mesh, (REPLICATED, BATCH), BATCH)
 
 
 class Searcher:
@@ -157,6 +191,8 @@ class Searcher:
     input_length: int = 64,
     batch_size: int = 32,
     mesh: Optional[Mesh] = None,
+    term_sets: Optional[term_sets_lib.TermSets] = None,
+    lexical_weight: float = 0.0,
   ):
     self.model, self.index, self.mesh = model, index, mesh
     self.params = partitioning.place(params, param_specs(model, mesh), mesh)
@@ -166,6 +202,48 @@ class Searcher:
     self.trie = index.build_trie()
     self.refresh_trie()
     self._search = make_search_fn(model, self.config, mesh)
+    self._lexical_search = make_lexical_search_fn(self.config.top_k, mesh)
+    self.term_sets = term_sets
+    self._plan_of_index = None
+    self.lexical_weight = lexical_weight
+
+  @property
+  def lexical_weight(self) -> float:
+    """The plan's weight beta: 0 = the model alone, inf = the term sets
+    alone (no model), else log-prob + beta * lexical score per docid."""
+    return self._lexical_weight
+
+  @lexical_weight.setter
+  def lexical_weight(self, weight: float) -> None:
+    if weight < 0 or weight != weight:
+      raise ValueError(f"lexical_weight must be >= 0, got {weight}")
+    if weight > 0 and self.term_sets is None:
+      raise ValueError("lexical_weight > 0 needs the index's term sets")
+    self._lexical_weight = float(weight)
+    self.plan = None
+    if weight > 0:
+      base = self._base_plan()
+      self.plan = base.replace(
+        weight=jnp.asarray(1.0 if np.isinf(weight) else weight, jnp.float32)
+      )
+
+  def _base_plan(self) -> plan_lib.LexicalPlan:
+    """The plan of the index's term sets and docids, weight 1 (built
+    once)."""
+    if self._plan_of_index is not None:
+      return self._plan_of_index
+    if len(self.term_sets) != len(self.index.doc_ids):
+      raise ValueError(
+        f"term sets of {len(self.term_sets)} documents for an index of "
+        f"{len(self.index.doc_ids)}"
+      )
+    sequences, documents = self.index.docid_sequences()
+    lexical = lexical_lib.lexical_index(
+      self.term_sets, lexicon.term_mask(self.index.vocab)
+    )
+    plan = plan_lib.lexical_plan(lexical, sequences, documents, 1.0)
+    self._plan_of_index = partitioning.place(plan, REPLICATED, self.mesh)
+    return self._plan_of_index
 
   def refresh_trie(self) -> None:
     """Re-uploads the trie after host-side inserts/deletes (same shapes)."""
@@ -184,13 +262,21 @@ class Searcher:
       chunk = tokens[start : start + self.batch_size]
       length = input_bucket(chunk, tokens.shape[1])
       padded = batching.pad_rows(chunk[:, :length], self.batch_size)
-      found = self._search(self.params, padded, self.trie_arrays)
-      docs.append(np.asarray(found.documents)[: len(chunk)])
-      scores.append(np.asarray(found.scores)[: len(chunk)])
+      found_docs, found_scores = self._search_batch(padded)
+      docs.append(np.asarray(found_docs)[: len(chunk)])
+      scores.append(np.asarray(found_scores)[: len(chunk)])
     return np.concatenate(docs), np.concatenate(scores)
 
+  def _search_batch(self, tokens: np.ndarray):
+    """[batch_size, Li] -> (documents, scores) [batch_size, top_k]."""
+    if self.plan is not None and np.isinf(self.lexical_weight):
+      return self._lexical_search(self.plan, tokens)
+    found = self._search(self.params, tokens, self.trie_arrays, self.plan)
+    return found.documents, found.scores
+
   def search(self, texts: Sequence[str]) -> list[Ranking]:
-    """Query texts -> per query a ranked list of (doc_id, log-prob)."""
+    """Query texts -> per query a ranked list of (doc_id, score): the
+    log-prob, plus the weighted lexical score with a plan."""
     if not texts:
       return []
     tokens = vocab_lib.encode_texts(self.index.vocab, texts, self.input_length)
@@ -247,20 +333,47 @@ def exact_ranking(
     searcher.index.vocab, query_texts, searcher.input_length
   )
   doc_ids = searcher.index.doc_ids
+  weight = searcher.lexical_weight
   rankings = []
   for query in tokens:
-    score_fn = functools.partial(score, searcher.params, query)
-    docs, scores = decoding.exact_document_rank(
-      score_fn,
-      sequences,
-      values,
-      aggregation=searcher.config.aggregation,
-      batch_size=batching.data_multiple(batch_size, searcher.mesh),
-      top_k=top_k,
-      length_penalty_alpha=searcher.config.length_penalty_alpha,
-    )
+    lexical = (
+      exact_lexical_scores(searcher.term_sets, searcher.index.vocab, query)
+      if weight > 0
+      else None
+    )  # [N]
+    if np.isinf(weight):
+      docs = np.argsort(-lexical, kind="stable")[:top_k]
+      docs, scores = docs[lexical[docs] > 0], lexical[docs]
+    else:
+      score_fn = functools.partial(score, searcher.params, query)
+      docs, scores = decoding.exact_document_rank(
+        score_fn,
+        sequences,
+        values,
+        aggregation=searcher.config.aggregation,
+        batch_size=batching.data_multiple(batch_size, searcher.mesh),
+        top_k=top_k,
+        length_penalty_alpha=searcher.config.length_penalty_alpha,
+        plan=None if lexical is None else weight * lexical[values],
+      )
     rankings.append([(doc_ids[d], float(s)) for d, s in zip(docs, scores)])
   return rankings
+
+
+def exact_lexical_scores(
+  term_sets: term_sets_lib.TermSets, vocab, query: np.ndarray
+) -> np.ndarray:
+  """[N] each document's lexical score for one query's tokens [Li], in
+  numpy (the oracle of `plan_lib.LexicalPlan.document_scores`)."""
+  mask = lexicon.term_mask(vocab)
+  query = np.asarray(query)
+  weights = np.bincount(query[mask[query]], minlength=len(mask)).astype(
+    np.float64
+  )
+  terms, impacts, documents = term_sets.flat()
+  return np.bincount(
+    documents, weights=weights[terms] * impacts, minlength=len(term_sets)
+  )
 
 
 def retrieval_config(search: SearchConfig, target_length: int) -> SearchConfig:

@@ -1,0 +1,103 @@
+"""Tests for gr/docids/term_sets.py and gr/index/lexicon.py: term-set
+impacts against bm25s (the oracle), truncation, frozen statistics for new
+documents, and the saved file."""
+
+import bm25s
+import numpy as np
+import pytest
+
+from gr.docids import term_sets as term_sets_lib
+
+WORDS = (
+  "river stone cloud ember frost grove harbor island jungle kettle "
+  "lantern meadow nectar orchard pepper quartz"
+).split()
+
+
+def _corpus(seed: int, num_docs: int = 30) -> list[list[int]]:
+  """Documents as word-id lists of varied lengths, Zipf-ish frequencies."""
+  rng = np.random.default_rng(seed)
+  weights = 1.0 / np.arange(1, len(WORDS) + 1)
+  return [
+    rng.choice(
+      len(WORDS), size=rng.integers(3, 25), p=weights / weights.sum()
+    ).tolist()
+    for _ in range(num_docs)
+  ]
+
+
+def _scores(sets: term_sets_lib.TermSets, query: list[int]) -> np.ndarray:
+  """[N] sum over each document's set of occurrences-in-query * impact."""
+  weights = np.bincount(query, minlength=len(WORDS)).astype(np.float64)
+  terms, impacts, documents = sets.flat()
+  return np.bincount(
+    documents, weights=weights[terms] * impacts, minlength=len(sets)
+  )
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_all_terms_score_as_bm25s(seed):
+  documents = _corpus(seed)
+  sets = term_sets_lib.build_term_sets(documents, len(WORDS))
+  peer = bm25s.BM25()  # Lucene BM25, k1 1.5, b 0.75
+  peer.index([[WORDS[t] for t in d] for d in documents], show_progress=False)
+  rng = np.random.default_rng(seed + 10)
+  for _ in range(5):
+    query = rng.choice(len(WORDS), size=4).tolist()  # repeats possible
+    want = peer.get_scores([WORDS[t] for t in query])
+    np.testing.assert_allclose(_scores(sets, query), want, rtol=1e-5)
+
+
+def test_max_terms_keeps_the_highest_impacts():
+  documents = _corpus(2)
+  full = term_sets_lib.build_term_sets(documents, len(WORDS))
+  cut = term_sets_lib.build_term_sets(documents, len(WORDS), max_terms=3)
+  assert cut.terms.shape[1] == 3
+  for (terms, impacts), (all_terms, all_impacts) in zip(
+    cut.rows(), full.rows()
+  ):
+    assert len(terms) == min(3, len(all_terms))
+    np.testing.assert_array_equal(impacts, all_impacts[: len(impacts)])
+    assert np.all(np.diff(all_impacts) <= 0)  # best first
+
+
+def test_new_documents_use_the_frozen_statistics():
+  documents = _corpus(3)
+  sets = term_sets_lib.build_term_sets(documents[:20], len(WORDS))
+  grown = sets.appended(documents[20:])
+  assert len(grown) == len(documents)
+  assert grown.stats == sets.stats  # frozen: N, avgdl, df unchanged
+  for old, new in zip(sets.rows(), grown.rows()[:20]):
+    np.testing.assert_array_equal(old[0], new[0])
+    np.testing.assert_array_equal(old[1], new[1])
+  # A new document's impacts: from the statistics of the first 20 only.
+  alone = term_sets_lib.term_set(documents[25], sets.stats, 0)
+  np.testing.assert_array_equal(grown.rows()[25][0], alone[0])
+  np.testing.assert_allclose(grown.rows()[25][1], alone[1])
+
+
+def test_a_term_unseen_at_indexing_gets_the_largest_idf():
+  sets = term_sets_lib.build_term_sets([[0, 1], [0]], vocab_size=2)
+  unseen, seen = sets.stats.idf(np.array([7, 0]))
+  assert unseen == pytest.approx(np.log1p(2.5 / 0.5))
+  assert unseen > seen
+
+
+def test_save_and_load_round_trip(tmp_path):
+  sets = term_sets_lib.build_term_sets(_corpus(4), len(WORDS), max_terms=5)
+  sets.save(str(tmp_path))
+  loaded = term_sets_lib.TermSets.load(str(tmp_path))
+  np.testing.assert_array_equal(loaded.terms, sets.terms)
+  np.testing.assert_array_equal(loaded.impacts, sets.impacts)
+  np.testing.assert_array_equal(
+    loaded.stats.document_frequency, sets.stats.document_frequency
+  )
+  assert loaded.stats.num_docs == sets.stats.num_docs
+  assert loaded.max_terms == 5
+  assert term_sets_lib.TermSets.load(str(tmp_path / "none")) is None
+
+
+def test_load_names_a_file_of_another_format(tmp_path):
+  np.savez(tmp_path / term_sets_lib.FILE_NAME, terms=np.zeros(3))
+  with pytest.raises(ValueError, match=term_sets_lib.FILE_NAME):
+    term_sets_lib.TermSets.load(str(tmp_path))

@@ -26,7 +26,9 @@ import gin
 from gr.search import dense
 from gr import atomic_io
 from gr.search import evaluation
+from gr.docids import term_sets as term_sets_lib
 from gr.index import artifact as index_lib
+from gr.index import lexicon
 from gr.model import models
 from gr.train import indexing
 from gr.model import pretrained
@@ -111,6 +113,9 @@ def run_experiment(
   warm_start: bool = True,
   warm_start_temperature: float = 0.05,
   encoder_cache_dir: Optional[str] = None,
+  lexical_weights: Sequence[float] = (),
+  term_set_size: int = 0,
+  selection_split: str = "dev",
 ) -> dict:
   """Index, train, evaluate. Returns {query set name: metrics}.
 
@@ -125,6 +130,13 @@ def run_experiment(
   task's inputs whatever `task_rates` says, so runs that differ only in
   rates or training share it (`encoder_cache_dir`, default
   workdir/encoder_cache). train_steps = 0 evaluates the initial model.
+
+  lexical_weights: candidate weights of the lexical plan (term-set docids
+  of term_set_size terms per document, 0 = all, gr/index/lexicon.py);
+  they, 0 (the model alone) and inf (the term sets alone) compete, and
+  the one with the best mean MRR@10 on `selection_split` (the train
+  queries where a folder has no such split; never the eval split) is
+  used, and the table adds its two parts. Empty: no plan.
   """
   start = time.time()
   dataset = subset(beir.BeirDataset.load(data_dir), max_docs)
@@ -226,7 +238,23 @@ def run_experiment(
     index,
     retrieval.retrieval_config(search, target_length),
     input_length=input_length,
+    term_sets=(
+      index_term_sets(index, dataset, workdir, term_set_size)
+      if lexical_weights
+      else None
+    ),
   )
+  selection = {}
+  if lexical_weights:
+    selection = choose_lexical_weight(
+      searcher,
+      data_dir,
+      query_sets,
+      lexical_weights,
+      selection_split,
+      eval_split,
+      max_docs,
+    )
   results = evaluate(
     searcher,
     data_dir,
@@ -237,6 +265,8 @@ def run_experiment(
     max_docs,
     dense=setup.dense,
   )
+  if selection:
+    results["lexical_weight"] = selection
   results["run"] = {
     "train_steps": train_steps,
     "scheme": scheme,
@@ -247,7 +277,7 @@ def run_experiment(
   }
   print(
     evaluation.format_results(
-      {k: v for k, v in results.items() if k != "run"},
+      {k: v for k, v in results.items() if "/" in k},
       f"{scheme} docids, {train_steps} steps, {name} "
       f"({len(dataset.corpus)} documents) {eval_split}",
     )
@@ -255,6 +285,65 @@ def run_experiment(
   with atomic_io.atomic_open(os.path.join(workdir, "results.json")) as f:
     json.dump(results, f, indent=1)
   return results
+
+
+def index_term_sets(index, dataset, workdir: str, max_terms: int):
+  """The index's term sets, saved beside its current version (so every
+  checkpoint's artifact carries them); built once."""
+  version_dir = index_lib.current_version_dir(os.path.join(workdir, "index"))
+  sets = term_sets_lib.TermSets.load(version_dir)
+  if sets is None or sets.max_terms != max_terms:
+    sets = lexicon.build_term_sets(index, dataset.corpus, max_terms=max_terms)
+    sets.save(version_dir)
+  return sets
+
+
+def choose_lexical_weight(
+  searcher: retrieval.Searcher,
+  data_dir: str,
+  query_sets: Sequence[evaluation.QuerySet],
+  candidates: Sequence[float],
+  split: str,
+  eval_split: str,
+  max_docs: int,
+) -> dict:
+  """Sets the searcher's lexical weight to the candidate best on `split`
+  of every query set that has it (else on their train queries); returns
+  {"split", "chosen", "mrr@10": {weight: mean MRR@10}}."""
+  held_out = held_out_queries(data_dir, query_sets, split, max_docs)
+  if not held_out:
+    split = "train"
+    held_out = held_out_queries(data_dir, query_sets, split, max_docs)
+  if split == eval_split or not held_out:
+    raise ValueError(
+      f"{data_dir}: no {split!r} queries to choose the lexical weight on "
+      f"(the {eval_split!r} split is never used for that)"
+    )
+  chosen, table = evaluation.select_lexical_weight(
+    searcher, held_out, [0.0, *candidates, float("inf")]
+  )
+  searcher.lexical_weight = chosen
+  logging.info("lexical weight %s (mean %s MRR@10 %s)", chosen, split, table)
+  return {"split": split, "chosen": chosen, "MRR@10": table}
+
+
+def held_out_queries(data_dir, query_sets, split: str, max_docs: int) -> dict:
+  """{query set name: (queries, qrels of `split`)} where the split exists."""
+  found = {}
+  for query_set in query_sets:
+    if not os.path.exists(os.path.join(data_dir, query_set.queries_file)):
+      continue
+    dataset = subset(
+      beir.BeirDataset.load(
+        data_dir,
+        queries_file=query_set.queries_file,
+        qrels_dir=query_set.qrels_dir,
+      ),
+      max_docs,
+    )
+    if dataset.qrels.get(split):
+      found[query_set.name] = (dataset.queries, dataset.qrels[split])
+  return found
 
 
 @dataclasses.dataclass

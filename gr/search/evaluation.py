@@ -20,7 +20,11 @@ from gr.search import bm25
 
 METRIC_KWARGS = dict(hits_ks=(1, 10), mrr_k=10, recall_ks=(10,))
 METRIC_NAMES = ("Hits@1", "Hits@10", "MRR@10", "Recall@10")
-SYSTEMS = ("gr", "bm25", "dense")  # table rows, when present in a result
+# Table rows, when present in a result. With a lexical plan, "gr" is the
+# fused search and the two ablations are its parts: the model alone
+# (lexical weight 0) and the term sets alone (weight inf).
+SYSTEMS = ("gr", "gr:model", "gr:terms", "bm25", "dense")
+ABLATIONS = {"gr:model": 0.0, "gr:terms": float("inf")}
 
 # (corpus, queries) -> run, e.g. functools.partial(dense.dense_baseline,
 # embedder=embedder, cache_dir=cache_dir).
@@ -108,6 +112,10 @@ def evaluate_query_set(
     * seconds
     / -(-len(queries) // searcher.batch_size),
   }
+  if searcher.lexical_weight > 0:
+    for system, weight in ABLATIONS.items():
+      ablation = with_lexical_weight(searcher, weight, searcher.run, queries)
+      result[system] = metrics.evaluate_run(qrels, ablation, **METRIC_KWARGS)
   if dense is not None:
     dense_run = dense(corpus, queries)
     metrics.write_trec_run(
@@ -127,6 +135,41 @@ def evaluate_query_set(
     subset = dict(list(queries.items())[:exact_queries])
     result["beam_vs_exact"] = beam_vs_exact(searcher, subset, qrels, run)
   return result
+
+
+def with_lexical_weight(searcher: retrieval.Searcher, weight: float, fn, *args):
+  """fn(*args) with the searcher's lexical weight set to `weight` (then
+  restored)."""
+  kept = searcher.lexical_weight
+  searcher.lexical_weight = weight
+  try:
+    return fn(*args)
+  finally:
+    searcher.lexical_weight = kept
+
+
+def select_lexical_weight(
+  searcher: retrieval.Searcher,
+  query_sets: Mapping[str, tuple[Mapping[str, str], metrics.Qrels]],
+  candidates,
+) -> tuple[float, dict[str, float]]:
+  """The candidate lexical weight with the best mean MRR@10 over
+  `query_sets` {name: (queries, qrels)} (a held-out split, never test),
+  ties to the smaller weight. Returns (weight, {weight: mean MRR@10}).
+  The searcher's weight is left unchanged."""
+  if not query_sets or not candidates:
+    raise ValueError("select_lexical_weight needs query sets and candidates")
+  table = {}
+  for weight in sorted(set(float(c) for c in candidates)):
+    scores = []
+    for queries, qrels in query_sets.values():
+      run = with_lexical_weight(
+        searcher, weight, searcher.run, {q: queries[q] for q in qrels}
+      )
+      scores.append(metrics.evaluate_run(qrels, run, **METRIC_KWARGS)["MRR@10"])
+    table[str(weight)] = sum(scores) / len(scores)
+  best = max(table, key=lambda w: (table[w], -float(w)))
+  return float(best), table
 
 
 def verbatim_queries(corpus, queries: Mapping[str, str], qrels) -> set[str]:

@@ -18,6 +18,7 @@ from gr.decode import decoding
 from gr.index import artifact as index_lib
 from gr.index import lexicon
 from gr.decode import model_decoder
+from gr.decode import plan as plan_lib
 from gr.model import models
 from gr.model import network
 from gr import partitioning
@@ -454,3 +455,43 @@ def test_exact_ranking_on_a_mesh_equals_one_device(searchers, mesh):
     np.testing.assert_allclose(
       [s for _, s in g], [s for _, s in w], rtol=1e-5, atol=1e-5
     )
+
+
+def test_first_token_bias_is_the_best_plan_score_beneath_each_token(planned):
+  tokens = vocab_lib.encode_texts(planned.index.vocab, QUERIES, 16)
+  vocab_size = planned.model.config.vocab_size
+  bias = np.asarray(
+    plan_lib.first_token_bias(
+      planned.plan, planned.trie_arrays, jnp.asarray(tokens), vocab_size
+    )
+  )
+  assert bias.shape == (len(QUERIES), vocab_size)
+  sequences, values = planned.index.docid_sequences()
+  for row, query in zip(bias, tokens):
+    lexical = retrieval.exact_lexical_scores(
+      planned.term_sets, planned.index.vocab, query
+    )
+    want = np.zeros(vocab_size)
+    for sequence, document in zip(sequences, values):
+      want[sequence[0]] = max(want[sequence[0]], 2.0 * lexical[document])
+    np.testing.assert_allclose(row, want, rtol=1e-5, atol=1e-6)
+    assert row.max() > 0
+
+
+def test_the_loss_learns_on_top_of_a_first_token_bias(searcher):
+  model, params = searcher.model, searcher.params
+  sequences, _ = searcher.index.docid_sequences()
+  targets = batching.pad_sequences(sequences[:4], 8)
+  batch = {
+    "encoder_input_tokens": vocab_lib.encode_texts(
+      searcher.index.vocab, ["river"] * 4, 16
+    ),
+    "decoder_target_tokens": targets,
+    "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+    "decoder_loss_weights": (targets > 0).astype(np.int32),
+  }
+  plain, _ = model.loss_fn(params, batch, None)
+  bias = np.zeros((4, model.config.vocab_size), np.float32)
+  bias[np.arange(4), targets[:, 0]] = 30.0  # the plan already knows
+  helped, _ = model.loss_fn(params, {**batch, "decoder_first_bias": bias}, None)
+  assert float(helped) < float(plain) - 1.0

@@ -19,6 +19,8 @@ Shapes: B queries, N documents, S docid sequences of length L (EOS then
 PAD), C trie slots (nodes).
 """
 
+import functools
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -115,3 +117,19 @@ def lexical_plan(
     ),
     weight=jnp.asarray(weight, jnp.float32),
   )
+
+
+@functools.partial(jax.jit, static_argnames="vocab_size")
+def first_token_bias(
+  plan: LexicalPlan,
+  arrays: trie_lib.TrieArrays,
+  tokens: jax.Array,
+  vocab_size: int,
+) -> jax.Array:
+  """[B, V] the plan's bonus of every first token for queries tokens
+  [B, Li] (0 for tokens that start no docid). For atomic docids it is the
+  whole plan: weight * lexical[document]."""
+  potential = plan.potential(arrays, tokens)  # [B, C]
+  children = trie_lib.root_children(arrays, vocab_size)[1]  # [V]
+  bonus = jnp.take(potential, jnp.maximum(children, 0), axis=1)
+  return jnp.where(children[None, :] >= 0, bonus, 0.0)

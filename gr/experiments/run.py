@@ -22,10 +22,12 @@ import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import gin
+import numpy as np
 
 from gr.search import dense
 from gr import atomic_io
 from gr.search import evaluation
+from gr.decode import plan as plan_lib
 from gr.docids import term_sets as term_sets_lib
 from gr.index import artifact as index_lib
 from gr.index import lexicon
@@ -116,6 +118,7 @@ def run_experiment(
   lexical_weights: Sequence[float] = (),
   term_set_size: int = 0,
   selection_split: str = "dev",
+  plan_in_training: bool = False,
 ) -> dict:
   """Index, train, evaluate. Returns {query set name: metrics}.
 
@@ -137,6 +140,9 @@ def run_experiment(
   the one with the best mean MRR@10 on `selection_split` (the train
   queries where a folder has no such split; never the eval split) is
   used, and the table adds its two parts. Empty: no plan.
+  plan_in_training: the weight is chosen so at step 0 too, and training
+  adds that plan's first-token bonus to the logits (the model learns on
+  top of the plan, `plan_bias_transform`).
   """
   start = time.time()
   dataset = subset(beir.BeirDataset.load(data_dir), max_docs)
@@ -207,7 +213,43 @@ def run_experiment(
       params=pretrained_t5.t5_initial_params(model, t5_dir, seed=seed)
     )
     setup.seconds = time.time() - setup_start
+  # Term sets before training, so that every checkpoint's artifact has them.
+  term_sets = (
+    index_term_sets(index, dataset, workdir, term_set_size)
+    if lexical_weights
+    else None
+  )
+
+  def searcher_of(params) -> retrieval.Searcher:
+    return retrieval.Searcher(
+      model,
+      params,
+      index,
+      retrieval.retrieval_config(search, target_length),
+      input_length=input_length,
+      term_sets=term_sets,
+    )
+
+  def choose(searcher: retrieval.Searcher) -> dict:
+    return choose_lexical_weight(
+      searcher,
+      data_dir,
+      query_sets,
+      lexical_weights,
+      selection_split,
+      eval_split,
+      max_docs,
+    )
+
   params, train_seconds = setup.params, 0.0
+  transform, selection_at_start = setup.batch_transform, None
+  if plan_in_training and lexical_weights and train_steps > 0:
+    if params is None:
+      raise ValueError("plan_in_training needs initial params to choose on")
+    start_searcher = searcher_of(params)
+    selection_at_start = choose(start_searcher)
+    transform = plan_bias_transform(start_searcher, transform)
+    del start_searcher
   if train_steps > 0:
     train_start = time.time()
     # The gin-bound train: gin files bind train.optimizer, checkpoint_every...
@@ -221,7 +263,7 @@ def run_experiment(
       target_length=target_length,
       seed=seed,
       init_params=setup.params,
-      batch_transform=setup.batch_transform,
+      batch_transform=transform,
       artifact_dir=index_lib.current_version_dir(
         os.path.join(workdir, "index")
       ),
@@ -232,29 +274,10 @@ def run_experiment(
       "train_steps = 0 needs a pretrained encoder (there is "
       "no initial model to evaluate otherwise)"
     )
-  searcher = retrieval.Searcher(
-    model,
-    params,
-    index,
-    retrieval.retrieval_config(search, target_length),
-    input_length=input_length,
-    term_sets=(
-      index_term_sets(index, dataset, workdir, term_set_size)
-      if lexical_weights
-      else None
-    ),
-  )
-  selection = {}
-  if lexical_weights:
-    selection = choose_lexical_weight(
-      searcher,
-      data_dir,
-      query_sets,
-      lexical_weights,
-      selection_split,
-      eval_split,
-      max_docs,
-    )
+  searcher = searcher_of(params)
+  selection = choose(searcher) if lexical_weights else {}
+  if selection_at_start:
+    selection["at_start"] = selection_at_start
   results = evaluate(
     searcher,
     data_dir,
@@ -296,6 +319,29 @@ def index_term_sets(index, dataset, workdir: str, max_terms: int):
     sets = lexicon.build_term_sets(index, dataset.corpus, max_terms=max_terms)
     sets.save(version_dir)
   return sets
+
+
+def plan_bias_transform(
+  searcher: retrieval.Searcher, inner: Optional[Callable[[dict], dict]]
+) -> Optional[Callable[[dict], dict]]:
+  """A batch transform: `inner`, then batch['decoder_first_bias'] [B, V],
+  the searcher's plan bonus of each first token for the batch's inputs
+  (models.EncoderDecoderModel.loss_fn adds it). `inner` alone when the
+  searcher has no finite plan (weight 0 or inf)."""
+  weight = searcher.lexical_weight
+  if searcher.plan is None or not weight < float("inf"):
+    return inner
+  plan, arrays = searcher.plan, searcher.trie_arrays
+  vocab_size = searcher.model.config.vocab_size
+
+  def transform(batch: dict) -> dict:
+    batch = inner(batch) if inner is not None else batch
+    bias = plan_lib.first_token_bias(
+      plan, arrays, batch["encoder_input_tokens"], vocab_size
+    )
+    return {**batch, "decoder_first_bias": np.asarray(bias)}
+
+  return transform
 
 
 def choose_lexical_weight(

@@ -227,12 +227,19 @@ class EncoderDecoderModel:
     loss = sum_t w_t * (xent_t + z_loss * logZ_t^2) / sum_t w_t, where w are
     `decoder_loss_weights`. Dropout is on iff `dropout_rng` is given.
 
+    An optional batch['decoder_first_bias'] [B, V] is added to the first
+    position's logits: a plan's bonus (gr/decode/plan.py), so the model
+    learns on top of the plan rather than alone.
+
     Returns:
       (loss, metrics) with metrics 'loss', 'cross_entropy' and 'z_loss'
       (per-token means), 'accuracy' (weighted argmax accuracy) and
       'num_tokens' (sum of weights).
     """
     logits = self.logits(params, batch, dropout_rng)
+    if 'decoder_first_bias' in batch:
+      bias = batch['decoder_first_bias'].astype(logits.dtype)
+      logits = logits.at[:, 0].add(bias)
     targets = batch['decoder_target_tokens']
     weights = batch['decoder_loss_weights'].astype(jnp.float32)
     xent, z_term = cross_entropy_with_z_loss(

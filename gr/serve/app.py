@@ -15,10 +15,14 @@ the best of matched_docids, the document's docids that the search found
 Guards: the mutating endpoints need `Authorization: Bearer <token>`,
 compared in constant time; with no token configured they answer 403.
 Every input has a limit (`Limits`) and a 4xx answer: 413 for bodies over
-max_body_bytes, 422 for invalid JSON, wrong types, empty, whitespace-only,
+max_body_bytes, 422 for invalid JSON, wrong types (NaN and Infinity, which
+Python's JSON parser reads as floats, included), empty, whitespace-only,
 too long or non-encodable strings and out-of-range k, 400 for bodies that
-are not UTF-8. Errors inside a search fail that request (500), never the
-worker; updates are applied whole or not at all (gr/serve/retriever.py).
+json.loads cannot read (not UTF-8, integers past 4300 digits, deep
+nesting). A 400 or 422 names the fields at fault and never echoes the input:
+{"detail": [{"field": "documents.0.id", "loc": [...], "type", "msg"}]}.
+Errors inside a search fail that request (500), never the worker; updates
+are applied whole or not at all (gr/serve/retriever.py).
 """
 
 import asyncio
@@ -28,14 +32,14 @@ import hmac
 import ipaddress
 import json
 import time
-from typing import Annotated, Optional
+from typing import Annotated, Any, Mapping, Optional, Sequence
 
 import fastapi
-import fastapi.encoders
 import fastapi.exceptions
 from fastapi import security
 import prometheus_client
 import pydantic
+import starlette.exceptions
 
 from gr.serve import microbatch
 from gr.serve import retriever as serving
@@ -175,20 +179,78 @@ class AsciiJSONResponse(fastapi.responses.JSONResponse):
     ).encode("ascii")
 
 
+def _field(error: Mapping[str, Any]) -> str:
+  """The request field an error names: "documents.0.id" for the location
+  ("body", "documents", 0, "id"), "doc_id" for ("path", "doc_id"); "body"
+  for the body as a whole (and for JSON that does not parse, whose
+  location is a character position)."""
+  loc = [str(part) for part in error.get("loc", ())] or ["body"]
+  if error.get("type") == "json_invalid":
+    return loc[0]
+  return ".".join(loc[1:]) or loc[0]
+
+
+def _message(error: Mapping[str, Any]) -> str:
+  """pydantic's message; for JSON that does not parse, with the reason."""
+  message = str(error.get("msg", "invalid value"))
+  reason = (error.get("ctx") or {}).get("error")
+  if error.get("type") == "json_invalid" and isinstance(reason, str):
+    return f"{message}: {reason}"
+  return message
+
+
+def validation_errors(errors: Sequence[Mapping[str, Any]]) -> list[dict]:
+  """A 422 body's detail: where (field, loc), what (type) and why (msg).
+
+  The offending input is never echoed back: it may be NaN or Infinity
+  (Python's JSON parser accepts them; a JSON encoder refuses them) or a
+  megabyte of text, and the field names it well enough.
+  """
+  return [
+    {
+      "field": _field(error),
+      "loc": [
+        part if isinstance(part, int) else str(part)
+        for part in error.get("loc", ())
+      ],
+      "type": str(error.get("type", "invalid")),
+      "msg": _message(error),
+    }
+    for error in errors
+  ]
+
+
+def _unparsable_body(
+  error: starlette.exceptions.HTTPException,
+) -> Optional[list[dict]]:
+  """The detail of FastAPI's 400 for a body that json.loads cannot read
+  (not UTF-8, an integer of over 4300 digits, nesting past the recursion
+  limit), in the shape of a 422's; None for any other HTTPException."""
+  cause = error.__cause__
+  if error.status_code != 400 or not isinstance(
+    cause, (ValueError, RecursionError)
+  ):
+    return None
+  message = f"the body cannot be parsed as JSON: {cause}"
+  return [
+    {"field": "body", "loc": ["body"], "type": "body_invalid", "msg": message}
+  ]
+
+
 def _install_error_handlers(app: fastapi.FastAPI) -> None:
   """422 and HTTPException bodies that can always be encoded."""
 
   @app.exception_handler(fastapi.exceptions.RequestValidationError)
   async def invalid_request(_, error):
     return AsciiJSONResponse(
-      {"detail": fastapi.encoders.jsonable_encoder(error.errors())},
-      status_code=422,
+      {"detail": validation_errors(error.errors())}, status_code=422
     )
 
-  @app.exception_handler(fastapi.HTTPException)
+  # starlette's class: FastAPI's routing raises it (fastapi's is a subclass).
+  @app.exception_handler(starlette.exceptions.HTTPException)
   async def http_error(_, error):
     return AsciiJSONResponse(
-      {"detail": error.detail},
+      {"detail": _unparsable_body(error) or error.detail},
       status_code=error.status_code,
       headers=error.headers,
     )

@@ -32,7 +32,7 @@ CONFIG = run_helpers.CONFIG
 LIMITS = web_app.Limits(
   max_query_chars=200,
   max_body_bytes=1 << 16,
-  max_documents=4,
+  max_documents=64,
   max_text_chars=1000,
 )
 
@@ -275,3 +275,87 @@ def test_arbitrary_json_to_every_endpoint_never_gets_a_5xx(service):
   assert {("DELETE /documents/{id}", 4), ("GET /documents/{id}", 4)} <= seen
   on_disk = index_lib.load_index(retriever.index_dir).table
   assert on_disk == retriever.index.table
+
+
+# ------------------------------------------------------------- doc ids --
+
+
+def refused(doc_id: str) -> bool:
+  """The rule for ids, as the service documents it: some non-space
+  character, at most 256 characters, not a dot segment (. or ..)."""
+  return not doc_id.strip() or doc_id in (".", "..") or len(doc_id) > 256
+
+
+def id_path(doc_id: str) -> str:
+  """/documents/{id} with the id as one percent-encoded path segment."""
+  return "/documents/" + urllib.parse.quote(doc_id, safe="")
+
+
+ODD_IDS = [
+  "a/b", "../../x", "/", "//", "a/", "/a", "./a", "a/.", "...", ".a",
+  "%", "%2F", "a%2Fb", "%252F", "?q=1", "#frag", "a b", " a", "a ",
+  "x", "x\n", "\nx", "a\r\nb", "\x00", "é", "e\u0301", "日本",
+  "\U0001f642", "\u2028", "\ufeff", "\U0010ffff", "+", "a+b", "~",
+  "doc1\n", "doc1/", "doc1/x", "doc1 ", "x" * 256,
+  ".", "..", " ", "\x1f", "\u3000", "x" * 257,
+]  # fmt: skip
+
+
+def test_every_accepted_id_can_be_deleted_by_its_url(service):
+  """Every ASCII character alone and inside an id, and odd ids (slashes,
+  dot segments, escapes, new lines, non-BMP, a trained id with a suffix):
+  those the rule refuses get a 422 at add; the others are added, a batch
+  at a time, and each is deleted through its URL, taking no other
+  document with it."""
+  retriever, url = service
+  ascii_ids = [chr(c) for c in range(128)] + [f"a{chr(c)}b" for c in range(128)]
+  ids = list(dict.fromkeys(ODD_IDS + ascii_ids))
+  accepted = [i for i in ids if not refused(i)]
+  trained = set(retriever.index.doc_ids)
+  with httpx.Client(base_url=url, timeout=60) as client:
+    for doc_id in [i for i in ids if refused(i)]:
+      body = {"documents": [{"id": doc_id, "text": "river"}]}
+      response = client.post("/documents", json=body, headers=AUTH)
+      assert response.status_code == 422, (doc_id, response.text)
+      assert response.json()["detail"][0]["field"] == "documents.0.id"
+    for start in range(0, len(accepted), 16):  # the trie never grows
+      batch = accepted[start : start + 16]
+      body = {"documents": [{"id": i, "text": "river"} for i in batch]}
+      response = client.post("/documents", json=body, headers=AUTH)
+      assert response.status_code == 200, response.text
+      live = trained | set(batch)
+      for doc_id in batch:
+        response = client.delete(id_path(doc_id), headers=AUTH)
+        assert response.status_code == 200, (doc_id, response.text)
+        assert response.json()["deleted"] == doc_id
+        live.remove(doc_id)
+        assert set(retriever.index.doc_ids) == live, doc_id
+      response = client.delete(id_path(batch[0]), headers=AUTH)
+      assert response.status_code == 404
+
+
+def test_arbitrary_ids_round_trip_or_are_refused(service):
+  retriever, url = service
+  with httpx.Client(base_url=url, timeout=60) as client:
+
+    @hypothesis.settings(
+      max_examples=60,
+      deadline=None,
+      database=None,
+      derandomize=True,
+      suppress_health_check=list(hypothesis.HealthCheck),
+    )
+    @hypothesis.given(doc_id=st.text(min_size=1, max_size=16))
+    def check(doc_id):
+      body = {"documents": [{"id": doc_id, "text": "stone"}]}
+      added = client.post("/documents", json=body, headers=AUTH)
+      assert added.status_code == (422 if refused(doc_id) else 200), (
+        doc_id,
+        added.text,
+      )
+      if added.status_code == 200:
+        deleted = client.delete(id_path(doc_id), headers=AUTH)
+        assert deleted.status_code == 200, (doc_id, deleted.text)
+        assert doc_id not in retriever.index.table.docids_of
+
+    check()

@@ -7,6 +7,12 @@
   DELETE /documents/{id}                                              (token)
   GET    /healthz, /metrics (Prometheus text format)
 
+Ids: one rule at add and in /documents/{id}: 1 to max_doc_id_chars of
+valid Unicode with some non-space character, and not "." or ".." (URLs
+drop those path segments). Any such id, "/" and new lines included, is
+addressed as one percent-encoded path segment (encodeURIComponent,
+urllib.parse.quote(id, safe="")); the route takes the rest of the path.
+
 A hit is {"doc_id", "docid", "score", "title", "matched_docids"}: docid is
 the best of matched_docids, the document's docids that the search found
 (several with multi-docids), best first. Searches go through a
@@ -32,6 +38,7 @@ import hmac
 import ipaddress
 import json
 import time
+import urllib.parse
 from typing import Annotated, Any, Mapping, Optional, Sequence
 
 import fastapi
@@ -39,6 +46,7 @@ import fastapi.exceptions
 from fastapi import security
 import prometheus_client
 import pydantic
+import starlette.convertors
 import starlette.exceptions
 
 from gr.serve import microbatch
@@ -92,6 +100,48 @@ def _text(max_chars: int, min_chars: int = 1):
     ),
     pydantic.AfterValidator(_encodable),
   ]
+
+
+# A URL path drops these segments (RFC 3986 dot-segment removal, which
+# clients apply even to %2E), so a document named so could not be deleted.
+DOT_SEGMENTS = (".", "..")
+
+
+def _addressable(doc_id: str) -> str:
+  """Refuses the ids that cannot round-trip in a URL path (DOT_SEGMENTS)."""
+  if doc_id in DOT_SEGMENTS:
+    raise ValueError(
+      f"an id may not be {doc_id!r}: URLs drop it as a path segment, so "
+      "the document could never be deleted"
+    )
+  return doc_id
+
+
+def _doc_id(max_chars: int):
+  """The one rule for ids, at add and in /documents/{id}: some
+  non-space character, valid UTF-8, at most `max_chars`, not . or .."""
+  return Annotated[_text(max_chars), pydantic.AfterValidator(_addressable)]
+
+
+class _DocIdConvertor(starlette.convertors.Convertor):
+  """The rest of a URL path, percent-decoded, as one doc_id ("a/b" too).
+
+  Starlette's "path" convertor is `.*`, which stops at a new line; its
+  route's `$` then matches before a final one, so "x\n" would route as
+  "x". Ids are written into paths as one segment, every reserved
+  character percent-encoded (encodeURIComponent, quote(id, safe="")).
+  """
+
+  regex = "(?s:.+)"
+
+  def convert(self, value: str) -> str:
+    return value
+
+  def to_string(self, value: str) -> str:
+    return urllib.parse.quote(value, safe="")
+
+
+starlette.convertors.register_url_convertor("doc_id", _DocIdConvertor())
 
 
 class SearchResponse(pydantic.BaseModel):
@@ -149,7 +199,7 @@ def request_models(limits: Limits, max_k: int, max_batch: int):
 
   class DocumentIn(pydantic.BaseModel):
     model_config = strict
-    id: _text(limits.max_doc_id_chars)
+    id: _doc_id(limits.max_doc_id_chars)
     title: Annotated[
       str,
       pydantic.StringConstraints(max_length=limits.max_query_chars),
@@ -366,7 +416,7 @@ class RequestMetrics:
       await self.app(scope, receive, recorded_send)
     finally:
       route = scope.get("route")
-      endpoint = getattr(route, "path", "unmatched")
+      endpoint = getattr(route, "path_format", "unmatched")
       self.metrics.requests.labels(
         scope["method"], endpoint, str(status[0])
       ).inc()
@@ -505,15 +555,13 @@ def create_app(
     )
 
   @app.delete(
-    "/documents/{doc_id}",
+    "/documents/{doc_id:doc_id}",
     response_model=DeleteDocumentResponse,
     dependencies=[guard],
     responses={401: {}, 403: {}, 404: {}},
   )
   def delete_document(
-    doc_id: Annotated[
-      str, fastapi.Path(min_length=1, max_length=limits.max_doc_id_chars)
-    ],
+    doc_id: Annotated[_doc_id(limits.max_doc_id_chars), fastapi.Path()],
   ):
     try:
       retriever.delete_document(doc_id)

@@ -274,6 +274,31 @@ def test_add_find_restart_find_delete(model_dir):
   )
 
 
+def test_missing_null_empty_and_blank_titles_are_the_same(service):
+  """No title, "title": null, "" and white space all store "" (were: ""
+  got a 422); a real title is kept, in search hits and in the log."""
+  retriever, client = service
+  titles = {"t_null": None, "t_empty": "", "t_blank": " \t", "t_set": "Kept"}
+  documents = [{"id": "t_missing", "text": "quartz lemon"}] + [
+    {"id": doc_id, "title": title, "text": "quartz lemon"}
+    for doc_id, title in titles.items()
+  ]
+  for start in range(0, len(documents), LIMITS.max_documents):
+    body = {"documents": documents[start : start + LIMITS.max_documents]}
+    response = client.post("/documents", headers=AUTH, json=body)
+    assert response.status_code == 200, response.text
+  expected = {"t_missing": "", "t_null": "", "t_empty": "", "t_blank": ""}
+  expected["t_set"] = "Kept"
+  hits = client.post(
+    "/search", json={"query": "quartz lemon", "k": CONFIG.max_k}
+  ).json()["hits"]
+  assert {h["doc_id"]: h["title"] for h in hits if h["doc_id"] in expected} == (
+    expected
+  )
+  logged = serving.read_online_documents(retriever.index_dir)
+  assert {d: logged[d].title for d in expected} == expected
+
+
 def test_concurrent_adds_and_searches_lose_nothing(service):
   retriever, client = service
   before = set(retriever.index.doc_ids)

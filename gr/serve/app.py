@@ -12,6 +12,7 @@ valid Unicode with some non-space character, and not "." or ".." (URLs
 drop those path segments). Any such id, "/" and new lines included, is
 addressed as one percent-encoded path segment (encodeURIComponent,
 urllib.parse.quote(id, safe="")); the route takes the rest of the path.
+A title is optional: missing, null, "" and blank all mean no title ("").
 
 A hit is {"doc_id", "docid", "score", "title", "matched_docids"}: docid is
 the best of matched_docids, the document's docids that the search found
@@ -89,6 +90,13 @@ def _encodable(text: str) -> str:
   if not text.strip():
     raise ValueError("text has only white space or separators")
   return text
+
+
+def _title(title: Optional[str]) -> str:
+  """A missing, null, empty or blank title is the same: "" (no title)."""
+  if title is None or not title.strip():
+    return ""
+  return _encodable(title)
 
 
 def _text(max_chars: int, min_chars: int = 1):
@@ -201,9 +209,9 @@ def request_models(limits: Limits, max_k: int, max_batch: int):
     model_config = strict
     id: _doc_id(limits.max_doc_id_chars)
     title: Annotated[
-      str,
+      Optional[str],
       pydantic.StringConstraints(max_length=limits.max_query_chars),
-      pydantic.AfterValidator(_encodable),
+      pydantic.AfterValidator(_title),
     ] = ""
     text: _text(limits.max_text_chars)
 

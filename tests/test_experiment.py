@@ -10,6 +10,8 @@ import random
 
 import pytest
 
+from gr.docids import term_sets as term_sets_lib
+from gr.index import artifact as index_lib
 from gr.search import evaluation
 from gr.model import models
 from gr.model import network
@@ -128,3 +130,41 @@ def test_subset_keeps_first_documents_and_their_queries(tmp_path):
       assert set(rel) <= small.corpus.keys() and qid in small.queries
   assert len(small.qrels["train"]) == 5 * 3
   assert experiment.subset(dataset, 0) is dataset
+
+
+def test_the_lexical_plan_weight_is_chosen_on_dev(tmp_path):
+  data_dir, workdir = str(tmp_path / "data"), str(tmp_path / "work")
+  _synthetic_beir(data_dir)
+  out = experiment.run_experiment(
+    data_dir=data_dir,
+    workdir=workdir,
+    model=models.EncoderDecoderModel(
+      network.T5Config.tiny(vocab_size=128, dropout_rate=0.0)
+    ),
+    scheme="atomic",
+    vocab_size=400,
+    train_steps=10,
+    batch_size=16,
+    input_length=16,
+    search=retrieval.SearchConfig(beam_size=5, top_k=5),
+    query_sets=(evaluation.QuerySet("titles"),),
+    lexical_weights=(1.0, 4.0),
+  )
+  selection = out["lexical_weight"]
+  assert selection["split"] == "dev"
+  assert set(selection["MRR@10"]) == {"0.0", "1.0", "4.0", "inf"}
+  best = max(selection["MRR@10"].values())
+  assert selection["MRR@10"][str(selection["chosen"])] == best
+  result = out["titles/test"]
+  # Sentencepiece at 400 pieces spells these "w123" words in characters,
+  # so the term sets are weak here, but well above chance (1 / 24).
+  assert result["gr:terms"]["Hits@1"] > 3 / NUM_DOCS
+  assert result["gr"]["MRR@10"] >= result["gr:model"]["MRR@10"]
+  version = index_lib.current_version_dir(os.path.join(workdir, "index"))
+  assert os.path.exists(os.path.join(version, term_sets_lib.FILE_NAME))
+  checkpoints = [
+    root
+    for root, _, files in os.walk(os.path.join(workdir, "model"))
+    if term_sets_lib.FILE_NAME in files
+  ]
+  assert checkpoints  # every checkpoint's artifact carries the term sets

@@ -24,6 +24,7 @@ from gr.model import network
 from gr import partitioning
 from gr.search import retrieval
 from gr.data.beir import Document
+from gr.experiments import run as experiment
 from gr.docids import get_scheme
 
 WORDS = (
@@ -495,3 +496,22 @@ def test_the_loss_learns_on_top_of_a_first_token_bias(searcher):
   bias[np.arange(4), targets[:, 0]] = 30.0  # the plan already knows
   helped, _ = model.loss_fn(params, {**batch, "decoder_first_bias": bias}, None)
   assert float(helped) < float(plain) - 1.0
+
+
+def test_the_plan_bias_transform_runs_under_the_training_transfer_guard(
+  planned,
+):
+  tokens = vocab_lib.encode_texts(planned.index.vocab, QUERIES, 16)
+  transform = experiment.plan_bias_transform(planned, None)
+  with jax.transfer_guard("disallow"):
+    batch = transform({"encoder_input_tokens": tokens})
+  want = plan_lib.first_token_bias(
+    planned.plan,
+    planned.trie_arrays,
+    jnp.asarray(tokens),
+    planned.model.config.vocab_size,
+  )
+  np.testing.assert_allclose(batch["decoder_first_bias"], want)
+  planned.lexical_weight = np.inf  # no finite plan: no bias
+  assert experiment.plan_bias_transform(planned, None) is None
+  planned.lexical_weight = 2.0

@@ -22,7 +22,7 @@ import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import gin
-import numpy as np
+import jax
 
 from gr.search import dense
 from gr import atomic_io
@@ -336,10 +336,10 @@ def plan_bias_transform(
 
   def transform(batch: dict) -> dict:
     batch = inner(batch) if inner is not None else batch
-    bias = plan_lib.first_token_bias(
-      plan, arrays, batch["encoder_input_tokens"], vocab_size
-    )
-    return {**batch, "decoder_first_bias": np.asarray(bias)}
+    # Explicit transfers: the training loop guards against implicit ones.
+    tokens = jax.device_put(batch["encoder_input_tokens"])
+    bias = plan_lib.first_token_bias(plan, arrays, tokens, vocab_size)
+    return {**batch, "decoder_first_bias": jax.device_get(bias)}
 
   return transform
 

@@ -8,7 +8,11 @@ thousands of digits. Every malformed request must get a 4xx whose JSON
 names the field, on a connection that stays open.
 """
 
+import base64
 import dataclasses
+import datetime
+import hashlib
+import html.parser
 import http.client
 import json
 import os
@@ -20,6 +24,7 @@ import hypothesis
 from hypothesis import strategies as st
 import pytest
 
+from gr.data import beir
 from gr.index import artifact as index_lib
 from gr.serve import app as web_app
 import test_serving as run_helpers
@@ -305,8 +310,8 @@ def test_every_accepted_id_can_be_deleted_by_its_url(service):
   """Every ASCII character alone and inside an id, and odd ids (slashes,
   dot segments, escapes, new lines, non-BMP, a trained id with a suffix):
   those the rule refuses get a 422 at add; the others are added, a batch
-  at a time, and each is deleted through its URL, taking no other
-  document with it."""
+  at a time, and each is read back and deleted through its URL, taking
+  no other document with it."""
   retriever, url = service
   ascii_ids = [chr(c) for c in range(128)] + [f"a{chr(c)}b" for c in range(128)]
   ids = list(dict.fromkeys(ODD_IDS + ascii_ids))
@@ -325,6 +330,9 @@ def test_every_accepted_id_can_be_deleted_by_its_url(service):
       assert response.status_code == 200, response.text
       live = trained | set(batch)
       for doc_id in batch:
+        record = client.get(id_path(doc_id), headers=AUTH)
+        assert record.status_code == 200, (doc_id, record.text)
+        assert record.json()["doc_id"] == doc_id
         response = client.delete(id_path(doc_id), headers=AUTH)
         assert response.status_code == 200, (doc_id, response.text)
         assert response.json()["deleted"] == doc_id
@@ -354,8 +362,146 @@ def test_arbitrary_ids_round_trip_or_are_refused(service):
         added.text,
       )
       if added.status_code == 200:
+        record = client.get(id_path(doc_id), headers=AUTH)
+        assert record.json()["doc_id"] == doc_id, record.text
         deleted = client.delete(id_path(doc_id), headers=AUTH)
         assert deleted.status_code == 200, (doc_id, deleted.text)
         assert doc_id not in retriever.index.table.docids_of
 
     check()
+
+
+# ----------------------------------------------------------- hardening --
+
+
+def test_stalled_bodies_are_answered_408_and_closed(model_dir):
+  """Clients that declare more body than they send are cut off (they
+  were held open for good); a body sent in pieces is read whole."""
+  limits = dataclasses.replace(LIMITS, body_timeout_s=0.5)
+  retriever, server = http_helpers.start_service(model_dir, limits=limits)
+  try:
+    stalled = [connect(server.url) for _ in range(4)]
+    for sock in stalled:
+      head = raw_request("POST", "/search", b"", {"Content-Length": "100"})
+      sock.sendall(head + b'{"query":')
+    for sock in stalled:
+      reply = exchange(sock, b"")
+      assert reply.status == 408, reply
+      assert reply.headers["connection"] == "close"
+      assert sock.recv(1) == b""  # closed by the server
+      sock.close()
+    with connect(server.url) as sock:
+      body = b'{"query": "apple", "k": 3}'
+      sock.sendall(raw_request("POST", "/search", body)[: -len(body) + 5])
+      reply = exchange(sock, body[5:])
+      assert reply.status == 200, reply
+      assert len(reply.json()["hits"]) == 3
+  finally:
+    server.stop()
+    retriever.close()
+
+
+def test_api_docs_are_off_unless_asked_for(model_dir):
+  for api_docs, status in ((False, 404), (True, 200)):
+    retriever, server = http_helpers.start_service(model_dir, api_docs=api_docs)
+    try:
+      with httpx.Client(base_url=server.url) as client:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+          assert client.get(path).status_code == status, (api_docs, path)
+        if api_docs:  # its CDN scripts are not blocked; framing is
+          docs = client.get("/docs")
+          assert "content-security-policy" not in docs.headers
+          assert docs.headers["x-frame-options"] == "DENY"
+    finally:
+      server.stop()
+      retriever.close()
+
+
+class _Inline(html.parser.HTMLParser):
+  """The page's inline scripts and styles, and any inline attribute a
+  content policy of hashes would block (on* handlers, style=)."""
+
+  def __init__(self):
+    super().__init__()
+    self.elements, self.attributes, self._open = [], [], None
+
+  def handle_starttag(self, tag, attrs):
+    self._open = tag if tag in ("script", "style") else None
+    self.attributes += [a for a, _ in attrs if a == "style" or a[:2] == "on"]
+
+  def handle_data(self, data):
+    if self._open:
+      self.elements.append((self._open, data))
+      self._open = None
+
+
+def _csp_hash(source: str) -> str:
+  digest = hashlib.sha256(source.encode()).digest()
+  return f"'sha256-{base64.b64encode(digest).decode()}'"
+
+
+def test_the_page_and_every_answer_carry_security_headers(service):
+  _, url = service
+  with httpx.Client(base_url=url) as client:
+    page = client.get("/")
+    policy = dict(
+      part.strip().split(" ", 1)
+      for part in page.headers["content-security-policy"].split(";")
+    )
+    assert policy["default-src"] == "'none'"
+    assert policy["frame-ancestors"] == "'none'"
+    assert policy["connect-src"] == "'self'"
+    assert "unsafe" not in page.headers["content-security-policy"]
+    inline = _Inline()
+    inline.feed(page.text)
+    assert {tag for tag, _ in inline.elements} == {"script", "style"}
+    for tag, source in inline.elements:  # each allowed by its own hash
+      assert policy[f"{tag}-src"] == _csp_hash(source), tag
+    assert inline.attributes == []
+    answers = [
+      page,
+      client.get("/healthz"),
+      client.post("/search", json={"query": ""}),
+      client.get("/nowhere"),
+    ]
+    for answer in answers:
+      assert answer.headers["x-content-type-options"] == "nosniff"
+      assert answer.headers["x-frame-options"] == "DENY"
+      assert (
+        "frame-ancestors 'none'" in (answer.headers["content-security-policy"])
+      )
+
+
+def test_get_document_returns_what_the_index_holds(service):
+  retriever, url = service
+  trained = beir_corpus(retriever)["doc3"]
+  with httpx.Client(base_url=url, timeout=60) as client:
+    record = client.get("/documents/doc3", headers=AUTH)
+    assert record.status_code == 200, record.text
+    assert record.json() == {
+      "doc_id": "doc3",
+      "docids": list(retriever.index.table.docids_of["doc3"]),
+      "title": trained.title,
+      "text": trained.text,
+      "online": False,
+      "added_at": None,
+    }
+    body = {"documents": [{"id": "a/b", "title": "T", "text": "kettle"}]}
+    added = client.post("/documents", json=body, headers=AUTH).json()
+    record = client.get(id_path("a/b"), headers=AUTH).json()
+    assert record["docids"] == added["added"][0]["docids"]
+    assert (record["title"], record["text"], record["online"]) == (
+      "T",
+      "kettle",
+      True,
+    )
+    added_at = datetime.datetime.fromisoformat(record["added_at"])
+    assert added_at.utcoffset() == datetime.timedelta(0)
+    assert client.delete(id_path("a/b"), headers=AUTH).status_code == 200
+    assert client.get(id_path("a/b"), headers=AUTH).status_code == 404
+    assert client.get("/documents/nope", headers=AUTH).status_code == 404
+
+
+def beir_corpus(retriever) -> dict:
+  """The run's corpus (the file the Retriever reads trained texts from)."""
+  return beir.read_corpus(retriever.corpus.path)

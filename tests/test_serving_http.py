@@ -65,10 +65,11 @@ class ThreadServer:
     assert not self.thread.is_alive()
 
 
-def start_service(model_dir, token=TOKEN, limits=LIMITS):
+def start_service(model_dir, token=TOKEN, limits=LIMITS, **app_options):
+  """(Retriever, ThreadServer) of web_app.create_app(**app_options)."""
   retriever = serving.Retriever.from_checkpoint(model_dir, config=CONFIG)
   return retriever, ThreadServer(
-    web_app.create_app(retriever, token=token, limits=limits)
+    web_app.create_app(retriever, token=token, limits=limits, **app_options)
   )
 
 
@@ -82,13 +83,24 @@ def model_dir(run_template, tmp_path):
   return run_helpers.copy_run(run_template, tmp_path / "run")
 
 
-@pytest.fixture()
-def service(model_dir):
-  retriever, server = start_service(model_dir)
+def serve(model_dir, **app_options):
+  """Yields (retriever, client) of a running service, then stops it."""
+  retriever, server = start_service(model_dir, **app_options)
   with httpx.Client(base_url=server.url, timeout=60) as client:
     yield retriever, client
   server.stop()
   retriever.close()
+
+
+@pytest.fixture()
+def service(model_dir):
+  yield from serve(model_dir)
+
+
+@pytest.fixture()
+def documented_service(model_dir):
+  """The service with its OpenAPI schema and pages on (api_docs)."""
+  yield from serve(model_dir, api_docs=True)
 
 
 def found(client, query="apple river"):
@@ -208,7 +220,10 @@ def test_updates_need_the_token(service):
   wrong = {"Authorization": "Bearer wrong"}
   assert client.post("/documents", json=doc, headers=wrong).status_code == 401
   assert client.delete("/documents/doc1", headers=wrong).status_code == 401
+  assert client.get("/documents/doc1").status_code == 401
+  assert client.get("/documents/doc1", headers=wrong).status_code == 401
   assert client.post("/documents", json=doc, headers=AUTH).status_code == 200
+  assert client.get("/documents/doc1", headers=AUTH).status_code == 200
 
 
 def test_no_token_configured_disables_updates(model_dir):
@@ -219,6 +234,7 @@ def test_no_token_configured_disables_updates(model_dir):
       response = client.post("/documents", json=doc, headers=AUTH)
       assert response.status_code == 403
       assert client.delete("/documents/doc1", headers=AUTH).status_code == 403
+      assert client.get("/documents/doc1", headers=AUTH).status_code == 403
       assert client.post("/search", json={"query": "a"}).status_code == 200
   finally:
     server.stop()
@@ -249,12 +265,24 @@ def test_add_find_restart_find_delete(model_dir):
       json={"documents": [{"id": "fresh", "text": "again"}]},
     )
     assert duplicate.status_code == 409
+    record = client.get("/documents/fresh", headers=AUTH).json()
   server.stop()
   retriever.close()
+  assert record["added_at"] is not None
+  assert record == {
+    "doc_id": "fresh",
+    "docids": response.json()["added"][0]["docids"],
+    "title": "Fresh news",
+    "text": "violet harbor",
+    "online": True,
+    "added_at": record["added_at"],
+  }
 
   retriever, server = start_service(model_dir)
   with httpx.Client(base_url=server.url, timeout=60) as client:
     assert "fresh" in found(client)
+    # What the index holds survives the restart, the time of adding too.
+    assert client.get("/documents/fresh", headers=AUTH).json() == record
     hit = [
       h
       for h in client.post(
@@ -265,6 +293,7 @@ def test_add_find_restart_find_delete(model_dir):
     assert hit["title"] == "Fresh news"
     assert client.delete("/documents/fresh", headers=AUTH).status_code == 200
     assert client.delete("/documents/fresh", headers=AUTH).status_code == 404
+    assert client.get("/documents/fresh", headers=AUTH).status_code == 404
     for query in ("violet harbor", "apple", "fresh"):
       assert "fresh" not in found(client, query)
   server.stop()
@@ -383,10 +412,10 @@ def test_shutdown_finishes_in_flight_search_and_update(model_dir):
 # ---------------------------------------------------------------- fuzzing
 
 
-def test_fuzzed_requests_never_get_a_5xx(service):
+def test_fuzzed_requests_never_get_a_5xx(documented_service):
   import schemathesis  # pylint: disable=g-import-not-at-top
 
-  retriever, client = service
+  retriever, client = documented_service
   url = str(client.base_url)
   schema = schemathesis.openapi.from_url(url + "/openapi.json")
   fuzzed = []
@@ -426,6 +455,7 @@ def test_fuzzed_requests_never_get_a_5xx(service):
     "POST /search/batch",
     "POST /documents",
     "DELETE /documents/{doc_id}",
+    "GET /documents/{doc_id}",
   } <= labels, fuzzed
   assert sum(mode == "negative" for _, mode in fuzzed) >= 4, fuzzed
   # The worker is alive and the index on disk is intact and current.

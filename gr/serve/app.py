@@ -4,8 +4,11 @@
   POST   /search            {"query": str, "k": int} -> {"query", "hits"}
   POST   /search/batch      {"queries": [str], "k": int} -> {"results"}
   POST   /documents         {"documents": [{"id", "title", "text"}]}  (token)
+  GET    /documents/{id}    -> {"doc_id", "docids", "title", "text",
+                                "online", "added_at"}                 (token)
   DELETE /documents/{id}                                              (token)
   GET    /healthz, /metrics (Prometheus text format)
+  GET    /docs, /redoc, /openapi.json   only with create_app(api_docs=True)
 
 Ids: one rule at add and in /documents/{id}: 1 to max_doc_id_chars of
 valid Unicode with some non-space character, and not "." or ".." (URLs
@@ -19,8 +22,12 @@ the best of matched_docids, the document's docids that the search found
 (several with multi-docids), best first. Searches go through a
 `gr.serve.microbatch.MicroBatcher`, so concurrent requests share device batches.
 
-Guards: the mutating endpoints need `Authorization: Bearer <token>`,
-compared in constant time; with no token configured they answer 403.
+Guards: the document endpoints (reads too) need `Authorization: Bearer
+<token>`, compared in constant time; with no token configured they answer
+403. A body must arrive whole within Limits.body_timeout_s of its headers
+(else 408 and the connection is closed). Every answer says nosniff, DENY
+to framing and no referrer; the page's content policy allows its own
+script and style by hash (gr/serve/page.py), every other answer's nothing.
 Every input has a limit (`Limits`) and a 4xx answer: 413 for bodies over
 max_body_bytes, 422 for invalid JSON, wrong types (NaN and Infinity, which
 Python's JSON parser reads as floats, included), empty, whitespace-only,
@@ -65,6 +72,7 @@ class Limits:
   max_documents: int = 64
   max_text_chars: int = 100_000
   max_doc_id_chars: int = 256
+  body_timeout_s: float = 10.0  # for the whole body, after the headers
 
 
 def is_loopback(host: str) -> bool:
@@ -167,6 +175,17 @@ class BatchSearchResponse(pydantic.BaseModel):
 class AddedDocument(pydantic.BaseModel):
   doc_id: str
   docids: list[str]
+
+
+class DocumentRecord(pydantic.BaseModel):
+  """GET /documents/{id}: what the index holds (`serving.StoredDocument`)."""
+
+  doc_id: str
+  docids: list[str]
+  title: Optional[str]
+  text: Optional[str]
+  online: bool
+  added_at: Optional[str]
 
 
 class IndexState(pydantic.BaseModel):
@@ -314,15 +333,22 @@ def _install_error_handlers(app: fastapi.FastAPI) -> None:
     )
 
 
-class BodyLimit:
-  """ASGI middleware: 413 for request bodies over `max_bytes`.
+class _BodyTooLarge(Exception):
+  """A streamed body passed the limit."""
 
-  Checks Content-Length up front, and counts streamed (chunked) bodies as
-  they are read.
+
+class RequestBody:
+  """ASGI middleware: each request body read whole, in bounds, before the app.
+
+  413 for a body over `max_bytes` (by its Content-Length, or counted as it
+  streams); 408 when it has not all arrived `timeout_s` after the request
+  started (a Content-Length larger than what the client sends would hold
+  the connection open for good). Both close the connection: the rest of
+  the body is never read. The app then reads the buffered body.
   """
 
-  def __init__(self, app, max_bytes: int):
-    self.app, self.max_bytes = app, max_bytes
+  def __init__(self, app, max_bytes: int, timeout_s: float):
+    self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
   async def __call__(self, scope, receive, send):
     if scope["type"] != "http":
@@ -331,27 +357,89 @@ class BodyLimit:
     if declared is not None and (
       not declared.isdigit() or int(declared) > self.max_bytes
     ):
-      return await self._too_large(scope, receive, send)
-    received = 0
+      return await self._refuse(413, self._too_large(), scope, receive, send)
+    try:
+      async with asyncio.timeout(self.timeout_s):
+        body = await self._read(receive)
+    except TimeoutError:
+      message = f"request body not received within {self.timeout_s:g} s"
+      return await self._refuse(408, message, scope, receive, send)
+    except _BodyTooLarge:
+      return await self._refuse(413, self._too_large(), scope, receive, send)
+    if body is not None:  # None: the client went away
+      await self.app(scope, _replay(body, receive), send)
 
-    async def counted_receive():
-      nonlocal received
+  async def _read(self, receive) -> Optional[bytes]:
+    """The whole body; None if the client disconnects first."""
+    chunks, size = [], 0
+    while True:
       message = await receive()
-      received += len(message.get("body", b""))
-      if received > self.max_bytes:
-        raise fastapi.HTTPException(413, self._message())
-      return message
+      if message["type"] == "http.disconnect":
+        return None
+      chunks.append(message.get("body", b""))
+      size += len(chunks[-1])
+      if size > self.max_bytes:
+        raise _BodyTooLarge()
+      if not message.get("more_body", False):
+        return b"".join(chunks)
 
-    return await self.app(scope, counted_receive, send)
-
-  def _message(self) -> str:
+  def _too_large(self) -> str:
     return f"request body is larger than {self.max_bytes} bytes"
 
-  async def _too_large(self, scope, receive, send):
-    response = fastapi.responses.JSONResponse(
-      {"detail": self._message()}, status_code=413
+  async def _refuse(self, status, message, scope, receive, send):
+    response = AsciiJSONResponse(
+      {"detail": message}, status_code=status, headers={"Connection": "close"}
     )
     await response(scope, receive, send)
+
+
+def _replay(body: bytes, receive):
+  """An ASGI receive that gives `body` once, then waits on `receive` (for
+  the client's disconnect)."""
+  pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+  async def replayed():
+    return pending.pop() if pending else await receive()
+
+  return replayed
+
+
+# Every response: no MIME sniffing, no framing, no referrer; and, unless
+# the response sets its own (the page), a policy that loads nothing.
+SECURITY_HEADERS = (
+  (b"x-content-type-options", b"nosniff"),
+  (b"x-frame-options", b"DENY"),
+  (b"referrer-policy", b"no-referrer"),
+  (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+)
+
+
+class SecurityHeaders:
+  """ASGI middleware: adds SECURITY_HEADERS a response does not set
+  itself, except the content policy on `exempt` paths (the API docs,
+  which load their scripts from a CDN)."""
+
+  def __init__(self, app, exempt: Sequence[str] = ()):
+    self.app, self.exempt = app, frozenset(exempt)
+
+  async def __call__(self, scope, receive, send):
+    if scope["type"] != "http":
+      return await self.app(scope, receive, send)
+    defaults = [
+      (name, value)
+      for name, value in SECURITY_HEADERS
+      if name != b"content-security-policy" or scope["path"] not in self.exempt
+    ]
+
+    async def secured_send(message):
+      if message["type"] == "http.response.start":
+        headers = list(message.get("headers", []))
+        present = {name.lower() for name, _ in headers}
+        headers += [(n, v) for n, v in defaults if n not in present]
+        message = {**message, "headers": headers}
+      await send(message)
+
+    await self.app(scope, receive, secured_send)
 
 
 class Metrics:
@@ -476,16 +564,24 @@ def _bearer_guard(token: Optional[str]):
   return guard
 
 
+API_DOCS = ("/docs", "/docs/oauth2-redirect", "/redoc")
+
+
 def create_app(
   retriever: serving.Retriever,
   *,
   token: Optional[str] = None,
   limits: Limits = Limits(),
+  api_docs: bool = False,
 ) -> fastapi.FastAPI:
   """The service around `retriever`. Start-up compiles every bucket.
 
   Shutdown (lifespan end, after uvicorn let in-flight requests finish)
   answers queued searches, then waits for any update being persisted.
+
+  Args:
+    api_docs: serve the OpenAPI schema (/openapi.json) and its pages
+      (/docs, /redoc; they load their scripts from a CDN); off by default.
   """
   metrics = Metrics()
   metrics.observe_index(retriever)
@@ -505,15 +601,21 @@ def create_app(
     await asyncio.to_thread(retriever.wait_for_updates)
 
   app = fastapi.FastAPI(
-    title="gr docid decoding service", version="1", lifespan=lifespan
+    title="gr docid decoding service",
+    version="1",
+    lifespan=lifespan,
+    openapi_url="/openapi.json" if api_docs else None,
+    docs_url=API_DOCS[0] if api_docs else None,
+    redoc_url=API_DOCS[2] if api_docs else None,
   )
   _install_error_handlers(app)
-  app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
-  app.add_middleware(RequestMetrics, metrics=metrics)
-  search_request, batch_request, add_request = request_models(
-    limits, retriever.max_k, retriever.max_batch
+  app.add_middleware(
+    RequestBody,
+    max_bytes=limits.max_body_bytes,
+    timeout_s=limits.body_timeout_s,
   )
-  guard = fastapi.Depends(_bearer_guard(token))
+  app.add_middleware(RequestMetrics, metrics=metrics)
+  app.add_middleware(SecurityHeaders, exempt=API_DOCS if api_docs else ())
 
   async def hits_of(queries: list[str], k: int) -> list[list[serving.Hit]]:
     try:
@@ -522,11 +624,24 @@ def create_app(
       raise fastapi.HTTPException(503, str(e)) from e
     return await asyncio.wrap_future(future)
 
+  search_request, batch_request, add_request = request_models(
+    limits, retriever.max_k, retriever.max_batch
+  )
+  _search_routes(app, hits_of, search_request, batch_request)
+  guard = fastapi.Depends(_bearer_guard(token))
+  _document_routes(app, retriever, guard, add_request, limits, metrics)
+  _status_routes(app, retriever, metrics)
+  return app
+
+
+def _search_routes(app, hits_of, search_request, batch_request) -> None:
+  """The page, /search and /search/batch; `hits_of(queries, k)` searches."""
+
   @app.get(
     "/", response_class=fastapi.responses.HTMLResponse, include_in_schema=False
   )
   async def search_page():
-    return page.PAGE_HTML
+    return fastapi.responses.HTMLResponse(page.PAGE_HTML, headers=page.HEADERS)
 
   @app.post("/search", response_model=SearchResponse)
   async def search(request: search_request):
@@ -538,6 +653,19 @@ def create_app(
     hits = await hits_of(request.queries, request.k)
     results = [_search_result(q, h) for q, h in zip(request.queries, hits)]
     return _json_response({"results": results})
+
+
+def _document_routes(
+  app,
+  retriever: serving.Retriever,
+  guard,
+  add_request,
+  limits: Limits,
+  metrics: Metrics,
+) -> None:
+  """POST /documents (body `add_request`), GET and DELETE /documents/{id},
+  all behind `guard`."""
+  doc_id_in_path = Annotated[_doc_id(limits.max_doc_id_chars), fastapi.Path()]
 
   @app.post(
     "/documents",
@@ -562,15 +690,26 @@ def create_app(
       index_version=retriever.index_version,
     )
 
+  @app.get(
+    "/documents/{doc_id:doc_id}",
+    response_model=DocumentRecord,
+    dependencies=[guard],
+    responses={401: {}, 403: {}, 404: {}},
+  )
+  def get_document(doc_id: doc_id_in_path):
+    try:
+      stored = retriever.document(doc_id)
+    except serving.UnknownDocument as e:
+      raise fastapi.HTTPException(404, str(e)) from e
+    return DocumentRecord(**dataclasses.asdict(stored))
+
   @app.delete(
     "/documents/{doc_id:doc_id}",
     response_model=DeleteDocumentResponse,
     dependencies=[guard],
     responses={401: {}, 403: {}, 404: {}},
   )
-  def delete_document(
-    doc_id: Annotated[_doc_id(limits.max_doc_id_chars), fastapi.Path()],
-  ):
+  def delete_document(doc_id: doc_id_in_path):
     try:
       retriever.delete_document(doc_id)
     except serving.UnknownDocument as e:
@@ -581,6 +720,10 @@ def create_app(
       documents=retriever.num_docs,
       index_version=retriever.index_version,
     )
+
+
+def _status_routes(app, retriever: serving.Retriever, metrics: Metrics) -> None:
+  """/healthz and /metrics."""
 
   @app.get("/healthz", response_model=Health)
   async def healthz():
@@ -597,5 +740,3 @@ def create_app(
       prometheus_client.generate_latest(metrics.registry),
       media_type=prometheus_client.CONTENT_TYPE_LATEST,
     )
-
-  return app

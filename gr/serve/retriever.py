@@ -41,6 +41,7 @@ milliseconds) into one `Retriever.retrieve` call on a worker thread.
 """
 
 import dataclasses
+import datetime
 import functools
 import logging
 import os
@@ -148,6 +149,34 @@ class Hit:
   matched_docids: tuple[str, ...] = ()
 
 
+@dataclasses.dataclass(frozen=True)
+class StoredDocument:
+  """What the index holds for one doc_id.
+
+  text: None for a trained document whose corpus is not at hand.
+  added_at: when it was added online (ISO 8601, UTC); None if trained.
+  """
+
+  doc_id: str
+  docids: tuple[str, ...]
+  title: Optional[str]
+  text: Optional[str]
+  online: bool
+  added_at: Optional[str] = None
+
+
+ADDED_AT = "added_at"  # the online documents log's field: when, ISO 8601
+
+
+def _stamped(document: beir.Document, now: str) -> beir.Document:
+  """`document` with its time of adding in its metadata (kept if set)."""
+  if ADDED_AT in document.metadata:
+    return document
+  return dataclasses.replace(
+    document, metadata={**document.metadata, ADDED_AT: now}
+  )
+
+
 # ------------------------------------------------------------ retriever --
 
 
@@ -229,6 +258,7 @@ class Retriever:
     config: ServingConfig = ServingConfig(),
     index_dir: Optional[str] = None,
     titles: Optional[Mapping[str, str]] = None,
+    corpus: Optional[served_run.CorpusFile] = None,
     online_documents: Optional[Mapping[str, beir.Document]] = None,
     online_rows: Optional[Mapping[str, np.ndarray]] = None,
     checkpoint_step: Optional[int] = None,
@@ -236,6 +266,7 @@ class Retriever:
   ):
     """Serves `index` with `model`; updates persist under `index_dir`.
 
+    corpus: where trained documents are read back (`document`).
     online_documents, online_rows: what the online logs of `index_dir`
     hold (kept to rewrite them when the index compacts).
     """
@@ -245,7 +276,7 @@ class Retriever:
     self.model, self.config = model, config
     self.input_length, self.index_dir = input_length, index_dir
     self.checkpoint_step = checkpoint_step
-    self.titles = dict(titles or {})
+    self.titles, self.corpus = dict(titles or {}), corpus
     self.online_documents = dict(online_documents or {})
     self._online_rows = dict(online_rows or {})
     self.titles.update(
@@ -319,6 +350,7 @@ class Retriever:
       config=config,
       index_dir=run.index_dir,
       titles=run.titles,
+      corpus=run.corpus,
       online_documents=run.online_documents,
       online_rows=run.online_rows,
       checkpoint_step=run.step,
@@ -456,6 +488,27 @@ class Retriever:
         break
     return hits
 
+  def document(self, doc_id: str) -> StoredDocument:
+    """What the index holds for `doc_id`: its docids, title and text, and
+    when it was added online.
+
+    Raises:
+      UnknownDocument: `doc_id` is not indexed.
+    """
+    docids = self._live.index.table.docids_of.get(doc_id)
+    if docids is None:
+      raise UnknownDocument(f"no document {doc_id!r} in the index")
+    online = self.online_documents.get(doc_id)
+    stored = online or (self.corpus.get(doc_id) if self.corpus else None)
+    return StoredDocument(
+      doc_id,
+      tuple(docids),
+      stored.title if stored else self.titles.get(doc_id),
+      stored.text if stored else None,
+      online=online is not None,
+      added_at=online.metadata.get(ADDED_AT) if online else None,
+    )
+
   # -- online updates --
 
   def add_documents(
@@ -476,7 +529,8 @@ class Retriever:
         docids: the model is not retrained online), or is longer than the
         compiled decode length, or cannot be encoded.
     """
-    new_docs = {doc.doc_id: doc for doc in documents}
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    new_docs = {doc.doc_id: _stamped(doc, now) for doc in documents}
     if len(new_docs) != len(documents):
       raise DocumentConflict("a doc_id appears twice in the request")
     with self._update_lock:

@@ -347,6 +347,52 @@ def restore_online_rows(
   )
 
 
+# ------------------------------------------------------ trained documents --
+
+
+class CorpusFile:
+  """The run's corpus.jsonl, read back one document at a time: the byte
+  offset of each document's line is kept, not its text."""
+
+  def __init__(self, path: str, offsets: Mapping[str, int]):
+    self.path, self._offsets = path, dict(offsets)
+
+  @classmethod
+  def scan(cls, path: str) -> tuple["CorpusFile", dict[str, str]]:
+    """One pass over `path`: the file and doc_id -> title.
+
+    Raises:
+      beir.BeirFormatError: a line is not a BEIR record, or an _id repeats.
+    """
+    offsets, titles, offset = {}, {}, 0
+    with open(path, "rb") as f:
+      for line_no, raw in enumerate(f, start=1):
+        if raw.strip():
+          doc = beir._parse_document(path, line_no, raw.rstrip(b"\r\n"))  # pylint: disable=protected-access
+          if doc.doc_id in offsets:
+            raise beir.BeirFormatError(
+              path, line_no, f"duplicate _id {doc.doc_id!r}"
+            )
+          offsets[doc.doc_id], titles[doc.doc_id] = offset, doc.title
+        offset += len(raw)
+    return cls(path, offsets), titles
+
+  def get(self, doc_id: str) -> Optional[beir.Document]:
+    """`doc_id`'s document; None if the corpus has none (or no longer has
+    it at its offset: the file changed since the scan)."""
+    offset = self._offsets.get(doc_id)
+    if offset is None:
+      return None
+    try:
+      with open(self.path, "rb") as f:
+        f.seek(offset)
+        raw = f.readline().rstrip(b"\r\n")
+      doc = beir._parse_document(self.path, 0, raw)  # pylint: disable=protected-access
+    except (OSError, beir.BeirFormatError):
+      return None
+    return doc if doc.doc_id == doc_id else None
+
+
 def hold_lock(index_dir: str):
   """An open file holding an exclusive flock on the index dir's lock file."""
   handle = open(os.path.join(index_dir, LOCK_FILE), "a")
@@ -371,6 +417,7 @@ class ServedRun:
     online_documents: documents added online that the index still has.
     online_rows: docid token -> row [D] from the online rows log.
     titles: doc_id -> title, from the run's corpus (if found).
+    corpus: the run's corpus, to read trained documents back (if found).
   """
 
   model: models.EncoderDecoderModel
@@ -380,6 +427,7 @@ class ServedRun:
   index_dir: str
   step: int
   titles: Mapping[str, str]
+  corpus: Optional[CorpusFile]
   online_documents: Mapping[str, beir.Document]
   online_rows: Mapping[str, np.ndarray]
 
@@ -397,7 +445,8 @@ def load_run(
     checkpoint_dir: the orbax model_dir (e.g. workdir/model).
     index_dir: served (mutable) index; default: <checkpoint_dir>/../index.
     step: checkpoint step; the latest if None.
-    corpus_path: BEIR corpus.jsonl to take titles from; default: the one
+    corpus_path: BEIR corpus.jsonl to take titles (and trained documents,
+      read back by id) from; default: the one
       model_config.json names, if it exists.
 
   Raises:
@@ -422,10 +471,10 @@ def load_run(
     online,
     input_length=run.input_length,
   )
-  titles = {}
+  corpus, titles = None, {}
   corpus_path = corpus_path or run.corpus_path
   if corpus_path and os.path.exists(corpus_path):
-    titles = {doc.doc_id: doc.title for doc in beir.iter_corpus(corpus_path)}
+    corpus, titles = CorpusFile.scan(corpus_path)
   return ServedRun(
     model=model,
     params=params,
@@ -434,6 +483,7 @@ def load_run(
     index_dir=index_dir,
     step=step,
     titles=titles,
+    corpus=corpus,
     online_documents=online,
     online_rows=read_online_rows(index_dir),
   )

@@ -243,3 +243,71 @@ def test_crash_between_updates_reloads_to_a_fresh_build(
   hits = again.retrieve(["river stone"], k=config.max_k)[0]
   assert {h.doc_id for h in hits} == set(fresh_table.docids_of)
   again.close()
+
+
+# ------------------------------------------ the live trie, no restart --
+
+
+def _in_memory_retriever(run_template, config=run_helpers.CONFIG):
+  """A Retriever of the template's checkpoint whose index is not on disk
+  (every trie edit stays live: nothing reloads the table)."""
+  model, params, trained, run, _ = serving.load_checkpoint(
+    os.path.join(run_template, "model")
+  )
+  return serving.Retriever(
+    model, params, trained, input_length=run.input_length, config=config
+  )
+
+
+def _fresh_build(retriever):
+  """A Retriever built whole from `retriever`'s current table."""
+  return serving.Retriever(
+    retriever.model,
+    retriever.params,
+    retriever.index,
+    input_length=retriever.input_length,
+    config=retriever.config,
+  )
+
+
+def test_live_trie_equals_a_fresh_build_after_adds_and_deletes(run_template):
+  """40 seeded adds (re-adds of deleted ids among them) and deletes of
+  trained and added documents, with no restart: the live trie holds
+  exactly a fresh build's (docid tokens, doc_id) pairs, and the device
+  arrays the search reads equal the host trie."""
+  served = _in_memory_retriever(run_template)
+  rng = np.random.default_rng(22)
+  deleted = []
+  for step in range(40):
+    live = sorted(served.index.table.docids_of)
+    if rng.random() < 0.5 or len(live) < 4:
+      names = [f"o{step}_{i}" for i in range(rng.integers(1, 4))]
+      if deleted and rng.random() < 0.3:
+        names.append(deleted.pop())  # an id back after its delete
+      served.add_documents(list(docs(names).values()))
+    else:
+      victim = str(rng.choice(live))
+      served.delete_document(victim)
+      deleted.append(victim)
+    if step % 10 == 9:
+      assert _trie_items(served) == _trie_items(_fresh_build(served)), step
+      arrays = served._live.trie_arrays  # pylint: disable=protected-access
+      for name, host in served._trie.to_numpy().items():  # pylint: disable=protected-access
+        np.testing.assert_array_equal(np.asarray(getattr(arrays, name)), host)
+  assert {d for _, d in _trie_items(served)} == set(served.index.doc_ids)
+
+
+def test_a_full_beam_returns_k_hits_after_a_delete(run_template):
+  """N documents, beam = k = N - 1: after deleting the first hit, the N - 1
+  left fill the beam exactly, so all come back. A docid left in the trie
+  by the delete would take a beam place and return N - 2."""
+  n = len(_in_memory_retriever(run_template).index.doc_ids)
+  config = serving.ServingConfig(max_k=n - 1, beam_size=n - 1, buckets=(1,))
+  served = _in_memory_retriever(run_template, config)
+  query = ["river stone"]
+  before = served.retrieve(query, n - 1)[0]
+  assert len(before) == n - 1
+  served.delete_document(before[0].doc_id)
+  after = served.retrieve(query, n - 1)[0]
+  assert len(after) == n - 1
+  assert {h.doc_id for h in after} == set(served.index.doc_ids)

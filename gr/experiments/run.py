@@ -375,7 +375,17 @@ def choose_lexical_weight(
 
 def held_out_queries(data_dir, query_sets, split: str, max_docs: int) -> dict:
   """{query set name: (queries, qrels of `split`)} where the split exists."""
-  found = {}
+  return {
+    query_set.name: (dataset.queries, dataset.qrels[split])
+    for query_set, dataset in query_set_data(
+      data_dir, query_sets, split, max_docs
+    )
+  }
+
+
+def query_set_data(data_dir, query_sets, split: str, max_docs: int):
+  """Yields (query set, its BeirDataset) for each query set whose file is
+  in `data_dir` and that has `split` qrels."""
   for query_set in query_sets:
     if not os.path.exists(os.path.join(data_dir, query_set.queries_file)):
       continue
@@ -388,8 +398,7 @@ def held_out_queries(data_dir, query_sets, split: str, max_docs: int) -> dict:
       max_docs,
     )
     if dataset.qrels.get(split):
-      found[query_set.name] = (dataset.queries, dataset.qrels[split])
-  return found
+      yield query_set, dataset
 
 
 @dataclasses.dataclass
@@ -476,19 +485,9 @@ def evaluate(
 ) -> dict:
   """Metrics for each query set that exists in `data_dir`."""
   results = {}
-  for query_set in query_sets:
-    if not os.path.exists(os.path.join(data_dir, query_set.queries_file)):
-      continue
-    dataset = subset(
-      beir.BeirDataset.load(
-        data_dir,
-        queries_file=query_set.queries_file,
-        qrels_dir=query_set.qrels_dir,
-      ),
-      max_docs,
-    )
-    if split not in dataset.qrels:
-      continue
+  for query_set, dataset in query_set_data(
+    data_dir, query_sets, split, max_docs
+  ):
     results[f"{query_set.name}/{split}"] = evaluation.evaluate_query_set(
       searcher,
       dataset.corpus,

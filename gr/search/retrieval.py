@@ -93,12 +93,13 @@ def make_search_fn(
   model: models.EncoderDecoderModel,
   config: SearchConfig,
   mesh: Optional[Mesh] = None,
+  with_plan: bool = False,
 ):
-  """Jitted (params, encoder_tokens [B, Li], trie_arrays, plan=None) ->
-  RankedDocuments.
+  """Jitted (params, encoder_tokens [B, Li], trie_arrays) -> RankedDocuments;
+  with_plan: (params, encoder_tokens, trie_arrays, plan).
 
-  plan: an optional `plan_lib.LexicalPlan` (data: its weight and term sets
-  change without recompiling): each docid then scores its log-prob plus
+  plan: a `plan_lib.LexicalPlan` (data: its weight and term sets change
+  without recompiling): each docid then scores its log-prob plus
   plan.weight * its document's lexical score, the plan guiding the beams
   by look-ahead bonuses (gr/decode/plan.py).
 
@@ -142,10 +143,13 @@ def make_search_fn(
       ),
     )
 
+  specs = (param_specs(model, mesh), BATCH, REPLICATED)
+  if with_plan:
+    return partitioning.jit_on_mesh(search, mesh, specs + (REPLICATED,), BATCH)
   return partitioning.jit_on_mesh(
-    search,
+    lambda params, tokens, trie: search(params, tokens, trie),
     mesh,
-    (param_specs(model, mesh), BATCH, REPLICATED, REPLICATED),
+    specs,
     BATCH,
   )
 
@@ -202,6 +206,9 @@ class Searcher:
     self.trie = index.build_trie()
     self.refresh_trie()
     self._search = make_search_fn(model, self.config, mesh)
+    self._planned_search = make_search_fn(
+      model, self.config, mesh, with_plan=True
+    )  # compiled on first use
     self._lexical_search = make_lexical_search_fn(self.config.top_k, mesh)
     self.term_sets = term_sets
     self._plan_of_index = None
@@ -271,7 +278,12 @@ class Searcher:
     """[batch_size, Li] -> (documents, scores) [batch_size, top_k]."""
     if self.plan is not None and np.isinf(self.lexical_weight):
       return self._lexical_search(self.plan, tokens)
-    found = self._search(self.params, tokens, self.trie_arrays, self.plan)
+    if self.plan is None:
+      found = self._search(self.params, tokens, self.trie_arrays)
+    else:
+      found = self._planned_search(
+        self.params, tokens, self.trie_arrays, self.plan
+      )
     return found.documents, found.scores
 
   def search(self, texts: Sequence[str]) -> list[Ranking]:

@@ -515,3 +515,26 @@ def test_the_plan_bias_transform_runs_under_the_training_transfer_guard(
   planned.lexical_weight = np.inf  # no finite plan: no bias
   assert experiment.plan_bias_transform(planned, None) is None
   planned.lexical_weight = 2.0
+
+
+def test_the_z_loss_ignores_the_first_token_bias(searcher):
+  model, params = searcher.model, searcher.params
+  targets = batching.pad_sequences(searcher.index.docid_sequences()[0][:2], 8)
+  batch = {
+    "encoder_input_tokens": vocab_lib.encode_texts(
+      searcher.index.vocab, ["river"] * 2, 16
+    ),
+    "decoder_target_tokens": targets,
+    "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+    "decoder_loss_weights": (targets > 0).astype(np.int32),
+  }
+  bias = np.full((2, model.config.vocab_size), 50.0, np.float32)
+  _, plain = model.loss_fn(params, batch, None)
+  _, shifted = model.loss_fn(
+    params, {**batch, "decoder_first_bias": bias}, None
+  )
+  # A constant bias changes no probability, and the model's logZ is kept.
+  np.testing.assert_allclose(shifted["z_loss"], plain["z_loss"], rtol=1e-5)
+  np.testing.assert_allclose(
+    shifted["cross_entropy"], plain["cross_entropy"], rtol=1e-4
+  )

@@ -228,8 +228,10 @@ class EncoderDecoderModel:
     `decoder_loss_weights`. Dropout is on iff `dropout_rng` is given.
 
     An optional batch['decoder_first_bias'] [B, V] is added to the first
-    position's logits: a plan's bonus (gr/decode/plan.py), so the model
-    learns on top of the plan rather than alone.
+    position's logits for the cross-entropy: a plan's bonus
+    (gr/decode/plan.py), so the model learns on top of the plan rather
+    than alone. The z-loss keeps the model's own normaliser (the bonus,
+    up to beta times a BM25 score, would otherwise dominate it).
 
     Returns:
       (loss, metrics) with metrics 'loss', 'cross_entropy' and 'z_loss'
@@ -237,14 +239,17 @@ class EncoderDecoderModel:
       'num_tokens' (sum of weights).
     """
     logits = self.logits(params, batch, dropout_rng)
-    if 'decoder_first_bias' in batch:
-      bias = batch['decoder_first_bias'].astype(logits.dtype)
-      logits = logits.at[:, 0].add(bias)
     targets = batch['decoder_target_tokens']
     weights = batch['decoder_loss_weights'].astype(jnp.float32)
     xent, z_term = cross_entropy_with_z_loss(
       logits, targets, z_loss=z_loss, label_smoothing=label_smoothing
     )
+    if 'decoder_first_bias' in batch:  # z-loss stays on the model's logZ
+      bias = batch['decoder_first_bias'].astype(logits.dtype)
+      logits = logits.at[:, 0].add(bias)
+      xent, _ = cross_entropy_with_z_loss(
+        logits, targets, z_loss=0.0, label_smoothing=label_smoothing
+      )
     num_tokens = jnp.sum(weights)
     denominator = jnp.maximum(num_tokens, 1e-8)
     mean = lambda x: jnp.sum(x * weights) / denominator

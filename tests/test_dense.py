@@ -188,6 +188,7 @@ class _FakeSearcher:
   """Answers every query with 'cats' (a wrong document for all of QRELS)."""
 
   batch_size = 2
+  lexical_weight = 0.0  # no lexical plan
 
   def run(self, queries):
     return {q: {"cats": 1.0} for q in queries}

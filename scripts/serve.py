@@ -50,6 +50,12 @@ _BUCKETS = flags.DEFINE_list(
 _ACCESS_LOG = flags.DEFINE_bool(
   'access_log', False, 'Log every request (costs time per request).'
 )
+_API_DOCS = flags.DEFINE_bool(
+  'api_docs',
+  False,
+  'Serve /docs, /redoc and /openapi.json (Swagger UI loads its assets from '
+  'a CDN).',
+)
 _MAX_WAIT_MS = flags.DEFINE_float(
   'max_wait_ms', 2.0, 'Micro-batching wait for a fuller batch.'
 )
@@ -91,7 +97,9 @@ def main(argv):
     corpus_path=_CORPUS.value,
   )
   try:
-    service = web_app.create_app(retriever, token=read_token())
+    service = web_app.create_app(
+      retriever, token=read_token(), api_docs=_API_DOCS.value
+    )
     uvicorn.run(
       service,
       host=_HOST.value,

@@ -28,11 +28,7 @@ def _corpus(seed: int, num_docs: int = 30) -> list[list[int]]:
 
 def _scores(sets: term_sets_lib.TermSets, query: list[int]) -> np.ndarray:
   """[N] sum over each document's set of occurrences-in-query * impact."""
-  weights = np.bincount(query, minlength=len(WORDS)).astype(np.float64)
-  terms, impacts, documents = sets.flat()
-  return np.bincount(
-    documents, weights=weights[terms] * impacts, minlength=len(sets)
-  )
+  return sets.document_scores(np.bincount(query, minlength=len(WORDS)))
 
 
 @pytest.mark.parametrize("seed", [0, 1])

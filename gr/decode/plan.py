@@ -99,22 +99,14 @@ class LexicalPlan:
 
 
 def lexical_plan(
-  lexical: lexical_lib.LexicalIndex,
-  sequences,
-  documents,
-  weight: float,
-  pad_to: int = 1,
+  lexical: lexical_lib.LexicalIndex, sequences, documents, weight: float
 ) -> LexicalPlan:
   """A `LexicalPlan` of docid `sequences` (lists, each ending in EOS) of
-  `documents`; S is rounded up to a multiple of pad_to."""
-  rows = batching.pad_sequences(sequences)
-  padding = -len(rows) % max(pad_to, 1)
+  `documents` [S]."""
   return LexicalPlan(
     lexical=lexical,
-    sequences=jnp.asarray(np.pad(rows, ((0, padding), (0, 0)))),
-    documents=jnp.asarray(
-      np.pad(np.asarray(documents, np.int32), (0, padding), constant_values=-1)
-    ),
+    sequences=jnp.asarray(batching.pad_sequences(sequences)),
+    documents=jnp.asarray(np.asarray(documents, np.int32)),
     weight=jnp.asarray(weight, jnp.float32),
   )
 

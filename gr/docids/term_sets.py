@@ -22,6 +22,7 @@ V = vocabulary size the token ids index.
 """
 
 import dataclasses
+import functools
 import io
 import os
 from typing import Iterable, Optional, Sequence
@@ -117,11 +118,25 @@ class TermSets:
 
   def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The non-padding entries: (terms [P], impacts [P], documents [P])."""
+    return self._flat
+
+  @functools.cached_property
+  def _flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     documents, slots = np.nonzero(self.impacts > 0)
     return (
       self.terms[documents, slots],
       self.impacts[documents, slots],
       documents.astype(np.int32),
+    )
+
+  def document_scores(self, weights: np.ndarray) -> np.ndarray:
+    """[N] each document's sum over its set of weights[term] * impact, for
+    query term weights [V] (numpy, float64)."""
+    terms, impacts, documents = self.flat()
+    return np.bincount(
+      documents,
+      weights=np.asarray(weights, np.float64)[terms] * impacts,
+      minlength=len(self),
     )
 
   def save(self, directory: str) -> str:

@@ -379,12 +379,8 @@ def exact_lexical_scores(
   numpy (the oracle of `plan_lib.LexicalPlan.document_scores`)."""
   mask = lexicon.term_mask(vocab)
   query = np.asarray(query)
-  weights = np.bincount(query[mask[query]], minlength=len(mask)).astype(
-    np.float64
-  )
-  terms, impacts, documents = term_sets.flat()
-  return np.bincount(
-    documents, weights=weights[terms] * impacts, minlength=len(term_sets)
+  return term_sets.document_scores(
+    np.bincount(query[mask[query]], minlength=len(mask))
   )
 
 

@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import gin
 import jax
+import numpy as np
 
 from gr.search import dense
 from gr import atomic_io
@@ -328,8 +329,7 @@ def plan_bias_transform(
   the searcher's plan bonus of each first token for the batch's inputs
   (models.EncoderDecoderModel.loss_fn adds it). `inner` alone when the
   searcher has no finite plan (weight 0 or inf)."""
-  weight = searcher.lexical_weight
-  if searcher.plan is None or not weight < float("inf"):
+  if searcher.plan is None or np.isinf(searcher.lexical_weight):
     return inner
   plan, arrays = searcher.plan, searcher.trie_arrays
   vocab_size = searcher.model.config.vocab_size
@@ -355,7 +355,7 @@ def choose_lexical_weight(
 ) -> dict:
   """Sets the searcher's lexical weight to the candidate best on `split`
   of every query set that has it (else on their train queries); returns
-  {"split", "chosen", "mrr@10": {weight: mean MRR@10}}."""
+  {"split", "chosen", "MRR@10": {weight: mean MRR@10}}."""
   held_out = held_out_queries(data_dir, query_sets, split, max_docs)
   if not held_out:
     split = "train"

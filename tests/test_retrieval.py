@@ -479,18 +479,25 @@ def test_first_token_bias_is_the_best_plan_score_beneath_each_token(planned):
     assert row.max() > 0
 
 
-def test_the_loss_learns_on_top_of_a_first_token_bias(searcher):
-  model, params = searcher.model, searcher.params
-  sequences, _ = searcher.index.docid_sequences()
-  targets = batching.pad_sequences(sequences[:4], 8)
-  batch = {
+def _training_batch(searcher, size: int) -> dict:
+  """A teacher-forced batch: query "river" to the first `size` docids."""
+  targets = batching.pad_sequences(
+    searcher.index.docid_sequences()[0][:size], 8
+  )
+  return {
     "encoder_input_tokens": vocab_lib.encode_texts(
-      searcher.index.vocab, ["river"] * 4, 16
+      searcher.index.vocab, ["river"] * size, 16
     ),
     "decoder_target_tokens": targets,
     "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
     "decoder_loss_weights": (targets > 0).astype(np.int32),
   }
+
+
+def test_the_loss_learns_on_top_of_a_first_token_bias(searcher):
+  model, params = searcher.model, searcher.params
+  batch = _training_batch(searcher, 4)
+  targets = batch["decoder_target_tokens"]
   plain, _ = model.loss_fn(params, batch, None)
   bias = np.zeros((4, model.config.vocab_size), np.float32)
   bias[np.arange(4), targets[:, 0]] = 30.0  # the plan already knows
@@ -519,15 +526,7 @@ def test_the_plan_bias_transform_runs_under_the_training_transfer_guard(
 
 def test_the_z_loss_ignores_the_first_token_bias(searcher):
   model, params = searcher.model, searcher.params
-  targets = batching.pad_sequences(searcher.index.docid_sequences()[0][:2], 8)
-  batch = {
-    "encoder_input_tokens": vocab_lib.encode_texts(
-      searcher.index.vocab, ["river"] * 2, 16
-    ),
-    "decoder_target_tokens": targets,
-    "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
-    "decoder_loss_weights": (targets > 0).astype(np.int32),
-  }
+  batch = _training_batch(searcher, 2)
   bias = np.full((2, model.config.vocab_size), 50.0, np.float32)
   _, plain = model.loss_fn(params, batch, None)
   _, shifted = model.loss_fn(

@@ -172,7 +172,8 @@ def make_search(model, beam, max_len, variant):
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from gr.decode import decoding  # pylint: disable=g-import-not-at-top
+  from gr.decode import beam_search as beam_lib  # pylint: disable=g-import-not-at-top
+  from gr.decode import constraint as constraint_lib  # pylint: disable=g-import-not-at-top
   from gr.decode import model_decoder  # pylint: disable=g-import-not-at-top
 
   assert variant in VARIANTS, variant
@@ -198,10 +199,10 @@ def make_search(model, beam, max_len, variant):
       return logits.at[:, EOS].set(-jnp.inf), cache
 
     if variant == 'none':
-      return decoding.beam_search(
+      return beam_lib.beam_search(
         tokens_to_logits, cache, batch, beam_size=beam, max_decode_len=max_len
       )[1]
-    return decoding.constrained_beam_search(
+    return constraint_lib.constrained_beam_search(
       step_fn,
       cache,
       batch,
@@ -595,7 +596,7 @@ def make_free_search(beam, max_len):
   constrained beam search with the free model."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from gr.decode import decoding  # pylint: disable=g-import-not-at-top
+  from gr.decode import constraint as constraint_lib  # pylint: disable=g-import-not-at-top
 
   @jax.jit
   def search(bias, table, trie_arrays):
@@ -606,7 +607,7 @@ def make_free_search(beam, max_len):
       logits = free_logits(bias[queries], table, decoder_tokens)
       return logits[:, 0], cache  # [N, 1, V] --> [N, V]
 
-    return decoding.constrained_beam_search(
+    return constraint_lib.constrained_beam_search(
       tokens_to_logits,
       jnp.zeros((), jnp.int32),
       bias.shape[0],

@@ -1,4 +1,5 @@
-"""Tests for gr/decode/decoding.py against brute-force enumeration on toy models.
+"""Tests for gr/decode/ (beam search, constraint, aggregation, oracle)
+against brute-force enumeration on toy models.
 
 The toy model is a second-order Markov chain: the logits of the next token
 depend on the previous two tokens (the older one is read from a fake decoder
@@ -15,7 +16,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from gr.decode import decoding
+from gr.decode import aggregate
+from gr.decode import beam_search as beam_lib
+from gr.decode import constraint as constraint_lib
+from gr.decode import hooks
+from gr.decode import oracle
 from gr.index.trie import DocidTrie
 
 BATCH = 2
@@ -80,7 +85,7 @@ def _as_tuples(sequences):
 
 @functools.partial(jax.jit, static_argnames=("beam_size", "top_k", "alpha"))
 def _unconstrained(table, bias, *, beam_size, top_k, alpha):
-  return decoding.beam_search(
+  return beam_lib.beam_search(
     functools.partial(_tokens_to_logits, table),
     _initial_cache(bias),
     BATCH,
@@ -93,7 +98,7 @@ def _unconstrained(table, bias, *, beam_size, top_k, alpha):
 
 @functools.partial(jax.jit, static_argnames=("beam_size", "top_k"))
 def _constrained(table, bias, arrays, *, beam_size, top_k):
-  return decoding.constrained_beam_search(
+  return constraint_lib.constrained_beam_search(
     functools.partial(_tokens_to_logits, table),
     _initial_cache(bias),
     BATCH,
@@ -123,7 +128,7 @@ def _teacher_forced(table, bias_row, targets):
   return jnp.sum(jnp.where(targets.T != 0, per_token, 0.0), axis=0)
 
 
-_rank = jax.jit(decoding.rank_documents, static_argnames="aggregation")
+_rank = jax.jit(aggregate.rank_documents, static_argnames="aggregation")
 
 docid_sets = st.lists(
   st.lists(st.integers(2, VOCAB - 1), min_size=1, max_size=MAX_LEN - 1).map(
@@ -178,7 +183,7 @@ def test_constrained_with_full_beam_is_exact_ranking(sequences, seed, data):
   )
   found = min(len(sequences), 8)
   for row in range(BATCH):
-    targets, scores, documents = decoding.exact_rank(
+    targets, scores, documents = oracle.exact_rank(
       functools.partial(_teacher_forced, table, bias[row]),
       sequences,
       values,
@@ -220,7 +225,7 @@ def test_constrained_small_beam_returns_only_trie_docids(sequences, seed):
 
 @jax.jit
 def _constrained_for_edits(table, bias, arrays):
-  return decoding.constrained_beam_search(
+  return constraint_lib.constrained_beam_search(
     functools.partial(_tokens_to_logits, table),
     _initial_cache(bias),
     BATCH,
@@ -270,7 +275,7 @@ wide_docid_sets = st.lists(
 
 @functools.partial(jax.jit, static_argnames=("dense_mask", "alpha"))
 def _wide_search(table, bias, arrays, *, dense_mask, alpha):
-  return decoding.constrained_beam_search(
+  return constraint_lib.constrained_beam_search(
     functools.partial(_tokens_to_logits, table),
     _initial_cache(bias),
     BATCH,
@@ -355,7 +360,7 @@ class _NoRepeat:
 
 @jax.jit
 def _no_repeat(table, bias):
-  return decoding.beam_search(
+  return beam_lib.beam_search(
     functools.partial(_tokens_to_logits, table),
     _initial_cache(bias),
     BATCH,
@@ -386,7 +391,7 @@ def test_rejects_bad_search_settings():
   table, bias = _toy(0, SMALL_VOCAB)
   step = functools.partial(_tokens_to_logits, table)
   with pytest.raises(ValueError, match="length_penalty_alpha"):
-    decoding.beam_search(
+    beam_lib.beam_search(
       step,
       _initial_cache(bias),
       BATCH,
@@ -395,7 +400,7 @@ def test_rejects_bad_search_settings():
       length_penalty_alpha=-1.0,
     )
   with pytest.raises(ValueError, match="beam_size"):
-    decoding.beam_search(
+    beam_lib.beam_search(
       step, _initial_cache(bias), BATCH, beam_size=0, max_decode_len=3
     )
 
@@ -411,7 +416,7 @@ def test_rank_documents_merges_multi_docids():
   np.testing.assert_allclose(np.exp(merged[0, :3]), [0.6, 0.3, 0.05], 1e-6)
   assert np.all(np.asarray(merged[0, 3:]) == -np.inf)
   with pytest.raises(ValueError, match="aggregation"):
-    decoding.rank_documents(docs, scores, aggregation="mean")
+    aggregate.rank_documents(docs, scores, aggregation="mean")
 
 
 @settings(max_examples=30, deadline=None)
@@ -456,14 +461,14 @@ def test_rank_documents_matches_dict_oracle(rows, aggregation):
 
 @jax.jit
 def _no_repeat_in_trie(table, bias, arrays):
-  return decoding.beam_search(
+  return beam_lib.beam_search(
     functools.partial(_tokens_to_logits, table),
     _initial_cache(bias),
     BATCH,
     beam_size=8,
     max_decode_len=MAX_LEN,
     logits_processor=_NoRepeat(),
-    constraint=decoding.TrieConstraint(arrays),
+    constraint=constraint_lib.TrieConstraint(arrays),
     top_k=8,
   )
 
@@ -504,7 +509,7 @@ def _document_search(
   docids_per_doc=DOCIDS_PER_DOC,
   aggregation="max",
 ):
-  return decoding.constrained_document_search(
+  return aggregate.constrained_document_search(
     functools.partial(_tokens_to_logits, table),
     _initial_cache(bias),
     BATCH,
@@ -593,7 +598,7 @@ def test_document_search_ranks_distinct_documents(
       assert np.all(np.asarray(found[len(want) :]) == 0)
       assert np.all(np.asarray(scores[len(want) :]) == -np.inf)
     if aggregation == "max" or pool >= len(sequences):
-      exact_docs, exact_scores = decoding.exact_document_rank(
+      exact_docs, exact_scores = oracle.exact_document_rank(
         functools.partial(_teacher_forced, table, bias[row]),
         sequences,
         values,
@@ -623,8 +628,8 @@ def test_document_search_with_one_docid_each_is_the_docid_search(
   np.testing.assert_array_equal(documents.documents, docids.documents)
   np.testing.assert_array_equal(documents.scores, docids.scores)
   np.testing.assert_array_equal(documents.docids[:, :, 0], docids.sequences)
-  assert decoding.document_search_sizes(5, 3, 1) == (5, 3)
-  assert decoding.document_search_sizes(5, 3, 2) == (10, 6)
+  assert aggregate.document_search_sizes(5, 3, 1) == (5, 3)
+  assert aggregate.document_search_sizes(5, 3, 2) == (10, 6)
 
 
 def test_exact_document_rank_honours_the_aggregation():
@@ -633,20 +638,18 @@ def test_exact_document_rank_honours_the_aggregation():
   sequences, values = [(2, 1), (3, 1), (4, 1), (5, 1)], [0, 1, 1, 2]
   log_probs = jnp.log(jnp.array([0, 0, 0.4, 0.3, 0.3, 0.05]))
   score_fn = lambda targets: log_probs[targets[:, 0]]
-  docs, scores = decoding.exact_document_rank(
+  docs, scores = oracle.exact_document_rank(
     score_fn, sequences, values, aggregation="max", batch_size=3
   )
   assert docs.tolist() == [0, 1, 2]
   np.testing.assert_allclose(np.exp(scores), [0.4, 0.3, 0.05], rtol=1e-6)
-  docs, scores = decoding.exact_document_rank(
+  docs, scores = oracle.exact_document_rank(
     score_fn, sequences, values, aggregation="logsumexp", batch_size=3, top_k=2
   )
   assert docs.tolist() == [1, 0]
   np.testing.assert_allclose(np.exp(scores), [0.6, 0.4], rtol=1e-6)
   with pytest.raises(ValueError, match="aggregation"):
-    decoding.exact_document_rank(
-      score_fn, sequences, values, aggregation="mean"
-    )
+    oracle.exact_document_rank(score_fn, sequences, values, aggregation="mean")
 
 
 # ------------------------------------------------- sparse output layer --
@@ -661,7 +664,7 @@ def _split_toy(table):
       return hidden
     return jnp.take_along_axis(hidden, tokens, axis=1)
 
-  return decoding.SplitDecoder(
+  return hooks.SplitDecoder(
     functools.partial(_tokens_to_logits, table), output_layer
   )
 
@@ -670,7 +673,7 @@ def _split_toy(table):
   jax.jit, static_argnames=("dense_mask", "alpha", "beam_size")
 )
 def _restricted_search(table, bias, arrays, *, dense_mask, alpha, beam_size=3):
-  return decoding.constrained_beam_search(
+  return constraint_lib.constrained_beam_search(
     _split_toy(table),
     _initial_cache(bias),
     BATCH,
@@ -796,9 +799,9 @@ def test_sparse_output_is_the_distribution_restricted_to_the_trie():
 def test_sparse_output_needs_a_split_decoder_and_a_constraint():
   table, bias = _toy(0, WIDE_VOCAB)
   arrays = _trie([(2, 1)], [0]).to_device()
-  constraint = decoding.TrieConstraint(arrays)
+  constraint = constraint_lib.TrieConstraint(arrays)
   with pytest.raises(ValueError, match="sparse_output"):
-    decoding.beam_search(
+    beam_lib.beam_search(
       functools.partial(_tokens_to_logits, table),
       _initial_cache(bias),
       BATCH,
@@ -808,7 +811,7 @@ def test_sparse_output_needs_a_split_decoder_and_a_constraint():
       sparse_output=True,
     )
   with pytest.raises(ValueError, match="sparse_output"):
-    decoding.beam_search(
+    beam_lib.beam_search(
       _split_toy(table),
       _initial_cache(bias),
       BATCH,
@@ -817,7 +820,7 @@ def test_sparse_output_needs_a_split_decoder_and_a_constraint():
       sparse_output=True,
     )
   with pytest.raises(ValueError, match="sparse_output"):
-    decoding.beam_search(
+    beam_lib.beam_search(
       _split_toy(table),
       _initial_cache(bias),
       BATCH,
@@ -852,7 +855,7 @@ def test_per_level_widths_give_the_dense_mask_beams(seed):
   arrays = trie.to_device()
   widths = arrays.level_widths
   assert widths[1] == 16 and max(widths[:1] + widths[2:]) < 16
-  constraint = decoding.TrieConstraint(arrays)
+  constraint = constraint_lib.TrieConstraint(arrays)
   states = jnp.zeros((BATCH, 3), jnp.int32)
   for depth in range(1, constraint.num_levels() + 1):
     tokens, _ = constraint.candidates(states, depth)

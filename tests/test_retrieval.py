@@ -14,7 +14,7 @@ import pytest
 
 from gr.index import vocab as vocab_lib
 from gr import batching
-from gr.decode import decoding
+from gr.decode import aggregate
 from gr.index import artifact as index_lib
 from gr.index import lexicon
 from gr.decode import model_decoder
@@ -256,7 +256,7 @@ def test_encode_queries_trims_and_terminates(searcher):
 
 def _uncached_search_fn(model, config):
   """The search as it was: cross-attention K/V projected at every step."""
-  beams, _ = decoding.document_search_sizes(
+  beams, _ = aggregate.document_search_sizes(
     config.beam_size, config.top_k, config.docids_per_doc
   )
 
@@ -270,7 +270,7 @@ def _uncached_search_fn(model, config):
       del step
       return model.decode_step(params, cache, encoded, tokens, decoder_tokens)
 
-    return decoding.constrained_document_search(
+    return aggregate.constrained_document_search(
       tokens_to_logits,
       model.init_cache(params, batch, config.max_decode_len),
       batch,
@@ -308,7 +308,7 @@ def test_cached_cross_attention_keeps_the_beams(searcher, beam_size):
 def _dense_restricted_search_fn(model, config):
   """The reference of sparse_output: full logits, masked to the trie and
   renormalised ([N, V] at every step)."""
-  beams, _ = decoding.document_search_sizes(
+  beams, _ = aggregate.document_search_sizes(
     config.beam_size, config.top_k, config.docids_per_doc
   )
 
@@ -317,7 +317,7 @@ def _dense_restricted_search_fn(model, config):
     batch = encoder_tokens.shape[0]
     encoded = jnp.repeat(model.encode(params, encoder_tokens), beams, axis=0)
     tokens = jnp.repeat(encoder_tokens, beams, axis=0)
-    return decoding.constrained_document_search(
+    return aggregate.constrained_document_search(
       model_decoder.step_fn(model, params, encoded, tokens),
       model.init_cache(params, batch, config.max_decode_len),
       batch,

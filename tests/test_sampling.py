@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from scipy import stats
 
-from gr.decode import decoding
+from gr.decode import constraint as constraint_lib
 from gr.decode import sampling
 from gr.index.trie import DocidTrie
 
@@ -299,7 +299,7 @@ def test_filter_logits_keeps_the_tokens_hf_keeps(
 def test_logits_processor_hook_restricts_samples_to_the_trie():
   docids = [[2, 3, 1], [2, 4, 1], [4, 1]]
   trie = DocidTrie.build(docids, [0, 1, 2], eos_id=1)
-  processor = decoding.TrieConstraint(trie.to_device())
+  processor = constraint_lib.TrieConstraint(trie.to_device())
   bias = jnp.broadcast_to(jnp.asarray(BIAS), (256, VOCAB))
   sequences, log_probs = jax.jit(
     lambda rng: sampling.sample(

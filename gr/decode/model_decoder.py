@@ -1,7 +1,7 @@
 """An encoder-decoder model as the decoding loops see it.
 
-gr/decode/decoding.py (beam search) and gr/decode/sampling.py (sampling) drive a step
-function `tokens_to_logits(decoder_tokens [N, 1], cache, step)` over N
+gr/decode/beam_search.py (beam search) and gr/decode/sampling.py (sampling)
+drive a step function `tokens_to_logits(decoder_tokens [N, 1], cache, step)` over N
 decoder rows, several per input (beams, or samples). `model_decoder` builds
 it and its zero cache from a model's params and encoder states: encode the
 inputs (unless states are given), project each decoder layer's
@@ -19,10 +19,10 @@ from typing import Optional, Union
 import jax
 import jax.numpy as jnp
 
-from gr.decode import decoding
+from gr.decode import hooks
 from gr.model import models
 
-StepFn = Union[decoding.TokensToLogits, decoding.SplitDecoder]
+StepFn = Union[hooks.TokensToLogits, hooks.SplitDecoder]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,12 +30,12 @@ class ModelDecoder:
   """What a decoding loop needs from the model.
 
   tokens_to_logits: (decoder_tokens [N, 1], cache, step) -> (fp32 logits
-    [N, V], cache); a `decoding.SplitDecoder` for the sparse output layer.
+    [N, V], cache); a `hooks.SplitDecoder` for the sparse output layer.
   cache: zero decoder cache with `cache_rows` rows.
   """
 
   tokens_to_logits: StepFn
-  cache: decoding.PyTree
+  cache: hooks.PyTree
 
 
 def step_fn(
@@ -47,7 +47,7 @@ def step_fn(
   sparse_output: bool = False,
 ) -> StepFn:
   """tokens_to_logits over encoded [N, Li, E] (or its cross-attention K/V)
-  and encoder_tokens [N, Li]; a `decoding.SplitDecoder` for sparse_output."""
+  and encoder_tokens [N, Li]; a `hooks.SplitDecoder` for sparse_output."""
 
   def tokens_to_logits(decoder_tokens, cache, step):
     del step
@@ -63,7 +63,7 @@ def step_fn(
 
   if not sparse_output:
     return tokens_to_logits
-  return decoding.SplitDecoder(
+  return hooks.SplitDecoder(
     tokens_to_hidden, functools.partial(model.output_logits, params)
   )
 
@@ -86,14 +86,14 @@ def model_decoder(
     model, params: the encoder-decoder and its params.
     encoder_tokens: [B, Li] ids; their padding (0) masks cross-attention.
     rows_per_input: r, decoder rows per input (beam size or samples).
-    cache_rows: rows of the zero cache: B for `decoding.beam_search` (which
+    cache_rows: rows of the zero cache: B for `beam_search` (which
       repeats it per beam), B * r for `sampling.sample`.
     max_decode_len: cache length, the most decoder steps.
     encoded: [B, Li, E] states to cross-attend to instead of
       model.encode(params, encoder_tokens) (e.g. document vectors).
     cached_cross_attention: project cross-attention K/V once per input
       (False: at every step, from the repeated states; same logits).
-    sparse_output: return a `decoding.SplitDecoder`.
+    sparse_output: return a `hooks.SplitDecoder`.
   """
   if encoded is None:
     encoded = model.encode(params, encoder_tokens)  # [B, Li, E]

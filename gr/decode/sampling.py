@@ -4,7 +4,7 @@
 token per step for every row, until every row has taken EOS or the length
 limit is reached. After EOS a row holds PAD. Each step's logits go through
 
-  1. an optional `LogitsProcessor` (gr/decode/decoding.py's hook, with one beam),
+  1. an optional `LogitsProcessor` (gr/decode/hooks.py, with one beam),
   2. temperature (logits / t; t = 0 is greedy argmax),
   3. top-k (keep the k largest; of tokens tied with the k-th, the lowest
      ids),
@@ -24,7 +24,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from gr.decode import decoding
+from gr.decode import hooks
 
 PyTree = Any
 NEG_INF = -jnp.inf
@@ -183,7 +183,7 @@ def _sample_step(
 
 
 def sample(
-  tokens_to_logits: decoding.TokensToLogits,
+  tokens_to_logits: hooks.TokensToLogits,
   initial_cache: PyTree,
   batch_size: int,
   *,
@@ -193,7 +193,7 @@ def sample(
   top_k: int = 0,
   top_p: float = 1.0,
   eos_id: int = 1,
-  logits_processor: Optional[decoding.LogitsProcessor] = None,
+  logits_processor: Optional[hooks.LogitsProcessor] = None,
 ) -> tuple[jax.Array, jax.Array]:
   """Samples one sequence per row; jit-friendly (lax.while_loop).
 
@@ -208,7 +208,7 @@ def sample(
     top_k: keep only the k most likely tokens (0: all).
     top_p: nucleus sampling mass in (0, 1] (1: all).
     eos_id: end token; a row stops when it takes it.
-    logits_processor: optional `decoding.LogitsProcessor` (state leaves
+    logits_processor: optional `hooks.LogitsProcessor` (state leaves
       [B, 1, ...]); it rewrites model log-probs before the filters above.
 
   Returns:

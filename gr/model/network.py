@@ -37,7 +37,7 @@ and then skips those projections (the same numbers, no per-step work).
 `output_logits` is the output layer on its own: from the decoder's final
 hidden states (`decode(..., return_hidden=True)`) to logits over the whole
 vocabulary, or over a few listed tokens per row (the sparse output layer of
-trie-constrained search, gr/decode/decoding.py).
+trie-constrained search, gr/decode/beam_search.py).
 
 Logical axis names (for gr/partitioning.py's rules):
   parameters:  'vocab', 'embed', 'mlp', 'heads', 'kv', 'relpos_buckets'

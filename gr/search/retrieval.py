@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from gr import batching
-from gr.decode import decoding
+from gr.decode import aggregate
+from gr.decode import oracle
 from gr.decode import plan as plan_lib
 from gr.docids import term_sets as term_sets_lib
 from gr.model import lexical as lexical_lib
@@ -111,7 +112,7 @@ def make_search_fn(
   On a `mesh`, the batch (B a multiple of its 'data' axis) and the results
   are split over 'data', the params as in training, the trie replicated.
   """
-  beams, _ = decoding.document_search_sizes(
+  beams, _ = aggregate.document_search_sizes(
     config.beam_size, config.top_k, config.docids_per_doc
   )
 
@@ -126,7 +127,7 @@ def make_search_fn(
       max_decode_len=config.max_decode_len,
       sparse_output=config.sparse_output,
     )
-    return decoding.constrained_document_search(
+    return aggregate.constrained_document_search(
       decoder.tokens_to_logits,
       decoder.cache,
       batch,
@@ -358,7 +359,7 @@ def exact_ranking(
       docs, scores = docs[lexical[docs] > 0], lexical[docs]
     else:
       score_fn = functools.partial(score, searcher.params, query)
-      docs, scores = decoding.exact_document_rank(
+      docs, scores = oracle.exact_document_rank(
         score_fn,
         sequences,
         values,

@@ -24,6 +24,7 @@ def main(
   from gr.model import models
   from gr.model import network
   from gr.train import loop as train  # pylint: disable=g-import-not-at-top
+  from gr.train import data as data_lib  # pylint: disable=g-import-not-at-top
   import toy_tasks  # pylint: disable=g-import-not-at-top
 
   model = models.EncoderDecoderModel(
@@ -46,7 +47,9 @@ def main(
     checkpoint_every=2,
     **lengths,
   )
-  first = next(train.task_batches(toy_tasks.TOY_TASK, split='train', **lengths))
+  first = next(
+    data_lib.task_batches(toy_tasks.TOY_TASK, split='train', **lengths)
+  )
   params = jax.device_get(state.params)
   print(
     json.dumps(

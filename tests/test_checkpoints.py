@@ -16,19 +16,19 @@ import pytest
 
 from gr.train import checkpoints
 from gr import partitioning
-from gr.train import loop as train
+from gr.train import state as state_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _state(seed: int = 0) -> train.TrainState:
+def _state(seed: int = 0) -> state_lib.TrainState:
   rng = np.random.default_rng(seed)
   params = {
     'embed': {'embedding': jnp.asarray(rng.normal(size=(16, 8)), jnp.float32)},
     'mlp': {'kernel': jnp.asarray(rng.normal(size=(8, 32)), jnp.float32)},
   }
   opt_state = optax.adamw(1e-3).init(params)
-  return train.TrainState(
+  return state_lib.TrainState(
     step=jnp.asarray(seed, jnp.int32), params=params, opt_state=opt_state
   )
 
@@ -64,7 +64,7 @@ def test_state_round_trip_keeps_structure_and_sharding(tmp_path):
   checkpoints.save(tmp_path / 'ckpt', 3, state)
   step, restored = checkpoints.restore_latest(tmp_path / 'ckpt', state)
   assert step == 3
-  assert isinstance(restored, train.TrainState)
+  assert isinstance(restored, state_lib.TrainState)
   _assert_trees_equal(restored, state)
   kernel = restored.params['mlp']['kernel']
   assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, 'model')

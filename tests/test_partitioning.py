@@ -13,7 +13,8 @@ import pytest
 from gr.model import models
 from gr.model import network
 from gr import partitioning
-from gr.train import loop as train
+from gr.train import optimizer as optimizer_lib
+from gr.train import state as state_lib
 
 LENGTH = 8
 
@@ -130,8 +131,8 @@ def _batches(n: int) -> list[dict[str, np.ndarray]]:
 
 
 def _run_two_steps(model, mesh):
-  optimizer = train.make_optimizer(train.OptimizerConfig(), 10)
-  sharded = train.shard_model(
+  optimizer = optimizer_lib.make_optimizer(optimizer_lib.OptimizerConfig(), 10)
+  sharded = state_lib.shard_model(
     model, optimizer, mesh, input_length=LENGTH, target_length=LENGTH
   )
   rng = partitioning.replicated_key(0, mesh)

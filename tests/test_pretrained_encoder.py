@@ -22,6 +22,7 @@ import pytest
 
 from gr.model import bert
 from gr.model import bert_network
+from gr.model import configs
 from gr.model import embed
 from gr.model import encoder_cache as cache_lib
 from gr.search import evaluation
@@ -31,7 +32,8 @@ from gr import partitioning
 from gr.index import vocab as vocab_lib
 from gr.model import pretrained
 from gr.search import retrieval
-from gr.train import loop as train
+from gr.train import optimizer as optimizer_lib
+from gr.train import state as state_lib
 from gr.model import warm_start
 from gr.index import wordpiece
 from gr import docids as docids_lib
@@ -226,19 +228,19 @@ def test_load_params_checks_the_vocabulary_size(bert_dir):
 @pytest.fixture(scope="module")
 def step_fn(model):
   """(optimizer, jitted train step, jitted loss) shared by the tests."""
-  optimizer = train.freeze(
-    train.make_optimizer(
-      train.OptimizerConfig(learning_rate=1e-2, weight_decay=0.1), 10
+  optimizer = optimizer_lib.freeze(
+    optimizer_lib.make_optimizer(
+      optimizer_lib.OptimizerConfig(learning_rate=1e-2, weight_decay=0.1), 10
     ),
     model.trainable_mask,
   )
-  step = jax.jit(train.train_step_fn(model, optimizer))
+  step = jax.jit(state_lib.train_step_fn(model, optimizer))
   loss = jax.jit(lambda params, batch: model.loss_fn(params, batch, None)[0])
   return optimizer, step, loss
 
 
 def _state(optimizer, params):
-  return train.TrainState(
+  return state_lib.TrainState(
     step=jnp.zeros([], jnp.int32),
     params=params,
     opt_state=optimizer.init(params),
@@ -365,10 +367,11 @@ def test_parameter_counts(model, bert_config, bert_params):
 def test_bert_params_shard_along_model(model, base_params):
   """On a (data 2, model 4) mesh the big BERT matrices split on 'model'."""
   mesh = partitioning.make_mesh(data=2, model=4)
-  optimizer = train.freeze(
-    train.make_optimizer(train.OptimizerConfig(), 10), model.trainable_mask
+  optimizer = optimizer_lib.freeze(
+    optimizer_lib.make_optimizer(optimizer_lib.OptimizerConfig(), 10),
+    model.trainable_mask,
   )
-  sharded = train.shard_model(
+  sharded = state_lib.shard_model(
     model, optimizer, mesh, input_length=LENGTH, target_length=2
   )
   specs = sharded.state_shardings.params
@@ -404,11 +407,13 @@ def test_minilm_encoder_shards_on_every_mesh_of_8():
   (The decoder of gin/models/minilm_t5.gin has 6 heads: a model axis of 4
   or 8 needs DECODER_HEADS overridden, as for T5.1.1-small.)
   """
-  config = train.pretrained_encoder_config(
+  config = configs.bert_t5_config(
     decoder=network.T5Config.tiny(30592, emb_dim=384, num_heads=6, head_dim=64)
   )
   model = models.EncoderDecoderModel(config)
-  params, axes = train.abstract_params(model, input_length=8, target_length=2)
+  params, axes = state_lib.abstract_params(
+    model, input_length=8, target_length=2
+  )
   for model_axis in (2, 4, 8):
     mesh = partitioning.make_mesh(model=model_axis)
     shardings = partitioning.shardings_from_logical(axes, mesh)["encoder"]

@@ -26,6 +26,9 @@ from gr.train import checkpoints
 from gr.model import models
 from gr.model import network
 from gr.train import loop as train
+from gr.train import data as data_lib
+from gr.train import optimizer as optimizer_lib
+from gr.train import state as state_lib
 from gr.experiments import configurables
 import toy_tasks
 
@@ -204,8 +207,8 @@ def test_sam_gradient_on_a_quadratic():
     return loss, (loss, {})
 
   params = {'w': jnp.array([3.0, 0.0, 0.5])}
-  plain, _ = train.sam_gradients(loss_fn, params, {}, None, 0.0)
-  sam, (loss, _) = train.sam_gradients(loss_fn, params, {}, None, 0.3)
+  plain, _ = state_lib.sam_gradients(loss_fn, params, {}, None, 0.0)
+  sam, (loss, _) = state_lib.sam_gradients(loss_fn, params, {}, None, 0.3)
   g = params['w'] - target
   np.testing.assert_allclose(plain['w'], g, rtol=1e-6)
   np.testing.assert_allclose(
@@ -228,19 +231,19 @@ def test_sam_gradient_on_a_quadratic():
   ],
 )
 def test_learning_rate_schedules(schedule, step, expected):
-  config = train.OptimizerConfig(
+  config = optimizer_lib.OptimizerConfig(
     learning_rate=1.0, schedule=schedule, warmup_steps=10, final_lr_fraction=0.1
   )
-  rate = train.learning_rate_schedule(config, total_steps=100)
+  rate = optimizer_lib.learning_rate_schedule(config, total_steps=100)
   assert float(rate(step)) == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize('name', ['adamw', 'adafactor'])
 def test_optimizers_reduce_a_quadratic_and_clip(name):
-  config = train.OptimizerConfig(
+  config = optimizer_lib.OptimizerConfig(
     name=name, learning_rate=0.1, clip_grad_norm=1.0, weight_decay=1e-4
   )
-  optimizer = train.make_optimizer(config, total_steps=100)
+  optimizer = optimizer_lib.make_optimizer(config, total_steps=100)
   params = {'w': jnp.full((4, 3), 5.0)}
   state = optimizer.init(params)
   for _ in range(20):
@@ -252,9 +255,11 @@ def test_optimizers_reduce_a_quadratic_and_clip(name):
 
 def test_bad_optimizer_settings_are_named():
   with pytest.raises(ValueError, match='OptimizerConfig.name'):
-    train.make_optimizer(train.OptimizerConfig(name='sgd'), 10)
+    optimizer_lib.make_optimizer(optimizer_lib.OptimizerConfig(name='sgd'), 10)
   with pytest.raises(ValueError, match='OptimizerConfig.schedule'):
-    train.make_optimizer(train.OptimizerConfig(schedule='step'), 10)
+    optimizer_lib.make_optimizer(
+      optimizer_lib.OptimizerConfig(schedule='step'), 10
+    )
 
 
 def test_fit_vocab_pads_to_multiple_of_128():
@@ -277,10 +282,10 @@ def test_train_step_is_deterministic_in_seed_and_step():
       num_decoder_layers=1,
     )
   )
-  optimizer = train.make_optimizer(train.OptimizerConfig(), 10)
-  step = jax.jit(train.train_step_fn(model, optimizer))
+  optimizer = optimizer_lib.make_optimizer(optimizer_lib.OptimizerConfig(), 10)
+  step = jax.jit(state_lib.train_step_fn(model, optimizer))
   params = model.init_params(jax.random.key(0), input_length=6, target_length=6)
-  state = train.TrainState(
+  state = state_lib.TrainState(
     step=jnp.array(0), params=params, opt_state=optimizer.init(params)
   )
   tokens = jnp.array([[5, 6, 7, 1, 0, 0]] * 2)
@@ -341,15 +346,15 @@ def test_restored_data_position_gives_the_same_batches_without_rereading(
   """Uninterrupted batches 0..5 against: 3 batches, save, a fresh
   iterator restored there, 3 more; the restored one reads (almost) nothing
   where the skip path reads every consumed example again."""
-  dataset = lambda: train.task_dataset(counting_task, batch_size=8, **DATA)
-  uninterrupted = train.DataIterator(dataset())
+  dataset = lambda: data_lib.task_dataset(counting_task, batch_size=8, **DATA)
+  uninterrupted = data_lib.DataIterator(dataset())
   reference = [next(uninterrupted) for _ in range(6)]
-  first = train.DataIterator(dataset())
+  first = data_lib.DataIterator(dataset())
   for _ in range(3):
     next(first)
   first.save(str(tmp_path / 'position'))
 
-  restored = train.DataIterator(dataset())
+  restored = data_lib.DataIterator(dataset())
   _READS.assign(0)
   restored.restore(str(tmp_path / 'position'))
   resumed = [next(restored) for _ in range(3)]
@@ -360,7 +365,7 @@ def test_restored_data_position_gives_the_same_batches_without_rereading(
       np.testing.assert_array_equal(want[key], got[key])
 
   _READS.assign(0)
-  skipped = train.task_batches(
+  skipped = data_lib.task_batches(
     counting_task, batch_size=8, skip_batches=3, **DATA
   )
   for want in reference[3:]:
@@ -400,12 +405,12 @@ def test_train_resumes_from_the_saved_data_position(counting_task, tmp_path):
     checkpoint_data=True,
   )
   reference = run(tmp_path / 'reference')
-  positions = tmp_path / 'reference' / train.DATA_STATE_DIR
+  positions = tmp_path / 'reference' / data_lib.DATA_STATE_DIR
   assert sorted(os.listdir(positions)) == ['3', '6']
   resumed_dir = tmp_path / 'resumed'
   shutil.copytree(tmp_path / 'reference', resumed_dir)
   shutil.rmtree(resumed_dir / '6')  # as if killed after step 3
-  shutil.rmtree(resumed_dir / train.DATA_STATE_DIR / '6')
+  shutil.rmtree(resumed_dir / data_lib.DATA_STATE_DIR / '6')
   resumed = run(resumed_dir)
   assert int(resumed.step) == 6
   _assert_same_params(resumed.params, reference.params)

@@ -1,10 +1,12 @@
 """Device mesh, logical-axis rules and shardings (jax.jit with shardings).
 
-The network names every parameter and activation dimension with a *logical*
-axis ('vocab', 'embed', 'mlp', 'heads', 'kv', 'joined_kv', 'batch',
-'length', ...). `LOGICAL_AXIS_RULES` maps those names to the two *mesh* axes
-('data', 'model'); it is data, kept in this one place (as maxtext does).
-Anything not named in the rules is replicated.
+The networks name every parameter and activation dimension with a *logical*
+axis, one of this module's constants (`VOCAB_AXIS` = 'vocab', `EMBED_AXIS`,
+`BATCH_AXIS`, ...). `LOGICAL_AXIS_RULES` maps those names to the two *mesh*
+axes ('data', 'model'); it is data, kept in this one place (as maxtext
+does). Anything not named in the rules is replicated. `BATCH` and
+`REPLICATED` are the mesh PartitionSpecs of a whole batch and of a full copy;
+`param_specs` gives a model's params theirs.
 
 Multi-host: every process runs the same program. `initialize_distributed`
 joins the processes, `host_shard_info` says which slice of the input each
@@ -25,23 +27,48 @@ DATA_AXIS = 'data'
 MODEL_AXIS = 'model'
 MESH_AXES = (DATA_AXIS, MODEL_AXIS)
 
+# Logical axis names (maxtext keeps them as constants in one module): the
+# networks name every dimension of their parameters and activations with one.
+BATCH_AXIS = 'batch'
+LENGTH_AXIS = 'length'
+VOCAB_AXIS = 'vocab'
+EMBED_AXIS = 'embed'
+MLP_AXIS = 'mlp'
+HEADS_AXIS = 'heads'
+KV_AXIS = 'kv'
+JOINED_KV_AXIS = 'joined_kv'
+RELPOS_BUCKETS_AXIS = 'relpos_buckets'
+POSITIONS_AXIS = 'positions'  # BERT's position embeddings
+TOKEN_TYPES_AXIS = 'token_types'  # BERT's token type embeddings
+LAYERS_AXIS = 'layers'
+STACK_AXIS = 'stack'
+MLP_ACTIVATIONS_AXIS = 'mlp_activations'
+BEAM_AXIS = 'beam'
+
 # (logical axis name, mesh axis or None). The first rule that names a mesh
 # axis not yet used by the array wins; None means replicated.
 LOGICAL_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
-  ('batch', DATA_AXIS),
-  ('vocab', MODEL_AXIS),
-  ('mlp', MODEL_AXIS),
-  ('heads', MODEL_AXIS),
-  ('joined_kv', MODEL_AXIS),
-  ('embed', None),
-  ('kv', None),
-  ('length', None),
-  ('relpos_buckets', None),
-  ('layers', None),
-  ('stack', None),
-  ('mlp_activations', None),
-  ('beam', None),
+  (BATCH_AXIS, DATA_AXIS),
+  (VOCAB_AXIS, MODEL_AXIS),
+  (MLP_AXIS, MODEL_AXIS),
+  (HEADS_AXIS, MODEL_AXIS),
+  (JOINED_KV_AXIS, MODEL_AXIS),
+  (EMBED_AXIS, None),
+  (KV_AXIS, None),
+  (LENGTH_AXIS, None),
+  (RELPOS_BUCKETS_AXIS, None),
+  (POSITIONS_AXIS, None),
+  (TOKEN_TYPES_AXIS, None),
+  (LAYERS_AXIS, None),
+  (STACK_AXIS, None),
+  (MLP_ACTIVATIONS_AXIS, None),
+  (BEAM_AXIS, None),
 )
+
+# Mesh PartitionSpecs of whole arrays: [batch, ...] split over 'data', and a
+# full copy on every device.
+BATCH = PartitionSpec(DATA_AXIS)
+REPLICATED = PartitionSpec()
 
 PyTree = Any
 
@@ -156,6 +183,14 @@ def mesh_specs_from_logical(
     logical_axes,
     is_leaf=_is_spec,
   )
+
+
+def param_specs(model, mesh: Mesh | None) -> PyTree:
+  """Mesh PartitionSpecs of a model's params (anything with
+  `logical_axes()`), by training's logical axis rules; None without a mesh."""
+  if mesh is None:
+    return None
+  return mesh_specs_from_logical(model.logical_axes())
 
 
 def jit_on_mesh(fn, mesh: Mesh | None, in_specs: PyTree, out_specs: PyTree):

@@ -10,6 +10,7 @@ from hypothesis import given, settings, strategies as st
 import torch
 from transformers.models.t5 import modeling_t5 as t5
 
+from gr.model import blocks
 from gr.model import network
 
 VOCAB = 64
@@ -112,7 +113,7 @@ def test_relative_position_buckets_match_hf(
     num_buckets=num_buckets,
     max_distance=max_distance,
   ).numpy()
-  got = network.relative_position_buckets(
+  got = blocks.relative_position_buckets(
     offsets,
     bidirectional=bidirectional,
     num_buckets=num_buckets,
@@ -122,7 +123,7 @@ def test_relative_position_buckets_match_hf(
 
 
 def test_causal_buckets_ignore_future():
-  got = network.relative_position_buckets(
+  got = blocks.relative_position_buckets(
     np.arange(0, 10), bidirectional=False, num_buckets=32, max_distance=128
   )
   np.testing.assert_array_equal(got, 0)

@@ -31,7 +31,9 @@ import jax
 import jax.numpy as jnp
 import safetensors.numpy
 
-# Word-embedding rows are padded to a multiple of this (as gr/train/loop.py pads
+from gr import partitioning
+
+# Word-embedding rows are padded to a multiple of this (as gr/model/models.py pads
 # T5's vocabulary), so the 'vocab' axis shards evenly over 'model': BERT's
 # 30522 rows do not divide by 4 or 8. The padding rows are zero, never read.
 VOCAB_MULTIPLE = 128
@@ -91,8 +93,12 @@ def _layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(
     epsilon=config.layer_norm_eps,
     name=name,
-    scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-    bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+    scale_init=nn.with_logical_partitioning(
+      nn.initializers.ones, (partitioning.EMBED_AXIS,)
+    ),
+    bias_init=nn.with_logical_partitioning(
+      nn.initializers.zeros, (partitioning.EMBED_AXIS,)
+    ),
   )
 
 
@@ -109,7 +115,11 @@ class SelfAttention(nn.Module):
     head_dim = cfg.hidden_size // cfg.num_heads
 
     def heads(name):
-      projected = _dense(cfg.hidden_size, ("embed", "heads"), name)(hidden)
+      projected = _dense(
+        cfg.hidden_size,
+        (partitioning.EMBED_AXIS, partitioning.HEADS_AXIS),
+        name,
+      )(hidden)
       return projected.reshape(batch, length, cfg.num_heads, head_dim)
       # --> [batch, length, heads, head_dim]
 
@@ -122,7 +132,11 @@ class SelfAttention(nn.Module):
     context = jnp.einsum("bhqk,bkhd->bqhd", probs, heads("value"))
     context = context.reshape(batch, length, cfg.hidden_size)
     # --> [batch, length, hidden]
-    return _dense(cfg.hidden_size, ("heads", "embed"), "output")(context)
+    return _dense(
+      cfg.hidden_size,
+      (partitioning.HEADS_AXIS, partitioning.EMBED_AXIS),
+      "output",
+    )(context)
 
 
 class Layer(nn.Module):
@@ -135,11 +149,17 @@ class Layer(nn.Module):
     cfg = self.config
     attended = SelfAttention(cfg, name="attention")(hidden, mask)
     hidden = _layer_norm(cfg, "attention_norm")(hidden + attended)
-    inner = _dense(cfg.intermediate_size, ("embed", "mlp"), "intermediate")(
-      hidden
-    )
+    inner = _dense(
+      cfg.intermediate_size,
+      (partitioning.EMBED_AXIS, partitioning.MLP_AXIS),
+      "intermediate",
+    )(hidden)
     inner = jax.nn.gelu(inner, approximate=False)
-    out = _dense(cfg.hidden_size, ("mlp", "embed"), "output")(inner)
+    out = _dense(
+      cfg.hidden_size,
+      (partitioning.MLP_AXIS, partitioning.EMBED_AXIS),
+      "output",
+    )(inner)
     return _layer_norm(cfg, "output_norm")(hidden + out)
 
 
@@ -183,14 +203,20 @@ class BertEncoder(nn.Module):
 
     positions = jnp.arange(token_ids.shape[1])[None, :]
     hidden = (
-      embed(cfg.embedding_rows, "word_embeddings", ("vocab", "embed"))(
-        token_ids
-      )
-      + embed(cfg.max_positions, "position_embeddings", ("positions", "embed"))(
-        positions
-      )
+      embed(
+        cfg.embedding_rows,
+        "word_embeddings",
+        (partitioning.VOCAB_AXIS, partitioning.EMBED_AXIS),
+      )(token_ids)
       + embed(
-        cfg.type_vocab_size, "token_type_embeddings", ("token_types", "embed")
+        cfg.max_positions,
+        "position_embeddings",
+        (partitioning.POSITIONS_AXIS, partitioning.EMBED_AXIS),
+      )(positions)
+      + embed(
+        cfg.type_vocab_size,
+        "token_type_embeddings",
+        (partitioning.TOKEN_TYPES_AXIS, partitioning.EMBED_AXIS),
       )(jnp.zeros_like(token_ids))
     )
     return _layer_norm(cfg, "embeddings_norm")(hidden)

@@ -39,31 +39,17 @@ hidden states (`decode(..., return_hidden=True)`) to logits over the whole
 vocabulary, or over a few listed tokens per row (the sparse output layer of
 trie-constrained search, gr/decode/beam_search.py).
 
-Logical axis names (for gr/partitioning.py's rules):
-  parameters:  'vocab', 'embed', 'mlp', 'heads', 'kv', 'relpos_buckets'
-  activations: 'batch', 'length', 'embed', 'mlp', 'heads', 'kv', 'vocab'
-Parameter tree (kernel shapes):
+Logical axis names are gr/partitioning.py's constants (its rules map them
+to mesh axes). Parameter tree (kernel shapes; the layers' own in
+gr/model/layers.py):
   token_embedder/embedding                       [vocab, embed]
-  encoder/relpos_bias/rel_embedding              [heads, relpos_buckets]
-  encoder/layers_{i}/pre_attention_layer_norm/scale  [embed]
-  encoder/layers_{i}/attention/{query,key,value}/kernel  [embed, heads, kv]
-  encoder/layers_{i}/attention/out/kernel        [heads, kv, embed]
-  encoder/layers_{i}/pre_mlp_layer_norm/scale    [embed]
-  encoder/layers_{i}/mlp/{wi | wi_0, wi_1}/kernel  [embed, mlp]
-  encoder/layers_{i}/mlp/wo/kernel               [mlp, embed]
   encoder/encoder_norm/scale                     [embed]
-  decoder/relpos_bias/rel_embedding              [heads, relpos_buckets]
-  decoder/layers_{i}/{pre_self_attention_layer_norm, pre_cross_attention_
-    layer_norm, pre_mlp_layer_norm}/scale, self_attention/...,
-    encoder_decoder_attention/..., mlp/...       (as in the encoder)
   decoder/decoder_norm/scale                     [embed]
   decoder/logits_dense/kernel                    [embed, vocab] (untied only)
 """
 
 import dataclasses
-import functools
-import math
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import flax.linen as nn
 import flax.struct
@@ -72,29 +58,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gr import partitioning
 from gr.model import dropout as dropout_lib
+from gr.model import blocks
+from gr.model import layers
 
-PARAM_AXIS_NAMES = ('vocab', 'embed', 'mlp', 'heads', 'kv', 'relpos_buckets')
+PARAM_AXIS_NAMES = (
+  partitioning.VOCAB_AXIS,
+  partitioning.EMBED_AXIS,
+  partitioning.MLP_AXIS,
+  partitioning.HEADS_AXIS,
+  partitioning.KV_AXIS,
+  partitioning.RELPOS_BUCKETS_AXIS,
+)
 ACTIVATION_AXIS_NAMES = (
-  'batch',
-  'length',
-  'embed',
-  'mlp',
-  'heads',
-  'kv',
-  'vocab',
+  partitioning.BATCH_AXIS,
+  partitioning.LENGTH_AXIS,
+  partitioning.EMBED_AXIS,
+  partitioning.MLP_AXIS,
+  partitioning.HEADS_AXIS,
+  partitioning.KV_AXIS,
+  partitioning.VOCAB_AXIS,
 )
 
-ACTIVATIONS: Mapping[str, Callable[[jax.Array], jax.Array]] = {
-  'relu': nn.relu,
-  'gelu': functools.partial(nn.gelu, approximate=True),  # HF gelu_new
-  'gelu_exact': functools.partial(nn.gelu, approximate=False),  # HF gelu
-  'silu': nn.silu,
-  'linear': lambda x: x,
-}
+
 DTYPES: Mapping[str, Any] = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-# Additive stand-in for -inf on masked attention logits (fp32 logits).
-_MASKED_LOGIT = -1e10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,11 +128,11 @@ class T5Config:
     self._check_choices()
 
   def _check_choices(self):
-    unknown = [a for a in self.mlp_activations if a not in ACTIVATIONS]
+    unknown = [a for a in self.mlp_activations if a not in blocks.ACTIVATIONS]
     if unknown or not self.mlp_activations:
       raise ValueError(
         f'T5Config.mlp_activations={self.mlp_activations!r}: '
-        f'each must be one of {sorted(ACTIVATIONS)}'
+        f'each must be one of {sorted(blocks.ACTIVATIONS)}'
       )
     if self.dtype not in DTYPES:
       raise ValueError(
@@ -167,96 +155,32 @@ class T5Config:
   @classmethod
   def tiny(cls, vocab_size: int, **overrides) -> 'T5Config':
     """A test-sized T5.1.1: d64, 2+2 layers, 4 heads of 16, mlp 128."""
-    return cls(
-      **{
-        **dict(
-          vocab_size=vocab_size,
-          emb_dim=64,
-          num_heads=4,
-          num_encoder_layers=2,
-          num_decoder_layers=2,
-          head_dim=16,
-          mlp_dim=128,
-        ),
-        **overrides,
-      }
-    )
+    return cls._sized(vocab_size, (64, 4, 2, 2, 16, 128), overrides)
 
   @classmethod
   def small(cls, vocab_size: int = 32128, **overrides) -> 'T5Config':
     """T5.1.1-small as released (google/t5-v1_1-small, t5x small.gin)."""
-    return cls(
-      **{
-        **dict(
-          vocab_size=vocab_size,
-          emb_dim=512,
-          num_heads=6,
-          num_encoder_layers=8,
-          num_decoder_layers=8,
-          head_dim=64,
-          mlp_dim=1024,
-        ),
-        **overrides,
-      }
-    )
+    return cls._sized(vocab_size, (512, 6, 8, 8, 64, 1024), overrides)
 
   @classmethod
   def base(cls, vocab_size: int = 32128, **overrides) -> 'T5Config':
     """T5.1.1-base: d768, 12+12 layers, 12 heads of 64, mlp 2048."""
-    return cls(
-      **{
-        **dict(
-          vocab_size=vocab_size,
-          emb_dim=768,
-          num_heads=12,
-          num_encoder_layers=12,
-          num_decoder_layers=12,
-          head_dim=64,
-          mlp_dim=2048,
-        ),
-        **overrides,
-      }
+    return cls._sized(vocab_size, (768, 12, 12, 12, 64, 2048), overrides)
+
+  @classmethod
+  def _sized(cls, vocab_size, sizes, overrides) -> 'T5Config':
+    """sizes: (emb_dim, num_heads, encoder layers, decoder layers, head_dim,
+    mlp_dim); `overrides` win over them."""
+    names = (
+      'emb_dim',
+      'num_heads',
+      'num_encoder_layers',
+      'num_decoder_layers',
+      'head_dim',
+      'mlp_dim',
     )
-
-
-def relative_position_buckets(
-  relative_position: np.ndarray,
-  *,
-  bidirectional: bool,
-  num_buckets: int,
-  max_distance: int,
-) -> np.ndarray:
-  """Maps relative positions (memory - query) to T5 bucket ids.
-
-  Computed in float32 exactly as Mesh-TF and HF do (no epsilon), so bucket
-  boundaries agree with weights trained there.
-
-  Args:
-    relative_position: int array of any shape, key position - query position.
-    bidirectional: False for causal attention (positive offsets share bucket 0).
-    num_buckets: total number of buckets.
-    max_distance: offsets at or beyond this share the last bucket.
-
-  Returns:
-    int32 array of the same shape with values in [0, num_buckets).
-  """
-  n = np.asarray(relative_position, dtype=np.int64)
-  buckets = np.zeros_like(n)
-  if bidirectional:
-    num_buckets //= 2
-    buckets += (n > 0) * num_buckets
-    n = np.abs(n)
-  else:
-    n = np.maximum(-n, 0)
-  max_exact = num_buckets // 2
-  ratio = np.maximum(n, 1).astype(np.float32) / np.float32(max_exact)
-  scaled = (
-    np.log(ratio)
-    / np.float32(math.log(max_distance / max_exact))
-    * np.float32(num_buckets - max_exact)
-  )
-  large = np.minimum(max_exact + scaled.astype(np.int64), num_buckets - 1)
-  return (buckets + np.where(n < max_exact, n, large)).astype(np.int32)
+    sized = dict(vocab_size=vocab_size, **dict(zip(names, sizes)))
+    return cls(**{**sized, **overrides})
 
 
 def cache_length(cache: Mapping[str, Any]) -> int:
@@ -266,75 +190,6 @@ def cache_length(cache: Mapping[str, Any]) -> int:
   if len(lengths) != 1:
     raise ValueError(f'cache has no single cached_key length: {lengths}')
   return lengths.pop()
-
-
-def _param_init(
-  scale: float, mode: str, distribution: str, num_in_dims: int, ndim: int
-) -> Callable[..., jax.Array]:
-  """Variance-scaling initialiser whose fan-in covers the first dims."""
-  return nn.initializers.variance_scaling(
-    scale,
-    mode,
-    distribution,
-    in_axis=tuple(range(num_in_dims)),
-    out_axis=tuple(range(num_in_dims, ndim)),
-  )
-
-
-class DenseGeneral(nn.Module):
-  """Bias-free projection contracting the last `num_in_dims` input dims.
-
-  inputs [..., *in_dims] x kernel [*in_dims, *features] -> [..., *features].
-  """
-
-  features: tuple[int, ...]
-  kernel_axes: tuple[str, ...]
-  num_in_dims: int = 1
-  dtype: Any = jnp.float32
-  output_dtype: Any = None  # accumulate and return in this dtype if given
-  init_scale: float = 1.0
-  init_distribution: str = 'truncated_normal'
-
-  @nn.compact
-  def __call__(self, inputs: jax.Array) -> jax.Array:
-    in_shape = inputs.shape[inputs.ndim - self.num_in_dims :]
-    shape = tuple(in_shape) + tuple(self.features)
-    init = _param_init(
-      self.init_scale,
-      'fan_in',
-      self.init_distribution,
-      self.num_in_dims,
-      len(shape),
-    )
-    kernel = self.param(
-      'kernel',
-      nn.with_logical_partitioning(init, self.kernel_axes),
-      shape,
-      jnp.float32,
-    )
-    return _dense_general(
-      inputs, kernel, self.num_in_dims, self.dtype, self.output_dtype
-    )
-
-
-def _dense_general(
-  inputs: jax.Array,
-  kernel: jax.Array,
-  num_in_dims: int,
-  dtype: Any,
-  output_dtype: Any = None,
-) -> jax.Array:
-  """DenseGeneral's product (also used on params outside the module)."""
-  contract = (
-    tuple(range(inputs.ndim - num_in_dims, inputs.ndim)),
-    tuple(range(num_in_dims)),
-  )
-  return jax.lax.dot_general(
-    inputs.astype(dtype),
-    kernel.astype(dtype),
-    (contract, ((), ())),
-    preferred_element_type=output_dtype,
-  )
 
 
 class Embed(nn.Module):
@@ -348,7 +203,8 @@ class Embed(nn.Module):
     self.embedding = self.param(
       'embedding',
       nn.with_logical_partitioning(
-        nn.initializers.normal(stddev=1.0), ('vocab', 'embed')
+        nn.initializers.normal(stddev=1.0),
+        (partitioning.VOCAB_AXIS, partitioning.EMBED_AXIS),
       ),
       (self.num_embeddings, self.features),
       jnp.float32,
@@ -371,333 +227,6 @@ def _attend(query: jax.Array, table: jax.Array, dtype: Any) -> jax.Array:
     table.astype(dtype),
     preferred_element_type=jnp.float32,
   )
-
-
-class RMSNorm(nn.Module):
-  """T5 layer norm: x / sqrt(mean(x^2) + eps) * scale, computed in fp32."""
-
-  epsilon: float = 1e-6
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    scale = self.param(
-      'scale',
-      nn.with_logical_partitioning(nn.initializers.ones, ('embed',)),
-      (x.shape[-1],),
-      jnp.float32,
-    )
-    x = x.astype(jnp.float32)
-    variance = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
-    return (x * jax.lax.rsqrt(variance + self.epsilon) * scale).astype(
-      self.dtype
-    )
-
-
-class RelativePositionBias(nn.Module):
-  """Learned per-head bias for each relative-position bucket."""
-
-  num_buckets: int
-  max_distance: int
-  num_heads: int
-  bidirectional: bool
-
-  @nn.compact
-  def __call__(self, query_length: int, key_length: int) -> jax.Array:
-    """Returns the fp32 bias [1, heads, query_length, key_length]."""
-    table = self.param(
-      'rel_embedding',
-      nn.with_logical_partitioning(
-        nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform'),
-        ('heads', 'relpos_buckets'),
-      ),
-      (self.num_heads, self.num_buckets),
-      jnp.float32,
-    )
-    offsets = np.arange(key_length)[None, :] - np.arange(query_length)[:, None]
-    buckets = relative_position_buckets(
-      offsets,
-      bidirectional=self.bidirectional,
-      num_buckets=self.num_buckets,
-      max_distance=self.max_distance,
-    )
-    return jnp.take(table, buckets, axis=1)[None]  # [1, heads, q, k]
-
-
-def _dropout(
-  config: T5Config,
-  x: jax.Array,
-  enable_dropout: bool,
-) -> jax.Array:
-  return dropout_lib.Dropout(
-    rate=config.dropout_rate, implementation=config.dropout_implementation
-  )(x, deterministic=not enable_dropout)
-
-
-class MultiHeadAttention(nn.Module):
-  """T5 multi-head attention (no 1/sqrt(d) scaling, no biases).
-
-  In `decode=True` mode (decoder self-attention only) keys and values are
-  kept in the 'cache' collection: cached_key / cached_value
-  [batch, max_length, heads, kv] and a 0-d int32 cache_index.
-  """
-
-  config: T5Config
-
-  def _project(self, name: str, x: jax.Array, scale: float) -> jax.Array:
-    """x [batch, length, embed] -> [batch, length, heads, kv]."""
-    cfg = self.config
-    y = DenseGeneral(
-      (cfg.num_heads, cfg.head_dim),
-      ('embed', 'heads', 'kv'),
-      dtype=cfg.activation_dtype,
-      init_scale=scale,
-      init_distribution='normal',
-      name=name,
-    )(x)
-    return nn.with_logical_constraint(y, ('batch', 'length', 'heads', 'kv'))
-
-  @nn.compact
-  def __call__(
-    self,
-    inputs_q: jax.Array,
-    inputs_kv: jax.Array,
-    mask: jax.Array | None = None,
-    position_bias: jax.Array | None = None,
-    *,
-    decode: bool = False,
-    enable_dropout: bool = False,
-  ) -> jax.Array:
-    """Attends from inputs_q [B, Lq, D] to inputs_kv [B, Lk, D].
-
-    Args:
-      inputs_q: queries [batch, q_length, embed].
-      inputs_kv: keys/values source [batch or 1, kv_length, embed] (1: one
-        source shared by every query row), or a (key, value) pair already
-        projected, each [batch or 1, kv_length, heads, kv] (cross-attention
-        from a `CrossAttentionKV`).
-      mask: bool [batch or 1, 1, q_length, kv_length]; False = masked.
-        Ignored for cached decode steps (the cache index sets it).
-      position_bias: fp32 [1, heads, q_length, kv_length]; in decode mode the
-        full [1, heads, max_length, max_length] table, sliced per step.
-      decode: use and update the key/value cache.
-      enable_dropout: apply attention-weight dropout.
-
-    Returns:
-      [batch, q_length, embed] in the activation dtype.
-    """
-    cfg = self.config
-    query = self._project('query', inputs_q, 1.0 / cfg.head_dim)
-    if isinstance(inputs_kv, tuple):  # projected once per query
-      key, value = inputs_kv
-    else:
-      key = self._project('key', inputs_kv, 1.0)
-      value = self._project('value', inputs_kv, 1.0)
-    if decode:
-      key, value, mask, position_bias = self._use_cache(
-        key, value, mask, position_bias
-      )
-    elif key.shape[0] == 1 < query.shape[0]:
-      # One source for many queries (exact scoring of every docid against
-      # one input): project it once, then share it across the batch.
-      key = jnp.broadcast_to(key, (query.shape[0],) + key.shape[1:])
-      value = jnp.broadcast_to(value, (query.shape[0],) + value.shape[1:])
-    logits = jnp.einsum(
-      'bqhd,bkhd->bhqk', query, key, preferred_element_type=jnp.float32
-    )
-    if position_bias is not None:
-      logits = logits + position_bias
-    if mask is not None:
-      logits = jnp.where(mask, logits, _MASKED_LOGIT)
-    weights = _dropout(cfg, jax.nn.softmax(logits, axis=-1), enable_dropout)
-    out = jnp.einsum(
-      'bhqk,bkhd->bqhd', weights.astype(cfg.activation_dtype), value
-    )
-    return DenseGeneral(
-      (inputs_q.shape[-1],),
-      ('heads', 'kv', 'embed'),
-      num_in_dims=2,
-      dtype=cfg.activation_dtype,
-      init_distribution='normal',
-      name='out',
-    )(out)
-
-  def _use_cache(self, key, value, mask, position_bias):
-    """Writes one step's key/value [B, 1, H, kv] into the cache.
-
-    On the creating call (cache absent) the inputs pass through unchanged
-    and the cache is allocated with their [B, max_length, H, kv] shape.
-    """
-    is_initialized = self.has_variable('cache', 'cached_key')
-    cached_key = self.variable(
-      'cache', 'cached_key', jnp.zeros, key.shape, key.dtype
-    )
-    cached_value = self.variable(
-      'cache', 'cached_value', jnp.zeros, value.shape, value.dtype
-    )
-    cache_index = self.variable(
-      'cache', 'cache_index', lambda: jnp.array(0, dtype=jnp.int32)
-    )
-    if not is_initialized:
-      return key, value, mask, position_bias
-    batch, max_length = cached_key.value.shape[:2]
-    if key.shape[1] != 1 or key.shape[0] != batch:
-      raise ValueError(
-        f'decode step expects decoder input [{batch}, 1], got '
-        f'[{key.shape[0]}, {key.shape[1]}]'
-      )
-    index = cache_index.value
-    start = (0, index, 0, 0)
-    cached_key.value = jax.lax.dynamic_update_slice(
-      cached_key.value, key.astype(cached_key.value.dtype), start
-    )
-    cached_value.value = jax.lax.dynamic_update_slice(
-      cached_value.value, value.astype(cached_value.value.dtype), start
-    )
-    cache_index.value = index + 1
-    mask = (jnp.arange(max_length) <= index)[None, None, None, :]  # [1,1,1,L]
-    if position_bias is not None:
-      position_bias = jax.lax.dynamic_slice_in_dim(
-        position_bias, index, 1, axis=2
-      )  # --> [1, heads, 1, max_length]
-    return cached_key.value, cached_value.value, mask, position_bias
-
-
-class MlpBlock(nn.Module):
-  """Feed-forward: prod_i act_i(x W_i) W_o (gated when 2 activations)."""
-
-  config: T5Config
-
-  @nn.compact
-  def __call__(self, x: jax.Array, enable_dropout: bool = False) -> jax.Array:
-    """x [batch, length, embed] -> [batch, length, embed]."""
-    cfg = self.config
-    acts = cfg.mlp_activations
-    hidden = None
-    for i, act in enumerate(acts):
-      name = 'wi' if len(acts) == 1 else f'wi_{i}'
-      h = ACTIVATIONS[act](
-        DenseGeneral(
-          (cfg.mlp_dim,),
-          ('embed', 'mlp'),
-          dtype=cfg.activation_dtype,
-          name=name,
-        )(x)
-      )
-      hidden = h if hidden is None else hidden * h
-    hidden = _dropout(cfg, hidden, enable_dropout)
-    hidden = nn.with_logical_constraint(hidden, ('batch', 'length', 'mlp'))
-    return DenseGeneral(
-      (x.shape[-1],), ('mlp', 'embed'), dtype=cfg.activation_dtype, name='wo'
-    )(hidden)
-
-
-def _constrain_embed(x: jax.Array) -> jax.Array:
-  return nn.with_logical_constraint(x, ('batch', 'length', 'embed'))
-
-
-class EncoderLayer(nn.Module):
-  """Pre-norm self-attention + MLP block with residuals."""
-
-  config: T5Config
-
-  @nn.compact
-  def __call__(self, x, mask, position_bias, enable_dropout=False):
-    """x [batch, length, embed] -> same shape."""
-    cfg = self.config
-    norm = functools.partial(
-      RMSNorm, cfg.layer_norm_epsilon, cfg.activation_dtype
-    )
-    y = norm(name='pre_attention_layer_norm')(x)
-    y = MultiHeadAttention(cfg, name='attention')(
-      y, y, mask, position_bias, enable_dropout=enable_dropout
-    )
-    x = x + _dropout(cfg, y, enable_dropout)
-    y = norm(name='pre_mlp_layer_norm')(x)
-    y = MlpBlock(cfg, name='mlp')(y, enable_dropout)
-    return _constrain_embed(x + _dropout(cfg, y, enable_dropout))
-
-
-class DecoderLayer(nn.Module):
-  """Pre-norm causal self-attention, cross-attention and MLP blocks."""
-
-  config: T5Config
-
-  @nn.compact
-  def __call__(
-    self,
-    y,
-    encoded,
-    self_mask,
-    cross_mask,
-    position_bias,
-    *,
-    decode=False,
-    enable_dropout=False,
-  ):
-    """y [batch, target_length, embed].
-
-    encoded: [batch, input_length, width], or this layer's projected
-    cross-attention (key, value), each [batch, input_length, heads, kv].
-    """
-    cfg = self.config
-    norm = functools.partial(
-      RMSNorm, cfg.layer_norm_epsilon, cfg.activation_dtype
-    )
-    z = norm(name='pre_self_attention_layer_norm')(y)
-    z = MultiHeadAttention(cfg, name='self_attention')(
-      z,
-      z,
-      self_mask,
-      position_bias,
-      decode=decode,
-      enable_dropout=enable_dropout,
-    )
-    y = y + _dropout(cfg, z, enable_dropout)
-    z = norm(name='pre_cross_attention_layer_norm')(y)
-    z = MultiHeadAttention(cfg, name='encoder_decoder_attention')(
-      z, encoded, cross_mask, enable_dropout=enable_dropout
-    )
-    y = y + _dropout(cfg, z, enable_dropout)
-    z = norm(name='pre_mlp_layer_norm')(y)
-    z = MlpBlock(cfg, name='mlp')(z, enable_dropout)
-    return _constrain_embed(y + _dropout(cfg, z, enable_dropout))
-
-
-def _key_mask(tokens: jax.Array) -> jax.Array:
-  """tokens [batch, length] -> bool key mask [batch, 1, 1, length]."""
-  return (tokens > 0)[:, None, None, :]
-
-
-class Encoder(nn.Module):
-  """Embeds tokens and runs the encoder stack."""
-
-  config: T5Config
-  shared_embedding: Embed
-
-  @nn.compact
-  def __call__(self, encoder_input_tokens, enable_dropout=False):
-    """encoder_input_tokens [batch, length] -> [batch, length, embed]."""
-    cfg = self.config
-    x = _dropout(
-      cfg, self.shared_embedding(encoder_input_tokens), enable_dropout
-    )
-    x = _constrain_embed(x)
-    length = encoder_input_tokens.shape[1]
-    bias = RelativePositionBias(
-      cfg.relative_attention_num_buckets,
-      cfg.relative_attention_max_distance,
-      cfg.num_heads,
-      bidirectional=True,
-      name='relpos_bias',
-    )(length, length)
-    mask = _key_mask(encoder_input_tokens)
-    for i in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, name=f'layers_{i}')(x, mask, bias, enable_dropout)
-    x = RMSNorm(
-      cfg.layer_norm_epsilon, cfg.activation_dtype, name='encoder_norm'
-    )(x)
-    return _dropout(cfg, x, enable_dropout)
 
 
 class Decoder(nn.Module):
@@ -727,27 +256,29 @@ class Decoder(nn.Module):
     (`output_logits` finishes them).
     """
     cfg = self.config
-    y = _dropout(
+    y = blocks.dropout(
       cfg, self.shared_embedding(decoder_input_tokens), enable_dropout
     )
-    y = _constrain_embed(y)
+    y = blocks.constrain_embed(y)
     length = decoder_input_tokens.shape[1]
     if decode:
       length = max_decode_length or length
-    bias = RelativePositionBias(
+    bias = blocks.RelativePositionBias(
       cfg.relative_attention_num_buckets,
       cfg.relative_attention_max_distance,
       cfg.num_heads,
       bidirectional=False,
       name='relpos_bias',
     )(length, length)
-    self_mask = None if decode else _causal_mask(decoder_target_tokens, length)
-    cross_mask = _key_mask(encoder_input_tokens)
+    self_mask = (
+      None if decode else blocks.causal_mask(decoder_target_tokens, length)
+    )
+    cross_mask = blocks.key_mask(encoder_input_tokens)
     for i in range(cfg.num_decoder_layers):
       source = encoded
       if isinstance(encoded, CrossAttentionKV):
         source = (encoded.keys[i], encoded.values[i])
-      y = DecoderLayer(cfg, name=f'layers_{i}')(
+      y = layers.DecoderLayer(cfg, name=f'layers_{i}')(
         y,
         source,
         self_mask,
@@ -756,14 +287,19 @@ class Decoder(nn.Module):
         decode=decode,
         enable_dropout=enable_dropout,
       )
-    y = RMSNorm(
+    y = blocks.RMSNorm(
       cfg.layer_norm_epsilon, cfg.activation_dtype, name='decoder_norm'
     )(y)
-    y = _dropout(cfg, y, enable_dropout)
+    y = blocks.dropout(cfg, y, enable_dropout)
     if return_hidden:
-      return _constrain_embed(y)
+      return blocks.constrain_embed(y)
     return nn.with_logical_constraint(
-      self._logits(y), ('batch', 'length', 'vocab')
+      self._logits(y),
+      (
+        partitioning.BATCH_AXIS,
+        partitioning.LENGTH_AXIS,
+        partitioning.VOCAB_AXIS,
+      ),
     )
 
   def _logits(self, y: jax.Array) -> jax.Array:
@@ -771,9 +307,9 @@ class Decoder(nn.Module):
     cfg = self.config
     if cfg.logits_via_embedding:
       return self.shared_embedding.attend(y * cfg.emb_dim**-0.5)
-    return DenseGeneral(
+    return blocks.DenseGeneral(
       (cfg.vocab_size,),
-      ('embed', 'vocab'),
+      (partitioning.EMBED_AXIS, partitioning.VOCAB_AXIS),
       dtype=cfg.activation_dtype,
       output_dtype=jnp.float32,
       name='logits_dense',
@@ -804,10 +340,18 @@ def cross_attention_kv(
   """
 
   def project(attention, name):
-    y = _dense_general(
+    y = blocks.dense_general(
       encoded, attention[name]['kernel'], 1, config.activation_dtype
     )
-    return nn.with_logical_constraint(y, ('batch', 'length', 'heads', 'kv'))
+    return nn.with_logical_constraint(
+      y,
+      (
+        partitioning.BATCH_AXIS,
+        partitioning.LENGTH_AXIS,
+        partitioning.HEADS_AXIS,
+        partitioning.KV_AXIS,
+      ),
+    )
 
   layers = [
     decoder_params[f'layers_{i}']['encoder_decoder_attention']
@@ -852,7 +396,7 @@ def output_logits(
     )
   kernel = params['decoder']['logits_dense']['kernel']  # [E, V]
   if tokens is None:
-    return _dense_general(hidden, kernel, 1, dtype, jnp.float32)
+    return blocks.dense_general(hidden, kernel, 1, dtype, jnp.float32)
   columns = jnp.take(kernel, tokens, axis=1)  # --> [E, N, M]
   return jnp.einsum(
     'ne,enm->nm',
@@ -860,14 +404,6 @@ def output_logits(
     columns.astype(dtype),
     preferred_element_type=jnp.float32,
   )
-
-
-def _causal_mask(decoder_target_tokens, length):
-  """Causal mask [1 or batch, 1, length, length], keys with target 0 off."""
-  causal = np.tril(np.ones((length, length), dtype=bool))[None, None]
-  if decoder_target_tokens is None:
-    return jnp.asarray(causal)
-  return causal & _key_mask(decoder_target_tokens)
 
 
 class Transformer(nn.Module):
@@ -880,7 +416,7 @@ class Transformer(nn.Module):
     self.token_embedder = Embed(
       cfg.vocab_size, cfg.emb_dim, cfg.activation_dtype
     )
-    self.encoder = Encoder(cfg, self.token_embedder)
+    self.encoder = layers.Encoder(cfg, self.token_embedder)
     self.decoder = Decoder(cfg, self.token_embedder)
 
   def encode(

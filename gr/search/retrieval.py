@@ -17,7 +17,7 @@ import dataclasses
 import functools
 from typing import Mapping, Optional, Sequence
 
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh
 import numpy as np
 
 import jax
@@ -34,6 +34,7 @@ from gr.index import lexicon
 from gr.decode import model_decoder
 from gr.model import models
 from gr import partitioning
+from gr.partitioning import BATCH, REPLICATED, param_specs
 from gr.index import vocab as vocab_lib
 
 Ranking = list[tuple[str, float]]
@@ -76,18 +77,6 @@ def docids_per_document(index: index_lib.Index) -> int:
 def fit_to_index(config: SearchConfig, index: index_lib.Index) -> SearchConfig:
   """`config` with docids_per_doc set from `index`."""
   return dataclasses.replace(config, docids_per_doc=docids_per_document(index))
-
-
-BATCH = PartitionSpec(partitioning.DATA_AXIS)  # [batch, ...] over 'data'
-REPLICATED = PartitionSpec()
-
-
-def param_specs(model: models.EncoderDecoderModel, mesh: Optional[Mesh]):
-  """Mesh PartitionSpecs of the params, by training's logical axis rules
-  (None without a mesh)."""
-  if mesh is None:
-    return None
-  return partitioning.mesh_specs_from_logical(model.logical_axes())
 
 
 def make_search_fn(

@@ -138,10 +138,10 @@ def build_tries(sizes, levels, branching, vocab):
 
   Bulk-built; also returns the seconds the largest took.
   """
-  from gr.index import trie as trie_lib  # pylint: disable=g-import-not-at-top
+  from gr.index import docid_trie  # pylint: disable=g-import-not-at-top
 
   docids = {n: semantic_docids(n, levels, branching, vocab) for n in sizes}
-  build = lambda n, **capacity: trie_lib.DocidTrie.from_padded(
+  build = lambda n, **capacity: docid_trie.DocidTrie.from_padded(
     docids[n], range(n), vocab_size=vocab, **capacity
   )
   largest = max(sizes)
@@ -481,10 +481,10 @@ def peer_row(name, docids, trie, reps):
 def build_row(docids, trie, bulk_build_s):
   """Host build (bulk and per docid), upload time, device bytes per docid."""
   import jax  # pylint: disable=g-import-not-at-top
-  from gr.index import trie as trie_lib  # pylint: disable=g-import-not-at-top
+  from gr.index import docid_trie  # pylint: disable=g-import-not-at-top
 
   start = time.perf_counter()
-  trie_lib.DocidTrie.build(
+  docid_trie.DocidTrie.build(
     [tuple(row) for row in docids.tolist()],
     range(len(docids)),
     vocab_size=_VOCAB.value,
@@ -625,13 +625,13 @@ def trie_row(count, length, vocab, reps):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from gr.index import trie as trie_lib  # pylint: disable=g-import-not-at-top
+  from gr.index import docid_trie  # pylint: disable=g-import-not-at-top
 
   docids = random_docids(count, length, vocab)
   builds = []
   for _ in range(3):
     wall, cpu = time.perf_counter(), time.process_time()
-    trie = trie_lib.DocidTrie.from_padded(
+    trie = docid_trie.DocidTrie.from_padded(
       docids, np.arange(len(docids)), vocab_size=vocab
     )
     builds.append((time.perf_counter() - wall, time.process_time() - cpu))

@@ -21,7 +21,7 @@ from gr.decode import beam_search as beam_lib
 from gr.decode import constraint as constraint_lib
 from gr.decode import hooks
 from gr.decode import oracle
-from gr.index.trie import DocidTrie
+from gr.index.docid_trie import DocidTrie
 
 BATCH = 2
 VOCAB = 6  # constrained tests: docid tokens 2..5

@@ -19,7 +19,7 @@ from scipy import stats
 
 from gr.decode import constraint as constraint_lib
 from gr.decode import sampling
-from gr.index.trie import DocidTrie
+from gr.index.docid_trie import DocidTrie
 
 VOCAB = 5  # 0 PAD, 1 EOS, 2..4 words
 MAX_LEN = 3

@@ -1,4 +1,5 @@
-"""Tests for gr/index/trie.py: host edits, device layout, mask and step."""
+"""Tests for gr/index/docid_trie.py, trie.py and trie_build.py: host edits,
+device layout, mask and step."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from gr.index import trie as trie_lib
-from gr.index.trie import DocidTrie
+from gr.index.docid_trie import DocidTrie
 
 VOCAB = 8
 MAX_TOKENS = 3  # docid tokens before EOS

@@ -42,7 +42,8 @@ from typing import Iterable, Mapping, Sequence
 
 from gr import atomic_io
 from gr import batching
-from gr.index import trie as trie_lib
+from gr.index import docid_trie
+from gr.index import sentencepiece_training as sp_training
 from gr.index import vocab as vocab_lib
 from gr.index import wordpiece
 from gr.data.beir import Document
@@ -103,7 +104,7 @@ class Index:
     """Longest docid in tokens, EOS included."""
     return max(len(s) for s in self.docid_sequences()[0])
 
-  def build_trie(self, **capacities) -> trie_lib.DocidTrie:
+  def build_trie(self, **capacities) -> docid_trie.DocidTrie:
     """The trie of every docid (values: positions in doc_ids), bulk-built.
 
     Args:
@@ -111,7 +112,7 @@ class Index:
         level_capacity.
     """
     sequences, values = self.docid_sequences()
-    return trie_lib.DocidTrie.from_padded(
+    return docid_trie.DocidTrie.from_padded(
       batching.pad_sequences(sequences),
       values,
       eos_id=vocab_lib.EOS_ID,
@@ -137,7 +138,7 @@ def build_index(
   """Trains sentencepiece on `texts` and wraps it with the table's tokens."""
   os.makedirs(work_dir, exist_ok=True)
   prefix = os.path.join(work_dir, os.path.splitext(vocab_lib.SP_MODEL_NAME)[0])
-  sp_path = vocab_lib.train_sentencepiece(
+  sp_path = sp_training.train_sentencepiece(
     texts, prefix, vocab_size=vocab_size, seed=seed
   )
   return Index(table, vocab_lib.Vocabulary.from_table(sp_path, table))

@@ -67,10 +67,10 @@ def _peak_rss_mb() -> float:
 
 def _setup(work_dir: str, num_docs: int) -> None:
   """The sentencepiece model (trained on the first 2,000 bodies)."""
-  from gr.index import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  from gr.index import sentencepiece_training as sp_training  # pylint: disable=g-import-not-at-top
 
   corpus = synthetic_corpus(min(num_docs, 2000))
-  vocab_lib.train_sentencepiece(
+  sp_training.train_sentencepiece(
     [doc.text for doc in corpus.values()],
     os.path.join(work_dir, 'spm'),
     vocab_size=VOCAB_SIZE,
@@ -81,7 +81,7 @@ def run_child(path: str, work_dir: str, num_docs: int) -> dict:
   """Builds one path's task and reads one batch; returns its RSS record."""
   from gr.train import example_files  # pylint: disable=g-import-not-at-top
   from gr.train import tasks  # pylint: disable=g-import-not-at-top
-  from gr.train import loop as train  # pylint: disable=g-import-not-at-top
+  from gr.train import data as data_lib  # pylint: disable=g-import-not-at-top
   from gr.index import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   from gr.docids import naive  # pylint: disable=g-import-not-at-top
 
@@ -107,7 +107,7 @@ def run_child(path: str, work_dir: str, num_docs: int) -> dict:
     name = tasks.register_file_task(
       'bench.file.v1', examples_path, vocab, docid_targets=True
     )
-  batches = train.task_batches(
+  batches = data_lib.task_batches(
     name,
     split=tasks.TRAIN,
     input_length=64,

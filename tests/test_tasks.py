@@ -13,6 +13,7 @@ import seqio
 import tensorflow as tf
 
 from gr.train import tasks
+from gr.index import sentencepiece_training as sp_training
 from gr.index import vocab as vocab_lib
 from gr.data.beir import BeirDataset, Document
 from gr.docids import multi, naive, text
@@ -70,7 +71,7 @@ def tables(data):
 @pytest.fixture(scope="module")
 def vocab(tmp_path_factory, data, tables):
   texts = [d.text for d in data.corpus.values()] + list(data.queries.values())
-  path = vocab_lib.train_sentencepiece(
+  path = sp_training.train_sentencepiece(
     texts, str(tmp_path_factory.mktemp("sp") / "spm"), vocab_size=120
   )
   tokens = list(

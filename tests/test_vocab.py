@@ -11,6 +11,7 @@ import seqio
 import sentencepiece as spm
 import tensorflow as tf
 
+from gr.index import sentencepiece_training as sp_training
 from gr.index import vocab as vocab_lib
 
 _WORDS = (
@@ -34,7 +35,7 @@ def _corpus(seed: int = 0, size: int = 400) -> list[str]:
 @pytest.fixture(scope="module")
 def sp_path(tmp_path_factory):
   prefix = str(tmp_path_factory.mktemp("sp") / "spm")
-  return vocab_lib.train_sentencepiece(_corpus(), prefix, vocab_size=300)
+  return sp_training.train_sentencepiece(_corpus(), prefix, vocab_size=300)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def vocab(sp_path):
 
 
 def test_training_is_byte_identical_and_t5_ids(tmp_path, sp_path):
-  again = vocab_lib.train_sentencepiece(
+  again = sp_training.train_sentencepiece(
     _corpus(), str(tmp_path / "again"), vocab_size=300
   )
   with open(sp_path, "rb") as a, open(again, "rb") as b:
@@ -72,7 +73,7 @@ def test_digits_are_split(sp_path):
 def test_long_lines_are_kept_not_dropped(tmp_path):
   # One 20 kB line: sentencepiece alone would drop it and find no pieces.
   long_line = " ".join(["quux", "zzyzx"] * 2000)
-  path = vocab_lib.train_sentencepiece(
+  path = sp_training.train_sentencepiece(
     [long_line], str(tmp_path / "long"), vocab_size=50
   )
   processor = spm.SentencePieceProcessor(model_file=path)

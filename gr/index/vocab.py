@@ -14,38 +14,32 @@ A docid is a string of space-separated tokens. A token in `docid_tokens` is
 one id; maximal runs of other words (text docids) go through sentencepiece
 together.
 
-Files: `train_sentencepiece` writes `<prefix>.model`; `Vocabulary.save`
-writes a JSON file (default `<model stem>.gr_vocab.json`, next to the model)
-holding the docid token list and the model's sha256, which `load` verifies.
+Files: gr/index/sentencepiece_training.py writes `<prefix>.model`;
+`Vocabulary.save` writes a JSON file (default `<model stem>.gr_vocab.json`,
+next to the model; its format in gr/index/vocab_format.py) holding the docid
+token list and the model's sha256, which `load` verifies.
 """
 
 import copy
 import functools
 import hashlib
-import io
 import json
 import os
-import re
 import shutil
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import seqio
-import sentencepiece as spm
 import tensorflow as tf
 
-from gr import batching
 from gr import atomic_io
+from gr import batching
+from gr.index import vocab_format
 
 PAD_ID = 0
 EOS_ID = 1
 UNK_ID = 2
 SP_MODEL_NAME = "spm.model"
-
-_FORMAT = "gr.vocab"
-_FORMAT_VERSION = 1
-# A word that looks like a reserved docid token: `<...>` with no spaces.
-_RESERVED_LOOKING = re.compile(r"^<[^<>\s]+>$")
 
 
 def file_sha256(path: str) -> str:
@@ -56,86 +50,6 @@ def file_sha256(path: str) -> str:
 def vocab_json_path(sp_model_path: str) -> str:
   """`<model stem>.gr_vocab.json`, next to the sentencepiece model."""
   return os.path.splitext(sp_model_path)[0] + ".gr_vocab.json"
-
-
-# ----------------------------------------------------------- sentencepiece --
-
-
-def _training_sentences(texts: Iterable[str], max_bytes: int) -> Iterator[str]:
-  """Yields the non-empty lines of `texts`, cut at words to <= max_bytes.
-
-  sentencepiece silently drops sentences longer than its
-  `max_sentence_length`, so long document bodies are cut into pieces.
-  """
-  for text in texts:
-    for line in text.splitlines():
-      chunk, size = [], 0
-      for word in line.split():
-        word_bytes = len(word.encode("utf-8")) + 1
-        if chunk and size + word_bytes > max_bytes:
-          yield " ".join(chunk)
-          chunk, size = [], 0
-        chunk.append(word)
-        size += word_bytes
-      if chunk:
-        yield " ".join(chunk)
-
-
-def train_sentencepiece(
-  texts: Iterable[str],
-  model_prefix: str,
-  *,
-  vocab_size: int = 8000,
-  seed: int = 0,
-  character_coverage: float = 1.0,
-  input_sentence_size: int = 0,
-  max_sentence_bytes: int = 4000,
-  num_threads: int = 16,
-) -> str:
-  """Trains a unigram sentencepiece model (T5 ids) on `texts`.
-
-  Deterministic: the same texts and arguments give a byte-identical model
-  (the random generator is seeded and the thread count is fixed, not taken
-  from the machine). Digits are split, so a number is several pieces.
-  `vocab_size` is a soft limit: a tiny corpus gives a smaller vocabulary
-  instead of an error.
-
-  Args:
-    texts: training text (the caller picks: document bodies, train queries).
-    model_prefix: the model is written to `model_prefix + ".model"`.
-    vocab_size: number of pieces, including PAD, EOS and UNK.
-    seed: seeds sentencepiece's sampling when `input_sentence_size` > 0.
-    character_coverage: fraction of characters the model covers.
-    input_sentence_size: if > 0, train on this many sampled sentences.
-    max_sentence_bytes: longer lines are cut at words into several sentences.
-    num_threads: training threads (part of what makes the model reproducible).
-
-  Returns:
-    The path of the written model file.
-  """
-  spm.set_random_generator_seed(seed)
-  model = io.BytesIO()
-  spm.SentencePieceTrainer.train(
-    sentence_iterator=_training_sentences(texts, max_sentence_bytes),
-    model_writer=model,
-    model_type="unigram",
-    vocab_size=vocab_size,
-    hard_vocab_limit=False,
-    character_coverage=character_coverage,
-    split_digits=True,
-    pad_id=PAD_ID,
-    eos_id=EOS_ID,
-    unk_id=UNK_ID,
-    bos_id=-1,
-    input_sentence_size=input_sentence_size,
-    shuffle_input_sentence=True,
-    max_sentence_length=max_sentence_bytes + 64,
-    num_threads=num_threads,
-    minloglevel=2,
-  )
-  path = model_prefix + ".model"
-  atomic_io.write_bytes(path, model.getvalue())
-  return path
 
 
 # -------------------------------------------------------------- vocabulary --
@@ -179,7 +93,7 @@ class DocidTokenVocabulary(seqio.Vocabulary):
     sharing this one's loaded tokenizer: no file is read again and only the
     appended tokens are checked (online adds call this per update)."""
     current = self._docid_tokens
-    appended = _validated_docid_tokens(tokens[len(current) :])
+    appended = vocab_format.validated_docid_tokens(tokens[len(current) :])
     for token in appended:
       if token in self._id_by_docid_token:
         raise ValueError(
@@ -227,7 +141,7 @@ class Vocabulary(DocidTokenVocabulary):
 
     Args:
       sp_model_path: a sentencepiece model with PAD=0, EOS=1, UNK=2 (ours
-        from `train_sentencepiece`, or an existing T5 model file).
+        from gr/index/sentencepiece_training.py, or an existing T5 model file).
       docid_tokens: tokens that each get one id, after the pieces.
       extra_ids: T5 `<extra_id_*>` sentinels added to the sentencepiece model
         (100 for the public T5 models), placed before the docid tokens.
@@ -236,7 +150,7 @@ class Vocabulary(DocidTokenVocabulary):
       raise FileNotFoundError(f"sentencepiece model not found: {sp_model_path}")
     self._sp = seqio.SentencePieceVocabulary(sp_model_path, extra_ids=extra_ids)
     self._check_t5_ids(sp_model_path)
-    self._docid_tokens = _validated_docid_tokens(docid_tokens)
+    self._docid_tokens = vocab_format.validated_docid_tokens(docid_tokens)
     self._id_by_docid_token = {
       token: self.sp_size + i for i, token in enumerate(self._docid_tokens)
     }
@@ -422,7 +336,7 @@ class Vocabulary(DocidTokenVocabulary):
         ids.extend(self._encode_docid_words(run, docid))
         ids.append(self._id_by_docid_token[word])
         run = []
-      elif _RESERVED_LOOKING.match(word):
+      elif vocab_format.RESERVED_LOOKING.match(word):
         raise ValueError(
           f"docid {docid!r}: token {word!r} is not a docid token of this "
           f"vocabulary ({len(self._docid_tokens)} tokens); extend it with "
@@ -462,8 +376,8 @@ class Vocabulary(DocidTokenVocabulary):
     """
     path = path or self.default_json_path()
     record = {
-      "format": _FORMAT,
-      "format_version": _FORMAT_VERSION,
+      "format": vocab_format.FORMAT,
+      "format_version": vocab_format.FORMAT_VERSION,
       "sp_model": os.path.relpath(
         os.path.abspath(self.sp_model_path),
         os.path.dirname(os.path.abspath(path)),
@@ -490,7 +404,7 @@ class Vocabulary(DocidTokenVocabulary):
     Raises:
       ValueError: if the file is malformed or the model's sha256 differs.
     """
-    record = _read_vocab_json(path)
+    record = vocab_format.read_vocab_json(path)
     sp_model_path = os.path.join(
       os.path.dirname(os.path.abspath(path)), record["sp_model"]
     )
@@ -526,59 +440,6 @@ class Vocabulary(DocidTokenVocabulary):
     )
 
   __str__ = __repr__
-
-
-def _validated_docid_tokens(tokens: Sequence[str]) -> tuple[str, ...]:
-  """Returns `tokens` as a tuple; raises on empty, spaced or repeated ones."""
-  tokens = tuple(tokens)
-  seen = set()
-  for position, token in enumerate(tokens):
-    if (
-      not isinstance(token, str)
-      or not token
-      or token != token.strip()
-      or (len(token.split()) != 1)
-    ):
-      raise ValueError(
-        f"docid token at position {position} must be a non-empty string "
-        f"without whitespace, got {token!r}"
-      )
-    if token in seen:
-      raise ValueError(
-        f"docid token {token!r} appears twice "
-        f"(second time at position {position})"
-      )
-    seen.add(token)
-  return tokens
-
-
-def _read_vocab_json(path: str) -> dict:
-  """Parses and checks a vocabulary JSON file; errors name file and field."""
-  try:
-    with open(path, "rb") as f:
-      record = json.loads(f.read().decode("utf-8"))
-  except json.JSONDecodeError as e:
-    raise ValueError(f"{path}: not valid JSON ({e})") from e
-  if not isinstance(record, dict) or record.get("format") != _FORMAT:
-    raise ValueError(f"{path}: field 'format' must be {_FORMAT!r}")
-  if record.get("format_version") != _FORMAT_VERSION:
-    raise ValueError(
-      f"{path}: field 'format_version' must be "
-      f"{_FORMAT_VERSION}, got {record.get('format_version')!r}"
-    )
-  expected_types = {
-    "sp_model": str,
-    "sp_model_sha256": str,
-    "extra_ids": int,
-    "docid_tokens": list,
-  }
-  for field, kind in expected_types.items():
-    if not isinstance(record.get(field), kind):
-      raise ValueError(
-        f"{path}: field {field!r} must be a {kind.__name__}, "
-        f"got {record.get(field)!r}"
-      )
-  return record
 
 
 def encode_texts(

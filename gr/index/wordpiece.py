@@ -29,13 +29,13 @@ import tokenizers
 
 from gr import atomic_io
 from gr.index import vocab as vocab_lib
+from gr.index import vocab_format
 
 PAD_ID = vocab_lib.PAD_ID
 EOS_ID = vocab_lib.EOS_ID
 FORMAT = "gr.wordpiece"
 TOKENIZER_NAME = "tokenizer.json"
 JSON_SUFFIX = ".gr_wordpiece.json"
-_RESERVED_LOOKING = vocab_lib._RESERVED_LOOKING  # pylint: disable=protected-access
 
 
 def _load_tokenizer(path: str) -> tokenizers.Tokenizer:
@@ -59,7 +59,7 @@ class WordPieceVocabulary(vocab_lib.DocidTokenVocabulary):
   ):
     self._path = tokenizer_path
     self._tokenizer = _load_tokenizer(tokenizer_path)
-    self._docid_tokens = vocab_lib._validated_docid_tokens(docid_tokens)  # pylint: disable=protected-access
+    self._docid_tokens = vocab_format.validated_docid_tokens(docid_tokens)
     self._id_by_docid_token = {
       t: self.base_size + i for i, t in enumerate(self._docid_tokens)
     }
@@ -202,7 +202,7 @@ class WordPieceVocabulary(vocab_lib.DocidTokenVocabulary):
         run = []
         if word is not None:
           ids.append(self._id_by_docid_token[word])
-      elif _RESERVED_LOOKING.match(word):
+      elif vocab_format.RESERVED_LOOKING.match(word):
         raise ValueError(
           f"docid {docid!r}: token {word!r} is not a docid "
           "token of this vocabulary"

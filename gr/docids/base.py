@@ -15,12 +15,10 @@ arrays.npz (scheme state, e.g. centroids) and manifest.json (sha256 of both),
 each written atomically; the manifest is written last.
 """
 
-import collections.abc
 import dataclasses
 import functools
 import io
 import json
-import math
 import os
 import re
 from typing import (
@@ -28,7 +26,6 @@ from typing import (
   Any,
   Callable,
   Iterable,
-  Iterator,
   Mapping,
   Protocol,
   Sequence,
@@ -38,6 +35,7 @@ import numpy as np
 
 from gr import atomic_io
 from gr.data.beir import Document
+from gr.docids import views
 
 FORMAT = "gr.docid_table/1"
 TABLE_FILE = "table.json"
@@ -61,113 +59,14 @@ def string_array(strings: Iterable[str]) -> np.ndarray:
   return np.array(list(strings), dtype=np.str_)
 
 
-class Layered(collections.abc.Mapping):
-  """An immutable mapping: a shared base dict plus a small delta on top.
-
-  `changed` makes the next one in O(delta) without copying the base; once
-  the delta outgrows sqrt(len(base)) it is folded into a new base (O(n)
-  once every sqrt(n) changes), so a change costs amortised O(sqrt n) where a
-  copy of a dict would cost O(n). Iteration order is a dict's: the base's
-  surviving keys, then the added ones in order.
-  """
-
-  __slots__ = ("_base", "_added", "_removed")
-
-  def __init__(
-    self,
-    base: Mapping[Any, Any],
-    added: Mapping[Any, Any] | None = None,
-    removed: AbstractSet[Any] = frozenset(),
-  ):
-    """`removed`: keys of `base` that are gone; `added`: keys not in it."""
-    self._base, self._added, self._removed = base, added or {}, removed
-
-  def __getitem__(self, key):
-    if key in self._added:
-      return self._added[key]
-    if key in self._removed:
-      raise KeyError(key)
-    return self._base[key]
-
-  def __contains__(self, key) -> bool:
-    return key in self._added or (
-      key not in self._removed and key in self._base
-    )
-
-  def __iter__(self) -> Iterator[Any]:
-    removed = self._removed
-    yield from (k for k in self._base if k not in removed)
-    yield from self._added
-
-  def __len__(self) -> int:
-    return len(self._base) - len(self._removed) + len(self._added)
-
-  def __repr__(self) -> str:
-    return f"Layered({len(self)} items)"
-
-  def changed(
-    self, add: Mapping[Any, Any] = {}, remove: Iterable[Any] = ()
-  ) -> "Layered":
-    """This mapping with keys in `remove` dropped, then `add` (new keys)."""
-    added, removed = dict(self._added), set(self._removed)
-    for key in remove:
-      if added.pop(key, _ABSENT) is _ABSENT:
-        removed.add(key)
-    added.update(add)
-    delta = len(added) + len(removed)
-    if delta > max(_MIN_FOLD, math.isqrt(len(self._base))):
-      base = {k: v for k, v in self._base.items() if k not in removed}
-      base.update(added)
-      return Layered(base)
-    return Layered(self._base, added, frozenset(removed))
-
-
-_ABSENT = object()
-_MIN_FOLD = 64
-
-
-class TakenDocids(collections.abc.Set):
-  """Docids a new document may not get: the table's current and retired
-  ones, plus any `add`ed while naming new documents. Membership is O(1);
-  the table's docids are not copied (iterating them all is O(n))."""
-
-  def __init__(self, table: "DocidTable"):
-    self._table, self._extra = table, set()
-
-  def __contains__(self, docid) -> bool:
-    return (
-      docid in self._extra
-      or docid in self._table.docid_to_doc
-      or self._table.is_retired(docid)
-    )
-
-  def __iter__(self) -> Iterator[str]:
-    yield from self._extra
-    yield from (d for d in self._table.docid_to_doc if d not in self._extra)
-    yield from (
-      d
-      for d in self._table.retired_docids
-      if d not in self._extra and d not in self._table.docid_to_doc
-    )
-
-  def __len__(self) -> int:
-    return sum(1 for _ in self)
-
-  def add(self, docid: str) -> None:
-    self._extra.add(docid)
-
-  def update(self, docids: Iterable[str]) -> None:
-    self._extra.update(docids)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class DocidTable:
   """Docids of a corpus under one scheme.
 
   A table built by its constructor (or `load`) is validated whole. Tables
   made by `extend` and `remove` check only what changed, and share their
-  parent's mappings (`Layered`), so an update of k documents costs O(k)
-  (amortised O(k + sqrt n)), not O(n).
+  parent's mappings (`Layered`, gr/docids/views.py), so an update of k
+  documents costs O(k) (amortised O(k + sqrt n)), not O(n).
 
   Attributes:
     scheme: scheme name ("naive", "atomic", "semantic", "text", "multi").
@@ -231,10 +130,10 @@ class DocidTable:
     return {s: d for d, ids in self.docids_of.items() for s in ids}
 
   @functools.cached_property
-  def _retired(self) -> Layered:
+  def _retired(self) -> views.Layered:
     """Retired docids as the keys of a Layered mapping (values None)."""
     names = self.arrays.get(RETIRED_KEY, np.array([], np.str_)).tolist()
-    return Layered(dict.fromkeys(names))
+    return views.Layered(dict.fromkeys(names))
 
   @functools.cached_property
   def _reserved_set(self) -> frozenset[str]:
@@ -248,9 +147,9 @@ class DocidTable:
   def is_retired(self, docid: str) -> bool:
     return docid in self._retired
 
-  def taken_docids(self) -> TakenDocids:
+  def taken_docids(self) -> views.TakenDocids:
     """Docid strings a new document may not get: current and retired."""
-    return TakenDocids(self)
+    return views.TakenDocids(self)
 
   def all_docids(self) -> list[tuple[str, str]]:
     """(docid string, doc_id) pairs in corpus order, then per-doc order."""
@@ -325,8 +224,8 @@ class DocidTable:
       if RETIRED_KEY in self.arrays:
         new_arrays[RETIRED_KEY] = self.arrays[RETIRED_KEY]
     table = self._derived(
-      docids_of=_layered(self.docids_of).changed(add=new_docids),
-      docid_to_doc=_layered(self.docid_to_doc).changed(add=owner.new),
+      docids_of=views.layered(self.docids_of).changed(add=new_docids),
+      docid_to_doc=views.layered(self.docid_to_doc).changed(add=owner.new),
       retired=self._retired,
       reserved_tokens=self.reserved_tokens + tuple(appended),
       arrays=new_arrays,
@@ -346,8 +245,8 @@ class DocidTable:
     retired = [s for d in doomed for s in self.docids_of[d]]
     old = self.arrays.get(RETIRED_KEY, np.array([], np.str_))
     table = self._derived(
-      docids_of=_layered(self.docids_of).changed(remove=doomed),
-      docid_to_doc=_layered(self.docid_to_doc).changed(remove=retired),
+      docids_of=views.layered(self.docids_of).changed(remove=doomed),
+      docid_to_doc=views.layered(self.docid_to_doc).changed(remove=retired),
       retired=self._retired.changed(add=dict.fromkeys(retired)),
       reserved_tokens=self.reserved_tokens,
       arrays={
@@ -485,10 +384,6 @@ def _check_reserved_tokens(tokens: tuple[str, ...], unique: AbstractSet[str]):
       raise DocidTableError(
         f"reserved token {token!r} is not shaped like <...>"
       )
-
-
-def _layered(mapping: Mapping[Any, Any]) -> Layered:
-  return mapping if isinstance(mapping, Layered) else Layered(mapping)
 
 
 class _NewOwners:

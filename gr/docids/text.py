@@ -29,6 +29,7 @@ import numpy as np
 
 from gr.data.beir import Document
 from gr.docids import base
+from gr.docids import views
 
 STOPWORDS = frozenset(bm25s.stopwords.STOPWORDS_EN_PLUS)
 EMPTY_WORD = "empty"
@@ -155,7 +156,7 @@ class TextScheme:
     self,
     words: Mapping[str, list[str]],
     idf: Idf,
-    taken: "set[str] | base.TakenDocids",
+    taken: "set[str] | views.TakenDocids",
   ) -> dict[str, tuple[str]]:
     """Names documents in order; each new docid joins `taken`."""
     docids = {}

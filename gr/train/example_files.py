@@ -93,9 +93,9 @@ def read_examples(
   seed=None,
   shuffle_buffer: int = 10_000,
 ) -> tf.data.Dataset:
-  """The examples of `path` as tf.data features (as
-  tasks.examples_to_dataset makes them: strings, `targets` int32 [length]
-  or a string), in file order or shuffled in a buffer of `shuffle_buffer`
+  """The examples of `path` as tf.data features (as gr/train/preprocessors.py's
+  `examples_to_dataset` makes them: strings, `targets` int32 [length] or a
+  string), in file order or shuffled in a buffer of `shuffle_buffer`
   serialised records (reshuffled each epoch)."""
   records = tf.data.TFRecordDataset(path)
   if shuffle:

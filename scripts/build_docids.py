@@ -7,6 +7,8 @@
 otherwise kept as strings (method=tfidf). Semantic (and multi with a semantic
 part) embed document bodies with MiniLM, cached in --embeddings_cache
 (default <data_dir>/embeddings/minilm_bodies.npy); reused when the bodies match.
+The console shows status lines (embedding progress) and the statistics;
+--verbose shows every log line (this job keeps no log file).
 """
 
 import json
@@ -87,4 +89,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  gin_cli.run(main)
+  gin_cli.run(main, console=True)

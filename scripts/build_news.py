@@ -4,6 +4,8 @@
 
 Offline and deterministic: the same seed gives byte-identical files. See
 gr/data/news.py for what the folder holds.
+The console shows a status line and the counts; --verbose shows every log
+line (this job keeps no log file).
 """
 
 import json
@@ -28,4 +30,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  gin_cli.run(main)
+  gin_cli.run(main, console=True)

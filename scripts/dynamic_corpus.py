@@ -9,14 +9,23 @@ writes results.json, results.csv, results.md and PNG plots to WORKDIR
 (gr/continual/dynamic.py, gr/continual/dynamic_report.py). Started again, it skips the (scheme, strategy) cells that
 already finished. --docs_fraction / --max_docs_per_period shrink the corpus
 (shorthand for the run_dynamic_experiment bindings).
+The console shows status lines and the table; the full log (gin config,
+INFO lines) is in WORKDIR/logs/dynamic_corpus-<time>.log (--verbose: on
+the console too).
 """
 
-from absl import app
-from absl import flags
+from gr import console
 
-from gr.continual import dynamic_report
-from gr.experiments import configurables
-from gr.experiments import gin_cli
+# Before anything imports TensorFlow: its C++ start-up lines go to the log.
+console.quiet_native_startup()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from gr.continual import dynamic_report  # noqa: E402
+from gr.experiments import configurables  # noqa: E402
+from gr.experiments import gin_cli  # noqa: E402
 
 _GIN_FILES = flags.DEFINE_multi_string('gin_file', [], 'Gin config files.')
 _GIN_BINDINGS = flags.DEFINE_multi_string(
@@ -62,10 +71,10 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if _CACHE_DIR.value:
     enable_compilation_cache(_CACHE_DIR.value)
-  gin_cli.quiet_orbax_info()
   gin_cli.parse_gin(
     _GIN_FILES.value, list(_GIN_BINDINGS.value) + size_bindings()
   )
+  gin_cli.log_under('run_dynamic_experiment.workdir')
   results = configurables.run_dynamic_experiment()
   last = len(results['periods']) - 1
   print(dynamic_report.format_table(dynamic_report.summary_rows(results), last))
@@ -73,4 +82,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  gin_cli.run(main)
+  gin_cli.run(main, console=True)

@@ -13,13 +13,22 @@ of the corpus from its body only. Run again with the same --model_dir, it
 resumes (or just loads) the model. The vocabulary is kept in model_dir/vocab.
 Output: one `{"_id", "queries"}` JSON line per document, written atomically.
 The pipeline is gr/experiments/generate_queries.py; this script parses flags.
+The console shows status lines; the full log (gin config, INFO lines) is
+in model_dir/logs/generate_queries-<time>.log (--verbose: on the console
+too).
 """
 
-from absl import app
-from absl import flags
+from gr import console
 
-from gr.experiments import generate_queries
-from gr.experiments import gin_cli
+# Before anything imports TensorFlow: its C++ start-up lines go to the log.
+console.quiet_native_startup()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from gr.experiments import generate_queries  # noqa: E402
+from gr.experiments import gin_cli  # noqa: E402
 
 flags.DEFINE_string('data_dir', None, 'BEIR folder.', required=True)
 flags.DEFINE_string('model_dir', None, 'doc2query checkpoints.', required=True)
@@ -74,10 +83,10 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  gin_cli.quiet_orbax_info()
   gin_cli.parse_gin(
     FLAGS.gin_file, FLAGS.gin_bindings + ['doc2query_model.model = %MODEL']
   )
+  console.log_to(FLAGS.model_dir)
   generate_queries.generate_queries(
     data_dir=FLAGS.data_dir,
     model_dir=FLAGS.model_dir,
@@ -106,4 +115,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  gin_cli.run(main)
+  gin_cli.run(main, console=True)

@@ -1,18 +1,26 @@
 r"""Runs a generative-retrieval experiment from gin: index, train, evaluate.
 
   python scripts/run_experiment.py --gin_file=configs/news_naive_tiny.gin \
-    [--gin.TRAIN_STEPS=500] [--gin.DATA_DIR="'/path/to/beir'"]
+    [--gin.TRAIN_STEPS=500] [--gin.DATA_DIR="'/path/to/beir'"] [--verbose]
 
 Prints the GR vs BM25 table and leaves the index, checkpoints, TensorBoard
 logs, TREC run files and results.json under WORKDIR. Run again with the
-same WORKDIR, it reuses the index and resumes training.
+same WORKDIR, it reuses the index and resumes training. The console shows
+status lines and the table; the full log (gin config, INFO lines) is in
+WORKDIR/logs/run_experiment-<time>.log (--verbose: on the console too).
 """
 
-from absl import app
-from absl import flags
+from gr import console
 
-from gr.experiments import gin_cli
-from gr.experiments import run
+# Before anything imports TensorFlow: its C++ start-up lines go to the log.
+console.quiet_native_startup()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from gr.experiments import gin_cli  # noqa: E402
+from gr.experiments import run  # noqa: E402
 
 _GIN_FILES = flags.DEFINE_multi_string('gin_file', [], 'Gin config files.')
 _GIN_BINDINGS = flags.DEFINE_multi_string('gin_bindings', [], 'Bindings.')
@@ -21,10 +29,10 @@ _GIN_BINDINGS = flags.DEFINE_multi_string('gin_bindings', [], 'Bindings.')
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  gin_cli.quiet_orbax_info()
   gin_cli.parse_gin(_GIN_FILES.value, _GIN_BINDINGS.value)
+  gin_cli.log_under('run_experiment.workdir')
   run.run_experiment()
 
 
 if __name__ == '__main__':
-  gin_cli.run(main)
+  gin_cli.run(main, console=True)

@@ -11,14 +11,22 @@ Multi-host: pass --coordinator_address, --num_processes and --process_id to
 every process (the same command otherwise).
 Started again with the same command after a crash, it resumes from the last
 checkpoint in MODEL_DIR.
+The console shows status lines; the full log (gin config, INFO lines) is
+in MODEL_DIR/logs/train-<time>.log (--verbose: on the console too).
 """
 
-from absl import app
-from absl import flags
+from gr import console
 
-from gr import partitioning
-from gr.experiments import configurables
-from gr.experiments import gin_cli
+# Before anything imports TensorFlow: its C++ start-up lines go to the log.
+console.quiet_native_startup()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from gr import partitioning  # noqa: E402
+from gr.experiments import configurables  # noqa: E402
+from gr.experiments import gin_cli  # noqa: E402
 
 _GIN_FILES = flags.DEFINE_multi_string(
   'gin_file', [], 'Gin config files, applied in order.'
@@ -40,10 +48,13 @@ def main(argv):
     partitioning.initialize_distributed(
       _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value
     )
-  gin_cli.quiet_orbax_info()
   gin_cli.parse_gin(_GIN_FILES.value, _GIN_BINDINGS.value)
+  multihost = _NUM_PROCESSES.value > 1
+  gin_cli.log_under(
+    'train.model_dir', f'-p{_PROCESS_ID.value}' if multihost else ''
+  )
   configurables.train()
 
 
 if __name__ == '__main__':
-  gin_cli.run(main)
+  gin_cli.run(main, console=True)

@@ -11,6 +11,7 @@ LAYERS = (
   'partitioning',
   'batching',
   'bench_env',
+  'console',
   'data',
   'docids',
   'index',

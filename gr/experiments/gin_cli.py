@@ -9,11 +9,19 @@ except that bad input (a wrong flag, a gin file or binding that does not
 parse, a missing file or folder, a malformed data file, a run that cannot be
 loaded: `INPUT_ERRORS`) ends with one line on stderr, the error's message
 (which names the file, line or field), and exit status 2, not a traceback.
-Run with --verbosity=1 to get the traceback too. Any other exception is a
+Run with --verbosity=1 (and --verbose where the job has a quiet console)
+to get the traceback too. Any other exception is a
 bug and keeps its traceback.
+
+`run(main, console=True)` also gives the job a quiet console
+(gr/console.py): status lines, unexpected warnings and the result on the
+console, every log record in `<run dir>/logs/<job>-<time>.log` once main
+calls `console.log_to(run_dir)` (`log_under('run_experiment.workdir')`
+reads the run directory from the parsed gin config), and a --verbose flag
+that shows the log lines on the console too (with --verbosity=1, the
+traceback of bad input).
 """
 
-import logging as py_logging
 import os
 import sys
 import tokenize
@@ -23,6 +31,8 @@ from absl import app
 from absl import flags
 from absl import logging
 import gin
+
+from gr import console as console_lib
 
 # gr/experiments/gin_cli.py -> the repository root.
 REPO_ROOT = os.path.dirname(
@@ -66,22 +76,26 @@ def rewrite_gin_shorthand(argv: Sequence[str]) -> list[str]:
   ]
 
 
-# seqio warns, for every task a job trains on, that an uncached
-# FunctionDataset shuffles poorly on restarts. gr's tasks are built per run
-# from the corpus and shuffled by the job's seed, and a resumed job restores
-# its data iterator with the checkpoint, so the warning says nothing here.
-_EXPECTED_WARNINGS = ('Using an uncached FunctionDataset',)
+def gin_value(key: str) -> Any:
+  """The value bound to `key` ('run_experiment.workdir'), through macros."""
+  value = gin.query_parameter(key)
+  while (
+    isinstance(value, gin.config.ConfigurableReference)
+    and value.configurable.wrapped is gin.config.macro
+  ):
+    value = gin.query_parameter(f'{value.scoped_selector}.value')
+  return value
 
 
-def quiet_orbax_info() -> None:
-  """Orbax logs each save in detail at INFO; keep its warnings only. Also
-  drops the warnings this project expects (`_EXPECTED_WARNINGS`)."""
-  logging.get_absl_handler().addFilter(
-    lambda r: (
-      (r.levelno >= py_logging.WARNING or 'orbax' not in r.pathname)
-      and not any(w in str(r.msg) for w in _EXPECTED_WARNINGS)
-    )
-  )
+def log_under(key: str, suffix: str = '') -> None:
+  """Opens the job's log file (console.log_to) under the directory that gin
+  binds to `key`; nothing if none is bound (the job then fails on it)."""
+  try:
+    run_dir = gin_value(key)
+  except ValueError:
+    return
+  if isinstance(run_dir, str):
+    console_lib.log_to(run_dir, suffix)
 
 
 def _gin_message(error: BaseException) -> str:
@@ -156,17 +170,40 @@ def _parse_flags(argv: Sequence[str]) -> list[str]:
     fail(e)
 
 
-def run(main: Callable[[list[str]], Any]) -> None:
-  """app.run(main) with the --gin. shorthand; bad input exits 2 in one line."""
+def _define_verbose() -> None:
+  if 'verbose' not in flags.FLAGS:
+    flags.DEFINE_bool(
+      'verbose',
+      False,
+      'Show every log line (INFO and up, the gin config) on the console '
+      'too, not only status lines and warnings.',
+    )
+
+
+def run(main: Callable[[list[str]], Any], *, console: bool = False) -> None:
+  """app.run(main) with the --gin. shorthand; bad input exits 2 in one line.
+
+  console=True: the job's console is gr/console.py's, set up before main
+  (with a --verbose flag) and given back when main returns.
+  """
   sys.argv = rewrite_gin_shorthand(sys.argv)
+  if console:
+    _define_verbose()
 
   def checked_main(argv):
+    if console:
+      job = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+      console_lib.setup(job, verbose=flags.FLAGS.verbose)
     try:
       return main(argv)
     except Exception as e:  # pylint: disable=broad-exception-caught
       if not is_input_error(e):
+        console_lib.log_traceback()  # the console gets Python's own
         raise
       logging.debug('bad input', exc_info=True)
+      console_lib.teardown()
       fail(e)
+    finally:
+      console_lib.teardown()
 
   app.run(checked_main, flags_parser=_parse_flags)

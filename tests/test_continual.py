@@ -11,14 +11,18 @@ import jax
 import numpy as np
 import pytest
 
+from gr.continual import dynamic_cells
+from gr.continual import training
+from gr.continual import strategies
+from gr.continual import replay as replay_lib
+from gr.continual import generators
 from gr.train import checkpoints
 from gr.continual import update as continual
-from gr.continual import dynamic
 from gr.index import artifact as index_lib
 from gr.model import models
 from gr.model import network
 from gr.search import retrieval
-from gr.train import loop as train_lib
+from gr.train import optimizer as optimizer_lib
 from gr.continual import versions
 from gr.data import beir
 
@@ -28,12 +32,12 @@ WORDS = (
   "lumen marsh nectar onyx pylon quartz raven sable tundra umber "
   "vapor willow xenon yarrow zephyr"
 ).split()
-SETTINGS = continual.TrainSettings(
+SETTINGS = strategies.TrainSettings(
   batch_size=16,
   input_length=32,
   log_every=1000,
   seed=0,
-  optimizer=train_lib.OptimizerConfig(learning_rate=1e-2),
+  optimizer=optimizer_lib.OptimizerConfig(learning_rate=1e-2),
 )
 INITIAL_STEPS, UPDATE_STEPS = 60, 80
 
@@ -82,7 +86,7 @@ def initial(tmp_path_factory):
     vocab_size=200,
     train_steps=INITIAL_STEPS,
     settings=SETTINGS,
-    generator=continual.TextPseudoQueries(),
+    generator=generators.TextPseudoQueries(),
   )
   return base
 
@@ -95,7 +99,7 @@ def copy_version(initial, dest) -> tuple[str, str]:
 
 @pytest.fixture(scope="module")
 def searchers():
-  return dynamic.SearcherCache(
+  return dynamic_cells.SearcherCache(
     retrieval.SearchConfig(beam_size=16, top_k=16), SETTINGS.input_length
   )
 
@@ -210,11 +214,11 @@ def test_extend_vocab_rows_appends_and_keeps_rows():
 def test_replay_examples_per_strategy(initial):
   version = versions.load_version(str(initial / "model"))
   old = list(OLD_DOCS)
-  generator = continual.TextPseudoQueries(num_sentences=1, num_spans=1)
+  generator = generators.TextPseudoQueries(num_sentences=1, num_spans=1)
 
   def examples(name):
-    return continual.replay_examples(
-      continual.get_strategy(name),
+    return replay_lib.replay_examples(
+      strategies.get_strategy(name),
       version.index,
       version.memory,
       old,
@@ -230,15 +234,15 @@ def test_replay_examples_per_strategy(initial):
 
 
 def test_get_strategy_overrides_and_errors():
-  assert continual.get_strategy("sam").sam_rho > 0
-  s = continual.get_strategy(
+  assert strategies.get_strategy("sam").sam_rho > 0
+  s = strategies.get_strategy(
     "experience_replay", replay_ratio=0.5, sam_rho=None
   )
   assert s.replay_ratio == 0.5 and s.replay == "experience"
   with pytest.raises(ValueError, match="unknown strategy"):
-    continual.get_strategy("nope")
+    strategies.get_strategy("nope")
   with pytest.raises(ValueError, match="replay"):
-    continual.Strategy("x", replay="magic")
+    strategies.Strategy("x", replay="magic")
 
 
 KILLED_UPDATE = textwrap.dedent("""
@@ -246,6 +250,7 @@ KILLED_UPDATE = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     sys.path.insert(0, {tests!r})
     from gr.train import checkpoints
+    from gr.continual import training
     from gr.continual import update as continual
     from gr.continual import versions
     import test_continual as t
@@ -261,7 +266,7 @@ KILLED_UPDATE = textwrap.dedent("""
     real_copy, real_commit = checkpoints.write_artifact, versions.commit
     point = sys.argv[3]
     if point == "train":
-      continual.train_params = die
+      training.train_params = die
     elif point == "artifact":
       checkpoints.write_artifact = half_then_die
     elif point == "publish":
@@ -288,7 +293,7 @@ def _crash_at(point: str, monkeypatch) -> None:
     raise Crash(point)
 
   if point == "train":
-    monkeypatch.setattr(continual, "train_params", crash)
+    monkeypatch.setattr(training, "train_params", crash)
   elif point == "artifact":
     real_copy = checkpoints.write_artifact
 
@@ -383,12 +388,12 @@ def test_updates_train_on_the_configured_mesh(initial):
   """TrainSettings' ('data', 'model') mesh: 4 x 2 of the 8 fake devices
   shards the params over 'model' and gives the 8 x 1 mesh's params."""
   version = versions.load_version(str(initial / "model"))
-  mixture = continual.initial_mixture(
+  mixture = replay_lib.initial_mixture(
     "mesh",
     version.memory,
     version.index,
-    continual.TextPseudoQueries(),
-    dict(continual.INITIAL_TASK_RATES),
+    generators.TextPseudoQueries(),
+    dict(replay_lib.INITIAL_TASK_RATES),
   )
   model = models.fit_vocab(make_model(), version.index.vocab.vocab_size)
 
@@ -399,9 +404,9 @@ def test_updates_train_on_the_configured_mesh(initial):
       mesh_model=mesh_model,
       # eps 1: updates ~ lr * gradient, not Adam's sign of a tiny one
       # (which a different reduction order may flip).
-      optimizer=train_lib.OptimizerConfig(learning_rate=1.0, eps=1.0),
+      optimizer=optimizer_lib.OptimizerConfig(learning_rate=1.0, eps=1.0),
     )
-    return continual.train_params(
+    return training.train_params(
       model,
       mixture,
       steps=2,

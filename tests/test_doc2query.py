@@ -15,12 +15,16 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from gr.queries import dsi_qg
+from gr.queries import query_sampling
+from gr.queries import query_generators
 from gr.queries import doc2query
+from gr.model import family
 from gr.model import models
 from gr.model import network
 from gr import partitioning
 from gr.decode import sampling
-from gr.train import loop as train_lib
+from gr.train import optimizer as optimizer_lib
 from gr.index import vocab as vocab_lib
 from gr.data import beir
 
@@ -59,7 +63,7 @@ HELD_OUT = {
 def trained(tmp_path_factory):
   """(vocab, model, params, model_dir) after 400 steps on the copy task."""
   root = tmp_path_factory.mktemp("d2q")
-  vocab = doc2query.load_or_train_vocab(
+  vocab = family.corpus_sentencepiece(
     DATASET, str(root / "vocab"), vocab_size=60
   )
   model = models.EncoderDecoderModel(
@@ -75,7 +79,7 @@ def trained(tmp_path_factory):
     batch_size=32,
     input_length=INPUT_LENGTH,
     max_query_len=MAX_QUERY_LEN,
-    optimizer=train_lib.OptimizerConfig(learning_rate=3e-3),
+    optimizer=optimizer_lib.OptimizerConfig(learning_rate=3e-3),
     log_every=100,
   )
   return vocab, model, params, str(root / "model")
@@ -84,11 +88,11 @@ def trained(tmp_path_factory):
 @pytest.fixture(scope="module")
 def generator(trained):
   vocab, model, params, _ = trained
-  return doc2query.Doc2QueryGenerator(
+  return query_generators.Doc2QueryGenerator(
     model,
     params,
     vocab,
-    doc2query.GenerationConfig(
+    query_generators.GenerationConfig(
       num_queries=4,
       input_length=INPUT_LENGTH,
       max_query_len=MAX_QUERY_LEN,
@@ -178,11 +182,11 @@ def test_generate_queries_matches_generator_and_follows_the_seed(
     batch_size=16,
     top_k=3,
   )
-  same = doc2query.generate_queries(
+  same = query_generators.generate_queries(
     model, params, vocab, HELD_OUT, seed=0, **kwargs
   )
   assert same == generator.generate(HELD_OUT)
-  other = doc2query.generate_queries(
+  other = query_generators.generate_queries(
     model, params, vocab, HELD_OUT, seed=1, **kwargs
   )
   assert other != same
@@ -201,7 +205,7 @@ def test_seeded_and_independent_of_batch_company(generator):
 
 def test_from_checkpoint_restores_the_trained_params(trained, generator):
   vocab, model, params, model_dir = trained
-  loaded = doc2query.Doc2QueryGenerator.from_checkpoint(
+  loaded = query_generators.Doc2QueryGenerator.from_checkpoint(
     model, vocab, model_dir, generator.config
   )
   jax.tree.map(np.testing.assert_array_equal, loaded.params, params)
@@ -226,7 +230,7 @@ def test_sampled_ids_are_text_pieces_or_eos(generator):
 
 def test_text_tokens_excludes_pad_unk_docid_and_padding_rows(trained):
   vocab = vocab_lib.Vocabulary(trained[0].sp_model_path, ("<d_0>", "<d_1>"))
-  allowed = doc2query.text_tokens(vocab, 128)
+  allowed = query_sampling.text_tokens(vocab, 128)
   assert allowed[vocab_lib.EOS_ID] and allowed[vocab_lib.UNK_ID + 1]
   assert not allowed[vocab_lib.PAD_ID] and not allowed[vocab_lib.UNK_ID]
   assert not allowed[vocab.docid_token_id("<d_0>")]
@@ -247,7 +251,7 @@ def test_decode_queries_cuts_at_eos_and_dedups(trained):
   rows = [alpha + [1] + bravo, alpha + [1, 0, 0], bravo + [0], [1] + alpha]
   width = max(map(len, rows))
   sequences = np.array([r + [0] * (width - len(r)) for r in rows])
-  assert doc2query.decode_queries(vocab, sequences) == ["alpha", "bravo"]
+  assert query_sampling.decode_queries(vocab, sequences) == ["alpha", "bravo"]
 
 
 def test_doc2query_task_reads_bodies_and_train_queries(trained):
@@ -273,13 +277,13 @@ def test_dataset_without_train_pairs_is_an_error(trained):
 def test_word_overlap():
   queries = {"a": ["Red fox", "blue"], "b": ["green"]}
   titles = {"a": "The red FOX jumps", "b": "nothing"}
-  assert doc2query.word_overlap(queries, titles) == pytest.approx(2 / 4)
-  assert doc2query.word_overlap(queries, titles, ["a"]) == pytest.approx(2 / 3)
+  assert dsi_qg.word_overlap(queries, titles) == pytest.approx(2 / 4)
+  assert dsi_qg.word_overlap(queries, titles, ["a"]) == pytest.approx(2 / 3)
 
 
 # ------------------------------------- cached K/V and mesh (untrained) --
 
-UNTRAINED_CONFIG = doc2query.GenerationConfig(
+UNTRAINED_CONFIG = query_generators.GenerationConfig(
   num_queries=3,
   input_length=INPUT_LENGTH,
   max_query_len=MAX_QUERY_LEN,
@@ -293,7 +297,7 @@ SOME_DOCS = list(HELD_OUT.values())[:5]
 @pytest.fixture(scope="module")
 def untrained(tmp_path_factory):
   """(vocab, model, params) of a random tiny T5: plumbing, not quality."""
-  vocab = doc2query.load_or_train_vocab(
+  vocab = family.corpus_sentencepiece(
     DATASET, str(tmp_path_factory.mktemp("vocab")), vocab_size=60
   )
   model = models.fit_vocab(
@@ -326,12 +330,12 @@ def _uncached_generate(model, config):
       model.init_cache(params, rows, length),
       rows,
       max_decode_len=length,
-      rng=doc2query._sample_keys(doc_seeds, n),  # pylint: disable=protected-access
+      rng=query_sampling._sample_keys(doc_seeds, n),  # pylint: disable=protected-access
       temperature=config.temperature,
       top_k=config.top_k,
       top_p=config.top_p,
       eos_id=vocab_lib.EOS_ID,
-      logits_processor=doc2query.AllowedTokens(allowed),
+      logits_processor=query_sampling.AllowedTokens(allowed),
     )
     return sequences.reshape(-1, n, length), log_probs.reshape(-1, n)
 
@@ -345,7 +349,7 @@ def _bodies_and_ids(docs):
 def test_cached_cross_attention_keeps_the_samples(untrained):
   """Same seeds -> the same tokens as projecting K/V at every step."""
   vocab, model, params = untrained
-  generator = doc2query.Doc2QueryGenerator(
+  generator = query_generators.Doc2QueryGenerator(
     model, params, vocab, UNTRAINED_CONFIG
   )
   texts, doc_ids = _bodies_and_ids(SOME_DOCS[:3])
@@ -353,8 +357,8 @@ def test_cached_cross_attention_keeps_the_samples(untrained):
   want_ids, want_log_probs = _uncached_generate(model, UNTRAINED_CONFIG)(
     params,
     vocab_lib.encode_texts(vocab, texts, INPUT_LENGTH),
-    doc2query.document_seeds(UNTRAINED_CONFIG.seed, doc_ids),
-    jnp.asarray(doc2query.text_tokens(vocab, model.config.vocab_size)),
+    query_sampling.document_seeds(UNTRAINED_CONFIG.seed, doc_ids),
+    jnp.asarray(query_sampling.text_tokens(vocab, model.config.vocab_size)),
   )
   assert len(np.unique(ids)) > 5  # samples, not all EOS
   np.testing.assert_array_equal(ids, want_ids)
@@ -365,8 +369,10 @@ def test_generation_on_a_mesh_equals_one_device(untrained):
   """5 documents in batches of 3 -> 4 (the 'data' axis), the last padded;
   the params split over 'model' = 2."""
   vocab, model, params = untrained
-  single = doc2query.Doc2QueryGenerator(model, params, vocab, UNTRAINED_CONFIG)
-  sharded = doc2query.Doc2QueryGenerator(
+  single = query_generators.Doc2QueryGenerator(
+    model, params, vocab, UNTRAINED_CONFIG
+  )
+  sharded = query_generators.Doc2QueryGenerator(
     model,
     params,
     vocab,
@@ -387,10 +393,10 @@ def test_vector_generation_on_a_mesh_equals_one_device(untrained):
   vocab, model, params = untrained
   rng = np.random.default_rng(0)
   vectors = {f"d{i}": v for i, v in enumerate(rng.normal(size=(5, 64)))}
-  single = doc2query.VectorQueryGenerator(
+  single = query_generators.VectorQueryGenerator(
     model, params, vocab, UNTRAINED_CONFIG
   )
-  sharded = doc2query.VectorQueryGenerator(
+  sharded = query_generators.VectorQueryGenerator(
     model, params, vocab, UNTRAINED_CONFIG, mesh=partitioning.make_mesh()
   )
   assert sharded.batch_size == 8

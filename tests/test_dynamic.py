@@ -6,6 +6,10 @@ import os
 import numpy as np
 import pytest
 
+from gr.continual import periods as periods_lib
+from gr.continual import dsi_metrics
+from gr.continual import training
+from gr.continual import strategies
 from gr.continual import dynamic
 from gr.continual import dynamic_report
 from gr.data import beir
@@ -17,32 +21,32 @@ MATRIX = np.array([[0.8, NAN, NAN], [0.6, 0.9, NAN], [0.5, 0.7, 0.4]])
 
 
 def test_average_performance_by_hand():
-  assert dynamic.average_performance(MATRIX, 0) == pytest.approx(0.8)
-  assert dynamic.average_performance(MATRIX, 1) == pytest.approx(0.75)
-  assert dynamic.average_performance(MATRIX, 2) == pytest.approx(1.6 / 3)
+  assert dsi_metrics.average_performance(MATRIX, 0) == pytest.approx(0.8)
+  assert dsi_metrics.average_performance(MATRIX, 1) == pytest.approx(0.75)
+  assert dsi_metrics.average_performance(MATRIX, 2) == pytest.approx(1.6 / 3)
 
 
 def test_forgetting_by_hand():
-  assert dynamic.forgetting(MATRIX, 0) == 0.0
-  assert dynamic.forgetting(MATRIX, 1) == pytest.approx(0.2)
+  assert dsi_metrics.forgetting(MATRIX, 0) == 0.0
+  assert dsi_metrics.forgetting(MATRIX, 1) == pytest.approx(0.2)
   # D0: max(0.8, 0.6) - 0.5 = 0.3; D1: 0.9 - 0.7 = 0.2.
-  assert dynamic.forgetting(MATRIX, 2) == pytest.approx(0.25)
+  assert dsi_metrics.forgetting(MATRIX, 2) == pytest.approx(0.25)
 
 
 def test_forgetting_uses_best_earlier_step_and_can_be_negative():
   a = np.array([[0.2, NAN, NAN], [0.6, 0.5, NAN], [0.7, 0.5, 0.1]])
   # D0: best earlier is 0.6 (step 1), now 0.7 -> -0.1; D1: 0.5 - 0.5 = 0.
-  assert dynamic.forgetting(a, 2) == pytest.approx(-0.05)
+  assert dsi_metrics.forgetting(a, 2) == pytest.approx(-0.05)
 
 
 def test_learning_accuracy_by_hand():
-  assert dynamic.learning_accuracy(MATRIX, 0) == pytest.approx(0.8)
-  assert dynamic.learning_accuracy(MATRIX, 1) == pytest.approx(0.85)
-  assert dynamic.learning_accuracy(MATRIX, 2) == pytest.approx(0.7)
+  assert dsi_metrics.learning_accuracy(MATRIX, 0) == pytest.approx(0.8)
+  assert dsi_metrics.learning_accuracy(MATRIX, 1) == pytest.approx(0.85)
+  assert dsi_metrics.learning_accuracy(MATRIX, 2) == pytest.approx(0.7)
 
 
 def test_continual_metrics_lists_every_step():
-  values = dynamic.continual_metrics(MATRIX)
+  values = dsi_metrics.continual_metrics(MATRIX)
   np.testing.assert_allclose(values["A"], [0.8, 0.75, 1.6 / 3])
   np.testing.assert_allclose(values["F"], [0.0, 0.2, 0.25])
   np.testing.assert_allclose(values["LA"], [0.8, 0.85, 0.7])
@@ -50,7 +54,7 @@ def test_continual_metrics_lists_every_step():
 
 def test_performance_matrix_fills_lower_triangle():
   rows = [[{"Hits@10": 0.8}], [{"Hits@10": 0.6}, {"Hits@10": 0.9}]]
-  a = dynamic.performance_matrix(rows, "Hits@10")
+  a = dsi_metrics.performance_matrix(rows, "Hits@10")
   assert a[0, 0] == 0.8 and a[1, 1] == 0.9 and math.isnan(a[0, 1])
 
 
@@ -66,16 +70,16 @@ def _periods():
 
 
 def test_sample_periods_fraction_cap_and_seed():
-  sampled = dynamic.sample_periods(
+  sampled = periods_lib.sample_periods(
     _periods(), docs_fraction=0.5, max_docs_per_period=8, seed=1
   )
   assert [len(ids) for _, ids in sampled] == [8, 5]
   assert set(sampled[1][1]) <= {str(i) for i in range(20, 30)}
-  assert sampled == dynamic.sample_periods(
+  assert sampled == periods_lib.sample_periods(
     _periods(), docs_fraction=0.5, max_docs_per_period=8, seed=1
   )
   with pytest.raises(ValueError, match="docs_fraction"):
-    dynamic.sample_periods(
+    periods_lib.sample_periods(
       _periods(), docs_fraction=0.0, max_docs_per_period=0, seed=0
     )
 
@@ -88,7 +92,7 @@ def test_period_data_keeps_queries_of_its_documents_only():
   corpus = _corpus(["a", "b", "c"])
   queries = {"q1": "about a", "q2": "about c"}
   qrels = {"q1": {"a": 1}, "q2": {"c": 1}}
-  periods = dynamic.period_data(
+  periods = periods_lib.period_data(
     corpus, [("D0", ["a", "b"]), ("D1", ["c"])], queries, qrels
   )
   assert periods[0].qrels == {"q1": {"a": 1}}
@@ -97,7 +101,7 @@ def test_period_data_keeps_queries_of_its_documents_only():
 
 
 def test_evaluate_periods_hits_by_hand():
-  periods = dynamic.period_data(
+  periods = periods_lib.period_data(
     _corpus(["a", "b", "c"]),
     [("D0", ["a", "b"]), ("D1", ["c"])],
     {"q1": "x", "q2": "y", "q3": "z"},
@@ -108,7 +112,7 @@ def test_evaluate_periods_hits_by_hand():
     "q2": {"a": 2.0, "b": 1.0},
     "q3": {"a": 1.0},
   }
-  d0, d1 = dynamic.evaluate_periods(run, periods)
+  d0, d1 = periods_lib.evaluate_periods(run, periods)
   assert d0["Hits@1"] == pytest.approx(0.5)
   assert d0["Hits@10"] == pytest.approx(1.0)
   assert d1["Hits@10"] == 0.0
@@ -120,13 +124,13 @@ def test_bm25_rows_grow_with_the_corpus():
     "b": beir.Document("b", "", "football match goal striker"),
     "c": beir.Document("c", "", "election vote parliament party"),
   }
-  periods = dynamic.period_data(
+  periods = periods_lib.period_data(
     corpus,
     [("D0", ["a", "b"]), ("D1", ["c"])],
     {"q1": "lava volcano", "q2": "parliament election"},
     {"q1": {"a": 1}, "q2": {"c": 1}},
   )
-  rows = dynamic.bm25_rows(periods)
+  rows = periods_lib.bm25_rows(periods)
   assert [len(r) for r in rows] == [1, 2]
   assert rows[1][1]["Hits@1"] == 1.0 and rows[0][0]["Hits@1"] == 1.0
 
@@ -138,7 +142,7 @@ def _fake_results():
       **{
         m: {
           "matrix": dynamic_report.nan_to_none(a),
-          **dynamic.continual_metrics(a),
+          **dsi_metrics.continual_metrics(a),
         }
         for m in dynamic_report.METRICS
       },
@@ -230,12 +234,12 @@ def test_run_dynamic_experiment_end_to_end(tmp_path, monkeypatch):
   generative memory's storage and the report."""
   import jax
   import tiny_bert
-  from gr.continual import update as continual
-  from gr.queries import doc2query
+  from gr.queries import query_generators
   from gr.model import models
   from gr.model import pretrained
   from gr.search import retrieval
-  from gr.train import loop as train_lib
+  from gr.train import data as data_lib
+  from gr.train import optimizer as optimizer_lib
   from gr.model import warm_start
   from gr.index import wordpiece
 
@@ -245,7 +249,7 @@ def test_run_dynamic_experiment_end_to_end(tmp_path, monkeypatch):
   model = tiny_bert.frozen_model(bert_dir)
   vocab = wordpiece.WordPieceVocabulary(pretrained.tokenizer_path(bert_dir))
   memory_model = models.fit_vocab(model, vocab.vocab_size)
-  memory_generator = doc2query.VectorQueryGenerator(
+  memory_generator = query_generators.VectorQueryGenerator(
     memory_model,
     warm_start.pretrained_params(
       memory_model,
@@ -256,12 +260,14 @@ def test_run_dynamic_experiment_end_to_end(tmp_path, monkeypatch):
       warm_start=False,
     ),
     vocab,
-    doc2query.GenerationConfig(num_queries=1, max_query_len=6, batch_size=8),
+    query_generators.GenerationConfig(
+      num_queries=1, max_query_len=6, batch_size=8
+    ),
   )
   sam_radii, batch_sizes = [], []
   real_train, real_concat = (
-    continual.train_params,
-    train_lib.concatenated_batches,
+    training.train_params,
+    data_lib.concatenated_batches,
   )
 
   def recording_train(model, mixture, **kwargs):
@@ -284,13 +290,13 @@ def test_run_dynamic_experiment_end_to_end(tmp_path, monkeypatch):
       part_sizes.append(len(batch["encoder_input_tokens"]))
       yield batch
 
-  monkeypatch.setattr(continual, "train_params", recording_train)
-  monkeypatch.setattr(train_lib, "concatenated_batches", recording_parts)
-  settings = continual.TrainSettings(
+  monkeypatch.setattr(training, "train_params", recording_train)
+  monkeypatch.setattr(data_lib, "concatenated_batches", recording_parts)
+  settings = strategies.TrainSettings(
     batch_size=8,
     input_length=16,
     log_every=1000,
-    optimizer=train_lib.OptimizerConfig(learning_rate=1e-3),
+    optimizer=optimizer_lib.OptimizerConfig(learning_rate=1e-3),
   )
   results = dynamic.run_dynamic_experiment(
     data_dir=str(data_dir),

@@ -9,12 +9,14 @@ import jax
 import numpy as np
 import pytest
 
+from gr.continual import strategies
+from gr.continual import generators
 import tiny_bert
-from gr.queries import doc2query
+from gr.queries import query_generators
 from gr.queries import generative_memory as memory_lib
 from gr.model import models
 from gr.model import pretrained
-from gr.train import loop as train_lib
+from gr.train import optimizer as optimizer_lib
 from gr.model import warm_start
 from gr.index import wordpiece
 
@@ -95,10 +97,12 @@ def test_vectors_round_trip_as_float16(tmp_path):
 def test_vector_generator_decoder_sees_only_the_vector(model, params, vocab):
   """Samples depend on the vector (not on other rows of the batch), repeat
   for the same draw and change with the draw."""
-  config = doc2query.GenerationConfig(
+  config = query_generators.GenerationConfig(
     num_queries=3, max_query_len=6, batch_size=4, top_k=50, seed=0
   )
-  generator = doc2query.VectorQueryGenerator(model, params, vocab, config)
+  generator = query_generators.VectorQueryGenerator(
+    model, params, vocab, config
+  )
   rng = np.random.default_rng(0)
   vectors = {
     f"d{i}": v / np.linalg.norm(v)
@@ -168,11 +172,11 @@ def test_generative_memory_checkpoint_holds_no_old_bodies(
   from gr.continual import versions
   from gr.data import beir
 
-  settings = continual.TrainSettings(
+  settings = strategies.TrainSettings(
     batch_size=8,
     input_length=16,
     log_every=1000,
-    optimizer=train_lib.OptimizerConfig(learning_rate=1e-3),
+    optimizer=optimizer_lib.OptimizerConfig(learning_rate=1e-3),
   )
   old = _documents(OLD)
   dataset = beir.BeirDataset(
@@ -191,17 +195,19 @@ def test_generative_memory_checkpoint_holds_no_old_bodies(
     vocab_size=0,
     train_steps=0,
     settings=settings,
-    generator=continual.TextPseudoQueries(),
+    generator=generators.TextPseudoQueries(),
   )
   initial = versions.load_version(model_dir)
   assert set(initial.vectors) == set(OLD) and versions.has_bodies(
     initial.memory
   )
-  generator = doc2query.VectorQueryGenerator(
+  generator = query_generators.VectorQueryGenerator(
     model,
     params,
     vocab,
-    doc2query.GenerationConfig(num_queries=1, max_query_len=6, batch_size=4),
+    query_generators.GenerationConfig(
+      num_queries=1, max_query_len=6, batch_size=4
+    ),
   )
   for step, new in enumerate((["new0"], ["new1"])):
     continual.update_index(

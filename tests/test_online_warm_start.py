@@ -15,9 +15,12 @@ import jax
 import numpy as np
 import pytest
 
+from gr.continual import strategies
+from gr.continual import generators
 from gr.train import checkpoints
 from gr.continual import update as continual
 from gr import docids as docids_lib
+from gr.model import configs
 from gr.model import embed
 from gr.index import artifact as index_lib
 from gr.model import models
@@ -26,14 +29,13 @@ from gr.model import pretrained
 from gr.search import retrieval
 from gr.model import model_config
 from gr.serve import retriever as serving
-from gr.train import loop as train_lib
 from gr.continual import versions
 from gr.model import warm_start
 from gr.data import beir
 from gr.docids import base as docids_base
 
 INPUT_LENGTH = 32
-SETTINGS = continual.TrainSettings(
+SETTINGS = strategies.TrainSettings(
   batch_size=4, input_length=INPUT_LENGTH, log_every=1000
 )
 CONFIG = serving.ServingConfig(max_k=5, buckets=(1,))
@@ -141,7 +143,7 @@ def pretrained_model(vocab_size: int = 128) -> models.EncoderDecoderModel:
   """MiniLM (all layers frozen) under one 384-wide decoder layer."""
   encoder_dir = embed.default_model_dir()
   return models.EncoderDecoderModel(
-    train_lib.pretrained_encoder_config(
+    configs.bert_t5_config(
       decoder=network.T5Config(
         vocab_size=vocab_size,
         emb_dim=384,
@@ -175,9 +177,7 @@ def warm_run(tmp_path_factory):
   index_lib.save_index(index, index_dir)
   index = index_lib.load_index(index_dir)
   model = models.fit_vocab(pretrained_model(), index.vocab.vocab_size)
-  params, _ = continual.pretrained_initial_params(
-    model, index, corpus, SETTINGS
-  )
+  params = continual.initial_start(model, index, corpus, SETTINGS).params
   model_dir = os.path.join(workdir, "model")
   checkpoints.save(
     model_dir,
@@ -256,7 +256,7 @@ def test_trie_only_update_is_retrievable_at_once(tmp_path):
     vocab_size=0,
     train_steps=0,
     settings=SETTINGS,
-    generator=continual.TextPseudoQueries(),
+    generator=generators.TextPseudoQueries(),
   )
   result = continual.update_index(
     model_dir=model_dir,

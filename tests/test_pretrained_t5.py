@@ -3,7 +3,7 @@
 Two folders, as users have them: a T5.1.1-style one (gated-gelu, untied
 lm_head, config.json + model.safetensors written as HF 4.x does) and an
 original-T5 one (relu, tied; transformers' save_pretrained). Each has a
-spiece.model trained here (gr.index.vocab.train_sentencepiece) and HF's padding
+spiece.model trained here (gr.index.sentencepiece_training) and HF's padding
 rows beyond pieces + 100 sentinels.
 """
 
@@ -20,11 +20,13 @@ from safetensors import numpy as safetensors_numpy
 import torch
 import transformers
 
+from gr.model import family
 from gr.model import hf_import
 from gr.index import artifact as index_lib
 from gr.model import models
 from gr.model import network
 from gr.model import pretrained_t5
+from gr.index import sentencepiece_training as sp_training
 from gr.index import vocab as vocab_lib
 from gr.data.beir import Document
 from gr.docids import get_scheme
@@ -47,7 +49,7 @@ def _texts():
 @pytest.fixture(scope='module')
 def spiece(tmp_path_factory):
   prefix = str(tmp_path_factory.mktemp('spm') / 'spiece')
-  path = vocab_lib.train_sentencepiece(_texts(), prefix, vocab_size=60)
+  path = sp_training.train_sentencepiece(_texts(), prefix, vocab_size=60)
   return path, vocab_lib.Vocabulary(path).sp_size
 
 
@@ -284,17 +286,14 @@ def test_fitted_model_keeps_its_folder(folder):
   path, _, _ = folder
   model = pretrained_t5.pretrained_t5_model(t5_dir=path, dropout_rate=0.0)
   fitted = model.with_vocab_size(1024)
-  assert pretrained_t5.t5_dir_of(fitted) == path
+  assert family.family_of(fitted) is family.PRETRAINED_T5
+  assert fitted.t5_dir == path
   assert fitted.config == dataclasses.replace(
     pretrained_t5.t5_config_from_hf(path), vocab_size=1024, dropout_rate=0.0
   )
   assert isinstance(fitted.module, network.Transformer)
-  assert (
-    pretrained_t5.t5_dir_of(
-      models.EncoderDecoderModel(network.T5Config.tiny(128))
-    )
-    is None
-  )
+  scratch = models.EncoderDecoderModel(network.T5Config.tiny(128))
+  assert family.family_of(scratch) is family.SCRATCH_T5
 
 
 def test_missing_spiece_model_is_a_clear_error(folder, table, tmp_path):
@@ -330,7 +329,8 @@ def test_config_file_builds_the_folders_model(folder):
   path, _, _ = folder
   model = _parse(['configs/news_atomic_t5.gin'], [f'T5_DIR = {path!r}'])
   assert isinstance(model, pretrained_t5.PretrainedT5Model)
-  assert pretrained_t5.t5_dir_of(model) == path
+  assert family.family_of(model) is family.PRETRAINED_T5
+  assert model.t5_dir == path
   assert model.config == pretrained_t5.t5_config_from_hf(path)
 
 

@@ -1,6 +1,9 @@
 """Continual indexing: add and delete documents in a trained index.
 
-Update strategies with replay, the generative memory, index versions, and
-the dynamic-corpus (DSI++) protocol and its report. May import
-gr.queries, gr.search and below.
+update (version 0 and each update), strategies, generators (pseudo-queries
+for new documents), replay (an update's examples and mixtures), training
+(in memory, on the mesh), versions (committed index versions); the
+dynamic-corpus (DSI++) protocol: dynamic (the experiment), dynamic_cells
+(one scheme x strategy), periods (D0..Dn), dsi_metrics, dynamic_report.
+May import gr.queries, gr.search and below.
 """

@@ -13,13 +13,17 @@ calling the library's (gr.train.train) does not.
 
 import gin
 
+from gr.continual import generators
+from gr.continual import strategies
 from gr.continual import update as continual
 from gr.continual import dynamic
+from gr.model import configs
 from gr.model import models
 from gr.model import network
 from gr.model import pretrained_t5
 from gr.search import retrieval
 from gr.train import loop as train_lib
+from gr.train import optimizer as optimizer_lib
 
 # The model (gin/models/*.gin).
 T5Config = gin.external_configurable(network.T5Config, module='network')
@@ -27,7 +31,7 @@ EncoderDecoderModel = gin.external_configurable(
   models.EncoderDecoderModel, module='models'
 )
 pretrained_encoder_config = gin.external_configurable(
-  train_lib.pretrained_encoder_config, module='bert_network'
+  configs.bert_t5_config, 'pretrained_encoder_config', module='bert_network'
 )
 pretrained_t5_model = gin.external_configurable(
   pretrained_t5.pretrained_t5_model, module='pretrained_t5'
@@ -35,7 +39,7 @@ pretrained_t5_model = gin.external_configurable(
 
 # The training loop (gin/runs/*.gin).
 OptimizerConfig = gin.external_configurable(
-  train_lib.OptimizerConfig, module='gr.train'
+  optimizer_lib.OptimizerConfig, module='gr.train'
 )
 train = gin.external_configurable(
   train_lib.train,
@@ -50,13 +54,13 @@ SearchConfig = gin.external_configurable(
 
 # Continual indexing and the dynamic corpus (configs/dynamic_*.gin).
 TrainSettings = gin.external_configurable(
-  continual.TrainSettings, module='continual'
+  strategies.TrainSettings, module='continual'
 )
 TextPseudoQueries = gin.external_configurable(
-  continual.TextPseudoQueries, module='continual'
+  generators.TextPseudoQueries, module='continual'
 )
 StoredPseudoQueries = gin.external_configurable(
-  continual.StoredPseudoQueries, module='continual'
+  generators.StoredPseudoQueries, module='continual'
 )
 index_corpus = gin.external_configurable(
   continual.index_corpus, module='gr.continual'

@@ -22,6 +22,7 @@ from typing import Mapping, Optional, Sequence
 import gin
 
 from gr import atomic_io
+from gr.queries import query_generators
 from gr.queries import doc2query
 from gr.queries import dsi_qg
 from gr.model import pretrained
@@ -135,7 +136,9 @@ def vector_queries(
     {d: dataset.corpus[d] for d in held_docs},
     input_length,
   )
-  generator = doc2query.VectorQueryGenerator(model, params, vocab, config)
+  generator = query_generators.VectorQueryGenerator(
+    model, params, vocab, config
+  )
   return generator.generate_vectors(vectors)
 
 
@@ -190,25 +193,15 @@ def generate_queries(
     vector_every=vector_every,
     seed=seed,
   )
-  config = doc2query.GenerationConfig(
-    num_queries=num_queries,
-    input_length=input_length,
-    max_query_len=max_query_len,
-    batch_size=generate_batch_size,
-    seed=seed,
-    top_k=top_k,
-    top_p=top_p,
-    temperature=temperature,
-  )
-  queries = doc2query.Doc2QueryGenerator(model, params, vocab, config).generate(
-    dataset.corpus
-  )
-  pseudo_queries.write_pseudo_queries(output, queries)
-  print(
-    f'{sum(map(len, queries.values()))} queries for {len(queries)} '
-    f'documents -> {output}'
-  )
+  config = query_generators.GenerationConfig(  # its fields in order
+    num_queries, input_length, max_query_len, generate_batch_size,
+    temperature, top_k, top_p, seed,
+  )  # fmt: skip
+  queries = query_generators.Doc2QueryGenerator(
+    model, params, vocab, config
+  ).generate(dataset.corpus)
   outputs = {'generated': queries}
+  write_queries(output, queries)
   if filtered_output:
     kind, outputs[kind] = filtered(
       queries,
@@ -217,12 +210,51 @@ def generate_queries(
       filter_checkpoint=filter_checkpoint,
     )
     pseudo_queries.write_pseudo_queries(filtered_output, outputs[kind])
+  return quality_report(
+    outputs,
+    (model, params, vocab, config),
+    dataset,
+    data_dir=data_dir,
+    query_files=query_files,
+    vector_every=vector_every,
+    report=report,
+    seed=seed,
+  )
+
+
+def write_queries(path: str, queries: Mapping[str, Sequence[str]]) -> None:
+  """Writes {doc_id: queries} as JSON lines and says how many."""
+  pseudo_queries.write_pseudo_queries(path, queries)
+  print(
+    f'{sum(map(len, queries.values()))} queries for {len(queries)} '
+    f'documents -> {path}'
+  )
+
+
+def quality_report(
+  outputs: dict[str, Mapping[str, Sequence[str]]],
+  generator_parts,
+  dataset: beir.BeirDataset,
+  *,
+  data_dir: str,
+  query_files: Sequence[tuple[str, str]],
+  vector_every: int,
+  report: Optional[str],
+  seed: int,
+) -> dict:
+  """{kind: dsi_qg.query_report} of each kind of queries in `outputs`
+  (with `vector_every` > 0, plus those the generative memory writes from
+  held-out documents' vectors), written to `report` (empty without it).
+
+  generator_parts: (model, params, vocab, GenerationConfig) of doc2query.
+  """
   if not (vector_every or report):
     return {}
   held_out = dsi_qg.held_out_sets(data_dir, query_files)
   if vector_every:
+    model, params, vocab, config = generator_parts
     outputs['from_vectors'] = vector_queries(
-      model, params, vocab, config, dataset, held_out, input_length
+      model, params, vocab, config, dataset, held_out, config.input_length
     )
   if not report:
     return {}

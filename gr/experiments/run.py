@@ -32,10 +32,8 @@ from gr.decode import plan as plan_lib
 from gr.docids import term_sets as term_sets_lib
 from gr.index import artifact as index_lib
 from gr.index import lexicon
-from gr.model import models
 from gr.train import indexing
 from gr.model import pretrained
-from gr.model import pretrained_t5
 from gr.queries import pseudo_queries as pseudo_lib
 from gr.search import retrieval
 from gr.model import model_config
@@ -124,50 +122,18 @@ def run_experiment(
   """Index, train, evaluate. Returns {query set name: metrics}.
 
   max_docs > 0 keeps the first max_docs documents of the corpus (and the
-  queries judged on them): a smaller index for a quick CPU run.
-
-  With a pretrained encoder (MODEL from gin/models/minilm_t5*.gin) the
-  index uses its word pieces, the frozen encoder layers run once over all
-  training inputs (cached in workdir/encoder_cache), docid rows start from
-  document embeddings (`warm_start`, gr/model/warm_start.py) and the results get
-  a dense baseline with the same encoder. The cache covers every docid
-  task's inputs whatever `task_rates` says, so runs that differ only in
-  rates or training share it (`encoder_cache_dir`, default
-  workdir/encoder_cache). train_steps = 0 evaluates the initial model.
-
-  lexical_weights: candidate weights of the lexical plan (term-set docids
-  of term_set_size terms per document, 0 = all, gr/index/lexicon.py);
-  they, 0 (the model alone) and inf (the term sets alone) compete, and
-  the one with the best mean MRR@10 on `selection_split` (the train
-  queries where a folder has no such split; never the eval split) is
-  used, and the table adds its two parts. Empty: no plan.
-  plan_in_training: the weight is chosen so at step 0 too, and training
-  adds that plan's first-token bonus to the logits (the model learns on
-  top of the plan, `plan_bias_transform`).
+  queries judged on them): a smaller index for a quick CPU run. The
+  model's family (gr/model/family.py) chooses vocabulary and start; with a
+  pretrained encoder the frozen layers' cache covers every docid task
+  (`encoder_cache_dir`, default workdir/encoder_cache, shared by runs that
+  differ in rates or training) and the results add a dense baseline.
+  train_steps = 0 evaluates the initial model. lexical_weights,
+  selection_split, term_set_size, plan_in_training: the lexical plan
+  (`LexicalSelection`, `ExperimentTrainer`); no weights, no plan.
   """
   start = time.time()
   dataset = subset(beir.BeirDataset.load(data_dir), max_docs)
-  name = "".join(
-    c if c.isalnum() else "_"
-    for c in os.path.basename(os.path.normpath(data_dir))
-  )
-  encoder_dir = (
-    model.config.encoder_dir if pretrained.is_pretrained(model) else None
-  )
-  t5_dir = pretrained_t5.t5_dir_of(model)
-  cache_dir = encoder_cache_dir or os.path.join(workdir, "encoder_cache")
-  index = indexing.load_or_build_index(
-    dataset,
-    os.path.join(workdir, "index"),
-    scheme=scheme,
-    scheme_params=scheme_params or {},
-    vocab_size=vocab_size,
-    seed=seed,
-    encoder_dir=encoder_dir,
-    embedding_length=input_length,
-    cache_dir=cache_dir,
-    t5_dir=t5_dir,
-  )
+  name = corpus_name(data_dir)
   pseudo = pseudo_queries(
     dataset,
     pseudo_query_spans,
@@ -175,19 +141,54 @@ def run_experiment(
     pseudo_queries_file,
     seed,
   )
-  mixture = tasks.register_mixture(
-    name, dataset, index, pseudo, dict(task_rates)
+  plan = LexicalSelection(
+    data_dir, query_sets, lexical_weights, selection_split, eval_split, max_docs
   )
-  target_length = index.max_docid_length()
-  model = models.fit_vocab(model, index.vocab.vocab_size)
-  model_config.save_model_config(
-    workdir,
-    model.config,
+  trainer = ExperimentTrainer(
+    workdir, data_dir, dataset, plan, search, term_set_size, plan_in_training,
+    train_steps, batch_size, input_length, seed,
+  )  # fmt: skip
+  cache_dir = encoder_cache_dir or os.path.join(workdir, "encoder_cache")
+  register_tasks, cache_rows = docid_tasks(
+    name, dataset, pseudo, task_rates, input_length
+  )
+  run = indexing.index_and_train(
+    dataset,
+    os.path.join(workdir, "index"),
+    model,
+    indexing.IndexSpec(scheme, scheme_params or {}, vocab_size, seed),
     input_length=input_length,
-    corpus_path=os.path.join(data_dir, "corpus.jsonl"),
+    register_tasks=register_tasks,
+    cache_rows=cache_rows,
+    warm=warm_start,
+    temperature=warm_start_temperature,
+    states_dir=cache_dir,
+    embedding_cache_dir=cache_dir,
+    train=trainer,
   )
-  setup = PretrainedSetup()
-  if encoder_dir:
+  results = trainer.evaluate(run, exact_queries)
+  return trainer.report(results, run, scheme, name, started=start)
+
+
+def corpus_name(data_dir: str) -> str:
+  """The folder's name with non-alphanumerics as _ (task names use it)."""
+  return "".join(
+    c if c.isalnum() else "_"
+    for c in os.path.basename(os.path.normpath(data_dir))
+  )
+
+
+def docid_tasks(name: str, dataset, pseudo, task_rates, input_length: int):
+  """(register_tasks, cache_rows) of index_and_train: the run's mixture at
+  `task_rates`, and the encoder inputs [input_length] of every docid task
+  at rate 1 (what the frozen-layer cache covers, whatever the rates)."""
+
+  def register_tasks(index) -> str:
+    return tasks.register_mixture(
+      name, dataset, index, pseudo, dict(task_rates)
+    )
+
+  def cache_rows(index) -> list[np.ndarray]:
     every_task = tasks.register_mixture(
       name,
       dataset,
@@ -196,119 +197,186 @@ def run_experiment(
       {kind: 1.0 for kind in tasks.DOCID_KINDS},
       suffix="all_docid_tasks",
     )
-    setup = pretrained_setup(
-      model,
-      index,
-      dataset,
+    return pretrained.mixture_encoder_inputs(
       every_task,
-      cache_dir,
       input_length=input_length,
-      target_length=target_length,
-      seed=seed,
-      warm=warm_start,
-      temperature=warm_start_temperature,
-    )
-  elif t5_dir:  # HF T5 weights (gin/models/t5_pretrained.gin, T5_DIR)
-    setup_start = time.time()
-    setup = PretrainedSetup(
-      params=pretrained_t5.t5_initial_params(model, t5_dir, seed=seed)
-    )
-    setup.seconds = time.time() - setup_start
-  # Term sets before training, so that every checkpoint's artifact has them.
-  term_sets = (
-    index_term_sets(index, dataset, workdir, term_set_size)
-    if lexical_weights
-    else None
-  )
-
-  def searcher_of(params) -> retrieval.Searcher:
-    return retrieval.Searcher(
-      model,
-      params,
-      index,
-      retrieval.retrieval_config(search, target_length),
-      input_length=input_length,
-      term_sets=term_sets,
+      target_length=index.max_docid_length(),
     )
 
-  def choose(searcher: retrieval.Searcher) -> dict:
+  return register_tasks, cache_rows
+
+
+@dataclasses.dataclass(frozen=True)
+class LexicalSelection:
+  """Where and among what the lexical plan's weight is chosen
+  (`choose_lexical_weight`); no weights: no plan.
+
+  weights: candidate weights of the lexical plan (term-set docids of
+  term_set_size terms per document, 0 = all, gr/index/lexicon.py); they,
+  0 (the model alone) and inf (the term sets alone) compete, and the one
+  with the best mean MRR@10 on `split` (the train queries where a folder
+  has no such split; never the eval split) is used, and the table adds
+  its two parts.
+  """
+
+  data_dir: str
+  query_sets: Sequence[evaluation.QuerySet]
+  weights: Sequence[float]
+  split: str
+  eval_split: str
+  max_docs: int
+
+  def choose(self, searcher: retrieval.Searcher) -> dict:
     return choose_lexical_weight(
       searcher,
-      data_dir,
-      query_sets,
-      lexical_weights,
-      selection_split,
-      eval_split,
-      max_docs,
+      self.data_dir,
+      self.query_sets,
+      self.weights,
+      self.split,
+      self.eval_split,
+      self.max_docs,
     )
 
-  params, train_seconds = setup.params, 0.0
-  transform, selection_at_start = setup.batch_transform, None
-  if plan_in_training and lexical_weights and train_steps > 0:
-    if params is None:
-      raise ValueError("plan_in_training needs initial params to choose on")
-    start_searcher = searcher_of(params)
-    selection_at_start = choose(start_searcher)
-    transform = plan_bias_transform(start_searcher, transform)
-    del start_searcher
-  if train_steps > 0:
+
+@dataclasses.dataclass
+class ExperimentTrainer:
+  """run_experiment's training step (index_and_train's `train`) and its
+  evaluation: the model config and term sets saved before training (so
+  every checkpoint's artifact has them), then the gin-bound train().
+  plan_in_training: the plan's weight is chosen at step 0 too, and
+  training adds that plan's first-token bonus to the logits (the model
+  learns on top of the plan, `plan_bias_transform`)."""
+
+  workdir: str
+  data_dir: str
+  dataset: beir.BeirDataset
+  plan: LexicalSelection
+  search: retrieval.SearchConfig
+  term_set_size: int
+  plan_in_training: bool
+  train_steps: int
+  batch_size: int
+  input_length: int
+  seed: int
+  term_sets: Any = None
+  selection_at_start: Optional[dict] = None
+  seconds: float = 0.0
+
+  def searcher(self, run: indexing.IndexedRun, params) -> retrieval.Searcher:
+    return retrieval.Searcher(
+      run.model,
+      params,
+      run.index,
+      retrieval.retrieval_config(self.search, run.target_length),
+      input_length=self.input_length,
+      term_sets=self.term_sets,
+    )
+
+  def __call__(self, run: indexing.IndexedRun):
+    """The trained params (the initial ones for train_steps = 0)."""
+    model_config.save_model_config(
+      self.workdir,
+      run.model.config,
+      input_length=self.input_length,
+      corpus_path=os.path.join(self.data_dir, "corpus.jsonl"),
+    )
+    if self.plan.weights:
+      self.term_sets = index_term_sets(
+        run.index, self.dataset, self.workdir, self.term_set_size
+      )
+    transform = run.batch_transform
+    if self.plan_in_training and self.plan.weights and self.train_steps > 0:
+      if run.params is None:
+        raise ValueError("plan_in_training needs initial params to choose on")
+      start_searcher = self.searcher(run, run.params)
+      self.selection_at_start = self.plan.choose(start_searcher)
+      transform = plan_bias_transform(start_searcher, transform)
+      del start_searcher
+    if self.train_steps <= 0:
+      return run.params
     train_start = time.time()
     # The gin-bound train: gin files bind train.optimizer, checkpoint_every...
     params = configurables.train(
-      model=model,
-      mixture_or_task_name=mixture,
-      train_steps=train_steps,
-      batch_size=batch_size,
-      model_dir=os.path.join(workdir, "model"),
-      input_length=input_length,
-      target_length=target_length,
-      seed=seed,
-      init_params=setup.params,
+      model=run.model,
+      mixture_or_task_name=run.mixture,
+      train_steps=self.train_steps,
+      batch_size=self.batch_size,
+      model_dir=os.path.join(self.workdir, "model"),
+      input_length=self.input_length,
+      target_length=run.target_length,
+      seed=self.seed,
+      init_params=run.start.params,
       batch_transform=transform,
       artifact_dir=index_lib.current_version_dir(
-        os.path.join(workdir, "index")
+        os.path.join(self.workdir, "index")
       ),
     ).params
-    train_seconds = time.time() - train_start
-  if params is None:
-    raise ValueError(
-      "train_steps = 0 needs a pretrained encoder (there is "
-      "no initial model to evaluate otherwise)"
+    self.seconds = time.time() - train_start
+    return params
+
+  def evaluate(self, run: indexing.IndexedRun, exact_queries: int) -> dict:
+    """Metrics of the trained run per query set (+ the plan's choice)."""
+    if run.params is None:
+      raise ValueError(
+        "train_steps = 0 needs a pretrained encoder (there is "
+        "no initial model to evaluate otherwise)"
+      )
+    searcher = self.searcher(run, run.params)
+    selection = self.plan.choose(searcher) if self.plan.weights else {}
+    if self.selection_at_start:
+      selection["at_start"] = self.selection_at_start
+    results = evaluate(
+      searcher,
+      self.data_dir,
+      self.plan.query_sets,
+      self.plan.eval_split,
+      os.path.join(self.workdir, "runs"),
+      exact_queries,
+      self.plan.max_docs,
+      dense=dense_baseline(run, self.input_length),
     )
-  searcher = searcher_of(params)
-  selection = choose(searcher) if lexical_weights else {}
-  if selection_at_start:
-    selection["at_start"] = selection_at_start
-  results = evaluate(
-    searcher,
-    data_dir,
-    query_sets,
-    eval_split,
-    os.path.join(workdir, "runs"),
-    exact_queries,
-    max_docs,
-    dense=setup.dense,
-  )
-  if selection:
-    results["lexical_weight"] = selection
-  results["run"] = {
-    "train_steps": train_steps,
-    "scheme": scheme,
-    "documents": len(dataset.corpus),
-    "train_seconds": round(train_seconds, 1),
-    "setup_seconds": round(setup.seconds, 1),
-    "total_seconds": round(time.time() - start, 1),
-  }
-  print(
-    evaluation.format_results(
-      {k: v for k, v in results.items() if "/" in k},
-      f"{scheme} docids, {train_steps} steps, {name} "
-      f"({len(dataset.corpus)} documents) {eval_split}",
+    if selection:
+      results["lexical_weight"] = selection
+    return results
+
+  def report(self, results, run, scheme: str, name: str, *, started: float):
+    """`results` with the run's facts, printed as a table and written to
+    workdir/results.json."""
+    results["run"] = {
+      "train_steps": self.train_steps,
+      "scheme": scheme,
+      "documents": len(self.dataset.corpus),
+      "train_seconds": round(self.seconds, 1),
+      "setup_seconds": round(run.start.seconds, 1),
+      "total_seconds": round(time.time() - started, 1),
+    }
+    print(
+      evaluation.format_results(
+        {k: v for k, v in results.items() if "/" in k},
+        f"{scheme} docids, {self.train_steps} steps, {name} "
+        f"({len(self.dataset.corpus)} documents) {self.plan.eval_split}",
+      )
     )
+    path = os.path.join(self.workdir, "results.json")
+    with atomic_io.atomic_open(path) as f:
+      json.dump(results, f, indent=1)
+    return results
+
+
+def dense_baseline(
+  run: indexing.IndexedRun, input_length: int
+) -> Optional[evaluation.Baseline]:
+  """Exact cosine with the run's own encoder over its document vectors
+  (None without document vectors: no pretrained encoder)."""
+  if not run.start.vectors:
+    return None
+  return dense.encoder_dense_baseline(
+    run.model,
+    run.start.base_params,
+    run.index,
+    run.vector_matrix(),
+    input_length,
   )
-  with atomic_io.atomic_open(os.path.join(workdir, "results.json")) as f:
-    json.dump(results, f, indent=1)
-  return results
 
 
 def index_term_sets(index, dataset, workdir: str, max_terms: int):
@@ -399,78 +467,6 @@ def query_set_data(data_dir, query_sets, split: str, max_docs: int):
     )
     if dataset.qrels.get(split):
       yield query_set, dataset
-
-
-@dataclasses.dataclass
-class PretrainedSetup:
-  """What the pretrained-encoder path adds to a run (all None for T5)."""
-
-  params: Any = None
-  batch_transform: Optional[Callable[[dict], dict]] = None
-  dense: Optional[evaluation.Baseline] = None
-  seconds: float = 0.0
-
-
-def pretrained_setup(
-  model,
-  index: index_lib.Index,
-  dataset,
-  mixture: str,
-  cache_dir: str,
-  *,
-  input_length: int,
-  target_length: int,
-  seed: int,
-  warm: bool,
-  temperature: float,
-) -> PretrainedSetup:
-  """Encoder cache, document vectors, initial params and dense baseline."""
-  start = time.time()
-  encoder_dir = model.config.encoder_dir
-  base = pretrained.initial_params(
-    model,
-    encoder_dir,
-    index=index,
-    doc_vectors=None,
-    seed=seed,
-    input_length=input_length,
-    target_length=target_length,
-    warm=False,
-  )
-  doc_rows = pretrained.document_rows(index, dataset.corpus, input_length)
-  cache = pretrained.build_encoder_cache(
-    model,
-    base,
-    mixture,
-    cache_dir,
-    input_length=input_length,
-    target_length=target_length,
-    extra_rows=list(doc_rows),
-  )
-  doc_vectors = pretrained.pooled_vectors(model, base, doc_rows, cache)
-  params = pretrained.initial_params(
-    model,
-    encoder_dir,
-    index=index,
-    doc_vectors=doc_vectors,
-    seed=seed,
-    input_length=input_length,
-    target_length=target_length,
-    warm=warm,
-    temperature=temperature,
-    encoder_params=base["encoder"],
-  )
-  transform = cache.add_states if model.has_frozen_encoder_layers else None
-  logging.info(
-    "pretrained setup (cache, document vectors, params): %.1fs",
-    time.time() - start,
-  )
-  return PretrainedSetup(
-    params,
-    transform,
-    dense.encoder_dense_baseline(model, base, index, doc_vectors, input_length),
-    time.time() - start,
-  )
 
 
 def evaluate(

@@ -3,9 +3,10 @@
 `<run_dir>/model_config.json` holds the model config as trained (a
 T5Config, or a BertT5Config for a pretrained-encoder model; vocab_size as
 trained), the input length and the corpus path (for titles), under a format
-tag. gr/experiments/run.py's run_experiment writes it; the service
-(gr/serve/retriever.py's Retriever) reads it, looking first in the checkpoint
-directory, then in its parent, the run (`find_model_config`).
+tag (the config's own record: gr/model/configs.py). gr/experiments/run.py's
+run_experiment writes it; the service reads it (gr/serve/served_run.py),
+looking first in the checkpoint directory, then in its parent, the run
+(`find_model_config`).
 """
 
 import dataclasses
@@ -14,8 +15,7 @@ import os
 from typing import Optional
 
 from gr import atomic_io
-from gr.model import bert_network
-from gr.model import network
+from gr.model import configs
 
 MODEL_CONFIG_FILE = "model_config.json"
 MODEL_CONFIG_FORMAT = "gr.model_config/1"
@@ -27,7 +27,7 @@ class ModelConfigError(ValueError):
 
 def save_model_config(
   run_dir: str,
-  config: network.T5Config,
+  config: configs.ModelConfig,
   *,
   input_length: int,
   corpus_path: Optional[str] = None,
@@ -36,15 +36,10 @@ def save_model_config(
 
   corpus_path: the run's corpus.jsonl, where the service finds titles.
   """
-  key = (
-    "bert_t5_config"
-    if isinstance(config, bert_network.BertT5Config)
-    else "t5_config"
-  )
   record = {
     "format": MODEL_CONFIG_FORMAT,
     "input_length": int(input_length),
-    key: dataclasses.asdict(config),
+    **configs.config_record(config),
   }
   if corpus_path:
     record["corpus"] = os.path.abspath(corpus_path)
@@ -76,7 +71,7 @@ def find_model_config(checkpoint_dir: str) -> str:
 class SavedModelConfig:
   """What model_config.json records about a run."""
 
-  model: network.T5Config | bert_network.BertT5Config
+  model: configs.ModelConfig
   input_length: int
   corpus_path: Optional[str] = None
 
@@ -90,12 +85,10 @@ def load_model_config(path: str) -> SavedModelConfig:
       raise ValueError(
         f"format {record.get('format')!r}, expected {MODEL_CONFIG_FORMAT!r}"
       )
-    if "bert_t5_config" in record:
-      model = bert_network.BertT5Config(**record["bert_t5_config"])
-    else:
-      model = network.T5Config(**record["t5_config"])
     return SavedModelConfig(
-      model, int(record["input_length"]), record.get("corpus")
+      configs.config_from_record(record),
+      int(record["input_length"]),
+      record.get("corpus"),
     )
   except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
     raise ModelConfigError(f"{path}: not a valid model config: {e!r}") from e

@@ -18,7 +18,6 @@ same logits, without that per-step work). `decode_step_hidden` and
 search can score only the tokens a trie allows (gr/decode/decoding.py SplitDecoder).
 """
 
-import dataclasses
 import functools
 from typing import Any, Mapping
 
@@ -28,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gr.model import bert_network
+from gr.model import configs
 from gr.model import network
 
 Params = Any
@@ -80,28 +80,7 @@ def cross_entropy_with_z_loss(
   return xent - entropy, z_loss * jnp.square(log_z)
 
 
-ModelConfig = network.T5Config | bert_network.BertT5Config
-
-
-def make_module(config: ModelConfig) -> nn.Module:
-  """The network a config describes: T5, or a BERT encoder + T5 decoder."""
-  if isinstance(config, bert_network.BertT5Config):
-    return bert_network.BertT5Transformer(config)
-  return network.Transformer(config)
-
-
-def decoder_config(config: ModelConfig) -> network.T5Config:
-  """The T5 config of the decoder (the whole config for a T5 model)."""
-  if isinstance(config, bert_network.BertT5Config):
-    return config.decoder
-  return config
-
-
-def encoder_width(config: ModelConfig) -> int:
-  """Width of the encoder's output states (what cross-attention reads)."""
-  if isinstance(config, bert_network.BertT5Config):
-    return config.encoder_width
-  return config.emb_dim
+ModelConfig = configs.ModelConfig
 
 
 class EncoderDecoderModel:
@@ -114,20 +93,15 @@ class EncoderDecoderModel:
 
   def __init__(self, config: ModelConfig):
     self.config = config
-    self.module = make_module(config)
+    self.module = configs.make_module(config)
 
   def with_vocab_size(self, vocab_size: int) -> 'EncoderDecoderModel':
     """The same model with `vocab_size` decoder rows."""
-    if isinstance(self.config, bert_network.BertT5Config):
-      return type(self)(self.config.with_vocab_size(vocab_size))
-    return type(self)(dataclasses.replace(self.config, vocab_size=vocab_size))
+    return type(self)(configs.with_vocab_size(self.config, vocab_size))
 
   @property
   def has_frozen_encoder_layers(self) -> bool:
-    return (
-      isinstance(self.config, bert_network.BertT5Config)
-      and self.config.frozen_layers > 0
-    )
+    return configs.frozen_layers(self.config) > 0
 
   def trainable_mask(self, params: Params) -> Params:
     """Bool tree like params: False for frozen encoder parameters.
@@ -135,11 +109,7 @@ class EncoderDecoderModel:
     With a BERT encoder, its embeddings and bottom `frozen_layers` layers
     are frozen; everything else trains. A T5 model trains everything.
     """
-    frozen_layers = (
-      self.config.frozen_layers
-      if isinstance(self.config, bert_network.BertT5Config)
-      else 0
-    )
+    frozen_layers = configs.frozen_layers(self.config)
 
     def trainable(path, _):
       names = [getattr(k, 'key', str(k)) for k in path]
@@ -328,7 +298,7 @@ class EncoderDecoderModel:
 
     def create(params):
       encoded = jnp.zeros(
-        (batch_size, 1, encoder_width(cfg)), cfg.activation_dtype
+        (batch_size, 1, configs.encoder_width(cfg)), cfg.activation_dtype
       )
       encoder_tokens = jnp.ones((batch_size, 1), jnp.int32)
       decoder_tokens = jnp.zeros((batch_size, max_decode_length), jnp.int32)
@@ -359,7 +329,7 @@ class EncoderDecoderModel:
     to `decode_step` in place of `encoded`.
     """
     return network.cross_attention_kv(
-      decoder_config(self.config), params['decoder'], encoded
+      configs.decoder_config(self.config), params['decoder'], encoded
     )
 
   def _step(
@@ -446,7 +416,7 @@ class EncoderDecoderModel:
     gathered and scored (the sparse output layer).
     """
     return network.output_logits(
-      decoder_config(self.config), params, hidden, tokens
+      configs.decoder_config(self.config), params, hidden, tokens
     )
 
 

@@ -4,8 +4,9 @@ With a BERT-family encoder under the T5 decoder (gr/model/bert_network.py), an
 experiment (gr/experiments/run.py) needs, besides what a T5 run needs:
 
 * the encoder's WordPiece vocabulary for the index (`wordpiece_index`);
-* the frozen layers' output over every training input, computed once
-  (`build_encoder_cache`, gr/model/encoder_cache.py);
+* every encoder input of a mixture's train split (`mixture_encoder_inputs`),
+  which the frozen layers' cache covers (gr/model/encoder_cache.py, built
+  through the model's family, gr/model/family.py);
 * document vectors: the encoder's mean-pooled, normalised states of each
   body at the run's input length (`pooled_vectors`), which warm-start the
   docid rows (gr/model/warm_start.py) and give the dense baseline with the same
@@ -14,10 +15,8 @@ experiment (gr/experiments/run.py) needs, besides what a T5 run needs:
 """
 
 import functools
-import logging
 import os
-import time
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -31,11 +30,6 @@ from gr.model import encoder_cache as cache_lib
 from gr.index import artifact as index_lib
 from gr.model import warm_start
 from gr.index import wordpiece
-
-
-def is_pretrained(model) -> bool:
-  """Whether `model` has a BERT-family encoder."""
-  return isinstance(model.config, bert_network.BertT5Config)
 
 
 def tokenizer_path(encoder_dir: str) -> str:
@@ -73,32 +67,6 @@ def mixture_encoder_inputs(
     )
     rows += [ex['encoder_input_tokens'] for ex in ds.as_numpy_iterator()]
   return rows
-
-
-def build_encoder_cache(
-  model,
-  params,
-  mixture_or_task: str,
-  cache_dir: str,
-  *,
-  input_length: int,
-  target_length: int,
-  extra_rows: Sequence[np.ndarray] = (),
-) -> cache_lib.EncoderCache:
-  """The frozen-layer cache over the mixture's inputs (+ extra_rows)."""
-  start = time.time()
-  rows = mixture_encoder_inputs(
-    mixture_or_task, input_length=input_length, target_length=target_length
-  )
-  cache = cache_lib.EncoderCache.build(
-    model, params, list(rows) + list(extra_rows), cache_dir
-  )
-  logging.info(
-    'encoder cache: %d distinct inputs ready in %.1fs',
-    len(cache),
-    time.time() - start,
-  )
-  return cache
 
 
 @functools.lru_cache(maxsize=8)

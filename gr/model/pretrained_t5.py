@@ -21,7 +21,7 @@ HF's own padding rows 32,100 .. 32,127 were never trained, so they are
 replaced like any other new row rather than handed to the first docid tokens.
 
 `PretrainedT5Model` is what gin/models/t5_pretrained.gin's MODEL builds: an
-EncoderDecoderModel that remembers its folder (`t5_dir_of(model)`) and reads
+EncoderDecoderModel that remembers its folder (`model.t5_dir`) and reads
 config.json on first use, so the gin files parse without a checkpoint on
 disk; a missing or wrong folder fails on the model's first use, naming it.
 """
@@ -34,6 +34,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from gr.model import configs
 from gr.model import hf_import
 from gr.model import models
 from gr.model import network
@@ -108,7 +109,7 @@ class PretrainedT5Model(models.EncoderDecoderModel):
 
   @functools.cached_property
   def module(self):
-    return models.make_module(self.config)
+    return configs.make_module(self.config)
 
   def with_vocab_size(self, vocab_size: int) -> 'PretrainedT5Model':
     return PretrainedT5Model(
@@ -130,11 +131,6 @@ def pretrained_t5_model(
   if dropout_rate is not None:
     overrides['dropout_rate'] = dropout_rate
   return PretrainedT5Model(t5_dir, **overrides)
-
-
-def t5_dir_of(model) -> Optional[str]:
-  """The HF folder a model starts from, or None (not a pretrained T5)."""
-  return model.t5_dir if isinstance(model, PretrainedT5Model) else None
 
 
 # ------------------------------------------------------------------ index --

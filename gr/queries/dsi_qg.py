@@ -19,9 +19,8 @@ model writes from its body, keeping those a ranker judges relevant. Here:
 
 import os
 import random
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Optional, Sequence
 
-from gr.queries import doc2query
 from gr.search import metrics
 from gr.search import bm25
 from gr.data import beir
@@ -157,8 +156,8 @@ def query_report(
     }
     report[name] = {
       "documents": len(judged),
-      "overlap": doc2query.word_overlap(queries, reference, judged),
-      "chance_overlap": doc2query.word_overlap(queries, shuffled, judged),
+      "overlap": word_overlap(queries, reference, judged),
+      "chance_overlap": word_overlap(queries, shuffled, judged),
       "bm25_generated": metrics.evaluate_run(
         qrels, bm25.bm25_run(generated_corpus, texts), hits_ks=(1, 10)
       ),
@@ -167,3 +166,28 @@ def query_report(
       ),
     }
   return report
+
+
+def _words(text: str) -> set[str]:
+  return {w.strip(".,:;!?\"'()").lower() for w in text.split()} - {""}
+
+
+def word_overlap(
+  queries: Mapping[str, Sequence[str]],
+  references: Mapping[str, str],
+  doc_ids: Optional[Iterable[str]] = None,
+) -> float:
+  """Fraction of generated-query words (lower-cased) found in the reference.
+
+  E.g. references = titles: a doc2query model trained on body -> title
+  pairs shows how title-like its queries are; train documents (whose
+  titles it saw) against test documents (whose titles it never saw).
+  """
+  found = total = 0
+  for doc_id in queries if doc_ids is None else doc_ids:
+    reference = _words(references.get(doc_id, ""))
+    for query in queries.get(doc_id, ()):
+      words = _words(query)
+      found += len(words & reference)
+      total += len(words)
+  return found / max(total, 1)

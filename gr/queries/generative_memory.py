@@ -11,7 +11,7 @@ the vector, instead of the body's token states. Its training mixes both
 sources (`with_vector_sources`), so the same model serves DSI-QG (from
 bodies) and the memory (from vectors). Replay then samples fresh
 pseudo-queries for old documents at each update
-(doc2query.VectorQueryGenerator).
+(query_generators.VectorQueryGenerator).
 
 This works with a frozen encoder (TRAINABLE_ENCODER_LAYERS = 0): a vector
 is the pooled output of the last layer, which training never changes.

@@ -1,45 +1,57 @@
-"""Index a corpus: its docid table and vocabulary, built once.
+"""Index a corpus, build its training tasks, warm-start the model, train.
+
+`index_and_train` is the one path from a corpus to a trained model, used by
+run_experiment (gr/experiments/run.py) and continual indexing's version 0
+(gr/continual/update.py): the index (`load_or_build_index`), the tasks the
+caller registers over it, the model fitted to the index vocabulary, its
+warm start (the model's family, gr/model/family.py: document vectors,
+frozen-layer cache, initial params), then the caller's training loop.
 
 `load_or_build_index` returns the index saved under an index folder, or
 builds it: the scheme's docids (embedding-based schemes embed the bodies
-with the run's encoder), then the vocabulary (a pretrained encoder's
-WordPiece, a T5 checkpoint's sentencepiece, or sentencepiece trained on the
-corpus), and saves it (gr/index/artifact.py layout).
+with the run's encoder), then the family's vocabulary (a pretrained
+encoder's WordPiece, a T5 checkpoint's sentencepiece, or sentencepiece
+trained on the corpus), and saves it (gr/index/artifact.py layout).
 """
 
+import dataclasses
 import logging
 import os
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
 
 from gr import docids as docids_lib
-from gr.model import embed
-from gr.index import artifact as index_lib
-from gr.model import pretrained
-from gr.model import pretrained_t5
 from gr.data import beir
+from gr.index import artifact as index_lib
+from gr.model import embed
+from gr.model import family as family_lib
+from gr.model import models
+from gr.model import warm_start as warm_lib
+
+Params = Any
 
 
 def load_or_build_index(
   dataset: beir.BeirDataset,
   index_dir: str,
+  model,
   *,
   scheme: str,
   scheme_params: Mapping[str, Any],
   vocab_size: int,
   seed: int,
-  encoder_dir: Optional[str] = None,
   embedding_length: int = 256,
   cache_dir: Optional[str] = None,
-  t5_dir: Optional[str] = None,
 ) -> index_lib.Index:
   """The index under `index_dir`, built (docids + vocabulary) if absent.
 
-  With `encoder_dir` (a pretrained encoder's HF folder) the vocabulary is
-  that encoder's WordPiece tokenizer, and semantic docids cluster that
-  encoder's embeddings of the bodies at `embedding_length` tokens (cached
-  in `cache_dir`); else sentencepiece trained here, and MiniLM at 256.
+  The vocabulary is the model family's; semantic docids cluster the
+  family's encoder's embeddings of the bodies at `embedding_length` tokens
+  (cached in `cache_dir`), else MiniLM's at 256.
   """
+  family = family_lib.family_of(model)
   if os.path.exists(os.path.join(index_dir, index_lib.CURRENT_FILE)):
     index = index_lib.load_index(index_dir)
     if index.table.scheme != scheme:
@@ -47,34 +59,25 @@ def load_or_build_index(
         f"{index_dir} holds a {index.table.scheme!r} index, "
         f"not {scheme!r}: use another workdir"
       )
-    if t5_dir:
-      pretrained_t5.check_t5_index(index, t5_dir)
+    family.check_index(model, index)
     return index
   start = time.time()
   table = assign_docids(
     dataset.corpus,
     scheme,
     scheme_params,
-    encoder_dir,
+    family.encoder_dir(model),
     embedding_length,
     cache_dir,
   )
-  if encoder_dir:
-    index = pretrained.wordpiece_index(table, encoder_dir)
-  elif t5_dir:
-    index = pretrained_t5.t5_index(table, t5_dir)
-  else:
-    texts = index_lib.training_texts(
-      dataset.corpus,
-      {q: dataset.queries[q] for q in dataset.qrels.get("train", {})},
-    )
-    index = index_lib.build_index(
-      table,
-      texts,
-      os.path.join(index_dir, "work"),
-      vocab_size=vocab_size,
-      seed=seed,
-    )
+  index = family.build_index(
+    model,
+    table,
+    dataset,
+    os.path.join(index_dir, "work"),
+    vocab_size=vocab_size,
+    seed=seed,
+  )
   index_lib.save_index(index, index_dir)
   logging.info(
     "built %s index of %d documents in %.1fs",
@@ -109,3 +112,120 @@ def assign_docids(
   embedder = embed.Embedder.load(encoder_dir, max_length=embedding_length)
   vectors = embed.document_embeddings(corpus, embedder, cache_dir)
   return scheme_obj.assign(corpus, embeddings=vectors)
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexSpec:
+  """How a corpus is indexed: docid scheme and vocabulary."""
+
+  scheme: str = "naive"
+  scheme_params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  vocab_size: int = 8000
+  seed: int = 0
+
+
+@dataclasses.dataclass
+class IndexedRun:
+  """A corpus indexed and a model ready to train (or trained) on it.
+
+  Attributes:
+    index: the index artifact (docid table + vocabulary).
+    model: the model fitted to the index vocabulary (models.fit_vocab).
+    mixture: the training mixture's name (None: none registered).
+    target_length: the longest docid in tokens (EOS included).
+    start: the family's warm start (initial params, document vectors,
+      the frozen-layer cache built on the way).
+    params: the trained params (the initial ones until trained; None for a
+      model that train() initialises).
+    train_seconds: how long training took.
+  """
+
+  index: index_lib.Index
+  model: Any
+  mixture: Optional[str]
+  target_length: int
+  start: family_lib.WarmStart
+  params: Params = None
+  train_seconds: float = 0.0
+
+  @property
+  def batch_transform(self) -> Optional[Callable[[dict], dict]]:
+    """Adds the cached frozen-layer states to a batch (None: no cache)."""
+    return family_lib.training_transform(self.model, self.start.states)
+
+  def vector_matrix(self) -> np.ndarray:
+    """[num_docs, E] document vectors in table order."""
+    return self.start.vector_matrix(self.index.doc_ids)
+
+
+def index_and_train(
+  dataset: beir.BeirDataset,
+  index_dir: str,
+  model,
+  spec: IndexSpec,
+  *,
+  input_length: int,
+  register_tasks: Optional[Callable[[index_lib.Index], str]] = None,
+  cache_rows: Callable[[index_lib.Index], Sequence[np.ndarray]] = (
+    lambda index: ()
+  ),
+  warm: bool = True,
+  temperature: float = warm_lib.DEFAULT_TEMPERATURE,
+  states_dir: Optional[str] = None,
+  embedding_cache_dir: Optional[str] = None,
+  train: Optional[Callable[[IndexedRun], Params]] = None,
+) -> IndexedRun:
+  """Index `dataset`, register its tasks, warm-start `model`, train.
+
+  Args:
+    dataset: the corpus (and the queries its tasks may use).
+    index_dir: the index folder (loaded if it holds one).
+    model: the model as configured (fitted to the vocabulary here).
+    spec: docid scheme and vocabulary.
+    input_length: encoder input length of training and of the warm start.
+    register_tasks: registers the training mixture over the index and
+      returns its name (None: no mixture, e.g. nothing to train).
+    cache_rows: encoder inputs [Li] the frozen-layer cache should hold
+      besides the bodies (called only for a family with one).
+    warm, temperature: the warm start (gr/model/warm_start.py).
+    states_dir: the frozen-layer cache file's folder (None: the process's
+      shared cache).
+    embedding_cache_dir: where semantic docids' body embeddings are cached.
+    train: the caller's training loop, given the run; returns the trained
+      params (None: no training, the params are the initial ones).
+
+  Returns:
+    The IndexedRun with its params.
+  """
+  index = load_or_build_index(
+    dataset,
+    index_dir,
+    model,
+    scheme=spec.scheme,
+    scheme_params=spec.scheme_params,
+    vocab_size=spec.vocab_size,
+    seed=spec.seed,
+    embedding_length=input_length,
+    cache_dir=embedding_cache_dir,
+  )
+  mixture = register_tasks(index) if register_tasks else None
+  target_length = index.max_docid_length()
+  model = models.fit_vocab(model, index.vocab.vocab_size)
+  start = family_lib.family_of(model).warm_start(
+    model,
+    index,
+    dataset.corpus,
+    seed=spec.seed,
+    input_length=input_length,
+    target_length=target_length,
+    warm=warm,
+    temperature=temperature,
+    cache_dir=states_dir,
+    cache_rows=lambda: cache_rows(index),
+  )
+  run = IndexedRun(index, model, mixture, target_length, start, start.params)
+  if train is not None:
+    train_start = time.time()
+    run.params = train(run)
+    run.train_seconds = time.time() - train_start
+  return run

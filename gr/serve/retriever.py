@@ -57,7 +57,7 @@ from gr.index import artifact as index_lib
 from gr.train import indexing
 from gr.model import models
 from gr import partitioning
-from gr.model import pretrained
+from gr.model import family
 from gr.search import retrieval
 from gr.serve import served_run
 from gr.index import trie as trie_lib
@@ -592,10 +592,9 @@ class Retriever:
     space its tree was clustered in, indexing.assign_docids), else MiniLM."""
     from gr.model import embed  # pylint: disable=g-import-not-at-top
 
-    if pretrained.is_pretrained(self.model):
-      return embed.Embedder.load(
-        self.model.config.encoder_dir, max_length=self.input_length
-      )
+    encoder_dir = family.family_of(self.model).encoder_dir(self.model)
+    if encoder_dir:
+      return embed.Embedder.load(encoder_dir, max_length=self.input_length)
     return embed.Embedder.load()
 
   def _new_sequences(

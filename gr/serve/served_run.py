@@ -47,6 +47,7 @@ from gr.train import checkpoints
 from gr.index import artifact as index_lib
 from gr.model import models
 from gr.index import vocab as vocab_lib
+from gr.model import family
 from gr.model import pretrained
 from gr.model import model_config
 from gr.model import warm_start
@@ -284,7 +285,8 @@ def warm_docid_rows(
   Pretrained-encoder models only (warm_start.new_docid_rows over the unit
   mean-pooled encoder output of each body); {} for a T5 model.
   """
-  if not pretrained.is_pretrained(model) or not new_tokens or not documents:
+  warm = family.family_of(model).warm_starts_rows
+  if not warm or not new_tokens or not documents:
     return {}
   rows = vocab_lib.encode_texts(
     index.vocab, [doc.text for doc in documents.values()], input_length
@@ -316,7 +318,7 @@ def restore_online_rows(
   gets the warm-start rule over the online documents that use it.
   """
   new_tokens = served.vocab.docid_tokens[len(trained.vocab.docid_tokens) :]
-  if not pretrained.is_pretrained(model) or not new_tokens:
+  if not family.family_of(model).warm_starts_rows or not new_tokens:
     return params
   saved = read_online_rows(index_dir)
   params = with_docid_rows(

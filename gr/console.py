@@ -79,7 +79,6 @@ STATUS_RULES = (
     r'encoder cache: (?P<done>\d+)/(?P<total>\d+) tokens',
     'encoder cache tokens',
   ),
-  StatusRule('family', r'encoder cache: \d+ distinct inputs ready'),
   StatusRule('family', r'warm start'),
   StatusRule(
     'embed', r'embedded (?P<done>\d+)/(?P<total>\d+) texts', 'embedded texts'
@@ -93,7 +92,7 @@ STATUS_RULES = (
   ),
   StatusRule('loop', r'eval at step '),
   StatusRule('run', r'lexical weight '),
-  StatusRule('update', r'update \S+: '),
+  StatusRule('dynamic_cells', r'\S+ step \d+: '),
   StatusRule(
     'query_generators',
     r'doc2query: (?P<done>\d+)/(?P<total>\d+) documents',
@@ -251,8 +250,11 @@ class Console(py_logging.Handler):
     done, total = int(found.group('done')), int(found.group('total'))
     stream = self._stream_of(record)
     stream.done = done >= total
-    text = self._fit(_progress_text(rule, record.getMessage(), done, total))
-    if self.tty:
+    tty = self.tty
+    text = self._fit(
+      _progress_text(rule, record.getMessage(), done, total, bar=tty)
+    )
+    if tty:
       if self._current is not stream:
         self.finish()
       self._current, self._drawn = stream, '\r\x1b[K' + text
@@ -285,8 +287,12 @@ def _status_rule(record):
   return None, None
 
 
-def _progress_text(rule: StatusRule, message: str, done: int, total: int):
-  parts = [f'{rule.label} {done}/{total} ({100 * done // max(total, 1)}%)']
+def _progress_text(
+  rule: StatusRule, message: str, done: int, total: int, bar: bool = False
+) -> str:
+  fraction = min(done / max(total, 1), 1.0)
+  drawn = f' [{"#" * round(20 * fraction):-<20}]' if bar else ''
+  parts = [f'{rule.label}{drawn} {done}/{total} ({int(100 * fraction)}%)']
   for extra in rule.extras:
     found = re.search(extra, message)
     if found:

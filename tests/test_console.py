@@ -154,7 +154,9 @@ def test_progress_redraws_one_line_on_a_terminal(job):
   drawn = out.getvalue()
   assert drawn.count('\n') == 1  # the warning's line; progress redrawn
   assert drawn.count('\r\x1b[K') == 4  # two draws, a clear, a redraw
-  assert drawn.endswith('encoder cache tokens 200/300 (66%), ETA 9s')
+  assert drawn.endswith(
+    'encoder cache tokens [#############-------] 200/300 (66%), ETA 9s'
+  )
   handler.finish()
   assert out.getvalue().endswith('\n')
 

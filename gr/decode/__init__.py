@@ -1,6 +1,8 @@
 """Decoding: constrained beam search, trie constraints, ranking, sampling.
 
-Beam search with a logits hook, the trie constraint, document aggregation,
-the exact oracle, ancestral sampling and the model adapter the loops see.
-May import gr.index, gr.model and below.
+hooks (the decoder step and the LogitsProcessor / Constraint protocols),
+beam_search (the loop) and expand (one step's continuations), constraint
+(the trie constraint), aggregate (documents from docids), oracle (exact
+ranking), plan (lexical look-ahead), sampling, and model_decoder (the model
+as the loops see it). May import gr.index, gr.model and below.
 """

@@ -1,6 +1,9 @@
 """Training: the sharded train loop, optimizer, checkpoints, seqio tasks.
 
-The train step and loop (resume, SAM), orbax checkpoints with the index
-artifact beside them, seqio tasks and mixtures, streamed example files.
-May import gr.decode, gr.model, gr.index and below.
+loop (train() and the step loop), state (TrainState and the sharded, jitted
+step, SAM), optimizer, data (task batches and their saved position),
+checkpoints (orbax, with the index artifact beside them), tasks and
+preprocessors (seqio tasks and mixtures), example_files (streamed examples),
+indexing (index a corpus once). May import gr.decode, gr.model, gr.index and
+below.
 """

@@ -12,6 +12,7 @@ import pathlib
 import subprocess
 import sys
 
+import gin
 import pytest
 
 from gr.experiments import gin_cli
@@ -196,3 +197,30 @@ def test_fail_writes_one_line_and_exits_2(capsys, monkeypatch):
   assert capsys.readouterr().err == (
     "tool.py: error: bad thing In file 'a.gin', line 3\n"
   )
+
+
+@gin.configurable('gin_value_probe')
+def _gin_value_probe(workdir=None, steps=0):
+  return workdir, steps
+
+
+def test_gin_value_reads_through_macros():
+  """log_under finds the run directory however the gin files bind it."""
+  try:
+    with gin.unlock_config():
+      gin.clear_config()
+      gin.parse_config(
+        [
+          "ROOT = '/tmp/runs'",
+          'WORKDIR = %ROOT',
+          'gin_value_probe.workdir = %WORKDIR',
+          'gin_value_probe.steps = 3',
+        ]
+      )
+    assert gin_cli.gin_value('gin_value_probe.workdir') == '/tmp/runs'
+    assert gin_cli.gin_value('gin_value_probe.steps') == 3
+    with pytest.raises(ValueError):
+      gin_cli.gin_value('gin_value_probe.missing')
+  finally:
+    with gin.unlock_config():
+      gin.clear_config()

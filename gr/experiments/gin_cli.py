@@ -10,8 +10,8 @@ parse, a missing file or folder, a malformed data file, a run that cannot be
 loaded: `INPUT_ERRORS`) ends with one line on stderr, the error's message
 (which names the file, line or field), and exit status 2, not a traceback.
 Run with --verbosity=1 (and --verbose where the job has a quiet console)
-to get the traceback too. Any other exception is a
-bug and keeps its traceback.
+to get the traceback too. Any other exception is a bug and keeps its
+traceback.
 
 `run(main, console=True)` also gives the job a quiet console
 (gr/console.py): status lines, unexpected warnings and the result on the

@@ -26,6 +26,7 @@ from gr.model import models
 from gr.model import network
 from gr.search import retrieval
 from gr.model import model_config
+from gr.serve import new_docids
 from gr.serve import retriever as serving
 from gr.index import trie as trie_lib
 from gr.data import beir
@@ -528,21 +529,51 @@ def test_trie_growth_recompiles_before_going_live(run_template, tmp_path):
   r.close()
 
 
-def test_atomic_adds_beyond_the_embedding_rows_are_refused(tmp_path):
+def test_atomic_adds_grow_the_embedding_rows_by_doubling(tmp_path):
+  """Past the checkpoint's rows an add doubles the docid rows (one compile
+  of the buckets per growth, before it goes live); a restart serves the
+  same rows (zero rows: growth does not depend on its path)."""
   model_dir = make_run(
     tmp_path / "atomic", scheme="atomic", num_docs=6, extra_vocab_rows=1
   )
-  r = serving.Retriever.from_checkpoint(model_dir, config=CONFIG)
+  r = serving.Retriever.from_checkpoint(
+    model_dir, config=dataclasses.replace(CONFIG, buckets=(4,))
+  )
+  base = r.index.vocab.base_size
+  rows = lambda: r.model.config.vocab_size
+  start = rows()
+  assert start == base + 7
+  r.warm_up()
+  r.add_documents([beir.Document("fits", "", "one more")])
+  assert rows() == start
+  sizes, compiled = [], r.compiled_count()
+  for n in range(60):
+    r.add_documents([beir.Document(f"g{n}", "", f"grow {n}")])
+    if rows() != (sizes or [start])[-1]:
+      sizes.append(rows())
+      assert r.compiled_count() == 1  # the new model's search: one bucket
+  assert sizes  # 6 + 61 docid tokens need more than 7 rows past the base
+  expected = sorted({-(-(base + 7 * 2**i) // 128) * 128 for i in range(1, 8)})
+  assert set(sizes) <= set(expected) and sizes == sorted(sizes)
+  del compiled
+  found = {h.doc_id for h in r.retrieve(["grow"], 32)[0]}
+  assert len(found) == 32
+  embedding = np.asarray(r.params["token_embedder"]["embedding"])
+  assert embedding.shape[0] == rows()
+  r.delete_document("g3")
+  assert "g3" not in {h.doc_id for h in r.retrieve(["grow"], 32)[0]}
+  r.close()
+  again = serving.Retriever.from_checkpoint(model_dir, config=CONFIG)
   try:
-    r.add_documents([beir.Document("fits", "", "one more")])
-    version = r.index_version
-    with pytest.raises(serving.DocumentConflict, match="embedding rows"):
-      r.add_documents([beir.Document("too_many", "", "no room")])
-    assert r.index_version == version
-    table = index_lib.load_index(r.index_dir).table
-    assert "fits" in table.docids_of and "too_many" not in table.docids_of
+    assert again.model.config.vocab_size == rows()
+    np.testing.assert_array_equal(
+      np.asarray(again.params["token_embedder"]["embedding"]), embedding
+    )
+    table = index_lib.load_index(again.index_dir).table
+    assert {"fits", "g59"} <= set(table.docids_of)
+    assert "g3" not in table.docids_of
   finally:
-    r.close()
+    again.close()
 
 
 # ------------------------------------------------------------ micro-batching
@@ -586,7 +617,7 @@ def test_micro_batcher_survives_a_failing_batch():
 
 
 def test_only_schemes_that_place_by_embeddings_get_an_embedder():
-  """Retriever._docid_scheme: one rule (indexing.needs_embedder) decides
+  """DocidNamer._docid_scheme: one rule (indexing.needs_embedder) decides
   whether new documents need the embedder; naive, text and a multi without
   a semantic part never load it."""
   import types  # pylint: disable=g-import-not-at-top
@@ -599,7 +630,7 @@ def test_only_schemes_that_place_by_embeddings_get_an_embedder():
     holder = types.SimpleNamespace(
       _scheme=None, _embedder=lambda: loaded.append(name) or sentinel
     )
-    return serving.Retriever._docid_scheme(holder, table)  # pylint: disable=protected-access
+    return new_docids.DocidNamer._docid_scheme(holder, table)  # pylint: disable=protected-access
 
   assert scheme_of("semantic", {"k": 2, "c": 2}).embedder is sentinel
   assert scheme_of("naive", {}).name == "naive"

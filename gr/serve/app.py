@@ -43,481 +43,40 @@ import asyncio
 import contextlib
 import dataclasses
 import hmac
-import ipaddress
 import json
-import time
-import urllib.parse
-from typing import Annotated, Any, Mapping, Optional, Sequence
+from typing import Annotated, Optional
 
 import fastapi
 import fastapi.exceptions
 from fastapi import security
 import prometheus_client
-import pydantic
-import starlette.convertors
-import starlette.exceptions
 
 from gr.serve import microbatch
 from gr.serve import retriever as serving
 from gr.data import beir
 from gr.serve import page
 
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-  """Input limits; each violation is answered with a 4xx status."""
-
-  max_query_chars: int = 1000
-  max_body_bytes: int = 1 << 20
-  max_documents: int = 64
-  max_text_chars: int = 100_000
-  max_doc_id_chars: int = 256
-  body_timeout_s: float = 10.0  # for the whole body, after the headers
-
-
-def is_loopback(host: str) -> bool:
-  """Whether binding `host` keeps the service on this machine."""
-  if host == "localhost":
-    return True
-  try:
-    return ipaddress.ip_address(host).is_loopback
-  except ValueError:
-    return False
-
-
-def _encodable(text: str) -> str:
-  """Rejects lone surrogates and text that Python strips to nothing.
-
-  JSON allows "\\ud800"; and the schema's `\\S` lets separators such as
-  "\\x1f" through, which str.strip() removes and the Retriever refuses.
-  """
-  try:
-    text.encode("utf-8")
-  except UnicodeEncodeError as e:
-    raise ValueError("text is not valid Unicode (lone surrogate)") from e
-  if not text.strip():
-    raise ValueError("text has only white space or separators")
-  return text
-
-
-def _title(title: Optional[str]) -> str:
-  """A missing, null, empty or blank title is the same: "" (no title)."""
-  if title is None or not title.strip():
-    return ""
-  return _encodable(title)
-
-
-def _text(max_chars: int, min_chars: int = 1):
-  """A string type: length limits, some non-space character, valid UTF-8."""
-  return Annotated[
-    str,
-    pydantic.StringConstraints(
-      min_length=min_chars, max_length=max_chars, pattern=r"\S"
-    ),
-    pydantic.AfterValidator(_encodable),
-  ]
-
-
-# A URL path drops these segments (RFC 3986 dot-segment removal, which
-# clients apply even to %2E), so a document named so could not be deleted.
-DOT_SEGMENTS = (".", "..")
-
-
-def _addressable(doc_id: str) -> str:
-  """Refuses the ids that cannot round-trip in a URL path (DOT_SEGMENTS)."""
-  if doc_id in DOT_SEGMENTS:
-    raise ValueError(
-      f"an id may not be {doc_id!r}: URLs drop it as a path segment, so "
-      "the document could never be deleted"
-    )
-  return doc_id
-
-
-def _doc_id(max_chars: int):
-  """The one rule for ids, at add and in /documents/{id}: some
-  non-space character, valid UTF-8, at most `max_chars`, not . or .."""
-  return Annotated[_text(max_chars), pydantic.AfterValidator(_addressable)]
-
-
-class _DocIdConvertor(starlette.convertors.Convertor):
-  """The rest of a URL path, percent-decoded, as one doc_id ("a/b" too).
-
-  Starlette's "path" convertor is `.*`, which stops at a new line; its
-  route's `$` then matches before a final one, so "x\n" would route as
-  "x". Ids are written into paths as one segment, every reserved
-  character percent-encoded (encodeURIComponent, quote(id, safe="")).
-  """
-
-  regex = "(?s:.+)"
-
-  def convert(self, value: str) -> str:
-    return value
-
-  def to_string(self, value: str) -> str:
-    return urllib.parse.quote(value, safe="")
-
-
-starlette.convertors.register_url_convertor("doc_id", _DocIdConvertor())
-
-
-class SearchResponse(pydantic.BaseModel):
-  """One query's hits: `serving.Hit` is the one hit type (its JSON schema
-  comes from the dataclass; matched_docids is a list in JSON)."""
-
-  query: str
-  hits: list[serving.Hit]
-
-
-class BatchSearchResponse(pydantic.BaseModel):
-  results: list[SearchResponse]
-
-
-class AddedDocument(pydantic.BaseModel):
-  doc_id: str
-  docids: list[str]
-
-
-class DocumentRecord(pydantic.BaseModel):
-  """GET /documents/{id}: what the index holds (`serving.StoredDocument`)."""
-
-  doc_id: str
-  docids: list[str]
-  title: Optional[str]
-  text: Optional[str]
-  online: bool
-  added_at: Optional[str]
-
-
-class IndexState(pydantic.BaseModel):
-  documents: int
-  index_version: int
-
-
-class AddDocumentsResponse(IndexState):
-  added: list[AddedDocument]
-
-
-class DeleteDocumentResponse(IndexState):
-  deleted: str
-
-
-class Health(IndexState):
-  status: str
-  checkpoint_step: Optional[int] = None
-
-
-def request_models(limits: Limits, max_k: int, max_batch: int):
-  """Pydantic request bodies whose JSON schemas carry the limits."""
-  query_text = _text(limits.max_query_chars)
-  top_k = Annotated[int, pydantic.Field(ge=1, le=max_k, strict=True)]
-  strict = pydantic.ConfigDict(extra="forbid")
-
-  class SearchRequest(pydantic.BaseModel):
-    model_config = strict
-    query: query_text
-    k: top_k = min(10, max_k)
-
-  class BatchSearchRequest(pydantic.BaseModel):
-    model_config = strict
-    queries: Annotated[
-      list[query_text], pydantic.Field(min_length=1, max_length=max_batch)
-    ]
-    k: top_k = min(10, max_k)
-
-  class DocumentIn(pydantic.BaseModel):
-    model_config = strict
-    id: _doc_id(limits.max_doc_id_chars)
-    title: Annotated[
-      Optional[str],
-      pydantic.StringConstraints(max_length=limits.max_query_chars),
-      pydantic.AfterValidator(_title),
-    ] = ""
-    text: _text(limits.max_text_chars)
-
-  class AddDocumentsRequest(pydantic.BaseModel):
-    model_config = strict
-    documents: Annotated[
-      list[DocumentIn],
-      pydantic.Field(min_length=1, max_length=limits.max_documents),
-    ]
-
-  return SearchRequest, BatchSearchRequest, AddDocumentsRequest
-
-
-# ------------------------------------------------------------ middleware --
-
-
-class AsciiJSONResponse(fastapi.responses.JSONResponse):
-  """JSON with non-ASCII escaped: error details may echo lone surrogates."""
-
-  def render(self, content) -> bytes:
-    return json.dumps(
-      content, ensure_ascii=True, allow_nan=False, separators=(",", ":")
-    ).encode("ascii")
-
-
-def _field(error: Mapping[str, Any]) -> str:
-  """The request field an error names: "documents.0.id" for the location
-  ("body", "documents", 0, "id"), "doc_id" for ("path", "doc_id"); "body"
-  for the body as a whole (and for JSON that does not parse, whose
-  location is a character position)."""
-  loc = [str(part) for part in error.get("loc", ())] or ["body"]
-  if error.get("type") == "json_invalid":
-    return loc[0]
-  return ".".join(loc[1:]) or loc[0]
-
-
-def _message(error: Mapping[str, Any]) -> str:
-  """pydantic's message; for JSON that does not parse, with the reason."""
-  message = str(error.get("msg", "invalid value"))
-  reason = (error.get("ctx") or {}).get("error")
-  if error.get("type") == "json_invalid" and isinstance(reason, str):
-    return f"{message}: {reason}"
-  return message
-
-
-def validation_errors(errors: Sequence[Mapping[str, Any]]) -> list[dict]:
-  """A 422 body's detail: where (field, loc), what (type) and why (msg).
-
-  The offending input is never echoed back: it may be NaN or Infinity
-  (Python's JSON parser accepts them; a JSON encoder refuses them) or a
-  megabyte of text, and the field names it well enough.
-  """
-  return [
-    {
-      "field": _field(error),
-      "loc": [
-        part if isinstance(part, int) else str(part)
-        for part in error.get("loc", ())
-      ],
-      "type": str(error.get("type", "invalid")),
-      "msg": _message(error),
-    }
-    for error in errors
-  ]
-
-
-def _unparsable_body(
-  error: starlette.exceptions.HTTPException,
-) -> Optional[list[dict]]:
-  """The detail of FastAPI's 400 for a body that json.loads cannot read
-  (not UTF-8, an integer of over 4300 digits, nesting past the recursion
-  limit), in the shape of a 422's; None for any other HTTPException."""
-  cause = error.__cause__
-  if error.status_code != 400 or not isinstance(
-    cause, (ValueError, RecursionError)
-  ):
-    return None
-  message = f"the body cannot be parsed as JSON: {cause}"
-  return [
-    {"field": "body", "loc": ["body"], "type": "body_invalid", "msg": message}
-  ]
-
-
-def _install_error_handlers(app: fastapi.FastAPI) -> None:
-  """422 and HTTPException bodies that can always be encoded."""
-
-  @app.exception_handler(fastapi.exceptions.RequestValidationError)
-  async def invalid_request(_, error):
-    return AsciiJSONResponse(
-      {"detail": validation_errors(error.errors())}, status_code=422
-    )
-
-  # starlette's class: FastAPI's routing raises it (fastapi's is a subclass).
-  @app.exception_handler(starlette.exceptions.HTTPException)
-  async def http_error(_, error):
-    return AsciiJSONResponse(
-      {"detail": _unparsable_body(error) or error.detail},
-      status_code=error.status_code,
-      headers=error.headers,
-    )
-
-
-class _BodyTooLarge(Exception):
-  """A streamed body passed the limit."""
-
-
-class RequestBody:
-  """ASGI middleware: each request body read whole, in bounds, before the app.
-
-  413 for a body over `max_bytes` (by its Content-Length, or counted as it
-  streams); 408 when it has not all arrived `timeout_s` after the request
-  started (a Content-Length larger than what the client sends would hold
-  the connection open for good). Both close the connection: the rest of
-  the body is never read. The app then reads the buffered body.
-  """
-
-  def __init__(self, app, max_bytes: int, timeout_s: float):
-    self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
-
-  async def __call__(self, scope, receive, send):
-    if scope["type"] != "http":
-      return await self.app(scope, receive, send)
-    declared = dict(scope["headers"]).get(b"content-length")
-    if declared is not None and (
-      not declared.isdigit() or int(declared) > self.max_bytes
-    ):
-      return await self._refuse(413, self._too_large(), scope, receive, send)
-    try:
-      async with asyncio.timeout(self.timeout_s):
-        body = await self._read(receive)
-    except TimeoutError:
-      message = f"request body not received within {self.timeout_s:g} s"
-      return await self._refuse(408, message, scope, receive, send)
-    except _BodyTooLarge:
-      return await self._refuse(413, self._too_large(), scope, receive, send)
-    if body is not None:  # None: the client went away
-      await self.app(scope, _replay(body, receive), send)
-
-  async def _read(self, receive) -> Optional[bytes]:
-    """The whole body; None if the client disconnects first."""
-    chunks, size = [], 0
-    while True:
-      message = await receive()
-      if message["type"] == "http.disconnect":
-        return None
-      chunks.append(message.get("body", b""))
-      size += len(chunks[-1])
-      if size > self.max_bytes:
-        raise _BodyTooLarge()
-      if not message.get("more_body", False):
-        return b"".join(chunks)
-
-  def _too_large(self) -> str:
-    return f"request body is larger than {self.max_bytes} bytes"
-
-  async def _refuse(self, status, message, scope, receive, send):
-    response = AsciiJSONResponse(
-      {"detail": message}, status_code=status, headers={"Connection": "close"}
-    )
-    await response(scope, receive, send)
-
-
-def _replay(body: bytes, receive):
-  """An ASGI receive that gives `body` once, then waits on `receive` (for
-  the client's disconnect)."""
-  pending = [{"type": "http.request", "body": body, "more_body": False}]
-
-  async def replayed():
-    return pending.pop() if pending else await receive()
-
-  return replayed
-
-
-# Every response: no MIME sniffing, no framing, no referrer; and, unless
-# the response sets its own (the page), a policy that loads nothing.
-SECURITY_HEADERS = (
-  (b"x-content-type-options", b"nosniff"),
-  (b"x-frame-options", b"DENY"),
-  (b"referrer-policy", b"no-referrer"),
-  (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
+from gr.serve import schemas
+from gr.serve.middleware import (
+  Metrics,
+  RequestBody,
+  RequestMetrics,
+  SecurityHeaders,
 )
-
-
-class SecurityHeaders:
-  """ASGI middleware: adds SECURITY_HEADERS a response does not set
-  itself, except the content policy on `exempt` paths (the API docs,
-  which load their scripts from a CDN)."""
-
-  def __init__(self, app, exempt: Sequence[str] = ()):
-    self.app, self.exempt = app, frozenset(exempt)
-
-  async def __call__(self, scope, receive, send):
-    if scope["type"] != "http":
-      return await self.app(scope, receive, send)
-    defaults = [
-      (name, value)
-      for name, value in SECURITY_HEADERS
-      if name != b"content-security-policy" or scope["path"] not in self.exempt
-    ]
-
-    async def secured_send(message):
-      if message["type"] == "http.response.start":
-        headers = list(message.get("headers", []))
-        present = {name.lower() for name, _ in headers}
-        headers += [(n, v) for n, v in defaults if n not in present]
-        message = {**message, "headers": headers}
-      await send(message)
-
-    await self.app(scope, receive, secured_send)
-
-
-class Metrics:
-  """Prometheus collectors of one app (own registry: apps do not clash)."""
-
-  def __init__(self):
-    self.registry = prometheus_client.CollectorRegistry()
-    self.requests = prometheus_client.Counter(
-      "gr_requests",
-      "HTTP requests",
-      ["method", "endpoint", "status"],
-      registry=self.registry,
-    )
-    self.latency = prometheus_client.Histogram(
-      "gr_request_latency_seconds",
-      "HTTP request latency",
-      ["endpoint"],
-      buckets=(
-        0.001,
-        0.0025,
-        0.005,
-        0.01,
-        0.025,
-        0.05,
-        0.1,
-        0.25,
-        0.5,
-        1,
-        2.5,
-        5,
-        10,
-      ),
-      registry=self.registry,
-    )
-    self.batch_size = prometheus_client.Histogram(
-      "gr_batch_size",
-      "queries per device batch",
-      buckets=(1, 2, 4, 8, 16, 32, 64, 128),
-      registry=self.registry,
-    )
-    self.documents = prometheus_client.Gauge(
-      "gr_index_documents", "documents in the index", registry=self.registry
-    )
-    self.version = prometheus_client.Gauge(
-      "gr_index_version", "docid table version", registry=self.registry
-    )
-
-  def observe_index(self, retriever: serving.Retriever) -> None:
-    self.documents.set(retriever.num_docs)
-    self.version.set(retriever.index_version)
-
-
-class RequestMetrics:
-  """ASGI middleware: counts requests and times them per route template."""
-
-  def __init__(self, app, metrics: Metrics):
-    self.app, self.metrics = app, metrics
-
-  async def __call__(self, scope, receive, send):
-    if scope["type"] != "http":
-      return await self.app(scope, receive, send)
-    status, start = [500], time.perf_counter()
-
-    async def recorded_send(message):
-      if message["type"] == "http.response.start":
-        status[0] = message["status"]
-      await send(message)
-
-    try:
-      await self.app(scope, receive, recorded_send)
-    finally:
-      route = scope.get("route")
-      endpoint = getattr(route, "path_format", "unmatched")
-      self.metrics.requests.labels(
-        scope["method"], endpoint, str(status[0])
-      ).inc()
-      self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
-
+from gr.serve.schemas import (  # noqa: F401 (is_loopback: the app's API)
+  AddDocumentsResponse,
+  AddedDocument,
+  AsciiJSONResponse,
+  BatchSearchResponse,
+  DeleteDocumentResponse,
+  DocumentRecord,
+  Health,
+  Limits,
+  SearchResponse,
+  doc_id_type,
+  is_loopback,
+  request_models,
+)
 
 # ------------------------------------------------------------------ app --
 
@@ -565,13 +124,14 @@ def _bearer_guard(token: Optional[str]):
 
 
 API_DOCS = ("/docs", "/docs/oauth2-redirect", "/redoc")
+DEFAULT_LIMITS = Limits()
 
 
 def create_app(
   retriever: serving.Retriever,
   *,
   token: Optional[str] = None,
-  limits: Limits = Limits(),
+  limits: Limits = DEFAULT_LIMITS,
   api_docs: bool = False,
 ) -> fastapi.FastAPI:
   """The service around `retriever`. Start-up compiles every bucket.
@@ -608,7 +168,7 @@ def create_app(
     docs_url=API_DOCS[0] if api_docs else None,
     redoc_url=API_DOCS[2] if api_docs else None,
   )
-  _install_error_handlers(app)
+  schemas.install_error_handlers(app)
   app.add_middleware(
     RequestBody,
     max_bytes=limits.max_body_bytes,
@@ -665,7 +225,9 @@ def _document_routes(
 ) -> None:
   """POST /documents (body `add_request`), GET and DELETE /documents/{id},
   all behind `guard`."""
-  doc_id_in_path = Annotated[_doc_id(limits.max_doc_id_chars), fastapi.Path()]
+  doc_id_in_path = Annotated[
+    doc_id_type(limits.max_doc_id_chars), fastapi.Path()
+  ]
 
   @app.post(
     "/documents",

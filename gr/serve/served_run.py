@@ -52,6 +52,7 @@ from gr.model import pretrained
 from gr.model import model_config
 from gr.model import warm_start
 from gr.data import beir
+from gr.serve import online_rows
 
 ONLINE_DOCUMENTS_FILE = "online_documents.jsonl"
 ONLINE_ROWS_FILE = "online_rows.jsonl"
@@ -64,10 +65,6 @@ class ServingError(Exception):
 
 class RunLoadError(ServingError):
   """A run cannot be served: missing, corrupt or mismatched files."""
-
-
-class DocumentConflict(ServingError):
-  """An update cannot be applied (duplicate id, no room, unencodable)."""
 
 
 # ------------------------------------------------------------- loading --
@@ -418,6 +415,8 @@ class ServedRun:
     index: the served index (checkpoint artifact + online updates).
     online_documents: documents added online that the index still has.
     online_rows: docid token -> row [D] from the online rows log.
+    checkpoint_rows: the checkpoint's embedding rows (`model` has more
+      when docid tokens added online needed them: online_rows.grown_rows).
     titles: doc_id -> title, from the run's corpus (if found).
     corpus: the run's corpus, to read trained documents back (if found).
   """
@@ -432,6 +431,7 @@ class ServedRun:
   corpus: Optional[CorpusFile]
   online_documents: Mapping[str, beir.Document]
   online_rows: Mapping[str, np.ndarray]
+  checkpoint_rows: int = 0
 
 
 def load_run(
@@ -459,6 +459,14 @@ def load_run(
     os.path.dirname(os.path.abspath(checkpoint_dir)), "index"
   )
   index = served_index(trained, index_dir)
+  checkpoint_rows = model.config.vocab_size  # grown as the live one grew
+  model, params = online_rows.grown_model(
+    model,
+    params,
+    start_rows=checkpoint_rows,
+    base_size=index.vocab.base_size,
+    needed=index.vocab.vocab_size,
+  )
   online = {
     d: doc
     for d, doc in read_online_documents(index_dir).items()
@@ -488,4 +496,5 @@ def load_run(
     corpus=corpus,
     online_documents=online,
     online_rows=read_online_rows(index_dir),
+    checkpoint_rows=checkpoint_rows,
   )

@@ -1,0 +1,251 @@
+"""Docid token rows of online adds: capacity that grows, rows set fast.
+
+Capacity. The model has `vocab_size` embedding rows; the vocabulary's docid
+tokens are ids base_size .. vocab_size - 1 (gr/index/vocab.py). Schemes that
+create tokens online (atomic `<d_N>`, semantic leaf positions past c) need
+more ids than the checkpoint has. `grown_rows` doubles the docid part of the
+rows (rows - base_size) until the new ids fit, rounded up to 128s as
+models.fit_vocab does; `grow_params` appends that many zero rows to the
+token embedding (and columns to an untied logits kernel). Zero rows make
+growth independent of its path: growing 128 -> 256 -> 512 gives the same
+params as 128 -> 512, so a restart (which grows once, to fit the served
+vocabulary) serves bit for bit what the live server did. The served model
+then has a new vocab_size: one compile of every bucket per growth.
+
+Rows. With a pretrained encoder a new docid token's row is its documents'
+mean-pooled encoder output, by gr/model/warm_start.py's `new_docid_rows`
+rule. `RowRule` applies that rule with its two statistics (the old rows'
+mean norm and the end tokens' shared component along EOS) computed once per
+served model, not over every row on every add; `DocumentEncoder` pools
+bodies through one jitted function compiled for a few batch buckets; and
+`set_rows` writes the rows into the device embedding with one jitted
+scatter per bucket (a new array: searches in flight keep reading the old
+one), never through a host copy of the whole table.
+"""
+
+import dataclasses
+import functools
+from typing import Any, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gr import batching
+from gr.model import bert
+from gr.model import family
+from gr.model import models
+from gr.model import warm_start
+
+ENCODE_BUCKETS = (1, 4, 16, 64)  # batch shapes of DocumentEncoder
+ROW_BUCKETS = (1, 4, 16, 64, 256)  # id counts of set_rows
+
+
+def _bucket(n: int, buckets: Sequence[int]) -> int:
+  """Smallest bucket >= n, else n rounded up to the largest bucket."""
+  for b in buckets:
+    if b >= n:
+      return b
+  return -(-n // buckets[-1]) * buckets[-1]
+
+
+# ------------------------------------------------------------ capacity --
+
+
+def grown_rows(start_rows: int, base_size: int, needed: int) -> int:
+  """Embedding rows that hold ids below `needed`, grown from a checkpoint's
+  `start_rows`: its docid part (start_rows - base_size) doubled until they
+  fit, rounded up to 128s; `start_rows` when they already fit.
+
+  A function of `needed` alone (for one checkpoint), so the live server
+  (growing step by step) and a restart (growing once to fit the served
+  vocabulary) arrive at the same rows.
+  """
+  if needed <= start_rows:
+    return start_rows
+  capacity = max(start_rows - base_size, 1)
+  while base_size + capacity < needed:
+    capacity *= 2
+  multiple = models.VOCAB_MULTIPLE
+  return -(-(base_size + capacity) // multiple) * multiple
+
+
+def _zero_extended(matrix, new_size: int, axis: int):
+  extra = list(matrix.shape)
+  extra[axis] = new_size - matrix.shape[axis]
+  return jnp.concatenate([matrix, jnp.zeros(extra, matrix.dtype)], axis=axis)
+
+
+def grow_params(params: Any, rows: int) -> Any:
+  """`params` with the token embedding [V, D] (and an untied logits kernel
+  [D, V]) grown to `rows` with zeros; existing entries kept bit for bit."""
+  embedder = dict(params["token_embedder"])
+  if embedder["embedding"].shape[0] >= rows:
+    return params
+  embedder["embedding"] = _zero_extended(embedder["embedding"], rows, 0)
+  params = {**params, "token_embedder": embedder}
+  logits = params.get("decoder", {}).get("logits_dense")
+  if logits is not None:
+    params["decoder"] = {
+      **params["decoder"],
+      "logits_dense": {
+        **logits,
+        "kernel": _zero_extended(logits["kernel"], rows, 1),
+      },
+    }
+  return params
+
+
+def grown_model(
+  model: models.EncoderDecoderModel,
+  params: Any,
+  *,
+  start_rows: int,
+  base_size: int,
+  needed: int,
+) -> tuple[models.EncoderDecoderModel, Any]:
+  """(model, params) with rows for ids below `needed` (`grown_rows` from
+  the checkpoint's `start_rows`); as given if they already fit."""
+  rows = max(grown_rows(start_rows, base_size, needed), model.config.vocab_size)
+  if rows == model.config.vocab_size:
+    return model, params
+  return model.with_vocab_size(rows), grow_params(params, rows)
+
+
+# ------------------------------------------------------------- the rows --
+
+
+def warm_rows_of(model: models.EncoderDecoderModel) -> bool:
+  """Whether new docid tokens get rows from their documents' embeddings
+  (the model family says: a BERT-family encoder does; a T5 model keeps the
+  zero rows of growth)."""
+  return family.family_of(model).warm_starts_rows
+
+
+@functools.lru_cache(maxsize=4)
+def _pooled_fn(encoder: bert.BertConfig, frozen_layers: int):
+  """Jitted (encoder params, tokens [B, Li]) -> unit mean-pooled states
+  [B, width]: BertT5Transformer.encode's computation on the encoder alone,
+  so a growth of the decoder's rows does not make it compile again."""
+  module = bert.BertEncoder(encoder)
+
+  def pooled(params, tokens):
+    mask = tokens > 0
+    states = module.apply(
+      {"params": params}, tokens, mask, stop_layer=frozen_layers
+    )
+    hidden = module.apply(
+      {"params": params},
+      states.astype(jnp.float32),
+      mask,
+      start_layer=frozen_layers,
+    )
+    return bert.mean_pool_normalise(hidden, mask)
+
+  return jax.jit(pooled)
+
+
+class DocumentEncoder:
+  """Bodies -> the model's unit mean-pooled encoder output, in batches
+  padded to ENCODE_BUCKETS (compiled once each, by `warm_up` or first use).
+
+  It reads only the encoder's params: a growth of the decoder's rows
+  compiles nothing here.
+  """
+
+  def __init__(self, model: models.EncoderDecoderModel, input_length: int):
+    config = model.config
+    self._pooled = _pooled_fn(config.encoder, config.frozen_layers)
+    self.input_length = input_length
+
+  def warm_up(self, params: Any) -> None:
+    for bucket in ENCODE_BUCKETS:
+      tokens = np.zeros((bucket, self.input_length), np.int32)
+      jax.block_until_ready(self._pooled(params["encoder"], tokens))
+
+  def vectors(self, params: Any, tokens: np.ndarray) -> np.ndarray:
+    """tokens [n, Li] -> [n, width] float32."""
+    out = []
+    for start in range(0, len(tokens), ENCODE_BUCKETS[-1]):
+      chunk = tokens[start : start + ENCODE_BUCKETS[-1]]  # [m, Li]
+      padded = batching.pad_rows(chunk, _bucket(len(chunk), ENCODE_BUCKETS))
+      pooled = self._pooled(params["encoder"], padded)  # [bucket, width]
+      out.append(np.asarray(pooled)[: len(chunk)])
+    return np.concatenate(out).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class RowRule:
+  """warm_start.new_docid_rows' rule with its statistics fixed.
+
+  scale: mean norm of the docid rows (less the end component) at load.
+  shared: the end tokens' mean component along the EOS row [D] (or 0.0).
+  """
+
+  scale: float
+  shared: Any
+
+  @classmethod
+  def of(cls, embedding: np.ndarray, table, vocab) -> "RowRule":
+    """The statistics over `embedding` [V, D]'s docid rows."""
+    rows = np.asarray(embedding, np.float32)
+    ids = [
+      i for i in map(vocab.docid_token_id, vocab.docid_tokens) if i < len(rows)
+    ]
+    end_ids = warm_start.end_token_ids(table, vocab)
+    shared = warm_start._end_component(rows, end_ids)  # pylint: disable=protected-access
+    scale = (
+      float(np.linalg.norm(rows[ids] - shared, axis=1).mean()) if ids else 1.0
+    )
+    return cls(scale, shared)
+
+  def rows(
+    self,
+    table,
+    vocab,
+    new_tokens: Sequence[str],
+    doc_vectors: Mapping[str, np.ndarray],
+  ) -> dict[str, np.ndarray]:
+    """token -> row [D] of each new token some document of `doc_vectors`
+    (doc_id -> [D]; all in `table`) uses."""
+    if not new_tokens or not doc_vectors:
+      return {}
+    docs = dataclasses.replace(
+      table, docids_of={d: table.docids_of[d] for d in doc_vectors}
+    )
+    vectors = np.stack([doc_vectors[d] for d in docs.doc_ids])
+    vectors = vectors / np.maximum(
+      np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12
+    )
+    by_id = warm_start.docid_token_vectors(docs, vocab, vectors)
+    end_ids = warm_start.end_token_ids(docs, vocab)
+    out = {}
+    for token in new_tokens:
+      token_id = vocab.docid_token_id(token)
+      if token_id in by_id:
+        shared = self.shared if token_id in end_ids else 0.0
+        out[token] = (self.scale * by_id[token_id] + shared).astype(np.float32)
+    return out
+
+
+@jax.jit
+def _scatter(embedding, ids, rows):
+  return embedding.at[ids].set(rows.astype(embedding.dtype))
+
+
+def set_rows(params: Any, vocab, rows: Mapping[str, np.ndarray]) -> Any:
+  """`params` with the embedding rows of docid tokens set (a new device
+  array; `params` itself is left as it was). The ids are padded to
+  ROW_BUCKETS by repeating the first (same row, same value)."""
+  if not rows:
+    return params
+  ids = np.array([vocab.docid_token_id(t) for t in rows], np.int32)
+  values = np.stack(list(rows.values())).astype(np.float32)  # [n, D]
+  size = _bucket(len(ids), ROW_BUCKETS)
+  ids = np.concatenate([ids, np.full(size - len(ids), ids[0], np.int32)])
+  values = np.concatenate(
+    [values, np.repeat(values[:1], size - len(values), 0)]
+  )
+  embedder = dict(params["token_embedder"])
+  embedder["embedding"] = _scatter(embedder["embedding"], ids, values)
+  return {**params, "token_embedder": embedder}

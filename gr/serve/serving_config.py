@@ -1,0 +1,122 @@
+"""What the docid decoding service is configured with and answers.
+
+`ServingConfig` (decoding and batching), `Hit` (one retrieved document),
+`StoredDocument` (what the index holds for an id) and the errors of
+online updates; shared by the served index (gr/serve/served_index.py), the
+searcher over it (gr/serve/retriever.py) and the web app.
+"""
+
+import dataclasses
+import datetime
+from typing import Optional
+
+from gr.data import beir
+from gr.search import retrieval
+from gr.serve.served_run import ServingError
+
+
+class DocumentConflict(ServingError):
+  """An update cannot be applied (duplicate id, no room, unencodable)."""
+
+
+class UnknownDocument(ServingError):
+  """A doc_id that is not in the index."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingConfig:
+  """How queries are decoded and batched.
+
+  Attributes:
+    max_k: most results a request may ask for (the compiled top_k).
+    beam_size: beams of the search; None means max_k (at least max_k).
+    buckets: batch shapes compiled; the largest is the maximum batch.
+    max_wait_ms: how long the micro-batcher waits to fill a batch.
+    decode_headroom: tokens beyond the longest docid that the decoder may
+      run, so that longer docids added online can still be found.
+    length_penalty_alpha, aggregation: as in retrieval.SearchConfig.
+  """
+
+  max_k: int = 10
+  beam_size: Optional[int] = None
+  buckets: tuple[int, ...] = (1, 4, 16, 32)
+  max_wait_ms: float = 2.0
+  decode_headroom: int = 2
+  length_penalty_alpha: float = 0.0
+  aggregation: str = "max"
+
+  def __post_init__(self):
+    buckets = tuple(sorted(set(int(b) for b in self.buckets)))
+    object.__setattr__(self, "buckets", buckets)
+    if not buckets or buckets[0] < 1:
+      raise ValueError(f"ServingConfig.buckets must be positive, got {buckets}")
+    if self.max_k < 1 or (self.beam_size or self.max_k) < self.max_k:
+      raise ValueError(
+        f"ServingConfig: need 1 <= max_k ({self.max_k}) <= "
+        f"beam_size ({self.beam_size})"
+      )
+    if self.max_wait_ms < 0 or self.decode_headroom < 0:
+      raise ValueError(
+        "ServingConfig: max_wait_ms and decode_headroom must be >= 0"
+      )
+
+  @property
+  def max_batch(self) -> int:
+    return self.buckets[-1]
+
+  def search_config(self, max_decode_len: int) -> retrieval.SearchConfig:
+    return retrieval.SearchConfig(
+      beam_size=self.beam_size or self.max_k,
+      top_k=self.max_k,
+      max_decode_len=max_decode_len,
+      length_penalty_alpha=self.length_penalty_alpha,
+      aggregation=self.aggregation,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Hit:
+  """One retrieved document: its id, best docid, log-prob and title.
+
+  matched_docids: the document's docids that the search found, best first
+  (docid is the first); with one docid per document, just that one.
+  """
+
+  doc_id: str
+  docid: str
+  score: float
+  title: Optional[str] = None
+  matched_docids: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredDocument:
+  """What the index holds for one doc_id.
+
+  text: None for a trained document whose corpus is not at hand.
+  added_at: when it was added online (ISO 8601, UTC); None if trained.
+  """
+
+  doc_id: str
+  docids: tuple[str, ...]
+  title: Optional[str]
+  text: Optional[str]
+  online: bool
+  added_at: Optional[str] = None
+
+
+ADDED_AT = "added_at"  # the online documents log's field: when, ISO 8601
+
+
+def stamped(document: beir.Document, now: str) -> beir.Document:
+  """`document` with its time of adding in its metadata (kept if set)."""
+  if ADDED_AT in document.metadata:
+    return document
+  return dataclasses.replace(
+    document, metadata={**document.metadata, ADDED_AT: now}
+  )
+
+
+def now() -> str:
+  """The current UTC time, ISO 8601 (what `stamped` writes)."""
+  return datetime.datetime.now(datetime.timezone.utc).isoformat()

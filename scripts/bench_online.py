@@ -22,7 +22,18 @@ saved once (set-up, timed as `full_write_s`: what a compaction costs), then:
 Reports per size: start seconds, add/delete ms per document (mean, p50,
 p99), whether a capacity grew (a recompile) during the timed updates, the
 load average before and after. Target (issue 13): add <= 50 ms per
-document at 1M docids.
+document at 1M docids. These time the trie and table edit (and the logs):
+the model is a tiny T5, whose adds embed nothing.
+
+End to end (issue 22 item 3), with --checkpoint=<run>/model: the run is
+served in process from a fresh index dir (seeded from its artifact), and
+timed as a user's add is: `add_documents` of one document (--e2e_adds
+times), then of batches of 64 (--batch_adds times), embedding included
+(the run's encoder, for the new docid tokens' rows). Bodies are the run's
+own corpus bodies under new ids (the corpus model_config.json names), else
+synthetic 120-word texts. With --rss_adds=N: the process RSS after 10
+single adds, then after N adds and N deletes (issue 22 item 4). Targets:
+one add <= 50 ms, a batch of 64 <= 500 ms, RSS within 100 MB.
 """
 
 import json
@@ -45,6 +56,12 @@ _OUT = flags.DEFINE_string('out', '/tmp/bench_online.json', 'JSON output.')
 _SIZES = flags.DEFINE_list('sizes', ['100000', '1000000'], 'Corpus sizes.')
 _UPDATES = flags.DEFINE_integer('updates', 200, 'Adds (then deletes) timed.')
 _QUICK = flags.DEFINE_bool('quick', False, 'One 20k corpus, 20 updates.')
+_CHECKPOINT = flags.DEFINE_string(
+  'checkpoint', None, 'A run to time end-to-end adds on (skips --sizes).'
+)
+_E2E_ADDS = flags.DEFINE_integer('e2e_adds', 100, 'Single adds timed.')
+_BATCH_ADDS = flags.DEFINE_integer('batch_adds', 5, 'Batches of 64 timed.')
+_RSS_ADDS = flags.DEFINE_integer('rss_adds', 1000, 'Adds+deletes for RSS.')
 
 
 def synthetic_index(num_docs: int, work_dir: str):
@@ -172,10 +189,123 @@ def bench_size(num_docs: int, updates: int) -> dict:
   return result
 
 
+def rss_mb() -> float:
+  with open('/proc/self/status') as f:
+    for line in f:
+      if line.startswith('VmRSS:'):
+        return int(line.split()[1]) / 1024
+  return float('nan')
+
+
+def corpus_bodies(checkpoint: str, count: int) -> list[str]:
+  """Bodies of the run's corpus (cycled), else synthetic 120-word texts."""
+  from gr.data import beir  # pylint: disable=g-import-not-at-top
+  from gr.model import model_config  # pylint: disable=g-import-not-at-top
+
+  run = model_config.load_model_config(
+    model_config.find_model_config(checkpoint)
+  )
+  bodies = []
+  if run.corpus_path and os.path.exists(run.corpus_path):
+    for doc in beir.iter_corpus(run.corpus_path):
+      bodies.append(doc.text)
+      if len(bodies) == count:
+        break
+  if not bodies:
+    rng = np.random.default_rng(0)
+    words = 'market election storm court vaccine budget trade energy film'
+    bodies = [' '.join(rng.choice(words.split(), 120)) for _ in range(50)]
+  return [bodies[i % len(bodies)] for i in range(count)]
+
+
+def bench_end_to_end(checkpoint: str) -> dict:
+  """A user's adds on a served run, embedding included (module docstring)."""
+  from gr.serve import retriever as serving  # pylint: disable=g-import-not-at-top
+  from gr.data import beir  # pylint: disable=g-import-not-at-top
+
+  work = tempfile.mkdtemp(prefix='bench_online_e2e_')
+  start = time.perf_counter()
+  retriever = serving.Retriever.from_checkpoint(
+    checkpoint,
+    index_dir=os.path.join(work, 'index'),
+    config=serving.ServingConfig(max_k=10, buckets=(1, 4, 16)),
+  )
+  retriever.warm_up()
+  start_s = time.perf_counter() - start
+  start_rows = retriever.model.config.vocab_size
+  total = 1 + _E2E_ADDS.value + 64 * (1 + _BATCH_ADDS.value)
+  bodies = iter(corpus_bodies(checkpoint, total + _RSS_ADDS.value))
+  serial = iter(range(10**9))
+
+  def docs(n):
+    return [
+      beir.Document(f'e2e{next(serial)}', '', next(bodies)) for _ in range(n)
+    ]
+
+  def timed(n):
+    batch = docs(n)
+    begin = time.perf_counter()
+    retriever.add_documents(batch)
+    return time.perf_counter() - begin
+
+  first_single, first_batch = timed(1), timed(64)  # compile-free by warm_up
+  compiled, rows = retriever.compiled_count(), retriever.model.config.vocab_size
+  singles = [timed(1) for _ in range(_E2E_ADDS.value)]
+  batches = [timed(64) for _ in range(_BATCH_ADDS.value)]
+  result = {
+    'checkpoint': checkpoint,
+    'documents_at_start': retriever.num_docs - total,
+    'embedding_rows_at_start': start_rows,
+    'server_start_s': start_s,
+    'first_add_ms': first_single * 1000,
+    'first_batch_of_64_ms': first_batch * 1000,
+    'add': milliseconds(singles),
+    'batch_of_64': milliseconds(batches),
+    # A growth of the rows compiles a new search (its own compiled count).
+    'recompiled_during_adds': retriever.compiled_count() > compiled
+    or retriever.model.config.vocab_size != rows,
+    'embedding_rows_after': retriever.model.config.vocab_size,
+  }
+  if _RSS_ADDS.value:
+    added = [d.doc_id for d in docs(0)]
+    rss = {}
+    for n in range(_RSS_ADDS.value):
+      batch = docs(1)
+      retriever.add_documents(batch)
+      added.append(batch[0].doc_id)
+      if n + 1 == 10:
+        rss['rss_mb_after_10'] = rss_mb()
+    for doc_id in added:
+      retriever.delete_document(doc_id)
+    rss['rss_mb_after_adds_and_deletes'] = rss_mb()
+    rss['adds'] = rss['deletes'] = _RSS_ADDS.value
+    result['rss'] = rss
+  retriever.close()
+  return result
+
+
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
 
+  if _CHECKPOINT.value:
+    before = bench_env.machine_load('before')
+    run = bench_end_to_end(_CHECKPOINT.value)
+    result = {
+      'device': str(jax.devices()[0]),
+      'machine': platform.platform(),
+      'commit': subprocess.run(
+        ['git', '-C', REPO, 'rev-parse', 'HEAD'],
+        capture_output=True,
+        text=True,
+      ).stdout.strip(),
+      'load': [before, bench_env.machine_load('after')],
+      'end_to_end': run,
+    }
+    with open(_OUT.value, 'w') as f:
+      json.dump(result, f, indent=1)
+    print(json.dumps(result, indent=1))
+    return
   sizes = [20000] if _QUICK.value else [int(s) for s in _SIZES.value]
   updates = 20 if _QUICK.value else _UPDATES.value
   before = bench_env.machine_load('before')

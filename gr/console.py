@@ -48,8 +48,9 @@ from absl import logging
 # A progress stream that has not ended prints a line at most this often
 # when the console is not a terminal (a CI log, `make demo | tee`).
 SPARSE_SECONDS = 300.0
-# Status lines on a console that is not a terminal are cut to this width.
-PLAIN_WIDTH = 100
+# Status lines on a console that is not a terminal are cut to this width
+# (a wide terminal's).
+PLAIN_WIDTH = 132
 # Records held in memory before the log file opens (a job that never opens
 # one keeps only the latest).
 MAX_HELD_RECORDS = 20_000
@@ -245,7 +246,7 @@ class Console(py_logging.Handler):
   def _status(self, rule, found, record) -> None:
     if 'done' not in found.groupdict():
       self.finish()
-      self.line(self._fit(record.getMessage()))
+      self.line(self._fit(_short_floats(record.getMessage())))
       return
     done, total = int(found.group('done')), int(found.group('total'))
     stream = self._stream_of(record)
@@ -273,6 +274,13 @@ class Console(py_logging.Handler):
       now = time.time()
       stream = self._streams[key] = _Stream(key, now, now)
     return stream
+
+
+def _short_floats(text: str) -> str:
+  """0.9444444444444444 -> 0.944: a status line is read, not parsed."""
+  return re.sub(
+    r'(?<![\w.])\d+\.\d{4,}', lambda m: f'{float(m.group()):.3f}', text
+  )
 
 
 def _status_rule(record):

@@ -97,13 +97,22 @@ def test_status_lines_warnings_and_what_stays_in_the_file(job, tmp_path):
       '/x/seqio/dataset_providers.py',
     ),
     _record(py_logging.WARNING, 'the disk is nearly full'),
+    _record(
+      py_logging.INFO,
+      "lexical weight 1.0 (mean dev MRR@10 {'0.0': 0.9444444444444444})",
+      '/x/gr/experiments/run.py',
+      440,
+    ),
   ):
     py_logging.getLogger('absl').handle(record)
   shown = out.getvalue().splitlines()
   assert shown[0] == f'log: {path} (--verbose to see it here)'
   assert shown[1].endswith('built atomic index of 12 documents in 0.1s')
   assert 'the disk is nearly full' in shown[2]
-  assert len(shown) == 3, shown
+  assert shown[3].endswith(
+    "lexical weight 1.0 (mean dev MRR@10 {'0.0': 0.944})"
+  )
+  assert len(shown) == 4, shown
   text = pathlib.Path(path).read_text()
   for line in ('Gin config:', 'TRAIN_STEPS = 2', 'feature: x', 'uncached'):
     assert line in text

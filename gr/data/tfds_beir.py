@@ -1,5 +1,8 @@
 """A TFDS builder for any BEIR folder (no download: it reads local files).
 
+Not yet used by the jobs (only by tests/test_tfds_beir.py); issue 21 wires
+it in as their streaming input.
+
 One builder, `beir_folder`, with one config per (folder, part):
 
   part      splits                      features

@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gr import partitioning
 from gr.model import bert
 from gr.model import network
 
@@ -119,7 +120,14 @@ class BertT5Transformer(nn.Module):
       mask,
       start_layer=self.config.frozen_layers,
     )
-    return nn.with_logical_constraint(hidden, ('batch', 'length', 'embed'))
+    return nn.with_logical_constraint(
+      hidden,
+      (
+        partitioning.BATCH_AXIS,
+        partitioning.LENGTH_AXIS,
+        partitioning.EMBED_AXIS,
+      ),
+    )
 
   # The same decoder call as the T5 network's (encoded: [B, Li, width]
   # encoder states or their network.CrossAttentionKV).

@@ -15,7 +15,7 @@ encoder states into every decoder layer's cross-attention keys and values
 once per query; `decode_step` takes them in place of the encoder states (the
 same logits, without that per-step work). `decode_step_hidden` and
 `output_logits` split a step at its output layer, so that a constrained
-search can score only the tokens a trie allows (gr/decode/decoding.py SplitDecoder).
+search can score only the tokens a trie allows (gr/decode/hooks.py SplitDecoder).
 """
 
 import functools

@@ -10,7 +10,7 @@ experiment (gr/experiments/run.py) needs, besides what a T5 run needs:
 * document vectors: the encoder's mean-pooled, normalised states of each
   body at the run's input length (`pooled_vectors`), which warm-start the
   docid rows (gr/model/warm_start.py) and give the dense baseline with the same
-  encoder (`dense_baseline`);
+  encoder (gr/search/dense.py `encoder_dense_baseline`);
 * the initial params (`initial_params`).
 """
 

@@ -307,7 +307,7 @@ def make_score_fn(
 
   def score(params, query_tokens, targets):
     # The query is encoded, and its cross-attention keys and values are
-    # projected, once for all [n] targets (network.MultiHeadAttention).
+    # projected, once for all [n] targets (gr/model/layers.py MultiHeadAttention).
     encoded = model.encode(params, query_tokens[None])  # [1, Li, width]
     return model.score_encoded(params, encoded, query_tokens[None], targets)
 

@@ -1,5 +1,9 @@
 """Training examples on disk: a TFRecord file that seqio reads as it trains.
 
+Not yet used by the jobs (only through tasks.register_file_task, by
+tests/test_tasks.py and scripts/bench_task_memory.py); issue 21 wires it in
+as their streaming input.
+
 A task over in-memory examples (gr/train/tasks.py `register_task`) holds the
 corpus in RAM several times: the Example list, the JSON of all of it for
 the fingerprint, tf.data's `from_tensor_slices` copy and a shuffle buffer of

@@ -56,7 +56,11 @@ def test_optimizer_state_follows_param_shardings():
       'scale': partitioning.replicated(mesh),
     }
   }
-  for optimizer in (optax.adamw(1e-3), optax.adafactor(1e-3)):
+  for optimizer in (
+    optax.adamw(1e-3),
+    optax.adafactor(1e-3),
+    state_lib.sam(optax.adamw(1e-3), 0.05),  # Adam's moments in a SAMState
+  ):
     state = jax.eval_shape(optimizer.init, params)
     out = partitioning.shardings_like_params(state, params, shardings, mesh)
     for path, leaf in jax.tree_util.tree_flatten_with_path(

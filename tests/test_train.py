@@ -20,11 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from jax.sharding import PartitionSpec as P
 import tensorflow as tf
 
 from gr.train import checkpoints
 from gr.model import models
 from gr.model import network
+from gr import partitioning
 from gr.train import loop as train
 from gr.train import data as data_lib
 from gr.train import optimizer as optimizer_lib
@@ -197,24 +199,156 @@ def test_resume_after_sigkill_matches_uninterrupted(
 # ------------------------------------------------------------ pieces --
 
 
-def test_sam_gradient_on_a_quadratic():
-  """loss = |w - t|^2 / 2: g = w - t, SAM gradient = g * (1 + rho / |g|)."""
+class _TinyModel:
+  """A two-layer net with dropout: enough for the train step's SAM path."""
+
+  def init_params(self, rng, *, input_length, target_length):
+    del input_length, target_length
+    first, second = jax.random.split(rng)
+    return {
+      'w1': jax.random.normal(first, (5, 8)),
+      'w2': jax.random.normal(second, (8, 2)),
+    }
+
+  def logical_axes(self):
+    return {'w1': P('embed', 'mlp'), 'w2': P('mlp', None)}
+
+  def loss_fn(self, params, batch, rng):
+    hidden = jnp.tanh(batch['x'] @ params['w1'])
+    keep = jax.random.bernoulli(rng, 0.8, hidden.shape)
+    out = (hidden * keep / 0.8) @ params['w2']
+    loss = jnp.mean(jnp.square(out - batch['y']))
+    return loss, {'mean_out': jnp.mean(out)}
+
+
+def _hand_sam_step(
+  model, optimizer, params, opt_state, batch, dropout_rng, rho
+):
+  """The oracle: one SAM step written out (Foret et al. 2021, eq. 2).
+
+  g at params; ascend to params + rho * g / ||g||; the gradient there is
+  what `optimizer` applies at params. The same dropout rng for both.
+  """
+  grad = jax.grad(lambda p: model.loss_fn(p, batch, dropout_rng)[0])
+  g = grad(params)
+  scale = rho / optax.global_norm(g)
+  ascended = jax.tree.map(lambda p, gi: p + scale * gi, params, g)
+  updates, opt_state = optimizer.update(grad(ascended), opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
+
+
+def test_optax_sam_gives_the_hand_computed_sam_step():
+  """state.sam (optax.contrib.sam, opaque, sync period 2) = one SAM step per
+  train step: the same params as the hand-written step, twice in a row (so
+  the wrapped AdamW state moves as the plain one does), and the reported
+  loss is the loss at the step's params."""
+  model, rho = _TinyModel(), 0.05
+  keys = jax.random.split(jax.random.key(0), 4)
+  params = {
+    'w1': jax.random.normal(keys[0], (5, 8)),
+    'w2': jax.random.normal(keys[1], (8, 2)),
+  }
+  batch = {
+    'x': jax.random.normal(keys[2], (16, 5)),
+    'y': jax.random.normal(keys[3], (16, 2)),
+  }
+  adamw = optimizer_lib.make_optimizer(
+    optimizer_lib.OptimizerConfig(learning_rate=0.1, clip_grad_norm=None), 10
+  )
+  sam = state_lib.sam(adamw, rho)
+  step = jax.jit(state_lib.train_step_fn(model, sam))
+  state = state_lib.TrainState(
+    step=jnp.array(0), params=params, opt_state=sam.init(params)
+  )
+  expected, expected_opt = params, adamw.init(params)
+  for i in range(2):
+    rng = jax.random.key(7 + i)
+    dropout_rng = jax.random.fold_in(rng, i)  # the step folds in its number
+    loss_at_start = model.loss_fn(state.params, batch, dropout_rng)[0]
+    state, metrics = step(state, batch, rng)
+    expected, expected_opt = _hand_sam_step(
+      model, adamw, expected, expected_opt, batch, dropout_rng, rho
+    )
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
+      state.params,
+      expected,
+    )
+    assert float(metrics['loss']) == pytest.approx(float(loss_at_start))
+  plain_step = jax.jit(state_lib.train_step_fn(model, adamw))
+  plain, _ = plain_step(
+    state_lib.TrainState(
+      step=jnp.array(0), params=params, opt_state=adamw.init(params)
+    ),
+    batch,
+    jax.random.key(7),
+  )
+  assert not np.allclose(plain.params['w1'], state.params['w1'])
+  assert state_lib.sam(adamw, 0.0) is adamw
+
+
+def test_sharded_sam_step_is_the_hand_computed_step():
+  """shard_model(sam_rho=) on a ('data', 'model') mesh: the SAMState is
+  sharded like Adam's state and the jitted step is the hand SAM step."""
+  model, rho = _TinyModel(), 0.05
+  adamw = optimizer_lib.make_optimizer(
+    optimizer_lib.OptimizerConfig(learning_rate=0.1, clip_grad_norm=None), 10
+  )
+  mesh = partitioning.make_mesh(model=2)
+  sharded = state_lib.shard_model(
+    model, adamw, mesh, input_length=1, target_length=1, sam_rho=rho
+  )
+  rng = partitioning.replicated_key(0, mesh)
+  state = sharded.init(rng)
+  params = jax.device_get(state.params)
+  keys = jax.random.split(jax.random.key(1))
+  batch = {
+    'x': jax.random.normal(keys[0], (16, 5)),
+    'y': jax.random.normal(keys[1], (16, 2)),
+  }
+  new_state, _ = sharded.step(
+    state, partitioning.global_batch(batch, mesh), rng
+  )
+  expected, _ = _hand_sam_step(
+    model,
+    adamw,
+    params,
+    adamw.init(params),
+    batch,
+    jax.random.fold_in(jax.random.key(0), 0),
+    rho,
+  )
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6),
+    jax.device_get(new_state.params),
+    expected,
+  )
+
+
+def test_sam_step_on_a_quadratic():
+  """loss = |w - t|^2 / 2, SGD at rate 1: the SAM update is
+  -g * (1 + rho / |g|) with g = w - t."""
   target = jnp.array([1.0, -2.0, 0.5])
 
-  def loss_fn(params, batch, rng):
-    del batch, rng
-    loss = 0.5 * jnp.sum(jnp.square(params['w'] - target))
-    return loss, (loss, {})
+  class Quadratic:
+    def loss_fn(self, params, batch, rng):
+      del batch, rng
+      return 0.5 * jnp.sum(jnp.square(params['w'] - target)), {}
 
   params = {'w': jnp.array([3.0, 0.0, 0.5])}
-  plain, _ = state_lib.sam_gradients(loss_fn, params, {}, None, 0.0)
-  sam, (loss, _) = state_lib.sam_gradients(loss_fn, params, {}, None, 0.3)
-  g = params['w'] - target
-  np.testing.assert_allclose(plain['w'], g, rtol=1e-6)
-  np.testing.assert_allclose(
-    sam['w'], g * (1 + 0.3 / np.linalg.norm(g)), rtol=1e-6
+  sam = state_lib.sam(optax.sgd(1.0), 0.3)
+  state = state_lib.TrainState(
+    step=jnp.array(0), params=params, opt_state=sam.init(params)
   )
-  assert float(loss) == pytest.approx(0.5 * float(jnp.sum(g * g)))
+  state, _ = state_lib.train_step_fn(Quadratic(), sam)(
+    state, {}, jax.random.key(0)
+  )
+  g = params['w'] - target
+  np.testing.assert_allclose(
+    state.params['w'],
+    params['w'] - g * (1 + 0.3 / np.linalg.norm(g)),
+    rtol=1e-6,
+  )
 
 
 @pytest.mark.parametrize(

@@ -22,9 +22,8 @@ initialises or restores a `TrainState`, and runs a jitted, sharded
 * jax_transfer_guard('disallow') around every step after the first, so a
   hidden host<->device copy fails loudly.
 
-The model comes in as an object (gr.model.models.EncoderDecoderModel) with
-`init_params(rng, *, input_length, target_length)`, `logical_axes()` and
-`loss_fn(params, batch, dropout_rng) -> (loss, metrics)`.
+The model comes in as an object: `state.TrainableModel` (what
+gr.model.models.EncoderDecoderModel provides).
 """
 
 import functools
@@ -35,33 +34,12 @@ from absl import logging
 import jax
 import numpy as np
 
-from gr.model import bert
-from gr.model import bert_network
-from gr.model import embed
 from gr.model import models
-from gr.model import network
 from gr import partitioning
 from gr.train import checkpoints
 from gr.train import data as data_lib
 from gr.train import optimizer as optimizer_lib
 from gr.train import state as state_lib
-
-
-def pretrained_encoder_config(
-  *,
-  decoder: network.T5Config,
-  encoder_dir: str | None = None,
-  trainable_encoder_layers: int = 0,
-) -> bert_network.BertT5Config:
-  """A BERT-family encoder (a HF folder; default all-MiniLM-L6-v2) under
-  the `decoder` T5 config, its top `trainable_encoder_layers` trained."""
-  encoder_dir = encoder_dir or embed.default_model_dir()
-  return bert_network.BertT5Config(
-    bert.BertConfig.from_folder(encoder_dir),
-    decoder,
-    trainable_encoder_layers,
-    encoder_dir,
-  )
 
 
 # -------------------------------------------------------------- logging --

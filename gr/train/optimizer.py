@@ -2,8 +2,9 @@
 
 `OptimizerConfig` is bound by gin (gr/experiments/configurables.py, under the
 name the gin files always used); `model_optimizer` is the optimizer of a
-model, its frozen parameters (`trainable_mask`) given zero updates. SAM's
-two gradients are the train step's (gr/train/state.py).
+model, its frozen parameters (`trainable_mask`) given zero updates. SAM
+(`sam_rho`) wraps this optimizer in optax.contrib.sam where the train state
+is sharded (gr/train/state.py `sam`).
 """
 
 from collections.abc import Callable
@@ -121,7 +122,4 @@ def model_optimizer(
 ) -> optax.GradientTransformation:
   """`make_optimizer`, frozen where the model's `trainable_mask` says so
   (a pretrained encoder's frozen layers get no updates)."""
-  optimizer = make_optimizer(config, total_steps)
-  if hasattr(model, 'trainable_mask'):
-    optimizer = freeze(optimizer, model.trainable_mask)
-  return optimizer
+  return freeze(make_optimizer(config, total_steps), model.trainable_mask)

@@ -4,12 +4,14 @@
 `shard_model` works out its shardings on a ('data', 'model') mesh (the big
 parameters split along 'model' by gr/partitioning.py's logical rules, the
 optimizer state following its parameter, the batch split along 'data') and
-jits init, the train step (optionally SAM) and the eval step; `fresh_state`
+jits init, the train step (optionally with optax's SAM, `sam`) and the eval
+step; `fresh_state`
 starts step 0 from a seed or given params.
 
 The model comes in as an object (gr.model.models.EncoderDecoderModel) with
-`init_params(rng, *, input_length, target_length)`, `logical_axes()` and
-`loss_fn(params, batch, dropout_rng) -> (loss, metrics)`.
+`init_params(rng, *, input_length, target_length)`, `logical_axes()`,
+`loss_fn(params, batch, dropout_rng) -> (loss, metrics)`, `with_vocab_size`
+and `trainable_mask` (`TrainableModel`).
 """
 
 from collections.abc import Callable, Mapping
@@ -30,7 +32,12 @@ Batch = Mapping[str, jax.Array]
 
 
 class TrainableModel(Protocol):
-  """What train() needs from a model (gr.model.models.EncoderDecoderModel)."""
+  """What train() needs from a model (gr.model.models.EncoderDecoderModel).
+
+  `with_vocab_size` fits the model to its task's vocabulary (models.fit_vocab);
+  `trainable_mask` says which parameters the optimizer updates
+  (optimizer.model_optimizer).
+  """
 
   def init_params(
     self, rng: jax.Array, *, input_length: int, target_length: int
@@ -44,6 +51,14 @@ class TrainableModel(Protocol):
     """PartitionSpec of logical axis names for every param."""
     ...
 
+  def with_vocab_size(self, vocab_size: int) -> 'TrainableModel':
+    """The same model with `vocab_size` output rows."""
+    ...
+
+  def trainable_mask(self, params: PyTree) -> PyTree:
+    """Bool tree like params: False where a parameter is frozen."""
+    ...
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -54,56 +69,53 @@ class TrainState:
   opt_state: optax.OptState
 
 
-LossFn = Callable[[PyTree, Batch, jax.Array], tuple[jax.Array, dict]]
+def sam(
+  optimizer: optax.GradientTransformation, rho: float
+) -> optax.GradientTransformation:
+  """`optimizer` with sharpness-aware minimisation of radius `rho`.
 
-
-def sam_gradients(
-  loss_fn: LossFn, params: PyTree, batch: Batch, rng: jax.Array, rho: float
-) -> tuple[PyTree, tuple]:
-  """Gradients for a (SAM) update, and (loss, metrics) at `params`.
-
-  With rho > 0 (sharpness-aware minimisation): step to
-  params + rho * g / ||g||, where g is the gradient at params, and return
-  the gradient there, to be applied at the original params. rho = 0 is the
-  plain gradient.
+  optax.contrib.sam in its one-ascent-step form (opaque mode, sync period 2,
+  normalised SGD as the adversary): each update steps to
+  params + rho * g / ||g||, where g is the gradient given to `update`, asks
+  `update`'s grad_fn for the gradient there and applies `optimizer` to it
+  at the original params. One call per train step, so step counts,
+  schedules and checkpoints are those of `optimizer`; the optimizer state is
+  a SAMState around `optimizer`'s. rho = 0 returns `optimizer` itself.
   """
-  grad_fn = jax.grad(loss_fn, has_aux=True)
-  grads, (loss, metrics) = grad_fn(params, batch, rng)
-  if rho:
-    scale = rho / (optax.global_norm(grads) + 1e-12)
-    ascended = jax.tree.map(lambda p, g: p + scale * g, params, grads)
-    grads, _ = grad_fn(ascended, batch, rng)
-  return grads, (loss, metrics)
-
-
-def _with_loss(loss_fn: LossFn) -> LossFn:
-  """(params, batch, rng) -> (loss, (loss, metrics)), for jax.grad aux."""
-
-  def wrapped(params, batch, rng):
-    loss, metrics = loss_fn(params, batch, rng)
-    return loss, (loss, metrics)
-
-  return wrapped
+  if not rho:
+    return optimizer
+  ascent = optax.chain(optax.contrib.normalize(), optax.sgd(rho))
+  return optax.contrib.sam(optimizer, ascent, sync_period=2, opaque_mode=True)
 
 
 def train_step_fn(
-  model: TrainableModel,
-  optimizer: optax.GradientTransformation,
-  *,
-  sam_rho: float = 0.0,
+  model: TrainableModel, optimizer: optax.GradientTransformation
 ):
   """The (unjitted) step: (state, batch, rng) -> (state, metrics).
 
   The dropout rng is fold_in(rng, state.step), so it depends only on the
-  seed and the step. Batch arrays are [batch, length]; metrics are scalars.
+  seed and the step. Batch arrays are [batch, length]; metrics are scalars
+  (loss and grad_norm at the state's params). The optimizer's update gets a
+  `grad_fn` (the same batch and dropout rng), which a `sam` optimizer calls
+  at its ascended params and every other optimizer ignores.
   """
+  optimizer = optax.with_extra_args_support(optimizer)
 
   def step(state: TrainState, batch: Batch, rng: jax.Array):
     dropout_rng = jax.random.fold_in(rng, state.step)
-    grads, (loss, metrics) = sam_gradients(
-      _with_loss(model.loss_fn), state.params, batch, dropout_rng, sam_rho
+
+    def loss_fn(params):
+      return model.loss_fn(params, batch, dropout_rng)
+
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      state.params
     )
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    updates, opt_state = optimizer.update(
+      grads,
+      state.opt_state,
+      state.params,
+      grad_fn=lambda params, _: jax.grad(lambda p: loss_fn(p)[0])(params),
+    )
     params = optax.apply_updates(state.params, updates)
     metrics = {**metrics, 'loss': loss, 'grad_norm': optax.global_norm(grads)}
     new_state = TrainState(
@@ -163,7 +175,9 @@ def shard_model(
 
   The big parameters are split along 'model' (LOGICAL_AXIS_RULES); the
   optimizer state follows its parameter; the batch is split along 'data'.
+  sam_rho > 0 wraps `optimizer` in `sam` (its state then a SAMState).
   """
+  optimizer = sam(optimizer, sam_rho)
   params, axes = abstract_params(
     model, input_length=input_length, target_length=target_length
   )
@@ -205,7 +219,7 @@ def shard_model(
     return {**metrics, 'loss': loss}
 
   step = jax.jit(
-    train_step_fn(model, optimizer, sam_rho=sam_rho),
+    train_step_fn(model, optimizer),
     in_shardings=(state_shardings, batch, replicated),
     out_shardings=(state_shardings, replicated),
     donate_argnums=(0,),

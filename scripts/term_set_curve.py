@@ -30,6 +30,9 @@ from gr.search import retrieval
 
 _DATA_DIR = flags.DEFINE_string('data_dir', 'data/news', 'A BEIR folder.')
 _SIZES = flags.DEFINE_list('sizes', ['16', '32', '64', '128', '0'], 'm.')
+_LANGUAGE = flags.DEFINE_string(
+  'language', 'english', "Fold whole-word pieces to stems ('' = pieces)."
+)
 _OUT = flags.DEFINE_string('out', '', 'JSON output (optional).')
 QUERY_SETS = (('titles', 'queries.jsonl', 'qrels'),
               ('subtitles', 'subtitles/queries.jsonl', 'subtitles/qrels'))  # fmt: skip
@@ -72,7 +75,9 @@ def main(argv):
     run = bm25.bm25_run(corpus, queries, k=100)
     results['bm25'][key] = metrics.evaluate_run(qrels, run)
   for size in map(int, _SIZES.value):
-    sets = lexicon.build_term_sets(index, corpus, max_terms=size)
+    sets = lexicon.build_term_sets(
+      index, corpus, max_terms=size, language=_LANGUAGE.value
+    )
     row = results['term_sets'][str(size or 'all')] = {}
     for key, (queries, qrels) in query_sets.items():
       row[key] = metrics.evaluate_run(qrels, lexical_run(index, sets, queries))

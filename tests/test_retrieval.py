@@ -110,8 +110,9 @@ def test_beam_search_with_full_beam_equals_exact_ranking(
     np.testing.assert_allclose([s for _, s in b], [s for _, s in e], atol=1e-4)
 
 
-def _with_term_sets(searcher, weight, **config):
-  """`searcher`'s model and index with the corpus's term sets as a plan."""
+def _with_term_sets(searcher, weight, language="", **config):
+  """`searcher`'s model and index with the corpus's term sets as a plan
+  (terms folded in `language`, '' = pieces)."""
   return retrieval.Searcher(
     searcher.model,
     searcher.params,
@@ -119,7 +120,9 @@ def _with_term_sets(searcher, weight, **config):
     dataclasses.replace(searcher.config, **config),
     input_length=searcher.input_length,
     batch_size=searcher.batch_size,
-    term_sets=lexicon.build_term_sets(searcher.index, _corpus()),
+    term_sets=lexicon.build_term_sets(
+      searcher.index, _corpus(), language=language
+    ),
     lexical_weight=weight,
   )
 
@@ -130,7 +133,9 @@ def planned(searchers):
   return _with_term_sets(searchers["logsumexp"], 2.0)
 
 
-def test_plan_document_scores_equal_the_numpy_oracle(planned):
+@pytest.mark.parametrize("language", ["", "english"])
+def test_plan_document_scores_equal_the_numpy_oracle(searchers, language):
+  planned = _with_term_sets(searchers["logsumexp"], 2.0, language)
   tokens = vocab_lib.encode_texts(planned.index.vocab, QUERIES, 16)
   got = np.asarray(planned.plan.document_scores(jnp.asarray(tokens)))
   for row, query in zip(got, tokens):

@@ -97,3 +97,82 @@ def test_load_names_a_file_of_another_format(tmp_path):
   np.savez(tmp_path / term_sets_lib.FILE_NAME, terms=np.zeros(3))
   with pytest.raises(ValueError, match=term_sets_lib.FILE_NAME):
     term_sets_lib.TermSets.load(str(tmp_path))
+
+
+# -- terms folded in a language (gr/index/lexicon.py) --
+
+SENTENCES = (
+  "the cats were running across the river",
+  "a runner runs by the rivers and the stones",
+  "stone bridges cross many rivers",
+  "clouds over the harbor",
+  "the cat sleeps in the harbor",
+  "running water and falling stones",
+)
+
+
+@pytest.fixture(scope="module")
+def wordpiece_vocab():
+  """The real MiniLM WordPiece vocabulary (shipped offline)."""
+  from gr.index import wordpiece
+  from gr.model import embed
+  from gr.model import pretrained
+
+  return wordpiece.WordPieceVocabulary(
+    pretrained.tokenizer_path(embed.default_model_dir())
+  )
+
+
+def test_english_term_sets_score_as_bm25s_with_stemmer_and_stopwords(
+  wordpiece_vocab,
+):
+  import Stemmer
+
+  from gr.index import lexicon
+
+  for word in " ".join(SENTENCES).split():  # every word is one piece here
+    assert len(wordpiece_vocab.pieces(word)) == 1, word
+  terms = lexicon.document_terms(wordpiece_vocab, SENTENCES, "english")
+  sets = term_sets_lib.build_term_sets(
+    terms, wordpiece_vocab.vocab_size, language="english"
+  )
+  stemmer = Stemmer.Stemmer("english")
+  peer = bm25s.BM25()
+  peer.index(
+    bm25s.tokenize(list(SENTENCES), stopwords="en", stemmer=stemmer),
+    show_progress=False,
+  )
+  classes = lexicon.term_classes(wordpiece_vocab, "english")
+  for query in ("running cats", "the river stones", "a runner in the harbor"):
+    query_ids = wordpiece_vocab.encode_inputs(query, 32)
+    got = sets.document_scores(lexicon.query_terms(classes, query_ids))
+    tokens = bm25s.tokenize(
+      [query], stopwords="en", stemmer=stemmer, return_ids=False
+    )
+    np.testing.assert_allclose(got, peer.get_scores(tokens[0]), rtol=1e-5)
+
+
+def test_term_classes_fold_stems_and_drop_stopwords(wordpiece_vocab):
+  from gr.index import lexicon
+
+  ids = lambda word: wordpiece_vocab.pieces(word)[0]
+  plain = lexicon.term_classes(wordpiece_vocab)
+  english = lexicon.term_classes(wordpiece_vocab, "english")
+  assert plain[ids("running")] != plain[ids("run")]
+  assert english[ids("running")] == english[ids("run")] > 0
+  assert english[ids("the")] == 0 and plain[ids("the")] > 0
+  for special in [0, *wordpiece_vocab.encode_inputs("", 8)]:  # PAD CLS SEP
+    assert english[special] == 0
+  continuation = wordpiece_vocab.pieces("zuckerberg")[-1]
+  assert english[continuation] == continuation  # '##...': its own term
+  with pytest.raises(ValueError, match="klingon"):
+    lexicon.term_classes(wordpiece_vocab, "klingon")
+
+
+def test_save_and_load_keep_the_language(tmp_path):
+  sets = term_sets_lib.build_term_sets(
+    _corpus(5), len(WORDS), language="english"
+  )
+  sets.save(str(tmp_path))
+  assert term_sets_lib.TermSets.load(str(tmp_path)).language == "english"
+  assert sets.appended(_corpus(6)[:2]).language == "english"

@@ -12,6 +12,10 @@ impact: with every term kept and weight = occurrences in the query, that
 is BM25 over the same tokens (tests/test_term_sets.py checks it against
 bm25s).
 
+Terms are ids of a vocabulary (gr/index/lexicon.py folds pieces to terms;
+`language` records how, so that later documents and queries are folded the
+same way).
+
 Corpus statistics rule: frozen at indexing time. A document added later
 gets its set from the frozen N, avgdl and df (a term unseen at indexing
 has df 0, the largest idf); existing sets never change, so an online add
@@ -102,6 +106,7 @@ class TermSets:
   impacts: np.ndarray
   stats: CorpusStats
   max_terms: int
+  language: str = ""  # how text was folded to terms ('' = pieces as is)
 
   def __len__(self) -> int:
     return len(self.terms)
@@ -109,7 +114,9 @@ class TermSets:
   def appended(self, token_lists: Iterable[Sequence[int]]) -> "TermSets":
     """New documents' rows after these, from the frozen statistics."""
     rows = [term_set(t, self.stats, self.max_terms) for t in token_lists]
-    return _stacked([*self.rows(), *rows], self.stats, self.max_terms)
+    return _stacked(
+      [*self.rows(), *rows], self.stats, self.max_terms, self.language
+    )
 
   def rows(self) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per document (terms, impacts) without padding."""
@@ -145,6 +152,7 @@ class TermSets:
     np.savez(
       buffer,
       format=np.array(FORMAT),
+      language=np.array(self.language),
       terms=self.terms,
       impacts=self.impacts,
       document_frequency=self.stats.document_frequency,
@@ -171,17 +179,22 @@ class TermSets:
       stats = CorpusStats(
         int(num_docs), avg_length, data["document_frequency"], k1, b
       )
-      return cls(data["terms"], data["impacts"], stats, int(max_terms))
+      language = str(data["language"]) if "language" in data else ""
+      return cls(
+        data["terms"], data["impacts"], stats, int(max_terms), language
+      )
 
 
-def _stacked(rows, stats: CorpusStats, max_terms: int) -> TermSets:
+def _stacked(
+  rows, stats: CorpusStats, max_terms: int, language: str = ""
+) -> TermSets:
   """Rows of (terms [m], impacts [m]) padded to [N, M]."""
   width = max((len(t) for t, _ in rows), default=0) or 1
   terms = np.zeros((len(rows), width), np.int32)
   impacts = np.zeros((len(rows), width), np.float32)
   for i, (t, w) in enumerate(rows):
     terms[i, : len(t)], impacts[i, : len(w)] = t, w
-  return TermSets(terms, impacts, stats, max_terms)
+  return TermSets(terms, impacts, stats, max_terms, language)
 
 
 def build_term_sets(
@@ -189,10 +202,12 @@ def build_term_sets(
   vocab_size: int,
   *,
   max_terms: int = 0,
+  language: str = "",
   k1: float = 1.5,
   b: float = 0.75,
 ) -> TermSets:
-  """Term sets of documents given as term id lists (max_terms 0 = all)."""
+  """Term sets of documents given as term id lists (max_terms 0 = all);
+  `language` is recorded, not applied (the ids are terms already)."""
   stats = corpus_stats(token_lists, vocab_size, k1=k1, b=b)
   rows = [term_set(t, stats, max_terms) for t in token_lists]
-  return _stacked(rows, stats, max_terms)
+  return _stacked(rows, stats, max_terms, language)

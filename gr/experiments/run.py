@@ -29,7 +29,6 @@ from gr.search import dense
 from gr import atomic_io
 from gr.search import evaluation
 from gr.decode import plan as plan_lib
-from gr.docids import term_sets as term_sets_lib
 from gr.index import artifact as index_lib
 from gr.index import lexicon
 from gr.train import indexing
@@ -116,6 +115,7 @@ def run_experiment(
   encoder_cache_dir: Optional[str] = None,
   lexical_weights: Sequence[float] = (),
   term_set_size: int = 0,
+  term_language: str = "",
   selection_split: str = "dev",
   plan_in_training: bool = False,
 ) -> dict:
@@ -128,8 +128,9 @@ def run_experiment(
   (`encoder_cache_dir`, default workdir/encoder_cache, shared by runs that
   differ in rates or training) and the results add a dense baseline.
   train_steps = 0 evaluates the initial model. lexical_weights,
-  selection_split, term_set_size, plan_in_training: the lexical plan
-  (`LexicalSelection`, `ExperimentTrainer`); no weights, no plan.
+  selection_split, term_set_size, term_language, plan_in_training: the
+  lexical plan (`LexicalSelection`, `ExperimentTrainer`); no weights, no
+  plan.
   """
   start = time.time()
   dataset = subset(beir.BeirDataset.load(data_dir), max_docs)
@@ -145,8 +146,8 @@ def run_experiment(
     data_dir, query_sets, lexical_weights, selection_split, eval_split, max_docs
   )
   trainer = ExperimentTrainer(
-    workdir, data_dir, dataset, plan, search, term_set_size, plan_in_training,
-    train_steps, batch_size, input_length, seed,
+    workdir, data_dir, dataset, plan, search, term_set_size, term_language,
+    plan_in_training, train_steps, batch_size, input_length, seed,
   )  # fmt: skip
   cache_dir = encoder_cache_dir or os.path.join(workdir, "encoder_cache")
   register_tasks, cache_rows = docid_tasks(
@@ -212,7 +213,8 @@ class LexicalSelection:
   (`choose_lexical_weight`); no weights: no plan.
 
   weights: candidate weights of the lexical plan (term-set docids of
-  term_set_size terms per document, 0 = all, gr/index/lexicon.py); they,
+  term_set_size terms per document, 0 = all, whole-word pieces folded to
+  their stems in term_language, '' = pieces as is, gr/index/lexicon.py); they,
   0 (the model alone) and inf (the term sets alone) compete, and the one
   with the best mean MRR@10 on `split` (the train queries where a folder
   has no such split; never the eval split) is used, and the table adds
@@ -253,6 +255,7 @@ class ExperimentTrainer:
   plan: LexicalSelection
   search: retrieval.SearchConfig
   term_set_size: int
+  term_language: str
   plan_in_training: bool
   train_steps: int
   batch_size: int
@@ -281,8 +284,12 @@ class ExperimentTrainer:
       corpus_path=os.path.join(self.data_dir, "corpus.jsonl"),
     )
     if self.plan.weights:
-      self.term_sets = index_term_sets(
-        run.index, self.dataset, self.workdir, self.term_set_size
+      self.term_sets = lexicon.saved_term_sets(
+        run.index,
+        self.dataset.corpus,
+        os.path.join(self.workdir, "index"),
+        max_terms=self.term_set_size,
+        language=self.term_language,
       )
     transform = run.batch_transform
     if self.plan_in_training and self.plan.weights and self.train_steps > 0:
@@ -377,17 +384,6 @@ def dense_baseline(
     run.vector_matrix(),
     input_length,
   )
-
-
-def index_term_sets(index, dataset, workdir: str, max_terms: int):
-  """The index's term sets, saved beside its current version (so every
-  checkpoint's artifact carries them); built once."""
-  version_dir = index_lib.current_version_dir(os.path.join(workdir, "index"))
-  sets = term_sets_lib.TermSets.load(version_dir)
-  if sets is None or sets.max_terms != max_terms:
-    sets = lexicon.build_term_sets(index, dataset.corpus, max_terms=max_terms)
-    sets.save(version_dir)
-  return sets
 
 
 def plan_bias_transform(

@@ -1,34 +1,98 @@
 """The index's lexical side: each document's term set in the index's
 vocabulary (gr/docids/term_sets.py), kept beside the docid table.
 
-Terms are the ids of the encoder input a text gets (`vocab.encode_inputs`)
-that are text tokens (`term_mask`: no PAD, EOS, specials or docid tokens),
-so a document's terms and a query's come from one tokeniser: WordPiece
-pieces with a pretrained encoder, sentencepiece pieces otherwise. Rows
-follow the index's document order (`Index.doc_ids`).
+A term is a class of vocabulary ids (`term_classes`): the ids of the encoder
+input a text gets (`vocab.encode_inputs`) that are text tokens (no PAD, EOS,
+specials or docid tokens). With a language, a piece that is a whole word is
+folded to its stem (Snowball, PyStemmer) and stopwords are no term, as BM25
+tokenisers do; a word split into several pieces keeps its pieces. Without
+one (`language=''`), every text piece is its own term. A class is named by
+its smallest member id, so a document's terms and a query's are vocabulary
+ids and come from one tokeniser: WordPiece pieces with a pretrained encoder,
+sentencepiece pieces otherwise. Rows follow the index's document order
+(`Index.doc_ids`).
 """
 
+import functools
 from typing import Mapping, Sequence
 
+from bm25s import stopwords as bm25s_stopwords
 import numpy as np
+import Stemmer
 
 from gr.data import beir
 from gr.docids import term_sets as term_sets_lib
+from gr.index import artifact
+
+STOPWORDS = {
+  "english": bm25s_stopwords.STOPWORDS_EN,
+  "german": bm25s_stopwords.STOPWORDS_GERMAN,
+  "dutch": bm25s_stopwords.STOPWORDS_DUTCH,
+  "french": bm25s_stopwords.STOPWORDS_FRENCH,
+  "spanish": bm25s_stopwords.STOPWORDS_SPANISH,
+  "portuguese": bm25s_stopwords.STOPWORDS_PORTUGUESE,
+  "italian": bm25s_stopwords.STOPWORDS_ITALIAN,
+  "russian": bm25s_stopwords.STOPWORDS_RUSSIAN,
+  "swedish": bm25s_stopwords.STOPWORDS_SWEDISH,
+  "norwegian": bm25s_stopwords.STOPWORDS_NORWEGIAN,
+  "danish": bm25s_stopwords.STOPWORDS_DANISH,
+  "turkish": bm25s_stopwords.STOPWORDS_TURKISH,
+}
 
 
-def term_mask(vocab) -> np.ndarray:
-  """[vocab_size] bool: the ids that count as lexical terms."""
-  mask = np.zeros(vocab.vocab_size, bool)
-  mask[vocab.text_token_ids()] = True
-  return mask
+def check_language(language: str) -> str:
+  """`language` if terms can be folded in it ('' = no folding)."""
+  if language and language not in Stemmer.algorithms():
+    raise ValueError(
+      f"term language {language!r}: not a PyStemmer language "
+      f"({', '.join(Stemmer.algorithms())}), or '' for no stemming"
+    )
+  return language
 
 
-def document_terms(vocab, texts: Sequence[str]) -> list[list[int]]:
-  """Each text's terms: its whole (untrimmed) encoder input ids that are
-  terms, in order."""
-  mask = term_mask(vocab)
+def term_classes(vocab, language: str = "") -> np.ndarray:
+  """[vocab_size] int32: each id's term (the smallest id of its class), 0
+  for ids that are no term."""
+  return _term_classes(vocab, check_language(language)).copy()
+
+
+@functools.lru_cache(maxsize=8)
+def _term_classes(vocab, language: str) -> np.ndarray:
+  classes = np.zeros(vocab.vocab_size, np.int32)
+  ids = vocab.text_token_ids()
+  if not language:
+    classes[ids] = ids
+    return classes
+  stemmer = Stemmer.Stemmer(language)
+  stopwords = set(STOPWORDS.get(language, ()))
+  first: dict[str, int] = {}
+  for i, piece in zip(ids, vocab.word_pieces(ids)):
+    word = piece.lower()
+    if word.startswith("##") or not word.isalpha():
+      classes[i] = first.setdefault(piece, i)
+    elif word not in stopwords:
+      classes[i] = first.setdefault(stemmer.stemWord(word), i)
+  return classes
+
+
+def query_terms(classes: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+  """[V] occurrences of each term in one text's token ids [L] (ids past
+  the classes, such as docid tokens, are no term)."""
+  tokens = np.asarray(tokens)
+  tokens = tokens[tokens < len(classes)]
+  terms = classes[tokens]
+  return np.bincount(terms[terms > 0], minlength=len(classes))
+
+
+def document_terms(
+  vocab, texts: Sequence[str], language: str = ""
+) -> list[list[int]]:
+  """Each text's terms: its whole (untrimmed) encoder input ids folded to
+  their terms, in order."""
+  classes = term_classes(vocab, language)
   return [
-    [t for t in vocab.encode_inputs(text, 1 << 30) if mask[t]] for text in texts
+    [int(c) for c in classes[vocab.encode_inputs(text, 1 << 30)] if c]
+    for text in texts
   ]
 
 
@@ -37,6 +101,7 @@ def build_term_sets(
   corpus: Mapping[str, beir.Document],
   *,
   max_terms: int = 0,
+  language: str = "",
   k1: float = 1.5,
   b: float = 0.75,
 ) -> term_sets_lib.TermSets:
@@ -50,9 +115,31 @@ def build_term_sets(
     )
   texts = [corpus[d].text for d in index.doc_ids]
   return term_sets_lib.build_term_sets(
-    document_terms(index.vocab, texts),
+    document_terms(index.vocab, texts, language),
     index.vocab.vocab_size,
     max_terms=max_terms,
+    language=language,
     k1=k1,
     b=b,
   )
+
+
+def saved_term_sets(
+  index,
+  corpus: Mapping[str, beir.Document],
+  index_dir: str,
+  *,
+  max_terms: int = 0,
+  language: str = "",
+) -> term_sets_lib.TermSets:
+  """The index's term sets, saved beside its current version in
+  `index_dir` (so every checkpoint's artifact carries them); built once
+  for these max_terms and language."""
+  version_dir = artifact.current_version_dir(index_dir)
+  sets = term_sets_lib.TermSets.load(version_dir)
+  if sets is None or (sets.max_terms, sets.language) != (max_terms, language):
+    sets = build_term_sets(
+      index, corpus, max_terms=max_terms, language=language
+    )
+    sets.save(version_dir)
+  return sets

@@ -217,6 +217,13 @@ class Vocabulary(DocidTokenVocabulary):
     or docid tokens)."""
     return np.arange(UNK_ID + 1, self.sp_size)
 
+  def word_pieces(self, ids) -> list[str]:
+    """Each id's piece in WordPiece spelling: a piece that starts a word
+    (sentencepiece's leading U+2581) as its text, a continuation as '##' +
+    text."""
+    pieces = [self._sp.tokenizer.id_to_piece(int(i)) for i in ids]
+    return [p[1:] if p.startswith("\u2581") else "##" + p for p in pieces]
+
   @property
   def input_vocabulary(self) -> "Vocabulary":
     """The view encoder inputs are tokenised with (this one; EOS appended)."""

@@ -122,6 +122,11 @@ class WordPieceVocabulary(vocab_lib.DocidTokenVocabulary):
       np.int64,
     )
 
+  def word_pieces(self, ids) -> list[str]:
+    """Each id's piece: a word's first piece as its text, a continuation
+    as '##' + text (WordPiece's own spelling)."""
+    return [self._tokenizer.id_to_token(int(i)) for i in ids]
+
   @functools.cached_property
   def tokenizer_sha256(self) -> str:
     return vocab_lib.file_sha256(self._path)

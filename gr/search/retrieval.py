@@ -236,7 +236,8 @@ class Searcher:
       )
     sequences, documents = self.index.docid_sequences()
     lexical = lexical_lib.lexical_index(
-      self.term_sets, lexicon.term_mask(self.index.vocab)
+      self.term_sets,
+      lexicon.term_classes(self.index.vocab, self.term_sets.language),
     )
     plan = plan_lib.lexical_plan(lexical, sequences, documents, 1.0)
     self._plan_of_index = partitioning.place(plan, REPLICATED, self.mesh)
@@ -367,11 +368,8 @@ def exact_lexical_scores(
 ) -> np.ndarray:
   """[N] each document's lexical score for one query's tokens [Li], in
   numpy (the oracle of `plan_lib.LexicalPlan.document_scores`)."""
-  mask = lexicon.term_mask(vocab)
-  query = np.asarray(query)
-  return term_sets.document_scores(
-    np.bincount(query[mask[query]], minlength=len(mask))
-  )
+  classes = lexicon.term_classes(vocab, term_sets.language)
+  return term_sets.document_scores(lexicon.query_terms(classes, query))
 
 
 def retrieval_config(search: SearchConfig, target_length: int) -> SearchConfig:

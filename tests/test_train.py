@@ -287,6 +287,29 @@ def test_optax_sam_gives_the_hand_computed_sam_step():
   assert state_lib.sam(adamw, 0.0) is adamw
 
 
+class _NoLossWeights(_TinyModel):
+  """A batch without loss weights: loss 0, gradient exactly 0."""
+
+  def loss_fn(self, params, batch, rng):
+    return 0.0 * super().loss_fn(params, batch, rng)[0], {}
+
+
+def test_sam_step_with_a_zero_gradient_leaves_params():
+  """The ascent divides by ||g|| + 1e-12, as the hand step did:
+  optax.contrib.normalize (||g|| alone) would make every param NaN."""
+  model = _NoLossWeights()
+  params = model.init_params(jax.random.key(0), input_length=1, target_length=1)
+  batch = {'x': jnp.ones((4, 5)), 'y': jnp.ones((4, 2))}
+  sam = state_lib.sam(optax.adam(0.1), 0.05)
+  state = state_lib.TrainState(
+    step=jnp.array(0), params=params, opt_state=sam.init(params)
+  )
+  state, _ = state_lib.train_step_fn(model, sam)(
+    state, batch, jax.random.key(1)
+  )
+  jax.tree.map(np.testing.assert_array_equal, state.params, params)
+
+
 def test_sharded_sam_step_is_the_hand_computed_step():
   """shard_model(sam_rho=) on a ('data', 'model') mesh: the SAMState is
   sharded like Adam's state and the jitted step is the hand SAM step."""

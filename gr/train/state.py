@@ -74,17 +74,25 @@ def sam(
 ) -> optax.GradientTransformation:
   """`optimizer` with sharpness-aware minimisation of radius `rho`.
 
-  optax.contrib.sam in its one-ascent-step form (opaque mode, sync period 2,
-  normalised SGD as the adversary): each update steps to
-  params + rho * g / ||g||, where g is the gradient given to `update`, asks
-  `update`'s grad_fn for the gradient there and applies `optimizer` to it
-  at the original params. One call per train step, so step counts,
-  schedules and checkpoints are those of `optimizer`; the optimizer state is
-  a SAMState around `optimizer`'s. rho = 0 returns `optimizer` itself.
+  optax.contrib.sam in its one-ascent-step form (opaque mode, sync period 2):
+  each update steps to params + rho * g / (||g|| + 1e-12), where g is the
+  gradient given to `update`, asks `update`'s grad_fn for the gradient there
+  and applies `optimizer` to it at the original params. One call per train
+  step, so step counts, schedules and checkpoints are those of `optimizer`;
+  the optimizer state is a SAMState around `optimizer`'s. The adversary is
+  optax's normalised SGD with an epsilon (optax.contrib.normalize divides by
+  ||g|| alone: a zero gradient, e.g. a batch without loss weights, would
+  make the params NaN). rho = 0 returns `optimizer` itself.
   """
   if not rho:
     return optimizer
-  ascent = optax.chain(optax.contrib.normalize(), optax.sgd(rho))
+
+  def descend(grads, state, params=None):
+    del params
+    scale = -rho / (optax.global_norm(grads) + 1e-12)  # sam negates it
+    return jax.tree.map(lambda g: scale * g, grads), state
+
+  ascent = optax.GradientTransformation(lambda _: optax.EmptyState(), descend)
   return optax.contrib.sam(optimizer, ascent, sync_period=2, opaque_mode=True)
 
 

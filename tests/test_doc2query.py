@@ -7,6 +7,7 @@ first 3 words of whatever text it is given, so it also shows where its input
 came from: if the generator read titles, title words would come out.
 """
 
+import dataclasses
 import random
 
 import jax
@@ -175,19 +176,13 @@ def test_generate_queries_matches_generator_and_follows_the_seed(
   trained, generator
 ):
   vocab, model, params, _ = trained
-  kwargs = dict(
-    n=4,
-    input_length=INPUT_LENGTH,
-    max_query_len=MAX_QUERY_LEN,
-    batch_size=16,
-    top_k=3,
-  )
+  config = generator.config
   same = query_generators.generate_queries(
-    model, params, vocab, HELD_OUT, seed=0, **kwargs
+    model, params, vocab, HELD_OUT, config
   )
   assert same == generator.generate(HELD_OUT)
   other = query_generators.generate_queries(
-    model, params, vocab, HELD_OUT, seed=1, **kwargs
+    model, params, vocab, HELD_OUT, dataclasses.replace(config, seed=1)
   )
   assert other != same
 

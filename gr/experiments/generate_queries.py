@@ -197,9 +197,9 @@ def generate_queries(
     num_queries, input_length, max_query_len, generate_batch_size,
     temperature, top_k, top_p, seed,
   )  # fmt: skip
-  queries = query_generators.Doc2QueryGenerator(
-    model, params, vocab, config
-  ).generate(dataset.corpus)
+  queries = query_generators.generate_queries(
+    model, params, vocab, dataset.corpus, config
+  )
   outputs = {'generated': queries}
   write_queries(output, queries)
   if filtered_output:

@@ -216,16 +216,16 @@ class Embed(nn.Module):
 
   def attend(self, query: jax.Array) -> jax.Array:
     """query [..., embed] -> fp32 logits [..., vocab]."""
-    return _attend(query, self.embedding, self.dtype)
+    return _fp32_einsum('...d,vd->...v', query, self.embedding, self.dtype)
 
 
-def _attend(query: jax.Array, table: jax.Array, dtype: Any) -> jax.Array:
-  """Embed.attend's product: query [..., embed] x table [vocab, embed]."""
+def _fp32_einsum(
+  spec: str, x: jax.Array, y: jax.Array, dtype: Any
+) -> jax.Array:
+  """einsum(spec, x, y) on `dtype` operands, accumulated into fp32 (the
+  output layer's products: Embed.attend and `output_logits`)."""
   return jnp.einsum(
-    '...d,vd->...v',
-    query.astype(dtype),
-    table.astype(dtype),
-    preferred_element_type=jnp.float32,
+    spec, x.astype(dtype), y.astype(dtype), preferred_element_type=jnp.float32
   )
 
 
@@ -386,24 +386,14 @@ def output_logits(
     table = params['token_embedder']['embedding']  # [V, E]
     hidden = hidden * config.emb_dim**-0.5
     if tokens is None:
-      return _attend(hidden, table, dtype)
+      return _fp32_einsum('...d,vd->...v', hidden, table, dtype)
     rows = jnp.take(table, tokens, axis=0)  # --> [N, M, E]
-    return jnp.einsum(
-      'ne,nme->nm',
-      hidden.astype(dtype),
-      rows.astype(dtype),
-      preferred_element_type=jnp.float32,
-    )
+    return _fp32_einsum('ne,nme->nm', hidden, rows, dtype)
   kernel = params['decoder']['logits_dense']['kernel']  # [E, V]
   if tokens is None:
     return blocks.dense_general(hidden, kernel, 1, dtype, jnp.float32)
   columns = jnp.take(kernel, tokens, axis=1)  # --> [E, N, M]
-  return jnp.einsum(
-    'ne,enm->nm',
-    hidden.astype(dtype),
-    columns.astype(dtype),
-    preferred_element_type=jnp.float32,
-  )
+  return _fp32_einsum('ne,enm->nm', hidden, columns, dtype)
 
 
 class Transformer(nn.Module):

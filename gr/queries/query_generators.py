@@ -137,6 +137,17 @@ class _QuerySampler:
       top_p=config.top_p,
     )
 
+  def _decoded(
+    self, doc_ids: Sequence[str], ids: np.ndarray
+  ) -> dict[str, list[str]]:
+    """ids [len(doc_ids), n, Lq] -> {doc_id: distinct queries}; a document
+    left with none gets no entry."""
+    found = (
+      (d, query_sampling.decode_queries(self.vocab, rows))
+      for d, rows in zip(doc_ids, ids)
+    )
+    return {d: queries for d, queries in found if queries}
+
 
 class Doc2QueryGenerator(_QuerySampler):
   """Samples pseudo-queries for documents with a trained doc2query model."""
@@ -192,14 +203,9 @@ class Doc2QueryGenerator(_QuerySampler):
     docs = [doc for doc in _as_documents(documents) if doc.text.strip()]
     if not docs:
       return {}
-    ids, _ = self.generate_tokens(
-      [doc.text for doc in docs], [doc.doc_id for doc in docs]
-    )
-    found = {
-      doc.doc_id: query_sampling.decode_queries(self.vocab, doc_ids)
-      for doc, doc_ids in zip(docs, ids)
-    }
-    return {doc_id: queries for doc_id, queries in found.items() if queries}
+    doc_ids = [doc.doc_id for doc in docs]
+    ids, _ = self.generate_tokens([doc.text for doc in docs], doc_ids)
+    return self._decoded(doc_ids, ids)
 
 
 class VectorQueryGenerator(_QuerySampler):
@@ -245,11 +251,7 @@ class VectorQueryGenerator(_QuerySampler):
       query_sampling.document_seeds(seed, doc_ids),
       self.batch_size,
     )
-    found = {
-      d: query_sampling.decode_queries(self.vocab, rows)
-      for d, rows in zip(doc_ids, ids)
-    }
-    return {d: queries for d, queries in found.items() if queries}
+    return self._decoded(doc_ids, ids)
 
 
 def generate_queries(
@@ -257,25 +259,9 @@ def generate_queries(
   params,
   vocab: vocab_lib.Vocabulary,
   documents: Documents,
-  *,
-  n: int = 5,
-  input_length: int = 256,
-  max_query_len: int = 32,
-  batch_size: int = 32,
-  seed: int = 0,
-  top_k: int = 10,
-  top_p: float = 1.0,
-  temperature: float = 1.0,
+  config: GenerationConfig = GenerationConfig(),
 ) -> dict[str, list[str]]:
-  """doc_id -> up to n distinct queries sampled from each document's body."""
-  config = GenerationConfig(
-    num_queries=n,
-    input_length=input_length,
-    max_query_len=max_query_len,
-    batch_size=batch_size,
-    temperature=temperature,
-    top_k=top_k,
-    top_p=top_p,
-    seed=seed,
-  )
+  """doc_id -> up to config.num_queries distinct queries sampled from each
+  document's body (the DSI-QG driver's generation,
+  gr/experiments/generate_queries.py)."""
   return Doc2QueryGenerator(model, params, vocab, config).generate(documents)

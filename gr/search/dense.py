@@ -10,6 +10,9 @@ keyed by the texts and the encoder (gr.model.embed.document_embeddings). Every
 query is scored against every document (no approximate index), so this is
 what a user would pick instead of generative retrieval. Writes a TREC run
 and prints Hits@1, Hits@10, MRR@10 and Recall@100 (gr.search.metrics semantics).
+
+`dense_baseline` is this baseline; `encoder_dense_baseline` is the same
+exact cosine with a run's own pretrained encoder (gr/experiments/run.py).
 """
 
 import argparse
@@ -118,6 +121,34 @@ def dense_baseline(
   return dense_run(list(corpus), doc_vectors, query_vectors, query_ids, k)
 
 
+def encoder_dense_baseline(
+  model,
+  params,
+  index: index_lib.Index,
+  doc_vectors: np.ndarray,
+  input_length: int,
+):
+  """(corpus, queries) -> run: exact cosine with a run's own encoder.
+
+  `doc_vectors` [n_docs, dim] are the index's documents, embedded once.
+  """
+  doc_ids = list(index.doc_ids)
+
+  def run(corpus, queries: Mapping[str, str]):
+    del corpus  # the documents are the index's, embedded once
+    qids = list(queries)
+    vectors = pretrained.pooled_vectors(
+      model,
+      params,
+      vocab_lib.encode_texts(
+        index.vocab, [queries[q] for q in qids], input_length
+      ),
+    )
+    return dense_run(doc_ids, doc_vectors, vectors, qids, k=100)
+
+  return run
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
     description="Dense (MiniLM, exact cosine) baseline on a BEIR folder"
@@ -165,31 +196,3 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
   main()
-
-
-def encoder_dense_baseline(
-  model,
-  params,
-  index: index_lib.Index,
-  doc_vectors: np.ndarray,
-  input_length: int,
-):
-  """(corpus, queries) -> run: exact cosine with a run's own encoder.
-
-  `doc_vectors` [n_docs, dim] are the index's documents, embedded once.
-  """
-  doc_ids = list(index.doc_ids)
-
-  def run(corpus, queries: Mapping[str, str]):
-    del corpus  # the documents are the index's, embedded once
-    qids = list(queries)
-    vectors = pretrained.pooled_vectors(
-      model,
-      params,
-      vocab_lib.encode_texts(
-        index.vocab, [queries[q] for q in qids], input_length
-      ),
-    )
-    return dense_run(doc_ids, doc_vectors, vectors, qids, k=100)
-
-  return run

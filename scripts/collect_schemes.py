@@ -10,6 +10,11 @@ results.json). Per scheme, {"step0": {QSET: METRICS}, "trained": {..}}:
 construction), "multi" atomic plus term-set docids fused with the dev
 split's lexical weight (gr). "bm25" and "dense" come from the step-0 run.
 The chosen weights are kept under "lexical_weight".
+
+--semantic_step0 adds a step-0 run with semantic docids: "semantic" (the
+model alone) and "semantic_plan" (semantic docids guided by the term
+sets, fused), each with "step0" only until a trained run is given with
+--semantic_trained.
 """
 
 import json
@@ -22,6 +27,8 @@ from gr import atomic_io
 
 _STEP0 = flags.DEFINE_string('step0', None, 'Run dir at step 0.', required=True)
 _TRAINED = flags.DEFINE_string('trained', None, 'Trained run.', required=True)
+_SEMANTIC_STEP0 = flags.DEFINE_string('semantic_step0', None, 'Semantic run.')
+_SEMANTIC_TRAINED = flags.DEFINE_string('semantic_trained', None, 'Trained.')
 _OUT = flags.DEFINE_string('out', None, 'JSON to write.', required=True)
 SCHEMES = {'atomic': 'gr:model', 'term_set': 'gr:terms', 'multi': 'gr'}
 METRICS = ('Hits@1', 'Hits@10', 'MRR@10')
@@ -57,6 +64,22 @@ def main(argv):
     'trained': trained['lexical_weight']['chosen'],
   }
   out['runs'] = {'step0': step0['run'], 'trained': trained['run']}
+  semantic = {
+    phase: _load(path)
+    for phase, path in (
+      ('step0', _SEMANTIC_STEP0.value),
+      ('trained', _SEMANTIC_TRAINED.value),
+    )
+    if path
+  }
+  for scheme, system in (('semantic', 'gr:model'), ('semantic_plan', 'gr')):
+    if semantic:
+      out[scheme] = {p: _system(r, system) for p, r in semantic.items()}
+  for phase, results in semantic.items():
+    out['lexical_weight'][f'semantic_{phase}'] = results['lexical_weight'][
+      'chosen'
+    ]
+    out['runs'][f'semantic_{phase}'] = results['run']
   atomic_io.write_json(_OUT.value, out, indent=1)
   print(json.dumps(out, indent=1))
 

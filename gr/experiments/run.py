@@ -86,9 +86,7 @@ def pseudo_queries(
   return pseudo
 
 
-# module: the selector's as before the move (gr/experiment.py), so bindings
-# and config strings keep their full name gr.experiment.run_experiment.
-@gin.configurable(module="gr.experiment")
+@gin.configurable
 def run_experiment(
   *,
   data_dir: str,

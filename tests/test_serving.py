@@ -518,7 +518,10 @@ def test_trie_growth_recompiles_before_going_live(run_template, tmp_path):
       break
   assert capacity() > start
   after_update = r.compiled_count()
-  assert after_update == compiled + 1
+  # One new shape, unless an earlier test in this process already compiled
+  # it: the jitted search is shared per model config (served_index.
+  # shared_search_fn). Either way the search below must compile nothing.
+  assert compiled <= after_update <= compiled + 1
   docid = r.index.table.docids_of[f"g{n}"][0]
   sequence = r.index.vocab.encode_docid(docid) + [1]
   live = r._live  # pylint: disable=protected-access

@@ -52,27 +52,35 @@ def check_language(language: str) -> str:
 
 def term_classes(vocab, language: str = "") -> np.ndarray:
   """[vocab_size] int32: each id's term (the smallest id of its class), 0
-  for ids that are no term."""
-  return _term_classes(vocab, check_language(language)).copy()
+  for ids that are no term. Read-only: one array per vocabulary and
+  language, shared by every caller."""
+  return _term_classes(vocab, check_language(language))
 
 
 @functools.lru_cache(maxsize=8)
 def _term_classes(vocab, language: str) -> np.ndarray:
   classes = np.zeros(vocab.vocab_size, np.int32)
   ids = vocab.text_token_ids()
-  if not language:
+  if language:
+    _fold_pieces(classes, ids, vocab.word_pieces(ids), language)
+  else:
     classes[ids] = ids
-    return classes
+  classes.flags.writeable = False
+  return classes
+
+
+def _fold_pieces(classes, ids, pieces, language: str) -> None:
+  """Writes each piece's term into classes[id]: a whole word's stem (no
+  term for a stopword), a continuation or non-word piece itself."""
   stemmer = Stemmer.Stemmer(language)
   stopwords = set(STOPWORDS.get(language, ()))
   first: dict[str, int] = {}
-  for i, piece in zip(ids, vocab.word_pieces(ids)):
+  for i, piece in zip(ids, pieces):
     word = piece.lower()
     if word.startswith("##") or not word.isalpha():
       classes[i] = first.setdefault(piece, i)
     elif word not in stopwords:
       classes[i] = first.setdefault(stemmer.stemWord(word), i)
-  return classes
 
 
 def query_terms(classes: np.ndarray, tokens: np.ndarray) -> np.ndarray:

@@ -20,12 +20,16 @@ PAD), C trie slots (nodes).
 """
 
 import functools
+import json
+import os
+from typing import Optional
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gr import atomic_io
 from gr import batching
 from gr.index import trie as trie_lib
 from gr.model import lexical as lexical_lib
@@ -125,3 +129,48 @@ def first_token_bias(
   children = trie_lib.root_children(arrays, vocab_size)[1]  # [V]
   bonus = jnp.take(potential, jnp.maximum(children, 0), axis=1)
   return jnp.where(children[None, :] >= 0, bonus, 0.0)
+
+
+WEIGHT_FILE = "lexical_weight.json"
+WEIGHT_FORMAT = "gr.lexical_weight.v1"
+
+
+def save_weight(run_dir: str, selection: dict) -> None:
+  """Writes the plan's chosen weight (a `choose_lexical_weight` result:
+  {"split", "chosen", "MRR@10"}) to run_dir/lexical_weight.json, so that
+  a served run scores as the evaluated one did. inf is written "inf"."""
+  chosen = float(selection["chosen"])
+  record = {
+    "format": WEIGHT_FORMAT,
+    "weight": "inf" if np.isinf(chosen) else chosen,
+    "split": selection["split"],
+    "MRR@10": {str(k): v for k, v in selection["MRR@10"].items()},
+  }
+  with atomic_io.atomic_open(os.path.join(run_dir, WEIGHT_FILE)) as f:
+    json.dump(record, f, indent=1)
+
+
+def load_weight(run_dir: str) -> Optional[float]:
+  """The weight `save_weight` wrote (None: no file, so no plan).
+
+  Raises:
+    ValueError: naming the file, when it is not such a record.
+  """
+  path = os.path.join(run_dir, WEIGHT_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    try:
+      record = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: not JSON ({e})") from e
+  if not isinstance(record, dict) or record.get("format") != WEIGHT_FORMAT:
+    raise ValueError(f"{path}: not a {WEIGHT_FORMAT} record")
+  weight = record.get("weight")
+  if weight == "inf":
+    return float("inf")
+  if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+    raise ValueError(f"{path}: field 'weight' must be a number or 'inf'")
+  if not np.isfinite(weight) or weight < 0:
+    raise ValueError(f"{path}: field 'weight' must be >= 0, got {weight}")
+  return float(weight)

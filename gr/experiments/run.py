@@ -12,6 +12,8 @@ makes goes under `workdir`:
   workdir/results.json  the metrics table as data
   workdir/model_config.json  the T5Config as trained (gr/model/model_config.py),
                         so the service can load the checkpoint alone
+  workdir/lexical_weight.json  the plan's weight chosen on dev (gr/decode/plan.py
+                        `save_weight`), so the service fuses as evaluated
 """
 
 import dataclasses
@@ -342,6 +344,7 @@ class ExperimentTrainer:
     )
     if selection:
       results["lexical_weight"] = selection
+      plan_lib.save_weight(self.workdir, selection)
     return results
 
   def report(self, results, run, scheme: str, name: str, *, started: float):

@@ -24,7 +24,7 @@ import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 # in files this conftest does not own; tests/test_ci_markers.py checks that
 # every one of them still exists and that `make test` selects it.
 CRASH_TESTS = (
-  "tests/test_continual.py::test_killed_update_leaves_a_loadable_version",
+  "tests/continual/test_continual.py::test_killed_update_leaves_a_loadable_version",
 )
 
 

@@ -5,14 +5,14 @@ import re
 import subprocess
 import sys
 
-import conftest
+from tests import conftest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
 CRASH_TESTS = (
-  "tests/test_train.py::test_resume_after_sigkill_matches_uninterrupted",
+  "tests/train/test_train.py::test_resume_after_sigkill_matches_uninterrupted",
   *conftest.CRASH_TESTS,
-  "tests/test_serving_http.py::"
+  "tests/serve/test_serving_http.py::"
   "test_script_sigterm_then_restart_keeps_added_document",
 )
 

@@ -174,7 +174,7 @@ def _required(path: pathlib.Path) -> list[str]:
 
 
 # One config file per set of imports: each parses in a fresh process where
-# nothing else registered its configurables first (tests/test_gin_files.py
+# nothing else registered its configurables first (tests/experiments/test_gin_files.py
 # parses them all in one process, so one file's imports could hide another's
 # missing one).
 _BY_IMPORTS = {}

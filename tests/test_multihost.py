@@ -1,6 +1,6 @@
 """Multi-host training: 2 local processes on loopback, 1 CPU device each.
 
-Each process runs tests/multihost_worker.py: jax.distributed.initialize
+Each process runs tests/support/multihost_worker.py: jax.distributed.initialize
 (gloo collectives), its own shard of the toy task, a few sharded steps and
 orbax checkpoints into one shared directory.
 """
@@ -31,7 +31,7 @@ def runs(tmp_path_factory):
   model_dir = tmp_path_factory.mktemp('multihost') / 'model'
   env = dict(
     os.environ,
-    PYTHONPATH=f'{REPO}:{REPO / "tests"}',
+    PYTHONPATH=str(REPO),
     XLA_FLAGS='--xla_force_host_platform_device_count=1',
     JAX_PLATFORMS='cpu',
   )
@@ -40,7 +40,7 @@ def runs(tmp_path_factory):
     subprocess.Popen(
       [
         sys.executable,
-        str(REPO / 'tests' / 'multihost_worker.py'),
+        str(REPO / 'tests' / 'support' / 'multihost_worker.py'),
         coordinator,
         str(NUM_PROCESSES),
         str(i),

@@ -18,7 +18,7 @@ from gr.train import checkpoints
 from gr import partitioning
 from gr.train import state as state_lib
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _state(seed: int = 0) -> state_lib.TrainState:

@@ -5,7 +5,7 @@ and gr/continual/update.py's trie_only update on a MiniLM encoder + one-layer
 decoder whose step 0 is dense retrieval (gr/model/warm_start.py): a new atomic
 docid token's row starts as its document's embedding, so a query made of the
 new document's words finds it first. The T5 path is covered (unchanged) by
-tests/test_serving.py and tests/test_continual.py.
+tests/serve/test_serving.py and tests/continual/test_continual.py.
 """
 
 import os

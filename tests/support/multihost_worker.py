@@ -1,6 +1,6 @@
 """One process of tests/test_multihost.py: a few steps of the toy task.
 
-  python tests/multihost_worker.py COORDINATOR NUM_PROCESSES PROCESS_ID DIR
+  python tests/support/multihost_worker.py COORDINATOR NUM_PROCESSES PROCESS_ID DIR
 
 Logs the train loop's lines (with losses) to stderr and prints one JSON
 line: the final step, a checksum of the final params and a checksum of this
@@ -25,7 +25,7 @@ def main(
   from gr.model import network
   from gr.train import loop as train  # pylint: disable=g-import-not-at-top
   from gr.train import data as data_lib  # pylint: disable=g-import-not-at-top
-  import toy_tasks  # pylint: disable=g-import-not-at-top
+  from tests.support import toy_tasks  # pylint: disable=g-import-not-at-top
 
   model = models.EncoderDecoderModel(
     network.T5Config.tiny(

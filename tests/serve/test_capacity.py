@@ -1,7 +1,7 @@
 """Capacity that grows (issue 22 item 5): online adds past the checkpoint's
 embedding rows, without retraining.
 
-A tiny random BERT (tests/tiny_bert.py, real WordPiece vocabulary) under a
+A tiny random BERT (tests/support/tiny_bert.py, real WordPiece vocabulary) under a
 one-layer decoder warm-started so that step 0 is dense retrieval
 (gr/model/warm_start.py), atomic docids over 8 documents. The served model
 starts with 30,592 rows (70 docid rows free); 10,000 documents of
@@ -29,7 +29,7 @@ from gr.serve import retriever as serving
 from gr.serve import served_run
 from gr.train import checkpoints
 
-import tiny_bert
+from tests.support import tiny_bert
 
 INPUT_LENGTH = 8
 CONFIG = serving.ServingConfig(max_k=1, buckets=(64,))
@@ -219,7 +219,7 @@ def test_semantic_adds_grow_the_rows_too(tmp_path):
   rows they grow them the same way (tiny T5; MiniLM places documents)."""
   import dataclasses  # pylint: disable=g-import-not-at-top
 
-  import test_serving as run_helpers  # pylint: disable=g-import-not-at-top
+  from tests.serve import test_serving as run_helpers  # pylint: disable=g-import-not-at-top
 
   model_dir = run_helpers.make_run(
     tmp_path / "semantic",

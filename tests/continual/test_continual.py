@@ -26,7 +26,9 @@ from gr.train import optimizer as optimizer_lib
 from gr.continual import versions
 from gr.data import beir
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 WORDS = (
   "amber basalt cobalt delta ember fjord garnet harbor iris jade kelp "
   "lumen marsh nectar onyx pylon quartz raven sable tundra umber "
@@ -248,12 +250,11 @@ def test_get_strategy_overrides_and_errors():
 KILLED_UPDATE = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {repo!r})
-    sys.path.insert(0, {tests!r})
     from gr.train import checkpoints
     from gr.continual import training
     from gr.continual import update as continual
     from gr.continual import versions
-    import test_continual as t
+    from tests.continual import test_continual as t
 
     def die(*args, **kwargs):
       os.kill(os.getpid(), signal.SIGKILL)
@@ -362,9 +363,7 @@ def test_failed_update_leaves_a_loadable_version(
 @pytest.mark.slow
 def test_killed_update_leaves_a_loadable_version(initial, tmp_path):
   script = tmp_path / "killed_update.py"
-  script.write_text(
-    KILLED_UPDATE.format(repo=REPO, tests=os.path.join(REPO, "tests"))
-  )
+  script.write_text(KILLED_UPDATE.format(repo=REPO))
   env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
   dirs, procs = {}, {}
   for point in ("train", "artifact", "publish"):

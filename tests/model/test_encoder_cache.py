@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-import tiny_bert
+from tests.support import tiny_bert
 from gr.model import encoder_cache
 from gr.model import models
 from gr.model import warm_start

@@ -7,9 +7,11 @@ after each restart."""
 import importlib.util
 import os
 
-import test_serving as run_helpers
+from tests.serve import test_serving as run_helpers
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 
 
 def soak_module():

@@ -18,7 +18,7 @@ from gr.model import network
 # Imported for its gin registrations only.
 from gr.experiments import configurables  # noqa: F401  # pylint: disable=unused-import
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 MODEL_FILES = sorted((REPO / 'gin' / 'models').glob('*.gin'))
 RUN_FILES = sorted((REPO / 'gin' / 'runs').glob('*.gin'))
 CONFIG_FILES = sorted((REPO / 'configs').glob('**/*.gin'))

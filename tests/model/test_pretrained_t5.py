@@ -31,7 +31,7 @@ from gr.index import vocab as vocab_lib
 from gr.data.beir import Document
 from gr.docids import get_scheme
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 WORDS = (
   'alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu '
   'nu xi omicron pi rho sigma tau upsilon phi chi psi omega'

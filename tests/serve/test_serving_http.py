@@ -26,7 +26,7 @@ import uvicorn
 from gr.index import artifact as index_lib
 from gr.serve import retriever as serving
 from gr.serve import app as web_app
-import test_serving as run_helpers
+from tests.serve import test_serving as run_helpers
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -34,7 +34,9 @@ CONFIG = run_helpers.CONFIG
 LIMITS = web_app.Limits(
   max_query_chars=200, max_body_bytes=4096, max_documents=4, max_text_chars=1000
 )
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 
 
 class ThreadServer:

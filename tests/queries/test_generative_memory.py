@@ -1,6 +1,6 @@
 """Tests for gr/queries/generative_memory.py and doc2query's vector source.
 
-A tiny random BERT (tests/tiny_bert.py) under a one-layer decoder: the
+A tiny random BERT (tests/support/tiny_bert.py) under a one-layer decoder: the
 generator is untrained, so the tests check plumbing (shapes, seeding,
 what the decoder is given), not query quality.
 """
@@ -11,7 +11,7 @@ import pytest
 
 from gr.continual import strategies
 from gr.continual import generators
-import tiny_bert
+from tests.support import tiny_bert
 from gr.queries import query_generators
 from gr.queries import generative_memory as memory_lib
 from gr.model import models

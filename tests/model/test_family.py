@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-import tiny_bert
+from tests.support import tiny_bert
 from gr.docids import get_scheme
 from gr.data.beir import Document
 from gr.model import configs

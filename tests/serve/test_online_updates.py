@@ -19,7 +19,7 @@ from gr.data import beir
 from gr.docids import base
 from gr.docids import naive
 
-import test_serving as run_helpers
+from tests.serve import test_serving as run_helpers
 
 
 def docs(names):

@@ -37,3 +37,16 @@ def test_bad_file_names_itself(tmp_path, text, field):
   with pytest.raises(ValueError, match=field) as error:
     plan_lib.load_weight(str(tmp_path))
   assert os.fspath(path) in str(error.value)
+
+
+def test_step_round_trips_and_is_optional(tmp_path):
+  selection = {"split": "dev", "chosen": 1.0, "MRR@10": {1.0: 0.5}}
+  plan_lib.save_weight(str(tmp_path), selection)
+  assert plan_lib.load_step(str(tmp_path)) is None
+  plan_lib.save_weight(str(tmp_path), selection, step=200)
+  assert plan_lib.load_step(str(tmp_path)) == 200
+  (tmp_path / plan_lib.WEIGHT_FILE).write_text(
+    '{"format": "gr.lexical_weight.v1", "weight": 1, "step": -3}'
+  )
+  with pytest.raises(ValueError, match="'step'"):
+    plan_lib.load_step(str(tmp_path))

@@ -1,7 +1,7 @@
 """The HTTP service (gr/serve/app.py) against hostile input.
 
-A real uvicorn server on a loopback port (tests/test_serving_http.py's
-ThreadServer) over the tiny untrained run of tests/test_serving.py. Bodies
+A real uvicorn server on a loopback port (tests/serve/test_serving_http.py's
+ThreadServer) over the tiny untrained run of tests/serve/test_serving.py. Bodies
 are written as raw bytes, so that they can hold what Python's JSON parser
 accepts and a JSON encoder refuses (NaN, Infinity, 1e999) and integers of
 thousands of digits. Every malformed request must get a 4xx whose JSON
@@ -27,8 +27,8 @@ import pytest
 from gr.data import beir
 from gr.index import artifact as index_lib
 from gr.serve import app as web_app
-import test_serving as run_helpers
-import test_serving_http as http_helpers
+from tests.serve import test_serving as run_helpers
+from tests.serve import test_serving_http as http_helpers
 
 AUTH = http_helpers.AUTH
 CONFIG = run_helpers.CONFIG

@@ -5,7 +5,7 @@ gr/model/models.py (forward, frozen layers, the cached-states path), gr/train/lo
 (freeze, sharding on the 8 fake CPU devices of tests/conftest.py),
 gr/model/warm_start.py (step 0 = cosine / temperature), gr/model/encoder_cache.py,
 gr/index/wordpiece.py and gr/experiments/run.py's pretrained path. Most tests use
-the tiny random BERT of tests/tiny_bert.py (real MiniLM tokenizer, hidden
+the tiny random BERT of tests/support/tiny_bert.py (real MiniLM tokenizer, hidden
 32).
 """
 
@@ -39,7 +39,7 @@ from gr.index import wordpiece
 from gr import docids as docids_lib
 from gr.data import beir
 from gr.experiments import run as experiment
-import tiny_bert
+from tests.support import tiny_bert
 
 LENGTH = 16  # encoder input length
 TEMPERATURE = 0.05
@@ -707,7 +707,9 @@ def pretrained_test_probe(model=None):
 
 def _gin_model(bert_dir):
   """MODEL from gin/models/minilm_t5.gin, with the tiny encoder's widths."""
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  repo = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  )
   gin.clear_config()
   gin.add_config_file_search_path(repo)
   try:
@@ -762,8 +764,8 @@ def test_experiment_with_the_pretrained_encoder(bert_dir, tmp_path):
 
 
 def test_the_pretrained_gin_files_are_parsed_by_test_gin_files():
-  """tests/test_gin_files.py globs them; the config builds the MiniLM model."""
-  import test_gin_files  # pylint: disable=g-import-not-at-top
+  """tests/experiments/test_gin_files.py globs them; the config builds the MiniLM model."""
+  from tests.experiments import test_gin_files  # pylint: disable=g-import-not-at-top
 
   assert "minilm_t5" in {f.stem for f in test_gin_files.MODEL_FILES}
   [config_file] = [

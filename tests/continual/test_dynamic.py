@@ -233,7 +233,7 @@ def test_run_dynamic_experiment_end_to_end(tmp_path, monkeypatch):
   retrain; two seeds. Checks costs, the replay budget, SAM at D0, the
   generative memory's storage and the report."""
   import jax
-  import tiny_bert
+  from tests.support import tiny_bert
   from gr.queries import query_generators
   from gr.model import models
   from gr.model import pretrained

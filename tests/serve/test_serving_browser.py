@@ -14,8 +14,8 @@ import subprocess
 import httpx
 import pytest
 
-import test_serving as run_helpers
-import test_serving_http as http_helpers
+from tests.serve import test_serving as run_helpers
+from tests.serve import test_serving_http as http_helpers
 
 CHROMIUM = "/usr/bin/chromium"
 

@@ -32,13 +32,13 @@ from gr.train import data as data_lib
 from gr.train import optimizer as optimizer_lib
 from gr.train import state as state_lib
 from gr.experiments import configurables
-import toy_tasks
+from tests.support import toy_tasks
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[2]
 TRAIN_STEPS = 100
 # A smaller-than-tiny T5 so that compiling the step is quick.
 TOY_GIN = f"""
-import toy_tasks
+import tests.support.toy_tasks
 MIXTURE_OR_TASK_NAME = '{toy_tasks.TOY_TASK}'
 TRAIN_STEPS = {TRAIN_STEPS}
 INPUT_LENGTH = 10
@@ -168,7 +168,7 @@ def test_resume_after_sigkill_matches_uninterrupted(
     *_gin_args(toy_gin),
     f"--gin.MODEL_DIR='{model_dir}'",
   ]
-  env = dict(os.environ, PYTHONPATH=f'{REPO}:{REPO / "tests"}')
+  env = dict(os.environ, PYTHONPATH=str(REPO))
   log = open(tmp_path / 'first.log', 'w')
   first = subprocess.Popen(
     command, env=env, stdout=log, stderr=subprocess.STDOUT

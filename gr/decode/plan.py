@@ -135,10 +135,12 @@ WEIGHT_FILE = "lexical_weight.json"
 WEIGHT_FORMAT = "gr.lexical_weight.v1"
 
 
-def save_weight(run_dir: str, selection: dict) -> None:
-  """Writes the plan's chosen weight (a `choose_lexical_weight` result:
+def save_weight(run_dir: str, selection: dict, step: Optional[int] = None) -> None:
+  """Writes the plan's chosen weight (a `LexicalSelection.choose` record:
   {"split", "chosen", "MRR@10"}) to run_dir/lexical_weight.json, so that
-  a served run scores as the evaluated one did. inf is written "inf"."""
+  a served run scores as the evaluated one did. inf is written "inf".
+  step: the checkpoint chosen on the same split (early stopping; 0 = the
+  warm start), which a served run should load; None: the latest."""
   chosen = float(selection["chosen"])
   record = {
     "format": WEIGHT_FORMAT,
@@ -146,8 +148,23 @@ def save_weight(run_dir: str, selection: dict) -> None:
     "split": selection["split"],
     "MRR@10": {str(k): v for k, v in selection["MRR@10"].items()},
   }
+  if step is not None:
+    record["step"] = int(step)
   with atomic_io.atomic_open(os.path.join(run_dir, WEIGHT_FILE)) as f:
     json.dump(record, f, indent=1)
+
+
+def load_step(run_dir: str) -> Optional[int]:
+  """The checkpoint step `save_weight` recorded (None: none recorded)."""
+  path = os.path.join(run_dir, WEIGHT_FILE)
+  if not os.path.exists(path):
+    return None
+  load_weight(run_dir)  # validates the record
+  with open(path) as f:
+    step = json.load(f).get("step")
+  if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
+    raise ValueError(f"{path}: field 'step' must be an integer >= 0, got {step!r}")
+  return step
 
 
 def load_weight(run_dir: str) -> Optional[float]:

@@ -38,9 +38,12 @@ from gr.model import pretrained
 from gr.queries import pseudo_queries as pseudo_lib
 from gr.search import retrieval
 from gr.model import model_config
+from gr.train import checkpoints
 from gr.train import tasks
 from gr.data import beir
 from gr.experiments import configurables
+from gr.experiments import dev_selection
+from gr.experiments.dev_selection import LexicalSelection, subset
 
 DEFAULT_QUERY_SETS = (
   evaluation.QuerySet("titles"),
@@ -48,16 +51,6 @@ DEFAULT_QUERY_SETS = (
     "subtitles", "subtitles/queries.jsonl", "subtitles/qrels"
   ),
 )
-
-
-def subset(dataset: beir.BeirDataset, max_docs: int) -> beir.BeirDataset:
-  """The first `max_docs` documents and the queries judged entirely
-  inside them."""
-  if not max_docs or max_docs >= len(dataset.corpus):
-    return dataset
-  return dataset.restricted_to(
-    list(dataset.corpus)[:max_docs], whole_queries=True
-  )
 
 
 def pseudo_queries(
@@ -118,6 +111,7 @@ def run_experiment(
   term_language: str = "",
   selection_split: str = "dev",
   plan_in_training: bool = False,
+  early_stopping: bool = False,
 ) -> dict:
   """Index, train, evaluate. Returns {query set name: metrics}.
 
@@ -130,7 +124,9 @@ def run_experiment(
   train_steps = 0 evaluates the initial model. lexical_weights,
   selection_split, term_set_size, term_language, plan_in_training: the
   lexical plan (`LexicalSelection`, `ExperimentTrainer`); no weights, no
-  plan.
+  plan. early_stopping: the run's result is its step (0 or a kept
+  checkpoint: bind train.checkpoint_every and train.keep_checkpoints)
+  best on dev.
   """
   start = time.time()
   dataset = subset(beir.BeirDataset.load(data_dir), max_docs)
@@ -148,6 +144,7 @@ def run_experiment(
   trainer = ExperimentTrainer(
     workdir, data_dir, dataset, plan, search, term_set_size, term_language,
     plan_in_training, train_steps, batch_size, input_length, seed,
+    early_stopping,
   )  # fmt: skip
   cache_dir = encoder_cache_dir or os.path.join(workdir, "encoder_cache")
   register_tasks, cache_rows = docid_tasks(
@@ -207,39 +204,6 @@ def docid_tasks(name: str, dataset, pseudo, task_rates, input_length: int):
   return register_tasks, cache_rows
 
 
-@dataclasses.dataclass(frozen=True)
-class LexicalSelection:
-  """Where and among what the lexical plan's weight is chosen
-  (`choose_lexical_weight`); no weights: no plan.
-
-  weights: candidate weights of the lexical plan (term-set docids of
-  term_set_size terms per document, 0 = all, whole-word pieces folded to
-  their stems in term_language, '' = pieces as is, gr/index/lexicon.py); they,
-  0 (the model alone) and inf (the term sets alone) compete, and the one
-  with the best mean MRR@10 on `split` (the train queries where a folder
-  has no such split; never the eval split) is used, and the table adds
-  its two parts.
-  """
-
-  data_dir: str
-  query_sets: Sequence[evaluation.QuerySet]
-  weights: Sequence[float]
-  split: str
-  eval_split: str
-  max_docs: int
-
-  def choose(self, searcher: retrieval.Searcher) -> dict:
-    return choose_lexical_weight(
-      searcher,
-      self.data_dir,
-      self.query_sets,
-      self.weights,
-      self.split,
-      self.eval_split,
-      self.max_docs,
-    )
-
-
 @dataclasses.dataclass
 class ExperimentTrainer:
   """run_experiment's training step (index_and_train's `train`) and its
@@ -247,7 +211,9 @@ class ExperimentTrainer:
   every checkpoint's artifact has them), then the gin-bound train().
   plan_in_training: the plan's weight is chosen at step 0 too, and
   training adds that plan's first-token bonus to the logits (the model
-  learns on top of the plan, `plan_bias_transform`)."""
+  learns on top of the plan, `plan_bias_transform`). early_stopping: every
+  saved checkpoint and step 0 are scored on dev and the best is the run's
+  result (gr/experiments/dev_selection.py; the curve goes in the results)."""
 
   workdir: str
   data_dir: str
@@ -261,9 +227,12 @@ class ExperimentTrainer:
   batch_size: int
   input_length: int
   seed: int
+  early_stopping: bool = False
   term_sets: Any = None
   selection_at_start: Optional[dict] = None
   seconds: float = 0.0
+  curve: Optional[list] = None
+  chosen_step: Optional[int] = None
 
   def searcher(self, run: indexing.IndexedRun, params) -> retrieval.Searcher:
     return retrieval.Searcher(
@@ -319,7 +288,29 @@ class ExperimentTrainer:
       ),
     ).params
     self.seconds = time.time() - train_start
-    return params
+    return self._early_stop(run, params) if self.early_stopping else params
+
+  def _early_stop(self, run: indexing.IndexedRun, final_params):
+    """The params of the step (0 or a checkpoint) best on dev."""
+    model_dir = os.path.join(self.workdir, "model")
+    saved = checkpoints.make_manager(model_dir, keep=None).all_steps()
+
+    def params_at(step):
+      if step == 0:
+        return run.params
+      return checkpoints.restore_params(model_dir, step)
+
+    # A scratch model has no start to evaluate (run.params is None).
+    start = [0] if run.params is not None else []
+    self.curve = dev_selection.learning_curve(
+      self.plan,
+      [*start, *sorted(saved)],
+      lambda step: self.searcher(run, params_at(step)),
+    )
+    self.chosen_step = dev_selection.best_step(self.curve)
+    if self.chosen_step == max(saved, default=0):
+      return final_params
+    return params_at(self.chosen_step)
 
   def evaluate(self, run: indexing.IndexedRun, exact_queries: int) -> dict:
     """Metrics of the trained run per query set (+ the plan's choice)."""
@@ -344,7 +335,10 @@ class ExperimentTrainer:
     )
     if selection:
       results["lexical_weight"] = selection
-      plan_lib.save_weight(self.workdir, selection)
+      plan_lib.save_weight(self.workdir, selection, step=self.chosen_step)
+    if self.curve is not None:
+      results["learning_curve"] = self.curve
+      results["early_stopping"] = {"chosen_step": self.chosen_step}
     return results
 
   def report(self, results, run, scheme: str, name: str, *, started: float):
@@ -409,63 +403,6 @@ def plan_bias_transform(
   return transform
 
 
-def choose_lexical_weight(
-  searcher: retrieval.Searcher,
-  data_dir: str,
-  query_sets: Sequence[evaluation.QuerySet],
-  candidates: Sequence[float],
-  split: str,
-  eval_split: str,
-  max_docs: int,
-) -> dict:
-  """Sets the searcher's lexical weight to the candidate best on `split`
-  of every query set that has it (else on their train queries); returns
-  {"split", "chosen", "MRR@10": {weight: mean MRR@10}}."""
-  held_out = held_out_queries(data_dir, query_sets, split, max_docs)
-  if not held_out:
-    split = "train"
-    held_out = held_out_queries(data_dir, query_sets, split, max_docs)
-  if split == eval_split or not held_out:
-    raise ValueError(
-      f"{data_dir}: no {split!r} queries to choose the lexical weight on "
-      f"(the {eval_split!r} split is never used for that)"
-    )
-  chosen, table = evaluation.select_lexical_weight(
-    searcher, held_out, [0.0, *candidates, float("inf")]
-  )
-  searcher.lexical_weight = chosen
-  logging.info("lexical weight %s (mean %s MRR@10 %s)", chosen, split, table)
-  return {"split": split, "chosen": chosen, "MRR@10": table}
-
-
-def held_out_queries(data_dir, query_sets, split: str, max_docs: int) -> dict:
-  """{query set name: (queries, qrels of `split`)} where the split exists."""
-  return {
-    query_set.name: (dataset.queries, dataset.qrels[split])
-    for query_set, dataset in query_set_data(
-      data_dir, query_sets, split, max_docs
-    )
-  }
-
-
-def query_set_data(data_dir, query_sets, split: str, max_docs: int):
-  """Yields (query set, its BeirDataset) for each query set whose file is
-  in `data_dir` and that has `split` qrels."""
-  for query_set in query_sets:
-    if not os.path.exists(os.path.join(data_dir, query_set.queries_file)):
-      continue
-    dataset = subset(
-      beir.BeirDataset.load(
-        data_dir,
-        queries_file=query_set.queries_file,
-        qrels_dir=query_set.qrels_dir,
-      ),
-      max_docs,
-    )
-    if dataset.qrels.get(split):
-      yield query_set, dataset
-
-
 def evaluate(
   searcher: retrieval.Searcher,
   data_dir: str,
@@ -478,7 +415,7 @@ def evaluate(
 ) -> dict:
   """Metrics for each query set that exists in `data_dir`."""
   results = {}
-  for query_set, dataset in query_set_data(
+  for query_set, dataset in dev_selection.query_set_data(
     data_dir, query_sets, split, max_docs
   ):
     results[f"{query_set.name}/{split}"] = evaluation.evaluate_query_set(

@@ -9,6 +9,7 @@ is sharded (gr/train/state.py `sam`).
 
 from collections.abc import Callable
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,13 @@ class OptimizerConfig:
     clip_grad_norm: clip gradients to this global norm; None for no clip.
     b1, b2, eps: AdamW moments.
     sam_rho: sharpness-aware minimisation radius; 0 turns SAM off.
+    l2_sp: strength of L2-SP, a pull of every trained parameter toward its
+      value at the start of training (lambda * (theta - theta_0) added to
+      the gradient; the start is kept in the optimizer state, so a resumed
+      run pulls toward the same point); 0 turns it off.
+    frozen_params: regular expressions over '/'-joined parameter paths
+      (e.g. 'token_embedder/.*', the docid rows): matching parameters get
+      no updates, on top of the model's own `trainable_mask`.
   """
 
   name: str = 'adamw'
@@ -45,6 +53,8 @@ class OptimizerConfig:
   b2: float = 0.999
   eps: float = 1e-8
   sam_rho: float = 0.0
+  l2_sp: float = 0.0
+  frozen_params: tuple[str, ...] = ()
 
 
 def learning_rate_schedule(
@@ -95,9 +105,32 @@ def make_optimizer(
     raise ValueError(
       f"OptimizerConfig.name={config.name!r}: expected 'adamw' or 'adafactor'"
     )
+  if config.l2_sp:
+    core = optax.chain(pull_to_start(config.l2_sp), core)
   if config.clip_grad_norm is None:
     return core
   return optax.chain(optax.clip_by_global_norm(config.clip_grad_norm), core)
+
+
+def pull_to_start(strength: float) -> optax.GradientTransformation:
+  """L2-SP: adds strength * (params - params at init) to the gradients.
+
+  The state is the starting params (the tree `init` was given), so the
+  pull survives checkpoints and is exact under sharding (elementwise).
+  """
+
+  def init(params):
+    return jax.tree.map(jnp.array, params)
+
+  def update(updates, start, params=None):
+    if params is None:
+      raise ValueError('pull_to_start needs the params in update()')
+    pulled = jax.tree.map(
+      lambda g, p, p0: g + strength * (p - p0), updates, params, start
+    )
+    return pulled, start
+
+  return optax.GradientTransformation(init, update)
 
 
 def freeze(
@@ -121,5 +154,26 @@ def model_optimizer(
   model: state_lib.TrainableModel, config: OptimizerConfig, total_steps: int
 ) -> optax.GradientTransformation:
   """`make_optimizer`, frozen where the model's `trainable_mask` says so
-  (a pretrained encoder's frozen layers get no updates)."""
-  return freeze(make_optimizer(config, total_steps), model.trainable_mask)
+  (a pretrained encoder's frozen layers get no updates) or a path matches
+  `config.frozen_params`."""
+  patterns = [re.compile(p) for p in config.frozen_params]
+
+  def trainable_mask(params):
+    names = jax.tree_util.tree_map_with_path(
+      lambda path, _: '/'.join(str(getattr(k, 'key', k)) for k in path),
+      params,
+    )
+    for pattern in patterns:
+      if not any(pattern.fullmatch(n) for n in jax.tree.leaves(names)):
+        raise ValueError(
+          f'OptimizerConfig.frozen_params: {pattern.pattern!r} matches no '
+          f'parameter (paths look like {jax.tree.leaves(names)[0]!r})'
+        )
+    return jax.tree.map(
+      lambda name, model_says: model_says
+      and not any(p.fullmatch(name) for p in patterns),
+      names,
+      model.trainable_mask(params),
+    )
+
+  return freeze(make_optimizer(config, total_steps), trainable_mask)

@@ -2,7 +2,7 @@ r"""Serves a trained run over HTTP: the docid decoding service.
 
   python scripts/serve.py --checkpoint=workdir/model --port=8000 \
     [--index_dir=workdir/index] [--corpus=data/news/corpus.jsonl] \
-    [--token_file=secret.txt]
+    [--token_file=secret.txt] [--lexical_weight=2.0]
 
 Binds to 127.0.0.1 unless --host is given (a non-loopback host also needs
 --allow_remote). Document updates (POST /documents, DELETE /documents/{id})
@@ -56,6 +56,14 @@ _API_DOCS = flags.DEFINE_bool(
   'Serve /docs, /redoc and /openapi.json (Swagger UI loads its assets from '
   'a CDN).',
 )
+_LEXICAL_WEIGHT = flags.DEFINE_float(
+  'lexical_weight',
+  None,
+  "The lexical plan's weight beta: a docid scores log-prob + beta * its "
+  "document's lexical score (term sets, as the run was evaluated); 0 = the "
+  "model alone, inf = the term sets alone. Unset: the run's "
+  "lexical_weight.json (beside model_config.json; none = the model alone).",
+)
 _MAX_WAIT_MS = flags.DEFINE_float(
   'max_wait_ms', 2.0, 'Micro-batching wait for a fuller batch.'
 )
@@ -95,6 +103,7 @@ def main(argv):
     step=_STEP.value,
     config=config,
     corpus_path=_CORPUS.value,
+    lexical_weight=_LEXICAL_WEIGHT.value,
   )
   try:
     service = web_app.create_app(

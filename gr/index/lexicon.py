@@ -97,11 +97,22 @@ def document_terms(
 ) -> list[list[int]]:
   """Each text's terms: its whole (untrimmed) encoder input ids folded to
   their terms, in order."""
-  classes = term_classes(vocab, language)
-  return [
-    [int(c) for c in classes[vocab.encode_inputs(text, 1 << 30)] if c]
-    for text in texts
-  ]
+  return text_terms(term_classes(vocab, language), vocab, texts)
+
+
+def text_terms(
+  classes: np.ndarray, vocab, texts: Sequence[str]
+) -> list[list[int]]:
+  """`document_terms` with the term classes given (`term_classes`, or its
+  first vocab.base_size ids: docid tokens are no term), so a caller that
+  folds many texts over changing vocabularies (the service's online adds)
+  computes the classes once."""
+  out = []
+  for text in texts:
+    tokens = np.asarray(vocab.encode_inputs(text, 1 << 30), np.int64)
+    terms = classes[tokens[tokens < len(classes)]]
+    out.append([int(c) for c in terms if c])
+  return out
 
 
 def build_term_sets(

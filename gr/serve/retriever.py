@@ -94,6 +94,7 @@ class Retriever(ServedIndex):
     config: ServingConfig = DEFAULT_CONFIG,
     corpus_path: Optional[str] = None,
     mesh: Optional[jax.sharding.Mesh] = None,
+    lexical_weight: Optional[float] = None,
   ) -> "Retriever":
     """Loads a run: <run>/model checkpoints, served index <run>/index.
 
@@ -106,9 +107,16 @@ class Retriever(ServedIndex):
         model_config.json names, if it exists.
       mesh: shard each batch over its 'data' axis and the params by
         training's logical rules; one device if None.
+      lexical_weight: the lexical plan's weight (0: the model alone, inf:
+        the term sets alone); None: the run's lexical_weight.json (no
+        file: no plan).
     """
     run = served_run.load_run(
-      checkpoint_dir, index_dir=index_dir, step=step, corpus_path=corpus_path
+      checkpoint_dir,
+      index_dir=index_dir,
+      step=step,
+      corpus_path=corpus_path,
+      lexical_weight=lexical_weight,
     )
     return cls(
       run.model,
@@ -124,6 +132,9 @@ class Retriever(ServedIndex):
       checkpoint_step=run.step,
       mesh=mesh,
       checkpoint_rows=run.checkpoint_rows,
+      term_sets=run.term_sets,
+      lexical_weight=run.lexical_weight,
+      trained_doc_ids=run.trained_doc_ids,
     )
 
   def compiled_count(self) -> int:
@@ -172,7 +183,7 @@ class Retriever(ServedIndex):
     padded = batching.pad_rows(tokens, self.bucket_for(n))  # [bucket, Li]
     with self._dispatch_lock:
       live = self._live
-      found = live.search(live.params, padded, live.trie_arrays)
+      found = live.found(padded)
     return live, (
       np.asarray(found.documents)[:n],
       np.asarray(found.scores)[:n],

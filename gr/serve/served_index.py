@@ -45,6 +45,9 @@ import numpy as np
 from gr import batching
 from gr import partitioning
 from gr.data import beir
+from gr.decode import aggregate
+from gr.decode import plan as plan_lib
+from gr.docids import term_sets as term_sets_lib
 from gr.index import artifact as index_lib
 from gr.index import docid_trie
 from gr.index import trie as trie_lib
@@ -54,6 +57,7 @@ from gr.model import models
 from gr.search import retrieval
 from gr.serve import new_docids
 from gr.serve import online_rows
+from gr.serve import served_plan
 from gr.serve import served_run
 from gr.serve import serving_config
 from gr.serve.serving_config import (
@@ -79,6 +83,23 @@ class LiveState:
   slots: list[Optional[str]]
   params: Any  # the model's; docid rows set online change it
   search: Any  # the jitted search of the model these params fit
+  # The lexical plan (gr/serve/served_plan.py) over these slots, or None
+  # (the model alone); with lexical_only, `search` is the term sets' top-k.
+  plan: Optional[plan_lib.LexicalPlan] = None
+  lexical_only: bool = False
+
+  def found(self, tokens: np.ndarray) -> aggregate.RankedDocuments:
+    """This state's search of encoder tokens [B, Li] (dispatched, not
+    waited for); the lexical-only search has no docids (all PAD)."""
+    if self.plan is None:
+      return self.search(self.params, tokens, self.trie_arrays)
+    if self.lexical_only:
+      documents, scores = self.search(self.plan, tokens)
+      empty = np.zeros(documents.shape + (1, 1), np.int32)
+      return aggregate.RankedDocuments(
+        documents, scores, empty, scores[..., None]
+      )
+    return self.search(self.params, tokens, self.trie_arrays, self.plan)
 
 
 @functools.lru_cache(maxsize=8)
@@ -86,20 +107,30 @@ def shared_search_fn(
   model_config: models.ModelConfig,
   search: retrieval.SearchConfig,
   mesh: Optional[jax.sharding.Mesh] = None,
+  with_plan: bool = False,
 ):
-  """One jitted search per (model config, search config, mesh) in this
-  process.
+  """One jitted search per (model config, search config, mesh, plan or
+  not) in this process.
 
   Retrievers of the same model (e.g. one reloaded after a restart in the
   same process) share it, and with it every compiled bucket.
   """
   return retrieval.make_search_fn(
-    models.EncoderDecoderModel(model_config), search, mesh
+    models.EncoderDecoderModel(model_config), search, mesh, with_plan=with_plan
   )
 
 
-def _shapes(arrays: trie_lib.TrieArrays):
-  """What a compiled search depends on: tree structure and leaf shapes."""
+@functools.lru_cache(maxsize=8)
+def shared_lexical_search_fn(
+  top_k: int, mesh: Optional[jax.sharding.Mesh] = None
+):
+  """One jitted lexical-only search (plan weight inf) per top_k and mesh."""
+  return retrieval.make_lexical_search_fn(top_k, mesh)
+
+
+def _shapes(arrays):
+  """What a compiled search depends on: tree structure (static fields
+  included) and leaf shapes, of trie arrays or a plan."""
   return jax.tree.structure(arrays), [a.shape for a in jax.tree.leaves(arrays)]
 
 
@@ -126,6 +157,9 @@ class ServedIndex:
     checkpoint_step: Optional[int] = None,
     mesh: Optional[jax.sharding.Mesh] = None,
     checkpoint_rows: Optional[int] = None,
+    term_sets: Optional[term_sets_lib.TermSets] = None,
+    lexical_weight: float = 0.0,
+    trained_doc_ids: Optional[Sequence[str]] = None,
   ):
     """Serves `index` with `model`; updates persist under `index_dir`.
 
@@ -134,6 +168,11 @@ class ServedIndex:
     hold (kept to rewrite them when the index compacts).
     checkpoint_rows: the checkpoint's embedding rows, where growth starts
     (online_rows.grown_rows); default: the model's.
+    term_sets, lexical_weight: the lexical plan (gr/serve/served_plan.py):
+    a docid scores log-prob + lexical_weight * its document's lexical score
+    (inf: the term sets alone; 0: the model alone, term_sets unused).
+    term_sets' rows follow `trained_doc_ids` (default: `index`'s doc_ids);
+    online documents get theirs from their text.
     """
     self._lock_handle = served_run.hold_lock(index_dir) if index_dir else None
     if index_dir:
@@ -159,13 +198,43 @@ class ServedIndex:
     self._namer = new_docids.DocidNamer(model, input_length)
     self._row_rule = None
     self._encoder = None
+    self.lexical_weight = float(lexical_weight)
+    self._plan = None
+    if self.lexical_weight > 0:
+      if term_sets is None:
+        raise ValueError(
+          f"lexical_weight {lexical_weight} needs the run's term sets"
+        )
+      self._plan = served_plan.ServedPlan(
+        term_sets,
+        index.doc_ids if trained_doc_ids is None else trained_doc_ids,
+        index.vocab,
+        self.lexical_weight,
+        self.max_decode_len,
+      )
+      self._plan.remember(
+        self._plan.sets_of(
+          index.vocab,
+          {
+            d: doc.text
+            for d, doc in self.online_documents.items()
+            if d in index.table.docids_of
+          },
+        )
+      )
     self._live = self._fresh_live(index, self._placed(params))
 
   def _search_fn(self, index: index_lib.Index):
-    """The jitted search of the current model (shared in the process)."""
+    """The jitted search of the current model (shared in the process): with
+    the plan, or the term sets' top-k for weight inf."""
+    if self._plan is not None and self._plan.lexical_only:
+      return shared_lexical_search_fn(self.config.max_k, self.mesh)
     search = self.config.search_config(self.max_decode_len)
     return shared_search_fn(
-      self.model.config, retrieval.fit_to_index(search, index), self.mesh
+      self.model.config,
+      retrieval.fit_to_index(search, index),
+      self.mesh,
+      with_plan=self._plan is not None,
     )
 
   def _fresh_live(
@@ -178,15 +247,27 @@ class ServedIndex:
     slots = list(index.doc_ids)
     self._slot_of = {doc_id: slot for slot, doc_id in enumerate(slots)}
     arrays = self._replicated(self._trie.to_device())
-    return LiveState(index, arrays, slots, params, self._search_fn(index))
+    plan = None
+    if self._plan is not None:
+      plan = self._replicated(self._plan.build(index, slots))
+    return LiveState(
+      index,
+      arrays,
+      slots,
+      params,
+      self._search_fn(index),
+      plan,
+      self._plan is not None and self._plan.lexical_only,
+    )
 
   def _placed(self, params: Any) -> Any:
     """params on the mesh by training's logical rules (as given without)."""
     specs = partitioning.param_specs(self.model, self.mesh)
     return partitioning.place(params, specs, self.mesh)
 
-  def _replicated(self, arrays: trie_lib.TrieArrays) -> trie_lib.TrieArrays:
-    """The trie arrays on every device of the mesh (as given without)."""
+  def _replicated(self, arrays):
+    """Trie arrays or a plan on every device of the mesh (as given
+    without)."""
     specs = jax.tree.map(lambda _: partitioning.REPLICATED, arrays)
     return partitioning.place(arrays, specs, self.mesh)
 
@@ -246,7 +327,7 @@ class ServedIndex:
         self._document_encoder().warm_up(live.params)
     for bucket in self._buckets:
       tokens = np.zeros((bucket, self.input_length), np.int32)
-      jax.block_until_ready(live.search(live.params, tokens, live.trie_arrays))
+      jax.block_until_ready(live.found(tokens))
 
   def document(self, doc_id: str) -> StoredDocument:
     """What the index holds for `doc_id`: its docids, title and text, and
@@ -299,6 +380,13 @@ class ServedIndex:
       if clashes:
         raise DocumentConflict(f"doc_ids already indexed: {clashes[:5]}")
       table = self._namer.assign(live.index.table, new_docs)
+      sets = (
+        self._plan.sets_of(
+          live.index.vocab, {d: doc.text for d, doc in new_docs.items()}
+        )
+        if self._plan is not None
+        else {}
+      )
       index = live.index.with_table(table)
       sequences = self._namer.sequences(
         index,
@@ -315,17 +403,24 @@ class ServedIndex:
       compacted = self._persist(live.index, index, new_docs, rows=rows)
       self.online_documents.update(new_docs)
       self._online_rows.update(rows)
+      new_slots = {}
       for doc_id, doc_sequences in sequences.items():
         slot = self._slot_of[doc_id] = len(live.slots)
         live.slots.append(doc_id)
+        new_slots[slot] = (doc_id, doc_sequences)
         for sequence in doc_sequences:
           self._trie.insert(sequence, slot)
+      plan = live.plan
+      if self._plan is not None:
+        self._plan.remember(sets)
+        plan = self._plan.added(plan, index, live.slots, new_slots)
       if compacted:
         self._compact_online_files()
       self._publish(
         index,
         online_rows.set_rows(live.params, index.vocab, rows),
         reload_vocab=compacted,
+        plan=plan,
       )
       self.titles.update({d: doc.title for d, doc in new_docs.items()})
       return {d: table.docids_of[d] for d in new_docs}
@@ -409,10 +504,15 @@ class ServedIndex:
         self._trie.delete(
           live.index.vocab.encode_docid(docid) + [vocab_lib.EOS_ID]
         )
-      live.slots[self._slot_of.pop(doc_id)] = None
+      slot = self._slot_of.pop(doc_id)
+      live.slots[slot] = None
+      plan = live.plan
+      if self._plan is not None:
+        plan = self._plan.removed(plan, slot)
+        self._plan.forget(doc_id)
       if compacted:
         self._compact_online_files()
-      self._publish(index, live.params, reload_vocab=compacted)
+      self._publish(index, live.params, reload_vocab=compacted, plan=plan)
 
   def _persist(
     self,
@@ -450,28 +550,44 @@ class ServedIndex:
     )
 
   def _publish(
-    self, index: index_lib.Index, params: Any, *, reload_vocab: bool
+    self,
+    index: index_lib.Index,
+    params: Any,
+    *,
+    reload_vocab: bool,
+    plan: Optional[plan_lib.LexicalPlan] = None,
   ) -> None:
     """Writes the trie edits into the device arrays and swaps the live state
-    (with `params`: docid rows set by an add may change them).
+    (with `params`: docid rows set by an add may change them; with `plan`,
+    the lexical plan over the edited slots).
 
     The edits are scattered into the live arrays in place (donated), under
     the dispatch lock, so no search reads them half-way or after. When a
-    capacity grew, the new arrays are a fresh upload: every bucket is
-    compiled for them before they go live, while searches use the old ones.
+    capacity grew (the trie's or the plan's), the new arrays are a fresh
+    copy: every bucket is compiled for them, once, before they go live,
+    while searches use the old ones.
     """
     if reload_vocab:
       index = self._reload_vocab(index)
     if params is not self._live.params and self.mesh is not None:
       params = self._placed(params)
+    if plan is not None:
+      plan = self._replicated(plan)
+    plan_grew = plan is not None and _shapes(plan) != _shapes(self._live.plan)
     with self._dispatch_lock:
       live = self._live
-      arrays = self._replicated(self._trie.update_device(live.trie_arrays))
-      new = LiveState(index, arrays, live.slots, params, live.search)
-      if _shapes(arrays) == _shapes(live.trie_arrays):
+      arrays = self._replicated(
+        self._trie.update_device(live.trie_arrays, donate=not plan_grew)
+      )
+      new = dataclasses.replace(
+        live, index=index, trie_arrays=arrays, params=params, plan=plan
+      )
+      if not plan_grew and _shapes(arrays) == _shapes(live.trie_arrays):
         self._live = new
         return
-    logging.info("trie capacity grew: compiling %d buckets", len(self._buckets))
+    logging.info(
+      "trie or plan capacity grew: compiling %d buckets", len(self._buckets)
+    )
     self.warm_up(new)
     with self._dispatch_lock:
       self._live = new

@@ -9,6 +9,12 @@ Retriever itself:
                                corpus path (titles), written by
                                gr/model/model_config.py's `save_model_config`; looked
                                up inside <run>/model/ first
+  <run>/lexical_weight.json    beside model_config.json: the lexical plan's
+                               weight chosen on dev (gr/decode/plan.py
+                               `save_weight`); none = the model alone
+  term_sets.npz                the documents' term sets (the plan), in the
+                               served index's current version dir, else in
+                               the checkpoint's index artifact
   <run>/index/                 the served index (gr/index/artifact.py versions and
                                their update logs): seeded from the
                                checkpoint's artifact if absent, and refused
@@ -52,6 +58,8 @@ from gr.model import pretrained
 from gr.model import model_config
 from gr.model import warm_start
 from gr.data import beir
+from gr.decode import plan as plan_lib
+from gr.docids import term_sets as term_sets_lib
 from gr.serve import online_rows
 
 ONLINE_DOCUMENTS_FILE = "online_documents.jsonl"
@@ -137,6 +145,11 @@ def load_checkpoint(checkpoint_dir: str, step: Optional[int] = None):
     RunLoadError: missing model config, params that do not fit it, or an
       index artifact that is missing or fails its checksums.
   """
+  return _load_checkpoint(checkpoint_dir, step)[:5]
+
+
+def _load_checkpoint(checkpoint_dir: str, step: Optional[int] = None):
+  """`load_checkpoint`'s five, and the artifact's files dir."""
   try:
     run = model_config.load_model_config(
       model_config.find_model_config(checkpoint_dir)
@@ -154,7 +167,62 @@ def load_checkpoint(checkpoint_dir: str, step: Optional[int] = None):
       f"{checkpoint_dir}: index vocabulary has {trained.vocab.vocab_size} "
       f"ids but the model only {run.model.vocab_size} embedding rows"
     )
-  return model, params, trained, run, step
+  return model, params, trained, run, step, os.fspath(artifact)
+
+
+# ----------------------------------------------------- the lexical plan --
+
+
+def run_lexical_weight(
+  checkpoint_dir: str, override: Optional[float] = None
+) -> tuple[float, str]:
+  """(the plan's weight, where it came from): `override` if given, else
+  the run's lexical_weight.json beside model_config.json (0.0 without one:
+  the model alone).
+
+  Raises:
+    RunLoadError: the file is not a weight record (naming it), or the
+      override is negative or NaN.
+  """
+  if override is not None:
+    if not override >= 0:
+      raise RunLoadError(f"lexical_weight must be >= 0, got {override}")
+    return float(override), "lexical_weight given"
+  run_dir = os.path.dirname(model_config.find_model_config(checkpoint_dir))
+  try:
+    weight = plan_lib.load_weight(run_dir)
+  except (ValueError, OSError) as e:
+    raise RunLoadError(str(e)) from e
+  path = os.path.join(run_dir, plan_lib.WEIGHT_FILE)
+  return (0.0 if weight is None else weight), path
+
+
+def load_term_sets(
+  index_dir: str, artifact_dir: str, trained: index_lib.Index
+) -> Optional[term_sets_lib.TermSets]:
+  """The run's term sets: the served index's current version dir's (the
+  run's own index dir, where run_experiment saved the ones it evaluated
+  with), else the checkpoint artifact's; None if neither has them.
+
+  Raises:
+    RunLoadError: a file is corrupt or its rows are not the trained
+      documents'.
+  """
+  for directory in (index_lib.current_version_dir(index_dir), artifact_dir):
+    try:
+      sets = term_sets_lib.TermSets.load(directory)
+    except (ValueError, OSError, KeyError) as e:
+      raise RunLoadError(f"{directory}: bad term sets: {e}") from e
+    if sets is None:
+      continue
+    if len(sets) != len(trained.doc_ids):
+      raise RunLoadError(
+        f"{os.path.join(directory, term_sets_lib.FILE_NAME)}: term sets of "
+        f"{len(sets)} documents, the checkpoint's index has "
+        f"{len(trained.doc_ids)}"
+      )
+    return sets
+  return None
 
 
 # ----------------------------------------------------- online logs --
@@ -419,6 +487,10 @@ class ServedRun:
       when docid tokens added online needed them: online_rows.grown_rows).
     titles: doc_id -> title, from the run's corpus (if found).
     corpus: the run's corpus, to read trained documents back (if found).
+    term_sets: the trained documents' term sets (rows in trained_doc_ids
+      order) when lexical_weight > 0, else None.
+    lexical_weight: the plan's weight (0: the model alone, inf: the term
+      sets alone).
   """
 
   model: models.EncoderDecoderModel
@@ -432,6 +504,9 @@ class ServedRun:
   online_documents: Mapping[str, beir.Document]
   online_rows: Mapping[str, np.ndarray]
   checkpoint_rows: int = 0
+  term_sets: Optional[term_sets_lib.TermSets] = None
+  lexical_weight: float = 0.0
+  trained_doc_ids: Sequence[str] = ()
 
 
 def load_run(
@@ -440,6 +515,7 @@ def load_run(
   index_dir: Optional[str] = None,
   step: Optional[int] = None,
   corpus_path: Optional[str] = None,
+  lexical_weight: Optional[float] = None,
 ) -> ServedRun:
   """Loads a run: <run>/model checkpoints, served index <run>/index.
 
@@ -450,15 +526,31 @@ def load_run(
     corpus_path: BEIR corpus.jsonl to take titles (and trained documents,
       read back by id) from; default: the one
       model_config.json names, if it exists.
+    lexical_weight: the plan's weight; None: the run's lexical_weight.json
+      (`run_lexical_weight`).
 
   Raises:
-    RunLoadError: a file is missing, corrupt or does not fit the others.
+    RunLoadError: a file is missing, corrupt or does not fit the others;
+      a weight > 0 without term sets names where the weight came from.
   """
-  model, params, trained, run, step = load_checkpoint(checkpoint_dir, step)
+  model, params, trained, run, step, artifact_dir = _load_checkpoint(
+    checkpoint_dir, step
+  )
+  weight, weight_source = run_lexical_weight(checkpoint_dir, lexical_weight)
   index_dir = index_dir or os.path.join(
     os.path.dirname(os.path.abspath(checkpoint_dir)), "index"
   )
   index = served_index(trained, index_dir)
+  term_sets = None
+  if weight > 0:
+    term_sets = load_term_sets(index_dir, artifact_dir, trained)
+    if term_sets is None:
+      raise RunLoadError(
+        f"{weight_source}: lexical weight {weight} needs the run's term sets, "
+        f"but neither {index_lib.current_version_dir(index_dir)} nor "
+        f"{artifact_dir} has {term_sets_lib.FILE_NAME}; serve the model "
+        "alone with lexical_weight 0 (scripts/serve.py --lexical_weight=0)"
+      )
   checkpoint_rows = model.config.vocab_size  # grown as the live one grew
   model, params = online_rows.grown_model(
     model,
@@ -497,4 +589,7 @@ def load_run(
     online_documents=online,
     online_rows=read_online_rows(index_dir),
     checkpoint_rows=checkpoint_rows,
+    term_sets=term_sets,
+    lexical_weight=weight,
+    trained_doc_ids=trained.doc_ids,
   )

@@ -1,0 +1,307 @@
+"""The lexical plan of a served index (issue 20 item 6): the service scores
+as the run was evaluated, log-prob + beta * lexical score (beta from the
+run's lexical_weight.json, gr/decode/plan.py), over an index that changes.
+
+`ServedPlan` keeps every served document's term set on the host (doc_id ->
+(terms, impacts)): the checkpoint's sets for trained documents
+(gr/docids/term_sets.py), and for documents added online the set of their
+text with the frozen corpus statistics, folded as the run folded (same
+language, same tokenisation as lexicon.build_term_sets: the body's whole
+encoder input). A restart rebuilds the same sets from the checkpoint's and
+the online documents log, so nothing more is persisted.
+
+On device it is a `plan.LexicalPlan` whose documents are the served index's
+slots (trie values): flat entries terms / impacts / documents [P], docid
+sequences [S, L] and their slots [S], num_documents N (static), each with
+a capacity that grows by doubling. Padding entries have impact 0 and
+padding sequences slot -1, so they score 0 and are never returned; a
+deleted document's entries get impact 0 and its sequences slot -1. An add
+or delete writes only its own entries (one jitted scatter per array, index
+counts padded to buckets); only a growth changes the shapes, and so
+compiles the search again.
+"""
+
+import logging
+from typing import Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gr.decode import plan as plan_lib
+from gr.docids import term_sets as term_sets_lib
+from gr.index import lexicon
+from gr.model import lexical as lexical_lib
+
+MIN_CAPACITY = 64
+SCATTER_BUCKETS = (16, 64, 256, 1024, 4096, 16384)
+
+TermSet = tuple[np.ndarray, np.ndarray]  # (terms [m] int32, impacts [m])
+
+
+def grown_capacity(needed: int, current: int) -> int:
+  """`current` doubled until it holds `needed` (at least MIN_CAPACITY)."""
+  capacity = max(current, MIN_CAPACITY)
+  while capacity < needed:
+    capacity *= 2
+  return capacity
+
+
+def initial_capacity(used: int) -> int:
+  """Room at a full build: a quarter more than is used (the padding costs
+  every search a gather, so it is kept small; later adds double it)."""
+  return max(MIN_CAPACITY, used + used // 4)
+
+
+def _bucket(n: int) -> int:
+  for b in SCATTER_BUCKETS:
+    if b >= n:
+      return b
+  return -(-n // SCATTER_BUCKETS[-1]) * SCATTER_BUCKETS[-1]
+
+
+@jax.jit
+def _scatter(array, ids, values):
+  return array.at[ids].set(values.astype(array.dtype))
+
+
+def _scattered(array: jax.Array, ids: np.ndarray, values: np.ndarray):
+  """`array` with rows `ids` set to `values` (a new array; ids padded to a
+  bucket by repeating the first id and value, which writes it twice)."""
+  if not len(ids):
+    return array
+  size = _bucket(len(ids))
+  values = np.asarray(values)
+  ids = np.concatenate([ids, np.full(size - len(ids), ids[0], ids.dtype)])
+  values = np.concatenate(
+    [values, np.repeat(values[:1], size - len(values), axis=0)]
+  )
+  return _scatter(array, ids.astype(np.int32), values)
+
+
+class ServedPlan:
+  """The served plan's host side and its device `LexicalPlan`.
+
+  Edited under the served index's update lock; each edit returns a new
+  device plan (the old one stays valid for searches in flight).
+  """
+
+  def __init__(
+    self,
+    term_sets: term_sets_lib.TermSets,
+    trained_doc_ids: Sequence[str],
+    vocab,
+    weight: float,
+    sequence_length: int,
+  ):
+    """term_sets: the checkpoint's, rows in `trained_doc_ids` order.
+
+    weight: beta > 0 (inf: the term sets alone); sequence_length: L, the
+    served decode length (longer docids are refused at add).
+    """
+    if len(term_sets) != len(trained_doc_ids):
+      raise ValueError(
+        f"term sets of {len(term_sets)} documents for a checkpoint index of "
+        f"{len(trained_doc_ids)}"
+      )
+    if not weight > 0:
+      raise ValueError(f"a served plan needs a weight > 0, got {weight}")
+    self.weight = float(weight)
+    self.lexical_only = bool(np.isinf(weight))
+    self.term_sets = term_sets
+    self.sequence_length = sequence_length
+    classes = lexicon.term_classes(vocab, term_sets.language)
+    self._classes = np.array(classes[: vocab.base_size])  # docid ids: none
+    self._term_of = jnp.asarray(self._classes, jnp.int32)
+    self._sets: dict[str, TermSet] = dict(
+      zip(trained_doc_ids, term_sets.rows())
+    )
+    self._entries_of: dict[int, np.ndarray] = {}  # slot -> entry positions
+    self._rows_of: dict[int, np.ndarray] = {}  # slot -> sequence rows
+    self._used = {"entries": 0, "sequences": 0}
+    self._num_documents = 0
+
+  # ----------------------------------------------------------- term sets --
+
+  def sets_of(self, vocab, texts: Mapping[str, str]) -> dict[str, TermSet]:
+    """doc_id -> the term set of its text (body), from the frozen
+    statistics, folded as the checkpoint's sets were (`vocab`: any version
+    of the served vocabulary; they share the text ids)."""
+    terms = lexicon.text_terms(self._classes, vocab, list(texts.values()))
+    stats, most = self.term_sets.stats, self.term_sets.max_terms
+    return {
+      doc_id: term_sets_lib.term_set(t, stats, most)
+      for doc_id, t in zip(texts, terms)
+    }
+
+  def remember(self, sets: Mapping[str, TermSet]) -> None:
+    """Keeps these documents' sets (a re-added doc_id's replaces its old)."""
+    self._sets.update(sets)
+
+  def forget(self, doc_id: str) -> None:
+    """Drops a deleted document's set (it is no longer served)."""
+    self._sets.pop(doc_id, None)
+
+  def set_of(self, doc_id: str) -> TermSet:
+    found = self._sets.get(doc_id)
+    if found is None:
+      logging.warning("no term set for served document %r: scores 0", doc_id)
+      return np.zeros(0, np.int32), np.zeros(0, np.float32)
+    return found
+
+  # -------------------------------------------------------- device plan --
+
+  @property
+  def capacities(self) -> tuple[int, int, int]:
+    """(entries P, sequences S, documents N) of the last device plan."""
+    return self._capacities
+
+  def build(
+    self,
+    index,
+    slots: Sequence[Optional[str]],
+    capacities: Optional[tuple[int, int, int]] = None,
+  ) -> plan_lib.LexicalPlan:
+    """The device plan of `slots` (slot -> doc_id, None = deleted), the
+    docids from `index`, at `capacities` (P, S, N; default: a quarter more
+    than is used) or more."""
+    sequences_of = docid_sequences(index)
+    entries, rows = [], []
+    self._entries_of, self._rows_of = {}, {}
+    used_p = used_s = 0
+    for slot, doc_id in enumerate(slots):
+      if doc_id is None:
+        continue
+      terms, impacts = self.set_of(doc_id)
+      entries.append((slot, terms, impacts))
+      self._entries_of[slot] = np.arange(used_p, used_p + len(terms))
+      used_p += len(terms)
+      seqs = sequences_of[doc_id]
+      rows.append((slot, seqs))
+      self._rows_of[slot] = np.arange(used_s, used_s + len(seqs))
+      used_s += len(seqs)
+    used = (used_p, used_s, len(slots))
+    if capacities is None:
+      capacities = tuple(initial_capacity(u) for u in used)
+    p_cap, s_cap, n_cap = (max(c, u) for c, u in zip(capacities, used))
+    host = {
+      "terms": np.zeros(p_cap, np.int32),
+      "impacts": np.zeros(p_cap, np.float32),
+      "entry_documents": np.zeros(p_cap, np.int32),
+      "sequences": np.zeros((s_cap, self.sequence_length), np.int32),
+      "documents": np.full(s_cap, -1, np.int32),
+    }
+    at = 0
+    for slot, terms, impacts in entries:
+      host["terms"][at : at + len(terms)] = terms
+      host["impacts"][at : at + len(terms)] = impacts
+      host["entry_documents"][at : at + len(terms)] = slot
+      at += len(terms)
+    at = 0
+    for slot, seqs in rows:
+      for seq in seqs:
+        host["sequences"][at, : len(seq)] = seq
+        host["documents"][at] = slot
+        at += 1
+    self._used = {"entries": used_p, "sequences": used_s}
+    self._capacities = (p_cap, s_cap, n_cap)
+    lexical = lexical_lib.LexicalIndex(
+      terms=jnp.asarray(host["terms"]),
+      impacts=jnp.asarray(host["impacts"]),
+      documents=jnp.asarray(host["entry_documents"]),
+      term_of=self._term_of,
+      num_documents=n_cap,
+    )
+    return plan_lib.LexicalPlan(
+      lexical=lexical,
+      sequences=jnp.asarray(host["sequences"]),
+      documents=jnp.asarray(host["documents"]),
+      weight=jnp.asarray(
+        1.0 if self.lexical_only else self.weight, jnp.float32
+      ),
+    )
+
+  def added(
+    self,
+    plan: plan_lib.LexicalPlan,
+    index,
+    slots: Sequence[Optional[str]],
+    new: Mapping[int, tuple[str, Sequence[Sequence[int]]]],
+  ) -> plan_lib.LexicalPlan:
+    """`plan` with new documents (slot -> (doc_id, its docid sequences),
+    already in `slots` and `index`; their sets remembered). Written in
+    place of padding, or, when they do not fit, built again at doubled
+    capacities (new shapes: the search compiles again)."""
+    need = (
+      self._used["entries"]
+      + sum(len(self.set_of(d)[0]) for d, _ in new.values()),
+      self._used["sequences"] + sum(len(s) for _, s in new.values()),
+      len(slots),
+    )
+    if any(n > c for n, c in zip(need, self._capacities)):
+      grown = tuple(
+        grown_capacity(n, c) for n, c in zip(need, self._capacities)
+      )
+      return self.build(index, slots, grown)
+    ids, terms, impacts, owners = [], [], [], []
+    row_ids, seqs, seq_owners = [], [], []
+    p, s = self._used["entries"], self._used["sequences"]
+    for slot, (doc_id, sequences) in new.items():
+      t, w = self.set_of(doc_id)
+      self._entries_of[slot] = np.arange(p, p + len(t))
+      ids.append(self._entries_of[slot])
+      terms.append(t)
+      impacts.append(w)
+      owners.append(np.full(len(t), slot, np.int32))
+      p += len(t)
+      self._rows_of[slot] = np.arange(s, s + len(sequences))
+      for seq in sequences:
+        row = np.zeros(self.sequence_length, np.int32)
+        row[: len(seq)] = seq
+        row_ids.append(s)
+        seqs.append(row)
+        seq_owners.append(slot)
+        s += 1
+    self._used = {"entries": p, "sequences": s}
+    ids = np.concatenate(ids).astype(np.int64)
+    lexical = plan.lexical.replace(
+      terms=_scattered(plan.lexical.terms, ids, np.concatenate(terms)),
+      impacts=_scattered(plan.lexical.impacts, ids, np.concatenate(impacts)),
+      documents=_scattered(plan.lexical.documents, ids, np.concatenate(owners)),
+    )
+    row_ids = np.asarray(row_ids, np.int64)
+    return plan.replace(
+      lexical=lexical,
+      sequences=_scattered(plan.sequences, row_ids, np.stack(seqs)),
+      documents=_scattered(
+        plan.documents, row_ids, np.asarray(seq_owners, np.int32)
+      ),
+    )
+
+  def removed(
+    self, plan: plan_lib.LexicalPlan, slot: int
+  ) -> plan_lib.LexicalPlan:
+    """`plan` without the document at `slot`: its entries score 0 and its
+    sequences belong to no document."""
+    entries = self._entries_of.pop(slot, np.zeros(0, np.int64))
+    rows = self._rows_of.pop(slot, np.zeros(0, np.int64))
+    return plan.replace(
+      lexical=plan.lexical.replace(
+        impacts=_scattered(
+          plan.lexical.impacts, entries, np.zeros(len(entries), np.float32)
+        )
+      ),
+      documents=_scattered(
+        plan.documents, rows, np.full(len(rows), -1, np.int32)
+      ),
+    )
+
+
+def docid_sequences(index) -> dict[str, list[list[int]]]:
+  """doc_id -> its docids' token ids with EOS (as the trie stores them)."""
+  sequences, documents = index.docid_sequences()
+  doc_ids = index.doc_ids
+  out: dict[str, list[list[int]]] = {}
+  for sequence, document in zip(sequences, documents):
+    out.setdefault(doc_ids[document], []).append(list(sequence))
+  return out

@@ -1,0 +1,319 @@
+"""The service scores with the run's lexical plan (issue 20 item 6):
+log-prob + beta * lexical score, beta from the run's lexical_weight.json,
+the term sets from the checkpoint, online documents' sets from their text.
+
+A tiny random BERT (real WordPiece vocabulary) warm-started under a
+one-layer decoder, atomic docids over 8 documents, English term sets saved
+in the index version dir before the checkpoint (as run_experiment does).
+Every test serves with one bucket of 4 and max_k 3, a search config no
+other test module uses, so compile counts are this module's own.
+"""
+
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from gr import docids as docids_lib
+from gr.data import beir
+from gr.decode import plan as plan_lib
+from gr.docids import term_sets as term_sets_lib
+from gr.index import artifact as index_lib
+from gr.index import lexicon
+from gr.index import vocab as vocab_lib
+from gr.model import model_config
+from gr.model import models
+from gr.model import pretrained
+from gr.search import retrieval
+from gr.serve import online_rows
+from gr.serve import retriever as serving
+from gr.train import checkpoints
+
+from tests.support import tiny_bert
+
+INPUT_LENGTH = 16
+CONFIG = serving.ServingConfig(max_k=3, buckets=(4,))
+OLD = {
+  "cat": "the purring cat sat on the windowsill",
+  "stocks": "stock markets fell as inflation rose",
+  "football": "the striker scored in the cup final",
+  "rain": "heavy rain flooded the railway line",
+  "piano": "she played a chopin nocturne on the piano",
+  "moon": "astronauts brought lunar rocks from the moon",
+  "bread": "the baker made sourdough and rye bread",
+  "volcano": "the volcano spewed lava and ash",
+}
+NEW = {
+  "glacier": "glacier fjord iceberg",
+  "violin": "violinist orchestra symphony",
+  "desert": "camel dunes oasis",
+}
+QUERIES = ["cat on a windowsill", "rain on the railway", "lava", "sourdough"]
+
+
+def _build(work, *, term_sets: bool) -> str:
+  """A run dir like run_experiment's; returns it."""
+  bert_dir = os.path.join(os.path.dirname(work), "bert")
+  if not os.path.exists(bert_dir):
+    tiny_bert.write_tiny_bert(bert_dir)
+  corpus = {d: beir.Document(d, d.title(), t) for d, t in OLD.items()}
+  table = docids_lib.get_scheme("atomic").assign(corpus)
+  index_dir = os.path.join(work, "index")
+  index_lib.save_index(pretrained.wordpiece_index(table, bert_dir), index_dir)
+  index = index_lib.load_index(index_dir)
+  if term_sets:
+    lexicon.saved_term_sets(index, corpus, index_dir, language="english")
+  model = models.fit_vocab(
+    tiny_bert.frozen_model(bert_dir), index.vocab.vocab_size
+  )
+  kwargs = dict(seed=0, input_length=INPUT_LENGTH, target_length=2)
+  base = pretrained.initial_params(
+    model, bert_dir, index=index, doc_vectors=None, warm=False, **kwargs
+  )
+  tokens = vocab_lib.encode_texts(
+    index.vocab, [corpus[d].text for d in index.doc_ids], INPUT_LENGTH
+  )
+  vectors = online_rows.DocumentEncoder(model, INPUT_LENGTH).vectors(
+    base, tokens
+  )
+  params = pretrained.initial_params(
+    model,
+    bert_dir,
+    index=index,
+    doc_vectors=vectors,
+    encoder_params=base["encoder"],
+    **kwargs,
+  )
+  checkpoints.save(
+    os.path.join(work, "model"),
+    1,
+    {"params": params},
+    extra_artifacts_dir=index_lib.current_version_dir(index_dir),
+  )
+  corpus_path = os.path.join(work, "corpus.jsonl")
+  beir.write_corpus(corpus_path, corpus)
+  model_config.save_model_config(
+    work, model.config, input_length=INPUT_LENGTH, corpus_path=corpus_path
+  )
+  plan_lib.save_weight(work, {"split": "dev", "chosen": 2.0, "MRR@10": {}})
+  return work
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("plan")
+  return {
+    "plan": _build(str(root / "plan"), term_sets=True),
+    "bare": _build(str(root / "bare"), term_sets=False),
+  }
+
+
+def copy_run(run: str, dest) -> str:
+  shutil.copytree(run, dest)
+  return str(dest)
+
+
+def serve(run: str, **kwargs) -> serving.Retriever:
+  return serving.Retriever.from_checkpoint(
+    os.path.join(run, "model"), config=CONFIG, **kwargs
+  )
+
+
+def ranking(r, queries, k=3):
+  return [
+    [(h.doc_id, h.score) for h in hits] for hits in r.retrieve(queries, k)
+  ]
+
+
+def assert_same(a, b):
+  assert [[d for d, _ in row] for row in a] == [
+    [d for d, _ in row] for row in b
+  ]
+  np.testing.assert_allclose(
+    [s for row in a for _, s in row],
+    [s for row in b for _, s in row],
+    rtol=1e-5,
+  )
+
+
+@pytest.mark.parametrize("weight", [2.0, math.inf])
+def test_served_plan_equals_the_searcher(runs, tmp_path, weight):
+  """The run's weight file (2.0) or an override (inf), against
+  retrieval.Searcher with the same term sets and weight."""
+  run = copy_run(runs["plan"], tmp_path / "run")
+  r = serve(run, lexical_weight=None if weight == 2.0 else weight)
+  try:
+    assert r.lexical_weight == weight
+    assert r._live.plan is not None  # pylint: disable=protected-access
+    sets = term_sets_lib.TermSets.load(
+      index_lib.current_version_dir(os.path.join(run, "index"))
+    )
+    assert sets.language == "english"
+    searcher = retrieval.Searcher(
+      r.model,
+      r.params,
+      r.index,
+      CONFIG.search_config(r.max_decode_len),
+      input_length=INPUT_LENGTH,
+      batch_size=4,
+      term_sets=sets,
+      lexical_weight=weight,
+    )
+    served = ranking(r, QUERIES)
+    assert_same(served, [list(row) for row in searcher.search(QUERIES)])
+    assert served[0][0][0] == "cat" and served[2][0][0] == "volcano"
+  finally:
+    r.close()
+
+
+def test_weight_zero_is_the_model_alone(runs, tmp_path):
+  run = copy_run(runs["plan"], tmp_path / "run")
+  r = serve(run, lexical_weight=0.0)
+  try:
+    assert r._live.plan is None  # pylint: disable=protected-access
+    searcher = retrieval.Searcher(
+      r.model,
+      r.params,
+      r.index,
+      CONFIG.search_config(r.max_decode_len),
+      input_length=INPUT_LENGTH,
+      batch_size=4,
+    )
+    assert_same(ranking(r, QUERIES), searcher.search(QUERIES))
+  finally:
+    r.close()
+
+
+@pytest.mark.parametrize("weight", [2.0, math.inf])
+def test_online_adds_found_deletes_gone_and_a_restart(runs, tmp_path, weight):
+  run = copy_run(runs["plan"], tmp_path / "run")
+  new = {d: beir.Document(d, "", t) for d, t in NEW.items()}
+  r = serve(run, lexical_weight=weight)
+  try:
+    r.add_documents(list(new.values())[:2])
+    r.add_documents(list(new.values())[2:])
+    for doc_id, doc in new.items():
+      hits = r.retrieve([doc.text], 3)[0]
+      assert hits[0].doc_id == doc_id, (doc_id, hits)
+    slots = [r._slot_of[d] for d in ("violin", "cat")]  # pylint: disable=protected-access
+    r.delete_document("violin")
+    r.delete_document("cat")  # a trained one
+    queries = [NEW["violin"], "violinist", OLD["cat"], *QUERIES]
+    for hits in r.retrieve(queries, 3):
+      assert not {"violin", "cat"} & {h.doc_id for h in hits}
+    tokens = vocab_lib.encode_texts(r.index.vocab, queries, INPUT_LENGTH)
+    lexical = np.asarray(r._live.plan.document_scores(tokens))  # pylint: disable=protected-access
+    assert lexical[0, slots[0]] == 0 and lexical[2, slots[1]] == 0
+    before = ranking(r, queries + [NEW["glacier"], NEW["desert"]])
+    if weight == 2.0:  # the Searcher over the edited index, sets rebuilt
+      assert_same(
+        before,
+        searcher_over(r, run, weight).search(
+          queries + [NEW["glacier"], NEW["desert"]]
+        ),
+      )
+  finally:
+    r.close()
+  again = serve(run, lexical_weight=weight)
+  try:
+    assert_same(
+      ranking(again, queries + [NEW["glacier"], NEW["desert"]]), before
+    )
+    again.add_documents([new["violin"]])  # re-added after its delete
+    assert again.retrieve([NEW["violin"]], 1)[0][0].doc_id == "violin"
+  finally:
+    again.close()
+
+
+def searcher_over(r, run: str, weight: float) -> retrieval.Searcher:
+  """A Searcher over `r`'s current index whose term sets are the
+  checkpoint's rows and, for documents added online, TermSets.appended
+  over their bodies (lexicon.document_terms: build_term_sets' folding)."""
+  trained = serving.load_checkpoint(os.path.join(run, "model"))[2]
+  sets = term_sets_lib.TermSets.load(
+    index_lib.current_version_dir(os.path.join(run, "index"))
+  )
+  rows = dict(zip(trained.doc_ids, sets.rows()))
+  terms = lexicon.document_terms(r.index.vocab, list(NEW.values()), "english")
+  rows.update(zip(NEW, sets.appended(terms).rows()[len(sets) :]))
+  current = term_sets_lib._stacked(  # pylint: disable=protected-access
+    [rows[d] for d in r.index.doc_ids], sets.stats, sets.max_terms, "english"
+  )
+  return retrieval.Searcher(
+    r.model,
+    r.params,
+    r.index,
+    CONFIG.search_config(r.max_decode_len),
+    input_length=INPUT_LENGTH,
+    batch_size=4,
+    term_sets=current,
+    lexical_weight=weight,
+  )
+
+
+def test_a_capacity_growth_compiles_once(runs, tmp_path):
+  """Documents of many terms overflow the plan's entries (P): one compile
+  of the bucket, capacity doubled; the next add compiles nothing."""
+  run = copy_run(runs["plan"], tmp_path / "run")
+  r = serve(run)
+  try:
+    r.warm_up()
+    p_cap, s_cap, n_cap = r._plan.capacities  # pylint: disable=protected-access
+    words = [w for w in tiny_bert_words(r) if w not in " ".join(OLD.values())]
+    long_doc = beir.Document("long", "", " ".join(words[: p_cap + 1]))
+    start = r.compiled_count()
+    r.add_documents([long_doc])
+    grown = r._plan.capacities  # pylint: disable=protected-access
+    assert grown[0] >= 2 * p_cap and grown[1:] == (s_cap, n_cap)
+    assert r.compiled_count() - start == 1
+    after_growth = r.compiled_count()
+    assert r.retrieve([long_doc.text], 1)[0][0].doc_id == "long"
+    r.add_documents([beir.Document("small", "", "glacier fjord")])
+    assert r._plan.capacities == grown  # pylint: disable=protected-access
+    assert r.retrieve(["glacier fjord"], 1)[0][0].doc_id == "small"
+    assert r.compiled_count() == after_growth
+  finally:
+    r.close()
+
+
+def tiny_bert_words(r) -> list[str]:
+  """Whole lowercase words of the WordPiece vocabulary, one piece each,
+  that English folding keeps as distinct terms."""
+  vocab = r.index.vocab
+  ids = vocab.text_token_ids()
+  classes = lexicon.term_classes(vocab, "english")
+  seen, out = set(), []
+  for i, piece in zip(ids, vocab.word_pieces(ids)):
+    term = classes[i]
+    if piece.isalpha() and piece.isascii() and len(piece) > 5 and term:
+      if term not in seen:
+        seen.add(term)
+        out.append(piece)
+  return out
+
+
+def test_a_weight_without_term_sets_or_a_bad_file_names_the_file(
+  runs, tmp_path
+):
+  bare = copy_run(runs["bare"], tmp_path / "bare")
+  weight_file = os.path.join(bare, plan_lib.WEIGHT_FILE)
+  with pytest.raises(serving.RunLoadError, match="term sets") as error:
+    serve(bare)
+  assert weight_file in str(error.value)
+  with pytest.raises(serving.RunLoadError, match="lexical_weight given"):
+    serve(bare, lexical_weight=1.0)
+  r = serve(bare, lexical_weight=0.0)  # the model alone still serves
+  r.close()
+  os.remove(weight_file)
+  r = serve(bare)  # no file: no plan
+  try:
+    assert r._live.plan is None  # pylint: disable=protected-access
+  finally:
+    r.close()
+  with open(weight_file, "w") as f:
+    f.write('{"format": "gr.lexical_weight.v1", "weight": -2}')
+  with pytest.raises(serving.RunLoadError, match=">= 0") as error:
+    serve(bare)
+  assert weight_file in str(error.value)

@@ -14,6 +14,7 @@ from gr.docids.atomic import AtomicScheme
 from gr.docids.base import DocidScheme, DocidTable, DocidTableError
 from gr.docids.multi import MultiScheme
 from gr.docids.naive import NaiveScheme
+from gr.docids.rq import RQScheme
 from gr.docids.semantic import SemanticScheme
 from gr.docids.text import TextScheme
 
@@ -23,6 +24,7 @@ SCHEMES = {
     NaiveScheme,
     AtomicScheme,
     SemanticScheme,
+    RQScheme,
     TextScheme,
     MultiScheme,
   )
@@ -30,7 +32,8 @@ SCHEMES = {
 
 
 def get_scheme(name: str, **kwargs: Any) -> DocidScheme:
-  """A scheme object by name ("naive", "atomic", "semantic", "text", "multi")."""
+  """A scheme object by name ("naive", "atomic", "semantic", "rq", "text",
+  "multi")."""
   if name not in SCHEMES:
     raise ValueError(f"unknown docid scheme {name!r}; known: {sorted(SCHEMES)}")
   return SCHEMES[name](**kwargs)
@@ -48,6 +51,7 @@ __all__ = [
   "DocidTableError",
   "MultiScheme",
   "NaiveScheme",
+  "RQScheme",
   "SCHEMES",
   "SemanticScheme",
   "TextScheme",

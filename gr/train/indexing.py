@@ -94,7 +94,7 @@ def needs_embedder(scheme) -> bool:
   the embeddings) to assign docids to new documents."""
   if scheme.name == "multi":
     return any(needs_embedder(part) for part in scheme.part_schemes())
-  return scheme.name == "semantic"
+  return scheme.name in ("semantic", "rq")
 
 
 def assign_docids(

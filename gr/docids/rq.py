@@ -1,0 +1,284 @@
+"""Residual-quantisation docids (RIPOR / PAG): L codes of K centroids each.
+
+Document bodies are embedded as for semantic docids (unit vectors [n, dim],
+the family's encoder or MiniLM; gr/docids/semantic.py), then quantised by
+residual k-means (gr/docids/kmeans.py): level 0 clusters the vectors into K
+centroids, level l clusters what the levels before it left unexplained
+(x - sum of the chosen centroids), so the sum of a document's L centroids
+reconstructs its vector, more closely with each level.
+
+Tokens: one namespace per level, `<q{level}_{code}>`, because a token's
+embedding row is its level's codebook vector (gr/model/warm_start.py), and
+the same code at two levels names two different vectors. Every code of
+every level is reserved at assign time (L * K tokens), used or not, so a
+new document never needs a new code token. Two documents whose L codes
+coincide each get one more, disambiguating token `<qx_{j}>` (j = 0, 1, ...
+within the colliding group); it carries no vector (its row starts at zero,
+so it adds nothing to a summed dot-product score). A docid is thus
+"<q0_12> <q1_3> <q2_250>" (L tokens) or, on a collision, L + 1 tokens.
+
+New documents (`assign_new`: online adds, continual updates) are coded by
+the frozen codebooks, nearest centroid level by level, with no training;
+a collision with a taken docid (retired ones included) appends the next
+free `<qx_j>` for that code tuple (the existing undisambiguated docid
+keeping its L tokens, a prefix of the new one; the trie allows that).
+
+State kept in `DocidTable.arrays`: codebooks [L, K, dim] float32.
+"""
+
+import dataclasses
+import re
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from gr.data.beir import Document
+from gr.docids import base
+from gr.docids import kmeans
+
+_CODE = re.compile(r"<q(\d+)_(\d+)>")
+_EXTRA = re.compile(r"<qx_(\d+)>")
+_NEXT_EXTRA = "rq.next_extra"  # DocidTable.memo key
+
+
+def code_token(level: int, code: int) -> str:
+  return f"<q{level}_{code}>"
+
+
+def extra_token(j: int) -> str:
+  return f"<qx_{j}>"
+
+
+@dataclasses.dataclass(frozen=True)
+class RQScheme:
+  """Residual-quantisation docids.
+
+  Attributes:
+    levels: L, the number of code tokens per docid.
+    codebook_size: K, centroids per level.
+    seed: k-means seed (level l uses seed + l); same inputs, same docids.
+    kmeans_iters: maximum Lloyd iterations per level.
+    embedder: used when no embeddings are passed; default MiniLM (lazy).
+  """
+
+  name: ClassVar[str] = "rq"
+  levels: int = 4
+  codebook_size: int = 64
+  seed: int = 0
+  kmeans_iters: int = 50
+  embedder: Any = dataclasses.field(
+    default=None, compare=False, metadata={"config": False}
+  )
+
+  def __post_init__(self):
+    if self.levels < 1 or self.codebook_size < 2:
+      raise ValueError(
+        f"need levels >= 1 and codebook_size >= 2, got levels="
+        f"{self.levels}, codebook_size={self.codebook_size}"
+      )
+
+  def assign(
+    self,
+    corpus: Mapping[str, Document],
+    *,
+    embeddings: np.ndarray | None = None,
+  ) -> base.DocidTable:
+    """embeddings: optional precomputed [len(corpus), dim], corpus order."""
+    x = self._embeddings(corpus, embeddings)
+    codebooks, codes = residual_kmeans(
+      x, self.levels, self.codebook_size, seed=self.seed,
+      iters=self.kmeans_iters,
+    )  # fmt: skip
+    docids, extras = _name(codes, {})
+    reserved = self._code_tokens() + tuple(
+      extra_token(j) for j in range(extras)
+    )
+    return base.DocidTable(
+      self.name,
+      {d: (docid,) for d, docid in zip(corpus, docids)},
+      reserved,
+      base.scheme_config(self),
+      arrays={"codebooks": codebooks},
+    )
+
+  def assign_new(
+    self,
+    table: base.DocidTable,
+    new_docs: Mapping[str, Document],
+    *,
+    embeddings: np.ndarray | None = None,
+  ) -> base.DocidTable:
+    """embeddings: optional precomputed [len(new_docs), dim]."""
+    base.check_scheme(table, self.name)
+    base.check_new_docs(table, new_docs)
+    x = self._embeddings(new_docs, embeddings)
+    codes = encode(codebooks_of(table), x)
+    taken = dict(
+      table.memo(_NEXT_EXTRA, lambda: _taken_counts(table.taken_docids()))
+    )
+    docids, extras = _name(codes, taken)
+    new_table = table.extend(
+      {d: (docid,) for d, docid in zip(new_docs, docids)},
+      tuple(extra_token(j) for j in range(extras)),
+    )
+    return new_table.remember(_NEXT_EXTRA, taken)
+
+  def _code_tokens(self) -> tuple[str, ...]:
+    return tuple(
+      code_token(level, code)
+      for level in range(self.levels)
+      for code in range(self.codebook_size)
+    )
+
+  def _embeddings(
+    self, docs: Mapping[str, Document], embeddings: np.ndarray | None
+  ) -> np.ndarray:
+    if embeddings is None:
+      embedder = self.embedder
+      if embedder is None:
+        from gr.model import embed  # Lazy: loading MiniLM costs seconds.
+
+        embedder = embed.Embedder.load()
+      embeddings = embedder.embed([doc.text for doc in docs.values()])
+    embeddings = np.asarray(embeddings, np.float32)
+    if embeddings.ndim != 2 or embeddings.shape[0] != len(docs):
+      raise ValueError(
+        f"embeddings must be [{len(docs)}, dim] (one row per "
+        f"document), got {embeddings.shape}"
+      )
+    return embeddings
+
+
+def residual_kmeans(
+  x: np.ndarray, levels: int, k: int, *, seed: int = 0, iters: int = 50
+) -> tuple[np.ndarray, np.ndarray]:
+  """x [n, d] -> (codebooks [levels, k, d], codes [n, levels]).
+
+  Level l runs k-means (seed + l) over the residuals the levels before it
+  left. With fewer than k distinct residuals some centroids stay empty
+  (kmeans' policy); they are never chosen at assign time but a new
+  document may pick one.
+  """
+  x = np.asarray(x, np.float32)
+  residual = x.copy()
+  codebooks = np.zeros((levels, k, x.shape[1]), np.float32)
+  codes = np.zeros((len(x), levels), np.int64)
+  for level in range(levels):
+    centroids, assignment = kmeans.kmeans(
+      residual, k, seed=seed + level, iters=iters
+    )
+    codebooks[level], codes[:, level] = centroids, assignment
+    residual = residual - centroids[assignment]
+  return codebooks, codes
+
+
+def encode(codebooks: np.ndarray, x: np.ndarray) -> np.ndarray:
+  """Codes [n, L] of x [n, d] by frozen codebooks [L, K, d], greedy
+  (nearest centroid to the residual, level by level)."""
+  residual = np.asarray(x, np.float32).copy()
+  codes = np.zeros((len(residual), len(codebooks)), np.int64)
+  for level, centroids in enumerate(codebooks):
+    distances = (
+      np.sum(residual**2, axis=1, keepdims=True)
+      - 2 * residual @ centroids.T
+      + np.sum(centroids**2, axis=1)[None]
+    )  # [n, K]
+    codes[:, level] = np.argmin(distances, axis=1)
+    residual = residual - centroids[codes[:, level]]
+  return codes
+
+
+def reconstruct(codebooks: np.ndarray, codes: np.ndarray) -> np.ndarray:
+  """[n, d]: the sum of each row's chosen centroids."""
+  return sum(codebooks[level][codes[:, level]] for level in range(len(codebooks)))
+
+
+def codebooks_of(table: base.DocidTable) -> np.ndarray:
+  try:
+    codebooks = np.asarray(table.arrays["codebooks"], np.float32)
+  except KeyError as e:
+    raise base.DocidTableError(f"rq docid table lacks array {e}") from e
+  if codebooks.ndim != 3:
+    raise base.DocidTableError(
+      f"rq docid table: codebooks must be [L, K, dim], got {codebooks.shape}"
+    )
+  return codebooks
+
+
+def parse(docid: str) -> tuple[tuple[int, ...], int | None] | None:
+  """"<q0_3> <q1_7> <qx_1>" -> ((3, 7), 1); None for another scheme's."""
+  codes, extra = [], None
+  for level, token in enumerate(docid.split(" ")):
+    match = _CODE.fullmatch(token)
+    if match is not None and extra is None and int(match.group(1)) == level:
+      codes.append(int(match.group(2)))
+      continue
+    match = _EXTRA.fullmatch(token)
+    if match is None or extra is not None or not codes:
+      return None
+    extra = int(match.group(1))
+  return (tuple(codes), extra) if codes else None
+
+
+def token_vectors(table: base.DocidTable) -> dict[str, np.ndarray]:
+  """Reserved token -> its vector [dim]: `<q{l}_{k}>` its codebook vector,
+  `<qx_j>` zero (the warm start's docid rows)."""
+  codebooks = codebooks_of(table)
+  vectors = {}
+  for token in table.reserved_tokens:
+    match = _CODE.fullmatch(token)
+    if match is not None:
+      vectors[token] = codebooks[int(match.group(1)), int(match.group(2))]
+    elif _EXTRA.fullmatch(token):
+      vectors[token] = np.zeros(codebooks.shape[2], np.float32)
+  return vectors
+
+
+def _taken_counts(docids: Iterable[str]) -> dict[tuple[int, ...], int]:
+  """Code tuple -> how many taken docids carry it (retired included)."""
+  counts: dict[tuple[int, ...], int] = {}
+  for docid in docids:
+    parsed = parse(docid)
+    if parsed is not None:
+      codes, extra = parsed
+      counts[codes] = max(counts.get(codes, 0) + 1, (extra or 0) + 1)
+  return counts
+
+
+def _name(
+  codes: np.ndarray, taken: dict[tuple[int, ...], int]
+) -> tuple[list[str], int]:
+  """Docid strings for codes [n, L], and how many `<qx_j>` tokens they use.
+
+  `taken` (code tuple -> docids already carrying it) is updated in place.
+  Within `codes`, a tuple held by several rows (or already taken) gives
+  each row `<qx_j>`, j counting on from the taken ones.
+  """
+  rows = [tuple(int(c) for c in row) for row in codes]
+  fresh: dict[tuple[int, ...], int] = {}
+  for row in rows:
+    fresh[row] = fresh.get(row, 0) + 1
+  docids, extras = [], 0
+  for row in rows:
+    prefix = " ".join(code_token(level, c) for level, c in enumerate(row))
+    if fresh[row] == 1 and row not in taken:
+      docids.append(prefix)
+      taken[row] = 1
+      continue
+    j = taken.get(row, 0) if row in taken else 0
+    docids.append(f"{prefix} {extra_token(j)}")
+    taken[row] = j + 1
+    extras = max(extras, j + 1)
+  return docids, extras
+
+
+def reconstruction_error(
+  codebooks: np.ndarray, codes: np.ndarray, x: np.ndarray
+) -> float:
+  """Mean squared distance between x [n, d] and its reconstruction."""
+  return float(np.mean(np.sum((x - reconstruct(codebooks, codes)) ** 2, 1)))
+
+
+def level_codes(docids: Sequence[str]) -> np.ndarray:
+  """[n, L] codes of RQ docid strings (the disambiguating token dropped)."""
+  return np.array([parse(d)[0] for d in docids], np.int64)

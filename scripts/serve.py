@@ -25,7 +25,12 @@ from gr.serve import app as web_app
 _CHECKPOINT = flags.DEFINE_string(
   'checkpoint', None, 'orbax model_dir.', required=True
 )
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (latest if unset).')
+_STEP = flags.DEFINE_integer(
+  'step',
+  None,
+  'Checkpoint step (unset: the step lexical_weight.json records, else the '
+  'latest).',
+)
 _INDEX_DIR = flags.DEFINE_string(
   'index_dir', None, 'Served index dir (default: <checkpoint>/../index).'
 )

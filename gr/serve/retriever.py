@@ -101,7 +101,8 @@ class Retriever(ServedIndex):
     Args:
       checkpoint_dir: the orbax model_dir (e.g. workdir/model).
       index_dir: served (mutable) index; default: <checkpoint_dir>/../index.
-      step: checkpoint step; the latest if None.
+      step: checkpoint step; None: the run's chosen one (its
+        lexical_weight.json's step), else the latest.
       config: decoding and batching settings.
       corpus_path: BEIR corpus.jsonl to take titles from; default: the one
         model_config.json names, if it exists.

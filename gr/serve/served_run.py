@@ -197,6 +197,30 @@ def run_lexical_weight(
   return (0.0 if weight is None else weight), path
 
 
+def recorded_step(checkpoint_dir: str) -> Optional[int]:
+  """The checkpoint step the run chose on dev (early stopping), as its
+  lexical_weight.json records it; None: none recorded (serve the latest).
+
+  Raises:
+    RunLoadError: naming the file, when it is malformed or its step has no
+      checkpoint in `checkpoint_dir` (e.g. 0, the warm start, is not saved).
+  """
+  try:
+    run_dir = os.path.dirname(model_config.find_model_config(checkpoint_dir))
+    step = plan_lib.load_step(run_dir)
+  except (ValueError, OSError) as e:
+    raise RunLoadError(str(e)) from e
+  if step is not None and not os.path.isdir(
+    os.path.join(checkpoint_dir, str(step))
+  ):
+    raise RunLoadError(
+      f"{os.path.join(run_dir, plan_lib.WEIGHT_FILE)}: the run chose step "
+      f"{step}, which {checkpoint_dir} has no checkpoint of; pass the step "
+      "to serve (scripts/serve.py --step)"
+    )
+  return step
+
+
 def load_term_sets(
   index_dir: str, artifact_dir: str, trained: index_lib.Index
 ) -> Optional[term_sets_lib.TermSets]:
@@ -522,7 +546,8 @@ def load_run(
   Args:
     checkpoint_dir: the orbax model_dir (e.g. workdir/model).
     index_dir: served (mutable) index; default: <checkpoint_dir>/../index.
-    step: checkpoint step; the latest if None.
+    step: checkpoint step; None: the one the run chose on dev, as its
+      lexical_weight.json records it (`recorded_step`), else the latest.
     corpus_path: BEIR corpus.jsonl to take titles (and trained documents,
       read back by id) from; default: the one
       model_config.json names, if it exists.
@@ -533,6 +558,8 @@ def load_run(
     RunLoadError: a file is missing, corrupt or does not fit the others;
       a weight > 0 without term sets names where the weight came from.
   """
+  if step is None:
+    step = recorded_step(checkpoint_dir)
   model, params, trained, run, step, artifact_dir = _load_checkpoint(
     checkpoint_dir, step
   )

@@ -317,3 +317,20 @@ def test_a_weight_without_term_sets_or_a_bad_file_names_the_file(
   with pytest.raises(serving.RunLoadError, match=">= 0") as error:
     serve(bare)
   assert weight_file in str(error.value)
+
+
+def test_the_step_the_run_chose_is_served(runs, tmp_path):
+  """lexical_weight.json's step (early stopping) is the default step; one
+  that has no checkpoint is refused, naming the file."""
+  run = copy_run(runs["bare"], tmp_path / "run")
+  selection = {"split": "dev", "chosen": 0.0, "MRR@10": {}}
+  plan_lib.save_weight(run, selection, step=1)
+  r = serve(run)
+  try:
+    assert r.checkpoint_step == 1
+  finally:
+    r.close()
+  plan_lib.save_weight(run, selection, step=7)
+  with pytest.raises(serving.RunLoadError, match="step 7") as error:
+    serve(run)
+  assert os.path.join(run, plan_lib.WEIGHT_FILE) in str(error.value)

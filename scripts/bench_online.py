@@ -26,6 +26,9 @@ document at 1M docids. These time the trie and table edit (and the logs):
 the model is a tiny T5, whose adds embed nothing.
 
 End to end (issue 22 item 3), with --checkpoint=<run>/model: the run is
+served with its lexical plan when it has a lexical_weight.json
+(--lexical_weight overrides; 0 = the model alone), --searches single-query
+searches are timed idle before the adds and again after them, and the run is
 served in process from a fresh index dir (seeded from its artifact), and
 timed as a user's add is: `add_documents` of one document (--e2e_adds
 times), then of batches of 64 (--batch_adds times), embedding included
@@ -62,6 +65,15 @@ _CHECKPOINT = flags.DEFINE_string(
 _E2E_ADDS = flags.DEFINE_integer('e2e_adds', 100, 'Single adds timed.')
 _BATCH_ADDS = flags.DEFINE_integer('batch_adds', 5, 'Batches of 64 timed.')
 _RSS_ADDS = flags.DEFINE_integer('rss_adds', 1000, 'Adds+deletes for RSS.')
+_SEARCHES = flags.DEFINE_integer(
+  'searches', 50, 'Single-query searches timed (idle) on the served run.'
+)
+_LEXICAL_WEIGHT = flags.DEFINE_float(
+  'lexical_weight',
+  None,
+  "The served plan's weight (0: the model alone, inf: the term sets alone); "
+  "unset: the run's lexical_weight.json.",
+)
 
 
 def synthetic_index(num_docs: int, work_dir: str):
@@ -229,9 +241,22 @@ def bench_end_to_end(checkpoint: str) -> dict:
     checkpoint,
     index_dir=os.path.join(work, 'index'),
     config=serving.ServingConfig(max_k=10, buckets=(1, 4, 16)),
+    lexical_weight=_LEXICAL_WEIGHT.value,
   )
   retriever.warm_up()
   start_s = time.perf_counter() - start
+  queries = [b[:200] for b in corpus_bodies(checkpoint, _SEARCHES.value)]
+
+  def searches():
+    out = []
+    for query in queries:
+      begin = time.perf_counter()
+      retriever.retrieve([query], 10)
+      out.append(time.perf_counter() - begin)
+    return out
+
+  searches()  # first calls of the length buckets
+  search_idle = searches()
   start_rows = retriever.model.config.vocab_size
   total = 1 + _E2E_ADDS.value + 64 * (1 + _BATCH_ADDS.value)
   bodies = iter(corpus_bodies(checkpoint, total + _RSS_ADDS.value))
@@ -252,8 +277,15 @@ def bench_end_to_end(checkpoint: str) -> dict:
   compiled, rows = retriever.compiled_count(), retriever.model.config.vocab_size
   singles = [timed(1) for _ in range(_E2E_ADDS.value)]
   batches = [timed(64) for _ in range(_BATCH_ADDS.value)]
+  search_after = searches()
   result = {
     'checkpoint': checkpoint,
+    'lexical_weight': retriever.lexical_weight,
+    'plan_capacities': (
+      list(retriever._plan.capacities) if retriever._plan else None  # pylint: disable=protected-access
+    ),
+    'search_idle': milliseconds(search_idle),
+    'search_after_adds': milliseconds(search_after),
     'documents_at_start': retriever.num_docs - total,
     'embedding_rows_at_start': start_rows,
     'server_start_s': start_s,

@@ -15,6 +15,8 @@ checkpoint's artifact), then:
      server is SIGKILLed after a random number of operations (a random
      few milliseconds later, so that kills land inside updates), restarted,
      and the ledger is checked;
+  The server scores with the run's lexical plan when the run has a
+  lexical_weight.json (or --lexical_weight > 0; 0 = the model alone).
   3. optionally (--rss_adds=N): on the last server, N single adds then N
      deletes, the server's RSS read from /proc after 10 adds and at the end.
 
@@ -493,8 +495,12 @@ def soak(
   start_timeout_s: float = 300.0,
   work_dir: str | None = None,
   mix: tuple[float, float] = (0.6, 0.3),
+  lexical_weight: float | None = None,
 ) -> dict:
-  """Runs the soak; returns the result (see the module docstring)."""
+  """Runs the soak; returns the result (see the module docstring).
+
+  lexical_weight: scripts/serve.py's --lexical_weight (None: the run's
+  lexical_weight.json decides, as a plain serve.py does)."""
   began = time.perf_counter()
   rng = random.Random(seed)
   work = work_dir or tempfile.mkdtemp(prefix="soak_")
@@ -504,6 +510,7 @@ def soak(
     os.path.join(work, "index"),
     os.path.join(work, "server.log"),
     buckets,
+    [] if lexical_weight is None else [f"--lexical_weight={lexical_weight}"],
   )
   ledger = Ledger()
   starts, rounds = [server.start(start_timeout_s)], []
@@ -579,6 +586,7 @@ def soak(
     "rounds": rounds,
     "server_start_s": starts,
     "clients": clients,
+    "lexical_weight": lexical_weight,
     "seconds": time.perf_counter() - began,
   }
 
@@ -605,6 +613,13 @@ def main(argv=None):
   parser.add_argument("--buckets", default="1,4,16")
   parser.add_argument("--timeout_s", type=float, default=3000.0)
   parser.add_argument("--notes", default="")
+  parser.add_argument(
+    "--lexical_weight",
+    type=float,
+    default=None,
+    help="the served plan's weight (0: the model alone, inf: the term "
+    "sets alone); unset: the run's lexical_weight.json",
+  )
   args = parser.parse_args(argv)
   sys.path.insert(0, REPO)
   from gr import atomic_io  # pylint: disable=g-import-not-at-top
@@ -628,6 +643,7 @@ def main(argv=None):
     seed=args.seed,
     buckets=args.buckets,
     timeout_s=args.timeout_s,
+    lexical_weight=args.lexical_weight,
   )
   result["load"] = [before, bench_env.machine_load("after")]
   result["checkpoint"] = checkpoint

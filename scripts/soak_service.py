@@ -340,7 +340,11 @@ def build_demo_like_run(work: str, num_docs: int, input_length: int = 128):
   """A run shaped like `make demo`'s, untrained: all-MiniLM-L6-v2 (frozen)
   under the demo's one-layer 384-wide decoder, atomic docids over the first
   `num_docs` news bodies, warm-started so that step 0 is dense retrieval
-  (gr/model/warm_start.py). Returns its model dir (`work`/model).
+  (the model family's warm start, gr/model/family.py, as run_experiment
+  starts), with English term sets saved before the checkpoint and the
+  demo's plan weight (2.0, not chosen on this run) in lexical_weight.json,
+  so it is served with the plan as the demo is. Returns its model dir
+  (`work`/model).
 
   For when runs/demo is not there: same encoder, decoder, input length and
   scheme, so an add costs what it costs on the demo; fewer documents and
@@ -351,16 +355,17 @@ def build_demo_like_run(work: str, num_docs: int, input_length: int = 128):
   from gr import docids as docids_lib
   from gr.data import beir
   from gr.data import news
+  from gr.decode import plan as plan_lib
   from gr.index import artifact as index_lib
-  from gr.index import vocab as vocab_lib
+  from gr.index import lexicon
   from gr.model import bert
   from gr.model import bert_network
   from gr.model import embed
+  from gr.model import family
   from gr.model import model_config
   from gr.model import models
   from gr.model import network
   from gr.model import pretrained
-  from gr.serve import online_rows
   from gr.train import checkpoints
 
   data = os.path.join(work, "news")
@@ -380,6 +385,7 @@ def build_demo_like_run(work: str, num_docs: int, input_length: int = 128):
     pretrained.wordpiece_index(table, encoder_dir), index_dir
   )
   index = index_lib.load_index(index_dir)
+  lexicon.saved_term_sets(index, corpus, index_dir, language="english")
   decoder = network.T5Config(
     vocab_size=128,
     emb_dim=384,
@@ -400,23 +406,12 @@ def build_demo_like_run(work: str, num_docs: int, input_length: int = 128):
     ),
     index.vocab.vocab_size,
   )
-  kwargs = dict(seed=0, input_length=input_length, target_length=2)
-  base = pretrained.initial_params(
-    model, encoder_dir, index=index, doc_vectors=None, warm=False, **kwargs
-  )
-  tokens = vocab_lib.encode_texts(
-    index.vocab, [corpus[d].text for d in index.doc_ids], input_length
-  )
-  vectors = online_rows.DocumentEncoder(model, input_length).vectors(
-    base, tokens
-  )
-  params = pretrained.initial_params(
-    model,
-    encoder_dir,
-    index=index,
-    doc_vectors=vectors,
-    encoder_params=base["encoder"],
-    **kwargs,
+  params = (
+    family.family_of(model)
+    .warm_start(
+      model, index, corpus, seed=0, input_length=input_length, target_length=2
+    )
+    .params
   )
   model_dir = os.path.join(work, "model")
   checkpoints.save(
@@ -427,6 +422,10 @@ def build_demo_like_run(work: str, num_docs: int, input_length: int = 128):
   )
   model_config.save_model_config(
     work, model.config, input_length=input_length, corpus_path=corpus_path
+  )
+  plan_lib.save_weight(
+    work,
+    {"split": "none: the demo's dev choice", "chosen": 2.0, "MRR@10": {}},
   )
   return model_dir
 

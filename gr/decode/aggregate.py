@@ -178,6 +178,7 @@ def constrained_document_search(
   dense_mask: bool = False,
   sparse_output: bool = False,
   potential: Optional[jax.Array] = None,
+  score_mode: str = "log_probs",
 ) -> RankedDocuments:
   """Constrained beam search for top_k distinct documents.
 
@@ -202,6 +203,7 @@ def constrained_document_search(
     dense_mask=dense_mask,
     sparse_output=sparse_output,
     potential=potential,
+    score_mode=score_mode,
   )
   return rank_found(
     found, top_k=top_k, docids_per_doc=docids_per_doc, aggregation=aggregation

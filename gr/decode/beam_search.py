@@ -21,6 +21,16 @@ each beam get logits ([N, W] from W gathered output rows, not [N, V]), and
 each step scores their log-softmax: the model's distribution restricted to
 the constraint (not the full-vocabulary log-probs).
 
+Score mode (`score_mode`, gr/model/models.py SCORE_MODES): "log_probs"
+(the default) sums each step's log-softmax; "logits" (RIPOR) sums each
+step's raw logits, EOS adding 0, so a residual-quantisation docid scores
+its summed dot products with the decoder's outputs (about the query's dot
+product with the document's reconstruction at the warm start). Raw logits
+can be positive, so a beam's score can still rise: early stopping is off
+in that mode (the search runs until every beam has ended or max length).
+A logits processor then sees the raw logits (EOS set to 0), and the sparse
+output layer scores the listed tokens' raw logits.
+
 Shapes: B = batch, K = beam_size, N = B * K, V = vocabulary, L = max length,
 W_d = the most tokens a `Constraint` lists per beam at depth (step) d.
 Token ids: BOS = PAD = 0 (the first decoder input), EOS = 1.
@@ -36,6 +46,7 @@ import jax.numpy as jnp
 
 from gr.decode import expand
 from gr.decode import hooks
+from gr.model import models
 
 
 @flax.struct.dataclass
@@ -130,20 +141,27 @@ def _decoder_inputs(state: BeamState) -> jax.Array:
   return jnp.where(state.step == 0, 0, previous).reshape(batch * beams, 1)
 
 
-def _step_scores(state: BeamState, tokens_to_logits, processor):
+def _step_scores(
+  state: BeamState, tokens_to_logits, processor, score_mode, eos_id
+):
   """Scores of every next token; log-probs are scores - log_z.
 
   Returns:
     (scores [B, K, V], log_z [B, K, 1], new cache, processor state). Without
     a processor, scores are the logits and log_z their log-normaliser, so a
-    sparse step reads the [B, K, V] logits but writes nothing that wide.
+    sparse step reads the [B, K, V] logits but writes nothing that wide. In
+    "logits" mode, log_z is 0 and EOS's logit 0.
   """
   batch, beams, _ = state.alive_seqs.shape
   logits, cache = tokens_to_logits(
     _decoder_inputs(state), state.cache, state.step
   )
   logits = logits.astype(jnp.float32).reshape(batch, beams, -1)  # --> [B,K,V]
-  log_z = jax.nn.logsumexp(logits, axis=2, keepdims=True)
+  if score_mode == "logits":
+    logits = logits.at[:, :, eos_id].set(0.0)
+    log_z = jnp.zeros((batch, beams, 1), jnp.float32)
+  else:
+    log_z = jax.nn.logsumexp(logits, axis=2, keepdims=True)
   if processor is None:
     return logits, log_z, cache, state.processor_state
   log_probs, processor_state = processor.process(
@@ -169,6 +187,7 @@ def _search_step(
   eos_id,
   alpha,
   sparse_output=False,
+  score_mode="log_probs",
 ) -> BeamState:
   """One decode position: finish EOS beams, extend the others."""
   if sparse_output:  # tokens_to_logits is a hooks.SplitDecoder; no processor
@@ -177,11 +196,17 @@ def _search_step(
     )
     processor_state = state.processor_state
     expansion = expand.expand_sparse_output(
-      state, hidden, tokens_to_logits.output_layer, constraint, eos_id, alpha
+      state,
+      hidden,
+      tokens_to_logits.output_layer,
+      constraint,
+      eos_id,
+      alpha,
+      score_mode=score_mode,
     )
   else:
     scores, log_z, cache, processor_state = _step_scores(
-      state, tokens_to_logits, processor
+      state, tokens_to_logits, processor, score_mode, eos_id
     )
     if constraint is None:
       expansion = expand.expand_dense(state, scores, log_z, eos_id, alpha)
@@ -209,15 +234,23 @@ def _search_step(
   )
 
 
-def _all_done(state: BeamState, max_decode_len: int, alpha: float):
+def _all_done(
+  state: BeamState,
+  max_decode_len: int,
+  alpha: float,
+  score_mode: str = "log_probs",
+):
   """True when no alive beam can still enter any finished pool."""
   # Log-probs only fall, and for alpha >= 0 a longer length divides a
   # negative score by a larger penalty: the best an alive beam can reach is
-  # its log-prob over the penalty at max length.
+  # its log-prob over the penalty at max length. Raw logits ("logits" mode)
+  # can rise: only dead beams are done.
   best_alive = jnp.max(state.alive_log_probs, axis=1)  # [B]
   bound = best_alive / expand.length_penalty(max_decode_len, alpha)
   worst_finished = jnp.min(state.finished_scores, axis=1)  # [B]
-  done = (best_alive == hooks.NEG_INF) | (bound < worst_finished)
+  done = best_alive == hooks.NEG_INF
+  if score_mode != "logits":
+    done = done | (bound < worst_finished)
   return jnp.all(done) | (state.step >= max_decode_len)
 
 
@@ -264,6 +297,7 @@ def beam_search(
   length_penalty_alpha: float = 0.0,
   top_k: Optional[int] = None,
   sparse_output: bool = False,
+  score_mode: str = "log_probs",
 ) -> tuple[jax.Array, jax.Array]:
   """Beam search over decoder tokens; jit-friendly (lax.while_loop).
 
@@ -287,12 +321,15 @@ def beam_search(
       `SplitDecoder` and a constraint is needed (and no processor); only the
       listed tokens get logits, and each step scores the log-softmax over
       them (the model's distribution restricted to the constraint).
+    score_mode: "log_probs" or "logits" (summed raw logits, EOS 0, no early
+      stopping; see the module docstring).
 
   Returns:
     sequences [B, top_k, L] (EOS-terminated, PAD after) and scores
     [B, top_k], best first. Slots with no finished sequence score -inf.
   """
   top_k = top_k or beam_size
+  models.check_score_mode(score_mode)
   _check_arguments(
     beam_size,
     max_decode_len,
@@ -314,7 +351,7 @@ def beam_search(
     constraint,
   )
   state = jax.lax.while_loop(
-    lambda s: ~_all_done(s, max_decode_len, length_penalty_alpha),
+    lambda s: ~_all_done(s, max_decode_len, length_penalty_alpha, score_mode),
     lambda s: _search_step(
       s,
       tokens_to_logits,
@@ -323,6 +360,7 @@ def beam_search(
       eos_id,
       length_penalty_alpha,
       sparse_output,
+      score_mode,
     ),
     state,
   )

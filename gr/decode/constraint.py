@@ -118,6 +118,7 @@ def constrained_beam_search(
   dense_mask: bool = False,
   sparse_output: bool = False,
   potential: Optional[jax.Array] = None,
+  score_mode: str = "log_probs",
 ) -> ConstrainedResult:
   """`beam_search` restricted to the trie's docids; maps them to documents.
 
@@ -136,6 +137,9 @@ def constrained_beam_search(
   potential: [B, C] a plan's look-ahead potential of every trie node
   (gr/decode/plan.py); each finished docid then scores its log-prob plus
   the plan's score of its document. Sparse constraint only.
+
+  score_mode: "log_probs" or "logits" (`beam_search`'s: summed raw logits,
+  EOS adding 0).
   """
   if potential is not None and dense_mask:
     raise ValueError("a plan's potential needs the sparse constraint")
@@ -154,6 +158,7 @@ def constrained_beam_search(
     length_penalty_alpha=length_penalty_alpha,
     top_k=top_k,
     sparse_output=sparse_output and not dense_mask,
+    score_mode=score_mode,
   )
   batch, k, length = sequences.shape
   documents = trie_lib.lookup(trie_arrays, sequences.reshape(batch * k, length))

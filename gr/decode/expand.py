@@ -53,6 +53,23 @@ def restricted_log_softmax(
   return masked - jnp.where(jnp.isfinite(log_z), log_z, 0.0)
 
 
+def listed_scores(
+  logits: jax.Array,
+  allowed: jax.Array,
+  tokens: Optional[jax.Array],
+  eos_id: int,
+  score_mode: str,
+) -> jax.Array:
+  """The sparse output's step scores of the allowed entries (-inf elsewhere):
+  their log-softmax over the allowed ones, or ("logits") their raw logits
+  with EOS at 0. tokens: the ids of the last axis' entries (None: the
+  vocabulary, entry i is token i)."""
+  if score_mode != "logits":
+    return restricted_log_softmax(logits, allowed)
+  ids = jnp.arange(logits.shape[-1]) if tokens is None else tokens
+  return jnp.where(allowed, jnp.where(ids == eos_id, 0.0, logits), hooks.NEG_INF)
+
+
 def _top_continuations(candidates: jax.Array):
   """Best K of candidates [B, K, M]: (log-probs, beam index, flat index)."""
   batch, beams, width = candidates.shape
@@ -186,9 +203,11 @@ def expand_constrained(
 
 
 def expand_sparse_output(
-  state, hidden, output_layer, constraint, eos_id, alpha
-) -> Expansion:
-  """Logits only of the listed tokens; log-softmax over just those.
+  state, hidden, output_layer, constraint, eos_id, alpha,
+  score_mode="log_probs",
+) -> Expansion:  # fmt: skip
+  """Logits only of the listed tokens; log-softmax over just those (or
+  their raw logits, score_mode "logits": `listed_scores`).
 
   hidden [N, E]. Step 0: the output layer over [B, V] for beam 0 (every beam
   holds the same BOS state), normalised over the first states' tokens.
@@ -200,7 +219,9 @@ def expand_sparse_output(
     first = hidden.reshape(batch, beams, -1)[:, 0]  # --> [B, E]
     logits = output_layer(first, None).astype(jnp.float32)  # [B, V]
     next_states = constraint.first_states(logits.shape[1])
-    log_probs = restricted_log_softmax(logits, next_states >= 0)
+    log_probs = listed_scores(
+      logits, next_states >= 0, None, eos_id, score_mode
+    )
     log_probs = log_probs + _first_bonus(constraint, next_states)
     return _expand_first(state, log_probs, next_states, eos_id, alpha)
 
@@ -214,7 +235,7 @@ def expand_sparse_output(
     bonus = _bonus(constraint, state.constraint_state, next_states)
     return _expand_listed(
       state,
-      restricted_log_softmax(logits, tokens >= 0) + bonus,
+      listed_scores(logits, tokens >= 0, tokens, eos_id, score_mode) + bonus,
       tokens,
       next_states,
       eos_id,

@@ -32,9 +32,11 @@ def exact_rank(
   """Exact ranking of every docid for one query, by teacher forcing.
 
   Args:
-    score_fn: targets [n, L] (EOS then PAD) -> total log-prob [n]; always
-      called with n = batch_size (the last chunk is padded), so it compiles
-      once.
+    score_fn: targets [n, L] (EOS then PAD) -> total log-prob [n], or the
+      summed raw logits (EOS 0) for beam search's score_mode "logits"
+      (gr/model/models.py `score_encoded(score_mode=)`, the same rule);
+      always called with n = batch_size (the last chunk is padded), so it
+      compiles once.
     sequences: all docid token sequences, each ending in EOS.
     values: document index of each sequence.
     batch_size: sequences scored per call.

@@ -176,7 +176,7 @@ def initial_params(
     vectors = warm_start.docid_token_vectors(
       index.table, index.vocab, doc_vectors
     )
-    end_ids = warm_start.end_token_ids(index.table, index.vocab)
+    end_ids = warm_start.end_ids_of(index.table, index.vocab)
   return warm_start.pretrained_params(
     model,
     encoder_params,
@@ -188,4 +188,5 @@ def initial_params(
     eos_id=index.vocab.eos_id,
     warm_start=warm,
     temperature=temperature,
+    query_gain=warm_start.query_gain_of(index.table),
   )

@@ -26,6 +26,20 @@ encoder's word embeddings.
 `new_docid_rows` applies the same rule to documents added later (online in
 gr/serve/retriever.py, by gr/continual/update.py's updates): their new docid tokens' rows
 start as their documents' embeddings under the model's current encoder.
+
+Residual-quantisation docids (gr/docids/rq.py, RIPOR) differ in three ways
+(`is_rq`): a code token's row is its codebook vector as is (not
+normalised: the codebooks live in the space of the unit document vectors,
+so the rows of a docid sum to its document's reconstruction, and atomic's
+unit rows are the one-level case), a disambiguating `<qx_j>` row is zero,
+and no token carries the end direction. The decoder is made to output the
+query's vector at every step, not only the first: the cross-attention's
+output kernel is the identity times QUERY_GAIN, so the pooled query
+dominates the previous docid token's row in the residual stream
+(pooled * gain + row, then the final RMSNorm removes the scale; the
+direction is off by about |row| / (gain |pooled|)). A docid's summed raw
+logits (SearchConfig.score_mode 'logits') are then about
+cos(query, reconstruction) / temperature.
 """
 
 import dataclasses
@@ -36,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gr.docids import rq as rq_lib
 from gr.model import bert
 from gr.model import bert_network
 from gr.index import vocab as vocab_lib
@@ -55,6 +70,11 @@ def docid_token_vectors(
     vocab: the vocabulary holding the table's reserved tokens.
     doc_vectors: [num_docs, width] document embeddings.
   """
+  if is_rq(table):
+    return {
+      vocab.docid_token_id(token): vector
+      for token, vector in rq_lib.token_vectors(table).items()
+    }
   position = {doc_id: i for i, doc_id in enumerate(table.doc_ids)}
   reserved = set(vocab.docid_tokens)
   members: dict[str, set[int]] = {}
@@ -79,6 +99,25 @@ def docid_token_vectors(
 END_WEIGHT = 1.0
 EOS_WEIGHT = 10.0
 DEFAULT_TEMPERATURE = 0.05  # the step-0 softmax temperature over cosines
+# RQ docids: the pooled query's weight against the previous token's row in
+# the decoder's residual stream (see the module docstring).
+QUERY_GAIN = 1000.0
+
+
+def is_rq(table) -> bool:
+  """Whether `table` holds residual-quantisation docids."""
+  return table.scheme == rq_lib.RQScheme.name
+
+
+def end_ids_of(table, vocab) -> set[int]:
+  """The tokens that get the end direction: `end_token_ids`, none for RQ
+  docids (their step scores are summed as is; EOS adds nothing)."""
+  return set() if is_rq(table) else end_token_ids(table, vocab)
+
+
+def query_gain_of(table) -> float:
+  """`shape_decoder`'s query_gain for the table's scheme."""
+  return QUERY_GAIN if is_rq(table) else 1.0
 
 
 def end_direction(width: int, seed: int = 0) -> np.ndarray:
@@ -128,6 +167,11 @@ def new_docid_rows(
   """
   rows = np.array(embedding, np.float32)
   new_ids = {vocab.docid_token_id(t) for t in new_tokens}
+  if is_rq(table):  # only <qx_j> tokens are ever new: their rows are zero
+    vectors = docid_token_vectors(table, vocab, np.zeros((0, 0)))
+    for token_id in new_ids & set(vectors):
+      rows[token_id] = vectors[token_id]
+    return rows
   old_ids = [
     i
     for i in map(vocab.docid_token_id, vocab.docid_tokens)
@@ -189,9 +233,15 @@ def _zero(tree: dict, path: tuple[str, ...]) -> None:
 
 
 def shape_decoder(
-  params: Params, config: bert_network.BertT5Config, *, temperature: float
+  params: Params,
+  config: bert_network.BertT5Config,
+  *,
+  temperature: float,
+  query_gain: float = 1.0,
 ) -> Params:
-  """The decoder surgery above (needs decoder width == encoder width)."""
+  """The decoder surgery above (needs decoder width == encoder width);
+  query_gain scales layer 0's cross-attention output (QUERY_GAIN for RQ
+  docids, so that every step outputs the query's direction)."""
   dec = config.decoder
   width = config.encoder_width
   if dec.emb_dim != width or dec.num_heads * dec.head_dim != width:
@@ -207,7 +257,7 @@ def shape_decoder(
   cross = ('decoder', 'layers_0', 'encoder_decoder_attention')
   _zero(params, cross + ('query', 'kernel'))
   _set(params, cross + ('value', 'kernel'), value)
-  _set(params, cross + ('out', 'kernel'), out)
+  _set(params, cross + ('out', 'kernel'), out * np.float32(query_gain))
   for i in range(dec.num_decoder_layers):
     layer = ('decoder', f'layers_{i}')
     _zero(params, layer + ('self_attention', 'out', 'kernel'))
@@ -245,6 +295,7 @@ def pretrained_params(
   eos_id: int = 1,
   warm_start: bool = True,
   temperature: float = 0.05,
+  query_gain: float = 1.0,
 ) -> Params:
   """Params with the pretrained encoder, its word embeddings in the decoder,
   and (warm_start) the dense-retrieval decoder with docid rows set.
@@ -259,6 +310,7 @@ def pretrained_params(
     eos_id: the vocabulary's EOS id.
     warm_start: False keeps the random decoder (the ablation).
     temperature: the step-0 softmax temperature over cosines.
+    query_gain: `shape_decoder`'s (`query_gain_of` the table).
   """
   params = dict(_init_fn(model, input_length, target_length)(rng))
   params['encoder'] = jax.tree.map(jnp.asarray, encoder_params)
@@ -275,7 +327,9 @@ def pretrained_params(
       table[token_id] = vector + (END_WEIGHT * u if token_id in end_ids else 0)
     if end_ids:
       table[eos_id] = EOS_WEIGHT * u
-    params = shape_decoder(params, model.config, temperature=temperature)
+    params = shape_decoder(
+      params, model.config, temperature=temperature, query_gain=query_gain
+    )
   params['token_embedder'] = {'embedding': jnp.asarray(table)}
   return params
 

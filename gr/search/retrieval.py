@@ -67,6 +67,11 @@ class SearchConfig:
   # tokens (the model's distribution restricted to the trie), not the
   # full-vocabulary log-probs. Off: the exact full normaliser.
   sparse_output: bool = False
+  # How a docid scores (gr/model/models.py SCORE_MODES): "log_probs" sums
+  # its steps' log-probs; "logits" sums their raw logits, EOS adding 0
+  # (RIPOR, for residual-quantisation docids whose rows are codebook
+  # vectors). The exact oracle (`exact_ranking`) scores the same way.
+  score_mode: str = "log_probs"
 
 
 def docids_per_document(index: index_lib.Index) -> int:
@@ -131,6 +136,7 @@ def make_search_fn(
       potential=(
         None if plan is None else plan.potential(trie_arrays, encoder_tokens)
       ),
+      score_mode=config.score_mode,
     )
 
   specs = (param_specs(model, mesh), BATCH, REPLICATED)
@@ -298,9 +304,12 @@ class Searcher:
 
 
 def make_score_fn(
-  model: models.EncoderDecoderModel, mesh: Optional[Mesh] = None
+  model: models.EncoderDecoderModel,
+  mesh: Optional[Mesh] = None,
+  score_mode: str = "log_probs",
 ):
-  """Jitted (params, query [Li], targets [n, L]) -> log-prob [n].
+  """Jitted (params, query [Li], targets [n, L]) -> log-prob [n] (summed
+  raw logits with score_mode "logits", as `SearchConfig.score_mode`).
 
   On a `mesh`, the targets (n a multiple of its 'data' axis) and scores are
   split over 'data', the params as in training, the query replicated.
@@ -310,7 +319,9 @@ def make_score_fn(
     # The query is encoded, and its cross-attention keys and values are
     # projected, once for all [n] targets (gr/model/layers.py MultiHeadAttention).
     encoded = model.encode(params, query_tokens[None])  # [1, Li, width]
-    return model.score_encoded(params, encoded, query_tokens[None], targets)
+    return model.score_encoded(
+      params, encoded, query_tokens[None], targets, score_mode
+    )
 
   return partitioning.jit_on_mesh(
     score, mesh, (param_specs(model, mesh), REPLICATED, BATCH), BATCH
@@ -330,7 +341,9 @@ def exact_ranking(
   all of them); top_k counts documents. On the searcher's mesh, each batch
   of docids is split over 'data' (batch_size rounded up to a multiple).
   """
-  score = make_score_fn(searcher.model, searcher.mesh)
+  score = make_score_fn(
+    searcher.model, searcher.mesh, searcher.config.score_mode
+  )
   sequences, values = searcher.index.docid_sequences()
   tokens = vocab_lib.encode_texts(
     searcher.index.vocab, query_texts, searcher.input_length

@@ -1,7 +1,8 @@
 """A job's console: status lines and the result; the full log in a file.
 
 Library code logs through absl (INFO and up) and knows nothing of this
-module. A script's entry point (`gin_cli.run(main, console=True)`) calls
+module. A script's entry point (gr/entry.py's `run(main, console=True)`,
+or gin_cli.run for the scripts that parse gin) calls
 `setup(job, verbose=)` once its flags are parsed; from then on:
 
 - every record, as absl formats it (`I1206 05:14:00.10 ... file.py:82] ...`),

@@ -59,7 +59,7 @@ import time
 
 from absl import flags
 
-from gr.experiments import gin_cli
+from gr import entry
 
 _OUT = flags.DEFINE_string('out', None, 'Write the results JSON here.')
 _DEVICE = flags.DEFINE_enum('device', 'cpu', ['cpu', 'gpu'], 'JAX platform.')
@@ -863,4 +863,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  gin_cli.run(main)
+  entry.run(main)

@@ -35,7 +35,7 @@ import numpy as np
 
 from gr import bench_env
 from gr.serve import microbatch
-from gr.experiments import gin_cli
+from gr import entry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -242,4 +242,4 @@ def retriever_for(serving, buckets):
 
 
 if __name__ == '__main__':
-  gin_cli.run(main)
+  entry.run(main)

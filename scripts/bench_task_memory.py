@@ -30,7 +30,7 @@ import time
 from absl import app
 from absl import flags
 
-from gr.experiments import gin_cli
+from gr import entry
 
 _NUM_DOCS = flags.DEFINE_integer('num_docs', 100_000, 'Synthetic documents.')
 _QUICK = flags.DEFINE_bool('quick', False, '10,000 documents.')
@@ -175,4 +175,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  gin_cli.run(main)
+  entry.run(main)

@@ -28,7 +28,7 @@ import optax
 
 from gr import atomic_io
 from gr import bench_env
-from gr.experiments import gin_cli
+from gr import entry
 from gr.model import models
 from gr.model import network
 
@@ -285,4 +285,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  gin_cli.run(main)
+  entry.run(main)

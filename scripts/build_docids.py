@@ -19,7 +19,7 @@ from absl import app
 from absl import flags
 
 from gr import docids
-from gr.experiments import gin_cli
+from gr import entry
 from gr.data import beir
 from gr.docids import stats
 
@@ -89,4 +89,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  gin_cli.run(main, console=True)
+  entry.run(main, console=True)

@@ -13,7 +13,7 @@ import json
 from absl import app
 from absl import flags
 
-from gr.experiments import gin_cli
+from gr import entry
 from gr.data import news
 
 _OUT = flags.DEFINE_string("out", None, "Output BEIR folder.", required=True)
@@ -30,4 +30,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  gin_cli.run(main, console=True)
+  entry.run(main, console=True)

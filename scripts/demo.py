@@ -29,10 +29,7 @@ from gr.data import news  # noqa: E402
 from gr.experiments import gin_cli  # noqa: E402
 from gr.experiments import run  # noqa: E402
 
-_GIN_FILES = flags.DEFINE_multi_string(
-  'gin_file', ['configs/demo.gin'], 'Gin config files.'
-)
-_GIN_BINDINGS = flags.DEFINE_multi_string('gin_bindings', [], 'Bindings.')
+_GIN_FILES, _GIN_BINDINGS = gin_cli.define_gin_flags(['configs/demo.gin'])
 _DATA_DIR = flags.DEFINE_string(
   'data_dir', 'data/news', 'Where the news benchmark is (or is built).'
 )

@@ -27,10 +27,7 @@ from gr.continual import dynamic_report  # noqa: E402
 from gr.experiments import configurables  # noqa: E402
 from gr.experiments import gin_cli  # noqa: E402
 
-_GIN_FILES = flags.DEFINE_multi_string('gin_file', [], 'Gin config files.')
-_GIN_BINDINGS = flags.DEFINE_multi_string(
-  'gin_bindings', [], 'Gin bindings, after the files.'
-)
+_GIN_FILES, _GIN_BINDINGS = gin_cli.define_gin_flags()
 _DOCS_FRACTION = flags.DEFINE_float(
   'docs_fraction', None, 'Fraction of each period\'s documents to use.'
 )

@@ -53,10 +53,9 @@ flags.DEFINE_list(
   'queries_file:qrels_dir pairs whose train qrels teach '
   'doc2query (those that exist).',
 )
-flags.DEFINE_multi_string(
-  'gin_file', ['gin/models/t5_tiny.gin'], 'Gin files that set MODEL.'
+gin_cli.define_gin_flags(
+  ['gin/models/t5_tiny.gin'], 'Gin files that set MODEL.'
 )
-flags.DEFINE_multi_string('gin_bindings', [], 'Gin bindings.')
 flags.DEFINE_integer('train_steps', 2000, 'doc2query training steps.')
 flags.DEFINE_integer('batch_size', 64, 'Training batch size.')
 flags.DEFINE_integer('checkpoint_every', 500, 'Checkpoint every N steps.')

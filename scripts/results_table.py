@@ -10,7 +10,7 @@ not verbatim in their document gets its own rows when present.
 import json
 import os
 
-from gr.experiments import gin_cli
+from gr import entry
 
 
 def rows(run_dir: str):
@@ -62,4 +62,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  gin_cli.run(main)
+  entry.run(main)

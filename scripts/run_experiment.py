@@ -17,13 +17,11 @@ console.quiet_native_startup()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app  # noqa: E402
-from absl import flags  # noqa: E402
 
 from gr.experiments import gin_cli  # noqa: E402
 from gr.experiments import run  # noqa: E402
 
-_GIN_FILES = flags.DEFINE_multi_string('gin_file', [], 'Gin config files.')
-_GIN_BINDINGS = flags.DEFINE_multi_string('gin_bindings', [], 'Bindings.')
+_GIN_FILES, _GIN_BINDINGS = gin_cli.define_gin_flags()
 
 
 def main(argv):

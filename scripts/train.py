@@ -28,12 +28,7 @@ from gr import partitioning  # noqa: E402
 from gr.experiments import configurables  # noqa: E402
 from gr.experiments import gin_cli  # noqa: E402
 
-_GIN_FILES = flags.DEFINE_multi_string(
-  'gin_file', [], 'Gin config files, applied in order.'
-)
-_GIN_BINDINGS = flags.DEFINE_multi_string(
-  'gin_bindings', [], 'Gin bindings, applied after the files.'
-)
+_GIN_FILES, _GIN_BINDINGS = gin_cli.define_gin_flags()
 _COORDINATOR = flags.DEFINE_string(
   'coordinator_address', None, 'host:port of process 0 (multi-host).'
 )

@@ -69,7 +69,7 @@ def test_there_is_a_library_and_an_edge():
   assert {
     'gr.train.loop',
     'gr.continual.update',
-    'gr.continual.dynamic',
+    'gr.continual.dynamic_cells',
     'gr.model.models',
   } <= names
   assert (EDGE / '__init__.py').exists()
@@ -130,7 +130,7 @@ def test_importing_the_whole_library_loads_no_gin():
 
 def test_gin_cli_alone_loads_no_library():
   """The package's __init__ imports nothing: gin_cli stays light (it loads
-  the console, a shared leaf, and no layer package)."""
+  the console and the entry point, shared leaves, and no layer package)."""
   code = (
     'import sys; from gr.experiments import gin_cli; '
     "print('LOADED', sorted(m for m in sys.modules if m.startswith('gr.')))"
@@ -143,7 +143,8 @@ def test_gin_cli_alone_loads_no_library():
     check=True,
   ).stdout
   assert (
-    "LOADED ['gr.console', 'gr.experiments', 'gr.experiments.gin_cli']" in out
+    "LOADED ['gr.console', 'gr.entry', 'gr.experiments', "
+    "'gr.experiments.gin_cli']" in out
   ), out
 
 

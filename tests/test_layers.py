@@ -12,6 +12,7 @@ LAYERS = (
   'batching',
   'bench_env',
   'console',
+  'entry',
   'data',
   'docids',
   'index',

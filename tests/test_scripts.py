@@ -3,7 +3,8 @@
 Each case runs the script as a user would (no PYTHONPATH: the editable
 install makes gr importable) on input that fails before any model is built:
 a malformed corpus line, a missing folder or file, a wrong flag or gin
-binding. gin_cli.run turns those errors into `<script>: error: <message>`.
+binding. entry.run (gin_cli.run for the gin scripts) turns those errors
+into `<script>: error: <message>`.
 """
 
 import importlib
@@ -15,6 +16,7 @@ import sys
 import gin
 import pytest
 
+from gr import entry
 from gr.experiments import gin_cli
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -168,28 +170,28 @@ def test_results_table_names_the_missing_results_file(tmp_path):
   )
 
 
-# ------------------------------------------------------------ gin_cli --
+# ------------------------------------------------------ entry, gin_cli --
 
 
-@pytest.mark.parametrize('name', gin_cli.INPUT_ERRORS)
+@pytest.mark.parametrize('name', entry.INPUT_ERRORS)
 def test_every_listed_input_error_exists(name):
   module, _, cls = name.rpartition('.')
   error = getattr(importlib.import_module(module), cls)
   assert issubclass(error, Exception)
-  assert gin_cli.is_input_error(error.__new__(error))  # by type only
+  assert entry.is_input_error(error.__new__(error))  # by type only
 
 
 def test_other_errors_are_bugs_and_keep_their_traceback():
-  assert not gin_cli.is_input_error(ValueError('x'))
-  assert not gin_cli.is_input_error(KeyError('x'))
-  assert gin_cli.is_input_error(FileNotFoundError('x'))
-  assert gin_cli.is_input_error(gin_cli.GinConfigError('x'))
+  assert not entry.is_input_error(ValueError('x'))
+  assert not entry.is_input_error(KeyError('x'))
+  assert entry.is_input_error(FileNotFoundError('x'))
+  assert entry.is_input_error(gin_cli.GinConfigError('x'))
 
 
 def test_fail_writes_one_line_and_exits_2(capsys, monkeypatch):
   monkeypatch.setattr(sys, 'argv', ['tool.py'])
   with pytest.raises(SystemExit) as exit_info:
-    gin_cli.fail(
+    entry.fail(
       "bad thing\n  In file 'a.gin', line 3\n"
       "  In call to configurable 'f' (<function f>)\n"
     )

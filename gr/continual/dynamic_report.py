@@ -1,6 +1,6 @@
 """The dynamic-corpus experiment's report: seed means, CSV, markdown, plots.
 
-`run_dynamic_experiment` (gr/continual/dynamic.py) gives each (scheme, strategy) cell
+`run_dynamic_experiment` (gr/experiments/dynamic.py) gives each (scheme, strategy) cell
 a summary per seed: "steps" (cost per step) and, per metric in METRICS, the
 performance matrix a[n][i] [steps, steps] (None above the diagonal) with
 the DSI++ curves "A", "F" and "LA" over steps n. This module averages the

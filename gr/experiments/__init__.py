@@ -15,10 +15,15 @@ stay plain, and this package gives them their gin names.
                     update_index, run_dynamic_experiment,
                     dynamic.vector_query_generator.
   run.py            the run_experiment driver (index, train, evaluate).
+  dynamic.py        the run_dynamic_experiment driver (the DSI++ grid of
+                    docid schemes x continual strategies x seeds; gin
+                    name gr.dynamic.run_dynamic_experiment).
   generate_queries.py  the DSI-QG driver (train doc2query, write, filter
                     and report its queries; scripts/generate_queries.py).
-  gin_cli.py        the scripts' command line (--gin_file, --gin.X) and
-                    entry wrapper `gin_cli.run(main)`.
+  gin_cli.py        the gin scripts' command line (--gin_file, --gin.X)
+                    and entry wrapper `gin_cli.run(main)` (gr/entry.py's
+                    run after the --gin. shorthand; scripts that parse
+                    no gin call entry.run).
 
 Gin files import what they name: `import gr.experiments.configurables`
 (model, train and dynamic-corpus files) or `import gr.experiments.run`

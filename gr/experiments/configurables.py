@@ -16,7 +16,7 @@ import gin
 from gr.continual import generators
 from gr.continual import strategies
 from gr.continual import update as continual
-from gr.continual import dynamic
+from gr.experiments import dynamic
 from gr.model import configs
 from gr.model import models
 from gr.model import network

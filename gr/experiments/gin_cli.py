@@ -1,69 +1,52 @@
-"""The scripts' command line: gin files and bindings, one entry wrapper.
+"""The command line of the scripts that parse gin: files and bindings.
 
 t5x conventions: `--gin_file` (repeatable), `--gin_bindings` (repeatable) and
 the shorthand `--gin.NAME=value` for `--gin_bindings=NAME=value`. Gin files
 are looked up relative to the working directory, then the repository root.
 
-Every script's entry point is `gin_cli.run(main)`: absl's `app.run(main)`,
-except that bad input (a wrong flag, a gin file or binding that does not
-parse, a missing file or folder, a malformed data file, a run that cannot be
-loaded: `INPUT_ERRORS`) ends with one line on stderr, the error's message
-(which names the file, line or field), and exit status 2, not a traceback.
-Run with --verbosity=1 (and --verbose where the job has a quiet console)
-to get the traceback too. Any other exception is a bug and keeps its
-traceback.
-
-`run(main, console=True)` also gives the job a quiet console
-(gr/console.py): status lines, unexpected warnings and the result on the
-console, every log record in `<run dir>/logs/<job>-<time>.log` once main
-calls `console.log_to(run_dir)` (`log_under('run_experiment.workdir')`
-reads the run directory from the parsed gin config), and a --verbose flag
-that shows the log lines on the console too (with --verbosity=1, the
-traceback of bad input).
+A gin script's entry point is `gin_cli.run(main)`: gr/entry.py's `run`
+(absl's app.run; bad input, a gin file or binding that does not parse
+included, ends in one line on stderr and exit status 2; `console=True` for
+a quiet console) after the `--gin.` shorthand is rewritten. Scripts that
+parse no gin call `entry.run(main)` directly. `log_under('run_experiment.
+workdir')` opens the job's log file under the run directory that the
+parsed gin config binds.
 """
 
 import os
 import sys
 import tokenize
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, Callable, Sequence
 
-from absl import app
 from absl import flags
 from absl import logging
 import gin
 
 from gr import console as console_lib
+from gr import entry
 
 # gr/experiments/gin_cli.py -> the repository root.
 REPO_ROOT = os.path.dirname(
   os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 )
-USAGE_EXIT_CODE = 2
-
-# The library's errors that mean "this input is wrong", by qualified name so
-# that a script does not import modules it does not use just to catch them
-# (an exception of a type whose module was never imported cannot occur).
-INPUT_ERRORS = (
-  'gr.data.beir.BeirFormatError',
-  'gr.docids.base.DocidTableError',
-  'gr.index.artifact.IndexArtifactError',
-  'gr.train.checkpoints.ArtifactError',
-  'gr.model.model_config.ModelConfigError',
-  'gr.model.hf_import.HFImportError',
-  'gr.serve.served_run.RunLoadError',
-)
-# Built-in and absl ones: a missing path, a wrong command line.
-_INPUT_ERROR_TYPES = (
-  FileNotFoundError,
-  NotADirectoryError,
-  IsADirectoryError,
-  app.UsageError,
-  flags.Error,
-)
 
 
 class GinConfigError(ValueError):
   """A gin file or binding does not parse or names an unknown configurable."""
+
+
+def define_gin_flags(
+  files: Sequence[str] = (),
+  files_help: str = 'Gin config files, applied in order.',
+) -> tuple[flags.FlagHolder, flags.FlagHolder]:
+  """The gin scripts' --gin_file and --gin_bindings (both repeatable), with
+  `files` as --gin_file's default; their holders, for `parse_gin`."""
+  return (
+    flags.DEFINE_multi_string('gin_file', list(files), files_help),
+    flags.DEFINE_multi_string(
+      'gin_bindings', [], 'Gin bindings, applied after the files.'
+    ),
+  )
 
 
 def rewrite_gin_shorthand(argv: Sequence[str]) -> list[str]:
@@ -132,78 +115,11 @@ def parse_gin(files: Sequence[str], bindings: Sequence[str]) -> None:
   logging.info('Gin config:\n%s', gin.config_str())
 
 
-def is_input_error(error: BaseException) -> bool:
-  """Whether `error` says the command's input is wrong (see INPUT_ERRORS)."""
-  if isinstance(error, (GinConfigError, *_INPUT_ERROR_TYPES)):
-    return True
-  return any(
-    f'{cls.__module__}.{cls.__qualname__}' in INPUT_ERRORS
-    for cls in type(error).__mro__
-  )
-
-
-def fail(message: Any) -> NoReturn:
-  """One line `<script>: error: <message>` on stderr, then exit status 2.
-
-  Gin's "In call to configurable ..." notes on an error are left out.
-  """
-  line = ' '.join(
-    ' '.join(
-      text
-      for text in str(message).splitlines()
-      if not text.strip().startswith('In call to configurable')
-    ).split()
-  )
-  sys.stdout.flush()
-  print(
-    f'{os.path.basename(sys.argv[0])}: error: {line}',
-    file=sys.stderr,
-    flush=True,
-  )
-  sys.exit(USAGE_EXIT_CODE)
-
-
-def _parse_flags(argv: Sequence[str]) -> list[str]:
-  try:
-    return flags.FLAGS(list(argv))
-  except flags.Error as e:
-    fail(e)
-
-
-def _define_verbose() -> None:
-  if 'verbose' not in flags.FLAGS:
-    flags.DEFINE_bool(
-      'verbose',
-      False,
-      'Show every log line (INFO and up, the gin config) on the console '
-      'too, not only status lines and warnings.',
-    )
-
-
 def run(main: Callable[[list[str]], Any], *, console: bool = False) -> None:
-  """app.run(main) with the --gin. shorthand; bad input exits 2 in one line.
+  """entry.run(main) with the --gin. shorthand; bad input exits 2 in one line.
 
-  console=True: the job's console is gr/console.py's, set up before main
-  (with a --verbose flag) and given back when main returns.
+  console=True: the job's console is gr/console.py's (with a --verbose
+  flag), as in entry.run.
   """
   sys.argv = rewrite_gin_shorthand(sys.argv)
-  if console:
-    _define_verbose()
-
-  def checked_main(argv):
-    if console:
-      job = os.path.splitext(os.path.basename(sys.argv[0]))[0]
-      console_lib.setup(job, verbose=flags.FLAGS.verbose)
-    try:
-      return main(argv)
-    except Exception as e:  # pylint: disable=broad-exception-caught
-      if not is_input_error(e):
-        console_lib.log_traceback()  # the console gets Python's own
-        raise
-      logging.debug('bad input', exc_info=True)
-      console_lib.teardown()
-      fail(e)
-    finally:
-      console_lib.teardown()
-
-  app.run(checked_main, flags_parser=_parse_flags)
+  entry.run(main, console=console)

@@ -1,4 +1,4 @@
-"""The dynamic-corpus experiment (DSI++ protocol) and its metrics.
+"""The dynamic-corpus experiment (DSI++ protocol): the driver over the grid.
 
 Train on D0, then apply D1..D4 (the news benchmark's temporal periods) one
 update at a time with a continual strategy (gr/continual/update.py). After step n
@@ -14,8 +14,10 @@ i > n). DSI++'s metrics (Mehta et al. 2023, after Chaudhry et al. 2018):
 l >= i.) Each is computed for Hits@1 and Hits@10. BM25 re-indexed over the
 documents seen so far is the reference row.
 
-`run_dynamic_experiment` (the entry point; gin binds it through
-gr/experiments/configurables.py) runs every docid scheme x strategy, writes
+`run_dynamic_experiment` (the entry point; gin binds it, under its old
+name gr.dynamic.run_dynamic_experiment, in gr/experiments/configurables.py;
+the protocol's pieces are gr/continual's dynamic_cells, periods,
+dsi_metrics and dynamic_report) runs every docid scheme x strategy, writes
 results.json / results.csv / results.md and PNG plots under `workdir`
 (gr/continual/dynamic_report.py).
 Each (scheme, strategy) cell's results are saved as it finishes, so a run

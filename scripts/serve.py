@@ -110,6 +110,16 @@ def main(argv):
     corpus_path=_CORPUS.value,
     lexical_weight=_LEXICAL_WEIGHT.value,
   )
+  weight = retriever.lexical_weight
+  logging.warning(
+    'serving step %s: %s',
+    retriever.checkpoint_step,
+    'the model alone (no lexical plan)'
+    if not weight
+    else f'log-prob + {weight} x lexical score (term sets)'
+    if weight != float('inf')
+    else 'the term sets alone (lexical plan, weight inf)',
+  )
   try:
     service = web_app.create_app(
       retriever, token=read_token(), api_docs=_API_DOCS.value

@@ -2,6 +2,9 @@
 
 A broken pipeline (data, docids, vocabulary, tasks, training, decoding or
 evaluation) makes the trained model no better than chance, and this fails.
+As in flax's examples, the run is the driver called with its arguments and a
+work directory; the checks read what it returns and writes, and nothing in
+the library is patched.
 """
 
 import json
@@ -18,8 +21,11 @@ from gr.model import network
 from gr.search import retrieval
 from gr.data import beir
 from gr.experiments import run as experiment
+from gr.serve import served_run
 
 NUM_DOCS = 24
+SEARCH = retrieval.SearchConfig(beam_size=5, top_k=5)
+EXACT_QUERIES = 4
 
 
 def _synthetic_beir(folder):
@@ -52,32 +58,21 @@ def results(tmp_path_factory):
   model = models.EncoderDecoderModel(
     network.T5Config.tiny(vocab_size=128, dropout_rate=0.0)
   )
-  # Keep the searcher and the queries that beam search is compared on, so
-  # a test can recompute the comparison.
-  compared = {}
-  beam_vs_exact = evaluation.beam_vs_exact
-
-  def keep_and_compare(searcher, queries, qrels, run):
-    compared.update(searcher=searcher, queries=dict(queries))
-    return beam_vs_exact(searcher, queries, qrels, run)
-
-  with pytest.MonkeyPatch.context() as patch:
-    patch.setattr(evaluation, "beam_vs_exact", keep_and_compare)
-    out = experiment.run_experiment(
-      data_dir=data_dir,
-      workdir=workdir,
-      model=model,
-      scheme="naive",
-      vocab_size=400,
-      train_steps=300,
-      batch_size=32,
-      input_length=16,
-      task_rates={"indexing": 1.0, "retrieval": 2.0},
-      search=retrieval.SearchConfig(beam_size=5, top_k=5),
-      query_sets=(evaluation.QuerySet("titles"),),
-      exact_queries=4,
-    )
-  return workdir, out, compared
+  out = experiment.run_experiment(
+    data_dir=data_dir,
+    workdir=workdir,
+    model=model,
+    scheme="naive",
+    vocab_size=400,
+    train_steps=300,
+    batch_size=32,
+    input_length=16,
+    task_rates={"indexing": 1.0, "retrieval": 2.0},
+    search=SEARCH,
+    query_sets=(evaluation.QuerySet("titles"),),
+    exact_queries=EXACT_QUERIES,
+  )
+  return workdir, out, data_dir
 
 
 def test_trained_model_retrieves_far_above_chance(results):
@@ -95,13 +90,30 @@ def test_run_leaves_index_checkpoint_runs_and_results(results):
   assert sorted(runs) == ["titles.test.bm25.trec", "titles.test.gr.trec"]
   with open(os.path.join(workdir, "results.json")) as f:
     assert json.load(f) == json.loads(json.dumps(out))
-  assert out["titles/test"]["beam_vs_exact"]["queries"] == 4
+  assert out["titles/test"]["beam_vs_exact"]["queries"] == EXACT_QUERIES
 
 
 def test_top1_agreement_is_recomputed_from_the_run_file(results):
-  """Beam's rank-1 lines on disk against the exact ranking's first doc."""
-  workdir, out, compared = results
-  searcher, queries = compared["searcher"], compared["queries"]
+  """Beam's rank-1 lines on disk against the exact ranking's first doc.
+
+  The searcher is rebuilt from the run's files (its last checkpoint, the
+  index artifact in it, the saved model config); the compared queries are
+  the first EXACT_QUERIES of the test qrels, as evaluate_query_set takes
+  them."""
+  workdir, out, data_dir = results
+  model, params, index, saved, _ = served_run.load_checkpoint(
+    os.path.join(workdir, "model")
+  )
+  searcher = retrieval.Searcher(
+    model,
+    params,
+    index,
+    retrieval.retrieval_config(SEARCH, index.max_docid_length()),
+    input_length=saved.input_length,
+  )
+  dataset = beir.BeirDataset.load(data_dir)
+  qids = list(dataset.qrels["test"])[:EXACT_QUERIES]
+  queries = {qid: dataset.queries[qid] for qid in qids}
   beam_top1 = {}
   with open(os.path.join(workdir, "runs", "titles.test.gr.trec")) as f:
     for line in f:
@@ -146,7 +158,7 @@ def test_the_lexical_plan_weight_is_chosen_on_dev(tmp_path):
     train_steps=10,
     batch_size=16,
     input_length=16,
-    search=retrieval.SearchConfig(beam_size=5, top_k=5),
+    search=SEARCH,
     query_sets=(evaluation.QuerySet("titles"),),
     lexical_weights=(1.0, 4.0),
   )

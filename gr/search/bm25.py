@@ -11,7 +11,7 @@ prints Hits@1, Hits@10, MRR@10 and Recall@100 (gr.search.metrics semantics).
 import argparse
 import os
 import sys
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import bm25s
 import Stemmer
@@ -84,8 +84,21 @@ def format_table(rows: Mapping[str, Mapping[str, float]]) -> str:
   return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description="BM25 baseline on a BEIR folder")
+def baseline_main(
+  argv: Sequence[str] | None,
+  *,
+  name: str,
+  description: str,
+  make_run: Callable[[argparse.Namespace, Mapping, Mapping], Mapping],
+  add_arguments: Callable[[argparse.ArgumentParser], None] = lambda _: None,
+) -> None:
+  """A baseline's command line (`python -m gr.search.bm25` and .dense): its
+  run on one split of a BEIR folder, an optional TREC file and the metrics.
+
+  make_run(args, corpus, queries) -> run; add_arguments adds the
+  baseline's own flags (before --out).
+  """
+  parser = argparse.ArgumentParser(description=description)
   parser.add_argument("--data_dir", required=True)
   parser.add_argument("--queries_file", default="queries.jsonl")
   parser.add_argument("--qrels_dir", default="qrels")
@@ -93,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     "--split", default="test", help="a qrels split, or 'all' for every split"
   )
   parser.add_argument("--k", type=int, default=100)
+  add_arguments(parser)
   parser.add_argument("--out", default=None, help="TREC run file to write")
   args = parser.parse_args(argv)
   dataset = beir.BeirDataset.load(
@@ -101,18 +115,25 @@ def main(argv: Sequence[str] | None = None) -> None:
   if args.split != "all" and args.split not in dataset.qrels:
     sys.exit(f"no qrels split {args.split!r}; have {sorted(dataset.qrels)}")
   qrels = _qrels_for(dataset, args.split)
-  run = bm25_run(
-    dataset.corpus, {q: dataset.queries[q] for q in qrels}, k=args.k
-  )
+  run = make_run(args, dataset.corpus, {q: dataset.queries[q] for q in qrels})
   if args.out:
-    metrics.write_trec_run(args.out, run, tag="bm25")
+    metrics.write_trec_run(args.out, run, tag=name)
   scores = metrics.evaluate_run(qrels, run)
-  title = f"bm25 {os.path.basename(os.path.normpath(args.data_dir))}"
+  title = f"{name} {os.path.basename(os.path.normpath(args.data_dir))}"
   print(
     f"{len(qrels)} queries ({args.queries_file}, split {args.split}), "
     f"{len(dataset.corpus)} documents"
   )
   print(format_table({title: scores}))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  baseline_main(
+    argv,
+    name="bm25",
+    description="BM25 baseline on a BEIR folder",
+    make_run=lambda args, corpus, queries: bm25_run(corpus, queries, k=args.k),
+  )
 
 
 if __name__ == "__main__":

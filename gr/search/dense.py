@@ -18,7 +18,6 @@ exact cosine with a run's own pretrained encoder (gr/experiments/run.py).
 import argparse
 import logging
 import os
-import sys
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -149,49 +148,35 @@ def encoder_dense_baseline(
   return run
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(
-    description="Dense (MiniLM, exact cosine) baseline on a BEIR folder"
-  )
-  parser.add_argument("--data_dir", required=True)
-  parser.add_argument("--queries_file", default="queries.jsonl")
-  parser.add_argument("--qrels_dir", default="qrels")
-  parser.add_argument(
-    "--split", default="test", help="a qrels split, or 'all' for every split"
-  )
-  parser.add_argument("--k", type=int, default=100)
+def _arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument(
     "--cache_dir",
     default=None,
     help="embedding cache (default: DATA_DIR/embeddings)",
   )
   parser.add_argument("--batch_size", type=int, default=64)
-  parser.add_argument("--out", default=None, help="TREC run file to write")
-  args = parser.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(message)s")
-  dataset = beir.BeirDataset.load(
-    args.data_dir, queries_file=args.queries_file, qrels_dir=args.qrels_dir
-  )
-  if args.split != "all" and args.split not in dataset.qrels:
-    sys.exit(f"no qrels split {args.split!r}; have {sorted(dataset.qrels)}")
-  qrels = bm25._qrels_for(dataset, args.split)  # pylint: disable=protected-access
-  run = dense_baseline(
-    dataset.corpus,
-    {q: dataset.queries[q] for q in qrels},
+
+
+def _run(args: argparse.Namespace, corpus, queries) -> dict:
+  return dense_baseline(
+    corpus,
+    queries,
     embed.Embedder.load(),
     args.cache_dir or os.path.join(args.data_dir, "embeddings"),
     k=args.k,
     batch_size=args.batch_size,
   )
-  if args.out:
-    metrics.write_trec_run(args.out, run, tag="dense")
-  scores = metrics.evaluate_run(qrels, run)
-  title = f"dense {os.path.basename(os.path.normpath(args.data_dir))}"
-  print(
-    f"{len(qrels)} queries ({args.queries_file}, split {args.split}), "
-    f"{len(dataset.corpus)} documents"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  logging.basicConfig(level=logging.INFO, format="%(message)s")
+  bm25.baseline_main(
+    argv,
+    name="dense",
+    description="Dense (MiniLM, exact cosine) baseline on a BEIR folder",
+    make_run=_run,
+    add_arguments=_arguments,
   )
-  print(bm25.format_table({title: scores}))
 
 
 if __name__ == "__main__":

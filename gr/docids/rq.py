@@ -23,7 +23,19 @@ a collision with a taken docid (retired ones included) appends the next
 free `<qx_j>` for that code tuple (the existing undisambiguated docid
 keeping its L tokens, a prefix of the new one; the trie allows that).
 
-State kept in `DocidTable.arrays`: codebooks [L, K, dim] float32.
+With `residual_token=True` every document instead ends in its own token
+`<qr_{i}>` (i counts documents in assign order, then new documents on),
+whose vector is what the L codes leave of the document's vector (x minus
+its reconstruction): the rows of a docid then sum to the document's vector
+exactly, so the exact ranking at the warm start is dense retrieval, while
+the codes still group documents for the beams (the residual is only seen
+at the last step). Docids are unique by construction (no `<qx_j>`); a new
+document gets its codes from the frozen codebooks and its residual token
+from its own vector, with no training.
+
+State kept in `DocidTable.arrays`: codebooks [L, K, dim] float32, and with
+residual tokens residuals [documents ever named, dim] float32 (row i is
+`<qr_i>`'s vector).
 """
 
 import dataclasses
@@ -38,6 +50,7 @@ from gr.docids import kmeans
 
 _CODE = re.compile(r"<q(\d+)_(\d+)>")
 _EXTRA = re.compile(r"<qx_(\d+)>")
+_RESIDUAL = re.compile(r"<qr_(\d+)>")
 _NEXT_EXTRA = "rq.next_extra"  # DocidTable.memo key
 
 
@@ -49,6 +62,10 @@ def extra_token(j: int) -> str:
   return f"<qx_{j}>"
 
 
+def residual_token(i: int) -> str:
+  return f"<qr_{i}>"
+
+
 @dataclasses.dataclass(frozen=True)
 class RQScheme:
   """Residual-quantisation docids.
@@ -58,6 +75,8 @@ class RQScheme:
     codebook_size: K, centroids per level.
     seed: k-means seed (level l uses seed + l); same inputs, same docids.
     kmeans_iters: maximum Lloyd iterations per level.
+    residual_token: end every docid in its document's own residual token
+      (see the module docstring).
     embedder: used when no embeddings are passed; default MiniLM (lazy).
   """
 
@@ -66,6 +85,7 @@ class RQScheme:
   codebook_size: int = 64
   seed: int = 0
   kmeans_iters: int = 50
+  residual_token: bool = False
   embedder: Any = dataclasses.field(
     default=None, compare=False, metadata={"config": False}
   )
@@ -89,16 +109,19 @@ class RQScheme:
       x, self.levels, self.codebook_size, seed=self.seed,
       iters=self.kmeans_iters,
     )  # fmt: skip
-    docids, extras = _name(codes, {})
-    reserved = self._code_tokens() + tuple(
-      extra_token(j) for j in range(extras)
-    )
+    arrays = {"codebooks": codebooks}
+    if self.residual_token:
+      docids, tokens = _name_with_residuals(codes, 0)
+      arrays["residuals"] = x - reconstruct(codebooks, codes)
+    else:
+      docids, extras = _name(codes, {})
+      tokens = tuple(extra_token(j) for j in range(extras))
     return base.DocidTable(
       self.name,
       {d: (docid,) for d, docid in zip(corpus, docids)},
-      reserved,
+      self._code_tokens() + tokens,
       base.scheme_config(self),
-      arrays={"codebooks": codebooks},
+      arrays=arrays,
     )
 
   def assign_new(
@@ -112,7 +135,20 @@ class RQScheme:
     base.check_scheme(table, self.name)
     base.check_new_docs(table, new_docs)
     x = self._embeddings(new_docs, embeddings)
-    codes = encode(codebooks_of(table), x)
+    codebooks = codebooks_of(table)
+    codes = encode(codebooks, x)
+    if self.residual_token:
+      old = np.asarray(table.arrays["residuals"], np.float32)
+      docids, tokens = _name_with_residuals(codes, len(old))
+      residuals = x - reconstruct(codebooks, codes)
+      return table.extend(
+        {d: (docid,) for d, docid in zip(new_docs, docids)},
+        tokens,
+        arrays={
+          "codebooks": codebooks,
+          "residuals": np.concatenate([old, residuals]).astype(np.float32),
+        },
+      )
     taken = dict(
       table.memo(_NEXT_EXTRA, lambda: _taken_counts(table.taken_docids()))
     )
@@ -213,7 +249,7 @@ def parse(docid: str) -> tuple[tuple[int, ...], int | None] | None:
     if match is not None and extra is None and int(match.group(1)) == level:
       codes.append(int(match.group(2)))
       continue
-    match = _EXTRA.fullmatch(token)
+    match = _EXTRA.fullmatch(token) or _RESIDUAL.fullmatch(token)
     if match is None or extra is not None or not codes:
       return None
     extra = int(match.group(1))
@@ -222,8 +258,10 @@ def parse(docid: str) -> tuple[tuple[int, ...], int | None] | None:
 
 def token_vectors(table: base.DocidTable) -> dict[str, np.ndarray]:
   """Reserved token -> its vector [dim]: `<q{l}_{k}>` its codebook vector,
-  `<qx_j>` zero (the warm start's docid rows)."""
+  `<qr_i>` its document's residual, `<qx_j>` zero (the warm start's docid
+  rows)."""
   codebooks = codebooks_of(table)
+  residuals = table.arrays.get("residuals")
   vectors = {}
   for token in table.reserved_tokens:
     match = _CODE.fullmatch(token)
@@ -231,7 +269,25 @@ def token_vectors(table: base.DocidTable) -> dict[str, np.ndarray]:
       vectors[token] = codebooks[int(match.group(1)), int(match.group(2))]
     elif _EXTRA.fullmatch(token):
       vectors[token] = np.zeros(codebooks.shape[2], np.float32)
+    elif _RESIDUAL.fullmatch(token) and residuals is not None:
+      i = int(_RESIDUAL.fullmatch(token).group(1))
+      vectors[token] = np.asarray(residuals[i], np.float32)
   return vectors
+
+
+def _name_with_residuals(
+  codes: np.ndarray, first: int
+) -> tuple[list[str], tuple[str, ...]]:
+  """Docids "codes <qr_i>" for codes [n, L], i from `first` on, and the
+  residual tokens they use."""
+  tokens = tuple(residual_token(first + i) for i in range(len(codes)))
+  docids = [
+    " ".join(code_token(level, int(c)) for level, c in enumerate(row))
+    + " "
+    + token
+    for row, token in zip(codes, tokens)
+  ]
+  return docids, tokens
 
 
 def _taken_counts(docids: Iterable[str]) -> dict[tuple[int, ...], int]:

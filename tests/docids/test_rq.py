@@ -121,3 +121,31 @@ def test_rejects_bad_settings():
     rq.RQScheme(levels=0)
   with pytest.raises(ValueError):
     rq.RQScheme(codebook_size=1)
+
+
+def test_residual_tokens_complete_each_vector():
+  rng = np.random.default_rng(4)
+  x = _unit(rng, 25)
+  x[1] = x[0]  # identical codes: the residual tokens still tell them apart
+  scheme = rq.RQScheme(levels=2, codebook_size=4, residual_token=True)
+  table = scheme.assign(_corpus(25), embeddings=x)
+  docids = [table.docids_of[f"d{i}"][0] for i in range(25)]
+  assert len(set(docids)) == 25
+  assert all(d.split()[-1] == f"<qr_{i}>" for i, d in enumerate(docids))
+  assert not any("<qx_" in t for t in table.reserved_tokens)
+  vectors = rq.token_vectors(table)
+  for i, docid in enumerate(docids):
+    total = sum(vectors[t] for t in docid.split())
+    np.testing.assert_allclose(total, x[i], atol=1e-6)
+  y = _unit(rng, 2)
+  grown = scheme.assign_new(
+    table, {"n0": beir.Document("n0", "", "a"), "n1": beir.Document("n1", "", "b")},
+    embeddings=y,
+  )
+  np.testing.assert_array_equal(rq.codebooks_of(grown), rq.codebooks_of(table))
+  vectors = rq.token_vectors(grown)
+  for j, doc_id in enumerate(("n0", "n1")):
+    docid = grown.docids_of[doc_id][0]
+    assert docid.split()[-1] == f"<qr_{25 + j}>"
+    total = sum(vectors[t] for t in docid.split())
+    np.testing.assert_allclose(total, y[j], atol=1e-6)

@@ -69,6 +69,14 @@ _LEXICAL_WEIGHT = flags.DEFINE_float(
   "model alone, inf = the term sets alone. Unset: the run's "
   "lexical_weight.json (beside model_config.json; none = the model alone).",
 )
+_SCORE_MODE = flags.DEFINE_enum(
+  'score_mode',
+  'log_probs',
+  ['log_probs', 'logits'],
+  'How a docid scores, as the run was evaluated (retrieval.SearchConfig.'
+  'score_mode): summed log-probs, or summed raw logits for RQ runs '
+  '(configs/news_rq_minilm.gin). The run does not record it.',
+)
 _MAX_WAIT_MS = flags.DEFINE_float(
   'max_wait_ms', 2.0, 'Micro-batching wait for a fuller batch.'
 )
@@ -101,6 +109,7 @@ def main(argv):
     max_k=_MAX_K.value,
     buckets=tuple(int(b) for b in _BUCKETS.value),
     max_wait_ms=_MAX_WAIT_MS.value,
+    score_mode=_SCORE_MODE.value,
   )
   retriever = serving.Retriever.from_checkpoint(
     _CHECKPOINT.value,

@@ -11,6 +11,7 @@ import datetime
 from typing import Optional
 
 from gr.data import beir
+from gr.model import models
 from gr.search import retrieval
 from gr.serve.served_run import ServingError
 
@@ -35,6 +36,9 @@ class ServingConfig:
     decode_headroom: tokens beyond the longest docid that the decoder may
       run, so that longer docids added online can still be found.
     length_penalty_alpha, aggregation: as in retrieval.SearchConfig.
+    score_mode: as retrieval.SearchConfig.score_mode: "log_probs", or
+      "logits" for runs scored by summed raw logits (RQ docids,
+      configs/news_rq_minilm.gin); the served run does not record it.
   """
 
   max_k: int = 10
@@ -44,8 +48,10 @@ class ServingConfig:
   decode_headroom: int = 2
   length_penalty_alpha: float = 0.0
   aggregation: str = "max"
+  score_mode: str = "log_probs"
 
   def __post_init__(self):
+    models.check_score_mode(self.score_mode)
     buckets = tuple(sorted(set(int(b) for b in self.buckets)))
     object.__setattr__(self, "buckets", buckets)
     if not buckets or buckets[0] < 1:
@@ -71,6 +77,7 @@ class ServingConfig:
       max_decode_len=max_decode_len,
       length_penalty_alpha=self.length_penalty_alpha,
       aggregation=self.aggregation,
+      score_mode=self.score_mode,
     )
 
 

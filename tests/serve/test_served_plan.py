@@ -9,6 +9,7 @@ Every test serves with one bucket of 4 and max_k 3, a search config no
 other test module uses, so compile counts are this module's own.
 """
 
+import dataclasses
 import math
 import os
 import shutil
@@ -138,12 +139,21 @@ def assert_same(a, b):
   )
 
 
-@pytest.mark.parametrize("weight", [2.0, math.inf])
-def test_served_plan_equals_the_searcher(runs, tmp_path, weight):
+@pytest.mark.parametrize(
+  "weight, score_mode",
+  [(2.0, "log_probs"), (math.inf, "log_probs"), (2.0, "logits")],
+)
+def test_served_plan_equals_the_searcher(runs, tmp_path, weight, score_mode):
   """The run's weight file (2.0) or an override (inf), against
-  retrieval.Searcher with the same term sets and weight."""
+  retrieval.Searcher with the same term sets and weight; and in the
+  logits score mode (RQ runs)."""
   run = copy_run(runs["plan"], tmp_path / "run")
-  r = serve(run, lexical_weight=None if weight == 2.0 else weight)
+  config = dataclasses.replace(CONFIG, score_mode=score_mode)
+  r = serving.Retriever.from_checkpoint(
+    os.path.join(run, "model"),
+    config=config,
+    lexical_weight=None if weight == 2.0 else weight,
+  )
   try:
     assert r.lexical_weight == weight
     assert r._live.plan is not None  # pylint: disable=protected-access
@@ -155,7 +165,7 @@ def test_served_plan_equals_the_searcher(runs, tmp_path, weight):
       r.model,
       r.params,
       r.index,
-      CONFIG.search_config(r.max_decode_len),
+      config.search_config(r.max_decode_len),
       input_length=INPUT_LENGTH,
       batch_size=4,
       term_sets=sets,

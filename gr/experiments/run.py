@@ -124,20 +124,16 @@ def run_experiment(
   train_steps = 0 evaluates the initial model. lexical_weights,
   selection_split, term_set_size, term_language, plan_in_training: the
   lexical plan (`LexicalSelection`, `ExperimentTrainer`); no weights, no
-  plan. early_stopping: the run's result is its step (0 or a kept
-  checkpoint: bind train.checkpoint_every and train.keep_checkpoints)
-  best on dev.
+  plan. early_stopping: the run's result is its step best on dev (0 or
+  a kept checkpoint: bind train.checkpoint_every, train.keep_checkpoints).
   """
   start = time.time()
   dataset = subset(beir.BeirDataset.load(data_dir), max_docs)
   name = corpus_name(data_dir)
   pseudo = pseudo_queries(
-    dataset,
-    pseudo_query_spans,
-    pseudo_query_sentences,
-    pseudo_queries_file,
+    dataset, pseudo_query_spans, pseudo_query_sentences, pseudo_queries_file,
     seed,
-  )
+  )  # fmt: skip
   plan = LexicalSelection(
     data_dir, query_sets, lexical_weights, selection_split, eval_split, max_docs
   )

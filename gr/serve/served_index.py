@@ -544,10 +544,15 @@ class ServedIndex:
     )
 
   def _compact_online_files(self) -> None:
-    """Rewrites the online logs with what is live (after a compaction)."""
+    """Rewrites the online logs with what is live (after a compaction),
+    and puts the checkpoint's term sets in the new version dir, so that a
+    restart reads the sets it served (served_run.load_term_sets looks there
+    first; a crash before this falls back to the checkpoint's artifact)."""
     served_run.compact_online_files(
       self.index_dir, self.online_documents, self._online_rows
     )
+    if self._plan is not None:
+      self._plan.term_sets.save(index_lib.current_version_dir(self.index_dir))
 
   def _publish(
     self,

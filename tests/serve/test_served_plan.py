@@ -263,6 +263,33 @@ def searcher_over(r, run: str, weight: float) -> retrieval.Searcher:
   )
 
 
+def test_a_compaction_keeps_the_served_term_sets(runs, tmp_path, monkeypatch):
+  """Every update compacts: the new version dir gets the checkpoint's sets
+  (the ones served), and a restart serves the same."""
+  monkeypatch.setattr(index_lib, "compact_after", lambda num_docs: 0)
+  run = copy_run(runs["plan"], tmp_path / "run")
+  index_dir = os.path.join(run, "index")
+  first = index_lib.current_version_dir(index_dir)
+  sets = term_sets_lib.TermSets.load(first)
+  r = serve(run)
+  try:
+    r.add_documents([beir.Document("glacier", "", NEW["glacier"])])
+    r.delete_document("cat")
+    assert index_lib.current_version_dir(index_dir) != first
+    before = ranking(r, [NEW["glacier"], *QUERIES])
+  finally:
+    r.close()
+  saved = term_sets_lib.TermSets.load(index_lib.current_version_dir(index_dir))
+  np.testing.assert_array_equal(saved.terms, sets.terms)
+  np.testing.assert_array_equal(saved.impacts, sets.impacts)
+  assert saved.language == "english"
+  again = serve(run)
+  try:
+    assert_same(ranking(again, [NEW["glacier"], *QUERIES]), before)
+  finally:
+    again.close()
+
+
 def test_a_capacity_growth_compiles_once(runs, tmp_path):
   """Documents of many terms overflow the plan's entries (P): one compile
   of the bucket, capacity doubled; the next add compiles nothing."""

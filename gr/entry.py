@@ -41,7 +41,7 @@ INPUT_ERRORS = (
   'gr.train.checkpoints.ArtifactError',
   'gr.model.model_config.ModelConfigError',
   'gr.model.hf_import.HFImportError',
-  'gr.serve.served_run.RunLoadError',
+  'gr.serve.serving_config.RunLoadError',
   'gr.experiments.gin_cli.GinConfigError',
 )
 # Built-in and absl ones: a missing path, a wrong command line.

@@ -6,9 +6,10 @@ the sha256-verified index artifact, the model config) and answers
 a few bucket batch shapes (e.g. 1, 4, 16, 32): a batch of n queries is
 padded to the smallest bucket >= n, so traffic never triggers a
 compilation. It is the searcher over gr/serve/served_index.py's
-`ServedIndex` (trie, table, docid rows, online logs and their updates:
-`add_documents`, `delete_document`, `document`); each search reads one
-consistent live state and never waits for an update.
+`ServedIndex` (the live state of gr/serve/live_state.py: trie, table,
+docid rows; online logs and their updates: `add_documents`,
+`delete_document`, `document`); each search reads one consistent live
+state and never waits for an update.
 
 The HTTP service (gr/serve/app.py) batches concurrent requests with
 gr/serve/microbatch.py's `MicroBatcher` (up to a maximum batch or a few
@@ -24,26 +25,26 @@ from gr import batching
 from gr.index import artifact as index_lib
 from gr.index import vocab as vocab_lib
 from gr.serve import served_run
-from gr.serve.served_index import (  # noqa: F401 (re-exported)
+from gr.serve.live_state import (  # noqa: F401 (re-exported)
   DEFAULT_CONFIG,
   LiveState,
-  ServedIndex,
   shared_search_fn,
 )
-from gr.serve.served_run import (  # noqa: F401 (re-exported: the service's API)
+from gr.serve.online_logs import (  # noqa: F401 (re-exported: the service's API)
   ONLINE_DOCUMENTS_FILE,
   ONLINE_ROWS_FILE,
-  RunLoadError,
-  ServingError,
-  load_checkpoint,
   read_online_documents,
   read_online_rows,
 )
+from gr.serve.served_index import ServedIndex
+from gr.serve.served_run import load_checkpoint  # noqa: F401 (re-exported)
 from gr.serve.serving_config import (  # noqa: F401 (re-exported)
   ADDED_AT,
   DocumentConflict,
   Hit,
+  RunLoadError,
   ServingConfig,
+  ServingError,
   StoredDocument,
   UnknownDocument,
 )

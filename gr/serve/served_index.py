@@ -1,5 +1,7 @@
-"""The served index: trie, table, params' docid rows and online logs, and
-the updates to them (gr/serve/retriever.py's `Retriever` searches it).
+"""The served index's online updates: `ServedIndex` adds and deletes
+documents in the live index of gr/serve/live_state.py (trie, table,
+params' docid rows, plan) and persists them in its online logs
+(gr/serve/online_logs.py); gr/serve/retriever.py's `Retriever` searches it.
 
 Online updates (the "trie_only" strategy: the model is not retrained) go
 through `add_documents` / `delete_document`, under one lock, in O(k) for k
@@ -24,331 +26,37 @@ With a pretrained encoder, each docid token an add creates (an atomic
 `<d_N>`, a semantic leaf position past c) gets its documents' mean-pooled
 encoder output as its row (warm_start's rule, online_rows.RowRule), so the
 document is retrievable at once; the rows are logged beside the index
-(gr/serve/served_run.py) and put back on restart. A T5 model's stay zero.
+(gr/serve/online_logs.py) and put back on restart. A T5 model's stay zero.
 
-Searches never take the update lock: they read `LiveState`, swapped whole
-(under a short dispatch lock) once an update is applied. Trie values are
-"slots": positions in an append-only list of doc_ids, so deleting a
-document never renumbers the others.
+Searches never take the update lock: they read the `LiveState`, which
+`_publish` swaps whole (under a short dispatch lock) once an update is
+applied.
 """
 
 import dataclasses
-import functools
 import logging
 import os
-import threading
 from typing import Any, Mapping, Optional, Sequence
 
-import jax
 import numpy as np
 
-from gr import batching
-from gr import partitioning
 from gr.data import beir
-from gr.decode import aggregate
 from gr.decode import plan as plan_lib
-from gr.docids import term_sets as term_sets_lib
 from gr.index import artifact as index_lib
-from gr.index import docid_trie
-from gr.index import trie as trie_lib
 from gr.index import vocab as vocab_lib
 from gr.index import wordpiece
-from gr.model import models
-from gr.search import retrieval
-from gr.serve import new_docids
+from gr.serve import live_state
+from gr.serve import online_logs
 from gr.serve import online_rows
-from gr.serve import served_plan
-from gr.serve import served_run
 from gr.serve import serving_config
-from gr.serve.serving_config import (
-  DocumentConflict,
-  ServingConfig,
-  StoredDocument,
-  UnknownDocument,
-)
+from gr.serve.live_state import LiveState, shapes
+from gr.serve.serving_config import DocumentConflict, UnknownDocument
 
 
-@dataclasses.dataclass(frozen=True)
-class LiveState:
-  """What a search reads, swapped as a whole on every update.
-
-  `slots` (trie value -> doc_id, None once deleted) is one list shared by
-  every version, appended to and cleared in place under the update lock: a
-  search over older trie arrays never meets a slot past its own, and a
-  slot cleared under it is a document being deleted.
-  """
-
-  index: index_lib.Index
-  trie_arrays: trie_lib.TrieArrays
-  slots: list[Optional[str]]
-  params: Any  # the model's; docid rows set online change it
-  search: Any  # the jitted search of the model these params fit
-  # The lexical plan (gr/serve/served_plan.py) over these slots, or None
-  # (the model alone); with lexical_only, `search` is the term sets' top-k.
-  plan: Optional[plan_lib.LexicalPlan] = None
-  lexical_only: bool = False
-
-  def found(self, tokens: np.ndarray) -> aggregate.RankedDocuments:
-    """This state's search of encoder tokens [B, Li] (dispatched, not
-    waited for); the lexical-only search has no docids (all PAD)."""
-    if self.plan is None:
-      return self.search(self.params, tokens, self.trie_arrays)
-    if self.lexical_only:
-      documents, scores = self.search(self.plan, tokens)
-      empty = np.zeros(documents.shape + (1, 1), np.int32)
-      return aggregate.RankedDocuments(
-        documents, scores, empty, scores[..., None]
-      )
-    return self.search(self.params, tokens, self.trie_arrays, self.plan)
-
-
-@functools.lru_cache(maxsize=8)
-def shared_search_fn(
-  model_config: models.ModelConfig,
-  search: retrieval.SearchConfig,
-  mesh: Optional[jax.sharding.Mesh] = None,
-  with_plan: bool = False,
-):
-  """One jitted search per (model config, search config, mesh, plan or
-  not) in this process.
-
-  Retrievers of the same model (e.g. one reloaded after a restart in the
-  same process) share it, and with it every compiled bucket.
-  """
-  return retrieval.make_search_fn(
-    models.EncoderDecoderModel(model_config), search, mesh, with_plan=with_plan
-  )
-
-
-@functools.lru_cache(maxsize=8)
-def shared_lexical_search_fn(
-  top_k: int, mesh: Optional[jax.sharding.Mesh] = None
-):
-  """One jitted lexical-only search (plan weight inf) per top_k and mesh."""
-  return retrieval.make_lexical_search_fn(top_k, mesh)
-
-
-def _shapes(arrays):
-  """What a compiled search depends on: tree structure (static fields
-  included) and leaf shapes, of trie arrays or a plan."""
-  return jax.tree.structure(arrays), [a.shape for a in jax.tree.leaves(arrays)]
-
-
-DEFAULT_CONFIG = ServingConfig()
-
-
-class ServedIndex:
+class ServedIndex(live_state.LiveIndex):
   """A trained model and its mutable index, served: the live state that
-  searches read, and online add/delete persisted under `index_dir`."""
-
-  def __init__(
-    self,
-    model: models.EncoderDecoderModel,
-    params: Any,
-    index: index_lib.Index,
-    *,
-    input_length: int,
-    config: ServingConfig = DEFAULT_CONFIG,
-    index_dir: Optional[str] = None,
-    titles: Optional[Mapping[str, str]] = None,
-    corpus: Optional[served_run.CorpusFile] = None,
-    online_documents: Optional[Mapping[str, beir.Document]] = None,
-    online_rows: Optional[Mapping[str, np.ndarray]] = None,
-    checkpoint_step: Optional[int] = None,
-    mesh: Optional[jax.sharding.Mesh] = None,
-    checkpoint_rows: Optional[int] = None,
-    term_sets: Optional[term_sets_lib.TermSets] = None,
-    lexical_weight: float = 0.0,
-    trained_doc_ids: Optional[Sequence[str]] = None,
-  ):
-    """Serves `index` with `model`; updates persist under `index_dir`.
-
-    corpus: where trained documents are read back (`document`).
-    online_documents, online_rows: what the online logs of `index_dir`
-    hold (kept to rewrite them when the index compacts).
-    checkpoint_rows: the checkpoint's embedding rows, where growth starts
-    (online_rows.grown_rows); default: the model's.
-    term_sets, lexical_weight: the lexical plan (gr/serve/served_plan.py):
-    a docid scores log-prob + lexical_weight * its document's lexical score
-    (inf: the term sets alone; 0: the model alone, term_sets unused).
-    term_sets' rows follow `trained_doc_ids` (default: `index`'s doc_ids);
-    online documents get theirs from their text.
-    """
-    self._lock_handle = served_run.hold_lock(index_dir) if index_dir else None
-    if index_dir:
-      served_run.repair_online_logs(index_dir)
-    self.model, self.config = model, config
-    self.input_length, self.index_dir = input_length, index_dir
-    self.checkpoint_step = checkpoint_step
-    self.titles, self.corpus = dict(titles or {}), corpus
-    self.online_documents = dict(online_documents or {})
-    self._online_rows = dict(online_rows or {})
-    self.titles.update(
-      {d: doc.title for d, doc in self.online_documents.items()}
-    )
-    self.max_decode_len = index.max_docid_length() + config.decode_headroom
-    self.mesh = mesh
-    self.checkpoint_rows = checkpoint_rows or model.config.vocab_size
-    # On a mesh every bucket is a multiple of the 'data' axis.
-    self._buckets = tuple(
-      sorted({batching.data_multiple(b, mesh) for b in config.buckets})
-    )
-    self._update_lock = threading.Lock()
-    self._dispatch_lock = threading.Lock()  # a search's dispatch vs a swap
-    self._namer = new_docids.DocidNamer(model, input_length)
-    self._row_rule = None
-    self._encoder = None
-    self.lexical_weight = float(lexical_weight)
-    self._plan = None
-    if self.lexical_weight > 0:
-      if term_sets is None:
-        raise ValueError(
-          f"lexical_weight {lexical_weight} needs the run's term sets"
-        )
-      self._plan = served_plan.ServedPlan(
-        term_sets,
-        index.doc_ids if trained_doc_ids is None else trained_doc_ids,
-        index.vocab,
-        self.lexical_weight,
-        self.max_decode_len,
-      )
-      self._plan.remember(
-        self._plan.sets_of(
-          index.vocab,
-          {
-            d: doc.text
-            for d, doc in self.online_documents.items()
-            if d in index.table.docids_of
-          },
-        )
-      )
-    self._live = self._fresh_live(index, self._placed(params))
-
-  def _search_fn(self, index: index_lib.Index):
-    """The jitted search of the current model (shared in the process): with
-    the plan, or the term sets' top-k for weight inf."""
-    if self._plan is not None and self._plan.lexical_only:
-      return shared_lexical_search_fn(self.config.max_k, self.mesh)
-    search = self.config.search_config(self.max_decode_len)
-    return shared_search_fn(
-      self.model.config,
-      retrieval.fit_to_index(search, index),
-      self.mesh,
-      with_plan=self._plan is not None,
-    )
-
-  def _fresh_live(
-    self, index: index_lib.Index, params: Any, extra_tokens: int = 0
-  ) -> LiveState:
-    """A live state over a trie built whole from `index` (slots renumbered
-    from its doc_ids) for the current model, with room for `extra_tokens`
-    more docid tokens."""
-    self._trie = self._build_trie(index, extra_tokens)
-    slots = list(index.doc_ids)
-    self._slot_of = {doc_id: slot for slot, doc_id in enumerate(slots)}
-    arrays = self._replicated(self._trie.to_device())
-    plan = None
-    if self._plan is not None:
-      plan = self._replicated(self._plan.build(index, slots))
-    return LiveState(
-      index,
-      arrays,
-      slots,
-      params,
-      self._search_fn(index),
-      plan,
-      self._plan is not None and self._plan.lexical_only,
-    )
-
-  def _placed(self, params: Any) -> Any:
-    """params on the mesh by training's logical rules (as given without)."""
-    specs = partitioning.param_specs(self.model, self.mesh)
-    return partitioning.place(params, specs, self.mesh)
-
-  def _replicated(self, arrays):
-    """Trie arrays or a plan on every device of the mesh (as given
-    without)."""
-    specs = jax.tree.map(lambda _: partitioning.REPLICATED, arrays)
-    return partitioning.place(arrays, specs, self.mesh)
-
-  def _build_trie(
-    self, index: index_lib.Index, extra_tokens: int = 0
-  ) -> docid_trie.DocidTrie:
-    """Host trie with values = slots, bulk-built once, with room to grow.
-
-    Node capacity is twice the tokens of all docids (and `extra_tokens`). Each level is twice
-    as wide as its widest node and at least as wide as the scheme's tokens
-    (+ EOS, up to 64), and so is one level more, for docids that grow a
-    level (naive numbers at 10^k): a node that only held EOS may branch over
-    every token later. Widths stay per level, so one wide level (text
-    docids) does not widen the others. Adding documents online then rarely
-    changes the device shapes (each change compiles every bucket again).
-    """
-    sequences, _ = index.docid_sequences()
-    trie = index.build_trie(
-      capacity=2 * (sum(len(s) for s in sequences) + extra_tokens),
-      vocab_size=self.model.config.vocab_size,
-    )
-    tokens = min(len(index.table.reserved_tokens) + 1, 64)
-    widths = [max(2 * w, tokens) for w in trie.level_widths] + [tokens]
-    trie.reserve_level_widths(widths)
-    return trie
-
-  @property
-  def index(self) -> index_lib.Index:
-    return self._live.index
-
-  @property
-  def params(self) -> Any:
-    return self._live.params
-
-  @property
-  def num_docs(self) -> int:
-    return self._live.index.table.num_docs
-
-  @property
-  def index_version(self) -> int:
-    return self._live.index.table.version
-
-  @property
-  def max_k(self) -> int:
-    return self.config.max_k
-
-  @property
-  def max_batch(self) -> int:
-    return self.config.max_batch
-
-  def warm_up(self, live: Optional[LiveState] = None) -> None:
-    """Compiles (or checks compiled) every bucket for `live`'s shapes; with
-    None, for the live state's and the document encoder of online adds."""
-    if live is None:
-      live = self._live
-      if online_rows.warm_rows_of(self.model) and self.index_dir is not None:
-        self._document_encoder().warm_up(live.params)
-    for bucket in self._buckets:
-      tokens = np.zeros((bucket, self.input_length), np.int32)
-      jax.block_until_ready(live.found(tokens))
-
-  def document(self, doc_id: str) -> StoredDocument:
-    """What the index holds for `doc_id`: its docids, title and text, and
-    when it was added online.
-
-    Raises:
-      UnknownDocument: `doc_id` is not indexed.
-    """
-    docids = self._live.index.table.docids_of.get(doc_id)
-    if docids is None:
-      raise UnknownDocument(f"no document {doc_id!r} in the index")
-    online = self.online_documents.get(doc_id)
-    stored = online or (self.corpus.get(doc_id) if self.corpus else None)
-    return StoredDocument(
-      doc_id,
-      tuple(docids),
-      stored.title if stored else self.titles.get(doc_id),
-      stored.text if stored else None,
-      online=online is not None,
-      added_at=online.metadata.get(serving_config.ADDED_AT) if online else None,
-    )
+  searches read (live_state.LiveIndex), and online add/delete persisted
+  under `index_dir`."""
 
   def add_documents(
     self, documents: Sequence[beir.Document]
@@ -456,11 +164,6 @@ class ServedIndex:
       self._live = live
     return live
 
-  def _document_encoder(self) -> online_rows.DocumentEncoder:
-    if self._encoder is None:
-      self._encoder = online_rows.DocumentEncoder(self.model, self.input_length)
-    return self._encoder
-
   def _warm_rows(
     self,
     live: LiveState,
@@ -532,9 +235,9 @@ class ServedIndex:
     if self.index_dir is None:
       return False
     if new_docs:
-      served_run.append_online_documents(self.index_dir, new_docs.values())
+      online_logs.append_online_documents(self.index_dir, new_docs.values())
     if rows:
-      served_run.append_online_rows(self.index_dir, rows)
+      online_logs.append_online_rows(self.index_dir, rows)
     return index_lib.record_update(
       self.index_dir,
       before,
@@ -546,9 +249,9 @@ class ServedIndex:
   def _compact_online_files(self) -> None:
     """Rewrites the online logs with what is live (after a compaction),
     and puts the checkpoint's term sets in the new version dir, so that a
-    restart reads the sets it served (served_run.load_term_sets looks there
+    restart reads the sets it served (run_plan.load_term_sets looks there
     first; a crash before this falls back to the checkpoint's artifact)."""
-    served_run.compact_online_files(
+    online_logs.compact_online_files(
       self.index_dir, self.online_documents, self._online_rows
     )
     if self._plan is not None:
@@ -578,7 +281,7 @@ class ServedIndex:
       params = self._placed(params)
     if plan is not None:
       plan = self._replicated(plan)
-    plan_grew = plan is not None and _shapes(plan) != _shapes(self._live.plan)
+    plan_grew = plan is not None and shapes(plan) != shapes(self._live.plan)
     with self._dispatch_lock:
       live = self._live
       arrays = self._replicated(
@@ -587,7 +290,7 @@ class ServedIndex:
       new = dataclasses.replace(
         live, index=index, trie_arrays=arrays, params=params, plan=plan
       )
-      if not plan_grew and _shapes(arrays) == _shapes(live.trie_arrays):
+      if not plan_grew and shapes(arrays) == shapes(live.trie_arrays):
         self._live = new
         return
     logging.info(
@@ -606,15 +309,3 @@ class ServedIndex:
     version_dir = index_lib.current_version_dir(self.index_dir)
     vocab = wordpiece.load_vocabulary(os.path.join(version_dir, "vocab"))
     return index_lib.Index(index.table, vocab)
-
-  def wait_for_updates(self) -> None:
-    """Returns once no update is being applied or persisted."""
-    with self._update_lock:
-      pass
-
-  def close(self) -> None:
-    """Waits for updates to finish and releases the index dir lock."""
-    self.wait_for_updates()
-    if self._lock_handle is not None:
-      self._lock_handle.close()
-      self._lock_handle = None

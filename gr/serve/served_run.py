@@ -1,4 +1,5 @@
-"""A served run's files: the checkpoint, the served index, the online logs.
+"""A served run, loaded and verified: the checkpoint, the served index, the
+params with the docid rows added online, and the corpus to read back.
 
 Loading and verifying what `serving.Retriever` serves, apart from the
 Retriever itself:
@@ -10,45 +11,24 @@ Retriever itself:
                                gr/model/model_config.py's `save_model_config`; looked
                                up inside <run>/model/ first
   <run>/lexical_weight.json    beside model_config.json: the lexical plan's
-                               weight chosen on dev (gr/decode/plan.py
-                               `save_weight`); none = the model alone
-  term_sets.npz                the documents' term sets (the plan), in the
-                               served index's current version dir, else in
-                               the checkpoint's index artifact
+                               weight and the step chosen on dev; it and
+                               the term sets are read by gr/serve/run_plan.py
   <run>/index/                 the served index (gr/index/artifact.py versions and
                                their update logs): seeded from the
                                checkpoint's artifact if absent, and refused
-                               unless it descends from that artifact
-  <run>/index/online_documents.jsonl  documents added online, appended as
-                               BEIR corpus lines (a doc_id added again after a
-                               delete appears twice: the last line is its);
-                               only those the table still has are served
-  <run>/index/online_rows.jsonl  embedding rows of docid tokens created
-                               online (pretrained-encoder models), appended
-                               as {"token", "row": base64 float32 [D]}; the
-                               last line of a token is its row
-  <run>/index/.serving.lock    held while a Retriever serves the directory
-
-Both online logs are append-only (gr/atomic_io.py `append_lines`): an add
-appends its documents and rows first and commits with the index's update
-record last, so a crash in between leaves lines that no table entry uses
-(ignored). `compact_online_files` rewrites them (atomically) when the
-index compacts.
+                               unless it descends from that artifact; its
+                               online logs and lock: gr/serve/online_logs.py
 """
 
-import base64
 import dataclasses
-import fcntl
-import json
 import logging
 import os
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gr import atomic_io
 from gr.train import checkpoints
 from gr.index import artifact as index_lib
 from gr.model import models
@@ -58,21 +38,11 @@ from gr.model import pretrained
 from gr.model import model_config
 from gr.model import warm_start
 from gr.data import beir
-from gr.decode import plan as plan_lib
 from gr.docids import term_sets as term_sets_lib
+from gr.serve import online_logs
 from gr.serve import online_rows
-
-ONLINE_DOCUMENTS_FILE = "online_documents.jsonl"
-ONLINE_ROWS_FILE = "online_rows.jsonl"
-LOCK_FILE = ".serving.lock"
-
-
-class ServingError(Exception):
-  """Base class of the service's errors."""
-
-
-class RunLoadError(ServingError):
-  """A run cannot be served: missing, corrupt or mismatched files."""
+from gr.serve import run_plan
+from gr.serve.serving_config import RunLoadError
 
 
 # ------------------------------------------------------------- loading --
@@ -170,176 +140,6 @@ def _load_checkpoint(checkpoint_dir: str, step: Optional[int] = None):
   return model, params, trained, run, step, os.fspath(artifact)
 
 
-# ----------------------------------------------------- the lexical plan --
-
-
-def run_lexical_weight(
-  checkpoint_dir: str, override: Optional[float] = None
-) -> tuple[float, str]:
-  """(the plan's weight, where it came from): `override` if given, else
-  the run's lexical_weight.json beside model_config.json (0.0 without one:
-  the model alone).
-
-  Raises:
-    RunLoadError: the file is not a weight record (naming it), or the
-      override is negative or NaN.
-  """
-  if override is not None:
-    if not override >= 0:
-      raise RunLoadError(f"lexical_weight must be >= 0, got {override}")
-    return float(override), "lexical_weight given"
-  run_dir = os.path.dirname(model_config.find_model_config(checkpoint_dir))
-  try:
-    weight = plan_lib.load_weight(run_dir)
-  except (ValueError, OSError) as e:
-    raise RunLoadError(str(e)) from e
-  path = os.path.join(run_dir, plan_lib.WEIGHT_FILE)
-  return (0.0 if weight is None else weight), path
-
-
-def recorded_step(checkpoint_dir: str) -> Optional[int]:
-  """The checkpoint step the run chose on dev (early stopping), as its
-  lexical_weight.json records it; None: none recorded (serve the latest).
-
-  Raises:
-    RunLoadError: naming the file, when it is malformed or its step has no
-      checkpoint in `checkpoint_dir` (e.g. 0, the warm start, is not saved).
-  """
-  try:
-    run_dir = os.path.dirname(model_config.find_model_config(checkpoint_dir))
-    step = plan_lib.load_step(run_dir)
-  except (ValueError, OSError) as e:
-    raise RunLoadError(str(e)) from e
-  if step is not None and not os.path.isdir(
-    os.path.join(checkpoint_dir, str(step))
-  ):
-    raise RunLoadError(
-      f"{os.path.join(run_dir, plan_lib.WEIGHT_FILE)}: the run chose step "
-      f"{step}, which {checkpoint_dir} has no checkpoint of; pass the step "
-      "to serve (scripts/serve.py --step)"
-    )
-  return step
-
-
-def load_term_sets(
-  index_dir: str, artifact_dir: str, trained: index_lib.Index
-) -> Optional[term_sets_lib.TermSets]:
-  """The run's term sets: the served index's current version dir's (the
-  run's own index dir, where run_experiment saved the ones it evaluated
-  with), else the checkpoint artifact's; None if neither has them.
-
-  Raises:
-    RunLoadError: a file is corrupt or its rows are not the trained
-      documents'.
-  """
-  for directory in (index_lib.current_version_dir(index_dir), artifact_dir):
-    try:
-      sets = term_sets_lib.TermSets.load(directory)
-    except (ValueError, OSError, KeyError) as e:
-      raise RunLoadError(f"{directory}: bad term sets: {e}") from e
-    if sets is None:
-      continue
-    if len(sets) != len(trained.doc_ids):
-      raise RunLoadError(
-        f"{os.path.join(directory, term_sets_lib.FILE_NAME)}: term sets of "
-        f"{len(sets)} documents, the checkpoint's index has "
-        f"{len(trained.doc_ids)}"
-      )
-    return sets
-  return None
-
-
-# ----------------------------------------------------- online logs --
-
-
-def _documents_path(index_dir: str) -> str:
-  return os.path.join(index_dir, ONLINE_DOCUMENTS_FILE)
-
-
-def _rows_path(index_dir: str) -> str:
-  return os.path.join(index_dir, ONLINE_ROWS_FILE)
-
-
-def read_online_documents(index_dir: str) -> dict[str, beir.Document]:
-  """Documents added online to `index_dir` (empty if none), the last line
-  of each doc_id winning; a torn last line is left out.
-
-  Raises:
-    RunLoadError: a committed line is not a BEIR corpus record.
-  """
-  path = _documents_path(index_dir)
-  documents = {}
-  for line_no, line in atomic_io.read_lines(path):
-    try:
-      doc = beir._parse_document(path, line_no, line.encode("utf-8"))  # pylint: disable=protected-access
-    except beir.BeirFormatError as e:
-      raise RunLoadError(str(e)) from e
-    documents.pop(doc.doc_id, None)  # re-added: moves to the end
-    documents[doc.doc_id] = doc
-  return documents
-
-
-def append_online_documents(
-  index_dir: str, documents: Iterable[beir.Document]
-) -> None:
-  """Appends BEIR corpus lines, one fsync for all of them."""
-  lines = [
-    json.dumps(beir._document_record(doc), ensure_ascii=False)  # pylint: disable=protected-access
-    for doc in documents
-  ]
-  atomic_io.append_lines(_documents_path(index_dir), lines)
-
-
-def read_online_rows(index_dir: str) -> dict[str, np.ndarray]:
-  """Docid token -> embedding row [D] set online in `index_dir` (maybe none).
-
-  Raises:
-    RunLoadError: a committed line is malformed.
-  """
-  path = _rows_path(index_dir)
-  rows = {}
-  for line_no, line in atomic_io.read_lines(path):
-    try:
-      record = json.loads(line)
-      rows[record["token"]] = np.frombuffer(
-        base64.b64decode(record["row"]), np.float32
-      )
-    except (ValueError, KeyError, TypeError) as e:
-      raise RunLoadError(f"{path}:{line_no}: bad row record: {e}") from e
-  return rows
-
-
-def _row_line(token: str, row: np.ndarray) -> str:
-  encoded = base64.b64encode(np.asarray(row, np.float32).tobytes())
-  return json.dumps({"token": token, "row": encoded.decode("ascii")})
-
-
-def append_online_rows(index_dir: str, rows: Mapping[str, np.ndarray]) -> None:
-  """Appends one line per token, one fsync for all of them."""
-  lines = [_row_line(token, row) for token, row in rows.items()]
-  atomic_io.append_lines(_rows_path(index_dir), lines)
-
-
-def repair_online_logs(index_dir: str) -> None:
-  """Cuts torn last lines off both logs and the index's update log (the
-  lock holder does this before it appends)."""
-  atomic_io.repair_log(_documents_path(index_dir))
-  atomic_io.repair_log(_rows_path(index_dir))
-  index_lib.repair_updates(index_dir)
-
-
-def compact_online_files(
-  index_dir: str,
-  documents: Mapping[str, beir.Document],
-  rows: Mapping[str, np.ndarray],
-) -> None:
-  """Rewrites both logs with only `documents` and `rows`, atomically."""
-  beir.write_corpus(_documents_path(index_dir), documents)
-  with atomic_io.atomic_open(_rows_path(index_dir)) as f:
-    for token, row in rows.items():
-      f.write(_row_line(token, row) + "\n")
-
-
 # ------------------------------------------------------ docid token rows --
 
 
@@ -409,7 +209,7 @@ def restore_online_rows(
   new_tokens = served.vocab.docid_tokens[len(trained.vocab.docid_tokens) :]
   if not family.family_of(model).warm_starts_rows or not new_tokens:
     return params
-  saved = read_online_rows(index_dir)
+  saved = online_logs.read_online_rows(index_dir)
   params = with_docid_rows(
     params, served.vocab, {t: saved[t] for t in new_tokens if t in saved}
   )
@@ -484,20 +284,6 @@ class CorpusFile:
     return doc if doc.doc_id == doc_id else None
 
 
-def hold_lock(index_dir: str):
-  """An open file holding an exclusive flock on the index dir's lock file."""
-  handle = open(os.path.join(index_dir, LOCK_FILE), "a")
-  try:
-    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except BlockingIOError:
-    handle.close()
-    raise RunLoadError(
-      f"{index_dir} is already served by another Retriever "
-      f"(lock {LOCK_FILE} is held)"
-    ) from None
-  return handle
-
-
 @dataclasses.dataclass(frozen=True)
 class ServedRun:
   """Everything a Retriever serves, loaded and verified.
@@ -547,63 +333,38 @@ def load_run(
     checkpoint_dir: the orbax model_dir (e.g. workdir/model).
     index_dir: served (mutable) index; default: <checkpoint_dir>/../index.
     step: checkpoint step; None: the one the run chose on dev, as its
-      lexical_weight.json records it (`recorded_step`), else the latest.
+      lexical_weight.json records it (`run_plan.recorded_step`), else the
+      latest.
     corpus_path: BEIR corpus.jsonl to take titles (and trained documents,
       read back by id) from; default: the one
       model_config.json names, if it exists.
     lexical_weight: the plan's weight; None: the run's lexical_weight.json
-      (`run_lexical_weight`).
+      (`run_plan.run_lexical_weight`).
 
   Raises:
     RunLoadError: a file is missing, corrupt or does not fit the others;
       a weight > 0 without term sets names where the weight came from.
   """
   if step is None:
-    step = recorded_step(checkpoint_dir)
+    step = run_plan.recorded_step(checkpoint_dir)
   model, params, trained, run, step, artifact_dir = _load_checkpoint(
     checkpoint_dir, step
   )
-  weight, weight_source = run_lexical_weight(checkpoint_dir, lexical_weight)
+  weight, weight_source = run_plan.run_lexical_weight(
+    checkpoint_dir, lexical_weight
+  )
   index_dir = index_dir or os.path.join(
     os.path.dirname(os.path.abspath(checkpoint_dir)), "index"
   )
   index = served_index(trained, index_dir)
-  term_sets = None
-  if weight > 0:
-    term_sets = load_term_sets(index_dir, artifact_dir, trained)
-    if term_sets is None:
-      raise RunLoadError(
-        f"{weight_source}: lexical weight {weight} needs the run's term sets, "
-        f"but neither {index_lib.current_version_dir(index_dir)} nor "
-        f"{artifact_dir} has {term_sets_lib.FILE_NAME}; serve the model "
-        "alone with lexical_weight 0 (scripts/serve.py --lexical_weight=0)"
-      )
+  term_sets = run_plan.plan_term_sets(
+    weight, weight_source, index_dir, artifact_dir, trained
+  )
   checkpoint_rows = model.config.vocab_size  # grown as the live one grew
-  model, params = online_rows.grown_model(
-    model,
-    params,
-    start_rows=checkpoint_rows,
-    base_size=index.vocab.base_size,
-    needed=index.vocab.vocab_size,
+  model, params, online = _with_online_updates(
+    model, params, trained, index, index_dir, input_length=run.input_length
   )
-  online = {
-    d: doc
-    for d, doc in read_online_documents(index_dir).items()
-    if d in index.table.docids_of
-  }
-  params = restore_online_rows(
-    model,
-    params,
-    trained,
-    index,
-    index_dir,
-    online,
-    input_length=run.input_length,
-  )
-  corpus, titles = None, {}
-  corpus_path = corpus_path or run.corpus_path
-  if corpus_path and os.path.exists(corpus_path):
-    corpus, titles = CorpusFile.scan(corpus_path)
+  corpus, titles = _corpus(corpus_path or run.corpus_path)
   return ServedRun(
     model=model,
     params=params,
@@ -614,9 +375,48 @@ def load_run(
     titles=titles,
     corpus=corpus,
     online_documents=online,
-    online_rows=read_online_rows(index_dir),
+    online_rows=online_logs.read_online_rows(index_dir),
     checkpoint_rows=checkpoint_rows,
     term_sets=term_sets,
     lexical_weight=weight,
     trained_doc_ids=trained.doc_ids,
   )
+
+
+def _with_online_updates(
+  model: models.EncoderDecoderModel,
+  params: Any,
+  trained: index_lib.Index,
+  index: index_lib.Index,
+  index_dir: str,
+  *,
+  input_length: int,
+) -> tuple[models.EncoderDecoderModel, Any, dict[str, beir.Document]]:
+  """(model, params, online documents) of the served index: the model's
+  embedding rows grown to the served vocabulary, the docid rows added
+  online restored, and the logged documents the table still has."""
+  model, params = online_rows.grown_model(
+    model,
+    params,
+    start_rows=model.config.vocab_size,
+    base_size=index.vocab.base_size,
+    needed=index.vocab.vocab_size,
+  )
+  online = {
+    d: doc
+    for d, doc in online_logs.read_online_documents(index_dir).items()
+    if d in index.table.docids_of
+  }
+  params = restore_online_rows(
+    model, params, trained, index, index_dir, online, input_length=input_length
+  )
+  return model, params, online
+
+
+def _corpus(
+  corpus_path: Optional[str],
+) -> tuple[Optional[CorpusFile], dict[str, str]]:
+  """The run's corpus file and doc_id -> title; (None, {}) without one."""
+  if corpus_path and os.path.exists(corpus_path):
+    return CorpusFile.scan(corpus_path)
+  return None, {}

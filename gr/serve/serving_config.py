@@ -1,8 +1,9 @@
 """What the docid decoding service is configured with and answers.
 
 `ServingConfig` (decoding and batching), `Hit` (one retrieved document),
-`StoredDocument` (what the index holds for an id) and the errors of
-online updates; shared by the served index (gr/serve/served_index.py), the
+`StoredDocument` (what the index holds for an id) and the service's
+errors (a run that cannot be loaded, an update that cannot be applied);
+shared by the served index (gr/serve/served_index.py), the
 searcher over it (gr/serve/retriever.py) and the web app.
 """
 
@@ -13,7 +14,14 @@ from typing import Optional
 from gr.data import beir
 from gr.model import models
 from gr.search import retrieval
-from gr.serve.served_run import ServingError
+
+
+class ServingError(Exception):
+  """Base class of the service's errors."""
+
+
+class RunLoadError(ServingError):
+  """A run cannot be served: missing, corrupt or mismatched files."""
 
 
 class DocumentConflict(ServingError):

@@ -316,7 +316,7 @@ class ExperimentTrainer:
         "no initial model to evaluate otherwise)"
       )
     searcher = self.searcher(run, run.params)
-    selection = self.plan.choose(searcher) if self.plan.weights else {}
+    selection = self._selection(searcher)
     if self.selection_at_start:
       selection["at_start"] = self.selection_at_start
     results = evaluate(
@@ -336,6 +336,16 @@ class ExperimentTrainer:
       results["learning_curve"] = self.curve
       results["early_stopping"] = {"chosen_step": self.chosen_step}
     return results
+
+  def _selection(self, searcher: retrieval.Searcher) -> dict:
+    """The plan's weight chosen on dev for `searcher` (set on it): the
+    early-stopping curve's choice at the chosen step when there is one
+    (the same params, so not searched again)."""
+    if self.curve is not None:
+      point = next(p for p in self.curve if p["step"] == self.chosen_step)
+      searcher.lexical_weight = point["dev"]["chosen"]
+      return dict(point["dev"])
+    return self.plan.choose(searcher) if self.plan.weights else {}
 
   def report(self, results, run, scheme: str, name: str, *, started: float):
     """`results` with the run's facts, printed as a table and written to

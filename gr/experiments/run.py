@@ -279,6 +279,7 @@ class ExperimentTrainer:
       seed=self.seed,
       init_params=run.start.params,
       batch_transform=transform,
+      checkpoint_start=self.early_stopping,
       artifact_dir=index_lib.current_version_dir(
         os.path.join(self.workdir, "index")
       ),
@@ -292,15 +293,15 @@ class ExperimentTrainer:
     saved = checkpoints.make_manager(model_dir, keep=None).all_steps()
 
     def params_at(step):
-      if step == 0:
+      if step == 0 and run.params is not None:
         return run.params
       return checkpoints.restore_params(model_dir, step)
 
-    # A scratch model has no start to evaluate (run.params is None).
-    start = [0] if run.params is not None else []
+    # Step 0 is saved (train's checkpoint_start), so every candidate can
+    # be served; it is evaluated from run.params, the same start.
     self.curve = dev_selection.learning_curve(
       self.plan,
-      [*start, *sorted(saved)],
+      sorted(saved),
       lambda step: self.searcher(run, params_at(step)),
     )
     self.chosen_step = dev_selection.best_step(self.curve)

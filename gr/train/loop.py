@@ -209,6 +209,7 @@ def train(
   fit_vocab_to_task: bool = True,
   batch_transform: Callable[[dict], dict] | None = None,
   checkpoint_data: bool = False,
+  checkpoint_start: bool = False,
 ) -> state_lib.TrainState:
   """Trains `model` on a seqio task/mixture; resumes from `model_dir`.
 
@@ -241,6 +242,8 @@ def train(
       continues from it instead of reading and tokenising the consumed
       batches again (`DataIterator`, gr/train/data.py); a step without one
       resumes by skip.
+    checkpoint_start: also save the starting state as step 0 (a fresh
+      run only), so that early stopping can choose and serve the start.
 
   Returns:
     The final TrainState.
@@ -265,6 +268,8 @@ def train(
     init_checkpoint=init_checkpoint,
   )
   start = int(jax.device_get(state.step))
+  if checkpoint_start and start == 0:
+    checkpoints.save(manager, 0, state, artifact_dir, force=True)
   data, batches, eval_batches = _train_data(
     mixture_or_task_name,
     model_dir if checkpoint_data else None,

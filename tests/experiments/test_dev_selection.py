@@ -2,6 +2,7 @@
 plan's weight and the early-stopping step, never on test."""
 
 import json
+import os
 
 import pytest
 
@@ -95,9 +96,9 @@ def test_best_step_of_nothing_is_an_error():
 
 
 def test_early_stopping_serves_the_step_best_on_dev(tmp_path):
-  """run_experiment with early_stopping: every checkpoint (and step 0
-  where the family has a start to evaluate; a scratch T5 has none) is
-  scored on dev; the results, the curve and the weight file agree."""
+  """run_experiment with early_stopping: every checkpoint, step 0 (the
+  start) included, is scored on dev; the results, the curve, the weight
+  file and the saved checkpoints agree."""
   import gin
 
   from gr.decode import plan as plan_lib
@@ -114,7 +115,8 @@ def test_early_stopping_serves_the_step_best_on_dev(tmp_path):
   finally:
     gin.clear_config()
   curve = out["learning_curve"]
-  assert [p["step"] for p in curve] == [5, 10]
+  # Step 0 is checkpointed too, so whichever step wins can be served.
+  assert [p["step"] for p in curve] == [0, 5, 10]
   chosen = out["early_stopping"]["chosen_step"]
   assert chosen == dev_selection.best_step(curve)
   at_chosen = next(p for p in curve if p["step"] == chosen)
@@ -124,6 +126,7 @@ def test_early_stopping_serves_the_step_best_on_dev(tmp_path):
     at_chosen["eval"]["titles/test"]["MRR@10"]
   )
   assert plan_lib.load_step(workdir) == chosen
+  assert os.path.isdir(os.path.join(workdir, "model", str(chosen)))
 
 
 def _early_stopping_run(experiment, data_dir, workdir):

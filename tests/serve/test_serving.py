@@ -31,6 +31,8 @@ from gr.serve import retriever as serving
 from gr.index import trie as trie_lib
 from gr.data import beir
 
+from tests.support import served_runs
+
 WORDS = (
   "apple banana cherry delta echo forest garden harbor island jungle "
   "kettle lemon mountain nectar ocean pepper quartz river stone tiger "
@@ -105,19 +107,15 @@ def make_run(
   )
   model = models.EncoderDecoderModel(tiny_config(rows))
   params = random_params(model)
-  model_dir = os.path.join(workdir, "model")
-  checkpoints.save(
-    model_dir,
-    5,
-    {"params": params},
-    extra_artifacts_dir=index_lib.current_version_dir(index_dir),
+  return served_runs.save_run(
+    workdir,
+    model,
+    params,
+    index_dir,
+    step=5,
+    input_length=INPUT_LENGTH,
+    corpus=corpus,
   )
-  corpus_path = os.path.join(workdir, "corpus.jsonl")
-  beir.write_corpus(corpus_path, corpus)
-  model_config.save_model_config(
-    workdir, model.config, input_length=INPUT_LENGTH, corpus_path=corpus_path
-  )
-  return model_dir
 
 
 @pytest.fixture(scope="module")
@@ -190,14 +188,7 @@ def test_from_checkpoint_seeds_index_and_matches_searcher(
   try:
     assert r.checkpoint_step == 5
     assert index_lib.load_index(str(tmp_path / "served")).table == r.index.table
-    searcher = retrieval.Searcher(
-      r.model,
-      r.params,
-      r.index,
-      CONFIG.search_config(r.max_decode_len),
-      input_length=INPUT_LENGTH,
-      batch_size=4,
-    )
+    searcher = served_runs.searcher_of(r, CONFIG, INPUT_LENGTH)
     queries = ["apple river", "zebra", "ocean quartz stone"]
     expected = searcher.search(queries)
     got = r.retrieve(queries, 32)

@@ -21,7 +21,7 @@ each beam get logits ([N, W] from W gathered output rows, not [N, V]), and
 each step scores their log-softmax: the model's distribution restricted to
 the constraint (not the full-vocabulary log-probs).
 
-Score mode (`score_mode`, gr/model/models.py SCORE_MODES): "log_probs"
+Score mode (`score_mode`, gr/model/score_modes.py): "log_probs"
 (the default) sums each step's log-softmax; "logits" (RIPOR) sums each
 step's raw logits, EOS adding 0, so a residual-quantisation docid scores
 its summed dot products with the decoder's outputs (about the query's dot
@@ -46,7 +46,7 @@ import jax.numpy as jnp
 
 from gr.decode import expand
 from gr.decode import hooks
-from gr.model import models
+from gr.model import score_modes
 
 
 @flax.struct.dataclass
@@ -263,9 +263,12 @@ def _check_arguments(
   constraint,
   logits_processor,
   tokens_to_logits,
+  score_mode,
 ) -> None:
-  """Raises ValueError for sizes < 1, alpha < 0, or a sparse output without
-  a SplitDecoder and a constraint (or with a processor)."""
+  """Raises ValueError for sizes < 1, alpha < 0, an unknown score mode,
+  or a sparse output without a SplitDecoder and a constraint (or with a
+  processor)."""
+  score_modes.check_score_mode(score_mode)
   if min(beam_size, max_decode_len, top_k) < 1 or alpha < 0:
     raise ValueError(
       f"beam_search: need beam_size ({beam_size}), max_decode_len "
@@ -329,17 +332,10 @@ def beam_search(
     [B, top_k], best first. Slots with no finished sequence score -inf.
   """
   top_k = top_k or beam_size
-  models.check_score_mode(score_mode)
   _check_arguments(
-    beam_size,
-    max_decode_len,
-    top_k,
-    length_penalty_alpha,
-    sparse_output,
-    constraint,
-    logits_processor,
-    tokens_to_logits,
-  )
+    beam_size, max_decode_len, top_k, length_penalty_alpha, sparse_output,
+    constraint, logits_processor, tokens_to_logits, score_mode,
+  )  # fmt: skip
   state = _initial_state(
     initial_cache,
     batch_size,

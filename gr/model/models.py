@@ -29,39 +29,11 @@ import numpy as np
 from gr.model import bert_network
 from gr.model import configs
 from gr.model import network
+from gr.model import score_modes
 
 Params = Any
 Batch = Mapping[str, jax.Array]
 Cache = Any
-
-
-# How a docid is scored from its steps' logits: "log_probs" sums each
-# token's log-softmax (the default, DSI), "logits" sums each token's raw
-# logit with EOS counting 0 (RIPOR: a docid scores its summed dot products
-# with the decoder's outputs). gr/decode/beam_search.py and the exact oracle
-# (gr/decode/oracle.py, through `score_encoded`) use the same rule.
-SCORE_MODES = ('log_probs', 'logits')
-
-
-def check_score_mode(score_mode: str) -> None:
-  if score_mode not in SCORE_MODES:
-    raise ValueError(
-      f'score_mode must be one of {SCORE_MODES}, got {score_mode!r}'
-    )
-
-
-def token_scores(
-  logits: jax.Array, targets: jax.Array, score_mode: str, eos_id: int = 1
-) -> jax.Array:
-  """Each target token's score [..., L] from logits [..., L, V]: its
-  log-prob, or ("logits") its raw logit, 0 for EOS."""
-  check_score_mode(score_mode)
-  if score_mode == 'log_probs':
-    logits = jax.nn.log_softmax(logits, axis=-1)
-  picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  if score_mode == 'logits':
-    picked = jnp.where(targets == eos_id, 0.0, picked)
-  return picked
 
 
 def shift_targets_right(targets: jax.Array) -> jax.Array:
@@ -288,7 +260,7 @@ class EncoderDecoderModel:
   ) -> jax.Array:
     """Sum of target log-probs [n] given encoder states (no re-encoding);
     score_mode 'logits': the sum of raw logits, EOS counting 0
-    (`token_scores`).
+    (`score_modes.token_scores`).
 
     encoded [n or 1, Li, width] (or its `cross_attention_kv`) and
     encoder_input_tokens [n or 1, Li] (1: one query for every target row);
@@ -302,7 +274,7 @@ class EncoderDecoderModel:
       decoder_target_tokens=targets,
       method=type(self.module).decode,
     )
-    scores = token_scores(logits, targets, score_mode)  # [n, Lt]
+    scores = score_modes.token_scores(logits, targets, score_mode)  # [n, Lt]
     return jnp.sum(jnp.where(targets > 0, scores, 0.0), axis=-1)
 
   def encode(

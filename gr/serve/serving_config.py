@@ -12,7 +12,7 @@ import datetime
 from typing import Optional
 
 from gr.data import beir
-from gr.model import models
+from gr.model import score_modes
 from gr.search import retrieval
 
 
@@ -59,7 +59,7 @@ class ServingConfig:
   score_mode: str = "log_probs"
 
   def __post_init__(self):
-    models.check_score_mode(self.score_mode)
+    score_modes.check_score_mode(self.score_mode)
     buckets = tuple(sorted(set(int(b) for b in self.buckets)))
     object.__setattr__(self, "buckets", buckets)
     if not buckets or buckets[0] < 1:

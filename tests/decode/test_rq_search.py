@@ -20,6 +20,7 @@ from gr.index import vocab as vocab_lib
 from gr.model import bert
 from gr.model import bert_network
 from gr.model import models
+from gr.model import score_modes
 from gr.model import pretrained
 from gr.model import warm_start
 from gr.search import retrieval
@@ -171,7 +172,7 @@ def test_beam_search_equals_the_exact_oracle_in_logits_mode(setup):
 
 def test_score_mode_is_checked():
   with pytest.raises(ValueError, match="score_mode"):
-    models.check_score_mode("probs")
+    score_modes.check_score_mode("probs")
   with pytest.raises(ValueError, match="score_mode"):
     beam_lib.beam_search(
       lambda t, c, s: (jnp.zeros((1, 4)), c), {}, 1, beam_size=1,

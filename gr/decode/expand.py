@@ -67,7 +67,9 @@ def listed_scores(
   if score_mode != "logits":
     return restricted_log_softmax(logits, allowed)
   ids = jnp.arange(logits.shape[-1]) if tokens is None else tokens
-  return jnp.where(allowed, jnp.where(ids == eos_id, 0.0, logits), hooks.NEG_INF)
+  return jnp.where(
+    allowed, jnp.where(ids == eos_id, 0.0, logits), hooks.NEG_INF
+  )
 
 
 def _top_continuations(candidates: jax.Array):

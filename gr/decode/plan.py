@@ -135,7 +135,9 @@ WEIGHT_FILE = "lexical_weight.json"
 WEIGHT_FORMAT = "gr.lexical_weight.v1"
 
 
-def save_weight(run_dir: str, selection: dict, step: Optional[int] = None) -> None:
+def save_weight(
+  run_dir: str, selection: dict, step: Optional[int] = None
+) -> None:
   """Writes the plan's chosen weight (a `LexicalSelection.choose` record:
   {"split", "chosen", "MRR@10"}) to run_dir/lexical_weight.json, so that
   a served run scores as the evaluated one did. inf is written "inf".
@@ -162,8 +164,12 @@ def load_step(run_dir: str) -> Optional[int]:
   load_weight(run_dir)  # validates the record
   with open(path) as f:
     step = json.load(f).get("step")
-  if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
-    raise ValueError(f"{path}: field 'step' must be an integer >= 0, got {step!r}")
+  if step is not None and (
+    isinstance(step, bool) or not isinstance(step, int) or step < 0
+  ):
+    raise ValueError(
+      f"{path}: field 'step' must be an integer >= 0, got {step!r}"
+    )
   return step
 
 

@@ -226,7 +226,9 @@ def encode(codebooks: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def reconstruct(codebooks: np.ndarray, codes: np.ndarray) -> np.ndarray:
   """[n, d]: the sum of each row's chosen centroids."""
-  return sum(codebooks[level][codes[:, level]] for level in range(len(codebooks)))
+  return sum(
+    codebooks[level][codes[:, level]] for level in range(len(codebooks))
+  )
 
 
 def codebooks_of(table: base.DocidTable) -> np.ndarray:
@@ -242,7 +244,7 @@ def codebooks_of(table: base.DocidTable) -> np.ndarray:
 
 
 def parse(docid: str) -> tuple[tuple[int, ...], int | None] | None:
-  """"<q0_3> <q1_7> <qx_1>" -> ((3, 7), 1); None for another scheme's."""
+  """ "<q0_3> <q1_7> <qx_1>" -> ((3, 7), 1); None for another scheme's."""
   codes, extra = [], None
   for level, token in enumerate(docid.split(" ")):
     match = _CODE.fullmatch(token)

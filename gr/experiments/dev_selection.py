@@ -14,7 +14,7 @@ at that step's weight.
 import dataclasses
 import logging
 import os
-from typing import Any, Callable, Sequence
+from typing import Callable, Sequence
 
 from gr.data import beir
 from gr.search import evaluation
@@ -83,7 +83,9 @@ class LexicalSelection:
     """Sets the searcher's weight to the best on the held-out split;
     returns {"split", "chosen", "MRR@10": {weight: mean MRR@10}}."""
     split = self.split
-    held_out = held_out_queries(self.data_dir, self.query_sets, split, self.max_docs)
+    held_out = held_out_queries(
+      self.data_dir, self.query_sets, split, self.max_docs
+    )
     if not held_out:
       split = "train"
       held_out = held_out_queries(
@@ -127,7 +129,9 @@ def learning_curve(
   for step in steps:
     searcher = searcher_at(step)
     dev = selection.choose(searcher)
-    curve.append({"step": step, "dev": dev, "eval": selection.eval_metrics(searcher)})
+    curve.append(
+      {"step": step, "dev": dev, "eval": selection.eval_metrics(searcher)}
+    )
     logging.info(
       "step %d: dev MRR@10 %.4f (weight %s)",
       step, dev["MRR@10"][str(dev["chosen"])], dev["chosen"],
@@ -140,5 +144,7 @@ def best_step(curve: Sequence[dict]) -> int:
   earlier step)."""
   if not curve:
     raise ValueError("best_step needs a non-empty learning curve")
-  scores = [(p["dev"]["MRR@10"][str(p["dev"]["chosen"])], -p["step"]) for p in curve]
+  scores = [
+    (p["dev"]["MRR@10"][str(p["dev"]["chosen"])], -p["step"]) for p in curve
+  ]
   return -max(scores)[1]

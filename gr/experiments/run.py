@@ -18,7 +18,6 @@ makes goes under `workdir`:
 
 import dataclasses
 import json
-import logging
 import os
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence

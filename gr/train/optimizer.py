@@ -170,8 +170,9 @@ def model_optimizer(
           f'parameter (paths look like {jax.tree.leaves(names)[0]!r})'
         )
     return jax.tree.map(
-      lambda name, model_says: model_says
-      and not any(p.fullmatch(name) for p in patterns),
+      lambda name, model_says: (
+        model_says and not any(p.fullmatch(name) for p in patterns)
+      ),
       names,
       model.trainable_mask(params),
     )

@@ -47,7 +47,7 @@ def test_docids_are_unique_and_collisions_disambiguated():
   assert len({" ".join(d.split()[:2]) for d in group}) == 1
   # Every code token of every level is reserved, then the <qx_j> used.
   assert table.reserved_tokens[:8] == tuple(
-    f"<q{l}_{k}>" for l in range(2) for k in range(4)
+    f"<q{level}_{k}>" for level in range(2) for k in range(4)
   )
   extras = table.reserved_tokens[8:]
   assert extras == tuple(f"<qx_{j}>" for j in range(len(extras)))
@@ -82,9 +82,9 @@ def test_new_documents_get_codes_from_the_frozen_codebooks(tmp_path):
   assert grown.docids_of["d0"][0] == old  # existing docids unchanged
   assert new_docids[2].startswith(old + " ") and "<qx_" in new_docids[2]
   # No new code token: the whole codebook was reserved at assign time.
-  assert [t for t in grown.reserved_tokens if t.startswith("<q") and "x" not in t] == [
-    t for t in table.reserved_tokens if "x" not in t
-  ]
+  assert [
+    t for t in grown.reserved_tokens if t.startswith("<q") and "x" not in t
+  ] == [t for t in table.reserved_tokens if "x" not in t]
   # The trie holds a docid and its disambiguated extension side by side.
   tokens = {t: i + 3 for i, t in enumerate(grown.reserved_tokens)}
   sequences = [
@@ -139,7 +139,8 @@ def test_residual_tokens_complete_each_vector():
     np.testing.assert_allclose(total, x[i], atol=1e-6)
   y = _unit(rng, 2)
   grown = scheme.assign_new(
-    table, {"n0": beir.Document("n0", "", "a"), "n1": beir.Document("n1", "", "b")},
+    table,
+    {"n0": beir.Document("n0", "", "a"), "n1": beir.Document("n1", "", "b")},
     embeddings=y,
   )
   np.testing.assert_array_equal(rq.codebooks_of(grown), rq.codebooks_of(table))

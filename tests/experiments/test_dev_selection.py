@@ -33,14 +33,19 @@ def folder(tmp_path):
   (tmp_path / "corpus.jsonl").write_text(
     "".join(json.dumps(d) + "\n" for d in docs)
   )
-  queries = [{"_id": "qd", "text": "dev query"}, {"_id": "qt", "text": "test query"}]
+  queries = [
+    {"_id": "qd", "text": "dev query"},
+    {"_id": "qt", "text": "test query"},
+  ]
   (tmp_path / "queries.jsonl").write_text(
     "".join(json.dumps(q) + "\n" for q in queries)
   )
   qrels = tmp_path / "qrels"
   qrels.mkdir()
   for split, qid in (("dev", "qd"), ("test", "qt")):
-    (qrels / f"{split}.tsv").write_text(f"query-id\tcorpus-id\tscore\n{qid}\ta\t1\n")
+    (qrels / f"{split}.tsv").write_text(
+      f"query-id\tcorpus-id\tscore\n{qid}\ta\t1\n"
+    )
   return str(tmp_path)
 
 

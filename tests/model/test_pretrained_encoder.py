@@ -519,6 +519,7 @@ def test_without_warm_start_step0_is_not_dense(
 
 def test_docid_token_vectors_average_their_documents(vocab):
   class Table:  # the DocidTable surface docid_token_vectors reads
+    scheme = "semantic"
     doc_ids = ("a", "b", "c")
 
     def all_docids(self):

@@ -32,10 +32,6 @@ EXCEPTIONS = {
     'lazy, inside a function: the default MiniLM embedder when the caller '
     'passes neither an embedder nor embeddings'
   ),
-  ('docids/rq.py', 'gr.model.embed'): (
-    'the same lazy default embedder as semantic.py (RQ codes quantise the '
-    'same document embeddings)'
-  ),
 }
 
 

@@ -47,6 +47,7 @@ import numpy as np
 from gr.data.beir import Document
 from gr.docids import base
 from gr.docids import kmeans
+from gr.docids import semantic
 
 _CODE = re.compile(r"<q(\d+)_(\d+)>")
 _EXTRA = re.compile(r"<qx_(\d+)>")
@@ -169,20 +170,7 @@ class RQScheme:
   def _embeddings(
     self, docs: Mapping[str, Document], embeddings: np.ndarray | None
   ) -> np.ndarray:
-    if embeddings is None:
-      embedder = self.embedder
-      if embedder is None:
-        from gr.model import embed  # Lazy: loading MiniLM costs seconds.
-
-        embedder = embed.Embedder.load()
-      embeddings = embedder.embed([doc.text for doc in docs.values()])
-    embeddings = np.asarray(embeddings, np.float32)
-    if embeddings.ndim != 2 or embeddings.shape[0] != len(docs):
-      raise ValueError(
-        f"embeddings must be [{len(docs)}, dim] (one row per "
-        f"document), got {embeddings.shape}"
-      )
-    return embeddings
+    return semantic.document_embeddings(docs, embeddings, self.embedder)
 
 
 def residual_kmeans(

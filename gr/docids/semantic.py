@@ -192,20 +192,28 @@ class SemanticScheme:
   def _embeddings(
     self, docs: Mapping[str, Document], embeddings: np.ndarray | None
   ) -> np.ndarray:
-    if embeddings is None:
-      embedder = self.embedder
-      if embedder is None:
-        from gr.model import embed  # Lazy: loading MiniLM costs seconds.
+    return document_embeddings(docs, embeddings, self.embedder)
 
-        embedder = embed.Embedder.load()
-      embeddings = embedder.embed([doc.text for doc in docs.values()])
-    embeddings = np.asarray(embeddings, np.float32)
-    if embeddings.ndim != 2 or embeddings.shape[0] != len(docs):
-      raise ValueError(
-        f"embeddings must be [{len(docs)}, dim] (one row per "
-        f"document), got {embeddings.shape}"
-      )
-    return embeddings
+
+def document_embeddings(
+  docs: Mapping[str, Document], embeddings: np.ndarray | None, embedder=None
+) -> np.ndarray:
+  """[len(docs), dim] float32: `embeddings` checked, or the documents'
+  texts embedded by `embedder` (default: MiniLM, loaded lazily). Shared by
+  the schemes that quantise document embeddings (semantic, rq)."""
+  if embeddings is None:
+    if embedder is None:
+      from gr.model import embed  # Lazy: loading MiniLM costs seconds.
+
+      embedder = embed.Embedder.load()
+    embeddings = embedder.embed([doc.text for doc in docs.values()])
+  embeddings = np.asarray(embeddings, np.float32)
+  if embeddings.ndim != 2 or embeddings.shape[0] != len(docs):
+    raise ValueError(
+      f"embeddings must be [{len(docs)}, dim] (one row per "
+      f"document), got {embeddings.shape}"
+    )
+  return embeddings
 
 
 def route_to_leaf(

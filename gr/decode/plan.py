@@ -156,14 +156,29 @@ def save_weight(
     json.dump(record, f, indent=1)
 
 
-def load_step(run_dir: str) -> Optional[int]:
-  """The checkpoint step `save_weight` recorded (None: none recorded)."""
+def _read_record(run_dir: str) -> tuple[str, Optional[dict]]:
+  """(path, the weight file's record checked for its format; None: no
+  file)."""
   path = os.path.join(run_dir, WEIGHT_FILE)
   if not os.path.exists(path):
-    return None
-  load_weight(run_dir)  # validates the record
+    return path, None
   with open(path) as f:
-    step = json.load(f).get("step")
+    try:
+      record = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: not JSON ({e})") from e
+  if not isinstance(record, dict) or record.get("format") != WEIGHT_FORMAT:
+    raise ValueError(f"{path}: not a {WEIGHT_FORMAT} record")
+  return path, record
+
+
+def load_step(run_dir: str) -> Optional[int]:
+  """The checkpoint step `save_weight` recorded (None: none recorded)."""
+  path, record = _read_record(run_dir)
+  if record is None:
+    return None
+  _weight_of(path, record)  # the whole record is checked
+  step = record.get("step")
   if step is not None and (
     isinstance(step, bool) or not isinstance(step, int) or step < 0
   ):
@@ -179,16 +194,12 @@ def load_weight(run_dir: str) -> Optional[float]:
   Raises:
     ValueError: naming the file, when it is not such a record.
   """
-  path = os.path.join(run_dir, WEIGHT_FILE)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    try:
-      record = json.load(f)
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}: not JSON ({e})") from e
-  if not isinstance(record, dict) or record.get("format") != WEIGHT_FORMAT:
-    raise ValueError(f"{path}: not a {WEIGHT_FORMAT} record")
+  path, record = _read_record(run_dir)
+  return None if record is None else _weight_of(path, record)
+
+
+def _weight_of(path: str, record: dict) -> float:
+  """The record's weight, checked (errors name `path`)."""
   weight = record.get("weight")
   if weight == "inf":
     return float("inf")

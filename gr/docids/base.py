@@ -17,7 +17,6 @@ each written atomically; the manifest is written last.
 
 import dataclasses
 import functools
-import io
 import json
 import os
 import re
@@ -33,20 +32,19 @@ from typing import (
 
 import numpy as np
 
-from gr import atomic_io
 from gr.data.beir import Document
+from gr.docids import table_files
 from gr.docids import views
+from gr.docids.table_files import (  # noqa: F401 (re-exported)
+  ARRAYS_FILE,
+  FORMAT,
+  MANIFEST_FILE,
+  TABLE_FILE,
+  DocidTableError,
+)
 
-FORMAT = "gr.docid_table/1"
-TABLE_FILE = "table.json"
-ARRAYS_FILE = "arrays.npz"
-MANIFEST_FILE = "manifest.json"
 RETIRED_KEY = "retired_docids"
 _RESERVED_TOKEN = re.compile(r"<[^<>\s]+>")
-
-
-class DocidTableError(ValueError):
-  """A docid table is inconsistent, or its files on disk are corrupt."""
 
 
 def is_reserved_token(token: str) -> bool:
@@ -192,20 +190,26 @@ class DocidTable:
     new_docids: Mapping[str, Sequence[str]],
     new_reserved_tokens: Sequence[str] = (),
     arrays: Mapping[str, np.ndarray] | None = None,
+    reused: Sequence[str] = (),
   ) -> "DocidTable":
     """Adds documents (version + 1). Existing documents keep their docids.
 
     Only the new documents are checked: O(k) for k of them (plus O(number
-    of reserved tokens) when tokens are appended).
+    of reserved tokens) when tokens are appended, O(retired) with `reused`).
 
     Args:
       new_docids: doc_id -> docid strings for documents not yet in the table.
       new_reserved_tokens: tokens to append (ones already reserved are skipped).
       arrays: replacement scheme state; None keeps the current one. The
-        retired docids always carry over.
+        retired docids always carry over (less `reused`).
+      reused: retired docids released from retirement: their documents'
+        own tokens are handed out again (a scheme's free list, e.g.
+        atomic's `reuse_retired`: the caller gives each such token a new
+        embedding row); a new docid may then equal one of them.
 
     Raises:
-      DocidTableError: a doc_id is already in the table, or a docid is taken.
+      DocidTableError: a doc_id is already in the table, a docid is taken,
+        or a `reused` docid is not retired.
     """
     new_docids = {d: tuple(ids) for d, ids in new_docids.items()}
     clashes = [d for d in new_docids if d in self.docids_of]
@@ -215,23 +219,50 @@ class DocidTable:
     appended = [t for t in dict.fromkeys(new_reserved_tokens) if t not in known]
     _check_reserved_tokens(tuple(appended), set(appended))
     reserved = known | frozenset(appended) if appended else known
+    retired, new_arrays = self._released(reused)
     owner = _NewOwners(self.docid_to_doc)
     for doc_id, ids in new_docids.items():
-      _check_document(doc_id, ids, reserved, owner, self._retired)
-    new_arrays = self.arrays
+      _check_document(doc_id, ids, reserved, owner, retired)
     if arrays is not None:
-      new_arrays = {k: np.asarray(v) for k, v in arrays.items()}
-      if RETIRED_KEY in self.arrays:
-        new_arrays[RETIRED_KEY] = self.arrays[RETIRED_KEY]
+      kept = (
+        {RETIRED_KEY: new_arrays[RETIRED_KEY]}
+        if RETIRED_KEY in new_arrays
+        else {}
+      )
+      new_arrays = {k: np.asarray(v) for k, v in arrays.items()} | kept
     table = self._derived(
       docids_of=views.layered(self.docids_of).changed(add=new_docids),
       docid_to_doc=views.layered(self.docid_to_doc).changed(add=owner.new),
-      retired=self._retired,
+      retired=retired,
       reserved_tokens=self.reserved_tokens + tuple(appended),
       arrays=new_arrays,
     )
     table.__dict__["_reserved_set"] = reserved
     return table
+
+  def _released(
+    self, reused: Sequence[str]
+  ) -> tuple[views.Layered, Mapping[str, np.ndarray]]:
+    """(retired docids, arrays) with `reused` no longer retired."""
+    if not reused:
+      return self._retired, self.arrays
+    reused = list(dict.fromkeys(reused))
+    unknown = [s for s in reused if s not in self._retired]
+    if unknown:
+      raise DocidTableError(f"cannot reuse docids never retired: {unknown[:5]}")
+    old = self.arrays[RETIRED_KEY]
+    kept = old[~np.isin(old, string_array(reused))]
+    return self._retired.changed(remove=reused), {
+      **self.arrays,
+      RETIRED_KEY: kept,
+    }
+
+  def released_from(self, before: "DocidTable") -> list[str]:
+    """The docids `before` retired that this table no longer does (an
+    `extend(reused=...)` between them); O(1) when none were."""
+    if len(self._retired) >= len(before._retired):
+      return []
+    return [s for s in before._retired if s not in self._retired]
 
   def remove(self, doc_ids: Iterable[str]) -> "DocidTable":
     """Deletes documents (version + 1); their docids become retired.
@@ -276,25 +307,9 @@ class DocidTable:
     return table
 
   def save(self, directory: str | os.PathLike) -> None:
-    """Writes table.json, arrays.npz, then manifest.json, each atomically."""
-    os.makedirs(directory, exist_ok=True)
-    table_bytes = json.dumps(self._json_fields(), indent=1).encode()
-    buffer = io.BytesIO()
-    np.savez(buffer, allow_pickle=False, **self.arrays)
-    arrays_bytes = buffer.getvalue()
-    atomic_io.write_bytes(os.path.join(directory, TABLE_FILE), table_bytes)
-    atomic_io.write_bytes(os.path.join(directory, ARRAYS_FILE), arrays_bytes)
-    manifest = {
-      "format": FORMAT,
-      "sha256": {
-        TABLE_FILE: atomic_io.sha256_bytes(table_bytes),
-        ARRAYS_FILE: atomic_io.sha256_bytes(arrays_bytes),
-      },
-    }
-    atomic_io.write_bytes(
-      os.path.join(directory, MANIFEST_FILE),
-      json.dumps(manifest, indent=1).encode(),
-    )
+    """Writes table.json, arrays.npz, then manifest.json, each atomically
+    (gr/docids/table_files.py)."""
+    table_files.write(directory, self._json_fields(), self.arrays)
 
   def _json_fields(self) -> dict[str, Any]:
     return {
@@ -308,20 +323,7 @@ class DocidTable:
   @classmethod
   def load(cls, directory: str | os.PathLike) -> "DocidTable":
     """Reads a saved table; DocidTableError if a file is missing or corrupt."""
-    manifest = _read_json(os.path.join(directory, MANIFEST_FILE))
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-      raise DocidTableError(
-        f"{os.path.join(directory, MANIFEST_FILE)}: not a {FORMAT} manifest"
-      )
-    contents = {
-      name: _read_verified(directory, name, manifest)
-      for name in (TABLE_FILE, ARRAYS_FILE)
-    }
-    fields = _parse_json(
-      os.path.join(directory, TABLE_FILE), contents[TABLE_FILE]
-    )
-    with np.load(io.BytesIO(contents[ARRAYS_FILE]), allow_pickle=False) as npz:
-      arrays = {key: npz[key] for key in npz.files}
+    fields, arrays = table_files.read(directory)
     try:
       return cls(
         scheme=fields["scheme"],
@@ -367,6 +369,26 @@ def check_scheme(table: DocidTable, name: str) -> None:
     raise DocidTableError(
       f"table was built by scheme {table.scheme!r}, not {name!r}"
     )
+
+
+def extended(
+  table: DocidTable,
+  new_docs: Iterable[str],
+  docids: Iterable[str],
+  tokens: Sequence[str] = (),
+  *,
+  arrays: Mapping[str, np.ndarray] | None = None,
+  reused: Sequence[str] = (),
+) -> DocidTable:
+  """`table` extended by one docid per new document (the i-th doc_id of
+  `new_docs` gets the i-th of `docids`), with the reserved `tokens` they
+  created (DocidTable.extend's arrays and reused)."""
+  return table.extend(
+    {d: (docid,) for d, docid in zip(new_docs, docids, strict=True)},
+    tokens,
+    arrays,
+    reused=reused,
+  )
 
 
 def check_new_docs(table: DocidTable, new_docs: Mapping[str, Document]) -> None:
@@ -448,34 +470,3 @@ def _check_json(config: Mapping[str, Any]) -> None:
     json.dumps(config)
   except TypeError as e:
     raise DocidTableError(f"config is not JSON-serialisable: {e}") from e
-
-
-def _read_verified(directory, name: str, manifest: Mapping[str, Any]) -> bytes:
-  path = os.path.join(directory, name)
-  try:
-    with open(path, "rb") as f:
-      data = f.read()
-  except OSError as e:
-    raise DocidTableError(f"{path}: cannot read: {e}") from e
-  expected = manifest.get("sha256", {}).get(name)
-  if atomic_io.sha256_bytes(data) != expected:
-    raise DocidTableError(
-      f"{path}: sha256 does not match {MANIFEST_FILE} "
-      "(corrupt or partially written)"
-    )
-  return data
-
-
-def _read_json(path: str) -> Any:
-  try:
-    with open(path, "rb") as f:
-      return _parse_json(path, f.read())
-  except OSError as e:
-    raise DocidTableError(f"{path}: cannot read: {e}") from e
-
-
-def _parse_json(path: str, data: bytes) -> Any:
-  try:
-    return json.loads(data)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise DocidTableError(f"{path}: invalid JSON: {e}") from e

@@ -31,7 +31,10 @@ exactly, so the exact ranking at the warm start is dense retrieval, while
 the codes still group documents for the beams (the residual is only seen
 at the last step). Docids are unique by construction (no `<qx_j>`); a new
 document gets its codes from the frozen codebooks and its residual token
-from its own vector, with no training.
+from its own vector, with no training. The service's online adds
+(`reuse_retired`) give a new document a deleted document's `<qr_i>` first,
+with row i of the residuals (and so the token's embedding row) overwritten,
+so deletes free tokens and the vocabulary stops growing.
 
 State kept in `DocidTable.arrays`: codebooks [L, K, dim] float32, and with
 residual tokens residuals [documents ever named, dim] float32 (row i is
@@ -40,7 +43,7 @@ residual tokens residuals [documents ever named, dim] float32 (row i is
 
 import dataclasses
 import re
-from typing import Any, ClassVar, Iterable, Mapping, Sequence
+from typing import Any, ClassVar, Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -82,6 +85,8 @@ class RQScheme:
   """
 
   name: ClassVar[str] = "rq"
+  # A token's row is its vector as is (gr/docids/token_rows.py).
+  exact_rows: ClassVar[bool] = True
   levels: int = 4
   codebook_size: int = 64
   seed: int = 0
@@ -112,7 +117,8 @@ class RQScheme:
     )  # fmt: skip
     arrays = {"codebooks": codebooks}
     if self.residual_token:
-      docids, tokens = _name_with_residuals(codes, 0)
+      tokens = tuple(residual_token(i) for i in range(len(codes)))
+      docids = _name_with_residuals(codes, range(len(codes)))
       arrays["residuals"] = x - reconstruct(codebooks, codes)
     else:
       docids, extras = _name(codes, {})
@@ -131,34 +137,44 @@ class RQScheme:
     new_docs: Mapping[str, Document],
     *,
     embeddings: np.ndarray | None = None,
+    reuse_retired: bool = False,
   ) -> base.DocidTable:
-    """embeddings: optional precomputed [len(new_docs), dim]."""
+    """embeddings: optional precomputed [len(new_docs), dim].
+
+    reuse_retired (residual tokens only): new documents take the retired
+    documents' `<qr_i>` first, smallest i first, with row i of the
+    residuals overwritten (module docstring).
+    """
     base.check_scheme(table, self.name)
     base.check_new_docs(table, new_docs)
     x = self._embeddings(new_docs, embeddings)
     codebooks = codebooks_of(table)
     codes = encode(codebooks, x)
     if self.residual_token:
-      old = np.asarray(table.arrays["residuals"], np.float32)
-      docids, tokens = _name_with_residuals(codes, len(old))
-      residuals = x - reconstruct(codebooks, codes)
-      return table.extend(
-        {d: (docid,) for d, docid in zip(new_docs, docids)},
-        tokens,
-        arrays={
-          "codebooks": codebooks,
-          "residuals": np.concatenate([old, residuals]).astype(np.float32),
-        },
-      )
+      free = free_residual_docids(table) if reuse_retired else []
+      return _with_residuals(table, new_docs, x, codes, free[: len(new_docs)])
     taken = dict(
       table.memo(_NEXT_EXTRA, lambda: _taken_counts(table.taken_docids()))
     )
     docids, extras = _name(codes, taken)
-    new_table = table.extend(
-      {d: (docid,) for d, docid in zip(new_docs, docids)},
-      tuple(extra_token(j) for j in range(extras)),
+    new_table = base.extended(
+      table, new_docs, docids, tuple(extra_token(j) for j in range(extras))
     )
     return new_table.remember(_NEXT_EXTRA, taken)
+
+  @staticmethod
+  def token_vectors(
+    table: base.DocidTable, tokens: Collection[str] | None = None
+  ) -> dict[str, np.ndarray]:
+    """The exact rows of `tokens` (default: all reserved; module-level
+    `token_vectors`)."""
+    return token_vectors(table, tokens)
+
+  @property
+  def reuses_tokens(self) -> bool:
+    """Whether assign_new(reuse_retired=True) reuses tokens: each
+    document's own `<qr_i>`, with residual tokens."""
+    return self.residual_token
 
   def _code_tokens(self) -> tuple[str, ...]:
     return tuple(
@@ -246,14 +262,16 @@ def parse(docid: str) -> tuple[tuple[int, ...], int | None] | None:
   return (tuple(codes), extra) if codes else None
 
 
-def token_vectors(table: base.DocidTable) -> dict[str, np.ndarray]:
+def token_vectors(
+  table: base.DocidTable, tokens: Collection[str] | None = None
+) -> dict[str, np.ndarray]:
   """Reserved token -> its vector [dim]: `<q{l}_{k}>` its codebook vector,
   `<qr_i>` its document's residual, `<qx_j>` zero (the warm start's docid
-  rows)."""
+  rows); of `tokens` only if given."""
   codebooks = codebooks_of(table)
   residuals = table.arrays.get("residuals")
   vectors = {}
-  for token in table.reserved_tokens:
+  for token in table.reserved_tokens if tokens is None else tokens:
     match = _CODE.fullmatch(token)
     if match is not None:
       vectors[token] = codebooks[int(match.group(1)), int(match.group(2))]
@@ -266,18 +284,52 @@ def token_vectors(table: base.DocidTable) -> dict[str, np.ndarray]:
 
 
 def _name_with_residuals(
-  codes: np.ndarray, first: int
-) -> tuple[list[str], tuple[str, ...]]:
-  """Docids "codes <qr_i>" for codes [n, L], i from `first` on, and the
-  residual tokens they use."""
-  tokens = tuple(residual_token(first + i) for i in range(len(codes)))
-  docids = [
+  codes: np.ndarray, numbers: Sequence[int]
+) -> list[str]:
+  """Docids "codes <qr_i>" for codes [n, L] and residual numbers i [n]."""
+  return [
     " ".join(code_token(level, int(c)) for level, c in enumerate(row))
     + " "
-    + token
-    for row, token in zip(codes, tokens)
+    + residual_token(i)
+    for row, i in zip(codes, numbers)
   ]
-  return docids, tokens
+
+
+def residual_number(docid: str) -> int:
+  """The i of a residual docid's last token `<qr_i>`."""
+  return int(_RESIDUAL.fullmatch(docid.split(" ")[-1]).group(1))
+
+
+def free_residual_docids(table: base.DocidTable) -> list[str]:
+  """Retired residual docids, smallest `<qr_i>` first: O(retired)."""
+  return sorted(table.retired_docids, key=residual_number)
+
+
+def _with_residuals(
+  table: base.DocidTable,
+  new_docs: Mapping[str, Document],
+  x: np.ndarray,
+  codes: np.ndarray,
+  free: Sequence[str],
+) -> base.DocidTable:
+  """`table` with new documents named "codes <qr_i>": the i of the `free`
+  (retired) docids first, then new ones; residuals row i set to what the
+  codes leave of the document's vector x [n, dim]."""
+  old = np.asarray(table.arrays["residuals"], np.float32)
+  fresh = len(new_docs) - len(free)
+  numbers = [residual_number(d) for d in free] + list(
+    range(len(old), len(old) + fresh)
+  )
+  residuals = np.concatenate([old, np.zeros((fresh, old.shape[1]), np.float32)])
+  residuals[numbers] = x - reconstruct(codebooks_of(table), codes)
+  return base.extended(
+    table,
+    new_docs,
+    _name_with_residuals(codes, numbers),
+    [residual_token(i) for i in numbers[len(free) :]],
+    arrays={"codebooks": codebooks_of(table), "residuals": residuals},
+    reused=free,
+  )
 
 
 def _taken_counts(docids: Iterable[str]) -> dict[tuple[int, ...], int]:

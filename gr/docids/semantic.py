@@ -114,8 +114,9 @@ class SemanticScheme:
       leaf = route_to_leaf(nodes, row)
       paths.append(leaf + (next_position.get(leaf, 0),))
       next_position[leaf] = paths[-1][-1] + 1
-    docids = {d: (self.path_to_docid(p),) for d, p in zip(new_docs, paths)}
-    new_table = table.extend(docids, self._tokens_of(paths))
+    new_table = base.extended(
+      table, new_docs, map(self.path_to_docid, paths), self._tokens_of(paths)
+    )
     return new_table.remember(_NEXT_POSITIONS, next_position)
 
   def path_to_docid(self, path: Sequence[int]) -> str:

@@ -13,8 +13,9 @@ the previous version loadable:
       index.json            scheme, table version, vocab fingerprint, counts
     v000003.updates.jsonl   updates since v000003 was written, one JSON line
                             each: {"version", "add": {doc_id: [docids]},
-                            "reserved": [new tokens]} or {"version",
-                            "remove": [doc_ids]}
+                            "reserved": [new tokens], "reused": [retired
+                            docids given out again, if any]} or
+                            {"version", "remove": [doc_ids]}
 
 A new version is written completely into its own directory first; CURRENT
 is switched last (os.replace), so readers see either the old or the new
@@ -276,6 +277,9 @@ def record_update(
     record["reserved"] = list(
       after.table.reserved_tokens[len(before.table.reserved_tokens) :]
     )
+    reused = after.table.released_from(before.table)
+    if reused:
+      record["reused"] = reused
   if removed:
     record["remove"] = removed
   atomic_io.append_lines(updates_path(version_dir), [json.dumps(record)])
@@ -303,7 +307,11 @@ def replay_updates(index: Index, version_dir: str) -> Index:
       if "remove" in record:
         table = table.remove(record["remove"])
       if "add" in record:
-        table = table.extend(record["add"], record.get("reserved", ()))
+        table = table.extend(
+          record["add"],
+          record.get("reserved", ()),
+          reused=record.get("reused", ()),
+        )
       if table.version != record["version"]:
         raise ValueError("a record must add or remove documents")
     except (ValueError, KeyError, TypeError) as e:

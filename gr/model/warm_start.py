@@ -28,7 +28,7 @@ gr/serve/retriever.py, by gr/continual/update.py's updates): their new docid tok
 start as their documents' embeddings under the model's current encoder.
 
 Residual-quantisation docids (gr/docids/rq.py, RIPOR) differ in three ways
-(`is_rq`): a code token's row is its codebook vector as is (not
+(their scheme's exact rows, gr/docids/token_rows.py): a code token's row is its codebook vector as is (not
 normalised: the codebooks live in the space of the unit document vectors,
 so the rows of a docid sum to its document's reconstruction, and atomic's
 unit rows are the one-level case), a disambiguating `<qx_j>` row is zero,
@@ -44,13 +44,13 @@ cos(query, reconstruction) / temperature.
 
 import dataclasses
 import functools
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gr.docids import rq as rq_lib
+from gr.docids import token_rows
 from gr.model import bert
 from gr.model import bert_network
 from gr.index import vocab as vocab_lib
@@ -63,32 +63,19 @@ def docid_token_vectors(
   vocab,
   doc_vectors: np.ndarray,
 ) -> dict[int, np.ndarray]:
-  """Reserved-token id -> unit vector: mean of its documents' vectors.
+  """Reserved-token id -> vector, by the table's scheme
+  (gr/docids/token_rows.py: the unit mean of its documents' vectors, or
+  the scheme's exact rows).
 
   Args:
     table: the DocidTable; doc_vectors[i] belongs to table.doc_ids[i].
     vocab: the vocabulary holding the table's reserved tokens.
     doc_vectors: [num_docs, width] document embeddings.
   """
-  if is_rq(table):
-    return {
-      vocab.docid_token_id(token): vector
-      for token, vector in rq_lib.token_vectors(table).items()
-    }
-  position = {doc_id: i for i, doc_id in enumerate(table.doc_ids)}
-  reserved = set(vocab.docid_tokens)
-  members: dict[str, set[int]] = {}
-  for docid, doc_id in table.all_docids():
-    for token in docid.split():
-      if token in reserved:
-        members.setdefault(token, set()).add(position[doc_id])
-  vectors = {}
-  for token, docs in members.items():
-    mean = np.asarray(doc_vectors)[sorted(docs)].mean(axis=0)
-    vectors[vocab.docid_token_id(token)] = mean / max(
-      np.linalg.norm(mean), 1e-12
-    )
-  return vectors
+  return {
+    vocab.docid_token_id(token): vector
+    for token, vector in token_rows.token_vectors(table, doc_vectors).items()
+  }
 
 
 # Tokens that end a docid carry END_WEIGHT * u and the EOS row is
@@ -104,20 +91,17 @@ DEFAULT_TEMPERATURE = 0.05  # the step-0 softmax temperature over cosines
 QUERY_GAIN = 1000.0
 
 
-def is_rq(table) -> bool:
-  """Whether `table` holds residual-quantisation docids."""
-  return table.scheme == rq_lib.RQScheme.name
-
-
 def end_ids_of(table, vocab) -> set[int]:
-  """The tokens that get the end direction: `end_token_ids`, none for RQ
-  docids (their step scores are summed as is; EOS adds nothing)."""
-  return set() if is_rq(table) else end_token_ids(table, vocab)
+  """The tokens that get the end direction: `end_token_ids`, none for a
+  scheme with exact rows (RQ: their step scores are summed as is; EOS adds
+  nothing)."""
+  return set() if token_rows.exact_rows(table) else end_token_ids(table, vocab)
 
 
 def query_gain_of(table) -> float:
-  """`shape_decoder`'s query_gain for the table's scheme."""
-  return QUERY_GAIN if is_rq(table) else 1.0
+  """`shape_decoder`'s query_gain for the table's scheme (QUERY_GAIN for
+  exact rows, which are summed over every step)."""
+  return QUERY_GAIN if token_rows.exact_rows(table) else 1.0
 
 
 def end_direction(width: int, seed: int = 0) -> np.ndarray:
@@ -146,14 +130,15 @@ def new_docid_rows(
   """`embedding` [V, D] with the rows of `new_tokens` set from new documents.
 
   The `docid_token_vectors` rule over the documents of `doc_vectors` only
-  (plus, for tokens that end a docid, the existing end tokens' shared
-  component along the EOS row, so EOS still wins after them)
-  (doc_id -> [D] embedding, e.g. the documents just added): a new token's
-  row is the normalised mean of the vectors of those documents whose docids
-  contain it (for an atomic token, its document's vector), scaled to the
-  mean norm of the existing docid rows (the vocabulary's other docid
-  tokens; 1 if there are none), so that it competes with them at the same
-  scale.
+  (doc_id -> [D] embedding, e.g. the documents just added), by
+  `new_token_rows` with the statistics of the existing docid rows
+  (`row_statistics`): a new token's row is the normalised mean of the
+  vectors of those documents whose docids contain it (for an atomic
+  token, its document's vector), scaled to the mean norm of the other docid
+  rows (1 if there are none), plus, for tokens that end a docid, the
+  existing end tokens' shared component along the EOS row, so EOS still
+  wins after them. A scheme with exact rows (RQ) gives its own vectors as
+  they are (a `<qr_i>` its residual, a `<qx_j>` zero).
 
   Args:
     embedding: the tied token embedding [V, D] (V >= every new token's id).
@@ -167,34 +152,72 @@ def new_docid_rows(
   """
   rows = np.array(embedding, np.float32)
   new_ids = {vocab.docid_token_id(t) for t in new_tokens}
-  if is_rq(table):  # only <qx_j> tokens are ever new: their rows are zero
-    vectors = docid_token_vectors(table, vocab, np.zeros((0, 0)))
-    for token_id in new_ids & set(vectors):
-      rows[token_id] = vectors[token_id]
-    return rows
-  old_ids = [
+  old_ids = {
     i
     for i in map(vocab.docid_token_id, vocab.docid_tokens)
     if i not in new_ids and i < len(rows)
-  ]
-  if not new_ids or not doc_vectors:
-    return rows
-  shared = _end_component(rows, end_token_ids(table, vocab) - new_ids)
+  }
+  scale, shared = row_statistics(rows, table, vocab, old_ids)
+  for token, row in new_token_rows(
+    table, vocab, new_tokens, doc_vectors, scale=scale, shared=shared
+  ).items():
+    rows[vocab.docid_token_id(token)] = row
+  return rows
+
+
+def row_statistics(
+  rows: np.ndarray, table, vocab, ids: Optional[Collection[int]] = None
+) -> tuple[float, np.ndarray | float]:
+  """(scale, shared) of `new_token_rows` over the docid rows `ids` of
+  `rows` [V, D] (default: every docid token's below V): their mean norm
+  less the end component, and the end tokens' mean component along EOS."""
+  if ids is None:
+    ids = {
+      i for i in map(vocab.docid_token_id, vocab.docid_tokens) if i < len(rows)
+    }
+  shared = _end_component(rows, end_token_ids(table, vocab) & set(ids))
+  ids = sorted(ids)
   scale = (
-    float(np.linalg.norm(rows[old_ids] - shared, axis=1).mean())
-    if old_ids
-    else 1.0
+    float(np.linalg.norm(rows[ids] - shared, axis=1).mean()) if ids else 1.0
   )
+  return scale, shared
+
+
+def new_token_rows(
+  table,
+  vocab,
+  new_tokens: Sequence[str],
+  doc_vectors: Mapping[str, np.ndarray],
+  *,
+  scale: float,
+  shared: np.ndarray | float,
+) -> dict[str, np.ndarray]:
+  """token -> row [D] of each of `new_tokens` that a document of
+  `doc_vectors` (doc_id -> [D], all in `table`) uses: the scheme's vector
+  (gr/docids/token_rows.py) over those documents; for mean rows scaled by
+  `scale`, plus `shared` on tokens that end a docid (`row_statistics`)."""
+  if token_rows.exact_rows(table):
+    wanted = set(new_tokens)
+    used = {
+      t for d in doc_vectors for s in table.docids_of[d] for t in s.split()
+    }
+    vectors = token_rows.token_vectors(table, None, wanted & used)
+    return {t: np.asarray(v, np.float32) for t, v in vectors.items()}
+  if not new_tokens or not doc_vectors:
+    return {}
   docs = dataclasses.replace(
     table, docids_of={d: table.docids_of[d] for d in doc_vectors}
   )
   vectors = np.stack([doc_vectors[d] for d in docs.doc_ids]).astype(np.float32)
   vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
   end_ids = end_token_ids(docs, vocab)
-  for token_id, vector in docid_token_vectors(docs, vocab, vectors).items():
-    if token_id in new_ids:
-      rows[token_id] = scale * vector + (shared if token_id in end_ids else 0)
-  return rows
+  out = {}
+  for token, vector in token_rows.token_vectors(
+    docs, vectors, set(new_tokens)
+  ).items():
+    end = vocab.docid_token_id(token) in end_ids
+    out[token] = (scale * vector + (shared if end else 0.0)).astype(np.float32)
+  return out
 
 
 def _end_component(rows: np.ndarray, end_ids: set[int]) -> np.ndarray | float:

@@ -48,9 +48,10 @@ class LiveState:
   """What a search reads, swapped as a whole on every update.
 
   `slots` (trie value -> doc_id, None once deleted) is one list shared by
-  every version, appended to and cleared in place under the update lock: a
-  search over older trie arrays never meets a slot past its own, and a
-  slot cleared under it is a document being deleted.
+  every version, appended to, cleared and reused in place under the update
+  lock: a search over older trie arrays never meets a slot past its own, a
+  slot cleared under it is a document being deleted, and a slot reused
+  under it names a document its `index` does not hold (skipped).
   """
 
   index: index_lib.Index
@@ -69,7 +70,7 @@ class LiveState:
     if self.plan is None:
       return self.search(self.params, tokens, self.trie_arrays)
     if self.lexical_only:
-      documents, scores = self.search(self.plan, tokens)
+      documents, scores = self.search(self.params, self.plan, tokens)
       empty = np.zeros(documents.shape + (1, 1), np.int32)
       return aggregate.RankedDocuments(
         documents, scores, empty, scores[..., None]
@@ -97,10 +98,15 @@ def shared_search_fn(
 
 @functools.lru_cache(maxsize=8)
 def shared_lexical_search_fn(
-  top_k: int, mesh: Optional[jax.sharding.Mesh] = None
+  model_config: models.ModelConfig,
+  top_k: int,
+  mesh: Optional[jax.sharding.Mesh] = None,
 ):
-  """One jitted lexical-only search (plan weight inf) per top_k and mesh."""
-  return retrieval.make_lexical_search_fn(top_k, mesh)
+  """One jitted lexical-only search (plan weight inf) per model config,
+  top_k and mesh."""
+  return retrieval.make_lexical_search_fn(
+    models.EncoderDecoderModel(model_config), top_k, mesh
+  )
 
 
 def shapes(arrays):
@@ -215,7 +221,9 @@ class LiveIndex:
     """The jitted search of the current model (shared in the process): with
     the plan, or the term sets' top-k for weight inf."""
     if self._plan is not None and self._plan.lexical_only:
-      return shared_lexical_search_fn(self.config.max_k, self.mesh)
+      return shared_lexical_search_fn(
+        self.model.config, self.config.max_k, self.mesh
+      )
     search = self.config.search_config(self.max_decode_len)
     return shared_search_fn(
       self.model.config,
@@ -232,6 +240,7 @@ class LiveIndex:
     more docid tokens."""
     self._trie = self._build_trie(index, extra_tokens)
     slots = list(index.doc_ids)
+    self._free_slots: list[int] = []  # deleted documents' slots
     self._slot_of = {doc_id: slot for slot, doc_id in enumerate(slots)}
     arrays = self._replicated(self._trie.to_device())
     plan = None

@@ -2,7 +2,9 @@
 
 `DocidNamer.assign` gives new documents docids with the table's own scheme
 (`assign_new`; schemes that place documents by their embeddings get the
-run's encoder, else MiniLM), and `sequences` turns them into the token ids
+run's encoder, else MiniLM; schemes that can, atomic and RQ with residual
+tokens, reuse deleted documents' own tokens first: `reuse_retired`, so
+deletes free vocabulary ids and embedding rows), and `sequences` turns them into the token ids
 the trie stores, refused (DocumentConflict) when a docid cannot be
 encoded, is longer than the served decode length, or encodes to the tokens
 of an existing docid.
@@ -31,8 +33,12 @@ class DocidNamer:
   def assign(
     self, table: docids_lib.DocidTable, new_docs: Mapping[str, beir.Document]
   ) -> docids_lib.DocidTable:
+    scheme = self._docid_scheme(table)
+    reuse = (
+      {"reuse_retired": True} if getattr(scheme, "reuses_tokens", False) else {}
+    )
     try:
-      return self._docid_scheme(table).assign_new(table, new_docs)
+      return scheme.assign_new(table, new_docs, **reuse)
     except (ValueError, KeyError) as e:
       raise DocumentConflict(f"cannot assign docids: {e}") from e
 

@@ -180,6 +180,7 @@ class RowRule:
 
   scale: mean norm of the docid rows (less the end component) at load.
   shared: the end tokens' mean component along the EOS row [D] (or 0.0).
+  A scheme with exact rows (RQ) uses neither: its rows are its vectors.
   """
 
   scale: float
@@ -189,15 +190,7 @@ class RowRule:
   def of(cls, embedding: np.ndarray, table, vocab) -> "RowRule":
     """The statistics over `embedding` [V, D]'s docid rows."""
     rows = np.asarray(embedding, np.float32)
-    ids = [
-      i for i in map(vocab.docid_token_id, vocab.docid_tokens) if i < len(rows)
-    ]
-    end_ids = warm_start.end_token_ids(table, vocab)
-    shared = warm_start._end_component(rows, end_ids)  # pylint: disable=protected-access
-    scale = (
-      float(np.linalg.norm(rows[ids] - shared, axis=1).mean()) if ids else 1.0
-    )
-    return cls(scale, shared)
+    return cls(*warm_start.row_statistics(rows, table, vocab))
 
   def rows(
     self,
@@ -207,25 +200,17 @@ class RowRule:
     doc_vectors: Mapping[str, np.ndarray],
   ) -> dict[str, np.ndarray]:
     """token -> row [D] of each new token some document of `doc_vectors`
-    (doc_id -> [D]; all in `table`) uses."""
+    (doc_id -> [D]; all in `table`) uses (warm_start.new_token_rows)."""
     if not new_tokens or not doc_vectors:
       return {}
-    docs = dataclasses.replace(
-      table, docids_of={d: table.docids_of[d] for d in doc_vectors}
+    return warm_start.new_token_rows(
+      table,
+      vocab,
+      new_tokens,
+      doc_vectors,
+      scale=self.scale,
+      shared=self.shared,
     )
-    vectors = np.stack([doc_vectors[d] for d in docs.doc_ids])
-    vectors = vectors / np.maximum(
-      np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12
-    )
-    by_id = warm_start.docid_token_vectors(docs, vocab, vectors)
-    end_ids = warm_start.end_token_ids(docs, vocab)
-    out = {}
-    for token in new_tokens:
-      token_id = vocab.docid_token_id(token)
-      if token_id in by_id:
-        shared = self.shared if token_id in end_ids else 0.0
-        out[token] = (self.scale * by_id[token_id] + shared).astype(np.float32)
-    return out
 
 
 @jax.jit
@@ -248,4 +233,26 @@ def set_rows(params: Any, vocab, rows: Mapping[str, np.ndarray]) -> Any:
   )
   embedder = dict(params["token_embedder"])
   embedder["embedding"] = _scatter(embedder["embedding"], ids, values)
-  return {**params, "token_embedder": embedder}
+  return zero_logit_columns({**params, "token_embedder": embedder}, ids)
+
+
+def zero_logit_columns(params: Any, ids: np.ndarray) -> Any:
+  """`params` with an untied logits kernel's [D, V] columns `ids` zeroed
+  (tokens whose rows were set online: new ones already are zero; a reused
+  one must not keep the column learnt for a deleted document); as given
+  with tied logits."""
+  logits = params.get("decoder", {}).get("logits_dense")
+  if logits is None or not len(ids):
+    return params
+  kernel = _scatter(
+    logits["kernel"].T,
+    ids,
+    np.zeros((len(ids), logits["kernel"].shape[0]), np.float32),
+  ).T
+  return {
+    **params,
+    "decoder": {
+      **params["decoder"],
+      "logits_dense": {**logits, "kernel": kernel},
+    },
+  }

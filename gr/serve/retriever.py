@@ -204,7 +204,11 @@ class Retriever(ServedIndex):
     hits = []
     for slot, score, found in zip(slots, scores, docids):
       doc_id = live.slots[slot] if slot >= 0 else None
-      if doc_id is None or not np.isfinite(score):
+      if (
+        doc_id is None
+        or not np.isfinite(score)
+        or doc_id not in live.index.table.docids_of  # a slot reused since
+      ):
         continue
       matched = _matched_docids(live.index, doc_id, found)
       hits.append(

@@ -28,6 +28,16 @@ encoder output as its row (warm_start's rule, online_rows.RowRule), so the
 document is retrievable at once; the rows are logged beside the index
 (gr/serve/online_logs.py) and put back on restart. A T5 model's stay zero.
 
+Deletes free what they can reuse. A scheme with a free list (atomic, RQ
+with residual tokens: gr/docids/ `reuse_retired`) gives a new document a
+deleted document's own token first, and its row is overwritten by the new
+document's (zeroed for a T5 model), so add/delete cycles do not grow the
+vocabulary or the embedding rows; the index's update log records the reuse
+("reused"), so a restart replays it. A new document also takes a deleted
+document's slot (trie value, plan document), so the plan's document count
+stays bounded; the plan's entries are compacted in place when its padding
+runs out (gr/serve/served_plan.py).
+
 Searches never take the update lock: they read the `LiveState`, which
 `_publish` swaps whole (under a short dispatch lock) once an update is
 applied.
@@ -103,18 +113,15 @@ class ServedIndex(live_state.LiveIndex):
         rows=self.model.config.vocab_size,
         limit=self.max_decode_len,
       )
+      reused = table.released_from(live.index.table)
       live = self._grown_for(index, sequences)
-      new_tokens = index.vocab.docid_tokens[
-        len(live.index.vocab.docid_tokens) :
-      ]
-      rows = self._warm_rows(live, index, new_tokens, new_docs)
+      rows = self._token_rows(live, index, new_docs, reused)
       compacted = self._persist(live.index, index, new_docs, rows=rows)
       self.online_documents.update(new_docs)
       self._online_rows.update(rows)
       new_slots = {}
       for doc_id, doc_sequences in sequences.items():
-        slot = self._slot_of[doc_id] = len(live.slots)
-        live.slots.append(doc_id)
+        slot = self._slot_of[doc_id] = self._take_slot(live.slots, doc_id)
         new_slots[slot] = (doc_id, doc_sequences)
         for sequence in doc_sequences:
           self._trie.insert(sequence, slot)
@@ -164,6 +171,39 @@ class ServedIndex(live_state.LiveIndex):
       self._live = live
     return live
 
+  def _take_slot(self, slots: list[Optional[str]], doc_id: str) -> int:
+    """A slot for `doc_id`: a deleted document's (the last freed), else a
+    new one at the end. A search still in flight over a state from before
+    that delete cannot mistake the new document for the old: Retriever
+    keeps only documents its own state's table holds."""
+    if self._free_slots:
+      slot = self._free_slots.pop()
+      slots[slot] = doc_id
+      return slot
+    slots.append(doc_id)
+    return len(slots) - 1
+
+  def _token_rows(
+    self,
+    live: LiveState,
+    index: index_lib.Index,
+    new_docs: Mapping[str, beir.Document],
+    reused: Sequence[str],
+  ) -> dict[str, np.ndarray]:
+    """Embedding rows of the docid tokens an add hands out: the new ones
+    (past `live`'s vocabulary) and the own tokens (last) of the retired
+    docids it reuses (`reused`). With a pretrained encoder they come from
+    the new documents (`_warm_rows`); otherwise a reused token's row is
+    zeroed (as a new token's is), so that the new document inherits
+    nothing the model learnt for the deleted one."""
+    new_tokens = index.vocab.docid_tokens[len(live.index.vocab.docid_tokens) :]
+    own = [docid.split(" ")[-1] for docid in reused]
+    rows = self._warm_rows(live, index, list(new_tokens) + own, new_docs)
+    width = live.params["token_embedder"]["embedding"].shape[1]
+    for token in own:
+      rows.setdefault(token, np.zeros(width, np.float32))
+    return rows
+
   def _warm_rows(
     self,
     live: LiveState,
@@ -209,6 +249,7 @@ class ServedIndex(live_state.LiveIndex):
         )
       slot = self._slot_of.pop(doc_id)
       live.slots[slot] = None
+      self._free_slots.append(slot)
       plan = live.plan
       if self._plan is not None:
         plan = self._plan.removed(plan, slot)

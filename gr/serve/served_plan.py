@@ -17,8 +17,11 @@ a capacity that grows by doubling. Padding entries have impact 0 and
 padding sequences slot -1, so they score 0 and are never returned; a
 deleted document's entries get impact 0 and its sequences slot -1. An add
 or delete writes only its own entries (one jitted scatter per array, index
-counts padded to buckets); only a growth changes the shapes, and so
-compiles the search again.
+counts padded to buckets). When an add finds no padding left, the plan is
+built again from the live documents: at the same capacities if they fit
+(deleted documents' entries reclaimed, no compile), else doubled (new
+shapes: the search compiles again). A new document takes a deleted
+document's slot (gr/serve/served_index.py), so N stays bounded too.
 """
 
 import logging
@@ -239,10 +242,7 @@ class ServedPlan:
       len(slots),
     )
     if any(n > c for n, c in zip(need, self._capacities)):
-      grown = tuple(
-        grown_capacity(n, c) for n, c in zip(need, self._capacities)
-      )
-      return self.build(index, slots, grown)
+      return self._rebuilt(index, slots, new)
     ids, terms, impacts, owners = [], [], [], []
     row_ids, seqs, seq_owners = [], [], []
     p, s = self._used["entries"], self._used["sequences"]
@@ -277,6 +277,30 @@ class ServedPlan:
         plan.documents, row_ids, np.asarray(seq_owners, np.int32)
       ),
     )
+
+  def _rebuilt(
+    self,
+    index,
+    slots: Sequence[Optional[str]],
+    new: Mapping[int, tuple[str, Sequence[Sequence[int]]]],
+  ) -> plan_lib.LexicalPlan:
+    """The plan built again, new documents included: at the same
+    capacities (deleted documents' entries and sequences reclaimed, the
+    same shapes, so nothing compiles) when the live documents fit them,
+    else doubled until they do."""
+    live = (
+      sum(len(e) for e in self._entries_of.values())
+      + sum(len(self.set_of(d)[0]) for d, _ in new.values()),
+      sum(len(r) for r in self._rows_of.values())
+      + sum(len(s) for _, s in new.values()),
+      len(slots),
+    )
+    grown = tuple(grown_capacity(n, c) for n, c in zip(live, self._capacities))
+    if grown != self._capacities:
+      logging.info(
+        "lexical plan full: capacities %s -> %s", self._capacities, grown
+      )
+    return self.build(index, slots, grown)
 
   def removed(
     self, plan: plan_lib.LexicalPlan, slot: int

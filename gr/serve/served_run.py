@@ -72,7 +72,8 @@ def check_descends(
 
   Same scheme and base vocabulary (sentencepiece model or WordPiece
   tokenizer), docid tokens extended at the end, and every trained document
-  either unchanged or removed (retired).
+  either unchanged or removed (its docids retired, or reused by another
+  document).
   """
 
   def refuse(reason: str):
@@ -89,10 +90,14 @@ def check_descends(
   tokens = trained.vocab.docid_tokens
   if served.vocab.docid_tokens[: len(tokens)] != tokens:
     refuse("docid tokens are not an extension of the trained ones")
-  retired = served.table.retired_docids
+  owner = served.table.docid_to_doc
   for doc_id, docids in trained.table.docids_of.items():
     now = served.table.docids_of.get(doc_id)
-    if now != docids and not set(docids) <= retired:
+    gone = all(  # deleted: retired, or reused by another document
+      served.table.is_retired(s) or owner.get(s, doc_id) != doc_id
+      for s in docids
+    )
+    if now != docids and not gone:
       refuse(f"document {doc_id!r} has docids {now}, trained with {docids}")
 
 
@@ -144,20 +149,23 @@ def _load_checkpoint(checkpoint_dir: str, step: Optional[int] = None):
 
 
 def with_docid_rows(params: Any, vocab, rows: Mapping[str, np.ndarray]) -> Any:
-  """`params` with the token embedding rows of docid tokens replaced."""
+  """`params` with the token embedding rows of docid tokens replaced (and
+  an untied logits kernel's columns of them zeroed, as online_rows.set_rows
+  does live)."""
   if not rows:
     return params
   old = params["token_embedder"]["embedding"]
   embedding = np.array(old)
-  for token, row in rows.items():
-    embedding[vocab.docid_token_id(token)] = row
-  return {
+  ids = [vocab.docid_token_id(token) for token in rows]
+  embedding[ids] = np.stack(list(rows.values()))
+  params = {
     **params,
     "token_embedder": {
       **params["token_embedder"],
       "embedding": jnp.asarray(embedding, old.dtype),
     },
   }
+  return online_rows.zero_logit_columns(params, np.asarray(ids, np.int32))
 
 
 def warm_docid_rows(
@@ -201,20 +209,21 @@ def restore_online_rows(
   *,
   input_length: int,
 ) -> Any:
-  """The checkpoint's params with the rows of docid tokens added online.
+  """The checkpoint's params with the rows of docid tokens set online:
+  the new ones, and trained or new ones reused after a delete (the last
+  saved row of each token wins, as it did live).
 
-  Saved rows are used as they are; a token without one (a lost file)
+  Saved rows are used as they are; a new token without one (a lost file)
   gets the warm-start rule over the online documents that use it.
   """
   new_tokens = served.vocab.docid_tokens[len(trained.vocab.docid_tokens) :]
-  if not family.family_of(model).warm_starts_rows or not new_tokens:
-    return params
   saved = online_logs.read_online_rows(index_dir)
+  known = set(served.vocab.docid_tokens)
   params = with_docid_rows(
-    params, served.vocab, {t: saved[t] for t in new_tokens if t in saved}
+    params, served.vocab, {t: r for t, r in saved.items() if t in known}
   )
   missing = {t for t in new_tokens if t not in saved}
-  if not missing:
+  if not family.family_of(model).warm_starts_rows or not missing:
     return params
   users = {
     d: doc

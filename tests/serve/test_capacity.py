@@ -217,3 +217,52 @@ def test_semantic_adds_grow_the_rows_too(tmp_path):
     assert set(new) <= set(again.index.doc_ids)
   finally:
     again.close()
+
+
+def test_add_delete_cycles_reuse_rows_and_slots(tiny_run, tmp_path):
+  """2,000 adds, each followed by a delete (online documents, and trained
+  ones early on): deleted documents' `<d_N>` tokens and slots are reused,
+  so the vocabulary, the embedding rows and the slots stay within the
+  first capacity; every live document is found at rank 1 by its words,
+  no deleted one is ever returned, and a restart serves the same."""
+  run, words = tiny_run
+  run = copy_run(run, tmp_path / "run")
+  r = serve(run)
+  rng = np.random.default_rng(5)
+  new = distinctive_documents(words, 2000, seed=3, prefix="c")
+  live = {d: beir.Document(d, "", t) for d, t in OLD.items()}
+  deleted = {}
+  try:
+    rows, tokens = r.model.config.vocab_size, len(r.index.vocab.docid_tokens)
+    for doc in new.values():
+      r.add_documents([doc])
+      live[doc.doc_id] = doc
+      if len(live) > 20 or rng.random() < 0.5:
+        doomed = list(live)[rng.integers(len(live))]
+        r.delete_document(doomed)
+        deleted[doomed] = live.pop(doomed)
+    assert r.model.config.vocab_size == rows
+    assert len(r.index.vocab.docid_tokens) <= tokens + 21
+    assert len(r._live.slots) <= len(OLD) + 21  # pylint: disable=protected-access
+    assert ranked_first(r, live) == 1.0
+    texts = [doc.text for doc in deleted.values()]
+    before = [[h.doc_id for h in hits] for hits in r.retrieve(texts, 1)]
+    assert not set(sum(before, [])) & set(deleted)
+    assert set(sum(before, [])) <= set(live)
+    embedding = np.asarray(r.params["token_embedder"]["embedding"])
+    table = r.index.table
+  finally:
+    r.close()
+  again = serve(run)
+  try:
+    assert again.index.table == table
+    np.testing.assert_allclose(
+      np.asarray(again.params["token_embedder"]["embedding"]),
+      embedding,
+      atol=1e-6,
+    )
+    assert ranked_first(again, live) == 1.0
+    after = [[h.doc_id for h in hits] for hits in again.retrieve(texts, 1)]
+    assert after == before
+  finally:
+    again.close()

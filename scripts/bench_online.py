@@ -34,9 +34,14 @@ timed as a user's add is: `add_documents` of one document (--e2e_adds
 times), then of batches of 64 (--batch_adds times), embedding included
 (the run's encoder, for the new docid tokens' rows). Bodies are the run's
 own corpus bodies under new ids (the corpus model_config.json names), else
-synthetic 120-word texts. With --rss_adds=N: the process RSS after 10
-single adds, then after N adds and N deletes (issue 22 item 4). Targets:
-one add <= 50 ms, a batch of 64 <= 500 ms, RSS within 100 MB.
+synthetic 120-word texts. Each single add is also split into its steps
+(`add_stages`: naming, term sets, encoder, logs, device publish). Then
+--clients threads (default 16) each run --client_ops operations at once:
+3 in 4 a search, else an add of one document or a delete of one it added
+(`mixed_clients`: search, add and delete latencies under the mix). With
+--rss_adds=N: the process RSS after 10 single adds, then after N adds and N
+deletes (issue 22 item 4). Targets: one add <= 50 ms, a batch of 64 <= 500
+ms, search p99 under the 16 clients <= 2x idle p99, RSS within 100 MB.
 """
 
 import json
@@ -65,6 +70,10 @@ _CHECKPOINT = flags.DEFINE_string(
 _E2E_ADDS = flags.DEFINE_integer('e2e_adds', 100, 'Single adds timed.')
 _BATCH_ADDS = flags.DEFINE_integer('batch_adds', 5, 'Batches of 64 timed.')
 _RSS_ADDS = flags.DEFINE_integer('rss_adds', 1000, 'Adds+deletes for RSS.')
+_CLIENTS = flags.DEFINE_integer(
+  'clients', 16, 'Mixed clients (searches, adds, deletes) at once.'
+)
+_CLIENT_OPS = flags.DEFINE_integer('client_ops', 12, 'Operations per client.')
 _SEARCHES = flags.DEFINE_integer(
   'searches', 50, 'Single-query searches timed (idle) on the served run.'
 )
@@ -230,10 +239,102 @@ def corpus_bodies(checkpoint: str, count: int) -> list[str]:
   return [bodies[i % len(bodies)] for i in range(count)]
 
 
-def bench_end_to_end(checkpoint: str) -> dict:
-  """A user's adds on a served run, embedding included (module docstring)."""
+class StageTimes:
+  """Where an add's time goes: wall seconds inside each wrapped step of
+  the served index (naming, term sets, encoder, logs, device publish),
+  summed per add (the steps run under the update lock, one add at a
+  time)."""
+
+  STEPS = {
+    'name_docids': ('_namer', 'assign'),
+    'term_sets': ('_plan', 'sets_of'),
+    'encode': ('_encoder', 'vectors'),
+    'persist_logs': (None, '_persist'),
+    'plan_edit': ('_plan', 'added'),
+    'publish_device': (None, '_publish'),
+  }
+
+  def __init__(self, retriever):
+    self.current = {}
+    retriever._document_encoder()  # pylint: disable=protected-access
+    for name, (attribute, method) in self.STEPS.items():
+      owner = retriever if attribute is None else getattr(retriever, attribute)
+      if owner is not None:
+        setattr(owner, method, self._timed(name, getattr(owner, method)))
+
+  def _timed(self, name, function):
+    def wrapper(*args, **kwargs):
+      begin = time.perf_counter()
+      try:
+        return function(*args, **kwargs)
+      finally:
+        elapsed = time.perf_counter() - begin
+        self.current[name] = self.current.get(name, 0.0) + elapsed
+
+    return wrapper
+
+  def take(self) -> dict:
+    out, self.current = self.current, {}
+    return out
+
+  @staticmethod
+  def summary(per_add: list[dict]) -> dict:
+    """step -> {p50_ms, mean_ms} over the adds."""
+    steps = sorted({k for add in per_add for k in add})
+    return {
+      step: {
+        'p50_ms': float(np.percentile([a.get(step, 0) for a in per_add], 50))
+        * 1000,
+        'mean_ms': float(np.mean([a.get(step, 0) for a in per_add])) * 1000,
+      }
+      for step in steps
+    }
+
+
+def mixed_clients(retriever, queries, docs, clients: int, ops: int) -> dict:
+  """`clients` threads, each `ops` operations: a search (3 in 4), else an
+  add of one document, or (every third of those, once it has one) a
+  delete of one it added. Latencies of each kind, under the mix."""
+  import threading  # pylint: disable=g-import-not-at-top
+
+  lock = threading.Lock()
+  times = {'search': [], 'add': [], 'delete': []}
+
+  def client(seed: int):
+    rng = np.random.default_rng(seed)
+    mine = []
+    for _ in range(ops):
+      kind = 'search' if rng.random() < 0.75 else 'add'
+      if kind == 'add' and mine and rng.random() < 1 / 3:
+        kind = 'delete'
+      begin = time.perf_counter()
+      if kind == 'search':
+        retriever.retrieve([queries[rng.integers(len(queries))]], 10)
+      elif kind == 'add':
+        with lock:
+          batch = docs(1)
+        retriever.add_documents(batch)
+        mine.append(batch[0].doc_id)
+      else:
+        retriever.delete_document(mine.pop(0))
+      with lock:
+        times[kind].append(time.perf_counter() - begin)
+
+  threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+  begin = time.perf_counter()
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  result = {kind: milliseconds(t) for kind, t in times.items() if t}
+  result.update(clients=clients, ops=clients * ops)
+  result['wall_s'] = time.perf_counter() - begin
+  return result
+
+
+def serve_for_bench(checkpoint: str):
+  """(retriever, server start seconds) over a fresh index dir."""
   from gr.serve import retriever as serving  # pylint: disable=g-import-not-at-top
-  from gr.data import beir  # pylint: disable=g-import-not-at-top
 
   work = tempfile.mkdtemp(prefix='bench_online_e2e_')
   start = time.perf_counter()
@@ -244,7 +345,14 @@ def bench_end_to_end(checkpoint: str) -> dict:
     lexical_weight=_LEXICAL_WEIGHT.value,
   )
   retriever.warm_up()
-  start_s = time.perf_counter() - start
+  return retriever, time.perf_counter() - start
+
+
+def bench_end_to_end(checkpoint: str) -> dict:
+  """A user's adds on a served run, embedding included (module docstring)."""
+  from gr.data import beir  # pylint: disable=g-import-not-at-top
+
+  retriever, start_s = serve_for_bench(checkpoint)
   queries = [b[:200] for b in corpus_bodies(checkpoint, _SEARCHES.value)]
 
   def searches():
@@ -258,7 +366,8 @@ def bench_end_to_end(checkpoint: str) -> dict:
   searches()  # first calls of the length buckets
   search_idle = searches()
   start_rows = retriever.model.config.vocab_size
-  total = 1 + _E2E_ADDS.value + 64 * (1 + _BATCH_ADDS.value)
+  mixed_ops = _CLIENTS.value * _CLIENT_OPS.value
+  total = 1 + _E2E_ADDS.value + 64 * (1 + _BATCH_ADDS.value) + mixed_ops
   bodies = iter(corpus_bodies(checkpoint, total + _RSS_ADDS.value))
   serial = iter(range(10**9))
 
@@ -266,6 +375,8 @@ def bench_end_to_end(checkpoint: str) -> dict:
     return [
       beir.Document(f'e2e{next(serial)}', '', next(bodies)) for _ in range(n)
     ]
+
+  stages = StageTimes(retriever)
 
   def timed(n):
     batch = docs(n)
@@ -275,9 +386,17 @@ def bench_end_to_end(checkpoint: str) -> dict:
 
   first_single, first_batch = timed(1), timed(64)  # compile-free by warm_up
   compiled, rows = retriever.compiled_count(), retriever.model.config.vocab_size
-  singles = [timed(1) for _ in range(_E2E_ADDS.value)]
+  stages.take()
+  singles, single_stages = [], []
+  for _ in range(_E2E_ADDS.value):
+    singles.append(timed(1))
+    single_stages.append(stages.take())
   batches = [timed(64) for _ in range(_BATCH_ADDS.value)]
+  batch_stages = stages.take()
   search_after = searches()
+  mixed = mixed_clients(
+    retriever, queries, docs, _CLIENTS.value, _CLIENT_OPS.value
+  )
   result = {
     'checkpoint': checkpoint,
     'lexical_weight': retriever.lexical_weight,
@@ -286,34 +405,43 @@ def bench_end_to_end(checkpoint: str) -> dict:
     ),
     'search_idle': milliseconds(search_idle),
     'search_after_adds': milliseconds(search_after),
-    'documents_at_start': retriever.num_docs - total,
+    'mixed_clients': mixed,
+    'documents_at_start': retriever.num_docs - total + mixed_ops,
     'embedding_rows_at_start': start_rows,
     'server_start_s': start_s,
     'first_add_ms': first_single * 1000,
     'first_batch_of_64_ms': first_batch * 1000,
     'add': milliseconds(singles),
+    'add_stages': StageTimes.summary(single_stages),
     'batch_of_64': milliseconds(batches),
+    'batch_of_64_stages_total_ms': {
+      k: v * 1000 for k, v in batch_stages.items()
+    },
     # A growth of the rows compiles a new search (its own compiled count).
     'recompiled_during_adds': retriever.compiled_count() > compiled
     or retriever.model.config.vocab_size != rows,
     'embedding_rows_after': retriever.model.config.vocab_size,
   }
   if _RSS_ADDS.value:
-    added = [d.doc_id for d in docs(0)]
-    rss = {}
-    for n in range(_RSS_ADDS.value):
-      batch = docs(1)
-      retriever.add_documents(batch)
-      added.append(batch[0].doc_id)
-      if n + 1 == 10:
-        rss['rss_mb_after_10'] = rss_mb()
-    for doc_id in added:
-      retriever.delete_document(doc_id)
-    rss['rss_mb_after_adds_and_deletes'] = rss_mb()
-    rss['adds'] = rss['deletes'] = _RSS_ADDS.value
-    result['rss'] = rss
+    result['rss'] = rss_cycle(retriever, docs)
   retriever.close()
   return result
+
+
+def rss_cycle(retriever, docs) -> dict:
+  """RSS after 10 single adds, then after --rss_adds adds and deletes."""
+  added, rss = [], {}
+  for n in range(_RSS_ADDS.value):
+    batch = docs(1)
+    retriever.add_documents(batch)
+    added.append(batch[0].doc_id)
+    if n + 1 == 10:
+      rss['rss_mb_after_10'] = rss_mb()
+  for doc_id in added:
+    retriever.delete_document(doc_id)
+  rss['rss_mb_after_adds_and_deletes'] = rss_mb()
+  rss['adds'] = rss['deletes'] = _RSS_ADDS.value
+  return rss
 
 
 def main(argv):

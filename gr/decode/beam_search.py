@@ -31,6 +31,23 @@ in that mode (the search runs until every beam has ended or max length).
 A logits processor then sees the raw logits (EOS set to 0), and the sparse
 output layer scores the listed tokens' raw logits.
 
+Two options save model calls (issue 21):
+
+- `first_step`: at step 0 all K beams of an input hold BOS and the same
+  cache, so their logits are equal; a step function over the B inputs
+  (decoder_tokens [B, 1], the initial cache [B, ...]) -> (logits [B, V],
+  cache [B, ...]) runs step 0 once per input instead of once per beam (a
+  `SplitDecoder` with the sparse output layer). A step function whose rows
+  keep all their per-input state in the cache (none in its closure) can
+  pass itself. Step 0 is then peeled off the loop and the cache repeated to
+  the beams after it.
+- `score_forced_eos=False`: a beam whose only allowed token is EOS (the
+  constraint's optional `forced_end`) ends with its score as it is, so a
+  fixed-length docid scores its tokens alone (STATIC's score), not also the
+  model's log-prob that it ends. Needs such a constraint and no processor.
+  Wherever a forced EOS scores 0 (this, the sparse output layer, "logits"
+  mode), a step where every alive beam must end calls no model.
+
 Shapes: B = batch, K = beam_size, N = B * K, V = vocabulary, L = max length,
 W_d = the most tokens a `Constraint` lists per beam at depth (step) d.
 Token ids: BOS = PAD = 0 (the first decoder input), EOS = 1.
@@ -38,7 +55,8 @@ Token ids: BOS = PAD = 0 (the first decoder input), EOS = 1.
 
 from __future__ import annotations
 
-from typing import Optional
+import dataclasses
+from typing import Any, Optional
 
 import flax.struct
 import jax
@@ -107,10 +125,13 @@ def _initial_state(
   processor,
   processor_state,
   constraint,
+  first_step=None,
 ) -> BeamState:
   """Beam 0 alive with log-prob 0, the others -inf; finished pool empty.
 
-  The processor's state is `processor_state`, or its init() when None.
+  The processor's state is `processor_state`, or its init() when None. The
+  cache is repeated to the beams [N, ...], or stays [B, ...] for a
+  `first_step`.
   """
   if processor_state is None and processor is not None:
     processor_state = processor.init(batch_size, beam_size)
@@ -124,7 +145,11 @@ def _initial_state(
     ),
     finished_seqs=jnp.zeros((batch_size, top_k, max_decode_len), jnp.int32),
     finished_scores=jnp.full((batch_size, top_k), hooks.NEG_INF, jnp.float32),
-    cache=_expand_to_beams(initial_cache, beam_size),
+    cache=(
+      initial_cache
+      if first_step is not None
+      else _expand_to_beams(initial_cache, beam_size)
+    ),
     processor_state=processor_state,
     constraint_state=(
       None if constraint is None else constraint.init(batch_size, beam_size)
@@ -141,21 +166,39 @@ def _decoder_inputs(state: BeamState) -> jax.Array:
   return jnp.where(state.step == 0, 0, previous).reshape(batch * beams, 1)
 
 
-def _step_scores(
-  state: BeamState, tokens_to_logits, processor, score_mode, eos_id
-):
-  """Scores of every next token; log-probs are scores - log_z.
+def _run_decoder(state: BeamState, fn, first_step, sparse_output):
+  """The decoder step: (logits [N, V], or hidden [N, E] for sparse_output;
+  cache [N, ...]).
+
+  `first_step` (given only at step 0, the cache still [B, ...]): every
+  beam of an input holds BOS and the same cache, so the step runs once per
+  input ([B, 1] rows) and its outputs and cache are repeated to the beams.
+  """
+  batch, beams, _ = state.alive_seqs.shape
+  if first_step is None:
+    outputs, cache = fn(_decoder_inputs(state), state.cache, state.step)
+  else:
+    if sparse_output:
+      first_step = first_step.tokens_to_hidden
+    outputs, cache = first_step(
+      jnp.zeros((batch, 1), jnp.int32), state.cache, state.step
+    )
+    outputs = _expand_to_beams(outputs, beams)  # --> [N, ...]
+    cache = _expand_to_beams(cache, beams)
+  return outputs, cache
+
+
+def _normalised(state: BeamState, logits, processor, score_mode, eos_id):
+  """Scores of every next token from logits [N, V]; log-probs are
+  scores - log_z.
 
   Returns:
-    (scores [B, K, V], log_z [B, K, 1], new cache, processor state). Without
-    a processor, scores are the logits and log_z their log-normaliser, so a
+    (scores [B, K, V], log_z [B, K, 1], processor state). Without a
+    processor, scores are the logits and log_z their log-normaliser, so a
     sparse step reads the [B, K, V] logits but writes nothing that wide. In
     "logits" mode, log_z is 0 and EOS's logit 0.
   """
   batch, beams, _ = state.alive_seqs.shape
-  logits, cache = tokens_to_logits(
-    _decoder_inputs(state), state.cache, state.step
-  )
   logits = logits.astype(jnp.float32).reshape(batch, beams, -1)  # --> [B,K,V]
   if score_mode == "logits":
     logits = logits.at[:, :, eos_id].set(0.0)
@@ -163,11 +206,11 @@ def _step_scores(
   else:
     log_z = jax.nn.logsumexp(logits, axis=2, keepdims=True)
   if processor is None:
-    return logits, log_z, cache, state.processor_state
+    return logits, log_z, state.processor_state
   log_probs, processor_state = processor.process(
     state.processor_state, logits - log_z, state.step
   )
-  return log_probs, jnp.zeros_like(log_z), cache, processor_state
+  return log_probs, jnp.zeros_like(log_z), processor_state
 
 
 def _merge_finished(state: BeamState, eos_scores: jax.Array, eos_id: int):
@@ -179,49 +222,105 @@ def _merge_finished(state: BeamState, eos_scores: jax.Array, eos_id: int):
   return _gather_beams(seqs, top_index), top_scores
 
 
-def _search_step(
-  state: BeamState,
-  tokens_to_logits,
-  processor,
-  constraint,
-  eos_id,
-  alpha,
-  sparse_output=False,
-  score_mode="log_probs",
-) -> BeamState:
-  """One decode position: finish EOS beams, extend the others."""
-  if sparse_output:  # tokens_to_logits is a hooks.SplitDecoder; no processor
-    hidden, cache = tokens_to_logits.tokens_to_hidden(
-      _decoder_inputs(state), state.cache, state.step
+@dataclasses.dataclass(frozen=True)
+class _Search:
+  """The static settings of one `beam_search` (see its Args)."""
+
+  tokens_to_logits: Any
+  processor: Optional[hooks.LogitsProcessor]
+  constraint: Optional[hooks.Constraint]
+  eos_id: int
+  alpha: float
+  sparse_output: bool
+  score_mode: str
+  score_forced_eos: bool
+
+  @property
+  def forced_eos_free(self) -> bool:
+    """Whether a beam whose only allowed token is EOS ends at +0: by the
+    scores themselves (restricted to the listed tokens, or raw logits with
+    EOS at 0), or because `score_forced_eos` is off."""
+    return (
+      self.constraint is not None
+      and self.processor is None
+      and getattr(self.constraint, "forced_end", None) is not None
+      and (
+        self.sparse_output
+        or self.score_mode == "logits"
+        or not self.score_forced_eos
+      )
     )
-    processor_state = state.processor_state
+
+
+def _decoder_outputs(state: BeamState, search: _Search, first_step):
+  """`_run_decoder`, skipped (zeros, cache as is) at a step where every
+  alive beam's only allowed token is EOS and that EOS scores 0 anyway.
+
+  Returns (outputs, cache, forced [B, K] bool or None: the beams whose only
+  allowed token is EOS, when `search.forced_eos_free`).
+  """
+  run = lambda: _run_decoder(
+    state, search.tokens_to_logits, first_step, search.sparse_output
+  )
+  if first_step is not None or not search.forced_eos_free:
+    return (*run(), None)
+  forced = search.constraint.forced_end(state.constraint_state)  # [B, K]
+  shapes = jax.eval_shape(run)
+  skip = lambda: (
+    jnp.zeros(shapes[0].shape, shapes[0].dtype),
+    state.cache,
+  )
+  ends = jnp.all(forced | (state.alive_log_probs == hooks.NEG_INF))
+  return (*jax.lax.cond(ends, skip, run), forced)
+
+
+def _expansion(state: BeamState, search: _Search, outputs, forced):
+  """The step's `Expansion` from the decoder's outputs, and the processor
+  state."""
+  if search.sparse_output:  # outputs: hidden [N, E]; no processor
     expansion = expand.expand_sparse_output(
       state,
-      hidden,
-      tokens_to_logits.output_layer,
-      constraint,
-      eos_id,
-      alpha,
-      score_mode=score_mode,
+      outputs,
+      search.tokens_to_logits.output_layer,
+      search.constraint,
+      search.eos_id,
+      search.alpha,
+      score_mode=search.score_mode,
+    )
+    return expansion, state.processor_state
+  scores, log_z, processor_state = _normalised(
+    state, outputs, search.processor, search.score_mode, search.eos_id
+  )
+  if forced is not None and search.score_mode != "logits":
+    # a forced EOS scores 0: its log-normaliser is its own logit
+    eos = scores[:, :, search.eos_id : search.eos_id + 1]
+    log_z = jnp.where(forced[:, :, None], eos, log_z)
+  if search.constraint is None:
+    expansion = expand.expand_dense(
+      state, scores, log_z, search.eos_id, search.alpha
     )
   else:
-    scores, log_z, cache, processor_state = _step_scores(
-      state, tokens_to_logits, processor, score_mode, eos_id
+    expansion = expand.expand_constrained(
+      state, scores, log_z, search.constraint, search.eos_id, search.alpha
     )
-    if constraint is None:
-      expansion = expand.expand_dense(state, scores, log_z, eos_id, alpha)
-    else:
-      expansion = expand.expand_constrained(
-        state, scores, log_z, constraint, eos_id, alpha
-      )
+  return expansion, processor_state
+
+
+def _search_step(state: BeamState, search: _Search, first_step=None):
+  """One decode position: finish EOS beams, extend the others.
+
+  first_step: the peeled step 0 over the inputs (`_run_decoder`).
+  """
+  outputs, cache, forced = _decoder_outputs(state, search, first_step)
+  expansion, processor_state = _expansion(state, search, outputs, forced)
   finished_seqs, finished_scores = _merge_finished(
-    state, expansion.eos_scores, eos_id
+    state, expansion.eos_scores, search.eos_id
   )
   beam_index, tokens = expansion.beam_index, expansion.tokens
   alive_seqs = _gather_beams(state.alive_seqs, beam_index)
   processor_state = _gather_beams(processor_state, beam_index)
-  if processor is not None:
-    processor_state = processor.update(processor_state, tokens)
+  if search.processor is not None:
+    processor_state = search.processor.update(processor_state, tokens)
   return BeamState(
     step=state.step + 1,
     alive_seqs=alive_seqs.at[:, :, state.step].set(tokens),
@@ -255,34 +354,34 @@ def _all_done(
 
 
 def _check_arguments(
-  beam_size,
-  max_decode_len,
-  top_k,
-  alpha,
-  sparse_output,
-  constraint,
-  logits_processor,
-  tokens_to_logits,
-  score_mode,
+  beam_size, max_decode_len, top_k, search: _Search, first_step
 ) -> None:
-  """Raises ValueError for sizes < 1, alpha < 0, an unknown score mode,
-  or a sparse output without a SplitDecoder and a constraint (or with a
-  processor)."""
-  score_modes.check_score_mode(score_mode)
-  if min(beam_size, max_decode_len, top_k) < 1 or alpha < 0:
+  """Raises ValueError for sizes < 1, alpha < 0, an unknown score mode, a
+  sparse output without a SplitDecoder (tokens_to_logits and first_step)
+  and a constraint (or with a processor), or score_forced_eos=False
+  without a constraint that knows forced ends (or with a processor)."""
+  score_modes.check_score_mode(search.score_mode)
+  if min(beam_size, max_decode_len, top_k) < 1 or search.alpha < 0:
     raise ValueError(
       f"beam_search: need beam_size ({beam_size}), max_decode_len "
       f"({max_decode_len}), top_k ({top_k}) >= 1 and length_penalty_alpha "
-      f"({alpha}) >= 0"
+      f"({search.alpha}) >= 0"
     )
-  if sparse_output and (
-    constraint is None
-    or logits_processor is not None
-    or not isinstance(tokens_to_logits, hooks.SplitDecoder)
+  split = lambda fn: fn is None or isinstance(fn, hooks.SplitDecoder)
+  if search.sparse_output and (
+    search.constraint is None
+    or search.processor is not None
+    or not split(search.tokens_to_logits)
+    or not split(first_step)
   ):
     raise ValueError(
-      "beam_search: sparse_output needs a SplitDecoder, a constraint and "
-      "no logits_processor"
+      "beam_search: sparse_output needs a SplitDecoder (tokens_to_logits "
+      "and first_step), a constraint and no logits_processor"
+    )
+  if not search.score_forced_eos and not search.forced_eos_free:
+    raise ValueError(
+      "beam_search: score_forced_eos=False needs a constraint with "
+      "forced_end (a TrieConstraint) and no logits_processor"
     )
 
 
@@ -301,6 +400,8 @@ def beam_search(
   top_k: Optional[int] = None,
   sparse_output: bool = False,
   score_mode: str = "log_probs",
+  first_step: Optional[hooks.TokensToLogits] = None,
+  score_forced_eos: bool = True,
 ) -> tuple[jax.Array, jax.Array]:
   """Beam search over decoder tokens; jit-friendly (lax.while_loop).
 
@@ -326,16 +427,21 @@ def beam_search(
       them (the model's distribution restricted to the constraint).
     score_mode: "log_probs" or "logits" (summed raw logits, EOS 0, no early
       stopping; see the module docstring).
+    first_step: step 0 over the B inputs ([B, 1] tokens, the initial cache
+      [B, ...]) -> (logits [B, V], cache); see the module docstring.
+    score_forced_eos: False: a forced EOS (the constraint's `forced_end`)
+      scores 0; see the module docstring.
 
   Returns:
     sequences [B, top_k, L] (EOS-terminated, PAD after) and scores
     [B, top_k], best first. Slots with no finished sequence score -inf.
   """
   top_k = top_k or beam_size
-  _check_arguments(
-    beam_size, max_decode_len, top_k, length_penalty_alpha, sparse_output,
-    constraint, logits_processor, tokens_to_logits, score_mode,
+  search = _Search(
+    tokens_to_logits, logits_processor, constraint, eos_id,
+    length_penalty_alpha, sparse_output, score_mode, score_forced_eos,
   )  # fmt: skip
+  _check_arguments(beam_size, max_decode_len, top_k, search, first_step)
   state = _initial_state(
     initial_cache,
     batch_size,
@@ -345,19 +451,13 @@ def beam_search(
     logits_processor,
     processor_state,
     constraint,
+    first_step,
   )
+  if first_step is not None:  # step 0 peeled, the cache still [B, ...]
+    state = _search_step(state, search, first_step)
   state = jax.lax.while_loop(
     lambda s: ~_all_done(s, max_decode_len, length_penalty_alpha, score_mode),
-    lambda s: _search_step(
-      s,
-      tokens_to_logits,
-      logits_processor,
-      constraint,
-      eos_id,
-      length_penalty_alpha,
-      sparse_output,
-      score_mode,
-    ),
+    lambda s: _search_step(s, search),
     state,
   )
   return state.finished_seqs, state.finished_scores

@@ -89,6 +89,13 @@ class TrieConstraint:
       return expand.restricted_log_softmax(log_probs, mask), state
     return jnp.where(mask, log_probs, hooks.NEG_INF), state
 
+  def forced_end(self, states: jax.Array) -> jax.Array:
+    """[B, K] bool: the beams whose only allowed token is EOS (states
+    [B, K]; False for the root and dead states)."""
+    return trie_lib.only_eos(self.arrays, states.reshape(-1)).reshape(
+      states.shape
+    )
+
   def update(self, state: jax.Array, chosen_tokens: jax.Array) -> jax.Array:
     nodes = trie_lib.step(
       self.arrays, state.reshape(-1), chosen_tokens.reshape(-1)
@@ -119,6 +126,8 @@ def constrained_beam_search(
   sparse_output: bool = False,
   potential: Optional[jax.Array] = None,
   score_mode: str = "log_probs",
+  first_step: Optional[hooks.TokensToLogits] = None,
+  score_forced_eos: bool = True,
 ) -> ConstrainedResult:
   """`beam_search` restricted to the trie's docids; maps them to documents.
 
@@ -140,9 +149,18 @@ def constrained_beam_search(
 
   score_mode: "log_probs" or "logits" (`beam_search`'s: summed raw logits,
   EOS adding 0).
+
+  first_step: `beam_search`'s: step 0 once per input ([B, 1] rows).
+
+  score_forced_eos: False: a docid's EOS scores 0 where the trie allows
+  nothing else (`beam_search`'s), so fixed-length docids score their tokens
+  alone, and the step where every beam ends runs no model. Sparse
+  constraint only.
   """
   if potential is not None and dense_mask:
     raise ValueError("a plan's potential needs the sparse constraint")
+  if not score_forced_eos and dense_mask:
+    raise ValueError("score_forced_eos=False needs the sparse constraint")
   constraint = TrieConstraint(
     trie_arrays, restricted=sparse_output and dense_mask, potential=potential
   )
@@ -159,6 +177,8 @@ def constrained_beam_search(
     top_k=top_k,
     sparse_output=sparse_output and not dense_mask,
     score_mode=score_mode,
+    first_step=first_step,
+    score_forced_eos=score_forced_eos,
   )
   batch, k, length = sequences.shape
   documents = trie_lib.lookup(trie_arrays, sequences.reshape(batch * k, length))

@@ -81,6 +81,10 @@ class Constraint(Protocol):
   after it, each beam lists at most W_d tokens (token -1 = empty slot),
   where the width W_d may differ per depth d (the decode step): each depth
   has its own static shapes.
+
+  Optional: `forced_end(states [B, K]) -> [B, K] bool`, the beams whose only
+  allowed token is EOS; with it, beam search can skip the model at a step
+  where every alive beam must end (`beam_search(score_forced_eos=False)`).
   """
 
   def init(self, batch_size: int, beam_size: int) -> jax.Array:

@@ -107,6 +107,16 @@ def children(arrays: TrieArrays, nodes: jax.Array, depth: Optional[int] = None):
   return jnp.where(valid, tokens, DEAD), jnp.where(valid, child_nodes, DEAD)
 
 
+def only_eos(arrays: TrieArrays, nodes: jax.Array) -> jax.Array:
+  """[N] bool: whether each of `nodes` [N] has one child, by EOS (False
+  for the root, leaves and dead nodes)."""
+  safe = jnp.maximum(nodes, 0)
+  first = jnp.take(arrays.edge_token, arrays.child_start[safe], mode="clip")
+  return (
+    (nodes > 0) & (arrays.num_children[safe] == 1) & (first == arrays.eos_id)
+  )
+
+
 def root_children(arrays: TrieArrays, vocab_size: int):
   """The root's continuations as dense rows: (tokens [V], child nodes [V]).
 

@@ -81,37 +81,55 @@ class LexicalPlan:
   lexical: the documents' term sets (gr/model/lexical.py); sequences
   [S, L] every docid (EOS then PAD) and documents [S] its document (-1 =
   padding row); weight: scalar, the plan's weight beta against the
-  model's log-probs.
+  model's log-probs; head: the query tokens' trained weights
+  (lexical_lib.TermWeightHead over the encoder states), None = 1 each.
   """
 
   lexical: lexical_lib.LexicalIndex
   sequences: jax.Array
   documents: jax.Array
   weight: jax.Array
+  head: Optional[lexical_lib.TermWeightHead] = None
 
-  def document_scores(self, tokens: jax.Array) -> jax.Array:
-    """Queries tokens [B, Li] -> [B, N] lexical scores (unweighted)."""
-    weights = lexical_lib.query_weights(self.lexical, tokens)
+  def document_scores(
+    self, tokens: jax.Array, states: Optional[jax.Array] = None
+  ) -> jax.Array:
+    """Queries tokens [B, Li] (and their encoder states [B, Li, E], which
+    a plan with a head needs) -> [B, N] lexical scores (unweighted)."""
+    token_weights = None
+    if self.head is not None:
+      if states is None:
+        raise ValueError("a plan with a term-weight head needs the states")
+      token_weights = self.head.token_weights(states)
+    weights = lexical_lib.query_weights(self.lexical, tokens, token_weights)
     return lexical_lib.document_scores(self.lexical, weights)
 
   def potential(
-    self, arrays: trie_lib.TrieArrays, tokens: jax.Array
+    self,
+    arrays: trie_lib.TrieArrays,
+    tokens: jax.Array,
+    states: Optional[jax.Array] = None,
   ) -> jax.Array:
     """[B, C] weight * the best lexical score beneath each trie node."""
-    scores = self.weight * self.document_scores(tokens)
+    scores = self.weight * self.document_scores(tokens, states)
     return node_potentials(arrays, self.sequences, self.documents, scores)
 
 
 def lexical_plan(
-  lexical: lexical_lib.LexicalIndex, sequences, documents, weight: float
+  lexical: lexical_lib.LexicalIndex,
+  sequences,
+  documents,
+  weight: float,
+  head: Optional[lexical_lib.TermWeightHead] = None,
 ) -> LexicalPlan:
   """A `LexicalPlan` of docid `sequences` (lists, each ending in EOS) of
-  `documents` [S]."""
+  `documents` [S] (head: the query tokens' weights; None = 1 each)."""
   return LexicalPlan(
     lexical=lexical,
     sequences=jnp.asarray(batching.pad_sequences(sequences)),
     documents=jnp.asarray(np.asarray(documents, np.int32)),
     weight=jnp.asarray(weight, jnp.float32),
+    head=head,
   )
 
 

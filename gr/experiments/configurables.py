@@ -17,6 +17,7 @@ from gr.continual import generators
 from gr.continual import strategies
 from gr.continual import update as continual
 from gr.experiments import dynamic
+from gr.experiments import lexical_head
 from gr.model import configs
 from gr.model import models
 from gr.model import network
@@ -50,6 +51,10 @@ train = gin.external_configurable(
 # Search (run_experiment and run_dynamic_experiment).
 SearchConfig = gin.external_configurable(
   retrieval.SearchConfig, module='retrieval'
+)
+# The lexical plan's term-weight head (run_experiment.term_weight_head).
+HeadTraining = gin.external_configurable(
+  lexical_head.HeadTraining, module='lexical_head'
 )
 
 # Continual indexing and the dynamic corpus (configs/dynamic_*.gin).

@@ -42,6 +42,7 @@ from gr.train import tasks
 from gr.data import beir
 from gr.experiments import configurables
 from gr.experiments import dev_selection
+from gr.experiments import lexical_head
 from gr.experiments.dev_selection import LexicalSelection, subset
 
 DEFAULT_QUERY_SETS = (
@@ -111,6 +112,7 @@ def run_experiment(
   selection_split: str = "dev",
   plan_in_training: bool = False,
   early_stopping: bool = False,
+  term_weight_head: Optional[lexical_head.HeadTraining] = None,
 ) -> dict:
   """Index, train, evaluate. Returns {query set name: metrics}.
 
@@ -125,6 +127,9 @@ def run_experiment(
   lexical plan (`LexicalSelection`, `ExperimentTrainer`); no weights, no
   plan. early_stopping: the run's result is its step best on dev (0 or
   a kept checkpoint: bind train.checkpoint_every, train.keep_checkpoints).
+  term_weight_head: after training, the plan's query-token weights are
+  trained on top of the frozen model and kept if dev improves
+  (gr/experiments/lexical_head.py; None: every token weighs 1).
   """
   start = time.time()
   dataset = subset(beir.BeirDataset.load(data_dir), max_docs)
@@ -139,7 +144,7 @@ def run_experiment(
   trainer = ExperimentTrainer(
     workdir, data_dir, dataset, plan, search, term_set_size, term_language,
     plan_in_training, train_steps, batch_size, input_length, seed,
-    early_stopping,
+    early_stopping, term_weight_head,
   )  # fmt: skip
   cache_dir = encoder_cache_dir or os.path.join(workdir, "encoder_cache")
   register_tasks, cache_rows = docid_tasks(
@@ -223,6 +228,7 @@ class ExperimentTrainer:
   input_length: int
   seed: int
   early_stopping: bool = False
+  head_training: Optional[lexical_head.HeadTraining] = None
   term_sets: Any = None
   selection_at_start: Optional[dict] = None
   seconds: float = 0.0
@@ -319,6 +325,7 @@ class ExperimentTrainer:
     selection = self._selection(searcher)
     if self.selection_at_start:
       selection["at_start"] = self.selection_at_start
+    head = self._trained_head(searcher, selection)
     results = evaluate(
       searcher,
       self.data_dir,
@@ -335,7 +342,22 @@ class ExperimentTrainer:
     if self.curve is not None:
       results["learning_curve"] = self.curve
       results["early_stopping"] = {"chosen_step": self.chosen_step}
+    if head is not None:
+      results["term_weight_head"] = head
     return results
+
+  def _trained_head(self, searcher, selection: dict) -> Optional[dict]:
+    """The term-weight head's training record (None: not trained); a head
+    that beats the zero head on dev is installed in `searcher`, saved, and
+    its re-chosen weight replaces `selection`'s."""
+    if self.head_training is None or not selection:
+      return None
+    record = lexical_head.improve(searcher, self.plan, self.head_training)
+    if record is not None and record["selection"] is not None:
+      lexical_head.save_head(self.workdir, searcher.term_weight_head)
+      selection.clear()
+      selection.update(record["selection"])
+    return record
 
   def _selection(self, searcher: retrieval.Searcher) -> dict:
     """The plan's weight chosen on dev for `searcher` (set on it): the

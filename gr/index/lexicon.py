@@ -14,7 +14,7 @@ sentencepiece pieces otherwise. Rows follow the index's document order
 """
 
 import functools
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 from bm25s import stopwords as bm25s_stopwords
 import numpy as np
@@ -83,13 +83,21 @@ def _fold_pieces(classes, ids, pieces, language: str) -> None:
       classes[i] = first.setdefault(stemmer.stemWord(word), i)
 
 
-def query_terms(classes: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+def query_terms(
+  classes: np.ndarray,
+  tokens: np.ndarray,
+  token_weights: Optional[np.ndarray] = None,
+) -> np.ndarray:
   """[V] occurrences of each term in one text's token ids [L] (ids past
-  the classes, such as docid tokens, are no term)."""
+  the classes, such as docid tokens, are no term); with token_weights [L],
+  each term's summed token weights instead."""
   tokens = np.asarray(tokens)
-  tokens = tokens[tokens < len(classes)]
-  terms = classes[tokens]
-  return np.bincount(terms[terms > 0], minlength=len(classes))
+  weights = np.ones(len(tokens)) if token_weights is None else token_weights
+  known = tokens < len(classes)
+  terms, weights = classes[tokens[known]], np.asarray(weights)[known]
+  return np.bincount(
+    terms[terms > 0], weights=weights[terms > 0], minlength=len(classes)
+  )
 
 
 def document_terms(

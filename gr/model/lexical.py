@@ -1,18 +1,24 @@
 """The model's lexical plan: a weight for every vocabulary term of a query,
 and each document's score as the weighted sum over its term set.
 
-Query side: weight[v] = occurrences of term v in the query, each token
-folded to its term (gr/index/lexicon.py: stems, no stopwords or specials),
-BM25's query-side factor, since the document side already
-carries idf (gr/docids/term_sets.py); so the plan is BM25 over each
-document's term set. (A trained SPLADE-style expansion head, PAG's
-"simultaneous" pass, is not built yet.) Document side: the term sets
-flattened to their non-padding entries, P = sum of set sizes.
+Query side: weight[v] = the summed weights of the query's tokens whose
+term is v (gr/index/lexicon.py folds tokens to terms: stems, no stopwords
+or specials). Each token's weight comes from the model's `TermWeightHead`
+over its encoder state, exp(state . kernel + bias), and is 1 without a
+head or at the head's zero start: then weight[v] = occurrences of v, BM25's
+query-side factor (the document side carries idf, gr/docids/term_sets.py),
+and the plan is BM25 over each document's term set. The head is trained
+on top of a frozen model (gr/experiments/lexical_head.py). (A SPLADE-style
+expansion to terms not in the query, PAG's "simultaneous" pass, is not
+built.) Document side: the term sets flattened to their non-padding
+entries, P = sum of set sizes.
 
   score[b, d] = sum_j weight[b, term_j] * impact_j over entries j of d
 
 Everything here runs inside the jitted search and loss (no host step).
 """
+
+from typing import Optional
 
 import flax
 import jax
@@ -50,15 +56,47 @@ def lexical_index(term_sets, term_of: np.ndarray) -> LexicalIndex:
   )
 
 
-def query_weights(lexical: LexicalIndex, tokens: jax.Array) -> jax.Array:
-  """tokens [B, Li] -> [B, V] occurrences of each term in each query
-  (column 0, no term, stays 0)."""
+@flax.struct.dataclass
+class TermWeightHead:
+  """A query token's weight from its encoder state [E]:
+  exp(state . kernel + bias). kernel [E] float32, bias [] float32; zeros
+  give every token weight 1 (the BM25 start)."""
+
+  kernel: jax.Array
+  bias: jax.Array
+
+  @classmethod
+  def zeros(cls, width: int) -> "TermWeightHead":
+    return cls(jnp.zeros((width,), jnp.float32), jnp.zeros((), jnp.float32))
+
+  def token_weights(self, states: jax.Array) -> jax.Array:
+    """states [B, Li, E] -> [B, Li] positive weights."""
+    logits = jnp.einsum("ble,e->bl", states.astype(jnp.float32), self.kernel)
+    return jnp.exp(logits + self.bias)
+
+
+def query_terms(lexical: LexicalIndex, tokens: jax.Array) -> jax.Array:
+  """tokens [B, Li] -> [B, Li] each token's term (0: none)."""
   term_of = lexical.term_of
   safe = jnp.clip(tokens, 0, term_of.shape[0] - 1)
-  terms = jnp.where(tokens == safe, term_of[safe], 0)  # [B, Li]
+  return jnp.where(tokens == safe, term_of[safe], 0)
+
+
+def query_weights(
+  lexical: LexicalIndex,
+  tokens: jax.Array,
+  token_weights: Optional[jax.Array] = None,
+) -> jax.Array:
+  """tokens [B, Li] -> [B, V] each term's summed token weights
+  (token_weights [B, Li]; None: 1, so occurrences); column 0, no term,
+  stays 0."""
+  terms = query_terms(lexical, tokens)  # [B, Li]
   rows = jnp.broadcast_to(jnp.arange(tokens.shape[0])[:, None], tokens.shape)
-  zeros = jnp.zeros((tokens.shape[0], term_of.shape[0]), jnp.float32)
-  return zeros.at[rows, terms].add((terms > 0).astype(jnp.float32))
+  values = (terms > 0).astype(jnp.float32)
+  if token_weights is not None:
+    values = values * token_weights.astype(jnp.float32)
+  zeros = jnp.zeros((tokens.shape[0], lexical.term_of.shape[0]), jnp.float32)
+  return zeros.at[rows, terms].add(values)
 
 
 def document_scores(lexical: LexicalIndex, weights: jax.Array) -> jax.Array:

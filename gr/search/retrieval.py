@@ -112,6 +112,9 @@ def make_search_fn(
 
   def search(params, encoder_tokens, trie_arrays, plan=None):
     batch = encoder_tokens.shape[0]
+    # Encoded once: the decoder cross-attends to it and a plan's
+    # term-weight head reads it.
+    encoded = model.encode(params, encoder_tokens)  # [B, Li, E]
     decoder = model_decoder.model_decoder(
       model,
       params,
@@ -119,6 +122,7 @@ def make_search_fn(
       rows_per_input=beams,
       cache_rows=batch,  # the search repeats it per beam
       max_decode_len=config.max_decode_len,
+      encoded=encoded,
       sparse_output=config.sparse_output,
     )
     return aggregate.constrained_document_search(
@@ -134,7 +138,9 @@ def make_search_fn(
       length_penalty_alpha=config.length_penalty_alpha,
       sparse_output=config.sparse_output,
       potential=(
-        None if plan is None else plan.potential(trie_arrays, encoder_tokens)
+        None
+        if plan is None
+        else plan.potential(trie_arrays, encoder_tokens, encoded)
       ),
       score_mode=config.score_mode,
     )
@@ -150,19 +156,26 @@ def make_search_fn(
   )
 
 
-def make_lexical_search_fn(top_k: int, mesh: Optional[Mesh] = None):
-  """Jitted (plan, encoder_tokens [B, Li]) -> (documents [B, k], scores
-  [B, k]) by the plan's lexical scores alone: the term-set docids as a
-  retriever (BM25 over the model's terms). k = min(top_k, N); documents
+def make_lexical_search_fn(
+  model: models.EncoderDecoderModel, top_k: int, mesh: Optional[Mesh] = None
+):
+  """Jitted (params, plan, encoder_tokens [B, Li]) -> (documents [B, k],
+  scores [B, k]) by the plan's lexical scores alone: the term-set docids
+  as a retriever (BM25 over the model's terms; the model's encoder runs
+  only for a plan with a term-weight head). k = min(top_k, N); documents
   that share no term with the query are -1, score -inf."""
 
-  def search(plan, encoder_tokens):
-    scores = plan.document_scores(encoder_tokens)  # [B, N]
+  def search(params, plan, encoder_tokens):
+    states = None
+    if plan.head is not None:
+      states = model.encode(params, encoder_tokens)  # [B, Li, E]
+    scores = plan.document_scores(encoder_tokens, states)  # [B, N]
     top, documents = jax.lax.top_k(scores, min(top_k, scores.shape[1]))
     found = top > 0
     return jnp.where(found, documents, -1), jnp.where(found, top, -jnp.inf)
 
-  return partitioning.jit_on_mesh(search, mesh, (REPLICATED, BATCH), BATCH)
+  specs = (param_specs(model, mesh), REPLICATED, BATCH)
+  return partitioning.jit_on_mesh(search, mesh, specs, BATCH)
 
 
 class Searcher:
@@ -193,6 +206,7 @@ class Searcher:
     mesh: Optional[Mesh] = None,
     term_sets: Optional[term_sets_lib.TermSets] = None,
     lexical_weight: float = 0.0,
+    term_weight_head: Optional[lexical_lib.TermWeightHead] = None,
   ):
     self.model, self.index, self.mesh = model, index, mesh
     self.params = partitioning.place(params, param_specs(model, mesh), mesh)
@@ -205,10 +219,24 @@ class Searcher:
     self._planned_search = make_search_fn(
       model, self.config, mesh, with_plan=True
     )  # compiled on first use
-    self._lexical_search = make_lexical_search_fn(self.config.top_k, mesh)
+    self._lexical_search = make_lexical_search_fn(
+      model, self.config.top_k, mesh
+    )
     self.term_sets = term_sets
+    self._term_weight_head = term_weight_head
     self._plan_of_index = None
     self.lexical_weight = lexical_weight
+
+  @property
+  def term_weight_head(self) -> Optional[lexical_lib.TermWeightHead]:
+    """The plan's query-token weights (None: 1 each, BM25's factor)."""
+    return self._term_weight_head
+
+  @term_weight_head.setter
+  def term_weight_head(self, head) -> None:
+    self._term_weight_head = head
+    self._plan_of_index = None  # rebuilt with the head
+    self.lexical_weight = self.lexical_weight
 
   @property
   def lexical_weight(self) -> float:
@@ -245,7 +273,9 @@ class Searcher:
       self.term_sets,
       lexicon.term_classes(self.index.vocab, self.term_sets.language),
     )
-    plan = plan_lib.lexical_plan(lexical, sequences, documents, 1.0)
+    plan = plan_lib.lexical_plan(
+      lexical, sequences, documents, 1.0, self.term_weight_head
+    )
     self._plan_of_index = partitioning.place(plan, REPLICATED, self.mesh)
     return self._plan_of_index
 
@@ -274,7 +304,7 @@ class Searcher:
   def _search_batch(self, tokens: np.ndarray):
     """[batch_size, Li] -> (documents, scores) [batch_size, top_k]."""
     if self.plan is not None and np.isinf(self.lexical_weight):
-      return self._lexical_search(self.plan, tokens)
+      return self._lexical_search(self.params, self.plan, tokens)
     if self.plan is None:
       found = self._search(self.params, tokens, self.trie_arrays)
     else:
@@ -353,7 +383,12 @@ def exact_ranking(
   rankings = []
   for query in tokens:
     lexical = (
-      exact_lexical_scores(searcher.term_sets, searcher.index.vocab, query)
+      exact_lexical_scores(
+        searcher.term_sets,
+        searcher.index.vocab,
+        query,
+        query_token_weights(searcher, query),
+      )
       if weight > 0
       else None
     )  # [N]
@@ -376,13 +411,30 @@ def exact_ranking(
   return rankings
 
 
+def query_token_weights(
+  searcher: Searcher, query: np.ndarray
+) -> Optional[np.ndarray]:
+  """[Li] the searcher's term-weight head's weight of each token of one
+  query [Li] (None without a head: every token weighs 1)."""
+  head = searcher.term_weight_head
+  if head is None:
+    return None
+  states = searcher.model.encode(searcher.params, jnp.asarray(query)[None])
+  return np.asarray(head.token_weights(states))[0]
+
+
 def exact_lexical_scores(
-  term_sets: term_sets_lib.TermSets, vocab, query: np.ndarray
+  term_sets: term_sets_lib.TermSets,
+  vocab,
+  query: np.ndarray,
+  token_weights: Optional[np.ndarray] = None,
 ) -> np.ndarray:
-  """[N] each document's lexical score for one query's tokens [Li], in
-  numpy (the oracle of `plan_lib.LexicalPlan.document_scores`)."""
+  """[N] each document's lexical score for one query's tokens [Li] (each
+  token weighing token_weights [Li], default 1), in numpy (the oracle of
+  `plan_lib.LexicalPlan.document_scores`)."""
   classes = lexicon.term_classes(vocab, term_sets.language)
-  return term_sets.document_scores(lexicon.query_terms(classes, query))
+  weights = lexicon.query_terms(classes, query, token_weights)
+  return term_sets.document_scores(weights)
 
 
 def retrieval_config(search: SearchConfig, target_length: int) -> SearchConfig:

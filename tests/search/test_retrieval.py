@@ -19,6 +19,7 @@ from gr.index import artifact as index_lib
 from gr.index import lexicon
 from gr.decode import model_decoder
 from gr.decode import plan as plan_lib
+from gr.model import lexical as lexical_lib
 from gr.model import models
 from gr.model import network
 from gr import partitioning
@@ -542,3 +543,60 @@ def test_the_z_loss_ignores_the_first_token_bias(searcher):
   np.testing.assert_allclose(
     shifted["cross_entropy"], plain["cross_entropy"], rtol=1e-4
   )
+
+
+def _head(searcher, seed=0):
+  """A non-trivial term-weight head for the searcher's encoder width."""
+  width = searcher.model.encode(
+    searcher.params, jnp.ones((1, 2), jnp.int32)
+  ).shape[-1]
+  kernel = jax.random.normal(jax.random.PRNGKey(seed), (width,)) * 0.3
+  return lexical_lib.TermWeightHead(kernel, jnp.asarray(0.2, jnp.float32))
+
+
+def test_a_term_weight_head_weighs_each_query_token(searchers):
+  """Device scores with a head equal the numpy oracle given the same
+  token weights, and differ from the unweighted plan's."""
+  planned = _with_term_sets(searchers["logsumexp"], 2.0)
+  plain = planned.plan
+  planned.term_weight_head = _head(planned)
+  tokens = jnp.asarray(vocab_lib.encode_texts(planned.index.vocab, QUERIES, 16))
+  states = planned.model.encode(planned.params, tokens)
+  got = np.asarray(planned.plan.document_scores(tokens, states))
+  for row, query in zip(got, np.asarray(tokens)):
+    want = retrieval.exact_lexical_scores(
+      planned.term_sets,
+      planned.index.vocab,
+      query,
+      retrieval.query_token_weights(planned, query),
+    )
+    np.testing.assert_allclose(row, want, rtol=1e-5)
+  assert not np.allclose(got, plain.document_scores(tokens), rtol=1e-3)
+  with pytest.raises(ValueError, match="needs the states"):
+    planned.plan.document_scores(tokens)
+
+
+def test_beam_search_with_a_head_equals_the_fused_exact_ranking(searchers):
+  planned = _with_term_sets(searchers["logsumexp"], 2.0)
+  planned.term_weight_head = _head(planned, seed=1)
+  top_k = len(planned.index.doc_ids)
+  beam = planned.search(QUERIES)
+  exact = retrieval.exact_ranking(planned, QUERIES, top_k=top_k)
+  for b, e in zip(beam, exact):
+    assert [d for d, _ in b] == [d for d, _ in e]
+    np.testing.assert_allclose([s for _, s in b], [s for _, s in e], atol=1e-4)
+  planned.lexical_weight = float("inf")  # the term sets alone, weighted
+  lexical = planned.search(QUERIES)
+  oracle = retrieval.exact_ranking(planned, QUERIES, top_k=top_k)
+  for b, e in zip(lexical, oracle):
+    assert [d for d, _ in b] == [d for d, _ in e][: len(b)]
+
+
+def test_a_zero_head_searches_as_no_head(planned, searchers):
+  zero = _with_term_sets(searchers["logsumexp"], 2.0)
+  zero.term_weight_head = lexical_lib.TermWeightHead.zeros(
+    _head(zero).kernel.shape[0]
+  )
+  for a, b in zip(zero.search(QUERIES), planned.search(QUERIES)):
+    assert [d for d, _ in a] == [d for d, _ in b]
+    np.testing.assert_allclose([s for _, s in a], [s for _, s in b], atol=1e-5)

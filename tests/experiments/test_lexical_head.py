@@ -1,0 +1,206 @@
+"""The plan's term-weight head trained on top of a frozen model
+(gr/experiments/lexical_head.py): the listwise loss, the dev choice that
+keeps step 0 when nothing helps, the rerank sets against the exact oracle,
+the saved file, and run_experiment's use of it."""
+
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gr.experiments import lexical_head
+from gr.model import lexical as lexical_lib
+
+
+def _toy_set(relevant_token: int, queries: int = 8) -> lexical_head.RerankSet:
+  """Each query has two term tokens with states e0 and e1; candidate 0
+  matches the first (impact 1), candidate 1 the second (impact 1.2); the
+  model ties them. The relevant candidate is the one `relevant_token`
+  (0 or 1) matches."""
+  states = np.tile(np.eye(2, 4, dtype=np.float32), (queries, 1))  # [2Q, 4]
+  contributions = np.tile(
+    np.array([[1.0, 0.0], [0.0, 1.2]], np.float32), (queries, 1)
+  )
+  relevant = np.zeros((queries, 2), bool)
+  relevant[:, relevant_token] = True
+  return lexical_head.RerankSet(
+    states=states,
+    query=np.repeat(np.arange(queries, dtype=np.int32), 2),
+    contributions=contributions,
+    model=np.zeros((queries, 2), np.float32),
+    relevant=relevant,
+  )
+
+
+CONFIG = lexical_head.HeadTraining(
+  steps=60, learning_rate=0.1, l2=1e-3, eval_every=10
+)
+
+
+def test_the_head_learns_which_tokens_matter():
+  """BM25 (the zero head) ranks the wrong candidate first; training
+  weighs the first token up and dev MRR rises to 1."""
+  toy = _toy_set(relevant_token=0)
+  head, curve = lexical_head.train_head(toy, toy, 1.0, CONFIG)
+  assert curve[0]["step"] == 0 and curve[0]["dev MRR@10"] == 0.5
+  assert lexical_head.rerank_mrr(head, toy, 1.0) == 1.0
+  assert float(head.kernel[0]) > float(head.kernel[1])
+  assert curve[-1]["train loss"] < curve[0]["train loss"]
+
+
+def test_dev_keeps_the_zero_head_when_training_does_not_help():
+  """Train says token 0 matters, dev says token 1: every trained step is
+  worse on dev, so the zero head (step 0) is returned."""
+  head, curve = lexical_head.train_head(
+    _toy_set(relevant_token=0), _toy_set(relevant_token=1), 1.0, CONFIG
+  )
+  assert max(p["dev MRR@10"] for p in curve[1:]) < curve[0]["dev MRR@10"]
+  np.testing.assert_array_equal(np.asarray(head.kernel), 0.0)
+  assert float(head.bias) == 0.0
+
+
+def test_queries_without_a_relevant_candidate_add_no_loss():
+  toy = _toy_set(relevant_token=0)
+  none = toy.replace(relevant=np.zeros_like(toy.relevant))
+  zero = lexical_lib.TermWeightHead.zeros(4)
+  assert float(lexical_head.listwise_loss(zero, none, 1.0, 0.0)) == 0.0
+  assert lexical_head.rerank_mrr(zero, none, 1.0) == 0.0
+
+
+def test_rerank_scores_are_the_exact_oracles(planned_searcher):
+  """With the zero head, a rerank set's fused scores equal the exact
+  ranking's score of every candidate; relevant documents not found are
+  added for training only."""
+  from gr.search import retrieval
+
+  searcher, queries, qrels = planned_searcher
+  rerank = lexical_head.rerank_set(searcher, queries, qrels, add_relevant=True)
+  zero = lexical_lib.TermWeightHead.zeros(rerank.states.shape[1])
+  fused = np.asarray(
+    lexical_head.fused_scores(zero, rerank, searcher.lexical_weight)
+  )
+  qids = list(qrels)
+  exact = retrieval.exact_ranking(
+    searcher, [queries[q] for q in qids], top_k=len(searcher.index.doc_ids)
+  )
+  found, _ = searcher.search_tokens(
+    retrieval.vocab_lib.encode_texts(
+      searcher.index.vocab, [queries[q] for q in qids], searcher.input_length
+    )
+  )
+  for q, (row, ranking) in enumerate(zip(found, exact)):
+    score_of = dict(ranking)
+    docs = [searcher.index.doc_ids[d] for d in row if d >= 0]
+    np.testing.assert_allclose(
+      fused[q, : len(docs)], [score_of[d] for d in docs], atol=1e-3
+    )
+    assert rerank.relevant[q].sum() == 1  # the judged document is in
+
+
+def test_a_saved_head_loads_and_a_bad_file_names_itself(tmp_path):
+  head = lexical_lib.TermWeightHead(
+    jnp.asarray([0.5, -1.0, 2.0]), jnp.asarray(0.25)
+  )
+  lexical_head.save_head(str(tmp_path), head)
+  loaded = lexical_head.load_head(str(tmp_path))
+  np.testing.assert_array_equal(np.asarray(loaded.kernel), [0.5, -1.0, 2.0])
+  assert float(loaded.bias) == 0.25
+  assert lexical_head.load_head(str(tmp_path / "none")) is None
+  path = tmp_path / lexical_head.FILE_NAME
+  path.write_bytes(b"not a numpy file")
+  with pytest.raises(ValueError, match=lexical_head.FILE_NAME):
+    lexical_head.load_head(str(tmp_path))
+
+
+@pytest.fixture(scope="module")
+def planned_searcher(tmp_path_factory):
+  """A tiny atomic index with term sets, a plan at weight 1, and its train
+  queries (one judged document each)."""
+  from gr.data import beir
+  from gr.docids import get_scheme
+  from gr.index import artifact as index_lib
+  from gr.index import lexicon
+  from gr.model import models
+  from gr.model import network
+  from gr.search import retrieval
+  import jax
+
+  words = [f"w{i}" for i in range(40)]
+  corpus = {
+    f"d{i}": beir.Document(
+      f"d{i}", "", " ".join(words[(i * 5 + j) % 40] for j in range(8))
+    )
+    for i in range(10)
+  }
+  table = get_scheme("atomic").assign(corpus)
+  index = index_lib.build_index(
+    table,
+    index_lib.training_texts(corpus, {}) * 3,
+    str(tmp_path_factory.mktemp("idx")),
+    vocab_size=120,
+  )
+  model = models.EncoderDecoderModel(
+    network.T5Config.tiny(vocab_size=-(-index.vocab.vocab_size // 128) * 128)
+  )
+  params = model.init_params(
+    jax.random.PRNGKey(0), input_length=16, target_length=4
+  )
+  searcher = retrieval.Searcher(
+    model,
+    params,
+    index,
+    retrieval.SearchConfig(beam_size=4, top_k=4),
+    input_length=16,
+    term_sets=lexicon.build_term_sets(index, corpus),
+    lexical_weight=1.0,
+  )
+  queries = {
+    f"q{i}": " ".join(corpus[f"d{i}"].text.split()[2:5]) for i in range(10)
+  }
+  qrels = {f"q{i}": {f"d{(i * 3) % 10}": 1} for i in range(10)}
+  return searcher, queries, qrels
+
+
+def test_run_experiment_keeps_or_installs_the_head(tmp_path):
+  """run_experiment with term_weight_head: the record has a curve from
+  step 0; a head that beat step 0 on dev is saved and the weight file
+  holds the weight chosen with it; otherwise nothing is saved."""
+  from gr.decode import plan as plan_lib
+  from gr.experiments import run as experiment
+  from gr.model import models
+  from gr.model import network
+  from gr.search import evaluation
+  from gr.search import retrieval
+  from tests.experiments.test_experiment import _synthetic_beir
+
+  data_dir, workdir = str(tmp_path / "data"), str(tmp_path / "work")
+  _synthetic_beir(data_dir)
+  out = experiment.run_experiment(
+    data_dir=data_dir,
+    workdir=workdir,
+    model=models.EncoderDecoderModel(
+      network.T5Config.tiny(vocab_size=128, dropout_rate=0.0)
+    ),
+    scheme="atomic",
+    vocab_size=400,
+    train_steps=10,
+    batch_size=16,
+    input_length=16,
+    search=retrieval.SearchConfig(beam_size=5, top_k=5),
+    query_sets=(evaluation.QuerySet("titles"),),
+    lexical_weights=(1.0,),
+    term_weight_head=lexical_head.HeadTraining(steps=20, eval_every=5),
+  )
+  record = out["term_weight_head"]
+  assert [p["step"] for p in record["curve"]] == [0, 5, 10, 15, 20]
+  best = max(record["curve"], key=lambda p: (p["dev MRR@10"], -p["step"]))
+  assert record["chosen_step"] == best["step"]
+  saved = lexical_head.load_head(workdir)
+  if record["chosen_step"] == 0:
+    assert saved is None and record["selection"] is None
+  else:
+    assert saved is not None
+    assert plan_lib.load_weight(workdir) == record["selection"]["chosen"]
+    assert out["lexical_weight"]["chosen"] == record["selection"]["chosen"]
+  assert os.path.exists(os.path.join(workdir, "results.json"))

@@ -4,6 +4,8 @@ r"""Benchmarks trie-constrained beam search (issues 5, 13); JSON + a table.
   python scripts/bench_decoding.py --mode=output_layer --quick \
       --models=tiny,small --sizes=100000
   python scripts/bench_decoding.py --mode=trie --out=/tmp/bench_trie.json
+  PYTHONPATH=/tmp/static python scripts/bench_decoding.py --mode=static \
+      --out=/tmp/bench_static.json
 
 Measured side by side in one run, same model config, batch and beam size,
 warm-up (compilation) excluded, median of --reps runs interleaved so that
@@ -32,6 +34,23 @@ load from other processes hits every variant alike:
   against a fixed-length beam search over one CSR per trie level with each
   level's static width (STATIC-style; `make_csr_search`), and how often
   both return the same top-1 document.
+
+- static (--mode=static alone): STATIC (github.com/youtube/
+  static-constraint-decoding, `sparse_transition_jax`), imported when its
+  checkout is on PYTHONPATH and never copied here, against gr's
+  constrained beam search on STATIC's own benchmark shape: batch 2, beam 70
+  (30 tokens per beam at its dense step), --trie_tokens random tokens over
+  --trie_vocab (8 over 2,048) at each --static_sizes count, and its free
+  model (`RandomModel`: uniform random logits from a PRNG key; gr carries
+  the key as a 0-d cache). Same docids (tokens in [2, V); gr's end in EOS),
+  same model, same key. gr three ways: 'gr' (step 0 over every beam, the
+  model's log-prob of each docid's EOS scored), 'gr_first_step' (step 0
+  once per input, as STATIC does) and 'gr_static_score' (also a forced EOS
+  scores 0: STATIC's score, and no model call at the EOS step). Wall and
+  process-CPU ratios gr / STATIC per round (--static_rounds rounds of
+  --reps interleaved runs), device bytes per docid, build seconds (median
+  of 3; STATIC's includes the lexsort its builder needs), and how often
+  'gr_static_score' returns STATIC's top-1 docid.
 
 Every variant projects the cross-attention keys and values once per query
 (as retrieval.Searcher does), except 'uncached'.
@@ -93,10 +112,17 @@ _THREADS = flags.DEFINE_integer(
 _MODE = flags.DEFINE_enum(
   'mode',
   'all',
-  ['all', 'output_layer', 'trie'],
+  ['all', 'output_layer', 'trie', 'static'],
   'all: overhead, peer, build and trie tables; output_layer: the sparse '
   'output layer vs the full one (and vs cross-attention K/V per step); '
-  'trie: the trie table alone.',
+  'trie: the trie table alone; static: gr against STATIC on its benchmark '
+  'shape.',
+)
+_STATIC_SIZES = flags.DEFINE_list(
+  'static_sizes', ['100000', '1000000'], 'Random docids for --mode=static.'
+)
+_STATIC_ROUNDS = flags.DEFINE_integer(
+  'static_rounds', 3, '--mode=static: rounds of --reps interleaved runs.'
 )
 _TRIE_DOCIDS = flags.DEFINE_integer(
   'trie_docids', 1000000, 'Random docids for the trie table (0 = skip).'
@@ -679,6 +705,222 @@ def trie_row(count, length, vocab, reps):
   return row
 
 
+# STATIC (github.com/youtube/static-constraint-decoding) as a peer: its
+# benchmark shape, imported from PYTHONPATH when it is there, never copied.
+STATIC_BATCH, STATIC_BEAM, STATIC_TOKENS_PER_BEAM = 2, 70, 30
+# gr's variants against STATIC: step 0 over every beam or once per input
+# (first_step), and the model's log-prob of each docid's forced EOS scored
+# (gr's default) or not (STATIC's score: a fixed-length docid's tokens).
+GR_VS_STATIC = {
+  'gr': dict(first_step=False, score_forced_eos=True),
+  'gr_first_step': dict(first_step=True, score_forced_eos=True),
+  'gr_static_score': dict(first_step=True, score_forced_eos=False),
+}
+
+
+def import_static():
+  """(decoding_jax, csr_utils) of STATIC, or (None, why it did not import)."""
+  try:
+    from static_decoding import csr_utils  # pylint: disable=g-import-not-at-top
+    from static_decoding import decoding_jax  # pylint: disable=g-import-not-at-top
+  except ImportError as error:  # not on PYTHONPATH, or its deps missing
+    return None, f'{type(error).__name__}: {error}'
+  return (decoding_jax, csr_utils), None
+
+
+def static_index(csr_utils, tokens, vocab):
+  """STATIC's index of docid tokens [n, L] (lexsorted first: its input
+  contract): (device arrays, level widths, build seconds incl. the sort)."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  start = time.perf_counter()
+  ordered = tokens[np.lexsort(tokens.T[::-1])]
+  packed, indptr, widths, *masks = csr_utils.build_static_index(
+    ordered, vocab, dense_lookup_layers=2
+  )
+  seconds = time.perf_counter() - start
+  arrays = tuple(jnp.asarray(x) for x in (packed, indptr, *masks))
+  return arrays, tuple(int(w) for w in widths), seconds
+
+
+def make_static_search(decoding_jax, model, widths, length, vocab):
+  """(key, STATIC arrays) -> tokens [B, beam, L] (its jitted search)."""
+
+  def search(key, arrays):
+    packed, indptr, start_mask, dense_mask, dense_states = arrays
+    return decoding_jax.sparse_transition_jax(
+      model, key, STATIC_BATCH, STATIC_BEAM, STATIC_TOKENS_PER_BEAM, 0,
+      length, vocab, widths, packed, indptr, start_mask, dense_mask,
+      dense_states, d_dense=2,
+    )  # fmt: skip
+
+  return search
+
+
+def make_random_model_search(model, length, first_step, score_forced_eos):
+  """Jitted (key, trie_arrays) -> `ConstrainedResult`: gr's search with
+  STATIC's random model (its PRNG key is the cache: 0-d, shared by rows)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from gr.decode import constraint as constraint_lib  # pylint: disable=g-import-not-at-top
+
+  def tokens_to_logits(decoder_tokens, key, step):
+    del step
+    logits, key = model(decoder_tokens, key)  # [n, 1, V]
+    return logits[:, 0], key  # --> [n, V]
+
+  @jax.jit
+  def search(key, trie_arrays):
+    return constraint_lib.constrained_beam_search(
+      tokens_to_logits,
+      key,
+      STATIC_BATCH,
+      trie_arrays,
+      beam_size=STATIC_BEAM,
+      max_decode_len=length + 1,
+      first_step=tokens_to_logits if first_step else None,
+      score_forced_eos=score_forced_eos,
+    )
+
+  return search
+
+
+def median_build(build, reps=3):
+  """(median seconds, last result) of `build()` run `reps` times."""
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    result = build()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times), result
+
+
+def static_row(static, count, length, vocab, reps, rounds):
+  """gr against STATIC at `count` random docids on STATIC's shape: time
+  ratios per round (each --reps interleaved runs), bytes per docid, build
+  seconds, and how often gr (STATIC's score) and STATIC agree on top-1."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from gr.index import docid_trie  # pylint: disable=g-import-not-at-top
+
+  decoding_jax, csr_utils = static
+  docids = random_docids(count, length, vocab)  # tokens in [2, V), then EOS
+  gr_build, trie = median_build(
+    lambda: docid_trie.DocidTrie.from_padded(
+      docids, np.arange(len(docids)), vocab_size=vocab
+    )
+  )
+  static_build, (static_arrays, widths, _) = median_build(
+    lambda: static_index(csr_utils, docids[:, :length], vocab)
+  )
+  arrays = trie.to_device()
+  model = decoding_jax.RandomModel(vocab)
+  theirs = make_static_search(decoding_jax, model, widths, length, vocab)
+  ours = {
+    name: make_random_model_search(model, length, **options)
+    for name, options in GR_VS_STATIC.items()
+  }
+  key = jax.random.key(0)
+  calls = {'static': lambda: theirs(key, static_arrays)}
+  calls.update(
+    {n: (lambda f=f: f(key, arrays).documents) for n, f in ours.items()}
+  )
+  per_round = [median_times(calls, reps) for _ in range(rounds)]
+  ratios = {  # wall time, and process CPU time (steadier under load)
+    name: [t[name][0] / t['static'][0] for t in per_round] for name in ours
+  }
+  cpu_ratios = {
+    name: [t[name][1] / t['static'][1] for t in per_round] for name in ours
+  }
+  same = [
+    np.array_equal(
+      np.asarray(theirs(k, static_arrays))[:, 0],
+      np.asarray(ours['gr_static_score'](k, arrays).sequences)[:, 0, :length],
+    )
+    for k in jax.random.split(jax.random.key(1), 10)
+  ]
+  device_bytes = lambda tree: sum(x.nbytes for x in jax.tree.leaves(tree))
+  row = dict(
+    docids=len(docids),
+    docid_tokens=length,
+    vocab=vocab,
+    batch=STATIC_BATCH,
+    beam=STATIC_BEAM,
+    tokens_per_beam=STATIC_TOKENS_PER_BEAM,
+    reps=reps,
+    rounds=rounds,
+    ms={name: [1e3 * t[name][0] for t in per_round] for name in per_round[0]},
+    cpu_ms={
+      name: [1e3 * t[name][1] for t in per_round] for name in per_round[0]
+    },
+    ratio=ratios,
+    ratio_median={n: statistics.median(r) for n, r in ratios.items()},
+    cpu_ratio=cpu_ratios,
+    cpu_ratio_median={n: statistics.median(r) for n, r in cpu_ratios.items()},
+    gr_bytes_per_docid=device_bytes(arrays) / len(docids),
+    static_bytes_per_docid=device_bytes(static_arrays) / len(docids),
+    gr_build_s=gr_build,
+    static_build_s=static_build,
+    gr_level_widths=list(arrays.level_widths),
+    static_level_widths=list(widths),
+    top1_same_static_score=float(np.mean(same)),
+  )
+  print(json.dumps(row), flush=True)
+  return row
+
+
+def print_static_table(rows):
+  """The STATIC rows as text: ratios per round, memory, build."""
+  print(
+    f'\ngr / STATIC time on its shape (batch {STATIC_BATCH}, beam '
+    f'{STATIC_BEAM}, free random model), per round (median of --reps)'
+  )
+  for r in rows:
+    print(
+      f"{r['docids']:8d} docids x {r['docid_tokens']} tokens, V="
+      f"{r['vocab']}: STATIC ms "
+      + ' '.join(f'{t:.1f}' for t in r['ms']['static'])
+    )
+    for name, ratios in r['ratio'].items():
+      cpu = r['cpu_ratio'][name]
+      print(
+        f'  {name:16} wall ' + ' '.join(f'{x:.3f}' for x in ratios)
+        + f"  (median {r['ratio_median'][name]:.3f}, spread "
+        f'{min(ratios):.3f}-{max(ratios):.3f}); CPU '
+        + ' '.join(f'{x:.3f}' for x in cpu)
+        + f"  (median {r['cpu_ratio_median'][name]:.3f})"
+      )  # fmt: skip
+    print(
+      f"  bytes/docid gr {r['gr_bytes_per_docid']:.1f}, STATIC "
+      f"{r['static_bytes_per_docid']:.1f}; build s gr {r['gr_build_s']:.2f}"
+      f", STATIC {r['static_build_s']:.2f} (sort incl.); widths gr "
+      f"{r['gr_level_widths']}, STATIC {r['static_level_widths']}; same "
+      f"top-1 (gr_static_score) {r['top1_same_static_score']:.2f}"
+    )
+
+
+def static_results(results):
+  """--mode=static: the STATIC rows, or why STATIC is missing."""
+  static, why = import_static()
+  if static is None:
+    print(f'STATIC not importable ({why}): put its checkout on PYTHONPATH')
+    results['static_import_error'] = why
+    return
+  results['static_module'] = static[0].__file__
+  results['static'] = [
+    static_row(
+      static,
+      int(n),
+      _TRIE_TOKENS.value,
+      _TRIE_VOCAB.value,
+      _REPS.value,
+      _STATIC_ROUNDS.value,
+    )
+    for n in _STATIC_SIZES.value
+  ]
+  print_static_table(results['static'])
+
+
 def print_trie_table(r):
   """The trie row as text."""
   print(
@@ -811,9 +1053,15 @@ def main(argv):
         'trie_docids',
         'trie_tokens',
         'trie_vocab',
+        'static_sizes',
+        'static_rounds',
       )
     },
   )
+  if _MODE.value == 'static':
+    static_results(results)
+    finish(results)
+    return
   if _MODE.value == 'trie':
     results['trie'] = trie_row(
       _TRIE_DOCIDS.value, _TRIE_TOKENS.value, _TRIE_VOCAB.value, _REPS.value

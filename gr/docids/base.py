@@ -8,11 +8,16 @@ A `DocidTable` is immutable and always valid (checked on construction):
 every document has at least one docid, every docid string belongs to exactly
 one document, every reserved-looking token is listed in `reserved_tokens`.
 Deleted documents' docids are kept in `arrays["retired_docids"]` so that no
-later document is ever given an identifier the model learnt for another one.
+later document is ever given an identifier the model learnt for another one,
+unless a scheme's free list hands a retired document's own token out again
+(`assign_new(..., reuse_retired=True)`, `extend(reused=...)`: the service's
+online adds, which overwrite the token's embedding row with the new
+document's, gr/serve/served_index.py).
 
 On disk a table is a directory: table.json (everything but arrays),
 arrays.npz (scheme state, e.g. centroids) and manifest.json (sha256 of both),
-each written atomically; the manifest is written last.
+each written atomically; the manifest is written last
+(gr/docids/table_files.py).
 """
 
 import dataclasses

@@ -42,7 +42,6 @@ logits (SearchConfig.score_mode 'logits') are then about
 cos(query, reconstruction) / temperature.
 """
 
-import dataclasses
 import functools
 from typing import Any, Collection, Mapping, Optional, Sequence
 
@@ -205,9 +204,7 @@ def new_token_rows(
     return {t: np.asarray(v, np.float32) for t, v in vectors.items()}
   if not new_tokens or not doc_vectors:
     return {}
-  docs = dataclasses.replace(
-    table, docids_of={d: table.docids_of[d] for d in doc_vectors}
-  )
+  docs = _Documents(table, doc_vectors)
   vectors = np.stack([doc_vectors[d] for d in docs.doc_ids]).astype(np.float32)
   vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
   end_ids = end_token_ids(docs, vocab)
@@ -218,6 +215,20 @@ def new_token_rows(
     end = vocab.docid_token_id(token) in end_ids
     out[token] = (scale * vector + (shared if end else 0.0)).astype(np.float32)
   return out
+
+
+class _Documents:
+  """The DocidTable surface the mean-rows rule reads (scheme, doc_ids,
+  docids_of, all_docids), over some of a table's documents: O(k), where a
+  DocidTable would validate every reserved token."""
+
+  def __init__(self, table, doc_ids):
+    self.scheme = table.scheme
+    self.docids_of = {d: table.docids_of[d] for d in doc_ids}
+    self.doc_ids = tuple(self.docids_of)
+
+  def all_docids(self) -> list[tuple[str, str]]:
+    return [(s, d) for d, ids in self.docids_of.items() for s in ids]
 
 
 def _end_component(rows: np.ndarray, end_ids: set[int]) -> np.ndarray | float:

@@ -316,11 +316,15 @@ class LiveIndex:
 
   def warm_up(self, live: Optional[LiveState] = None) -> None:
     """Compiles (or checks compiled) every bucket for `live`'s shapes; with
-    None, for the live state's and the document encoder of online adds."""
+    None, for the live state's, and what online adds run: the document
+    encoder, the rows' and the plan's scatters."""
     if live is None:
       live = self._live
       if online_rows.warm_rows_of(self.model) and self.index_dir is not None:
         self._document_encoder().warm_up(live.params)
+        online_rows.warm_up_set_rows(live.params)
+      if live.plan is not None and self.index_dir is not None:
+        served_plan.warm_up_scatters(live.plan)
     for bucket in self._buckets:
       tokens = np.zeros((bucket, self.input_length), np.int32)
       jax.block_until_ready(live.found(tokens))

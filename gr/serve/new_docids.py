@@ -33,7 +33,7 @@ class DocidNamer:
   def assign(
     self, table: docids_lib.DocidTable, new_docs: Mapping[str, beir.Document]
   ) -> docids_lib.DocidTable:
-    scheme = self._docid_scheme(table)
+    scheme = self.scheme(table)
     reuse = (
       {"reuse_retired": True} if getattr(scheme, "reuses_tokens", False) else {}
     )
@@ -42,7 +42,7 @@ class DocidNamer:
     except (ValueError, KeyError) as e:
       raise DocumentConflict(f"cannot assign docids: {e}") from e
 
-  def _docid_scheme(self, table: docids_lib.DocidTable):
+  def scheme(self, table: docids_lib.DocidTable):
     """The table's scheme, made once (schemes with an embedder share one)."""
     if self._scheme is None:
       scheme = docids_lib.scheme_for_table(table)

@@ -218,6 +218,20 @@ def _scatter(embedding, ids, rows):
   return embedding.at[ids].set(rows.astype(embedding.dtype))
 
 
+def warm_up_set_rows(params: Any) -> None:
+  """Compiles `set_rows`' scatter for the id buckets of up to 64 rows
+  (the results are dropped), so that an add compiles nothing."""
+  embedding = params["token_embedder"]["embedding"]
+  for size in ROW_BUCKETS[:-1]:
+    jax.block_until_ready(
+      _scatter(
+        embedding,
+        np.zeros(size, np.int32),
+        np.zeros((size, embedding.shape[1]), np.float32),
+      )
+    )
+
+
 def set_rows(params: Any, vocab, rows: Mapping[str, np.ndarray]) -> Any:
   """`params` with the embedding rows of docid tokens set (a new device
   array; `params` itself is left as it was). The ids are padded to

@@ -92,19 +92,13 @@ class ServedIndex(live_state.LiveIndex):
     }
     if len(new_docs) != len(documents):
       raise DocumentConflict("a doc_id appears twice in the request")
+    vectors, sets = self._prepared(new_docs)
     with self._update_lock:
       live = self._live
       clashes = [d for d in new_docs if d in live.index.table.docids_of]
       if clashes:
         raise DocumentConflict(f"doc_ids already indexed: {clashes[:5]}")
       table = self._namer.assign(live.index.table, new_docs)
-      sets = (
-        self._plan.sets_of(
-          live.index.vocab, {d: doc.text for d, doc in new_docs.items()}
-        )
-        if self._plan is not None
-        else {}
-      )
       index = live.index.with_table(table)
       sequences = self._namer.sequences(
         index,
@@ -115,7 +109,7 @@ class ServedIndex(live_state.LiveIndex):
       )
       reused = table.released_from(live.index.table)
       live = self._grown_for(index, sequences)
-      rows = self._token_rows(live, index, new_docs, reused)
+      rows = self._token_rows(live, index, new_docs, reused, vectors)
       compacted = self._persist(live.index, index, new_docs, rows=rows)
       self.online_documents.update(new_docs)
       self._online_rows.update(rows)
@@ -189,6 +183,7 @@ class ServedIndex(live_state.LiveIndex):
     index: index_lib.Index,
     new_docs: Mapping[str, beir.Document],
     reused: Sequence[str],
+    vectors: Optional[np.ndarray] = None,
   ) -> dict[str, np.ndarray]:
     """Embedding rows of the docid tokens an add hands out: the new ones
     (past `live`'s vocabulary) and the own tokens (last) of the retired
@@ -198,7 +193,9 @@ class ServedIndex(live_state.LiveIndex):
     nothing the model learnt for the deleted one."""
     new_tokens = index.vocab.docid_tokens[len(live.index.vocab.docid_tokens) :]
     own = [docid.split(" ")[-1] for docid in reused]
-    rows = self._warm_rows(live, index, list(new_tokens) + own, new_docs)
+    rows = self._warm_rows(
+      live, index, list(new_tokens) + own, new_docs, vectors
+    )
     width = live.params["token_embedder"]["embedding"].shape[1]
     for token in own:
       rows.setdefault(token, np.zeros(width, np.float32))
@@ -210,9 +207,11 @@ class ServedIndex(live_state.LiveIndex):
     index: index_lib.Index,
     new_tokens: Sequence[str],
     new_docs: Mapping[str, beir.Document],
+    vectors: Optional[np.ndarray] = None,
   ) -> dict[str, np.ndarray]:
     """Rows of the new docid tokens from the new documents' embeddings
-    (online_rows.RowRule; models with a BERT-family encoder only)."""
+    `vectors` [n, D] (computed here if None; online_rows.RowRule; models
+    with a BERT-family encoder only)."""
     if not online_rows.warm_rows_of(self.model) or not new_tokens:
       return {}
     if self._row_rule is None:
@@ -220,13 +219,44 @@ class ServedIndex(live_state.LiveIndex):
       self._row_rule = online_rows.RowRule.of(
         embedding, live.index.table, live.index.vocab
       )
-    tokens = vocab_lib.encode_texts(
-      index.vocab, [doc.text for doc in new_docs.values()], self.input_length
-    )
-    vectors = self._document_encoder().vectors(live.params, tokens)
+    if vectors is None:
+      vectors = self._document_vectors(live.params, new_docs)
     return self._row_rule.rows(
       index.table, index.vocab, new_tokens, dict(zip(new_docs, vectors))
     )
+
+  def _document_vectors(
+    self, params: Any, new_docs: Mapping[str, beir.Document]
+  ) -> np.ndarray:
+    """[n, D] unit mean-pooled encoder output of the new documents' bodies
+    (encoder params only: those never change while serving)."""
+    tokens = vocab_lib.encode_texts(
+      self._live.index.vocab,
+      [doc.text for doc in new_docs.values()],
+      self.input_length,
+    )
+    return self._document_encoder().vectors(params, tokens)
+
+  def _prepared(
+    self, new_docs: Mapping[str, beir.Document]
+  ) -> tuple[Optional[np.ndarray], dict]:
+    """What an add computes before it takes the update lock, so that other
+    updates need not wait for it: the new documents' term sets (frozen
+    statistics) and, where every add hands out tokens of its own (atomic,
+    RQ with residual tokens) to a model that warm-starts rows, their
+    encoder vectors [n, D] (else None: computed under the lock if needed)."""
+    live = self._live
+    sets = {}
+    if self._plan is not None:
+      texts = {d: doc.text for d, doc in new_docs.items()}
+      sets = self._plan.sets_of(live.index.vocab, texts)
+    scheme = self._namer.scheme(live.index.table)
+    if not (
+      online_rows.warm_rows_of(self.model)
+      and getattr(scheme, "reuses_tokens", False)
+    ):
+      return None, sets
+    return self._document_vectors(live.params, new_docs), sets
 
   def delete_document(self, doc_id: str) -> None:
     """Removes a document from search, the table and disk.

@@ -82,6 +82,24 @@ def _scattered(array: jax.Array, ids: np.ndarray, values: np.ndarray):
   return _scatter(array, ids.astype(np.int32), values)
 
 
+def warm_up_scatters(plan: plan_lib.LexicalPlan) -> None:
+  """Compiles the scatters an add or delete makes into `plan` (every entry
+  bucket, and sequence buckets up to a batch of 64 documents' docids), so
+  that no update compiles one; the results are dropped."""
+  lexical = plan.lexical
+  for size in SCATTER_BUCKETS:
+    ids = np.zeros(size, np.int32)
+    _scatter(lexical.terms, ids, np.zeros(size, np.int32))
+    _scatter(lexical.impacts, ids, np.zeros(size, np.float32))
+  for size in SCATTER_BUCKETS[:3]:
+    ids = np.zeros(size, np.int32)
+    rows = np.zeros((size,) + plan.sequences.shape[1:], np.int32)
+    _scatter(plan.sequences, ids, rows)
+    jax.block_until_ready(
+      _scatter(plan.documents, ids, np.zeros(size, np.int32))
+    )
+
+
 class ServedPlan:
   """The served plan's host side and its device `LexicalPlan`.
 

@@ -22,9 +22,7 @@ term (over all queries), E encoder width.
 """
 
 import dataclasses
-import io
 import logging
-import os
 from typing import Mapping, Optional
 
 import flax
@@ -33,16 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gr import atomic_io
 from gr import batching
 from gr.experiments import dev_selection
 from gr.index import lexicon
 from gr.index import vocab as vocab_lib
 from gr.model import lexical as lexical_lib
 from gr.search import retrieval
-
-FILE_NAME = "term_weight_head.npz"
-FORMAT = "gr.term_weight_head.v1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,44 +236,6 @@ def _encoded(searcher, tokens, batch_size: int = 64) -> list[np.ndarray]:
     states = np.asarray(encode(searcher.params, padded), np.float32)
     out.extend(states[: len(chunk)])
   return out
-
-
-def save_head(run_dir: str, head: lexical_lib.TermWeightHead) -> str:
-  """Writes run_dir/term_weight_head.npz atomically; returns the path."""
-  buffer = io.BytesIO()
-  np.savez(
-    buffer,
-    format=np.array(FORMAT),
-    kernel=np.asarray(head.kernel, np.float32),
-    bias=np.asarray(head.bias, np.float32),
-  )
-  path = os.path.join(run_dir, FILE_NAME)
-  atomic_io.write_bytes(path, buffer.getvalue())
-  return path
-
-
-def load_head(run_dir: str) -> Optional[lexical_lib.TermWeightHead]:
-  """The head saved in `run_dir` (None: none saved).
-
-  Raises:
-    ValueError: naming the file, when it is not such a head.
-  """
-  path = os.path.join(run_dir, FILE_NAME)
-  if not os.path.exists(path):
-    return None
-  try:
-    with np.load(path) as data:
-      fields = {k: data[k] for k in ("format", "kernel", "bias") if k in data}
-  except (OSError, EOFError, ValueError) as e:
-    raise ValueError(f"{path}: unreadable ({e})") from e
-  if len(fields) < 3 or str(fields["format"]) != FORMAT:
-    raise ValueError(f"{path}: not a {FORMAT} file")
-  kernel, bias = fields["kernel"], fields["bias"]
-  if kernel.ndim != 1 or bias.shape != () or not np.isfinite(kernel).all():
-    raise ValueError(f"{path}: kernel must be [E] finite, bias a scalar")
-  return lexical_lib.TermWeightHead(
-    jnp.asarray(kernel, jnp.float32), jnp.asarray(bias, jnp.float32)
-  )
 
 
 def query_splits(selection) -> Optional[dict]:

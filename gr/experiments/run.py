@@ -43,6 +43,7 @@ from gr.data import beir
 from gr.experiments import configurables
 from gr.experiments import dev_selection
 from gr.experiments import lexical_head
+from gr.model import lexical as lexical_lib
 from gr.experiments.dev_selection import LexicalSelection, subset
 
 DEFAULT_QUERY_SETS = (
@@ -354,7 +355,7 @@ class ExperimentTrainer:
       return None
     record = lexical_head.improve(searcher, self.plan, self.head_training)
     if record is not None and record["selection"] is not None:
-      lexical_head.save_head(self.workdir, searcher.term_weight_head)
+      lexical_lib.save_head(self.workdir, searcher.term_weight_head)
       selection.clear()
       selection.update(record["selection"])
     return record

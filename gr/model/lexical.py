@@ -18,12 +18,16 @@ entries, P = sum of set sizes.
 Everything here runs inside the jitted search and loss (no host step).
 """
 
+import io
+import os
 from typing import Optional
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from gr import atomic_io
 
 
 @flax.struct.dataclass
@@ -73,6 +77,48 @@ class TermWeightHead:
     """states [B, Li, E] -> [B, Li] positive weights."""
     logits = jnp.einsum("ble,e->bl", states.astype(jnp.float32), self.kernel)
     return jnp.exp(logits + self.bias)
+
+
+HEAD_FILE = "term_weight_head.npz"
+HEAD_FORMAT = "gr.term_weight_head.v1"
+
+
+def save_head(run_dir: str, head: TermWeightHead) -> str:
+  """Writes run_dir/term_weight_head.npz atomically; returns the path."""
+  buffer = io.BytesIO()
+  np.savez(
+    buffer,
+    format=np.array(HEAD_FORMAT),
+    kernel=np.asarray(head.kernel, np.float32),
+    bias=np.asarray(head.bias, np.float32),
+  )
+  path = os.path.join(run_dir, HEAD_FILE)
+  atomic_io.write_bytes(path, buffer.getvalue())
+  return path
+
+
+def load_head(run_dir: str) -> Optional[TermWeightHead]:
+  """The head saved in `run_dir` (None: none saved).
+
+  Raises:
+    ValueError: naming the file, when it is not such a head.
+  """
+  path = os.path.join(run_dir, HEAD_FILE)
+  if not os.path.exists(path):
+    return None
+  try:
+    with np.load(path) as data:
+      fields = {k: data[k] for k in ("format", "kernel", "bias") if k in data}
+  except (OSError, EOFError, ValueError) as e:
+    raise ValueError(f"{path}: unreadable ({e})") from e
+  if len(fields) < 3 or str(fields["format"]) != HEAD_FORMAT:
+    raise ValueError(f"{path}: not a {HEAD_FORMAT} file")
+  kernel, bias = fields["kernel"], fields["bias"]
+  if kernel.ndim != 1 or bias.shape != () or not np.isfinite(kernel).all():
+    raise ValueError(f"{path}: kernel must be [E] finite, bias a scalar")
+  return TermWeightHead(
+    jnp.asarray(kernel, jnp.float32), jnp.asarray(bias, jnp.float32)
+  )
 
 
 def query_terms(lexical: LexicalIndex, tokens: jax.Array) -> jax.Array:

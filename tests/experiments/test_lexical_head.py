@@ -102,15 +102,15 @@ def test_a_saved_head_loads_and_a_bad_file_names_itself(tmp_path):
   head = lexical_lib.TermWeightHead(
     jnp.asarray([0.5, -1.0, 2.0]), jnp.asarray(0.25)
   )
-  lexical_head.save_head(str(tmp_path), head)
-  loaded = lexical_head.load_head(str(tmp_path))
+  lexical_lib.save_head(str(tmp_path), head)
+  loaded = lexical_lib.load_head(str(tmp_path))
   np.testing.assert_array_equal(np.asarray(loaded.kernel), [0.5, -1.0, 2.0])
   assert float(loaded.bias) == 0.25
-  assert lexical_head.load_head(str(tmp_path / "none")) is None
-  path = tmp_path / lexical_head.FILE_NAME
+  assert lexical_lib.load_head(str(tmp_path / "none")) is None
+  path = tmp_path / lexical_lib.HEAD_FILE
   path.write_bytes(b"not a numpy file")
-  with pytest.raises(ValueError, match=lexical_head.FILE_NAME):
-    lexical_head.load_head(str(tmp_path))
+  with pytest.raises(ValueError, match=lexical_lib.HEAD_FILE):
+    lexical_lib.load_head(str(tmp_path))
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +196,7 @@ def test_run_experiment_keeps_or_installs_the_head(tmp_path):
   assert [p["step"] for p in record["curve"]] == [0, 5, 10, 15, 20]
   best = max(record["curve"], key=lambda p: (p["dev MRR@10"], -p["step"]))
   assert record["chosen_step"] == best["step"]
-  saved = lexical_head.load_head(workdir)
+  saved = lexical_lib.load_head(workdir)
   if record["chosen_step"] == 0:
     assert saved is None and record["selection"] is None
   else:

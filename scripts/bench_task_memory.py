@@ -2,8 +2,9 @@ r"""Peak RSS of building the indexing task for N synthetic documents.
 
   python scripts/bench_task_memory.py --num_docs=100000 \
     --output=/tmp/bench_task_memory.json   [--quick: 10,000 documents]
+    [--paths=in_memory,file,streamed] [--batches=200]
 
-Two paths, each in a fresh process over the same corpus, naive docid table
+Three paths, each in a fresh process over the same corpus, naive docid table
 and sentencepiece vocabulary (set up once here):
 
   in_memory  tasks.indexing_examples -> tasks.register_task (the Example
@@ -12,9 +13,12 @@ and sentencepiece vocabulary (set up once here):
   file       tasks.iter_indexing_examples -> example_files.write_examples
              (streamed) -> tasks.register_file_task (a bounded shuffle
              buffer of records)
+  streamed   what the jobs do above streaming.Streaming.above_docs:
+             tasks.register_gr_tasks writes round-robin shards (fingerprinted,
+             atomically) and streams them in a bounded shuffle buffer
 
 Each child reports its peak RSS after making the corpus (`rss_setup_mb`)
-and after building the task and reading its first train batch
+and after building the task and reading `--batches` train batches
 (`rss_peak_mb`); `task_mb` is the difference. Prints the machine load
 before and after (gr/bench_env.py) and writes JSON.
 """
@@ -35,8 +39,11 @@ from gr import entry
 _NUM_DOCS = flags.DEFINE_integer('num_docs', 100_000, 'Synthetic documents.')
 _QUICK = flags.DEFINE_bool('quick', False, '10,000 documents.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Write the results JSON here.')
+PATHS = ('in_memory', 'file', 'streamed')
+_PATHS = flags.DEFINE_list('paths', list(PATHS), 'Which paths to measure.')
+_BATCHES = flags.DEFINE_integer('batches', 1, 'Train batches each reads.')
 _CHILD = flags.DEFINE_enum(
-  'child', None, ['in_memory', 'file'], 'Internal: run one path and exit.'
+  'child', None, list(PATHS), 'Internal: run one path and exit.'
 )
 _WORK_DIR = flags.DEFINE_string('work_dir', None, 'Internal: shared setup.')
 
@@ -77,10 +84,9 @@ def _setup(work_dir: str, num_docs: int) -> None:
   )
 
 
-def run_child(path: str, work_dir: str, num_docs: int) -> dict:
-  """Builds one path's task and reads one batch; returns its RSS record."""
-  from gr.train import example_files  # pylint: disable=g-import-not-at-top
-  from gr.train import tasks  # pylint: disable=g-import-not-at-top
+def run_child(path: str, work_dir: str, num_docs: int, batches: int) -> dict:
+  """Builds one path's task and reads `batches` batches; returns its RSS
+  record."""
   from gr.train import data as data_lib  # pylint: disable=g-import-not-at-top
   from gr.index import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
   from gr.docids import naive  # pylint: disable=g-import-not-at-top
@@ -92,39 +98,63 @@ def run_child(path: str, work_dir: str, num_docs: int) -> dict:
   )
   setup = _peak_rss_mb()
   start = time.time()
+  name = register(path, corpus, table, vocab, work_dir)
+  built = time.time()
+  data = data_lib.task_batches(
+    name,
+    split='train',
+    input_length=64,
+    target_length=table_length(table, vocab),
+    batch_size=BATCH_SIZE,
+    seed=0,
+  )
+  for _ in range(batches):
+    next(data)
+  peak = _peak_rss_mb()
+  return {
+    'path': path,
+    'num_docs': num_docs,
+    'batches': batches,
+    'build_seconds': round(built - start, 2),
+    'rss_setup_mb': round(setup, 1),
+    'rss_peak_mb': round(peak, 1),
+    'task_mb': round(peak - setup, 1),
+    'seconds': round(time.time() - start, 2),
+  }
+
+
+def register(path: str, corpus, table, vocab, work_dir: str) -> str:
+  """The indexing task of `path` (module docstring), registered."""
+  from gr.data import beir  # pylint: disable=g-import-not-at-top
+  from gr.train import example_files  # pylint: disable=g-import-not-at-top
+  from gr.train import streaming  # pylint: disable=g-import-not-at-top
+  from gr.train import tasks  # pylint: disable=g-import-not-at-top
+
   if path == 'in_memory':
     examples = tasks.indexing_examples(corpus, table, vocab)
-    name = tasks.register_task(
+    return tasks.register_task(
       'bench.in_memory.v1', {tasks.TRAIN: examples}, vocab, docid_targets=True
     )
-  else:
+  if path == 'file':
     examples_path = os.path.join(work_dir, 'indexing.tfrecord')
     example_files.write_examples(
       examples_path,
       tasks.iter_indexing_examples(corpus, table, vocab),
       text_targets=False,
     )
-    name = tasks.register_file_task(
+    return tasks.register_file_task(
       'bench.file.v1', examples_path, vocab, docid_targets=True
     )
-  batches = data_lib.task_batches(
-    name,
-    split=tasks.TRAIN,
-    input_length=64,
-    target_length=table_length(table, vocab),
-    batch_size=BATCH_SIZE,
-    seed=0,
+  names = tasks.register_gr_tasks(
+    name='bench',
+    dataset=beir.BeirDataset(corpus=corpus, queries={}, qrels={}),
+    table=table,
+    vocab=vocab,
+    streaming=streaming.Streaming(
+      above_docs=0, directory=os.path.join(work_dir, 'examples')
+    ),
   )
-  next(batches)
-  peak = _peak_rss_mb()
-  return {
-    'path': path,
-    'num_docs': num_docs,
-    'rss_setup_mb': round(setup, 1),
-    'rss_peak_mb': round(peak, 1),
-    'task_mb': round(peak - setup, 1),
-    'seconds': round(time.time() - start, 2),
-  }
+  return names[tasks.INDEXING]
 
 
 def table_length(table, vocab) -> int:
@@ -139,7 +169,8 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   num_docs = 10_000 if _QUICK.value else _NUM_DOCS.value
   if _CHILD.value:
-    print(json.dumps(run_child(_CHILD.value, _WORK_DIR.value, num_docs)))
+    record = run_child(_CHILD.value, _WORK_DIR.value, num_docs, _BATCHES.value)
+    print(json.dumps(record))
     return
   from gr import bench_env  # pylint: disable=g-import-not-at-top
 
@@ -147,7 +178,7 @@ def main(argv):
   results = []
   with tempfile.TemporaryDirectory() as work_dir:
     _setup(work_dir, num_docs)
-    for path in ('in_memory', 'file'):
+    for path in _PATHS.value:
       output = subprocess.run(
         [
           sys.executable,
@@ -155,6 +186,7 @@ def main(argv):
           f'--child={path}',
           f'--work_dir={work_dir}',
           f'--num_docs={num_docs}',
+          f'--batches={_BATCHES.value}',
         ],
         check=True,
         capture_output=True,
@@ -164,6 +196,7 @@ def main(argv):
       print(json.dumps(results[-1]))
   record = {
     'num_docs': num_docs,
+    'batches': _BATCHES.value,
     'paths': results,
     'load': [load_before, bench_env.machine_load('after')],
   }

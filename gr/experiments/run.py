@@ -38,6 +38,7 @@ from gr.queries import pseudo_queries as pseudo_lib
 from gr.search import retrieval
 from gr.model import model_config
 from gr.train import checkpoints
+from gr.train import streaming
 from gr.train import tasks
 from gr.data import beir
 from gr.experiments import configurables
@@ -114,6 +115,7 @@ def run_experiment(
   plan_in_training: bool = False,
   early_stopping: bool = False,
   term_weight_head: Optional[lexical_head.HeadTraining] = None,
+  stream_above_docs: int = streaming.DEFAULT_ABOVE_DOCS,
 ) -> dict:
   """Index, train, evaluate. Returns {query set name: metrics}.
 
@@ -131,6 +133,7 @@ def run_experiment(
   term_weight_head: after training, the plan's query-token weights are
   trained on top of the frozen model and kept if dev improves
   (gr/experiments/lexical_head.py; None: every token weighs 1).
+  stream_above_docs: more documents stream tasks from workdir/examples.
   """
   start = time.time()
   dataset = subset(beir.BeirDataset.load(data_dir), max_docs)
@@ -149,22 +152,16 @@ def run_experiment(
   )  # fmt: skip
   cache_dir = encoder_cache_dir or os.path.join(workdir, "encoder_cache")
   register_tasks, cache_rows = docid_tasks(
-    name, dataset, pseudo, task_rates, input_length
+    name, dataset, pseudo, task_rates, input_length, stream_above_docs, workdir
   )
   run = indexing.index_and_train(
-    dataset,
-    os.path.join(workdir, "index"),
-    model,
+    dataset, os.path.join(workdir, "index"), model,
     indexing.IndexSpec(scheme, scheme_params or {}, vocab_size, seed),
-    input_length=input_length,
-    register_tasks=register_tasks,
-    cache_rows=cache_rows,
-    warm=warm_start,
-    temperature=warm_start_temperature,
-    states_dir=cache_dir,
+    input_length=input_length, register_tasks=register_tasks,
+    cache_rows=cache_rows, warm=warm_start, train=trainer,
+    temperature=warm_start_temperature, states_dir=cache_dir,
     embedding_cache_dir=cache_dir,
-    train=trainer,
-  )
+  )  # fmt: skip
   results = trainer.evaluate(run, exact_queries)
   return trainer.report(results, run, scheme, name, started=start)
 
@@ -177,14 +174,27 @@ def corpus_name(data_dir: str) -> str:
   )
 
 
-def docid_tasks(name: str, dataset, pseudo, task_rates, input_length: int):
+def docid_tasks(
+  name: str,
+  dataset,
+  pseudo,
+  task_rates,
+  input_length: int,
+  stream_above_docs: int = streaming.DEFAULT_ABOVE_DOCS,
+  workdir: Optional[str] = None,
+):
   """(register_tasks, cache_rows) of index_and_train: the run's mixture at
   `task_rates`, and the encoder inputs [input_length] of every docid task
-  at rate 1 (what the frozen-layer cache covers, whatever the rates)."""
+  at rate 1 (what the frozen-layer cache covers, whatever the rates). A
+  corpus of more than `stream_above_docs` documents has its tasks streamed
+  from shards in workdir/examples (gr/train/streaming.py; no workdir: the
+  default folder)."""
+  examples_dir = os.path.join(workdir, "examples") if workdir else None
+  stream = streaming.Streaming(stream_above_docs, examples_dir)
 
   def register_tasks(index) -> str:
     return tasks.register_mixture(
-      name, dataset, index, pseudo, dict(task_rates)
+      name, dataset, index, pseudo, dict(task_rates), streaming=stream
     )
 
   def cache_rows(index) -> list[np.ndarray]:
@@ -195,6 +205,7 @@ def docid_tasks(name: str, dataset, pseudo, task_rates, input_length: int):
       pseudo,
       {kind: 1.0 for kind in tasks.DOCID_KINDS},
       suffix="all_docid_tasks",
+      streaming=stream,
     )
     return pretrained.mixture_encoder_inputs(
       every_task,

@@ -17,6 +17,7 @@ from gr.queries import generative_memory as memory_lib
 from gr.train import loop as train_lib
 from gr.train import optimizer as optimizer_lib
 from gr.train import state as state_lib
+from gr.train import streaming as streaming_lib
 from gr.train import tasks
 from gr.index import vocab as vocab_lib
 
@@ -27,29 +28,28 @@ def register_doc2query_task(
   vocab: vocab_lib.Vocabulary,
   *,
   version: str = "v1",
+  streaming: streaming_lib.Streaming = streaming_lib.DEFAULT,
 ) -> str:
   """Registers `gr.{name}.doc2query.{version}`: body -> train query text.
 
   Pairs come from the train qrels (and dev qrels as the validation split).
   Inputs are document bodies only. Registering the same data again is a
-  no-op; different data under the same name raises (bump `version`).
+  no-op; different data under the same name raises (bump `version`). A
+  corpus larger than `streaming.above_docs` streams from shards.
   """
-  by_split = {
-    split: tasks.doc2query_examples(
-      dataset.corpus,
-      dataset.queries,
-      dataset.qrels.get(tasks.QRELS_SPLIT[split], {}),
-    )
-    for split in (tasks.TRAIN, tasks.VALIDATION)
-  }
-  if not by_split[tasks.TRAIN]:
+  streams = tasks.example_streams(tasks.DOC2QUERY, dataset, None, vocab)
+  if next(streams[tasks.TRAIN](), None) is None:
     raise ValueError(
       f"doc2query task {name!r}: the dataset has no train "
       "qrels with score > 0, so there is nothing to learn"
     )
-  by_split = {split: ex for split, ex in by_split.items() if ex}
-  return tasks.register_task(
-    f"gr.{name}.doc2query.{version}", by_split, vocab, docid_targets=False
+  return tasks.register_streams(
+    f"gr.{name}.doc2query.{version}",
+    streams,
+    vocab,
+    docid_targets=False,
+    num_docs=len(dataset.corpus),
+    streaming=streaming,
   )
 
 
@@ -80,13 +80,24 @@ def train_doc2query(
   retrained. The model starts from `doc2query_start` (the family's start;
   a frozen encoder's cache in `cache_dir`, default model_dir/../
   encoder_cache; `vector_every` > 0 also teaches the generative memory).
+  A corpus above streaming.DEFAULT_ABOVE_DOCS documents streams its task
+  from shards in model_dir/../examples.
   `train_fn` is the training loop: gr.train.loop.train, or the gin-bound one
   (gr/experiments/configurables.train) where `train.*` bindings apply.
 
   Returns:
     (model with vocab_size fitted to `vocab`, params).
   """
-  task = register_doc2query_task(name, dataset, vocab, version=version)
+  examples_dir = os.path.join(
+    os.path.dirname(os.path.abspath(model_dir)), "examples"
+  )
+  task = register_doc2query_task(
+    name,
+    dataset,
+    vocab,
+    version=version,
+    streaming=streaming_lib.Streaming(directory=examples_dir),
+  )
   init_params, transform = doc2query_start(
     models.fit_vocab(model, vocab.vocab_size),
     task,

@@ -1,5 +1,8 @@
 """Training data: batches of seqio tasks, and their saved position.
 
+Tasks that stream from files (`streams_from_files`) have their position
+saved with each checkpoint by default (gr/train/loop.py `checkpoint_data`).
+
 A task's batches come in an order that is a function of the seed alone
 (`task_dataset`), so a resumed run can skip what it consumed
 (`task_batches`); a `DataIterator` saves and restores a tf.data pipeline's
@@ -117,6 +120,24 @@ def concatenated_batches(
     yield {
       key: np.concatenate([part[key] for part in parts]) for key in parts[0]
     }
+
+
+# Names of the tasks that stream from files (gr/train/tasks.py marks them).
+_STREAMED: set[str] = set()
+
+
+def mark_streamed(task_name: str) -> None:
+  """Records that `task_name` reads its examples from files as it trains."""
+  _STREAMED.add(task_name)
+
+
+def streams_from_files(mixture_or_task) -> bool:
+  """Whether every task of a mixture (or the task) streams from files: its
+  data position is a file offset and a bounded shuffle buffer, cheap to
+  save with each checkpoint (in-memory tasks shuffle their whole split)."""
+  task = _get_task(mixture_or_task)
+  names = [t.name for t in getattr(task, 'tasks', [task])]
+  return bool(names) and all(name in _STREAMED for name in names)
 
 
 def _get_task(mixture_or_task):

@@ -208,7 +208,7 @@ def train(
   artifact_dir: str | None = None,
   fit_vocab_to_task: bool = True,
   batch_transform: Callable[[dict], dict] | None = None,
-  checkpoint_data: bool = False,
+  checkpoint_data: bool | None = None,
   checkpoint_start: bool = False,
 ) -> state_lib.TrainState:
   """Trains `model` on a seqio task/mixture; resumes from `model_dir`.
@@ -241,13 +241,18 @@ def train(
       checkpoint (model_dir/data_state/<step>/), so that a resumed run
       continues from it instead of reading and tokenising the consumed
       batches again (`DataIterator`, gr/train/data.py); a step without one
-      resumes by skip.
+      resumes by skip. None (the default): on when the task streams from
+      files (`data_lib.streams_from_files`: its position is small), off for
+      in-memory tasks (whose position holds a shuffle buffer of the whole
+      split; they resume by skip, with the same batches).
     checkpoint_start: also save the starting state as step 0 (a fresh
       run only), so that early stopping can choose and serve the start.
 
   Returns:
     The final TrainState.
   """
+  if checkpoint_data is None:
+    checkpoint_data = data_lib.streams_from_files(mixture_or_task_name)
   mesh = partitioning.make_mesh(data=mesh_data, model=mesh_model)
   sharded = _sharded_model(
     model,

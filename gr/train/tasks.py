@@ -1,20 +1,14 @@
 """seqio tasks and mixtures for generative retrieval, from factory functions.
 
-Four kinds of task, built from in-memory data (a BeirDataset, a DocidTable,
-optional pseudo-queries):
+Four kinds of task (indexing, retrieval, pseudo_query, doc2query: their
+examples are gr/train/examples.py's), built from a BeirDataset, a DocidTable
+and optional pseudo-queries. A query id that is in the train qrels and also
+in dev or test qrels is an error (it would leak).
 
-  kind          inputs                  targets          splits
-  indexing      document body           docid            train
-  retrieval     query                   docid            train (train qrels),
-                                                         validation (dev),
-                                                         test (test)
-  pseudo_query  pseudo/generated query  docid            train
-  doc2query     document body           query text       train, validation
-
-A document with several docids (multi-docid schemes) gives one example per
-docid. Only qrels with score > 0 count. Documents missing from the table
-(not indexed yet) are left out of retrieval; a query id that is in the train
-qrels and also in dev or test qrels is an error (it would leak).
+Where the examples live: in memory for a corpus of up to
+`Streaming.above_docs` documents (gr/train/streaming.py), else in TFRecord
+shards written once and streamed back in a bounded shuffle buffer
+(`register_streams` decides; `register_shards_task`).
 
 Features: `inputs` is text, tokenised here with EOS appended after trimming
 to the sequence length. Docid `targets` are tokenised in Python
@@ -33,46 +27,43 @@ import dataclasses
 import hashlib
 import json
 import re
-from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Callable, Mapping, Optional
 
 import seqio
 
+from gr.data import beir
+from gr.index import vocab as vocab_lib
+from gr.train import data as data_lib
 from gr.train import example_files
 from gr.train import preprocessors
-from gr.index import vocab as vocab_lib
-from gr.data import beir
-
-INDEXING = "indexing"
-RETRIEVAL = "retrieval"
-PSEUDO_QUERY = "pseudo_query"
-DOC2QUERY = "doc2query"
-KINDS = (INDEXING, RETRIEVAL, PSEUDO_QUERY, DOC2QUERY)
-DOCID_KINDS = (INDEXING, RETRIEVAL, PSEUDO_QUERY)
-
-TRAIN, VALIDATION, TEST = "train", "validation", "test"
-# Task split -> BEIR qrels split it reads.
-QRELS_SPLIT = {TRAIN: "train", VALIDATION: "dev", TEST: "test"}
+from gr.train import streaming as streaming_lib
+from gr.train.examples import (  # noqa: F401  (re-exported: tasks.Example...)
+  DOC2QUERY,
+  DOCID_KINDS,
+  INDEXING,
+  KINDS,
+  PSEUDO_QUERY,
+  QRELS_SPLIT,
+  RETRIEVAL,
+  TEST,
+  TRAIN,
+  VALIDATION,
+  Example,
+  ExamplesBySplit,
+  build_examples,
+  check_no_query_leak,
+  doc2query_examples,
+  document_input,
+  example_streams,
+  indexing_examples,
+  iter_indexing_examples,
+  pseudo_query_examples,
+  retrieval_examples,
+)
 
 _NAME_PART = re.compile(r"^\w+$")
 # Task or mixture name -> fingerprint of the definition registered under it.
 _REGISTERED: dict[str, str] = {}
-
-
-@dataclasses.dataclass(frozen=True)
-class Example:
-  """One (inputs, targets) pair before tokenisation of `inputs`.
-
-  `targets` is docid ids ending in EOS for docid kinds, text for doc2query.
-  """
-
-  inputs: str
-  targets: Union[tuple[int, ...], str]
-  doc_id: str
-  query_id: str = ""
-  docid: str = ""
-
-
-ExamplesBySplit = Mapping[str, Sequence[Example]]
 
 
 def task_name(name: str, table, kind: str, version: str = "v1") -> str:
@@ -85,172 +76,6 @@ def task_name(name: str, table, kind: str, version: str = "v1") -> str:
   if kind not in KINDS:
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
   return f"gr.{name}.{table.scheme}.v{table.version}.{kind}.{version}"
-
-
-# ----------------------------------------------------------- examples --
-
-
-def _docid_examples(
-  inputs: str, doc_id: str, table, vocab, *, query_id: str = ""
-) -> list[Example]:
-  """One example per docid of `doc_id` (docid ids end in EOS)."""
-  return [
-    Example(
-      inputs,
-      tuple(vocab.encode_docid(docid)) + (vocab.eos_id,),
-      doc_id,
-      query_id,
-      docid,
-    )
-    for docid in table.docids_of[doc_id]
-  ]
-
-
-def _relevant_pairs(qrels: Mapping[str, Mapping[str, int]]):
-  """(query_id, doc_id) pairs with score > 0, in qrels order."""
-  return [
-    (query_id, doc_id)
-    for query_id, docs in qrels.items()
-    for doc_id, score in docs.items()
-    if score > 0
-  ]
-
-
-def _query_text(queries: Mapping[str, str], query_id: str) -> str:
-  if query_id not in queries:
-    raise ValueError(f"qrels name query {query_id!r}, which is not in queries")
-  return queries[query_id]
-
-
-def document_input(doc, include_title: bool = False) -> str:
-  """The text a model reads for a document: the body (title first if asked)."""
-  return f"{doc.title} {doc.text}".strip() if include_title else doc.text
-
-
-def indexing_examples(
-  corpus: Mapping, table, vocab, *, include_title: bool = False
-) -> list[Example]:
-  """Document text -> docid, for every (document, docid) in the table."""
-  return list(
-    iter_indexing_examples(corpus, table, vocab, include_title=include_title)
-  )
-
-
-def iter_indexing_examples(
-  corpus: Mapping, table, vocab, *, include_title: bool = False
-) -> Iterator[Example]:
-  """`indexing_examples` one at a time (e.g. to stream them to a file)."""
-  for doc_id in table.docids_of:
-    if doc_id not in corpus:
-      raise ValueError(
-        f"docid table names document {doc_id!r}, which is not in the corpus"
-      )
-    yield from _docid_examples(
-      document_input(corpus[doc_id], include_title), doc_id, table, vocab
-    )
-
-
-def retrieval_examples(
-  queries: Mapping[str, str],
-  qrels: Mapping[str, Mapping[str, int]],
-  table,
-  vocab,
-) -> list[Example]:
-  """Query -> docid for relevant pairs whose document is in the table."""
-  examples = []
-  for query_id, doc_id in _relevant_pairs(qrels):
-    if doc_id in table.docids_of:
-      examples += _docid_examples(
-        _query_text(queries, query_id), doc_id, table, vocab, query_id=query_id
-      )
-  return examples
-
-
-def pseudo_query_examples(
-  pseudo_queries: Mapping[str, Sequence[str]], table, vocab
-) -> list[Example]:
-  """Pseudo-query -> docid, in table order; unindexed documents skipped."""
-  return [
-    example
-    for doc_id in table.docids_of
-    for query in pseudo_queries.get(doc_id, ())
-    for example in _docid_examples(query, doc_id, table, vocab)
-  ]
-
-
-def doc2query_examples(
-  corpus: Mapping,
-  queries: Mapping[str, str],
-  qrels: Mapping[str, Mapping[str, int]],
-  *,
-  include_title: bool = False,
-) -> list[Example]:
-  """Document text -> text of a query it is relevant to."""
-  return [
-    Example(
-      document_input(corpus[doc_id], include_title),
-      _query_text(queries, query_id),
-      doc_id,
-      query_id,
-    )
-    for query_id, doc_id in _relevant_pairs(qrels)
-  ]
-
-
-def check_no_query_leak(qrels: Mapping[str, Mapping]) -> None:
-  """Raises if a train query id is also a dev or test query id."""
-  train = set(qrels.get("train", {}))
-  for split in ("dev", "test"):
-    shared = sorted(train & set(qrels.get(split, {})))
-    if shared:
-      raise ValueError(
-        f"query ids in both train and {split} qrels "
-        f"({len(shared)}, e.g. {shared[:5]}): they would leak"
-      )
-
-
-def build_examples(
-  kind: str,
-  dataset,
-  table,
-  vocab,
-  *,
-  pseudo_queries: Optional[Mapping] = None,
-  include_title: bool = False,
-) -> dict[str, list[Example]]:
-  """Examples of one kind per task split; empty splits are left out."""
-  qrels = {
-    split: dataset.qrels.get(QRELS_SPLIT[split], {})
-    for split in (TRAIN, VALIDATION, TEST)
-  }
-  if kind == INDEXING:
-    by_split = {
-      TRAIN: indexing_examples(
-        dataset.corpus, table, vocab, include_title=include_title
-      )
-    }
-  elif kind == RETRIEVAL:
-    by_split = {
-      split: retrieval_examples(dataset.queries, split_qrels, table, vocab)
-      for split, split_qrels in qrels.items()
-    }
-  elif kind == PSEUDO_QUERY:
-    by_split = {
-      TRAIN: pseudo_query_examples(pseudo_queries or {}, table, vocab)
-    }
-  elif kind == DOC2QUERY:
-    by_split = {
-      split: doc2query_examples(
-        dataset.corpus,
-        dataset.queries,
-        qrels[split],
-        include_title=include_title,
-      )
-      for split in (TRAIN, VALIDATION)
-    }
-  else:
-    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-  return {split: examples for split, examples in by_split.items() if examples}
 
 
 # --------------------------------------------------------- registration --
@@ -358,7 +183,76 @@ def register_file_task(
 
   source = seqio.FunctionDataSource(dataset_fn, splits=[split])
   _add_task(name, fingerprint, source, vocab, docid_targets=docid_targets)
+  data_lib.mark_streamed(name)
   return name
+
+
+def register_shards_task(
+  name: str,
+  shards_by_split: Mapping[str, example_files.Shards],
+  vocab: vocab_lib.Vocabulary,
+  *,
+  docid_targets: bool,
+  shuffle_buffer: int = streaming_lib.DEFAULT_SHUFFLE_BUFFER,
+) -> str:
+  """Registers one task whose splits stream from shards
+  (example_files.write_shards; shuffled in a `shuffle_buffer` of records);
+  fingerprinted by the shards' examples. Returns the name."""
+  fingerprint = _fingerprint(
+    {
+      "vocab": vocab.fingerprint,
+      "docid_targets": docid_targets,
+      "shuffle_buffer": shuffle_buffer,
+      "shards": {s: sh.fingerprint for s, sh in shards_by_split.items()},
+    }
+  )
+
+  def dataset_fn(split, shuffle_files, seed=None):
+    return example_files.read_shards(
+      shards_by_split[split].paths,
+      text_targets=not docid_targets,
+      shuffle=shuffle_files,
+      seed=seed,
+      shuffle_buffer=shuffle_buffer,
+    )
+
+  source = seqio.FunctionDataSource(dataset_fn, splits=list(shards_by_split))
+  _add_task(name, fingerprint, source, vocab, docid_targets=docid_targets)
+  data_lib.mark_streamed(name)
+  return name
+
+
+def register_streams(
+  name: str,
+  streams: Mapping[str, Callable],
+  vocab: vocab_lib.Vocabulary,
+  *,
+  docid_targets: bool,
+  num_docs: int,
+  streaming: streaming_lib.Streaming = streaming_lib.DEFAULT,
+) -> Optional[str]:
+  """Registers task `name` over `streams` (split -> a function making that
+  split's examples, examples.ExampleStream): from shards when `streaming`
+  applies to a corpus of `num_docs` documents, else in memory. Empty
+  splits are left out; None (nothing registered) when all are empty."""
+  if streaming.applies(num_docs):
+    shards = streaming_lib.task_shards(
+      streaming, name, streams, text_targets=not docid_targets
+    )
+    if not shards:
+      return None
+    return register_shards_task(
+      name,
+      shards,
+      vocab,
+      docid_targets=docid_targets,
+      shuffle_buffer=streaming.shuffle_buffer,
+    )
+  by_split = {split: list(stream()) for split, stream in streams.items()}
+  by_split = {split: ex for split, ex in by_split.items() if ex}
+  if not by_split:
+    return None
+  return register_task(name, by_split, vocab, docid_targets=docid_targets)
 
 
 def register_gr_tasks(
@@ -370,6 +264,7 @@ def register_gr_tasks(
   pseudo_queries: Optional[Mapping] = None,
   version: str = "v1",
   include_title: bool = False,
+  streaming: streaming_lib.Streaming = streaming_lib.DEFAULT,
 ) -> dict[str, str]:
   """Registers the tasks a dataset and docid table support.
 
@@ -382,6 +277,8 @@ def register_gr_tasks(
     version: definition version, the last part of each name.
     include_title: prefix document inputs with the title (never for
       benchmarks whose queries are titles).
+    streaming: above how many documents the tasks stream from shards
+      (`register_streams`).
 
   Returns:
     kind -> task name, for the kinds with at least one example.
@@ -389,7 +286,7 @@ def register_gr_tasks(
   check_no_query_leak(dataset.qrels)
   names = {}
   for kind in KINDS:
-    examples = build_examples(
+    streams = example_streams(
       kind,
       dataset,
       table,
@@ -397,13 +294,16 @@ def register_gr_tasks(
       pseudo_queries=pseudo_queries,
       include_title=include_title,
     )
-    if examples:
-      names[kind] = register_task(
-        task_name(name, table, kind, version),
-        examples,
-        vocab,
-        docid_targets=kind in DOCID_KINDS,
-      )
+    task = register_streams(
+      task_name(name, table, kind, version),
+      streams,
+      vocab,
+      docid_targets=kind in DOCID_KINDS,
+      num_docs=len(dataset.corpus),
+      streaming=streaming,
+    )
+    if task:
+      names[kind] = task
   return names
 
 
@@ -450,14 +350,17 @@ def register_mixture(
   pseudo_queries: Optional[Mapping[str, list[str]]],
   task_rates: Mapping[str, float],
   suffix: str = "mixture",
+  streaming: streaming_lib.Streaming = streaming_lib.DEFAULT,
 ) -> str:
-  """Registers the tasks and a mixture of those with a positive rate."""
+  """Registers the tasks (streamed as `streaming` says) and a mixture of
+  those with a positive rate."""
   names = register_gr_tasks(
     name=name,
     dataset=dataset,
     table=index.table,
     vocab=index.vocab,
     pseudo_queries=pseudo_queries,
+    streaming=streaming,
   )
   rates = {
     names[kind]: rate

@@ -172,7 +172,8 @@ def _run_decoder(state: BeamState, fn, first_step, sparse_output):
 
   `first_step` (given only at step 0, the cache still [B, ...]): every
   beam of an input holds BOS and the same cache, so the step runs once per
-  input ([B, 1] rows) and its outputs and cache are repeated to the beams.
+  input ([B, 1] rows) and its cache and hidden states are repeated to the
+  beams; its logits stay [B, V] (`_normalised` broadcasts them).
   """
   batch, beams, _ = state.alive_seqs.shape
   if first_step is None:
@@ -183,14 +184,15 @@ def _run_decoder(state: BeamState, fn, first_step, sparse_output):
     outputs, cache = first_step(
       jnp.zeros((batch, 1), jnp.int32), state.cache, state.step
     )
-    outputs = _expand_to_beams(outputs, beams)  # --> [N, ...]
+    if sparse_output:
+      outputs = _expand_to_beams(outputs, beams)  # --> [N, E]
     cache = _expand_to_beams(cache, beams)
   return outputs, cache
 
 
 def _normalised(state: BeamState, logits, processor, score_mode, eos_id):
-  """Scores of every next token from logits [N, V]; log-probs are
-  scores - log_z.
+  """Scores of every next token from logits [N, V] (or [B, V] at a first
+  step, normalised once per input); log-probs are scores - log_z.
 
   Returns:
     (scores [B, K, V], log_z [B, K, 1], processor state). Without a
@@ -199,12 +201,15 @@ def _normalised(state: BeamState, logits, processor, score_mode, eos_id):
     "logits" mode, log_z is 0 and EOS's logit 0.
   """
   batch, beams, _ = state.alive_seqs.shape
-  logits = logits.astype(jnp.float32).reshape(batch, beams, -1)  # --> [B,K,V]
+  vocab = logits.shape[-1]
+  logits = logits.astype(jnp.float32).reshape(batch, -1, vocab)  # [B, K|1, V]
   if score_mode == "logits":
     logits = logits.at[:, :, eos_id].set(0.0)
-    log_z = jnp.zeros((batch, beams, 1), jnp.float32)
+    log_z = jnp.zeros(logits.shape[:2] + (1,), jnp.float32)
   else:
     log_z = jax.nn.logsumexp(logits, axis=2, keepdims=True)
+  logits = jnp.broadcast_to(logits, (batch, beams, vocab))  # --> [B, K, V]
+  log_z = jnp.broadcast_to(log_z, (batch, beams, 1))
   if processor is None:
     return logits, log_z, state.processor_state
   log_probs, processor_state = processor.process(

@@ -176,6 +176,9 @@ class LiveIndex:
       sorted({batching.data_multiple(b, mesh) for b in config.buckets})
     )
     self._update_lock = threading.Lock()
+    # One encoder pass of an add at a time (outside the update lock): on
+    # few cores, parallel passes would take every core from the searches.
+    self._encode_lock = threading.Lock()
     self._dispatch_lock = threading.Lock()  # a search's dispatch vs a swap
     self._namer = new_docids.DocidNamer(model, input_length)
     self._row_rule = None
@@ -315,15 +318,18 @@ class LiveIndex:
     return self.config.max_batch
 
   def warm_up(self, live: Optional[LiveState] = None) -> None:
-    """Compiles (or checks compiled) every bucket for `live`'s shapes; with
-    None, for the live state's, and what online adds run: the document
-    encoder, the rows' and the plan's scatters."""
+    """Compiles (or checks compiled) every bucket for `live`'s shapes (with
+    None, the live state's, and the document encoder of online adds), and,
+    for a served index dir, the scatters that updates make into its rows
+    and plan (a growth changes their shapes too)."""
     if live is None:
       live = self._live
       if online_rows.warm_rows_of(self.model) and self.index_dir is not None:
         self._document_encoder().warm_up(live.params)
+    if self.index_dir is not None:
+      if online_rows.warm_rows_of(self.model):
         online_rows.warm_up_set_rows(live.params)
-      if live.plan is not None and self.index_dir is not None:
+      if live.plan is not None:
         served_plan.warm_up_scatters(live.plan)
     for bucket in self._buckets:
       tokens = np.zeros((bucket, self.input_length), np.int32)

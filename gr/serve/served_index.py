@@ -256,7 +256,8 @@ class ServedIndex(live_state.LiveIndex):
       and getattr(scheme, "reuses_tokens", False)
     ):
       return None, sets
-    return self._document_vectors(live.params, new_docs), sets
+    with self._encode_lock:
+      return self._document_vectors(live.params, new_docs), sets
 
   def delete_document(self, doc_id: str) -> None:
     """Removes a document from search, the table and disk.

@@ -42,12 +42,15 @@ from gr.search import retrieval
 @dataclasses.dataclass(frozen=True)
 class HeadTraining:
   """How the head trains: Adam at `learning_rate` for `steps` full-batch
-  steps, L2 `l2` on the kernel, dev checked every `eval_every` steps."""
+  steps, L2 `l2` on the kernel, dev checked every `eval_every` steps; at
+  most `max_queries` judged queries of each split (a fixed sample), so a
+  corpus with many queries costs a bounded search."""
 
   steps: int = 300
   learning_rate: float = 3e-3
   l2: float = 1e-2
   eval_every: int = 25
+  max_queries: int = 5000
 
 
 @flax.struct.dataclass
@@ -273,7 +276,7 @@ def improve(
     split: _merged(
       [
         rerank_set(searcher, queries, qrels, add_relevant=split == "train")
-        for queries, qrels in by_name.values()
+        for queries, qrels in _sampled(by_name, config.max_queries).values()
       ]
     )
     for split, by_name in splits.items()
@@ -294,6 +297,22 @@ def improve(
     searcher.term_weight_head = head
     record["selection"] = selection.choose(searcher)
   return record
+
+
+def _sampled(by_name: dict, max_queries: int) -> dict:
+  """{name: (queries, qrels)} with at most `max_queries` judged queries in
+  all, the same share of each query set, a fixed sample (seed 0)."""
+  total = sum(len(qrels) for _, qrels in by_name.values())
+  if total <= max_queries:
+    return by_name
+  rng = np.random.default_rng(0)
+  out = {}
+  for name, (queries, qrels) in by_name.items():
+    keep = max(1, len(qrels) * max_queries // total)
+    qids = sorted(qrels)
+    chosen = rng.choice(len(qids), size=min(keep, len(qids)), replace=False)
+    out[name] = (queries, {qids[i]: qrels[qids[i]] for i in sorted(chosen)})
+  return out
 
 
 def _merged(sets: list[RerankSet]) -> RerankSet:

@@ -204,3 +204,15 @@ def test_run_experiment_keeps_or_installs_the_head(tmp_path):
     assert plan_lib.load_weight(workdir) == record["selection"]["chosen"]
     assert out["lexical_weight"]["chosen"] == record["selection"]["chosen"]
   assert os.path.exists(os.path.join(workdir, "results.json"))
+
+
+def test_a_sample_of_queries_keeps_each_sets_share():
+  by_name = {
+    "a": ({}, {f"a{i}": {"d": 1} for i in range(30)}),
+    "b": ({}, {f"b{i}": {"d": 1} for i in range(10)}),
+  }
+  sampled = lexical_head._sampled(by_name, 20)
+  assert len(sampled["a"][1]) == 15 and len(sampled["b"][1]) == 5
+  assert set(sampled["a"][1]) <= set(by_name["a"][1])
+  assert lexical_head._sampled(by_name, 20) == sampled  # a fixed sample
+  assert lexical_head._sampled(by_name, 40) is by_name

@@ -106,10 +106,16 @@ def rerank_mrr(head, rerank, weight: float) -> float:
 
 
 def train_head(
-  train: RerankSet, dev: RerankSet, weight: float, config: HeadTraining
+  train: RerankSet,
+  dev: RerankSet,
+  weight: float,
+  config: HeadTraining,
+  record: Optional[RerankSet] = None,
 ) -> tuple[lexical_lib.TermWeightHead, list[dict]]:
   """The head of the best dev step, and the curve [{"step", "dev
-  MRR@10", "train loss"}] (step 0 = the zero head)."""
+  MRR@10", "train loss"}] (step 0 = the zero head); with `record` (the
+  eval split's set), each point also has its "eval MRR@10", for the record
+  only (never chosen on)."""
   head = lexical_lib.TermWeightHead.zeros(train.states.shape[1])
   train_set = jax.tree.map(jnp.asarray, train)
   optimizer = optax.adam(config.learning_rate)
@@ -124,11 +130,14 @@ def train_head(
     return optax.apply_updates(head, updates), state, loss
 
   def point(step_number, loss):
-    return {
+    out = {
       "step": step_number,
       "dev MRR@10": rerank_mrr(head, dev, weight),
       "train loss": float(loss),
     }
+    if record is not None:
+      out["eval MRR@10"] = rerank_mrr(head, record, weight)
+    return out
 
   curve = [point(0, listwise_loss(head, train_set, weight, config.l2))]
   best, best_head = curve[0]["dev MRR@10"], head
@@ -244,16 +253,21 @@ def _encoded(searcher, tokens, batch_size: int = 64) -> list[np.ndarray]:
 
 
 def query_splits(selection) -> Optional[dict]:
-  """{"train" | "dev": {query set name: (queries, qrels)}} of a
-  `dev_selection.LexicalSelection`'s folder, or None when it lacks either
-  split (then no head is trained)."""
+  """{"train" | "dev" | "eval": {query set name: (queries, qrels)}} of a
+  `dev_selection.LexicalSelection`'s folder (eval: its eval split, for the
+  record; may be empty), or None when it lacks train or dev queries (then
+  no head is trained)."""
   found = {
-    split: dev_selection.held_out_queries(
+    key: dev_selection.held_out_queries(
       selection.data_dir, selection.query_sets, split, selection.max_docs
     )
-    for split in ("train", "dev")
+    for key, split in (
+      ("train", "train"),
+      ("dev", "dev"),
+      ("eval", selection.eval_split),
+    )
   }
-  return found if all(found.values()) else None
+  return found if found["train"] and found["dev"] else None
 
 
 def improve(
@@ -282,12 +296,15 @@ def improve(
       ]
     )
     for split, by_name in splits.items()
+    if by_name
   }
   if np.isinf(weight):  # the term sets alone: no model part
     sets = {s: r.replace(model=np.where(np.isfinite(r.model), 0.0, -np.inf))
             for s, r in sets.items()}  # fmt: skip
     weight = 1.0
-  head, curve = train_head(sets["train"], sets["dev"], weight, config)
+  head, curve = train_head(
+    sets["train"], sets["dev"], weight, config, sets.get("eval")
+  )
   best = max(curve, key=lambda p: (p["dev MRR@10"], -p["step"]))
   record = {
     "curve": curve,

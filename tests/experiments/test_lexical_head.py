@@ -42,8 +42,12 @@ def test_the_head_learns_which_tokens_matter():
   """BM25 (the zero head) ranks the wrong candidate first; training
   weighs the first token up and dev MRR rises to 1."""
   toy = _toy_set(relevant_token=0)
-  head, curve = lexical_head.train_head(toy, toy, 1.0, CONFIG)
+  head, curve = lexical_head.train_head(
+    toy, toy, 1.0, CONFIG, record=_toy_set(relevant_token=1)
+  )
   assert curve[0]["step"] == 0 and curve[0]["dev MRR@10"] == 0.5
+  # The eval split's record moves the other way and is never chosen on.
+  assert curve[-1]["eval MRR@10"] == 0.5 and curve[0]["eval MRR@10"] == 1.0
   assert lexical_head.rerank_mrr(head, toy, 1.0) == 1.0
   assert float(head.kernel[0]) > float(head.kernel[1])
   assert curve[-1]["train loss"] < curve[0]["train loss"]
@@ -194,6 +198,7 @@ def test_run_experiment_keeps_or_installs_the_head(tmp_path):
   )
   record = out["term_weight_head"]
   assert [p["step"] for p in record["curve"]] == [0, 5, 10, 15, 20]
+  assert all("eval MRR@10" in p for p in record["curve"])
   best = max(record["curve"], key=lambda p: (p["dev MRR@10"], -p["step"]))
   assert record["chosen_step"] == best["step"]
   saved = lexical_lib.load_head(workdir)

@@ -610,7 +610,7 @@ def test_micro_batcher_survives_a_failing_batch():
 
 
 def test_only_schemes_that_place_by_embeddings_get_an_embedder():
-  """DocidNamer._docid_scheme: one rule (indexing.needs_embedder) decides
+  """DocidNamer.scheme: one rule (indexing.needs_embedder) decides
   whether new documents need the embedder; naive, text and a multi without
   a semantic part never load it."""
   import types  # pylint: disable=g-import-not-at-top
@@ -623,7 +623,7 @@ def test_only_schemes_that_place_by_embeddings_get_an_embedder():
     holder = types.SimpleNamespace(
       _scheme=None, _embedder=lambda: loaded.append(name) or sentinel
     )
-    return new_docids.DocidNamer._docid_scheme(holder, table)  # pylint: disable=protected-access
+    return new_docids.DocidNamer.scheme(holder, table)
 
   assert scheme_of("semantic", {"k": 2, "c": 2}).embedder is sentinel
   assert scheme_of("naive", {}).name == "naive"

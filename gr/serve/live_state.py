@@ -28,6 +28,7 @@ from gr.docids import term_sets as term_sets_lib
 from gr.index import artifact as index_lib
 from gr.index import docid_trie
 from gr.index import trie as trie_lib
+from gr.model import lexical as lexical_lib
 from gr.model import models
 from gr.search import retrieval
 from gr.serve import new_docids
@@ -142,6 +143,7 @@ class LiveIndex:
     term_sets: Optional[term_sets_lib.TermSets] = None,
     lexical_weight: float = 0.0,
     trained_doc_ids: Optional[Sequence[str]] = None,
+    term_weight_head: Optional[lexical_lib.TermWeightHead] = None,
   ):
     """Serves `index` with `model`; updates persist under `index_dir`.
 
@@ -154,7 +156,8 @@ class LiveIndex:
     a docid scores log-prob + lexical_weight * its document's lexical score
     (inf: the term sets alone; 0: the model alone, term_sets unused).
     term_sets' rows follow `trained_doc_ids` (default: `index`'s doc_ids);
-    online documents get theirs from their text.
+    online documents get theirs from their text. term_weight_head: the
+    plan's query-token weights (gr/model/lexical.py; None: 1 each).
     """
     self._lock_handle = online_logs.hold_lock(index_dir) if index_dir else None
     if index_dir:
@@ -184,7 +187,9 @@ class LiveIndex:
     self._row_rule = None
     self._encoder = None
     self.lexical_weight = float(lexical_weight)
-    self._plan = self._lexical_plan(term_sets, trained_doc_ids, index)
+    self._plan = self._lexical_plan(
+      term_sets, trained_doc_ids, index, term_weight_head
+    )
     self._live = self._fresh_live(index, self._placed(params))
 
   def _lexical_plan(
@@ -192,6 +197,7 @@ class LiveIndex:
     term_sets: Optional[term_sets_lib.TermSets],
     trained_doc_ids: Optional[Sequence[str]],
     index: index_lib.Index,
+    head: Optional[lexical_lib.TermWeightHead] = None,
   ) -> Optional[served_plan.ServedPlan]:
     """The lexical plan of `lexical_weight` over `index`, with the term
     sets of the online documents it still has; None for weight 0."""
@@ -207,6 +213,7 @@ class LiveIndex:
       index.vocab,
       self.lexical_weight,
       self.max_decode_len,
+      head,
     )
     plan.remember(
       plan.sets_of(

@@ -137,6 +137,7 @@ class Retriever(ServedIndex):
       term_sets=run.term_sets,
       lexical_weight=run.lexical_weight,
       trained_doc_ids=run.trained_doc_ids,
+      term_weight_head=run.term_weight_head,
     )
 
   def compiled_count(self) -> int:

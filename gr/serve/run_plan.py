@@ -11,6 +11,7 @@ from typing import Optional
 from gr.decode import plan as plan_lib
 from gr.docids import term_sets as term_sets_lib
 from gr.index import artifact as index_lib
+from gr.model import lexical as lexical_lib
 from gr.model import model_config
 from gr.serve.serving_config import RunLoadError
 
@@ -37,6 +38,23 @@ def run_lexical_weight(
     raise RunLoadError(str(e)) from e
   path = os.path.join(run_dir, plan_lib.WEIGHT_FILE)
   return (0.0 if weight is None else weight), path
+
+
+def run_term_weight_head(
+  checkpoint_dir: str,
+) -> Optional[lexical_lib.TermWeightHead]:
+  """The run's trained term-weight head (<run>/term_weight_head.npz beside
+  model_config.json, gr/model/lexical.py); None: none saved, so every
+  query token weighs 1.
+
+  Raises:
+    RunLoadError: naming the file, when it is not such a head.
+  """
+  run_dir = os.path.dirname(model_config.find_model_config(checkpoint_dir))
+  try:
+    return lexical_lib.load_head(run_dir)
+  except (ValueError, OSError) as e:
+    raise RunLoadError(str(e)) from e
 
 
 def recorded_step(checkpoint_dir: str) -> Optional[int]:

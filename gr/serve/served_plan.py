@@ -114,11 +114,13 @@ class ServedPlan:
     vocab,
     weight: float,
     sequence_length: int,
+    head: Optional[lexical_lib.TermWeightHead] = None,
   ):
     """term_sets: the checkpoint's, rows in `trained_doc_ids` order.
 
     weight: beta > 0 (inf: the term sets alone); sequence_length: L, the
-    served decode length (longer docids are refused at add).
+    served decode length (longer docids are refused at add); head: the
+    run's term-weight head (None: every query token weighs 1).
     """
     if len(term_sets) != len(trained_doc_ids):
       raise ValueError(
@@ -128,6 +130,7 @@ class ServedPlan:
     if not weight > 0:
       raise ValueError(f"a served plan needs a weight > 0, got {weight}")
     self.weight = float(weight)
+    self.head = head
     self.lexical_only = bool(np.isinf(weight))
     self.term_sets = term_sets
     self.sequence_length = sequence_length
@@ -240,6 +243,7 @@ class ServedPlan:
       weight=jnp.asarray(
         1.0 if self.lexical_only else self.weight, jnp.float32
       ),
+      head=self.head,
     )
 
   def added(

@@ -31,6 +31,7 @@ import numpy as np
 
 from gr.train import checkpoints
 from gr.index import artifact as index_lib
+from gr.model import lexical as lexical_lib
 from gr.model import models
 from gr.index import vocab as vocab_lib
 from gr.model import family
@@ -310,6 +311,8 @@ class ServedRun:
       order) when lexical_weight > 0, else None.
     lexical_weight: the plan's weight (0: the model alone, inf: the term
       sets alone).
+    term_weight_head: the run's trained query-token weights
+      (<run>/term_weight_head.npz) when lexical_weight > 0, else None.
   """
 
   model: models.EncoderDecoderModel
@@ -326,6 +329,7 @@ class ServedRun:
   term_sets: Optional[term_sets_lib.TermSets] = None
   lexical_weight: float = 0.0
   trained_doc_ids: Sequence[str] = ()
+  term_weight_head: Optional[lexical_lib.TermWeightHead] = None
 
 
 def load_run(
@@ -389,6 +393,9 @@ def load_run(
     term_sets=term_sets,
     lexical_weight=weight,
     trained_doc_ids=trained.doc_ids,
+    term_weight_head=(
+      run_plan.run_term_weight_head(checkpoint_dir) if weight > 0 else None
+    ),
   )
 
 

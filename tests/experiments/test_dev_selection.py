@@ -135,23 +135,9 @@ def test_early_stopping_serves_the_step_best_on_dev(tmp_path):
 
 
 def _early_stopping_run(experiment, data_dir, workdir):
-  from gr.model import models
-  from gr.model import network
-  from gr.search import retrieval
+  del experiment  # the shared tiny run calls it
+  from tests.support import tiny_experiments
 
-  return experiment.run_experiment(
-    data_dir=data_dir,
-    workdir=workdir,
-    model=models.EncoderDecoderModel(
-      network.T5Config.tiny(vocab_size=128, dropout_rate=0.0)
-    ),
-    scheme="atomic",
-    vocab_size=400,
-    train_steps=10,
-    batch_size=16,
-    input_length=16,
-    search=retrieval.SearchConfig(beam_size=5, top_k=5),
-    query_sets=(evaluation.QuerySet("titles"),),
-    lexical_weights=(1.0,),
-    early_stopping=True,
+  return tiny_experiments.run_tiny_planned(
+    data_dir, workdir, early_stopping=True
   )

@@ -22,6 +22,7 @@ from gr.search import retrieval
 from gr.data import beir
 from gr.experiments import run as experiment
 from gr.serve import served_run
+from tests.support import tiny_experiments
 
 NUM_DOCS = 24
 SEARCH = retrieval.SearchConfig(beam_size=5, top_k=5)
@@ -147,20 +148,8 @@ def test_subset_keeps_first_documents_and_their_queries(tmp_path):
 def test_the_lexical_plan_weight_is_chosen_on_dev(tmp_path):
   data_dir, workdir = str(tmp_path / "data"), str(tmp_path / "work")
   _synthetic_beir(data_dir)
-  out = experiment.run_experiment(
-    data_dir=data_dir,
-    workdir=workdir,
-    model=models.EncoderDecoderModel(
-      network.T5Config.tiny(vocab_size=128, dropout_rate=0.0)
-    ),
-    scheme="atomic",
-    vocab_size=400,
-    train_steps=10,
-    batch_size=16,
-    input_length=16,
-    search=SEARCH,
-    query_sets=(evaluation.QuerySet("titles"),),
-    lexical_weights=(1.0, 4.0),
+  out = tiny_experiments.run_tiny_planned(
+    data_dir, workdir, lexical_weights=(1.0, 4.0)
   )
   selection = out["lexical_weight"]
   assert selection["split"] == "dev"

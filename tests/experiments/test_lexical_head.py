@@ -171,29 +171,14 @@ def test_run_experiment_keeps_or_installs_the_head(tmp_path):
   step 0; a head that beat step 0 on dev is saved and the weight file
   holds the weight chosen with it; otherwise nothing is saved."""
   from gr.decode import plan as plan_lib
-  from gr.experiments import run as experiment
-  from gr.model import models
-  from gr.model import network
-  from gr.search import evaluation
-  from gr.search import retrieval
   from tests.experiments.test_experiment import _synthetic_beir
+  from tests.support import tiny_experiments
 
   data_dir, workdir = str(tmp_path / "data"), str(tmp_path / "work")
   _synthetic_beir(data_dir)
-  out = experiment.run_experiment(
-    data_dir=data_dir,
-    workdir=workdir,
-    model=models.EncoderDecoderModel(
-      network.T5Config.tiny(vocab_size=128, dropout_rate=0.0)
-    ),
-    scheme="atomic",
-    vocab_size=400,
-    train_steps=10,
-    batch_size=16,
-    input_length=16,
-    search=retrieval.SearchConfig(beam_size=5, top_k=5),
-    query_sets=(evaluation.QuerySet("titles"),),
-    lexical_weights=(1.0,),
+  out = tiny_experiments.run_tiny_planned(
+    data_dir,
+    workdir,
     term_weight_head=lexical_head.HeadTraining(steps=20, eval_every=5),
   )
   record = out["term_weight_head"]

@@ -324,3 +324,38 @@ def test_the_step_the_run_chose_is_served(runs, tmp_path):
   with pytest.raises(serving.RunLoadError, match="step 7") as error:
     serve(run)
   assert os.path.join(run, plan_lib.WEIGHT_FILE) in str(error.value)
+
+
+def test_add_delete_cycles_keep_the_plan_and_slots(runs, tmp_path):
+  """200 adds, each followed by a delete of the one before: the new
+  document takes the deleted one's slot, and when the entries' padding runs
+  out the plan is built again at the same capacities (the deleted entries
+  reclaimed): nothing compiles, every live document is found at rank 1 and
+  a restart ranks the same."""
+  run = copy_run(runs["plan"], tmp_path / "run")
+  r = serve(run)
+  try:
+    r.warm_up()
+    capacities, start = r._plan.capacities, r.compiled_count()  # pylint: disable=protected-access
+    words = [w for w in tiny_bert_words(r) if w not in " ".join(OLD.values())]
+    previous = None
+    for i in range(200):
+      text = " ".join(words[(3 * i + j) % len(words)] for j in range(3))
+      r.add_documents([beir.Document(f"c{i}", "", text)])
+      assert r.retrieve([text], 1)[0][0].doc_id == f"c{i}"
+      if previous is not None:
+        r.delete_document(previous)
+      previous = f"c{i}"
+    assert r._plan.capacities == capacities  # pylint: disable=protected-access
+    assert r.compiled_count() == start
+    assert len(r._live.slots) == len(OLD) + 2  # pylint: disable=protected-access
+    queries = [text, *QUERIES]
+    before = ranking(r, queries)
+    assert before[0][0][0] == "c199"
+  finally:
+    r.close()
+  again = serve(run)
+  try:
+    assert_same(ranking(again, queries), before)
+  finally:
+    again.close()

@@ -19,7 +19,10 @@ and sentencepiece vocabulary (set up once here):
 
 Each child reports its peak RSS after making the corpus (`rss_setup_mb`)
 and after building the task and reading `--batches` train batches
-(`rss_peak_mb`); `task_mb` is the difference. Prints the machine load
+(`rss_peak_mb`); `task_mb` is the difference. The same for the resident set
+at those two moments (`rss_now_setup_mb`, `rss_now_end_mb`, `task_now_mb`):
+a path whose working set stays under the setup's peak shows 0 in
+`task_mb` but its own size in `task_now_mb`. Prints the machine load
 before and after (gr/bench_env.py) and writes JSON.
 """
 
@@ -72,6 +75,15 @@ def _peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _rss_now_mb() -> float:
+  """The process's resident set now (VmRSS), not its peak."""
+  with open('/proc/self/status') as f:
+    for line in f:
+      if line.startswith('VmRSS:'):
+        return int(line.split()[1]) / 1024
+  return float('nan')
+
+
 def _setup(work_dir: str, num_docs: int) -> None:
   """The sentencepiece model (trained on the first 2,000 bodies)."""
   from gr.index import sentencepiece_training as sp_training  # pylint: disable=g-import-not-at-top
@@ -96,7 +108,7 @@ def run_child(path: str, work_dir: str, num_docs: int, batches: int) -> dict:
   vocab = vocab_lib.Vocabulary(
     os.path.join(work_dir, 'spm.model'), table.reserved_tokens
   )
-  setup = _peak_rss_mb()
+  setup, setup_now = _peak_rss_mb(), _rss_now_mb()
   start = time.time()
   name = register(path, corpus, table, vocab, work_dir)
   built = time.time()
@@ -110,7 +122,7 @@ def run_child(path: str, work_dir: str, num_docs: int, batches: int) -> dict:
   )
   for _ in range(batches):
     next(data)
-  peak = _peak_rss_mb()
+  peak, now = _peak_rss_mb(), _rss_now_mb()
   return {
     'path': path,
     'num_docs': num_docs,
@@ -119,6 +131,9 @@ def run_child(path: str, work_dir: str, num_docs: int, batches: int) -> dict:
     'rss_setup_mb': round(setup, 1),
     'rss_peak_mb': round(peak, 1),
     'task_mb': round(peak - setup, 1),
+    'rss_now_setup_mb': round(setup_now, 1),
+    'rss_now_end_mb': round(now, 1),
+    'task_now_mb': round(now - setup_now, 1),
     'seconds': round(time.time() - start, 2),
   }
 

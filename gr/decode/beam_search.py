@@ -177,6 +177,8 @@ def _run_decoder(state: BeamState, fn, first_step, sparse_output):
   """
   batch, beams, _ = state.alive_seqs.shape
   if first_step is None:
+    if sparse_output:  # fn is a hooks.SplitDecoder: its hidden states
+      fn = fn.tokens_to_hidden
     outputs, cache = fn(_decoder_inputs(state), state.cache, state.step)
   else:
     if sparse_output:

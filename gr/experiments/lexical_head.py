@@ -193,11 +193,12 @@ def _model_scores(searcher, tokens, candidates) -> np.ndarray:
   for row, document in enumerate(documents):
     rows_of.setdefault(int(document), []).append(row)
   targets = batching.pad_sequences(sequences)
+  rows_per_query = width * max(map(len, rows_of.values()))  # one shape
   for q, (query, docs) in enumerate(zip(tokens, candidates)):
     # Cut to its length bucket: the padding's encoder work is most of it.
     query = query[: retrieval.input_bucket(query[None], len(query))]
     rows = [r for d in docs for r in rows_of[d]]
-    padded = np.zeros((width * max(map(len, rows_of.values())),), np.int64)
+    padded = np.zeros((rows_per_query,), np.int64)
     padded[: len(rows)] = rows
     values = np.asarray(score(searcher.params, query, targets[padded]))
     start = 0

@@ -234,15 +234,7 @@ def read_examples(
   string), in file order or shuffled in a buffer of `shuffle_buffer`
   serialised records (reshuffled each epoch)."""
   records = tf.data.TFRecordDataset(path)
-  if shuffle:
-    records = records.shuffle(
-      shuffle_buffer, seed=seed, reshuffle_each_iteration=True
-    )
-  return records.map(
-    lambda record: _parse(record, text_targets),
-    num_parallel_calls=tf.data.AUTOTUNE,
-    deterministic=True,
-  )
+  return _parsed(records, text_targets, shuffle, seed, shuffle_buffer)
 
 
 def read_shards(
@@ -265,6 +257,18 @@ def read_shards(
     cycle_length=len(paths),
     block_length=1,
   )
+  return _parsed(records, text_targets, shuffle, seed, shuffle_buffer)
+
+
+def _parsed(
+  records: tf.data.Dataset,
+  text_targets: bool,
+  shuffle: bool,
+  seed,
+  shuffle_buffer: int,
+) -> tf.data.Dataset:
+  """Serialised `records`, shuffled in a buffer of `shuffle_buffer`
+  (reshuffled each epoch) when `shuffle`, parsed to features in order."""
   if shuffle:
     records = records.shuffle(
       shuffle_buffer, seed=seed, reshuffle_each_iteration=True

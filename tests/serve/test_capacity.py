@@ -84,6 +84,20 @@ def serve(run: str) -> serving.Retriever:
   )
 
 
+def assert_restart_serves_the_same(
+  again: serving.Retriever, table, embedding: np.ndarray, live: dict
+) -> None:
+  """A restarted retriever holds the live one's docid `table` and rows
+  `embedding` (1e-6), and finds every `live` document at rank 1."""
+  assert again.index.table == table
+  np.testing.assert_allclose(
+    np.asarray(again.params["token_embedder"]["embedding"]),
+    embedding,
+    atol=1e-6,
+  )
+  assert ranked_first(again, live) == 1.0
+
+
 def ranked_first(r: serving.Retriever, docs: dict) -> float:
   """Share of `docs` whose own text finds it at rank 1."""
   ids, texts = list(docs), [d.text for d in docs.values()]
@@ -255,13 +269,7 @@ def test_add_delete_cycles_reuse_rows_and_slots(tiny_run, tmp_path):
     r.close()
   again = serve(run)
   try:
-    assert again.index.table == table
-    np.testing.assert_allclose(
-      np.asarray(again.params["token_embedder"]["embedding"]),
-      embedding,
-      atol=1e-6,
-    )
-    assert ranked_first(again, live) == 1.0
+    assert_restart_serves_the_same(again, table, embedding, live)
     after = [[h.doc_id for h in hits] for hits in again.retrieve(texts, 1)]
     assert after == before
   finally:

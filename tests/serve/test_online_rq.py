@@ -108,13 +108,7 @@ def test_online_rq_adds_get_residual_rows_and_rank_first(
     r.close()
   again = serve(run)
   try:
-    assert again.index.table == table
-    np.testing.assert_allclose(
-      np.asarray(again.params["token_embedder"]["embedding"]),
-      embedding,
-      atol=1e-6,
-    )
-    assert capacity.ranked_first(again, live) == 1.0
+    capacity.assert_restart_serves_the_same(again, table, embedding, live)
   finally:
     again.close()
 

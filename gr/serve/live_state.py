@@ -306,6 +306,9 @@ class LiveIndex:
 
   @property
   def params(self) -> Any:
+    """The live params. An add writes docid rows into their embedding in
+    place: arrays taken before an add are invalid after it (a numpy view
+    taken of one keeps it valid: jax copies instead of donating)."""
     return self._live.params
 
   @property

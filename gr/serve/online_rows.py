@@ -19,8 +19,10 @@ mean norm and the end tokens' shared component along EOS) computed once per
 served model, not over every row on every add; `DocumentEncoder` pools
 bodies through one jitted function compiled for a few batch buckets; and
 `set_rows` writes the rows into the device embedding with one jitted
-scatter per bucket (a new array: searches in flight keep reading the old
-one), never through a host copy of the whole table.
+scatter per bucket, never through a host copy of the whole table: in place
+(the buffer donated, O(rows written)) when the caller swaps the live state
+under its dispatch lock, else into a new array (O(table)) that searches
+still reading the old one need.
 """
 
 import dataclasses
@@ -213,29 +215,62 @@ class RowRule:
     )
 
 
-@jax.jit
-def _scatter(embedding, ids, rows):
+def _set_at(embedding, ids, rows):
+  """embedding [V, D] with rows `ids` [n] set to `rows` [n, D]."""
   return embedding.at[ids].set(rows.astype(embedding.dtype))
 
 
+def _zero_columns(kernel, ids):
+  """kernel [D, V] with columns `ids` [n] zeroed."""
+  return kernel.at[:, ids].set(0)
+
+
+_scatter = jax.jit(_set_at)  # a new array: the old one stays valid
+# In place: the old array is donated (invalid after; jax copies instead
+# while a numpy view of it is alive). Pending reads of it finish first.
+_scatter_in_place = jax.jit(_set_at, donate_argnums=0)
+_zero_columns_copied = jax.jit(_zero_columns)
+_zero_columns_in_place = jax.jit(_zero_columns, donate_argnums=0)
+
+
 def warm_up_set_rows(params: Any) -> None:
-  """Compiles `set_rows`' scatter for the id buckets of up to 64 rows
-  (the results are dropped), so that an add compiles nothing."""
+  """Compiles `set_rows`' scatters (copied and in place; an untied logits
+  kernel's too) for the id buckets of up to 64 rows, on copies of the
+  arrays (the results are dropped), so that an add compiles nothing."""
   embedding = params["token_embedder"]["embedding"]
+  kernel = _logits_kernel(params)
+  scratch = jnp.copy(embedding)
+  scratch_kernel = None if kernel is None else jnp.copy(kernel)
   for size in ROW_BUCKETS[:-1]:
-    jax.block_until_ready(
-      _scatter(
-        embedding,
-        np.zeros(size, np.int32),
-        np.zeros((size, embedding.shape[1]), np.float32),
-      )
-    )
+    ids = np.zeros(size, np.int32)
+    rows = np.zeros((size, embedding.shape[1]), np.float32)
+    jax.block_until_ready(_scatter(embedding, ids, rows))
+    scratch = _scatter_in_place(scratch, ids, rows)
+    if kernel is not None:
+      jax.block_until_ready(_zero_columns_copied(kernel, ids))
+      scratch_kernel = _zero_columns_in_place(scratch_kernel, ids)
+  jax.block_until_ready((scratch, scratch_kernel))
 
 
-def set_rows(params: Any, vocab, rows: Mapping[str, np.ndarray]) -> Any:
-  """`params` with the embedding rows of docid tokens set (a new device
-  array; `params` itself is left as it was). The ids are padded to
-  ROW_BUCKETS by repeating the first (same row, same value)."""
+def set_rows(
+  params: Any,
+  vocab,
+  rows: Mapping[str, np.ndarray],
+  *,
+  in_place: bool = False,
+) -> Any:
+  """`params` with the embedding [V, D] rows of docid tokens `rows` set
+  (token -> [D]) and an untied logits kernel's columns of them zeroed.
+
+  in_place=False: new device arrays (O(V D)); `params` stays valid.
+  in_place=True: the rows are written into `params`' embedding (and
+  kernel) buffers, O(len(rows) D); `params`' arrays are invalid after, so
+  the caller must make sure nothing dispatches on them again (searches
+  already dispatched read the old values: the write waits for them).
+
+  The ids are padded to ROW_BUCKETS by repeating the first (same row,
+  same value), so a few compiled shapes serve every add.
+  """
   if not rows:
     return params
   ids = np.array([vocab.docid_token_id(t) for t in rows], np.int32)
@@ -244,29 +279,36 @@ def set_rows(params: Any, vocab, rows: Mapping[str, np.ndarray]) -> Any:
   ids = np.concatenate([ids, np.full(size - len(ids), ids[0], np.int32)])
   values = np.concatenate(
     [values, np.repeat(values[:1], size - len(values), 0)]
-  )
+  )  # --> [size, D]
+  scatter = _scatter_in_place if in_place else _scatter
   embedder = dict(params["token_embedder"])
-  embedder["embedding"] = _scatter(embedder["embedding"], ids, values)
-  return zero_logit_columns({**params, "token_embedder": embedder}, ids)
+  embedder["embedding"] = scatter(embedder["embedding"], ids, values)
+  params = {**params, "token_embedder": embedder}
+  return zero_logit_columns(params, ids, in_place=in_place)
 
 
-def zero_logit_columns(params: Any, ids: np.ndarray) -> Any:
-  """`params` with an untied logits kernel's [D, V] columns `ids` zeroed
-  (tokens whose rows were set online: new ones already are zero; a reused
-  one must not keep the column learnt for a deleted document); as given
-  with tied logits."""
+def _logits_kernel(params: Any):
+  """An untied logits kernel [D, V], or None (tied logits)."""
   logits = params.get("decoder", {}).get("logits_dense")
-  if logits is None or not len(ids):
+  return None if logits is None else logits["kernel"]
+
+
+def zero_logit_columns(
+  params: Any, ids: np.ndarray, *, in_place: bool = False
+) -> Any:
+  """`params` with an untied logits kernel's [D, V] columns `ids` [n]
+  zeroed (tokens whose rows were set online: new ones already are zero; a
+  reused one must not keep the column learnt for a deleted document); as
+  given with tied logits. in_place: as `set_rows`'."""
+  kernel = _logits_kernel(params)
+  if kernel is None or not len(ids):
     return params
-  kernel = _scatter(
-    logits["kernel"].T,
-    ids,
-    np.zeros((len(ids), logits["kernel"].shape[0]), np.float32),
-  ).T
+  zero = _zero_columns_in_place if in_place else _zero_columns_copied
+  logits = params["decoder"]["logits_dense"]
   return {
     **params,
     "decoder": {
       **params["decoder"],
-      "logits_dense": {**logits, "kernel": kernel},
+      "logits_dense": {**logits, "kernel": zero(kernel, ids)},
     },
   }

@@ -40,7 +40,10 @@ runs out (gr/serve/served_plan.py).
 
 Searches never take the update lock: they read the `LiveState`, which
 `_publish` swaps whole (under a short dispatch lock) once an update is
-applied.
+applied. An add's trie edits and docid rows are written into the live
+device arrays in place (donated buffers) under that lock, so an add costs
+O(rows written), not a copy of the embedding table; `params` taken from a
+live state before an add are invalid after it (copy them to keep them).
 """
 
 import dataclasses
@@ -67,6 +70,11 @@ class ServedIndex(live_state.LiveIndex):
   """A trained model and its mutable index, served: the live state that
   searches read (live_state.LiveIndex), and online add/delete persisted
   under `index_dir`."""
+
+  # An add writes its docid rows into the live embedding in place; False:
+  # into a copy of the table (the path before; scripts/bench_online.py
+  # times both).
+  rows_in_place = True
 
   def add_documents(
     self, documents: Sequence[beir.Document]
@@ -125,12 +133,7 @@ class ServedIndex(live_state.LiveIndex):
         plan = self._plan.added(plan, index, live.slots, new_slots)
       if compacted:
         self._compact_online_files()
-      self._publish(
-        index,
-        online_rows.set_rows(live.params, index.vocab, rows),
-        reload_vocab=compacted,
-        plan=plan,
-      )
+      self._publish(index, rows=rows, reload_vocab=compacted, plan=plan)
       self.titles.update({d: doc.title for d, doc in new_docs.items()})
       return {d: table.docids_of[d] for d in new_docs}
 
@@ -287,7 +290,7 @@ class ServedIndex(live_state.LiveIndex):
         self._plan.forget(doc_id)
       if compacted:
         self._compact_online_files()
-      self._publish(index, live.params, reload_vocab=compacted, plan=plan)
+      self._publish(index, reload_vocab=compacted, plan=plan)
 
   def _persist(
     self,
@@ -332,25 +335,25 @@ class ServedIndex(live_state.LiveIndex):
   def _publish(
     self,
     index: index_lib.Index,
-    params: Any,
     *,
     reload_vocab: bool,
+    rows: Optional[Mapping[str, np.ndarray]] = None,
     plan: Optional[plan_lib.LexicalPlan] = None,
   ) -> None:
-    """Writes the trie edits into the device arrays and swaps the live state
-    (with `params`: docid rows set by an add may change them; with `plan`,
-    the lexical plan over the edited slots).
+    """Writes the trie edits and docid `rows` (token -> [D], set by an add)
+    into the device arrays and swaps the live state (with `plan`, the
+    lexical plan over the edited slots).
 
-    The edits are scattered into the live arrays in place (donated), under
-    the dispatch lock, so no search reads them half-way or after. When a
-    capacity grew (the trie's or the plan's), the new arrays are a fresh
-    copy: every bucket is compiled for them, once, before they go live,
-    while searches use the old ones.
+    The edits and rows are written into the live arrays in place (donated:
+    O(edits), no copy of the embedding), under the dispatch lock, so no
+    search dispatches on the old arrays after. Searches dispatched before
+    read the old values (the writes wait for them). When a capacity grew
+    (the trie's or the plan's), the new arrays are fresh copies: every
+    bucket is compiled for them, once, before they go live, while searches
+    keep using the old ones.
     """
     if reload_vocab:
       index = self._reload_vocab(index)
-    if params is not self._live.params and self.mesh is not None:
-      params = self._placed(params)
     if plan is not None:
       plan = self._replicated(plan)
     plan_grew = plan is not None and shapes(plan) != shapes(self._live.plan)
@@ -359,18 +362,40 @@ class ServedIndex(live_state.LiveIndex):
       arrays = self._replicated(
         self._trie.update_device(live.trie_arrays, donate=not plan_grew)
       )
-      new = dataclasses.replace(
-        live, index=index, trie_arrays=arrays, params=params, plan=plan
-      )
-      if not plan_grew and shapes(arrays) == shapes(live.trie_arrays):
-        self._live = new
+      grew = plan_grew or shapes(arrays) != shapes(live.trie_arrays)
+      if not grew:
+        params = self._with_rows(
+          live.params, index, rows, in_place=self.rows_in_place
+        )
+        self._live = dataclasses.replace(
+          live, index=index, trie_arrays=arrays, params=params, plan=plan
+        )
         return
+    params = self._with_rows(live.params, index, rows, in_place=False)
+    new = dataclasses.replace(
+      live, index=index, trie_arrays=arrays, params=params, plan=plan
+    )
     logging.info(
       "trie or plan capacity grew: compiling %d buckets", len(self._buckets)
     )
     self.warm_up(new)
     with self._dispatch_lock:
       self._live = new
+
+  def _with_rows(
+    self,
+    params: Any,
+    index: index_lib.Index,
+    rows: Optional[Mapping[str, np.ndarray]],
+    *,
+    in_place: bool,
+  ) -> Any:
+    """`params` with docid `rows` set (online_rows.set_rows; in place: the
+    old arrays are invalid after), placed on the mesh."""
+    if not rows:
+      return params
+    params = online_rows.set_rows(params, index.vocab, rows, in_place=in_place)
+    return params if self.mesh is None else self._placed(params)
 
   def _reload_vocab(self, index: index_lib.Index) -> index_lib.Index:
     """`index` with its vocabulary read from the newest version dir.

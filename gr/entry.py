@@ -36,6 +36,7 @@ USAGE_EXIT_CODE = 2
 # (an exception of a type whose module was never imported cannot occur).
 INPUT_ERRORS = (
   'gr.data.beir.BeirFormatError',
+  'gr.data.embeddings_file.EmbeddingsFileError',
   'gr.docids.table_files.DocidTableError',
   'gr.index.artifact.IndexArtifactError',
   'gr.train.checkpoints.ArtifactError',

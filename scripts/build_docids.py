@@ -7,6 +7,8 @@
 otherwise kept as strings (method=tfidf). Semantic (and multi with a semantic
 part) embed document bodies with MiniLM, cached in --embeddings_cache
 (default <data_dir>/embeddings/minilm_bodies.npy); reused when the bodies match.
+--embeddings_file takes the vectors from a user's .npz instead (`ids` [N],
+`vectors` [N, D]: gr/data/embeddings_file.py), e.g. embedded elsewhere.
 The console shows status lines (embedding progress) and the statistics;
 --verbose shows every log line (this job keeps no log file).
 """
@@ -21,6 +23,7 @@ from absl import flags
 from gr import docids
 from gr import entry
 from gr.data import beir
+from gr.data import embeddings_file
 from gr.docids import stats
 
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'BEIR folder.', required=True)
@@ -35,6 +38,12 @@ _EMBEDDINGS_CACHE = flags.DEFINE_string(
   'embeddings_cache',
   None,
   'Body embeddings cache (default <data_dir>/embeddings/minilm_bodies.npy).',
+)
+_EMBEDDINGS_FILE = flags.DEFINE_string(
+  'embeddings_file',
+  None,
+  'A user-supplied .npz of ids [N] and vectors [N, D] that semantic / rq '
+  'docids quantise instead of embedding the bodies with MiniLM.',
 )
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 128, 'Embedding batch size.')
 
@@ -55,7 +64,9 @@ def parse_params(pairs: list[str]) -> dict:
 def needs_embeddings(scheme) -> bool:
   is_multi = isinstance(scheme, docids.MultiScheme)
   parts = scheme.part_schemes() if is_multi else [scheme]
-  return any(isinstance(p, docids.SemanticScheme) for p in parts)
+  return any(
+    isinstance(p, (docids.SemanticScheme, docids.RQScheme)) for p in parts
+  )
 
 
 def main(argv) -> None:
@@ -64,7 +75,13 @@ def main(argv) -> None:
   corpus = beir.read_corpus(os.path.join(_DATA_DIR.value, "corpus.jsonl"))
   scheme = docids.get_scheme(_SCHEME.value, **parse_params(_PARAM.value))
   kwargs, embed_seconds = {}, 0.0
-  if needs_embeddings(scheme):
+  if _EMBEDDINGS_FILE.value:
+    if not needs_embeddings(scheme):
+      raise app.UsageError(f"{_SCHEME.value} docids use no embeddings")
+    kwargs["embeddings"] = embeddings_file.vectors_for(
+      _EMBEDDINGS_FILE.value, list(corpus)
+    )
+  elif needs_embeddings(scheme):
     from gr.model import embed  # pylint: disable=g-import-not-at-top
 
     cache = _EMBEDDINGS_CACHE.value or os.path.join(

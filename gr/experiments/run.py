@@ -116,6 +116,7 @@ def run_experiment(
   early_stopping: bool = False,
   term_weight_head: Optional[lexical_head.HeadTraining] = None,
   stream_above_docs: int = streaming.DEFAULT_ABOVE_DOCS,
+  embeddings_file: Optional[str] = None,
 ) -> dict:
   """Index, train, evaluate. Returns {query set name: metrics}.
 
@@ -134,34 +135,33 @@ def run_experiment(
   trained on top of the frozen model and kept if dev improves
   (gr/experiments/lexical_head.py; None: every token weighs 1).
   stream_above_docs: more documents stream tasks from workdir/examples.
+  embeddings_file: a user's .npz of ids and vectors that semantic / rq
+  docids quantise instead of embedding here (gr/data/embeddings_file.py).
   """
   start = time.time()
   dataset = subset(beir.BeirDataset.load(data_dir), max_docs)
   name = corpus_name(data_dir)
-  pseudo = pseudo_queries(
-    dataset, pseudo_query_spans, pseudo_query_sentences, pseudo_queries_file,
-    seed,
-  )  # fmt: skip
+  pseudo = pseudo_queries(dataset, pseudo_query_spans,
+    pseudo_query_sentences, pseudo_queries_file, seed)  # fmt: skip
   plan = LexicalSelection(
     data_dir, query_sets, lexical_weights, selection_split, eval_split, max_docs
   )
   trainer = ExperimentTrainer(
     workdir, data_dir, dataset, plan, search, term_set_size, term_language,
     plan_in_training, train_steps, batch_size, input_length, seed,
-    early_stopping, term_weight_head,
-  )  # fmt: skip
+    early_stopping, term_weight_head)  # fmt: skip
   cache_dir = encoder_cache_dir or os.path.join(workdir, "encoder_cache")
   register_tasks, cache_rows = docid_tasks(
     name, dataset, pseudo, task_rates, input_length, stream_above_docs, workdir
   )
+  spec = indexing.IndexSpec(scheme, scheme_params or {}, vocab_size, seed,
+    embeddings_file)  # fmt: skip
   run = indexing.index_and_train(
-    dataset, os.path.join(workdir, "index"), model,
-    indexing.IndexSpec(scheme, scheme_params or {}, vocab_size, seed),
+    dataset, os.path.join(workdir, "index"), model, spec,
     input_length=input_length, register_tasks=register_tasks,
     cache_rows=cache_rows, warm=warm_start, train=trainer,
     temperature=warm_start_temperature, states_dir=cache_dir,
-    embedding_cache_dir=cache_dir,
-  )  # fmt: skip
+    embedding_cache_dir=cache_dir)  # fmt: skip
   results = trainer.evaluate(run, exact_queries)
   return trainer.report(results, run, scheme, name, started=start)
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from gr import docids as docids_lib
 from gr.data import beir
+from gr.data import embeddings_file as embeddings_lib
 from gr.index import artifact as index_lib
 from gr.model import embed
 from gr.model import family as family_lib
@@ -44,12 +45,14 @@ def load_or_build_index(
   seed: int,
   embedding_length: int = 256,
   cache_dir: Optional[str] = None,
+  embeddings_file: Optional[str] = None,
 ) -> index_lib.Index:
   """The index under `index_dir`, built (docids + vocabulary) if absent.
 
   The vocabulary is the model family's; semantic docids cluster the
   family's encoder's embeddings of the bodies at `embedding_length` tokens
-  (cached in `cache_dir`), else MiniLM's at 256.
+  (cached in `cache_dir`), else MiniLM's at 256, or the vectors of a
+  supplied `embeddings_file` (gr/data/embeddings_file.py) if given.
   """
   family = family_lib.family_of(model)
   if os.path.exists(os.path.join(index_dir, index_lib.CURRENT_FILE)):
@@ -69,6 +72,7 @@ def load_or_build_index(
     family.encoder_dir(model),
     embedding_length,
     cache_dir,
+    embeddings_file,
   )
   index = family.build_index(
     model,
@@ -104,9 +108,20 @@ def assign_docids(
   encoder_dir: Optional[str],
   embedding_length: int,
   cache_dir: Optional[str],
+  embeddings_file: Optional[str] = None,
 ):
-  """The scheme's DocidTable; embedding-based schemes use the encoder's."""
+  """The scheme's DocidTable; embedding-based schemes take the vectors
+  [len(corpus), D] of `embeddings_file` (supplied by the user), else embed
+  the bodies with the encoder's (else MiniLM, the scheme's default)."""
   scheme_obj = docids_lib.get_scheme(scheme, **scheme_params)
+  if embeddings_file:
+    if not needs_embedder(scheme_obj):
+      raise ValueError(
+        f"embeddings_file {embeddings_file} given, but {scheme!r} docids "
+        "use no embeddings (semantic, rq or multi with one of them do)"
+      )
+    vectors = embeddings_lib.vectors_for(embeddings_file, list(corpus))
+    return scheme_obj.assign(corpus, embeddings=vectors)
   if not (encoder_dir and needs_embedder(scheme_obj)):
     return scheme_obj.assign(corpus)
   embedder = embed.Embedder.load(encoder_dir, max_length=embedding_length)
@@ -122,6 +137,8 @@ class IndexSpec:
   scheme_params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   vocab_size: int = 8000
   seed: int = 0
+  # A user's document vectors for embedding-based schemes (None: embed).
+  embeddings_file: Optional[str] = None
 
 
 @dataclasses.dataclass
@@ -207,6 +224,7 @@ def index_and_train(
     seed=spec.seed,
     embedding_length=input_length,
     cache_dir=embedding_cache_dir,
+    embeddings_file=spec.embeddings_file,
   )
   mixture = register_tasks(index) if register_tasks else None
   target_length = index.max_docid_length()

@@ -32,7 +32,10 @@ searches are timed idle before the adds and again after them, and the run is
 served in process from a fresh index dir (seeded from its artifact), and
 timed as a user's add is: `add_documents` of one document (--e2e_adds
 times), then of batches of 64 (--batch_adds times), embedding included
-(the run's encoder, for the new docid tokens' rows). Bodies are the run's
+(the run's encoder, for the new docid tokens' rows); with --copied_adds=N,
+N more single adds interleaved with those write their rows into a copy of
+the embedding table (the path before in-place rows: `add_rows_copied`).
+Bodies are the run's
 own corpus bodies under new ids (the corpus model_config.json names), else
 synthetic 120-word texts. Each single add is also split into its steps
 (`add_stages`: naming, term sets, encoder, logs, device publish). Then
@@ -68,7 +71,19 @@ _CHECKPOINT = flags.DEFINE_string(
   'checkpoint', None, 'A run to time end-to-end adds on (skips --sizes).'
 )
 _E2E_ADDS = flags.DEFINE_integer('e2e_adds', 100, 'Single adds timed.')
+_COPIED_ADDS = flags.DEFINE_integer(
+  'copied_adds',
+  0,
+  'Single adds timed with the rows written into a copy of the embedding '
+  '(the path before in-place rows), interleaved with the --e2e_adds ones.',
+)
 _BATCH_ADDS = flags.DEFINE_integer('batch_adds', 5, 'Batches of 64 timed.')
+_ENCODE_CHUNKS = flags.DEFINE_list(
+  'encode_chunks',
+  [],
+  'Times the encoder alone over 64 bodies in passes of each of these sizes '
+  '(e.g. 64,16,8,4), 3 times each, before the adds.',
+)
 _RSS_ADDS = flags.DEFINE_integer('rss_adds', 1000, 'Adds+deletes for RSS.')
 _CLIENTS = flags.DEFINE_integer(
   'clients', 16, 'Mixed clients (searches, adds, deletes) at once.'
@@ -291,6 +306,18 @@ class StageTimes:
     }
 
 
+def interleaved(in_place: int, copied: int) -> list[bool]:
+  """`in_place` Trues and `copied` Falses, spread evenly (so both kinds of
+  add see the same machine load)."""
+  total = in_place + copied
+  order = sorted(
+    [(i / max(in_place, 1), True) for i in range(in_place)]
+    + [((i + 0.5) / max(copied, 1), False) for i in range(copied)]
+  )
+  assert len(order) == total
+  return [kind for _, kind in order]
+
+
 def mixed_clients(retriever, queries, docs, clients: int, ops: int) -> dict:
   """`clients` threads, each `ops` operations: a search (3 in 4), else an
   add of one document, or (every third of those, once it has one) a
@@ -365,9 +392,16 @@ def bench_end_to_end(checkpoint: str) -> dict:
 
   searches()  # first calls of the length buckets
   search_idle = searches()
+  encode_chunks = encoder_by_chunk(retriever, checkpoint)
   start_rows = retriever.model.config.vocab_size
   mixed_ops = _CLIENTS.value * _CLIENT_OPS.value
-  total = 1 + _E2E_ADDS.value + 64 * (1 + _BATCH_ADDS.value) + mixed_ops
+  total = (
+    1
+    + _E2E_ADDS.value
+    + _COPIED_ADDS.value
+    + 64 * (1 + _BATCH_ADDS.value)
+    + mixed_ops
+  )
   bodies = iter(corpus_bodies(checkpoint, total + _RSS_ADDS.value))
   serial = iter(range(10**9))
 
@@ -387,10 +421,12 @@ def bench_end_to_end(checkpoint: str) -> dict:
   first_single, first_batch = timed(1), timed(64)  # compile-free by warm_up
   compiled, rows = retriever.compiled_count(), retriever.model.config.vocab_size
   stages.take()
-  singles, single_stages = [], []
-  for _ in range(_E2E_ADDS.value):
-    singles.append(timed(1))
-    single_stages.append(stages.take())
+  singles, single_stages, copied, copied_stages = [], [], [], []
+  for in_place in interleaved(_E2E_ADDS.value, _COPIED_ADDS.value):
+    retriever.rows_in_place = in_place
+    (singles if in_place else copied).append(timed(1))
+    (single_stages if in_place else copied_stages).append(stages.take())
+  retriever.rows_in_place = True
   batches = [timed(64) for _ in range(_BATCH_ADDS.value)]
   batch_stages = stages.take()
   search_after = searches()
@@ -404,6 +440,7 @@ def bench_end_to_end(checkpoint: str) -> dict:
       list(retriever._plan.capacities) if retriever._plan else None  # pylint: disable=protected-access
     ),
     'search_idle': milliseconds(search_idle),
+    'encode_64_by_chunk': encode_chunks,
     'search_after_adds': milliseconds(search_after),
     'mixed_clients': mixed,
     'documents_at_start': retriever.num_docs - total + mixed_ops,
@@ -413,6 +450,10 @@ def bench_end_to_end(checkpoint: str) -> dict:
     'first_batch_of_64_ms': first_batch * 1000,
     'add': milliseconds(singles),
     'add_stages': StageTimes.summary(single_stages),
+    'add_rows_copied': milliseconds(copied) if copied else None,
+    'add_rows_copied_stages': (
+      StageTimes.summary(copied_stages) if copied else None
+    ),
     'batch_of_64': milliseconds(batches),
     'batch_of_64_stages_total_ms': {
       k: v * 1000 for k, v in batch_stages.items()
@@ -426,6 +467,32 @@ def bench_end_to_end(checkpoint: str) -> dict:
     result['rss'] = rss_cycle(retriever, docs)
   retriever.close()
   return result
+
+
+def encoder_by_chunk(retriever, checkpoint: str) -> dict:
+  """chunk -> ms of the encoder alone over 64 bodies in passes of `chunk`
+  (--encode_chunks; compiled first, untimed), 3 times each."""
+  from gr.index import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  from gr.serve import online_rows  # pylint: disable=g-import-not-at-top
+
+  if not _ENCODE_CHUNKS.value:
+    return {}
+  tokens = vocab_lib.encode_texts(
+    retriever.index.vocab, corpus_bodies(checkpoint, 64), retriever.input_length
+  )  # [64, Li]
+  out = {}
+  for chunk in [int(c) for c in _ENCODE_CHUNKS.value]:
+    encoder = online_rows.DocumentEncoder(
+      retriever.model, retriever.input_length, buckets=(1, chunk)
+    )
+    encoder.warm_up(retriever.params)
+    times = []
+    for _ in range(3):
+      begin = time.perf_counter()
+      encoder.vectors(retriever.params, tokens)
+      times.append(time.perf_counter() - begin)
+    out[chunk] = [t * 1000 for t in times]
+  return out
 
 
 def rss_cycle(retriever, docs) -> dict:

@@ -27,7 +27,7 @@ still reading the old one need.
 
 import dataclasses
 import functools
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -39,7 +39,20 @@ from gr.model import family
 from gr.model import models
 from gr.model import warm_start
 
-ENCODE_BUCKETS = (1, 4, 16, 64)  # batch shapes of DocumentEncoder
+# Batch shapes of DocumentEncoder. On CPU a pass over 8 bodies costs less
+# per body than one over 64 (the activations of 64 x 128 tokens leave the
+# caches; figures: WORKSPACE.md, "Issue 22, session 11").
+CPU_ENCODE_BUCKETS = (1, 2, 4, 8)
+ENCODE_BUCKETS = (1, 4, 16, 64)  # elsewhere (accelerators)
+
+
+def encode_buckets() -> tuple[int, ...]:
+  """DocumentEncoder's batch shapes on this process's default backend."""
+  if jax.default_backend() == "cpu":
+    return CPU_ENCODE_BUCKETS
+  return ENCODE_BUCKETS
+
+
 ROW_BUCKETS = (1, 4, 16, 64, 256)  # id counts of set_rows
 
 
@@ -148,32 +161,60 @@ def _pooled_fn(encoder: bert.BertConfig, frozen_layers: int):
 
 
 class DocumentEncoder:
-  """Bodies -> the model's unit mean-pooled encoder output, in batches
-  padded to ENCODE_BUCKETS (compiled once each, by `warm_up` or first use).
+  """Bodies -> the model's unit mean-pooled encoder output, in passes of
+  `buckets` shapes (compiled once each, by `warm_up` or first use).
 
-  It reads only the encoder's params: a growth of the decoder's rows
-  compiles nothing here.
+  n bodies go in passes of the largest bucket; the rest, on CPU, in the
+  largest buckets that fit it (no padding: a pass costs in proportion to
+  its rows), elsewhere in one pass padded to the smallest bucket that
+  holds it. It reads only the encoder's params: a growth of the decoder's
+  rows compiles nothing here.
   """
 
-  def __init__(self, model: models.EncoderDecoderModel, input_length: int):
+  def __init__(
+    self,
+    model: models.EncoderDecoderModel,
+    input_length: int,
+    buckets: Optional[Sequence[int]] = None,
+  ):
     config = model.config
     self._pooled = _pooled_fn(config.encoder, config.frozen_layers)
     self.input_length = input_length
+    self.buckets = tuple(sorted(buckets or encode_buckets()))
+    if self.buckets[0] != 1:
+      raise ValueError(f"encoder buckets {self.buckets} must include 1")
+    self.pad = jax.default_backend() != "cpu"
 
   def warm_up(self, params: Any) -> None:
-    for bucket in ENCODE_BUCKETS:
+    for bucket in self.buckets:
       tokens = np.zeros((bucket, self.input_length), np.int32)
       jax.block_until_ready(self._pooled(params["encoder"], tokens))
 
+  def chunks(self, n: int) -> list[int]:
+    """Bodies per pass for n bodies, e.g. 13 -> [8, 4, 1] with buckets
+    1, 2, 4, 8 (no padding), or [8, 5] with the 5 padded to 8."""
+    largest = self.buckets[-1]
+    sizes = [largest] * (n // largest)
+    n %= largest
+    if self.pad and n:
+      return sizes + [n]
+    for bucket in reversed(self.buckets):
+      sizes += [bucket] * (n // bucket)
+      n %= bucket
+    return sizes
+
   def vectors(self, params: Any, tokens: np.ndarray) -> np.ndarray:
-    """tokens [n, Li] -> [n, width] float32."""
-    out = []
-    for start in range(0, len(tokens), ENCODE_BUCKETS[-1]):
-      chunk = tokens[start : start + ENCODE_BUCKETS[-1]]  # [m, Li]
-      padded = batching.pad_rows(chunk, _bucket(len(chunk), ENCODE_BUCKETS))
-      pooled = self._pooled(params["encoder"], padded)  # [bucket, width]
-      out.append(np.asarray(pooled)[: len(chunk)])
-    return np.concatenate(out).astype(np.float32)
+    """tokens [n, Li] -> [n, width] float32. Every pass is dispatched
+    before the first is read, so the host's work overlaps the device's."""
+    pooled, start = [], 0
+    for size in self.chunks(len(tokens)):
+      chunk = tokens[start : start + size]  # [size, Li]
+      padded = batching.pad_rows(chunk, _bucket(size, self.buckets))
+      pooled.append((self._pooled(params["encoder"], padded), size))
+      start += size
+    return np.concatenate([np.asarray(p)[:size] for p, size in pooled]).astype(
+      np.float32
+    )  # --> [n, width]
 
 
 @dataclasses.dataclass(frozen=True)

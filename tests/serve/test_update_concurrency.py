@@ -9,7 +9,9 @@ rows, so every add writes an embedding row):
     fail);
   - a search completes while an add holds the update lock (stopped half-way,
     after its logs are written), and reads the state before that add; once
-    the add finishes, the new document is found at rank 1.
+    the add finishes, the new document is found at rank 1;
+  - the document encoder splits n bodies into passes of its buckets with
+    no padding on CPU, and the vectors do not depend on the split.
 """
 
 import threading
@@ -18,6 +20,8 @@ import jax
 import numpy as np
 
 from gr.data import beir
+from gr.index import vocab as vocab_lib
+from gr.serve import online_rows
 
 from tests.serve.test_capacity import (  # noqa: F401 (tiny_run: a fixture)
   copy_run,
@@ -107,5 +111,34 @@ def test_a_search_completes_while_an_add_holds_the_update_lock(
   try:
     assert not adder.is_alive()
     assert ranked_first(r, {"n0": new}) == 1.0
+  finally:
+    r.close()
+
+
+def test_the_encoder_passes_do_not_change_the_vectors(
+  tiny_run,  # noqa: F811
+  tmp_path,
+):
+  run, words = tiny_run
+  r = serve(copy_run(run, tmp_path / "run"))
+  try:
+    bodies = [" ".join(words[i : i + 5]) for i in range(0, 13 * 5, 5)]
+    tokens = vocab_lib.encode_texts(r.index.vocab, bodies, r.input_length)
+    chunked = online_rows.DocumentEncoder(
+      r.model, r.input_length, buckets=(1, 2, 4, 8)
+    )
+    chunked.pad = False
+    assert chunked.chunks(13) == [8, 4, 1]
+    whole = online_rows.DocumentEncoder(r.model, r.input_length, (1, 16))
+    whole.pad = True
+    assert whole.chunks(13) == [13]
+    vectors = chunked.vectors(r.params, tokens)  # [13, D]
+    assert vectors.shape == (13, r.model.config.encoder.hidden_size)
+    np.testing.assert_allclose(
+      vectors, whole.vectors(r.params, tokens), atol=1e-5
+    )
+    singles = [chunked.vectors(r.params, row[None])[0] for row in tokens]
+    np.testing.assert_allclose(vectors, np.stack(singles), atol=1e-5)
+    assert len({v.tobytes() for v in vectors}) == 13  # distinct bodies
   finally:
     r.close()

@@ -21,6 +21,11 @@ internal node until it reaches a leaf, and gives it the leaf's next free
 position: 1 + the largest position ever used in that leaf (retired docids
 included). Leaves may thus grow past c; positions >= c get new reserved
 tokens, appended to `reserved_tokens`. The tree itself is never re-clustered.
+With node tokens and `reuse_retired=True` (the service's online adds, as
+atomic's), a leaf's retired positions are handed out first, so add/delete
+cycles do not create tokens; shared and position tokens are shared across
+leaves (a retired path's tokens are not its document's own), so they are
+never reused.
 """
 
 import dataclasses
@@ -92,16 +97,36 @@ class SemanticScheme:
       arrays=_tree_to_arrays(tree.centroids, x.shape[1]),
     )
 
+  @property
+  def reuses_tokens(self) -> bool:
+    """Whether `assign_new(reuse_retired=True)` can hand out deleted
+    documents' own tokens: with node tokens, a docid's last token is its
+    document's own (`<n3_1_7>`); shared and position tokens are shared
+    across leaves (module docstring)."""
+    return self.token_style == "node"
+
   def assign_new(
     self,
     table: base.DocidTable,
     new_docs: Mapping[str, Document],
     *,
     embeddings: np.ndarray | None = None,
+    reuse_retired: bool = False,
   ) -> base.DocidTable:
-    """embeddings: optional precomputed [len(new_docs), dim]."""
+    """embeddings: optional precomputed [len(new_docs), dim].
+
+    reuse_retired (node tokens only, as atomic's: the service's online
+    adds, which give the reused token the new document's row): a document
+    routed to a leaf first takes the smallest position a retired docid held
+    in that leaf, then the leaf's next free position.
+    """
     base.check_scheme(table, self.name)
     base.check_new_docs(table, new_docs)
+    if reuse_retired and not self.reuses_tokens:
+      raise ValueError(
+        f"semantic token_style {self.token_style!r} cannot reuse retired "
+        "docids: their tokens are shared across leaves"
+      )
     x = self._embeddings(new_docs, embeddings)
     nodes = _arrays_to_tree(table.arrays)
     next_position = dict(
@@ -109,15 +134,37 @@ class SemanticScheme:
         _NEXT_POSITIONS, lambda: self._next_positions(table.taken_docids())
       )
     )
-    paths = []
+    free = self._free_positions(table) if reuse_retired else {}
+    paths, reused = [], []
     for row in x:
       leaf = route_to_leaf(nodes, row)
+      if free.get(leaf):
+        paths.append(leaf + (free[leaf].pop(0),))
+        reused.append(self.path_to_docid(paths[-1]))
+        continue
       paths.append(leaf + (next_position.get(leaf, 0),))
       next_position[leaf] = paths[-1][-1] + 1
     new_table = base.extended(
-      table, new_docs, map(self.path_to_docid, paths), self._tokens_of(paths)
+      table,
+      new_docs,
+      map(self.path_to_docid, paths),
+      self._tokens_of(paths),
+      reused=reused,
     )
     return new_table.remember(_NEXT_POSITIONS, next_position)
+
+  def _free_positions(
+    self, table: base.DocidTable
+  ) -> dict[tuple[int, ...], list[int]]:
+    """Leaf path -> positions of its retired docids, smallest first
+    (O(retired)): the free list, a function of the table alone, so a
+    restart that replays the same updates gets the same."""
+    free: dict[tuple[int, ...], list[int]] = {}
+    for docid in table.retired_docids:
+      path = self.docid_to_path(docid)
+      if path is not None:
+        free.setdefault(path[:-1], []).append(path[-1])
+    return {leaf: sorted(positions) for leaf, positions in free.items()}
 
   def path_to_docid(self, path: Sequence[int]) -> str:
     """(3, 1, 7) -> "<3> <1> <7>", "<c0_3> <c1_1> <c2_7>" or

@@ -258,12 +258,14 @@ class StageTimes:
   """Where an add's time goes: wall seconds inside each wrapped step of
   the served index (naming, term sets, encoder, logs, device publish),
   summed per add (the steps run under the update lock, one add at a
-  time)."""
+  time). The encoder's passes are dispatched (`encode`) before the term
+  sets are computed and waited for after them (`encode_wait`)."""
 
   STEPS = {
     'name_docids': ('_namer', 'assign'),
     'term_sets': ('_plan', 'sets_of'),
-    'encode': ('_encoder', 'vectors'),
+    'encode': ('_encoder', 'dispatch'),
+    'encode_wait': ('_encoder', 'collect'),
     'persist_logs': (None, '_persist'),
     'plan_edit': ('_plan', 'added'),
     'publish_device': (None, '_publish'),

@@ -14,6 +14,7 @@ own table and call that part's `assign_new`.
 """
 
 import dataclasses
+import re
 from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
@@ -84,28 +85,41 @@ class MultiScheme:
       arrays=arrays,
     )
 
+  @property
+  def reuses_tokens(self) -> bool:
+    """Whether `assign_new(reuse_retired=True)` reuses deleted documents'
+    own tokens: when its token part does (atomic, semantic node tokens)."""
+    return any(getattr(p, "reuses_tokens", False) for p in self.part_schemes())
+
   def assign_new(
     self,
     table: base.DocidTable,
     new_docs: Mapping[str, Document],
     *,
     embeddings: np.ndarray | None = None,
+    reuse_retired: bool = False,
   ) -> base.DocidTable:
+    """reuse_retired: the token part (if it `reuses_tokens`) hands out its
+    deleted documents' docids first; text docids are never reused."""
     base.check_scheme(table, self.name)
     base.check_new_docs(table, new_docs)
     per_doc: dict[str, list[str]] = {d: [] for d in new_docs}
-    reserved, arrays, taken = [], {}, table.taken_docids()
+    reserved, arrays, taken, reused = [], {}, table.taken_docids(), []
     for i, part in enumerate(self.part_schemes()):
+      reuse = reuse_retired and getattr(part, "reuses_tokens", False)
+      part_table = _part_table(table, i, part, own_retired=reuse)
       sub = _call(
         part,
         "assign_new",
-        _part_table(table, i, part),
+        part_table,
         new_docs,
         taken=taken,
         embeddings=embeddings,
+        **({"reuse_retired": True} if reuse else {}),
       )
       _collect(i, sub, per_doc, taken, reserved, arrays)
-    return table.extend(per_doc, reserved, arrays)
+      reused += sub.released_from(part_table) if reuse else []
+    return table.extend(per_doc, reserved, arrays, reused=reused)
 
 
 def _make_part(spec: Mapping[str, Any], embedder: Any) -> Any:
@@ -120,13 +134,16 @@ def _make_part(spec: Mapping[str, Any], embedder: Any) -> Any:
   return PART_SCHEMES[name](**kwargs)
 
 
-def _call(part: Any, method: str, *args, taken, embeddings) -> base.DocidTable:
-  """Calls part.assign / assign_new with the keyword its scheme accepts."""
+def _call(
+  part: Any, method: str, *args, taken, embeddings, **kwargs
+) -> base.DocidTable:
+  """Calls part.assign / assign_new with the keyword its scheme accepts
+  (and `kwargs`)."""
   if isinstance(part, text.TextScheme):
-    return getattr(part, method)(*args, taken=frozenset(taken))
+    return getattr(part, method)(*args, taken=frozenset(taken), **kwargs)
   if isinstance(part, semantic.SemanticScheme):
-    return getattr(part, method)(*args, embeddings=embeddings)
-  return getattr(part, method)(*args)
+    return getattr(part, method)(*args, embeddings=embeddings, **kwargs)
+  return getattr(part, method)(*args, **kwargs)
 
 
 def _collect(
@@ -149,8 +166,12 @@ def _collect(
   arrays[f"{i}/reserved_tokens"] = base.string_array(sub.reserved_tokens)
 
 
-def _part_table(table: base.DocidTable, i: int, part: Any) -> base.DocidTable:
-  """Part i's own table, rebuilt from the multi table."""
+def _part_table(
+  table: base.DocidTable, i: int, part: Any, *, own_retired: bool = False
+) -> base.DocidTable:
+  """Part i's own table, rebuilt from the multi table. Its retired docids
+  are every part's (so its new docids avoid them all), or with
+  `own_retired` only those its documents held (its free list)."""
   prefix = f"{i}/"
   arrays = {
     k[len(prefix) :]: v
@@ -158,7 +179,10 @@ def _part_table(table: base.DocidTable, i: int, part: Any) -> base.DocidTable:
     if k.startswith(prefix) and k != prefix + "reserved_tokens"
   }
   if base.RETIRED_KEY in table.arrays:
-    arrays[base.RETIRED_KEY] = table.arrays[base.RETIRED_KEY]
+    retired = table.arrays[base.RETIRED_KEY]
+    if own_retired:
+      retired = retired[[_part_docid(part, d) for d in retired.tolist()]]
+    arrays[base.RETIRED_KEY] = retired
   reserved = table.arrays.get(prefix + "reserved_tokens", np.array([], np.str_))
   return base.DocidTable(
     part.name,
@@ -168,3 +192,13 @@ def _part_table(table: base.DocidTable, i: int, part: Any) -> base.DocidTable:
     table.version,
     arrays,
   )
+
+
+def _part_docid(part: Any, docid: str) -> bool:
+  """Whether `docid` has the form of a token part's docids (`<d_N>`, or a
+  semantic path of its token style)."""
+  if isinstance(part, semantic.SemanticScheme):
+    return part.docid_to_path(docid) is not None
+  if isinstance(part, atomic.AtomicScheme):
+    return re.fullmatch(r"<d_\d+>", docid) is not None
+  return False

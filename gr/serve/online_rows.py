@@ -203,18 +203,27 @@ class DocumentEncoder:
       n %= bucket
     return sizes
 
-  def vectors(self, params: Any, tokens: np.ndarray) -> np.ndarray:
-    """tokens [n, Li] -> [n, width] float32. Every pass is dispatched
-    before the first is read, so the host's work overlaps the device's."""
-    pooled, start = [], 0
+  def dispatch(self, params: Any, tokens: np.ndarray) -> list:
+    """Dispatches the passes over tokens [n, Li] (not waited for): the
+    host may work meanwhile; `collect` reads them."""
+    pending, start = [], 0
     for size in self.chunks(len(tokens)):
       chunk = tokens[start : start + size]  # [size, Li]
       padded = batching.pad_rows(chunk, _bucket(size, self.buckets))
-      pooled.append((self._pooled(params["encoder"], padded), size))
+      pending.append((self._pooled(params["encoder"], padded), size))
       start += size
-    return np.concatenate([np.asarray(p)[:size] for p, size in pooled]).astype(
-      np.float32
-    )  # --> [n, width]
+    return pending
+
+  @staticmethod
+  def collect(pending: list) -> np.ndarray:
+    """`dispatch`'s passes -> [n, width] float32."""
+    return np.concatenate(
+      [np.asarray(pooled)[:size] for pooled, size in pending]
+    ).astype(np.float32)
+
+  def vectors(self, params: Any, tokens: np.ndarray) -> np.ndarray:
+    """tokens [n, Li] -> [n, width] float32."""
+    return self.collect(self.dispatch(params, tokens))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,6 +46,7 @@ O(rows written), not a copy of the embedding table; `params` taken from a
 live state before an add are invalid after it (copy them to keep them).
 """
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -233,12 +234,20 @@ class ServedIndex(live_state.LiveIndex):
   ) -> np.ndarray:
     """[n, D] unit mean-pooled encoder output of the new documents' bodies
     (encoder params only: those never change while serving)."""
+    encoder = self._document_encoder()
+    return encoder.collect(self._dispatch_vectors(params, new_docs))
+
+  def _dispatch_vectors(
+    self, params: Any, new_docs: Mapping[str, beir.Document]
+  ) -> list:
+    """The encoder passes over the new documents' bodies, dispatched
+    (DocumentEncoder.dispatch; `collect` reads them)."""
     tokens = vocab_lib.encode_texts(
       self._live.index.vocab,
       [doc.text for doc in new_docs.values()],
       self.input_length,
-    )
-    return self._document_encoder().vectors(params, tokens)
+    )  # [n, Li]
+    return self._document_encoder().dispatch(params, tokens)
 
   def _prepared(
     self, new_docs: Mapping[str, beir.Document]
@@ -246,21 +255,24 @@ class ServedIndex(live_state.LiveIndex):
     """What an add computes before it takes the update lock, so that other
     updates need not wait for it: the new documents' term sets (frozen
     statistics) and, where every add hands out tokens of its own (atomic,
-    RQ with residual tokens) to a model that warm-starts rows, their
-    encoder vectors [n, D] (else None: computed under the lock if needed)."""
+    RQ with residual tokens, semantic node tokens) to a model that
+    warm-starts rows, their encoder vectors [n, D] (else None: computed
+    under the lock if needed). The encoder passes are dispatched first and
+    run while the host computes the term sets."""
     live = self._live
-    sets = {}
-    if self._plan is not None:
-      texts = {d: doc.text for d, doc in new_docs.items()}
-      sets = self._plan.sets_of(live.index.vocab, texts)
     scheme = self._namer.scheme(live.index.table)
-    if not (
-      online_rows.warm_rows_of(self.model)
-      and getattr(scheme, "reuses_tokens", False)
-    ):
-      return None, sets
-    with self._encode_lock:
-      return self._document_vectors(live.params, new_docs), sets
+    encode = online_rows.warm_rows_of(self.model) and getattr(
+      scheme, "reuses_tokens", False
+    )
+    with self._encode_lock if encode else contextlib.nullcontext():
+      pending = self._dispatch_vectors(live.params, new_docs) if encode else []
+      sets = {}
+      if self._plan is not None:
+        texts = {d: doc.text for d, doc in new_docs.items()}
+        sets = self._plan.sets_of(live.index.vocab, texts)
+      if not encode:
+        return None, sets
+      return self._document_encoder().collect(pending), sets
 
   def delete_document(self, doc_id: str) -> None:
     """Removes a document from search, the table and disk.

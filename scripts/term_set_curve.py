@@ -1,7 +1,7 @@
 r"""Term-set docids alone against bm25s, as a curve over the set size m.
 
   python scripts/term_set_curve.py [--data_dir=data/news]
-      [--sizes=16,32,64,128,0] [--out=docs/results/news/term_sets.json]
+      [--sizes=16,32,64,128,0] [--words] [--out=docs/results/news/term_sets.json]
 
 Builds each document's term set in the MiniLM WordPiece vocabulary (the
 demo's, gr/index/lexicon.py) with its top-m terms by BM25 impact (0 = every
@@ -32,6 +32,9 @@ _DATA_DIR = flags.DEFINE_string('data_dir', 'data/news', 'A BEIR folder.')
 _SIZES = flags.DEFINE_list('sizes', ['16', '32', '64', '128', '0'], 'm.')
 _LANGUAGE = flags.DEFINE_string(
   'language', 'english', "Fold whole-word pieces to stems ('' = pieces)."
+)
+_WORDS = flags.DEFINE_bool(
+  'words', False, 'A word of several pieces is one term (its stem).'
 )
 _OUT = flags.DEFINE_string('out', '', 'JSON output (optional).')
 QUERY_SETS = (('titles', 'queries.jsonl', 'qrels'),
@@ -76,8 +79,9 @@ def main(argv):
     results['bm25'][key] = metrics.evaluate_run(qrels, run)
   for size in map(int, _SIZES.value):
     sets = lexicon.build_term_sets(
-      index, corpus, max_terms=size, language=_LANGUAGE.value
-    )
+      index, corpus, max_terms=size, language=_LANGUAGE.value,
+      words=_WORDS.value,
+    )  # fmt: skip
     row = results['term_sets'][str(size or 'all')] = {}
     for key, (queries, qrels) in query_sets.items():
       row[key] = metrics.evaluate_run(qrels, lexical_run(index, sets, queries))

@@ -36,6 +36,7 @@ import numpy as np
 from gr import atomic_io
 
 FORMAT = "gr.term_sets.v1"
+SENTINEL = 0xFFFFFFFF  # the word table's last code (gr/index/word_terms.py)
 FILE_NAME = "term_sets.npz"
 
 
@@ -107,15 +108,37 @@ class TermSets:
   stats: CorpusStats
   max_terms: int
   language: str = ""  # how text was folded to terms ('' = pieces as is)
+  # The frozen whole-word table (gr/index/word_terms.py): codes [W] uint32
+  # sorted, terms [W] int32, and the buckets of other words (the last
+  # word_buckets term ids); None and 0 = pieces as terms.
+  word_codes: Optional[np.ndarray] = None
+  word_terms: Optional[np.ndarray] = None
+  word_buckets: int = 0
+
+  def __post_init__(self):
+    if self.word_codes is None:
+      object.__setattr__(self, "word_codes", np.array([SENTINEL], np.uint32))
+      object.__setattr__(self, "word_terms", np.zeros(1, np.int32))
 
   def __len__(self) -> int:
     return len(self.terms)
 
+  @property
+  def words(self) -> bool:
+    """Whether a word of several pieces is one term."""
+    return self.word_buckets > 0
+
+  @property
+  def num_terms(self) -> int:
+    """The term id space [0, num_terms) of these sets' folding."""
+    return len(self.stats.document_frequency)
+
   def appended(self, token_lists: Iterable[Sequence[int]]) -> "TermSets":
     """New documents' rows after these, from the frozen statistics."""
     rows = [term_set(t, self.stats, self.max_terms) for t in token_lists]
-    return _stacked(
-      [*self.rows(), *rows], self.stats, self.max_terms, self.language
+    stacked = _stacked([*self.rows(), *rows], self.stats, self.max_terms)
+    return dataclasses.replace(
+      self, terms=stacked.terms, impacts=stacked.impacts
     )
 
   def rows(self) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -153,6 +176,9 @@ class TermSets:
       buffer,
       format=np.array(FORMAT),
       language=np.array(self.language),
+      word_codes=self.word_codes,
+      word_terms=self.word_terms,
+      word_buckets=np.array(self.word_buckets),
       terms=self.terms,
       impacts=self.impacts,
       document_frequency=self.stats.document_frequency,
@@ -180,13 +206,17 @@ class TermSets:
         int(num_docs), avg_length, data["document_frequency"], k1, b
       )
       language = str(data["language"]) if "language" in data else ""
+      words = {k: data[k] for k in ("word_codes", "word_terms") if k in data}
+      if "word_buckets" in data:
+        words["word_buckets"] = int(data["word_buckets"])
       return cls(
-        data["terms"], data["impacts"], stats, int(max_terms), language
-      )
+        data["terms"], data["impacts"], stats, int(max_terms), language,
+        **words,
+      )  # fmt: skip
 
 
 def _stacked(
-  rows, stats: CorpusStats, max_terms: int, language: str = ""
+  rows, stats: CorpusStats, max_terms: int, language: str = "", **words
 ) -> TermSets:
   """Rows of (terms [m], impacts [m]) padded to [N, M]."""
   width = max((len(t) for t, _ in rows), default=0) or 1
@@ -194,7 +224,7 @@ def _stacked(
   impacts = np.zeros((len(rows), width), np.float32)
   for i, (t, w) in enumerate(rows):
     terms[i, : len(t)], impacts[i, : len(w)] = t, w
-  return TermSets(terms, impacts, stats, max_terms, language)
+  return TermSets(terms, impacts, stats, max_terms, language, **words)
 
 
 def build_term_sets(
@@ -203,11 +233,16 @@ def build_term_sets(
   *,
   max_terms: int = 0,
   language: str = "",
+  word_table: Optional[tuple[np.ndarray, np.ndarray, int]] = None,
   k1: float = 1.5,
   b: float = 0.75,
 ) -> TermSets:
-  """Term sets of documents given as term id lists (max_terms 0 = all);
-  `language` is recorded, not applied (the ids are terms already)."""
+  """Term sets of documents given as term id lists in [0, vocab_size)
+  (max_terms 0 = all); `language` and word_table (codes [W], terms [W],
+  buckets) are recorded, not applied (the ids are terms already)."""
   stats = corpus_stats(token_lists, vocab_size, k1=k1, b=b)
   rows = [term_set(t, stats, max_terms) for t in token_lists]
-  return _stacked(rows, stats, max_terms, language)
+  words = {}
+  if word_table is not None:
+    words = dict(zip(("word_codes", "word_terms", "word_buckets"), word_table))
+  return _stacked(rows, stats, max_terms, language, **words)

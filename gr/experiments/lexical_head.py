@@ -213,9 +213,8 @@ def _assembled(searcher, tokens, candidates, model) -> RerankSet:
   """The `RerankSet` of candidates [(docs, relevant positions)] per query
   and their model scores [Q, K]."""
   term_sets = searcher.term_sets
-  classes = lexicon.term_classes(searcher.index.vocab, term_sets.language)
-  known = np.where(tokens < len(classes), tokens, 0)
-  terms = np.where(tokens < len(classes), classes[known], 0)  # [Q, Li]
+  folding = lexicon.folding(searcher.index.vocab, term_sets)
+  terms = folding.terms(tokens)  # [Q, Li]
   encoded = _encoded(searcher, tokens)
   query, contributions = [], []
   relevant = np.zeros(model.shape, bool)

@@ -111,6 +111,7 @@ def run_experiment(
   lexical_weights: Sequence[float] = (),
   term_set_size: int = 0,
   term_language: str = "",
+  term_words: bool = False,
   selection_split: str = "dev",
   plan_in_training: bool = False,
   early_stopping: bool = False,
@@ -127,10 +128,11 @@ def run_experiment(
   (`encoder_cache_dir`, default workdir/encoder_cache, shared by runs that
   differ in rates or training) and the results add a dense baseline.
   train_steps = 0 evaluates the initial model. lexical_weights,
-  selection_split, term_set_size, term_language, plan_in_training: the
-  lexical plan (`LexicalSelection`, `ExperimentTrainer`); no weights, no
-  plan. early_stopping: the run's result is its step best on dev (0 or
-  a kept checkpoint: bind train.checkpoint_every, train.keep_checkpoints).
+  selection_split, term_set_size, term_language, term_words (a word of
+  several pieces is one term), plan_in_training: the lexical plan
+  (`LexicalSelection`, `ExperimentTrainer`); no weights, no plan.
+  early_stopping: the run's result is its step best on dev (0 or a kept
+  checkpoint: bind train.checkpoint_every, train.keep_checkpoints).
   term_weight_head: after training, the plan's query-token weights are
   trained on top of the frozen model and kept if dev improves
   (gr/experiments/lexical_head.py; None: every token weighs 1).
@@ -148,7 +150,7 @@ def run_experiment(
   )
   trainer = ExperimentTrainer(
     workdir, data_dir, dataset, plan, search, term_set_size, term_language,
-    plan_in_training, train_steps, batch_size, input_length, seed,
+    term_words, plan_in_training, train_steps, batch_size, input_length, seed,
     early_stopping, term_weight_head)  # fmt: skip
   cache_dir = encoder_cache_dir or os.path.join(workdir, "encoder_cache")
   register_tasks, cache_rows = docid_tasks(
@@ -234,6 +236,7 @@ class ExperimentTrainer:
   search: retrieval.SearchConfig
   term_set_size: int
   term_language: str
+  term_words: bool
   plan_in_training: bool
   train_steps: int
   batch_size: int
@@ -272,6 +275,7 @@ class ExperimentTrainer:
         os.path.join(self.workdir, "index"),
         max_terms=self.term_set_size,
         language=self.term_language,
+        words=self.term_words,
       )
     transform = run.batch_transform
     if self.plan_in_training and self.plan.weights and self.train_steps > 0:

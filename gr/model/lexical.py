@@ -3,7 +3,7 @@ and each document's score as the weighted sum over its term set.
 
 Query side: weight[v] = the summed weights of the query's tokens whose
 term is v (gr/index/lexicon.py folds tokens to terms: stems, no stopwords
-or specials). Each token's weight comes from the model's `TermWeightHead`
+or specials, optionally a word of several pieces as one term). Each token's weight comes from the model's `TermWeightHead`
 over its encoder state, exp(state . kernel + bias), and is 1 without a
 head or at the head's zero start: then weight[v] = occurrences of v, BM25's
 query-side factor (the document side carries idf, gr/docids/term_sets.py),
@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gr import atomic_io
+from gr.index import word_terms
 
 
 @flax.struct.dataclass
@@ -35,28 +36,49 @@ class LexicalIndex:
   """Device form of the term sets.
 
   terms [P] int32, impacts [P] float32, documents [P] int32 (the row of
-  each entry in the index's document order), term_of [V] int32 (each token
-  id's term, 0 for ids that are no term: PAD, [CLS], [SEP], stopwords,
-  docid tokens).
+  each entry in the index's document order); the folding of query tokens
+  to terms (gr/index/lexicon.TermFolding): term_of [V] int32 (each piece's
+  term, 0 for ids that are no term: PAD, [CLS], [SEP], stopwords; ids past
+  V, docid tokens, are none), continuation [V] bool, word_codes [W] uint32
+  and word_terms [W] int32 (words of several pieces as one term), with
+  word_buckets for words not in the table; num_terms: the term id space.
   """
 
   terms: jax.Array
   impacts: jax.Array
   documents: jax.Array
   term_of: jax.Array
+  continuation: jax.Array
+  word_codes: jax.Array
+  word_terms: jax.Array
   num_documents: int = flax.struct.field(pytree_node=False, default=0)
+  num_terms: int = flax.struct.field(pytree_node=False, default=0)
+  word_buckets: int = flax.struct.field(pytree_node=False, default=0)
 
 
-def lexical_index(term_sets, term_of: np.ndarray) -> LexicalIndex:
-  """A `LexicalIndex` of `term_sets` (gr/docids/term_sets.TermSets);
-  term_of: [V] int32 (gr/index/lexicon.term_classes)."""
+def folding_arrays(folding) -> dict:
+  """The device arrays of a gr/index/lexicon.TermFolding, as
+  `LexicalIndex` fields (term_of, continuation, word_codes, word_terms)."""
+  return {
+    "term_of": jnp.asarray(folding.classes, jnp.int32),
+    "continuation": jnp.asarray(folding.continuation, bool),
+    "word_codes": jnp.asarray(folding.word_codes, jnp.uint32),
+    "word_terms": jnp.asarray(folding.word_terms, jnp.int32),
+  }
+
+
+def lexical_index(term_sets, folding) -> LexicalIndex:
+  """A `LexicalIndex` of `term_sets` (gr/docids/term_sets.TermSets) and
+  the folding they were built with (gr/index/lexicon.folding)."""
   terms, impacts, documents = term_sets.flat()
   return LexicalIndex(
     terms=jnp.asarray(terms),
     impacts=jnp.asarray(impacts),
     documents=jnp.asarray(documents),
-    term_of=jnp.asarray(term_of, jnp.int32),
     num_documents=len(term_sets),
+    num_terms=folding.num_terms,
+    word_buckets=folding.word_buckets,
+    **folding_arrays(folding),
   )
 
 
@@ -123,9 +145,10 @@ def load_head(run_dir: str) -> Optional[TermWeightHead]:
 
 def query_terms(lexical: LexicalIndex, tokens: jax.Array) -> jax.Array:
   """tokens [B, Li] -> [B, Li] each token's term (0: none)."""
-  term_of = lexical.term_of
-  safe = jnp.clip(tokens, 0, term_of.shape[0] - 1)
-  return jnp.where(tokens == safe, term_of[safe], 0)
+  return word_terms.fold(
+    jnp, tokens, lexical.term_of, lexical.continuation, lexical.word_codes,
+    lexical.word_terms, lexical.word_buckets, lexical.num_terms,
+  )  # fmt: skip
 
 
 def query_weights(
@@ -133,7 +156,7 @@ def query_weights(
   tokens: jax.Array,
   token_weights: Optional[jax.Array] = None,
 ) -> jax.Array:
-  """tokens [B, Li] -> [B, V] each term's summed token weights
+  """tokens [B, Li] -> [B, num_terms] each term's summed token weights
   (token_weights [B, Li]; None: 1, so occurrences); column 0, no term,
   stays 0."""
   terms = query_terms(lexical, tokens)  # [B, Li]
@@ -141,12 +164,12 @@ def query_weights(
   values = (terms > 0).astype(jnp.float32)
   if token_weights is not None:
     values = values * token_weights.astype(jnp.float32)
-  zeros = jnp.zeros((tokens.shape[0], lexical.term_of.shape[0]), jnp.float32)
+  zeros = jnp.zeros((tokens.shape[0], lexical.num_terms), jnp.float32)
   return zeros.at[rows, terms].add(values)
 
 
 def document_scores(lexical: LexicalIndex, weights: jax.Array) -> jax.Array:
-  """weights [B, V] -> [B, N] each document's lexical score."""
+  """weights [B, num_terms] -> [B, N] each document's lexical score."""
   contributions = weights[:, lexical.terms] * lexical.impacts  # [B, P]
   return jax.vmap(
     lambda row: jax.ops.segment_sum(

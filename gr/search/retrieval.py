@@ -270,8 +270,7 @@ class Searcher:
       )
     sequences, documents = self.index.docid_sequences()
     lexical = lexical_lib.lexical_index(
-      self.term_sets,
-      lexicon.term_classes(self.index.vocab, self.term_sets.language),
+      self.term_sets, lexicon.folding(self.index.vocab, self.term_sets)
     )
     plan = plan_lib.lexical_plan(
       lexical, sequences, documents, 1.0, self.term_weight_head
@@ -432,8 +431,8 @@ def exact_lexical_scores(
   """[N] each document's lexical score for one query's tokens [Li] (each
   token weighing token_weights [Li], default 1), in numpy (the oracle of
   `plan_lib.LexicalPlan.document_scores`)."""
-  classes = lexicon.term_classes(vocab, term_sets.language)
-  weights = lexicon.query_terms(classes, query, token_weights)
+  folding = lexicon.folding(vocab, term_sets)
+  weights = lexicon.query_terms(folding, query, token_weights)
   return term_sets.document_scores(weights)
 
 

@@ -6,9 +6,9 @@ run's lexical_weight.json, gr/decode/plan.py), over an index that changes.
 (terms, impacts)): the checkpoint's sets for trained documents
 (gr/docids/term_sets.py), and for documents added online the set of their
 text with the frozen corpus statistics, folded as the run folded (same
-language, same tokenisation as lexicon.build_term_sets: the body's whole
-encoder input). A restart rebuilds the same sets from the checkpoint's and
-the online documents log, so nothing more is persisted.
+language and word table, same tokenisation as lexicon.build_term_sets: the
+body's whole encoder input). A restart rebuilds the same sets from the
+checkpoint's and the online documents log, so nothing more is persisted.
 
 On device it is a `plan.LexicalPlan` whose documents are the served index's
 slots (trie values): flat entries terms / impacts / documents [P], docid
@@ -134,9 +134,8 @@ class ServedPlan:
     self.lexical_only = bool(np.isinf(weight))
     self.term_sets = term_sets
     self.sequence_length = sequence_length
-    classes = lexicon.term_classes(vocab, term_sets.language)
-    self._classes = np.array(classes[: vocab.base_size])  # docid ids: none
-    self._term_of = jnp.asarray(self._classes, jnp.int32)
+    self._folding = lexicon.folding(vocab, term_sets)  # docid ids: none
+    self._folding_arrays = lexical_lib.folding_arrays(self._folding)
     self._sets: dict[str, TermSet] = dict(
       zip(trained_doc_ids, term_sets.rows())
     )
@@ -151,7 +150,7 @@ class ServedPlan:
     """doc_id -> the term set of its text (body), from the frozen
     statistics, folded as the checkpoint's sets were (`vocab`: any version
     of the served vocabulary; they share the text ids)."""
-    terms = lexicon.text_terms(self._classes, vocab, list(texts.values()))
+    terms = self._folding.text_terms(vocab, list(texts.values()))
     stats, most = self.term_sets.stats, self.term_sets.max_terms
     return {
       doc_id: term_sets_lib.term_set(t, stats, most)
@@ -233,8 +232,10 @@ class ServedPlan:
       terms=jnp.asarray(host["terms"]),
       impacts=jnp.asarray(host["impacts"]),
       documents=jnp.asarray(host["entry_documents"]),
-      term_of=self._term_of,
       num_documents=n_cap,
+      num_terms=self._folding.num_terms,
+      word_buckets=self._folding.word_buckets,
+      **self._folding_arrays,
     )
     return plan_lib.LexicalPlan(
       lexical=lexical,

@@ -142,10 +142,10 @@ def test_english_term_sets_score_as_bm25s_with_stemmer_and_stopwords(
     bm25s.tokenize(list(SENTENCES), stopwords="en", stemmer=stemmer),
     show_progress=False,
   )
-  classes = lexicon.term_classes(wordpiece_vocab, "english")
+  folding = lexicon.piece_folding(wordpiece_vocab, "english")
   for query in ("running cats", "the river stones", "a runner in the harbor"):
     query_ids = wordpiece_vocab.encode_inputs(query, 32)
-    got = sets.document_scores(lexicon.query_terms(classes, query_ids))
+    got = sets.document_scores(lexicon.query_terms(folding, query_ids))
     tokens = bm25s.tokenize(
       [query], stopwords="en", stemmer=stemmer, return_ids=False
     )

@@ -111,9 +111,10 @@ def test_beam_search_with_full_beam_equals_exact_ranking(
     np.testing.assert_allclose([s for _, s in b], [s for _, s in e], atol=1e-4)
 
 
-def _with_term_sets(searcher, weight, language="", **config):
+def _with_term_sets(searcher, weight, language="", words=False, **config):
   """`searcher`'s model and index with the corpus's term sets as a plan
-  (terms folded in `language`, '' = pieces)."""
+  (terms folded in `language`, '' = pieces; words: a word of several
+  pieces is one term)."""
   return retrieval.Searcher(
     searcher.model,
     searcher.params,
@@ -122,7 +123,7 @@ def _with_term_sets(searcher, weight, language="", **config):
     input_length=searcher.input_length,
     batch_size=searcher.batch_size,
     term_sets=lexicon.build_term_sets(
-      searcher.index, _corpus(), language=language
+      searcher.index, _corpus(), language=language, words=words
     ),
     lexical_weight=weight,
   )
@@ -134,9 +135,14 @@ def planned(searchers):
   return _with_term_sets(searchers["logsumexp"], 2.0)
 
 
-@pytest.mark.parametrize("language", ["", "english"])
-def test_plan_document_scores_equal_the_numpy_oracle(searchers, language):
-  planned = _with_term_sets(searchers["logsumexp"], 2.0, language)
+@pytest.mark.parametrize(
+  "language, words", [("", False), ("english", False), ("english", True)]
+)
+def test_plan_document_scores_equal_the_numpy_oracle(
+  searchers, language, words
+):
+  planned = _with_term_sets(searchers["logsumexp"], 2.0, language, words)
+  assert planned.term_sets.words == words  # the corpus has split words
   tokens = vocab_lib.encode_texts(planned.index.vocab, QUERIES, 16)
   got = np.asarray(planned.plan.document_scores(jnp.asarray(tokens)))
   for row, query in zip(got, tokens):

@@ -41,7 +41,8 @@ synthetic 120-word texts. Each single add is also split into its steps
 (`add_stages`: naming, term sets, encoder, logs, device publish). Then
 --clients threads (default 16) each run --client_ops operations at once:
 3 in 4 a search, else an add of one document or a delete of one it added
-(`mixed_clients`: search, add and delete latencies under the mix). With
+(`mixed_clients`: search, add and delete latencies under the mix), after
+the same clients searching only (`search_only_clients`). With
 --rss_adds=N: the process RSS after 10 single adds, then after N adds and N
 deletes (issue 22 item 4). Targets: one add <= 50 ms, a batch of 64 <= 500
 ms, search p99 under the 16 clients <= 2x idle p99, RSS within 100 MB.
@@ -320,10 +321,13 @@ def interleaved(in_place: int, copied: int) -> list[bool]:
   return [kind for _, kind in order]
 
 
-def mixed_clients(retriever, queries, docs, clients: int, ops: int) -> dict:
-  """`clients` threads, each `ops` operations: a search (3 in 4), else an
-  add of one document, or (every third of those, once it has one) a
-  delete of one it added. Latencies of each kind, under the mix."""
+def mixed_clients(
+  retriever, queries, docs, clients: int, ops: int, search_share=0.75
+) -> dict:
+  """`clients` threads, each `ops` operations: a search (`search_share`
+  of them), else an add of one document, or (every third of those, once
+  it has one) a delete of one it added. Latencies of each kind, under the
+  mix."""
   import threading  # pylint: disable=g-import-not-at-top
 
   lock = threading.Lock()
@@ -333,7 +337,7 @@ def mixed_clients(retriever, queries, docs, clients: int, ops: int) -> dict:
     rng = np.random.default_rng(seed)
     mine = []
     for _ in range(ops):
-      kind = 'search' if rng.random() < 0.75 else 'add'
+      kind = 'search' if rng.random() < search_share else 'add'
       if kind == 'add' and mine and rng.random() < 1 / 3:
         kind = 'delete'
       begin = time.perf_counter()
@@ -415,9 +419,15 @@ def bench_end_to_end(checkpoint: str) -> dict:
   stages = StageTimes(retriever)
 
   def timed(n):
+    """Seconds of one add of n documents, its device work included (an
+    add's scatters run asynchronously: a copy of the table would otherwise
+    spill into the next add's time)."""
+    import jax  # pylint: disable=g-import-not-at-top
+
     batch = docs(n)
     begin = time.perf_counter()
     retriever.add_documents(batch)
+    jax.block_until_ready((retriever.params, retriever._live.trie_arrays))  # pylint: disable=protected-access
     return time.perf_counter() - begin
 
   first_single, first_batch = timed(1), timed(64)  # compile-free by warm_up
@@ -432,6 +442,10 @@ def bench_end_to_end(checkpoint: str) -> dict:
   batches = [timed(64) for _ in range(_BATCH_ADDS.value)]
   batch_stages = stages.take()
   search_after = searches()
+  # The same clients searching only: what contention alone costs.
+  searching = mixed_clients(
+    retriever, queries, docs, _CLIENTS.value, _CLIENT_OPS.value, 1.0
+  )
   mixed = mixed_clients(
     retriever, queries, docs, _CLIENTS.value, _CLIENT_OPS.value
   )
@@ -444,6 +458,7 @@ def bench_end_to_end(checkpoint: str) -> dict:
     'search_idle': milliseconds(search_idle),
     'encode_64_by_chunk': encode_chunks,
     'search_after_adds': milliseconds(search_after),
+    'search_only_clients': searching,
     'mixed_clients': mixed,
     'documents_at_start': retriever.num_docs - total + mixed_ops,
     'embedding_rows_at_start': start_rows,

@@ -136,7 +136,11 @@ class TermSets:
   def appended(self, token_lists: Iterable[Sequence[int]]) -> "TermSets":
     """New documents' rows after these, from the frozen statistics."""
     rows = [term_set(t, self.stats, self.max_terms) for t in token_lists]
-    stacked = _stacked([*self.rows(), *rows], self.stats, self.max_terms)
+    return self.with_rows([*self.rows(), *rows])
+
+  def with_rows(self, rows) -> "TermSets":
+    """These statistics and folding over other rows [(terms, impacts)]."""
+    stacked = _stacked(rows, self.stats, self.max_terms)
     return dataclasses.replace(
       self, terms=stacked.terms, impacts=stacked.impacts
     )

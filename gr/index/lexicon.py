@@ -97,10 +97,12 @@ def _fold_pieces(classes, ids, pieces, language: str) -> dict[str, int]:
 
 @functools.lru_cache(maxsize=8)
 def continuation_pieces(vocab) -> np.ndarray:
-  """[base_size] bool: the pieces that continue a word ('##ing'; a
-  sentencepiece piece without the word mark). Read-only."""
-  pieces = vocab.word_pieces(np.arange(vocab.base_size))
-  out = np.array([p.startswith("##") for p in pieces], bool)
+  """[base_size] bool: the text pieces that continue a word ('##ing'; a
+  sentencepiece piece without the word mark); specials (PAD, EOS, [SEP])
+  never do. Read-only."""
+  ids = vocab.text_token_ids()
+  out = np.zeros(vocab.base_size, bool)
+  out[ids] = [p.startswith("##") for p in vocab.word_pieces(ids)]
   out.flags.writeable = False
   return out
 

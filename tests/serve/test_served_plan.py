@@ -62,7 +62,9 @@ def _build(work, *, term_sets: bool) -> str:
     bert_dir, corpus, table, index_dir, INPUT_LENGTH
   )
   if term_sets:
-    lexicon.saved_term_sets(index, corpus, index_dir, language="english")
+    lexicon.saved_term_sets(
+      index, corpus, index_dir, language="english", words=True
+    )
   served_runs.save_run(
     work,
     model,
@@ -200,17 +202,16 @@ def test_online_adds_found_deletes_gone_and_a_restart(runs, tmp_path, weight):
 def searcher_over(r, run: str, weight: float) -> retrieval.Searcher:
   """A Searcher over `r`'s current index whose term sets are the
   checkpoint's rows and, for documents added online, TermSets.appended
-  over their bodies (lexicon.document_terms: build_term_sets' folding)."""
+  over their bodies (folded as build_term_sets folded them)."""
   trained = serving.load_checkpoint(os.path.join(run, "model"))[2]
   sets = term_sets_lib.TermSets.load(
     index_lib.current_version_dir(os.path.join(run, "index"))
   )
   rows = dict(zip(trained.doc_ids, sets.rows()))
-  terms = lexicon.document_terms(r.index.vocab, list(NEW.values()), "english")
+  folding = lexicon.folding(r.index.vocab, sets)
+  terms = folding.text_terms(r.index.vocab, list(NEW.values()))
   rows.update(zip(NEW, sets.appended(terms).rows()[len(sets) :]))
-  current = term_sets_lib._stacked(  # pylint: disable=protected-access
-    [rows[d] for d in r.index.doc_ids], sets.stats, sets.max_terms, "english"
-  )
+  current = sets.with_rows([rows[d] for d in r.index.doc_ids])
   return served_runs.searcher_of(
     r, CONFIG, INPUT_LENGTH, term_sets=current, lexical_weight=weight
   )

@@ -128,14 +128,12 @@ def run_experiment(
   (`encoder_cache_dir`, default workdir/encoder_cache, shared by runs that
   differ in rates or training) and the results add a dense baseline.
   train_steps = 0 evaluates the initial model. lexical_weights,
-  selection_split, term_set_size, term_language, term_words (a word of
-  several pieces is one term), plan_in_training: the lexical plan
-  (`LexicalSelection`, `ExperimentTrainer`); no weights, no plan.
-  early_stopping: the run's result is its step best on dev (0 or a kept
-  checkpoint: bind train.checkpoint_every, train.keep_checkpoints).
-  term_weight_head: after training, the plan's query-token weights are
-  trained on top of the frozen model and kept if dev improves
-  (gr/experiments/lexical_head.py; None: every token weighs 1).
+  selection_split, term_set_size, term_language, term_words,
+  plan_in_training: the lexical plan (`LexicalSelection`,
+  `ExperimentTrainer`); no weights, no plan. early_stopping: the run's
+  result is its best step on dev (bind train.checkpoint_every).
+  term_weight_head: the plan's query-token weights trained on top of the
+  frozen model, kept if dev improves (gr/experiments/lexical_head.py).
   stream_above_docs: more documents stream tasks from workdir/examples.
   embeddings_file: a user's .npz of ids and vectors that semantic / rq
   docids quantise instead of embedding here (gr/data/embeddings_file.py).
@@ -223,6 +221,7 @@ class ExperimentTrainer:
   """run_experiment's training step (index_and_train's `train`) and its
   evaluation: the model config and term sets saved before training (so
   every checkpoint's artifact has them), then the gin-bound train().
+  term_words: a word of several pieces is one term (lexicon.word_folding).
   plan_in_training: the plan's weight is chosen at step 0 too, and
   training adds that plan's first-token bonus to the logits (the model
   learns on top of the plan, `plan_bias_transform`). early_stopping: every

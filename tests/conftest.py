@@ -33,3 +33,15 @@ def pytest_collection_modifyitems(items):
   for item in items:
     if item.nodeid in CRASH_TESTS:
       item.add_marker(pytest.mark.crash)
+
+
+@pytest.fixture(scope="session")
+def wordpiece_vocab():
+  """The real MiniLM WordPiece vocabulary (shipped offline)."""
+  from gr.index import wordpiece  # pylint: disable=g-import-not-at-top
+  from gr.model import embed  # pylint: disable=g-import-not-at-top
+  from gr.model import pretrained  # pylint: disable=g-import-not-at-top
+
+  return wordpiece.WordPieceVocabulary(
+    pretrained.tokenizer_path(embed.default_model_dir())
+  )

@@ -111,18 +111,6 @@ SENTENCES = (
 )
 
 
-@pytest.fixture(scope="module")
-def wordpiece_vocab():
-  """The real MiniLM WordPiece vocabulary (shipped offline)."""
-  from gr.index import wordpiece
-  from gr.model import embed
-  from gr.model import pretrained
-
-  return wordpiece.WordPieceVocabulary(
-    pretrained.tokenizer_path(embed.default_model_dir())
-  )
-
-
 def test_english_term_sets_score_as_bm25s_with_stemmer_and_stopwords(
   wordpiece_vocab,
 ):

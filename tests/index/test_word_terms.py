@@ -5,7 +5,6 @@ bm25s over whole words, and new words keeping their pieces."""
 import bm25s
 import jax.numpy as jnp
 import numpy as np
-import pytest
 import Stemmer
 
 from gr.docids import term_sets as term_sets_lib
@@ -29,18 +28,6 @@ QUERIES = (
   "cryptocurrency regulators in the harbor",
   "entropy",
 )
-
-
-@pytest.fixture(scope="module")
-def wordpiece_vocab():
-  """The real MiniLM WordPiece vocabulary (shipped offline)."""
-  from gr.index import wordpiece
-  from gr.model import embed
-  from gr.model import pretrained
-
-  return wordpiece.WordPieceVocabulary(
-    pretrained.tokenizer_path(embed.default_model_dir())
-  )
 
 
 def _folding(vocab):

@@ -9,13 +9,13 @@ cycles stop growing the vocabulary, and a restart replays the same table.
 
 import dataclasses
 
-import numpy as np
 
 from gr.data import beir
 from gr.docids import multi
 from gr.serve import retriever as serving
 
 from tests.serve import test_serving as run_helpers
+from tests.support import online_cycles
 
 PARTS = (
   {"scheme": "atomic"},
@@ -56,20 +56,10 @@ def test_add_delete_cycles_reuse_tokens_and_a_restart(tmp_path):
   )
   config = dataclasses.replace(run_helpers.CONFIG, max_k=32, buckets=(1,))
   r = serving.Retriever.from_checkpoint(model_dir, config=config)
-  rng = np.random.default_rng(3)
   new = run_helpers.synthetic_corpus(30, prefix="cyc")
   try:
     tokens = len(r.index.vocab.docid_tokens)
-    reused = 0
-    for doc in new.values():
-      before = r.index.table
-      r.add_documents([doc])
-      reused += len(r.index.table.released_from(before))
-      live = sorted(r.index.doc_ids)
-      doomed = (
-        doc.doc_id if rng.random() < 0.5 else live[rng.integers(len(live))]
-      )
-      r.delete_document(doomed)
+    reused = online_cycles.add_delete_cycles(r, new, seed=3)
     # A deleted token was free at every add but the first.
     assert reused == len(new) - 1
     assert len(r.index.vocab.docid_tokens) == tokens + 1

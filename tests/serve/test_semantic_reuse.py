@@ -19,6 +19,7 @@ from gr.docids import semantic
 from gr.serve import retriever as serving
 
 from tests.serve import test_serving as run_helpers
+from tests.support import online_cycles
 
 
 def clustered(n_per: int, seed: int = 0) -> np.ndarray:
@@ -91,20 +92,10 @@ def test_add_delete_cycles_reuse_node_tokens_and_a_restart(tmp_path):
   )
   config = dataclasses.replace(run_helpers.CONFIG, max_k=48, buckets=(1,))
   r = serving.Retriever.from_checkpoint(model_dir, config=config)
-  rng = np.random.default_rng(7)
   new = run_helpers.synthetic_corpus(40, prefix="cyc")
   try:
     tokens = len(r.index.vocab.docid_tokens)
-    reused = 0
-    for doc in new.values():
-      before = r.index.table
-      r.add_documents([doc])
-      reused += len(r.index.table.released_from(before))
-      live = sorted(r.index.doc_ids)
-      doomed = (
-        doc.doc_id if rng.random() < 0.5 else live[rng.integers(len(live))]
-      )
-      r.delete_document(doomed)
+    reused = online_cycles.add_delete_cycles(r, new, seed=7)
     assert reused >= 10
     assert len(r.index.vocab.docid_tokens) == tokens + len(new) - reused
     found = {h.doc_id for h in r.retrieve(["apple banana"], 48)[0]}

@@ -15,7 +15,11 @@ client, so that the load generator costs little of the shared CPUs). Every
 level is bounded by --requests and --max_seconds. The served index is a
 temporary copy seeded from the checkpoint's artifact: nothing is changed.
 Writes throughput and p50/p99 latency per level as JSON, and prints the
-service's fraction of in-process throughput at each level.
+service's fraction of in-process throughput at each level, and the model's
+FLOPs per query (gr/search/flops.py: the padded query the service encodes,
+the decoder steps of the longest docid + EOS, full output layer as served
+and the sparse one over the docid tokens + EOS) beside this CPU's measured
+fp32 matmul peak (1024^3, best of 5) and the fraction of it achieved.
 """
 
 import asyncio
@@ -34,6 +38,7 @@ from absl import logging
 import numpy as np
 
 from gr import bench_env
+from gr.search import flops
 from gr.serve import microbatch
 from gr import entry
 
@@ -184,9 +189,12 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
 
   load_before = bench_env.machine_load('before')
+  peak = bench_env.matmul_peak_gflops(size=1024)
+  print(f'fp32 matmul peak (1024^3, best of 5): {peak:.1f} GFLOP/s')
   candidates = tuple(int(b) for b in _CANDIDATES.value)
   probe = retriever_for(serving, candidates)
   measured = in_process_throughput(probe)
+  counts = query_flops(probe)
   probe.close()
   buckets = (
     tuple(int(b) for b in _BUCKETS.value)
@@ -217,16 +225,61 @@ def main(argv):
   best = max(measured.values())
   for level in result['service']:
     level['fraction_of_in_process'] = level['queries_per_s'] / best
+  result['flops'] = {
+    name: {**count, **flops.roofline(count['total'], peak, best)}
+    for name, count in counts.items()
+  }
   with open(_OUT.value, 'w') as f:
     json.dump(result, f, indent=1)
   print(json.dumps(result, indent=1))
   print(f'in-process best {best:.1f} q/s; buckets {buckets}')
+  for name, r in result['flops'].items():
+    print(
+      f"{name}: {r['gflop_per_query']:.3f} GFLOP/query (encoder "
+      f"{r['encoder'] / 1e9:.3f}, output layer {r['output_layer'] / 1e9:.3f});"
+      f" at {best:.1f} q/s {r['achieved_gflops']:.1f} GFLOP/s = "
+      f"{r['fraction_of_peak']:.2f} of the {peak:.1f} peak (ceiling "
+      f"{r['ceiling_qps']:.0f} q/s)"
+    )
   for level in result['service']:
     print(
       f"{level['clients']:>3} clients: {level['queries_per_s']:.1f} q/s = "
       f"{level['fraction_of_in_process']:.2f} of in-process, p50 "
       f"{level['p50_ms']:.1f} ms, p99 {level['p99_ms']:.1f} ms"
     )
+
+
+def query_flops(retriever) -> dict[str, dict]:
+  """FLOPs per query of the served model: as served (full output layer,
+  the query padded to input_length) and with the sparse output layer over
+  the docid tokens + EOS; steps = the longest docid + EOS."""
+  live = retriever._live  # pylint: disable=protected-access
+  index, search = live.index, retriever.config
+  docids = [
+    index.vocab.encode_docid(d)
+    for ids in index.table.docids_of.values()
+    for d in ids
+  ]
+  common = dict(
+    input_tokens=retriever.input_length,
+    beam_size=search.beam_size or search.max_k,
+    steps=max(len(d) for d in docids) + 1,
+    cache_len=retriever.max_decode_len,
+  )
+  config = retriever.model.config
+  rows = len({t for d in docids for t in d}) + 1
+  return {
+    'full_output': {
+      **flops.query_flops(config, **common).as_dict(),
+      **common,
+      'output_rows': config.decoder.vocab_size,
+    },
+    'sparse_output': {
+      **flops.query_flops(config, **common, output_rows=rows).as_dict(),
+      **common,
+      'output_rows': rows,
+    },
+  }
 
 
 def retriever_for(serving, buckets):

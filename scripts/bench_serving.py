@@ -56,6 +56,14 @@ _CANDIDATES = flags.DEFINE_list(
 _BUCKETS = flags.DEFINE_list(
   'buckets', None, 'Service buckets (default: chosen from the candidates).'
 )
+_PROFILE = flags.DEFINE_integer(
+  'profile_batch',
+  0,
+  'Instead of the load bench: time the parts of one in-process search of a '
+  'batch this size (retrieve, the jitted search, the encoder; at the '
+  'served input_length and at 16 tokens; without the plan, full and sparse '
+  'output) and write them to --out.',
+)
 _CLIENT_URL = flags.DEFINE_string('client_url', None, 'Internal: client mode.')
 _CLIENT_N = flags.DEFINE_integer('client_n', 1, 'Internal: client tasks.')
 
@@ -188,6 +196,9 @@ def main(argv):
   from gr.serve import retriever as serving  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
 
+  if _PROFILE.value:
+    profile(serving, _PROFILE.value)
+    return
   load_before = bench_env.machine_load('before')
   peak = bench_env.matmul_peak_gflops(size=1024)
   print(f'fp32 matmul peak (1024^3, best of 5): {peak:.1f} GFLOP/s')
@@ -280,6 +291,69 @@ def query_flops(retriever) -> dict[str, dict]:
       'output_rows': rows,
     },
   }
+
+
+def _best_ms(fn, reps: int = 7) -> list[float]:
+  """[best, median] ms of `reps` runs of fn after one warm-up."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append((time.perf_counter() - start) * 1e3)
+  return [min(times), float(np.median(times))]
+
+
+def profile(serving, batch: int) -> None:
+  """Where one served batch's time goes (see --profile_batch)."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from gr.index import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  from gr.search import retrieval  # pylint: disable=g-import-not-at-top
+
+  result = {'batch': batch, 'load': [bench_env.machine_load('before')]}
+  retriever = retriever_for(serving, (batch,))
+  live = retriever._live  # pylint: disable=protected-access
+  texts = queries(batch)
+  tokens = vocab_lib.encode_texts(
+    live.index.vocab, texts, retriever.input_length
+  )
+  short = tokens[:, :16]
+  encode = jax.jit(retriever.model.encode)
+  times = {
+    'retrieve': _best_ms(lambda: retriever.retrieve(texts, _K.value)),
+    f'search_{tokens.shape[1]}': _best_ms(lambda: live.found(tokens)),
+    f'encoder_{tokens.shape[1]}': _best_ms(lambda: encode(live.params, tokens)),
+    'search_16': _best_ms(lambda: live.found(short)),
+    'encoder_16': _best_ms(lambda: encode(live.params, short)),
+  }
+  full, cut = live.found(tokens), live.found(short)
+  result['same_documents_16'] = bool(
+    np.array_equal(np.asarray(full.documents), np.asarray(cut.documents))
+  )
+  search = retrieval.fit_to_index(
+    retriever.config.search_config(retriever.max_decode_len), live.index
+  )
+  for sparse in (False, True):
+    fn = retrieval.make_search_fn(
+      retriever.model, dataclasses.replace(search, sparse_output=sparse)
+    )
+    times[f'no_plan_sparse_{sparse}_16'] = _best_ms(
+      lambda fn=fn: fn(live.params, short, live.trie_arrays)
+    )
+    result[f'no_plan_sparse_{sparse}_documents'] = np.asarray(
+      fn(live.params, short, live.trie_arrays).documents
+    ).tolist()
+  retriever.close()
+  result['ms_best_median'] = times
+  result['load'].append(bench_env.machine_load('after'))
+  with open(_OUT.value, 'w') as f:
+    json.dump(result, f, indent=1)
+  for name, (low, median) in times.items():
+    print(f'{name:>28}: {low:8.1f} ms best, {median:8.1f} median')
+  print(f"same documents at 16 tokens: {result['same_documents_16']}")
 
 
 def retriever_for(serving, buckets):

@@ -327,6 +327,13 @@ class LiveIndex:
   def max_batch(self) -> int:
     return self.config.max_batch
 
+  @property
+  def input_lengths(self) -> tuple[int, ...]:
+    """The query lengths searched (retrieval.input_bucket's, up to the
+    run's input length): each batch bucket is compiled at each."""
+    lengths = [b for b in retrieval.INPUT_BUCKETS if b < self.input_length]
+    return (*lengths, self.input_length)
+
   def warm_up(self, live: Optional[LiveState] = None) -> None:
     """Compiles (or checks compiled) every bucket for `live`'s shapes (with
     None, the live state's, and the document encoder of online adds), and,
@@ -342,8 +349,9 @@ class LiveIndex:
       if live.plan is not None:
         served_plan.warm_up_scatters(live.plan)
     for bucket in self._buckets:
-      tokens = np.zeros((bucket, self.input_length), np.int32)
-      jax.block_until_ready(live.found(tokens))
+      for length in self.input_lengths:
+        tokens = np.zeros((bucket, length), np.int32)
+        jax.block_until_ready(live.found(tokens))
 
   def document(self, doc_id: str) -> StoredDocument:
     """What the index holds for `doc_id`: its docids, title and text, and

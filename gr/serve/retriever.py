@@ -24,6 +24,7 @@ import numpy as np
 from gr import batching
 from gr.index import artifact as index_lib
 from gr.index import vocab as vocab_lib
+from gr.search import retrieval
 from gr.serve import served_run
 from gr.serve.live_state import (  # noqa: F401 (re-exported)
   DEFAULT_CONFIG,
@@ -178,12 +179,16 @@ class Retriever(ServedIndex):
     """[n, Li] -> (the live state searched, (slots, scores [n, max_k],
     docids [n, max_k, D, L])).
 
-    Padded to a bucket; docids are each slot's docid tokens found, best
-    first (all PAD rows after the last). The search is dispatched under the
-    dispatch lock, so an update cannot donate the trie arrays it reads.
+    Padded to a batch bucket and cut to a length bucket
+    (retrieval.input_bucket, as the Searcher cuts); docids are each slot's
+    docid tokens found, best first (all PAD rows after the last). The
+    search is dispatched under the dispatch lock, so an update cannot
+    donate the trie arrays it reads.
     """
     n = tokens.shape[0]
-    padded = batching.pad_rows(tokens, self.bucket_for(n))  # [bucket, Li]
+    length = retrieval.input_bucket(tokens, tokens.shape[1])
+    # --> [bucket, length]: the padding past the longest query is not encoded
+    padded = batching.pad_rows(tokens[:, :length], self.bucket_for(n))
     with self._dispatch_lock:
       live = self._live
       found = live.found(padded)

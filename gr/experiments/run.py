@@ -395,10 +395,13 @@ class ExperimentTrainer:
       "setup_seconds": round(run.start.seconds, 1),
       "total_seconds": round(time.time() - started, 1),
     }
+    steps = f"{self.train_steps} steps"
+    if self.chosen_step is not None:
+      steps += f", step {self.chosen_step} chosen on dev"
     print(
       evaluation.format_results(
         {k: v for k, v in results.items() if "/" in k},
-        f"{scheme} docids, {self.train_steps} steps, {name} "
+        f"{scheme} docids, {steps}, {name} "
         f"({len(self.dataset.corpus)} documents) {self.plan.eval_split}",
       )
     )

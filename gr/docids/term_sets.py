@@ -37,6 +37,18 @@ from gr import atomic_io
 
 FORMAT = "gr.term_sets.v1"
 SENTINEL = 0xFFFFFFFF  # the word table's last code (gr/index/word_terms.py)
+
+
+def empty_word_codes() -> np.ndarray:
+  """[1] uint32: a word table of no words (the sentinel alone)."""
+  return np.array([SENTINEL], np.uint32)
+
+
+def empty_word_terms() -> np.ndarray:
+  """[1] int32: the sentinel's term, none."""
+  return np.zeros(1, np.int32)
+
+
 FILE_NAME = "term_sets.npz"
 
 
@@ -110,15 +122,10 @@ class TermSets:
   language: str = ""  # how text was folded to terms ('' = pieces as is)
   # The frozen whole-word table (gr/index/word_terms.py): codes [W] uint32
   # sorted, terms [W] int32, and the buckets of other words (the last
-  # word_buckets term ids); None and 0 = pieces as terms.
-  word_codes: Optional[np.ndarray] = None
-  word_terms: Optional[np.ndarray] = None
+  # word_buckets term ids); the empty table and 0 = pieces as terms.
+  word_codes: np.ndarray = dataclasses.field(default_factory=empty_word_codes)
+  word_terms: np.ndarray = dataclasses.field(default_factory=empty_word_terms)
   word_buckets: int = 0
-
-  def __post_init__(self):
-    if self.word_codes is None:
-      object.__setattr__(self, "word_codes", np.array([SENTINEL], np.uint32))
-      object.__setattr__(self, "word_terms", np.zeros(1, np.int32))
 
   def __len__(self) -> int:
     return len(self.terms)

@@ -91,8 +91,9 @@ def _fold_pieces(classes, ids, pieces, language: str) -> dict[str, int]:
     if word.startswith("##") or not word.isalpha():
       classes[i] = first.setdefault(piece, i)
     elif word not in stopwords:
-      classes[i] = stems[word] = first.setdefault(stemmer.stemWord(word), i)
-  return {stemmer.stemWord(w): c for w, c in stems.items()}
+      stem = stemmer.stemWord(word)
+      classes[i] = stems[stem] = first.setdefault(stem, i)
+  return stems
 
 
 @functools.lru_cache(maxsize=8)
@@ -134,11 +135,19 @@ class TermFolding:
     """Each text's terms: its whole (untrimmed) encoder input folded, in
     order (`vocab`: any version of the vocabulary the folding was made
     for; they share the text ids)."""
+    return self.token_terms(encoded_texts(vocab, texts))
+
+  def token_terms(self, token_lists) -> list[list[int]]:
+    """Each token list's ([L] ids) terms, in order."""
     out = []
-    for text in texts:
-      terms = self.terms(vocab.encode_inputs(text, 1 << 30))
-      out.append([int(t) for t in terms if t])
+    for tokens in token_lists:
+      out.append([int(t) for t in self.terms(tokens) if t])
     return out
+
+
+def encoded_texts(vocab, texts: Sequence[str]) -> list[list[int]]:
+  """Each text's whole (untrimmed) encoder input ids."""
+  return [vocab.encode_inputs(text, 1 << 30) for text in texts]
 
 
 def folding(vocab, term_sets: term_sets_lib.TermSets) -> TermFolding:
@@ -154,11 +163,9 @@ def folding(vocab, term_sets: term_sets_lib.TermSets) -> TermFolding:
   )
 
 
-def word_folding(
-  vocab, texts: Sequence[str], language: str = ""
-) -> TermFolding:
+def word_folding(vocab, token_lists, language: str = "") -> TermFolding:
   """A folding with every word of several pieces as one term: for the
-  words of `texts`, its stem with a language (the class of a one-piece
+  words of `token_lists` (`encoded_texts`), its stem with a language (the class of a one-piece
   word of that stem, or a new id from base_size on), its spelling
   without; for other words, a bucket by its spelling (`word_terms`)."""
   language = check_language(language)
@@ -178,7 +185,7 @@ def word_folding(
     return new.setdefault(fold, vocab.base_size + len(new))
 
   codes, terms = word_terms.build_table(
-    [vocab.encode_inputs(t, 1 << 30) for t in texts],
+    token_lists,
     continuation,
     lambda ids: "".join(p.removeprefix("##") for p in vocab.word_pieces(ids)),
     term_of,
@@ -195,12 +202,11 @@ def word_folding(
 
 def piece_folding(vocab, language: str = "") -> TermFolding:
   """The folding of pieces as terms (no word table)."""
-  codes, terms = word_terms.empty_table()
   return TermFolding(
     classes=term_classes(vocab, language)[: vocab.base_size],
     continuation=continuation_pieces(vocab),
-    word_codes=codes,
-    word_terms=terms,
+    word_codes=term_sets_lib.empty_word_codes(),
+    word_terms=term_sets_lib.empty_word_terms(),
     num_terms=vocab.base_size,
   )
 
@@ -247,14 +253,14 @@ def build_term_sets(
       f"build_term_sets: {len(missing)} indexed documents are not in the "
       f"corpus, e.g. {missing[0]!r}"
     )
-  texts = [corpus[d].text for d in index.doc_ids]
   vocab = index.vocab
+  tokens = encoded_texts(vocab, [corpus[d].text for d in index.doc_ids])
   if words:
-    fold = word_folding(vocab, texts, language)
+    fold = word_folding(vocab, tokens, language)
   else:
     fold = piece_folding(vocab, language)
   return term_sets_lib.build_term_sets(
-    fold.text_terms(vocab, texts),
+    fold.token_terms(tokens),
     fold.num_terms,
     max_terms=max_terms,
     language=language,

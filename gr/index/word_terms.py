@@ -30,10 +30,12 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from gr.docids import term_sets as term_sets_lib
+
 MAX_PIECES = 8
 WORD_BUCKETS = 1 << 14
 _MULTIPLIER = np.uint32(16777619)  # FNV-1's prime
-SENTINEL = np.uint32(0xFFFFFFFF)
+SENTINEL = np.uint32(term_sets_lib.SENTINEL)
 
 
 def _shifted(xp, x, j: int, fill):
@@ -97,11 +99,6 @@ def fold(
   return xp.where(in_word, word, pieces).astype(xp.int32)
 
 
-def empty_table() -> tuple[np.ndarray, np.ndarray]:
-  """The table of no words: (codes [1] uint32, terms [1] int32)."""
-  return np.array([SENTINEL], np.uint32), np.zeros(1, np.int32)
-
-
 def build_table(
   token_lists: Sequence[np.ndarray],
   continuation: np.ndarray,
@@ -131,8 +128,7 @@ def build_table(
         table[code] = term
   codes = np.array(sorted(table), np.uint32)
   terms = np.array([table[c] for c in sorted(table)], np.int32)
-  sentinel_codes, sentinel_terms = empty_table()
   return (
-    np.concatenate([codes, sentinel_codes]),
-    np.concatenate([terms, sentinel_terms]),
+    np.concatenate([codes, term_sets_lib.empty_word_codes()]),
+    np.concatenate([terms, term_sets_lib.empty_word_terms()]),
   )

@@ -3,8 +3,9 @@ and each document's score as the weighted sum over its term set.
 
 Query side: weight[v] = the summed weights of the query's tokens whose
 term is v (gr/index/lexicon.py folds tokens to terms: stems, no stopwords
-or specials, optionally a word of several pieces as one term). Each token's weight comes from the model's `TermWeightHead`
-over its encoder state, exp(state . kernel + bias), and is 1 without a
+or specials, optionally a word of several pieces as one term). Each
+token's weight comes from the model's `TermWeightHead` over its encoder
+state, exp(state . kernel + bias), and is 1 without a
 head or at the head's zero start: then weight[v] = occurrences of v, BM25's
 query-side factor (the document side carries idf, gr/docids/term_sets.py),
 and the plan is BM25 over each document's term set. The head is trained
@@ -56,14 +57,17 @@ class LexicalIndex:
   word_buckets: int = flax.struct.field(pytree_node=False, default=0)
 
 
-def folding_arrays(folding) -> dict:
-  """The device arrays of a gr/index/lexicon.TermFolding, as
-  `LexicalIndex` fields (term_of, continuation, word_codes, word_terms)."""
+def folding_fields(folding) -> dict:
+  """A gr/index/lexicon.TermFolding as `LexicalIndex` fields: its device
+  arrays (term_of, continuation, word_codes, word_terms) and sizes
+  (num_terms, word_buckets)."""
   return {
     "term_of": jnp.asarray(folding.classes, jnp.int32),
     "continuation": jnp.asarray(folding.continuation, bool),
     "word_codes": jnp.asarray(folding.word_codes, jnp.uint32),
     "word_terms": jnp.asarray(folding.word_terms, jnp.int32),
+    "num_terms": folding.num_terms,
+    "word_buckets": folding.word_buckets,
   }
 
 
@@ -76,9 +80,7 @@ def lexical_index(term_sets, folding) -> LexicalIndex:
     impacts=jnp.asarray(impacts),
     documents=jnp.asarray(documents),
     num_documents=len(term_sets),
-    num_terms=folding.num_terms,
-    word_buckets=folding.word_buckets,
-    **folding_arrays(folding),
+    **folding_fields(folding),
   )
 
 

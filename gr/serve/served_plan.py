@@ -135,7 +135,7 @@ class ServedPlan:
     self.term_sets = term_sets
     self.sequence_length = sequence_length
     self._folding = lexicon.folding(vocab, term_sets)  # docid ids: none
-    self._folding_arrays = lexical_lib.folding_arrays(self._folding)
+    self._folding_fields = lexical_lib.folding_fields(self._folding)
     self._sets: dict[str, TermSet] = dict(
       zip(trained_doc_ids, term_sets.rows())
     )
@@ -233,9 +233,7 @@ class ServedPlan:
       impacts=jnp.asarray(host["impacts"]),
       documents=jnp.asarray(host["entry_documents"]),
       num_documents=n_cap,
-      num_terms=self._folding.num_terms,
-      word_buckets=self._folding.word_buckets,
-      **self._folding_arrays,
+      **self._folding_fields,
     )
     return plan_lib.LexicalPlan(
       lexical=lexical,

@@ -31,7 +31,8 @@ QUERIES = (
 
 
 def _folding(vocab):
-  return lexicon.word_folding(vocab, SENTENCES, "english")
+  tokens = lexicon.encoded_texts(vocab, SENTENCES)
+  return lexicon.word_folding(vocab, tokens, "english")
 
 
 def test_fold_is_the_same_in_numpy_and_jax(wordpiece_vocab):

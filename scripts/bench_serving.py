@@ -48,6 +48,12 @@ _CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'orbax model_dir.')
 _OUT = flags.DEFINE_string('out', '/tmp/bench_serving.json', 'JSON output.')
 _CLIENTS = flags.DEFINE_list('clients', ['1', '8', '32'], 'Concurrency levels.')
 _REQUESTS = flags.DEFINE_integer('requests', 400, 'Requests per level (max).')
+_SPARSE_OUTPUT = flags.DEFINE_boolean(
+  'sparse_output',
+  None,
+  'Serve with the sparse output layer (on/off); unset: as the run recorded '
+  "it (model_config.json's scoring).",
+)
 _MAX_SECONDS = flags.DEFINE_float('max_seconds', 60, 'Time per level (max).')
 _K = flags.DEFINE_integer('k', 10, 'Results per query.')
 _CANDIDATES = flags.DEFINE_list(
@@ -206,6 +212,9 @@ def main(argv):
   probe = retriever_for(serving, candidates)
   measured = in_process_throughput(probe)
   counts = query_flops(probe)
+  served_output = (
+    'sparse_output' if probe.config.sparse_output else 'full_output'
+  )
   probe.close()
   buckets = (
     tuple(int(b) for b in _BUCKETS.value)
@@ -240,13 +249,15 @@ def main(argv):
     name: {**count, **flops.roofline(count['total'], peak, best)}
     for name, count in counts.items()
   }
+  result['served_output'] = served_output
   with open(_OUT.value, 'w') as f:
     json.dump(result, f, indent=1)
   print(json.dumps(result, indent=1))
   print(f'in-process best {best:.1f} q/s; buckets {buckets}')
   for name, r in result['flops'].items():
+    served = ' (served)' if name == served_output else ''
     print(
-      f"{name}: {r['gflop_per_query']:.3f} GFLOP/query (encoder "
+      f"{name}{served}, {r['input_tokens']} tokens: {r['gflop_per_query']:.3f} GFLOP/query (encoder "
       f"{r['encoder'] / 1e9:.3f}, output layer {r['output_layer'] / 1e9:.3f});"
       f" at {best:.1f} q/s {r['achieved_gflops']:.1f} GFLOP/s = "
       f"{r['fraction_of_peak']:.2f} of the {peak:.1f} peak (ceiling "
@@ -260,10 +271,24 @@ def main(argv):
     )
 
 
+def served_length(retriever, texts: list[str]) -> int:
+  """The length the service pads `texts` to: the input bucket of their
+  longest (gr/search/retrieval.py `input_bucket`, as Retriever cuts each
+  batch), at most the run's input_length."""
+  from gr.index import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  from gr.search import retrieval  # pylint: disable=g-import-not-at-top
+
+  length = retriever.input_length
+  vocab = retriever._live.index.vocab  # pylint: disable=protected-access
+  tokens = vocab_lib.encode_texts(vocab, texts, length)
+  return retrieval.input_bucket(tokens, length)
+
+
 def query_flops(retriever) -> dict[str, dict]:
-  """FLOPs per query of the served model: as served (full output layer,
-  the query padded to input_length) and with the sparse output layer over
-  the docid tokens + EOS; steps = the longest docid + EOS."""
+  """FLOPs per query of the served model, the query padded to the input
+  bucket of the bench's queries, with the full output layer and with the
+  sparse one over the docid tokens + EOS (the run's scoring says which is
+  served); steps = the longest docid + EOS."""
   live = retriever._live  # pylint: disable=protected-access
   index, search = live.index, retriever.config
   docids = [
@@ -272,7 +297,7 @@ def query_flops(retriever) -> dict[str, dict]:
     for d in ids
   ]
   common = dict(
-    input_tokens=retriever.input_length,
+    input_tokens=served_length(retriever, queries(_REQUESTS.value)),
     beam_size=search.beam_size or search.max_k,
     steps=max(len(d) for d in docids) + 1,
     cache_len=retriever.max_decode_len,
@@ -329,6 +354,16 @@ def profile(serving, batch: int) -> None:
     'search_16': _best_ms(lambda: live.found(short)),
     'encoder_16': _best_ms(lambda: encode(live.params, short)),
   }
+  if live.plan is not None:  # the plan's parts alone, at 16 tokens
+    states = encode(live.params, short)
+    scores = jax.jit(lambda plan, t, s: plan.document_scores(t, s))
+    potential = jax.jit(lambda plan, a, t, s: plan.potential(a, t, s))
+    times['plan_document_scores_16'] = _best_ms(
+      lambda: scores(live.plan, short, states)
+    )
+    times['plan_potential_16'] = _best_ms(
+      lambda: potential(live.plan, live.trie_arrays, short, states)
+    )
   full, cut = live.found(tokens), live.found(short)
   result['same_documents_16'] = bool(
     np.array_equal(np.asarray(full.documents), np.asarray(cut.documents))
@@ -362,7 +397,11 @@ def retriever_for(serving, buckets):
   retriever = serving.Retriever.from_checkpoint(
     _CHECKPOINT.value,
     index_dir=tempfile.mkdtemp(prefix='bench_index'),
-    config=serving.ServingConfig(max_k=max(10, _K.value), buckets=buckets),
+    config=serving.ServingConfig(
+      max_k=max(10, _K.value),
+      buckets=buckets,
+      sparse_output=_SPARSE_OUTPUT.value,
+    ),
   )
   retriever.warm_up()
   return retriever

@@ -71,11 +71,18 @@ _LEXICAL_WEIGHT = flags.DEFINE_float(
 )
 _SCORE_MODE = flags.DEFINE_enum(
   'score_mode',
-  'log_probs',
+  None,
   ['log_probs', 'logits'],
-  'How a docid scores, as the run was evaluated (retrieval.SearchConfig.'
-  'score_mode): summed log-probs, or summed raw logits for RQ runs '
-  '(configs/news_rq_minilm.gin). The run does not record it.',
+  'How a docid scores (retrieval.SearchConfig.score_mode): summed '
+  'log-probs, or summed raw logits for RQ runs (configs/news_rq_minilm.gin). '
+  "Unset: as the run recorded it (model_config.json's scoring), else "
+  'log_probs.',
+)
+_SPARSE_OUTPUT = flags.DEFINE_boolean(
+  'sparse_output',
+  None,
+  'Logits only for the docid tokens the trie allows (retrieval.SearchConfig.'
+  'sparse_output). Unset: as the run recorded it, else off.',
 )
 _MAX_WAIT_MS = flags.DEFINE_float(
   'max_wait_ms', 2.0, 'Micro-batching wait for a fuller batch.'
@@ -110,6 +117,7 @@ def main(argv):
     buckets=tuple(int(b) for b in _BUCKETS.value),
     max_wait_ms=_MAX_WAIT_MS.value,
     score_mode=_SCORE_MODE.value,
+    sparse_output=_SPARSE_OUTPUT.value,
   )
   retriever = serving.Retriever.from_checkpoint(
     _CHECKPOINT.value,

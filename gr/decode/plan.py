@@ -54,14 +54,19 @@ def node_potentials(
   sequences: jax.Array,
   documents: jax.Array,
   document_scores: jax.Array,
+  leaves_only: bool = False,
 ) -> jax.Array:
   """Best document score beneath each node: [B, C] (0 where none).
 
   sequences [S, L] the docids, documents [S] the document of each (-1 =
-  padding row), document_scores [B, N] >= 0.
+  padding row), document_scores [B, N] >= 0. leaves_only: only each
+  docid's last node (its EOS) holds its score, every other node 0.
   """
   paths = docid_paths(arrays, sequences)  # [S, L]
   paths = jnp.where(documents[:, None] >= 0, paths, -1)
+  if leaves_only:
+    last = jnp.sum(paths >= 0, axis=1, keepdims=True) - 1  # [S, 1]
+    paths = jnp.where(jnp.arange(paths.shape[1]) == last, paths, -1)
   scores = document_scores[:, jnp.maximum(documents, 0)]  # [B, S]
   scores = jnp.broadcast_to(scores[:, :, None], scores.shape + paths.shape[1:])
   slots = arrays.child_start.shape[0]
@@ -82,7 +87,10 @@ class LexicalPlan:
   [S, L] every docid (EOS then PAD) and documents [S] its document (-1 =
   padding row); weight: scalar, the plan's weight beta against the
   model's log-probs; head: the query tokens' trained weights
-  (lexical_lib.TermWeightHead over the encoder states), None = 1 each.
+  (lexical_lib.TermWeightHead over the encoder states), None = 1 each;
+  guided (static): the look-ahead, each node's potential the best score
+  beneath it; False (the ablation): a docid gains its document's score
+  only when it ends, so the beams are the model's, reranked.
   """
 
   lexical: lexical_lib.LexicalIndex
@@ -90,6 +98,7 @@ class LexicalPlan:
   documents: jax.Array
   weight: jax.Array
   head: Optional[lexical_lib.TermWeightHead] = None
+  guided: bool = flax.struct.field(pytree_node=False, default=True)
 
   def document_scores(
     self, tokens: jax.Array, states: Optional[jax.Array] = None
@@ -101,8 +110,7 @@ class LexicalPlan:
       if states is None:
         raise ValueError("a plan with a term-weight head needs the states")
       token_weights = self.head.token_weights(states)
-    weights = lexical_lib.query_weights(self.lexical, tokens, token_weights)
-    return lexical_lib.document_scores(self.lexical, weights)
+    return lexical_lib.document_scores(self.lexical, tokens, token_weights)
 
   def potential(
     self,
@@ -112,7 +120,9 @@ class LexicalPlan:
   ) -> jax.Array:
     """[B, C] weight * the best lexical score beneath each trie node."""
     scores = self.weight * self.document_scores(tokens, states)
-    return node_potentials(arrays, self.sequences, self.documents, scores)
+    return node_potentials(
+      arrays, self.sequences, self.documents, scores, not self.guided
+    )
 
 
 def lexical_plan(
@@ -121,15 +131,18 @@ def lexical_plan(
   documents,
   weight: float,
   head: Optional[lexical_lib.TermWeightHead] = None,
+  guided: bool = True,
 ) -> LexicalPlan:
   """A `LexicalPlan` of docid `sequences` (lists, each ending in EOS) of
-  `documents` [S] (head: the query tokens' weights; None = 1 each)."""
+  `documents` [S] (head: the query tokens' weights, None = 1 each;
+  guided: as LexicalPlan.guided)."""
   return LexicalPlan(
     lexical=lexical,
     sequences=jnp.asarray(batching.pad_sequences(sequences)),
     documents=jnp.asarray(np.asarray(documents, np.int32)),
     weight=jnp.asarray(weight, jnp.float32),
     head=head,
+    guided=guided,
   )
 
 

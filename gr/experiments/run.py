@@ -266,6 +266,10 @@ class ExperimentTrainer:
       run.model.config,
       input_length=self.input_length,
       corpus_path=os.path.join(self.data_dir, "corpus.jsonl"),
+      scoring={
+        "sparse_output": self.search.sparse_output,
+        "score_mode": self.search.score_mode,
+      },
     )
     if self.plan.weights:
       self.term_sets = lexicon.saved_term_sets(

@@ -11,10 +11,19 @@ query-side factor (the document side carries idf, gr/docids/term_sets.py),
 and the plan is BM25 over each document's term set. The head is trained
 on top of a frozen model (gr/experiments/lexical_head.py). (A SPLADE-style
 expansion to terms not in the query, PAG's "simultaneous" pass, is not
-built.) Document side: the term sets flattened to their non-padding
-entries, P = sum of set sizes.
+built.)
 
   score[b, d] = sum_j weight[b, term_j] * impact_j over entries j of d
+
+Document side, in two segments, as a search engine keeps a main index and
+a small delta:
+- `Postings` (the main segment): the entries grouped by term (an inverted
+  index, CSR). A query touches only its own terms' postings: B x Li x W
+  gathers (W = the longest list, at most N), not B x P (P = the sum of the
+  set sizes).
+- flat entries terms / impacts / documents [P'] (the delta): written in
+  place by online adds (gr/serve/served_plan.py), B x P' gathers. Empty
+  for a fixed index.
 
 Everything here runs inside the jitted search and loss (no host step).
 """
@@ -33,11 +42,74 @@ from gr.index import word_terms
 
 
 @flax.struct.dataclass
+class Postings:
+  """Term sets as an inverted index (CSR by term).
+
+  start [T + 1] int32: term t's postings are rows start[t]:start[t + 1] of
+  documents [Pp] int32 and impacts [Pp] float32 (rows past start[T] are
+  padding); width (static): the longest list a query gathers, at least
+  every term's document frequency.
+  """
+
+  start: jax.Array
+  documents: jax.Array
+  impacts: jax.Array
+  width: int = flax.struct.field(pytree_node=False, default=1)
+
+
+def postings(
+  terms: np.ndarray,
+  impacts: np.ndarray,
+  documents: np.ndarray,
+  num_terms: int,
+  capacity: int = 0,
+  width: int = 0,
+) -> tuple[Postings, np.ndarray]:
+  """Entries [P] (any order) -> (their `Postings`, [P] the row of each).
+
+  capacity: rows at least (padding after the entries); width: at least
+  (default: the longest list, rounded up to a power of two so that small
+  changes of the corpus keep the shape).
+  """
+  terms = np.asarray(terms, np.int64)
+  if len(terms) and not 0 <= terms.min() <= terms.max() < num_terms:
+    raise ValueError(f"entry terms outside [0, {num_terms})")
+  order = np.argsort(terms, kind="stable")
+  counts = np.bincount(terms, minlength=num_terms)[:num_terms]
+  start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+  rows = max(len(terms), capacity, 1)
+  sorted_documents = np.zeros(rows, np.int32)
+  sorted_impacts = np.zeros(rows, np.float32)
+  sorted_documents[: len(terms)] = np.asarray(documents)[order]
+  sorted_impacts[: len(terms)] = np.asarray(impacts)[order]
+  longest = int(counts.max()) if len(counts) else 1
+  width = max(width, 1 << max(longest - 1, 0).bit_length())
+  row_of = np.empty(len(terms), np.int64)
+  row_of[order] = np.arange(len(terms))
+  return Postings(
+    jnp.asarray(start),
+    jnp.asarray(sorted_documents),
+    jnp.asarray(sorted_impacts),
+    width=width,
+  ), row_of
+
+
+def empty_entries() -> dict:
+  """The flat delta of a `LexicalIndex` that has none."""
+  return {
+    "terms": jnp.zeros((0,), jnp.int32),
+    "impacts": jnp.zeros((0,), jnp.float32),
+    "documents": jnp.zeros((0,), jnp.int32),
+  }
+
+
+@flax.struct.dataclass
 class LexicalIndex:
   """Device form of the term sets.
 
-  terms [P] int32, impacts [P] float32, documents [P] int32 (the row of
-  each entry in the index's document order); the folding of query tokens
+  main: the `Postings` of most documents; terms [P'] int32, impacts [P']
+  float32, documents [P'] int32: the flat delta (the row of each entry in
+  the index's document order; may be empty); the folding of query tokens
   to terms (gr/index/lexicon.TermFolding): term_of [V] int32 (each piece's
   term, 0 for ids that are no term: PAD, [CLS], [SEP], stopwords; ids past
   V, docid tokens, are none), continuation [V] bool, word_codes [W] uint32
@@ -45,6 +117,7 @@ class LexicalIndex:
   word_buckets for words not in the table; num_terms: the term id space.
   """
 
+  main: Postings
   terms: jax.Array
   impacts: jax.Array
   documents: jax.Array
@@ -75,10 +148,10 @@ def lexical_index(term_sets, folding) -> LexicalIndex:
   """A `LexicalIndex` of `term_sets` (gr/docids/term_sets.TermSets) and
   the folding they were built with (gr/index/lexicon.folding)."""
   terms, impacts, documents = term_sets.flat()
+  main, _ = postings(terms, impacts, documents, folding.num_terms)
   return LexicalIndex(
-    terms=jnp.asarray(terms),
-    impacts=jnp.asarray(impacts),
-    documents=jnp.asarray(documents),
+    main=main,
+    **empty_entries(),
     num_documents=len(term_sets),
     **folding_fields(folding),
   )
@@ -153,26 +226,44 @@ def query_terms(lexical: LexicalIndex, tokens: jax.Array) -> jax.Array:
   )  # fmt: skip
 
 
-def query_weights(
+def document_scores(
   lexical: LexicalIndex,
   tokens: jax.Array,
   token_weights: Optional[jax.Array] = None,
 ) -> jax.Array:
-  """tokens [B, Li] -> [B, num_terms] each term's summed token weights
-  (token_weights [B, Li]; None: 1, so occurrences); column 0, no term,
-  stays 0."""
+  """Query tokens [B, Li] -> [B, N] each document's lexical score: the sum
+  over the query's tokens of the token's weight (token_weights [B, Li];
+  None: 1) times its term's impact in the document."""
   terms = query_terms(lexical, tokens)  # [B, Li]
-  rows = jnp.broadcast_to(jnp.arange(tokens.shape[0])[:, None], tokens.shape)
   values = (terms > 0).astype(jnp.float32)
   if token_weights is not None:
     values = values * token_weights.astype(jnp.float32)
-  zeros = jnp.zeros((tokens.shape[0], lexical.num_terms), jnp.float32)
-  return zeros.at[rows, terms].add(values)
+  scores = _main_scores(lexical, terms, values)
+  if lexical.terms.shape[0]:
+    scores = scores + _delta_scores(lexical, terms, values)
+  return scores
 
 
-def document_scores(lexical: LexicalIndex, weights: jax.Array) -> jax.Array:
-  """weights [B, num_terms] -> [B, N] each document's lexical score."""
-  contributions = weights[:, lexical.terms] * lexical.impacts  # [B, P]
+def _main_scores(lexical: LexicalIndex, terms, values) -> jax.Array:
+  """[B, N] from the postings of each query token's term: [B, Li, W]."""
+  main = lexical.main
+  offsets = jnp.arange(main.width)  # [W]
+  start = main.start[terms]  # [B, Li]
+  count = main.start[terms + 1] - start
+  listed = offsets < count[..., None]  # [B, Li, W]
+  rows = jnp.where(listed, start[..., None] + offsets, 0)
+  impacts = jnp.where(listed, main.impacts[rows], 0.0)
+  batch = jnp.arange(terms.shape[0])[:, None, None]
+  scores = jnp.zeros((terms.shape[0], lexical.num_documents), jnp.float32)
+  return scores.at[batch, main.documents[rows]].add(impacts * values[..., None])
+
+
+def _delta_scores(lexical: LexicalIndex, terms, values) -> jax.Array:
+  """[B, N] from the flat entries: [B, P'] gathers of the query weights."""
+  rows = jnp.broadcast_to(jnp.arange(terms.shape[0])[:, None], terms.shape)
+  zeros = jnp.zeros((terms.shape[0], lexical.num_terms), jnp.float32)
+  weights = zeros.at[rows, terms].add(values)  # [B, num_terms]
+  contributions = weights[:, lexical.terms] * lexical.impacts  # [B, P']
   return jax.vmap(
     lambda row: jax.ops.segment_sum(
       row, lexical.documents, num_segments=lexical.num_documents

@@ -2,8 +2,10 @@
 
 `<run_dir>/model_config.json` holds the model config as trained (a
 T5Config, or a BertT5Config for a pretrained-encoder model; vocab_size as
-trained), the input length and the corpus path (for titles), under a format
-tag (the config's own record: gr/model/configs.py). gr/experiments/run.py's
+trained), the input length, the corpus path (for titles) and how the run
+scored docids (`scoring`: the search's sparse_output and score_mode, so the
+service scores as the run was evaluated), under a format tag (the config's
+own record: gr/model/configs.py). gr/experiments/run.py's
 run_experiment writes it; the service reads it (gr/serve/served_run.py),
 looking first in the checkpoint directory, then in its parent, the run
 (`find_model_config`).
@@ -12,7 +14,7 @@ looking first in the checkpoint directory, then in its parent, the run
 import dataclasses
 import json
 import os
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 from gr import atomic_io
 from gr.model import configs
@@ -31,16 +33,20 @@ def save_model_config(
   *,
   input_length: int,
   corpus_path: Optional[str] = None,
+  scoring: Optional[Mapping[str, Any]] = None,
 ) -> str:
   """Writes <run_dir>/model_config.json atomically; returns its path.
 
   corpus_path: the run's corpus.jsonl, where the service finds titles.
+  scoring: how the run's search scored docids (`SCORING_FIELDS`).
   """
   record = {
     "format": MODEL_CONFIG_FORMAT,
     "input_length": int(input_length),
     **configs.config_record(config),
   }
+  if scoring:
+    record["scoring"] = checked_scoring(dict(scoring))
   if corpus_path:
     record["corpus"] = os.path.abspath(corpus_path)
   path = os.path.join(run_dir, MODEL_CONFIG_FILE)
@@ -67,13 +73,29 @@ def find_model_config(checkpoint_dir: str) -> str:
   )
 
 
+# What `scoring` may record, and each field's type.
+SCORING_FIELDS = {"sparse_output": bool, "score_mode": str}
+
+
+def checked_scoring(scoring: dict) -> dict:
+  """`scoring` if its fields are SCORING_FIELDS' with their types, else a
+  ValueError naming the field."""
+  for name, value in scoring.items():
+    kind = SCORING_FIELDS.get(name)
+    if kind is None or not isinstance(value, kind):
+      raise ValueError(f"scoring field {name!r}: {value!r}")
+  return scoring
+
+
 @dataclasses.dataclass(frozen=True)
 class SavedModelConfig:
-  """What model_config.json records about a run."""
+  """What model_config.json records about a run (scoring: {} for runs
+  written before it was recorded)."""
 
   model: configs.ModelConfig
   input_length: int
   corpus_path: Optional[str] = None
+  scoring: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def load_model_config(path: str) -> SavedModelConfig:
@@ -89,6 +111,7 @@ def load_model_config(path: str) -> SavedModelConfig:
       configs.config_from_record(record),
       int(record["input_length"]),
       record.get("corpus"),
+      checked_scoring(dict(record.get("scoring", {}))),
     )
   except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
     raise ModelConfigError(f"{path}: not a valid model config: {e!r}") from e

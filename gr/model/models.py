@@ -266,6 +266,21 @@ class EncoderDecoderModel:
     encoder_input_tokens [n or 1, Li] (1: one query for every target row);
     targets [n, Lt], 0 = padding.
     """
+    scores = self.step_scores(
+      params, encoded, encoder_input_tokens, targets, score_mode
+    )
+    return jnp.sum(scores, axis=-1)
+
+  def step_scores(
+    self,
+    params: Params,
+    encoded: jax.Array,
+    encoder_input_tokens: jax.Array,
+    targets: jax.Array,
+    score_mode: str = 'log_probs',
+  ) -> jax.Array:
+    """Each target token's score [n, Lt] (0 at padding), as summed by
+    `score_encoded`; arguments as there."""
     logits = self.module.apply(
       {'params': params},
       encoded,
@@ -275,7 +290,7 @@ class EncoderDecoderModel:
       method=type(self.module).decode,
     )
     scores = score_modes.token_scores(logits, targets, score_mode)  # [n, Lt]
-    return jnp.sum(jnp.where(targets > 0, scores, 0.0), axis=-1)
+    return jnp.where(targets > 0, scores, 0.0)
 
   def encode(
     self,

@@ -72,6 +72,11 @@ class SearchConfig:
   # (RIPOR, for residual-quantisation docids whose rows are codebook
   # vectors). The exact oracle (`exact_ranking`) scores the same way.
   score_mode: str = "log_probs"
+  # The lexical plan's look-ahead (gr/decode/plan.py): each trie node's
+  # bonus is the best lexical score beneath it. False, the ablation: a
+  # docid gains its document's score only when it ends (the model's beams,
+  # reranked).
+  plan_guidance: bool = True
 
 
 def docids_per_document(index: index_lib.Index) -> int:
@@ -273,7 +278,12 @@ class Searcher:
       self.term_sets, lexicon.folding(self.index.vocab, self.term_sets)
     )
     plan = plan_lib.lexical_plan(
-      lexical, sequences, documents, 1.0, self.term_weight_head
+      lexical,
+      sequences,
+      documents,
+      1.0,
+      self.term_weight_head,
+      guided=self.config.plan_guidance,
     )
     self._plan_of_index = partitioning.place(plan, REPLICATED, self.mesh)
     return self._plan_of_index
@@ -336,9 +346,11 @@ def make_score_fn(
   model: models.EncoderDecoderModel,
   mesh: Optional[Mesh] = None,
   score_mode: str = "log_probs",
+  per_step: bool = False,
 ):
   """Jitted (params, query [Li], targets [n, L]) -> log-prob [n] (summed
-  raw logits with score_mode "logits", as `SearchConfig.score_mode`).
+  raw logits with score_mode "logits", as `SearchConfig.score_mode`);
+  per_step: each step's [n, L], unsummed.
 
   On a `mesh`, the targets (n a multiple of its 'data' axis) and scores are
   split over 'data', the params as in training, the query replicated.
@@ -348,9 +360,10 @@ def make_score_fn(
     # The query is encoded, and its cross-attention keys and values are
     # projected, once for all [n] targets (gr/model/layers.py MultiHeadAttention).
     encoded = model.encode(params, query_tokens[None])  # [1, Li, width]
-    return model.score_encoded(
+    scores = model.step_scores(
       params, encoded, query_tokens[None], targets, score_mode
-    )
+    )  # [n, L]
+    return scores if per_step else scores.sum(axis=-1)
 
   return partitioning.jit_on_mesh(
     score, mesh, (param_specs(model, mesh), REPLICATED, BATCH), BATCH
@@ -367,11 +380,16 @@ def exact_ranking(
   """Every docid scored by teacher forcing, per query (the oracle).
 
   A document's docids are merged by the searcher's config.aggregation (over
-  all of them); top_k counts documents. On the searcher's mesh, each batch
-  of docids is split over 'data' (batch_size rounded up to a multiple).
+  all of them); top_k counts documents. With the config's sparse output
+  layer (log-probs), each step is renormalised over the tokens the trie
+  allows, as the search scores it (`oracle.restricted_to_trie`). On the
+  searcher's mesh, each batch of docids is split over 'data' (batch_size
+  rounded up to a multiple).
   """
+  config = searcher.config
+  restricted = config.sparse_output and config.score_mode == "log_probs"
   score = make_score_fn(
-    searcher.model, searcher.mesh, searcher.config.score_mode
+    searcher.model, searcher.mesh, config.score_mode, per_step=restricted
   )
   sequences, values = searcher.index.docid_sequences()
   tokens = vocab_lib.encode_texts(
@@ -405,6 +423,7 @@ def exact_ranking(
         top_k=top_k,
         length_penalty_alpha=searcher.config.length_penalty_alpha,
         plan=None if lexical is None else weight * lexical[values],
+        restricted=restricted,
       )
     rankings.append([(doc_ids[d], float(s)) for d, s in zip(docs, scores)])
   return rankings

@@ -105,7 +105,8 @@ class Retriever(ServedIndex):
       index_dir: served (mutable) index; default: <checkpoint_dir>/../index.
       step: checkpoint step; None: the run's chosen one (its
         lexical_weight.json's step), else the latest.
-      config: decoding and batching settings.
+      config: decoding and batching settings; its unset scoring fields
+        (score_mode, sparse_output) as the run recorded them.
       corpus_path: BEIR corpus.jsonl to take titles from; default: the one
         model_config.json names, if it exists.
       mesh: shard each batch over its 'data' axis and the params by
@@ -126,7 +127,7 @@ class Retriever(ServedIndex):
       run.params,
       run.index,
       input_length=run.input_length,
-      config=config,
+      config=config.as_run_scored(run.scoring),
       index_dir=run.index_dir,
       titles=run.titles,
       corpus=run.corpus,

@@ -11,16 +11,19 @@ body's whole encoder input). A restart rebuilds the same sets from the
 checkpoint's and the online documents log, so nothing more is persisted.
 
 On device it is a `plan.LexicalPlan` whose documents are the served index's
-slots (trie values): flat entries terms / impacts / documents [P], docid
-sequences [S, L] and their slots [S], num_documents N (static), each with
-a capacity that grows by doubling. Padding entries have impact 0 and
-padding sequences slot -1, so they score 0 and are never returned; a
-deleted document's entries get impact 0 and its sequences slot -1. An add
-or delete writes only its own entries (one jitted scatter per array, index
-counts padded to buckets). When an add finds no padding left, the plan is
-built again from the live documents: at the same capacities if they fit
-(deleted documents' entries reclaimed, no compile), else doubled (new
-shapes: the search compiles again). A new document takes a deleted
+slots (trie values): the term sets in two segments (gr/model/lexical.py),
+the postings of every document at the last build (main, P rows, lists of
+at most W) and flat entries terms / impacts / documents for the documents
+added since (the delta, P // 8 rows); docid sequences [S, L] and their
+slots [S]; num_documents N (static). Each capacity grows by doubling.
+Padding entries have impact 0 and padding sequences slot -1, so they score
+0 and are never returned; a deleted document's entries (in either segment)
+get impact 0 and its sequences slot -1. An add writes only its own delta
+entries and sequences (one jitted scatter per array, index counts padded to
+buckets). When an add finds the delta full, the plan is built again from
+the live documents, all in the main segment: at the same capacities if
+they fit (deleted documents' entries reclaimed, no compile), else doubled
+(new shapes: the search compiles again). A new document takes a deleted
 document's slot (gr/serve/served_index.py), so N stays bounded too.
 """
 
@@ -48,6 +51,11 @@ def grown_capacity(needed: int, current: int) -> int:
   while capacity < needed:
     capacity *= 2
   return capacity
+
+
+def delta_capacity(entries: int) -> int:
+  """Rows of the delta segment for an entry capacity P."""
+  return max(MIN_CAPACITY, entries // 8)
 
 
 def initial_capacity(used: int) -> int:
@@ -91,6 +99,7 @@ def warm_up_scatters(plan: plan_lib.LexicalPlan) -> None:
     ids = np.zeros(size, np.int32)
     _scatter(lexical.terms, ids, np.zeros(size, np.int32))
     _scatter(lexical.impacts, ids, np.zeros(size, np.float32))
+    _scatter(lexical.main.impacts, ids, np.zeros(size, np.float32))
   for size in SCATTER_BUCKETS[:3]:
     ids = np.zeros(size, np.int32)
     rows = np.zeros((size,) + plan.sequences.shape[1:], np.int32)
@@ -139,9 +148,10 @@ class ServedPlan:
     self._sets: dict[str, TermSet] = dict(
       zip(trained_doc_ids, term_sets.rows())
     )
-    self._entries_of: dict[int, np.ndarray] = {}  # slot -> entry positions
+    self._main_of: dict[int, np.ndarray] = {}  # slot -> postings rows
+    self._delta_of: dict[int, np.ndarray] = {}  # slot -> delta entries
     self._rows_of: dict[int, np.ndarray] = {}  # slot -> sequence rows
-    self._used = {"entries": 0, "sequences": 0}
+    self._used = {"delta": 0, "sequences": 0}
     self._num_documents = 0
 
   # ----------------------------------------------------------- term sets --
@@ -175,63 +185,73 @@ class ServedPlan:
   # -------------------------------------------------------- device plan --
 
   @property
-  def capacities(self) -> tuple[int, int, int]:
-    """(entries P, sequences S, documents N) of the last device plan."""
+  def capacities(self) -> tuple[int, int, int, int]:
+    """(entries P, sequences S, documents N, longest postings list W) of
+    the last device plan."""
     return self._capacities
 
   def build(
     self,
     index,
     slots: Sequence[Optional[str]],
-    capacities: Optional[tuple[int, int, int]] = None,
+    capacities: Optional[tuple[int, int, int, int]] = None,
   ) -> plan_lib.LexicalPlan:
     """The device plan of `slots` (slot -> doc_id, None = deleted), the
-    docids from `index`, at `capacities` (P, S, N; default: a quarter more
-    than is used) or more."""
+    docids from `index`, at `capacities` (P, S, N, W; default: a quarter
+    more than is used) or more; every document in the main segment."""
     sequences_of = docid_sequences(index)
-    entries, rows = [], []
-    self._entries_of, self._rows_of = {}, {}
-    used_p = used_s = 0
+    sets, rows = [], []
+    self._rows_of = {}
+    used_s = 0
     for slot, doc_id in enumerate(slots):
       if doc_id is None:
         continue
-      terms, impacts = self.set_of(doc_id)
-      entries.append((slot, terms, impacts))
-      self._entries_of[slot] = np.arange(used_p, used_p + len(terms))
-      used_p += len(terms)
+      sets.append((slot, *self.set_of(doc_id)))
       seqs = sequences_of[doc_id]
       rows.append((slot, seqs))
       self._rows_of[slot] = np.arange(used_s, used_s + len(seqs))
       used_s += len(seqs)
-    used = (used_p, used_s, len(slots))
+    terms = np.concatenate([t for _, t, _ in sets] or [np.zeros(0, np.int32)])
+    owners = np.concatenate(
+      [np.full(len(t), slot, np.int32) for slot, t, _ in sets]
+      or [np.zeros(0, np.int32)]
+    )
+    used = (len(terms), used_s, len(slots))
     if capacities is None:
-      capacities = tuple(initial_capacity(u) for u in used)
+      capacities = (*(initial_capacity(u) for u in used), 0)
     p_cap, s_cap, n_cap = (max(c, u) for c, u in zip(capacities, used))
+    main, row_of = lexical_lib.postings(
+      terms,
+      np.concatenate([w for _, _, w in sets] or [np.zeros(0, np.float32)]),
+      owners,
+      self._folding.num_terms,
+      capacity=p_cap,
+      width=capacities[3],
+    )
+    self._main_of = {}
+    at = 0
+    for slot, t, _ in sets:
+      self._main_of[slot] = row_of[at : at + len(t)]
+      at += len(t)
+    self._delta_of = {}
     host = {
-      "terms": np.zeros(p_cap, np.int32),
-      "impacts": np.zeros(p_cap, np.float32),
-      "entry_documents": np.zeros(p_cap, np.int32),
       "sequences": np.zeros((s_cap, self.sequence_length), np.int32),
       "documents": np.full(s_cap, -1, np.int32),
     }
-    at = 0
-    for slot, terms, impacts in entries:
-      host["terms"][at : at + len(terms)] = terms
-      host["impacts"][at : at + len(terms)] = impacts
-      host["entry_documents"][at : at + len(terms)] = slot
-      at += len(terms)
     at = 0
     for slot, seqs in rows:
       for seq in seqs:
         host["sequences"][at, : len(seq)] = seq
         host["documents"][at] = slot
         at += 1
-    self._used = {"entries": used_p, "sequences": used_s}
-    self._capacities = (p_cap, s_cap, n_cap)
+    self._used = {"delta": 0, "sequences": used_s}
+    self._capacities = (p_cap, s_cap, n_cap, main.width)
+    delta = delta_capacity(p_cap)
     lexical = lexical_lib.LexicalIndex(
-      terms=jnp.asarray(host["terms"]),
-      impacts=jnp.asarray(host["impacts"]),
-      documents=jnp.asarray(host["entry_documents"]),
+      main=main,
+      terms=jnp.zeros(delta, jnp.int32),
+      impacts=jnp.zeros(delta, jnp.float32),
+      documents=jnp.zeros(delta, jnp.int32),
       num_documents=n_cap,
       **self._folding_fields,
     )
@@ -256,21 +276,22 @@ class ServedPlan:
     already in `slots` and `index`; their sets remembered). Written in
     place of padding, or, when they do not fit, built again at doubled
     capacities (new shapes: the search compiles again)."""
+    p_cap, s_cap, n_cap, _ = self._capacities
     need = (
-      self._used["entries"]
+      self._used["delta"]
       + sum(len(self.set_of(d)[0]) for d, _ in new.values()),
       self._used["sequences"] + sum(len(s) for _, s in new.values()),
       len(slots),
     )
-    if any(n > c for n, c in zip(need, self._capacities)):
+    if any(n > c for n, c in zip(need, (delta_capacity(p_cap), s_cap, n_cap))):
       return self._rebuilt(index, slots, new)
     ids, terms, impacts, owners = [], [], [], []
     row_ids, seqs, seq_owners = [], [], []
-    p, s = self._used["entries"], self._used["sequences"]
+    p, s = self._used["delta"], self._used["sequences"]
     for slot, (doc_id, sequences) in new.items():
       t, w = self.set_of(doc_id)
-      self._entries_of[slot] = np.arange(p, p + len(t))
-      ids.append(self._entries_of[slot])
+      self._delta_of[slot] = np.arange(p, p + len(t))
+      ids.append(self._delta_of[slot])
       terms.append(t)
       impacts.append(w)
       owners.append(np.full(len(t), slot, np.int32))
@@ -283,7 +304,7 @@ class ServedPlan:
         seqs.append(row)
         seq_owners.append(slot)
         s += 1
-    self._used = {"entries": p, "sequences": s}
+    self._used = {"delta": p, "sequences": s}
     ids = np.concatenate(ids).astype(np.int64)
     lexical = plan.lexical.replace(
       terms=_scattered(plan.lexical.terms, ids, np.concatenate(terms)),
@@ -310,13 +331,17 @@ class ServedPlan:
     same shapes, so nothing compiles) when the live documents fit them,
     else doubled until they do."""
     live = (
-      sum(len(e) for e in self._entries_of.values())
+      sum(len(e) for e in self._main_of.values())
+      + sum(len(e) for e in self._delta_of.values())
       + sum(len(self.set_of(d)[0]) for d, _ in new.values()),
       sum(len(r) for r in self._rows_of.values())
       + sum(len(s) for _, s in new.values()),
       len(slots),
     )
-    grown = tuple(grown_capacity(n, c) for n, c in zip(live, self._capacities))
+    grown = (
+      *(grown_capacity(n, c) for n, c in zip(live, self._capacities)),
+      self._capacities[3],  # postings() doubles W when a list outgrows it
+    )
     if grown != self._capacities:
       logging.info(
         "lexical plan full: capacities %s -> %s", self._capacities, grown
@@ -328,13 +353,20 @@ class ServedPlan:
   ) -> plan_lib.LexicalPlan:
     """`plan` without the document at `slot`: its entries score 0 and its
     sequences belong to no document."""
-    entries = self._entries_of.pop(slot, np.zeros(0, np.int64))
+    lexical = plan.lexical
+    main = self._main_of.pop(slot, np.zeros(0, np.int64))
+    delta = self._delta_of.pop(slot, np.zeros(0, np.int64))
     rows = self._rows_of.pop(slot, np.zeros(0, np.int64))
     return plan.replace(
-      lexical=plan.lexical.replace(
+      lexical=lexical.replace(
+        main=lexical.main.replace(
+          impacts=_scattered(
+            lexical.main.impacts, main, np.zeros(len(main), np.float32)
+          )
+        ),
         impacts=_scattered(
-          plan.lexical.impacts, entries, np.zeros(len(entries), np.float32)
-        )
+          lexical.impacts, delta, np.zeros(len(delta), np.float32)
+        ),
       ),
       documents=_scattered(
         plan.documents, rows, np.full(len(rows), -1, np.int32)

@@ -313,6 +313,8 @@ class ServedRun:
       sets alone).
     term_weight_head: the run's trained query-token weights
       (<run>/term_weight_head.npz) when lexical_weight > 0, else None.
+    scoring: how the run's search scored docids (model_config.json's
+      `scoring`; {} if it did not record it).
   """
 
   model: models.EncoderDecoderModel
@@ -330,6 +332,7 @@ class ServedRun:
   lexical_weight: float = 0.0
   trained_doc_ids: Sequence[str] = ()
   term_weight_head: Optional[lexical_lib.TermWeightHead] = None
+  scoring: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def load_run(
@@ -396,6 +399,7 @@ def load_run(
     term_weight_head=(
       run_plan.run_term_weight_head(checkpoint_dir) if weight > 0 else None
     ),
+    scoring=run.scoring,
   )
 
 

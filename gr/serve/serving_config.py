@@ -9,7 +9,7 @@ searcher over it (gr/serve/retriever.py) and the web app.
 
 import dataclasses
 import datetime
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 from gr.data import beir
 from gr.model import score_modes
@@ -46,7 +46,11 @@ class ServingConfig:
     length_penalty_alpha, aggregation: as in retrieval.SearchConfig.
     score_mode: as retrieval.SearchConfig.score_mode: "log_probs", or
       "logits" for runs scored by summed raw logits (RQ docids,
-      configs/news_rq_minilm.gin); the served run does not record it.
+      configs/news_rq_minilm.gin); None: as the run recorded it
+      (model_config.json's `scoring`), else "log_probs".
+    sparse_output: as retrieval.SearchConfig.sparse_output (logits only
+      for the docid tokens the trie allows); None: as the run recorded
+      it, else False.
   """
 
   max_k: int = 10
@@ -56,10 +60,12 @@ class ServingConfig:
   decode_headroom: int = 2
   length_penalty_alpha: float = 0.0
   aggregation: str = "max"
-  score_mode: str = "log_probs"
+  score_mode: Optional[str] = None
+  sparse_output: Optional[bool] = None
 
   def __post_init__(self):
-    score_modes.check_score_mode(self.score_mode)
+    if self.score_mode is not None:
+      score_modes.check_score_mode(self.score_mode)
     buckets = tuple(sorted(set(int(b) for b in self.buckets)))
     object.__setattr__(self, "buckets", buckets)
     if not buckets or buckets[0] < 1:
@@ -78,6 +84,19 @@ class ServingConfig:
   def max_batch(self) -> int:
     return self.buckets[-1]
 
+  def as_run_scored(self, scoring: Mapping[str, Any]) -> "ServingConfig":
+    """This config with each unset scoring field (None) taken from the
+    run's record (`model_config.SavedModelConfig.scoring`)."""
+    return dataclasses.replace(
+      self,
+      score_mode=self.score_mode or scoring.get("score_mode"),
+      sparse_output=(
+        scoring.get("sparse_output")
+        if self.sparse_output is None
+        else self.sparse_output
+      ),
+    )
+
   def search_config(self, max_decode_len: int) -> retrieval.SearchConfig:
     return retrieval.SearchConfig(
       beam_size=self.beam_size or self.max_k,
@@ -85,7 +104,8 @@ class ServingConfig:
       max_decode_len=max_decode_len,
       length_penalty_alpha=self.length_penalty_alpha,
       aggregation=self.aggregation,
-      score_mode=self.score_mode,
+      score_mode=self.score_mode or "log_probs",
+      sparse_output=bool(self.sparse_output),
     )
 
 

@@ -111,6 +111,29 @@ def test_beam_search_with_full_beam_equals_exact_ranking(
     np.testing.assert_allclose([s for _, s in b], [s for _, s in e], atol=1e-4)
 
 
+@pytest.mark.parametrize("aggregation", ["max", "logsumexp"])
+@pytest.mark.parametrize("weight", [0.0, 2.0])
+def test_sparse_output_search_equals_the_restricted_exact_ranking(
+  searchers, aggregation, weight
+):
+  """With the sparse output layer the oracle renormalises each step over
+  the trie's allowed tokens, as the search does: a full beam finds the
+  oracle's documents in its order and with its scores."""
+  searcher = _with_term_sets(searchers[aggregation], weight, sparse_output=True)
+  top_k = len(searcher.index.doc_ids)
+  beam = searcher.search(QUERIES)
+  exact = retrieval.exact_ranking(searcher, QUERIES, top_k=top_k)
+  full = retrieval.exact_ranking(
+    _with_term_sets(searchers[aggregation], weight), QUERIES, top_k=top_k
+  )
+  for b, e, f in zip(beam, exact, full):
+    assert [d for d, _ in b] == [d for d, _ in e]
+    np.testing.assert_allclose([s for _, s in b], [s for _, s in e], atol=1e-4)
+    assert not np.allclose(
+      sorted(s for _, s in e), sorted(s for _, s in f), atol=1e-3
+    )  # not the full-vocabulary scores
+
+
 def _with_term_sets(searcher, weight, language="", words=False, **config):
   """`searcher`'s model and index with the corpus's term sets as a plan
   (terms folded in `language`, '' = pieces; words: a word of several
@@ -185,6 +208,40 @@ def test_a_dominant_plan_guides_a_narrow_beam_to_the_lexical_best(searchers):
     position = {d: i for i, d in enumerate(searcher.index.doc_ids)}
     found = sorted((lexical[position[d]] for d, _ in ranking), reverse=True)
     np.testing.assert_allclose(found, np.sort(lexical)[::-1][:3], rtol=1e-5)
+
+
+def test_an_unguided_plan_with_a_full_beam_is_the_fused_exact_ranking(
+  planned,
+):
+  """Without the look-ahead the lexical score comes only at EOS; with every
+  docid in the beam the totals, and so the ranking, are the same."""
+  searcher = _with_term_sets(planned, 2.0, plan_guidance=False)
+  assert not searcher.plan.guided
+  exact = retrieval.exact_ranking(searcher, QUERIES, top_k=5)
+  for b, e in zip(searcher.search(QUERIES), exact):
+    assert [d for d, _ in b][:5] == [d for d, _ in e]
+    np.testing.assert_allclose(
+      [s for _, s in b][:5], [s for _, s in e], atol=1e-4
+    )
+
+
+def test_a_narrow_unguided_beam_misses_what_guidance_finds(searchers):
+  """Beam 2, a dominant plan: guided, the beams reach the lexical best
+  (test above); unguided, they are the model's, reranked."""
+  searcher = _with_term_sets(
+    searchers["max"], 1e3, beam_size=2, top_k=3, plan_guidance=False
+  )
+  tokens = vocab_lib.encode_texts(searcher.index.vocab, QUERIES, 16)
+  position = {d: i for i, d in enumerate(searcher.index.doc_ids)}
+  missed = 0
+  for ranking, query in zip(searcher.search(QUERIES), tokens):
+    lexical = retrieval.exact_lexical_scores(
+      searcher.term_sets, searcher.index.vocab, query
+    )
+    best = np.sort(lexical)[::-1][:3]
+    found = sorted((lexical[position[d]] for d, _ in ranking), reverse=True)
+    missed += not np.allclose(found, best[: len(found)], rtol=1e-5)
+  assert missed > 0
 
 
 def test_lexical_only_search_ranks_by_the_term_sets(planned):

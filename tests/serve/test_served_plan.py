@@ -26,6 +26,7 @@ from gr.index import lexicon
 from gr.index import vocab as vocab_lib
 from gr.search import retrieval
 from gr.serve import retriever as serving
+from gr.serve import served_plan
 
 from tests.support import served_runs
 from tests.support import tiny_bert
@@ -147,6 +148,61 @@ def test_served_plan_equals_the_searcher(runs, tmp_path, weight, score_mode):
     r.close()
 
 
+def test_the_service_scores_as_the_run_recorded(runs, tmp_path):
+  """A run that recorded the sparse output layer (model_config.json's
+  scoring) is served with it, the same as a Searcher with it; an explicit
+  ServingConfig field overrides the record."""
+  from gr.model import model_config  # pylint: disable=g-import-not-at-top
+
+  run = copy_run(runs["plan"], tmp_path / "run")
+  saved = model_config.load_model_config(model_config.find_model_config(run))
+  assert saved.scoring == {}  # written without one: the defaults
+  model_config.save_model_config(
+    run,
+    saved.model,
+    input_length=saved.input_length,
+    corpus_path=saved.corpus_path,
+    scoring={"sparse_output": True, "score_mode": "log_probs"},
+  )
+  sets = term_sets_lib.TermSets.load(
+    index_lib.current_version_dir(os.path.join(run, "index"))
+  )
+  served = {}
+  for override in (None, False):
+    config = dataclasses.replace(CONFIG, sparse_output=override)
+    r = serving.Retriever.from_checkpoint(
+      os.path.join(run, "model"), config=config
+    )
+    try:
+      assert r.config.sparse_output is (override is None)
+      searcher = served_runs.searcher_of(
+        r, r.config, INPUT_LENGTH, term_sets=sets, lexical_weight=2.0
+      )
+      served[override] = ranking(r, QUERIES)
+      assert_same(served[override], [list(r) for r in searcher.search(QUERIES)])
+    finally:
+      r.close()
+  assert not np.allclose(  # the two scorings differ
+    [s for row in served[None] for _, s in row],
+    [s for row in served[False] for _, s in row],
+    atol=1e-3,
+  )
+
+
+def test_a_bad_scoring_record_names_the_file(runs, tmp_path):
+  import json  # pylint: disable=g-import-not-at-top
+
+  run = copy_run(runs["plan"], tmp_path / "run")
+  path = os.path.join(run, "model_config.json")
+  with open(path) as f:
+    record = json.load(f)
+  record["scoring"] = {"sparse_output": "yes"}
+  with open(path, "w") as f:
+    json.dump(record, f)
+  with pytest.raises(serving.RunLoadError, match="model_config.json"):
+    serve(run)
+
+
 def test_weight_zero_is_the_model_alone(runs, tmp_path):
   run = copy_run(runs["plan"], tmp_path / "run")
   r = serve(run, lexical_weight=0.0)
@@ -251,13 +307,15 @@ def test_a_capacity_growth_compiles_once(runs, tmp_path):
   r = serve(run)
   try:
     r.warm_up()
-    p_cap, s_cap, n_cap = r._plan.capacities  # pylint: disable=protected-access
+    p_cap, s_cap, n_cap, _ = r._plan.capacities  # pylint: disable=protected-access
     words = [w for w in tiny_bert_words(r) if w not in " ".join(OLD.values())]
-    long_doc = beir.Document("long", "", " ".join(words[: p_cap + 1]))
+    long_doc = beir.Document(  # more terms than the delta holds
+      "long", "", " ".join(words[: served_plan.delta_capacity(p_cap) + 1])
+    )
     start = r.compiled_count()
     r.add_documents([long_doc])
     grown = r._plan.capacities  # pylint: disable=protected-access
-    assert grown[0] >= 2 * p_cap and grown[1:] == (s_cap, n_cap)
+    assert grown[1:3] == (s_cap, n_cap)
     assert r.compiled_count() - start == 1
     after_growth = r.compiled_count()
     assert r.retrieve([long_doc.text], 1)[0][0].doc_id == "long"

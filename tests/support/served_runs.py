@@ -68,10 +68,11 @@ def save_run(
   step: int,
   input_length: int,
   corpus: Optional[Mapping[str, beir.Document]] = None,
+  scoring: Optional[Mapping[str, object]] = None,
 ) -> str:
   """Checkpoints `params` at `step` in workdir/model (with the index's
   current version dir) and saves the model config (with workdir/corpus.jsonl
-  when `corpus` is given); returns the model dir."""
+  when `corpus` is given, and the run's `scoring`); returns the model dir."""
   model_dir = os.path.join(workdir, "model")
   checkpoints.save(
     model_dir,
@@ -84,7 +85,7 @@ def save_run(
     kwargs["corpus_path"] = os.path.join(workdir, "corpus.jsonl")
     beir.write_corpus(kwargs["corpus_path"], corpus)
   model_config.save_model_config(
-    workdir, model.config, input_length=input_length, **kwargs
+    workdir, model.config, input_length=input_length, scoring=scoring, **kwargs
   )
   return model_dir
 

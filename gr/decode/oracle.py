@@ -35,7 +35,7 @@ def exact_rank(
   Args:
     score_fn: targets [n, L] (EOS then PAD) -> total log-prob [n], or the
       summed raw logits (EOS 0) for beam search's score_mode "logits"
-      (gr/model/models.py `score_encoded(score_mode=)`, the same rule);
+      (gr/model/models.py `step_scores(score_mode=)` summed, the same rule);
       always called with n = batch_size (the last chunk is padded), so it
       compiles once.
     sequences: all docid token sequences, each ending in EOS.

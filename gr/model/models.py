@@ -250,27 +250,6 @@ class EncoderDecoderModel:
     ]  # --> [batch, length]
     return jnp.sum(token_scores * weights.astype(jnp.float32), axis=-1)
 
-  def score_encoded(
-    self,
-    params: Params,
-    encoded: jax.Array,
-    encoder_input_tokens: jax.Array,
-    targets: jax.Array,
-    score_mode: str = 'log_probs',
-  ) -> jax.Array:
-    """Sum of target log-probs [n] given encoder states (no re-encoding);
-    score_mode 'logits': the sum of raw logits, EOS counting 0
-    (`score_modes.token_scores`).
-
-    encoded [n or 1, Li, width] (or its `cross_attention_kv`) and
-    encoder_input_tokens [n or 1, Li] (1: one query for every target row);
-    targets [n, Lt], 0 = padding.
-    """
-    scores = self.step_scores(
-      params, encoded, encoder_input_tokens, targets, score_mode
-    )
-    return jnp.sum(scores, axis=-1)
-
   def step_scores(
     self,
     params: Params,
@@ -279,8 +258,14 @@ class EncoderDecoderModel:
     targets: jax.Array,
     score_mode: str = 'log_probs',
   ) -> jax.Array:
-    """Each target token's score [n, Lt] (0 at padding), as summed by
-    `score_encoded`; arguments as there."""
+    """Each target token's log-prob [n, Lt] given encoder states (no
+    re-encoding), 0 at padding; score_mode 'logits': its raw logit, EOS
+    counting 0 (`score_modes.token_scores`). A docid's score is the sum.
+
+    encoded [n or 1, Li, width] (or its `cross_attention_kv`) and
+    encoder_input_tokens [n or 1, Li] (1: one query for every target row);
+    targets [n, Lt], 0 = padding.
+    """
     logits = self.module.apply(
       {'params': params},
       encoded,

@@ -3,7 +3,7 @@
 "log_probs" sums each token's log-softmax (the default, DSI); "logits" sums
 each token's raw logit with EOS counting 0 (RIPOR: a docid scores its summed
 dot products with the decoder's outputs). gr/decode/beam_search.py and the
-exact oracle (gr/decode/oracle.py, through models.score_encoded) use the
+exact oracle (gr/decode/oracle.py, through models.step_scores) use the
 same rule.
 """
 

@@ -23,7 +23,9 @@ class OptimizerConfig:
   """How parameters are updated.
 
   Attributes:
-    name: 'adamw' or 'adafactor'.
+    name: 'adamw', 'adafactor' or 'sgd' (plain gradient steps: a row that
+      is only a softmax negative moves in proportion to its probability,
+      where Adam would move it about the learning rate every step).
     learning_rate: peak learning rate.
     schedule: 'constant', 'rsqrt' (lr * sqrt(warmup / step) after warmup) or
       'cosine' (decays to lr * final_lr_fraction at the last train step).
@@ -87,7 +89,8 @@ def learning_rate_schedule(
 def make_optimizer(
   config: OptimizerConfig, total_steps: int
 ) -> optax.GradientTransformation:
-  """Gradient clipping + AdamW or Adafactor with the configured schedule."""
+  """Gradient clipping + AdamW, Adafactor or SGD with the configured
+  schedule."""
   schedule = learning_rate_schedule(config, total_steps)
   if config.name == 'adamw':
     core = optax.adamw(
@@ -101,9 +104,12 @@ def make_optimizer(
     core = optax.adafactor(
       schedule, weight_decay_rate=config.weight_decay or None
     )
+  elif config.name == 'sgd':
+    core = optax.sgd(schedule)
   else:
     raise ValueError(
-      f"OptimizerConfig.name={config.name!r}: expected 'adamw' or 'adafactor'"
+      f"OptimizerConfig.name={config.name!r}: expected 'adamw', 'adafactor' "
+      "or 'sgd'"
     )
   if config.l2_sp:
     core = optax.chain(pull_to_start(config.l2_sp), core)

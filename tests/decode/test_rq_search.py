@@ -4,7 +4,7 @@ The warm start (gr/model/warm_start.py) sets each code token's row to its
 codebook vector and makes the decoder output the query's direction at every
 step, so a docid's summed raw logits (SearchConfig.score_mode 'logits') are
 cos(query, reconstruction) / temperature; beam search in logits mode equals
-the exact oracle (gr/decode/oracle.py through models.score_encoded).
+the exact oracle (gr/decode/oracle.py through models.step_scores).
 """
 
 import jax

@@ -833,8 +833,8 @@ def test_bert_cross_attention_kv_gives_the_uncached_logits(bert_config, vocab):
     encoded = model.encode(params, query)  # [1, Li, width]
     kv = model.cross_attention_kv(params, encoded)  # [1, Li, heads, kv]
     return (
-      model.score_encoded(params, encoded, query, targets),
-      model.score_encoded(params, kv, query, targets),
+      model.step_scores(params, encoded, query, targets),
+      model.step_scores(params, kv, query, targets),
     )
 
   uncached, cached = exact(params)

@@ -395,7 +395,7 @@ def test_learning_rate_schedules(schedule, step, expected):
   assert float(rate(step)) == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.parametrize('name', ['adamw', 'adafactor'])
+@pytest.mark.parametrize('name', ['adamw', 'adafactor', 'sgd'])
 def test_optimizers_reduce_a_quadratic_and_clip(name):
   config = optimizer_lib.OptimizerConfig(
     name=name, learning_rate=0.1, clip_grad_norm=1.0, weight_decay=1e-4
@@ -412,7 +412,7 @@ def test_optimizers_reduce_a_quadratic_and_clip(name):
 
 def test_bad_optimizer_settings_are_named():
   with pytest.raises(ValueError, match='OptimizerConfig.name'):
-    optimizer_lib.make_optimizer(optimizer_lib.OptimizerConfig(name='sgd'), 10)
+    optimizer_lib.make_optimizer(optimizer_lib.OptimizerConfig(name='lion'), 10)
   with pytest.raises(ValueError, match='OptimizerConfig.schedule'):
     optimizer_lib.make_optimizer(
       optimizer_lib.OptimizerConfig(schedule='step'), 10

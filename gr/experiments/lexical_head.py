@@ -196,7 +196,7 @@ def _model_scores(searcher, tokens, candidates) -> np.ndarray:
   rows_per_query = width * max(map(len, rows_of.values()))  # one shape
   for q, (query, docs) in enumerate(zip(tokens, candidates)):
     # Cut to its length bucket: the padding's encoder work is most of it.
-    query = query[: retrieval.input_bucket(query[None], len(query))]
+    query = retrieval.cut_to_bucket(query[None])[0]
     rows = [r for d in docs for r in rows_of[d]]
     padded = np.zeros((rows_per_query,), np.int64)
     padded[: len(rows)] = rows
@@ -245,8 +245,7 @@ def _encoded(searcher, tokens, batch_size: int = 64) -> list[np.ndarray]:
   out = []
   for start in range(0, len(tokens), batch_size):
     chunk = tokens[start : start + batch_size]
-    length = retrieval.input_bucket(chunk, tokens.shape[1])
-    padded = batching.pad_rows(chunk[:, :length], batch_size)
+    padded = batching.pad_rows(retrieval.cut_to_bucket(chunk), batch_size)
     states = np.asarray(encode(searcher.params, padded), np.float32)
     out.extend(states[: len(chunk)])
   return out

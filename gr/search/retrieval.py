@@ -43,13 +43,26 @@ Ranking = list[tuple[str, float]]
 INPUT_BUCKETS = (16, 32, 64, 128, 256, 512)
 
 
+def input_lengths(max_length: int) -> tuple[int, ...]:
+  """Every length `input_bucket` can give for inputs of max_length: the
+  buckets below it, then max_length (what a server compiles)."""
+  return (*(b for b in INPUT_BUCKETS if b < max_length), max_length)
+
+
 def input_bucket(tokens: np.ndarray, max_length: int) -> int:
-  """Smallest bucket (<= max_length) covering every row's last token."""
+  """Smallest of `input_lengths(max_length)` covering every row's last
+  token."""
   nonzero = np.flatnonzero(np.asarray(tokens).any(axis=0))
   longest = int(nonzero[-1]) + 1 if len(nonzero) else 1
-  return min(
-    next((b for b in INPUT_BUCKETS if b >= longest), max_length), max_length
+  return next(
+    n for n in input_lengths(max_length) if n >= min(longest, max_length)
   )
+
+
+def cut_to_bucket(tokens: np.ndarray) -> np.ndarray:
+  """tokens [B, Li] -> [B, input_bucket]: the padding past the longest row
+  that its bucket does not need is not encoded."""
+  return tokens[:, : input_bucket(tokens, tokens.shape[1])]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,8 +316,7 @@ class Searcher:
     docs, scores = [], []
     for start in range(0, len(tokens), self.batch_size):
       chunk = tokens[start : start + self.batch_size]
-      length = input_bucket(chunk, tokens.shape[1])
-      padded = batching.pad_rows(chunk[:, :length], self.batch_size)
+      padded = batching.pad_rows(cut_to_bucket(chunk), self.batch_size)
       found_docs, found_scores = self._search_batch(padded)
       docs.append(np.asarray(found_docs)[: len(chunk)])
       scores.append(np.asarray(found_scores)[: len(chunk)])

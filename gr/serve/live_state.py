@@ -327,13 +327,6 @@ class LiveIndex:
   def max_batch(self) -> int:
     return self.config.max_batch
 
-  @property
-  def input_lengths(self) -> tuple[int, ...]:
-    """The query lengths searched (retrieval.input_bucket's, up to the
-    run's input length): each batch bucket is compiled at each."""
-    lengths = [b for b in retrieval.INPUT_BUCKETS if b < self.input_length]
-    return (*lengths, self.input_length)
-
   def warm_up(self, live: Optional[LiveState] = None) -> None:
     """Compiles (or checks compiled) every bucket for `live`'s shapes (with
     None, the live state's, and the document encoder of online adds), and,
@@ -349,7 +342,7 @@ class LiveIndex:
       if live.plan is not None:
         served_plan.warm_up_scatters(live.plan)
     for bucket in self._buckets:
-      for length in self.input_lengths:
+      for length in retrieval.input_lengths(self.input_length):
         tokens = np.zeros((bucket, length), np.int32)
         jax.block_until_ready(live.found(tokens))
 

@@ -181,15 +181,16 @@ class Retriever(ServedIndex):
     docids [n, max_k, D, L])).
 
     Padded to a batch bucket and cut to a length bucket
-    (retrieval.input_bucket, as the Searcher cuts); docids are each slot's
+    (retrieval.cut_to_bucket, as the Searcher cuts); docids are each slot's
     docid tokens found, best first (all PAD rows after the last). The
     search is dispatched under the dispatch lock, so an update cannot
     donate the trie arrays it reads.
     """
     n = tokens.shape[0]
-    length = retrieval.input_bucket(tokens, tokens.shape[1])
-    # --> [bucket, length]: the padding past the longest query is not encoded
-    padded = batching.pad_rows(tokens[:, :length], self.bucket_for(n))
+    # --> [bucket, length bucket]
+    padded = batching.pad_rows(
+      retrieval.cut_to_bucket(tokens), self.bucket_for(n)
+    )
     with self._dispatch_lock:
       live = self._live
       found = live.found(padded)

@@ -663,3 +663,20 @@ def test_a_zero_head_searches_as_no_head(planned, searchers):
   for a, b in zip(zero.search(QUERIES), planned.search(QUERIES)):
     assert [d for d, _ in a] == [d for d, _ in b]
     np.testing.assert_allclose([s for _, s in a], [s for _, s in b], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "longest, max_length, bucket",
+  [(0, 128, 16), (3, 128, 16), (17, 128, 32), (128, 128, 128),
+   (90, 100, 100), (5, 8, 8), (600, 1024, 1024)],
+)  # fmt: skip
+def test_a_batch_is_cut_to_the_smallest_length_bucket(
+  longest, max_length, bucket
+):
+  tokens = np.zeros((3, max_length), np.int32)
+  tokens[1, :longest] = 7
+  assert bucket in retrieval.input_lengths(max_length)  # what a server compiles
+  assert retrieval.input_bucket(tokens, max_length) == bucket
+  cut = retrieval.cut_to_bucket(tokens)
+  assert cut.shape == (3, bucket)
+  np.testing.assert_array_equal(cut, tokens[:, :bucket])

@@ -480,6 +480,70 @@ def rss_phase(server, adds, rng) -> dict:
   return rss
 
 
+def distinctive_words(count: int, rng) -> list[str]:
+  """`count` made-up words of three or four syllables, all different: words
+  no corpus has, so a document of three of them is the only one that
+  holds all three."""
+  consonants, vowels = "bdfgklmnprstvz", "aeiou"
+  words = set()
+  while len(words) < count:
+    syllables = rng.choice((3, 4))
+    words.add(
+      "".join(rng.choice(consonants) + rng.choice(vowels) for _ in range(syllables))
+    )
+  return sorted(words)
+
+
+def capacity_phase(server, adds, batch, rng) -> dict:
+  """Adds `adds` documents of three distinctive words each, `batch` per
+  request, then searches each by its own three words (/search/batch): how
+  many were added, how many came back at rank 1, and the add time."""
+  words = distinctive_words(max(64, adds // 5), rng)
+  triples, seen = [], set()
+  while len(triples) < adds:
+    triple = tuple(rng.sample(words, 3))
+    if frozenset(triple) not in seen:
+      seen.add(frozenset(triple))
+      triples.append(triple)
+  conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=300)
+  added, found, add_ms = [], 0, []
+  try:
+    for first in range(0, adds, batch):
+      docs = [
+        {"id": f"capacity/{n}", "text": " ".join(triples[n])}
+        for n in range(first, min(first + batch, adds))
+      ]
+      start = time.perf_counter()
+      status, _ = request(
+        server.port, "POST", "/documents", {"documents": docs}, connection=conn
+      )
+      add_ms.append(1000 * (time.perf_counter() - start))
+      if status == 200:
+        added.extend(range(first, first + len(docs)))
+    for first in range(0, len(added), 16):
+      numbers = added[first : first + 16]
+      status, body = request(
+        server.port,
+        "POST",
+        "/search/batch",
+        {"queries": [" ".join(triples[n]) for n in numbers], "k": 1},
+        connection=conn,
+      )
+      if status != 200:
+        continue
+      for n, result in zip(numbers, body["results"]):
+        hits = result["hits"]
+        found += bool(hits) and hits[0]["doc_id"] == f"capacity/{n}"
+  finally:
+    conn.close()
+  return {
+    "capacity_adds": len(added),
+    "capacity_found_at_rank1": found,
+    "capacity_batch": batch,
+    "capacity_add_request_p50_ms": percentile(add_ms, 50),
+  }
+
+
 def soak(
   checkpoint: str,
   *,
@@ -488,6 +552,8 @@ def soak(
   ops_per_round: int = 60,
   idle_searches: int = 30,
   rss_adds: int = 0,
+  capacity_adds: int = 0,
+  capacity_batch: int = 64,
   seed: int = 0,
   buckets: str = "1,4,16",
   timeout_s: float = 600.0,
@@ -561,6 +627,11 @@ def soak(
       rounds.append(check)
       print(json.dumps({"round": round_number, **check}), flush=True)
     rss = rss_phase(server, rss_adds, rng) if rss_adds else {}
+    capacity = (
+      capacity_phase(server, capacity_adds, capacity_batch, rng)
+      if capacity_adds
+      else {}
+    )
   finally:
     server.stop()
   committed = sum(1 for s in ledger.state.values() if s == "present")
@@ -580,7 +651,10 @@ def soak(
     "rss_mb_after_10": rss.get("rss_mb_after_10"),
     "rss_mb_after_1000": rss.get("rss_mb_after_1000"),
     "rss_adds": rss.get("rss_adds", 0),
-    "online_adds_without_retrain": adds + rss.get("rss_adds", 0),
+    "online_adds_without_retrain": (
+      adds + rss.get("rss_adds", 0) + capacity.get("capacity_adds", 0)
+    ),
+    **capacity,
     "online_documents_at_end": committed,
     "rounds": rounds,
     "server_start_s": starts,
@@ -608,6 +682,14 @@ def main(argv=None):
   parser.add_argument("--ops_per_round", type=int, default=400)
   parser.add_argument("--idle_searches", type=int, default=100)
   parser.add_argument("--rss_adds", type=int, default=1000)
+  parser.add_argument(
+    "--capacity_adds",
+    type=int,
+    default=0,
+    help="at the end, add this many documents of three made-up words each "
+    "and search each by its words (rank 1 expected)",
+  )
+  parser.add_argument("--capacity_batch", type=int, default=64)
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--buckets", default="1,4,16")
   parser.add_argument("--timeout_s", type=float, default=3000.0)
@@ -639,6 +721,8 @@ def main(argv=None):
     ops_per_round=args.ops_per_round,
     idle_searches=args.idle_searches,
     rss_adds=args.rss_adds,
+    capacity_adds=args.capacity_adds,
+    capacity_batch=args.capacity_batch,
     seed=args.seed,
     buckets=args.buckets,
     timeout_s=args.timeout_s,

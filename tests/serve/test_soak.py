@@ -34,6 +34,8 @@ def test_soak_kills_lose_nothing_and_apply_nothing_by_half(tmp_path):
     ops_per_round=36,
     idle_searches=5,
     rss_adds=12,
+    capacity_adds=20,
+    capacity_batch=8,
     seed=0,
     buckets="1,4",
     timeout_s=400,  # a bound against hangs; ~1-2 min on a quiet machine
@@ -48,3 +50,6 @@ def test_soak_kills_lose_nothing_and_apply_nothing_by_half(tmp_path):
   assert result["online_documents_at_end"] > 0
   assert all(r["documents"] == r["expected"] for r in result["rounds"])
   assert result["rss_mb_after_1000"] > 0
+  assert result["capacity_adds"] == 20  # past the 2 spare rows, no retrain
+  assert 0 <= result["capacity_found_at_rank1"] <= 20
+  assert result["online_adds_without_retrain"] >= 12 + 20

@@ -23,6 +23,7 @@ import types
 from absl import app
 from absl import flags
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -76,6 +77,13 @@ _FLAGS = {
     'JAX PRNG implementation (dropout masks).',
   ),
   'skip_hf': flags.DEFINE_bool('skip_hf', False, 'Skip the PyTorch side.'),
+  'profile': flags.DEFINE_bool(
+    'profile',
+    False,
+    'Also split our step: forward, forward+backward, the optimizer, the '
+    'output layer alone, and every weight matmul shape alone (see '
+    '`profile_step`).',
+  ),
   'out': flags.DEFINE_string('out', None, 'JSON results file.'),
 }
 
@@ -101,6 +109,108 @@ def train_flops(cfg: network.T5Config, batch: int, li: int, lt: int) -> float:
     + batch * 2 * (lt * lt + lt * li) * inner
   )
   return 6.0 * (enc + dec + batch * lt * d * cfg.vocab_size)
+
+
+def weight_matmuls(cfg: network.T5Config, batch: int, li: int, lt: int):
+  """[(name, M, K, N, count)]: every weight matmul of one forward pass, as
+  x [M, K] @ w [K, N], `count` times per step (layers x uses)."""
+  d, inner, f = cfg.emb_dim, cfg.num_heads * cfg.head_dim, cfg.mlp_dim
+  wi = len(cfg.mlp_activations)
+  enc, dec = batch * li, batch * lt
+  le, ld = cfg.num_encoder_layers, cfg.num_decoder_layers
+  return [
+    ('encoder q/k/v', enc, d, inner, 3 * le + 2 * ld),  # + cross k/v
+    ('encoder out', enc, inner, d, le),
+    ('encoder mlp in', enc, d, f, wi * le),
+    ('encoder mlp out', enc, f, d, le),
+    ('decoder q/k/v/out', dec, d, inner, 6 * ld),  # self q/k/v/o, cross q/o
+    ('decoder mlp in', dec, d, f, wi * ld),
+    ('decoder mlp out', dec, f, d, ld),
+    ('logits', dec, d, cfg.vocab_size, 1),
+  ]
+
+
+def matmul_seconds(m: int, k: int, n: int, warmup: int, steps: int) -> float:
+  """Seconds for one weight matmul's forward and both backward products:
+  x @ w, dy @ w.T and x.T @ dy (float32, jitted together)."""
+  rng = np.random.default_rng(0)
+  x, w, dy = (
+    jax.device_put(rng.standard_normal(s, np.float32))
+    for s in ((m, k), (k, n), (m, n))
+  )
+  three = jax.jit(lambda x, w, dy: (x @ w, dy @ w.T, x.T @ dy))
+  return time_steps(lambda: three(x, w, dy), warmup, steps)
+
+
+def profile_step(cfg, batch, args) -> dict:
+  """Where one train step's time goes, each part timed alone in this run.
+
+  forward: the loss; forward_backward: its gradient; optimizer: AdamW's
+  update and apply over the whole parameter tree; output_layer: logits [B*Lt,
+  V] and the cross-entropy, forward and backward, from fixed decoder
+  states; matmuls: every weight matmul shape of `weight_matmuls`, forward
+  and backward, summed over its count (`matmul_seconds`). The matmul sum
+  is what a step would take if nothing but those matmuls ran, at the
+  speed this CPU gives their shapes.
+  """
+  model = models.EncoderDecoderModel(cfg)
+  params = model.init_params(
+    jax.random.PRNGKey(0), input_length=8, target_length=8
+  )
+  batch = jax.device_put(batch)
+  rng = jax.random.PRNGKey(1)
+  forward = jax.jit(lambda p, b: model.loss_fn(p, b, rng)[0])
+  gradient = jax.jit(jax.grad(lambda p, b: model.loss_fn(p, b, rng)[0]))
+  optimizer = optax.adamw(1e-4, weight_decay=0.01)
+  grads, opt = gradient(params, batch), optimizer.init(params)
+
+  @functools.partial(jax.jit, donate_argnums=(1,))
+  def apply(grads, opt, params):
+    updates, opt = optimizer.update(grads, opt, params)
+    return optax.apply_updates(params, updates), opt
+
+  def optimizer_step():
+    nonlocal opt
+    new_params, opt = apply(grads, opt, params)
+    return new_params
+
+  tokens, d = args.batch * args.target_length, cfg.emb_dim
+  states = jax.device_put(
+    np.random.default_rng(0).standard_normal((tokens, d), np.float32)
+  )
+  kernel = jax.device_put(
+    np.random.default_rng(1).standard_normal((d, cfg.vocab_size), np.float32)
+    * 0.02
+  )
+  labels = jax.device_put(np.arange(tokens, dtype=np.int32) % cfg.vocab_size)
+
+  def output_loss(states, kernel):
+    logits = states @ kernel
+    return -jnp.mean(
+      jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1)
+    )
+
+  output_layer = jax.jit(jax.grad(output_loss, argnums=(0, 1)))
+  w, s = args.warmup, args.steps
+  parts = {
+    'forward': time_steps(lambda: forward(params, batch), w, s),
+    'forward_backward': time_steps(lambda: gradient(params, batch), w, s),
+    'optimizer': time_steps(optimizer_step, w, s),
+    'output_layer': time_steps(lambda: output_layer(states, kernel), w, s),
+  }
+  shapes = weight_matmuls(cfg, args.batch, args.input_length, args.target_length)
+  matmuls = []
+  for name, m, k, n, count in shapes:
+    seconds = matmul_seconds(m, k, n, w, s)
+    matmuls.append({
+      'name': name,
+      'shape': [m, k, n],
+      'count': count,
+      'seconds_each': seconds,
+      'gflops_per_s': 6.0 * m * k * n / seconds / 1e9,
+    })
+  parts['matmuls'] = sum(r['seconds_each'] * r['count'] for r in matmuls)
+  return {'seconds': parts, 'matmul_shapes': matmuls}
 
 
 def make_batch(cfg, batch, li, lt, seed=0):
@@ -223,6 +333,12 @@ def bench_config(name, args):
     theirs, n_hf = bench_hf(cfg, batch, args.warmup, args.steps, args.threads)
     row.update(hf_s_per_step=theirs, hf_params=int(n_hf))
   flops = train_flops(cfg, args.batch, args.input_length, args.target_length)
+  if args.profile:
+    row['profile'] = profile_step(cfg, batch, args)
+    row['profile']['seconds']['step'] = ours
+    row['profile']['matmul_ceiling_mfu'] = flops / (
+      row['profile']['seconds']['matmuls'] * args.peak_tflops * 1e12
+    )
   row['train_tflops_per_step'] = flops / 1e12
   row['ours_gflops_per_s'] = flops / ours / 1e9
   row['mfu'] = flops / ours / (args.peak_tflops * 1e12)
@@ -250,6 +366,19 @@ def print_table(rows, args):
       f"{r['mfu']:>6.3f} {r.get('hf_mfu', float('nan')):>6.3f}"
     )
   print(f'MFU against a peak of {args.peak_tflops * 1e3:.1f} GFLOP/s')
+  for r in rows:
+    if 'profile' not in r:
+      continue
+    seconds = r['profile']['seconds']
+    print(f"{r['config']}: seconds per step, each part timed alone")
+    for part, value in seconds.items():
+      print(f'  {part:18} {value * 1e3:9.1f} ms {value / seconds["step"]:6.2f}')
+    for m in r['profile']['matmul_shapes']:
+      print(
+        f"  {m['name']:18} {str(m['shape']):22} x{m['count']:<3}"
+        f" {m['gflops_per_s']:7.1f} GFLOP/s"
+      )
+    print(f"  MFU if only the matmuls ran: {r['profile']['matmul_ceiling_mfu']:.3f}")
 
 
 def main(argv):

@@ -84,6 +84,12 @@ _FLAGS = {
     'output layer alone, and every weight matmul shape alone (see '
     '`profile_step`).',
   ),
+  'trace': flags.DEFINE_bool(
+    'trace',
+    False,
+    'Also trace our step with jax.profiler and sum the XLA ops\' thread '
+    'time by kind, with how busy the CPU threads were (`traced_op_times`).',
+  ),
   'out': flags.DEFINE_string('out', None, 'JSON results file.'),
 }
 
@@ -213,6 +219,49 @@ def profile_step(cfg, batch, args) -> dict:
   return {'seconds': parts, 'matmul_shapes': matmuls}
 
 
+def traced_op_times(step, steps: int) -> dict:
+  """Thread time per XLA op kind over `steps` calls of `step()`, per step.
+
+  Traces with jax.profiler and reads the XSpace (tensorflow's xplane
+  proto): op names lose their '.N' suffix ('ynn_fusion' = a YNNPACK
+  matmul, 'copy_bitcast_fusion' = a fused copy or transpose). `busy` is
+  the summed thread time of the XLA worker threads over the wall time of
+  the traced steps: 2.0 would be both cores busy throughout.
+  """
+  import glob  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=g-import-not-at-top
+
+  jax.block_until_ready(step())
+  folder = tempfile.mkdtemp(prefix='bench_train_trace_')
+  begin = time.perf_counter()
+  with jax.profiler.trace(folder):
+    for _ in range(steps):
+      jax.block_until_ready(step())
+  wall = (time.perf_counter() - begin) / steps
+  space = xplane_pb2.XSpace()
+  path = glob.glob(os.path.join(folder, '**', '*.xplane.pb'), recursive=True)
+  with open(path[0], 'rb') as f:
+    space.ParseFromString(f.read())
+  kinds, busy = {}, 0.0
+  for plane in space.planes:
+    for line in plane.lines:
+      if 'Eigen' not in line.name:  # XLA's worker threads
+        continue
+      for event in line.events:
+        name = plane.event_metadata[event.metadata_id].name
+        seconds = event.duration_ps / 1e12 / steps
+        if name.startswith('ThunkExecutor'):
+          busy += seconds
+          continue
+        kind = re.sub(r'\.\d+$', '', name)
+        kinds[kind] = kinds.get(kind, 0.0) + seconds
+  ranked = dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+  return {'seconds_by_kind': ranked, 'busy_threads': busy / wall, 'wall': wall}
+
+
 def make_batch(cfg, batch, li, lt, seed=0):
   rng = np.random.RandomState(seed)
   targets = rng.randint(3, cfg.vocab_size, (batch, lt)).astype(np.int32)
@@ -238,7 +287,7 @@ def time_steps(step, warmup: int, steps: int) -> float:
   return (time.perf_counter() - start) / steps
 
 
-def bench_ours(cfg, batch, warmup, steps):
+def bench_ours(cfg, batch, warmup, steps, trace=False):
   model = models.EncoderDecoderModel(cfg)
   optimizer = optax.adamw(1e-4, weight_decay=0.01)
   params = model.init_params(
@@ -270,9 +319,9 @@ def bench_ours(cfg, batch, warmup, steps):
     state, loss = train_step(state, batch)
     return loss
 
-  return time_steps(step, warmup, steps), sum(
-    x.size for x in jax.tree.leaves(params)
-  )
+  seconds = time_steps(step, warmup, steps)
+  traced = traced_op_times(step, steps) if trace else None
+  return seconds, sum(x.size for x in jax.tree.leaves(params)), traced
 
 
 def bench_hf(cfg, batch, warmup, steps, threads):
@@ -327,8 +376,12 @@ def bench_config(name, args):
     **CONFIGS[name],
   )
   batch = make_batch(cfg, args.batch, args.input_length, args.target_length)
-  ours, n_ours = bench_ours(cfg, batch, args.warmup, args.steps)
+  ours, n_ours, traced = bench_ours(
+    cfg, batch, args.warmup, args.steps, trace=args.trace
+  )
   row = {'config': name, 'params': int(n_ours), 'ours_s_per_step': ours}
+  if traced:
+    row['trace'] = traced
   if not args.skip_hf:
     theirs, n_hf = bench_hf(cfg, batch, args.warmup, args.steps, args.threads)
     row.update(hf_s_per_step=theirs, hf_params=int(n_hf))
@@ -379,6 +432,15 @@ def print_table(rows, args):
         f" {m['gflops_per_s']:7.1f} GFLOP/s"
       )
     print(f"  MFU if only the matmuls ran: {r['profile']['matmul_ceiling_mfu']:.3f}")
+  for r in rows:
+    if 'trace' not in r:
+      continue
+    print(
+      f"{r['config']}: traced thread time per step by op kind (busy threads "
+      f"{r['trace']['busy_threads']:.2f} of {os.cpu_count()})"
+    )
+    for kind, seconds in list(r['trace']['seconds_by_kind'].items())[:8]:
+      print(f'  {kind:28} {seconds * 1e3:8.1f} ms')
 
 
 def main(argv):

@@ -11,8 +11,9 @@ Searches never take the update lock: they read `LiveState`, swapped whole
 document never renumbers the others.
 """
 
+import concurrent.futures
 import dataclasses
-import functools
+import os
 import threading
 from typing import Any, Mapping, Optional, Sequence
 
@@ -79,35 +80,82 @@ class LiveState:
     return self.search(self.params, tokens, self.trie_arrays, self.plan)
 
 
-@functools.lru_cache(maxsize=8)
+class _SearchRegistry:
+  """The jitted searches of this process, by key, the last `size` used.
+
+  Retrievers of the same model (e.g. one reloaded after a restart in the
+  same process) share one, and with it every compiled bucket. A capacity
+  growth takes a fresh one (`make(..., fresh=True)`) and `forget`s the old
+  model's, so the executables compiled for the old shapes are freed once
+  no live state holds them (a long-lived server would otherwise keep
+  every generation's).
+  """
+
+  def __init__(self, size: int = 8):
+    self._size = size
+    self._functions: dict = {}
+    self._lock = threading.Lock()
+
+  def make(self, key: tuple, build, fresh: bool = False):
+    with self._lock:
+      function = None if fresh else self._functions.pop(key, None)
+      if function is None:
+        function = build()
+      self._functions[key] = function  # the most recently used last
+      while len(self._functions) > self._size:
+        self._functions.pop(next(iter(self._functions)))
+      return function
+
+  def forget(self, model_config: models.ModelConfig) -> None:
+    """Drops every search of `model_config` (a grown model replaced it)."""
+    with self._lock:
+      for key in [k for k in self._functions if k[1] == model_config]:
+        del self._functions[key]
+
+
+_SEARCHES = _SearchRegistry()
+
+
 def shared_search_fn(
   model_config: models.ModelConfig,
   search: retrieval.SearchConfig,
   mesh: Optional[jax.sharding.Mesh] = None,
   with_plan: bool = False,
+  *,
+  fresh: bool = False,
 ):
   """One jitted search per (model config, search config, mesh, plan or
-  not) in this process.
-
-  Retrievers of the same model (e.g. one reloaded after a restart in the
-  same process) share it, and with it every compiled bucket.
-  """
-  return retrieval.make_search_fn(
-    models.EncoderDecoderModel(model_config), search, mesh, with_plan=with_plan
+  not) in this process (`_SearchRegistry`); fresh: a new one replaces it."""
+  return _SEARCHES.make(
+    ("search", model_config, search, mesh, with_plan),
+    lambda: retrieval.make_search_fn(
+      models.EncoderDecoderModel(model_config), search, mesh, with_plan=with_plan
+    ),
+    fresh,
   )
 
 
-@functools.lru_cache(maxsize=8)
 def shared_lexical_search_fn(
   model_config: models.ModelConfig,
   top_k: int,
   mesh: Optional[jax.sharding.Mesh] = None,
+  *,
+  fresh: bool = False,
 ):
   """One jitted lexical-only search (plan weight inf) per model config,
-  top_k and mesh."""
-  return retrieval.make_lexical_search_fn(
-    models.EncoderDecoderModel(model_config), top_k, mesh
+  top_k and mesh; fresh: a new one replaces it."""
+  return _SEARCHES.make(
+    ("lexical", model_config, top_k, mesh),
+    lambda: retrieval.make_lexical_search_fn(
+      models.EncoderDecoderModel(model_config), top_k, mesh
+    ),
+    fresh,
   )
+
+
+def forget_searches(model_config: models.ModelConfig) -> None:
+  """Frees the shared searches of a model a grown one replaced."""
+  _SEARCHES.forget(model_config)
 
 
 def shapes(arrays):
@@ -227,12 +275,13 @@ class LiveIndex:
     )
     return plan
 
-  def _search_fn(self, index: index_lib.Index):
+  def _search_fn(self, index: index_lib.Index, fresh: bool = False):
     """The jitted search of the current model (shared in the process): with
-    the plan, or the term sets' top-k for weight inf."""
+    the plan, or the term sets' top-k for weight inf; fresh: a new one (a
+    capacity grew: the old one's executables go with the old state)."""
     if self._plan is not None and self._plan.lexical_only:
       return shared_lexical_search_fn(
-        self.model.config, self.config.max_k, self.mesh
+        self.model.config, self.config.max_k, self.mesh, fresh=fresh
       )
     search = self.config.search_config(self.max_decode_len)
     return shared_search_fn(
@@ -240,6 +289,7 @@ class LiveIndex:
       retrieval.fit_to_index(search, index),
       self.mesh,
       with_plan=self._plan is not None,
+      fresh=fresh,
     )
 
   def _fresh_live(
@@ -341,10 +391,22 @@ class LiveIndex:
         online_rows.warm_up_set_rows(live.params)
       if live.plan is not None:
         served_plan.warm_up_scatters(live.plan)
-    for bucket in self._buckets:
-      for length in retrieval.input_lengths(self.input_length):
-        tokens = np.zeros((bucket, length), np.int32)
-        jax.block_until_ready(live.found(tokens))
+    shapes_to_compile = [
+      (bucket, length)
+      for bucket in self._buckets
+      for length in retrieval.input_lengths(self.input_length)
+    ]
+    # XLA compiles outside the GIL: one shape per core at a time (a growth
+    # compiles them all while an add waits).
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+      list(
+        pool.map(
+          lambda shape: jax.block_until_ready(
+            live.found(np.zeros(shape, np.int32))
+          ),
+          shapes_to_compile,
+        )
+      )
 
   def document(self, doc_id: str) -> StoredDocument:
     """What the index holds for `doc_id`: its docids, title and text, and

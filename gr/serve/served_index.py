@@ -47,7 +47,9 @@ live state before an add are invalid after it (copy them to keep them).
 """
 
 import contextlib
+import ctypes
 import dataclasses
+import gc
 import logging
 import os
 from typing import Any, Mapping, Optional, Sequence
@@ -67,6 +69,19 @@ from gr.serve.live_state import LiveState, shapes
 from gr.serve.serving_config import DocumentConflict, UnknownDocument
 
 
+def _return_freed_memory() -> None:
+  """After a growth: collects what the replaced state held (its arrays,
+  and its search's executables for the old shapes) and hands the freed
+  heap back to the OS (glibc's malloc_trim; elsewhere the collection
+  only). Without it, each growth left a few hundred MB of a long-running
+  server's RSS behind (scripts/soak_service.py)."""
+  gc.collect()
+  try:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):
+    pass
+
+
 class ServedIndex(live_state.LiveIndex):
   """A trained model and its mutable index, served: the live state that
   searches read (live_state.LiveIndex), and online add/delete persisted
@@ -76,6 +91,9 @@ class ServedIndex(live_state.LiveIndex):
   # into a copy of the table (the path before; scripts/bench_online.py
   # times both).
   rows_in_place = True
+  # Set by a growth (rows, trie or plan); the add then returns the memory
+  # the replaced state held (`_return_freed_memory`).
+  _grew = False
 
   def add_documents(
     self, documents: Sequence[beir.Document]
@@ -102,41 +120,55 @@ class ServedIndex(live_state.LiveIndex):
     if len(new_docs) != len(documents):
       raise DocumentConflict("a doc_id appears twice in the request")
     vectors, sets = self._prepared(new_docs)
-    with self._update_lock:
-      live = self._live
-      clashes = [d for d in new_docs if d in live.index.table.docids_of]
-      if clashes:
-        raise DocumentConflict(f"doc_ids already indexed: {clashes[:5]}")
-      table = self._namer.assign(live.index.table, new_docs)
-      index = live.index.with_table(table)
-      sequences = self._namer.sequences(
-        index,
-        new_docs,
-        trie=self._trie,
-        rows=self.model.config.vocab_size,
-        limit=self.max_decode_len,
-      )
-      reused = table.released_from(live.index.table)
-      live = self._grown_for(index, sequences)
-      rows = self._token_rows(live, index, new_docs, reused, vectors)
-      compacted = self._persist(live.index, index, new_docs, rows=rows)
-      self.online_documents.update(new_docs)
-      self._online_rows.update(rows)
-      new_slots = {}
-      for doc_id, doc_sequences in sequences.items():
-        slot = self._slot_of[doc_id] = self._take_slot(live.slots, doc_id)
-        new_slots[slot] = (doc_id, doc_sequences)
-        for sequence in doc_sequences:
-          self._trie.insert(sequence, slot)
-      plan = live.plan
-      if self._plan is not None:
-        self._plan.remember(sets)
-        plan = self._plan.added(plan, index, live.slots, new_slots)
-      if compacted:
-        self._compact_online_files()
-      self._publish(index, rows=rows, reload_vocab=compacted, plan=plan)
-      self.titles.update({d: doc.title for d, doc in new_docs.items()})
-      return {d: table.docids_of[d] for d in new_docs}
+    try:
+      with self._update_lock:
+        return self._add_prepared(new_docs, vectors, sets)
+    finally:
+      if self._grew:  # after the update, when nothing holds the old state
+        self._grew = False
+        _return_freed_memory()
+
+  def _add_prepared(
+    self,
+    new_docs: Mapping[str, beir.Document],
+    vectors: Optional[np.ndarray],
+    sets: dict,
+  ) -> dict[str, tuple[str, ...]]:
+    """add_documents' update of the live index, under the update lock."""
+    live = self._live
+    clashes = [d for d in new_docs if d in live.index.table.docids_of]
+    if clashes:
+      raise DocumentConflict(f"doc_ids already indexed: {clashes[:5]}")
+    table = self._namer.assign(live.index.table, new_docs)
+    index = live.index.with_table(table)
+    sequences = self._namer.sequences(
+      index,
+      new_docs,
+      trie=self._trie,
+      rows=self.model.config.vocab_size,
+      limit=self.max_decode_len,
+    )
+    reused = table.released_from(live.index.table)
+    live = self._grown_for(index, sequences)
+    rows = self._token_rows(live, index, new_docs, reused, vectors)
+    compacted = self._persist(live.index, index, new_docs, rows=rows)
+    self.online_documents.update(new_docs)
+    self._online_rows.update(rows)
+    new_slots = {}
+    for doc_id, doc_sequences in sequences.items():
+      slot = self._slot_of[doc_id] = self._take_slot(live.slots, doc_id)
+      new_slots[slot] = (doc_id, doc_sequences)
+      for sequence in doc_sequences:
+        self._trie.insert(sequence, slot)
+    plan = live.plan
+    if self._plan is not None:
+      self._plan.remember(sets)
+      plan = self._plan.added(plan, index, live.slots, new_slots)
+    if compacted:
+      self._compact_online_files()
+    self._publish(index, rows=rows, reload_vocab=compacted, plan=plan)
+    self.titles.update({d: doc.title for d, doc in new_docs.items()})
+    return {d: table.docids_of[d] for d in new_docs}
 
   def _grown_for(
     self, index: index_lib.Index, sequences: Mapping[str, list[list[int]]]
@@ -161,12 +193,14 @@ class ServedIndex(live_state.LiveIndex):
       model.config.vocab_size,
       len(self._buckets),
     )
-    self.model = model
+    old_config, self.model = self.model.config, model
     pending = sum(len(s) for seqs in sequences.values() for s in seqs)
     live = self._fresh_live(self._live.index, self._placed(params), pending)
     self.warm_up(live)
     with self._dispatch_lock:
       self._live = live
+    live_state.forget_searches(old_config)
+    self._grew = True
     return live
 
   def _take_slot(self, slots: list[Optional[str]], doc_id: str) -> int:
@@ -385,7 +419,12 @@ class ServedIndex(live_state.LiveIndex):
         return
     params = self._with_rows(live.params, index, rows, in_place=False)
     new = dataclasses.replace(
-      live, index=index, trie_arrays=arrays, params=params, plan=plan
+      live,
+      index=index,
+      trie_arrays=arrays,
+      params=params,
+      plan=plan,
+      search=self._search_fn(index, fresh=True),
     )
     logging.info(
       "trie or plan capacity grew: compiling %d buckets", len(self._buckets)
@@ -393,6 +432,7 @@ class ServedIndex(live_state.LiveIndex):
     self.warm_up(new)
     with self._dispatch_lock:
       self._live = new
+    self._grew = True
 
   def _with_rows(
     self,

@@ -19,6 +19,7 @@ import pytest
 
 from gr import docids as docids_lib
 from gr.data import beir
+from gr.serve import live_state
 from gr.serve import online_rows
 from gr.serve import retriever as serving
 from gr.serve import served_run
@@ -131,6 +132,10 @@ def test_adds_past_the_rows_with_deletes_and_a_restart(tiny_run, tmp_path):
       r.delete_document(doc_id)
     add_in_requests(r, dict(list(new.items())[100:]), 50)
     assert r.model.config.vocab_size > start  # grew past 70 docid rows
+    # The process keeps no search of the replaced model (its executables
+    # for the old shapes would stay in a long-running server's memory).
+    held = [key[1].vocab_size for key in live_state._SEARCHES._functions]  # pylint: disable=protected-access
+    assert start not in held and r.model.config.vocab_size in held
     kept = {
       d: doc for i, (d, doc) in enumerate(new.items()) if i >= 100 or i % 3
     }

@@ -496,23 +496,25 @@ def test_concurrent_adds_and_searches_lose_nothing(served):
 
 
 def test_trie_growth_recompiles_before_going_live(run_template, tmp_path):
-  """Adding past the node capacity compiles new shapes during the update."""
+  """Adding past the node capacity compiles new shapes during the update,
+  in a fresh search: the old one, with its executables for the old shapes,
+  goes with the old state."""
   model_dir = copy_run(run_template, tmp_path / "run")
   r = serving.Retriever.from_checkpoint(
     model_dir, config=dataclasses.replace(CONFIG, buckets=(4,))
   )
   capacity = lambda: r._live.trie_arrays.child_start.shape[0]  # pylint: disable=protected-access
-  start, compiled = capacity(), r.compiled_count()
+  start, old_search = capacity(), r._live.search  # pylint: disable=protected-access
   for n in range(400):
     r.add_documents([beir.Document(f"g{n}", "", "grow")])
     if capacity() > start:
       break
   assert capacity() > start
   after_update = r.compiled_count()
-  # One new shape, unless an earlier test in this process already compiled
-  # it: the jitted search is shared per model config (served_index.
-  # shared_search_fn). Either way the search below must compile nothing.
-  assert compiled <= after_update <= compiled + 1
+  assert r._live.search is not old_search  # pylint: disable=protected-access
+  # The warm-up's shapes (bucket 4 at each input length), compiled once;
+  # the search below must compile nothing.
+  assert after_update == len(retrieval.input_lengths(r.input_length))
   docid = r.index.table.docids_of[f"g{n}"][0]
   sequence = r.index.vocab.encode_docid(docid) + [1]
   live = r._live  # pylint: disable=protected-access

@@ -371,6 +371,16 @@ def profile(serving, batch: int) -> None:
   search = retrieval.fit_to_index(
     retriever.config.search_config(retriever.max_decode_len), live.index
   )
+  if live.plan is not None:  # step 0 once per beam, against once per query
+    for first_step in (False, True):
+      fn = retrieval.make_search_fn(
+        retriever.model,
+        dataclasses.replace(search, first_step=first_step),
+        with_plan=True,
+      )
+      times[f'plan_search_first_step_{first_step}_16'] = _best_ms(
+        lambda fn=fn: fn(live.params, short, live.trie_arrays, live.plan)
+      )
   for sparse in (False, True):
     fn = retrieval.make_search_fn(
       retriever.model, dataclasses.replace(search, sparse_output=sparse)

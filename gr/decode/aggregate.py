@@ -179,6 +179,7 @@ def constrained_document_search(
   sparse_output: bool = False,
   potential: Optional[jax.Array] = None,
   score_mode: str = "log_probs",
+  first_step: Optional[hooks.TokensToLogits] = None,
 ) -> RankedDocuments:
   """Constrained beam search for top_k distinct documents.
 
@@ -204,6 +205,7 @@ def constrained_document_search(
     sparse_output=sparse_output,
     potential=potential,
     score_mode=score_mode,
+    first_step=first_step,
   )
   return rank_found(
     found, top_k=top_k, docids_per_doc=docids_per_doc, aggregation=aggregation

@@ -32,10 +32,14 @@ class ModelDecoder:
   tokens_to_logits: (decoder_tokens [N, 1], cache, step) -> (fp32 logits
     [N, V], cache); a `hooks.SplitDecoder` for the sparse output layer.
   cache: zero decoder cache with `cache_rows` rows.
+  first_step: the same step over the B inputs, once each ([B, 1] rows,
+    a [B, ...] cache): `beam_search`'s first_step, for step 0, when every
+    beam of an input holds BOS and the same cache.
   """
 
   tokens_to_logits: StepFn
   cache: hooks.PyTree
+  first_step: Optional[StepFn] = None
 
 
 def step_fn(
@@ -109,4 +113,7 @@ def model_decoder(
       sparse_output=sparse_output,
     ),
     cache=model.init_cache(params, cache_rows, max_decode_len),
+    first_step=step_fn(
+      model, params, encoded, encoder_tokens, sparse_output=sparse_output
+    ),
   )

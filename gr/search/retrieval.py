@@ -90,6 +90,10 @@ class SearchConfig:
   # docid gains its document's score only when it ends (the model's beams,
   # reranked).
   plan_guidance: bool = True
+  # Step 0 once per query, not once per beam: every beam then holds BOS
+  # and the same cache (gr/decode/beam_search.py `first_step`); the same
+  # scores, with 1 / beams of step 0's decoder work.
+  first_step: bool = True
 
 
 def docids_per_document(index: index_lib.Index) -> int:
@@ -161,6 +165,7 @@ def make_search_fn(
         else plan.potential(trie_arrays, encoder_tokens, encoded)
       ),
       score_mode=config.score_mode,
+      first_step=decoder.first_step if config.first_step else None,
     )
 
   specs = (param_specs(model, mesh), BATCH, REPLICATED)

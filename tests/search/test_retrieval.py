@@ -176,6 +176,32 @@ def test_plan_document_scores_equal_the_numpy_oracle(
     assert want.max() > 0  # the queries share terms with documents
 
 
+@pytest.mark.parametrize("sparse_output", [False, True])
+@pytest.mark.parametrize("weight", [0.0, 2.0])
+def test_step_zero_once_per_query_finds_what_once_per_beam_finds(
+  searchers, sparse_output, weight
+):
+  """SearchConfig.first_step runs step 0 once per query, not once per beam
+  (every beam holds BOS then): a narrow beam finds the same documents with
+  the same scores, with the plan's look-ahead and without."""
+  found = {
+    first_step: _with_term_sets(
+      searchers["max"],
+      weight,
+      sparse_output=sparse_output,
+      first_step=first_step,
+      beam_size=3,
+      top_k=3,
+    ).search(QUERIES)
+    for first_step in (True, False)
+  }
+  for once, per_beam in zip(found[True], found[False]):
+    assert [d for d, _ in once] == [d for d, _ in per_beam]
+    np.testing.assert_allclose(
+      [s for _, s in once], [s for _, s in per_beam], atol=1e-5
+    )
+
+
 def test_beam_search_with_a_plan_equals_the_fused_exact_ranking(
   planned, searchers
 ):

@@ -304,16 +304,27 @@ def query_flops(retriever) -> dict[str, dict]:
   )
   config = retriever.model.config
   rows = len({t for d in docids for t in d}) + 1
+  first_step = retriever.config.search_config(retriever.max_decode_len).first_step
+  fixed_length = len({len(d) for d in docids}) == 1
   return {
     'full_output': {
-      **flops.query_flops(config, **common).as_dict(),
+      **flops.query_flops(config, **common, first_step=first_step).as_dict(),
       **common,
       'output_rows': config.decoder.vocab_size,
+      'first_step': first_step,
     },
     'sparse_output': {
-      **flops.query_flops(config, **common, output_rows=rows).as_dict(),
+      **flops.query_flops(
+        config,
+        **common,
+        output_rows=rows,
+        first_step=first_step,
+        last_step_free=fixed_length,
+      ).as_dict(),
       **common,
       'output_rows': rows,
+      'first_step': first_step,
+      'last_step_free': fixed_length,
     },
   }
 

@@ -83,13 +83,19 @@ def query_flops(
   steps: int,
   cache_len: int,
   output_rows: int | None = None,
+  first_step: bool = False,
+  last_step_free: bool = False,
 ) -> QueryFlops:
   """FLOPs of one query of a `bert_network.BertT5Config` model.
 
   input_tokens: padded query length; beam_size: beams (decoder rows per
-  query); steps: decoder steps run; cache_len: the decoder cache length
-  (max_decode_len); output_rows: rows of the output layer scored per beam
-  and step (None: the full vocabulary).
+  query); steps: decoder steps, the docid's tokens and its EOS; cache_len:
+  the decoder cache length (max_decode_len); output_rows: rows of the
+  output layer scored per beam and step (None: the full vocabulary).
+  first_step: step 0 runs once per query, not per beam
+  (SearchConfig.first_step). last_step_free: the last step calls no model
+  (every beam's only allowed token is EOS, which the sparse output layer
+  scores 0: fixed-length docids).
   """
   bert, dec = model_config.encoder, model_config.decoder
   inner = dec.num_heads * dec.head_dim
@@ -103,7 +109,9 @@ def query_flops(
     input_tokens=input_tokens,
     output_rows=dec.vocab_size if output_rows is None else output_rows,
   )
-  rows = beam_size * steps
+  rows = (1 if first_step else beam_size) + beam_size * (
+    steps - 1 - int(last_step_free)
+  )
   return QueryFlops(
     encoder=bert_encoder_flops(
       input_tokens, bert.hidden_size, bert.num_layers, bert.intermediate_size

@@ -103,3 +103,20 @@ def test_cross_kv_flops_match_xla(setup):
     config, input_tokens=TOKENS, beam_size=1, steps=0, cache_len=CACHE
   ).cross_kv
   assert counted == pytest.approx(measured, rel=0.1)
+
+
+def test_step_zero_once_per_query_and_a_free_last_step(setup):
+  """first_step counts step 0's decoder rows once per query, not per beam;
+  last_step_free drops the EOS step the sparse layer scores without the
+  model. The encoder's count does not change."""
+  config = setup[0]
+  count = lambda **kw: flops.query_flops(
+    config, input_tokens=TOKENS, beam_size=10, steps=3, cache_len=CACHE, **kw
+  )
+  per_beam, once = count(), count(first_step=True)
+  one_row = per_beam.decoder_body / 30
+  assert once.decoder_body == pytest.approx(21 * one_row)  # 1 + 10 + 10
+  free = count(first_step=True, last_step_free=True)
+  assert free.decoder_body == pytest.approx(11 * one_row)  # 1 + 10
+  assert free.output_layer == pytest.approx(per_beam.output_layer * 11 / 30)
+  assert free.encoder == per_beam.encoder

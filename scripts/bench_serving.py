@@ -304,7 +304,9 @@ def query_flops(retriever) -> dict[str, dict]:
   )
   config = retriever.model.config
   rows = len({t for d in docids for t in d}) + 1
-  first_step = retriever.config.search_config(retriever.max_decode_len).first_step
+  first_step = retriever.config.search_config(
+    retriever.max_decode_len
+  ).first_step
   fixed_length = len({len(d) for d in docids}) == 1
   return {
     'full_output': {

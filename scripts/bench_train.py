@@ -204,17 +204,21 @@ def profile_step(cfg, batch, args) -> dict:
     'optimizer': time_steps(optimizer_step, w, s),
     'output_layer': time_steps(lambda: output_layer(states, kernel), w, s),
   }
-  shapes = weight_matmuls(cfg, args.batch, args.input_length, args.target_length)
+  shapes = weight_matmuls(
+    cfg, args.batch, args.input_length, args.target_length
+  )
   matmuls = []
   for name, m, k, n, count in shapes:
     seconds = matmul_seconds(m, k, n, w, s)
-    matmuls.append({
-      'name': name,
-      'shape': [m, k, n],
-      'count': count,
-      'seconds_each': seconds,
-      'gflops_per_s': 6.0 * m * k * n / seconds / 1e9,
-    })
+    matmuls.append(
+      {
+        'name': name,
+        'shape': [m, k, n],
+        'count': count,
+        'seconds_each': seconds,
+        'gflops_per_s': 6.0 * m * k * n / seconds / 1e9,
+      }
+    )
   parts['matmuls'] = sum(r['seconds_each'] * r['count'] for r in matmuls)
   return {'seconds': parts, 'matmul_shapes': matmuls}
 
@@ -431,7 +435,9 @@ def print_table(rows, args):
         f"  {m['name']:18} {str(m['shape']):22} x{m['count']:<3}"
         f" {m['gflops_per_s']:7.1f} GFLOP/s"
       )
-    print(f"  MFU if only the matmuls ran: {r['profile']['matmul_ceiling_mfu']:.3f}")
+    print(
+      f"  MFU if only the matmuls ran: {r['profile']['matmul_ceiling_mfu']:.3f}"
+    )
   for r in rows:
     if 'trace' not in r:
       continue

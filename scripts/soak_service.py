@@ -489,7 +489,9 @@ def distinctive_words(count: int, rng) -> list[str]:
   while len(words) < count:
     syllables = rng.choice((3, 4))
     words.add(
-      "".join(rng.choice(consonants) + rng.choice(vowels) for _ in range(syllables))
+      "".join(
+        rng.choice(consonants) + rng.choice(vowels) for _ in range(syllables)
+      )
     )
   return sorted(words)
 

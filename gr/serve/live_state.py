@@ -129,7 +129,10 @@ def shared_search_fn(
   return _SEARCHES.make(
     ("search", model_config, search, mesh, with_plan),
     lambda: retrieval.make_search_fn(
-      models.EncoderDecoderModel(model_config), search, mesh, with_plan=with_plan
+      models.EncoderDecoderModel(model_config),
+      search,
+      mesh,
+      with_plan=with_plan,
     ),
     fresh,
   )

@@ -107,7 +107,8 @@ class _SearchRegistry:
       return function
 
   def forget(self, model_config: models.ModelConfig) -> None:
-    """Drops every search of `model_config` (a grown model replaced it)."""
+    """Drops every search of `model_config` (a grown model replaced it);
+    every key is (kind, model config, ...)."""
     with self._lock:
       for key in [k for k in self._functions if k[1] == model_config]:
         del self._functions[key]

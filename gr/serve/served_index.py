@@ -91,9 +91,6 @@ class ServedIndex(live_state.LiveIndex):
   # into a copy of the table (the path before; scripts/bench_online.py
   # times both).
   rows_in_place = True
-  # Set by a growth (rows, trie or plan); the add then returns the memory
-  # the replaced state held (`_return_freed_memory`).
-  _grew = False
 
   def add_documents(
     self, documents: Sequence[beir.Document]
@@ -120,12 +117,14 @@ class ServedIndex(live_state.LiveIndex):
     if len(new_docs) != len(documents):
       raise DocumentConflict("a doc_id appears twice in the request")
     vectors, sets = self._prepared(new_docs)
+    search = self._live.search
     try:
       with self._update_lock:
         return self._add_prepared(new_docs, vectors, sets)
     finally:
-      if self._grew:  # after the update, when nothing holds the old state
-        self._grew = False
+      # A growth (rows, trie or plan) always takes a fresh search; once the
+      # update is done nothing here holds the state it replaced.
+      if self._live.search is not search:
         _return_freed_memory()
 
   def _add_prepared(
@@ -200,7 +199,6 @@ class ServedIndex(live_state.LiveIndex):
     with self._dispatch_lock:
       self._live = live
     live_state.forget_searches(old_config)
-    self._grew = True
     return live
 
   def _take_slot(self, slots: list[Optional[str]], doc_id: str) -> int:
@@ -432,7 +430,6 @@ class ServedIndex(live_state.LiveIndex):
     self.warm_up(new)
     with self._dispatch_lock:
       self._live = new
-    self._grew = True
 
   def _with_rows(
     self,

@@ -23,6 +23,7 @@ from gr.model import models
 from gr.model import network
 from gr.model import pretrained_t5
 from gr.search import retrieval
+from gr.train import encoder_tuning
 from gr.train import loop as train_lib
 from gr.train import optimizer as optimizer_lib
 
@@ -55,6 +56,11 @@ SearchConfig = gin.external_configurable(
 # The lexical plan's term-weight head (run_experiment.term_weight_head).
 HeadTraining = gin.external_configurable(
   lexical_head.HeadTraining, module='lexical_head'
+)
+
+# The pretrained encoder tuned before indexing (run_experiment.encoder_tuning).
+EncoderTuning = gin.external_configurable(
+  encoder_tuning.EncoderTuning, module='encoder_tuning'
 )
 
 # Continual indexing and the dynamic corpus (configs/dynamic_*.gin).

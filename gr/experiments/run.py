@@ -44,6 +44,8 @@ from gr.data import beir
 from gr.experiments import configurables
 from gr.experiments import dev_selection
 from gr.experiments import lexical_head
+from gr.experiments import tuned_encoder
+from gr.train import encoder_tuning as encoder_tuning_lib
 from gr.model import lexical as lexical_lib
 from gr.experiments.dev_selection import LexicalSelection, subset
 
@@ -118,25 +120,21 @@ def run_experiment(
   term_weight_head: Optional[lexical_head.HeadTraining] = None,
   stream_above_docs: int = streaming.DEFAULT_ABOVE_DOCS,
   embeddings_file: Optional[str] = None,
+  encoder_tuning: Optional[encoder_tuning_lib.EncoderTuning] = None,
 ) -> dict:
   """Index, train, evaluate. Returns {query set name: metrics}.
 
-  max_docs > 0 keeps the first max_docs documents of the corpus (and the
-  queries judged on them): a smaller index for a quick CPU run. The
-  model's family (gr/model/family.py) chooses vocabulary and start; with a
-  pretrained encoder the frozen layers' cache covers every docid task
-  (`encoder_cache_dir`, default workdir/encoder_cache, shared by runs that
-  differ in rates or training) and the results add a dense baseline.
-  train_steps = 0 evaluates the initial model. lexical_weights,
-  selection_split, term_set_size, term_language, term_words,
-  plan_in_training: the lexical plan (`LexicalSelection`,
-  `ExperimentTrainer`); no weights, no plan. early_stopping: the run's
-  result is its best step on dev (bind train.checkpoint_every).
-  term_weight_head: the plan's query-token weights trained on top of the
-  frozen model, kept if dev improves (gr/experiments/lexical_head.py).
-  stream_above_docs: more documents stream tasks from workdir/examples.
-  embeddings_file: a user's .npz of ids and vectors that semantic / rq
-  docids quantise instead of embedding here (gr/data/embeddings_file.py).
+  max_docs > 0 keeps the first max_docs documents (and their queries). The
+  family (gr/model/family.py) chooses vocabulary and start; a pretrained
+  encoder's frozen layers are cached (`encoder_cache_dir`, default
+  workdir/encoder_cache) and add a dense baseline. train_steps = 0: step 0.
+  lexical_weights, selection_split, term_*, plan_in_training: the lexical
+  plan (`LexicalSelection`, `ExperimentTrainer`). early_stopping: the best
+  step on dev. term_weight_head (gr/experiments/lexical_head.py) and
+  encoder_tuning (gr/experiments/tuned_encoder.py): trained parts kept if
+  dev improves. stream_above_docs: more documents stream tasks from
+  workdir/examples. embeddings_file: a user's .npz of vectors for semantic
+  / rq docids (gr/data/embeddings_file.py).
   """
   start = time.time()
   dataset = subset(beir.BeirDataset.load(data_dir), max_docs)
@@ -151,6 +149,9 @@ def run_experiment(
     term_words, plan_in_training, train_steps, batch_size, input_length, seed,
     early_stopping, term_weight_head)  # fmt: skip
   cache_dir = encoder_cache_dir or os.path.join(workdir, "encoder_cache")
+  model, tuning = tuned_encoder.tuned_model(model, dataset, plan,
+    encoder_tuning, workdir=workdir, input_length=input_length,
+    cache_dir=cache_dir)  # fmt: skip
   register_tasks, cache_rows = docid_tasks(
     name, dataset, pseudo, task_rates, input_length, stream_above_docs, workdir
   )
@@ -162,7 +163,7 @@ def run_experiment(
     cache_rows=cache_rows, warm=warm_start, train=trainer,
     temperature=warm_start_temperature, states_dir=cache_dir,
     embedding_cache_dir=cache_dir)  # fmt: skip
-  results = trainer.evaluate(run, exact_queries)
+  results = {**trainer.evaluate(run, exact_queries), **tuning}
   return trainer.report(results, run, scheme, name, started=start)
 
 

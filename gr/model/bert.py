@@ -24,11 +24,14 @@ import dataclasses
 import json
 import math
 import os
+import shutil
+import tempfile
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import safetensors.numpy
 
 from gr import partitioning
@@ -275,6 +278,72 @@ def params_from_safetensors(path: str, config: BertConfig) -> dict[str, Any]:
       "output_norm": norm(f"{p}.output.LayerNorm"),
     }
   return params
+
+
+def hf_tensors(params: dict[str, Any], config: BertConfig) -> dict[str, Any]:
+  """BertEncoder params -> HF BertModel tensors (numpy float32), the inverse
+  of `params_from_safetensors` (padding rows of the word embeddings cut)."""
+  out = {}
+
+  def put(name, value):
+    out[name] = np.ascontiguousarray(np.asarray(value, np.float32))
+
+  def dense(name, p):
+    put(f"{name}.weight", np.asarray(p["kernel"]).T)
+    put(f"{name}.bias", p["bias"])
+
+  def norm(name, p):
+    put(f"{name}.weight", p["scale"])
+    put(f"{name}.bias", p["bias"])
+
+  for n in ("word", "position", "token_type"):
+    put(
+      f"embeddings.{n}_embeddings.weight",
+      params[f"{n}_embeddings"]["embedding"],
+    )
+  words = "embeddings.word_embeddings.weight"
+  out[words] = out[words][: config.vocab_size]
+  norm("embeddings.LayerNorm", params["embeddings_norm"])
+  for i in range(config.num_layers):
+    p, layer = f"encoder.layer.{i}", params[f"layer_{i}"]
+    for n in ("query", "key", "value"):
+      dense(f"{p}.attention.self.{n}", layer["attention"][n])
+    dense(f"{p}.attention.output.dense", layer["attention"]["output"])
+    norm(f"{p}.attention.output.LayerNorm", layer["attention_norm"])
+    dense(f"{p}.intermediate.dense", layer["intermediate"])
+    dense(f"{p}.output.dense", layer["output"])
+    norm(f"{p}.output.LayerNorm", layer["output_norm"])
+  return out
+
+
+def save_folder(
+  params: dict[str, Any], config: BertConfig, source_dir: str, out_dir: str
+) -> None:
+  """Writes `params` as a HF folder at out_dir: source_dir's other files
+  (config, tokenizer, sentence-transformers settings) and a new
+  model.safetensors. Built beside out_dir and renamed into place, so
+  out_dir is either absent, the old folder, or the whole new one."""
+  parent = os.path.dirname(os.path.abspath(out_dir))
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(prefix=".bert-", dir=parent)
+  try:
+    for name in os.listdir(source_dir):
+      src = os.path.join(source_dir, name)
+      if name != "model.safetensors" and os.path.isfile(src):
+        shutil.copyfile(src, os.path.join(staging, name))
+    safetensors.numpy.save_file(
+      hf_tensors(params, config), os.path.join(staging, "model.safetensors")
+    )
+    old = None
+    if os.path.exists(out_dir):
+      old = tempfile.mkdtemp(prefix=".bert-old-", dir=parent)
+      os.rename(out_dir, os.path.join(old, "folder"))
+    os.rename(staging, out_dir)
+    if old:
+      shutil.rmtree(old)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
 
 
 def load_params(path: str, config: BertConfig | None = None) -> dict[str, Any]:

@@ -1,0 +1,147 @@
+"""A run's pretrained encoder, tuned on the train queries before indexing.
+
+`tuned_model` trains the encoder contrastively (gr/train/encoder_tuning.py)
+on every query set's train split (query, relevant body) and, optionally,
+one lead-sentence pseudo-query per document. It then scores dense
+retrieval on the selection split with the start and with the tuned encoder
+(exact cosine over the whole corpus, mean MRR@10 over the query sets). The
+tuned encoder is kept only if it is better there (ties: the start), and is
+written as a HF folder under the run, `<workdir>/tuned_encoder`, which the
+returned model's config points at. Everything after it (document vectors,
+warm-started rows, the encoder cache, the service's online adds) uses that
+folder like any other encoder.
+
+The record (results.json's `encoder_tuning`) holds the settings, the loss
+curve's summary, and the dev (and, for the record only, eval-split) dense
+figures of start and end.
+"""
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from gr.data import beir
+from gr.model import bert
+from gr.model import embed
+from gr.search import dense
+from gr.search import metrics
+from gr.train import encoder_tuning
+from gr.experiments import dev_selection
+
+TUNED_FOLDER = "tuned_encoder"
+
+
+def training_pairs(
+  dataset: beir.BeirDataset,
+  train_sets: Sequence[tuple[dict, dict]],
+  tuning: encoder_tuning.EncoderTuning,
+) -> list[tuple[str, str]]:
+  """(query text, body) for every judged train pair, then (lead sentence,
+  body) per document when tuning.lead_pseudo_queries.
+
+  train_sets: (queries {qid: text}, qrels {qid: {doc id: relevance}}) per
+  query set; pairs with relevance <= 0 or a document outside the corpus
+  are skipped.
+  """
+  pairs = [
+    (queries[qid], dataset.corpus[doc_id].text)
+    for queries, qrels in train_sets
+    for qid, judged in qrels.items()
+    for doc_id, relevance in judged.items()
+    if relevance > 0 and doc_id in dataset.corpus and qid in queries
+  ]
+  if tuning.lead_pseudo_queries:
+    rng = np.random.default_rng(tuning.seed)
+    for doc in dataset.corpus.values():
+      lead = encoder_tuning.lead_pseudo_query(doc.text, rng)
+      if lead:
+        pairs.append((lead, doc.text))
+  return pairs
+
+
+def dense_mrr(
+  embedder: embed.Embedder,
+  doc_ids: Sequence[str],
+  doc_vectors: np.ndarray,
+  held_out: dict,
+) -> dict[str, float]:
+  """{query set: MRR@10 of exact cosine} for held_out {name: (queries,
+  qrels)}; doc_vectors [len(doc_ids), dim]."""
+  out = {}
+  for name, (queries, qrels) in held_out.items():
+    qids = [q for q in qrels if q in queries]
+    vectors = embedder.embed([queries[q] for q in qids])
+    run = dense.dense_run(doc_ids, doc_vectors, vectors, qids, k=10)
+    out[name] = metrics.evaluate_run(
+      {q: qrels[q] for q in qids}, run, hits_ks=(1,), recall_ks=(10,)
+    )["MRR@10"]
+  return out
+
+
+def tuned_model(
+  model,
+  dataset: beir.BeirDataset,
+  plan: dev_selection.LexicalSelection,
+  tuning: Optional[encoder_tuning.EncoderTuning],
+  *,
+  workdir: str,
+  input_length: int,
+  cache_dir: str,
+) -> tuple[Any, dict]:
+  """(model, {"encoder_tuning": record}): `model` with its encoder tuned
+  if dense MRR@10 on plan.split improves; (model, {}) without tuning.
+
+  plan gives the folder, query sets, selection and eval splits. Both
+  encoders' document vectors are cached under cache_dir (keyed by the
+  encoder), where the run's warm start finds the kept one's.
+  """
+  if tuning is None or tuning.steps == 0:
+    return model, {}
+  data_dir, query_sets, max_docs = plan.data_dir, plan.query_sets, plan.max_docs
+  started = time.time()
+  source = model.config.encoder_dir
+  start = embed.Embedder.load(source, max_length=input_length)
+  train_sets = list(
+    dev_selection.held_out_queries(
+      data_dir, query_sets, "train", max_docs
+    ).values()
+  )
+  pairs = training_pairs(dataset, train_sets, tuning)
+  params, losses = encoder_tuning.tune(start, pairs, tuning)
+  tuned = embed.Embedder(start.config, params, start.tokenizer, input_length)
+  doc_ids = list(dataset.corpus)
+  vectors = {
+    name: embed.document_embeddings(dataset.corpus, embedder, cache_dir)
+    for name, embedder in (("start", start), ("tuned", tuned))
+  }
+  record = {
+    "settings": dataclasses.asdict(tuning),
+    "pairs": len(pairs),
+    "loss_first_25": float(np.mean(losses[:25])),
+    "loss_last_25": float(np.mean(losses[-25:])),
+  }
+  for split in (plan.split, plan.eval_split):
+    held_out = dev_selection.held_out_queries(
+      data_dir, query_sets, split, max_docs
+    )
+    for name, embedder in (("start", start), ("tuned", tuned)):
+      record[f"{split}/{name}"] = dense_mrr(
+        embedder, doc_ids, vectors[name], held_out
+      )
+  gain = np.mean(list(record[f"{plan.split}/tuned"].values())) - np.mean(
+    list(record[f"{plan.split}/start"].values())
+  )
+  record["kept"] = bool(gain > 0)
+  record["seconds"] = round(time.time() - started, 1)
+  logging.info("encoder tuning: dev dense MRR@10 %+.4f, kept %s", gain,
+    record["kept"])  # fmt: skip
+  if not record["kept"]:
+    return model, {"encoder_tuning": record}
+  folder = os.path.abspath(os.path.join(workdir, TUNED_FOLDER))
+  bert.save_folder(params, start.config, source, folder)
+  config = dataclasses.replace(model.config, encoder_dir=folder)
+  return type(model)(config), {"encoder_tuning": record}

@@ -1,0 +1,82 @@
+"""run_experiment with encoder_tuning (gr/experiments/tuned_encoder.py) on
+the tiny BERT: kept when dense dev MRR@10 rises (the run's model then reads
+the tuned folder, and its rows are the tuned document vectors), the start
+kept when dev cannot improve."""
+
+import json
+import os
+
+import pytest
+
+from gr.experiments import run as experiment
+from gr.model import bert
+from gr.model import model_config
+from gr.search import evaluation
+from gr.search import retrieval
+from gr.train import encoder_tuning
+from tests.support import synonym_corpus
+from tests.support import tiny_bert
+
+SPLITS = {"train": range(0, 40), "dev": range(40, 50), "test": range(50, 60)}
+TUNING = encoder_tuning.EncoderTuning(
+  steps=60, batch_size=8, learning_rate=3e-3, query_length=8
+)
+
+
+def _run(tmp_path, name: str, dev_lexical: bool) -> dict:
+  bert_dir = tiny_bert.write_tiny_bert(str(tmp_path / "bert"))
+  data_dir = synonym_corpus.write_beir(
+    str(tmp_path / f"{name}_data"), 60, SPLITS, dev_lexical=dev_lexical
+  )
+  workdir = str(tmp_path / name)
+  results = experiment.run_experiment(
+    data_dir=data_dir,
+    workdir=workdir,
+    model=tiny_bert.frozen_model(bert_dir),
+    scheme="atomic",
+    train_steps=0,
+    batch_size=8,
+    input_length=16,
+    task_rates={"indexing": 1.0, "retrieval": 1.0},
+    search=retrieval.SearchConfig(beam_size=5, top_k=5),
+    query_sets=(evaluation.QuerySet("titles"),),
+    encoder_tuning=TUNING,
+  )
+  return results, workdir, bert_dir
+
+
+def test_a_tuned_encoder_that_helps_dev_becomes_the_runs_encoder(tmp_path):
+  results, workdir, _ = _run(tmp_path, "helps", dev_lexical=False)
+  record = results["encoder_tuning"]
+  assert record["kept"] and record["pairs"] == 40
+  assert record["dev/tuned"]["titles"] > record["dev/start"]["titles"] + 0.1
+  folder = os.path.join(workdir, "tuned_encoder")
+  saved = model_config.load_model_config(
+    os.path.join(workdir, "model_config.json")
+  )
+  assert saved.model.encoder_dir == os.path.abspath(folder)
+  # The run's dense baseline uses the tuned encoder: its test figure is
+  # the record's.
+  assert results["titles/test"]["dense"]["MRR@10"] == pytest.approx(
+    record["test/tuned"]["titles"], abs=1e-6
+  )
+  assert bert.load_params(folder)["layer_0"]["output"]["kernel"].shape == (
+    64,
+    32,
+  )
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert json.load(f)["encoder_tuning"]["kept"]
+
+
+def test_the_start_is_kept_when_dev_cannot_improve(tmp_path):
+  """Dev queries are the bodies' own words: the start ranks every one
+  first, so tuning cannot win on dev and the run keeps the source folder."""
+  results, workdir, bert_dir = _run(tmp_path, "perfect", dev_lexical=True)
+  record = results["encoder_tuning"]
+  assert record["dev/start"]["titles"] == 1.0
+  assert not record["kept"]
+  assert not os.path.exists(os.path.join(workdir, "tuned_encoder"))
+  saved = model_config.load_model_config(
+    os.path.join(workdir, "model_config.json")
+  )
+  assert saved.model.encoder_dir == bert_dir

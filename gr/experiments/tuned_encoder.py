@@ -27,6 +27,7 @@ import numpy as np
 from gr.data import beir
 from gr.model import bert
 from gr.model import embed
+from gr.search import bm25
 from gr.search import dense
 from gr.search import metrics
 from gr.train import encoder_tuning
@@ -39,28 +40,49 @@ def training_pairs(
   dataset: beir.BeirDataset,
   train_sets: Sequence[tuple[dict, dict]],
   tuning: encoder_tuning.EncoderTuning,
-) -> list[tuple[str, str]]:
-  """(query text, body) for every judged train pair, then (lead sentence,
-  body) per document when tuning.lead_pseudo_queries.
+) -> list[tuple[str, str, frozenset]]:
+  """(query text, relevant doc id, every doc id judged relevant for the
+  query) for each judged train pair, then (lead sentence, doc id, {doc
+  id}) per document when tuning.lead_pseudo_queries.
 
   train_sets: (queries {qid: text}, qrels {qid: {doc id: relevance}}) per
   query set; pairs with relevance <= 0 or a document outside the corpus
   are skipped.
   """
-  pairs = [
-    (queries[qid], dataset.corpus[doc_id].text)
-    for queries, qrels in train_sets
-    for qid, judged in qrels.items()
-    for doc_id, relevance in judged.items()
-    if relevance > 0 and doc_id in dataset.corpus and qid in queries
-  ]
+  pairs = []
+  for queries, qrels in train_sets:
+    for qid, judged in qrels.items():
+      relevant = frozenset(d for d, r in judged.items() if r > 0)
+      pairs += [(queries[qid], d, relevant) for d in sorted(relevant)
+        if d in dataset.corpus and qid in queries]  # fmt: skip
   if tuning.lead_pseudo_queries:
     rng = np.random.default_rng(tuning.seed)
-    for doc in dataset.corpus.values():
+    for doc_id, doc in dataset.corpus.items():
       lead = encoder_tuning.lead_pseudo_query(doc.text, rng)
       if lead:
-        pairs.append((lead, doc.text))
+        pairs.append((lead, doc_id, frozenset([doc_id])))
   return pairs
+
+
+def bm25_negatives(
+  dataset: beir.BeirDataset, pairs: Sequence[tuple[str, str, frozenset]]
+) -> list[str]:
+  """Each pair's hard negative body: its query's best BM25 document that is
+  not judged relevant (a seeded random such document where BM25 finds
+  none)."""
+  run = bm25.bm25_run(
+    dataset.corpus, {str(i): pair[0] for i, pair in enumerate(pairs)}, k=10
+  )
+  doc_ids = list(dataset.corpus)
+  rng = np.random.default_rng(0)
+  negatives = []
+  for i, (_, _, relevant) in enumerate(pairs):
+    ranked = [d for d in run.get(str(i), {}) if d not in relevant]
+    while not ranked:
+      candidate = doc_ids[int(rng.integers(len(doc_ids)))]
+      ranked = [] if candidate in relevant else [candidate]
+    negatives.append(dataset.corpus[ranked[0]].text)
+  return negatives
 
 
 def dense_mrr(
@@ -110,8 +132,12 @@ def tuned_model(
       data_dir, query_sets, "train", max_docs
     ).values()
   )
-  pairs = training_pairs(dataset, train_sets, tuning)
-  params, losses = encoder_tuning.tune(start, pairs, tuning)
+  examples = training_pairs(dataset, train_sets, tuning)
+  pairs = [(query, dataset.corpus[doc].text) for query, doc, _ in examples]
+  negatives = None
+  if tuning.hard_negatives:
+    negatives = bm25_negatives(dataset, examples)
+  params, losses = encoder_tuning.tune(start, pairs, tuning, negatives)
   tuned = embed.Embedder(start.config, params, start.tokenizer, input_length)
   doc_ids = list(dataset.corpus)
   vectors = {

@@ -47,6 +47,10 @@ class EncoderTuning:
     lead_pseudo_queries: also pair each document with one of its first
       three sentences (an inverse-cloze pseudo-query), so every document,
       test documents included, is seen; no judged query is used for it.
+    hard_negatives: each pair also brings its query's best BM25 document
+      that is not relevant (mined by the caller, gr/experiments/
+      tuned_encoder.py), so the loss separates the documents that a
+      lexical match confuses, which is what a fusion with BM25 needs.
     seed: pair order and pseudo-query choice.
   """
 
@@ -57,16 +61,28 @@ class EncoderTuning:
   temperature: float = 0.05
   query_length: int = 64
   lead_pseudo_queries: bool = False
+  hard_negatives: bool = False
   seed: int = 0
 
 
 def in_batch_loss(
-  queries: jax.Array, docs: jax.Array, temperature: float
+  queries: jax.Array,
+  docs: jax.Array,
+  temperature: float,
+  allowed: jax.Array | None = None,
 ) -> jax.Array:
-  """queries [B, d], docs [B, d] unit vectors -> mean softmax cross-entropy
-  of each query's own doc (row i) among the B docs, scores cos / temperature."""
+  """Mean softmax cross-entropy of each query's own doc among the batch's.
+
+  queries [B, d], docs [C, d] unit vectors, C >= B: query i's positive is
+  doc i; docs B.. are extra negatives (hard ones). Scores are cos /
+  temperature. allowed [B, C] bool masks out columns that must not count
+  as negatives (another copy of query i's own body); None allows all.
+  """
   logits = queries @ docs.T / temperature
-  return -jnp.mean(jnp.diagonal(jax.nn.log_softmax(logits, axis=-1)))
+  if allowed is not None:
+    logits = jnp.where(allowed, logits, -1e9)
+  rows = jnp.arange(queries.shape[0])
+  return -jnp.mean(jax.nn.log_softmax(logits, axis=-1)[rows, rows])
 
 
 def lead_pseudo_query(body: str, rng: np.random.Generator) -> str | None:
@@ -96,26 +112,26 @@ def _schedule(tuning: EncoderTuning) -> optax.Schedule:
 
 
 def _step_fn(config: bert.BertConfig, tuning: EncoderTuning, optimizer):
-  """The jitted train step: (params, opt_state, q ids, q mask, d ids,
-  d mask) -> (params, opt_state, loss)."""
+  """The jitted train step: (params, opt_state, batch) -> (params,
+  opt_state, loss); batch has q_ids, q_mask [B, Lq], d_ids, d_mask [C, Ld]
+  and allowed [B, C] (see `in_batch_loss`)."""
   encoder = bert.BertEncoder(config)
 
   def encode(params, ids, mask):
     hidden = encoder.apply({"params": params}, ids, mask)
     return bert.mean_pool_normalise(hidden, mask)
 
-  def loss_fn(params, q_ids, q_mask, d_ids, d_mask):
+  def loss_fn(params, batch):
     return in_batch_loss(
-      encode(params, q_ids, q_mask),
-      encode(params, d_ids, d_mask),
+      encode(params, batch["q_ids"], batch["q_mask"]),
+      encode(params, batch["d_ids"], batch["d_mask"]),
       tuning.temperature,
+      batch["allowed"],
     )
 
   @jax.jit
-  def step(params, opt_state, q_ids, q_mask, d_ids, d_mask):
-    loss, grads = jax.value_and_grad(loss_fn)(
-      params, q_ids, q_mask, d_ids, d_mask
-    )
+  def step(params, opt_state, batch):
+    loss, grads = jax.value_and_grad(loss_fn)(params, batch)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
@@ -139,13 +155,19 @@ def tune(
   embedder: embed.Embedder,
   pairs: Sequence[tuple[str, str]],
   tuning: EncoderTuning,
+  negatives: Sequence[str] | None = None,
 ) -> tuple[Any, list[float]]:
   """Trains embedder's encoder on (query, body) pairs.
 
-  Returns (params, the loss of every step). The pairs are shuffled once by
-  tuning.seed and walked in order, wrapping around; a batch never holds a
-  body twice, so no in-batch negative is a positive.
+  negatives[i], when given, is a hard negative body of pair i (a BM25 top
+  document that is not relevant): each batch then scores its B queries
+  against its B bodies and their B negatives. Returns (params, the loss of
+  every step). The pairs are shuffled once by tuning.seed and walked in
+  order, wrapping around; a batch never holds a positive body twice, and
+  a copy of a query's own body among the negatives is masked out.
   """
+  if negatives is not None and len(negatives) != len(pairs):
+    raise ValueError(f"{len(negatives)} negatives for {len(pairs)} pairs")
   optimizer = optax.adamw(_schedule(tuning), weight_decay=0.01)
   params = embedder.params
   opt_state = optimizer.init(params)
@@ -153,12 +175,9 @@ def tune(
   batches = _batches(pairs, tuning)
   losses, started = [], time.time()
   for i in range(tuning.steps):
-    queries, bodies = next(batches)
-    q_ids, q_mask = _tokens(embedder, queries, tuning.query_length)
-    d_ids, d_mask = _tokens(embedder, bodies, embedder.max_length)
-    params, opt_state, loss = step(
-      params, opt_state, q_ids, q_mask, d_ids, d_mask
-    )
+    rows = next(batches)
+    batch = _batch(embedder, tuning, pairs, negatives, rows)
+    params, opt_state, loss = step(params, opt_state, batch)
     losses.append(float(loss))
     if (i + 1) % 25 == 0 or i + 1 == tuning.steps:
       logging.info(
@@ -167,26 +186,41 @@ def tune(
   return params, losses
 
 
+def _batch(embedder, tuning, pairs, negatives, rows) -> dict[str, np.ndarray]:
+  """The step's arrays for the pairs at `rows` (see `_step_fn`)."""
+  queries = [pairs[r][0] for r in rows]
+  bodies = [pairs[r][1] for r in rows]
+  if negatives is not None:
+    bodies += [negatives[r] for r in rows]
+  q_ids, q_mask = _tokens(embedder, queries, tuning.query_length)
+  d_ids, d_mask = _tokens(embedder, bodies, embedder.max_length)
+  own = np.array(bodies[: len(rows)])[:, None]  # [B, 1]
+  allowed = (own != np.array(bodies)[None, :]) | np.eye(
+    len(rows), len(bodies), dtype=bool
+  )  # [B, C]
+  return dict(q_ids=q_ids, q_mask=q_mask, d_ids=d_ids, d_mask=d_mask,
+    allowed=allowed)  # fmt: skip
+
+
 def _batches(pairs: Sequence[tuple[str, str]], tuning: EncoderTuning):
-  """Endless batches ([queries], [bodies]) of batch_size pairs with distinct
-  bodies, in a seeded order that wraps around the pairs."""
+  """Endless batches (lists of batch_size pair indices with distinct
+  bodies), in a seeded order that wraps around the pairs."""
   order = np.random.default_rng(tuning.seed).permutation(len(pairs))
   position = 0
   while True:
-    queries, bodies, seen = [], [], set()
+    rows, seen = [], set()
     for _ in range(len(pairs)):
-      query, body = pairs[order[position % len(order)]]
+      row = int(order[position % len(order)])
       position += 1
-      if body in seen:
+      if pairs[row][1] in seen:
         continue
-      seen.add(body)
-      queries.append(query)
-      bodies.append(body)
-      if len(queries) == tuning.batch_size:
+      seen.add(pairs[row][1])
+      rows.append(row)
+      if len(rows) == tuning.batch_size:
         break
-    if len(queries) < tuning.batch_size:
+    if len(rows) < tuning.batch_size:
       raise ValueError(
         f"encoder tuning: batch_size {tuning.batch_size} but only "
-        f"{len(queries)} distinct bodies in the pairs"
+        f"{len(rows)} distinct bodies in the pairs"
       )
-    yield queries, bodies
+    yield rows

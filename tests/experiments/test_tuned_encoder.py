@@ -80,3 +80,19 @@ def test_the_start_is_kept_when_dev_cannot_improve(tmp_path):
     os.path.join(workdir, "model_config.json")
   )
   assert saved.model.encoder_dir == bert_dir
+
+
+def test_bm25_negatives_are_never_relevant(tmp_path):
+  from gr.data import beir
+  from gr.experiments import tuned_encoder
+
+  data_dir = synonym_corpus.write_beir(
+    str(tmp_path / "data"), 30, {"train": range(30)}, dev_lexical=False
+  )
+  dataset = beir.BeirDataset.load(data_dir)
+  examples = [(dataset.corpus[f"d{i}"].text, f"d{i}", frozenset([f"d{i}"]))
+    for i in range(30)] + [("zzzz qqqq", "d0", frozenset(["d0"]))]  # fmt: skip
+  negatives = tuned_encoder.bm25_negatives(dataset, examples)
+  assert len(negatives) == 31
+  for (query, doc, _), negative in zip(examples, negatives):
+    assert negative != dataset.corpus[doc].text

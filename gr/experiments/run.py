@@ -289,14 +289,14 @@ class ExperimentTrainer:
       self.selection_at_start = self.plan.choose(start_searcher)
       transform = plan_bias_transform(start_searcher, transform)
       del start_searcher
-    if self.train_steps <= 0:
+    if self.train_steps <= 0 and run.params is None:
       return run.params
     train_start = time.time()
     # The gin-bound train: gin files bind train.optimizer, checkpoint_every...
     params = configurables.train(
       model=run.model,
       mixture_or_task_name=run.mixture,
-      train_steps=self.train_steps,
+      train_steps=max(self.train_steps, 0),
       batch_size=self.batch_size,
       model_dir=os.path.join(self.workdir, "model"),
       input_length=self.input_length,
@@ -304,13 +304,17 @@ class ExperimentTrainer:
       seed=self.seed,
       init_params=run.start.params,
       batch_transform=transform,
-      checkpoint_start=self.early_stopping,
+      # Step 0 is saved for early stopping, and as the servable model of
+      # a run that does not train.
+      checkpoint_start=self.early_stopping or self.train_steps <= 0,
       artifact_dir=index_lib.current_version_dir(
         os.path.join(self.workdir, "index")
       ),
     ).params
     self.seconds = time.time() - train_start
-    return self._early_stop(run, params) if self.early_stopping else params
+    if self.early_stopping and self.train_steps > 0:
+      return self._early_stop(run, params)
+    return params
 
   def _early_stop(self, run: indexing.IndexedRun, final_params):
     """The params of the step (0 or a checkpoint) best on dev."""

@@ -6,6 +6,7 @@ kept when dev cannot improve."""
 import json
 import os
 
+import numpy as np
 import pytest
 
 from gr.experiments import run as experiment
@@ -13,6 +14,7 @@ from gr.model import bert
 from gr.model import model_config
 from gr.search import evaluation
 from gr.search import retrieval
+from gr.serve import served_run
 from gr.train import encoder_tuning
 from tests.support import synonym_corpus
 from tests.support import tiny_bert
@@ -60,9 +62,15 @@ def test_a_tuned_encoder_that_helps_dev_becomes_the_runs_encoder(tmp_path):
   assert results["titles/test"]["dense"]["MRR@10"] == pytest.approx(
     record["test/tuned"]["titles"], abs=1e-6
   )
-  assert bert.load_params(folder)["layer_0"]["output"]["kernel"].shape == (
-    64,
-    32,
+  # A run that does not train saves step 0, so it can be served; its
+  # encoder is the tuned folder's.
+  model, params, _, _, step = served_run.load_checkpoint(
+    os.path.join(workdir, "model")
+  )
+  assert step == 0 and model.config.encoder_dir == os.path.abspath(folder)
+  np.testing.assert_allclose(
+    np.asarray(params["encoder"]["layer_0"]["output"]["kernel"]),
+    np.asarray(bert.load_params(folder)["layer_0"]["output"]["kernel"]),
   )
   with open(os.path.join(workdir, "results.json")) as f:
     assert json.load(f)["encoder_tuning"]["kept"]
@@ -94,5 +102,5 @@ def test_bm25_negatives_are_never_relevant(tmp_path):
     for i in range(30)] + [("zzzz qqqq", "d0", frozenset(["d0"]))]  # fmt: skip
   negatives = tuned_encoder.bm25_negatives(dataset, examples)
   assert len(negatives) == 31
-  for (query, doc, _), negative in zip(examples, negatives):
+  for (_, doc, _), negative in zip(examples, negatives):
     assert negative != dataset.corpus[doc].text

@@ -147,6 +147,7 @@ def tuned_model(
   record = {
     "settings": dataclasses.asdict(tuning),
     "pairs": len(pairs),
+    "steps_run": len(losses),
     "loss_first_25": float(np.mean(losses[:25])),
     "loss_last_25": float(np.mean(losses[-25:])),
   }

@@ -18,6 +18,7 @@ doc_length]), so one step compiles once.
 
 import dataclasses
 import logging
+import math
 import time
 from typing import Any, Sequence
 
@@ -51,6 +52,8 @@ class EncoderTuning:
       that is not relevant (mined by the caller, gr/experiments/
       tuned_encoder.py), so the loss separates the documents that a
       lexical match confuses, which is what a fusion with BM25 needs.
+    max_passes: at most this many passes over the pairs (0: no bound), so
+      a corpus with few training queries is not fitted over and over.
     seed: pair order and pseudo-query choice.
   """
 
@@ -62,7 +65,15 @@ class EncoderTuning:
   query_length: int = 64
   lead_pseudo_queries: bool = False
   hard_negatives: bool = False
+  max_passes: float = 0.0
   seed: int = 0
+
+  def steps_for(self, pairs: int) -> int:
+    """The steps to run over `pairs` pairs: `steps`, cut to `max_passes`
+    passes over them (rounded up) when max_passes > 0."""
+    if self.max_passes <= 0:
+      return self.steps
+    return min(self.steps, math.ceil(self.max_passes * pairs / self.batch_size))
 
 
 def in_batch_loss(
@@ -168,6 +179,7 @@ def tune(
   """
   if negatives is not None and len(negatives) != len(pairs):
     raise ValueError(f"{len(negatives)} negatives for {len(pairs)} pairs")
+  tuning = dataclasses.replace(tuning, steps=tuning.steps_for(len(pairs)))
   optimizer = optax.adamw(_schedule(tuning), weight_decay=0.01)
   params = embedder.params
   opt_state = optimizer.init(params)

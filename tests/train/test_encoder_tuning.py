@@ -136,3 +136,16 @@ def test_tuning_with_hard_negatives_learns_too(tuned):
   assert (
     _mrr(after, pairs, range(40, 60)) > _mrr(start, pairs, range(40, 60)) + 0.15
   )
+
+
+def test_max_passes_bounds_the_steps(tuned):
+  bounded = encoder_tuning.EncoderTuning(
+    steps=150, batch_size=32, max_passes=1.0
+  )
+  assert bounded.steps_for(365) == 12 and bounded.steps_for(4842) == 150
+  assert encoder_tuning.EncoderTuning(steps=150).steps_for(10) == 150
+  start, _, pairs, _ = tuned
+  _, losses = encoder_tuning.tune(
+    start, pairs[:40],
+    dataclasses.replace(TUNING, steps=100, max_passes=0.5))  # fmt: skip
+  assert len(losses) == 3  # ceil(0.5 * 40 / 8)

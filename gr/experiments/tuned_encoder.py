@@ -123,6 +123,11 @@ def tuned_model(
   """
   if tuning is None or tuning.steps == 0:
     return model, {}
+  if not getattr(model.config, "encoder_dir", ""):
+    raise ValueError(
+      "run_experiment.encoder_tuning needs a pretrained BERT-family encoder "
+      "(gin/models/minilm_t5.gin); this model has none"
+    )
   data_dir, query_sets, max_docs = plan.data_dir, plan.query_sets, plan.max_docs
   started = time.time()
   source = model.config.encoder_dir

@@ -10,8 +10,9 @@ whose rows are computed from their bodies by the same encoder.
 The loss is the in-batch softmax over a batch of pairs (each query's own
 body against the other bodies of the batch, cosine / temperature), as
 sentence-transformers' MultipleNegativesRankingLoss, on both towers of one
-shared encoder. Shapes are fixed ([batch, query_length] and [batch,
-doc_length]), so one step compiles once.
+shared encoder; with hard negatives each query also meets one more body
+per pair. Shapes are fixed (queries [batch, query_length], bodies [batch
+or 2 * batch, doc_length]), so one step compiles once.
 
   params, losses = tune(embedder, pairs, EncoderTuning(steps=150))
 """

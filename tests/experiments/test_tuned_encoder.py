@@ -20,6 +20,11 @@ from tests.support import synonym_corpus
 from tests.support import tiny_bert
 
 SPLITS = {"train": range(0, 40), "dev": range(40, 50), "test": range(50, 60)}
+SPLITS_SMALL = {
+  "train": range(0, 10),
+  "dev": range(10, 15),
+  "test": range(15, 20),
+}
 TUNING = encoder_tuning.EncoderTuning(
   steps=60, batch_size=8, learning_rate=3e-3, query_length=8
 )
@@ -104,3 +109,20 @@ def test_bm25_negatives_are_never_relevant(tmp_path):
   assert len(negatives) == 31
   for (_, doc, _), negative in zip(examples, negatives):
     assert negative != dataset.corpus[doc].text
+
+
+def test_a_model_without_a_pretrained_encoder_is_a_clear_error(tmp_path):
+  from gr.model import models
+  from gr.model import network
+
+  data_dir = synonym_corpus.write_beir(str(tmp_path / "data"), 20, SPLITS_SMALL)
+  with pytest.raises(ValueError, match="needs a pretrained BERT-family"):
+    experiment.run_experiment(
+      data_dir=data_dir,
+      workdir=str(tmp_path / "work"),
+      model=models.EncoderDecoderModel(network.T5Config.tiny(vocab_size=128)),
+      scheme="atomic",
+      train_steps=0,
+      query_sets=(evaluation.QuerySet("titles"),),
+      encoder_tuning=TUNING,
+    )

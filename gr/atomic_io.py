@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from typing import Any, Callable, Sequence
 
@@ -43,6 +44,30 @@ def atomic_open(path: str | os.PathLike, mode: str = "w"):
   except BaseException:
     with contextlib.suppress(FileNotFoundError):
       os.remove(tmp)
+    raise
+
+
+@contextlib.contextmanager
+def replaced_dir(directory: str | os.PathLike):
+  """Yields an empty staging folder beside `directory`; on success it
+  replaces `directory` whole (the old one is moved aside first and removed
+  after), so `directory` is only ever absent, old or complete. On an
+  exception the staging folder is removed and `directory` is untouched."""
+  directory = os.path.abspath(os.fspath(directory))
+  parent = os.path.dirname(directory)
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(dir=parent, prefix=".staging-")
+  try:
+    yield staging
+    old = None
+    if os.path.exists(directory):
+      old = tempfile.mkdtemp(dir=parent, prefix=".replaced-")
+      os.rename(directory, os.path.join(old, "folder"))
+    os.rename(staging, directory)
+    if old:
+      shutil.rmtree(old)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
     raise
 
 

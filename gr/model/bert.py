@@ -25,7 +25,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from typing import Any
 
 import flax.linen as nn
@@ -34,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 
+from gr import atomic_io
 from gr import partitioning
 
 # Word-embedding rows are padded to a multiple of this (as gr/model/models.py pads
@@ -321,12 +321,8 @@ def save_folder(
 ) -> None:
   """Writes `params` as a HF folder at out_dir: source_dir's other files
   (config, tokenizer, sentence-transformers settings) and a new
-  model.safetensors. Built beside out_dir and renamed into place, so
-  out_dir is either absent, the old folder, or the whole new one."""
-  parent = os.path.dirname(os.path.abspath(out_dir))
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=".bert-", dir=parent)
-  try:
+  model.safetensors, replacing out_dir whole (`atomic_io.replaced_dir`)."""
+  with atomic_io.replaced_dir(out_dir) as staging:
     for name in os.listdir(source_dir):
       src = os.path.join(source_dir, name)
       if name != "model.safetensors" and os.path.isfile(src):
@@ -334,16 +330,6 @@ def save_folder(
     safetensors.numpy.save_file(
       hf_tensors(params, config), os.path.join(staging, "model.safetensors")
     )
-    old = None
-    if os.path.exists(out_dir):
-      old = tempfile.mkdtemp(prefix=".bert-old-", dir=parent)
-      os.rename(out_dir, os.path.join(old, "folder"))
-    os.rename(staging, out_dir)
-    if old:
-      shutil.rmtree(old)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
 
 
 def load_params(path: str, config: BertConfig | None = None) -> dict[str, Any]:

@@ -14,12 +14,12 @@ position per checkpoint step, under model_dir/data_state/<step>/).
 from collections.abc import Iterator
 import os
 import shutil
-import tempfile
 
 from absl import logging
 import jax
 import numpy as np
 
+from gr import atomic_io
 from gr import partitioning
 
 
@@ -99,12 +99,8 @@ class DataIterator:
 
   def save(self, directory: str) -> None:
     """Writes the position to `directory` (replacing it, atomically)."""
-    parent = os.path.dirname(os.path.abspath(directory))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(dir=parent, prefix='.tmp-data-')
-    self._checkpoint().write(os.path.join(staging, self.STATE))
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(staging, directory)
+    with atomic_io.replaced_dir(directory) as staging:
+      self._checkpoint().write(os.path.join(staging, self.STATE))
 
   def restore(self, directory: str) -> None:
     status = self._checkpoint().read(os.path.join(directory, self.STATE))

@@ -45,4 +45,4 @@ def test_saving_over_a_folder_replaces_it_whole(tmp_path):
     f.write("old")
   bert.save_folder(params, config, source, out)
   assert "stale.txt" not in os.listdir(out)
-  assert not [n for n in os.listdir(tmp_path) if n.startswith(".bert-")]
+  assert not [n for n in os.listdir(tmp_path) if n.startswith(".")]

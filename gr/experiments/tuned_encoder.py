@@ -76,8 +76,12 @@ def bm25_negatives(
   doc_ids = list(dataset.corpus)
   rng = np.random.default_rng(0)
   negatives = []
-  for i, (_, _, relevant) in enumerate(pairs):
+  for i, (query, _, relevant) in enumerate(pairs):
     ranked = [d for d in run.get(str(i), {}) if d not in relevant]
+    if not ranked and len(relevant & set(doc_ids)) == len(doc_ids):
+      raise ValueError(
+        f"hard negatives: every document is judged relevant to {query!r}"
+      )
     while not ranked:
       candidate = doc_ids[int(rng.integers(len(doc_ids)))]
       ranked = [] if candidate in relevant else [candidate]

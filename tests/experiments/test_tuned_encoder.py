@@ -126,3 +126,16 @@ def test_a_model_without_a_pretrained_encoder_is_a_clear_error(tmp_path):
       query_sets=(evaluation.QuerySet("titles"),),
       encoder_tuning=TUNING,
     )
+
+
+def test_a_query_relevant_to_every_document_has_no_negative(tmp_path):
+  from gr.data import beir
+  from gr.experiments import tuned_encoder
+
+  data_dir = synonym_corpus.write_beir(
+    str(tmp_path / "data"), 3, {"train": range(3)}
+  )
+  dataset = beir.BeirDataset.load(data_dir)
+  every = frozenset(dataset.corpus)
+  with pytest.raises(ValueError, match="every document is judged relevant"):
+    tuned_encoder.bm25_negatives(dataset, [("zzzz", "d0", every)])

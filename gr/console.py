@@ -93,6 +93,13 @@ STATUS_RULES = (
     (r'(?<![\w])loss \S+', r'\S+ steps/s'),
   ),
   StatusRule('loop', r'eval at step '),
+  StatusRule(
+    'encoder_tuning',
+    r'encoder tuning step (?P<done>\d+)/(?P<total>\d+):',
+    'encoder tuning step',
+    (r'loss \S+',),
+  ),
+  StatusRule('tuned_encoder', r'encoder tuning: '),
   StatusRule('run', r'lexical weight '),
   StatusRule('dynamic_cells', r'\S+ step \d+: '),
   StatusRule(

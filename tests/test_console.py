@@ -149,6 +149,19 @@ def test_progress_is_sparse_off_a_terminal(job, monkeypatch):
   )
 
 
+def test_encoder_tuning_shows_its_progress_and_its_verdict(job):
+  handler, out = job
+  path = '/x/gr/train/encoder_tuning.py'
+  handler.handle(_record(py_logging.INFO,
+    'encoder tuning step 150/150: loss 0.5372 (1214.4 s)', path))  # fmt: skip
+  handler.handle(_record(py_logging.INFO,
+    'encoder tuning: dev dense MRR@10 +0.0372, kept True',
+    '/x/gr/experiments/tuned_encoder.py'))  # fmt: skip
+  shown = out.getvalue().splitlines()
+  assert shown[0].endswith('encoder tuning step 150/150 (100%), loss 0.5372')
+  assert shown[1].endswith('encoder tuning: dev dense MRR@10 +0.037, kept True')
+
+
 def test_progress_redraws_one_line_on_a_terminal(job):
   handler, out = job
   handler._tty = True  # pylint: disable=protected-access

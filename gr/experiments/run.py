@@ -127,7 +127,8 @@ def run_experiment(
   max_docs > 0 keeps the first max_docs documents (and their queries). The
   family (gr/model/family.py) chooses vocabulary and start; a pretrained
   encoder's frozen layers are cached (`encoder_cache_dir`, default
-  workdir/encoder_cache) and add a dense baseline. train_steps = 0: step 0.
+  workdir/encoder_cache; not when train_steps = 0, which is step 0) and
+  add a dense baseline.
   lexical_weights, selection_split, term_*, plan_in_training: the lexical
   plan (`LexicalSelection`, `ExperimentTrainer`). early_stopping: the best
   step on dev. term_weight_head (gr/experiments/lexical_head.py) and
@@ -160,7 +161,8 @@ def run_experiment(
   run = indexing.index_and_train(
     dataset, os.path.join(workdir, "index"), model, spec,
     input_length=input_length, register_tasks=register_tasks,
-    cache_rows=cache_rows, warm=warm_start, train=trainer,
+    cache_rows=cache_rows if train_steps > 0 else lambda index: (),
+    warm=warm_start, train=trainer,
     temperature=warm_start_temperature, states_dir=cache_dir,
     embedding_cache_dir=cache_dir)  # fmt: skip
   results = {**trainer.evaluate(run, exact_queries), **tuning}

@@ -51,6 +51,7 @@ from gr.index import sentencepiece_training as sp_training
 from gr.index import vocab as vocab_lib
 from gr.index import wordpiece
 from gr.model import configs
+from gr.model import embed
 from gr.model import encoder_cache as cache_lib
 from gr.model import pretrained
 from gr.model import pretrained_t5
@@ -299,11 +300,20 @@ class BertT5:
     base = pretrained.initial_params(
       model, encoder_dir, index=index, doc_vectors=None, warm=False, **lengths
     )
-    doc_rows = pretrained.document_rows(index, corpus, input_length)
-    states = self.encoder_states(
-      model, base, list(cache_rows()) + list(doc_rows), cache_dir
-    )
-    vectors = pretrained.pooled_vectors(model, base, doc_rows, states)
+    training_rows = list(cache_rows())
+    if training_rows or cache_dir is None:
+      doc_rows = pretrained.document_rows(index, corpus, input_length)
+      states = self.encoder_states(
+        model, base, training_rows + list(doc_rows), cache_dir
+      )
+      vectors = pretrained.pooled_vectors(model, base, doc_rows, states)
+    else:
+      # Nothing to train on: no frozen-layer cache; the bodies' vectors are
+      # the dense baseline's, cached under cache_dir by encoder.
+      states = None
+      vectors = self._body_vectors(
+        model, index, corpus, input_length, cache_dir
+      )
     params = pretrained.initial_params(
       model,
       encoder_dir,
@@ -325,6 +335,18 @@ class BertT5:
       states,
       time.time() - start,
     )
+
+  @staticmethod
+  def _body_vectors(model, index, corpus, input_length, cache_dir):
+    """[num_docs, E] unit body vectors in table order, through
+    `embed.document_embeddings` (the same encoder, inputs cut to
+    input_length) and its cache in cache_dir."""
+    embedder = embed.Embedder.load(
+      model.config.encoder_dir, max_length=input_length
+    )
+    vectors = embed.document_embeddings(corpus, embedder, cache_dir)
+    row = {doc_id: i for i, doc_id in enumerate(corpus)}
+    return vectors[[row[doc_id] for doc_id in index.doc_ids]]
 
   def text_params(self, model, *, seed, input_length, target_length):
     """The encoder's weights and a fresh decoder whose word embeddings are

@@ -21,7 +21,7 @@ import dataclasses
 import logging
 import math
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +55,10 @@ class EncoderTuning:
       lexical match confuses, which is what a fusion with BM25 needs.
     max_passes: at most this many passes over the pairs (0: no bound), so
       a corpus with few training queries is not fitted over and over.
+    trainable_layers: tune only the top this many transformer layers (0:
+      every layer and the embeddings). The layers below run forward only,
+      so a step costs less (no backward pass through them) and the
+      pretrained lower layers stay as they are.
     seed: pair order and pseudo-query choice.
   """
 
@@ -67,6 +71,7 @@ class EncoderTuning:
   lead_pseudo_queries: bool = False
   hard_negatives: bool = False
   max_passes: float = 0.0
+  trainable_layers: int = 0
   seed: int = 0
 
   def steps_for(self, pairs: int) -> int:
@@ -123,14 +128,45 @@ def _schedule(tuning: EncoderTuning) -> optax.Schedule:
   )
 
 
+def _frozen_layers(config: bert.BertConfig, tuning: EncoderTuning) -> int:
+  """How many layers (from the bottom, embeddings included) stay frozen."""
+  if tuning.trainable_layers <= 0:
+    return 0
+  return max(0, config.num_layers - tuning.trainable_layers)
+
+
+def _optimizer(
+  config: bert.BertConfig, tuning: EncoderTuning, params
+) -> optax.GradientTransformation:
+  """AdamW (weight decay 0.01) on the tuned parameters; frozen ones (the
+  embeddings and the layers below the top `trainable_layers`) get no
+  update at all, weight decay included."""
+  adamw = optax.adamw(_schedule(tuning), weight_decay=0.01)
+  frozen = _frozen_layers(config, tuning)
+  if frozen == 0:
+    return adamw
+  tuned = {f"layer_{i}" for i in range(frozen, config.num_layers)}
+  labels = {k: jax.tree.map(lambda _, k=k: "tuned" if k in tuned else
+    "frozen", v) for k, v in params.items()}  # fmt: skip
+  return optax.multi_transform(
+    {"tuned": adamw, "frozen": optax.set_to_zero()}, labels
+  )
+
+
 def _step_fn(config: bert.BertConfig, tuning: EncoderTuning, optimizer):
   """The jitted train step: (params, opt_state, batch) -> (params,
   opt_state, loss); batch has q_ids, q_mask [B, Lq], d_ids, d_mask [C, Ld]
   and allowed [B, C] (see `in_batch_loss`)."""
   encoder = bert.BertEncoder(config)
+  frozen = _frozen_layers(config, tuning)
 
   def encode(params, ids, mask):
-    hidden = encoder.apply({"params": params}, ids, mask)
+    hidden = ids
+    if frozen:
+      hidden = jax.lax.stop_gradient(
+        encoder.apply({"params": params}, ids, mask, stop_layer=frozen)
+      )
+    hidden = encoder.apply({"params": params}, hidden, mask, start_layer=frozen)
     return bert.mean_pool_normalise(hidden, mask)
 
   def loss_fn(params, batch):
@@ -168,21 +204,23 @@ def tune(
   pairs: Sequence[tuple[str, str]],
   tuning: EncoderTuning,
   negatives: Sequence[str] | None = None,
+  on_step: Callable[[int, Any], None] | None = None,
 ) -> tuple[Any, list[float]]:
   """Trains embedder's encoder on (query, body) pairs.
 
   negatives[i], when given, is a hard negative body of pair i (a BM25 top
   document that is not relevant): each batch then scores its B queries
-  against its B bodies and their B negatives. Returns (params, the loss of
-  every step). The pairs are shuffled once by tuning.seed and walked in
+  against its B bodies and their B negatives. on_step(step, params), when
+  given, is called after every step (1-based), e.g. to trace a learning
+  curve. Returns (params, the loss of every step). The pairs are shuffled once by tuning.seed and walked in
   order, wrapping around; a batch never holds a positive body twice, and
   a copy of a query's own body among the negatives is masked out.
   """
   if negatives is not None and len(negatives) != len(pairs):
     raise ValueError(f"{len(negatives)} negatives for {len(pairs)} pairs")
   tuning = dataclasses.replace(tuning, steps=tuning.steps_for(len(pairs)))
-  optimizer = optax.adamw(_schedule(tuning), weight_decay=0.01)
   params = embedder.params
+  optimizer = _optimizer(embedder.config, tuning, params)
   opt_state = optimizer.init(params)
   step = _step_fn(embedder.config, tuning, optimizer)
   batches = _batches(pairs, tuning)
@@ -192,6 +230,8 @@ def tune(
     batch = _batch(embedder, tuning, pairs, negatives, rows)
     params, opt_state, loss = step(params, opt_state, batch)
     losses.append(float(loss))
+    if on_step is not None:
+      on_step(i + 1, params)
     if (i + 1) % 25 == 0 or i + 1 == tuning.steps:
       logging.info(
         "encoder tuning step %d/%d: loss %.4f (%.1f s)",

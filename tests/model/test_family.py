@@ -84,3 +84,27 @@ def test_a_bert_family_warm_start_gives_vectors_rows_and_a_cache(bert_model):
   mask = fam.trainable_mask(model, start.params)
   assert not any(jax.tree.leaves(mask["encoder"]))  # all layers frozen
   assert all(jax.tree.leaves(mask["decoder"]))
+
+
+def test_a_warm_start_with_nothing_to_train_takes_the_dense_vectors(
+  bert_model, tmp_path
+):
+  """No training rows: no frozen-layer cache; the bodies' vectors are the
+  embedder's (cached under cache_dir by encoder), equal to the model's."""
+  table = get_scheme("atomic").assign(DOCS)
+  fam = family.family_of(bert_model)
+  index = fam.build_index(bert_model, table, None, "", vocab_size=0, seed=0)
+  model = models.fit_vocab(bert_model, index.vocab.vocab_size)
+  start = fam.warm_start(model, index, DOCS, seed=0, input_length=16,
+    target_length=index.max_docid_length(), cache_dir=str(tmp_path))  # fmt: skip
+  assert start.states is None
+  assert [p.name.split("-")[0] for p in tmp_path.glob("*.npy")] == ["docs"]
+  rows = pretrained.document_rows(index, DOCS, 16)
+  direct = pretrained.pooled_vectors(model, start.base_params, rows)
+  np.testing.assert_allclose(
+    start.vector_matrix(index.doc_ids), direct, atol=1e-4
+  )
+  trained = fam.warm_start(model, index, DOCS, seed=0, input_length=16,
+    target_length=index.max_docid_length(), cache_dir=str(tmp_path),
+    cache_rows=lambda: [rows[0][:4]])  # fmt: skip
+  assert trained.states is not None

@@ -5,6 +5,7 @@ documents it never trained on are found better than at the start."""
 
 import dataclasses
 
+import jax
 import numpy as np
 import pytest
 
@@ -149,3 +150,22 @@ def test_max_passes_bounds_the_steps(tuned):
     start, pairs[:40],
     dataclasses.replace(TUNING, steps=100, max_passes=0.5))  # fmt: skip
   assert len(losses) == 3  # ceil(0.5 * 40 / 8)
+
+
+def test_tuning_only_the_top_layer_leaves_the_rest_as_it_was(tuned):
+  """trainable_layers=1 of 2: layer_1 learns (and still reaches unseen
+  documents); layer_0 and the embeddings are bit-identical, weight decay
+  included."""
+  start, _, pairs, _ = tuned
+  params, _ = encoder_tuning.tune(
+    start, pairs[:40], dataclasses.replace(TUNING, trainable_layers=1)
+  )
+  for frozen in ("layer_0", "word_embeddings", "embeddings_norm"):
+    for got, want in zip(
+      jax.tree.leaves(params[frozen]), jax.tree.leaves(start.params[frozen])
+    ):
+      np.testing.assert_array_equal(got, want)
+  moved = params["layer_1"]["output"]["kernel"]
+  assert not np.allclose(moved, start.params["layer_1"]["output"]["kernel"])
+  after = embed.Embedder(start.config, params, start.tokenizer, 16)
+  assert _mrr(after, pairs, range(40, 60)) > _mrr(start, pairs, range(40, 60))

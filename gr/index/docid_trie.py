@@ -183,6 +183,27 @@ class DocidTrie:
     """Device width W_d of each level d = 1, 2, ... (capacities)."""
     return tuple(self._level_widths)
 
+  def holds_vocab(self, vocab_size: int) -> bool:
+    """Whether tokens below `vocab_size` fit the device arrays as they are
+    (the root table is that wide, and int16 tokens still hold them), so
+    raising the bound (`set_vocab_size`) changes no shape or dtype."""
+    if self.vocab_size is None:
+      return True
+    int16 = np.dtype(self._token_dtype) == np.int16
+    return vocab_size <= len(self._root_child) and (
+      not int16 or vocab_size <= _INT16_TOKENS
+    )
+
+  def set_vocab_size(self, vocab_size: int) -> None:
+    """Raises the token bound to `vocab_size` (a model whose embedding rows
+    grew), keeping every array; ValueError unless `holds_vocab`."""
+    if not self.holds_vocab(vocab_size):
+      raise ValueError(
+        f"vocab_size {vocab_size} does not fit this trie's arrays (root "
+        f"table {len(self._root_child)}, {np.dtype(self._token_dtype)} tokens)"
+      )
+    self.vocab_size = max(vocab_size, self.vocab_size or 0)
+
   def reserve_level_widths(self, widths: Sequence[int]) -> None:
     """Grows level d's width to hold widths[d - 1] (never shrinks), so that
     online inserts up to it keep the device shapes. Call before uploading."""

@@ -279,17 +279,24 @@ class LiveIndex:
     )
     return plan
 
-  def _search_fn(self, index: index_lib.Index, fresh: bool = False):
-    """The jitted search of the current model (shared in the process): with
-    the plan, or the term sets' top-k for weight inf; fresh: a new one (a
-    capacity grew: the old one's executables go with the old state)."""
+  def _search_fn(
+    self,
+    index: index_lib.Index,
+    fresh: bool = False,
+    model_config: Optional[models.ModelConfig] = None,
+  ):
+    """The jitted search of the current model (or of `model_config`),
+    shared in the process: with the plan, or the term sets' top-k for
+    weight inf; fresh: a new one (a capacity grew: the old one's
+    executables go with the old state)."""
+    model_config = model_config or self.model.config
     if self._plan is not None and self._plan.lexical_only:
       return shared_lexical_search_fn(
-        self.model.config, self.config.max_k, self.mesh, fresh=fresh
+        model_config, self.config.max_k, self.mesh, fresh=fresh
       )
     search = self.config.search_config(self.max_decode_len)
     return shared_search_fn(
-      self.model.config,
+      model_config,
       retrieval.fit_to_index(search, index),
       self.mesh,
       with_plan=self._plan is not None,
@@ -332,7 +339,10 @@ class LiveIndex:
     return partitioning.place(arrays, specs, self.mesh)
 
   def _build_trie(
-    self, index: index_lib.Index, extra_tokens: int = 0
+    self,
+    index: index_lib.Index,
+    extra_tokens: int = 0,
+    vocab_size: Optional[int] = None,
   ) -> docid_trie.DocidTrie:
     """Host trie with values = slots, bulk-built once, with room to grow.
 
@@ -343,11 +353,13 @@ class LiveIndex:
     every token later. Widths stay per level, so one wide level (text
     docids) does not widen the others. Adding documents online then rarely
     changes the device shapes (each change compiles every bucket again).
+    vocab_size: the model's embedding rows it is for (default: the live
+    model's).
     """
     sequences, _ = index.docid_sequences()
     trie = index.build_trie(
       capacity=2 * (sum(len(s) for s in sequences) + extra_tokens),
-      vocab_size=self.model.config.vocab_size,
+      vocab_size=vocab_size or self.model.config.vocab_size,
     )
     tokens = min(len(index.table.reserved_tokens) + 1, 64)
     widths = [max(2 * w, tokens) for w in trie.level_widths] + [tokens]

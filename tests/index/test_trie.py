@@ -502,3 +502,24 @@ def test_level_widths_follow_the_widest_node_of_each_level():
   trie.delete(deep[1])
   trie.insert((3, 4, 5, 8, 9, 1), 0)  # a new level; widths never shrink
   assert trie.level_widths == (64, 1, 2, 1, 1)
+
+
+def test_the_token_bound_rises_only_where_the_arrays_hold_it():
+  """holds_vocab / set_vocab_size: a rows growth keeps the trie while the
+  root table is wide enough and int16 tokens still fit."""
+  trie = DocidTrie(vocab_size=300)  # root table 512, int16 tokens
+  trie.insert([299, 1], 0)
+  shapes = [a.shape for a in jax.tree.leaves(trie.to_device())]
+  assert trie.holds_vocab(512) and not trie.holds_vocab(513)
+  with pytest.raises(ValueError, match="vocab_size 300"):
+    trie.insert([511, 1], 1)
+  trie.set_vocab_size(512)
+  trie.insert([511, 1], 1)  # a token the old bound refused
+  assert [a.shape for a in jax.tree.leaves(trie.to_device())] == shapes
+  with pytest.raises(ValueError, match="does not fit"):
+    trie.set_vocab_size(513)
+  wide = DocidTrie(vocab_size=30_000)  # root 32,768, int16
+  assert not wide.holds_vocab(32_768)  # int16 tokens end at 32,767
+  big = DocidTrie(vocab_size=40_000)  # int32 tokens, root 65,536
+  assert big.holds_vocab(65_536) and not big.holds_vocab(65_537)
+  assert DocidTrie().holds_vocab(10**6)  # no bound

@@ -14,6 +14,8 @@ deletes in between, and a restart.
 import json
 import os
 
+import jax
+from jax._src import dispatch  # BACKEND_COMPILE_EVENT
 import numpy as np
 import pytest
 
@@ -279,3 +281,37 @@ def test_add_delete_cycles_reuse_rows_and_slots(tiny_run, tmp_path):
     assert after == before
   finally:
     again.close()
+
+
+def test_a_rows_growth_compiled_ahead_compiles_nothing_when_it_comes(
+  tiny_run, tmp_path
+):
+  """Once the spare rows run low, the next growth's buckets compile in the
+  background; the add that grows the rows then compiles nothing, keeps the
+  trie, and its document is found at once."""
+  run, words = tiny_run
+  r = serve(copy_run(run, tmp_path / "run"))
+  compiles: list[str] = []
+
+  def listener(event: str, duration: float, **kwargs) -> None:
+    del duration, kwargs
+    if event == dispatch.BACKEND_COMPILE_EVENT:
+      compiles.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    start, added = r.model.config.vocab_size, {}
+    for doc_id, doc in distinctive_documents(words, 200, 7, "g").items():
+      r.wait_for_updates()  # a growth being compiled ahead is ready
+      before, trie = len(compiles), r._trie  # pylint: disable=protected-access
+      r.add_documents([doc])
+      added[doc_id] = doc
+      if r.model.config.vocab_size > start:
+        break
+    assert r.model.config.vocab_size > start, "never grew"
+    assert compiles[before:] == []
+    assert r._trie is trie  # pylint: disable=protected-access
+    assert ranked_first(r, added) == 1.0
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+    r.close()

@@ -127,8 +127,7 @@ def run_experiment(
   max_docs > 0 keeps the first max_docs documents (and their queries). The
   family (gr/model/family.py) chooses vocabulary and start; a pretrained
   encoder's frozen layers are cached (`encoder_cache_dir`, default
-  workdir/encoder_cache; not when train_steps = 0, which is step 0) and
-  add a dense baseline.
+  workdir/encoder_cache; not for train_steps 0: step 0) + dense baseline.
   lexical_weights, selection_split, term_*, plan_in_training: the lexical
   plan (`LexicalSelection`, `ExperimentTrainer`). early_stopping: the best
   step on dev. term_weight_head (gr/experiments/lexical_head.py) and

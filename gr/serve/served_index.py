@@ -55,21 +55,16 @@ import dataclasses
 import gc
 import logging
 import os
-import threading
-import time
 from typing import Any, Mapping, Optional, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from gr import partitioning
 from gr.data import beir
 from gr.decode import plan as plan_lib
 from gr.index import artifact as index_lib
 from gr.index import vocab as vocab_lib
 from gr.index import wordpiece
-from gr.model import models
+from gr.serve import growth_ahead
 from gr.serve import live_state
 from gr.serve import online_logs
 from gr.serve import online_rows
@@ -91,12 +86,7 @@ def _return_freed_memory() -> None:
     pass
 
 
-def _zeros(shapes: Any) -> Any:
-  """Zero arrays of a tree of shapes (jax.ShapeDtypeStruct leaves)."""
-  return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
-
-
-class ServedIndex(live_state.LiveIndex):
+class ServedIndex(growth_ahead.GrowthAhead, live_state.LiveIndex):
   """A trained model and its mutable index, served: the live state that
   searches read (live_state.LiveIndex), and online add/delete persisted
   under `index_dir`."""
@@ -105,11 +95,6 @@ class ServedIndex(live_state.LiveIndex):
   # into a copy of the table (the path before; scripts/bench_online.py
   # times both).
   rows_in_place = True
-  # Once fewer than this share of the docid rows is spare, the next rows
-  # growth's searches compile in the background (`_prepare_growth`).
-  prepare_growth_below = 0.125
-  _preparing: Optional[threading.Thread] = None
-  _prepared_config: Optional[models.ModelConfig] = None
 
   def add_documents(
     self, documents: Sequence[beir.Document]
@@ -189,92 +174,6 @@ class ServedIndex(live_state.LiveIndex):
     self._maybe_prepare_growth()
     return {d: table.docids_of[d] for d in new_docs}
 
-  # ------------------------------------------- the next growth, ahead --
-
-  def _maybe_prepare_growth(self) -> None:
-    """Once fewer than `prepare_growth_below` of the docid rows are spare,
-    starts compiling the next rows growth in the background (once per
-    size), where that growth will keep the trie and plan (`_grown_for`)."""
-    if self._preparing is not None and self._preparing.is_alive():
-      return  # a later add starts the next one
-    index, rows = self._live.index, self.model.config.vocab_size
-    base = index.vocab.base_size
-    if rows - index.vocab.vocab_size >= self.prepare_growth_below * max(
-      rows - base, 1
-    ):
-      return
-    grown = self.model.with_vocab_size(
-      online_rows.grown_rows(self.checkpoint_rows, base, rows + 1)
-    )
-    if grown.config == self._prepared_config or not self._trie.holds_vocab(
-      grown.config.vocab_size
-    ):
-      return
-    self._prepared_config = grown.config
-    with self._dispatch_lock:  # shapes only: adds donate the live arrays
-      live = self._live
-      arrays = (live.params, live.trie_arrays, live.plan)
-      shapes_of = jax.eval_shape(lambda tree: tree, arrays)
-      # A jitted function compiles again for a committed argument where it
-      # had an uncommitted one: the zeros copy each live array's.
-      committed = jax.tree.map(lambda a: bool(a.committed), arrays)
-    self._preparing = threading.Thread(
-      target=self._prepare_growth,
-      args=(grown, live, shapes_of, committed),
-      name="prepare-growth",
-      daemon=True,
-    )
-    self._preparing.start()
-
-  def _prepare_growth(
-    self,
-    grown: models.EncoderDecoderModel,
-    live: LiveState,
-    shapes_of: Any,
-    committed: Any,
-  ) -> None:
-    """Compiles every bucket of the search of `grown` (the model with more
-    rows) on zero arrays of the live shapes `shapes_of` (params, trie
-    arrays, plan; device-committed where `committed` says), the params
-    grown as the growth grows them, while adds and searches go on. The add that grows the rows then
-    finds them compiled: the process's search registry hands it this
-    search. A failure here only costs that add the compile."""
-    started = time.time()
-    device = jax.devices()[0]
-    params, trie_arrays, plan = jax.tree.map(
-      lambda zeros, on_device: jax.device_put(zeros, device) if on_device
-      else zeros, _zeros(shapes_of), committed)  # fmt: skip
-    try:
-      params = online_rows.grow_params(params, grown.config.vocab_size)
-      self.warm_up(dataclasses.replace(
-        live,
-        params=partitioning.place(params,
-          partitioning.param_specs(grown, self.mesh), self.mesh),
-        trie_arrays=self._replicated(trie_arrays),
-        plan=None if plan is None else self._replicated(plan),
-        search=self._search_fn(live.index, fresh=True,
-          model_config=grown.config),
-      ))  # fmt: skip
-    except Exception:  # pylint: disable=broad-except
-      logging.exception("compiling the next rows growth ahead failed")
-      return
-    logging.info(
-      "next rows growth (%d rows) compiled ahead in %.1f s",
-      grown.config.vocab_size,
-      time.time() - started,
-    )
-
-  def _finish_preparing(self) -> None:
-    """Waits for a growth being compiled ahead (`_prepare_growth`)."""
-    if self._preparing is not None:
-      self._preparing.join()
-
-  def wait_for_updates(self) -> None:
-    """Returns once no update is being applied, persisted, or compiled
-    ahead."""
-    self._finish_preparing()
-    super().wait_for_updates()
-
   def _grown_for(
     self, index: index_lib.Index, sequences: Mapping[str, list[list[int]]]
   ) -> LiveState:
@@ -294,9 +193,7 @@ class ServedIndex(live_state.LiveIndex):
     )
     if model is self.model:
       return self._live
-    self._finish_preparing()
-    if self._prepared_config not in (None, model.config):
-      live_state.forget_searches(self._prepared_config)  # grew further
+    self._forget_preparation(model.config)
     logging.info(
       "docid rows full: %d -> %d embedding rows, compiling %d buckets",
       self.model.config.vocab_size,

@@ -63,22 +63,18 @@ def main(argv):
   if tuning is None:
     raise ValueError('the config sets no run_experiment.encoder_tuning')
   data_dir, length = _setting('data_dir'), _setting('input_length')
+  query_sets = _setting('query_sets', run.DEFAULT_QUERY_SETS)
+  max_docs = _setting('max_docs', 0)
   encoder_dir = _setting('model').config.encoder_dir
   cache_dir = _setting('encoder_cache_dir') or tempfile.mkdtemp()
-  dataset = beir.BeirDataset.load(data_dir)
+  dataset = dev_selection.subset(beir.BeirDataset.load(data_dir), max_docs)
   held = {
-    split: dev_selection.held_out_queries(
-      data_dir, run.DEFAULT_QUERY_SETS, split, 0
-    )
+    split: dev_selection.held_out_queries(data_dir, query_sets, split, max_docs)
     for split in ('train', *SPLITS)
   }
-  examples = tuned_encoder.training_pairs(
+  pairs, negatives = tuned_encoder.tuning_inputs(
     dataset, list(held['train'].values()), tuning
   )
-  pairs = [(query, dataset.corpus[doc].text) for query, doc, _ in examples]
-  negatives = None
-  if tuning.hard_negatives:
-    negatives = tuned_encoder.bm25_negatives(dataset, examples)
   start = embed.Embedder.load(encoder_dir, max_length=length)
   doc_ids, curve = list(dataset.corpus), []
 

@@ -89,6 +89,22 @@ def bm25_negatives(
   return negatives
 
 
+def tuning_inputs(
+  dataset: beir.BeirDataset,
+  train_sets: Sequence[tuple[dict, dict]],
+  tuning: encoder_tuning.EncoderTuning,
+) -> tuple[list[tuple[str, str]], Optional[list[str]]]:
+  """`encoder_tuning.tune`'s (query, body) pairs and, with
+  tuning.hard_negatives, each pair's BM25 negative body (else None), from
+  the train sets as `training_pairs` takes them."""
+  examples = training_pairs(dataset, train_sets, tuning)
+  pairs = [(query, dataset.corpus[doc].text) for query, doc, _ in examples]
+  negatives = None
+  if tuning.hard_negatives:
+    negatives = bm25_negatives(dataset, examples)
+  return pairs, negatives
+
+
 def dense_mrr(
   embedder: embed.Embedder,
   doc_ids: Sequence[str],
@@ -141,11 +157,7 @@ def tuned_model(
       data_dir, query_sets, "train", max_docs
     ).values()
   )
-  examples = training_pairs(dataset, train_sets, tuning)
-  pairs = [(query, dataset.corpus[doc].text) for query, doc, _ in examples]
-  negatives = None
-  if tuning.hard_negatives:
-    negatives = bm25_negatives(dataset, examples)
+  pairs, negatives = tuning_inputs(dataset, train_sets, tuning)
   params, losses = encoder_tuning.tune(start, pairs, tuning, negatives)
   tuned = embed.Embedder(start.config, params, start.tokenizer, input_length)
   doc_ids = list(dataset.corpus)

@@ -132,6 +132,11 @@ class GrowthAhead:
     self._finish_preparing()
     super().wait_for_updates()
 
+  def _prepare_again(self) -> None:
+    """The trie or plan shapes changed: what was compiled ahead is for the
+    old ones, so a later add prepares the growth again."""
+    self._prepared_config = None
+
   def _forget_preparation(self, grown: models.ModelConfig) -> None:
     """After a growth to `grown`: waits for a preparation, and drops its
     search if it was for another size (the rows grew further)."""

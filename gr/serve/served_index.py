@@ -442,7 +442,7 @@ class ServedIndex(growth_ahead.GrowthAhead, live_state.LiveIndex):
     logging.info(
       "trie or plan capacity grew: compiling %d buckets", len(self._buckets)
     )
-    self._prepared_config = None  # compiled for the old shapes: again
+    self._prepare_again()
     self.warm_up(new)
     with self._dispatch_lock:
       self._live = new

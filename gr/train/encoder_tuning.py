@@ -212,9 +212,10 @@ def tune(
   document that is not relevant): each batch then scores its B queries
   against its B bodies and their B negatives. on_step(step, params), when
   given, is called after every step (1-based), e.g. to trace a learning
-  curve. Returns (params, the loss of every step). The pairs are shuffled once by tuning.seed and walked in
-  order, wrapping around; a batch never holds a positive body twice, and
-  a copy of a query's own body among the negatives is masked out.
+  curve. Returns (params, the loss of every step). The pairs are shuffled
+  once by tuning.seed and walked in order, wrapping around; a batch never
+  holds a positive body twice, and a copy of a query's own body among the
+  negatives is masked out.
   """
   if negatives is not None and len(negatives) != len(pairs):
     raise ValueError(f"{len(negatives)} negatives for {len(pairs)} pairs")

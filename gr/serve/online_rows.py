@@ -11,6 +11,11 @@ growth independent of its path: growing 128 -> 256 -> 512 gives the same
 params as 128 -> 512, so a restart (which grows once, to fit the served
 vocabulary) serves bit for bit what the live server did. The served model
 then has a new vocab_size: one compile of every bucket per growth.
+Rows are grown before they are full: `grown_model` keeps `SPARE_SHARE` of
+the docid ids in use spare, at load as online, so a served index starts
+with room for a burst of adds (the demo's checkpoint has 62 spare rows;
+served, it has 3,902), and the load compiles the grown shapes in place of
+the checkpoint's, at no extra cost.
 
 Rows. With a pretrained encoder a new docid token's row is its documents'
 mean-pooled encoder output, by gr/model/warm_start.py's `new_docid_rows`
@@ -27,6 +32,7 @@ still reading the old one need.
 
 import dataclasses
 import functools
+import math
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
@@ -44,6 +50,10 @@ from gr.model import warm_start
 # caches; figures: WORKSPACE.md, "Issue 22, session 11").
 CPU_ENCODE_BUCKETS = (1, 2, 4, 8)
 ENCODE_BUCKETS = (1, 4, 16, 64)  # elsewhere (accelerators)
+
+# Spare docid rows kept beyond the ids in use, as a share of those ids:
+# rows grow (`grown_model`) once fewer would be spare.
+SPARE_SHARE = 0.25
 
 
 def encode_buckets() -> tuple[int, ...]:
@@ -85,6 +95,12 @@ def grown_rows(start_rows: int, base_size: int, needed: int) -> int:
   return -(-(base_size + capacity) // multiple) * multiple
 
 
+def with_spare(needed: int, base_size: int) -> int:
+  """Ids that rows are wanted for when ids below `needed` are in use:
+  `SPARE_SHARE` of the docid ids in use (needed - base_size) more."""
+  return needed + math.ceil(SPARE_SHARE * max(needed - base_size, 0))
+
+
 def _zero_extended(matrix, new_size: int, axis: int):
   extra = list(matrix.shape)
   extra[axis] = new_size - matrix.shape[axis]
@@ -119,9 +135,12 @@ def grown_model(
   base_size: int,
   needed: int,
 ) -> tuple[models.EncoderDecoderModel, Any]:
-  """(model, params) with rows for ids below `needed` (`grown_rows` from
-  the checkpoint's `start_rows`); as given if they already fit."""
-  rows = max(grown_rows(start_rows, base_size, needed), model.config.vocab_size)
+  """(model, params) with rows for ids below `needed` and `SPARE_SHARE`
+  of them spare (`grown_rows` from the checkpoint's `start_rows`); as given
+  if they already fit. A function of `needed` alone for one checkpoint, so
+  a restart grows to the rows the live server grew to."""
+  wanted = with_spare(needed, base_size)
+  rows = max(grown_rows(start_rows, base_size, wanted), model.config.vocab_size)
   if rows == model.config.vocab_size:
     return model, params
   return model.with_vocab_size(rows), grow_params(params, rows)

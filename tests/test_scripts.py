@@ -8,6 +8,7 @@ into `<script>: error: <message>`.
 """
 
 import importlib
+import json
 import os
 import pathlib
 import subprocess
@@ -226,3 +227,39 @@ def test_gin_value_reads_through_macros():
   finally:
     with gin.unlock_config():
       gin.clear_config()
+
+
+def _fake_run(folder, scale: float):
+  """A run dir whose results.json has every system collect_schemes reads."""
+  folder.mkdir()
+  row = lambda h1: {'Hits@1': h1, 'Hits@10': 0.9, 'MRR@10': 0.8, 'other': 1}
+  systems = ('gr', 'gr:model', 'gr:terms', 'bm25', 'dense')
+  results = {
+    qset: {s: row(scale * (i + 1) / 10) for i, s in enumerate(systems)}
+    for qset in ('titles/test', 'subtitles/test')
+  }
+  results['lexical_weight'] = {'chosen': scale}
+  results['run'] = {'scheme': folder.name}
+  (folder / 'results.json').write_text(json.dumps(results))
+  return folder
+
+
+def test_collect_schemes_updates_the_schemes_it_is_given(tmp_path):
+  out = tmp_path / 'schemes.json'
+  out.write_text(json.dumps({'kept': {'step0': 1}, 'text': {'old': 2}}))
+  result = _run(
+    'collect_schemes.py',
+    f'--text_step0={_fake_run(tmp_path / "t0", 1.0)}',
+    f'--text_trained={_fake_run(tmp_path / "t1", 0.5)}',
+    f'--out={out}',
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  written = json.loads(out.read_text())
+  assert written['kept'] == {'step0': 1} and written['text']['old'] == 2
+  assert written['text']['step0']['titles/test'] == {
+    'Hits@1': 0.2, 'Hits@10': 0.9, 'MRR@10': 0.8
+  }  # fmt: skip
+  assert written['text_plan']['trained']['subtitles/test']['Hits@1'] == 0.05
+  assert written['lexical_weight'] == {'text_step0': 1.0, 'text_trained': 0.5}
+  assert written['runs']['text_trained'] == {'scheme': 't1'}
+  assert 'atomic' not in written and 'bm25' not in written

@@ -32,6 +32,7 @@ from gr.index import trie as trie_lib
 from gr.model import lexical as lexical_lib
 from gr.model import models
 from gr.search import retrieval
+from gr.serve import heap
 from gr.serve import new_docids
 from gr.serve import online_logs
 from gr.serve import online_rows
@@ -423,6 +424,7 @@ class LiveIndex:
           shapes_to_compile,
         )
       )
+    heap.release_freed_memory()  # what the compiles' threads freed
 
   def document(self, doc_id: str) -> StoredDocument:
     """What the index holds for `doc_id`: its docids, title and text, and

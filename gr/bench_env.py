@@ -19,6 +19,19 @@ import jax.numpy as jnp
 BUSY_LOAD_PER_CORE = 0.5
 
 
+def resident_mb() -> float:
+  """This process's resident set now (/proc/self/status VmRSS), in MB;
+  nan where there is no /proc (not Linux)."""
+  try:
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith('VmRSS:'):
+          return int(line.split()[1]) / 1024
+  except OSError:
+    pass
+  return float('nan')
+
+
 def machine_load(when: str) -> dict:
   """Prints and returns the load average `when` ('before'/'after') the runs.
 

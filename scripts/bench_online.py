@@ -226,14 +226,6 @@ def bench_size(num_docs: int, updates: int) -> dict:
   return result
 
 
-def rss_mb() -> float:
-  with open('/proc/self/status') as f:
-    for line in f:
-      if line.startswith('VmRSS:'):
-        return int(line.split()[1]) / 1024
-  return float('nan')
-
-
 def corpus_bodies(checkpoint: str, count: int) -> list[str]:
   """Bodies of the run's corpus (cycled), else synthetic 120-word texts."""
   from gr.data import beir  # pylint: disable=g-import-not-at-top
@@ -520,10 +512,10 @@ def rss_cycle(retriever, docs) -> dict:
     retriever.add_documents(batch)
     added.append(batch[0].doc_id)
     if n + 1 == 10:
-      rss['rss_mb_after_10'] = rss_mb()
+      rss['rss_mb_after_10'] = bench_env.resident_mb()
   for doc_id in added:
     retriever.delete_document(doc_id)
-  rss['rss_mb_after_adds_and_deletes'] = rss_mb()
+  rss['rss_mb_after_adds_and_deletes'] = bench_env.resident_mb()
   rss['adds'] = rss['deletes'] = _RSS_ADDS.value
   return rss
 

@@ -5,15 +5,8 @@ import threading
 
 import pytest
 
+from gr import bench_env
 from gr.serve import heap
-
-
-def _rss_mb() -> float:
-  with open("/proc/self/status") as f:
-    for line in f:
-      if line.startswith("VmRSS"):
-        return int(line.split()[1]) / 1024
-  raise AssertionError("no VmRSS")
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc, glibc")
@@ -31,9 +24,9 @@ def test_freed_thread_arenas_are_returned():
     thread.start()
   for thread in threads:
     thread.join()
-  before = _rss_mb()
+  before = bench_env.resident_mb()
   assert heap.release_freed_memory()
-  assert _rss_mb() < before - 100
+  assert bench_env.resident_mb() < before - 100
   assert len(kept) == 1200
 
 

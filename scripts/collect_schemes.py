@@ -64,7 +64,10 @@ def _runs(step0: str, trained: str) -> dict:
 
 def _collect(out: dict, runs: dict, systems: dict, prefix: str) -> None:
   """Writes `systems` ({scheme: results row}) of `runs` into `out`, with
-  each run's chosen weight and record under key prefix + phase."""
+  each run's chosen weight and record under key prefix + phase; nothing
+  without runs."""
+  if not runs:
+    return
   for scheme, system in systems.items():
     entry = out.setdefault(scheme, {})
     entry.update({p: _system(r, system) for p, r in runs.items()})

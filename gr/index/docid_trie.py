@@ -198,8 +198,9 @@ class DocidTrie:
     """Raises the token bound to `vocab_size` (a model whose embedding rows
     grew), keeping every array; ValueError unless `holds_vocab`."""
     if not self.holds_vocab(vocab_size):
-      raise ValueError(f"vocab_size {vocab_size} does not fit the trie's "
-        f"root table {len(self._root_child)} or its int16 tokens")  # fmt: skip
+      raise ValueError(f"vocab_size {vocab_size} does not fit the trie's root "
+        f"table {len(self._root_child)} or its {np.dtype(self._token_dtype)} "
+        "tokens")  # fmt: skip
     self.vocab_size = max(vocab_size, self.vocab_size or 0)
 
   def reserve_level_widths(self, widths: Sequence[int]) -> None:

@@ -5,9 +5,10 @@ core), and glibc's malloc gives each thread an arena of its own that keeps
 what a compile freed for later use instead of returning it. A long-running
 server compiles again at every capacity growth, and ahead of the next rows
 growth, so without a trim its RSS keeps the high-water mark of every
-compile. On the demo index, `malloc_trim` after compiling a rows growth
-ahead gave back 460 MB (2,983 -> 2,521 MB; WORKSPACE "Issue 22, session
-16").
+compile. LiveIndex.warm_up trims after its compiles, and ServedIndex after
+a growth has replaced the live state. On the demo index, `malloc_trim`
+after compiling a rows growth ahead gave back 460 MB (2,983 -> 2,521 MB;
+WORKSPACE "Issue 22, session 16").
 """
 
 import ctypes

@@ -50,7 +50,6 @@ live state before an add are invalid after it (copy them to keep them).
 """
 
 import contextlib
-import ctypes
 import dataclasses
 import gc
 import logging
@@ -65,6 +64,7 @@ from gr.index import artifact as index_lib
 from gr.index import vocab as vocab_lib
 from gr.index import wordpiece
 from gr.serve import growth_ahead
+from gr.serve import heap
 from gr.serve import live_state
 from gr.serve import online_logs
 from gr.serve import online_rows
@@ -76,14 +76,11 @@ from gr.serve.serving_config import DocumentConflict, UnknownDocument
 def _return_freed_memory() -> None:
   """After a growth: collects what the replaced state held (its arrays,
   and its search's executables for the old shapes) and hands the freed
-  heap back to the OS (glibc's malloc_trim; elsewhere the collection
+  heap back to the OS (heap.release_freed_memory; elsewhere the collection
   only). Without it, each growth left a few hundred MB of a long-running
   server's RSS behind (scripts/soak_service.py)."""
   gc.collect()
-  try:
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
-  except (OSError, AttributeError):
-    pass
+  heap.release_freed_memory()
 
 
 class ServedIndex(growth_ahead.GrowthAhead, live_state.LiveIndex):

@@ -428,16 +428,21 @@ class ServedIndex(growth_ahead.GrowthAhead, live_state.LiveIndex):
         )
         return
     params = self._with_rows(live.params, index, rows, in_place=False)
+    ahead = (
+      self._prepared_plan_search(index, arrays, plan) if plan_grew else None
+    )
     new = dataclasses.replace(
       live,
       index=index,
       trie_arrays=arrays,
       params=params,
       plan=plan,
-      search=self._search_fn(index, fresh=True),
+      search=ahead or self._search_fn(index, fresh=True),
     )
     logging.info(
-      "trie or plan capacity grew: compiling %d buckets", len(self._buckets)
+      "trie or plan capacity grew: %s %d buckets",
+      "compiled ahead, running" if ahead else "compiling",
+      len(self._buckets),
     )
     self._prepare_again()
     self.warm_up(new)

@@ -25,6 +25,13 @@ the live documents, all in the main segment: at the same capacities if
 they fit (deleted documents' entries reclaimed, no compile), else doubled
 (new shapes: the search compiles again). A new document takes a deleted
 document's slot (gr/serve/served_index.py), so N stays bounded too.
+
+A growth doubles P, S and N together (and W where a list outgrows it), so
+its shapes are known ahead: once half the room of the last build is used
+in any of them (`growth_due`), `growth_capacities` names the next growth's
+capacities and `grown_shapes` its arrays, and gr/serve/growth_ahead.py
+compiles the search for them in the background; the growth then builds at
+exactly those capacities when the live documents fit them.
 """
 
 import logging
@@ -41,6 +48,9 @@ from gr.model import lexical as lexical_lib
 
 MIN_CAPACITY = 64
 SCATTER_BUCKETS = (16, 64, 256, 1024, 4096, 16384)
+# Documents one add may bring beyond the slots left, when the next
+# growth's postings width is fixed ahead (the service's batch limit).
+ADD_BATCH = 64
 
 TermSet = tuple[np.ndarray, np.ndarray]  # (terms [m] int32, impacts [m])
 
@@ -152,7 +162,11 @@ class ServedPlan:
     self._delta_of: dict[int, np.ndarray] = {}  # slot -> delta entries
     self._rows_of: dict[int, np.ndarray] = {}  # slot -> sequence rows
     self._used = {"delta": 0, "sequences": 0}
-    self._num_documents = 0
+    # What the live documents use (entries, sequences) and what they used
+    # at the last build (entries, sequences, documents).
+    self._live_use = {"entries": 0, "sequences": 0}
+    self._built_use = (0, 0, 0)
+    self._next_capacities: Optional[tuple[int, int, int, int]] = None
 
   # ----------------------------------------------------------- term sets --
 
@@ -245,7 +259,10 @@ class ServedPlan:
         host["documents"][at] = slot
         at += 1
     self._used = {"delta": 0, "sequences": used_s}
+    self._live_use = {"entries": len(terms), "sequences": used_s}
+    self._built_use = used
     self._capacities = (p_cap, s_cap, n_cap, main.width)
+    self._next_capacities = None
     delta = delta_capacity(p_cap)
     lexical = lexical_lib.LexicalIndex(
       main=main,
@@ -304,6 +321,8 @@ class ServedPlan:
         seqs.append(row)
         seq_owners.append(slot)
         s += 1
+    self._live_use["entries"] += p - self._used["delta"]
+    self._live_use["sequences"] += s - self._used["sequences"]
     self._used = {"delta": p, "sequences": s}
     ids = np.concatenate(ids).astype(np.int64)
     lexical = plan.lexical.replace(
@@ -329,24 +348,61 @@ class ServedPlan:
     """The plan built again, new documents included: at the same
     capacities (deleted documents' entries and sequences reclaimed, the
     same shapes, so nothing compiles) when the live documents fit them,
-    else doubled until they do."""
+    else grown: at the capacities named ahead (`growth_capacities`, whose
+    search may be compiled already) when they fit, else with P, S and N
+    doubled together until they do."""
     live = (
-      sum(len(e) for e in self._main_of.values())
-      + sum(len(e) for e in self._delta_of.values())
+      self._live_use["entries"]
       + sum(len(self.set_of(d)[0]) for d, _ in new.values()),
-      sum(len(r) for r in self._rows_of.values())
-      + sum(len(s) for _, s in new.values()),
+      self._live_use["sequences"] + sum(len(s) for _, s in new.values()),
       len(slots),
     )
-    grown = (
-      *(grown_capacity(n, c) for n, c in zip(live, self._capacities)),
-      self._capacities[3],  # postings() doubles W when a list outgrows it
-    )
+    grown = self._capacities
+    if not _holds(grown, live):
+      grown = self._next_capacities or self._doubled(self._capacities)
+    while not _holds(grown, live):
+      grown = self._doubled(grown)
     if grown != self._capacities:
       logging.info(
         "lexical plan full: capacities %s -> %s", self._capacities, grown
       )
     return self.build(index, slots, grown)
+
+  @staticmethod
+  def _doubled(capacities: tuple[int, ...]) -> tuple[int, ...]:
+    """P, S and N doubled; W kept (postings() doubles W when a list
+    outgrows it)."""
+    p, s, n, w = capacities
+    return (2 * p, 2 * s, 2 * n, w)
+
+  # ------------------------------------------------ growth, known ahead --
+
+  def growth_due(self, slots: Sequence[Optional[str]]) -> bool:
+    """True once the live documents use half the room the last build
+    left in entries, sequences or documents (the next growth is then
+    compiled ahead)."""
+    used = (*self._live_use.values(), len(slots))
+    return any(
+      2 * (u - b) >= c - b
+      for u, b, c in zip(used, self._built_use, self._capacities)
+    )
+
+  def growth_capacities(
+    self, slots: Sequence[Optional[str]]
+  ) -> tuple[int, int, int, int]:
+    """The capacities (P, S, N, W) of the next growth, fixed now: P, S
+    and N doubled, and W wide enough for the longest postings list even if
+    every document added until the growth (N less the slots used, and a
+    batch of them) has its term."""
+    if self._next_capacities is None:
+      live = [self.set_of(d)[0] for d in slots if d is not None]
+      terms = np.concatenate(live or [np.zeros(0, np.int32)])
+      longest = int(np.bincount(terms).max()) if len(terms) else 0
+      room = self._capacities[2] - len(slots) + ADD_BATCH
+      width = 1 << max(longest + room - 1, 0).bit_length()
+      p, s, n, w = self._doubled(self._capacities)
+      self._next_capacities = (p, s, n, max(w, width))
+    return self._next_capacities
 
   def removed(
     self, plan: plan_lib.LexicalPlan, slot: int
@@ -357,6 +413,8 @@ class ServedPlan:
     main = self._main_of.pop(slot, np.zeros(0, np.int64))
     delta = self._delta_of.pop(slot, np.zeros(0, np.int64))
     rows = self._rows_of.pop(slot, np.zeros(0, np.int64))
+    self._live_use["entries"] -= len(main) + len(delta)
+    self._live_use["sequences"] -= len(rows)
     return plan.replace(
       lexical=lexical.replace(
         main=lexical.main.replace(
@@ -372,6 +430,40 @@ class ServedPlan:
         plan.documents, rows, np.full(len(rows), -1, np.int32)
       ),
     )
+
+
+def _holds(capacities: tuple[int, ...], used: tuple[int, ...]) -> bool:
+  return all(u <= c for u, c in zip(used, capacities))
+
+
+def grown_shapes(
+  plan: plan_lib.LexicalPlan, capacities: tuple[int, int, int, int]
+):
+  """The shapes (jax.ShapeDtypeStruct leaves) of `plan` built at
+  `capacities` (P, S, N, W): what a search compiled ahead for that growth
+  sees."""
+  p, s, n, w = capacities
+  shapes = jax.eval_shape(lambda tree: tree, plan)
+  lexical, delta = shapes.lexical, (delta_capacity(p),)
+
+  def resized(leaf, shape):
+    return jax.ShapeDtypeStruct(shape, leaf.dtype)
+
+  return shapes.replace(
+    lexical=lexical.replace(
+      main=lexical.main.replace(
+        documents=resized(lexical.main.documents, (p,)),
+        impacts=resized(lexical.main.impacts, (p,)),
+        width=w,
+      ),
+      terms=resized(lexical.terms, delta),
+      impacts=resized(lexical.impacts, delta),
+      documents=resized(lexical.documents, delta),
+      num_documents=n,
+    ),
+    sequences=resized(shapes.sequences, (s, shapes.sequences.shape[1])),
+    documents=resized(shapes.documents, (s,)),
+  )
 
 
 def docid_sequences(index) -> dict[str, list[list[int]]]:

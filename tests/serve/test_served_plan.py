@@ -317,7 +317,7 @@ def test_a_capacity_growth_compiles_once(runs, tmp_path):
     old_search = r._live.search  # pylint: disable=protected-access
     r.add_documents([long_doc])
     grown = r._plan.capacities  # pylint: disable=protected-access
-    assert grown[1:3] == (s_cap, n_cap)
+    assert grown[:3] == (2 * p_cap, 2 * s_cap, 2 * n_cap)  # all together
     assert r._live.search is not old_search  # pylint: disable=protected-access
     warm_shapes = len(r._buckets) * len(retrieval.input_lengths(r.input_length))  # pylint: disable=protected-access
     assert r.compiled_count() == warm_shapes  # each, once, for the new shapes
@@ -327,6 +327,39 @@ def test_a_capacity_growth_compiles_once(runs, tmp_path):
     assert r._plan.capacities == grown  # pylint: disable=protected-access
     assert r.retrieve(["glacier fjord"], 1)[0][0].doc_id == "small"
     assert r.compiled_count() == after_growth
+  finally:
+    r.close()
+
+
+def test_the_plan_growth_is_compiled_ahead(runs, tmp_path):
+  """Adds of three new words each: once half the plan's room is used, the
+  next growth's capacities are fixed and its search compiled in the
+  background; the add that overflows the plan builds it at exactly those
+  capacities and serves with that search, which has compiled each shape
+  once (nothing under the update lock). Every document is found."""
+  run = copy_run(runs["plan"], tmp_path / "run")
+  r = serve(run)
+  try:
+    r.warm_up()
+    words = [w for w in tiny_bert_words(r) if w not in " ".join(OLD.values())]
+    start = r._plan.capacities  # pylint: disable=protected-access
+    texts = {}
+    for i in range(40):
+      prepared = r._plan_search  # pylint: disable=protected-access
+      texts[f"g{i}"] = " ".join(words[3 * i : 3 * i + 3])
+      r.add_documents([beir.Document(f"g{i}", "", texts[f"g{i}"])])
+      if r._plan.capacities != start:  # pylint: disable=protected-access
+        break
+      r.wait_for_updates()  # the next growth's compile, if started
+    else:
+      pytest.fail("40 adds did not grow the plan")
+    assert prepared is not None, "the growth was not compiled ahead"
+    assert r._plan.capacities[:3] == tuple(2 * c for c in start[:3])  # pylint: disable=protected-access
+    assert r._live.search is prepared[3]  # pylint: disable=protected-access
+    warm_shapes = len(r._buckets) * len(retrieval.input_lengths(r.input_length))  # pylint: disable=protected-access
+    assert r.compiled_count() == warm_shapes
+    for doc_id, text in texts.items():
+      assert r.retrieve([text], 1)[0][0].doc_id == doc_id
   finally:
     r.close()
 

@@ -44,7 +44,8 @@ synthetic 120-word texts. Each single add is also split into its steps
 (`mixed_clients`: search, add and delete latencies under the mix), after
 the same clients searching only (`search_only_clients`). With
 --rss_adds=N: the process RSS after 10 single adds, then after N adds and N
-deletes (issue 22 item 4). Targets: one add <= 50 ms, a batch of 64 <= 500
+deletes (issue 22 item 4), then over N add-and-delete cycles at a constant
+size (`rss_cycle`). Targets: one add <= 50 ms, a batch of 64 <= 500
 ms, search p99 under the 16 clients <= 2x idle p99, RSS within 100 MB.
 """
 
@@ -504,8 +505,27 @@ def encoder_by_chunk(retriever, checkpoint: str) -> dict:
   return out
 
 
+def shapes_held(retriever) -> dict:
+  """What a growth changes: embedding rows, trie node capacity and the
+  plan's capacities (P, S, N, W)."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  plan = retriever._plan  # pylint: disable=protected-access
+  trie = retriever._live.trie_arrays  # pylint: disable=protected-access
+  return {
+    'embedding_rows': retriever.model.config.vocab_size,
+    'trie_shapes': [list(a.shape) for a in jax.tree.leaves(trie)],
+    'trie_level_widths': list(trie.level_widths),
+    'plan_capacities': list(plan.capacities) if plan else None,
+  }
+
+
 def rss_cycle(retriever, docs) -> dict:
-  """RSS after 10 single adds, then after --rss_adds adds and deletes."""
+  """RSS after 10 single adds, then after --rss_adds adds and deletes (the
+  index grows by that many documents on the way: growths included); then
+  the steady state: --rss_adds cycles of one add and the delete of that
+  document (an index of constant size, nothing grows), RSS after 10 cycles
+  and after all."""
   added, rss = [], {}
   for n in range(_RSS_ADDS.value):
     batch = docs(1)
@@ -513,10 +533,22 @@ def rss_cycle(retriever, docs) -> dict:
     added.append(batch[0].doc_id)
     if n + 1 == 10:
       rss['rss_mb_after_10'] = bench_env.resident_mb()
+      rss['shapes_after_10'] = shapes_held(retriever)
   for doc_id in added:
     retriever.delete_document(doc_id)
+  retriever.wait_for_updates()
   rss['rss_mb_after_adds_and_deletes'] = bench_env.resident_mb()
+  rss['shapes_after_adds_and_deletes'] = shapes_held(retriever)
   rss['adds'] = rss['deletes'] = _RSS_ADDS.value
+  for n in range(_RSS_ADDS.value):
+    batch = docs(1)
+    retriever.add_documents(batch)
+    retriever.delete_document(batch[0].doc_id)
+    if n + 1 == 10:
+      rss['steady_rss_mb_after_10_cycles'] = bench_env.resident_mb()
+  retriever.wait_for_updates()
+  rss['steady_rss_mb_after_all_cycles'] = bench_env.resident_mb()
+  rss['steady_shapes_after'] = shapes_held(retriever)
   return rss
 
 

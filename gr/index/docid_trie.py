@@ -59,11 +59,8 @@ class DocidTrie:
     self._level_widths: list[int] = []
     self.reserve_level_widths(level_capacity)
     slots = trie_lib.next_power_of_two(max(capacity or 0, _MIN_NODE_CAPACITY))
-    self._root_child = np.full(
-      trie_lib.next_power_of_two(max(vocab_size or 0, 2)),
-      trie_lib.DEAD,
-      np.int32,
-    )
+    roots = trie_lib.next_power_of_two(max(vocab_size or 0, 2))
+    self._root_child = np.full(roots, trie_lib.DEAD, np.int32)
     self._child_start = np.zeros(slots, np.int32)
     self._num_children = np.zeros(slots, self._token_dtype)
     self._edge_token = np.full(slots, trie_lib.DEAD, self._token_dtype)
@@ -179,6 +176,11 @@ class DocidTrie:
     return self._live
 
   @property
+  def slot_use(self) -> tuple[int, int]:
+    """(slots ever used, node capacity C: needing more doubles it)."""
+    return self._top, len(self._edge_token)
+
+  @property
   def level_widths(self) -> tuple[int, ...]:
     """Device width W_d of each level d = 1, 2, ... (capacities)."""
     return tuple(self._level_widths)
@@ -260,11 +262,9 @@ class DocidTrie:
   def contains(self, sequence: Sequence[int]) -> bool:
     """Whether `sequence` (ending in EOS) is a docid in the trie."""
     tokens = tuple(int(t) for t in sequence)
-    return (
-      bool(tokens)
-      and tokens[-1] == self.eos_id
-      and self._path(tokens) is not None
-    )
+    if not tokens or tokens[-1] != self.eos_id:
+      return False
+    return self._path(tokens) is not None
 
   def get(self, sequence: Sequence[int]) -> Optional[int]:
     """Document index of `sequence`, or None if absent."""

@@ -74,6 +74,19 @@ class TrieArrays:
     return self.level_widths[min(depth, len(self.level_widths)) - 1]
 
 
+def shapes_at(arrays: TrieArrays, capacity: int) -> TrieArrays:
+  """The shapes (jax.ShapeDtypeStruct leaves) of `arrays` with node
+  capacity C = `capacity`: what a search compiled ahead of a node growth
+  sees."""
+  shapes = jax.eval_shape(lambda tree: tree, arrays)
+  return shapes.replace(
+    **{
+      field: jax.ShapeDtypeStruct((capacity,), getattr(shapes, field).dtype)
+      for field in ("child_start", "num_children", "edge_token")
+    }
+  )
+
+
 def next_power_of_two(n: int) -> int:
   return 1 << max(0, int(n) - 1).bit_length()
 

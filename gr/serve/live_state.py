@@ -85,11 +85,11 @@ class _SearchRegistry:
   """The jitted searches of this process, by key, the last `size` used.
 
   Retrievers of the same model (e.g. one reloaded after a restart in the
-  same process) share one, and with it every compiled bucket. A capacity
-  growth takes a fresh one (`make(..., fresh=True)`) and `forget`s the old
-  model's, so the executables compiled for the old shapes are freed once
-  no live state holds them (a long-lived server would otherwise keep
-  every generation's).
+  same process) share one, and with it every compiled bucket. A growth
+  replaces it (a fresh one, or one compiled ahead: `make(..., function)`),
+  and a rows growth `forget`s the old model's, so the executables compiled
+  for the old shapes are freed once no live state holds them (a
+  long-lived server would otherwise keep every generation's).
   """
 
   def __init__(self, size: int = 8):
@@ -97,11 +97,15 @@ class _SearchRegistry:
     self._functions: dict = {}
     self._lock = threading.Lock()
 
-  def make(self, key: tuple, build, fresh: bool = False):
+  def make(self, key: tuple, fresh: bool = False, function=None):
+    """The search of `key`: the shared one, else (or if `fresh`) a new one,
+    or `function` (built for `key`) in its place."""
     with self._lock:
-      function = None if fresh else self._functions.pop(key, None)
+      if function is None and not fresh:
+        function = self._functions.pop(key, None)
       if function is None:
-        function = build()
+        function = build_search(key)
+      self._functions.pop(key, None)
       self._functions[key] = function  # the most recently used last
       while len(self._functions) > self._size:
         self._functions.pop(next(iter(self._functions)))
@@ -118,44 +122,17 @@ class _SearchRegistry:
 _SEARCHES = _SearchRegistry()
 
 
-def shared_search_fn(
-  model_config: models.ModelConfig,
-  search: retrieval.SearchConfig,
-  mesh: Optional[jax.sharding.Mesh] = None,
-  with_plan: bool = False,
-  *,
-  fresh: bool = False,
-):
-  """One jitted search per (model config, search config, mesh, plan or
-  not) in this process (`_SearchRegistry`); fresh: a new one replaces it."""
-  return _SEARCHES.make(
-    ("search", model_config, search, mesh, with_plan),
-    lambda: retrieval.make_search_fn(
-      models.EncoderDecoderModel(model_config),
-      search,
-      mesh,
-      with_plan=with_plan,
-    ),
-    fresh,
-  )
-
-
-def shared_lexical_search_fn(
-  model_config: models.ModelConfig,
-  top_k: int,
-  mesh: Optional[jax.sharding.Mesh] = None,
-  *,
-  fresh: bool = False,
-):
-  """One jitted lexical-only search (plan weight inf) per model config,
-  top_k and mesh; fresh: a new one replaces it."""
-  return _SEARCHES.make(
-    ("lexical", model_config, top_k, mesh),
-    lambda: retrieval.make_lexical_search_fn(
-      models.EncoderDecoderModel(model_config), top_k, mesh
-    ),
-    fresh,
-  )
+def build_search(key: tuple):
+  """A new jitted search for `key`: ("search", model config, search
+  config, mesh, with_plan), or ("lexical", model config, top_k, mesh) for
+  the term sets' top-k (plan weight inf)."""
+  kind, model_config, *rest = key
+  model = models.EncoderDecoderModel(model_config)
+  if kind == "lexical":
+    top_k, mesh = rest
+    return retrieval.make_lexical_search_fn(model, top_k, mesh)
+  search, mesh, with_plan = rest
+  return retrieval.make_search_fn(model, search, mesh, with_plan=with_plan)
 
 
 def forget_searches(model_config: models.ModelConfig) -> None:
@@ -280,28 +257,39 @@ class LiveIndex:
     )
     return plan
 
+  def _search_key(
+    self,
+    index: index_lib.Index,
+    model_config: Optional[models.ModelConfig] = None,
+  ) -> tuple:
+    """The key of the search of the current model (or of `model_config`)
+    over `index` (`build_search`): with the plan, or the term sets' top-k
+    for weight inf."""
+    model_config = model_config or self.model.config
+    if self._plan is not None and self._plan.lexical_only:
+      return ("lexical", model_config, self.config.max_k, self.mesh)
+    search = self.config.search_config(self.max_decode_len)
+    return (
+      "search",
+      model_config,
+      retrieval.fit_to_index(search, index),
+      self.mesh,
+      self._plan is not None,
+    )
+
   def _search_fn(
     self,
     index: index_lib.Index,
     fresh: bool = False,
     model_config: Optional[models.ModelConfig] = None,
+    function=None,
   ):
-    """The jitted search of the current model (or of `model_config`),
-    shared in the process: with the plan, or the term sets' top-k for
-    weight inf; fresh: a new one (a capacity grew: the old one's
-    executables go with the old state)."""
-    model_config = model_config or self.model.config
-    if self._plan is not None and self._plan.lexical_only:
-      return shared_lexical_search_fn(
-        model_config, self.config.max_k, self.mesh, fresh=fresh
-      )
-    search = self.config.search_config(self.max_decode_len)
-    return shared_search_fn(
-      model_config,
-      retrieval.fit_to_index(search, index),
-      self.mesh,
-      with_plan=self._plan is not None,
-      fresh=fresh,
+    """The jitted search of the current model (or of `model_config`) over
+    `index`, shared in the process; fresh: a new one (a capacity grew: the
+    old one's executables go with the old state); function: one built for
+    it ahead (`build_search`), shared from now on."""
+    return _SEARCHES.make(
+      self._search_key(index, model_config), fresh, function
     )
 
   def _fresh_live(

@@ -26,10 +26,9 @@ from gr.index import artifact as index_lib
 from gr.index import vocab as vocab_lib
 from gr.search import retrieval
 from gr.serve import served_run
-from gr.serve.live_state import (  # noqa: F401 (re-exported)
+from gr.serve.live_state import (
   DEFAULT_CONFIG,
   LiveState,
-  shared_search_fn,
 )
 from gr.serve.online_logs import (  # noqa: F401 (re-exported: the service's API)
   ONLINE_DOCUMENTS_FILE,

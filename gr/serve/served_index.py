@@ -190,7 +190,6 @@ class ServedIndex(growth_ahead.GrowthAhead, live_state.LiveIndex):
     )
     if model is self.model:
       return self._live
-    self._forget_preparation(model.config)
     logging.info(
       "docid rows full: %d -> %d embedding rows, compiling %d buckets",
       self.model.config.vocab_size,
@@ -202,11 +201,16 @@ class ServedIndex(growth_ahead.GrowthAhead, live_state.LiveIndex):
       # Only the rows and the search change: the trie, slots and plan
       # stay, so a growth compiled ahead (`_prepare_growth`) is reused.
       self._trie.set_vocab_size(model.config.vocab_size)
-      live = dataclasses.replace(self._live, params=self._placed(params),
-        search=self._search_fn(self._live.index))  # fmt: skip
+      live = self._live
+      ahead = self._search_ahead(
+        "rows", live.index, live.trie_arrays, live.plan
+      )
+      live = dataclasses.replace(live, params=self._placed(params),
+        search=self._search_fn(live.index, function=ahead))  # fmt: skip
     else:
       pending = sum(len(s) for seqs in sequences.values() for s in seqs)
       live = self._fresh_live(self._live.index, self._placed(params), pending)
+    self._growth_done()
     self.warm_up(live)
     with self._dispatch_lock:
       self._live = live
@@ -428,23 +432,23 @@ class ServedIndex(growth_ahead.GrowthAhead, live_state.LiveIndex):
         )
         return
     params = self._with_rows(live.params, index, rows, in_place=False)
-    ahead = (
-      self._prepared_plan_search(index, arrays, plan) if plan_grew else None
-    )
+    growth = "plan" if plan_grew else "trie"
+    ahead = self._search_ahead(growth, index, arrays, plan)
     new = dataclasses.replace(
       live,
       index=index,
       trie_arrays=arrays,
       params=params,
       plan=plan,
-      search=ahead or self._search_fn(index, fresh=True),
+      search=self._search_fn(index, fresh=True, function=ahead),
     )
     logging.info(
-      "trie or plan capacity grew: %s %d buckets",
+      "%s capacity grew: %s %d buckets",
+      growth,
       "compiled ahead, running" if ahead else "compiling",
       len(self._buckets),
     )
-    self._prepare_again()
+    self._growth_done()
     self.warm_up(new)
     with self._dispatch_lock:
       self._live = new

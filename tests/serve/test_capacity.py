@@ -14,8 +14,6 @@ deletes in between, and a restart.
 import json
 import os
 
-import jax
-from jax._src import dispatch  # BACKEND_COMPILE_EVENT
 import numpy as np
 import pytest
 
@@ -26,6 +24,7 @@ from gr.serve import online_rows
 from gr.serve import retriever as serving
 from gr.serve import served_run
 
+from tests.support import compiles as compiles_lib
 from tests.support import served_runs
 from tests.support import tiny_bert
 
@@ -291,27 +290,19 @@ def test_a_rows_growth_compiled_ahead_compiles_nothing_when_it_comes(
   trie, and its document is found at once."""
   run, words = tiny_run
   r = serve(copy_run(run, tmp_path / "run"))
-  compiles: list[str] = []
-
-  def listener(event: str, duration: float, **kwargs) -> None:
-    del duration, kwargs
-    if event == dispatch.BACKEND_COMPILE_EVENT:
-      compiles.append(event)
-
-  jax.monitoring.register_event_duration_secs_listener(listener)
   try:
     start, added = r.model.config.vocab_size, {}
-    for doc_id, doc in distinctive_documents(words, 200, 7, "g").items():
-      r.wait_for_updates()  # a growth being compiled ahead is ready
-      before, trie = len(compiles), r._trie  # pylint: disable=protected-access
-      r.add_documents([doc])
-      added[doc_id] = doc
-      if r.model.config.vocab_size > start:
-        break
+    with compiles_lib.counting_compiles() as compiles:
+      for doc_id, doc in distinctive_documents(words, 200, 7, "g").items():
+        r.wait_for_updates()  # a growth being compiled ahead is ready
+        before, trie = len(compiles), r._trie  # pylint: disable=protected-access
+        r.add_documents([doc])
+        added[doc_id] = doc
+        if r.model.config.vocab_size > start:
+          break
     assert r.model.config.vocab_size > start, "never grew"
     assert compiles[before:] == []
     assert r._trie is trie  # pylint: disable=protected-access
     assert ranked_first(r, added) == 1.0
   finally:
-    jax.monitoring.unregister_event_duration_listener(listener)
     r.close()

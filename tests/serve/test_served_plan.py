@@ -28,6 +28,7 @@ from gr.search import retrieval
 from gr.serve import retriever as serving
 from gr.serve import served_plan
 
+from tests.support import compiles
 from tests.support import served_runs
 from tests.support import tiny_bert
 
@@ -331,37 +332,76 @@ def test_a_capacity_growth_compiles_once(runs, tmp_path):
     r.close()
 
 
+def adds_until(r, texts: dict, grown) -> tuple[dict, list]:
+  """Adds `texts` (doc_id -> body) one at a time, each once the growth
+  compiled ahead (if any) is ready, until `grown()`; returns the documents
+  added and the searches the last add compiled (small copies and scatters
+  for the new shapes are not counted)."""
+  added = {}
+  with compiles.counting_compiles() as compiled:
+    for doc_id, text in texts.items():
+      r.wait_for_updates()
+      before = len(compiled)
+      r.add_documents([beir.Document(doc_id, "", text)])
+      added[doc_id] = text
+      if grown():
+        return added, [f for f in compiled[before:] if "search" in f]
+  pytest.fail(f"{len(texts)} adds did not grow it")
+
+
 def test_the_plan_growth_is_compiled_ahead(runs, tmp_path):
   """Adds of three new words each: once half the plan's room is used, the
   next growth's capacities are fixed and its search compiled in the
   background; the add that overflows the plan builds it at exactly those
-  capacities and serves with that search, which has compiled each shape
-  once (nothing under the update lock). Every document is found."""
-  run = copy_run(runs["plan"], tmp_path / "run")
-  r = serve(run)
+  capacities (P, S and N doubled) and compiles no search. Every document
+  is found."""
+  r = serve(copy_run(runs["plan"], tmp_path / "run"))
   try:
     r.warm_up()
     words = [w for w in tiny_bert_words(r) if w not in " ".join(OLD.values())]
     start = r._plan.capacities  # pylint: disable=protected-access
-    texts = {}
-    for i in range(40):
-      prepared = r._plan_search  # pylint: disable=protected-access
-      texts[f"g{i}"] = " ".join(words[3 * i : 3 * i + 3])
-      r.add_documents([beir.Document(f"g{i}", "", texts[f"g{i}"])])
-      if r._plan.capacities != start:  # pylint: disable=protected-access
-        break
-      r.wait_for_updates()  # the next growth's compile, if started
-    else:
-      pytest.fail("40 adds did not grow the plan")
-    assert prepared is not None, "the growth was not compiled ahead"
+    texts = {f"g{i}": " ".join(words[3 * i : 3 * i + 3]) for i in range(40)}
+    added, compiled = adds_until(
+      r,
+      texts,
+      lambda: r._plan.capacities != start,  # pylint: disable=protected-access
+    )
+    assert compiled == []
     assert r._plan.capacities[:3] == tuple(2 * c for c in start[:3])  # pylint: disable=protected-access
-    assert r._live.search is prepared[3]  # pylint: disable=protected-access
-    warm_shapes = len(r._buckets) * len(retrieval.input_lengths(r.input_length))  # pylint: disable=protected-access
-    assert r.compiled_count() == warm_shapes
-    for doc_id, text in texts.items():
+    for doc_id, text in added.items():
       assert r.retrieve([text], 1)[0][0].doc_id == doc_id
   finally:
     r.close()
+
+
+def test_the_trie_growth_is_compiled_ahead(runs, tmp_path):
+  """The model alone (no plan): once three quarters of the trie's node
+  slots are used, arrays of twice the slots compile in the background, and
+  the add that needs a slot past them compiles no search. The grown trie
+  ranks as the one a restart builds whole."""
+  run = copy_run(runs["bare"], tmp_path / "run")
+  r = serve(run, lexical_weight=0.0)
+  try:
+    r.warm_up()
+    words = [w for w in tiny_bert_words(r) if w not in " ".join(OLD.values())]
+    start = r._trie.slot_use[1]  # pylint: disable=protected-access
+    texts = {f"t{i}": " ".join(words[3 * i : 3 * i + 3]) for i in range(60)}
+    added, compiled = adds_until(
+      r,
+      texts,
+      lambda: r._trie.slot_use[1] != start,  # pylint: disable=protected-access
+    )
+    assert compiled == []
+    assert r._trie.slot_use[1] == 2 * start  # pylint: disable=protected-access
+    queries = [*list(added.values())[-4:], *QUERIES]
+    before = ranking(r, queries)
+  finally:
+    r.close()
+  again = serve(run, lexical_weight=0.0)
+  try:
+    assert_same(ranking(again, queries), before)
+  finally:
+    again.close()
 
 
 def tiny_bert_words(r) -> list[str]:

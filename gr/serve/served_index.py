@@ -191,12 +191,11 @@ class ServedIndex(growth_ahead.GrowthAhead, live_state.LiveIndex):
     if model is self.model:
       return self._live
     logging.info(
-      "docid rows full: %d -> %d embedding rows, compiling %d buckets",
+      "docid rows full: %d -> %d embedding rows",
       self.model.config.vocab_size,
       model.config.vocab_size,
-      len(self._buckets),
     )
-    old_config, self.model = self.model.config, model
+    old_config, self.model, ahead = self.model.config, model, None
     if self._trie.holds_vocab(model.config.vocab_size):
       # Only the rows and the search change: the trie, slots and plan
       # stay, so a growth compiled ahead (`_prepare_growth`) is reused.
@@ -210,6 +209,11 @@ class ServedIndex(growth_ahead.GrowthAhead, live_state.LiveIndex):
     else:
       pending = sum(len(s) for seqs in sequences.values() for s in seqs)
       live = self._fresh_live(self._live.index, self._placed(params), pending)
+    logging.info(
+      "rows grew: %s %d buckets",
+      "compiled ahead, running" if ahead else "compiling",
+      len(self._buckets),
+    )
     self._growth_done()
     self.warm_up(live)
     with self._dispatch_lock:

@@ -27,8 +27,8 @@ they fit (deleted documents' entries reclaimed, no compile), else doubled
 document's slot (gr/serve/served_index.py), so N stays bounded too.
 
 A growth doubles P, S and N together (and W where a list outgrows it), so
-its shapes are known ahead: once half the room of the last build is used
-in any of them (`growth_due`), `growth_capacities` names the next growth's
+its shapes are known ahead: once a quarter of the room the last growth
+left is used in any of them or in W (`growth_due`), `growth_capacities` names the next growth's
 capacities and `grown_shapes` its arrays, and gr/serve/growth_ahead.py
 compiles the search for them in the background; the growth then builds at
 exactly those capacities when the live documents fit them.
@@ -161,11 +161,16 @@ class ServedPlan:
     self._main_of: dict[int, np.ndarray] = {}  # slot -> postings rows
     self._delta_of: dict[int, np.ndarray] = {}  # slot -> delta entries
     self._rows_of: dict[int, np.ndarray] = {}  # slot -> sequence rows
+    self._terms_of: dict[int, np.ndarray] = {}  # slot -> its set's terms
     self._used = {"delta": 0, "sequences": 0}
-    # What the live documents use (entries, sequences) and what they used
-    # at the last build (entries, sequences, documents).
+    # What the live documents use: entries, sequences, and the postings
+    # list length of every term (its longest is what W must hold).
     self._live_use = {"entries": 0, "sequences": 0}
-    self._built_use = (0, 0, 0)
+    self._term_counts = np.zeros(self._folding.num_terms, np.int64)
+    self._capacities: Optional[tuple[int, int, int, int]] = None
+    # (entries, sequences, documents, longest list) at the last growth,
+    # and the capacities the next growth will have, once fixed.
+    self._grown_from = (0, 0, 0, 0)
     self._next_capacities: Optional[tuple[int, int, int, int]] = None
 
   # ----------------------------------------------------------- term sets --
@@ -248,22 +253,16 @@ class ServedPlan:
       self._main_of[slot] = row_of[at : at + len(t)]
       at += len(t)
     self._delta_of = {}
-    host = {
-      "sequences": np.zeros((s_cap, self.sequence_length), np.int32),
-      "documents": np.full(s_cap, -1, np.int32),
-    }
-    at = 0
-    for slot, seqs in rows:
-      for seq in seqs:
-        host["sequences"][at, : len(seq)] = seq
-        host["documents"][at] = slot
-        at += 1
+    self._terms_of = {slot: t for slot, t, _ in sets}
+    self._term_counts = np.bincount(terms, minlength=self._folding.num_terms)
     self._used = {"delta": 0, "sequences": used_s}
     self._live_use = {"entries": len(terms), "sequences": used_s}
-    self._built_use = used
-    self._capacities = (p_cap, s_cap, n_cap, main.width)
-    self._next_capacities = None
+    built = (p_cap, s_cap, n_cap, main.width)
+    if built != self._capacities:  # a growth (or the first build)
+      self._grown_from = (*used, int(self._term_counts.max(initial=0)))
+      self._capacities, self._next_capacities = built, None
     delta = delta_capacity(p_cap)
+    sequences, documents = self._sequence_rows(rows, s_cap)
     lexical = lexical_lib.LexicalIndex(
       main=main,
       terms=jnp.zeros(delta, jnp.int32),
@@ -274,13 +273,28 @@ class ServedPlan:
     )
     return plan_lib.LexicalPlan(
       lexical=lexical,
-      sequences=jnp.asarray(host["sequences"]),
-      documents=jnp.asarray(host["documents"]),
+      sequences=jnp.asarray(sequences),
+      documents=jnp.asarray(documents),
       weight=jnp.asarray(
         1.0 if self.lexical_only else self.weight, jnp.float32
       ),
       head=self.head,
     )
+
+  def _sequence_rows(
+    self, rows: Sequence[tuple[int, list]], capacity: int
+  ) -> tuple[np.ndarray, np.ndarray]:
+    """(slot, its docid sequences) in order -> sequences [S, L] (EOS then
+    PAD) and their slots [S] (-1 = padding), S = `capacity`."""
+    sequences = np.zeros((capacity, self.sequence_length), np.int32)
+    documents = np.full(capacity, -1, np.int32)
+    at = 0
+    for slot, seqs in rows:
+      for seq in seqs:
+        sequences[at, : len(seq)] = seq
+        documents[at] = slot
+        at += 1
+    return sequences, documents
 
   def added(
     self,
@@ -307,6 +321,8 @@ class ServedPlan:
     p, s = self._used["delta"], self._used["sequences"]
     for slot, (doc_id, sequences) in new.items():
       t, w = self.set_of(doc_id)
+      self._terms_of[slot] = t
+      np.add.at(self._term_counts, t, 1)
       self._delta_of[slot] = np.arange(p, p + len(t))
       ids.append(self._delta_of[slot])
       terms.append(t)
@@ -351,17 +367,12 @@ class ServedPlan:
     else grown: at the capacities named ahead (`growth_capacities`, whose
     search may be compiled already) when they fit, else with P, S and N
     doubled together until they do."""
-    live = (
-      self._live_use["entries"]
-      + sum(len(self.set_of(d)[0]) for d, _ in new.values()),
-      self._live_use["sequences"] + sum(len(s) for _, s in new.values()),
-      len(slots),
-    )
-    grown = self._capacities
-    if not _holds(grown, live):
-      grown = self._next_capacities or self._doubled(self._capacities)
+    live = self._use(slots, new)
+    grown, ahead = self._capacities, self._next_capacities
+    if not _holds(grown, live) and ahead and _holds(ahead, live):
+      grown = ahead
     while not _holds(grown, live):
-      grown = self._doubled(grown)
+      grown = self._doubled(grown, live[3])
     if grown != self._capacities:
       logging.info(
         "lexical plan full: capacities %s -> %s", self._capacities, grown
@@ -369,22 +380,35 @@ class ServedPlan:
     return self.build(index, slots, grown)
 
   @staticmethod
-  def _doubled(capacities: tuple[int, ...]) -> tuple[int, ...]:
-    """P, S and N doubled; W kept (postings() doubles W when a list
-    outgrows it)."""
+  def _doubled(capacities: tuple[int, ...], longest: int) -> tuple[int, ...]:
+    """P, S and N doubled; W doubled if it is shorter than `longest`."""
     p, s, n, w = capacities
-    return (2 * p, 2 * s, 2 * n, w)
+    return (2 * p, 2 * s, 2 * n, w if longest <= w else 2 * w)
+
+  def _use(self, slots: Sequence[Optional[str]], new=None) -> tuple:
+    """(entries, sequences, documents, longest postings list) the live
+    documents use, with `new` (slot -> (doc_id, docid sequences)) added."""
+    new = list((new or {}).values())
+    terms = [self.set_of(doc_id)[0] for doc_id, _ in new]
+    counts = self._term_counts.copy() if terms else self._term_counts
+    for t in terms:
+      np.add.at(counts, t, 1)
+    return (
+      self._live_use["entries"] + sum(len(t) for t in terms),
+      self._live_use["sequences"] + sum(len(s) for _, s in new),
+      len(slots),
+      int(counts.max(initial=0)),
+    )
 
   # ------------------------------------------------ growth, known ahead --
 
   def growth_due(self, slots: Sequence[Optional[str]]) -> bool:
-    """True once the live documents use half the room the last build
-    left in entries, sequences or documents (the next growth is then
-    compiled ahead)."""
-    used = (*self._live_use.values(), len(slots))
+    """True once the live documents use a quarter of the room the last
+    growth left in entries, sequences, documents or postings width (the
+    next growth is then compiled ahead)."""
     return any(
-      2 * (u - b) >= c - b
-      for u, b, c in zip(used, self._built_use, self._capacities)
+      4 * (u - b) >= c - b
+      for u, b, c in zip(self._use(slots), self._grown_from, self._capacities)
     )
 
   def growth_capacities(
@@ -395,12 +419,10 @@ class ServedPlan:
     every document added until the growth (N less the slots used, and a
     batch of them) has its term."""
     if self._next_capacities is None:
-      live = [self.set_of(d)[0] for d in slots if d is not None]
-      terms = np.concatenate(live or [np.zeros(0, np.int32)])
-      longest = int(np.bincount(terms).max()) if len(terms) else 0
-      room = self._capacities[2] - len(slots) + ADD_BATCH
+      _, _, documents, longest = self._use(slots)
+      room = self._capacities[2] - documents + ADD_BATCH
       width = 1 << max(longest + room - 1, 0).bit_length()
-      p, s, n, w = self._doubled(self._capacities)
+      p, s, n, w = self._doubled(self._capacities, 0)
       self._next_capacities = (p, s, n, max(w, width))
     return self._next_capacities
 
@@ -413,6 +435,8 @@ class ServedPlan:
     main = self._main_of.pop(slot, np.zeros(0, np.int64))
     delta = self._delta_of.pop(slot, np.zeros(0, np.int64))
     rows = self._rows_of.pop(slot, np.zeros(0, np.int64))
+    terms = self._terms_of.pop(slot, np.zeros(0, np.int64))
+    np.add.at(self._term_counts, terms, -1)
     self._live_use["entries"] -= len(main) + len(delta)
     self._live_use["sequences"] -= len(rows)
     return plan.replace(

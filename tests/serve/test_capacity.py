@@ -125,7 +125,7 @@ def test_adds_past_the_rows_with_deletes_and_a_restart(tiny_run, tmp_path):
   run = copy_run(run, tmp_path / "run")
   r = serve(run)
   try:
-    start = r.model.config.vocab_size
+    start, first_search = r.model.config.vocab_size, r._live.search  # pylint: disable=protected-access
     assert ranked_first(r, {d: beir.Document(d, "", t) for d, t in OLD.items()})
     new = distinctive_documents(words, 300, seed=1, prefix="n")
     add_in_requests(r, dict(list(new.items())[:100]), 1)
@@ -135,8 +135,9 @@ def test_adds_past_the_rows_with_deletes_and_a_restart(tiny_run, tmp_path):
     assert r.model.config.vocab_size > start  # grew past 70 docid rows
     # The process keeps no search of the replaced model (its executables
     # for the old shapes would stay in a long-running server's memory).
-    held = [key[1].vocab_size for key in live_state._SEARCHES._functions]  # pylint: disable=protected-access
-    assert start not in held and r.model.config.vocab_size in held
+    held = list(live_state._SEARCHES._functions.values())  # pylint: disable=protected-access
+    assert not any(f is first_search for f in held)
+    assert any(f is r._live.search for f in held)  # pylint: disable=protected-access
     kept = {
       d: doc for i, (d, doc) in enumerate(new.items()) if i >= 100 or i % 3
     }

@@ -436,11 +436,16 @@ def bench_end_to_end(checkpoint: str) -> dict:
   retriever.rows_in_place = True
   batches = [timed(64) for _ in range(_BATCH_ADDS.value)]
   batch_stages = stages.take()
+  # Searches are timed once no growth compiles ahead in the background
+  # (gr/serve/growth_ahead.py: about 45 s of one core on the demo index,
+  # during which searches are slower).
+  retriever.wait_for_updates()
   search_after = searches()
   # The same clients searching only: what contention alone costs.
   searching = mixed_clients(
     retriever, queries, docs, _CLIENTS.value, _CLIENT_OPS.value, 1.0
   )
+  retriever.wait_for_updates()
   mixed = mixed_clients(
     retriever, queries, docs, _CLIENTS.value, _CLIENT_OPS.value
   )

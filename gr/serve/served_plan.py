@@ -27,11 +27,12 @@ they fit (deleted documents' entries reclaimed, no compile), else doubled
 document's slot (gr/serve/served_index.py), so N stays bounded too.
 
 A growth doubles P, S and N together (and W where a list outgrows it), so
-its shapes are known ahead: once a quarter of the room the last growth
-left is used in any of them or in W (`growth_due`), `growth_capacities` names the next growth's
-capacities and `grown_shapes` its arrays, and gr/serve/growth_ahead.py
-compiles the search for them in the background; the growth then builds at
-exactly those capacities when the live documents fit them.
+its shapes are known ahead: once an eighth of the room the last growth
+left is used in any of them or in W (`growth_due`), `growth_capacities`
+names the next growth's capacities and `grown_shapes` its arrays, and
+gr/serve/growth_ahead.py compiles the search for them in the background;
+the growth then builds at exactly those capacities when the live
+documents fit them.
 """
 
 import logging
@@ -55,22 +56,15 @@ ADD_BATCH = 64
 TermSet = tuple[np.ndarray, np.ndarray]  # (terms [m] int32, impacts [m])
 
 
-def grown_capacity(needed: int, current: int) -> int:
-  """`current` doubled until it holds `needed` (at least MIN_CAPACITY)."""
-  capacity = max(current, MIN_CAPACITY)
-  while capacity < needed:
-    capacity *= 2
-  return capacity
-
-
 def delta_capacity(entries: int) -> int:
   """Rows of the delta segment for an entry capacity P."""
   return max(MIN_CAPACITY, entries // 8)
 
 
 def initial_capacity(used: int) -> int:
-  """Room at a full build: a quarter more than is used (the padding costs
-  every search a gather, so it is kept small; later adds double it)."""
+  """Room at a full build (P, S, N and W): a quarter more than is used
+  (the padding costs every search a gather, so it is kept small; later
+  adds double it)."""
   return max(MIN_CAPACITY, used + used // 4)
 
 
@@ -235,10 +229,12 @@ class ServedPlan:
       [np.full(len(t), slot, np.int32) for slot, t, _ in sets]
       or [np.zeros(0, np.int32)]
     )
-    used = (len(terms), used_s, len(slots))
-    if capacities is None:
-      capacities = (*(initial_capacity(u) for u in used), 0)
-    p_cap, s_cap, n_cap = (max(c, u) for c, u in zip(capacities, used))
+    counts = np.bincount(terms, minlength=self._folding.num_terms)
+    used = (len(terms), used_s, len(slots), int(counts.max(initial=0)))
+    if capacities is None:  # W a power of two: small changes keep it
+      capacities = tuple(initial_capacity(u) for u in used)
+      capacities = (*capacities[:3], 1 << (capacities[3] - 1).bit_length())
+    p_cap, s_cap, n_cap = (max(c, u) for c, u in zip(capacities[:3], used))
     main, row_of = lexical_lib.postings(
       terms,
       np.concatenate([w for _, _, w in sets] or [np.zeros(0, np.float32)]),
@@ -254,12 +250,12 @@ class ServedPlan:
       at += len(t)
     self._delta_of = {}
     self._terms_of = {slot: t for slot, t, _ in sets}
-    self._term_counts = np.bincount(terms, minlength=self._folding.num_terms)
+    self._term_counts = counts
     self._used = {"delta": 0, "sequences": used_s}
     self._live_use = {"entries": len(terms), "sequences": used_s}
     built = (p_cap, s_cap, n_cap, main.width)
     if built != self._capacities:  # a growth (or the first build)
-      self._grown_from = (*used, int(self._term_counts.max(initial=0)))
+      self._grown_from = used
       self._capacities, self._next_capacities = built, None
     delta = delta_capacity(p_cap)
     sequences, documents = self._sequence_rows(rows, s_cap)
@@ -403,11 +399,12 @@ class ServedPlan:
   # ------------------------------------------------ growth, known ahead --
 
   def growth_due(self, slots: Sequence[Optional[str]]) -> bool:
-    """True once the live documents use a quarter of the room the last
+    """True once the live documents use an eighth of the room the last
     growth left in entries, sequences, documents or postings width (the
-    next growth is then compiled ahead)."""
+    next growth is then compiled ahead, which takes about 45 s on the demo
+    index: adds may come at 20 a second)."""
     return any(
-      4 * (u - b) >= c - b
+      8 * (u - b) >= c - b
       for u, b, c in zip(self._use(slots), self._grown_from, self._capacities)
     )
 

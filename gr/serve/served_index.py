@@ -209,13 +209,8 @@ class ServedIndex(growth_ahead.GrowthAhead, live_state.LiveIndex):
     else:
       pending = sum(len(s) for seqs in sequences.values() for s in seqs)
       live = self._fresh_live(self._live.index, self._placed(params), pending)
-    logging.info(
-      "rows grew: %s %d buckets",
-      "compiled ahead, running" if ahead else "compiling",
-      len(self._buckets),
-    )
     self._growth_done()
-    self.warm_up(live)
+    self._warm_up_grown(live, ahead is not None, "rows")
     with self._dispatch_lock:
       self._live = live
     live_state.forget_searches(old_config)
@@ -446,16 +441,20 @@ class ServedIndex(growth_ahead.GrowthAhead, live_state.LiveIndex):
       plan=plan,
       search=self._search_fn(index, fresh=True, function=ahead),
     )
-    logging.info(
-      "%s capacity grew: %s %d buckets",
-      growth,
-      "compiled ahead, running" if ahead else "compiling",
-      len(self._buckets),
-    )
     self._growth_done()
-    self.warm_up(new)
+    self._warm_up_grown(new, ahead is not None, growth)
     with self._dispatch_lock:
       self._live = new
+
+  def _warm_up_grown(self, live: LiveState, ahead: bool, growth: str) -> None:
+    """Compiles every bucket of a grown state before it goes live, unless
+    its search was compiled ahead for these very shapes (then nothing is
+    left to compile: the thread warmed the same buckets and scatters)."""
+    if ahead:
+      logging.info("%s grew: its search was compiled ahead", growth)
+      return
+    logging.info("%s grew: compiling %d buckets", growth, len(self._buckets))
+    self.warm_up(live)
 
   def _with_rows(
     self,

@@ -335,8 +335,8 @@ def test_a_capacity_growth_compiles_once(runs, tmp_path):
 def adds_until(r, texts: dict, grown) -> tuple[dict, list]:
   """Adds `texts` (doc_id -> body) one at a time, each once the growth
   compiled ahead (if any) is ready, until `grown()`; returns the documents
-  added and the searches the last add compiled (small copies and scatters
-  for the new shapes are not counted)."""
+  added and the searches the last add and a search after it compiled
+  (small copies and scatters for the new shapes are not counted)."""
   added = {}
   with compiles.counting_compiles() as compiled:
     for doc_id, text in texts.items():
@@ -345,6 +345,7 @@ def adds_until(r, texts: dict, grown) -> tuple[dict, list]:
       r.add_documents([beir.Document(doc_id, "", text)])
       added[doc_id] = text
       if grown():
+        r.retrieve([text], 1)
         return added, [f for f in compiled[before:] if "search" in f]
   pytest.fail(f"{len(texts)} adds did not grow it")
 

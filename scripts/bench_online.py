@@ -393,6 +393,7 @@ def bench_end_to_end(checkpoint: str) -> dict:
   searches()  # first calls of the length buckets
   search_idle = searches()
   encode_chunks = encoder_by_chunk(retriever, checkpoint)
+  encode_short = encoder_on_short_bodies(retriever, checkpoint)
   start_rows = retriever.model.config.vocab_size
   mixed_ops = _CLIENTS.value * _CLIENT_OPS.value
   total = (
@@ -457,6 +458,7 @@ def bench_end_to_end(checkpoint: str) -> dict:
     ),
     'search_idle': milliseconds(search_idle),
     'encode_64_by_chunk': encode_chunks,
+    'encode_64_short_bodies': encode_short,
     'search_after_adds': milliseconds(search_after),
     'search_only_clients': searching,
     'mixed_clients': mixed,
@@ -525,6 +527,45 @@ def shapes_held(retriever) -> dict:
     'trie_level_widths': list(trie.level_widths),
     'plan_capacities': list(plan.capacities) if plan else None,
   }
+
+
+def encoder_on_short_bodies(retriever, checkpoint: str) -> dict:
+  """ms of the encoder alone over 64 bodies of 12 words (each corpus
+  body's first 12): the service's passes, cut to the input length bucket
+  of their longest body, against passes at the full input length (before
+  session 17), 3 times each, compiled first."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from gr.index import vocab as vocab_lib  # pylint: disable=g-import-not-at-top
+  from gr.serve import online_rows  # pylint: disable=g-import-not-at-top
+
+  bodies = [' '.join(b.split()[:12]) for b in corpus_bodies(checkpoint, 64)]
+  tokens = vocab_lib.encode_texts(
+    retriever.index.vocab, bodies, retriever.input_length
+  )  # [64, Li]
+  encoder = online_rows.DocumentEncoder(retriever.model, retriever.input_length)
+  encoder.warm_up(retriever.params)
+  full = encoder._pooled  # pylint: disable=protected-access
+  size = encoder.buckets[-1]
+
+  def full_length_passes():
+    for start in range(0, len(tokens), size):
+      jax.block_until_ready(
+        full(retriever.params['encoder'], tokens[start : start + size])
+      )
+
+  out = {'tokens_longest': int((tokens != 0).sum(1).max())}
+  for name, run in [
+    ('cut_to_length_ms', lambda: encoder.vectors(retriever.params, tokens)),
+    ('full_length_ms', full_length_passes),
+  ]:
+    times = []
+    for _ in range(3):
+      begin = time.perf_counter()
+      run()
+      times.append((time.perf_counter() - begin) * 1000)
+    out[name] = times
+  return out
 
 
 def rss_cycle(retriever, docs) -> dict:

@@ -30,9 +30,11 @@ under its dispatch lock, else into a new array (O(table)) that searches
 still reading the old one need.
 """
 
+import concurrent.futures
 import dataclasses
 import functools
 import math
+import os
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
@@ -44,6 +46,7 @@ from gr.model import bert
 from gr.model import family
 from gr.model import models
 from gr.model import warm_start
+from gr.search import retrieval
 
 # Batch shapes of DocumentEncoder. On CPU a pass over 8 bodies costs less
 # per body than one over 64 (the activations of 64 x 128 tokens leave the
@@ -186,8 +189,12 @@ class DocumentEncoder:
   n bodies go in passes of the largest bucket; the rest, on CPU, in the
   largest buckets that fit it (no padding: a pass costs in proportion to
   its rows), elsewhere in one pass padded to the smallest bucket that
-  holds it. It reads only the encoder's params: a growth of the decoder's
-  rows compiles nothing here.
+  holds it. Bodies are taken shortest first, and each pass is cut to the
+  shortest of the search's input lengths (retrieval.input_lengths) that
+  holds its longest body, so a short body costs its own length, not the
+  full input length (the padding is masked: the same vectors). It reads
+  only the encoder's params: a growth of the decoder's rows compiles
+  nothing here.
   """
 
   def __init__(
@@ -205,9 +212,19 @@ class DocumentEncoder:
     self.pad = jax.default_backend() != "cpu"
 
   def warm_up(self, params: Any) -> None:
-    for bucket in self.buckets:
-      tokens = np.zeros((bucket, self.input_length), np.int32)
-      jax.block_until_ready(self._pooled(params["encoder"], tokens))
+    """Compiles every (bucket, input length) pass, one per core at once."""
+    shapes = [
+      (bucket, length)
+      for bucket in self.buckets
+      for length in retrieval.input_lengths(self.input_length)
+    ]
+
+    def compiled(shape):
+      tokens = np.zeros(shape, np.int32)
+      return jax.block_until_ready(self._pooled(params["encoder"], tokens))
+
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+      list(pool.map(compiled, shapes))
 
   def chunks(self, n: int) -> list[int]:
     """Bodies per pass for n bodies, e.g. 13 -> [8, 4, 1] with buckets
@@ -222,23 +239,30 @@ class DocumentEncoder:
       n %= bucket
     return sizes
 
-  def dispatch(self, params: Any, tokens: np.ndarray) -> list:
+  def dispatch(self, params: Any, tokens: np.ndarray) -> tuple:
     """Dispatches the passes over tokens [n, Li] (not waited for): the
     host may work meanwhile; `collect` reads them."""
+    tokens = np.asarray(tokens)
+    filled = tokens[:, ::-1] != 0
+    lengths = np.where(filled.any(1), tokens.shape[1] - filled.argmax(1), 1)
+    order = np.argsort(lengths, kind="stable")  # shortest first
     pending, start = [], 0
     for size in self.chunks(len(tokens)):
-      chunk = tokens[start : start + size]  # [size, Li]
+      chunk = tokens[order[start : start + size]]  # [size, Li]
+      chunk = chunk[:, : retrieval.input_bucket(chunk, self.input_length)]
       padded = batching.pad_rows(chunk, _bucket(size, self.buckets))
       pending.append((self._pooled(params["encoder"], padded), size))
       start += size
-    return pending
+    return order, pending
 
   @staticmethod
-  def collect(pending: list) -> np.ndarray:
-    """`dispatch`'s passes -> [n, width] float32."""
-    return np.concatenate(
-      [np.asarray(pooled)[:size] for pooled, size in pending]
-    ).astype(np.float32)
+  def collect(pending: tuple) -> np.ndarray:
+    """`dispatch`'s passes -> [n, width] float32, in the bodies' order."""
+    order, passes = pending
+    pooled = [np.asarray(vectors)[:size] for vectors, size in passes]
+    out = np.empty((len(order), pooled[0].shape[1]), np.float32)
+    out[order] = np.concatenate(pooled)
+    return out
 
   def vectors(self, params: Any, tokens: np.ndarray) -> np.ndarray:
     """tokens [n, Li] -> [n, width] float32."""

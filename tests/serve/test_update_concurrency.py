@@ -142,3 +142,36 @@ def test_the_encoder_passes_do_not_change_the_vectors(
     assert len({v.tobytes() for v in vectors}) == 13  # distinct bodies
   finally:
     r.close()
+
+
+def test_short_bodies_are_encoded_at_their_own_length(
+  tiny_run,  # noqa: F811
+  tmp_path,
+):
+  """Bodies of 1 to 40 words in mixed order, at input length 64: the
+  passes take them shortest first, each cut to the input length bucket of
+  its longest body (16 for the shortest, 64 for the longest), and give the vectors of
+  full-length passes, in the bodies' order."""
+  run, words = tiny_run
+  r = serve(copy_run(run, tmp_path / "run"))
+  try:
+    sizes = [40, 1, 12, 3, 25, 2, 7]
+    bodies = [" ".join(words[i : i + n]) for i, n in enumerate(sizes)]
+    tokens = vocab_lib.encode_texts(r.index.vocab, bodies, 64)  # [7, 64]
+    encoder = online_rows.DocumentEncoder(r.model, 64, buckets=(1, 2, 4))
+    encoder.pad = False
+    full_length = encoder._pooled  # pylint: disable=protected-access
+    lengths = []
+
+    def recorded(params, passed):
+      lengths.append(passed.shape[1])
+      return full_length(params, passed)
+
+    encoder._pooled = recorded  # pylint: disable=protected-access
+    vectors = encoder.vectors(r.params, tokens)
+    assert lengths == sorted(lengths) and lengths[0] == 16 and lengths[-1] == 64
+    np.testing.assert_allclose(
+      vectors, full_length(r.params["encoder"], tokens), atol=1e-5
+    )
+  finally:
+    r.close()

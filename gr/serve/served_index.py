@@ -14,16 +14,16 @@ documents (amortised; no step touches every document):
     (gr/index/artifact.py `record_update`; now and then it compacts into a
     full version);
   - the host trie is edited and the edits are written into the device
-    arrays in place (DocidTrie.update_device); when a capacity grows the
-    arrays are uploaded whole and every bucket is compiled again BEFORE the
-    new arrays go live;
+    arrays in place (DocidTrie.update_device); when a capacity grows (the
+    trie's or the plan's) the arrays are uploaded whole and every bucket
+    is compiled BEFORE the new arrays go live;
   - a docid token past the model's embedding rows grows them first
     (gr/serve/online_rows.py: the docid rows doubled, zero rows; the trie
     and plan kept while the trie's arrays hold the new vocabulary size;
-    every bucket compiled before the grown state goes live). Once the
-    spare rows run low, the next growth's buckets are compiled ahead in
-    a background thread, so the add that grows the rows does not wait
-    for a compile.
+    every bucket compiled before the grown state goes live).
+  Each of these growths is foreseen and its buckets compiled ahead in a
+  background thread (gr/serve/growth_ahead.py), so the add that grows
+  takes that search instead of waiting for a compile.
 
 With a pretrained encoder, each docid token an add creates (an atomic
 `<d_N>`, a semantic leaf position past c) gets its documents' mean-pooled
@@ -178,7 +178,7 @@ class ServedIndex(growth_ahead.GrowthAhead, live_state.LiveIndex):
     embedding rows than the model has (online_rows: the docid rows
     doubled; the trie, slots and plan kept where the trie's arrays hold
     the new vocabulary size, else rebuilt for it; every bucket compiled
-    before it goes live, or ahead by `_prepare_growth`; searches meanwhile
+    before it goes live, or ahead by growth_ahead; searches meanwhile
     read the old state)."""
     needed = 1 + max(max(s) for seqs in sequences.values() for s in seqs)
     model, params = online_rows.grown_model(
@@ -198,7 +198,7 @@ class ServedIndex(growth_ahead.GrowthAhead, live_state.LiveIndex):
     old_config, self.model, ahead = self.model.config, model, None
     if self._trie.holds_vocab(model.config.vocab_size):
       # Only the rows and the search change: the trie, slots and plan
-      # stay, so a growth compiled ahead (`_prepare_growth`) is reused.
+      # stay, so a rows growth compiled ahead (growth_ahead) is reused.
       self._trie.set_vocab_size(model.config.vocab_size)
       live = self._live
       ahead = self._search_ahead(

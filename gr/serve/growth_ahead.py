@@ -14,7 +14,7 @@ behind it, waits. `GrowthAhead` moves the compile off the add:
     spare, a thread compiles the grown model's search. A rows growth keeps
     the trie, slots and plan where the trie's arrays hold the new
     vocabulary (`DocidTrie.holds_vocab`), so those shapes stay.
-  - plan: once half the room of the plan's last build is used
+  - plan: once an eighth of the room its last growth left is used
     (`ServedPlan.growth_due`), the next growth's capacities are fixed
     (`growth_capacities`) and a thread compiles the search for a plan of
     those shapes; the growth builds at them.

@@ -157,10 +157,10 @@ class ServedPlan:
     self._rows_of: dict[int, np.ndarray] = {}  # slot -> sequence rows
     self._terms_of: dict[int, np.ndarray] = {}  # slot -> its set's terms
     self._used = {"delta": 0, "sequences": 0}
-    # What the live documents use: entries, sequences, and the postings
-    # list length of every term (its longest is what W must hold).
-    self._live_use = {"entries": 0, "sequences": 0}
+    # What the live documents use: the postings list length of every term
+    # (their sum is the entries, the longest what W must hold), sequences.
     self._term_counts = np.zeros(self._folding.num_terms, np.int64)
+    self._live_sequences = 0
     self._capacities: Optional[tuple[int, int, int, int]] = None
     # (entries, sequences, documents, longest list) at the last growth,
     # and the capacities the next growth will have, once fixed.
@@ -252,7 +252,7 @@ class ServedPlan:
     self._terms_of = {slot: t for slot, t, _ in sets}
     self._term_counts = counts
     self._used = {"delta": 0, "sequences": used_s}
-    self._live_use = {"entries": len(terms), "sequences": used_s}
+    self._live_sequences = used_s
     built = (p_cap, s_cap, n_cap, main.width)
     if built != self._capacities:  # a growth (or the first build)
       self._grown_from = used
@@ -333,8 +333,7 @@ class ServedPlan:
         seqs.append(row)
         seq_owners.append(slot)
         s += 1
-    self._live_use["entries"] += p - self._used["delta"]
-    self._live_use["sequences"] += s - self._used["sequences"]
+    self._live_sequences += s - self._used["sequences"]
     self._used = {"delta": p, "sequences": s}
     ids = np.concatenate(ids).astype(np.int64)
     lexical = plan.lexical.replace(
@@ -390,8 +389,8 @@ class ServedPlan:
     for t in terms:
       np.add.at(counts, t, 1)
     return (
-      self._live_use["entries"] + sum(len(t) for t in terms),
-      self._live_use["sequences"] + sum(len(s) for _, s in new),
+      int(counts.sum()),
+      self._live_sequences + sum(len(s) for _, s in new),
       len(slots),
       int(counts.max(initial=0)),
     )
@@ -434,8 +433,7 @@ class ServedPlan:
     rows = self._rows_of.pop(slot, np.zeros(0, np.int64))
     terms = self._terms_of.pop(slot, np.zeros(0, np.int64))
     np.add.at(self._term_counts, terms, -1)
-    self._live_use["entries"] -= len(main) + len(delta)
-    self._live_use["sequences"] -= len(rows)
+    self._live_sequences -= len(rows)
     return plan.replace(
       lexical=lexical.replace(
         main=lexical.main.replace(

@@ -351,11 +351,11 @@ def adds_until(r, texts: dict, grown) -> tuple[dict, list]:
 
 
 def test_the_plan_growth_is_compiled_ahead(runs, tmp_path):
-  """Adds of three new words each: once half the plan's room is used, the
-  next growth's capacities are fixed and its search compiled in the
-  background; the add that overflows the plan builds it at exactly those
-  capacities (P, S and N doubled) and compiles no search. Every document
-  is found."""
+  """Adds of three new words each: once an eighth of the plan's room is
+  used, the next growth's capacities are fixed and its search compiled in
+  the background; the add that overflows the plan builds it at exactly
+  those capacities (P, S and N doubled) and compiles no search. Every
+  document is found."""
   r = serve(copy_run(runs["plan"], tmp_path / "run"))
   try:
     r.warm_up()

@@ -13,8 +13,10 @@ term-set docids fused with the dev split's lexical weight (gr). "bm25" and
 
 --semantic_step0 / --semantic_trained give "semantic" (the model alone)
 and "semantic_plan" (semantic docids guided by the term sets, fused);
---text_step0 / --text_trained give "text" and "text_plan" the same way.
-Each pair is optional, and so is each half of it.
+--text_step0 / --text_trained give "text" and "text_plan" the same way,
+and --rq_step0 / --rq_trained "rq" and "rq_plan" (residual-quantisation
+docids). Each pair is optional, and so is each half of it. Each run is a
+run dir or its results.json (as kept under docs/results/).
 
 The chosen weights are kept under "lexical_weight" and each run's record
 under "runs" (keys "<phase>" for atomic, "<scheme>_<phase>" else). --out
@@ -35,13 +37,17 @@ _SEMANTIC_STEP0 = flags.DEFINE_string('semantic_step0', None, 'Semantic run.')
 _SEMANTIC_TRAINED = flags.DEFINE_string('semantic_trained', None, 'Trained.')
 _TEXT_STEP0 = flags.DEFINE_string('text_step0', None, 'Text run at step 0.')
 _TEXT_TRAINED = flags.DEFINE_string('text_trained', None, 'Trained.')
+_RQ_STEP0 = flags.DEFINE_string('rq_step0', None, 'RQ run at step 0.')
+_RQ_TRAINED = flags.DEFINE_string('rq_trained', None, 'Trained.')
 _OUT = flags.DEFINE_string('out', None, 'JSON to update.', required=True)
 ATOMIC_SYSTEMS = {'atomic': 'gr:model', 'term_set': 'gr:terms', 'multi': 'gr'}
 METRICS = ('Hits@1', 'Hits@10', 'MRR@10')
 
 
-def _load(run_dir: str) -> dict:
-  with open(os.path.join(run_dir, 'results.json')) as f:
+def _load(run: str) -> dict:
+  """A run dir's results.json, or that file itself."""
+  path = run if run.endswith('.json') else os.path.join(run, 'results.json')
+  with open(path) as f:
     return json.load(f)
 
 
@@ -92,6 +98,7 @@ def main(argv):
   for scheme, step0, trained in (
     ('semantic', _SEMANTIC_STEP0.value, _SEMANTIC_TRAINED.value),
     ('text', _TEXT_STEP0.value, _TEXT_TRAINED.value),
+    ('rq', _RQ_STEP0.value, _RQ_TRAINED.value),
   ):
     systems = {scheme: 'gr:model', f'{scheme}_plan': 'gr'}
     _collect(out, _runs(step0, trained), systems, f'{scheme}_')

@@ -263,3 +263,15 @@ def test_collect_schemes_updates_the_schemes_it_is_given(tmp_path):
   assert written['lexical_weight'] == {'text_step0': 1.0, 'text_trained': 0.5}
   assert written['runs']['text_trained'] == {'scheme': 't1'}
   assert 'atomic' not in written and 'bm25' not in written
+
+
+def test_collect_schemes_reads_results_files_for_rq(tmp_path):
+  out = tmp_path / 'schemes.json'
+  step0 = _fake_run(tmp_path / 'r0', 1.0) / 'results.json'
+  result = _run('collect_schemes.py', f'--rq_step0={step0}', f'--out={out}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  written = json.loads(out.read_text())
+  assert written['rq']['step0']['titles/test']['Hits@1'] == 0.2  # gr:model
+  assert written['rq_plan']['step0']['titles/test']['Hits@1'] == 0.1  # gr
+  assert 'trained' not in written['rq']
+  assert written['lexical_weight'] == {'rq_step0': 1.0}

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Optional, Sequence
 from gr import atomic_io
 from gr.continual import dsi_metrics
 from gr.continual import dynamic_report as report
+from gr.continual import period_plan
 from gr.continual import periods as periods_lib
 from gr.continual import update as continual
 from gr.continual import versions
@@ -37,13 +38,21 @@ METRICS = report.METRICS
 
 class SearcherCache:
   """One Searcher (one compiled search) per model config, re-pointed at
-  each version's params and index."""
+  each version's params and index, and with a `plan` (PeriodPlan) at the
+  weight it is given."""
 
-  def __init__(self, config: retrieval.SearchConfig, input_length: int):
-    self.config, self.input_length = config, input_length
+  def __init__(
+    self,
+    config: retrieval.SearchConfig,
+    input_length: int,
+    plan: Optional[period_plan.PeriodPlan] = None,
+  ):
+    self.config, self.input_length, self.plan = config, input_length, plan
     self._searchers: dict[Any, retrieval.Searcher] = {}
 
-  def get(self, model, version: versions.Version) -> retrieval.Searcher:
+  def get(
+    self, model, version: versions.Version, lexical_weight: float = 0.0
+  ) -> retrieval.Searcher:
     model = models.fit_vocab(model, version.index.vocab.vocab_size)
     config = retrieval.retrieval_config(
       self.config, version.index.max_docid_length()
@@ -58,21 +67,39 @@ class SearcherCache:
         input_length=self.input_length,
       )
     searcher = self._searchers[key]
-    searcher.params, searcher.index = version.params, version.index
-    searcher.trie = version.index.build_trie()
-    searcher.refresh_trie()
+    term_sets = self.plan.term_sets(version.index) if self.plan else None
+    searcher.repoint(version.params, version.index, term_sets)
+    searcher.lexical_weight = lexical_weight if term_sets else 0.0
     return searcher
+
+  def choose_weight(self, model, model_dir: str) -> Optional[dict]:
+    """{"chosen", "MRR@10": {weight: mean}} of the plan on the latest
+    version in `model_dir` (None without a plan)."""
+    if self.plan is None:
+      return None
+    version = versions.load_version(model_dir)
+    weight, table = self.plan.choose(self.get(model, version))
+    return {"chosen": weight, "MRR@10": table}
 
 
 def evaluate_version(
-  searchers: SearcherCache, model, model_dir: str, seen: Sequence[PeriodData]
+  searchers: SearcherCache,
+  model,
+  model_dir: str,
+  seen: Sequence[PeriodData],
+  lexical_weight: float = 0.0,
 ) -> list[dict[str, float]]:
   """The latest version in `model_dir` on each seen period's queries."""
   version = versions.load_version(model_dir)
-  searcher = searchers.get(model, version)
+  searcher = searchers.get(model, version, lexical_weight)
   return periods_lib.evaluate_periods(
     searcher.run(periods_lib.all_queries(seen)), seen
   )
+
+
+def chosen_weight(initial: Mapping[str, Any]) -> float:
+  """The plan's weight version 0 chose (0: no plan)."""
+  return (initial.get("lexical_weight") or {}).get("chosen", 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,9 +135,10 @@ def run_updates(
   base_dir: str,
   workdir: str,
   searchers: SearcherCache,
-  first_row,
+  initial: Mapping[str, Any],
 ) -> dict:
-  """D1..Dn on a copy of the initial version; evaluation after each."""
+  """D1..Dn on a copy of the initial version; evaluation after each, at
+  the plan weight version 0 chose."""
   model_dir, index_dir = (
     os.path.join(workdir, "model"),
     os.path.join(workdir, "index"),
@@ -118,7 +146,7 @@ def run_updates(
   shutil.rmtree(workdir, ignore_errors=True)
   shutil.copytree(os.path.join(base_dir, "model"), model_dir)
   shutil.copytree(os.path.join(base_dir, "index"), index_dir)
-  rows, steps = [first_row], []
+  rows, steps, weight = [initial["row"]], [], chosen_weight(initial)
   for n in range(1, len(periods)):
     num_docs = sum(len(p.corpus) for p in periods[: n + 1])
     result = continual.apply_update(
@@ -138,7 +166,9 @@ def run_updates(
       keep=2,
     )
     rows.append(
-      evaluate_version(searchers, cell.model, model_dir, periods[: n + 1])
+      evaluate_version(
+        searchers, cell.model, model_dir, periods[: n + 1], weight
+      )
     )
     steps.append(
       {"gradient_updates": result.gradient_updates, "seconds": result.seconds}
@@ -147,13 +177,17 @@ def run_updates(
   return {
     "rows": rows,
     "steps": steps,
-    "memorised_d0": memorised(searchers, cell, model_dir, periods[0]),
+    "memorised_d0": memorised(searchers, cell, model_dir, periods[0], weight),
     "storage": version_storage(model_dir),
   }
 
 
 def memorised(
-  searchers: "SearcherCache", cell: CellConfig, model_dir: str, d0: PeriodData
+  searchers: "SearcherCache",
+  cell: CellConfig,
+  model_dir: str,
+  d0: PeriodData,
+  lexical_weight: float = 0.0,
 ) -> Optional[float]:
   """DSI++'s memorised documents: the fraction of a seeded sample of D0
   whose own body (cut to the input length) retrieves it at rank 1 from the
@@ -165,7 +199,7 @@ def memorised(
     rng.sample(sorted(d0.corpus), min(cell.memorised_sample, len(d0.corpus)))
   )
   version = versions.load_version(model_dir)
-  run = searchers.get(cell.model, version).run(
+  run = searchers.get(cell.model, version, lexical_weight).run(
     {d: d0.corpus[d].text for d in ids}
   )
   top1 = [
@@ -227,12 +261,14 @@ def run_initial(
     settings=settings,
     generator=cell.generator,
   )
-  initial = {
-    "row": evaluate_version(searchers, cell.model, model_dir, periods[:1]),
-    "gradient_updates": result.gradient_updates,
-    "seconds": result.seconds,
-    "memorised_d0": memorised(searchers, cell, model_dir, periods[0]),
-  }
+  initial = {"lexical_weight": searchers.choose_weight(cell.model, model_dir)}
+  weight = chosen_weight(initial)
+  initial.update(
+    row=evaluate_version(searchers, cell.model, model_dir, periods[:1], weight),
+    gradient_updates=result.gradient_updates,
+    seconds=result.seconds,
+    memorised_d0=memorised(searchers, cell, model_dir, periods[0], weight),
+  )
   _write_json(result_path, initial)
   return initial
 
@@ -290,7 +326,7 @@ def run_cell(
     base_dir,
     os.path.join(cell_dir, "work"),
     searchers,
-    initial["row"],
+    initial,
   )
   summary = cell_summary(
     run["rows"],
@@ -299,6 +335,7 @@ def run_cell(
     {
       "memorised_d0": [initial.get("memorised_d0"), run["memorised_d0"]],
       "storage": run["storage"],
+      "lexical_weight": initial.get("lexical_weight"),
     },
   )
   _write_json(result_path, summary)

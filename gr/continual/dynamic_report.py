@@ -32,7 +32,8 @@ def mean_over_seeds(
   by_seed: Mapping[str, Mapping[str, dict]],
 ) -> dict[str, dict]:
   """{cell: summary} with each matrix entry, metric curve, cost and
-  memorised fraction the mean over seeds, and `std` beside each curve."""
+  memorised fraction the mean over seeds, `std` beside each curve, and
+  the lexical plan's choice of each seed (where the cell has a plan)."""
   names = list(dict.fromkeys(c for cells in by_seed.values() for c in cells))
   out = {}
   for name in names:
@@ -66,7 +67,7 @@ def mean_over_seeds(
         values = np.array([r[metric][curve] for r in runs])
         summary[metric][curve] = values.mean(0).tolist()
         summary[metric][f"{curve}_std"] = values.std(0).tolist()
-    if first.get("memorised_d0"):
+    if any(x is not None for x in first.get("memorised_d0") or ()):
       pairs = np.array(
         [[np.nan if x is None else x for x in r["memorised_d0"]] for r in runs],
         float,
@@ -77,6 +78,8 @@ def mean_over_seeds(
         k: float(np.mean([r["storage"][k] for r in runs]))
         for k in first["storage"]
       }
+    if first.get("lexical_weight"):  # the plan's choice, per seed
+      summary["lexical_weight"] = [r["lexical_weight"] for r in runs]
     out[name] = summary
   return out
 

@@ -14,6 +14,7 @@ calling the library's (gr.train.train) does not.
 import gin
 
 from gr.continual import generators
+from gr.continual import period_plan
 from gr.continual import strategies
 from gr.continual import update as continual
 from gr.experiments import dynamic
@@ -78,6 +79,9 @@ index_corpus = gin.external_configurable(
 )
 update_index = gin.external_configurable(
   continual.update_index, module='gr.continual'
+)
+PlanSettings = gin.external_configurable(
+  period_plan.PlanSettings, module='continual'
 )
 run_dynamic_experiment = gin.external_configurable(
   dynamic.run_dynamic_experiment, module='gr.dynamic'

@@ -32,6 +32,7 @@ from typing import Any, Mapping, Optional, Sequence
 from gr import docids as docids_lib
 from gr.continual import dynamic_cells as cells
 from gr.continual import dynamic_report as report
+from gr.continual import period_plan
 from gr.continual import periods as periods_lib
 from gr.continual.generators import PseudoQueryGenerator
 from gr.continual.generators import TextPseudoQueries
@@ -74,6 +75,7 @@ def run_dynamic_experiment(
   seeds: Sequence[int] = (0,),
   strategy_seeds: Mapping[str, int] = (),
   seed: Optional[int] = None,
+  plan: Optional[period_plan.PlanSettings] = None,
 ) -> dict:
   """Every scheme x strategy x seed on the temporal split; returns the
   results (per seed, and mean/std over seeds).
@@ -86,7 +88,9 @@ def run_dynamic_experiment(
   samples and shuffles anew (the period split is seed 0's).
   strategy_seeds: {strategy: n} runs that strategy for the first n seeds
   only (e.g. an expensive reference); its mean is then over n. `seed` (old
-  spelling) means seeds=(seed,).
+  spelling) means seeds=(seed,). plan: the lexical plan beside the model
+  (gr/continual/period_plan.py: D0's statistics frozen, the weight chosen
+  on D0's held-out queries at each version 0); None: no plan.
   """
   start = time.time()
   seeds = (seed,) if seed is not None else tuple(seeds)
@@ -104,7 +108,8 @@ def run_dynamic_experiment(
     schemes, scheme_params, strategies, strategy_overrides, seeds,
     strategy_seeds, vocab_size,
   )  # fmt: skip
-  searchers = cells.SearcherCache(search, settings.input_length)
+  plan = lexical_plan(data_dir, dataset, periods[0], query_files, plan)
+  searchers = cells.SearcherCache(search, settings.input_length, plan)
   results = results_header(periods, seeds)
   for run_seed in seeds:
     cell = cells.CellConfig(
@@ -123,6 +128,27 @@ def run_dynamic_experiment(
   results["wall_seconds"] = time.time() - start
   report.write_report(results, workdir)
   return results
+
+
+def lexical_plan(
+  data_dir: str,
+  dataset: beir.BeirDataset,
+  d0: periods_lib.PeriodData,
+  query_files: Sequence[tuple[str, str]],
+  settings: Optional[period_plan.PlanSettings],
+) -> Optional[period_plan.PeriodPlan]:
+  """The plan over D0..Dn (None without settings or candidate weights)."""
+  if settings is None or not settings.weights:
+    return None
+  held_out = periods_lib.held_out_queries(
+    data_dir, query_files, [settings.selection_split]
+  )
+  return period_plan.PeriodPlan(
+    dataset.corpus,
+    list(d0.corpus),
+    settings,
+    period_plan.d0_queries(held_out, d0.corpus),
+  )
 
 
 def results_header(periods, seeds: Sequence[int]) -> dict:

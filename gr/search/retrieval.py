@@ -306,6 +306,26 @@ class Searcher:
     self._plan_of_index = partitioning.place(plan, REPLICATED, self.mesh)
     return self._plan_of_index
 
+  def repoint(
+    self,
+    params,
+    index: index_lib.Index,
+    term_sets: Optional[term_sets_lib.TermSets] = None,
+  ) -> None:
+    """The same compiled searches over other params and another index of
+    the same model config (a continual version): the trie is built again,
+    and the plan over `term_sets` at the current weight (None: no plan,
+    weight 0)."""
+    self.params = partitioning.place(
+      params, param_specs(self.model, self.mesh), self.mesh
+    )
+    self.index = index
+    self.trie = index.build_trie()
+    self.refresh_trie()
+    self.term_sets = term_sets
+    self._plan_of_index = None
+    self.lexical_weight = self.lexical_weight if term_sets else 0.0
+
   def refresh_trie(self) -> None:
     """Re-uploads the trie after host-side inserts/deletes (same shapes)."""
     self.trie_arrays = partitioning.place(

@@ -26,9 +26,9 @@ TOPICS = (
 
 def _write_toy_news(folder) -> None:
   """A BEIR + temporal.json folder: D0 of 10 documents, D1..D4 of 2 each;
-  each document has a train query and a test query."""
+  each document has a train, a dev and a test query."""
   rng = np.random.default_rng(0)
-  docs, queries, train, test, periods = [], {}, {}, {}, []
+  docs, queries, train, dev, test, periods = [], {}, {}, {}, {}, []
   sizes = (10, 2, 2, 2, 2)
   for p, size in enumerate(sizes):
     ids = []
@@ -41,13 +41,17 @@ def _write_toy_news(folder) -> None:
       docs.append(beir.Document(doc_id, f"title {i}", " ".join(words)))
       queries[f"tr{i}"] = " ".join(words[:3])
       queries[f"te{i}"] = " ".join(words[1:4])
+      queries[f"dv{i}"] = " ".join(words[2:5])
       train[f"tr{i}"] = {doc_id: 1}
+      dev[f"dv{i}"] = {doc_id: 1}
       test[f"te{i}"] = {doc_id: 1}
       ids.append(doc_id)
     periods.append(
       news.Period(f"D{p}", f"2020-0{p + 1}", f"2020-0{p + 1}", tuple(ids))
     )
-  beir.write_beir(str(folder), docs, queries, {"train": train, "test": test})
+  beir.write_beir(
+    str(folder), docs, queries, {"train": train, "dev": dev, "test": test}
+  )
   news.write_temporal(os.path.join(folder, news.TEMPORAL_FILE), periods)
 
 
@@ -211,3 +215,57 @@ def test_run_dynamic_experiment_end_to_end(tmp_path, monkeypatch):
     again["cells"]["atomic/retrain"]["Hits@10"]["A"]
     == cells["atomic/retrain"]["Hits@10"]["A"]
   )
+
+
+def test_the_plan_weight_is_chosen_on_d0_dev_and_kept(tmp_path, monkeypatch):
+  """The lexical plan in the dynamic grid: beta is chosen once, on D0's
+  dev queries only, and every later version (more documents) is searched
+  with term sets over all of its documents at that weight."""
+  from tests.support import tiny_bert
+  from gr.continual import period_plan
+  from gr.search import evaluation
+  from gr.search import retrieval
+  from gr.train import optimizer as optimizer_lib
+
+  data_dir, workdir = tmp_path / "news", tmp_path / "work"
+  _write_toy_news(data_dir)
+  model = tiny_bert.frozen_model(
+    tiny_bert.write_tiny_bert(str(tmp_path / "bert"))
+  )
+  chosen_on, real_select = [], evaluation.select_lexical_weight
+
+  def select(searcher, query_sets, candidates):
+    chosen_on.append({q for _, qrels in query_sets.values() for q in qrels})
+    _, table = real_select(searcher, query_sets, candidates)
+    return 1.0, table  # the plan on, whatever the toy's dev says
+
+  monkeypatch.setattr(evaluation, "select_lexical_weight", select)
+  settings = strategies.TrainSettings(
+    batch_size=8,
+    input_length=16,
+    log_every=1000,
+    optimizer=optimizer_lib.OptimizerConfig(learning_rate=1e-3),
+  )
+  results = dynamic.run_dynamic_experiment(
+    data_dir=str(data_dir),
+    workdir=str(workdir),
+    model=model,
+    schemes=("atomic",),
+    strategies=("trie_only", "experience_replay"),
+    initial_steps=1,
+    update_steps=1,
+    settings=settings,
+    search=retrieval.SearchConfig(beam_size=4, top_k=4),
+    eval_splits=("test",),
+    seeds=(0,),
+    plan=period_plan.PlanSettings(weights=(1.0,), language="english"),
+  )
+  # Chosen once per initial version (shared by both strategies), on the
+  # dev queries of D0's ten documents only.
+  assert chosen_on == [{f"dv{i}" for i in range(10)}]
+  for cell in results["cells"].values():
+    (weight,) = cell["lexical_weight"]  # one seed
+    assert weight["chosen"] == 1.0
+    assert set(weight["MRR@10"]) == {"0.0", "1.0", "inf"}
+    matrix = np.array(cell["Hits@10"]["matrix"], dtype=float)
+    assert matrix.shape == (5, 5) and not np.isnan(np.diag(matrix)).any()

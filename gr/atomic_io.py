@@ -47,6 +47,16 @@ def atomic_open(path: str | os.PathLike, mode: str = "w"):
     raise
 
 
+def staging_dir(parent: str, prefix: str) -> str:
+  """A new empty folder in `parent`, to be renamed into place once
+  complete. mkdtemp makes it 0700; it is made 0755, as the 0644 files
+  written into it, so that the folder it becomes (an index version, a
+  tuned encoder, ...) is readable by another user (a service account)."""
+  staging = tempfile.mkdtemp(dir=parent, prefix=prefix)
+  os.chmod(staging, 0o755)
+  return staging
+
+
 @contextlib.contextmanager
 def replaced_dir(directory: str | os.PathLike):
   """Yields an empty staging folder beside `directory`; on success it
@@ -56,7 +66,7 @@ def replaced_dir(directory: str | os.PathLike):
   directory = os.path.abspath(os.fspath(directory))
   parent = os.path.dirname(directory)
   os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(dir=parent, prefix=".staging-")
+  staging = staging_dir(parent, ".staging-")
   try:
     yield staging
     old = None

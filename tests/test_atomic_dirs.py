@@ -40,3 +40,39 @@ def test_a_missing_folder_and_its_parents_are_created(tmp_path):
   with atomic_io.replaced_dir(target) as staging:
     _write(staging, "x", "1")
   assert os.listdir(target) == ["x"]
+
+
+def test_folders_renamed_into_place_are_readable_by_others(tmp_path):
+  """mkdtemp makes 0700 folders: an index version, a tuned encoder or
+  example shards written by one user must be readable by a service
+  running as another, as the 0644 files in them are."""
+  import numpy as np
+  from gr import docids as docids_lib
+  from gr.data import beir
+  from gr.index import artifact as index_lib
+  from gr.train import example_files
+
+  corpus = {
+    f"d{i}": beir.Document(f"d{i}", "", f"body {i} of words") for i in range(6)
+  }
+  index = index_lib.build_index(
+    docids_lib.get_scheme("naive").assign(corpus),
+    [d.text for d in corpus.values()],
+    str(tmp_path / "built"),
+    vocab_size=64,
+  )
+  with atomic_io.replaced_dir(tmp_path / "encoder") as staging:
+    _write(staging, "config.json", "{}")
+  version = index_lib.save_index(index, str(tmp_path / "index"))
+  example_files.write_shards(
+    str(tmp_path / "shards"), [], num_shards=1, text_targets=False
+  )
+  for folder in (tmp_path / "encoder", version, tmp_path / "shards"):
+    assert os.stat(folder).st_mode & 0o777 == 0o755, folder
+  assert np.all(
+    [
+      os.stat(os.path.join(root, f)).st_mode & 0o044 == 0o044
+      for root, _, files in os.walk(tmp_path)
+      for f in files
+    ]
+  )

@@ -27,7 +27,6 @@ import dataclasses
 import json
 import os
 import shutil
-import tempfile
 from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
@@ -246,7 +245,7 @@ def new_record(
 
 def _staging_dir(model_dir: str) -> str:
   parent = os.path.dirname(os.path.abspath(model_dir))
-  return tempfile.mkdtemp(dir=parent, prefix=".gr-staging-")
+  return atomic_io.staging_dir(parent, ".gr-staging-")
 
 
 def commit_version(

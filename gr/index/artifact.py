@@ -38,7 +38,6 @@ import functools
 import json
 import os
 import shutil
-import tempfile
 from typing import Iterable, Mapping, Sequence
 
 from gr import atomic_io
@@ -174,7 +173,7 @@ def save_index(index: Index, index_dir: str, *, keep: int = 3) -> str:
   existing = live_versions(index_dir)
   number = int(existing[-1][1:]) + 1 if existing else 0
   name = _version_name(number)
-  staging = tempfile.mkdtemp(dir=index_dir, prefix=".staging-")
+  staging = atomic_io.staging_dir(index_dir, ".staging-")
   index.table.save(os.path.join(staging, "docids"))
   vocab_dir = os.path.join(staging, "vocab")
   os.makedirs(vocab_dir)

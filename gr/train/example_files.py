@@ -70,6 +70,7 @@ def write_examples(path: str, examples: Iterable, *, text_targets: bool) -> int:
       for record in records(examples, text_targets, path):
         writer.write(record)
         count += 1
+    os.chmod(staging, 0o644)  # mkstemp makes 0600 files
     os.replace(staging, path)
   except BaseException:
     os.remove(staging)
@@ -134,7 +135,7 @@ def write_shards(
   `expected_fingerprint` (given: an example stream that changed)."""
   parent = os.path.dirname(os.path.abspath(directory))
   os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(dir=parent, prefix=".tmp-shards-")
+  staging = atomic_io.staging_dir(parent, ".tmp-shards-")
   try:
     names = [
       f"shard-{i:05d}-of-{num_shards:05d}.tfrecord" for i in range(num_shards)

@@ -9,6 +9,7 @@ from gr.continual import training
 from gr.data import beir
 from gr.data import news
 from gr.experiments import dynamic
+from gr.train import optimizer as optimizer_lib
 
 TOPICS = (
   "volcano lava ash eruption crater",
@@ -21,6 +22,13 @@ TOPICS = (
   "hospital doctor patients ward",
   "river bridge road traffic",
   "science space rocket moon",
+)
+
+SETTINGS = strategies.TrainSettings(
+  batch_size=8,
+  input_length=16,
+  log_every=1000,
+  optimizer=optimizer_lib.OptimizerConfig(learning_rate=1e-3),
 )
 
 
@@ -67,7 +75,6 @@ def test_run_dynamic_experiment_end_to_end(tmp_path, monkeypatch):
   from gr.model import pretrained
   from gr.search import retrieval
   from gr.train import data as data_lib
-  from gr.train import optimizer as optimizer_lib
   from gr.model import warm_start
   from gr.index import wordpiece
 
@@ -120,12 +127,7 @@ def test_run_dynamic_experiment_end_to_end(tmp_path, monkeypatch):
 
   monkeypatch.setattr(training, "train_params", recording_train)
   monkeypatch.setattr(data_lib, "concatenated_batches", recording_parts)
-  settings = strategies.TrainSettings(
-    batch_size=8,
-    input_length=16,
-    log_every=1000,
-    optimizer=optimizer_lib.OptimizerConfig(learning_rate=1e-3),
-  )
+  settings = SETTINGS
   results = dynamic.run_dynamic_experiment(
     data_dir=str(data_dir),
     workdir=str(workdir),
@@ -225,7 +227,6 @@ def test_the_plan_weight_is_chosen_on_d0_dev_and_kept(tmp_path, monkeypatch):
   from gr.continual import period_plan
   from gr.search import evaluation
   from gr.search import retrieval
-  from gr.train import optimizer as optimizer_lib
 
   data_dir, workdir = tmp_path / "news", tmp_path / "work"
   _write_toy_news(data_dir)
@@ -240,12 +241,7 @@ def test_the_plan_weight_is_chosen_on_d0_dev_and_kept(tmp_path, monkeypatch):
     return 1.0, table  # the plan on, whatever the toy's dev says
 
   monkeypatch.setattr(evaluation, "select_lexical_weight", select)
-  settings = strategies.TrainSettings(
-    batch_size=8,
-    input_length=16,
-    log_every=1000,
-    optimizer=optimizer_lib.OptimizerConfig(learning_rate=1e-3),
-  )
+  settings = SETTINGS
   results = dynamic.run_dynamic_experiment(
     data_dir=str(data_dir),
     workdir=str(workdir),

@@ -33,6 +33,8 @@ from gr import docids as docids_lib
 from gr.continual import dynamic_cells as cells
 from gr.continual import dynamic_report as report
 from gr.continual import period_plan
+from gr.experiments import dev_selection
+from gr.experiments import tuned_encoder
 from gr.continual import periods as periods_lib
 from gr.continual.generators import PseudoQueryGenerator
 from gr.continual.generators import TextPseudoQueries
@@ -43,8 +45,10 @@ from gr.continual.strategies import get_strategy
 from gr.data import beir
 from gr.data import news
 from gr.model import models
+from gr.search import evaluation
 from gr.search import retrieval
 from gr.train import checkpoints
+from gr.train import encoder_tuning as encoder_tuning_lib
 from gr.train import indexing
 
 
@@ -76,6 +80,7 @@ def run_dynamic_experiment(
   strategy_seeds: Mapping[str, int] = (),
   seed: Optional[int] = None,
   plan: Optional[period_plan.PlanSettings] = None,
+  encoder_tuning: Optional[encoder_tuning_lib.EncoderTuning] = None,
 ) -> dict:
   """Every scheme x strategy x seed on the temporal split; returns the
   results (per seed, and mean/std over seeds).
@@ -91,19 +96,17 @@ def run_dynamic_experiment(
   spelling) means seeds=(seed,). plan: the lexical plan beside the model
   (gr/continual/period_plan.py: D0's statistics frozen, the weight chosen
   on D0's held-out queries at each version 0); None: no plan.
+  encoder_tuning: the pretrained encoder tuned first on D0's train
+  queries only, kept if D0's dense dev MRR@10 rises (`tuned_for_d0`).
   """
   start = time.time()
   seeds = (seed,) if seed is not None else tuple(seeds)
   dataset = beir.BeirDataset.load(data_dir)
   periods = dynamic_periods(
-    data_dir,
-    dataset,
-    docs_fraction=docs_fraction,
-    max_docs_per_period=max_docs_per_period,
-    seed=seeds[0],
-    query_files=query_files,
-    eval_splits=eval_splits,
-  )
+    data_dir, dataset, docs_fraction=docs_fraction,
+    max_docs_per_period=max_docs_per_period, seed=seeds[0],
+    query_files=query_files, eval_splits=eval_splits,
+  )  # fmt: skip
   grid = Grid.of(
     schemes, scheme_params, strategies, strategy_overrides, seeds,
     strategy_seeds, vocab_size,
@@ -111,18 +114,17 @@ def run_dynamic_experiment(
   plan = lexical_plan(data_dir, dataset, periods[0], query_files, plan)
   searchers = cells.SearcherCache(search, settings.input_length, plan)
   results = results_header(periods, seeds)
+  model = tuned_for_d0(
+    model, data_dir, dataset, periods[0], query_files, encoder_tuning,
+    workdir, settings.input_length, results,
+  )  # fmt: skip
+  cell = cells.CellConfig(
+    model=model, settings=settings, generator=generator,
+    initial_steps=initial_steps, update_steps=update_steps,
+    embedder=_shared_embedder(schemes, scheme_params),
+    memory_generator=memory_generator, memorised_sample=memorised_sample,
+  )  # fmt: skip
   for run_seed in seeds:
-    cell = cells.CellConfig(
-      model=model,
-      settings=dataclasses.replace(settings, seed=run_seed),
-      generator=generator or TextPseudoQueries(seed=run_seed),
-      initial_steps=initial_steps,
-      update_steps=update_steps,
-      embedder=_shared_embedder(schemes, scheme_params),
-      memory_generator=memory_generator,
-      memorised_sample=memorised_sample,
-    )
-    results["by_seed"][str(run_seed)] = {}
     grid.run_seed(cell, run_seed, periods, dataset, searchers, results, workdir)
   results["cells"] = report.mean_over_seeds(results["by_seed"])
   results["wall_seconds"] = time.time() - start
@@ -149,6 +151,42 @@ def lexical_plan(
     settings,
     period_plan.d0_queries(held_out, d0.corpus),
   )
+
+
+def tuned_for_d0(
+  model, data_dir, dataset, d0, query_files, tuning, workdir, input_length,
+  results,
+):  # fmt: skip
+  """`model` with its encoder tuned on D0's train queries (pairs whose
+  document is not in D0 are dropped, so no later period's queries are
+  seen), kept only if dense dev MRR@10 over D0's documents rises
+  (gr/experiments/tuned_encoder.py; a dev query of a later document
+  counts as a miss for both encoders); the record goes in
+  results["encoder_tuning"]. Without tuning, `model`."""
+  if tuning is None:
+    return model
+  selection = dev_selection.LexicalSelection(
+    data_dir=data_dir,
+    query_sets=[
+      evaluation.QuerySet(queries, queries, qrels)
+      for queries, qrels in query_files
+    ],
+    weights=(),
+    split="dev",
+    eval_split="test",
+    max_docs=0,
+  )
+  model, record = tuned_encoder.tuned_model(
+    model,
+    periods_lib.initial_dataset(dataset, d0),
+    selection,
+    tuning,
+    workdir=workdir,
+    input_length=input_length,
+    cache_dir=os.path.join(workdir, "encoder_cache"),
+  )
+  results.update(record)
+  return model
 
 
 def results_header(periods, seeds: Sequence[int]) -> dict:
@@ -223,8 +261,15 @@ class Grid:
     self, cell, run_seed, periods, dataset, searchers, results, workdir
   ) -> None:
     """Every (scheme, strategy) cell of one seed into results["by_seed"],
-    the report rewritten as each cell finishes (partial results)."""
-    cells_of_seed = results["by_seed"][str(run_seed)]
+    the report rewritten as each cell finishes (partial results). The
+    cell's settings take the seed, and so does the default generator
+    (body spans and sentences) where the cell has none."""
+    cell = dataclasses.replace(
+      cell,
+      settings=dataclasses.replace(cell.settings, seed=run_seed),
+      generator=cell.generator or TextPseudoQueries(seed=run_seed),
+    )
+    cells_of_seed = results["by_seed"].setdefault(str(run_seed), {})
     seed_dir = os.path.join(workdir, f"seed{run_seed}")
     for scheme in self.schemes:
       params = dict(self.scheme_params.get(scheme, {}))

@@ -265,3 +265,37 @@ def test_the_plan_weight_is_chosen_on_d0_dev_and_kept(tmp_path, monkeypatch):
     assert set(weight["MRR@10"]) == {"0.0", "1.0", "inf"}
     matrix = np.array(cell["Hits@10"]["matrix"], dtype=float)
     assert matrix.shape == (5, 5) and not np.isnan(np.diag(matrix)).any()
+
+
+def test_the_encoder_is_tuned_on_d0_train_queries_only(tmp_path):
+  """tuned_for_d0 gives the tuning D0's train pairs and nothing of the
+  later periods; the tuned folder, when kept, is under the workdir."""
+  from tests.support import tiny_bert
+  from gr.train import encoder_tuning
+
+  data_dir, workdir = tmp_path / "news", tmp_path / "work"
+  _write_toy_news(data_dir)
+  model = tiny_bert.frozen_model(
+    tiny_bert.write_tiny_bert(str(tmp_path / "bert"))
+  )
+  dataset = beir.BeirDataset.load(str(data_dir))
+  periods = dynamic.dynamic_periods(
+    str(data_dir), dataset, docs_fraction=1.0, max_docs_per_period=0,
+    seed=0, query_files=(("queries.jsonl", "qrels"),), eval_splits=("test",),
+  )  # fmt: skip
+  results = {}
+  tuned = dynamic.tuned_for_d0(
+    model, str(data_dir), dataset, periods[0], (("queries.jsonl", "qrels"),),
+    encoder_tuning.EncoderTuning(steps=2, batch_size=4), str(workdir), 16,
+    results,
+  )  # fmt: skip
+  record = results["encoder_tuning"]
+  assert record["pairs"] == 10  # one train query per D0 document
+  assert record["steps_run"] == 2
+  if record["kept"]:
+    assert tuned.config.encoder_dir == str(workdir / "tuned_encoder")
+  else:
+    assert tuned is model
+  assert dynamic.tuned_for_d0(
+    model, str(data_dir), dataset, periods[0], (), None, str(workdir), 16, {}
+  ) is model  # fmt: skip

@@ -15,6 +15,7 @@ and a JSON record (`<stem>.gr_wordpiece.json`) of its sha256 and the docid
 tokens, verified on load.
 """
 
+import copy
 import functools
 import hashlib
 import json
@@ -59,6 +60,10 @@ class WordPieceVocabulary(vocab_lib.DocidTokenVocabulary):
   ):
     self._path = tokenizer_path
     self._tokenizer = _load_tokenizer(tokenizer_path)
+    # Hashed now, while the file is surely there: the vocabulary's identity
+    # (fingerprint, ==) must not need the file later. A seqio task
+    # registered with it may outlive the folder it was loaded from.
+    self.tokenizer_sha256 = vocab_lib.file_sha256(tokenizer_path)
     self._docid_tokens = vocab_format.validated_docid_tokens(docid_tokens)
     self._id_by_docid_token = {
       t: self.base_size + i for i, t in enumerate(self._docid_tokens)
@@ -82,8 +87,11 @@ class WordPieceVocabulary(vocab_lib.DocidTokenVocabulary):
 
   @property
   def input_vocabulary(self) -> "WordPieceVocabulary":
-    """The encoder's view: `encode` gives [CLS] pieces [SEP]."""
-    return WordPieceVocabulary(self._path, self._docid_tokens, input_view=True)
+    """The encoder's view: `encode` gives [CLS] pieces [SEP] (a copy that
+    shares this one's loaded tokenizer: no file is read again)."""
+    view = copy.copy(self)
+    view._input_view = True
+    return view
 
   def with_docid_tokens(self, tokens: Sequence[str]) -> "WordPieceVocabulary":
     """A vocabulary whose docid tokens extend this one's (append-only)."""
@@ -126,10 +134,6 @@ class WordPieceVocabulary(vocab_lib.DocidTokenVocabulary):
     """Each id's piece: a word's first piece as its text, a continuation
     as '##' + text (WordPiece's own spelling)."""
     return [self._tokenizer.id_to_token(int(i)) for i in ids]
-
-  @functools.cached_property
-  def tokenizer_sha256(self) -> str:
-    return vocab_lib.file_sha256(self._path)
 
   @functools.cached_property
   def base_fingerprint(self) -> str:

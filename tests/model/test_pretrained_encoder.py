@@ -12,6 +12,7 @@ the tiny random BERT of tests/support/tiny_bert.py (real MiniLM tokenizer, hidde
 import dataclasses
 import json
 import os
+import shutil
 
 import gin
 import jax
@@ -652,6 +653,20 @@ def test_wordpiece_save_load_verifies_the_tokenizer(vocab, tmp_path):
     f.write(" ")
   with pytest.raises(ValueError, match="sha256"):
     wordpiece.WordPieceVocabulary.load(copy.default_json_path())
+
+
+def test_a_wordpiece_vocabulary_outlives_its_folder(vocab, tmp_path):
+  """Its identity (==, fingerprint) and its input view need no file after
+  loading: a seqio task registered with it may outlive the run folder it
+  came from (a second experiment in the same process compares them)."""
+  (tmp_path / "run").mkdir()
+  copy = vocab.copy_to(str(tmp_path / "run"))
+  view = copy.input_vocabulary
+  shutil.rmtree(tmp_path / "run")
+  assert copy == vocab and view == vocab.input_vocabulary
+  assert copy.input_vocabulary.encode_inputs("central bank", 8) == (
+    vocab.input_vocabulary.encode_inputs("central bank", 8)
+  )
 
 
 def test_wordpiece_docid_tokens_are_append_only(vocab):

@@ -57,6 +57,19 @@ def machine_load(when: str) -> dict:
   return record
 
 
+def run_seconds(fn, reps: int) -> list[float]:
+  """Seconds of each of `reps` calls of fn, after one untimed call (the
+  compile or warm-up). fn must return only once its work is done (block
+  on JAX arrays inside it)."""
+  fn()
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return times
+
+
 def matmul_peak_gflops(
   size: int = 2048, dtype: str = 'float32', reps: int = 5
 ) -> float:
@@ -69,10 +82,5 @@ def matmul_peak_gflops(
   a = jnp.ones((size, size), dtype) / size
   b = jnp.ones((size, size), dtype)
   product = jax.jit(jnp.matmul)
-  jax.block_until_ready(product(a, b))
-  best = float('inf')
-  for _ in range(reps):
-    start = time.perf_counter()
-    jax.block_until_ready(product(a, b))
-    best = min(best, time.perf_counter() - start)
+  best = min(run_seconds(lambda: jax.block_until_ready(product(a, b)), reps))
   return 2.0 * size**3 / best / 1e9

@@ -17,13 +17,13 @@ the pooled vectors are compared (max abs difference) on every shape.
 import json
 import os
 import platform
-import time
 
 from absl import app
 from absl import flags
 import numpy as np
 
 from gr import bench_env
+from gr.search import flops
 
 _OUT = flags.DEFINE_string('out', '/tmp/bench_encoder.json', 'JSON output.')
 _SHAPES = flags.DEFINE_list(
@@ -32,23 +32,6 @@ _SHAPES = flags.DEFINE_list(
   'batch x length shapes.',
 )
 _REPS = flags.DEFINE_integer('reps', 5, 'Timed passes per shape (best).')
-
-
-def encoder_gflop(config, batch: int, length: int) -> float:
-  """Matmul GFLOPs of one pass: projections, attention products, MLP."""
-  width, inner = config.hidden_size, config.intermediate_size
-  per_token = 4 * width * width + 2 * width * inner + 2 * length * width
-  return 2.0 * batch * length * per_token * config.num_layers / 1e9
-
-
-def _best_seconds(fn, reps: int) -> float:
-  fn()  # compile / warm
-  best = float('inf')
-  for _ in range(reps):
-    start = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - start)
-  return best
 
 
 def time_shape(embedder, peer, batch: int, length: int, peak: float) -> dict:
@@ -73,10 +56,13 @@ def time_shape(embedder, peer, batch: int, length: int, peak: float) -> dict:
     return torch.nn.functional.normalize(pooled, dim=-1)
 
   difference = float(np.abs(np.asarray(ours()) - theirs().numpy()).max())
-  gflop = encoder_gflop(embedder.config, batch, length)
+  config = embedder.config
+  gflop = batch * flops.bert_encoder_flops(
+    length, config.hidden_size, config.num_layers, config.intermediate_size
+  ) / 1e9  # fmt: skip
   seconds = {
-    'gr': _best_seconds(ours, _REPS.value),
-    'pytorch': _best_seconds(theirs, _REPS.value),
+    'gr': min(bench_env.run_seconds(ours, _REPS.value)),
+    'pytorch': min(bench_env.run_seconds(theirs, _REPS.value)),
   }
   row = {'batch': batch, 'length': length, 'gflop': gflop}
   row['max_abs_difference'] = difference

@@ -335,13 +335,8 @@ def _best_ms(fn, reps: int = 7) -> list[float]:
   """[best, median] ms of `reps` runs of fn after one warm-up."""
   import jax  # pylint: disable=g-import-not-at-top
 
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(reps):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append((time.perf_counter() - start) * 1e3)
-  return [min(times), float(np.median(times))]
+  times = bench_env.run_seconds(lambda: jax.block_until_ready(fn()), reps)
+  return [min(times) * 1e3, float(np.median(times)) * 1e3]
 
 
 def profile(serving, batch: int) -> None:

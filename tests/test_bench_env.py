@@ -20,3 +20,10 @@ def test_machine_load_quiet_machine_has_no_warning(monkeypatch, capsys):
   record = bench_env.machine_load('after')
   assert not record['busy']
   assert capsys.readouterr().err == ''
+
+
+def test_run_seconds_warms_up_then_times_each_call():
+  calls = []
+  times = bench_env.run_seconds(lambda: calls.append(1), 3)
+  assert len(calls) == 4  # one untimed warm-up call, then three timed
+  assert len(times) == 3 and all(t >= 0 for t in times)

@@ -63,6 +63,23 @@ def _write_toy_news(folder) -> None:
   news.write_temporal(os.path.join(folder, news.TEMPORAL_FILE), periods)
 
 
+def _run_toy_grid(data_dir, workdir, model, **grid):
+  """run_dynamic_experiment on the toy folder: atomic docids, the tiny
+  settings and search, test queries; `grid` gives the rest."""
+  from gr.search import retrieval
+
+  return dynamic.run_dynamic_experiment(
+    data_dir=str(data_dir),
+    workdir=str(workdir),
+    model=model,
+    schemes=("atomic",),
+    settings=SETTINGS,
+    search=retrieval.SearchConfig(beam_size=4, top_k=4),
+    eval_splits=("test",),
+    **grid,
+  )
+
+
 def test_run_dynamic_experiment_end_to_end(tmp_path, monkeypatch):
   """Tiny BERT, atomic docids, warm start: trie_only, experience replay
   with a budget, generative replay + SAM from a (random) vector generator,
@@ -73,7 +90,6 @@ def test_run_dynamic_experiment_end_to_end(tmp_path, monkeypatch):
   from gr.queries import query_generators
   from gr.model import models
   from gr.model import pretrained
-  from gr.search import retrieval
   from gr.train import data as data_lib
   from gr.model import warm_start
   from gr.index import wordpiece
@@ -127,12 +143,10 @@ def test_run_dynamic_experiment_end_to_end(tmp_path, monkeypatch):
 
   monkeypatch.setattr(training, "train_params", recording_train)
   monkeypatch.setattr(data_lib, "concatenated_batches", recording_parts)
-  settings = SETTINGS
-  results = dynamic.run_dynamic_experiment(
-    data_dir=str(data_dir),
-    workdir=str(workdir),
-    model=model,
-    schemes=("atomic",),
+  results = _run_toy_grid(
+    data_dir,
+    workdir,
+    model,
     strategies=(
       "trie_only",
       "experience_replay",
@@ -145,9 +159,6 @@ def test_run_dynamic_experiment_end_to_end(tmp_path, monkeypatch):
     },
     initial_steps=2,
     update_steps=2,
-    settings=settings,
-    search=retrieval.SearchConfig(beam_size=4, top_k=4),
-    eval_splits=("test",),
     memory_generator=memory_generator,
     memorised_sample=4,
     seeds=(0, 1),
@@ -197,17 +208,13 @@ def test_run_dynamic_experiment_end_to_end(tmp_path, monkeypatch):
   assert "±" in (workdir / "results.md").read_text()
   # Run again: every cell is read back, none retrained.
   sam_radii.clear()
-  again = dynamic.run_dynamic_experiment(
-    data_dir=str(data_dir),
-    workdir=str(workdir),
-    model=model,
-    schemes=("atomic",),
+  again = _run_toy_grid(
+    data_dir,
+    workdir,
+    model,
     strategies=("trie_only", "retrain"),
     initial_steps=2,
     update_steps=2,
-    settings=settings,
-    search=retrieval.SearchConfig(beam_size=4, top_k=4),
-    eval_splits=("test",),
     memorised_sample=4,
     seeds=(0, 1),
     strategy_seeds={"retrain": 1},
@@ -226,7 +233,6 @@ def test_the_plan_weight_is_chosen_on_d0_dev_and_kept(tmp_path, monkeypatch):
   from tests.support import tiny_bert
   from gr.continual import period_plan
   from gr.search import evaluation
-  from gr.search import retrieval
 
   data_dir, workdir = tmp_path / "news", tmp_path / "work"
   _write_toy_news(data_dir)
@@ -241,18 +247,13 @@ def test_the_plan_weight_is_chosen_on_d0_dev_and_kept(tmp_path, monkeypatch):
     return 1.0, table  # the plan on, whatever the toy's dev says
 
   monkeypatch.setattr(evaluation, "select_lexical_weight", select)
-  settings = SETTINGS
-  results = dynamic.run_dynamic_experiment(
-    data_dir=str(data_dir),
-    workdir=str(workdir),
-    model=model,
-    schemes=("atomic",),
+  results = _run_toy_grid(
+    data_dir,
+    workdir,
+    model,
     strategies=("trie_only", "experience_replay"),
     initial_steps=1,
     update_steps=1,
-    settings=settings,
-    search=retrieval.SearchConfig(beam_size=4, top_k=4),
-    eval_splits=("test",),
     seeds=(0,),
     plan=period_plan.PlanSettings(weights=(1.0,), language="english"),
   )

@@ -38,8 +38,9 @@ METRICS = report.METRICS
 
 class SearcherCache:
   """One Searcher (one compiled search) per model config, re-pointed at
-  each version's params and index, and with a `plan` (PeriodPlan) at the
-  weight it is given."""
+  each version's params and index (once per version: its trie and plan
+  are built once), and with a `plan` (PeriodPlan) at the weight it is
+  given."""
 
   def __init__(
     self,
@@ -49,6 +50,7 @@ class SearcherCache:
   ):
     self.config, self.input_length, self.plan = config, input_length, plan
     self._searchers: dict[Any, retrieval.Searcher] = {}
+    self._pointed_at: dict[Any, versions.Version] = {}
 
   def get(
     self, model, version: versions.Version, lexical_weight: float = 0.0
@@ -67,17 +69,18 @@ class SearcherCache:
         input_length=self.input_length,
       )
     searcher = self._searchers[key]
-    term_sets = self.plan.term_sets(version.index) if self.plan else None
-    searcher.repoint(version.params, version.index, term_sets)
-    searcher.lexical_weight = lexical_weight if term_sets else 0.0
+    if self._pointed_at.get(key) is not version:
+      term_sets = self.plan.term_sets(version.index) if self.plan else None
+      searcher.repoint(version.params, version.index, term_sets)
+      self._pointed_at[key] = version
+    searcher.lexical_weight = lexical_weight if self.plan else 0.0
     return searcher
 
-  def choose_weight(self, model, model_dir: str) -> Optional[dict]:
-    """{"chosen", "MRR@10": {weight: mean}} of the plan on the latest
-    version in `model_dir` (None without a plan)."""
+  def choose_weight(self, model, version: versions.Version) -> Optional[dict]:
+    """{"chosen", "MRR@10": {weight: mean}} of the plan on `version`
+    (None without a plan)."""
     if self.plan is None:
       return None
-    version = versions.load_version(model_dir)
     weight, table = self.plan.choose(self.get(model, version))
     return {"chosen": weight, "MRR@10": table}
 
@@ -85,12 +88,11 @@ class SearcherCache:
 def evaluate_version(
   searchers: SearcherCache,
   model,
-  model_dir: str,
+  version: versions.Version,
   seen: Sequence[PeriodData],
   lexical_weight: float = 0.0,
 ) -> list[dict[str, float]]:
-  """The latest version in `model_dir` on each seen period's queries."""
-  version = versions.load_version(model_dir)
+  """`version` on each seen period's queries."""
   searcher = searchers.get(model, version, lexical_weight)
   return periods_lib.evaluate_periods(
     searcher.run(periods_lib.all_queries(seen)), seen
@@ -165,10 +167,9 @@ def run_updates(
       memory_generator=cell.memory_generator,
       keep=2,
     )
+    version = versions.load_version(model_dir)
     rows.append(
-      evaluate_version(
-        searchers, cell.model, model_dir, periods[: n + 1], weight
-      )
+      evaluate_version(searchers, cell.model, version, periods[: n + 1], weight)
     )
     steps.append(
       {"gradient_updates": result.gradient_updates, "seconds": result.seconds}
@@ -177,7 +178,7 @@ def run_updates(
   return {
     "rows": rows,
     "steps": steps,
-    "memorised_d0": memorised(searchers, cell, model_dir, periods[0], weight),
+    "memorised_d0": memorised(searchers, cell, version, periods[0], weight),
     "storage": version_storage(model_dir),
   }
 
@@ -185,20 +186,19 @@ def run_updates(
 def memorised(
   searchers: "SearcherCache",
   cell: CellConfig,
-  model_dir: str,
+  version: versions.Version,
   d0: PeriodData,
   lexical_weight: float = 0.0,
 ) -> Optional[float]:
   """DSI++'s memorised documents: the fraction of a seeded sample of D0
-  whose own body (cut to the input length) retrieves it at rank 1 from the
-  latest version (None when `cell.memorised_sample` is 0)."""
+  whose own body (cut to the input length) retrieves it at rank 1 from
+  `version` (None when `cell.memorised_sample` is 0)."""
   if not cell.memorised_sample:
     return None
   rng = random.Random(0)
   ids = sorted(
     rng.sample(sorted(d0.corpus), min(cell.memorised_sample, len(d0.corpus)))
   )
-  version = versions.load_version(model_dir)
   run = searchers.get(cell.model, version, lexical_weight).run(
     {d: d0.corpus[d].text for d in ids}
   )
@@ -261,13 +261,14 @@ def run_initial(
     settings=settings,
     generator=cell.generator,
   )
-  initial = {"lexical_weight": searchers.choose_weight(cell.model, model_dir)}
+  version = versions.load_version(model_dir)
+  initial = {"lexical_weight": searchers.choose_weight(cell.model, version)}
   weight = chosen_weight(initial)
   initial.update(
-    row=evaluate_version(searchers, cell.model, model_dir, periods[:1], weight),
+    row=evaluate_version(searchers, cell.model, version, periods[:1], weight),
     gradient_updates=result.gradient_updates,
     seconds=result.seconds,
-    memorised_d0=memorised(searchers, cell, model_dir, periods[0], weight),
+    memorised_d0=memorised(searchers, cell, version, periods[0], weight),
   )
   _write_json(result_path, initial)
   return initial

@@ -105,12 +105,17 @@ class LexicalPlan:
   ) -> jax.Array:
     """Queries tokens [B, Li] (and their encoder states [B, Li, E], which
     a plan with a head needs) -> [B, N] lexical scores (unweighted)."""
-    token_weights = None
-    if self.head is not None:
-      if states is None:
-        raise ValueError("a plan with a term-weight head needs the states")
-      token_weights = self.head.token_weights(states)
-    return lexical_lib.document_scores(self.lexical, tokens, token_weights)
+    if self.head is None:
+      return lexical_lib.document_scores(self.lexical, tokens)
+    if states is None:
+      raise ValueError("a plan with a term-weight head needs the states")
+    return lexical_lib.document_scores(
+      self.lexical,
+      tokens,
+      self.head.token_weights(states),
+      self.head.expansion,
+      states,
+    )
 
   def potential(
     self,

@@ -7,18 +7,26 @@ its zero start every w is 1 (BM25 over the term sets). The head is shared
 by every query and document, so what it learns on the train queries
 applies to documents that have none (per-document rows never train here).
 
-Training is listwise: for each train query, its candidates are the
-documents the step-0 search ranks first (the hard negatives) plus its
-relevant ones; the loss is the softmax cross-entropy of the relevant
-documents among them under the fused score, with the model's log-probs
-fixed and an L2 pull of the kernel to 0 (the start). Every `eval_every`
+With `expansion_terms` > 0 the head also has an `Expansion`
+(lexical_lib): weights for the query's `expansion_terms` heaviest terms it
+does not contain, from its encoder states against the encoder's own
+word-piece embeddings, behind a gate that starts at 0 (so step 0 is
+unchanged).
+
+Training is listwise (gr/experiments/rerank_sets.py builds the sets): for
+each train query, its candidates are the documents the step-0 search
+ranks first (the hard negatives) plus its relevant ones; the loss is the
+softmax cross-entropy of the relevant documents among them under the
+fused score, with the model's log-probs fixed and an L2 pull of the
+kernel to 0 and of the expansion's projection to the identity (the
+start), over minibatches of `batch_size` queries. Every `eval_every`
 steps the dev queries are reranked the same way (their candidates, the
 relevant ones only where the search found them) and the step with the
 best dev MRR@10 wins (ties: the earlier step, so step 0 stays when
 nothing helps). Never the eval split.
 
-Shapes: Q queries, K candidates per query, T query tokens that have a
-term (over all queries), E encoder width.
+Shapes: Q queries, Li query tokens, K candidates per query, X added
+terms, E encoder width, V the vocabulary's pieces.
 """
 
 import dataclasses
@@ -31,59 +39,68 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from gr import batching
 from gr.experiments import dev_selection
-from gr.index import lexicon
-from gr.index import vocab as vocab_lib
+from gr.experiments import rerank_sets
 from gr.model import lexical as lexical_lib
 from gr.search import retrieval
+
+RerankSet = rerank_sets.RerankSet
 
 
 @dataclasses.dataclass(frozen=True)
 class HeadTraining:
-  """How the head trains: Adam at `learning_rate` for `steps` full-batch
-  steps, L2 `l2` on the kernel, dev checked every `eval_every` steps; at
-  most `max_queries` judged queries of each split (a fixed sample), so a
-  corpus with many queries costs a bounded search."""
+  """How the head trains: Adam at `learning_rate` for `steps` steps of
+  `batch_size` queries (a fixed shuffle, seed 0), L2 `l2` on the kernel
+  and on the expansion's projection minus the identity, dev checked every
+  `eval_every` steps; at most `max_queries` judged queries of each split (a
+  fixed sample), so a corpus with many queries costs a bounded search.
+  expansion_terms: terms the expansion adds per query (0: no expansion)."""
 
   steps: int = 300
   learning_rate: float = 3e-3
   l2: float = 1e-2
   eval_every: int = 25
   max_queries: int = 5000
+  batch_size: int = 64
+  expansion_terms: int = 0
 
 
-@flax.struct.dataclass
-class RerankSet:
-  """Queries with their candidates, ready for the head.
+def lexical_scores(head, rerank, space=None) -> jax.Array:
+  """[Q, K] each candidate's head-weighted lexical score: its query
+  tokens' weights times their terms' impacts, plus, with an expansion
+  (which needs the `TermSpace` space), its added terms' weights times
+  their impacts in the candidate."""
+  weights = head.token_weights(rerank.states) * (rerank.terms > 0)
+  scores = jnp.einsum("ql,qlk->qk", weights, rerank.contributions)
+  if head.expansion is None:
+    return scores
+  added, values = head.expansion.select(
+    rerank.states, rerank.tokens > 0, rerank.terms, space.term_of,
+    space.continuation, space.num_terms,
+  )  # [Q, X] fmt: skip
+  impacts = space.impacts(rerank.documents, added)  # [Q, X, K]
+  return scores + jnp.einsum("qx,qxk->qk", values, impacts)
 
-  states [T, E] float32 and query [T] int32: each term-bearing query
-  token's encoder state and its query; contributions [T, K] the impact of
-  the token's term in each candidate; model [Q, K] each candidate's model
-  score (-inf: padding); relevant [Q, K] bool.
-  """
 
-  states: np.ndarray
-  query: np.ndarray
-  contributions: np.ndarray
-  model: np.ndarray
-  relevant: np.ndarray
-
-
-def fused_scores(head, rerank, weight: float) -> jax.Array:
+def fused_scores(head, rerank, weight: float, space=None) -> jax.Array:
   """[Q, K] model + weight * the head-weighted lexical score."""
-  token_weights = head.token_weights(rerank.states[None])[0]  # [T]
-  lexical = jax.ops.segment_sum(
-    token_weights[:, None] * rerank.contributions,
-    rerank.query,
-    num_segments=rerank.model.shape[0],
-  )  # [Q, K]
-  return rerank.model + weight * lexical
+  return rerank.model + weight * lexical_scores(head, rerank, space)
 
 
-def listwise_loss(head, rerank, weight: float, l2: float) -> jax.Array:
-  """Mean over queries with a relevant candidate of -log P(relevant)."""
-  scores = fused_scores(head, rerank, weight)
+def penalty(head) -> jax.Array:
+  """The squared distance of the head from its start (kernel 0,
+  projection identity)."""
+  out = jnp.sum(head.kernel**2)
+  if head.expansion is not None:
+    projection = head.expansion.projection
+    out += jnp.sum((projection - jnp.eye(projection.shape[0])) ** 2)
+  return out
+
+
+def listwise_loss(head, rerank, weight: float, l2: float, space=None):
+  """Mean over queries with a relevant candidate of -log P(relevant),
+  plus l2 * `penalty`."""
+  scores = fused_scores(head, rerank, weight, space)
   log_p = jax.nn.log_softmax(scores, axis=1)
   relevant_log_p = jax.nn.logsumexp(
     jnp.where(rerank.relevant, log_p, -jnp.inf), axis=1
@@ -92,13 +109,27 @@ def listwise_loss(head, rerank, weight: float, l2: float) -> jax.Array:
   loss = -jnp.sum(jnp.where(has, relevant_log_p, 0.0)) / jnp.maximum(
     has.sum(), 1
   )
-  return loss + l2 * jnp.sum(head.kernel**2)
+  return loss + l2 * penalty(head)
 
 
-def rerank_mrr(head, rerank, weight: float) -> float:
+@jax.jit
+def _fused_batch(head, rerank, weight, space):
+  return fused_scores(head, rerank, weight, space)
+
+
+def rerank_mrr(
+  head, rerank, weight: float, space=None, batch_size: int = 128
+) -> float:
   """Mean MRR@10 of the candidates reranked by the fused score (0 for
-  queries none of whose relevant documents is a candidate)."""
-  scores = np.asarray(fused_scores(head, rerank, weight))
+  queries none of whose relevant documents is a candidate), scored in
+  batches of one shape."""
+  count = rerank.model.shape[0]
+  scores = []
+  for start in range(0, count, batch_size):
+    rows = np.arange(start, start + batch_size) % count
+    batch = jax.tree.map(lambda a, rows=rows: a[rows], rerank)
+    scores.append(np.asarray(_fused_batch(head, batch, weight, space)))
+  scores = np.concatenate(scores)[:count]
   best = np.where(rerank.relevant, scores, -np.inf).max(axis=1)  # [Q]
   rank = (scores > best[:, None]).sum(axis=1)
   found = np.isfinite(best) & (rank < 10)
@@ -111,38 +142,51 @@ def train_head(
   weight: float,
   config: HeadTraining,
   record: Optional[RerankSet] = None,
+  start: Optional[lexical_lib.TermWeightHead] = None,
+  space: Optional[rerank_sets.TermSpace] = None,
 ) -> tuple[lexical_lib.TermWeightHead, list[dict]]:
   """The head of the best dev step, and the curve [{"step", "dev
-  MRR@10", "train loss"}] (step 0 = the zero head); with `record` (the
-  eval split's set), each point also has its "eval MRR@10", for the record
-  only (never chosen on)."""
-  head = lexical_lib.TermWeightHead.zeros(train.states.shape[1])
-  train_set = jax.tree.map(jnp.asarray, train)
+  MRR@10", "train loss"}] (step 0 = `start`, default the zero head, no
+  expansion); with `record` (the eval split's set), each point also has
+  its "eval MRR@10", for the record only (never chosen on). A head with an
+  expansion needs the `TermSpace` space."""
+  head = start or lexical_lib.TermWeightHead.zeros(train.states.shape[-1])
   optimizer = optax.adam(config.learning_rate)
   state = optimizer.init(head)
+  batches = _batches(train.model.shape[0], config.batch_size)
 
   @jax.jit
-  def step(head, state, train_set):
+  def step(head, state, batch):
     loss, grads = jax.value_and_grad(listwise_loss)(
-      head, train_set, weight, config.l2
+      head, batch, weight, config.l2, space
     )
     updates, state = optimizer.update(grads, state, head)
-    return optax.apply_updates(head, updates), state, loss
+    head = optax.apply_updates(head, updates)
+    if head.expansion is not None:  # the gate stays >= 0
+      gate = jnp.maximum(head.expansion.gate, 0.0)
+      head = head.replace(expansion=head.expansion.replace(gate=gate))
+    return head, state, loss
 
   def point(step_number, loss):
     out = {
       "step": step_number,
-      "dev MRR@10": rerank_mrr(head, dev, weight),
+      "dev MRR@10": rerank_mrr(head, dev, weight, space),
       "train loss": float(loss),
     }
     if record is not None:
-      out["eval MRR@10"] = rerank_mrr(head, record, weight)
+      out["eval MRR@10"] = rerank_mrr(head, record, weight, space)
     return out
 
-  curve = [point(0, listwise_loss(head, train_set, weight, config.l2))]
+  def next_batch():
+    rows = next(batches)
+    return jax.tree.map(lambda a: jnp.asarray(a[rows]), train)
+
+  batch = next_batch()
+  curve = [point(0, listwise_loss(head, batch, weight, config.l2, space))]
   best, best_head = curve[0]["dev MRR@10"], head
   for number in range(1, config.steps + 1):
-    head, state, loss = step(head, state, train_set)
+    head, state, loss = step(head, state, batch)
+    batch = next_batch()
     if number % config.eval_every == 0 or number == config.steps:
       curve.append(point(number, loss))
       if curve[-1]["dev MRR@10"] > best:
@@ -151,104 +195,53 @@ def train_head(
   return best_head, curve
 
 
-def rerank_set(
-  searcher: retrieval.Searcher,
-  queries: Mapping[str, str],
-  qrels: Mapping[str, Mapping[str, int]],
-  *,
-  add_relevant: bool,
-) -> RerankSet:
-  """The searcher's candidates for the judged `queries` (plus their
-  relevant documents where add_relevant: training), with the model's
-  score of each (the searcher's zero-head plan removed) and the lexical
-  contributions of each query token."""
-  qids = [q for q in qrels if q in queries]
-  vocab = searcher.index.vocab
-  tokens = vocab_lib.encode_texts(
-    vocab, [queries[q] for q in qids], searcher.input_length
-  )
-  found, _ = searcher.search_tokens(tokens)  # [Q, k] positions
-  position = {d: i for i, d in enumerate(searcher.index.doc_ids)}
-  candidates = []
-  for qid, row in zip(qids, found):
-    docs = [int(d) for d in row if d >= 0]
-    relevant = {position[d] for d, r in qrels[qid].items() if r > 0}
-    if add_relevant:
-      docs += sorted(relevant - set(docs))
-    candidates.append((docs, relevant))
-  model = _model_scores(searcher, tokens, [c for c, _ in candidates])
-  return _assembled(searcher, tokens, candidates, model)
+def _batches(count: int, batch_size: int):
+  """Endless index arrays [min(batch_size, count)] over a fixed shuffle
+  (seed 0), reshuffled each pass; one shape, so one compile."""
+  size = min(batch_size, count)
+  rng = np.random.default_rng(0)
+  order = np.zeros((0,), np.int64)
+  while True:
+    if len(order) < size:
+      order = np.concatenate([order, rng.permutation(count)])
+    yield order[:size]
+    order = order[size:]
 
 
-def _model_scores(searcher, tokens, candidates) -> np.ndarray:
-  """[Q, K] each candidate's best docid score by the model alone
-  (teacher-forced, as the exact oracle scores), -inf padding."""
-  width = max(len(c) for c in candidates)
-  scores = np.full((len(candidates), width), -np.inf, np.float32)
-  score = retrieval.make_score_fn(
-    searcher.model, searcher.mesh, searcher.config.score_mode
-  )
-  sequences, documents = searcher.index.docid_sequences()
-  rows_of = {}
-  for row, document in enumerate(documents):
-    rows_of.setdefault(int(document), []).append(row)
-  targets = batching.pad_sequences(sequences)
-  rows_per_query = width * max(map(len, rows_of.values()))  # one shape
-  for q, (query, docs) in enumerate(zip(tokens, candidates)):
-    # Cut to its length bucket: the padding's encoder work is most of it.
-    query = retrieval.cut_to_bucket(query[None])[0]
-    rows = [r for d in docs for r in rows_of[d]]
-    padded = np.zeros((rows_per_query,), np.int64)
-    padded[: len(rows)] = rows
-    values = np.asarray(score(searcher.params, query, targets[padded]))
-    start = 0
-    for k, d in enumerate(docs):
-      count = len(rows_of[d])
-      scores[q, k] = values[start : start + count].max()
-      start += count
-  return scores
+def starting_head(
+  searcher: retrieval.Searcher, config: HeadTraining
+) -> lexical_lib.TermWeightHead:
+  """The zero head for the searcher's encoder, with a zero-gate expansion
+  over its encoder's word-piece embeddings when config.expansion_terms."""
+  width = searcher.model.encode(
+    searcher.params, jnp.ones((1, 2), jnp.int32)
+  ).shape[-1]
+  expansion = None
+  if config.expansion_terms:
+    count = searcher.lexical_index.term_of.shape[0]
+    expansion = lexical_lib.Expansion.start(
+      piece_vectors(searcher.params, count, width), config.expansion_terms
+    )
+  return lexical_lib.TermWeightHead.zeros(width, expansion)
 
 
-def _assembled(searcher, tokens, candidates, model) -> RerankSet:
-  """The `RerankSet` of candidates [(docs, relevant positions)] per query
-  and their model scores [Q, K]."""
-  term_sets = searcher.term_sets
-  folding = lexicon.folding(searcher.index.vocab, term_sets)
-  terms = folding.terms(tokens)  # [Q, Li]
-  encoded = _encoded(searcher, tokens)
-  query, contributions = [], []
-  relevant = np.zeros(model.shape, bool)
-  for q, (docs, positives) in enumerate(candidates):
-    relevant[q, : len(docs)] = [d in positives for d in docs]
-    at = np.flatnonzero(terms[q])
-    query += [q] * len(at)
-    match = term_sets.terms[docs][None] == terms[q, at][:, None, None]
-    padded = np.zeros((len(at), model.shape[1]), np.float32)
-    padded[:, : len(docs)] = (match * term_sets.impacts[docs][None]).sum(2)
-    contributions.append(padded)  # [t, K]
-  rows, positions = np.nonzero(terms)
-  return RerankSet(
-    states=np.stack([encoded[r][p] for r, p in zip(rows, positions)])
-    if len(rows)
-    else np.zeros((0, encoded[0].shape[-1]), np.float32),
-    query=np.asarray(query, np.int32),
-    contributions=np.concatenate(contributions),
-    model=model,
-    relevant=relevant,
-  )
-
-
-def _encoded(searcher, tokens, batch_size: int = 64) -> list[np.ndarray]:
-  """Each query's encoder states [Li_bucket, E], in batches cut to their
-  length bucket (one compile per bucket)."""
-  encode = jax.jit(searcher.model.encode)
-  out = []
-  for start in range(0, len(tokens), batch_size):
-    chunk = tokens[start : start + batch_size]
-    padded = batching.pad_rows(retrieval.cut_to_bucket(chunk), batch_size)
-    states = np.asarray(encode(searcher.params, padded), np.float32)
-    out.extend(states[: len(chunk)])
-  return out
+def piece_vectors(params, count: int, width: int) -> np.ndarray:
+  """[count, width] the encoder's input embeddings of the vocabulary's
+  first `count` ids (its word pieces): a BERT encoder's word embeddings,
+  else the shared token embedder's."""
+  params = params.get("params", params)
+  encoder = params.get("encoder", {})
+  if "word_embeddings" in encoder:
+    table = encoder["word_embeddings"]["embedding"]
+  else:
+    table = params["token_embedder"]["embedding"]
+  table = np.asarray(table, np.float32)
+  if table.shape[0] < count or table.shape[1] != width:
+    raise ValueError(
+      f"the encoder's embeddings {table.shape} cannot give {count} pieces "
+      f"of width {width}"
+    )
+  return table[:count]
 
 
 def query_splits(selection) -> Optional[dict]:
@@ -288,10 +281,14 @@ def improve(
                  splits and list(splits), weight)  # fmt: skip
     return None
   sets = {
-    split: _merged(
+    split: rerank_sets.merged(
       [
-        rerank_set(searcher, queries, qrels, add_relevant=split == "train")
-        for queries, qrels in _sampled(by_name, config.max_queries).values()
+        rerank_sets.rerank_set(
+          searcher, queries, qrels, add_relevant=split == "train"
+        )
+        for queries, qrels in rerank_sets.sampled(
+          by_name, config.max_queries
+        ).values()
       ]
     )
     for split, by_name in splits.items()
@@ -301,11 +298,14 @@ def improve(
     sets = {s: r.replace(model=np.where(np.isfinite(r.model), 0.0, -np.inf))
             for s, r in sets.items()}  # fmt: skip
     weight = 1.0
+  start = starting_head(searcher, config)
+  space = rerank_sets.term_space(searcher) if start.expansion else None
   head, curve = train_head(
-    sets["train"], sets["dev"], weight, config, sets.get("eval")
+    sets["train"], sets["dev"], weight, config, sets.get("eval"), start, space
   )
   best = max(curve, key=lambda p: (p["dev MRR@10"], -p["step"]))
   record = {
+    "expansion_terms": config.expansion_terms,
     "curve": curve,
     "chosen_step": best["step"],
     "trained_weight": float(searcher.lexical_weight),
@@ -315,38 +315,3 @@ def improve(
     searcher.term_weight_head = head
     record["selection"] = selection.choose(searcher)
   return record
-
-
-def _sampled(by_name: dict, max_queries: int) -> dict:
-  """{name: (queries, qrels)} with at most `max_queries` judged queries in
-  all, the same share of each query set, a fixed sample (seed 0)."""
-  total = sum(len(qrels) for _, qrels in by_name.values())
-  if total <= max_queries:
-    return by_name
-  rng = np.random.default_rng(0)
-  out = {}
-  for name, (queries, qrels) in by_name.items():
-    keep = max(1, len(qrels) * max_queries // total)
-    qids = sorted(qrels)
-    chosen = rng.choice(len(qids), size=min(keep, len(qids)), replace=False)
-    out[name] = (queries, {qids[i]: qrels[qids[i]] for i in sorted(chosen)})
-  return out
-
-
-def _merged(sets: list[RerankSet]) -> RerankSet:
-  """One `RerankSet` of several (query sets), candidates padded to the
-  widest."""
-  width = max(r.model.shape[1] for r in sets)
-
-  def wide(array, fill):
-    pad = [(0, 0), (0, width - array.shape[1])]
-    return np.pad(array, pad, constant_values=fill)
-
-  offsets = np.cumsum([0] + [r.model.shape[0] for r in sets[:-1]])
-  return RerankSet(
-    states=np.concatenate([r.states for r in sets]),
-    query=np.concatenate([r.query + o for r, o in zip(sets, offsets)]),
-    contributions=np.concatenate([wide(r.contributions, 0.0) for r in sets]),
-    model=np.concatenate([wide(r.model, -np.inf) for r in sets]),
-    relevant=np.concatenate([wide(r.relevant, False) for r in sets]),
-  )

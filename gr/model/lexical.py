@@ -9,9 +9,11 @@ state, exp(state . kernel + bias), and is 1 without a
 head or at the head's zero start: then weight[v] = occurrences of v, BM25's
 query-side factor (the document side carries idf, gr/docids/term_sets.py),
 and the plan is BM25 over each document's term set. The head is trained
-on top of a frozen model (gr/experiments/lexical_head.py). (A SPLADE-style
-expansion to terms not in the query, PAG's "simultaneous" pass, is not
-built.)
+on top of a frozen model (gr/experiments/lexical_head.py). The head's
+optional `Expansion` (SPLADE's max pooling, PAG's "simultaneous" pass)
+adds the query's `width` heaviest terms it does not contain, each
+weighing gate * max over positions log(1 + relu(logit)); its gate starts
+at 0, so an untrained expansion adds nothing.
 
   score[b, d] = sum_j weight[b, term_j] * impact_j over entries j of d
 
@@ -158,17 +160,88 @@ def lexical_index(term_sets, folding) -> LexicalIndex:
 
 
 @flax.struct.dataclass
+class Expansion:
+  """Weights for terms the query does not contain, from its encoder
+  states (the expansion half of the plan).
+
+  A word-start piece v weighs max over the query's positions i of
+  log(1 + relu((states_i @ projection) . pieces_v + bias)); a term, the
+  heaviest of its pieces (lexicon's classes), times gate. The query's own
+  terms are left to the copy path (the token weights) and the `width`
+  heaviest other terms join the query.
+
+  pieces [V, E] float32: the encoder's word-piece embeddings, frozen (no
+  gradient reaches them); projection [E, E] (identity at the start), bias
+  [], gate [] >= 0 (0 at the start: the expansion adds nothing).
+  """
+
+  pieces: jax.Array
+  projection: jax.Array
+  bias: jax.Array
+  gate: jax.Array
+  width: int = flax.struct.field(pytree_node=False, default=32)
+
+  @classmethod
+  def start(cls, pieces, width: int = 32) -> "Expansion":
+    """The zero-gate expansion over the piece embeddings pieces [V, E]."""
+    pieces = jnp.asarray(pieces, jnp.float32)
+    return cls(
+      pieces=pieces,
+      projection=jnp.eye(pieces.shape[1], dtype=jnp.float32),
+      bias=jnp.zeros((), jnp.float32),
+      gate=jnp.zeros((), jnp.float32),
+      width=width,
+    )
+
+  def piece_weights(self, states: jax.Array, mask: jax.Array) -> jax.Array:
+    """states [B, Li, E], mask [B, Li] (the query's real tokens) -> [B, V]
+    each piece's pooled weight (before the gate), >= 0."""
+    pieces = jax.lax.stop_gradient(self.pieces)
+    projected = states.astype(jnp.float32) @ self.projection  # [B, Li, E]
+    logits = jnp.einsum("ble,ve->blv", projected, pieces) + self.bias
+    values = jnp.where(mask[..., None], jnp.log1p(jax.nn.relu(logits)), 0.0)
+    return values.max(axis=1)
+
+  def select(
+    self,
+    states: jax.Array,
+    mask: jax.Array,
+    query_terms: jax.Array,
+    term_of: jax.Array,
+    continuation: jax.Array,
+    num_terms: int,
+  ) -> tuple[jax.Array, jax.Array]:
+    """The added terms [B, X] and their weights [B, X] (X = min(width,
+    num_terms)): the heaviest terms other than the query's own
+    (query_terms [B, Li], 0 = none) under the folding's term_of [V] and
+    continuation [V] (continuation pieces start no word: no term)."""
+    pieces = self.piece_weights(states, mask)  # [B, V]
+    piece_terms = jnp.where(continuation, 0, term_of)  # [V]
+    batch = jnp.arange(states.shape[0])[:, None]
+    weights = jnp.zeros((states.shape[0], num_terms), jnp.float32)
+    weights = weights.at[batch, piece_terms[None, :]].max(pieces)
+    own = jnp.zeros(weights.shape, bool).at[batch, query_terms].set(True)
+    weights = jnp.where(own | (jnp.arange(num_terms) == 0), 0.0, weights)
+    values, terms = jax.lax.top_k(weights, min(self.width, num_terms))
+    return terms.astype(jnp.int32), self.gate * values
+
+
+@flax.struct.dataclass
 class TermWeightHead:
   """A query token's weight from its encoder state [E]:
   exp(state . kernel + bias). kernel [E] float32, bias [] float32; zeros
-  give every token weight 1 (the BM25 start)."""
+  give every token weight 1 (the BM25 start). expansion: the optional
+  `Expansion` (None: the query's own terms only)."""
 
   kernel: jax.Array
   bias: jax.Array
+  expansion: Optional[Expansion] = None
 
   @classmethod
-  def zeros(cls, width: int) -> "TermWeightHead":
-    return cls(jnp.zeros((width,), jnp.float32), jnp.zeros((), jnp.float32))
+  def zeros(cls, width: int, expansion=None) -> "TermWeightHead":
+    return cls(
+      jnp.zeros((width,), jnp.float32), jnp.zeros((), jnp.float32), expansion
+    )
 
   def token_weights(self, states: jax.Array) -> jax.Array:
     """states [B, Li, E] -> [B, Li] positive weights."""
@@ -178,16 +251,31 @@ class TermWeightHead:
 
 HEAD_FILE = "term_weight_head.npz"
 HEAD_FORMAT = "gr.term_weight_head.v1"
+EXPANSION_FORMAT = "gr.term_weight_head.v2"  # with an `Expansion`
+_EXPANSION_FIELDS = ("pieces", "projection", "expansion_bias", "gate", "width")
 
 
 def save_head(run_dir: str, head: TermWeightHead) -> str:
-  """Writes run_dir/term_weight_head.npz atomically; returns the path."""
+  """Writes run_dir/term_weight_head.npz atomically (v2 with the
+  expansion, its frozen piece embeddings included); returns the path."""
+  fields = {
+    "kernel": np.asarray(head.kernel, np.float32),
+    "bias": np.asarray(head.bias, np.float32),
+  }
+  expansion = head.expansion
+  if expansion is not None:
+    fields.update(
+      pieces=np.asarray(expansion.pieces, np.float32),
+      projection=np.asarray(expansion.projection, np.float32),
+      expansion_bias=np.asarray(expansion.bias, np.float32),
+      gate=np.asarray(expansion.gate, np.float32),
+      width=np.asarray(expansion.width, np.int64),
+    )
   buffer = io.BytesIO()
   np.savez(
     buffer,
-    format=np.array(HEAD_FORMAT),
-    kernel=np.asarray(head.kernel, np.float32),
-    bias=np.asarray(head.bias, np.float32),
+    format=np.array(HEAD_FORMAT if expansion is None else EXPANSION_FORMAT),
+    **fields,
   )
   path = os.path.join(run_dir, HEAD_FILE)
   atomic_io.write_bytes(path, buffer.getvalue())
@@ -203,18 +291,57 @@ def load_head(run_dir: str) -> Optional[TermWeightHead]:
   path = os.path.join(run_dir, HEAD_FILE)
   if not os.path.exists(path):
     return None
+  names = ("format", "kernel", "bias") + _EXPANSION_FIELDS
   try:
     with np.load(path) as data:
-      fields = {k: data[k] for k in ("format", "kernel", "bias") if k in data}
+      fields = {k: data[k] for k in names if k in data}
   except (OSError, EOFError, ValueError) as e:
     raise ValueError(f"{path}: unreadable ({e})") from e
-  if len(fields) < 3 or str(fields["format"]) != HEAD_FORMAT:
-    raise ValueError(f"{path}: not a {HEAD_FORMAT} file")
+  kind = str(fields.get("format", ""))
+  if kind not in (HEAD_FORMAT, EXPANSION_FORMAT) or not {
+    "kernel", "bias"
+  } <= set(fields):
+    raise ValueError(f"{path}: not a {HEAD_FORMAT} or v2 file")
   kernel, bias = fields["kernel"], fields["bias"]
   if kernel.ndim != 1 or bias.shape != () or not np.isfinite(kernel).all():
     raise ValueError(f"{path}: kernel must be [E] finite, bias a scalar")
+  expansion = None
+  if kind == EXPANSION_FORMAT:
+    expansion = _loaded_expansion(path, fields, kernel.shape[0])
   return TermWeightHead(
-    jnp.asarray(kernel, jnp.float32), jnp.asarray(bias, jnp.float32)
+    jnp.asarray(kernel, jnp.float32), jnp.asarray(bias, jnp.float32),
+    expansion,
+  )  # fmt: skip
+
+
+def _loaded_expansion(path: str, fields: dict, width: int) -> Expansion:
+  """The `Expansion` of a v2 head file's fields, checked."""
+  missing = [k for k in _EXPANSION_FIELDS if k not in fields]
+  if missing:
+    raise ValueError(f"{path}: a v2 head without {', '.join(missing)}")
+  pieces, projection = fields["pieces"], fields["projection"]
+  gate, terms = fields["gate"], fields["width"]
+  if (
+    pieces.ndim != 2
+    or pieces.shape[1] != width
+    or projection.shape != (width, width)
+    or gate.shape != ()
+    or terms.shape != ()
+    or int(terms) < 1
+  ):
+    raise ValueError(
+      f"{path}: expansion pieces must be [V, {width}], projection "
+      f"[{width}, {width}], gate a scalar and width a positive count"
+    )
+  values = (pieces, projection, fields["expansion_bias"], gate)
+  if not all(np.isfinite(v).all() for v in values) or float(gate) < 0:
+    raise ValueError(f"{path}: expansion values must be finite, gate >= 0")
+  return Expansion(
+    pieces=jnp.asarray(pieces, jnp.float32),
+    projection=jnp.asarray(projection, jnp.float32),
+    bias=jnp.asarray(fields["expansion_bias"], jnp.float32),
+    gate=jnp.asarray(gate, jnp.float32),
+    width=int(terms),
   )
 
 
@@ -230,18 +357,46 @@ def document_scores(
   lexical: LexicalIndex,
   tokens: jax.Array,
   token_weights: Optional[jax.Array] = None,
+  expansion: Optional[Expansion] = None,
+  states: Optional[jax.Array] = None,
 ) -> jax.Array:
   """Query tokens [B, Li] -> [B, N] each document's lexical score: the sum
   over the query's tokens of the token's weight (token_weights [B, Li];
-  None: 1) times its term's impact in the document."""
+  None: 1) times its term's impact in the document, plus, with an
+  `expansion` (which reads the encoder states [B, Li, E]), its added
+  terms' weights times their impacts."""
   terms = query_terms(lexical, tokens)  # [B, Li]
   values = (terms > 0).astype(jnp.float32)
   if token_weights is not None:
     values = values * token_weights.astype(jnp.float32)
+  if expansion is not None:
+    added, weights = expansion_terms(lexical, expansion, tokens, states, terms)
+    terms = jnp.concatenate([terms, added], axis=1)  # [B, Li + X]
+    values = jnp.concatenate([values, weights], axis=1)
   scores = _main_scores(lexical, terms, values)
   if lexical.terms.shape[0]:
     scores = scores + _delta_scores(lexical, terms, values)
   return scores
+
+
+def expansion_terms(
+  lexical: LexicalIndex,
+  expansion: Expansion,
+  tokens: jax.Array,
+  states: jax.Array,
+  terms: Optional[jax.Array] = None,
+) -> tuple[jax.Array, jax.Array]:
+  """The terms [B, X] the expansion adds to queries tokens [B, Li] (with
+  encoder states [B, Li, E]; terms: their `query_terms`, when known) and
+  their weights [B, X], under the index's folding."""
+  if states is None:
+    raise ValueError("an expansion needs the query's encoder states")
+  if terms is None:
+    terms = query_terms(lexical, tokens)
+  return expansion.select(
+    states, tokens > 0, terms, lexical.term_of, lexical.continuation,
+    lexical.num_terms,
+  )  # fmt: skip
 
 
 def _main_scores(lexical: LexicalIndex, terms, values) -> jax.Array:

@@ -281,6 +281,11 @@ class Searcher:
         weight=jnp.asarray(1.0 if np.isinf(weight) else weight, jnp.float32)
       )
 
+  @property
+  def lexical_index(self) -> lexical_lib.LexicalIndex:
+    """The device form of the index's term sets (needs them)."""
+    return self._base_plan().lexical
+
   def _base_plan(self) -> plan_lib.LexicalPlan:
     """The plan of the index's term sets and docids, weight 1 (built
     once)."""
@@ -441,7 +446,7 @@ def exact_ranking(
         searcher.term_sets,
         searcher.index.vocab,
         query,
-        query_token_weights(searcher, query),
+        *query_head_weights(searcher, query),
       )
       if weight > 0
       else None
@@ -466,16 +471,24 @@ def exact_ranking(
   return rankings
 
 
-def query_token_weights(
+def query_head_weights(
   searcher: Searcher, query: np.ndarray
-) -> Optional[np.ndarray]:
-  """[Li] the searcher's term-weight head's weight of each token of one
-  query [Li] (None without a head: every token weighs 1)."""
+) -> tuple[Optional[np.ndarray], Optional[tuple[np.ndarray, np.ndarray]]]:
+  """What the searcher's term-weight head gives one query [Li]: each
+  token's weight [Li] (None without a head: every token weighs 1) and,
+  with an expansion, its added (terms [X], weights [X]) (else None)."""
   head = searcher.term_weight_head
   if head is None:
-    return None
-  states = searcher.model.encode(searcher.params, jnp.asarray(query)[None])
-  return np.asarray(head.token_weights(states))[0]
+    return None, None
+  tokens = jnp.asarray(query)[None]
+  states = searcher.model.encode(searcher.params, tokens)
+  added = None
+  if head.expansion is not None:
+    terms, weights = lexical_lib.expansion_terms(
+      searcher.lexical_index, head.expansion, tokens, states
+    )
+    added = (np.asarray(terms)[0], np.asarray(weights)[0])
+  return np.asarray(head.token_weights(states))[0], added
 
 
 def exact_lexical_scores(
@@ -483,12 +496,16 @@ def exact_lexical_scores(
   vocab,
   query: np.ndarray,
   token_weights: Optional[np.ndarray] = None,
+  added: Optional[tuple[np.ndarray, np.ndarray]] = None,
 ) -> np.ndarray:
   """[N] each document's lexical score for one query's tokens [Li] (each
-  token weighing token_weights [Li], default 1), in numpy (the oracle of
+  token weighing token_weights [Li], default 1, and the expansion's added
+  (terms [X], weights [X]) joining them), in numpy (the oracle of
   `plan_lib.LexicalPlan.document_scores`)."""
   folding = lexicon.folding(vocab, term_sets)
   weights = lexicon.query_terms(folding, query, token_weights)
+  if added is not None:
+    np.add.at(weights, np.asarray(added[0]), np.asarray(added[1], np.float64))
   return term_sets.document_scores(weights)
 
 

@@ -9,25 +9,30 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jax
+
 from gr.experiments import lexical_head
+from gr.experiments import rerank_sets
 from gr.model import lexical as lexical_lib
 
 
 def _toy_set(relevant_token: int, queries: int = 8) -> lexical_head.RerankSet:
-  """Each query has two term tokens with states e0 and e1; candidate 0
-  matches the first (impact 1), candidate 1 the second (impact 1.2); the
-  model ties them. The relevant candidate is the one `relevant_token`
-  (0 or 1) matches."""
-  states = np.tile(np.eye(2, 4, dtype=np.float32), (queries, 1))  # [2Q, 4]
+  """Each query has two term tokens (terms 1 and 2) with states e0 and
+  e1; candidate 0 (document 0) matches the first (impact 1), candidate 1
+  (document 1) the second (impact 1.2); the model ties them. The relevant
+  candidate is the one `relevant_token` (0 or 1) matches."""
+  states = np.tile(np.eye(2, 4, dtype=np.float32), (queries, 1, 1))
   contributions = np.tile(
-    np.array([[1.0, 0.0], [0.0, 1.2]], np.float32), (queries, 1)
-  )
+    np.array([[1.0, 0.0], [0.0, 1.2]], np.float32), (queries, 1, 1)
+  )  # [Q, Li=2, K=2]
   relevant = np.zeros((queries, 2), bool)
   relevant[:, relevant_token] = True
   return lexical_head.RerankSet(
     states=states,
-    query=np.repeat(np.arange(queries, dtype=np.int32), 2),
+    tokens=np.tile(np.array([[1, 2]], np.int32), (queries, 1)),
+    terms=np.tile(np.array([[1, 2]], np.int32), (queries, 1)),
     contributions=contributions,
+    documents=np.tile(np.array([[0, 1]], np.int32), (queries, 1)),
     model=np.zeros((queries, 2), np.float32),
     relevant=relevant,
   )
@@ -79,8 +84,8 @@ def test_rerank_scores_are_the_exact_oracles(planned_searcher):
   from gr.search import retrieval
 
   searcher, queries, qrels = planned_searcher
-  rerank = lexical_head.rerank_set(searcher, queries, qrels, add_relevant=True)
-  zero = lexical_lib.TermWeightHead.zeros(rerank.states.shape[1])
+  rerank = rerank_sets.rerank_set(searcher, queries, qrels, add_relevant=True)
+  zero = lexical_lib.TermWeightHead.zeros(rerank.states.shape[-1])
   fused = np.asarray(
     lexical_head.fused_scores(zero, rerank, searcher.lexical_weight)
   )
@@ -100,6 +105,85 @@ def test_rerank_scores_are_the_exact_oracles(planned_searcher):
       fused[q, : len(docs)], [score_of[d] for d in docs], atol=1e-3
     )
     assert rerank.relevant[q].sum() == 1  # the judged document is in
+
+
+def _toy_space() -> rerank_sets.TermSpace:
+  """Pieces 0-5 are terms 0-5; document 0's set is {1: 1.0}, document 1's
+  {2: 1.0, 4: 1.0} (sorted by term, padded with int32 max)."""
+  pad = np.iinfo(np.int32).max
+  return rerank_sets.TermSpace(
+    term_of=jnp.arange(6, dtype=jnp.int32),
+    continuation=jnp.zeros(6, bool),
+    set_terms=jnp.asarray([[1, pad], [2, 4]], jnp.int32),
+    set_impacts=jnp.asarray([[1.0, 0.0], [1.0, 1.0]], jnp.float32),
+    num_terms=6,
+  )
+
+
+def _expanding_start(seed: int = 0) -> lexical_lib.TermWeightHead:
+  pieces = jax.random.normal(jax.random.PRNGKey(seed), (6, 4))
+  return lexical_lib.TermWeightHead.zeros(
+    4, lexical_lib.Expansion.start(pieces, width=2)
+  )
+
+
+def test_an_expansion_learns_a_term_the_query_lacks():
+  """Query terms 1 and 2 tie the candidates (impact 1 each, with the
+  first's raised to 1.2); the relevant document 1 also holds term 4, which
+  no query has. Step 0 (gate 0) is the no-expansion head's; training
+  opens the gate and adds term 4, and dev MRR reaches 1."""
+  toy = _toy_set(relevant_token=1)
+  toy = toy.replace(
+    contributions=np.tile(
+      np.array([[1.2, 0.0], [0.0, 1.0]], np.float32), (8, 1, 1)
+    )
+  )
+  space = _toy_space()
+  start = _expanding_start()
+  config = lexical_head.HeadTraining(
+    steps=80, learning_rate=0.1, l2=0.0, eval_every=10
+  )
+  plain = lexical_head.HeadTraining(
+    steps=80, learning_rate=0.1, l2=0.0, eval_every=10
+  )
+  head, curve = lexical_head.train_head(toy, toy, 1.0, config, None, start, space)
+  _, no_expansion = lexical_head.train_head(toy, toy, 1.0, plain)
+  assert curve[0] == no_expansion[0] and curve[0]["dev MRR@10"] == 0.5
+  assert lexical_head.rerank_mrr(head, toy, 1.0, space) == 1.0
+  assert float(head.expansion.gate) > 0
+  added, values = head.expansion.select(
+    jnp.asarray(toy.states[:1]), jnp.asarray(toy.tokens[:1] > 0),
+    jnp.asarray(toy.terms[:1]), space.term_of, space.continuation, 6,
+  )  # fmt: skip
+  assert 4 in set(np.asarray(added)[0][np.asarray(values)[0] > 0])
+  assert not {1, 2} & set(np.asarray(added)[0])  # the query's own: copied
+
+
+def test_term_space_impacts_look_up_any_term():
+  space = _toy_space()
+  documents = jnp.asarray([[0, 1, -1]])
+  got = np.asarray(space.impacts(documents, jnp.asarray([[4, 1, 3]])))
+  np.testing.assert_array_equal(
+    got[0], [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+  )
+
+
+def test_a_saved_expansion_loads_and_a_bad_one_names_itself(tmp_path):
+  head = _expanding_start(seed=3)
+  head = head.replace(expansion=head.expansion.replace(gate=jnp.asarray(0.7)))
+  lexical_lib.save_head(str(tmp_path), head)
+  loaded = lexical_lib.load_head(str(tmp_path))
+  for got, want in zip(
+    jax.tree.leaves(loaded.expansion), jax.tree.leaves(head.expansion)
+  ):
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  assert loaded.expansion.width == 2
+  negative = head.replace(
+    expansion=head.expansion.replace(gate=jnp.asarray(-1.0))
+  )
+  lexical_lib.save_head(str(tmp_path), negative)
+  with pytest.raises(ValueError, match="gate >= 0"):
+    lexical_lib.load_head(str(tmp_path))
 
 
 def test_a_saved_head_loads_and_a_bad_file_names_itself(tmp_path):
@@ -201,8 +285,8 @@ def test_a_sample_of_queries_keeps_each_sets_share():
     "a": ({}, {f"a{i}": {"d": 1} for i in range(30)}),
     "b": ({}, {f"b{i}": {"d": 1} for i in range(10)}),
   }
-  sampled = lexical_head._sampled(by_name, 20)
+  sampled = rerank_sets.sampled(by_name, 20)
   assert len(sampled["a"][1]) == 15 and len(sampled["b"][1]) == 5
   assert set(sampled["a"][1]) <= set(by_name["a"][1])
-  assert lexical_head._sampled(by_name, 20) == sampled  # a fixed sample
-  assert lexical_head._sampled(by_name, 40) is by_name
+  assert rerank_sets.sampled(by_name, 20) == sampled  # a fixed sample
+  assert rerank_sets.sampled(by_name, 40) is by_name

@@ -643,6 +643,50 @@ def _head(searcher, seed=0):
   return lexical_lib.TermWeightHead(kernel, jnp.asarray(0.2, jnp.float32))
 
 
+def _expanded_head(searcher, seed=0, gate=0.5):
+  """`_head` with an `Expansion` of random pieces and projection, adding
+  4 terms per query at weight gate * pooled."""
+  head = _head(searcher, seed)
+  width = head.kernel.shape[0]
+  count = searcher.lexical_index.term_of.shape[0]  # the vocabulary's pieces
+  keys = jax.random.split(jax.random.PRNGKey(seed + 7))
+  pieces = jax.random.normal(keys[0], (count, width))
+  projection = jax.random.normal(keys[1], (width, width)) / np.sqrt(width)
+  expansion = lexical_lib.Expansion(
+    pieces=pieces,
+    projection=projection,
+    bias=jnp.asarray(0.0),
+    gate=jnp.asarray(gate),
+    width=4,
+  )
+  return head.replace(expansion=expansion)
+
+
+def test_an_expansion_adds_terms_the_query_lacks(searchers):
+  """The added terms are other than the query's own and term 0, weigh
+  >= 0, and the device scores with them equal the numpy oracle's."""
+  planned = _with_term_sets(searchers["logsumexp"], 2.0)
+  planned.term_weight_head = _expanded_head(planned)
+  without = _with_term_sets(searchers["logsumexp"], 2.0)
+  without.term_weight_head = _head(planned)
+  tokens = jnp.asarray(vocab_lib.encode_texts(planned.index.vocab, QUERIES, 16))
+  states = planned.model.encode(planned.params, tokens)
+  got = np.asarray(planned.plan.document_scores(tokens, states))
+  own = np.asarray(lexical_lib.query_terms(planned.lexical_index, tokens))
+  for row, query, query_terms in zip(got, np.asarray(tokens), own):
+    weights, added = retrieval.query_head_weights(planned, query)
+    assert added is not None and len(added[0]) == 4
+    assert not set(added[0]) & (set(query_terms) | {0})
+    assert (added[1] > 0).all()
+    want = retrieval.exact_lexical_scores(
+      planned.term_sets, planned.index.vocab, query, weights, added
+    )
+    np.testing.assert_allclose(row, want, rtol=1e-5)
+  assert not np.allclose(
+    got, without.plan.document_scores(tokens, states), rtol=1e-3
+  )
+
+
 def test_a_term_weight_head_weighs_each_query_token(searchers):
   """Device scores with a head equal the numpy oracle given the same
   token weights, and differ from the unweighted plan's."""
@@ -657,7 +701,7 @@ def test_a_term_weight_head_weighs_each_query_token(searchers):
       planned.term_sets,
       planned.index.vocab,
       query,
-      retrieval.query_token_weights(planned, query),
+      *retrieval.query_head_weights(planned, query),
     )
     np.testing.assert_allclose(row, want, rtol=1e-5)
   assert not np.allclose(got, plain.document_scores(tokens), rtol=1e-3)
@@ -665,9 +709,14 @@ def test_a_term_weight_head_weighs_each_query_token(searchers):
     planned.plan.document_scores(tokens)
 
 
-def test_beam_search_with_a_head_equals_the_fused_exact_ranking(searchers):
+@pytest.mark.parametrize("expanded", [False, True])
+def test_beam_search_with_a_head_equals_the_fused_exact_ranking(
+  searchers, expanded
+):
   planned = _with_term_sets(searchers["logsumexp"], 2.0)
-  planned.term_weight_head = _head(planned, seed=1)
+  planned.term_weight_head = (
+    _expanded_head(planned, seed=1) if expanded else _head(planned, seed=1)
+  )
   top_k = len(planned.index.doc_ids)
   beam = planned.search(QUERIES)
   exact = retrieval.exact_ranking(planned, QUERIES, top_k=top_k)
@@ -681,10 +730,13 @@ def test_beam_search_with_a_head_equals_the_fused_exact_ranking(searchers):
     assert [d for d, _ in b] == [d for d, _ in e][: len(b)]
 
 
-def test_a_zero_head_searches_as_no_head(planned, searchers):
+@pytest.mark.parametrize("expanded", [False, True])
+def test_a_zero_head_searches_as_no_head(planned, searchers, expanded):
+  """Zeros, and a zero-gate expansion (the start), change nothing."""
   zero = _with_term_sets(searchers["logsumexp"], 2.0)
+  expansion = _expanded_head(zero, gate=0.0).expansion if expanded else None
   zero.term_weight_head = lexical_lib.TermWeightHead.zeros(
-    _head(zero).kernel.shape[0]
+    _head(zero).kernel.shape[0], expansion
   )
   for a, b in zip(zero.search(QUERIES), planned.search(QUERIES)):
     assert [d for d, _ in a] == [d for d, _ in b]

@@ -29,27 +29,42 @@ from tests.serve.test_served_plan import serve
 from tests.support import served_runs
 
 
-def _with_head(run: str) -> lexical_lib.TermWeightHead:
-  """Saves a non-trivial head beside the run's model_config.json."""
+def _with_head(run: str, expanded: bool = False) -> lexical_lib.TermWeightHead:
+  """Saves a non-trivial head beside the run's model_config.json (with
+  an open `Expansion` of random pieces where `expanded`)."""
   r = serve(run)
   width = r.model.encode(r.params, jnp.ones((1, 2), jnp.int32)).shape[-1]
+  pieces = r.index.vocab.base_size
   r.close()
+  keys = jax.random.split(jax.random.PRNGKey(3), 3)
+  expansion = None
+  if expanded:
+    expansion = lexical_lib.Expansion.start(
+      jax.random.normal(keys[1], (pieces, width)), width=4
+    ).replace(
+      projection=jax.random.normal(keys[2], (width, width)) / width**0.5,
+      gate=jnp.asarray(0.5, jnp.float32),
+    )
   head = lexical_lib.TermWeightHead(
-    jax.random.normal(jax.random.PRNGKey(3), (width,)) * 0.5,
+    jax.random.normal(keys[0], (width,)) * 0.5,
     jnp.asarray(0.3, jnp.float32),
+    expansion,
   )
   lexical_lib.save_head(run, head)
   return head
 
 
-@pytest.mark.parametrize("weight", [2.0, math.inf])
+@pytest.mark.parametrize(
+  "weight, expanded", [(2.0, False), (math.inf, False), (2.0, True)]
+)
 def test_the_served_plan_weighs_query_tokens_with_the_runs_head(
   runs,  # noqa: F811
   tmp_path,
   weight,
+  expanded,
 ):
   run = copy_run(runs["plan"], tmp_path / "run")
-  head = _with_head(run)
+  head = _with_head(run, expanded)
   r = serve(run, lexical_weight=None if weight == 2.0 else weight)
   try:
     sets = term_sets_lib.TermSets.load(

@@ -100,7 +100,9 @@ STATUS_RULES = (
     (r'loss \S+',),
   ),
   StatusRule('tuned_encoder', r'encoder tuning: '),
-  StatusRule('run', r'lexical weight '),
+  StatusRule('dev_selection', r'lexical weight '),
+  StatusRule('rerank_sets', r'rerank set: '),
+  StatusRule('lexical_head', r'term-weight head step '),
   StatusRule('dynamic_cells', r'\S+ step \d+: '),
   StatusRule(
     'query_generators',

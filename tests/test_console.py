@@ -100,8 +100,8 @@ def test_status_lines_warnings_and_what_stays_in_the_file(job, tmp_path):
     _record(
       py_logging.INFO,
       "lexical weight 1.0 (mean dev MRR@10 {'0.0': 0.9444444444444444})",
-      '/x/gr/experiments/run.py',
-      440,
+      '/x/gr/experiments/dev_selection.py',
+      104,
     ),
   ):
     py_logging.getLogger('absl').handle(record)

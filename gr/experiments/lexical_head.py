@@ -189,6 +189,7 @@ def train_head(
     batch = next_batch()
     if number % config.eval_every == 0 or number == config.steps:
       curve.append(point(number, loss))
+      logging.info("term-weight head step %d: %s", number, curve[-1])
       if curve[-1]["dev MRR@10"] > best:
         best, best_head = curve[-1]["dev MRR@10"], head
   logging.info("term-weight head: dev MRR@10 by step %s", curve)

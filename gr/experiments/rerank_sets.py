@@ -13,6 +13,8 @@ Shapes: Q queries, Li query tokens (padded), K candidates, E encoder
 width, N documents, M the widest term set, V the vocabulary's pieces.
 """
 
+import logging
+import time
 from typing import Mapping
 
 import flax
@@ -109,6 +111,7 @@ def rerank_set(
   relevant documents where add_relevant: training), with the model's
   score of each (the searcher's plan removed) and the lexical
   contributions of each query token."""
+  started = time.time()
   qids = [q for q in qrels if q in queries]
   vocab = searcher.index.vocab
   tokens = vocab_lib.encode_texts(
@@ -124,7 +127,12 @@ def rerank_set(
       docs += sorted(relevant - set(docs))
     candidates.append((docs, relevant))
   model = _model_scores(searcher, tokens, [c for c, _ in candidates])
-  return _assembled(searcher, tokens, candidates, model)
+  out = _assembled(searcher, tokens, candidates, model)
+  logging.info(
+    "rerank set: %d queries, %d candidates each at most, %.1f s",
+    len(qids), model.shape[1], time.time() - started,
+  )  # fmt: skip
+  return out
 
 
 def _model_scores(searcher, tokens, candidates) -> np.ndarray:

@@ -290,3 +290,19 @@ def test_a_sample_of_queries_keeps_each_sets_share():
   assert set(sampled["a"][1]) <= set(by_name["a"][1])
   assert rerank_sets.sampled(by_name, 20) == sampled  # a fixed sample
   assert rerank_sets.sampled(by_name, 40) is by_name
+
+
+def test_piece_vectors_are_the_encoders_input_embeddings():
+  """A BERT encoder's word embeddings (cut to the vocabulary's pieces),
+  else the shared token embedder's; too few rows is an error."""
+  words = np.arange(24, dtype=np.float32).reshape(6, 4)
+  shared = -np.ones((8, 4), np.float32)
+  bert = {"encoder": {"word_embeddings": {"embedding": words}},
+          "token_embedder": {"embedding": shared}}  # fmt: skip
+  np.testing.assert_array_equal(
+    lexical_head.piece_vectors({"params": bert}, 5, 4), words[:5]
+  )
+  t5 = {"encoder": {}, "token_embedder": {"embedding": shared}}
+  np.testing.assert_array_equal(lexical_head.piece_vectors(t5, 8, 4), shared)
+  with pytest.raises(ValueError, match="cannot give 9 pieces"):
+    lexical_head.piece_vectors(t5, 9, 4)

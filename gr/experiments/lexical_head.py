@@ -31,9 +31,8 @@ terms, E encoder width, V the vocabulary's pieces.
 
 import dataclasses
 import logging
-from typing import Mapping, Optional
+from typing import Optional
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -75,9 +74,13 @@ def lexical_scores(head, rerank, space=None) -> jax.Array:
   if head.expansion is None:
     return scores
   added, values = head.expansion.select(
-    rerank.states, rerank.tokens > 0, rerank.terms, space.term_of,
-    space.continuation, space.num_terms,
-  )  # [Q, X] fmt: skip
+    rerank.states,
+    rerank.tokens > 0,
+    rerank.terms,
+    space.term_of,
+    space.continuation,
+    space.num_terms,
+  )  # [Q, X]
   impacts = space.impacts(rerank.documents, added)  # [Q, X, K]
   return scores + jnp.einsum("qx,qxk->qk", values, impacts)
 

@@ -298,9 +298,9 @@ def load_head(run_dir: str) -> Optional[TermWeightHead]:
   except (OSError, EOFError, ValueError) as e:
     raise ValueError(f"{path}: unreadable ({e})") from e
   kind = str(fields.get("format", ""))
-  if kind not in (HEAD_FORMAT, EXPANSION_FORMAT) or not {
-    "kernel", "bias"
-  } <= set(fields):
+  if kind not in (HEAD_FORMAT, EXPANSION_FORMAT) or not (
+    "kernel" in fields and "bias" in fields
+  ):
     raise ValueError(f"{path}: not a {HEAD_FORMAT} or v2 file")
   kernel, bias = fields["kernel"], fields["bias"]
   if kernel.ndim != 1 or bias.shape != () or not np.isfinite(kernel).all():

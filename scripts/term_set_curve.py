@@ -6,7 +6,7 @@ r"""Term-set docids alone against bm25s, as a curve over the set size m.
 Builds each document's term set in the MiniLM WordPiece vocabulary (the
 demo's, gr/index/lexicon.py) with its top-m terms by BM25 impact (0 = every
 term), scores each query by the sum of its term occurrences times the
-impacts (`retrieval.exact_lexical_scores`, the step-0 lexical part of the
+impacts (gr/search/exact.py `exact_lexical_scores`, the step-0 lexical part of the
 model), and prints Hits@1 / Hits@10 / MRR@10 per query set and split next
 to bm25s (stemmed, English stopwords) on the same queries. Writes JSON.
 """
@@ -26,7 +26,7 @@ from gr.model import embed
 from gr.model import pretrained
 from gr.search import bm25
 from gr.search import metrics
-from gr.search import retrieval
+from gr.search import exact as exact_lib
 
 _DATA_DIR = flags.DEFINE_string('data_dir', 'data/news', 'A BEIR folder.')
 _SIZES = flags.DEFINE_list('sizes', ['16', '32', '64', '128', '0'], 'm.')
@@ -47,7 +47,7 @@ def lexical_run(index, sets, queries):
   tokens = vocab_lib.encode_texts(index.vocab, list(queries.values()), 128)
   run = {}
   for qid, row in zip(queries, tokens):
-    scores = retrieval.exact_lexical_scores(sets, index.vocab, row)
+    scores = exact_lib.exact_lexical_scores(sets, index.vocab, row)
     top = np.argsort(-scores, kind='stable')[:100]
     run[qid] = {index.doc_ids[d]: float(scores[d]) for d in top if scores[d]}
   return run

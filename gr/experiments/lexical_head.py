@@ -42,6 +42,7 @@ from gr.experiments import dev_selection
 from gr.experiments import rerank_sets
 from gr.model import lexical as lexical_lib
 from gr.search import retrieval
+from gr.train import encoder_tuning
 
 RerankSet = rerank_sets.RerankSet
 
@@ -53,7 +54,9 @@ class HeadTraining:
   and on the expansion's projection minus the identity, dev checked every
   `eval_every` steps; at most `max_queries` judged queries of each split (a
   fixed sample), so a corpus with many queries costs a bounded search.
-  expansion_terms: terms the expansion adds per query (0: no expansion)."""
+  expansion_terms: terms the expansion adds per query (0: no expansion).
+  lead_queries: also train on one lead-sentence pseudo-query per document
+  (`lead_queries`), which covers the documents no train query judges."""
 
   steps: int = 300
   learning_rate: float = 3e-3
@@ -62,6 +65,7 @@ class HeadTraining:
   max_queries: int = 5000
   batch_size: int = 64
   expansion_terms: int = 0
+  lead_queries: bool = False
 
 
 def lexical_scores(head, rerank, space=None) -> jax.Array:
@@ -125,14 +129,15 @@ def rerank_mrr(
 ) -> float:
   """Mean MRR@10 of the candidates reranked by the fused score (0 for
   queries none of whose relevant documents is a candidate), scored in
-  batches of one shape."""
-  count = rerank.model.shape[0]
-  scores = []
-  for start in range(0, count, batch_size):
-    rows = np.arange(start, start + batch_size) % count
-    batch = jax.tree.map(lambda a, rows=rows: a[rows], rerank)
-    scores.append(np.asarray(_fused_batch(head, batch, weight, space)))
-  scores = np.concatenate(scores)[:count]
+  batches of each length group (`rerank_sets.length_groups`), one shape
+  per group."""
+  scores = np.zeros(rerank.model.shape, np.float32)
+  for length, rows in rerank_sets.length_groups(rerank):
+    size = min(batch_size, len(rows))
+    for start in range(0, len(rows), size):
+      picked = rows[np.arange(start, start + size) % len(rows)]
+      batch = rerank_sets.cut(rerank, picked, length)
+      scores[picked] = np.asarray(_fused_batch(head, batch, weight, space))
   best = np.where(rerank.relevant, scores, -np.inf).max(axis=1)  # [Q]
   rank = (scores > best[:, None]).sum(axis=1)
   found = np.isfinite(best) & (rank < 10)
@@ -156,7 +161,7 @@ def train_head(
   head = start or lexical_lib.TermWeightHead.zeros(train.states.shape[-1])
   optimizer = optax.adam(config.learning_rate)
   state = optimizer.init(head)
-  batches = _batches(train.model.shape[0], config.batch_size)
+  batches = _batches(rerank_sets.length_groups(train), config.batch_size)
 
   @jax.jit
   def step(head, state, batch):
@@ -181,8 +186,8 @@ def train_head(
     return out
 
   def next_batch():
-    rows = next(batches)
-    return jax.tree.map(lambda a: jnp.asarray(a[rows]), train)
+    length, rows = next(batches)
+    return jax.tree.map(jnp.asarray, rerank_sets.cut(train, rows, length))
 
   batch = next_batch()
   curve = [point(0, listwise_loss(head, batch, weight, config.l2, space))]
@@ -199,17 +204,22 @@ def train_head(
   return best_head, curve
 
 
-def _batches(count: int, batch_size: int):
-  """Endless index arrays [min(batch_size, count)] over a fixed shuffle
-  (seed 0), reshuffled each pass; one shape, so one compile."""
-  size = min(batch_size, count)
+def _batches(groups: list[tuple[int, np.ndarray]], batch_size: int):
+  """Endless (length, rows [min(batch_size, n)]) over the length groups:
+  each step's group drawn in proportion to its size, its rows the next of
+  the group's own shuffle, reshuffled each pass (seed 0); one shape per
+  group, so one compile each."""
   rng = np.random.default_rng(0)
-  order = np.zeros((0,), np.int64)
+  sizes = np.array([len(rows) for _, rows in groups], np.float64)
+  pending = [np.zeros((0,), np.int64) for _ in groups]
   while True:
-    if len(order) < size:
-      order = np.concatenate([order, rng.permutation(count)])
-    yield order[:size]
-    order = order[size:]
+    g = int(rng.choice(len(groups), p=sizes / sizes.sum()))
+    length, rows = groups[g]
+    size = min(batch_size, len(rows))
+    if len(pending[g]) < size:
+      pending[g] = np.concatenate([pending[g], rng.permutation(rows)])
+    yield length, pending[g][:size]
+    pending[g] = pending[g][size:]
 
 
 def starting_head(
@@ -266,6 +276,26 @@ def query_splits(selection) -> Optional[dict]:
   return found if found["train"] and found["dev"] else None
 
 
+def lead_queries(selection) -> Optional[tuple[dict, dict]]:
+  """({qid: text}, {qid: {doc id: 1}}): one lead sentence per document of
+  the selection's corpus as a pseudo-query judged to it
+  (encoder_tuning.lead_pseudo_query, seed 0; documents with none are
+  skipped), or None without a corpus with train queries. Documents, not
+  queries: the dev and test documents are covered, their queries unseen."""
+  for _, dataset in dev_selection.query_set_data(
+    selection.data_dir, selection.query_sets, "train", selection.max_docs
+  ):
+    rng = np.random.default_rng(0)
+    queries, qrels = {}, {}
+    for doc_id, doc in dataset.corpus.items():
+      lead = encoder_tuning.lead_pseudo_query(doc.text, rng)
+      if lead:
+        queries[f"lead:{doc_id}"] = lead
+        qrels[f"lead:{doc_id}"] = {doc_id: 1}
+    return queries, qrels
+  return None
+
+
 def improve(
   searcher: retrieval.Searcher,
   selection: dev_selection.LexicalSelection,
@@ -279,6 +309,10 @@ def improve(
   trained: no train or dev queries, or the plan is off (weight 0).
   """
   splits = query_splits(selection)
+  if splits is not None and config.lead_queries:
+    leads = lead_queries(selection)
+    if leads is not None:
+      splits["train"]["lead sentences"] = leads
   weight = searcher.lexical_weight
   if splits is None or weight == 0:
     logging.info("term-weight head: not trained (splits %s, weight %s)",

@@ -232,6 +232,30 @@ def merged(sets: list[RerankSet]) -> RerankSet:
   )
 
 
+def length_groups(rerank: RerankSet) -> list[tuple[int, np.ndarray]]:
+  """[(length, rows [n])]: the queries grouped by the length bucket of
+  their own tokens (`retrieval.input_lengths`), shortest first, so a batch
+  of a group is cut to the length its queries need."""
+  tokens = rerank.tokens
+  last = np.where(tokens > 0, np.arange(tokens.shape[1]) + 1, 0).max(axis=1)
+  options = retrieval.input_lengths(tokens.shape[1])
+  buckets = np.array([next(n for n in options if n >= max(k, 1)) for k in last])
+  return [(int(n), np.flatnonzero(buckets == n)) for n in np.unique(buckets)]
+
+
+def cut(rerank: RerankSet, rows: np.ndarray, length: int) -> RerankSet:
+  """The queries `rows` [n] of `rerank`, their tokens cut to `length`."""
+  return RerankSet(
+    states=rerank.states[rows, :length],
+    tokens=rerank.tokens[rows, :length],
+    terms=rerank.terms[rows, :length],
+    contributions=rerank.contributions[rows, :length],
+    documents=rerank.documents[rows],
+    model=rerank.model[rows],
+    relevant=rerank.relevant[rows],
+  )
+
+
 def sampled(by_name: dict, max_queries: int) -> dict:
   """{name: (queries, qrels)} with at most `max_queries` judged queries in
   all, the same share of each query set, a fixed sample (seed 0)."""

@@ -15,6 +15,7 @@ import time
 from typing import Callable, Mapping, Optional
 
 from gr.search import metrics
+from gr.search import exact as exact_lib
 from gr.search import retrieval
 from gr.search import bm25
 
@@ -54,7 +55,7 @@ def beam_vs_exact(
 ) -> dict[str, float]:
   """Hits@k of beam search and of the exact ranking on the same queries."""
   qids = list(queries)
-  exact = retrieval.exact_ranking(
+  exact = exact_lib.exact_ranking(
     searcher, [queries[q] for q in qids], top_k=searcher.config.top_k
   )
   exact_run = {q: dict(r) for q, r in zip(qids, exact)}

@@ -23,6 +23,7 @@ from gr.model import models
 from gr.model import score_modes
 from gr.model import pretrained
 from gr.model import warm_start
+from gr.search import exact as exact_lib
 from gr.search import retrieval
 from tests.model.test_pretrained_encoder import decoder_config
 from tests.support import tiny_bert
@@ -159,7 +160,7 @@ def test_beam_search_equals_the_exact_oracle_in_logits_mode(setup):
     model, params, index, config, input_length=LENGTH, batch_size=len(QUERIES)
   )
   beams = searcher.search(QUERIES)
-  exact = retrieval.exact_ranking(searcher, QUERIES, top_k=5, batch_size=16)
+  exact = exact_lib.exact_ranking(searcher, QUERIES, top_k=5, batch_size=16)
   for found, oracle in zip(beams, exact):
     assert [d for d, _ in found] == [d for d, _ in oracle]
     np.testing.assert_allclose(

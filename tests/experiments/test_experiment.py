@@ -18,6 +18,7 @@ from gr.index import artifact as index_lib
 from gr.search import evaluation
 from gr.model import models
 from gr.model import network
+from gr.search import exact as exact_lib
 from gr.search import retrieval
 from gr.data import beir
 from gr.experiments import run as experiment
@@ -121,7 +122,7 @@ def test_top1_agreement_is_recomputed_from_the_run_file(results):
       qid, _, doc_id, rank, _, _ = line.split()
       if rank == "1":
         beam_top1[qid] = doc_id
-  exact = retrieval.exact_ranking(searcher, list(queries.values()), top_k=1)
+  exact = exact_lib.exact_ranking(searcher, list(queries.values()), top_k=1)
   agree = [
     beam_top1.get(qid) == ranking[0][0] for qid, ranking in zip(queries, exact)
   ]

@@ -81,6 +81,7 @@ def test_rerank_scores_are_the_exact_oracles(planned_searcher):
   """With the zero head, a rerank set's fused scores equal the exact
   ranking's score of every candidate; relevant documents not found are
   added for training only."""
+  from gr.search import exact as exact_lib
   from gr.search import retrieval
 
   searcher, queries, qrels = planned_searcher
@@ -90,7 +91,7 @@ def test_rerank_scores_are_the_exact_oracles(planned_searcher):
     lexical_head.fused_scores(zero, rerank, searcher.lexical_weight)
   )
   qids = list(qrels)
-  exact = retrieval.exact_ranking(
+  exact = exact_lib.exact_ranking(
     searcher, [queries[q] for q in qids], top_k=len(searcher.index.doc_ids)
   )
   found, _ = searcher.search_tokens(
@@ -305,3 +306,77 @@ def test_piece_vectors_are_the_encoders_input_embeddings():
   np.testing.assert_array_equal(lexical_head.piece_vectors(t5, 8, 4), shared)
   with pytest.raises(ValueError, match="cannot give 9 pieces"):
     lexical_head.piece_vectors(t5, 9, 4)
+
+
+def _ragged_set(seed: int = 0) -> lexical_head.RerankSet:
+  """12 queries over 40 token slots: 8 of 3 tokens, 4 of 20 (groups 16
+  and 32), 3 candidates each, random states, terms and impacts."""
+  rng = np.random.default_rng(seed)
+  tokens = np.zeros((12, 40), np.int32)
+  tokens[:8, :3] = rng.integers(1, 50, (8, 3))
+  tokens[8:, :20] = rng.integers(1, 50, (4, 20))
+  terms = np.where(tokens > 0, tokens % 7, 0).astype(np.int32)
+  contributions = rng.random((12, 40, 3)).astype(np.float32)
+  contributions *= (terms > 0)[..., None]
+  relevant = np.zeros((12, 3), bool)
+  relevant[np.arange(12), rng.integers(0, 3, 12)] = True
+  return lexical_head.RerankSet(
+    states=rng.normal(size=(12, 40, 4)).astype(np.float32),
+    tokens=tokens,
+    terms=terms,
+    contributions=contributions,
+    documents=np.tile(np.arange(3, dtype=np.int32), (12, 1)),
+    model=rng.normal(size=(12, 3)).astype(np.float32),
+    relevant=relevant,
+  )
+
+
+def test_length_groups_cut_batches_without_changing_scores():
+  ragged = _ragged_set()
+  groups = rerank_sets.length_groups(ragged)
+  assert [(n, list(rows)) for n, rows in groups] == [
+    (16, list(range(8))),
+    (32, list(range(8, 12))),
+  ]
+  head = lexical_lib.TermWeightHead(
+    jnp.asarray([0.5, -0.3, 0.2, 0.1]), jnp.asarray(0.1)
+  )
+  # MRR@10 over the whole padded set, scored at once.
+  scores = np.asarray(lexical_head.fused_scores(head, ragged, 1.5))
+  best = np.where(ragged.relevant, scores, -np.inf).max(axis=1)
+  want = np.mean(1.0 / ((scores > best[:, None]).sum(axis=1) + 1))
+  got = lexical_head.rerank_mrr(head, ragged, 1.5, batch_size=5)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_batches_take_each_group_whole_each_pass():
+  groups = rerank_sets.length_groups(_ragged_set())
+  batches = lexical_head._batches(groups, batch_size=4)
+  seen = {16: [], 32: []}
+  for _ in range(40):
+    length, rows = next(batches)
+    assert len(rows) == 4 and set(rows) <= set(dict(groups)[length])
+    seen[length].append(rows)
+  for length, rows in groups:  # every pass covers the group once
+    per_pass = len(rows) // 4
+    drawn = np.concatenate(seen[length][: per_pass * 2])
+    assert sorted(drawn) == sorted(list(rows) * 2)
+
+
+def test_lead_queries_judge_each_document_to_its_own_lead(tmp_path):
+  from gr.data import beir
+  from gr.experiments import dev_selection
+  from gr.search import evaluation
+
+  body = "First sentence has five words. Second one also has five words."
+  corpus = {
+    "a": beir.Document("a", "", body),
+    "b": beir.Document("b", "", "Only one sentence here and no more"),
+  }
+  beir.write_beir(str(tmp_path), corpus, {"q": "x"}, {"train": {"q": {"a": 1}}})
+  selection = dev_selection.LexicalSelection(
+    str(tmp_path), (evaluation.QuerySet("q"),), (1.0,), "dev", "test", 0
+  )
+  queries, qrels = lexical_head.lead_queries(selection)
+  assert qrels == {"lead:a": {"a": 1}}  # b has one sentence: no lead
+  assert queries["lead:a"] in body

@@ -32,6 +32,7 @@ from gr.model import network
 from gr import partitioning
 from gr.index import vocab as vocab_lib
 from gr.model import pretrained
+from gr.search import exact as exact_lib
 from gr.search import retrieval
 from gr.train import optimizer as optimizer_lib
 from gr.train import state as state_lib
@@ -547,7 +548,7 @@ def test_warm_start_exact_ranking_is_the_cosine_ranking(model, warm):
     input_length=LENGTH,
     batch_size=len(QUERIES),
   )
-  rankings = retrieval.exact_ranking(
+  rankings = exact_lib.exact_ranking(
     searcher, QUERIES, top_k=len(TEXTS), batch_size=8
   )
   expected = [

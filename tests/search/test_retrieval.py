@@ -23,6 +23,7 @@ from gr.model import lexical as lexical_lib
 from gr.model import models
 from gr.model import network
 from gr import partitioning
+from gr.search import exact as exact_lib
 from gr.search import retrieval
 from gr.data.beir import Document
 from gr.experiments import run as experiment
@@ -102,7 +103,7 @@ def test_beam_search_with_full_beam_equals_exact_ranking(
 ):
   searcher = searchers[aggregation]
   beam = searcher.search(QUERIES)
-  exact = retrieval.exact_ranking(
+  exact = exact_lib.exact_ranking(
     searcher, QUERIES, top_k=len(searcher.index.doc_ids)
   )
   for b, e in zip(beam, exact):
@@ -122,8 +123,8 @@ def test_sparse_output_search_equals_the_restricted_exact_ranking(
   searcher = _with_term_sets(searchers[aggregation], weight, sparse_output=True)
   top_k = len(searcher.index.doc_ids)
   beam = searcher.search(QUERIES)
-  exact = retrieval.exact_ranking(searcher, QUERIES, top_k=top_k)
-  full = retrieval.exact_ranking(
+  exact = exact_lib.exact_ranking(searcher, QUERIES, top_k=top_k)
+  full = exact_lib.exact_ranking(
     _with_term_sets(searchers[aggregation], weight), QUERIES, top_k=top_k
   )
   for b, e, f in zip(beam, exact, full):
@@ -169,7 +170,7 @@ def test_plan_document_scores_equal_the_numpy_oracle(
   tokens = vocab_lib.encode_texts(planned.index.vocab, QUERIES, 16)
   got = np.asarray(planned.plan.document_scores(jnp.asarray(tokens)))
   for row, query in zip(got, tokens):
-    want = retrieval.exact_lexical_scores(
+    want = exact_lib.exact_lexical_scores(
       planned.term_sets, planned.index.vocab, query
     )
     np.testing.assert_allclose(row, want, rtol=1e-5)
@@ -207,13 +208,13 @@ def test_beam_search_with_a_plan_equals_the_fused_exact_ranking(
 ):
   top_k = len(planned.index.doc_ids)
   beam = planned.search(QUERIES)
-  exact = retrieval.exact_ranking(planned, QUERIES, top_k=top_k)
-  plain = retrieval.exact_ranking(searchers["logsumexp"], QUERIES, top_k=top_k)
+  exact = exact_lib.exact_ranking(planned, QUERIES, top_k=top_k)
+  plain = exact_lib.exact_ranking(searchers["logsumexp"], QUERIES, top_k=top_k)
   tokens = vocab_lib.encode_texts(planned.index.vocab, QUERIES, 16)
   for b, e, p, query in zip(beam, exact, plain, tokens):
     assert [d for d, _ in b] == [d for d, _ in e]
     np.testing.assert_allclose([s for _, s in b], [s for _, s in e], atol=1e-4)
-    lexical = retrieval.exact_lexical_scores(
+    lexical = exact_lib.exact_lexical_scores(
       planned.term_sets, planned.index.vocab, query
     )
     position = {d: i for i, d in enumerate(planned.index.doc_ids)}
@@ -228,7 +229,7 @@ def test_a_dominant_plan_guides_a_narrow_beam_to_the_lexical_best(searchers):
   searcher = _with_term_sets(searchers["max"], 1e3, beam_size=2, top_k=3)
   tokens = vocab_lib.encode_texts(searcher.index.vocab, QUERIES, 16)
   for ranking, query in zip(searcher.search(QUERIES), tokens):
-    lexical = retrieval.exact_lexical_scores(
+    lexical = exact_lib.exact_lexical_scores(
       searcher.term_sets, searcher.index.vocab, query
     )
     position = {d: i for i, d in enumerate(searcher.index.doc_ids)}
@@ -243,7 +244,7 @@ def test_an_unguided_plan_with_a_full_beam_is_the_fused_exact_ranking(
   docid in the beam the totals, and so the ranking, are the same."""
   searcher = _with_term_sets(planned, 2.0, plan_guidance=False)
   assert not searcher.plan.guided
-  exact = retrieval.exact_ranking(searcher, QUERIES, top_k=5)
+  exact = exact_lib.exact_ranking(searcher, QUERIES, top_k=5)
   for b, e in zip(searcher.search(QUERIES), exact):
     assert [d for d, _ in b][:5] == [d for d, _ in e]
     np.testing.assert_allclose(
@@ -261,7 +262,7 @@ def test_a_narrow_unguided_beam_misses_what_guidance_finds(searchers):
   position = {d: i for i, d in enumerate(searcher.index.doc_ids)}
   missed = 0
   for ranking, query in zip(searcher.search(QUERIES), tokens):
-    lexical = retrieval.exact_lexical_scores(
+    lexical = exact_lib.exact_lexical_scores(
       searcher.term_sets, searcher.index.vocab, query
     )
     best = np.sort(lexical)[::-1][:3]
@@ -273,7 +274,7 @@ def test_a_narrow_unguided_beam_misses_what_guidance_finds(searchers):
 def test_lexical_only_search_ranks_by_the_term_sets(planned):
   searcher = _with_term_sets(planned, np.inf, top_k=5)
   beam = searcher.search(QUERIES)
-  exact = retrieval.exact_ranking(searcher, QUERIES, top_k=5)
+  exact = exact_lib.exact_ranking(searcher, QUERIES, top_k=5)
   for b, e in zip(beam, exact):
     np.testing.assert_allclose([s for _, s in b], [s for _, s in e], rtol=1e-5)
     assert all(s > 0 for _, s in b)
@@ -318,7 +319,7 @@ def test_exact_ranking_merges_docids_by_the_aggregation(searchers):
     "logsumexp": {d: float(np.logaddexp.reduce(s)) for d, s in per_doc.items()},
   }
   for aggregation, searcher in searchers.items():
-    (ranking,) = retrieval.exact_ranking(searcher, QUERIES[:1], top_k=5)
+    (ranking,) = exact_lib.exact_ranking(searcher, QUERIES[:1], top_k=5)
     want = sorted(merged[aggregation].items(), key=lambda x: -x[1])[:5]
     assert [d for d, _ in ranking] == [d for d, _ in want]
     np.testing.assert_allclose(
@@ -544,8 +545,8 @@ def test_exact_ranking_on_a_mesh_equals_one_device(searchers, mesh):
   top_k = len(searcher.index.doc_ids)
   # 36 docids in batches of 10, rounded up to 16 (a multiple of 'data'):
   # the last chunk is padded
-  want = retrieval.exact_ranking(searcher, QUERIES, top_k=top_k, batch_size=10)
-  got = retrieval.exact_ranking(sharded, QUERIES, top_k=top_k, batch_size=10)
+  want = exact_lib.exact_ranking(searcher, QUERIES, top_k=top_k, batch_size=10)
+  got = exact_lib.exact_ranking(sharded, QUERIES, top_k=top_k, batch_size=10)
   for w, g in zip(want, got):
     assert [d for d, _ in g] == [d for d, _ in w]
     np.testing.assert_allclose(
@@ -564,7 +565,7 @@ def test_first_token_bias_is_the_best_plan_score_beneath_each_token(planned):
   assert bias.shape == (len(QUERIES), vocab_size)
   sequences, values = planned.index.docid_sequences()
   for row, query in zip(bias, tokens):
-    lexical = retrieval.exact_lexical_scores(
+    lexical = exact_lib.exact_lexical_scores(
       planned.term_sets, planned.index.vocab, query
     )
     want = np.zeros(vocab_size)
@@ -674,11 +675,11 @@ def test_an_expansion_adds_terms_the_query_lacks(searchers):
   got = np.asarray(planned.plan.document_scores(tokens, states))
   own = np.asarray(lexical_lib.query_terms(planned.lexical_index, tokens))
   for row, query, query_terms in zip(got, np.asarray(tokens), own):
-    weights, added = retrieval.query_head_weights(planned, query)
+    weights, added = exact_lib.query_head_weights(planned, query)
     assert added is not None and len(added[0]) == 4
     assert not set(added[0]) & (set(query_terms) | {0})
     assert (added[1] > 0).all()
-    want = retrieval.exact_lexical_scores(
+    want = exact_lib.exact_lexical_scores(
       planned.term_sets, planned.index.vocab, query, weights, added
     )
     np.testing.assert_allclose(row, want, rtol=1e-5)
@@ -697,11 +698,11 @@ def test_a_term_weight_head_weighs_each_query_token(searchers):
   states = planned.model.encode(planned.params, tokens)
   got = np.asarray(planned.plan.document_scores(tokens, states))
   for row, query in zip(got, np.asarray(tokens)):
-    want = retrieval.exact_lexical_scores(
+    want = exact_lib.exact_lexical_scores(
       planned.term_sets,
       planned.index.vocab,
       query,
-      *retrieval.query_head_weights(planned, query),
+      *exact_lib.query_head_weights(planned, query),
     )
     np.testing.assert_allclose(row, want, rtol=1e-5)
   assert not np.allclose(got, plain.document_scores(tokens), rtol=1e-3)
@@ -719,13 +720,13 @@ def test_beam_search_with_a_head_equals_the_fused_exact_ranking(
   )
   top_k = len(planned.index.doc_ids)
   beam = planned.search(QUERIES)
-  exact = retrieval.exact_ranking(planned, QUERIES, top_k=top_k)
+  exact = exact_lib.exact_ranking(planned, QUERIES, top_k=top_k)
   for b, e in zip(beam, exact):
     assert [d for d, _ in b] == [d for d, _ in e]
     np.testing.assert_allclose([s for _, s in b], [s for _, s in e], atol=1e-4)
   planned.lexical_weight = float("inf")  # the term sets alone, weighted
   lexical = planned.search(QUERIES)
-  oracle = retrieval.exact_ranking(planned, QUERIES, top_k=top_k)
+  oracle = exact_lib.exact_ranking(planned, QUERIES, top_k=top_k)
   for b, e in zip(lexical, oracle):
     assert [d for d, _ in b] == [d for d, _ in e][: len(b)]
 

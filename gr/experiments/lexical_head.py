@@ -78,12 +78,7 @@ def lexical_scores(head, rerank, space=None) -> jax.Array:
   if head.expansion is None:
     return scores
   added, values = head.expansion.select(
-    rerank.states,
-    rerank.tokens > 0,
-    rerank.terms,
-    space.term_of,
-    space.continuation,
-    space.num_terms,
+    rerank.states, rerank.tokens > 0, rerank.terms, space
   )  # [Q, X]
   impacts = space.impacts(rerank.documents, added)  # [Q, X, K]
   return scores + jnp.einsum("qx,qxk->qk", values, impacts)
@@ -223,13 +218,11 @@ def _batches(groups: list[tuple[int, np.ndarray]], batch_size: int):
 
 
 def starting_head(
-  searcher: retrieval.Searcher, config: HeadTraining
+  searcher: retrieval.Searcher, config: HeadTraining, width: int
 ) -> lexical_lib.TermWeightHead:
-  """The zero head for the searcher's encoder, with a zero-gate expansion
-  over its encoder's word-piece embeddings when config.expansion_terms."""
-  width = searcher.model.encode(
-    searcher.params, jnp.ones((1, 2), jnp.int32)
-  ).shape[-1]
+  """The zero head for the searcher's encoder of `width` (its states'
+  last axis), with a zero-gate expansion over its encoder's word-piece
+  embeddings when config.expansion_terms."""
   expansion = None
   if config.expansion_terms:
     count = searcher.lexical_index.term_of.shape[0]
@@ -336,7 +329,7 @@ def improve(
     sets = {s: r.replace(model=np.where(np.isfinite(r.model), 0.0, -np.inf))
             for s, r in sets.items()}  # fmt: skip
     weight = 1.0
-  start = starting_head(searcher, config)
+  start = starting_head(searcher, config, sets["train"].states.shape[-1])
   space = rerank_sets.term_space(searcher) if start.expansion else None
   head, curve = train_head(
     sets["train"], sets["dev"], weight, config, sets.get("eval"), start, space

@@ -82,21 +82,22 @@ class TermSpace:
 
 
 def term_space(searcher: retrieval.Searcher) -> TermSpace:
-  """The searcher's `TermSpace` (its term sets and their folding)."""
+  """The searcher's `TermSpace`: its term sets, under the folding its
+  search uses (`Searcher.lexical_index`)."""
   term_sets = searcher.term_sets
-  folding = lexicon.folding(searcher.index.vocab, term_sets)
+  lexical = searcher.lexical_index
   terms = np.where(
     term_sets.impacts > 0, term_sets.terms, np.iinfo(np.int32).max
   ).astype(np.int32)
   order = np.argsort(terms, axis=1, kind="stable")
   return TermSpace(
-    term_of=jnp.asarray(folding.classes, jnp.int32),
-    continuation=jnp.asarray(folding.continuation, bool),
+    term_of=lexical.term_of,
+    continuation=lexical.continuation,
     set_terms=jnp.asarray(np.take_along_axis(terms, order, axis=1)),
     set_impacts=jnp.asarray(
       np.take_along_axis(term_sets.impacts, order, axis=1), jnp.float32
     ),
-    num_terms=folding.num_terms,
+    num_terms=lexical.num_terms,
   )
 
 

@@ -203,20 +203,16 @@ class Expansion:
     return values.max(axis=1)
 
   def select(
-    self,
-    states: jax.Array,
-    mask: jax.Array,
-    query_terms: jax.Array,
-    term_of: jax.Array,
-    continuation: jax.Array,
-    num_terms: int,
+    self, states: jax.Array, mask: jax.Array, query_terms: jax.Array, folding
   ) -> tuple[jax.Array, jax.Array]:
     """The added terms [B, X] and their weights [B, X] (X = min(width,
     num_terms)): the heaviest terms other than the query's own
-    (query_terms [B, Li], 0 = none) under the folding's term_of [V] and
-    continuation [V] (continuation pieces start no word: no term)."""
+    (query_terms [B, Li], 0 = none) under `folding` (a `LexicalIndex`, or
+    anything with its term_of [V], continuation [V] and num_terms; a
+    continuation piece starts no word: no term)."""
+    num_terms = folding.num_terms
     pieces = self.piece_weights(states, mask)  # [B, V]
-    piece_terms = jnp.where(continuation, 0, term_of)  # [V]
+    piece_terms = jnp.where(folding.continuation, 0, folding.term_of)  # [V]
     batch = jnp.arange(states.shape[0])[:, None]
     weights = jnp.zeros((states.shape[0], num_terms), jnp.float32)
     weights = weights.at[batch, piece_terms[None, :]].max(pieces)
@@ -393,10 +389,7 @@ def expansion_terms(
     raise ValueError("an expansion needs the query's encoder states")
   if terms is None:
     terms = query_terms(lexical, tokens)
-  return expansion.select(
-    states, tokens > 0, terms, lexical.term_of, lexical.continuation,
-    lexical.num_terms,
-  )  # fmt: skip
+  return expansion.select(states, tokens > 0, terms, lexical)
 
 
 def _main_scores(lexical: LexicalIndex, terms, values) -> jax.Array:

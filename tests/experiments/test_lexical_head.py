@@ -152,9 +152,11 @@ def test_an_expansion_learns_a_term_the_query_lacks():
   assert lexical_head.rerank_mrr(head, toy, 1.0, space) == 1.0
   assert float(head.expansion.gate) > 0
   added, values = head.expansion.select(
-    jnp.asarray(toy.states[:1]), jnp.asarray(toy.tokens[:1] > 0),
-    jnp.asarray(toy.terms[:1]), space.term_of, space.continuation, 6,
-  )  # fmt: skip
+    jnp.asarray(toy.states[:1]),
+    jnp.asarray(toy.tokens[:1] > 0),
+    jnp.asarray(toy.terms[:1]),
+    space,
+  )
   assert 4 in set(np.asarray(added)[0][np.asarray(values)[0] > 0])
   assert not {1, 2} & set(np.asarray(added)[0])  # the query's own: copied
 
